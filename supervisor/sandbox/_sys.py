@@ -1,0 +1,124 @@
+"""Raw syscalls through ctypes, shared by the mechanism modules. Standard library only (runs in the child)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_MACHINE = platform.machine()
+
+# Syscall numbers differ per architecture; the ones corral issues itself. x86_64 and aarch64 (generic table).
+_NR: dict[str, dict[str, int]] = {
+    "x86_64": {
+        "clone": 56,
+        "pidfd_open": 434,
+        "pidfd_send_signal": 424,
+        "close_range": 436,
+        "mount_setattr": 442,
+        "landlock_create_ruleset": 444,
+        "landlock_add_rule": 445,
+        "landlock_restrict_self": 446,
+        "seccomp": 317,
+        "capset": 126,
+        "capget": 125,
+        "getpid": 39,
+    },
+    "aarch64": {
+        "clone": 220,
+        "pidfd_open": 434,
+        "pidfd_send_signal": 424,
+        "close_range": 436,
+        "mount_setattr": 442,
+        "landlock_create_ruleset": 444,
+        "landlock_add_rule": 445,
+        "landlock_restrict_self": 446,
+        "seccomp": 277,
+        "capset": 91,
+        "capget": 90,
+        "getpid": 172,
+    },
+}
+
+
+class SetupFailure(Exception):  # noqa: N818 - a record sent over a pipe, not a public error type
+    """A containment step failed in the child. Plain fields so it crosses the status pipe as builtins.
+
+    layer: the mechanism (``namespaces``, ``mounts``, ``landlock``, ``seccomp``, ``capabilities``,
+    ``rlimits``, ``cgroups``, ``exec``...); operation: the syscall with its key arguments; path: the file
+    involved, if any; errno: the error number (0 when not an OS error); hint: what to do about it.
+    """
+
+    def __init__(
+        self, layer: str, operation: str, errno: int = 0, path: str | None = None, hint: str = ""
+    ) -> None:
+        super().__init__(layer, operation, errno, path, hint)
+        self.layer = layer
+        self.operation = operation
+        self.errno = errno
+        self.path = path
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "layer": self.layer,
+            "operation": self.operation,
+            "errno": self.errno,
+            "path": self.path,
+            "hint": self.hint,
+        }
+
+
+def nr(name: str) -> int:
+    """The syscall number of `name` on this machine. Raises OSError(ENOSYS) on an unknown architecture."""
+    try:
+        return _NR[_MACHINE][name]
+    except KeyError:
+        raise OSError(38, f"corral does not know syscall {name} on {_MACHINE}") from None
+
+
+def syscall(name: str, *args: int | bytes | ctypes._CData | None) -> int:
+    """Issue syscall `name`; returns its result or raises OSError with the errno."""
+    ret: int = _syscall(ctypes.c_long(nr(name)), *args)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+    return ret
+
+
+def libc_call(func: str, *args: object) -> int:
+    """Call a libc function that returns -1 and sets errno on failure; raises OSError."""
+    ret: int = getattr(_libc, func)(*args)
+    if ret == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{func}: {os.strerror(err)}")
+    return ret
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2); raises OSError."""
+    return libc_call(
+        "prctl",
+        ctypes.c_int(option),
+        ctypes.c_ulong(arg2),
+        ctypes.c_ulong(arg3),
+        ctypes.c_ulong(arg4),
+        ctypes.c_ulong(arg5),
+    )
+
+
+# prctl options used by several modules
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_SECUREBITS = 28
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_GET_SECCOMP = 21
+PR_SET_SECCOMP = 22
