@@ -1,0 +1,1 @@
+"""Exporters: metrics out of a running supervisor."""

@@ -1,0 +1,1 @@
+"""Supervisor: the engine (spawn path, isolation, cgroups, monitoring, enforcement, API)."""

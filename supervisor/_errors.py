@@ -1,0 +1,75 @@
+"""Errors raised by the supervisor. All derive from `policies.CorralError`.
+
+OSError is translated into these in one place per layer, always with ``raise ... from err``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+from policies import CorralError
+
+
+def _errname(code: int) -> str:
+    return _errno.errorcode.get(code, str(code)) if code else ""
+
+
+class SandboxSetupError(CorralError):
+    """A containment layer the policy asks for could not be applied; the child did not run.
+
+    layer: the mechanism (namespaces, mounts, landlock, seccomp, capabilities, rlimits, cgroups, ...);
+    operation: the syscall or step; path: the file involved, if any; errno: the error number (0 if none);
+    hint: what to do about it (for example set best_effort, or enable a sysctl).
+    """
+
+    def __init__(
+        self,
+        layer: str,
+        operation: str,
+        errno: int = 0,
+        path: str | None = None,
+        hint: str = "",
+    ) -> None:
+        self.layer = layer
+        self.operation = operation
+        self.errno = errno
+        self.path = path
+        self.hint = hint
+        parts = [f"{layer}: {operation} failed"]
+        if errno:
+            parts.append(f": {_errname(errno)} ({os.strerror(errno)})")
+        if path:
+            parts.append(f" on {path}")
+        if hint:
+            parts.append(f"; {hint}")
+        super().__init__("".join(parts))
+
+
+class SpawnError(CorralError):
+    """The command itself could not be started (setup succeeded). `exit_code` is 126 or 127 per the CLI
+    contract; `errno` is the execve error."""
+
+    exit_code = 126
+
+    def __init__(self, argv0: str, errno: int, detail: str = "") -> None:
+        self.argv0 = argv0
+        self.errno = errno
+        msg = f"{argv0}: {os.strerror(errno)} ({_errname(errno)})"
+        super().__init__(msg + (f"; {detail}" if detail else ""))
+
+
+class CommandNotFoundError(SpawnError):
+    """execve found no such file on PATH (exit status 127)."""
+
+    exit_code = 127
+
+
+class CommandNotExecutableError(SpawnError):
+    """The file exists but cannot be executed: permissions, format, or the policy's execute rule (126)."""
+
+    exit_code = 126
+
+
+class SupervisorClosedError(CorralError):
+    """The supervisor is not running (used outside `async with`, or after it closed)."""
