@@ -1,0 +1,257 @@
+"""A running sandboxed child and the Result it leaves."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import signal as _signal
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream
+
+ViolationKind = Literal["memory", "pids", "wall_time", "cpu_time", "fds", "output"]
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """Why the supervisor (or the kernel, for memory) killed a child: the limit and what was observed."""
+
+    kind: ViolationKind
+    limit: float
+    observed: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "limit": self.limit, "observed": self.observed}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How a child ended.
+
+    exit_code: the shell-style status, as `corral run` exits: the command's own code, 128+N when killed by
+               signal N, 137 when killed for a violation.
+    signal:    the signal that ended the command, or None.
+    violation: the limit that got it killed, or None.
+    stdout/stderr: captured output (bounded; `*_truncated` says whether bytes were dropped).
+    enforced:  the isolation layers that took effect; missing: (layer, reason) pairs skipped by best_effort.
+    """
+
+    exit_code: int
+    signal: int | None
+    violation: Violation | None
+    duration_s: float
+    cpu_s: float
+    peak_memory_bytes: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    enforced: tuple[str, ...] = ()
+    missing: tuple[tuple[str, str], ...] = ()
+    pid: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.violation is None
+
+    def to_json(self) -> dict[str, object]:
+        """The `corral run --json` record (the CLI contract in DESIGN.md, plus `missing`)."""
+        return {
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "violation": self.violation.to_dict() if self.violation else None,
+            "duration_s": round(self.duration_s, 6),
+            "cpu_s": round(self.cpu_s, 6),
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "enforced": list(self.enforced),
+            "missing": [{"layer": a, "reason": b} for a, b in self.missing],
+        }
+
+
+@dataclass(slots=True)
+class _Exit:
+    status: int | None = None  # the target's wait status, from the sandbox init
+    init_signal: int | None = None  # set when the sandbox init itself was killed
+    cpu_s: float = 0.0
+    maxrss: int = 0
+    ended: float = 0.0
+
+
+class StatusReader:
+    """Reads the sandbox init's status pipe: records E (setup/exec failure), X (exec ok), S (exit status)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd: int | None = fd
+        self._buf = b""
+
+    async def next(self) -> tuple[bytes, dict[str, object]] | None:
+        """The next record, or None at EOF (the init is gone)."""
+        while True:
+            if len(self._buf) >= 5:
+                (n,) = struct.unpack("=I", self._buf[1:5])
+                if len(self._buf) >= 5 + n:
+                    kind, payload = self._buf[:1], self._buf[5 : 5 + n]
+                    self._buf = self._buf[5 + n :]
+                    return kind, marshal.loads(payload)
+            if self.fd is None:
+                return None
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+                continue
+            if not data:
+                os.close(self.fd)
+                self.fd = None
+                if not self._buf:
+                    return None
+                continue
+            self._buf += data
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Child:
+    """A running sandboxed command. Created by `Supervisor.start`.
+
+    `pid` is the host pid of the sandbox's init (pid 1 of its pid namespace); the command itself runs as its
+    child. Signals go through a pidfd, never a bare pid. `stdin`/`stdout`/`stderr` are anyio byte streams when
+    the corresponding argument was PIPE.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int,
+        status: StatusReader,
+        *,
+        name: str | None,
+        profile: str,
+        enforced: tuple[str, ...],
+        missing: tuple[tuple[str, str], ...],
+        stdin: ByteSendStream | None,
+        stdout: ByteReceiveStream | None,
+        stderr: ByteReceiveStream | None,
+    ) -> None:
+        self.pid = pid
+        self.name = name
+        self.profile = profile
+        self.enforced = enforced
+        self.missing = missing
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.started = time.monotonic()
+        self.violation: Violation | None = None
+        self._pidfd: int | None = pidfd
+        self._status = status
+        self._exit: _Exit | None = None
+        self._done = anyio.Event()
+        self._started = anyio.Event()
+        self._first: tuple[bytes, dict[str, object]] | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        """The shell-style exit status once the child has been reaped, else None."""
+        return None if self._exit is None else self._result_code()[0]
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the command (the init forwards TERM, INT, HUP, QUIT, USR1, USR2, WINCH, CONT to it;
+        SIGKILL ends the whole sandbox). A no-op once the child has exited."""
+        if self._pidfd is not None and self._exit is None:
+            try:
+                _signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the sandbox init: the kernel then kills every process in its pid namespace."""
+        self.send_signal(_signal.SIGKILL)
+
+    async def terminate(self, grace: float = 5.0) -> Result:
+        """SIGTERM the command, wait up to `grace` seconds, then kill. Returns the Result."""
+        self.send_signal(_signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            return await self.wait()
+        self.kill()
+        return await self.wait()
+
+    async def wait(self) -> Result:
+        """Wait until the child has been reaped (by the supervisor's watcher task) and return its Result
+        (without captured output: `Supervisor.run` captures). Cancelling the wait does not kill the child."""
+        await self._done.wait()
+        return self.result()
+
+    def result(self, **extra: object) -> Result:
+        """The Result of a reaped child. Raises RuntimeError if it is still running."""
+        if self._exit is None:
+            msg = "child is still running"
+            raise RuntimeError(msg)
+        code, sig = self._result_code()
+        return Result(
+            exit_code=code,
+            signal=sig,
+            violation=self.violation,
+            duration_s=self._exit.ended - self.started,
+            cpu_s=self._exit.cpu_s,
+            peak_memory_bytes=self._exit.maxrss,
+            enforced=self.enforced,
+            missing=self.missing,
+            pid=self.pid,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    def _result_code(self) -> tuple[int, int | None]:
+        ex = self._exit
+        assert ex is not None
+        if ex.status is not None:
+            if os.WIFSIGNALED(ex.status):
+                sig = os.WTERMSIG(ex.status)
+                code, signal = 128 + sig, sig
+            else:
+                code, signal = os.WEXITSTATUS(ex.status), None
+        else:
+            sig = ex.init_signal or _signal.SIGKILL
+            code, signal = 128 + sig, sig
+        if self.violation is not None:
+            code = 137
+        return code, signal
+
+    async def _reap(self) -> None:
+        """Read the status pipe to EOF, then reap the init through its pidfd. Called once by the watcher
+        task; on cancellation the caller kills first and re-enters under a shield."""
+        ex = _Exit()
+        while True:
+            rec = await self._status.next()
+            if rec is None:
+                break
+            kind, payload = rec
+            if not self._started.is_set():
+                self._first = rec
+                self._started.set()
+            if kind == b"S":
+                ex.status = int(payload["status"])  # type: ignore[call-overload]
+                ex.cpu_s = float(payload["cpu"])  # type: ignore[arg-type]
+                ex.maxrss = int(payload["maxrss"])  # type: ignore[call-overload]
+        assert self._pidfd is not None
+        await anyio.wait_readable(self._pidfd)
+        _pid, wstatus, rusage = os.wait4(self.pid, 0)
+        ex.ended = time.monotonic()
+        if os.WIFSIGNALED(wstatus):
+            ex.init_signal = os.WTERMSIG(wstatus)
+        if ex.status is None:  # killed before it could report: the init's own tally is all there is
+            ex.cpu_s = rusage.ru_utime + rusage.ru_stime
+            ex.maxrss = rusage.ru_maxrss * 1024
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._exit = ex
+        self._started.set()
+        self._done.set()

@@ -1,0 +1,135 @@
+"""Supervisor side of the fork server: start it, send spawn requests, receive pidfds.
+
+The fork server is the only process the supervisor ever forks, once, with subprocess (which execs at once in
+the child, running no Python there). It must be started from the thread that runs the event loop: the sandbox
+children's PDEATHSIG is tied to that thread.
+"""
+
+from __future__ import annotations
+
+import array
+import marshal
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+
+from supervisor._errors import SandboxSetupError
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+
+# Loads supervisor.* submodules without running supervisor/__init__.py (which imports anyio and the API):
+# the fork server stays a small, stdlib-only interpreter, so forking it is cheap.
+BOOT = (
+    "import sys, types\n"
+    "m = types.ModuleType('supervisor'); m.__path__ = [sys.argv[1] + '/supervisor']\n"
+    "sys.modules['supervisor'] = m\n"
+    "from supervisor._zygote import main\n"
+    "main(int(sys.argv[2]))\n"
+)
+
+_MAX_FDS = 64
+
+
+class ForkServer:
+    """One fork server process and the socket to it. Not thread-safe; used from one event loop."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._lock = anyio.Lock()
+        self._sent_policies: set[int] = set()
+        self.caps_dict: dict[str, object] = {}
+
+    def start(self) -> None:
+        """Start the server and read its probe report (blocking, ~30 ms, once). Raises SandboxSetupError."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", BOOT, _ROOT, str(child.fileno())],
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # terminal signals (Ctrl-C) go to the supervisor, which cleans up
+            )
+        except OSError as err:
+            parent.close()
+            raise SandboxSetupError(
+                "fork server", f"execve({sys.executable})", err.errno or 0, sys.executable
+            ) from err
+        finally:
+            child.close()
+        data = parent.recv(1 << 16)
+        if not data:
+            self._proc.wait()
+            parent.close()
+            raise SandboxSetupError(
+                "fork server",
+                "start",
+                hint=f"the fork server exited with status {self._proc.returncode} before its probe report",
+            )
+        self.caps_dict = marshal.loads(data)
+        parent.setblocking(False)
+        self._sock = parent
+
+    async def spawn(
+        self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
+    ) -> tuple[dict[str, object], int | None, int | None]:
+        """Send one spawn request; returns (reply, pidfd, status_fd). The compiled policy is sent only the
+        first time. The exchange is shielded from cancellation: once the request is sent, the reply carries
+        a child that must be reaped. Raises SandboxSetupError when the fork server is gone."""
+        sock = self._sock
+        if sock is None:
+            raise SandboxSetupError("fork server", "spawn", hint="the supervisor is not running")
+        request = dict(request, policy_id=policy_id)
+        if policy_id not in self._sent_policies:
+            request["policy"] = compiled
+        payload = marshal.dumps(request)
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+                while True:
+                    try:
+                        sock.sendmsg([payload], anc)
+                        break
+                    except BlockingIOError:
+                        await anyio.wait_writable(sock)
+                self._sent_policies.add(policy_id)
+                while True:
+                    try:
+                        msg, ancdata, _f, _a = sock.recvmsg(1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4))
+                        break
+                    except BlockingIOError:
+                        await anyio.wait_readable(sock)
+        if not msg:
+            raise SandboxSetupError("fork server", "recvmsg", hint="the fork server died; see its stderr")
+        got: list[int] = []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                arr = array.array("i")
+                arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+                got.extend(arr)
+        reply = marshal.loads(msg)
+        for fd in got:
+            os.set_inheritable(fd, False)
+        if len(got) == 2:
+            return reply, got[0], got[1]
+        for fd in got:
+            os.close(fd)
+        return reply, None, None
+
+    def close(self) -> None:
+        """Stop the server (closing the socket ends its loop) and reap it."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None

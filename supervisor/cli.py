@@ -1,0 +1,181 @@
+"""`corral` command line: the composition root (the only module that wires policies, supervisor and
+exporters together).
+
+Exit status of `corral run` (the contract in docs/cli.md): the command's own; 128+N when it was killed by
+signal N; 137 when corral killed it for a limit violation; 125 when corral itself failed (bad option, bad
+policy, setup failure: one line on stderr); 126 command not executable; 127 command not found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import click
+
+from policies import CorralError, Policy, load_policy, profiles
+from supervisor._child import Result
+from supervisor._errors import SpawnError
+from supervisor._supervisor import Supervisor
+
+EXIT_CORRAL = 125
+
+#: Flags parsed now but refused until the supervisor engine enforces them (never silently ignored).
+_NOT_YET = ("memory", "cpus", "pids", "cpu_time", "max_fds", "max_output")
+
+_FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class _Fail(Exception):
+    """A corral failure that ends the CLI with exit status 125 and one line on stderr."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """corral: run commands confined and bounded."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@click.option(
+    "--profile",
+    type=click.Choice(profiles.NAMES),
+    default=None,
+    help="Built-in profile (default workspace-write, or the policy file's).",
+)
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="Policy TOML file.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Working directory (default: cwd).")
+@click.option("--allow-write", multiple=True, metavar="PATH", help="Also writable (repeatable).")
+@click.option("--allow-read", multiple=True, metavar="PATH", help="Also readable (repeatable).")
+@click.option("--deny", multiple=True, metavar="PATH", help="Hidden from the command (repeatable).")
+@click.option("--network", type=click.Choice(["none", "host"]), default=None)
+@click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 512M.")
+@click.option("--cpus", metavar="FLOAT", help="CPU quota in cores.")
+@click.option("--pids", metavar="N", help="Maximum number of tasks.")
+@click.option("--timeout", metavar="SECONDS", help="Wall-clock limit.")
+@click.option("--cpu-time", metavar="SECONDS", help="CPU time limit.")
+@click.option("--max-fds", metavar="N", help="Open file descriptor limit.")
+@click.option("--max-output", metavar="SIZE", help="stdout+stderr byte limit.")
+@click.option("--env", multiple=True, metavar="NAME[=VALUE]", help="Pass NAME through, or set it.")
+@click.option("--clear-env", is_flag=True, default=None, help="Start from an empty environment.")
+@click.option("--best-effort", is_flag=True, default=None, help="Run even if a layer is missing.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the result here.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(command: tuple[str, ...], policy_file: str | None, profile: str | None, json_file: str | None,
+        **opts: Any) -> None:
+    """Run COMMAND in a sandbox. Put `--` before the command."""
+    policy = _build_policy(profile, policy_file, opts)
+    code = anyio.run(_run, list(command), policy, json_file)
+    sys.exit(code)
+
+
+def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, Any]) -> Policy:
+    for name in _NOT_YET:
+        if opts.get(name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise _Fail(f"{flag} is not enforced yet (it arrives with the cgroup engine); refusing to "
+                        "run without it rather than ignoring it")
+    workdir = opts.pop("workdir")
+    given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}
+    given = {k: v for k, v in given.items() if v not in (None, [])}
+    if policy_file is not None:
+        base = load_policy(policy_file, workdir=workdir)
+        if profile is not None and profile != base.profile:
+            base = profiles.get(profile, workdir or base.workdir)
+        return profiles.override(base, **given)
+    return profiles.get(profile or "workspace-write", workdir, **given)
+
+
+async def _run(command: list[str], policy: Policy, json_file: str | None) -> int:
+    async with Supervisor(max_concurrency=1) as sup:
+        child = await sup.start(command, policy=policy, stdin=None, stdout=None, stderr=None)
+        with anyio.open_signal_receiver(*_FORWARD) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def forward() -> None:
+                    async for signum in signals:
+                        child.send_signal(signum)
+
+                tg.start_soon(forward)
+                result = await _wait(child, policy)
+                tg.cancel_scope.cancel()
+    if json_file is not None:
+        _write_json(json_file, result)
+    if result.violation is not None:
+        v = result.violation
+        click.echo(f"corral: killed: {v.kind} limit {v.limit:g} exceeded (observed {v.observed:g})",
+                   err=True)
+    return result.exit_code
+
+
+async def _wait(child: Any, policy: Policy) -> Result:
+    from supervisor._child import Violation
+
+    timeout = policy.resources.timeout
+    with anyio.move_on_after(timeout) as scope:
+        return await child.wait()  # type: ignore[no-any-return]
+    if scope.cancelled_caught and timeout is not None:
+        import time
+
+        child.violation = Violation("wall_time", timeout, round(time.monotonic() - child.started, 3))
+        child.kill()
+    return await child.wait()  # type: ignore[no-any-return]
+
+
+def _write_json(path: str, result: Result) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(result.to_json(), f, indent=2)
+            f.write("\n")
+    except OSError as err:
+        raise _Fail(f"cannot write --json file {path}: {err.strerror}") from err
+
+
+@cli.command()
+def probe() -> None:
+    """Print what this kernel offers to the sandbox."""
+
+    async def go() -> None:
+        async with Supervisor(max_concurrency=1) as sup:
+            caps = sup.caps
+            click.echo(f"landlock: {caps.landlock.reason} (ABI {caps.landlock_abi})")
+            click.echo(f"seccomp: {caps.seccomp.reason}")
+            for name, feat in caps.namespaces.items():
+                click.echo(f"{name} namespace: {feat.reason}")
+            click.echo(f"ia32 ABI: {caps.ia32.reason}")
+            click.echo(f"x32 ABI: {caps.x32.reason}")
+
+    anyio.run(go)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: maps every failure to the exit-status contract."""
+    logging.basicConfig(format="corral: %(levelname)s: %(message)s", level=logging.WARNING)
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="corral", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"corral: {e.format_message()}", err=True)
+        sys.exit(EXIT_CORRAL)
+    except SpawnError as e:
+        click.echo(f"corral: {e}", err=True)
+        sys.exit(e.exit_code)
+    except (CorralError, _Fail) as e:
+        click.echo(f"corral: {e}", err=True)
+        sys.exit(EXIT_CORRAL)
+    except OSError as e:
+        click.echo(f"corral: {e}", err=True)
+        sys.exit(EXIT_CORRAL)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

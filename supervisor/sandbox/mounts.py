@@ -1,0 +1,279 @@
+"""The child's filesystem view, built in its private mount namespace.
+
+- the whole host tree is remounted read-only (defence in depth under Landlock: a write that Landlock would
+  miss still meets a read-only mount), then each writable root is bind-mounted writable over itself;
+- protected paths inside writable roots (.git/hooks, .git/config) are bind-mounted read-only over themselves:
+  Landlock can only grant, never subtract, so a read-only mount is what keeps them read-only. A mount point
+  cannot be renamed or unlinked (EBUSY), and .git itself is made a mount point so it cannot be swapped out;
+- private tmpfs on /tmp and /dev/shm, a tmpfs over /run (and a real /var/run) so no host unix socket (the
+  docker.sock class) is reachable by path;
+- a minimal /dev (null, zero, full, random, urandom, tty, a private devpts, /dev/fd links);
+- a fresh /proc for the new pid namespace, with /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus
+  read-only (as bubblewrap does);
+- denied paths hidden under an empty read-only tmpfs (directories) or /dev/null (files).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from supervisor.sandbox import _sys
+
+if TYPE_CHECKING:
+    from policies import Policy
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+
+_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+)
+_PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
+
+
+def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
+    """Plan the mount operations. Returns None when there is no mount namespace (the caller records the
+    missing layer). Paths are normalised here; existence is checked in the child at spawn time, because the
+    tree can change between spawns (a `git init` creates .git/hooks)."""
+    if not ns["flags"] or not (int(ns["flags"]) & 0x00020000):  # type: ignore[call-overload]
+        return None
+    fs = policy.filesystem
+    return {
+        "confine": fs.confine,
+        "private_tmp": fs.private_tmp or fs.confine,
+        "proc": bool(int(ns["flags"]) & 0x20000000),  # type: ignore[call-overload]
+        "write": [os.path.normpath(p) for p in fs.write] if fs.confine else [],
+        "read": [os.path.normpath(p) for p in fs.read if p != "/"] if fs.confine else [],
+        "deny": [os.path.normpath(p) for p in fs.deny] if fs.confine else [],
+        "protected": list(fs.protected) if fs.confine else [],
+        "enforced": ["mount_ns", "readonly_root", "private_tmp", "hidden_run", "minimal_dev"]
+        if fs.confine
+        else ["mount_ns"],
+    }
+
+
+def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    try:
+        _sys.libc_call(
+            "mount",
+            src.encode() if src else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        )
+    except OSError as err:
+        what = fstype or ("bind" if flags & MS_BIND else "remount")
+        raise _sys.SetupFailure("mounts", f"mount({what}, flags={flags:#x})", err.errno or 0, target) from err
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
+
+
+def _setattr(path: str, set_: int, clr: int, recursive: bool) -> None:
+    attr = _MountAttr(set_, clr, 0, 0)
+    try:
+        _sys.syscall(
+            "mount_setattr",
+            -100,  # AT_FDCWD
+            path.encode(),
+            AT_RECURSIVE if recursive else 0,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+        )
+    except OSError as err:
+        raise _sys.SetupFailure("mounts", "mount_setattr(MOUNT_ATTR_RDONLY)", err.errno or 0, path) from err
+
+
+def _bind(path: str, readonly: bool) -> None:
+    _mount(path, path, None, MS_BIND | MS_REC)
+    if readonly:
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    else:
+        # The bind inherits the read-only flag we put on the whole tree; clear it on this root only.
+        _setattr(path, 0, MOUNT_ATTR_RDONLY, recursive=False)
+
+
+def _tmpfs(target: str, mode: str, readonly: bool = False) -> None:
+    flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
+    _mount("tmpfs", target, "tmpfs", flags, f"mode={mode},size=50%")
+
+
+_HIDDEN = ("/tmp", "/run", "/var/run", "/dev")
+
+
+def _under_hidden(path: str) -> bool:
+    return any(path == h or path.startswith(h + "/") for h in _HIDDEN)
+
+
+def _open_path(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise _sys.SetupFailure("mounts", "open(O_PATH)", err.errno or 0, path) from err
+
+
+def apply(prepared: dict[str, object], workdir: str) -> None:
+    """Child side (pid 1 of the new pid namespace, inside the new mount and user namespaces, with full
+    capabilities there): build the filesystem view, then chdir to `workdir` so the cwd sees the new mounts.
+    Raises SetupFailure naming the mount and the path.
+
+    Writable roots, extra readable roots and the workdir that lie under a path the sandbox replaces (/tmp,
+    /run, /dev) are opened before the replacement and bound back on top of it afterwards, so a project in
+    /tmp stays reachable while the rest of the host /tmp does not.
+    """
+    confine = bool(prepared["confine"])
+    write: list[str] = prepared["write"]  # type: ignore[assignment]
+    read: list[str] = prepared["read"]  # type: ignore[assignment]
+    # Nothing we mount may propagate back to the host's mount namespace.
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    keep: list[tuple[str, int, bool]] = []  # (path, O_PATH fd, writable)
+    for path, writable in [*((p, True) for p in write), *((p, False) for p in read), (workdir, False)]:
+        if _under_hidden(path) and not any(k[0] == path for k in keep):
+            fd = _open_path(path)
+            if fd is not None:
+                keep.append((path, fd, writable))
+    if confine:
+        _setattr("/", MOUNT_ATTR_RDONLY, 0, recursive=True)
+        for root in write:
+            if not _under_hidden(root) and os.path.exists(root):
+                _bind(root, readonly=False)
+                _protect(root, prepared["protected"])  # type: ignore[arg-type]
+        _hide_sockets()
+        _dev()
+    if prepared["private_tmp"]:
+        _tmpfs("/tmp", "1777")
+        if not confine and os.path.isdir("/dev/shm"):
+            _tmpfs("/dev/shm", "1777")
+    for path, fd, writable in keep:
+        _rebind(path, fd, writable and confine)
+        if writable and confine:
+            _protect(path, prepared["protected"])  # type: ignore[arg-type]
+    if confine:
+        for path in prepared["deny"]:  # type: ignore[attr-defined]
+            _deny(path)
+    if prepared["proc"]:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        for name in _PROC_READONLY:
+            path = f"/proc/{name}"
+            if os.path.exists(path):
+                _bind(path, readonly=True)
+    try:
+        os.chdir(workdir)
+    except OSError as err:
+        raise _sys.SetupFailure("mounts", "chdir(workdir)", err.errno or 0, workdir) from err
+
+
+def _rebind(path: str, fd: int, writable: bool) -> None:
+    """Bind the host object behind `fd` back at `path` on top of the sandbox's replacement mount."""
+    try:
+        if not os.path.exists(path):
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.makedirs(path, 0o755, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    except OSError as err:
+        raise _sys.SetupFailure("mounts", "mkdir(mount point)", err.errno or 0, path) from err
+    _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+    os.close(fd)
+    if writable:
+        _setattr(path, 0, MOUNT_ATTR_RDONLY, recursive=False)
+    else:
+        _setattr(path, MOUNT_ATTR_RDONLY, 0, recursive=True)
+
+
+def _protect(root: str, protected: list[str]) -> None:
+    """Read-only binds for the protected paths under writable `root`; .git itself becomes a (writable)
+    mount point first so that it cannot be renamed away and replaced by a directory with fresh hooks."""
+    made_git = False
+    for rel in protected:
+        path = os.path.join(root, rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise _sys.SetupFailure("mounts", "lstat(protected path)", err.errno or 0, path) from err
+        if stat.S_ISLNK(st.st_mode):
+            # A symlink is replaced with a read-only copy of nothing: bind /dev/null-like emptiness is not
+            # possible on a symlink, so refuse rather than protect the wrong file.
+            raise _sys.SetupFailure(
+                "mounts", "protect path", 40, path, "a protected path is a symlink; remove it or unprotect it"
+            )
+        top = rel.split("/", 1)[0]
+        if "/" in rel and not made_git:
+            parent = os.path.join(root, top)
+            if os.path.isdir(parent) and not os.path.islink(parent):
+                _bind(parent, readonly=False)
+                made_git = True
+        _bind(path, readonly=True)
+
+
+def _hide_sockets() -> None:
+    """tmpfs over /run and host /tmp so no host unix socket is reachable by path."""
+    _tmpfs("/run", "0755")
+    if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
+        _tmpfs("/var/run", "0755")
+
+
+def _dev() -> None:
+    """A fresh /dev with only harmless nodes. Runs after _hide_sockets: the host /dev is parked on the
+    private /run while the node binds are made, then detached."""
+    os.mkdir("/run/.corral-hostdev", 0o700)
+    _mount("/dev", "/run/.corral-hostdev", None, MS_BIND | MS_REC)
+    _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID, "mode=0755,size=64k")
+    for name in _DEV_NODES:
+        path = f"/dev/{name}"
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+        _mount(f"/run/.corral-hostdev/{name}", path, None, MS_BIND)
+    for name, target in _DEV_LINKS:
+        os.symlink(target, f"/dev/{name}")
+    for d in ("pts", "shm"):
+        os.mkdir(f"/dev/{d}", 0o755)
+    _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
+    _tmpfs("/dev/shm", "1777")
+    # Drop the helper view of the host /dev again.
+    try:
+        _sys.libc_call("umount2", b"/run/.corral-hostdev", 2)  # MNT_DETACH
+        os.rmdir("/run/.corral-hostdev")
+    except OSError as err:
+        raise _sys.SetupFailure("mounts", "umount2(host /dev helper)", err.errno or 0) from err
+
+
+def _deny(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise _sys.SetupFailure("mounts", "lstat(deny path)", err.errno or 0, path) from err
+    if stat.S_ISDIR(st.st_mode):
+        _tmpfs(path, "0000", readonly=True)
+    else:
+        _mount("/dev/null", path, None, MS_BIND)
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
