@@ -1,6 +1,13 @@
-"""Policies: what a sandboxed child may do. Pure data; imports nothing of `supervisor` or `exporters`."""
+"""Policies: what a sandboxed child may do. Pure data; imports nothing of `supervisor` or
+`exporters`.
 
+`profiles` builds the built-in profiles, `load_policy`/`policy_from_dict` read TOML policies, and
+every constructor validates, raising `PolicyError` with the dotted key path of the bad value.
+"""
+
+from policies import profiles
 from policies._errors import CorralError, PolicyError
+from policies._load import load_policy, policy_from_dict
 from policies._model import (
     EnvPolicy,
     FilesystemPolicy,
@@ -9,6 +16,8 @@ from policies._model import (
     ResourcePolicy,
     SyscallPolicy,
 )
+from policies._validate import parse_duration, parse_size
+from policies.env import filter_environment, is_secret_name
 
 __all__ = [
     "CorralError",
@@ -19,4 +28,11 @@ __all__ = [
     "PolicyError",
     "ResourcePolicy",
     "SyscallPolicy",
+    "filter_environment",
+    "is_secret_name",
+    "load_policy",
+    "parse_duration",
+    "parse_size",
+    "policy_from_dict",
+    "profiles",
 ]

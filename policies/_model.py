@@ -1,22 +1,30 @@
 """The Policy model: what a sandboxed child may do. Pure data, no syscalls.
 
-Every class is a frozen dataclass so that a policy can be hashed, cached (the supervisor compiles each distinct
-policy once) and shared between tasks without copies. Construct policies through `profiles` or
-`load_policy`/`policy_from_dict`, which validate; direct construction validates too (see `__post_init__`).
+Every class is a frozen dataclass so that a policy can be hashed, cached (the supervisor compiles
+each distinct policy once) and shared between tasks without copies. Construct policies through
+`profiles` or `load_policy`/`policy_from_dict`; direct construction validates too: each
+`__post_init__` checks every field, stores it in canonical form (tuples, absolute normalised paths,
+int bytes, float seconds) and raises PolicyError naming the field's dotted path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
+
+from policies import _validate as v
+from policies._errors import PolicyError
 
 NetworkMode = Literal["none", "host"]
+NETWORK_MODES: tuple[str, ...] = get_args(NetworkMode)
 
-#: Paths, relative to each writable root, that stay read-only (the git hook/config escape: code written there
-#: runs later outside the sandbox, in the user's own `git commit`).
+#: Paths, relative to each writable root, that stay read-only (the git hook/config escape: code
+#: written there runs later outside the sandbox, in the user's own `git commit`).
 DEFAULT_PROTECTED: tuple[str, ...] = (".git/hooks", ".git/config")
 
-#: Environment variable names containing one of these (case-insensitive) are dropped unless passed explicitly.
+#: Environment variable names containing one of these (case-insensitive) are dropped unless passed
+#: explicitly.
 DEFAULT_SECRET_MARKERS: tuple[str, ...] = ("KEY", "SECRET", "TOKEN", "PASSWORD")
 
 
@@ -24,14 +32,18 @@ DEFAULT_SECRET_MARKERS: tuple[str, ...] = ("KEY", "SECRET", "TOKEN", "PASSWORD")
 class FilesystemPolicy:
     """Filesystem confinement.
 
-    confine:   False means no filesystem confinement at all (the full-access profile); the other fields are
-               then ignored except `private_tmp`.
+    confine:   False means no filesystem confinement at all (the full-access profile); the other
+               fields are then ignored except `private_tmp`.
     read:      absolute paths readable (and listable) with everything beneath them.
     write:     absolute paths writable with everything beneath them (also readable).
-    deny:      absolute paths hidden from the child (an empty read-only directory or file is mounted over them).
-    protected: paths relative to each writable root kept read-only (default: .git/hooks, .git/config).
-    execute:   None: anything readable may be executed; otherwise only files beneath these absolute paths.
-    private_tmp: a private tmpfs on /tmp and /dev/shm (host /tmp and /run are hidden either way when confined).
+    deny:      absolute paths hidden from the child (an empty read-only directory or file is
+               mounted over them).
+    protected: paths relative to each writable root kept read-only (default: .git/hooks,
+               .git/config).
+    execute:   None: anything readable may be executed; otherwise only files beneath these
+               absolute paths.
+    private_tmp: a private tmpfs on /tmp and /dev/shm (host /tmp and /run are hidden either way
+               when confined).
     """
 
     confine: bool = True
@@ -42,12 +54,27 @@ class FilesystemPolicy:
     execute: tuple[str, ...] | None = None
     private_tmp: bool = True
 
+    def __post_init__(self) -> None:
+        """Validate and normalise every field; PolicyError names ``filesystem.<field>[i]``."""
+        _set(self, "confine", v.check_bool(self.confine, "filesystem.confine"))
+        _set(self, "read", v.check_paths(self.read, "filesystem.read"))
+        _set(self, "write", v.check_paths(self.write, "filesystem.write"))
+        _set(self, "deny", v.check_paths(self.deny, "filesystem.deny"))
+        _set(self, "protected", v.check_protected_list(self.protected, "filesystem.protected"))
+        if self.execute is not None:
+            _set(self, "execute", v.check_paths(self.execute, "filesystem.execute"))
+        _set(self, "private_tmp", v.check_bool(self.private_tmp, "filesystem.private_tmp"))
+
 
 @dataclass(frozen=True, slots=True)
 class NetworkPolicy:
     """`none`: a private network namespace with only loopback up. `host`: the host's network."""
 
     mode: NetworkMode = "none"
+
+    def __post_init__(self) -> None:
+        """Raise PolicyError("network.mode") unless the mode is "none" or "host"."""
+        v.check_choice(self.mode, "network.mode", NETWORK_MODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +89,18 @@ class SyscallPolicy:
     enabled: bool = True
     deny: tuple[str, ...] = ()
     allow: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Validate the names; raise PolicyError naming ``syscalls.<field>[i]`` on a bad one, or
+        on a name that is both allowed and denied.
+        """
+        _set(self, "enabled", v.check_bool(self.enabled, "syscalls.enabled"))
+        _set(self, "deny", v.check_syscalls(self.deny, "syscalls.deny"))
+        _set(self, "allow", v.check_syscalls(self.allow, "syscalls.allow"))
+        for i, name in enumerate(self.allow):
+            if name in self.deny:
+                where = f"syscalls.allow[{i}]"
+                raise PolicyError(where, "is also in syscalls.deny; choose one", name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +126,35 @@ class ResourcePolicy:
     output: int | None = None
     fsize: int | None = None
 
+    def __post_init__(self) -> None:
+        """Validate and normalise every limit (sizes to int bytes, durations to float seconds).
+
+        Sizes and durations also accept the strings `parse_size` and `parse_duration` do. Raises
+        PolicyError naming ``resources.<field>`` on a bad value.
+        """
+        for name in ("memory", "output", "fsize"):
+            value = getattr(self, name)
+            if value is not None:
+                _set(self, name, v.parse_size(value, f"resources.{name}"))
+        for name in ("timeout", "cpu_time"):
+            value = getattr(self, name)
+            if value is not None:
+                _set(self, name, v.parse_duration(value, f"resources.{name}"))
+        if self.cpus is not None:
+            _set(self, "cpus", v.check_cpus(self.cpus, "resources.cpus"))
+        if self.pids is not None:
+            _set(self, "pids", v.check_pids(self.pids, "resources.pids"))
+        if self.fds is not None:
+            _set(self, "fds", v.check_fds(self.fds, "resources.fds"))
+
 
 @dataclass(frozen=True, slots=True)
 class EnvPolicy:
     """Which environment variables reach the child.
 
     clear:          start from an empty environment instead of the caller's.
-    set:            (name, value) pairs set explicitly (always passed, even if the name looks secret).
+    set:            (name, value) pairs set explicitly (always passed, even if the name looks
+                    secret).
     passthrough:    names passed from the caller's environment even if they look secret.
     secret_markers: substrings (case-insensitive) that make a name secret.
     """
@@ -103,14 +164,27 @@ class EnvPolicy:
     passthrough: tuple[str, ...] = ()
     secret_markers: tuple[str, ...] = DEFAULT_SECRET_MARKERS
 
+    def __post_init__(self) -> None:
+        """Validate names and values; `set` may also be given as a mapping. Raises PolicyError
+        naming ``environment.<field>`` on a bad entry or a name set twice.
+        """
+        _set(self, "clear", v.check_bool(self.clear, "environment.clear"))
+        _set(self, "set", _env_pairs(self.set, "environment.set"))
+        _set(self, "passthrough", v.check_env_names(self.passthrough, "environment.passthrough"))
+        _set(
+            self,
+            "secret_markers",
+            v.check_markers(self.secret_markers, "environment.secret_markers"),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Everything a child is allowed. `profile` names the built-in profile it was derived from.
 
     workdir: the child's working directory (absolute), None for the caller's current directory.
-    best_effort: when a requested layer cannot be applied on this kernel, run anyway and record which layers
-                 took effect (a warning is logged). False (the default) fails closed.
+    best_effort: when a requested layer cannot be applied on this kernel, run anyway and record
+                 which layers took effect (a warning is logged). False (the default) fails closed.
     """
 
     profile: str = "custom"
@@ -121,3 +195,48 @@ class Policy:
     resources: ResourcePolicy = field(default_factory=ResourcePolicy)
     environment: EnvPolicy = field(default_factory=EnvPolicy)
     best_effort: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the profile name, that workdir is absolute (and normalise it), the sections'
+        types and best_effort. Raises PolicyError naming the field.
+        """
+        v.check_name(self.profile, "profile", "a profile name")
+        if self.workdir is not None:
+            _set(self, "workdir", v.check_path(self.workdir, "workdir"))
+        for name, cls in _SECTIONS:
+            section = getattr(self, name)
+            if not isinstance(section, cls):
+                raise PolicyError(name, f"expected a {cls.__name__}", section)
+        _set(self, "best_effort", v.check_bool(self.best_effort, "best_effort"))
+
+
+#: Writes a field of a frozen dataclass; __post_init__ uses it to store a value's canonical form.
+_set = object.__setattr__
+
+_SECTIONS: tuple[tuple[str, type], ...] = (
+    ("filesystem", FilesystemPolicy),
+    ("network", NetworkPolicy),
+    ("syscalls", SyscallPolicy),
+    ("resources", ResourcePolicy),
+    ("environment", EnvPolicy),
+)
+
+
+def _env_pairs(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    """`EnvPolicy.set` as (name, value) pairs, from pairs or a mapping.
+
+    Raises PolicyError naming ``path[i]`` on a bad pair or a repeated name.
+    """
+    items = (
+        list(value.items()) if isinstance(value, Mapping) else v.check_list(value, path, "pairs")
+    )
+    pairs: dict[str, str] = {}
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise PolicyError(where, "expected a (name, value) pair", item)
+        name = v.check_env_name(item[0], where)
+        if name in pairs:
+            raise PolicyError(where, "this name is set twice", name)
+        pairs[name] = v.check_env_value(item[1], where)
+    return tuple(pairs.items())

@@ -1,0 +1,259 @@
+"""Policies from TOML files and plain dicts (docs/policy.md describes the format).
+
+Every key is checked here, with its path in the file (``filesystem.write[2]``), before the model
+sees it, so an error names what the user wrote; the model's own validation then runs as a backstop.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from policies import _validate as v
+from policies import profiles
+from policies._errors import PolicyError
+from policies._model import NETWORK_MODES, NetworkPolicy, Policy
+
+_TOP_KEYS = (
+    "profile",
+    "best_effort",
+    "workdir",
+    "filesystem",
+    "network",
+    "syscalls",
+    "resources",
+    "environment",
+)
+_FILESYSTEM_KEYS = ("read", "write", "deny", "protected", "execute", "private_tmp", "confine")
+_NETWORK_KEYS = ("mode",)
+_WHOLE = ""  # the error path of problems with the file or document as a whole
+_SYSCALL_KEYS = ("enabled", "deny", "allow")
+_ENVIRONMENT_KEYS = ("clear", "set", "passthrough", "secret_markers")
+
+
+_RESOURCE_CHECKS: dict[str, Callable[[object, str], object]] = {
+    "memory": v.parse_size,
+    "cpus": v.check_cpus,
+    "pids": v.check_pids,
+    "timeout": v.parse_duration,
+    "cpu_time": v.parse_duration,
+    "fds": v.check_fds,
+    "output": v.parse_size,
+    "fsize": v.parse_size,
+}
+
+Base = Policy | str | None
+
+
+def load_policy(
+    path: str | os.PathLike[str],
+    *,
+    workdir: str | os.PathLike[str] | None = None,
+    base: Base = None,
+) -> Policy:
+    """Read the TOML policy file at `path` and return the validated Policy it describes.
+
+    `workdir`, when given, overrides the file's ``workdir``; a relative ``workdir`` in the file is
+    resolved against the file's directory. `base` (a profile name or a Policy) supplies the defaults
+    when the file has no ``profile`` key; see `policy_from_dict`. Raises PolicyError with ``source``
+    set to the file: path ``""`` if the file cannot be read (the reason names the file and the OS
+    error), is not UTF-8, or is not valid TOML (the reason gives line and column); otherwise the
+    dotted key path of the bad value.
+    """
+    try:
+        source = os.fspath(path)
+    except TypeError:
+        raise PolicyError(_WHOLE, "expected the policy file's path", path) from None
+    if not isinstance(source, str):
+        raise PolicyError(_WHOLE, "expected the policy file's path as a string", path)
+    try:
+        with open(source, "rb") as fp:
+            raw = fp.read()
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise PolicyError(
+            _WHOLE, f"cannot read policy file {source!r}: {reason}", source=source
+        ) from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        reason = f"the file is not UTF-8 text ({err.reason} at byte {err.start})"
+        raise PolicyError(_WHOLE, reason, source=source) from err
+    try:
+        data = tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as err:
+        raise PolicyError(_WHOLE, f"invalid TOML: {err}", source=source) from err
+    absolute = source if os.path.isabs(source) else os.path.join(v.cwd(), source)
+    return _from_dict(data, source, workdir, base, os.path.dirname(absolute))
+
+
+def policy_from_dict(
+    data: object,
+    *,
+    source: str | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    base: Base = None,
+) -> Policy:
+    """Return the validated Policy described by `data`, a dict shaped like the TOML file
+    (docs/policy.md).
+
+    Defaults come from, in order: the ``profile`` key of `data`; else `base` (a profile name, or a
+    Policy whose values are used as they are); else the model's defaults (profile "custom": read
+    everything, write nowhere, no network). Keys in `data` replace those defaults, except
+    ``filesystem.write``, which adds to them. The workdir is `workdir` if given, else
+    ``data["workdir"]`` (relative: against the current directory), else the base Policy's, else the
+    current directory; always made an absolute real path. Relative filesystem paths are resolved
+    against it.
+
+    Raises PolicyError naming the dotted key path of the first bad value (unknown keys list the
+    valid ones); its ``source`` is `source`.
+    """
+    return _from_dict(data, source, workdir, base, None)
+
+
+def _from_dict(
+    data: object, source: str | None, workdir: object, base: object, relative_to: str | None
+) -> Policy:
+    """`policy_from_dict`, with the directory a relative workdir in `data` is resolved against."""
+    try:
+        return _build(data, workdir, base, relative_to)
+    except PolicyError as err:
+        if source is not None and err.source is None:
+            raise err.with_source(source) from None
+        raise
+
+
+def _table(value: object, path: str, keys: tuple[str, ...]) -> Mapping[str, object]:
+    """`value` as a mapping with only `keys`.
+
+    Raises PolicyError naming the unknown key and listing `keys`, or naming `path` if `value` is not
+    a mapping.
+    """
+    if not isinstance(value, Mapping):
+        raise PolicyError(path, f"expected a table with keys: {', '.join(keys)}", value)
+    for key in value:
+        if not isinstance(key, str):
+            raise PolicyError(path, f"keys must be strings; valid keys: {', '.join(keys)}", key)
+        if key not in keys:
+            where = f"{path}.{key}" if path else key
+            raise PolicyError(where, f"unknown key; valid keys: {', '.join(keys)}", key)
+    return value
+
+
+def _build(data: object, workdir: object, base: object, relative_to: str | None) -> Policy:
+    top = _table(data, "", _TOP_KEYS)
+
+    if workdir is not None:
+        wd = v.resolve_workdir(workdir)
+    elif "workdir" in top:
+        wd = v.resolve_workdir(top["workdir"], "workdir", relative_to)
+    elif isinstance(base, Policy) and base.workdir is not None:
+        wd = base.workdir
+    else:
+        wd = v.resolve_workdir(None)
+
+    start: Policy
+    if "profile" in top:
+        start = profiles.get(profiles._check_profile_name(top["profile"]), wd)
+    elif base is None:
+        start = Policy(workdir=wd)
+    elif isinstance(base, str):
+        start = profiles.get(profiles._check_profile_name(base, "base"), wd)
+    elif isinstance(base, Policy):
+        start = replace(base, workdir=wd)
+    else:
+        where = "base"
+        raise PolicyError(where, "expected a profile name or a Policy", base)
+
+    changes: dict[str, Any] = {}
+    if "best_effort" in top:
+        changes["best_effort"] = v.check_bool(top["best_effort"], "best_effort")
+    if "filesystem" in top:
+        changes["filesystem"] = replace(
+            start.filesystem, **_filesystem(top["filesystem"], start, wd)
+        )
+    if "network" in top:
+        changes["network"] = _network(top["network"])
+    if "syscalls" in top:
+        changes["syscalls"] = replace(start.syscalls, **_syscalls(top["syscalls"]))
+    if "resources" in top:
+        changes["resources"] = replace(start.resources, **_resources(top["resources"]))
+    if "environment" in top:
+        changes["environment"] = replace(start.environment, **_environment(top["environment"]))
+    return replace(start, **changes)
+
+
+def _filesystem(value: object, start: Policy, wd: str) -> dict[str, Any]:
+    table = _table(value, "filesystem", _FILESYSTEM_KEYS)
+    out: dict[str, Any] = {}
+    for key in ("read", "deny", "execute"):
+        if key in table:
+            out[key] = v.check_paths(table[key], f"filesystem.{key}", wd)
+    if "write" in table:
+        added = v.check_paths(table["write"], "filesystem.write", wd)
+        out["write"] = v.dedupe((*start.filesystem.write, *added))
+    if "protected" in table:
+        out["protected"] = v.check_protected_list(table["protected"], "filesystem.protected")
+    for key in ("private_tmp", "confine"):
+        if key in table:
+            out[key] = v.check_bool(table[key], f"filesystem.{key}")
+    return out
+
+
+def _network(value: object) -> NetworkPolicy:
+    # `network = "host"` is accepted as a shorthand for `[network] mode = "host"`.
+    if isinstance(value, str):
+        mode = v.check_choice(value, "network", NETWORK_MODES)
+    else:
+        table = _table(value, "network", _NETWORK_KEYS)
+        if "mode" not in table:
+            where = "network.mode"
+            raise PolicyError(where, f"missing; expected one of: {', '.join(NETWORK_MODES)}")
+        mode = v.check_choice(table["mode"], "network.mode", NETWORK_MODES)
+    return NetworkPolicy(mode="host" if mode == "host" else "none")
+
+
+def _syscalls(value: object) -> dict[str, Any]:
+    table = _table(value, "syscalls", _SYSCALL_KEYS)
+    out: dict[str, Any] = {}
+    if "enabled" in table:
+        out["enabled"] = v.check_bool(table["enabled"], "syscalls.enabled")
+    for key in ("deny", "allow"):
+        if key in table:
+            out[key] = v.check_syscalls(table[key], f"syscalls.{key}")
+    return out
+
+
+def _resources(value: object) -> dict[str, Any]:
+    table = _table(value, "resources", tuple(_RESOURCE_CHECKS))
+    out: dict[str, Any] = {}
+    for key, item in table.items():
+        out[key] = None if v.is_unlimited(item) else _RESOURCE_CHECKS[key](item, f"resources.{key}")
+    return out
+
+
+def _environment(value: object) -> dict[str, Any]:
+    table = _table(value, "environment", _ENVIRONMENT_KEYS)
+    out: dict[str, Any] = {}
+    if "clear" in table:
+        out["clear"] = v.check_bool(table["clear"], "environment.clear")
+    if "set" in table:
+        settings = table["set"]
+        if not isinstance(settings, Mapping):
+            where = "environment.set"
+            raise PolicyError(where, 'expected a table of NAME = "value"', settings)
+        pairs: list[tuple[str, str]] = []
+        for name, text in settings.items():
+            where = f"environment.set.{name}" if isinstance(name, str) else "environment.set"
+            pairs.append((v.check_env_name(name, where), v.check_env_value(text, where)))
+        out["set"] = tuple(pairs)
+    if "passthrough" in table:
+        out["passthrough"] = v.check_env_names(table["passthrough"], "environment.passthrough")
+    if "secret_markers" in table:
+        out["secret_markers"] = v.check_markers(
+            table["secret_markers"], "environment.secret_markers"
+        )
+    return out

@@ -1,0 +1,245 @@
+"""The built-in profiles: read-only, workspace-write, full-access.
+
+Each profile function returns a validated, frozen `Policy`; keyword options adjust it (the same
+options the CLI has, see `Options`). `override` applies the same options to any existing policy, for
+example one loaded from a file and then adjusted on the command line.
+
+read-only:        read the whole filesystem, write nowhere (the sandbox adds a private /tmp,
+                  /dev/shm and /dev/null), network "none".
+workspace-write:  read-only, plus write the workdir and each `allow_write` path; `protected` paths
+                  inside writable roots (.git/hooks, .git/config) stay read-only. Network "none".
+full-access:      no filesystem confinement, network "host"; resource limits still apply.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any, TypedDict, Unpack
+
+from policies import _validate as v
+from policies._errors import PolicyError
+from policies._model import (
+    NETWORK_MODES,
+    EnvPolicy,
+    FilesystemPolicy,
+    NetworkMode,
+    NetworkPolicy,
+    Policy,
+    ResourcePolicy,
+)
+
+__all__ = ["NAMES", "Options", "full_access", "get", "override", "read_only", "workspace_write"]
+
+#: The built-in profile names, as `get` and the CLI's --profile take them.
+NAMES: tuple[str, ...] = ("read-only", "workspace-write", "full-access")
+
+StrPath = str | os.PathLike[str]
+
+
+class Options(TypedDict, total=False):
+    """Keyword options accepted by every profile function, `get` and `override`.
+
+    An option left out, or given as None, keeps the profile's value. Relative paths are resolved
+    against the policy's workdir. Sizes take ints or strings like "512M"; durations numbers or
+    strings like "90s"; the resource options also take "unlimited" to remove a limit.
+    """
+
+    allow_write: Iterable[StrPath] | None  # added to filesystem.write
+    allow_read: Iterable[StrPath] | None  # added to filesystem.read
+    deny: Iterable[StrPath] | None  # added to filesystem.deny
+    execute: Iterable[StrPath] | None  # replaces filesystem.execute
+    protected: Iterable[str] | None  # replaces filesystem.protected
+    network: NetworkMode | None  # network.mode
+    memory: int | str | None  # resources.memory
+    cpus: float | str | None  # resources.cpus
+    pids: int | str | None  # resources.pids
+    timeout: float | str | None  # resources.timeout
+    cpu_time: float | str | None  # resources.cpu_time
+    max_fds: int | str | None  # resources.fds
+    max_output: int | str | None  # resources.output
+    fsize: int | str | None  # resources.fsize
+    env: Iterable[str] | None  # "NAME" -> environment.passthrough, "NAME=VALUE" -> environment.set
+    clear_env: bool | None  # environment.clear
+    best_effort: bool | None  # best_effort
+
+
+_OPTION_NAMES: tuple[str, ...] = tuple(Options.__annotations__)
+
+
+def read_only(workdir: StrPath | None = None, **opts: Unpack[Options]) -> Policy:
+    """Return the read-only profile: read everything, write nowhere, no network.
+
+    `workdir` (default: the current directory) is resolved to an absolute real path. Raises
+    PolicyError naming the option (``memory``, ``allow_write[1]``, ...) on a bad one, or on an
+    unknown option.
+    """
+    return _make("read-only", workdir, opts)
+
+
+def workspace_write(workdir: StrPath | None = None, **opts: Unpack[Options]) -> Policy:
+    """Return the workspace-write profile: read everything, write `workdir` and `allow_write`, no
+    network.
+
+    `workdir` (default: the current directory) is resolved to an absolute real path and becomes the
+    first writable root. Raises PolicyError naming the option on a bad or unknown one.
+    """
+    return _make("workspace-write", workdir, opts)
+
+
+def full_access(workdir: StrPath | None = None, **opts: Unpack[Options]) -> Policy:
+    """Return the full-access profile: no filesystem confinement, the host's network; limits still
+    apply.
+
+    Raises PolicyError naming the option on a bad or unknown one.
+    """
+    return _make("full-access", workdir, opts)
+
+
+def get(name: str, workdir: StrPath | None = None, **opts: Unpack[Options]) -> Policy:
+    """Return the built-in profile called `name` ("read-only", "workspace-write" or "full-access").
+
+    Raises PolicyError("profile") listing the valid names if there is no such profile, and as the
+    profile functions do on a bad option.
+    """
+    return _make(_check_profile_name(name), workdir, opts)
+
+
+def _check_profile_name(name: object, path: str = "profile") -> str:
+    """Return `name` if it names a built-in profile; else raise PolicyError(path) listing them."""
+    if not isinstance(name, str) or name not in NAMES:
+        raise PolicyError(path, f"unknown profile; valid profiles: {', '.join(NAMES)}", name)
+    return name
+
+
+def override(policy: Policy, **opts: Unpack[Options]) -> Policy:
+    """Return `policy` adjusted by the keyword options (see `Options`), which take precedence.
+
+    List options add to the policy's lists (`allow_write`, `allow_read`, `deny`, `env`), except
+    `execute` and `protected`, which replace them. Relative paths resolve against `policy.workdir`,
+    else the current directory. Raises PolicyError naming the option (``max_fds``, ``env[2]``, ...)
+    on a bad value, or on an unknown option (listing the valid ones).
+    """
+    if not isinstance(policy, Policy):
+        where = "policy"
+        raise PolicyError(where, "expected a Policy", policy)
+    for key in opts:
+        if key not in _OPTION_NAMES:
+            raise PolicyError(
+                key, f"unknown option; valid options: {', '.join(_OPTION_NAMES)}", key
+            )
+    given: dict[str, object] = {k: val for k, val in opts.items() if val is not None}
+    if not given:
+        return policy
+    base_dir = policy.workdir if policy.workdir is not None else v.cwd()
+
+    fs = policy.filesystem
+    fs_changes: dict[str, Any] = {}
+    for option, field_name in (("allow_write", "write"), ("allow_read", "read"), ("deny", "deny")):
+        if option in given:
+            added = v.check_paths(given[option], option, base_dir)
+            fs_changes[field_name] = v.dedupe((*getattr(fs, field_name), *added))
+    if "execute" in given:
+        fs_changes["execute"] = v.check_paths(given["execute"], "execute", base_dir)
+    if "protected" in given:
+        fs_changes["protected"] = v.check_protected_list(given["protected"], "protected")
+
+    network = policy.network
+    if "network" in given:
+        network = NetworkPolicy(mode=_network_mode(given["network"], "network"))
+
+    res_changes: dict[str, Any] = {}
+    for option, field_name, check in _RESOURCE_OPTIONS:
+        if option in given:
+            value = given[option]
+            res_changes[field_name] = None if v.is_unlimited(value) else check(value, option)
+
+    env = policy.environment
+    env_changes: dict[str, Any] = {}
+    if "env" in given:
+        passthrough, settings = _parse_env_options(given["env"], "env")
+        env_changes["passthrough"] = v.dedupe((*env.passthrough, *passthrough))
+        env_changes["set"] = tuple({**dict(env.set), **settings}.items())
+    if "clear_env" in given:
+        env_changes["clear"] = v.check_bool(given["clear_env"], "clear_env")
+
+    best_effort = policy.best_effort
+    if "best_effort" in given:
+        best_effort = v.check_bool(given["best_effort"], "best_effort")
+
+    return replace(
+        policy,
+        filesystem=replace(fs, **fs_changes),
+        network=network,
+        resources=replace(policy.resources, **res_changes),
+        environment=replace(env, **env_changes),
+        best_effort=best_effort,
+    )
+
+
+def _parse_env_options(value: object, path: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Split ``--env`` style entries into passthrough names ("NAME") and settings ("NAME=VALUE").
+
+    A later setting of the same name wins. Raises PolicyError naming ``path[i]`` on a bad entry.
+    """
+    passthrough: list[str] = []
+    settings: dict[str, str] = {}
+    for i, item in enumerate(v.check_list(value, path, "NAME or NAME=VALUE strings")):
+        where = f"{path}[{i}]"
+        if not isinstance(item, str):
+            raise PolicyError(where, "expected a 'NAME' or 'NAME=VALUE' string", item)
+        name, sep, text = item.partition("=")
+        try:
+            v.check_env_name(name, where)
+            if sep:
+                v.check_env_value(text, where)
+        except PolicyError as err:  # show the whole entry, not just the part that is wrong
+            raise PolicyError(where, err.reason, item) from None
+        if sep:
+            settings[name] = text
+        else:
+            passthrough.append(name)
+    return tuple(passthrough), settings
+
+
+def _network_mode(value: object, path: str) -> NetworkMode:
+    mode = v.check_choice(value, path, NETWORK_MODES)
+    return "host" if mode == "host" else "none"
+
+
+#: (option, ResourcePolicy field, check) for every resource option.
+_RESOURCE_OPTIONS: tuple[tuple[str, str, Callable[[object, str], object]], ...] = (
+    ("memory", "memory", v.parse_size),
+    ("cpus", "cpus", v.check_cpus),
+    ("pids", "pids", v.check_pids),
+    ("timeout", "timeout", v.parse_duration),
+    ("cpu_time", "cpu_time", v.parse_duration),
+    ("max_fds", "fds", v.check_fds),
+    ("max_output", "output", v.parse_size),
+    ("fsize", "fsize", v.parse_size),
+)
+
+
+def _base(name: str, workdir: str) -> Policy:
+    """Return profile `name` with no options, for an already resolved absolute `workdir`."""
+    if name == "full-access":
+        return Policy(
+            profile=name,
+            workdir=workdir,
+            filesystem=FilesystemPolicy(confine=False),
+            network=NetworkPolicy(mode="host"),
+        )
+    write = (workdir,) if name == "workspace-write" else ()
+    return Policy(
+        profile=name,
+        workdir=workdir,
+        filesystem=FilesystemPolicy(read=("/",), write=write),
+        network=NetworkPolicy(mode="none"),
+        resources=ResourcePolicy(),
+        environment=EnvPolicy(),
+    )
+
+
+def _make(name: str, workdir: object, opts: Options) -> Policy:
+    return override(_base(name, v.resolve_workdir(workdir)), **opts)
