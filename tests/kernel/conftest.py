@@ -1,0 +1,61 @@
+"""Fixtures for tests that run real sandboxed children on this kernel.
+
+`sup` is a running Supervisor; `workspace` a fresh project directory that is NOT under /tmp (children get a
+private /tmp, so a workspace there would exercise the re-bind path only; see test_mounts for that case).
+`canary` files and processes let attack tests check effects from outside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor import Supervisor
+
+SCRATCH = Path("/var/tmp/corral-tests")
+
+
+@pytest.fixture
+async def sup() -> AsyncIterator[Supervisor]:
+    async with Supervisor(max_concurrency=16) as s:
+        yield s
+
+
+@pytest.fixture
+def workspace() -> Iterator[Path]:
+    """A writable project root outside /tmp, world-traversable (the unprivileged tests use it too)."""
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(SCRATCH, 0o755)
+    d = SCRATCH / f"ws-{uuid.uuid4().hex[:10]}"
+    d.mkdir(mode=0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A host directory the sandbox may read but must never write, with a canary file in it."""
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    d = SCRATCH / f"host-{uuid.uuid4().hex[:10]}"
+    d.mkdir(mode=0o755)
+    (d / "canary.txt").write_text("host canary\n")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file, or of a directory listing with each file's hash: 'unchanged' checks."""
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(path.rglob("*")):
+            h.update(str(p.relative_to(path)).encode())
+            if p.is_file() and not p.is_symlink():
+                h.update(p.read_bytes())
+        return h.hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
