@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import signal as _signal
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import anyio
@@ -167,10 +168,8 @@ class Child:
         """Signal the command (the init forwards TERM, INT, HUP, QUIT, USR1, USR2, WINCH, CONT to it;
         SIGKILL ends the whole sandbox). A no-op once the child has exited."""
         if self._pidfd is not None and self._exit is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 _signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                pass
 
     def kill(self) -> None:
         """SIGKILL the sandbox init: the kernel then kills every process in its pid namespace."""
@@ -243,7 +242,9 @@ class Child:
                 ex.maxrss = int(payload["maxrss"])  # type: ignore[call-overload]
         assert self._pidfd is not None
         await anyio.wait_readable(self._pidfd)
-        _pid, wstatus, rusage = os.wait4(self.pid, 0)
+        # The pidfd is readable: the init is a zombie and this returns at once. The pid cannot have been
+        # reused, since only we can reap it.
+        _pid, wstatus, rusage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222
         ex.ended = time.monotonic()
         if os.WIFSIGNALED(wstatus):
             ex.init_signal = os.WTERMSIG(wstatus)

@@ -76,7 +76,11 @@ class ForkServer:
         self._sock = parent
 
     async def spawn(
-        self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
+        self,
+        request: dict[str, object],
+        policy_id: int,
+        compiled: dict[str, object],
+        fds: list[int],
     ) -> tuple[dict[str, object], int | None, int | None]:
         """Send one spawn request; returns (reply, pidfd, status_fd). The compiled policy is sent only the
         first time. The exchange is shielded from cancellation: once the request is sent, the reply carries

@@ -21,7 +21,15 @@ log = logging.getLogger("corral")
 _ids = itertools.count(1)
 
 #: Layers applied unconditionally by the fork server (they need no kernel feature beyond Linux 5.9).
-ALWAYS = ("capabilities", "no_new_privs", "rlimits", "new_session", "pdeathsig", "fd_close", "env_filter")
+ALWAYS = (
+    "capabilities",
+    "no_new_privs",
+    "rlimits",
+    "new_session",
+    "pdeathsig",
+    "fd_close",
+    "env_filter",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +55,8 @@ def compile_policy(policy: Policy, caps: KernelCaps) -> CompiledPolicy:
         missing.append(("mounts", "no mount namespace: no read-only root, protected paths or private /tmp"))
     ll = landlock.prepare(policy, caps, private_network=bool(ns["net"]))
     if ll is not None:
-        enforced += ll["enforced"]
-        missing += [(str(a), str(b)) for a, b in ll["missing"]]
+        enforced += ll["enforced"]  # type: ignore[arg-type]
+        missing += [(str(a), str(b)) for a, b in ll["missing"]]  # type: ignore[attr-defined]
     elif policy.filesystem.confine:
         missing.append(("landlock", caps.landlock.reason))
     sc = seccomp.prepare(policy, caps)

@@ -99,9 +99,9 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> bool | None:
         try:
-            with anyio.CancelScope(shield=True):
-                for child in list(self._children):
-                    child.kill()
+            # Kill first: the watcher tasks then reap every child while the task group exits.
+            for child in list(self._children):
+                child.kill()
             assert self._tg is not None
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
@@ -166,7 +166,8 @@ class Supervisor:
         pass_fds: Sequence[int],
         slot: _Slot,
     ) -> Child:
-        assert self._forkserver is not None and self._tg is not None
+        assert self._forkserver is not None
+        assert self._tg is not None
         env = filter_environment(policy, os.environ)
         request: dict[str, object] = {
             "argv": [os.fsencode(a) for a in cmd],
@@ -295,8 +296,9 @@ class Supervisor:
         return child.result(stdout=out, stderr=err, stdout_truncated=out_t, stderr_truncated=err_t)
 
 
-async def _drain(stream: FdReceiveStream | object, limit: int, into: dict[str, tuple[bytes, bool]],
-                 key: str) -> None:
+async def _drain(
+    stream: FdReceiveStream | object, limit: int, into: dict[str, tuple[bytes, bool]], key: str
+) -> None:
     """Read `stream` to EOF keeping at most `limit` bytes; memory stays bounded whatever the child writes."""
     assert isinstance(stream, FdReceiveStream)
     chunks: list[bytes] = []
@@ -365,6 +367,6 @@ def _setup_error(err: object, cmd: Sequence[str | bytes | os.PathLike[str]]) -> 
         str(err.get("layer")),
         str(err.get("operation")),
         code,
-        err.get("path") if isinstance(err.get("path"), str) else None,  # type: ignore[arg-type]
+        err.get("path") if isinstance(err.get("path"), str) else None,
         str(err.get("hint") or ""),
     )

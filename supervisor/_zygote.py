@@ -21,6 +21,7 @@ Status pipe records: one byte kind + 4-byte length + marshal payload.
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import fcntl
 import gc
@@ -56,9 +57,7 @@ _raw_syscall.restype = ctypes.c_long
 
 def _clone(flags: int) -> int:
     """fork(2) with namespace flags: stack 0 means the child continues on a copy of our stack."""
-    ret: int = _raw_syscall(
-        ctypes.c_long(_sys.nr("clone")), ctypes.c_ulong(flags), None, None, None, None
-    )
+    ret: int = _raw_syscall(ctypes.c_long(_sys.nr("clone")), ctypes.c_ulong(flags), None, None, None, None)
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"clone: {os.strerror(err)}")
@@ -112,7 +111,7 @@ def _confine(pol: dict[str, object], req: dict[str, object], supervisor_pidfd: i
     rlimits.apply(pol["rlimits"])  # type: ignore[arg-type]
     # 7. Capabilities: everything above needed them; nothing below does.
     capabilities.apply(pol["caps"])  # type: ignore[arg-type]
-    # 8. no_new_privs: required by Landlock and by seccomp without CAP_SYS_ADMIN; no exec can regain privilege.
+    # 8. no_new_privs: required by Landlock and by unprivileged seccomp; no exec can regain privilege.
     capabilities.set_no_new_privs()
     # 9. Landlock after the mounts it describes and after no_new_privs.
     if pol["landlock"] is not None:
@@ -129,10 +128,8 @@ def _forward(signum: int, _frame: object) -> None:
     # The init is pid 1 of the namespace: signals sent to it would be ignored by a target running as pid 1,
     # so the init catches them and passes them on to the target, which gets ordinary signal semantics.
     if _target_pid:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(_target_pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 _FORWARDED = (
@@ -165,22 +162,31 @@ def _spawn_target(req: dict[str, object], stdio: list[int]) -> int:
     name = argv[0]
     try:
         if b"/" in name:
-            return os.posix_spawn(name, argv, env, file_actions=actions, setsigdef=_ALL_SIGNALS,
-                                  setsigmask=[])
+            return os.posix_spawn(
+                name, argv, env, file_actions=actions, setsigdef=_ALL_SIGNALS, setsigmask=[]
+            )
         return _spawnp(name, argv, env, actions)
     finally:
         for fd in high:
             os.close(fd)
 
 
-def _spawnp(name: bytes, argv: list[bytes], env: dict[bytes, bytes], actions: list[tuple[int, int, int]]) -> int:
+def _spawnp(
+    name: bytes, argv: list[bytes], env: dict[bytes, bytes], actions: list[tuple[int, int, int]]
+) -> int:
     """posix_spawn with a PATH search in the child's environment, like execvp(3): EACCES on a file that
     exists is reported over ENOENT elsewhere on PATH."""
     saved: OSError | None = None
     for d in env.get(b"PATH", b"/usr/local/bin:/usr/bin:/bin").split(b":"):
         try:
-            return os.posix_spawn(os.path.join(d or b".", name), argv, env, file_actions=actions,
-                                  setsigdef=_ALL_SIGNALS, setsigmask=[])
+            return os.posix_spawn(
+                os.path.join(d or b".", name),
+                argv,
+                env,
+                file_actions=actions,
+                setsigdef=_ALL_SIGNALS,
+                setsigmask=[],
+            )
         except OSError as e:
             if e.errno not in (2, 20) and saved is None:
                 saved = e
@@ -206,8 +212,17 @@ def _sandbox_init(
         _record(status_w, b"E", failure.to_dict())
         os._exit(125)
     except OSError as err:
-        _record(status_w, b"E", {"layer": "setup", "operation": str(err), "errno": err.errno or 0,
-                                 "path": None, "hint": ""})
+        _record(
+            status_w,
+            b"E",
+            {
+                "layer": "setup",
+                "operation": str(err),
+                "errno": err.errno or 0,
+                "path": None,
+                "hint": "",
+            },
+        )
         os._exit(125)
     for sig in _FORWARDED:
         signal.signal(sig, _forward)
@@ -215,8 +230,17 @@ def _sandbox_init(
         pid = _spawn_target(req, stdio)
     except OSError as err:
         argv0 = req["argv"][0]  # type: ignore[index]
-        _record(status_w, b"E", {"layer": "exec", "operation": "execve", "errno": err.errno or 0,
-                                 "path": os.fsdecode(argv0), "hint": ""})
+        _record(
+            status_w,
+            b"E",
+            {
+                "layer": "exec",
+                "operation": "execve",
+                "errno": err.errno or 0,
+                "path": os.fsdecode(argv0),
+                "hint": "",
+            },
+        )
         os._exit(127)
     _target_pid = pid
     for fd in stdio:
@@ -231,8 +255,11 @@ def _sandbox_init(
             break
     # The target's own usage (with its reaped descendants), not the init's: the init is a copy of the
     # fork server and its RSS would mask a small command's peak.
-    _record(status_w, b"S", {"status": status, "cpu": ru.ru_utime + ru.ru_stime,
-                             "maxrss": ru.ru_maxrss * 1024})
+    _record(
+        status_w,
+        b"S",
+        {"status": status, "cpu": ru.ru_utime + ru.ru_stime, "maxrss": ru.ru_maxrss * 1024},
+    )
     os._exit(0)
 
 
@@ -323,12 +350,22 @@ def main(sock_fd: int) -> None:
         try:
             req = marshal.loads(msg)
             reply, out = _spawn(sock_fd, req, fds, cache, supervisor_pidfd)
-        except Exception as exc:  # noqa: BLE001 - the server must survive and report any request's failure
-            reply = {"error": {"layer": "fork server", "operation": repr(exc), "errno": 0, "path": None,
-                               "hint": "this is a corral bug; please report it"}}
+        except Exception as exc:
+            reply = {
+                "error": {
+                    "layer": "fork server",
+                    "operation": repr(exc),
+                    "errno": 0,
+                    "path": None,
+                    "hint": "this is a corral bug; please report it",
+                }
+            }
         finally:
             for fd in fds:
                 os.close(fd)
-        sock.sendmsg([marshal.dumps(reply)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", out))] if out else [])
+        sock.sendmsg(
+            [marshal.dumps(reply)],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", out))] if out else [],
+        )
         for fd in out:
             os.close(fd)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -29,7 +28,14 @@ EXIT_CORRAL = 125
 #: Flags parsed now but refused until the supervisor engine enforces them (never silently ignored).
 _NOT_YET = ("memory", "cpus", "pids", "cpu_time", "max_fds", "max_output")
 
-_FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_FORWARD = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 
 
 class _Fail(Exception):
@@ -66,8 +72,13 @@ def cli() -> None:
 @click.option("--best-effort", is_flag=True, default=None, help="Run even if a layer is missing.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the result here.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(command: tuple[str, ...], policy_file: str | None, profile: str | None, json_file: str | None,
-        **opts: Any) -> None:
+def run(
+    command: tuple[str, ...],
+    policy_file: str | None,
+    profile: str | None,
+    json_file: str | None,
+    **opts: Any,
+) -> None:
     """Run COMMAND in a sandbox. Put `--` before the command."""
     policy = _build_policy(profile, policy_file, opts)
     code = anyio.run(_run, list(command), policy, json_file)
@@ -78,10 +89,13 @@ def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, 
     for name in _NOT_YET:
         if opts.get(name) is not None:
             flag = "--" + name.replace("_", "-")
-            raise _Fail(f"{flag} is not enforced yet (it arrives with the cgroup engine); refusing to "
-                        "run without it rather than ignoring it")
+            msg = (
+                f"{flag} is not enforced yet (it arrives with the cgroup engine); refusing to "
+                "run without it rather than ignoring it"
+            )
+            raise _Fail(msg)
     workdir = opts.pop("workdir")
-    given = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}
+    given: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}
     given = {k: v for k, v in given.items() if v not in (None, [])}
     if policy_file is not None:
         base = load_policy(policy_file, workdir=workdir)
@@ -108,8 +122,10 @@ async def _run(command: list[str], policy: Policy, json_file: str | None) -> int
         _write_json(json_file, result)
     if result.violation is not None:
         v = result.violation
-        click.echo(f"corral: killed: {v.kind} limit {v.limit:g} exceeded (observed {v.observed:g})",
-                   err=True)
+        click.echo(
+            f"corral: killed: {v.kind} limit {v.limit:g} exceeded (observed {v.observed:g})",
+            err=True,
+        )
     return result.exit_code
 
 
@@ -133,7 +149,8 @@ def _write_json(path: str, result: Result) -> None:
             json.dump(result.to_json(), f, indent=2)
             f.write("\n")
     except OSError as err:
-        raise _Fail(f"cannot write --json file {path}: {err.strerror}") from err
+        msg = f"cannot write --json file {path}: {err.strerror}"
+        raise _Fail(msg) from err
 
 
 @cli.command()

@@ -45,7 +45,7 @@ _NR: dict[str, dict[str, int]] = {
 }
 
 
-class SetupFailure(Exception):  # noqa: N818 - a record sent over a pipe, not a public error type
+class SetupFailure(Exception):
     """A containment step failed in the child. Plain fields so it crosses the status pipe as builtins.
 
     layer: the mechanism (``namespaces``, ``mounts``, ``landlock``, ``seccomp``, ``capabilities``,
@@ -81,7 +81,7 @@ def nr(name: str) -> int:
         raise OSError(38, f"corral does not know syscall {name} on {_MACHINE}") from None
 
 
-def syscall(name: str, *args: int | bytes | ctypes._CData | None) -> int:
+def syscall(name: str, *args: object) -> int:
     """Issue syscall `name`; returns its result or raises OSError with the errno."""
     ret: int = _syscall(ctypes.c_long(nr(name)), *args)
     if ret < 0:

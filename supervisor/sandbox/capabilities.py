@@ -52,7 +52,9 @@ def apply(prepared: dict[str, object]) -> None:
             for cap in range(int(prepared["last_cap"]) + 1):  # type: ignore[call-overload]
                 _sys.prctl(_sys.PR_CAPBSET_DROP, cap)
     except OSError as err:
-        raise _sys.SetupFailure("capabilities", "prctl(PR_CAPBSET_DROP/PR_SET_SECUREBITS)", err.errno or 0) from err
+        raise _sys.SetupFailure(
+            "capabilities", "prctl(PR_CAPBSET_DROP/PR_SET_SECUREBITS)", err.errno or 0
+        ) from err
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     try:

@@ -152,7 +152,11 @@ def apply(prepared: dict[str, object], workdir: str) -> None:
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     keep: list[tuple[str, int, bool]] = []  # (path, O_PATH fd, writable)
-    for path, writable in [*((p, True) for p in write), *((p, False) for p in read), (workdir, False)]:
+    for path, writable in [
+        *((p, True) for p in write),
+        *((p, False) for p in read),
+        (workdir, False),
+    ]:
         if _under_hidden(path) and not any(k[0] == path for k in keep):
             fd = _open_path(path)
             if fd is not None:
@@ -223,7 +227,11 @@ def _protect(root: str, protected: list[str]) -> None:
             # A symlink is replaced with a read-only copy of nothing: bind /dev/null-like emptiness is not
             # possible on a symlink, so refuse rather than protect the wrong file.
             raise _sys.SetupFailure(
-                "mounts", "protect path", 40, path, "a protected path is a symlink; remove it or unprotect it"
+                "mounts",
+                "protect path",
+                40,
+                path,
+                "a protected path is a symlink; remove it or unprotect it",
             )
         top = rel.split("/", 1)[0]
         if "/" in rel and not made_git:

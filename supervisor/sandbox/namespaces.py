@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 
 _HINTS = {
     "user": (
-        "user namespaces are disabled (sysctl user.max_user_namespaces=0, kernel.unprivileged_userns_clone=0, "
-        "or an AppArmor restriction as on Ubuntu 24.04: sysctl kernel.apparmor_restrict_unprivileged_userns=0);"
-        " enable them, run as root, or set best_effort"
+        "user namespaces are disabled (sysctl user.max_user_namespaces=0, "
+        "kernel.unprivileged_userns_clone=0, or an AppArmor restriction as on Ubuntu 24.04: "
+        "sysctl kernel.apparmor_restrict_unprivileged_userns=0); enable them, run as root, "
+        "or set best_effort"
     ),
 }
 
@@ -129,6 +130,3 @@ def apply(prepared: dict[str, object]) -> None:
                 fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))
         except OSError as err:
             raise _sys.SetupFailure("namespaces", "ioctl(SIOCSIFFLAGS, lo up)", err.errno or 0) from err
-
-
-

@@ -1,8 +1,8 @@
 """Detects, once, what this kernel offers. The only place that decides whether a feature is available.
 
-Each probe issues the real syscall and classifies the errno: ENOSYS/EOPNOTSUPP/EINVAL mean the kernel lacks the
-feature; EPERM/EACCES/ENOSPC mean it exists but is blocked by policy (a sysctl, an LSM, a seccomp filter around
-us). Probes that need a fork (namespace creation) run in the single-threaded fork server, never in the
+Each probe issues the real syscall and classifies the errno: ENOSYS/EOPNOTSUPP/EINVAL mean the kernel lacks
+the feature; EPERM/EACCES/ENOSPC mean it exists but is blocked by policy (a sysctl, an LSM, a seccomp filter
+around us). Probes that need a fork (namespace creation) run in the single-threaded fork server, never in the
 multi-threaded supervisor: `probe_in_fork_server()` is called there and its dict result sent back.
 """
 
@@ -79,7 +79,8 @@ class KernelCaps:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> KernelCaps:
         def f(x: object) -> Feature:
-            a, e, s = x  # type: ignore[misc]
+            assert isinstance(x, tuple | list)
+            a, e, s = x
             return Feature(bool(a), int(e), str(s))
 
         ns = d.get("namespaces", {})

@@ -32,7 +32,7 @@ def apply(prepared: list[tuple[int, int, int]]) -> None:
     request was higher, which keeps the limit at least as strict as asked. Raises SetupFailure."""
     for res, soft, hard in prepared:
         try:
-            cur_soft, cur_hard = resource.getrlimit(res)
+            _cur_soft, cur_hard = resource.getrlimit(res)
             if cur_hard != resource.RLIM_INFINITY and hard > cur_hard:
                 soft, hard = min(soft, cur_hard), cur_hard
             resource.setrlimit(res, (soft, hard))

@@ -111,14 +111,19 @@ async def test_pass_fds_are_numbered_from_3(sup: Supervisor, workspace: Path) ->
 async def test_wall_timeout_kills_and_reports(sup: Supervisor, workspace: Path) -> None:
     pol = profiles.workspace_write(workspace, timeout=0.5)
     r = await sup.run(["/bin/sleep", "30"], policy=pol)
-    assert r.violation is not None and r.violation.kind == "wall_time"
+    assert r.violation is not None
+    assert r.violation.kind == "wall_time"
     assert r.exit_code == 137
     assert r.duration_s < 5
 
 
 async def test_streams_and_terminate(sup: Supervisor, workspace: Path) -> None:
     child = await sup.start(
-        ["/bin/sh", "-c", "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done"],
+        [
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
         policy=profiles.workspace_write(workspace),
         stdout=PIPE,
     )
@@ -136,7 +141,8 @@ async def test_cancellation_kills_and_reaps_every_child(workspace: Path) -> None
         async with Supervisor() as sup:
             for _ in range(4):
                 c = await sup.start(
-                    ["/bin/sh", "-c", "sleep 100 & sleep 100"], policy=profiles.workspace_write(workspace)
+                    ["/bin/sh", "-c", "sleep 100 & sleep 100"],
+                    policy=profiles.workspace_write(workspace),
                 )
                 pids.append(c.pid)
             await anyio.sleep(30)
@@ -155,7 +161,9 @@ async def test_setup_failure_is_typed_and_names_the_layer(sup: Supervisor, works
     assert str(missing) in str(err.value)
 
 
-async def test_workspace_under_tmp_stays_visible_and_host_tmp_is_hidden(sup: Supervisor, tmp_path: Path) -> None:
+async def test_workspace_under_tmp_stays_visible_and_host_tmp_is_hidden(
+    sup: Supervisor, tmp_path: Path
+) -> None:
     assert str(tmp_path).startswith("/tmp/")
     (tmp_path / "mine.txt").write_text("mine\n")
     r = await sup.run(
