@@ -23,9 +23,7 @@ _NO_VALUE = _NoValue()
 def _show(value: object) -> str:
     try:
         text = repr(value)
-    except (
-        Exception
-    ):  # a broken __repr__, or an int too long to print, must not mask the real error
+    except Exception:  # a broken __repr__, or an int too long to print, must not mask the real error
         text = f"<unprintable {type(value).__name__}>"
     if len(text) > _MAX_SHOWN:
         text = text[: _MAX_SHOWN - 3] + "..."

@@ -74,9 +74,7 @@ def load_policy(
             raw = fp.read()
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise PolicyError(
-            _WHOLE, f"cannot read policy file {source!r}: {reason}", source=source
-        ) from err
+        raise PolicyError(_WHOLE, f"cannot read policy file {source!r}: {reason}", source=source) from err
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -146,10 +144,12 @@ def _table(value: object, path: str, keys: tuple[str, ...]) -> Mapping[str, obje
 def _build(data: object, workdir: object, base: object, relative_to: str | None) -> Policy:
     top = _table(data, "", _TOP_KEYS)
 
+    # The file's workdir is checked even when the argument overrides it: a bad value is still a bug.
+    file_wd = v.resolve_workdir(top["workdir"], "workdir", relative_to) if "workdir" in top else None
     if workdir is not None:
         wd = v.resolve_workdir(workdir)
-    elif "workdir" in top:
-        wd = v.resolve_workdir(top["workdir"], "workdir", relative_to)
+    elif file_wd is not None:
+        wd = file_wd
     elif isinstance(base, Policy) and base.workdir is not None:
         wd = base.workdir
     else:
@@ -172,9 +172,7 @@ def _build(data: object, workdir: object, base: object, relative_to: str | None)
     if "best_effort" in top:
         changes["best_effort"] = v.check_bool(top["best_effort"], "best_effort")
     if "filesystem" in top:
-        changes["filesystem"] = replace(
-            start.filesystem, **_filesystem(top["filesystem"], start, wd)
-        )
+        changes["filesystem"] = replace(start.filesystem, **_filesystem(top["filesystem"], start, wd))
     if "network" in top:
         changes["network"] = _network(top["network"])
     if "syscalls" in top:
@@ -253,7 +251,5 @@ def _environment(value: object) -> dict[str, Any]:
     if "passthrough" in table:
         out["passthrough"] = v.check_env_names(table["passthrough"], "environment.passthrough")
     if "secret_markers" in table:
-        out["secret_markers"] = v.check_markers(
-            table["secret_markers"], "environment.secret_markers"
-        )
+        out["secret_markers"] = v.check_markers(table["secret_markers"], "environment.secret_markers")
     return out

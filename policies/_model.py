@@ -227,9 +227,7 @@ def _env_pairs(value: object, path: str) -> tuple[tuple[str, str], ...]:
 
     Raises PolicyError naming ``path[i]`` on a bad pair or a repeated name.
     """
-    items = (
-        list(value.items()) if isinstance(value, Mapping) else v.check_list(value, path, "pairs")
-    )
+    items = list(value.items()) if isinstance(value, Mapping) else v.check_list(value, path, "pairs")
     pairs: dict[str, str] = {}
     for i, item in enumerate(items):
         where = f"{path}[{i}]"

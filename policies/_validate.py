@@ -120,10 +120,7 @@ def parse_duration(value: object, path: str = "duration") -> float:
             seconds = Fraction(bare.group(1))
         elif _DURATION_RE.fullmatch(text) is not None:
             seconds = sum(
-                (
-                    Fraction(n) * _DURATION_UNITS[u.lower()]
-                    for n, u in _DURATION_PART_RE.findall(text)
-                ),
+                (Fraction(n) * _DURATION_UNITS[u.lower()] for n, u in _DURATION_PART_RE.findall(text)),
                 Fraction(0),
             )
         else:
@@ -215,9 +212,7 @@ def _encodable(text: str, path: str, what: str) -> None:
     try:
         os.fsencode(text)
     except UnicodeEncodeError:
-        raise PolicyError(
-            path, f"{what} cannot be encoded for the operating system", text
-        ) from None
+        raise PolicyError(path, f"{what} cannot be encoded for the operating system", text) from None
 
 
 def _path_text(value: object, path: str) -> str:
@@ -301,14 +296,10 @@ def check_protected(value: object, path: str) -> str:
     """
     text = _path_text(value, path)
     if text.startswith("/"):
-        raise PolicyError(
-            path, "expected a path relative to each writable root, such as '.git/hooks'", value
-        )
+        raise PolicyError(path, "expected a path relative to each writable root, such as '.git/hooks'", value)
     norm = _normalise(text, path, value)
     if norm == "." or ".." in norm.split("/"):
-        raise PolicyError(
-            path, "must name something inside the writable root (no '..', not '.')", value
-        )
+        raise PolicyError(path, "must name something inside the writable root (no '..', not '.')", value)
     return norm
 
 
@@ -323,14 +314,8 @@ def check_syscall(value: object, path: str) -> str:
 
     Raises PolicyError naming `path` otherwise.
     """
-    if (
-        not isinstance(value, str)
-        or len(value) > _MAX_SYSCALL_NAME
-        or _SYSCALL_RE.fullmatch(value) is None
-    ):
-        raise PolicyError(
-            path, "expected a syscall name of lowercase letters, digits and '_'", value
-        )
+    if not isinstance(value, str) or len(value) > _MAX_SYSCALL_NAME or _SYSCALL_RE.fullmatch(value) is None:
+        raise PolicyError(path, "expected a syscall name of lowercase letters, digits and '_'", value)
     return value
 
 
@@ -380,9 +365,7 @@ def check_markers(value: object, path: str) -> tuple[str, ...]:
     names a bad item.
     """
     items = check_list(value, path, "strings")
-    return dedupe(
-        check_name(item, f"{path}[{i}]", "a secret marker") for i, item in enumerate(items)
-    )
+    return dedupe(check_name(item, f"{path}[{i}]", "a secret marker") for i, item in enumerate(items))
 
 
 def cwd() -> str:

@@ -126,9 +126,7 @@ def override(policy: Policy, **opts: Unpack[Options]) -> Policy:
         raise PolicyError(where, "expected a Policy", policy)
     for key in opts:
         if key not in _OPTION_NAMES:
-            raise PolicyError(
-                key, f"unknown option; valid options: {', '.join(_OPTION_NAMES)}", key
-            )
+            raise PolicyError(key, f"unknown option; valid options: {', '.join(_OPTION_NAMES)}", key)
     given: dict[str, object] = {k: val for k, val in opts.items() if val is not None}
     if not given:
         return policy

@@ -27,9 +27,7 @@ def test_empty_path_names_the_whole_policy() -> None:
 
 
 def test_with_source_copies_every_field() -> None:
-    err = PolicyError("network.mode", "expected one of: 'none', 'host'", "lan").with_source(
-        "p.toml"
-    )
+    err = PolicyError("network.mode", "expected one of: 'none', 'host'", "lan").with_source("p.toml")
     assert err.source == "p.toml"
     assert (err.path, err.value) == ("network.mode", "lan")
     assert str(err).startswith("p.toml: network.mode: ")

@@ -126,9 +126,7 @@ BAD: list[tuple[Any, str, object]] = [
 
 
 @pytest.mark.parametrize(("build", "path", "value"), BAD)
-def test_bad_fields_raise_policy_error_naming_path_and_value(
-    build: Any, path: str, value: object
-) -> None:
+def test_bad_fields_raise_policy_error_naming_path_and_value(build: Any, path: str, value: object) -> None:
     with pytest.raises(PolicyError) as info:
         build()
     err = info.value

@@ -45,9 +45,7 @@ def test_full_access_has_no_confinement_but_keeps_limits() -> None:
 def test_get_by_name() -> None:
     for name in profiles.NAMES:
         assert profiles.get(name, "/srv").profile == name
-    assert profiles.get("workspace-write", "/srv", pids=8) == profiles.workspace_write(
-        "/srv", pids=8
-    )
+    assert profiles.get("workspace-write", "/srv", pids=8) == profiles.workspace_write("/srv", pids=8)
 
 
 @pytest.mark.parametrize("name", ["rw", "read_only", "READ-ONLY", "", None, 1])
@@ -220,9 +218,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str, object]] = [
 
 @pytest.mark.parametrize(("opts", "path", "value"), BAD_OPTIONS)
 @pytest.mark.parametrize("name", profiles.NAMES)
-def test_bad_options_raise_policy_error(
-    name: str, opts: dict[str, Any], path: str, value: object
-) -> None:
+def test_bad_options_raise_policy_error(name: str, opts: dict[str, Any], path: str, value: object) -> None:
     with pytest.raises(PolicyError) as info:
         profiles.get(name, "/srv", **opts)
     err = info.value
@@ -246,9 +242,7 @@ def test_bad_workdir(workdir: Any, value: object) -> None:
     assert info.value.value == value
 
 
-def test_deleted_current_directory_is_a_policy_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_deleted_current_directory_is_a_policy_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gone = tmp_path / "gone"
     gone.mkdir()
     monkeypatch.chdir(gone)

@@ -1,0 +1,119 @@
+"""The environment a child receives: `filter_environment` and `is_secret_name`."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies import EnvPolicy, Policy, filter_environment, is_secret_name, profiles
+
+CALLER = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/home/me",
+    "LANG": "en_US.UTF-8",
+    "GITHUB_TOKEN": "ghp_x",
+    "aws_secret_access_key": "s",
+    "DB_Password": "p",
+    "OPENAI_API_KEY": "k",
+    "KEYBOARD_LAYOUT": "us",  # contains KEY: the rule is a plain substring match
+}
+
+
+def _env(**kw: object) -> Policy:
+    return Policy(environment=EnvPolicy(**kw))  # type: ignore[arg-type]
+
+
+def test_default_drops_secret_looking_names() -> None:
+    assert filter_environment(Policy(), CALLER) == {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/home/me",
+        "LANG": "en_US.UTF-8",
+    }
+
+
+def test_passthrough_keeps_a_secret_name() -> None:
+    env = filter_environment(_env(passthrough=("GITHUB_TOKEN", "NOT_SET_TOKEN")), CALLER)
+    assert env["GITHUB_TOKEN"] == "ghp_x"
+    assert "NOT_SET_TOKEN" not in env
+    assert "OPENAI_API_KEY" not in env
+
+
+def test_set_wins_and_may_use_secret_names() -> None:
+    env = filter_environment(_env(set=(("LANG", "C.UTF-8"), ("API_KEY", "given"))), CALLER)
+    assert env["LANG"] == "C.UTF-8"
+    assert env["API_KEY"] == "given"
+
+
+def test_clear_starts_empty_but_keeps_passthrough_and_set() -> None:
+    policy = _env(clear=True, passthrough=("HOME", "GITHUB_TOKEN", "MISSING"), set=(("A", "1"),))
+    assert filter_environment(policy, CALLER) == {
+        "HOME": "/home/me",
+        "GITHUB_TOKEN": "ghp_x",
+        "A": "1",
+    }
+
+
+def test_custom_markers_replace_the_defaults() -> None:
+    env = filter_environment(_env(secret_markers=("path",)), CALLER)
+    assert "PATH" not in env
+    assert env["GITHUB_TOKEN"] == "ghp_x"
+
+
+def test_through_the_profile_options() -> None:
+    policy = profiles.read_only("/srv", env=["GITHUB_TOKEN", "TERM=dumb"])
+    env = filter_environment(policy, CALLER)
+    assert env["GITHUB_TOKEN"] == "ghp_x"
+    assert env["TERM"] == "dumb"
+    assert "DB_Password" not in env
+
+
+def test_unpassable_entries_are_dropped_and_input_is_untouched() -> None:
+    caller = {"": "x", "A=B": "1", "N\0": "1", "V": "a\0b", "OK": "1"}
+    snapshot = dict(caller)
+    assert filter_environment(Policy(), caller) == {"OK": "1"}
+    assert caller == snapshot
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("GITHUB_TOKEN", True),
+        ("github_token", True),
+        ("MyApiKey", True),
+        ("CLIENT_SECRET", True),
+        ("PGPASSWORD", True),
+        ("HOME", False),
+        ("PATH", False),
+        ("", False),
+    ],
+)
+def test_is_secret_name(name: str, secret: bool) -> None:
+    assert is_secret_name(name) is secret
+
+
+def test_is_secret_name_custom_markers_and_empty_marker() -> None:
+    assert is_secret_name("CREDENTIALS_FILE", ("credential",))
+    assert not is_secret_name("HOME", ("",))  # an empty marker would match everything
+
+
+_NAMES = st.text(st.characters(codec="utf-8", exclude_characters="\0="), min_size=1, max_size=12)
+
+
+@given(
+    st.dictionaries(_NAMES | st.sampled_from(["A_KEY", "TOKEN", "x"]), st.text(max_size=8)),
+    st.lists(_NAMES, max_size=3),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_filter_invariants(caller: dict[str, str], passthrough: list[str], clear: bool) -> None:
+    policy = _env(passthrough=tuple(passthrough), clear=clear, set=(("SET_KEY", "v"),))
+    env = filter_environment(policy, caller)
+    assert env["SET_KEY"] == "v"
+    for name, value in env.items():
+        if name == "SET_KEY":
+            continue
+        assert caller[name] == value
+        if name not in passthrough:
+            assert not clear
+            assert not is_secret_name(name)
