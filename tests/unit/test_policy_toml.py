@@ -21,6 +21,7 @@ from policies import (
     PolicyError,
     ResourcePolicy,
     SyscallPolicy,
+    _load,
     load_policy,
     policy_from_dict,
     profiles,
@@ -113,8 +114,9 @@ def test_full_file(tmp_path: Path) -> None:
 def test_the_documented_example_loads_to_the_same_policy(tmp_path: Path) -> None:
     blocks = re.findall(r"```toml\n(.*?)```", DOCS.read_text(), re.DOTALL)
     assert blocks, "docs/policy.md has no TOML example"
-    for block in blocks:
-        assert load_policy(_write(tmp_path, block)) == FULL_POLICY
+    assert load_policy(_write(tmp_path, blocks[0])) == FULL_POLICY
+    for block in blocks[1:]:
+        load_policy(_write(tmp_path, block), workdir="/srv/repo")
 
 
 def test_file_equals_the_same_profile_built_in_python(tmp_path: Path) -> None:
@@ -248,6 +250,18 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(path)
     assert "Permission denied" in info.value.reason
+
+
+def test_os_errors_become_policy_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_load, "open", refuse, raising=False)
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path / "p.toml")
+    assert info.value.path == ""
+    assert "Permission denied" in info.value.reason
+    assert isinstance(info.value.__cause__, PermissionError)
 
 
 def test_not_utf8(tmp_path: Path) -> None:
