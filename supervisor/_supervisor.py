@@ -103,7 +103,14 @@ class Supervisor:
             for child in list(self._children):
                 child.kill()
             assert self._tg is not None
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            try:
+                return await self._tg.__aexit__(exc_type, exc, tb)
+            except BaseExceptionGroup as group:
+                # The watcher tasks do not fail; a group holding only the body's own exception is the
+                # task group's wrapping of it, and callers should be able to `except` the original.
+                if exc is not None and len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                    raise exc from exc.__cause__
+                raise
         finally:
             self._tg = None
             if self._forkserver is not None:

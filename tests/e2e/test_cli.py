@@ -1,0 +1,250 @@
+"""`corral run` end to end, as users script it: flags, exit statuses, the --json record, stderr lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+CORRAL = [sys.executable, "-m", "supervisor.cli"]
+SCRATCH = Path("/var/tmp/corral-tests")
+
+
+@pytest.fixture
+def ws() -> Iterator[Path]:
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    d = SCRATCH / f"cli-{uuid.uuid4().hex[:10]}"
+    d.mkdir()
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def corral(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def test_exit_status_is_the_commands_own(ws: Path) -> None:
+    p = corral("run", "--", "/bin/sh", "-c", "echo out; exit 42", cwd=ws)
+    assert (p.returncode, p.stdout) == (42, "out\n")
+
+
+def test_killed_by_signal_is_128_plus_n(ws: Path) -> None:
+    p = corral("run", "--", "/bin/sh", "-c", "kill -USR1 $$", cwd=ws)
+    assert p.returncode == 128 + signal.SIGUSR1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--bogus-flag"], "bogus"),
+        (["--network", "sideways"], "network"),
+        (["--profile", "nope"], "profile"),
+        (["--timeout", "soon"], "timeout"),
+    ],
+)
+def test_bad_options_exit_125_with_one_line(ws: Path, args: list[str], needle: str) -> None:
+    p = corral("run", *args, "--", "/bin/true", cwd=ws)
+    assert p.returncode == 125
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("corral: ")
+    assert needle in lines[0]
+
+
+def test_bad_policy_file_exits_125_naming_the_key(ws: Path) -> None:
+    pol = ws / "bad.toml"
+    pol.write_text('[resources]\nmemory = "lots"\n')
+    p = corral("run", "--policy", str(pol), "--", "/bin/true", cwd=ws)
+    assert p.returncode == 125
+    assert "resources.memory" in p.stderr
+    assert "lots" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_not_found_127_not_executable_126(ws: Path) -> None:
+    assert corral("run", "--", "corral-no-such-binary", cwd=ws).returncode == 127
+    script = ws / "s.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    p = corral("run", "--", str(script), cwd=ws)
+    assert p.returncode == 126
+    assert "Traceback" not in p.stderr
+
+
+def test_setup_failure_is_125(ws: Path) -> None:
+    p = corral("run", "--workdir", str(ws / "missing"), "--", "/bin/true", cwd=ws)
+    assert p.returncode == 125
+    assert "mounts" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "flag", ["--memory=1G", "--cpus=1", "--pids=10", "--cpu-time=5", "--max-fds=64", "--max-output=1M"]
+)
+def test_unenforced_limits_are_refused_not_ignored(ws: Path, flag: str) -> None:
+    marker = ws / "ran"
+    p = corral("run", flag, "--", "/bin/touch", str(marker), cwd=ws)
+    assert p.returncode == 125
+    assert flag.split("=")[0] in p.stderr
+    assert not marker.exists()
+
+
+def test_json_record_and_timeout(ws: Path) -> None:
+    out = ws / "r.json"
+    p = corral("run", "--timeout", "0.5", "--json", str(out), "--", "/bin/sleep", "30", cwd=ws)
+    assert p.returncode == 137
+    assert "wall_time" in p.stderr
+    rec = json.loads(out.read_text())
+    assert set(rec) >= {
+        "exit_code",
+        "signal",
+        "violation",
+        "duration_s",
+        "cpu_s",
+        "peak_memory_bytes",
+        "enforced",
+    }
+    assert rec["exit_code"] == 137
+    assert rec["signal"] == signal.SIGKILL
+    assert rec["violation"]["kind"] == "wall_time"
+    assert rec["violation"]["limit"] == 0.5
+    assert rec["violation"]["observed"] >= 0.5
+    assert rec["duration_s"] < 10
+    assert "landlock_fs" in rec["enforced"]
+    assert "seccomp" in rec["enforced"]
+
+
+def test_json_for_a_clean_exit(ws: Path) -> None:
+    out = ws / "r.json"
+    p = corral("run", "--json", str(out), "--", "/bin/sh", "-c", "exit 3", cwd=ws)
+    assert p.returncode == 3
+    rec = json.loads(out.read_text())
+    assert (rec["exit_code"], rec["signal"], rec["violation"]) == (3, None, None)
+
+
+def test_default_profile_writes_workdir_only(ws: Path) -> None:
+    other = SCRATCH / f"other-{uuid.uuid4().hex[:8]}"
+    other.mkdir()
+    try:
+        p = corral("run", "--", "/bin/sh", "-c", f"echo a > in.txt; echo b > {other}/out.txt", cwd=ws)
+        assert p.returncode != 0
+        assert (ws / "in.txt").read_text() == "a\n"
+        assert not (other / "out.txt").exists()
+        p = corral(
+            "run", "--allow-write", str(other), "--", "/bin/sh", "-c", f"echo b > {other}/out.txt", cwd=ws
+        )
+        assert p.returncode == 0, p.stderr
+        assert (other / "out.txt").read_text() == "b\n"
+    finally:
+        subprocess.run(["rm", "-rf", str(other)], check=False)
+
+
+def test_read_only_profile_and_workdir_flag(ws: Path) -> None:
+    p = corral(
+        "run",
+        "--profile",
+        "read-only",
+        "--workdir",
+        str(ws),
+        "--",
+        "/bin/sh",
+        "-c",
+        "pwd; echo x > f",
+        cwd=Path("/"),
+    )
+    assert p.stdout.strip() == str(ws)
+    assert p.returncode != 0
+    assert not (ws / "f").exists()
+
+
+def test_deny_hides_a_path(ws: Path) -> None:
+    secret = ws / "secret.txt"
+    secret.write_text("s3cr3t")
+    p = corral("run", "--deny", str(secret), "--", "/bin/cat", str(secret), cwd=ws)
+    assert "s3cr3t" not in p.stdout
+
+
+def test_network_none_and_host(ws: Path) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.setblocking(False)
+    port = srv.getsockname()[1]
+    code = f"import socket; s=socket.socket(); s.settimeout(1); s.connect(('127.0.0.1', {port}))"
+    try:
+        p = corral("run", "--", "/usr/bin/python3", "-c", code, cwd=ws)
+        assert p.returncode != 0
+        with pytest.raises(BlockingIOError):
+            srv.accept()
+        p = corral("run", "--network", "host", "--", "/usr/bin/python3", "-c", code, cwd=ws)
+        assert p.returncode == 0, p.stderr
+        conn, _ = srv.accept()
+        conn.close()
+    finally:
+        srv.close()
+
+
+def test_env_rules(ws: Path) -> None:
+    env = dict(os.environ, SERVICE_TOKEN="t0k", PLAIN="p", DB_PASSWORD="pw")
+    p = corral("run", "--", "/usr/bin/env", cwd=ws, env=env)
+    assert "PLAIN=p" in p.stdout
+    assert "t0k" not in p.stdout
+    assert "pw" not in p.stdout.replace("PWD", "")
+    p = corral("run", "--env", "SERVICE_TOKEN", "--env", "EXTRA=1", "--", "/usr/bin/env", cwd=ws, env=env)
+    assert "SERVICE_TOKEN=t0k" in p.stdout
+    assert "EXTRA=1" in p.stdout
+    p = corral("run", "--clear-env", "--env", "ONLY=1", "--", "/usr/bin/env", cwd=ws, env=env)
+    assert p.stdout.split() == ["ONLY=1"]
+
+
+def test_policy_file_with_flags_on_top(ws: Path) -> None:
+    extra = SCRATCH / f"extra-{uuid.uuid4().hex[:8]}"
+    extra.mkdir()
+    pol = ws / "p.toml"
+    pol.write_text(f'profile = "workspace-write"\n[filesystem]\nwrite = ["{extra}"]\n')
+    try:
+        p = corral("run", "--policy", str(pol), "--", "/bin/sh", "-c", f"echo ok > {extra}/f", cwd=ws)
+        assert p.returncode == 0, p.stderr
+        assert (extra / "f").read_text() == "ok\n"
+    finally:
+        subprocess.run(["rm", "-rf", str(extra)], check=False)
+
+
+def test_signal_to_corral_reaches_the_command(ws: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            *CORRAL,
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "trap 'exit 9' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
+        cwd=ws,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 9
+
+
+def test_probe_lists_layers(ws: Path) -> None:
+    p = corral("probe", cwd=ws)
+    assert p.returncode == 0
+    assert "landlock" in p.stdout
+    assert "user namespace" in p.stdout
