@@ -98,9 +98,9 @@ def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, 
     given: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}
     given = {k: v for k, v in given.items() if v not in (None, [])}
     if policy_file is not None:
-        base = load_policy(policy_file, workdir=workdir)
-        if profile is not None and profile != base.profile:
-            base = profiles.get(profile, workdir or base.workdir)
+        # --profile supplies the defaults for what the file does not say; the file's own `profile` key,
+        # when present, is more specific and wins.
+        base = load_policy(policy_file, workdir=workdir, base=profile)
         return profiles.override(base, **given)
     return profiles.get(profile or "workspace-write", workdir, **given)
 
