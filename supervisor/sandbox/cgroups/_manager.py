@@ -1,0 +1,934 @@
+"""corral's cgroups: created, limited, sampled, killed and removed by direct cgroupfs I/O.
+
+Layout on disk, per hierarchy (v2: the one unified tree; v1: one per mounted hierarchy, the same
+names in each):
+
+    <base>/                          the supervisor's own cgroup, or a delegated one (`delegate=`)
+        <prefix>-<pid>-<start>/      corral's parent cgroup for one supervisor process
+            <child_id>/              one leaf per child, limits written before the child is placed
+            in it
+        <prefix>-<pid>-<start>.self/ v2 only: where the supervisor moved itself (no internal
+        processes rule)
+
+`<pid>-<start>` (pid and start time in clock ticks) lets the next supervisor tell a live owner from
+a dead one or a reused pid. Everything here is synchronous file I/O: call it off the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from supervisor.sandbox.cgroups._layout import (
+    CONTROLLERS,
+    V2_DOMAIN_CONTROLLERS,
+    CgroupLayout,
+    Hierarchy,
+    discover,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from policies import ResourcePolicy
+    from supervisor._errors import SandboxSetupError
+
+log = logging.getLogger("corral.cgroups")
+
+#: CFS period written with every cpu quota (100 ms, the kernel default).
+CPU_PERIOD_US = 100_000
+#: The kernel refuses quotas under 1 ms.
+MIN_CPU_QUOTA_US = 1_000
+
+_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_CHILD_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+_NIP_HINT = (
+    "cgroup v2's no-internal-processes rule: a cgroup that holds processes cannot enable "
+    "controllers for its children. Run corral as the only process of its cgroup (it then moves "
+    "itself into a leaf, as nsjail does), e.g. `systemd-run --user --scope -p Delegate=yes "
+    "corral ...`, pass delegate= an empty delegated "
+    "cgroup, or set best_effort to run without cgroup limits"
+)
+
+
+def _hint(code: int, operation: str) -> str:
+    if code in (_errno.EACCES, _errno.EPERM):
+        return (
+            f"uid {os.geteuid()} may not do this: run as root, or use a delegated cgroup (cgroup "
+            "v2: start under `systemd-run --user --scope -p Delegate=yes`; cgroup v1: have root "
+            "mkdir and chown a "
+            "directory in each hierarchy and pass it as delegate=), or set best_effort"
+        )
+    if code == _errno.EROFS:
+        return (
+            "cgroupfs is mounted read-only (a container without its own writable cgroup tree?): "
+            "run the container with a private cgroup namespace and a writable /sys/fs/cgroup, or "
+            "set best_effort"
+        )
+    if code == _errno.EBUSY and "subtree_control" in operation:
+        return _NIP_HINT
+    if code == _errno.EBUSY:
+        return "processes are still in the cgroup: kill() it and reap the child first"
+    if code == _errno.ENOENT:
+        return (
+            "the interface file is missing: the controller is not enabled in the parent's "
+            "cgroup.subtree_control (v2) or not compiled into this kernel"
+        )
+    if code == _errno.ENOSPC:
+        return "cgroup.max.descendants or cgroup.max.depth of an ancestor is reached"
+    if code == _errno.EINVAL:
+        return "the kernel rejected the value"
+    if code == _errno.EOPNOTSUPP:
+        return "this cgroup's type does not allow the operation (a threaded cgroup?)"
+    return ""
+
+
+def _setup_error(
+    err: OSError, operation: str, path: str | None, hint: str | None = None
+) -> SandboxSetupError:
+    """The one place OSError becomes SandboxSetupError(layer="cgroups"); callers `raise ... from
+    err`."""
+    from supervisor._errors import SandboxSetupError
+
+    code = err.errno or 0
+    return SandboxSetupError(
+        "cgroups", operation, code, path, _hint(code, operation) if hint is None else hint
+    )
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def _write_or_raise(path: str, data: str) -> None:
+    try:
+        _write(path, data)
+    except OSError as err:
+        raise _setup_error(err, f"write {data!r} to {os.path.basename(path)}", path) from err
+
+
+def _mkdir(path: str, exist_ok: bool = False) -> None:
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+    except OSError as err:
+        raise _setup_error(err, f"mkdir {os.path.basename(path)}", path) from err
+
+
+def _read_pids(cgroup_dir: str) -> list[int]:
+    try:
+        return [int(x) for x in _read(os.path.join(cgroup_dir, "cgroup.procs")).split()]
+    except FileNotFoundError:
+        return []
+
+
+def _subtree_dirs(top: str) -> list[str]:
+    """`top` and every cgroup below it, deepest first (rmdir order)."""
+    if not os.path.isdir(top):
+        return []
+    out = [root for root, _dirs, _files in os.walk(top, topdown=False)]
+    return out
+
+
+def _subtree_pids(dirs: list[str]) -> set[int]:
+    pids: set[int] = set()
+    for top in dirs:
+        for d in _subtree_dirs(top):
+            pids.update(_read_pids(d))
+    return pids
+
+
+def _proc_stat(proc_root: str, pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of `pid`, or None when there is no such process."""
+    try:
+        data = _read(os.path.join(proc_root, str(pid), "stat"))
+    except OSError:
+        return None
+    rest = data[data.rfind(")") + 2 :].split()
+    return rest[0], int(rest[19])
+
+
+def owner_alive(pid: int, start: int | None, proc_root: str = "/proc") -> bool:
+    """Whether the supervisor that named a cgroup `<prefix>-<pid>[-<start>]` still runs: `pid`
+    exists, is not a zombie, and (when the name carries it) started at `start`, so a reused pid does
+    not keep garbage alive."""
+    st = _proc_stat(proc_root, pid)
+    if st is None or st[0] in ("Z", "X", "x"):
+        return False
+    return start is None or st[1] == start
+
+
+def stale_name_re(prefix: str) -> re.Pattern[str]:
+    """Matches the names corral gives its parent cgroups (and v2 self leaves) for `prefix`."""
+    tail = r"-(?P<pid>[0-9]+)(?:-(?P<start>[0-9]+))?(?P<self>\.self)?"
+    return re.compile(re.escape(prefix) + tail)
+
+
+def _rmdir_retry(path: str, deadline: float) -> None:
+    """rmdir, retrying on EBUSY until `deadline` while killed tasks finish exiting. Raises
+    OSError."""
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if err.errno != _errno.EBUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.002)
+
+
+def _signal_all(pids: set[int]) -> None:
+    me = os.getpid()
+    for pid in pids:
+        if pid == me:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _v1_freeze(freezer_dir: str, timeout: float) -> bool:
+    """Write FROZEN and wait until the group reads FROZEN (tasks in uninterruptible sleep can delay
+    it). Returns whether it froze in time; the caller kills and thaws either way."""
+    _write(os.path.join(freezer_dir, "freezer.state"), "FROZEN")
+    deadline = time.monotonic() + timeout
+    while True:
+        if _read(os.path.join(freezer_dir, "freezer.state")).strip() == "FROZEN":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)
+
+
+def _kill_places(places: list[tuple[Hierarchy, str]], timeout: float) -> bool:
+    """SIGKILL every process in the given cgroup subtrees, the same group seen through each
+    hierarchy.
+
+    v2: cgroup.kill (kernel >= 5.14) kills the subtree atomically, forks included. v1: freeze,
+    SIGKILL every pid listed (frozen tasks cannot fork or exit, so the list is complete and no pid
+    is reused under us), thaw. Without either, SIGKILL rounds until empty. Waits up to `timeout` for
+    the subtree to empty (killed tasks leave cgroup.procs when they exit, before they are reaped);
+    returns whether it did. Raises OSError.
+    """
+    dirs = [d for _h, d in places if os.path.isdir(d)]
+    if not dirs:
+        return True
+    pids = _subtree_pids(dirs)
+    if os.getpid() in pids:
+        # Freezing or cgroup.kill would hit the caller itself; only signal the others.
+        log.warning("cgroups: %s holds this process; signalling the others only", dirs)
+        _signal_all(pids)
+        return False
+    killed = False
+    for h, d in places:
+        if h.version == 2 and os.path.exists(os.path.join(d, "cgroup.kill")):
+            _write(os.path.join(d, "cgroup.kill"), "1")
+            killed = True
+    if not killed:
+        freezers = [
+            d for h, d in places if h.version == 1 and "freezer" in h.controllers and os.path.isdir(d)
+        ]
+        try:
+            for d in freezers:
+                if not _v1_freeze(d, min(timeout, 1.0)):
+                    log.warning("cgroups: %s did not reach FROZEN in time; killing anyway", d)
+            _signal_all(_subtree_pids(dirs))
+        finally:
+            for d in freezers:
+                with contextlib.suppress(FileNotFoundError):
+                    _write(os.path.join(d, "freezer.state"), "THAWED")
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _subtree_pids(dirs)
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        _signal_all(left)  # stragglers: forked between the freeze-less list and the signal
+        time.sleep(0.002)
+
+
+class CgroupStats(NamedTuple):
+    """One sample of a leaf. None where the controller or file is unavailable.
+
+    memory_bytes: current usage (v2 memory.current; v1 memory.usage_in_bytes, page cache included).
+    memory_peak_bytes: high-water mark (v2 memory.peak, kernel >= 5.19; v1
+                       memory.max_usage_in_bytes).
+    cpu_seconds: user + system CPU of the whole group (v2 cpu.stat usage_usec; v1 cpuacct.usage).
+    pids: tasks now in the group (pids.current).
+    oom_kills: processes killed by the OOM killer in the group (v2 memory.events oom_kill; v1
+        memory.oom_control oom_kill, kernel >= 4.13).
+    pids_max_events: forks refused because pids.max was reached (pids.events max).
+    """
+
+    memory_bytes: int | None
+    memory_peak_bytes: int | None
+    cpu_seconds: float | None
+    pids: int | None
+    oom_kills: int | None
+    pids_max_events: int | None
+
+
+_NO_STATS = CgroupStats(None, None, None, None, None, None)
+
+
+def _field(data: bytes, key: bytes) -> int | None:
+    """The integer after `key` (which ends with a space) at the start of a line of a flat-keyed
+    file."""
+    i = data.find(key)
+    while i > 0 and data[i - 1] != 0x0A:
+        i = data.find(key, i + 1)
+    if i < 0:
+        return None
+    j = data.find(b"\n", i)
+    return int(data[i + len(key) : j if j >= 0 else len(data)])
+
+
+def parse_stats(
+    version: int,
+    memory: bytes | None,
+    peak: bytes | None,
+    events: bytes | None,
+    cpu: bytes | None,
+    pids: bytes | None,
+    pids_events: bytes | None,
+) -> CgroupStats:
+    """Turn the raw contents of the six sampled files into CgroupStats (`version` of the cpu file's
+    hierarchy decides its format: v2 cpu.stat in microseconds, v1 cpuacct.usage in nanoseconds)."""
+    cpu_s: float | None = None
+    if cpu is not None:
+        if version == 2:
+            usec = _field(cpu, b"usage_usec ")
+            cpu_s = usec / 1e6 if usec is not None else None
+        else:
+            cpu_s = int(cpu) / 1e9
+    return CgroupStats(
+        int(memory) if memory is not None else None,
+        int(peak) if peak is not None else None,
+        cpu_s,
+        int(pids) if pids is not None else None,
+        _field(events, b"oom_kill ") if events is not None else None,
+        _field(pids_events, b"max ") if pids_events is not None else None,
+    )
+
+
+def _pread(fd: int) -> bytes | None:
+    if fd < 0:
+        return None
+    try:
+        return os.pread(fd, 1024, 0)
+    except OSError:
+        return None
+
+
+class Leaf:
+    """One child's cgroup (a directory per hierarchy). Made by `CgroupManager.create_leaf`.
+
+    name:        the child id it was created for.
+    procs_files: the cgroup.procs files the fork server writes the child's pid into before releasing
+                 it (one per v1 hierarchy, or the single v2 one); empty when cgroups are
+                 unavailable.
+    paths:       the leaf's directories, one per hierarchy.
+    enforced:    for each limit the policy sets ("memory", "swap" with memory, "cpus", "pids"):
+                 whether the kernel enforces it.
+    reasons:     for each limit not enforced, why.
+    versions:    controller -> cgroup version serving it, for the usable controllers.
+    """
+
+    def __init__(
+        self,
+        manager: CgroupManager,
+        name: str,
+        places: list[tuple[Hierarchy, str]],
+        dirs: dict[str, str],
+        versions: dict[str, int],
+    ) -> None:
+        self._manager = manager
+        self.name = name
+        self._places = places
+        self._dirs = dirs
+        self.versions = versions
+        self.paths: list[str] = [d for _h, d in places]
+        self.procs_files: list[str] = [os.path.join(d, "cgroup.procs") for d in self.paths]
+        self.enforced: dict[str, bool] = {}
+        self.reasons: dict[str, str] = {}
+        self._fds: tuple[int, int, int, int, int, int] | None = None
+        self._fast = False
+        self._cpu_version = versions.get("cpuacct", 0)
+        self._lock = threading.Lock()
+        self._removed = False
+
+    def __repr__(self) -> str:
+        return f"Leaf({self.name!r}, paths={self.paths!r}, enforced={self.enforced!r})"
+
+    @property
+    def available(self) -> bool:
+        """Whether the leaf exists in at least one hierarchy (False: cgroups unavailable, nothing
+        placed)."""
+        return bool(self.paths)
+
+    def dir(self, controller: str) -> str | None:
+        """The leaf's directory in the hierarchy serving `controller`, or None."""
+        return self._dirs.get(controller)
+
+    def _apply(self, r: ResourcePolicy) -> None:
+        unavailable = self._manager.unavailable
+
+        def missing(key: str, controller: str) -> None:
+            self.enforced[key] = False
+            why = unavailable.get(controller, f"the {controller} controller is unavailable")
+            self.reasons[key] = why
+
+        def put(controller: str, file: str, value: str) -> None:
+            d = self._dirs[controller]
+            _write_or_raise(os.path.join(d, file), value)
+
+        def has(controller: str, file: str) -> bool:
+            return os.path.exists(os.path.join(self._dirs[controller], file))
+
+        if r.memory is not None:
+            if "memory" not in self._dirs:
+                missing("memory", "memory")
+                missing("swap", "memory")
+            elif self.versions["memory"] == 2:
+                put("memory", "memory.max", str(r.memory))
+                self.enforced["memory"] = True
+                if has("memory", "memory.swap.max"):
+                    put("memory", "memory.swap.max", "0")
+                    self.enforced["swap"] = True
+                else:
+                    self.enforced["swap"] = False
+                    self.reasons["swap"] = (
+                        "memory.swap.max is missing: this kernel has no swap accounting "
+                        "(CONFIG_MEMCG_SWAP, or swapaccount=0 on the command line); swap is not "
+                        "limited"
+                    )
+                if has("memory", "memory.oom.group"):
+                    put("memory", "memory.oom.group", "1")
+            else:
+                put("memory", "memory.limit_in_bytes", str(r.memory))
+                self.enforced["memory"] = True
+                if has("memory", "memory.memsw.limit_in_bytes"):
+                    # memsw is memory+swap; equal to the memory limit means no swap. Written after
+                    # limit_in_bytes because the kernel requires memsw >= limit at every step.
+                    put("memory", "memory.memsw.limit_in_bytes", str(r.memory))
+                    self.enforced["swap"] = True
+                else:
+                    self.enforced["swap"] = False
+                    self.reasons["swap"] = (
+                        "memory.memsw.limit_in_bytes is missing: boot with swapaccount=1 to limit swap"
+                    )
+                # Keep the OOM killer on: with it disabled the group would hang at the limit instead
+                # of dying.
+                put("memory", "memory.oom_control", "0")
+        if r.cpus is not None:
+            if "cpu" not in self._dirs:
+                missing("cpus", "cpu")
+            else:
+                quota = max(MIN_CPU_QUOTA_US, round(r.cpus * CPU_PERIOD_US))
+                if self.versions["cpu"] == 2:
+                    put("cpu", "cpu.max", f"{quota} {CPU_PERIOD_US}")
+                else:
+                    put("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                    put("cpu", "cpu.cfs_quota_us", str(quota))
+                self.enforced["cpus"] = True
+        if r.pids is not None:
+            if "pids" not in self._dirs:
+                missing("pids", "pids")
+            else:
+                put("pids", "pids.max", str(r.pids))
+                self.enforced["pids"] = True
+
+    def missing(self, keys: tuple[str, ...] = ("memory", "cpus", "pids")) -> dict[str, str]:
+        """The limits among `keys` that were asked for but are not enforced, with the reason for
+        each."""
+        return {k: self.reasons.get(k, "") for k in keys if self.enforced.get(k) is False}
+
+    def require(self, keys: tuple[str, ...] = ("memory", "cpus", "pids")) -> None:
+        """Fail closed: raise SandboxSetupError naming the first limit among `keys` that the policy
+        sets and the kernel does not enforce. "swap" is not required by default (irrelevant on hosts
+        without swap)."""
+        from supervisor._errors import SandboxSetupError
+
+        for key, why in self.missing(keys).items():
+            layer = "cgroups"
+            raise SandboxSetupError(
+                layer,
+                f"enforce the {key} limit",
+                hint=f"{why}; set best_effort to run with supervisor-enforced limits only",
+            )
+
+    def _open_fds(self) -> tuple[int, int, int, int, int, int]:
+        def o(controller: str, file: str) -> int:
+            d = self._dirs.get(controller)
+            if d is None:
+                return -1
+            try:
+                return os.open(os.path.join(d, file), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return -1
+
+        if self.versions.get("memory") == 2:
+            mem = (
+                o("memory", "memory.current"),
+                o("memory", "memory.peak"),
+                o("memory", "memory.events"),
+            )
+        else:
+            mem = (
+                o("memory", "memory.usage_in_bytes"),
+                o("memory", "memory.max_usage_in_bytes"),
+                o("memory", "memory.oom_control"),
+            )
+        cpu = o("cpuacct", "cpu.stat" if self._cpu_version == 2 else "cpuacct.usage")
+        return (*mem, cpu, o("pids", "pids.current"), o("pids", "pids.events"))
+
+    def stats(self) -> CgroupStats:
+        """Sample the leaf: six pread(2)s on fds opened at the first call and kept until remove().
+        Never raises for a missing file (the field is None). Thread-safe against remove()."""
+        with self._lock:
+            fds = self._fds
+            if fds is None:
+                if self._removed:
+                    return _NO_STATS
+                fds = self._fds = self._open_fds()
+                self._fast = min(fds) >= 0
+            if self._fast:
+                # The common case, inlined: this runs for every child at every sample.
+                pread = os.pread
+                try:
+                    ev = pread(fds[2], 256, 0)
+                    i = ev.index(b"oom_kill ") + 9
+                    cpu = pread(fds[3], 64, 0)
+                    pe = pread(fds[5], 64, 0)
+                    if self._cpu_version == 2:
+                        cpu_s = int(cpu[11 : cpu.index(b"\n")]) / 1e6
+                    else:
+                        cpu_s = int(cpu) / 1e9
+                    return CgroupStats(
+                        int(pread(fds[0], 32, 0)),
+                        int(pread(fds[1], 32, 0)),
+                        cpu_s,
+                        int(pread(fds[4], 32, 0)),
+                        int(ev[i : ev.index(b"\n", i)]),
+                        int(pe[4 : pe.index(b"\n")]) if pe.startswith(b"max ") else None,
+                    )
+                except (OSError, ValueError):
+                    pass  # an unexpected format or a vanished file: the careful path below
+            return parse_stats(
+                self._cpu_version,
+                _pread(fds[0]),
+                _pread(fds[1]),
+                _pread(fds[2]),
+                _pread(fds[3]),
+                _pread(fds[4]),
+                _pread(fds[5]),
+            )
+
+    def pids(self) -> list[int]:
+        """The processes now in the leaf (union over its hierarchies), sorted. Raises
+        SandboxSetupError."""
+        out: set[int] = set()
+        for d in self.paths:
+            try:
+                out.update(_read_pids(d))
+            except OSError as err:
+                raise _setup_error(err, "read cgroup.procs", d) from err
+        return sorted(out)
+
+    def kill(self, timeout: float = 1.0) -> bool:
+        """SIGKILL every process in the leaf, descendants and double-forked daemons included.
+
+        v2: write 1 to cgroup.kill. v1: freezer.state FROZEN (waiting until it reads FROZEN),
+        SIGKILL each pid in cgroup.procs, THAWED. Waits up to `timeout` seconds for the leaf to
+        empty and returns whether it did (0: do not wait). Raises SandboxSetupError on an unexpected
+        cgroupfs error.
+        """
+        try:
+            return _kill_places(self._places, timeout)
+        except OSError as err:
+            raise _setup_error(err, "kill the cgroup's processes", self.paths[0]) from err
+
+    def remove(self, timeout: float = 2.0) -> None:
+        """Close the sampling fds and rmdir the leaf in every hierarchy, retrying EBUSY for up to
+        `timeout` seconds while killed tasks exit. Call after kill() and after reaping the child.
+        Idempotent. Raises SandboxSetupError (EBUSY: processes remain)."""
+        with self._lock:
+            if self._fds is not None:
+                for fd in self._fds:
+                    if fd >= 0:
+                        os.close(fd)
+                self._fds = None
+            self._removed = True
+        deadline = time.monotonic() + timeout
+        for d in self.paths:
+            try:
+                _rmdir_retry(d, deadline)
+            except OSError as err:
+                raise _setup_error(err, "rmdir leaf cgroup", d) from err
+        self._manager._forget(self)
+
+
+@dataclass(slots=True)
+class _Tree:
+    """One hierarchy as the manager uses it."""
+
+    hierarchy: Hierarchy
+    base: str
+    serves: set[str]
+    parent: str = ""
+
+
+class CgroupManager:
+    """corral's cgroups for one supervisor process. Synchronous; call it off the event loop.
+
+    >>> mgr = CgroupManager()
+    >>> mgr.open("corral")                 # parent cgroup(s), stale cleanup
+    >>> leaf = mgr.create_leaf("c1", policy.resources)
+    >>> # fork server: write the child's pid into each of leaf.procs_files, then release the child
+    >>> leaf.stats(); leaf.kill(); leaf.remove()
+    >>> mgr.close()
+
+    After open(): `available` says whether any controller is usable, `controllers` maps each usable
+    controller to its cgroup version, `unavailable` maps the others to the reason (the caller falls
+    back to rlimits and supervisor-enforced limits with a warning when best_effort, or refuses),
+    `stale_removed` lists the cgroups of dead supervisors that were removed, and `moved_self_to` is
+    set when the supervisor moved itself into a v2 leaf to satisfy the no-internal-processes rule.
+    """
+
+    def __init__(
+        self,
+        layout: CgroupLayout | None = None,
+        *,
+        proc_root: str = "/proc",
+        cgroup_root: str = "/sys/fs/cgroup",
+    ) -> None:
+        self._layout = layout
+        self._proc_root = proc_root
+        self._cgroup_root = cgroup_root
+        self._trees: list[_Tree] = []
+        self._serve: dict[str, _Tree] = {}
+        self._leaves: dict[str, Leaf] = {}
+        self._lock = threading.Lock()
+        self._opened = False
+        self._closed = False
+        self.name = ""
+        self.unavailable: dict[str, str] = {}
+        self.errors: list[SandboxSetupError] = []
+        self.stale_removed: list[str] = []
+        self.moved_self_to: str | None = None
+
+    def __enter__(self) -> CgroupManager:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def layout(self) -> CgroupLayout:
+        """The discovered (or given) layout; discovers on first use."""
+        if self._layout is None:
+            self._layout = discover(self._proc_root, self._cgroup_root)
+        return self._layout
+
+    @property
+    def available(self) -> bool:
+        """Whether open() made at least one controller usable."""
+        return bool(self._serve)
+
+    @property
+    def controllers(self) -> dict[str, int]:
+        """Usable controller -> cgroup version (1 or 2)."""
+        return {c: t.hierarchy.version for c, t in self._serve.items()}
+
+    @property
+    def reason(self) -> str:
+        """One line saying why controllers are unusable ("" when all are usable)."""
+        return "; ".join(f"{c}: {why}" for c, why in sorted(self.unavailable.items()))
+
+    @property
+    def parents(self) -> list[str]:
+        """corral's parent cgroup directories, one per hierarchy in use."""
+        return [t.parent for t in self._trees]
+
+    def open(
+        self,
+        name_prefix: str = "corral",
+        *,
+        delegate: str | None = None,
+        move_self: bool = True,
+        cleanup_stale: bool = True,
+    ) -> None:
+        """Create corral's parent cgroup `<name_prefix>-<pid>-<start>` in each hierarchy in use,
+        after removing stale ones left by dead supervisors (their processes are killed first).
+
+        delegate: a cgroup path (inside each hierarchy, e.g. "/corral-alice" on v1 or the path of a
+        `systemd-run --user --scope -p Delegate=yes` scope on v2) to create under instead of this
+        process's own cgroup; for ordinary users, who cannot write elsewhere.
+        move_self: on v2, when enabling controllers in the own cgroup fails with EBUSY (no internal
+        processes) and this process is the only one there, move it into a `.self` leaf and retry, as
+        nsjail does. Otherwise the EBUSY is reported with its explanation.
+
+        Never raises for an unusable hierarchy: its controllers land in `unavailable` with the
+        reason, and the translated SandboxSetupError in `errors`. Raises ValueError for a bad
+        prefix, RuntimeError when already opened. Stale cleanup failures are logged, not raised.
+        """
+        if self._opened:
+            msg = "CgroupManager.open() called twice"
+            raise RuntimeError(msg)
+        if not _PREFIX_RE.fullmatch(name_prefix):
+            msg = f"cgroup name prefix must match {_PREFIX_RE.pattern}: {name_prefix!r}"
+            raise ValueError(msg)
+        self._opened = True
+        layout = self.layout
+        pid = os.getpid()
+        st = _proc_stat(self._proc_root, pid)
+        self.name = f"{name_prefix}-{pid}-{st[1]}" if st else f"{name_prefix}-{pid}"
+        self.unavailable = dict(layout.missing)
+
+        trees: list[_Tree] = []
+        for h in layout.hierarchies():
+            serves = {c for c in CONTROLLERS if layout.controllers.get(c) == h}
+            try:
+                base = h.dir_of(delegate) if delegate else h.path
+            except ValueError as err:
+                for c in serves:
+                    self.unavailable[c] = str(err)
+                continue
+            trees.append(_Tree(h, base, serves))
+
+        if cleanup_stale:
+            self._cleanup_stale(trees, name_prefix)
+
+        for tree in trees:
+            try:
+                if tree.hierarchy.version == 2:
+                    self._open_v2(tree, move_self=move_self and delegate is None)
+                else:
+                    tree.parent = os.path.join(tree.base, self.name)
+                    _mkdir(tree.parent, exist_ok=True)
+            except Exception as err:
+                from supervisor._errors import SandboxSetupError
+
+                if not isinstance(err, SandboxSetupError):
+                    raise
+                self.errors.append(err)
+                for c in tree.serves:
+                    self.unavailable[c] = str(err)
+                if tree.parent:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(tree.parent)
+                continue
+            if tree.serves:
+                self._trees.append(tree)
+                for c in tree.serves:
+                    self._serve[c] = tree
+                    self.unavailable.pop(c, None)
+        if self.unavailable:
+            log.info("cgroups: unavailable controllers: %s", self.reason)
+
+    def _open_v2(self, tree: _Tree, move_self: bool) -> None:
+        base = tree.base
+        want = tree.serves & set(V2_DOMAIN_CONTROLLERS)
+        try:
+            avail = set(_read(os.path.join(base, "cgroup.controllers")).split())
+            enabled = set(_read(os.path.join(base, "cgroup.subtree_control")).split())
+        except OSError as err:
+            raise _setup_error(err, "read cgroup.controllers", base) from err
+        for c in sorted(want - avail):
+            self.unavailable[c] = (
+                f"cgroup2 controller {c} is not delegated to {base} (absent from its cgroup.controllers)"
+            )
+            tree.serves.discard(c)
+        want &= avail
+        need = sorted(want - enabled)
+        if need:
+            try:
+                self._enable(base, need)
+            except OSError as err:
+                if err.errno != _errno.EBUSY:
+                    raise _setup_error(err, "write cgroup.subtree_control", base) from err
+                self._move_self_or_explain(base, move_self, err)
+                try:
+                    self._enable(base, need)
+                except OSError as err2:
+                    raise _setup_error(err2, "write cgroup.subtree_control", base) from err2
+        tree.parent = os.path.join(base, self.name)
+        _mkdir(tree.parent, exist_ok=True)
+        try:
+            self._enable(tree.parent, sorted(want))
+        except OSError as err:
+            raise _setup_error(err, "write cgroup.subtree_control", tree.parent) from err
+        if "freezer" in tree.serves and not (
+            os.path.exists(os.path.join(tree.parent, "cgroup.kill"))
+            or os.path.exists(os.path.join(tree.parent, "cgroup.freeze"))
+        ):
+            # Kill then falls back to SIGKILL rounds until the group is empty.
+            tree.serves.discard("freezer")
+            self.unavailable["freezer"] = "no cgroup.kill or cgroup.freeze (kernel older than 5.2)"
+
+    @staticmethod
+    def _enable(cgroup_dir: str, controllers: list[str]) -> None:
+        # One write per controller so that one refused controller does not hide the others' errno.
+        for c in controllers:
+            _write(os.path.join(cgroup_dir, "cgroup.subtree_control"), f"+{c}")
+
+    def _move_self_or_explain(self, base: str, move_self: bool, err: OSError) -> None:
+        me = os.getpid()
+        others = [p for p in _read_pids(base) if p != me]
+        if others or not move_self:
+            shown = " ".join(map(str, others[:5])) + (" ..." if len(others) > 5 else "")
+            who = f"processes {shown}" if others else "this process"
+            raise _setup_error(
+                err,
+                "write cgroup.subtree_control",
+                base,
+                hint=f"{base} holds {who}; {_NIP_HINT}",
+            ) from err
+        selfdir = os.path.join(base, self.name + ".self")
+        _mkdir(selfdir, exist_ok=True)
+        _write_or_raise(os.path.join(selfdir, "cgroup.procs"), str(me))
+        self.moved_self_to = selfdir
+        log.warning(
+            "cgroups: moved the supervisor (pid %d) into %s: cgroup v2 forbids enabling "
+            "controllers in a cgroup that holds processes",
+            me,
+            selfdir,
+        )
+
+    def _cleanup_stale(self, trees: list[_Tree], prefix: str) -> None:
+        rx = stale_name_re(prefix)
+        stale: dict[str, list[tuple[Hierarchy, str]]] = {}
+        for t in trees:
+            try:
+                entries = list(os.scandir(t.base))
+            except OSError:
+                continue
+            for e in entries:
+                m = rx.fullmatch(e.name)
+                if not m or not e.is_dir(follow_symlinks=False):
+                    continue
+                start = int(m["start"]) if m["start"] else None
+                if owner_alive(int(m["pid"]), start, self._proc_root):
+                    continue
+                stale.setdefault(e.name, []).append((t.hierarchy, e.path))
+        for name, places in sorted(stale.items()):
+            try:
+                if not _kill_places(places, timeout=2.0):
+                    log.warning("cgroups: stale %s: processes survive SIGKILL; left alone", name)
+                    continue
+                deadline = time.monotonic() + 2.0
+                for _h, d in places:
+                    for sub in _subtree_dirs(d):
+                        _rmdir_retry(sub, deadline)
+            except OSError as err:
+                log.warning("cgroups: could not remove stale %s: %s", name, err)
+                continue
+            self.stale_removed.append(name)
+            log.warning("cgroups: removed stale cgroup %s left by a dead supervisor", name)
+
+    def create_leaf(self, child_id: str, resources: ResourcePolicy) -> Leaf:
+        """Create the leaf `<parent>/<child_id>` in each hierarchy in use and write the limits
+        `resources`
+        sets: v2 memory.max, memory.swap.max 0, memory.oom.group 1, cpu.max "<quota> 100000",
+        pids.max; v1 memory.limit_in_bytes, memory.memsw.limit_in_bytes, memory.oom_control 0,
+        cpu.cfs_period_us and cpu.cfs_quota_us, pids.max. The leaf's `enforced`/`reasons` say which
+        took effect; with cgroups unavailable it has no paths and every requested limit is reported
+        missing (see Leaf.require).
+
+        Raises ValueError for a bad or duplicate child_id, SandboxSetupError when a directory or
+        limit cannot be written (the partly made leaf is removed first), RuntimeError when not
+        opened.
+        """
+        if not self._opened or self._closed:
+            msg = "CgroupManager is not open"
+            raise RuntimeError(msg)
+        if not _CHILD_ID_RE.fullmatch(child_id) or child_id in (".", ".."):
+            msg = f"child id must match {_CHILD_ID_RE.pattern}: {child_id!r}"
+            raise ValueError(msg)
+        with self._lock:
+            if child_id in self._leaves:
+                msg = f"a leaf named {child_id!r} exists"
+                raise ValueError(msg)
+        places: list[tuple[Hierarchy, str]] = []
+        dirs: dict[str, str] = {}
+        try:
+            for t in self._trees:
+                d = os.path.join(t.parent, child_id)
+                try:
+                    os.mkdir(d, 0o755)
+                except OSError as err:
+                    raise _setup_error(err, "mkdir leaf cgroup", d) from err
+                places.append((t.hierarchy, d))
+                for c in t.serves:
+                    dirs[c] = d
+            versions = {c: t.hierarchy.version for c, t in self._serve.items()}
+            leaf = Leaf(self, child_id, places, dirs, versions)
+            leaf._apply(resources)
+        except BaseException:
+            for _h, d in reversed(places):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+            raise
+        with self._lock:
+            self._leaves[child_id] = leaf
+        return leaf
+
+    def leaves(self) -> list[Leaf]:
+        """The leaves created and not yet removed."""
+        with self._lock:
+            return list(self._leaves.values())
+
+    def _forget(self, leaf: Leaf) -> None:
+        with self._lock:
+            if self._leaves.get(leaf.name) is leaf:
+                del self._leaves[leaf.name]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Kill and remove every remaining leaf, then remove the parent cgroups. Idempotent. A v2
+        supervisor that moved itself stays in its `.self` leaf (the next start removes it once this
+        process is gone). Tries everything, then raises the first SandboxSetupError met."""
+        if self._closed:
+            return
+        self._closed = True
+        first: Exception | None = None
+        for leaf in self.leaves():
+            try:
+                leaf.kill(timeout)
+                leaf.remove(timeout)
+            except Exception as err:  # keep going: the other leaves and parents still need removing
+                first = first or err
+        deadline = time.monotonic() + timeout
+        for t in self._trees:
+            try:
+                _rmdir_retry(t.parent, deadline)
+            except OSError as err:
+                first = first or _setup_error(err, "rmdir parent cgroup", t.parent)
+        if first is not None:
+            raise first

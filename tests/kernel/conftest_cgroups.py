@@ -1,0 +1,304 @@
+"""Shared helpers and checks for the real-kernel cgroups tests (test_cgroups_v1.py, test_cgroups_v2.py).
+
+Not a pytest conftest (tests/kernel/conftest.py belongs to others): the test files import these helpers.
+Every cgroup made here lives under a per-session prefix (`corraltest<hex>`), so parallel runs and real
+corral supervisors on the same host never see each other's cgroups; every process started here is
+ended by its pid.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from policies import ResourcePolicy
+from supervisor.sandbox.cgroups import CgroupManager, Leaf
+
+PY = os.path.realpath(sys.executable)
+MiB = 1 << 20
+
+#: One prefix per test session: the stale-cleanup test fabricates dead owners under it.
+PREFIX = "corraltest" + secrets.token_hex(4)
+
+# A memory hog: waits for "go" on stdin (the test places it first), then touches 16 MiB chunks.
+HOG = """
+import sys
+sys.stdin.readline()
+chunks = []
+for i in range(int(sys.argv[1]) // 16):
+    chunks.append(b"x" * (16 << 20))
+print("survived", flush=True)
+"""
+
+# A bounded fork storm: at most N sleepers; prints how many forks succeeded, then waits.
+STORM = """
+import os, sys, time
+sys.stdin.readline()
+n = 0
+for i in range(int(sys.argv[1])):
+    try:
+        pid = os.fork()
+    except OSError:
+        continue
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    n += 1
+print(n, flush=True)
+time.sleep(60)
+"""
+
+BUSY = """
+import sys, time
+sys.stdin.readline()
+t = time.monotonic()
+while time.monotonic() - t < 30:
+    pass
+"""
+
+# A shell with a background child and a double-forked daemon in its own session.
+DAEMONS = "read x; (setsid sleep 1000 &) ; sleep 1000 & wait"
+
+
+def gated(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start a process that waits for a line on stdin before doing anything."""
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def place_and_release(leaf: Leaf, proc: subprocess.Popen[bytes]) -> None:
+    """What the fork server does: write the pid into every procs file, then release the child."""
+    for path in leaf.procs_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, str(proc.pid).encode())
+        finally:
+            os.close(fd)
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a process this test started, by its pid, and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    for f in (proc.stdin, proc.stdout):
+        if f is not None:
+            f.close()
+
+
+def proc_state(pid: int) -> str | None:
+    """The /proc state letter of pid, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(")") + 2]
+
+
+def manager_fixture() -> Iterator[CgroupManager]:
+    mgr = CgroupManager()
+    mgr.open(PREFIX)
+    try:
+        yield mgr
+    finally:
+        mgr.close()
+    for p in mgr.parents:
+        assert not os.path.exists(p), f"parent cgroup {p} left behind"
+
+
+# -- checks shared by v1 and v2 -------------------------------------------------------------------
+
+
+def check_memory_limit(mgr: CgroupManager) -> None:
+    leaf = mgr.create_leaf("hog", ResourcePolicy(memory=64 * MiB))
+    assert leaf.enforced["memory"]
+    proc = gated([PY, "-I", "-S", "-c", HOG, "256"])
+    try:
+        place_and_release(leaf, proc)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == -9, (proc.returncode, out)
+        assert b"survived" not in out
+        st = leaf.stats()
+        assert (st.oom_kills or 0) >= 1, st
+        assert st.memory_peak_bytes is None or st.memory_peak_bytes <= 64 * MiB + MiB, st
+    finally:
+        stop(proc)
+        assert leaf.kill()
+        leaf.remove()
+    assert not any(os.path.exists(p) for p in leaf.paths)
+
+
+def check_pids_limit(mgr: CgroupManager, storm: int) -> None:
+    leaf = mgr.create_leaf("storm", ResourcePolicy(pids=20))
+    proc = gated([PY, "-I", "-S", "-c", STORM, str(storm)])
+    try:
+        place_and_release(leaf, proc)
+        assert proc.stdout is not None
+        forked = int(proc.stdout.readline())
+        assert forked == 19, forked  # the storm itself is the 20th task
+        st = leaf.stats()
+        assert st.pids == 20, st
+        assert (st.pids_max_events or 0) >= storm - 19, st
+        assert len(leaf.pids()) == 20
+        assert leaf.kill(timeout=5)
+        assert leaf.pids() == []
+    finally:
+        stop(proc)
+        leaf.kill()
+        leaf.remove()
+
+
+def check_cpu_quota(mgr: CgroupManager, window: float = 1.5) -> None:
+    leaf = mgr.create_leaf("busy", ResourcePolicy(cpus=0.2))
+    proc = gated([PY, "-I", "-S", "-c", BUSY])
+    try:
+        place_and_release(leaf, proc)
+        time.sleep(0.5)  # past interpreter start-up
+        c0, t0 = leaf.stats().cpu_seconds, time.monotonic()
+        time.sleep(window)
+        c1, t1 = leaf.stats().cpu_seconds, time.monotonic()
+        assert c0 is not None
+        assert c1 is not None
+        ratio = (c1 - c0) / (t1 - t0)
+        print(f"cpu quota 0.2: measured cpu/wall {ratio:.3f}")
+        # Upper bound is the point (unlimited would be ~1.0); the lower one allows a busy host.
+        assert 0.05 < ratio < 0.3, ratio
+    finally:
+        leaf.kill()
+        stop(proc)
+        leaf.remove()
+
+
+def check_kill_tree(mgr: CgroupManager) -> None:
+    leaf = mgr.create_leaf("tree", ResourcePolicy())
+    proc = gated(["/bin/sh", "-c", DAEMONS])
+    try:
+        place_and_release(leaf, proc)
+        deadline = time.monotonic() + 10
+        while len(leaf.pids()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pids = leaf.pids()
+        assert len(pids) >= 3, pids
+        # The daemon escaped the shell's session and process group, not its cgroup.
+        sessions = {os.getsid(p) for p in pids}
+        assert len(sessions) >= 2, sessions
+        assert leaf.kill(timeout=5)
+        assert leaf.pids() == []
+        assert proc.wait(timeout=10) == -9
+        deadline = time.monotonic() + 5
+        while any(proc_state(p) not in (None, "Z") for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(proc_state(p) in (None, "Z") for p in pids), [proc_state(p) for p in pids]
+    finally:
+        stop(proc)
+        leaf.kill()
+        leaf.remove()
+    assert not any(os.path.exists(p) for p in leaf.paths)
+
+
+def check_stale_cleanup(live: CgroupManager) -> None:
+    """Fabricate the cgroups of a dead supervisor (a reaped pid) holding a sleeping process; a new
+    manager's open() kills it and removes them. A live owner's cgroups are left alone."""
+    dead = subprocess.Popen(["/bin/true"])
+    dead.wait()
+    layout = live.layout
+    stale = f"{PREFIX}-{dead.pid}"
+    alive = f"{PREFIX}-{os.getppid()}"
+    made: list[str] = []
+    sleeper = subprocess.Popen(["/bin/sleep", "1000"])
+    try:
+        for h in layout.hierarchies():
+            for name in (stale, alive):
+                d = os.path.join(h.path, name)
+                os.mkdir(d)
+                made.append(d)
+            if h.version == 2:
+                with open(os.path.join(h.path, stale, "cgroup.subtree_control"), "w") as f:
+                    f.write(" ".join(f"+{c}" for c in ("memory", "pids") if c in h.controllers))
+            leaf = os.path.join(h.path, stale, "c1")
+            os.mkdir(leaf)
+            made.append(leaf)
+            with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+                f.write(str(sleeper.pid))
+        mgr = CgroupManager()
+        mgr.open(PREFIX)
+        try:
+            assert stale in mgr.stale_removed
+            assert alive not in mgr.stale_removed
+            assert sleeper.wait(timeout=10) == -9
+            for h in layout.hierarchies():
+                assert not os.path.exists(os.path.join(h.path, stale))
+                assert os.path.isdir(os.path.join(h.path, alive))
+        finally:
+            mgr.close()
+    finally:
+        stop_plain(sleeper)
+        for d in reversed(made):
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
+def stop_plain(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def check_close_kills_and_removes_all() -> None:
+    mgr = CgroupManager()
+    mgr.open(PREFIX)
+    procs = []
+    try:
+        for i in range(3):
+            leaf = mgr.create_leaf(f"c{i}", ResourcePolicy(pids=10))
+            p = gated(["/bin/sleep", "1000"])
+            place_and_release(leaf, p)
+            procs.append(p)
+        parents = mgr.parents
+        mgr.close()
+        assert all(p.wait(timeout=10) == -9 for p in procs)
+        assert not any(os.path.exists(d) for d in parents)
+        assert mgr.leaves() == []
+    finally:
+        for p in procs:
+            stop(p)
+        mgr.close()
+
+
+def check_failed_limit_rolls_back(mgr: CgroupManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from supervisor._errors import SandboxSetupError
+    from supervisor.sandbox.cgroups import _manager
+
+    real = _manager._write
+
+    def refuse_pids(path: str, data: str) -> None:
+        if path.endswith("pids.max"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(path, data)
+
+    monkeypatch.setattr(_manager, "_write", refuse_pids)
+    with pytest.raises(SandboxSetupError) as info:
+        mgr.create_leaf("bad", ResourcePolicy(memory=64 * MiB, pids=5))
+    err = info.value
+    assert err.layer == "cgroups"
+    assert err.errno == errno.EINVAL
+    assert "pids.max" in err.operation
+    assert err.path is not None
+    assert err.path.endswith("pids.max")
+    assert isinstance(err.__cause__, OSError)
+    for p in mgr.parents:
+        assert not os.path.exists(os.path.join(p, "bad"))
+    monkeypatch.undo()
+    leaf = mgr.create_leaf("bad", ResourcePolicy(pids=5))  # the name is free again
+    leaf.remove()
