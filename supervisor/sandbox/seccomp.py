@@ -1,0 +1,503 @@
+"""Seccomp: a syscall filter, compiled once per policy in the parent, installed in the child last.
+
+The filter allows by default and answers a fixed list of dangerous syscalls with EPERM (so programs
+fail cleanly instead of dying): kernel attack surface an ordinary program does not need (io_uring,
+bpf, keyrings, perf, userfaultfd), anything that inspects or writes another process (ptrace and
+friends), namespace and mount manipulation (the sandbox builds those itself, before the filter),
+and host administration (modules, kexec, reboot, swap, clock, quota). Some syscalls are denied only
+for some arguments: `clone` with a namespace flag, `ioctl` with TIOCSTI/TIOCLINUX, `personality`
+other than a query. `clone3` answers ENOSYS: its flags are in memory, out of the filter's reach,
+and libc then falls back to `clone`, whose flags the filter does see.
+
+Every other ABI is killed (KILL_PROCESS): on x86_64 the i386 ABI (``int $0x80``, 32-bit
+binaries) and x32 syscall numbers (bit 0x40000000), which would otherwise reach the kernel
+through a syscall table the rules do not describe.
+
+`prepare` (parent) compiles with libseccomp through pyseccomp, imported lazily: this module is
+also imported by the fork server, which runs ``python -I -S`` without site-packages, so it imports
+only the standard library at module level. `apply` (child) hands the ready BPF bytes to
+seccomp(2). See docs/seccomp.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno as _errno
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from supervisor.sandbox import _sys
+
+_LAYER = "seccomp"
+
+if TYPE_CHECKING:
+    from policies import Policy
+    from supervisor.sandbox.probe import KernelCaps
+
+#: Denied outright with EPERM, each with the reason (docs/seccomp.md says the same).
+DEFAULT_DENY: dict[str, str] = {
+    # Large, frequently exploited kernel attack surface that ordinary programs do not need.
+    "io_uring_setup": "io_uring: a second syscall interface that bypasses this filter's rules",
+    "io_uring_enter": "io_uring: a second syscall interface that bypasses this filter's rules",
+    "io_uring_register": "io_uring: a second syscall interface that bypasses this filter's rules",
+    "bpf": "eBPF programs and maps: a major source of kernel exploits",
+    "perf_event_open": "performance counters: kernel attack surface and side channels",
+    "userfaultfd": "stalls kernel page faults at will: the classic race-widening exploit tool",
+    "keyctl": "kernel keyrings are not namespaced: keys could leak between sandboxes",
+    "add_key": "kernel keyrings are not namespaced: keys could leak between sandboxes",
+    "request_key": "kernel keyrings are not namespaced; can also call out to user-space helpers",
+    # Other processes: read, write or inspect them.
+    "ptrace": "tracing would let a child control other processes of the sandbox",
+    "process_vm_readv": "reads another process's memory",
+    "process_vm_writev": "writes another process's memory",
+    "pidfd_getfd": "steals a file descriptor from another process (ptrace-class access)",
+    "kcmp": "compares the kernel objects of two processes: ptrace-class introspection",
+    # Namespaces and mounts: set up by the sandbox before the filter; the child may not redo them.
+    "unshare": "new namespaces (a user namespace re-grants capabilities) would widen the sandbox",
+    "setns": "joining another namespace could leave the sandbox's",
+    "mount": "the mount table is fixed by the sandbox",
+    "umount2": "unmounting could reveal what the sandbox hid beneath a mount",
+    "pivot_root": "changes the root of the mount namespace",
+    "move_mount": "new mount API: the mount table is fixed by the sandbox",
+    "open_tree": "new mount API: clones mount trees",
+    "open_tree_attr": "new mount API: clones mount trees with new attributes (Linux 6.15)",
+    "fsopen": "new mount API: creates filesystem contexts",
+    "fsmount": "new mount API: turns a filesystem context into a mount",
+    "fsconfig": "new mount API: configures filesystem contexts",
+    "fspick": "new mount API: reconfigures existing mounts",
+    "mount_setattr": "changes mount flags such as read-only",
+    "open_by_handle_at": "opens files by handle, bypassing path checks (the 'shocker' escape)",
+    "name_to_handle_at": "the other half of open_by_handle_at: leaks file handles",
+    # Host administration.
+    "kexec_load": "replaces the running kernel",
+    "kexec_file_load": "replaces the running kernel",
+    "init_module": "loads kernel modules",
+    "finit_module": "loads kernel modules",
+    "delete_module": "unloads kernel modules",
+    "reboot": "reboots or halts the host",
+    "swapon": "changes host swap",
+    "swapoff": "changes host swap",
+    "acct": "switches host process accounting",
+    "quotactl": "changes filesystem quotas",
+    "quotactl_fd": "changes filesystem quotas",
+    "syslog": "reads or clears the kernel log (kernel addresses, other users' activity)",
+    "lookup_dcookie": "profiling interface resolving kernel cookies to paths (gone in Linux 6.8)",
+    "clock_settime": "sets the host clock",
+    "clock_adjtime": "adjusts the host clock",
+    "settimeofday": "sets the host clock",
+    "adjtimex": "adjusts the host clock",
+    "vhangup": "hangs up the terminal, which another process may share",
+    "fanotify_init": "filesystem-wide event monitoring and permission decisions",
+    # Obsolete or hardware-level interfaces nothing in a sandbox needs.
+    "nfsservctl": "obsolete NFS server control (removed in Linux 3.1)",
+    "uselib": "obsolete a.out library loading",
+    "iopl": "raw I/O-port privilege level (x86)",
+    "ioperm": "raw I/O-port access (x86)",
+}
+
+#: Denied only for some arguments, or with another errno.
+CONDITIONAL: dict[str, str] = {
+    "clone": "EPERM when any namespace flag is set (same reason as unshare); threads and fork work",
+    "clone3": "ENOSYS: its flags are in memory, out of the filter's sight; libc then uses clone",
+    "ioctl": "EPERM for TIOCSTI (types into the terminal) and TIOCLINUX (console control)",
+    "personality": "EPERM except the query personality(0xffffffff): execution domains, ASLR off",
+}
+
+#: Namespace flags refused on clone (CLONE_NEWTIME is inside CSIGNAL for clone(), harmlessly
+#: matched too: exit signals are below 65, so no real call has that bit).
+CLONE_NAMESPACE_FLAGS: dict[str, int] = {
+    "CLONE_NEWNS": 0x00020000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+    "CLONE_NEWTIME": 0x00000080,
+}
+
+#: ioctl commands refused (the command is an unsigned int: compared on the low 32 bits only).
+DENIED_IOCTLS: dict[str, int] = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
+
+# Syscalls newer than the libseccomp we may be given. Since Linux 5.1 new syscalls have the same
+# number on every architecture but alpha, ia64 and mips, so these hold for x86_64 and aarch64.
+_UNIFIED_NR: dict[str, int] = {"open_tree_attr": 467}
+_UNIFIED_ARCHES = ("x86_64", "aarch64")
+
+# libseccomp's comparison operators and actions (pyseccomp's values; kept here so that building
+# the rule list needs no import).
+_NE = 1
+_MASKED_EQ = 7
+_ALLOW = 0x7FFF0000
+_KILL_PROCESS = 0x80000000
+_RET_ERRNO = 0x00050000
+
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+# A foreign ABI the kernel may run on each native arch: i386 on x86_64, arm on aarch64.
+_FOREIGN_ARCH = {"x86_64": 0x40000003, "aarch64": 0x40000028}
+_X32_SYSCALL_BIT = 0x40000000
+_BPF_MAXINSNS = 4096
+
+_SECCOMP_SET_MODE_FILTER = 1
+_SECCOMP_MODE_FILTER = 2
+
+# A rule: (errno, ((arg, op, datum_a, datum_b), ...)); several rules for one name are ORed.
+_Cmp = tuple[int, int, int, int]
+_Rule = tuple[int, tuple[_Cmp, ...]]
+
+
+def _builtin_rules() -> dict[str, list[_Rule]]:
+    rules: dict[str, list[_Rule]] = {name: [(_errno.EPERM, ())] for name in DEFAULT_DENY}
+    # One rule per flag, each a masked compare: libseccomp ORs the rules of a syscall.
+    rules["clone"] = [(_errno.EPERM, ((0, _MASKED_EQ, f, f),)) for f in CLONE_NAMESPACE_FLAGS.values()]
+    rules["clone3"] = [(_errno.ENOSYS, ())]
+    rules["ioctl"] = [(_errno.EPERM, ((1, _MASKED_EQ, 0xFFFFFFFF, cmd),)) for cmd in DENIED_IOCTLS.values()]
+    # libseccomp takes one comparison per argument and rule, so only the query stays allowed.
+    rules["personality"] = [(_errno.EPERM, ((0, _NE, 0xFFFFFFFF, 0),))]
+    return rules
+
+
+def _resolve(name: str) -> int:
+    """The native syscall number of `name`: -1 when unknown, below -1 when not on this arch."""
+    import pyseccomp
+
+    nr = int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name))
+    if nr == -1 and _sys._MACHINE in _UNIFIED_ARCHES:
+        nr = _UNIFIED_NR.get(name, -1)
+    return nr
+
+
+def _rule_set(policy: Policy) -> dict[str, list[_Rule]]:
+    """The rules for `policy` before resolving: built-ins, minus `allow`, plus `deny` (EPERM).
+
+    Raises PolicyError for a listed name this libseccomp does not know on this architecture, and
+    for denying execve (the command could never start).
+    """
+    from policies import PolicyError
+
+    rules = _builtin_rules()
+    for field in ("allow", "deny"):
+        for i, name in enumerate(getattr(policy.syscalls, field)):
+            nr = _resolve(name)
+            if nr < 0 and not (field == "allow" and name in rules):
+                why = (
+                    "is not a syscall libseccomp knows"
+                    if nr == -1
+                    else f"is not a syscall on {_sys._MACHINE}"
+                )
+                where = f"syscalls.{field}[{i}]"
+                raise PolicyError(where, why, name)
+    for name in policy.syscalls.allow:
+        rules.pop(name, None)
+    for i, name in enumerate(policy.syscalls.deny):
+        if name == "execve":
+            where = f"syscalls.deny[{i}]"
+            raise PolicyError(where, "denying execve would stop the command from starting", name)
+        # Replaces any conditional built-in rule: an explicit deny is unconditional.
+        rules[name] = [(_errno.EPERM, ())]
+    return rules
+
+
+def _compile(policy: Policy) -> tuple[object, dict[str, tuple[int, list[_Rule]]]]:
+    """A pyseccomp SyscallFilter for `policy`, and the rules it holds: name -> (nr, rules).
+
+    Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp is
+    missing, and OSError when libseccomp rejects a rule.
+    """
+    import pyseccomp
+
+    rules = _rule_set(policy)
+    flt = pyseccomp.SyscallFilter(_ALLOW)
+    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, _KILL_PROCESS)
+    # Binary tree: hot syscalls with argument rules (ioctl, clone) need not walk the whole list.
+    # Syscalls without rules cost nothing either way: the kernel caches constant ALLOW results.
+    with contextlib.suppress(OSError):  # libseccomp < 2.5: linear order, same verdicts
+        flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    compiled: dict[str, tuple[int, list[_Rule]]] = {}
+    for name, name_rules in rules.items():
+        nr = _resolve(name)
+        if nr < 0:
+            continue  # a built-in name not on this architecture (user names were checked above)
+        for err, cmps in name_rules:
+            args = [pyseccomp.Arg(a, op, x, y) for a, op, x, y in cmps]
+            try:
+                flt.add_rule(_RET_ERRNO | err, nr, *args)
+            except OSError as exc:
+                exc.filename = name
+                raise
+        compiled[name] = (nr, name_rules)
+    return flt, compiled
+
+
+def _export(flt: object, method: str) -> bytes:
+    fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
+    with open(fd, "w+b") as f:
+        getattr(flt, method)(f)
+        f.seek(0)
+        return f.read()
+
+
+def explain(policy: Policy) -> str:
+    """libseccomp's pseudo-code (PFC) of the filter `policy` compiles to, for humans and tests.
+
+    Raises PolicyError for unknown names, ImportError/RuntimeError without pyseccomp/libseccomp.
+    """
+    flt, _ = _compile(policy)
+    return _export(flt, "export_pfc").decode()
+
+
+def run_bpf(prog: bytes, nr: int, arch: int | None = None, args: tuple[int, ...] = ()) -> int:
+    """Evaluate classic-BPF `prog` on one seccomp_data and return the SECCOMP_RET_* value.
+
+    `arch` defaults to this machine's audit arch; `args` are up to six 64-bit arguments. Used by
+    `prepare` to check the compiled filter before trusting it, and by the tests. Raises ValueError
+    on an instruction seccomp would not accept or a program that runs off its end.
+    """
+    if arch is None:
+        arch = _AUDIT_ARCH[_sys._MACHINE]
+    full = (tuple(args) + (0,) * 6)[:6]
+    data = struct.pack("=iIQ6Q", nr, arch, 0, *(a & (2**64 - 1) for a in full))
+    insns: list[tuple[int, int, int, int]] = [
+        struct.unpack_from("=HBBI", prog, off) for off in range(0, len(prog), 8)
+    ]
+    a = x = 0
+    mem = [0] * 16
+    pc = 0
+    m32 = 0xFFFFFFFF
+    while pc < len(insns):
+        code, jt, jf, k = insns[pc]
+        cls = code & 0x07
+        pc += 1
+        if code == 0x20:  # ld [k]
+            if k % 4 or k + 4 > len(data):
+                msg = f"seccomp BPF: bad load offset {k}"
+                raise ValueError(msg)
+            a = struct.unpack_from("=I", data, k)[0]
+        elif code == 0x00:  # ld #k
+            a = k
+        elif code == 0x60:  # ld M[k]
+            a = mem[k]
+        elif code == 0x01:  # ldx #k
+            x = k
+        elif code == 0x61:  # ldx M[k]
+            x = mem[k]
+        elif code == 0x02:  # st M[k]
+            mem[k] = a
+        elif code == 0x03:  # stx M[k]
+            mem[k] = x
+        elif code == 0x07:  # tax
+            x = a
+        elif code == 0x87:  # txa
+            a = x
+        elif cls == 0x04:  # alu
+            src = x if code & 0x08 else k
+            a = _alu(code & 0xF0, a, src) & m32
+        elif code == 0x05:  # ja
+            pc += k
+        elif cls == 0x05:  # conditional jumps
+            src = x if code & 0x08 else k
+            op = code & 0xF0
+            if op == 0x10:
+                cond = a == src
+            elif op == 0x20:
+                cond = a > src
+            elif op == 0x30:
+                cond = a >= src
+            elif op == 0x40:
+                cond = bool(a & src)
+            else:
+                msg = f"seccomp BPF: bad jump {code:#x}"
+                raise ValueError(msg)
+            pc += jt if cond else jf
+        elif code == 0x06:  # ret #k
+            return k
+        elif code == 0x16:  # ret a
+            return a
+        else:
+            msg = f"seccomp BPF: unsupported instruction {code:#x}"
+            raise ValueError(msg)
+    msg = "seccomp BPF: program ends without a return"
+    raise ValueError(msg)
+
+
+def _alu(op: int, a: int, src: int) -> int:
+    if op == 0x00:
+        return a + src
+    if op == 0x10:
+        return a - src
+    if op == 0x20:
+        return a * src
+    if op == 0x30:
+        return a // src if src else 0
+    if op == 0x40:
+        return a | src
+    if op == 0x50:
+        return a & src
+    if op == 0x60:
+        return a << src if src < 32 else 0
+    if op == 0x70:
+        return a >> src if src < 32 else 0
+    if op == 0x80:
+        return -a
+    if op == 0x90:
+        return a % src if src else 0
+    if op == 0xA0:
+        return a ^ src
+    msg = f"seccomp BPF: bad alu op {op:#x}"
+    raise ValueError(msg)
+
+
+def _self_check(bpf: bytes, compiled: dict[str, tuple[int, list[_Rule]]]) -> str | None:
+    """Run the compiled filter on a few inputs; None if it behaves, else what is wrong."""
+    machine = _sys._MACHINE
+    if machine not in _AUDIT_ARCH:
+        return None  # no expectations recorded for this arch; libseccomp's own tests stand
+    # A syscall without rules (the policy may deny any one name): the default must allow it.
+    free = next((n for n in ("getpid", "capget") if n not in compiled), "")
+    if free and run_bpf(bpf, _sys.nr(free)) != _ALLOW:
+        return f"{free} is not allowed"
+    if run_bpf(bpf, _sys.nr(free or "getpid"), arch=_FOREIGN_ARCH[machine]) != _KILL_PROCESS:
+        return "a foreign-ABI syscall is not killed"
+    if machine == "x86_64":
+        for nr in (_X32_SYSCALL_BIT | 39, _X32_SYSCALL_BIT | 521):  # x32 getpid, x32 ptrace
+            if run_bpf(bpf, nr) != _KILL_PROCESS:
+                return f"x32 syscall {nr:#x} is not killed"
+    for name, (nr, rules) in compiled.items():
+        for err, cmps in rules:
+            if not cmps and run_bpf(bpf, nr) != _RET_ERRNO | err:
+                return f"{name} is not denied"
+    return None
+
+
+def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
+    """Compile the policy's seccomp filter in the parent (once per policy; the caller caches).
+
+    Returns None when `policy.syscalls.enabled` is False, or when seccomp is unavailable (the
+    kernel lacks it, or libseccomp/pyseccomp is missing) and `policy.best_effort` is set: the
+    caller records the layer as missing. Otherwise ``{"bpf": bytes, "denied": [names]}``: `bpf`
+    is the ``struct sock_filter`` array for `apply`, `denied` the syscall names with a rule on
+    this architecture (outright or for some arguments), sorted.
+
+    Raises SandboxSetupError (layer ``seccomp``) when seccomp or libseccomp is unavailable and the
+    policy is not best_effort, or when libseccomp fails or produces a filter that does not pass
+    the self-check; PolicyError for a name in ``syscalls.deny``/``syscalls.allow`` that is not a
+    syscall on this architecture, or for denying execve.
+    """
+    from supervisor._errors import SandboxSetupError
+
+    if not policy.syscalls.enabled:
+        return None
+    if not caps.seccomp.available:
+        if policy.best_effort:
+            return None
+        raise SandboxSetupError(
+            _LAYER,
+            "seccomp(SECCOMP_GET_ACTION_AVAIL)",
+            caps.seccomp.errno,
+            hint=_unavailable_hint(caps.seccomp.errno),
+        )
+    try:
+        import pyseccomp  # noqa: F401 - fails here, clearly, when libseccomp is missing
+    except (ImportError, RuntimeError, OSError) as err:
+        if policy.best_effort:
+            return None
+        raise SandboxSetupError(
+            _LAYER,
+            "import pyseccomp (libseccomp)",
+            hint="install libseccomp2 and the pyseccomp package, set best_effort = true to run "
+            f"without the syscall filter, or syscalls.enabled = false ({err})",
+        ) from err
+    try:
+        flt, compiled = _compile(policy)
+        bpf = _export(flt, "export_bpf")
+    except OSError as err:
+        raise SandboxSetupError(
+            _LAYER,
+            f"libseccomp seccomp_rule_add({err.filename or '?'})/seccomp_export_bpf",
+            err.errno or 0,
+            hint="libseccomp rejected the filter; this is a corral bug, please report it",
+        ) from err
+    problem = None
+    if not bpf or len(bpf) % 8 or len(bpf) // 8 > _BPF_MAXINSNS:
+        problem = f"libseccomp produced {len(bpf)} bytes of BPF"
+    else:
+        try:
+            problem = _self_check(bpf, compiled)
+        except ValueError as err:
+            problem = str(err)
+    if problem:
+        raise SandboxSetupError(
+            _LAYER,
+            "filter self-check",
+            _errno.EINVAL,
+            hint=f"{problem}; upgrade libseccomp (2.5 or newer is tested)",
+        )
+    return {"bpf": bpf, "denied": sorted(compiled)}
+
+
+def _unavailable_hint(err: int) -> str:
+    escape = "set best_effort = true to run without it, or syscalls.enabled = false"
+    if err in (_errno.EPERM, _errno.EACCES):
+        return f"an outer sandbox (seccomp filter or LSM) blocks seccomp; {escape}"
+    return f"the kernel lacks seccomp filters (CONFIG_SECCOMP_FILTER); {escape}"
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def apply(prepared: dict[str, object]) -> None:
+    """Install the prepared filter. Runs in the child, last, right before execve.
+
+    Sets no_new_privs first if the caller has not (the kernel requires it without CAP_SYS_ADMIN,
+    and it must hold anyway). Uses seccomp(SECCOMP_SET_MODE_FILTER), falling back to
+    prctl(PR_SET_SECCOMP) on kernels without the seccomp syscall. Standard library only.
+
+    Raises SetupFailure (layer ``seccomp``) naming the failing call and errno.
+    """
+    bpf = prepared["bpf"]
+    if not isinstance(bpf, bytes) or not bpf or len(bpf) % 8 or len(bpf) // 8 > 0xFFFF:
+        raise _sys.SetupFailure(
+            _LAYER,
+            "seccomp(SECCOMP_SET_MODE_FILTER)",
+            _errno.EINVAL,
+            hint="the prepared filter is not a sock_filter array; prepare() it again",
+        )
+    try:
+        if _sys.prctl(_sys.PR_GET_NO_NEW_PRIVS) != 1:
+            _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as err:
+        raise _sys.SetupFailure(_LAYER, "prctl(PR_SET_NO_NEW_PRIVS)", err.errno or 0) from err
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.addressof(buf))
+    operation = "seccomp(SECCOMP_SET_MODE_FILTER)"
+    try:
+        try:
+            _sys.syscall(
+                "seccomp",
+                ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
+                ctypes.c_ulong(0),
+                ctypes.pointer(prog),
+            )
+        except OSError as err:
+            if err.errno != _errno.ENOSYS:
+                raise
+            operation = "prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER)"
+            _sys.prctl(_sys.PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog))
+    except OSError as err:
+        code = err.errno or 0
+        raise _sys.SetupFailure(_LAYER, operation, code, hint=_apply_hint(code)) from err
+
+
+def _apply_hint(err: int) -> str:
+    if err == _errno.EACCES:
+        return "no_new_privs is not set and the process lacks CAP_SYS_ADMIN"
+    if err == _errno.ENOMEM:
+        return "too many stacked filters (an outer sandbox's count too); or out of memory"
+    if err == _errno.EINVAL:
+        return "the kernel rejected the BPF program or lacks seccomp filter mode"
+    if err in (_errno.ENOSYS, _errno.EOPNOTSUPP):
+        return "the kernel lacks seccomp filters (CONFIG_SECCOMP_FILTER); set best_effort"
+    return "see seccomp(2)"

@@ -1,0 +1,392 @@
+"""The seccomp filter as compiled: no privileges, no filter installed, no claims about the kernel.
+
+Verdicts are checked two ways: in libseccomp's pseudo-code (PFC), and by running the exported BPF
+through `seccomp.run_bpf` on chosen syscall numbers, architectures and arguments (the x32 guard
+is visible only there: libseccomp emits it into the BPF but not into the PFC).
+"""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+
+import pytest
+
+from policies import Policy, PolicyError, SyscallPolicy
+from supervisor._errors import SandboxSetupError
+from supervisor.sandbox import _sys, seccomp
+from supervisor.sandbox.probe import Feature, KernelCaps
+
+pyseccomp = pytest.importorskip("pyseccomp")
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CAPS = KernelCaps(seccomp=Feature(True))
+X86_64 = platform.machine() == "x86_64"
+needs_x86_64 = pytest.mark.skipif(not X86_64, reason="x86_64 syscall numbers and ABIs")
+
+ALLOW = 0x7FFF0000
+KILL_PROCESS = 0x80000000
+EPERM = 0x00050000 | errno.EPERM
+ENOSYS = 0x00050000 | errno.ENOSYS
+AUDIT_ARCH_I386 = 0x40000003
+AUDIT_ARCH_AARCH64 = 0xC00000B7
+SIGCHLD = 17
+# What glibc's pthread_create passes to clone when clone3 answers ENOSYS.
+THREAD_FLAGS = 0x3D0F00
+TCGETS, TIOCSTI, TIOCLINUX = 0x5401, 0x5412, 0x541C
+
+
+def nr(name: str) -> int:
+    n = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    return int(n) if n >= 0 else seccomp._UNIFIED_NR[name]
+
+
+def compiled(policy: Policy | None = None) -> dict[str, object]:
+    prepared = seccomp.prepare(policy or Policy(), CAPS)
+    assert prepared is not None
+    return prepared
+
+
+def verdict(prepared: dict[str, object], name: str, *args: int, arch: int | None = None) -> int:
+    bpf = prepared["bpf"]
+    assert isinstance(bpf, bytes)
+    return seccomp.run_bpf(bpf, nr(name), arch=arch, args=args)
+
+
+@pytest.fixture(scope="module")
+def default() -> dict[str, object]:
+    return compiled()
+
+
+@pytest.fixture(scope="module")
+def pfc() -> str:
+    return seccomp.explain(Policy())
+
+
+# --- shape of the prepared data ------------------------------------------------------------------
+
+
+def test_prepare_returns_plain_bpf_bytes(default: dict[str, object]) -> None:
+    bpf = default["bpf"]
+    assert isinstance(bpf, bytes)
+    assert bpf
+    assert len(bpf) % 8 == 0
+    assert len(bpf) // 8 <= 4096
+    assert set(default) == {"bpf", "denied"}
+    # It crosses to the fork server with marshal: builtins only.
+    assert marshal.loads(marshal.dumps(default)) == default
+
+
+def test_denied_lists_every_builtin_name_known_here(default: dict[str, object]) -> None:
+    denied = default["denied"]
+    assert isinstance(denied, list)
+    assert denied == sorted(denied)
+    expected = {
+        n
+        for n in (*seccomp.DEFAULT_DENY, *seccomp.CONDITIONAL)
+        if seccomp._resolve(n) >= 0  # names not on this arch are skipped
+    }
+    assert set(denied) == expected
+    if X86_64:  # every built-in name exists on x86_64
+        assert set(denied) == set(seccomp.DEFAULT_DENY) | set(seccomp.CONDITIONAL)
+
+
+def test_argument_rule_constants() -> None:
+    # Pinned here so that a change to the module's tables cannot pass the tests derived from them.
+    assert seccomp.CLONE_NAMESPACE_FLAGS == {
+        "CLONE_NEWNS": 0x00020000,
+        "CLONE_NEWCGROUP": 0x02000000,
+        "CLONE_NEWUTS": 0x04000000,
+        "CLONE_NEWIPC": 0x08000000,
+        "CLONE_NEWUSER": 0x10000000,
+        "CLONE_NEWPID": 0x20000000,
+        "CLONE_NEWNET": 0x40000000,
+        "CLONE_NEWTIME": 0x00000080,
+    }
+    assert seccomp.DENIED_IOCTLS == {"TIOCSTI": TIOCSTI, "TIOCLINUX": TIOCLINUX}
+    assert set(seccomp.CONDITIONAL) == {"clone", "clone3", "ioctl", "personality"}
+
+
+def test_disabled_policy_compiles_nothing() -> None:
+    assert seccomp.prepare(Policy(syscalls=SyscallPolicy(enabled=False)), CAPS) is None
+
+
+def test_module_imports_only_stdlib_at_module_level() -> None:
+    # The fork server runs `python -I -S` (no site-packages, so no pyseccomp) and loads
+    # supervisor.* without running supervisor/__init__.py, as _forkserver.BOOT does.
+    code = (
+        "import sys, types; m = types.ModuleType('supervisor'); "
+        "m.__path__ = [sys.argv[1] + '/supervisor']; sys.modules['supervisor'] = m; "
+        "import supervisor.sandbox.seccomp; "
+        "bad = [m for m in ('pyseccomp', 'policies', 'supervisor._errors') if m in sys.modules]; "
+        "print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "[]"
+
+
+# --- unavailable seccomp / libseccomp ------------------------------------------------------------
+
+
+def test_unavailable_kernel_fails_closed() -> None:
+    caps = KernelCaps(seccomp=Feature(False, errno.ENOSYS, "seccomp(SECCOMP_GET_ACTION_AVAIL)"))
+    with pytest.raises(SandboxSetupError) as info:
+        seccomp.prepare(Policy(), caps)
+    err = info.value
+    assert err.layer == "seccomp"
+    assert err.operation == "seccomp(SECCOMP_GET_ACTION_AVAIL)"
+    assert err.errno == errno.ENOSYS
+    assert "best_effort" in err.hint
+    assert "ENOSYS" in str(err)
+
+
+def test_blocked_seccomp_hint_names_the_outer_sandbox() -> None:
+    caps = KernelCaps(seccomp=Feature(False, errno.EPERM))
+    with pytest.raises(SandboxSetupError, match="outer sandbox") as info:
+        seccomp.prepare(Policy(), caps)
+    assert info.value.errno == errno.EPERM
+
+
+def test_unavailable_kernel_best_effort_returns_none() -> None:
+    caps = KernelCaps(seccomp=Feature(False, errno.ENOSYS))
+    assert seccomp.prepare(Policy(best_effort=True), caps) is None
+
+
+def test_missing_libseccomp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # import raises ImportError
+    with pytest.raises(SandboxSetupError, match="libseccomp") as info:
+        seccomp.prepare(Policy(), CAPS)
+    assert info.value.layer == "seccomp"
+    assert seccomp.prepare(Policy(best_effort=True), CAPS) is None
+
+
+def test_self_check_rejects_a_filter_that_lets_other_abis_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    allow_all = (0x06).to_bytes(2, sys.byteorder) + b"\0\0" + ALLOW.to_bytes(4, sys.byteorder)
+    monkeypatch.setattr(seccomp, "_export", lambda flt, method: allow_all)
+    with pytest.raises(SandboxSetupError, match="self-check") as info:
+        seccomp.prepare(Policy(), CAPS)
+    assert "not killed" in info.value.hint
+
+
+# --- the PFC text --------------------------------------------------------------------------------
+
+
+def test_pfc_names_every_denied_syscall(pfc: str, default: dict[str, object]) -> None:
+    denied = default["denied"]
+    assert isinstance(denied, list)
+    for name in denied:
+        if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) >= 0:
+            assert f'# filter for syscall "{name}" ({nr(name)})' in pfc, name
+        else:  # newer than this libseccomp: present by number
+            assert f'# filter for syscall "UNKNOWN" ({nr(name)})' in pfc, name
+
+
+def test_pfc_default_allow_and_bad_arch_kill(pfc: str) -> None:
+    assert re.search(r"# default action\n\s*action ALLOW;", pfc)
+    assert re.search(r"# invalid architecture action\n\s*action KILL_PROCESS;", pfc)
+    # Only the native arch is in the filter: i386 and x32 are not added, so they are killed.
+    assert len(re.findall(r"# filter for arch ", pfc)) == 1
+    if X86_64:
+        assert "# filter for arch x86_64 (3221225534)" in pfc
+
+
+def test_pfc_clone_rules(pfc: str) -> None:
+    block = _syscall_block(pfc, "clone")
+    for name, flag in seccomp.CLONE_NAMESPACE_FLAGS.items():
+        assert f"if ($a0.lo32 & 0x{flag:08x} == {flag})" in block, name
+    assert re.search(r"action ERRNO\(1\);", block)
+    assert "action ERRNO(38);" in _syscall_block(pfc, "clone3")
+
+
+def test_pfc_ioctl_rules(pfc: str) -> None:
+    block = _syscall_block(pfc, "ioctl")
+    # The high half is masked out (0x00000000): the command is an unsigned int.
+    assert "if ($a1.hi32 & 0x00000000 == 0)" in block
+    assert f"if ($a1.lo32 & 0xffffffff == {TIOCSTI})" in block
+    assert f"if ($a1.lo32 & 0xffffffff == {TIOCLINUX})" in block
+
+
+def test_pfc_personality_allows_only_the_query(pfc: str) -> None:
+    block = _syscall_block(pfc, "personality")
+    assert "if ($a0.lo32 == 4294967295)" in block
+    assert "action ERRNO(1);" in block
+
+
+def _syscall_block(pfc: str, name: str) -> str:
+    """The PFC lines of one syscall's rules: from its header to the next header or the end."""
+    start = pfc.index(f'# filter for syscall "{name}" ')
+    nxt = pfc.find("# filter for syscall", start + 1)
+    return pfc[start : nxt if nxt != -1 else None]
+
+
+# --- verdicts of the BPF itself ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(seccomp.DEFAULT_DENY))
+def test_bpf_denies_each_builtin_with_eperm(default: dict[str, object], name: str) -> None:
+    if seccomp._resolve(name) < 0:
+        pytest.skip(f"{name} is not a syscall on {platform.machine()}")
+    assert verdict(default, name) == EPERM
+
+
+@pytest.mark.parametrize("name", ["read", "write", "openat", "execve", "exit_group", "wait4"])
+def test_bpf_allows_ordinary_syscalls(default: dict[str, object], name: str) -> None:
+    assert verdict(default, name, 3, 4, 5) == ALLOW
+
+
+@pytest.mark.parametrize(("flag_name", "flag"), sorted(seccomp.CLONE_NAMESPACE_FLAGS.items()))
+def test_bpf_clone_namespace_flags(default: dict[str, object], flag_name: str, flag: int) -> None:
+    assert verdict(default, "clone", flag | SIGCHLD) == EPERM
+    assert verdict(default, "clone", flag | THREAD_FLAGS) == EPERM
+    # The kernel uses the low 32 bits of the flags; junk above must not hide a flag.
+    assert verdict(default, "clone", flag | SIGCHLD | 0xDEAD_0000_0000) == EPERM
+
+
+def test_bpf_clone_without_namespace_flags_is_allowed(default: dict[str, object]) -> None:
+    assert verdict(default, "clone", SIGCHLD) == ALLOW  # fork
+    assert verdict(default, "clone", THREAD_FLAGS) == ALLOW  # pthread_create
+    assert verdict(default, "clone", 0x4111) == ALLOW  # vfork-style CLONE_VM|CLONE_VFORK|SIGCHLD
+    assert verdict(default, "clone3") == ENOSYS
+
+
+def test_bpf_ioctl(default: dict[str, object]) -> None:
+    assert verdict(default, "ioctl", 0, TIOCSTI) == EPERM
+    assert verdict(default, "ioctl", 0, TIOCLINUX) == EPERM
+    assert verdict(default, "ioctl", 0, TIOCSTI | 0xDEAD_0000_0000) == EPERM
+    assert verdict(default, "ioctl", 0, TCGETS) == ALLOW
+    assert verdict(default, "ioctl", 0, TIOCSTI + 0x1_0000) == ALLOW
+
+
+def test_bpf_personality(default: dict[str, object]) -> None:
+    assert verdict(default, "personality", 0xFFFFFFFF) == ALLOW
+    assert verdict(default, "personality", 0x0008) == EPERM  # PER_LINUX32
+    assert verdict(default, "personality", 0x0040000) == EPERM  # ADDR_NO_RANDOMIZE
+    assert verdict(default, "personality", 0x1_FFFF_FFFF) == EPERM
+
+
+def test_bpf_kills_foreign_architectures(default: dict[str, object]) -> None:
+    foreign = AUDIT_ARCH_I386 if X86_64 else 0x40000028  # i386 / arm
+    assert verdict(default, "getpid", arch=foreign) == KILL_PROCESS
+    bpf = default["bpf"]
+    assert isinstance(bpf, bytes)
+    assert seccomp.run_bpf(bpf, 20, arch=foreign) == KILL_PROCESS
+    other = AUDIT_ARCH_AARCH64 if X86_64 else 0xC000003E
+    assert seccomp.run_bpf(bpf, 0, arch=other) == KILL_PROCESS
+
+
+@needs_x86_64
+def test_bpf_kills_x32_syscall_numbers(default: dict[str, object]) -> None:
+    bpf = default["bpf"]
+    assert isinstance(bpf, bytes)
+    for x32_nr in (39, 0, 1, 59, 521, 545):  # getpid read write execve ptrace execveat (x32)
+        assert seccomp.run_bpf(bpf, 0x40000000 | x32_nr) == KILL_PROCESS, x32_nr
+    # nr -1 (a tracer skipping a syscall) is not x32: it must reach the ordinary rules.
+    assert seccomp.run_bpf(bpf, -1) == ALLOW
+
+
+def test_run_bpf_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        seccomp.run_bpf(b"\xff\xff\0\0\0\0\0\0", 0)
+    with pytest.raises(ValueError, match="without a return"):
+        seccomp.run_bpf(b"", 0)
+
+
+# --- policy adjustments --------------------------------------------------------------------------
+
+
+def test_allow_removes_builtin_rules() -> None:
+    prepared = compiled(Policy(syscalls=SyscallPolicy(allow=("ptrace", "clone", "ioctl"))))
+    denied = prepared["denied"]
+    assert isinstance(denied, list)
+    assert {"ptrace", "clone", "ioctl"}.isdisjoint(denied)
+    assert verdict(prepared, "ptrace") == ALLOW
+    assert verdict(prepared, "clone", 0x10000000 | SIGCHLD) == ALLOW
+    assert verdict(prepared, "ioctl", 0, TIOCSTI) == ALLOW
+    assert verdict(prepared, "bpf") == EPERM  # the rest stays
+
+
+def test_allow_of_a_name_not_denied_is_a_no_op() -> None:
+    assert compiled(Policy(syscalls=SyscallPolicy(allow=("read",))))["bpf"] == compiled()["bpf"]
+
+
+def test_deny_adds_eperm_rules() -> None:
+    prepared = compiled(Policy(syscalls=SyscallPolicy(deny=("chroot", "mknodat"))))
+    denied = prepared["denied"]
+    assert isinstance(denied, list)
+    assert {"chroot", "mknodat"} <= set(denied)
+    assert verdict(prepared, "chroot") == EPERM
+    assert verdict(prepared, "mknodat", 1, 2, 3) == EPERM
+    assert '# filter for syscall "chroot"' in seccomp.explain(
+        Policy(syscalls=SyscallPolicy(deny=("chroot",)))
+    )
+
+
+def test_deny_replaces_a_conditional_builtin_rule() -> None:
+    prepared = compiled(Policy(syscalls=SyscallPolicy(deny=("clone3", "ioctl"))))
+    assert verdict(prepared, "clone3") == EPERM  # EPERM, no longer ENOSYS
+    assert verdict(prepared, "ioctl", 0, TCGETS) == EPERM  # every ioctl now
+
+
+@pytest.mark.parametrize("field", ["deny", "allow"])
+def test_unknown_name_is_an_error(field: str) -> None:
+    names = ("read", "no_such_call")
+    syscalls = SyscallPolicy(deny=names) if field == "deny" else SyscallPolicy(allow=names)
+    with pytest.raises(PolicyError, match="not a syscall libseccomp knows") as info:
+        seccomp.prepare(Policy(syscalls=syscalls), CAPS)
+    assert info.value.path == f"syscalls.{field}[1]"
+    assert info.value.value == "no_such_call"
+
+
+@needs_x86_64
+def test_name_from_another_architecture_is_an_error() -> None:
+    with pytest.raises(PolicyError, match="not a syscall on x86_64") as info:
+        seccomp.prepare(Policy(syscalls=SyscallPolicy(deny=("socketcall",))), CAPS)
+    assert info.value.path == "syscalls.deny[0]"
+
+
+def test_syscall_newer_than_libseccomp_can_be_listed() -> None:
+    prepared = compiled(Policy(syscalls=SyscallPolicy(allow=("open_tree_attr",))))
+    denied = prepared["denied"]
+    assert isinstance(denied, list)
+    assert "open_tree_attr" not in denied
+    assert verdict(prepared, "open_tree_attr") == ALLOW
+
+
+def test_denying_execve_is_refused() -> None:
+    with pytest.raises(PolicyError, match="execve") as info:
+        seccomp.prepare(Policy(syscalls=SyscallPolicy(deny=("execve",))), CAPS)
+    assert info.value.path == "syscalls.deny[0]"
+
+
+# --- apply's own checks (nothing reaches the kernel) ---------------------------------------------
+
+
+@pytest.mark.parametrize("bpf", [b"", b"\0" * 7, "text", None])
+def test_apply_rejects_malformed_prepared_data(bpf: object) -> None:
+    with pytest.raises(_sys.SetupFailure) as info:
+        seccomp.apply({"bpf": bpf, "denied": []})
+    assert info.value.layer == "seccomp"
+    assert info.value.errno == errno.EINVAL
+    assert info.value.operation == "seccomp(SECCOMP_SET_MODE_FILTER)"
+
+
+# --- docs ----------------------------------------------------------------------------------------
+
+
+def test_docs_explain_every_rule() -> None:
+    text = (ROOT / "docs" / "seccomp.md").read_text()
+    for name in (*seccomp.DEFAULT_DENY, *seccomp.CONDITIONAL):
+        assert f"`{name}`" in text, name
