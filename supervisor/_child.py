@@ -8,11 +8,16 @@ import os
 import signal as _signal
 import struct
 import time
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
+
+if TYPE_CHECKING:
+    from policies import Policy
+    from supervisor._monitor import ChildStats, Rule
+    from supervisor.sandbox.cgroups import CgroupStats, Leaf
 
 ViolationKind = Literal["memory", "pids", "wall_time", "cpu_time", "fds", "output"]
 
@@ -39,6 +44,8 @@ class Result:
     violation: the limit that got it killed, or None.
     stdout/stderr: captured output (bounded; `*_truncated` says whether bytes were dropped).
     enforced:  the isolation layers that took effect; missing: (layer, reason) pairs skipped by best_effort.
+    limit_hits: limits the kernel held without killing the command, with a count: "pids" (forks refused at
+               pids.max), "memory_oom" (processes the OOM killer ended).
     """
 
     exit_code: int
@@ -54,6 +61,7 @@ class Result:
     enforced: tuple[str, ...] = ()
     missing: tuple[tuple[str, str], ...] = ()
     pid: int = 0
+    limit_hits: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +78,7 @@ class Result:
             "peak_memory_bytes": self.peak_memory_bytes,
             "enforced": list(self.enforced),
             "missing": [{"layer": a, "reason": b} for a, b in self.missing],
+            "limit_hits": dict(self.limit_hits),
         }
 
 
@@ -151,13 +160,30 @@ class Child:
         self.stdout = stdout
         self.stderr = stderr
         self.started = time.monotonic()
+        #: The violation to report: set when corral killed the child for a limit (then `killed` is True and
+        #: the exit status is 137) or when the kernel held a limit the child survived (pids.max).
         self.violation: Violation | None = None
+        self.killed = False
+        self.limit_hits: dict[str, int] = {}
+        #: The latest monitoring sample (None before the first one).
+        self.last_stats: ChildStats | None = None
+        self.leaf: Leaf | None = None
+        self.policy: Policy | None = None
+        self.rules: tuple[Rule, ...] = ()
+        self.output_bytes = 0
+        #: Seconds from the start() call to the command running (exporters histogram it).
+        self.spawn_latency_s: float | None = None
         self._pidfd: int | None = pidfd
         self._status = status
         self._exit: _Exit | None = None
         self._done = anyio.Event()
         self._started = anyio.Event()
         self._first: tuple[bytes, dict[str, object]] | None = None
+
+    @property
+    def running(self) -> bool:
+        """True until the child has been reaped."""
+        return self._exit is None
 
     @property
     def returncode(self) -> int | None:
@@ -172,8 +198,18 @@ class Child:
                 _signal.pidfd_send_signal(self._pidfd, sig)
 
     def kill(self) -> None:
-        """SIGKILL the sandbox init: the kernel then kills every process in its pid namespace."""
+        """SIGKILL the sandbox init: the kernel then kills every process in its pid namespace. (The
+        supervisor also kills the child's cgroup before removing it, which catches a sandbox without a pid
+        namespace.)"""
         self.send_signal(_signal.SIGKILL)
+
+    def kill_for(self, violation: Violation) -> None:
+        """Kill the child for a limit violation, which its Result will report (exit status 137). The first
+        violation wins."""
+        if self._exit is None and not self.killed:
+            self.violation = violation
+            self.killed = True
+            self.kill()
 
     async def terminate(self, grace: float = 5.0) -> Result:
         """SIGTERM the command, wait up to `grace` seconds, then kill. Returns the Result."""
@@ -205,6 +241,7 @@ class Child:
             enforced=self.enforced,
             missing=self.missing,
             pid=self.pid,
+            limit_hits=dict(self.limit_hits),
             **extra,  # type: ignore[arg-type]
         )
 
@@ -220,7 +257,7 @@ class Child:
         else:
             sig = ex.init_signal or _signal.SIGKILL
             code, signal = 128 + sig, sig
-        if self.violation is not None:
+        if self.killed:
             code = 137
         return code, signal
 
@@ -255,4 +292,15 @@ class Child:
         self._pidfd = None
         self._exit = ex
         self._started.set()
+
+    def _finish(self, stats: CgroupStats | None) -> None:
+        """Fold the cgroup's final sample into the exit record (whole-tree CPU and true peak memory, which
+        rusage cannot give: its maxrss counts the pre-exec image) and wake `wait()`."""
+        ex = self._exit
+        assert ex is not None
+        if stats is not None:
+            if stats.cpu_seconds is not None:
+                ex.cpu_s = stats.cpu_seconds
+            if stats.memory_peak_bytes is not None:
+                ex.maxrss = stats.memory_peak_bytes
         self._done.set()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
+import itertools
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
-from typing import IO
+from typing import IO, Literal
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import ByteReceiveStream, ByteSendStream, TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from policies import Policy, filter_environment, profiles
 from supervisor._child import Child, Result, StatusReader, Violation
@@ -23,8 +29,10 @@ from supervisor._errors import (
     SupervisorClosedError,
 )
 from supervisor._forkserver import ForkServer
+from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
 from supervisor._plan import CompiledPolicy, compile_policy
 from supervisor._streams import FdReceiveStream, FdSendStream
+from supervisor.sandbox.cgroups import CgroupManager, Leaf
 from supervisor.sandbox.probe import KernelCaps
 
 log = logging.getLogger("corral")
@@ -51,30 +59,71 @@ class _Slot:
             limiter.release_on_behalf_of(self)
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A lifecycle event: `started` (the command is running), `violation` (a limit was broken; the child
+    is being killed unless the kernel held it), `exited` (reaped; `result` is set)."""
+
+    kind: Literal["started", "violation", "exited"]
+    child: Child
+    at: float
+    result: Result | None = None
+    violation: Violation | None = None
+
+
 class Supervisor:
     """Supervises sandboxed children. Use as ``async with Supervisor() as sup:``.
 
     Leaving the block, normally, by an error or by cancellation, kills every child still running (the
-    whole pid namespace of each) and reaps it before returning. `max_concurrency` bounds the children alive
-    at once; further `start`/`run` calls wait their turn in FIFO order.
+    whole pid namespace and cgroup of each) and reaps it before returning. `max_concurrency` bounds the
+    children alive at once; further `start`/`run` calls wait their turn in FIFO order.
+
+    cgroups: give each child its own cgroup (memory, cpu and pids limits enforced by the kernel, exact usage,
+             whole-tree kill). When no cgroup can be had (an ordinary user without a delegated subtree), the
+             limits fall back to rlimits and supervisor sampling for `best_effort` policies; other policies
+             that set memory/cpus/pids are refused.
+    cgroup_delegate: a delegated cgroup to create children under (for ordinary users; see docs/cgroups.md).
+    monitor_interval: seconds between samples of every child (cgroup files; psutil where needed).
     """
 
-    def __init__(self, max_concurrency: int = 64, *, capture_limit: int = DEFAULT_CAPTURE) -> None:
+    def __init__(
+        self,
+        max_concurrency: int = 64,
+        *,
+        capture_limit: int = DEFAULT_CAPTURE,
+        cgroups: bool = True,
+        cgroup_delegate: str | None = None,
+        monitor_interval: float = 0.25,
+    ) -> None:
         self.max_concurrency = max_concurrency
         self.capture_limit = capture_limit
+        self.monitor_interval = monitor_interval
+        self._use_cgroups = cgroups
+        self._cgroup_delegate = cgroup_delegate
+        self._cgroups: CgroupManager | None = None
         self._forkserver: ForkServer | None = None
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
         self._compiled: dict[Policy, CompiledPolicy] = {}
         self._children: set[Child] = set()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
+        self._ids = itertools.count(1)
+        self._enforcer = Enforcer()
+        self._subscribers: list[MemoryObjectSendStream[Event]] = []
+        #: Totals since start, for exporters: started, exited by outcome, violations by kind.
+        self.totals: Counter[str] = Counter()
 
     @property
     def caps(self) -> KernelCaps:
         """What this kernel offers, as probed by the fork server at start."""
         if self._caps is None:
-            raise SupervisorClosedError("the supervisor is not running")  # noqa: EM101
+            raise SupervisorClosedError("the supervisor is not running")
         return self._caps
+
+    @property
+    def cgroups(self) -> CgroupManager | None:
+        """The cgroup manager, when cgroups are in use and at least one controller is usable."""
+        return self._cgroups if self._cgroups is not None and self._cgroups.available else None
 
     @property
     def children(self) -> frozenset[Child]:
@@ -87,9 +136,24 @@ class Supervisor:
         fs.start()
         self._forkserver = fs
         self._caps = KernelCaps.from_dict(fs.caps_dict)
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
+        try:
+            if self._use_cgroups:
+                mgr = CgroupManager()
+                # Also removes the cgroups of a supervisor that died (SIGKILL) before cleaning up.
+                await anyio.to_thread.run_sync(partial(mgr.open, "corral", delegate=self._cgroup_delegate))
+                self._cgroups = mgr
+                if not mgr.available:
+                    log.warning(
+                        "cgroups unavailable (%s): limits fall back to rlimits and sampling", mgr.reason
+                    )
+            tg = anyio.create_task_group()
+            await tg.__aenter__()
+        except BaseException:
+            fs.close()
+            self._forkserver = None
+            raise
         self._tg = tg
+        tg.start_soon(self._monitor)
         return self
 
     async def __aexit__(
@@ -103,6 +167,7 @@ class Supervisor:
             for child in list(self._children):
                 child.kill()
             assert self._tg is not None
+            self._tg.cancel_scope.cancel()  # the monitor; watchers reap under a shield
             try:
                 return await self._tg.__aexit__(exc_type, exc, tb)
             except BaseExceptionGroup as group:
@@ -113,9 +178,16 @@ class Supervisor:
                 raise
         finally:
             self._tg = None
+            for send in self._subscribers:
+                send.close()
+            self._subscribers.clear()
             if self._forkserver is not None:
                 self._forkserver.close()
                 self._forkserver = None
+            if self._cgroups is not None:
+                mgr, self._cgroups = self._cgroups, None
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(mgr.close)
 
     def compile(self, policy: Policy) -> CompiledPolicy:
         """Compile (and cache) `policy` for this kernel. Raises SandboxSetupError (fail closed)."""
@@ -124,6 +196,26 @@ class Supervisor:
             compiled = compile_policy(policy, self.caps)
             self._compiled[policy] = compiled
         return compiled
+
+    @contextlib.contextmanager
+    def subscribe(self, max_buffer: int = 1000) -> Iterator[MemoryObjectReceiveStream[Event]]:
+        """Lifecycle events from now on, as an anyio receive stream (``with sup.subscribe() as events:
+        async for ev in events: ...``). A subscriber that falls `max_buffer` events behind loses the
+        newest ones rather than slowing the supervisor; the stream ends when the supervisor closes."""
+        send, receive = anyio.create_memory_object_stream[Event](max_buffer)
+        self._subscribers.append(send)
+        try:
+            yield receive
+        finally:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(send)
+            send.close()
+            receive.close()
+
+    def _emit(self, event: Event) -> None:
+        for send in self._subscribers:
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.send_nowait(event)
 
     async def start(
         self,
@@ -135,19 +227,23 @@ class Supervisor:
         stderr: StdioArg = PIPE,
         name: str | None = None,
         pass_fds: Sequence[int] = (),
+        rules: Sequence[Rule] = (),
     ) -> Child:
         """Start `cmd` confined by `policy` (default: workspace-write on the current directory).
 
         stdin/stdout/stderr: PIPE (a stream on the Child), DEVNULL, None (inherit the supervisor's), or an
-        open file/fd. `pass_fds` are passed on as fds 3, 4, ... Waits for a concurrency slot first.
+        open file/fd. `pass_fds` are passed on as fds 3, 4, ... `name` labels the child in events and
+        metrics (keep it low-cardinality: a tool name). `rules` are extra kill rules checked at every
+        sample. The policy's wall-clock timeout counts from here. Waits for a concurrency slot first.
+
         Raises SandboxSetupError when a layer cannot be applied (the command did not run),
         CommandNotFoundError (127) or CommandNotExecutableError (126). On cancellation while starting, the
         child is killed and reaped.
         """
         if self._tg is None or self._forkserver is None:
-            raise SupervisorClosedError("the supervisor is not running")  # noqa: EM101
+            raise SupervisorClosedError("the supervisor is not running")
         if not cmd:
-            raise ValueError("empty command")  # noqa: EM101
+            raise ValueError("empty command")
         policy = policy or profiles.workspace_write()
         compiled = self._compiled.get(policy)
         if compiled is None:  # first use: pyseccomp compiles off the event loop
@@ -156,10 +252,42 @@ class Supervisor:
         slot = _Slot()
         await self._limiter.acquire_on_behalf_of(slot)
         try:
-            return await self._spawn(cmd, policy, compiled, stdin, stdout, stderr, name, pass_fds, slot)
+            return await self._spawn(
+                cmd, policy, compiled, stdin, stdout, stderr, name, pass_fds, slot, rules
+            )
         except BaseException:
             slot.release(self._limiter)  # unless the watcher of a failed child already did
             raise
+
+    def _leaf_for(
+        self, policy: Policy, child_id: str
+    ) -> tuple[Leaf | None, list[str], list[tuple[str, str]]]:
+        """The child's cgroup, with the enforced and missing cgroup layers. Fails closed (SandboxSetupError)
+        when the policy sets a kernel limit no cgroup can enforce, unless best_effort."""
+        r = policy.resources
+        wanted = [k for k, v in (("memory", r.memory), ("cpus", r.cpus), ("pids", r.pids)) if v is not None]
+        mgr = self.cgroups
+        if mgr is None:
+            why = (
+                self._cgroups.reason if self._cgroups is not None else "disabled (Supervisor(cgroups=False))"
+            )
+            if wanted and not policy.best_effort:
+                raise SandboxSetupError(
+                    "cgroups",
+                    f"enforce the {wanted[0]} limit",
+                    hint=f"no usable cgroup ({why}); delegate one (docs/cgroups.md) or set best_effort",
+                )
+            return None, [], [(f"cgroup_{k}", why) for k in wanted]
+        leaf = mgr.create_leaf(child_id, r)
+        try:
+            if not policy.best_effort:
+                leaf.require()
+        except BaseException:
+            leaf.remove()
+            raise
+        enforced = ["cgroup"] + [f"cgroup_{k}" for k, ok in leaf.enforced.items() if ok]
+        missing = [(f"cgroup_{k}", leaf.reasons.get(k, "")) for k, ok in leaf.enforced.items() if not ok]
+        return leaf, enforced, missing
 
     async def _spawn(
         self,
@@ -172,15 +300,18 @@ class Supervisor:
         name: str | None,
         pass_fds: Sequence[int],
         slot: _Slot,
+        rules: Sequence[Rule],
     ) -> Child:
         assert self._forkserver is not None
         assert self._tg is not None
+        t0 = time.monotonic()
         env = filter_environment(policy, os.environ)
+        leaf, cg_enforced, cg_missing = self._leaf_for(policy, f"c{next(self._ids)}")
         request: dict[str, object] = {
             "argv": [os.fsencode(a) for a in cmd],
             "env": {os.fsencode(k): os.fsencode(v) for k, v in env.items()},
             "cwd": policy.workdir or os.getcwd(),
-            "cgroup_procs": [],
+            "cgroup_procs": leaf.procs_files if leaf is not None else [],
             "pass_fds": len(pass_fds),
         }
         ours: list[int] = []  # child-side fds we opened, closed once sent
@@ -197,6 +328,8 @@ class Supervisor:
             for fd in mine:
                 if fd is not None:
                     os.close(fd)
+            if leaf is not None:
+                leaf.remove()
             raise
         finally:
             for fd in ours:
@@ -205,19 +338,26 @@ class Supervisor:
             for fd in mine:
                 if fd is not None:
                     os.close(fd)
+            if leaf is not None:
+                leaf.remove()
             raise _setup_error(reply.get("error"), cmd)
+        if cg_missing and policy.best_effort:
+            log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in cg_missing))
         child = Child(
             int(reply["pid"]),  # type: ignore[call-overload]
             pidfd,
             StatusReader(status_fd),
             name=name,
             profile=policy.profile,
-            enforced=compiled.enforced,
-            missing=compiled.missing,
+            enforced=compiled.enforced + tuple(cg_enforced),
+            missing=compiled.missing + tuple(cg_missing),
             stdin=FdSendStream(mine[0]) if mine[0] is not None else None,
             stdout=FdReceiveStream(mine[1]) if mine[1] is not None else None,
             stderr=FdReceiveStream(mine[2]) if mine[2] is not None else None,
         )
+        child.leaf = leaf
+        child.policy = policy
+        child.rules = tuple(rules)
         self._children.add(child)
         self._tg.start_soon(self._watch, child, slot)
         if "error" in reply:  # the fork server could not finish setting it up and killed it
@@ -233,20 +373,89 @@ class Supervisor:
         if first is None or first[0] != b"X":
             await child.wait()
             raise _setup_error(first[1] if first else None, cmd)
+        child.spawn_latency_s = time.monotonic() - t0
+        self.totals["started"] += 1
+        self._emit(Event("started", child, time.monotonic()))
         return child
 
     async def _watch(self, child: Child, slot: _Slot) -> None:
-        """Reap `child`. On cancellation (the supervisor is closing), kill it first; always reap."""
+        """Reap `child`, enforcing its wall-clock timeout. On cancellation (the supervisor is closing),
+        kill it first; always reap; then take the final cgroup sample and remove the cgroup."""
+        timeout = child.policy.resources.timeout if child.policy is not None else None
         try:
-            await child._reap()
+            with anyio.move_on_after(timeout):
+                await child._reap()
+            if child.running:  # the wall-clock limit: move_on_after fired
+                assert timeout is not None
+                elapsed = round(time.monotonic() - child.started, 3)
+                child.kill_for(Violation("wall_time", timeout, elapsed))
+                self._note_violation(child)
+                with anyio.CancelScope(shield=True):
+                    await child._reap()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 child.kill()
-                await child._reap()
+                if child.running:
+                    await child._reap()
+                await self._finish(child, slot)
             raise
+        with anyio.CancelScope(shield=True):
+            await self._finish(child, slot)
+
+    async def _finish(self, child: Child, slot: _Slot) -> None:
+        """After reaping: the final sample (exact CPU, peak memory, OOM and pids.max counts), the verdict,
+        the cgroup's removal (off the loop), the slot's release, the exited event."""
+        stats = None
+        leaf = child.leaf
+        try:
+            if leaf is not None:
+                stats = leaf.stats()
+                final = ChildStats(
+                    stats.memory_bytes, stats.memory_peak_bytes, stats.cpu_seconds, stats.pids, None,
+                    stats.oom_kills or 0, stats.pids_max_events or 0, time.monotonic(),
+                )  # fmt: skip
+                was_running_violation = child.violation
+                # A kernel OOM kill ends the child before the sampler sees it: the final sample decides.
+                self._enforcer.check_final(child, final)
+                if child.violation is not None and child.violation is not was_running_violation:
+                    self._note_violation(child)
+            child._finish(stats)
         finally:
             self._children.discard(child)
+            self._enforcer.forget(child, len(child.rules))
             slot.release(self._limiter)
+            if leaf is not None:
+                try:
+                    await anyio.to_thread.run_sync(_remove_leaf, leaf)
+                except Exception as err:  # logged, not raised: the child is reaped; the next start cleans up
+                    log.warning("could not remove cgroup of child %s: %s", child.pid, err)
+        result = child.result()
+        self.totals["exited"] += 1
+        self.totals[f"exited:{_outcome(result)}"] += 1
+        self._emit(Event("exited", child, time.monotonic(), result=result, violation=result.violation))
+
+    def _note_violation(self, child: Child) -> None:
+        v = child.violation
+        if v is not None:
+            self.totals[f"violation:{v.kind}"] += 1
+            self._emit(Event("violation", child, time.monotonic(), violation=v))
+
+    async def _monitor(self) -> None:
+        """The one sampler: every `monitor_interval`, sample all running children in one worker-thread hop
+        and enforce limits on the loop. Per-process fd counts (psutil) are taken every fourth round."""
+        rounds = 0
+        while True:
+            await anyio.sleep(self.monitor_interval)
+            children = [c for c in self._children if c.running and c.policy is not None]
+            if not children:
+                continue
+            rounds += 1
+            samples = await anyio.to_thread.run_sync(sample_all, children, rounds % 4 == 1)
+            for child, s in zip(children, samples, strict=True):
+                before = child.violation
+                self._enforcer.check(child, s, child.rules)
+                if child.violation is not None and child.violation is not before:
+                    self._note_violation(child)
 
     async def run(
         self,
@@ -258,11 +467,13 @@ class Supervisor:
         stdout: StdioArg = PIPE,
         stderr: StdioArg = PIPE,
         name: str | None = None,
+        rules: Sequence[Rule] = (),
     ) -> Result:
-        """Run `cmd` to completion and return its Result, with stdout/stderr captured (bounded by the
-        policy's output limit, else `capture_limit` bytes each; the rest is drained and dropped).
+        """Run `cmd` to completion and return its Result, with stdout/stderr captured: at most the policy's
+        output limit in total (exceeding it kills the child: an `output` violation), else `capture_limit`
+        bytes of each stream (the rest is drained and dropped; `*_truncated` says so). Memory stays bounded
+        whatever the child writes.
 
-        The policy's wall-clock timeout kills the whole sandbox and is reported as a wall_time violation.
         Raises like `start`. On cancellation the child is killed and reaped before the cancellation
         propagates.
         """
@@ -274,25 +485,20 @@ class Supervisor:
             stdout=stdout,
             stderr=stderr,
             name=name,
+            rules=rules,
         )
-        limit = policy.resources.output or self.capture_limit
+        out_limit = policy.resources.output
+        keep = min(out_limit, self.capture_limit) if out_limit is not None else self.capture_limit
         captured: dict[str, tuple[bytes, bool]] = {}
-        timeout = policy.resources.timeout
         try:
             async with anyio.create_task_group() as tg:
                 if child.stdout is not None:
-                    tg.start_soon(_drain, child.stdout, limit, captured, "stdout")
+                    tg.start_soon(_drain, child, child.stdout, keep, out_limit, captured, "stdout")
                 if child.stderr is not None:
-                    tg.start_soon(_drain, child.stderr, limit, captured, "stderr")
+                    tg.start_soon(_drain, child, child.stderr, keep, out_limit, captured, "stderr")
                 if input is not None and child.stdin is not None:
                     tg.start_soon(_feed, child.stdin, input)
-                with anyio.move_on_after(timeout) as scope:
-                    await child.wait()
-                if scope.cancelled_caught and timeout is not None:
-                    elapsed = time.monotonic() - child.started
-                    child.violation = Violation("wall_time", timeout, round(elapsed, 3))
-                    child.kill()
-                    await child.wait()
+                await child.wait()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 child.kill()
@@ -303,11 +509,30 @@ class Supervisor:
         return child.result(stdout=out, stderr=err, stdout_truncated=out_t, stderr_truncated=err_t)
 
 
+def _outcome(result: Result) -> str:
+    """ok | error | signal | violation: the bounded label exporters count exits by."""
+    if result.violation is not None and (result.exit_code == 137 or result.signal):
+        return "violation"
+    if result.signal is not None:
+        return "signal"
+    return "ok" if result.exit_code == 0 else "error"
+
+
+def _remove_leaf(leaf: Leaf) -> None:
+    leaf.kill(timeout=1.0)
+    leaf.remove()
+
+
 async def _drain(
-    stream: FdReceiveStream | object, limit: int, into: dict[str, tuple[bytes, bool]], key: str
+    child: Child,
+    stream: ByteReceiveStream,
+    keep: int,
+    limit: int | None,
+    into: dict[str, tuple[bytes, bool]],
+    key: str,
 ) -> None:
-    """Read `stream` to EOF keeping at most `limit` bytes; memory stays bounded whatever the child writes."""
-    assert isinstance(stream, FdReceiveStream)
+    """Read `stream` to EOF keeping at most `keep` bytes; count every byte against the child's output
+    `limit` (stdout and stderr together) and kill it when the total exceeds it."""
     chunks: list[bytes] = []
     kept = 0
     truncated = False
@@ -317,8 +542,11 @@ async def _drain(
                 data = await stream.receive()
             except anyio.EndOfStream:
                 break
-            if kept < limit:
-                part = data[: limit - kept]
+            child.output_bytes += len(data)
+            if limit is not None and child.output_bytes > limit:
+                child.kill_for(Violation("output", limit, child.output_bytes))
+            if kept < keep:
+                part = data[: keep - kept]
                 chunks.append(part)
                 kept += len(part)
                 truncated = truncated or len(part) < len(data)
@@ -330,8 +558,7 @@ async def _drain(
             await stream.aclose()
 
 
-async def _feed(stream: FdSendStream | object, data: bytes) -> None:
-    assert isinstance(stream, FdSendStream)
+async def _feed(stream: ByteSendStream, data: bytes) -> None:
     try:
         await stream.send(data)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError):

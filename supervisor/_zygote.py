@@ -154,8 +154,9 @@ def _spawn_target(req: dict[str, object], stdio: list[int]) -> int:
     ignores some, and ignored dispositions survive exec). Returns the pid; raises OSError from execve."""
     # Mark every fd close-on-exec, then dup2 the wanted ones into place: dup2 clears the flag on the copy.
     _sys.syscall("close_range", 3, 0xFFFFFFFF, _CLOSE_RANGE_CLOEXEC)
-    # Lift every source above the target numbers first, so that no dup2 overwrites a later source.
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in stdio]
+    # Lift every source above the target numbers first, so that no dup2 overwrites a later source (and no
+    # higher than needed: RLIMIT_NOFILE, already lowered, caps the fd numbers).
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, len(stdio)) for fd in stdio]
     actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(high)]
     argv: list[bytes] = req["argv"]  # type: ignore[assignment]
     env: dict[bytes, bytes] = req["env"]  # type: ignore[assignment]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,16 +18,14 @@ from typing import Any
 
 import anyio
 import click
+from anyio.abc import ByteReceiveStream
 
 from policies import CorralError, Policy, load_policy, profiles
-from supervisor._child import Result
+from supervisor._child import Child, Result, Violation
 from supervisor._errors import SpawnError
-from supervisor._supervisor import Supervisor
+from supervisor._supervisor import PIPE, Supervisor
 
 EXIT_CORRAL = 125
-
-#: Flags parsed now but refused until the supervisor engine enforces them (never silently ignored).
-_NOT_YET = ("memory", "cpus", "pids", "cpu_time", "max_fds", "max_output")
 
 _FORWARD = (
     signal.SIGINT,
@@ -86,14 +85,6 @@ def run(
 
 
 def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, Any]) -> Policy:
-    for name in _NOT_YET:
-        if opts.get(name) is not None:
-            flag = "--" + name.replace("_", "-")
-            msg = (
-                f"{flag} is not enforced yet (it arrives with the cgroup engine); refusing to "
-                "run without it rather than ignoring it"
-            )
-            raise _Fail(msg)
     workdir = opts.pop("workdir")
     given: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}
     given = {k: v for k, v in given.items() if v not in (None, [])}
@@ -106,9 +97,15 @@ def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, 
 
 
 async def _run(command: list[str], policy: Policy, json_file: str | None) -> int:
-    async with Supervisor(max_concurrency=1) as sup:
-        child = await sup.start(command, policy=policy, stdin=None, stdout=None, stderr=None)
-        with anyio.open_signal_receiver(*_FORWARD) as signals:
+    # With an output limit corral must see the bytes, so stdout/stderr go through pipes it copies to its
+    # own; otherwise the command writes straight to corral's stdout/stderr (a terminal stays a terminal).
+    counted = policy.resources.output is not None
+    pipe = PIPE if counted else None
+    # The signal receiver is installed before the command starts, so no forwarded signal can kill corral
+    # itself in between; signals that arrive before the command runs are delivered once it does.
+    with anyio.open_signal_receiver(*_FORWARD) as signals:
+        async with Supervisor(max_concurrency=1) as sup:
+            child = await sup.start(command, policy=policy, stdin=None, stdout=pipe, stderr=pipe)
             async with anyio.create_task_group() as tg:
 
                 async def forward() -> None:
@@ -116,31 +113,47 @@ async def _run(command: list[str], policy: Policy, json_file: str | None) -> int
                         child.send_signal(signum)
 
                 tg.start_soon(forward)
-                result = await _wait(child, policy)
+                if counted:
+                    limit = policy.resources.output
+                    assert limit is not None
+                    async with anyio.create_task_group() as copiers:
+                        copiers.start_soon(_copy, child, child.stdout, 1, limit)
+                        copiers.start_soon(_copy, child, child.stderr, 2, limit)
+                        result = await child.wait()
+                else:
+                    result = await child.wait()
                 tg.cancel_scope.cancel()
     if json_file is not None:
         _write_json(json_file, result)
-    if result.violation is not None:
+    if result.violation is not None and result.exit_code == 137:
         v = result.violation
-        click.echo(
-            f"corral: killed: {v.kind} limit {v.limit:g} exceeded (observed {v.observed:g})",
-            err=True,
-        )
+        click.echo(f"corral: killed: {v.kind} limit {v.limit:g} exceeded (observed {v.observed:g})", err=True)
     return result.exit_code
 
 
-async def _wait(child: Any, policy: Policy) -> Result:
-    from supervisor._child import Violation
+async def _copy(child: Child, stream: ByteReceiveStream | None, fd: int, limit: int) -> None:
+    """Copy the child's output to our fd `fd`, counting stdout and stderr together against `limit`: the
+    bytes up to the limit are written, then the child is killed for an output violation."""
+    if stream is None:
+        return
+    async with stream:
+        while True:
+            try:
+                data = await stream.receive()
+            except anyio.EndOfStream:
+                return
+            room = limit - child.output_bytes
+            child.output_bytes += len(data)
+            if room > 0:
+                await anyio.to_thread.run_sync(_write_all, fd, data[:room])
+            if child.output_bytes > limit:
+                child.kill_for(Violation("output", limit, child.output_bytes))
 
-    timeout = policy.resources.timeout
-    with anyio.move_on_after(timeout) as scope:
-        return await child.wait()  # type: ignore[no-any-return]
-    if scope.cancelled_caught and timeout is not None:
-        import time
 
-        child.violation = Violation("wall_time", timeout, round(time.monotonic() - child.started, 3))
-        child.kill()
-    return await child.wait()  # type: ignore[no-any-return]
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _write_json(path: str, result: Result) -> None:

@@ -1,0 +1,206 @@
+"""Monitoring and enforcement: one sampler for all children.
+
+Every `interval` seconds the sampler reads each running child's cgroup (six pread(2)s on fds kept open) and,
+where a limit or rule needs it or no cgroup serves the child, per-process detail through psutil (open fds,
+RSS, CPU). All reads run together in one worker thread, off the event loop. The verdicts are then applied on
+the loop: a child over a supervisor-enforced limit (cpu_time, fds, and memory/pids where no cgroup enforces
+them) or a user rule is killed and its Result reports the violation; a kernel OOM kill is reported as a memory
+violation; forks refused at pids.max are counted and reported even when the child survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import psutil
+
+from supervisor._child import Violation, ViolationKind
+
+if TYPE_CHECKING:
+    from supervisor._child import Child
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStats:
+    """One sample of a child's whole tree. None where no source could measure it.
+
+    memory_bytes: current memory (cgroup memory.current / usage_in_bytes; else the tree's summed RSS).
+    memory_peak_bytes: high-water mark (cgroup memory.peak / max_usage_in_bytes).
+    cpu_seconds: user + system CPU of the tree (cgroup; else psutil over the live tree).
+    pids: tasks in the tree; open_fds: fds open across the tree (sampled only when needed).
+    oom_kills: processes the kernel's OOM killer ended; pids_limit_hits: forks refused at pids.max.
+    """
+
+    memory_bytes: int | None
+    memory_peak_bytes: int | None
+    cpu_seconds: float | None
+    pids: int | None
+    open_fds: int | None
+    oom_kills: int
+    pids_limit_hits: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A user rule, as circus has them: kill the child when `metric` (a ChildStats field) stays above
+    `threshold` for `samples` consecutive samples. Reported as a violation of `kind`."""
+
+    metric: str
+    threshold: float
+    samples: int = 1
+    kind: ViolationKind = "memory"
+
+
+def rss_above(limit_bytes: int, samples: int = 3) -> Rule:
+    """The classic: memory above `limit_bytes` for `samples` consecutive samples."""
+    return Rule("memory_bytes", limit_bytes, samples, "memory")
+
+
+def _tree(child: Child) -> list[psutil.Process]:
+    """The live processes of a child: its cgroup's members, else the init and its descendants."""
+    procs: list[psutil.Process] = []
+    try:
+        if child.leaf is not None and child.leaf.available:
+            for pid in child.leaf.pids():
+                with contextlib.suppress(psutil.Error):
+                    procs.append(psutil.Process(pid))
+        else:
+            init = psutil.Process(child.pid)
+            procs = [init, *init.children(recursive=True)]
+    except (psutil.Error, OSError):
+        pass
+    return procs
+
+
+def _needs_psutil(child: Child) -> tuple[bool, bool]:
+    """(fds, usage): whether this child needs per-process fds, or psutil usage as a cgroup fallback."""
+    pol = child.policy
+    fds = pol is not None and pol.resources.fds is not None
+    leaf = child.leaf
+    usage = leaf is None or not leaf.available
+    return fds, usage
+
+
+def sample(child: Child, with_fds: bool) -> ChildStats:
+    """Sample one child (blocking; called in a worker thread)."""
+    now = time.monotonic()
+    mem = peak = pids = fds = None
+    cpu: float | None = None
+    oom = hits = 0
+    leaf = child.leaf
+    if leaf is not None and leaf.available:
+        cg = leaf.stats()
+        mem, peak, cpu, pids = cg.memory_bytes, cg.memory_peak_bytes, cg.cpu_seconds, cg.pids
+        oom, hits = cg.oom_kills or 0, cg.pids_max_events or 0
+    need_fds, need_usage = _needs_psutil(child)
+    if (need_fds and with_fds) or need_usage or mem is None:
+        procs = _tree(child)
+        if need_fds and with_fds:
+            total = 0
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    total += p.num_fds()
+            fds = total
+        if need_usage or mem is None:
+            rss = cpu_sum = 0.0
+            for p in procs:
+                with contextlib.suppress(psutil.Error), p.oneshot():
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu_sum += t.user + t.system
+            mem = int(rss)
+            if cpu is None:
+                cpu = cpu_sum
+            if pids is None:
+                pids = len(procs)
+    return ChildStats(mem, peak, cpu, pids, fds, oom, hits, now)
+
+
+def sample_all(children: Sequence[Child], with_fds: bool) -> list[ChildStats]:
+    """Sample every child in one go (one worker-thread hop per round, not one per child)."""
+    return [sample(c, with_fds) for c in children]
+
+
+class Enforcer:
+    """Turns samples into verdicts. Holds the consecutive-sample counters of user rules."""
+
+    def __init__(self) -> None:
+        self._streaks: dict[tuple[int, int], int] = {}
+
+    def check(self, child: Child, s: ChildStats, rules: Sequence[Rule]) -> None:
+        """Kill `child` (Child.kill_for) on the first limit it breaks; record limits the kernel held."""
+        child.last_stats = s
+        pol = child.policy
+        if pol is None or not child.running:
+            return
+        r = pol.resources
+        leaf = child.leaf
+        kernel_mem = leaf is not None and leaf.enforced.get("memory") is True
+        kernel_pids = leaf is not None and leaf.enforced.get("pids") is True
+        if s.pids_limit_hits:
+            child.limit_hits["pids"] = s.pids_limit_hits
+            if child.violation is None and r.pids is not None:
+                # The kernel refused forks; the child lives on. Reported, not killed.
+                child.violation = Violation("pids", r.pids, s.pids if s.pids is not None else r.pids)
+        if s.oom_kills:
+            child.limit_hits["memory_oom"] = s.oom_kills
+            if r.memory is not None:
+                observed = s.memory_peak_bytes or s.memory_bytes or r.memory
+                child.kill_for(Violation("memory", r.memory, observed))
+                return
+        if r.cpu_time is not None and s.cpu_seconds is not None and s.cpu_seconds > r.cpu_time:
+            child.kill_for(Violation("cpu_time", r.cpu_time, round(s.cpu_seconds, 3)))
+            return
+        if r.fds is not None and s.open_fds is not None and s.open_fds > r.fds:
+            child.kill_for(Violation("fds", r.fds, s.open_fds))
+            return
+        if (
+            r.memory is not None
+            and not kernel_mem
+            and s.memory_bytes is not None
+            and s.memory_bytes > r.memory
+        ):
+            child.kill_for(Violation("memory", r.memory, s.memory_bytes))
+            return
+        if r.pids is not None and not kernel_pids and s.pids is not None and s.pids > r.pids:
+            child.kill_for(Violation("pids", r.pids, s.pids))
+            return
+        for i, rule in enumerate(rules):
+            value = getattr(s, rule.metric, None)
+            key = (id(child), i)
+            if value is not None and value > rule.threshold:
+                n = self._streaks.get(key, 0) + 1
+                self._streaks[key] = n
+                if n >= rule.samples:
+                    child.kill_for(Violation(rule.kind, rule.threshold, value))
+                    return
+            else:
+                self._streaks.pop(key, None)
+
+    def check_final(self, child: Child, s: ChildStats) -> None:
+        """After reaping: the counts the sampler may have missed. A kernel OOM kill under the policy's memory
+        limit is the memory violation that ended the child (the kernel, not corral, killed it: the status
+        is SIGKILL either way); forks refused at pids.max are reported."""
+        child.last_stats = s
+        pol = child.policy
+        if pol is None:
+            return
+        r = pol.resources
+        if s.pids_limit_hits:
+            child.limit_hits["pids"] = s.pids_limit_hits
+            if child.violation is None and r.pids is not None:
+                child.violation = Violation("pids", r.pids, r.pids)
+        if s.oom_kills:
+            child.limit_hits["memory_oom"] = s.oom_kills
+            if r.memory is not None and not child.killed:
+                child.violation = Violation("memory", r.memory, s.memory_peak_bytes or r.memory)
+                child.killed = True
+
+    def forget(self, child: Child, nrules: int) -> None:
+        for i in range(nrules):
+            self._streaks.pop((id(child), i), None)
