@@ -75,23 +75,12 @@ class ForkServer:
         parent.setblocking(False)
         self._sock = parent
 
-    async def spawn(
-        self,
-        request: dict[str, object],
-        policy_id: int,
-        compiled: dict[str, object],
-        fds: list[int],
-    ) -> tuple[dict[str, object], int | None, int | None]:
-        """Send one spawn request; returns (reply, pidfd, status_fd). The compiled policy is sent only the
-        first time. The exchange is shielded from cancellation: once the request is sent, the reply carries
-        a child that must be reaped. Raises SandboxSetupError when the fork server is gone."""
+    async def _exchange(self, payload: bytes, fds: list[int]) -> tuple[dict[str, object], list[int]]:
+        """Send one request and receive its reply, shielded from cancellation: once sent, the reply may
+        carry children that must be reaped. Raises SandboxSetupError when the fork server is gone."""
         sock = self._sock
         if sock is None:
             raise SandboxSetupError("fork server", "spawn", hint="the supervisor is not running")
-        request = dict(request, policy_id=policy_id)
-        if policy_id not in self._sent_policies:
-            request["policy"] = compiled
-        payload = marshal.dumps(request)
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -101,7 +90,6 @@ class ForkServer:
                         break
                     except BlockingIOError:
                         await anyio.wait_writable(sock)
-                self._sent_policies.add(policy_id)
                 while True:
                     try:
                         msg, ancdata, _f, _a = sock.recvmsg(1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4))
@@ -116,14 +104,38 @@ class ForkServer:
                 arr = array.array("i")
                 arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
                 got.extend(arr)
-        reply = marshal.loads(msg)
         for fd in got:
             os.set_inheritable(fd, False)
+        return marshal.loads(msg), got
+
+    async def spawn(
+        self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
+    ) -> tuple[dict[str, object], int | None, int | None, list[tuple[int, int]]]:
+        """Send one spawn request; returns (reply, pidfd, status_fd, discarded). The compiled policy is sent
+        only the first time. `discarded` lists (pid, pidfd) of pre-forked sandboxes the fork server killed:
+        they are the supervisor's children and the caller must reap them. Raises SandboxSetupError when the
+        fork server is gone."""
+        request = dict(request, policy_id=policy_id)
+        if policy_id not in self._sent_policies:
+            request["policy"] = compiled
+        reply, got = await self._exchange(marshal.dumps(request), fds)
+        self._sent_policies.add(policy_id)
+        discarded = _split_discarded(reply, got)
         if len(got) == 2:
-            return reply, got[0], got[1]
+            return reply, got[0], got[1], discarded
         for fd in got:
             os.close(fd)
-        return reply, None, None
+        return reply, None, None, discarded
+
+    async def drain(self) -> list[tuple[int, int]]:
+        """Ask the fork server to kill its pre-forked sandboxes; returns their (pid, pidfd) to reap."""
+        if self._sock is None:
+            return []
+        try:
+            reply, got = await self._exchange(marshal.dumps({"op": "drain"}), [])
+        except (SandboxSetupError, OSError):
+            return []
+        return _split_discarded(reply, got)
 
     def close(self) -> None:
         """Stop the server (closing the socket ends its loop) and reap it."""
@@ -137,3 +149,13 @@ class ForkServer:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
+
+
+def _split_discarded(reply: dict[str, object], got: list[int]) -> list[tuple[int, int]]:
+    """Take the trailing pidfds of discarded pre-forked sandboxes off `got`."""
+    pids: list[int] = reply.get("discarded") or []  # type: ignore[assignment]
+    if not pids:
+        return []
+    fds = got[len(got) - len(pids) :]
+    del got[len(got) - len(pids) :]
+    return list(zip(pids, fds, strict=True))

@@ -178,6 +178,11 @@ class Supervisor:
                 raise
         finally:
             self._tg = None
+            if self._forkserver is not None:
+                # Pre-forked sandboxes are our children too: have them killed, and reap them.
+                with anyio.CancelScope(shield=True):
+                    for pid, fd in await self._forkserver.drain():
+                        await _reap_discarded(pid, fd)
             for send in self._subscribers:
                 send.close()
             self._subscribers.clear()
@@ -321,9 +326,11 @@ class Supervisor:
             for i, arg in enumerate((stdin, stdout, stderr)):
                 fds.append(_child_fd(i, arg, ours, mine))
             fds.extend(pass_fds)
-            reply, pidfd, status_fd = await self._forkserver.spawn(
+            reply, pidfd, status_fd, discarded = await self._forkserver.spawn(
                 request, compiled.policy_id, compiled.payload, fds
             )
+            for stub_pid, stub_fd in discarded:
+                self._tg.start_soon(_reap_discarded, stub_pid, stub_fd)
         except BaseException:
             for fd in mine:
                 if fd is not None:
@@ -516,6 +523,16 @@ def _outcome(result: Result) -> str:
     if result.signal is not None:
         return "signal"
     return "ok" if result.exit_code == 0 else "error"
+
+
+async def _reap_discarded(pid: int, pidfd: int) -> None:
+    """Reap a pre-forked sandbox the fork server killed (it is our child: CLONE_PARENT)."""
+    try:
+        with anyio.CancelScope(shield=True):
+            await anyio.wait_readable(pidfd)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # noqa: ASYNC222 - exited: returns at once
+    finally:
+        os.close(pidfd)
 
 
 def _remove_leaf(leaf: Leaf) -> None:

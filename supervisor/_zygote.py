@@ -76,9 +76,24 @@ def _record(fd: int, kind: bytes, payload: dict[str, object]) -> None:
 def _confine(pol: dict[str, object], req: dict[str, object], supervisor_pidfd: int) -> None:
     """Apply every containment step to the sandbox init, in this order. Raises SetupFailure.
 
-    Runs in the cloned child, already inside its new user/pid/net/mount/ipc/uts namespaces, with its id maps
-    written and its cgroup placed by the fork server before it was released.
+    Runs in the cloned child, already inside its new user/pid/net/mount/ipc/uts namespaces with its id maps
+    written. Steps 1-5 do not depend on the request and may run ahead of it, in a pre-forked sandbox that
+    then waits for its request (see _Stub); steps 6-12 run once the fork server has placed the init in the
+    request's cgroup.
     """
+    keep = _keep_visible(pol, req)
+    _confine_base(pol, supervisor_pidfd)
+    _confine_request(pol, req, keep)
+
+
+def _keep_visible(pol: dict[str, object], req: dict[str, object]) -> list[tuple[str, int, bool]]:
+    # Paths under /tmp, /run or /dev that the request needs are opened before step 5 replaces those.
+    if pol["mounts"] is None:
+        return []
+    return mounts.keep_visible(pol["mounts"], str(req["cwd"]))  # type: ignore[arg-type]
+
+
+def _confine_base(pol: dict[str, object], supervisor_pidfd: int) -> None:
     # 1. Die with the supervisor. PDEATHSIG is set first so that no later step can outlive it; the poll
     #    closes the race where the supervisor died between clone and prctl.
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -87,38 +102,60 @@ def _confine(pol: dict[str, object], req: dict[str, object], supervisor_pidfd: i
     os.close(supervisor_pidfd)
     # 2. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
     os.setsid()
-    # 3. Cgroup namespace now, not at clone time: the fork server has moved us into our leaf cgroup, so the
+    # 3. Hostname and loopback: need CAP_SYS_ADMIN/CAP_NET_ADMIN in the new namespaces, so before the drop.
+    namespaces.apply(pol["ns"])  # type: ignore[arg-type]
+    # 4. The request-independent part of the filesystem view (read-only host tree, tmpfs over /run, minimal
+    #    /dev, private /tmp, fresh /proc): needs CAP_SYS_ADMIN and must precede Landlock, which forbids
+    #    mounting and whose rules must see the new tmpfs inodes.
+    if pol["mounts"] is not None:
+        mounts.apply_base(pol["mounts"])  # type: ignore[arg-type]
+
+
+def _confine_request(
+    pol: dict[str, object], req: dict[str, object], keep: list[tuple[str, int, bool]]
+) -> None:
+    # 5. Cgroup namespace now, not at clone time: the fork server has moved us into our leaf cgroup, so the
     #    namespace root is the leaf and the child sees nothing of the host's hierarchy.
-    ns = pol["ns"]
     if pol["cgroupns"]:
         try:
             _sys.libc_call("unshare", _CLONE_NEWCGROUP)
         except OSError as err:
             raise _sys.SetupFailure("namespaces", "unshare(CLONE_NEWCGROUP)", err.errno or 0) from err
-    # 4. Hostname and loopback: need CAP_SYS_ADMIN/CAP_NET_ADMIN in the new namespaces, so before the drop.
-    namespaces.apply(ns)  # type: ignore[arg-type]
-    # 5. Mounts: need CAP_SYS_ADMIN, and must precede Landlock (a Landlock domain forbids mounting) so that
-    #    the Landlock rules refer to the new tmpfs inodes. Ends with chdir(workdir) into the new view.
+    # 6. The path-dependent mounts, at request time because they depend on what exists now (a .git/hooks
+    #    made since the sandbox was pre-forked must still be protected): writable roots, protected paths,
+    #    denied paths; then chdir(workdir) into the new view.
     workdir = str(req["cwd"])
     if pol["mounts"] is not None:
-        mounts.apply(pol["mounts"], workdir)  # type: ignore[arg-type]
+        mounts.apply_paths(pol["mounts"], workdir, keep)  # type: ignore[arg-type]
     else:
         try:
             os.chdir(workdir)
         except OSError as err:
             raise _sys.SetupFailure("mounts", "chdir(workdir)", err.errno or 0, workdir) from err
-    # 6. rlimits only lower limits, which needs no capability, but do it while the process is still ours.
+    # 7. rlimits only lower limits, which needs no capability, but do it while the process is still ours.
     rlimits.apply(pol["rlimits"])  # type: ignore[arg-type]
-    # 7. Capabilities: everything above needed them; nothing below does.
+    # 8. Capabilities: everything above needed them; nothing below does.
     capabilities.apply(pol["caps"])  # type: ignore[arg-type]
-    # 8. no_new_privs: required by Landlock and by unprivileged seccomp; no exec can regain privilege.
+    # 9. no_new_privs: required by Landlock and by unprivileged seccomp; no exec can regain privilege.
     capabilities.set_no_new_privs()
-    # 9. Landlock after the mounts it describes and after no_new_privs.
+    # 10. Landlock after the mounts it describes and after no_new_privs.
     if pol["landlock"] is not None:
         landlock.apply(pol["landlock"])  # type: ignore[arg-type]
-    # 10. seccomp last: its filter denies syscalls the steps above use (mount, unshare, ...).
+    # 11. seccomp last: its filter denies syscalls the steps above use (mount, unshare, ...).
     if pol["seccomp"] is not None:
         seccomp.apply(pol["seccomp"])  # type: ignore[arg-type]
+
+
+def _failure_record(status_w: int, err: BaseException) -> None:
+    if isinstance(err, _sys.SetupFailure):
+        _record(status_w, b"E", err.to_dict())
+    else:
+        errno = getattr(err, "errno", 0) or 0
+        _record(
+            status_w,
+            b"E",
+            {"layer": "setup", "operation": repr(err), "errno": errno, "path": None, "hint": ""},
+        )
 
 
 _target_pid = 0
@@ -202,29 +239,46 @@ def _sandbox_init(
     status_w: int,
     supervisor_pidfd: int,
 ) -> None:
-    """Pid 1 of the sandbox. Never returns."""
-    global _target_pid
+    """Pid 1 of a sandbox made for one request. Never returns."""
     if os.read(sync_r, 1) != b"g":  # the fork server failed to set us up (maps, cgroup): give up
         os._exit(125)
     os.close(sync_r)
     try:
         _confine(pol, req, supervisor_pidfd)
-    except _sys.SetupFailure as failure:
-        _record(status_w, b"E", failure.to_dict())
+    except (_sys.SetupFailure, OSError) as err:
+        _failure_record(status_w, err)
         os._exit(125)
-    except OSError as err:
-        _record(
-            status_w,
-            b"E",
-            {
-                "layer": "setup",
-                "operation": str(err),
-                "errno": err.errno or 0,
-                "path": None,
-                "hint": "",
-            },
-        )
+    _run_target(req, stdio, status_w)
+
+
+def _stub_init(
+    pol: dict[str, object], sync_r: int, status_w: int, ctl: socket.socket, supervisor_pidfd: int
+) -> None:
+    """Pid 1 of a pre-forked sandbox: the request-independent steps now, then wait for a request on `ctl`
+    (EOF: discarded, exit), then the rest. Never returns."""
+    if os.read(sync_r, 1) != b"g":
         os._exit(125)
+    os.close(sync_r)
+    try:
+        _confine_base(pol, supervisor_pidfd)
+    except (_sys.SetupFailure, OSError) as err:
+        _failure_record(status_w, err)
+        os._exit(125)
+    req, stdio = _recv(ctl)
+    ctl.close()
+    if req is None:
+        os._exit(0)
+    try:
+        _confine_request(pol, req, [])
+    except (_sys.SetupFailure, OSError) as err:
+        _failure_record(status_w, err)
+        os._exit(125)
+    _run_target(req, stdio, status_w)
+
+
+def _run_target(req: dict[str, object], stdio: list[int], status_w: int) -> None:
+    """Start the command, relay its exec result, reap until it exits, relay its status. Never returns."""
+    global _target_pid
     for sig in _FORWARDED:
         signal.signal(sig, _forward)
     try:
@@ -257,9 +311,7 @@ def _sandbox_init(
     # The target's own usage (with its reaped descendants), not the init's: the init is a copy of the
     # fork server and its RSS would mask a small command's peak.
     _record(
-        status_w,
-        b"S",
-        {"status": status, "cpu": ru.ru_utime + ru.ru_stime, "maxrss": ru.ru_maxrss * 1024},
+        status_w, b"S", {"status": status, "cpu": ru.ru_utime + ru.ru_stime, "maxrss": ru.ru_maxrss * 1024}
     )
     os._exit(0)
 
@@ -268,60 +320,239 @@ def _sandbox_init(
 # The server loop.
 
 
-def _spawn(
-    sock_fd: int,
-    req: dict[str, object],
-    fds: list[int],
-    cache: dict[int, dict[str, object]],
-    supervisor_pidfd: int,
-) -> tuple[dict[str, object], list[int]]:
-    key = req["policy_id"]
-    assert isinstance(key, int)
-    if "policy" in req:
-        cache[key] = req["policy"]  # type: ignore[assignment]
-    pol = cache[key]
-    ns: dict[str, object] = pol["ns"]  # type: ignore[assignment]
-    flags = int(ns["flags"]) & ~_CLONE_NEWCGROUP  # type: ignore[call-overload]
-    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-    status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        pid = _clone(flags | _CLONE_PARENT | _SIGCHLD)
-    except OSError as err:
-        for fd in (sync_r, sync_w, status_r, status_w):
+def _recv(sock: socket.socket) -> tuple[dict[str, object] | None, list[int]]:
+    """One marshal message and the fds sent with it; (None, []) at EOF."""
+    msg, ancdata, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * 4))
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    if not msg:
+        for fd in fds:
             os.close(fd)
-        failure = _sys.SetupFailure("namespaces", f"clone(flags={flags:#x})", err.errno or 0)
-        return {"error": failure.to_dict()}, []
-    if pid == 0:
+        return None, []
+    return marshal.loads(msg), fds
+
+
+def _send(sock: socket.socket, payload: dict[str, object], fds: list[int]) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([marshal.dumps(payload)], anc)
+
+
+class _Stub:
+    """A pre-forked sandbox init waiting for its request: namespaces made, id maps written, base view
+    mounted. It is a child of the supervisor (CLONE_PARENT), so the supervisor reaps it: once handed over
+    with a request, or, when discarded, through the `discarded` list of the next reply."""
+
+    __slots__ = ("ctl", "pid", "pidfd", "status_r")
+
+    def __init__(self, pid: int, pidfd: int, status_r: int, ctl: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.status_r = status_r
+        self.ctl = ctl
+
+    def alive(self) -> bool:
+        return not select.select([self.pidfd], [], [], 0)[0]
+
+    def discard(self) -> tuple[int, int]:
+        """Kill it; returns (pid, pidfd) for the supervisor to reap. The status pipe is not needed."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        self.ctl.close()
+        os.close(self.status_r)
+        return self.pid, self.pidfd
+
+
+class _Server:
+    """The request loop's state: compiled policies by id, and at most one pre-forked sandbox per policy."""
+
+    MAX_STUBS = 4
+
+    def __init__(self, sock: socket.socket, supervisor_pidfd: int) -> None:
+        self.sock = sock
+        self.supervisor_pidfd = supervisor_pidfd
+        self.policies: dict[int, dict[str, object]] = {}
+        self.stubs: dict[int, _Stub] = {}
+        self.discarded: list[tuple[int, int]] = []
+        self.prefork_next: int | None = None
+
+    def _clone(self, pol: dict[str, object], keep: tuple[int, ...]) -> tuple[int, int, int, int, int]:
+        """clone the init; returns (pid, sync_r, sync_w, status_r, status_w) in the parent, or pid 0 in the
+        child, where every fd above 2 is closed but the sync and status ends, the supervisor's pidfd and
+        `keep`: the init holds nothing of the server's (another child's pipe end held here would keep that
+        child's output from ever reaching EOF). Raises SetupFailure."""
+        ns: dict[str, object] = pol["ns"]  # type: ignore[assignment]
+        flags = int(ns["flags"]) & ~_CLONE_NEWCGROUP  # type: ignore[call-overload]
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
-            os.close(sock_fd)
-            os.close(sync_w)
-            os.close(status_r)
-            _sandbox_init(pol, req, fds, sync_r, status_w, supervisor_pidfd)
+            pid = _clone(flags | _CLONE_PARENT | _SIGCHLD)
+        except OSError as err:
+            for fd in (sync_r, sync_w, status_r, status_w):
+                os.close(fd)
+            raise _sys.SetupFailure("namespaces", f"clone(flags={flags:#x})", err.errno or 0) from err
+        if pid == 0:
+            _close_all_but({sync_r, status_w, self.supervisor_pidfd, *keep})
+        return pid, sync_r, sync_w, status_r, status_w
+
+    def _release(
+        self, pid: int, pidfd: int, ns: dict[str, object], cgroup_procs: list[str], sync_w: int
+    ) -> None:
+        """Write the id maps and the cgroup placement, then let the init go. Raises SetupFailure (the init
+        is killed first)."""
+        try:
+            namespaces.write_id_maps(pid, ns)
+            _place(pid, cgroup_procs)
+            os.write(sync_w, b"g")
+        except _sys.SetupFailure:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            raise
         finally:
-            os._exit(125)
-    os.close(sync_r)
-    os.close(status_w)
-    pidfd = os.pidfd_open(pid)
-    reply: dict[str, object] = {"pid": pid}
-    try:
-        namespaces.write_id_maps(pid, ns)
-        for path in req.get("cgroup_procs", ()):  # type: ignore[attr-defined]
+            os.close(sync_w)
+
+    def spawn(self, req: dict[str, object], fds: list[int]) -> tuple[dict[str, object], list[int]]:
+        key = req["policy_id"]
+        assert isinstance(key, int)
+        if "policy" in req:
+            self.policies[key] = req["policy"]  # type: ignore[assignment]
+        pol = self.policies[key]
+        procs: list[str] = req.get("cgroup_procs", [])  # type: ignore[assignment]
+        stub = self.stubs.pop(key, None)
+        reusable = mounts.reusable(pol["mounts"], str(req["cwd"]))  # type: ignore[arg-type]
+        if stub is not None and reusable and stub.alive():
+            reply, out = self._hand_over(stub, req, fds, procs)
+        else:
+            if stub is not None:
+                self.discarded.append(stub.discard())
+            reply, out = self._spawn_now(pol, req, fds, procs)
+        if reusable and "error" not in reply:
+            self.prefork_next = key
+        return reply, out
+
+    def _hand_over(
+        self, stub: _Stub, req: dict[str, object], fds: list[int], procs: list[str]
+    ) -> tuple[dict[str, object], list[int]]:
+        reply: dict[str, object] = {"pid": stub.pid}
+        try:
+            _place(stub.pid, procs)
+            _send(stub.ctl, req, fds)
+        except (_sys.SetupFailure, OSError) as err:
+            signal.pidfd_send_signal(stub.pidfd, signal.SIGKILL)
+            reply["error"] = (
+                err.to_dict()
+                if isinstance(err, _sys.SetupFailure)
+                else {
+                    "layer": "fork server",
+                    "operation": "hand over",
+                    "errno": getattr(err, "errno", 0) or 0,
+                    "path": None,
+                    "hint": "",
+                }
+            )
+        stub.ctl.close()
+        return reply, [stub.pidfd, stub.status_r]
+
+    def _spawn_now(
+        self, pol: dict[str, object], req: dict[str, object], fds: list[int], procs: list[str]
+    ) -> tuple[dict[str, object], list[int]]:
+        try:
+            pid, sync_r, sync_w, status_r, status_w = self._clone(pol, tuple(fds))
+        except _sys.SetupFailure as failure:
+            return {"error": failure.to_dict()}, []
+        if pid == 0:
             try:
-                with open(path, "w") as f:
-                    f.write(str(pid))
-            except OSError as err:
-                raise _sys.SetupFailure("cgroups", "write cgroup.procs", err.errno or 0, path) from err
-        os.write(sync_w, b"g")
-    except _sys.SetupFailure as failure:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        reply["error"] = failure.to_dict()
-    finally:
-        os.close(sync_w)
-    return reply, [pidfd, status_r]
+                _sandbox_init(pol, req, fds, sync_r, status_w, self.supervisor_pidfd)
+            finally:
+                os._exit(125)
+        os.close(sync_r)
+        os.close(status_w)
+        pidfd = os.pidfd_open(pid)
+        reply: dict[str, object] = {"pid": pid}
+        try:
+            self._release(pid, pidfd, pol["ns"], procs, sync_w)  # type: ignore[arg-type]
+        except _sys.SetupFailure as failure:
+            reply["error"] = failure.to_dict()
+        return reply, [pidfd, status_r]
+
+    def prefork(self) -> None:
+        """After the reply went out: make the sandbox the last request's policy will want next."""
+        key, self.prefork_next = self.prefork_next, None
+        if key is not None and key not in self.stubs:
+            self._prefork(key, self.policies[key])
+
+    def _prefork(self, key: int, pol: dict[str, object]) -> None:
+        """Make the next sandbox for this policy now, so that the next request skips clone, namespace and
+        base-mount setup. Failures are not errors: the next request takes the direct path."""
+        if len(self.stubs) >= self.MAX_STUBS:
+            oldest = next(iter(self.stubs))
+            self.discarded.append(self.stubs.pop(oldest).discard())
+        ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid, sync_r, sync_w, status_r, status_w = self._clone(pol, (ctl_child.fileno(),))
+        except _sys.SetupFailure:
+            ctl_parent.close()
+            ctl_child.close()
+            return
+        if pid == 0:
+            try:
+                _stub_init(pol, sync_r, status_w, ctl_child, self.supervisor_pidfd)
+            finally:
+                os._exit(125)
+        ctl_child.close()
+        os.close(sync_r)
+        os.close(status_w)
+        pidfd = os.pidfd_open(pid)
+        try:
+            self._release(pid, pidfd, pol["ns"], [], sync_w)  # type: ignore[arg-type]
+        except _sys.SetupFailure:
+            ctl_parent.close()
+            os.close(status_r)
+            self.discarded.append((pid, pidfd))
+            return
+        self.stubs[key] = _Stub(pid, pidfd, status_r, ctl_parent)
+
+    def drain(self) -> None:
+        for stub in self.stubs.values():
+            self.discarded.append(stub.discard())
+        self.stubs.clear()
+
+    def take_discarded(self) -> tuple[list[int], list[int]]:
+        pids = [p for p, _ in self.discarded]
+        fds = [fd for _, fd in self.discarded]
+        self.discarded = []
+        return pids, fds
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every fd above 2 except `keep` (close_range(2) over the gaps)."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _place(pid: int, procs: list[str]) -> None:
+    """Move `pid` into its cgroup (one cgroup.procs per hierarchy) before it runs the command."""
+    for path in procs:
+        try:
+            with open(path, "w") as f:
+                f.write(str(pid))
+        except OSError as err:
+            raise _sys.SetupFailure("cgroups", "write cgroup.procs", err.errno or 0, path) from err
 
 
 def main(sock_fd: int) -> None:
-    """Serve spawn requests on the SOCK_SEQPACKET socket `sock_fd` until it closes."""
+    """Serve spawn requests on the SOCK_SEQPACKET socket `sock_fd` until it closes.
+
+    Requests: a spawn (marshal dict with argv, env, cwd, cgroup_procs, policy_id[, policy]) with the stdio
+    fds; or {"op": "drain"} before the supervisor closes. Replies: {"pid"[, "error"], "discarded": [pids]}
+    with fds [pidfd, status_r, *discarded pidfds] (no pidfd/status_r when the clone itself failed).
+    """
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     supervisor_pidfd = os.pidfd_open(os.getppid())
     if select.select([supervisor_pidfd], [], [], 0)[0]:
@@ -335,22 +566,19 @@ def main(sock_fd: int) -> None:
     # what exists now is frozen out of the collector's reach.
     gc.disable()
     gc.freeze()
-    cache: dict[int, dict[str, object]] = {}
-    fd_space = socket.CMSG_SPACE(_MAX_FDS * 4)
+    server = _Server(sock, supervisor_pidfd)
     while True:
-        msg, ancdata, _flags, _addr = sock.recvmsg(1 << 20, fd_space)
-        if not msg:
+        req, fds = _recv(sock)
+        if req is None:
+            server.drain()  # the supervisor is gone without draining: PDEATHSIG takes the stubs anyway
             return
-        fds: list[int] = []
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
-                fds.extend(arr)
         out: list[int] = []
         try:
-            req = marshal.loads(msg)
-            reply, out = _spawn(sock_fd, req, fds, cache, supervisor_pidfd)
+            if req.get("op") == "drain":
+                server.drain()
+                reply: dict[str, object] = {}
+            else:
+                reply, out = server.spawn(req, fds)
         except Exception as exc:
             reply = {
                 "error": {
@@ -364,9 +592,9 @@ def main(sock_fd: int) -> None:
         finally:
             for fd in fds:
                 os.close(fd)
-        sock.sendmsg(
-            [marshal.dumps(reply)],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", out))] if out else [],
-        )
-        for fd in out:
+        pids, dfds = server.take_discarded()
+        reply["discarded"] = pids
+        _send(sock, reply, out + dfds)
+        for fd in out + dfds:
             os.close(fd)
+        server.prefork()

@@ -137,42 +137,65 @@ def _open_path(path: str) -> int | None:
         raise _sys.SetupFailure("mounts", "open(O_PATH)", err.errno or 0, path) from err
 
 
-def apply(prepared: dict[str, object], workdir: str) -> None:
-    """Child side (pid 1 of the new pid namespace, inside the new mount and user namespaces, with full
-    capabilities there): build the filesystem view, then chdir to `workdir` so the cwd sees the new mounts.
-    Raises SetupFailure naming the mount and the path.
+def reusable(prepared: dict[str, object] | None, workdir: str) -> bool:
+    """Whether a sandbox whose base view (`apply_base`) was built before the request can serve it: only when
+    nothing the request needs lies under a path the base view replaces (those must be opened first)."""
+    if prepared is None:
+        return True
+    paths = [*prepared["write"], *prepared["read"], workdir]  # type: ignore[misc]
+    return not any(_under_hidden(p) for p in paths)
 
-    Writable roots, extra readable roots and the workdir that lie under a path the sandbox replaces (/tmp,
-    /run, /dev) are opened before the replacement and bound back on top of it afterwards, so a project in
-    /tmp stays reachable while the rest of the host /tmp does not.
-    """
-    confine = bool(prepared["confine"])
+
+def keep_visible(prepared: dict[str, object], workdir: str) -> list[tuple[str, int, bool]]:
+    """Open (O_PATH) the writable roots, readable roots and workdir that lie under a path the base view
+    replaces (/tmp, /run, /dev), before it does: `apply_paths` binds them back on top. Raises SetupFailure."""
+    keep: list[tuple[str, int, bool]] = []  # (path, O_PATH fd, writable)
     write: list[str] = prepared["write"]  # type: ignore[assignment]
     read: list[str] = prepared["read"]  # type: ignore[assignment]
-    # Nothing we mount may propagate back to the host's mount namespace.
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    keep: list[tuple[str, int, bool]] = []  # (path, O_PATH fd, writable)
-    for path, writable in [
-        *((p, True) for p in write),
-        *((p, False) for p in read),
-        (workdir, False),
-    ]:
+    for path, writable in [*((p, True) for p in write), *((p, False) for p in read), (workdir, False)]:
         if _under_hidden(path) and not any(k[0] == path for k in keep):
             fd = _open_path(path)
             if fd is not None:
                 keep.append((path, fd, writable))
+    return keep
+
+
+def apply_base(prepared: dict[str, object]) -> None:
+    """Child side, phase 1 (pid 1 of the new pid namespace, inside the new mount and user namespaces, with
+    full capabilities there): the part of the view that does not depend on the state of the policy's paths:
+    private propagation, the read-only host tree, tmpfs over /run, a minimal /dev, private /tmp and
+    /dev/shm, a fresh /proc. May run ahead of the request (a pre-forked sandbox). Raises SetupFailure."""
+    confine = bool(prepared["confine"])
+    # Nothing we mount may propagate back to the host's mount namespace.
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
     if confine:
         _setattr("/", MOUNT_ATTR_RDONLY, 0, recursive=True)
-        for root in write:
-            if not _under_hidden(root) and os.path.exists(root):
-                _bind(root, readonly=False)
-                _protect(root, prepared["protected"])  # type: ignore[arg-type]
         _hide_sockets()
         _dev()
     if prepared["private_tmp"]:
         _tmpfs("/tmp", "1777")
         if not confine and os.path.isdir("/dev/shm"):
             _tmpfs("/dev/shm", "1777")
+    if prepared["proc"]:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        for name in _PROC_READONLY:
+            path = f"/proc/{name}"
+            if os.path.exists(path):
+                _bind(path, readonly=True)
+
+
+def apply_paths(prepared: dict[str, object], workdir: str, keep: list[tuple[str, int, bool]]) -> None:
+    """Child side, phase 2, at request time: the part that depends on what exists now. Writable roots bound
+    writable over the read-only tree, protected paths in them bound read-only, `keep` (from keep_visible)
+    bound back over the replaced /tmp, /run or /dev, denied paths hidden; then chdir(workdir), so the cwd
+    sees the new view. Raises SetupFailure naming the mount and the path."""
+    confine = bool(prepared["confine"])
+    write: list[str] = prepared["write"]  # type: ignore[assignment]
+    if confine:
+        for root in write:
+            if not _under_hidden(root) and os.path.exists(root):
+                _bind(root, readonly=False)
+                _protect(root, prepared["protected"])  # type: ignore[arg-type]
     for path, fd, writable in keep:
         _rebind(path, fd, writable and confine)
         if writable and confine:
@@ -180,16 +203,17 @@ def apply(prepared: dict[str, object], workdir: str) -> None:
     if confine:
         for path in prepared["deny"]:  # type: ignore[attr-defined]
             _deny(path)
-    if prepared["proc"]:
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        for name in _PROC_READONLY:
-            path = f"/proc/{name}"
-            if os.path.exists(path):
-                _bind(path, readonly=True)
     try:
         os.chdir(workdir)
     except OSError as err:
         raise _sys.SetupFailure("mounts", "chdir(workdir)", err.errno or 0, workdir) from err
+
+
+def apply(prepared: dict[str, object], workdir: str) -> None:
+    """Both phases at once: the filesystem view for one request. Raises SetupFailure."""
+    keep = keep_visible(prepared, workdir)
+    apply_base(prepared)
+    apply_paths(prepared, workdir, keep)
 
 
 def _rebind(path: str, fd: int, writable: bool) -> None:
