@@ -53,6 +53,9 @@ class ForkServer:
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                # Every sandbox init is a copy of this process: it must hold none of the supervisor's
+                # environment (each request carries the child's own, filtered one).
+                env={},
                 start_new_session=True,  # terminal signals (Ctrl-C) go to the supervisor, which cleans up
             )
         except OSError as err:

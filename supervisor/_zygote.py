@@ -279,6 +279,10 @@ def _stub_init(
 def _run_target(req: dict[str, object], stdio: list[int], status_w: int) -> None:
     """Start the command, relay its exec result, reap until it exits, relay its status. Never returns."""
     global _target_pid
+    # Not dumpable: the command, same uid and same Landlock domain, must not ptrace the init or read its
+    # /proc/1/mem and /proc/1/environ (a copy of the fork server's memory). The fork server's uid_map
+    # write, which needed the opposite, is long done.
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     for sig in _FORWARDED:
         signal.signal(sig, _forward)
     try:

@@ -58,6 +58,7 @@ def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
         "confine": fs.confine,
         "private_tmp": fs.private_tmp or fs.confine,
         "proc": bool(int(ns["flags"]) & 0x20000000),  # type: ignore[call-overload]
+        "private_net": bool(ns["net"]),
         "write": [os.path.normpath(p) for p in fs.write] if fs.confine else [],
         "read": [os.path.normpath(p) for p in fs.read if p != "/"] if fs.confine else [],
         "deny": [os.path.normpath(p) for p in fs.deny] if fs.confine else [],
@@ -172,6 +173,8 @@ def apply_base(prepared: dict[str, object]) -> None:
         _setattr("/", MOUNT_ATTR_RDONLY, 0, recursive=True)
         _hide_sockets()
         _dev()
+        if prepared["private_net"] and os.path.isdir("/sys/class/net"):
+            _net_class()
     if prepared["private_tmp"]:
         _tmpfs("/tmp", "1777")
         if not confine and os.path.isdir("/dev/shm"):
@@ -295,6 +298,27 @@ def _dev() -> None:
         os.rmdir("/run/.corral-hostdev")
     except OSError as err:
         raise _sys.SetupFailure("mounts", "umount2(host /dev helper)", err.errno or 0) from err
+
+
+def _net_class() -> None:
+    """/sys is the host's sysfs, whose net class lists the host's interfaces (names, MACs, traffic counters)
+    even in a private network namespace. A sysfs mounted now belongs to the new network namespace: its
+    class/net (only lo) is bound over the host's; where sysfs cannot be mounted, an empty one hides it."""
+    tmp = "/run/.corral-sys"
+    os.mkdir(tmp, 0o700)
+    try:
+        _mount("sysfs", tmp, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except _sys.SetupFailure:
+        os.rmdir(tmp)
+        _tmpfs("/sys/class/net", "0555", readonly=True)
+        return
+    _mount(f"{tmp}/class/net", "/sys/class/net", None, MS_BIND)
+    _mount(None, "/sys/class/net", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    try:
+        _sys.libc_call("umount2", tmp.encode(), 2)  # MNT_DETACH
+        os.rmdir(tmp)
+    except OSError as err:
+        raise _sys.SetupFailure("mounts", "umount2(sysfs helper)", err.errno or 0, tmp) from err
 
 
 def _deny(path: str) -> None:

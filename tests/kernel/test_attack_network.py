@@ -370,14 +370,6 @@ async def test_interfaces_and_sockets_seen_inside(sup: Supervisor, workspace: Pa
         assert "UP" in links[0]["flags"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (information leak): /sys is the host's sysfs, mounted in the host network namespace, so "
-        "/sys/class/net lists the host's interfaces (names, MAC addresses, statistics) inside a "
-        "network='none' sandbox; a fresh sysfs mounted inside the new network namespace would show only lo"
-    ),
-)
 async def test_sys_class_net_shows_only_loopback(sup: Supervisor, workspace: Path) -> None:
     host = sorted(os.listdir("/sys/class/net"))
     if host == ["lo"]:

@@ -226,17 +226,6 @@ async def test_child_cannot_signal_or_trace_a_host_process(
     assert _status_field(canary.pid, "TracerPid") == ["0"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (defence in depth): the seccomp filter is the only layer that keeps the command from "
-        "ptrace-attaching its sandbox init: the init stays dumpable (inherited PR_SET_DUMPABLE 1 from the "
-        "fork server), has the same uid and no capabilities the command lacks, and is in the same Landlock "
-        "domain. With syscalls.enabled=false (or best_effort without seccomp) the command can attach to "
-        "pid 1 (and could then, e.g., forge its status records to the supervisor). Fix: PR_SET_DUMPABLE 0 "
-        "in the init after setup (the target's exec makes itself dumpable again)"
-    ),
-)
 async def test_without_seccomp_the_command_still_cannot_trace_its_init(
     sup: Supervisor, workspace: Path
 ) -> None:
@@ -245,16 +234,6 @@ async def test_without_seccomp_the_command_still_cannot_trace_its_init(
     assert report["parent"] == {"ptrace_seize": "EPERM", "ptrace_attach": "EPERM"}, report
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (secret leak): the sandboxed command can read /proc/1/environ and /proc/1/mem of its sandbox "
-        "init, which is a fork of the fork server, which inherits the supervisor's whole, unfiltered "
-        "environment (ForkServer.start passes no env=). Names with KEY/SECRET/TOKEN/PASSWORD are filtered "
-        "from the command's own environment but are readable there. Fix: start the fork server with a "
-        "minimal environment (requests carry the env), and make the init non-dumpable after setup"
-    ),
-)
 async def test_supervisor_secrets_are_not_readable_through_the_init(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
