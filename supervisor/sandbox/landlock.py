@@ -73,11 +73,7 @@ KNOWN_ABI = 7
 
 #: Rights a rule on a non-directory may carry; the others are about directory entries (EINVAL).
 ACCESS_FILE = (
-    ACCESS_FS_EXECUTE
-    | ACCESS_FS_WRITE_FILE
-    | ACCESS_FS_READ_FILE
-    | ACCESS_FS_TRUNCATE
-    | ACCESS_FS_IOCTL_DEV
+    ACCESS_FS_EXECUTE | ACCESS_FS_WRITE_FILE | ACCESS_FS_READ_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV
 )
 
 #: Read (and list) a hierarchy.
@@ -321,9 +317,7 @@ def apply(prepared: dict[str, object]) -> None:
         ruleset = _sys.syscall("landlock_create_ruleset", attr, len(attr), 0)
     except OSError as err:
         code = err.errno or 0
-        op = (
-            f"landlock_create_ruleset(fs={handled_fs:#x}, net={handled_net:#x}, scoped={scoped:#x})"
-        )
+        op = f"landlock_create_ruleset(fs={handled_fs:#x}, net={handled_net:#x}, scoped={scoped:#x})"
         raise _sys.SetupFailure(
             _LAYER,
             op,
