@@ -1,0 +1,106 @@
+"""Running code as an ordinary user (uid 65534) from a root test process. Not a test module.
+
+Used by test_unprivileged.py and test_degraded.py. CI clones the repository to an unknown path that
+nobody may not be able to reach, so `harness` checks, as nobody, that this very checkout imports; if not,
+it copies the packages into a world-readable scratch directory and returns a PYTHONPATH for them; if the
+venv itself is out of reach it raises `Unavailable` naming the first path nobody cannot traverse.
+When the tests run as an ordinary user already, commands run as that user (unprivileged either way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import supervisor
+
+NOBODY = 65534
+ROOT = Path(supervisor.__file__).resolve().parent.parent
+PACKAGES = ("supervisor", "policies", "exporters")
+AS_ROOT = os.geteuid() == 0
+#: The uid (and gid) the unprivileged runs have.
+EXPECTED_UID = NOBODY if AS_ROOT else os.getuid()
+ENV = ["PATH=/usr/bin:/bin", "HOME=/tmp", "LANG=C.UTF-8"]
+
+
+class Unavailable(Exception):
+    """The unprivileged user cannot run this checkout's code; the message says why."""
+
+
+def as_user(argv: list[str], pythonpath: str | None) -> list[str]:
+    """`argv` run as nobody (when root) with a clean environment: PATH, HOME, LANG, PYTHONPATH."""
+    env = [*ENV, *([f"PYTHONPATH={pythonpath}"] if pythonpath else [])]
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] if AS_ROOT else []
+    return [*drop, "env", "-i", *env, *argv]
+
+
+def run_as_user(
+    argv: list[str], pythonpath: str | None, cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        as_user(argv, pythonpath), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def first_unreachable(paths: list[Path], cwd: Path) -> str | None:
+    """The first of `paths` (ancestors first) that the unprivileged user cannot traverse or read."""
+    todo: list[str] = []
+    for p in paths:
+        for a in [*reversed(p.parents), p]:
+            if str(a) not in todo:
+                todo.append(str(a))
+    check = 'for p in "$@"; do [ -x "$p" ] && [ -r "$p" ] || { echo "$p"; exit 0; }; done'
+    r = run_as_user(["/bin/sh", "-c", check, "sh", *todo], None, cwd)
+    return r.stdout.strip() or None
+
+
+def _imported_file(r: subprocess.CompletedProcess[str]) -> str | None:
+    if r.returncode != 0 or not r.stdout.strip():
+        return None
+    return os.path.realpath(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def harness(scratch: Path) -> tuple[str, str | None]:
+    """Return (python, PYTHONPATH or None) with which the unprivileged user imports this checkout.
+
+    `scratch` must be a world-traversable directory; the package copy, if needed, goes to scratch/pkgs.
+    Raises Unavailable (with the reason) when setpriv is missing or the venv is out of nobody's reach.
+    """
+    if AS_ROOT and shutil.which("setpriv") is None:
+        raise Unavailable(f"setpriv (util-linux) is not installed: cannot drop to uid {NOBODY}")
+    python = sys.executable
+    want = str(ROOT / "supervisor" / "__init__.py")
+    probe = [
+        python,
+        "-c",
+        "import json, supervisor, policies, anyio; print(json.dumps(supervisor.__file__))",
+    ]
+    r = run_as_user(probe, None, scratch)
+    if _imported_file(r) == want:
+        return python, None
+    why = r.stderr.strip().splitlines()[-1] if r.returncode else f"it imports {r.stdout.strip()}"
+    # Not this checkout (an unreadable path, or another install wins): copy the packages, world-readable.
+    pkgs = scratch / "pkgs"
+    if not pkgs.exists():
+        for name in PACKAGES:
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, pkgs / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for d, _dirs, files in os.walk(pkgs):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+    r = run_as_user(probe, str(pkgs), scratch)
+    got = _imported_file(r)
+    if got is not None and got.startswith(str(pkgs.resolve()) + "/"):
+        print(f"uid {EXPECTED_UID} cannot import this checkout ({why}); using a copy in {pkgs}")
+        return python, str(pkgs)
+    site = Path(sysconfig.get_paths()["purelib"])
+    bad = first_unreachable([Path(python), Path(os.path.realpath(python)), site], scratch)
+    if bad:
+        raise Unavailable(f"uid {EXPECTED_UID} cannot use this venv: {bad} is not readable/traversable by it")
+    raise Unavailable(f"uid {EXPECTED_UID} cannot import corral even from a copy: {r.stderr.strip()[-500:]}")
