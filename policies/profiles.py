@@ -30,7 +30,16 @@ from policies._model import (
     ResourcePolicy,
 )
 
-__all__ = ["NAMES", "Options", "full_access", "get", "override", "read_only", "workspace_write"]
+__all__ = [
+    "NAMES",
+    "Options",
+    "credential_paths",
+    "full_access",
+    "get",
+    "override",
+    "read_only",
+    "workspace_write",
+]
 
 #: The built-in profile names, as `get` and the CLI's --profile take them.
 NAMES: tuple[str, ...] = ("read-only", "workspace-write", "full-access")
@@ -219,6 +228,53 @@ _RESOURCE_OPTIONS: tuple[tuple[str, str, Callable[[object, str], object]], ...] 
 )
 
 
+#: System files that hold password hashes, sudo rules and host keys.
+_SYSTEM_SECRETS: tuple[str, ...] = (
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssl/private",
+    "/etc/ssh/ssh_host_rsa_key",
+    "/etc/ssh/ssh_host_ecdsa_key",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_dsa_key",
+)
+
+#: Per-user credential stores and agent sockets, relative to a home directory.
+_HOME_SECRETS: tuple[str, ...] = (
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".kube",
+    ".docker",
+    ".config/gcloud",
+    ".config/gh",
+    ".netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
+)
+
+
+def credential_paths(home: str | None = None) -> tuple[str, ...]:
+    """The paths the read-only and workspace-write profiles hide by default: system password hashes, sudo
+    rules and host keys, and the usual credential stores and agent sockets (ssh, gpg, cloud CLIs, docker,
+    package registries) in root's home and in `home` (default: the caller's). They read the rest of the
+    filesystem, so these are the secrets an agent's command must not see; paths that do not exist cost
+    nothing. Override with an explicit `filesystem.deny` in a policy file."""
+    homes = ["/root", os.path.expanduser("~") if home is None else home]
+    paths = list(_SYSTEM_SECRETS)
+    for h in dict.fromkeys(homes):
+        if h and os.path.isabs(h) and h != "/":
+            paths += [os.path.join(h, rel) for rel in _HOME_SECRETS]
+    return tuple(paths)
+
+
 def _base(name: str, workdir: str) -> Policy:
     """Return profile `name` with no options, for an already resolved absolute `workdir`."""
     if name == "full-access":
@@ -232,7 +288,7 @@ def _base(name: str, workdir: str) -> Policy:
     return Policy(
         profile=name,
         workdir=workdir,
-        filesystem=FilesystemPolicy(read=("/",), write=write),
+        filesystem=FilesystemPolicy(read=("/",), write=write, deny=credential_paths()),
         network=NetworkPolicy(mode="none"),
         resources=ResourcePolicy(),
         environment=EnvPolicy(),

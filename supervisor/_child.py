@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import marshal
 import os
 import signal as _signal
@@ -91,6 +92,11 @@ class _Exit:
     ended: float = 0.0
 
 
+_KINDS = (b"E", b"X", b"S")
+_MAX_RECORD = 1 << 16
+log = logging.getLogger("corral")
+
+
 class StatusReader:
     """Reads the sandbox init's status pipe: records E (setup/exec failure), X (exec ok), S (exit status)."""
 
@@ -104,10 +110,21 @@ class StatusReader:
         while True:
             if len(self._buf) >= 5:
                 (n,) = struct.unpack("=I", self._buf[1:5])
+                if self._buf[:1] not in _KINDS or n > _MAX_RECORD:
+                    self._malformed()
+                    return None
                 if len(self._buf) >= 5 + n:
-                    kind, payload = self._buf[:1], self._buf[5 : 5 + n]
+                    kind, raw = self._buf[:1], self._buf[5 : 5 + n]
                     self._buf = self._buf[5 + n :]
-                    return kind, marshal.loads(payload)
+                    try:
+                        payload = marshal.loads(raw)
+                    except (EOFError, ValueError, TypeError):
+                        self._malformed()
+                    return None
+                    if not isinstance(payload, dict):
+                        self._malformed()
+                    return None
+                    return kind, payload
             if self.fd is None:
                 return None
             try:
@@ -122,6 +139,13 @@ class StatusReader:
                     return None
                 continue
             self._buf += data
+
+    def _malformed(self) -> None:
+        # Only the init writes this pipe, but a record that does not parse is treated as the end of the
+        # stream (the child is then judged by its wait status alone) rather than trusted or fatal.
+        log.warning("malformed status record from a sandbox init; ignoring the rest")
+        self._buf = b""
+        self.close()
 
     def close(self) -> None:
         if self.fd is not None:
@@ -274,9 +298,12 @@ class Child:
                 self._first = rec
                 self._started.set()
             if kind == b"S":
-                ex.status = int(payload["status"])  # type: ignore[call-overload]
-                ex.cpu_s = float(payload["cpu"])  # type: ignore[arg-type]
-                ex.maxrss = int(payload["maxrss"])  # type: ignore[call-overload]
+                try:
+                    ex.status = int(payload["status"])  # type: ignore[call-overload]
+                    ex.cpu_s = float(payload["cpu"])  # type: ignore[arg-type]
+                    ex.maxrss = int(payload["maxrss"])  # type: ignore[call-overload]
+                except (KeyError, TypeError, ValueError):
+                    ex.status = None
         assert self._pidfd is not None
         await anyio.wait_readable(self._pidfd)
         # The pidfd is readable: the init is a zombie and this returns at once. The pid cannot have been

@@ -57,13 +57,22 @@ def compile_policy(policy: Policy, caps: KernelCaps) -> CompiledPolicy:
     if ll is not None:
         enforced += ll["enforced"]  # type: ignore[arg-type]
         missing += [(str(a), str(b)) for a, b in ll["missing"]]  # type: ignore[attr-defined]
-    elif policy.filesystem.confine:
-        missing.append(("landlock", caps.landlock.reason))
+    else:
+        if policy.filesystem.confine:
+            missing.append(("landlock", caps.landlock.reason))
+        elif policy.network.mode == "none" and not ns["net"]:
+            # No network namespace, and the Landlock TCP guard that would stand in for it is missing too.
+            missing.append(("landlock_net_tcp", f"no network namespace and Landlock {caps.landlock.reason}"))
     sc = seccomp.prepare(policy, caps)
     if sc is not None:
         enforced.append("seccomp")
     elif policy.syscalls.enabled:
-        missing.append(("seccomp", caps.seccomp.reason))
+        why = (
+            caps.seccomp.reason
+            if not caps.seccomp.available
+            else "the kernel has seccomp but the filter compiler (pyseccomp/libseccomp2) could not be loaded"
+        )
+        missing.append(("seccomp", why))
     enforced += ALWAYS
     payload: dict[str, object] = {
         "ns": ns,

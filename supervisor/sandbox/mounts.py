@@ -63,9 +63,8 @@ def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
         "read": [os.path.normpath(p) for p in fs.read if p != "/"] if fs.confine else [],
         "deny": [os.path.normpath(p) for p in fs.deny] if fs.confine else [],
         "protected": list(fs.protected) if fs.confine else [],
-        "enforced": ["mount_ns", "readonly_root", "private_tmp", "hidden_run", "minimal_dev"]
-        if fs.confine
-        else ["mount_ns"],
+        # mount_ns itself is namespaces' to report.
+        "enforced": ["readonly_root", "private_tmp", "hidden_run", "minimal_dev"] if fs.confine else [],
     }
 
 

@@ -8,6 +8,7 @@ the namespace, so no daemon outlives the sandbox.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -58,11 +59,21 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
             continue
         reason = feat.reason if not feat.available else "needs a user namespace, which is unavailable"
         if not policy.best_effort:
+            hint = _HINTS.get(name, f"{name} namespace {reason}; set best_effort to run without it")
+            if unprivileged and user.available and feat.errno == errno.EPERM:
+                # A user namespace that can be made but grants nothing inside is what Ubuntu 24.04's
+                # AppArmor restriction looks like.
+                hint = (
+                    f"{name} namespace {reason} inside a new user namespace: AppArmor's "
+                    "kernel.apparmor_restrict_unprivileged_userns (Ubuntu 24.04) denies capabilities there; "
+                    "allow it for this interpreter with an AppArmor profile, set the sysctl to 0, or set "
+                    "best_effort"
+                )
             raise SandboxSetupError(
                 "namespaces",
                 f"clone(CLONE_NEW{name.upper() if name != 'mount' else 'NS'})",
                 feat.errno or user.errno,
-                hint=_HINTS.get(name, f"{name} namespace {reason}; set best_effort to run without it"),
+                hint=hint,
             )
         missing.append([f"{name}_ns", reason])
     return {

@@ -37,6 +37,7 @@ def test_profiles_all_is_pinned() -> None:
     assert profiles.__all__ == [
         "NAMES",
         "Options",
+        "credential_paths",
         "full_access",
         "get",
         "override",

@@ -84,8 +84,18 @@ def test_relative_paths_resolve_against_the_workdir() -> None:
     )
     assert policy.filesystem.write == ("/srv/repo", "/srv/repo/cache", "/srv/shared", "/var/tmp/x")
     assert policy.filesystem.read == ("/", "/srv/repo/docs")
-    assert policy.filesystem.deny == ("/srv/repo/secrets/key.pem",)
+    assert policy.filesystem.deny == (*profiles.credential_paths(), "/srv/repo/secrets/key.pem")
     assert policy.filesystem.execute == ("/srv/repo/bin", "/usr")
+
+
+def test_confined_profiles_hide_credentials_by_default() -> None:
+    for make in (profiles.read_only, profiles.workspace_write):
+        deny = make("/srv/repo").filesystem.deny
+        assert "/etc/shadow" in deny
+        assert "/root/.ssh" in deny
+        assert os.path.join(os.path.expanduser("~"), ".aws") in deny
+    assert profiles.full_access("/srv/repo").filesystem.deny == ()
+    assert "/home/u/.docker" in profiles.credential_paths("/home/u")
 
 
 def test_allow_write_adds_without_repeats() -> None:
