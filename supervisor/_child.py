@@ -120,10 +120,10 @@ class StatusReader:
                         payload = marshal.loads(raw)
                     except (EOFError, ValueError, TypeError):
                         self._malformed()
-                    return None
+                        return None
                     if not isinstance(payload, dict):
                         self._malformed()
-                    return None
+                        return None
                     return kind, payload
             if self.fd is None:
                 return None

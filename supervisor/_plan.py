@@ -53,7 +53,8 @@ def compile_policy(policy: Policy, caps: KernelCaps) -> CompiledPolicy:
     elif policy.filesystem.confine:
         # Only reachable with best_effort: namespaces.prepare raised otherwise.
         missing.append(("mounts", "no mount namespace: no read-only root, protected paths or private /tmp"))
-    ll = landlock.prepare(policy, caps, private_network=bool(ns["net"]))
+    private_dev = mnt is not None and bool(mnt["confine"])
+    ll = landlock.prepare(policy, caps, private_network=bool(ns["net"]), private_dev=private_dev)
     if ll is not None:
         enforced += ll["enforced"]  # type: ignore[arg-type]
         missing += [(str(a), str(b)) for a, b in ll["missing"]]  # type: ignore[attr-defined]

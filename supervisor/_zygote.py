@@ -245,7 +245,7 @@ def _sandbox_init(
     os.close(sync_r)
     try:
         _confine(pol, req, supervisor_pidfd)
-    except (_sys.SetupFailure, OSError) as err:
+    except Exception as err:  # anything that escapes must still be reported
         _failure_record(status_w, err)
         os._exit(125)
     _run_target(req, stdio, status_w)
@@ -261,7 +261,7 @@ def _stub_init(
     os.close(sync_r)
     try:
         _confine_base(pol, supervisor_pidfd)
-    except (_sys.SetupFailure, OSError) as err:
+    except Exception as err:  # anything that escapes must still be reported
         _failure_record(status_w, err)
         os._exit(125)
     req, stdio = _recv(ctl)
@@ -270,7 +270,7 @@ def _stub_init(
         os._exit(0)
     try:
         _confine_request(pol, req, [])
-    except (_sys.SetupFailure, OSError) as err:
+    except Exception as err:  # anything that escapes must still be reported
         _failure_record(status_w, err)
         os._exit(125)
     _run_target(req, stdio, status_w)
@@ -443,7 +443,7 @@ class _Server:
         try:
             _place(stub.pid, procs)
             _send(stub.ctl, req, fds)
-        except (_sys.SetupFailure, OSError) as err:
+        except Exception as err:  # anything that escapes must still be reported
             signal.pidfd_send_signal(stub.pidfd, signal.SIGKILL)
             reply["error"] = (
                 err.to_dict()

@@ -167,7 +167,9 @@ def _add(rules: dict[str, int], path: str, access: int) -> None:
     rules[path] = rules.get(path, 0) | access
 
 
-def prepare(policy: Policy, caps: KernelCaps, *, private_network: bool) -> dict[str, object] | None:
+def prepare(
+    policy: Policy, caps: KernelCaps, *, private_network: bool, private_dev: bool = False
+) -> dict[str, object] | None:
     """Compile the policy's Landlock ruleset for this kernel. Runs in the parent, once per policy.
 
     Returns None when nothing needs Landlock (no filesystem confinement and no TCP guard), or when
@@ -179,6 +181,9 @@ def prepare(policy: Policy, caps: KernelCaps, *, private_network: bool) -> dict[
     policy says network "none" but the child gets no private network namespace (`private_network`
     False). Inside a private namespace the loopback-only namespace is the control, and a port-based
     rule would only break servers the child runs on its own loopback.
+
+    `private_dev`: the child's /dev is the sandbox's minimal one with a private devpts, so opening ptys
+    (/dev/ptmx, /dev/pts/*) is granted; on the host's /dev that would reach other terminals.
 
     Raises SandboxSetupError (layer "landlock") when Landlock is unavailable, or when the ABI is too
     old for the truncate restriction (ABI 3), the TCP guard (ABI 4) or IPC scoping (ABI 6), unless
@@ -235,6 +240,9 @@ def prepare(policy: Policy, caps: KernelCaps, *, private_network: bool) -> dict[
             _add(rules, path, read_access | ACCESS_WRITE)
         for path, access in ALWAYS_RULES:
             _add(rules, path, access)
+        if private_dev:
+            for path in ("/dev/ptmx", "/dev/pts"):
+                _add(rules, path, ACCESS_DEV_RW)
         if fs.execute is not None:
             enforced.append("landlock_execute")
             for path in fs.execute:
