@@ -94,6 +94,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             f.close()
 
 
+def getsid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def proc_state(pid: int) -> str | None:
     """The /proc state letter of pid, None when it is gone."""
     try:
@@ -183,13 +190,16 @@ def check_kill_tree(mgr: CgroupManager) -> None:
     proc = gated(["/bin/sh", "-c", DAEMONS])
     try:
         place_and_release(leaf, proc)
-        deadline = time.monotonic() + 10
-        while len(leaf.pids()) < 3 and time.monotonic() < deadline:
+        # Wait for the shell, its background sleep and the daemon, which escaped the shell's session
+        # and process group (not its cgroup). The VM forks slowly: poll.
+        deadline = time.monotonic() + 20
+        while True:
+            pids = leaf.pids()
+            sessions = {sid for sid in map(getsid, pids) if sid is not None}
+            if (len(pids) >= 3 and len(sessions) >= 2) or time.monotonic() > deadline:
+                break
             time.sleep(0.01)
-        pids = leaf.pids()
         assert len(pids) >= 3, pids
-        # The daemon escaped the shell's session and process group, not its cgroup.
-        sessions = {os.getsid(p) for p in pids}
         assert len(sessions) >= 2, sessions
         assert leaf.kill(timeout=5)
         assert leaf.pids() == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -130,7 +131,7 @@ print(json.dumps(out), flush=True)
 
 
 def _run_supervisor_in(cgroup_dir: str, extra: list[int]) -> dict[str, object]:
-    proc = cg.gated([cg.PY, "-c", _SUPERVISOR, cg.PREFIX])
+    proc = cg.gated([sys.executable, "-c", _SUPERVISOR, cg.PREFIX])
     try:
         with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
             f.write(str(proc.pid))

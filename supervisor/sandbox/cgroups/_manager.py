@@ -535,7 +535,9 @@ class Leaf:
                         int(pe[4 : pe.index(b"\n")]) if pe.startswith(b"max ") else None,
                     )
                 except (OSError, ValueError):
-                    pass  # an unexpected format or a vanished file: the careful path below
+                    # An older kernel's format (no oom_kill line before 4.13...) or a vanished file:
+                    # take the careful path from now on.
+                    self._fast = False
             return parse_stats(
                 self._cpu_version,
                 _pread(fds[0]),
@@ -769,12 +771,20 @@ class CgroupManager:
         want &= avail
         need = sorted(want - enabled)
         if need:
+            # Settle the no-internal-processes rule before writing anything: enabling a threaded
+            # controller (cpu, pids) in a cgroup that holds processes succeeds and turns it into a thread
+            # root, after which memory fails with EOPNOTSUPP instead of the EBUSY that names the problem.
+            # The true root cgroup (the only one without cgroup.type) is exempt from the rule.
+            is_root = not os.path.exists(os.path.join(base, "cgroup.type"))
+            if not is_root and _read_pids(base):
+                busy = OSError(_errno.EBUSY, os.strerror(_errno.EBUSY))
+                self._move_self_or_explain(base, move_self, busy)
             try:
                 self._enable(base, need)
             except OSError as err:
                 if err.errno != _errno.EBUSY:
                     raise _setup_error(err, "write cgroup.subtree_control", base) from err
-                self._move_self_or_explain(base, move_self, err)
+                self._move_self_or_explain(base, move_self, err)  # a process arrived meanwhile
                 try:
                     self._enable(base, need)
                 except OSError as err2:
@@ -795,9 +805,9 @@ class CgroupManager:
 
     @staticmethod
     def _enable(cgroup_dir: str, controllers: list[str]) -> None:
-        # One write per controller so that one refused controller does not hide the others' errno.
-        for c in controllers:
-            _write(os.path.join(cgroup_dir, "cgroup.subtree_control"), f"+{c}")
+        # One write: the kernel vets the whole set at once, so a refusal leaves nothing half-enabled.
+        order = sorted(controllers, key=lambda c: (c != "memory", c))
+        _write(os.path.join(cgroup_dir, "cgroup.subtree_control"), " ".join(f"+{c}" for c in order))
 
     def _move_self_or_explain(self, base: str, move_self: bool, err: OSError) -> None:
         me = os.getpid()
