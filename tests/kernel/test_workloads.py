@@ -442,12 +442,6 @@ print(os.read(slave, 100).decode().strip(), os.ttyname(slave).startswith("/dev/p
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Landlock grants no write access under /dev/pts, so opening /dev/ptmx (-> pts/ptmx) "
-    "O_RDWR fails with EACCES although mounts.py mounts a private devpts for the sandbox; fix: add "
-    "('/dev/pts', ACCESS_DEV_RW) to landlock.ALWAYS_RULES",
-)
 async def test_pty_inside(sup: Supervisor, workspace: Path) -> None:
     pol = ws_policy(workspace)
     assert ok(await sup.run([PY, "-c", PTY_SCRIPT], policy=pol)) == "typed True\n"

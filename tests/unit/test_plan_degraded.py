@@ -258,14 +258,6 @@ def test_no_userns_the_first_missing_layer_is_named_when_several_are() -> None:
     assert refused(ws(), kernel(abi=0, seccomp=Feature(False, errno.ENOSYS))).layer == "landlock"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: Ubuntu 24.04's AppArmor restriction lets unshare(CLONE_NEWUSER) succeed but denies the "
-    "capabilities inside, so every other namespace fails with EPERM; the error then names the pid namespace "
-    "with a generic hint ('pid namespace blocked (EPERM); set best_effort') that says nothing about AppArmor "
-    "or kernel.apparmor_restrict_unprivileged_userns",
-)
 def test_apparmor_restricted_userns_hint_names_apparmor() -> None:
     caps = kernel(others=Feature(False, errno.EPERM), uid=1000)
     err = refused(ws(), caps)
@@ -319,13 +311,6 @@ def test_no_libseccomp_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "best_effort" in err.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: with libseccomp/pyseccomp missing and best_effort, _plan records the seccomp layer as "
-    "missing with caps.seccomp.reason, which is 'available' (the kernel has seccomp); the real reason "
-    "(the import failure) is lost",
-)
 def test_no_libseccomp_best_effort_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyseccomp", None)
     c = compile_policy(ws(best_effort=True), kernel())
@@ -351,23 +336,11 @@ def test_nothing_available_best_effort_runs_with_only_process_hygiene(
         assert layer in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: 'mount_ns' is listed twice in enforced (namespaces.prepare and mounts.prepare both add it)",
-)
 def test_enforced_lists_each_layer_once() -> None:
     c = compile_policy(ws(), kernel())
     assert sorted({e for e in c.enforced if c.enforced.count(e) > 1}) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: network 'none' without a network namespace relies on the Landlock TCP guard; without "
-    "Landlock (ABI 0) and best_effort, _plan records landlock as missing only when the filesystem is "
-    "confined, so a full-access policy with network 'none' lists net_ns but not the absent TCP guard",
-)
 def test_missing_tcp_guard_is_recorded_without_landlock() -> None:
     caps = kernel(abi=0, user=NO_USERNS, others=NO_USERNS_OTHERS, uid=NOBODY)
     c = compile_policy(profiles.full_access(WORKDIR, network="none", best_effort=True), caps)
