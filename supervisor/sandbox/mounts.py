@@ -238,34 +238,93 @@ def _rebind(path: str, fd: int, writable: bool) -> None:
 
 
 def _protect(root: str, protected: list[str]) -> None:
-    """Read-only binds for the protected paths under writable `root`; .git itself becomes a (writable)
-    mount point first so that it cannot be renamed away and replaced by a directory with fresh hooks."""
-    made_git = False
-    for rel in protected:
+    """Read-only binds for the protected paths under writable `root`.
+
+    Each protected path's top directory (.git) first becomes a writable mount point of its own, so it cannot
+    be renamed away and replaced by a directory with fresh hooks. For git specifically: a missing
+    .git/hooks is created (empty) so that it can be protected, each submodule's git dir under
+    .git/modules gets the same protection, and a .git that is a file (a linked worktree or a submodule
+    checkout: it points git at another directory) is itself bound read-only.
+    """
+    tops: set[str] = set()
+    for rel in _expand_git(root, protected):
         path = os.path.join(root, rel)
+        top = os.path.join(root, rel.split("/", 1)[0])
+        if "/" in rel and os.path.isfile(top) and not os.path.islink(top):
+            if top not in tops:  # .git is a gitdir pointer: freeze the pointer
+                _bind(top, readonly=True)
+                tops.add(top)
+            continue
+        if rel.endswith(".git/hooks") and not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
+            try:
+                os.mkdir(path, 0o755)
+            except OSError as err:
+                raise _sys.SetupFailure(
+                    "mounts", "mkdir(.git/hooks to protect it)", err.errno or 0, path
+                ) from err
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as err:
             raise _sys.SetupFailure("mounts", "lstat(protected path)", err.errno or 0, path) from err
         if stat.S_ISLNK(st.st_mode):
-            # A symlink is replaced with a read-only copy of nothing: bind /dev/null-like emptiness is not
-            # possible on a symlink, so refuse rather than protect the wrong file.
+            # A bind mount would follow the link and protect its target, not this name: refuse.
             raise _sys.SetupFailure(
-                "mounts",
-                "protect path",
-                40,
-                path,
-                "a protected path is a symlink; remove it or unprotect it",
+                "mounts", "protect path", 40, path, "a protected path is a symlink; remove it or unprotect it"
             )
-        top = rel.split("/", 1)[0]
-        if "/" in rel and not made_git:
-            parent = os.path.join(root, top)
-            if os.path.isdir(parent) and not os.path.islink(parent):
-                _bind(parent, readonly=False)
-                made_git = True
+        if "/" in rel and top not in tops and os.path.isdir(top) and not os.path.islink(top):
+            _bind(top, readonly=False)
+            tops.add(top)
         _bind(path, readonly=True)
+
+
+def _configured_hooks_path(root: str) -> str | None:
+    """core.hooksPath from the repository's own .git/config, relative to `root`, when it points inside it
+    (husky's .husky): git runs the hooks from there, so it is protected like .git/hooks."""
+    try:
+        with open(os.path.join(root, ".git", "config"), errors="replace") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return None
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            section = line.strip("[]").strip().lower()
+        elif section == "core" and "=" in line and line.split("=", 1)[0].strip().lower() == "hookspath":
+            value = line.split("=", 1)[1].strip().strip('"')
+            target = os.path.normpath(os.path.join(root, os.path.expanduser(value)))
+            if target.startswith(root.rstrip("/") + "/"):
+                return os.path.relpath(target, root)
+    return None
+
+
+def _expand_git(root: str, protected: list[str]) -> list[str]:
+    """`protected`, plus the configured core.hooksPath inside the root, plus hooks and config of every
+    submodule git dir (.git/modules/**) for each protected entry under .git/."""
+    out = list(protected)
+    if not any(p.startswith(".git/") for p in protected):
+        return out
+    hooks_path = _configured_hooks_path(root)
+    if hooks_path is not None:
+        out.append(hooks_path)
+    leaves = [p.split("/", 1)[1] for p in protected if p.startswith(".git/")]
+    stack = [".git/modules"]
+    while stack:
+        rel = stack.pop()
+        try:
+            names = sorted(os.listdir(os.path.join(root, rel)))
+        except OSError:
+            continue
+        for name in names:
+            sub = f"{rel}/{name}"
+            if os.path.isfile(os.path.join(root, sub, "HEAD")):  # a git dir
+                out += [f"{sub}/{leaf}" for leaf in leaves]
+                stack.append(f"{sub}/modules")
+            elif os.path.isdir(os.path.join(root, sub)) and sub.count("/") < 12:
+                stack.append(sub)  # submodule names may contain slashes
+    return out
 
 
 def _hide_sockets() -> None:

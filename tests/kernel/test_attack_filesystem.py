@@ -856,11 +856,6 @@ async def test_git_commondir_cannot_redirect_hooks(sup: Supervisor, workspace: P
     assert r.exit_code != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a protected path missing at spawn time is skipped (mounts._protect: FileNotFoundError: "
-    "continue), so a repository without .git/hooks (git init --template=) gets a writable new hooks dir",
-)
 async def test_git_missing_hooks_dir_cannot_be_created(sup: Supervisor, workspace: Path) -> None:
     make_repo(workspace, "--template=")
     assert not (workspace / ".git" / "hooks").exists()
@@ -880,11 +875,6 @@ async def test_git_missing_hooks_dir_cannot_be_created(sup: Supervisor, workspac
     assert r.exit_code != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a submodule's git dir (.git/modules/<name>) has its own hooks/ and config, which are not "
-    "protected: the host's git runs them in the submodule",
-)
 async def test_git_submodule_hooks_resist_tampering(sup: Supervisor, workspace: Path) -> None:
     make_repo(workspace)
     (workspace / ".git" / "modules").mkdir()
@@ -909,11 +899,6 @@ async def test_git_submodule_hooks_resist_tampering(sup: Supervisor, workspace: 
     assert hook_view(sub) == view
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with core.hooksPath pointing into the work tree (husky: .husky), the hooks the host's git "
-    "runs live in the writable workspace; the protection does not follow core.hooksPath",
-)
 async def test_git_configured_hooks_path_resists_tampering(sup: Supervisor, workspace: Path) -> None:
     make_repo(workspace)
     host_git(workspace, "config", "core.hooksPath", ".husky")
@@ -928,12 +913,6 @@ async def test_git_configured_hooks_path_resists_tampering(sup: Supervisor, work
     assert hook_view(workspace) == view
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: in a linked worktree .git is a file (gitdir: ...): the sandbox refuses to start "
-    "(lstat(.git/hooks) ENOTDIR in mounts._protect), and the gitfile itself is writable, so once it starts "
-    "the child can point it at a git dir with its own hooks",
-)
 async def test_git_worktree_gitfile_cannot_redirect_hooks(sup: Supervisor, workspace: Path) -> None:
     main_repo = workspace / "main"
     main_repo.mkdir()

@@ -164,14 +164,7 @@ GIT_ENV = {
                 "in a subdirectory of the workspace (nested repo, vendored checkout) stay writable",
             ),
         ),
-        pytest.param(
-            "submodule",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a submodule's git dir lives in .git/modules/<name>/, whose hooks and config "
-                "are not protected: a hook planted there runs on the user's next commit in the submodule",
-            ),
-        ),
+        "submodule",
     ],
 )
 async def test_git_hooks_cannot_be_planted_for_the_user(sup: Supervisor, workspace: Path, where: str) -> None:
