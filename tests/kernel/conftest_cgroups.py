@@ -8,6 +8,7 @@ ended by its pid.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -312,3 +313,72 @@ def check_failed_limit_rolls_back(mgr: CgroupManager, monkeypatch: pytest.Monkey
     monkeypatch.undo()
     leaf = mgr.create_leaf("bad", ResourcePolicy(pids=5))  # the name is free again
     leaf.remove()
+
+
+# A supervisor stand-in, possibly unprivileged: waits for "go", opens a manager, places a sleeper of its
+# own in a leaf, kills it, cleans up, and reports as JSON. argv: prefix [delegate as JSON].
+SUPERVISOR = """
+import json, os, subprocess, sys
+sys.stdin.readline()
+from policies import ResourcePolicy
+from supervisor.sandbox.cgroups import CgroupManager
+mgr = CgroupManager()
+mgr.open(sys.argv[1], delegate=json.loads(sys.argv[2]) if len(sys.argv) > 2 else None)
+out = {"available": mgr.available, "controllers": mgr.controllers, "moved": mgr.moved_self_to,
+       "reason": mgr.reason, "errors": [e.hint for e in mgr.errors], "parents": mgr.parents}
+if mgr.controllers.get("memory"):
+    leaf = mgr.create_leaf("c1", ResourcePolicy(memory=32 << 20, pids=8))
+    out["enforced"] = leaf.enforced
+    p = subprocess.Popen(["/bin/sleep", "100"])
+    for f in leaf.procs_files:
+        with open(f, "w") as fh:
+            fh.write(str(p.pid))
+    out["placed"] = leaf.pids() == [p.pid]
+    out["killed"] = leaf.kill()
+    out["rc"] = p.wait()
+    leaf.remove()
+mgr.close()
+out["parents_left"] = [d for d in out["parents"] if os.path.exists(d)]
+print(json.dumps(out), flush=True)
+"""
+
+
+def run_supervisor(
+    cgroup_dir: str | None = None, user: int | None = None, delegate: object = None
+) -> dict[str, object]:
+    """Run SUPERVISOR (as `user` when given), first moved into `cgroup_dir` when given."""
+    argv = [sys.executable, "-c", SUPERVISOR, PREFIX]
+    if delegate is not None:
+        argv.append(json.dumps(delegate))
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    try:
+        if cgroup_dir is not None:
+            with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
+                f.write(str(proc.pid))
+        out, err = proc.communicate(b"go\n", timeout=120)
+        assert proc.returncode == 0, err.decode(errors="replace")
+        result: dict[str, object] = json.loads(out)
+        return result
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def chown_cgroup(path: str, uid: int, files: tuple[str, ...] | None = None) -> None:
+    """Delegate a cgroup directory to uid: the directory and its interface files (all of them, as a
+    v1 admin's `chown -R` does, or only `files`, as systemd's Delegate=yes does on v2)."""
+    os.chown(path, uid, uid)
+    for name in os.listdir(path) if files is None else files:
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            os.chown(full, uid, uid)

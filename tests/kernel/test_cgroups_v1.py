@@ -117,3 +117,43 @@ def test_failed_limit_write_is_translated_and_rolled_back(
     mgr: CgroupManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cg.check_failed_limit_rolls_back(mgr, monkeypatch)
+
+
+NOBODY = 65534
+
+
+def _delegated_dirs() -> dict[str, str]:
+    """A directory per hierarchy, chowned to nobody as a v1 admin would: controller -> cgroup path."""
+    paths: dict[str, str] = {}
+    for h in _LAYOUT.hierarchies():
+        rel = h.cgroup.rstrip("/") + f"/{cg.PREFIX}-deleg"
+        os.mkdir(h.dir_of(rel))
+        cg.chown_cgroup(h.dir_of(rel), NOBODY)
+        for c in h.controllers:
+            paths[c] = rel
+    return paths
+
+
+def test_ordinary_user_with_chowned_v1_directories() -> None:
+    paths = _delegated_dirs()
+    try:
+        out = cg.run_supervisor(user=NOBODY, delegate=paths)
+        assert out["available"], out
+        assert out["controllers"] == dict.fromkeys(_V1, 1), out
+        assert out["enforced"] == {"memory": True, "swap": True, "pids": True}, out
+        assert out["placed"], out
+        assert out["killed"], out
+        assert out["rc"] == -9, out
+        assert out["parents_left"] == [], out
+    finally:
+        for h in _LAYOUT.hierarchies():
+            os.rmdir(h.dir_of(h.cgroup.rstrip("/") + f"/{cg.PREFIX}-deleg"))
+
+
+def test_ordinary_user_without_delegation_is_told_how() -> None:
+    out = cg.run_supervisor(user=NOBODY)
+    assert not out["available"], out
+    assert out["controllers"] == {}, out
+    hints = " ".join(out["errors"])  # type: ignore[arg-type]
+    assert "chown" in hints, out
+    assert "Delegate=yes" in hints, out

@@ -9,10 +9,8 @@ test skips, saying why. The VM forks slowly (~14 ms) and has 1 CPU: storms are s
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -112,37 +110,6 @@ def test_failed_limit_write_is_translated_and_rolled_back(
     cg.check_failed_limit_rolls_back(mgr, monkeypatch)
 
 
-# A supervisor stand-in: waits for "go", opens a manager in its own cgroup, reports, cleans up.
-_SUPERVISOR = """
-import json, sys
-sys.stdin.readline()
-from policies import ResourcePolicy
-from supervisor.sandbox.cgroups import CgroupManager
-mgr = CgroupManager()
-mgr.open(sys.argv[1])
-out = {"available": mgr.available, "controllers": mgr.controllers, "moved": mgr.moved_self_to,
-       "reason": mgr.reason, "errors": [e.hint for e in mgr.errors], "parents": mgr.parents}
-if mgr.controllers.get("memory") == 2:
-    leaf = mgr.create_leaf("c1", ResourcePolicy(memory=32 << 20, pids=8))
-    out["enforced"] = leaf.enforced
-mgr.close()
-print(json.dumps(out), flush=True)
-"""
-
-
-def _run_supervisor_in(cgroup_dir: str, extra: list[int]) -> dict[str, object]:
-    proc = cg.gated([sys.executable, "-c", _SUPERVISOR, cg.PREFIX])
-    try:
-        with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
-            f.write(str(proc.pid))
-        out, _ = proc.communicate(b"go\n", timeout=60)
-        assert proc.returncode == 0, out
-        result: dict[str, object] = json.loads(out)
-        return result
-    finally:
-        cg.stop(proc)
-
-
 def test_no_internal_processes_rule_moves_a_lone_supervisor(mgr: CgroupManager) -> None:
     """A supervisor alone in a non-root cgroup moves itself into a `.self` leaf, then enables the
     controllers (what nsjail does)."""
@@ -150,7 +117,7 @@ def test_no_internal_processes_rule_moves_a_lone_supervisor(mgr: CgroupManager) 
     box = os.path.join(own, f"{cg.PREFIX}-nip")
     os.mkdir(box)
     try:
-        out = _run_supervisor_in(box, [])
+        out = cg.run_supervisor(box)
         assert out["available"], out
         assert str(out["moved"]).startswith(box + "/")
         assert str(out["moved"]).endswith(".self")
@@ -179,7 +146,7 @@ def test_no_internal_processes_rule_is_explained_when_others_share_the_cgroup(
     try:
         with open(os.path.join(box, "cgroup.procs"), "w") as f:
             f.write(str(sleeper.pid))
-        out = _run_supervisor_in(box, [sleeper.pid])
+        out = cg.run_supervisor(box)
         assert out["moved"] is None
         assert "memory" not in dict(out["controllers"])  # type: ignore[call-overload]
         hints = " ".join(out["errors"])  # type: ignore[arg-type]
@@ -187,4 +154,43 @@ def test_no_internal_processes_rule_is_explained_when_others_share_the_cgroup(
         assert str(sleeper.pid) in hints, out
     finally:
         cg.stop_plain(sleeper)
+        os.rmdir(box)
+
+
+# systemd's Delegate=yes hands the user the directory and these files of the delegated cgroup.
+_DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
+
+
+def test_ordinary_user_in_a_delegated_cgroup(mgr: CgroupManager) -> None:
+    """What `systemd-run --user --scope -p Delegate=yes` gives an ordinary user: a cgroup of its own.
+    The unprivileged supervisor moves itself into a leaf, enables the controllers, places a child."""
+    own = _LAYOUT.unified.path if _LAYOUT.unified else ""
+    box = os.path.join(own, f"{cg.PREFIX}-user")
+    os.mkdir(box)
+    try:
+        cg.chown_cgroup(box, 1000, _DELEGATED_FILES)
+        out = cg.run_supervisor(box, user=1000)
+        assert out["available"], out
+        assert out["moved"], out
+        assert out["placed"], out
+        assert out["killed"], out
+        assert out["rc"] == -9, out
+        assert out["parents_left"] == [], out
+    finally:
+        for sub in os.listdir(box):
+            if os.path.isdir(os.path.join(box, sub)):
+                os.rmdir(os.path.join(box, sub))
+        os.rmdir(box)
+
+
+def test_ordinary_user_without_delegation_is_told_how(mgr: CgroupManager) -> None:
+    own = _LAYOUT.unified.path if _LAYOUT.unified else ""
+    box = os.path.join(own, f"{cg.PREFIX}-nodeleg")
+    os.mkdir(box)
+    try:
+        out = cg.run_supervisor(box, user=1000)
+        assert not out["available"], out
+        hints = " ".join(out["errors"])  # type: ignore[arg-type]
+        assert "Delegate=yes" in hints, out
+    finally:
         os.rmdir(box)

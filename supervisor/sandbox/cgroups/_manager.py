@@ -24,6 +24,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -683,19 +684,21 @@ class CgroupManager:
         self,
         name_prefix: str = "corral",
         *,
-        delegate: str | None = None,
+        delegate: str | Mapping[str, str] | None = None,
         move_self: bool = True,
         cleanup_stale: bool = True,
     ) -> None:
         """Create corral's parent cgroup `<name_prefix>-<pid>-<start>` in each hierarchy in use,
         after removing stale ones left by dead supervisors (their processes are killed first).
 
-        delegate: a cgroup path (inside each hierarchy, e.g. "/corral-alice" on v1 or the path of a
-        `systemd-run --user --scope -p Delegate=yes` scope on v2) to create under instead of this
-        process's own cgroup; for ordinary users, who cannot write elsewhere.
-        move_self: on v2, when enabling controllers in the own cgroup fails with EBUSY (no internal
-        processes) and this process is the only one there, move it into a `.self` leaf and retry, as
-        nsjail does. Otherwise the EBUSY is reported with its explanation.
+        delegate: a cgroup path to create under instead of this process's own cgroup, for ordinary
+        users, who cannot write elsewhere: one path used in every hierarchy (e.g. "/corral-alice"
+        chowned in each v1 hierarchy), or a mapping controller -> path when they differ. On v2 the
+        usual delegated cgroup is the own one (`systemd-run --user --scope -p Delegate=yes`), which
+        needs no `delegate`.
+        move_self: on v2, when the own cgroup holds processes (so that the no-internal-processes rule
+        forbids enabling controllers) and this process is the only one there, move it into a `.self`
+        leaf first, as nsjail does. Otherwise the EBUSY is reported with its explanation.
 
         Never raises for an unusable hierarchy: its controllers land in `unavailable` with the
         reason, and the translated SandboxSetupError in `errors`. Raises ValueError for a bad
@@ -717,8 +720,19 @@ class CgroupManager:
         trees: list[_Tree] = []
         for h in layout.hierarchies():
             serves = {c for c in CONTROLLERS if layout.controllers.get(c) == h}
+            if delegate is None:
+                path = h.cgroup
+            elif isinstance(delegate, str):
+                path = delegate
+            else:
+                given = [delegate[c] for c in sorted(serves) if c in delegate]
+                if not given:
+                    for c in serves:
+                        self.unavailable[c] = f"no delegated cgroup given for {c}"
+                    continue
+                path = given[0]
             try:
-                base = h.dir_of(delegate) if delegate else h.path
+                base = h.dir_of(path)
             except ValueError as err:
                 for c in serves:
                     self.unavailable[c] = str(err)
