@@ -225,6 +225,12 @@ class Child:
         """SIGKILL the sandbox init: the kernel then kills every process in its pid namespace. (The
         supervisor also kills the child's cgroup before removing it, which catches a sandbox without a pid
         namespace.)"""
+        if self._exit is None and self._pidfd is not None and "pid_ns" not in self.enforced:
+            # No pid namespace (best_effort): the init's death takes nothing with it. The command runs in
+            # the init's session and process group, whose id is the init's pid, which cannot be reused
+            # while the init is our unreaped child.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, _signal.SIGKILL)
         self.send_signal(_signal.SIGKILL)
 
     def kill_for(self, violation: Violation) -> None:

@@ -639,12 +639,6 @@ def test_no_userns_unprivileged_best_effort_confined_by_landlock_and_seccomp(
     assert "user_ns" in warnings, rep["warnings"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: without a pid namespace (best_effort, user namespaces disabled) Child.kill() SIGKILLs only "
-    "the sandbox init; the command, its child, is reparented and keeps running after a wall-clock timeout",
-)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_userns_unprivileged_timeout_kills_the_command(runner: Runner, backend: str) -> None:
     _need_nobody(runner)
