@@ -8,6 +8,7 @@ policy, setup failure: one line on stderr); 126 command not executable; 127 comm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -70,17 +71,30 @@ def cli() -> None:
 @click.option("--clear-env", is_flag=True, default=None, help="Start from an empty environment.")
 @click.option("--best-effort", is_flag=True, default=None, help="Run even if a layer is missing.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the result here.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on PORT while the command runs.",
+)
+@click.option("--metrics-addr", metavar="ADDR", help="Bind address for --metrics-port (default 127.0.0.1).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     command: tuple[str, ...],
     policy_file: str | None,
     profile: str | None,
     json_file: str | None,
+    metrics_port: int | None,
+    metrics_addr: str | None,
     **opts: Any,
 ) -> None:
     """Run COMMAND in a sandbox. Put `--` before the command."""
+    if metrics_addr is not None and metrics_port is None:
+        msg = "--metrics-addr needs --metrics-port"
+        raise click.UsageError(msg)
+    metrics = (metrics_addr or "127.0.0.1", metrics_port) if metrics_port is not None else None
     policy = _build_policy(profile, policy_file, opts)
-    code = anyio.run(_run, list(command), policy, json_file)
+    code = anyio.run(_run, list(command), policy, json_file, metrics)
     sys.exit(code)
 
 
@@ -96,7 +110,23 @@ def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, 
     return profiles.get(profile or "workspace-write", workdir, **given)
 
 
-async def _run(command: list[str], policy: Policy, json_file: str | None) -> int:
+def _serve_metrics(
+    sup: Supervisor, metrics: tuple[str, int] | None
+) -> contextlib.AbstractAsyncContextManager[object]:
+    """A Prometheus endpoint on (addr, port) for the supervisor's lifetime, or nothing. Raises OSError when
+    the address cannot be bound (before the command starts)."""
+    if metrics is None:
+        return contextlib.nullcontext()
+    # Imported only when asked for: prometheus_client would add to every `corral run`'s start-up time.
+    from exporters import serve_metrics
+
+    addr, port = metrics
+    return serve_metrics(sup, port, addr)
+
+
+async def _run(
+    command: list[str], policy: Policy, json_file: str | None, metrics: tuple[str, int] | None = None
+) -> int:
     # With an output limit corral must see the bytes, so stdout/stderr go through pipes it copies to its
     # own; otherwise the command writes straight to corral's stdout/stderr (a terminal stays a terminal).
     counted = policy.resources.output is not None
@@ -104,7 +134,7 @@ async def _run(command: list[str], policy: Policy, json_file: str | None) -> int
     # The signal receiver is installed before the command starts, so no forwarded signal can kill corral
     # itself in between; signals that arrive before the command runs are delivered once it does.
     with anyio.open_signal_receiver(*_FORWARD) as signals:
-        async with Supervisor(max_concurrency=1) as sup:
+        async with Supervisor(max_concurrency=1) as sup, _serve_metrics(sup, metrics):
             child = await sup.start(command, policy=policy, stdin=None, stdout=pipe, stderr=pipe)
             async with anyio.create_task_group() as tg:
 
