@@ -13,23 +13,28 @@ from supervisor._errors import (
     SpawnError,
     SupervisorClosedError,
 )
-from supervisor._supervisor import DEVNULL, PIPE, Supervisor
+from supervisor._monitor import ChildStats, Rule, rss_above
+from supervisor._supervisor import DEVNULL, PIPE, Event, Supervisor
 from supervisor.sandbox.probe import Feature, KernelCaps
 
 __all__ = [
     "DEVNULL",
     "PIPE",
     "Child",
+    "ChildStats",
     "CommandNotExecutableError",
     "CommandNotFoundError",
     "CorralError",
+    "Event",
     "Feature",
     "KernelCaps",
     "PolicyError",
     "Result",
+    "Rule",
     "SandboxSetupError",
     "SpawnError",
     "Supervisor",
     "SupervisorClosedError",
     "Violation",
+    "rss_above",
 ]

@@ -68,6 +68,15 @@ class Result:
     def ok(self) -> bool:
         return self.exit_code == 0 and self.violation is None
 
+    @property
+    def outcome(self) -> Literal["ok", "error", "signal", "violation"]:
+        """The bounded label exits are counted by: violation (killed for a limit), signal, error or ok."""
+        if self.violation is not None and (self.exit_code == 137 or self.signal):
+            return "violation"
+        if self.signal is not None:
+            return "signal"
+        return "ok" if self.exit_code == 0 else "error"
+
     def to_json(self) -> dict[str, object]:
         """The `corral run --json` record (the CLI contract in DESIGN.md, plus `missing`)."""
         return {
