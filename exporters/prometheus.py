@@ -203,13 +203,9 @@ _CHILD_GAUGES: tuple[tuple[str, str], ...] = (
 
 
 def outcome(result: Result) -> str:
-    """ok | error | signal | violation: the outcome label of an exited child. The same rule as the
-    supervisor's `exited:<outcome>` totals (a test pins the two together)."""
-    if result.violation is not None and (result.exit_code == 137 or result.signal):
-        return "violation"
-    if result.signal is not None:
-        return "signal"
-    return "ok" if result.exit_code == 0 else "error"
+    """ok | error | signal | violation: the outcome label of an exited child (`Result.outcome`, the rule the
+    supervisor's `exited:<outcome>` totals use too)."""
+    return result.outcome
 
 
 def _family(spec: MetricSpec) -> Metric:

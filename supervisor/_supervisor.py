@@ -441,7 +441,7 @@ class Supervisor:
                     log.warning("could not remove cgroup of child %s: %s", child.pid, err)
         result = child.result()
         self.totals["exited"] += 1
-        self.totals[f"exited:{_outcome(result)}"] += 1
+        self.totals[f"exited:{result.outcome}"] += 1
         self._emit(Event("exited", child, time.monotonic(), result=result, violation=result.violation))
 
     def _note_violation(self, child: Child) -> None:
@@ -520,10 +520,6 @@ class Supervisor:
         out, out_t = captured.get("stdout", (b"", False))
         err, err_t = captured.get("stderr", (b"", False))
         return child.result(stdout=out, stderr=err, stdout_truncated=out_t, stderr_truncated=err_t)
-
-
-def _outcome(result: Result) -> str:
-    return result.outcome
 
 
 def _raise_nofile() -> None:

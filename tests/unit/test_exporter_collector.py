@@ -252,13 +252,21 @@ def _assert_sums_match_totals(reg: CollectorRegistry, sup: FakeSupervisor) -> No
 
 
 def test_outcome_is_the_supervisors_rule() -> None:
-    from supervisor._supervisor import _outcome
-
     violations = [None, Violation("memory", 1, 2), Violation("pids", 1, 2)]
     signals = (None, signal.SIGKILL, signal.SIGTERM)
     for code, sig, v in itertools.product((0, 1, 2, 137, 143), signals, violations):
         res = Result(code, sig, v, 1.0, 0.0, 0)
-        assert outcome(res) == _outcome(res), (code, sig, v)
+        assert outcome(res) == res.outcome, (code, sig, v)
+        expected = (
+            "violation"
+            if v is not None and (code == 137 or sig)
+            else "signal"
+            if sig is not None
+            else "ok"
+            if code == 0
+            else "error"
+        )
+        assert res.outcome == expected, (code, sig, v)
 
 
 async def test_isolation_layers_from_the_kernel_probe_and_cgroups() -> None:
