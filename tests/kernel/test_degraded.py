@@ -111,7 +111,8 @@ from policies import SyscallPolicy, profiles
 from supervisor import Supervisor
 
 logging.getLogger("corral").addHandler(Warnings(logging.WARNING))
-PY = [sys.executable, "-I", "-S", "-c"]
+# The interpreter itself, not the venv link: a clone under /tmp would hide the link inside the sandbox.
+PY = [os.path.realpath(sys.executable), "-I", "-S", "-c"]
 WS, OUT = CFG["workspace"], CFG["outside"]
 
 # The "host" the sandbox must not reach: loopback TCP/UDP listeners and a world-connectable unix socket.

@@ -44,7 +44,8 @@ from policies import profiles
 from supervisor import SandboxSetupError, Supervisor
 
 CFG = json.loads(sys.argv[1])
-PY = [sys.executable, "-I", "-S", "-c"]
+# The interpreter itself, not the venv link: a clone under /tmp would hide the link inside the sandbox.
+PY = [os.path.realpath(sys.executable), "-I", "-S", "-c"]
 
 def err_name(fn):
     try:
