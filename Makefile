@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/agent_runner.py
 
 test: $(STAMP)
 	$(PY) -m ruff check .
