@@ -1,0 +1,175 @@
+"""Monitoring cost with many idle children (a benchmark, not a test).
+
+    .venv/bin/python benchmarks/monitoring.py [--children 500] [--rounds 30] [--json out.json]
+
+Starts N sandboxed `sleep 60` through one Supervisor(max_concurrency=600), each with a memory limit so that
+each has its own cgroup, then measures, in the same run:
+- the cgroup part of one monitoring sample per child: `supervisor._monitor.sample_all` over all children
+  (six pread(2)s per leaf on fds kept open), timed over several rounds, divided by N; and `Leaf.stats()`
+  alone. Target (issue 3): <= 10 us per child per sample;
+- psutil oneshot per process for comparison (memory_info, cpu_times, num_fds, num_threads in one oneshot),
+  over every process of every child (the sandbox init and the sleep), divided by the process count
+  (measured here while planning: ~106 us);
+- the supervisor's RSS per child: (RSS with N children - RSS with 0, after warm-up) / N. Target <= 50 KiB;
+- the supervisor's CPU while idle with N children (the sampler every monitor_interval), as % of one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policies import profiles
+from supervisor import DEVNULL, Child, Supervisor
+from supervisor._monitor import sample_all
+
+KiB = 1024
+
+
+def _rss() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+def _time_rounds(rounds: int, fn: object) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()  # type: ignore[operator]
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _psutil_oneshot(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        try:
+            with p.oneshot():
+                p.memory_info()
+                p.cpu_times()
+                p.num_fds()
+                p.num_threads()
+        except psutil.Error:
+            pass
+
+
+async def main(n: int, rounds: int, interval: float) -> dict[str, object]:
+    me = psutil.Process()
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as ws:
+        policy = profiles.workspace_write(ws, memory="64M")
+        async with Supervisor(max_concurrency=600, monitor_interval=interval) as sup:
+            # Warm-up: the policy's compile, the fork server, worker threads, a child's full life.
+            for _ in range(5):
+                await sup.run(["/bin/true"], policy=policy)
+            warm = await sup.start(["/bin/sleep", "60"], policy=policy, stdout=DEVNULL, stderr=DEVNULL)
+            await anyio.sleep(2 * interval)
+            warm.kill()
+            await warm.wait()
+            await anyio.sleep(0.5)
+            rss0 = _rss()
+
+            children: list[Child] = []
+            t0 = time.perf_counter()
+
+            async def one() -> None:
+                children.append(
+                    await sup.start(["/bin/sleep", "60"], policy=policy, stdout=DEVNULL, stderr=DEVNULL)
+                )
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(one)
+            start_s = time.perf_counter() - t0
+            assert sup.cgroups is not None
+            assert all(c.leaf is not None and c.running for c in children)
+            await anyio.sleep(max(1.0, 4 * interval))  # a few sampler rounds: every leaf's fds are open
+            rss1 = _rss()
+
+            # The cgroup part: exactly what the sampler does per round (with_fds=False: no fds limit set).
+            sample_all(children, False)
+            per_round = _time_rounds(rounds, lambda: sample_all(children, False))
+            leaves = [c.leaf for c in children]
+            stats_round = _time_rounds(rounds, lambda: [leaf.stats() for leaf in leaves])  # type: ignore[union-attr]
+            # psutil, per process: the init (pid 1 of the sandbox) and the sleep under it.
+            procs: list[psutil.Process] = []
+            for c in children:
+                for pid in c.leaf.pids():  # type: ignore[union-attr]
+                    procs.append(psutil.Process(pid))
+            ps_round = _time_rounds(max(3, rounds // 5), lambda: _psutil_oneshot(procs))
+            # The supervisor's CPU while idle, sampler included.
+            cpu0, w0 = sum(me.cpu_times()[:2]), time.perf_counter()
+            await anyio.sleep(5.0)
+            idle_cpu = (sum(me.cpu_times()[:2]) - cpu0) / (time.perf_counter() - w0)
+            samples_seen = sum(1 for c in children if c.last_stats is not None)
+            controllers = sup.cgroups.controllers
+            for c in children:
+                c.kill()
+            for c in children:
+                await c.wait()
+
+    def us(xs: list[float], k: int) -> dict[str, float]:
+        return {"median": round(statistics.median(xs) / k * 1e6, 2), "min": round(min(xs) / k * 1e6, 2)}
+
+    report: dict[str, object] = {
+        "children": n,
+        "processes": len(procs),
+        "rounds": rounds,
+        "monitor_interval_s": interval,
+        "start_all_s": round(start_s, 2),
+        "cgroup_sample_all_us_per_child": us(per_round, n),
+        "cgroup_leaf_stats_us_per_child": us(stats_round, n),
+        "psutil_oneshot_us_per_process": us(ps_round, len(procs)),
+        "rss_before_kib": rss0 // KiB,
+        "rss_after_kib": rss1 // KiB,
+        "rss_per_child_kib": round((rss1 - rss0) / n / KiB, 1),
+        "idle_supervisor_cpu_pct_of_one_core": round(idle_cpu * 100, 2),
+        "children_sampled": samples_seen,
+        "cgroup_controllers": controllers,
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "kernel": os.uname().release,
+    }
+    cg = report["cgroup_sample_all_us_per_child"]
+    ps = report["psutil_oneshot_us_per_process"]
+    print(
+        f"{n} idle sandboxed children ({len(procs)} processes), memory limit each; started in {start_s:.1f}s"
+    )
+    print(f"  cgroup sample (sample_all) per child per sample: median {cg['median']} us, min {cg['min']} us"  # type: ignore[index]
+          "  (target <= 10 us)")  # fmt: skip
+    st = report["cgroup_leaf_stats_us_per_child"]
+    print(f"  Leaf.stats() alone per child:                    median {st['median']} us, min {st['min']} us")  # type: ignore[index]
+    print(f"  psutil oneshot per process:                      median {ps['median']} us, min {ps['min']} us")  # type: ignore[index]
+    print(f"  ratio psutil/cgroup (median): {ps['median'] / cg['median']:.1f}x")  # type: ignore[index]
+    print(
+        f"  supervisor RSS: {rss0 // KiB} KiB with 0 children, {rss1 // KiB} KiB with {n}: "
+        f"{report['rss_per_child_kib']} KiB per child  (target <= 50 KiB)"
+    )
+    print(
+        f"  supervisor CPU while idle (sampler every {interval}s): "
+        f"{report['idle_supervisor_cpu_pct_of_one_core']}% of one core"
+    )
+    print(f"  load average during the run: {os.getloadavg()}")
+    return report
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--children", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--interval", type=float, default=0.25, help="Supervisor monitor_interval (default 0.25)")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    report = anyio.run(main, a.children, a.rounds, a.interval)
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2) + "\n")

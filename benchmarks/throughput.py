@@ -1,0 +1,127 @@
+"""Throughput: N sandboxed /bin/true at concurrency C through one Supervisor, against the same N bare
+asyncio subprocesses at the same concurrency, in the same run (a benchmark, not a test).
+
+    .venv/bin/python benchmarks/throughput.py [--n 1000] [--concurrency 32] [--memory 64M] [--json out.json]
+
+Every corral child gets the full workspace-write sandbox (user/pid/net/mount/ipc/uts/cgroup namespaces,
+read-only root, Landlock, seccomp, dropped capabilities) and a cgroup leaf of its own (`--memory` also writes
+a memory limit into it; "none" leaves the leaf without limits). Prints spawns per second for each and the
+ratio corral/bare. Target (issue 3): >= 0.4x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policies import profiles
+from supervisor import DEVNULL, Supervisor
+
+TRUE = "/bin/true"
+
+
+async def _pool(n: int, concurrency: int, once: Callable[[], Awaitable[None]]) -> float:
+    """Run `once` n times, at most `concurrency` at a time; returns the wall seconds."""
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one() -> None:
+        async with limiter:
+            await once()
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return time.perf_counter() - t0
+
+
+def _cpu() -> dict[str, float]:
+    """CPU seconds (user+system) of this process and of the fork server (our child running _zygote)."""
+    me = psutil.Process()
+    out = {"supervisor": sum(me.cpu_times()[:2])}
+    for c in me.children():
+        try:
+            if any("_zygote" in part for part in c.cmdline()):
+                out["fork_server"] = out.get("fork_server", 0.0) + sum(c.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return out
+
+
+async def bare_once() -> None:
+    p = await asyncio.create_subprocess_exec(
+        TRUE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    if await p.wait() != 0:
+        raise RuntimeError("/bin/true failed")
+
+
+async def main(n: int, concurrency: int, memory: str | None) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as ws:
+        policy = profiles.workspace_write(ws, memory=memory)
+        # max_concurrency above the pool's, so the pool alone sets the concurrency for both sides.
+        async with Supervisor(max_concurrency=concurrency * 2) as sup:
+
+            async def corral_once() -> None:
+                child = await sup.start([TRUE], policy=policy, stdout=DEVNULL, stderr=DEVNULL)
+                r = await child.wait()
+                if r.exit_code != 0:
+                    raise RuntimeError(r)
+
+            # Warm-up for both: page cache, the policy's first compile, the fork server's first fork.
+            await _pool(min(50, n), concurrency, bare_once)
+            await _pool(min(50, n), concurrency, corral_once)
+            bare_s = await _pool(n, concurrency, bare_once)
+            cpu0 = _cpu()
+            corral_s = await _pool(n, concurrency, corral_once)
+            cpu1 = _cpu()
+            cgroups = sup.cgroups.controllers if sup.cgroups is not None else {}
+            started = sup.totals["started"]
+    report: dict[str, object] = {
+        "n": n,
+        "concurrency": concurrency,
+        "memory_limit": memory,
+        "bare_per_s": round(n / bare_s, 1),
+        "corral_per_s": round(n / corral_s, 1),
+        "ratio_corral_vs_bare": round(bare_s / corral_s, 3),
+        "bare_wall_s": round(bare_s, 3),
+        "corral_wall_s": round(corral_s, 3),
+        # Where the CPU went during the corral run (seconds): the supervisor process (event loop + worker
+        # threads: cgroup creation/removal, reaping) and the single-threaded fork server.
+        "corral_cpu_s": {k: round(cpu1[k] - cpu0.get(k, 0.0), 2) for k in cpu1},
+        "cgroup_controllers": cgroups,
+        "corral_children_started": started,
+        "cpus": os.cpu_count(),
+        "kernel": os.uname().release,
+    }
+    print(f"{n} x /bin/true at concurrency {concurrency} (corral memory limit: {memory or 'none'})")
+    print(f"  bare asyncio subprocess  {n / bare_s:8.1f} /s   ({bare_s:.2f} s)")
+    print(f"  corral workspace-write   {n / corral_s:8.1f} /s   ({corral_s:.2f} s)")
+    print(f"  corral / bare throughput = {bare_s / corral_s:.3f}  (target >= 0.4)")
+    cpu = report["corral_cpu_s"]
+    print(f"  CPU during the corral run: {cpu}  (wall {corral_s:.2f} s, {os.cpu_count()} cpus)")
+    return report
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--memory", default="64M", help='memory limit per child, or "none" (default 64M)')
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    report = anyio.run(main, a.n, a.concurrency, None if a.memory == "none" else a.memory)
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2) + "\n")
