@@ -382,7 +382,9 @@ def _net_class() -> None:
 def _deny(path: str) -> None:
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        # Missing, or unreachable for this uid (an ordinary user's sandbox and /root/.ssh): the command
+        # cannot reach it either, so there is nothing to hide.
         return
     except OSError as err:
         raise _sys.SetupFailure("mounts", "lstat(deny path)", err.errno or 0, path) from err
