@@ -9,6 +9,7 @@ import os
 import signal as _signal
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -47,6 +48,8 @@ class Result:
     enforced:  the isolation layers that took effect; missing: (layer, reason) pairs skipped by best_effort.
     limit_hits: limits the kernel held without killing the command, with a count: "pids" (forks refused at
                pids.max), "memory_oom" (processes the OOM killer ended).
+    killed:    True when the violation is what ended the command (corral, or the kernel's OOM killer, killed
+               it for the limit); False when a violation is only reported (pids.max held it).
     """
 
     exit_code: int
@@ -63,6 +66,7 @@ class Result:
     missing: tuple[tuple[str, str], ...] = ()
     pid: int = 0
     limit_hits: dict[str, int] = field(default_factory=dict)
+    killed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -71,7 +75,7 @@ class Result:
     @property
     def outcome(self) -> Literal["ok", "error", "signal", "violation"]:
         """The bounded label exits are counted by: violation (killed for a limit), signal, error or ok."""
-        if self.violation is not None and (self.exit_code == 137 or self.signal):
+        if self.violation is not None and self.killed:
             return "violation"
         if self.signal is not None:
             return "signal"
@@ -206,6 +210,9 @@ class Child:
         self.output_bytes = 0
         #: Seconds from the start() call to the command running (exporters histogram it).
         self.spawn_latency_s: float | None = None
+        #: When the command was reported running (monotonic), None before; when start() was called.
+        self.exec_at: float | None = None
+        self.requested_at = self.started
         self._pidfd: int | None = pidfd
         self._status = status
         self._exit: _Exit | None = None
@@ -281,6 +288,7 @@ class Child:
             missing=self.missing,
             pid=self.pid,
             limit_hits=dict(self.limit_hits),
+            killed=self.killed,
             **extra,  # type: ignore[arg-type]
         )
 
@@ -300,9 +308,10 @@ class Child:
             code = 137
         return code, signal
 
-    async def _reap(self) -> None:
-        """Read the status pipe to EOF, then reap the init through its pidfd. Called once by the watcher
-        task; on cancellation the caller kills first and re-enters under a shield."""
+    async def _reap(self, on_exec: Callable[[], None] | None = None) -> None:
+        """Read the status pipe to EOF, then reap the init through its pidfd. `on_exec` is called when the
+        command is reported running. Called by the watcher task; on cancellation the caller kills first
+        and re-enters under a shield."""
         ex = _Exit()
         while True:
             rec = await self._status.next()
@@ -311,6 +320,10 @@ class Child:
             kind, payload = rec
             if not self._started.is_set():
                 self._first = rec
+                if kind == b"X":
+                    self.exec_at = time.monotonic()
+                    if on_exec is not None:
+                        on_exec()
                 self._started.set()
             if kind == b"S":
                 try:
@@ -335,9 +348,15 @@ class Child:
         self._exit = ex
         self._started.set()
 
-    def _finish(self, stats: CgroupStats | None) -> None:
+    def _close_streams(self) -> None:
+        for stream in (self.stdin, self.stdout, self.stderr):
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    def _fold(self, stats: CgroupStats | None) -> None:
         """Fold the cgroup's final sample into the exit record (whole-tree CPU and true peak memory, which
-        rusage cannot give: its maxrss counts the pre-exec image) and wake `wait()`."""
+        rusage cannot give: its maxrss counts the pre-exec image)."""
         ex = self._exit
         assert ex is not None
         if stats is not None:
@@ -345,4 +364,3 @@ class Child:
                 ex.cpu_s = stats.cpu_seconds
             if stats.memory_peak_bytes is not None:
                 ex.maxrss = stats.memory_peak_bytes
-        self._done.set()

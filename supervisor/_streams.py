@@ -30,6 +30,10 @@ class FdReceiveStream(ByteReceiveStream):
             return data
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the fd now (idempotent)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
@@ -58,6 +62,10 @@ class FdSendStream(ByteSendStream):
             view = view[n:]
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the fd now (idempotent)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)

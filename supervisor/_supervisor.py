@@ -367,25 +367,27 @@ class Supervisor:
         )
         child.leaf = leaf
         child.policy = policy
+        child.requested_at = t0
         child.rules = tuple(rules)
         self._children.add(child)
         self._tg.start_soon(self._watch, child, slot)
-        if "error" in reply:  # the fork server could not finish setting it up and killed it
-            await child.wait()
-            raise _setup_error(reply["error"], cmd)
-        # The watcher's first record says whether the command is running (X) or why not (E).
         try:
-            await child._started.wait()
+            if "error" in reply:  # the fork server could not finish setting it up and killed it
+                await child.wait()
+                raise _setup_error(reply["error"], cmd)
+            # The watcher's first record says whether the command is running (X) or why not (E).
+            try:
+                await child._started.wait()
+            except BaseException:
+                child.kill()  # the watcher reaps it
+                raise
+            first = child._first
+            if first is None or first[0] != b"X":
+                await child.wait()
+                raise _setup_error(first[1] if first else None, cmd)
         except BaseException:
-            child.kill()  # the watcher reaps it
+            child._close_streams()  # the caller never gets the Child: its pipe ends are ours to close
             raise
-        first = child._first
-        if first is None or first[0] != b"X":
-            await child.wait()
-            raise _setup_error(first[1] if first else None, cmd)
-        child.spawn_latency_s = time.monotonic() - t0
-        self.totals["started"] += 1
-        self._emit(Event("started", child, time.monotonic()))
         return child
 
     async def _watch(self, child: Child, slot: _Slot) -> None:
@@ -393,11 +395,13 @@ class Supervisor:
         kill it first; always reap; then take the final cgroup sample and remove the cgroup."""
         timeout = child.policy.resources.timeout if child.policy is not None else None
         try:
-            with anyio.move_on_after(timeout):
-                await child._reap()
-            if child.running:  # the wall-clock limit: move_on_after fired
+            # The wall clock runs from the moment the command is running (the X record), not from start():
+            # setup time is corral's, and a limit shorter than setup is still a wall_time violation.
+            with anyio.CancelScope() as scope:
+                await child._reap(on_exec=partial(self._on_exec, child, scope, timeout))
+            if child.running:  # the wall-clock limit fired
                 assert timeout is not None
-                elapsed = round(time.monotonic() - child.started, 3)
+                elapsed = round(time.monotonic() - (child.exec_at or child.started), 3)
                 child.kill_for(Violation("wall_time", timeout, elapsed))
                 self._note_violation(child)
                 with anyio.CancelScope(shield=True):
@@ -412,9 +416,20 @@ class Supervisor:
         with anyio.CancelScope(shield=True):
             await self._finish(child, slot)
 
+    def _on_exec(self, child: Child, scope: anyio.CancelScope, timeout: float | None) -> None:
+        """The command is running: arm its wall clock, count it, say so. Called by the watcher, so that
+        `started` always precedes `exited`."""
+        if timeout is not None:
+            scope.deadline = anyio.current_time() + timeout
+        assert child.exec_at is not None
+        child.spawn_latency_s = child.exec_at - child.requested_at
+        self.totals["started"] += 1
+        self._emit(Event("started", child, time.monotonic()))
+
     async def _finish(self, child: Child, slot: _Slot) -> None:
         """After reaping: the final sample (exact CPU, peak memory, OOM and pids.max counts), the verdict,
-        the cgroup's removal (off the loop), the slot's release, the exited event."""
+        the slot's release, the cgroup's removal (off the loop), the totals and the exited event, and only
+        then `wait()` wakes: a caller that has its Result finds the child counted and its cgroup gone."""
         stats = None
         leaf = child.leaf
         try:
@@ -429,20 +444,24 @@ class Supervisor:
                 self._enforcer.check_final(child, final)
                 if child.violation is not None and child.violation is not was_running_violation:
                     self._note_violation(child)
-            child._finish(stats)
         finally:
             self._children.discard(child)
             self._enforcer.forget(child, len(child.rules))
             slot.release(self._limiter)
+            child._fold(stats)
             if leaf is not None:
                 try:
                     await anyio.to_thread.run_sync(_remove_leaf, leaf)
                 except Exception as err:  # logged, not raised: the child is reaped; the next start cleans up
                     log.warning("could not remove cgroup of child %s: %s", child.pid, err)
-        result = child.result()
-        self.totals["exited"] += 1
-        self.totals[f"exited:{result.outcome}"] += 1
-        self._emit(Event("exited", child, time.monotonic(), result=result, violation=result.violation))
+            if child.exec_at is not None:  # it ran: a failed start never counted as started
+                result = child.result()
+                self.totals["exited"] += 1
+                self.totals[f"exited:{result.outcome}"] += 1
+                self._emit(
+                    Event("exited", child, time.monotonic(), result=result, violation=result.violation)
+                )
+            child._done.set()
 
     def _note_violation(self, child: Child) -> None:
         v = child.violation
@@ -543,6 +562,12 @@ async def _reap_discarded(pid: int, pidfd: int) -> None:
 
 
 def _remove_leaf(leaf: Leaf) -> None:
+    """The init is reaped, so its pid namespace is empty and the leaf usually is too: try rmdir first, and
+    only when something escaped into the cgroup (no pid namespace) kill the group and retry."""
+    if not leaf.pids():
+        with contextlib.suppress(SandboxSetupError):
+            leaf.remove(timeout=0.0)
+            return
     leaf.kill(timeout=1.0)
     leaf.remove()
 

@@ -258,12 +258,6 @@ async def test_chaos_leaves_nothing_behind(workspace: Path) -> None:
     REPORT["fds"] = (fds_before, open_fds(), fd_kinds())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Supervisor._spawn leaks the parent ends of the child's stdio pipes (2 fds per child with "
-    "stdout=stderr=PIPE) when start() fails after the child exists: command not found/not executable, a "
-    "setup error, a cancellation while waiting for the exec report, a timeout during setup",
-)
 async def test_chaos_leaves_no_open_fds(workspace: Path) -> None:
     if "fds" not in REPORT:
         await test_chaos_leaves_nothing_behind(workspace)
@@ -271,7 +265,6 @@ async def test_chaos_leaves_no_open_fds(workspace: Path) -> None:
     assert after == before, (before, after, kinds)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the stdio pipe leak of failed starts (see above), deterministic")
 async def test_failed_starts_do_not_leak_fds(workspace: Path) -> None:
     pol = profiles.workspace_write(workspace)
     async with Supervisor() as sup:
@@ -286,12 +279,6 @@ async def test_failed_starts_do_not_leak_fds(workspace: Path) -> None:
         assert open_fds() == before, fd_kinds()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SandboxSetupError,
-    reason="BUG: two Supervisors in one process share the parent cgroup corral-<pid>-<start> and both name "
-    "their children c1, c2, ...: the second one's first child fails with EEXIST (mkdir leaf cgroup)",
-)
 async def test_two_supervisors_in_one_process(workspace: Path) -> None:
     pol = profiles.workspace_write(workspace)
     async with Supervisor() as a, Supervisor() as b:

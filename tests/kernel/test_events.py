@@ -160,12 +160,6 @@ async def wait_exited(sup: Supervisor, n: int) -> None:
             await anyio.sleep(0.001)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Child.wait()/Supervisor.run() return before the supervisor has recorded the exit: "
-    "_finish() wakes waiters (child._finish) before it removes the cgroup leaf in a worker thread, and only "
-    "then counts totals['exited'] and emits the exited event",
-)
 async def test_the_exit_is_recorded_when_wait_returns(workspace: Path) -> None:
     async with Supervisor() as sup:
         with sup.subscribe() as events:
@@ -196,13 +190,6 @@ async def test_many_children_each_get_started_then_exited(workspace: Path) -> No
     assert all(evs[-1].result.exit_code == 0 for evs in per.values())  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Result.outcome says 'violation' ('killed for a limit') for a child that hit pids.max, "
-    "was held there without being killed, and was later killed by the caller (child.kill()): the outcome "
-    "rule tests `violation is not None and (exit_code == 137 or signal)` instead of whether corral killed "
-    "it (Child.killed)",
-)
 async def test_a_held_pids_violation_then_a_kill_is_a_signal_outcome(workspace: Path) -> None:
     if os.geteuid() != 0 or _LAYOUT.version("pids") is None:
         pytest.skip(f"needs root and a pids cgroup (missing: {_LAYOUT.missing})")

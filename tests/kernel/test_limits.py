@@ -497,14 +497,6 @@ async def test_without_cgroups_best_effort_falls_back_to_sampling(workspace: Pat
     assert "cgroup_memory" not in r.enforced
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SandboxSetupError,
-    reason="BUG: the wall-clock timeout counts from start() and the watcher kills the child when it fires, "
-    "even before the sandbox init has reported the exec; _spawn then raises SandboxSetupError('setup', "
-    "'spawn', 'the sandbox init died before reporting') instead of returning a wall_time violation "
-    "(the CLI exits 125, not 137). Seen with timeout=0.05 on a loaded host; timeout=0.001 always",
-)
 async def test_timeout_shorter_than_the_setup_is_a_wall_time_violation(
     lsup: Supervisor, workspace: Path
 ) -> None:

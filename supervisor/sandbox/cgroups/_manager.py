@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import itertools
 import logging
 import os
 import re
@@ -179,9 +180,12 @@ def owner_alive(pid: int, start: int | None, proc_root: str = "/proc") -> bool:
     return start is None or st[1] == start
 
 
+_instances = itertools.count(1)
+
+
 def stale_name_re(prefix: str) -> re.Pattern[str]:
     """Matches the names corral gives its parent cgroups (and v2 self leaves) for `prefix`."""
-    tail = r"-(?P<pid>[0-9]+)(?:-(?P<start>[0-9]+))?(?P<self>\.self)?"
+    tail = r"-(?P<pid>[0-9]+)(?:-(?P<start>[0-9]+))?(?:\.(?P<inst>[0-9]+))?(?P<self>\.self)?"
     return re.compile(re.escape(prefix) + tail)
 
 
@@ -715,6 +719,10 @@ class CgroupManager:
         pid = os.getpid()
         st = _proc_stat(self._proc_root, pid)
         self.name = f"{name_prefix}-{pid}-{st[1]}" if st else f"{name_prefix}-{pid}"
+        # A second manager in the same process (two Supervisors) must not share the first one's parent.
+        inst = next(_instances)
+        if inst > 1:
+            self.name += f".{inst}"
         self.unavailable = dict(layout.missing)
 
         trees: list[_Tree] = []
