@@ -191,7 +191,7 @@ def plot_spawn(samples: dict[str, list[float]], path: Path) -> None:
     data = [samples[k] for k in names]
     major_minor = tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
     horizontal = {"orientation": "horizontal"} if major_minor >= (3, 10) else {"vert": False}
-    ax.boxplot(data, whis=(5, 95), showfliers=False, widths=0.55, **horizontal)  # type: ignore[arg-type]
+    ax.boxplot(data, whis=(5, 95), showfliers=False, widths=0.55, **horizontal)
     ax.set_yticks(range(1, len(names) + 1), names)
     ax.invert_yaxis()
     for i, k in enumerate(names, start=1):
