@@ -24,8 +24,8 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policies import profiles  # noqa: E402
-from supervisor import DEVNULL, Supervisor  # noqa: E402
+from policies import profiles
+from supervisor import DEVNULL, Supervisor
 
 TRUE = "/bin/true"
 BWRAP = [
@@ -91,7 +91,7 @@ async def main(n: int, json_out: str | None) -> dict[str, object]:
     if "corral_vs_bwrap" in report:
         print(f"corral / bwrap = {report['corral_vs_bwrap']}  (target <= 0.5)")
     if json_out:
-        Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(json_out).write_text(json.dumps(report, indent=2) + "\n")  # noqa: ASYNC240 - after timing
     return report
 
 

@@ -32,15 +32,28 @@ def main() -> int:
     py = "/usr/bin/python3"
     cases: list[tuple[str, list[str], str]] = [
         ("write in the workspace", ["/bin/sh", "-c", "echo hi > notes.txt && cat notes.txt"], "ok"),
-        ("build and run C with gcc", ["/bin/sh", "-c",
-         "printf 'int main(){return 0;}' > a.c && gcc -o a a.c && ./a"], "ok"),
-        ("loopback server inside", [py, "-c",
-         "import socket;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();"
-         "c=socket.create_connection(s.getsockname());print('loopback ok')"], "ok"),
+        (
+            "build and run C with gcc",
+            ["/bin/sh", "-c", "printf 'int main(){return 0;}' > a.c && gcc -o a a.c && ./a"],
+            "ok",
+        ),
+        (
+            "loopback server inside",
+            [
+                py,
+                "-c",
+                "import socket;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();"
+                "c=socket.create_connection(s.getsockname());print('loopback ok')",
+            ],
+            "ok",
+        ),
         ("write outside the workspace", ["/bin/sh", "-c", f"echo pwned > {outside}/host.txt"], "blocked"),
         ("write /etc", ["/bin/sh", "-c", "echo x >> /etc/hostname"], "blocked"),
-        ("connect to a host port", [py, "-c",
-         f"import socket;socket.create_connection(('127.0.0.1',{port}),timeout=1)"], "blocked"),
+        (
+            "connect to a host port",
+            [py, "-c", f"import socket;socket.create_connection(('127.0.0.1',{port}),timeout=1)"],
+            "blocked",
+        ),
         ("read a secret variable", ["/bin/sh", "-c", 'test -z "$DEMO_API_KEY"'], "ok"),
         ("see host processes", ["/bin/sh", "-c", "test $(ls /proc | grep -c '^[0-9]') -lt 10"], "ok"),
         ("create a user namespace", ["/usr/bin/unshare", "-U", "true"], "blocked"),

@@ -40,15 +40,9 @@ CAPS = probe.KernelCaps(landlock_abi=ABI, landlock=FEATURE)
 if ABI < 1:
     pytest.skip(f"Landlock unavailable: {FEATURE.reason}", allow_module_level=True)
 
-needs_scope = pytest.mark.skipif(
-    ABI < 6, reason=f"IPC scoping needs Landlock ABI 6, kernel has {ABI}"
-)
-needs_net = pytest.mark.skipif(
-    ABI < 4, reason=f"the TCP guard needs Landlock ABI 4, kernel has {ABI}"
-)
-needs_truncate = pytest.mark.skipif(
-    ABI < 3, reason=f"TRUNCATE needs Landlock ABI 3, kernel has {ABI}"
-)
+needs_scope = pytest.mark.skipif(ABI < 6, reason=f"IPC scoping needs Landlock ABI 6, kernel has {ABI}")
+needs_net = pytest.mark.skipif(ABI < 4, reason=f"the TCP guard needs Landlock ABI 4, kernel has {ABI}")
+needs_truncate = pytest.mark.skipif(ABI < 3, reason=f"TRUNCATE needs Landlock ABI 3, kernel has {ABI}")
 
 # The fork server's way of loading supervisor.* without supervisor/__init__.py (anyio, the API): see
 # supervisor/_forkserver.py BOOT. Only the standard library and the sandbox modules are importable
@@ -124,9 +118,7 @@ def tree() -> Iterator[Tree]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def fs_policy(
-    tree: Tree, *, execute: tuple[str, ...] | None = None, network: str = "host"
-) -> Policy:
+def fs_policy(tree: Tree, *, execute: tuple[str, ...] | None = None, network: str = "host") -> Policy:
     return Policy(
         filesystem=FilesystemPolicy(read=("/",), write=(str(tree.rw),), execute=execute),
         network=NetworkPolicy(mode=network),  # type: ignore[arg-type]
@@ -139,9 +131,7 @@ def prepare(policy: Policy, *, private_network: bool = True) -> dict[str, object
     return prepared
 
 
-def confined(
-    prepared: dict[str, object], attack: str, tmp: Path, **args: object
-) -> dict[str, object]:
+def confined(prepared: dict[str, object], attack: str, tmp: Path, **args: object) -> dict[str, object]:
     """Run `attack` in a fresh interpreter confined by `prepared`; returns its `result` dict."""
     blob = tmp / f"prepared-{uuid.uuid4().hex}.marshal"
     blob.write_bytes(marshal.dumps(prepared))
@@ -244,9 +234,7 @@ attempt("write_planted_link", lambda: write(A["planted"]))
         link=str(tree.rw / "link"),
         planted=str(planted),
     )
-    assert (
-        res["make_link"] == "ok"
-    )  # creating the symlink is a write inside the root; following it is not
+    assert res["make_link"] == "ok"  # creating the symlink is a write inside the root; following it is not
     assert res["write_own_link"] == "EACCES"
     assert res["write_planted_link"] == "EACCES"
     assert tree.unchanged()
@@ -264,9 +252,7 @@ if result["link"] == "ok":
         target=str(tree.target),
         hl=str(tree.rw / "hl"),
     )
-    if (
-        res["link"] == "ok"
-    ):  # not expected with REFER handled; then writing through it must still fail
+    if res["link"] == "ok":  # not expected with REFER handled; then writing through it must still fail
         assert res["write_through"] == "EACCES"
     else:
         assert res["link"] in {"EXDEV", "EACCES"}
@@ -538,9 +524,7 @@ def canary() -> Iterator[subprocess.Popen[bytes]]:
         yield proc
     finally:
         if proc.poll() is None:
-            os.kill(
-                proc.pid, signal.SIGKILL
-            )  # our own child, not yet reaped: the pid is still ours
+            os.kill(proc.pid, signal.SIGKILL)  # our own child, not yet reaped: the pid is still ours
         proc.wait(timeout=10)
 
 
@@ -699,6 +683,4 @@ def test_apply_reports_failure_as_setup_failure(tree: Tree) -> None:
         timeout=30,
         check=False,
     )
-    assert proc.stdout.split() == ["landlock", "landlock_create_ruleset", str(errno.EINVAL)], (
-        proc.stderr
-    )
+    assert proc.stdout.split() == ["landlock", "landlock_create_ruleset", str(errno.EINVAL)], proc.stderr

@@ -83,10 +83,7 @@ def test_fs_access_for_abi(abi: int, mask: int) -> None:
 
 
 def test_file_rights_exclude_directory_rights() -> None:
-    assert (
-        ll.ACCESS_FILE & (ll.ACCESS_FS_READ_DIR | ll.ACCESS_FS_MAKE_REG | ll.ACCESS_FS_REMOVE_FILE)
-        == 0
-    )
+    assert ll.ACCESS_FILE & (ll.ACCESS_FS_READ_DIR | ll.ACCESS_FS_MAKE_REG | ll.ACCESS_FS_REMOVE_FILE) == 0
     assert ll.ACCESS_FILE & ll.ACCESS_FS_READ_FILE
 
 
@@ -224,9 +221,7 @@ def test_newer_kernel_is_driven_as_the_newest_known_abi() -> None:
     ("network", "private_network", "guard"),
     [("none", False, True), ("none", True, False), ("host", False, False), ("host", True, False)],
 )
-def test_tcp_guard_only_without_private_network(
-    network: str, private_network: bool, guard: bool
-) -> None:
+def test_tcp_guard_only_without_private_network(network: str, private_network: bool, guard: bool) -> None:
     prepared = ll.prepare(policy(network=network), caps(7), private_network=private_network)
     assert prepared is not None
     assert prepared["handled_net"] == (3 if guard else 0)
@@ -248,17 +243,13 @@ def test_read_write_and_always_rules_at_abi_7() -> None:
     assert rules["/tmp"] == write
     assert rules["/dev/shm"] == write
     for dev in ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty"):
-        assert (
-            rules[dev] == ll.ACCESS_FS_READ_FILE | ll.ACCESS_FS_WRITE_FILE | ll.ACCESS_FS_TRUNCATE
-        )
+        assert rules[dev] == ll.ACCESS_FS_READ_FILE | ll.ACCESS_FS_WRITE_FILE | ll.ACCESS_FS_TRUNCATE
     assert rules["/dev/urandom"] == ll.ACCESS_FS_READ_FILE
     assert rules["/dev"] == ll.ACCESS_FS_IOCTL_DEV
     assert rules["/proc"] == ll.ACCESS_READ
     # nothing outside the write roots may be truncated, refer-moved, or get device ioctls
     for path in ("/", "/proc"):
-        assert (
-            rules[path] & (ll.ACCESS_FS_TRUNCATE | ll.ACCESS_FS_REFER | ll.ACCESS_FS_IOCTL_DEV) == 0
-        )
+        assert rules[path] & (ll.ACCESS_FS_TRUNCATE | ll.ACCESS_FS_REFER | ll.ACCESS_FS_IOCTL_DEV) == 0
     assert ll.ACCESS_FS_REFER & rules["/srv/repo"]
 
 
@@ -308,9 +299,7 @@ def test_paths_are_normalised_and_merged() -> None:
 
 def test_relative_path_is_rejected_even_if_validation_was_bypassed() -> None:
     pol = policy()
-    object.__setattr__(
-        pol.filesystem, "write", ("repo",)
-    )  # policies validate; this is the second net
+    object.__setattr__(pol.filesystem, "write", ("repo",))  # policies validate; this is the second net
     with pytest.raises(SandboxSetupError) as info:
         ll.prepare(pol, caps(7), private_network=True)
     assert info.value.layer == "landlock"
@@ -394,9 +383,7 @@ def test_apply_masks_file_rules_and_skips_missing(fake: FakeKernel, tmp_path: Pa
 
 @pytest.mark.parametrize(("abi", "size"), [(1, 8), (3, 8), (4, 16), (5, 16), (6, 24), (7, 24)])
 def test_apply_passes_the_attr_size_of_the_abi(fake: FakeKernel, abi: int, size: int) -> None:
-    ll.apply(
-        {"abi": abi, "handled_fs": 1, "handled_net": 0, "scoped": 0, "rules": [], "net_rules": []}
-    )
+    ll.apply({"abi": abi, "handled_fs": 1, "handled_net": 0, "scoped": 0, "rules": [], "net_rules": []})
     assert fake.calls[0][2] == size
 
 
