@@ -123,6 +123,9 @@ def _tmpfs(target: str, mode: str, readonly: bool = False) -> None:
 
 _HIDDEN = ("/tmp", "/run", "/var/run", "/dev")
 
+#: Denied paths already hidden in this sandbox's mount namespace (by apply_base, ahead of the request).
+_hidden: set[str] = set()
+
 
 def _under_hidden(path: str) -> bool:
     return any(path == h or path.startswith(h + "/") for h in _HIDDEN)
@@ -184,6 +187,12 @@ def apply_base(prepared: dict[str, object]) -> None:
             path = f"/proc/{name}"
             if os.path.exists(path):
                 _bind(path, readonly=True)
+    if confine:
+        # Hide what is denied and exists now, ahead of the request (the credential stores are a few dozen
+        # paths); apply_paths hides at request time whatever has appeared since.
+        for path in prepared["deny"]:  # type: ignore[attr-defined]
+            if _deny(path):
+                _hidden.add(path)
 
 
 def apply_paths(prepared: dict[str, object], workdir: str, keep: list[tuple[str, int, bool]]) -> None:
@@ -204,7 +213,8 @@ def apply_paths(prepared: dict[str, object], workdir: str, keep: list[tuple[str,
             _protect(path, prepared["protected"])  # type: ignore[arg-type]
     if confine:
         for path in prepared["deny"]:  # type: ignore[attr-defined]
-            _deny(path)
+            if path not in _hidden:
+                _deny(path)
     try:
         os.chdir(workdir)
     except OSError as err:
@@ -379,13 +389,14 @@ def _net_class() -> None:
         raise _sys.SetupFailure("mounts", "umount2(sysfs helper)", err.errno or 0, tmp) from err
 
 
-def _deny(path: str) -> None:
+def _deny(path: str) -> bool:
+    """Hide `path` if it exists; returns whether it did."""
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         # Missing, or unreachable for this uid (an ordinary user's sandbox and /root/.ssh): the command
         # cannot reach it either, so there is nothing to hide.
-        return
+        return False
     except OSError as err:
         raise _sys.SetupFailure("mounts", "lstat(deny path)", err.errno or 0, path) from err
     if stat.S_ISDIR(st.st_mode):
@@ -393,3 +404,4 @@ def _deny(path: str) -> None:
     else:
         _mount("/dev/null", path, None, MS_BIND)
         _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    return True
