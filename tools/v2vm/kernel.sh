@@ -1,0 +1,35 @@
+#!/bin/bash
+# Print the path of a User-Mode-Linux kernel that boots on this host, for
+#   V2VM_KERNEL=$(tools/v2vm/kernel.sh) ../shared/v2vm/run-in-v2-vm.sh ...
+# The shared kernel (../shared/v2vm/uml/linux-v2vm) if it boots here; otherwise the patched one cached at
+# ${XDG_CACHE_HOME:-~/.cache}/corral-v2vm/linux-v2vm, built first by build-kernel.sh (~5 min) when it is absent
+# or was built from other inputs. Exits non-zero, saying why, when no kernel boots. Progress goes to stderr.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SHARED="$(cd "$HERE/../../.." && pwd)/shared/v2vm" # ../shared/v2vm beside the repository
+RUN="$SHARED/run-in-v2-vm.sh"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/corral-v2vm"
+OURS="$CACHE/linux-v2vm"
+
+die() { echo "v2vm kernel: $*" >&2; exit 1; }
+# True when the guest boots with kernel $1 and runs a command.
+boots() { timeout 90 "$RUN" --kernel "$1" --timeout 20 -C /tmp /bin/true </dev/null >/dev/null 2>&1; }
+
+[ -x "$RUN" ] || die "$RUN is absent (../shared/v2vm beside the repository)"
+if [ -x "$SHARED/uml/linux-v2vm" ] && boots "$SHARED/uml/linux-v2vm"; then
+    echo "$SHARED/uml/linux-v2vm"
+    exit 0
+fi
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9 # one build at a time; a second caller waits for it and then uses its kernel
+if [ ! -x "$OURS" ] || [ "$(cat "$OURS.stamp" 2>/dev/null)" != "$("$HERE/build-kernel.sh" --stamp)" ]; then
+    echo "v2vm kernel: the shared kernel does not boot here; building a patched one into $OURS (~5 min)" >&2
+    start=$SECONDS
+    CORRAL_V2VM_LOCKED=1 "$HERE/build-kernel.sh" >&2 || die "building the patched kernel failed (see above)"
+    echo "v2vm kernel: built in $((SECONDS - start)) s" >&2
+fi
+boots "$OURS" || die "neither the shared kernel nor $OURS boots on this host; see why with:
+    $RUN --debug --kernel $OURS /bin/true"
+echo "$OURS"
