@@ -254,19 +254,19 @@ def _assert_sums_match_totals(reg: CollectorRegistry, sup: FakeSupervisor) -> No
 def test_outcome_is_the_supervisors_rule() -> None:
     violations = [None, Violation("memory", 1, 2), Violation("pids", 1, 2)]
     signals = (None, signal.SIGKILL, signal.SIGTERM)
-    for code, sig, v in itertools.product((0, 1, 2, 137, 143), signals, violations):
-        res = Result(code, sig, v, 1.0, 0.0, 0)
-        assert outcome(res) == res.outcome, (code, sig, v)
+    for code, sig, v, killed in itertools.product((0, 1, 2, 137, 143), signals, violations, (False, True)):
+        res = Result(code, sig, v, 1.0, 0.0, 0, killed=killed)
+        assert outcome(res) == res.outcome, (code, sig, v, killed)
         expected = (
             "violation"
-            if v is not None and (code == 137 or sig)
+            if v is not None and killed
             else "signal"
             if sig is not None
             else "ok"
             if code == 0
             else "error"
         )
-        assert res.outcome == expected, (code, sig, v)
+        assert res.outcome == expected, (code, sig, v, killed)
 
 
 async def test_isolation_layers_from_the_kernel_probe_and_cgroups() -> None:

@@ -54,7 +54,8 @@ def result(
     code: int = 0, sig: int | None = None, violation: str | None = None, duration: float = 0.2
 ) -> Result:
     v = Violation(violation, 1, 2) if violation else None  # type: ignore[arg-type]
-    return Result(code, sig, v, duration, 0.1, 1 << 20)
+    # A violation with exit 137 is one corral killed for; otherwise it was only reported.
+    return Result(code, sig, v, duration, 0.1, 1 << 20, killed=v is not None and code == 137)
 
 
 @dataclass
