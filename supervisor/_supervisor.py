@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno as _errno
 import itertools
 import logging
@@ -483,7 +482,7 @@ class Supervisor:
             for child, s in zip(children, samples, strict=True):
                 if s.open_fds is None and child.last_stats is not None:
                     # fds are counted one round in four: carry the last count between counts.
-                    s = dataclasses.replace(s, open_fds=child.last_stats.open_fds)
+                    s = s._replace(open_fds=child.last_stats.open_fds)
                 before = child.violation
                 self._enforcer.check(child, s, child.rules)
                 if child.violation is not None and child.violation is not before:
