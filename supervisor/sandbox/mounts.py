@@ -11,6 +11,10 @@
 - a fresh /proc for the new pid namespace, with /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus
   read-only (as bubblewrap does);
 - denied paths hidden under an empty read-only tmpfs (directories) or /dev/null (files).
+
+Unlike the other mechanism modules, `apply` comes in two phases: `apply_base` (independent of the request, run
+ahead of it in a pre-forked sandbox) and `apply_paths` (at request time), with `keep_visible` opening what
+the base phase would otherwise hide.
 """
 
 from __future__ import annotations
@@ -219,13 +223,6 @@ def apply_paths(prepared: dict[str, object], workdir: str, keep: list[tuple[str,
         os.chdir(workdir)
     except OSError as err:
         raise _sys.SetupFailure("mounts", "chdir(workdir)", err.errno or 0, workdir) from err
-
-
-def apply(prepared: dict[str, object], workdir: str) -> None:
-    """Both phases at once: the filesystem view for one request. Raises SetupFailure."""
-    keep = keep_visible(prepared, workdir)
-    apply_base(prepared)
-    apply_paths(prepared, workdir, keep)
 
 
 def _rebind(path: str, fd: int, writable: bool) -> None:
