@@ -109,6 +109,9 @@ def _confine_base(pol: dict[str, object], supervisor_pidfd: int) -> None:
     #    mounting and whose rules must see the new tmpfs inodes.
     if pol["mounts"] is not None:
         mounts.apply_base(pol["mounts"])  # type: ignore[arg-type]
+    # 4b. Securebits and the bounding set: they only limit what an exec may gain, not the effective set the
+    #     request-time mounts still need, so they are settled here, ahead of the request.
+    capabilities.apply_bounding(pol["caps"])  # type: ignore[arg-type]
 
 
 def _confine_request(
