@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 
 from supervisor._errors import SandboxSetupError
+from supervisor.sandbox._sys import received_fds
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -101,12 +102,7 @@ class ForkServer:
                         await anyio.wait_readable(sock)
         if not msg:
             raise SandboxSetupError("fork server", "recvmsg", hint="the fork server died; see its stderr")
-        got: list[int] = []
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
-                got.extend(arr)
+        got = received_fds(ancdata)
         for fd in got:
             os.set_inheritable(fd, False)
         return marshal.loads(msg), got

@@ -76,49 +76,31 @@ def _tree(child: Child) -> list[psutil.Process]:
     return procs
 
 
-def _needs_psutil(child: Child) -> tuple[bool, bool]:
-    """(fds, usage): whether this child needs per-process fds, or psutil usage as a cgroup fallback."""
-    pol = child.policy
-    fds = pol is not None and pol.resources.fds is not None
-    leaf = child.leaf
-    usage = leaf is None or not leaf.available
-    return fds, usage
-
-
 def sample(child: Child, with_fds: bool) -> ChildStats:
-    """Sample one child (blocking; called in a worker thread)."""
+    """Sample one child (blocking; called in a worker thread). The cgroup is read once; psutil walks the tree
+    only when an fd count is due for a child with an fd limit, or no cgroup measures its memory."""
     now = time.monotonic()
-    leaf = child.leaf
-    if (
-        leaf is not None
-        and leaf.available
-        and not (with_fds and child.policy is not None and child.policy.resources.fds is not None)
-    ):
-        # The common case, kept short: it runs for every child at every sample.
-        cg = leaf.stats()
-        if cg.memory_bytes is not None:
-            return ChildStats(
-                cg.memory_bytes, cg.memory_peak_bytes, cg.cpu_seconds, cg.pids, None,
-                cg.oom_kills or 0, cg.pids_max_events or 0, now,
-            )  # fmt: skip
     mem = peak = pids = fds = None
     cpu: float | None = None
     oom = hits = 0
     leaf = child.leaf
-    if leaf is not None and leaf.available:
+    has_leaf = leaf is not None and leaf.available
+    if has_leaf:
+        assert leaf is not None
         cg = leaf.stats()
         mem, peak, cpu, pids = cg.memory_bytes, cg.memory_peak_bytes, cg.cpu_seconds, cg.pids
         oom, hits = cg.oom_kills or 0, cg.pids_max_events or 0
-    need_fds, need_usage = _needs_psutil(child)
-    if (need_fds and with_fds) or need_usage or mem is None:
+    count_fds = with_fds and child.policy is not None and child.policy.resources.fds is not None
+    need_usage = not has_leaf or mem is None
+    if count_fds or need_usage:
         procs = _tree(child)
-        if need_fds and with_fds:
+        if count_fds:
             total = 0
             for p in procs:
                 with contextlib.suppress(psutil.Error):
                     total += p.num_fds()
             fds = total
-        if need_usage or mem is None:
+        if need_usage:
             rss = cpu_sum = 0.0
             for p in procs:
                 with contextlib.suppress(psutil.Error), p.oneshot():

@@ -330,12 +330,7 @@ def _run_target(req: dict[str, object], stdio: list[int], status_w: int) -> None
 def _recv(sock: socket.socket) -> tuple[dict[str, object] | None, list[int]]:
     """One marshal message and the fds sent with it; (None, []) at EOF."""
     msg, ancdata, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * 4))
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
-            fds.extend(arr)
+    fds = _sys.received_fds(ancdata)
     if not msg:
         for fd in fds:
             os.close(fd)
