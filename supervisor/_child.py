@@ -249,6 +249,15 @@ class Child:
                 os.killpg(self.pid, _signal.SIGKILL)
         self.send_signal(_signal.SIGKILL)
 
+    def count_output(self, n: int, limit: int | None) -> int:
+        """Count `n` more bytes of stdout+stderr against the output `limit` (killing the child for an
+        output violation past it); returns how many of those bytes were still within the limit."""
+        room = n if limit is None else max(0, min(n, limit - self.output_bytes))
+        self.output_bytes += n
+        if limit is not None and self.output_bytes > limit:
+            self.kill_for(Violation("output", limit, self.output_bytes))
+        return room
+
     def kill_for(self, violation: Violation) -> None:
         """Kill the child for a limit violation, which its Result will report (exit status 137). The first
         violation wins."""

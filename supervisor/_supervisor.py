@@ -590,9 +590,7 @@ async def _drain(
                 data = await stream.receive()
             except anyio.EndOfStream:
                 break
-            child.output_bytes += len(data)
-            if limit is not None and child.output_bytes > limit:
-                child.kill_for(Violation("output", limit, child.output_bytes))
+            child.count_output(len(data), limit)
             if kept < keep:
                 part = data[: keep - kept]
                 chunks.append(part)

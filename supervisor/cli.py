@@ -22,7 +22,7 @@ import click
 from anyio.abc import ByteReceiveStream
 
 from policies import CorralError, Policy, load_policy, profiles
-from supervisor._child import Child, Result, Violation
+from supervisor._child import Child, Result
 from supervisor._errors import SpawnError
 from supervisor._supervisor import PIPE, Supervisor
 
@@ -172,12 +172,9 @@ async def _copy(child: Child, stream: ByteReceiveStream | None, fd: int, limit: 
                 data = await stream.receive()
             except anyio.EndOfStream:
                 return
-            room = limit - child.output_bytes
-            child.output_bytes += len(data)
+            room = child.count_output(len(data), limit)
             if room > 0:
                 await anyio.to_thread.run_sync(_write_all, fd, data[:room])
-            if child.output_bytes > limit:
-                child.kill_for(Violation("output", limit, child.output_bytes))
 
 
 def _write_all(fd: int, data: bytes) -> None:
