@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -346,8 +349,27 @@ print(json.dumps(out), flush=True)
 def run_supervisor(
     cgroup_dir: str | None = None, user: int | None = None, delegate: object = None
 ) -> dict[str, object]:
-    """Run SUPERVISOR (as `user` when given), first moved into `cgroup_dir` when given."""
-    argv = [sys.executable, "-c", SUPERVISOR, PREFIX]
+    """Run SUPERVISOR (as `user` when given), first moved into `cgroup_dir` when given. As another user,
+    the interpreter and packages come from the unprivileged harness (a copy when this checkout is out of
+    that user's reach); the test skips, with the reason, when even that cannot work."""
+    python, env = sys.executable, None
+    cwd = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    scratch: Path | None = None
+    if user is not None:
+        from tests.kernel.unprivileged_harness import Unavailable, harness
+
+        scratch = Path("/var/tmp/corral-tests") / f"cgsup-{uuid.uuid4().hex[:8]}"
+        scratch.mkdir(parents=True, mode=0o755)
+        os.chmod(scratch.parent, 0o755)
+        os.chmod(scratch, 0o755)
+        try:
+            python, pythonpath = harness(scratch)
+        except Unavailable as why:
+            shutil.rmtree(scratch, ignore_errors=True)
+            pytest.skip(str(why))
+        env = {"PATH": "/usr/bin:/bin", **({"PYTHONPATH": pythonpath} if pythonpath else {})}
+        cwd = str(scratch)
+    argv = [python, "-c", SUPERVISOR, PREFIX]
     if delegate is not None:
         argv.append(json.dumps(delegate))
     proc = subprocess.Popen(
@@ -358,7 +380,8 @@ def run_supervisor(
         user=user,
         group=user,
         extra_groups=[] if user is not None else None,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        cwd=cwd,
+        env=env,
     )
     try:
         if cgroup_dir is not None:
@@ -372,6 +395,8 @@ def run_supervisor(
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def chown_cgroup(path: str, uid: int, files: tuple[str, ...] | None = None) -> None:

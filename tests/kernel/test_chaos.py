@@ -9,6 +9,7 @@ Marked slow (about a minute on 2 cores) but run by default. The seed is printed;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -80,7 +81,10 @@ def leftovers(token: str) -> dict[str, list[object]]:
     """What the test left behind: descendants of this process, processes carrying the token, zombies of
     this process."""
     me = os.getpid()
-    descendants = [(p.pid, p.cmdline()) for p in psutil.Process(me).children(recursive=True)]
+    descendants = []
+    for p in psutil.Process(me).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it may exit between the listing and the read
+            descendants.append((p.pid, p.cmdline()))
     tokened, zombies = [], []
     for name in os.listdir("/proc"):
         if not name.isdigit():
