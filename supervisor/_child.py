@@ -105,13 +105,14 @@ class _Exit:
     ended: float = 0.0
 
 
-_KINDS = (b"E", b"X", b"S")
+_KINDS = (b"E", b"R", b"X", b"S")
 _MAX_RECORD = 1 << 16
 log = logging.getLogger("corral")
 
 
 class StatusReader:
-    """Reads the sandbox init's status pipe: records E (setup/exec failure), X (exec ok), S (exit status)."""
+    """Reads the sandbox init's status pipe: records E (setup/exec failure), R (pre-forked sandbox ready), X
+    (exec ok), S (exit status)."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -219,6 +220,8 @@ class Child:
         self._done = anyio.Event()
         self._started = anyio.Event()
         self._first: tuple[bytes, dict[str, object]] | None = None
+        #: Called by the supervisor once the child is done.
+        self._then: Callable[[], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -318,9 +321,11 @@ class Child:
         return code, signal
 
     async def _reap(self, on_exec: Callable[[], None] | None = None) -> None:
-        """Read the status pipe to EOF, then reap the init through its pidfd. `on_exec` is called when the
-        command is reported running. Called by the watcher task; on cancellation the caller kills first
-        and re-enters under a shield."""
+        """Read the status pipe until the command's exit is final, then mark the child exited. `on_exec`
+        is called when the command is reported running. Final means: an S record saying the sandbox is
+        empty (the init then exits on its own and `_collect` reaps it later), or else the status pipe's
+        EOF and the init reaped through its pidfd. Called by the watcher task; on cancellation the caller
+        kills first and re-enters under a shield."""
         ex = _Exit()
         while True:
             rec = await self._status.next()
@@ -341,21 +346,33 @@ class Child:
                     ex.maxrss = int(payload["maxrss"])  # type: ignore[call-overload]
                 except (KeyError, TypeError, ValueError):
                     ex.status = None
-        assert self._pidfd is not None
+                if ex.status is not None and payload.get("alone") is True:
+                    ex.ended = time.monotonic()
+                    self._exit = ex
+                    return
+        await self._collect(ex)
+        self._started.set()
+
+    async def _collect(self, ex: _Exit | None = None) -> None:
+        """Reap the init through its pidfd; with `ex`, its wait status completes the exit record."""
+        if self._pidfd is None:
+            return
         await anyio.wait_readable(self._pidfd)
         # The pidfd is readable: the init is a zombie and this returns at once. The pid cannot have been
         # reused, since only we can reap it.
         _pid, wstatus, rusage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._status.close()
+        if ex is None:
+            return
         ex.ended = time.monotonic()
         if os.WIFSIGNALED(wstatus):
             ex.init_signal = os.WTERMSIG(wstatus)
         if ex.status is None:  # killed before it could report: the init's own tally is all there is
             ex.cpu_s = rusage.ru_utime + rusage.ru_stime
             ex.maxrss = rusage.ru_maxrss * 1024
-        os.close(self._pidfd)
-        self._pidfd = None
         self._exit = ex
-        self._started.set()
 
     def _close_streams(self) -> None:
         for stream in (self.stdin, self.stdout, self.stderr):

@@ -107,34 +107,39 @@ class ForkServer:
             os.set_inheritable(fd, False)
         return marshal.loads(msg), got
 
-    async def spawn(
-        self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
-    ) -> tuple[dict[str, object], int | None, int | None, list[tuple[int, int]]]:
-        """Send one spawn request; returns (reply, pidfd, status_fd, discarded). The compiled policy is sent
-        only the first time. `discarded` lists (pid, pidfd) of pre-forked sandboxes the fork server killed:
-        they are the supervisor's children and the caller must reap them. Raises SandboxSetupError when the
-        fork server is gone."""
+    def _with_policy(self, request: dict[str, object], policy_id: int, compiled: dict[str, object]) -> bytes:
         request = dict(request, policy_id=policy_id)
         if policy_id not in self._sent_policies:
             request["policy"] = compiled
-        reply, got = await self._exchange(marshal.dumps(request), fds)
-        self._sent_policies.add(policy_id)
-        discarded = _split_discarded(reply, got)
+            self._sent_policies.add(policy_id)
+        return marshal.dumps(request)
+
+    async def spawn(
+        self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
+    ) -> tuple[dict[str, object], int | None, int | None]:
+        """Send one spawn request; returns (reply, pidfd, status_fd), the fds None when the clone itself
+        failed. The compiled policy is sent only the first time. Raises SandboxSetupError when the fork
+        server is gone."""
+        reply, got = await self._exchange(self._with_policy(request, policy_id, compiled), fds)
         if len(got) == 2:
-            return reply, got[0], got[1], discarded
+            return reply, got[0], got[1]
         for fd in got:
             os.close(fd)
-        return reply, None, None, discarded
+        return reply, None, None
 
-    async def drain(self) -> list[tuple[int, int]]:
-        """Ask the fork server to kill its pre-forked sandboxes; returns their (pid, pidfd) to reap."""
-        if self._sock is None:
-            return []
-        try:
-            reply, got = await self._exchange(marshal.dumps({"op": "drain"}), [])
-        except (SandboxSetupError, OSError):
-            return []
-        return _split_discarded(reply, got)
+    async def prefork(
+        self, cwd: str, cgroup_procs: list[str], policy_id: int, compiled: dict[str, object]
+    ) -> tuple[dict[str, object], tuple[int, int, int] | None]:
+        """Ask for a sandbox that confines itself for this policy, workdir and cgroup ahead of its command;
+        returns (reply, (pidfd, status_fd, ctl_fd)), None when the clone itself failed. Raises
+        SandboxSetupError when the fork server is gone."""
+        request: dict[str, object] = {"op": "prefork", "cwd": cwd, "cgroup_procs": cgroup_procs}
+        reply, got = await self._exchange(self._with_policy(request, policy_id, compiled), [])
+        if len(got) == 3:
+            return reply, (got[0], got[1], got[2])
+        for fd in got:
+            os.close(fd)
+        return reply, None
 
     def close(self) -> None:
         """Stop the server (closing the socket ends its loop) and reap it."""
@@ -148,13 +153,3 @@ class ForkServer:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
-
-
-def _split_discarded(reply: dict[str, object], got: list[int]) -> list[tuple[int, int]]:
-    """Take the trailing pidfds of discarded pre-forked sandboxes off `got`."""
-    pids: list[int] = reply.get("discarded") or []  # type: ignore[assignment]
-    if not pids:
-        return []
-    fds = got[len(got) - len(pids) :]
-    del got[len(got) - len(pids) :]
-    return list(zip(pids, fds, strict=True))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno as _errno
 import itertools
 import logging
+import marshal
 import os
 import resource
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -32,6 +35,7 @@ from supervisor._errors import (
 from supervisor._forkserver import ForkServer
 from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
 from supervisor._plan import CompiledPolicy, compile_policy
+from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
 from supervisor.sandbox.probe import KernelCaps
@@ -103,6 +107,7 @@ class Supervisor:
         self._cgroup_delegate = cgroup_delegate
         self._cgroups: CgroupManager | None = None
         self._forkserver: ForkServer | None = None
+        self._prefork: Prefork | None = None
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
         self._compiled: dict[Policy, CompiledPolicy] = {}
@@ -155,6 +160,7 @@ class Supervisor:
             self._forkserver = None
             raise
         self._tg = tg
+        self._prefork = Prefork(fs, tg, lambda policy: self._leaf_for(policy, f"c{next(self._ids)}"))
         tg.start_soon(self._monitor)
         return self
 
@@ -165,7 +171,10 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> bool | None:
         try:
-            # Kill first: the watcher tasks then reap every child while the task group exits.
+            # Kill first: the watcher tasks then reap every child, and the pool's tasks every unused
+            # pre-forked sandbox, while the task group exits.
+            if self._prefork is not None:
+                self._prefork.close()
             for child in list(self._children):
                 child.kill()
             assert self._tg is not None
@@ -180,11 +189,7 @@ class Supervisor:
                 raise
         finally:
             self._tg = None
-            if self._forkserver is not None:
-                # Pre-forked sandboxes are our children too: have them killed, and reap them.
-                with anyio.CancelScope(shield=True):
-                    for pid, fd in await self._forkserver.drain():
-                        await _reap_discarded(pid, fd)
+            self._prefork = None
             for send in self._subscribers:
                 send.close()
             self._subscribers.clear()
@@ -311,28 +316,42 @@ class Supervisor:
     ) -> Child:
         assert self._forkserver is not None
         assert self._tg is not None
+        assert self._prefork is not None
         t0 = time.monotonic()
         env = filter_environment(policy, os.environ)
-        leaf, cg_enforced, cg_missing = self._leaf_for(policy, f"c{next(self._ids)}")
+        cwd = policy.workdir or os.getcwd()
         request: dict[str, object] = {
             "argv": [os.fsencode(a) for a in cmd],
             "env": {os.fsencode(k): os.fsencode(v) for k, v in env.items()},
-            "cwd": policy.workdir or os.getcwd(),
-            "cgroup_procs": leaf.procs_files if leaf is not None else [],
+            "cwd": cwd,
             "pass_fds": len(pass_fds),
         }
         ours: list[int] = []  # child-side fds we opened, closed once sent
         mine: list[int | None] = [None, None, None]  # our ends of pipes
         fds: list[int] = []
+        leaf: Leaf | None = None
         try:
             for i, arg in enumerate((stdin, stdout, stderr)):
                 fds.append(_child_fd(i, arg, ours, mine))
             fds.extend(pass_fds)
-            reply, pidfd, status_fd, discarded = await self._forkserver.spawn(
-                request, compiled.policy_id, compiled.payload, fds
-            )
-            for stub_pid, stub_fd in discarded:
-                self._tg.start_soon(_reap_discarded, stub_pid, stub_fd)
+            # A sandbox confined ahead of time for this policy and workdir takes just the command; else
+            # the fork server builds one now.
+            stub = await self._prefork.take(compiled, cwd)
+            if stub is not None and not _hand_over(stub, request, fds):
+                self._prefork.discard(stub)
+                stub = None
+            if stub is not None:
+                leaf, cg_enforced, cg_missing = stub.leaf, stub.cg_enforced, stub.cg_missing
+                reply: dict[str, object] = {"pid": stub.pid}
+                pidfd: int | None = stub.pidfd
+                status: StatusReader | None = stub.status
+            else:
+                leaf, cg_enforced, cg_missing = self._leaf_for(policy, f"c{next(self._ids)}")
+                request["cgroup_procs"] = leaf.procs_files if leaf is not None else []
+                reply, pidfd, status_fd = await self._forkserver.spawn(
+                    request, compiled.policy_id, compiled.payload, fds
+                )
+                status = StatusReader(status_fd) if status_fd is not None else None
         except BaseException:
             for fd in mine:
                 if fd is not None:
@@ -343,7 +362,7 @@ class Supervisor:
         finally:
             for fd in ours:
                 os.close(fd)
-        if pidfd is None or status_fd is None:
+        if pidfd is None or status is None:
             for fd in mine:
                 if fd is not None:
                     os.close(fd)
@@ -355,7 +374,7 @@ class Supervisor:
         child = Child(
             int(reply["pid"]),  # type: ignore[call-overload]
             pidfd,
-            StatusReader(status_fd),
+            status,
             name=name,
             profile=policy.profile,
             enforced=compiled.enforced + tuple(cg_enforced),
@@ -368,6 +387,7 @@ class Supervisor:
         child.policy = policy
         child.requested_at = t0
         child.rules = tuple(rules)
+        child._then = partial(self._prefork.refill, policy, compiled, cwd)
         self._children.add(child)
         self._tg.start_soon(self._watch, child, slot)
         try:
@@ -426,9 +446,11 @@ class Supervisor:
         self._emit(Event("started", child, time.monotonic()))
 
     async def _finish(self, child: Child, slot: _Slot) -> None:
-        """After reaping: the final sample (exact CPU, peak memory, OOM and pids.max counts), the verdict,
-        the slot's release, the cgroup's removal (off the loop), the totals and the exited event, and only
-        then `wait()` wakes: a caller that has its Result finds the child counted and its cgroup gone."""
+        """After the exit is final: the final sample (exact CPU, peak memory, OOM and pids.max counts), the
+        verdict, the slot's release, the totals and the exited event, and then `wait()` wakes. Then, off the
+        caller's path: reap the init if it is still exiting (it reported an empty sandbox first), remove
+        the cgroup, and start building the next sandbox for the policy. The supervisor's exit waits for
+        all of it."""
         stats = None
         leaf = child.leaf
         try:
@@ -448,11 +470,6 @@ class Supervisor:
             self._enforcer.forget(child, len(child.rules))
             slot.release(self._limiter)
             child._fold(stats)
-            if leaf is not None:
-                try:
-                    await anyio.to_thread.run_sync(_remove_leaf, leaf)
-                except Exception as err:  # logged, not raised: the child is reaped; the next start cleans up
-                    log.warning("could not remove cgroup of child %s: %s", child.pid, err)
             if child.exec_at is not None:  # it ran: a failed start never counted as started
                 result = child.result()
                 self.totals["exited"] += 1
@@ -461,6 +478,14 @@ class Supervisor:
                     Event("exited", child, time.monotonic(), result=result, violation=result.violation)
                 )
             child._done.set()
+            await child._collect()
+            if leaf is not None:
+                try:
+                    await anyio.to_thread.run_sync(leaf.remove_reaped)
+                except Exception as err:  # logged, not raised: the child is reaped; the next start cleans up
+                    log.warning("could not remove cgroup of child %s: %s", child.pid, err)
+            if child._then is not None and self._tg is not None:
+                child._then()  # e.g. build the next sandbox for its policy, now that the CPU is free
 
     def _note_violation(self, child: Child) -> None:
         v = child.violation
@@ -550,27 +575,6 @@ def _raise_nofile() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-async def _reap_discarded(pid: int, pidfd: int) -> None:
-    """Reap a pre-forked sandbox the fork server killed (it is our child: CLONE_PARENT)."""
-    try:
-        with anyio.CancelScope(shield=True):
-            await anyio.wait_readable(pidfd)
-            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # noqa: ASYNC222 - exited: returns at once
-    finally:
-        os.close(pidfd)
-
-
-def _remove_leaf(leaf: Leaf) -> None:
-    """The init is reaped, so its pid namespace is empty and the leaf usually is too: try rmdir first, and
-    only when something escaped into the cgroup (no pid namespace) kill the group and retry."""
-    if not leaf.pids():
-        with contextlib.suppress(SandboxSetupError):
-            leaf.remove(timeout=0.0)
-            return
-    leaf.kill(timeout=1.0)
-    leaf.remove()
-
-
 async def _drain(
     child: Child,
     stream: ByteReceiveStream,
@@ -611,6 +615,18 @@ async def _feed(stream: ByteSendStream, data: bytes) -> None:
         pass
     finally:
         await stream.aclose()
+
+
+def _hand_over(stub: Stub, request: dict[str, object], fds: list[int]) -> bool:
+    """Send the command to a pre-forked sandbox; False when it is gone (then it is discarded)."""
+    try:
+        stub.ctl.sendmsg(
+            [marshal.dumps(request)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        )
+    except OSError:
+        return False
+    stub.ctl.close()
+    return True
 
 
 def _child_fd(index: int, arg: StdioArg, ours: list[int], mine: list[int | None]) -> int:

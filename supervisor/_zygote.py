@@ -12,10 +12,16 @@ and the child's PDEATHSIG fires when the supervisor dies. The child (pid 1 of it
 sandbox init) confines itself in `_confine`, forks the target, which execs, and then relays the target's exec
 result and exit status to the supervisor over the status pipe.
 
+A pre-forked sandbox (op "prefork") does all of that ahead of its request, for a given policy, workdir and
+cgroup, and then waits on a socket for the command alone; the supervisor hands it the command directly (see
+supervisor/_prefork.py, which also decides when such a sandbox may still serve a request).
+
 Status pipe records: one byte kind + 4-byte length + marshal payload.
   E  setup or exec failure: {"layer", "operation", "errno", "path", "hint"}
+  R  (pre-forked sandbox) confined and waiting for its command: {}
   X  exec succeeded: {"pid": target pid inside the namespace}
-  S  the target's wait status: {"status": int}
+  S  the target's wait status: {"status", "cpu", "maxrss", "alone"}; alone: every other process of the
+     sandbox is gone (the init killed and reaped them), so the result is final before the init exits
 """
 
 from __future__ import annotations
@@ -77,23 +83,14 @@ def _confine(pol: dict[str, object], req: dict[str, object], supervisor_pidfd: i
     """Apply every containment step to the sandbox init, in this order. Raises SetupFailure.
 
     Runs in the cloned child, already inside its new user/pid/net/mount/ipc/uts namespaces with its id maps
-    written. Steps 1-5 do not depend on the request and may run ahead of it, in a pre-forked sandbox that
-    then waits for its request (see _Stub); steps 6-12 run once the fork server has placed the init in the
-    request's cgroup.
+    written and placed in its cgroup. `req` needs only "cwd": a pre-forked sandbox runs all of this before
+    its command is known (the path-dependent steps 6 onward included; the supervisor checks at the request
+    that the paths they looked at are unchanged, else the request takes a sandbox built on the spot).
     """
-    keep = _keep_visible(pol, req)
-    _confine_base(pol, supervisor_pidfd)
-    _confine_request(pol, req, keep)
-
-
-def _keep_visible(pol: dict[str, object], req: dict[str, object]) -> list[tuple[str, int, bool]]:
-    # Paths under /tmp, /run or /dev that the request needs are opened before step 5 replaces those.
-    if pol["mounts"] is None:
-        return []
-    return mounts.keep_visible(pol["mounts"], str(req["cwd"]))  # type: ignore[arg-type]
-
-
-def _confine_base(pol: dict[str, object], supervisor_pidfd: int) -> None:
+    # 0. Into the cgroup leaf first, so that everything the sandbox does is charged and limited there; the
+    #    command inherits it. (A v1 migration can wait out an RCU grace period: done here it delays only
+    #    this sandbox, not the fork server.)
+    _place(req.get("cgroup_procs", []))  # type: ignore[arg-type]
     # 1. Die with the supervisor. PDEATHSIG is set first so that no later step can outlive it; the poll
     #    closes the race where the supervisor died between clone and prctl.
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -102,21 +99,18 @@ def _confine_base(pol: dict[str, object], supervisor_pidfd: int) -> None:
     os.close(supervisor_pidfd)
     # 2. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
     os.setsid()
-    # 3. Hostname and loopback: need CAP_SYS_ADMIN/CAP_NET_ADMIN in the new namespaces, so before the drop.
+    # 3. The mount, network, ipc and uts namespaces (see namespaces.py for why here, not at clone), the
+    #    hostname and loopback: need CAP_SYS_ADMIN/CAP_NET_ADMIN in the new user namespace, so before the
+    #    drop.
     namespaces.apply(pol["ns"])  # type: ignore[arg-type]
-    # 4. The request-independent part of the filesystem view (read-only host tree, tmpfs over /run, minimal
+    #    Paths under /tmp, /run or /dev that the request needs are opened (O_PATH), in the new mount
+    #    namespace, before step 4 replaces those; step 6 binds them back.
+    keep = mounts.keep_visible(pol["mounts"], str(req["cwd"])) if pol["mounts"] is not None else []  # type: ignore[arg-type]
+    # 4. The path-independent part of the filesystem view (read-only host tree, tmpfs over /run, minimal
     #    /dev, private /tmp, fresh /proc): needs CAP_SYS_ADMIN and must precede Landlock, which forbids
     #    mounting and whose rules must see the new tmpfs inodes.
     if pol["mounts"] is not None:
         mounts.apply_base(pol["mounts"])  # type: ignore[arg-type]
-    # 4b. Securebits and the bounding set: they only limit what an exec may gain, not the effective set the
-    #     request-time mounts still need, so they are settled here, ahead of the request.
-    capabilities.apply_bounding(pol["caps"])  # type: ignore[arg-type]
-
-
-def _confine_request(
-    pol: dict[str, object], req: dict[str, object], keep: list[tuple[str, int, bool]]
-) -> None:
     # 5. Cgroup namespace now, not at clone time: the fork server has moved us into our leaf cgroup, so the
     #    namespace root is the leaf and the child sees nothing of the host's hierarchy.
     if pol["cgroupns"]:
@@ -124,9 +118,9 @@ def _confine_request(
             _sys.libc_call("unshare", _CLONE_NEWCGROUP)
         except OSError as err:
             raise _sys.SetupFailure("namespaces", "unshare(CLONE_NEWCGROUP)", err.errno or 0) from err
-    # 6. The path-dependent mounts, at request time because they depend on what exists now (a .git/hooks
-    #    made since the sandbox was pre-forked must still be protected): writable roots, protected paths,
-    #    denied paths; then chdir(workdir) into the new view.
+    # 6. The path-dependent mounts, which depend on what exists now (a .git/hooks made since the last
+    #    sandbox must be protected): writable roots, protected paths, denied paths; then chdir(workdir)
+    #    into the new view.
     workdir = str(req["cwd"])
     if pol["mounts"] is not None:
         mounts.apply_paths(pol["mounts"], workdir, keep)  # type: ignore[arg-type]
@@ -137,7 +131,8 @@ def _confine_request(
             raise _sys.SetupFailure("mounts", "chdir(workdir)", err.errno or 0, workdir) from err
     # 7. rlimits only lower limits, which needs no capability, but do it while the process is still ours.
     rlimits.apply(pol["rlimits"])  # type: ignore[arg-type]
-    # 8. Capabilities: everything above needed them; nothing below does.
+    # 8. Capabilities (bounding, ambient, effective, permitted, inheritable; securebits): everything above
+    #    needed them; nothing below does.
     capabilities.apply(pol["caps"])  # type: ignore[arg-type]
     # 9. no_new_privs: required by Landlock and by unprivileged seccomp; no exec can regain privilege.
     capabilities.set_no_new_privs()
@@ -243,7 +238,7 @@ def _sandbox_init(
     supervisor_pidfd: int,
 ) -> None:
     """Pid 1 of a sandbox made for one request. Never returns."""
-    if os.read(sync_r, 1) != b"g":  # the fork server failed to set us up (maps, cgroup): give up
+    if os.read(sync_r, 1) != b"g":  # the fork server failed to write our id maps: give up
         os._exit(125)
     os.close(sync_r)
     try:
@@ -255,27 +250,30 @@ def _sandbox_init(
 
 
 def _stub_init(
-    pol: dict[str, object], sync_r: int, status_w: int, ctl: socket.socket, supervisor_pidfd: int
+    pol: dict[str, object],
+    cwd: str,
+    procs: list[str],
+    sync_r: int,
+    status_w: int,
+    ctl: socket.socket,
+    supervisor_pidfd: int,
 ) -> None:
-    """Pid 1 of a pre-forked sandbox: the request-independent steps now, then wait for a request on `ctl`
-    (EOF: discarded, exit), then the rest. Never returns."""
+    """Pid 1 of a pre-forked sandbox: every containment step now, for the workdir `cwd` and the cgroup the
+    fork server placed it in; then an R record, then wait for the request (argv, env, stdio) on `ctl`
+    (EOF: discarded, exit) and run it. Never returns."""
     if os.read(sync_r, 1) != b"g":
         os._exit(125)
     os.close(sync_r)
     try:
-        _confine_base(pol, supervisor_pidfd)
+        _confine(pol, {"cwd": cwd, "cgroup_procs": procs}, supervisor_pidfd)
     except Exception as err:  # anything that escapes must still be reported
         _failure_record(status_w, err)
         os._exit(125)
+    _record(status_w, b"R", {})
     req, stdio = _recv(ctl)
     ctl.close()
     if req is None:
         os._exit(0)
-    try:
-        _confine_request(pol, req, [])
-    except Exception as err:  # anything that escapes must still be reported
-        _failure_record(status_w, err)
-        os._exit(125)
     _run_target(req, stdio, status_w)
 
 
@@ -315,11 +313,23 @@ def _run_target(req: dict[str, object], stdio: list[int], status_w: int) -> None
             os._exit(0)
         if reaped == pid:
             break
+    # The command is done; as pid 1 of the namespace, end whatever it left behind (a double-forked
+    # daemon) and reap it all before reporting, so that the report itself says the sandbox is empty:
+    # the supervisor can then return the result without waiting for this process to exit and its
+    # namespaces to be torn down.
+    alone = os.getpid() == 1
+    if alone:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)
+        while True:
+            try:
+                os.wait4(-1, 0)
+            except ChildProcessError:
+                break
     # The target's own usage (with its reaped descendants), not the init's: the init is a copy of the
     # fork server and its RSS would mask a small command's peak.
-    _record(
-        status_w, b"S", {"status": status, "cpu": ru.ru_utime + ru.ru_stime, "maxrss": ru.ru_maxrss * 1024}
-    )
+    cpu = ru.ru_utime + ru.ru_stime
+    _record(status_w, b"S", {"status": status, "cpu": cpu, "maxrss": ru.ru_maxrss * 1024, "alone": alone})
     os._exit(0)
 
 
@@ -343,51 +353,26 @@ def _send(sock: socket.socket, payload: dict[str, object], fds: list[int]) -> No
     sock.sendmsg([marshal.dumps(payload)], anc)
 
 
-class _Stub:
-    """A pre-forked sandbox init waiting for its request: namespaces made, id maps written, base view
-    mounted. It is a child of the supervisor (CLONE_PARENT), so the supervisor reaps it: once handed over
-    with a request, or, when discarded, through the `discarded` list of the next reply."""
-
-    __slots__ = ("ctl", "pid", "pidfd", "status_r")
-
-    def __init__(self, pid: int, pidfd: int, status_r: int, ctl: socket.socket) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
-        self.status_r = status_r
-        self.ctl = ctl
-
-    def alive(self) -> bool:
-        return not select.select([self.pidfd], [], [], 0)[0]
-
-    def discard(self) -> tuple[int, int]:
-        """Kill it; returns (pid, pidfd) for the supervisor to reap. The status pipe is not needed."""
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        self.ctl.close()
-        os.close(self.status_r)
-        return self.pid, self.pidfd
-
-
 class _Server:
-    """The request loop's state: compiled policies by id, and at most one pre-forked sandbox per policy."""
+    """The request loop's state: the compiled policies, by id."""
 
-    MAX_STUBS = 4
-
-    def __init__(self, sock: socket.socket, supervisor_pidfd: int) -> None:
-        self.sock = sock
+    def __init__(self, supervisor_pidfd: int) -> None:
         self.supervisor_pidfd = supervisor_pidfd
         self.policies: dict[int, dict[str, object]] = {}
-        self.stubs: dict[int, _Stub] = {}
-        self.discarded: list[tuple[int, int]] = []
-        self.prefork_next: int | None = None
+
+    def _policy(self, req: dict[str, object]) -> dict[str, object]:
+        key = req["policy_id"]
+        assert isinstance(key, int)
+        if "policy" in req:
+            self.policies[key] = req["policy"]  # type: ignore[assignment]
+        return self.policies[key]
 
     def _clone(self, pol: dict[str, object], keep: tuple[int, ...]) -> tuple[int, int, int, int, int]:
         """clone the init; returns (pid, sync_r, sync_w, status_r, status_w) in the parent, or pid 0 in the
         child, where every fd above 2 is closed but the sync and status ends, the supervisor's pidfd and
         `keep`: the init holds nothing of the server's (another child's pipe end held here would keep that
         child's output from ever reaching EOF). Raises SetupFailure."""
-        ns: dict[str, object] = pol["ns"]  # type: ignore[assignment]
-        flags = int(ns["flags"]) & ~_CLONE_NEWCGROUP  # type: ignore[call-overload]
+        flags = namespaces.clone_flags(pol["ns"])  # type: ignore[arg-type]
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -400,14 +385,10 @@ class _Server:
             _close_all_but({sync_r, status_w, self.supervisor_pidfd, *keep})
         return pid, sync_r, sync_w, status_r, status_w
 
-    def _release(
-        self, pid: int, pidfd: int, ns: dict[str, object], cgroup_procs: list[str], sync_w: int
-    ) -> None:
-        """Write the id maps and the cgroup placement, then let the init go. Raises SetupFailure (the init
-        is killed first)."""
+    def _release(self, pid: int, pidfd: int, ns: dict[str, object], sync_w: int) -> None:
+        """Write the id maps, then let the init go. Raises SetupFailure (the init is killed first)."""
         try:
             namespaces.write_id_maps(pid, ns)
-            _place(pid, cgroup_procs)
             os.write(sync_w, b"g")
         except _sys.SetupFailure:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -416,50 +397,8 @@ class _Server:
             os.close(sync_w)
 
     def spawn(self, req: dict[str, object], fds: list[int]) -> tuple[dict[str, object], list[int]]:
-        key = req["policy_id"]
-        assert isinstance(key, int)
-        if "policy" in req:
-            self.policies[key] = req["policy"]  # type: ignore[assignment]
-        pol = self.policies[key]
-        procs: list[str] = req.get("cgroup_procs", [])  # type: ignore[assignment]
-        stub = self.stubs.pop(key, None)
-        reusable = mounts.reusable(pol["mounts"], str(req["cwd"]))  # type: ignore[arg-type]
-        if stub is not None and reusable and stub.alive():
-            reply, out = self._hand_over(stub, req, fds, procs)
-        else:
-            if stub is not None:
-                self.discarded.append(stub.discard())
-            reply, out = self._spawn_now(pol, req, fds, procs)
-        if reusable and "error" not in reply:
-            self.prefork_next = key
-        return reply, out
-
-    def _hand_over(
-        self, stub: _Stub, req: dict[str, object], fds: list[int], procs: list[str]
-    ) -> tuple[dict[str, object], list[int]]:
-        reply: dict[str, object] = {"pid": stub.pid}
-        try:
-            _place(stub.pid, procs)
-            _send(stub.ctl, req, fds)
-        except Exception as err:  # anything that escapes must still be reported
-            signal.pidfd_send_signal(stub.pidfd, signal.SIGKILL)
-            reply["error"] = (
-                err.to_dict()
-                if isinstance(err, _sys.SetupFailure)
-                else {
-                    "layer": "fork server",
-                    "operation": "hand over",
-                    "errno": getattr(err, "errno", 0) or 0,
-                    "path": None,
-                    "hint": "",
-                }
-            )
-        stub.ctl.close()
-        return reply, [stub.pidfd, stub.status_r]
-
-    def _spawn_now(
-        self, pol: dict[str, object], req: dict[str, object], fds: list[int], procs: list[str]
-    ) -> tuple[dict[str, object], list[int]]:
+        """A sandbox for this request, set up from scratch. Reply fds: [pidfd, status_r]."""
+        pol = self._policy(req)
         try:
             pid, sync_r, sync_w, status_r, status_w = self._clone(pol, tuple(fds))
         except _sys.SetupFailure as failure:
@@ -469,63 +408,49 @@ class _Server:
                 _sandbox_init(pol, req, fds, sync_r, status_w, self.supervisor_pidfd)
             finally:
                 os._exit(125)
+        return self._finish_clone(pid, pol, sync_r, sync_w, status_w, [status_r])
+
+    def prefork(self, req: dict[str, object]) -> tuple[dict[str, object], list[int]]:
+        """A sandbox that confines itself fully for the policy, workdir and cgroup of `req` and then waits
+        for its command on a socket. Reply fds: [pidfd, status_r, the socket's supervisor end]."""
+        pol = self._policy(req)
+        procs: list[str] = req.get("cgroup_procs", [])  # type: ignore[assignment]
+        ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid, sync_r, sync_w, status_r, status_w = self._clone(pol, (ctl_child.fileno(),))
+        except _sys.SetupFailure as failure:
+            ctl_parent.close()
+            ctl_child.close()
+            return {"error": failure.to_dict()}, []
+        if pid == 0:
+            try:
+                _stub_init(pol, str(req["cwd"]), procs, sync_r, status_w, ctl_child, self.supervisor_pidfd)
+            finally:
+                os._exit(125)
+        ctl_child.close()
+        reply, out = self._finish_clone(pid, pol, sync_r, sync_w, status_w, [status_r])
+        out.append(ctl_parent.detach())
+        return reply, out
+
+    def _finish_clone(
+        self,
+        pid: int,
+        pol: dict[str, object],
+        sync_r: int,
+        sync_w: int,
+        status_w: int,
+        out: list[int],
+    ) -> tuple[dict[str, object], list[int]]:
+        """Parent side after the clone: write the init's id maps and let it go."""
         os.close(sync_r)
         os.close(status_w)
         pidfd = os.pidfd_open(pid)
         reply: dict[str, object] = {"pid": pid}
         try:
-            self._release(pid, pidfd, pol["ns"], procs, sync_w)  # type: ignore[arg-type]
+            self._release(pid, pidfd, pol["ns"], sync_w)  # type: ignore[arg-type]
         except _sys.SetupFailure as failure:
             reply["error"] = failure.to_dict()
-        return reply, [pidfd, status_r]
-
-    def prefork(self) -> None:
-        """After the reply went out: make the sandbox the last request's policy will want next."""
-        key, self.prefork_next = self.prefork_next, None
-        if key is not None and key not in self.stubs:
-            self._prefork(key, self.policies[key])
-
-    def _prefork(self, key: int, pol: dict[str, object]) -> None:
-        """Make the next sandbox for this policy now, so that the next request skips clone, namespace and
-        base-mount setup. Failures are not errors: the next request takes the direct path."""
-        if len(self.stubs) >= self.MAX_STUBS:
-            oldest = next(iter(self.stubs))
-            self.discarded.append(self.stubs.pop(oldest).discard())
-        ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            pid, sync_r, sync_w, status_r, status_w = self._clone(pol, (ctl_child.fileno(),))
-        except _sys.SetupFailure:
-            ctl_parent.close()
-            ctl_child.close()
-            return
-        if pid == 0:
-            try:
-                _stub_init(pol, sync_r, status_w, ctl_child, self.supervisor_pidfd)
-            finally:
-                os._exit(125)
-        ctl_child.close()
-        os.close(sync_r)
-        os.close(status_w)
-        pidfd = os.pidfd_open(pid)
-        try:
-            self._release(pid, pidfd, pol["ns"], [], sync_w)  # type: ignore[arg-type]
-        except _sys.SetupFailure:
-            ctl_parent.close()
-            os.close(status_r)
-            self.discarded.append((pid, pidfd))
-            return
-        self.stubs[key] = _Stub(pid, pidfd, status_r, ctl_parent)
-
-    def drain(self) -> None:
-        for stub in self.stubs.values():
-            self.discarded.append(stub.discard())
-        self.stubs.clear()
-
-    def take_discarded(self) -> tuple[list[int], list[int]]:
-        pids = [p for p, _ in self.discarded]
-        fds = [fd for _, fd in self.discarded]
-        self.discarded = []
-        return pids, fds
+        return reply, [pidfd, *out]
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -538,22 +463,25 @@ def _close_all_but(keep: set[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-def _place(pid: int, procs: list[str]) -> None:
-    """Move `pid` into its cgroup (one cgroup.procs per hierarchy) before it runs the command."""
+def _place(procs: list[str]) -> None:
+    """Move this process into its cgroup (writing 0 to one cgroup.procs per hierarchy moves the writer)."""
     for path in procs:
         try:
             with open(path, "w") as f:
-                f.write(str(pid))
+                f.write("0")
         except OSError as err:
             raise _sys.SetupFailure("cgroups", "write cgroup.procs", err.errno or 0, path) from err
 
 
 def main(sock_fd: int) -> None:
-    """Serve spawn requests on the SOCK_SEQPACKET socket `sock_fd` until it closes.
+    """Serve requests on the SOCK_SEQPACKET socket `sock_fd` until it closes.
 
-    Requests: a spawn (marshal dict with argv, env, cwd, cgroup_procs, policy_id[, policy]) with the stdio
-    fds; or {"op": "drain"} before the supervisor closes. Replies: {"pid"[, "error"], "discarded": [pids]}
-    with fds [pidfd, status_r, *discarded pidfds] (no pidfd/status_r when the clone itself failed).
+    Requests (marshal dicts; the compiled policy is sent with the first request naming its policy_id):
+      spawn:   {argv, env, cwd, cgroup_procs, policy_id[, policy]} with the stdio (+ passed) fds;
+               reply {"pid"[, "error"]} with fds [pidfd, status_r] (none when the clone itself failed).
+      prefork: {"op": "prefork", cwd, cgroup_procs, policy_id[, policy]}; reply {"pid"[, "error"]} with
+               fds [pidfd, status_r, ctl]: the sandbox confines itself, writes an R record and takes its
+               command (argv, env, stdio fds) on ctl.
     """
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     supervisor_pidfd = os.pidfd_open(os.getppid())
@@ -568,17 +496,15 @@ def main(sock_fd: int) -> None:
     # what exists now is frozen out of the collector's reach.
     gc.disable()
     gc.freeze()
-    server = _Server(sock, supervisor_pidfd)
+    server = _Server(supervisor_pidfd)
     while True:
         req, fds = _recv(sock)
         if req is None:
-            server.drain()  # the supervisor is gone without draining: PDEATHSIG takes the stubs anyway
             return
         out: list[int] = []
         try:
-            if req.get("op") == "drain":
-                server.drain()
-                reply: dict[str, object] = {}
+            if req.get("op") == "prefork":
+                reply, out = server.prefork(req)
             else:
                 reply, out = server.spawn(req, fds)
         except Exception as exc:
@@ -594,9 +520,6 @@ def main(sock_fd: int) -> None:
         finally:
             for fd in fds:
                 os.close(fd)
-        pids, dfds = server.take_discarded()
-        reply["discarded"] = pids
-        _send(sock, reply, out + dfds)
-        for fd in out + dfds:
+        _send(sock, reply, out)
+        for fd in out:
             os.close(fd)
-        server.prefork()

@@ -153,6 +153,43 @@ def reusable(prepared: dict[str, object] | None, workdir: str) -> bool:
     return not any(_under_hidden(p) for p in paths)
 
 
+def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[object, ...]:
+    """Everything the view built by `apply_base` + `apply_paths` depends on, as seen from the host now: the
+    identity (device, inode, type) or absence of the workdir, every writable and readable root, every
+    protected path and its top directory under each writable root (after git expansion: core.hooksPath,
+    submodule git dirs), and every denied path. A sandbox built ahead of its request serves it only while
+    the fingerprint taken around its build still holds at the request (see supervisor/_prefork.py); any
+    difference (a `git init`, a new credential file, a replaced root) sends the request down the path that
+    builds its view at request time. Never raises."""
+    out: list[object] = [_identity(workdir)]
+    if prepared is None:
+        return tuple(out)
+    write: list[str] = prepared["write"]  # type: ignore[assignment]
+    for root in [*write, *prepared["read"]]:  # type: ignore[misc]
+        out.append((root, _identity(root)))
+    if prepared["confine"]:
+        for root in write:
+            try:
+                expanded = _expand_git(root, prepared["protected"])  # type: ignore[arg-type]
+            except OSError as err:  # unreadable .git/config or modules: a distinct state of its own
+                expanded = [f"error {err.errno}"]
+            for rel in expanded:
+                path = os.path.join(root, rel)
+                top = os.path.join(root, rel.split("/", 1)[0])
+                out.append((path, _identity(path), _identity(top)))
+        out += [(path, _identity(path)) for path in prepared["deny"]]  # type: ignore[attr-defined]
+    return tuple(out)
+
+
+def _identity(path: str) -> tuple[int, int, int] | int:
+    """(st_dev, st_ino, st_mode) of `path` without following a final symlink, or the errno of lstat."""
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        return err.errno or -1
+    return st.st_dev, st.st_ino, st.st_mode
+
+
 def keep_visible(prepared: dict[str, object], workdir: str) -> list[tuple[str, int, bool]]:
     """Open (O_PATH) the writable roots, readable roots and workdir that lie under a path the base view
     replaces (/tmp, /run, /dev), before it does: `apply_paths` binds them back on top. Raises SetupFailure."""

@@ -125,9 +125,25 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
 
+_AT_CLONE = NAMESPACE_FLAGS["user"] | NAMESPACE_FLAGS["pid"]
+
+
+def clone_flags(prepared: dict[str, object]) -> int:
+    """The namespaces the fork server's clone creates: user and pid (see the module docstring)."""
+    flags: int = prepared["flags"]  # type: ignore[assignment]
+    return flags & _AT_CLONE
+
+
 def apply(prepared: dict[str, object]) -> None:
-    """Child side: set the hostname in the new UTS namespace and bring loopback up in the new network
+    """Child side, first thing after its cgroup placement: unshare the mount, network, ipc and uts
+    namespaces, set the hostname in the new UTS namespace and bring loopback up in the new network
     namespace (so servers and tests inside work; nothing outside is reachable). Raises SetupFailure."""
+    rest = int(prepared["flags"]) & ~_AT_CLONE & ~NAMESPACE_FLAGS["cgroup"]  # type: ignore[call-overload]
+    if rest:
+        try:
+            _sys.libc_call("unshare", rest)
+        except OSError as err:
+            raise _sys.SetupFailure("namespaces", f"unshare(flags={rest:#x})", err.errno or 0) from err
     if prepared["uts"]:
         try:
             socket.sethostname(str(prepared["hostname"]))

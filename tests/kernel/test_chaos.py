@@ -46,6 +46,19 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+async def settled_fds() -> int:
+    """open_fds() once it has held still for 50 ms: after a child's Result, the supervisor still reaps its
+    init, removes its cgroup and builds the next pre-forked sandbox, each holding fds for a moment."""
+    last, still = open_fds(), 0
+    with anyio.fail_after(10):
+        while still < 5:
+            await anyio.sleep(0.01)
+            now = open_fds()
+            still = still + 1 if now == last else 0
+            last = now
+    return last
+
+
 def fd_kinds() -> Counter[str]:
     """What this process's open fds are, by kind (pipe, anon_inode:[pidfd], a path...)."""
     kinds: Counter[str] = Counter()
@@ -273,14 +286,14 @@ async def test_failed_starts_do_not_leak_fds(workspace: Path) -> None:
     pol = profiles.workspace_write(workspace)
     async with Supervisor() as sup:
         await sup.run(["/bin/true"], policy=pol)
-        before = open_fds()
+        before = await settled_fds()
         for _ in range(10):
             with pytest.raises(CommandNotFoundError):
                 await sup.run(["corral-no-such-command"], policy=pol)
         for _ in range(10):
             with pytest.raises(CommandNotExecutableError):
                 await sup.run(["/etc/hostname"], policy=pol)
-        assert open_fds() == before, fd_kinds()
+        assert await settled_fds() == before, fd_kinds()
 
 
 async def test_two_supervisors_in_one_process(workspace: Path) -> None:

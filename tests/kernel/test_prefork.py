@@ -1,6 +1,7 @@
-"""Pre-forked sandboxes: the fork server makes the next sandbox for a policy ahead of its request. Whatever
-depends on the state of the filesystem must still be decided at request time, and every pre-forked
-sandbox, used or discarded, must be reaped."""
+"""Pre-forked sandboxes (supervisor/_prefork.py): after a child exits, the supervisor has the next sandbox for
+its policy and workdir built and fully confined ahead of the request. Whatever depends on the state of the
+filesystem must still match the tree at request time, and every pre-forked sandbox, used or discarded, must
+be reaped. (White-box where noted: `sup._prefork` is inspected to know that a ready sandbox exists.)"""
 
 from __future__ import annotations
 
@@ -30,11 +31,43 @@ def _zombies_of(pid: int) -> list[int]:
     return out
 
 
+async def ready_pids(sup: Supervisor, n: int = 1) -> list[int]:
+    """Wait until `n` pre-forked sandboxes are ready (white-box); their pids."""
+    pool = sup._prefork
+    assert pool is not None
+    with anyio.fail_after(10):
+        while sum(len(v) for v in pool._ready.values()) < n:  # noqa: ASYNC110 (no event to wait on)
+            await anyio.sleep(0.005)
+    return [stub.pid for stubs in pool._ready.values() for stub in stubs]
+
+
+async def test_a_ready_sandbox_serves_the_next_request(sup: Supervisor, workspace: Path) -> None:
+    pol = profiles.workspace_write(workspace)
+    assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+    [stub_pid] = await ready_pids(sup)
+    r = await sup.run(["/bin/sh", "-c", "echo hi > f; cat /proc/1/status | grep -c ."], policy=pol)
+    assert r.exit_code == 0, r
+    assert r.pid == stub_pid
+    assert (workspace / "f").read_text() == "hi\n"
+
+
+async def test_a_replaced_workdir_is_not_served_by_a_stale_sandbox(sup: Supervisor, workspace: Path) -> None:
+    pol = profiles.workspace_write(workspace)
+    assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+    [stub_pid] = await ready_pids(sup)
+    # Same path, new directory: a sandbox built before would write into the old, deleted one.
+    os.rmdir(workspace)
+    os.mkdir(workspace)
+    r = await sup.run(["/bin/sh", "-c", "echo new > f"], policy=pol)
+    assert r.exit_code == 0, r
+    assert r.pid != stub_pid
+    assert (workspace / "f").read_text() == "new\n"
+
+
 async def test_protected_paths_made_after_the_prefork_are_protected(sup: Supervisor, workspace: Path) -> None:
     pol = profiles.workspace_write(workspace)
-    # Two runs: the second one leaves a pre-forked sandbox waiting for this policy.
-    for _ in range(2):
-        assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+    assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+    await ready_pids(sup)  # a sandbox built before the repository existed is waiting
     await anyio.run_process(["git", "init", "-q", str(workspace)])
     hooks = workspace / ".git" / "hooks"
     before = sorted(os.listdir(hooks))
@@ -51,8 +84,8 @@ async def test_protected_paths_made_after_the_prefork_are_protected(sup: Supervi
 async def test_deny_paths_made_after_the_prefork_are_hidden(sup: Supervisor, workspace: Path) -> None:
     secret = workspace / "secret.txt"
     pol = profiles.workspace_write(workspace, deny=[secret])
-    for _ in range(2):
-        assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+    assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+    await ready_pids(sup)
     secret.write_text("s3cr3t\n")
     r = await sup.run(["/bin/cat", str(secret)], policy=pol)
     assert b"s3cr3t" not in r.stdout
@@ -62,10 +95,12 @@ async def test_discarded_sandboxes_are_reaped(workspace: Path) -> None:
     policies = [profiles.workspace_write(workspace, timeout=10 + i) for i in range(7)]
     async with Supervisor() as sup:
         for _ in range(3):
-            for pol in policies:  # more policies than the fork server keeps sandboxes for
+            for pol in policies:  # more policies than the supervisor keeps sandboxes for
                 assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
-        # A discarded sandbox is reported with the next reply and reaped then: at most one waits.
-        assert len(_zombies_of(os.getpid())) <= 1
+        # Discarded sandboxes are reaped as soon as they die: no zombie piles up.
+        with anyio.fail_after(5):
+            while len(_zombies_of(os.getpid())) > 1:  # noqa: ASYNC110 (no event to wait on)
+                await anyio.sleep(0.005)
     assert _zombies_of(os.getpid()) == []
     # No sandbox init of ours is left at all: every child process of this test process is gone.
     children = [e for e in os.listdir("/proc") if e.isdigit() and _ppid(int(e)) == os.getpid()]

@@ -596,6 +596,19 @@ class Leaf:
                 raise _setup_error(err, "rmdir leaf cgroup", d) from err
         self._manager._forget(self)
 
+    def remove_reaped(self) -> None:
+        """Remove the leaf of a child whose init has been reaped. Its pid namespace is then empty and so
+        is the leaf, usually: rmdir first, and only when something escaped into the cgroup (no pid
+        namespace) kill the group and retry. Raises SandboxSetupError."""
+        from supervisor._errors import SandboxSetupError
+
+        if not self.pids():
+            with contextlib.suppress(SandboxSetupError):
+                self.remove(timeout=0.0)
+                return
+        self.kill(timeout=1.0)
+        self.remove()
+
 
 @dataclass(slots=True)
 class _Tree:

@@ -1,0 +1,239 @@
+"""Pre-forked sandboxes: a sandbox built and fully confined ahead of its command, so that a request for the
+same policy and workdir costs only the hand-over of the command (argv, env, stdio) and its exec.
+
+After each spawn for a (policy, workdir) the supervisor asks the fork server for the next sandbox of that
+key, in a cgroup leaf of its own made now. The sandbox runs every containment step (`_zygote._confine`:
+namespaces, the whole filesystem view, cgroup namespace, rlimits, capabilities, no_new_privs, Landlock,
+seccomp), writes an R record and waits on a socket for its command, which the supervisor sends it directly.
+
+The filesystem view depends on what existed when it was built (a .git/hooks to protect, a credential file to
+hide, the inode a writable root had). So the paths it depends on are fingerprinted (`mounts.fingerprint`)
+before the build starts and again when the R record arrives: a sandbox whose two fingerprints differ is
+discarded, and one is handed a request only while the fingerprint taken at the request still equals them.
+Otherwise the request takes a sandbox built on the spot, which sees the tree as it is then. (A change made and
+undone while a view is being built, by a concurrent child in the same workspace, is not seen by either path:
+mount-based protection can only protect what exists when it is built.)
+
+Every sandbox here is a child of the supervisor (CLONE_PARENT): discarded ones are killed, reaped, and their
+leaves removed, in tasks of the supervisor's task group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+from collections import OrderedDict
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import TaskGroup
+
+from policies import Policy
+from supervisor._child import StatusReader
+from supervisor._errors import SandboxSetupError
+from supervisor._forkserver import ForkServer
+from supervisor._plan import CompiledPolicy
+from supervisor.sandbox import mounts
+from supervisor.sandbox.cgroups import Leaf
+
+Key = tuple[int, str]  # (policy_id, workdir)
+LeafFactory = Callable[[Policy], tuple[Leaf | None, list[str], list[tuple[str, str]]]]
+
+
+class Stub:
+    """A confined sandbox waiting for its command, with the cgroup leaf it already sits in."""
+
+    __slots__ = ("cg_enforced", "cg_missing", "ctl", "fingerprint", "leaf", "pid", "pidfd", "status")
+
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int,
+        status: StatusReader,
+        ctl: socket.socket,
+        leaf: Leaf | None,
+        cg_enforced: list[str],
+        cg_missing: list[tuple[str, str]],
+    ) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.status = status
+        self.ctl = ctl
+        self.leaf = leaf
+        self.cg_enforced = cg_enforced
+        self.cg_missing = cg_missing
+        self.fingerprint: tuple[object, ...] = ()
+
+
+class Prefork:
+    """The ready and pending sandboxes, per (policy, workdir).
+
+    per_key:  sandboxes kept ready or in the making for each key.
+    max_keys: keys kept at once; the least recently used one's sandboxes go first.
+    """
+
+    def __init__(
+        self,
+        forkserver: ForkServer,
+        tg: TaskGroup,
+        make_leaf: LeafFactory,
+        per_key: int = 1,
+        max_keys: int = 4,
+    ) -> None:
+        self._fs = forkserver
+        self._tg = tg
+        self._make_leaf = make_leaf
+        self.per_key = per_key
+        self.max_keys = max_keys
+        self._ready: OrderedDict[Key, list[Stub]] = OrderedDict()
+        self._building: dict[Key, int] = {}
+        self._closed = False
+
+    async def take(self, compiled: CompiledPolicy, cwd: str) -> Stub | None:
+        """A confined sandbox for this policy and workdir whose view still matches the tree, or None (then
+        the caller builds one on the spot; waiting for one still being built would take as long)."""
+        prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
+        if self._closed or not mounts.reusable(prepared, cwd):
+            return None
+        key = (compiled.policy_id, cwd)
+        stub = self._pop_ready(key)
+        if stub is None:
+            return None
+        if mounts.fingerprint(prepared, cwd) != stub.fingerprint:
+            self.discard(stub)
+            return None
+        return stub
+
+    def refill(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> None:
+        """Start building the next sandbox for this policy and workdir unless enough are ready or being
+        built. Called when a child of that key has exited, so that the build does not compete for the CPU
+        with the child it would follow."""
+        prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
+        if self._closed or not mounts.reusable(prepared, cwd):
+            return
+        key = (compiled.policy_id, cwd)
+        if len(self._ready.get(key, ())) + self._building.get(key, 0) >= self.per_key:
+            return
+        if key not in self._ready:
+            self._ready[key] = []
+            while len(self._ready) > self.max_keys:
+                _old, stubs = self._ready.popitem(last=False)
+                for stub in stubs:
+                    self.discard(stub)
+        self._building[key] = self._building.get(key, 0) + 1
+        self._tg.start_soon(self._build, key, policy, compiled, cwd)
+
+    def _pop_ready(self, key: Key) -> Stub | None:
+        stubs = self._ready.get(key)
+        if stubs is None:
+            return None
+        self._ready.move_to_end(key)
+        while stubs:
+            stub = stubs.pop(0)
+            if not _exited(stub.pidfd):
+                return stub
+            self.discard(stub)
+        return None
+
+    async def _build(self, key: Key, policy: Policy, compiled: CompiledPolicy, cwd: str) -> None:
+        """Build one sandbox for `key` and keep it ready."""
+        stub: Stub | None = None
+        try:
+            stub = await self._new_stub(policy, compiled, cwd)
+        finally:
+            self._building[key] -= 1
+            if not self._building[key]:
+                del self._building[key]
+            if stub is not None:
+                if self._closed or key not in self._ready:
+                    self.discard(stub)
+                else:
+                    self._ready[key].append(stub)
+
+    async def _new_stub(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
+        prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
+        try:
+            leaf, cg_enforced, cg_missing = self._make_leaf(policy)
+        except SandboxSetupError:
+            return None  # the request's own spawn reports it
+        before = mounts.fingerprint(prepared, cwd)
+        try:
+            reply, fds = await self._fs.prefork(
+                cwd, leaf.procs_files if leaf is not None else [], compiled.policy_id, compiled.payload
+            )
+        except BaseException:
+            if leaf is not None:
+                self._tg.start_soon(_remove_leaf_later, leaf)
+            raise
+        if fds is None:
+            if leaf is not None:
+                self._tg.start_soon(_remove_leaf_later, leaf)
+            return None
+        pidfd, status_fd, ctl_fd = fds
+        stub = Stub(
+            int(reply["pid"]),  # type: ignore[call-overload]
+            pidfd,
+            StatusReader(status_fd),
+            socket.socket(fileno=ctl_fd),
+            leaf,
+            cg_enforced,
+            cg_missing,
+        )
+        try:
+            if "error" in reply:
+                raise _Unusable
+            rec = await stub.status.next()
+            if rec is None or rec[0] != b"R" or mounts.fingerprint(prepared, cwd) != before:
+                raise _Unusable
+        except BaseException as err:
+            self.discard(stub)
+            if isinstance(err, _Unusable):
+                return None
+            raise
+        stub.fingerprint = before
+        return stub
+
+    def discard(self, stub: Stub) -> None:
+        """Kill an unused sandbox; a task reaps it and removes its leaf."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(stub.pidfd, signal.SIGKILL)
+        stub.ctl.close()
+        stub.status.close()
+        self._tg.start_soon(_reap_and_remove, stub.pid, stub.pidfd, stub.leaf)
+
+    def close(self) -> None:
+        """Discard every ready sandbox; those still being built are discarded when done."""
+        self._closed = True
+        for stubs in self._ready.values():
+            for stub in stubs:
+                self.discard(stub)
+        self._ready.clear()
+
+
+class _Unusable(Exception):
+    pass
+
+
+def _exited(pidfd: int) -> bool:
+    """Whether the process behind `pidfd` has exited (pidfds poll readable then)."""
+    return bool(select.select([pidfd], [], [], 0)[0])
+
+
+async def _reap_and_remove(pid: int, pidfd: int, leaf: Leaf | None) -> None:
+    """Reap a killed sandbox (our child: CLONE_PARENT), then remove its leaf."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await anyio.wait_readable(pidfd)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # noqa: ASYNC222 - exited: returns at once
+        finally:
+            os.close(pidfd)
+        if leaf is not None:
+            await _remove_leaf_later(leaf)
+
+
+async def _remove_leaf_later(leaf: Leaf) -> None:
+    with anyio.CancelScope(shield=True), contextlib.suppress(SandboxSetupError, OSError):
+        await anyio.to_thread.run_sync(leaf.remove_reaped)
