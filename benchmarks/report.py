@@ -4,7 +4,8 @@
 
 Spawn latency: /bin/true from start to reaped, sequentially, `n` times per method in one process, the
 methods taking turns in blocks of 20 (each after a short warm-up), with benchmarks/spawn.py's measurement
-functions: a bare asyncio spawn; corral (workspace-write, every layer: namespaces, mounts, Landlock, seccomp,
+functions, twice: back-to-back, and paced 20 ms apart (untimed), as an agent's tool calls come. The
+methods: a bare asyncio spawn; corral (workspace-write, every layer: namespaces, mounts, Landlock, seccomp,
 a cgroup per child); bubblewrap (`bwrap --unshare-all`); and an nsjail-like namespace baseline (`unshare
 --user --map-root-user --pid --fork --net --mount --ipc --uts --mount-proc`: nsjail itself is not packaged
 for Debian 12).
@@ -71,10 +72,15 @@ async def unshare_once() -> None:
         raise RuntimeError("unshare failed")
 
 
-async def measure_spawn(n: int, block: int = 20) -> tuple[dict[str, list[float]], tuple[str, ...]]:
+PACE = 0.02  # seconds between spawns in the paced run
+
+
+async def measure_spawn(
+    n: int, block: int = 20, pause: float = 0.0
+) -> tuple[dict[str, list[float]], tuple[str, ...]]:
     """Spawn-to-reaped latency samples in ms, per method, and the layers corral enforced. The methods take
     turns in blocks of `block` spawns (each block after its own short warm-up), so that a change in the
-    machine's load during the run weighs on all of them alike."""
+    machine's load during the run weighs on all of them alike; `pause` seconds (untimed) after each."""
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as ws:
         policy = profiles.workspace_write(ws)
@@ -98,7 +104,7 @@ async def measure_spawn(n: int, block: int = 20) -> tuple[dict[str, list[float]]
             while done < n:
                 k = min(block, n - done)
                 for name, once in methods.items():
-                    samples.setdefault(name, []).extend(await spawn._time(k, once))
+                    samples.setdefault(name, []).extend(await spawn._time(k, once, pause))
                 done += k
     return samples, enforced
 
@@ -185,7 +191,7 @@ async def measure_monitoring(counts: Sequence[int], rounds: int, idle_window: fl
 # ------------------------------------------------ plots ---------------------------------------------------
 
 
-def plot_spawn(samples: dict[str, list[float]], path: Path) -> None:
+def plot_spawn(samples: dict[str, list[float]], path: Path, title: str) -> None:
     names = list(samples)
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
     data = [samples[k] for k in names]
@@ -200,7 +206,7 @@ def plot_spawn(samples: dict[str, list[float]], path: Path) -> None:
         ax.annotate(f"median {med:.2f} ms", (p95, i), xytext=(6, 0), textcoords="offset points", va="center")
     ax.set_xlabel("spawn to reaped, /bin/true (ms): box = quartiles, whiskers = 5th-95th percentile")
     ax.set_xlim(0, max(statistics.quantiles(v, n=20)[18] for v in data) * 1.25)
-    ax.set_title("Spawn latency, sequential, same machine and run")
+    ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
@@ -253,8 +259,30 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, width=110, break_on_hyphens=False, break_long_words=False)
 
 
+def _spawn_rows(samples: dict[str, list[float]], what: dict[str, str]) -> str:
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    p90 = {k: statistics.quantiles(v, n=10)[8] for k, v in samples.items()}
+    c = med[CORRAL]
+    return "\n".join(
+        f"| {k} | {med[k]:.2f} | {p90[k]:.2f} | {med[k] / med[BARE]:.1f}x | {c / med[k]:.2f} | {what[k]} |"
+        for k in samples
+    )
+
+
+def _ratios(samples: dict[str, list[float]]) -> str:
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    c = med[CORRAL]
+    out = [f"**{c / med[BARE]:.1f}x** a bare spawn"]
+    if BWRAP in med:
+        out.append(f"**{c / med[BWRAP]:.2f}x** bubblewrap")
+    if NSJAIL_LIKE in med:
+        out.append(f"**{c / med[NSJAIL_LIKE]:.2f}x** the nsjail-like `unshare` baseline")
+    return ", ".join(out)
+
+
 def render(
     samples: dict[str, list[float]],
+    paced: dict[str, list[float]],
     enforced: tuple[str, ...],
     points: list[MonitorPoint],
     n: int,
@@ -262,9 +290,6 @@ def render(
     load: tuple[float, float],
     idle_window: float,
 ) -> str:
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    p90 = {k: statistics.quantiles(v, n=10)[8] for k, v in samples.items()}
-    c = med[CORRAL]
     what = {
         BARE: "fork+exec, no isolation",
         CORRAL: "user/pid/net/mount/ipc/uts/cgroup namespaces, read-only root, private /tmp, Landlock, "
@@ -273,21 +298,14 @@ def render(
         NSJAIL_LIKE: "user/pid/net/mount/ipc/uts namespaces, a fresh /proc; no seccomp, Landlock or cgroup",
     }
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rows = "\n".join(
-        f"| {k} | {med[k]:.2f} | {p90[k]:.2f} | {med[k] / med[BARE]:.1f}x | {c / med[k]:.2f} | {what[k]} |"
-        for k in samples
-    )
+    rows = _spawn_rows(samples, what)
+    paced_rows = _spawn_rows(paced, what)
     mrows = "\n".join(
         f"| {p.children} | {p.processes} | {p.sample_ms:.3f} | "
         f"{(p.sample_ms / p.children * 1000) if p.children else 0:.1f} | {p.psutil_ms:.3f} | "
         f"{p.idle_cpu_pct:.2f} |"
         for p in points
     )
-    ratios = [f"**{c / med[BARE]:.1f}x** a bare spawn"]
-    if BWRAP in med:
-        ratios.append(f"**{c / med[BWRAP]:.2f}x** bubblewrap")
-    if NSJAIL_LIKE in med:
-        ratios.append(f"**{c / med[NSJAIL_LIKE]:.2f}x** the nsjail-like `unshare` baseline")
     top = points[-1] if points else None
     mon_summary = ""
     if top is not None and top.children:
@@ -301,8 +319,8 @@ def render(
         )
     enforced_text = ", ".join(f"`{x}`" for x in enforced)
     spawn_summary = _wrap(
-        f"corral costs {', '.join(ratios)}, and sets up more than these baselines: the layers enforced in "
-        f"this run were {enforced_text}."
+        f"Back-to-back, corral costs {_ratios(samples)}; paced {PACE * 1000:g} ms apart, {_ratios(paced)}. "
+        f"It sets up more than these baselines: the layers enforced in this run were {enforced_text}."
     )
     nsjail_note = _wrap(
         f'The "nsjail-like" row is `{" ".join(UNSHARE)}`: nsjail is not packaged for Debian 12, and this is '
@@ -323,16 +341,29 @@ of them alike.
 
 ## Spawn latency
 
-Time from starting `/bin/true` to having reaped it, sequentially. corral's figure is `Supervisor.start()` to
-`Child.wait()` returning: the fork server clones the sandbox into its namespaces, the sandbox's init confines
-itself and spawns the command, the supervisor reaps it, takes the final cgroup sample and removes the
-cgroup.
+Time from starting `/bin/true` to having its Result, sequentially: `Supervisor.start()` to `Child.wait()`
+returning for corral, spawn to reaped for the others. Two runs: back-to-back (each spawn the moment the
+previous one is done), and paced, {PACE * 1000:g} ms apart (untimed), the way an agent's tool calls come. In
+the paced run corral's sandbox for the next call is built and confined between calls (docs/architecture.md,
+"Pre-forked sandboxes"), so a call costs the hand-over of the command, its exec and the final cgroup sample.
+Back-to-back there is no time between calls: about half the calls find their sandbox ready, the others have
+it built on the spot, and every build competes with the calls for the CPUs.
+
+Back-to-back:
 
 ![spawn latency](img/spawn_latency.png)
 
 | method | median ms | p90 ms | vs bare | corral / this | what it sets up |
 |---|---:|---:|---:|---:|---|
 {rows}
+
+Paced, {PACE * 1000:g} ms apart:
+
+![spawn latency, paced](img/spawn_latency_paced.png)
+
+| method | median ms | p90 ms | vs bare | corral / this | what it sets up |
+|---|---:|---:|---:|---:|---|
+{paced_rows}
 
 {spawn_summary}
 
@@ -378,24 +409,29 @@ async def main(n: int, counts: list[int], out: Path, rounds: int, idle_window: f
     img.mkdir(parents=True, exist_ok=True)
     print(f"spawn latency, n={n} each ...")
     samples, enforced = await measure_spawn(n)
-    for k, v in samples.items():
-        print(
-            f"  {k:26} median {statistics.median(v):7.3f} ms  p90 {statistics.quantiles(v, n=10)[8]:7.3f} ms"
-        )
+    print(f"spawn latency paced {PACE * 1000:g} ms apart, n={n} each ...")
+    paced, _ = await measure_spawn(n, pause=PACE)
+    for label, got in (("back-to-back", samples), ("paced", paced)):
+        for k, v in got.items():
+            med, p90 = statistics.median(v), statistics.quantiles(v, n=10)[8]
+            print(f"  {label:12} {k:26} median {med:7.3f} ms  p90 {p90:7.3f} ms")
     print(f"monitoring cost, children {counts} ...")
     points = await measure_monitoring(counts, rounds, idle_window)
-    plot_spawn(samples, img / "spawn_latency.png")
+    plot_spawn(samples, img / "spawn_latency.png", "Spawn latency, back-to-back, same machine and run")
+    plot_spawn(paced, img / "spawn_latency_paced.png", f"Spawn latency, {PACE * 1000:g} ms apart, same run")
     plot_monitoring(points, img / "monitoring_cost.png")
     load = (load_before, os.getloadavg()[0])
-    text = render(samples, enforced, points, n, time.perf_counter() - t0, load, idle_window)
+    text = render(samples, paced, enforced, points, n, time.perf_counter() - t0, load, idle_window)
     (out / "benchmarks.md").write_text(text)
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    print(f"corral / bare = {med[CORRAL] / med[BARE]:.2f}", end="")
-    if BWRAP in med:
-        print(f", corral / bwrap = {med[CORRAL] / med[BWRAP]:.2f}", end="")
-    if NSJAIL_LIKE in med:
-        print(f", corral / unshare = {med[CORRAL] / med[NSJAIL_LIKE]:.2f}", end="")
-    print(f"\nwrote {out / 'benchmarks.md'}, {img / 'spawn_latency.png'}, {img / 'monitoring_cost.png'}")
+    for label, got in (("back-to-back", samples), ("paced", paced)):
+        med = {k: statistics.median(v) for k, v in got.items()}
+        print(f"{label}: corral / bare = {med[CORRAL] / med[BARE]:.2f}", end="")
+        if BWRAP in med:
+            print(f", corral / bwrap = {med[CORRAL] / med[BWRAP]:.2f}", end="")
+        if NSJAIL_LIKE in med:
+            print(f", corral / unshare = {med[CORRAL] / med[NSJAIL_LIKE]:.2f}", end="")
+        print()
+    print(f"wrote {out / 'benchmarks.md'} and the plots in {img}")
 
 
 if __name__ == "__main__":
