@@ -80,7 +80,7 @@ class Prefork:
         forkserver: ForkServer,
         tg: TaskGroup,
         make_leaf: LeafFactory,
-        per_key: int = 1,
+        per_key: int = 2,
         max_keys: int = 4,
     ) -> None:
         self._fs = forkserver
@@ -108,14 +108,15 @@ class Prefork:
         return stub
 
     def refill(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> None:
-        """Start building the next sandbox for this policy and workdir unless enough are ready or being
+        """Start building sandboxes for this policy and workdir until `per_key` are ready or being
         built. Called when a child of that key has exited, so that the build does not compete for the CPU
         with the child it would follow."""
         prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
         if self._closed or not mounts.reusable(prepared, cwd):
             return
         key = (compiled.policy_id, cwd)
-        if len(self._ready.get(key, ())) + self._building.get(key, 0) >= self.per_key:
+        missing = self.per_key - len(self._ready.get(key, ())) - self._building.get(key, 0)
+        if missing <= 0:
             return
         if key not in self._ready:
             self._ready[key] = []
@@ -123,8 +124,9 @@ class Prefork:
                 _old, stubs = self._ready.popitem(last=False)
                 for stub in stubs:
                     self.discard(stub)
-        self._building[key] = self._building.get(key, 0) + 1
-        self._tg.start_soon(self._build, key, policy, compiled, cwd)
+        self._building[key] = self._building.get(key, 0) + missing
+        for _ in range(missing):
+            self._tg.start_soon(self._build, key, policy, compiled, cwd)
 
     def _pop_ready(self, key: Key) -> Stub | None:
         stubs = self._ready.get(key)

@@ -290,7 +290,9 @@ class Supervisor:
                     hint=f"no usable cgroup ({why}); delegate one (docs/cgroups.md) or set best_effort",
                 )
             return None, [], [(f"cgroup_{k}", why) for k in wanted]
-        leaf = mgr.create_leaf(child_id, r)
+        # The v1 freezer is how a tree without a pid namespace is killed whole; with one, the init's death
+        # takes the tree (the supervisor kills the init).
+        leaf = mgr.create_leaf(child_id, r, freezer="pid_ns" not in self.compile(policy).enforced)
         try:
             if not policy.best_effort:
                 leaf.require()

@@ -44,23 +44,23 @@ async def ready_pids(sup: Supervisor, n: int = 1) -> list[int]:
 async def test_a_ready_sandbox_serves_the_next_request(sup: Supervisor, workspace: Path) -> None:
     pol = profiles.workspace_write(workspace)
     assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
-    [stub_pid] = await ready_pids(sup)
-    r = await sup.run(["/bin/sh", "-c", "echo hi > f; cat /proc/1/status | grep -c ."], policy=pol)
+    stubs = await ready_pids(sup, sup._prefork.per_key if sup._prefork else 1)
+    r = await sup.run(["/bin/sh", "-c", "echo hi > f"], policy=pol)
     assert r.exit_code == 0, r
-    assert r.pid == stub_pid
+    assert r.pid in stubs
     assert (workspace / "f").read_text() == "hi\n"
 
 
 async def test_a_replaced_workdir_is_not_served_by_a_stale_sandbox(sup: Supervisor, workspace: Path) -> None:
     pol = profiles.workspace_write(workspace)
     assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
-    [stub_pid] = await ready_pids(sup)
+    stubs = await ready_pids(sup, sup._prefork.per_key if sup._prefork else 1)
     # Same path, new directory: a sandbox built before would write into the old, deleted one.
     os.rmdir(workspace)
     os.mkdir(workspace)
     r = await sup.run(["/bin/sh", "-c", "echo new > f"], policy=pol)
     assert r.exit_code == 0, r
-    assert r.pid != stub_pid
+    assert r.pid not in stubs
     assert (workspace / "f").read_text() == "new\n"
 
 

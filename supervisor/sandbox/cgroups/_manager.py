@@ -898,10 +898,12 @@ class CgroupManager:
             self.stale_removed.append(name)
             log.warning("cgroups: removed stale cgroup %s left by a dead supervisor", name)
 
-    def create_leaf(self, child_id: str, resources: ResourcePolicy) -> Leaf:
-        """Create the leaf `<parent>/<child_id>` in each hierarchy in use and write the limits
-        `resources`
-        sets: v2 memory.max, memory.swap.max 0, memory.oom.group 1, cpu.max "<quota> 100000",
+    def create_leaf(self, child_id: str, resources: ResourcePolicy, *, freezer: bool = True) -> Leaf:
+        """Create the leaf `<parent>/<child_id>` in each hierarchy it needs and write the limits
+        `resources` sets. On v1 each hierarchy costs a mkdir, a cgroup.procs write and an rmdir per
+        child, so a hierarchy serving only `cpu` is skipped when no cpus limit is set, and one serving
+        only `freezer` when `freezer` is False (the caller kills the tree another way: a child with its
+        own pid namespace dies with its init). The limits: v2 memory.max, memory.swap.max 0, memory.oom.group 1, cpu.max "<quota> 100000",
         pids.max; v1 memory.limit_in_bytes, memory.memsw.limit_in_bytes, memory.oom_control 0,
         cpu.cfs_period_us and cpu.cfs_quota_us, pids.max. The leaf's `enforced`/`reasons` say which
         took effect; with cgroups unavailable it has no paths and every requested limit is reported
@@ -923,8 +925,15 @@ class CgroupManager:
                 raise ValueError(msg)
         places: list[tuple[Hierarchy, str]] = []
         dirs: dict[str, str] = {}
+        needed = {"memory", "cpuacct", "pids"}
+        if resources.cpus is not None:
+            needed.add("cpu")
+        if freezer:
+            needed.add("freezer")
         try:
             for t in self._trees:
+                if t.hierarchy.version == 1 and not t.serves & needed:
+                    continue
                 d = os.path.join(t.parent, child_id)
                 try:
                     os.mkdir(d, 0o755)
@@ -933,7 +942,7 @@ class CgroupManager:
                 places.append((t.hierarchy, d))
                 for c in t.serves:
                     dirs[c] = d
-            versions = {c: t.hierarchy.version for c, t in self._serve.items()}
+            versions = {c: self._serve[c].hierarchy.version for c in dirs}
             leaf = Leaf(self, child_id, places, dirs, versions)
             leaf._apply(resources)
         except BaseException:
