@@ -346,8 +346,8 @@ returning for corral, spawn to reaped for the others. Two runs: back-to-back (ea
 previous one is done), and paced, {PACE * 1000:g} ms apart (untimed), the way an agent's tool calls come. In
 the paced run corral's sandbox for the next call is built and confined between calls (docs/architecture.md,
 "Pre-forked sandboxes"), so a call costs the hand-over of the command, its exec and the final cgroup sample.
-Back-to-back there is no time between calls: about half the calls find their sandbox ready, the others have
-it built on the spot, and every build competes with the calls for the CPUs.
+Back-to-back there is no time between calls: two sandboxes per policy are built ahead, but the builds
+compete with the calls for the 2 CPUs, and a call that finds none ready has one built on the spot.
 
 Back-to-back:
 

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -48,9 +49,11 @@ async def _pool(n: int, concurrency: int, once: Callable[[], Awaitable[None]]) -
 
 
 def _cpu() -> dict[str, float]:
-    """CPU seconds (user+system) of this process and of the fork server (our child running _zygote)."""
+    """CPU seconds (user+system) of this process, of the fork server (our child running _zygote), and of
+    our reaped children: the sandbox inits (CLONE_PARENT makes them ours) with the commands they reaped."""
     me = psutil.Process()
-    out = {"supervisor": sum(me.cpu_times()[:2])}
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {"supervisor": sum(me.cpu_times()[:2]), "sandboxes": kids.ru_utime + kids.ru_stime}
     for c in me.children():
         try:
             if any("_zygote" in part for part in c.cmdline()):
@@ -99,7 +102,9 @@ async def main(n: int, concurrency: int, memory: str | None) -> dict[str, object
         "bare_wall_s": round(bare_s, 3),
         "corral_wall_s": round(corral_s, 3),
         # Where the CPU went during the corral run (seconds): the supervisor process (event loop + worker
-        # threads: cgroup creation/removal, reaping) and the single-threaded fork server.
+        # threads: cgroup creation/removal, reaping), the single-threaded fork server, and the sandboxes
+        # (each init's confinement, the command, the init's exit; the bare run's /bin/true are in the
+        # baseline before cpu0, so not counted here).
         "corral_cpu_s": {k: round(cpu1[k] - cpu0.get(k, 0.0), 2) for k in cpu1},
         "cgroup_controllers": cgroups,
         "corral_children_started": started,
