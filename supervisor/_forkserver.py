@@ -88,18 +88,23 @@ class ForkServer:
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-                while True:
-                    try:
-                        sock.sendmsg([payload], anc)
-                        break
-                    except BlockingIOError:
-                        await anyio.wait_writable(sock)
-                while True:
-                    try:
-                        msg, ancdata, _f, _a = sock.recvmsg(1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4))
-                        break
-                    except BlockingIOError:
-                        await anyio.wait_readable(sock)
+                try:
+                    while True:
+                        try:
+                            sock.sendmsg([payload], anc)
+                            break
+                        except BlockingIOError:
+                            await anyio.wait_writable(sock)
+                    while True:
+                        try:
+                            msg, ancdata, _f, _a = sock.recvmsg(1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4))
+                            break
+                        except BlockingIOError:
+                            await anyio.wait_readable(sock)
+                except OSError as err:  # EPIPE, ECONNRESET: the server is gone
+                    raise SandboxSetupError(
+                        "fork server", "sendmsg/recvmsg", err.errno or 0, hint="the fork server died"
+                    ) from err
         if not msg:
             raise SandboxSetupError("fork server", "recvmsg", hint="the fork server died; see its stderr")
         got = received_fds(ancdata)

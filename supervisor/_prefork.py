@@ -21,6 +21,7 @@ leaves removed, in tasks of the supervisor's task group.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -38,6 +39,8 @@ from supervisor._forkserver import ForkServer
 from supervisor._plan import CompiledPolicy
 from supervisor.sandbox import mounts
 from supervisor.sandbox.cgroups import Leaf
+
+log = logging.getLogger("corral")
 
 Key = tuple[int, str]  # (policy_id, workdir)
 LeafFactory = Callable[[Policy], tuple[Leaf | None, list[str], list[tuple[str, str]]]]
@@ -145,6 +148,8 @@ class Prefork:
         stub: Stub | None = None
         try:
             stub = await self._new_stub(policy, compiled, cwd)
+        except Exception as err:  # a build is an optimisation: it must never fail the supervisor
+            log.debug("pre-forked sandbox not built: %r", err)
         finally:
             self._building[key] -= 1
             if not self._building[key]:
@@ -157,10 +162,9 @@ class Prefork:
 
     async def _new_stub(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
         prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
-        try:
-            leaf, cg_enforced, cg_missing = self._make_leaf(policy)
-        except SandboxSetupError:
-            return None  # the request's own spawn reports it
+        # Errors (no cgroup for a policy that needs one, the fork server gone) are the request's own spawn's
+        # to report; _build only logs them.
+        leaf, cg_enforced, cg_missing = self._make_leaf(policy)
         before = mounts.fingerprint(prepared, cwd)
         try:
             reply, fds = await self._fs.prefork(

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from policies import profiles
-from supervisor import Supervisor
+from supervisor import SandboxSetupError, Supervisor
 
 pytestmark = pytest.mark.kernel
 
@@ -113,3 +113,28 @@ def _ppid(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return -1
+
+
+async def test_a_dead_fork_server_fails_the_request_not_the_supervisor(workspace: Path) -> None:
+    """White-box: the fork server is killed by pid (it is this test's own supervisor's child). Building the
+    next sandbox happens in the background; its failure must surface as the next request's error, and
+    leaving the block must still work."""
+    pol = profiles.workspace_write(workspace)
+    async with Supervisor() as sup:
+        assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+        await ready_pids(sup, 1)
+        fs = sup._forkserver
+        assert fs is not None and fs._proc is not None
+        fs._proc.kill()
+        fs._proc.wait()
+        # Ready sandboxes still serve (they need no fork server), then the pool runs dry.
+        outcomes: list[str] = []
+        for _ in range(4):
+            try:
+                r = await sup.run(["/bin/true"], policy=pol)
+                outcomes.append(f"exit {r.exit_code}")
+            except SandboxSetupError as err:
+                assert err.layer == "fork server", err
+                outcomes.append("fork server")
+        assert outcomes[-1] == "fork server", outcomes
+        assert all(o in ("exit 0", "fork server") for o in outcomes), outcomes

@@ -903,11 +903,11 @@ class CgroupManager:
         `resources` sets. On v1 each hierarchy costs a mkdir, a cgroup.procs write and an rmdir per
         child, so a hierarchy serving only `cpu` is skipped when no cpus limit is set, and one serving
         only `freezer` when `freezer` is False (the caller kills the tree another way: a child with its
-        own pid namespace dies with its init). The limits: v2 memory.max, memory.swap.max 0, memory.oom.group 1, cpu.max "<quota> 100000",
-        pids.max; v1 memory.limit_in_bytes, memory.memsw.limit_in_bytes, memory.oom_control 0,
-        cpu.cfs_period_us and cpu.cfs_quota_us, pids.max. The leaf's `enforced`/`reasons` say which
-        took effect; with cgroups unavailable it has no paths and every requested limit is reported
-        missing (see Leaf.require).
+        own pid namespace dies with its init). The limits: v2 memory.max, memory.swap.max 0,
+        memory.oom.group 1, cpu.max "<quota> 100000", pids.max; v1 memory.limit_in_bytes,
+        memory.memsw.limit_in_bytes, memory.oom_control 0, cpu.cfs_period_us and cpu.cfs_quota_us,
+        pids.max. The leaf's `enforced`/`reasons` say which took effect; with cgroups unavailable it
+        has no paths and every requested limit is reported missing (see Leaf.require).
 
         Raises ValueError for a bad or duplicate child_id, SandboxSetupError when a directory or
         limit cannot be written (the partly made leaf is removed first), RuntimeError when not
