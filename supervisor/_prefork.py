@@ -74,8 +74,11 @@ class Stub:
 class Prefork:
     """The ready and pending sandboxes, per (policy, workdir).
 
-    per_key:  sandboxes kept ready or in the making for each key.
+    per_key:  sandboxes kept ready or in the making for each key (0: none are built).
     max_keys: keys kept at once; the least recently used one's sandboxes go first.
+
+    A key gets sandboxes built only from its second exit on: a policy used once (a one-off timeout, the
+    CLI's single command) costs no build that nothing would use.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Prefork:
         self.max_keys = max_keys
         self._ready: OrderedDict[Key, list[Stub]] = OrderedDict()
         self._building: dict[Key, int] = {}
+        self._exits: OrderedDict[Key, int] = OrderedDict()  # exits per key, the most recent 64 keys
         self._closed = False
 
     async def take(self, compiled: CompiledPolicy, cwd: str) -> Stub | None:
@@ -118,6 +122,11 @@ class Prefork:
         if self._closed or not mounts.reusable(prepared, cwd):
             return
         key = (compiled.policy_id, cwd)
+        self._exits[key] = exits = self._exits.pop(key, 0) + 1
+        if len(self._exits) > 64:
+            self._exits.popitem(last=False)
+        if exits < 2:
+            return
         missing = self.per_key - len(self._ready.get(key, ())) - self._building.get(key, 0)
         if missing <= 0:
             return

@@ -89,6 +89,9 @@ class Supervisor:
              that set memory/cpus/pids are refused.
     cgroup_delegate: a delegated cgroup to create children under (for ordinary users; see docs/cgroups.md).
     monitor_interval: seconds between samples of every child (cgroup files; psutil where needed).
+    prefork: sandboxes kept built and confined ahead of time for each (policy, workdir) that has run more
+             than once, so that its next command starts in ~1 ms of hand-over (docs/architecture.md,
+             "Pre-forked sandboxes"); 0 builds none (each child's sandbox is then built at its request).
     """
 
     def __init__(
@@ -99,10 +102,12 @@ class Supervisor:
         cgroups: bool = True,
         cgroup_delegate: str | None = None,
         monitor_interval: float = 0.25,
+        prefork: int = 2,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.capture_limit = capture_limit
         self.monitor_interval = monitor_interval
+        self.prefork = prefork
         self._use_cgroups = cgroups
         self._cgroup_delegate = cgroup_delegate
         self._cgroups: CgroupManager | None = None
@@ -160,7 +165,9 @@ class Supervisor:
             self._forkserver = None
             raise
         self._tg = tg
-        self._prefork = Prefork(fs, tg, lambda policy: self._leaf_for(policy, f"c{next(self._ids)}"))
+        self._prefork = Prefork(
+            fs, tg, lambda policy: self._leaf_for(policy, f"c{next(self._ids)}"), per_key=self.prefork
+        )
         tg.start_soon(self._monitor)
         return self
 

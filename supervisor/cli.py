@@ -134,7 +134,7 @@ async def _run(
     # The signal receiver is installed before the command starts, so no forwarded signal can kill corral
     # itself in between; signals that arrive before the command runs are delivered once it does.
     with anyio.open_signal_receiver(*_FORWARD) as signals:
-        async with Supervisor(max_concurrency=1) as sup, _serve_metrics(sup, metrics):
+        async with Supervisor(max_concurrency=1, prefork=0) as sup, _serve_metrics(sup, metrics):
             child = await sup.start(command, policy=policy, stdin=None, stdout=pipe, stderr=pipe)
             async with anyio.create_task_group() as tg:
 
@@ -198,7 +198,7 @@ def probe() -> None:
     """Print what this kernel offers to the sandbox."""
 
     async def go() -> None:
-        async with Supervisor(max_concurrency=1) as sup:
+        async with Supervisor(max_concurrency=1, prefork=0) as sup:
             caps = sup.caps
             click.echo(f"landlock: {caps.landlock.reason} (ABI {caps.landlock_abi})")
             click.echo(f"seccomp: {caps.seccomp.reason}")
