@@ -4,6 +4,9 @@ PYTHON ?= /usr/bin/python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+ATTACKS := tests/kernel/test_attack_filesystem.py tests/kernel/test_attack_leaks.py \
+           tests/kernel/test_attack_network.py tests/kernel/test_attack_processes.py \
+           tests/kernel/test_attack_syscalls.py tests/kernel/test_workloads.py
 
 .PHONY: demo test lint bench clean
 
@@ -21,6 +24,8 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	if [ -d ../shared/v2vm ]; then V2VM_KERNEL="$$(tools/v2vm/kernel.sh)" || exit 1; export V2VM_KERNEL; fi; $(PY) -m pytest -q tests
+	# The attack and workload suites again, every command in a sandbox confined ahead of it (pre-forked).
+	CORRAL_TEST_PREFORKED=1 $(PY) -m pytest -q $(ATTACKS)
 	tools/v2vm/test-v2.sh
 
 lint: $(STAMP)

@@ -98,8 +98,12 @@ class Prefork:
         self._building: dict[Key, int] = {}
         self._exits: OrderedDict[Key, int] = OrderedDict()  # exits per key, the most recent 64 keys
         self._closed = False
+        #: Test hook (tests/kernel/conftest.py, CORRAL_TEST_PREFORKED=1): every request that could use a
+        #: pre-forked sandbox gets one, built for it if none is ready, so that the attack suites run
+        #: against sandboxes confined ahead of their command too.
+        self.always = False
 
-    async def take(self, compiled: CompiledPolicy, cwd: str) -> Stub | None:
+    async def take(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
         """A confined sandbox for this policy and workdir whose view still matches the tree, or None (then
         the caller builds one on the spot; waiting for one still being built would take as long)."""
         prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
@@ -107,6 +111,9 @@ class Prefork:
             return None
         key = (compiled.policy_id, cwd)
         stub = self._pop_ready(key)
+        if stub is None and self.always:
+            with contextlib.suppress(Exception):  # as in _build: the request's own spawn reports errors
+                stub = await self._new_stub(policy, compiled, cwd)
         if stub is None:
             return None
         if mounts.fingerprint(prepared, cwd) != stub.fingerprint:

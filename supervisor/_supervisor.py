@@ -345,7 +345,7 @@ class Supervisor:
             fds.extend(pass_fds)
             # A sandbox confined ahead of time for this policy and workdir takes just the command; else
             # the fork server builds one now.
-            stub = await self._prefork.take(compiled, cwd)
+            stub = await self._prefork.take(policy, compiled, cwd)
             if stub is not None and not _hand_over(stub, request, fds):
                 self._prefork.discard(stub)
                 stub = None
