@@ -229,6 +229,12 @@ def _spawnp(
     raise saved or FileNotFoundError(2, "No such file or directory")
 
 
+def _name_self() -> None:
+    """Show as corral-init, not python, in ps, top and perf (the supervisor and fork server are python)."""
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
+        f.write("corral-init")
+
+
 def _sandbox_init(
     pol: dict[str, object],
     req: dict[str, object],
@@ -241,6 +247,7 @@ def _sandbox_init(
     if os.read(sync_r, 1) != b"g":  # the fork server failed to write our id maps: give up
         os._exit(125)
     os.close(sync_r)
+    _name_self()
     try:
         _confine(pol, req, supervisor_pidfd)
     except Exception as err:  # anything that escapes must still be reported
@@ -264,6 +271,7 @@ def _stub_init(
     if os.read(sync_r, 1) != b"g":
         os._exit(125)
     os.close(sync_r)
+    _name_self()
     try:
         _confine(pol, {"cwd": cwd, "cgroup_procs": procs}, supervisor_pidfd)
     except Exception as err:  # anything that escapes must still be reported
