@@ -225,7 +225,7 @@ class Child:
 
     @property
     def running(self) -> bool:
-        """True until the child has been reaped."""
+        """True until the child's exit is final (see `wait`)."""
         return self._exit is None
 
     @property
@@ -278,8 +278,12 @@ class Child:
         return await self.wait()
 
     async def wait(self) -> Result:
-        """Wait until the child has been reaped (by the supervisor's watcher task) and return its Result
-        (without captured output: `Supervisor.run` captures). Cancelling the wait does not kill the child."""
+        """Wait until the child's exit is final and return its Result (without captured output:
+        `Supervisor.run` captures). Final: the command and everything it left behind have been killed and
+        reaped (the sandbox's init vouches for that as pid 1 of its namespace), or, without a pid
+        namespace, the init itself has been reaped. The init may still be exiting for a moment; the
+        supervisor reaps it and removes the cgroup right after. Cancelling the wait does not kill the
+        child."""
         await self._done.wait()
         return self.result()
 

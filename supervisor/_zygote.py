@@ -265,9 +265,9 @@ def _stub_init(
     ctl: socket.socket,
     supervisor_pidfd: int,
 ) -> None:
-    """Pid 1 of a pre-forked sandbox: every containment step now, for the workdir `cwd` and the cgroup the
-    fork server placed it in; then an R record, then wait for the request (argv, env, stdio) on `ctl`
-    (EOF: discarded, exit) and run it. Never returns."""
+    """Pid 1 of a pre-forked sandbox: every containment step now, for the workdir `cwd` and the cgroup
+    whose cgroup.procs files are `procs`; then an R record, then wait for the request (argv, env, stdio)
+    on `ctl` (EOF: discarded, exit) and run it. Never returns."""
     if os.read(sync_r, 1) != b"g":
         os._exit(125)
     os.close(sync_r)

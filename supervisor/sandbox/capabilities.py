@@ -36,19 +36,10 @@ def prepare() -> dict[str, object]:
     return {"last_cap": last}
 
 
-_bounded = False
-
-
-def apply_bounding(prepared: dict[str, object]) -> None:
-    """Child side, phase 1: lock the securebits and empty the bounding set. Neither touches the effective
-    set, so the mounts that follow keep CAP_SYS_ADMIN; both only decide what an exec may gain, so they can
-    run ahead of the request (a pre-forked sandbox), off the spawn's critical path. Raises SetupFailure.
-
-    EPERM is tolerated only when the process has no CAP_SETPCAP at all (an ordinary user without a user
-    namespace: it has nothing to drop)."""
-    global _bounded
-    if _bounded:
-        return
+def _apply_bounding(prepared: dict[str, object]) -> None:
+    """Lock the securebits and empty the bounding set. EPERM is tolerated only when the process has no
+    CAP_SETPCAP at all (an ordinary user without a user namespace: it has nothing to drop). Raises
+    SetupFailure."""
     if _has_cap(8):
         try:
             _sys.prctl(_sys.PR_SET_SECUREBITS, _SECUREBITS)
@@ -58,14 +49,13 @@ def apply_bounding(prepared: dict[str, object]) -> None:
             raise _sys.SetupFailure(
                 "capabilities", "prctl(PR_CAPBSET_DROP/PR_SET_SECUREBITS)", err.errno or 0
             ) from err
-    _bounded = True
 
 
 def apply(prepared: dict[str, object]) -> None:
     """Child side, after mounts and network setup (which need CAP_SYS_ADMIN/CAP_NET_ADMIN in the new
-    namespaces) and before Landlock/seccomp: the bounding set (if `apply_bounding` has not run), then the
-    ambient set cleared and capset to zero. Raises SetupFailure."""
-    apply_bounding(prepared)
+    namespaces) and before Landlock/seccomp: securebits and the bounding set, then the ambient set
+    cleared and capset to zero. Raises SetupFailure."""
+    _apply_bounding(prepared)
     try:
         _sys.prctl(_sys.PR_CAP_AMBIENT, _sys.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError as err:

@@ -12,9 +12,10 @@
   read-only (as bubblewrap does);
 - denied paths hidden under an empty read-only tmpfs (directories) or /dev/null (files).
 
-Unlike the other mechanism modules, `apply` comes in two phases: `apply_base` (independent of the request, run
-ahead of it in a pre-forked sandbox) and `apply_paths` (at request time), with `keep_visible` opening what
-the base phase would otherwise hide.
+Unlike the other mechanism modules, `apply` comes in two phases, `apply_base` (what does not depend on the
+state of the policy's paths) and `apply_paths` (what does), with `keep_visible` opening beforehand what the
+base phase would otherwise hide. A pre-forked sandbox runs both before its command is known; `fingerprint`
+is what the supervisor checks at the request to know that the paths they looked at are unchanged.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _tmpfs(target: str, mode: str, readonly: bool = False) -> None:
 
 _HIDDEN = ("/tmp", "/run", "/var/run", "/dev")
 
-#: Denied paths already hidden in this sandbox's mount namespace (by apply_base, ahead of the request).
+#: Denied paths already hidden in this sandbox's mount namespace (by apply_base, before apply_paths).
 _hidden: set[str] = set()
 
 
@@ -208,7 +209,7 @@ def apply_base(prepared: dict[str, object]) -> None:
     """Child side, phase 1 (pid 1 of the new pid namespace, inside the new mount and user namespaces, with
     full capabilities there): the part of the view that does not depend on the state of the policy's paths:
     private propagation, the read-only host tree, tmpfs over /run, a minimal /dev, private /tmp and
-    /dev/shm, a fresh /proc. May run ahead of the request (a pre-forked sandbox). Raises SetupFailure."""
+    /dev/shm, a fresh /proc. Raises SetupFailure."""
     confine = bool(prepared["confine"])
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -229,15 +230,15 @@ def apply_base(prepared: dict[str, object]) -> None:
             if os.path.exists(path):
                 _bind(path, readonly=True)
     if confine:
-        # Hide what is denied and exists now, ahead of the request (the credential stores are a few dozen
-        # paths); apply_paths hides at request time whatever has appeared since.
+        # Hide what is denied and exists now (the credential stores are a few dozen paths); apply_paths
+        # hides whatever has appeared since.
         for path in prepared["deny"]:  # type: ignore[attr-defined]
             if _deny(path):
                 _hidden.add(path)
 
 
 def apply_paths(prepared: dict[str, object], workdir: str, keep: list[tuple[str, int, bool]]) -> None:
-    """Child side, phase 2, at request time: the part that depends on what exists now. Writable roots bound
+    """Child side, phase 2: the part that depends on what exists now. Writable roots bound
     writable over the read-only tree, protected paths in them bound read-only, `keep` (from keep_visible)
     bound back over the replaced /tmp, /run or /dev, denied paths hidden; then chdir(workdir), so the cwd
     sees the new view. Raises SetupFailure naming the mount and the path."""
