@@ -7,7 +7,6 @@ children's PDEATHSIG is tied to that thread.
 
 from __future__ import annotations
 
-import array
 import marshal
 import os
 import socket
@@ -18,7 +17,7 @@ from pathlib import Path
 import anyio
 
 from supervisor._errors import SandboxSetupError
-from supervisor.sandbox._sys import received_fds
+from supervisor.sandbox._sys import received_fds, rights
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -87,7 +86,7 @@ class ForkServer:
             raise SandboxSetupError("fork server", "spawn", hint="the supervisor is not running")
         with anyio.CancelScope(shield=True):
             async with self._lock:
-                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+                anc = rights(fds)
                 try:
                     while True:
                         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno as _errno
 import itertools
@@ -10,7 +9,6 @@ import logging
 import marshal
 import os
 import resource
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -37,6 +35,7 @@ from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
 from supervisor._plan import CompiledPolicy, compile_policy
 from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
+from supervisor.sandbox._sys import rights
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
 from supervisor.sandbox.probe import KernelCaps
 
@@ -629,9 +628,7 @@ async def _feed(stream: ByteSendStream, data: bytes) -> None:
 def _hand_over(stub: Stub, request: dict[str, object], fds: list[int]) -> bool:
     """Send the command to a pre-forked sandbox; False when it is gone (then it is discarded)."""
     try:
-        stub.ctl.sendmsg(
-            [marshal.dumps(request)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        )
+        stub.ctl.sendmsg([marshal.dumps(request)], rights(fds))
     except OSError:
         return False
     stub.ctl.close()

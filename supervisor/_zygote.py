@@ -26,7 +26,6 @@ Status pipe records: one byte kind + 4-byte length + marshal payload.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import ctypes
 import fcntl
@@ -357,8 +356,7 @@ def _recv(sock: socket.socket) -> tuple[dict[str, object] | None, list[int]]:
 
 
 def _send(sock: socket.socket, payload: dict[str, object], fds: list[int]) -> None:
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([marshal.dumps(payload)], anc)
+    sock.sendmsg([marshal.dumps(payload)], _sys.rights(fds))
 
 
 class _Server:

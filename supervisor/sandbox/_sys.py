@@ -115,6 +115,12 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return ret
 
 
+def rights(fds: list[int]) -> list[tuple[int, int, array.array[int]]]:
+    """The sendmsg() ancillary list passing `fds` (SCM_RIGHTS); empty for no fds. Every sender of fds uses
+    it: the supervisor to the fork server and to a pre-forked sandbox, the fork server back."""
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+
+
 def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     """The fds of the SCM_RIGHTS messages in a recvmsg() ancillary list (both ends of the fork server's
     socket use it)."""
