@@ -7,14 +7,19 @@ private /tmp, so a workspace there would exercise the re-bind path only; see tes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
+from anyio.abc import ByteReceiveStream
 
 from supervisor import Supervisor
 
@@ -51,6 +56,51 @@ def outside() -> Iterator[Path]:
     (d / "canary.txt").write_text("host canary\n")
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+def proc_state(pid: int) -> str | None:
+    """The /proc state letter of host process `pid` (R, S, D, Z, ...), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(")") + 2]
+
+
+async def readline(stream: ByteReceiveStream) -> bytes:
+    """One line from a child's stdout (an unbuffered child may write it in pieces), within 5 s."""
+    line = b""
+    with anyio.fail_after(5):
+        while not line.endswith(b"\n"):
+            line += await stream.receive()
+    return line
+
+
+def accept_all(listener: socket.socket) -> int:
+    """How many connections wait in `listener`'s queue (non-blocking accept until EAGAIN). Connections
+    a child made and closed again are still queued, so this sees every completed handshake."""
+    listener.setblocking(False)
+    n = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return n
+        conn.close()
+        n += 1
+
+
+@contextlib.contextmanager
+def canary_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A host process the sandbox must not be able to touch. Killed (by its own pid) at the end."""
+    proc = subprocess.Popen(["/bin/sleep", "60"])
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # our own child, not yet reaped: the pid is still ours
+        proc.wait(timeout=10)
 
 
 def digest(path: Path) -> str:

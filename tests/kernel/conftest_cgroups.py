@@ -23,6 +23,7 @@ import pytest
 
 from policies import ResourcePolicy
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
+from tests.kernel.conftest import proc_state
 
 PY = os.path.realpath(sys.executable)
 MiB = 1 << 20
@@ -103,16 +104,6 @@ def getsid(pid: int) -> int | None:
         return os.getsid(pid)
     except ProcessLookupError:
         return None
-
-
-def proc_state(pid: int) -> str | None:
-    """The /proc state letter of pid, None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(")") + 2]
 
 
 def manager_fixture() -> Iterator[CgroupManager]:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream
 
 from policies import Policy, profiles
 from supervisor import PIPE, Supervisor
+from tests.kernel.conftest import accept_all, readline
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -76,29 +76,6 @@ async def _attempt(
     assert r.exit_code == 0, r.stderr.decode()
     report: dict[str, str] = json.loads(r.stdout)
     return report
-
-
-async def _readline(stream: ByteReceiveStream) -> bytes:
-    """One line from a child's stdout (an unbuffered child may write it in pieces), within 5 s."""
-    line = b""
-    with anyio.fail_after(5):
-        while not line.endswith(b"\n"):
-            line += await stream.receive()
-    return line
-
-
-def _drain_accepts(listener: socket.socket) -> int:
-    """How many connections wait in `listener`'s queue (non-blocking accept until EAGAIN). Connections
-    a child made and closed again are still queued, so this sees every completed handshake."""
-    listener.setblocking(False)
-    n = 0
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return n
-        conn.close()
-        n += 1
 
 
 def _drain_datagrams(sock: socket.socket) -> list[bytes]:
@@ -158,7 +135,7 @@ async def test_host_loopback_tcp_listener_is_unreachable(sup: Supervisor, worksp
         )
         # Inside, 127.0.0.1/::1 is the sandbox's own loopback, where nothing listens on that port.
         assert report["tcp"] in REFUSED, report
-        assert _drain_accepts(listener) == 0
+        assert accept_all(listener) == 0
 
 
 async def test_control_host_network_reaches_the_host_listener(sup: Supervisor, workspace: Path) -> None:
@@ -171,7 +148,7 @@ async def test_control_host_network_reaches_the_host_listener(sup: Supervisor, w
             [["tcp", "AF_INET", "SOCK_STREAM", ["127.0.0.1", port], "connect"]],
         )
         assert report["tcp"] == "ok"
-        assert _drain_accepts(listener) == 1
+        assert accept_all(listener) == 1
 
 
 @pytest.mark.parametrize(("network", "delivered"), [("none", False), ("host", True)])
@@ -224,13 +201,13 @@ print(json.dumps({"accepted_after_ready": n}))
         )
         assert child.stdout is not None
         assert child.stdin is not None
-        assert await _readline(child.stdout) == b"ready\n"
+        assert await readline(child.stdout) == b"ready\n"
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.settimeout(1.0)
             assert probe.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
         await child.stdin.send(b"done\n")
         await child.stdin.aclose()
-        out = await _readline(child.stdout)
+        out = await readline(child.stdout)
         result = await child.wait()
         await child.stdout.aclose()
     assert result.exit_code == 0
@@ -248,7 +225,7 @@ async def test_host_abstract_unix_listener_is_unreachable(sup: Supervisor, works
         )
         # The abstract namespace belongs to the network namespace: the name does not exist inside.
         assert report["abstract"] == "ECONNREFUSED", report
-        assert _drain_accepts(listener) == 0
+        assert accept_all(listener) == 0
 
 
 async def test_abstract_unix_with_host_network_is_blocked_by_landlock_scope(
@@ -263,7 +240,7 @@ async def test_abstract_unix_with_host_network_is_blocked_by_landlock_scope(
     with _unix_listener("\0" + name) as listener:
         report = await _attempt(sup, policy, [["abstract", "AF_UNIX", "SOCK_STREAM", "@" + name, "connect"]])
         assert report["abstract"] == "EPERM", report
-        assert _drain_accepts(listener) == 0
+        assert accept_all(listener) == 0
 
 
 async def test_control_unconfined_child_reaches_abstract_listener(sup: Supervisor, workspace: Path) -> None:
@@ -277,7 +254,7 @@ async def test_control_unconfined_child_reaches_abstract_listener(sup: Superviso
             [["abstract", "AF_UNIX", "SOCK_STREAM", "@" + name, "connect"]],
         )
         assert report["abstract"] == "ok"
-        assert _drain_accepts(listener) == 1
+        assert accept_all(listener) == 1
 
 
 @pytest.mark.parametrize("base", ["/tmp", "/run"])
@@ -291,12 +268,12 @@ async def test_host_unix_socket_in_tmp_or_run_is_hidden(sup: Supervisor, workspa
         with _unix_listener(path) as listener:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as own:
                 own.connect(path)  # control: the listener is reachable from the host
-            assert _drain_accepts(listener) == 1
+            assert accept_all(listener) == 1
             report = await _attempt(
                 sup, _policy(workspace), [["unix", "AF_UNIX", "SOCK_STREAM", path, "connect"]]
             )
             assert report["unix"] == "ENOENT", report
-            assert _drain_accepts(listener) == 0
+            assert accept_all(listener) == 0
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -319,7 +296,7 @@ async def test_host_pathname_unix_socket_in_readable_dir_is_unreachable(
         report = await _attempt(
             sup, _policy(workspace), [["unix", "AF_UNIX", "SOCK_STREAM", path, "connect"]]
         )
-        accepted = _drain_accepts(listener)
+        accepted = accept_all(listener)
     # Observed on Linux 6.18: {"unix": "ok"} and the host listener accepts the connection.
     assert report["unix"] != "ok", "the sandboxed child connected to a host unix socket"
     assert accepted == 0

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream
 
 from policies import Policy, SyscallPolicy, profiles
 from supervisor import DEVNULL, PIPE, Supervisor
+from tests.kernel.conftest import canary_process, proc_state, readline
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -55,30 +55,12 @@ async def _report(sup: Supervisor, policy: Policy, script: str, *args: str) -> d
     return report
 
 
-async def _readline(stream: ByteReceiveStream) -> bytes:
-    """One line from a child's stdout (an unbuffered child may write it in pieces), within 5 s."""
-    line = b""
-    with anyio.fail_after(5):
-        while not line.endswith(b"\n"):
-            line += await stream.receive()
-    return line
-
-
 # --- Host-side views of processes ----------------------------------------------------------------------
-
-
-def _stat_state(pid: int) -> str | None:
-    """The one-letter state of host process `pid`, or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def _alive(pid: int) -> bool:
     """Running (any state but zombie/dead): a zombie has already been killed."""
-    return _stat_state(pid) not in (None, "Z", "X")
+    return proc_state(pid) not in (None, "Z", "X")
 
 
 def _status_field(pid: int, name: str) -> list[str]:
@@ -141,13 +123,8 @@ def _sleep_token() -> str:
 @pytest.fixture
 def canary() -> Iterator[subprocess.Popen[bytes]]:
     """A host process the sandbox must not be able to touch. Killed (by its own pid) at the end."""
-    proc = subprocess.Popen(["/bin/sleep", "60"])
-    try:
+    with canary_process() as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 # --- Signals, ptrace and /proc against host processes ------------------------------------------------
@@ -222,7 +199,7 @@ async def test_child_cannot_signal_or_trace_a_host_process(
     assert report["parent"] == {"ptrace_seize": "EPERM", "ptrace_attach": "EPERM"}, report
     # Outside: the canary runs on, untraced and not stopped.
     assert canary.poll() is None
-    assert _stat_state(canary.pid) == "S"
+    assert proc_state(canary.pid) == "S"
     assert _status_field(canary.pid, "TracerPid") == ["0"]
 
 
@@ -289,7 +266,7 @@ sys.stdin.readline()
     )
     assert child.stdout is not None
     assert child.stdin is not None
-    report = json.loads(await _readline(child.stdout))
+    report = json.loads(await readline(child.stdout))
     # Outside, while it runs: the init is pid 1 and the command pid 2 of a nested pid namespace.
     targets = _children(child.pid)
     assert len(targets) == 1
@@ -480,7 +457,7 @@ async def test_double_forked_daemon_dies_with_the_command(sup: Supervisor, works
     child = await sup.start(["/bin/sh", "-c", script], policy=_policy(workspace), stdin=PIPE, stdout=PIPE)
     assert child.stdout is not None
     assert child.stdin is not None
-    assert await _readline(child.stdout) == b"ready\n"
+    assert await readline(child.stdout) == b"ready\n"
     # Control: the daemon is visible from the host, orphaned to the sandbox init.
     assert await _apoll(lambda: len(_with_token(token)) == 1, 2.0), "the daemon never appeared"
     (daemon,) = _with_token(token)

@@ -14,7 +14,6 @@ import errno
 import hashlib
 import json
 import marshal
-import os
 import shutil
 import signal
 import socket
@@ -30,6 +29,7 @@ import pytest
 
 from policies import FilesystemPolicy, NetworkPolicy, Policy
 from supervisor.sandbox import landlock, probe
+from tests.kernel.conftest import accept_all, canary_process
 
 pytestmark = pytest.mark.kernel
 
@@ -458,17 +458,6 @@ def abstract_listener() -> Iterator[tuple[socket.socket, str]]:
         sock.close()
 
 
-def accepted(listener: socket.socket) -> int:
-    n = 0
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return n
-        conn.close()
-        n += 1
-
-
 ABSTRACT_ATTACK = """
 def connect():
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -497,7 +486,7 @@ def test_abstract_unix_socket_outside_is_unreachable(tree: Tree) -> None:
         res = confined(prepare(fs_policy(tree)), ABSTRACT_ATTACK, tree.base, name=name)
         assert res["connect"] == "EPERM"
         assert res["own"] == "ok"  # sockets made inside the same domain still work
-        assert accepted(listener) == 0
+        assert accept_all(listener) == 0
 
 
 @needs_scope
@@ -507,7 +496,7 @@ def test_abstract_unix_socket_control_without_scope(tree: Tree) -> None:
     with abstract_listener() as (listener, name):
         res = confined(prepared, ABSTRACT_ATTACK, tree.base, name=name)
         assert res["connect"] == "ok"
-        assert accepted(listener) == 1
+        assert accept_all(listener) == 1
 
 
 SIGNAL_ATTACK = """
@@ -517,20 +506,9 @@ attempt("self", lambda: os.kill(os.getpid(), 0))
 """
 
 
-@contextlib.contextmanager
-def canary() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["/bin/sleep", "60"])
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)  # our own child, not yet reaped: the pid is still ours
-        proc.wait(timeout=10)
-
-
 @needs_scope
 def test_signal_to_process_outside_is_denied(tree: Tree) -> None:
-    with canary() as proc:
+    with canary_process() as proc:
         res = confined(prepare(fs_policy(tree)), SIGNAL_ATTACK, tree.base, pid=proc.pid)
         assert res["term"] == "EPERM"
         assert res["kill"] == "EPERM"
@@ -542,7 +520,7 @@ def test_signal_to_process_outside_is_denied(tree: Tree) -> None:
 def test_signal_control_without_scope(tree: Tree) -> None:
     prepared = prepare(fs_policy(tree))
     prepared["scoped"] = int(prepared["scoped"]) & ~landlock.SCOPE_SIGNAL  # type: ignore[call-overload]
-    with canary() as proc:
+    with canary_process() as proc:
         res = confined(prepared, SIGNAL_ATTACK, tree.base, pid=proc.pid)
         assert res["term"] == "ok"
         assert proc.wait(timeout=10) == -signal.SIGTERM
@@ -586,7 +564,7 @@ def test_tcp_guard_without_private_network(tree: Tree) -> None:
         res = confined(prepared, TCP_ATTACK, tree.base, port=port)
         assert res["connect"] == "EACCES"
         assert res["bind"] == "EACCES"
-        assert accepted(listener) == 0
+        assert accept_all(listener) == 0
 
 
 @needs_net
@@ -596,7 +574,7 @@ def test_tcp_guard_off_with_private_network(tree: Tree) -> None:
     with tcp_listener() as (listener, port):
         res = confined(prepared, TCP_ATTACK, tree.base, port=port)
         assert res == {"connect": "ok", "bind": "ok"}
-        assert accepted(listener) == 1
+        assert accept_all(listener) == 1
 
 
 @needs_net
@@ -658,7 +636,7 @@ attempt("bind_outside", bind_outside)
         )
         assert res["connect"] == "ok"
         assert res["bind_outside"] == "EACCES"  # MAKE_SOCK is controlled
-        assert accepted(srv) == 1
+        assert accept_all(srv) == 1
     finally:
         srv.close()
 

@@ -23,6 +23,7 @@ import pytest
 from policies import profiles
 from supervisor import DEVNULL, PIPE, Child, Result, Rule, SandboxSetupError, Supervisor, rss_above
 from supervisor.sandbox.cgroups import discover
+from tests.kernel.conftest import proc_state
 
 pytestmark = pytest.mark.kernel
 
@@ -162,15 +163,6 @@ async def wait_for(predicate: Callable[[], bool], within: float = 10.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await anyio.sleep(0.01)
-
-
-def proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(")") + 2]
 
 
 def sessions(pids: list[int]) -> set[int]:

@@ -23,6 +23,7 @@ import pytest
 
 from supervisor import Supervisor
 from supervisor.sandbox.cgroups import discover
+from tests.kernel.conftest import proc_state
 
 pytestmark = pytest.mark.kernel
 
@@ -60,22 +61,13 @@ def _cmdline(pid: int) -> list[str] | None:
         return None
 
 
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(")") + 2]
-
-
 def token_processes() -> list[int]:
     """Live (not zombie) processes running `sleep 300.789`."""
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             cmd = _cmdline(int(name))
-            if cmd and TOKEN in cmd and _state(int(name)) not in (None, "Z", "X"):
+            if cmd and TOKEN in cmd and proc_state(int(name)) not in (None, "Z", "X"):
                 out.append(int(name))
     return out
 
@@ -133,10 +125,10 @@ def kill_supervisor(ws: Path, die_within: float) -> tuple[str, list[str], bool, 
         proc.wait(timeout=10)
         # The dead supervisor could not clean up: its cgroups are still there.
         assert existing(parents) == parents
-        while any(_state(p) not in (None, "Z", "X") for p in descendants) or token_processes():
+        while any(proc_state(p) not in (None, "Z", "X") for p in descendants) or token_processes():
             assert time.monotonic() - t0 < die_within, (
                 f"children alive {die_within}s after the supervisor's death: "
-                f"{[(p, _state(p), _cmdline(p)) for p in descendants + token_processes()]}"
+                f"{[(p, proc_state(p), _cmdline(p)) for p in descendants + token_processes()]}"
             )
             time.sleep(0.002)
         died_after = time.monotonic() - t0
