@@ -52,7 +52,8 @@ def _time_rounds(rounds: int, fn: object) -> list[float]:
     return out
 
 
-def _psutil_oneshot(procs: list[psutil.Process]) -> None:
+def psutil_round(procs: list[psutil.Process]) -> None:
+    """What a psutil-based monitor reads per process each round: memory, CPU, fds, threads."""
     for p in procs:
         try:
             with p.oneshot():
@@ -106,7 +107,7 @@ async def main(n: int, rounds: int, interval: float) -> dict[str, object]:
             for c in children:
                 for pid in c.leaf.pids():  # type: ignore[union-attr]
                     procs.append(psutil.Process(pid))
-            ps_round = _time_rounds(max(3, rounds // 5), lambda: _psutil_oneshot(procs))
+            ps_round = _time_rounds(max(3, rounds // 5), lambda: psutil_round(procs))
             # The supervisor's CPU while idle, sampler included.
             cpu0, w0 = sum(me.cpu_times()[:2]), time.perf_counter()
             await anyio.sleep(5.0)

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import monitoring  # noqa: E402 - benchmarks/monitoring.py: the psutil baseline
 import spawn  # noqa: E402 - benchmarks/spawn.py: the spawn measurement functions
 
 from policies import profiles  # noqa: E402
@@ -127,19 +128,6 @@ def _median_ms(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(out)
 
 
-def _psutil_round(procs: list[psutil.Process]) -> None:
-    """What a psutil-based monitor reads per process each round: memory, CPU, fds, threads."""
-    for p in procs:
-        try:
-            with p.oneshot():
-                p.memory_info()
-                p.cpu_times()
-                p.num_fds()
-                p.num_threads()
-        except psutil.Error:
-            pass
-
-
 async def measure_monitoring(counts: Sequence[int], rounds: int, idle_window: float) -> list[MonitorPoint]:
     """Grow the number of idle children step by step and measure the monitoring cost at each step."""
     me = psutil.Process()
@@ -170,7 +158,7 @@ async def measure_monitoring(counts: Sequence[int], rounds: int, idle_window: fl
                             with contextlib.suppress(psutil.Error):
                                 procs.append(psutil.Process(pid))
                     sample_ms = _median_ms(partial(sample_all, children, False), rounds)
-                    psutil_ms = _median_ms(partial(_psutil_round, procs), max(3, rounds // 3))
+                    psutil_ms = _median_ms(partial(monitoring.psutil_round, procs), max(3, rounds // 3))
                     cpu0, w0 = sum(me.cpu_times()[:2]), time.perf_counter()
                     await anyio.sleep(idle_window)
                     idle = (sum(me.cpu_times()[:2]) - cpu0) / (time.perf_counter() - w0)
