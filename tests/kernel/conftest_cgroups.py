@@ -99,6 +99,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             f.close()
 
 
+def read(path: str) -> str:
+    """A cgroup file's content, stripped."""
+    with open(path) as f:
+        return f.read().strip()
+
+
 def getsid(pid: int) -> int | None:
     try:
         return os.getsid(pid)

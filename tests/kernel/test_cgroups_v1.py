@@ -35,11 +35,6 @@ def mgr() -> Iterator[CgroupManager]:
     yield from cg.manager_fixture()
 
 
-def read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
-
-
 def test_open_makes_one_parent_per_hierarchy(mgr: CgroupManager) -> None:
     assert mgr.available, mgr.reason
     assert mgr.controllers == dict.fromkeys(("memory", "cpu", "cpuacct", "pids", "freezer"), 1)
@@ -61,13 +56,13 @@ def test_limits_are_written(mgr: CgroupManager) -> None:
         assert mem
         assert cpu
         assert pids
-        assert int(read(f"{mem}/memory.limit_in_bytes")) == 64 * cg.MiB
+        assert int(cg.read(f"{mem}/memory.limit_in_bytes")) == 64 * cg.MiB
         if os.path.exists(f"{mem}/memory.memsw.limit_in_bytes"):
-            assert int(read(f"{mem}/memory.memsw.limit_in_bytes")) == 64 * cg.MiB
-        assert "oom_kill_disable 0" in read(f"{mem}/memory.oom_control")
-        assert read(f"{cpu}/cpu.cfs_period_us") == "100000"
-        assert read(f"{cpu}/cpu.cfs_quota_us") == "20000"
-        assert read(f"{pids}/pids.max") == "50"
+            assert int(cg.read(f"{mem}/memory.memsw.limit_in_bytes")) == 64 * cg.MiB
+        assert "oom_kill_disable 0" in cg.read(f"{mem}/memory.oom_control")
+        assert cg.read(f"{cpu}/cpu.cfs_period_us") == "100000"
+        assert cg.read(f"{cpu}/cpu.cfs_quota_us") == "20000"
+        assert cg.read(f"{pids}/pids.max") == "50"
         st = leaf.stats()
         assert st.pids == 0
         assert st.oom_kills == 0
@@ -99,7 +94,7 @@ def test_kill_leaves_the_freezer_thawed(mgr: CgroupManager) -> None:
     try:
         cg.place_and_release(leaf, proc)
         assert leaf.kill()
-        assert read(f"{leaf.dir('freezer')}/freezer.state") == "THAWED"
+        assert cg.read(f"{leaf.dir('freezer')}/freezer.state") == "THAWED"
     finally:
         cg.stop(proc)
         leaf.remove()

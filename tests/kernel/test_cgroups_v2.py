@@ -39,16 +39,11 @@ def mgr() -> Iterator[CgroupManager]:
     yield from cg.manager_fixture()
 
 
-def read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
-
-
 def test_open_makes_one_parent_with_controllers_enabled(mgr: CgroupManager) -> None:
     assert mgr.available, mgr.reason
     assert mgr.controllers == dict.fromkeys(("memory", "cpu", "cpuacct", "pids", "freezer"), 2)
     assert len(mgr.parents) == 1
-    enabled = set(read(os.path.join(mgr.parents[0], "cgroup.subtree_control")).split())
+    enabled = set(cg.read(os.path.join(mgr.parents[0], "cgroup.subtree_control")).split())
     assert {"memory", "cpu", "pids"} <= enabled
 
 
@@ -60,16 +55,16 @@ def test_limits_are_written(mgr: CgroupManager) -> None:
         assert leaf.enforced["pids"]
         assert len(leaf.procs_files) == 1
         d = leaf.paths[0]
-        assert int(read(f"{d}/memory.max")) == 64 * cg.MiB
+        assert int(cg.read(f"{d}/memory.max")) == 64 * cg.MiB
         if os.path.exists(f"{d}/memory.swap.max"):
-            assert read(f"{d}/memory.swap.max") == "0"
+            assert cg.read(f"{d}/memory.swap.max") == "0"
             assert leaf.enforced["swap"]
         else:
             assert not leaf.enforced["swap"]
             assert "swap" in leaf.reasons["swap"]
-        assert read(f"{d}/memory.oom.group") == "1"
-        assert read(f"{d}/cpu.max") == "20000 100000"
-        assert read(f"{d}/pids.max") == "50"
+        assert cg.read(f"{d}/memory.oom.group") == "1"
+        assert cg.read(f"{d}/cpu.max") == "20000 100000"
+        assert cg.read(f"{d}/pids.max") == "50"
         st = leaf.stats()
         assert st.pids == 0
         assert st.oom_kills == 0
@@ -126,7 +121,7 @@ def test_no_internal_processes_rule_moves_a_lone_supervisor(mgr: CgroupManager) 
             "swap": False,
             "pids": True,
         }
-        assert {"memory", "pids"} <= set(read(f"{box}/cgroup.subtree_control").split())
+        assert {"memory", "pids"} <= set(cg.read(f"{box}/cgroup.subtree_control").split())
     finally:
         for sub in os.listdir(box):
             if os.path.isdir(os.path.join(box, sub)):
