@@ -106,17 +106,16 @@ class Prefork:
     async def take(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
         """A confined sandbox for this policy and workdir whose view still matches the tree, or None (then
         the caller builds one on the spot; waiting for one still being built would take as long)."""
-        prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
-        if self._closed or not mounts.reusable(prepared, cwd):
+        key = self._key(compiled, cwd)
+        if key is None:
             return None
-        key = (compiled.policy_id, cwd)
         stub = self._pop_ready(key)
         if stub is None and self.always:
             with contextlib.suppress(Exception):  # as in _build: the request's own spawn reports errors
                 stub = await self._new_stub(policy, compiled, cwd)
         if stub is None:
             return None
-        if mounts.fingerprint(prepared, cwd) != stub.fingerprint:
+        if mounts.fingerprint(_mounts(compiled), cwd) != stub.fingerprint:
             self.discard(stub)
             return None
         return stub
@@ -125,10 +124,9 @@ class Prefork:
         """Start building sandboxes for this policy and workdir until `per_key` are ready or being
         built. Called when a child of that key has exited, so that the build does not compete for the CPU
         with the child it would follow."""
-        prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
-        if self._closed or not mounts.reusable(prepared, cwd):
+        key = self._key(compiled, cwd)
+        if key is None:
             return
-        key = (compiled.policy_id, cwd)
         self._exits[key] = exits = self._exits.pop(key, 0) + 1
         if len(self._exits) > 64:
             self._exits.popitem(last=False)
@@ -146,6 +144,14 @@ class Prefork:
         self._building[key] = self._building.get(key, 0) + missing
         for _ in range(missing):
             self._tg.start_soon(self._build, key, policy, compiled, cwd)
+
+    def _key(self, compiled: CompiledPolicy, cwd: str) -> Key | None:
+        """The pool key for this policy and workdir, or None when no sandbox may be built ahead for them
+        (the pool is closed, or the request's paths lie under /tmp, /run or /dev, which the base view
+        replaces: see mounts.reusable)."""
+        if self._closed or not mounts.reusable(_mounts(compiled), cwd):
+            return None
+        return compiled.policy_id, cwd
 
     def _pop_ready(self, key: Key) -> Stub | None:
         stubs = self._ready.get(key)
@@ -177,10 +183,11 @@ class Prefork:
                     self._ready[key].append(stub)
 
     async def _new_stub(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
-        prepared: dict[str, object] | None = compiled.payload["mounts"]  # type: ignore[assignment]
+        prepared = _mounts(compiled)
         # Errors (no cgroup for a policy that needs one, the fork server gone) are the request's own spawn's
-        # to report; _build only logs them.
-        leaf, cg_enforced, cg_missing = self._make_leaf(policy)
+        # to report; _build only logs them. The leaf's mkdirs go to a worker thread: no request waits on
+        # them, so they need not hold the event loop.
+        leaf, cg_enforced, cg_missing = await anyio.to_thread.run_sync(self._make_leaf, policy)
         before = mounts.fingerprint(prepared, cwd)
         try:
             reply, fds = await self._fs.prefork(
@@ -233,6 +240,11 @@ class Prefork:
             for stub in stubs:
                 self.discard(stub)
         self._ready.clear()
+
+
+def _mounts(compiled: CompiledPolicy) -> dict[str, object] | None:
+    """The compiled policy's mount plan (None: no mount namespace)."""
+    return compiled.payload["mounts"]  # type: ignore[return-value]
 
 
 class _Unusable(Exception):
