@@ -81,6 +81,29 @@ async def test_secret_environment_is_filtered(
     assert "X=1" in r.stdout.decode()
 
 
+async def test_environment_changes_reach_the_next_child(
+    sup: Supervisor, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor caches each policy's filtered environment; a change to os.environ between two spawns
+    (set, changed, removed, a secret added) must still show in the second child."""
+    pol = profiles.workspace_write(workspace)
+    monkeypatch.setenv("CORRAL_T_A", "one")
+    monkeypatch.delenv("CORRAL_T_B", raising=False)
+    first = (await sup.run(["/usr/bin/env"], policy=pol)).stdout.decode()
+    assert "CORRAL_T_A=one" in first
+    monkeypatch.setenv("CORRAL_T_A", "two")
+    monkeypatch.setenv("CORRAL_T_B", "new")
+    monkeypatch.setenv("CORRAL_T_SECRET", "leak")
+    second = (await sup.run(["/usr/bin/env"], policy=pol)).stdout.decode()
+    assert "CORRAL_T_A=two" in second
+    assert "CORRAL_T_B=new" in second
+    assert "leak" not in second
+    monkeypatch.delenv("CORRAL_T_A")
+    third = (await sup.run(["/usr/bin/env"], policy=pol)).stdout.decode()
+    assert "CORRAL_T_A" not in third
+    assert "CORRAL_T_B=new" in third
+
+
 async def test_only_stdio_fds_are_inherited(sup: Supervisor, workspace: Path) -> None:
     leaked = os.open("/etc/hostname", os.O_RDONLY)  # inheritable on purpose
     os.set_inheritable(leaked, True)
