@@ -10,7 +10,8 @@ ATTACKS := tests/kernel/test_attack_filesystem.py tests/kernel/test_attack_leaks
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# The C parts (the sandbox init and its extension, supervisor/sandbox/_cinit.c) are built by pip install.
+$(STAMP): pyproject.toml setup.py supervisor/sandbox/_cinit.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,dev]'

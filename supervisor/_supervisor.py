@@ -6,7 +6,6 @@ import contextlib
 import errno as _errno
 import itertools
 import logging
-import marshal
 import os
 import resource
 import subprocess
@@ -35,6 +34,7 @@ from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
 from supervisor._plan import CompiledPolicy, compile_policy
 from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
+from supervisor.sandbox._ops import encode_command
 from supervisor.sandbox._sys import rights
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
 from supervisor.sandbox.probe import KernelCaps
@@ -352,8 +352,7 @@ class Supervisor:
         t0 = time.monotonic()
         cwd = policy.workdir or os.getcwd()
         request: dict[str, object] = {
-            "argv": [os.fsencode(a) for a in cmd],
-            "env": self._env.get(policy),
+            "cmd": encode_command([os.fsencode(a) for a in cmd], self._env.get(policy)),
             "cwd": cwd,
             "pass_fds": len(pass_fds),
         }
@@ -651,7 +650,7 @@ async def _feed(stream: ByteSendStream, data: bytes) -> None:
 def _hand_over(stub: Stub, request: dict[str, object], fds: list[int]) -> bool:
     """Send the command to a pre-forked sandbox; False when it is gone (then it is discarded)."""
     try:
-        stub.ctl.sendmsg([marshal.dumps(request)], rights(fds))
+        stub.ctl.sendmsg([request["cmd"]], rights(fds))  # type: ignore[list-item]
     except OSError:
         return False
     stub.ctl.close()

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import stat
 import struct
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _cinit
+from supervisor.sandbox._ops import Plan
 
 _LAYER = "landlock"
 
@@ -305,13 +305,13 @@ def _attr_size(abi: int) -> int:
     return 8
 
 
-def apply(prepared: dict[str, object]) -> None:
-    """Create the ruleset, add the rules, restrict the calling thread (and its future children).
+def emit(prepared: dict[str, object], plan: Plan) -> None:
+    """Create the ruleset, add the rules, restrict the sandbox init (and so the command it starts).
 
-    Runs in the child after the mounts and after no_new_privs, before seccomp. A rule path that does
-    not exist (ENOENT, ENOTDIR) is skipped: fewer rules means less access. Rights a non-directory
-    cannot hold are dropped per rule (fstat of the O_PATH fd). Raises `_sys.SetupFailure` (layer
-    "landlock") naming the failing syscall and errno; no fd is leaked either way.
+    Runs in the child after the mounts and after no_new_privs, before seccomp. A rule path that does not
+    exist there (ENOENT, ENOTDIR) is skipped: fewer rules means less access. Rights a non-directory cannot
+    hold are dropped per rule (the init fstats the O_PATH fd). Every failure names the Landlock syscall
+    and errno; the init closes what it opened either way.
     """
     abi = int(prepared["abi"])  # type: ignore[call-overload]
     handled_fs = int(prepared["handled_fs"])  # type: ignore[call-overload]
@@ -321,77 +321,48 @@ def apply(prepared: dict[str, object]) -> None:
     net_rules: list[tuple[int, int]] = prepared["net_rules"]  # type: ignore[assignment]
 
     attr = struct.pack("=QQQ", handled_fs, handled_net, scoped)[: _attr_size(abi)]
-    try:
-        ruleset = _sys.syscall("landlock_create_ruleset", attr, len(attr), 0)
-    except OSError as err:
-        code = err.errno or 0
-        op = f"landlock_create_ruleset(fs={handled_fs:#x}, net={handled_net:#x}, scoped={scoped:#x})"
-        raise _sys.SetupFailure(
+    missing = "Landlock is disabled or missing on this kernel"
+    plan.add(
+        _cinit.OP_LL_CREATE,
+        _LAYER,
+        f"landlock_create_ruleset(fs={handled_fs:#x}, net={handled_net:#x}, scoped={scoped:#x})",
+        a=(len(attr),),
+        s=(attr,),
+        hint={
+            _errno.ENOSYS: missing,
+            _errno.EOPNOTSUPP: missing,
+            "*": f"the ruleset was compiled for Landlock ABI {abi}, which this kernel rejects",
+        },
+    )
+    for path, access in rules:
+        # The operation names the rights; the init names the step that failed (open, fstat, add_rule)
+        # with the rights it actually asked for.
+        plan.add(
+            _cinit.OP_LL_PATH,
             _LAYER,
-            op,
-            code,
-            hint=(
-                "Landlock is disabled or missing on this kernel"
-                if code in (_errno.ENOSYS, _errno.EOPNOTSUPP)
-                else f"the ruleset was compiled for Landlock ABI {abi}, which this kernel rejects"
-            ),
-        ) from err
-    try:
-        for path, access in rules:
-            _add_path_rule(ruleset, path, access)
-        for port, access in net_rules:
-            rule = struct.pack("=QQ", access, port)
-            try:
-                _sys.syscall("landlock_add_rule", ruleset, LANDLOCK_RULE_NET_PORT, rule, 0)
-            except OSError as err:
-                raise _sys.SetupFailure(
-                    _LAYER,
-                    f"landlock_add_rule(NET_PORT, port={port}, {access:#x})",
-                    err.errno or 0,
-                ) from err
-        try:
-            _sys.syscall("landlock_restrict_self", ruleset, 0)
-        except OSError as err:
-            code = err.errno or 0
-            raise _sys.SetupFailure(
-                _LAYER,
-                "landlock_restrict_self",
-                code,
-                hint=(
-                    "no_new_privs must be set first (prctl PR_SET_NO_NEW_PRIVS)"
-                    if code == _errno.EPERM
-                    else ""
-                ),
-            ) from err
-    finally:
-        os.close(ruleset)
+            f"landlock_add_rule(PATH_BENEATH, {access:#x})",
+            a=(access, ACCESS_FILE),
+            s=(path,),
+            path=path,
+        )
+    for port, access in net_rules:
+        plan.add(
+            _cinit.OP_LL_NET,
+            _LAYER,
+            f"landlock_add_rule(NET_PORT, port={port}, {access:#x})",
+            a=(port, access),
+        )
+    plan.add(
+        _cinit.OP_LL_RESTRICT,
+        _LAYER,
+        "landlock_restrict_self",
+        hint={_errno.EPERM: "no_new_privs must be set first (prctl PR_SET_NO_NEW_PRIVS)", "*": ""},
+    )
 
 
-def _add_path_rule(ruleset: int, path: str, access: int) -> None:
-    try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return  # nothing there to grant access to
-    except OSError as err:
-        raise _sys.SetupFailure(_LAYER, "open(O_PATH)", err.errno or 0, path) from err
-    try:
-        try:
-            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-        except OSError as err:
-            raise _sys.SetupFailure(_LAYER, "fstat(O_PATH fd)", err.errno or 0, path) from err
-        if not is_dir:
-            access &= ACCESS_FILE
-        if not access:
-            return
-        rule = struct.pack("=Qi", access, fd)
-        try:
-            _sys.syscall("landlock_add_rule", ruleset, LANDLOCK_RULE_PATH_BENEATH, rule, 0)
-        except OSError as err:
-            raise _sys.SetupFailure(
-                _LAYER,
-                f"landlock_add_rule(PATH_BENEATH, {access:#x})",
-                err.errno or 0,
-                path,
-            ) from err
-    finally:
-        os.close(fd)
+def apply(prepared: dict[str, object]) -> None:
+    """Confine the calling process now with the prepared rules (what `emit` plans for a sandbox). Raises
+    SetupFailure (layer "landlock") naming the failing syscall and errno; no fd is leaked either way."""
+    plan = Plan()
+    emit(prepared, plan)
+    plan.run()

@@ -20,15 +20,15 @@ is what the supervisor checks at the request to know that the paths they looked 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _cinit, _sys
 
 if TYPE_CHECKING:
     from policies import Policy
+    from supervisor.sandbox._ops import Plan
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -40,6 +40,8 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
+_MNT_DETACH = 2
+_SLOTS = 16  # the init's O_PATH slots (_cinit.c SLOTS)
 
 _DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = (
@@ -73,63 +75,48 @@ def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
     }
 
 
-def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    try:
-        _sys.libc_call(
-            "mount",
-            src.encode() if src else None,
-            target.encode(),
-            fstype.encode() if fstype else None,
-            ctypes.c_ulong(flags),
-            data.encode() if data else None,
-        )
-    except OSError as err:
-        what = fstype or ("bind" if flags & MS_BIND else "remount")
-        raise _sys.SetupFailure("mounts", f"mount({what}, flags={flags:#x})", err.errno or 0, target) from err
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = (
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
+def _mount(
+    plan: Plan, src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> int:
+    what = fstype or ("bind" if flags & MS_BIND else "remount")
+    operation = f"mount({what}, flags={flags:#x})"
+    return plan.add(
+        _cinit.OP_MOUNT, "mounts", operation, a=(flags,), s=(src, target, fstype, data), path=target
     )
 
 
-def _setattr(path: str, set_: int, clr: int, recursive: bool) -> None:
-    attr = _MountAttr(set_, clr, 0, 0)
-    try:
-        _sys.syscall(
-            "mount_setattr",
-            -100,  # AT_FDCWD
-            path.encode(),
-            AT_RECURSIVE if recursive else 0,
-            ctypes.byref(attr),
-            ctypes.sizeof(attr),
-        )
-    except OSError as err:
-        raise _sys.SetupFailure("mounts", "mount_setattr(MOUNT_ATTR_RDONLY)", err.errno or 0, path) from err
+def _setattr(plan: Plan, path: str, set_: int, clr: int, recursive: bool) -> None:
+    plan.add(
+        _cinit.OP_SETATTR,
+        "mounts",
+        "mount_setattr(MOUNT_ATTR_RDONLY)",
+        a=(set_, clr, AT_RECURSIVE if recursive else 0),
+        s=(path,),
+        path=path,
+    )
 
 
-def _bind(path: str, readonly: bool) -> None:
-    _mount(path, path, None, MS_BIND | MS_REC)
+def _bind(plan: Plan, path: str, readonly: bool) -> None:
+    _mount(plan, path, path, None, MS_BIND | MS_REC)
     if readonly:
-        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        _mount(plan, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     else:
         # The bind inherits the read-only flag we put on the whole tree; clear it on this root only.
-        _setattr(path, 0, MOUNT_ATTR_RDONLY, recursive=False)
+        _setattr(plan, path, 0, MOUNT_ATTR_RDONLY, recursive=False)
 
 
-def _tmpfs(target: str, mode: str, readonly: bool = False) -> None:
+def _tmpfs(plan: Plan, target: str, mode: str, readonly: bool = False) -> int:
     flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
-    _mount("tmpfs", target, "tmpfs", flags, f"mode={mode},size=50%")
+    return _mount(plan, "tmpfs", target, "tmpfs", flags, f"mode={mode},size=50%")
+
+
+def _op(
+    plan: Plan, code: int, operation: str, path: str, *, a: tuple[int, ...] = (), s: tuple[str, ...] = ()
+) -> int:
+    return plan.add(code, "mounts", operation, a=a, s=s or (path,), path=path)
 
 
 _HIDDEN = ("/tmp", "/run", "/var/run", "/dev")
-
-#: Denied paths already hidden in this sandbox's mount namespace (by apply_base, before apply_paths).
-_hidden: set[str] = set()
 
 
 def _under_hidden(path: str) -> bool:
@@ -155,8 +142,9 @@ def reusable(prepared: dict[str, object] | None, workdir: str) -> bool:
 
 
 def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[object, ...]:
-    """Everything the view built by `apply_base` + `apply_paths` depends on, as seen from the host now: the
-    identity (device, inode, type) or absence of the workdir, every writable and readable root, every
+    """Everything the view built by `emit_base` + `emit_paths` depends on, as seen from the host now: the
+    identity (device, inode, type) or absence of the workdir, the host paths the base view tests, every
+    writable and readable root, every
     protected path and its top directory under each writable root (after git expansion: core.hooksPath,
     submodule git dirs), and every denied path. A sandbox built ahead of its request serves it only while
     the fingerprint taken around its build still holds at the request (see supervisor/_prefork.py); any
@@ -165,6 +153,8 @@ def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[objec
     out: list[object] = [_identity(workdir)]
     if prepared is None:
         return tuple(out)
+    if prepared["confine"]:
+        out += [(path, _identity(path)) for path in _BASE_PATHS]
     write: list[str] = prepared["write"]  # type: ignore[assignment]
     for root in [*write, *prepared["read"]]:  # type: ignore[misc]
         out.append((root, _identity(root)))
@@ -182,6 +172,10 @@ def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[objec
     return tuple(out)
 
 
+#: Host paths whose presence or type `emit_base` tests.
+_BASE_PATHS = ("/var/run", "/sys/class/net", "/dev/shm", *(f"/proc/{name}" for name in _PROC_READONLY))
+
+
 def _identity(path: str) -> tuple[int, int, int] | int:
     """(st_dev, st_ino, st_mode) of `path` without following a final symlink, or the errno of lstat."""
     try:
@@ -191,105 +185,125 @@ def _identity(path: str) -> tuple[int, int, int] | int:
     return st.st_dev, st.st_ino, st.st_mode
 
 
-def keep_visible(prepared: dict[str, object], workdir: str) -> list[tuple[str, int, bool]]:
-    """Open (O_PATH) the writable roots, readable roots and workdir that lie under a path the base view
-    replaces (/tmp, /run, /dev), before it does: `apply_paths` binds them back on top. Raises SetupFailure."""
-    keep: list[tuple[str, int, bool]] = []  # (path, O_PATH fd, writable)
+def keep_visible(prepared: dict[str, object], workdir: str) -> list[tuple[str, bool, bool]]:
+    """The writable roots, readable roots and workdir that lie under a path the base view replaces (/tmp,
+    /run, /dev) and exist now: (path, writable, is a directory). `emit_keep` opens them in the sandbox's
+    new mount namespace before the base view hides them, and `emit_paths` binds them back on top. Raises
+    SetupFailure when one cannot be looked up."""
+    keep: list[tuple[str, bool, bool]] = []
     write: list[str] = prepared["write"]  # type: ignore[assignment]
     read: list[str] = prepared["read"]  # type: ignore[assignment]
     for path, writable in [*((p, True) for p in write), *((p, False) for p in read), (workdir, False)]:
         if _under_hidden(path) and not any(k[0] == path for k in keep):
-            fd = _open_path(path)
-            if fd is not None:
-                keep.append((path, fd, writable))
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as err:
+                raise _sys.SetupFailure("mounts", "stat(kept path)", err.errno or 0, path) from err
+            keep.append((path, writable, stat.S_ISDIR(st.st_mode)))
+    if len(keep) > _SLOTS:
+        raise _sys.SetupFailure(
+            "mounts", "keep paths visible", 7, hint=f"at most {_SLOTS} roots under /tmp, /run or /dev"
+        )
     return keep
 
 
-def apply_base(prepared: dict[str, object]) -> None:
-    """Child side, phase 1 (pid 1 of the new pid namespace, inside the new mount and user namespaces, with
-    full capabilities there): the part of the view that does not depend on the state of the policy's paths:
+def emit_keep(keep: list[tuple[str, bool, bool]], plan: Plan) -> None:
+    """Open (O_PATH) each kept path into a slot of the init, in its new mount namespace (a bind's source
+    must be in the caller's namespace) and before `emit_base` replaces what holds them."""
+    for slot, (path, _writable, _is_dir) in enumerate(keep):
+        _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH)", path, a=(slot,))
+
+
+def emit_base(prepared: dict[str, object], plan: Plan) -> None:
+    """Phase 1 (in pid 1 of the new pid namespace, inside the new mount and user namespaces, with full
+    capabilities there): the part of the view that does not depend on the state of the policy's paths:
     private propagation, the read-only host tree, tmpfs over /run, a minimal /dev, private /tmp and
-    /dev/shm, a fresh /proc. Raises SetupFailure."""
+    /dev/shm, a fresh /proc, and the denied paths that exist now (outside /tmp, /run and /dev, which the
+    base view replaces). What exists is looked up here, in the fork server, whose view of the host is the
+    one the sandbox starts from. Raises SetupFailure (an unreadable denied path)."""
     confine = bool(prepared["confine"])
     # Nothing we mount may propagate back to the host's mount namespace.
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount(plan, None, "/", None, MS_REC | MS_PRIVATE)
     if confine:
-        _setattr("/", MOUNT_ATTR_RDONLY, 0, recursive=True)
-        _hide_sockets()
-        _dev()
+        _setattr(plan, "/", MOUNT_ATTR_RDONLY, 0, recursive=True)
+        _hide_sockets(plan)
+        _dev(plan)
         if prepared["private_net"] and os.path.isdir("/sys/class/net"):
-            _net_class()
+            _net_class(plan)
     if prepared["private_tmp"]:
-        _tmpfs("/tmp", "1777")
+        _tmpfs(plan, "/tmp", "1777")
         if not confine and os.path.isdir("/dev/shm"):
-            _tmpfs("/dev/shm", "1777")
+            _tmpfs(plan, "/dev/shm", "1777")
     if prepared["proc"]:
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _mount(plan, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         for name in _PROC_READONLY:
             path = f"/proc/{name}"
             if os.path.exists(path):
-                _bind(path, readonly=True)
+                _bind(plan, path, readonly=True)
     if confine:
-        # Hide what is denied and exists now (the credential stores are a few dozen paths); apply_paths
-        # hides whatever has appeared since.
+        # Before the writable roots are bound: their recursive binds carry these mounts along.
         for path in prepared["deny"]:  # type: ignore[attr-defined]
-            if _deny(path):
-                _hidden.add(path)
+            if not _under_hidden(path):
+                _deny(plan, path)
 
 
-def apply_paths(prepared: dict[str, object], workdir: str, keep: list[tuple[str, int, bool]]) -> None:
-    """Child side, phase 2: the part that depends on what exists now. Writable roots bound
-    writable over the read-only tree, protected paths in them bound read-only, `keep` (from keep_visible)
-    bound back over the replaced /tmp, /run or /dev, denied paths hidden; then chdir(workdir), so the cwd
-    sees the new view. Raises SetupFailure naming the mount and the path."""
+def emit_paths(
+    prepared: dict[str, object], workdir: str, keep: list[tuple[str, bool, bool]], plan: Plan
+) -> None:
+    """Phase 2: the part that depends on what exists now. Writable roots bound writable over the
+    read-only tree, protected paths in them bound read-only, `keep` (from keep_visible) bound back over
+    the replaced /tmp, /run or /dev, denied paths inside those hidden; then chdir(workdir), so the cwd
+    sees the new view. Raises SetupFailure (a protected path that is a symlink, a .git/hooks that cannot
+    be created); a failure in the init names the mount and the path."""
     confine = bool(prepared["confine"])
     write: list[str] = prepared["write"]  # type: ignore[assignment]
     if confine:
         for root in write:
             if not _under_hidden(root) and os.path.exists(root):
-                _bind(root, readonly=False)
-                _protect(root, prepared["protected"])  # type: ignore[arg-type]
-    for path, fd, writable in keep:
-        _rebind(path, fd, writable and confine)
+                _bind(plan, root, readonly=False)
+                _protect(plan, root, prepared["protected"])  # type: ignore[arg-type]
+    for slot, (path, writable, is_dir) in enumerate(keep):
+        _rebind(plan, path, slot, is_dir, writable and confine)
         if writable and confine:
-            _protect(path, prepared["protected"])  # type: ignore[arg-type]
+            _protect(plan, path, prepared["protected"])  # type: ignore[arg-type]
     if confine:
+        # A denied path under /tmp, /run or /dev exists in the sandbox only inside what `keep` bound back.
+        kept = [k[0] for k in keep]
         for path in prepared["deny"]:  # type: ignore[attr-defined]
-            if path not in _hidden:
-                _deny(path)
-    try:
-        os.chdir(workdir)
-    except OSError as err:
-        raise _sys.SetupFailure("mounts", "chdir(workdir)", err.errno or 0, workdir) from err
+            if _under_hidden(path) and any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+                _deny(plan, path)
+    _op(plan, _cinit.OP_CHDIR, "chdir(workdir)", workdir)
 
 
-def _rebind(path: str, fd: int, writable: bool) -> None:
-    """Bind the host object behind `fd` back at `path` on top of the sandbox's replacement mount."""
-    try:
-        if not os.path.exists(path):
-            if stat.S_ISDIR(os.fstat(fd).st_mode):
-                os.makedirs(path, 0o755, exist_ok=True)
-            else:
-                os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-    except OSError as err:
-        raise _sys.SetupFailure("mounts", "mkdir(mount point)", err.errno or 0, path) from err
-    _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-    os.close(fd)
+def _rebind(plan: Plan, path: str, slot: int, is_dir: bool, writable: bool) -> None:
+    """Bind the host object opened into `slot` (emit_keep) back at `path` on top of the sandbox's
+    replacement mount (made first, with its parents, when the replacement lacks it)."""
+    _op(plan, _cinit.OP_ENSURE, "mkdir(mount point)", path, a=(int(is_dir),))
+    plan.add(
+        _cinit.OP_MOUNT,
+        "mounts",
+        "mount(bind, kept path)",
+        a=(MS_BIND | MS_REC, slot + 1),
+        s=(None, path),
+        path=path,
+    )
+    plan.add(_cinit.OP_CLOSE, "mounts", "close(O_PATH fd)", a=(0, slot + 1), path=path)
     if writable:
-        _setattr(path, 0, MOUNT_ATTR_RDONLY, recursive=False)
+        _setattr(plan, path, 0, MOUNT_ATTR_RDONLY, recursive=False)
     else:
-        _setattr(path, MOUNT_ATTR_RDONLY, 0, recursive=True)
+        _setattr(plan, path, MOUNT_ATTR_RDONLY, 0, recursive=True)
 
 
-def _protect(root: str, protected: list[str]) -> None:
+def _protect(plan: Plan, root: str, protected: list[str]) -> None:
     """Read-only binds for the protected paths under writable `root`.
 
     Each protected path's top directory (.git) first becomes a writable mount point of its own, so it cannot
     be renamed away and replaced by a directory with fresh hooks. For git specifically: a missing
-    .git/hooks is created (empty) so that it can be protected, each submodule's git dir under
-    .git/modules gets the same protection, and a .git that is a file (a linked worktree or a submodule
-    checkout: it points git at another directory) is itself bound read-only.
+    .git/hooks is created (empty, here, before the sandbox starts) so that it can be protected, each
+    submodule's git dir under .git/modules gets the same protection, and a .git that is a file (a linked
+    worktree or a submodule checkout: it points git at another directory) is itself bound read-only.
     """
     tops: set[str] = set()
     for rel in _expand_git(root, protected):
@@ -297,7 +311,7 @@ def _protect(root: str, protected: list[str]) -> None:
         top = os.path.join(root, rel.split("/", 1)[0])
         if "/" in rel and os.path.isfile(top) and not os.path.islink(top):
             if top not in tops:  # .git is a gitdir pointer: freeze the pointer
-                _bind(top, readonly=True)
+                _bind(plan, top, readonly=True)
                 tops.add(top)
             continue
         if rel.endswith(".git/hooks") and not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
@@ -319,9 +333,9 @@ def _protect(root: str, protected: list[str]) -> None:
                 "mounts", "protect path", 40, path, "a protected path is a symlink; remove it or unprotect it"
             )
         if "/" in rel and top not in tops and os.path.isdir(top) and not os.path.islink(top):
-            _bind(top, readonly=False)
+            _bind(plan, top, readonly=False)
             tops.add(top)
-        _bind(path, readonly=True)
+        _bind(plan, path, readonly=True)
 
 
 def _configured_hooks_path(root: str) -> str | None:
@@ -372,71 +386,65 @@ def _expand_git(root: str, protected: list[str]) -> list[str]:
     return out
 
 
-def _hide_sockets() -> None:
+def _hide_sockets(plan: Plan) -> None:
     """tmpfs over /run and host /tmp so no host unix socket is reachable by path."""
-    _tmpfs("/run", "0755")
+    _tmpfs(plan, "/run", "0755")
     if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
-        _tmpfs("/var/run", "0755")
+        _tmpfs(plan, "/var/run", "0755")
 
 
-def _dev() -> None:
+def _dev(plan: Plan) -> None:
     """A fresh /dev with only harmless nodes. Runs after _hide_sockets: the host /dev is parked on the
     private /run while the node binds are made, then detached."""
-    os.mkdir("/run/.corral-hostdev", 0o700)
-    _mount("/dev", "/run/.corral-hostdev", None, MS_BIND | MS_REC)
-    _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID, "mode=0755,size=64k")
+    helper = "/run/.corral-hostdev"
+    _op(plan, _cinit.OP_MKDIR, "mkdir(host /dev helper)", helper, a=(0o700,))
+    _mount(plan, "/dev", helper, None, MS_BIND | MS_REC)
+    _mount(plan, "tmpfs", "/dev", "tmpfs", MS_NOSUID, "mode=0755,size=64k")
     for name in _DEV_NODES:
         path = f"/dev/{name}"
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
-        _mount(f"/run/.corral-hostdev/{name}", path, None, MS_BIND)
+        _op(plan, _cinit.OP_CREAT, "creat(device mount point)", path, a=(0o666,))
+        _mount(plan, f"{helper}/{name}", path, None, MS_BIND)
     for name, target in _DEV_LINKS:
-        os.symlink(target, f"/dev/{name}")
+        _op(plan, _cinit.OP_SYMLINK, "symlink", f"/dev/{name}", s=(target, f"/dev/{name}"))
     for d in ("pts", "shm"):
-        os.mkdir(f"/dev/{d}", 0o755)
-    _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
-    _tmpfs("/dev/shm", "1777")
+        _op(plan, _cinit.OP_MKDIR, "mkdir", f"/dev/{d}", a=(0o755,))
+    _mount(plan, "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
+    _tmpfs(plan, "/dev/shm", "1777")
     # Drop the helper view of the host /dev again.
-    try:
-        _sys.libc_call("umount2", b"/run/.corral-hostdev", 2)  # MNT_DETACH
-        os.rmdir("/run/.corral-hostdev")
-    except OSError as err:
-        raise _sys.SetupFailure("mounts", "umount2(host /dev helper)", err.errno or 0) from err
+    _op(plan, _cinit.OP_UMOUNT, "umount2(host /dev helper)", helper, a=(_MNT_DETACH,))
+    _op(plan, _cinit.OP_RMDIR, "rmdir(host /dev helper)", helper)
 
 
-def _net_class() -> None:
+def _net_class(plan: Plan) -> None:
     """/sys is the host's sysfs, whose net class lists the host's interfaces (names, MACs, traffic counters)
     even in a private network namespace. A sysfs mounted now belongs to the new network namespace: its
     class/net (only lo) is bound over the host's; where sysfs cannot be mounted, an empty one hides it."""
     tmp = "/run/.corral-sys"
-    os.mkdir(tmp, 0o700)
-    try:
-        _mount("sysfs", tmp, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except _sys.SetupFailure:
-        os.rmdir(tmp)
-        _tmpfs("/sys/class/net", "0555", readonly=True)
-        return
-    _mount(f"{tmp}/class/net", "/sys/class/net", None, MS_BIND)
-    _mount(None, "/sys/class/net", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    try:
-        _sys.libc_call("umount2", tmp.encode(), 2)  # MNT_DETACH
-        os.rmdir(tmp)
-    except OSError as err:
-        raise _sys.SetupFailure("mounts", "umount2(sysfs helper)", err.errno or 0, tmp) from err
+    _op(plan, _cinit.OP_MKDIR, "mkdir(sysfs helper)", tmp, a=(0o700,))
+    sysfs = _mount(plan, "sysfs", tmp, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mount(plan, f"{tmp}/class/net", "/sys/class/net", None, MS_BIND)
+    _mount(plan, None, "/sys/class/net", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    _op(plan, _cinit.OP_UMOUNT, "umount2(sysfs helper)", tmp, a=(_MNT_DETACH,))
+    _op(plan, _cinit.OP_RMDIR, "rmdir(sysfs helper)", tmp)
+    done = plan.jump()
+    plan.land(sysfs)  # sysfs could not be mounted: an empty read-only tmpfs instead
+    _op(plan, _cinit.OP_RMDIR, "rmdir(sysfs helper)", tmp)
+    _tmpfs(plan, "/sys/class/net", "0555", readonly=True)
+    plan.land(done)
 
 
-def _deny(path: str) -> bool:
-    """Hide `path` if it exists; returns whether it did."""
+def _deny(plan: Plan, path: str) -> None:
+    """Hide `path` if it exists (on the host, now). Raises SetupFailure when it cannot be looked up."""
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         # Missing, or unreachable for this uid (an ordinary user's sandbox and /root/.ssh): the command
         # cannot reach it either, so there is nothing to hide.
-        return False
+        return
     except OSError as err:
         raise _sys.SetupFailure("mounts", "lstat(deny path)", err.errno or 0, path) from err
     if stat.S_ISDIR(st.st_mode):
-        _tmpfs(path, "0000", readonly=True)
+        _tmpfs(plan, path, "0000", readonly=True)
     else:
-        _mount("/dev/null", path, None, MS_BIND)
-        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    return True
+        _mount(plan, "/dev/null", path, None, MS_BIND)
+        _mount(plan, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)

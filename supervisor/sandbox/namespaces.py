@@ -1,25 +1,23 @@
 """Linux namespaces: user (with uid/gid maps), pid, net (loopback only), mount, ipc, uts, cgroup.
 
-The fork server creates them all at once with clone(2) flags, so the child is born inside them; the parent
-(the fork server) then writes the id maps, which only a process in the parent user namespace may do with
-arbitrary ids. The child is pid 1 of its pid namespace: when it exits, the kernel kills everything left in
-the namespace, so no daemon outlives the sandbox.
+The sandbox init (supervisor/sandbox/_cinit.c) is launched into new user and pid namespaces and writes its
+own id maps first thing (one line mapping its own uid, and one its own gid, is what any process may write
+into its new namespace); it unshares the others itself, in the order _zygote gives. It is pid 1 of its pid
+namespace: when it exits, the kernel kills everything left in the namespace, so no daemon outlives the
+sandbox.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import os
-import socket
-import struct
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _cinit
 from supervisor.sandbox.probe import NAMESPACE_FLAGS
 
 if TYPE_CHECKING:
     from policies import Policy
+    from supervisor.sandbox._ops import Plan
     from supervisor.sandbox.probe import KernelCaps
 
 _HINTS = {
@@ -89,71 +87,31 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
     }
 
 
-def write_id_maps(pid: int, prepared: dict[str, object]) -> None:
-    """Parent side, right after clone: map the caller's uid/gid to themselves inside the new user namespace.
-
-    Identity maps keep file ownership meaningful for the workdir; the child has no capability over anything
-    outside its namespaces. setgroups is denied first, as an unprivileged writer must. Raises SetupFailure.
-    """
-    if not prepared["user"]:
-        return
-    uid, gid = prepared["uid"], prepared["gid"]
-    for name, data in (
-        ("setgroups", b"deny"),
-        ("uid_map", f"{uid} {uid} 1\n".encode()),
-        ("gid_map", f"{gid} {gid} 1\n".encode()),
-    ):
-        path = f"/proc/{pid}/{name}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as err:
-            raise _sys.SetupFailure(
-                "namespaces",
-                f"write {name}",
-                err.errno or 0,
-                path,
-                "the fork server must be dumpable and own the child (PR_SET_DUMPABLE 1)",
-            ) from err
-
-
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-
-
-_AT_CLONE = NAMESPACE_FLAGS["user"] | NAMESPACE_FLAGS["pid"]
-
-
 def clone_flags(prepared: dict[str, object]) -> int:
-    """The namespaces the fork server's clone creates: user and pid (see the module docstring)."""
+    """The namespaces the init is launched into: user and pid (the init is pid 1 of the new one)."""
     flags: int = prepared["flags"]  # type: ignore[assignment]
-    return flags & _AT_CLONE
+    return flags & (NAMESPACE_FLAGS["user"] | NAMESPACE_FLAGS["pid"])
 
 
-def apply(prepared: dict[str, object]) -> None:
-    """Child side, first thing after its cgroup placement: unshare the mount, network, ipc and uts
-    namespaces, set the hostname in the new UTS namespace and bring loopback up in the new network
-    namespace (so servers and tests inside work; nothing outside is reachable). Raises SetupFailure."""
-    rest = int(prepared["flags"]) & ~_AT_CLONE & ~NAMESPACE_FLAGS["cgroup"]  # type: ignore[call-overload]
+def emit_id_maps(prepared: dict[str, object], plan: Plan) -> None:
+    """The init's own id maps, in the user namespace it was launched into: the caller's uid and gid mapped
+    to themselves (identity maps keep file ownership meaningful for the workdir; the sandbox has no
+    capability over anything outside its namespaces). setgroups is denied first, as it must be."""
+    if prepared["user"]:
+        uid, gid = int(prepared["uid"]), int(prepared["gid"])  # type: ignore[call-overload]
+        plan.add(_cinit.OP_IDMAP, "namespaces", "write the id maps", a=(uid, gid), hint=_HINTS["user"])
+
+
+def emit(prepared: dict[str, object], plan: Plan) -> None:
+    """The mount, network, ipc and uts namespaces (owned by the new user namespace), the hostname in the new
+    UTS namespace, and loopback up in the new network namespace (so servers and tests inside work; nothing
+    outside is reachable). The cgroup namespace comes later, once the sandbox is in its leaf (see
+    _zygote)."""
+    flags = int(prepared["flags"])  # type: ignore[call-overload]
+    rest = flags & ~NAMESPACE_FLAGS["user"] & ~NAMESPACE_FLAGS["pid"] & ~NAMESPACE_FLAGS["cgroup"]
     if rest:
-        try:
-            _sys.libc_call("unshare", rest)
-        except OSError as err:
-            raise _sys.SetupFailure("namespaces", f"unshare(flags={rest:#x})", err.errno or 0) from err
+        plan.add(_cinit.OP_UNSHARE, "namespaces", f"unshare(flags={rest:#x})", a=(rest,))
     if prepared["uts"]:
-        try:
-            socket.sethostname(str(prepared["hostname"]))
-        except OSError as err:
-            raise _sys.SetupFailure("namespaces", "sethostname", err.errno or 0) from err
+        plan.add(_cinit.OP_SETHOSTNAME, "namespaces", "sethostname", s=(str(prepared["hostname"]),))
     if prepared["net"]:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                ifr = struct.pack("16sH14s", b"lo", 0, b"")
-                flags = struct.unpack("16sH14s", fcntl.ioctl(s, _SIOCGIFFLAGS, ifr))[1]
-                fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))
-        except OSError as err:
-            raise _sys.SetupFailure("namespaces", "ioctl(SIOCSIFFLAGS, lo up)", err.errno or 0) from err
+        plan.add(_cinit.OP_LOOPBACK_UP, "namespaces", "ioctl(SIOCSIFFLAGS, lo up)")

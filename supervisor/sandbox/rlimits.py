@@ -6,10 +6,11 @@ from __future__ import annotations
 import resource
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _cinit
 
 if TYPE_CHECKING:
     from policies import Policy
+    from supervisor.sandbox._ops import Plan
 
 
 def prepare(policy: Policy) -> list[tuple[int, int, int]]:
@@ -26,16 +27,9 @@ def prepare(policy: Policy) -> list[tuple[int, int, int]]:
     return limits
 
 
-def apply(prepared: list[tuple[int, int, int]]) -> None:
-    """Child side: setrlimit each entry. Raising a hard limit fails (EPERM) without CAP_SYS_RESOURCE in the
-    initial namespace; the soft and hard limits are then both lowered to the current hard one only if the
-    request was higher, which keeps the limit at least as strict as asked. Raises SetupFailure."""
+def emit(prepared: list[tuple[int, int, int]], plan: Plan) -> None:
+    """setrlimit each entry in the child. Raising a hard limit fails (EPERM) without CAP_SYS_RESOURCE in
+    the initial namespace, so the init lowers soft and hard to the current hard limit instead when the
+    request is higher, which keeps the limit at least as strict as asked."""
     for res, soft, hard in prepared:
-        try:
-            _cur_soft, cur_hard = resource.getrlimit(res)
-            if cur_hard != resource.RLIM_INFINITY and hard > cur_hard:
-                soft, hard = min(soft, cur_hard), cur_hard
-            resource.setrlimit(res, (soft, hard))
-        except (OSError, ValueError) as err:
-            code = getattr(err, "errno", 0) or 0
-            raise _sys.SetupFailure("rlimits", f"setrlimit({res}, {soft}, {hard})", code) from err
+        plan.add(_cinit.OP_RLIMIT, "rlimits", f"setrlimit({res}, {soft}, {hard})", a=(res, soft, hard))

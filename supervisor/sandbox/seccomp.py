@@ -22,13 +22,13 @@ seccomp(2). See docs/seccomp.md.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno as _errno
 import os
 import struct
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _cinit, _sys
+from supervisor.sandbox._ops import Plan
 
 _LAYER = "seccomp"
 
@@ -140,8 +140,6 @@ _FOREIGN_ARCH = {"x86_64": 0x40000003, "aarch64": 0x40000028}
 _X32_SYSCALL_BIT = 0x40000000
 _BPF_MAXINSNS = 4096
 
-_SECCOMP_SET_MODE_FILTER = 1
-_SECCOMP_MODE_FILTER = 2
 
 # A rule: (errno, ((arg, op, datum_a, datum_b), ...)); several rules for one name are ORed.
 _Cmp = tuple[int, int, int, int]
@@ -444,18 +442,14 @@ def _unavailable_hint(err: int) -> str:
     return f"the kernel lacks seccomp filters (CONFIG_SECCOMP_FILTER); {escape}"
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+def emit(prepared: dict[str, object], plan: Plan) -> None:
+    """Install the prepared filter: the sandbox init's last step before the command's execve, because the
+    filter denies syscalls the steps before it use. The init sets no_new_privs first if it is not set (the
+    kernel requires it without CAP_SYS_ADMIN, and it must hold anyway), then calls
+    seccomp(SECCOMP_SET_MODE_FILTER) (Linux 3.17+; corral needs 5.9+, so there is no prctl fallback).
 
-
-def apply(prepared: dict[str, object]) -> None:
-    """Install the prepared filter. Runs in the child, last, right before execve.
-
-    Sets no_new_privs first if the caller has not (the kernel requires it without CAP_SYS_ADMIN,
-    and it must hold anyway). Uses seccomp(SECCOMP_SET_MODE_FILTER), falling back to
-    prctl(PR_SET_SECCOMP) on kernels without the seccomp syscall. Standard library only.
-
-    Raises SetupFailure (layer ``seccomp``) naming the failing call and errno.
+    Raises SetupFailure (layer ``seccomp``, errno EINVAL) right away when `prepared` holds no sock_filter
+    array; a failure in the init names the call and its errno.
     """
     bpf = prepared["bpf"]
     if not isinstance(bpf, bytes) or not bpf or len(bpf) % 8 or len(bpf) // 8 > 0xFFFF:
@@ -465,30 +459,22 @@ def apply(prepared: dict[str, object]) -> None:
             _errno.EINVAL,
             hint="the prepared filter is not a sock_filter array; prepare() it again",
         )
-    try:
-        if _sys.prctl(_sys.PR_GET_NO_NEW_PRIVS) != 1:
-            _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)
-    except OSError as err:
-        raise _sys.SetupFailure(_LAYER, "prctl(PR_SET_NO_NEW_PRIVS)", err.errno or 0) from err
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(len(bpf) // 8, ctypes.addressof(buf))
-    operation = "seccomp(SECCOMP_SET_MODE_FILTER)"
-    try:
-        try:
-            _sys.syscall(
-                "seccomp",
-                ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
-                ctypes.c_ulong(0),
-                ctypes.pointer(prog),
-            )
-        except OSError as err:
-            if err.errno != _errno.ENOSYS:
-                raise
-            operation = "prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER)"
-            _sys.prctl(_sys.PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog))
-    except OSError as err:
-        code = err.errno or 0
-        raise _sys.SetupFailure(_LAYER, operation, code, hint=_apply_hint(code)) from err
+    hints: dict[int | str, str] = {e: _apply_hint(e) for e in _APPLY_ERRNOS}
+    hints["*"] = _apply_hint(0)
+    plan.add(
+        _cinit.OP_SECCOMP, _LAYER, "seccomp(SECCOMP_SET_MODE_FILTER)", a=(len(bpf),), s=(bpf,), hint=hints
+    )
+
+
+def apply(prepared: dict[str, object]) -> None:
+    """Install the prepared filter on the calling process now (what `emit` plans for a sandbox). Raises
+    SetupFailure (layer ``seccomp``) naming the failing call and errno."""
+    plan = Plan()
+    emit(prepared, plan)
+    plan.run()
+
+
+_APPLY_ERRNOS = (_errno.EACCES, _errno.ENOMEM, _errno.EINVAL, _errno.ENOSYS, _errno.EOPNOTSUPP)
 
 
 def _apply_hint(err: int) -> str:

@@ -167,3 +167,33 @@ async def test_prefork_zero_builds_nothing(workspace: Path) -> None:
         pool = sup._prefork
         assert pool is not None
         assert sum(len(v) for v in pool._ready.values()) == 0
+
+
+# --- the fork server's plan cache (the direct path reuses a packed view while its fingerprint holds) ----
+
+
+async def test_a_cached_view_does_not_miss_a_later_git_init(workspace: Path) -> None:
+    pol = profiles.workspace_write(workspace)
+    async with Supervisor(prefork=0) as sup:
+        for _ in range(3):  # the view for (policy, workdir) is packed and cached, without a repository
+            assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+        await anyio.run_process(["git", "init", "-q", str(workspace)])
+        hooks = workspace / ".git" / "hooks"
+        before = sorted(os.listdir(hooks))
+        r = await sup.run(
+            ["/bin/sh", "-c", "echo evil > .git/hooks/pre-commit; echo x >> .git/config"], policy=pol
+        )
+    assert b".git/hooks/pre-commit" in r.stderr
+    assert sorted(os.listdir(hooks)) == before
+    assert "x" not in (workspace / ".git" / "config").read_text().split()
+
+
+async def test_a_cached_view_does_not_miss_a_later_denied_file(workspace: Path) -> None:
+    secret = workspace / "secret.txt"
+    pol = profiles.workspace_write(workspace, deny=[secret])
+    async with Supervisor(prefork=0) as sup:
+        for _ in range(3):
+            assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
+        secret.write_text("s3cr3t\n")
+        r = await sup.run(["/bin/cat", str(secret)], policy=pol)
+    assert b"s3cr3t" not in r.stdout

@@ -50,14 +50,7 @@ HARNESS = (
 import marshal, os
 from supervisor.sandbox import _sys, seccomp
 with open(sys.argv[2], "rb") as f:
-    prepared, set_nnp, no_seccomp_syscall = marshal.load(f)
-if no_seccomp_syscall:  # pretend to be a kernel without seccomp(2): apply must use prctl
-    real_syscall = _sys.syscall
-    def fake_syscall(name, *args):
-        if name == "seccomp":
-            raise OSError(38, "seccomp: ENOSYS (simulated)")
-        return real_syscall(name, *args)
-    _sys.syscall = fake_syscall
+    prepared, set_nnp = marshal.load(f)
 if set_nnp:
     _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)
 if prepared is not None:
@@ -104,13 +97,12 @@ class Harness:
         prepared: dict[str, object] | None,
         *,
         set_nnp: bool = True,
-        no_seccomp_syscall: bool = False,
         stdin: int | None = subprocess.DEVNULL,
     ) -> Run:
         """Run argv under `prepared` (None: the control, no filter) in a new session."""
         self.count += 1
         blob = self.tmp / f"prepared-{self.count}.marshal"
-        blob.write_bytes(marshal.dumps((prepared, set_nnp, no_seccomp_syscall)))
+        blob.write_bytes(marshal.dumps((prepared, set_nnp)))
         proc = subprocess.run(
             [sys.executable, "-I", "-S", "-c", HARNESS, str(ROOT), str(blob), *argv],
             stdin=stdin,
@@ -449,19 +441,6 @@ def test_apply_sets_no_new_privs_when_missing(harness: Harness, prepared: dict[s
     assert run.returncode == 0, run
     fields = dict(line.split(":\t") for line in run.stdout.splitlines())
     assert fields == {"NoNewPrivs": "1", "Seccomp": "2", "Seccomp_filters": "1"}
-
-
-def test_apply_falls_back_to_prctl_without_the_seccomp_syscall(
-    harness: Harness, bins: dict[str, str], prepared: dict[str, object]
-) -> None:
-    status = harness.run(
-        ["/bin/grep", "-E", "^Seccomp", "/proc/self/status"], prepared, no_seccomp_syscall=True
-    )
-    assert status.returncode == 0, status
-    assert status.stdout.split() == ["Seccomp:", "2", "Seccomp_filters:", "1"]
-    results = harness.run([bins["denied"]], prepared, no_seccomp_syscall=True).results()
-    assert results["bpf"] == ("-1", "EPERM")
-    assert results["getpid"][1] == "0"
 
 
 def test_apply_reports_a_rejected_program(harness: Harness, bins: dict[str, str]) -> None:

@@ -1,11 +1,10 @@
 """Landlock rule compilation per ABI, with hand-made KernelCaps. No privileges, no claims about this
-kernel: `apply` is exercised against a recording fake of the syscall helper."""
+kernel: what `emit` plans is checked as data (tests/kernel/test_landlock_module.py runs it for real)."""
 
 from __future__ import annotations
 
 import errno
 import marshal
-import os
 import sys
 from pathlib import Path
 
@@ -13,8 +12,9 @@ import pytest
 
 from policies import FilesystemPolicy, NetworkPolicy, Policy
 from supervisor._errors import SandboxSetupError
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _cinit
 from supervisor.sandbox import landlock as ll
+from supervisor.sandbox._ops import Op, Plan, pick_hint
 from supervisor.sandbox.probe import Feature, KernelCaps
 
 ALL_ABIS = range(1, 8)
@@ -311,117 +311,55 @@ def test_prepared_is_marshal_safe() -> None:
     assert marshal.loads(marshal.dumps(prepared)) == prepared
 
 
-# --- apply, against a recording fake --------------------------------------------------------------
+# --- emit: the ops the sandbox init runs (no kernel involved) ------------------------------------
 
 
-class FakeKernel:
-    def __init__(self, fail_on: str | None = None) -> None:
-        self.calls: list[tuple[object, ...]] = []
-        self.fail_on = fail_on
-
-    def syscall(self, name: str, *args: object) -> int:
-        self.calls.append((name, *args))
-        if name == self.fail_on:
-            raise OSError(errno.EPERM, name)
-        return os.open("/dev/null", os.O_RDONLY) if name == "landlock_create_ruleset" else 0
+def emitted(prepared: dict[str, object]) -> list[Op]:
+    plan = Plan()
+    ll.emit(prepared, plan)
+    return plan.ops
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
-    kernel = FakeKernel()
-    monkeypatch.setattr(_sys, "syscall", kernel.syscall)
-    return kernel
-
-
-def open_fds() -> set[int]:
-    return {int(n) for n in os.listdir("/proc/self/fd")}
-
-
-def test_apply_masks_file_rules_and_skips_missing(fake: FakeKernel, tmp_path: Path) -> None:
-    d = tmp_path / "dir"
-    d.mkdir()
-    f = tmp_path / "file"
-    f.write_text("x")
+def test_emit_creates_adds_every_rule_and_restricts(tmp_path: Path) -> None:
     full = ll.fs_access_for_abi(7)
-    before = open_fds()
-    ll.apply(
+    ops = emitted(
         {
             "abi": 7,
             "handled_fs": full,
             "handled_net": 3,
             "scoped": 3,
-            "rules": [
-                (str(d), full),
-                (str(f), full),
-                (str(tmp_path / "nope"), full),
-                (f"{f}/sub", full),
-            ],
+            "rules": [(str(tmp_path), full), (str(tmp_path / "nope"), full)],
             "net_rules": [(8080, 2)],
-            "enforced": [],
-            "missing": [],
         }
     )
-    assert open_fds() == before  # every O_PATH fd and the ruleset fd closed
-    names = [c[0] for c in fake.calls]
-    assert names == [
-        "landlock_create_ruleset",
-        "landlock_add_rule",
-        "landlock_add_rule",
-        "landlock_add_rule",
-        "landlock_restrict_self",
+    assert [op.code for op in ops] == [
+        _cinit.OP_LL_CREATE,
+        _cinit.OP_LL_PATH,
+        _cinit.OP_LL_PATH,  # a missing path is the init's to skip: it looks in the sandbox's view
+        _cinit.OP_LL_NET,
+        _cinit.OP_LL_RESTRICT,
     ]
-    attr = fake.calls[0][1]
+    attr = ops[0].s[0]
     assert isinstance(attr, bytes)
-    assert len(attr) == 24
-    path_rules = [c for c in fake.calls if c[0] == "landlock_add_rule" and c[2] == 1]
-    masks = [int.from_bytes(c[3][:8], sys.byteorder) for c in path_rules]  # type: ignore[index]
-    assert masks == [full, full & ll.ACCESS_FILE]
-    assert all(len(c[3]) == 12 for c in path_rules)  # type: ignore[arg-type]
-    net = [c for c in fake.calls if c[0] == "landlock_add_rule" and c[2] == 2]
-    assert net[0][3] == (2).to_bytes(8, sys.byteorder) + (8080).to_bytes(8, sys.byteorder)
+    assert attr == full.to_bytes(8, sys.byteorder) + (3).to_bytes(8, sys.byteorder) * 2
+    assert ops[0].a == (24,)
+    assert ops[1].s == (str(tmp_path),)
+    assert ops[1].a == (full, ll.ACCESS_FILE)  # the init masks a non-directory down to ACCESS_FILE
+    assert ops[1].path == str(tmp_path)
+    assert ops[3].a == (8080, 2)
+    assert all(op.layer == "landlock" for op in ops)
 
 
 @pytest.mark.parametrize(("abi", "size"), [(1, 8), (3, 8), (4, 16), (5, 16), (6, 24), (7, 24)])
-def test_apply_passes_the_attr_size_of_the_abi(fake: FakeKernel, abi: int, size: int) -> None:
-    ll.apply({"abi": abi, "handled_fs": 1, "handled_net": 0, "scoped": 0, "rules": [], "net_rules": []})
-    assert fake.calls[0][2] == size
+def test_emit_passes_the_attr_size_of_the_abi(abi: int, size: int) -> None:
+    ops = emitted({"abi": abi, "handled_fs": 1, "handled_net": 0, "scoped": 0, "rules": [], "net_rules": []})
+    assert ops[0].a == (size,)
+    assert len(ops[0].s[0] or b"") == size
 
 
-def test_apply_failure_names_the_syscall(monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = FakeKernel(fail_on="landlock_restrict_self")
-    monkeypatch.setattr(_sys, "syscall", kernel.syscall)
-    before = open_fds()
-    with pytest.raises(_sys.SetupFailure) as info:
-        ll.apply(
-            {
-                "abi": 7,
-                "handled_fs": 1,
-                "handled_net": 0,
-                "scoped": 0,
-                "rules": [("/", 1)],
-                "net_rules": [],
-            }
-        )
-    assert info.value.layer == "landlock"
-    assert info.value.operation == "landlock_restrict_self"
-    assert info.value.errno == errno.EPERM
-    assert "no_new_privs" in info.value.hint
-    assert open_fds() == before
-
-
-def test_apply_add_rule_failure_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = FakeKernel(fail_on="landlock_add_rule")
-    monkeypatch.setattr(_sys, "syscall", kernel.syscall)
-    with pytest.raises(_sys.SetupFailure) as info:
-        ll.apply(
-            {
-                "abi": 7,
-                "handled_fs": 1,
-                "handled_net": 0,
-                "scoped": 0,
-                "rules": [("/", 1)],
-                "net_rules": [],
-            }
-        )
-    assert info.value.path == "/"
-    assert info.value.operation.startswith("landlock_add_rule(PATH_BENEATH")
+def test_emit_hints_depend_on_the_errno() -> None:
+    ops = emitted({"abi": 7, "handled_fs": 1, "handled_net": 0, "scoped": 0, "rules": [], "net_rules": []})
+    assert "disabled or missing" in pick_hint(ops[0].hint, errno.ENOSYS)
+    assert "ABI 7" in pick_hint(ops[0].hint, errno.EINVAL)
+    assert "no_new_privs" in pick_hint(ops[-1].hint, errno.EPERM)
+    assert pick_hint(ops[-1].hint, errno.E2BIG) == ""

@@ -1,0 +1,36 @@
+"""Builds corral's C parts from supervisor/sandbox/_cinit.c (everything else is in pyproject.toml):
+- the extension supervisor.sandbox._cinit (`start` launches a sandbox init; `apply` runs a plan in-process);
+- the executable supervisor/sandbox/corral-init, the sandbox init itself, linked statically so that each
+  sandbox starts it without the dynamic loader's work.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sysconfig
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+SOURCE = "supervisor/sandbox/_cinit.c"
+FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11"]
+
+
+class BuildWithInit(build_ext):
+    """build_ext, plus the init executable next to the extension (in place for editable installs)."""
+
+    def run(self) -> None:
+        super().run()
+        ext_path = self.get_ext_fullpath("supervisor.sandbox._cinit")
+        target = os.path.join(os.path.dirname(ext_path), "corral-init")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        cc = os.environ.get("CC") or (sysconfig.get_config_var("CC") or "cc").split()[0]
+        subprocess.run([cc, *FLAGS, "-static", "-DCORRAL_INIT_MAIN", "-o", target, SOURCE], check=True)
+        os.chmod(target, 0o755)
+
+
+setup(
+    ext_modules=[Extension("supervisor.sandbox._cinit", [SOURCE], extra_compile_args=FLAGS)],
+    cmdclass={"build_ext": BuildWithInit},
+)

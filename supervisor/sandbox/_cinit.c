@@ -1,0 +1,1058 @@
+/* The sandbox init, in C: a small static executable that runs a confinement plan built in Python
+ * (supervisor/sandbox/_ops.py, supervisor/_zygote.py), then the command.
+ *
+ * Why C, and why an executable: a sandbox init used to be a clone of the fork server, a Python process,
+ * running Python. Copying the fork server's page tables at each clone, then copying on write each page
+ * that either process touched afterwards (Python writes reference counts everywhere), cost more CPU than
+ * everything else a spawn does. Now the fork server decides everything in Python (what to mount, which
+ * Landlock rules, the seccomp BPF, which errors to tolerate, what each failure is called), writes that
+ * decision list into a pipe, and launches this executable with vfork semantics (CLONE_VM | CLONE_VFORK:
+ * no copy of its memory at all) directly into new user and pid namespaces and as the supervisor's child
+ * (CLONE_PARENT). The init reads the plan and executes it, one syscall per step, in order.
+ *
+ * The plan (native byte order, laid out by _ops.blob):
+ *   header    struct plan_header
+ *   segments  n_segs x struct segment, run in order; each is a list of ops and its own string table, so
+ *             that the fork server packs the parts that do not change between requests once (_ops.Segment)
+ *     ops     n_ops x struct op: an opcode, integer and string arguments, and how to report a failure
+ *             (layer, operation, path, hint: the fields of supervisor.sandbox._sys.SetupFailure); jumps
+ *             stay within their segment
+ *     strings NUL-terminated, referenced by offset; binary strings (BPF, Landlock attr) carry their
+ *             length in an integer argument
+ *   fds       the command's stdio fds and the fds to keep open
+ *   command   (spawn mode) argc, envc, then argc + envc NUL-terminated strings
+ *
+ * Built twice (setup.py): with CORRAL_INIT_MAIN, the executable `corral-init PLAN_FD`; without, the Python
+ * extension supervisor.sandbox._cinit:
+ *   start(flags, path, plan_fd, keep) -> (pid, errno)
+ *       launch the executable at `path` into the namespaces in `flags`, with the fds in `keep` left open
+ *       (every other fd is closed at exec); errno is that of a failed exec (the child has then exited).
+ *   apply(plan) -> None | (index, errno, operation)
+ *       run a plan's ops in the calling process (the mechanism modules' `apply`, and their tests); on
+ *       failure, the failing op's index (counting the ops of all segments), its errno and, when the op
+ *       reports a more precise operation than its plan entry, that.
+ *
+ * Status records written by the init (one write each): kind byte, u32 length, marshal payload:
+ *   E {layer, operation, errno, path, hint}   a step or the exec failed (exit 125, or 127 for exec)
+ *   R {}                                      pre-forked: confined, waiting for the command on ctl_fd
+ *   X {pid}                                   the command is running (pid in the sandbox's namespace)
+ *   S {status, cpu, maxrss, alone}            the command's wait status and usage; alone: the init killed
+ *                                             and reaped every other process of the sandbox first
+ */
+#define _GNU_SOURCE
+#ifndef CORRAL_INIT_MAIN
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PLAN_MAGIC 0x314c5243u /* "CRL1" */
+#define NO_STR 0xffffffffu
+#define MAX_FDS 64
+#define MAX_REQUEST (1 << 20)
+
+enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
+
+/* Opcodes; the module exports each as OP_<NAME> and _ops.py uses those, never its own numbers. */
+#define OPS(X)                                                                                              \
+    X(WRITE, 1)        /* s0 path, s1 data: open, write, close (cgroup placement) */                        \
+    X(PDEATHSIG, 2)    /* a0 supervisor pidfd: PDEATHSIG=SIGKILL; exit if it already died; close it */     \
+    X(SETSID, 3)                                                                                            \
+    X(UNSHARE, 4)      /* a0 flags */                                                                       \
+    X(SETHOSTNAME, 5)  /* s0 */                                                                             \
+    X(LOOPBACK_UP, 6)  /* bring lo up in the (new) network namespace */                                     \
+    X(MOUNT, 7)        /* s0 source (or a1 > 0: the fd in slot a1-1), s1 target, s2 fstype, s3 data, a0 flags */ \
+    X(SETATTR, 8)      /* s0 path, a0 attr_set, a1 attr_clr, a2 AT_RECURSIVE or 0: mount_setattr */        \
+    X(MKDIR, 9)        /* s0, a0 mode */                                                                    \
+    X(CREAT, 10)       /* s0, a0 mode: create an empty file */                                              \
+    X(SYMLINK, 11)     /* s0 target, s1 link path */                                                        \
+    X(UMOUNT, 12)      /* s0, a0 flags */                                                                   \
+    X(RMDIR, 13)       /* s0 */                                                                             \
+    X(CHDIR, 14)       /* s0 */                                                                             \
+    X(ENSURE, 15)      /* s0 path, a0 directory?: unless it exists, create it and its parents */            \
+    X(CLOSE, 16)       /* a0 fd, or a1 > 0: the fd in slot a1-1 */                                         \
+    X(RLIMIT, 17)      /* a0 resource, a1 soft, a2 hard (-1 = infinity); never above the current hard */   \
+    X(BOUNDING, 18)    /* a0 last cap, a1 securebits: lock securebits, empty the bounding set (if able) */ \
+    X(PRCTL, 19)       /* a0 option, a1 arg2 */                                                             \
+    X(CAPSET_ZERO, 20) /* effective, permitted and inheritable sets emptied */                              \
+    X(LL_CREATE, 21)   /* s0 attr, a0 attr size: the Landlock ruleset (one per plan) */                     \
+    X(LL_PATH, 22)     /* s0 path, a0 access, a1 rights a non-directory can hold; missing path: skip */    \
+    X(LL_NET, 23)      /* a0 port, a1 access */                                                             \
+    X(LL_RESTRICT, 24) /* restrict self, close the ruleset */                                               \
+    X(SECCOMP, 25)     /* s0 BPF (sock_filter array), a0 its size; sets no_new_privs first if unset */      \
+    X(JUMP, 26)        /* a0 op index */                                                                    \
+    X(OPEN_PATH, 27)   /* s0 path, a0 slot: open(O_PATH), kept in the slot for MOUNT and CLOSE */          \
+    X(IDMAP, 28)       /* a0 uid, a1 gid: map them to themselves in our (new) user namespace */
+
+#define X_ENUM(name, num) OP_##name = num,
+enum { OPS(X_ENUM) };
+
+struct plan_header {
+    uint32_t magic, mode, n_segs, segs_off, cmd_off, cmd_len, stdio_off, keep_off;
+    int32_t reserved, status_w, ctl_fd, n_stdio;
+    uint32_t n_keep, pad[3];
+};
+
+struct segment {
+    uint32_t ops_off, n_ops, strtab_off, strtab_len;
+};
+
+struct op {
+    uint32_t code;
+    int32_t on_fail; /* -1: the step fails (report, exit); else continue at this op index */
+    int64_t a[4];
+    uint32_t s[4];
+    uint32_t layer, operation, path, hint; /* string offsets; path may be NO_STR */
+    int32_t ok_errno[2];                   /* errnos that count as success (0: none) */
+};
+
+#define MAX_SEGS 16
+
+struct seg {
+    const struct op *ops;
+    const char *strtab;
+    uint32_t n_ops, strtab_len;
+};
+
+struct plan {
+    const struct plan_header *h;
+    struct seg segs[MAX_SEGS];
+    const char *cmd;
+    const int32_t *stdio;
+    const int32_t *keep;
+};
+
+/* The operation of a failed op when the op itself knows better than its plan entry (which of several
+ * syscalls failed, with which argument). */
+static char op_detail[160];
+static int ll_ruleset = -1;
+#define SLOTS 16
+static int slots[SLOTS];
+
+static const char *str(const struct seg *g, uint32_t off) {
+    return off == NO_STR || off >= g->strtab_len ? NULL : g->strtab + off;
+}
+
+/* A binary string of `len` bytes at `off`, or NULL when it does not lie within the string table. */
+static const char *bin(const struct seg *g, uint32_t off, int64_t len) {
+    if (off == NO_STR || len < 0 || (uint64_t)off + (uint64_t)len > g->strtab_len) return NULL;
+    return g->strtab + off;
+}
+
+static int parse_plan(const char *buf, size_t len, struct plan *p) {
+    if (len < sizeof(struct plan_header)) return -1;
+    const struct plan_header *h = (const struct plan_header *)buf;
+    if (h->magic != PLAN_MAGIC) return -1;
+    if (h->n_segs > MAX_SEGS || (uint64_t)h->segs_off + (uint64_t)h->n_segs * sizeof(struct segment) > len)
+        return -1;
+    for (uint32_t i = 0; i < h->n_segs; i++) {
+        const struct segment *d = (const struct segment *)(buf + h->segs_off) + i;
+        if ((uint64_t)d->ops_off + (uint64_t)d->n_ops * sizeof(struct op) > len) return -1;
+        if ((uint64_t)d->strtab_off + d->strtab_len > len) return -1;
+        if (d->strtab_len == 0 || buf[d->strtab_off + d->strtab_len - 1] != '\0') return -1;
+        p->segs[i].ops = (const struct op *)(buf + d->ops_off);
+        p->segs[i].n_ops = d->n_ops;
+        p->segs[i].strtab = buf + d->strtab_off;
+        p->segs[i].strtab_len = d->strtab_len;
+    }
+    if ((uint64_t)h->cmd_off + h->cmd_len > len) return -1;
+    if ((uint64_t)h->stdio_off + (uint64_t)h->n_stdio * 4 > len || h->n_stdio < 0 || h->n_stdio > MAX_FDS)
+        return -1;
+    if ((uint64_t)h->keep_off + (uint64_t)h->n_keep * 4 > len || h->n_keep > MAX_FDS) return -1;
+    p->h = h;
+    p->cmd = buf + h->cmd_off;
+    p->stdio = (const int32_t *)(buf + h->stdio_off);
+    p->keep = (const int32_t *)(buf + h->keep_off);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* The steps. Each returns 0 or an errno. */
+
+static int write_file(const char *path, const char *data) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    ssize_t n = write(fd, data, strlen(data));
+    int err = n < 0 ? errno : 0;
+    close(fd);
+    return err;
+}
+
+static int mkdir_parents(const char *path) {
+    char buf[4096];
+    size_t len = strlen(path);
+    if (len >= sizeof buf) return ENAMETOOLONG;
+    memcpy(buf, path, len + 1);
+    for (char *s = buf + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errno;
+        *s = '/';
+    }
+    return 0;
+}
+
+static int ensure(const char *path, int directory) {
+    struct stat st;
+    if (lstat(path, &st) == 0) return 0;
+    int err = mkdir_parents(path);
+    if (err) return err;
+    if (directory) return mkdir(path, 0755) == 0 || errno == EEXIST ? 0 : errno;
+    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) return errno;
+    close(fd);
+    return 0;
+}
+
+static int loopback_up(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    int err = 0;
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) {
+        err = errno;
+    } else {
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) err = errno;
+    }
+    close(s);
+    return err;
+}
+
+struct mount_attr_v0 {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+static int set_mount_attr(const char *path, uint64_t set, uint64_t clr, unsigned flags) {
+    struct mount_attr_v0 attr = {set, clr, 0, 0};
+    return syscall(SYS_mount_setattr, AT_FDCWD, path, flags, &attr, sizeof attr) == 0 ? 0 : errno;
+}
+
+static int set_rlimit(int res, int64_t soft, int64_t hard) {
+    struct rlimit cur, want;
+    if (getrlimit(res, &cur) != 0) return errno;
+    want.rlim_cur = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
+    want.rlim_max = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
+    /* Raising a hard limit needs CAP_SYS_RESOURCE in the initial namespace: lower both to the current hard
+     * limit instead, which is at least as strict as asked. */
+    if (cur.rlim_max != RLIM_INFINITY && want.rlim_max > cur.rlim_max) {
+        want.rlim_max = cur.rlim_max;
+        if (want.rlim_cur > cur.rlim_max) want.rlim_cur = cur.rlim_max;
+    }
+    return setrlimit(res, &want) == 0 ? 0 : errno;
+}
+
+static int has_cap(int cap) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capget, &hdr, data) != 0) return 0;
+    return (data[cap / 32].effective >> (cap % 32)) & 1;
+}
+
+static int empty_bounding(int last_cap, unsigned long securebits) {
+    /* EPERM is no error when the process has no CAP_SETPCAP at all (an ordinary user without a user
+     * namespace): it has nothing to drop. */
+    if (!has_cap(CAP_SETPCAP)) return 0;
+    if (prctl(PR_SET_SECUREBITS, securebits, 0, 0, 0) != 0) return errno;
+    for (int cap = 0; cap <= last_cap; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) return errno;
+    return 0;
+}
+
+static int capset_zero(void) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    return syscall(SYS_capset, &hdr, data) == 0 ? 0 : errno;
+}
+
+#define LANDLOCK_RULE_PATH_BENEATH 1
+#define LANDLOCK_RULE_NET_PORT 2
+
+struct __attribute__((packed)) ll_path_attr {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+};
+
+struct ll_net_attr {
+    uint64_t allowed_access;
+    uint64_t port;
+};
+
+static int ll_path(const char *path, uint64_t access, uint64_t file_rights) {
+    int fd = open(path, O_PATH | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR) return 0; /* nothing there to grant access to */
+        snprintf(op_detail, sizeof op_detail, "open(O_PATH)");
+        return errno;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        snprintf(op_detail, sizeof op_detail, "fstat(O_PATH fd)");
+        return err;
+    }
+    if (!S_ISDIR(st.st_mode)) access &= file_rights; /* rights only a directory can hold are refused */
+    int err = 0;
+    if (access) {
+        struct ll_path_attr rule = {access, fd};
+        if (syscall(SYS_landlock_add_rule, ll_ruleset, LANDLOCK_RULE_PATH_BENEATH, &rule, 0) != 0) {
+            err = errno;
+            snprintf(op_detail, sizeof op_detail, "landlock_add_rule(PATH_BENEATH, %#llx)",
+                     (unsigned long long)access);
+        }
+    }
+    close(fd);
+    return err;
+}
+
+static int load_seccomp(const char *bpf, int64_t size) {
+    if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1 && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        snprintf(op_detail, sizeof op_detail, "prctl(PR_SET_NO_NEW_PRIVS)");
+        return errno;
+    }
+    struct {
+        unsigned short len;
+        const void *filter;
+    } prog = {(unsigned short)(size / 8), bpf};
+    return syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &prog) == 0 ? 0 : errno;
+}
+
+static int detail(const char *what, int err) {
+    snprintf(op_detail, sizeof op_detail, "%s", what);
+    return err;
+}
+
+/* The id maps of the user namespace we were launched into: the caller's uid and gid mapped to themselves.
+ * A process may write its own maps when each is one line mapping its own id (the gid map after denying
+ * setgroups); the launcher kept our capabilities across the exec as ambient ones, since with no map yet
+ * the exec would have dropped them. */
+static int id_map(unsigned uid, unsigned gid) {
+    char map[64];
+    int err = write_file("/proc/self/setgroups", "deny");
+    if (err) return detail("write /proc/self/setgroups", err);
+    snprintf(map, sizeof map, "%u %u 1\n", uid, uid);
+    if ((err = write_file("/proc/self/uid_map", map))) return detail("write /proc/self/uid_map", err);
+    snprintf(map, sizeof map, "%u %u 1\n", gid, gid);
+    if ((err = write_file("/proc/self/gid_map", map))) return detail("write /proc/self/gid_map", err);
+    return 0;
+}
+
+/* Run one op; returns 0 or an errno. */
+static int run_op(const struct seg *g, const struct op *o) {
+    const char *s0 = str(g, o->s[0]), *s1 = str(g, o->s[1]), *s2 = str(g, o->s[2]), *s3 = str(g, o->s[3]);
+    /* Every op but MOUNT, CLOSE, JUMP and the argument-less ones takes a path or data in s0. */
+    switch (o->code) {
+    case OP_MOUNT:
+    case OP_CLOSE:
+    case OP_PDEATHSIG:
+    case OP_SETSID:
+    case OP_UNSHARE:
+    case OP_LOOPBACK_UP:
+    case OP_RLIMIT:
+    case OP_BOUNDING:
+    case OP_PRCTL:
+    case OP_CAPSET_ZERO:
+    case OP_LL_NET:
+    case OP_LL_RESTRICT:
+    case OP_IDMAP:
+        break;
+    case OP_LL_CREATE:
+    case OP_SECCOMP:
+        if (!bin(g, o->s[0], o->a[0])) return EINVAL;
+        break;
+    case OP_WRITE:
+    case OP_SYMLINK:
+        if (!s0 || !s1) return EINVAL;
+        break;
+    default:
+        if (!s0) return EINVAL;
+    }
+#define OK(expr) ((expr) == 0 ? 0 : errno)
+    switch (o->code) {
+    case OP_WRITE:
+        return write_file(s0, s1);
+    case OP_PDEATHSIG: {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) return errno;
+        /* The supervisor may have died between clone and prctl: its pidfd is then readable. */
+        struct pollfd pfd = {(int)o->a[0], POLLIN, 0};
+        if (poll(&pfd, 1, 0) > 0) _exit(125);
+        close((int)o->a[0]);
+        return 0;
+    }
+    case OP_SETSID:
+        return setsid() < 0 ? errno : 0;
+    case OP_UNSHARE:
+        return OK(unshare((int)o->a[0]));
+    case OP_SETHOSTNAME:
+        return OK(sethostname(s0, strlen(s0)));
+    case OP_LOOPBACK_UP:
+        return loopback_up();
+    case OP_MOUNT: {
+        char src[64];
+        if (o->a[1] > 0 && o->a[1] <= SLOTS) {
+            snprintf(src, sizeof src, "/proc/self/fd/%d", slots[o->a[1] - 1]);
+            s0 = src;
+        }
+        return OK(mount(s0, s1, s2, (unsigned long)o->a[0], s3));
+    }
+    case OP_SETATTR:
+        return set_mount_attr(s0, (uint64_t)o->a[0], (uint64_t)o->a[1], (unsigned)o->a[2]);
+    case OP_MKDIR:
+        return OK(mkdir(s0, (mode_t)o->a[0]));
+    case OP_CREAT: {
+        int fd = open(s0, O_CREAT | O_WRONLY | O_CLOEXEC, (mode_t)o->a[0]);
+        if (fd < 0) return errno;
+        close(fd);
+        return 0;
+    }
+    case OP_SYMLINK:
+        return OK(symlink(s0, s1));
+    case OP_UMOUNT:
+        return OK(umount2(s0, (int)o->a[0]));
+    case OP_RMDIR:
+        return OK(rmdir(s0));
+    case OP_CHDIR:
+        return OK(chdir(s0));
+    case OP_ENSURE:
+        return ensure(s0, (int)o->a[0]);
+    case OP_CLOSE:
+        return OK(close(o->a[1] > 0 && o->a[1] <= SLOTS ? slots[o->a[1] - 1] : (int)o->a[0]));
+    case OP_OPEN_PATH: {
+        if (o->a[0] < 0 || o->a[0] >= SLOTS) return EINVAL;
+        int fd = open(s0, O_PATH | O_CLOEXEC);
+        if (fd < 0) return errno;
+        slots[o->a[0]] = fd;
+        return 0;
+    }
+    case OP_RLIMIT:
+        return set_rlimit((int)o->a[0], o->a[1], o->a[2]);
+    case OP_BOUNDING:
+        return empty_bounding((int)o->a[0], (unsigned long)o->a[1]);
+    case OP_PRCTL:
+        return OK(prctl((int)o->a[0], (unsigned long)o->a[1], 0, 0, 0));
+    case OP_CAPSET_ZERO:
+        return capset_zero();
+    case OP_LL_CREATE: {
+        long fd = syscall(SYS_landlock_create_ruleset, s0, (size_t)o->a[0], 0);
+        if (fd < 0) return errno;
+        ll_ruleset = (int)fd;
+        return 0;
+    }
+    case OP_LL_PATH:
+        return ll_path(s0, (uint64_t)o->a[0], (uint64_t)o->a[1]);
+    case OP_LL_NET: {
+        struct ll_net_attr rule = {(uint64_t)o->a[1], (uint64_t)o->a[0]};
+        return OK(syscall(SYS_landlock_add_rule, ll_ruleset, LANDLOCK_RULE_NET_PORT, &rule, 0));
+    }
+    case OP_LL_RESTRICT: {
+        int err = OK(syscall(SYS_landlock_restrict_self, ll_ruleset, 0));
+        close(ll_ruleset);
+        ll_ruleset = -1;
+        return err;
+    }
+    case OP_SECCOMP:
+        return load_seccomp(s0, o->a[0]);
+    case OP_IDMAP:
+        return id_map((unsigned)o->a[0], (unsigned)o->a[1]);
+    default:
+        return EINVAL;
+    }
+#undef OK
+    (void)s2;
+    (void)s3;
+}
+
+/* Run one segment's ops from the first; returns -1 when all succeeded, else the failing op's index, with
+ * its errno in *err. */
+static long run_segment(const struct seg *g, int *err) {
+    uint32_t i = 0, steps = 0;
+    while (i < g->n_ops) {
+        const struct op *o = &g->ops[i];
+        if (++steps > 100000) { /* a jump loop: a bug in the plan, not the kernel's fault */
+            *err = ELOOP;
+            return i;
+        }
+        if (o->code == OP_JUMP) {
+            i = (uint32_t)o->a[0];
+            continue;
+        }
+        op_detail[0] = '\0';
+        int e = run_op(g, o);
+        if (e && e != o->ok_errno[0] && e != o->ok_errno[1]) {
+            if (o->on_fail >= 0) {
+                i = (uint32_t)o->on_fail;
+                continue;
+            }
+            if (ll_ruleset >= 0) {
+                close(ll_ruleset);
+                ll_ruleset = -1;
+            }
+            *err = e;
+            return i;
+        }
+        i++;
+    }
+    return -1;
+}
+
+#ifdef CORRAL_INIT_MAIN /* the executable: records, the init, main(); the extension has start and apply */
+/* ---------------------------------------------------------------------------------------------------- */
+/* Status records, marshal-encoded (the subset marshal.loads reads: dict, str, int, float, bool, None). */
+
+struct rec {
+    char buf[8192];
+    size_t len;
+};
+
+static void put(struct rec *r, const void *data, size_t n) {
+    if (r->len + n > sizeof r->buf) n = sizeof r->buf - r->len;
+    memcpy(r->buf + r->len, data, n);
+    r->len += n;
+}
+
+static void put_u32(struct rec *r, uint32_t v) { put(r, &v, 4); }
+
+static void put_str(struct rec *r, const char *s) {
+    if (!s) {
+        put(r, "N", 1);
+        return;
+    }
+    size_t n = strlen(s);
+    if (n > 2048) n = 2048;
+    put(r, "u", 1);
+    put_u32(r, (uint32_t)n);
+    put(r, s, n);
+}
+
+static void put_int(struct rec *r, int64_t v) {
+    if (v >= INT32_MIN && v <= INT32_MAX) {
+        int32_t i = (int32_t)v;
+        put(r, "i", 1);
+        put(r, &i, 4);
+        return;
+    }
+    /* TYPE_LONG: a signed count of 15-bit digits, least significant first. */
+    uint64_t m = v < 0 ? (uint64_t)(-(v + 1)) + 1 : (uint64_t)v;
+    uint16_t digits[5];
+    int32_t n = 0;
+    while (m) {
+        digits[n++] = (uint16_t)(m & 0x7fff);
+        m >>= 15;
+    }
+    put(r, "l", 1);
+    int32_t sn = v < 0 ? -n : n;
+    put(r, &sn, 4);
+    put(r, digits, (size_t)n * 2);
+}
+
+static void put_key(struct rec *r, const char *k) { put_str(r, k); }
+
+static void begin(struct rec *r, char kind) {
+    r->len = 0;
+    put(r, &kind, 1);
+    put_u32(r, 0); /* length, filled in by send_rec */
+    put(r, "{", 1);
+}
+
+static void send_rec(int fd, struct rec *r) {
+    put(r, "0", 1); /* end of dict */
+    uint32_t n = (uint32_t)(r->len - 5);
+    memcpy(r->buf + 1, &n, 4);
+    ssize_t w;
+    do {
+        w = write(fd, r->buf, r->len);
+    } while (w < 0 && errno == EINTR);
+}
+
+static char hint_buf[1024];
+
+/* A hint is plain text, or a table "\x1eERRNO=text\x1eERRNO=text\x1e*=text" chosen by errno. */
+static const char *pick_hint(const char *hint, int err) {
+    if (!hint || hint[0] != '\x1e') return hint ? hint : "";
+    const char *fallback = "";
+    size_t fallback_len = 0;
+    for (const char *e = hint; e && *e == '\x1e';) {
+        const char *start = e + 1;
+        const char *end = strchr(start, '\x1e');
+        size_t len = end ? (size_t)(end - start) : strlen(start);
+        const char *eq = memchr(start, '=', len);
+        if (eq) {
+            size_t tlen = len - (size_t)(eq + 1 - start);
+            if (start[0] == '*') {
+                fallback = eq + 1;
+                fallback_len = tlen;
+            } else if (atoi(start) == err) {
+                if (tlen >= sizeof hint_buf) tlen = sizeof hint_buf - 1;
+                memcpy(hint_buf, eq + 1, tlen);
+                hint_buf[tlen] = '\0';
+                return hint_buf;
+            }
+        }
+        e = end;
+    }
+    if (fallback_len >= sizeof hint_buf) fallback_len = sizeof hint_buf - 1;
+    memcpy(hint_buf, fallback, fallback_len);
+    hint_buf[fallback_len] = '\0';
+    return hint_buf;
+}
+
+static void send_failure(int fd, const char *layer, const char *operation, int err, const char *path,
+                         const char *hint) {
+    struct rec r;
+    begin(&r, 'E');
+    put_key(&r, "layer");
+    put_str(&r, layer);
+    put_key(&r, "operation");
+    put_str(&r, operation);
+    put_key(&r, "errno");
+    put_int(&r, err);
+    put_key(&r, "path");
+    put_str(&r, path);
+    put_key(&r, "hint");
+    put_str(&r, hint ? hint : "");
+    send_rec(fd, &r);
+}
+
+static void send_op_failure(int fd, const struct seg *g, long index, int err) {
+    const struct op *o = &g->ops[index];
+    send_failure(fd, str(g, o->layer), op_detail[0] ? op_detail : str(g, o->operation), err, str(g, o->path),
+                 pick_hint(str(g, o->hint), err));
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* The init: pid 1 of the sandbox. */
+
+static volatile pid_t target_pid;
+
+static void forward(int sig) {
+    /* Signals sent to the init would be ignored by a target running as pid 1 (the kernel protects a
+     * namespace's init): the init passes them on, and the target gets ordinary signal semantics. */
+    int saved = errno;
+    if (target_pid > 0) kill(target_pid, sig);
+    errno = saved;
+}
+
+static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
+
+static void forward_signals(pid_t to) {
+    target_pid = to;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward;
+    sa.sa_flags = SA_RESTART;
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
+}
+
+struct command {
+    char **argv, **envp;
+};
+
+/* argc, envc (u32 each), then the strings; 0 or -1 when malformed. */
+static int parse_command(const char *buf, size_t len, struct command *c) {
+    if (len < 8) return -1;
+    uint32_t argc, envc;
+    memcpy(&argc, buf, 4);
+    memcpy(&envc, buf + 4, 4);
+    if (argc == 0 || argc > len || envc > len) return -1;
+    c->argv = calloc(argc + 1, sizeof(char *));
+    c->envp = calloc(envc + 1, sizeof(char *));
+    if (!c->argv || !c->envp) return -1;
+    size_t off = 8;
+    for (uint32_t i = 0; i < argc + envc; i++) {
+        const char *end = off < len ? memchr(buf + off, '\0', len - off) : NULL;
+        if (!end) return -1;
+        if (i < argc)
+            c->argv[i] = (char *)buf + off;
+        else
+            c->envp[i - argc] = (char *)buf + off;
+        off = (size_t)(end - buf) + 1;
+    }
+    return 0;
+}
+
+static const char *env_get(char **envp, const char *name) {
+    size_t n = strlen(name);
+    for (; *envp; envp++)
+        if (!strncmp(*envp, name, n) && (*envp)[n] == '=') return *envp + n + 1;
+    return NULL;
+}
+
+/* posix_spawn (vfork semantics: no copy of this process's memory, and exec errors come back
+ * synchronously), with a PATH search in the command's environment as execvp(3) does: an error other than
+ * ENOENT/ENOTDIR (EACCES on a file that exists) is reported over ENOENT elsewhere on PATH. */
+static int spawn_command(struct command *c, posix_spawn_file_actions_t *fa, posix_spawnattr_t *at,
+                         pid_t *pid) {
+    const char *name = c->argv[0];
+    if (strchr(name, '/')) return posix_spawn(pid, name, fa, at, c->argv, c->envp);
+    const char *path = env_get(c->envp, "PATH");
+    if (!path) path = "/usr/local/bin:/usr/bin:/bin";
+    int saved = 0;
+    char full[4096];
+    for (const char *d = path;; d++) {
+        const char *end = strchrnul(d, ':');
+        size_t dlen = (size_t)(end - d);
+        int n = dlen ? snprintf(full, sizeof full, "%.*s/%s", (int)dlen, d, name)
+                     : snprintf(full, sizeof full, "./%s", name);
+        int err = n < 0 || (size_t)n >= sizeof full ? ENAMETOOLONG : posix_spawn(pid, full, fa, at, c->argv, c->envp);
+        if (err == 0) return 0;
+        if (err != ENOENT && err != ENOTDIR && !saved) saved = err;
+        if (!*end) break;
+        d = end;
+    }
+    return saved ? saved : ENOENT;
+}
+
+static void run_command(struct command *c, const int *stdio, int n_stdio, int status_w) {
+    /* Not dumpable: the command (same uid, same Landlock domain) must not ptrace the init or read its
+     * /proc/1/mem and /proc/1/environ, a copy of the fork server's memory. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    forward_signals(0);
+    /* Every fd close-on-exec; the stdio (and passed) fds lifted above the target numbers, then dup2'd into
+     * place by the spawn (dup2 clears the flag on the copy). */
+    syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
+    int high[MAX_FDS];
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    for (int i = 0; i < n_stdio; i++) {
+        high[i] = fcntl(stdio[i], F_DUPFD_CLOEXEC, n_stdio);
+        if (high[i] < 0) {
+            send_failure(status_w, "exec", "fcntl(F_DUPFD_CLOEXEC)", errno, NULL, "");
+            _exit(125);
+        }
+        posix_spawn_file_actions_adddup2(&fa, high[i], i);
+    }
+    /* All signals default and unblocked: the fork server ignores some, and ignored dispositions survive
+     * exec. */
+    posix_spawnattr_t at;
+    posix_spawnattr_init(&at);
+    sigset_t all, none;
+    sigfillset(&all);
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    sigemptyset(&none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    pid_t pid;
+    int err = spawn_command(c, &fa, &at, &pid);
+    if (err) {
+        send_failure(status_w, "exec", "execve", err, c->argv[0], "");
+        _exit(127);
+    }
+    target_pid = pid; /* signals that came before are lost, as they would be before exec */
+    for (int i = 0; i < n_stdio; i++) {
+        close(high[i]);
+        close(stdio[i]); /* so that the caller sees EOF when the command and its children are done */
+    }
+    struct rec r;
+    begin(&r, 'X');
+    put_key(&r, "pid");
+    put_int(&r, pid);
+    send_rec(status_w, &r);
+    int status = 0;
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    for (;;) { /* reap orphans reparented to us until the command itself is reaped */
+        pid_t got = wait4(-1, &status, 0, &ru);
+        if (got == pid) break;
+        if (got < 0 && errno == ECHILD) _exit(0);
+    }
+    /* The command is done; as pid 1 of the namespace, end whatever it left behind (a double-forked daemon)
+     * and reap it all before reporting, so that the report itself says the sandbox is empty: the supervisor
+     * can then return the result without waiting for this process to exit and its namespaces to go. */
+    int alone = getpid() == 1;
+    if (alone) {
+        kill(-1, SIGKILL);
+        while (wait4(-1, NULL, 0, NULL) > 0 || errno == EINTR) {
+        }
+    }
+    /* The command's own usage (with its reaped descendants), not the init's. */
+    double cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+                 ru.ru_stime.tv_usec / 1e6;
+    begin(&r, 'S');
+    put_key(&r, "status");
+    put_int(&r, status);
+    put_key(&r, "cpu");
+    put(&r, "g", 1);
+    put(&r, &cpu, 8);
+    put_key(&r, "maxrss");
+    put_int(&r, (int64_t)ru.ru_maxrss * 1024);
+    put_key(&r, "alone");
+    put(&r, alone ? "T" : "F", 1);
+    send_rec(status_w, &r);
+    _exit(0);
+}
+
+static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+/* Close every fd above 2 but those in keep (close_range over the gaps). */
+static void close_all_but(int *keep, int n) {
+    qsort(keep, (size_t)n, sizeof(int), cmp_int);
+    unsigned low = 3;
+    for (int i = 0; i < n; i++) {
+        if (keep[i] < (int)low) continue;
+        if ((unsigned)keep[i] > low) syscall(SYS_close_range, low, (unsigned)keep[i] - 1, 0);
+        low = (unsigned)keep[i] + 1;
+    }
+    syscall(SYS_close_range, low, ~0U, 0);
+}
+
+static void receive_command(const struct plan *p) {
+    int status_w = p->h->status_w, ctl = p->h->ctl_fd;
+    char *buf = malloc(MAX_REQUEST);
+    char cbuf[CMSG_SPACE(MAX_FDS * sizeof(int))];
+    if (!buf) _exit(125);
+    struct iovec iov = {buf, MAX_REQUEST};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = sizeof cbuf;
+    ssize_t n;
+    do {
+        n = recvmsg(ctl, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    int fds[MAX_FDS], n_fds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k && n_fds < MAX_FDS; i++) memcpy(&fds[n_fds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+    }
+    close(ctl);
+    if (n <= 0) _exit(0); /* discarded: the supervisor closed its end */
+    struct command c;
+    if (parse_command(buf, (size_t)n, &c) != 0) {
+        send_failure(status_w, "exec", "receive the command", EINVAL, NULL, "malformed command message");
+        _exit(125);
+    }
+    run_command(&c, fds, n_fds, status_w);
+}
+
+static void init_main(const char *buf, size_t len) {
+    struct plan p;
+    if (parse_plan(buf, len, &p) != 0) _exit(125);
+    const struct plan_header *h = p.h;
+    /* Hold nothing of the fork server's: another sandbox's pipe end held here would keep that sandbox's
+     * output from ever reaching EOF. */
+    int keep[3 * MAX_FDS + 4], n = 0;
+    keep[n++] = h->status_w;
+    if (h->ctl_fd >= 0) keep[n++] = h->ctl_fd;
+    for (int i = 0; i < h->n_stdio; i++) keep[n++] = p.stdio[i];
+    for (uint32_t i = 0; i < h->n_keep; i++) keep[n++] = p.keep[i];
+    close_all_but(keep, n);
+    for (uint32_t i = 0; i < h->n_segs; i++) {
+        int err = 0;
+        long failed = run_segment(&p.segs[i], &err);
+        if (failed >= 0) {
+            send_op_failure(h->status_w, &p.segs[i], failed, err);
+            _exit(125);
+        }
+    }
+    if (h->mode == MODE_STUB) {
+        struct rec rec;
+        begin(&rec, 'R');
+        send_rec(h->status_w, &rec);
+        receive_command(&p);
+    }
+    struct command c;
+    if (parse_command(p.cmd, h->cmd_len, &c) != 0) {
+        send_failure(h->status_w, "exec", "read the command", EINVAL, NULL, "malformed plan");
+        _exit(125);
+    }
+    run_command(&c, p.stdio, h->n_stdio, h->status_w);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+
+/* The executable: corral-init PLAN_FD. The plan arrives on a pipe (written whole before the exec), so
+ * nothing of the fork server's memory comes along: a fresh, small process. */
+
+int main(int argc, char **argv) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL); /* the launcher blocked every signal around the exec */
+    if (argc != 2) return 125;
+    int fd = atoi(argv[1]);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) _exit(125);
+        if (len == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            continue;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    close(fd);
+    init_main(buf, len);
+    return 125;
+}
+
+#else
+/* The Python interface. */
+
+struct launch {
+    const char *path;
+    char *argv[3];
+    int keep[3 * MAX_FDS + 4];
+    int n_keep;
+    int ambient;
+    volatile int err;
+};
+
+/* Make every permitted capability inheritable and ambient, so that it survives the exec (in a new user
+ * namespace whose id maps are not written yet, the exec would otherwise drop them all). */
+static int keep_caps_across_exec(void) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &hdr, data) != 0) return errno;
+    data[0].inheritable = data[0].permitted;
+    data[1].inheritable = data[1].permitted;
+    if (syscall(SYS_capset, &hdr, data) != 0) return errno;
+    for (int cap = 0; cap < 64; cap++) {
+        if (!((data[cap / 32].permitted >> (cap % 32)) & 1)) continue;
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0) return errno;
+    }
+    return 0;
+}
+
+static char launch_stack[64 * 1024] __attribute__((aligned(16)));
+
+/* The launched child, sharing the fork server's memory (CLONE_VM) while the fork server waits
+ * (CLONE_VFORK), as posix_spawn's does: every fd close-on-exec but the ones the init needs, then exec. */
+static int launch_child(void *arg) {
+    struct launch *l = arg;
+    if (l->ambient && (l->err = keep_caps_across_exec())) _exit(127);
+    syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
+    for (int i = 0; i < l->n_keep; i++) fcntl(l->keep[i], F_SETFD, 0);
+    char *envp[] = {NULL};
+    execve(l->path, l->argv, envp);
+    l->err = errno;
+    _exit(127);
+}
+
+static PyObject *py_start(PyObject *self, PyObject *args) {
+    const char *path;
+    int plan_fd;
+    unsigned long flags;
+    PyObject *keep;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "kyiO!", &flags, &path, &plan_fd, &PyTuple_Type, &keep)) return NULL;
+    static struct launch l;
+    char fdbuf[16];
+    snprintf(fdbuf, sizeof fdbuf, "%d", plan_fd);
+    l.path = path;
+    l.argv[0] = (char *)path;
+    l.argv[1] = fdbuf;
+    l.argv[2] = NULL;
+    l.err = 0;
+    l.n_keep = 0;
+    l.ambient = (flags & CLONE_NEWUSER) != 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(keep);
+    if (n > (Py_ssize_t)(sizeof l.keep / sizeof l.keep[0])) {
+        PyErr_SetString(PyExc_ValueError, "too many fds to keep");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long fd = PyLong_AsLong(PyTuple_GET_ITEM(keep, i));
+        if (fd == -1 && PyErr_Occurred()) return NULL;
+        l.keep[l.n_keep++] = (int)fd;
+    }
+    /* No signal handler of ours may run in the child, which shares our memory. */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    /* Born in its user and pid namespaces (the init is pid 1 of the new one). CLONE_PARENT: the init is the
+     * supervisor's child, which reaps it through a pidfd, and whose death fires the init's PDEATHSIG. */
+    int pid = clone(launch_child, launch_stack + sizeof launch_stack,
+                    (int)flags | CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, &l);
+    int clone_errno = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        errno = clone_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(ii)", pid, l.err);
+}
+
+static PyObject *py_apply(PyObject *self, PyObject *args) {
+    Py_buffer plan;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*", &plan)) return NULL;
+    struct plan p;
+    if (parse_plan(plan.buf, (size_t)plan.len, &p) != 0) {
+        PyBuffer_Release(&plan);
+        PyErr_SetString(PyExc_ValueError, "malformed sandbox plan");
+        return NULL;
+    }
+    int err = 0;
+    long failed = -1, before = 0;
+    for (uint32_t i = 0; i < p.h->n_segs && failed < 0; i++) {
+        failed = run_segment(&p.segs[i], &err);
+        if (failed >= 0) failed += before;
+        before += p.segs[i].n_ops;
+    }
+    PyBuffer_Release(&plan);
+    if (failed < 0) Py_RETURN_NONE;
+    if (op_detail[0]) return Py_BuildValue("(lis)", failed, err, op_detail);
+    return Py_BuildValue("(liO)", failed, err, Py_None);
+}
+
+static PyMethodDef methods[] = {
+    {"start", py_start, METH_VARARGS,
+     "start(flags, path, plan_fd, keep_fds) -> (pid, errno): launch the init (the supervisor's child) in new "
+     "namespaces; errno is that of a failed exec (the child has then exited)."},
+    {"apply", py_apply, METH_VARARGS, "apply(plan) -> None | (index, errno, operation): run the ops here."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cinit", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__cinit(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+#define X_EXPORT(name, num)                                                                                 \
+    if (PyModule_AddIntConstant(m, "OP_" #name, num) < 0) goto fail;
+    OPS(X_EXPORT)
+    if (PyModule_AddIntConstant(m, "MAGIC", PLAN_MAGIC) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "OP_SIZE", sizeof(struct op)) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "HEADER_SIZE", sizeof(struct plan_header)) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "SEGMENT_SIZE", sizeof(struct segment)) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "MAX_SEGMENTS", MAX_SEGS) < 0) goto fail;
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}
+#endif

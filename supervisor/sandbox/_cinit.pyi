@@ -1,0 +1,38 @@
+"""Type stub of the sandbox init's C extension (supervisor/sandbox/_cinit.c; see its header comment)."""
+
+MAGIC: int
+OP_SIZE: int
+HEADER_SIZE: int
+SEGMENT_SIZE: int
+MAX_SEGMENTS: int
+OP_WRITE: int
+OP_PDEATHSIG: int
+OP_SETSID: int
+OP_UNSHARE: int
+OP_SETHOSTNAME: int
+OP_LOOPBACK_UP: int
+OP_MOUNT: int
+OP_SETATTR: int
+OP_MKDIR: int
+OP_CREAT: int
+OP_SYMLINK: int
+OP_UMOUNT: int
+OP_RMDIR: int
+OP_CHDIR: int
+OP_ENSURE: int
+OP_CLOSE: int
+OP_RLIMIT: int
+OP_BOUNDING: int
+OP_PRCTL: int
+OP_CAPSET_ZERO: int
+OP_LL_CREATE: int
+OP_LL_PATH: int
+OP_LL_NET: int
+OP_LL_RESTRICT: int
+OP_SECCOMP: int
+OP_JUMP: int
+OP_OPEN_PATH: int
+OP_IDMAP: int
+
+def start(flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], /) -> tuple[int, int]: ...
+def apply(plan: bytes, /) -> tuple[int, int, str | None] | None: ...

@@ -1,0 +1,188 @@
+"""A sandbox's confinement as data: the ops that the sandbox init (supervisor/sandbox/_cinit.c) executes,
+in order, one syscall each.
+
+Each mechanism module's `emit` appends its ops to a `Plan` in the fork server, after deciding there, in
+Python, everything that can be decided before the clone: which paths exist, which rules apply, which errnos
+are harmless, what a failure is called and what to do about it. The init then runs the list without a
+single Python instruction (see _cinit.c for why: copy-on-write). `Plan.run` runs a list in the calling
+process instead, for the mechanism modules' own `apply` functions and their tests.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from supervisor.sandbox import _cinit, _sys
+
+_OP = struct.Struct("=Ii4q4I4I2i")
+_HEADER = struct.Struct("=8I4i4I")
+_SEGMENT = struct.Struct("=4I")
+_NO_STR = 0xFFFFFFFF
+assert _OP.size == _cinit.OP_SIZE and _HEADER.size == _cinit.HEADER_SIZE  # noqa: PT018
+
+MODE_APPLY, MODE_SPAWN, MODE_STUB = 0, 1, 2
+
+#: A hint: plain text, or by errno ("*" for any other errno).
+Hint = str | Mapping[int | str, str]
+
+
+@dataclass(slots=True)
+class Op:
+    """One step: opcode, integer and string arguments, and how its failure is reported (the fields of a
+    SetupFailure). `ok`: errnos that count as success; `on_fail`: the op index to continue at on any
+    other failure, instead of failing the sandbox."""
+
+    code: int
+    layer: str
+    operation: str
+    a: tuple[int, ...] = ()
+    s: tuple[str | bytes | None, ...] = ()
+    path: str | None = None
+    hint: Hint = ""
+    ok: tuple[int, ...] = ()
+    on_fail: int = -1
+
+
+class Plan:
+    """An ordered list of ops, packed by `segment`."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+
+    def add(
+        self,
+        code: int,
+        layer: str,
+        operation: str,
+        *,
+        a: Sequence[int] = (),
+        s: Sequence[str | bytes | None] = (),
+        path: str | None = None,
+        hint: Hint = "",
+        ok: Iterable[int] = (),
+    ) -> int:
+        """Append an op; returns its index."""
+        ok = tuple(ok)
+        if len(a) > 4 or len(s) > 4 or len(ok) > 2:
+            raise ValueError("an op takes at most 4 integers, 4 strings and 2 tolerated errnos")
+        self.ops.append(Op(code, layer, operation, tuple(a), tuple(s), path, hint, ok))
+        return len(self.ops) - 1
+
+    def jump(self) -> int:
+        """Append an unconditional jump, to be aimed with `land`; returns its index."""
+        self.ops.append(Op(_cinit.OP_JUMP, "plan", "jump", (-1,)))
+        return len(self.ops) - 1
+
+    def land(self, index: int) -> None:
+        """Aim the jump at `index`, or the on-failure exit of the op at `index`, at the next op added."""
+        op = self.ops[index]
+        if op.code == _cinit.OP_JUMP:
+            op.a = (len(self.ops),)
+        else:
+            op.on_fail = len(self.ops)
+
+    def segment(self) -> Segment:
+        """The ops packed with their own string table, ready for `blob` (and reusable across blobs)."""
+        strtab = bytearray(b"\0")
+        offsets: dict[bytes, int] = {}
+
+        def ref(value: str | bytes | None) -> int:
+            if value is None:
+                return _NO_STR
+            data = value.encode() if isinstance(value, str) else value
+            off = offsets.get(data)
+            if off is None:
+                off = offsets[data] = len(strtab)
+                strtab.extend(data + b"\0")
+            return off
+
+        packed = bytearray()
+        for op in self.ops:
+            a = (*op.a, 0, 0, 0, 0)[:4]
+            s = [ref(v) for v in (*op.s, None, None, None, None)[:4]]
+            ok = (*op.ok, 0, 0)[:2]
+            packed += _OP.pack(
+                op.code, op.on_fail, *a, *s,
+                ref(op.layer), ref(op.operation), ref(op.path), ref(_encode_hint(op.hint)), *ok,
+            )  # fmt: skip
+        strtab.extend(b"\0" * (-len(strtab) % 8))  # keeps the next segment's ops 8-byte aligned
+        return Segment(tuple(self.ops), bytes(packed), bytes(strtab))
+
+    def run(self) -> None:
+        """Run the ops in this process, now. Raises SetupFailure for the first op that fails."""
+        failed = _cinit.apply(blob([self.segment()]))
+        if failed is not None:
+            index, errno, detail = failed
+            op = self.ops[index]
+            raise _sys.SetupFailure(
+                op.layer, detail or op.operation, errno, op.path, pick_hint(op.hint, errno)
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A packed list of ops (`Plan.segment`): its ops, for reporting, and their binary form."""
+
+    ops: tuple[Op, ...]
+    packed: bytes
+    strtab: bytes
+
+
+def blob(
+    segments: Sequence[Segment],
+    mode: int = MODE_APPLY,
+    *,
+    status_w: int = -1,
+    ctl_fd: int = -1,
+    stdio: Sequence[int] = (),
+    keep: Sequence[int] = (),
+    command: bytes = b"",
+) -> bytes:
+    """The binary plan (layout: _cinit.c): the segments' ops run in order. `stdio`: the fds that become
+    the command's 0, 1, 2, 3...; `keep`: further fds the init must not close (O_PATH fds the ops mount,
+    the supervisor's pidfd). Raises ValueError past _cinit.MAX_SEGMENTS segments."""
+    if len(segments) > _cinit.MAX_SEGMENTS:
+        raise ValueError("too many plan segments")
+    table = bytearray()
+    body = bytearray()
+    base = _HEADER.size + _cinit.SEGMENT_SIZE * len(segments)
+    for seg in segments:
+        ops_off = base + len(body)
+        body += seg.packed
+        table += _SEGMENT.pack(ops_off, len(seg.ops), base + len(body), len(seg.strtab))
+        body += seg.strtab
+    stdio_off = base + len(body)
+    keep_off = stdio_off + 4 * len(stdio)
+    cmd_off = keep_off + 4 * len(keep)
+    header = _HEADER.pack(
+        _cinit.MAGIC, mode, len(segments), _HEADER.size, cmd_off, len(command), stdio_off, keep_off,
+        0, status_w, ctl_fd, len(stdio), len(keep), 0, 0, 0,
+    )  # fmt: skip
+    fds = struct.pack(f"={len(stdio)}i{len(keep)}i", *stdio, *keep)
+    return b"".join((header, table, body, fds, command))
+
+
+def _encode_hint(hint: Hint) -> str:
+    if isinstance(hint, str):
+        return hint
+    return "".join(f"\x1e{key}={text}" for key, text in hint.items())
+
+
+def pick_hint(hint: Hint, errno: int) -> str:
+    """The hint for a failure with `errno` (the C init's choice, for failures seen in this process)."""
+    if isinstance(hint, str):
+        return hint
+    return hint.get(errno, hint.get("*", ""))
+
+
+def encode_command(argv: Sequence[bytes], env: Mapping[bytes, bytes]) -> bytes:
+    """The command as the init reads it: argc, envc, then each string NUL-terminated. Raises ValueError on
+    an embedded NUL (no exec could carry it) or an empty argv."""
+    if not argv:
+        raise ValueError("empty command")
+    items = [*argv, *(k + b"=" + v for k, v in env.items())]
+    if any(b"\0" in item for item in items):
+        raise ValueError("embedded null byte in the command or its environment")
+    return struct.pack("=II", len(argv), len(env)) + b"".join(item + b"\0" for item in items)
