@@ -641,75 +641,19 @@ attempt("bind_outside", bind_outside)
         srv.close()
 
 
-def test_apply_reports_failure_as_setup_failure(tree: Tree) -> None:
-    prepared = prepare(fs_policy(tree))
-    prepared["handled_fs"] = 1 << 40  # a right no kernel knows
-    blob = tree.base / "bad.marshal"
-    blob.write_bytes(marshal.dumps(prepared))
-    code = BOOT + (
-        "import marshal\n"
-        "from supervisor.sandbox import _sys, landlock\n"
-        "try:\n"
-        "    landlock.apply(marshal.load(open(sys.argv[2], 'rb')))\n"
-        "except _sys.SetupFailure as f:\n"
-        "    print(f.layer, f.operation.split('(')[0], f.errno)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, ROOT, str(blob)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert proc.stdout.split() == ["landlock", "landlock_create_ruleset", str(errno.EINVAL)], proc.stderr
-
-
-def test_apply_add_rule_failure_names_the_path_and_leaks_no_fd(tree: Tree) -> None:
-    """A rule the kernel refuses (rights the ruleset does not handle) fails with the rule's path and the
-    rights asked for, and the init's C code closes the ruleset and O_PATH fds it opened."""
-    prepared = prepare(fs_policy(tree))
-    prepared["rules"] = [(str(tree.base), 1 << 40)]
-    blob = tree.base / "bad-rule.marshal"
-    blob.write_bytes(marshal.dumps(prepared))
+def apply_in_child(prepared: dict[str, object], on_failure: str, *, as_nobody: bool = False) -> list[str]:
+    """Run landlock.apply(prepared) in a fresh interpreter (a test process it confined would stay
+    confined); on SetupFailure `f`, it prints the expression `on_failure` (`before`: its fds before).
+    Returns what it printed, split."""
     code = BOOT + (
         "import marshal, os\n"
         "from supervisor.sandbox import _sys, landlock\n"
         "before = sorted(os.listdir('/proc/self/fd'))\n"
         "try:\n"
-        "    landlock.apply(marshal.load(open(sys.argv[2], 'rb')))\n"
-        "except _sys.SetupFailure as f:\n"
-        "    print(f.layer, f.operation, f.errno, f.path, before == sorted(os.listdir('/proc/self/fd')))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, ROOT, str(blob)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert proc.stdout.split() == [
-        "landlock",
-        "landlock_add_rule(PATH_BENEATH,",
-        f"{1 << 40:#x})",
-        str(errno.EINVAL),
-        str(tree.base),
-        "True",
-    ], proc.stderr
-
-
-def test_restrict_self_without_no_new_privs_is_refused_for_an_ordinary_user(tree: Tree) -> None:
-    """Without no_new_privs and without CAP_SYS_ADMIN, landlock_restrict_self fails with EPERM, and the
-    failure says what to do (run as uid 65534: root may restrict itself without no_new_privs)."""
-    prepared = prepare(fs_policy(tree))
-    prepared["rules"] = [("/usr", landlock.ACCESS_FS_READ_FILE)]  # a path uid 65534 can open
-    code = BOOT + (
-        "import marshal\n"
-        "from supervisor.sandbox import _sys, landlock\n"
-        "try:\n"
         "    landlock.apply(marshal.loads(sys.stdin.buffer.read()))\n"
         "    print('applied')\n"
         "except _sys.SetupFailure as f:\n"
-        "    print(f.layer, f.operation, f.errno, 'no_new_privs' in f.hint)\n"
+        f"    print({on_failure})\n"
     )
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "-c", code, ROOT],
@@ -717,10 +661,41 @@ def test_restrict_self_without_no_new_privs_is_refused_for_an_ordinary_user(tree
         capture_output=True,
         timeout=30,
         check=False,
-        user=65534,
-        group=65534,
-        extra_groups=[],
+        **({"user": 65534, "group": 65534, "extra_groups": []} if as_nobody else {}),
     )
-    assert proc.stdout.decode().split() == ["landlock", "landlock_restrict_self", str(errno.EPERM), "True"], (
-        proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.decode().split()
+
+
+def test_apply_reports_failure_as_setup_failure(tree: Tree) -> None:
+    prepared = prepare(fs_policy(tree))
+    prepared["handled_fs"] = 1 << 40  # a right no kernel knows
+    out = apply_in_child(prepared, "f.layer, f.operation.split('(')[0], f.errno")
+    assert out == ["landlock", "landlock_create_ruleset", str(errno.EINVAL)]
+
+
+def test_apply_add_rule_failure_names_the_path_and_leaks_no_fd(tree: Tree) -> None:
+    """A rule the kernel refuses (rights the ruleset does not handle) fails with the rule's path and the
+    rights asked for, and the C code closes the ruleset and O_PATH fds it opened."""
+    prepared = prepare(fs_policy(tree))
+    prepared["rules"] = [(str(tree.base), 1 << 40)]
+    out = apply_in_child(
+        prepared, "f.layer, f.operation, f.errno, f.path, before == sorted(os.listdir('/proc/self/fd'))"
     )
+    assert out == [
+        "landlock",
+        "landlock_add_rule(PATH_BENEATH,",
+        f"{1 << 40:#x})",
+        str(errno.EINVAL),
+        str(tree.base),
+        "True",
+    ]
+
+
+def test_restrict_self_without_no_new_privs_is_refused_for_an_ordinary_user(tree: Tree) -> None:
+    """Without no_new_privs and without CAP_SYS_ADMIN, landlock_restrict_self fails with EPERM, and the
+    failure says what to do (run as uid 65534: root may restrict itself without no_new_privs)."""
+    prepared = prepare(fs_policy(tree))
+    prepared["rules"] = [("/usr", landlock.ACCESS_FS_READ_FILE)]  # a path uid 65534 can open
+    out = apply_in_child(prepared, "f.layer, f.operation, f.errno, 'no_new_privs' in f.hint", as_nobody=True)
+    assert out == ["landlock", "landlock_restrict_self", str(errno.EPERM), "True"]
