@@ -1,7 +1,7 @@
 """Spawn-to-exit latency of /bin/true: corral (full workspace-write sandbox) against a bare asyncio spawn and
 against bubblewrap, sequentially, in the same run. Prints medians and ratios (a benchmark, not a test).
 
-    .venv/bin/python benchmarks/spawn.py [--n 200] [--pause MS] [--json out.json]
+    .venv/bin/python benchmarks/spawn.py [--n 200] [--pause MS] [--prefork N] [--json out.json]
 
 Back-to-back by default: each spawn starts the moment the previous one is reaped. `--pause 20` waits 20 ms
 (untimed) between spawns, for every method alike: the pace of an agent's tool calls, where corral's next
@@ -61,11 +61,11 @@ async def bwrap_once() -> None:
         raise RuntimeError("bwrap failed")
 
 
-async def main(n: int, json_out: str | None, pause: float = 0.0) -> dict[str, object]:
+async def main(n: int, json_out: str | None, pause: float = 0.0, prefork: int = 2) -> dict[str, object]:
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as ws:
         policy = profiles.workspace_write(ws)
-        async with Supervisor() as sup:
+        async with Supervisor(prefork=prefork) as sup:
 
             async def corral_once() -> None:
                 child = await sup.start([TRUE], policy=policy, stdout=DEVNULL, stderr=DEVNULL)
@@ -82,6 +82,7 @@ async def main(n: int, json_out: str | None, pause: float = 0.0) -> dict[str, ob
     report: dict[str, object] = {
         "n": n,
         "pause_ms": pause * 1000,
+        "prefork": prefork,
         "median_ms": {k: round(v, 3) for k, v in med.items()},
         "p90_ms": {k: round(statistics.quantiles(v, n=10)[8], 3) for k, v in results.items()},
         "corral_vs_bare": round(med["corral workspace-write"] / med["bare asyncio"], 2),
@@ -110,6 +111,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--pause", type=float, default=0.0, help="ms between spawns, untimed (default 0)")
+    ap.add_argument("--prefork", type=int, default=2, help="Supervisor(prefork=N) (default 2; 0: none)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    anyio.run(main, a.n, a.json, a.pause / 1000)
+    anyio.run(main, a.n, a.json, a.pause / 1000, a.prefork)

@@ -29,7 +29,6 @@ Status pipe records: one byte kind + 4-byte length + marshal payload.
 from __future__ import annotations
 
 import fcntl
-import gc
 import marshal
 import os
 import select
@@ -314,15 +313,8 @@ def main(sock_fd: int) -> None:
     supervisor_pidfd = os.pidfd_open(os.getppid())
     if select.select([supervisor_pidfd], [], [], 0)[0]:
         sys.exit(0)
-    # Writing a child's uid_map needs us to be dumpable even after running as another uid.
-    _sys.prctl(_sys.PR_SET_DUMPABLE, 1)
     sock = socket.socket(fileno=sock_fd)
     sock.sendall(marshal.dumps(probe.probe_in_fork_server()))
-    # Every page a child writes is copied on write. A garbage collection in a child would touch every
-    # object header, so there is none: the server allocates little and frees by reference counting, and
-    # what exists now is frozen out of the collector's reach.
-    gc.disable()
-    gc.freeze()
     server = _Server(supervisor_pidfd)
     while True:
         req, fds = _recv(sock)
