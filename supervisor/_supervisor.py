@@ -34,7 +34,7 @@ from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
 from supervisor._plan import CompiledPolicy, compile_policy
 from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
-from supervisor.sandbox._ops import encode_command
+from supervisor.sandbox._ops import EncodedEnv, encode_command, encode_env
 from supervisor.sandbox._sys import rights
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
 from supervisor.sandbox.probe import KernelCaps
@@ -64,21 +64,21 @@ class _Slot:
 
 
 class _EnvCache:
-    """The environment a child gets (filtered of secrets, encoded), per environment policy, computed again
-    only when the caller's os.environ has changed since: filtering every name against the secret markers
-    on each spawn was a fifth of the supervisor's CPU per child."""
+    """The environment a child gets (filtered of secrets, encoded for the init), per environment policy,
+    computed again only when the caller's os.environ has changed since: filtering every name against the
+    secret markers on each spawn was a fifth of the supervisor's CPU per child."""
 
     def __init__(self) -> None:
-        self._cache: dict[EnvPolicy, tuple[dict[bytes, bytes], dict[bytes, bytes]]] = {}
+        self._cache: dict[EnvPolicy, tuple[dict[bytes, bytes], EncodedEnv]] = {}
 
-    def get(self, policy: Policy) -> dict[bytes, bytes]:
-        """The child's environment under `policy`. Callers must not modify the returned dict."""
+    def get(self, policy: Policy) -> EncodedEnv:
+        """The child's environment under `policy`. Raises ValueError on an embedded NUL."""
         data = getattr(os.environ, "_data", None)  # CPython's os.environ keeps its encoded items here
         hit = self._cache.get(policy.environment)
         if hit is not None and isinstance(data, dict) and hit[0] == data:
             return hit[1]
         env = filter_environment(policy, os.environ)
-        encoded = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+        encoded = encode_env({os.fsencode(k): os.fsencode(v) for k, v in env.items()})
         if isinstance(data, dict):
             if len(self._cache) >= 64:  # bounded: a caller generating policies must not grow it forever
                 self._cache.clear()
@@ -134,6 +134,7 @@ class Supervisor:
         self._cgroup_delegate = cgroup_delegate
         self._cgroups: CgroupManager | None = None
         self._forkserver: ForkServer | None = None
+        self._devnull = -1
         self._prefork: Prefork | None = None
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
@@ -170,6 +171,8 @@ class Supervisor:
         fs.start()
         _raise_nofile()  # after the fork server started: children keep the caller's usual limit
         self._forkserver = fs
+        #: One /dev/null for every DEVNULL stdio (the init gets it by SCM_RIGHTS, as any other fd).
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._caps = KernelCaps.from_dict(fs.caps_dict)
         try:
             if self._use_cgroups:
@@ -186,6 +189,8 @@ class Supervisor:
         except BaseException:
             fs.close()
             self._forkserver = None
+            os.close(self._devnull)
+            self._devnull = -1
             raise
         self._tg = tg
         self._prefork = Prefork(
@@ -226,6 +231,9 @@ class Supervisor:
             if self._forkserver is not None:
                 self._forkserver.close()
                 self._forkserver = None
+            if self._devnull >= 0:
+                os.close(self._devnull)
+                self._devnull = -1
             if self._cgroups is not None:
                 mgr, self._cgroups = self._cgroups, None
                 with anyio.CancelScope(shield=True):
@@ -362,7 +370,7 @@ class Supervisor:
         leaf: Leaf | None = None
         try:
             for i, arg in enumerate((stdin, stdout, stderr)):
-                fds.append(_child_fd(i, arg, ours, mine))
+                fds.append(_child_fd(i, arg, ours, mine, self._devnull))
             fds.extend(pass_fds)
             # A sandbox confined ahead of time for this policy and workdir takes just the command; else
             # the fork server builds one now.
@@ -657,8 +665,9 @@ def _hand_over(stub: Stub, request: dict[str, object], fds: list[int]) -> bool:
     return True
 
 
-def _child_fd(index: int, arg: StdioArg, ours: list[int], mine: list[int | None]) -> int:
-    """The fd to hand the child for stdio slot `index`, opening pipes or /dev/null as asked."""
+def _child_fd(index: int, arg: StdioArg, ours: list[int], mine: list[int | None], devnull: int) -> int:
+    """The fd to hand the child for stdio slot `index`: a new pipe, the supervisor's /dev/null, or the
+    caller's."""
     if arg is None:
         return index
     if arg == PIPE:
@@ -668,9 +677,7 @@ def _child_fd(index: int, arg: StdioArg, ours: list[int], mine: list[int | None]
         mine[index] = our_end
         return child_end
     if arg == DEVNULL:
-        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        ours.append(fd)
-        return fd
+        return devnull
     if isinstance(arg, int):
         return arg
     return arg.fileno()

@@ -177,12 +177,29 @@ def pick_hint(hint: Hint, errno: int) -> str:
     return hint.get(errno, hint.get("*", ""))
 
 
-def encode_command(argv: Sequence[bytes], env: Mapping[bytes, bytes]) -> bytes:
+@dataclass(frozen=True, slots=True)
+class EncodedEnv:
+    """An environment as the init reads it (`encode_env`): its entry count and its NUL-terminated
+    NAME=VALUE strings."""
+
+    count: int
+    block: bytes
+
+
+def encode_env(env: Mapping[bytes, bytes]) -> EncodedEnv:
+    """Encode `env` once for many commands. Raises ValueError on an embedded NUL."""
+    items = [k + b"=" + v for k, v in env.items()]
+    if any(b"\0" in item for item in items):
+        raise ValueError("embedded null byte in the environment")
+    return EncodedEnv(len(items), b"".join(item + b"\0" for item in items))
+
+
+def encode_command(argv: Sequence[bytes], env: Mapping[bytes, bytes] | EncodedEnv) -> bytes:
     """The command as the init reads it: argc, envc, then each string NUL-terminated. Raises ValueError on
     an embedded NUL (no exec could carry it) or an empty argv."""
     if not argv:
         raise ValueError("empty command")
-    items = [*argv, *(k + b"=" + v for k, v in env.items())]
-    if any(b"\0" in item for item in items):
-        raise ValueError("embedded null byte in the command or its environment")
-    return struct.pack("=II", len(argv), len(env)) + b"".join(item + b"\0" for item in items)
+    if any(b"\0" in arg for arg in argv):
+        raise ValueError("embedded null byte in the command")
+    encoded = env if isinstance(env, EncodedEnv) else encode_env(env)
+    return b"".join((struct.pack("=II", len(argv), encoded.count), *(a + b"\0" for a in argv), encoded.block))

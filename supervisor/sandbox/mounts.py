@@ -143,46 +143,37 @@ def reusable(prepared: dict[str, object] | None, workdir: str) -> bool:
 
 def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[object, ...]:
     """Everything the view built by `emit_base` + `emit_paths` depends on, as seen from the host now: the
-    identity (device, inode, type) or absence of the workdir, the host paths the base view tests, every
-    writable and readable root, every
-    protected path and its top directory under each writable root (after git expansion: core.hooksPath,
-    submodule git dirs), and every denied path. A sandbox built ahead of its request serves it only while
-    the fingerprint taken around its build still holds at the request (see supervisor/_prefork.py); any
+    identity (device, inode, type, from lstat) or the lstat errno of the workdir, the host paths the base
+    view tests, every writable and readable root, every protected path and its top directory under each
+    writable root (after git expansion: core.hooksPath, submodule git dirs), and every denied path. A
+    sandbox built ahead of its request serves it only while the fingerprint taken around its build still
+    holds at the request (see supervisor/_prefork.py, and the fork server's view cache in _zygote); any
     difference (a `git init`, a new credential file, a replaced root) sends the request down the path that
     builds its view at request time. Never raises."""
-    out: list[object] = [_identity(workdir)]
-    if prepared is None:
-        return tuple(out)
-    if prepared["confine"]:
-        out += [(path, _identity(path)) for path in _BASE_PATHS]
-    write: list[str] = prepared["write"]  # type: ignore[assignment]
-    for root in [*write, *prepared["read"]]:  # type: ignore[misc]
-        out.append((root, _identity(root)))
-    if prepared["confine"]:
-        for root in write:
-            try:
-                expanded = _expand_git(root, prepared["protected"])  # type: ignore[arg-type]
-            except OSError as err:  # unreadable .git/config or modules: a distinct state of its own
-                expanded = [f"error {err.errno}"]
-            for rel in expanded:
-                path = os.path.join(root, rel)
-                top = os.path.join(root, rel.split("/", 1)[0])
-                out.append((path, _identity(path), _identity(top)))
-        out += [(path, _identity(path)) for path in prepared["deny"]]  # type: ignore[attr-defined]
-    return tuple(out)
+    paths = [workdir]
+    notes: list[str] = []
+    if prepared is not None:
+        if prepared["confine"]:
+            paths += _BASE_PATHS
+        write: list[str] = prepared["write"]  # type: ignore[assignment]
+        paths += write
+        paths += prepared["read"]  # type: ignore[arg-type]
+        if prepared["confine"]:
+            for root in write:
+                try:
+                    expanded = _expand_git(root, prepared["protected"])  # type: ignore[arg-type]
+                except OSError as err:  # unreadable .git/config or modules: a distinct state of its own
+                    notes.append(f"{root}: error {err.errno}")
+                    continue
+                for rel in expanded:
+                    paths += (os.path.join(root, rel), os.path.join(root, rel.split("/", 1)[0]))
+            paths += prepared["deny"]  # type: ignore[arg-type]
+    # Which paths were looked at (git expansion can change the list) and what each was.
+    return tuple(paths), _cinit.identities([os.fsencode(p) for p in paths]), tuple(notes)
 
 
 #: Host paths whose presence or type `emit_base` tests.
 _BASE_PATHS = ("/var/run", "/sys/class/net", "/dev/shm", *(f"/proc/{name}" for name in _PROC_READONLY))
-
-
-def _identity(path: str) -> tuple[int, int, int] | int:
-    """(st_dev, st_ino, st_mode) of `path` without following a final symlink, or the errno of lstat."""
-    try:
-        st = os.lstat(path)
-    except OSError as err:
-        return err.errno or -1
-    return st.st_dev, st.st_ino, st.st_mode
 
 
 def keep_visible(prepared: dict[str, object], workdir: str) -> list[tuple[str, bool, bool]]:

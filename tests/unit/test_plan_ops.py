@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.sandbox import _cinit, _sys
-from supervisor.sandbox._ops import Plan, blob, encode_command, pick_hint
+from supervisor.sandbox._ops import Plan, blob, encode_command, encode_env, pick_hint
 
 
 def test_ops_run_in_order(tmp_path: Path) -> None:
@@ -140,6 +140,7 @@ def test_encode_command_layout_and_refusals() -> None:
         encode_command([b"/bin/echo"], {b"A": b"x\0y"})
     with pytest.raises(ValueError, match="empty"):
         encode_command([], {})
+    assert encode_command([b"/bin/echo", b"hi"], encode_env({b"A": b"1"})) == data
 
 
 def test_op_arity_is_checked() -> None:
