@@ -6,6 +6,7 @@ import contextlib
 import errno as _errno
 import itertools
 import logging
+import math
 import os
 import resource
 import subprocess
@@ -134,6 +135,7 @@ class Supervisor:
         self._cgroup_delegate = cgroup_delegate
         self._cgroups: CgroupManager | None = None
         self._forkserver: ForkServer | None = None
+        self._trash: MemoryObjectSendStream[Leaf] | None = None
         self._devnull = -1
         self._prefork: Prefork | None = None
         self._tg: TaskGroup | None = None
@@ -197,6 +199,10 @@ class Supervisor:
             fs, tg, lambda policy: self._leaf_for(policy, f"c{next(self._ids)}"), per_key=self.prefork
         )
         tg.start_soon(self._monitor)
+        # Leaves of exited children, removed in batches off the loop (what is left when the supervisor
+        # closes, CgroupManager.close removes).
+        self._trash, trash = anyio.create_memory_object_stream[Leaf](math.inf)
+        tg.start_soon(self._remove_leaves, trash)
         return self
 
     async def __aexit__(
@@ -225,6 +231,9 @@ class Supervisor:
         finally:
             self._tg = None
             self._prefork = None
+            if self._trash is not None:
+                self._trash.close()
+                self._trash = None
             for send in self._subscribers:
                 send.close()
             self._subscribers.clear()
@@ -486,9 +495,10 @@ class Supervisor:
     async def _finish(self, child: Child, slot: _Slot) -> None:
         """After the exit is final: the final sample (exact CPU, peak memory, OOM and pids.max counts), the
         verdict, the slot's release, the totals and the exited event, and then `wait()` wakes. Then, off the
-        caller's path: reap the init if it is still exiting (it reported an empty sandbox first), remove
-        the cgroup, and start building the next sandbox for the policy. The supervisor's exit waits for
-        all of it."""
+        caller's path: reap the init if it is still exiting (it reported an empty sandbox first), queue
+        the cgroup for removal (batched, off the loop), and start building the next sandbox for the
+        policy. The supervisor's exit waits for all of it (what the batches left, CgroupManager.close
+        removes)."""
         stats = None
         leaf = child.leaf
         try:
@@ -517,13 +527,21 @@ class Supervisor:
                 )
             child._done.set()
             await child._collect()
-            if leaf is not None:
-                try:
-                    await anyio.to_thread.run_sync(leaf.remove_reaped)
-                except Exception as err:  # logged, not raised: the child is reaped; the next start cleans up
-                    log.warning("could not remove cgroup of child %s: %s", child.pid, err)
+            if leaf is not None and self._trash is not None:
+                with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._trash.send_nowait(leaf)
             if child._then is not None and self._tg is not None:
                 child._then()  # e.g. build the next sandbox for its policy, now that the CPU is free
+
+    async def _remove_leaves(self, trash: MemoryObjectReceiveStream[Leaf]) -> None:
+        """Remove the leaves of reaped children, as many per worker-thread hop as have piled up."""
+        async with trash:
+            async for leaf in trash:
+                batch = [leaf]
+                with contextlib.suppress(anyio.WouldBlock):
+                    while True:
+                        batch.append(trash.receive_nowait())
+                await anyio.to_thread.run_sync(_remove_leaves, batch)
 
     def _note_violation(self, child: Child) -> None:
         v = child.violation
@@ -663,6 +681,16 @@ def _hand_over(stub: Stub, request: dict[str, object], fds: list[int]) -> bool:
         return False
     stub.ctl.close()
     return True
+
+
+def _remove_leaves(leaves: list[Leaf]) -> None:
+    """Remove each leaf (blocking; in a worker thread). Failures are logged, not raised: the children are
+    reaped, and CgroupManager.close or the next start removes what is left."""
+    for leaf in leaves:
+        try:
+            leaf.remove_reaped()
+        except Exception as err:
+            log.warning("could not remove cgroup leaf %s: %s", leaf.paths, err)
 
 
 def _child_fd(index: int, arg: StdioArg, ours: list[int], mine: list[int | None], devnull: int) -> int:

@@ -598,14 +598,14 @@ class Leaf:
 
     def remove_reaped(self) -> None:
         """Remove the leaf of a child whose init has been reaped. Its pid namespace is then empty and so
-        is the leaf, usually: rmdir first, and only when something escaped into the cgroup (no pid
-        namespace) kill the group and retry. Raises SandboxSetupError."""
+        is the leaf, usually: rmdir at once (the kernel refuses, EBUSY, a cgroup with a process in it), and
+        only when something escaped into the cgroup (no pid namespace) kill the group and retry. Raises
+        SandboxSetupError."""
         from supervisor._errors import SandboxSetupError
 
-        if not self.pids():
-            with contextlib.suppress(SandboxSetupError):
-                self.remove(timeout=0.0)
-                return
+        with contextlib.suppress(SandboxSetupError):
+            self.remove(timeout=0.0)
+            return
         self.kill(timeout=1.0)
         self.remove()
 
