@@ -47,7 +47,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/capability.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -66,6 +65,18 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* From linux/capability.h, which musl's headers do not carry (the executable is built with musl when
+ * available: its static start-up costs half of glibc's, which probes the CPU with cpuid, a VM exit each). */
+#define CAP_VERSION_3 0x20080522
+#define CAP_SETPCAP 8
+struct cap_header {
+    uint32_t version;
+    int pid;
+};
+struct cap_data {
+    uint32_t effective, permitted, inheritable;
+};
 
 #define PLAN_MAGIC 0x314c5243u /* "CRL1" */
 #define NO_STR 0xffffffffu
@@ -266,8 +277,8 @@ static int set_rlimit(int res, int64_t soft, int64_t hard) {
 }
 
 static int has_cap(int cap) {
-    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[2];
+    struct cap_header hdr = {CAP_VERSION_3, 0};
+    struct cap_data data[2];
     memset(data, 0, sizeof data);
     if (syscall(SYS_capget, &hdr, data) != 0) return 0;
     return (data[cap / 32].effective >> (cap % 32)) & 1;
@@ -284,8 +295,8 @@ static int empty_bounding(int last_cap, unsigned long securebits) {
 }
 
 static int capset_zero(void) {
-    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[2];
+    struct cap_header hdr = {CAP_VERSION_3, 0};
+    struct cap_data data[2];
     memset(data, 0, sizeof data);
     return syscall(SYS_capset, &hdr, data) == 0 ? 0 : errno;
 }
@@ -934,8 +945,8 @@ struct launch {
 /* Make every permitted capability inheritable and ambient, so that it survives the exec (in a new user
  * namespace whose id maps are not written yet, the exec would otherwise drop them all). */
 static int keep_caps_across_exec(void) {
-    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[2];
+    struct cap_header hdr = {CAP_VERSION_3, 0};
+    struct cap_data data[2];
     if (syscall(SYS_capget, &hdr, data) != 0) return errno;
     data[0].inheritable = data[0].permitted;
     data[1].inheritable = data[1].permitted;
