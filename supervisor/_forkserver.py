@@ -7,6 +7,7 @@ children's PDEATHSIG is tied to that thread.
 
 from __future__ import annotations
 
+import errno
 import marshal
 import os
 import socket
@@ -101,6 +102,15 @@ class ForkServer:
                         except BlockingIOError:
                             await anyio.wait_readable(sock)
                 except OSError as err:  # EPIPE, ECONNRESET: the server is gone
+                    if err.errno == errno.EMSGSIZE:
+                        raise SandboxSetupError(
+                            "fork server",
+                            "sendmsg",
+                            err.errno,
+                            hint=f"the request ({len(payload)} bytes: the command, its environment and the "
+                            "policy) is more than the fork server's socket takes in one message; pass large "
+                            "data through a file or stdin",
+                        ) from err
                     raise SandboxSetupError(
                         "fork server", "sendmsg/recvmsg", err.errno or 0, hint="the fork server died"
                     ) from err

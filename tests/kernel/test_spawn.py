@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -199,3 +200,21 @@ async def test_workspace_under_tmp_stays_visible_and_host_tmp_is_hidden(
     # The private /tmp holds only the path leading to the workspace, nothing else of the host's /tmp.
     assert int(lines[1]) == 1
     assert (tmp_path / "new.txt").read_text() == "new\n"
+
+
+async def test_a_large_command_runs_and_a_too_large_one_fails_cleanly(
+    sup: Supervisor, workspace: Path
+) -> None:
+    """An argv of ~150 KB (xargs-sized) reaches the command whole: the sandbox's plan then exceeds a pipe's
+    default 64 KiB and the fork server grows the pipe. One the fork server's socket cannot take in one
+    message fails with EMSGSIZE and says so, and the supervisor goes on serving."""
+    pol = profiles.workspace_write(workspace)
+    args = [f"arg{i:06d}" for i in range(15_000)]  # ~150 KB
+    r = await sup.run(["/bin/sh", "-c", 'echo $# "$1" "${15000}"', "sh", *args], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.split() == [b"15000", b"arg000000", b"arg014999"]
+    with pytest.raises(SandboxSetupError) as info:
+        await sup.run(["/bin/true", *(["x" * 1000] * 400)], policy=pol)  # ~400 KB
+    assert info.value.errno == errno.EMSGSIZE
+    assert "large" in info.value.hint
+    assert (await sup.run(["/bin/true"], policy=pol)).exit_code == 0
