@@ -146,10 +146,9 @@ class Prefork:
             self._tg.start_soon(self._build, key, policy, compiled, cwd)
 
     def _key(self, compiled: CompiledPolicy, cwd: str) -> Key | None:
-        """The pool key for this policy and workdir, or None when no sandbox may be built ahead for them
-        (the pool is closed, or the request's paths lie under /tmp, /run or /dev, which the base view
-        replaces: see mounts.reusable)."""
-        if self._closed or not mounts.reusable(_mounts(compiled), cwd):
+        """The pool key for this policy and workdir, or None when the pool is closed. (A workdir under
+        /tmp, /run or /dev is kept visible by the init itself, at build time, like the rest of the view.)"""
+        if self._closed:
             return None
         return compiled.policy_id, cwd
 

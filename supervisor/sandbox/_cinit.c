@@ -741,7 +741,7 @@ static int spawn_command(struct command *c, posix_spawn_file_actions_t *fa, posi
 
 static void run_command(struct command *c, const int *stdio, int n_stdio, int status_w) {
     /* Not dumpable: the command (same uid, same Landlock domain) must not ptrace the init or read its
-     * /proc/1/mem and /proc/1/environ, a copy of the fork server's memory. */
+     * /proc/1/mem, which holds the plan. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     forward_signals(0);
     /* Every fd close-on-exec; the stdio (and passed) fds lifted above the target numbers, then dup2'd into

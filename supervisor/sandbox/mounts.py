@@ -123,24 +123,6 @@ def _under_hidden(path: str) -> bool:
     return any(path == h or path.startswith(h + "/") for h in _HIDDEN)
 
 
-def _open_path(path: str) -> int | None:
-    try:
-        return os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise _sys.SetupFailure("mounts", "open(O_PATH)", err.errno or 0, path) from err
-
-
-def reusable(prepared: dict[str, object] | None, workdir: str) -> bool:
-    """Whether a sandbox whose base view (`apply_base`) was built before the request can serve it: only when
-    nothing the request needs lies under a path the base view replaces (those must be opened first)."""
-    if prepared is None:
-        return True
-    paths = [*prepared["write"], *prepared["read"], workdir]  # type: ignore[misc]
-    return not any(_under_hidden(p) for p in paths)
-
-
 def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[object, ...]:
     """Everything the view built by `emit_base` + `emit_paths` depends on, as seen from the host now: the
     identity (device, inode, type, from lstat) or the lstat errno of the workdir, the host paths the base

@@ -197,3 +197,24 @@ async def test_a_cached_view_does_not_miss_a_later_denied_file(workspace: Path) 
         secret.write_text("s3cr3t\n")
         r = await sup.run(["/bin/cat", str(secret)], policy=pol)
     assert b"s3cr3t" not in r.stdout
+
+
+async def test_a_workdir_under_tmp_is_served_ahead_and_stays_visible(sup: Supervisor, tmp_path: Path) -> None:
+    """A workdir under /tmp (tempfile's default) gets pre-forked sandboxes too: each keeps the workdir
+    visible and writable over its private /tmp, which shows nothing else of the host's."""
+    assert str(tmp_path).startswith("/tmp/")
+    (tmp_path / "mine.txt").write_text("mine\n")
+    (Path("/tmp") / f"host-{os.getpid()}.txt").write_text("host\n")
+    try:
+        pol = profiles.workspace_write(tmp_path)
+        await twice(sup, pol)
+        stubs = await ready_pids(sup)
+        r = await sup.run(["/bin/sh", "-c", "cat mine.txt; echo new > new.txt; ls /tmp | wc -l"], policy=pol)
+        assert r.pid in stubs
+        assert r.exit_code == 0, r.stderr
+        lines = r.stdout.decode().split()
+        assert lines[0] == "mine"
+        assert int(lines[1]) == 1  # only the path leading to the workdir
+        assert (tmp_path / "new.txt").read_text() == "new\n"
+    finally:
+        (Path("/tmp") / f"host-{os.getpid()}.txt").unlink()
