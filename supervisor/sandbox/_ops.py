@@ -20,7 +20,9 @@ _OP = struct.Struct("=Ii4q4I4I2i")
 _HEADER = struct.Struct("=8I4i4I")
 _SEGMENT = struct.Struct("=4I")
 _NO_STR = 0xFFFFFFFF
-assert _OP.size == _cinit.OP_SIZE and _HEADER.size == _cinit.HEADER_SIZE  # noqa: PT018
+if (_OP.size, _HEADER.size, _SEGMENT.size) != (_cinit.OP_SIZE, _cinit.HEADER_SIZE, _cinit.SEGMENT_SIZE):
+    _stale = "corral's C extension does not match this source (a stale build): run pip install -e . again"
+    raise ImportError(_stale)
 
 MODE_APPLY, MODE_SPAWN, MODE_STUB = 0, 1, 2
 

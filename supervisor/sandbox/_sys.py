@@ -133,14 +133,8 @@ def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-# prctl options used by several modules
+# prctl options used by several modules (the sandbox init's own are in _cinit.c)
 PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
-PR_SET_SECUREBITS = 28
-PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
-PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
-PR_GET_SECCOMP = 21
-PR_SET_SECCOMP = 22
