@@ -248,7 +248,11 @@ async def test_chaos_leaves_nothing_behind(workspace: Path) -> None:
             async with anyio.create_task_group() as tg:
                 for _ in range(N):
                     tg.start_soon(chaos.one, limiter)
-            mid = leftovers(token)
+            # No zombie piles up while the supervisor runs. An init reports its child's exit and then exits
+            # itself, so one may be a zombie for a moment before its watcher reaps it; none may stay.
+            with anyio.fail_after(2):
+                while leftovers(token)["zombies"]:  # noqa: ASYNC110 (no event for a reap)
+                    await anyio.sleep(0.005)
             # Leave the block with children running: it must kill and reap them all.
             for _ in range(CONCURRENCY // 2):
                 await sup.start(chaos.tree_cmd(60), policy=chaos.limited, stdout=DEVNULL, stderr=DEVNULL)
@@ -270,7 +274,6 @@ async def test_chaos_leaves_nothing_behind(workspace: Path) -> None:
     alive = [p for p in exited if (st := _stat(p)) is not None and st[1] == me]
     assert not alive, alive  # every sandbox init is gone (a reused pid would not be our child)
     assert corral_dirs(me) == dirs_before == []
-    assert not mid["zombies"], mid
     # The fd count is asserted by the next test (a known bug leaks some).
     REPORT["fds"] = (fds_before, open_fds(), fd_kinds())
 
