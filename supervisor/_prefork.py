@@ -190,7 +190,7 @@ class Prefork:
         before = mounts.fingerprint(prepared, cwd)
         try:
             reply, fds = await self._fs.prefork(
-                cwd, leaf.procs_files if leaf is not None else [], compiled.policy_id, compiled.payload
+                cwd, leaf.placement_files if leaf is not None else [], compiled.policy_id, compiled.payload
             )
         except BaseException:
             if leaf is not None:

@@ -393,7 +393,7 @@ class Supervisor:
                 status: StatusReader | None = stub.status
             else:
                 leaf, cg_enforced, cg_missing = self._leaf_for(policy, f"c{next(self._ids)}")
-                request["cgroup_procs"] = leaf.procs_files if leaf is not None else []
+                request["cgroup_procs"] = leaf.placement_files if leaf is not None else []
                 reply, pidfd, status_fd = await self._forkserver.spawn(
                     request, compiled.policy_id, compiled.payload, fds
                 )

@@ -88,10 +88,10 @@ def _confinement(
     # 3. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
     plan.add(_cinit.OP_SETSID, "new_session", "setsid")
     # 4. Into the cgroup leaf, so that everything the sandbox does is charged and limited there; the
-    #    command inherits it. A v1 migration can wait out an RCU grace period: done here it delays only
-    #    this sandbox, not the fork server. Writing 0 moves the writer.
+    #    command inherits it. Writing 0 moves the writer: on v1 into `tasks` (Leaf.placement_files: no
+    #    global lock, no RCU grace period to wait out); done here, a slow move delays only this sandbox.
     for path in procs:
-        plan.add(_cinit.OP_WRITE, "cgroups", "write cgroup.procs", s=(path, "0"), path=path)
+        plan.add(_cinit.OP_WRITE, "cgroups", f"write {os.path.basename(path)}", s=(path, "0"), path=path)
     return [plan.segment(), cache.view(policy_id, pol, cwd), cache.lockdown(policy_id, pol)]
 
 

@@ -532,3 +532,33 @@ async def test_child_cannot_raise_its_limits_even_with_write_access(
     await child.stdin.aclose()
     await child.wait()
     assert after == before, [line for line in out.decode().splitlines() if "WRITTEN" in line]
+
+
+async def test_every_process_of_the_sandbox_is_in_its_leaf_in_every_hierarchy(workspace: Path) -> None:
+    """The init places itself (v1: by writing 0 to `tasks`, v2: `cgroup.procs`) before anything else
+    runs: the init, the command and what the command forks all show the leaf in every hierarchy of it,
+    as the host's /proc/<pid>/cgroup reports them."""
+    need("memory", "pids")
+    pol = profiles.workspace_write(workspace, memory=64 * MiB, pids=20, timeout=30)
+    async with Supervisor(prefork=0) as sup:
+        child = await sup.start(["/bin/sh", "-c", "sleep 30 & sleep 30"], policy=pol, stdout=DEVNULL)
+        assert child.leaf is not None
+        leaf = child.leaf
+        with anyio.fail_after(5):
+            while len(leaf.pids()) < 4:  # noqa: ASYNC110 (no event for it): the init, sh, two sleeps
+                await anyio.sleep(0.01)
+        names = {os.path.basename(d) for d in leaf.paths}
+        assert len(names) == 1
+        for pid in leaf.pids():
+            with open(f"/proc/{pid}/cgroup") as f:  # noqa: ASYNC230 (procfs, instant)
+                lines = f.read().splitlines()
+            # "N:controllers:/path/in/that/hierarchy" (v2: "0::/path"), one line per hierarchy
+            where = {c: ln.split(":", 2)[2] for ln in lines for c in ln.split(":", 2)[1].split(",")}
+            for controller in ("memory", "cpuacct", "pids"):
+                d = leaf.dir(controller)
+                assert d is not None
+                path = where.get(controller) if leaf.versions.get(controller) == 1 else where.get("")
+                assert path not in (None, "/"), (pid, controller, lines)
+                assert d.endswith(str(path)), (pid, controller, d, lines)
+        child.kill()
+        await child.wait()

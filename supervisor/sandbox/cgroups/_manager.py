@@ -376,6 +376,13 @@ class Leaf:
         self.versions = versions
         self.paths: list[str] = [d for _h, d in places]
         self.procs_files: list[str] = [os.path.join(d, "cgroup.procs") for d in self.paths]
+        #: Where the sandbox init writes "0" to place itself: `tasks` on v1, which moves the calling thread
+        #: without the kernel's global threadgroup lock (cgroup.procs takes it, and waits out an RCU grace
+        #: period for it: 8-20 ms on an idle machine); the init has one thread, so its process moves.
+        #: `cgroup.procs` on v2, which has no per-thread file outside threaded subtrees.
+        self.placement_files: list[str] = [
+            os.path.join(d, "tasks" if h.version == 1 else "cgroup.procs") for h, d in places
+        ]
         self.enforced: dict[str, bool] = {}
         self.reasons: dict[str, str] = {}
         self._fds: tuple[int, int, int, int, int, int] | None = None
