@@ -35,7 +35,7 @@ from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
 from supervisor._plan import CompiledPolicy, compile_policy
 from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
-from supervisor.sandbox._ops import EncodedEnv, encode_command, encode_env
+from supervisor.sandbox._ops import INLINE_COMMAND_MAX, EncodedEnv, encode_command, encode_env
 from supervisor.sandbox._sys import rights
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
 from supervisor.sandbox.probe import KernelCaps
@@ -368,10 +368,8 @@ class Supervisor:
         assert self._prefork is not None
         t0 = time.monotonic()
         cwd = policy.workdir or os.getcwd()
-        request: dict[str, object] = {
-            "cmd": encode_command([os.fsencode(a) for a in cmd], self._env.get(policy)),
-            "cwd": cwd,
-        }
+        command = encode_command([os.fsencode(a) for a in cmd], self._env.get(policy))
+        request: dict[str, object] = {"cwd": cwd}
         ours: list[int] = []  # child-side fds we opened, closed once sent
         mine: list[int | None] = [None, None, None]  # our ends of pipes
         fds: list[int] = []
@@ -380,6 +378,11 @@ class Supervisor:
             for i, arg in enumerate((stdin, stdout, stderr)):
                 fds.append(_child_fd(i, arg, ours, mine, self._devnull))
             fds.extend(pass_fds)
+            if len(command) > INLINE_COMMAND_MAX:  # too large for one socket message: a memfd, sent last
+                request["cmd_fd"] = True
+                fds.append(_memfd(command, ours))
+            else:
+                request["cmd"] = command
             # A sandbox confined ahead of time for this policy and workdir takes just the command; else
             # the fork server builds one now.
             stub = await self._prefork.take(policy, compiled, cwd)
@@ -673,13 +676,25 @@ async def _feed(stream: ByteSendStream, data: bytes) -> None:
 
 
 def _hand_over(stub: Stub, request: dict[str, object], fds: list[int]) -> bool:
-    """Send the command to a pre-forked sandbox; False when it is gone (then it is discarded)."""
+    """Send the command to a pre-forked sandbox: "I" and the command, or "F" when it is in the last fd;
+    False when the sandbox is gone (then it is discarded)."""
+    message = b"F" if request.get("cmd_fd") else b"I" + request["cmd"]  # type: ignore[operator]
     try:
-        stub.ctl.sendmsg([request["cmd"]], rights(fds))  # type: ignore[list-item]
+        stub.ctl.sendmsg([message], rights(fds))
     except OSError:
         return False
     stub.ctl.close()
     return True
+
+
+def _memfd(data: bytes, ours: list[int]) -> int:
+    """A memfd holding `data` (added to `ours`, closed once sent)."""
+    fd = os.memfd_create("corral-command", os.MFD_CLOEXEC)
+    ours.append(fd)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
 
 
 def _remove_leaves(leaves: list[Leaf]) -> None:

@@ -222,6 +222,7 @@ class _Server:
         mode: int,
         stdio: list[int],
         ctl_fd: int = -1,
+        command_fd: int = -1,
     ) -> tuple[dict[str, object], list[int]]:
         """Plan the sandbox and launch its init with the plan; returns the reply and its fds [pidfd,
         status_r]. The reply carries an error and no fds when nothing was started; an error and the fds
@@ -243,11 +244,13 @@ class _Server:
                 stdio=stdio,
                 keep=[self.supervisor_pidfd],
                 command=req.get("cmd", b""),  # type: ignore[arg-type]
+                command_fd=command_fd,
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
             os.close(plan_w)
             plan_w = -1
-            keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *(() if ctl_fd < 0 else (ctl_fd,)))
+            extra = tuple(fd for fd in (ctl_fd, command_fd) if fd >= 0)
+            keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *extra)
             flags = namespaces.clone_flags(pol["ns"])  # type: ignore[arg-type]
             pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep)
         except OSError as err:
@@ -272,6 +275,8 @@ class _Server:
 
     def spawn(self, req: dict[str, object], fds: list[int]) -> tuple[dict[str, object], list[int]]:
         """A sandbox for this request, set up from scratch. Reply fds: [pidfd, status_r]."""
+        if req.get("cmd_fd"):  # a large command comes in a memfd, the last fd
+            return self._start(self._policy(req), req, _ops.MODE_SPAWN, fds[:-1], command_fd=fds[-1])
         return self._start(self._policy(req), req, _ops.MODE_SPAWN, fds)
 
     def prefork(self, req: dict[str, object]) -> tuple[dict[str, object], list[int]]:
@@ -302,12 +307,13 @@ def main(sock_fd: int) -> None:
     """Serve requests on the SOCK_SEQPACKET socket `sock_fd` until it closes.
 
     Requests (marshal dicts; the compiled policy is sent with the first request naming its policy_id):
-      spawn:   {cmd, cwd, cgroup_procs, policy_id[, policy]} with the stdio (+ passed) fds; cmd is the
-               command and its environment as _ops.encode_command made them;
+      spawn:   {cmd | cmd_fd, cwd, cgroup_procs, policy_id[, policy]} with the stdio (+ passed) fds; cmd
+               is the command and its environment as _ops.encode_command made them, or, with cmd_fd,
+               in a memfd sent as the last fd;
                reply {"pid"[, "error"]} with fds [pidfd, status_r] (none when the clone itself failed).
       prefork: {"op": "prefork", cwd, cgroup_procs, policy_id[, policy]}; reply {"pid"[, "error"]} with
                fds [pidfd, status_r, ctl]: the sandbox confines itself, writes an R record and takes its
-               command (encode_command's bytes, with the stdio fds) on ctl.
+               command on ctl ("I" + encode_command's bytes, or "F" with a memfd last; stdio fds).
     """
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     supervisor_pidfd = os.pidfd_open(os.getppid())

@@ -20,7 +20,9 @@
  *     strings NUL-terminated, referenced by offset; binary strings (BPF, Landlock attr) carry their
  *             length in an integer argument
  *   fds       the command's stdio fds and the fds to keep open
- *   command   (spawn mode) argc, envc, then argc + envc NUL-terminated strings
+ *   command   (spawn mode) argc, envc, then argc + envc NUL-terminated strings; a large one comes in a
+ *             memfd instead (header cmd_fd), as through the socket of a pre-forked sandbox (a message is
+ *             one byte, 'I' inline: the command follows, or 'F': the command is in the last fd sent)
  *
  * Built twice (setup.py): with CORRAL_INIT_MAIN, the executable `corral-init PLAN_FD`; without, the Python
  * extension supervisor.sandbox._cinit:
@@ -121,7 +123,7 @@ enum { OPS(X_ENUM) };
 
 struct plan_header {
     uint32_t magic, mode, n_segs, segs_off, cmd_off, cmd_len, stdio_off, keep_off;
-    int32_t reserved, status_w, ctl_fd, n_stdio;
+    int32_t cmd_fd, status_w, ctl_fd, n_stdio; /* cmd_fd >= 0: the command is in that fd, not inline */
     uint32_t n_keep, pad[3];
 };
 
@@ -684,6 +686,32 @@ struct command {
     char **argv, **envp;
 };
 
+/* The whole content of `fd` from offset 0 (a pipe or a memfd), in a malloc'd buffer; NULL on failure. */
+static char *read_all(int fd, size_t *len) {
+    size_t cap = 1 << 16;
+    char *buf = malloc(cap);
+    *len = 0;
+    lseek(fd, 0, SEEK_SET); /* a memfd shares its offset with the writer's end; a pipe has none (ESPIPE) */
+    for (;;) {
+        if (!buf) return NULL;
+        if (*len == cap) {
+            cap *= 2;
+            char *bigger = realloc(buf, cap);
+            if (!bigger) free(buf);
+            buf = bigger;
+            continue;
+        }
+        ssize_t n = read(fd, buf + *len, cap - *len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            free(buf);
+            return NULL;
+        }
+        if (n == 0) return buf;
+        *len += (size_t)n;
+    }
+}
+
 /* argc, envc (u32 each), then the strings; 0 or -1 when malformed. */
 static int parse_command(const char *buf, size_t len, struct command *c) {
     if (len < 8) return -1;
@@ -859,7 +887,21 @@ static void receive_command(const struct plan *p) {
     close(ctl);
     if (n <= 0) _exit(0); /* discarded: the supervisor closed its end */
     struct command c;
-    if (parse_command(buf, (size_t)n, &c) != 0) {
+    const char *cmd = buf + 1;
+    size_t cmd_len = (size_t)n - 1;
+    if (buf[0] == 'F' && n_fds > 0) { /* a large command, in the last fd */
+        int fd = fds[--n_fds];
+        char *big = read_all(fd, &cmd_len);
+        close(fd);
+        if (!big) {
+            send_failure(status_w, "exec", "read the command", errno, NULL, "");
+            _exit(125);
+        }
+        cmd = big;
+    } else if (buf[0] != 'I') {
+        cmd_len = 0;
+    }
+    if (parse_command(cmd, cmd_len, &c) != 0) {
         send_failure(status_w, "exec", "receive the command", EINVAL, NULL, "malformed command message");
         _exit(125);
     }
@@ -875,6 +917,7 @@ static void init_main(const char *buf, size_t len) {
     int keep[3 * MAX_FDS + 4], n = 0;
     keep[n++] = h->status_w;
     if (h->ctl_fd >= 0) keep[n++] = h->ctl_fd;
+    if (h->cmd_fd >= 0) keep[n++] = h->cmd_fd;
     for (int i = 0; i < h->n_stdio; i++) keep[n++] = p.stdio[i];
     for (uint32_t i = 0; i < h->n_keep; i++) keep[n++] = p.keep[i];
     close_all_but(keep, n);
@@ -893,7 +936,18 @@ static void init_main(const char *buf, size_t len) {
         receive_command(&p);
     }
     struct command c;
-    if (parse_command(p.cmd, h->cmd_len, &c) != 0) {
+    const char *cmd = p.cmd;
+    size_t cmd_len = h->cmd_len;
+    if (h->cmd_fd >= 0) {
+        char *big = read_all(h->cmd_fd, &cmd_len);
+        close(h->cmd_fd);
+        if (!big) {
+            send_failure(h->status_w, "exec", "read the command", errno, NULL, "");
+            _exit(125);
+        }
+        cmd = big;
+    }
+    if (parse_command(cmd, cmd_len, &c) != 0) {
         send_failure(h->status_w, "exec", "read the command", EINVAL, NULL, "malformed plan");
         _exit(125);
     }
@@ -911,20 +965,9 @@ int main(int argc, char **argv) {
     sigprocmask(SIG_SETMASK, &none, NULL); /* the launcher blocked every signal around the exec */
     if (argc != 2) return 125;
     int fd = atoi(argv[1]);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) _exit(125);
-        if (len == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            continue;
-        }
-        ssize_t n = read(fd, buf + len, cap - len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        len += (size_t)n;
-    }
+    size_t len = 0;
+    char *buf = read_all(fd, &len);
+    if (!buf) _exit(125);
     close(fd);
     init_main(buf, len);
     return 125;

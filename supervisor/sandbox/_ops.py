@@ -141,10 +141,12 @@ def blob(
     stdio: Sequence[int] = (),
     keep: Sequence[int] = (),
     command: bytes = b"",
+    command_fd: int = -1,
 ) -> bytes:
     """The binary plan (layout: _cinit.c): the segments' ops run in order. `stdio`: the fds that become
-    the command's 0, 1, 2, 3...; `keep`: further fds the init must not close (O_PATH fds the ops mount,
-    the supervisor's pidfd). Raises ValueError past _cinit.MAX_SEGMENTS segments."""
+    the command's 0, 1, 2, 3...; `keep`: further fds the init must not close (the supervisor's pidfd);
+    `command_fd`: a file holding the command (a large one), instead of `command`. Raises ValueError past
+    _cinit.MAX_SEGMENTS segments."""
     if len(segments) > _cinit.MAX_SEGMENTS:
         raise ValueError("too many plan segments")
     table = bytearray()
@@ -160,7 +162,7 @@ def blob(
     cmd_off = keep_off + 4 * len(keep)
     header = _HEADER.pack(
         _cinit.MAGIC, mode, len(segments), _HEADER.size, cmd_off, len(command), stdio_off, keep_off,
-        0, status_w, ctl_fd, len(stdio), len(keep), 0, 0, 0,
+        command_fd, status_w, ctl_fd, len(stdio), len(keep), 0, 0, 0,
     )  # fmt: skip
     fds = struct.pack(f"={len(stdio)}i{len(keep)}i", *stdio, *keep)
     return b"".join((header, table, body, fds, command))
@@ -194,6 +196,11 @@ def encode_env(env: Mapping[bytes, bytes]) -> EncodedEnv:
     if any(b"\0" in item for item in items):
         raise ValueError("embedded null byte in the environment")
     return EncodedEnv(len(items), b"".join(item + b"\0" for item in items))
+
+
+#: A command larger than this goes to the init in a memfd, not inline: the fork server's and a pre-forked
+#: sandbox's sockets take one message of ~200 KiB at most (SOCK_SEQPACKET, net.core.wmem_max).
+INLINE_COMMAND_MAX = 64 * 1024
 
 
 def encode_command(argv: Sequence[bytes], env: Mapping[bytes, bytes] | EncodedEnv) -> bytes:
