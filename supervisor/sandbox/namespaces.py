@@ -64,7 +64,8 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
                 hint = (
                     f"{name} namespace {reason} inside a new user namespace: AppArmor's "
                     "kernel.apparmor_restrict_unprivileged_userns (Ubuntu 24.04) denies capabilities there; "
-                    "allow it for this interpreter with an AppArmor profile, set the sysctl to 0, or set "
+                    "allow it with an AppArmor profile for this interpreter (which creates the namespace) "
+                    "and for supervisor/sandbox/corral-init (which runs in it), set the sysctl to 0, or set "
                     "best_effort"
                 )
             raise SandboxSetupError(
