@@ -2,9 +2,10 @@
 
 Every mechanism module speaks the same verbs: `prepare(policy, caps)` in the parent (validates, compiles, may
 raise `SandboxSetupError`) returns plain data (builtins only: it crosses to the fork server with `marshal`);
-`apply(prepared)` runs in the child before exec and raises `SetupFailure` naming the failing syscall.
+`emit(prepared, plan)` runs in the fork server and appends the ops that apply it to the sandbox's plan
+(`_ops`), which the sandbox init (`_cinit.c`) executes, reporting a failed op as `SetupFailure` fields.
 
-Child-side code (`apply` and what it calls) runs in the fork server, which starts with `python -I -S`: modules
-here import only the standard library at module level. This file stays empty so that importing a mechanism
+`emit` and what it calls run in the fork server, which starts with `python -I -S`: modules here import only
+the standard library and `_cinit` at module level. This file stays empty so that importing a mechanism
 module does not pull in the rest of the package.
 """

@@ -1,4 +1,5 @@
-"""Raw syscalls through ctypes, shared by the mechanism modules. Standard library only (runs in the child)."""
+"""Raw syscalls through ctypes, shared by the mechanism modules and the probe. Standard library only (runs in
+the fork server)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ _NR: dict[str, dict[str, int]] = {
 
 
 class SetupFailure(Exception):
-    """A containment step failed in the child. Plain fields so it crosses the status pipe as builtins.
+    """A containment step failed (in the sandbox init, or already while the fork server planned it). Plain
+    fields so it crosses the status pipe as builtins.
 
     layer: the mechanism (``namespaces``, ``mounts``, ``landlock``, ``seccomp``, ``capabilities``,
     ``rlimits``, ``cgroups``, ``exec``...); operation: the syscall with its key arguments; path: the file

@@ -1,9 +1,9 @@
 """Landlock: the filesystem access rules, the TCP guard and IPC scoping of a sandboxed child.
 
 `prepare(policy, caps, private_network=...)` compiles the policy in the parent into a rule list for
-the ABI this kernel speaks; `apply(prepared)` runs in the child (after the mount namespace is built
-and after no_new_privs, before seccomp, which may forbid the landlock syscalls) and enforces it with
-landlock_create_ruleset / landlock_add_rule / landlock_restrict_self.
+the ABI this kernel speaks; `emit(prepared, plan)` plans it for the sandbox init, which runs it after the
+mount namespace is built and after no_new_privs, before seccomp (which may forbid the landlock syscalls),
+with landlock_create_ruleset / landlock_add_rule / landlock_restrict_self.
 
 Landlock grants, it cannot subtract: a rule gives rights to a whole hierarchy, and the rights of
 rules on a path and on its ancestors add up. Read-only holes inside writable roots (.git/hooks) are
@@ -293,7 +293,7 @@ def prepare(
     }
 
 
-# --- child side -----------------------------------------------------------------------------------
+# --- the sandbox init's side -----------------------------------------------------------------------
 
 
 def _attr_size(abi: int) -> int:
@@ -308,7 +308,7 @@ def _attr_size(abi: int) -> int:
 def emit(prepared: dict[str, object], plan: Plan) -> None:
     """Create the ruleset, add the rules, restrict the sandbox init (and so the command it starts).
 
-    Runs in the child after the mounts and after no_new_privs, before seccomp. A rule path that does not
+    The init runs these after the mounts and after no_new_privs, before seccomp. A rule path that does not
     exist there (ENOENT, ENOTDIR) is skipped: fewer rules means less access. Rights a non-directory cannot
     hold are dropped per rule (the init fstats the O_PATH fd). Every failure names the Landlock syscall
     and errno; the init closes what it opened either way.

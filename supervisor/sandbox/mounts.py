@@ -56,8 +56,9 @@ _PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
 def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
     """Plan the mount operations. Returns None when there is no mount namespace (the caller records the
-    missing layer). Paths are normalised here; existence is checked in the child at spawn time, because the
-    tree can change between spawns (a `git init` creates .git/hooks)."""
+    missing layer). Paths are normalised here; existence is checked when a sandbox's view is planned
+    (`emit_base`, `emit_paths`), because the tree can change between spawns (a `git init` creates
+    .git/hooks)."""
     if not ns["flags"] or not (int(ns["flags"]) & 0x00020000):  # type: ignore[call-overload]
         return None
     fs = policy.filesystem

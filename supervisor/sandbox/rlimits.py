@@ -1,5 +1,6 @@
-"""Resource limits set with setrlimit in the child: no core dumps, and the policy's fd, process and file
-size limits. These are per-process backstops; the cgroup and the supervisor enforce the tree-wide limits."""
+"""Resource limits set with setrlimit by the sandbox init: no core dumps, and the policy's fd, process and
+file size limits. These are per-process backstops; the cgroup and the supervisor enforce the tree-wide
+limits."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def prepare(policy: Policy) -> list[tuple[int, int, int]]:
 
 
 def emit(prepared: list[tuple[int, int, int]], plan: Plan) -> None:
-    """setrlimit each entry in the child. Raising a hard limit fails (EPERM) without CAP_SYS_RESOURCE in
-    the initial namespace, so the init lowers soft and hard to the current hard limit instead when the
+    """setrlimit each entry, in the sandbox init. Raising a hard limit fails (EPERM) without CAP_SYS_RESOURCE
+    in the initial namespace, so the init lowers soft and hard to the current hard limit instead when the
     request is higher, which keeps the limit at least as strict as asked."""
     for res, soft, hard in prepared:
         plan.add(_cinit.OP_RLIMIT, "rlimits", f"setrlimit({res}, {soft}, {hard})", a=(res, soft, hard))

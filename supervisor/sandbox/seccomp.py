@@ -1,4 +1,4 @@
-"""Seccomp: a syscall filter, compiled once per policy in the parent, installed in the child last.
+"""Seccomp: a syscall filter, compiled once per policy in the parent, installed by the sandbox init last.
 
 The filter allows by default and answers a fixed list of dangerous syscalls with EPERM (so programs
 fail cleanly instead of dying): kernel attack surface an ordinary program does not need (io_uring,

@@ -2,9 +2,9 @@
 through persistent fds, killed as a whole group, removed after the child is reaped. Direct cgroupfs
 I/O on cgroup v2, v1 and hybrid hosts (see docs/cgroups.md).
 
-Parent-side only and synchronous: the supervisor calls it off the event loop. The fork server only
-writes the child's pid into each of `Leaf.procs_files` before releasing the child, so the child
-never runs an instruction of its target outside its cgroup.
+Parent-side only and synchronous: the supervisor calls it off the event loop. The sandbox init places
+itself, writing 0 into each of `Leaf.placement_files` before any other step, so the command never runs
+an instruction outside its cgroup.
 """
 
 from supervisor.sandbox.cgroups._layout import (

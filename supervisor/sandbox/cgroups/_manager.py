@@ -351,9 +351,10 @@ class Leaf:
     """One child's cgroup (a directory per hierarchy). Made by `CgroupManager.create_leaf`.
 
     name:        the child id it was created for.
-    procs_files: the cgroup.procs files the fork server writes the child's pid into before releasing
-                 it (one per v1 hierarchy, or the single v2 one); empty when cgroups are
-                 unavailable.
+    procs_files: the cgroup.procs files, one per v1 hierarchy or the single v2 one (writing a pid there
+                 moves that whole process); empty when cgroups are unavailable.
+    placement_files: where the sandbox init writes 0 to place itself (v1 `tasks`, v2 `cgroup.procs`;
+                 see __init__).
     paths:       the leaf's directories, one per hierarchy.
     enforced:    for each limit the policy sets ("memory", "swap" with memory, "cpus", "pids"):
                  whether the kernel enforces it.
@@ -376,10 +377,9 @@ class Leaf:
         self.versions = versions
         self.paths: list[str] = [d for _h, d in places]
         self.procs_files: list[str] = [os.path.join(d, "cgroup.procs") for d in self.paths]
-        #: Where the sandbox init writes "0" to place itself: `tasks` on v1, which moves the calling thread
-        #: without the kernel's global threadgroup lock (cgroup.procs takes it, and waits out an RCU grace
-        #: period for it: 8-20 ms on an idle machine); the init has one thread, so its process moves.
-        #: `cgroup.procs` on v2, which has no per-thread file outside threaded subtrees.
+        # `tasks` on v1 moves the calling thread without the kernel's global threadgroup lock (cgroup.procs
+        # takes it, and waits out an RCU grace period for it: 8-20 ms on an idle machine); the init has one
+        # thread, so its process moves. v2 has no per-thread file outside threaded subtrees.
         self.placement_files: list[str] = [
             os.path.join(d, "tasks" if h.version == 1 else "cgroup.procs") for h, d in places
         ]
@@ -643,7 +643,7 @@ class CgroupManager:
     >>> mgr = CgroupManager()
     >>> mgr.open("corral")                 # parent cgroup(s), stale cleanup
     >>> leaf = mgr.create_leaf("c1", policy.resources)
-    >>> # fork server: write the child's pid into each of leaf.procs_files, then release the child
+    >>> # the sandbox init writes 0 into each of leaf.placement_files (or: a pid into leaf.procs_files)
     >>> leaf.stats(); leaf.kill(); leaf.remove()
     >>> mgr.close()
 
