@@ -28,9 +28,11 @@ Status pipe records: one byte kind + 4-byte length + marshal payload.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import marshal
 import os
+import resource
 import select
 import signal
 import socket
@@ -66,6 +68,7 @@ def _confinement(
     procs: list[str],
     supervisor_pidfd: int,
     cache: _Cache,
+    pooled_net: bool = False,
 ) -> list[_ops.Segment]:
     """Every containment step of a sandbox, in the order the init applies them: steps 1-4 here, 5-8 in
     `_view`, 9-13 in `_lockdown`. Returns the plan's segments. Raises SetupFailure for what is known to
@@ -78,7 +81,7 @@ def _confinement(
     """
     plan = _ops.Plan()
     # 0. (At launch: the init is born in its user and pid namespaces, pid 1 of the new one, and a child of
-    #    the supervisor.)
+    #    the supervisor; with `pooled_net`, in a network namespace lent by _NetPool.)
     # 1. Die with the supervisor. PDEATHSIG is set first so that no later step can outlive it; the init
     #    then polls the supervisor's pidfd, which closes the race where it died between launch and prctl.
     plan.add(_cinit.OP_PDEATHSIG, "pdeathsig", "prctl(PR_SET_PDEATHSIG)", a=(supervisor_pidfd,))
@@ -92,15 +95,16 @@ def _confinement(
     #    global lock, no RCU grace period to wait out); done here, a slow move delays only this sandbox.
     for path in procs:
         plan.add(_cinit.OP_WRITE, "cgroups", f"write {os.path.basename(path)}", s=(path, "0"), path=path)
-    return [plan.segment(), cache.view(policy_id, pol, cwd), cache.lockdown(policy_id, pol)]
+    return [plan.segment(), cache.view(policy_id, pol, cwd, pooled_net), cache.lockdown(policy_id, pol)]
 
 
-def _view(pol: dict[str, object], cwd: str) -> _ops.Plan:
+def _view(pol: dict[str, object], cwd: str, pooled_net: bool) -> _ops.Plan:
     """Steps 5-8: the other namespaces and the filesystem view. Raises SetupFailure."""
     plan = _ops.Plan()
     # 5. The mount, network, ipc and uts namespaces (owned by the new user namespace), the hostname and
-    #    loopback: need CAP_SYS_ADMIN/CAP_NET_ADMIN there, so before the drop.
-    namespaces.emit(pol["ns"], plan)  # type: ignore[arg-type]
+    #    loopback: need CAP_SYS_ADMIN/CAP_NET_ADMIN there, so before the drop. (A pooled network namespace
+    #    is there already, with loopback up.)
+    namespaces.emit(pol["ns"], plan, pooled_net)  # type: ignore[arg-type]
     #    Paths under /tmp, /run or /dev that the request needs are opened (O_PATH) in the new mount
     #    namespace (a bind's source must be in it), before step 6 replaces those; step 8 binds them back.
     mnt: dict[str, object] | None = pol["mounts"]  # type: ignore[assignment]
@@ -110,7 +114,7 @@ def _view(pol: dict[str, object], cwd: str) -> _ops.Plan:
     #    minimal /dev, private /tmp, fresh /proc): needs CAP_SYS_ADMIN and must precede Landlock, which
     #    forbids mounting and whose rules must see the new tmpfs inodes.
     if mnt is not None:
-        mounts.emit_base(mnt, plan)
+        mounts.emit_base(mnt, plan, pooled_net)
     # 7. The cgroup namespace now that step 4 moved us into our leaf cgroup: the namespace root is the
     #    leaf, and the sandbox sees nothing of the host's hierarchy.
     if pol["cgroupns"]:
@@ -158,7 +162,7 @@ class _Cache:
 
     def __init__(self) -> None:
         self._lockdown: dict[int, _ops.Segment] = {}
-        self._views: dict[tuple[int, str], tuple[tuple[object, ...], _ops.Segment]] = {}
+        self._views: dict[tuple[int, str, bool], tuple[tuple[object, ...], _ops.Segment]] = {}
 
     def lockdown(self, policy_id: int, pol: dict[str, object]) -> _ops.Segment:
         seg = self._lockdown.get(policy_id)
@@ -166,19 +170,136 @@ class _Cache:
             seg = self._lockdown[policy_id] = _lockdown(pol).segment()
         return seg
 
-    def view(self, policy_id: int, pol: dict[str, object], cwd: str) -> _ops.Segment:
+    def view(self, policy_id: int, pol: dict[str, object], cwd: str, pooled_net: bool) -> _ops.Segment:
         mnt: dict[str, object] | None = pol["mounts"]  # type: ignore[assignment]
-        key = (policy_id, cwd)
+        key = (policy_id, cwd, pooled_net)
         before = mounts.fingerprint(mnt, cwd)
         hit = self._views.get(key)
         if hit is not None and hit[0] == before:
             return hit[1]
-        seg = _view(pol, cwd).segment()
+        seg = _view(pol, cwd, pooled_net).segment()
         if mounts.fingerprint(mnt, cwd) == before:
             if len(self._views) >= 256:  # bounded: one entry per policy and workdir in use
                 self._views.clear()
             self._views[key] = (before, seg)
         return seg
+
+
+class _NetPool:
+    """Network namespaces lent to sandboxes, each to one sandbox at a time and only among sandboxes of the
+    same policy and workdir (the pre-forked sandboxes' key).
+
+    Why: making and destroying a network namespace (its sysctl tables, loopback, and the kernel's
+    cleanup_net worker afterwards) is the largest single cost of a sandbox, ~0.7 ms of CPU on the 2-vCPU
+    machine of docs/benchmarks-engine.md. Only a fork server running as root can pool them (the namespaces
+    are its own, in the initial user namespace: `_cinit.netns_new`); otherwise `enabled` turns False at
+    the first attempt and every sandbox makes its own, as before.
+
+    What a borrower gets is what a new namespace is: loopback up and nothing else. The sandbox cannot
+    change the namespace itself (interfaces, addresses, routes, sysctls, netfilter need capabilities over
+    the namespace's owner, the initial user namespace, which no sandbox has). What it leaves are sockets,
+    and they die with its processes: a namespace goes back to the pool when the init that borrowed it has
+    exited (its pidfd polls readable; the init is pid 1, so every process of the sandbox is gone by then),
+    and is lent again only if `_cinit.netns_unused` finds no socket and no TIME-WAIT connection left in
+    it; else it is dropped and a new one made. Left over, and documented (docs/architecture.md): the
+    namespace's traffic counters (/proc/net/snmp, /proc/net/dev) add up across the sandboxes of one key.
+    """
+
+    MAX_IDLE = 64
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self._idle: dict[tuple[int, str], list[tuple[int, int]]] = {}
+        self._lent: dict[tuple[int, str], list[tuple[int, int, int]]] = {}  # (netns, sysfs, init's pidfd)
+        self._n_idle = 0
+        self._n_lent = 0
+        # Each lent namespace holds three of this process's fds: stay well inside its fd limit (the soft
+        # one, which sandboxes inherit and so is not raised here); past it, sandboxes make their own.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._max_lent = max(0, (min(soft, 1 << 16) - 256) // 3 - self.MAX_IDLE)
+        self._sweep_at = 4 * self.MAX_IDLE
+
+    def take(self, key: tuple[int, str]) -> tuple[int, int] | None:
+        """A namespace for a sandbox of `key`: (netns fd, sysfs mount fd), or None (make its own)."""
+        if not self.enabled:
+            return None
+        if self._n_lent >= self._max_lent:
+            for other in list(self._lent):
+                self._reclaim(other)
+            if self._n_lent >= self._max_lent:
+                return None
+        if not self._idle.get(key):
+            self._reclaim(key)
+        idle = self._idle.get(key)
+        while idle:
+            entry = idle.pop()
+            self._n_idle -= 1
+            try:
+                if _cinit.netns_unused(entry[0]):
+                    return entry
+            except OSError:
+                pass
+            _close(*entry)
+        try:
+            return _cinit.netns_new()
+        except OSError as err:
+            if err.errno in (errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                self.enabled = False  # not root, or no new mount API: sandboxes make their own
+            return None
+
+    def lend(self, key: tuple[int, str], entry: tuple[int, int], pidfd: int) -> None:
+        """`entry` is in use by the sandbox whose init `pidfd` refers to."""
+        try:
+            pidfd = os.dup(pidfd)
+        except OSError:  # no fd left: the sandbox keeps the namespace alive; the pool forgets it
+            _close(*entry)
+            return
+        self._lent.setdefault(key, []).append((*entry, pidfd))
+        self._n_lent += 1
+        if self._n_lent > self._sweep_at:  # keys no longer used still hold theirs: look at all, now and then
+            for other in list(self._lent):
+                self._reclaim(other)
+            self._sweep_at = max(4 * self.MAX_IDLE, 2 * self._n_lent)
+
+    def unused(self, key: tuple[int, str], entry: tuple[int, int]) -> None:
+        """`entry` was taken but no sandbox entered it."""
+        self._keep(key, entry)
+
+    def _reclaim(self, key: tuple[int, str]) -> None:
+        """Back to idle: the namespaces of `key` whose borrower has exited."""
+        lent = self._lent.get(key)
+        if not lent:
+            return
+        poller = select.poll()
+        for entry in lent:
+            poller.register(entry[2], select.POLLIN)
+        done = {fd for fd, _ev in poller.poll(0)}
+        if not done:
+            return
+        still = []
+        for netns, sysfs, pidfd in lent:
+            if pidfd in done:
+                os.close(pidfd)
+                self._n_lent -= 1
+                self._keep(key, (netns, sysfs))
+            else:
+                still.append((netns, sysfs, pidfd))
+        if still:
+            self._lent[key] = still
+        else:
+            del self._lent[key]
+
+    def _keep(self, key: tuple[int, str], entry: tuple[int, int]) -> None:
+        if self._n_idle >= self.MAX_IDLE:
+            _close(*entry)
+            return
+        self._idle.setdefault(key, []).append(entry)
+        self._n_idle += 1
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,6 +328,7 @@ class _Server:
         self.supervisor_pidfd = supervisor_pidfd
         self.policies: dict[int, dict[str, object]] = {}
         self.cache = _Cache()
+        self.netpool = _NetPool()
 
     def _policy(self, req: dict[str, object]) -> dict[str, object]:
         key = req["policy_id"]
@@ -229,9 +351,16 @@ class _Server:
         when the init could not be executed (it exited at once; the supervisor reaps it)."""
         procs: list[str] = req.get("cgroup_procs", [])  # type: ignore[assignment]
         policy_id: int = req["policy_id"]  # type: ignore[assignment]
+        cwd = str(req["cwd"])
+        key = (policy_id, cwd)
+        net = self.netpool.take(key) if pol["ns"]["net"] else None  # type: ignore[index]
         try:
-            segments = _confinement(policy_id, pol, str(req["cwd"]), procs, self.supervisor_pidfd, self.cache)
+            segments = _confinement(
+                policy_id, pol, cwd, procs, self.supervisor_pidfd, self.cache, pooled_net=net is not None
+            )
         except _sys.SetupFailure as failure:
+            if net is not None:
+                self.netpool.unused(key, net)
             return {"error": failure.to_dict()}, []
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
@@ -245,16 +374,19 @@ class _Server:
                 keep=[self.supervisor_pidfd],
                 command=req.get("cmd", b""),  # type: ignore[arg-type]
                 command_fd=command_fd,
+                net_sysfs_fd=net[1] if net is not None else -1,
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
             os.close(plan_w)
             plan_w = -1
-            extra = tuple(fd for fd in (ctl_fd, command_fd) if fd >= 0)
+            extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1) if fd >= 0)
             keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *extra)
             flags = namespaces.clone_flags(pol["ns"])  # type: ignore[arg-type]
-            pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep)
+            pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, net[0] if net is not None else -1)
         except OSError as err:
             os.close(status_r)
+            if net is not None:
+                self.netpool.unused(key, net)
             return {
                 "error": _sys.SetupFailure(
                     "fork server", "launch corral-init", err.errno or 0, _INIT.decode()
@@ -264,6 +396,9 @@ class _Server:
             for fd in (plan_r, plan_w, status_w):
                 if fd >= 0:
                     os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        if net is not None:
+            self.netpool.lend(key, net, pidfd)
         reply: dict[str, object] = {"pid": pid}
         if exec_errno:
             hint = "corral's C parts are not built: reinstall corral (pip install -e .)"
@@ -271,7 +406,7 @@ class _Server:
                 "fork server", "execve(corral-init)", exec_errno, _INIT.decode(), hint
             )
             reply["error"] = unexecuted.to_dict()
-        return reply, [os.pidfd_open(pid), status_r]
+        return reply, [pidfd, status_r]
 
     def spawn(self, req: dict[str, object], fds: list[int]) -> tuple[dict[str, object], list[int]]:
         """A sandbox for this request, set up from scratch. Reply fds: [pidfd, status_r]."""

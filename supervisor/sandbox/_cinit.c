@@ -26,9 +26,12 @@
  *
  * Built twice (setup.py): with CORRAL_INIT_MAIN, the executable `corral-init PLAN_FD`; without, the Python
  * extension supervisor.sandbox._cinit:
- *   start(flags, path, plan_fd, keep) -> (pid, errno)
- *       launch the executable at `path` into the namespaces in `flags`, with the fds in `keep` left open
- *       (every other fd is closed at exec); errno is that of a failed exec (the child has then exited).
+ *   start(flags, path, plan_fd, keep, netns=-1) -> (pid, errno)
+ *       launch the executable at `path` into the namespaces in `flags` (and into the network namespace
+ *       `netns`, a pooled one, when given), with the fds in `keep` left open (every other fd is closed at
+ *       exec); errno is that of a failed exec (the child has then exited).
+ *   netns_new() -> (netns_fd, sysfs_fd), netns_unused(netns_fd) -> bool
+ *       the fork server's pool of network namespaces (see "Pooled network namespaces" below).
  *   apply(plan) -> None | (index, errno, operation)
  *       run a plan's ops in the calling process (the mechanism modules' `apply`, and their tests); on
  *       failure, the failing op's index (counting the ops of all segments), its errno and, when the op
@@ -95,7 +98,8 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(UNSHARE, 4)      /* a0 flags */                                                                       \
     X(SETHOSTNAME, 5)  /* s0 */                                                                             \
     X(LOOPBACK_UP, 6)  /* bring lo up in the (new) network namespace */                                     \
-    X(MOUNT, 7)        /* s0 source (or a1 > 0: the fd in slot a1-1), s1 target, s2 fstype, s3 data, a0 flags */ \
+    X(MOUNT, 7)        /* s0 source (or a1 > 0: the fd in slot a1-1, then s0 a path under it), s1 target, \
+                          s2 fstype, s3 data, a0 flags */                                                   \
     X(SETATTR, 8)      /* s0 path, a0 attr_set, a1 attr_clr, a2 AT_RECURSIVE or 0: mount_setattr */        \
     X(MKDIR, 9)        /* s0, a0 mode */                                                                    \
     X(CREAT, 10)       /* s0, a0 mode: create an empty file */                                              \
@@ -124,7 +128,9 @@ enum { OPS(X_ENUM) };
 struct plan_header {
     uint32_t magic, mode, n_segs, segs_off, cmd_off, cmd_len, stdio_off, keep_off;
     int32_t cmd_fd, status_w, ctl_fd, n_stdio; /* cmd_fd >= 0: the command is in that fd, not inline */
-    uint32_t n_keep, pad[3];
+    uint32_t n_keep;
+    int32_t net_sysfs_fd; /* >= 0: a detached sysfs mount of a pooled network namespace (slot NET_SYSFS) */
+    uint32_t pad[2];
 };
 
 struct segment {
@@ -161,7 +167,8 @@ struct plan {
 static char op_detail[160];
 static int ll_ruleset = -1;
 #define SLOTS 16
-static int slots[SLOTS];
+#define SLOT_NET_SYSFS SLOTS /* one more slot, filled from the plan header, not by OPEN_PATH */
+static int slots[SLOTS + 1];
 
 static const char *str(const struct seg *g, uint32_t off) {
     return off == NO_STR || off >= g->strtab_len ? NULL : g->strtab + off;
@@ -427,9 +434,13 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_LOOPBACK_UP:
         return loopback_up();
     case OP_MOUNT: {
-        char src[64];
-        if (o->a[1] > 0 && o->a[1] <= SLOTS) {
-            snprintf(src, sizeof src, "/proc/self/fd/%d", slots[o->a[1] - 1]);
+        char src[4096];
+        if (o->a[1] > 0 && o->a[1] <= SLOTS + 1) {
+            int fd = slots[o->a[1] - 1];
+            if (s0)
+                snprintf(src, sizeof src, "/proc/self/fd/%d/%s", fd, s0);
+            else
+                snprintf(src, sizeof src, "/proc/self/fd/%d", fd);
             s0 = src;
         }
         return OK(mount(s0, s1, s2, (unsigned long)o->a[0], s3));
@@ -455,7 +466,7 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_ENSURE:
         return ensure(s0, (int)o->a[0]);
     case OP_CLOSE:
-        return OK(close(o->a[1] > 0 && o->a[1] <= SLOTS ? slots[o->a[1] - 1] : (int)o->a[0]));
+        return OK(close(o->a[1] > 0 && o->a[1] <= SLOTS + 1 ? slots[o->a[1] - 1] : (int)o->a[0]));
     case OP_OPEN_PATH: {
         if (o->a[0] < 0 || o->a[0] >= SLOTS) return EINVAL;
         int fd = open(s0, O_PATH | O_CLOEXEC);
@@ -920,6 +931,7 @@ static void init_main(const char *buf, size_t len) {
     if (h->cmd_fd >= 0) keep[n++] = h->cmd_fd;
     for (int i = 0; i < h->n_stdio; i++) keep[n++] = p.stdio[i];
     for (uint32_t i = 0; i < h->n_keep; i++) keep[n++] = p.keep[i];
+    if (h->net_sysfs_fd >= 0) keep[n++] = slots[SLOT_NET_SYSFS] = h->net_sysfs_fd;
     close_all_but(keep, n);
     for (uint32_t i = 0; i < h->n_segs; i++) {
         int err = 0;
@@ -1001,6 +1013,82 @@ static int keep_caps_across_exec(void) {
     return 0;
 }
 
+/* ---------------------------------------------------------------------------------------------------- */
+/* Pooled network namespaces (supervisor/_zygote.py, _NetPool). Creating and destroying a network
+ * namespace is the most expensive part of a sandbox (~0.7 ms of CPU here: sysctl tables, loopback, and the
+ * kernel's cleanup_net worker), so a fork server running as root keeps namespaces it made itself and lends
+ * each to one sandbox at a time. Such a namespace belongs to the initial user namespace: a sandbox (root
+ * only in its own) cannot reconfigure it (interfaces, routes, sysctls, netfilter), and cannot mount a sysfs
+ * for it either, so a detached sysfs mount of it is made here, once, for the sandbox to bind. */
+
+static int host_netns = -1;
+
+/* Our own network namespace, opened once (before the first unshare). */
+static int host_net(void) {
+    if (host_netns < 0) host_netns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    return host_netns;
+}
+
+/* Back into our own network namespace; staying in a lent one would give it to every later sandbox whose
+ * policy allows the host's network. */
+static void back_home(void) {
+    if (setns(host_netns, CLONE_NEWNET) != 0) Py_FatalError("corral fork server: setns(own network namespace)");
+}
+
+#define CORRAL_FSOPEN_CLOEXEC 0x1
+#define CORRAL_FSCONFIG_CMD_CREATE 6
+#define CORRAL_FSMOUNT_CLOEXEC 0x1
+#define CORRAL_MOUNT_ATTRS 0xf /* MOUNT_ATTR_RDONLY | NOSUID | NODEV | NOEXEC */
+
+static PyObject *py_netns_new(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    if (host_net() < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (unshare(CLONE_NEWNET) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    int ns = -1, fs = -1, mnt = -1;
+    int err = loopback_up();
+    if (!err && (ns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)) < 0) err = errno;
+    if (!err && (fs = (int)syscall(SYS_fsopen, "sysfs", CORRAL_FSOPEN_CLOEXEC)) < 0) err = errno;
+    if (!err && syscall(SYS_fsconfig, fs, CORRAL_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) err = errno;
+    if (!err && (mnt = (int)syscall(SYS_fsmount, fs, CORRAL_FSMOUNT_CLOEXEC, CORRAL_MOUNT_ATTRS)) < 0) err = errno;
+    if (fs >= 0) close(fs);
+    back_home();
+    if (err) {
+        if (ns >= 0) close(ns);
+        if (mnt >= 0) close(mnt);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(ii)", ns, mnt);
+}
+
+/* Whether a lent namespace is back to what a new one is: no socket of any family ("sockets: used", counted
+ * per namespace) and no TCP connection in TIME-WAIT (which would hold its port). */
+static PyObject *py_netns_unused(PyObject *self, PyObject *args) {
+    int ns;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "i", &ns)) return NULL;
+    if (host_net() < 0 || setns(ns, CLONE_NEWNET) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    char buf[1024];
+    ssize_t n = -1;
+    int fd = open("/proc/thread-self/net/sockstat", O_RDONLY | O_CLOEXEC);
+    int err = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+        n = read(fd, buf, sizeof buf - 1);
+        if (n < 0) err = errno;
+        close(fd);
+    }
+    back_home();
+    if (n < 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    buf[n] = '\0';
+    const char *used = strstr(buf, "sockets: used "), *tw = strstr(buf, " tw ");
+    if (!used || !tw) Py_RETURN_FALSE;
+    return PyBool_FromLong(atol(used + 14) == 0 && atol(tw + 4) == 0);
+}
+
 static char launch_stack[64 * 1024] __attribute__((aligned(16)));
 
 /* The launched child, sharing the fork server's memory (CLONE_VM) while the fork server waits
@@ -1022,7 +1110,8 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
     unsigned long flags;
     PyObject *keep;
     (void)self;
-    if (!PyArg_ParseTuple(args, "kyiO!", &flags, &path, &plan_fd, &PyTuple_Type, &keep)) return NULL;
+    int netns = -1;
+    if (!PyArg_ParseTuple(args, "kyiO!|i", &flags, &path, &plan_fd, &PyTuple_Type, &keep, &netns)) return NULL;
     static struct launch l;
     char fdbuf[16];
     snprintf(fdbuf, sizeof fdbuf, "%d", plan_fd);
@@ -1043,6 +1132,11 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
         if (fd == -1 && PyErr_Occurred()) return NULL;
         l.keep[l.n_keep++] = (int)fd;
     }
+    /* A pooled network namespace: the init is born in it (it is ours, in the initial user namespace, so the
+     * init could not enter it itself), and this process goes back to its own right after. */
+    if (netns >= 0) {
+        if (host_net() < 0 || setns(netns, CLONE_NEWNET) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    }
     /* No signal handler of ours may run in the child, which shares our memory. */
     sigset_t all, old;
     sigfillset(&all);
@@ -1053,6 +1147,7 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
                     (int)flags | CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, &l);
     int clone_errno = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
+    if (netns >= 0) back_home();
     if (pid < 0) {
         errno = clone_errno;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -1116,9 +1211,15 @@ static PyObject *py_apply(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"start", py_start, METH_VARARGS,
-     "start(flags, path, plan_fd, keep_fds) -> (pid, errno): launch the init (the supervisor's child) in new "
-     "namespaces; errno is that of a failed exec (the child has then exited)."},
+     "start(flags, path, plan_fd, keep_fds, netns_fd=-1) -> (pid, errno): launch the init (the supervisor's "
+     "child) in new namespaces, and in the network namespace netns_fd if given; errno is that of a failed "
+     "exec (the child has then exited)."},
     {"apply", py_apply, METH_VARARGS, "apply(plan) -> None | (index, errno, operation): run the ops here."},
+    {"netns_new", py_netns_new, METH_NOARGS,
+     "netns_new() -> (netns_fd, sysfs_fd): a new network namespace with lo up, and a detached read-only sysfs "
+     "mount of it; the caller stays in its own."},
+    {"netns_unused", py_netns_unused, METH_VARARGS,
+     "netns_unused(netns_fd) -> bool: no socket and no TIME-WAIT connection left in it."},
     {"identities", py_identities, METH_VARARGS,
      "identities(paths: list[bytes]) -> bytes: lstat's dev, ino and mode (or errno) of each, 24 bytes each."},
     {NULL, NULL, 0, NULL},
@@ -1137,6 +1238,8 @@ PyMODINIT_FUNC PyInit__cinit(void) {
     if (PyModule_AddIntConstant(m, "HEADER_SIZE", sizeof(struct plan_header)) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "SEGMENT_SIZE", sizeof(struct segment)) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "MAX_SEGMENTS", MAX_SEGS) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "SLOTS", SLOTS) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "SLOT_NET_SYSFS", SLOT_NET_SYSFS) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

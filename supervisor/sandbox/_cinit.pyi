@@ -5,6 +5,8 @@ OP_SIZE: int
 HEADER_SIZE: int
 SEGMENT_SIZE: int
 MAX_SEGMENTS: int
+SLOTS: int
+SLOT_NET_SYSFS: int
 OP_WRITE: int
 OP_PDEATHSIG: int
 OP_SETSID: int
@@ -34,6 +36,10 @@ OP_JUMP: int
 OP_OPEN_PATH: int
 OP_IDMAP: int
 
-def start(flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], /) -> tuple[int, int]: ...
+def start(
+    flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, /
+) -> tuple[int, int]: ...
 def apply(plan: bytes, /) -> tuple[int, int, str | None] | None: ...
 def identities(paths: list[bytes], /) -> bytes: ...
+def netns_new() -> tuple[int, int]: ...
+def netns_unused(netns: int, /) -> bool: ...

@@ -41,7 +41,7 @@ MS_PRIVATE = 1 << 18
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 _MNT_DETACH = 2
-_SLOTS = 16  # the init's O_PATH slots (_cinit.c SLOTS)
+_SLOTS = _cinit.SLOTS  # the init's O_PATH slots
 
 _DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = (
@@ -190,13 +190,15 @@ def emit_keep(keep: list[tuple[str, bool, bool]], plan: Plan) -> None:
         _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH)", path, a=(slot,))
 
 
-def emit_base(prepared: dict[str, object], plan: Plan) -> None:
+def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> None:
     """Phase 1 (in pid 1 of the new pid namespace, inside the new mount and user namespaces, with full
     capabilities there): the part of the view that does not depend on the state of the policy's paths:
     private propagation, the read-only host tree, tmpfs over /run, a minimal /dev, private /tmp and
     /dev/shm, a fresh /proc, and the denied paths that exist now (outside /tmp, /run and /dev, which the
     base view replaces). What exists is looked up here, in the fork server, whose view of the host is the
-    one the sandbox starts from. Raises SetupFailure (an unreadable denied path)."""
+    one the sandbox starts from. `pooled_net`: the network namespace is one of the fork server's pool
+    (namespaces.emit), whose sysfs the init binds from the plan's slot. Raises SetupFailure (an unreadable
+    denied path)."""
     confine = bool(prepared["confine"])
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(plan, None, "/", None, MS_REC | MS_PRIVATE)
@@ -205,7 +207,7 @@ def emit_base(prepared: dict[str, object], plan: Plan) -> None:
         _hide_sockets(plan)
         _dev(plan)
         if prepared["private_net"] and os.path.isdir("/sys/class/net"):
-            _net_class(plan)
+            _net_class(plan, pooled_net)
     if prepared["private_tmp"]:
         _tmpfs(plan, "/tmp", "1777")
         if not confine and os.path.isdir("/dev/shm"):
@@ -389,10 +391,30 @@ def _dev(plan: Plan) -> None:
     _op(plan, _cinit.OP_RMDIR, "rmdir(host /dev helper)", helper)
 
 
-def _net_class(plan: Plan) -> None:
+def _net_class(plan: Plan, pooled_net: bool) -> None:
     """/sys is the host's sysfs, whose net class lists the host's interfaces (names, MACs, traffic counters)
     even in a private network namespace. A sysfs mounted now belongs to the new network namespace: its
-    class/net (only lo) is bound over the host's; where sysfs cannot be mounted, an empty one hides it."""
+    class/net (only lo) is bound over the host's; where sysfs cannot be mounted, an empty one hides it.
+    A pooled namespace belongs to the initial user namespace, so the sandbox could not mount its sysfs: the
+    fork server made one (detached, read-only, nosuid, nodev, noexec; the bind keeps those) that the init
+    finds in slot SLOT_NET_SYSFS."""
+    if pooled_net:
+        slot = _cinit.SLOT_NET_SYSFS + 1
+        sysfs = plan.add(
+            _cinit.OP_MOUNT,
+            "mounts",
+            "mount(bind, the pooled namespace's sysfs class/net)",
+            a=(MS_BIND, slot),
+            s=("class/net", "/sys/class/net"),
+            path="/sys/class/net",
+        )
+        plan.add(_cinit.OP_CLOSE, "mounts", "close(sysfs fd)", a=(0, slot))
+        done = plan.jump()
+        plan.land(sysfs)
+        plan.add(_cinit.OP_CLOSE, "mounts", "close(sysfs fd)", a=(0, slot))
+        _tmpfs(plan, "/sys/class/net", "0555", readonly=True)
+        plan.land(done)
+        return
     tmp = "/run/.corral-sys"
     _op(plan, _cinit.OP_MKDIR, "mkdir(sysfs helper)", tmp, a=(0o700,))
     sysfs = _mount(plan, "sysfs", tmp, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -103,16 +103,19 @@ def emit_id_maps(prepared: dict[str, object], plan: Plan) -> None:
         plan.add(_cinit.OP_IDMAP, "namespaces", "write the id maps", a=(uid, gid), hint=_HINTS["user"])
 
 
-def emit(prepared: dict[str, object], plan: Plan) -> None:
+def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> None:
     """The mount, network, ipc and uts namespaces (owned by the new user namespace), the hostname in the new
     UTS namespace, and loopback up in the new network namespace (so servers and tests inside work; nothing
     outside is reachable). The cgroup namespace comes later, once the sandbox is in its leaf (see
-    _zygote)."""
+    _zygote). `pooled_net`: the init was launched into a network namespace of the fork server's pool,
+    private to it and with loopback up already (_zygote._NetPool), so it makes none."""
     flags = int(prepared["flags"])  # type: ignore[call-overload]
     rest = flags & ~NAMESPACE_FLAGS["user"] & ~NAMESPACE_FLAGS["pid"] & ~NAMESPACE_FLAGS["cgroup"]
+    if pooled_net:
+        rest &= ~NAMESPACE_FLAGS["net"]
     if rest:
         plan.add(_cinit.OP_UNSHARE, "namespaces", f"unshare(flags={rest:#x})", a=(rest,))
     if prepared["uts"]:
         plan.add(_cinit.OP_SETHOSTNAME, "namespaces", "sethostname", s=(str(prepared["hostname"]),))
-    if prepared["net"]:
+    if prepared["net"] and not pooled_net:
         plan.add(_cinit.OP_LOOPBACK_UP, "namespaces", "ioctl(SIOCSIFFLAGS, lo up)")

@@ -77,6 +77,15 @@ async def readline(stream: ByteReceiveStream) -> bytes:
     return line
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether `pid` exists on the host (a zombie counts: it exists until reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def accept_all(listener: socket.socket) -> int:
     """How many connections wait in `listener`'s queue (non-blocking accept until EAGAIN). Connections
     a child made and closed again are still queued, so this sees every completed handshake."""

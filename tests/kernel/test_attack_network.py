@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ import pytest
 
 from policies import Policy, profiles
 from supervisor import PIPE, Supervisor
-from tests.kernel.conftest import accept_all, readline
+from tests.kernel.conftest import accept_all, pid_exists, readline
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -374,3 +375,198 @@ srv.shutdown()
     r = await sup.run([PY, "-c", script], policy=_policy(workspace))
     assert r.exit_code == 0, r.stderr.decode()
     assert json.loads(r.stdout) == {"status": 200, "body": token}
+
+
+# --- Pooled network namespaces ---------------------------------------------------------------------------
+# A fork server running as root lends each sandbox a network namespace it keeps (supervisor/_zygote.py,
+# _NetPool), one sandbox at a time, among sandboxes of one policy and workdir. These tests use
+# Supervisor(prefork=0) so that which namespace a sandbox gets depends on the pool alone.
+
+NETNS = "import os; print(os.readlink('/proc/self/ns/net'), flush=True)\n"
+POOLED = os.geteuid() == 0  # the pool needs root; as an ordinary user every sandbox makes its own
+NSENTER = shutil.which("nsenter", path="/usr/bin:/bin:/usr/sbin:/sbin")
+
+
+def _in_netns(netns_fd: int, *argv: str) -> str:
+    """Run `argv` on the host in the network namespace `netns_fd` (nsenter); its stdout."""
+    assert NSENTER is not None
+    out = subprocess.run(
+        [NSENTER, f"--net=/proc/self/fd/{netns_fd}", *argv],
+        pass_fds=[netns_fd], capture_output=True, check=True, text=True, timeout=10,
+    )  # fmt: skip
+    return out.stdout
+
+
+async def _netns_of(sup: Supervisor, policy: Policy) -> str:
+    r = await sup.run([PY, "-c", NETNS], policy=policy)
+    assert r.exit_code == 0, r.stderr.decode()
+    await _gone(r.pid)
+    return r.stdout.decode().strip()
+
+
+async def _gone(pid: int) -> None:
+    """Wait until the sandbox's init has exited (the pool takes a namespace back then), and a little more
+    for sockets it closed to be freed (the kernel frees them after an RCU grace period)."""
+    with anyio.fail_after(5):
+        while pid_exists(pid):  # noqa: ASYNC110 (no event for another's exit)
+            await anyio.sleep(0.01)
+    await anyio.sleep(0.1)
+
+
+async def test_live_sandboxes_never_share_a_pooled_namespace(workspace: Path) -> None:
+    script = (
+        NETNS
+        + r"""
+import json, socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen()
+print("ready", flush=True)
+sys.stdin.readline()
+c = socket.socket(); c.settimeout(1.0)
+print(json.dumps({"peer": c.connect_ex(("127.0.0.1", int(sys.argv[2])))}), flush=True)
+"""
+    )
+    policy = _policy(workspace)
+    async with Supervisor(prefork=0) as sup:
+        for _ in range(3):  # namespaces that earlier sandboxes gave back are in the pool
+            await _netns_of(sup, policy)
+        children = []
+        for mine, peer in ((8101, 8102), (8102, 8101)):
+            child = await sup.start(
+                [PY, "-c", script, str(mine), str(peer)], policy=policy, stdin=PIPE, stdout=PIPE
+            )
+            assert child.stdout is not None
+            netns = (await readline(child.stdout)).decode().strip()
+            assert await readline(child.stdout) == b"ready\n"
+            children.append((child, netns))
+        reports = []
+        for child, _ in children:
+            assert child.stdin is not None
+            assert child.stdout is not None
+            await child.stdin.send(b"go\n")
+            reports.append(json.loads(await readline(child.stdout)))
+            await child.stdin.aclose()
+            assert (await child.wait()).exit_code == 0
+            await child.stdout.aclose()
+    assert children[0][1] != children[1][1]
+    # Each listens on its own port: the other's is refused, in a namespace of its own.
+    assert reports == [{"peer": errno.ECONNREFUSED}, {"peer": errno.ECONNREFUSED}]
+
+
+async def test_pooled_namespaces_are_kept_per_policy_and_workdir(workspace: Path) -> None:
+    other = workspace.parent / (workspace.name + "-other")
+    other.mkdir(mode=0o755)
+    try:
+        async with Supervisor(prefork=0) as sup:
+            first = await _netns_of(sup, _policy(workspace))
+            again = await _netns_of(sup, _policy(workspace))
+            elsewhere = await _netns_of(sup, _policy(other))
+            host_net = await _netns_of(sup, _policy(workspace, "host"))
+    finally:
+        shutil.rmtree(other)
+    if POOLED:
+        assert again == first  # lent again once the first sandbox was gone
+    assert elsewhere != first  # another workdir never gets it
+    assert host_net == os.readlink("/proc/self/ns/net")  # network="host" is the host's, not a pooled one
+
+
+RECONFIGURE = r"""
+import errno, fcntl, json, socket, struct, subprocess, sys
+report = {}
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+ifr = struct.pack("16sH14x", b"lo", 0)  # flags 0: lo down
+try:
+    fcntl.ioctl(s, 0x8914, ifr)  # SIOCSIFFLAGS
+    report["lo_down"] = "ok"
+except OSError as e:
+    report["lo_down"] = errno.errorcode[e.errno]
+s.close()
+for path, value in (("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
+                    ("/proc/sys/net/ipv4/conf/lo/forwarding", "1")):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        report[path] = "ok"
+    except OSError as e:
+        report[path] = errno.errorcode[e.errno]
+if len(sys.argv) > 1:
+    r = subprocess.run([sys.argv[1], "addr", "add", "10.99.0.1/24", "dev", "lo"], capture_output=True)
+    report["ip_addr_add"] = r.returncode
+print(json.dumps(report), flush=True)
+sys.stdin.readline()
+"""
+
+
+async def test_a_sandbox_cannot_reconfigure_its_network_namespace(workspace: Path) -> None:
+    """A pooled namespace is lent again, so nothing a sandbox does may change it for the next. Checked from
+    the host, in the sandbox's namespace while it still runs (nsenter), and by the next sandbox, which gets
+    the very same namespace."""
+    if IP is None or NSENTER is None:
+        pytest.skip("needs ip and nsenter on the host")
+    policy = _policy(workspace)
+    async with Supervisor(prefork=0) as sup:
+        child = await sup.start([PY, "-c", RECONFIGURE, IP], policy=policy, stdin=PIPE, stdout=PIPE)
+        assert child.stdin is not None
+        assert child.stdout is not None
+        report = json.loads(await readline(child.stdout))
+        inside = os.readlink(f"/proc/{child.pid}/ns/net")
+        netns = os.open(f"/proc/{child.pid}/ns/net", os.O_RDONLY)
+        try:
+            links = json.loads(_in_netns(netns, IP, "-j", "addr"))
+            await child.stdin.send(b"done\n")
+            await child.stdin.aclose()
+            result = await child.wait()
+            await child.stdout.aclose()
+            assert result.exit_code == 0
+            await _gone(result.pid)
+            with anyio.fail_after(5):  # its sockets (the ioctl's, ip's netlink) are freed after RCU
+                while "sockets: used 0" not in _in_netns(netns, "cat", "/proc/net/sockstat"):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+        finally:
+            os.close(netns)
+        after = await sup.run([PY, "-c", NETNS + VIEW, IP], policy=policy)
+    assert report == {
+        "lo_down": "EPERM",
+        "/proc/sys/net/ipv4/ip_unprivileged_port_start": "EROFS",
+        "/proc/sys/net/ipv4/conf/lo/forwarding": "EROFS",
+        "ip_addr_add": report["ip_addr_add"],
+    }
+    assert report["ip_addr_add"] != 0
+    assert [link["ifname"] for link in links] == ["lo"]
+    assert "UP" in links[0]["flags"]
+    assert [a["local"] for a in links[0]["addr_info"]] == ["127.0.0.1", "::1"]
+    assert after.exit_code == 0, after.stderr.decode()
+    first_line, view_json = after.stdout.decode().split("\n", 1)
+    if POOLED:  # the next sandbox got the namespace the first one tried to change
+        assert first_line == inside
+    view = json.loads(view_json)
+    assert view["proc_net_dev"] == ["lo"]
+    assert "UP" in view["ip_link"][0]["flags"]
+
+
+async def test_a_namespace_with_a_connection_left_in_time_wait_is_not_lent_again(workspace: Path) -> None:
+    # The server side closes first, so its port stays in TIME-WAIT for a minute: lent again, the namespace
+    # would refuse the next sandbox's bind() of that port (without SO_REUSEADDR).
+    script = (
+        NETNS
+        + r"""
+import socket, sys
+port = int(sys.argv[1])
+srv = socket.socket(); srv.bind(("127.0.0.1", port)); srv.listen()
+if sys.argv[2] == "close-first":
+    c = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+    a.close(); c.recv(1); c.close()
+srv.close()
+print("bound", flush=True)
+"""
+    )
+    policy = _policy(workspace)
+    async with Supervisor(prefork=0) as sup:
+        first = await sup.run([PY, "-c", script, "8111", "close-first"], policy=policy)
+        assert first.exit_code == 0, first.stderr.decode()
+        await _gone(first.pid)
+        second = await sup.run([PY, "-c", script, "8111", "bind-only"], policy=policy)
+    assert second.exit_code == 0, second.stderr.decode()
+    ns1, ns2 = first.stdout.decode().split()[0], second.stdout.decode().split()[0]
+    assert second.stdout.decode().split()[1] == "bound"
+    if POOLED:
+        assert ns1 != ns2

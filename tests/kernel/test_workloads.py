@@ -19,7 +19,7 @@ import pytest
 
 from policies import Policy, profiles
 from supervisor import Result, Supervisor
-from tests.kernel.conftest import digest
+from tests.kernel.conftest import digest, pid_exists
 
 # The anyio mark at module level: added per item after collection (tests/conftest.py), it loses the
 # parametrize ids of async tests.
@@ -390,16 +390,8 @@ async def test_many_concurrent_runs_leave_no_children(sup: Supervisor, workspace
     # still be exiting then, and the supervisor reaps it right after: soon no host pid is left, not even a
     # zombie.
     with anyio.fail_after(5):
-        while any(_exists(r.pid) for r in results):  # noqa: ASYNC110 (no event for another's exit)
+        while any(pid_exists(r.pid) for r in results):  # noqa: ASYNC110 (no event for another's exit)
             await anyio.sleep(0.005)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------------------
