@@ -70,18 +70,31 @@ def _confinement(
     cache: _Cache,
     pooled_net: bool = False,
 ) -> list[_ops.Segment]:
-    """Every containment step of a sandbox, in the order the init applies them: steps 1-4 here, 5-8 in
-    `_view`, 9-13 in `_lockdown`. Returns the plan's segments. Raises SetupFailure for what is known to
-    fail already (a protected path that is a symlink).
+    """Every containment step of a sandbox, in the order the init applies them: steps 1-3 in `_head`, 4
+    here, 5-8 in `_view`, 9-13 in `_lockdown`. Returns the plan's segments. Raises SetupFailure for what is
+    known to fail already (a protected path that is a symlink).
 
     Runs in the fork server; the init (supervisor/sandbox/_cinit.c) executes the plan. A pre-forked sandbox
     runs all of it before its command is known (the path-dependent step 8 included; the supervisor checks
     at the request that the paths it looked at are unchanged, else the request takes a sandbox built on the
-    spot).
+    spot). Every part but step 4 is cached (_Cache).
     """
-    plan = _ops.Plan()
     # 0. (At launch: the init is born in its user and pid namespaces, pid 1 of the new one, and a child of
     #    the supervisor; with `pooled_net`, in a network namespace lent by _NetPool.)
+    head = cache.head(policy_id, pol, supervisor_pidfd)
+    # 4. Into the cgroup leaf, so that everything the sandbox does is charged and limited there; the
+    #    command inherits it. Writing 0 moves the writer: on v1 into `tasks` (Leaf.placement_files: no
+    #    global lock, no RCU grace period to wait out); done here, a slow move delays only this sandbox.
+    #    (The one part that differs for every sandbox: packed directly, not through a Plan.)
+    placement = _ops.write_segment(
+        "cgroups", [(path, "0", f"write {os.path.basename(path)}") for path in procs]
+    )
+    return [head, placement, cache.view(policy_id, pol, cwd, pooled_net), cache.lockdown(policy_id, pol)]
+
+
+def _head(pol: dict[str, object], supervisor_pidfd: int) -> _ops.Plan:
+    """Steps 1-3: what comes before anything else."""
+    plan = _ops.Plan()
     # 1. Die with the supervisor. PDEATHSIG is set first so that no later step can outlive it; the init
     #    then polls the supervisor's pidfd, which closes the race where it died between launch and prctl.
     plan.add(_cinit.OP_PDEATHSIG, "pdeathsig", "prctl(PR_SET_PDEATHSIG)", a=(supervisor_pidfd,))
@@ -90,12 +103,7 @@ def _confinement(
     namespaces.emit_id_maps(pol["ns"], plan)  # type: ignore[arg-type]
     # 3. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
     plan.add(_cinit.OP_SETSID, "new_session", "setsid")
-    # 4. Into the cgroup leaf, so that everything the sandbox does is charged and limited there; the
-    #    command inherits it. Writing 0 moves the writer: on v1 into `tasks` (Leaf.placement_files: no
-    #    global lock, no RCU grace period to wait out); done here, a slow move delays only this sandbox.
-    for path in procs:
-        plan.add(_cinit.OP_WRITE, "cgroups", f"write {os.path.basename(path)}", s=(path, "0"), path=path)
-    return [plan.segment(), cache.view(policy_id, pol, cwd, pooled_net), cache.lockdown(policy_id, pol)]
+    return plan
 
 
 def _view(pol: dict[str, object], cwd: str, pooled_net: bool) -> _ops.Plan:
@@ -153,16 +161,23 @@ def _lockdown(pol: dict[str, object]) -> _ops.Plan:
 class _Cache:
     """Packed plan segments, so that a request repeats only the lookups its view depends on.
 
-    `lockdown` depends on the policy alone. `view` depends on the policy, the workdir and the state of the
-    paths `mounts.fingerprint` covers (the host paths the base view tests, the roots, the protected and
-    denied paths): it is reused only while the fingerprint taken now equals the one taken around its
-    build, which must itself have been stable (a build that changed what it looked at, by creating a
-    .git/hooks to protect, is not kept).
+    `head` and `lockdown` depend on the policy alone. `view` depends on the policy, the workdir, whether
+    the network namespace is a pooled one, and the state of the paths `mounts.fingerprint` covers (the
+    host paths the base view tests, the roots, the protected and denied paths): it is reused only while
+    the fingerprint taken now equals the one taken around its build, which must itself have been stable
+    (a build that changed what it looked at, by creating a .git/hooks to protect, is not kept).
     """
 
     def __init__(self) -> None:
+        self._head: dict[int, _ops.Segment] = {}
         self._lockdown: dict[int, _ops.Segment] = {}
         self._views: dict[tuple[int, str, bool], tuple[tuple[object, ...], _ops.Segment]] = {}
+
+    def head(self, policy_id: int, pol: dict[str, object], supervisor_pidfd: int) -> _ops.Segment:
+        seg = self._head.get(policy_id)
+        if seg is None:
+            seg = self._head[policy_id] = _head(pol, supervisor_pidfd).segment()
+        return seg
 
     def lockdown(self, policy_id: int, pol: dict[str, object]) -> _ops.Segment:
         seg = self._lockdown.get(policy_id)

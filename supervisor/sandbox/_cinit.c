@@ -1155,8 +1155,9 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ii)", pid, l.err);
 }
 
-/* identities(paths) -> bytes: for each path, lstat's (st_dev, st_ino, st_mode), or its errno. What
- * mounts.fingerprint compares, done here because a fingerprint lstats ~30 paths several times per spawn. */
+/* identities(paths) -> bytes: for each path (str or bytes), lstat's (st_dev, st_ino, st_mode), or its errno.
+ * What mounts.fingerprint compares, done here because a fingerprint lstats ~30 paths several times per
+ * spawn. */
 static PyObject *py_identities(PyObject *self, PyObject *args) {
     PyObject *paths;
     (void)self;
@@ -1166,20 +1167,25 @@ static PyObject *py_identities(PyObject *self, PyObject *args) {
     if (!out) return NULL;
     char *buf = PyBytes_AS_STRING(out);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(paths, i);
+        PyObject *item = PyList_GET_ITEM(paths, i), *encoded = NULL;
         if (!PyBytes_Check(item)) {
-            Py_DECREF(out);
-            PyErr_SetString(PyExc_TypeError, "identities() takes a list of bytes paths");
-            return NULL;
+            if (!PyUnicode_Check(item) || !PyUnicode_FSConverter(item, &encoded)) {
+                Py_DECREF(out);
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "identities() takes a list of paths");
+                return NULL;
+            }
+            item = encoded;
         }
         uint64_t rec[3] = {0, 0, 0};
         struct stat st;
-        if (lstat(PyBytes_AS_STRING(item), &st) == 0) {
+        int err = lstat(PyBytes_AS_STRING(item), &st) == 0 ? 0 : errno;
+        Py_XDECREF(encoded);
+        if (!err) {
             rec[0] = (uint64_t)st.st_dev;
             rec[1] = (uint64_t)st.st_ino;
             rec[2] = (uint64_t)st.st_mode;
         } else {
-            rec[2] = (uint64_t)1 << 40 | (uint64_t)errno; /* no mode has bit 40 */
+            rec[2] = (uint64_t)1 << 40 | (uint64_t)err; /* no mode has bit 40 */
         }
         memcpy(buf + i * 24, rec, 24);
     }
@@ -1221,7 +1227,8 @@ static PyMethodDef methods[] = {
     {"netns_unused", py_netns_unused, METH_VARARGS,
      "netns_unused(netns_fd) -> bool: no socket and no TIME-WAIT connection left in it."},
     {"identities", py_identities, METH_VARARGS,
-     "identities(paths: list[bytes]) -> bytes: lstat's dev, ino and mode (or errno) of each, 24 bytes each."},
+     "identities(paths: list[str | bytes]) -> bytes: lstat's dev, ino and mode (or errno) of each, 24 bytes "
+     "each."},
     {NULL, NULL, 0, NULL},
 };
 

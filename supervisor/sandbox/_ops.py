@@ -132,6 +132,30 @@ class Segment:
     strtab: bytes
 
 
+def write_segment(layer: str, writes: Sequence[tuple[str, str, str]]) -> Segment:
+    """A segment of OP_WRITE ops, one per (path, data, operation), packed directly: what `Plan.segment` would
+    make of them (failures reported under `layer`, with the path), at a tenth of its cost, for the part of
+    a plan that differs for every sandbox."""
+    strtab = bytearray(b"\0")  # offset 0: the empty hint
+
+    def put(text: str) -> int:
+        off = len(strtab)
+        strtab.extend(text.encode() + b"\0")
+        return off
+
+    layer_off = put(layer)
+    ops: list[Op] = []
+    packed = bytearray()
+    for path, data, operation in writes:
+        p, d = put(path), put(data)
+        packed += _OP.pack(
+            _cinit.OP_WRITE, -1, 0, 0, 0, 0, p, d, _NO_STR, _NO_STR, layer_off, put(operation), p, 0, 0, 0
+        )
+        ops.append(Op(_cinit.OP_WRITE, layer, operation, (), (path, data), path))
+    strtab.extend(b"\0" * (-len(strtab) % 8))
+    return Segment(tuple(ops), bytes(packed), bytes(strtab))
+
+
 def blob(
     segments: Sequence[Segment],
     mode: int = MODE_APPLY,

@@ -152,7 +152,7 @@ def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[objec
                     paths += (os.path.join(root, rel), os.path.join(root, rel.split("/", 1)[0]))
             paths += prepared["deny"]  # type: ignore[arg-type]
     # Which paths were looked at (git expansion can change the list) and what each was.
-    return tuple(paths), _cinit.identities([os.fsencode(p) for p in paths]), tuple(notes)
+    return tuple(paths), _cinit.identities(paths), tuple(notes)
 
 
 #: Host paths whose presence or type `emit_base` tests.

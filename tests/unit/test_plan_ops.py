@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.sandbox import _cinit, _sys
-from supervisor.sandbox._ops import Plan, blob, encode_command, encode_env, pick_hint
+from supervisor.sandbox._ops import Plan, blob, encode_command, encode_env, pick_hint, write_segment
 
 
 def test_ops_run_in_order(tmp_path: Path) -> None:
@@ -146,3 +146,29 @@ def test_encode_command_layout_and_refusals() -> None:
 def test_op_arity_is_checked() -> None:
     with pytest.raises(ValueError, match="at most"):
         Plan().add(_cinit.OP_MKDIR, "mounts", "mkdir", a=(1, 2, 3, 4, 5))
+
+
+def test_write_segment_packs_what_a_plan_would(tmp_path: Path) -> None:
+    """The directly packed placement segment: same bytes of ops as Plan.segment would give, writes in order,
+    and a failure reported with its layer, operation and path by the same executor."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("")
+    b.write_text("")
+    writes = [(str(a), "0", "write tasks"), (str(b), "12", "write cgroup.procs")]
+    seg = write_segment("cgroups", writes)
+    plan = Plan()
+    for path, data, operation in writes:
+        plan.add(_cinit.OP_WRITE, "cgroups", operation, s=(path, data), path=path)
+    assert len(seg.packed) == len(plan.segment().packed)
+    assert [(op.code, op.layer, op.operation, op.s, op.path) for op in seg.ops] == [
+        (op.code, op.layer, op.operation, op.s, op.path) for op in plan.ops
+    ]
+    assert _cinit.apply(blob([seg])) is None
+    assert (a.read_text(), b.read_text()) == ("0", "12")
+    missing = str(tmp_path / "gone" / "tasks")
+    failed = _cinit.apply(
+        blob([write_segment("cgroups", [(str(a), "1", "write tasks"), (missing, "0", "write x")])])
+    )
+    assert failed is not None
+    assert failed[:2] == (1, errno.ENOENT)
+    assert a.read_text() == "1"
