@@ -7,6 +7,8 @@ children's PDEATHSIG is tied to that thread.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import errno
 import marshal
 import os
@@ -41,7 +43,11 @@ class ForkServer:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        self._lock = anyio.Lock()
+        self._send_lock = anyio.Lock()
+        self._replies: collections.deque[asyncio.Future[tuple[bytes, list[tuple[int, int, bytes]]]]] = (
+            collections.deque()
+        )
+        self._reading = False
         self._sent_policies: set[int] = set()
         self.caps_dict: dict[str, object] = {}
 
@@ -81,45 +87,73 @@ class ForkServer:
 
     async def _exchange(self, payload: bytes, fds: list[int]) -> tuple[dict[str, object], list[int]]:
         """Send one request and receive its reply, shielded from cancellation: once sent, the reply may
-        carry children that must be reaped. Raises SandboxSetupError when the fork server is gone."""
+        carry children that must be reaped. Raises SandboxSetupError when the fork server is gone.
+
+        Requests are pipelined: each is sent at once and its reply awaited on a future that one reader
+        callback resolves, in order (the fork server answers in the order it was asked). A lock and a
+        wait_readable per request cost the loop more than the rest of the exchange, and kept the fork
+        server waiting on this loop between two requests."""
         sock = self._sock
         if sock is None:
             raise SandboxSetupError("fork server", "spawn", hint="the supervisor is not running")
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[tuple[bytes, list[tuple[int, int, bytes]]]] = loop.create_future()
         with anyio.CancelScope(shield=True):
-            async with self._lock:
-                anc = rights(fds)
+            anc = rights(fds)
+            try:
                 try:
-                    while True:
-                        try:
-                            sock.sendmsg([payload], anc)
-                            break
-                        except BlockingIOError:
-                            await anyio.wait_writable(sock)
-                    while True:
-                        try:
-                            msg, ancdata, _f, _a = sock.recvmsg(1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4))
-                            break
-                        except BlockingIOError:
-                            await anyio.wait_readable(sock)
-                except OSError as err:  # EPIPE, ECONNRESET: the server is gone
-                    if err.errno == errno.EMSGSIZE:
-                        raise SandboxSetupError(
-                            "fork server",
-                            "sendmsg",
-                            err.errno,
-                            hint=f"the request ({len(payload)} bytes: the command, its environment and the "
-                            "policy) is more than the fork server's socket takes in one message; pass large "
-                            "data through a file or stdin",
-                        ) from err
+                    sock.sendmsg([payload], anc)
+                except BlockingIOError:  # the socket's buffer is full: wait, in turn
+                    async with self._send_lock:
+                        while True:
+                            try:
+                                sock.sendmsg([payload], anc)
+                                break
+                            except BlockingIOError:
+                                await anyio.wait_writable(sock)
+            except OSError as err:  # EPIPE, ECONNRESET: the server is gone
+                if err.errno == errno.EMSGSIZE:
                     raise SandboxSetupError(
-                        "fork server", "sendmsg/recvmsg", err.errno or 0, hint="the fork server died"
+                        "fork server",
+                        "sendmsg",
+                        err.errno,
+                        hint=f"the request ({len(payload)} bytes: the command, its environment and the "
+                        "policy) is more than the fork server's socket takes in one message; pass large "
+                        "data through a file or stdin",
                     ) from err
+                raise SandboxSetupError(
+                    "fork server", "sendmsg", err.errno or 0, hint="the fork server died"
+                ) from err
+            # No await between the send and this: the futures are in the order of the requests.
+            self._replies.append(reply)
+            if not self._reading:
+                loop.add_reader(sock.fileno(), self._on_reply, sock)
+                self._reading = True
+            msg, ancdata = await reply
         if not msg:
             raise SandboxSetupError("fork server", "recvmsg", hint="the fork server died; see its stderr")
-        got = received_fds(ancdata)
-        for fd in got:
-            os.set_inheritable(fd, False)
-        return marshal.loads(msg), got
+        return marshal.loads(msg), received_fds(ancdata)
+
+    def _on_reply(self, sock: socket.socket) -> None:
+        """Reader callback: hand each reply that has arrived to the oldest waiting request; at EOF or on
+        an error, an empty reply to every waiting request."""
+        while self._replies:
+            try:
+                msg, ancdata, _f, _a = sock.recvmsg(
+                    1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+                )
+            except BlockingIOError:
+                return
+            except OSError:
+                msg, ancdata = b"", []
+            if not msg:  # the server is gone: every waiting request fails
+                for fut in self._replies:
+                    fut.set_result((b"", []))
+                self._replies.clear()
+                break
+            self._replies.popleft().set_result((msg, ancdata))
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        self._reading = False
 
     def _with_policy(self, request: dict[str, object], policy_id: int, compiled: dict[str, object]) -> bytes:
         request = dict(request, policy_id=policy_id)
@@ -158,6 +192,12 @@ class ForkServer:
     def close(self) -> None:
         """Stop the server (closing the socket ends its loop) and reap it."""
         if self._sock is not None:
+            if self._reading:  # replies still awaited: they end empty (the server is going)
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+                self._reading = False
+                for fut in self._replies:
+                    fut.set_result((b"", []))
+                self._replies.clear()
             self._sock.close()
             self._sock = None
         if self._proc is not None:
