@@ -361,10 +361,13 @@ class Child:
         """Reap the init through its pidfd; with `ex`, its wait status completes the exit record."""
         if self._pidfd is None:
             return
-        await anyio.wait_readable(self._pidfd)
-        # The pidfd is readable: the init is a zombie and this returns at once. The pid cannot have been
-        # reused, since only we can reap it.
-        _pid, wstatus, rusage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222
+        # The pid cannot have been reused, since only we can reap it. After an S record the init is usually
+        # gone by now: reap it without a wait on its pidfd (that wait cost the loop more than the reap).
+        pid, wstatus, rusage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222
+        if pid == 0:
+            await anyio.wait_readable(self._pidfd)
+            # The pidfd is readable: the init is a zombie and this returns at once.
+            _pid, wstatus, rusage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222
         os.close(self._pidfd)
         self._pidfd = None
         self._status.close()

@@ -376,12 +376,11 @@ class Leaf:
         self._dirs = dirs
         self.versions = versions
         self.paths: list[str] = [d for _h, d in places]
-        self.procs_files: list[str] = [os.path.join(d, "cgroup.procs") for d in self.paths]
         # `tasks` on v1 moves the calling thread without the kernel's global threadgroup lock (cgroup.procs
         # takes it, and waits out an RCU grace period for it: 8-20 ms on an idle machine); the init has one
         # thread, so its process moves. v2 has no per-thread file outside threaded subtrees.
         self.placement_files: list[str] = [
-            os.path.join(d, "tasks" if h.version == 1 else "cgroup.procs") for h, d in places
+            f"{d}/tasks" if h.version == 1 else f"{d}/cgroup.procs" for h, d in places
         ]
         self.enforced: dict[str, bool] = {}
         self.reasons: dict[str, str] = {}
@@ -393,6 +392,11 @@ class Leaf:
 
     def __repr__(self) -> str:
         return f"Leaf({self.name!r}, paths={self.paths!r}, enforced={self.enforced!r})"
+
+    @property
+    def procs_files(self) -> list[str]:
+        """The leaf's cgroup.procs files, one per hierarchy (writing a pid moves that whole process)."""
+        return [f"{d}/cgroup.procs" for d in self.paths]
 
     @property
     def available(self) -> bool:
@@ -413,11 +417,15 @@ class Leaf:
             self.reasons[key] = why
 
         def put(controller: str, file: str, value: str) -> None:
-            d = self._dirs[controller]
-            _write_or_raise(os.path.join(d, file), value)
+            _write_or_raise(f"{self._dirs[controller]}/{file}", value)
 
         def has(controller: str, file: str) -> bool:
-            return os.path.exists(os.path.join(self._dirs[controller], file))
+            # Which interface files a hierarchy has is the kernel's configuration: look once per manager.
+            known = self._manager._has_file
+            key = (controller, file)
+            if key not in known:
+                known[key] = os.path.exists(f"{self._dirs[controller]}/{file}")
+            return known[key]
 
         if r.memory is not None:
             if "memory" not in self._dirs:
@@ -497,7 +505,7 @@ class Leaf:
             if d is None:
                 return -1
             try:
-                return os.open(os.path.join(d, file), os.O_RDONLY | os.O_CLOEXEC)
+                return os.open(f"{d}/{file}", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 return -1
 
@@ -667,6 +675,7 @@ class CgroupManager:
         self._trees: list[_Tree] = []
         self._serve: dict[str, _Tree] = {}
         self._leaves: dict[str, Leaf] = {}
+        self._has_file: dict[tuple[str, str], bool] = {}  # (controller, interface file) -> exists
         self._lock = threading.Lock()
         self._opened = False
         self._closed = False
@@ -951,7 +960,7 @@ class CgroupManager:
             for t in self._trees:
                 if t.hierarchy.version == 1 and not t.serves & needed:
                     continue
-                d = os.path.join(t.parent, child_id)
+                d = f"{t.parent}/{child_id}"
                 try:
                     os.mkdir(d, 0o755)
                 except OSError as err:
