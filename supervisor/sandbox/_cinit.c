@@ -210,8 +210,14 @@ static int parse_plan(const char *buf, size_t len, struct plan *p) {
 /* ---------------------------------------------------------------------------------------------------- */
 /* The steps. Each returns 0 or an errno. */
 
+/* open(2) with O_CLOEXEC, as one syscall: musl's open() follows every O_CLOEXEC open with an
+ * fcntl(F_SETFD) for kernels older than 2.6.23, ~25 extra syscalls per sandbox. */
+static int open_cloexec(const char *path, int flags, mode_t mode) {
+    return (int)syscall(SYS_openat, AT_FDCWD, path, flags | O_CLOEXEC, mode);
+}
+
 static int write_file(const char *path, const char *data) {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    int fd = open_cloexec(path, O_WRONLY, 0);
     if (fd < 0) return errno;
     ssize_t n = write(fd, data, strlen(data));
     int err = n < 0 ? errno : 0;
@@ -239,7 +245,7 @@ static int ensure(const char *path, int directory) {
     int err = mkdir_parents(path);
     if (err) return err;
     if (directory) return mkdir(path, 0755) == 0 || errno == EEXIST ? 0 : errno;
-    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    int fd = open_cloexec(path, O_CREAT | O_WRONLY, 0600);
     if (fd < 0) return errno;
     close(fd);
     return 0;
@@ -324,7 +330,7 @@ struct ll_net_attr {
 };
 
 static int ll_path(const char *path, uint64_t access, uint64_t file_rights) {
-    int fd = open(path, O_PATH | O_CLOEXEC);
+    int fd = open_cloexec(path, O_PATH, 0);
     if (fd < 0) {
         if (errno == ENOENT || errno == ENOTDIR) return 0; /* nothing there to grant access to */
         snprintf(op_detail, sizeof op_detail, "open(O_PATH)");
@@ -450,7 +456,7 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_MKDIR:
         return OK(mkdir(s0, (mode_t)o->a[0]));
     case OP_CREAT: {
-        int fd = open(s0, O_CREAT | O_WRONLY | O_CLOEXEC, (mode_t)o->a[0]);
+        int fd = open_cloexec(s0, O_CREAT | O_WRONLY, (mode_t)o->a[0]);
         if (fd < 0) return errno;
         close(fd);
         return 0;
@@ -469,7 +475,7 @@ static int run_op(const struct seg *g, const struct op *o) {
         return OK(close(o->a[1] > 0 && o->a[1] <= SLOTS + 1 ? slots[o->a[1] - 1] : (int)o->a[0]));
     case OP_OPEN_PATH: {
         if (o->a[0] < 0 || o->a[0] >= SLOTS) return EINVAL;
-        int fd = open(s0, O_PATH | O_CLOEXEC);
+        int fd = open_cloexec(s0, O_PATH, 0);
         if (fd < 0) return errno;
         slots[o->a[0]] = fd;
         return 0;
