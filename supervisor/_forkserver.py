@@ -85,14 +85,18 @@ class ForkServer:
         parent.setblocking(False)
         self._sock = parent
 
-    async def _exchange(self, payload: bytes, fds: list[int]) -> tuple[dict[str, object], list[int]]:
+    async def _exchange(
+        self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
+    ) -> tuple[dict[str, object], list[int]]:
         """Send one request and receive its reply, shielded from cancellation: once sent, the reply may
         carry children that must be reaped. Raises SandboxSetupError when the fork server is gone.
 
         Requests are pipelined: each is sent at once and its reply awaited on a future that one reader
         callback resolves, in order (the fork server answers in the order it was asked). A lock and a
         wait_readable per request cost the loop more than the rest of the exchange, and kept the fork
-        server waiting on this loop between two requests."""
+        server waiting on this loop between two requests. A request that finds the socket full waits
+        for it in turn (so others may overtake it): the message is therefore made at each attempt, with
+        the compiled policy until a message with it has gone out (`_payload`)."""
         sock = self._sock
         if sock is None:
             raise SandboxSetupError("fork server", "spawn", hint="the supervisor is not running")
@@ -100,14 +104,15 @@ class ForkServer:
         reply: asyncio.Future[tuple[bytes, list[tuple[int, int, bytes]]]] = loop.create_future()
         with anyio.CancelScope(shield=True):
             anc = rights(fds)
+            payload = b""
             try:
                 try:
-                    sock.sendmsg([payload], anc)
+                    sock.sendmsg([payload := self._payload(request, policy_id, compiled)], anc)
                 except BlockingIOError:  # the socket's buffer is full: wait, in turn
                     async with self._send_lock:
                         while True:
                             try:
-                                sock.sendmsg([payload], anc)
+                                sock.sendmsg([payload := self._payload(request, policy_id, compiled)], anc)
                                 break
                             except BlockingIOError:
                                 await anyio.wait_writable(sock)
@@ -126,6 +131,7 @@ class ForkServer:
                 ) from err
             # No await between the send and this: the futures are in the order of the requests.
             self._replies.append(reply)
+            self._sent_policies.add(policy_id)
             if not self._reading:
                 loop.add_reader(sock.fileno(), self._on_reply, sock)
                 self._reading = True
@@ -155,11 +161,11 @@ class ForkServer:
         asyncio.get_running_loop().remove_reader(sock.fileno())
         self._reading = False
 
-    def _with_policy(self, request: dict[str, object], policy_id: int, compiled: dict[str, object]) -> bytes:
+    def _payload(self, request: dict[str, object], policy_id: int, compiled: dict[str, object]) -> bytes:
+        """The message for `request`: with the compiled policy until one carrying it has been sent."""
         request = dict(request, policy_id=policy_id)
         if policy_id not in self._sent_policies:
             request["policy"] = compiled
-            self._sent_policies.add(policy_id)
         return marshal.dumps(request)
 
     async def spawn(
@@ -168,7 +174,7 @@ class ForkServer:
         """Send one spawn request; returns (reply, pidfd, status_fd), the fds None when the clone itself
         failed. The compiled policy is sent only the first time. Raises SandboxSetupError when the fork
         server is gone."""
-        reply, got = await self._exchange(self._with_policy(request, policy_id, compiled), fds)
+        reply, got = await self._exchange(request, policy_id, compiled, fds)
         if len(got) == 2:
             return reply, got[0], got[1]
         for fd in got:
@@ -182,7 +188,7 @@ class ForkServer:
         returns (reply, (pidfd, status_fd, ctl_fd)), None when the clone itself failed. Raises
         SandboxSetupError when the fork server is gone."""
         request: dict[str, object] = {"op": "prefork", "cwd": cwd, "cgroup_procs": cgroup_procs}
-        reply, got = await self._exchange(self._with_policy(request, policy_id, compiled), [])
+        reply, got = await self._exchange(request, policy_id, compiled, [])
         if len(got) == 3:
             return reply, (got[0], got[1], got[2])
         for fd in got:

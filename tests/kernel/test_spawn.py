@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from policies import profiles
+from policies import Policy, profiles
 from supervisor import (
     PIPE,
     CommandNotExecutableError,
@@ -217,3 +217,24 @@ async def test_large_commands_run_whole(sup: Supervisor, workspace: Path) -> Non
             r = await sup.run(["/bin/sh", "-c", script, "sh", *args], policy=pol)
             assert r.exit_code == 0, r.stderr
             assert r.stdout.split() == [str(n).encode(), b"arg000000", f"arg{n - 1:06d}".encode()]
+
+
+async def test_first_requests_of_a_policy_while_the_fork_servers_socket_is_full(workspace: Path) -> None:
+    """Requests to the fork server are pipelined; one that finds its socket full waits, and others can
+    overtake it. The compiled policy travels with a policy's first request that actually goes out, so the
+    fork server knows every policy it is asked for (here: 48 concurrent first requests of 4 new policies,
+    each ~48 KB of argv, 2.3 MB in all against a socket that holds ~200 KB)."""
+    big = "x" * 48_000
+    async with Supervisor(max_concurrency=48, prefork=0) as sup:
+        for attempt in range(4):
+            pol = profiles.workspace_write(workspace, timeout=30 + attempt)  # a policy not seen yet
+            results = []
+
+            async def one(pol: Policy = pol, results: list[int] = results) -> None:
+                r = await sup.run(["/bin/true", big], policy=pol)
+                results.append(r.exit_code)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(48):
+                    tg.start_soon(one)
+            assert results == [0] * 48
