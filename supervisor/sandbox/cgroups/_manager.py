@@ -338,6 +338,9 @@ def parse_stats(
     )
 
 
+_tuple_new = tuple.__new__
+
+
 def _pread(fd: int) -> bytes | None:
     if fd < 0:
         return None
@@ -556,13 +559,17 @@ class Leaf:
                         cpu_s = int(cpu[11 : cpu.index(b"\n")]) / 1e6
                     else:
                         cpu_s = int(cpu) / 1e9
-                    return CgroupStats(
-                        int(pread(fds[0], 32, 0)),
-                        int(pread(fds[1], 32, 0)),
-                        cpu_s,
-                        int(pread(fds[4], 32, 0)),
-                        int(ev[i : ev.index(b"\n", i)]),
-                        int(pe[4 : pe.index(b"\n")]) if pe.startswith(b"max ") else None,
+                    # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
+                    return _tuple_new(
+                        CgroupStats,
+                        (
+                            int(pread(fds[0], 32, 0)),
+                            int(pread(fds[1], 32, 0)),
+                            cpu_s,
+                            int(pread(fds[4], 32, 0)),
+                            int(ev[i : ev.index(b"\n", i)]),
+                            int(pe[4 : pe.index(b"\n")]) if pe.startswith(b"max ") else None,
+                        ),
                     )
                 except (OSError, ValueError):
                     # An older kernel's format (no oom_kill line before 4.13...) or a vanished file:
