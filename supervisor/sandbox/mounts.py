@@ -392,25 +392,32 @@ def _dev(plan: Plan) -> None:
 
 
 def _net_class(plan: Plan, pooled_net: bool) -> None:
-    """/sys is the host's sysfs, whose net class lists the host's interfaces (names, MACs, traffic counters)
-    even in a private network namespace. A sysfs mounted now belongs to the new network namespace: its
-    class/net (only lo) is bound over the host's; where sysfs cannot be mounted, an empty one hides it.
+    """/sys is the host's sysfs, whose network devices (names, MACs, traffic counters) show even in a
+    private network namespace: listed in class/net, and in the device tree, under devices/ (virtual/net,
+    and each physical device's net/), where class/net's entries are symlinks to. A sysfs mounted now belongs
+    to the new network namespace: its class/net and devices (only lo, in both) are bound over the host's;
+    where sysfs cannot be mounted, an empty class/net hides the listing (the device tree stays the host's).
     A pooled namespace belongs to the initial user namespace, so the sandbox could not mount its sysfs: the
-    fork server made one (detached, read-only, nosuid, nodev, noexec; the bind keeps those) that the init
+    fork server made one (detached, read-only, nosuid, nodev, noexec; the binds keep those) that the init
     finds in slot SLOT_NET_SYSFS."""
     if pooled_net:
         slot = _cinit.SLOT_NET_SYSFS + 1
-        sysfs = plan.add(
-            _cinit.OP_MOUNT,
-            "mounts",
-            "mount(bind, the pooled namespace's sysfs class/net)",
-            a=(MS_BIND, slot),
-            s=("class/net", "/sys/class/net"),
-            path="/sys/class/net",
-        )
+        binds = []
+        for sub in ("class/net", "devices"):
+            binds.append(
+                plan.add(
+                    _cinit.OP_MOUNT,
+                    "mounts",
+                    f"mount(bind, the pooled namespace's sysfs {sub})",
+                    a=(MS_BIND, slot),
+                    s=(sub, f"/sys/{sub}"),
+                    path=f"/sys/{sub}",
+                )
+            )
         plan.add(_cinit.OP_CLOSE, "mounts", "close(sysfs fd)", a=(0, slot))
         done = plan.jump()
-        plan.land(sysfs)
+        for index in binds:
+            plan.land(index)
         plan.add(_cinit.OP_CLOSE, "mounts", "close(sysfs fd)", a=(0, slot))
         _tmpfs(plan, "/sys/class/net", "0555", readonly=True)
         plan.land(done)
@@ -418,8 +425,9 @@ def _net_class(plan: Plan, pooled_net: bool) -> None:
     tmp = "/run/.corral-sys"
     _op(plan, _cinit.OP_MKDIR, "mkdir(sysfs helper)", tmp, a=(0o700,))
     sysfs = _mount(plan, "sysfs", tmp, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _mount(plan, f"{tmp}/class/net", "/sys/class/net", None, MS_BIND)
-    _mount(plan, None, "/sys/class/net", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for sub in ("class/net", "devices"):
+        _mount(plan, f"{tmp}/{sub}", f"/sys/{sub}", None, MS_BIND)
+        _mount(plan, None, f"/sys/{sub}", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     _op(plan, _cinit.OP_UMOUNT, "umount2(sysfs helper)", tmp, a=(_MNT_DETACH,))
     _op(plan, _cinit.OP_RMDIR, "rmdir(sysfs helper)", tmp)
     done = plan.jump()

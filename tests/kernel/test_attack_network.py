@@ -360,6 +360,33 @@ async def test_sys_class_net_shows_only_loopback(sup: Supervisor, workspace: Pat
     assert json.loads(r.stdout) == ["lo"]
 
 
+SYS_DEVICES_NET = r"""
+import json, os, subprocess
+out = subprocess.run(
+    ["find", "/sys/devices", "-maxdepth", "6", "-name", "net", "-type", "d"], capture_output=True, text=True
+).stdout.split()
+print(json.dumps(sorted({name for d in out for name in os.listdir(d)})))
+"""
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+async def test_sys_device_tree_shows_no_host_interface(
+    sup: Supervisor, workspace: Path, network: str
+) -> None:
+    """/sys/class/net's entries are symlinks into /sys/devices: the device tree must not show the host's
+    interfaces either (a virtual one under devices/virtual/net, a physical one under its bus device)."""
+    host = json.loads((await anyio.run_process([PY, "-c", SYS_DEVICES_NET])).stdout)
+    if host == ["lo"]:
+        pytest.skip("the host has only lo: a leak would be invisible")
+    r = await sup.run([PY, "-c", SYS_DEVICES_NET], policy=_policy(workspace, network))
+    assert r.exit_code == 0, r.stderr.decode()
+    seen = json.loads(r.stdout)
+    if network == "host":  # control: the same walk in a sandbox sharing the host's network finds them
+        assert seen == host
+        return
+    assert seen == ["lo"]
+
+
 async def test_loopback_inside_one_sandbox_works(sup: Supervisor, workspace: Path) -> None:
     token = uuid.uuid4().hex
     (workspace / "hello.txt").write_text(token)
