@@ -358,7 +358,8 @@ class Child:
         self._started.set()
 
     async def _collect(self, ex: _Exit | None = None) -> None:
-        """Reap the init through its pidfd; with `ex`, its wait status completes the exit record."""
+        """Reap the init (at once when it is gone, else once its pidfd says so); with `ex`, its wait status
+        completes the exit record."""
         if self._pidfd is None:
             return
         # The pid cannot have been reused, since only we can reap it. After an S record the init is usually

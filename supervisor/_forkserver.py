@@ -153,13 +153,17 @@ class ForkServer:
             except OSError:
                 msg, ancdata = b"", []
             if not msg:  # the server is gone: every waiting request fails
-                for fut in self._replies:
-                    fut.set_result((b"", []))
-                self._replies.clear()
+                self._fail_waiting()
                 break
             self._replies.popleft().set_result((msg, ancdata))
         asyncio.get_running_loop().remove_reader(sock.fileno())
         self._reading = False
+
+    def _fail_waiting(self) -> None:
+        """An empty reply, which the requests read as the server's death, to every waiting request."""
+        for fut in self._replies:
+            fut.set_result((b"", []))
+        self._replies.clear()
 
     def _payload(self, request: dict[str, object], policy_id: int, compiled: dict[str, object]) -> bytes:
         """The message for `request`: with the compiled policy until one carrying it has been sent."""
@@ -201,9 +205,7 @@ class ForkServer:
             if self._reading:  # replies still awaited: they end empty (the server is going)
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
                 self._reading = False
-                for fut in self._replies:
-                    fut.set_result((b"", []))
-                self._replies.clear()
+                self._fail_waiting()
             self._sock.close()
             self._sock = None
         if self._proc is not None:
