@@ -1,14 +1,15 @@
 """`corral` command line: the composition root (the only module that wires policies, supervisor and
 exporters together).
 
-Exit status of `corral run` (the contract in docs/cli.md): the command's own; 128+N when it was killed by
-signal N; 137 when corral killed it for a limit violation; 125 when corral itself failed (bad option, bad
-policy, setup failure: one line on stderr); 126 command not executable; 127 command not found.
+Exit status of `corral run` (the contract in README.md, "The CLI"): the command's own; 128+N when it was
+killed by signal N; 137 when corral killed it for a limit violation; 125 when corral itself failed (bad
+option, bad policy, setup failure: one line on stderr); 126 command not executable; 127 command not found.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -42,9 +43,20 @@ class _Fail(Exception):
     """A corral failure that ends the CLI with exit status 125 and one line on stderr."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+def _version() -> str:
+    try:
+        return importlib.metadata.version("corral")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never pip-installed
+        return "unknown"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+@click.version_option(version=_version(), prog_name="corral", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """corral: run commands confined and bounded."""
+    if ctx.invoked_subcommand is None:  # bare `corral`: the help, as git and docker print it
+        click.echo(ctx.get_help())
 
 
 @cli.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})

@@ -315,3 +315,31 @@ def test_probe_lists_layers(ws: Path) -> None:
     assert p.returncode == 0
     assert "landlock" in p.stdout
     assert "user namespace" in p.stdout
+
+
+def test_bare_corral_prints_help_and_succeeds(ws: Path) -> None:
+    r = corral(cwd=ws)
+    assert r.returncode == 0, r.stderr
+    assert "Usage: corral" in r.stdout
+    assert "run" in r.stdout
+    assert "probe" in r.stdout
+
+
+def test_version_from_the_installed_metadata(ws: Path) -> None:
+    import importlib.metadata
+
+    r = corral("--version", cwd=ws)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"corral {importlib.metadata.version('corral')}"
+
+
+def test_python_dash_m_supervisor_is_the_cli(ws: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "supervisor", "run", "--", "sh", "-c", "exit 7"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 7, r.stderr
