@@ -141,6 +141,7 @@ class Supervisor:
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
         self._compiled: dict[Policy, CompiledPolicy] = {}
+        self._compiling: dict[Policy, anyio.Event] = {}  # first uses being compiled, by policy
         self._children: set[Child] = set()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._ids = itertools.count(1)
@@ -252,9 +253,36 @@ class Supervisor:
         """Compile (and cache) `policy` for this kernel. Raises SandboxSetupError (fail closed)."""
         compiled = self._compiled.get(policy)
         if compiled is None:
-            compiled = compile_policy(policy, self.caps)
-            self._compiled[policy] = compiled
+            compiled = self._remember(policy, compile_policy(policy, self.caps))
         return compiled
+
+    def _remember(self, policy: Policy, compiled: CompiledPolicy) -> CompiledPolicy:
+        """Cache `compiled` for `policy` (the one cached already wins: one id per policy)."""
+        return self._compiled.setdefault(policy, compiled)
+
+    async def _compiled_for(self, policy: Policy) -> CompiledPolicy:
+        """The compiled policy, compiled off the event loop at its first use. Concurrent first uses of
+        one policy share one compilation (and so one policy id, one pool of pre-forked sandboxes):
+        the first compiles, the others wait for it on an Event and then find it cached; if it
+        failed, the next waiter tries in turn (and fails alike: compile errors are deterministic).
+        Raises SandboxSetupError. Cancellation while waiting leaves the compilation to the others."""
+        while True:
+            compiled = self._compiled.get(policy)
+            if compiled is not None:
+                return compiled
+            pending = self._compiling.get(policy)
+            if pending is None:
+                break
+            await pending.wait()
+        pending = self._compiling[policy] = anyio.Event()
+        try:
+            # pyseccomp compiles off the event loop; the worker thread is not abandoned on
+            # cancellation, so the result is cached for the waiters even then.
+            compiled = await anyio.to_thread.run_sync(compile_policy, policy, self.caps)
+            return self._remember(policy, compiled)
+        finally:
+            del self._compiling[policy]
+            pending.set()
 
     @contextlib.contextmanager
     def subscribe(self, max_buffer: int = 1000) -> Iterator[MemoryObjectReceiveStream[Event]]:
@@ -305,8 +333,8 @@ class Supervisor:
             raise ValueError("empty command")
         policy = policy or profiles.workspace_write()
         compiled = self._compiled.get(policy)
-        if compiled is None:  # first use: pyseccomp compiles off the event loop
-            compiled = await anyio.to_thread.run_sync(self.compile, policy)
+        if compiled is None:
+            compiled = await self._compiled_for(policy)
         # The slot belongs to the child, not to this task: the watcher task releases it after reaping.
         slot = _Slot()
         await self._limiter.acquire_on_behalf_of(slot)
