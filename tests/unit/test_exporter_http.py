@@ -226,3 +226,100 @@ async def test_idle_keep_alive_connections_are_closed() -> None:
                     await s.receive()  # closed by the server without a word
         tg.cancel_scope.cancel()
     await listener.aclose()
+
+
+async def _hold(port: int, data: bytes, stop: anyio.Event, closed: list[float]) -> None:
+    """A slow client: connect, send `data` (a partial request), never send the rest; reconnect when the
+    server closes the connection, until `stop`. Records when each of its connections was closed."""
+    while not stop.is_set():
+        try:
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                if data:
+                    await s.send(data)
+                with anyio.move_on_after(60):
+                    while not stop.is_set():
+                        try:
+                            await s.receive()
+                        except (anyio.EndOfStream, anyio.BrokenResourceError):
+                            break
+                closed.append(time.monotonic())
+        except OSError:
+            await anyio.sleep(0.01)
+
+
+_SLOW = (
+    b"",  # connected, nothing sent
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: a",  # a head that never ends
+    b"GET /metrics HTTP/1.1\r\nContent-Length: 65536\r\n\r\n" + b"x" * 100,  # a body that never comes
+    b"GET /metrics HTTP/1.1\r\nContent-Length: 65536\r\n\r\n",
+)
+
+
+async def test_slow_clients_cannot_hold_the_endpoint_closed() -> None:
+    # 100 loopback connections (more than the 64 slots) each sending a partial head or a partial body and
+    # holding it, reconnecting whenever the server closes them: every scrape is still answered, quickly.
+    sup = FakeSupervisor()
+    async with serve_metrics(sup, port=0) as server:  # type: ignore[arg-type]
+        stop = anyio.Event()
+        closed: list[float] = []
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(_hold, server.port, _SLOW[i % len(_SLOW)], stop, closed)
+            await anyio.sleep(1.0)  # let them take every slot
+            worst = 0.0
+            statuses = []
+            for _ in range(10):
+                t = time.monotonic()
+                with anyio.fail_after(10):
+                    status, _, body = await aget(server)
+                worst = max(worst, time.monotonic() - t)
+                statuses.append(status)
+                assert b"corral_children" in body or status != 200
+                await anyio.sleep(0.2)
+            stop.set()
+            tg.cancel_scope.cancel()
+        assert statuses == [200] * 10
+        assert closed  # the slow clients were cut off to make room, not left to hold their slots
+        assert worst < 2.0, f"a scrape took {worst:.2f}s under slow clients"
+
+
+async def test_every_read_has_a_deadline() -> None:
+    # Without competition for slots, a partial head or a partial body is still cut off on time (408),
+    # not left to the 30 s idle timeout.
+    server_obj = HttpServer({"/": lambda _h: Response(200, b"x")}, request_timeout=0.5)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server_obj.serve, listener)
+        for data in _SLOW[1:]:
+            t = time.monotonic()
+            reply = await raw_from(port, data)
+            assert reply.startswith(b"HTTP/1.1 408 "), reply
+            assert time.monotonic() - t < 2.5
+            # A client trickling its head a byte at a time meets the same deadline.
+        async with await anyio.connect_tcp("127.0.0.1", port) as s:
+            t = time.monotonic()
+            with anyio.fail_after(5):
+                try:
+                    for b in b"GET / HTTP/1.1\r\nX: " + b"a" * 1000:
+                        await s.send(bytes([b]))
+                        await anyio.sleep(0.05)
+                except (anyio.BrokenResourceError, OSError):
+                    pass
+            assert time.monotonic() - t < 2.5
+        assert not server_obj._slots  # every slot freed
+        tg.cancel_scope.cancel()
+    await listener.aclose()
+
+
+async def raw_from(port: int, data: bytes) -> bytes:
+    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+        await s.send(data)
+        chunks = []
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    chunks.append(await s.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+        return b"".join(chunks)
