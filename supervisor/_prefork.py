@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import signal
 import socket
 from collections import OrderedDict
@@ -38,6 +37,7 @@ from supervisor._errors import SandboxSetupError
 from supervisor._forkserver import ForkServer
 from supervisor._plan import CompiledPolicy
 from supervisor.sandbox import mounts
+from supervisor.sandbox._sys import readable
 from supervisor.sandbox.cgroups import Leaf
 
 log = logging.getLogger("corral")
@@ -115,7 +115,12 @@ class Prefork:
                 stub = await self._new_stub(policy, compiled, cwd)
         if stub is None:
             return None
-        if mounts.fingerprint(_mounts(compiled), cwd) != stub.fingerprint:
+        try:
+            fresh = mounts.fingerprint(_mounts(compiled), cwd) == stub.fingerprint
+        except BaseException:  # off the list now: never leave it unreaped
+            self.discard(stub)
+            raise
+        if not fresh:
             self.discard(stub)
             return None
         return stub
@@ -252,8 +257,12 @@ class _Unusable(Exception):
 
 
 def _exited(pidfd: int) -> bool:
-    """Whether the process behind `pidfd` has exited (pidfds poll readable then)."""
-    return bool(select.select([pidfd], [], [], 0)[0])
+    """Whether the process behind `pidfd` has exited (pidfds poll readable then); True when that cannot
+    be told (the sandbox is then discarded, not used)."""
+    try:
+        return readable(pidfd)
+    except (OSError, ValueError):
+        return True
 
 
 async def _reap_and_remove(pid: int, pidfd: int, leaf: Leaf | None) -> None:

@@ -467,7 +467,7 @@ def main(sock_fd: int) -> None:
     """
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     supervisor_pidfd = os.pidfd_open(os.getppid())
-    if select.select([supervisor_pidfd], [], [], 0)[0]:
+    if _sys.readable(supervisor_pidfd):
         sys.exit(0)
     sock = socket.socket(fileno=sock_fd)
     sock.sendall(marshal.dumps(probe.probe_in_fork_server()))
