@@ -41,10 +41,10 @@ def zombies() -> list[int]:
     return [pid for pid, state, _comm in children_of(os.getpid()) if state == "Z"]
 
 
-async def no_zombies_left(timeout: float = 5.0) -> list[int]:
-    """This process's zombie children once none is left or `timeout` has passed (an init is reaped a
+async def no_zombies_left(within: float = 5.0) -> list[int]:
+    """This process's zombie children once none is left or `within` seconds have passed (an init is reaped a
     moment after its Result)."""
-    with anyio.move_on_after(timeout):
+    with anyio.move_on_after(within):
         while zombies():  # noqa: ASYNC110 (no event to wait on)
             await anyio.sleep(0.01)
     return zombies()
