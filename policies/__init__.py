@@ -17,7 +17,7 @@ from policies._model import (
     SyscallPolicy,
 )
 from policies._validate import parse_duration, parse_size
-from policies.env import filter_environment, is_secret_name
+from policies.env import filter_environment, is_secret_name, is_secret_value
 
 __all__ = [
     "CorralError",
@@ -30,6 +30,7 @@ __all__ = [
     "SyscallPolicy",
     "filter_environment",
     "is_secret_name",
+    "is_secret_value",
     "load_policy",
     "parse_duration",
     "parse_size",

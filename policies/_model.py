@@ -23,9 +23,24 @@ NETWORK_MODES: tuple[str, ...] = get_args(NetworkMode)
 #: written there runs later outside the sandbox, in the user's own `git commit`).
 DEFAULT_PROTECTED: tuple[str, ...] = (".git/hooks", ".git/config")
 
-#: Environment variable names containing one of these (case-insensitive) are dropped unless passed
-#: explicitly.
-DEFAULT_SECRET_MARKERS: tuple[str, ...] = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+#: Environment variable names with one of these as a word (case-insensitive; words split at `_`, other
+#: punctuation and camelCase humps; see policies.env.is_secret_name) are dropped unless passed explicitly.
+DEFAULT_SECRET_MARKERS: tuple[str, ...] = (
+    "KEY",
+    "SECRET",
+    "TOKEN",
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "PWD",
+    "PAT",
+    "JWT",
+    "AUTH",
+    "CREDENTIAL",
+    "KEYRING",
+    "APIKEY",
+    "DSN",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +171,7 @@ class EnvPolicy:
     set:            (name, value) pairs set explicitly (always passed, even if the name looks
                     secret).
     passthrough:    names passed from the caller's environment even if they look secret.
-    secret_markers: substrings (case-insensitive) that make a name secret.
+    secret_markers: words (case-insensitive) that make a name secret (policies.env.is_secret_name).
     """
 
     clear: bool = False

@@ -5,21 +5,58 @@ Pure functions: the caller passes its environment in (normally `os.environ`); no
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 from policies._model import DEFAULT_SECRET_MARKERS, Policy
 
-__all__ = ["filter_environment", "is_secret_name"]
+__all__ = ["KNOWN_SECRET_NAMES", "filter_environment", "is_secret_name", "is_secret_value"]
+
+
+#: Secret whatever the markers say: credential caches and agents named by variables with no marker word.
+KNOWN_SECRET_NAMES: frozenset[str] = frozenset({"KRB5CCNAME", "SSH_AUTH_SOCK", "GPG_AGENT_INFO"})
+
+#: The shell's own variables, never secret although PWD is a marker word (MYSQL_PWD is a password).
+_NEVER_SECRET = frozenset({"PWD", "OLDPWD"})
+
+# Words of a name: runs of capitals (an acronym, up to a following capitalised word), capitalised or
+# lower-case runs (camelCase humps), digits. Everything else (`_`, `-`, `.`) separates.
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+# A URL with userinfo (`scheme://user:password@host`, `https://TOKEN@host`): DATABASE_URL, a proxy with
+# credentials, a git remote with a token.
+_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+@")
+
+
+def _word_is_secret(word: str, marker: str) -> bool:
+    # A whole word or its plural (KEY, KEYS); a long marker also ends a word (PGPASSWORD, CLIENTSECRET),
+    # but a short one does not (MONKEY is not a KEY, TOKENIZERS is not a TOKEN).
+    return word in (marker, marker + "s") or (len(marker) >= 5 and word.endswith(marker))
 
 
 def is_secret_name(name: str, markers: Iterable[str] = DEFAULT_SECRET_MARKERS) -> bool:
-    """Return True if `name` contains any of `markers`, compared case-insensitively (``api_key`` has
-    KEY).
+    """Return True if a WORD of `name` is one of `markers` (case-insensitive), or `name` is a known
+    credential variable (`KNOWN_SECRET_NAMES`).
 
-    Raises nothing; empty markers are ignored.
+    Words are split at `_` and other punctuation and at camelCase humps: ``GITHUB_TOKEN``,
+    ``MyApiKey``, ``NPM_CONFIG__AUTH``, ``MYSQL_PWD`` and ``CI_JOB_JWT`` are secret; ``KEYBOARD_LAYOUT``,
+    ``TOKENIZERS_PARALLELISM``, ``MONKEYPATCH``, ``PATH`` and the shell's ``PWD``/``OLDPWD`` are not. A
+    marker of five letters or more also matches the end of a word (``PGPASSWORD``). Raises nothing;
+    empty markers are ignored.
     """
-    folded = name.casefold()
-    return any(marker and marker.casefold() in folded for marker in markers)
+    if name in _NEVER_SECRET:
+        return False
+    if name.upper() in KNOWN_SECRET_NAMES:
+        return True
+    folded = [m.casefold() for m in markers if m]
+    return any(_word_is_secret(word.casefold(), m) for word in _WORDS.findall(name) for m in folded)
+
+
+def is_secret_value(value: str) -> bool:
+    """Return True if `value` holds a URL with credentials in it (``postgres://u:pw@db/x``,
+    ``https://TOKEN@host/``), whatever the variable is called. Raises nothing.
+    """
+    return "://" in value and _USERINFO.search(value) is not None
 
 
 def _valid(name: str, value: str) -> bool:
@@ -30,8 +67,9 @@ def _valid(name: str, value: str) -> bool:
 def filter_environment(policy: Policy, environ: Mapping[str, str]) -> dict[str, str]:
     """Return the environment for a child run under `policy`, given the caller's `environ`.
 
-    Start from `environ` (or from nothing if ``environment.clear``); drop every name containing a
-    secret marker (case-insensitive) unless it is in ``environment.passthrough``; with ``clear``,
+    Start from `environ` (or from nothing if ``environment.clear``); drop every name that is secret
+    (`is_secret_name`: a marker word, case-insensitive) or whose value is a URL with credentials
+    (`is_secret_value`) unless it is in ``environment.passthrough``; with ``clear``,
     passthrough names are still copied from `environ` when present; then apply ``environment.set``,
     which always wins. Entries of `environ` that no process could receive (empty names, '=' or NUL
     in a name, NUL in a value) are dropped. Raises nothing; `environ` is not modified.
@@ -44,7 +82,8 @@ def filter_environment(policy: Policy, environ: Mapping[str, str]) -> dict[str, 
         env = {
             name: value
             for name, value in environ.items()
-            if name in passthrough or not is_secret_name(name, rules.secret_markers)
+            if name in passthrough
+            or not (is_secret_name(name, rules.secret_markers) or is_secret_value(value))
         }
     env = {name: value for name, value in env.items() if _valid(name, value)}
     env.update(rules.set)

@@ -23,6 +23,7 @@ def test_all_is_pinned() -> None:
         "SyscallPolicy",
         "filter_environment",
         "is_secret_name",
+        "is_secret_value",
         "load_policy",
         "parse_duration",
         "parse_size",

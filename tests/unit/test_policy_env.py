@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies import EnvPolicy, Policy, filter_environment, is_secret_name, profiles
+from policies import EnvPolicy, Policy, filter_environment, is_secret_name, is_secret_value, profiles
 
 CALLER = {
     "PATH": "/usr/bin:/bin",
@@ -16,7 +16,12 @@ CALLER = {
     "aws_secret_access_key": "s",
     "DB_Password": "p",
     "OPENAI_API_KEY": "k",
-    "KEYBOARD_LAYOUT": "us",  # contains KEY: the rule is a plain substring match
+    "KEYBOARD_LAYOUT": "us",  # contains KEY, but not as a word
+    "TOKENIZERS_PARALLELISM": "false",
+    "MYSQL_PWD": "pw",
+    "PWD": "/srv",
+    "DATABASE_URL": "postgres://app:hunter2@db/app",
+    "PLAIN_URL": "https://example.invalid/x?a=b@c",
 }
 
 
@@ -29,7 +34,16 @@ def test_default_drops_secret_looking_names() -> None:
         "PATH": "/usr/bin:/bin",
         "HOME": "/home/me",
         "LANG": "en_US.UTF-8",
+        "KEYBOARD_LAYOUT": "us",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PWD": "/srv",
+        "PLAIN_URL": "https://example.invalid/x?a=b@c",
     }
+
+
+def test_passthrough_keeps_a_url_with_credentials() -> None:
+    env = filter_environment(_env(passthrough=("DATABASE_URL",)), CALLER)
+    assert env["DATABASE_URL"] == "postgres://app:hunter2@db/app"
 
 
 def test_passthrough_keeps_a_secret_name() -> None:
@@ -83,13 +97,51 @@ def test_unpassable_entries_are_dropped_and_input_is_untouched() -> None:
         ("MyApiKey", True),
         ("CLIENT_SECRET", True),
         ("PGPASSWORD", True),
+        ("MYSQL_PWD", True),
+        ("DOCKER_AUTH_CONFIG", True),
+        ("CI_JOB_JWT", True),
+        ("GH_PAT", True),
+        ("NPM_CONFIG__AUTH", True),
+        ("SENTRY_DSN", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("GOOGLE_APPLICATION_CREDENTIALS", True),
+        ("SSH_KEYS", True),
+        ("KRB5CCNAME", True),
+        ("SSH_AUTH_SOCK", True),
+        ("clientSecret", True),
         ("HOME", False),
+        ("PWD", False),
+        ("OLDPWD", False),
+        ("KEYBOARD_LAYOUT", False),
+        ("TOKENIZERS_PARALLELISM", False),
+        ("MONKEYPATCH", False),
+        ("MonkeyPatch", False),
+        ("PATCH_LEVEL", False),
+        ("XAUTHORITY", False),
+        ("OAUTHLIB_INSECURE_TRANSPORT", False),
         ("PATH", False),
         ("", False),
     ],
 )
 def test_is_secret_name(name: str, secret: bool) -> None:
     assert is_secret_name(name) is secret
+
+
+@pytest.mark.parametrize(
+    ("value", "secret"),
+    [
+        ("postgres://app:hunter2@db:5432/app", True),
+        ("https://ghp_abc@github.invalid/o/r.git", True),
+        ("http://user:pw@proxy.invalid:3128", True),
+        ("https://example.invalid/path", False),
+        ("https://example.invalid/x?q=a@b", False),
+        ("git@github.invalid:o/r.git", False),
+        ("me@example.invalid", False),
+        ("/usr/bin:/bin", False),
+    ],
+)
+def test_is_secret_value(value: str, secret: bool) -> None:
+    assert is_secret_value(value) is secret
 
 
 def test_is_secret_name_custom_markers_and_empty_marker() -> None:
@@ -117,3 +169,4 @@ def test_filter_invariants(caller: dict[str, str], passthrough: list[str], clear
         if name not in passthrough:
             assert not clear
             assert not is_secret_name(name)
+            assert not is_secret_value(value)

@@ -17,6 +17,7 @@ from policies import (
     ResourcePolicy,
     SyscallPolicy,
 )
+from policies._model import DEFAULT_SECRET_MARKERS
 
 
 def test_defaults_are_valid_and_hashable() -> None:
@@ -25,7 +26,8 @@ def test_defaults_are_valid_and_hashable() -> None:
     assert policy.filesystem.read == ("/",)
     assert policy.filesystem.protected == (".git/hooks", ".git/config")
     assert policy.network.mode == "none"
-    assert policy.environment.secret_markers == ("KEY", "SECRET", "TOKEN", "PASSWORD")
+    assert policy.environment.secret_markers == DEFAULT_SECRET_MARKERS
+    assert {"KEY", "SECRET", "TOKEN", "PASSWORD"} <= set(DEFAULT_SECRET_MARKERS)
     assert hash(policy) == hash(Policy())
 
 

@@ -90,7 +90,11 @@ FULL_POLICY = Policy(
         output=10 * 1024**2,
         fsize=1024**3,
     ),
-    environment=EnvPolicy(set=(("LANG", "C.UTF-8"),), passthrough=("GITHUB_TOKEN",)),
+    environment=EnvPolicy(
+        set=(("LANG", "C.UTF-8"),),
+        passthrough=("GITHUB_TOKEN",),
+        secret_markers=("KEY", "SECRET", "TOKEN", "PASSWORD"),
+    ),
 )
 
 
