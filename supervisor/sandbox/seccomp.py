@@ -9,6 +9,12 @@ for some arguments: `clone` with a namespace flag, `ioctl` with TIOCSTI/TIOCLINU
 other than a query. `clone3` answers ENOSYS: its flags are in memory, out of the filter's reach,
 and libc then falls back to `clone`, whose flags the filter does see.
 
+No file the sandbox makes may carry a set-user-ID or set-group-ID bit (under a root caller such a
+file is set-id ROOT on the host): every call that sets a mode is refused with EPERM when the mode
+has S_ISUID or S_ISGID (chmod, fchmod, fchmodat, fchmodat2, creat, open/openat with O_CREAT or
+O_TMPFILE, mknod, mknodat), and `openat2`, whose mode is in memory, answers ENOSYS so that libc
+and programs fall back to `openat`. These rules are not removed by ``syscalls.allow``.
+
 Every other ABI is killed (KILL_PROCESS): on x86_64 the i386 ABI (``int $0x80``, 32-bit
 binaries) and x32 syscall numbers (bit 0x40000000), which would otherwise reach the kernel
 through a syscall table the rules do not describe.
@@ -103,6 +109,38 @@ CONDITIONAL: dict[str, str] = {
     "clone3": "ENOSYS: its flags are in memory, out of the filter's sight; libc then uses clone",
     "ioctl": "EPERM for TIOCSTI (types into the terminal) and TIOCLINUX (console control)",
     "personality": "EPERM except the query personality(0xffffffff): execution domains, ASLR off",
+    # Set-id planting (not removed by `syscalls.allow`): EPERM when the mode has S_ISUID/S_ISGID.
+    "chmod": "EPERM when the mode has S_ISUID or S_ISGID: no set-id file may reach the host",
+    "fchmod": "EPERM when the mode has S_ISUID or S_ISGID",
+    "fchmodat": "EPERM when the mode has S_ISUID or S_ISGID",
+    "fchmodat2": "EPERM when the mode has S_ISUID or S_ISGID",
+    "creat": "EPERM when the mode has S_ISUID or S_ISGID",
+    "open": "EPERM with O_CREAT or O_TMPFILE when the mode has S_ISUID or S_ISGID",
+    "openat": "EPERM with O_CREAT or O_TMPFILE when the mode has S_ISUID or S_ISGID",
+    "mknod": "EPERM when the mode has S_ISUID or S_ISGID (mknod S_IFREG makes regular files)",
+    "mknodat": "EPERM when the mode has S_ISUID or S_ISGID",
+    "openat2": "ENOSYS: its mode is in memory, out of the filter's sight; callers fall back to openat",
+}
+
+#: The set-id bits no sandbox may store on a file (S_ISUID, S_ISGID).
+SETID_BITS: dict[str, int] = {"S_ISUID": 0o4000, "S_ISGID": 0o2000}
+
+#: Open flags that create a file with the call's mode: O_CREAT, and __O_TMPFILE (the bit that
+#: O_TMPFILE adds to O_DIRECTORY; an O_TMPFILE file can be linked into the tree with linkat).
+CREATE_FLAGS: dict[str, int] = {"O_CREAT": 0o100, "__O_TMPFILE": 0o20000000}
+
+#: Calls that set a file's mode, and the argument holding it: refused (EPERM) when the mode has a
+#: set-id bit. For the open calls, only when a creation flag is in `flags_arg` too.
+SETID_MODE_ARG: dict[str, tuple[int, int | None]] = {
+    "chmod": (1, None),
+    "fchmod": (1, None),
+    "fchmodat": (2, None),
+    "fchmodat2": (2, None),
+    "creat": (1, None),
+    "mknod": (1, None),
+    "mknodat": (2, None),
+    "open": (2, 1),
+    "openat": (3, 2),
 }
 
 #: Namespace flags refused on clone (CLONE_NEWTIME is inside CSIGNAL for clone(), harmlessly
@@ -123,7 +161,7 @@ DENIED_IOCTLS: dict[str, int] = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
 
 # Syscalls newer than the libseccomp we may be given. Since Linux 5.1 new syscalls have the same
 # number on every architecture but alpha, ia64 and mips, so these hold for x86_64 and aarch64.
-_UNIFIED_NR: dict[str, int] = {"open_tree_attr": 467}
+_UNIFIED_NR: dict[str, int] = {"fchmodat2": 452, "open_tree_attr": 467}
 _UNIFIED_ARCHES = ("x86_64", "aarch64")
 
 # libseccomp's comparison operators and actions (pyseccomp's values; kept here so that building
@@ -154,6 +192,26 @@ def _builtin_rules() -> dict[str, list[_Rule]]:
     rules["ioctl"] = [(_errno.EPERM, ((1, _MASKED_EQ, 0xFFFFFFFF, cmd),)) for cmd in DENIED_IOCTLS.values()]
     # libseccomp takes one comparison per argument and rule, so only the query stays allowed.
     rules["personality"] = [(_errno.EPERM, ((0, _NE, 0xFFFFFFFF, 0),))]
+    return rules
+
+
+def _setid_rules() -> dict[str, list[_Rule]]:
+    """EPERM for every call that would store S_ISUID or S_ISGID: one masked compare per bit (and
+    per creation flag for the open calls), ORed by libseccomp. A mode is an unsigned int: only its
+    low 32 bits are compared, so garbage in the upper half cannot slip a bit past the rule."""
+    rules: dict[str, list[_Rule]] = {"openat2": [(_errno.ENOSYS, ())]}
+    for name, (mode_arg, flags_arg) in SETID_MODE_ARG.items():
+        out: list[_Rule] = []
+        for bit in SETID_BITS.values():
+            mode_cmp = (mode_arg, _MASKED_EQ, bit, bit)
+            if flags_arg is None:
+                out.append((_errno.EPERM, (mode_cmp,)))
+            else:
+                out.extend(
+                    (_errno.EPERM, ((flags_arg, _MASKED_EQ, flag, flag), mode_cmp))
+                    for flag in CREATE_FLAGS.values()
+                )
+        rules[name] = out
     return rules
 
 
@@ -195,6 +253,12 @@ def _rule_set(policy: Policy) -> dict[str, list[_Rule]]:
             raise PolicyError(where, "denying execve would stop the command from starting", name)
         # Replaces any conditional built-in rule: an explicit deny is unconditional.
         rules[name] = [(_errno.EPERM, ())]
+    # The set-id rules hold whatever `allow` says (a policy cannot let a sandbox plant set-id
+    # files); a name denied outright needs no argument rule.
+    for name, setid in _setid_rules().items():
+        if name in rules and any(not cmps for _, cmps in rules[name]):
+            continue
+        rules[name] = [*rules.get(name, []), *setid]
     return rules
 
 

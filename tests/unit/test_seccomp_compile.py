@@ -109,7 +109,11 @@ def test_argument_rule_constants() -> None:
         "CLONE_NEWTIME": 0x00000080,
     }
     assert seccomp.DENIED_IOCTLS == {"TIOCSTI": TIOCSTI, "TIOCLINUX": TIOCLINUX}
-    assert set(seccomp.CONDITIONAL) == {"clone", "clone3", "ioctl", "personality"}
+    assert set(seccomp.CONDITIONAL) == {"clone", "clone3", "ioctl", "personality", "openat2"} | set(
+        seccomp.SETID_MODE_ARG
+    )
+    assert seccomp.SETID_BITS == {"S_ISUID": 0o4000, "S_ISGID": 0o2000}
+    assert seccomp.CREATE_FLAGS == {"O_CREAT": 0o100, "__O_TMPFILE": 0o20000000}
 
 
 def test_disabled_policy_compiles_nothing() -> None:
@@ -390,3 +394,66 @@ def test_docs_explain_every_rule() -> None:
     text = (ROOT / "docs" / "seccomp.md").read_text()
     for name in (*seccomp.DEFAULT_DENY, *seccomp.CONDITIONAL):
         assert f"`{name}`" in text, name
+
+
+# --- set-id bits (issue 11, item 2) -----------------------------------------------------------------
+
+O_CREAT, O_TMPFILE, O_WRONLY = 0o100, 0o20200000, 0o1
+
+
+@pytest.mark.parametrize("mode", [0o4755, 0o2755, 0o6755, 0o4000, 0o2000, 0o2010, (1 << 40) | 0o4644])
+@pytest.mark.parametrize(
+    ("name", "before"),
+    [
+        ("chmod", (0,)),
+        ("fchmod", (3,)),
+        ("fchmodat", (3, 0)),
+        ("fchmodat2", (3, 0)),
+        ("creat", (0,)),
+        ("mknod", (0,)),
+        ("mknodat", (3, 0)),
+        ("open", (0, O_CREAT | O_WRONLY)),
+        ("open", (0, O_TMPFILE | O_WRONLY)),
+        ("openat", (3, 0, O_CREAT | O_WRONLY)),
+        ("openat", (3, 0, O_TMPFILE | O_WRONLY)),
+    ],
+)
+def test_setid_modes_are_refused(default: dict[str, object], name: str, before: tuple[int, ...], mode: int) -> None:
+    assert verdict(default, name, *before, mode) == EPERM
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o644, 0o775, 0o1777, 0o7777 & ~0o6000])
+@pytest.mark.parametrize(
+    ("name", "before"),
+    [("chmod", (0,)), ("fchmod", (3,)), ("fchmodat", (3, 0)), ("creat", (0,)), ("mknodat", (3, 0))],
+)
+def test_ordinary_modes_pass(default: dict[str, object], name: str, before: tuple[int, ...], mode: int) -> None:
+    assert verdict(default, name, *before, mode) == ALLOW
+
+
+def test_open_without_a_creation_flag_ignores_the_mode(default: dict[str, object]) -> None:
+    # The kernel ignores the mode then: a garbage third argument must not break an ordinary open.
+    assert verdict(default, "open", 0, 0, 0o4755) == ALLOW
+    assert verdict(default, "openat", 3, 0, 0o2, 0o6755) == ALLOW
+    assert verdict(default, "openat", 3, 0, O_CREAT | O_WRONLY, 0o644) == ALLOW
+
+
+def test_openat2_answers_enosys(default: dict[str, object]) -> None:
+    assert verdict(default, "openat2", 3, 0, 0, 24) == ENOSYS
+
+
+@pytest.mark.parametrize("name", ["chmod", "fchmodat", "openat", "openat2"])
+def test_allow_does_not_remove_the_setid_rules(name: str) -> None:
+    prepared = compiled(Policy(syscalls=SyscallPolicy(allow=(name,))))
+    if name == "openat2":
+        assert verdict(prepared, name, 3, 0, 0, 24) == ENOSYS
+    elif name == "openat":
+        assert verdict(prepared, name, 3, 0, O_CREAT, 0o4755) == EPERM
+    else:
+        assert verdict(prepared, name, *((0,) if name == "chmod" else (3, 0)), 0o4755) == EPERM
+
+
+def test_deny_still_refuses_every_mode() -> None:
+    prepared = compiled(Policy(syscalls=SyscallPolicy(deny=("chmod",))))
+    assert verdict(prepared, "chmod", 0, 0o644) == EPERM
+    assert verdict(prepared, "chmod", 0, 0o4755) == EPERM
