@@ -418,7 +418,9 @@ O_CREAT, O_TMPFILE, O_WRONLY = 0o100, 0o20200000, 0o1
         ("openat", (3, 0, O_TMPFILE | O_WRONLY)),
     ],
 )
-def test_setid_modes_are_refused(default: dict[str, object], name: str, before: tuple[int, ...], mode: int) -> None:
+def test_setid_modes_are_refused(
+    default: dict[str, object], name: str, before: tuple[int, ...], mode: int
+) -> None:
     assert verdict(default, name, *before, mode) == EPERM
 
 
@@ -427,7 +429,9 @@ def test_setid_modes_are_refused(default: dict[str, object], name: str, before: 
     ("name", "before"),
     [("chmod", (0,)), ("fchmod", (3,)), ("fchmodat", (3, 0)), ("creat", (0,)), ("mknodat", (3, 0))],
 )
-def test_ordinary_modes_pass(default: dict[str, object], name: str, before: tuple[int, ...], mode: int) -> None:
+def test_ordinary_modes_pass(
+    default: dict[str, object], name: str, before: tuple[int, ...], mode: int
+) -> None:
     assert verdict(default, name, *before, mode) == ALLOW
 
 
