@@ -15,7 +15,13 @@ from typing import Any
 from policies import _validate as v
 from policies import profiles
 from policies._errors import PolicyError
-from policies._model import NETWORK_MODES, NetworkPolicy, Policy
+from policies._model import (
+    NETLINK_PROTOCOLS,
+    NETWORK_MODES,
+    SOCKET_FAMILIES,
+    NetworkPolicy,
+    Policy,
+)
 
 _TOP_KEYS = (
     "profile",
@@ -28,7 +34,7 @@ _TOP_KEYS = (
     "environment",
 )
 _FILESYSTEM_KEYS = ("read", "write", "deny", "protected", "execute", "private_tmp", "confine")
-_NETWORK_KEYS = ("mode",)
+_NETWORK_KEYS = ("mode", "families", "netlink")
 _WHOLE = ""  # the error path of problems with the file or document as a whole
 _SYSCALL_KEYS = ("enabled", "deny", "allow")
 _ENVIRONMENT_KEYS = ("clear", "set", "passthrough", "secret_markers")
@@ -174,7 +180,7 @@ def _build(data: object, workdir: object, base: object, relative_to: str | None)
     if "filesystem" in top:
         changes["filesystem"] = replace(start.filesystem, **_filesystem(top["filesystem"], start, wd))
     if "network" in top:
-        changes["network"] = _network(top["network"])
+        changes["network"] = _network(top["network"], start.network)
     if "syscalls" in top:
         changes["syscalls"] = replace(start.syscalls, **_syscalls(top["syscalls"]))
     if "resources" in top:
@@ -201,17 +207,23 @@ def _filesystem(value: object, start: Policy, wd: str) -> dict[str, Any]:
     return out
 
 
-def _network(value: object) -> NetworkPolicy:
+def _network(value: object, start: NetworkPolicy) -> NetworkPolicy:
     # `network = "host"` is accepted as a shorthand for `[network] mode = "host"`.
     if isinstance(value, str):
         mode = v.check_choice(value, "network", NETWORK_MODES)
-    else:
-        table = _table(value, "network", _NETWORK_KEYS)
-        if "mode" not in table:
-            where = "network.mode"
-            raise PolicyError(where, f"missing; expected one of: {', '.join(NETWORK_MODES)}")
-        mode = v.check_choice(table["mode"], "network.mode", NETWORK_MODES)
-    return NetworkPolicy(mode="host" if mode == "host" else "none")
+        return replace(start, mode="host" if mode == "host" else "none")
+    table = _table(value, "network", _NETWORK_KEYS)
+    if "mode" not in table:
+        where = "network.mode"
+        raise PolicyError(where, f"missing; expected one of: {', '.join(NETWORK_MODES)}")
+    mode = v.check_choice(table["mode"], "network.mode", NETWORK_MODES)
+    families = table.get("families", start.families)
+    netlink = table.get("netlink", start.netlink)
+    return NetworkPolicy(
+        mode="host" if mode == "host" else "none",
+        families=v.check_names_in(families, "network.families", SOCKET_FAMILIES),
+        netlink=v.check_names_in(netlink, "network.netlink", NETLINK_PROTOCOLS),
+    )
 
 
 def _syscalls(value: object) -> dict[str, Any]:

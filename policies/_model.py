@@ -19,6 +19,29 @@ from policies._errors import PolicyError
 NetworkMode = Literal["none", "host"]
 NETWORK_MODES: tuple[str, ...] = get_args(NetworkMode)
 
+#: Socket address families by name (Linux 6.18's AF_* numbers; AF_MAX is 46). Only DEFAULT_FAMILIES
+#: may be created unless `network.families` adds more (docs/seccomp.md, "Socket families").
+SOCKET_FAMILIES: dict[str, int] = {
+    "unspec": 0, "unix": 1, "inet": 2, "ax25": 3, "ipx": 4, "appletalk": 5, "netrom": 6,
+    "bridge": 7, "atmpvc": 8, "x25": 9, "inet6": 10, "rose": 11, "decnet": 12, "netbeui": 13,
+    "security": 14, "key": 15, "netlink": 16, "packet": 17, "ash": 18, "econet": 19, "atmsvc": 20,
+    "rds": 21, "sna": 22, "irda": 23, "pppox": 24, "wanpipe": 25, "llc": 26, "ib": 27, "mpls": 28,
+    "can": 29, "tipc": 30, "bluetooth": 31, "iucv": 32, "rxrpc": 33, "isdn": 34, "phonet": 35,
+    "ieee802154": 36, "caif": 37, "alg": 38, "nfc": 39, "vsock": 40, "kcm": 41, "qipcrtr": 42,
+    "smc": 43, "xdp": 44, "mctp": 45,
+}  # fmt: skip
+DEFAULT_FAMILIES: tuple[str, ...] = ("unix", "inet", "inet6", "netlink")
+
+#: Netlink protocols by name (NETLINK_*). Only DEFAULT_NETLINK may be opened unless
+#: `network.netlink` adds more.
+NETLINK_PROTOCOLS: dict[str, int] = {
+    "route": 0, "usersock": 2, "firewall": 3, "sock_diag": 4, "nflog": 5, "xfrm": 6,
+    "selinux": 7, "iscsi": 8, "audit": 9, "fib_lookup": 10, "connector": 11, "netfilter": 12,
+    "ip6_fw": 13, "dnrtmsg": 14, "kobject_uevent": 15, "generic": 16, "scsitransport": 18,
+    "ecryptfs": 19, "rdma": 20, "crypto": 21, "smc": 22,
+}  # fmt: skip
+DEFAULT_NETLINK: tuple[str, ...] = ("route", "sock_diag")
+
 #: Paths, relative to each writable root, that stay read-only (the git hook/config escape: code
 #: written there runs later outside the sandbox, in the user's own `git commit`).
 DEFAULT_PROTECTED: tuple[str, ...] = (".git/hooks", ".git/config")
@@ -83,13 +106,26 @@ class FilesystemPolicy:
 
 @dataclass(frozen=True, slots=True)
 class NetworkPolicy:
-    """`none`: a private network namespace with only loopback up. `host`: the host's network."""
+    """How the child reaches the network.
+
+    mode:     `none`: a private network namespace with only loopback up. `host`: the host's network.
+    families: socket address families allowed besides unix, inet, inet6 and netlink (names of
+              SOCKET_FAMILIES, such as "vsock" or "packet"); every other family is refused by the
+              seccomp filter with EAFNOSUPPORT in either mode.
+    netlink:  netlink protocols allowed besides route and sock_diag (names of NETLINK_PROTOCOLS,
+              such as "generic" or "audit"); the others are refused with EPROTONOSUPPORT.
+    """
 
     mode: NetworkMode = "none"
+    families: tuple[str, ...] = ()
+    netlink: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        """Raise PolicyError("network.mode") unless the mode is "none" or "host"."""
+        """Raise PolicyError("network.mode") unless the mode is "none" or "host", and naming
+        ``network.families[i]``/``network.netlink[i]`` for a name corral does not know."""
         v.check_choice(self.mode, "network.mode", NETWORK_MODES)
+        _set(self, "families", v.check_names_in(self.families, "network.families", SOCKET_FAMILIES))
+        _set(self, "netlink", v.check_names_in(self.netlink, "network.netlink", NETLINK_PROTOCOLS))
 
 
 @dataclass(frozen=True, slots=True)

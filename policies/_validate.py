@@ -198,6 +198,18 @@ def check_choice(value: object, path: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_names_in(value: object, path: str, known: Mapping[str, int]) -> tuple[str, ...]:
+    """Return a list of names, each a key of `known`, as a deduplicated tuple; PolicyError names a bad
+    item and lists the names it may be."""
+    names: list[str] = []
+    for i, item in enumerate(check_list(value, path, "names")):
+        if not isinstance(item, str) or item not in known:
+            where = f"{path}[{i}]"
+            raise PolicyError(where, f"expected one of: {', '.join(known)}", item)
+        names.append(item)
+    return dedupe(names)
+
+
 def check_name(value: object, path: str, what: str) -> str:
     """Return `value` if it is a non-empty string without NUL bytes; raise PolicyError otherwise."""
     if not isinstance(value, str) or not value:

@@ -154,7 +154,7 @@ def override(policy: Policy, **opts: Unpack[Options]) -> Policy:
 
     network = policy.network
     if "network" in given:
-        network = NetworkPolicy(mode=_network_mode(given["network"], "network"))
+        network = replace(network, mode=_network_mode(given["network"], "network"))
 
     res_changes: dict[str, Any] = {}
     for option, field_name, check in _RESOURCE_OPTIONS:

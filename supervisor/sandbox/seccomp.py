@@ -109,6 +109,9 @@ CONDITIONAL: dict[str, str] = {
     "clone3": "ENOSYS: its flags are in memory, out of the filter's sight; libc then uses clone",
     "ioctl": "EPERM for TIOCSTI (types into the terminal) and TIOCLINUX (console control)",
     "personality": "EPERM except the query personality(0xffffffff): execution domains, ASLR off",
+    "socket": "EAFNOSUPPORT for a family other than unix/inet/inet6/netlink (and network.families); "
+    "EPROTONOSUPPORT for a netlink protocol other than route/sock_diag (and network.netlink)",
+    "socketpair": "EAFNOSUPPORT for a family other than unix/inet/inet6/netlink (and network.families)",
     # Set-id planting (not removed by `syscalls.allow`): EPERM when the mode has S_ISUID/S_ISGID.
     "chmod": "EPERM when the mode has S_ISUID or S_ISGID: no set-id file may reach the host",
     "fchmod": "EPERM when the mode has S_ISUID or S_ISGID",
@@ -167,6 +170,8 @@ _UNIFIED_ARCHES = ("x86_64", "aarch64")
 # libseccomp's comparison operators and actions (pyseccomp's values; kept here so that building
 # the rule list needs no import).
 _NE = 1
+_EQ = 4
+_GT = 6
 _MASKED_EQ = 7
 _ALLOW = 0x7FFF0000
 _KILL_PROCESS = 0x80000000
@@ -215,6 +220,37 @@ def _setid_rules() -> dict[str, list[_Rule]]:
     return rules
 
 
+def _socket_rules(policy: Policy) -> dict[str, list[_Rule]]:
+    """socket/socketpair rules: refuse every address family but the allowed ones, and every netlink
+    protocol but the allowed ones.
+
+    libseccomp takes one comparison per argument and rule, so "not in the allowed set" is written as
+    "above the largest allowed value" plus one equality per refused value below it. Both compare all
+    64 bits, although the kernel reads an int: a value with junk in the upper half (which the kernel
+    would read as its lower half, maybe an allowed family) is above every allowed value, so it is
+    refused, never let through.
+    """
+    from policies._model import (
+        DEFAULT_FAMILIES,
+        DEFAULT_NETLINK,
+        NETLINK_PROTOCOLS,
+        SOCKET_FAMILIES,
+    )
+
+    def refuse_all_but(arg: int, allowed: set[int], err: int, pre: tuple[_Cmp, ...]) -> list[_Rule]:
+        top = max(allowed)
+        rules: list[_Rule] = [(err, (*pre, (arg, _GT, top, 0)))]
+        rules += [(err, (*pre, (arg, _EQ, v, 0))) for v in range(top) if v not in allowed]
+        return rules
+
+    families = {SOCKET_FAMILIES[n] for n in (*DEFAULT_FAMILIES, *policy.network.families)}
+    family_rules = refuse_all_but(0, families, _errno.EAFNOSUPPORT, ())
+    netlink = {NETLINK_PROTOCOLS[n] for n in (*DEFAULT_NETLINK, *policy.network.netlink)}
+    pre: tuple[_Cmp, ...] = ((0, _EQ, SOCKET_FAMILIES["netlink"], 0),)
+    netlink_rules = refuse_all_but(2, netlink, _errno.EPROTONOSUPPORT, pre)
+    return {"socket": family_rules + netlink_rules, "socketpair": list(family_rules)}
+
+
 def _resolve(name: str) -> int:
     """The native syscall number of `name`: -1 when unknown, below -1 when not on this arch."""
     import pyseccomp
@@ -234,6 +270,7 @@ def _rule_set(policy: Policy) -> dict[str, list[_Rule]]:
     from policies import PolicyError
 
     rules = _builtin_rules()
+    rules.update(_socket_rules(policy))
     for field in ("allow", "deny"):
         for i, name in enumerate(getattr(policy.syscalls, field)):
             nr = _resolve(name)
@@ -428,8 +465,16 @@ def _self_check(bpf: bytes, compiled: dict[str, tuple[int, list[_Rule]]]) -> str
                 return f"x32 syscall {nr:#x} is not killed"
     for name, (nr, rules) in compiled.items():
         for err, cmps in rules:
-            if not cmps and run_bpf(bpf, nr) != _RET_ERRNO | err:
-                return f"{name} is not denied"
+            # A call that meets the rule's comparisons (each on its own argument) must be refused.
+            args = [0] * 6
+            for arg, op, a, b in cmps:
+                args[arg] = {_EQ: a, _GT: a + 1, _MASKED_EQ: b, _NE: a + 1}.get(op, a)
+            if run_bpf(bpf, nr, args=tuple(args)) != _RET_ERRNO | err:
+                return f"{name}{tuple(args) if cmps else ''} is not denied"
+        if name in ("socket", "socketpair") and all(cmps for _, cmps in rules):
+            for family in (1, 2, 10):  # unix, inet, inet6: never refused by the family rules
+                if run_bpf(bpf, nr, args=(family, 1, 0)) != _ALLOW:
+                    return f"{name}({family}) is not allowed"
     return None
 
 

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -597,3 +598,135 @@ print("bound", flush=True)
     assert second.stdout.decode().split()[1] == "bound"
     if POOLED:
         assert ns1 != ns2
+
+
+# --- Socket address families and netlink protocols ----------------------------------------------------------
+
+# Tries socket() in every family the kernel numbers (0..45) and a few past it, a vsock family number with
+# junk in the upper half of the register (the kernel reads the int below it), socketpair() in each, and a
+# socket of every netlink protocol; prints {"family": {n: "ok" | errno name}, ...}. A family the kernel
+# lacks answers EAFNOSUPPORT by itself; vsock, alg, packet, key, tipc, can... exist here or as modules.
+FAMILIES = r"""
+import ctypes, errno, json, socket
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_socket, SYS_socketpair = 41, 53
+def name(e):
+    return errno.errorcode.get(e, str(e))
+def try_socket(family, kind, proto):
+    fd = libc.syscall(SYS_socket, ctypes.c_long(family), ctypes.c_long(kind), ctypes.c_long(proto))
+    if fd < 0:
+        return name(ctypes.get_errno())
+    libc.close(fd)
+    return "ok"
+def try_pair(family):
+    fds = (ctypes.c_int * 2)()
+    if libc.syscall(SYS_socketpair, ctypes.c_long(family), ctypes.c_long(socket.SOCK_STREAM), 0, fds) < 0:
+        return name(ctypes.get_errno())
+    libc.close(fds[0]); libc.close(fds[1])
+    return "ok"
+report = {"socket": {}, "socketpair": {}, "netlink": {}}
+for fam in [*range(0, 46), 46, 63, 64, 1000]:
+    got = [try_socket(fam, kind, 0) for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_RAW, 5)]
+    report["socket"][fam] = "ok" if "ok" in got else got[0]
+    report["socketpair"][fam] = try_pair(fam)
+report["junk_vsock"] = try_socket((1 << 32) | 40, socket.SOCK_STREAM, 0)
+report["junk_inet"] = try_socket((1 << 32) | 2, socket.SOCK_STREAM, 0)
+for proto in range(0, 32):
+    report["netlink"][proto] = try_socket(16, socket.SOCK_RAW, proto)
+report["netlink_junk"] = try_socket(16, socket.SOCK_RAW, (1 << 32) | 12)
+print(json.dumps(report))
+"""
+
+ALLOWED_FAMILIES = {socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK}
+
+
+async def _families(sup: Supervisor, policy: Policy) -> dict[str, object]:
+    r = await sup.run([PY, "-c", FAMILIES], policy=policy)
+    assert r.exit_code == 0, r.stderr.decode()
+    report: dict[str, object] = json.loads(r.stdout)
+    return report
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+async def test_only_unix_inet_inet6_netlink_sockets_can_be_made(
+    sup: Supervisor, workspace: Path, network: str
+) -> None:
+    """vsock (not confined by network namespaces: on a VM it reaches the host's vsock services) and every
+    other family but unix/inet/inet6/netlink is refused with EAFNOSUPPORT by socket() and socketpair(), in
+    either network mode; a family number with junk in the register's upper half is refused too, not read as
+    the int below it; netlink gives route and sock_diag only."""
+    report = await _families(sup, _policy(workspace, network))
+    sockets = report["socket"]
+    pairs = report["socketpair"]
+    assert isinstance(sockets, dict)
+    assert isinstance(pairs, dict)
+    for fam, got in sockets.items():
+        if int(fam) in ALLOWED_FAMILIES:
+            assert got == "ok", (fam, got)
+        else:
+            assert got == "EAFNOSUPPORT", (fam, got)
+    for fam, got in pairs.items():
+        if int(fam) == socket.AF_UNIX:
+            assert got == "ok"
+        elif int(fam) not in ALLOWED_FAMILIES:
+            assert got == "EAFNOSUPPORT", (fam, got)
+    assert report["junk_vsock"] == "EAFNOSUPPORT"
+    assert report["junk_inet"] == "EAFNOSUPPORT"
+    netlink = report["netlink"]
+    assert isinstance(netlink, dict)
+    assert netlink["0"] == "ok"  # NETLINK_ROUTE: getifaddrs, ip
+    assert netlink["4"] == "ok"  # NETLINK_SOCK_DIAG: ss
+    for proto, got in netlink.items():
+        if int(proto) not in (0, 4):
+            assert got == "EPROTONOSUPPORT", (proto, got)
+    assert report["netlink_junk"] == "EPROTONOSUPPORT"
+
+
+# Binds and listens on a vsock port given in argv[1], says so, and waits for stdin to close.
+VSOCK_LISTEN = r"""
+import socket, sys
+try:
+    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    s.bind((socket.VMADDR_CID_ANY, int(sys.argv[1])))
+    s.listen(1)
+    print("listening", flush=True)
+except OSError as e:
+    print(e.errno, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_vsock_port_is_not_taken_from_inside(workspace: Path, allowed: bool) -> None:
+    """Checked from the host: a vsock port the sandbox tries to listen on stays free for the host. With
+    `network.families = ["vsock"]` (the control) the sandbox's listener holds the port, which shows the
+    test sees a vsock listener when there is one: vsock ports are one space for the whole machine."""
+    try:
+        probe = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    except (OSError, AttributeError) as err:
+        pytest.skip(f"no vsock on this host: {err}")
+    probe.close()
+    port = 40000 + uuid.uuid4().int % 20000
+    base = _policy(workspace)
+    policy = replace(base, network=replace(base.network, families=("vsock",))) if allowed else base
+    async with Supervisor(prefork=0) as sup:
+        child = await sup.start([PY, "-c", VSOCK_LISTEN, str(port)], policy=policy, stdin=PIPE, stdout=PIPE)
+        assert child.stdin is not None
+        assert child.stdout is not None
+        said = (await readline(child.stdout)).decode().strip()
+        host = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        try:
+            host.bind((socket.VMADDR_CID_ANY, port))
+            host_bind = "ok"
+        except OSError as err:
+            host_bind = errno.errorcode.get(err.errno or 0, "?")
+        finally:
+            host.close()
+        await child.stdin.aclose()
+        result = await child.wait()
+        await child.stdout.aclose()
+    assert result.exit_code == 0
+    if allowed:
+        assert (said, host_bind) == ("listening", "EADDRINUSE")
+    else:
+        assert (said, host_bind) == (str(errno.EAFNOSUPPORT), "ok")

@@ -280,6 +280,7 @@ PRIVS_C = r"""
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 int main(void) {
@@ -289,7 +290,7 @@ int main(void) {
     while (f && fgets(line, sizeof line, f))
         if (!strncmp(line, "Cap", 3) || !strncmp(line, "NoNewPrivs:", 11)) fputs(line, stdout);
     printf("securebits: %#x\n", prctl(PR_GET_SECUREBITS));
-    int s = socket(AF_PACKET, SOCK_RAW, 0); /* CAP_NET_RAW */
+    int s = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP); /* CAP_NET_RAW */
     printf("raw_socket: %d\n", s < 0 ? errno : 0);
     return 0;
 }

@@ -209,6 +209,18 @@ def test_network_shorthand() -> None:
     assert policy_from_dict({"network": "host"}, workdir="/w").network.mode == "host"
 
 
+def test_network_families_and_netlink() -> None:
+    table = {"mode": "host", "families": ["vsock", "packet", "vsock"], "netlink": ["generic"]}
+    network = policy_from_dict({"network": table}, workdir="/w").network
+    assert (network.mode, network.families, network.netlink) == ("host", ("vsock", "packet"), ("generic",))
+    # The shorthand and a base policy keep the base's families.
+    base = policy_from_dict({"network": table}, workdir="/w")
+    assert policy_from_dict({"network": "none"}, workdir="/w", base=base).network.families == (
+        "vsock",
+        "packet",
+    )
+
+
 def test_unlimited_and_string_numbers() -> None:
     policy = policy_from_dict(
         {"resources": {"pids": "64", "cpus": "0.5", "fds": "max", "memory": "unlimited"}},
@@ -324,6 +336,9 @@ BAD_DICTS: list[tuple[Any, str, object]] = [
     ({"network": {"mod": "none"}}, "network.mod", "mod"),
     ({"network": "wifi"}, "network", "wifi"),
     ({"network": 1}, "network", 1),
+    ({"network": {"mode": "none", "families": "vsock"}}, "network.families", "vsock"),
+    ({"network": {"mode": "none", "families": ["vsock", "AF_ALG"]}}, "network.families[1]", "AF_ALG"),
+    ({"network": {"mode": "none", "netlink": ["nf"]}}, "network.netlink[0]", "nf"),
     ({"syscalls": {"deny": ["ptrace", "Mount"]}}, "syscalls.deny[1]", "Mount"),
     ({"syscalls": {"allow": ["a b"]}}, "syscalls.allow[0]", "a b"),
     ({"syscalls": {"deny": ["bpf"], "allow": ["bpf"]}}, "syscalls.allow[0]", "bpf"),

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from policies import Policy, PolicyError, SyscallPolicy
+from policies import NetworkPolicy, Policy, PolicyError, SyscallPolicy
 from supervisor._errors import SandboxSetupError
 from supervisor.sandbox import _sys, seccomp
 from supervisor.sandbox.probe import Feature, KernelCaps
@@ -109,9 +109,15 @@ def test_argument_rule_constants() -> None:
         "CLONE_NEWTIME": 0x00000080,
     }
     assert seccomp.DENIED_IOCTLS == {"TIOCSTI": TIOCSTI, "TIOCLINUX": TIOCLINUX}
-    assert set(seccomp.CONDITIONAL) == {"clone", "clone3", "ioctl", "personality", "openat2"} | set(
-        seccomp.SETID_MODE_ARG
-    )
+    assert set(seccomp.CONDITIONAL) == {
+        "clone",
+        "clone3",
+        "ioctl",
+        "personality",
+        "openat2",
+        "socket",
+        "socketpair",
+    } | set(seccomp.SETID_MODE_ARG)
     assert seccomp.SETID_BITS == {"S_ISUID": 0o4000, "S_ISGID": 0o2000}
     assert seccomp.CREATE_FLAGS == {"O_CREAT": 0o100, "__O_TMPFILE": 0o20000000}
 
@@ -279,6 +285,49 @@ def test_bpf_personality(default: dict[str, object]) -> None:
     assert verdict(default, "personality", 0x0008) == EPERM  # PER_LINUX32
     assert verdict(default, "personality", 0x0040000) == EPERM  # ADDR_NO_RANDOMIZE
     assert verdict(default, "personality", 0x1_FFFF_FFFF) == EPERM
+
+
+EAFNOSUPPORT = 0x00050000 | errno.EAFNOSUPPORT
+EPROTONOSUPPORT = 0x00050000 | errno.EPROTONOSUPPORT
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_ALG, AF_VSOCK = 1, 2, 10, 16, 17, 38, 40
+
+
+@pytest.mark.parametrize("name", ["socket", "socketpair"])
+def test_bpf_socket_families(default: dict[str, object], name: str) -> None:
+    for family in (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK):
+        assert verdict(default, name, family, 1, 0) == ALLOW, family
+    for family in (*range(0, 46), 46, 64, 2**31, 2**32 - 1, 2**64 - 1):
+        if family not in (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK):
+            assert verdict(default, name, family, 1, 0) == EAFNOSUPPORT, family
+    # Junk above the int the kernel reads never lets a refused family (or any) through.
+    assert verdict(default, name, (1 << 32) | AF_VSOCK, 1, 0) == EAFNOSUPPORT
+    assert verdict(default, name, (1 << 32) | AF_INET, 1, 0) == EAFNOSUPPORT
+
+
+def test_bpf_netlink_protocols(default: dict[str, object]) -> None:
+    assert verdict(default, "socket", AF_NETLINK, 3, 0) == ALLOW  # route
+    assert verdict(default, "socket", AF_NETLINK, 3, 4) == ALLOW  # sock_diag
+    for proto in (1, 2, 3, *range(5, 32), 2**32 + 12):
+        assert verdict(default, "socket", AF_NETLINK, 3, proto) == EPROTONOSUPPORT, proto
+    assert verdict(default, "socket", AF_INET, 3, 12) == ALLOW  # the protocol rule is netlink's only
+
+
+def test_network_families_and_netlink_widen_the_socket_rules() -> None:
+    network = NetworkPolicy(families=("vsock", "packet"), netlink=("generic",))
+    prepared = compiled(Policy(network=network))
+    assert verdict(prepared, "socket", AF_VSOCK, 1, 0) == ALLOW
+    assert verdict(prepared, "socket", AF_PACKET, 3, 0) == ALLOW
+    assert verdict(prepared, "socket", AF_ALG, 5, 0) == EAFNOSUPPORT
+    assert verdict(prepared, "socket", 41, 1, 0) == EAFNOSUPPORT
+    assert verdict(prepared, "socket", AF_NETLINK, 3, 16) == ALLOW
+    assert verdict(prepared, "socket", AF_NETLINK, 3, 12) == EPROTONOSUPPORT
+    assert verdict(prepared, "socketpair", AF_VSOCK, 1, 0) == ALLOW
+
+
+def test_allow_socket_removes_the_family_rules() -> None:
+    prepared = compiled(Policy(syscalls=SyscallPolicy(allow=("socket",))))
+    assert verdict(prepared, "socket", AF_VSOCK, 1, 0) == ALLOW
+    assert verdict(prepared, "socketpair", AF_VSOCK, 1, 0) == EAFNOSUPPORT
 
 
 def test_bpf_kills_foreign_architectures(default: dict[str, object]) -> None:
