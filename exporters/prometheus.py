@@ -18,8 +18,11 @@ profile "unknown". Summed over profiles, the counters therefore always equal `to
 
 Labels are bounded by construction: profile, outcome, violation kind, state, isolation layer, and the
 caller-given `name` of `Supervisor.start` (a tool name; corral never puts a pid or a command line in a
-label). Children sharing (profile, name) are summed into one series; series of children that have exited
-disappear at the next scrape.
+label). Children sharing (profile, name) are summed into one series; the corral_child_* gauges of children
+that have exited disappear at the next scrape, while the corral_tool_* counters (spawns, exits by outcome,
+violations by kind, CPU seconds, by name) keep counting, so that millisecond tool calls, which no scrape
+sees running, still show which tool keeps hitting limits. Those keep at most `max_names` distinct names
+(200 by default); later names are counted under "other".
 """
 
 from __future__ import annotations
@@ -107,7 +110,32 @@ METRICS: tuple[MetricSpec, ...] = (
         "corral_violations_total",
         "counter",
         ("kind",),
-        "Limit violations by kind: memory, pids, wall_time, cpu_time, fds, output.",
+        "Limit violations by kind: memory, pids, wall_time, cpu_time, fds, output, disk.",
+    ),
+    MetricSpec(
+        "corral_tool_spawns_total",
+        "counter",
+        ("profile", "name"),
+        "Children started, by the caller-given name (a tool name; at most max_names distinct names, the "
+        'rest counted as "other"). Outlives the children, unlike the corral_child_* gauges.',
+    ),
+    MetricSpec(
+        "corral_tool_exits_total",
+        "counter",
+        ("profile", "name", "outcome"),
+        "Children reaped, by name and outcome (ok, error, signal, violation).",
+    ),
+    MetricSpec(
+        "corral_tool_violations_total",
+        "counter",
+        ("profile", "name", "kind"),
+        "Limit violations by name and kind.",
+    ),
+    MetricSpec(
+        "corral_tool_cpu_seconds_total",
+        "counter",
+        ("profile", "name"),
+        "CPU seconds (user+system, whole trees) of the children reaped, by name.",
     ),
     MetricSpec(
         "corral_spawn_latency_seconds",
@@ -177,16 +205,24 @@ STATES: tuple[str, ...] = ("starting", "running", "exiting")
 #: Exit outcomes, as Supervisor.totals counts them ("exited:<outcome>").
 OUTCOMES: tuple[str, ...] = ("ok", "error", "signal", "violation")
 #: Violation kinds (supervisor.Violation.kind), exported at 0 before the first one.
-VIOLATION_KINDS: tuple[str, ...] = ("memory", "pids", "wall_time", "cpu_time", "fds", "output")
+VIOLATION_KINDS: tuple[str, ...] = ("memory", "pids", "wall_time", "cpu_time", "fds", "output", "disk")
 #: The profile label of children this exporter did not see start or exit (see the module docstring).
 UNKNOWN_PROFILE = "unknown"
 
+#: Fine between 0.5 and 5 ms, where a sandboxed spawn's median lies (1-4 ms here), so that
+#: histogram_quantile reads the real median rather than a bucket's edge.
 SPAWN_LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.0005, 0.00075, 0.001, 0.00125, 0.0015, 0.00175, 0.002, 0.0025, 0.003, 0.0035, 0.004, 0.005,
+    0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 DURATION_BUCKETS: tuple[float, ...] = (
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 )  # fmt: skip
+
+#: Distinct caller-given names the corral_tool_* counters keep by default; later names count as OTHER_NAME.
+MAX_NAMES = 200
+#: The name label of the children whose name came after MAX_NAMES others.
+OTHER_NAME = "other"
 
 #: Events buffered for the exporter. Its consumer does O(1) work per event, so it only falls behind when
 #: the event loop is starved; events lost then are still counted (under profile "unknown").
@@ -291,6 +327,23 @@ class _State:
     #: The last open-fd count seen per running child: the supervisor samples fds only every few rounds
     #: and its `last_stats.open_fds` is None in between.
     fds: dict[Child, int] = field(default_factory=dict)
+    #: Per-name counters (corral_tool_*), kept for good: the names seen, at most max_names of them.
+    max_names: int = MAX_NAMES
+    names: set[str] = field(default_factory=set)
+    tool_spawns: Counter[tuple[str, str]] = field(default_factory=Counter)
+    tool_exits: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    tool_violations: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    tool_cpu: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def name_of(self, child: Child) -> str:
+        """The bounded name label of `child`: its own name while fewer than max_names were seen."""
+        name = child.name or ""
+        if name in self.names:
+            return name
+        if len(self.names) < self.max_names:
+            self.names.add(name)
+            return name
+        return OTHER_NAME
 
     def hist(self, table: dict[str, _Histogram], profile: str, bounds: tuple[float, ...]) -> _Histogram:
         h = table.get(profile)
@@ -309,9 +362,15 @@ class SupervisorCollector(Collector):
         *,
         spawn_buckets: Sequence[float] = SPAWN_LATENCY_BUCKETS,
         duration_buckets: Sequence[float] = DURATION_BUCKETS,
+        max_names: int = MAX_NAMES,
     ) -> None:
+        if isinstance(max_names, bool) or not isinstance(max_names, int) or max_names < 0:
+            msg = f"max_names must be an int >= 0, not {max_names!r}"
+            raise ValueError(msg)
         self.sup = sup
-        self._state = _State(tuple(sorted(spawn_buckets)), tuple(sorted(duration_buckets)))
+        self._state = _State(
+            tuple(sorted(spawn_buckets)), tuple(sorted(duration_buckets)), max_names=max_names
+        )
 
     # -- fed on the event loop -------------------------------------------------------------------------
 
@@ -329,6 +388,7 @@ class SupervisorCollector(Collector):
         st = self._state
         st.started[child.profile] += 1
         st.profiles.add(child.profile)
+        st.tool_spawns[(child.profile, st.name_of(child))] += 1
         if child.spawn_latency_s is not None:
             st.hist(st.latency, child.profile, st.spawn_buckets).observe(child.spawn_latency_s)
 
@@ -338,6 +398,11 @@ class SupervisorCollector(Collector):
         st.exited[(child.profile, out)] += 1
         st.exited_by_outcome[out] += 1
         st.profiles.add(child.profile)
+        name = st.name_of(child)
+        st.tool_exits[(child.profile, name, out)] += 1
+        st.tool_cpu[(child.profile, name)] += result.cpu_s
+        if result.violation is not None:
+            st.tool_violations[(child.profile, name, result.violation.kind)] += 1
         st.hist(st.duration, child.profile, st.duration_buckets).observe(result.duration_s)
 
     def _reconcile(self) -> None:
@@ -393,6 +458,12 @@ class SupervisorCollector(Collector):
             latency = {p: h.snapshot() for p, h in st.latency.items()}
             duration = {p: h.snapshot() for p, h in st.duration.items()}
             known = set(profiles.NAMES) | st.profiles | {c.profile for c in children}
+            tool = (
+                Counter(st.tool_spawns),
+                Counter(st.tool_exits),
+                Counter(st.tool_violations),
+                Counter(st.tool_cpu),
+            )
 
         out: list[Metric] = [self._children(children, known)]
 
@@ -415,6 +486,21 @@ class SupervisorCollector(Collector):
         for kind in sorted(set(VIOLATION_KINDS) | seen_kinds):
             c.add_metric([kind], totals.get(f"violation:{kind}", 0))
         out.append(c)
+
+        for name, counts in zip(
+            (
+                "corral_tool_spawns_total",
+                "corral_tool_exits_total",
+                "corral_tool_violations_total",
+                "corral_tool_cpu_seconds_total",
+            ),
+            tool,
+            strict=True,
+        ):
+            c = _counter(name)
+            for labels, n in sorted(counts.items()):
+                c.add_metric(list(labels), n)
+            out.append(c)
 
         for name, snaps, bounds in (
             ("corral_spawn_latency_seconds", latency, st.spawn_buckets),
@@ -506,17 +592,23 @@ async def attach_metrics(
     registry: CollectorRegistry | None = REGISTRY,
     spawn_buckets: Sequence[float] = SPAWN_LATENCY_BUCKETS,
     duration_buckets: Sequence[float] = DURATION_BUCKETS,
+    max_names: int = MAX_NAMES,
 ) -> AsyncIterator[SupervisorCollector]:
     """Attach a SupervisorCollector to the running `sup` for the duration of the block: subscribe to its
     events and register the collector in `registry` (prometheus_client's global REGISTRY by default, as
     every prometheus_client collector; None: do not register). Serve it any way you like
     (prometheus_client.start_http_server, an ASGI app, or `serve_metrics`).
 
+    max_names bounds the distinct `name` labels of the corral_tool_* counters, which outlive the children:
+    the first max_names names seen keep their own series, later ones are counted under "other".
+
     Raises ValueError (from the registry) when `registry` already holds corral's metrics, for example those
-    of another supervisor. The collector is unregistered when the block ends, however it ends; on
-    cancellation the event consumer is cancelled with the block.
+    of another supervisor, or when max_names is not an int >= 0. The collector is unregistered when the
+    block ends, however it ends; on cancellation the event consumer is cancelled with the block.
     """
-    collector = SupervisorCollector(sup, spawn_buckets=spawn_buckets, duration_buckets=duration_buckets)
+    collector = SupervisorCollector(
+        sup, spawn_buckets=spawn_buckets, duration_buckets=duration_buckets, max_names=max_names
+    )
     with sup.subscribe(max_buffer=EVENT_BUFFER) as events:
         collector._attach()  # no await since subscribe(): no event can slip between the two
         if registry is not None:
@@ -571,6 +663,7 @@ async def serve_metrics(
     addr: str = "127.0.0.1",
     *,
     registry: CollectorRegistry | None = None,
+    max_names: int = MAX_NAMES,
 ) -> AsyncIterator[MetricsServer]:
     """Serve `sup`'s metrics at http://addr:port/metrics for the duration of the block, from the
     supervisor's own event loop (anyio).
@@ -578,6 +671,7 @@ async def serve_metrics(
     registry: where to register the collector; None (the default) makes a fresh CollectorRegistry, so the
               endpoint shows exactly corral's metrics plus the supervisor's process metrics (process_*,
               added unless the registry has them already, as prometheus_client's global REGISTRY does).
+    max_names: the bound on distinct names of the corral_tool_* counters (see `attach_metrics`).
     port:     0 picks a free port (see MetricsServer.port). addr defaults to loopback: the page tells
               anyone who can reach it what runs on this host; bind elsewhere deliberately.
 
@@ -597,7 +691,7 @@ async def serve_metrics(
             process = ProcessCollector(registry=reg)
         except ValueError:  # the registry has process metrics already
             process = None
-        async with attach_metrics(sup, registry=reg) as collector:
+        async with attach_metrics(sup, registry=reg, max_names=max_names) as collector:
             http = HttpServer({"/metrics": partial(_render, reg), "/": lambda _headers: _INDEX})
             server = MetricsServer(addr, int(listener.extra(SocketAttribute.local_port)), reg, collector)
             async with background(partial(http.serve, listener)):

@@ -392,3 +392,47 @@ async def test_collect_from_threads_while_the_loop_mutates() -> None:
             for t in threads:
                 t.join()
     assert not errors
+
+
+async def test_per_tool_counters_outlive_the_children() -> None:
+    """A millisecond tool call is never scraped while it runs: its spawn, exit, violation and CPU are
+    still counted under its name after it is gone."""
+    sup = FakeSupervisor()
+    reg = CollectorRegistry()
+    async with attach_metrics(sup, registry=reg):  # type: ignore[arg-type]
+        for code, violation in ((0, None), (1, None), (137, "memory"), (137, "memory")):
+            child = sup.start(FakeChild(WW, name="pytest"))
+            sup.exit(child, result(code, 9 if violation else None, violation))
+        grep = sup.start(FakeChild(WW, name="grep"))
+        sup.exit(grep, result(0))
+        await settle()
+        assert not per_child_samples(reg)  # every child is gone...
+        # ...and the per-tool counters remember them.
+        assert value(reg, "corral_tool_spawns_total", profile=WW, name="pytest") == 4
+        assert value(reg, "corral_tool_spawns_total", profile=WW, name="grep") == 1
+        assert value(reg, "corral_tool_exits_total", profile=WW, name="pytest", outcome="ok") == 1
+        assert value(reg, "corral_tool_exits_total", profile=WW, name="pytest", outcome="error") == 1
+        assert value(reg, "corral_tool_exits_total", profile=WW, name="pytest", outcome="violation") == 2
+        assert value(reg, "corral_tool_violations_total", profile=WW, name="pytest", kind="memory") == 2
+        assert value(reg, "corral_tool_violations_total", profile=WW, name="grep", kind="memory") is None
+        assert value(reg, "corral_tool_cpu_seconds_total", profile=WW, name="pytest") == pytest.approx(0.4)
+
+
+async def test_per_tool_names_are_bounded_and_overflow_into_other() -> None:
+    sup = FakeSupervisor()
+    reg = CollectorRegistry()
+    async with attach_metrics(sup, registry=reg, max_names=3):  # type: ignore[arg-type]
+        for i in range(10):
+            sup.exit(sup.start(FakeChild(WW, name=f"tool-{i}")), result(0))
+        sup.exit(sup.start(FakeChild(WW, name="tool-1")), result(0))  # a known name keeps its series
+        await settle()
+        names = {s.labels["name"] for s in samples(reg) if s.name == "corral_tool_spawns_total"}
+        assert names == {"tool-0", "tool-1", "tool-2", "other"}
+        assert value(reg, "corral_tool_spawns_total", profile=WW, name="other") == 7
+        assert value(reg, "corral_tool_spawns_total", profile=WW, name="tool-1") == 2
+
+
+def test_max_names_is_validated() -> None:
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="max_names"):
+            SupervisorCollector(FakeSupervisor(), max_names=bad)  # type: ignore[arg-type]

@@ -113,8 +113,12 @@ def test_dashboard_covers_what_operators_watch() -> None:
     assert "corral_children{" in exprs
     assert "rate(corral_children_started_total" in exprs
     assert "sum by (kind) (increase(corral_violations_total" in exprs
-    assert "sum by (name) (corral_child_cpu_seconds" in exprs
     assert "sum by (name) (corral_child_memory_bytes" in exprs
+    # Per-tool panels from counters that outlive the children (millisecond tool calls are never scraped
+    # while running): CPU, calls and violations by tool name.
+    assert "sum by (name) (rate(corral_tool_cpu_seconds_total" in exprs
+    assert "sum by (name) (rate(corral_tool_spawns_total" in exprs
+    assert "sum by (name, kind) (increase(corral_tool_violations_total" in exprs
     assert "histogram_quantile(0.99, sum by (le) (rate(corral_spawn_latency_seconds_bucket" in exprs
 
 
