@@ -333,7 +333,7 @@ class _State:
     tool_spawns: Counter[tuple[str, str]] = field(default_factory=Counter)
     tool_exits: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     tool_violations: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    tool_cpu: Counter[tuple[str, str]] = field(default_factory=Counter)
+    tool_cpu: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def name_of(self, child: Child) -> str:
         """The bounded name label of `child`: its own name while fewer than max_names were seen."""
@@ -400,7 +400,7 @@ class SupervisorCollector(Collector):
         st.profiles.add(child.profile)
         name = st.name_of(child)
         st.tool_exits[(child.profile, name, out)] += 1
-        st.tool_cpu[(child.profile, name)] += result.cpu_s
+        st.tool_cpu[(child.profile, name)] = st.tool_cpu.get((child.profile, name), 0.0) + result.cpu_s
         if result.violation is not None:
             st.tool_violations[(child.profile, name, result.violation.kind)] += 1
         st.hist(st.duration, child.profile, st.duration_buckets).observe(result.duration_s)
@@ -458,11 +458,11 @@ class SupervisorCollector(Collector):
             latency = {p: h.snapshot() for p, h in st.latency.items()}
             duration = {p: h.snapshot() for p, h in st.duration.items()}
             known = set(profiles.NAMES) | st.profiles | {c.profile for c in children}
-            tool = (
-                Counter(st.tool_spawns),
-                Counter(st.tool_exits),
-                Counter(st.tool_violations),
-                Counter(st.tool_cpu),
+            tool: tuple[Sequence[tuple[tuple[str, ...], float]], ...] = (
+                list(st.tool_spawns.items()),
+                list(st.tool_exits.items()),
+                list(st.tool_violations.items()),
+                list(st.tool_cpu.items()),
             )
 
         out: list[Metric] = [self._children(children, known)]
@@ -498,7 +498,7 @@ class SupervisorCollector(Collector):
             strict=True,
         ):
             c = _counter(name)
-            for labels, n in sorted(counts.items()):
+            for labels, n in sorted(counts):
                 c.add_metric(list(labels), n)
             out.append(c)
 
