@@ -7,6 +7,7 @@ children's PDEATHSIG is tied to that thread.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import errno
@@ -48,7 +49,12 @@ class ForkServer:
             collections.deque()
         )
         self._reading = False
-        self._sent_policies: set[int] = set()
+        self._sent_policies: set[int] = set()  # the ids the fork server keeps, as far as sent
+        self._forget: list[int] = []  # ids to tell it to forget, with the next request that leaves
+        #: The policy ids the caller still uses (Supervisor._compiled); None: all. A request for another id
+        #: carries its policy marked "once": the fork server drops it again after that request.
+        self.live: set[int] | None = None
+        self._last_len = 0  # the size of the last message made, for EMSGSIZE's message
         self.caps_dict: dict[str, object] = {}
 
     def start(self) -> None:
@@ -96,7 +102,7 @@ class ForkServer:
         wait_readable per request cost the loop more than the rest of the exchange, and kept the fork
         server waiting on this loop between two requests. A request that finds the socket full waits
         for it in turn (so others may overtake it): the message is therefore made at each attempt, with
-        the compiled policy until a message with it has gone out (`_payload`)."""
+        the compiled policy until a message with it has gone out (`_send`)."""
         sock = self._sock
         if sock is None:
             raise SandboxSetupError("fork server", "spawn", hint="the supervisor is not running")
@@ -104,15 +110,15 @@ class ForkServer:
         reply: asyncio.Future[tuple[bytes, list[tuple[int, int, bytes]]]] = loop.create_future()
         with anyio.CancelScope(shield=True):
             anc = rights(fds)
-            payload = b""
+            self._last_len = 0
             try:
                 try:
-                    sock.sendmsg([payload := self._payload(request, policy_id, compiled)], anc)
+                    self._send(sock, request, policy_id, compiled, anc)
                 except BlockingIOError:  # the socket's buffer is full: wait, in turn
                     async with self._send_lock:
                         while True:
                             try:
-                                sock.sendmsg([payload := self._payload(request, policy_id, compiled)], anc)
+                                self._send(sock, request, policy_id, compiled, anc)
                                 break
                             except BlockingIOError:
                                 await anyio.wait_writable(sock)
@@ -122,7 +128,7 @@ class ForkServer:
                         "fork server",
                         "sendmsg",
                         err.errno,
-                        hint=f"the request ({len(payload)} bytes: the command, its environment and the "
+                        hint=f"the request ({self._last_len} bytes: the command, its environment and the "
                         "policy) is more than the fork server's socket takes in one message; pass large "
                         "data through a file or stdin",
                     ) from err
@@ -131,7 +137,6 @@ class ForkServer:
                 ) from err
             # No await between the send and this: the futures are in the order of the requests.
             self._replies.append(reply)
-            self._sent_policies.add(policy_id)
             if not self._reading:
                 loop.add_reader(sock.fileno(), self._on_reply, sock)
                 self._reading = True
@@ -165,12 +170,42 @@ class ForkServer:
             fut.set_result((b"", []))
         self._replies.clear()
 
-    def _payload(self, request: dict[str, object], policy_id: int, compiled: dict[str, object]) -> bytes:
-        """The message for `request`: with the compiled policy until one carrying it has been sent."""
+    def _send(
+        self,
+        sock: socket.socket,
+        request: dict[str, object],
+        policy_id: int,
+        compiled: dict[str, object],
+        anc: list[tuple[int, int, array.array[int]]],
+    ) -> None:
+        """Send the message for `request` (made now: what the fork server keeps may have changed while it
+        waited): with the compiled policy until one carrying it has been sent, marked "once" when the
+        caller no longer keeps that policy; with the ids the fork server is to forget first. Raises
+        OSError (BlockingIOError: nothing was sent)."""
         request = dict(request, policy_id=policy_id)
+        keep = True
         if policy_id not in self._sent_policies:
             request["policy"] = compiled
-        return marshal.dumps(request)
+            if self.live is not None and policy_id not in self.live:
+                request["once"] = True
+                keep = False
+        forget = len(self._forget)
+        if forget:
+            request["forget"] = self._forget[:forget]
+        payload = marshal.dumps(request)
+        self._last_len = len(payload)
+        sock.sendmsg([payload], anc)
+        if keep:
+            self._sent_policies.add(policy_id)
+        del self._forget[:forget]
+
+    def forget(self, policy_id: int) -> None:
+        """The caller no longer keeps this policy: the fork server drops it (its compiled policy and
+        cached plan segments) before the next request it gets. A later request naming it sends it
+        again."""
+        if policy_id in self._sent_policies:
+            self._sent_policies.discard(policy_id)
+            self._forget.append(policy_id)
 
     async def spawn(
         self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]

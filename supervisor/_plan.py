@@ -8,11 +8,13 @@ in which case the layer is listed in `missing` and a warning is logged.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from policies import Policy
+from policies import Policy, SyscallPolicy
 from supervisor.sandbox import capabilities, landlock, mounts, namespaces, rlimits, seccomp
 from supervisor.sandbox.probe import KernelCaps
 
@@ -42,8 +44,42 @@ class CompiledPolicy:
     missing: tuple[tuple[str, str], ...]
 
 
-def compile_policy(policy: Policy, caps: KernelCaps) -> CompiledPolicy:
-    """Run every mechanism's prepare step. Raises SandboxSetupError (fail closed) or PolicyError."""
+class SharedParts:
+    """The parts of a compilation that do not depend on a policy's paths, kept for the policies that share
+    them: agent harnesses make a fresh workdir per task, and each workdir is another policy (it is the
+    first writable root). Only the seccomp filter is kept (about 90% of a compilation's time, ~1 ms, and
+    1.6 kB of its payload): `seccomp.prepare` reads `policy.syscalls` and `policy.best_effort` alone (and
+    the kernel's caps, fixed per supervisor), so that pair is its key. The paths' parts (mounts, Landlock)
+    are compiled for each policy. Bounded: the least recently used entries go first. Safe to call from
+    worker threads (at worst two threads compute one entry)."""
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self.max_entries = max_entries
+        self._seccomp: OrderedDict[tuple[SyscallPolicy, bool], dict[str, object] | None] = OrderedDict()
+
+    def seccomp(self, policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
+        """`seccomp.prepare(policy, caps)`, computed once per (syscalls, best_effort). Raises as it does
+        (errors are not kept)."""
+        key = (policy.syscalls, policy.best_effort)
+        try:
+            hit = self._seccomp[key]
+        except KeyError:
+            pass
+        else:
+            with contextlib.suppress(KeyError):
+                self._seccomp.move_to_end(key)
+            return hit
+        sc = seccomp.prepare(policy, caps)
+        self._seccomp[key] = sc
+        while len(self._seccomp) > self.max_entries:
+            with contextlib.suppress(KeyError):
+                self._seccomp.popitem(last=False)
+        return sc
+
+
+def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None = None) -> CompiledPolicy:
+    """Run every mechanism's prepare step (the path-independent ones from `shared` when given). Raises
+    SandboxSetupError (fail closed) or PolicyError."""
     ns = namespaces.prepare(policy, caps)
     missing: list[tuple[str, str]] = [(str(a), str(b)) for a, b in ns["missing"]]  # type: ignore[attr-defined]
     enforced: list[str] = list(ns["enforced"])  # type: ignore[call-overload]
@@ -64,7 +100,7 @@ def compile_policy(policy: Policy, caps: KernelCaps) -> CompiledPolicy:
         elif policy.network.mode == "none" and not ns["net"]:
             # No network namespace, and the Landlock TCP guard that would stand in for it is missing too.
             missing.append(("landlock_net_tcp", f"no network namespace and Landlock {caps.landlock.reason}"))
-    sc = seccomp.prepare(policy, caps)
+    sc = shared.seccomp(policy, caps) if shared is not None else seccomp.prepare(policy, caps)
     if sc is not None:
         enforced.append("seccomp")
     elif policy.syscalls.enabled:

@@ -11,7 +11,7 @@ import os
 import resource
 import subprocess
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +32,7 @@ from supervisor._errors import (
 )
 from supervisor._forkserver import ForkServer
 from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
-from supervisor._plan import CompiledPolicy, compile_policy
+from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
 from supervisor.sandbox._ops import INLINE_COMMAND_MAX, EncodedEnv, encode_command, encode_env
@@ -48,6 +48,11 @@ StdioArg = int | IO[bytes] | None
 
 #: Bytes of each output stream kept by `run` when the policy sets no output limit.
 DEFAULT_CAPTURE = 1 << 20
+
+#: Compiled policies kept, the least recently used evicted first (the fork server is told to forget it:
+#: each costs ~12 kB here and ~20 kB there, and every new workdir is a new policy). A policy evicted and
+#: used again is compiled again (~0.1 ms: its seccomp filter is shared, see SharedParts).
+MAX_COMPILED = 256
 
 
 class _Slot:
@@ -140,7 +145,9 @@ class Supervisor:
         self._prefork: Prefork | None = None
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
-        self._compiled: dict[Policy, CompiledPolicy] = {}
+        self._compiled: OrderedDict[Policy, CompiledPolicy] = OrderedDict()  # LRU, MAX_COMPILED
+        self._live_ids: set[int] = set()  # the policy ids of _compiled, which the fork server keeps
+        self._shared = SharedParts()
         self._compiling: dict[Policy, anyio.Event] = {}  # first uses being compiled, by policy
         self._children: set[Child] = set()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
@@ -172,6 +179,7 @@ class Supervisor:
         fs = ForkServer()
         # Started from this (the event loop's) thread: the children's PDEATHSIG is tied to it.
         fs.start()
+        fs.live = self._live_ids  # policies evicted from _compiled are sent once, not kept there
         _raise_nofile()  # after the fork server started: children keep the caller's usual limit
         self._forkserver = fs
         #: One /dev/null for every DEVNULL stdio (the init gets it by SCM_RIGHTS, as any other fd).
@@ -253,12 +261,24 @@ class Supervisor:
         """Compile (and cache) `policy` for this kernel. Raises SandboxSetupError (fail closed)."""
         compiled = self._compiled.get(policy)
         if compiled is None:
-            compiled = self._remember(policy, compile_policy(policy, self.caps))
+            compiled = self._remember(policy, compile_policy(policy, self.caps, self._shared))
         return compiled
 
     def _remember(self, policy: Policy, compiled: CompiledPolicy) -> CompiledPolicy:
-        """Cache `compiled` for `policy` (the one cached already wins: one id per policy)."""
-        return self._compiled.setdefault(policy, compiled)
+        """Cache `compiled` for `policy` (the one cached already wins: one id per policy), evicting the least
+        recently used policies beyond MAX_COMPILED; the fork server forgets them with the next request."""
+        kept = self._compiled.setdefault(policy, compiled)
+        if kept is compiled:
+            self._live_ids.add(compiled.policy_id)
+            while len(self._compiled) > MAX_COMPILED:
+                try:
+                    _old, evicted = self._compiled.popitem(last=False)
+                except KeyError:  # emptied by another thread meanwhile
+                    break
+                self._live_ids.discard(evicted.policy_id)
+                if self._forkserver is not None:
+                    self._forkserver.forget(evicted.policy_id)
+        return kept
 
     async def _compiled_for(self, policy: Policy) -> CompiledPolicy:
         """The compiled policy, compiled off the event loop at its first use. Concurrent first uses of
@@ -278,7 +298,7 @@ class Supervisor:
         try:
             # pyseccomp compiles off the event loop; the worker thread is not abandoned on
             # cancellation, so the result is cached for the waiters even then.
-            compiled = await anyio.to_thread.run_sync(compile_policy, policy, self.caps)
+            compiled = await anyio.to_thread.run_sync(compile_policy, policy, self.caps, self._shared)
             return self._remember(policy, compiled)
         finally:
             del self._compiling[policy]
@@ -335,6 +355,9 @@ class Supervisor:
         compiled = self._compiled.get(policy)
         if compiled is None:
             compiled = await self._compiled_for(policy)
+        else:
+            with contextlib.suppress(KeyError):  # evicted by a compile in a worker thread meanwhile
+                self._compiled.move_to_end(policy)
         # The slot belongs to the child, not to this task: the watcher task releases it after reaping.
         slot = _Slot()
         await self._limiter.acquire_on_behalf_of(slot)

@@ -185,6 +185,13 @@ class _Cache:
             seg = self._lockdown[policy_id] = _lockdown(pol).segment()
         return seg
 
+    def forget(self, policy_id: int) -> None:
+        """Drop every segment of this policy."""
+        self._head.pop(policy_id, None)
+        self._lockdown.pop(policy_id, None)
+        for key in [k for k in self._views if k[0] == policy_id]:
+            del self._views[key]
+
     def view(self, policy_id: int, pol: dict[str, object], cwd: str, pooled_net: bool) -> _ops.Segment:
         mnt: dict[str, object] | None = pol["mounts"]  # type: ignore[assignment]
         key = (policy_id, cwd, pooled_net)
@@ -249,6 +256,8 @@ class _NetPool:
         while idle:
             entry = idle.pop()
             self._n_idle -= 1
+            if not idle:
+                del self._idle[key]  # no empty list left behind per key: keys come and go
             try:
                 if _cinit.netns_unused(entry[0]):
                     return entry
@@ -305,11 +314,26 @@ class _NetPool:
             del self._lent[key]
 
     def _keep(self, key: tuple[int, str], entry: tuple[int, int]) -> None:
+        """Keep `entry` idle for `key`; when MAX_IDLE are idle, the least recently kept key's oldest
+        goes (keys come and go: a workdir used once must not hold a namespace the next ones could use)."""
         if self._n_idle >= self.MAX_IDLE:
-            _close(*entry)
-            return
-        self._idle.setdefault(key, []).append(entry)
+            old_key, old = next(iter(self._idle.items()))
+            _close(*old.pop(0))
+            self._n_idle -= 1
+            if not old:
+                del self._idle[old_key]
+        idle = self._idle.pop(key, [])  # re-inserted last: dicts keep insertion order
+        idle.append(entry)
+        self._idle[key] = idle
         self._n_idle += 1
+
+    def forget(self, policy_id: int) -> None:
+        """Close the idle namespaces of this policy's keys (no sandbox of it will borrow them). Lent ones
+        come back idle when their borrower exits, and go first when the pool is full."""
+        for key in [k for k in self._idle if k[0] == policy_id]:
+            for entry in self._idle.pop(key):
+                _close(*entry)
+                self._n_idle -= 1
 
 
 def _close(*fds: int) -> None:
@@ -344,6 +368,14 @@ class _Server:
         self.policies: dict[int, dict[str, object]] = {}
         self.cache = _Cache()
         self.netpool = _NetPool()
+
+    def forget(self, policy_id: object) -> None:
+        """The supervisor no longer keeps this policy (its LRU evicted it, or it came "once"): drop it and
+        everything cached for it."""
+        if isinstance(policy_id, int):
+            self.policies.pop(policy_id, None)
+            self.cache.forget(policy_id)
+            self.netpool.forget(policy_id)
 
     def _policy(self, req: dict[str, object]) -> dict[str, object]:
         key = req["policy_id"]
@@ -456,7 +488,9 @@ def _write_all(fd: int, data: bytes) -> None:
 def main(sock_fd: int) -> None:
     """Serve requests on the SOCK_SEQPACKET socket `sock_fd` until it closes.
 
-    Requests (marshal dicts; the compiled policy is sent with the first request naming its policy_id):
+    Requests (marshal dicts; the compiled policy is sent with the first request naming its policy_id, and
+    again after the supervisor had it forgotten; "once": drop it after this request; "forget": [ids] to drop
+    before this request, the policies the supervisor's LRU evicted):
       spawn:   {cmd | cmd_fd, cwd, cgroup_procs, policy_id[, policy]} with the stdio (+ passed) fds; cmd
                is the command and its environment as _ops.encode_command made them, or, with cmd_fd,
                in a memfd sent as the last fd;
@@ -477,6 +511,8 @@ def main(sock_fd: int) -> None:
         if req is None:
             return
         out: list[int] = []
+        for policy_id in req.get("forget", ()):  # type: ignore[attr-defined]
+            server.forget(policy_id)
         try:
             if req.get("op") == "prefork":
                 reply, out = server.prefork(req)
@@ -495,6 +531,8 @@ def main(sock_fd: int) -> None:
         finally:
             for fd in fds:
                 os.close(fd)
+            if req.get("once"):
+                server.forget(req.get("policy_id"))
         _send(sock, reply, out)
         for fd in out:
             os.close(fd)
