@@ -9,6 +9,48 @@ from __future__ import annotations
 #: Longest rendering of an offending value in a message; policies may hold arbitrarily large values.
 _MAX_SHOWN = 200
 
+#: Longest message an error renders (`printable`'s default bound).
+MAX_MESSAGE = 2000
+
+#: Characters `str.isprintable` accepts that still move a terminal's cursor or text direction.
+_UNSAFE_PRINTABLE = frozenset("\u2028\u2029")
+
+
+def printable(text: object, limit: int = MAX_MESSAGE) -> str:
+    """`text` as one safe line for a terminal or a log: every character that is not printable (C0 and C1
+    controls such as ESC, the CSI byte U+009B, BEL, newlines, bidirectional overrides, the surrogates that
+    stand for undecodable bytes of a file name) becomes a ``\\xNN``/``\\uNNNN``/``\\UNNNNNNNN`` escape,
+    and a text longer than `limit` is cut in the middle around ``...``.
+
+    Strings a sandbox controls (file names, paths, command names) reach corral's messages: printed raw,
+    an OSC sequence in a planted file name rewrote the caller's terminal title. Idempotent: an escaped
+    text is printable ASCII where it was changed, so escaping twice changes nothing. Never raises.
+    """
+    if not isinstance(text, str):
+        try:
+            text = str(text)
+        except Exception:  # a broken __str__ must not hide the error being reported
+            text = f"<unprintable {type(text).__name__}>"
+    if not (text.isprintable() and text.isascii()):
+        out = []
+        for ch in text:
+            if ch.isprintable() and ch not in _UNSAFE_PRINTABLE:
+                out.append(ch)
+                continue
+            code = ord(ch)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+        text = "".join(out)
+    if len(text) > limit:
+        head = max(limit - 3, 0) * 2 // 3
+        tail = max(limit - 3 - head, 0)
+        text = text[:head] + "..." + (text[-tail:] if tail else "")
+    return text
+
 
 class _NoValue:
     """Marks "no offending value given", so that an offending value of None is still shown."""
@@ -31,7 +73,14 @@ def _show(value: object) -> str:
 
 
 class CorralError(Exception):
-    """Root of every error corral raises on purpose. Subclasses carry structured fields."""
+    """Root of every error corral raises on purpose. Subclasses carry structured fields.
+
+    Its text (``str(err)``) is always one printable, bounded line (`printable`): messages embed paths
+    and names a sandbox could have chosen. The structured fields keep the raw values.
+    """
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class PolicyError(CorralError, ValueError):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
+from policies._errors import printable
+
 if TYPE_CHECKING:
     from policies import Policy
     from supervisor._monitor import ChildStats, Rule
@@ -91,7 +93,7 @@ class Result:
             "cpu_s": round(self.cpu_s, 6),
             "peak_memory_bytes": self.peak_memory_bytes,
             "enforced": list(self.enforced),
-            "missing": [{"layer": a, "reason": b} for a, b in self.missing],
+            "missing": [{"layer": a, "reason": printable(b)} for a, b in self.missing],
             "limit_hits": dict(self.limit_hits),
         }
 
@@ -138,6 +140,10 @@ class StatusReader:
                     if not isinstance(payload, dict):
                         self._malformed()
                         return None
+                    # The init sends a string that is not UTF-8 (a path or name a sandbox chose) as bytes.
+                    for key, value in payload.items():
+                        if isinstance(value, bytes):
+                            payload[key] = value.decode("utf-8", "surrogateescape")
                     return kind, payload
             if self.fd is None:
                 return None

@@ -1,6 +1,8 @@
 """Errors raised by the supervisor. All derive from `policies.CorralError`.
 
-OSError is translated into these in one place per layer, always with ``raise ... from err``.
+OSError is translated into these in one place per layer, always with ``raise ... from err``. Every
+message is one printable, bounded line (`printable`, applied by `CorralError.__str__`): paths and command
+names in it may have been chosen by a sandbox.
 """
 
 from __future__ import annotations
@@ -9,6 +11,19 @@ import errno as _errno
 import os
 
 from policies import CorralError
+from policies._errors import printable
+
+__all__ = [
+    "CommandNotExecutableError",
+    "CommandNotFoundError",
+    "SandboxSetupError",
+    "SpawnError",
+    "SupervisorClosedError",
+    "printable",
+]
+
+#: Longest rendering of a path or command name inside a message.
+MAX_NAME = 400
 
 
 def _errname(code: int) -> str:
@@ -40,7 +55,7 @@ class SandboxSetupError(CorralError):
         if errno:
             parts.append(f": {_errname(errno)} ({os.strerror(errno)})")
         if path:
-            parts.append(f" on {path}")
+            parts.append(f" on {printable(path, MAX_NAME)}")
         if hint:
             parts.append(f"; {hint}")
         super().__init__("".join(parts))
@@ -55,7 +70,7 @@ class SpawnError(CorralError):
     def __init__(self, argv0: str, errno: int, detail: str = "") -> None:
         self.argv0 = argv0
         self.errno = errno
-        msg = f"{argv0}: {os.strerror(errno)} ({_errname(errno)})"
+        msg = f"{printable(argv0, MAX_NAME)}: {os.strerror(errno)} ({_errname(errno)})"
         super().__init__(msg + (f"; {detail}" if detail else ""))
 
 

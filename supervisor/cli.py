@@ -24,7 +24,7 @@ from anyio.abc import ByteReceiveStream
 
 from policies import CorralError, Policy, load_policy, profiles
 from supervisor._child import Child, Result
-from supervisor._errors import SpawnError
+from supervisor._errors import SpawnError, printable
 from supervisor._supervisor import PIPE, Supervisor
 
 EXIT_CORRAL = 125
@@ -222,9 +222,23 @@ def probe() -> None:
     anyio.run(go)
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines as one printable, bounded line each: a warning may name a path a sandbox chose."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+def _say(message: object) -> None:
+    """One line on stderr, `corral: ` and the escaped message (never a raw sandbox-chosen name)."""
+    click.echo(f"corral: {printable(message)}", err=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: maps every failure to the exit-status contract."""
-    logging.basicConfig(format="corral: %(levelname)s: %(message)s", level=logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("corral: %(levelname)s: %(message)s"))
+    logging.basicConfig(handlers=[handler], level=logging.WARNING)
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="corral", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -232,16 +246,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.Abort:
         sys.exit(130)
     except click.ClickException as e:
-        click.echo(f"corral: {e.format_message()}", err=True)
+        _say(e.format_message())
         sys.exit(EXIT_CORRAL)
     except SpawnError as e:
-        click.echo(f"corral: {e}", err=True)
+        _say(e)
         sys.exit(e.exit_code)
     except (CorralError, _Fail) as e:
-        click.echo(f"corral: {e}", err=True)
+        _say(e)
         sys.exit(EXIT_CORRAL)
     except OSError as e:
-        click.echo(f"corral: {e}", err=True)
+        _say(e)
         sys.exit(EXIT_CORRAL)
     sys.exit(0)
 

@@ -568,6 +568,41 @@ static void put(struct rec *r, const void *data, size_t n) {
 
 static void put_u32(struct rec *r, uint32_t v) { put(r, &v, 4); }
 
+/* Whether s[0..n) is well-formed UTF-8 (what marshal's 'u' type must hold: the reader refuses the whole
+ * record otherwise). */
+static int utf8_valid(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t k;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            k = 1, cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            k = 2, cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            k = 3, cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + k >= n) return 0; /* truncated sequence */
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + j] & 0x3F);
+        }
+        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+/* A string as marshal 'u' (UTF-8), or as 's' (bytes) when it is not UTF-8: paths and names can be any bytes
+ * (a file name a sandbox chose); the reader decodes bytes with surrogateescape. Cut at 2048 bytes. */
 static void put_str(struct rec *r, const char *s) {
     if (!s) {
         put(r, "N", 1);
@@ -575,7 +610,7 @@ static void put_str(struct rec *r, const char *s) {
     }
     size_t n = strlen(s);
     if (n > 2048) n = 2048;
-    put(r, "u", 1);
+    put(r, utf8_valid((const unsigned char *)s, n) ? "u" : "s", 1);
     put_u32(r, (uint32_t)n);
     put(r, s, n);
 }
