@@ -355,3 +355,19 @@ def test_bad_names_are_refused(tmp_path: Path) -> None:
     mgr.create_leaf("ok", ResourcePolicy())
     with pytest.raises(ValueError, match="exists"):
         mgr.create_leaf("ok", ResourcePolicy())
+
+
+def test_stale_name_re_tells_locked_names_from_earlier_ones() -> None:
+    rx = stale_name_re("corral")
+    m = rx.fullmatch("corral-12-34-l0123abcd")
+    assert m is not None
+    assert (m["pid"], m["start"], m["lock"], m["self"]) == ("12", "34", "0123abcd", None)
+    m = rx.fullmatch("corral-12-34-l0123abcd.self")
+    assert m is not None
+    assert m["lock"] == "0123abcd"
+    assert m["self"] == ".self"
+    m = rx.fullmatch("corral-12-34.2")
+    assert m is not None
+    assert m["lock"] is None
+    for other in ("corral-12-34-l0123", "corral-12-34-l0123abcd.2", "corral-12-34-xdeadbeef"):
+        assert rx.fullmatch(other) is None, other

@@ -4,24 +4,33 @@ Layout on disk, per hierarchy (v2: the one unified tree; v1: one per mounted hie
 names in each):
 
     <base>/                          the supervisor's own cgroup, or a delegated one (`delegate=`)
-        <prefix>-<pid>-<start>/      corral's parent cgroup for one supervisor process
-            <child_id>/              one leaf per child, limits written before the child is placed
-            in it
-        <prefix>-<pid>-<start>.self/ v2 only: where the supervisor moved itself (no internal
-        processes rule)
+        <prefix>-<pid>-<start>-l<nonce>/      corral's parent cgroup for one supervisor (one
+                                              CgroupManager)
+            <child_id>/                       one leaf per child, limits written before the child is
+                                              placed in it
+        <prefix>-<pid>-<start>-l<nonce>.self/ v2 only: where the supervisor moved itself (no
+                                              internal processes rule)
 
-`<pid>-<start>` (pid and start time in clock ticks) lets the next supervisor tell a live owner from
-a dead one or a reused pid. Everything here is synchronous file I/O: call it off the event loop.
+Liveness is proven by a lock, not inferred from the pid in the name: the owner holds flock(LOCK_EX) on
+each of these directories (an fd kept open for its life; the kernel drops the lock when the process dies,
+however it dies), and a starting supervisor removes such a directory only when it can take that lock
+itself. A pid and start time mean nothing to a supervisor in another pid or time namespace (a live
+supervisor that is pid 1 of its own namespace looked dead), while a cgroup directory is one kernel object
+in every mount, pid, time and cgroup namespace, so its lock is too. `<pid>-<start>` stays in the name for
+people; the nonce makes names unique across namespaces. Names of the earlier format (`<prefix>-<pid>
+[-<start>][.<n>][.self]`, which held no lock) are still judged by pid and start time.
+Everything here is synchronous file I/O: call it off the event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
-import itertools
+import fcntl
 import logging
 import os
 import re
+import secrets
 import signal
 import threading
 import time
@@ -180,13 +189,63 @@ def owner_alive(pid: int, start: int | None, proc_root: str = "/proc") -> bool:
     return start is None or st[1] == start
 
 
-_instances = itertools.count(1)
-
-
 def stale_name_re(prefix: str) -> re.Pattern[str]:
-    """Matches the names corral gives its parent cgroups (and v2 self leaves) for `prefix`."""
-    tail = r"-(?P<pid>[0-9]+)(?:-(?P<start>[0-9]+))?(?:\.(?P<inst>[0-9]+))?(?P<self>\.self)?"
+    """Matches the names corral gives its parent cgroups (and v2 self leaves) for `prefix`: `lock` is set
+    for names whose owner holds their lock (today's), None for the earlier, pid-judged format."""
+    tail = (
+        r"-(?P<pid>[0-9]+)(?:-(?P<start>[0-9]+))?"
+        r"(?:-l(?P<lock>[0-9a-f]{8})|(?:\.(?P<inst>[0-9]+))?)(?P<self>\.self)?"
+    )
     return re.compile(re.escape(prefix) + tail)
+
+
+#: Locks on the `.self` cgroups this process moved itself into: held for the life of the process (it stays
+#: there after its manager closes), so that no other supervisor takes it for a dead one's.
+_SELF_LOCKS: list[int] = []
+
+
+def _try_lock(path: str) -> int | None:
+    """An fd of the directory `path` holding flock(LOCK_EX), or None when another open file holds the lock
+    (its owner is alive). Raises OSError when it cannot be opened (gone, EACCES: then nothing is proven)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _mkdir_locked(path: str, timeout: float = 5.0) -> int:
+    """Create the directory `path` (or take it over if it exists unlocked) and hold its lock: returns the
+    fd. A starting supervisor may take the lock of the directory between the mkdir and the flock (it
+    then removes it, being empty and unlocked): so the lock is taken without waiting, retried while held,
+    and the directory made again when the one locked is no longer the one at `path`. Raises
+    SandboxSetupError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _mkdir(path, exist_ok=True)
+        try:
+            fd = _try_lock(path)
+        except FileNotFoundError:
+            continue  # removed by a sweeper between the two: make it again
+        except OSError as err:
+            raise _setup_error(err, "open+flock cgroup", path) from err
+        if fd is not None:
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            continue
+        if time.monotonic() >= deadline:  # a sweeper holds it no longer than an empty cgroup's removal
+            busy = OSError(_errno.EWOULDBLOCK, "locked by another process")
+            raise _setup_error(busy, "flock cgroup", path)
+        time.sleep(0.002)
 
 
 def _rmdir_retry(path: str, deadline: float) -> None:
@@ -684,6 +743,7 @@ class CgroupManager:
         self._leaves: dict[str, Leaf] = {}
         self._has_file: dict[tuple[str, str], bool] = {}  # (controller, interface file) -> exists
         self._lock = threading.Lock()
+        self._locks: list[int] = []  # fds holding the locks of our parent cgroups: see the module's doc
         self._opened = False
         self._closed = False
         self.name = ""
@@ -764,11 +824,9 @@ class CgroupManager:
         layout = self.layout
         pid = os.getpid()
         st = _proc_stat(self._proc_root, pid)
-        self.name = f"{name_prefix}-{pid}-{st[1]}" if st else f"{name_prefix}-{pid}"
-        # A second manager in the same process (two Supervisors) must not share the first one's parent.
-        inst = next(_instances)
-        if inst > 1:
-            self.name += f".{inst}"
+        # The nonce: unique across supervisors (two in one process; two that are each pid 1 of their own
+        # pid namespace), and the mark of a name whose owner holds its lock.
+        self.name = f"{name_prefix}-{pid}-{st[1] if st else 0}-l{secrets.token_hex(4)}"
         self.unavailable = dict(layout.missing)
 
         trees: list[_Tree] = []
@@ -802,7 +860,7 @@ class CgroupManager:
                     self._open_v2(tree, move_self=move_self and delegate is None)
                 else:
                     tree.parent = os.path.join(tree.base, self.name)
-                    _mkdir(tree.parent, exist_ok=True)
+                    self._locks.append(_mkdir_locked(tree.parent))
             except Exception as err:
                 from supervisor._errors import SandboxSetupError
 
@@ -858,7 +916,7 @@ class CgroupManager:
                 except OSError as err2:
                     raise _setup_error(err2, "write cgroup.subtree_control", base) from err2
         tree.parent = os.path.join(base, self.name)
-        _mkdir(tree.parent, exist_ok=True)
+        self._locks.append(_mkdir_locked(tree.parent))
         try:
             self._enable(tree.parent, sorted(want))
         except OSError as err:
@@ -890,7 +948,7 @@ class CgroupManager:
                 hint=f"{base} holds {who}; {_NIP_HINT}",
             ) from err
         selfdir = os.path.join(base, self.name + ".self")
-        _mkdir(selfdir, exist_ok=True)
+        _SELF_LOCKS.append(_mkdir_locked(selfdir))
         _write_or_raise(os.path.join(selfdir, "cgroup.procs"), str(me))
         self.moved_self_to = selfdir
         log.warning(
@@ -901,8 +959,13 @@ class CgroupManager:
         )
 
     def _cleanup_stale(self, trees: list[_Tree], prefix: str) -> None:
+        """Kill and remove the corral cgroups of dead supervisors under each tree's base: a directory
+        of today's format only when its lock can be taken (its owner is proven gone; the lock is held
+        while it is removed), one of the earlier format when its pid and start time name no live
+        process. Failures are logged."""
         rx = stale_name_re(prefix)
         stale: dict[str, list[tuple[Hierarchy, str]]] = {}
+        alive: set[str] = set()
         for t in trees:
             try:
                 entries = list(os.scandir(t.base))
@@ -910,14 +973,31 @@ class CgroupManager:
                 continue
             for e in entries:
                 m = rx.fullmatch(e.name)
-                if not m or not e.is_dir(follow_symlinks=False):
+                if not m or not e.is_dir(follow_symlinks=False) or e.name == self.name:
                     continue
-                start = int(m["start"]) if m["start"] else None
-                if owner_alive(int(m["pid"]), start, self._proc_root):
-                    continue
+                if m["lock"] is None:
+                    start = int(m["start"]) if m["start"] else None
+                    if owner_alive(int(m["pid"]), start, self._proc_root):
+                        continue
                 stale.setdefault(e.name, []).append((t.hierarchy, e.path))
         for name, places in sorted(stale.items()):
+            locks: list[int] = []
             try:
+                if rx.fullmatch(name)["lock"] is not None:  # type: ignore[index]
+                    for _h, d in places:
+                        try:
+                            fd = _try_lock(d)
+                        except FileNotFoundError:
+                            continue  # removed meanwhile (by its owner, or another sweeper)
+                        except OSError as err:  # cannot open it: nothing proven, leave it
+                            log.info("cgroups: cannot test the lock of %s: %s; left alone", d, err)
+                            fd = None
+                        if fd is None:
+                            alive.add(name)
+                            break
+                        locks.append(fd)
+                    if name in alive:
+                        continue
                 if not _kill_places(places, timeout=2.0):
                     log.warning("cgroups: stale %s: processes survive SIGKILL; left alone", name)
                     continue
@@ -928,6 +1008,9 @@ class CgroupManager:
             except OSError as err:
                 log.warning("cgroups: could not remove stale %s: %s", name, err)
                 continue
+            finally:
+                for fd in locks:
+                    os.close(fd)
             self.stale_removed.append(name)
             log.warning("cgroups: removed stale cgroup %s left by a dead supervisor", name)
 
@@ -1018,5 +1101,11 @@ class CgroupManager:
                 _rmdir_retry(t.parent, deadline)
             except OSError as err:
                 first = first or _setup_error(err, "rmdir parent cgroup", t.parent)
+        # Held until the directories are gone (a parent left behind stays ours until this process exits:
+        # then the next start removes it).
+        if first is None:
+            for fd in self._locks:
+                os.close(fd)
+            self._locks.clear()
         if first is not None:
             raise first
