@@ -4,7 +4,7 @@ Each check takes the raw value and the dotted key path it came from, returns the
 canonical form (absolute normalised path, int bytes, float seconds, tuple...) and raises
 `PolicyError(path, reason, value)` for anything else. They never let TypeError, ValueError or
 KeyError escape: the fuzz tests hold them to that. Pure functions: nothing here touches the
-filesystem, except `resolve_workdir` (getcwd and realpath).
+filesystem, except `resolve_workdir` and `resolve_trusted` (getcwd, lstat, readlink).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
@@ -395,8 +396,58 @@ def cwd() -> str:
         ) from err
 
 
+#: Directories a root caller's sandbox is never given to write (see `resolve_trusted`).
+_SYSTEM_DIRS = frozenset(
+    ("/", "/usr", "/usr/local", "/var", "/etc", "/opt", "/srv", "/lib", "/usr/lib", "/bin", "/sbin")
+)
+
+
+def _trusted_dir(directory: str, st: os.stat_result) -> bool:
+    """Whether no sandbox of this caller could have written `directory` (made a symlink in it): it belongs
+    to root and nobody else may write it, and, for a root caller (whose uid writes anything), it is one of
+    the system directories a policy does not make writable."""
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return False
+    return os.geteuid() != 0 or directory in _SYSTEM_DIRS
+
+
+def resolve_trusted(text: str) -> str:
+    """`text` (absolute) with the symlinks resolved that no sandbox could have planted: those in a
+    directory only root may write, and for a root caller only in a system directory (/usr, /var, ...:
+    /var/run -> /run, /lib -> usr/lib). Any other symlink, and everything after it, is kept as written:
+    a sandbox that could write that directory may have made it (`build -> /etc`), so the sandbox's init,
+    which never follows a symlink in these paths, refuses it instead (SandboxSetupError). Components that
+    do not exist are kept as written. Never raises for the filesystem's sake: what cannot be looked up is
+    kept as written."""
+    parts = [p for p in os.path.normpath(text).split("/") if p]
+    done = "/"
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            done = os.path.dirname(done)
+            continue
+        candidate = os.path.join(done, name)
+        try:
+            st = os.lstat(candidate)
+            if not stat.S_ISLNK(st.st_mode):
+                done = candidate
+                continue
+            hops += 1
+            if hops > 40 or not _trusted_dir(done, os.lstat(done)):
+                return os.path.join(candidate, *parts)
+            target = os.readlink(candidate)
+        except OSError:
+            return os.path.join(candidate, *parts)
+        if target.startswith("/"):
+            done = "/"
+        parts = [p for p in target.split("/") if p and p != "."] + parts
+    return done
+
+
 def resolve_workdir(value: object, path: str = "workdir", relative_to: str | None = None) -> str:
-    """Return the working directory `value` as an absolute real path (symlinks resolved).
+    """Return the working directory `value` as an absolute path, with the symlinks resolved that no
+    sandbox could have planted (`resolve_trusted`; the current directory is always its real path).
 
     None means the current directory. A relative path is resolved against `relative_to`, else the
     current directory. Raises PolicyError naming `path` for values that are not paths (see
@@ -408,7 +459,7 @@ def resolve_workdir(value: object, path: str = "workdir", relative_to: str | Non
     if not os.path.isabs(text):
         text = os.path.join(relative_to if relative_to is not None else cwd(), text)
     try:
-        real = os.path.realpath(text)
+        real = resolve_trusted(text)
     except (OSError, ValueError) as err:
         raise PolicyError(path, f"cannot resolve the directory ({err})", value) from err
     return _normalise(real, path, value)

@@ -83,6 +83,30 @@ struct cap_data {
     uint32_t effective, permitted, inheritable;
 };
 
+/* The new mount API and openat2 (numbers shared by every architecture since 5.2/5.6), for C libraries whose
+ * headers predate them. */
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#endif
+#ifndef SYS_fsconfig
+#define SYS_fsconfig 431
+#endif
+#ifndef SYS_fsmount
+#define SYS_fsmount 432
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+
 #define PLAN_MAGIC 0x314c5243u /* "CRL1" */
 #define NO_STR 0xffffffffu
 #define MAX_FDS 64
@@ -120,7 +144,10 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(SECCOMP, 25)     /* s0 BPF (sock_filter array), a0 its size; sets no_new_privs first if unset */      \
     X(JUMP, 26)        /* a0 op index */                                                                    \
     X(OPEN_PATH, 27)   /* s0 path, a0 slot: open(O_PATH), kept in the slot for MOUNT and CLOSE */          \
-    X(IDMAP, 28)       /* a0 uid, a1 gid: map them to themselves in our (new) user namespace */
+    X(IDMAP, 28)       /* a0 uid, a1 gid: map them to themselves in our (new) user namespace */            \
+    X(MOUNT_AT, 29)    /* s0 target, opened without following any symlink; a0 what: 0 a bind of the target \
+                          itself, 1 a bind of s1, 2 a tmpfs with options s1; a1 attr_set, a2 attr_clr,      \
+                          a3 bit 0: copy what is mounted below (binds), bit 1: attributes on all of it */
 
 #define X_ENUM(name, num) OP_##name = num,
 enum { OPS(X_ENUM) };
@@ -277,6 +304,93 @@ static int set_mount_attr(const char *path, uint64_t set, uint64_t clr, unsigned
     return syscall(SYS_mount_setattr, AT_FDCWD, path, flags, &attr, sizeof attr) == 0 ? 0 : errno;
 }
 
+static int detail(const char *what, int err) {
+    snprintf(op_detail, sizeof op_detail, "%s", what);
+    return err;
+}
+
+/* Paths of the sandbox's view (writable and readable roots, the workdir, denied and protected paths) are
+ * opened without following any symlink, in any component: a sandbox that could write below one of them may
+ * have planted a link there since the policy was made (`build -> /etc`), and following it would hand the
+ * next sandbox write access to the link's target. Policy time resolved the links that were there and that
+ * no sandbox could have made (policies/_validate.py, resolve_trusted); one found now is refused (ELOOP). */
+struct open_how_v0 {
+    uint64_t flags, mode, resolve;
+};
+#define CORRAL_RESOLVE_NO_MAGICLINKS 0x02
+#define CORRAL_RESOLVE_NO_SYMLINKS 0x04
+
+static int open_nofollow(const char *path) {
+    struct open_how_v0 how = {O_PATH | O_CLOEXEC, 0, /* no O_NOFOLLOW: a trailing link is ELOOP too */
+                              CORRAL_RESOLVE_NO_SYMLINKS | CORRAL_RESOLVE_NO_MAGICLINKS};
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    if (fd < 0) snprintf(op_detail, sizeof op_detail, "openat2(O_PATH, RESOLVE_NO_SYMLINKS)");
+    return fd;
+}
+
+#define CORRAL_OPEN_TREE_CLONE 1
+#define CORRAL_MOVE_MOUNT_F_EMPTY_PATH 0x04
+#define CORRAL_MOVE_MOUNT_T_EMPTY_PATH 0x40
+#define CORRAL_FSCONFIG_SET_STRING 1
+#define CORRAL_FSCONFIG_CREATE 6
+
+/* A detached tmpfs with the comma-separated key=value `options` and mount attributes `attrs`; -1 (errno and
+ * op_detail set) on failure. */
+static int new_tmpfs(const char *options, uint64_t attrs) {
+    int fs = (int)syscall(SYS_fsopen, "tmpfs", 1 /* FSOPEN_CLOEXEC */);
+    if (fs < 0) return detail("fsopen(tmpfs)", errno), -1;
+    char opts[256], *save = NULL;
+    snprintf(opts, sizeof opts, "%s", options ? options : "");
+    for (char *kv = strtok_r(opts, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (eq) *eq = '\0';
+        if (syscall(SYS_fsconfig, fs, CORRAL_FSCONFIG_SET_STRING, kv, eq ? eq + 1 : NULL, 0) != 0) {
+            int err = errno;
+            snprintf(op_detail, sizeof op_detail, "fsconfig(tmpfs, %s)", kv);
+            close(fs);
+            errno = err;
+            return -1;
+        }
+    }
+    int mnt = -1;
+    if (syscall(SYS_fsconfig, fs, CORRAL_FSCONFIG_CREATE, NULL, NULL, 0) != 0)
+        detail("fsconfig(tmpfs, FSCONFIG_CMD_CREATE)", errno);
+    else if ((mnt = (int)syscall(SYS_fsmount, fs, 1 /* FSMOUNT_CLOEXEC */, (unsigned)attrs)) < 0)
+        detail("fsmount(tmpfs)", errno);
+    int err = errno;
+    close(fs);
+    errno = err;
+    return mnt;
+}
+
+/* OP_MOUNT_AT: the mount is made from the fd of the checked target, never by its path again: open_tree on
+ * it (or on `source`), the attributes changed on the detached copy, move_mount onto the same fd. */
+static int mount_at(const char *target, int what, const char *arg, uint64_t set, uint64_t clr, unsigned how) {
+    unsigned rec = how & 1 ? 0x8000u : 0, attr_rec = how & 2 ? 0x8000u : 0; /* AT_RECURSIVE */
+    int fd = open_nofollow(target);
+    if (fd < 0) return errno;
+    int tree = -1, err = 0;
+    if (what == 2) {
+        tree = new_tmpfs(arg, set);
+        if (tree < 0) err = errno;
+    } else {
+        tree = what == 1 ? (int)syscall(SYS_open_tree, AT_FDCWD, arg, CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | rec)
+                         : (int)syscall(SYS_open_tree, fd, "", AT_EMPTY_PATH | CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | rec);
+        if (tree < 0) {
+            err = detail("open_tree(OPEN_TREE_CLONE)", errno);
+        } else if (set || clr) {
+            struct mount_attr_v0 attr = {set, clr, 0, 0};
+            if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | attr_rec, &attr, sizeof attr) != 0)
+                err = detail("mount_setattr(detached copy)", errno);
+        }
+    }
+    if (!err && syscall(SYS_move_mount, tree, "", fd, "", CORRAL_MOVE_MOUNT_F_EMPTY_PATH | CORRAL_MOVE_MOUNT_T_EMPTY_PATH) != 0)
+        err = detail("move_mount(onto the checked target)", errno);
+    if (tree >= 0) close(tree);
+    close(fd);
+    return err;
+}
+
 static int set_rlimit(int res, int64_t soft, int64_t hard) {
     struct rlimit cur, want;
     if (getrlimit(res, &cur) != 0) return errno;
@@ -330,10 +444,9 @@ struct ll_net_attr {
 };
 
 static int ll_path(const char *path, uint64_t access, uint64_t file_rights) {
-    int fd = open_cloexec(path, O_PATH, 0);
+    int fd = open_nofollow(path);
     if (fd < 0) {
         if (errno == ENOENT || errno == ENOTDIR) return 0; /* nothing there to grant access to */
-        snprintf(op_detail, sizeof op_detail, "open(O_PATH)");
         return errno;
     }
     struct stat st;
@@ -367,11 +480,6 @@ static int load_seccomp(const char *bpf, int64_t size) {
         const void *filter;
     } prog = {(unsigned short)(size / 8), bpf};
     return syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &prog) == 0 ? 0 : errno;
-}
-
-static int detail(const char *what, int err) {
-    snprintf(op_detail, sizeof op_detail, "%s", what);
-    return err;
 }
 
 /* The id maps of the user namespace we were launched into: the caller's uid and gid mapped to themselves.
@@ -467,15 +575,22 @@ static int run_op(const struct seg *g, const struct op *o) {
         return OK(umount2(s0, (int)o->a[0]));
     case OP_RMDIR:
         return OK(rmdir(s0));
-    case OP_CHDIR:
-        return OK(chdir(s0));
+    case OP_CHDIR: { /* the workdir: no symlink followed (open_nofollow) */
+        int fd = open_nofollow(s0);
+        if (fd < 0) return errno;
+        int err = fchdir(fd) == 0 ? 0 : detail("fchdir", errno);
+        close(fd);
+        return err;
+    }
+    case OP_MOUNT_AT:
+        return mount_at(s0, (int)o->a[0], s1, (uint64_t)o->a[1], (uint64_t)o->a[2], (unsigned)o->a[3]);
     case OP_ENSURE:
         return ensure(s0, (int)o->a[0]);
     case OP_CLOSE:
         return OK(close(o->a[1] > 0 && o->a[1] <= SLOTS + 1 ? slots[o->a[1] - 1] : (int)o->a[0]));
     case OP_OPEN_PATH: {
         if (o->a[0] < 0 || o->a[0] >= SLOTS) return EINVAL;
-        int fd = open_cloexec(s0, O_PATH, 0);
+        int fd = open_nofollow(s0);
         if (fd < 0) return errno;
         slots[o->a[0]] = fd;
         return 0;

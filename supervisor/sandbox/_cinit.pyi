@@ -35,6 +35,7 @@ OP_SECCOMP: int
 OP_JUMP: int
 OP_OPEN_PATH: int
 OP_IDMAP: int
+OP_MOUNT_AT: int
 
 def start(
     flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, /

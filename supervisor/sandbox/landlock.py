@@ -232,21 +232,28 @@ def prepare(
         if used_abi >= 5:
             enforced.append("landlock_ioctl_dev")
 
+        from policies._validate import resolve_trusted
+
         restrict_exec = fs.execute is not None
         read_access = ACCESS_READ | (0 if restrict_exec else ACCESS_FS_EXECUTE)
+        # As mounts.prepare: the symlinks no sandbox could have planted resolved once, now; the init opens
+        # each rule's path following none.
         for path in fs.read:
-            _add(rules, path, read_access)
-        for path in (*fs.write, *ALWAYS_WRITE):
+            _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, read_access)
+        for path in fs.write:
+            _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, read_access | ACCESS_WRITE)
+        for path in ALWAYS_WRITE:
             _add(rules, path, read_access | ACCESS_WRITE)
         for path, access in ALWAYS_RULES:
             _add(rules, path, access)
         if private_dev:
-            for path in ("/dev/ptmx", "/dev/pts"):
-                _add(rules, path, ACCESS_DEV_RW)
+            # /dev/ptmx is a symlink to pts/ptmx there, and the init opens rule paths following no link:
+            # the rule on /dev/pts covers both.
+            _add(rules, "/dev/pts", ACCESS_DEV_RW)
         if fs.execute is not None:
             enforced.append("landlock_execute")
             for path in fs.execute:
-                _add(rules, path, ACCESS_FS_EXECUTE)
+                _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, ACCESS_FS_EXECUTE)
 
     handled_net = 0
     if net_guard:
@@ -344,6 +351,14 @@ def emit(prepared: dict[str, object], plan: Plan) -> None:
             a=(access, ACCESS_FILE),
             s=(path,),
             path=path,
+            hint={
+                _errno.ELOOP: (
+                    "this rule's path is, or passes through, a symlink that was not there (or not trusted) "
+                    "when the policy was made; corral does not follow it. Remove the link, or name the real "
+                    "path in the policy"
+                ),
+                "*": "",
+            },
         )
     for port, access in net_rules:
         plan.add(

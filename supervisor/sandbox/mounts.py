@@ -10,7 +10,11 @@
 - a minimal /dev (null, zero, full, random, urandom, tty, a private devpts, /dev/fd links);
 - a fresh /proc for the new pid namespace, with /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus
   read-only (as bubblewrap does);
-- denied paths hidden under an empty read-only tmpfs (directories) or /dev/null (files).
+- denied paths hidden under an empty read-only tmpfs (directories) or /dev/null (files), as the objects their
+  names lead to now;
+- every path of the policy (roots, the workdir, denied and protected paths) is opened by the init without
+  following any symlink, and its mount made from that fd (OP_MOUNT_AT): a link a sandbox planted for the next
+  one (`build -> /etc`) is refused, never followed.
 
 Unlike the other mechanism modules, `apply` comes in two phases, `apply_base` (what does not depend on the
 state of the policy's paths) and `apply_paths` (what does), with `keep_visible` opening beforehand what the
@@ -20,6 +24,7 @@ is what the supervisor checks at the request to know that the paths they looked 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import TYPE_CHECKING
@@ -40,6 +45,8 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 _MNT_DETACH = 2
 _SLOTS = _cinit.SLOTS  # the init's O_PATH slots
 
@@ -56,19 +63,23 @@ _PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
 def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
     """Plan the mount operations. Returns None when there is no mount namespace (the caller records the
-    missing layer). Paths are normalised here; existence is checked when a sandbox's view is planned
+    missing layer). Paths are normalised here, with the symlinks resolved that no sandbox could have planted
+    (policies._validate.resolve_trusted); existence is checked when a sandbox's view is planned
     (`emit_base`, `emit_paths`), because the tree can change between spawns (a `git init` creates
     .git/hooks)."""
     if not ns["flags"] or not (int(ns["flags"]) & 0x00020000):  # type: ignore[call-overload]
         return None
+    from policies._validate import resolve_trusted
+
     fs = policy.filesystem
     return {
         "confine": fs.confine,
         "private_tmp": fs.private_tmp or fs.confine,
         "proc": bool(int(ns["flags"]) & 0x20000000),  # type: ignore[call-overload]
         "private_net": bool(ns["net"]),
-        "write": [os.path.normpath(p) for p in fs.write] if fs.confine else [],
-        "read": [os.path.normpath(p) for p in fs.read if p != "/"] if fs.confine else [],
+        # Symlinks no sandbox could have made are resolved now, once; the init follows none (_bind).
+        "write": [resolve_trusted(p) for p in fs.write] if fs.confine else [],
+        "read": [resolve_trusted(p) for p in fs.read if p != "/"] if fs.confine else [],
         "deny": [os.path.normpath(p) for p in fs.deny] if fs.confine else [],
         "protected": list(fs.protected) if fs.confine else [],
         # mount_ns itself is namespaces' to report.
@@ -97,13 +108,40 @@ def _setattr(plan: Plan, path: str, set_: int, clr: int, recursive: bool) -> Non
     )
 
 
+#: What OP_MOUNT_AT mounts on its checked target: a bind of the target itself, of a source, or a tmpfs.
+_AT_SELF, _AT_SOURCE, _AT_TMPFS = 0, 1, 2
+_AT_SUBMOUNTS, _AT_ATTRS_ALL = 1, 2  # copy what is mounted below; change the attributes of all of it
+_RO_ATTRS = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+
+#: The init reports ELOOP when a path of the view is, or passes through, a symlink.
+_LINK_HINT: dict[int | str, str] = {
+    errno.ELOOP: (
+        "this path is, or passes through, a symlink that was not there (or not trusted) when the policy "
+        "was made: a sandbox that could write there may have planted it, so corral does not follow it. "
+        "Remove the link, or name the real directory in the policy"
+    ),
+    "*": "",
+}
+
+
 def _bind(plan: Plan, path: str, readonly: bool) -> None:
-    _mount(plan, path, path, None, MS_BIND | MS_REC)
+    """Bind `path` over itself (with what is mounted below it), read-only or writable. The init opens it
+    without following symlinks and mounts from that fd (OP_MOUNT_AT): a link planted in a writable root
+    since the policy was made is refused, never followed."""
     if readonly:
-        _mount(plan, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        what, set_, clr, how = "read-only", _RO_ATTRS, 0, _AT_SUBMOUNTS | _AT_ATTRS_ALL
     else:
         # The bind inherits the read-only flag we put on the whole tree; clear it on this root only.
-        _setattr(plan, path, 0, MOUNT_ATTR_RDONLY, recursive=False)
+        what, set_, clr, how = "writable", 0, MOUNT_ATTR_RDONLY, _AT_SUBMOUNTS
+    plan.add(
+        _cinit.OP_MOUNT_AT,
+        "mounts",
+        f"bind {what} (open_tree + move_mount)",
+        a=(_AT_SELF, set_, clr, how),
+        s=(path,),
+        path=path,
+        hint=_LINK_HINT,
+    )
 
 
 def _tmpfs(plan: Plan, target: str, mode: str, readonly: bool = False) -> int:
@@ -187,7 +225,9 @@ def emit_keep(keep: list[tuple[str, bool, bool]], plan: Plan) -> None:
     """Open (O_PATH) each kept path into a slot of the init, in its new mount namespace (a bind's source
     must be in the caller's namespace) and before `emit_base` replaces what holds them."""
     for slot, (path, _writable, _is_dir) in enumerate(keep):
-        _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH)", path, a=(slot,))
+        plan.add(
+            _cinit.OP_OPEN_PATH, "mounts", "open(O_PATH)", a=(slot,), s=(path,), path=path, hint=_LINK_HINT
+        )
 
 
 def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> None:
@@ -220,7 +260,7 @@ def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False)
                 _bind(plan, path, readonly=True)
     if confine:
         # Before the writable roots are bound: their recursive binds carry these mounts along.
-        for path in prepared["deny"]:  # type: ignore[attr-defined]
+        for path in _deny_targets(prepared):
             if not _under_hidden(path):
                 _deny(plan, path)
 
@@ -235,9 +275,11 @@ def emit_paths(
     be created); a failure in the init names the mount and the path."""
     confine = bool(prepared["confine"])
     write: list[str] = prepared["write"]  # type: ignore[assignment]
+    denied = _deny_targets(prepared) if confine else []
     if confine:
         for root in write:
-            if not _under_hidden(root) and os.path.exists(root):
+            # lexists: a root that became a symlink goes to the init, which refuses it (_bind).
+            if not _under_hidden(root) and os.path.lexists(root):
                 _bind(plan, root, readonly=False)
                 _protect(plan, root, prepared["protected"])  # type: ignore[arg-type]
     for slot, (path, writable, is_dir) in enumerate(keep):
@@ -247,10 +289,10 @@ def emit_paths(
     if confine:
         # A denied path under /tmp, /run or /dev exists in the sandbox only inside what `keep` bound back.
         kept = [k[0] for k in keep]
-        for path in prepared["deny"]:  # type: ignore[attr-defined]
+        for path in denied:
             if _under_hidden(path) and any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
                 _deny(plan, path)
-    _op(plan, _cinit.OP_CHDIR, "chdir(workdir)", workdir)
+    plan.add(_cinit.OP_CHDIR, "mounts", "chdir(workdir)", s=(workdir,), path=workdir, hint=_LINK_HINT)
 
 
 def _rebind(plan: Plan, path: str, slot: int, is_dir: bool, writable: bool) -> None:
@@ -437,8 +479,25 @@ def _net_class(plan: Plan, pooled_net: bool) -> None:
     plan.land(done)
 
 
+def _deny_targets(prepared: dict[str, object]) -> list[str]:
+    """The denied paths as the objects they name now: each resolved through every symlink (realpath).
+
+    Hiding is by object, not by name: a denied name that a sandbox (of a policy without this deny) made a
+    symlink to where it moved the secret hides the secret where it is now. Following a link here grants
+    nothing: what is mounted over the target is an empty read-only tmpfs or /dev/null, in the sandbox's
+    own mount namespace. A link to "/" is not followed: hiding the root would only break the view."""
+    out: list[str] = []
+    for path in prepared["deny"]:  # type: ignore[attr-defined]
+        real = os.path.realpath(path)
+        target = real if real != "/" else path
+        if target not in out:
+            out.append(target)
+    return out
+
+
 def _deny(plan: Plan, path: str) -> None:
-    """Hide `path` if it exists (on the host, now). Raises SetupFailure when it cannot be looked up."""
+    """Hide `path` if it exists (on the host, now), from the init's no-follow fd of it (OP_MOUNT_AT).
+    Raises SetupFailure when it cannot be looked up."""
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -448,7 +507,19 @@ def _deny(plan: Plan, path: str) -> None:
     except OSError as err:
         raise _sys.SetupFailure("mounts", "lstat(deny path)", err.errno or 0, path) from err
     if stat.S_ISDIR(st.st_mode):
-        _tmpfs(plan, path, "0000", readonly=True)
+        what, operation, arg = (
+            _AT_TMPFS,
+            "hide with an empty read-only tmpfs (fsmount + move_mount)",
+            "mode=0000",
+        )
     else:
-        _mount(plan, "/dev/null", path, None, MS_BIND)
-        _mount(plan, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        what, operation, arg = _AT_SOURCE, "hide with /dev/null (open_tree + move_mount)", "/dev/null"
+    plan.add(
+        _cinit.OP_MOUNT_AT,
+        "mounts",
+        operation,
+        a=(what, _RO_ATTRS, 0, 0),
+        s=(path, arg),
+        path=path,
+        hint=_LINK_HINT,
+    )

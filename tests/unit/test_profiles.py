@@ -69,9 +69,29 @@ def test_workdir_defaults_to_the_real_current_directory(
     policy = profiles.workspace_write()
     assert policy.workdir == os.path.realpath(real)
     assert policy.filesystem.write == (os.path.realpath(real),)
-    assert profiles.read_only(link).workdir == os.path.realpath(real)
-    assert profiles.read_only("../link").workdir == os.path.realpath(real)
     assert profiles.read_only("..").workdir == os.path.realpath(tmp_path)
+
+
+def test_workdir_symlinks_a_sandbox_could_have_planted_are_not_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A link in a directory the caller (and so a sandbox of the caller's) can write may have been planted
+    # by an earlier sandbox (`sub -> /etc`): it is kept as written, and the sandbox's init refuses it
+    # (tests/kernel/test_attack_paths.py) instead of making its target the writable workdir.
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.chdir(real)
+    assert profiles.read_only(tmp_path / "link").workdir == str(tmp_path / "link")
+    assert profiles.read_only("../link").workdir == str(tmp_path / "link")
+    assert profiles.workspace_write(tmp_path / "link").filesystem.write == (str(tmp_path / "link"),)
+
+
+def test_system_symlinks_are_resolved_once() -> None:
+    # Links in a directory only root may write (and, for a root caller, a system directory): /var/run.
+    if not os.path.islink("/var/run"):
+        pytest.skip("/var/run is not a symlink on this machine")
+    assert profiles.read_only("/var/run").workdir == os.path.realpath("/var/run")
 
 
 def test_relative_paths_resolve_against_the_workdir() -> None:

@@ -1,0 +1,136 @@
+"""What a policy hides stays hidden across runs, whatever a sandbox renamed, moved, replaced or linked.
+
+Denied paths (`deny`, and the default profiles' credential stores) are hidden by mounts over their names. A
+sandbox that may write a parent of a denied path would otherwise rename the parent (`mv .config .cfg`), move
+or rename the secret itself, or put something else at its name, so that the next run finds the name empty,
+hides nothing, and reads the secret under its new name. Each test lets a first sandbox try that, then dumps
+every file a second sandbox (same policy) can read: the secret's content must never appear, and, checked
+from outside, the secret is still where the user keeps it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from policies import Policy, profiles
+from supervisor import Supervisor
+
+pytestmark = pytest.mark.kernel
+
+SH = "/bin/sh"
+
+#: The second run: the content of every regular file reachable below the workdir (no link followed).
+DUMP = "find . -type f -exec cat {} + 2>/dev/null; true"
+
+
+async def run(sup: Supervisor, pol: Policy, script: str) -> tuple[int, bytes]:
+    r = await sup.run([SH, "-c", script], policy=pol)
+    return r.exit_code, r.stdout + r.stderr
+
+
+async def attack_then_dump(sup: Supervisor, pol: Policy, script: str, secret: str) -> bytes:
+    """Run `script` (the attack; its failures are the point, so it always exits 0), then the dump, both
+    under `pol`; the secret must appear in neither. Returns the attack's output."""
+    code, first = await run(sup, pol, script + "; true")
+    assert code == 0, first
+    assert secret.encode() not in first
+    code, second = await run(sup, pol, DUMP)
+    assert code == 0
+    assert b"control-visible" in second  # the dump does read the workspace
+    assert secret.encode() not in second
+    return first
+
+
+@pytest.fixture
+def secret(workspace: Path) -> str:
+    marker = f"TOPSECRET-{uuid.uuid4().hex}"
+    (workspace / "sub").mkdir()
+    (workspace / "sub" / ".env").write_text(marker)
+    (workspace / "other").mkdir()
+    (workspace / "visible.txt").write_text("control-visible\n")
+    return marker
+
+
+def env_policy(workspace: Path) -> Policy:
+    return profiles.workspace_write(workspace, deny=[workspace / "sub" / ".env"], timeout=20)
+
+
+async def test_renaming_the_parent_of_a_denied_file(sup: Supervisor, workspace: Path, secret: str) -> None:
+    out = await attack_then_dump(sup, env_policy(workspace), "mv sub sub2; cat sub2/.env", secret)
+    assert b"busy" in out.lower()  # the parent is a mount point: rename gives EBUSY
+    assert (workspace / "sub" / ".env").read_text() == secret
+
+
+async def test_renaming_or_moving_the_denied_file(sup: Supervisor, workspace: Path, secret: str) -> None:
+    pol = env_policy(workspace)
+    await attack_then_dump(sup, pol, "mv sub/.env sub/env2; mv sub/.env other/.env; mv sub/.env .", secret)
+    assert (workspace / "sub" / ".env").read_text() == secret
+
+
+async def test_replacing_the_denied_file_with_a_symlink(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    pol = env_policy(workspace)
+    script = "mv sub/.env sub/x && ln -s x sub/.env; rm -f sub/.env; ln -s ../visible.txt sub/.env"
+    await attack_then_dump(sup, pol, script, secret)
+    assert (workspace / "sub" / ".env").read_text() == secret
+
+
+async def test_hardlinking_the_denied_file(sup: Supervisor, workspace: Path, secret: str) -> None:
+    await attack_then_dump(sup, env_policy(workspace), "ln sub/.env copy; ln sub/.env other/copy", secret)
+    assert (workspace / "sub" / ".env").stat().st_nlink == 1
+
+
+async def test_a_denied_directory_cannot_be_moved_or_emptied(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    (workspace / "deep" / "keys").mkdir(parents=True)
+    (workspace / "deep" / "keys" / "id.pem").write_text(secret)
+    (workspace / "sub" / ".env").write_text("not denied here\n")
+    pol = profiles.workspace_write(workspace, deny=[workspace / "deep" / "keys"], timeout=20)
+    script = (
+        "mv deep d2; mv deep/keys k2; mv deep/keys other/; mv deep/keys/id.pem .; ln deep/keys/id.pem l;"
+        " rmdir deep/keys; mv other deep/keys"
+    )
+    await attack_then_dump(sup, pol, script, secret)
+    assert (workspace / "deep" / "keys" / "id.pem").read_text() == secret
+
+
+async def test_default_credential_hiding_with_home_as_workdir(
+    sup: Supervisor, workspace: Path, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The workspace stands in for the caller's home: the default profile hides its credential stores.
+    monkeypatch.setenv("HOME", str(workspace))
+    (workspace / ".config" / "gcloud").mkdir(parents=True)
+    (workspace / ".config" / "gcloud" / "credentials.db").write_text(secret)
+    (workspace / ".config" / "other.conf").write_text("control-visible\n")
+    (workspace / ".ssh").mkdir()
+    (workspace / ".ssh" / "id_ed25519").write_text(secret)
+    (workspace / "sub" / ".env").write_text("not denied here\n")
+    pol = profiles.workspace_write(workspace, timeout=20)
+    assert str(workspace / ".config" / "gcloud") in pol.filesystem.deny
+    script = "mv .config .cfg; mv .ssh .s; mv .config/gcloud gc; mkdir -p x && mv .config x/"
+    out = await attack_then_dump(sup, pol, script, secret)
+    assert b"busy" in out.lower()
+    # The user's real ~/.config is where it was (the attack used to move it away).
+    assert (workspace / ".config" / "gcloud" / "credentials.db").read_text() == secret
+    assert (workspace / ".ssh" / "id_ed25519").read_text() == secret
+
+
+async def test_a_denied_path_reached_through_a_symlink_hides_its_target(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    # A dotfile manager's ~/.config -> dotfiles/config: the secret is hidden as the object the name leads
+    # to (the sandbox's init follows no link itself; the fork server resolved this one to hide its target).
+    (workspace / "dotfiles" / "config" / "gcloud").mkdir(parents=True)
+    (workspace / "dotfiles" / "config" / "gcloud" / "creds").write_text(secret)
+    (workspace / "config").symlink_to("dotfiles/config")
+    (workspace / "sub" / ".env").write_text("not denied here\n")
+    pol = profiles.workspace_write(workspace, deny=[workspace / "config" / "gcloud"], timeout=20)
+    await attack_then_dump(
+        sup, pol, "mv dotfiles/config/gcloud g; mv dotfiles d2; cat config/gcloud/creds", secret
+    )
+    assert (workspace / "dotfiles" / "config" / "gcloud" / "creds").read_text() == secret

@@ -1,0 +1,167 @@
+"""Symlinks planted for a later sandbox: a writable root or workdir that an earlier sandbox made a link.
+
+A sandbox that may write W can turn a path that a later policy uses as a writable root or workdir (a `build/`
+that does not exist yet, a subdirectory another policy works in, a component on the way to one) into a
+symlink to a host directory. Followed, the next sandbox would get write access to the link's target (as uid
+0 under a root caller). Each test plants the link from inside a first sandbox, then checks that the second
+run is refused with SandboxSetupError (the CLI: exit 125, one line) and, from outside, that nothing was
+written to the target. The targets are scratch directories standing in for /etc, plus one real /etc link
+that the second run only tests for existence.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from policies import Policy, profiles
+from supervisor import SandboxSetupError, Supervisor
+from tests.kernel.test_attack_filesystem import tree_state
+
+pytestmark = pytest.mark.kernel
+
+SH = "/bin/sh"
+CORRAL = [sys.executable, "-m", "supervisor.cli"]
+
+
+async def sh(sup: Supervisor, pol: Policy, script: str) -> None:
+    """Run `script` in a sandbox under `pol`; it must succeed (the planting run)."""
+    r = await sup.run([SH, "-c", script], policy=pol)
+    assert r.exit_code == 0, r.stderr.decode()
+
+
+async def refused(sup: Supervisor, pol: Policy, script: str) -> SandboxSetupError:
+    """Run `script` under `pol`: the sandbox must not start; return the error."""
+    with pytest.raises(SandboxSetupError) as info:
+        await sup.run([SH, "-c", script], policy=pol)
+    assert info.value.errno == 40, str(info.value)  # ELOOP: a symlink where none may be
+    assert "symlink" in str(info.value)
+    return info.value
+
+
+@pytest.fixture
+def other() -> Iterator[Path]:
+    """A second project directory (another policy's workdir)."""
+    d = Path("/var/tmp/corral-tests") / f"other-{uuid.uuid4().hex[:10]}"
+    d.mkdir(mode=0o755, parents=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_a_future_writable_root_planted_as_a_symlink_is_refused(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    before = tree_state(outside)
+    build = workspace / "build"  # does not exist when the policy is made
+    pol = profiles.workspace_write(workspace, allow_write=[build], timeout=20)
+    await sh(sup, pol, f"ln -s {outside} build")
+    assert build.is_symlink()
+    err = await refused(sup, pol, "echo pwned > build/x; echo pwned > build/canary.txt")
+    assert err.path is not None
+    assert err.path.startswith(str(build))
+    # The same policy made again now, with the link already there, is refused too.
+    again = profiles.workspace_write(workspace, allow_write=[build], timeout=20)
+    await refused(sup, again, "echo pwned > build/x")
+    assert tree_state(outside) == before
+
+
+async def test_another_policys_workdir_planted_as_a_symlink_is_refused(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    before = tree_state(outside)
+    (workspace / "sub").mkdir()
+    first = profiles.workspace_write(workspace, timeout=20)
+    second = profiles.workspace_write(workspace / "sub", timeout=20)  # made while sub is a directory
+    await sh(sup, first, f"rmdir sub && ln -s {outside} sub")
+    await refused(sup, second, "echo pwned > x; echo pwned > canary.txt")
+    # Made after the link was planted (as the CLI makes its policy at each run): refused as well.
+    later = profiles.workspace_write(workspace / "sub", timeout=20)
+    assert later.workdir == str(workspace / "sub")
+    await refused(sup, later, "echo pwned > x")
+    assert tree_state(outside) == before
+
+
+async def test_an_allow_write_directory_replaced_by_a_symlink_is_refused(
+    sup: Supervisor, workspace: Path, other: Path, outside: Path
+) -> None:
+    before = tree_state(outside)
+    cache = workspace / "cache"
+    cache.mkdir()
+    first = profiles.workspace_write(workspace, timeout=20)
+    second = profiles.workspace_write(other, allow_write=[cache], timeout=20)
+    await sh(sup, second, f"echo ok > {cache}/probe")  # control: the root works while it is a directory
+    assert (cache / "probe").read_text() == "ok\n"
+    await sh(sup, first, f"rm -r cache && ln -s {outside} cache")
+    await refused(sup, second, f"echo pwned > {cache}/x; echo pwned > {cache}/canary.txt")
+    assert tree_state(outside) == before
+
+
+async def test_an_intermediate_component_replaced_by_a_symlink_is_refused(
+    sup: Supervisor, workspace: Path, other: Path, outside: Path
+) -> None:
+    (outside / "b").mkdir()
+    before = tree_state(outside)
+    (workspace / "a" / "b").mkdir(parents=True)
+    first = profiles.workspace_write(workspace, timeout=20)
+    second = profiles.workspace_write(other, allow_write=[workspace / "a" / "b"], timeout=20)
+    await sh(sup, first, f"mv a a.old && ln -s {outside} a")
+    await refused(sup, second, f"echo pwned > {workspace}/a/b/x")
+    # A workdir reached through the planted component: refused too.
+    await refused(sup, profiles.workspace_write(workspace / "a" / "b", timeout=20), "echo pwned > x")
+    assert tree_state(outside) == before
+
+
+@pytest.fixture
+def under_tmp() -> Iterator[Path]:
+    """A project directory in the host's /tmp, with a subdirectory `sub`."""
+    base = Path(f"/tmp/corral-paths-{uuid.uuid4().hex[:10]}")
+    (base / "sub").mkdir(parents=True)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_workdir_under_tmp_planted_as_a_symlink_is_refused(
+    sup: Supervisor, under_tmp: Path, outside: Path
+) -> None:
+    # Roots under /tmp take another route (opened before the private /tmp hides them, then bound back).
+    before = tree_state(outside)
+    second = profiles.workspace_write(under_tmp / "sub", timeout=20)
+    await sh(sup, profiles.workspace_write(under_tmp, timeout=20), f"rmdir sub && ln -s {outside} sub")
+    await refused(sup, second, "echo pwned > x")
+    assert tree_state(outside) == before
+
+
+async def test_a_planted_link_to_the_real_etc_is_refused(sup: Supervisor, workspace: Path) -> None:
+    # The second run only tests for existence: nothing is ever written to /etc, even if this failed.
+    etc_before = sorted(os.listdir("/etc"))
+    pol = profiles.workspace_write(workspace, allow_write=[workspace / "conf"], timeout=20)
+    await sh(sup, pol, "ln -s /etc conf")
+    await refused(sup, pol, "test -e conf/passwd && echo reachable")
+    await refused(sup, profiles.workspace_write(workspace / "conf", timeout=20), "test -e passwd")
+    assert sorted(os.listdir("/etc")) == etc_before
+
+
+def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cli_refuses_a_planted_writable_root_and_workdir(workspace: Path, outside: Path) -> None:
+    before = tree_state(outside)
+    build = str(workspace / "build")
+    first = corral("run", "--allow-write", build, "--", SH, "-c", f"ln -s {outside} build", cwd=workspace)
+    assert first.returncode == 0, first.stderr
+    second = corral("run", "--allow-write", build, "--", SH, "-c", "echo pwned > build/x", cwd=workspace)
+    assert second.returncode == 125, second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert "symlink" in second.stderr
+    third = corral("run", "--workdir", build, "--", SH, "-c", "echo pwned > x", cwd=workspace)
+    assert third.returncode == 125, third.stderr
+    assert len(third.stderr.strip().splitlines()) == 1, third.stderr
+    assert tree_state(outside) == before
