@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from supervisor._monitor import ChildStats, Rule
     from supervisor.sandbox.cgroups import CgroupStats, Leaf
 
-ViolationKind = Literal["memory", "pids", "wall_time", "cpu_time", "fds", "output"]
+ViolationKind = Literal["memory", "pids", "wall_time", "cpu_time", "fds", "output", "disk"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,8 @@ class Result:
     stdout/stderr: captured output (bounded; `*_truncated` says whether bytes were dropped).
     enforced:  the isolation layers that took effect; missing: (layer, reason) pairs skipped by best_effort.
     limit_hits: limits the kernel held without killing the command, with a count: "pids" (forks refused at
-               pids.max), "memory_oom" (processes the OOM killer ended).
+               pids.max), "memory_oom" (processes the OOM killer ended), "memory_socket" (cgroup v1: socket
+               buffers reached the memory limit).
     killed:    True when the violation is what ended the command (corral, or the kernel's OOM killer, killed
                it for the limit); False when a violation is only reported (pids.max held it).
     """

@@ -166,6 +166,13 @@ class Enforcer:
                 observed = s.memory_peak_bytes or s.memory_bytes or r.memory
                 child.kill_for(Violation("memory", r.memory, observed))
                 return
+        if leaf is not None and leaf.socket_limit_hit is not None and r.memory is not None:
+            # cgroup v1: socket buffers reached the memory limit (their own counter there; v2 counts them
+            # with the rest and OOM-kills). The kernel refused buffers past it; the memory limit is broken
+            # all the same, as it would be on v2.
+            child.limit_hits["memory_socket"] = 1
+            child.kill_for(Violation("memory", r.memory, s.memory_peak_bytes or leaf.socket_limit_hit))
+            return
         if r.cpu_time is not None and s.cpu_seconds is not None and s.cpu_seconds > r.cpu_time:
             child.kill_for(Violation("cpu_time", r.cpu_time, round(s.cpu_seconds, 3)))
             return
@@ -213,6 +220,13 @@ class Enforcer:
             if r.memory is not None and not child.killed:
                 child.violation = Violation("memory", r.memory, s.memory_peak_bytes or r.memory)
                 child.killed = True
+        leaf = child.leaf
+        if leaf is not None and leaf.socket_limit_hit is not None and r.memory is not None:
+            # Socket buffers reached the v1 limit after the last sample; the command exited on its own
+            # (reported, as pids.max hits are: the exit status stays its own).
+            child.limit_hits["memory_socket"] = 1
+            if child.violation is None:
+                child.violation = Violation("memory", r.memory, s.memory_peak_bytes or leaf.socket_limit_hit)
 
     def forget(self, child: Child, nrules: int) -> None:
         for i in range(nrules):

@@ -104,3 +104,17 @@ async def test_child_cannot_raise_its_own_limits(sup: Supervisor, ws: Path) -> N
 
 async def test_children_die_with_the_supervisor_and_the_next_start_cleans_up(ws: Path) -> None:
     await death.check_supervisor_death(ws)
+
+
+async def test_socket_buffers_count_in_memory_current(sup: Supervisor, ws: Path) -> None:
+    # cgroup v2 charges socket buffers to memory.current by default (no tcp limit to set): never-read loopback
+    # connections in the sandbox's own network namespace hit memory.max like any other memory.
+    from tests.kernel import test_attack_kernel_memory as km
+
+    result, _mem_drop, sock_growth = await km._attack(sup, ws, "tcp")
+    km._held(result, "tcp")
+    # Charged with the rest: memory.max is reached and the group OOM-killed (memory.oom.group).
+    assert result.violation is not None, result
+    assert result.violation.kind == "memory", result
+    assert result.exit_code == 137, result
+    assert sock_growth <= km.LIMIT + 16 * MiB, (sock_growth >> 20, result)

@@ -356,6 +356,11 @@ class CgroupStats(NamedTuple):
 
 _NO_STATS = CgroupStats(None, None, None, None, None, None)
 
+#: v1 socket buffers count as having reached the memory limit within this much of it: the kernel charges a
+#: buffer whole (up to a GSO segment's truesize, under 256 KiB) or refuses it, so a refused charge leaves the
+#: high-water mark that close below the limit.
+_SOCKET_SLACK = 512 << 10
+
 
 def _field(data: bytes, key: bytes) -> int | None:
     """The integer after `key` (which ends with a space) at the start of a line of a flat-keyed
@@ -448,6 +453,13 @@ class Leaf:
         self.reasons: dict[str, str] = {}
         self._fds: tuple[int, int, int, int, int, int] | None = None
         self._fast = False
+        # v1 only: memory.kmem.tcp.max_usage_in_bytes, and the level at which it counts as the limit
+        # reached (see _apply). -1 / None: not sampled.
+        self._tcp_fd = -1
+        self._tcp_hit_at: int | None = None
+        #: v1: the socket-buffer high-water mark once it reached the memory limit (the kernel refused
+        #: socket memory past it), else None. Set by stats().
+        self.socket_limit_hit: int | None = None
         self._cpu_version = versions.get("cpuacct", 0)
         self._lock = threading.Lock()
         self._removed = False
@@ -508,6 +520,9 @@ class Leaf:
                     )
                 if has("memory", "memory.oom.group"):
                     put("memory", "memory.oom.group", "1")
+                # v2 charges socket buffers to memory.current with everything else (unless booted with
+                # cgroup.memory=nosocket): memory.max holds them (tests/kernel/test_limits_v2.py).
+                self.enforced["socket_memory"] = True
             else:
                 put("memory", "memory.limit_in_bytes", str(r.memory))
                 self.enforced["memory"] = True
@@ -524,6 +539,22 @@ class Leaf:
                 # Keep the OOM killer on: with it disabled the group would hang at the limit instead
                 # of dying.
                 put("memory", "memory.oom_control", "0")
+                # v1 charges socket buffers (TCP, UDP, every protocol with socket memory accounting;
+                # the file's name is historical) to a counter of their own, and only once its limit is
+                # set: without it, a command queued 1 GiB in never-read loopback connections under a
+                # 64 MiB limit. The kernel refuses buffers past it (senders wait, receivers drop) and
+                # the sampler reports reaching it as a memory violation (see stats()). Written before
+                # any socket exists: sockets made earlier are never charged.
+                if has("memory", "memory.kmem.tcp.limit_in_bytes"):
+                    put("memory", "memory.kmem.tcp.limit_in_bytes", str(r.memory))
+                    self.enforced["socket_memory"] = True
+                    self._tcp_hit_at = max(0, r.memory - _SOCKET_SLACK)
+                else:
+                    self.enforced["socket_memory"] = False
+                    self.reasons["socket_memory"] = (
+                        "memory.kmem.tcp.limit_in_bytes is missing: socket buffers are not charged to "
+                        "the cgroup on this cgroup v1 kernel"
+                    )
         if r.cpus is not None:
             if "cpu" not in self._dirs:
                 missing("cpus", "cpu")
@@ -542,15 +573,15 @@ class Leaf:
                 put("pids", "pids.max", str(r.pids))
                 self.enforced["pids"] = True
 
-    def missing(self, keys: tuple[str, ...] = ("memory", "cpus", "pids")) -> dict[str, str]:
+    def missing(self, keys: tuple[str, ...] = ("memory", "socket_memory", "cpus", "pids")) -> dict[str, str]:
         """The limits among `keys` that were asked for but are not enforced, with the reason for
         each."""
         return {k: self.reasons.get(k, "") for k in keys if self.enforced.get(k) is False}
 
-    def require(self, keys: tuple[str, ...] = ("memory", "cpus", "pids")) -> None:
+    def require(self, keys: tuple[str, ...] = ("memory", "socket_memory", "cpus", "pids")) -> None:
         """Fail closed: raise SandboxSetupError naming the first limit among `keys` that the policy
-        sets and the kernel does not enforce. "swap" is not required by default (irrelevant on hosts
-        without swap)."""
+        sets and the kernel does not enforce ("socket_memory": socket buffers charged under the memory
+        limit). "swap" is not required by default (irrelevant on hosts without swap)."""
         from supervisor._errors import SandboxSetupError
 
         for key, why in self.missing(keys).items():
@@ -584,6 +615,8 @@ class Leaf:
                 o("memory", "memory.oom_control"),
             )
         cpu = o("cpuacct", "cpu.stat" if self._cpu_version == 2 else "cpuacct.usage")
+        if self._tcp_hit_at is not None and self._tcp_fd < 0:
+            self._tcp_fd = o("memory", "memory.kmem.tcp.max_usage_in_bytes")
         return (*mem, cpu, o("pids", "pids.current"), o("pids", "pids.events"))
 
     def _prime(self) -> None:
@@ -618,12 +651,15 @@ class Leaf:
                         cpu_s = int(cpu[11 : cpu.index(b"\n")]) / 1e6
                     else:
                         cpu_s = int(cpu) / 1e9
+                    peak = int(pread(fds[1], 32, 0))
+                    if self._tcp_fd >= 0:
+                        peak += self._socket_peak()
                     # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
                     return _tuple_new(
                         CgroupStats,
                         (
                             int(pread(fds[0], 32, 0)),
-                            int(pread(fds[1], 32, 0)),
+                            peak,
                             cpu_s,
                             int(pread(fds[4], 32, 0)),
                             int(ev[i : ev.index(b"\n", i)]),
@@ -634,7 +670,7 @@ class Leaf:
                     # An older kernel's format (no oom_kill line before 4.13...) or a vanished file:
                     # take the careful path from now on.
                     self._fast = False
-            return parse_stats(
+            out = parse_stats(
                 self._cpu_version,
                 _pread(fds[0]),
                 _pread(fds[1]),
@@ -643,6 +679,19 @@ class Leaf:
                 _pread(fds[4]),
                 _pread(fds[5]),
             )
+            if self._tcp_fd >= 0 and out.memory_peak_bytes is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    out = out._replace(memory_peak_bytes=out.memory_peak_bytes + self._socket_peak())
+            return out
+
+    def _socket_peak(self) -> int:
+        """v1: the socket buffers' high-water mark (their own counter, not in memory.max_usage_in_bytes, so
+        the peak reported is the sum of the two: an upper bound of the combined high-water mark). Records
+        `socket_limit_hit` once it reached the limit. Raises OSError/ValueError."""
+        t = int(os.pread(self._tcp_fd, 32, 0))
+        if self._tcp_hit_at is not None and t >= self._tcp_hit_at and self.socket_limit_hit is None:
+            self.socket_limit_hit = t
+        return t
 
     def pids(self) -> list[int]:
         """The processes now in the leaf (union over its hierarchies), sorted. Raises
@@ -678,6 +727,9 @@ class Leaf:
                     if fd >= 0:
                         os.close(fd)
                 self._fds = None
+            if self._tcp_fd >= 0:
+                os.close(self._tcp_fd)
+                self._tcp_fd = -1
             self._removed = True
         deadline = time.monotonic() + timeout
         for d in self.paths:
