@@ -48,7 +48,13 @@ def test_open_makes_one_parent_per_hierarchy(mgr: CgroupManager) -> None:
 def test_limits_are_written(mgr: CgroupManager) -> None:
     leaf = mgr.create_leaf("limits", ResourcePolicy(memory=64 * cg.MiB, cpus=0.2, pids=50))
     try:
-        assert leaf.enforced == {"memory": True, "swap": True, "cpus": True, "pids": True}
+        assert leaf.enforced == {
+            "memory": True,
+            "swap": True,
+            "socket_memory": True,
+            "cpus": True,
+            "pids": True,
+        }
         assert len(leaf.procs_files) == len(_LAYOUT.hierarchies())
         mem = leaf.dir("memory")
         cpu = leaf.dir("cpu")
@@ -57,6 +63,8 @@ def test_limits_are_written(mgr: CgroupManager) -> None:
         assert cpu
         assert pids
         assert int(cg.read(f"{mem}/memory.limit_in_bytes")) == 64 * cg.MiB
+        # Socket buffers are charged on v1 only once this limit is written (docs/cgroups.md).
+        assert int(cg.read(f"{mem}/memory.kmem.tcp.limit_in_bytes")) == 64 * cg.MiB
         if os.path.exists(f"{mem}/memory.memsw.limit_in_bytes"):
             assert int(cg.read(f"{mem}/memory.memsw.limit_in_bytes")) == 64 * cg.MiB
         assert "oom_kill_disable 0" in cg.read(f"{mem}/memory.oom_control")
@@ -135,7 +143,7 @@ def test_ordinary_user_with_chowned_v1_directories() -> None:
         out = cg.run_supervisor(user=NOBODY, delegate=paths)
         assert out["available"], out
         assert out["controllers"] == dict.fromkeys(_V1, 1), out
-        assert out["enforced"] == {"memory": True, "swap": True, "pids": True}, out
+        assert out["enforced"] == {"memory": True, "swap": True, "socket_memory": True, "pids": True}, out
         assert out["placed"], out
         assert out["killed"], out
         assert out["rc"] == -9, out
