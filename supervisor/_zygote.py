@@ -222,9 +222,11 @@ class _NetPool:
     the namespace's owner, the initial user namespace, which no sandbox has). What it leaves are sockets,
     and they die with its processes: a namespace goes back to the pool when the init that borrowed it has
     exited (its pidfd polls readable; the init is pid 1, so every process of the sandbox is gone by then),
-    and is lent again only if `_cinit.netns_unused` finds no socket and no TIME-WAIT connection left in
-    it; else it is dropped and a new one made. Left over, and documented (docs/architecture.md): the
-    namespace's traffic counters (/proc/net/snmp, /proc/net/dev) add up across the sandboxes of one key.
+    and is lent again only if `_cinit.netns_unused` finds it as new: no socket, no TIME-WAIT connection, no
+    IPv6 flow label, and not one packet counted on loopback (so nothing that traffic leaves: counters, TCP
+    metrics, route exceptions); else it is dropped and a new one made. A sandbox that used the network
+    therefore costs a new namespace; one that did not (most short commands) reuses it. Left over, and
+    documented (docs/architecture.md): counters a send that found no route bumps without a packet.
     """
 
     MAX_IDLE = 64

@@ -1218,31 +1218,111 @@ static PyObject *py_netns_new(PyObject *self, PyObject *unused) {
     return Py_BuildValue("(ii)", ns, mnt);
 }
 
-/* Whether a lent namespace is back to what a new one is: no socket of any family ("sockets: used", counted
- * per namespace) and no TCP connection in TIME-WAIT (which would hold its port). */
+/* Whether a lent namespace is back to what a new one is, in everything a process without capabilities over
+ * it can change and that matters to the next borrower (docs/architecture.md, "Pooled network namespaces"):
+ *   sockstat       no socket of any family ("sockets: used", counted per namespace; abstract unix names and
+ *                  multicast memberships go with their sockets) and no TCP connection in TIME-WAIT (which
+ *                  would hold its port);
+ *   ip6_flowlabel  no IPv6 flow label (an exclusive one lingers after its socket is closed and refuses the
+ *                  label to the next borrower);
+ *   dev            no packet, byte or error counted on any interface (only lo exists): no traffic at all, so
+ *                  nothing traffic creates (TCP metrics and fast-open cookies, route exceptions, inet peers,
+ *                  the counters of /proc/net/snmp, snmp6 and netstat) can be there either.
+ * What is left: the few counters a send that found no route bumps without a packet (Ip/Ip6 OutNoRoutes), not
+ * read here (snmp and snmp6 would cost the fork server 50 us more per sandbox). The fork server reads each file
+ * once, in one setns round trip. */
+static char state_buf[16384];
+
+static int read_net(const char *name, size_t *len) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/thread-self/net/%s", name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? -2 : -1;
+    size_t n = 0;
+    for (;;) {
+        ssize_t got = read(fd, state_buf + n, sizeof state_buf - 1 - n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            int err = got < 0 ? errno : 0;
+            close(fd);
+            if (got < 0) {
+                errno = err;
+                return -1;
+            }
+            break;
+        }
+        n += (size_t)got;
+        if (n == sizeof state_buf - 1) { /* larger than any pristine file: not empty */
+            close(fd);
+            state_buf[n] = '\0';
+            *len = n;
+            return 1;
+        }
+    }
+    state_buf[n] = '\0';
+    *len = n;
+    return 0;
+}
+
+/* Whether every whitespace-separated word of `line` (after a "name:" prefix, if any) is "0". */
+static int zeros_after(const char *line, const char *end) {
+    const char *p = memchr(line, ':', (size_t)(end - line));
+    p = p ? p + 1 : line;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        if (p >= end) break;
+        const char *w = p;
+        while (p < end && *p != ' ' && *p != '\t') p++;
+        if (!(p - w == 1 && *w == '0')) return 0;
+    }
+    return 1;
+}
+
+/* 1: every line from line `first` on is all zeros after its "name:". */
+static int all_zero(const char *buf, size_t len, int first) {
+    const char *p = buf, *end = buf + len;
+    for (int i = 0; p < end; i++) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *e = nl ? nl : end;
+        if (i >= first && !zeros_after(p, e)) return 0;
+        p = nl ? nl + 1 : end;
+    }
+    return 1;
+}
+
 static PyObject *py_netns_unused(PyObject *self, PyObject *args) {
     int ns;
     (void)self;
     if (!PyArg_ParseTuple(args, "i", &ns)) return NULL;
     if (host_net() < 0 || setns(ns, CLONE_NEWNET) != 0) return PyErr_SetFromErrno(PyExc_OSError);
-    char buf[1024];
-    ssize_t n = -1;
-    int fd = open("/proc/thread-self/net/sockstat", O_RDONLY | O_CLOEXEC);
-    int err = fd < 0 ? errno : 0;
-    if (fd >= 0) {
-        n = read(fd, buf, sizeof buf - 1);
-        if (n < 0) err = errno;
-        close(fd);
+    size_t n = 0;
+    int r, err = 0, clean = 0;
+    /* sockstat first: right after a borrower exits its sockets may still wait for RCU. */
+    if ((r = read_net("sockstat", &n)) < 0) {
+        err = r == -2 ? ENOENT : errno;
+        goto out;
     }
+    const char *used = strstr(state_buf, "sockets: used "), *tw = strstr(state_buf, " tw ");
+    if (r || !used || !tw || atol(used + 14) != 0 || atol(tw + 4) != 0) goto out;
+    if ((r = read_net("ip6_flowlabel", &n)) == -1) goto fail;
+    if (r == 1) goto out;
+    if (r == 0) { /* the header line only */
+        const char *nl = memchr(state_buf, '\n', n);
+        if (nl && (size_t)(nl + 1 - state_buf) < n) goto out;
+    }
+    if ((r = read_net("dev", &n)) == -1) goto fail;
+    if (r == 1 || (r == 0 && !all_zero(state_buf, n, 2))) goto out;
+    clean = 1;
+    goto out;
+fail:
+    err = errno;
+out:
     back_home();
-    if (n < 0) {
+    if (err) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    buf[n] = '\0';
-    const char *used = strstr(buf, "sockets: used "), *tw = strstr(buf, " tw ");
-    if (!used || !tw) Py_RETURN_FALSE;
-    return PyBool_FromLong(atol(used + 14) == 0 && atol(tw + 4) == 0);
+    return PyBool_FromLong(clean);
 }
 
 static char launch_stack[64 * 1024] __attribute__((aligned(16)));
@@ -1381,7 +1461,7 @@ static PyMethodDef methods[] = {
      "netns_new() -> (netns_fd, sysfs_fd): a new network namespace with lo up, and a detached read-only sysfs "
      "mount of it; the caller stays in its own."},
     {"netns_unused", py_netns_unused, METH_VARARGS,
-     "netns_unused(netns_fd) -> bool: no socket and no TIME-WAIT connection left in it."},
+     "netns_unused(netns_fd) -> bool: as new: no socket, TIME-WAIT, flow label, packet or counter in it."},
     {"identities", py_identities, METH_VARARGS,
      "identities(paths: list[str | bytes]) -> bytes: lstat's dev, ino and mode (or errno) of each, 24 bytes "
      "each."},

@@ -600,6 +600,124 @@ print("bound", flush=True)
         assert ns1 != ns2
 
 
+# Leaves one kind of state (argv[1]) in its network namespace and exits: "flowlabel" an exclusive IPv6 flow
+# label that lingers after its socket is closed; "traffic" a loopback TCP exchange (counters, TCP state the
+# kernel keeps per destination); "udp" one datagram to a closed port (an ICMP error, counters); "abstract" an
+# abstract unix name and a multicast membership held by a daemon the init kills. Prints its namespace first.
+LEAVE = (
+    NETNS
+    + r"""
+import os, socket, struct, sys
+kind = sys.argv[1]
+def flowlabel_req(create):
+    # struct in6_flowlabel_req: dst, label (be32), action, share, flags, expires, linger, pad
+    return (socket.inet_pton(socket.AF_INET6, "::1") + struct.pack("!I", 0xBEEF5)
+            + struct.pack("=BBHHHI", 0, 1, 1 if create else 0, 0, 60, 0))
+if kind == "flowlabel":
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, 32, flowlabel_req(True))  # IPV6_FLOWLABEL_MGR, GET|CREATE, EXCL
+    s.close()
+elif kind == "traffic":
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+    c = socket.create_connection(srv.getsockname()); a, _ = srv.accept()
+    c.sendall(b"x" * 100000); a.recv(100); c.close(); a.close(); srv.close()
+elif kind == "udp":
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("127.0.0.1", 9)); u.close()
+elif kind == "abstract":
+    if os.fork() == 0:
+        un = socket.socket(socket.AF_UNIX); un.bind("\0corral-leftover"); un.listen()
+        m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        group = socket.inet_aton("239.1.2.3") + socket.inet_aton("127.0.0.1")
+        m.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+        os.setsid(); print("daemon", flush=True); os.pause()
+    import time; time.sleep(0.2)
+print("left", flush=True)
+"""
+)
+
+# What the next borrower sees: its namespace, then {file: content} of the per-namespace state, whether it can
+# take the exclusive flow label and the abstract name.
+SEE = (
+    NETNS
+    + r"""
+import json, socket, struct
+r = {}
+for f in ("sockstat", "dev", "snmp", "snmp6", "netstat", "ip6_flowlabel", "igmp", "unix"):
+    try:
+        r[f] = open("/proc/net/" + f).read()
+    except OSError as e:
+        r[f] = str(e)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+req = (socket.inet_pton(socket.AF_INET6, "::1") + struct.pack("!I", 0xBEEF5)
+       + struct.pack("=BBHHHI", 0, 1, 1, 0, 5, 0))
+try:
+    s.setsockopt(socket.IPPROTO_IPV6, 32, req); r["flowlabel_take"] = "ok"
+except OSError as e:
+    r["flowlabel_take"] = e.errno
+un = socket.socket(socket.AF_UNIX)
+try:
+    un.bind("\0corral-leftover"); r["abstract_bind"] = "ok"
+except OSError as e:
+    r["abstract_bind"] = e.errno
+print(json.dumps(r))
+"""
+)
+
+
+def _counters_zero(view: dict[str, str]) -> list[str]:
+    """The counters of a /proc/net view that are not what a new namespace shows (all zero but the Ip and
+    Tcp constants)."""
+    bad = []
+    for line in view["dev"].splitlines()[2:]:
+        if any(v != "0" for v in line.split(":", 1)[1].split()):
+            bad.append(line)
+    lines = view["snmp"].splitlines()
+    for head, vals in zip(lines[::2], lines[1::2], strict=True):
+        names, values = head.split()[1:], vals.split()[1:]
+        for name, value in zip(names, values, strict=True):
+            constant = name in ("Forwarding", "DefaultTTL", "RtoAlgorithm", "RtoMin", "RtoMax", "MaxConn")
+            if not constant and value != "0":
+                bad.append(f"{name}={value}")
+    lines = view["netstat"].splitlines()
+    for head, vals in zip(lines[::2], lines[1::2], strict=True):
+        for name, value in zip(head.split()[1:], vals.split()[1:], strict=True):
+            if value != "0":
+                bad.append(f"{name}={value}")
+    bad += [line for line in view["snmp6"].splitlines() if line.split()[1] != "0"]
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["flowlabel", "traffic", "udp", "abstract"])
+async def test_a_borrower_leaves_nothing_for_the_next(workspace: Path, kind: str) -> None:
+    """A sandbox leaves one kind of per-namespace state; the next sandbox of the same policy and workdir,
+    which gets the same pooled namespace when it is as new, sees none of it: no socket, flow label, abstract
+    name, membership or counter, and it can take the flow label and the name itself. Checked on the next
+    borrower's view and, for the pool's decision, by the namespace identity (as root)."""
+    policy = _policy(workspace)
+    async with Supervisor(prefork=0) as sup:
+        clean = await sup.run([PY, "-c", NETNS], policy=policy)  # a namespace the pool will lend again
+        await _gone(clean.pid)
+        first = await sup.run([PY, "-c", LEAVE, kind], policy=policy)
+        assert first.exit_code == 0, first.stderr.decode()
+        assert first.stdout.decode().splitlines()[-1] == "left"
+        await _gone(first.pid)
+        second = await sup.run([PY, "-c", SEE], policy=policy)
+    assert second.exit_code == 0, second.stderr.decode()
+    ns0 = clean.stdout.decode().split()[0]
+    ns1 = first.stdout.decode().split()[0]
+    ns2, view_json = second.stdout.decode().split("\n", 1)
+    view = json.loads(view_json)
+    if POOLED:
+        assert ns1 == ns0  # the first borrower got a pooled namespace: the test attacks the pool
+        assert ns2 != ns1  # and what it left made the pool drop it
+    assert view["sockstat"].startswith("sockets: used 0\n")
+    assert view["ip6_flowlabel"].splitlines()[1:] == []
+    assert view["flowlabel_take"] == "ok"
+    assert view["abstract_bind"] == "ok"
+    assert "030201EF" not in view["igmp"].upper()  # 239.1.2.3, as /proc/net/igmp writes it
+    assert _counters_zero(view) == []
+
+
 # --- Socket address families and netlink protocols ----------------------------------------------------------
 
 # Tries socket() in every family the kernel numbers (0..45) and a few past it, a vsock family number with
