@@ -11,7 +11,8 @@
 - a fresh /proc for the new pid namespace, with /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus
   read-only (as bubblewrap does);
 - denied paths hidden under an empty read-only tmpfs (directories) or /dev/null (files), as the objects their
-  names lead to now;
+  names lead to now; each directory between a writable root and a denied path is made a mount point, so that
+  no sandbox can rename the hidden object out from under its cover for the next one (`_pin_ancestors`);
 - every path of the policy (roots, the workdir, denied and protected paths) is opened by the init without
   following any symlink, and its mount made from that fd (OP_MOUNT_AT): a link a sandbox planted for the next
   one (`build -> /etc`) is refused, never followed.
@@ -281,10 +282,12 @@ def emit_paths(
             # lexists: a root that became a symlink goes to the init, which refuses it (_bind).
             if not _under_hidden(root) and os.path.lexists(root):
                 _bind(plan, root, readonly=False)
+                _pin_ancestors(plan, root, denied)
                 _protect(plan, root, prepared["protected"])  # type: ignore[arg-type]
     for slot, (path, writable, is_dir) in enumerate(keep):
         _rebind(plan, path, slot, is_dir, writable and confine)
         if writable and confine:
+            _pin_ancestors(plan, path, denied)
             _protect(plan, path, prepared["protected"])  # type: ignore[arg-type]
     if confine:
         # A denied path under /tmp, /run or /dev exists in the sandbox only inside what `keep` bound back.
@@ -485,7 +488,8 @@ def _deny_targets(prepared: dict[str, object]) -> list[str]:
     Hiding is by object, not by name: a denied name that a sandbox (of a policy without this deny) made a
     symlink to where it moved the secret hides the secret where it is now. Following a link here grants
     nothing: what is mounted over the target is an empty read-only tmpfs or /dev/null, in the sandbox's
-    own mount namespace. A link to "/" is not followed: hiding the root would only break the view."""
+    own mount namespace. (Within a policy that denies a path the sandbox cannot move it or its ancestors at
+    all: `_pin_ancestors`.) A link to "/" is not followed: hiding the root would only break the view."""
     out: list[str] = []
     for path in prepared["deny"]:  # type: ignore[attr-defined]
         real = os.path.realpath(path)
@@ -493,6 +497,31 @@ def _deny_targets(prepared: dict[str, object]) -> list[str]:
         if target not in out:
             out.append(target)
     return out
+
+
+def _pin_ancestors(plan: Plan, root: str, denied: list[str]) -> None:
+    """Make every directory between writable `root` and a denied path that exists below it a mount point
+    of its own (bound writable over itself, carrying the hiding mount below it along).
+
+    Why: the hiding mounts cover names. A sandbox that may write a parent of a denied path could rename
+    the parent (`mv .config .cfg`), and the next sandbox, finding the old name missing, would hide
+    nothing and read the secret under the new name. A mount point cannot be renamed, moved or removed
+    (EBUSY), so neither can the denied path (itself a mount point) nor any directory above it up to the
+    root (itself a mount point). Cost: one mount per such directory, only where a denied path exists
+    inside a writable root (the home directory as workdir: ~/.config for ~/.config/gcloud)."""
+    prefix = root.rstrip("/") + "/"
+    pinned: set[str] = set()
+    for path in denied:
+        if not path.startswith(prefix) or not os.path.lexists(path):
+            continue
+        parts = path[len(prefix) :].split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            ancestor = prefix + "/".join(parts[:i])
+            if ancestor in denied:
+                break  # hidden itself: nothing below it is visible to move
+            if ancestor not in pinned:
+                pinned.add(ancestor)
+                _bind(plan, ancestor, readonly=False)
 
 
 def _deny(plan: Plan, path: str) -> None:

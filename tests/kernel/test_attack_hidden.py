@@ -10,6 +10,7 @@ from outside, the secret is still where the user keeps it.
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -134,3 +135,32 @@ async def test_a_denied_path_reached_through_a_symlink_hides_its_target(
         sup, pol, "mv dotfiles/config/gcloud g; mv dotfiles d2; cat config/gcloud/creds", secret
     )
     assert (workspace / "dotfiles" / "config" / "gcloud" / "creds").read_text() == secret
+
+
+# Known gaps (docs/security.md): strict xfails, so a fix shows up as a test to un-mark.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP: hiding is per policy: a sandbox whose policy does not hide the path (and so could read it "
+    "anyway) can move it, and a later policy that hides the old name then hides nothing",
+)
+async def test_a_policy_that_does_not_hide_a_path_can_move_it_for_another(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    await run(sup, profiles.workspace_write(workspace, timeout=20), "mv sub sub2")
+    _code, out = await run(sup, env_policy(workspace), DUMP)
+    assert secret.encode() not in out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP: path-based rules cannot see hard links made outside: a denied file that also has a hard "
+    "link elsewhere in a readable root is readable under that name",
+)
+async def test_a_hard_link_made_outside_reaches_the_denied_file(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    os.link(workspace / "sub" / ".env", workspace / "other" / "env-link")
+    _code, out = await run(sup, env_policy(workspace), DUMP)
+    assert secret.encode() not in out
