@@ -7,11 +7,13 @@ installed in the same environment.
 from policies import CorralError, PolicyError
 from supervisor._child import Child, Result, Violation
 from supervisor._errors import (
+    CommandFailedError,
     CommandNotExecutableError,
     CommandNotFoundError,
     SandboxSetupError,
     SpawnError,
     SupervisorClosedError,
+    SupervisorRunningError,
 )
 from supervisor._monitor import ChildStats, Rule, rss_above
 from supervisor._supervisor import DEVNULL, PIPE, Event, Supervisor
@@ -22,6 +24,7 @@ __all__ = [
     "PIPE",
     "Child",
     "ChildStats",
+    "CommandFailedError",
     "CommandNotExecutableError",
     "CommandNotFoundError",
     "CorralError",
@@ -35,6 +38,7 @@ __all__ = [
     "SpawnError",
     "Supervisor",
     "SupervisorClosedError",
+    "SupervisorRunningError",
     "Violation",
     "rss_above",
 ]

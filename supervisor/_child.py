@@ -229,6 +229,8 @@ class Child:
         self._first: tuple[bytes, dict[str, object]] | None = None
         #: Called by the supervisor once the child is done.
         self._then: Callable[[], None] | None = None
+        #: Called with this child once its streams are closed (the supervisor stops tracking them).
+        self._forget: Callable[[Child], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -275,6 +277,26 @@ class Child:
             self.violation = violation
             self.killed = True
             self.kill()
+
+    async def aclose(self) -> None:
+        """Close the streams the caller has not closed, then wait for the child to exit, as anyio's
+        `Process.aclose` does (it does not kill a running child: `kill()` or `terminate()` first for that).
+        On cancellation while waiting, the child is killed and reaped before the cancellation propagates.
+        Idempotent; `async with child:` calls it on leaving the block."""
+        self._close_streams()
+        try:
+            await self.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                self.kill()
+                await self.wait()
+            raise
+
+    async def __aenter__(self) -> Child:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def terminate(self, grace: float = 5.0) -> Result:
         """SIGTERM the command, wait up to `grace` seconds, then kill. Returns the Result."""
@@ -394,6 +416,9 @@ class Child:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
+        if self._forget is not None:
+            forget, self._forget = self._forget, None
+            forget(self)
 
     def _fold(self, stats: CgroupStats | None) -> None:
         """Fold the cgroup's final sample into the exit record (whole-tree CPU and true peak memory, which

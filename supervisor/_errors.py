@@ -88,3 +88,20 @@ class CommandNotExecutableError(SpawnError):
 
 class SupervisorClosedError(CorralError):
     """The supervisor is not running (used outside `async with`, or after it closed)."""
+
+
+class CommandFailedError(CorralError):
+    """`run(..., check=True)`: the command exited non-zero (or was killed). `result` is its full Result
+    (exit code, violation, captured output); `cmd` the argv as given."""
+
+    def __init__(self, cmd: list[str], result: object) -> None:
+        self.cmd = cmd
+        self.result = result
+        code = getattr(result, "exit_code", None)
+        violation = getattr(result, "violation", None)
+        why = f"killed for a {violation.kind} violation" if violation is not None else f"exit status {code}"
+        super().__init__(f"{cmd[0] if cmd else '?'}: {why}")
+
+
+class SupervisorRunningError(CorralError, RuntimeError):
+    """The Supervisor was entered again while its block is still running."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import anyio
@@ -33,10 +34,10 @@ class FdReceiveStream(ByteReceiveStream):
         self.close()
 
     def close(self) -> None:
-        """Close the fd now (idempotent)."""
+        """Close the fd now (idempotent); a task waiting on it gets ClosedResourceError."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)
+            _close(fd)
 
 
 class FdSendStream(ByteSendStream):
@@ -65,7 +66,15 @@ class FdSendStream(ByteSendStream):
         self.close()
 
     def close(self) -> None:
-        """Close the fd now (idempotent)."""
+        """Close the fd now (idempotent); a task waiting on it gets ClosedResourceError."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)
+            _close(fd)
+
+
+def _close(fd: int) -> None:
+    # Wake a task blocked in wait_readable/wait_writable on this fd first: after close() its number may
+    # be reused by another file while the event loop still watches it.
+    with contextlib.suppress(RuntimeError):  # not in an event loop thread (closed after the loop ended)
+        anyio.notify_closing(fd)
+    os.close(fd)

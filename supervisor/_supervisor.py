@@ -12,7 +12,7 @@ import resource
 import subprocess
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -22,13 +22,15 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from policies import EnvPolicy, Policy, filter_environment, profiles
+from policies import EnvPolicy, Policy, PolicyError, filter_environment, profiles
 from supervisor._child import Child, Result, StatusReader, Violation
 from supervisor._errors import (
+    CommandFailedError,
     CommandNotExecutableError,
     CommandNotFoundError,
     SandboxSetupError,
     SupervisorClosedError,
+    SupervisorRunningError,
 )
 from supervisor._forkserver import ForkServer
 from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
@@ -132,6 +134,20 @@ class Supervisor:
         monitor_interval: float = 0.25,
         prefork: int = 2,
     ) -> None:
+        _check_int("max_concurrency", max_concurrency, 1)
+        _check_int("capture_limit", capture_limit, 0)
+        _check_int("prefork", prefork, 0)
+        if (
+            isinstance(monitor_interval, bool)
+            or not isinstance(monitor_interval, int | float)
+            or not math.isfinite(monitor_interval)
+            or monitor_interval <= 0
+        ):
+            raise ValueError(f"monitor_interval must be a number of seconds > 0, not {monitor_interval!r}")
+        if not isinstance(cgroups, bool):
+            raise TypeError(f"cgroups must be True or False, not {cgroups!r}")
+        if cgroup_delegate is not None and not isinstance(cgroup_delegate, str | os.PathLike):
+            raise TypeError(f"cgroup_delegate must be a path or None, not {cgroup_delegate!r}")
         self.max_concurrency = max_concurrency
         self.capture_limit = capture_limit
         self.monitor_interval = monitor_interval
@@ -155,6 +171,9 @@ class Supervisor:
         self._enforcer = Enforcer()
         self._env = _EnvCache()
         self._subscribers: list[MemoryObjectSendStream[Event]] = []
+        #: Handles given out whose pipes are still open: leaving the block closes what their callers did not.
+        #: A handle leaves the set when its streams are closed (Child.aclose).
+        self._handles: set[Child] = set()
         #: Totals since start, for exporters: started, exited by outcome, violations by kind.
         self.totals: Counter[str] = Counter()
 
@@ -176,6 +195,10 @@ class Supervisor:
         return frozenset(self._children)
 
     async def __aenter__(self) -> Supervisor:
+        if self._tg is not None or self._forkserver is not None:
+            raise SupervisorRunningError(
+                "this Supervisor is already running: enter it once (`async with sup:`), or make another"
+            )
         fs = ForkServer()
         # Started from this (the event loop's) thread: the children's PDEATHSIG is tied to it.
         fs.start()
@@ -246,6 +269,9 @@ class Supervisor:
             for send in self._subscribers:
                 send.close()
             self._subscribers.clear()
+            for handle in list(self._handles):
+                handle._close_streams()
+            self._handles.clear()
             if self._forkserver is not None:
                 self._forkserver.close()
                 self._forkserver = None
@@ -261,7 +287,7 @@ class Supervisor:
         """Compile (and cache) `policy` for this kernel. Raises SandboxSetupError (fail closed)."""
         compiled = self._compiled.get(policy)
         if compiled is None:
-            compiled = self._remember(policy, compile_policy(policy, self.caps, self._shared))
+            compiled = self._remember(policy, _compile_checked(policy, self.caps, self._shared))
         return compiled
 
     def _remember(self, policy: Policy, compiled: CompiledPolicy) -> CompiledPolicy:
@@ -298,7 +324,7 @@ class Supervisor:
         try:
             # pyseccomp compiles off the event loop; the worker thread is not abandoned on
             # cancellation, so the result is cached for the waiters even then.
-            compiled = await anyio.to_thread.run_sync(compile_policy, policy, self.caps, self._shared)
+            compiled = await anyio.to_thread.run_sync(_compile_checked, policy, self.caps, self._shared)
             return self._remember(policy, compiled)
         finally:
             del self._compiling[policy]
@@ -328,30 +354,38 @@ class Supervisor:
         self,
         cmd: Sequence[str | bytes | os.PathLike[str]],
         *,
-        policy: Policy | None = None,
+        policy: Policy | str | None = None,
         stdin: StdioArg = DEVNULL,
         stdout: StdioArg = PIPE,
         stderr: StdioArg = PIPE,
         name: str | None = None,
         pass_fds: Sequence[int] = (),
         rules: Sequence[Rule] = (),
+        env: Mapping[str, str] | None = None,
     ) -> Child:
-        """Start `cmd` confined by `policy` (default: workspace-write on the current directory).
+        """Start `cmd` (a sequence of arguments, never a string) confined by `policy`: a Policy, a built-in
+        profile's name ("read-only", "workspace-write", "full-access": that profile on the current
+        directory), or None for workspace-write on the current directory.
 
         stdin/stdout/stderr: PIPE (a stream on the Child), DEVNULL, None (inherit the supervisor's), or an
         open file/fd. `pass_fds` are passed on as fds 3, 4, ... `name` labels the child in events and
         metrics (keep it low-cardinality: a tool name). `rules` are extra kill rules checked at every
-        sample. The policy's wall-clock timeout counts from here. Waits for a concurrency slot first.
+        sample. `env` is merged over the caller's environment before the policy's filter applies (so a
+        secret-looking name given here is still dropped unless the policy passes or sets it). The policy's
+        wall-clock timeout counts from here. Waits for a concurrency slot first. Close the handle
+        (`await child.aclose()` or `async with child:`) to release its pipes; leaving the supervisor's
+        block closes what is left.
 
-        Raises SandboxSetupError when a layer cannot be applied (the command did not run),
-        CommandNotFoundError (127) or CommandNotExecutableError (126). On cancellation while starting, the
-        child is killed and reaped.
+        Raises TypeError for a string command, an unknown policy type or a bad `env`; PolicyError when
+        the policy's workdir does not exist (checked at its first use); SandboxSetupError when a layer
+        cannot be applied (the command did not run); CommandNotFoundError (127) or
+        CommandNotExecutableError (126). On cancellation while starting, the child is killed and reaped.
         """
         if self._tg is None or self._forkserver is None:
             raise SupervisorClosedError("the supervisor is not running")
-        if not cmd:
-            raise ValueError("empty command")
-        policy = policy or profiles.workspace_write()
+        _check_command(cmd)
+        policy = _resolve_policy(policy)
+        environment = None if env is None else _merged_env(policy, env)
         compiled = self._compiled.get(policy)
         if compiled is None:
             compiled = await self._compiled_for(policy)
@@ -362,12 +396,16 @@ class Supervisor:
         slot = _Slot()
         await self._limiter.acquire_on_behalf_of(slot)
         try:
-            return await self._spawn(
-                cmd, policy, compiled, stdin, stdout, stderr, name, pass_fds, slot, rules
+            child = await self._spawn(
+                cmd, policy, compiled, stdin, stdout, stderr, name, pass_fds, slot, rules, environment
             )
         except BaseException:
             slot.release(self._limiter)  # unless the watcher of a failed child already did
             raise
+        if child.stdin is not None or child.stdout is not None or child.stderr is not None:
+            self._handles.add(child)
+            child._forget = self._handles.discard
+        return child
 
     def _leaf_for(
         self, policy: Policy, child_id: str
@@ -413,13 +451,16 @@ class Supervisor:
         pass_fds: Sequence[int],
         slot: _Slot,
         rules: Sequence[Rule],
+        environment: EncodedEnv | None = None,
     ) -> Child:
         assert self._forkserver is not None
         assert self._tg is not None
         assert self._prefork is not None
         t0 = time.monotonic()
         cwd = policy.workdir or os.getcwd()
-        command = encode_command([os.fsencode(a) for a in cmd], self._env.get(policy))
+        if environment is None:
+            environment = self._env.get(policy)
+        command = encode_command([os.fsencode(a) for a in cmd], environment)
         request: dict[str, object] = {"cwd": cwd}
         ours: list[int] = []  # child-side fds we opened, closed once sent
         mine: list[int | None] = [None, None, None]  # our ends of pipes
@@ -630,23 +671,34 @@ class Supervisor:
         self,
         cmd: Sequence[str | bytes | os.PathLike[str]],
         *,
-        policy: Policy | None = None,
+        policy: Policy | str | None = None,
         input: bytes | None = None,
-        stdin: StdioArg = DEVNULL,
+        stdin: StdioArg | bytes = DEVNULL,
         stdout: StdioArg = PIPE,
         stderr: StdioArg = PIPE,
         name: str | None = None,
         rules: Sequence[Rule] = (),
+        env: Mapping[str, str] | None = None,
+        check: bool = False,
     ) -> Result:
         """Run `cmd` to completion and return its Result, with stdout/stderr captured: at most the policy's
         output limit in total (exceeding it kills the child: an `output` violation), else `capture_limit`
         bytes of each stream (the rest is drained and dropped; `*_truncated` says so). Memory stays bounded
-        whatever the child writes.
+        whatever the child writes. `input` (or `stdin` given as bytes, the same) is fed to the command's
+        stdin, which is then closed.
 
-        Raises like `start`. On cancellation the child is killed and reaped before the cancellation
-        propagates.
+        check: raise CommandFailedError (carrying the Result) when the command did not exit 0. The default
+        is False, unlike anyio.run_process's True: a sandboxed command failing, or being killed for a
+        limit, is the normal data of a tool call (an agent reads the Result), not an error of the caller.
+
+        Raises like `start`; ValueError when both `input` and bytes `stdin` are given. On cancellation the
+        child is killed and reaped before the cancellation propagates.
         """
-        policy = policy or profiles.workspace_write()
+        if isinstance(stdin, bytes | bytearray | memoryview):
+            if input is not None:
+                raise ValueError("give the command's input once: input= or stdin=bytes, not both")
+            input, stdin = bytes(stdin), PIPE
+        policy = _resolve_policy(policy)
         child = await self.start(
             cmd,
             policy=policy,
@@ -655,6 +707,7 @@ class Supervisor:
             stderr=stderr,
             name=name,
             rules=rules,
+            env=env,
         )
         out_limit = policy.resources.output
         keep = min(out_limit, self.capture_limit) if out_limit is not None else self.capture_limit
@@ -675,7 +728,66 @@ class Supervisor:
             raise
         out, out_t = captured.get("stdout", (b"", False))
         err, err_t = captured.get("stderr", (b"", False))
-        return child.result(stdout=out, stderr=err, stdout_truncated=out_t, stderr_truncated=err_t)
+        result = child.result(stdout=out, stderr=err, stdout_truncated=out_t, stderr_truncated=err_t)
+        if check and result.exit_code != 0:
+            raise CommandFailedError([os.fsdecode(a) for a in cmd], result)
+        return result
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    """Raise TypeError unless `value` is an int (not a bool), ValueError if it is below `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+
+
+def _check_command(cmd: object) -> None:
+    """Raise TypeError for a command given as one string (which would run its first letter), ValueError
+    for an empty one."""
+    if isinstance(cmd, str | bytes | bytearray | os.PathLike):
+        raise TypeError(
+            f"the command must be a sequence of arguments, not {type(cmd).__name__} {cmd!r}: "
+            "use shlex.split(cmd), or ['sh', '-c', cmd] to run it through a shell"
+        )
+    if not cmd:
+        raise ValueError("empty command")
+
+
+def _resolve_policy(policy: object) -> Policy:
+    """A Policy as given, a built-in profile by name (on the current directory), or the default
+    (workspace-write on the current directory). Raises TypeError for anything else, PolicyError for an
+    unknown profile name."""
+    if policy is None:
+        return profiles.workspace_write()
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str):
+        return profiles.get(policy)
+    raise TypeError(
+        f"policy must be a Policy, a profile name ({', '.join(profiles.NAMES)}) or None, "
+        f"not {type(policy).__name__}"
+    )
+
+
+def _merged_env(policy: Policy, env: Mapping[str, str]) -> EncodedEnv:
+    """The child's environment with `env` merged over the caller's, filtered by the policy."""
+    if not isinstance(env, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise TypeError("env must be a mapping of str to str")
+    merged = filter_environment(policy, {**os.environ, **env})
+    return encode_env({os.fsencode(k): os.fsencode(v) for k, v in merged.items()})
+
+
+def _compile_checked(policy: Policy, caps: KernelCaps, shared: SharedParts | None) -> CompiledPolicy:
+    """compile_policy, after checking that the workdir exists (a missing one is the caller's mistake, a
+    PolicyError, not a sandbox setup failure). Runs in a worker thread."""
+    if policy.workdir is not None and not os.path.isdir(policy.workdir):
+        raise PolicyError(
+            "workdir", "no such directory: create it first, or give an existing workdir", policy.workdir
+        )
+    return compile_policy(policy, caps, shared)
 
 
 def _raise_nofile() -> None:

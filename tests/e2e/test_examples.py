@@ -158,3 +158,26 @@ def test_metrics_scrape_prints_corral_metrics() -> None:
     assert 'corral_violations_total{kind="memory"} 1.0' in lines
     assert any(line.startswith('corral_child_memory_bytes{name="sleeper"') for line in lines)
     assert any(line.startswith("corral_children_started_total") for line in lines)
+
+
+@pytest.mark.kernel
+def test_the_readme_api_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's "API in 30 lines" block, run exactly as printed, from an unrelated directory."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    assert blocks, "README.md has no Python example"
+    script = tmp_path / "readme_example.py"
+    script.write_text(blocks[0])
+    p = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "no-such-tool: No such file or directory" in p.stdout
+    lines = p.stdout.splitlines()
+    assert lines[0].split()[0].isdigit()  # the pytest run's exit code came back in a Result
