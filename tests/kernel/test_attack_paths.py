@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import Policy, profiles
+from policies import FilesystemPolicy, Policy, ResourcePolicy, profiles
 from supervisor import SandboxSetupError, Supervisor
 from tests.kernel.test_attack_filesystem import tree_state
 
@@ -146,6 +146,27 @@ async def test_a_planted_link_to_the_real_etc_is_refused(sup: Supervisor, worksp
     await refused(sup, pol, "test -e conf/passwd && echo reachable")
     await refused(sup, profiles.workspace_write(workspace / "conf", timeout=20), "test -e passwd")
     assert sorted(os.listdir("/etc")) == etc_before
+
+
+async def test_a_readable_root_replaced_by_a_symlink_is_refused(
+    sup: Supervisor, workspace: Path, other: Path, outside: Path
+) -> None:
+    # Reads too: under a policy that reads only some roots, a root turned into a link would let the next
+    # sandbox read the link's target (the Landlock rule was opened through the link).
+    secret = f"TOPSECRET-{uuid.uuid4().hex}"
+    (outside / "secret.txt").write_text(secret)
+    (workspace / "data").mkdir()
+    (workspace / "data" / "public.txt").write_text("public\n")
+    system = ("/usr", "/bin", "/lib", "/lib64", "/etc")
+    narrow = Policy(
+        workdir=str(other),
+        filesystem=FilesystemPolicy(read=(*system, str(workspace / "data")), write=(str(other),), deny=()),
+        resources=ResourcePolicy(timeout=20),
+    )
+    r = await sup.run([SH, "-c", f"cat {workspace}/data/public.txt"], policy=narrow)
+    assert r.stdout == b"public\n", r.stderr  # control: the readable root works while it is a directory
+    await sh(sup, profiles.workspace_write(workspace, timeout=20), f"rm -r data && ln -s {outside} data")
+    await refused(sup, narrow, f"cat {workspace}/data/secret.txt")
 
 
 def corral(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
