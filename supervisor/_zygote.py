@@ -89,7 +89,9 @@ def _confinement(
     placement = _ops.write_segment(
         "cgroups", [(path, "0", f"write {os.path.basename(path)}") for path in procs]
     )
-    return [head, placement, cache.view(policy_id, pol, cwd, pooled_net), cache.lockdown(policy_id, pol)]
+    cgroup_view = mounts.cgroup_view(procs, bool(pol["cgroupns"])) if pol["mounts"] is not None else ()
+    view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view)
+    return [head, placement, view, cache.lockdown(policy_id, pol)]
 
 
 def _head(pol: dict[str, object], supervisor_pidfd: int) -> _ops.Plan:
@@ -106,7 +108,12 @@ def _head(pol: dict[str, object], supervisor_pidfd: int) -> _ops.Plan:
     return plan
 
 
-def _view(pol: dict[str, object], cwd: str, pooled_net: bool) -> _ops.Plan:
+def _view(
+    pol: dict[str, object],
+    cwd: str,
+    pooled_net: bool,
+    cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
+) -> _ops.Plan:
     """Steps 5-8: the other namespaces and the filesystem view. Raises SetupFailure."""
     plan = _ops.Plan()
     # 5. The mount, network, ipc and uts namespaces (owned by the new user namespace), the hostname and
@@ -130,8 +137,14 @@ def _view(pol: dict[str, object], cwd: str, pooled_net: bool) -> _ops.Plan:
     # 8. The path-dependent mounts, which depend on what exists now (a .git/hooks made since the last
     #    sandbox must be protected): writable roots, protected paths, denied paths; then chdir(workdir)
     #    into the new view.
+    #    Then the sandbox's own /sys/fs/cgroup: the host's tree shows every other sandbox's leaf, other
+    #    supervisors' pids and the host's totals. Its hierarchies are mounted afresh, which inside the
+    #    new cgroup namespace roots them at the leaf: so after the unshare, and before step 10 drops the
+    #    CAP_SYS_ADMIN a mount needs; after the path-dependent mounts, so that no writable root under
+    #    /sys/fs/cgroup (a policy's allow_write on the cgroup tree) shows through it. (Without a cgroup
+    #    namespace, an empty read-only tmpfs.) Its chdir comes last, into the finished view.
     if mnt is not None:
-        mounts.emit_paths(mnt, cwd, keep, plan)
+        mounts.emit_paths(mnt, cwd, keep, plan, cgroup_view)
     else:
         plan.add(_cinit.OP_CHDIR, "mounts", "chdir(workdir)", s=(cwd,), path=cwd)
     return plan
@@ -171,7 +184,9 @@ class _Cache:
     def __init__(self) -> None:
         self._head: dict[int, _ops.Segment] = {}
         self._lockdown: dict[int, _ops.Segment] = {}
-        self._views: dict[tuple[int, str, bool], tuple[tuple[object, ...], _ops.Segment]] = {}
+        self._views: dict[
+            tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...]], tuple[tuple[object, ...], _ops.Segment]
+        ] = {}
 
     def head(self, policy_id: int, pol: dict[str, object], supervisor_pidfd: int) -> _ops.Segment:
         seg = self._head.get(policy_id)
@@ -192,14 +207,21 @@ class _Cache:
         for key in [k for k in self._views if k[0] == policy_id]:
             del self._views[key]
 
-    def view(self, policy_id: int, pol: dict[str, object], cwd: str, pooled_net: bool) -> _ops.Segment:
+    def view(
+        self,
+        policy_id: int,
+        pol: dict[str, object],
+        cwd: str,
+        pooled_net: bool,
+        cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
+    ) -> _ops.Segment:
         mnt: dict[str, object] | None = pol["mounts"]  # type: ignore[assignment]
-        key = (policy_id, cwd, pooled_net)
+        key = (policy_id, cwd, pooled_net, cgroup_view)
         before = mounts.fingerprint(mnt, cwd)
         hit = self._views.get(key)
         if hit is not None and hit[0] == before:
             return hit[1]
-        seg = _view(pol, cwd, pooled_net).segment()
+        seg = _view(pol, cwd, pooled_net, cgroup_view).segment()
         if mounts.fingerprint(mnt, cwd) == before:
             if len(self._views) >= 256:  # bounded: one entry per policy and workdir in use
                 self._views.clear()

@@ -16,6 +16,9 @@
 - every path of the policy (roots, the workdir, denied and protected paths) is opened by the init without
   following any symlink, and its mount made from that fd (OP_MOUNT_AT): a link a sandbox planted for the next
   one (`build -> /etc`) is refused, never followed.
+- /sys/fs/cgroup replaced by the sandbox's own cgroup view (`emit_cgroup_view`): a read-only tmpfs holding,
+  per hierarchy the sandbox's leaf is in, that hierarchy mounted afresh inside the sandbox's cgroup
+  namespace, whose root is the leaf (read-only too); nothing of the host's tree or of other sandboxes.
 
 Unlike the other mechanism modules, `apply` comes in two phases, `apply_base` (what does not depend on the
 state of the policy's paths) and `apply_paths` (what does), with `keep_visible` opening beforehand what the
@@ -28,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from supervisor.sandbox import _cinit, _sys
@@ -267,13 +271,19 @@ def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False)
 
 
 def emit_paths(
-    prepared: dict[str, object], workdir: str, keep: list[tuple[str, bool, bool]], plan: Plan
+    prepared: dict[str, object],
+    workdir: str,
+    keep: list[tuple[str, bool, bool]],
+    plan: Plan,
+    cgroup_view: tuple[CgroupViewEntry, ...] = (),
 ) -> None:
     """Phase 2: the part that depends on what exists now. Writable roots bound writable over the
     read-only tree, protected paths in them bound read-only, `keep` (from keep_visible) bound back over
-    the replaced /tmp, /run or /dev, denied paths inside those hidden; then chdir(workdir), so the cwd
-    sees the new view. Raises SetupFailure (a protected path that is a symlink, a .git/hooks that cannot
-    be created); a failure in the init names the mount and the path."""
+    the replaced /tmp, /run or /dev, denied paths inside those hidden; the sandbox's cgroup view
+    (`emit_cgroup_view`: in the cgroup namespace, which the caller entered, and over anything bound under
+    /sys/fs/cgroup); then chdir(workdir), so the cwd sees the new view. Raises SetupFailure (a protected
+    path that is a symlink, a .git/hooks that cannot be created); a failure in the init names the mount
+    and the path."""
     confine = bool(prepared["confine"])
     write: list[str] = prepared["write"]  # type: ignore[assignment]
     denied = _deny_targets(prepared) if confine else []
@@ -295,6 +305,7 @@ def emit_paths(
         for path in denied:
             if _under_hidden(path) and any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
                 _deny(plan, path)
+    emit_cgroup_view(prepared, cgroup_view, plan)
     plan.add(_cinit.OP_CHDIR, "mounts", "chdir(workdir)", s=(workdir,), path=workdir, hint=_LINK_HINT)
 
 
@@ -552,3 +563,108 @@ def _deny(plan: Plan, path: str) -> None:
         path=path,
         hint=_LINK_HINT,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The sandbox's own cgroup view.
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+#: One entry of a cgroup view: ("mount", mount point, fstype, mount data) or ("link", path, target, None).
+CgroupViewEntry = tuple[str, str, str, str | None]
+_cgroup_views: dict[tuple[str, ...], tuple[CgroupViewEntry, ...]] = {}
+_host_cgroup_mounts: list[tuple[str, str, str | None]] | None = None
+_host_cgroup_links: list[tuple[str, str]] = []
+
+
+def _host_cgroups() -> list[tuple[str, str, str | None]]:
+    """The host's cgroup mounts as this process sees them (mount point, fstype, mount data for a fresh
+    mount of the same hierarchy: v1 its controllers or name=, v2 nothing), read once; and, in
+    _host_cgroup_links, the symlinks directly under /sys/fs/cgroup (cpu -> cpu,cpuacct)."""
+    global _host_cgroup_mounts
+    if _host_cgroup_mounts is None:
+        from supervisor.sandbox.cgroups import parse_mountinfo
+
+        try:
+            with open("/proc/self/mountinfo") as f:
+                entries = parse_mountinfo(f.read())
+            with open("/proc/cgroups") as f:
+                known = {line.split()[0] for line in f if line and not line.startswith("#")}
+        except OSError:
+            entries, known = [], set()
+        found: list[tuple[str, str, str | None]] = []
+        for e in entries:
+            data = None
+            if e.fstype == "cgroup":
+                data = ",".join(sorted(o for o in e.options if o in known or o.startswith("name="))) or None
+            found.append((e.mount_point, e.fstype, data))
+        try:
+            names = os.listdir(CGROUP_ROOT)
+        except OSError:
+            names = []
+        for name in names:
+            path = f"{CGROUP_ROOT}/{name}"
+            if os.path.islink(path):
+                with_target = os.readlink(path)
+                if "/" not in with_target:
+                    _host_cgroup_links.append((path, with_target))
+        _host_cgroup_mounts = found
+    return _host_cgroup_mounts
+
+
+def cgroup_view(placement_files: Sequence[str], own_namespace: bool) -> tuple[CgroupViewEntry, ...]:
+    """What `emit_cgroup_view` shows a sandbox placed by `placement_files` (its leaf's v1 `tasks` or v2
+    `cgroup.procs` files): each hierarchy that holds one of them and is mounted directly on or under
+    /sys/fs/cgroup, mounted afresh (so that, inside the sandbox's cgroup namespace, its root is the leaf),
+    and the host's symlinks to those; nothing without `own_namespace` (a fresh mount would show the host's
+    root) or without a leaf. Memoised by the leaves' parent directories (the same for every sandbox of a
+    supervisor): per spawn, a tuple and a dict lookup."""
+    if not own_namespace or not placement_files:
+        return ()
+    key = tuple(p.rsplit("/", 2)[0] for p in placement_files)
+    view = _cgroup_views.get(key)
+    if view is None:
+        mounts = _host_cgroups()
+        entries: list[CgroupViewEntry] = []
+        for path in placement_files:
+            best: tuple[str, str, str | None] | None = None
+            for m in mounts:
+                if path.startswith(m[0].rstrip("/") + "/") and (best is None or len(m[0]) > len(best[0])):
+                    best = m
+            if best is None or not (best[0] == CGROUP_ROOT or os.path.dirname(best[0]) == CGROUP_ROOT):
+                continue
+            entry: CgroupViewEntry = ("mount", best[0], best[1], best[2])
+            if entry not in entries:
+                entries.append(entry)
+        shown = {os.path.basename(e[1]) for e in entries}
+        entries += [("link", path, target, None) for path, target in _host_cgroup_links if target in shown]
+        view = tuple(entries)
+        if len(_cgroup_views) >= 64:
+            _cgroup_views.clear()
+        _cgroup_views[key] = view
+    return view
+
+
+def emit_cgroup_view(prepared: dict[str, object], view: tuple[CgroupViewEntry, ...], plan: Plan) -> None:
+    """Step 8 (from emit_paths), in the cgroup namespace entered in step 7: /sys/fs/cgroup becomes the
+    sandbox's own view (`view`, from `cgroup_view`), over anything bound under it before. A small tmpfs
+    goes over /sys/fs/cgroup; on v2 (cgroup2 mounted on /sys/fs/cgroup itself) cgroup2 is mounted afresh
+    on top of it (not directly over the host's mount: the kernel refuses a superblock mounted over its
+    own root, EBUSY), otherwise each of the leaf's hierarchies afresh on a directory of the host's name.
+    Mounted inside the sandbox's cgroup namespace, a hierarchy's root is the namespace's root: the
+    sandbox's leaf. Everything is read-only (the leaf's files belong to the supervisor's uid, which the
+    sandbox shares: a writable view would let it raise its own limits). A hierarchy that cannot be
+    mounted (an older kernel) is left out: the host's tree is hidden either way. Only under `confine`
+    (the read-only host tree), like the rest of the view."""
+    if not prepared["confine"] or not os.path.isdir(CGROUP_ROOT):
+        return
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _mount(plan, "tmpfs", CGROUP_ROOT, "tmpfs", flags, "mode=0755,size=16k")
+    unified = [e for e in view if e[0] == "mount" and e[1] == CGROUP_ROOT]
+    for kind, path, fstype, data in unified or view:
+        if kind == "link":
+            _op(plan, _cinit.OP_SYMLINK, "symlink", path, s=(fstype, path))
+            continue
+        if path != CGROUP_ROOT:
+            _op(plan, _cinit.OP_MKDIR, "mkdir(cgroup mount point)", path, a=(0o555,))
+        plan.land(_mount(plan, fstype, path, fstype, flags, data))  # on failure: on to the next op
+    _setattr(plan, CGROUP_ROOT, MOUNT_ATTR_RDONLY, 0, recursive=True)
