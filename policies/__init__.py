@@ -16,6 +16,7 @@ from policies._model import (
     ResourcePolicy,
     SyscallPolicy,
 )
+from policies._roots import check_writable_roots
 from policies._validate import parse_duration, parse_size
 from policies.env import filter_environment, is_secret_name, is_secret_value
 
@@ -28,6 +29,7 @@ __all__ = [
     "PolicyError",
     "ResourcePolicy",
     "SyscallPolicy",
+    "check_writable_roots",
     "filter_environment",
     "is_secret_name",
     "is_secret_value",

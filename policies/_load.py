@@ -33,7 +33,17 @@ _TOP_KEYS = (
     "resources",
     "environment",
 )
-_FILESYSTEM_KEYS = ("read", "write", "deny", "protected", "execute", "private_tmp", "confine")
+_FILESYSTEM_KEYS = (
+    "read",
+    "write",
+    "deny",
+    "hide_credentials",
+    "protected",
+    "execute",
+    "private_tmp",
+    "confine",
+    "allow_system_write",
+)
 _NETWORK_KEYS = ("mode", "families", "netlink")
 _WHOLE = ""  # the error path of problems with the file or document as a whole
 _SYSCALL_KEYS = ("enabled", "deny", "allow")
@@ -193,15 +203,25 @@ def _build(data: object, workdir: object, base: object, relative_to: str | None)
 def _filesystem(value: object, start: Policy, wd: str) -> dict[str, Any]:
     table = _table(value, "filesystem", _FILESYSTEM_KEYS)
     out: dict[str, Any] = {}
-    for key in ("read", "deny", "execute"):
+    for key in ("read", "execute"):
         if key in table:
-            out[key] = v.check_paths(table[key], f"filesystem.{key}", wd)
+            out[key] = v.check_user_paths(table[key], f"filesystem.{key}", wd, parent=False)
+    # `write` and `deny` add to the base: one `deny` entry must not silently un-hide the default
+    # credential stores. Dropping those is its own, named choice: hide_credentials = false.
     if "write" in table:
-        added = v.check_paths(table["write"], "filesystem.write", wd)
+        added = v.check_user_paths(table["write"], "filesystem.write", wd, parent=False)
         out["write"] = v.dedupe((*start.filesystem.write, *added))
+    deny = start.filesystem.deny
+    hide = v.check_bool(table.get("hide_credentials", True), "filesystem.hide_credentials")
+    if not hide:
+        deny = profiles.without_credentials(deny)
+    if "deny" in table:
+        deny = v.dedupe((*deny, *v.check_user_paths(table["deny"], "filesystem.deny", wd, parent=False)))
+    if deny != start.filesystem.deny:
+        out["deny"] = deny
     if "protected" in table:
         out["protected"] = v.check_protected_list(table["protected"], "filesystem.protected")
-    for key in ("private_tmp", "confine"):
+    for key in ("private_tmp", "confine", "allow_system_write"):
         if key in table:
             out[key] = v.check_bool(table[key], f"filesystem.{key}")
     return out

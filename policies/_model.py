@@ -82,6 +82,9 @@ class FilesystemPolicy:
                absolute paths.
     private_tmp: a private tmpfs on /tmp and /dev/shm (host /tmp and /run are hidden either way
                when confined).
+    allow_system_write: a system directory (/, /etc, /usr, ...; policies._roots) may be a writable
+               root or the workdir of a confined policy; False (the default) refuses it when the
+               policy is used (policies.check_writable_roots).
     """
 
     confine: bool = True
@@ -91,6 +94,7 @@ class FilesystemPolicy:
     protected: tuple[str, ...] = DEFAULT_PROTECTED
     execute: tuple[str, ...] | None = None
     private_tmp: bool = True
+    allow_system_write: bool = False
 
     def __post_init__(self) -> None:
         """Validate and normalise every field; PolicyError names ``filesystem.<field>[i]``."""
@@ -102,6 +106,8 @@ class FilesystemPolicy:
         if self.execute is not None:
             _set(self, "execute", v.check_paths(self.execute, "filesystem.execute"))
         _set(self, "private_tmp", v.check_bool(self.private_tmp, "filesystem.private_tmp"))
+        allow_system = v.check_bool(self.allow_system_write, "filesystem.allow_system_write")
+        _set(self, "allow_system_write", allow_system)
 
 
 @dataclass(frozen=True, slots=True)

@@ -463,3 +463,41 @@ def resolve_workdir(value: object, path: str = "workdir", relative_to: str | Non
     except (OSError, ValueError) as err:
         raise PolicyError(path, f"cannot resolve the directory ({err})", value) from err
     return _normalise(real, path, value)
+
+
+def check_user_path(value: object, path: str, relative_to: str, *, parent: bool = True) -> str:
+    """A path written by a user (a policy file's `[filesystem]` list, a CLI or `override` option) as an
+    absolute, lexically normalised path, in one of the forms whose meaning is plain:
+
+    - absolute (``/srv/cache``);
+    - ``~`` or ``~/...``: the caller's home directory (``$HOME``, else the password database);
+    - relative (``build``, ``./out``): beneath `relative_to` (the workdir); with `parent` False (policy
+      files, where the workdir may be far from the file) not starting with ``..``.
+
+    Raises PolicyError naming `path` for ``~user/...`` (another user's home: write it out), a leading
+    ``$`` (environment variables are not expanded: ``$HOME/x`` would be ``<workdir>/$HOME/x``), and a
+    relative path starting with ``..`` (outside the workdir: write it absolute), besides what
+    `check_path` refuses.
+    """
+    text = _path_text(value, path)
+    if text == "~" or text.startswith("~/"):
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home) or home == "/":
+            raise PolicyError(path, "'~' has no home directory to expand to here; write the path out", value)
+        text = home + text[1:]
+    elif text.startswith("~"):
+        raise PolicyError(path, "only '~' and '~/...' (your home) are expanded; write other homes out", value)
+    elif text.startswith("$"):
+        raise PolicyError(path, "environment variables are not expanded in paths; write the path out", value)
+    elif not parent and not text.startswith("/") and os.path.normpath(text).split("/")[0] == "..":
+        reason = "a relative path may not climb out of the workdir ('..'); write it absolute"
+        raise PolicyError(path, reason, value)
+    return check_path(text, path, relative_to)
+
+
+def check_user_paths(value: object, path: str, relative_to: str, *, parent: bool = True) -> tuple[str, ...]:
+    """A list of user-written paths (see `check_user_path`), without repeats; errors name ``path[i]``."""
+    items = check_list(value, path, "paths")
+    return dedupe(
+        check_user_path(item, f"{path}[{i}]", relative_to, parent=parent) for i, item in enumerate(items)
+    )

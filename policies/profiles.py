@@ -38,6 +38,7 @@ __all__ = [
     "get",
     "override",
     "read_only",
+    "without_credentials",
     "workspace_write",
 ]
 
@@ -72,6 +73,8 @@ class Options(TypedDict, total=False):
     env: Iterable[str] | None  # "NAME" -> environment.passthrough, "NAME=VALUE" -> environment.set
     clear_env: bool | None  # environment.clear
     best_effort: bool | None  # best_effort
+    allow_system_write: bool | None  # filesystem.allow_system_write
+    hide_credentials: bool | None  # False: drop credential_paths() from filesystem.deny
 
 
 _OPTION_NAMES: tuple[str, ...] = tuple(Options.__annotations__)
@@ -143,12 +146,16 @@ def override(policy: Policy, **opts: Unpack[Options]) -> Policy:
 
     fs = policy.filesystem
     fs_changes: dict[str, Any] = {}
+    if "hide_credentials" in given and not v.check_bool(given["hide_credentials"], "hide_credentials"):
+        fs_changes["deny"] = without_credentials(fs.deny)
     for option, field_name in (("allow_write", "write"), ("allow_read", "read"), ("deny", "deny")):
         if option in given:
-            added = v.check_paths(given[option], option, base_dir)
-            fs_changes[field_name] = v.dedupe((*getattr(fs, field_name), *added))
+            added = v.check_user_paths(given[option], option, base_dir)
+            fs_changes[field_name] = v.dedupe((*fs_changes.get(field_name, getattr(fs, field_name)), *added))
     if "execute" in given:
-        fs_changes["execute"] = v.check_paths(given["execute"], "execute", base_dir)
+        fs_changes["execute"] = v.check_user_paths(given["execute"], "execute", base_dir)
+    if "allow_system_write" in given:
+        fs_changes["allow_system_write"] = v.check_bool(given["allow_system_write"], "allow_system_write")
     if "protected" in given:
         fs_changes["protected"] = v.check_protected_list(given["protected"], "protected")
 
@@ -266,13 +273,21 @@ def credential_paths(home: str | None = None) -> tuple[str, ...]:
     rules and host keys, and the usual credential stores and agent sockets (ssh, gpg, cloud CLIs, docker,
     package registries) in root's home and in `home` (default: the caller's). They read the rest of the
     filesystem, so these are the secrets an agent's command must not see; paths that do not exist cost
-    nothing. Override with an explicit `filesystem.deny` in a policy file."""
+    nothing. A policy file's `filesystem.deny` adds to them; ``filesystem.hide_credentials = false`` (the
+    `hide_credentials=False` option) drops them."""
     homes = ["/root", os.path.expanduser("~") if home is None else home]
     paths = list(_SYSTEM_SECRETS)
     for h in dict.fromkeys(homes):
         if h and os.path.isabs(h) and h != "/":
             paths += [os.path.join(h, rel) for rel in _HOME_SECRETS]
     return tuple(paths)
+
+
+def without_credentials(deny: Iterable[str]) -> tuple[str, ...]:
+    """`deny` without the default credential paths (`credential_paths()`): what
+    ``filesystem.hide_credentials = false`` (the `hide_credentials=False` option) leaves."""
+    defaults = set(credential_paths())
+    return tuple(p for p in deny if p not in defaults)
 
 
 def _base(name: str, workdir: str) -> Policy:

@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from policies import Policy, SyscallPolicy
+from policies import Policy, SyscallPolicy, check_writable_roots
 from supervisor.sandbox import capabilities, landlock, mounts, namespaces, rlimits, seccomp
 from supervisor.sandbox.probe import KernelCaps
 
@@ -79,7 +79,10 @@ class SharedParts:
 
 def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None = None) -> CompiledPolicy:
     """Run every mechanism's prepare step (the path-independent ones from `shared` when given). Raises
-    SandboxSetupError (fail closed) or PolicyError."""
+    SandboxSetupError (fail closed) or PolicyError (also for a system directory as a writable root without
+    ``filesystem.allow_system_write``; the caller's home as one is logged as a warning)."""
+    for warning in check_writable_roots(policy):
+        log.warning("%s", warning)
     ns = namespaces.prepare(policy, caps)
     missing: list[tuple[str, str]] = [(str(a), str(b)) for a, b in ns["missing"]]  # type: ignore[attr-defined]
     enforced: list[str] = list(ns["enforced"])  # type: ignore[call-overload]

@@ -71,6 +71,12 @@ def cli(ctx: click.Context) -> None:
 @click.option("--allow-write", multiple=True, metavar="PATH", help="Also writable (repeatable).")
 @click.option("--allow-read", multiple=True, metavar="PATH", help="Also readable (repeatable).")
 @click.option("--deny", multiple=True, metavar="PATH", help="Hidden from the command (repeatable).")
+@click.option(
+    "--allow-system-write",
+    is_flag=True,
+    default=None,
+    help="Let /, /etc, /usr, ... be the workdir or a writable root (refused otherwise).",
+)
 @click.option("--network", type=click.Choice(["none", "host"]), default=None)
 @click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 512M.")
 @click.option("--cpus", metavar="FLOAT", help="CPU quota in cores.")

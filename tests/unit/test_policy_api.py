@@ -21,6 +21,7 @@ def test_all_is_pinned() -> None:
         "PolicyError",
         "ResourcePolicy",
         "SyscallPolicy",
+        "check_writable_roots",
         "filter_environment",
         "is_secret_name",
         "is_secret_value",
@@ -43,6 +44,7 @@ def test_profiles_all_is_pinned() -> None:
         "get",
         "override",
         "read_only",
+        "without_credentials",
         "workspace_write",
     ]
     assert profiles.NAMES == ("read-only", "workspace-write", "full-access")

@@ -37,11 +37,13 @@ workdir = "/srv/repo"
 [filesystem]
 read = ["/"]
 write = ["/srv/cache"]
+hide_credentials = false
 deny = ["/etc/shadow"]
 protected = [".git/hooks", ".git/config"]
 execute = ["/usr", "/bin", "/srv/repo"]
 private_tmp = true
 confine = true
+allow_system_write = false
 
 [network]
 mode = "none"
@@ -578,6 +580,7 @@ VALID: dict[str, Any] = {
     "filesystem": {
         "read": ["/"],
         "write": ["/srv/cache"],
+        "hide_credentials": False,
         "deny": ["/etc/shadow"],
         "protected": [".git/hooks", ".git/config"],
         "execute": ["/usr", "/bin", "/srv/repo"],

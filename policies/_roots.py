@@ -1,0 +1,103 @@
+"""Writable roots whose meaning is the host itself: refused unless the policy says so by name.
+
+`--workdir /` or `--allow-write /etc` are accepted as paths, but what they mean is "the sandbox may change
+the host's programs and configuration" (as uid 0 under a root caller). `check_writable_roots` refuses
+them unless ``filesystem.allow_system_write`` is set, and returns warnings for roots that are legitimate
+but risky (the caller's home directory: shell start-up files, ssh and git configuration).
+"""
+
+from __future__ import annotations
+
+import os
+
+from policies._errors import PolicyError
+from policies._model import Policy
+
+#: Refused as writable roots, and anything beneath them: the host's programs, libraries, configuration,
+#: boot files, devices and kernel interfaces, and the spool directories whose contents the system runs
+#: (cron, at).
+SYSTEM_TREES: tuple[str, ...] = (
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/var/spool",
+)
+
+#: Refused as writable roots themselves (their subdirectories are ordinary places for work: a CI home
+#: under /var/lib, a project under /srv or /home/user): the root directory and the directories that
+#: hold every user's or service's data.
+SYSTEM_DIRS: tuple[str, ...] = (
+    "/",
+    "/home",
+    "/var",
+    "/var/lib",
+    "/var/cache",
+    "/var/log",
+    "/opt",
+    "/srv",
+    "/run",
+    "/mnt",
+    "/media",
+)
+
+_HINT = (
+    "a sandbox could change the host's programs or configuration (as root under a root caller); "
+    "if you mean it, pass --allow-system-write (policy: filesystem.allow_system_write = true)"
+)
+
+
+def system_root(path: str) -> str | None:
+    """The system directory `path` (absolute, normalised) is or lies in, else None. Symlinks are
+    resolved too (``/lib`` -> ``/usr/lib``, a link in a home directory to ``/etc``)."""
+    candidates = [path]
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        real = path
+    if real != path:
+        candidates.append(real)
+    for p in candidates:
+        if p in SYSTEM_DIRS:
+            return p
+        for tree in SYSTEM_TREES:
+            if p == tree or p.startswith(tree + "/"):
+                return tree
+    return None
+
+
+def check_writable_roots(policy: Policy) -> list[str]:
+    """Refuse a confined policy whose writable roots include a system directory (see SYSTEM_TREES and
+    SYSTEM_DIRS) unless ``filesystem.allow_system_write`` is set; return warnings (the caller's home
+    directory as a writable root) for the caller to log.
+
+    Raises PolicyError naming ``workdir`` when the offending root is the workdir, else
+    ``filesystem.write[i]``. An unconfined policy (full-access) is not checked: it writes everything by
+    its own explicit choice.
+    """
+    fs = policy.filesystem
+    if not fs.confine:
+        return []
+    warnings: list[str] = []
+    home = os.path.expanduser("~")
+    for i, root in enumerate(fs.write):
+        where = "workdir" if root == policy.workdir else f"filesystem.write[{i}]"
+        system = system_root(root)
+        if system is not None and not fs.allow_system_write:
+            what = "is a system directory" if system == root else f"lies in the system directory {system}"
+            raise PolicyError(where, f"{root} {what}; {_HINT}", root)
+        if os.path.isabs(home) and home != "/" and root == os.path.normpath(home):
+            warnings.append(
+                f"{where} is your home directory {root}: the sandbox can change your shell start-up files "
+                "and your ssh, git and editor configuration (credential stores stay hidden); prefer a "
+                "project directory"
+            )
+    return warnings

@@ -1,0 +1,135 @@
+"""The CLI refuses policies that would silently mean something else (issue 11, item 8): a system directory
+as the workdir or a writable root (exit 125, one line, naming --allow-system-write), `$VAR` and `~user` in a
+policy file's paths; it warns for the home directory; a policy file's `deny` adds to the default credential
+hiding instead of replacing it (checked from inside a real sandbox)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+CORRAL = [sys.executable, "-m", "supervisor.cli"]
+SCRATCH = Path("/var/tmp/corral-tests")
+
+
+@pytest.fixture
+def ws() -> Iterator[Path]:
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    d = SCRATCH / f"cli-roots-{uuid.uuid4().hex[:10]}"
+    d.mkdir()
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def corral(*args: str, cwd: Path, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if home is not None:
+        env["HOME"] = str(home)
+    return subprocess.run(
+        [*CORRAL, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def one_line(p: subprocess.CompletedProcess[str]) -> str:
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("corral: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--workdir", "/"],
+        ["--workdir", "/etc"],
+        ["--allow-write", "/"],
+        ["--allow-write", "/etc"],
+        ["--allow-write", "/usr"],
+        ["--allow-write", "/usr/local/bin"],
+        ["--allow-write", "/var"],
+    ],
+)
+def test_system_roots_are_refused(ws: Path, args: list[str]) -> None:
+    p = corral("run", *args, "--", "/bin/true", cwd=ws)
+    assert p.returncode == 125
+    line = one_line(p)
+    assert "system directory" in line
+    assert "--allow-system-write" in line
+
+
+def test_running_from_the_root_directory_is_refused(ws: Path) -> None:
+    # The default workdir is the current directory.
+    p = corral("run", "--", "/bin/true", cwd=Path("/"))
+    assert p.returncode == 125
+    assert "workdir: / is a system directory" in one_line(p)
+
+
+def test_explicit_option_allows_it_and_read_only_needs_none(ws: Path) -> None:
+    assert (
+        corral("run", "--allow-system-write", "--workdir", "/var", "--", "/bin/true", cwd=ws).returncode == 0
+    )
+    assert (
+        corral("run", "--profile", "read-only", "--workdir", "/", "--", "/bin/true", cwd=ws).returncode == 0
+    )
+    pol = ws / "p.toml"
+    pol.write_text('profile = "workspace-write"\nworkdir = "/var"\n[filesystem]\nallow_system_write = true\n')
+    assert corral("run", "--policy", str(pol), "--", "/bin/true", cwd=ws).returncode == 0
+
+
+def test_home_directory_is_a_warning(ws: Path) -> None:
+    home = ws / "home"
+    home.mkdir()
+    p = corral("run", "--workdir", str(home), "--", "/bin/true", cwd=ws, home=home)
+    assert p.returncode == 0
+    assert "WARNING: workdir is your home directory" in one_line(p)
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [("$HOME/.ssh", "not expanded"), ("~root/.ssh", "only '~'"), ("../elsewhere", "climb out")],
+)
+def test_surprising_policy_paths_are_refused(ws: Path, entry: str, needle: str) -> None:
+    pol = ws / "p.toml"
+    pol.write_text(f'[filesystem]\ndeny = ["{entry}"]\n')
+    p = corral("run", "--policy", str(pol), "--", "/bin/true", cwd=ws)
+    assert p.returncode == 125
+    line = one_line(p)
+    assert "filesystem.deny[0]" in line
+    assert needle in line
+
+
+def _home_with_a_key(ws: Path) -> Path:
+    home = ws / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / "notes").write_text("notes\n")
+    return home
+
+
+def test_file_deny_adds_to_the_credential_hiding(ws: Path) -> None:
+    home = _home_with_a_key(ws)
+    pol = ws / "p.toml"
+    pol.write_text(f'profile = "workspace-write"\n[filesystem]\ndeny = ["~/notes", "{ws}/p.toml"]\n')
+    script = "cat ~/.ssh/id_ed25519; echo key=$?; cat ~/notes; echo notes=$?"
+    p = corral("run", "--policy", str(pol), "--", "/bin/sh", "-c", script, cwd=ws, home=home)
+    assert p.returncode == 0, p.stderr
+    assert "PRIVATE KEY" not in p.stdout  # still hidden: the file's deny ADDED to the defaults
+    assert "key=1" in p.stdout
+    assert "notes=1" in p.stdout  # `~/notes` is the real home's file, hidden
+
+
+def test_hide_credentials_false_is_the_named_way_to_drop_them(ws: Path) -> None:
+    home = _home_with_a_key(ws)
+    pol = ws / "p.toml"
+    pol.write_text('profile = "workspace-write"\n[filesystem]\nhide_credentials = false\n')
+    p = corral("run", "--policy", str(pol), "--", "/bin/sh", "-c", "cat ~/.ssh/id_ed25519", cwd=ws, home=home)
+    assert p.returncode == 0, p.stderr
+    assert "PRIVATE KEY" in p.stdout
