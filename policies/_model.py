@@ -193,6 +193,8 @@ class ResourcePolicy:
             value = getattr(self, name)
             if value is not None:
                 _set(self, name, v.parse_size(value, f"resources.{name}"))
+        if self.memory is not None:
+            _set(self, "memory", v.check_memory(self.memory, "resources.memory"))
         for name in ("timeout", "cpu_time"):
             value = getattr(self, name)
             if value is not None:

@@ -152,14 +152,40 @@ def check_count(value: object, path: str, minimum: int, maximum: int, what: str)
     return number
 
 
+#: The smallest limits a sandbox can start a command under: the sandbox init is a task of the child's cgroup
+#: beside the command; the init holds up to 11 descriptors while it starts the command (RLIMIT_NOFILE is per
+#: process, so the command's first fds must fit under it too); the init and a small command's exec take about
+#: 300 KiB of the cgroup's memory. Below these the command cannot start, and the errors it then gets (EAGAIN,
+#: EMFILE, an OOM kill of the init) would blame something else.
+MIN_PIDS = 2
+MIN_FDS = 16
+MIN_MEMORY = 1 << 20
+
+
+def _at_least(number: int, minimum: int, path: str, why: str, value: object, shown: str = "") -> int:
+    if number < minimum:
+        raise PolicyError(path, f"at least {shown or minimum} needed: {why}", value)
+    return number
+
+
 def check_pids(value: object, path: str) -> int:
-    """Return `value` as a task limit from 1 to PID_MAX_LIMIT; else raise PolicyError(path)."""
-    return check_count(value, path, 1, MAX_PIDS, "tasks")
+    """Return `value` as a task limit from MIN_PIDS to PID_MAX_LIMIT; else raise PolicyError(path)."""
+    number = check_count(value, path, 1, MAX_PIDS, "tasks")
+    return _at_least(number, MIN_PIDS, path, "the sandbox's init is one task and the command another", value)
 
 
 def check_fds(value: object, path: str) -> int:
-    """Return `value` as a file descriptor limit from 1 to 2**31-1; else raise PolicyError(path)."""
-    return check_count(value, path, 1, MAX_FDS, "descriptors")
+    """Return `value` as a file descriptor limit from MIN_FDS to 2**31-1; else raise PolicyError(path)."""
+    number = check_count(value, path, 1, MAX_FDS, "descriptors")
+    why = "the sandbox's init holds up to 11 descriptors while it starts the command, which needs its own"
+    return _at_least(number, MIN_FDS, path, why, value)
+
+
+def check_memory(value: object, path: str) -> int:
+    """Return `value` as a memory limit in bytes, at least MIN_MEMORY (1 MiB); else raise PolicyError."""
+    number = parse_size(value, path)
+    why = "the sandbox's init and the command's start take about 300 KiB of it"
+    return _at_least(number, MIN_MEMORY, path, why, value, "1 MiB")
 
 
 def check_cpus(value: object, path: str) -> float:

@@ -509,7 +509,7 @@ class Supervisor:
                     os.close(fd)
             if leaf is not None:
                 leaf.remove()
-            raise _setup_error(reply.get("error"), cmd)
+            raise _setup_error(reply.get("error"), cmd, policy)
         if cg_missing and policy.best_effort:
             log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in cg_missing))
         child = Child(
@@ -534,7 +534,7 @@ class Supervisor:
         try:
             if "error" in reply:  # the fork server could not finish setting it up and killed it
                 await child.wait()
-                raise _setup_error(reply["error"], cmd)
+                raise _setup_error(reply["error"], cmd, policy)
             # The watcher's first record says whether the command is running (X) or why not (E).
             try:
                 await child._started.wait()
@@ -544,7 +544,7 @@ class Supervisor:
             first = child._first
             if first is None or first[0] != b"X":
                 await child.wait()
-                raise _setup_error(first[1] if first else None, cmd)
+                raise _setup_error(first[1] if first else None, cmd, policy)
         except BaseException:
             child._close_streams()  # the caller never gets the Child: its pipe ends are ours to close
             raise
@@ -896,16 +896,23 @@ def _child_fd(index: int, arg: StdioArg, ours: list[int], mine: list[int | None]
     return arg.fileno()
 
 
-def _setup_error(err: object, cmd: Sequence[str | bytes | os.PathLike[str]]) -> Exception:
+def _setup_error(
+    err: object, cmd: Sequence[str | bytes | os.PathLike[str]], policy: Policy | None = None
+) -> Exception:
     """Translate a failure record from the fork server into the typed exception."""
     if not isinstance(err, dict):
-        return SandboxSetupError("setup", "spawn", hint="the sandbox init died before reporting")
+        hint = "the sandbox init died before reporting"
+        if policy is not None and policy.resources.memory is not None:
+            hint += f" (killed? the memory limit is {policy.resources.memory} bytes)"
+        return SandboxSetupError("setup", "spawn", hint=hint)
     code = int(err.get("errno") or 0)
     if err.get("layer") == "exec":
         argv0 = os.fsdecode(os.fspath(cmd[0]))
         if code in (_errno.ENOENT, _errno.ENOTDIR):
-            return CommandNotFoundError(argv0, code)
-        hint = "the policy's execute rule may forbid it" if code == _errno.EACCES else ""
+            return CommandNotFoundError(argv0, code, _not_found_hint(argv0, policy))
+        hint = ""
+        if code == _errno.EACCES and policy is not None and policy.filesystem.execute is not None:
+            hint = "the policy's execute rule (filesystem.execute) may forbid it"
         return CommandNotExecutableError(argv0, code, hint)
     return SandboxSetupError(
         str(err.get("layer")),
@@ -913,4 +920,16 @@ def _setup_error(err: object, cmd: Sequence[str | bytes | os.PathLike[str]]) -> 
         code,
         err.get("path") if isinstance(err.get("path"), str) else None,
         str(err.get("hint") or ""),
+    )
+
+
+def _not_found_hint(argv0: str, policy: Policy | None) -> str:
+    """Why a command the caller can see may be missing inside: the sandbox's /tmp and /dev/shm are private
+    (a venv or a tool under the host's /tmp is not there) unless the policy makes them visible."""
+    if not argv0.startswith(("/tmp/", "/dev/shm/")) or policy is None or not policy.filesystem.confine:
+        return ""
+    top = "/" + argv0.split("/")[1]
+    return (
+        f"{top} is private inside the sandbox (the host's {top} is not there); make the directory holding "
+        "the command visible with --allow-read (policy filesystem.read) or --allow-write"
     )

@@ -85,10 +85,10 @@ def test_not_found_127_not_executable_126(ws: Path) -> None:
     assert "Traceback" not in p.stderr
 
 
-def test_setup_failure_is_125(ws: Path) -> None:
+def test_a_missing_workdir_is_125_naming_it(ws: Path) -> None:
     p = corral("run", "--workdir", str(ws / "missing"), "--", "/bin/true", cwd=ws)
     assert p.returncode == 125
-    assert "mounts" in p.stderr
+    assert "workdir: no such directory" in p.stderr  # the caller's mistake, not a mount failure
 
 
 def _json(path: Path) -> dict[str, object]:
@@ -343,3 +343,55 @@ def test_python_dash_m_supervisor_is_the_cli(ws: Path) -> None:
         check=False,
     )
     assert r.returncode == 7, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "names"),
+    [
+        ("--pids", "1", "pids: at least 2"),
+        ("--max-fds", "8", "max_fds: at least 16"),
+        ("--max-fds", "3", "max_fds: at least 16"),
+        ("--memory", "100k", "memory: at least 1 MiB"),
+    ],
+)
+def test_limits_too_small_to_start_are_named_before_the_run(
+    ws: Path, flag: str, value: str, names: str
+) -> None:
+    """Below these the command cannot start, and the errors it got (EAGAIN, EMFILE, Landlock's ABI, an init
+    that died) blamed something else."""
+    r = corral("run", flag, value, "--", "/bin/sh", "-c", "touch ran", cwd=ws)
+    assert r.returncode == 125, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert names in lines[0]
+    assert not (ws / "ran").exists()
+
+
+def test_the_smallest_limits_still_run(ws: Path) -> None:
+    r = corral("run", "--pids", "2", "--max-fds", "16", "--memory", "1M", "--", "/bin/true", cwd=ws)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_command_under_the_private_tmp_is_named_with_the_fix(ws: Path, tmp_path: Path) -> None:
+    tool = Path("/tmp") / f"corral-venv-{uuid.uuid4().hex[:8]}" / "tool"
+    tool.parent.mkdir()
+    try:
+        tool.write_text("#!/bin/sh\necho tool-ran\n")
+        tool.chmod(0o755)
+        r = corral("run", "--", str(tool), cwd=ws)
+        assert r.returncode == 127
+        assert "/tmp is private inside the sandbox" in r.stderr
+        assert "--allow-read" in r.stderr
+        r = corral("run", "--allow-read", str(tool.parent), "--", str(tool), cwd=ws)
+        assert (r.returncode, r.stdout) == (0, "tool-ran\n"), r.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(tool.parent)], check=False)
+
+
+def test_not_executable_blames_an_execute_rule_only_when_there_is_one(ws: Path) -> None:
+    script = ws / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    r = corral("run", "--", str(script), cwd=ws)
+    assert r.returncode == 126
+    assert "execute rule" not in r.stderr

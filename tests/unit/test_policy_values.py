@@ -218,3 +218,21 @@ def test_parse_duration_returns_seconds_or_raises_policy_error(value: object) ->
         assert type(seconds) is float
         assert 0 < seconds <= 1e9
         assert math.isfinite(seconds)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "path"),
+    [
+        ({"pids": 1}, "resources.pids"),
+        ({"fds": 15}, "resources.fds"),
+        ({"memory": (1 << 20) - 1}, "resources.memory"),
+        ({"memory": "100k"}, "resources.memory"),
+    ],
+)
+def test_limits_below_what_a_sandbox_needs_to_start(kwargs: dict[str, object], path: str) -> None:
+    from policies import PolicyError, ResourcePolicy
+
+    with pytest.raises(PolicyError, match="at least") as err:
+        ResourcePolicy(**kwargs)  # type: ignore[arg-type]
+    assert err.value.path == path
+    ResourcePolicy(pids=2, fds=16, memory=1 << 20)  # the minimums themselves are fine
