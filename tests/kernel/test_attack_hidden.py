@@ -14,6 +14,7 @@ import os
 import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 
 from policies import Policy, profiles
@@ -164,3 +165,31 @@ async def test_a_hard_link_made_outside_reaches_the_denied_file(
     os.link(workspace / "sub" / ".env", workspace / "other" / "env-link")
     _code, out = await run(sup, env_policy(workspace), DUMP)
     assert secret.encode() not in out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP: a denied file that the HOST replaces while a sandbox runs (an atomic rename over it, as "
+    "editors, passwd and credential helpers write) is visible to that sandbox: the kernel detaches every "
+    "mount on a dentry that is renamed over or removed, in every mount namespace",
+)
+async def test_a_denied_file_replaced_on_the_host_during_a_run(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    (workspace / "sub" / ".env").write_text("old, hidden anyway\n")
+    wait_for_go = "i=0; while [ ! -e go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done"
+    script = f"touch started; {wait_for_go}; cat sub/.env"
+    async with anyio.create_task_group() as tg:
+        result: list[bytes] = []
+
+        async def child() -> None:
+            result.append((await run(sup, env_policy(workspace), script))[1])
+
+        tg.start_soon(child)
+        with anyio.fail_after(15):
+            while not (workspace / "started").exists():  # noqa: ASYNC110 - polling the host side
+                await anyio.sleep(0.05)
+        (workspace / "sub" / ".env.tmp").write_text(secret)
+        os.rename(workspace / "sub" / ".env.tmp", workspace / "sub" / ".env")
+        (workspace / "go").touch()
+    assert secret.encode() not in result[0]
