@@ -512,7 +512,7 @@ def _deny_targets(prepared: dict[str, object]) -> list[str]:
 
 def _pin_ancestors(plan: Plan, root: str, denied: list[str]) -> None:
     """Make every directory between writable `root` and a denied path that exists below it a mount point
-    of its own (bound writable over itself, carrying the hiding mount below it along).
+    of its own (bound over itself, as writable as before, carrying the hiding mount below it along).
 
     Why: the hiding mounts cover names. A sandbox that may write a parent of a denied path could rename
     the parent (`mv .config .cfg`), and the next sandbox, finding the old name missing, would hide
@@ -532,7 +532,17 @@ def _pin_ancestors(plan: Plan, root: str, denied: list[str]) -> None:
                 break  # hidden itself: nothing below it is visible to move
             if ancestor not in pinned:
                 pinned.add(ancestor)
-                _bind(plan, ancestor, readonly=False)
+                # Attributes as they are: the copy is as writable as the mount it was taken from (a
+                # read-only host mount inside the root stays read-only).
+                plan.add(
+                    _cinit.OP_MOUNT_AT,
+                    "mounts",
+                    "bind over itself, to pin a denied path's directory (open_tree + move_mount)",
+                    a=(_AT_SELF, 0, 0, _AT_SUBMOUNTS),
+                    s=(ancestor,),
+                    path=ancestor,
+                    hint=_LINK_HINT,
+                )
 
 
 def _deny(plan: Plan, path: str) -> None:

@@ -115,8 +115,10 @@ async def test_default_credential_hiding_with_home_as_workdir(
     pol = profiles.workspace_write(workspace, timeout=20)
     assert str(workspace / ".config" / "gcloud") in pol.filesystem.deny
     script = "mv .config .cfg; mv .ssh .s; mv .config/gcloud gc; mkdir -p x && mv .config x/"
-    out = await attack_then_dump(sup, pol, script, secret)
+    out = await attack_then_dump(sup, pol, script + "; echo written > .config/new.conf", secret)
     assert b"busy" in out.lower()
+    # The pinned directory stays as writable as it was: only its name is fixed.
+    assert (workspace / ".config" / "new.conf").read_text() == "written\n"
     # The user's real ~/.config is where it was (the attack used to move it away).
     assert (workspace / ".config" / "gcloud" / "credentials.db").read_text() == secret
     assert (workspace / ".ssh" / "id_ed25519").read_text() == secret
