@@ -28,14 +28,17 @@ Status pipe records: one byte kind + 4-byte length + marshal payload.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import marshal
+import mmap
 import os
 import resource
 import select
 import signal
 import socket
+import struct
 import sys
 
 from supervisor.sandbox import (
@@ -369,15 +372,16 @@ def _close(*fds: int) -> None:
 # The server loop.
 
 
-def _recv(sock: socket.socket) -> tuple[dict[str, object] | None, list[int]]:
-    """One marshal message and the fds sent with it; (None, []) at EOF."""
-    msg, ancdata, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * 4))
+def _recv(sock: socket.socket) -> tuple[dict[str, object] | None, list[int], bool]:
+    """One marshal message, the fds sent with it, and whether the kernel dropped some of them (MSG_CTRUNC:
+    no fd was free here); (None, [], False) at EOF."""
+    msg, ancdata, flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * 4))
     fds = _sys.received_fds(ancdata)
     if not msg:
         for fd in fds:
             os.close(fd)
-        return None, []
-    return marshal.loads(msg), fds
+        return None, [], False
+    return marshal.loads(msg), fds, bool(flags & socket.MSG_CTRUNC)
 
 
 def _send(sock: socket.socket, payload: dict[str, object], fds: list[int]) -> None:
@@ -387,8 +391,13 @@ def _send(sock: socket.socket, payload: dict[str, object], fds: list[int]) -> No
 class _Server:
     """The request loop's state: the compiled policies, by id."""
 
-    def __init__(self, supervisor_pidfd: int) -> None:
+    def __init__(self, supervisor_pidfd: int, slot: mmap.mmap | None = None) -> None:
         self.supervisor_pidfd = supervisor_pidfd
+        #: Shared with the supervisor: (pid, request number) of the last clone, the pid stored by the kernel
+        #: (CLONE_PARENT_SETTID) before the init runs. If this process dies before its reply, the
+        #: supervisor still knows the init it has to kill and reap (ForkServer._orphan).
+        self.slot = slot
+        self.requests = 0
         self.policies: dict[int, dict[str, object]] = {}
         self.cache = _Cache()
         self.netpool = _NetPool()
@@ -433,9 +442,15 @@ class _Server:
             if net is not None:
                 self.netpool.unused(key, net)
             return {"error": failure.to_dict()}, []
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
+        plan_r = plan_w = status_w = -1
         try:
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        except OSError as err:
+            if net is not None:
+                self.netpool.unused(key, net)
+            return {"error": _sys.SetupFailure("fork server", "pipe2", err.errno or 0).to_dict()}, []
+        try:
+            plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
             blob = _ops.blob(
                 segments,
                 mode,
@@ -453,7 +468,12 @@ class _Server:
             extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1) if fd >= 0)
             keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *extra)
             flags = namespaces.clone_flags(pol["ns"])  # type: ignore[arg-type]
-            pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, net[0] if net is not None else -1)
+            netfd = net[0] if net is not None else -1
+            if self.slot is not None:
+                struct.pack_into("=iI", self.slot, 0, 0, self.requests)
+                pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, netfd, self.slot)
+            else:
+                pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, netfd)
         except OSError as err:
             os.close(status_r)
             if net is not None:
@@ -467,7 +487,16 @@ class _Server:
             for fd in (plan_r, plan_w, status_w):
                 if fd >= 0:
                     os.close(fd)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as err:  # EMFILE: the init runs, and is the supervisor's to kill and reap by pid
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            os.close(status_r)
+            if net is not None:
+                _close(*net)  # its borrower may still be in it
+            lost = _sys.SetupFailure("fork server", "pidfd_open", err.errno or 0)
+            return {"pid": pid, "error": lost.to_dict()}, []
         if net is not None:
             self.netpool.lend(key, net, pidfd)
         reply: dict[str, object] = {"pid": pid}
@@ -509,7 +538,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def main(sock_fd: int) -> None:
+def main(sock_fd: int, slot_fd: int = -1) -> None:
     """Serve requests on the SOCK_SEQPACKET socket `sock_fd` until it closes.
 
     Requests (marshal dicts; the compiled policy is sent with the first request naming its policy_id, and
@@ -529,16 +558,30 @@ def main(sock_fd: int) -> None:
         sys.exit(0)
     sock = socket.socket(fileno=sock_fd)
     sock.sendall(marshal.dumps(probe.probe_in_fork_server()))
-    server = _Server(supervisor_pidfd)
+    slot = None
+    if slot_fd >= 0:
+        slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
+        os.close(slot_fd)
+    server = _Server(supervisor_pidfd, slot)
     while True:
-        req, fds = _recv(sock)
+        req, fds, truncated = _recv(sock)
         if req is None:
             return
+        server.requests += 1
         out: list[int] = []
         for policy_id in req.get("forget", ()):  # type: ignore[attr-defined]
             server.forget(policy_id)
+        reply: dict[str, object]
         try:
-            if req.get("op") == "prefork":
+            if truncated:  # never start a sandbox with some of its stdio missing
+                failure = _sys.SetupFailure(
+                    "fork server",
+                    "recvmsg(SCM_RIGHTS)",
+                    errno.EMFILE,
+                    hint="the fork server had no fd free for the request's stdio; raise RLIMIT_NOFILE",
+                )
+                reply = {"error": failure.to_dict()}
+            elif req.get("op") == "prefork":
                 reply, out = server.prefork(req)
             else:
                 reply, out = server.spawn(req, fds)

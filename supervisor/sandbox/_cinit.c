@@ -1053,6 +1053,13 @@ static void receive_command(const struct plan *p) {
     }
     close(ctl);
     if (n <= 0) _exit(0); /* discarded: the supervisor closed its end */
+    if (msg.msg_flags & MSG_CTRUNC) {
+        /* The kernel dropped fds it could not install (this sandbox's RLIMIT_NOFILE): never run the command
+         * with stdio missing. */
+        send_failure(status_w, "setup", "recvmsg(SCM_RIGHTS) of the command's stdio", EMFILE, NULL,
+                     "the sandbox's open-files limit (resources.fds) is too low for the fds passed to it");
+        _exit(125);
+    }
     struct command c;
     const char *cmd = buf + 1;
     size_t cmd_len = (size_t)n - 1;
@@ -1347,7 +1354,12 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
     PyObject *keep;
     (void)self;
     int netns = -1;
-    if (!PyArg_ParseTuple(args, "kyiO!|i", &flags, &path, &plan_fd, &PyTuple_Type, &keep, &netns)) return NULL;
+    Py_buffer slot = {0};
+    if (!PyArg_ParseTuple(args, "kyiO!|iw*", &flags, &path, &plan_fd, &PyTuple_Type, &keep, &netns, &slot))
+        return NULL;
+    /* The slot: memory shared with the supervisor, where the kernel stores the init's pid (CLONE_PARENT_SETTID)
+     * before the init runs, so that an init whose fork server dies before replying is still known. */
+    pid_t *settid = slot.buf && slot.len >= (Py_ssize_t)sizeof(pid_t) ? (pid_t *)slot.buf : NULL;
     static struct launch l;
     char fdbuf[16];
     snprintf(fdbuf, sizeof fdbuf, "%d", plan_fd);
@@ -1360,18 +1372,25 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
     l.ambient = (flags & CLONE_NEWUSER) != 0;
     Py_ssize_t n = PyTuple_GET_SIZE(keep);
     if (n > (Py_ssize_t)(sizeof l.keep / sizeof l.keep[0])) {
+        if (slot.buf) PyBuffer_Release(&slot);
         PyErr_SetString(PyExc_ValueError, "too many fds to keep");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         long fd = PyLong_AsLong(PyTuple_GET_ITEM(keep, i));
-        if (fd == -1 && PyErr_Occurred()) return NULL;
+        if (fd == -1 && PyErr_Occurred()) {
+            if (slot.buf) PyBuffer_Release(&slot);
+            return NULL;
+        }
         l.keep[l.n_keep++] = (int)fd;
     }
     /* A pooled network namespace: the init is born in it (it is ours, in the initial user namespace, so the
      * init could not enter it itself), and this process goes back to its own right after. */
     if (netns >= 0) {
-        if (host_net() < 0 || setns(netns, CLONE_NEWNET) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+        if (host_net() < 0 || setns(netns, CLONE_NEWNET) != 0) {
+            if (slot.buf) PyBuffer_Release(&slot);
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
     }
     /* No signal handler of ours may run in the child, which shares our memory. */
     sigset_t all, old;
@@ -1380,8 +1399,10 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
     /* Born in its user and pid namespaces (the init is pid 1 of the new one). CLONE_PARENT: the init is the
      * supervisor's child, which reaps it through a pidfd, and whose death fires the init's PDEATHSIG. */
     int pid = clone(launch_child, launch_stack + sizeof launch_stack,
-                    (int)flags | CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, &l);
+                    (int)flags | CLONE_VM | CLONE_VFORK | CLONE_PARENT | (settid ? CLONE_PARENT_SETTID : 0) | SIGCHLD,
+                    &l, settid);
     int clone_errno = errno;
+    if (slot.buf) PyBuffer_Release(&slot);
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (netns >= 0) back_home();
     if (pid < 0) {

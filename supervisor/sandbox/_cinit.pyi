@@ -1,5 +1,7 @@
 """Type stub of the sandbox init's C extension (supervisor/sandbox/_cinit.c; see its header comment)."""
 
+import mmap
+
 MAGIC: int
 OP_SIZE: int
 HEADER_SIZE: int
@@ -38,7 +40,7 @@ OP_IDMAP: int
 OP_MOUNT_AT: int
 
 def start(
-    flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, /
+    flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, slot: mmap.mmap = ..., /
 ) -> tuple[int, int]: ...
 def apply(plan: bytes, /) -> tuple[int, int, str | None] | None: ...
 def identities(paths: list[str] | list[bytes], /) -> bytes: ...
