@@ -326,7 +326,7 @@ class Child:
             exit_code=code,
             signal=sig,
             violation=self.violation,
-            duration_s=self._exit.ended - self.started,
+            duration_s=self._exit.ended - self.requested_at,  # from the request, as the timeout
             cpu_s=self._exit.cpu_s,
             peak_memory_bytes=self._exit.maxrss,
             enforced=self.enforced,

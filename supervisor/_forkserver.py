@@ -10,18 +10,27 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import contextlib
 import errno
+import logging
 import marshal
+import mmap
 import os
+import signal
 import socket
+import struct
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 
 from supervisor._errors import SandboxSetupError
 from supervisor.sandbox._sys import received_fds, rights
+
+log = logging.getLogger("corral")
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -32,22 +41,41 @@ BOOT = (
     "m = types.ModuleType('supervisor'); m.__path__ = [sys.argv[1] + '/supervisor']\n"
     "sys.modules['supervisor'] = m\n"
     "from supervisor._zygote import main\n"
-    "main(int(sys.argv[2]))\n"
+    "main(int(sys.argv[2]), int(sys.argv[3]))\n"
 )
 
 _MAX_FDS = 64
 
+#: Restart policy (docs/architecture.md, "Faults"): a fork server that dies is started again for the next
+#: request, at once after its first death, then after 0.1, 0.2, 0.4, ... s (at most 2 s) while deaths keep
+#: coming within RESTART_WINDOW seconds of each other; past MAX_RESTARTS deaths within the window, requests
+#: fail with SandboxSetupError until the window has passed (a server that keeps dying has a cause a restart
+#: will not fix).
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+Reply = tuple[bytes, list[tuple[int, int, bytes]], int]
+
 
 class ForkServer:
-    """One fork server process and the socket to it. Not thread-safe; used from one event loop."""
+    """The fork server process and the socket to it, replaced when it dies. Not thread-safe; used from one
+    event loop, whose thread must be the one that created the Supervisor (PDEATHSIG).
+
+    reply_timeout: seconds requests may wait while the server answers none of them; past it the server is
+    taken for hung (SIGSTOPped, or stuck), killed, and replaced; its waiting requests fail.
+    start_soon: the supervisor's task group's start_soon, for the tasks that reap a dead server and the
+    init it may have cloned without replying (set by the Supervisor; without it, close() reaps them).
+    """
+
+    reply_timeout = 10.0
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
+        self._slot: mmap.mmap | None = None
         self._send_lock = anyio.Lock()
-        self._replies: collections.deque[asyncio.Future[tuple[bytes, list[tuple[int, int, bytes]]]]] = (
-            collections.deque()
-        )
+        self._restart_lock = anyio.Lock()
+        self._replies: collections.deque[asyncio.Future[Reply]] = collections.deque()
         self._reading = False
         self._sent_policies: set[int] = set()  # the ids the fork server keeps, as far as sent
         self._forget: list[int] = []  # ids to tell it to forget, with the next request that leaves
@@ -55,15 +83,44 @@ class ForkServer:
         #: carries its policy marked "once": the fork server drops it again after that request.
         self.live: set[int] | None = None
         self._last_len = 0  # the size of the last message made, for EMSGSIZE's message
+        self._answered = 0  # replies read from the current process
+        self._progress_at = 0.0  # when the current process last answered (or was given work while idle)
+        self._killed_hung = False
+        self._deaths: collections.deque[float] = collections.deque()
+        self._dead: list[tuple[subprocess.Popen[bytes], mmap.mmap | None, int]] = []  # not yet reaped
+        self._closed = False
         self.caps_dict: dict[str, object] = {}
+        self.start_soon: Callable[..., object] | None = None
+        #: Times the server was started again after a death (exporters and tests read it).
+        self.restarts = 0
 
     def start(self) -> None:
         """Start the server and read its probe report (blocking, ~30 ms, once). Raises SandboxSetupError."""
+        proc, parent, slot = self._launch()
+        data = parent.recv(1 << 16)
+        if not data:
+            proc.wait()
+            parent.close()
+            slot.close()
+            raise SandboxSetupError(
+                "fork server",
+                "start",
+                hint=f"the fork server exited with status {proc.returncode} before its probe report",
+            )
+        self.caps_dict = marshal.loads(data)
+        self._running(proc, parent, slot)
+
+    def _launch(self) -> tuple[subprocess.Popen[bytes], socket.socket, mmap.mmap]:
+        """A new server process, its socket, and the slot shared with it. Raises SandboxSetupError."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        slot_fd = -1
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", BOOT, _ROOT, str(child.fileno())],
-                pass_fds=[child.fileno()],
+            slot_fd = os.memfd_create("corral-fork-slot", os.MFD_CLOEXEC)
+            os.ftruncate(slot_fd, mmap.PAGESIZE)
+            slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", BOOT, _ROOT, str(child.fileno()), str(slot_fd)],
+                pass_fds=[child.fileno(), slot_fd],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 # Every sandbox init is a copy of this process: it must hold none of the supervisor's
@@ -78,24 +135,71 @@ class ForkServer:
             ) from err
         finally:
             child.close()
-        data = parent.recv(1 << 16)
-        if not data:
-            self._proc.wait()
-            parent.close()
-            raise SandboxSetupError(
-                "fork server",
-                "start",
-                hint=f"the fork server exited with status {self._proc.returncode} before its probe report",
-            )
-        self.caps_dict = marshal.loads(data)
-        parent.setblocking(False)
-        self._sock = parent
+            if slot_fd >= 0:
+                os.close(slot_fd)
+        return proc, parent, slot
+
+    def _running(self, proc: subprocess.Popen[bytes], sock: socket.socket, slot: mmap.mmap) -> None:
+        sock.setblocking(False)
+        self._proc, self._sock, self._slot = proc, sock, slot
+        self._answered = 0
+        self._killed_hung = False
+        self._sent_policies.clear()  # a new server knows no policy yet
+        self._forget.clear()
+        # Read all the time, not only while replies are awaited: the socket is readable only with a reply
+        # or at EOF, so an idle server's death is noticed at once (and its orphan reaped).
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_reply, sock)
+        self._reading = True
+
+    async def _ensure_running(self) -> None:
+        """Start a server again if the last one died, after the back-off; raises SandboxSetupError past
+        the restart limit or when the start fails."""
+        if self._sock is not None:
+            return
+        async with self._restart_lock:
+            if self._sock is not None:
+                return
+            if self._closed:
+                raise SandboxSetupError("fork server", "spawn", hint="the supervisor is not running")
+            now = time.monotonic()
+            while self._deaths and now - self._deaths[0] > RESTART_WINDOW:
+                self._deaths.popleft()
+            if len(self._deaths) > MAX_RESTARTS:
+                raise SandboxSetupError(
+                    "fork server",
+                    "restart",
+                    hint=f"it died {len(self._deaths)} times within {RESTART_WINDOW:.0f} s and is not "
+                    f"started again for {RESTART_WINDOW - (now - self._deaths[0]):.0f} s; see its stderr",
+                )
+            if len(self._deaths) > 1:
+                await anyio.sleep(min(2.0, 0.1 * 2 ** (len(self._deaths) - 2)))
+            with anyio.CancelScope(shield=True):
+                proc, sock, slot = self._launch()
+                data = b""
+                with anyio.move_on_after(10):
+                    await anyio.wait_readable(sock)
+                    with contextlib.suppress(OSError):
+                        data = sock.recv(1 << 16)
+                if not data:
+                    sock.close()
+                    self._deaths.append(time.monotonic())
+                    self._dead.append((proc, slot, -1))
+                    proc.kill()
+                    self._reap_dead_soon()
+                    raise SandboxSetupError(
+                        "fork server", "restart", hint="the new fork server did not start"
+                    )
+                self._running(proc, sock, slot)
+                self.restarts += 1
+                log.warning("fork server restarted (%d deaths in the last minute)", len(self._deaths))
 
     async def _exchange(
         self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
-    ) -> tuple[dict[str, object], list[int]]:
-        """Send one request and receive its reply, shielded from cancellation: once sent, the reply may
-        carry children that must be reaped. Raises SandboxSetupError when the fork server is gone.
+    ) -> tuple[dict[str, object], list[int], bool]:
+        """Send one request and receive its reply: (reply, fds, whether fds were dropped: MSG_CTRUNC).
+        Shielded from cancellation once sent: the reply may carry children that must be reaped. Raises
+        SandboxSetupError when the server dies (or hangs past reply_timeout) with the request in flight;
+        a request that could not be delivered to a dead server goes to its replacement.
 
         Requests are pipelined: each is sent at once and its reply awaited on a future that one reader
         callback resolves, in order (the fork server answers in the order it was asked). A lock and a
@@ -103,71 +207,148 @@ class ForkServer:
         server waiting on this loop between two requests. A request that finds the socket full waits
         for it in turn (so others may overtake it): the message is therefore made at each attempt, with
         the compiled policy until a message with it has gone out (`_send`)."""
-        sock = self._sock
-        if sock is None:
-            raise SandboxSetupError("fork server", "spawn", hint="the supervisor is not running")
         loop = asyncio.get_running_loop()
-        reply: asyncio.Future[tuple[bytes, list[tuple[int, int, bytes]]]] = loop.create_future()
-        with anyio.CancelScope(shield=True):
-            anc = rights(fds)
-            self._last_len = 0
-            try:
+        for attempt in range(2):
+            await self._ensure_running()
+            sock = self._sock
+            if sock is None:
+                continue
+            reply: asyncio.Future[Reply] = loop.create_future()
+            with anyio.CancelScope(shield=True):
+                anc = rights(fds)
+                self._last_len = 0
                 try:
-                    self._send(sock, request, policy_id, compiled, anc)
-                except BlockingIOError:  # the socket's buffer is full: wait, in turn
-                    async with self._send_lock:
-                        while True:
-                            try:
-                                self._send(sock, request, policy_id, compiled, anc)
-                                break
-                            except BlockingIOError:
-                                await anyio.wait_writable(sock)
-            except OSError as err:  # EPIPE, ECONNRESET: the server is gone
-                if err.errno == errno.EMSGSIZE:
+                    try:
+                        self._send(sock, request, policy_id, compiled, anc)
+                    except BlockingIOError:  # the socket's buffer is full: wait, in turn
+                        async with self._send_lock:
+                            await self._send_when_writable(sock, request, policy_id, compiled, anc)
+                except OSError as err:  # EPIPE, ECONNRESET: the server is gone
+                    if err.errno == errno.EMSGSIZE:
+                        raise SandboxSetupError(
+                            "fork server",
+                            "sendmsg",
+                            err.errno,
+                            hint=f"the request ({self._last_len} bytes: the command, its environment and "
+                            "the policy) is more than the fork server's socket takes in one message; pass "
+                            "large data through a file or stdin",
+                        ) from err
+                    if sock is self._sock:
+                        self._on_reply(sock)  # reads what it answered, then its EOF: replaced
+                        self._lost("the fork server died")
+                    if attempt == 0:
+                        continue  # not delivered: the next server takes it
                     raise SandboxSetupError(
-                        "fork server",
-                        "sendmsg",
-                        err.errno,
-                        hint=f"the request ({self._last_len} bytes: the command, its environment and the "
-                        "policy) is more than the fork server's socket takes in one message; pass large "
-                        "data through a file or stdin",
+                        "fork server", "sendmsg", err.errno or 0, hint="the fork server died"
                     ) from err
+                # No await between the send and this: the futures are in the order of the requests.
+                if not self._replies:
+                    self._progress_at = time.monotonic()
+                self._replies.append(reply)
+                msg, ancdata, flags = await self._await_reply(reply, sock)
+            if not msg:
                 raise SandboxSetupError(
-                    "fork server", "sendmsg", err.errno or 0, hint="the fork server died"
-                ) from err
-            # No await between the send and this: the futures are in the order of the requests.
-            self._replies.append(reply)
-            if not self._reading:
-                loop.add_reader(sock.fileno(), self._on_reply, sock)
-                self._reading = True
-            msg, ancdata = await reply
-        if not msg:
-            raise SandboxSetupError("fork server", "recvmsg", hint="the fork server died; see its stderr")
-        return marshal.loads(msg), received_fds(ancdata)
+                    "fork server",
+                    "recvmsg",
+                    hint="the fork server died (or hung) with this request in flight; it is started again "
+                    "for the next one (see its stderr)",
+                )
+            return marshal.loads(msg), received_fds(ancdata), bool(flags & socket.MSG_CTRUNC)
+        raise SandboxSetupError("fork server", "sendmsg", errno.EPIPE, hint="the fork server died")
+
+    async def _send_when_writable(
+        self,
+        sock: socket.socket,
+        request: dict[str, object],
+        policy_id: int,
+        compiled: dict[str, object],
+        anc: list[tuple[int, int, array.array[int]]],
+    ) -> None:
+        """Send once the socket has room. Raises OSError (EPIPE once the server is replaced: the wait is
+        cut into short ones, since a closed fd never turns writable)."""
+        while True:
+            if sock is not self._sock:
+                raise BrokenPipeError(errno.EPIPE, "the fork server died")
+            try:
+                self._send(sock, request, policy_id, compiled, anc)
+                return
+            except BlockingIOError:
+                with anyio.move_on_after(0.1):
+                    await anyio.wait_writable(sock)
+
+    async def _await_reply(self, reply: asyncio.Future[Reply], sock: socket.socket) -> Reply:
+        """The reply, once it has come; a server that answers nothing for reply_timeout while this waits
+        is killed (its EOF then ends every waiting request)."""
+        while True:
+            await asyncio.wait({reply}, timeout=self.reply_timeout)
+            if reply.done():
+                return reply.result()
+            if sock is not self._sock or time.monotonic() - self._progress_at < self.reply_timeout:
+                continue
+            if not self._killed_hung and self._proc is not None:
+                log.warning("fork server answered nothing for %.1f s: killing it", self.reply_timeout)
+                self._killed_hung = True
+                self._proc.kill()  # its EOF fails the requests in flight; a new one is started
+            else:  # killed, yet no EOF: something else holds its socket
+                self._lost("the fork server hung")
 
     def _on_reply(self, sock: socket.socket) -> None:
-        """Reader callback: hand each reply that has arrived to the oldest waiting request; at EOF or on
-        an error, an empty reply to every waiting request."""
-        while self._replies:
+        """Reader callback: hand each reply that has arrived to the oldest waiting request; at EOF (the
+        server is gone) fail every waiting request and have the server replaced."""
+        while sock is self._sock:
             try:
-                msg, ancdata, _f, _a = sock.recvmsg(
+                msg, ancdata, flags, _a = sock.recvmsg(
                     1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
                 )
             except BlockingIOError:
                 return
             except OSError:
-                msg, ancdata = b"", []
-            if not msg:  # the server is gone: every waiting request fails
-                self._fail_waiting()
-                break
-            self._replies.popleft().set_result((msg, ancdata))
-        asyncio.get_running_loop().remove_reader(sock.fileno())
-        self._reading = False
+                msg, ancdata, flags = b"", [], 0
+            if not msg:
+                self._lost("the fork server died")
+                return
+            self._answered += 1
+            self._progress_at = time.monotonic()
+            if not self._replies:  # nothing asked for it: never happens, but close what it carries
+                for fd in received_fds(ancdata):
+                    os.close(fd)
+                continue
+            fut = self._replies.popleft()
+            fut.set_result((msg, ancdata, flags))
+
+    def _lost(self, why: str) -> None:
+        """The server is gone: fail the requests still waiting, and have it and the init it may have
+        cloned for the request it was working on reaped. The next request starts a new server."""
+        sock = self._sock
+        if sock is None:
+            return
+        log.warning("%s; %d request(s) in flight fail", why, len(self._replies))
+        if self._reading:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            self._reading = False
+        self._fail_waiting()
+        sock.close()
+        self._sock = None
+        if not self._closed:
+            self._deaths.append(time.monotonic())
+        if self._proc is not None:
+            self._dead.append((self._proc, self._slot, self._answered))
+            self._proc.kill()  # no-op if dead; a server that closed its socket is of no use alive
+        self._proc = None
+        self._slot = None
+        self._reap_dead_soon()
+
+    def _reap_dead_soon(self) -> None:
+        if self.start_soon is not None and self._dead:
+            dead, self._dead = self._dead, []
+            for entry in dead:
+                self.start_soon(_reap_dead_server, *entry)
 
     def _fail_waiting(self) -> None:
         """An empty reply, which the requests read as the server's death, to every waiting request."""
         for fut in self._replies:
-            fut.set_result((b"", []))
+            if not fut.done():
+                fut.set_result((b"", [], 0))
         self._replies.clear()
 
     def _send(
@@ -207,40 +388,62 @@ class ForkServer:
             self._sent_policies.discard(policy_id)
             self._forget.append(policy_id)
 
+    async def _received(self, reply: dict[str, object], got: list[int], truncated: bool, want: int) -> bool:
+        """Whether the reply carries its `want` fds. If not, the sandbox it names (if any) is killed and
+        reaped here and every fd received closed; raises SandboxSetupError when fds were dropped in
+        flight (MSG_CTRUNC: the supervisor had no fd free for them)."""
+        if not truncated and len(got) == want:
+            return True
+        for fd in got:
+            os.close(fd)
+        pid = reply.get("pid")
+        if isinstance(pid, int) and pid > 0:
+            # Our child (CLONE_PARENT) and not reaped, so the pid is still its own: as pid 1 of its pid
+            # namespace, its death takes the sandbox with it (the caller kills the cgroup too).
+            await kill_and_reap(pid)
+        if truncated:
+            raise SandboxSetupError(
+                "supervisor",
+                "recvmsg(SCM_RIGHTS) of the fork server's reply",
+                errno.EMFILE,
+                hint="no fd was free in the supervisor for the new sandbox's pidfd and status pipe, which "
+                "was killed; raise RLIMIT_NOFILE (ulimit -n) or lower max_concurrency",
+            )
+        return False
+
     async def spawn(
         self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
     ) -> tuple[dict[str, object], int | None, int | None]:
-        """Send one spawn request; returns (reply, pidfd, status_fd), the fds None when the clone itself
-        failed. The compiled policy is sent only the first time. Raises SandboxSetupError when the fork
-        server is gone."""
-        reply, got = await self._exchange(request, policy_id, compiled, fds)
-        if len(got) == 2:
+        """Send one spawn request; returns (reply, pidfd, status_fd), the fds None when no sandbox was
+        started (or the one started was killed and reaped: the reply's error says why). The compiled
+        policy is sent only the first time. Raises SandboxSetupError when the fork server is gone or
+        the reply's fds were dropped."""
+        reply, got, truncated = await self._exchange(request, policy_id, compiled, fds)
+        if await self._received(reply, got, truncated, 2):
             return reply, got[0], got[1]
-        for fd in got:
-            os.close(fd)
         return reply, None, None
 
     async def prefork(
         self, cwd: str, cgroup_procs: list[str], policy_id: int, compiled: dict[str, object]
     ) -> tuple[dict[str, object], tuple[int, int, int] | None]:
         """Ask for a sandbox that confines itself for this policy, workdir and cgroup ahead of its command;
-        returns (reply, (pidfd, status_fd, ctl_fd)), None when the clone itself failed. Raises
-        SandboxSetupError when the fork server is gone."""
+        returns (reply, (pidfd, status_fd, ctl_fd)), None when no sandbox was started (or it was killed
+        and reaped). Raises SandboxSetupError when the fork server is gone."""
         request: dict[str, object] = {"op": "prefork", "cwd": cwd, "cgroup_procs": cgroup_procs}
-        reply, got = await self._exchange(request, policy_id, compiled, [])
-        if len(got) == 3:
+        reply, got, truncated = await self._exchange(request, policy_id, compiled, [])
+        if await self._received(reply, got, truncated, 3):
             return reply, (got[0], got[1], got[2])
-        for fd in got:
-            os.close(fd)
         return reply, None
 
     def close(self) -> None:
-        """Stop the server (closing the socket ends its loop) and reap it."""
+        """Stop the server (closing the socket ends its loop) and reap it, and whatever dead servers and
+        orphaned inits are not reaped yet (blocking: at the supervisor's exit)."""
+        self._closed = True
         if self._sock is not None:
-            if self._reading:  # replies still awaited: they end empty (the server is going)
+            if self._reading:
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
                 self._reading = False
-                self._fail_waiting()
+            self._fail_waiting()  # replies still awaited end empty (the server is going)
             self._sock.close()
             self._sock = None
         if self._proc is not None:
@@ -249,4 +452,60 @@ class ForkServer:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            self._dead.append((self._proc, self._slot, -1))
             self._proc = None
+            self._slot = None
+        dead, self._dead = self._dead, []
+        for proc, slot, answered in dead:
+            proc.kill()
+            proc.wait()
+            orphan = _orphan(slot, answered)
+            if orphan:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(orphan, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(orphan, 0)
+
+
+def _orphan(slot: mmap.mmap | None, answered: int) -> int:
+    """The init a dead server cloned for the request it never answered, or 0. The slot holds the pid of
+    its last clone (stored by the kernel before the init ran) and the number of the request it was for;
+    every request before `answered` + 1 was answered, its init known. Closes the slot."""
+    if slot is None:
+        return 0
+    pid, number = struct.unpack_from("=iI", slot, 0)
+    slot.close()
+    return pid if pid > 0 and answered >= 0 and number == answered + 1 else 0
+
+
+async def _reap_dead_server(proc: subprocess.Popen[bytes], slot: mmap.mmap | None, answered: int) -> None:
+    """Reap a dead (killed) fork server; then kill and reap the init it cloned without answering for it.
+    The slot is read only once the server is reaped: it can clone nothing after that."""
+    with anyio.CancelScope(shield=True):
+        delay = 0.001
+        while proc.poll() is None:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        orphan = _orphan(slot, answered)
+        if orphan:
+            log.warning("killing sandbox init %d, cloned by a fork server that died before replying", orphan)
+            await kill_and_reap(orphan)
+
+
+async def kill_and_reap(pid: int) -> None:
+    """SIGKILL our child `pid` (a sandbox init nobody else knows: never reaped, so the pid is still its
+    own) and reap it, polling with WNOHANG: it needs no fd, so it works when none is free, and never
+    blocks the loop. Shielded: the child is reaped even if the caller is cancelled."""
+    with anyio.CancelScope(shield=True):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        delay = 0.001
+        while True:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG: never waits
+            except ChildProcessError:
+                return
+            if done:
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)

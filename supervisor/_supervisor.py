@@ -227,6 +227,7 @@ class Supervisor:
             self._devnull = -1
             raise
         self._tg = tg
+        fs.start_soon = tg.start_soon  # reaps a dead fork server and the init it left unanswered
         self._prefork = Prefork(
             fs, tg, lambda policy: self._leaf_for(policy, f"c{next(self._ids)}"), per_key=self.prefork
         )
@@ -371,10 +372,10 @@ class Supervisor:
         open file/fd. `pass_fds` are passed on as fds 3, 4, ... `name` labels the child in events and
         metrics (keep it low-cardinality: a tool name). `rules` are extra kill rules checked at every
         sample. `env` is merged over the caller's environment before the policy's filter applies (so a
-        secret-looking name given here is still dropped unless the policy passes or sets it). The policy's
-        wall-clock timeout counts from here. Waits for a concurrency slot first. Close the handle
-        (`await child.aclose()` or `async with child:`) to release its pipes; leaving the supervisor's
-        block closes what is left.
+        secret-looking name given here is still dropped unless the policy passes or sets it). Waits for a
+        concurrency slot first; the policy's wall-clock timeout counts from then (the request for the
+        sandbox: its setup counts). Close the handle (`await child.aclose()` or `async with child:`) to
+        release its pipes; leaving the supervisor's block closes what is left.
 
         Raises TypeError for a string command, an unknown policy type or a bad `env`; PolicyError when
         the policy's workdir does not exist (checked at its first use); SandboxSetupError when a layer
@@ -399,6 +400,11 @@ class Supervisor:
             child = await self._spawn(
                 cmd, policy, compiled, stdin, stdout, stderr, name, pass_fds, slot, rules, environment
             )
+        except OSError as err:  # never a raw OSError out of start(): EMFILE and its kind are corral's
+            slot.release(self._limiter)
+            raise SandboxSetupError(
+                "supervisor", "start the child", err.errno or 0, hint=f"{err}; raise RLIMIT_NOFILE if EMFILE"
+            ) from err
         except BaseException:
             slot.release(self._limiter)  # unless the watcher of a failed child already did
             raise
@@ -467,14 +473,17 @@ class Supervisor:
         fds: list[int] = []
         leaf: Leaf | None = None
         try:
-            for i, arg in enumerate((stdin, stdout, stderr)):
-                fds.append(_child_fd(i, arg, ours, mine, self._devnull))
-            fds.extend(pass_fds)
-            if len(command) > INLINE_COMMAND_MAX:  # too large for one socket message: a memfd, sent last
-                request["cmd_fd"] = True
-                fds.append(_memfd(command, ours))
-            else:
-                request["cmd"] = command
+            try:
+                for i, arg in enumerate((stdin, stdout, stderr)):
+                    fds.append(_child_fd(i, arg, ours, mine, self._devnull))
+                fds.extend(pass_fds)
+                if len(command) > INLINE_COMMAND_MAX:  # too large for one socket message: a memfd, last
+                    request["cmd_fd"] = True
+                    fds.append(_memfd(command, ours))
+                else:
+                    request["cmd"] = command
+            except OSError as err:  # EMFILE, ENFILE: out of fds
+                raise _fd_error(err) from err
             # A sandbox confined ahead of time for this policy and workdir takes just the command; else
             # the fork server builds one now.
             stub = await self._prefork.take(policy, compiled, cwd)
@@ -498,7 +507,7 @@ class Supervisor:
                 if fd is not None:
                     os.close(fd)
             if leaf is not None:
-                leaf.remove()
+                self._discard_leaf(leaf)
             raise
         finally:
             for fd in ours:
@@ -508,7 +517,7 @@ class Supervisor:
                 if fd is not None:
                     os.close(fd)
             if leaf is not None:
-                leaf.remove()
+                self._discard_leaf(leaf)
             raise _setup_error(reply.get("error"), cmd, policy)
         if cg_missing and policy.best_effort:
             log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in cg_missing))
@@ -544,24 +553,42 @@ class Supervisor:
             first = child._first
             if first is None or first[0] != b"X":
                 await child.wait()
+                if child.killed and child.violation is not None and child.violation.kind == "wall_time":
+                    return child  # its timeout ran out during setup: a wall_time violation like any other
                 raise _setup_error(first[1] if first else None, cmd, policy)
         except BaseException:
             child._close_streams()  # the caller never gets the Child: its pipe ends are ours to close
             raise
         return child
 
+    def _discard_leaf(self, leaf: Leaf) -> None:
+        """Remove the leaf of a sandbox that never became a Child, off the loop: a sandbox killed in it
+        may still be exiting, and removal then kills the cgroup and retries rmdir for up to 2 s (in a
+        worker thread, never on the event loop)."""
+        if self._trash is not None:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._trash.send_nowait(leaf)
+                return
+        if self._tg is not None:
+            self._tg.start_soon(partial(anyio.to_thread.run_sync, _remove_leaves, [leaf]))
+            return
+        _remove_leaves([leaf])  # the supervisor is closing: CgroupManager.close removes what remains
+
     async def _watch(self, child: Child, slot: _Slot) -> None:
         """Reap `child`, enforcing its wall-clock timeout. On cancellation (the supervisor is closing),
         kill it first; always reap; then take the final cgroup sample and remove the cgroup."""
         timeout = child.policy.resources.timeout if child.policy is not None else None
         try:
-            # The wall clock runs from the moment the command is running (the X record), not from start():
-            # setup time is corral's, and a limit shorter than setup is still a wall_time violation.
+            # The wall clock runs from the request for the sandbox, setup included, not from the exec
+            # report: a loop slow to read that report (or a sandbox that never sends it) must not give
+            # the command more time. A timeout that runs out during setup is a wall_time violation too.
             with anyio.CancelScope() as scope:
-                await child._reap(on_exec=partial(self._on_exec, child, scope, timeout))
+                if timeout is not None:
+                    scope.deadline = anyio.current_time() + timeout - (time.monotonic() - child.requested_at)
+                await child._reap(on_exec=partial(self._on_exec, child))
             if child.running:  # the wall-clock limit fired
                 assert timeout is not None
-                elapsed = round(time.monotonic() - (child.exec_at or child.started), 3)
+                elapsed = round(time.monotonic() - child.requested_at, 3)
                 child.kill_for(Violation("wall_time", timeout, elapsed))
                 self._note_violation(child)
                 with anyio.CancelScope(shield=True):
@@ -576,11 +603,9 @@ class Supervisor:
         with anyio.CancelScope(shield=True):
             await self._finish(child, slot)
 
-    def _on_exec(self, child: Child, scope: anyio.CancelScope, timeout: float | None) -> None:
-        """The command is running: arm its wall clock, count it, say so. Called by the watcher, so that
-        `started` always precedes `exited`."""
-        if timeout is not None:
-            scope.deadline = anyio.current_time() + timeout
+    def _on_exec(self, child: Child) -> None:
+        """The command is running: count it, say so. Called by the watcher, so that `started` always
+        precedes `exited`."""
         assert child.exec_at is not None
         child.spawn_latency_s = child.exec_at - child.requested_at
         self.totals["started"] += 1
@@ -894,6 +919,17 @@ def _child_fd(index: int, arg: StdioArg, ours: list[int], mine: list[int | None]
     if isinstance(arg, int):
         return arg
     return arg.fileno()
+
+
+def _fd_error(err: OSError) -> SandboxSetupError:
+    """An fd the supervisor could not make for a child (EMFILE, ENFILE), as the typed error."""
+    return SandboxSetupError(
+        "supervisor",
+        "make the child's stdio (pipe2, memfd_create)",
+        err.errno or 0,
+        hint="the supervisor is out of file descriptors: raise RLIMIT_NOFILE (ulimit -n; corral lifts the "
+        "soft limit to the hard one at start) or lower max_concurrency",
+    )
 
 
 def _setup_error(
