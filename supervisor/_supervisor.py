@@ -174,6 +174,9 @@ class Supervisor:
         #: Handles given out whose pipes are still open: leaving the block closes what their callers did not.
         #: A handle leaves the set when its streams are closed (Child.aclose).
         self._handles: set[Child] = set()
+        #: Warnings said once per supervisor: no usable cgroup, and each set of missing cgroup limits.
+        self._said_no_cgroup = False
+        self._said_missing: set[tuple[str, ...]] = set()
         #: Totals since start, for exporters: started, exited by outcome, violations by kind.
         self.totals: Counter[str] = Counter()
 
@@ -188,6 +191,23 @@ class Supervisor:
     def cgroups(self) -> CgroupManager | None:
         """The cgroup manager, when cgroups are in use and at least one controller is usable."""
         return self._cgroups if self._cgroups is not None and self._cgroups.available else None
+
+    @property
+    def cgroup_status(self) -> str:
+        """One line: the cgroup layout and controllers in use, or why none is usable and what to do."""
+        mgr = self._cgroups
+        if mgr is None:
+            return (
+                "not used (Supervisor(cgroups=False), --no-cgroup)" if not self._use_cgroups else "not open"
+            )
+        kind = mgr.layout.mode
+        parts = []
+        if mgr.available:
+            used = ", ".join(f"{c} (v{v})" for c, v in sorted(mgr.controllers.items()))
+            parts.append(f"usable: {used}")
+        if mgr.unavailable:
+            parts.append(f"unusable: {mgr.brief}; to fix: {mgr.fix}")
+        return (f"{kind} layout; " if kind else "") + "; ".join(parts)
 
     @property
     def children(self) -> frozenset[Child]:
@@ -215,9 +235,9 @@ class Supervisor:
                 await anyio.to_thread.run_sync(partial(mgr.open, "corral", delegate=self._cgroup_delegate))
                 self._cgroups = mgr
                 if not mgr.available:
-                    log.warning(
-                        "cgroups unavailable (%s): limits fall back to rlimits and sampling", mgr.reason
-                    )
+                    # Said when it matters, once: when a policy asks for a limit only a cgroup holds
+                    # (_leaf_for). A run that asks for none needs no word about it.
+                    log.debug("cgroups unavailable: %s", mgr.reason)
             tg = anyio.create_task_group()
             await tg.__aenter__()
         except BaseException:
@@ -422,14 +442,23 @@ class Supervisor:
         wanted = [k for k, v in (("memory", r.memory), ("cpus", r.cpus), ("pids", r.pids)) if v is not None]
         mgr = self.cgroups
         if mgr is None:
-            why = (
-                self._cgroups.reason if self._cgroups is not None else "disabled (Supervisor(cgroups=False))"
-            )
+            if self._cgroups is not None:
+                why, fix = self._cgroups.brief, self._cgroups.fix
+            else:
+                why = "cgroups are off: Supervisor(cgroups=False), --no-cgroup"
+                fix = "turn them on, or set best_effort (--best-effort) to fall back to rlimits and sampling"
             if wanted and not policy.best_effort:
                 raise SandboxSetupError(
                     "cgroups",
-                    f"enforce the {wanted[0]} limit",
-                    hint=f"no usable cgroup ({why}); delegate one (docs/cgroups.md) or set best_effort",
+                    f"enforce the {', '.join(wanted)} limit",
+                    hint=f"no usable cgroup ({why}); {fix}",
+                )
+            if wanted and not self._said_no_cgroup:
+                self._said_no_cgroup = True
+                log.warning(
+                    "no usable cgroup (%s): best_effort: %s limits fall back to rlimits and sampling",
+                    why,
+                    "/".join(wanted),
                 )
             return None, [], [(f"cgroup_{k}", why) for k in wanted]
         # The v1 freezer is how a tree without a pid namespace is killed whole; with one, the init's death
@@ -519,8 +548,11 @@ class Supervisor:
             if leaf is not None:
                 self._discard_leaf(leaf)
             raise _setup_error(reply.get("error"), cmd, policy)
-        if cg_missing and policy.best_effort:
-            log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in cg_missing))
+        if cg_missing and policy.best_effort and leaf is not None:  # once per missing set, not per child
+            said = tuple(k for k, _ in cg_missing)
+            if said not in self._said_missing:
+                self._said_missing.add(said)
+                log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in cg_missing))
         child = Child(
             int(reply["pid"]),  # type: ignore[call-overload]
             pidfd,

@@ -88,6 +88,13 @@ def cli(ctx: click.Context) -> None:
 @click.option("--env", multiple=True, metavar="NAME[=VALUE]", help="Pass NAME through, or set it.")
 @click.option("--clear-env", is_flag=True, default=None, help="Start from an empty environment.")
 @click.option("--best-effort", is_flag=True, default=None, help="Run even if a layer is missing.")
+@click.option(
+    "--no-cgroup",
+    "no_cgroup",
+    is_flag=True,
+    default=False,
+    help="Use no cgroup (Supervisor(cgroups=False)): memory/cpus/pids then need --best-effort.",
+)
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the result here.")
 @click.option(
     "--metrics-port",
@@ -104,6 +111,7 @@ def run(
     json_file: str | None,
     metrics_port: int | None,
     metrics_addr: str | None,
+    no_cgroup: bool,
     **opts: Any,
 ) -> None:
     """Run COMMAND in a sandbox. Put `--` before the command."""
@@ -112,7 +120,7 @@ def run(
         raise click.UsageError(msg)
     metrics = (metrics_addr or "127.0.0.1", metrics_port) if metrics_port is not None else None
     policy = _build_policy(profile, policy_file, opts)
-    code = anyio.run(_run, list(command), policy, json_file, metrics)
+    code = anyio.run(_run, list(command), policy, json_file, metrics, not no_cgroup)
     sys.exit(code)
 
 
@@ -143,7 +151,11 @@ def _serve_metrics(
 
 
 async def _run(
-    command: list[str], policy: Policy, json_file: str | None, metrics: tuple[str, int] | None = None
+    command: list[str],
+    policy: Policy,
+    json_file: str | None,
+    metrics: tuple[str, int] | None = None,
+    cgroups: bool = True,
 ) -> int:
     # With an output limit corral must see the bytes, so stdout/stderr go through pipes it copies to its
     # own; otherwise the command writes straight to corral's stdout/stderr (a terminal stays a terminal).
@@ -152,7 +164,10 @@ async def _run(
     # The signal receiver is installed before the command starts, so no forwarded signal can kill corral
     # itself in between; signals that arrive before the command runs are delivered once it does.
     with anyio.open_signal_receiver(*_FORWARD) as signals:
-        async with Supervisor(max_concurrency=1, prefork=0) as sup, _serve_metrics(sup, metrics):
+        async with (
+            Supervisor(max_concurrency=1, prefork=0, cgroups=cgroups) as sup,
+            _serve_metrics(sup, metrics),
+        ):
             child = await sup.start(command, policy=policy, stdin=None, stdout=pipe, stderr=pipe)
             async with anyio.create_task_group() as tg:
 
@@ -224,6 +239,7 @@ def probe() -> None:
                 click.echo(f"{name} namespace: {feat.reason}")
             click.echo(f"ia32 ABI: {caps.ia32.reason}")
             click.echo(f"x32 ABI: {caps.x32.reason}")
+            click.echo(f"cgroups: {sup.cgroup_status}")
 
     anyio.run(go)
 

@@ -395,3 +395,14 @@ def test_not_executable_blames_an_execute_rule_only_when_there_is_one(ws: Path) 
     r = corral("run", "--", str(script), cwd=ws)
     assert r.returncode == 126
     assert "execute rule" not in r.stderr
+
+
+def test_no_cgroup_flag(ws: Path) -> None:
+    r = corral("run", "--no-cgroup", "--memory", "64M", "--", "/bin/true", cwd=ws)
+    assert r.returncode == 125
+    assert "cgroups are off" in r.stderr
+    assert "--best-effort" in r.stderr
+    r = corral("run", "--no-cgroup", "--memory", "64M", "--best-effort", "--", "/bin/true", cwd=ws)
+    assert r.returncode == 0, r.stderr
+    r = corral("run", "--no-cgroup", "--", "/bin/true", cwd=ws)
+    assert (r.returncode, r.stderr) == (0, "")

@@ -838,6 +838,30 @@ class CgroupManager:
         return "; ".join(f"{c}: {why}" for c, why in sorted(self.unavailable.items()))
 
     @property
+    def brief(self) -> str:
+        """`reason` said once: controllers that failed the same way share one short clause (the
+        syscall, errno and where), without the fix (`FIX` says it). "" when all are usable."""
+        by_cause: dict[str, list[str]] = {}
+        errors = {c: e for e in self.errors for c in self.unavailable if e.path and f"/{c}/" in e.path + "/"}
+        for controller, why in sorted(self.unavailable.items()):
+            err = errors.get(controller)
+            if err is not None and err.errno:
+                where = os.path.dirname(err.path or "") or self._cgroup_root
+                for c in (controller, *controller.split(",")):
+                    where = where.replace(f"/{c}/", "/*/").replace(f"/{c}", "/*")
+                verb = err.operation.split()[0]
+                cause = f"{verb} under {where}: {_errno.errorcode.get(err.errno, err.errno)}"
+            else:
+                cause = why.split("; ")[0]
+            by_cause.setdefault(cause, []).append(controller)
+        return "; ".join(f"{', '.join(cs)}: {cause}" for cause, cs in by_cause.items())
+
+    @property
+    def fix(self) -> str:
+        """What to do about the unusable controllers (the first failure's hint), once."""
+        return next((e.hint for e in self.errors if e.hint), "see docs/cgroups.md")
+
+    @property
     def parents(self) -> list[str]:
         """corral's parent cgroup directories, one per hierarchy in use."""
         return [t.parent for t in self._trees]
