@@ -422,10 +422,16 @@ def cwd() -> str:
         ) from err
 
 
-#: Directories a root caller's sandbox is never given to write (see `resolve_trusted`).
+#: Directories a root caller's sandbox is never given to write, whose links `resolve_trusted` follows for
+#: a root caller (/var/run -> /run, /bin -> usr/bin, /usr/bin/python3 -> python3.11, update-alternatives).
+#: Exact directories, not trees: a root caller's workspace may well live below one (/usr/src/app, /srv/repo).
 _SYSTEM_DIRS = frozenset(
-    ("/", "/usr", "/usr/local", "/var", "/etc", "/opt", "/srv", "/lib", "/usr/lib", "/bin", "/sbin")
-)
+    (
+        "/", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/etc/alternatives", "/opt",
+        "/srv", "/var", "/usr", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64",
+        "/usr/libexec", "/usr/share", "/usr/local", "/usr/local/bin", "/usr/local/lib",
+    )
+)  # fmt: skip
 
 
 def _trusted_dir(directory: str, st: os.stat_result) -> bool:
