@@ -11,6 +11,7 @@ violation; forks refused at pids.max are counted and reported even when the chil
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ class ChildStats(NamedTuple):
     memory_bytes: current memory (cgroup memory.current / usage_in_bytes; else the tree's summed RSS).
     memory_peak_bytes: high-water mark (cgroup memory.peak / max_usage_in_bytes).
     cpu_seconds: user + system CPU of the tree (cgroup; else psutil over the live tree).
-    pids: tasks in the tree; open_fds: fds open across the tree (sampled only when needed).
+    pids: tasks in the tree; open_fds: fds held across the tree, open or parked in flight in the receive
+    queues of its unix sockets (`held_fds`; sampled only when needed).
     oom_kills: processes the kernel's OOM killer ended; pids_limit_hits: forks refused at pids.max.
     """
 
@@ -76,6 +78,53 @@ def _tree(child: Child) -> list[psutil.Process]:
     return procs
 
 
+def held_fds(pids: Sequence[int]) -> int:
+    """The fds the processes `pids` hold: those open in their fd tables, plus those parked in flight
+    (SCM_RIGHTS sent and not yet received) in the receive queues of the unix sockets they hold, which the
+    kernel shows as ``scm_fds`` in each socket's fdinfo (Linux 5.6; a listening socket's count includes the
+    queues of connections not yet accepted). Each socket's queue counts once however many processes hold
+    it. Not seen: fds queued on a unix socket that is itself in flight (inside another queue) rather than
+    held; the kernel bounds those per user (docs/security.md, "fds in flight"). Blocking (procfs reads);
+    raises nothing: a process or fd that went away counts as what was read of it.
+    """
+    total = 0
+    seen: set[str] = set()
+    for pid in pids:
+        base = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        total += len(names)
+        for name in names:
+            try:
+                target = os.readlink(f"{base}/{name}")
+            except OSError:
+                continue
+            if target.startswith("socket:") and target not in seen:
+                seen.add(target)
+                total += _scm_fds(f"/proc/{pid}/fdinfo/{name}")
+    return total
+
+
+def _scm_fds(fdinfo: str) -> int:
+    try:
+        fd = os.open(fdinfo, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return 0
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    at = data.find(b"scm_fds:")
+    if at < 0:
+        return 0  # not a unix socket
+    value = data[at + 8 :].split(b"\n", 1)[0].strip()
+    return int(value) if value.isdigit() else 0
+
+
 def sample(child: Child, with_fds: bool, now: float | None = None) -> ChildStats:
     """Sample one child (blocking; called in a worker thread). The cgroup is read once; psutil walks the tree
     only when an fd count is due for a child with an fd limit, or no cgroup measures its memory."""
@@ -96,11 +145,7 @@ def sample(child: Child, with_fds: bool, now: float | None = None) -> ChildStats
     if count_fds or need_usage:
         procs = _tree(child)
         if count_fds:
-            total = 0
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    total += p.num_fds()
-            fds = total
+            fds = held_fds([p.pid for p in procs])
         if need_usage:
             rss = cpu_sum = 0.0
             for p in procs:
