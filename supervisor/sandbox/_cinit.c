@@ -1210,6 +1210,10 @@ static PyObject *py_netns_new(PyObject *self, PyObject *unused) {
     if (unshare(CLONE_NEWNET) != 0) return PyErr_SetFromErrno(PyExc_OSError);
     int ns = -1, fs = -1, mnt = -1;
     int err = loopback_up();
+    /* ICMP echo sockets (what ping uses without CAP_NET_RAW) for every group in this namespace, which has
+     * only loopback: a new one allows none ("1 0"). Read per thread's namespace; borrowers cannot change it
+     * (it needs CAP_NET_ADMIN over the initial user namespace). A convenience: a failure is ignored. */
+    if (!err) (void)write_file("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
     if (!err && (ns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)) < 0) err = errno;
     if (!err && (fs = (int)syscall(SYS_fsopen, "sysfs", CORRAL_FSOPEN_CLOEXEC)) < 0) err = errno;
     if (!err && syscall(SYS_fsconfig, fs, CORRAL_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) err = errno;

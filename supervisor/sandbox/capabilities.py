@@ -12,8 +12,13 @@ if TYPE_CHECKING:
     from supervisor.sandbox._ops import Plan
 
 # SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED
-# | SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
-_SECUREBITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
+# | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED.
+# Not SECBIT_KEEP_CAPS_LOCKED: it made prctl(PR_SET_KEEPCAPS) fail with EPERM, and programs that drop
+# privilege the classic way call it at start-up (iputils ping exits "prctl: Operation not permitted").
+# KEEP_CAPS only keeps permitted capabilities across a change of uid away from 0; the process has none,
+# its bounding set is empty, NO_SETUID_FIXUP (locked) already stops any capability change on uid changes,
+# and execve clears KEEP_CAPS.
+_SECUREBITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x40 | 0x80
 
 
 def prepare() -> dict[str, object]:

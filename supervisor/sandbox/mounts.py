@@ -248,7 +248,11 @@ def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False)
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(plan, None, "/", None, MS_REC | MS_PRIVATE)
     if confine:
-        _setattr(plan, "/", MOUNT_ATTR_RDONLY, 0, recursive=True)
+        # nosuid too (and every bind made later is cloned from this tree, so it inherits it): set-id bits
+        # and file capabilities are ignored at exec. no_new_privs already makes them grant nothing, but a
+        # binary with effective file capabilities (ping: cap_net_raw=ep) was then refused (EPERM) under a
+        # root caller, whose sandbox maps host uid 0; now it runs, unprivileged, as under bubblewrap.
+        _setattr(plan, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
         _hide_sockets(plan)
         _dev(plan)
         if prepared["private_net"] and os.path.isdir("/sys/class/net"):

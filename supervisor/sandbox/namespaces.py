@@ -119,3 +119,16 @@ def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> N
         plan.add(_cinit.OP_SETHOSTNAME, "namespaces", "sethostname", s=(str(prepared["hostname"]),))
     if prepared["net"] and not pooled_net:
         plan.add(_cinit.OP_LOOPBACK_UP, "namespaces", "ioctl(SIOCSIFFLAGS, lo up)")
+        # ICMP echo sockets (SOCK_DGRAM, IPPROTO_ICMP: what `ping` uses without CAP_NET_RAW) for the
+        # sandbox's gid in its own namespace, which has only loopback. A new namespace allows no group
+        # ("1 0"). The gids are read in our user namespace, where only the caller's gid is mapped. A
+        # convenience, not a layer: a failure (read-only /proc/sys in a container, no such sysctl) is
+        # skipped (the op's on-failure exit lands on the next op).
+        gid = int(prepared["gid"])  # type: ignore[call-overload]
+        i = plan.add(
+            _cinit.OP_WRITE,
+            "namespaces",
+            "write /proc/sys/net/ipv4/ping_group_range",
+            s=("/proc/sys/net/ipv4/ping_group_range", f"{gid} {gid}"),
+        )
+        plan.land(i)
