@@ -41,6 +41,7 @@ _FILESYSTEM_KEYS = (
     "protected",
     "execute",
     "private_tmp",
+    "watch",
     "confine",
     "allow_system_write",
 )
@@ -221,7 +222,7 @@ def _filesystem(value: object, start: Policy, wd: str) -> dict[str, Any]:
         out["deny"] = deny
     if "protected" in table:
         out["protected"] = v.check_protected_list(table["protected"], "filesystem.protected")
-    for key in ("private_tmp", "confine", "allow_system_write"):
+    for key in ("private_tmp", "confine", "allow_system_write", "watch"):
         if key in table:
             out[key] = v.check_bool(table[key], f"filesystem.{key}")
     return out

@@ -85,6 +85,10 @@ class FilesystemPolicy:
     allow_system_write: a system directory (/, /etc, /usr, ...; policies._roots) may be a writable
                root or the workdir of a confined policy; False (the default) refuses it when the
                policy is used (policies.check_writable_roots).
+    watch:     inotify allowed (the default: file watchers work). Watches are not mediated by path
+               (Landlock does not see them), so a watcher also sees activity, with file names, in host
+               directories outside the roots; False refuses inotify_init/inotify_init1/
+               inotify_add_watch (EPERM) for policies that must not see it (docs/security.md).
     """
 
     confine: bool = True
@@ -95,6 +99,7 @@ class FilesystemPolicy:
     execute: tuple[str, ...] | None = None
     private_tmp: bool = True
     allow_system_write: bool = False
+    watch: bool = True
 
     def __post_init__(self) -> None:
         """Validate and normalise every field; PolicyError names ``filesystem.<field>[i]``."""
@@ -108,6 +113,7 @@ class FilesystemPolicy:
         _set(self, "private_tmp", v.check_bool(self.private_tmp, "filesystem.private_tmp"))
         allow_system = v.check_bool(self.allow_system_write, "filesystem.allow_system_write")
         _set(self, "allow_system_write", allow_system)
+        _set(self, "watch", v.check_bool(self.watch, "filesystem.watch"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,9 @@ SETID_MODE_ARG: dict[str, tuple[int, int | None]] = {
     "openat": (3, 2),
 }
 
+#: Refused (EPERM) when the policy's `filesystem.watch` is False.
+INOTIFY: tuple[str, ...] = ("inotify_init", "inotify_init1", "inotify_add_watch")
+
 #: Namespace flags refused on clone (CLONE_NEWTIME is inside CSIGNAL for clone(), harmlessly
 #: matched too: exit signals are below 65, so no real call has that bit).
 CLONE_NAMESPACE_FLAGS: dict[str, int] = {
@@ -271,6 +274,9 @@ def _rule_set(policy: Policy) -> dict[str, list[_Rule]]:
 
     rules = _builtin_rules()
     rules.update(_socket_rules(policy))
+    if not policy.filesystem.watch:
+        # inotify watches are not mediated by path (docs/security.md, "File watches"): all or nothing.
+        rules.update({name: [(_errno.EPERM, ())] for name in INOTIFY})
     for field in ("allow", "deny"):
         for i, name in enumerate(getattr(policy.syscalls, field)):
             nr = _resolve(name)

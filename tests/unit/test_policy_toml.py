@@ -211,6 +211,11 @@ def test_network_shorthand() -> None:
     assert policy_from_dict({"network": "host"}, workdir="/w").network.mode == "host"
 
 
+def test_filesystem_watch() -> None:
+    assert policy_from_dict({}, workdir="/w").filesystem.watch is True
+    assert policy_from_dict({"filesystem": {"watch": False}}, workdir="/w").filesystem.watch is False
+
+
 def test_network_families_and_netlink() -> None:
     table = {"mode": "host", "families": ["vsock", "packet", "vsock"], "netlink": ["generic"]}
     network = policy_from_dict({"network": table}, workdir="/w").network
@@ -341,6 +346,7 @@ BAD_DICTS: list[tuple[Any, str, object]] = [
     ({"network": {"mode": "none", "families": "vsock"}}, "network.families", "vsock"),
     ({"network": {"mode": "none", "families": ["vsock", "AF_ALG"]}}, "network.families[1]", "AF_ALG"),
     ({"network": {"mode": "none", "netlink": ["nf"]}}, "network.netlink[0]", "nf"),
+    ({"filesystem": {"watch": "no"}}, "filesystem.watch", "no"),
     ({"syscalls": {"deny": ["ptrace", "Mount"]}}, "syscalls.deny[1]", "Mount"),
     ({"syscalls": {"allow": ["a b"]}}, "syscalls.allow[0]", "a b"),
     ({"syscalls": {"deny": ["bpf"], "allow": ["bpf"]}}, "syscalls.allow[0]", "bpf"),

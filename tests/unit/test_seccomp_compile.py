@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from policies import NetworkPolicy, Policy, PolicyError, SyscallPolicy
+from policies import FilesystemPolicy, NetworkPolicy, Policy, PolicyError, SyscallPolicy
 from supervisor._errors import SandboxSetupError
 from supervisor.sandbox import _sys, seccomp
 from supervisor.sandbox.probe import Feature, KernelCaps
@@ -322,6 +322,17 @@ def test_network_families_and_netlink_widen_the_socket_rules() -> None:
     assert verdict(prepared, "socket", AF_NETLINK, 3, 16) == ALLOW
     assert verdict(prepared, "socket", AF_NETLINK, 3, 12) == EPROTONOSUPPORT
     assert verdict(prepared, "socketpair", AF_VSOCK, 1, 0) == ALLOW
+
+
+def test_watch_false_refuses_inotify() -> None:
+    default = compiled()
+    for name in ("inotify_init1", "inotify_add_watch"):
+        assert verdict(default, name, 0, 0, 0) == ALLOW
+    no_watch = compiled(Policy(filesystem=FilesystemPolicy(watch=False)))
+    for name in seccomp.INOTIFY:
+        if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) >= 0:  # inotify_init: not on aarch64
+            assert verdict(no_watch, name, 0, 0, 0) == EPERM, name
+    assert verdict(no_watch, "inotify_rm_watch", 3, 1) == ALLOW
 
 
 def test_allow_socket_removes_the_family_rules() -> None:
