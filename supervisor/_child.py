@@ -106,6 +106,7 @@ class _Exit:
     cpu_s: float = 0.0
     maxrss: int = 0
     ended: float = 0.0
+    cmd_ended: float | None = None  # when the command ended, by the init's report (time.monotonic's clock)
 
 
 _KINDS = (b"E", b"R", b"X", b"S")
@@ -379,6 +380,9 @@ class Child:
                     ex.maxrss = int(payload["maxrss"])  # type: ignore[call-overload]
                 except (KeyError, TypeError, ValueError):
                     ex.status = None
+                ended = payload.get("ended")
+                if isinstance(ended, int):
+                    ex.cmd_ended = ended / 1e9
                 if ex.status is not None and payload.get("alone") is True:
                     ex.ended = time.monotonic()
                     self._exit = ex

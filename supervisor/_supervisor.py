@@ -625,6 +625,8 @@ class Supervisor:
                 self._note_violation(child)
                 with anyio.CancelScope(shield=True):
                     await child._reap()
+            elif timeout is not None:
+                self._ended_late(child, timeout)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 child.kill()
@@ -634,6 +636,20 @@ class Supervisor:
             raise
         with anyio.CancelScope(shield=True):
             await self._finish(child, slot)
+
+    def _ended_late(self, child: Child, timeout: float) -> None:
+        """A command that ended past its wall-clock limit by the init's own clock, though the watcher saw
+        its end only later (a stalled loop read both records at once): a wall_time violation all the
+        same, as if killed at its limit. (Without the init's time, nothing is judged: the loop's delay
+        must not be blamed on the command.)"""
+        ex = child._exit
+        if ex is None or ex.cmd_ended is None or child.violation is not None:
+            return
+        ran = ex.cmd_ended - child.requested_at
+        if ran > timeout:
+            child.violation = Violation("wall_time", timeout, round(ran, 3))
+            child.killed = True
+            self._note_violation(child)
 
     def _on_exec(self, child: Child) -> None:
         """The command is running: count it, say so. Called by the watcher, so that `started` always

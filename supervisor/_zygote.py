@@ -22,8 +22,9 @@ Status pipe records: one byte kind + 4-byte length + marshal payload.
   E  setup or exec failure: {"layer", "operation", "errno", "path", "hint"}
   R  (pre-forked sandbox) confined and waiting for its command: {}
   X  exec succeeded: {"pid": target pid inside the namespace}
-  S  the target's wait status: {"status", "cpu", "maxrss", "alone"}; alone: every other process of the
-     sandbox is gone (the init killed and reaped them), so the result is final before the init exits
+  S  the target's wait status: {"status", "cpu", "maxrss", "alone", "ended"}; alone: every other process
+     of the sandbox is gone (the init killed and reaped them), so the result is final before the init
+     exits; ended: when the command ended (CLOCK_MONOTONIC, ns), by which its wall-clock limit is judged
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* From linux/capability.h, which musl's headers do not carry (the executable is built with musl when
@@ -989,6 +990,10 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
         if (got == pid) break;
         if (got < 0 && errno == ECHILD) _exit(0);
     }
+    /* When the command ended, on the supervisor's clock (CLOCK_MONOTONIC: the init is in the host's time
+     * namespace): the supervisor judges the wall-clock limit by it even if it reads this record late. */
+    struct timespec ended;
+    clock_gettime(CLOCK_MONOTONIC, &ended);
     /* The command is done; as pid 1 of the namespace, end whatever it left behind (a double-forked daemon)
      * and reap it all before reporting, so that the report itself says the sandbox is empty: the supervisor
      * can then return the result without waiting for this process to exit and its namespaces to go. */
@@ -1011,6 +1016,8 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
     put_int(&r, (int64_t)ru.ru_maxrss * 1024);
     put_key(&r, "alone");
     put(&r, alone ? "T" : "F", 1);
+    put_key(&r, "ended");
+    put_int(&r, (int64_t)ended.tv_sec * 1000000000 + ended.tv_nsec);
     send_rec(status_w, &r);
     _exit(0);
 }

@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -331,3 +332,40 @@ async def test_a_stopped_fork_server_is_noticed_and_replaced(workspace: Path) ->
             while any(c[0] == stopped for c in children_of(os.getpid())):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
     assert await no_zombies_left() == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2 (continued). The wall-clock timeout counts from the request.
+
+
+async def test_a_loop_stalled_before_the_exec_report_does_not_stretch_the_timeout(workspace: Path) -> None:
+    """White-box: the event loop is blocked for 1.5 s right after the fork server's reply (as the 18 s
+    stalls seen under fd exhaustion did), so the exec report is read only after the command, `sleep 1`,
+    is done. Its timeout is 0.5 s: it ran past it, and the Result must say so (the clock started at the
+    exec report, and the call came back ok)."""
+    pol = profiles.workspace_write(workspace, timeout=0.5)
+    async with Supervisor(prefork=0) as sup:
+        fs = sup._forkserver
+        assert fs is not None
+        spawn = fs.spawn
+
+        async def stalled_spawn(*args: object) -> tuple[dict[str, object], int | None, int | None]:
+            reply = await spawn(*args)  # type: ignore[arg-type]
+            time.sleep(1.5)  # noqa: ASYNC251 - the stall under test
+            return reply
+
+        fs.spawn = stalled_spawn  # type: ignore[method-assign]
+        r = await sup.run(["/bin/sleep", "1"], policy=pol)
+    assert r.violation is not None, r
+    assert r.violation.kind == "wall_time"
+    assert r.exit_code == 137
+
+
+async def test_a_timeout_that_runs_out_during_setup_is_a_wall_time_violation(workspace: Path) -> None:
+    """A timeout shorter than the sandbox's setup: the Result is a wall_time violation (exit 137), as
+    before, not a setup error."""
+    pol = profiles.workspace_write(workspace, timeout=0.001)
+    async with Supervisor(prefork=0) as sup:
+        r = await sup.run(["/bin/true"], policy=pol)
+    assert r.violation is not None, r
+    assert (r.violation.kind, r.exit_code) == ("wall_time", 137)
