@@ -4,9 +4,11 @@
 
 Starts N sandboxed `sleep 60` through one Supervisor(max_concurrency=600), each with a memory limit so that
 each has its own cgroup, then measures, in the same run:
-- the cgroup part of one monitoring sample per child: `supervisor._monitor.sample_all` over all children
-  (six pread(2)s per leaf on fds kept open), timed over several rounds, divided by N; and `Leaf.stats()`
-  alone. Target (issue 3): <= 10 us per child per sample;
+- the cgroup part of one full monitoring sample per child: `supervisor._monitor.sample_all` over all
+  children (six pread(2)s per leaf on fds kept open), timed over several rounds, divided by N; and
+  `Leaf.stats()` alone. Target (issue 3): <= 10 us per child per sample;
+- what the sampler does per child per round on average: one full round in `FULL_EVERY`, and between them
+  `sample_due` (here one pread of the OOM counter per child: the memory limits are the kernel's);
 - psutil oneshot per process for comparison (memory_info, cpu_times, num_fds, num_threads in one oneshot),
   over every process of every child (the sandbox init and the sleep), divided by the process count
   (measured here while planning: ~106 us);
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policies import profiles
 from supervisor import DEVNULL, Child, Supervisor
-from supervisor._monitor import sample_all
+from supervisor._monitor import FULL_EVERY, sample_all, sample_due
 
 KiB = 1024
 
@@ -102,6 +104,17 @@ async def main(n: int, rounds: int, interval: float) -> dict[str, object]:
             per_round = _time_rounds(rounds, lambda: sample_all(children, False))
             leaves = [c.leaf for c in children]
             stats_round = _time_rounds(rounds, lambda: [leaf.stats() for leaf in leaves])  # type: ignore[union-attr]
+
+            # What the sampler does on average per round: one full round (sample_all) in FULL_EVERY, the
+            # rounds between only what the children's limits need (sample_due: here, memory limits the
+            # kernel enforces, so one pread of the OOM counter per child).
+            def cycle() -> None:
+                sample_all(children, False)
+                for _ in range(FULL_EVERY - 1):
+                    sample_due(children)
+
+            cycle()
+            per_cycle = [t / FULL_EVERY for t in _time_rounds(rounds, cycle)]
             # psutil, per process: the init (pid 1 of the sandbox) and the sleep under it.
             procs: list[psutil.Process] = []
             for c in children:
@@ -129,6 +142,7 @@ async def main(n: int, rounds: int, interval: float) -> dict[str, object]:
         "monitor_interval_s": interval,
         "start_all_s": round(start_s, 2),
         "cgroup_sample_all_us_per_child": us(per_round, n),
+        "cgroup_sampler_us_per_child_per_round": us(per_cycle, n),
         "cgroup_leaf_stats_us_per_child": us(stats_round, n),
         "psutil_oneshot_us_per_process": us(ps_round, len(procs)),
         "rss_before_kib": rss0 // KiB,
@@ -148,6 +162,9 @@ async def main(n: int, rounds: int, interval: float) -> dict[str, object]:
     )
     print(f"  cgroup sample (sample_all) per child per sample: median {cg['median']} us, min {cg['min']} us"  # type: ignore[index]
           "  (target <= 10 us)")  # fmt: skip
+    av = report["cgroup_sampler_us_per_child_per_round"]
+    print(f"  sampler, average per child per round (1 full in {FULL_EVERY}): median {av['median']} us, "  # type: ignore[index]
+          f"min {av['min']} us")  # fmt: skip
     st = report["cgroup_leaf_stats_us_per_child"]
     print(f"  Leaf.stats() alone per child:                    median {st['median']} us, min {st['min']} us")  # type: ignore[index]
     print(f"  psutil oneshot per process:                      median {ps['median']} us, min {ps['min']} us")  # type: ignore[index]

@@ -213,6 +213,10 @@ class Child:
         self.limit_hits: dict[str, int] = {}
         #: The latest monitoring sample (None before the first one).
         self.last_stats: ChildStats | None = None
+        #: The sampler's: what it watches between full rounds (_monitor.watch; None: not decided yet) and
+        #: the event counters' contents it saw last.
+        self._watch: int | None = None
+        self._events_seen: bytes | None = None
         self.leaf: Leaf | None = None
         self.policy: Policy | None = None
         self.rules: tuple[Rule, ...] = ()

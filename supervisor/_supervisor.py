@@ -12,7 +12,7 @@ import resource
 import subprocess
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -33,7 +33,7 @@ from supervisor._errors import (
     SupervisorRunningError,
 )
 from supervisor._forkserver import ForkServer
-from supervisor._monitor import ChildStats, Enforcer, Rule, sample_all
+from supervisor._monitor import FULL_EVERY, ChildStats, Enforcer, Rule, sample_all, sample_due
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
@@ -721,8 +721,10 @@ class Supervisor:
             self._emit(Event("violation", child, time.monotonic(), violation=v))
 
     async def _monitor(self) -> None:
-        """The one sampler: every `monitor_interval`, sample all running children in one worker-thread hop
-        and enforce limits on the loop. Per-process fd counts (psutil) are taken every fourth round."""
+        """The one sampler: every `monitor_interval`, one worker-thread hop samples the running children and
+        the loop enforces limits on what came back. Every FULL_EVERY-th round samples every child fully
+        (fd counts through psutil included); the rounds between only what each child's limits need live
+        (supervisor/_monitor.py, `sample_due`)."""
         rounds = 0
         while True:
             await anyio.sleep(self.monitor_interval)
@@ -730,8 +732,12 @@ class Supervisor:
             if not children:
                 continue
             rounds += 1
-            samples = await anyio.to_thread.run_sync(sample_all, children, rounds % 4 == 1)
-            for child, s in zip(children, samples, strict=True):
+            if rounds % FULL_EVERY == 1:  # every child, every value (fd counts included)
+                samples = await anyio.to_thread.run_sync(sample_all, children, True)
+                due: Iterable[tuple[Child, ChildStats]] = zip(children, samples, strict=True)
+            else:  # only what the children's limits need live
+                due = await anyio.to_thread.run_sync(sample_due, children)
+            for child, s in due:
                 if s.open_fds is None and child.last_stats is not None:
                     # fds are counted one round in four: carry the last count between counts.
                     s = s._replace(open_fds=child.last_stats.open_fds)

@@ -693,6 +693,25 @@ class Leaf:
             self.socket_limit_hit = t
         return t
 
+    def events(self, memory: bool, pids: bool) -> bytes | None:
+        """The raw contents of the leaf's event counters: the OOM kills' file (v2 memory.events, v1
+        memory.oom_control) when `memory`, pids.events when `pids`; one pread(2) each, on the sampling fds.
+        What a sampler compares between rounds to know whether a full sample is due. None once removed.
+        Never raises. Thread-safe against remove()."""
+        with self._lock:
+            fds = self._fds
+            if fds is None:
+                if self._removed:
+                    return None
+                fds = self._fds = self._open_fds()
+                self._fast = min(fds) >= 0
+            out = b""
+            if memory:
+                out = _pread(fds[2]) or b"-"
+            if pids:
+                out += b"|" + (_pread(fds[5]) or b"-")
+            return out
+
     def pids(self) -> list[int]:
         """The processes now in the leaf (union over its hierarchies), sorted. Raises
         SandboxSetupError."""
