@@ -693,6 +693,8 @@ class Supervisor:
                     Event("exited", child, time.monotonic(), result=result, violation=result.violation)
                 )
             child._done.set()
+            if all(getattr(st, "_fd", None) is None for st in (child.stdin, child.stdout, child.stderr)):
+                self._handles.discard(child)  # nothing left to close at exit: do not keep the Child
             await child._collect()
             if leaf is not None and self._trash is not None:
                 with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -805,6 +807,10 @@ class Supervisor:
                 child.kill()
                 await child.wait()
             raise
+        finally:
+            # Its streams are drained and closed: the supervisor need not keep the Child to close them at
+            # exit (kept, every run's Child stayed in _handles for the supervisor's life).
+            child._close_streams()
         out, out_t = captured.get("stdout", (b"", False))
         err, err_t = captured.get("stderr", (b"", False))
         result = child.result(stdout=out, stderr=err, stdout_truncated=out_t, stderr_truncated=err_t)
