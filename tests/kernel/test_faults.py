@@ -369,3 +369,28 @@ async def test_a_timeout_that_runs_out_during_setup_is_a_wall_time_violation(wor
         r = await sup.run(["/bin/true"], policy=pol)
     assert r.violation is not None, r
     assert (r.violation.kind, r.exit_code) == ("wall_time", 137)
+
+
+async def test_a_pre_forked_sandbox_never_runs_a_command_whose_fds_were_dropped(workspace: Path) -> None:
+    """A pre-forked sandbox receives its command's stdio and passed fds under its own RLIMIT_NOFILE
+    (the policy's, 16 here); 20 passed fds do not fit, the kernel drops the rest (MSG_CTRUNC), and the
+    sandbox must refuse to run the command (a SandboxSetupError naming recvmsg and EMFILE) rather than
+    run it without them. Checked from outside: the command's marker file is never written. (Before, the
+    truncation went unseen and the failure came out as CommandNotExecutableError, EMFILE from the exec.)"""
+    from supervisor import SandboxSetupError
+
+    pol = profiles.workspace_write(workspace, max_fds=16)
+    extra = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(20)]
+    try:
+        async with Supervisor() as sup:
+            assert sup._prefork is not None
+            sup._prefork.always = True  # every request served by a sandbox built ahead of it
+            with pytest.raises(SandboxSetupError) as err:
+                await sup.start(["/bin/sh", "-c", "echo ran > marker"], policy=pol, pass_fds=extra)
+        assert "recvmsg" in str(err.value)
+        assert "EMFILE" in str(err.value)
+        assert not (workspace / "marker").exists()
+    finally:
+        for fd in extra:
+            os.close(fd)
+    assert await no_zombies_left() == []
