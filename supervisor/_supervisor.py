@@ -383,6 +383,7 @@ class Supervisor:
         pass_fds: Sequence[int] = (),
         rules: Sequence[Rule] = (),
         env: Mapping[str, str] | None = None,
+        controlling_tty: bool = False,
     ) -> Child:
         """Start `cmd` (a sequence of arguments, never a string) confined by `policy`: a Policy, a built-in
         profile's name ("read-only", "workspace-write", "full-access": that profile on the current
@@ -392,10 +393,14 @@ class Supervisor:
         open file/fd. `pass_fds` are passed on as fds 3, 4, ... `name` labels the child in events and
         metrics (keep it low-cardinality: a tool name). `rules` are extra kill rules checked at every
         sample. `env` is merged over the caller's environment before the policy's filter applies (so a
-        secret-looking name given here is still dropped unless the policy passes or sets it). Waits for a
-        concurrency slot first; the policy's wall-clock timeout counts from then (the request for the
-        sandbox: its setup counts). Close the handle (`await child.aclose()` or `async with child:`) to
-        release its pipes; leaving the supervisor's block closes what is left.
+        secret-looking name given here is still dropped unless the policy passes or sets it).
+        `controlling_tty`: `stdin` is a terminal the caller made for this command (a pty's slave, as
+        `corral run --tty` does) and becomes the controlling terminal of the sandbox's session, with the
+        command in its foreground (never give it a terminal that is another session's: the sandbox fails
+        with SandboxSetupError, EPERM). Waits for a concurrency slot first; the policy's wall-clock
+        timeout counts from then (the request for the sandbox: its setup counts). Close the handle
+        (`await child.aclose()` or `async with child:`) to release its pipes; leaving the supervisor's
+        block closes what is left.
 
         Raises TypeError for a string command, an unknown policy type or a bad `env`; PolicyError when
         the policy's workdir does not exist (checked at its first use); SandboxSetupError when a layer
@@ -418,7 +423,18 @@ class Supervisor:
         await self._limiter.acquire_on_behalf_of(slot)
         try:
             child = await self._spawn(
-                cmd, policy, compiled, stdin, stdout, stderr, name, pass_fds, slot, rules, environment
+                cmd,
+                policy,
+                compiled,
+                stdin,
+                stdout,
+                stderr,
+                name,
+                pass_fds,
+                slot,
+                rules,
+                environment,
+                controlling_tty,
             )
         except OSError as err:  # never a raw OSError out of start(): EMFILE and its kind are corral's
             slot.release(self._limiter)
@@ -487,6 +503,7 @@ class Supervisor:
         slot: _Slot,
         rules: Sequence[Rule],
         environment: EncodedEnv | None = None,
+        controlling_tty: bool = False,
     ) -> Child:
         assert self._forkserver is not None
         assert self._tg is not None
@@ -514,8 +531,11 @@ class Supervisor:
             except OSError as err:  # EMFILE, ENFILE: out of fds
                 raise _fd_error(err) from err
             # A sandbox confined ahead of time for this policy and workdir takes just the command; else
-            # the fork server builds one now.
-            stub = await self._prefork.take(policy, compiled, cwd)
+            # the fork server builds one now (always for a controlling terminal, which is set up from the
+            # plan's header).
+            if controlling_tty:
+                request["ctty"] = True
+            stub = None if controlling_tty else await self._prefork.take(policy, compiled, cwd)
             if stub is not None and not _hand_over(stub, request, fds):
                 self._prefork.discard(stub)
                 stub = None

@@ -73,6 +73,7 @@ def _confinement(
     supervisor_pidfd: int,
     cache: _Cache,
     pooled_net: bool = False,
+    console: str | None = None,
 ) -> list[_ops.Segment]:
     """Every containment step of a sandbox, in the order the init applies them: steps 1-3 in `_head`, 4
     here, 5-8 in `_view`, 9-13 in `_lockdown`. Returns the plan's segments. Raises SetupFailure for what is
@@ -94,7 +95,7 @@ def _confinement(
         "cgroups", [(path, "0", f"write {os.path.basename(path)}") for path in procs]
     )
     cgroup_view = mounts.cgroup_view(procs, bool(pol["cgroupns"])) if pol["mounts"] is not None else ()
-    view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view)
+    view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view, console)
     return [head, placement, view, cache.lockdown(policy_id, pol)]
 
 
@@ -117,6 +118,7 @@ def _view(
     cwd: str,
     pooled_net: bool,
     cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
+    console: str | None = None,
 ) -> _ops.Plan:
     """Steps 5-8: the other namespaces and the filesystem view. Raises SetupFailure."""
     plan = _ops.Plan()
@@ -129,6 +131,12 @@ def _view(
     mnt: dict[str, object] | None = pol["mounts"]  # type: ignore[assignment]
     keep = mounts.keep_visible(mnt, cwd) if mnt is not None else []
     mounts.emit_keep(keep, plan)
+    #    So is the command's terminal when it is a pty made for it (--tty), to be named /dev/console.
+    console_slot = len(keep) if console is not None and mnt is not None and mnt["confine"] else -1
+    if console is not None and 0 <= console_slot < _cinit.SLOTS:
+        mounts.emit_console(console, console_slot, plan)
+    else:
+        console_slot = -1
     # 6. The path-independent part of the filesystem view (read-only host tree, tmpfs over /run,
     #    minimal /dev, private /tmp, fresh /proc): needs CAP_SYS_ADMIN and must precede Landlock, which
     #    forbids mounting and whose rules must see the new tmpfs inodes.
@@ -148,7 +156,7 @@ def _view(
     #    /sys/fs/cgroup (a policy's allow_write on the cgroup tree) shows through it. (Without a cgroup
     #    namespace, an empty read-only tmpfs.) Its chdir comes last, into the finished view.
     if mnt is not None:
-        mounts.emit_paths(mnt, cwd, keep, plan, cgroup_view)
+        mounts.emit_paths(mnt, cwd, keep, plan, cgroup_view, console_slot)
     else:
         plan.add(_cinit.OP_CHDIR, "mounts", "chdir(workdir)", s=(cwd,), path=cwd)
     return plan
@@ -189,7 +197,8 @@ class _Cache:
         self._head: dict[int, _ops.Segment] = {}
         self._lockdown: dict[int, _ops.Segment] = {}
         self._views: dict[
-            tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...]], tuple[tuple[object, ...], _ops.Segment]
+            tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
+            tuple[tuple[object, ...], _ops.Segment],
         ] = {}
 
     def head(self, policy_id: int, pol: dict[str, object], supervisor_pidfd: int) -> _ops.Segment:
@@ -218,14 +227,15 @@ class _Cache:
         cwd: str,
         pooled_net: bool,
         cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
+        console: str | None = None,
     ) -> _ops.Segment:
         mnt: dict[str, object] | None = pol["mounts"]  # type: ignore[assignment]
-        key = (policy_id, cwd, pooled_net, cgroup_view)
+        key = (policy_id, cwd, pooled_net, cgroup_view, console)
         before = mounts.fingerprint(mnt, cwd)
         hit = self._views.get(key)
         if hit is not None and hit[0] == before:
             return hit[1]
-        seg = _view(pol, cwd, pooled_net, cgroup_view).segment()
+        seg = _view(pol, cwd, pooled_net, cgroup_view, console).segment()
         if mounts.fingerprint(mnt, cwd) == before:
             if len(self._views) >= 256:  # bounded: one entry per policy and workdir in use
                 self._views.clear()
@@ -437,7 +447,14 @@ class _Server:
         net = self.netpool.take(key) if pol["ns"]["net"] else None  # type: ignore[index]
         try:
             segments = _confinement(
-                policy_id, pol, cwd, procs, self.supervisor_pidfd, self.cache, pooled_net=net is not None
+                policy_id,
+                pol,
+                cwd,
+                procs,
+                self.supervisor_pidfd,
+                self.cache,
+                pooled_net=net is not None,
+                console=mounts.console_path(stdio[0]) if req.get("ctty") and stdio else None,
             )
         except _sys.SetupFailure as failure:
             if net is not None:
@@ -462,6 +479,7 @@ class _Server:
                 command=req.get("cmd", b""),  # type: ignore[arg-type]
                 command_fd=command_fd,
                 net_sysfs_fd=net[1] if net is not None else -1,
+                ctty=bool(req.get("ctty")),
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
             os.close(plan_w)
@@ -545,9 +563,10 @@ def main(sock_fd: int, slot_fd: int = -1) -> None:
     Requests (marshal dicts; the compiled policy is sent with the first request naming its policy_id, and
     again after the supervisor had it forgotten; "once": drop it after this request; "forget": [ids] to drop
     before this request, the policies the supervisor's LRU evicted):
-      spawn:   {cmd | cmd_fd, cwd, cgroup_procs, policy_id[, policy]} with the stdio (+ passed) fds; cmd
-               is the command and its environment as _ops.encode_command made them, or, with cmd_fd,
-               in a memfd sent as the last fd;
+      spawn:   {cmd | cmd_fd, cwd, cgroup_procs, policy_id[, policy][, ctty]} with the stdio (+ passed)
+               fds; cmd is the command and its environment as _ops.encode_command made them, or, with
+               cmd_fd, in a memfd sent as the last fd; ctty: stdin (a pty) becomes the controlling
+               terminal of the sandbox's session;
                reply {"pid"[, "error"]} with fds [pidfd, status_r] (none when the clone itself failed).
       prefork: {"op": "prefork", cwd, cgroup_procs, policy_id[, policy]}; reply {"pid"[, "error"]} with
                fds [pidfd, status_r, ctl]: the sandbox confines itself, writes an R record and takes its

@@ -158,8 +158,13 @@ struct plan_header {
     int32_t cmd_fd, status_w, ctl_fd, n_stdio; /* cmd_fd >= 0: the command is in that fd, not inline */
     uint32_t n_keep;
     int32_t net_sysfs_fd; /* >= 0: a detached sysfs mount of a pooled network namespace (slot NET_SYSFS) */
-    uint32_t pad[2];
+    uint32_t flags;       /* PLAN_CTTY */
+    uint32_t pad;
 };
+
+/* The command's stdin (a terminal: corral run --tty's pty) becomes the controlling terminal of the
+ * sandbox's session, which the init leads (step 3, setsid). */
+#define PLAN_CTTY 1u
 
 struct segment {
     uint32_t ops_off, n_ops, strtab_off, strtab_len;
@@ -831,11 +836,14 @@ static void send_op_failure(int fd, const struct seg *g, long index, int err) {
 
 static volatile pid_t target_pid;
 
-static void forward(int sig) {
+static void forward(int sig, siginfo_t *info, void *ctx) {
     /* Signals sent to the init would be ignored by a target running as pid 1 (the kernel protects a
-     * namespace's init): the init passes them on, and the target gets ordinary signal semantics. */
+     * namespace's init): the init passes them on, and the target gets ordinary signal semantics. Not
+     * those the kernel generated (SI_KERNEL: a controlling terminal's ^C, ^\ or resize, sent to the whole
+     * foreground process group): the target, in that group, has its own copy already. */
+    (void)ctx;
     int saved = errno;
-    if (target_pid > 0) kill(target_pid, sig);
+    if (target_pid > 0 && !(info && info->si_code == SI_KERNEL)) kill(target_pid, sig);
     errno = saved;
 }
 
@@ -845,8 +853,8 @@ static void forward_signals(pid_t to) {
     target_pid = to;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = forward;
-    sa.sa_flags = SA_RESTART;
+    sa.sa_sigaction = forward;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
     for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
 }
 
@@ -935,11 +943,18 @@ static int spawn_command(struct command *c, posix_spawn_file_actions_t *fa, posi
     return saved ? saved : ENOENT;
 }
 
-static void run_command(struct command *c, const int *stdio, int n_stdio, int status_w) {
+static void run_command(struct command *c, const int *stdio, int n_stdio, int status_w, uint32_t flags) {
     /* Not dumpable: the command (same uid, same Landlock domain) must not ptrace the init or read its
      * /proc/1/mem, which holds the plan. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     forward_signals(0);
+    /* --tty: the pty corral made (never the caller's terminal, which is its own session's: EPERM) becomes
+     * the session's controlling terminal; the command, in the init's process group, is its foreground. */
+    if ((flags & PLAN_CTTY) && (n_stdio < 1 || ioctl(stdio[0], TIOCSCTTY, 0) != 0)) {
+        send_failure(status_w, "tty", "ioctl(TIOCSCTTY)", n_stdio < 1 ? EBADF : errno, NULL,
+                     "the command's stdin must be a terminal that is no session's controlling terminal");
+        _exit(125);
+    }
     /* Every fd close-on-exec; the stdio (and passed) fds lifted above the target numbers, then dup2'd into
      * place by the spawn (dup2 clears the flag on the copy). */
     syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
@@ -1086,7 +1101,7 @@ static void receive_command(const struct plan *p) {
         send_failure(status_w, "exec", "receive the command", EINVAL, NULL, "malformed command message");
         _exit(125);
     }
-    run_command(&c, fds, n_fds, status_w);
+    run_command(&c, fds, n_fds, status_w, 0);
 }
 
 static void init_main(const char *buf, size_t len) {
@@ -1133,7 +1148,7 @@ static void init_main(const char *buf, size_t len) {
         send_failure(h->status_w, "exec", "read the command", EINVAL, NULL, "malformed plan");
         _exit(125);
     }
-    run_command(&c, p.stdio, h->n_stdio, h->status_w);
+    run_command(&c, p.stdio, h->n_stdio, h->status_w, h->flags);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */

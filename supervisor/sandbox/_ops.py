@@ -25,6 +25,7 @@ if (_OP.size, _HEADER.size, _SEGMENT.size) != (_cinit.OP_SIZE, _cinit.HEADER_SIZ
     raise ImportError(_stale)
 
 MODE_APPLY, MODE_SPAWN, MODE_STUB = 0, 1, 2
+PLAN_CTTY = 1  # header flag: the init makes the command's stdin its session's controlling terminal
 
 #: A hint: plain text, or by errno ("*" for any other errno).
 Hint = str | Mapping[int | str, str]
@@ -167,11 +168,13 @@ def blob(
     command: bytes = b"",
     command_fd: int = -1,
     net_sysfs_fd: int = -1,
+    ctty: bool = False,
 ) -> bytes:
     """The binary plan (layout: _cinit.c): the segments' ops run in order. `stdio`: the fds that become
     the command's 0, 1, 2, 3...; `keep`: further fds the init must not close (the supervisor's pidfd);
     `command_fd`: a file holding the command (a large one), instead of `command`; `net_sysfs_fd`: the
-    sysfs mount of a pooled network namespace (the init's slot SLOT_NET_SYSFS). Raises ValueError past
+    sysfs mount of a pooled network namespace (the init's slot SLOT_NET_SYSFS); `ctty`: the command's stdin
+    (a pty) becomes the sandbox session's controlling terminal (the init's TIOCSCTTY). Raises ValueError past
     _cinit.MAX_SEGMENTS segments."""
     if len(segments) > _cinit.MAX_SEGMENTS:
         raise ValueError("too many plan segments")
@@ -188,7 +191,7 @@ def blob(
     cmd_off = keep_off + 4 * len(keep)
     header = _HEADER.pack(
         _cinit.MAGIC, mode, len(segments), _HEADER.size, cmd_off, len(command), stdio_off, keep_off,
-        command_fd, status_w, ctl_fd, len(stdio), len(keep), net_sysfs_fd, 0, 0,
+        command_fd, status_w, ctl_fd, len(stdio), len(keep), net_sysfs_fd, PLAN_CTTY if ctty else 0, 0,
     )  # fmt: skip
     fds = struct.pack(f"={len(stdio)}i{len(keep)}i", *stdio, *keep)
     return b"".join((header, table, body, fds, command))

@@ -226,6 +226,24 @@ def keep_visible(prepared: dict[str, object], workdir: str) -> list[tuple[str, b
     return keep
 
 
+def console_path(fd: int) -> str | None:
+    """The host path of the pty `fd` (its slave) when it is one of the host's devpts nodes (/dev/pts/N),
+    for `emit_console`; None otherwise (the command still gets the terminal, unnamed)."""
+    try:
+        path = os.ttyname(fd)
+    except OSError:
+        return None
+    rest = path.removeprefix("/dev/pts/")
+    return path if rest != path and rest.isdigit() else None
+
+
+def emit_console(path: str, slot: int, plan: Plan) -> None:
+    """Open (O_PATH) the command's terminal `path` (from console_path) into the init's `slot`, in the new
+    mount namespace and before `emit_base` replaces /dev (a bind's source must be in the caller's mount
+    namespace; the fd the command gets is the host namespace's); `emit_paths` binds it at /dev/console."""
+    _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH, the command's terminal)", path, a=(slot,))
+
+
 def emit_keep(keep: list[tuple[str, bool, bool]], plan: Plan) -> None:
     """Open (O_PATH) each kept path into a slot of the init, in its new mount namespace (a bind's source
     must be in the caller's namespace) and before `emit_base` replaces what holds them."""
@@ -280,14 +298,16 @@ def emit_paths(
     keep: list[tuple[str, bool, bool]],
     plan: Plan,
     cgroup_view: tuple[CgroupViewEntry, ...] = (),
+    console_slot: int = -1,
 ) -> None:
     """Phase 2: the part that depends on what exists now. Writable roots bound writable over the
     read-only tree, protected paths in them bound read-only, `keep` (from keep_visible) bound back over
     the replaced /tmp, /run or /dev, denied paths inside those hidden; the sandbox's cgroup view
     (`emit_cgroup_view`: in the cgroup namespace, which the caller entered, and over anything bound under
-    /sys/fs/cgroup); then chdir(workdir), so the cwd sees the new view. Raises SetupFailure (a protected
-    path that is a symlink, a .git/hooks that cannot be created); a failure in the init names the mount
-    and the path."""
+    /sys/fs/cgroup); the command's terminal (a pty made for it, opened into `console_slot` by
+    `emit_console`) at /dev/console; then chdir(workdir), so the cwd sees the new view. Raises
+    SetupFailure (a protected path that is a symlink, a .git/hooks that cannot be created); a failure in
+    the init names the mount and the path."""
     confine = bool(prepared["confine"])
     write: list[str] = prepared["write"]  # type: ignore[assignment]
     denied = _deny_targets(prepared) if confine else []
@@ -310,6 +330,19 @@ def emit_paths(
             if _under_hidden(path) and any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
                 _deny(plan, path)
     emit_cgroup_view(prepared, cgroup_view, plan)
+    if console_slot >= 0:
+        # The pty comes from the host's devpts, which the sandbox's private /dev does not show: bound at
+        # /dev/console, ttyname(3) finds it there (same device and inode), so `tty` names it.
+        _op(plan, _cinit.OP_CREAT, "creat(console mount point)", "/dev/console", a=(0o600,))
+        plan.add(
+            _cinit.OP_MOUNT,
+            "mounts",
+            "mount(bind, the command's terminal)",
+            a=(MS_BIND, console_slot + 1),
+            s=(None, "/dev/console"),
+            path="/dev/console",
+        )
+        plan.add(_cinit.OP_CLOSE, "mounts", "close(O_PATH fd)", a=(0, console_slot + 1), path="/dev/console")
     plan.add(_cinit.OP_CHDIR, "mounts", "chdir(workdir)", s=(workdir,), path=workdir, hint=_LINK_HINT)
 
 
