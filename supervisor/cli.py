@@ -26,6 +26,7 @@ from policies import CorralError, Policy, load_policy, profiles
 from supervisor._child import Child, Result
 from supervisor._errors import SpawnError, printable
 from supervisor._supervisor import PIPE, Supervisor
+from supervisor._terminal import PtyRelay, TerminalGuard
 
 EXIT_CORRAL = 125
 
@@ -97,6 +98,13 @@ def cli(ctx: click.Context) -> None:
 )
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the result here.")
 @click.option(
+    "--tty",
+    "use_tty",
+    is_flag=True,
+    default=False,
+    help="Run the command on a pty corral owns (its controlling terminal), relayed to this terminal.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     metavar="PORT",
@@ -112,6 +120,7 @@ def run(
     metrics_port: int | None,
     metrics_addr: str | None,
     no_cgroup: bool,
+    use_tty: bool,
     **opts: Any,
 ) -> None:
     """Run COMMAND in a sandbox. Put `--` before the command."""
@@ -120,7 +129,10 @@ def run(
         raise click.UsageError(msg)
     metrics = (metrics_addr or "127.0.0.1", metrics_port) if metrics_port is not None else None
     policy = _build_policy(profile, policy_file, opts)
-    code = anyio.run(_run, list(command), policy, json_file, metrics, not no_cgroup)
+    # The caller's terminal is put back as it was however the run ends (the command shares it, or --tty
+    # puts it in raw mode).
+    with TerminalGuard():
+        code = anyio.run(_run, list(command), policy, json_file, metrics, not no_cgroup, use_tty)
     sys.exit(code)
 
 
@@ -156,11 +168,15 @@ async def _run(
     json_file: str | None,
     metrics: tuple[str, int] | None = None,
     cgroups: bool = True,
+    use_tty: bool = False,
 ) -> int:
     # With an output limit corral must see the bytes, so stdout/stderr go through pipes it copies to its
     # own; otherwise the command writes straight to corral's stdout/stderr (a terminal stays a terminal).
+    # With --tty, a pty of corral's is all three, and corral relays (and counts) what goes through it.
     counted = policy.resources.output is not None
     pipe = PIPE if counted else None
+    if use_tty:
+        return await _run_on_pty(command, policy, json_file, metrics, cgroups)
     # The signal receiver is installed before the command starts, so no forwarded signal can kill corral
     # itself in between; signals that arrive before the command runs are delivered once it does.
     with anyio.open_signal_receiver(*_FORWARD) as signals:
@@ -186,6 +202,61 @@ async def _run(
                 else:
                     result = await child.wait()
                 tg.cancel_scope.cancel()
+    return _finish(result, json_file)
+
+
+async def _run_on_pty(
+    command: list[str], policy: Policy, json_file: str | None, metrics: tuple[str, int] | None, cgroups: bool
+) -> int:
+    """`corral run --tty`: the command on a pty of corral's (PtyRelay), signals forwarded as usual."""
+    try:
+        pty = PtyRelay()
+    except OSError as err:
+        msg = f"--tty: cannot allocate a pty (openpty: {err.strerror})"
+        raise _Fail(msg) from err
+    try:
+        with anyio.open_signal_receiver(*_FORWARD) as signals:
+            async with (
+                Supervisor(max_concurrency=1, prefork=0, cgroups=cgroups) as sup,
+                _serve_metrics(sup, metrics),
+            ):
+                child = await sup.start(
+                    command,
+                    policy=policy,
+                    stdin=pty.slave,
+                    stdout=pty.slave,
+                    stderr=pty.slave,
+                    controlling_tty=True,
+                )
+                pty.close_slave()
+                async with anyio.create_task_group() as tg:
+
+                    async def forward() -> None:
+                        async for signum in signals:
+                            child.send_signal(signum)
+
+                    tg.start_soon(forward)
+                    relayed = anyio.Event()
+
+                    async def relay() -> None:
+                        try:
+                            await pty.relay(child, policy.resources.output)
+                        finally:
+                            relayed.set()
+
+                    tg.start_soon(relay)
+                    result = await child.wait()
+                    # What the command wrote last may still be in the pty: the relay ends at its EOF (every
+                    # process of the sandbox is gone by now), or soon after in any case.
+                    with anyio.move_on_after(2):
+                        await relayed.wait()
+                    tg.cancel_scope.cancel()
+    finally:
+        pty.close()
+    return _finish(result, json_file)
+
+
+def _finish(result: Result, json_file: str | None) -> int:
     if json_file is not None:
         _write_json(json_file, result)
     if result.violation is not None and result.exit_code == 137:
