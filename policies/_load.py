@@ -60,6 +60,8 @@ _RESOURCE_CHECKS: dict[str, Callable[[object, str], object]] = {
     "fds": v.check_fds,
     "output": v.parse_size,
     "fsize": v.parse_size,
+    "disk": v.parse_size,
+    "tmp_size": v.parse_size,
 }
 
 Base = Policy | str | None

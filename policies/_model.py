@@ -177,7 +177,12 @@ class ResourcePolicy:
     cpu_time: CPU seconds (user + system, whole tree).
     fds:      open file descriptors (RLIMIT_NOFILE, and watched by the supervisor).
     output:   bytes of stdout + stderr.
-    fsize:    largest file the child may write, bytes (RLIMIT_FSIZE).
+    fsize:    largest file the child may write, bytes (RLIMIT_FSIZE: exact, per file; a write past it
+              fails with EFBIG, or kills with SIGXFSZ: a `disk` violation).
+    disk:     bytes the child may write into its writable roots in total (sampled from the kernel's
+              per-process write accounting; also caps each file, as fsize does). A `disk` violation.
+    tmp_size: size of each of the private /tmp and /dev/shm tmpfs, bytes (None: the kernel's default,
+              half of RAM). Filling one is a `disk` violation; their pages also count against `memory`.
     """
 
     memory: int | None = None
@@ -188,6 +193,8 @@ class ResourcePolicy:
     fds: int | None = None
     output: int | None = None
     fsize: int | None = None
+    disk: int | None = None
+    tmp_size: int | None = None
 
     def __post_init__(self) -> None:
         """Validate and normalise every limit (sizes to int bytes, durations to float seconds).
@@ -195,7 +202,7 @@ class ResourcePolicy:
         Sizes and durations also accept the strings `parse_size` and `parse_duration` do. Raises
         PolicyError naming ``resources.<field>`` on a bad value.
         """
-        for name in ("memory", "output", "fsize"):
+        for name in ("memory", "output", "fsize", "disk", "tmp_size"):
             value = getattr(self, name)
             if value is not None:
                 _set(self, name, v.parse_size(value, f"resources.{name}"))

@@ -70,6 +70,8 @@ class Options(TypedDict, total=False):
     max_fds: int | str | None  # resources.fds
     max_output: int | str | None  # resources.output
     fsize: int | str | None  # resources.fsize
+    disk: int | str | None  # resources.disk
+    tmp_size: int | str | None  # resources.tmp_size
     env: Iterable[str] | None  # "NAME" -> environment.passthrough, "NAME=VALUE" -> environment.set
     clear_env: bool | None  # environment.clear
     best_effort: bool | None  # best_effort
@@ -232,6 +234,8 @@ _RESOURCE_OPTIONS: tuple[tuple[str, str, Callable[[object, str], object]], ...] 
     ("max_fds", "fds", v.check_fds),
     ("max_output", "output", v.parse_size),
     ("fsize", "fsize", v.parse_size),
+    ("disk", "disk", v.parse_size),
+    ("tmp_size", "tmp_size", v.parse_size),
 )
 
 

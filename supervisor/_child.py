@@ -342,6 +342,13 @@ class Child:
             **extra,  # type: ignore[arg-type]
         )
 
+    def _exit_signal(self) -> int | None:
+        """The signal that ended the command itself (its wait status from the init), or None."""
+        ex = self._exit
+        if ex is None or ex.status is None or not os.WIFSIGNALED(ex.status):
+            return None
+        return os.WTERMSIG(ex.status)
+
     def _result_code(self) -> tuple[int, int | None]:
         ex = self._exit
         assert ex is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal as _signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import psutil
 
+from policies import CorralError
 from supervisor._child import Violation, ViolationKind
 
 if TYPE_CHECKING:
@@ -165,6 +167,92 @@ def sample(child: Child, with_fds: bool, now: float | None = None) -> ChildStats
     return ChildStats(mem, peak, cpu, pids, fds, oom, hits, now)
 
 
+#: Seconds between two samples of a child's disk budget and tmpfs use (Supervisor._watch_disk).
+DISK_INTERVAL = 0.02
+
+
+def _disk_sample(child: Child) -> tuple[int | None, int | None]:
+    """(disk_written, tmp_used) of `child`, each only when its policy sets the limit (blocking)."""
+    pol = child.policy
+    if pol is None:
+        return None, None
+    r = pol.resources
+    disk = disk_written(child) if r.disk is not None else None
+    tmp = tmp_used(child.pid) if r.tmp_size is not None else None
+    return disk, tmp
+
+
+def _io_written(pid: int, proc_root: str = "/proc") -> int | None:
+    """write_bytes - cancelled_write_bytes of /proc/<pid>/io: what the process (and every child it reaped)
+    dirtied in page caches of filesystems that write back to storage (not tmpfs), less what was truncated or
+    deleted before it reached the disk. None when the process is gone."""
+    try:
+        with open(f"{proc_root}/{pid}/io", "rb") as f:
+            data = f.read(1024)
+    except OSError:
+        return None
+    written = cancelled = 0
+    for line in data.splitlines():
+        if line.startswith(b"write_bytes: "):
+            written = int(line[13:])
+        elif line.startswith(b"cancelled_write_bytes: "):
+            cancelled = int(line[23:])
+    return max(0, written - cancelled)
+
+
+def disk_written(child: Child) -> int | None:
+    """Bytes the child's sandbox has written to disk (blocking; a worker thread's job): the sandbox init's
+    /proc/<pid>/io, which holds every process it reaped (the kernel adds a reaped child's counts to its
+    reaper's), plus each live process of its cgroup (or tree). Sampled: a process that exits between two
+    samples still counts, through its reaper. None when nothing could be read."""
+    pids = {child.pid}
+    leaf = child.leaf
+    try:
+        if leaf is not None and leaf.available:
+            pids.update(leaf.pids())
+        else:
+            pids.update(p.pid for p in psutil.Process(child.pid).children(recursive=True))
+    except (psutil.Error, OSError, CorralError):
+        pass
+    total: int | None = None
+    for pid in pids:
+        n = _io_written(pid)
+        if n is not None:
+            total = (total or 0) + n
+    return total
+
+
+def tmp_used(init_pid: int) -> int | None:
+    """Bytes used in the fuller of the sandbox's private /tmp and /dev/shm, by fstatvfs through the init's
+    root (blocking). Each component is opened O_PATH | O_NOFOLLOW: a symlink the sandbox made is not
+    followed; a missing or replaced mount point gives None for it."""
+    try:
+        root = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    worst: int | None = None
+    try:
+        for parts in (("tmp",), ("dev", "shm")):
+            fds: list[int] = []
+            try:
+                at = root
+                for part in parts:
+                    at = os.open(part, flags, dir_fd=at)
+                    fds.append(at)
+                st = os.fstatvfs(at)
+            except OSError:
+                continue
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            used = (st.f_blocks - st.f_bfree) * st.f_frsize
+            worst = used if worst is None else max(worst, used)
+    finally:
+        os.close(root)
+    return worst
+
+
 def sample_all(children: Sequence[Child], with_fds: bool) -> list[ChildStats]:
     """Sample every child in one go (one worker-thread hop per round, not one per child), with one
     timestamp for the round. The common case (a cgroup measures everything, no fd count due) is inlined:
@@ -244,6 +332,16 @@ def sample_due(children: Sequence[Child]) -> list[tuple[Child, ChildStats]]:
                 continue
         out.append((c, sample(c, False, now)))
     return out
+
+
+_SIGXFSZ = int(_signal.SIGXFSZ)
+_PAGE = 4096
+
+
+def tmp_full(used: int, size: int) -> bool:
+    """Whether a tmpfs of `size` bytes (rounded up to pages by the kernel) with `used` bytes is full: less
+    than a page left."""
+    return used + _PAGE > -(-size // _PAGE) * _PAGE
 
 
 def _counts_fds(child: Child) -> bool:
@@ -338,6 +436,36 @@ class Enforcer:
             child.limit_hits["memory_socket"] = 1
             if child.violation is None:
                 child.violation = Violation("memory", r.memory, s.memory_peak_bytes or leaf.socket_limit_hit)
+
+    def check_disk(self, child: Child, written: int | None, tmp: int | None) -> None:
+        """Kill `child` for a `disk` violation when it wrote more than its budget into its writable roots
+        (`written`, disk_written) or filled its private /tmp or /dev/shm (`tmp`, tmp_used)."""
+        pol = child.policy
+        if pol is None or not child.running:
+            return
+        r = pol.resources
+        if r.disk is not None and written is not None and written > r.disk:
+            child.kill_for(Violation("disk", r.disk, written))
+        elif r.tmp_size is not None and tmp is not None and tmp_full(tmp, r.tmp_size):
+            child.limit_hits["disk_tmpfs"] = 1
+            child.kill_for(Violation("disk", r.tmp_size, tmp))
+
+    def check_disk_final(self, child: Child, written: int | None, signal: int | None) -> None:
+        """After the exit: the disk budget against the final count (`written`: disk_written of the init,
+        which by then holds every process), and a command killed by SIGXFSZ (a file past RLIMIT_FSIZE: the
+        kernel killed it for the fsize/disk limit)."""
+        pol = child.policy
+        if pol is None:
+            return
+        r = pol.resources
+        cap = min((x for x in (r.fsize, r.disk) if x is not None), default=None)
+        if signal == _SIGXFSZ and cap is not None and not child.killed:
+            child.violation = Violation("disk", cap, cap)
+            child.killed = True
+            return
+        if r.disk is not None and written is not None and written > r.disk and child.violation is None:
+            # Written past the budget after the last sample and exited on its own: reported, as pids.max is.
+            child.violation = Violation("disk", r.disk, written)
 
     def forget(self, child: Child, nrules: int) -> None:
         for i in range(nrules):

@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from policies import Policy, SyscallPolicy, check_writable_roots
+from policies import Policy, check_writable_roots
 from supervisor.sandbox import capabilities, landlock, mounts, namespaces, rlimits, seccomp
 from supervisor.sandbox.probe import KernelCaps
 
@@ -48,19 +48,20 @@ class SharedParts:
     """The parts of a compilation that do not depend on a policy's paths, kept for the policies that share
     them: agent harnesses make a fresh workdir per task, and each workdir is another policy (it is the
     first writable root). Only the seccomp filter is kept (about 90% of a compilation's time, ~1 ms, and
-    1.6 kB of its payload): `seccomp.prepare` reads `policy.syscalls` and `policy.best_effort` alone (and
-    the kernel's caps, fixed per supervisor), so that pair is its key. The paths' parts (mounts, Landlock)
+    1.6 kB of its payload): `seccomp.prepare` reads `policy.syscalls`, `policy.network` (socket families),
+    `policy.best_effort` and whether `resources.disk` is set (fallocate) alone (and the kernel's caps, fixed
+    per supervisor), so those are its key. The paths' parts (mounts, Landlock)
     are compiled for each policy. Bounded: the least recently used entries go first. Safe to call from
     worker threads (at worst two threads compute one entry)."""
 
     def __init__(self, max_entries: int = 64) -> None:
         self.max_entries = max_entries
-        self._seccomp: OrderedDict[tuple[SyscallPolicy, bool], dict[str, object] | None] = OrderedDict()
+        self._seccomp: OrderedDict[tuple[object, ...], dict[str, object] | None] = OrderedDict()
 
     def seccomp(self, policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
-        """`seccomp.prepare(policy, caps)`, computed once per (syscalls, best_effort). Raises as it does
-        (errors are not kept)."""
-        key = (policy.syscalls, policy.best_effort)
+        """`seccomp.prepare(policy, caps)`, computed once per (syscalls, network, best_effort, whether a disk
+        budget is set): everything the filter is built from. Raises as it does (errors are not kept)."""
+        key = (policy.syscalls, policy.network, policy.best_effort, policy.resources.disk is not None)
         try:
             hit = self._seccomp[key]
         except KeyError:

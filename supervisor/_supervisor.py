@@ -33,7 +33,17 @@ from supervisor._errors import (
     SupervisorRunningError,
 )
 from supervisor._forkserver import ForkServer
-from supervisor._monitor import FULL_EVERY, ChildStats, Enforcer, Rule, sample_all, sample_due
+from supervisor._monitor import (
+    DISK_INTERVAL,
+    FULL_EVERY,
+    ChildStats,
+    Enforcer,
+    Rule,
+    _disk_sample,
+    _io_written,
+    sample_all,
+    sample_due,
+)
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
@@ -592,6 +602,9 @@ class Supervisor:
         child._then = partial(self._prefork.refill, policy, compiled, cwd)
         self._children.add(child)
         self._tg.start_soon(self._watch, child, slot)
+        r = policy.resources
+        if r.disk is not None or r.tmp_size is not None:
+            self._tg.start_soon(self._watch_disk, child)
         try:
             if "error" in reply:  # the fork server could not finish setting it up and killed it
                 await child.wait()
@@ -671,6 +684,22 @@ class Supervisor:
             child.killed = True
             self._note_violation(child)
 
+    async def _watch_disk(self, child: Child) -> None:
+        """For a child with a disk budget or a tmpfs size: every DISK_INTERVAL, its written bytes and tmpfs
+        use (disk_written, tmp_used: a worker thread), and the kill when over (a `disk` violation). Faster
+        than the sampler's round, because a writer fills a disk faster than memory: what it writes in one
+        interval is the budget's overshoot. Ends when the child does."""
+        while child.running:
+            await anyio.sleep(DISK_INTERVAL)
+            if not child.running or child.exec_at is None:
+                continue
+            s = await anyio.to_thread.run_sync(_disk_sample, child)
+            if child.running and child.violation is None:
+                self._enforcer.check_disk(child, *s)
+                if child.violation is not None:
+                    self._note_violation(child)
+                    return
+
     def _on_exec(self, child: Child) -> None:
         """The command is running: count it, say so. Called by the watcher, so that `started` always
         precedes `exited`."""
@@ -699,6 +728,17 @@ class Supervisor:
                 # A kernel OOM kill ends the child before the sampler sees it: the final sample decides.
                 self._enforcer.check_final(child, final)
                 if child.violation is not None and child.violation is not was_running_violation:
+                    self._note_violation(child)
+            pol = child.policy
+            if pol is not None and (pol.resources.disk is not None or pol.resources.fsize is not None):
+                # Only with a disk/fsize limit: one /proc read (the init holds every process's write counts by
+                # now; while its pidfd is open it is not reaped, so its pid is not reused) and the command's
+                # wait status.
+                before = child.violation
+                unreaped = child._pidfd is not None
+                written = _io_written(child.pid) if pol.resources.disk is not None and unreaped else None
+                self._enforcer.check_disk_final(child, written, child._exit_signal())
+                if child.violation is not None and child.violation is not before:
                     self._note_violation(child)
         finally:
             self._children.discard(child)

@@ -86,6 +86,8 @@ def cli(ctx: click.Context) -> None:
 @click.option("--cpu-time", metavar="SECONDS", help="CPU time limit.")
 @click.option("--max-fds", metavar="N", help="Open file descriptor limit.")
 @click.option("--max-output", metavar="SIZE", help="stdout+stderr byte limit.")
+@click.option("--fsize", metavar="SIZE", help="Largest file the command may write (RLIMIT_FSIZE).")
+@click.option("--disk", metavar="SIZE", help="Bytes the command may write into its writable roots in total.")
 @click.option("--env", multiple=True, metavar="NAME[=VALUE]", help="Pass NAME through, or set it.")
 @click.option("--clear-env", is_flag=True, default=None, help="Start from an empty environment.")
 @click.option("--best-effort", is_flag=True, default=None, help="Run even if a layer is missing.")

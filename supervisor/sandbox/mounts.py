@@ -80,6 +80,8 @@ def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
     return {
         "confine": fs.confine,
         "private_tmp": fs.private_tmp or fs.confine,
+        # Each of the private /tmp and /dev/shm (resources.tmp_size; the kernel's default is half of RAM).
+        "tmp_size": str(policy.resources.tmp_size) if policy.resources.tmp_size is not None else "50%",
         "proc": bool(int(ns["flags"]) & 0x20000000),  # type: ignore[call-overload]
         "private_net": bool(ns["net"]),
         # Symlinks no sandbox could have made are resolved now, once; the init follows none (_bind).
@@ -149,9 +151,9 @@ def _bind(plan: Plan, path: str, readonly: bool) -> None:
     )
 
 
-def _tmpfs(plan: Plan, target: str, mode: str, readonly: bool = False) -> int:
+def _tmpfs(plan: Plan, target: str, mode: str, readonly: bool = False, size: str = "50%") -> int:
     flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
-    return _mount(plan, "tmpfs", target, "tmpfs", flags, f"mode={mode},size=50%")
+    return _mount(plan, "tmpfs", target, "tmpfs", flags, f"mode={mode},size={size}")
 
 
 def _op(
@@ -272,13 +274,14 @@ def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False)
         # root caller, whose sandbox maps host uid 0; now it runs, unprivileged, as under bubblewrap.
         _setattr(plan, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
         _hide_sockets(plan)
-        _dev(plan)
+        _dev(plan, str(prepared.get("tmp_size", "50%")))
         if prepared["private_net"] and os.path.isdir("/sys/class/net"):
             _net_class(plan, pooled_net)
     if prepared["private_tmp"]:
-        _tmpfs(plan, "/tmp", "1777")
+        size = str(prepared.get("tmp_size", "50%"))
+        _tmpfs(plan, "/tmp", "1777", size=size)
         if not confine and os.path.isdir("/dev/shm"):
-            _tmpfs(plan, "/dev/shm", "1777")
+            _tmpfs(plan, "/dev/shm", "1777", size=size)
     if prepared["proc"]:
         _mount(plan, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         for name in _PROC_READONLY:
@@ -462,9 +465,10 @@ def _hide_sockets(plan: Plan) -> None:
         _tmpfs(plan, "/var/run", "0755")
 
 
-def _dev(plan: Plan) -> None:
-    """A fresh /dev with only harmless nodes. Runs after _hide_sockets: the host /dev is parked on the
-    private /run while the node binds are made, then detached."""
+def _dev(plan: Plan, shm_size: str = "50%") -> None:
+    """A fresh /dev with only harmless nodes and a private /dev/shm of `shm_size` (tmpfs size=). Runs after
+    _hide_sockets: the host /dev is parked on the private /run while the node binds are made, then
+    detached."""
     helper = "/run/.corral-hostdev"
     _op(plan, _cinit.OP_MKDIR, "mkdir(host /dev helper)", helper, a=(0o700,))
     _mount(plan, "/dev", helper, None, MS_BIND | MS_REC)
@@ -478,7 +482,7 @@ def _dev(plan: Plan) -> None:
     for d in ("pts", "shm"):
         _op(plan, _cinit.OP_MKDIR, "mkdir", f"/dev/{d}", a=(0o755,))
     _mount(plan, "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
-    _tmpfs(plan, "/dev/shm", "1777")
+    _tmpfs(plan, "/dev/shm", "1777", size=shm_size)
     # Drop the helper view of the host /dev again.
     _op(plan, _cinit.OP_UMOUNT, "umount2(host /dev helper)", helper, a=(_MNT_DETACH,))
     _op(plan, _cinit.OP_RMDIR, "rmdir(host /dev helper)", helper)

@@ -15,14 +15,18 @@ if TYPE_CHECKING:
 
 
 def prepare(policy: Policy) -> list[tuple[int, int, int]]:
-    """(resource, soft, hard) triples. RLIMIT_NPROC counts per user, not per tree, and is ignored for
+    """(resource, soft, hard) triples. RLIMIT_FSIZE is the smaller of `fsize` and `disk`. RLIMIT_NPROC counts
+    per user, not per tree, and is ignored for
     real root; it is set from `pids` only as a backstop for ordinary users without a pids cgroup."""
     r = policy.resources
     limits = [(resource.RLIMIT_CORE, 0, 0)]
     if r.fds is not None:
         limits.append((resource.RLIMIT_NOFILE, r.fds, r.fds))
-    if r.fsize is not None:
-        limits.append((resource.RLIMIT_FSIZE, r.fsize, r.fsize))
+    # The disk budget also caps each file exactly: the sampled total could otherwise be overshot by one
+    # large write between two samples.
+    fsize = min((x for x in (r.fsize, r.disk) if x is not None), default=None)
+    if fsize is not None:
+        limits.append((resource.RLIMIT_FSIZE, fsize, fsize))
     if r.pids is not None:
         limits.append((resource.RLIMIT_NPROC, r.pids, r.pids))
     return limits

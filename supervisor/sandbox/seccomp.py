@@ -288,6 +288,10 @@ def _rule_set(policy: Policy) -> dict[str, list[_Rule]]:
                 )
                 where = f"syscalls.{field}[{i}]"
                 raise PolicyError(where, why, name)
+    if policy.resources.disk is not None:
+        # fallocate reserves blocks without writing pages, which the disk budget counts (and, with
+        # FALLOC_FL_KEEP_SIZE, past RLIMIT_FSIZE): EOPNOTSUPP makes libc's posix_fallocate write instead.
+        rules["fallocate"] = [(_errno.EOPNOTSUPP, ())]
     for name in policy.syscalls.allow:
         rules.pop(name, None)
     for i, name in enumerate(policy.syscalls.deny):
