@@ -62,6 +62,8 @@ cpu_time = 30
 fds = 1024
 output = "10M"
 fsize = "1G"
+disk = "2G"
+tmp_size = "256M"
 
 [environment]
 clear = false
@@ -91,6 +93,8 @@ FULL_POLICY = Policy(
         fds=1024,
         output=10 * 1024**2,
         fsize=1024**3,
+        disk=2 * 1024**3,
+        tmp_size=256 * 1024**2,
     ),
     environment=EnvPolicy(
         set=(("LANG", "C.UTF-8"),),
@@ -394,7 +398,18 @@ def test_bad_values_name_path_and_value(data: Any, path: str, value: object) -> 
 def test_unknown_keys_list_the_valid_ones() -> None:
     with pytest.raises(PolicyError) as info:
         policy_from_dict({"resources": {"memroy": "1G"}}, workdir="/w")
-    for key in ("memory", "cpus", "pids", "timeout", "cpu_time", "fds", "output", "fsize"):
+    for key in (
+        "memory",
+        "cpus",
+        "pids",
+        "timeout",
+        "cpu_time",
+        "fds",
+        "output",
+        "fsize",
+        "disk",
+        "tmp_size",
+    ):
         assert key in info.value.reason
 
 
@@ -436,6 +451,8 @@ KEYS = [
     "fds",
     "output",
     "fsize",
+    "disk",
+    "tmp_size",
     "clear",
     "set",
     "passthrough",
@@ -604,6 +621,8 @@ VALID: dict[str, Any] = {
         "fds": 1024,
         "output": "10M",
         "fsize": "1G",
+        "disk": "2G",
+        "tmp_size": "256M",
     },
     "environment": {
         "clear": False,
