@@ -541,14 +541,40 @@ def _deny_targets(prepared: dict[str, object]) -> list[str]:
     symlink to where it moved the secret hides the secret where it is now. Following a link here grants
     nothing: what is mounted over the target is an empty read-only tmpfs or /dev/null, in the sandbox's
     own mount namespace. (Within a policy that denies a path the sandbox cannot move it or its ancestors at
-    all: `_pin_ancestors`.) A link to "/" is not followed: hiding the root would only break the view."""
+    all: `_pin_ancestors`.) Raises SetupFailure when a denied name is a link to a directory the sandbox
+    needs (`_vital`), which is refused rather than hidden."""
     out: list[str] = []
+    roots: list[str] = prepared["write"]  # type: ignore[assignment]
     for path in prepared["deny"]:  # type: ignore[attr-defined]
         real = os.path.realpath(path)
-        target = real if real != "/" else path
-        if target not in out:
-            out.append(target)
+        if real != path and _vital(real, roots):
+            # A link at a denied name (one that did not exist: any sandbox that can write there may make
+            # it) leading to a directory the sandbox needs: hiding it would break every later sandbox in
+            # ways that do not say why (no /usr: every exec fails). Refuse, naming the link.
+            raise _sys.SetupFailure(
+                "mounts",
+                "resolve denied path",
+                errno.ELOOP,
+                path,
+                f"this denied path is a symlink to {real}, which corral will not hide (a sandbox needs it); "
+                "if a sandbox made the link, remove it",
+            )
+        if real not in out:
+            out.append(real)
     return out
+
+
+#: Directories a sandbox needs whole: hiding one of them, or an ancestor of a writable root, breaks it.
+_VITAL = frozenset(
+    (*_HIDDEN, "/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys")
+) | {"/var"}
+
+
+def _vital(real: str, roots: list[str]) -> bool:
+    if real in _VITAL:
+        return True
+    prefix = real.rstrip("/") + "/"
+    return any(root == real or root.startswith(prefix) for root in roots)
 
 
 def _pin_ancestors(plan: Plan, root: str, denied: list[str]) -> None:

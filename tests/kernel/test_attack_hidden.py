@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from policies import Policy, profiles
-from supervisor import Supervisor
+from supervisor import SandboxSetupError, Supervisor
 
 pytestmark = pytest.mark.kernel
 
@@ -138,6 +138,27 @@ async def test_a_denied_path_reached_through_a_symlink_hides_its_target(
         sup, pol, "mv dotfiles/config/gcloud g; mv dotfiles d2; cat config/gcloud/creds", secret
     )
     assert (workspace / "dotfiles" / "config" / "gcloud" / "creds").read_text() == secret
+
+
+async def test_a_link_planted_at_a_denied_name_cannot_hide_what_sandboxes_need(
+    sup: Supervisor, workspace: Path, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With HOME as the workdir, ~/.netrc (absent) is a denied name any sandbox may create: a link there to
+    # /usr would make every later sandbox hide /usr (each exec failing, no reason given). Refused instead,
+    # naming the link to remove.
+    monkeypatch.setenv("HOME", str(workspace))
+    pol = profiles.workspace_write(workspace, timeout=20)
+    assert str(workspace / ".netrc") in pol.filesystem.deny
+    code, out = await run(sup, pol, "ln -s /usr .netrc && ln -s .. .pgpass")
+    assert code == 0, out
+    with pytest.raises(SandboxSetupError) as info:
+        await run(sup, pol, "echo should not run")
+    assert info.value.path in (str(workspace / ".netrc"), str(workspace / ".pgpass"))
+    assert "remove it" in str(info.value)
+    (workspace / ".netrc").unlink()
+    (workspace / ".pgpass").unlink()
+    code, out = await run(sup, pol, "echo runs again")  # the fix the message names works
+    assert out == b"runs again\n"
 
 
 # Known gaps (docs/security.md): strict xfails, so a fix shows up as a test to un-mark.
