@@ -11,9 +11,9 @@ Bounds: request heads of at most `header_limit` bytes, request bodies of at most
 and a response that cannot be written within it is abandoned. Every read is under a deadline: once the first
 byte of a request is in, its whole head and body must arrive within `request_timeout` seconds (else 408 and
 close). So that slow clients cannot hold every slot (a client that announces a body and never sends it, or
-trickles its head), a connection arriving when all slots are taken closes the one that has waited longest
-for request bytes (idle or mid-request) and takes its slot; only when every slot is rendering or writing a
-response is the newcomer answered 503.
+trickles its head, or one that never reads its responses), a connection arriving when all slots are taken
+closes the one that has waited longest on its client (for request bytes, idle or mid-request, or to write
+a response) and takes its slot; only when every slot is rendering a response is the newcomer answered 503.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class _Close(Exception):
 
 class _Slot:
     """One admitted connection: its cancel scope (to close it when evicted) and since when it has been
-    waiting for request bytes (None while it renders or writes a response: such a slot is not evicted)."""
+    waiting on its client, to read a request or to write a response (None while it renders one: such a
+    slot is not evicted)."""
 
     __slots__ = ("scope", "waiting_since")
 
@@ -102,8 +103,8 @@ class HttpServer:
             log.debug("metrics connection ended: %r", err)
 
     def _admit(self) -> _Slot | None:
-        """A slot for a new connection, or None when every slot is busy answering. At capacity, the
-        connection that has waited longest for request bytes is closed (its scope cancelled) and its slot
+        """A slot for a new connection, or None when every slot is busy rendering. At capacity, the
+        connection that has waited longest on its client is closed (its scope cancelled) and its slot
         taken: waiting is what a slow client does, and the newcomer is as likely to be a scraper."""
         if len(self._slots) >= self.max_connections:
             victim: _Slot | None = None
@@ -143,7 +144,7 @@ class HttpServer:
             del buf[:consumed]
             slot.waiting_since = None
             try:
-                keep_alive = await self._answer(stream, head)
+                keep_alive = await self._answer(stream, head, slot)
             except _Close:
                 return
             if not keep_alive:
@@ -176,7 +177,7 @@ class HttpServer:
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             raise _Close from None
 
-    async def _answer(self, stream: ByteStream, head: bytes) -> bool:
+    async def _answer(self, stream: ByteStream, head: bytes, slot: _Slot | None = None) -> bool:
         """Answer one request (its body already read and dropped); return whether the connection stays
         open. Raises _Close after an error response that ends the connection."""
         lines = head.decode("latin-1").split("\r\n")
@@ -214,13 +215,24 @@ class HttpServer:
             except Exception:
                 log.exception("rendering %s failed", target)
                 response = Response(500, b"internal error while rendering\n")
-        await self._send(stream, response, keep_alive, is_head)
+        await self._send(stream, response, keep_alive, is_head, slot)
         return keep_alive
 
-    async def _send(self, stream: ByteStream, response: Response, keep_alive: bool, head_only: bool) -> None:
+    async def _send(
+        self,
+        stream: ByteStream,
+        response: Response,
+        keep_alive: bool,
+        head_only: bool,
+        slot: _Slot | None = None,
+    ) -> None:
         data = _head(response.status, response.headers, len(response.body), keep_alive=keep_alive)
         if not head_only:
             data += response.body
+        if slot is not None:
+            # Writing waits on the client as reading does: a client that never reads its responses (and
+            # pipelines more requests) is as evictable as one that never finishes a request.
+            slot.waiting_since = anyio.current_time()
         with anyio.fail_after(self.idle_timeout):
             await stream.send(data)
 

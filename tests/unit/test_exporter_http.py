@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import socket
@@ -323,3 +324,39 @@ async def raw_from(port: int, data: bytes) -> bytes:
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
                     break
         return b"".join(chunks)
+
+
+async def test_clients_that_never_read_their_responses_cannot_hold_the_slots() -> None:
+    # Each pipelines requests for a large page and never reads: the server's writes block. With every slot
+    # stuck writing, a newcomer still gets served (the longest-stalled writer is evicted), not 503.
+    big = Response(200, b"x" * (1 << 20))
+    routes = {"/big": lambda _h: big, "/": lambda _h: Response(200, b"fine")}
+    server_obj = HttpServer(routes, max_connections=8)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    flood = b"GET /big HTTP/1.1\r\n\r\n" * 64
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server_obj.serve, listener)
+        stop = anyio.Event()
+        closed: list[float] = []
+
+        async def never_read() -> None:
+            while not stop.is_set():  # reconnect when evicted
+                with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                        await s.send(flood)
+                        await stop.wait()
+                closed.append(time.monotonic())
+
+        for _ in range(12):
+            tg.start_soon(never_read)
+        await anyio.sleep(1.5)  # every slot writing into a full socket buffer
+        for _ in range(5):
+            t = time.monotonic()
+            with anyio.fail_after(10):
+                reply = await raw_from(port, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 200 "), reply[:100]
+            assert time.monotonic() - t < 2.0
+        stop.set()
+        tg.cancel_scope.cancel()
+    await listener.aclose()
