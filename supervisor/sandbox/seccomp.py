@@ -1,13 +1,14 @@
 """Seccomp: a syscall filter, compiled once per policy in the parent, installed by the sandbox init last.
 
-The filter allows by default and answers a fixed list of dangerous syscalls with EPERM (so programs
-fail cleanly instead of dying): kernel attack surface an ordinary program does not need (io_uring,
-bpf, keyrings, perf, userfaultfd), anything that inspects or writes another process (ptrace and
-friends), namespace and mount manipulation (the sandbox builds those itself, before the filter),
-and host administration (modules, kexec, reboot, swap, clock, quota). Some syscalls are denied only
-for some arguments: `clone` with a namespace flag, `ioctl` with TIOCSTI/TIOCLINUX, `personality`
-other than a query. `clone3` answers ENOSYS: its flags are in memory, out of the filter's reach,
-and libc then falls back to `clone`, whose flags the filter does see.
+The filter allows by default and answers a fixed list of dangerous syscalls with EPERM (so programs fail
+cleanly instead of dying): kernel attack surface an ordinary program does not need (io_uring, bpf,
+keyrings, perf, userfaultfd), namespace and mount manipulation (the sandbox builds those itself, before
+the filter), and host administration (modules, kexec, reboot, swap, clock, quota). Some syscalls are
+denied only for some arguments: `clone` with a namespace flag, `ioctl` with TIOCSTI/TIOCLINUX,
+`personality` with a persona or flag outside the harmless ones. Tracing (ptrace and friends) is allowed
+within the sandbox's own pid namespace and denied without one (TRACING). `clone3` answers ENOSYS: its
+flags are in memory, out of the filter's reach, and libc then falls back to `clone`, whose flags the
+filter does see.
 
 No file the sandbox makes may carry a set-user-ID or set-group-ID bit (under a root caller such a
 file is set-id ROOT on the host): every call that sets a mode is refused with EPERM when the mode
@@ -54,12 +55,6 @@ DEFAULT_DENY: dict[str, str] = {
     "keyctl": "kernel keyrings are not namespaced: keys could leak between sandboxes",
     "add_key": "kernel keyrings are not namespaced: keys could leak between sandboxes",
     "request_key": "kernel keyrings are not namespaced; can also call out to user-space helpers",
-    # Other processes: read, write or inspect them.
-    "ptrace": "tracing would let a child control other processes of the sandbox",
-    "process_vm_readv": "reads another process's memory",
-    "process_vm_writev": "writes another process's memory",
-    "pidfd_getfd": "steals a file descriptor from another process (ptrace-class access)",
-    "kcmp": "compares the kernel objects of two processes: ptrace-class introspection",
     # Namespaces and mounts: set up by the sandbox before the filter; the child may not redo them.
     "unshare": "new namespaces (a user namespace re-grants capabilities) would widen the sandbox",
     "setns": "joining another namespace could leave the sandbox's",
@@ -103,12 +98,43 @@ DEFAULT_DENY: dict[str, str] = {
     "ioperm": "raw I/O-port access (x86)",
 }
 
+#: Access to another process's memory and descriptors: what debuggers, strace and sanitizers need
+#: (LeakSanitizer stops the world with ptrace). Allowed inside the sandbox's own pid namespace, which holds
+#: only its own processes: the kernel checks every target with its ptrace access mode (same credentials,
+#: no capability), Landlock confines ptrace to the sandbox's own domain, the sandbox's init is non-dumpable
+#: (its memory and its own fds stay out of reach), and since Linux 4.8 a tracee's syscalls are checked by
+#: seccomp again after a tracer changed them, so a tracer cannot walk a tracee past this filter. Denied
+#: with EPERM, as before, when the sandbox has no pid namespace (best_effort on a kernel without one): then
+#: other sandboxes' processes and the caller's would be visible.
+TRACING: dict[str, str] = {
+    "ptrace": "traces another process (gdb, strace, LeakSanitizer)",
+    "process_vm_readv": "reads another process's memory (gdb, sanitizers)",
+    "process_vm_writev": "writes another process's memory (gdb)",
+    "pidfd_getfd": "copies a file descriptor of another process (ptrace-class access)",
+    "kcmp": "compares the kernel objects of two processes (checkpoint/restore, lsof-like tools)",
+}
+
+#: personality(2) flags a sandbox may set, on the PER_LINUX or PER_LINUX32 persona: `setarch -R`
+#: (ADDR_NO_RANDOMIZE), `linux32` and `setarch --uname-2.6` (UNAME26), `setarch -L` (ADDR_COMPAT_LAYOUT),
+#: `linux32 --3gb` (ADDR_LIMIT_3GB). They change only how the sandbox's own programs are laid out or
+#: described. Every other flag (MMAP_PAGE_ZERO, READ_IMPLIES_EXEC, ADDR_LIMIT_32BIT, the timing and inode
+#: quirks) and every other persona is refused with EPERM, as Docker's profile does by argument; the query
+#: personality(0xffffffff) is allowed.
+PERSONALITY_ALLOWED: dict[str, int] = {
+    "PER_LINUX32": 0x0008,
+    "UNAME26": 0x0020000,
+    "ADDR_NO_RANDOMIZE": 0x0040000,
+    "ADDR_COMPAT_LAYOUT": 0x0200000,
+    "ADDR_LIMIT_3GB": 0x8000000,
+}
+
 #: Denied only for some arguments, or with another errno.
 CONDITIONAL: dict[str, str] = {
     "clone": "EPERM when any namespace flag is set (same reason as unshare); threads and fork work",
     "clone3": "ENOSYS: its flags are in memory, out of the filter's sight; libc then uses clone",
     "ioctl": "EPERM for TIOCSTI (types into the terminal) and TIOCLINUX (console control)",
-    "personality": "EPERM except the query personality(0xffffffff): execution domains, ASLR off",
+    "personality": "EPERM for any persona but PER_LINUX/PER_LINUX32 and any flag but those of "
+    "PERSONALITY_ALLOWED (setarch -R, linux32, --uname-2.6, -L, --3gb); the query is allowed",
     "socket": "EAFNOSUPPORT for a family other than unix/inet/inet6/netlink (and network.families); "
     "EPROTONOSUPPORT for a netlink protocol other than route/sock_diag (and network.netlink)",
     "socketpair": "EAFNOSUPPORT for a family other than unix/inet/inet6/netlink (and network.families)",
@@ -198,8 +224,25 @@ def _builtin_rules() -> dict[str, list[_Rule]]:
     rules["clone"] = [(_errno.EPERM, ((0, _MASKED_EQ, f, f),)) for f in CLONE_NAMESPACE_FLAGS.values()]
     rules["clone3"] = [(_errno.ENOSYS, ())]
     rules["ioctl"] = [(_errno.EPERM, ((1, _MASKED_EQ, 0xFFFFFFFF, cmd),)) for cmd in DENIED_IOCTLS.values()]
-    # libseccomp takes one comparison per argument and rule, so only the query stays allowed.
-    rules["personality"] = [(_errno.EPERM, ((0, _NE, 0xFFFFFFFF, 0),))]
+    rules["personality"] = _personality_rules()
+    return rules
+
+
+def _personality_rules() -> list[_Rule]:
+    """EPERM for a personality(2) value outside PERSONALITY_ALLOWED, one masked compare per rule (libseccomp
+    takes one comparison per argument and rule; rules are ORed). The kernel reads 32 bits. Bit 7 is in no
+    persona or flag, but is set in the query 0xffffffff: with bit 7 clear, each bit outside the allowed ones
+    is refused; with bit 7 set, any clear bit is refused, which leaves the query alone."""
+    allowed = 0x80
+    for v in PERSONALITY_ALLOWED.values():
+        allowed |= v
+    rules: list[_Rule] = []
+    for i in range(32):
+        bit = 1 << i
+        if not allowed & bit:
+            rules.append((_errno.EPERM, ((0, _MASKED_EQ, bit | 0x80, bit),)))
+        if bit != 0x80:
+            rules.append((_errno.EPERM, ((0, _MASKED_EQ, bit | 0x80, 0x80),)))
     return rules
 
 
@@ -264,8 +307,9 @@ def _resolve(name: str) -> int:
     return nr
 
 
-def _rule_set(policy: Policy) -> dict[str, list[_Rule]]:
-    """The rules for `policy` before resolving: built-ins, minus `allow`, plus `deny` (EPERM).
+def _rule_set(policy: Policy, tracing: bool = True) -> dict[str, list[_Rule]]:
+    """The rules for `policy` before resolving: built-ins (and TRACING unless `tracing`: the sandbox has
+    its own pid namespace), minus `allow`, plus `deny` (EPERM).
 
     Raises PolicyError for a listed name this libseccomp does not know on this architecture, and
     for denying execve (the command could never start).
@@ -273,6 +317,8 @@ def _rule_set(policy: Policy) -> dict[str, list[_Rule]]:
     from policies import PolicyError
 
     rules = _builtin_rules()
+    if not tracing:
+        rules.update({name: [(_errno.EPERM, ())] for name in TRACING})
     rules.update(_socket_rules(policy))
     if not policy.filesystem.watch:
         # inotify watches are not mediated by path (docs/security.md, "File watches"): all or nothing.
@@ -309,7 +355,7 @@ def _rule_set(policy: Policy) -> dict[str, list[_Rule]]:
     return rules
 
 
-def _compile(policy: Policy) -> tuple[object, dict[str, tuple[int, list[_Rule]]]]:
+def _compile(policy: Policy, tracing: bool = True) -> tuple[object, dict[str, tuple[int, list[_Rule]]]]:
     """A pyseccomp SyscallFilter for `policy`, and the rules it holds: name -> (nr, rules).
 
     Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp is
@@ -317,7 +363,7 @@ def _compile(policy: Policy) -> tuple[object, dict[str, tuple[int, list[_Rule]]]
     """
     import pyseccomp
 
-    rules = _rule_set(policy)
+    rules = _rule_set(policy, tracing)
     flt = pyseccomp.SyscallFilter(_ALLOW)
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, _KILL_PROCESS)
     # Binary tree: hot syscalls with argument rules (ioctl, clone) need not walk the whole list.
@@ -348,12 +394,12 @@ def _export(flt: object, method: str) -> bytes:
         return f.read()
 
 
-def explain(policy: Policy) -> str:
+def explain(policy: Policy, tracing: bool = True) -> str:
     """libseccomp's pseudo-code (PFC) of the filter `policy` compiles to, for humans and tests.
 
     Raises PolicyError for unknown names, ImportError/RuntimeError without pyseccomp/libseccomp.
     """
-    flt, _ = _compile(policy)
+    flt, _ = _compile(policy, tracing)
     return _export(flt, "export_pfc").decode()
 
 
@@ -527,7 +573,8 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
             f"without the syscall filter, or syscalls.enabled = false ({err})",
         ) from err
     try:
-        flt, compiled = _compile(policy)
+        # Tracing stays inside the sandbox only where its pid namespace holds nothing else (TRACING).
+        flt, compiled = _compile(policy, tracing=caps.namespace("pid").available)
         bpf = _export(flt, "export_bpf")
     except OSError as err:
         raise SandboxSetupError(

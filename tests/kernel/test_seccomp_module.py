@@ -12,6 +12,8 @@ harmlessly even as root when nothing filters them.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import errno
 import marshal
 import os
 import pathlib
@@ -28,7 +30,7 @@ import pytest
 
 from policies import Policy, SyscallPolicy
 from supervisor.sandbox import seccomp
-from supervisor.sandbox.probe import KernelCaps
+from supervisor.sandbox.probe import Feature, KernelCaps
 
 pytestmark = pytest.mark.kernel
 
@@ -209,7 +211,10 @@ _OTHER_CHECKS = {
     "personality_query",
     "personality_set",
     "personality_set_hibits",
+    "personality_bit7",
+    "personality_linux32",
     "unshare_newuser",
+    *seccomp.TRACING,  # allowed with a pid namespace: test_tracing_*
 }
 ATTACKS = sorted(set(re.findall(r'CALL\("(\w+)"', (C_DIR / "denied.c").read_text())) - _OTHER_CHECKS)
 
@@ -244,9 +249,46 @@ def test_personality_query_works_change_refused(
 ) -> None:
     control, filtered = denied_runs
     assert filtered["personality_query"][1] == "0"
-    for name in ("personality_set", "personality_set_hibits"):
+    for name in ("personality_set", "personality_set_hibits", "personality_bit7"):
         _not_eperm_without_filter(control, name)
         assert filtered[name] == ("-1", "EPERM"), name
+    assert filtered["personality_linux32"][1] == "0"  # linux32's persona
+
+
+TRACING_ATTACKS = sorted(
+    set(seccomp.TRACING) & set(re.findall(r'CALL\("(\w+)"', (C_DIR / "denied.c").read_text()))
+)
+
+
+def test_every_tracing_syscall_has_a_probe() -> None:
+    assert set(TRACING_ATTACKS) == set(seccomp.TRACING)
+
+
+@pytest.mark.parametrize("name", TRACING_ATTACKS)
+def test_tracing_is_not_filtered_where_the_pid_namespace_holds_it(
+    name: str,
+    denied_runs: tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]],
+) -> None:
+    control, filtered = denied_runs
+    assert filtered[name] == control[name], name  # the kernel's own answer, as without a filter
+
+
+@pytest.mark.parametrize("name", TRACING_ATTACKS)
+def test_tracing_is_denied_without_a_pid_namespace(
+    name: str,
+    harness: Harness,
+    bins: dict[str, str],
+    caps: KernelCaps,
+    denied_runs: tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]],
+) -> None:
+    control, _ = denied_runs
+    _not_eperm_without_filter(control, name)
+    no_pid = dataclasses.replace(caps, namespaces={**caps.namespaces, "pid": Feature(False, errno.EPERM)})
+    strict = seccomp.prepare(Policy(), no_pid)
+    assert strict is not None
+    run = harness.run([bins["denied"]], strict)
+    assert run.returncode == 0, run
+    assert run.results()[name] == ("-1", "EPERM")
 
 
 def test_allowed_syscall_still_works_in_the_attack_run(
@@ -460,7 +502,9 @@ def test_policy_adjustments_reach_the_kernel(
     if not caps.seccomp.available:
         pytest.skip(f"seccomp {caps.seccomp.reason}")
     policy = Policy(syscalls=SyscallPolicy(allow=("ptrace",), deny=("getpid",)))
-    adjusted = seccomp.prepare(policy, caps)
+    # Without a pid namespace ptrace is on the list (seccomp.TRACING); `allow` takes it off.
+    no_pid = dataclasses.replace(caps, namespaces={**caps.namespaces, "pid": Feature(False, errno.EPERM)})
+    adjusted = seccomp.prepare(policy, no_pid)
     assert adjusted is not None
     results = harness.run([bins["denied"]], adjusted).results()
     assert results["getpid"] == ("-1", "EPERM")

@@ -176,12 +176,18 @@ async def test_cancellation_kills_and_reaps_every_child(workspace: Path) -> None
 
 
 async def test_setup_failure_is_typed_and_names_the_layer(sup: Supervisor, workspace: Path) -> None:
-    missing = workspace / "does-not-exist"
+    # A workdir missing at the first use is the caller's mistake (PolicyError, test_api_usability.py); one
+    # removed after the policy was compiled fails in the sandbox's setup, which names its layer.
+    gone = workspace / "removed-later"
+    gone.mkdir()
+    policy = profiles.workspace_write(gone)
+    assert (await sup.run(["/bin/true"], policy=policy)).exit_code == 0
+    gone.rmdir()
     with pytest.raises(SandboxSetupError) as err:
-        await sup.run(["/bin/true"], policy=profiles.workspace_write(missing))
+        await sup.run(["/bin/true"], policy=policy)
     assert err.value.layer == "mounts"
     assert err.value.errno != 0
-    assert str(missing) in str(err.value)
+    assert str(gone) in str(err.value)
 
 
 async def test_workspace_under_tmp_stays_visible_and_host_tmp_is_hidden(

@@ -148,7 +148,12 @@ def test_policies_differing_only_in_workdir_share_their_seccomp_filter(tmp_path:
     # Sound: the shared filter is what each policy compiles to alone.
     assert compile_policy(pb, caps).payload == cb.payload
     # A different syscall policy is not served the shared one.
-    pc = replace(pa, syscalls=SyscallPolicy(allow=("ptrace",)))
+    pc = replace(pa, syscalls=SyscallPolicy(deny=("getpid",)))
     other = compile_policy(pc, caps, shared)
     assert other.payload["seccomp"] != ca.payload["seccomp"]
     assert other.payload["seccomp"] == compile_policy(pc, caps).payload["seccomp"]
+    # Nor is one whose socket families differ (the filter's socket rules read them).
+    pd = replace(pa, network=replace(pa.network, families=("vsock",)))
+    vsock = compile_policy(pd, caps, shared)
+    assert vsock.payload["seccomp"] != ca.payload["seccomp"]
+    assert vsock.payload["seccomp"] == compile_policy(pd, caps).payload["seccomp"]

@@ -25,7 +25,9 @@ from supervisor.sandbox.probe import Feature, KernelCaps
 pyseccomp = pytest.importorskip("pyseccomp")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CAPS = KernelCaps(seccomp=Feature(True))
+CAPS = KernelCaps(seccomp=Feature(True), namespaces={"pid": Feature(True)})
+#: A kernel (or best_effort policy) without a pid namespace: tracing stays denied.
+NO_PID_NS = KernelCaps(seccomp=Feature(True), namespaces={"pid": Feature(False, errno.EPERM)})
 X86_64 = platform.machine() == "x86_64"
 needs_x86_64 = pytest.mark.skipif(not X86_64, reason="x86_64 syscall numbers and ABIs")
 
@@ -229,9 +231,9 @@ def test_pfc_ioctl_rules(pfc: str) -> None:
     assert f"if ($a1.lo32 & 0xffffffff == {TIOCLINUX})" in block
 
 
-def test_pfc_personality_allows_only_the_query(pfc: str) -> None:
+def test_pfc_personality_is_refused_by_argument(pfc: str) -> None:
     block = _syscall_block(pfc, "personality")
-    assert "if ($a0.lo32 == 4294967295)" in block
+    assert "$a0.lo32 & 0x00100080 == 1048576" in block  # MMAP_PAGE_ZERO on a real persona
     assert "action ERRNO(1);" in block
 
 
@@ -280,11 +282,70 @@ def test_bpf_ioctl(default: dict[str, object]) -> None:
     assert verdict(default, "ioctl", 0, TIOCSTI + 0x1_0000) == ALLOW
 
 
-def test_bpf_personality(default: dict[str, object]) -> None:
+PER_LINUX, PER_LINUX32, PER_SVR4, PER_BSD = 0x0, 0x8, 0x1, 0x6
+UNAME26, ADDR_NO_RANDOMIZE, ADDR_COMPAT_LAYOUT, ADDR_LIMIT_3GB = 0x20000, 0x40000, 0x200000, 0x8000000
+MMAP_PAGE_ZERO, READ_IMPLIES_EXEC, ADDR_LIMIT_32BIT, STICKY_TIMEOUTS = 0x100000, 0x400000, 0x800000, 0x4000000
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        0,
+        UNAME26,
+        ADDR_NO_RANDOMIZE,
+        ADDR_COMPAT_LAYOUT,
+        ADDR_LIMIT_3GB,
+        UNAME26 | ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT | ADDR_LIMIT_3GB,
+    ],
+)
+@pytest.mark.parametrize("persona", [PER_LINUX, PER_LINUX32])
+def test_bpf_personality_allows_the_harmless_personas(
+    default: dict[str, object], persona: int, flags: int
+) -> None:
+    # setarch -R, linux32, setarch --uname-2.6, setarch -L, linux32 --3gb
+    assert verdict(default, "personality", persona | flags) == ALLOW
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        MMAP_PAGE_ZERO,
+        READ_IMPLIES_EXEC,
+        ADDR_LIMIT_32BIT,
+        STICKY_TIMEOUTS,
+        PER_LINUX32 | MMAP_PAGE_ZERO,
+        ADDR_NO_RANDOMIZE | READ_IMPLIES_EXEC,
+        PER_SVR4,
+        PER_BSD,
+        0x80,  # bit 7 alone: not the query
+        0x80 | MMAP_PAGE_ZERO,  # bit 7 set to look like the query
+        0xFFFFFF7F,  # every bit but 7
+        0x7FFFFFFF,  # the query with one bit missing
+        0x1_0010_0000,  # MMAP_PAGE_ZERO with junk in the upper half (the kernel reads 32 bits)
+    ],
+)
+def test_bpf_personality_refuses_every_other_persona_and_flag(default: dict[str, object], value: int) -> None:
+    assert verdict(default, "personality", value) == EPERM
+
+
+def test_bpf_personality_query(default: dict[str, object]) -> None:
     assert verdict(default, "personality", 0xFFFFFFFF) == ALLOW
-    assert verdict(default, "personality", 0x0008) == EPERM  # PER_LINUX32
-    assert verdict(default, "personality", 0x0040000) == EPERM  # ADDR_NO_RANDOMIZE
-    assert verdict(default, "personality", 0x1_FFFF_FFFF) == EPERM
+    assert verdict(default, "personality", 0xFFFF_FFFF_FFFF_FFFF) == ALLOW  # (unsigned long)-1: a query too
+
+
+@pytest.mark.parametrize("name", sorted(seccomp.TRACING))
+def test_tracing_is_allowed_with_a_pid_namespace_and_denied_without(
+    default: dict[str, object], name: str
+) -> None:
+    assert verdict(default, name) == ALLOW
+    assert name not in default["denied"]  # type: ignore[operator]
+    strict = seccomp.prepare(Policy(), NO_PID_NS)
+    assert strict is not None
+    assert verdict(strict, name) == EPERM
+    assert name in strict["denied"]  # type: ignore[operator]
+    denied = seccomp.prepare(Policy(syscalls=SyscallPolicy(deny=(name,))), CAPS)
+    assert denied is not None
+    assert verdict(denied, name) == EPERM  # a policy may still deny it
 
 
 EAFNOSUPPORT = 0x00050000 | errno.EAFNOSUPPORT

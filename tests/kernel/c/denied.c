@@ -99,10 +99,12 @@ int main(void) {
     /* The attacks for real: new namespaces, in this process only. */
     CALL("unshare", SYS_unshare, CLONE_NEWNS);
     CALL("unshare_newuser", SYS_unshare, CLONE_NEWUSER);
-    /* personality: the query stays allowed, changing the persona does not. */
+    /* personality: the query and the harmless personas stay allowed, dangerous flags do not. */
     CALL("personality_query", SYS_personality, 0xffffffffUL);
-    CALL("personality_set", SYS_personality, 0x0008UL); /* PER_LINUX32 */
-    CALL("personality_set_hibits", SYS_personality, 0x100000008UL);
+    CALL("personality_set", SYS_personality, 0x0100000UL); /* MMAP_PAGE_ZERO */
+    CALL("personality_set_hibits", SYS_personality, 0x100100000UL); /* the same, junk in the upper half */
+    CALL("personality_bit7", SYS_personality, 0x0100080UL); /* bit 7, as the query has: still refused */
+    CALL("personality_linux32", SYS_personality, 0x0008UL); /* PER_LINUX32 (linux32): allowed */
     /* Allowed syscalls must still work. */
     CALL("getpid", SYS_getpid);
     return 0;
