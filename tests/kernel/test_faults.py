@@ -43,11 +43,11 @@ def children_of(pid: int) -> list[tuple[int, str, str]]:
     return out
 
 
-def zombies() -> list[int]:
-    return [pid for pid, state, _comm in children_of(os.getpid()) if state == "Z"]
+def zombies() -> list[tuple[int, str]]:
+    return [(pid, comm) for pid, state, comm in children_of(os.getpid()) if state == "Z"]
 
 
-async def no_zombies_left(within: float = 5.0) -> list[int]:
+async def no_zombies_left(within: float = 5.0) -> list[tuple[int, str]]:
     """This process's zombie children once none is left or `within` seconds have passed (an init is reaped a
     moment after its Result)."""
     with anyio.move_on_after(within):
@@ -127,7 +127,11 @@ ws = sys.argv[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))  # soft and hard: corral cannot lift it
 out = {"ok": 0, "violations": 0, "errors": {}, "bad": [], "lag": 0.0}
 
-SCHEDSTAT = os.open("/proc/thread-self/schedstat", os.O_RDONLY)  # this (the loop's) thread; opened once
+try:  # this (the loop's) thread; opened once
+    SCHEDSTAT = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+except FileNotFoundError:  # a kernel without CONFIG_SCHED_INFO (the cgroup v2 test VM): no lag measured
+    SCHEDSTAT = -1
+    out["lag"] = None
 
 def waited():
     # Seconds this thread has waited for a CPU while runnable (other processes had it): not a stall of
@@ -135,7 +139,7 @@ def waited():
     return int(os.pread(SCHEDSTAT, 256, 0).split()[1]) / 1e9
 
 async def ticker():
-    while True:
+    while SCHEDSTAT >= 0:
         t, w = time.monotonic(), waited()
         await anyio.sleep(0.01)
         out["lag"] = max(out["lag"], time.monotonic() - t - 0.01 - (waited() - w))
@@ -216,7 +220,7 @@ async def test_sixty_calls_with_256_fds_succeed_or_fail_cleanly(workspace: Path)
     assert out["unknown"] == [], out
     assert out["children"] == [], out
     assert out["ok"] + out["violations"] > 0, out
-    assert out["lag"] < 0.1, out
+    assert out["lag"] is None or out["lag"] < 0.1, out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,9 +303,14 @@ async def test_fork_server_killed_three_times_under_100_workers(workspace: Path)
                 for i in range(100):
                     tg.start_soon(once, i)
         assert results == [0] * 100
-        with anyio.fail_after(10):
-            while unknown_children(sup):  # noqa: ASYNC110 (an init is reaped a moment after its Result)
-                await anyio.sleep(0.02)
+        # Settled: only children the supervisor knows (transiently also inits being reaped after their
+        # Result, sandboxes being built, killed ones being reaped).
+        with anyio.move_on_after(30):
+            while unknown_children(sup):  # noqa: ASYNC110 (no event to wait on)
+                await anyio.sleep(0.05)
+        assert unknown_children(sup) == []
+    # Leaving the block kills and reaps what the supervisor knows; an init a dead server cloned and
+    # never answered for would be left here.
     assert await no_zombies_left() == []
     assert children_of(os.getpid()) == []
 
@@ -325,6 +334,7 @@ async def test_a_stopped_fork_server_is_noticed_and_replaced(workspace: Path) ->
             await sup.run(["/bin/true"], policy=pol)
         assert err.value.layer == "fork server"
         assert 0.9 < anyio.current_time() - t0 < 5
+        fs.reply_timeout = 30.0  # a slow machine's new server must not be taken for a hung one
         r = await sup.run(["/bin/true"], policy=pol)
         assert r.exit_code == 0
         assert fs.restarts == 1
