@@ -109,6 +109,9 @@ def _head(pol: dict[str, object], supervisor_pidfd: int) -> _ops.Plan:
     #    (a mount point, a device node) needs its owner mapped.
     namespaces.emit_id_maps(pol["ns"], plan)  # type: ignore[arg-type]
     # 3. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
+    #    (With `corral run --tty` the init, this session's leader, makes the pty corral made for the command
+    #    its controlling terminal when it starts the command: _cinit.c, PLAN_CTTY. Never the caller's
+    #    terminal, which is its own session's: TIOCSCTTY refuses that, EPERM.)
     plan.add(_cinit.OP_SETSID, "new_session", "setsid")
     return plan
 

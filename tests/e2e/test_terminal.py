@@ -226,3 +226,15 @@ def test_tty_when_corral_is_sigtermed(term: Terminal, ws: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert term.wait() == 128 + signal.SIGTERM
     term.assert_as_before()
+
+
+def test_tty_ctrl_c_reaches_the_command(term: Terminal, ws: Path) -> None:
+    # ^C typed on the caller's terminal (raw: passed through as a byte) is the pty's interrupt character:
+    # SIGINT to the pty's foreground group, where the command is.
+    script = 'trap "echo caught; exit 5" INT; echo ready; while :; do sleep 0.1; done'
+    term.run("run", "--tty", "--", "/bin/sh", "-c", script, cwd=ws)
+    term.read_until(b"ready")
+    term.type(b"\x03")
+    term.read_until(b"caught")
+    assert term.wait() == 5
+    term.assert_as_before()
