@@ -84,27 +84,34 @@ def _tree(child: Child) -> list[psutil.Process]:
     return procs
 
 
-def held_fds(pids: Sequence[int]) -> int:
+def held_fds(pids: Sequence[int], limit: int | None = None) -> int:
     """The fds the processes `pids` hold: those open in their fd tables, plus those parked in flight
     (SCM_RIGHTS sent and not yet received) in the receive queues of the unix sockets they hold, which the
     kernel shows as ``scm_fds`` in each socket's fdinfo (Linux 5.6; a listening socket's count includes the
     queues of connections not yet accepted). Each socket's queue counts once however many processes hold
     it. Not seen: fds queued on a unix socket that is itself in flight (inside another queue) rather than
-    held; the kernel bounds those per user (docs/security.md, "fds in flight"). Blocking (procfs reads);
-    raises nothing: a process or fd that went away counts as what was read of it.
+    held; the kernel bounds those per user (docs/security.md, "fds in flight").
+
+    The fd tables are listed first; when they alone exceed `limit`, that count is returned without looking
+    at the sockets (one readlink per fd, so at most about `limit` of them per sample). Blocking (procfs
+    reads); raises nothing: a process or fd that went away counts as what was read of it.
     """
+    tables: list[tuple[int, list[str]]] = []
     total = 0
-    seen: set[str] = set()
     for pid in pids:
-        base = f"/proc/{pid}/fd"
         try:
-            names = os.listdir(base)
+            names = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
+        tables.append((pid, names))
         total += len(names)
+    if limit is not None and total > limit:
+        return total
+    seen: set[str] = set()
+    for pid, names in tables:
         for name in names:
             try:
-                target = os.readlink(f"{base}/{name}")
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
             except OSError:
                 continue
             if target.startswith("socket:") and target not in seen:
@@ -151,7 +158,8 @@ def sample(child: Child, with_fds: bool, now: float | None = None) -> ChildStats
     if count_fds or need_usage:
         procs = _tree(child)
         if count_fds:
-            fds = held_fds([p.pid for p in procs])
+            assert child.policy is not None  # _counts_fds
+            fds = held_fds([p.pid for p in procs], child.policy.resources.fds)
         if need_usage:
             rss = cpu_sum = 0.0
             for p in procs:
