@@ -62,7 +62,8 @@ class ForkServer:
     event loop, whose thread must be the one that created the Supervisor (PDEATHSIG).
 
     reply_timeout: seconds requests may wait while the server answers none of them; past it the server is
-    taken for hung (SIGSTOPped, or stuck), killed, and replaced; its waiting requests fail.
+    taken for hung (SIGSTOPped, or stuck), killed, and replaced; its waiting requests fail (`watchdog`,
+    which the Supervisor runs).
     start_soon: the supervisor's task group's start_soon, for the tasks that reap a dead server and the
     init it may have cloned without replying (set by the Supervisor; without it, close() reaps them).
     """
@@ -245,7 +246,7 @@ class ForkServer:
                 if not self._replies:
                     self._progress_at = time.monotonic()
                 self._replies.append(reply)
-                msg, ancdata, flags = await self._await_reply(reply, sock)
+                msg, ancdata, flags = await reply  # resolved by _on_reply, or _lost (watchdog)
             if not msg:
                 raise SandboxSetupError(
                     "fork server",
@@ -276,19 +277,23 @@ class ForkServer:
                 with anyio.move_on_after(0.1):
                     await anyio.wait_writable(sock)
 
-    async def _await_reply(self, reply: asyncio.Future[Reply], sock: socket.socket) -> Reply:
-        """The reply, once it has come; a server that answers nothing for reply_timeout while this waits
-        is killed (its EOF then ends every waiting request)."""
-        while True:
-            await asyncio.wait({reply}, timeout=self.reply_timeout)
-            if reply.done():
-                return reply.result()
-            if sock is not self._sock or time.monotonic() - self._progress_at < self.reply_timeout:
+    async def watchdog(self) -> None:
+        """Notice a hung server (SIGSTOPped, or stuck): run in the supervisor's task group for its life.
+        When requests wait and the server has answered none of them for reply_timeout, it is SIGKILLed
+        (its EOF then fails the requests in flight, and the next request starts a new server); if even
+        that brings no EOF within reply_timeout, the requests fail anyway. One timer for all requests,
+        not one per request: the spawn path pays nothing for it."""
+        while not self._closed:
+            await anyio.sleep(min(self.reply_timeout / 4, 1.0))
+            if not self._replies or self._sock is None:
+                continue
+            if time.monotonic() - self._progress_at < self.reply_timeout:
                 continue
             if not self._killed_hung and self._proc is not None:
                 log.warning("fork server answered nothing for %.1f s: killing it", self.reply_timeout)
                 self._killed_hung = True
-                self._proc.kill()  # its EOF fails the requests in flight; a new one is started
+                self._progress_at = time.monotonic()
+                self._proc.kill()
             else:  # killed, yet no EOF: something else holds its socket
                 self._lost("the fork server hung")
 

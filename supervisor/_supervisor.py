@@ -258,6 +258,7 @@ class Supervisor:
             raise
         self._tg = tg
         fs.start_soon = tg.start_soon  # reaps a dead fork server and the init it left unanswered
+        tg.start_soon(fs.watchdog)
         self._prefork = Prefork(
             fs, tg, lambda policy: self._leaf_for(policy, f"c{next(self._ids)}"), per_key=self.prefork
         )
