@@ -9,11 +9,13 @@ option, bad policy, setup failure: one line on stderr); 126 command not executab
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.metadata
 import json
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -98,7 +100,12 @@ def cli(ctx: click.Context) -> None:
     default=False,
     help="Use no cgroup (Supervisor(cgroups=False)): memory/cpus/pids then need --best-effort.",
 )
-@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the result here.")
+@click.option(
+    "--json",
+    "json_file",
+    metavar="FILE",
+    help="Write the result here ('-': stdout). Opened before the command starts: never a symlink.",
+)
 @click.option(
     "--tty",
     "use_tty",
@@ -131,10 +138,17 @@ def run(
         raise click.UsageError(msg)
     metrics = (metrics_addr or "127.0.0.1", metrics_port) if metrics_port is not None else None
     policy = _build_policy(profile, policy_file, opts)
-    # The caller's terminal is put back as it was however the run ends (the command shares it, or --tty
-    # puts it in raw mode).
-    with TerminalGuard():
-        code = anyio.run(_run, list(command), policy, json_file, metrics, not no_cgroup, use_tty)
+    # Opened now, before the command can plant anything at that path (a symlink to a host file that root
+    # would then overwrite); written through this fd afterwards.
+    out = _JsonOut.open(json_file) if json_file is not None else None
+    try:
+        # The caller's terminal is put back as it was however the run ends (the command shares it, or --tty
+        # puts it in raw mode).
+        with TerminalGuard():
+            code = anyio.run(_run, list(command), policy, out, metrics, not no_cgroup, use_tty)
+    finally:
+        if out is not None:
+            out.close()
     sys.exit(code)
 
 
@@ -167,7 +181,7 @@ def _serve_metrics(
 async def _run(
     command: list[str],
     policy: Policy,
-    json_file: str | None,
+    out: _JsonOut | None,
     metrics: tuple[str, int] | None = None,
     cgroups: bool = True,
     use_tty: bool = False,
@@ -178,7 +192,7 @@ async def _run(
     counted = policy.resources.output is not None
     pipe = PIPE if counted else None
     if use_tty:
-        return await _run_on_pty(command, policy, json_file, metrics, cgroups)
+        return await _run_on_pty(command, policy, out, metrics, cgroups)
     # The signal receiver is installed before the command starts, so no forwarded signal can kill corral
     # itself in between; signals that arrive before the command runs are delivered once it does.
     with anyio.open_signal_receiver(*_FORWARD) as signals:
@@ -204,11 +218,11 @@ async def _run(
                 else:
                     result = await child.wait()
                 tg.cancel_scope.cancel()
-    return _finish(result, json_file)
+    return _finish(result, out)
 
 
 async def _run_on_pty(
-    command: list[str], policy: Policy, json_file: str | None, metrics: tuple[str, int] | None, cgroups: bool
+    command: list[str], policy: Policy, out: _JsonOut | None, metrics: tuple[str, int] | None, cgroups: bool
 ) -> int:
     """`corral run --tty`: the command on a pty of corral's (PtyRelay), signals forwarded as usual."""
     try:
@@ -255,12 +269,12 @@ async def _run_on_pty(
                     tg.cancel_scope.cancel()
     finally:
         pty.close()
-    return _finish(result, json_file)
+    return _finish(result, out)
 
 
-def _finish(result: Result, json_file: str | None) -> int:
-    if json_file is not None:
-        _write_json(json_file, result)
+def _finish(result: Result, out: _JsonOut | None) -> int:
+    if out is not None:
+        out.write(result)
     if result.violation is not None and result.exit_code == 137:
         v = result.violation
         click.echo(f"corral: killed: {v.kind} limit {v.limit:g} exceeded (observed {v.observed:g})", err=True)
@@ -289,14 +303,115 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _write_json(path: str, result: Result) -> None:
-    try:
-        with open(path, "w") as f:
-            json.dump(result.to_json(), f, indent=2)
-            f.write("\n")
-    except OSError as err:
-        msg = f"cannot write --json file {path}: {err.strerror}"
-        raise _Fail(msg) from err
+class _JsonOut:
+    """Where `--json` goes: stdout ('-') or a file opened before the command starts.
+
+    The command may write the file's directory (the workdir, the natural place for it), and corral may run
+    as root: whatever it leaves at the path after the run (a symlink to /etc/passwd, a FIFO) must not be
+    what corral writes through. So the file is opened once, up front, without following a symlink
+    (O_NOFOLLOW), and must be a regular file with no other hard link; the result is written through that
+    fd at the end (truncated first). A file corral created that was never written (the command did not
+    start) is removed again, by the fd of its directory and only while the name is still that file.
+    """
+
+    def __init__(self, path: str, fd: int | None, dirfd: int | None = None, created: bool = False) -> None:
+        self.path = path
+        self._fd = fd
+        self._dirfd = dirfd
+        self._created = created
+        self._written = False
+
+    @classmethod
+    def open(cls, path: str) -> _JsonOut:
+        """Open (or create, mode 0666 & ~umask) the --json file. Raises _Fail (exit 125, before the command
+        runs) when it is a symlink, not a regular file, has other hard links, or cannot be opened."""
+        if path == "-":
+            return cls(path, None)
+        parent, name = os.path.split(path)
+        if name in ("", ".", ".."):
+            msg = f"--json {path!r} names a directory, not a file"
+            raise _Fail(msg)
+        try:
+            dirfd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            msg = f"cannot open --json file's directory {parent!r}: {err.strerror}"
+            raise _Fail(msg) from err
+        try:
+            fd, created = cls._open_file(dirfd, path, name)
+        except BaseException:
+            os.close(dirfd)
+            raise
+        return cls(path, fd, dirfd, created)
+
+    @staticmethod
+    def _open_file(dirfd: int, path: str, name: str) -> tuple[int, bool]:
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=dirfd), True
+        except FileExistsError:
+            pass
+        except OSError as err:
+            msg = f"cannot create --json file {path!r}: {err.strerror}"
+            raise _Fail(msg) from err
+        try:
+            # Looked at before it is opened: opening a device or a FIFO can itself have effects.
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            _JsonOut._check(path, st)
+            fd = os.open(name, flags, dir_fd=dirfd)
+        except OSError as err:
+            hint = "it is a symlink" if err.errno == errno.ELOOP else err.strerror
+            msg = f"cannot open --json file {path!r}: {hint}; corral writes only a regular file there"
+            raise _Fail(msg) from err
+        try:
+            _JsonOut._check(path, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, False
+
+    @staticmethod
+    def _check(path: str, st: os.stat_result) -> None:
+        if stat.S_ISLNK(st.st_mode):
+            msg = f"--json file {path!r} is a symlink; corral does not write through one: remove it"
+            raise _Fail(msg)
+        if not stat.S_ISREG(st.st_mode):
+            msg = f"--json file {path!r} is not a regular file; remove it or choose another path"
+            raise _Fail(msg)
+        if st.st_nlink > 1:
+            msg = f"--json file {path!r} has {st.st_nlink} hard links; corral writes only a file of its own"
+            raise _Fail(msg)
+
+    def write(self, result: Result) -> None:
+        """Write the result (truncating what the file held). Raises _Fail."""
+        data = (json.dumps(result.to_json(), indent=2) + "\n").encode()
+        try:
+            if self._fd is None:
+                sys.stdout.flush()
+                _write_all(1, data)
+            else:
+                os.ftruncate(self._fd, 0)
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                _write_all(self._fd, data)
+        except OSError as err:
+            msg = f"cannot write --json file {self.path}: {err.strerror}"
+            raise _Fail(msg) from err
+        self._written = True
+
+    def close(self) -> None:
+        """Close the file; remove it when corral created it and wrote nothing (the command never ran)."""
+        if self._fd is None or self._dirfd is None:
+            return
+        try:
+            if self._created and not self._written:
+                with contextlib.suppress(OSError):
+                    mine = os.fstat(self._fd)
+                    there = os.stat(os.path.basename(self.path), dir_fd=self._dirfd, follow_symlinks=False)
+                    if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                        os.unlink(os.path.basename(self.path), dir_fd=self._dirfd)
+        finally:
+            os.close(self._fd)
+            os.close(self._dirfd)
+            self._fd = self._dirfd = None
 
 
 @cli.command()
