@@ -116,7 +116,7 @@ class Prefork:
         if stub is None:
             return None
         try:
-            fresh = mounts.fingerprint(_mounts(compiled), cwd) == stub.fingerprint
+            fresh = await _fingerprint(_mounts(compiled), cwd) == stub.fingerprint
         except BaseException:  # off the list now: never leave it unreaped
             self.discard(stub)
             raise
@@ -193,7 +193,7 @@ class Prefork:
         # worker-thread hop for them cost the loop more (waking the worker: ~0.09 ms under load) than the
         # mkdirs themselves save it, and more CPU in all.
         leaf, cg_enforced, cg_missing = self._make_leaf(policy)
-        before = mounts.fingerprint(prepared, cwd)
+        before = await _fingerprint(prepared, cwd)
         try:
             reply, fds = await self._fs.prefork(
                 cwd, leaf.placement_files if leaf is not None else [], compiled.policy_id, compiled.payload
@@ -220,7 +220,7 @@ class Prefork:
             if "error" in reply:
                 raise _Unusable
             rec = await stub.status.next()
-            if rec is None or rec[0] != b"R" or mounts.fingerprint(prepared, cwd) != before:
+            if rec is None or rec[0] != b"R" or await _fingerprint(prepared, cwd) != before:
                 raise _Unusable
         except BaseException as err:
             self.discard(stub)
@@ -250,6 +250,14 @@ class Prefork:
 def _mounts(compiled: CompiledPolicy) -> dict[str, object] | None:
     """The compiled policy's mount plan (None: no mount namespace)."""
     return compiled.payload["mounts"]  # type: ignore[return-value]
+
+
+async def _fingerprint(prepared: dict[str, object] | None, cwd: str) -> tuple[object, ...]:
+    """mounts.fingerprint in a worker thread: it looks into writable roots (lstat, .git/config, the
+    .git/modules walk), where a sandbox may have planted something slow to look at; the event loop, which
+    enforces every other child's limits, must never wait on that. (Bounded and non-blocking as it is, a
+    10,000-entry walk still costs milliseconds.) Cancellation: abandons the thread's result."""
+    return await anyio.to_thread.run_sync(mounts.fingerprint, prepared, cwd, abandon_on_cancel=True)
 
 
 class _Unusable(Exception):

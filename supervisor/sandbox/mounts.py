@@ -34,7 +34,7 @@ import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox import _cinit, _sys
+from supervisor.sandbox import _cinit, _hostfs, _sys
 
 if TYPE_CHECKING:
     from policies import Policy
@@ -189,15 +189,28 @@ def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[objec
         if prepared["confine"]:
             for root in write:
                 try:
-                    expanded = _expand_git(root, prepared["protected"])  # type: ignore[arg-type]
-                except OSError as err:  # unreadable .git/config or modules: a distinct state of its own
-                    notes.append(f"{root}: error {err.errno}")
+                    expanded = _git_paths(root, prepared["protected"])  # type: ignore[arg-type]
+                except (OSError, _sys.SetupFailure) as err:
+                    # Unreadable or refused .git/config or modules: a distinct state of its own (the
+                    # build on the spot reports it).
+                    notes.append(f"{root}: error {err.errno} {getattr(err, 'path', '')}")
                     continue
                 for rel in expanded:
                     paths += (os.path.join(root, rel), os.path.join(root, rel.split("/", 1)[0]))
             paths += prepared["deny"]  # type: ignore[arg-type]
     # Which paths were looked at (git expansion can change the list) and what each was.
     return tuple(paths), _cinit.identities(paths), tuple(notes)
+
+
+def _git_paths(root: str, protected: list[str]) -> list[str]:
+    """_expand_git for a root given by path (empty when the root is missing). Raises as _expand_git."""
+    rootfd = _open_root(root)
+    if rootfd is None:
+        return list(protected)
+    try:
+        return _expand_git(root, protected, rootfd)
+    finally:
+        os.close(rootfd)
 
 
 #: Host paths whose presence or type `emit_base` tests.
@@ -376,50 +389,77 @@ def _protect(plan: Plan, root: str, protected: list[str]) -> None:
     .git/hooks is created (empty, here, before the sandbox starts) so that it can be protected, each
     submodule's git dir under .git/modules gets the same protection, and a .git that is a file (a linked
     worktree or a submodule checkout: it points git at another directory) is itself bound read-only.
+
+    Everything under `root` is looked at without following symlinks (_hostfs): the root may hold what an
+    earlier sandbox planted. Raises SetupFailure (_hostfs.Unsafe: a symlink on the way, which the bind would
+    follow; something odd under .git, named so that the user can remove it).
     """
     tops: set[str] = set()
-    for rel in _expand_git(root, protected):
-        path = os.path.join(root, rel)
-        top = os.path.join(root, rel.split("/", 1)[0])
-        if "/" in rel and os.path.isfile(top) and not os.path.islink(top):
-            if top not in tops:  # .git is a gitdir pointer: freeze the pointer
-                _bind(plan, top, readonly=True)
-                tops.add(top)
-            continue
-        if rel.endswith(".git/hooks") and not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
-            try:
-                os.mkdir(path, 0o755)
-            except OSError as err:
-                raise _sys.SetupFailure(
-                    "mounts", "mkdir(.git/hooks to protect it)", err.errno or 0, path
-                ) from err
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as err:
-            raise _sys.SetupFailure("mounts", "lstat(protected path)", err.errno or 0, path) from err
-        if stat.S_ISLNK(st.st_mode):
-            # A bind mount would follow the link and protect its target, not this name: refuse.
-            raise _sys.SetupFailure(
-                "mounts", "protect path", 40, path, "a protected path is a symlink; remove it or unprotect it"
-            )
-        if "/" in rel and top not in tops and os.path.isdir(top) and not os.path.islink(top):
-            _bind(plan, top, readonly=False)
-            tops.add(top)
-        _bind(plan, path, readonly=True)
-
-
-def _configured_hooks_path(root: str) -> str | None:
-    """core.hooksPath from the repository's own .git/config, relative to `root`, when it points inside it
-    (husky's .husky): git runs the hooks from there, so it is protected like .git/hooks."""
+    rootfd = _open_root(root)
+    if rootfd is None:
+        return
     try:
-        with open(os.path.join(root, ".git", "config"), errors="replace") as f:
-            text = f.read(1 << 20)
-    except OSError:
+        for rel in _expand_git(root, protected, rootfd):
+            path = os.path.join(root, rel)
+            top_rel = rel.split("/", 1)[0]
+            top = os.path.join(root, top_rel)
+            top_st = _hostfs.lstat_beneath(rootfd, top_rel)
+            if top_st is not None and stat.S_ISLNK(top_st.st_mode):
+                # A bind mount would follow the link and protect its target, not this name: refuse.
+                raise _hostfs.Unsafe(
+                    "lstat(protected path)", top, "a symlink (git and a bind would follow it)"
+                )
+            if "/" in rel and top_st is not None and stat.S_ISREG(top_st.st_mode):
+                if top not in tops:  # .git is a gitdir pointer: freeze the pointer
+                    _bind(plan, top, readonly=True)
+                    tops.add(top)
+                continue
+            if rel.endswith(".git/hooks"):
+                try:
+                    _hostfs.mkdir_beneath(rootfd, rel, path)
+                except OSError as err:
+                    raise _sys.SetupFailure(
+                        "mounts", "mkdir(.git/hooks to protect it)", err.errno or 0, path
+                    ) from err
+            try:
+                st = _hostfs.lstat_beneath(rootfd, rel)
+            except OSError as err:
+                raise _sys.SetupFailure("mounts", "lstat(protected path)", err.errno or 0, path) from err
+            if st is None:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                # A bind mount would follow the link and protect its target, not this name: refuse.
+                raise _hostfs.Unsafe(
+                    "lstat(protected path)", path, "a symlink (git and a bind would follow it)"
+                )
+            if "/" in rel and top not in tops and top_st is not None and stat.S_ISDIR(top_st.st_mode):
+                _bind(plan, top, readonly=False)
+                tops.add(top)
+            _bind(plan, path, readonly=True)
+    finally:
+        os.close(rootfd)
+
+
+def _open_root(root: str) -> int | None:
+    """An O_PATH fd of the writable root, or None when it is missing (nothing to protect in it)."""
+    try:
+        return _hostfs.open_root(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise _sys.SetupFailure("mounts", "open(writable root, O_PATH)", err.errno or 0, root) from err
+
+
+def _configured_hooks_path(root: str, rootfd: int) -> str | None:
+    """core.hooksPath from the repository's own .git/config, relative to `root`, when it points inside it
+    (husky's .husky): git runs the hooks from there, so it is protected like .git/hooks. The config is read
+    bounded, non-blocking and without following symlinks. Raises _hostfs.Unsafe (.git/config is a FIFO, a
+    socket, a device, a symlink, or larger than 1 MiB)."""
+    data = _hostfs.read_file(rootfd, ".git/config", os.path.join(root, ".git", "config"))
+    if data is None:
         return None
     section = ""
-    for raw in text.splitlines():
+    for raw in data.decode(errors="replace").splitlines():
         line = raw.strip()
         if line.startswith("["):
             section = line.strip("[]").strip().lower()
@@ -431,30 +471,50 @@ def _configured_hooks_path(root: str) -> str | None:
     return None
 
 
-def _expand_git(root: str, protected: list[str]) -> list[str]:
+def _expand_git(root: str, protected: list[str], rootfd: int) -> list[str]:
     """`protected`, plus the configured core.hooksPath inside the root, plus hooks and config of every
-    submodule git dir (.git/modules/**) for each protected entry under .git/."""
+    submodule git dir (.git/modules/**) for each protected entry under .git/. Nothing is followed: a .git
+    or an entry of .git/modules that is a symlink is refused (git would follow it to a git dir nothing
+    protects), and the walk of .git/modules is bounded (_hostfs.MAX_NODES entries, MAX_DEPTH levels).
+    Raises _hostfs.Unsafe naming the path to remove or repair; OSError."""
     out = list(protected)
     if not any(p.startswith(".git/") for p in protected):
         return out
-    hooks_path = _configured_hooks_path(root)
+    git = _hostfs.lstat_beneath(rootfd, ".git")
+    if git is None or not stat.S_ISDIR(git.st_mode):
+        if git is not None and stat.S_ISLNK(git.st_mode):
+            raise _hostfs.Unsafe(
+                "lstat(.git)",
+                os.path.join(root, ".git"),
+                "a symlink (git would follow it to an unprotected git dir)",
+            )
+        return out  # no repository, or a gitdir pointer (_protect freezes it)
+    hooks_path = _configured_hooks_path(root, rootfd)
     if hooks_path is not None:
         out.append(hooks_path)
     leaves = [p.split("/", 1)[1] for p in protected if p.startswith(".git/")]
-    stack = [".git/modules"]
+    walk = _hostfs.Walk(os.path.join(root, ".git", "modules"))
+    stack = [(".git/modules", 0)]
     while stack:
-        rel = stack.pop()
-        try:
-            names = sorted(os.listdir(os.path.join(root, rel)))
-        except OSError:
-            continue
-        for name in names:
+        rel, depth = stack.pop()
+        entries = walk.listdir(rootfd, rel, os.path.join(root, rel), depth)
+        for name, mode in entries or ():
             sub = f"{rel}/{name}"
-            if os.path.isfile(os.path.join(root, sub, "HEAD")):  # a git dir
+            if stat.S_ISLNK(mode):
+                raise _hostfs.Unsafe(
+                    "walk .git/modules",
+                    os.path.join(root, sub),
+                    "a symlink among submodule git dirs (git would follow it to an unprotected git dir)",
+                    40,
+                )
+            if not stat.S_ISDIR(mode):
+                continue
+            head = _hostfs.lstat_beneath(rootfd, f"{sub}/HEAD")
+            if head is not None and stat.S_ISREG(head.st_mode):  # a git dir
                 out += [f"{sub}/{leaf}" for leaf in leaves]
-                stack.append(f"{sub}/modules")
-            elif os.path.isdir(os.path.join(root, sub)) and sub.count("/") < 12:
-                stack.append(sub)  # submodule names may contain slashes
+                stack.append((f"{sub}/modules", depth + 1))
+            else:
+                stack.append((sub, depth + 1))  # submodule names may contain slashes
     return out
 
 

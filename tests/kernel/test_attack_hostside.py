@@ -1,0 +1,283 @@
+"""What a sandbox leaves in its workdir must not turn the host side (the root supervisor, the fork server,
+the CLI) against the host or stop it.
+
+Each attack plants something from inside a real sandbox, then the next sandbox for that workdir is prepared
+on the host; the effects are checked from outside:
+- root acting on the workdir's contents: a planted `.git -> /elsewhere` (or a symlink among .git/modules)
+  must not make root create directories outside the workdir; it is refused naming the path to remove, and
+  the workdir works again once that is removed;
+- availability: a FIFO, a socket, a huge sparse file at .git/config, a symlink loop or 100,000 entries
+  under .git/modules must not block or stall the supervisor: another tenant's 3 s timeout still fires on
+  time while the attacker keeps spawning, and the CLI still exits on time.
+
+Bounded even when the host side fails: a watchdog thread opens a planted FIFO (which releases a reader
+blocked on it) and removes planted trees after a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from policies import Policy, profiles
+from supervisor import SandboxSetupError, Supervisor
+
+pytestmark = pytest.mark.kernel
+
+SH = "/bin/sh"
+PY = "/usr/bin/python3"
+CORRAL = [sys.executable, "-m", "supervisor.cli"]
+
+
+def policy(workspace: Path, **opts: object) -> Policy:
+    opts.setdefault("timeout", 20)
+    return profiles.workspace_write(workspace, **opts)  # type: ignore[arg-type]
+
+
+async def git_init(path: Path) -> None:
+    await anyio.run_process(["/usr/bin/git", "init", "-q", str(path)], env={"PATH": "/usr/bin:/bin"})
+
+
+async def plant(sup: Supervisor, workspace: Path, script: str) -> None:
+    """Run `script` in a sandbox of `workspace`: the attacker's move."""
+    r = await sup.run([SH, "-c", script], policy=policy(workspace, timeout=90))
+    assert r.exit_code == 0, r.stderr.decode(errors="replace")
+
+
+# --- root acting on the workdir's contents
+
+
+async def test_planted_git_symlink_makes_root_create_nothing_outside(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    """`.git -> /elsewhere`: preparing the next sandbox used to mkdir /elsewhere/hooks as root."""
+    await plant(sup, workspace, f"ln -s {outside} .git")
+    with pytest.raises(SandboxSetupError) as info:
+        await sup.run(["/bin/true"], policy=policy(workspace))
+    assert not (outside / "hooks").exists(), "root created a directory through a planted .git symlink"
+    assert sorted(os.listdir(outside)) == ["canary.txt"]
+    assert info.value.path == str(workspace / ".git")
+    assert "remove" in str(info.value)
+    # Not bricked: once the named path is removed, the workdir works again.
+    (workspace / ".git").unlink()
+    r = await sup.run(["/bin/true"], policy=policy(workspace))
+    assert r.exit_code == 0
+
+
+@pytest.mark.parametrize("where", ["modules_entry", "modules_dir", "submodule_hooks"])
+async def test_planted_symlink_under_git_modules_is_refused_by_name(
+    sup: Supervisor, workspace: Path, outside: Path, where: str
+) -> None:
+    """A symlink among the submodule git dirs (to a directory that looks like a git dir) used to be followed:
+    root created hooks/ in its target. Refused now, naming the link; removing it unblocks the workdir."""
+    (outside / "HEAD").write_text("ref: refs/heads/main\n")
+    await git_init(workspace)
+    if where == "modules_entry":
+        link = workspace / ".git" / "modules" / "evil"
+        script = f"mkdir -p .git/modules && ln -s {outside} .git/modules/evil"
+    elif where == "modules_dir":
+        link = workspace / ".git" / "modules"
+        script = f"ln -s {outside.parent} .git/modules"
+    else:
+        (workspace / ".git" / "modules" / "sub").mkdir(parents=True)
+        (workspace / ".git" / "modules" / "sub" / "HEAD").write_text("ref: refs/heads/main\n")
+        # Protected from the start (it exists): plant one level deeper, where the walk looks next.
+        link = workspace / ".git" / "modules" / "sub" / "modules"
+        script = f"ln -s {outside.parent} .git/modules/sub/modules"
+    await plant(sup, workspace, script)
+    with pytest.raises(SandboxSetupError) as info:
+        await sup.run(["/bin/true"], policy=policy(workspace))
+    assert not (outside / "hooks").exists(), "root created a directory through a planted symlink"
+    assert not (outside / "config").exists()
+    assert info.value.path == str(link)
+    assert "remove" in str(info.value)
+    link.unlink()
+    r = await sup.run(["/bin/true"], policy=policy(workspace))
+    assert r.exit_code == 0
+
+
+# --- availability: what a sandbox plants must not stop the supervisor
+
+PLANTS = {
+    "fifo_config": "mkdir -p .git && mkfifo .git/config",
+    "socket_config": (
+        f"mkdir -p .git && {PY} -c 'import socket; socket.socket(socket.AF_UNIX).bind(\".git/config\")'"
+    ),
+    "huge_sparse_config": "mkdir -p .git && truncate -s 1G .git/config",
+    "symlink_loop_in_modules": (
+        "git init -q . 2>/dev/null || mkdir -p .git; mkdir -p .git/modules && cd .git/modules && "
+        "for i in 0 1 2 3 4 5 6 7 8 9; do ln -s . l$i; done"
+    ),
+    "dir_loop_in_modules": (
+        "mkdir -p .git/modules/a && cd .git/modules/a && for i in 0 1 2 3 4 5 6 7; do ln -s .. up$i; done"
+    ),
+    # The 100,000 entries are made before the timed part (making them takes ~15 s on this disk; PREPARE),
+    # after the two exits that start pre-forking for the key: the timed part only asks for sandboxes.
+    "many_entries_in_modules": "",
+}
+
+
+#: Made before the timed part, also from inside.
+PREPARE = {
+    "many_entries_in_modules": (
+        f"mkdir -p .git/modules && {PY} -c '"
+        'import os\nfor i in range(100_000): open(f".git/modules/f{i}", "w").close()\''
+    ),
+}
+
+
+class Watchdog:
+    """Once armed, after `deadline` seconds, release whatever the host side may be stuck on in `workspace`:
+    open a FIFO at .git/config for writing (a blocked reader returns), remove .git/modules; again and again
+    until the fixture ends, after the supervisor has closed. Keeps the test bounded even without the fix (the
+    fix is that nothing waits for this)."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self._armed = threading.Event()
+        self._stop = threading.Event()
+        self._deadline = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def arm(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._armed.set()
+
+    def stop(self) -> None:
+        self.arm(0)
+        time.sleep(0.2)  # a last round of releases
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        self._armed.wait()
+        if self._stop.wait(self._deadline):
+            return
+        config = self.workspace / ".git" / "config"
+        while not self._stop.wait(0.05):
+            shutil.rmtree(self.workspace / ".git" / "modules", ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.close(os.open(config, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.fixture
+def watchdog(workspace: Path) -> Iterator[Watchdog]:
+    """Request it before `sup`: it is then torn down after the supervisor (whose close may need it)."""
+    w = Watchdog(workspace)
+    yield w
+    w.stop()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", sorted(PLANTS))
+async def test_planted_paths_do_not_stop_another_tenants_timeout(
+    watchdog: Watchdog, sup: Supervisor, workspace: Path, outside: Path, kind: str
+) -> None:
+    """Tenant B's 3 s timeout fires on time (within 0.5 s) while the attacker plants `kind` in its own
+    workdir and keeps asking for sandboxes there (the on-the-spot build in the fork server, and, from the
+    third run on, the pre-forked path whose fingerprint used to run on the event loop)."""
+    attacker = workspace
+    tenant = outside
+    # Two plain exits first: from then on the supervisor pre-forks sandboxes for the attacker's key.
+    for _ in range(2):
+        r = await sup.run(["/bin/true"], policy=policy(attacker))
+        assert r.exit_code == 0
+    if kind in PREPARE:
+        await plant(sup, attacker, PREPARE[kind])
+    victim = await sup.start(["/bin/sleep", "30"], policy=profiles.workspace_write(tenant, timeout=3))
+    started = time.monotonic()
+    refused: list[str] = []
+
+    async def attack() -> None:
+        if PLANTS[kind]:
+            await plant(sup, attacker, PLANTS[kind])
+        for _ in range(4):
+            try:
+                await sup.run(["/bin/true"], policy=policy(attacker))
+            except SandboxSetupError as err:
+                refused.append(str(err))
+
+    watchdog.arm(12)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(attack)
+        result = await victim.wait()
+        ended = time.monotonic()
+    assert result.violation is not None
+    assert result.violation.kind == "wall_time"
+    assert 2.8 < ended - started < 3.5, f"the tenant's 3 s timeout fired after {ended - started:.2f} s"
+    assert refused, "the planted path was neither refused nor reported"
+    for msg in refused:
+        assert str(attacker / ".git") in msg, msg
+        assert "remove" in msg, msg
+
+
+async def test_char_device_cannot_be_planted(sup: Supervisor, workspace: Path) -> None:
+    """The device variant of the plant: mknod is refused inside (no CAP_MKNOD over the host's devices), so
+    the socket and FIFO cases above stand for it."""
+    r = await sup.run([SH, "-c", "mkdir -p .git && mknod .git/config c 1 3"], policy=policy(workspace))
+    assert r.exit_code != 0
+    assert not (workspace / ".git" / "config").exists()
+
+
+@pytest.mark.parametrize("how", ["timeout", "sigterm"])
+def test_cli_exits_on_time_with_a_fifo_planted(watchdog: Watchdog, workspace: Path, how: str) -> None:
+    """The CLI in a workdir whose .git/config is a FIFO (planted by an earlier run): it refuses (125,
+    naming the path) or runs, but it never hangs past --timeout, and SIGTERM ends it."""
+    (workspace / ".git").mkdir()
+    os.mkfifo(workspace / ".git" / "config")
+    watchdog.arm(10)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*CORRAL, "run", "--timeout", "3", "--", "/bin/sleep", "30"],
+        cwd=workspace,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if how == "sigterm":
+        time.sleep(1)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    took = time.monotonic() - started
+    assert took < (3.5 if how == "timeout" else 2.5), f"corral took {took:.1f} s"
+    if proc.returncode == 125:
+        assert str(workspace / ".git" / "config") in err
+    else:  # SIGTERM came while corral was still starting up, before it forwards signals
+        assert how == "sigterm"
+        assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), err
+
+
+async def test_bounds_allow_a_real_repository_with_submodules(sup: Supervisor, workspace: Path) -> None:
+    """The walk's bounds are far above what git makes: 200 submodule git dirs (nested names) still run, and
+    each one's hooks and config are protected."""
+    await git_init(workspace)
+    modules = workspace / ".git" / "modules"
+    for i in range(200):
+        gitdir = modules / f"group{i % 10}" / f"sub{i}"
+        (gitdir / "hooks").mkdir(parents=True)
+        (gitdir / "HEAD").write_text("ref: refs/heads/main\n")
+        (gitdir / "config").write_text("[core]\n")
+    r = await sup.run(
+        [SH, "-c", "echo x >> .git/modules/group3/sub13/config; touch .git/modules/group7/sub187/hooks/x"],
+        policy=policy(workspace),
+    )
+    assert r.exit_code != 0
+    assert (modules / "group3" / "sub13" / "config").read_text() == "[core]\n"
+    assert not (modules / "group7" / "sub187" / "hooks" / "x").exists()
