@@ -34,19 +34,29 @@ from supervisor._child import Child
 _STD_FDS = (0, 1, 2)
 
 
+_TIOCGEXCL = 0x80045440  # _IOR('T', 0x40, int): whether the terminal is in exclusive mode (TIOCEXCL)
+_TIOCNXCL = 0x540D
+
+
+def _ioctl_int(fd: int, request: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(fd, request, struct.pack("i", 0)))[0])
+
+
 class TerminalGuard:
     """Saves the state of every standard fd that is a terminal on entry and restores it on exit, however
     the block ends: termios attributes, output flow (TCOON: a command may have suspended it with TCOOFF,
-    which the saved attributes do not record) and the file status flags (O_NONBLOCK) of its open file
-    description. While the guard is active (and a terminal was found), SIGTERM and SIGHUP end the process
-    through SystemExit(128 + N) so that the restore still runs (anyio's signal receiver replaces these
-    handlers while the command runs: the signals are then forwarded to the command, whose end ends the run).
-    Restoring never raises and never stops the process: SIGTTOU is ignored meanwhile (a backgrounded
-    corral would otherwise be stopped by tcsetattr)."""
+    which the saved attributes do not record), the file status flags (O_NONBLOCK) of its open file
+    description, the line discipline (TIOCSETD: n_null would swallow all input and output) and exclusive
+    mode (TIOCEXCL: every later open of the terminal would fail with EBUSY). While the guard is active
+    (and a terminal was found), SIGTERM and SIGHUP end the process through SystemExit(128 + N) so that the
+    restore still runs (anyio's signal receiver replaces these handlers while the command runs: the
+    signals are then forwarded to the command, whose end ends the run). Restoring never raises and never
+    stops the process: SIGTTOU is ignored meanwhile (a backgrounded corral would otherwise be stopped by
+    tcsetattr)."""
 
     def __init__(self, fds: tuple[int, ...] = _STD_FDS) -> None:
         self._fds = fds
-        self.saved: list[tuple[int, list[Any], int]] = []
+        self.saved: list[tuple[int, list[Any], int, int | None, bool]] = []
         self._handlers: dict[int, signal.Handlers | Callable[..., object] | int | None] = {}
 
     def __enter__(self) -> TerminalGuard:
@@ -54,9 +64,18 @@ class TerminalGuard:
             try:
                 if not os.isatty(fd):
                     continue
-                self.saved.append((fd, termios.tcgetattr(fd), fcntl.fcntl(fd, fcntl.F_GETFL)))
+                attrs, flags = termios.tcgetattr(fd), fcntl.fcntl(fd, fcntl.F_GETFL)
             except (OSError, termios.error):
                 continue
+            try:
+                ldisc: int | None = _ioctl_int(fd, termios.TIOCGETD)
+            except OSError:
+                ldisc = None
+            try:
+                exclusive = bool(_ioctl_int(fd, _TIOCGEXCL))
+            except OSError:
+                exclusive = True  # unknown: leave it alone
+            self.saved.append((fd, attrs, flags, ldisc, exclusive))
         if self.saved:
             with contextlib.suppress(ValueError):  # not the main thread: no handlers
                 for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -85,11 +104,17 @@ class TerminalGuard:
         except ValueError:
             previous = None
         try:
-            for fd, attrs, flags in self.saved:
+            for fd, attrs, flags, ldisc, exclusive in self.saved:
                 # Flags first: a terminal left non-blocking would make the calls below fail with EAGAIN.
                 with contextlib.suppress(OSError):
                     if fcntl.fcntl(fd, fcntl.F_GETFL) != flags:
                         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+                with contextlib.suppress(OSError):
+                    if ldisc is not None and _ioctl_int(fd, termios.TIOCGETD) != ldisc:
+                        fcntl.ioctl(fd, termios.TIOCSETD, struct.pack("i", ldisc))
+                with contextlib.suppress(OSError):
+                    if not exclusive and _ioctl_int(fd, _TIOCGEXCL):
+                        fcntl.ioctl(fd, _TIOCNXCL)
                 with contextlib.suppress(OSError, termios.error):
                     termios.tcflow(fd, termios.TCOON)
                 with contextlib.suppress(OSError, termios.error):

@@ -33,14 +33,19 @@ PY = "/usr/bin/python3"
 
 # Run inside the sandbox, on the caller's terminal (fds 0-2): everything the issue's command did.
 MANGLE = r"""
-import fcntl, os, sys, termios, time
+import fcntl, os, struct, sys, termios, time
 a = termios.tcgetattr(0)
 a[0] &= ~(termios.IXON | termios.ICRNL)
 a[3] &= ~(termios.ECHO | termios.ICANON | termios.ISIG)
 termios.tcsetattr(0, termios.TCSANOW, a)
-fcntl.fcntl(0, fcntl.F_SETFL, fcntl.fcntl(0, fcntl.F_GETFL) | os.O_NONBLOCK)
-os.write(1, b"mangled\r\n")
+fcntl.fcntl(0, fcntl.F_SETFL, fcntl.fcntl(0, fcntl.F_GETFL) | os.O_NONBLOCK | os.O_APPEND)
+fcntl.ioctl(0, termios.TIOCEXCL)  # every later open of the terminal: EBUSY
+os.write(2, b"mangled\r\n")
 termios.tcflow(1, termios.TCOOFF)
+try:
+    fcntl.ioctl(0, termios.TIOCSETD, struct.pack("i", 27))  # n_null: swallows all input and output
+except OSError:
+    pass
 if len(sys.argv) > 1:
     time.sleep(float(sys.argv[1]))
 """
@@ -132,6 +137,10 @@ class Terminal:
 
     def assert_as_before(self) -> None:
         assert fcntl.fcntl(self.slave, fcntl.F_GETFL) == self.flags_before, "O_NONBLOCK left on the terminal"
+        ldisc = struct.unpack("i", fcntl.ioctl(self.slave, termios.TIOCGETD, struct.pack("i", -1)))[0]
+        assert ldisc == 0, f"line discipline left at {ldisc}"
+        excl = struct.unpack("i", fcntl.ioctl(self.slave, 0x80045440, struct.pack("i", -1)))[0]  # TIOCGEXCL
+        assert excl == 0, "exclusive mode left on"
         assert termios.tcgetattr(self.slave) == self.before, "termios left changed"
         assert self.output_flows(), "output left suspended (TCOOFF)"
 
@@ -212,7 +221,8 @@ def test_tty_mangling_stays_inside_and_tiocsti_is_still_refused(term: Terminal, 
         + "\nimport errno\n"
         + "try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\n    r = 'ok'\n"
         + "except OSError as e:\n    r = errno.errorcode[e.errno]\n"
-        + "termios.tcflow(1, termios.TCOON)\nos.write(1, ('tiocsti:' + r + '\\r\\n').encode())\n"
+        + "fcntl.ioctl(0, termios.TIOCSETD, struct.pack('i', 0))\ntermios.tcflow(1, termios.TCOON)\n"
+        + "os.write(1, ('tiocsti:' + r + '\\r\\n').encode())\n"
     )
     term.run("run", "--tty", "--", PY, "-c", script, cwd=ws)
     assert term.wait() == 0
