@@ -3,10 +3,11 @@
 
 Each attack runs inside a real sandbox under a 64 MiB memory limit and tries to pin 1 GiB of one kind of
 kernel memory (socket buffers never read, pipe buffers, tmpfs pages, memfd pages, epoll items, SysV message
-queues). From outside, the test checks that the attack did not get its 1 GiB: the command was killed for a
-`memory` violation (exit 137), or the kernel refused the memory (ENOBUFS/ENOMEM/EAGAIN that does not go away);
-that the host's MemAvailable did not drop by much more than the limit while it ran; and, for socket buffers,
-that the kernel's own count of them (/proc/net/sockstat `mem`, host-wide) did not grow past the limit.
+queues, inotify events). From outside, the test checks that the attack did not get its 1 GiB: the command was
+killed for a `memory` violation (exit 137), or the kernel refused the memory (ENOBUFS/ENOMEM/EAGAIN that
+does not go away); that the host's MemAvailable did not drop by much more than the limit while it ran; and,
+for socket buffers, that the kernel's own count of them (/proc/net/sockstat `mem`, host-wide) did not grow
+past the limit.
 docs/security.md ("Memory outside the cgroup") lists every kind with its mechanism.
 
 Every attack stops by itself after 20 s and at 1 GiB, whatever the limit does.
@@ -124,20 +125,44 @@ elif mode in ("tmpfs", "shm", "memfd"):
     except OSError as e:
         refused(e)
 elif mode == "epoll":
+    # Every (epoll, fd) pair is an epitem and a wait-queue entry (~200 bytes): 1500 fds in each of up to 2500
+    # epoll instances is ~700 MiB of them, within fs.epoll.max_user_watches.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     r, w = os.pipe()
+    fds = [os.dup(r) for _ in range(min(1500, want // 2 - 16))]
+    held += fds
     try:
-        while total < target and time.monotonic() < deadline:
+        while total < target and time.monotonic() < deadline and len(held) < want - 16:
             ep = select.epoll(); held.append(ep)
-            for i in range(4000):
-                d = os.dup(r)
+            for d in fds:
                 ep.register(d, select.EPOLLIN)
-                held.append(d)
-            note(4000 * 200)  # an epitem and its wait-queue entry: about 200 bytes each
-            if len(held) > 60000:
-                # The fd limit comes first: close the dups, the epitems stay until the epoll goes.
-                break
+            note(len(fds) * 200)
     except OSError as e:
         refused(e)
+elif mode == "inotify":
+    # 64 instances watching the private /tmp, never read: each queues up to fs.inotify.max_queued_events
+    # events (16384 here), each with its 255-byte name: about 300 MiB of events in the kernel.
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for i in range(64):
+        fd = libc.inotify_init1(0)
+        if fd < 0:
+            if i == 0:
+                refused(OSError(ctypes.get_errno(), "inotify_init1"))
+            break
+        if libc.inotify_add_watch(fd, b"/tmp", 0x100 | 0x200) < 0:  # IN_CREATE | IN_DELETE
+            refused(OSError(ctypes.get_errno(), "inotify_add_watch"))
+        held.append(fd)
+    name = "/tmp/" + "n" * 250
+    while total < target and time.monotonic() < deadline:
+        os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.unlink(name)
+        note(2 * len(held) * 300)
+        if total > 600 << 20:
+            break  # every queue is full by now: the kernel drops the rest (IN_Q_OVERFLOW)
 elif mode == "sysv_msg":
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
@@ -244,17 +269,22 @@ async def test_socket_buffers_are_charged_to_the_memory_limit(
         assert result.limit_hits.get("memory_socket", 0) + result.limit_hits.get("memory_oom", 0) >= 1
 
 
-@pytest.mark.parametrize("mode", ["unix", "pipe", "tmpfs", "shm", "memfd", "epoll", "sysv_msg"])
+@pytest.mark.parametrize("mode", ["unix", "pipe", "tmpfs", "shm", "memfd", "epoll", "sysv_msg", "inotify"])
 async def test_kernel_memory_is_charged_to_the_memory_limit(
     sup: Supervisor, workspace: Path, mode: str
 ) -> None:
-    """Unix socket buffers, pipe buffers, the private /tmp and /dev/shm tmpfs, memfd pages, epoll items and
-    SysV message queues (the sandbox's own IPC namespace) are charged to the cgroup: the attack is OOM-killed
-    (or refused) at the limit and the host loses about the limit, not the 1 GiB asked for."""
+    """Unix socket buffers, pipe buffers, the private /tmp and /dev/shm tmpfs, memfd pages, epoll items, SysV
+    message queues (the sandbox's own IPC namespace) and queued inotify events are charged to the cgroup: the
+    attack is OOM-killed at the limit and the host loses about the limit, not the 1 GiB asked for."""
     need("memory")
     t0 = time.monotonic()
     result, mem_drop, _ = await _attack(sup, workspace, mode)
     _held(result, mode)
+    # Charged, so the memory limit ends it: an OOM kill reported as `memory` (uncharged memory would let the
+    # attack reach its own end and sleep there).
+    assert result.violation is not None, (mode, result)
+    assert result.violation.kind == "memory", (mode, result)
+    assert result.exit_code == 137, (mode, result)
     assert mem_drop < 512 * MiB, (mode, mem_drop >> 20, result)
     # The cgroup's own high-water mark never passes the limit (1 MiB of accounting slack).
     assert result.peak_memory_bytes <= LIMIT + MiB or result.limit_hits.get("memory_socket"), result
