@@ -10,6 +10,7 @@ sleepers, the busy loops after seconds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -91,7 +92,7 @@ time.sleep(20)
 
 # Parks fds in flight over unix sockets (argv[1] the way, argv[2] how many): opens /dev/null in batches, sends
 # each batch with SCM_RIGHTS to a socket nobody reads, closes the originals; prints "parked N OPEN errno" and
-# holds everything for 20 s. "stream"/"dgram": a socketpair of that type; "embryo": a connection not yet
+# holds everything for 20 s (or argv[3] seconds). "stream"/"dgram": a socketpair of that type; "embryo": a connection not yet
 # accepted by a listener; "nested": each batch goes into a fresh pair whose receiving end is then itself sent
 # in flight and closed, so that no process holds the socket whose queue has the fds.
 PARK = """
@@ -123,7 +124,7 @@ while parked < want and not err:
     for fd in fds:
         os.close(fd)
 print("parked", parked, len(os.listdir("/proc/self/fd")), err, flush=True)
-time.sleep(20)
+time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 20)
 """
 
 # Reads the leaf paths (from the supervisor's side) on stdin, then tries to lift its own limits through
@@ -479,6 +480,18 @@ async def test_fds_parked_inside_a_socket_in_flight_count_against_max_fds(
     assert r.stdout.split()[:2] == [b"parked", b"60"], (r.stdout, r.stderr)
     assert r.violation is not None
     assert r.violation.kind == "fds"
+
+
+async def test_kernel_bounds_fds_parked_inside_sockets_in_flight(lsup: Supervisor, workspace: Path) -> None:
+    """What the supervisor cannot see (the xfail above) the kernel bounds: once the user's fds in flight
+    exceed the sender's RLIMIT_NOFILE (= max_fds) it refuses SCM_RIGHTS with ETOOMANYREFS, so a sandbox
+    asking to park 2,000 behind sockets in flight gets at most max_fds plus one message (253) of them."""
+    policy = profiles.workspace_write(workspace, max_fds=64, timeout=30)
+    r = await lsup.run([PY, "-I", "-S", "-c", PARK, "nested", "2000", "0"], policy=policy)
+    words = r.stdout.split()
+    assert words[0] == b"parked", (r.stdout, r.stderr)
+    assert int(words[1]) <= 64 + 253
+    assert int(words[3]) == errno.ETOOMANYREFS
 
 
 async def test_output_flood_is_cut_without_the_supervisor_growing(lsup: Supervisor, workspace: Path) -> None:
