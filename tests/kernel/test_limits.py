@@ -92,9 +92,9 @@ time.sleep(20)
 
 # Parks fds in flight over unix sockets (argv[1] the way, argv[2] how many): opens /dev/null in batches, sends
 # each batch with SCM_RIGHTS to a socket nobody reads, closes the originals; prints "parked N OPEN errno" and
-# holds everything for 20 s (or argv[3] seconds). "stream"/"dgram": a socketpair of that type; "embryo": a connection not yet
-# accepted by a listener; "nested": each batch goes into a fresh pair whose receiving end is then itself sent
-# in flight and closed, so that no process holds the socket whose queue has the fds.
+# holds everything for 20 s (or argv[3] seconds). "stream"/"dgram": a socketpair of that type; "embryo": a
+# connection not yet accepted by a listener; "nested": each batch goes into a fresh pair whose receiving end
+# is then itself sent in flight and closed, so that no process holds the socket whose queue has the fds.
 PARK = """
 import array, os, socket, sys, time
 way, want = sys.argv[1], int(sys.argv[2])
