@@ -113,7 +113,10 @@ class ForkServer:
 
     def _launch(self) -> tuple[subprocess.Popen[bytes], socket.socket, mmap.mmap]:
         """A new server process, its socket, and the slot shared with it. Raises SandboxSetupError."""
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as err:  # EMFILE
+            raise SandboxSetupError("fork server", "socketpair", err.errno or 0) from err
         slot_fd = -1
         try:
             slot_fd = os.memfd_create("corral-fork-slot", os.MFD_CLOEXEC)
@@ -131,6 +134,13 @@ class ForkServer:
             )
         except OSError as err:
             parent.close()
+            if err.errno in (errno.EMFILE, errno.ENFILE):
+                raise SandboxSetupError(
+                    "fork server",
+                    "start (memfd_create, pipe2, execve)",
+                    err.errno,
+                    hint="the supervisor is out of file descriptors: raise RLIMIT_NOFILE (ulimit -n)",
+                ) from err
             raise SandboxSetupError(
                 "fork server", f"execve({sys.executable})", err.errno or 0, sys.executable
             ) from err

@@ -425,7 +425,12 @@ class Supervisor:
         environment = None if env is None else _merged_env(policy, env)
         compiled = self._compiled.get(policy)
         if compiled is None:
-            compiled = await self._compiled_for(policy)
+            try:
+                compiled = await self._compiled_for(policy)
+            except OSError as err:  # EMFILE while compiling: corral's failure, typed
+                raise SandboxSetupError(
+                    "supervisor", "compile the policy", err.errno or 0, hint=f"{err}"
+                ) from err
         else:
             with contextlib.suppress(KeyError):  # evicted by a compile in a worker thread meanwhile
                 self._compiled.move_to_end(policy)
