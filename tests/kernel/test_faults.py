@@ -404,3 +404,53 @@ async def test_a_pre_forked_sandbox_never_runs_a_command_whose_fds_were_dropped(
         for fd in extra:
             os.close(fd)
     assert await no_zombies_left() == []
+
+
+async def test_every_init_is_known_from_its_clone(workspace: Path) -> None:
+    """White-box: the kernel stores each new init's pid in the page the fork server shares with the
+    supervisor (CLONE_PARENT_SETTID) before the init runs, next to the number of the request it is for:
+    what the supervisor reads there after a server's death to find an init it was never told about."""
+    import struct
+
+    pol = profiles.workspace_write(workspace)
+    async with Supervisor(prefork=0) as sup:
+        fs = sup._forkserver
+        assert fs is not None
+        for n in range(1, 4):
+            r = await sup.run(["/bin/true"], policy=pol)
+            assert fs._slot is not None
+            assert struct.unpack_from("=iI", fs._slot, 0) == (r.pid, n)
+            assert fs._answered == n
+
+
+async def test_an_init_a_dead_server_never_answered_for_is_killed_and_reaped() -> None:
+    """The reaping half, with stand-ins: a dead "server" (a process that exited) whose slot names a
+    running child of this process under the number of the request it never answered. Once the server is
+    reaped, that child is killed and reaped; a slot naming an answered request is left alone."""
+    import mmap
+    import struct
+    import subprocess
+
+    from supervisor._forkserver import _reap_dead_server
+
+    for answered, number, expect_killed in ((4, 5, True), (5, 5, False)):
+        orphan = subprocess.Popen(["/bin/sleep", "30"])  # noqa: ASYNC220 - stand-ins, started at once
+        server = subprocess.Popen(["/bin/true"])  # noqa: ASYNC220
+        slot = mmap.mmap(-1, mmap.PAGESIZE)
+        struct.pack_into("=iI", slot, 0, orphan.pid, number)
+        try:
+            with anyio.fail_after(10):
+                await _reap_dead_server(server, slot, answered)
+            assert server.returncode == 0
+            if expect_killed:
+                # Reaped by _reap_dead_server itself: no zombie, and the pid is no child of ours any more.
+                assert all(c[0] != orphan.pid for c in children_of(os.getpid()))
+                with pytest.raises(ChildProcessError):
+                    os.waitpid(orphan.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG
+                orphan.returncode = -9  # reaped behind Popen's back
+            else:
+                assert orphan.poll() is None
+        finally:
+            if orphan.returncode is None:
+                orphan.kill()
+                orphan.wait()
