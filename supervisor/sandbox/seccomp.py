@@ -4,7 +4,7 @@ The filter allows by default and answers a fixed list of dangerous syscalls with
 cleanly instead of dying): kernel attack surface an ordinary program does not need (io_uring, bpf,
 keyrings, perf, userfaultfd), namespace and mount manipulation (the sandbox builds those itself, before
 the filter), and host administration (modules, kexec, reboot, swap, clock, quota). Some syscalls are
-denied only for some arguments: `clone` with a namespace flag, `ioctl` with TIOCSTI/TIOCLINUX,
+denied only for some arguments: `clone` with a namespace flag, `ioctl` with TIOCSTI/TIOCLINUX/TIOCSETD,
 `personality` with a persona or flag outside the harmless ones. Tracing (ptrace and friends) is allowed
 within the sandbox's own pid namespace and denied without one (TRACING). `clone3` answers ENOSYS: its
 flags are in memory, out of the filter's reach, and libc then falls back to `clone`, whose flags the
@@ -132,7 +132,8 @@ PERSONALITY_ALLOWED: dict[str, int] = {
 CONDITIONAL: dict[str, str] = {
     "clone": "EPERM when any namespace flag is set (same reason as unshare); threads and fork work",
     "clone3": "ENOSYS: its flags are in memory, out of the filter's sight; libc then uses clone",
-    "ioctl": "EPERM for TIOCSTI (types into the terminal) and TIOCLINUX (console control)",
+    "ioctl": "EPERM for TIOCSTI (types into the terminal), TIOCLINUX (console control) and TIOCSETD "
+    "(line discipline)",
     "personality": "EPERM for any persona but PER_LINUX/PER_LINUX32 and any flag but those of "
     "PERSONALITY_ALLOWED (setarch -R, linux32, --uname-2.6, -L, --3gb); the query is allowed",
     "socket": "EAFNOSUPPORT for a family other than unix/inet/inet6/netlink (and network.families); "
@@ -189,7 +190,10 @@ CLONE_NAMESPACE_FLAGS: dict[str, int] = {
 }
 
 #: ioctl commands refused (the command is an unsigned int: compared on the low 32 bits only).
-DENIED_IOCTLS: dict[str, int] = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
+#: TIOCSETD switches a terminal's line discipline: on the caller's terminal n_null swallows all its input and
+#: output, and the other disciplines (n_gsm, n_hdlc, ...; autoloaded as modules) are kernel code no sandboxed
+#: tool needs.
+DENIED_IOCTLS: dict[str, int] = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C, "TIOCSETD": 0x5423}
 
 # Syscalls newer than the libseccomp we may be given. Since Linux 5.1 new syscalls have the same
 # number on every architecture but alpha, ia64 and mips, so these hold for x86_64 and aarch64.

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from supervisor._terminal import TerminalGuard
+
 pytestmark = pytest.mark.kernel
 
 CORRAL = [sys.executable, "-m", "supervisor.cli"]
@@ -175,12 +177,34 @@ def test_the_terminal_is_restored_when_corral_is_sigtermed(term: Terminal, ws: P
     term.assert_as_before()
 
 
-def test_the_terminal_is_restored_when_corral_itself_fails(term: Terminal, ws: Path) -> None:
-    # The command runs and mangles the terminal; then corral cannot write its --json file: exit 125.
-    term.run("run", "--json", str(ws / "missing" / "r.json"), "--", PY, "-c", MANGLE, cwd=ws)
-    assert term.wait() == 125
+def _mangle_from_another_process(slave: int) -> None:
+    subprocess.run([PY, "-c", MANGLE], stdin=slave, stdout=slave, stderr=slave, check=True, timeout=30)
+
+
+def _fail_in_guard(slave: int) -> None:
+    with TerminalGuard(fds=(slave,)):
+        _mangle_from_another_process(slave)
+        raise RuntimeError("corral failed")
+
+
+def _sigterm_in_guard(slave: int) -> None:
+    with TerminalGuard(fds=(slave,)):
+        _mangle_from_another_process(slave)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+
+def test_the_guard_restores_on_an_exception_and_on_sigterm(term: Terminal) -> None:
+    # corral's own failures are exceptions out of the guarded run; a SIGTERM outside the run (before the
+    # command starts or after it ended) is SystemExit(143) through the guard's handler.
+    with pytest.raises(RuntimeError):
+        _fail_in_guard(term.slave)
     term.assert_as_before()
-    assert b"cannot write --json" in term.screen
+    with pytest.raises(SystemExit) as exit_:
+        _sigterm_in_guard(term.slave)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    term.assert_as_before()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
 
 
 def test_tty_gives_the_command_a_terminal_of_the_callers_size(term: Terminal, ws: Path) -> None:
@@ -221,7 +245,7 @@ def test_tty_mangling_stays_inside_and_tiocsti_is_still_refused(term: Terminal, 
         + "\nimport errno\n"
         + "try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\n    r = 'ok'\n"
         + "except OSError as e:\n    r = errno.errorcode[e.errno]\n"
-        + "fcntl.ioctl(0, termios.TIOCSETD, struct.pack('i', 0))\ntermios.tcflow(1, termios.TCOON)\n"
+        + "termios.tcflow(1, termios.TCOON)\n"
         + "os.write(1, ('tiocsti:' + r + '\\r\\n').encode())\n"
     )
     term.run("run", "--tty", "--", PY, "-c", script, cwd=ws)

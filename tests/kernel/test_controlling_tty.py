@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import struct
 import subprocess
 import termios
 import time
@@ -111,3 +112,50 @@ async def test_another_sessions_terminal_is_refused(
         )
     assert err.value.layer == "tty"
     assert err.value.errno == 1  # EPERM
+
+
+SETD = r"""
+import errno, fcntl, struct, sys, termios
+out = []
+for fd in (0, 1):
+    try:
+        fcntl.ioctl(fd, termios.TIOCSETD, struct.pack("i", 27))  # n_null
+        out.append("ok")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+sys.stderr.write(" ".join(out) + "\n")
+"""
+
+
+@pytest.mark.parametrize("own_pty", [False, True])
+async def test_the_line_discipline_of_a_terminal_cannot_be_changed(
+    sup: Supervisor, workspace: Path, own_pty: bool
+) -> None:
+    # The caller's terminal (shared without --tty) or the pty made for the command: switching it to n_null
+    # would swallow all of the user's input and output (and other disciplines are kernel code loaded on
+    # demand). Checked from outside: the discipline is still n_tty.
+    master, slave = os.openpty()
+    err_r, err_w = os.pipe()
+    try:
+        pol = profiles.workspace_write(workspace, timeout=30)
+        child = await sup.start(
+            [PY, "-I", "-c", SETD],
+            policy=pol,
+            stdin=slave,
+            stdout=slave,
+            stderr=err_w,
+            controlling_tty=own_pty,
+        )
+        os.close(err_w)
+        err_w = -1
+        with anyio.fail_after(30):
+            r = await child.wait()
+        report = await anyio.to_thread.run_sync(os.read, err_r, 4096)
+        ldisc = struct.unpack("i", fcntl.ioctl(slave, termios.TIOCGETD, struct.pack("i", -1)))[0]
+    finally:
+        for fd in (master, slave, err_r, err_w):
+            if fd >= 0:
+                os.close(fd)
+    assert r.exit_code == 0, report
+    assert report.split() == [b"EPERM", b"EPERM"]
+    assert ldisc == 0  # n_tty

@@ -110,7 +110,7 @@ def test_argument_rule_constants() -> None:
         "CLONE_NEWNET": 0x40000000,
         "CLONE_NEWTIME": 0x00000080,
     }
-    assert seccomp.DENIED_IOCTLS == {"TIOCSTI": TIOCSTI, "TIOCLINUX": TIOCLINUX}
+    assert seccomp.DENIED_IOCTLS == {"TIOCSTI": TIOCSTI, "TIOCLINUX": TIOCLINUX, "TIOCSETD": 0x5423}
     assert set(seccomp.CONDITIONAL) == {
         "clone",
         "clone3",
