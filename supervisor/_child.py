@@ -51,6 +51,9 @@ class Result:
     limit_hits: limits the kernel held without killing the command, with a count: "pids" (forks refused at
                pids.max), "memory_oom" (processes the OOM killer ended), "memory_socket" (cgroup v1: socket
                buffers reached the memory limit).
+    quarantined: what the post-run git scan moved out of git's way, as (path, reason) pairs: files the
+               command wrote in git repositories under its writable roots that would make the host user's
+               git run code (hooks, config settings that run programs, a commondir pointing elsewhere).
     killed:    True when the violation is what ended the command (corral, or the kernel's OOM killer, killed
                it for the limit); False when a violation is only reported (pids.max held it).
     """
@@ -70,6 +73,7 @@ class Result:
     pid: int = 0
     limit_hits: dict[str, int] = field(default_factory=dict)
     killed: bool = False
+    quarantined: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -96,6 +100,7 @@ class Result:
             "enforced": list(self.enforced),
             "missing": [{"layer": a, "reason": printable(b)} for a, b in self.missing],
             "limit_hits": dict(self.limit_hits),
+            "quarantined": [{"path": printable(p), "reason": printable(r)} for p, r in self.quarantined],
         }
 
 
@@ -226,6 +231,10 @@ class Child:
         #: When the command was reported running (monotonic), None before; when start() was called.
         self.exec_at: float | None = None
         self.requested_at = self.started
+        #: When start() was called, by the wall clock (file ctimes' clock), and what the post-run git scan
+        #: moved aside: (path, reason) pairs.
+        self.requested_ns = time.time_ns()
+        self.quarantined: tuple[tuple[str, str], ...] = ()
         self._pidfd: int | None = pidfd
         self._status = status
         self._exit: _Exit | None = None
@@ -339,6 +348,7 @@ class Child:
             pid=self.pid,
             limit_hits=dict(self.limit_hits),
             killed=self.killed,
+            quarantined=self.quarantined,
             **extra,  # type: ignore[arg-type]
         )
 

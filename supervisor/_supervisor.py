@@ -23,6 +23,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from policies import EnvPolicy, Policy, PolicyError, filter_environment, profiles
+from supervisor import _gitscan
 from supervisor._child import Child, Result, StatusReader, Violation
 from supervisor._errors import (
     CommandFailedError,
@@ -525,6 +526,7 @@ class Supervisor:
         assert self._tg is not None
         assert self._prefork is not None
         t0 = time.monotonic()
+        t0_ns = time.time_ns()  # the clock of file ctimes, for the post-run git scan
         cwd = policy.workdir or os.getcwd()
         if environment is None:
             environment = self._env.get(policy)
@@ -604,6 +606,7 @@ class Supervisor:
         child.leaf = leaf
         child.policy = policy
         child.requested_at = t0
+        child.requested_ns = t0_ns
         child.rules = tuple(rules)
         child._then = partial(self._prefork.refill, policy, compiled, cwd)
         self._children.add(child)
@@ -746,6 +749,15 @@ class Supervisor:
                 self._enforcer.check_disk_final(child, written, child._exit_signal())
                 if child.violation is not None and child.violation is not before:
                     self._note_violation(child)
+            if pol is not None and child.exec_at is not None and _gitscan.wanted(pol):
+                # What the command left in git repositories under its writable roots that would make the
+                # host user's git run code is moved aside, and reported (supervisor/_gitscan.py). A bounded,
+                # no-follow walk: off the loop; shielded, so that it completes even on cancellation.
+                with anyio.CancelScope(shield=True):
+                    found = await anyio.to_thread.run_sync(_gitscan.scan, pol, child.requested_ns)
+                child.quarantined = tuple(found)
+                for path, reason in found:
+                    log.warning("git: %s: %s", path, reason)
         finally:
             self._children.discard(child)
             self._enforcer.forget(child, len(child.rules))

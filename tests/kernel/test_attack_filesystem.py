@@ -831,16 +831,12 @@ async def test_git_add_and_commit_work_inside(sup: Supervisor, workspace: Path) 
     assert hook_view(workspace) == view
 
 
-# --- ways around the protection that are not blocked yet (each one a host code execution on the user's
-# next `git commit` outside the sandbox). The hooks are payloads that only append to a file in the workspace,
-# and the tests only inspect git's view (`hook_view`): they never run a hook.
+# --- ways around the mount protection (each one a host code execution on the user's next `git commit`
+# outside the sandbox), caught by the post-run scan (supervisor/_gitscan.py). The hooks are payloads that
+# only append to a file in the workspace, and the tests only inspect git's view (`hook_view`): they never
+# run a hook.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: .git/commondir is writable; pointing it at a workspace directory makes the host's git read "
-    "config and hooks from there (mounts._protect covers only .git/hooks and .git/config)",
-)
 async def test_git_commondir_cannot_redirect_hooks(sup: Supervisor, workspace: Path) -> None:
     make_repo(workspace)
     view = hook_view(workspace)
@@ -856,8 +852,9 @@ async def test_git_commondir_cannot_redirect_hooks(sup: Supervisor, workspace: P
         ],
         policy=policy(workspace, env=CHILD_GIT_ENV),
     )
+    # The write succeeds inside; the post-run scan moves the new commondir aside and says so.
     assert hook_view(workspace) == view
-    assert r.exit_code != 0
+    assert str(workspace / ".git" / "commondir") in [p for p, _ in r.quarantined], r.quarantined
 
 
 async def test_git_missing_hooks_dir_cannot_be_created(sup: Supervisor, workspace: Path) -> None:

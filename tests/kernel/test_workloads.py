@@ -147,23 +147,8 @@ GIT_ENV = {
 @pytest.mark.parametrize(
     "where",
     [
-        pytest.param(
-            "fresh",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: .git/hooks and .git/config are protected only if they exist when the sandbox "
-                "starts: in a workspace without a repository the child can `git init` and plant a hook "
-                "that the user's own git later runs outside the sandbox",
-            ),
-        ),
-        pytest.param(
-            "nested",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: only <writable root>/.git is protected; the hooks and config of a repository "
-                "in a subdirectory of the workspace (nested repo, vendored checkout) stay writable",
-            ),
-        ),
+        "fresh",
+        "nested",
         "submodule",
     ],
 )
@@ -190,7 +175,9 @@ async def test_git_hooks_cannot_be_planted_for_the_user(sup: Supervisor, workspa
         f"hooks=$({GIT} rev-parse --git-path hooks) && "
         f"printf '#!/bin/sh\\ntouch {marker}\\n' > $hooks/post-commit && chmod +x $hooks/post-commit"
     )
-    await sup.run([SH, "-c", plant], policy=ws_policy(workspace))
+    r = await sup.run([SH, "-c", plant], policy=ws_policy(workspace))
+    if where != "submodule":  # (there the hooks directory is a read-only mount: the plant fails)
+        assert any(p.endswith("/hooks/post-commit") for p, _ in r.quarantined), r.quarantined
     if (repo / ".git").exists():
         await anyio.run_process(
             [GIT, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "the user's commit"], env=GIT_ENV

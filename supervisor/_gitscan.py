@@ -1,0 +1,357 @@
+"""After a run: find what the sandbox left in git repositories under its writable roots that would make the
+HOST user's git run code, put it out of git's way (quarantine), and report it.
+
+Why after the run and not by mounts alone: mounts can only protect what exists when the sandbox starts (the
+top repository's .git/hooks and .git/config, its submodules: mounts._protect). A repository the sandbox
+creates (`git init`), one nested anywhere below a root, a linked worktree's `commondir`, a submodule's
+config, all are files a sandbox may write, and git reads them: `core.fsmonitor` runs on a plain
+`git status` (the top repository's status recurses into submodules registered in its writable index),
+`core.pager`, `core.editor`, `core.sshCommand`, diff/merge/filter drivers, `include.path`, hooks.
+
+What is looked at (supervisor/sandbox/_hostfs rules: no symlink followed below the root, O_NONBLOCK,
+regular files only, bounded reads, a bounded walk): every directory under each writable root, for git dirs
+(a directory with HEAD and objects/ + refs/, or HEAD + commondir: `.git`, bare repositories, .git/modules/*,
+.git/worktrees/*). In each git dir, what changed during the run (ctime at or after the run's start: a
+sandbox can set mtime, never ctime):
+- `config`, `config.worktree`: kept when every key is in a small allow-list of settings that run nothing
+  (core.repositoryformatversion, remote.*.url, branch.*.merge, user.name, ...); otherwise (or when not a
+  regular file, or over 1 MiB) renamed to `<name>.corral-quarantined` (git works without a config);
+- `commondir`: kept when it is git's own `../..` of a linked worktree, else quarantined;
+- `hooks` (a symlink) or any entry of `hooks/` but the `*.sample` templates: renamed to
+  `<name>.corral-quarantined` (git runs a hook only under its exact name).
+Each quarantined path is reported (`Result.quarantined`, `--json`'s `quarantined`, a warning line from the
+CLI). Nothing that existed unchanged before the run is touched: the user's own hooks and settings stay.
+
+Residual risk (docs/security.md): another sandbox of the same roots still running can plant after this scan;
+a tree over the walk's bound is reported, not fully scanned; a change within the kernel's timestamp
+granularity before the run's start is not "during" it (the start is taken a 10 ms margin early).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from typing import TYPE_CHECKING
+
+from supervisor.sandbox import _hostfs
+
+if TYPE_CHECKING:
+    from policies import Policy
+
+#: Entries one scan looks at, per root (a 100,000-file tree is ~102,000; ~0.3 s here).
+MAX_NODES = 500_000
+MAX_DEPTH = 64
+QUARANTINE_SUFFIX = ".corral-quarantined"
+#: The start of the run as compared with ctimes: a margin for the kernel's coarse timestamps.
+MARGIN_NS = 10_000_000
+
+#: Settings that run nothing: section (lower case, subsection stripped) -> keys (lower case).
+_SAFE: dict[str, frozenset[str]] = {
+    "core": frozenset(
+        {
+            "repositoryformatversion",
+            "filemode",
+            "bare",
+            "logallrefupdates",
+            "ignorecase",
+            "precomposeunicode",
+            "symlinks",
+            "autocrlf",
+            "eol",
+            "safecrlf",
+            "quotepath",
+            "compression",
+            "loosecompression",
+            "sparsecheckout",
+            "sparsecheckoutcone",
+            "checkstat",
+            "trustctime",
+            "untrackedcache",
+            "splitindex",
+            "abbrev",
+            "worktree",
+            "commentchar",
+            "whitespace",
+            "longpaths",
+            "protecthfs",
+            "protectntfs",
+            "filesreflocktimeout",
+            "packedrefstimeout",
+        }
+    ),
+    "remote": frozenset(
+        {
+            "url",
+            "pushurl",
+            "fetch",
+            "push",
+            "tagopt",
+            "prune",
+            "prunetags",
+            "mirror",
+            "skipdefaultupdate",
+            "promisor",
+            "partialclonefilter",
+        }
+    ),
+    "branch": frozenset({"remote", "merge", "rebase", "pushremote", "description"}),
+    "user": frozenset({"name", "email", "useconfigonly"}),
+    "author": frozenset({"name", "email"}),
+    "committer": frozenset({"name", "email"}),
+    "submodule": frozenset({"url", "active", "branch", "path", "ignore", "shallow", "recurse"}),
+    "extensions": frozenset(
+        {"objectformat", "worktreeconfig", "refstorage", "partialclone", "preciousobjects", "noop"}
+    ),
+    "init": frozenset({"defaultbranch"}),
+    "pull": frozenset({"rebase", "ff"}),
+    "push": frozenset({"default", "autosetupremote", "followtags"}),
+    "fetch": frozenset({"prune", "prunetags", "recursesubmodules", "writecommitgraph"}),
+    "gc": frozenset(
+        {"auto", "autodetach", "autopacklimit", "reflogexpire", "reflogexpireunreachable", "pruneexpire"}
+    ),
+    "index": frozenset({"version", "threads", "skiphash", "sparse"}),
+    "status": frozenset(
+        {"showuntrackedfiles", "branch", "short", "submodulesummary", "relativepaths", "aheadbehind"}
+    ),
+    "advice": frozenset(),  # every advice.* key is a boolean
+    "color": frozenset(),  # every color.* key is a colour or a boolean
+    "lfs": frozenset(
+        {"repositoryformatversion", "url", "pushurl", "locksverify", "fetchinclude", "fetchexclude"}
+    ),
+    "maintenance": frozenset({"auto", "strategy"}),
+    "feature": frozenset({"manyfiles", "experimental"}),
+    "merge": frozenset({"ff", "conflictstyle", "log", "renames", "renamelimit", "autostash"}),
+    "rebase": frozenset({"autosquash", "autostash", "updaterefs", "stat", "missingcommitscheck"}),
+    "commit": frozenset({"verbose", "cleanup", "status"}),
+    "diff": frozenset(
+        {
+            "renames",
+            "renamelimit",
+            "algorithm",
+            "mnemonicprefix",
+            "noprefix",
+            "submodule",
+            "context",
+            "colormoved",
+            "indentheuristic",
+            "statgraphwidth",
+        }
+    ),
+    "log": frozenset({"date", "decorate", "abbrevcommit", "follow", "showsignature", "mailmap", "showroot"}),
+    "pack": frozenset({"threads", "windowmemory", "packsizelimit", "depth", "window"}),
+    "receive": frozenset({"denycurrentbranch", "denynonfastforwards", "denydeletes", "fsckobjects"}),
+    "transfer": frozenset({"fsckobjects"}),
+    "rerere": frozenset({"enabled", "autoupdate"}),
+}
+#: Sections whose every key is harmless (advice.*, color.*).
+_ALL_KEYS_SAFE = frozenset({"advice", "color"})
+_SECTION = re.compile(r'^\[\s*([A-Za-z0-9.-]+)(?:\s+"(?:[^"\\\n]|\\.)*")?\s*\]\s*(.*)$')
+_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*(?:=|$|[;#])")
+
+
+def unsafe_keys(text: str) -> list[str]:
+    """The `section.key` names in git config `text` that are not on the allow-list (include and includeIf
+    are never on it); a line that is not plain `key = value` (continuations, odd syntax) counts as
+    "unparsed" so that nothing git understands differently gets through."""
+    bad: list[str] = []
+    section = ""
+    continued = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if continued:
+            continued = line.endswith("\\")
+            continue
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            m = _SECTION.match(line)
+            if m is None:
+                bad.append(f"unparsed: {line[:60]}")
+                section = ""
+                continue
+            section = m.group(1).lower()
+            rest = m.group(2).strip()
+            if not rest or rest[0] in "#;":
+                continue
+            line = rest  # `[core] bare = true` on one line
+        m = _KEY.match(line)
+        if m is None:
+            bad.append(f"unparsed: {line[:60]}")
+            continue
+        continued = line.endswith("\\")
+        key = m.group(1).lower()
+        top = section.split(".", 1)[0]
+        if top in _ALL_KEYS_SAFE:
+            continue
+        allowed = _SAFE.get(top)
+        if allowed is None or key not in allowed:  # submodule.*.update ("!command") among them
+            bad.append(f"{section}.{key}")
+    return bad
+
+
+class Scan:
+    """One post-run scan of the writable roots of a sandbox that started at `started_ns` (CLOCK_REALTIME,
+    the clock of ctimes). `run()` returns what was quarantined: (path, reason) pairs."""
+
+    def __init__(self, roots: list[str], started_ns: int, max_nodes: int = MAX_NODES) -> None:
+        self.roots = roots
+        self.since = started_ns - MARGIN_NS
+        self.left = max_nodes
+        self.found: list[tuple[str, str]] = []
+
+    def run(self) -> list[tuple[str, str]]:
+        """Scan every root. Never raises: what cannot be scanned is itself reported."""
+        for root in self.roots:
+            try:
+                fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue  # a missing root: nothing to scan
+            try:
+                self._visit(fd, root, 0)
+            except _Budget:
+                self.found.append(
+                    (root, f"not fully scanned: over {MAX_NODES} entries; review git repositories")
+                )
+            except OSError as err:
+                self.found.append((root, f"not fully scanned: {os.strerror(err.errno or 0)}"))
+            finally:
+                os.close(fd)
+        return self.found
+
+    def _visit(self, fd: int, path: str, depth: int) -> None:
+        entries: dict[str, int] = {}
+        with os.scandir(fd) as it:
+            for entry in it:
+                self.left -= 1
+                if self.left < 0:
+                    raise _Budget
+                if entry.is_symlink():
+                    mode = stat.S_IFLNK
+                elif entry.is_dir(follow_symlinks=False):
+                    mode = stat.S_IFDIR
+                else:
+                    mode = stat.S_IFREG
+                entries[entry.name] = mode
+        # git's own test (is_git_directory), which follows symlinks for objects/ and refs/.
+        is_gitdir = "HEAD" in entries and (
+            "commondir" in entries or ("objects" in entries and "refs" in entries)
+        )
+        if is_gitdir:
+            self._check_gitdir(fd, path, entries)
+        if depth >= MAX_DEPTH:
+            return
+        for name, mode in entries.items():
+            if mode != stat.S_IFDIR:
+                continue
+            if is_gitdir and name not in ("modules", "worktrees"):
+                continue  # objects/, refs/, logs/...: nothing git runs lives there
+            try:
+                sub = os.open(
+                    name,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    dir_fd=fd,
+                )
+            except OSError:
+                continue  # gone, replaced by a link, unreadable
+            try:
+                self._visit(sub, os.path.join(path, name), depth + 1)
+            finally:
+                os.close(sub)
+
+    def _changed(self, fd: int, name: str) -> os.stat_result | None:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return None
+        return st if st.st_ctime_ns >= self.since else None
+
+    def _quarantine(self, fd: int, path: str, name: str, reason: str) -> None:
+        target = name + QUARANTINE_SUFFIX
+        try:
+            os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fd)  # renameat: follows no link
+        except OSError as err:
+            self.found.append(
+                (
+                    os.path.join(path, name),
+                    f"{reason}; could NOT be moved aside ({os.strerror(err.errno or 0)}): remove it",
+                )
+            )
+            return
+        self.found.append((os.path.join(path, name), f"{reason}; moved to {target}"))
+
+    def _check_gitdir(self, fd: int, path: str, entries: dict[str, int]) -> None:
+        for name in ("config", "config.worktree"):
+            if name in entries and self._changed(fd, name) is not None:
+                reason = self._config_problem(fd, os.path.join(path, name), name)
+                if reason:
+                    self._quarantine(fd, path, name, reason)
+        if "commondir" in entries and self._changed(fd, "commondir") is not None:
+            try:
+                data = _hostfs.read_file(fd, "commondir", os.path.join(path, "commondir"), 4096)
+            except (OSError, _hostfs.Unsafe):
+                data = None
+            if data is None or data.strip() != b"../..":
+                self._quarantine(
+                    fd, path, "commondir", "commondir written during the run points git elsewhere"
+                )
+        if "hooks" in entries:
+            if entries["hooks"] != stat.S_IFDIR:
+                if self._changed(fd, "hooks") is not None:
+                    self._quarantine(fd, path, "hooks", "hooks is not a directory (written during the run)")
+                return
+            try:
+                hfd = os.open(
+                    "hooks",
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    dir_fd=fd,
+                )
+            except OSError:
+                return
+            try:
+                hooks_path = os.path.join(path, "hooks")
+                for name in sorted(os.listdir(hfd)):
+                    if name.endswith((".sample", QUARANTINE_SUFFIX)):
+                        continue
+                    if self._changed(hfd, name) is not None:
+                        self._quarantine(hfd, hooks_path, name, "git hook written during the run")
+            finally:
+                os.close(hfd)
+
+    @staticmethod
+    def _config_problem(fd: int, path: str, name: str) -> str:
+        try:
+            data = _hostfs.read_file(fd, name, path)
+        except _hostfs.Unsafe as err:
+            return f"git config written during the run is unsafe to read ({err.hint.split(';')[0]})"
+        except OSError as err:
+            return f"git config written during the run is unreadable ({os.strerror(err.errno or 0)})"
+        if data is None:
+            return ""
+        bad = unsafe_keys(data.decode(errors="replace"))
+        if not bad:
+            return ""
+        return "git config written during the run sets what can run programs: " + ", ".join(
+            sorted(set(bad))[:8]
+        )
+
+
+class _Budget(Exception):
+    pass
+
+
+def wanted(policy: Policy) -> bool:
+    """Whether runs of `policy` get the post-run scan: it confines the filesystem, has writable roots, and
+    protects git (a `.git/...` entry among its protected paths, as the profiles do by default)."""
+    fs = policy.filesystem
+    return fs.confine and bool(fs.write) and any(p.startswith(".git/") for p in fs.protected)
+
+
+def scan(policy: Policy, started_ns: int) -> list[tuple[str, str]]:
+    """Scan `policy`'s writable roots for what changed since `started_ns` (time.time_ns() at the request).
+    Runs in a worker thread. Never raises."""
+    roots: list[str] = []
+    for root in sorted({os.path.normpath(p) for p in policy.filesystem.write}):
+        if not any(root.startswith(r.rstrip("/") + "/") for r in roots):  # nested roots: scanned once
+            roots.append(root)
+    return Scan(roots, started_ns).run()

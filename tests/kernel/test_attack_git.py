@@ -1,0 +1,224 @@
+"""git turned against the host user: what a sandbox writes in git repositories under its writable roots must
+not make the user's next plain git command (status, commit, log) outside the sandbox run code.
+
+Each attack plants from inside a real sandbox, then the HOST runs git in the workspace the way a user would,
+and the test checks from outside that the payload did not run (it only touches a marker file in the
+workspace) and that the post-run scan reported what it moved aside (`Result.quarantined`). Git workflows
+inside keep working and leave nothing quarantined.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from policies import Policy, profiles
+from supervisor import Result, Supervisor
+
+pytestmark = pytest.mark.kernel
+
+GIT = "/usr/bin/git"
+SH = "/bin/sh"
+ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/nonexistent",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "GIT_PAGER": "cat",
+}
+CHILD_ENV = ["HOME=/tmp", *(f"{k}={v}" for k, v in ENV.items() if k not in ("PATH", "HOME"))]
+
+
+def policy(workspace: Path) -> Policy:
+    return profiles.workspace_write(workspace, timeout=30, env=CHILD_ENV)
+
+
+def host_git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git as the host user runs it (may run a planted payload if the protection failed: payloads only
+    touch MARKER in the workspace)."""
+    return subprocess.run(
+        [GIT, "-C", str(repo), *args], env=ENV, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def make_repo(path: Path) -> None:
+    path.mkdir(exist_ok=True)
+    assert host_git(path, "init", "-q").returncode == 0
+    (path / "README").write_text("hello\n")
+    host_git(path, "add", "README")
+    assert host_git(path, "commit", "-q", "-m", "initial").returncode == 0
+
+
+async def plant(sup: Supervisor, workspace: Path, script: str) -> Result:
+    r = await sup.run([SH, "-c", script], policy=policy(workspace))
+    assert r.exit_code == 0, r.stderr.decode(errors="replace")
+    return r
+
+
+def payload(workspace: Path) -> str:
+    return f"touch {workspace / 'MARKER'}"
+
+
+# The nested repository `sub`, made inside, registered as a gitlink in the top repository's (writable)
+# index, so that the user's plain `git status` at the top recurses into it; each variant sets up sub's
+# config to run the payload.
+NESTED = (
+    "git init -q sub && git -C sub commit -q --allow-empty -m x && git add sub && "
+    "git -C sub config {key} '{value}'"
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("core.fsmonitor", "{payload}; echo"),
+        ("include.path", "../../evil.cfg"),
+        ("includeIf.gitdir:/.path", "../../evil.cfg"),
+        ("core.FSMonitor", "{payload}; echo"),  # keys are case-insensitive
+    ],
+)
+async def test_nested_repo_registered_as_gitlink_cannot_run_code_on_status(
+    sup: Supervisor, workspace: Path, key: str, value: str
+) -> None:
+    make_repo(workspace)
+    value = value.format(payload=payload(workspace))
+    evil_cfg = f"printf '[core]\\n\\tfsmonitor = \"{payload(workspace)}; echo\"\\n' > evil.cfg && "
+    r = await plant(sup, workspace, evil_cfg + NESTED.format(key=key, value=value))
+    assert str(workspace / "sub" / ".git" / "config") in [p for p, _ in r.quarantined], r.quarantined
+    host_git(workspace, "status")
+    host_git(workspace / "sub", "status")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "core.pager",
+        "core.editor",
+        "core.sshCommand",
+        "core.hooksPath",
+        "diff.x.textconv",
+        "filter.x.clean",
+        "merge.x.driver",
+        "alias.st",
+        "credential.helper",
+        "gpg.program",
+        "sequence.editor",
+        "uploadpack.packObjectsHook",
+    ],
+)
+async def test_new_repo_config_that_runs_programs_is_moved_aside(
+    sup: Supervisor, workspace: Path, setting: str
+) -> None:
+    """A repository the sandbox creates with git init and configures: every setting that runs a program."""
+    r = await plant(sup, workspace, f"git init -q . && git config {setting} '!{payload(workspace)}'")
+    config = workspace / ".git" / "config"
+    assert [p for p, _ in r.quarantined] == [str(config)], r.quarantined
+    section, *_, key = setting.lower().split(".")
+    assert f"{section}.{key}" in r.quarantined[0][1].lower()
+    assert not config.exists()
+    assert (workspace / ".git" / "config.corral-quarantined").exists()  # kept for the user to review
+    assert host_git(workspace, "status").returncode == 0  # git still works without it
+
+
+@pytest.mark.parametrize("where", ["top_fresh", "nested", "bare", "worktree_commondir", "hooks_symlink"])
+async def test_hooks_planted_anywhere_do_not_run_in_the_users_commit(
+    sup: Supervisor, workspace: Path, where: str
+) -> None:
+    hook = f"printf '#!/bin/sh\\n{payload(workspace)}\\n' > {{h}}/post-commit && chmod +x {{h}}/post-commit"
+    if where == "top_fresh":
+        repo, script = workspace, "git init -q . && " + hook.format(h=".git/hooks")
+    elif where == "nested":
+        repo = workspace / "vendor" / "lib"
+        script = "git init -q vendor/lib && " + hook.format(h="vendor/lib/.git/hooks")
+    elif where == "bare":
+        # A bare repository and a checkout whose .git file points at it.
+        repo = workspace / "co"
+        script = (
+            "git init -q --bare store.git && mkdir co && echo 'gitdir: ../store.git' > co/.git && "
+            + hook.format(h="store.git/hooks")
+        )
+    elif where == "worktree_commondir":
+        make_repo(workspace)
+        repo = workspace
+        script = (
+            "mkdir -p evil/hooks evil/refs evil/objects && cp .git/HEAD evil/ && "
+            + hook.format(h="evil/hooks")
+            + " && echo ../evil > .git/commondir"
+        )
+    else:
+        repo = workspace / "n"
+        script = (
+            "git init -q n && mkdir hk && "
+            + hook.format(h="hk")
+            + " && rm -rf n/.git/hooks && ln -s ../../hk n/.git/hooks"
+        )
+    r = await plant(sup, workspace, script)
+    assert r.quarantined, "nothing reported"
+    if (repo / ".git").exists():
+        host_git(repo, "commit", "-q", "--allow-empty", "-m", "the user's commit")
+    assert not (workspace / "MARKER").exists(), "a hook planted in the sandbox ran in the user's git"
+
+
+async def test_git_workflows_inside_are_left_alone(sup: Supervisor, workspace: Path) -> None:
+    """init, remote add, branch -u, commit, worktree add, a nested repository: nothing quarantined, the
+    host's git sees the work."""
+    r = await plant(
+        sup,
+        workspace,
+        "git init -q -b main . && echo a > a && git add a && git commit -q -m one && "
+        "git remote add origin https://example.invalid/r.git && git config user.name someone && "
+        "git branch -q side && git branch -q -u origin/main side 2>/dev/null; "
+        "git worktree add -q wt side && git -C wt log --format=%s -1 && "
+        "git init -q nested && git -C nested commit -q --allow-empty -m n && git status --porcelain",
+    )
+    assert r.quarantined == (), r.quarantined
+    assert host_git(workspace, "log", "--format=%s").stdout.split() == ["one"]
+    assert (
+        host_git(workspace, "remote", "get-url", "origin").stdout.strip() == "https://example.invalid/r.git"
+    )
+    assert host_git(workspace / "wt", "status", "--porcelain").returncode == 0
+    assert host_git(workspace / "nested", "log", "--format=%s").stdout.strip() == "n"
+
+
+async def test_the_users_own_hooks_and_settings_are_not_touched(sup: Supervisor, workspace: Path) -> None:
+    """What existed before the run, unchanged by it, stays: a nested repository's hook and filter driver
+    the user set up (git-lfs style)."""
+    nested = workspace / "n"
+    make_repo(nested)
+    hook = nested / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    host_git(nested, "config", "filter.lfs.process", "git-lfs filter-process")
+    await anyio.sleep(0.05)  # past the scan's margin for coarse timestamps
+    r = await plant(sup, workspace, "echo change >> n/README && git -C n status --porcelain")
+    assert r.quarantined == ()
+    assert hook.exists()
+    assert host_git(nested, "config", "filter.lfs.process").stdout.strip() == "git-lfs filter-process"
+
+
+async def test_scan_follows_no_symlink_and_is_bounded(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    """A symlink to a host repository is not walked into (its hooks are not the sandbox's to have written,
+    and root must not rename things outside the roots); a FIFO at a new repository's config is moved aside
+    without being opened for reading."""
+    make_repo(outside / "hostrepo")
+    hook = outside / "hostrepo" / ".git" / "hooks" / "post-commit"
+    with anyio.fail_after(60):
+        r = await plant(
+            sup,
+            workspace,
+            f"ln -s {outside / 'hostrepo'} link && git init -q f && rm f/.git/config && mkfifo f/.git/config",
+        )
+    assert [p for p, _ in r.quarantined] == [str(workspace / "f" / ".git" / "config")], r.quarantined
+    assert not hook.exists()
+    moved = [p for p in (outside / "hostrepo").rglob("*") if p.name.endswith(".corral-quarantined")]
+    assert moved == [], "root renamed files outside the writable roots"
