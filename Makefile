@@ -9,7 +9,7 @@ ATTACKS := tests/kernel/test_attack_filesystem.py tests/kernel/test_attack_leaks
            tests/kernel/test_attack_syscalls.py tests/kernel/test_workloads.py \
            tests/kernel/test_attack_paths.py tests/kernel/test_attack_hidden.py
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean wheel
 
 # The C parts (the sandbox init and its extension, supervisor/sandbox/_cinit.c) are built by pip install.
 $(STAMP): pyproject.toml setup.py supervisor/sandbox/_cinit.c
@@ -35,8 +35,14 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# The binary wheel other machines install: built from a clean copy of the tree, repaired by auditwheel to the
+# manylinux tag its glibc symbols allow, into dist/ (tools/build_wheel.py; tests/e2e/test_wheel.py installs it
+# with no compiler on PATH and runs sandboxes from it).
+wheel: $(STAMP)
+	@$(PY) tools/build_wheel.py --out dist | awk -F '\t' '{ print "wheel: " $$1; print "tag:   " $$2 }'
+
 bench: $(STAMP)
 	$(PY) benchmarks/report.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist
