@@ -446,13 +446,15 @@ class Enforcer:
                 child.violation = Violation("memory", r.memory, s.memory_peak_bytes or leaf.socket_limit_hit)
 
     def check_disk(self, child: Child, written: int | None, tmp: int | None) -> None:
-        """Kill `child` for a `disk` violation when it wrote more than its budget into its writable roots
-        (`written`, disk_written) or filled its private /tmp or /dev/shm (`tmp`, tmp_used)."""
+        """Kill `child` for a `disk` violation when what it wrote into its writable roots (`written`,
+        disk_written) reached its budget (RLIMIT_FSIZE = the budget refuses a single file past it, so reaching
+        it is how a writer that ignores SIGXFSZ shows), or it filled its private /tmp or /dev/shm (`tmp`,
+        tmp_used)."""
         pol = child.policy
         if pol is None or not child.running:
             return
         r = pol.resources
-        if r.disk is not None and written is not None and written > r.disk:
+        if r.disk is not None and written is not None and written >= r.disk:
             child.kill_for(Violation("disk", r.disk, written))
         elif r.tmp_size is not None and tmp is not None and tmp_full(tmp, r.tmp_size):
             child.limit_hits["disk_tmpfs"] = 1
@@ -471,9 +473,11 @@ class Enforcer:
             child.violation = Violation("disk", cap, cap)
             child.killed = True
             return
-        if r.disk is not None and written is not None and written > r.disk and child.violation is None:
-            # Written past the budget after the last sample and exited on its own: reported, as pids.max is.
+        if r.disk is not None and written is not None and written >= r.disk and child.violation is None:
+            # Reached the budget after the last sample and exited (a writer that ignores SIGXFSZ gets EFBIG
+            # at it and usually gives up): the budget is broken all the same, as if killed at it.
             child.violation = Violation("disk", r.disk, written)
+            child.killed = True
 
     def forget(self, child: Child, nrules: int) -> None:
         for i in range(nrules):

@@ -9,8 +9,10 @@ in which case the layer is listed in `missing` and a warning is logged.
 from __future__ import annotations
 
 import contextlib
+import errno as _errno
 import itertools
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -78,6 +80,53 @@ class SharedParts:
         return sc
 
 
+#: Whether this kernel keeps per-task I/O counts (/proc/<pid>/io), which the disk budget is measured with.
+_IO_ACCOUNTING = os.path.exists("/proc/self/io")
+
+#: Filesystems whose writes never reach the write-back accounting the disk budget reads (their pages are
+#: charged to the memory cgroup instead).
+_UNCOUNTED_FS = frozenset({"tmpfs", "ramfs", "hugetlbfs", "devtmpfs"})
+
+
+def _fs_types() -> dict[int, str]:
+    """st_dev -> filesystem type of every mount this process sees (/proc/self/mountinfo)."""
+    out: dict[int, str] = {}
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            try:
+                major, minor = (int(x) for x in fields[2].split(":"))
+                out[os.makedev(major, minor)] = fields[fields.index("-") + 1]
+            except (ValueError, IndexError):
+                continue
+    return out
+
+
+def _disk_budget_unmeasurable(policy: Policy) -> str:
+    """Why the disk budget cannot be measured for `policy` ('' when it can): no per-task I/O accounting in
+    this kernel, or a writable root on a filesystem without write-back (tmpfs: its writes never count)."""
+    if not _IO_ACCOUNTING:
+        return (
+            "this kernel has no per-task I/O accounting (/proc/<pid>/io is missing: "
+            "CONFIG_TASK_IO_ACCOUNTING), which the disk budget is measured with"
+        )
+    types: dict[int, str] | None = None
+    for root in policy.filesystem.write if policy.filesystem.confine else ():
+        try:
+            dev = os.stat(root).st_dev
+        except OSError:
+            continue  # mounts reports a missing root
+        if types is None:
+            types = _fs_types()
+        kind = types.get(dev, "")
+        if kind in _UNCOUNTED_FS:
+            return (
+                f"the writable root {root} is on {kind}, whose writes the disk budget cannot see (they "
+                "count against the memory limit)"
+            )
+    return ""
+
+
 def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None = None) -> CompiledPolicy:
     """Run every mechanism's prepare step (the path-independent ones from `shared` when given). Raises
     SandboxSetupError (fail closed) or PolicyError (also for a system directory as a writable root without
@@ -114,6 +163,18 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
             else "the kernel has seccomp but the filter compiler (pyseccomp/libseccomp2) could not be loaded"
         )
         missing.append(("seccomp", why))
+    if policy.resources.disk is not None:
+        why = _disk_budget_unmeasurable(policy)
+        if not why:
+            enforced.append("disk_budget")
+        else:
+            if not policy.best_effort:
+                from supervisor._errors import SandboxSetupError
+
+                layer = "disk"
+                hint = f"{why}; use fsize (RLIMIT_FSIZE) and tmp_size instead, or set best_effort"
+                raise SandboxSetupError(layer, "measure the disk budget", _errno.EOPNOTSUPP, hint=hint)
+            missing.append(("disk_budget", why))
     enforced += ALWAYS
     payload: dict[str, object] = {
         "ns": ns,

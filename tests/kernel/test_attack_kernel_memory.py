@@ -280,11 +280,18 @@ async def test_kernel_memory_is_charged_to_the_memory_limit(
     t0 = time.monotonic()
     result, mem_drop, _ = await _attack(sup, workspace, mode)
     _held(result, mode)
-    # Charged, so the memory limit ends it: an OOM kill reported as `memory` (uncharged memory would let the
-    # attack reach its own end and sleep there).
-    assert result.violation is not None, (mode, result)
-    assert result.violation.kind == "memory", (mode, result)
-    assert result.exit_code == 137, (mode, result)
+    out = result.stdout.decode(errors="replace").split()
+    if "stopped" in out:
+        # A slow machine (the one-CPU v2 VM) can reach the attack's 20 s deadline first: then the cgroup's
+        # high-water mark must show what it pinned (an uncharged pin would leave it near the interpreter's).
+        pinned = int(out[out.index("stopped") + 1]) * MiB
+        assert result.peak_memory_bytes >= pinned // 2, (mode, pinned >> 20, result)
+    else:
+        # Charged, so the memory limit ends it: an OOM kill reported as `memory` (uncharged memory would let
+        # the attack reach its own end and sleep there).
+        assert result.violation is not None, (mode, result)
+        assert result.violation.kind == "memory", (mode, result)
+        assert result.exit_code == 137, (mode, result)
     assert mem_drop < 512 * MiB, (mode, mem_drop >> 20, result)
     # The cgroup's own high-water mark never passes the limit (1 MiB of accounting slack).
     assert result.peak_memory_bytes <= LIMIT + MiB or result.limit_hits.get("memory_socket"), result
