@@ -616,7 +616,10 @@ async def test_child_cannot_raise_its_limits_even_with_write_access(
     # the writable bind.
     need("memory", "pids")
     assert lsup.cgroups is not None
-    pol = profiles.workspace_write(workspace, memory=64 * MiB, pids=50, allow_write=lsup.cgroups.parents)
+    # The corral cgroup lies under /sys, a system directory: writing there takes the explicit opt-in.
+    pol = profiles.workspace_write(
+        workspace, memory=64 * MiB, pids=50, allow_write=lsup.cgroups.parents, allow_system_write=True
+    )
     script = RAISE + "sys.stdin.readline()\n"  # stays alive (its leaf with it) until told to go
     child = await lsup.start([PY, "-I", "-S", "-c", script], policy=pol, stdin=PIPE, stderr=DEVNULL)
     assert child.leaf is not None
