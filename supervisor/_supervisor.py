@@ -396,6 +396,7 @@ class Supervisor:
         rules: Sequence[Rule] = (),
         env: Mapping[str, str] | None = None,
         controlling_tty: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> Child:
         """Start `cmd` (a sequence of arguments, never a string) confined by `policy`: a Policy, a built-in
         profile's name ("read-only", "workspace-write", "full-access": that profile on the current
@@ -405,7 +406,9 @@ class Supervisor:
         open file/fd. `pass_fds` are passed on as fds 3, 4, ... `name` labels the child in events and
         metrics (keep it low-cardinality: a tool name). `rules` are extra kill rules checked at every
         sample. `env` is merged over the caller's environment before the policy's filter applies (so a
-        secret-looking name given here is still dropped unless the policy passes or sets it).
+        secret-looking name given here is still dropped unless the policy passes or sets it). `cwd` is
+        where the command starts, in the sandbox's view (relative: to the policy's workdir, the default);
+        it is no part of the policy, so it takes the same pre-forked sandboxes.
         `controlling_tty`: `stdin` is a terminal the caller made for this command (a pty's slave, as
         `corral run --tty` does) and becomes the controlling terminal of the sandbox's session, with the
         command in its foreground (never give it a terminal that is another session's: the sandbox fails
@@ -424,6 +427,7 @@ class Supervisor:
         _check_command(cmd)
         policy = _resolve_policy(policy)
         environment = None if env is None else _merged_env(policy, env)
+        where = _check_cwd(cwd)
         compiled = self._compiled.get(policy)
         if compiled is None:
             try:
@@ -452,6 +456,7 @@ class Supervisor:
                 rules,
                 environment,
                 controlling_tty,
+                where=where,
             )
         except OSError as err:  # never a raw OSError out of start(): EMFILE and its kind are corral's
             slot.release(self._limiter)
@@ -521,6 +526,7 @@ class Supervisor:
         rules: Sequence[Rule],
         environment: EncodedEnv | None = None,
         controlling_tty: bool = False,
+        where: bytes | None = None,
     ) -> Child:
         assert self._forkserver is not None
         assert self._tg is not None
@@ -530,7 +536,7 @@ class Supervisor:
         cwd = policy.workdir or os.getcwd()
         if environment is None:
             environment = self._env.get(policy)
-        command = encode_command([os.fsencode(a) for a in cmd], environment)
+        command = encode_command([os.fsencode(a) for a in cmd], environment, where)
         request: dict[str, object] = {"cwd": cwd}
         ours: list[int] = []  # child-side fds we opened, closed once sent
         mine: list[int | None] = [None, None, None]  # our ends of pipes
@@ -839,6 +845,7 @@ class Supervisor:
         rules: Sequence[Rule] = (),
         env: Mapping[str, str] | None = None,
         check: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> Result:
         """Run `cmd` to completion and return its Result, with stdout/stderr captured: at most the policy's
         output limit in total (exceeding it kills the child: an `output` violation), else `capture_limit`
@@ -867,6 +874,7 @@ class Supervisor:
             name=name,
             rules=rules,
             env=env,
+            cwd=cwd,
         )
         out_limit = policy.resources.output
         keep = min(out_limit, self.capture_limit) if out_limit is not None else self.capture_limit
@@ -915,6 +923,19 @@ def _check_command(cmd: object) -> None:
         )
     if not cmd:
         raise ValueError("empty command")
+
+
+def _check_cwd(cwd: object) -> bytes | None:
+    """`cwd` as the init takes it (bytes), None for the workdir. Raises TypeError for a non-path, ValueError
+    for an empty one or one with a NUL byte."""
+    if cwd is None:
+        return None
+    if not isinstance(cwd, str | bytes | os.PathLike):
+        raise TypeError(f"cwd must be a path, not {type(cwd).__name__}")
+    raw = os.fsencode(cwd)
+    if not raw or b"\0" in raw:
+        raise ValueError(f"cwd must be a non-empty path without NUL bytes, not {cwd!r}")
+    return raw
 
 
 def _resolve_policy(policy: object) -> Policy:

@@ -860,6 +860,7 @@ static void forward_signals(pid_t to) {
 
 struct command {
     char **argv, **envp;
+    const char *cwd; /* run()/start(cwd=...): where the command starts, in the sandbox's view; NULL: workdir */
 };
 
 /* The whole content of `fd` from offset 0 (a pipe or a memfd), in a malloc'd buffer; NULL on failure. */
@@ -888,7 +889,8 @@ static char *read_all(int fd, size_t *len) {
     }
 }
 
-/* argc, envc (u32 each), then the strings; 0 or -1 when malformed. */
+/* argc, envc (u32 each), then the strings, then optionally the cwd (one more string); 0 or -1 when
+ * malformed. */
 static int parse_command(const char *buf, size_t len, struct command *c) {
     if (len < 8) return -1;
     uint32_t argc, envc;
@@ -907,6 +909,11 @@ static int parse_command(const char *buf, size_t len, struct command *c) {
         else
             c->envp[i - argc] = (char *)buf + off;
         off = (size_t)(end - buf) + 1;
+    }
+    c->cwd = NULL;
+    if (off < len) {
+        if (!memchr(buf + off, '\0', len - off)) return -1;
+        c->cwd = buf + off;
     }
     return 0;
 }
@@ -981,6 +988,13 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
     posix_spawnattr_setsigdefault(&at, &all);
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    /* The init is confined already: the cwd resolves in the sandbox's own view (relative: to the workdir),
+     * as the command's own chdir would. */
+    if (c->cwd && chdir(c->cwd) != 0) {
+        send_failure(status_w, "cwd", "chdir", errno, c->cwd,
+                     "cwd= must name a directory the sandbox can see (relative to its workdir)");
+        _exit(125);
+    }
     pid_t pid;
     int err = spawn_command(c, &fa, &at, &pid);
     if (err) {

@@ -232,12 +232,18 @@ def encode_env(env: Mapping[bytes, bytes]) -> EncodedEnv:
 INLINE_COMMAND_MAX = 64 * 1024
 
 
-def encode_command(argv: Sequence[bytes], env: Mapping[bytes, bytes] | EncodedEnv) -> bytes:
-    """The command as the init reads it: argc, envc, then each string NUL-terminated. Raises ValueError on
-    an embedded NUL (no exec could carry it) or an empty argv."""
+def encode_command(
+    argv: Sequence[bytes], env: Mapping[bytes, bytes] | EncodedEnv, cwd: bytes | None = None
+) -> bytes:
+    """The command as the init reads it: argc, envc, then each string NUL-terminated, then the cwd (one
+    more string) when given. Raises ValueError on an embedded NUL (no exec could carry it) or an empty
+    argv."""
     if not argv:
         raise ValueError("empty command")
-    if any(b"\0" in arg for arg in argv):
+    if any(b"\0" in arg for arg in argv) or (cwd is not None and (b"\0" in cwd or not cwd)):
         raise ValueError("embedded null byte in the command")
     encoded = env if isinstance(env, EncodedEnv) else encode_env(env)
-    return b"".join((struct.pack("=II", len(argv), encoded.count), *(a + b"\0" for a in argv), encoded.block))
+    tail = (cwd + b"\0",) if cwd is not None else ()
+    return b"".join(
+        (struct.pack("=II", len(argv), encoded.count), *(a + b"\0" for a in argv), encoded.block, *tail)
+    )

@@ -14,6 +14,7 @@ from policies import PolicyError, profiles
 from supervisor import (
     PIPE,
     CommandFailedError,
+    SandboxSetupError,
     Supervisor,
     SupervisorRunningError,
 )
@@ -146,3 +147,31 @@ async def test_ten_thousand_start_wait_cycles_keep_the_fd_count_flat(workspace: 
         await anyio.sleep(0.5)  # let the last watchers reap and release
         assert _fds() <= settled + 16  # flat: at most a few fds in flight, none per cycle
     assert _fds() <= before
+
+
+async def test_cwd_inside_the_view_without_a_new_sandbox_pool(sup: Supervisor, workspace: Path) -> None:
+    (workspace / "sub" / "deeper").mkdir(parents=True)
+    pol = profiles.workspace_write(workspace)
+    r = await sup.run(["/bin/pwd"], policy=pol)
+    assert r.stdout.decode().strip() == str(workspace)  # the default: the workdir
+    r = await sup.run(["/bin/sh", "-c", "pwd; touch here"], policy=pol, cwd="sub/deeper")
+    assert r.stdout.decode().strip() == str(workspace / "sub" / "deeper")
+    assert (workspace / "sub" / "deeper" / "here").exists()
+    r = await sup.run(["/bin/pwd"], policy=pol, cwd=workspace / "sub")
+    assert r.stdout.decode().strip() == str(workspace / "sub")
+    r = await sup.run(["/bin/pwd"], policy=pol, cwd="/tmp")  # the sandbox's own /tmp
+    assert r.stdout.decode().strip() == "/tmp"
+    # The pre-forked sandboxes are per (policy, workdir): another cwd takes the same ones.
+    for cwd in ("sub", "sub/deeper", ".", "/tmp"):
+        assert (await sup.run(["/bin/true"], policy=pol, cwd=cwd)).exit_code == 0
+    pool = sup._prefork
+    assert pool is not None
+    assert len({key for key in pool._ready}) <= 1
+    with pytest.raises(SandboxSetupError) as err:
+        await sup.run(["/bin/true"], policy=pol, cwd="no/such/dir")
+    assert err.value.layer == "cwd"
+    assert err.value.path == "no/such/dir"
+    with pytest.raises(ValueError, match="cwd"):
+        await sup.run(["/bin/true"], policy=pol, cwd="")
+    with pytest.raises(TypeError, match="cwd"):
+        await sup.run(["/bin/true"], policy=pol, cwd=3)  # type: ignore[arg-type]
