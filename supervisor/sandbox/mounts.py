@@ -287,6 +287,7 @@ def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False)
         # root caller, whose sandbox maps host uid 0; now it runs, unprivileged, as under bubblewrap.
         _setattr(plan, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
         _hide_sockets(plan)
+        _etc_files(plan)
         _dev(plan, str(prepared.get("tmp_size", "50%")))
         if prepared["private_net"] and os.path.isdir("/sys/class/net"):
             _net_class(plan, pooled_net)
@@ -523,6 +524,35 @@ def _hide_sockets(plan: Plan) -> None:
     _tmpfs(plan, "/run", "0755")
     if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
         _tmpfs(plan, "/var/run", "0755")
+
+
+def _etc_files(plan: Plan) -> None:
+    """The sandbox's own /etc/hosts and /etc/hostname, bound read-only over the host's: its hostname (its
+    own UTS namespace's) resolves (Python's socket.getfqdn, Java's InetAddress.getLocalHost, `hostname -f`),
+    and the host's name is not shown in /etc/hostname. The files are written into the private /run (after
+    _hide_sockets), from the host's /etc/hosts (read here, in the fork server: a host file no sandbox can
+    write) plus the sandbox's name on loopback."""
+    from supervisor.sandbox.namespaces import HOSTNAME
+
+    if os.path.isfile("/etc/hosts"):
+        try:
+            with open("/etc/hosts", "rb") as f:
+                host = f.read(1 << 16).decode(errors="replace")
+        except OSError:
+            host = ""
+        if host and not host.endswith("\n"):
+            host += "\n"
+        hosts = f"{host}127.0.0.1\t{HOSTNAME}\n::1\t{HOSTNAME}\n"
+        _etc_file(plan, "/etc/hosts", "/run/.corral-hosts", hosts)
+    if os.path.isfile("/etc/hostname"):
+        _etc_file(plan, "/etc/hostname", "/run/.corral-hostname", f"{HOSTNAME}\n")
+
+
+def _etc_file(plan: Plan, target: str, source: str, content: str) -> None:
+    _op(plan, _cinit.OP_CREAT, "creat(/run file)", source, a=(0o644,))
+    plan.add(_cinit.OP_WRITE, "mounts", "write(/run file)", s=(source, content), path=source)
+    _mount(plan, source, target, None, MS_BIND)
+    _mount(plan, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def _dev(plan: Plan, shm_size: str = "50%") -> None:

@@ -29,6 +29,9 @@ _HINTS = {
     ),
 }
 
+#: The sandbox's hostname (its own UTS namespace); its /etc/hosts resolves it (mounts._etc_files).
+HOSTNAME = "corral"
+
 
 def wanted(policy: Policy) -> list[str]:
     """The namespaces `policy` asks for, user first."""
@@ -82,7 +85,7 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
         "gid": caps.gid,
         "net": bool(flags & NAMESPACE_FLAGS["net"]),
         "uts": bool(flags & NAMESPACE_FLAGS["uts"]),
-        "hostname": "corral",
+        "hostname": HOSTNAME,
         "enforced": enforced,
         "missing": missing,
     }

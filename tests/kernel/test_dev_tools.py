@@ -157,3 +157,23 @@ async def test_a_size_limited_policy_bounds_the_core_limit(sup: Supervisor, work
     code = "import resource; print(resource.getrlimit(resource.RLIMIT_CORE))"
     r = await sup.run([PY, "-I", "-c", code], policy=policy)
     assert r.stdout.strip() == b"(0, 1048576)"  # soft 0, hard the policy's fsize
+
+
+@pytest.mark.parametrize("network", ["none", "host"])
+async def test_the_sandbox_resolves_its_own_hostname(sup: Supervisor, workspace: Path, network: str) -> None:
+    code = (
+        "import socket\n"
+        "name = socket.gethostname()\n"
+        "print(name, socket.gethostbyname(name), socket.getfqdn())\n"
+        "print(open('/etc/hostname').read().strip())\n"
+        "print(socket.gethostbyname('localhost'))\n"
+    )
+    r = await sup.run([PY, "-I", "-c", code], policy=profiles.workspace_write(workspace, network=network))
+    assert r.exit_code == 0, r.stderr.decode()[-2000:]
+    first, hostname_file, localhost = r.stdout.decode().splitlines()
+    name, address, fqdn = first.split()
+    assert name == "corral"
+    assert address == "127.0.0.1"
+    assert fqdn == "corral"
+    assert hostname_file == "corral"  # not the host's name
+    assert localhost == "127.0.0.1"  # the host's own entries are still there
