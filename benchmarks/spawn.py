@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,18 +51,34 @@ async def _time(n: int, once: Callable[[], Awaitable[None]], pause: float = 0.0)
     return out
 
 
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 async def bare_once() -> None:
+    if not _on_asyncio():  # trio: the backend's own spawn is the baseline there
+        await anyio.run_process([TRUE], stdout=subprocess.DEVNULL, check=True)
+        return
     p = await asyncio.create_subprocess_exec(TRUE, stdout=asyncio.subprocess.DEVNULL)
     await p.wait()
 
 
 async def bwrap_once() -> None:
+    if not _on_asyncio():
+        await anyio.run_process(BWRAP, stdout=subprocess.DEVNULL, check=True)
+        return
     p = await asyncio.create_subprocess_exec(*BWRAP, stdout=asyncio.subprocess.DEVNULL)
     if await p.wait() != 0:
         raise RuntimeError("bwrap failed")
 
 
 async def main(n: int, json_out: str | None, pause: float = 0.0, prefork: int = 2) -> dict[str, object]:
+    # The baseline: a bare spawn on the backend this runs on (asyncio's own; on trio, anyio.run_process).
+    bare = "bare asyncio" if _on_asyncio() else "bare trio (anyio.run_process)"
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as ws:
         policy = profiles.workspace_write(ws)
@@ -73,7 +90,7 @@ async def main(n: int, json_out: str | None, pause: float = 0.0, prefork: int = 
                 if r.exit_code != 0:
                     raise RuntimeError(r)
 
-            results["bare asyncio"] = await _time(n, bare_once, pause)
+            results[bare] = await _time(n, bare_once, pause)
             results["corral workspace-write"] = await _time(n, corral_once, pause)
             if shutil.which("bwrap"):
                 results["bwrap --unshare-all"] = await _time(n, bwrap_once, pause)
@@ -85,7 +102,8 @@ async def main(n: int, json_out: str | None, pause: float = 0.0, prefork: int = 
         "prefork": prefork,
         "median_ms": {k: round(v, 3) for k, v in med.items()},
         "p90_ms": {k: round(statistics.quantiles(v, n=10)[8], 3) for k, v in results.items()},
-        "corral_vs_bare": round(med["corral workspace-write"] / med["bare asyncio"], 2),
+        "backend": "asyncio" if _on_asyncio() else "trio",
+        "corral_vs_bare": round(med["corral workspace-write"] / med[bare], 2),
         "enforced": enforced,
         "kernel": os.uname().release,
     }
@@ -113,5 +131,6 @@ if __name__ == "__main__":
     ap.add_argument("--pause", type=float, default=0.0, help="ms between spawns, untimed (default 0)")
     ap.add_argument("--prefork", type=int, default=2, help="Supervisor(prefork=N) (default 2; 0: none)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="anyio backend")
     a = ap.parse_args()
-    anyio.run(main, a.n, a.json, a.pause / 1000, a.prefork)
+    anyio.run(main, a.n, a.json, a.pause / 1000, a.prefork, backend=a.backend)

@@ -66,7 +66,18 @@ def _cpu() -> dict[str, float]:
     return out
 
 
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 async def bare_once() -> None:
+    if not _on_asyncio():  # trio: the backend's own spawn (through anyio) is the baseline there
+        await anyio.run_process([TRUE], stdout=DEVNULL, stderr=DEVNULL, check=True)
+        return
     p = await asyncio.create_subprocess_exec(
         TRUE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
@@ -106,6 +117,7 @@ async def main(n: int, concurrency: int, memory: str | None, rounds: int = 5) ->
     ratios = [b / c for b, c in zip(bare_times, corral_times, strict=True)]
     report: dict[str, object] = {
         "n": n,
+        "backend": "asyncio" if _on_asyncio() else "trio",
         "concurrency": concurrency,
         "memory_limit": memory,
         "bare_per_s": round(n / bare_s, 1),
@@ -147,7 +159,10 @@ if __name__ == "__main__":
     ap.add_argument("--memory", default="64M", help='memory limit per child, or "none" (default 64M)')
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of bare and corral (default 5)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="anyio backend")
     a = ap.parse_args()
-    report = anyio.run(main, a.n, a.concurrency, None if a.memory == "none" else a.memory, a.rounds)
+    report = anyio.run(
+        main, a.n, a.concurrency, None if a.memory == "none" else a.memory, a.rounds, backend=a.backend
+    )
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n")

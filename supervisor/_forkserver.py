@@ -22,8 +22,9 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -57,6 +58,44 @@ RESTART_WINDOW = 60.0
 Reply = tuple[bytes, list[tuple[int, int, bytes]], int]
 
 
+class _Pending:
+    """A reply to come, for backends other than asyncio (trio): what an asyncio future gives (done,
+    set_result, await), on an anyio Event. On asyncio the client uses the loop's own futures and reader
+    callback, which cost the loop least (docs/architecture.md, "Backends")."""
+
+    __slots__ = ("_event", "_value")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: Reply | None = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, value: Reply) -> None:
+        self._value = value
+        self._event.set()
+
+    async def _result(self) -> Reply:
+        await self._event.wait()
+        assert self._value is not None
+        return self._value
+
+    def __await__(self) -> Generator[Any, None, Reply]:
+        return self._result().__await__()
+
+
+_Waiter = asyncio.Future[Reply] | _Pending
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None under another anyio backend (trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class ForkServer:
     """The fork server process and the socket to it, replaced when it dies. Not thread-safe; used from one
     event loop, whose thread must be the one that created the Supervisor (PDEATHSIG).
@@ -76,7 +115,10 @@ class ForkServer:
         self._slot: mmap.mmap | None = None
         self._send_lock = anyio.Lock()
         self._restart_lock = anyio.Lock()
-        self._replies: collections.deque[asyncio.Future[Reply]] = collections.deque()
+        self._replies: collections.deque[_Waiter] = collections.deque()
+        #: The asyncio loop (its futures and reader callback serve the replies), or None on trio (an
+        #: anyio Event per reply and a reader task in the supervisor's task group).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._sent_policies: set[int] = set()  # the ids the fork server keeps, as far as sent
         self._forget: list[int] = []  # ids to tell it to forget, with the next request that leaves
@@ -91,12 +133,54 @@ class ForkServer:
         self._dead: list[tuple[subprocess.Popen[bytes], mmap.mmap | None, int]] = []  # not yet reaped
         self._closed = False
         self.caps_dict: dict[str, object] = {}
-        self.start_soon: Callable[..., object] | None = None
+        self._start_soon: Callable[..., object] | None = None
         #: Times the server was started again after a death (exporters and tests read it).
         self.restarts = 0
 
+    @property
+    def start_soon(self) -> Callable[..., object] | None:
+        return self._start_soon
+
+    @start_soon.setter
+    def start_soon(self, start_soon: Callable[..., object] | None) -> None:
+        """The supervisor's task group is there: on trio the socket's reader task can start now."""
+        self._start_soon = start_soon
+        if self._sock is not None and not self._reading:
+            self._watch(self._sock)
+
+    def _watch(self, sock: socket.socket) -> None:
+        """Have `_on_reply` called whenever the socket is readable: a reader callback on asyncio, a task
+        on trio (started once the supervisor's task group exists)."""
+        if self._loop is not None:
+            self._loop.add_reader(sock.fileno(), self._on_reply, sock)
+            self._reading = True
+        elif self._start_soon is not None:
+            self._start_soon(self._read_task, sock)
+            self._reading = True
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        """Stop reading `sock` (about to be closed)."""
+        if not self._reading:
+            return
+        self._reading = False
+        if self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
+        else:
+            with contextlib.suppress(RuntimeError):
+                anyio.notify_closing(sock)  # the reader task wakes with ClosedResourceError and ends
+
+    async def _read_task(self, sock: socket.socket) -> None:
+        """The reader on backends without reader callbacks: `_on_reply` at each readability."""
+        while sock is self._sock:
+            try:
+                await anyio.wait_readable(sock)
+            except (anyio.ClosedResourceError, OSError):
+                return
+            self._on_reply(sock)
+
     def start(self) -> None:
         """Start the server and read its probe report (blocking, ~30 ms, once). Raises SandboxSetupError."""
+        self._loop = _asyncio_loop()
         proc, parent, slot = self._launch()
         data = parent.recv(1 << 16)
         if not data:
@@ -159,8 +243,7 @@ class ForkServer:
         self._forget.clear()
         # Read all the time, not only while replies are awaited: the socket is readable only with a reply
         # or at EOF, so an idle server's death is noticed at once (and its orphan reaped).
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_reply, sock)
-        self._reading = True
+        self._watch(sock)
 
     async def _ensure_running(self) -> None:
         """Start a server again if the last one died, after the back-off; raises SandboxSetupError past
@@ -218,13 +301,13 @@ class ForkServer:
         server waiting on this loop between two requests. A request that finds the socket full waits
         for it in turn (so others may overtake it): the message is therefore made at each attempt, with
         the compiled policy until a message with it has gone out (`_send`)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         for attempt in range(2):
             await self._ensure_running()
             sock = self._sock
             if sock is None:
                 continue
-            reply: asyncio.Future[Reply] = loop.create_future()
+            reply: _Waiter = loop.create_future() if loop is not None else _Pending()
             with anyio.CancelScope(shield=True):
                 anc = rights(fds)
                 self._last_len = 0
@@ -338,9 +421,7 @@ class ForkServer:
         if sock is None:
             return
         log.warning("%s; %d request(s) in flight fail", why, len(self._replies))
-        if self._reading:
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-            self._reading = False
+        self._unwatch(sock)
         self._fail_waiting()
         sock.close()
         self._sock = None
@@ -455,9 +536,7 @@ class ForkServer:
         orphaned inits are not reaped yet (blocking: at the supervisor's exit)."""
         self._closed = True
         if self._sock is not None:
-            if self._reading:
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
-                self._reading = False
+            self._unwatch(self._sock)
             self._fail_waiting()  # replies still awaited end empty (the server is going)
             self._sock.close()
             self._sock = None
