@@ -272,3 +272,10 @@ def test_tty_ctrl_c_reaches_the_command(term: Terminal, ws: Path) -> None:
     term.read_until(b"caught")
     assert term.wait() == 5
     term.assert_as_before()
+
+
+def test_tty_output_counts_against_max_output(term: Terminal, ws: Path) -> None:
+    term.run("run", "--tty", "--max-output", "4K", "--", "/usr/bin/yes", cwd=ws)
+    assert term.wait() == 137
+    assert b"output limit" in term.screen
+    term.assert_as_before()

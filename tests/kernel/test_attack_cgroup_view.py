@@ -145,3 +145,12 @@ async def test_no_limits_still_shows_nothing_of_the_host(sup: Supervisor, ws: Pa
     dirs: list[str] = rep["dirs"]  # type: ignore[assignment]
     assert max(d.count("/") for d in dirs) <= (3 if V2 else 4), sorted(dirs)
     assert set(rep["pids"]) <= {1, rep["me"]}  # type: ignore[arg-type]
+
+
+async def test_without_a_cgroup_the_view_is_empty(ws: Path) -> None:
+    # Supervisor(cgroups=False): no leaf, so nothing to show; the host's tree must still be hidden.
+    async with Supervisor(cgroups=False, prefork=0) as nocg:
+        rep = await _walk(nocg, ws)
+    assert rep["dirs"] == ["/sys/fs/cgroup"]
+    assert rep["files"] == {}
+    assert rep.get("names", []) == []
