@@ -253,9 +253,11 @@ async def test_socket_buffers_are_charged_to_the_memory_limit(
     assert sock_growth <= LIMIT + 16 * MiB, (mode, sock_growth >> 20, result)
     if mode == "udp":
         # A datagram the receiver has no room for is dropped silently: the sender's count says nothing, the
-        # kernel's does (above); reaching the limit is reported.
-        assert result.violation is not None, result
-        assert result.violation.kind == "memory", result
+        # kernel's does (above); reaching the limit is reported. (A slow machine, such as the one-CPU v2 VM
+        # with its small default buffers, may reach the attack's own deadline first: the bound above holds.)
+        if b"stopped" not in result.stdout:
+            assert result.violation is not None, result
+            assert result.violation.kind == "memory", result
     else:
         _held(result, mode)
     # MemAvailable is host-wide too (other work on the machine moves it): loose, but far below the attack.
@@ -296,3 +298,22 @@ async def test_kernel_memory_is_charged_to_the_memory_limit(
     # The cgroup's own high-water mark never passes the limit (1 MiB of accounting slack).
     assert result.peak_memory_bytes <= LIMIT + MiB or result.limit_hits.get("memory_socket"), result
     assert time.monotonic() - t0 < 60
+
+
+async def test_page_cache_of_written_files_is_charged_and_reclaimed(sup: Supervisor, workspace: Path) -> None:
+    """256 MiB written into the workspace under a 64 MiB limit: the page cache is charged to the writer's
+    cgroup (its high-water mark climbs well above the interpreter's own few MiB) and held at the limit by
+    reclaim and write-back, not by a kill: the file is complete on the host."""
+    need("memory")
+    writer = (
+        "import os\n"
+        "with open('big', 'wb') as f:\n"
+        "    for _ in range(256):\n"
+        "        f.write(b'x' * (1 << 20))\n"
+        "print('done', flush=True)\n"
+    )
+    pol = profiles.workspace_write(workspace, memory=LIMIT, timeout=60)
+    r = await sup.run([PY, "-I", "-S", "-c", writer], policy=pol)
+    assert (r.exit_code, r.violation) == (0, None), r
+    assert (workspace / "big").stat().st_size == 256 * MiB
+    assert 32 * MiB <= r.peak_memory_bytes <= LIMIT + MiB, r.peak_memory_bytes >> 20
