@@ -168,12 +168,14 @@ def test_a_command_that_mangles_the_terminal_leaves_it_as_it_was(term: Terminal,
     term.assert_as_before()
 
 
-def test_the_terminal_is_restored_when_corral_is_sigtermed(term: Terminal, ws: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_the_terminal_is_restored_when_corral_is_signalled(term: Terminal, ws: Path, signum: int) -> None:
+    # Forwarded to the command, which dies of it; corral exits 128+N and restores on the way out.
     proc = term.run("run", "--", PY, "-c", MANGLE, "60", cwd=ws)
     term.read_until(b"mangled")
     time.sleep(0.3)  # past the TCOOFF
-    proc.send_signal(signal.SIGTERM)
-    assert term.wait() == 128 + signal.SIGTERM
+    proc.send_signal(signum)
+    assert term.wait() == 128 + signum
     term.assert_as_before()
 
 
