@@ -135,3 +135,18 @@ def test_json_dash_after_the_commands_output(ws: Path) -> None:
     first, rest = p.stdout.split("\n", 1)
     assert first == "hello"
     assert json.loads(rest)["exit_code"] == 0
+
+
+def test_quarantined_git_files_are_in_the_record_and_on_stderr(ws: Path) -> None:
+    """The post-run git scan's report reaches the CLI's user: --json's `quarantined` and a warning line."""
+    hook = "printf '#!/bin/sh\\ntouch MARKER\\n' > .git/hooks/post-commit && chmod +x .git/hooks/post-commit"
+    p = corral(
+        "run", "--json", "out.json", "--", "/bin/sh", "-c", f"/usr/bin/git init -q . && {hook}", cwd=ws
+    )
+    assert p.returncode == 0, p.stderr
+    rec = json.loads((ws / "out.json").read_text())
+    paths = [q["path"] for q in rec["quarantined"]]
+    assert paths == [str(ws / ".git" / "hooks" / "post-commit")]
+    assert f"git: {ws / '.git' / 'hooks' / 'post-commit'}" in p.stderr
+    assert (ws / ".git" / "hooks" / "post-commit.corral-quarantined").exists()
+    assert not (ws / ".git" / "hooks" / "post-commit").exists()
