@@ -170,6 +170,8 @@ class Supervisor:
         self._trash: MemoryObjectSendStream[Leaf] | None = None
         self._devnull = -1
         self._prefork: Prefork | None = None
+        #: Directory listings of the post-run git scans (supervisor/_gitscan.py), kept between runs.
+        self._listings = _gitscan.Listings()
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
         self._compiled: OrderedDict[Policy, CompiledPolicy] = OrderedDict()  # LRU, MAX_COMPILED
@@ -760,7 +762,9 @@ class Supervisor:
                 # host user's git run code is moved aside, and reported (supervisor/_gitscan.py). A bounded,
                 # no-follow walk: off the loop; shielded, so that it completes even on cancellation.
                 with anyio.CancelScope(shield=True):
-                    found = await anyio.to_thread.run_sync(_gitscan.scan, pol, child.requested_ns)
+                    found = await anyio.to_thread.run_sync(
+                        _gitscan.scan, pol, child.requested_ns, self._listings
+                    )
                 child.quarantined = tuple(found)
                 for path, reason in found:
                     log.warning("git: %s: %s", path, reason)

@@ -9,6 +9,7 @@ inside keep working and leave nothing quarantined.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -60,6 +61,11 @@ async def plant(sup: Supervisor, workspace: Path, script: str) -> Result:
     r = await sup.run([SH, "-c", script], policy=policy(workspace))
     assert r.exit_code == 0, r.stderr.decode(errors="replace")
     return r
+
+
+def quarantined_under(top: Path) -> list[str]:
+    """Files renamed by the scan below `top` (which is outside the roots: must be none)."""
+    return [n for _d, _s, files in os.walk(top) for n in files if n.endswith(".corral-quarantined")]
 
 
 def payload(workspace: Path) -> str:
@@ -220,5 +226,37 @@ async def test_scan_follows_no_symlink_and_is_bounded(
         )
     assert [p for p, _ in r.quarantined] == [str(workspace / "f" / ".git" / "config")], r.quarantined
     assert not hook.exists()
-    moved = [p for p in (outside / "hostrepo").rglob("*") if p.name.endswith(".corral-quarantined")]
-    assert moved == [], "root renamed files outside the writable roots"
+    assert quarantined_under(outside) == [], "root renamed files outside the writable roots"
+
+
+@pytest.mark.parametrize("how", ["new_repo_deep", "config_rewritten_in_place", "dir_swapped_for_link"])
+async def test_later_runs_are_scanned_as_well_as_the_first(
+    sup: Supervisor, workspace: Path, outside: Path, how: str
+) -> None:
+    """The scan keeps directory listings between runs and lists again only directories whose ctime moved:
+    a plant in the second run, deep in a tree the first run's scan listed, is still found, and so is a
+    config rewritten in place (its directory unchanged)."""
+    for d in range(20):
+        (workspace / "src" / f"d{d}" / "deep").mkdir(parents=True)
+    make_repo(workspace / "src" / "d7" / "deep" / "repo")
+    await anyio.sleep(0.05)  # older than the listings' margin
+    first = await plant(sup, workspace, "true")
+    assert first.quarantined == ()
+    await anyio.sleep(0.05)
+    if how == "new_repo_deep":
+        script = "git init -q src/d3/deep/r2 && git -C src/d3/deep/r2 config core.fsmonitor 'touch x'"
+        expected = workspace / "src" / "d3" / "deep" / "r2" / ".git" / "config"
+    elif how == "config_rewritten_in_place":
+        script = "printf '[core]\\n\\tpager = touch x\\n' >> src/d7/deep/repo/.git/config"
+        expected = workspace / "src" / "d7" / "deep" / "repo" / ".git" / "config"
+    else:
+        # A listed directory replaced by a link to a host repository: not followed, nothing renamed there.
+        make_repo(outside / "hostrepo")
+        script = (
+            f"rm -rf src/d9 && ln -s {outside} src/d9 && git init -q src/d10/r3 && "
+            "rm -rf src/d10/r3/.git/hooks && ln -s /tmp src/d10/r3/.git/hooks"
+        )
+        expected = workspace / "src" / "d10" / "r3" / ".git" / "hooks"
+    second = await plant(sup, workspace, script)
+    assert str(expected) in [p for p, _ in second.quarantined], second.quarantined
+    assert quarantined_under(outside) == []
