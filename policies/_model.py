@@ -183,6 +183,7 @@ class ResourcePolicy:
               per-process write accounting; also caps each file, as fsize does). A `disk` violation.
     tmp_size: size of each of the private /tmp and /dev/shm tmpfs, bytes (None: the kernel's default,
               half of RAM). Filling one is a `disk` violation; their pages also count against `memory`.
+              Ignored when there is no private /tmp (full-access with filesystem.private_tmp off).
     """
 
     memory: int | None = None

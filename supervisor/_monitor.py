@@ -186,7 +186,9 @@ def _disk_sample(child: Child) -> tuple[int | None, int | None]:
         return None, None
     r = pol.resources
     disk = disk_written(child) if r.disk is not None else None
-    tmp = tmp_used(child.pid) if r.tmp_size is not None else None
+    # Only a private /tmp is the sandbox's own (full-access with private_tmp off sees the host's).
+    private = pol.filesystem.private_tmp or pol.filesystem.confine
+    tmp = tmp_used(child.pid) if r.tmp_size is not None and private else None
     return disk, tmp
 
 
