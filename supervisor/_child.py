@@ -56,6 +56,9 @@ class Result:
                git run code (hooks, config settings that run programs, a commondir pointing elsewhere).
     killed:    True when the violation is what ended the command (corral, or the kernel's OOM killer, killed
                it for the limit); False when a violation is only reported (pids.max held it).
+    refused_abi: when the command was killed by SIGSYS under the seccomp filter, which kills every syscall
+               of a foreign ABI: "i386" or "x32" when the command's own file is such a binary, "i386 or
+               x32" when it is a 64-bit one (a descendant, or `int $0x80` in 64-bit code); else None.
     """
 
     exit_code: int
@@ -74,6 +77,7 @@ class Result:
     limit_hits: dict[str, int] = field(default_factory=dict)
     killed: bool = False
     quarantined: tuple[tuple[str, str], ...] = ()
+    refused_abi: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,7 +103,9 @@ class Result:
             "peak_memory_bytes": self.peak_memory_bytes,
             "enforced": list(self.enforced),
             "missing": [{"layer": a, "reason": printable(b)} for a, b in self.missing],
-            "limit_hits": dict(self.limit_hits),
+            # Every key documented, 0 when nothing was held.
+            "limit_hits": {**dict.fromkeys(LIMIT_HIT_KEYS, 0), **self.limit_hits},
+            "refused_abi": self.refused_abi,
             "quarantined": [{"path": printable(p), "reason": printable(r)} for p, r in self.quarantined],
         }
 
@@ -112,9 +118,12 @@ class _Exit:
     maxrss: int = 0
     ended: float = 0.0
     cmd_ended: float | None = None  # when the command ended, by the init's report (time.monotonic's clock)
+    elf: str | None = None  # the command file's ABI, reported by the init when SIGSYS killed the command
 
 
 _KINDS = (b"E", b"R", b"X", b"S")
+#: The keys `--json`'s limit_hits always carries (README): 0 when the kernel held nothing of that kind.
+LIMIT_HIT_KEYS = ("pids", "memory_oom", "memory_socket", "disk_tmpfs")
 _MAX_RECORD = 1 << 16
 log = logging.getLogger("corral")
 
@@ -349,8 +358,16 @@ class Child:
             limit_hits=dict(self.limit_hits),
             killed=self.killed,
             quarantined=self.quarantined,
+            refused_abi=self._refused_abi(sig),
             **extra,  # type: ignore[arg-type]
         )
+
+    def _refused_abi(self, sig: int | None) -> str | None:
+        """Result.refused_abi: a SIGSYS death under the seccomp filter, which kills foreign-ABI syscalls."""
+        if sig != _signal.SIGSYS or "seccomp" not in self.enforced or self._exit is None:
+            return None
+        elf = self._exit.elf
+        return elf if elf in ("i386", "x32") else "i386 or x32"
 
     def _exit_signal(self) -> int | None:
         """The signal that ended the command itself (its wait status from the init), or None."""
@@ -404,6 +421,9 @@ class Child:
                 ended = payload.get("ended")
                 if isinstance(ended, int):
                     ex.cmd_ended = ended / 1e9
+                elf = payload.get("elf")
+                if isinstance(elf, str | bytes):
+                    ex.elf = elf if isinstance(elf, str) else elf.decode(errors="replace")
                 if ex.status is not None and payload.get("alone") is True:
                     ex.ended = time.monotonic()
                     self._exit = ex

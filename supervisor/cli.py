@@ -275,10 +275,31 @@ async def _run_on_pty(
 def _finish(result: Result, out: _JsonOut | None) -> int:
     if out is not None:
         out.write(result)
-    if result.violation is not None and result.exit_code == 137:
-        v = result.violation
-        click.echo(f"corral: killed: {v.kind} limit {v.limit:g} exceeded (observed {v.observed:g})", err=True)
+    v = result.violation
+    if v is not None and result.exit_code == 137:
+        limit, observed = _human(v.kind, v.limit), _human(v.kind, v.observed)
+        click.echo(f"corral: killed: {v.kind} limit {limit} exceeded (observed {observed})", err=True)
+    elif v is not None:  # held by the kernel, survived (pids.max refused forks)
+        click.echo(f"corral: {v.kind} limit {_human(v.kind, v.limit)} reached: the kernel refused", err=True)
+    if result.refused_abi is not None:
+        click.echo(
+            f"corral: killed by SIGSYS: the seccomp filter kills every {result.refused_abi} syscall "
+            "(a 32-bit program?); sandboxed commands run x86_64 code only",
+            err=True,
+        )
     return result.exit_code
+
+
+def _human(kind: str, value: float) -> str:
+    """A limit or observation in the unit people read: sizes in KiB/MiB/GiB, times in seconds."""
+    if kind in ("memory", "output", "disk"):
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if value >= size:
+                return f"{value / size:.4g} {unit}"
+        return f"{value:g} bytes"
+    if kind in ("wall_time", "cpu_time"):
+        return f"{value:g} s"
+    return f"{value:g}"
 
 
 async def _copy(child: Child, stream: ByteReceiveStream | None, fd: int, limit: int) -> None:

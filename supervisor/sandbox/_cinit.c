@@ -928,10 +928,17 @@ static const char *env_get(char **envp, const char *name) {
 /* posix_spawn (vfork semantics: no copy of this process's memory, and exec errors come back
  * synchronously), with a PATH search in the command's environment as execvp(3) does: an error other than
  * ENOENT/ENOTDIR (EACCES on a file that exists) is reported over ENOENT elsewhere on PATH. */
+/* The file the command was spawned from: read again (its ELF header) only if the command is killed by SIGSYS,
+ * to say which foreign ABI the seccomp filter refused. */
+static char spawned_path[4096];
+
 static int spawn_command(struct command *c, posix_spawn_file_actions_t *fa, posix_spawnattr_t *at,
                          pid_t *pid) {
     const char *name = c->argv[0];
-    if (strchr(name, '/')) return posix_spawn(pid, name, fa, at, c->argv, c->envp);
+    if (strchr(name, '/')) {
+        snprintf(spawned_path, sizeof spawned_path, "%s", name);
+        return posix_spawn(pid, name, fa, at, c->argv, c->envp);
+    }
     const char *path = env_get(c->envp, "PATH");
     if (!path) path = "/usr/local/bin:/usr/bin:/bin";
     int saved = 0;
@@ -942,12 +949,31 @@ static int spawn_command(struct command *c, posix_spawn_file_actions_t *fa, posi
         int n = dlen ? snprintf(full, sizeof full, "%.*s/%s", (int)dlen, d, name)
                      : snprintf(full, sizeof full, "./%s", name);
         int err = n < 0 || (size_t)n >= sizeof full ? ENAMETOOLONG : posix_spawn(pid, full, fa, at, c->argv, c->envp);
-        if (err == 0) return 0;
+        if (err == 0) {
+            memcpy(spawned_path, full, sizeof full);
+            return 0;
+        }
         if (err != ENOENT && err != ENOTDIR && !saved) saved = err;
         if (!*end) break;
         d = end;
     }
     return saved ? saved : ENOENT;
+}
+
+/* The ABI of the ELF file at `path` (read inside the sandbox, by the confined init): "i386", "x32", "x86_64",
+ * or "" when it is no ELF file this can tell. */
+static const char *elf_abi(const char *path) {
+    unsigned char h[20];
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return "";
+    ssize_t n = read(fd, h, sizeof h);
+    close(fd);
+    if (n < (ssize_t)sizeof h || memcmp(h, "\177ELF", 4) != 0) return "";
+    unsigned machine = (unsigned)h[18] | ((unsigned)h[19] << 8);
+    if (h[4] == 1 && machine == 3) return "i386";
+    if (h[4] == 1 && machine == 62) return "x32";
+    if (h[4] == 2 && machine == 62) return "x86_64";
+    return "";
 }
 
 static void run_command(struct command *c, const int *stdio, int n_stdio, int status_w, uint32_t flags) {
@@ -1047,6 +1073,10 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
     put(&r, alone ? "T" : "F", 1);
     put_key(&r, "ended");
     put_int(&r, (int64_t)ended.tv_sec * 1000000000 + ended.tv_nsec);
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) {
+        put_key(&r, "elf");
+        put_str(&r, elf_abi(spawned_path));
+    }
     send_rec(status_w, &r);
     _exit(0);
 }

@@ -406,3 +406,25 @@ def test_no_cgroup_flag(ws: Path) -> None:
     assert r.returncode == 0, r.stderr
     r = corral("run", "--no-cgroup", "--", "/bin/true", cwd=ws)
     assert (r.returncode, r.stderr) == (0, "")
+
+
+def test_violation_line_in_human_units_and_limit_hits_keys(ws: Path) -> None:
+    out = ws / "r.json"
+    hog = "b = []\nfor i in range(160): b.append(bytearray(8 << 20))\nprint('survived')"
+    p = corral("run", "--memory", "64M", "--json", str(out), "--", "/usr/bin/python3", "-c", hog, cwd=ws)
+    assert p.returncode == 137
+    assert "corral: killed: memory limit 64 MiB exceeded (observed " in p.stderr
+    assert " MiB)" in p.stderr
+    rec = _json(out)
+    assert set(rec["limit_hits"]) >= {"pids", "memory_oom"}  # type: ignore[arg-type]
+    r = corral("run", "--json", str(out), "--", "/bin/true", cwd=ws)
+    assert r.returncode == 0
+    assert _json(out)["limit_hits"] == {"pids": 0, "memory_oom": 0, "memory_socket": 0, "disk_tmpfs": 0}
+    assert _json(out)["refused_abi"] is None
+
+
+def test_a_pids_limit_hit_is_named_even_when_the_command_survives(ws: Path) -> None:
+    script = "for i in $(seq 40); do sleep 1 & done 2>/dev/null; wait; exit 0"
+    p = corral("run", "--pids", "8", "--", "/bin/sh", "-c", script, cwd=ws, timeout=60)
+    assert p.returncode != 137, p.stderr  # not killed: the kernel refused the forks ("Cannot fork")
+    assert "corral: pids limit 8 reached: the kernel refused" in p.stderr

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import shutil
 import signal
 import struct
 import subprocess
+import sys
 import tty
 import uuid
 from collections.abc import Iterator
@@ -659,6 +661,7 @@ async def test_int80_from_a_64_bit_binary_is_killed(sup: Supervisor, workspace: 
     expect_sigsys(r)
     # It got as far as the gate: the 64-bit syscalls before it (write) were allowed.
     assert r.stdout == b"before int 0x80\n"
+    assert r.refused_abi == "i386 or x32"  # a 64-bit file: which foreign ABI it used is not known
 
 
 async def test_32_bit_binary_is_killed(sup: Supervisor, workspace: Path, bins: Bins) -> None:
@@ -667,6 +670,34 @@ async def test_32_bit_binary_is_killed(sup: Supervisor, workspace: Path, bins: B
     r = await sup.run([str(bins.m32)], policy=policy(workspace))
     expect_sigsys(r)
     assert r.stdout == b""
+    assert r.refused_abi == "i386"  # the init read the file's ELF header when SIGSYS killed it
+    assert r.to_json()["refused_abi"] == "i386"
+
+
+def test_cli_names_the_refused_abi(bins: Bins, workspace: Path) -> None:
+    if bins.m32 is None:
+        pytest.skip(f"gcc -m32 cannot build here: {bins.m32_error}")
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supervisor.cli",
+            "run",
+            "--json",
+            str(workspace / "r.json"),
+            "--",
+            str(bins.m32),
+        ],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 128 + signal.SIGSYS
+    assert "killed by SIGSYS" in p.stderr
+    assert "i386" in p.stderr
+    assert json.loads((workspace / "r.json").read_text())["refused_abi"] == "i386"
 
 
 async def test_control_foreign_abi_binaries_run_without_the_filter(
@@ -675,6 +706,7 @@ async def test_control_foreign_abi_binaries_run_without_the_filter(
     """Unfiltered, the same binaries run: the SIGSYS above is the filter's, not a broken binary's."""
     r = await sup.run([str(bins.int80)], policy=policy(workspace, seccomp=False))
     assert (r.exit_code, r.signal) == (0, None), r.stderr
+    assert r.refused_abi is None
     lines = r.stdout.decode().splitlines()
     assert lines[0] == "before int 0x80"
     assert int(lines[1].removeprefix("after int 0x80: ")) > 1  # the pid, inside the pid namespace
