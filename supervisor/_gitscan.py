@@ -32,6 +32,7 @@ granularity before the run's start is not "during" it (the start is taken a 10 m
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import stat
@@ -235,8 +236,11 @@ class Scan:
         started_ns: int,
         max_nodes: int = MAX_NODES,
         listings: Listings | None = None,
+        protected: frozenset[str] = frozenset(),
     ) -> None:
         self.roots = roots
+        #: What the policy binds read-only in the top git dir and its submodules' ("config", "hooks").
+        self.protected = protected
         self.since = started_ns - MARGIN_NS
         self.max_nodes = max_nodes
         self.left = max_nodes
@@ -310,7 +314,12 @@ class Scan:
             "commondir" in entries or ("objects" in entries and "refs" in entries)
         )
         if is_gitdir:
-            self._check_gitdir(fd, path, entries)
+            # The top repository's and its submodules' git dirs: what existed there at the start was
+            # bound read-only for the run (mounts._protect), so a change to it came from the host (a hook
+            # the user installed meanwhile), not the sandbox. (A config git rewrote on the host is a new
+            # file, born during the run: that cannot be told from the sandbox's; docs/security.md.)
+            mounted = rel == "/.git" or rel.startswith("/.git/modules/")
+            self._check_gitdir(fd, path, entries, mounted)
         if depth >= MAX_DEPTH:
             return
         for name, mode in entries.items():
@@ -352,8 +361,15 @@ class Scan:
             return
         self.found.append((os.path.join(path, name), f"{reason}; moved to {target}"))
 
-    def _check_gitdir(self, fd: int, path: str, entries: dict[str, int]) -> None:
+    def _born_before(self, fd: int, name: str) -> bool:
+        """Whether `name` existed before the run (statx birth time; False when the file system has none)."""
+        born = _birth_ns(fd, name)
+        return born is not None and born < self.since
+
+    def _check_gitdir(self, fd: int, path: str, entries: dict[str, int], mounted: bool = False) -> None:
         for name in ("config", "config.worktree"):
+            if mounted and name in self.protected and self._born_before(fd, name):
+                continue  # bound read-only during the run
             if name in entries and self._changed(fd, name) is not None:
                 reason = self._config_problem(fd, os.path.join(path, name), name)
                 if reason:
@@ -368,6 +384,13 @@ class Scan:
                     fd, path, "commondir", "commondir written during the run points git elsewhere"
                 )
         if "hooks" in entries:
+            if (
+                mounted
+                and "hooks" in self.protected
+                and entries["hooks"] == stat.S_IFDIR
+                and self._born_before(fd, "hooks")
+            ):
+                return  # bound read-only during the run
             if entries["hooks"] != stat.S_IFDIR:
                 if self._changed(fd, "hooks") is not None:
                     self._quarantine(fd, path, "hooks", "hooks is not a directory (written during the run)")
@@ -412,6 +435,50 @@ class _Budget(Exception):
     pass
 
 
+class _StatxTimestamp(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32), ("pad", ctypes.c_int32))
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = (
+        ("stx_mask", ctypes.c_uint32),
+        ("stx_blksize", ctypes.c_uint32),
+        ("stx_attributes", ctypes.c_uint64),
+        ("stx_nlink", ctypes.c_uint32),
+        ("stx_uid", ctypes.c_uint32),
+        ("stx_gid", ctypes.c_uint32),
+        ("stx_mode", ctypes.c_uint16),
+        ("pad1", ctypes.c_uint16),
+        ("stx_ino", ctypes.c_uint64),
+        ("stx_size", ctypes.c_uint64),
+        ("stx_blocks", ctypes.c_uint64),
+        ("stx_attributes_mask", ctypes.c_uint64),
+        ("stx_atime", _StatxTimestamp),
+        ("stx_btime", _StatxTimestamp),
+        ("stx_ctime", _StatxTimestamp),
+        ("stx_mtime", _StatxTimestamp),
+        ("spare", ctypes.c_uint64 * 16),
+    )
+
+
+_STATX_BTIME = 0x800
+_AT_SYMLINK_NOFOLLOW = 0x100
+_libc = ctypes.CDLL(None, use_errno=True)
+_statx = getattr(_libc, "statx", None)
+
+
+def _birth_ns(dirfd: int, name: str) -> int | None:
+    """The birth time of `name` under `dirfd` (not following a symlink), or None when unknown."""
+    if _statx is None:
+        return None
+    buf = _Statx()
+    if _statx(dirfd, os.fsencode(name), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, ctypes.byref(buf)) != 0:
+        return None
+    if not buf.stx_mask & _STATX_BTIME:
+        return None
+    return int(buf.stx_btime.tv_sec) * 1_000_000_000 + int(buf.stx_btime.tv_nsec)
+
+
 def wanted(policy: Policy) -> bool:
     """Whether runs of `policy` get the post-run scan: it confines the filesystem, has writable roots, and
     protects git (a `.git/...` entry among its protected paths, as the profiles do by default)."""
@@ -426,4 +493,5 @@ def scan(policy: Policy, started_ns: int, listings: Listings | None = None) -> l
     for root in sorted({os.path.normpath(p) for p in policy.filesystem.write}):
         if not any(root.startswith(r.rstrip("/") + "/") for r in roots):  # nested roots: scanned once
             roots.append(root)
-    return Scan(roots, started_ns, listings=listings).run()
+    leaves = frozenset(p.split("/", 1)[1] for p in policy.filesystem.protected if p.startswith(".git/"))
+    return Scan(roots, started_ns, listings=listings, protected=leaves).run()

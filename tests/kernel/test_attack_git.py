@@ -260,3 +260,26 @@ async def test_later_runs_are_scanned_as_well_as_the_first(
     second = await plant(sup, workspace, script)
     assert str(expected) in [p for p, _ in second.quarantined], second.quarantined
     assert quarantined_under(outside) == []
+
+
+async def test_the_users_own_hook_added_during_a_run_is_left_alone(sup: Supervisor, workspace: Path) -> None:
+    """The top repository's .git/hooks is bound read-only for the run: a hook that appears in it during the
+    run is the host user's own (`pre-commit install` meanwhile), never moved aside."""
+    make_repo(workspace)
+    hook = workspace / ".git" / "hooks" / "pre-push"
+    await anyio.sleep(0.05)
+
+    def install() -> None:
+        hook.write_text("#!/bin/sh\nexit 0\n")
+        hook.chmod(0o755)
+
+    async with anyio.create_task_group() as tg:
+
+        async def user() -> None:
+            await anyio.sleep(0.5)
+            await anyio.to_thread.run_sync(install)
+
+        tg.start_soon(user)
+        r = await plant(sup, workspace, "sleep 1.5")
+    assert r.quarantined == (), r.quarantined
+    assert await anyio.Path(hook).exists()
