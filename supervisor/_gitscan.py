@@ -33,6 +33,7 @@ granularity before the run's start is not "during" it (the start is taken a 10 m
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import stat
@@ -348,18 +349,32 @@ class Scan:
         return st if st.st_ctime_ns >= self.since else None
 
     def _quarantine(self, fd: int, path: str, name: str, reason: str) -> None:
-        target = name + QUARANTINE_SUFFIX
+        """Rename `name` (in directory `fd`) out of git's way: to `<name>.corral-quarantined`, or, when the
+        sandbox put something there that a rename cannot replace (a directory), `....1` up to `....9`; as
+        a last resort a file or link is removed. Reports either way."""
+        err = 0
+        for i in range(10):
+            target = name + QUARANTINE_SUFFIX + (f".{i}" if i else "")
+            try:
+                os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fd)  # renameat: follows no link
+            except OSError as e:
+                err = e.errno or 0
+                if err in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EBUSY):
+                    continue
+                break
+            self.found.append((os.path.join(path, name), f"{reason}; moved to {target}"))
+            return
         try:
-            os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fd)  # renameat: follows no link
-        except OSError as err:
+            os.unlink(name, dir_fd=fd)
+        except OSError:
             self.found.append(
                 (
                     os.path.join(path, name),
-                    f"{reason}; could NOT be moved aside ({os.strerror(err.errno or 0)}): remove it",
+                    f"{reason}; could NOT be moved aside ({os.strerror(err)}): remove it",
                 )
             )
             return
-        self.found.append((os.path.join(path, name), f"{reason}; moved to {target}"))
+        self.found.append((os.path.join(path, name), f"{reason}; removed (could not be moved aside)"))
 
     def _born_before(self, fd: int, name: str) -> bool:
         """Whether `name` existed before the run (statx birth time; False when the file system has none)."""

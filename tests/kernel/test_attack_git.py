@@ -134,7 +134,9 @@ async def test_new_repo_config_that_runs_programs_is_moved_aside(
     assert host_git(workspace, "status").returncode == 0  # git still works without it
 
 
-@pytest.mark.parametrize("where", ["top_fresh", "nested", "bare", "worktree_commondir", "hooks_symlink"])
+@pytest.mark.parametrize(
+    "where", ["top_fresh", "nested", "bare", "worktree_commondir", "hooks_symlink", "quarantine_name_taken"]
+)
 async def test_hooks_planted_anywhere_do_not_run_in_the_users_commit(
     sup: Supervisor, workspace: Path, where: str
 ) -> None:
@@ -158,6 +160,16 @@ async def test_hooks_planted_anywhere_do_not_run_in_the_users_commit(
             "mkdir -p evil/hooks evil/refs evil/objects && cp .git/HEAD evil/ && "
             + hook.format(h="evil/hooks")
             + " && echo ../evil > .git/commondir"
+        )
+    elif where == "quarantine_name_taken":
+        # The names the scan would rename to are taken by non-empty directories: it must still get the
+        # hook out of git's way.
+        repo = workspace
+        taken = " ".join(
+            f".git/hooks/post-commit.corral-quarantined{'.' + str(i) if i else ''}/x" for i in range(10)
+        )
+        script = (
+            "git init -q . && " + hook.format(h=".git/hooks") + f" && for d in {taken}; do mkdir -p $d; done"
         )
     else:
         repo = workspace / "n"
