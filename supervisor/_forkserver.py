@@ -400,6 +400,10 @@ class ForkServer:
                 )
             except BlockingIOError:
                 return
+            except ConnectionResetError:
+                # The server died with requests unread: the kernel reports that once, ahead of the replies
+                # still queued, which the next reads return (each names a sandbox to keep track of).
+                continue
             except OSError:
                 msg, ancdata, flags = b"", [], 0
             if not msg:

@@ -508,7 +508,7 @@ class Supervisor:
             if not policy.best_effort:
                 leaf.require()
         except BaseException:
-            leaf.remove()
+            self._discard_leaf(leaf)  # empty, but never an rmdir-retry on the loop
             raise
         enforced = ["cgroup"] + [f"cgroup_{k}" for k, ok in leaf.enforced.items() if ok]
         missing = [(f"cgroup_{k}", leaf.reasons.get(k, "")) for k, ok in leaf.enforced.items() if not ok]
