@@ -208,18 +208,20 @@ def _socket_bytes() -> int:
 
 
 async def _attack(sup: Supervisor, ws: Path, mode: str) -> tuple[Result, int, int]:
-    """Run the PIN attack of `mode`; returns its Result, the largest MemAvailable drop and the largest growth
-    of the host's socket memory seen while it ran (sampled every 20 ms from outside)."""
+    """Run the PIN attack of `mode`; returns its Result, and the largest MemAvailable drop and growth of the
+    host's socket memory that lasted 100 ms while it ran (sampled every 20 ms from outside; both counters are
+    host-wide, and another test's short burst must not count as this attack's: it holds what it pins)."""
     pol = profiles.workspace_write(ws, memory=LIMIT, timeout=60)
     mem0, sock0 = _mem_available(), _socket_bytes()
-    worst = {"mem": 0, "sock": 0}
+    mem: list[int] = []
+    sock: list[int] = []
     result: Result | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
             while True:
-                worst["mem"] = max(worst["mem"], mem0 - _mem_available())
-                worst["sock"] = max(worst["sock"], _socket_bytes() - sock0)
+                mem.append(mem0 - _mem_available())
+                sock.append(_socket_bytes() - sock0)
                 await anyio.sleep(0.02)
 
         tg.start_soon(watch)
@@ -227,7 +229,14 @@ async def _attack(sup: Supervisor, ws: Path, mode: str) -> tuple[Result, int, in
             result = await sup.run([PY, "-I", "-S", "-c", PIN, mode, str(ATTACK_MIB)], policy=pol)
         tg.cancel_scope.cancel()
     assert result is not None
-    return result, worst["mem"], worst["sock"]
+    return result, _sustained(mem), _sustained(sock)
+
+
+def _sustained(values: list[int], run: int = 5) -> int:
+    """The largest level `values` stayed at (or above) for `run` consecutive samples."""
+    if len(values) < run:
+        return max(values, default=0)
+    return max(min(values[i : i + run]) for i in range(len(values) - run + 1))
 
 
 def _held(result: Result, mode: str) -> None:
@@ -249,8 +258,8 @@ async def test_socket_buffers_are_charged_to_the_memory_limit(
     the host-wide socket memory never grows much past the limit, and reaching it is a memory violation."""
     need("memory")
     result, mem_drop, sock_growth = await _attack(sup, workspace, mode)
-    # The kernel's own count of socket buffers (host-wide: other tests add noise, so 16 MiB of slack).
-    assert sock_growth <= LIMIT + 16 * MiB, (mode, sock_growth >> 20, result)
+    # The kernel's own count of socket buffers (host-wide: other tests add noise, so 24 MiB of slack).
+    assert sock_growth <= LIMIT + 24 * MiB, (mode, sock_growth >> 20, result)
     if mode == "udp":
         # A datagram the receiver has no room for is dropped silently: the sender's count says nothing, the
         # kernel's does (above); reaching the limit is reported. (A slow machine, such as the one-CPU v2 VM
