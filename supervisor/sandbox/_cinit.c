@@ -148,7 +148,8 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(IDMAP, 28)       /* a0 uid, a1 gid: map them to themselves in our (new) user namespace */            \
     X(MOUNT_AT, 29)    /* s0 target, opened without following any symlink; a0 what: 0 a bind of the target \
                           itself, 1 a bind of s1, 2 a tmpfs with options s1; a1 attr_set, a2 attr_clr,      \
-                          a3 bit 0: copy what is mounted below (binds), bit 1: attributes on all of it */
+                          a3 bit 0: copy what is mounted below (binds), bit 1: attributes on all of it */ \
+    X(UNLINK, 30)      /* s0: remove a file (the /run sources of binds made from it) */
 
 #define X_ENUM(name, num) OP_##name = num,
 enum { OPS(X_ENUM) };
@@ -581,6 +582,8 @@ static int run_op(const struct seg *g, const struct op *o) {
         return OK(umount2(s0, (int)o->a[0]));
     case OP_RMDIR:
         return OK(rmdir(s0));
+    case OP_UNLINK:
+        return OK(unlink(s0));
     case OP_CHDIR: { /* the workdir: no symlink followed (open_nofollow) */
         int fd = open_nofollow(s0);
         if (fd < 0) return errno;

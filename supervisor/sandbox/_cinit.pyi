@@ -38,6 +38,7 @@ OP_JUMP: int
 OP_OPEN_PATH: int
 OP_IDMAP: int
 OP_MOUNT_AT: int
+OP_UNLINK: int
 
 def start(
     flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, slot: mmap.mmap = ..., /

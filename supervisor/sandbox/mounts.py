@@ -553,6 +553,7 @@ def _etc_file(plan: Plan, target: str, source: str, content: str) -> None:
     plan.add(_cinit.OP_WRITE, "mounts", "write(/run file)", s=(source, content), path=source)
     _mount(plan, source, target, None, MS_BIND)
     _mount(plan, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    _op(plan, _cinit.OP_UNLINK, "unlink(/run file)", source)  # the bind keeps the file; /run shows nothing
 
 
 def _dev(plan: Plan, shm_size: str = "50%") -> None:
