@@ -141,7 +141,8 @@ async def main(n: int, concurrency: int, memory: str | None, rounds: int = 5) ->
         f"{n} x /bin/true at concurrency {concurrency}, in {rounds} alternating rounds "
         f"(corral memory limit: {memory or 'none'})"
     )
-    print(f"  bare asyncio subprocess  {n / bare_s:8.1f} /s   ({bare_s:.2f} s)")
+    bare = "bare asyncio subprocess" if report["backend"] == "asyncio" else "bare trio (anyio.run_process)"
+    print(f"  {bare:25}  {n / bare_s:8.1f} /s   ({bare_s:.2f} s)")
     print(f"  corral workspace-write   {n / corral_s:8.1f} /s   ({corral_s:.2f} s)")
     print(
         f"  corral / bare throughput = {bare_s / corral_s:.3f}  (target >= 0.4; per round "
