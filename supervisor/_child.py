@@ -439,10 +439,12 @@ class Child:
         # The pid cannot have been reused, since only we can reap it. After an S record the init is usually
         # gone by now: reap it without a wait on its pidfd (that wait cost the loop more than the reap).
         pid, wstatus, rusage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222
-        if pid == 0:
+        while pid == 0:
+            # Until it is really reaped: a readiness report can be spurious (trio's epoll keeps a disarmed
+            # registration of a closed fd whose file the fork server still holds, and a later fd of the same
+            # number is reported ready), and taking it for the exit left the init a zombie for good.
             await anyio.wait_readable(self._pidfd)
-            # The pidfd is readable: the init is a zombie and this returns at once.
-            _pid, wstatus, rusage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222
+            pid, wstatus, rusage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222
         os.close(self._pidfd)
         self._pidfd = None
         self._status.close()

@@ -277,8 +277,10 @@ async def _reap_and_remove(pid: int, pidfd: int, leaf: Leaf | None) -> None:
     """Reap a killed sandbox (our child: CLONE_PARENT), then remove its leaf."""
     with anyio.CancelScope(shield=True):
         try:
-            await anyio.wait_readable(pidfd)
-            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # noqa: ASYNC222 - exited: returns at once
+            # WNOHANG, in a loop: a readiness report can be spurious (see Child._collect), and a blocking
+            # waitid would then hold the event loop until the sandbox is gone.
+            while os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is None:  # noqa: ASYNC222
+                await anyio.wait_readable(pidfd)
         finally:
             os.close(pidfd)
         if leaf is not None:
