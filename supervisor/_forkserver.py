@@ -170,13 +170,31 @@ class ForkServer:
                 anyio.notify_closing(sock)  # the reader task wakes with ClosedResourceError and ends
 
     async def _read_task(self, sock: socket.socket) -> None:
-        """The reader on backends without reader callbacks: `_on_reply` at each readability."""
-        while sock is self._sock:
-            try:
-                await anyio.wait_readable(sock)
-            except (anyio.ClosedResourceError, OSError):
-                return
-            self._on_reply(sock)
+        """The reader on backends without reader callbacks: `_on_reply` at each readability. It is a task
+        of the supervisor's group, which is cancelled when the supervisor closes; requests already sent
+        wait for their replies shielded (a reply may carry a sandbox to reap), so on cancellation the
+        reader serves them first (at most reply_timeout without a reply, then they fail), and only then
+        ends. (On asyncio the reader is a loop callback, which no cancellation touches.)"""
+        try:
+            while sock is self._sock:
+                try:
+                    await anyio.wait_readable(sock)
+                except (anyio.ClosedResourceError, OSError):
+                    return
+                self._on_reply(sock)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                while self._replies and sock is self._sock:
+                    with anyio.move_on_after(self.reply_timeout) as waited:
+                        try:
+                            await anyio.wait_readable(sock)
+                        except (anyio.ClosedResourceError, OSError):
+                            break
+                    if waited.cancelled_caught:
+                        self._lost("the fork server answered nothing while the supervisor closed")
+                        break
+                    self._on_reply(sock)
+            raise
 
     def start(self) -> None:
         """Start the server and read its probe report (blocking, ~30 ms, once). Raises SandboxSetupError."""
