@@ -29,6 +29,9 @@ import anyio
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from spawn import _on_asyncio  # benchmarks/spawn.py: which backend runs
 
 from policies import profiles
 from supervisor import DEVNULL, Supervisor
@@ -64,14 +67,6 @@ def _cpu() -> dict[str, float]:
         except psutil.Error:
             pass
     return out
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 async def bare_once() -> None:
