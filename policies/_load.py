@@ -22,6 +22,7 @@ from policies._model import (
     NetworkPolicy,
     Policy,
 )
+from policies._network import check_rules
 
 _TOP_KEYS = (
     "profile",
@@ -45,7 +46,7 @@ _FILESYSTEM_KEYS = (
     "confine",
     "allow_system_write",
 )
-_NETWORK_KEYS = ("mode", "families", "netlink")
+_NETWORK_KEYS = ("mode", "families", "netlink", "allow", "deny")
 _WHOLE = ""  # the error path of problems with the file or document as a whole
 _SYSCALL_KEYS = ("enabled", "deny", "allow")
 _ENVIRONMENT_KEYS = ("clear", "set", "passthrough", "secret_markers")
@@ -234,18 +235,30 @@ def _network(value: object, start: NetworkPolicy) -> NetworkPolicy:
     # `network = "host"` is accepted as a shorthand for `[network] mode = "host"`.
     if isinstance(value, str):
         mode = v.check_choice(value, "network", NETWORK_MODES)
-        return replace(start, mode="host" if mode == "host" else "none")
+        if mode != "proxy":  # the base's host rules would apply to nothing
+            return replace(start, mode="host" if mode == "host" else "none", allow=(), deny=())
+        return replace(start, mode="proxy")
     table = _table(value, "network", _NETWORK_KEYS)
-    if "mode" not in table:
+    if "mode" not in table and "allow" not in table:  # host rules alone mean the proxy
         where = "network.mode"
         raise PolicyError(where, f"missing; expected one of: {', '.join(NETWORK_MODES)}")
-    mode = v.check_choice(table["mode"], "network.mode", NETWORK_MODES)
+    mode = v.check_choice(table.get("mode", "proxy"), "network.mode", NETWORK_MODES)
     families = table.get("families", start.families)
     netlink = table.get("netlink", start.netlink)
+    # The base's rules stay while the mode stays "proxy" (a file that only adds `families` keeps them).
+    keep = mode == "proxy" and start.mode == "proxy"
+    allow = check_rules(table.get("allow", start.allow if keep else ()), "network.allow")
+    deny = check_rules(table.get("deny", start.deny if keep else ()), "network.deny")
+    for key, rules in (("allow", allow), ("deny", deny)):
+        if rules and mode != "proxy":
+            where = f"network.{key}"
+            raise PolicyError(where, f'only mode = "proxy" applies host rules; the mode is {mode!r}')
     return NetworkPolicy(
-        mode="host" if mode == "host" else "none",
+        mode="host" if mode == "host" else "proxy" if mode == "proxy" else "none",
         families=v.check_names_in(families, "network.families", SOCKET_FAMILIES),
         netlink=v.check_names_in(netlink, "network.netlink", NETLINK_PROTOCOLS),
+        allow=allow,
+        deny=deny,
     )
 
 

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from policies import _network
 from policies import _validate as v
 from policies._errors import PolicyError
 
-NetworkMode = Literal["none", "host"]
+NetworkMode = Literal["none", "host", "proxy"]
 NETWORK_MODES: tuple[str, ...] = get_args(NetworkMode)
 
 #: Socket address families by name (Linux 6.18's AF_* numbers; AF_MAX is 46). Only DEFAULT_FAMILIES
@@ -121,6 +122,14 @@ class NetworkPolicy:
     """How the child reaches the network.
 
     mode:     `none`: a private network namespace with only loopback up. `host`: the host's network.
+              `proxy`: `none`, plus corral's proxy on the sandbox's loopback (127.0.0.1:3128, and the
+              proxy variables in the command's environment), which connects to what `allow` names and
+              nothing else (docs/network.md).
+    allow:    under `proxy`, the hosts the proxy connects to: "example.org", "*.example.org" (names
+              below it), either with ":PORT" (else ports 80 and 443), or an address ("10.1.2.3",
+              "[fd00::1]:8080"), which also lets a listed name that resolves to that private address
+              connect (policies._network). Stored canonical: IDNA A-labels, lower case.
+    deny:     rules of the same forms that win over `allow`.
     families: socket address families allowed besides unix, inet, inet6 and netlink (names of
               SOCKET_FAMILIES, such as "vsock" or "packet"); every other family is refused by the
               seccomp filter with EAFNOSUPPORT in either mode.
@@ -131,11 +140,21 @@ class NetworkPolicy:
     mode: NetworkMode = "none"
     families: tuple[str, ...] = ()
     netlink: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        """Raise PolicyError("network.mode") unless the mode is "none" or "host", and naming
-        ``network.families[i]``/``network.netlink[i]`` for a name corral does not know."""
+        """Raise PolicyError("network.mode") unless the mode is "none", "host" or "proxy"; naming
+        ``network.families[i]``/``network.netlink[i]`` for a name corral does not know, and
+        ``network.allow[i]``/``network.deny[i]`` for a bad rule or for rules under another mode than
+        "proxy" (where nothing would apply them)."""
         v.check_choice(self.mode, "network.mode", NETWORK_MODES)
+        _set(self, "allow", _network.check_rules(self.allow, "network.allow"))
+        _set(self, "deny", _network.check_rules(self.deny, "network.deny"))
+        for name in ("allow", "deny"):
+            if getattr(self, name) and self.mode != "proxy":
+                where = f"network.{name}"
+                raise PolicyError(where, f'only mode "proxy" applies host rules; the mode is {self.mode!r}')
         _set(self, "families", v.check_names_in(self.families, "network.families", SOCKET_FAMILIES))
         _set(self, "netlink", v.check_names_in(self.netlink, "network.netlink", NETLINK_PROTOCOLS))
 

@@ -29,6 +29,7 @@ from policies._model import (
     Policy,
     ResourcePolicy,
 )
+from policies._network import check_rules
 
 __all__ = [
     "NAMES",
@@ -62,6 +63,8 @@ class Options(TypedDict, total=False):
     execute: Iterable[StrPath] | None  # replaces filesystem.execute
     protected: Iterable[str] | None  # replaces filesystem.protected
     network: NetworkMode | None  # network.mode
+    network_allow: Iterable[str] | None  # added to network.allow; implies network "proxy"
+    network_deny: Iterable[str] | None  # added to network.deny; implies network "proxy"
     memory: int | str | None  # resources.memory
     cpus: float | str | None  # resources.cpus
     pids: int | str | None  # resources.pids
@@ -161,9 +164,7 @@ def override(policy: Policy, **opts: Unpack[Options]) -> Policy:
     if "protected" in given:
         fs_changes["protected"] = v.check_protected_list(given["protected"], "protected")
 
-    network = policy.network
-    if "network" in given:
-        network = replace(network, mode=_network_mode(given["network"], "network"))
+    network = _network_options(policy.network, given)
 
     res_changes: dict[str, Any] = {}
     for option, field_name, check in _RESOURCE_OPTIONS:
@@ -221,7 +222,44 @@ def _parse_env_options(value: object, path: str) -> tuple[tuple[str, ...], dict[
 
 def _network_mode(value: object, path: str) -> NetworkMode:
     mode = v.check_choice(value, path, NETWORK_MODES)
-    return "host" if mode == "host" else "none"
+    return "host" if mode == "host" else "proxy" if mode == "proxy" else "none"
+
+
+def _network_options(network: NetworkPolicy, given: dict[str, object]) -> NetworkPolicy:
+    """`network` adjusted by the `network`, `network_allow` and `network_deny` options. Host rules
+    imply mode "proxy" unless `network` names another mode, which is then a PolicyError; a mode other
+    than "proxy" drops the policy's own rules. Raises PolicyError naming the option."""
+    rules = {
+        name: check_rules(_as_list(given[option]), option)
+        for option, name in (("network_allow", "allow"), ("network_deny", "deny"))
+        if option in given
+    }
+    if "network" in given:
+        mode = _network_mode(given["network"], "network")
+    elif rules:
+        mode = "proxy"
+    else:
+        return network
+    for name, added in rules.items():
+        if added and mode != "proxy":
+            where = f"network_{name}"
+            raise PolicyError(where, f'host rules need network "proxy"; network is {mode!r}', list(added))
+    if mode != "proxy":
+        return replace(network, mode=mode, allow=(), deny=())
+    base = network if network.mode == "proxy" else replace(network, allow=(), deny=())
+    return replace(
+        base,
+        mode=mode,
+        allow=v.dedupe((*base.allow, *rules.get("allow", ()))),
+        deny=v.dedupe((*base.deny, *rules.get("deny", ()))),
+    )
+
+
+def _as_list(value: object) -> object:
+    """An iterable option (a generator, a set) as a list for the checks; anything else as it is."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        return value
+    return list(value)
 
 
 #: (option, ResourcePolicy field, check) for every resource option.

@@ -150,7 +150,7 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
     else:
         if policy.filesystem.confine:
             missing.append(("landlock", caps.landlock.reason))
-        elif policy.network.mode == "none" and not ns["net"]:
+        elif policy.network.mode != "host" and not ns["net"]:
             # No network namespace, and the Landlock TCP guard that would stand in for it is missing too.
             missing.append(("landlock_net_tcp", f"no network namespace and Landlock {caps.landlock.reason}"))
     sc = shared.seccomp(policy, caps) if shared is not None else seccomp.prepare(policy, caps)

@@ -80,7 +80,19 @@ def cli(ctx: click.Context) -> None:
     default=None,
     help="Let /, /etc, /usr, ... be the workdir or a writable root (refused otherwise).",
 )
-@click.option("--network", type=click.Choice(["none", "host"]), default=None)
+@click.option(
+    "--network",
+    type=click.Choice(["none", "host", "proxy"]),
+    default=None,
+    help="none: loopback only; host: the host's network; proxy: --allow-domain hosts only, by proxy.",
+)
+@click.option(
+    "--allow-domain",
+    "network_allow",
+    multiple=True,
+    metavar="NAME",
+    help="Reachable by the proxy: NAME, *.NAME, NAME:PORT or an address (repeatable; implies proxy).",
+)
 @click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 512M.")
 @click.option("--cpus", metavar="FLOAT", help="CPU quota in cores.")
 @click.option("--pids", metavar="N", help="Maximum number of tasks.")

@@ -194,7 +194,7 @@ def prepare(
 
     fs = policy.filesystem
     confine = fs.confine
-    net_guard = not private_network and policy.network.mode == "none"
+    net_guard = not private_network and policy.network.mode != "host"
     if not confine and not net_guard:
         return None
 

@@ -36,7 +36,7 @@ HOSTNAME = "corral"
 def wanted(policy: Policy) -> list[str]:
     """The namespaces `policy` asks for, user first."""
     names = ["user", "pid", "mount", "ipc", "uts", "cgroup"]
-    if policy.network.mode == "none":
+    if policy.network.mode != "host":  # "none", and "proxy": none plus corral's proxy on its loopback
         names.append("net")
     return names
 

@@ -52,6 +52,9 @@ def test_killed_by_signal_is_128_plus_n(ws: Path) -> None:
     [
         (["--bogus-flag"], "bogus"),
         (["--network", "sideways"], "network"),
+        (["--allow-domain", "https://example.org"], "network_allow[0]"),
+        (["--allow-domain", "*.org"], "network_allow[0]"),
+        (["--network", "host", "--allow-domain", "example.org"], "network_allow"),
         (["--profile", "nope"], "profile"),
         (["--timeout", "soon"], "timeout"),
     ],
