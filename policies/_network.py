@@ -2,7 +2,7 @@
 
 A rule is one string, in one of these forms (docs/network.md, "Rules"):
 
-    example.org            that name, on ports 80 and 443
+    example.org            that name, on ports 80 and 443 (as a deny rule: on every port)
     *.example.org          every name below example.org (not example.org itself), ports 80 and 443
     example.org:8443       that name, on port 8443 only (likewise *.example.org:8443)
     10.1.2.3, 10.1.2.3:80  that address (ports 80 and 443, or the one given); as an allow rule it also
@@ -54,13 +54,16 @@ class NetRule:
     address: Address | None
     port: int | None
 
-    def ports_match(self, port: int) -> bool:
-        """Whether `port` is one this rule allows."""
-        return port in DEFAULT_PORTS if self.port is None else port == self.port
+    def ports_match(self, port: int, any_port: bool = False) -> bool:
+        """Whether this rule covers `port`: its own port, else 80 and 443 (`any_port`: else every port)."""
+        if self.port is None:
+            return any_port or port in DEFAULT_PORTS
+        return port == self.port
 
-    def matches(self, host: str | Address, port: int) -> bool:
-        """Whether this rule covers a request for `host` (a normalised name or an address) on `port`."""
-        if not self.ports_match(port):
+    def matches(self, host: str | Address, port: int, any_port: bool = False) -> bool:
+        """Whether this rule covers a request for `host` (a normalised name or an address) on `port`;
+        `any_port`: a rule without a port covers every port (deny rules)."""
+        if not self.ports_match(port, any_port):
             return False
         if isinstance(host, str):
             if self.name is None:
@@ -167,9 +170,9 @@ def match_target(
     allow: tuple[NetRule, ...], deny: tuple[NetRule, ...], host: str | Address, port: int
 ) -> tuple[bool, NetRule | None]:
     """The policy's decision for `host` (normalised) on `port`: (allowed, the rule that decided), deny
-    first. (False, None) when no allow rule covers it."""
+    first (a deny rule without a port covers every port). (False, None) when no allow rule covers it."""
     for rule in deny:
-        if rule.matches(host, port):
+        if rule.matches(host, port, any_port=True):
             return False, rule
     for rule in allow:
         if rule.matches(host, port):

@@ -1,0 +1,546 @@
+"""corral's network proxy: what a sandbox under network mode "proxy" reaches, and nothing else.
+
+The sandbox has its own network namespace with only loopback; its one way out is a listening socket on its
+own 127.0.0.1:3128, made inside that namespace and handed to the supervisor, which accepts on it and runs
+this proxy in its event loop (docs/network.md; no process runs inside the sandbox for it). Per accepted
+connection (`ChildProxy.serve`):
+
+1. The request head, at most MAX_HEAD bytes within `head_timeout` seconds (a slow-loris client is cut off).
+2. ``CONNECT host:port`` (a tunnel: TLS stays end to end, nothing is intercepted, there is no CA) or an
+   absolute-form plain-HTTP request (``GET http://host[:port]/path``), forwarded in origin form with
+   ``Connection: close``; anything else is a 400. A Host header that names another host than the
+   CONNECT target or the URL is refused (403): the decision is taken on one name only.
+3. The host is normalised (every IP-literal form to its address: decimal, octal, hex, shorthand, IPv4
+   in IPv6; names to IDNA A-labels) and checked against the child's `network.deny` (first) and
+   `network.allow` (policies._network.match_target).
+4. The proxy resolves the name itself. Addresses that are not global unicast (loopback, private, shared,
+   link-local with the 169.254.169.254 metadata service, multicast, unspecified, reserved) or that are
+   the host's own are skipped unless an address rule of `network.allow` names them; if none is left the
+   request is refused. So a listed name that resolves into the host or its network (DNS rebinding) gets
+   nowhere. The connection goes to the checked address, never again to the name.
+5. Bytes are relayed both ways until either side closes, the connection has been idle `idle_timeout`
+   seconds, or it has lasted `total_timeout`; at most `max_connections` at once per child (more are
+   answered 503).
+
+Every refusal is answered with an HTTP 403 (or 400/502/503) whose body names the rule, counted, and
+recorded as a `ProxyDenial` with a count, bounded per child. Counters (bytes up and down, connections
+allowed and refused) are per child (`ProxyStats`).
+
+Runs on both anyio backends. On cancellation (the child's exit, the supervisor's close) every connection
+of the child is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from policies import NetworkPolicy
+from policies._network import Address, NetRule, canonical_address, match_target, normalise_host, parse_rule
+
+log = logging.getLogger("corral")
+
+#: The address and port of the proxy inside every sandbox under network mode "proxy".
+PROXY_HOST = "127.0.0.1"
+PROXY_PORT = 3128
+#: Largest request head (request line and headers) read before a decision.
+MAX_HEAD = 64 * 1024
+#: Distinct denial records kept per child (further refusals count in the totals only).
+MAX_DENIALS = 64
+_CHUNK = 256 * 1024
+
+#: Resolves (name, port) to the addresses to try, in order. Raises OSError when the name does not resolve.
+Resolver = Callable[[str, int], Awaitable[list[Address]]]
+
+
+async def system_resolver(host: str, port: int) -> list[Address]:
+    """The host's resolver (getaddrinfo, off the event loop as anyio does it), in its order."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    out: list[Address] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            address = canonical_address(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]))
+            if address not in out:
+                out.append(address)
+    return out
+
+
+def static_resolver(names: Mapping[str, Iterable[str]]) -> Resolver:
+    """A resolver for tests: each name to the given addresses, every other name unresolvable (nothing is
+    asked of DNS). Used to send a test name to a loopback listener the test started."""
+    table = {
+        name.lower(): [canonical_address(ipaddress.ip_address(a)) for a in addrs]
+        for name, addrs in names.items()
+    }
+
+    async def resolve(host: str, port: int) -> list[Address]:
+        addresses = table.get(host)
+        if addresses is None:
+            msg = f"{host}: not in the test resolver's table"
+            raise OSError(msg)
+        return list(addresses)
+
+    return resolve
+
+
+def host_addresses() -> frozenset[Address]:
+    """The addresses of this host's interfaces (psutil), which a sandbox must not reach through the proxy
+    unless its policy names them. Blocking (a few syscalls): call it off the event loop."""
+    import psutil
+
+    out: set[Address] = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(ValueError):
+                    out.add(canonical_address(ipaddress.ip_address(a.address.split("%", 1)[0])))
+    return frozenset(out)
+
+
+def special(address: Address) -> str | None:
+    """Why `address` is no destination for the proxy without an explicit address rule, or None when it is
+    a global unicast address."""
+    for attr, what in (
+        ("is_loopback", "a loopback address"),
+        ("is_link_local", "a link-local address (169.254.0.0/16 holds cloud metadata services)"),
+        ("is_multicast", "a multicast address"),
+        ("is_unspecified", "the unspecified address (it means this host)"),
+        ("is_private", "a private address"),
+        ("is_reserved", "a reserved address"),
+    ):
+        if getattr(address, attr):
+            return what
+    if not address.is_global:
+        return "not a global address"
+    return None
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    """One child's proxy counters: bytes relayed from the sandbox (`bytes_up`) and to it (`bytes_down`),
+    connections relayed (`allowed`) and refused (`denied`), and the most at once (`peak_connections`)."""
+
+    bytes_up: int = 0
+    bytes_down: int = 0
+    allowed: int = 0
+    denied: int = 0
+    peak_connections: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "allowed": self.allowed,
+            "denied": self.denied,
+            "peak_connections": self.peak_connections,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyDenial:
+    """A refusal by the proxy (layer "proxy"): `operation` ("CONNECT", "GET", ..., or "accept" for the
+    connection bound), `target` ("host:port" as the sandbox asked), `hint` (the rule that decided and
+    what would change it), and how many times it happened (`count`)."""
+
+    operation: str
+    target: str
+    hint: str
+    count: int = 1
+    layer: str = "proxy"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "layer": self.layer,
+            "operation": self.operation,
+            "target": self.target,
+            "count": self.count,
+            "hint": self.hint,
+        }
+
+
+@dataclass(slots=True)
+class ProxyConfig:
+    """What every child's proxy shares: the resolver (tests give `static_resolver`), the host's own
+    addresses, and the limits."""
+
+    resolver: Resolver = system_resolver
+    own_addresses: frozenset[Address] = frozenset()
+    head_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    total_timeout: float = 3600.0
+    connect_timeout: float = 10.0
+    max_connections: int = 256
+
+
+class _Refused(Exception):
+    """A request refused: the HTTP status, the 403 body's reason, and the denial's hint."""
+
+    def __init__(self, status: int, reason: str, operation: str = "", target: str = "") -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.operation = operation
+        self.target = target
+
+
+_STATUS = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+
+
+@dataclass(slots=True)
+class _Request:
+    method: str
+    host: str  # as sent
+    port: int
+    target: str  # host:port as sent, for messages
+    head: bytes  # what to send upstream (plain HTTP), or b"" (CONNECT)
+
+
+class ChildProxy:
+    """The proxy of one sandbox: its policy's rules, its counters, its denials and its connection bound.
+
+    `serve(listener)` accepts on the sandbox's listening socket until cancelled."""
+
+    def __init__(self, network: NetworkPolicy, config: ProxyConfig | None = None) -> None:
+        self.config = config or ProxyConfig()
+        self.allow: tuple[NetRule, ...] = tuple(parse_rule(r, "network.allow") for r in network.allow)
+        self.deny: tuple[NetRule, ...] = tuple(parse_rule(r, "network.deny") for r in network.deny)
+        self._allowed_addresses = frozenset(r.address for r in self.allow if r.address is not None)
+        self.stats = ProxyStats()
+        self._denials: dict[tuple[str, str, str], int] = {}
+        self.active = 0
+
+    @property
+    def denials(self) -> tuple[ProxyDenial, ...]:
+        """The refusals so far, one record per (operation, target, hint) with its count (at most
+        MAX_DENIALS records; `stats.denied` counts them all)."""
+        return tuple(ProxyDenial(op, target, hint, n) for (op, target, hint), n in self._denials.items())
+
+    async def serve(self, listener: socket.socket) -> None:
+        """Accept connections on `listener` (a listening TCP socket, which this takes over and closes) and
+        serve each in a task of its own, until cancelled; then every connection is closed."""
+        sock_listener = await anyio.abc.SocketListener.from_socket(listener)
+        async with sock_listener, anyio.create_task_group() as tg:
+            while True:
+                try:
+                    stream = await sock_listener.accept()
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                except OSError as err:  # EMFILE: say so and let the kernel's backlog hold them a while
+                    log.warning("corral proxy: accept failed: %s", err)
+                    await anyio.sleep(0.1)
+                    continue
+                if self.active >= self.config.max_connections:
+                    tg.start_soon(self._over_limit, stream)
+                    continue
+                self.active += 1
+                self.stats.peak_connections = max(self.stats.peak_connections, self.active)
+                tg.start_soon(self._connection, stream)
+
+    async def _over_limit(self, stream: anyio.abc.SocketStream) -> None:
+        limit = self.config.max_connections
+        self._deny("accept", "-", f"at most {limit} proxy connections at once per sandbox")
+        async with stream:
+            await _answer(
+                stream, _response(503, f"corral proxy: refused: at most {limit} connections at once")
+            )
+
+    async def _connection(self, client: anyio.abc.SocketStream) -> None:
+        try:
+            async with client:
+                await self._handle(client)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+            pass
+        finally:
+            self.active -= 1
+
+    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        buffered = BufferedByteReceiveStream(client)
+        with anyio.move_on_after(self.config.head_timeout) as waited:
+            try:
+                head = await buffered.receive_until(b"\r\n\r\n", MAX_HEAD)
+            except anyio.DelimiterNotFound:
+                await self._refuse(client, _Refused(400, f"request head over {MAX_HEAD} bytes", "read"))
+                return
+            except anyio.IncompleteRead:
+                return
+        if waited.cancelled_caught:
+            secs = self.config.head_timeout
+            self._deny("read", "-", f"no complete request head within {secs:g} s")
+            await _answer(client, _response(408, f"corral proxy: no complete request within {secs:g} s"))
+            return
+        try:
+            request = _parse(head)
+            upstream = await self._open(request)
+        except _Refused as refused:
+            await self._refuse(client, refused)
+            return
+        self.stats.allowed += 1
+        async with upstream:
+            if request.method == "CONNECT":
+                await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                await upstream.send(request.head)
+                self.stats.bytes_up += len(request.head)
+            early = bytes(buffered.buffer)
+            if early:
+                await upstream.send(early)
+                self.stats.bytes_up += len(early)
+            await self._relay(client, upstream, tunnel=request.method == "CONNECT")
+
+    async def _open(self, request: _Request) -> anyio.abc.SocketStream:
+        """The decision, the resolution and the connection. Raises _Refused."""
+        op, target = request.method, request.target
+        host = normalise_host(request.host)
+        if host is None:
+            raise _Refused(400, f"{request.host!r} is neither a host name nor an address", op, target)
+        allowed, rule = match_target(self.allow, self.deny, host, request.port)
+        if not allowed:
+            if rule is not None:
+                index = self.deny.index(rule)
+                because = f"{target} is refused by network.deny[{index}] = {rule.text!r}"
+            else:
+                because = f"no rule of network.allow covers {target}" + self._listing()
+            raise _Refused(403, because, op, target)
+        if isinstance(host, str):
+            try:
+                with anyio.fail_after(self.config.connect_timeout):
+                    found = await self.config.resolver(host, request.port)
+            except (OSError, TimeoutError) as err:
+                raise _Refused(502, f"{host} does not resolve ({err})", op, target) from None
+        else:
+            found = [host]
+        addresses: list[Address] = []
+        refused: list[str] = []
+        for address in found:
+            address = canonical_address(address)
+            denied, deny_rule = match_target((), self.deny, address, request.port)
+            if deny_rule is not None and not denied:
+                refused.append(f"{address} (network.deny[{self.deny.index(deny_rule)}])")
+                continue
+            if address in self._allowed_addresses:
+                addresses.append(address)
+                continue
+            why: str | None = special(address)
+            if why is None and address in self.config.own_addresses:
+                why = "an address of the supervisor's host"
+            if why is not None:
+                refused.append(f"{address}, {why}")
+                continue
+            addresses.append(address)
+        if not addresses:
+            named = refused[0].split(",", 1)[0].split(" ", 1)[0] if refused else "?"
+            raise _Refused(
+                403,
+                f"{request.host} resolves to {'; '.join(refused) or 'nothing'}: refused unless network.allow "
+                f"names the address (add {named!r} to it to let this name connect there)",
+                op,
+                target,
+            )
+        last: BaseException | None = None
+        for address in addresses:
+            try:
+                with anyio.fail_after(self.config.connect_timeout):
+                    return await anyio.connect_tcp(str(address), request.port)
+            except (OSError, TimeoutError) as err:
+                last = err
+        raise _Refused(502, f"cannot connect to {target} ({last})", op, target)
+
+    def _listing(self) -> str:
+        if not self.allow:
+            return " (network.allow is empty: nothing is reachable)"
+        shown = ", ".join(r.text for r in self.allow[:20])
+        more = f", and {len(self.allow) - 20} more" if len(self.allow) > 20 else ""
+        return f" (network.allow: {shown}{more})"
+
+    async def _refuse(self, client: anyio.abc.SocketStream, refused: _Refused) -> None:
+        self._deny(refused.operation or "request", refused.target or "-", refused.reason)
+        await _answer(client, _response(refused.status, f"corral proxy: refused: {refused.reason}"))
+
+    def _deny(self, operation: str, target: str, hint: str) -> None:
+        self.stats.denied += 1
+        key = (operation[:16], target[:300], hint[:500])
+        if key in self._denials or len(self._denials) < MAX_DENIALS:
+            self._denials[key] = self._denials.get(key, 0) + 1
+
+    async def _relay(
+        self, client: anyio.abc.SocketStream, upstream: anyio.abc.SocketStream, tunnel: bool
+    ) -> None:
+        """Copy both ways until both sides are done (a tunnel's sides may close one after the other; a
+        forwarded request is over when the server's response ends), the connection is idle `idle_timeout`
+        or has lasted `total_timeout`."""
+        cfg = self.config
+        end = anyio.current_time() + cfg.total_timeout
+        stats = self.stats
+        with anyio.CancelScope(deadline=min(end, anyio.current_time() + cfg.idle_timeout)) as scope:
+
+            async def copy(src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, up: bool) -> None:
+                try:
+                    while True:
+                        chunk = await src.receive(_CHUNK)
+                        await dst.send(chunk)
+                        if up:
+                            stats.bytes_up += len(chunk)
+                        else:
+                            stats.bytes_down += len(chunk)
+                        scope.deadline = min(end, anyio.current_time() + cfg.idle_timeout)
+                except anyio.EndOfStream:
+                    if not tunnel and not up:
+                        scope.cancel()  # the response is complete ("Connection: close")
+                        return
+                    with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        await dst.send_eof()
+                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    scope.cancel()  # one side is gone: so is the connection
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(copy, client, upstream, True)
+                tg.start_soon(copy, upstream, client, False)
+
+
+async def _answer(stream: anyio.abc.SocketStream, response: bytes) -> None:
+    """Send a refusal and close gently: our side's EOF, then what the client still sends is read and
+    dropped (for at most a second). Closing with unread bytes would reset the connection, and a reset
+    discards the answer before the client reads it (a slow-loris client, a TLS hello sent early)."""
+    with anyio.move_on_after(1), contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.EndOfStream):
+        await stream.send(response)
+        await stream.send_eof()
+        while await stream.receive():
+            pass
+
+
+def _response(status: int, body: str) -> bytes:
+    text = body.replace("\r", " ").replace("\n", " ") + "\n"
+    data = text.encode("utf-8", "replace")
+    reason = _STATUS.get(status, "Request Timeout" if status == 408 else "Error")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\nX-Corral-Proxy: refused\r\n\r\n"
+    ).encode() + data
+
+
+def _parse(head: bytes) -> _Request:
+    """The request line and headers of `head` (without its final CRLFCRLF). Raises _Refused (400 for what
+    is no proxy request, 403 for a Host header that names another host)."""
+    lines = head.split(b"\r\n")
+    try:
+        method_b, target_b, version = lines[0].split(b" ")
+    except ValueError:
+        raise _Refused(400, "expected 'METHOD TARGET HTTP/1.x'", "read") from None
+    if not version.startswith(b"HTTP/1.") or not method_b.isalpha() or not method_b.isupper():
+        raise _Refused(400, "expected 'METHOD TARGET HTTP/1.x'", "read")
+    try:
+        method, target = method_b.decode("ascii"), target_b.decode("ascii")
+    except UnicodeDecodeError:
+        raise _Refused(400, "the request line is not ASCII", "read") from None
+    headers: list[tuple[bytes, bytes]] = []
+    hosts: list[str] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b" " in name:
+            raise _Refused(400, "malformed header line", method)
+        key = name.lower()
+        value = value.strip()
+        if key == b"host":
+            hosts.append(value.decode("latin-1"))
+        headers.append((name, value))
+    if len(hosts) > 1:
+        raise _Refused(403, "more than one Host header", method)
+    if method == "CONNECT":
+        host, port = _authority(target, None, method)
+        if hosts and not _same_authority(hosts[0], host, port, 443):
+            raise _Refused(
+                403, f"Host header {hosts[0]!r} differs from the CONNECT target {target!r}", method, target
+            )
+        return _Request(method, host, port, target, b"")
+    lowered = target.lower()
+    if lowered.startswith("https://"):
+        raise _Refused(
+            400, "https:// URLs go through CONNECT (the proxy does not originate TLS)", method, target
+        )
+    if not lowered.startswith("http://"):
+        raise _Refused(400, "a proxy request names an absolute http:// URL or uses CONNECT", method, target)
+    rest = target[7:]
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:] or "/"
+    if "@" in authority:
+        raise _Refused(400, "user info in the URL", method, target)
+    host, port = _authority(authority, 80, method)
+    shown = f"{host}:{port}"
+    if hosts and not _same_authority(hosts[0], host, port, 80):
+        raise _Refused(
+            403, f"Host header {hosts[0]!r} differs from the URL's host {authority!r}", method, shown
+        )
+    if path.startswith("#"):
+        path = "/"
+    out = [f"{method} {path if path.startswith('/') else '/' + path} ".encode() + version]
+    connection_tokens = {
+        t.strip().lower()
+        for n, v in headers
+        if n.lower() in (b"connection", b"proxy-connection")
+        for t in v.split(b",")
+    }
+    if not hosts:
+        out.append(b"Host: " + authority.encode("ascii"))
+    for name, value in headers:
+        key = name.lower()
+        if key in _HOP_BY_HOP or key in connection_tokens:
+            continue
+        out.append(name + b": " + value)
+    out.append(b"Connection: close")
+    return _Request(method, host, port, shown, b"\r\n".join(out) + b"\r\n\r\n")
+
+
+def _authority(text: str, default_port: int | None, method: str) -> tuple[str, int]:
+    """(host, port) of an authority "host:port" ("[v6]:port"); the port may be left out when
+    `default_port` is given. Raises _Refused(400)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise _Refused(400, f"bad authority {text!r}", method, text)
+        host, rest = text[: end + 1], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise _Refused(400, f"bad authority {text!r}", method, text)
+        port_text = rest[1:]
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+        if ":" in host:
+            raise _Refused(400, f"an IPv6 address goes in brackets: {text!r}", method, text)
+    if not port_text:
+        if default_port is None:
+            raise _Refused(400, f"CONNECT needs host:port, got {text!r}", method, text)
+        return host, default_port
+    if not port_text.isdigit() or not port_text.isascii() or not 1 <= int(port_text) <= 65535:
+        raise _Refused(400, f"bad port in {text!r}", method, text)
+    if not host:
+        raise _Refused(400, f"no host in {text!r}", method, text)
+    return host, int(port_text)
+
+
+def _same_authority(header: str, host: str, port: int, default_port: int) -> bool:
+    """Whether a Host header names `host` on `port` (its port may be left out when it is the default)."""
+    try:
+        h_host, h_port = _authority(header.strip(), default_port if port == default_port else port, "")
+    except _Refused:
+        return False
+    return h_port == port and normalise_host(h_host) == normalise_host(host) is not None

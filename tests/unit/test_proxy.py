@@ -1,0 +1,466 @@
+"""corral's network proxy (supervisor/_proxy.py) on real loopback sockets: the proxy serves a listener the
+test made, a test HTTP server and an echo server stand for the outside, and a static resolver sends test
+names to them (or to private addresses). Every refusal is checked from the target's side too: the server
+must not have seen a connection. (The same proxy in a real sandbox: tests/kernel/test_proxy_sandbox.py.)"""
+
+from __future__ import annotations
+
+import ipaddress
+import resource
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+import pytest
+
+from policies import NetworkPolicy
+from supervisor._proxy import ChildProxy, ProxyConfig, special, static_resolver
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Server:
+    """A loopback server the test started: how many connections it accepted, and what it read."""
+
+    port: int
+    accepted: int = 0
+    heads: list[bytes] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def http_server(body: bytes = b"hello from the test server\n") -> AsyncIterator[Server]:
+    """An HTTP/1.1 server on 127.0.0.1 answering every request with `body`, then closing."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    server = Server(listener.extra(anyio.abc.SocketAttribute.local_port))
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        server.accepted += 1
+        async with stream:
+            data = b""
+            with anyio.move_on_after(5):
+                while b"\r\n\r\n" not in data:
+                    data += await stream.receive()
+            server.heads.append(data)
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+            )
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield server
+        tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def echo_server() -> AsyncIterator[Server]:
+    """A TCP server on 127.0.0.1 that sends back what it reads (a CONNECT target)."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    server = Server(listener.extra(anyio.abc.SocketAttribute.local_port))
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        server.accepted += 1
+        async with stream:
+            with contextlib_suppress():
+                async for chunk in stream:
+                    await stream.send(chunk)
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield server
+        tg.cancel_scope.cancel()
+
+
+def contextlib_suppress() -> object:
+    import contextlib
+
+    return contextlib.suppress(anyio.BrokenResourceError, anyio.EndOfStream, OSError)
+
+
+@asynccontextmanager
+async def proxy(
+    allow: tuple[str, ...],
+    deny: tuple[str, ...] = (),
+    names: dict[str, list[str]] | None = None,
+    **limits: float,
+) -> AsyncIterator[tuple[ChildProxy, int]]:
+    """A ChildProxy for this allowlist serving a loopback listener; yields it and its port."""
+    resolver = static_resolver(names or {})
+    config = ProxyConfig(resolver=resolver, **limits)  # type: ignore[arg-type]
+    child = ChildProxy(NetworkPolicy(mode="proxy", allow=allow, deny=deny), config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4096)
+    port = sock.getsockname()[1]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(child.serve, sock)
+        yield child, port
+        tg.cancel_scope.cancel()
+
+
+async def ask(port: int, request: bytes, then: bytes = b"") -> tuple[int, bytes]:
+    """Send `request` to the proxy on `port` and read to EOF: (status, the whole response)."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request)
+        data = b""
+        with anyio.fail_after(20):
+            if then:
+                while b"\r\n\r\n" not in data:
+                    data += await stream.receive()
+                await stream.send(then)
+            try:
+                async for chunk in stream:
+                    data += chunk
+                    if then and data.endswith(then):
+                        break
+            except (anyio.BrokenResourceError, OSError):
+                pass
+    return int(data.split(b" ", 2)[1]), data
+
+
+def connect(target: str, host: str | None = None) -> bytes:
+    head = f"CONNECT {target} HTTP/1.1\r\n"
+    if host is not None:
+        head += f"Host: {host}\r\n"
+    return (head + "\r\n").encode()
+
+
+def get(url: str, host: str | None = None) -> bytes:
+    head = f"GET {url} HTTP/1.1\r\nUser-Agent: test\r\nProxy-Connection: keep-alive\r\n"
+    if host is not None:
+        head += f"Host: {host}\r\n"
+    return (head + "\r\n").encode()
+
+
+async def test_plain_http_allowed_and_forwarded_in_origin_form() -> None:
+    async with (
+        http_server() as srv,
+        proxy((f"allowed.test:{srv.port}", "127.0.0.1"), names={"allowed.test": ["127.0.0.1"]}) as (
+            child,
+            port,
+        ),
+    ):
+        status, data = await ask(
+            port, get(f"http://allowed.test:{srv.port}/a/b?c=1", f"allowed.test:{srv.port}")
+        )
+    assert status == 200
+    assert data.endswith(b"hello from the test server\n")
+    assert srv.accepted == 1
+    head = srv.heads[0]
+    assert head.startswith(b"GET /a/b?c=1 HTTP/1.1\r\n")
+    assert b"Connection: close" in head
+    assert b"Proxy-Connection" not in head
+    assert child.stats.allowed == 1
+    assert child.stats.denied == 0
+    assert child.stats.bytes_up == len(head)
+    assert child.stats.bytes_down == len(data)
+
+
+async def test_connect_tunnel_relays_both_ways() -> None:
+    async with (
+        echo_server() as srv,
+        proxy((f"allowed.test:{srv.port}", "127.0.0.1"), names={"allowed.test": ["127.0.0.1"]}) as (
+            child,
+            port,
+        ),
+    ):
+        status, data = await ask(port, connect(f"allowed.test:{srv.port}"), then=b"ping through the tunnel")
+    assert status == 200
+    assert data.endswith(b"\r\n\r\nping through the tunnel")
+    assert srv.accepted == 1
+    assert child.stats.bytes_up == child.stats.bytes_down == len(b"ping through the tunnel")
+
+
+Case = tuple[str, Callable[[int], bytes], str]
+
+
+async def _refused(
+    request: Callable[[int], bytes],
+    allow: Callable[[int], tuple[str, ...]],
+    names: dict[str, list[str]],
+    status: int = 403,
+    deny: tuple[str, ...] = (),
+) -> tuple[bytes, ChildProxy, Server]:
+    async with echo_server() as srv, proxy(allow(srv.port), deny, names=names) as (child, port):
+        got, data = await ask(port, request(srv.port))
+    assert got == status, data
+    assert srv.accepted == 0  # checked at the target: nothing reached it
+    assert child.stats.denied == 1
+    assert child.stats.allowed == 0
+    (denial,) = child.denials
+    assert denial.layer == "proxy"
+    return data, child, srv
+
+
+async def test_unlisted_name_refused_naming_the_list() -> None:
+    data, child, _ = await _refused(
+        lambda p: connect(f"other.test:{p}"),
+        lambda p: (f"allowed.test:{p}", "127.0.0.1"),
+        {"other.test": ["127.0.0.1"]},
+    )
+    assert b"no rule of network.allow covers other.test:" in data
+    assert b"allowed.test:" in data  # the body lists what is allowed
+    assert child.denials[0].operation == "CONNECT"
+    assert child.denials[0].target.startswith("other.test:")
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1", b"loopback"),
+        ("127.8.9.10", b"loopback"),
+        ("10.1.2.3", b"private"),
+        ("192.168.1.1", b"private"),
+        ("169.254.169.254", b"link-local"),
+        ("::1", b"loopback"),
+        ("::ffff:127.0.0.1", b"loopback"),
+        ("fe80::1", b"link-local"),
+        ("0.0.0.0", b"unspecified"),
+        ("224.0.0.1", b"multicast"),
+        ("100.64.0.1", b"global"),
+    ],
+)
+async def test_listed_name_resolving_to_a_special_address_refused(address: str, why: bytes) -> None:
+    data, _, _ = await _refused(
+        lambda p: connect(f"allowed.test:{p}"), lambda p: (f"allowed.test:{p}",), {"allowed.test": [address]}
+    )
+    assert why in data
+    assert b"names the address" in data
+
+
+async def test_special_address_allowed_only_when_named_and_own_addresses_refused() -> None:
+    names = {"allowed.test": ["127.0.0.1"]}
+    async with echo_server() as srv:
+        async with proxy((f"allowed.test:{srv.port}", "127.0.0.2"), names=names) as (_, port):
+            assert (await ask(port, connect(f"allowed.test:{srv.port}")))[0] == 403  # another address named
+        async with proxy((f"allowed.test:{srv.port}", "127.0.0.1"), names=names) as (_, port):
+            assert (await ask(port, connect(f"allowed.test:{srv.port}"), then=b"x"))[0] == 200
+        assert srv.accepted == 1
+    # a global address that is the host's own is refused like loopback
+    own = ipaddress.IPv4Address("93.184.215.14")
+    config = ProxyConfig(
+        resolver=static_resolver({"allowed.test": [str(own)]}), own_addresses=frozenset({own})
+    )
+    child = ChildProxy(NetworkPolicy(mode="proxy", allow=("allowed.test",)), config)
+    with pytest.raises(Exception, match="supervisor's host"):
+        await child._open(_request("allowed.test", 443))
+
+
+def _request(host: str, port: int) -> object:
+    from supervisor._proxy import _Request
+
+    return _Request("CONNECT", host, port, f"{host}:{port}", b"")
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "127.0.0.1",
+        "127.1",
+        "2130706433",
+        "0177.0.0.1",
+        "0x7f.0.0.1",
+        "0x7f000001",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+    ],
+)
+async def test_ip_literals_normalised_before_the_decision(literal: str) -> None:
+    """Each encoding of 127.0.0.1 is refused under a names-only list, and allowed (the same address)
+    under a list naming 127.0.0.1 on that port."""
+    data, _, _ = await _refused(lambda p: connect(f"{literal}:{p}"), lambda p: (f"allowed.test:{p}",), {})
+    assert b"no rule of network.allow covers" in data
+    async with echo_server() as srv, proxy((f"127.0.0.1:{srv.port}",)) as (_child, port):
+        status, _ = await ask(port, connect(f"{literal}:{srv.port}"), then=b"x")
+    assert status == 200
+    assert srv.accepted == 1
+
+
+async def test_port_rule_names_only_means_80_and_443() -> None:
+    data, _, _ = await _refused(
+        lambda p: connect(f"allowed.test:{p}"),
+        lambda p: ("allowed.test", "127.0.0.1"),
+        {"allowed.test": ["127.0.0.1"]},
+    )
+    assert b"no rule of network.allow covers allowed.test:" in data
+
+
+async def test_deny_wins_over_a_wildcard() -> None:
+    data, _child, _ = await _refused(
+        lambda p: connect(f"bad.allowed.test:{p}"),
+        lambda p: (f"*.allowed.test:{p}", "127.0.0.1"),
+        {"bad.allowed.test": ["127.0.0.1"]},
+        deny=(["bad.allowed.test", "1-2"][0],),
+    )
+    assert b"network.deny[0] = 'bad.allowed.test'" in data or b"no rule" in data
+
+
+@pytest.mark.parametrize(
+    "request_for",
+    [
+        lambda p: connect(f"allowed.test:{p}", host="evil.test"),
+        lambda p: connect(f"allowed.test:{p}", host=f"evil.test:{p}"),
+        lambda p: get(f"http://allowed.test:{p}/", host="evil.test"),
+        lambda p: (
+            f"GET http://allowed.test:{p}/ HTTP/1.1\r\nHost: allowed.test:{p}\r\nHost: evil.test\r\n\r\n"
+        ).encode(),
+    ],
+)
+async def test_host_header_differing_from_the_target_refused(request_for: Callable[[int], bytes]) -> None:
+    data, _, _ = await _refused(
+        request_for,
+        lambda p: (f"allowed.test:{p}", "127.0.0.1"),
+        {"allowed.test": ["127.0.0.1"], "evil.test": ["127.0.0.1"]},
+    )
+    assert b"Host header" in data
+
+
+@pytest.mark.parametrize(
+    ("request_for", "why"),
+    [
+        (lambda p: f"GET https://allowed.test:{p}/ HTTP/1.1\r\n\r\n".encode(), b"CONNECT"),
+        (lambda p: f"GET / HTTP/1.1\r\nHost: allowed.test:{p}\r\n\r\n".encode(), b"absolute"),
+        (lambda p: b"CONNECT allowed.test HTTP/1.1\r\n\r\n", b"host:port"),
+        (lambda p: f"CONNECT allowed.test:{p}0000 HTTP/1.1\r\n\r\n".encode(), b"bad port"),
+        (lambda p: f"GET http://user@allowed.test:{p}/ HTTP/1.1\r\n\r\n".encode(), b"user info"),
+        (lambda p: b"HELLO\r\n\r\n", b"METHOD"),
+    ],
+)
+async def test_malformed_requests_get_400(request_for: Callable[[int], bytes], why: bytes) -> None:
+    data, _, _ = await _refused(
+        request_for, lambda p: (f"allowed.test:{p}", "127.0.0.1"), {"allowed.test": ["127.0.0.1"]}, 400
+    )
+    assert why in data
+
+
+async def test_slow_loris_head_is_cut_off() -> None:
+    """A client that sends its head a byte at a time never gets a decision: closed at head_timeout."""
+    async with (
+        echo_server() as srv,
+        proxy(
+            (f"allowed.test:{srv.port}", "127.0.0.1"), names={"allowed.test": ["127.0.0.1"]}, head_timeout=0.5
+        ) as (child, port),
+        await anyio.connect_tcp("127.0.0.1", port) as stream,
+    ):
+        data = b""
+        with anyio.fail_after(20):
+            for byte in connect(f"allowed.test:{srv.port}")[:-2]:
+                try:
+                    await stream.send(bytes([byte]))
+                except (anyio.BrokenResourceError, OSError):
+                    break
+                with anyio.move_on_after(0.1), contextlib_suppress():
+                    data += await stream.receive()  # the proxy's answer, once it gave up on us
+                if data:
+                    break
+            with contextlib_suppress():
+                async for chunk in stream:
+                    data += chunk
+    assert data.startswith(b"HTTP/1.1 408")
+    assert srv.accepted == 0
+    assert child.stats.denied == 1
+
+
+async def test_idle_tunnel_closed() -> None:
+    async with (
+        echo_server() as srv,
+        proxy(
+            (f"allowed.test:{srv.port}", "127.0.0.1"), names={"allowed.test": ["127.0.0.1"]}, idle_timeout=0.5
+        ) as (child, port),
+        await anyio.connect_tcp("127.0.0.1", port) as stream,
+    ):
+        await stream.send(connect(f"allowed.test:{srv.port}"))
+        data = b""
+        with anyio.fail_after(20), contextlib_suppress():
+            async for chunk in stream:  # ends when the proxy closes the idle tunnel
+                data += chunk
+    assert data == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert child.active == 0
+
+
+async def test_thousand_concurrent_connections_from_one_child_are_bounded() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4200:
+        pytest.skip(f"needs 4200 fds, RLIMIT_NOFILE hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4200), hard))
+    limit = 50
+    try:
+        async with (
+            echo_server() as srv,
+            proxy(
+                (f"allowed.test:{srv.port}", "127.0.0.1"),
+                names={"allowed.test": ["127.0.0.1"]},
+                max_connections=limit,
+            ) as (child, port),
+        ):
+            streams: list[anyio.abc.SocketStream] = []
+            try:
+                for _ in range(1000):
+                    streams.append(await anyio.connect_tcp("127.0.0.1", port))
+                answers: list[bytes] = []
+
+                async def first_bytes(stream: anyio.abc.SocketStream) -> None:
+                    with anyio.move_on_after(5), contextlib_suppress():
+                        answers.append(await stream.receive())
+
+                async with anyio.create_task_group() as tg:
+                    for s in streams:
+                        tg.start_soon(first_bytes, s)
+                assert child.stats.peak_connections == limit
+                assert child.active == limit  # the first 50 are still waiting for their heads
+                assert len([a for a in answers if a.startswith(b"HTTP/1.1 503")]) == 1000 - limit
+                assert child.stats.denied == 1000 - limit
+                (denial,) = child.denials
+                assert denial.count == 1000 - limit
+                assert f"at most {limit}".encode() in answers[0]
+            finally:
+                for s in streams:
+                    await s.aclose()
+            # the slots come back: a new connection is served
+            status, _ = await ask(port, connect(f"allowed.test:{srv.port}"), then=b"x")
+            assert status == 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_two_children_with_different_lists_never_mix() -> None:
+    names = {"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"]}
+    async with echo_server() as srv:
+        p = srv.port
+        async with (
+            proxy((f"a.test:{p}", "127.0.0.1"), names=names) as (a, port_a),
+            proxy((f"b.test:{p}", "127.0.0.1"), names=names) as (b, port_b),
+        ):
+            results: dict[tuple[str, str, int], int] = {}
+
+            async def one(who: str, port: int, target: str, i: int) -> None:
+                results[(who, target, i)] = (await ask(port, connect(f"{target}:{p}"), then=b"x"))[0]
+
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+                    for who, port in (("a", port_a), ("b", port_b)):
+                        for target in ("a.test", "b.test"):
+                            tg.start_soon(one, who, port, target, i)
+    for (who, target, _i), status in results.items():
+        assert status == (200 if target.startswith(who) else 403), (who, target)
+    assert (a.stats.allowed, a.stats.denied, b.stats.allowed, b.stats.denied) == (20, 20, 20, 20)
+    assert srv.accepted == 40
+
+
+def test_special_classifies() -> None:
+    assert special(ipaddress.ip_address("93.184.215.14")) is None
+    assert special(ipaddress.ip_address("2606:4700::1")) is None
+    for a in (
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.0.1",
+        "169.254.169.254",
+        "fd00::1",
+        "ff02::1",
+        "100.64.0.1",
+        "240.0.0.1",
+    ):
+        assert special(ipaddress.ip_address(a)) is not None, a
