@@ -55,14 +55,15 @@ async def _pool(n: int, concurrency: int, once: Callable[[], Awaitable[None]]) -
 
 
 def _cpu() -> dict[str, float]:
-    """CPU seconds (user+system) of this process, of the fork server (our child running _zygote), and of
-    our reaped children: the sandbox inits (CLONE_PARENT makes them ours) with the commands they reaped."""
+    """CPU seconds (user+system) of this process, of the fork server (our child running
+    supervisor.forkserver.server), and of our reaped children: the sandbox inits (CLONE_PARENT makes them
+    ours) with the commands they reaped."""
     me = psutil.Process()
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = {"supervisor": sum(me.cpu_times()[:2]), "sandboxes": kids.ru_utime + kids.ru_stime}
     for c in me.children():
         try:
-            if any("_zygote" in part for part in c.cmdline()):
+            if any("supervisor.forkserver.server" in part for part in c.cmdline()):
                 out["fork_server"] = out.get("fork_server", 0.0) + sum(c.cpu_times()[:2])
         except psutil.Error:
             pass

@@ -2,22 +2,73 @@
 
 Note: the import name `supervisor` is also used by supervisord (`pip install supervisor`); the two cannot be
 installed in the same environment.
+
+The names below are loaded at their first use (PEP 562): the fork server imports supervisor.forkserver.server
+and the mechanism modules under `python -I -S`, and must not load the API (anyio, the Supervisor) with them.
 """
 
-from policies import CorralError, PolicyError
-from supervisor._child import Child, Result, Violation
-from supervisor._errors import (
-    CommandFailedError,
-    CommandNotExecutableError,
-    CommandNotFoundError,
-    SandboxSetupError,
-    SpawnError,
-    SupervisorClosedError,
-    SupervisorRunningError,
-)
-from supervisor._monitor import ChildStats, Rule, rss_above
-from supervisor._supervisor import DEVNULL, PIPE, Event, Supervisor
-from supervisor.sandbox.probe import Feature, KernelCaps
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from policies import CorralError, PolicyError
+    from supervisor._child import Child
+    from supervisor._errors import (
+        CommandFailedError,
+        CommandNotExecutableError,
+        CommandNotFoundError,
+        SandboxSetupError,
+        SpawnError,
+        SupervisorClosedError,
+        SupervisorRunningError,
+    )
+    from supervisor._supervisor import DEVNULL, PIPE, Event, Supervisor
+    from supervisor._types import ChildStats, Result, Rule, Violation, rss_above
+    from supervisor.sandbox.probe import Feature, KernelCaps
+
+#: Where each public name lives.
+_HOME = {
+    "CorralError": "policies",
+    "PolicyError": "policies",
+    "Child": "supervisor._child",
+    "Result": "supervisor._types",
+    "Violation": "supervisor._types",
+    "CommandFailedError": "supervisor._errors",
+    "CommandNotExecutableError": "supervisor._errors",
+    "CommandNotFoundError": "supervisor._errors",
+    "SandboxSetupError": "supervisor._errors",
+    "SpawnError": "supervisor._errors",
+    "SupervisorClosedError": "supervisor._errors",
+    "SupervisorRunningError": "supervisor._errors",
+    "ChildStats": "supervisor._types",
+    "Rule": "supervisor._types",
+    "rss_above": "supervisor._types",
+    "DEVNULL": "supervisor._supervisor",
+    "PIPE": "supervisor._supervisor",
+    "Event": "supervisor._supervisor",
+    "Supervisor": "supervisor._supervisor",
+    "Feature": "supervisor.sandbox.probe",
+    "KernelCaps": "supervisor.sandbox.probe",
+}
+
+
+if not TYPE_CHECKING:  # for mypy the imports above say what each name is
+
+    def __getattr__(name: str) -> object:
+        """A public name, imported from its module at first use. Raises AttributeError for any other."""
+        home = _HOME.get(name)
+        if home is None:
+            msg = f"module 'supervisor' has no attribute {name!r}"
+            raise AttributeError(msg)
+        value = getattr(importlib.import_module(home), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "DEVNULL",

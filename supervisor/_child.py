@@ -4,110 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import marshal
 import os
 import signal as _signal
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-from policies._errors import printable
+from supervisor._types import ChildStats, Result, Rule, Violation
+from supervisor.forkserver import protocol
+from supervisor.forkserver.client import StatusReader
 
 if TYPE_CHECKING:
     from policies import Policy
-    from supervisor._monitor import ChildStats, Rule
     from supervisor.sandbox.cgroups import CgroupStats, Leaf
-
-ViolationKind = Literal["memory", "pids", "wall_time", "cpu_time", "fds", "output", "disk"]
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """Why the supervisor (or the kernel, for memory) killed a child: the limit and what was observed."""
-
-    kind: ViolationKind
-    limit: float
-    observed: float
-
-    def to_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "limit": self.limit, "observed": self.observed}
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """How a child ended.
-
-    exit_code: the shell-style status, as `corral run` exits: the command's own code, 128+N when killed by
-               signal N, 137 when killed for a violation.
-    signal:    the signal that ended the command, or None.
-    violation: the limit that got it killed, or None.
-    stdout/stderr: captured output (bounded; `*_truncated` says whether bytes were dropped).
-    enforced:  the isolation layers that took effect; missing: (layer, reason) pairs skipped by best_effort.
-    limit_hits: limits the kernel held without killing the command, with a count: "pids" (forks refused at
-               pids.max), "memory_oom" (processes the OOM killer ended), "memory_socket" (cgroup v1: socket
-               buffers reached the memory limit).
-    quarantined: what the post-run git scan moved out of git's way, as (path, reason) pairs: files the
-               command wrote in git repositories under its writable roots that would make the host user's
-               git run code (hooks, config settings that run programs, a commondir pointing elsewhere).
-    killed:    True when the violation is what ended the command (corral, or the kernel's OOM killer, killed
-               it for the limit); False when a violation is only reported (pids.max held it).
-    refused_abi: when the command was killed by SIGSYS under the seccomp filter, which kills every syscall
-               of a foreign ABI: "i386" or "x32" when the command's own file is such a binary, "i386 or
-               x32" when it is a 64-bit one (a descendant, or `int $0x80` in 64-bit code); else None.
-    """
-
-    exit_code: int
-    signal: int | None
-    violation: Violation | None
-    duration_s: float
-    cpu_s: float
-    peak_memory_bytes: int
-    stdout: bytes = b""
-    stderr: bytes = b""
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-    enforced: tuple[str, ...] = ()
-    missing: tuple[tuple[str, str], ...] = ()
-    pid: int = 0
-    limit_hits: dict[str, int] = field(default_factory=dict)
-    killed: bool = False
-    quarantined: tuple[tuple[str, str], ...] = ()
-    refused_abi: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and self.violation is None
-
-    @property
-    def outcome(self) -> Literal["ok", "error", "signal", "violation"]:
-        """The bounded label exits are counted by: violation (killed for a limit), signal, error or ok."""
-        if self.violation is not None and self.killed:
-            return "violation"
-        if self.signal is not None:
-            return "signal"
-        return "ok" if self.exit_code == 0 else "error"
-
-    def to_json(self) -> dict[str, object]:
-        """The `corral run --json` record (the CLI contract in DESIGN.md, plus `missing`)."""
-        return {
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "violation": self.violation.to_dict() if self.violation else None,
-            "duration_s": round(self.duration_s, 6),
-            "cpu_s": round(self.cpu_s, 6),
-            "peak_memory_bytes": self.peak_memory_bytes,
-            "enforced": list(self.enforced),
-            "missing": [{"layer": a, "reason": printable(b)} for a, b in self.missing],
-            # Every key documented, 0 when nothing was held.
-            "limit_hits": {**dict.fromkeys(LIMIT_HIT_KEYS, 0), **self.limit_hits},
-            "refused_abi": self.refused_abi,
-            "quarantined": [{"path": printable(p), "reason": printable(r)} for p, r in self.quarantined],
-        }
 
 
 @dataclass(slots=True)
@@ -121,72 +34,7 @@ class _Exit:
     elf: str | None = None  # the command file's ABI, reported by the init when SIGSYS killed the command
 
 
-_KINDS = (b"E", b"R", b"X", b"S")
-#: The keys `--json`'s limit_hits always carries (README): 0 when the kernel held nothing of that kind.
-LIMIT_HIT_KEYS = ("pids", "memory_oom", "memory_socket", "disk_tmpfs")
-_MAX_RECORD = 1 << 16
 log = logging.getLogger("corral")
-
-
-class StatusReader:
-    """Reads the sandbox init's status pipe: records E (setup/exec failure), R (pre-forked sandbox ready), X
-    (exec ok), S (exit status)."""
-
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.fd: int | None = fd
-        self._buf = b""
-
-    async def next(self) -> tuple[bytes, dict[str, object]] | None:
-        """The next record, or None at EOF (the init is gone)."""
-        while True:
-            if len(self._buf) >= 5:
-                (n,) = struct.unpack("=I", self._buf[1:5])
-                if self._buf[:1] not in _KINDS or n > _MAX_RECORD:
-                    self._malformed()
-                    return None
-                if len(self._buf) >= 5 + n:
-                    kind, raw = self._buf[:1], self._buf[5 : 5 + n]
-                    self._buf = self._buf[5 + n :]
-                    try:
-                        payload = marshal.loads(raw)
-                    except (EOFError, ValueError, TypeError):
-                        self._malformed()
-                        return None
-                    if not isinstance(payload, dict):
-                        self._malformed()
-                        return None
-                    # The init sends a string that is not UTF-8 (a path or name a sandbox chose) as bytes.
-                    for key, value in payload.items():
-                        if isinstance(value, bytes):
-                            payload[key] = value.decode("utf-8", "surrogateescape")
-                    return kind, payload
-            if self.fd is None:
-                return None
-            try:
-                data = os.read(self.fd, 4096)
-            except BlockingIOError:
-                await anyio.wait_readable(self.fd)
-                continue
-            if not data:
-                os.close(self.fd)
-                self.fd = None
-                if not self._buf:
-                    return None
-                continue
-            self._buf += data
-
-    def _malformed(self) -> None:
-        # Only the init writes this pipe, but a record that does not parse is treated as the end of the
-        # stream (the child is then judged by its wait status alone) rather than trusted or fatal.
-        log.warning("malformed status record from a sandbox init; ignoring the rest")
-        self._buf = b""
-        self.close()
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class Child:
@@ -406,25 +254,22 @@ class Child:
             kind, payload = rec
             if not self._started.is_set():
                 self._first = rec
-                if kind == b"X":
+                if kind == protocol.EXEC:
                     self.exec_at = time.monotonic()
                     if on_exec is not None:
                         on_exec()
                 self._started.set()
-            if kind == b"S":
-                try:
-                    ex.status = int(payload["status"])  # type: ignore[call-overload]
-                    ex.cpu_s = float(payload["cpu"])  # type: ignore[arg-type]
-                    ex.maxrss = int(payload["maxrss"])  # type: ignore[call-overload]
-                except (KeyError, TypeError, ValueError):
-                    ex.status = None
-                ended = payload.get("ended")
-                if isinstance(ended, int):
-                    ex.cmd_ended = ended / 1e9
-                elf = payload.get("elf")
-                if isinstance(elf, str | bytes):
-                    ex.elf = elf if isinstance(elf, str) else elf.decode(errors="replace")
-                if ex.status is not None and payload.get("alone") is True:
+            if kind == protocol.EXIT:
+                record = protocol.exit_record(payload)
+                ex.status = None if record is None else record["status"]
+                if record is None:
+                    continue
+                ex.cpu_s, ex.maxrss = record["cpu"], record["maxrss"]
+                if "ended" in record:
+                    ex.cmd_ended = record["ended"] / 1e9
+                if "elf" in record:
+                    ex.elf = record["elf"]
+                if record["alone"]:
                     ex.ended = time.monotonic()
                     self._exit = ex
                     return

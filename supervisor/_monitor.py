@@ -19,53 +19,15 @@ import os
 import signal as _signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import psutil
 
 from policies import CorralError
-from supervisor._child import Violation, ViolationKind
+from supervisor._types import ChildStats, Rule, Violation
 
 if TYPE_CHECKING:
     from supervisor._child import Child
-
-
-class ChildStats(NamedTuple):
-    """One sample of a child's whole tree. None where no source could measure it.
-
-    memory_bytes: current memory (cgroup memory.current / usage_in_bytes; else the tree's summed RSS).
-    memory_peak_bytes: high-water mark (cgroup memory.peak / max_usage_in_bytes).
-    cpu_seconds: user + system CPU of the tree (cgroup; else psutil over the live tree).
-    pids: tasks in the tree; open_fds: fds held across the tree, open or parked in flight in the receive
-    queues of its unix sockets (`held_fds`; sampled only when needed).
-    oom_kills: processes the kernel's OOM killer ended; pids_limit_hits: forks refused at pids.max.
-    """
-
-    memory_bytes: int | None
-    memory_peak_bytes: int | None
-    cpu_seconds: float | None
-    pids: int | None
-    open_fds: int | None
-    oom_kills: int
-    pids_limit_hits: int
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """A user rule, as circus has them: kill the child when `metric` (a ChildStats field) stays above
-    `threshold` for `samples` consecutive samples. Reported as a violation of `kind`."""
-
-    metric: str
-    threshold: float
-    samples: int = 1
-    kind: ViolationKind = "memory"
-
-
-def rss_above(limit_bytes: int, samples: int = 3) -> Rule:
-    """The classic: memory above `limit_bytes` for `samples` consecutive samples."""
-    return Rule("memory_bytes", limit_bytes, samples, "memory")
 
 
 def _tree(child: Child) -> list[psutil.Process]:

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from policies import Policy, check_writable_roots
+from supervisor.forkserver.protocol import CompiledPayload
 from supervisor.sandbox import capabilities, landlock, mounts, namespaces, rlimits, seccomp
 from supervisor.sandbox.probe import KernelCaps
 
@@ -41,7 +42,7 @@ class CompiledPolicy:
     """A policy ready for the fork server. `payload` is builtins only (it crosses with marshal)."""
 
     policy_id: int
-    payload: dict[str, object]
+    payload: CompiledPayload
     enforced: tuple[str, ...]
     missing: tuple[tuple[str, str], ...]
 
@@ -176,7 +177,7 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
                 raise SandboxSetupError(layer, "measure the disk budget", _errno.EOPNOTSUPP, hint=hint)
             missing.append(("disk_budget", why))
     enforced += ALWAYS
-    payload: dict[str, object] = {
+    payload: CompiledPayload = {
         "ns": ns,
         "cgroupns": "cgroup_ns" in enforced,
         "mounts": mnt,

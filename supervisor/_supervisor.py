@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from policies import EnvPolicy, Policy, PolicyError, filter_environment, profiles
 from supervisor import _gitscan
-from supervisor._child import Child, Result, StatusReader, Violation
+from supervisor._child import Child
 from supervisor._errors import (
     CommandFailedError,
     CommandNotExecutableError,
@@ -33,23 +33,22 @@ from supervisor._errors import (
     SupervisorClosedError,
     SupervisorRunningError,
 )
-from supervisor._forkserver import ForkServer
 from supervisor._monitor import (
     DISK_INTERVAL,
     FULL_EVERY,
-    ChildStats,
     Enforcer,
-    Rule,
     _disk_sample,
     _io_written,
     sample_all,
     sample_due,
 )
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
-from supervisor._prefork import Prefork, Stub
 from supervisor._streams import FdReceiveStream, FdSendStream
+from supervisor._types import ChildStats, Result, Rule, Violation
+from supervisor.forkserver.client import ForkServer, StatusReader
+from supervisor.forkserver.prefork import Prefork
+from supervisor.forkserver.protocol import Reply, SpawnRequest
 from supervisor.sandbox._ops import INLINE_COMMAND_MAX, EncodedEnv, encode_command, encode_env
-from supervisor.sandbox._sys import rights
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
 from supervisor.sandbox.probe import KernelCaps
 
@@ -539,7 +538,7 @@ class Supervisor:
         if environment is None:
             environment = self._env.get(policy)
         command = encode_command([os.fsencode(a) for a in cmd], environment, where)
-        request: dict[str, object] = {"cwd": cwd}
+        request: SpawnRequest = {"cwd": cwd, "policy_id": compiled.policy_id}
         ours: list[int] = []  # child-side fds we opened, closed once sent
         mine: list[int | None] = [None, None, None]  # our ends of pipes
         fds: list[int] = []
@@ -562,12 +561,12 @@ class Supervisor:
             if controlling_tty:
                 request["ctty"] = True
             stub = None if controlling_tty else await self._prefork.take(policy, compiled, cwd)
-            if stub is not None and not _hand_over(stub, request, fds):
+            if stub is not None and not stub.hand_over(request, fds):
                 self._prefork.discard(stub)
                 stub = None
             if stub is not None:
                 leaf, cg_enforced, cg_missing = stub.leaf, stub.cg_enforced, stub.cg_missing
-                reply: dict[str, object] = {"pid": stub.pid}
+                reply: Reply = {"pid": stub.pid}
                 pidfd: int | None = stub.pidfd
                 status: StatusReader | None = stub.status
             else:
@@ -600,7 +599,7 @@ class Supervisor:
                 self._said_missing.add(said)
                 log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in cg_missing))
         child = Child(
-            int(reply["pid"]),  # type: ignore[call-overload]
+            reply["pid"],
             pidfd,
             status,
             name=name,
@@ -1028,18 +1027,6 @@ async def _feed(stream: ByteSendStream, data: bytes) -> None:
         pass
     finally:
         await stream.aclose()
-
-
-def _hand_over(stub: Stub, request: dict[str, object], fds: list[int]) -> bool:
-    """Send the command to a pre-forked sandbox: "I" and the command, or "F" when it is in the last fd;
-    False when the sandbox is gone (then it is discarded)."""
-    message = b"F" if request.get("cmd_fd") else b"I" + request["cmd"]  # type: ignore[operator]
-    try:
-        stub.ctl.sendmsg([message], rights(fds))
-    except OSError:
-        return False
-    stub.ctl.close()
-    return True
 
 
 def _memfd(data: bytes, ours: list[int]) -> int:

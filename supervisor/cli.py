@@ -25,10 +25,11 @@ import click
 from anyio.abc import ByteReceiveStream
 
 from policies import CorralError, Policy, load_policy, profiles
-from supervisor._child import Child, Result
+from supervisor._child import Child
 from supervisor._errors import SpawnError, printable
 from supervisor._supervisor import PIPE, Supervisor
 from supervisor._terminal import PtyRelay, TerminalGuard
+from supervisor._types import Result
 
 EXIT_CORRAL = 125
 

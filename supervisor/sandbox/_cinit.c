@@ -1,5 +1,5 @@
 /* The sandbox init, in C: a small static executable that runs a confinement plan built in Python
- * (supervisor/sandbox/_ops.py, supervisor/_zygote.py), then the command.
+ * (supervisor/sandbox/_ops.py, supervisor/forkserver/server.py), then the command.
  *
  * Why C, and why an executable: a sandbox init used to be a clone of the fork server, a Python process,
  * running Python. Copying the fork server's page tables at each clone, then copying on write each page
@@ -1246,7 +1246,7 @@ static int keep_caps_across_exec(void) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* Pooled network namespaces (supervisor/_zygote.py, _NetPool). Creating and destroying a network
+/* Pooled network namespaces (supervisor/forkserver/netpool.py). Creating and destroying a network
  * namespace is the most expensive part of a sandbox (~0.7 ms of CPU here: sysctl tables, loopback, and the
  * kernel's cleanup_net worker), so a fork server running as root keeps namespaces it made itself and lends
  * each to one sandbox at a time. Such a namespace belongs to the initial user namespace: a sandbox (root

@@ -9,6 +9,10 @@ import os
 import platform
 import select
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from supervisor.forkserver.protocol import FailureRecord
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -68,7 +72,7 @@ class SetupFailure(Exception):
         self.path = path
         self.hint = hint
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> FailureRecord:
         return {
             "layer": self.layer,
             "operation": self.operation,

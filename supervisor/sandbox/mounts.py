@@ -175,9 +175,9 @@ def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[objec
     view tests, every writable and readable root, every protected path and its top directory under each
     writable root (after git expansion: core.hooksPath, submodule git dirs), and every denied path. A
     sandbox built ahead of its request serves it only while the fingerprint taken around its build still
-    holds at the request (see supervisor/_prefork.py, and the fork server's view cache in _zygote); any
-    difference (a `git init`, a new credential file, a replaced root) sends the request down the path that
-    builds its view at request time. Never raises."""
+    holds at the request (see supervisor/forkserver/prefork.py, and the fork server's view cache in
+    forkserver/server.py); any difference (a `git init`, a new credential file, a replaced root) sends the
+    request down the path that builds its view at request time. Never raises."""
     paths = [workdir]
     notes: list[str] = []
     if prepared is not None:

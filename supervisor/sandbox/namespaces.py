@@ -2,9 +2,9 @@
 
 The sandbox init (supervisor/sandbox/_cinit.c) is launched into new user and pid namespaces and writes its
 own id maps first thing (one line mapping its own uid, and one its own gid, is what any process may write
-into its new namespace); it unshares the others itself, in the order _zygote gives. It is pid 1 of its pid
-namespace: when it exits, the kernel kills everything left in the namespace, so no daemon outlives the
-sandbox.
+into its new namespace); it unshares the others itself, in the order forkserver/server.py gives. It is pid
+1 of its pid namespace: when it exits, the kernel kills everything left in the namespace, so no daemon
+outlives the sandbox.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> N
     """The mount, network, ipc and uts namespaces (owned by the new user namespace), the hostname in the new
     UTS namespace, and loopback up in the new network namespace (so servers and tests inside work; nothing
     outside is reachable). The cgroup namespace comes later, once the sandbox is in its leaf (see
-    _zygote). `pooled_net`: the init was launched into a network namespace of the fork server's pool,
-    private to it and with loopback up already (_zygote._NetPool), so it makes none."""
+    forkserver/server.py). `pooled_net`: the init was launched into a network namespace of the fork
+    server's pool, private to it and with loopback up already (forkserver/netpool.py), so it makes none."""
     flags = int(prepared["flags"])  # type: ignore[call-overload]
     rest = flags & ~NAMESPACE_FLAGS["user"] & ~NAMESPACE_FLAGS["pid"] & ~NAMESPACE_FLAGS["cgroup"]
     if pooled_net:

@@ -406,9 +406,9 @@ srv.shutdown()
 
 
 # --- Pooled network namespaces ---------------------------------------------------------------------------
-# A fork server running as root lends each sandbox a network namespace it keeps (supervisor/_zygote.py,
-# _NetPool), one sandbox at a time, among sandboxes of one policy and workdir. These tests use
-# Supervisor(prefork=0) so that which namespace a sandbox gets depends on the pool alone.
+# A fork server running as root lends each sandbox a network namespace it keeps
+# (supervisor/forkserver/netpool.py), one sandbox at a time, among sandboxes of one policy and workdir.
+# These tests use Supervisor(prefork=0) so that which namespace a sandbox gets depends on the pool alone.
 
 NETNS = "import os; print(os.readlink('/proc/self/ns/net'), flush=True)\n"
 POOLED = os.geteuid() == 0  # the pool needs root; as an ordinary user every sandbox makes its own

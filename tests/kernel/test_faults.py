@@ -431,7 +431,7 @@ async def test_an_init_a_dead_server_never_answered_for_is_killed_and_reaped() -
     import struct
     import subprocess
 
-    from supervisor._forkserver import _reap_dead_server
+    from supervisor.forkserver.client import _reap_dead_server
 
     for answered, number, expect_killed in ((4, 5, True), (5, 5, False)):
         orphan = subprocess.Popen(["/bin/sleep", "30"])  # noqa: ASYNC220 - stand-ins, started at once

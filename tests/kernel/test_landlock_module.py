@@ -44,15 +44,9 @@ needs_scope = pytest.mark.skipif(ABI < 6, reason=f"IPC scoping needs Landlock AB
 needs_net = pytest.mark.skipif(ABI < 4, reason=f"the TCP guard needs Landlock ABI 4, kernel has {ABI}")
 needs_truncate = pytest.mark.skipif(ABI < 3, reason=f"TRUNCATE needs Landlock ABI 3, kernel has {ABI}")
 
-# The fork server's way of loading supervisor.* without supervisor/__init__.py (anyio, the API): see
-# supervisor/_forkserver.py BOOT. Only the standard library and the sandbox modules are importable
-# here.
-BOOT = (
-    "import sys, types\n"
-    "m = types.ModuleType('supervisor'); m.__path__ = [sys.argv[1] + '/supervisor']\n"
-    "sys.modules['supervisor'] = m\n"
-    "sys.path.insert(0, sys.argv[1])\n"
-)
+# How the fork server loads corral (supervisor/forkserver/protocol.py, BOOT): `python -I -S`, the tree's
+# root first on sys.path; the sandbox modules load the standard library and the C extension only.
+BOOT = "import sys\nsys.path.insert(0, sys.argv[1])\n"
 
 HARNESS = (
     BOOT

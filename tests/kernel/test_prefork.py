@@ -1,7 +1,8 @@
-"""Pre-forked sandboxes (supervisor/_prefork.py): after a child exits, the supervisor has the next sandbox for
-its policy and workdir built and fully confined ahead of the request. Whatever depends on the state of the
-filesystem must still match the tree at request time, and every pre-forked sandbox, used or discarded, must
-be reaped. (White-box where noted: `sup._prefork` is inspected to know that a ready sandbox exists.)"""
+"""Pre-forked sandboxes (supervisor/forkserver/prefork.py): after a child exits, the supervisor has the next
+sandbox for its policy and workdir built and fully confined ahead of the request. Whatever depends on the
+state of the filesystem must still match the tree at request time, and every pre-forked sandbox, used or
+discarded, must be reaped. (White-box where noted: `sup._prefork` is inspected to know that a ready sandbox
+exists.)"""
 
 from __future__ import annotations
 

@@ -40,12 +40,9 @@ X86_64 = platform.machine() == "x86_64"
 needs_x86_64 = pytest.mark.skipif(not X86_64, reason="x86_64 ABIs (i386, x32)")
 SIGSYS_KILLED = -signal.SIGSYS
 
-# The fork server's way in: stdlib only, supervisor.* loaded without supervisor/__init__.py.
-_STUB = (
-    "import sys, types\n"
-    "m = types.ModuleType('supervisor'); m.__path__ = [sys.argv[1] + '/supervisor']\n"
-    "sys.modules['supervisor'] = m\n"
-)
+# The fork server's way in (supervisor/forkserver/protocol.py, BOOT): `python -I -S`, the tree's root
+# first on sys.path.
+_STUB = "import sys\nsys.path.insert(0, sys.argv[1])\n"
 HARNESS = (
     _STUB
     + """

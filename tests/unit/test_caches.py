@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from policies import SyscallPolicy, profiles
-from supervisor._forkserver import ForkServer
 from supervisor._plan import SharedParts, compile_policy
-from supervisor._zygote import _NetPool, _Server
+from supervisor.forkserver.client import ForkServer
+from supervisor.forkserver.netpool import NetPool
+from supervisor.forkserver.server import Server
 from supervisor.sandbox.probe import Feature, KernelCaps
 
 Pair = tuple[socket.socket, socket.socket]
@@ -82,7 +83,7 @@ def test_a_forget_that_could_not_be_sent_goes_with_the_next(pair: Pair) -> None:
 
 
 def test_the_fork_server_drops_everything_of_a_forgotten_policy() -> None:
-    server = _Server(-1)
+    server = Server(-1)
     try:
         server._policy({"policy_id": 5, "policy": {"ns": {}}})
         server._policy({"policy_id": 6, "policy": {"ns": {}}})
@@ -96,7 +97,7 @@ def test_the_fork_server_drops_everything_of_a_forgotten_policy() -> None:
         assert list(server.cache._lockdown) == [6]
         assert list(server.cache._views) == [(6, "/w", False)]
     finally:
-        server.netpool = _NetPool()
+        server.netpool = NetPool()
 
 
 def _fds(n: int) -> list[tuple[int, int]]:
@@ -108,7 +109,7 @@ def _fds(n: int) -> list[tuple[int, int]]:
 
 
 def test_idle_network_namespaces_are_bounded_and_leave_no_empty_keys() -> None:
-    pool = _NetPool()
+    pool = NetPool()
     pool.MAX_IDLE = 4
     entries = _fds(6)
     try:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.samples import Sample
 
 from supervisor import Child, Feature, KernelCaps, Result, Supervisor, SupervisorClosedError, Violation
-from supervisor._monitor import ChildStats
+from supervisor._types import ChildStats
 
 CAPS = KernelCaps(
     landlock_abi=5,

@@ -129,11 +129,10 @@ def test_disabled_policy_compiles_nothing() -> None:
 
 
 def test_module_imports_only_stdlib_at_module_level() -> None:
-    # The fork server runs `python -I -S` (no site-packages, so no pyseccomp) and loads
-    # supervisor.* without running supervisor/__init__.py, as _forkserver.BOOT does.
+    # The fork server runs `python -I -S` (no site-packages, so no pyseccomp) with the tree's root first on
+    # sys.path (supervisor/forkserver/protocol.py, BOOT).
     code = (
-        "import sys, types; m = types.ModuleType('supervisor'); "
-        "m.__path__ = [sys.argv[1] + '/supervisor']; sys.modules['supervisor'] = m; "
+        "import sys; sys.path.insert(0, sys.argv[1]); "
         "import supervisor.sandbox.seccomp; "
         "bad = [m for m in ('pyseccomp', 'policies', 'supervisor._errors') if m in sys.modules]; "
         "print(bad)"

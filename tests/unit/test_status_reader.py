@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from supervisor._child import StatusReader
+from supervisor.forkserver.client import StatusReader
 
 
 def _record(kind: bytes, payload: object) -> bytes:

@@ -1,6 +1,6 @@
 """The fork server: a small single-threaded process, started once per Supervisor, that creates sandboxed
 children on request. Standard library and corral's own C extension only; it runs as `python -I -S` (see
-_forkserver.BOOT).
+protocol.BOOT, and protocol.py for every message it receives and sends, in order).
 
 Why a fork server: the supervisor is multi-threaded (asyncio, worker threads), and forking a multi-threaded
 process risks locks held by other threads; starting a fresh interpreter per child costs 13-18 ms. This
@@ -12,19 +12,11 @@ sandbox init, a small static C executable (supervisor/sandbox/_cinit.c), with vf
 this process is copied) into new user and pid namespaces and with CLONE_PARENT, so that it is a child of
 the supervisor itself (the supervisor reaps it through a pidfd, and its PDEATHSIG fires when the supervisor
 dies). The init, pid 1 of its pid namespace, runs the steps, spawns the command, and relays its exec result
-and exit status to the supervisor over the status pipe.
+and exit status to the supervisor over the status pipe (protocol.py, "Status records").
 
-A pre-forked sandbox (op "prefork") does all of that ahead of its request, for a given policy, workdir and
-cgroup, and then waits on a socket for the command alone; the supervisor hands it the command directly (see
-supervisor/_prefork.py, which also decides when such a sandbox may still serve a request).
-
-Status pipe records: one byte kind + 4-byte length + marshal payload.
-  E  setup or exec failure: {"layer", "operation", "errno", "path", "hint"}
-  R  (pre-forked sandbox) confined and waiting for its command: {}
-  X  exec succeeded: {"pid": target pid inside the namespace}
-  S  the target's wait status: {"status", "cpu", "maxrss", "alone", "ended"}; alone: every other process
-     of the sandbox is gone (the init killed and reaped them), so the result is final before the init
-     exits; ended: when the command ended (CLOCK_MONOTONIC, ns), by which its wall-clock limit is judged
+A pre-forked sandbox (a PreforkRequest) does all of that ahead of its request, for a given policy, workdir
+and cgroup, and then waits on a socket for the command alone; the supervisor hands it the command directly
+(see supervisor/forkserver/prefork.py, which also decides when such a sandbox may still serve a request).
 """
 
 from __future__ import annotations
@@ -32,16 +24,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import marshal
 import mmap
 import os
-import resource
-import select
 import signal
 import socket
-import struct
 import sys
 
+from supervisor.forkserver import protocol
+from supervisor.forkserver.netpool import NetPool, close_all
+from supervisor.forkserver.protocol import CompiledPayload, PreforkRequest, Reply, Request, SpawnRequest
 from supervisor.sandbox import (
     _cinit,
     _ops,
@@ -58,7 +49,6 @@ from supervisor.sandbox import (
 _CLONE_NEWCGROUP = 0x02000000
 #: The sandbox init executable, built next to the extension (setup.py).
 _INIT = os.fsencode(os.path.join(os.path.dirname(_cinit.__file__), "corral-init"))
-_MAX_FDS = 64
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -67,7 +57,7 @@ _MAX_FDS = 64
 
 def _confinement(
     policy_id: int,
-    pol: dict[str, object],
+    pol: CompiledPayload,
     cwd: str,
     procs: list[str],
     supervisor_pidfd: int,
@@ -85,7 +75,7 @@ def _confinement(
     spot). Every part but step 4 is cached (_Cache).
     """
     # 0. (At launch: the init is born in its user and pid namespaces, pid 1 of the new one, and a child of
-    #    the supervisor; with `pooled_net`, in a network namespace lent by _NetPool.)
+    #    the supervisor; with `pooled_net`, in a network namespace lent by netpool.NetPool.)
     head = cache.head(policy_id, pol, supervisor_pidfd)
     # 4. Into the cgroup leaf, so that everything the sandbox does is charged and limited there; the
     #    command inherits it. Writing 0 moves the writer: on v1 into `tasks` (Leaf.placement_files: no
@@ -99,7 +89,7 @@ def _confinement(
     return [head, placement, view, cache.lockdown(policy_id, pol)]
 
 
-def _head(pol: dict[str, object], supervisor_pidfd: int) -> _ops.Plan:
+def _head(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
     """Steps 1-3: what comes before anything else."""
     plan = _ops.Plan()
     # 1. Die with the supervisor. PDEATHSIG is set first so that no later step can outlive it; the init
@@ -107,7 +97,7 @@ def _head(pol: dict[str, object], supervisor_pidfd: int) -> _ops.Plan:
     plan.add(_cinit.OP_PDEATHSIG, "pdeathsig", "prctl(PR_SET_PDEATHSIG)", a=(supervisor_pidfd,))
     # 2. The id maps: the caller's uid and gid mapped to themselves; every later step that creates a file
     #    (a mount point, a device node) needs its owner mapped.
-    namespaces.emit_id_maps(pol["ns"], plan)  # type: ignore[arg-type]
+    namespaces.emit_id_maps(pol["ns"], plan)
     # 3. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
     #    (With `corral run --tty` the init, this session's leader, makes the pty corral made for the command
     #    its controlling terminal when it starts the command: _cinit.c, PLAN_CTTY. Never the caller's
@@ -117,7 +107,7 @@ def _head(pol: dict[str, object], supervisor_pidfd: int) -> _ops.Plan:
 
 
 def _view(
-    pol: dict[str, object],
+    pol: CompiledPayload,
     cwd: str,
     pooled_net: bool,
     cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
@@ -128,10 +118,10 @@ def _view(
     # 5. The mount, network, ipc and uts namespaces (owned by the new user namespace), the hostname and
     #    loopback: need CAP_SYS_ADMIN/CAP_NET_ADMIN there, so before the drop. (A pooled network namespace
     #    is there already, with loopback up.)
-    namespaces.emit(pol["ns"], plan, pooled_net)  # type: ignore[arg-type]
+    namespaces.emit(pol["ns"], plan, pooled_net)
     #    Paths under /tmp, /run or /dev that the request needs are opened (O_PATH) in the new mount
     #    namespace (a bind's source must be in it), before step 6 replaces those; step 8 binds them back.
-    mnt: dict[str, object] | None = pol["mounts"]  # type: ignore[assignment]
+    mnt = pol["mounts"]
     keep = mounts.keep_visible(mnt, cwd) if mnt is not None else []
     mounts.emit_keep(keep, plan)
     #    So is the command's terminal when it is a pty made for it (--tty), to be named /dev/console.
@@ -165,24 +155,24 @@ def _view(
     return plan
 
 
-def _lockdown(pol: dict[str, object]) -> _ops.Plan:
+def _lockdown(pol: CompiledPayload) -> _ops.Plan:
     """Steps 9-13: what depends on the policy alone. Then the init starts the command (_cinit.c,
     run_command): not dumpable, signals forwarded, stdio in place, every other fd closed, signals default;
     it reports X, reaps, and reports S."""
     plan = _ops.Plan()
     # 9. rlimits only lower limits, which needs no capability, but do it while the process is still ours.
-    rlimits.emit(pol["rlimits"], plan)  # type: ignore[arg-type]
+    rlimits.emit(pol["rlimits"], plan)
     # 10. Capabilities (bounding, ambient, effective, permitted, inheritable; securebits): everything above
     #     needed them; nothing below does.
-    capabilities.emit(pol["caps"], plan)  # type: ignore[arg-type]
+    capabilities.emit(pol["caps"], plan)
     # 11. no_new_privs: required by Landlock and by unprivileged seccomp; no exec can regain privilege.
     capabilities.emit_no_new_privs(plan)
     # 12. Landlock after the mounts it describes and after no_new_privs.
     if pol["landlock"] is not None:
-        landlock.emit(pol["landlock"], plan)  # type: ignore[arg-type]
+        landlock.emit(pol["landlock"], plan)
     # 13. seccomp last: its filter denies syscalls the steps above use (mount, unshare, ...).
     if pol["seccomp"] is not None:
-        seccomp.emit(pol["seccomp"], plan)  # type: ignore[arg-type]
+        seccomp.emit(pol["seccomp"], plan)
     return plan
 
 
@@ -204,13 +194,13 @@ class _Cache:
             tuple[tuple[object, ...], _ops.Segment],
         ] = {}
 
-    def head(self, policy_id: int, pol: dict[str, object], supervisor_pidfd: int) -> _ops.Segment:
+    def head(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
         seg = self._head.get(policy_id)
         if seg is None:
             seg = self._head[policy_id] = _head(pol, supervisor_pidfd).segment()
         return seg
 
-    def lockdown(self, policy_id: int, pol: dict[str, object]) -> _ops.Segment:
+    def lockdown(self, policy_id: int, pol: CompiledPayload) -> _ops.Segment:
         seg = self._lockdown.get(policy_id)
         if seg is None:
             seg = self._lockdown[policy_id] = _lockdown(pol).segment()
@@ -226,13 +216,13 @@ class _Cache:
     def view(
         self,
         policy_id: int,
-        pol: dict[str, object],
+        pol: CompiledPayload,
         cwd: str,
         pooled_net: bool,
         cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
         console: str | None = None,
     ) -> _ops.Segment:
-        mnt: dict[str, object] | None = pol["mounts"]  # type: ignore[assignment]
+        mnt = pol["mounts"]
         key = (policy_id, cwd, pooled_net, cgroup_view, console)
         before = mounts.fingerprint(mnt, cwd)
         hit = self._views.get(key)
@@ -246,175 +236,39 @@ class _Cache:
         return seg
 
 
-class _NetPool:
-    """Network namespaces lent to sandboxes, each to one sandbox at a time and only among sandboxes of the
-    same policy and workdir (the pre-forked sandboxes' key).
-
-    Why: making and destroying a network namespace (its sysctl tables, loopback, and the kernel's
-    cleanup_net worker afterwards) is the largest single cost of a sandbox, ~0.7 ms of CPU on the 2-vCPU
-    machine of docs/benchmarks-engine.md. Only a fork server running as root can pool them (the namespaces
-    are its own, in the initial user namespace: `_cinit.netns_new`); otherwise `enabled` turns False at
-    the first attempt and every sandbox makes its own, as before.
-
-    What a borrower gets is what a new namespace is: loopback up and nothing else. The sandbox cannot
-    change the namespace itself (interfaces, addresses, routes, sysctls, netfilter need capabilities over
-    the namespace's owner, the initial user namespace, which no sandbox has). What it leaves are sockets,
-    and they die with its processes: a namespace goes back to the pool when the init that borrowed it has
-    exited (its pidfd polls readable; the init is pid 1, so every process of the sandbox is gone by then),
-    and is lent again only if `_cinit.netns_unused` finds it as new: no socket, no TIME-WAIT connection, no
-    IPv6 flow label, and not one packet counted on loopback (so nothing that traffic leaves: counters, TCP
-    metrics, route exceptions); else it is dropped and a new one made. A sandbox that used the network
-    therefore costs a new namespace; one that did not (most short commands) reuses it. Left over, and
-    documented (docs/architecture.md): counters a send that found no route bumps without a packet.
-    """
-
-    MAX_IDLE = 64
-
-    def __init__(self) -> None:
-        self.enabled = True
-        self._idle: dict[tuple[int, str], list[tuple[int, int]]] = {}
-        self._lent: dict[tuple[int, str], list[tuple[int, int, int]]] = {}  # (netns, sysfs, init's pidfd)
-        self._n_idle = 0
-        self._n_lent = 0
-        # Each lent namespace holds three of this process's fds: stay well inside its fd limit (the soft
-        # one, which sandboxes inherit and so is not raised here); past it, sandboxes make their own.
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._max_lent = max(0, (min(soft, 1 << 16) - 256) // 3 - self.MAX_IDLE)
-        self._sweep_at = 4 * self.MAX_IDLE
-
-    def take(self, key: tuple[int, str]) -> tuple[int, int] | None:
-        """A namespace for a sandbox of `key`: (netns fd, sysfs mount fd), or None (make its own)."""
-        if not self.enabled:
-            return None
-        if self._n_lent >= self._max_lent:
-            for other in list(self._lent):
-                self._reclaim(other)
-            if self._n_lent >= self._max_lent:
-                return None
-        if not self._idle.get(key):
-            self._reclaim(key)
-        idle = self._idle.get(key)
-        while idle:
-            entry = idle.pop()
-            self._n_idle -= 1
-            if not idle:
-                del self._idle[key]  # no empty list left behind per key: keys come and go
-            try:
-                if _cinit.netns_unused(entry[0]):
-                    return entry
-            except OSError:
-                pass
-            _close(*entry)
-        try:
-            return _cinit.netns_new()
-        except OSError as err:
-            if err.errno in (errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                self.enabled = False  # not root, or no new mount API: sandboxes make their own
-            return None
-
-    def lend(self, key: tuple[int, str], entry: tuple[int, int], pidfd: int) -> None:
-        """`entry` is in use by the sandbox whose init `pidfd` refers to."""
-        try:
-            pidfd = os.dup(pidfd)
-        except OSError:  # no fd left: the sandbox keeps the namespace alive; the pool forgets it
-            _close(*entry)
-            return
-        self._lent.setdefault(key, []).append((*entry, pidfd))
-        self._n_lent += 1
-        if self._n_lent > self._sweep_at:  # keys no longer used still hold theirs: look at all, now and then
-            for other in list(self._lent):
-                self._reclaim(other)
-            self._sweep_at = max(4 * self.MAX_IDLE, 2 * self._n_lent)
-
-    def unused(self, key: tuple[int, str], entry: tuple[int, int]) -> None:
-        """`entry` was taken but no sandbox entered it."""
-        self._keep(key, entry)
-
-    def _reclaim(self, key: tuple[int, str]) -> None:
-        """Back to idle: the namespaces of `key` whose borrower has exited."""
-        lent = self._lent.get(key)
-        if not lent:
-            return
-        poller = select.poll()
-        for entry in lent:
-            poller.register(entry[2], select.POLLIN)
-        done = {fd for fd, _ev in poller.poll(0)}
-        if not done:
-            return
-        still = []
-        for netns, sysfs, pidfd in lent:
-            if pidfd in done:
-                os.close(pidfd)
-                self._n_lent -= 1
-                self._keep(key, (netns, sysfs))
-            else:
-                still.append((netns, sysfs, pidfd))
-        if still:
-            self._lent[key] = still
-        else:
-            del self._lent[key]
-
-    def _keep(self, key: tuple[int, str], entry: tuple[int, int]) -> None:
-        """Keep `entry` idle for `key`; when MAX_IDLE are idle, the least recently kept key's oldest
-        goes (keys come and go: a workdir used once must not hold a namespace the next ones could use)."""
-        if self._n_idle >= self.MAX_IDLE:
-            old_key, old = next(iter(self._idle.items()))
-            _close(*old.pop(0))
-            self._n_idle -= 1
-            if not old:
-                del self._idle[old_key]
-        idle = self._idle.pop(key, [])  # re-inserted last: dicts keep insertion order
-        idle.append(entry)
-        self._idle[key] = idle
-        self._n_idle += 1
-
-    def forget(self, policy_id: int) -> None:
-        """Close the idle namespaces of this policy's keys (no sandbox of it will borrow them). Lent ones
-        come back idle when their borrower exits, and go first when the pool is full."""
-        for key in [k for k in self._idle if k[0] == policy_id]:
-            for entry in self._idle.pop(key):
-                _close(*entry)
-                self._n_idle -= 1
-
-
-def _close(*fds: int) -> None:
-    for fd in fds:
-        os.close(fd)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The server loop.
 
 
-def _recv(sock: socket.socket) -> tuple[dict[str, object] | None, list[int], bool]:
-    """One marshal message, the fds sent with it, and whether the kernel dropped some of them (MSG_CTRUNC:
-    no fd was free here); (None, [], False) at EOF."""
-    msg, ancdata, flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(_MAX_FDS * 4))
+def _recv(sock: socket.socket) -> tuple[Request | None, list[int], bool]:
+    """One request, the fds sent with it, and whether the kernel dropped some of them (MSG_CTRUNC: no fd
+    was free here); (None, [], False) at EOF."""
+    msg, ancdata, flags, _addr = sock.recvmsg(protocol.MAX_REQUEST, socket.CMSG_SPACE(protocol.MAX_FDS * 4))
     fds = _sys.received_fds(ancdata)
     if not msg:
         for fd in fds:
             os.close(fd)
         return None, [], False
-    return marshal.loads(msg), fds, bool(flags & socket.MSG_CTRUNC)
+    return protocol.decode_request(msg), fds, bool(flags & socket.MSG_CTRUNC)
 
 
-def _send(sock: socket.socket, payload: dict[str, object], fds: list[int]) -> None:
-    sock.sendmsg([marshal.dumps(payload)], _sys.rights(fds))
+def _send(sock: socket.socket, reply: Reply, fds: list[int]) -> None:
+    sock.sendmsg([protocol.encode(reply)], _sys.rights(fds))
 
 
-class _Server:
+class Server:
     """The request loop's state: the compiled policies, by id."""
 
     def __init__(self, supervisor_pidfd: int, slot: mmap.mmap | None = None) -> None:
         self.supervisor_pidfd = supervisor_pidfd
-        #: Shared with the supervisor: (pid, request number) of the last clone, the pid stored by the kernel
-        #: (CLONE_PARENT_SETTID) before the init runs. If this process dies before its reply, the
-        #: supervisor still knows the init it has to kill and reap (ForkServer._orphan).
+        #: Shared with the supervisor (protocol.SLOT): (pid, request number) of the last clone, the pid
+        #: stored by the kernel (CLONE_PARENT_SETTID) before the init runs. If this process dies before its
+        #: reply, the supervisor still knows the init it has to kill and reap (client._orphan).
         self.slot = slot
         self.requests = 0
-        self.policies: dict[int, dict[str, object]] = {}
+        self.policies: dict[int, CompiledPayload] = {}
         self.cache = _Cache()
-        self.netpool = _NetPool()
+        self.netpool = NetPool()
 
     def forget(self, policy_id: object) -> None:
         """The supervisor no longer keeps this policy (its LRU evicted it, or it came "once"): drop it and
@@ -424,30 +278,31 @@ class _Server:
             self.cache.forget(policy_id)
             self.netpool.forget(policy_id)
 
-    def _policy(self, req: dict[str, object]) -> dict[str, object]:
+    def _policy(self, req: Request) -> CompiledPayload:
         key = req["policy_id"]
-        assert isinstance(key, int)
         if "policy" in req:
-            self.policies[key] = req["policy"]  # type: ignore[assignment]
+            self.policies[key] = req["policy"]
         return self.policies[key]
 
     def _start(
         self,
-        pol: dict[str, object],
-        req: dict[str, object],
+        pol: CompiledPayload,
+        req: Request,
         mode: int,
         stdio: list[int],
         ctl_fd: int = -1,
+        command: bytes = b"",
         command_fd: int = -1,
-    ) -> tuple[dict[str, object], list[int]]:
+        ctty: bool = False,
+    ) -> tuple[Reply, list[int]]:
         """Plan the sandbox and launch its init with the plan; returns the reply and its fds [pidfd,
         status_r]. The reply carries an error and no fds when nothing was started; an error and the fds
         when the init could not be executed (it exited at once; the supervisor reaps it)."""
-        procs: list[str] = req.get("cgroup_procs", [])  # type: ignore[assignment]
-        policy_id: int = req["policy_id"]  # type: ignore[assignment]
+        procs = req.get("cgroup_procs", [])
+        policy_id = req["policy_id"]
         cwd = str(req["cwd"])
         key = (policy_id, cwd)
-        net = self.netpool.take(key) if pol["ns"]["net"] else None  # type: ignore[index]
+        net = self.netpool.take(key) if pol["ns"]["net"] else None
         try:
             segments = _confinement(
                 policy_id,
@@ -457,7 +312,7 @@ class _Server:
                 self.supervisor_pidfd,
                 self.cache,
                 pooled_net=net is not None,
-                console=mounts.console_path(stdio[0]) if req.get("ctty") and stdio else None,
+                console=mounts.console_path(stdio[0]) if ctty and stdio else None,
             )
         except _sys.SetupFailure as failure:
             if net is not None:
@@ -479,20 +334,20 @@ class _Server:
                 ctl_fd=ctl_fd,
                 stdio=stdio,
                 keep=[self.supervisor_pidfd],
-                command=req.get("cmd", b""),  # type: ignore[arg-type]
+                command=command,
                 command_fd=command_fd,
                 net_sysfs_fd=net[1] if net is not None else -1,
-                ctty=bool(req.get("ctty")),
+                ctty=ctty,
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
             os.close(plan_w)
             plan_w = -1
             extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1) if fd >= 0)
             keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *extra)
-            flags = namespaces.clone_flags(pol["ns"])  # type: ignore[arg-type]
+            flags = namespaces.clone_flags(pol["ns"])
             netfd = net[0] if net is not None else -1
             if self.slot is not None:
-                struct.pack_into("=iI", self.slot, 0, 0, self.requests)
+                protocol.SLOT.pack_into(self.slot, 0, 0, self.requests)
                 pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, netfd, self.slot)
             else:
                 pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, netfd)
@@ -516,12 +371,12 @@ class _Server:
                 os.kill(pid, signal.SIGKILL)
             os.close(status_r)
             if net is not None:
-                _close(*net)  # its borrower may still be in it
+                close_all(*net)  # its borrower may still be in it
             lost = _sys.SetupFailure("fork server", "pidfd_open", err.errno or 0)
             return {"pid": pid, "error": lost.to_dict()}, []
         if net is not None:
             self.netpool.lend(key, net, pidfd)
-        reply: dict[str, object] = {"pid": pid}
+        reply: Reply = {"pid": pid}
         if exec_errno:
             hint = "corral's C parts are not built: reinstall corral (pip install -e .)"
             unexecuted = _sys.SetupFailure(
@@ -530,13 +385,18 @@ class _Server:
             reply["error"] = unexecuted.to_dict()
         return reply, [pidfd, status_r]
 
-    def spawn(self, req: dict[str, object], fds: list[int]) -> tuple[dict[str, object], list[int]]:
+    def spawn(self, req: SpawnRequest, fds: list[int]) -> tuple[Reply, list[int]]:
         """A sandbox for this request, set up from scratch. Reply fds: [pidfd, status_r]."""
+        ctty = bool(req.get("ctty"))
         if req.get("cmd_fd"):  # a large command comes in a memfd, the last fd
-            return self._start(self._policy(req), req, _ops.MODE_SPAWN, fds[:-1], command_fd=fds[-1])
-        return self._start(self._policy(req), req, _ops.MODE_SPAWN, fds)
+            return self._start(
+                self._policy(req), req, _ops.MODE_SPAWN, fds[:-1], command_fd=fds[-1], ctty=ctty
+            )
+        return self._start(
+            self._policy(req), req, _ops.MODE_SPAWN, fds, command=req.get("cmd", b""), ctty=ctty
+        )
 
-    def prefork(self, req: dict[str, object]) -> tuple[dict[str, object], list[int]]:
+    def prefork(self, req: PreforkRequest) -> tuple[Reply, list[int]]:
         """A sandbox that confines itself fully for the policy, workdir and cgroup of `req` and then waits
         for its command on a socket. Reply fds: [pidfd, status_r, the socket's supervisor end]."""
         ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -561,40 +421,29 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def main(sock_fd: int, slot_fd: int = -1) -> None:
-    """Serve requests on the SOCK_SEQPACKET socket `sock_fd` until it closes.
-
-    Requests (marshal dicts; the compiled policy is sent with the first request naming its policy_id, and
-    again after the supervisor had it forgotten; "once": drop it after this request; "forget": [ids] to drop
-    before this request, the policies the supervisor's LRU evicted):
-      spawn:   {cmd | cmd_fd, cwd, cgroup_procs, policy_id[, policy][, ctty]} with the stdio (+ passed)
-               fds; cmd is the command and its environment as _ops.encode_command made them, or, with
-               cmd_fd, in a memfd sent as the last fd; ctty: stdin (a pty) becomes the controlling
-               terminal of the sandbox's session;
-               reply {"pid"[, "error"]} with fds [pidfd, status_r] (none when the clone itself failed).
-      prefork: {"op": "prefork", cwd, cgroup_procs, policy_id[, policy]}; reply {"pid"[, "error"]} with
-               fds [pidfd, status_r, ctl]: the sandbox confines itself, writes an R record and takes its
-               command on ctl ("I" + encode_command's bytes, or "F" with a memfd last; stdio fds).
-    """
+    """Serve requests on the SOCK_SEQPACKET socket `sock_fd` until it closes: first the probe report, then
+    one reply per request, in order (protocol.py). `slot_fd`: the memfd of protocol.SLOT."""
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
     supervisor_pidfd = os.pidfd_open(os.getppid())
     if _sys.readable(supervisor_pidfd):
         sys.exit(0)
     sock = socket.socket(fileno=sock_fd)
-    sock.sendall(marshal.dumps(probe.probe_in_fork_server()))
+    report: protocol.ProbeReport = probe.probe_in_fork_server()
+    sock.sendall(protocol.encode(report))
     slot = None
     if slot_fd >= 0:
         slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
         os.close(slot_fd)
-    server = _Server(supervisor_pidfd, slot)
+    server = Server(supervisor_pidfd, slot)
     while True:
         req, fds, truncated = _recv(sock)
         if req is None:
             return
         server.requests += 1
         out: list[int] = []
-        for policy_id in req.get("forget", ()):  # type: ignore[attr-defined]
+        for policy_id in req.get("forget", ()):
             server.forget(policy_id)
-        reply: dict[str, object]
+        reply: Reply
         try:
             if truncated:  # never start a sandbox with some of its stdio missing
                 failure = _sys.SetupFailure(
@@ -604,20 +453,12 @@ def main(sock_fd: int, slot_fd: int = -1) -> None:
                     hint="the fork server had no fd free for the request's stdio; raise RLIMIT_NOFILE",
                 )
                 reply = {"error": failure.to_dict()}
-            elif req.get("op") == "prefork":
+            elif protocol.is_prefork(req):
                 reply, out = server.prefork(req)
             else:
                 reply, out = server.spawn(req, fds)
         except Exception as exc:
-            reply = {
-                "error": {
-                    "layer": "fork server",
-                    "operation": repr(exc),
-                    "errno": 0,
-                    "path": None,
-                    "hint": "this is a corral bug; please report it",
-                }
-            }
+            reply = {"error": protocol.bug_failure(exc)}
         finally:
             for fd in fds:
                 os.close(fd)

@@ -1,4 +1,5 @@
-"""Supervisor side of the fork server: start it, send spawn requests, receive pidfds.
+"""Supervisor side of the fork server: start it, send spawn requests, receive pidfds, read the status
+records of the sandboxes it starts (the messages are protocol.py's).
 
 The fork server is the only process the supervisor ever forks, once, with subprocess (which execs at once in
 the child, running no Python there). It must be started from the thread that runs the event loop: the sandbox
@@ -18,7 +19,6 @@ import mmap
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -29,23 +29,22 @@ from typing import Any
 import anyio
 
 from supervisor._errors import SandboxSetupError
+from supervisor.forkserver import protocol
+from supervisor.forkserver.protocol import (
+    CompiledPayload,
+    PreforkRequest,
+    ProbeReport,
+    Record,
+    Reply,
+    Request,
+    SpawnRequest,
+)
 from supervisor.sandbox._sys import received_fds, rights
 
 log = logging.getLogger("corral")
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-
-# Loads supervisor.* submodules without running supervisor/__init__.py (which imports anyio and the API):
-# the fork server stays a small, stdlib-only interpreter, so forking it is cheap.
-BOOT = (
-    "import sys, types\n"
-    "m = types.ModuleType('supervisor'); m.__path__ = [sys.argv[1] + '/supervisor']\n"
-    "sys.modules['supervisor'] = m\n"
-    "from supervisor._zygote import main\n"
-    "main(int(sys.argv[2]), int(sys.argv[3]))\n"
-)
-
-_MAX_FDS = 64
+#: The tree's root, which the fork server puts first on its sys.path (protocol.BOOT).
+ROOT = str(Path(__file__).resolve().parents[2])
 
 #: Restart policy (docs/architecture.md, "Faults"): a fork server that dies is started again for the next
 #: request, at once after its first death, then after 0.1, 0.2, 0.4, ... s (at most 2 s) while deaths keep
@@ -55,7 +54,8 @@ _MAX_FDS = 64
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 
-Reply = tuple[bytes, list[tuple[int, int, bytes]], int]
+#: A reply as received: the message, its ancillary data, its flags.
+Received = tuple[bytes, list[tuple[int, int, bytes]], int]
 
 
 class _Pending:
@@ -67,25 +67,25 @@ class _Pending:
 
     def __init__(self) -> None:
         self._event = anyio.Event()
-        self._value: Reply | None = None
+        self._value: Received | None = None
 
     def done(self) -> bool:
         return self._event.is_set()
 
-    def set_result(self, value: Reply) -> None:
+    def set_result(self, value: Received) -> None:
         self._value = value
         self._event.set()
 
-    async def _result(self) -> Reply:
+    async def _result(self) -> Received:
         await self._event.wait()
         assert self._value is not None
         return self._value
 
-    def __await__(self) -> Generator[Any, None, Reply]:
+    def __await__(self) -> Generator[Any, None, Received]:
         return self._result().__await__()
 
 
-_Waiter = asyncio.Future[Reply] | _Pending
+_Waiter = asyncio.Future[Received] | _Pending
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -132,7 +132,7 @@ class ForkServer:
         self._deaths: collections.deque[float] = collections.deque()
         self._dead: list[tuple[subprocess.Popen[bytes], mmap.mmap | None, int]] = []  # not yet reaped
         self._closed = False
-        self.caps_dict: dict[str, object] = {}
+        self.caps_dict: ProbeReport = {}
         self._start_soon: Callable[..., object] | None = None
         #: Times the server was started again after a death (exporters and tests read it).
         self.restarts = 0
@@ -200,7 +200,7 @@ class ForkServer:
         """Start the server and read its probe report (blocking, ~30 ms, once). Raises SandboxSetupError."""
         self._loop = _asyncio_loop()
         proc, parent, slot = self._launch()
-        data = parent.recv(1 << 16)
+        data = parent.recv(protocol.MAX_REPLY)
         if not data:
             proc.wait()
             parent.close()
@@ -210,7 +210,7 @@ class ForkServer:
                 "start",
                 hint=f"the fork server exited with status {proc.returncode} before its probe report",
             )
-        self.caps_dict = marshal.loads(data)
+        self.caps_dict = marshal.loads(data)  # protocol.ProbeReport
         self._running(proc, parent, slot)
 
     def _launch(self) -> tuple[subprocess.Popen[bytes], socket.socket, mmap.mmap]:
@@ -225,7 +225,7 @@ class ForkServer:
             os.ftruncate(slot_fd, mmap.PAGESIZE)
             slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", BOOT, _ROOT, str(child.fileno()), str(slot_fd)],
+                [sys.executable, "-I", "-S", "-c", protocol.BOOT, ROOT, str(child.fileno()), str(slot_fd)],
                 pass_fds=[child.fileno(), slot_fd],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -291,7 +291,7 @@ class ForkServer:
                 with anyio.move_on_after(10):
                     await anyio.wait_readable(sock)
                     with contextlib.suppress(OSError):
-                        data = sock.recv(1 << 16)
+                        data = sock.recv(protocol.MAX_REPLY)
                 if not data:
                     sock.close()
                     self._deaths.append(time.monotonic())
@@ -306,8 +306,8 @@ class ForkServer:
                 log.warning("fork server restarted (%d deaths in the last minute)", len(self._deaths))
 
     async def _exchange(
-        self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
-    ) -> tuple[dict[str, object], list[int], bool]:
+        self, request: Request, policy_id: int, compiled: CompiledPayload, fds: list[int]
+    ) -> tuple[Reply, list[int], bool]:
         """Send one request and receive its reply: (reply, fds, whether fds were dropped: MSG_CTRUNC).
         Shielded from cancellation once sent: the reply may carry children that must be reaped. Raises
         SandboxSetupError when the server dies (or hangs past reply_timeout) with the request in flight;
@@ -365,15 +365,15 @@ class ForkServer:
                     hint="the fork server died (or hung) with this request in flight; it is started again "
                     "for the next one (see its stderr)",
                 )
-            return marshal.loads(msg), received_fds(ancdata), bool(flags & socket.MSG_CTRUNC)
+            return protocol.decode_reply(msg), received_fds(ancdata), bool(flags & socket.MSG_CTRUNC)
         raise SandboxSetupError("fork server", "sendmsg", errno.EPIPE, hint="the fork server died")
 
     async def _send_when_writable(
         self,
         sock: socket.socket,
-        request: dict[str, object],
+        request: Request,
         policy_id: int,
-        compiled: dict[str, object],
+        compiled: CompiledPayload,
         anc: list[tuple[int, int, array.array[int]]],
     ) -> None:
         """Send once the socket has room. Raises OSError (EPIPE once the server is replaced: the wait is
@@ -414,7 +414,7 @@ class ForkServer:
         while sock is self._sock:
             try:
                 msg, ancdata, flags, _a = sock.recvmsg(
-                    1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+                    protocol.MAX_REPLY, socket.CMSG_SPACE(protocol.MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
                 )
             except BlockingIOError:
                 return
@@ -472,16 +472,17 @@ class ForkServer:
     def _send(
         self,
         sock: socket.socket,
-        request: dict[str, object],
+        request: Request,
         policy_id: int,
-        compiled: dict[str, object],
+        compiled: CompiledPayload,
         anc: list[tuple[int, int, array.array[int]]],
     ) -> None:
         """Send the message for `request` (made now: what the fork server keeps may have changed while it
         waited): with the compiled policy until one carrying it has been sent, marked "once" when the
         caller no longer keeps that policy; with the ids the fork server is to forget first. Raises
         OSError (BlockingIOError: nothing was sent)."""
-        request = dict(request, policy_id=policy_id)
+        request = request.copy()
+        request["policy_id"] = policy_id
         keep = True
         if policy_id not in self._sent_policies:
             request["policy"] = compiled
@@ -491,7 +492,7 @@ class ForkServer:
         forget = len(self._forget)
         if forget:
             request["forget"] = self._forget[:forget]
-        payload = marshal.dumps(request)
+        payload = protocol.encode(request)
         self._last_len = len(payload)
         sock.sendmsg([payload], anc)
         if keep:
@@ -506,7 +507,7 @@ class ForkServer:
             self._sent_policies.discard(policy_id)
             self._forget.append(policy_id)
 
-    async def _received(self, reply: dict[str, object], got: list[int], truncated: bool, want: int) -> bool:
+    async def _received(self, reply: Reply, got: list[int], truncated: bool, want: int) -> bool:
         """Whether the reply carries its `want` fds. If not, the sandbox it names (if any) is killed and
         reaped here and every fd received closed; raises SandboxSetupError when fds were dropped in
         flight (MSG_CTRUNC: the supervisor had no fd free for them)."""
@@ -530,26 +531,31 @@ class ForkServer:
         return False
 
     async def spawn(
-        self, request: dict[str, object], policy_id: int, compiled: dict[str, object], fds: list[int]
-    ) -> tuple[dict[str, object], int | None, int | None]:
+        self, request: SpawnRequest, policy_id: int, compiled: CompiledPayload, fds: list[int]
+    ) -> tuple[Reply, int | None, int | None]:
         """Send one spawn request; returns (reply, pidfd, status_fd), the fds None when no sandbox was
         started (or the one started was killed and reaped: the reply's error says why). The compiled
         policy is sent only the first time. Raises SandboxSetupError when the fork server is gone or
         the reply's fds were dropped."""
         reply, got, truncated = await self._exchange(request, policy_id, compiled, fds)
-        if await self._received(reply, got, truncated, 2):
+        if await self._received(reply, got, truncated, protocol.SPAWN_REPLY_FDS):
             return reply, got[0], got[1]
         return reply, None, None
 
     async def prefork(
-        self, cwd: str, cgroup_procs: list[str], policy_id: int, compiled: dict[str, object]
-    ) -> tuple[dict[str, object], tuple[int, int, int] | None]:
+        self, cwd: str, cgroup_procs: list[str], policy_id: int, compiled: CompiledPayload
+    ) -> tuple[Reply, tuple[int, int, int] | None]:
         """Ask for a sandbox that confines itself for this policy, workdir and cgroup ahead of its command;
         returns (reply, (pidfd, status_fd, ctl_fd)), None when no sandbox was started (or it was killed
         and reaped). Raises SandboxSetupError when the fork server is gone."""
-        request: dict[str, object] = {"op": "prefork", "cwd": cwd, "cgroup_procs": cgroup_procs}
+        request: PreforkRequest = {
+            "op": "prefork",
+            "cwd": cwd,
+            "cgroup_procs": cgroup_procs,
+            "policy_id": policy_id,
+        }
         reply, got, truncated = await self._exchange(request, policy_id, compiled, [])
-        if await self._received(reply, got, truncated, 3):
+        if await self._received(reply, got, truncated, protocol.PREFORK_REPLY_FDS):
             return reply, (got[0], got[1], got[2])
         return reply, None
 
@@ -589,7 +595,7 @@ def _orphan(slot: mmap.mmap | None, answered: int) -> int:
     every request before `answered` + 1 was answered, its init known. Closes the slot."""
     if slot is None:
         return 0
-    pid, number = struct.unpack_from("=iI", slot, 0)
+    pid, number = protocol.SLOT.unpack_from(slot, 0)
     slot.close()
     return pid if pid > 0 and answered >= 0 and number == answered + 1 else 0
 
@@ -625,3 +631,51 @@ async def kill_and_reap(pid: int) -> None:
                 return
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+
+class StatusReader:
+    """Reads a sandbox init's status pipe: its records (protocol.py, "Status records") in order."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd: int | None = fd
+        self._buf = b""
+
+    async def next(self) -> Record | None:
+        """The next record, or None at EOF (the init is gone) or after a malformed one. Cancellation:
+        nothing is lost (a record half read stays buffered)."""
+        while True:
+            try:
+                split = protocol.split_record(self._buf)
+            except protocol.Malformed:
+                self._malformed()
+                return None
+            if split is not None:
+                record, self._buf = split
+                return record
+            if self.fd is None:
+                return None
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+                continue
+            if not data:
+                os.close(self.fd)
+                self.fd = None
+                if not self._buf:
+                    return None
+                continue
+            self._buf += data
+
+    def _malformed(self) -> None:
+        # Only the init writes this pipe, but a record that does not parse is treated as the end of the
+        # stream (the child is then judged by its wait status alone) rather than trusted or fatal.
+        log.warning("malformed status record from a sandbox init; ignoring the rest")
+        self._buf = b""
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

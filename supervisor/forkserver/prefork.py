@@ -2,7 +2,7 @@
 same policy and workdir costs only the hand-over of the command (argv, env, stdio) and its exec.
 
 After each spawn for a (policy, workdir) the supervisor asks the fork server for the next sandbox of that
-key, in a cgroup leaf of its own made now. The sandbox runs every containment step (`_zygote._confine`:
+key, in a cgroup leaf of its own made now. The sandbox runs every containment step (`server._confinement`:
 namespaces, the whole filesystem view, cgroup namespace, rlimits, capabilities, no_new_privs, Landlock,
 seccomp), writes an R record and waits on a socket for its command, which the supervisor sends it directly.
 
@@ -32,12 +32,13 @@ import anyio
 from anyio.abc import TaskGroup
 
 from policies import Policy
-from supervisor._child import StatusReader
 from supervisor._errors import SandboxSetupError
-from supervisor._forkserver import ForkServer
 from supervisor._plan import CompiledPolicy
+from supervisor.forkserver import protocol
+from supervisor.forkserver.client import ForkServer, StatusReader
+from supervisor.forkserver.protocol import READY, SpawnRequest
 from supervisor.sandbox import mounts
-from supervisor.sandbox._sys import readable
+from supervisor.sandbox._sys import readable, rights
 from supervisor.sandbox.cgroups import Leaf
 
 log = logging.getLogger("corral")
@@ -69,6 +70,20 @@ class Stub:
         self.cg_enforced = cg_enforced
         self.cg_missing = cg_missing
         self.fingerprint: tuple[object, ...] = ()
+
+    def hand_over(self, request: SpawnRequest, fds: list[int]) -> bool:
+        """Send the command of `request` and its fds to the sandbox (protocol.CTL_*); False when the
+        sandbox is gone (then the caller discards it)."""
+        if request.get("cmd_fd"):
+            message = protocol.CTL_MEMFD
+        else:
+            message = protocol.CTL_INLINE + request.get("cmd", b"")
+        try:
+            self.ctl.sendmsg([message], rights(fds))
+        except OSError:
+            return False
+        self.ctl.close()
+        return True
 
 
 class Prefork:
@@ -208,7 +223,7 @@ class Prefork:
             return None
         pidfd, status_fd, ctl_fd = fds
         stub = Stub(
-            int(reply["pid"]),  # type: ignore[call-overload]
+            reply["pid"],
             pidfd,
             StatusReader(status_fd),
             socket.socket(fileno=ctl_fd),
@@ -220,7 +235,7 @@ class Prefork:
             if "error" in reply:
                 raise _Unusable
             rec = await stub.status.next()
-            if rec is None or rec[0] != b"R" or await _fingerprint(prepared, cwd) != before:
+            if rec is None or rec[0] != READY or await _fingerprint(prepared, cwd) != before:
                 raise _Unusable
         except BaseException as err:
             self.discard(stub)
@@ -249,7 +264,7 @@ class Prefork:
 
 def _mounts(compiled: CompiledPolicy) -> dict[str, object] | None:
     """The compiled policy's mount plan (None: no mount namespace)."""
-    return compiled.payload["mounts"]  # type: ignore[return-value]
+    return compiled.payload["mounts"]
 
 
 async def _fingerprint(prepared: dict[str, object] | None, cwd: str) -> tuple[object, ...]:

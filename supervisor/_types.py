@@ -1,0 +1,138 @@
+"""The value types: what a child's run produces and what the caller gives to judge it. The bottom floor of
+the engine: it imports the standard library and `policies` (to print) only, and every other module of the
+engine may import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+from policies._errors import printable
+
+ViolationKind = Literal["memory", "pids", "wall_time", "cpu_time", "fds", "output", "disk"]
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """Why the supervisor (or the kernel, for memory) killed a child: the limit and what was observed."""
+
+    kind: ViolationKind
+    limit: float
+    observed: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "limit": self.limit, "observed": self.observed}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How a child ended.
+
+    exit_code: the shell-style status, as `corral run` exits: the command's own code, 128+N when killed by
+               signal N, 137 when killed for a violation.
+    signal:    the signal that ended the command, or None.
+    violation: the limit that got it killed, or None.
+    stdout/stderr: captured output (bounded; `*_truncated` says whether bytes were dropped).
+    enforced:  the isolation layers that took effect; missing: (layer, reason) pairs skipped by best_effort.
+    limit_hits: limits the kernel held without killing the command, with a count: "pids" (forks refused at
+               pids.max), "memory_oom" (processes the OOM killer ended), "memory_socket" (cgroup v1: socket
+               buffers reached the memory limit).
+    quarantined: what the post-run git scan moved out of git's way, as (path, reason) pairs: files the
+               command wrote in git repositories under its writable roots that would make the host user's
+               git run code (hooks, config settings that run programs, a commondir pointing elsewhere).
+    killed:    True when the violation is what ended the command (corral, or the kernel's OOM killer, killed
+               it for the limit); False when a violation is only reported (pids.max held it).
+    refused_abi: when the command was killed by SIGSYS under the seccomp filter, which kills every syscall
+               of a foreign ABI: "i386" or "x32" when the command's own file is such a binary, "i386 or
+               x32" when it is a 64-bit one (a descendant, or `int $0x80` in 64-bit code); else None.
+    """
+
+    exit_code: int
+    signal: int | None
+    violation: Violation | None
+    duration_s: float
+    cpu_s: float
+    peak_memory_bytes: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    enforced: tuple[str, ...] = ()
+    missing: tuple[tuple[str, str], ...] = ()
+    pid: int = 0
+    limit_hits: dict[str, int] = field(default_factory=dict)
+    killed: bool = False
+    quarantined: tuple[tuple[str, str], ...] = ()
+    refused_abi: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.violation is None
+
+    @property
+    def outcome(self) -> Literal["ok", "error", "signal", "violation"]:
+        """The bounded label exits are counted by: violation (killed for a limit), signal, error or ok."""
+        if self.violation is not None and self.killed:
+            return "violation"
+        if self.signal is not None:
+            return "signal"
+        return "ok" if self.exit_code == 0 else "error"
+
+    def to_json(self) -> dict[str, object]:
+        """The `corral run --json` record (the CLI contract in DESIGN.md, plus `missing`)."""
+        return {
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "violation": self.violation.to_dict() if self.violation else None,
+            "duration_s": round(self.duration_s, 6),
+            "cpu_s": round(self.cpu_s, 6),
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "enforced": list(self.enforced),
+            "missing": [{"layer": a, "reason": printable(b)} for a, b in self.missing],
+            # Every key documented, 0 when nothing was held.
+            "limit_hits": {**dict.fromkeys(LIMIT_HIT_KEYS, 0), **self.limit_hits},
+            "refused_abi": self.refused_abi,
+            "quarantined": [{"path": printable(p), "reason": printable(r)} for p, r in self.quarantined],
+        }
+
+
+#: The keys `--json`'s limit_hits always carries (README): 0 when the kernel held nothing of that kind.
+LIMIT_HIT_KEYS = ("pids", "memory_oom", "memory_socket", "disk_tmpfs")
+
+
+class ChildStats(NamedTuple):
+    """One sample of a child's whole tree. None where no source could measure it.
+
+    memory_bytes: current memory (cgroup memory.current / usage_in_bytes; else the tree's summed RSS).
+    memory_peak_bytes: high-water mark (cgroup memory.peak / max_usage_in_bytes).
+    cpu_seconds: user + system CPU of the tree (cgroup; else psutil over the live tree).
+    pids: tasks in the tree; open_fds: fds held across the tree, open or parked in flight in the receive
+    queues of its unix sockets (`held_fds`; sampled only when needed).
+    oom_kills: processes the kernel's OOM killer ended; pids_limit_hits: forks refused at pids.max.
+    """
+
+    memory_bytes: int | None
+    memory_peak_bytes: int | None
+    cpu_seconds: float | None
+    pids: int | None
+    open_fds: int | None
+    oom_kills: int
+    pids_limit_hits: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A user rule, as circus has them: kill the child when `metric` (a ChildStats field) stays above
+    `threshold` for `samples` consecutive samples. Reported as a violation of `kind`."""
+
+    metric: str
+    threshold: float
+    samples: int = 1
+    kind: ViolationKind = "memory"
+
+
+def rss_above(limit_bytes: int, samples: int = 3) -> Rule:
+    """The classic: memory above `limit_bytes` for `samples` consecutive samples."""
+    return Rule("memory_bytes", limit_bytes, samples, "memory")
