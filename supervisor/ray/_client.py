@@ -1,0 +1,890 @@
+"""The client: RaySupervisor, usable from any Ray driver or task, with Supervisor's calls, dispatching each
+call to one node's actor (`_node.NodeSupervisor`), least loaded first.
+
+Backend-neutral (asyncio or trio): a Ray ObjectRef is awaited through its concurrent future, whose
+completion callback (a Ray thread) wakes the waiting task through the running loop's own thread-safe
+entry. Blocking Ray calls (listing nodes, creating actors) run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import ray
+import ray.exceptions
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from policies import Policy
+from supervisor import DEVNULL, PIPE, ChildStats, CommandFailedError, Result, SupervisorClosedError
+from supervisor.ray import _files
+from supervisor.ray._node import NodeSupervisor, SessionPolicy
+from supervisor.ray._types import (
+    Failure,
+    NodeInfo,
+    NodeLoad,
+    NodeLostError,
+    NodeSelector,
+    PlacementError,
+    RemoteChildInfo,
+    RemoteEvent,
+    SessionLostError,
+)
+
+log = logging.getLogger("corral.ray")
+
+T = TypeVar("T")
+
+#: Ray's errors that mean the actor (and so the node's supervisor and every child on it) is gone.
+_LOST = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.OwnerDiedError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.LocalRayletDiedError,
+)
+
+_ACTOR = ray.remote(NodeSupervisor)
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _resolve(ref: Any) -> Any:
+    """The value of a Ray ObjectRef, awaited without a thread. Raises what ray.get would. On cancellation
+    the wait ends (the task on the node goes on: see _RayCall.__call__)."""
+    fut: Future[Any] = ref.future()
+    if _on_asyncio():
+        return await asyncio.wrap_future(fut)
+    import trio  # the other anyio backend
+
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_f: object) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    fut.add_done_callback(wake)
+    await done.wait()
+    return fut.result()
+
+
+@dataclass(eq=False)
+class _Node:
+    info: NodeInfo
+    actor: Any
+    alive: bool = True
+    inflight: int = 0
+    inflight_memory: int = 0
+    snapshot: NodeLoad | None = None
+    #: This client's in-flight calls and their memory limits when `snapshot` was taken: the rest of the
+    #: snapshot's counts are other clients' load.
+    mine_at_snapshot: int = 0
+    memory_at_snapshot: int = 0
+    sessions: set[Session] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return self.info.node_id
+
+    def load(self) -> float:
+        """The calls expected on the node now, as a fraction of its cap."""
+        others = 0
+        if self.snapshot is not None:
+            others = max(0, self.snapshot.calls - self.mine_at_snapshot)
+        return (self.inflight + others) / max(1, self.info.max_concurrency)
+
+    def memory_free(self) -> int:
+        """Memory the node can still give limits to: what it reported available, less the limits of what
+        this client sent it since."""
+        base = self.snapshot.memory_available if self.snapshot is not None else self.info.memory_total
+        return base - max(0, self.inflight_memory - self.memory_at_snapshot)
+
+    def note(self, load: NodeLoad) -> None:
+        self.snapshot = load
+        self.mine_at_snapshot = self.inflight
+        self.memory_at_snapshot = self.inflight_memory
+
+
+def _memory_of(policy: Policy | str | None) -> int:
+    if isinstance(policy, Policy):
+        return policy.resources.memory or 0
+    return 0
+
+
+def _profile_of(policy: object) -> str | None:
+    if isinstance(policy, Policy):
+        return policy.profile
+    if isinstance(policy, str):
+        return policy
+    return None if policy is not None else "workspace-write"
+
+
+class RaySupervisor:
+    """A Supervisor spread over a Ray cluster: one corral actor per node (each holding an ordinary
+    Supervisor), and this client dispatching every call to one of them. Use as
+    ``async with RaySupervisor() as sup:`` from a Ray driver or task (Ray initialised; `address` is passed
+    to ray.init when it is not).
+
+    max_concurrency: the cap of each node's supervisor (children alive at once there); this client also
+             never has more calls in flight on a node than that cap, and waits for a free node otherwise.
+    nodes:   which nodes get a corral actor (default: every live node).
+    placement: profile name -> NodeSelector: the nodes allowed to run calls whose policy has that
+             profile (for example {"full-access": NodeSelector(resources={"trusted": 1})}); a call's own
+             `where=` overrides it.
+    metrics_port: each node's supervisor serves the Prometheus exporter on this port (0: any free port;
+             None: no exporter). metrics_addr: the address it binds (default: the node's Ray address).
+    workspace_root: where each node keeps its session workdirs (one directory per node id under it).
+    detached: the node actors outlive this client (named `corral-<node id>` in `namespace`, shared by
+             every client of the namespace; the first client's settings make them). False ties them to
+             the driver that created them. `shutdown()` stops them either way.
+    session_lease: seconds a session survives without its owner renewing it (this client renews every
+             third of it while the session is open): the workdir of a session whose owner died is removed
+             that long after.
+    refresh_interval: seconds between looks at the cluster (new nodes get an actor; a node whose actor
+             died gets a replacement when Ray reports the node alive) and at each node's load.
+    cancel_grace: on cancellation, how long to wait for the node to confirm the child was killed and
+             reaped before the cancellation goes on regardless.
+    supervisor_options: keyword arguments for each node's Supervisor (capture_limit, prefork, cgroups...).
+
+    Leaving the block closes this client's sessions; the node actors stay (see `detached`). The client is
+    picklable: pass it to a Ray task and enter it there (it finds the same actors by name).
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        max_concurrency: int = 64,
+        namespace: str = "corral",
+        nodes: NodeSelector | None = None,
+        placement: Mapping[str, NodeSelector] | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str | None = None,
+        workspace_root: str = "/var/tmp/corral-ray",
+        detached: bool = True,
+        session_lease: float = 60.0,
+        refresh_interval: float = 2.0,
+        cancel_grace: float = 30.0,
+        supervisor_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an int >= 1, not {max_concurrency!r}")
+        if not os.path.isabs(workspace_root):
+            raise ValueError(f"workspace_root must be an absolute path, not {workspace_root!r}")
+        for name, value in (("session_lease", session_lease), ("refresh_interval", refresh_interval)):
+            if not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
+        self._settings: dict[str, Any] = {
+            "address": address,
+            "max_concurrency": max_concurrency,
+            "namespace": namespace,
+            "nodes": nodes,
+            "placement": dict(placement or {}),
+            "metrics_port": metrics_port,
+            "metrics_addr": metrics_addr,
+            "workspace_root": workspace_root,
+            "detached": detached,
+            "session_lease": session_lease,
+            "refresh_interval": refresh_interval,
+            "cancel_grace": cancel_grace,
+            "supervisor_options": dict(supervisor_options or {}),
+        }
+        self._nodes: dict[str, _Node] = {}
+        self._changed = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._sessions: set[Session] = set()
+
+    def __reduce__(self) -> tuple[Callable[..., RaySupervisor], tuple[Any, ...]]:
+        return _rebuild, (self._settings,)
+
+    # -- life ----------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RaySupervisor:
+        if self._tg is not None:
+            raise SupervisorClosedError("this RaySupervisor is already running: enter it once")
+        if not ray.is_initialized():
+            await anyio.to_thread.run_sync(
+                lambda: ray.init(address=self._settings["address"], namespace=self._settings["namespace"])
+            )
+        await self._refresh()
+        if not self._nodes:
+            raise PlacementError("no live Ray node matches `nodes`", self._settings["nodes"])
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._keep_up)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        try:
+            with anyio.CancelScope(shield=True):
+                for session in list(self._sessions):
+                    with contextlib.suppress(Exception):
+                        await session.close()
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+
+    async def shutdown(self) -> None:
+        """Stop every node actor of this namespace that this client knows: each node's supervisor kills and
+        reaps its children and removes its session workdirs, then the actor ends. Lost nodes are skipped."""
+        for node in list(self._nodes.values()):
+            if node.alive:
+                with contextlib.suppress(NodeLostError):
+                    await self._call(node, "shutdown", node.actor.close.remote())
+                node.alive = False
+                await anyio.to_thread.run_sync(ray.kill, node.actor)
+
+    async def _keep_up(self) -> None:
+        """Every refresh_interval: look for new or returned nodes, refresh each node's load, and renew the
+        leases of this client's sessions (every third of the lease)."""
+        interval = float(self._settings["refresh_interval"])
+        lease = float(self._settings["session_lease"])
+        renewed = time.monotonic()
+        while True:
+            await anyio.sleep(min(interval, lease / 3))
+            with contextlib.suppress(Exception):
+                await self._refresh()
+            async with anyio.create_task_group() as tg:
+                for node in list(self._nodes.values()):
+                    if node.alive:
+                        tg.start_soon(self._poll_load, node)
+            if time.monotonic() - renewed >= lease / 3:
+                renewed = time.monotonic()
+                await self._renew()
+
+    async def _poll_load(self, node: _Node) -> None:
+        with contextlib.suppress(NodeLostError):
+            node.note(await self._call(node, "load", node.actor.load.remote()))
+            self._wake()
+
+    async def _renew(self) -> None:
+        for node in list(self._nodes.values()):
+            ids = [s.id for s in node.sessions if not s.lost]
+            if not ids or not node.alive:
+                continue
+            try:
+                missing = await self._call(node, "session renewal", node.actor.session_renew.remote(ids))
+            except NodeLostError:
+                continue
+            for s in list(node.sessions):
+                if s.id in missing:
+                    s._mark_lost("the node no longer has it (its actor was replaced)")
+
+    async def _refresh(self) -> None:
+        """Give every live node matching `nodes` an actor (a new node, or one whose actor was lost: the
+        replacement), and mark nodes Ray reports dead as lost."""
+        listed = await anyio.to_thread.run_sync(ray.nodes)
+        selector: NodeSelector | None = self._settings["nodes"]
+        alive: set[str] = set()
+        todo = []
+        for n in listed:
+            nid = n["NodeID"]
+            if not n.get("Alive"):
+                continue
+            alive.add(nid)
+            if selector is not None and not selector.matches(n.get("Resources", {}), n.get("Labels", {})):
+                continue
+            known = self._nodes.get(nid)
+            if known is None or not known.alive:
+                todo.append(nid)
+        for nid, node in self._nodes.items():
+            if node.alive and nid not in alive:
+                self._lost(node, "Ray reports the node dead")
+        for nid in todo:
+            try:
+                actor = await anyio.to_thread.run_sync(self._actor_for, nid)
+                info = await _resolve(actor.open.remote())
+            except _LOST as err:
+                log.warning("corral actor on node %s could not start: %s", nid[:12], err)
+                continue
+            except ray.exceptions.RayTaskError as err:
+                log.warning("corral supervisor on node %s failed to start: %s", nid[:12], err)
+                continue
+            self._nodes[nid] = _Node(info, actor)
+        self._wake()
+
+    def _actor_for(self, node_id: str) -> Any:
+        s = self._settings
+        config = {
+            "max_concurrency": s["max_concurrency"],
+            "metrics_port": s["metrics_port"],
+            "metrics_addr": s["metrics_addr"],
+            "workspace_root": s["workspace_root"],
+            "supervisor_options": s["supervisor_options"],
+        }
+        options: dict[str, Any] = {
+            "name": f"corral-{node_id}",
+            "namespace": s["namespace"],
+            "get_if_exists": True,
+            "num_cpus": 0,
+            "max_restarts": 0,  # a replacement is made by the client, never a silent restart mid-call
+            "max_task_retries": 0,  # a command that may have had side effects is never re-run
+            "max_concurrency": 100_000,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
+        }
+        if s["detached"]:
+            options["lifetime"] = "detached"
+        return _ACTOR.options(**options).remote(config)
+
+    def _lost(self, node: _Node, why: str) -> None:
+        if node.alive:
+            log.warning("corral: node %s lost: %s", node.id[:12], why)
+        node.alive = False
+        for s in list(node.sessions):
+            s._mark_lost(why)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- calls ---------------------------------------------------------------------------------------------
+
+    async def _call(self, node: _Node, operation: str, ref: Any, *, confirm_cancel: bool = True) -> Any:
+        """Await a call on `node`. A Failure coming back is raised as the node raised it; Ray's report of a
+        dead actor or node marks the node lost and raises NodeLostError. On cancellation the call is
+        cancelled on the node (ray.cancel: the node's supervisor kills and reaps the child), and, with
+        `confirm_cancel`, the node's answer is awaited (shielded, at most cancel_grace seconds) before the
+        cancellation goes on."""
+        try:
+            value = await _resolve(ref)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+                if confirm_cancel:
+                    with anyio.move_on_after(float(self._settings["cancel_grace"])):
+                        with contextlib.suppress(Exception):
+                            await _resolve(ref)
+            raise
+        except _LOST as err:
+            self._lost(node, f"{type(err).__name__} during {operation}")
+            raise NodeLostError(node.id, operation, str(err).split("\n", 1)[0]) from err
+        if isinstance(value, Failure):
+            raise self._raise(node, value)
+        return value
+
+    def _raise(self, node: _Node, failure: Failure) -> BaseException:
+        """The exception a node sent back, rebuilt; a NodeLostError (the node fenced itself) marks it lost."""
+        err = failure.rebuild()
+        if isinstance(err, NodeLostError):
+            self._lost(node, err.detail)
+        return err
+
+    async def _place(self, policy: object, where: NodeSelector | None, memory: int) -> _Node:
+        """The least-loaded live node allowed to run `policy` (by `where`, else the placement for its
+        profile) with room for it: fewer of this client's calls in flight than its cap, and at least
+        `memory` bytes available. Waits while every allowed node is full. Raises PlacementError when no
+        live node is allowed, or none has that much memory in all."""
+        profile = _profile_of(policy)
+        selector = where if where is not None else self._settings["placement"].get(profile or "")
+        while True:
+            allowed = [
+                n
+                for n in self._nodes.values()
+                if n.alive and (selector is None or selector.matches(n.info.resources, n.info.labels))
+            ]
+            if not allowed:
+                raise PlacementError("no live node matches the selector", selector, memory, self._live())
+            big = [n for n in allowed if n.info.memory_total >= memory]
+            if not big:
+                raise PlacementError("no node has that much memory", selector, memory, self._live())
+            room = [n for n in big if n.inflight < n.info.max_concurrency and n.memory_free() >= memory]
+            if room:
+                node = min(room, key=lambda n: (n.load(), -n.memory_free()))
+                node.inflight += 1
+                node.inflight_memory += memory
+                return node
+            with anyio.move_on_after(float(self._settings["refresh_interval"])):
+                await self._changed.wait()
+
+    def _live(self) -> int:
+        return sum(1 for n in self._nodes.values() if n.alive)
+
+    def _release(self, node: _Node, memory: int) -> None:
+        node.inflight -= 1
+        node.inflight_memory -= memory
+        self._wake()
+
+    def _running(self) -> None:
+        if self._tg is None:
+            raise SupervisorClosedError("the RaySupervisor is not running (use `async with`)")
+
+    async def run(
+        self,
+        cmd: Sequence[str],
+        *,
+        policy: Policy | str | None = None,
+        input: bytes | None = None,
+        stdin: bytes | int = DEVNULL,
+        stdout: int = PIPE,
+        stderr: int = PIPE,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = False,
+        cwd: str | None = None,
+        where: NodeSelector | None = None,
+    ) -> Result:
+        """Supervisor.run on the least-loaded node allowed to run `policy` (see the class doc), returning
+        the node supervisor's Result as it is. A profile name (or None) is that profile on the node's
+        scratch directory; a Policy is used as given (its paths are the node's). stdin/stdout/stderr take
+        PIPE/DEVNULL (or bytes for stdin): there is no fd to pass across machines. `where` restricts the
+        nodes for this call.
+
+        Raises what Supervisor.run raises (carried back from the node, same classes and fields);
+        NodeLostError when the node or its actor is lost during the call (the command is not retried: it
+        may have had side effects); PlacementError when no node may run it. On cancellation, the call is
+        cancelled on the node, whose supervisor kills and reaps the child (awaited up to cancel_grace).
+        """
+        self._running()
+        memory = _memory_of(policy)
+        node = await self._place(policy, where, memory)
+        try:
+            return await self._run_on(
+                node, cmd, policy, None, _run_kwargs(input, stdin, stdout, stderr, name, env, cwd), check
+            )
+        finally:
+            self._release(node, memory)
+
+    async def _run_on(
+        self,
+        node: _Node,
+        cmd: Sequence[str],
+        policy: object,
+        session: str | None,
+        kwargs: dict[str, Any],
+        check: bool,
+    ) -> Result:
+        reply, load = await self._call(node, "run", node.actor.run.remote(list(cmd), policy, session, kwargs))
+        node.note(load)
+        if isinstance(reply, Failure):
+            raise self._raise(node, reply)
+        if check and reply.exit_code != 0:
+            raise CommandFailedError([str(a) for a in cmd], reply)
+        assert isinstance(reply, Result)
+        return reply
+
+    async def start(
+        self,
+        cmd: Sequence[str],
+        *,
+        policy: Policy | str | None = None,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        where: NodeSelector | None = None,
+    ) -> RemoteChild:
+        """Start `cmd` on the least-loaded allowed node and return a RemoteChild: its node, pid, `wait()`
+        (the Result, with the output the node captured, bounded by capture_limit), `kill()` and `stats()`.
+        The honourable part of Supervisor.start across machines: no stdin, and output comes with the
+        Result rather than as live streams (a stream per child across the network is what `run` avoids).
+        Raises like `run`. The child counts against the node's cap until it is waited for."""
+        self._running()
+        memory = _memory_of(policy)
+        node = await self._place(policy, where, memory)
+        try:
+            reply = await self._call(
+                node, "start", node.actor.start.remote(list(cmd), policy, None, _start_kwargs(name, env, cwd))
+            )
+        except BaseException:
+            self._release(node, memory)
+            raise
+        if isinstance(reply, Failure):
+            self._release(node, memory)
+            raise reply.rebuild()
+        handle, pid = reply
+        return RemoteChild(self, node, handle, pid, name, lambda: self._release(node, memory))
+
+    def session(
+        self,
+        source: bytes | os.PathLike[str] | Any | None = None,
+        *,
+        policy: SessionPolicy = "workspace-write",
+        where: NodeSelector | None = None,
+        **options: Any,
+    ) -> Session:
+        """A workspace pinned to one node: ``async with sup.session(tarball) as s: await s.run([...])``.
+
+        source: the workdir's initial contents: tar bytes (optionally compressed), a Ray ObjectRef of such
+                bytes (fetched by the node), a local directory (tarred here), or None (empty).
+        policy: the sessions' default policy: a profile name (made on the session's workdir with
+                `options`, the profile options such as memory="512M"), or a function workdir -> Policy
+                (run on the node). Calls may pass their own.
+        where:  the nodes the session may be placed on (least loaded first).
+        """
+        return Session(self, source, policy, where, options)
+
+    # -- observing -----------------------------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInfo]:
+        """The live nodes with a corral actor, as each reported itself."""
+        return [n.info for n in self._nodes.values() if n.alive]
+
+    async def load(self) -> dict[str, NodeLoad]:
+        """Each live node's load now (one call per node)."""
+        out: dict[str, NodeLoad] = {}
+        for node in [n for n in self._nodes.values() if n.alive]:
+            with contextlib.suppress(NodeLostError):
+                out[node.id] = await self._call(node, "load", node.actor.load.remote())
+                node.note(out[node.id])
+        return out
+
+    async def totals(self, per_node: bool = False) -> Counter[str] | dict[str, Counter[str]]:
+        """Supervisor.totals summed over the live nodes (started, exited by outcome, violations by kind), or
+        per node id with `per_node`. Lost nodes' counts are gone with them."""
+        per: dict[str, Counter[str]] = {}
+        for node in [n for n in self._nodes.values() if n.alive]:
+            with contextlib.suppress(NodeLostError):
+                per[node.id] = Counter(await self._call(node, "totals", node.actor.totals.remote()))
+        if per_node:
+            return per
+        return sum(per.values(), Counter())
+
+    async def children(self) -> list[RemoteChildInfo]:
+        """The children alive on every live node: node, host pid, name, profile, cgroup directories."""
+        out: list[RemoteChildInfo] = []
+        for node in [n for n in self._nodes.values() if n.alive]:
+            with contextlib.suppress(NodeLostError):
+                out += await self._call(node, "children", node.actor.children.remote())
+        return out
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, max_buffer: int = 1000
+    ) -> AsyncIterator[MemoryObjectReceiveStream[RemoteEvent]]:
+        """Lifecycle events of every live node's children from now on, as RemoteEvents (kind, node_id,
+        pid, name, profile, at, result, violation): ``async with sup.subscribe() as events: async for ev in
+        events``. Each node is long-polled (events come in batches, within a second); a subscriber
+        `max_buffer` events behind loses the newest, as with Supervisor.subscribe. A node lost ends its
+        part of the stream."""
+        send, receive = anyio.create_memory_object_stream[RemoteEvent](max_buffer)
+        async with anyio.create_task_group() as tg:
+            for node in [n for n in self._nodes.values() if n.alive]:
+                cursor, _evs, _dropped = await self._call(
+                    node, "events", node.actor.events.remote(1 << 62, 0.0)
+                )
+                tg.start_soon(self._follow, node, cursor, send)
+            try:
+                yield receive
+            finally:
+                tg.cancel_scope.cancel()
+                send.close()
+
+    async def _follow(self, node: _Node, cursor: int, send: MemoryObjectSendStream[RemoteEvent]) -> None:
+        with contextlib.suppress(NodeLostError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            while True:
+                ref = node.actor.events.remote(cursor, 1.0)
+                cursor, events, dropped = await self._call(node, "events", ref, confirm_cancel=False)
+                if dropped:
+                    log.warning(
+                        "corral: %d events of node %s dropped before they were read", dropped, node.id[:12]
+                    )
+                for ev in events:
+                    with contextlib.suppress(anyio.WouldBlock):
+                        send.send_nowait(ev)
+
+    async def metrics_targets(self) -> list[dict[str, Any]]:
+        """Prometheus file_sd target groups, one per live node serving metrics: {"targets": ["addr:port"],
+        "labels": {"corral_node": <node id>, "corral_node_address": <Ray address>}}."""
+        return [
+            {
+                "targets": [f"{n.info.metrics_addr}:{n.info.metrics_port}"],
+                "labels": {"corral_node": n.id, "corral_node_address": n.info.address},
+            }
+            for n in self._nodes.values()
+            if n.alive and n.info.metrics_port is not None
+        ]
+
+    async def write_file_sd(self, path: str | os.PathLike[str]) -> int:
+        """Write `metrics_targets()` as a Prometheus file_sd JSON file (replaced atomically: Prometheus
+        re-reads it on change). Returns the number of targets. Call it again after nodes come or go (the
+        list is what this client knows now)."""
+        targets = await self.metrics_targets()
+        text = json.dumps(targets, indent=2) + "\n"
+
+        def write() -> None:
+            tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+
+        await anyio.to_thread.run_sync(write)
+        return len(targets)
+
+
+def _rebuild(settings: dict[str, Any]) -> RaySupervisor:
+    s = dict(settings)
+    return RaySupervisor(**s)
+
+
+def _run_kwargs(
+    input: bytes | None,
+    stdin: bytes | int,
+    stdout: int,
+    stderr: int,
+    name: str | None,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+) -> dict[str, Any]:
+    for label, value in (("stdout", stdout), ("stderr", stderr)):
+        if value not in (PIPE, DEVNULL):
+            raise TypeError(
+                f"{label} must be PIPE or DEVNULL on a cluster (no fd crosses machines), not {value!r}"
+            )
+    if not isinstance(stdin, bytes | bytearray) and stdin != DEVNULL:
+        raise TypeError(f"stdin must be bytes or DEVNULL on a cluster, not {stdin!r}")
+    kw: dict[str, Any] = {"stdout": stdout, "stderr": stderr, "name": name, "cwd": cwd}
+    if isinstance(stdin, bytes | bytearray):
+        kw["stdin"] = bytes(stdin)
+    if input is not None:
+        kw["input"] = bytes(input)
+    if env is not None:
+        kw["env"] = dict(env)
+    return kw
+
+
+def _start_kwargs(name: str | None, env: Mapping[str, str] | None, cwd: str | None) -> dict[str, Any]:
+    kw: dict[str, Any] = {"name": name, "cwd": cwd}
+    if env is not None:
+        kw["env"] = dict(env)
+    return kw
+
+
+class RemoteChild:
+    """A child started on a node by RaySupervisor.start (or Session.start)."""
+
+    def __init__(
+        self,
+        client: RaySupervisor,
+        node: _Node,
+        handle: str,
+        pid: int,
+        name: str | None,
+        done: Callable[[], None],
+    ) -> None:
+        self._client = client
+        self._node = node
+        self._handle = handle
+        self.pid = pid
+        self.name = name
+        self.node_id = node.id
+        self._done: Callable[[], None] | None = done
+        self._result: Result | None = None
+
+    async def wait(self) -> Result:
+        """The child's Result once it has exited (output captured on the node). Raises NodeLostError when
+        the node is lost first. On cancellation the child is killed and reaped on the node."""
+        if self._result is not None:
+            return self._result
+        try:
+            reply: Result = await self._client._call(
+                self._node, "wait", self._node.actor.wait.remote(self._handle)
+            )
+        finally:
+            done, self._done = self._done, None
+            if done is not None:
+                done()
+        self._result = reply
+        return reply
+
+    async def kill(self) -> None:
+        """Kill the child's whole sandbox (it is reaped by its node; `wait` returns its Result)."""
+        await self._client._call(self._node, "kill", self._node.actor.kill.remote(self._handle))
+
+    async def stats(self) -> ChildStats | None:
+        """The child's last sample on its node (None before the first, or once it was waited for)."""
+        stats: ChildStats | None = await self._client._call(
+            self._node, "stats", self._node.actor.stats.remote(self._handle)
+        )
+        return stats
+
+
+class Session:
+    """A workspace on one node (RaySupervisor.session). Every call runs there, in its workdir."""
+
+    def __init__(
+        self,
+        client: RaySupervisor,
+        source: object,
+        policy: SessionPolicy,
+        where: NodeSelector | None,
+        options: Mapping[str, Any],
+    ) -> None:
+        self._client = client
+        self._source = source
+        self._policy = policy
+        self._where = where
+        self._options = dict(options)
+        self._node: _Node | None = None
+        self.id = ""
+        self.workdir = ""
+        self.lost = False
+        self.lost_reason = ""
+
+    @property
+    def node_id(self) -> str:
+        if self._node is None:
+            raise SupervisorClosedError("the session is not open")
+        return self._node.id
+
+    async def __aenter__(self) -> Session:
+        """Place the session and make its workdir on the node. Raises PlacementError, NodeLostError, or
+        the node's WorkspaceError for a bad archive."""
+        client = self._client
+        client._running()
+        source = self._source
+        if isinstance(source, os.PathLike | str):  # a local directory: tarred here, off the event loop
+            source = await anyio.to_thread.run_sync(_tar_directory, os.fspath(source))
+        memory = _memory_of(self._policy if isinstance(self._policy, Policy) else None)
+        node = await client._place(
+            self._policy if isinstance(self._policy, str) else None, self._where, memory
+        )
+        try:
+            reply = await client._call(
+                node,
+                "session",
+                node.actor.session_open.remote(
+                    source, self._policy, self._options, float(client._settings["session_lease"])
+                ),
+            )
+        finally:
+            client._release(node, memory)
+        if isinstance(reply, Failure):
+            raise reply.rebuild()
+        self.id, self.workdir = reply
+        self._node = node
+        node.sessions.add(self)
+        client._sessions.add(self)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.close()
+
+    def _mark_lost(self, why: str) -> None:
+        self.lost = True
+        self.lost_reason = why
+
+    def _check(self, operation: str) -> _Node:
+        node = self._node
+        if node is None:
+            raise SupervisorClosedError("the session is not open (use `async with`)")
+        if self.lost or not node.alive:
+            raise SessionLostError(node.id, self.id, operation, self.lost_reason)
+        return node
+
+    async def _call(self, operation: str, ref: Any) -> Any:
+        node = self._check(operation)
+        try:
+            value = await self._client._call(node, operation, ref)
+        except NodeLostError as err:
+            self._mark_lost(err.detail)
+            raise SessionLostError(node.id, self.id, operation, err.detail) from err
+        except LookupError as err:  # the node's actor was replaced, or the lease expired
+            self._mark_lost(str(err))
+            raise SessionLostError(node.id, self.id, operation, str(err)) from err
+        return value
+
+    async def run(
+        self,
+        cmd: Sequence[str],
+        *,
+        policy: SessionPolicy | Policy | None = None,
+        input: bytes | None = None,
+        stdin: bytes | int = DEVNULL,
+        stdout: int = PIPE,
+        stderr: int = PIPE,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = False,
+        cwd: str | None = None,
+    ) -> Result:
+        """RaySupervisor.run on the session's node, in its workdir (the session's policy unless `policy`
+        is given: a profile name or a function of the workdir, made on the node; a Policy as given).
+        Raises SessionLostError once the node is lost; else as RaySupervisor.run."""
+        node = self._check("run")
+        node.inflight += 1
+        try:
+            ref = node.actor.run.remote(
+                list(cmd), policy, self.id, _run_kwargs(input, stdin, stdout, stderr, name, env, cwd)
+            )
+            reply, load = await self._call("run", ref)
+        finally:
+            self._client._release(node, 0)
+        node.note(load)
+        if isinstance(reply, Failure):
+            err = self._client._raise(node, reply)
+            if isinstance(err, NodeLostError):
+                self._mark_lost(err.detail)
+                raise SessionLostError(node.id, self.id, "run", err.detail) from err
+            if isinstance(err, LookupError):
+                self._mark_lost(str(err))
+                raise SessionLostError(node.id, self.id, "run", str(err)) from err
+            raise err
+        if check and reply.exit_code != 0:
+            raise CommandFailedError([str(a) for a in cmd], reply)
+        assert isinstance(reply, Result)
+        return reply
+
+    async def read_file(self, path: str, limit: int = _files.DEFAULT_FETCH_LIMIT) -> bytes:
+        """The regular file `path` (relative to the workdir) from the node. Never follows a symlink the
+        sandbox left (WorkspaceError), never reads a FIFO or device, refuses files over `limit` bytes."""
+        data: bytes = await self._call(
+            "read_file", self._check("read_file").actor.read_file.remote(self.id, path, limit)
+        )
+        return data
+
+    async def archive(self, path: str = ".", limit: int = _files.DEFAULT_FETCH_LIMIT) -> bytes:
+        """A tar of the tree at `path` in the workdir (directories, regular files, symlinks as links; never
+        following one), at most `limit` bytes of file data (WorkspaceError beyond)."""
+        data: bytes = await self._call(
+            "archive", self._check("archive").actor.archive.remote(self.id, path, limit)
+        )
+        return data
+
+    async def close(self) -> None:
+        """Cancel the session's calls still running (their children are killed and reaped on the node) and
+        remove its workdir there. Does nothing for a session already closed or lost."""
+        node = self._node
+        if node is None:
+            return
+        self._node = None
+        self._client._sessions.discard(self)
+        node.sessions.discard(self)
+        if not self.lost and node.alive:
+            with contextlib.suppress(NodeLostError):
+                await self._client._call(node, "session close", node.actor.session_close.remote(self.id))
+
+
+def _tar_directory(path: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(path, arcname=".")
+    return buf.getvalue()

@@ -1,0 +1,491 @@
+"""The node actor: one per Ray node, holding an ordinary Supervisor (and, when asked, its metrics endpoint),
+running calls for any client, and owning the node's session workdirs.
+
+Ray runs an async actor's methods as tasks of one asyncio event loop in one thread of the actor's worker
+process, for the actor's whole life. The Supervisor's task group must be entered and left by one task, so a
+host task (`_host`) holds `async with Supervisor()` open and the methods use the running supervisor from
+their own tasks. This module is the asyncio side of cluster mode (it runs only inside Ray's loop); the
+client (`_client.py`) is backend-neutral.
+
+Cancellation: `ray.cancel` on a call cancels its task here (asyncio.CancelledError); Supervisor.run then
+kills the child's whole sandbox and reaps it before the cancellation ends the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import pickle
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import psutil
+import ray
+
+from exporters import serve_metrics
+from policies import CorralError, Policy, profiles
+from supervisor import PIPE, Child, ChildStats, Event, Result, Supervisor, SupervisorClosedError
+from supervisor.ray import _files
+from supervisor.ray._types import Failure, NodeInfo, NodeLoad, NodeLostError, RemoteChildInfo, RemoteEvent
+
+log = logging.getLogger("corral.ray")
+
+#: Events kept on the node for subscribers polling from afar; older ones are dropped (and counted).
+EVENT_RING = 10_000
+
+#: A session's policy: a built-in profile name, or a function of the session's workdir (pickled by Ray).
+SessionPolicy = str | Callable[[str], Policy]
+
+
+class RemoteError(CorralError):
+    """An exception raised on a node that could not be carried back as itself (its state would not
+    pickle): `type_name` and the message are kept."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        super().__init__(f"{type_name} on the node: {message}")
+
+
+def _failure(err: BaseException) -> Failure:
+    failure = Failure.of(err)
+    try:
+        pickle.loads(pickle.dumps(failure))
+    except Exception:  # not rebuildable on the client: keep its name and message
+        return Failure.of(RemoteError(type(err).__name__, str(err)))
+    return failure
+
+
+@dataclass
+class _Session:
+    id: str
+    workdir: str
+    policy: SessionPolicy
+    options: Mapping[str, Any]
+    lease: float
+    renewed: float
+    scopes: set[anyio.CancelScope] = field(default_factory=set)
+
+
+@dataclass
+class _Started:
+    child: Child
+    out: bytearray
+    err: bytearray
+    drained: anyio.Event
+    truncated: list[bool]
+
+
+class NodeSupervisor:
+    """The actor class (wrapped with ray.remote by the client). Not for direct use."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = dict(config)
+        self._sup: Supervisor | None = None
+        self._info: NodeInfo | None = None
+        self._ready: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._host: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+        self._orphaned = False
+        #: Why the node's supervisor is closing, once it is: calls cut off by it end in NodeLostError.
+        self._closing: str | None = None
+        self._calls = 0
+        self._sessions: dict[str, _Session] = {}
+        self._started: dict[str, _Started] = {}
+        self._events: collections.deque[tuple[int, RemoteEvent]] = collections.deque(maxlen=EVENT_RING)
+        self._event_seq = 0
+        self._new_event: asyncio.Event | None = None
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self._root = os.path.join(str(config.get("workspace_root", "/var/tmp/corral-ray")), self.node_id)
+
+    # -- life ------------------------------------------------------------------------------------------
+
+    async def open(self) -> NodeInfo:
+        """Start the node's supervisor (once; later calls return the same info). Raises what Supervisor
+        raises when it cannot start."""
+        if self._ready is None:
+            self._ready = asyncio.Event()
+            self._stop = asyncio.Event()
+            self._new_event = asyncio.Event()
+            self._host = asyncio.get_running_loop().create_task(self._run_host())
+        await self._ready.wait()
+        if self._failed is not None:
+            raise self._failed
+        assert self._info is not None
+        return self._info
+
+    async def _run_host(self) -> None:
+        assert self._ready is not None
+        assert self._stop is not None
+        cfg = self._config
+        try:
+            await anyio.to_thread.run_sync(self._prepare_root)
+            async with Supervisor(
+                max_concurrency=int(cfg.get("max_concurrency", 64)), **dict(cfg.get("supervisor_options", {}))
+            ) as sup:
+                port = cfg.get("metrics_port")
+                addr = cfg.get("metrics_addr") or ray.util.get_node_ip_address()
+                async with contextlib.AsyncExitStack() as stack:
+                    server = None
+                    if port is not None:
+                        server = await stack.enter_async_context(
+                            serve_metrics(sup, port=int(port), addr=addr)
+                        )
+                    self._sup = sup
+                    self._info = self._describe(
+                        sup, server.port if server else None, addr if server else None
+                    )
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._forward_events, sup)
+                        tg.start_soon(self._expire_sessions)
+                        tg.start_soon(self._watch_raylet)
+                        self._ready.set()
+                        await self._stop.wait()
+                        tg.cancel_scope.cancel()
+                    for session in list(self._sessions.values()):
+                        for scope in session.scopes:
+                            scope.cancel()
+        except BaseException as err:  # reported to open(); the actor is useless now
+            self._failed = err
+            log.exception("corral node supervisor failed")
+        finally:
+            self._sup = None
+            self._ready.set()
+            sessions, self._sessions = list(self._sessions.values()), {}
+            for session in sessions:
+                await anyio.to_thread.run_sync(_files.remove_tree, session.workdir)
+            if self._orphaned:
+                os._exit(1)  # no raylet to tell: the worker ends here, with nothing of corral's left
+
+    async def _watch_raylet(self) -> None:
+        """Fence this node when its raylet dies: Ray has declared the node's calls lost (NodeLostError on
+        the clients), but this worker process lives on, orphaned, with its children running. The raylet is
+        this process's parent: when it goes, the supervisor is closed (every child killed and reaped, the
+        session workdirs removed) and the process exits."""
+        raylet = os.getppid()
+        while os.getppid() == raylet:  # noqa: ASYNC110 (no event to wait on: the parent's death is polled)
+            await anyio.sleep(0.5)
+        log.warning("corral: the raylet (pid %d) is gone: closing this node's supervisor", raylet)
+        self._orphaned = True
+        self._closing = "its raylet died"
+        assert self._stop is not None
+        self._stop.set()
+
+    def _prepare_root(self) -> None:
+        """Make the node's workspace root and remove what a previous actor on this node left there, and the
+        roots of nodes Ray reports dead that shared this machine's filesystem (a node that came back has a
+        new id: its old sessions are lost)."""
+        base = os.path.dirname(self._root)
+        os.makedirs(base, mode=0o755, exist_ok=True)
+        _files.remove_tree(self._root)
+        os.mkdir(self._root, 0o755)
+        os.mkdir(os.path.join(self._root, "scratch"), 0o755)
+        dead = {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
+        for name in os.listdir(base):
+            if name in dead:
+                _files.remove_tree(os.path.join(base, name))
+
+    def _describe(self, sup: Supervisor, port: int | None, addr: str | None) -> NodeInfo:
+        me: dict[str, Any] = next((n for n in ray.nodes() if n["NodeID"] == self.node_id), {})
+        return NodeInfo(
+            node_id=self.node_id,
+            address=str(me.get("NodeManagerAddress", "")),
+            actor_pid=os.getpid(),
+            max_concurrency=sup.max_concurrency,
+            memory_total=psutil.virtual_memory().total,
+            resources=dict(me.get("Resources", {})),
+            labels=dict(me.get("Labels", {})),
+            metrics_port=port,
+            metrics_addr=addr,
+            cgroup_status=sup.cgroup_status,
+        )
+
+    async def close(self) -> None:
+        """Stop the supervisor (every child killed and reaped, every session workdir removed)."""
+        self._closing = self._closing or "its supervisor was shut down"
+        if self._stop is not None:
+            self._stop.set()
+        if self._host is not None:
+            await self._host
+
+    def _check_fenced(self, operation: str) -> None:
+        """Raise NodeLostError when the supervisor closed under the call (its child was killed for that,
+        not by its own doing: the caller must see the node lost, not an ordinary Result)."""
+        if self._closing is not None:
+            raise NodeLostError(self.node_id, operation, f"the node's supervisor closed: {self._closing}")
+
+    def _running(self) -> Supervisor:
+        if self._sup is None:
+            raise SupervisorClosedError("the node's supervisor is not running")
+        return self._sup
+
+    # -- load and events ---------------------------------------------------------------------------------
+
+    def load(self) -> NodeLoad:
+        sup = self._sup
+        children = sup.children if sup is not None else frozenset()
+        committed = sum((c.policy.resources.memory or 0) for c in children if c.policy is not None)
+        return NodeLoad(
+            running=len(children),
+            calls=self._calls,
+            memory_available=psutil.virtual_memory().available,
+            memory_committed=committed,
+            at=time.time(),
+        )
+
+    async def _forward_events(self, sup: Supervisor) -> None:
+        with sup.subscribe(max_buffer=EVENT_RING) as events:
+            async for ev in events:
+                self._record(ev)
+
+    def _record(self, ev: Event) -> None:
+        child = ev.child
+        self._event_seq += 1
+        remote = RemoteEvent(
+            kind=ev.kind,
+            node_id=self.node_id,
+            pid=child.pid,
+            name=child.name,
+            profile=child.profile,
+            at=ev.at,
+            result=ev.result,
+            violation=ev.violation,
+        )
+        self._events.append((self._event_seq, remote))
+        assert self._new_event is not None
+        self._new_event.set()
+        self._new_event = asyncio.Event()
+
+    async def events(self, after: int, wait: float) -> tuple[int, list[RemoteEvent], int]:
+        """Events numbered above `after`, waiting up to `wait` seconds for one. Returns (the last number,
+        the events, how many after `after` were already dropped from the ring)."""
+        if self._event_seq <= after and self._new_event is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_event.wait(), wait)
+        out = [ev for seq, ev in self._events if seq > after]
+        first = self._events[0][0] if self._events else self._event_seq + 1
+        dropped = max(0, first - after - 1) if after < self._event_seq else 0
+        return self._event_seq, out, dropped
+
+    def totals(self) -> dict[str, int]:
+        return dict(self._sup.totals) if self._sup is not None else {}
+
+    def children(self) -> list[RemoteChildInfo]:
+        sup = self._sup
+        if sup is None:
+            return []
+        return [
+            RemoteChildInfo(
+                node_id=self.node_id,
+                pid=c.pid,
+                name=c.name,
+                profile=c.profile,
+                cgroup_paths=tuple(str(p) for p in (c.leaf.paths if c.leaf is not None else ())),
+            )
+            for c in sup.children
+        ]
+
+    # -- calls -------------------------------------------------------------------------------------------
+
+    def _policy(self, policy: Policy | str | None, session: str | None) -> Policy:
+        if session is None:
+            if isinstance(policy, Policy):
+                return policy
+            return profiles.get(policy or "workspace-write", workdir=os.path.join(self._root, "scratch"))
+        s = self._session(session)
+        chosen = s.policy if policy is None else policy
+        if isinstance(chosen, Policy):
+            return chosen
+        if isinstance(chosen, str):
+            return profiles.get(chosen, workdir=s.workdir, **s.options)
+        return chosen(s.workdir)
+
+    def _session(self, session: str) -> _Session:
+        s = self._sessions.get(session)
+        if s is None:
+            raise KeyError(session)
+        return s
+
+    async def run(
+        self, cmd: Sequence[str], policy: Policy | str | None, session: str | None, kwargs: Mapping[str, Any]
+    ) -> tuple[Result | Failure, NodeLoad]:
+        """Supervisor.run on this node; `session` (an id) runs it in that session's workdir. Returns the
+        Result, or the exception as a Failure, with the node's load after the call."""
+        self._calls += 1
+        try:
+            sup = self._running()
+            resolved = self._policy(policy, session)
+            if session is not None:
+                s = self._session(session)
+                with anyio.CancelScope() as inner:
+                    # Closing or expiring the session cancels its calls (their children are killed).
+                    s.scopes.add(inner)
+                    try:
+                        result = await sup.run(cmd, policy=resolved, **kwargs)
+                    finally:
+                        s.scopes.discard(inner)
+                if inner.cancelled_caught:
+                    raise SupervisorClosedError(f"session {session} was closed during the call")
+            else:
+                result = await sup.run(cmd, policy=resolved, **kwargs)
+            self._check_fenced("run")
+            return result, self.load()
+        except KeyError as err:
+            return _failure(LookupError(f"no session {err.args[0]} on node {self.node_id}")), self.load()
+        except Exception as err:
+            return _failure(err), self.load()
+        finally:
+            self._calls -= 1
+
+    async def start(
+        self, cmd: Sequence[str], policy: Policy | str | None, session: str | None, kwargs: Mapping[str, Any]
+    ) -> tuple[str, int] | Failure:
+        """Supervisor.start with stdout/stderr captured on the node (bounded by the supervisor's
+        capture_limit) for `wait`. Returns (handle, pid) or a Failure."""
+        try:
+            sup = self._running()
+            child = await sup.start(
+                cmd, policy=self._policy(policy, session), stdout=PIPE, stderr=PIPE, **kwargs
+            )
+        except KeyError as err:
+            return _failure(LookupError(f"no session {err.args[0]} on node {self.node_id}"))
+        except Exception as err:
+            return _failure(err)
+        handle = secrets.token_hex(8)
+        entry = _Started(child, bytearray(), bytearray(), anyio.Event(), [False, False])
+        self._started[handle] = entry
+        asyncio.get_running_loop().create_task(self._drain_started(entry, sup.capture_limit))
+        return handle, child.pid
+
+    async def _drain_started(self, entry: _Started, limit: int) -> None:
+        async def drain(stream: Any, buf: bytearray, index: int) -> None:
+            if stream is None:
+                return
+            with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                async for chunk in stream:
+                    room = limit - len(buf)
+                    if room > 0:
+                        buf += chunk[:room]
+                    if len(chunk) > room:
+                        entry.truncated[index] = True
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain, entry.child.stdout, entry.out, 0)
+                tg.start_soon(drain, entry.child.stderr, entry.err, 1)
+            await entry.child.wait()
+        finally:
+            await entry.child.aclose()
+            entry.drained.set()
+
+    async def wait(self, handle: str) -> Result | Failure:
+        """The Result of a started child (waits for its exit); the handle is forgotten then."""
+        entry = self._started.get(handle)
+        if entry is None:
+            return _failure(LookupError(f"no started child {handle} on node {self.node_id}"))
+        try:
+            await entry.drained.wait()
+        except BaseException:
+            entry.child.kill()  # the caller's cancellation of wait() kills the child, as Supervisor.run does
+            raise
+        self._started.pop(handle, None)
+        if self._closing is not None:
+            return _failure(
+                NodeLostError(self.node_id, "wait", f"the node's supervisor closed: {self._closing}")
+            )
+        return entry.child.result(
+            stdout=bytes(entry.out),
+            stderr=bytes(entry.err),
+            stdout_truncated=entry.truncated[0],
+            stderr_truncated=entry.truncated[1],
+        )
+
+    def kill(self, handle: str) -> bool:
+        entry = self._started.get(handle)
+        if entry is None:
+            return False
+        entry.child.kill()
+        return True
+
+    def stats(self, handle: str) -> ChildStats | None:
+        entry = self._started.get(handle)
+        return None if entry is None else entry.child.last_stats
+
+    # -- sessions ------------------------------------------------------------------------------------------
+
+    async def session_open(
+        self, source: bytes | None, policy: SessionPolicy, options: Mapping[str, Any], lease: float
+    ) -> tuple[str, str] | Failure:
+        """Make a session: a fresh workdir on this node, unpacked from the tar `source` (None: empty).
+        Returns (session id, workdir) or a Failure. The session is closed (its calls cancelled, its
+        workdir removed) by session_close, or when `lease` seconds pass without a renewal."""
+        self._running()
+        sid = secrets.token_hex(8)
+        workdir = os.path.join(self._root, f"s-{sid}")
+        try:
+            await anyio.to_thread.run_sync(_make_workdir, workdir, source)
+        except Exception as err:
+            await anyio.to_thread.run_sync(_files.remove_tree, workdir)
+            return _failure(err)
+        self._sessions[sid] = _Session(sid, workdir, policy, dict(options), lease, time.monotonic())
+        return sid, workdir
+
+    def session_renew(self, ids: Sequence[str]) -> list[str]:
+        """Renew the leases of `ids`; returns those this node no longer has (lost or expired)."""
+        now = time.monotonic()
+        missing = []
+        for sid in ids:
+            s = self._sessions.get(sid)
+            if s is None:
+                missing.append(sid)
+            else:
+                s.renewed = now
+        return missing
+
+    async def session_close(self, sid: str) -> bool:
+        """Cancel the session's calls (their children are killed and reaped) and remove its workdir."""
+        s = self._sessions.pop(sid, None)
+        if s is None:
+            return False
+        for scope in s.scopes:
+            scope.cancel()
+        await anyio.to_thread.run_sync(_files.remove_tree, s.workdir)
+        return True
+
+    async def _expire_sessions(self) -> None:
+        while True:
+            await anyio.sleep(0.5)
+            now = time.monotonic()
+            for s in list(self._sessions.values()):
+                if now - s.renewed > s.lease:
+                    log.warning("session %s: lease expired (its owner is gone); closing it", s.id)
+                    await self.session_close(s.id)
+
+    async def read_file(self, sid: str, path: str, limit: int) -> bytes | Failure:
+        try:
+            return await anyio.to_thread.run_sync(_files.read_file, self._session(sid).workdir, path, limit)
+        except KeyError:
+            return _failure(LookupError(f"no session {sid} on node {self.node_id}"))
+        except Exception as err:
+            return _failure(err)
+
+    async def archive(self, sid: str, path: str, limit: int) -> bytes | Failure:
+        try:
+            return await anyio.to_thread.run_sync(_files.archive, self._session(sid).workdir, path, limit)
+        except KeyError:
+            return _failure(LookupError(f"no session {sid} on node {self.node_id}"))
+        except Exception as err:
+            return _failure(err)
+
+
+def _make_workdir(workdir: str, source: bytes | None) -> None:
+    os.mkdir(workdir, 0o755)
+    if source:
+        _files.unpack(workdir, source)
