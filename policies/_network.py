@@ -29,6 +29,26 @@ from dataclasses import dataclass
 
 from policies._errors import PolicyError
 
+#: Where corral's proxy listens inside every sandbox under network mode "proxy" (its own loopback).
+PROXY_HOST = "127.0.0.1"
+PROXY_PORT = 3128
+
+
+def proxy_environment() -> dict[str, str]:
+    """The variables that point a sandbox's tools at corral's proxy (docs/network.md): HTTP_PROXY,
+    HTTPS_PROXY, ALL_PROXY and NO_PROXY (the sandbox's own loopback), in upper and lower case."""
+    url = f"http://{PROXY_HOST}:{PROXY_PORT}"
+    env: dict[str, str] = {}
+    for name, value in (
+        ("HTTP_PROXY", url),
+        ("HTTPS_PROXY", url),
+        ("ALL_PROXY", url),
+        ("NO_PROXY", "localhost,127.0.0.1,::1"),
+    ):
+        env[name] = env[name.lower()] = value
+    return env
+
+
 #: Ports a rule without a port allows: HTTP and HTTPS.
 DEFAULT_PORTS: frozenset[int] = frozenset({80, 443})
 #: Most rules in one list: the proxy checks each request against every rule.

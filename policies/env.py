@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from policies._model import DEFAULT_SECRET_MARKERS, Policy
+from policies._network import proxy_environment
 
 __all__ = ["KNOWN_SECRET_NAMES", "filter_environment", "is_secret_name", "is_secret_value"]
 
@@ -71,8 +72,9 @@ def filter_environment(policy: Policy, environ: Mapping[str, str]) -> dict[str, 
     (`is_secret_name`: a marker word, case-insensitive) or whose value is a URL with credentials
     (`is_secret_value`) unless it is in ``environment.passthrough``; with ``clear``,
     passthrough names are still copied from `environ` when present; then apply ``environment.set``,
-    which always wins. Entries of `environ` that no process could receive (empty names, '=' or NUL
-    in a name, NUL in a value) are dropped. Raises nothing; `environ` is not modified.
+    which always wins. Under network mode "proxy", the proxy variables (`proxy_environment`) replace the
+    caller's, before ``environment.set``. Entries of `environ` that no process could receive (empty
+    names, '=' or NUL in a name, NUL in a value) are dropped. Raises nothing; `environ` is not modified.
     """
     rules = policy.environment
     passthrough = set(rules.passthrough)
@@ -86,5 +88,7 @@ def filter_environment(policy: Policy, environ: Mapping[str, str]) -> dict[str, 
             or not (is_secret_name(name, rules.secret_markers) or is_secret_value(value))
         }
     env = {name: value for name, value in env.items() if _valid(name, value)}
+    if policy.network.mode == "proxy":  # the caller's own proxy settings mean nothing in the sandbox
+        env.update(proxy_environment())
     env.update(rules.set)
     return env

@@ -20,6 +20,7 @@ from supervisor.forkserver.client import StatusReader
 
 if TYPE_CHECKING:
     from policies import Policy
+    from supervisor._proxy import ChildProxy
     from supervisor.sandbox.cgroups import CgroupStats, Leaf
 
 
@@ -92,6 +93,10 @@ class Child:
         #: moved aside: (path, reason) pairs.
         self.requested_ns = time.time_ns()
         self.quarantined: tuple[tuple[str, str], ...] = ()
+        #: Network mode "proxy": the child's proxy (its counters and refusals), and the scope its serving
+        #: task runs in (cancelled when the child is done).
+        self.proxy: ChildProxy | None = None
+        self._proxy_scope: anyio.CancelScope | None = None
         self._pidfd: int | None = pidfd
         self._status = status
         self._exit: _Exit | None = None
@@ -207,6 +212,7 @@ class Child:
             killed=self.killed,
             quarantined=self.quarantined,
             refused_abi=self._refused_abi(sig),
+            network=self.proxy.stats.to_dict() if self.proxy is not None else None,
             **extra,  # type: ignore[arg-type]
         )
 

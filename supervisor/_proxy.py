@@ -45,12 +45,10 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from policies import NetworkPolicy
 from policies._network import Address, NetRule, canonical_address, match_target, normalise_host, parse_rule
+from supervisor.forkserver.protocol import PROXY_LISTENER
 
 log = logging.getLogger("corral")
 
-#: The address and port of the proxy inside every sandbox under network mode "proxy".
-PROXY_HOST = "127.0.0.1"
-PROXY_PORT = 3128
 #: Largest request head (request line and headers) read before a decision.
 MAX_HEAD = 64 * 1024
 #: Distinct denial records kept per child (further refusals count in the totals only).
@@ -89,6 +87,51 @@ def static_resolver(names: Mapping[str, Iterable[str]]) -> Resolver:
         return list(addresses)
 
     return resolve
+
+
+async def receive_listener(sock: socket.socket) -> socket.socket | None:
+    """The listening socket a sandbox init sends on `sock` (_cinit.c, OP_PROXY_LISTEN), or None when the
+    init closed its end without sending one. Waits until one or the other."""
+    while True:
+        try:
+            listener = take_listener(sock)
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+            continue
+        return listener
+
+
+def take_listener(sock: socket.socket) -> socket.socket | None:
+    """`receive_listener` without waiting: raises BlockingIOError when nothing is there yet; None at EOF
+    or when the message carried no socket. Only a listening TCP socket is taken."""
+    msg, ancdata, _flags, _addr = sock.recvmsg(16, socket.CMSG_SPACE(4 * 4), socket.MSG_DONTWAIT)
+    fds = [
+        fd
+        for level, kind, data in ancdata
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+        for fd in array_fds(data)
+    ]
+    listener = None
+    for fd in fds:
+        candidate = socket.socket(fileno=fd)
+        if listener is None and msg == PROXY_LISTENER and candidate.type == socket.SOCK_STREAM:
+            try:
+                if candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    listener = candidate
+                    continue
+            except OSError:
+                pass
+        candidate.close()
+    return listener
+
+
+def array_fds(data: bytes) -> list[int]:
+    """The fds of an SCM_RIGHTS payload."""
+    import array
+
+    fds = array.array("i")
+    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
 
 
 def host_addresses() -> frozenset[Address]:

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import resource
+import socket
 import subprocess
 import time
 from collections import Counter, OrderedDict
@@ -43,6 +44,7 @@ from supervisor._monitor import (
     sample_due,
 )
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
+from supervisor._proxy import ChildProxy, ProxyConfig, host_addresses, receive_listener
 from supervisor._streams import FdReceiveStream, FdSendStream
 from supervisor._types import ChildStats, Result, Rule, Violation
 from supervisor.forkserver.client import ForkServer, StatusReader
@@ -87,12 +89,13 @@ class _EnvCache:
     took ~115 us per spawn; a cache hit takes ~1 us)."""
 
     def __init__(self) -> None:
-        self._cache: dict[EnvPolicy, tuple[dict[bytes, bytes], EncodedEnv]] = {}
+        self._cache: dict[tuple[EnvPolicy, bool], tuple[dict[bytes, bytes], EncodedEnv]] = {}
 
     def get(self, policy: Policy) -> EncodedEnv:
         """The child's environment under `policy`. Raises ValueError on an embedded NUL."""
         data = getattr(os.environ, "_data", None)  # CPython's os.environ keeps its encoded items here
-        hit = self._cache.get(policy.environment)
+        key = (policy.environment, policy.network.mode == "proxy")  # proxy: its variables are added
+        hit = self._cache.get(key)
         if hit is not None and isinstance(data, dict) and hit[0] == data:
             return hit[1]
         env = filter_environment(policy, os.environ)
@@ -100,7 +103,7 @@ class _EnvCache:
         if isinstance(data, dict):
             if len(self._cache) >= 64:  # bounded: a caller generating policies must not grow it forever
                 self._cache.clear()
-            self._cache[policy.environment] = (dict(data), encoded)
+            self._cache[key] = (dict(data), encoded)
         return encoded
 
 
@@ -191,6 +194,11 @@ class Supervisor:
         self._said_missing: set[tuple[str, ...]] = set()
         #: Totals since start, for exporters: started, exited by outcome, violations by kind.
         self.totals: Counter[str] = Counter()
+        #: What every child's network proxy shares (network mode "proxy"; supervisor/_proxy.py): the
+        #: resolver, the host's own addresses (refreshed at most every minute), timeouts and the connection
+        #: bound. Tests replace `proxy.resolver` with `_proxy.static_resolver` to send names to loopback.
+        self.proxy = ProxyConfig()
+        self._own_addresses_at = -math.inf
 
     @property
     def caps(self) -> KernelCaps:
@@ -539,6 +547,9 @@ class Supervisor:
             environment = self._env.get(policy)
         command = encode_command([os.fsencode(a) for a in cmd], environment, where)
         request: SpawnRequest = {"cwd": cwd, "policy_id": compiled.policy_id}
+        proxied = policy.network.mode == "proxy"
+        proxy_sock: socket.socket | None = None  # the spawn path's: where the proxy's listener comes
+        listener: socket.socket | None = None  # a pre-forked sandbox's: the listener itself
         ours: list[int] = []  # child-side fds we opened, closed once sent
         mine: list[int | None] = [None, None, None]  # our ends of pipes
         fds: list[int] = []
@@ -560,6 +571,8 @@ class Supervisor:
             # plan's header).
             if controlling_tty:
                 request["ctty"] = True
+            if proxied:
+                await self._refresh_own_addresses()
             stub = None if controlling_tty else await self._prefork.take(policy, compiled, cwd)
             if stub is not None and not stub.hand_over(request, fds):
                 self._prefork.discard(stub)
@@ -569,9 +582,18 @@ class Supervisor:
                 reply: Reply = {"pid": stub.pid}
                 pidfd: int | None = stub.pidfd
                 status: StatusReader | None = stub.status
+                listener, stub.listener = stub.listener, None
             else:
                 leaf, cg_enforced, cg_missing = self._leaf_for(policy, f"c{next(self._ids)}")
                 request["cgroup_procs"] = leaf.placement_files if leaf is not None else []
+                if proxied:
+                    # The init sends the proxy's listening socket (made in the sandbox's network namespace)
+                    # on this socket pair; it goes before a command memfd, which must stay the last fd.
+                    proxy_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                    ours.append(theirs.detach())
+                    at = len(fds) - 1 if "cmd_fd" in request else len(fds)
+                    fds.insert(at, ours[-1])
+                    request["proxy_fd"] = at
                 reply, pidfd, status_fd = await self._forkserver.spawn(
                     request, compiled.policy_id, compiled.payload, fds
                 )
@@ -580,6 +602,9 @@ class Supervisor:
             for fd in mine:
                 if fd is not None:
                     os.close(fd)
+            for sock in (proxy_sock, listener):
+                if sock is not None:
+                    sock.close()
             if leaf is not None:
                 self._discard_leaf(leaf)
             raise
@@ -587,6 +612,9 @@ class Supervisor:
             for fd in ours:
                 os.close(fd)
         if pidfd is None or status is None:
+            for sock in (proxy_sock, listener):
+                if sock is not None:
+                    sock.close()
             for fd in mine:
                 if fd is not None:
                     os.close(fd)
@@ -617,6 +645,9 @@ class Supervisor:
         child.rules = tuple(rules)
         child._then = partial(self._prefork.refill, policy, compiled, cwd)
         self._children.add(child)
+        if proxied:
+            child.proxy = ChildProxy(policy.network, self.proxy)
+            self._tg.start_soon(self._serve_proxy, child, listener, proxy_sock)
         self._tg.start_soon(self._watch, child, slot)
         r = policy.resources
         if r.disk is not None or r.tmp_size is not None:
@@ -641,6 +672,34 @@ class Supervisor:
             child._close_streams()  # the caller never gets the Child: its pipe ends are ours to close
             raise
         return child
+
+    async def _refresh_own_addresses(self) -> None:
+        """The host's own addresses for the proxy, looked up again at most once a minute, off the loop."""
+        now = time.monotonic()
+        if now - self._own_addresses_at > 60:
+            self._own_addresses_at = now
+            self.proxy.own_addresses = await anyio.to_thread.run_sync(host_addresses)
+
+    async def _serve_proxy(
+        self, child: Child, listener: socket.socket | None, proxy_sock: socket.socket | None
+    ) -> None:
+        """The child's proxy (network mode "proxy"): serve its listening socket (a pre-forked sandbox's, or
+        the one its init sends on `proxy_sock`) until the child is done; then every proxy connection of
+        the child is closed. Without a listener (the init failed before making it) there is nothing to
+        serve, and the child's setup error is reported by its start."""
+        assert child.proxy is not None
+        with anyio.CancelScope() as scope:
+            child._proxy_scope = scope
+            try:
+                if listener is None and proxy_sock is not None:
+                    listener = await receive_listener(proxy_sock)
+            finally:
+                if proxy_sock is not None:
+                    proxy_sock.close()
+            if listener is not None and child.running:
+                await child.proxy.serve(listener)
+        if listener is not None:
+            listener.close()
 
     def _discard_leaf(self, leaf: Leaf) -> None:
         """Remove the leaf of a sandbox that never became a Child, off the loop: a sandbox killed in it
@@ -768,6 +827,8 @@ class Supervisor:
                 for path, reason in found:
                     log.warning("git: %s: %s", path, reason)
         finally:
+            if child._proxy_scope is not None:
+                child._proxy_scope.cancel()  # its connections end with it
             self._children.discard(child)
             self._enforcer.forget(child, len(child.rules))
             slot.release(self._limiter)

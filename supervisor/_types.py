@@ -46,6 +46,8 @@ class Result:
     refused_abi: when the command was killed by SIGSYS under the seccomp filter, which kills every syscall
                of a foreign ABI: "i386" or "x32" when the command's own file is such a binary, "i386 or
                x32" when it is a 64-bit one (a descendant, or `int $0x80` in 64-bit code); else None.
+    network:   under network mode "proxy", the proxy's counters for this child: bytes_up (sent by the
+               sandbox), bytes_down, allowed and denied connections, peak_connections; else None.
     """
 
     exit_code: int
@@ -65,6 +67,7 @@ class Result:
     killed: bool = False
     quarantined: tuple[tuple[str, str], ...] = ()
     refused_abi: str | None = None
+    network: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,6 +97,7 @@ class Result:
             "limit_hits": {**dict.fromkeys(LIMIT_HIT_KEYS, 0), **self.limit_hits},
             "refused_abi": self.refused_abi,
             "quarantined": [{"path": printable(p), "reason": printable(r)} for p, r in self.quarantined],
+            "network": self.network,
         }
 
 

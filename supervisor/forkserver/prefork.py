@@ -34,6 +34,7 @@ from anyio.abc import TaskGroup
 from policies import Policy
 from supervisor._errors import SandboxSetupError
 from supervisor._plan import CompiledPolicy
+from supervisor._proxy import take_listener
 from supervisor.forkserver import protocol
 from supervisor.forkserver.client import ForkServer, StatusReader
 from supervisor.forkserver.protocol import READY, SpawnRequest
@@ -50,7 +51,17 @@ LeafFactory = Callable[[Policy], tuple[Leaf | None, list[str], list[tuple[str, s
 class Stub:
     """A confined sandbox waiting for its command, with the cgroup leaf it already sits in."""
 
-    __slots__ = ("cg_enforced", "cg_missing", "ctl", "fingerprint", "leaf", "pid", "pidfd", "status")
+    __slots__ = (
+        "cg_enforced",
+        "cg_missing",
+        "ctl",
+        "fingerprint",
+        "leaf",
+        "listener",
+        "pid",
+        "pidfd",
+        "status",
+    )
 
     def __init__(
         self,
@@ -70,6 +81,8 @@ class Stub:
         self.cg_enforced = cg_enforced
         self.cg_missing = cg_missing
         self.fingerprint: tuple[object, ...] = ()
+        #: Network mode "proxy": the proxy's listening socket, sent by the init on `ctl` before its R.
+        self.listener: socket.socket | None = None
 
     def hand_over(self, request: SpawnRequest, fds: list[int]) -> bool:
         """Send the command of `request` and its fds to the sandbox (protocol.CTL_*); False when the
@@ -237,6 +250,13 @@ class Prefork:
             rec = await stub.status.next()
             if rec is None or rec[0] != READY or await _fingerprint(prepared, cwd) != before:
                 raise _Unusable
+            if compiled.payload["ns"]["proxy"]:
+                try:
+                    stub.listener = take_listener(stub.ctl)  # sent before R: there by now
+                except BlockingIOError:
+                    stub.listener = None
+                if stub.listener is None:
+                    raise _Unusable
         except BaseException as err:
             self.discard(stub)
             if isinstance(err, _Unusable):
@@ -251,6 +271,8 @@ class Prefork:
             signal.pidfd_send_signal(stub.pidfd, signal.SIGKILL)
         stub.ctl.close()
         stub.status.close()
+        if stub.listener is not None:
+            stub.listener.close()
         self._tg.start_soon(_reap_and_remove, stub.pid, stub.pidfd, stub.leaf)
 
     def close(self) -> None:

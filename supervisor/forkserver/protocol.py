@@ -13,8 +13,9 @@ The order, per Supervisor:
   1. start      supervisor -> fork server: argv `BOOT_ARGS`, the socket (SOCK_SEQPACKET) and the `SLOT` memfd
                 fork server -> supervisor: one message, the probe report (`ProbeReport`)
   2. requests   supervisor -> fork server: a `SpawnRequest` or a `PreforkRequest`, one message each, with fds
-                (SCM_RIGHTS): the command's stdio and passed fds (+ the command's memfd when `cmd_fd`)
-                for a spawn, none for a prefork. Pipelined: the server answers in the order it was asked.
+                (SCM_RIGHTS): the command's stdio and passed fds (+ under network mode "proxy" the
+                socket at `proxy_fd`, + the command's memfd when `cmd_fd`) for a spawn, none for a
+                prefork. Pipelined: the server answers in the order it was asked.
                 Before launching an init the server stores (pid, request number) in `SLOT`.
   3. replies    fork server -> supervisor: a `Reply`, one message, with fds: `SPAWN_REPLY_FDS` (pidfd,
                 status pipe) or `PREFORK_REPLY_FDS` (pidfd, status pipe, ctl socket); none when nothing was
@@ -24,6 +25,10 @@ The order, per Supervisor:
   5. command    (pre-forked sandbox only) supervisor -> init on the ctl socket: `CTL_INLINE` + the command
                 (`_ops.encode_command`), or `CTL_MEMFD` with the command's memfd as the last fd; the
                 command's stdio fds with it
+  5a. proxy     (network mode "proxy") init -> supervisor, during its plan (OP_PROXY_LISTEN): one message
+                `PROXY_LISTENER` with the proxy's listening socket (SCM_RIGHTS), made in the sandbox's
+                network namespace, on the spawn request's `proxy_fd` socket, or a pre-forked sandbox's
+                ctl socket (before its R record)
   6. status     init -> supervisor on the status pipe, one write per record (`split_record`):
                   E `FailureRecord`   a step or the exec failed (the init exits 125, or 127 for the exec)
                   R `ReadyRecord`     pre-forked: confined, waiting for its command on the ctl socket
@@ -137,6 +142,11 @@ class SpawnRequest(_PolicyFields):
     cmd: NotRequired[bytes]  # _ops.encode_command's bytes, when not in a memfd
     cmd_fd: NotRequired[bool]
     ctty: NotRequired[bool]
+    proxy_fd: NotRequired[int]  # network mode "proxy": the index among the fds of the socket of step 5a
+
+
+#: The message an init sends with the proxy's listening socket (step 5a; _cinit.c, proxy_listen).
+PROXY_LISTENER = b"L"
 
 
 class PreforkRequest(_PolicyFields):

@@ -294,6 +294,7 @@ class Server:
         command: bytes = b"",
         command_fd: int = -1,
         ctty: bool = False,
+        proxy_fd: int = -1,
     ) -> tuple[Reply, list[int]]:
         """Plan the sandbox and launch its init with the plan; returns the reply and its fds [pidfd,
         status_r]. The reply carries an error and no fds when nothing was started; an error and the fds
@@ -338,11 +339,12 @@ class Server:
                 command_fd=command_fd,
                 net_sysfs_fd=net[1] if net is not None else -1,
                 ctty=ctty,
+                proxy_fd=proxy_fd,
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
             os.close(plan_w)
             plan_w = -1
-            extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1) if fd >= 0)
+            extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1, proxy_fd) if fd >= 0)
             keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *extra)
             flags = namespaces.clone_flags(pol["ns"])
             netfd = net[0] if net is not None else -1
@@ -388,12 +390,18 @@ class Server:
     def spawn(self, req: SpawnRequest, fds: list[int]) -> tuple[Reply, list[int]]:
         """A sandbox for this request, set up from scratch. Reply fds: [pidfd, status_r]."""
         ctty = bool(req.get("ctty"))
+        # Network mode "proxy": the socket the init sends the proxy's listener on, at "proxy_fd" among the
+        # fds (closed with the rest by the request loop).
+        where = req.get("proxy_fd")
+        fds = list(fds)
+        proxy_fd = fds.pop(where) if isinstance(where, int) else -1
+        pol = self._policy(req)
         if req.get("cmd_fd"):  # a large command comes in a memfd, the last fd
             return self._start(
-                self._policy(req), req, _ops.MODE_SPAWN, fds[:-1], command_fd=fds[-1], ctty=ctty
+                pol, req, _ops.MODE_SPAWN, fds[:-1], command_fd=fds[-1], ctty=ctty, proxy_fd=proxy_fd
             )
         return self._start(
-            self._policy(req), req, _ops.MODE_SPAWN, fds, command=req.get("cmd", b""), ctty=ctty
+            pol, req, _ops.MODE_SPAWN, fds, command=req.get("cmd", b""), ctty=ctty, proxy_fd=proxy_fd
         )
 
     def prefork(self, req: PreforkRequest) -> tuple[Reply, list[int]]:
@@ -401,7 +409,10 @@ class Server:
         for its command on a socket. Reply fds: [pidfd, status_r, the socket's supervisor end]."""
         ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            reply, out = self._start(self._policy(req), req, _ops.MODE_STUB, [], ctl_child.fileno())
+            pol = self._policy(req)
+            # Network mode "proxy": the proxy's listening socket comes back on the same socket, before R.
+            proxy_fd = ctl_child.fileno() if pol["ns"]["proxy"] else -1
+            reply, out = self._start(pol, req, _ops.MODE_STUB, [], ctl_child.fileno(), proxy_fd=proxy_fd)
         finally:
             ctl_child.close()
         if out:

@@ -53,6 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -149,7 +150,9 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(MOUNT_AT, 29)    /* s0 target, opened without following any symlink; a0 what: 0 a bind of the target \
                           itself, 1 a bind of s1, 2 a tmpfs with options s1; a1 attr_set, a2 attr_clr,      \
                           a3 bit 0: copy what is mounted below (binds), bit 1: attributes on all of it */ \
-    X(UNLINK, 30)      /* s0: remove a file (the /run sources of binds made from it) */
+    X(UNLINK, 30)      /* s0: remove a file (the /run sources of binds made from it) */                    \
+    X(PROXY_LISTEN, 31) /* a0 port, a1 backlog: listen on 127.0.0.1:a0 in our network namespace and send  \
+                           the socket (SCM_RIGHTS) on the plan header's proxy_fd, to the supervisor */
 
 #define X_ENUM(name, num) OP_##name = num,
 enum { OPS(X_ENUM) };
@@ -160,7 +163,7 @@ struct plan_header {
     uint32_t n_keep;
     int32_t net_sysfs_fd; /* >= 0: a detached sysfs mount of a pooled network namespace (slot NET_SYSFS) */
     uint32_t flags;       /* PLAN_CTTY */
-    uint32_t pad;
+    int32_t proxy_fd;     /* >= 0: where PROXY_LISTEN sends the proxy's listening socket (slot PROXY) */
 };
 
 /* The command's stdin (a terminal: corral run --tty's pty) becomes the controlling terminal of the
@@ -202,7 +205,8 @@ static char op_detail[160];
 static int ll_ruleset = -1;
 #define SLOTS 16
 #define SLOT_NET_SYSFS SLOTS /* one more slot, filled from the plan header, not by OPEN_PATH */
-static int slots[SLOTS + 1];
+#define SLOT_PROXY (SLOTS + 1) /* and another: the plan header's proxy_fd */
+static int slots[SLOTS + 2] = {[SLOT_PROXY] = -1};
 
 static const char *str(const struct seg *g, uint32_t off) {
     return off == NO_STR || off >= g->strtab_len ? NULL : g->strtab + off;
@@ -283,6 +287,39 @@ static int ensure(const char *path, int directory) {
     if (fd < 0) return errno;
     close(fd);
     return 0;
+}
+
+/* corral's proxy (network mode "proxy"): a socket listening on 127.0.0.1:port of the sandbox's network
+ * namespace, sent to the supervisor, which accepts on it from the host side; this process keeps no copy.
+ * Nothing runs in the sandbox for the proxy, and the sandbox cannot take the port (it is bound). */
+static int proxy_listen(int port, int backlog) {
+    if (slots[SLOT_PROXY] < 0) return EBADF;
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return errno;
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons((uint16_t)port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int err = 0;
+    if (bind(s, (struct sockaddr *)&sin, sizeof sin) != 0 || listen(s, backlog) != 0) {
+        err = errno;
+    } else {
+        char control[CMSG_SPACE(sizeof(int))];
+        memset(control, 0, sizeof control);
+        char byte = 'L';
+        struct iovec iov = {&byte, 1};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                             .msg_controllen = sizeof control};
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &s, sizeof(int));
+        if (sendmsg(slots[SLOT_PROXY], &msg, MSG_NOSIGNAL) < 0) err = errno;
+    }
+    close(s);
+    return err;
 }
 
 static int loopback_up(void) {
@@ -515,6 +552,7 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_SETSID:
     case OP_UNSHARE:
     case OP_LOOPBACK_UP:
+    case OP_PROXY_LISTEN:
     case OP_RLIMIT:
     case OP_BOUNDING:
     case OP_PRCTL:
@@ -554,6 +592,8 @@ static int run_op(const struct seg *g, const struct op *o) {
         return OK(sethostname(s0, strlen(s0)));
     case OP_LOOPBACK_UP:
         return loopback_up();
+    case OP_PROXY_LISTEN:
+        return proxy_listen((int)o->a[0], (int)o->a[1]);
     case OP_MOUNT: {
         char src[4096];
         if (o->a[1] > 0 && o->a[1] <= SLOTS + 1) {
@@ -1164,6 +1204,7 @@ static void init_main(const char *buf, size_t len) {
     for (int i = 0; i < h->n_stdio; i++) keep[n++] = p.stdio[i];
     for (uint32_t i = 0; i < h->n_keep; i++) keep[n++] = p.keep[i];
     if (h->net_sysfs_fd >= 0) keep[n++] = slots[SLOT_NET_SYSFS] = h->net_sysfs_fd;
+    if (h->proxy_fd >= 0) keep[n++] = slots[SLOT_PROXY] = h->proxy_fd;
     close_all_but(keep, n);
     for (uint32_t i = 0; i < h->n_segs; i++) {
         int err = 0;

@@ -39,6 +39,7 @@ OP_OPEN_PATH: int
 OP_IDMAP: int
 OP_MOUNT_AT: int
 OP_UNLINK: int
+OP_PROXY_LISTEN: int
 
 def start(
     flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, slot: mmap.mmap = ..., /

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from supervisor.sandbox import _cinit, _sys
 
 _OP = struct.Struct("=Ii4q4I4I2i")
-_HEADER = struct.Struct("=8I4iIi2I")
+_HEADER = struct.Struct("=8I4iIiIi")
 _SEGMENT = struct.Struct("=4I")
 _NO_STR = 0xFFFFFFFF
 if (_OP.size, _HEADER.size, _SEGMENT.size) != (_cinit.OP_SIZE, _cinit.HEADER_SIZE, _cinit.SEGMENT_SIZE):
@@ -169,12 +169,14 @@ def blob(
     command_fd: int = -1,
     net_sysfs_fd: int = -1,
     ctty: bool = False,
+    proxy_fd: int = -1,
 ) -> bytes:
     """The binary plan (layout: _cinit.c): the segments' ops run in order. `stdio`: the fds that become
     the command's 0, 1, 2, 3...; `keep`: further fds the init must not close (the supervisor's pidfd);
     `command_fd`: a file holding the command (a large one), instead of `command`; `net_sysfs_fd`: the
     sysfs mount of a pooled network namespace (the init's slot SLOT_NET_SYSFS); `ctty`: the command's stdin
-    (a pty) becomes the sandbox session's controlling terminal (the init's TIOCSCTTY). Raises ValueError past
+    (a pty) becomes the sandbox session's controlling terminal (the init's TIOCSCTTY); `proxy_fd`: the socket
+    OP_PROXY_LISTEN sends the proxy's listening socket on (network mode "proxy"). Raises ValueError past
     _cinit.MAX_SEGMENTS segments."""
     if len(segments) > _cinit.MAX_SEGMENTS:
         raise ValueError("too many plan segments")
@@ -191,7 +193,7 @@ def blob(
     cmd_off = keep_off + 4 * len(keep)
     header = _HEADER.pack(
         _cinit.MAGIC, mode, len(segments), _HEADER.size, cmd_off, len(command), stdio_off, keep_off,
-        command_fd, status_w, ctl_fd, len(stdio), len(keep), net_sysfs_fd, PLAN_CTTY if ctty else 0, 0,
+        command_fd, status_w, ctl_fd, len(stdio), len(keep), net_sysfs_fd, PLAN_CTTY if ctty else 0, proxy_fd,
     )  # fmt: skip
     fds = struct.pack(f"={len(stdio)}i{len(keep)}i", *stdio, *keep)
     return b"".join((header, table, body, fds, command))

@@ -44,6 +44,7 @@ def wanted(policy: Policy) -> list[str]:
 def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
     """Decide the clone flags and id maps. Raises SandboxSetupError when a wanted namespace is unavailable
     and the policy is not best_effort; with best_effort the missing ones are listed in "missing"."""
+    from policies._network import PROXY_PORT
     from supervisor._errors import SandboxSetupError
 
     flags = 0
@@ -78,6 +79,16 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
                 hint=hint,
             )
         missing.append([f"{name}_ns", reason])
+    proxy = policy.network.mode == "proxy"
+    if proxy and not flags & NAMESPACE_FLAGS["net"]:
+        # Not even best_effort: the proxy's port would be bound on the host's loopback, and the command
+        # would have the host's network besides.
+        raise SandboxSetupError(
+            "namespaces",
+            "clone(CLONE_NEWNET)",
+            caps.namespace("net").errno or errno.EPERM,
+            hint='network mode "proxy" needs a network namespace of the sandbox\'s own; use "none" or "host"',
+        )
     return {
         "flags": flags,
         "user": bool(flags & NAMESPACE_FLAGS["user"]),
@@ -86,6 +97,7 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
         "net": bool(flags & NAMESPACE_FLAGS["net"]),
         "uts": bool(flags & NAMESPACE_FLAGS["uts"]),
         "hostname": HOSTNAME,
+        "proxy": PROXY_PORT if proxy else 0,  # the port emit() has the init listen on
         "enforced": enforced,
         "missing": missing,
     }
@@ -135,3 +147,15 @@ def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> N
             s=("/proc/sys/net/ipv4/ping_group_range", f"{gid} {gid}"),
         )
         plan.land(i)
+    port = int(prepared.get("proxy", 0))  # type: ignore[call-overload]
+    if port:
+        # corral's proxy (network mode "proxy"): a listening socket on the new namespace's 127.0.0.1:3128,
+        # sent to the supervisor, which serves it from the host side (supervisor/_proxy.py). Nothing of
+        # the proxy runs in the sandbox; in a pooled namespace as in a new one.
+        plan.add(
+            _cinit.OP_PROXY_LISTEN,
+            "network",
+            f"listen on 127.0.0.1:{port} for corral's proxy",
+            a=(port, 4096),
+            hint="the port is taken in the sandbox's network namespace, or the supervisor's socket is gone",
+        )
