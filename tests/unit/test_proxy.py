@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import resource
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -418,6 +419,10 @@ async def test_thousand_concurrent_connections_from_one_child_are_bounded() -> N
                 assert f"at most {limit}".encode() in answers[0]
             finally:
                 for s in streams:
+                    # Reset, not closed: 1,000 connections left in TIME-WAIT would crowd the host's socket
+                    # table (/proc/net/tcp), which other tests read.
+                    raw = s.extra(anyio.abc.SocketAttribute.raw_socket)
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     await s.aclose()
             # the slots come back: a new connection is served
             status, _ = await ask(port, connect(f"allowed.test:{srv.port}"), then=b"x")
