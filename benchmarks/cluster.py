@@ -32,9 +32,11 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ray
 from ray.cluster_utils import Cluster
+from throughput import _pool  # benchmarks/throughput.py: n calls at a given concurrency, timed
 
 from policies import profiles
 from supervisor import DEVNULL, Supervisor
@@ -42,20 +44,6 @@ from supervisor.ray import RaySupervisor
 
 TRUE = "/bin/true"
 WORKSPACES = "/var/tmp/corral-ray-bench"
-
-
-async def _pool(n: int, concurrency: int, once: Callable[[], Awaitable[object]]) -> float:
-    limiter = anyio.CapacityLimiter(concurrency)
-
-    async def one() -> None:
-        async with limiter:
-            await once()
-
-    t0 = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(n):
-            tg.start_soon(one)
-    return time.perf_counter() - t0
 
 
 async def _latencies(n: int, once: Callable[[], Awaitable[object]]) -> list[float]:
