@@ -22,9 +22,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -60,8 +59,9 @@ Received = tuple[bytes, list[tuple[int, int, bytes]], int]
 
 class _Pending:
     """A reply to come, for backends other than asyncio (trio): what an asyncio future gives (done,
-    set_result, await), on an anyio Event. On asyncio the client uses the loop's own futures and reader
-    callback, which cost the loop least (docs/architecture.md, "Backends")."""
+    set_result), on anyio Events. On asyncio the client uses the loop's own futures and reader callback,
+    which cost the loop least (docs/architecture.md, "Backends"). Its waiter is woken when the reply is
+    there, or by `nudge` when it is to read the socket itself (`ForkServer._wait_reply`)."""
 
     __slots__ = ("_event", "_value")
 
@@ -70,19 +70,21 @@ class _Pending:
         self._value: Received | None = None
 
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._value is not None
 
     def set_result(self, value: Received) -> None:
         self._value = value
         self._event.set()
 
-    async def _result(self) -> Received:
-        await self._event.wait()
-        assert self._value is not None
-        return self._value
+    def nudge(self) -> None:
+        """Wake the waiter without a reply: nobody reads the socket any more, and it is to."""
+        self._event.set()
 
-    def __await__(self) -> Generator[Any, None, Received]:
-        return self._result().__await__()
+    async def wait(self) -> None:
+        """Until the reply is there or the waiter is nudged."""
+        await self._event.wait()
+        if self._value is None:
+            self._event = anyio.Event()
 
 
 _Waiter = asyncio.Future[Received] | _Pending
@@ -119,7 +121,10 @@ class ForkServer:
         #: The asyncio loop (its futures and reader callback serve the replies), or None on trio (an
         #: anyio Event per reply and a reader task in the supervisor's task group).
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reading = False
+        self._reading = False  # asyncio: the reader callback is on; trio: the reader task was started
+        #: trio: who reads the socket now (one task at a time may wait on an fd there): the reader task
+        #: (its token), a request waiting for its reply (its _Pending), or nobody (None).
+        self._reader: object | None = None
         self._sent_policies: set[int] = set()  # the ids the fork server keeps, as far as sent
         self._forget: list[int] = []  # ids to tell it to forget, with the next request that leaves
         #: The policy ids the caller still uses (Supervisor._compiled); None: all. A request for another id
@@ -160,21 +165,26 @@ class ForkServer:
 
     def _unwatch(self, sock: socket.socket) -> None:
         """Stop reading `sock` (about to be closed)."""
-        if not self._reading:
+        if self._loop is not None:
+            if self._reading:
+                self._reading = False
+                self._loop.remove_reader(sock.fileno())
             return
         self._reading = False
-        if self._loop is not None:
-            self._loop.remove_reader(sock.fileno())
-        else:
-            with contextlib.suppress(RuntimeError):
-                anyio.notify_closing(sock)  # the reader task wakes with ClosedResourceError and ends
+        self._reader = None
+        with contextlib.suppress(RuntimeError):
+            anyio.notify_closing(sock)  # whoever waits on it wakes with ClosedResourceError
 
     async def _read_task(self, sock: socket.socket) -> None:
-        """The reader on backends without reader callbacks: `_on_reply` at each readability. It is a task
-        of the supervisor's group, which is cancelled when the supervisor closes; requests already sent
-        wait for their replies shielded (a reply may carry a sandbox to reap), so on cancellation the
-        reader serves them first (at most reply_timeout without a reply, then they fail), and only then
-        ends. (On asyncio the reader is a loop callback, which no cancellation touches.)"""
+        """The reader on backends without reader callbacks (trio): `_on_reply` at each readability, so
+        that an idle server's death is seen at once. A task of the supervisor's group, so it ends when
+        that group is cancelled, while requests sent under a shield (a pre-fork build, a caller's spawn)
+        may still wait for their replies, or be sent only afterwards: a request whose reply is not there
+        reads the socket itself whenever nobody else does (`_wait_reply`), so no reply depends on this
+        task outliving them."""
+        if self._reader is not None or sock is not self._sock:
+            return
+        token = self._reader = object()
         try:
             while sock is self._sock:
                 try:
@@ -182,19 +192,53 @@ class ForkServer:
                 except (anyio.ClosedResourceError, OSError):
                     return
                 self._on_reply(sock)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                while self._replies and sock is self._sock:
-                    with anyio.move_on_after(self.reply_timeout) as waited:
-                        try:
-                            await anyio.wait_readable(sock)
-                        except (anyio.ClosedResourceError, OSError):
-                            break
-                    if waited.cancelled_caught:
-                        self._lost("the fork server answered nothing while the supervisor closed")
-                        break
+        finally:
+            if self._reader is token:
+                self._reader = None
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Nobody reads the socket now: the oldest waiting request is to (trio)."""
+        if self._replies:
+            waiter = self._replies[0]
+            if isinstance(waiter, _Pending):
+                waiter.nudge()
+
+    async def _wait_reply(self, sock: socket.socket, reply: _Pending) -> Received:
+        """The reply to a request sent on `sock` (trio). The reader task hands it out; when nobody reads
+        the socket (the reader task has ended with the supervisor's task group, or has not started),
+        the waiting request reads it itself, one at a time, and hands out every reply that arrives; the
+        next waiting one takes over when it has its own. While reading it also does the watchdog's work
+        (which ends with the group too): past reply_timeout without a reply, the server is killed, then
+        given up on. Called under the request's shield."""
+        while not reply.done():
+            if self._reader is not None or sock is not self._sock:
+                if sock is not self._sock:  # replaced: _lost failed every request it had
+                    reply.set_result((b"", [], 0))
+                    break
+                await reply.wait()
+                continue
+            self._reader = reply
+            try:
+                wait = self._progress_at + self.reply_timeout - time.monotonic()
+                with anyio.move_on_after(max(wait, 0.0) + 0.05) as waited:
+                    try:
+                        await anyio.wait_readable(sock)
+                    except (anyio.ClosedResourceError, OSError):
+                        # Closed by _lost or close(), which failed this request; anything else is the
+                        # socket's failure.
+                        if sock is self._sock:
+                            self._lost("the fork server's socket failed")
+                        continue
                     self._on_reply(sock)
-            raise
+                if waited.cancelled_caught:
+                    self._check_hung()
+            finally:
+                if self._reader is reply:
+                    self._reader = None
+                    self._hand_over()
+        assert reply._value is not None
+        return reply._value
 
     def start(self) -> None:
         """Start the server and read its probe report (blocking, ~30 ms, once). Raises SandboxSetupError."""
@@ -357,7 +401,11 @@ class ForkServer:
                 if not self._replies:
                     self._progress_at = time.monotonic()
                 self._replies.append(reply)
-                msg, ancdata, flags = await reply  # resolved by _on_reply, or _lost (watchdog)
+                # Resolved by _on_reply, or _lost (watchdog).
+                if isinstance(reply, _Pending):
+                    msg, ancdata, flags = await self._wait_reply(sock, reply)
+                else:
+                    msg, ancdata, flags = await reply
             if not msg:
                 raise SandboxSetupError(
                     "fork server",
@@ -377,7 +425,8 @@ class ForkServer:
         anc: list[tuple[int, int, array.array[int]]],
     ) -> None:
         """Send once the socket has room. Raises OSError (EPIPE once the server is replaced: the wait is
-        cut into short ones, since a closed fd never turns writable)."""
+        cut into short ones, since a closed fd never turns writable; on trio, closing it wakes the wait
+        with ClosedResourceError, which is the same death)."""
         while True:
             if sock is not self._sock:
                 raise BrokenPipeError(errno.EPIPE, "the fork server died")
@@ -386,7 +435,10 @@ class ForkServer:
                 return
             except BlockingIOError:
                 with anyio.move_on_after(0.1):
-                    await anyio.wait_writable(sock)
+                    try:
+                        await anyio.wait_writable(sock)
+                    except anyio.ClosedResourceError as err:
+                        raise BrokenPipeError(errno.EPIPE, "the fork server died") from err
 
     async def watchdog(self) -> None:
         """Notice a hung server (SIGSTOPped, or stuck): run in the supervisor's task group for its life.
@@ -396,17 +448,22 @@ class ForkServer:
         not one per request: the spawn path pays nothing for it."""
         while not self._closed:
             await anyio.sleep(min(self.reply_timeout / 4, 1.0))
-            if not self._replies or self._sock is None:
-                continue
-            if time.monotonic() - self._progress_at < self.reply_timeout:
-                continue
-            if not self._killed_hung and self._proc is not None:
-                log.warning("fork server answered nothing for %.1f s: killing it", self.reply_timeout)
-                self._killed_hung = True
-                self._progress_at = time.monotonic()
-                self._proc.kill()
-            else:  # killed, yet no EOF: something else holds its socket
-                self._lost("the fork server hung")
+            self._check_hung()
+
+    def _check_hung(self) -> None:
+        """The watchdog's check: past reply_timeout without a reply while requests wait, kill the server;
+        the next time, give up on it."""
+        if not self._replies or self._sock is None:
+            return
+        if time.monotonic() - self._progress_at < self.reply_timeout:
+            return
+        if not self._killed_hung and self._proc is not None:
+            log.warning("fork server answered nothing for %.1f s: killing it", self.reply_timeout)
+            self._killed_hung = True
+            self._progress_at = time.monotonic()
+            self._proc.kill()
+        else:  # killed, yet no EOF: something else holds its socket
+            self._lost("the fork server hung")
 
     def _on_reply(self, sock: socket.socket) -> None:
         """Reader callback: hand each reply that has arrived to the oldest waiting request; at EOF (the

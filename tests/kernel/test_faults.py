@@ -454,3 +454,54 @@ async def test_an_init_a_dead_server_never_answered_for_is_killed_and_reaped() -
             if orphan.returncode is None:
                 orphan.kill()
                 orphan.wait()
+
+
+async def test_replies_are_read_after_the_supervisors_group_is_gone(workspace: Path) -> None:
+    """A request sent when the task that reads the fork server's socket has ended (on trio it is a task of
+    the supervisor's group, which is cancelled first when the supervisor closes, while pre-fork builds and
+    callers' spawns still send requests under their shields) gets its reply: the waiting requests read the
+    socket themselves, one at a time. Before, such a request waited for ever, and so did the supervisor's
+    exit. Eight concurrent pre-fork requests, each answered with a real confined sandbox, killed and reaped
+    here."""
+    from supervisor._plan import compile_policy
+    from supervisor.forkserver.client import ForkServer
+    from supervisor.sandbox.probe import KernelCaps
+
+    fs = ForkServer()
+    fs.start()
+    stubs: list[tuple[int, int, int, int]] = []
+    try:
+        compiled = compile_policy(profiles.workspace_write(workspace), KernelCaps.from_dict(fs.caps_dict))
+        async with anyio.create_task_group() as tg:
+            fs.start_soon = tg.start_soon
+            await anyio.sleep(0.05)  # the reader (task or callback) is on
+            tg.cancel_scope.cancel()
+        fs.start_soon = None  # the group is gone: close() reaps what a dead server leaves
+
+        built = anyio.Event()
+
+        async def build() -> None:
+            reply, fds = await fs.prefork(str(workspace), [], compiled.policy_id, compiled.payload)
+            assert "error" not in reply, reply
+            assert fds is not None
+            stubs.append((int(reply["pid"]), *fds))  # type: ignore[call-overload]
+            if len(stubs) == 8:
+                built.set()
+
+        async with anyio.create_task_group() as builders:
+            for _ in range(8):
+                builders.start_soon(build)
+            with anyio.move_on_after(30):
+                await built.wait()
+            if not built.is_set():  # the requests wait shielded: fail them rather than hang the test
+                fs._lost("the test's deadline passed")
+        assert len(stubs) == 8
+        assert fs.restarts == 0
+    finally:
+        for _pid, pidfd, status, ctl in stubs:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # noqa: ASYNC222 - killed: returns at once
+            for fd in (pidfd, status, ctl):
+                os.close(fd)
+        fs.close()
+    assert not [c for c in children_of(os.getpid()) if c[2] == "corral-init"]
