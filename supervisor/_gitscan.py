@@ -36,6 +36,7 @@ import ctypes
 import errno
 import os
 import re
+import resource
 import stat
 import threading
 import time
@@ -211,11 +212,17 @@ class Listings:
     fstat per directory instead of reading all its entries: on the 100,000-file tree of docs/security.md,
     ~10x less. A listing taken within `MARGIN_NS` of its directory's last change is not trusted (a change in
     the same timestamp tick would leave the ctime as it was) and is taken again next time. Thread-safe (one
-    lock: scans of one supervisor run one at a time)."""
+    lock: scans of one supervisor run one at a time).
+
+    It also keeps, per set of roots, the `Snapshot` of the last scan that found nothing in a small tree,
+    which `unchanged_since` checks on the event loop (no worker-thread hop) after later runs."""
 
     def __init__(self) -> None:
         self._roots: dict[str, dict[str, tuple[int, int, int, dict[str, int]]]] = {}
         self.lock = threading.Lock()
+        self._snapshots: dict[SnapshotKey, Snapshot] = {}
+        #: Scans answered by a snapshot, without a worker thread (tests and benchmarks read it).
+        self.quick = 0
 
     def root(self, root: str) -> dict[str, tuple[int, int, int, dict[str, int]]]:
         cache = self._roots.get(root)
@@ -224,6 +231,119 @@ class Listings:
                 self._roots.pop(next(iter(self._roots)))
             cache = self._roots[root] = {}
         return cache
+
+    def keep(self, roots: SnapshotKey, snapshot: Snapshot) -> None:
+        """Keep `snapshot` for `roots` (under `lock`), closing the one it replaces and, beyond the fd
+        budget (`snapshot_fds`), the least recently kept ones."""
+        old = self._snapshots.pop(roots, None)
+        if old is not None:
+            old.close()
+        self._snapshots[roots] = snapshot
+        budget = snapshot_fds()
+        while sum(len(s.dirs) for s in self._snapshots.values()) > budget:
+            self._snapshots.pop(next(iter(self._snapshots))).close()
+
+    def drop(self, roots: SnapshotKey) -> None:
+        """Forget the snapshot of `roots` (under `lock`)."""
+        old = self._snapshots.pop(roots, None)
+        if old is not None:
+            old.close()
+
+    def has(self, roots: SnapshotKey) -> bool:
+        return roots in self._snapshots
+
+    def unchanged_since(self, policy: Policy, started_ns: int) -> bool:
+        """Whether the scan of `policy`'s writable roots for a run that started at `started_ns` is known to
+        find nothing without running it: a snapshot of these roots, complete before the run started, of a
+        scan that found nothing, and nothing in it changed since (`Snapshot.unchanged`). A few fstat calls
+        on fds held open and fstatat calls (no symlink followed) by name in them: cheap and non-blocking
+        enough for the event loop, unlike a worker-thread hop. False, never an error, when that cannot be
+        told (no snapshot, too recent, a scan running now, something changed: the caller scans in full; a
+        snapshot found changed is dropped, and the full scan takes a new one)."""
+        roots = snapshot_key(policy)
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            snapshot = self._snapshots.get(roots)
+            if snapshot is None or snapshot.taken_ns >= started_ns:
+                return False
+            if not snapshot.unchanged():
+                self.drop(roots)
+                return False
+            self.quick += 1
+            return True
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        """Close every snapshot's fds."""
+        with self.lock:
+            for snapshot in self._snapshots.values():
+                snapshot.close()
+            self._snapshots.clear()
+
+
+#: Directories one Snapshot holds open at most: it is for small trees (a scratch workdir, a small
+#: repository), where the fstat calls cost the loop far less than the worker-thread hop of a scan (~0.1-0.2
+#: ms); a larger tree is scanned in a worker thread after every run.
+SNAPSHOT_DIRS = 64
+
+
+def snapshot_fds() -> int:
+    """fds all snapshots together may hold: 1/16 of the soft RLIMIT_NOFILE, at most 256."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 256 if soft == resource.RLIM_INFINITY else min(256, soft // 16)
+
+
+class Snapshot:
+    """What a scan that found nothing saw, to tell later that nothing a scan looks at has changed since:
+    an fd of every directory it listed (each root's, every directory below it, the git dirs and their
+    hooks/) with its inode and ctime, and the inode and ctime of each git file it checks by name
+    (config, config.worktree, commondir, a hooks that is no directory, every entry of hooks/ that git
+    could run). A change anywhere a scan looks sets a ctime there: a new, removed or renamed entry its
+    directory's, a file rewritten in place its own (a sandbox cannot set a ctime). Taken only when every
+    ctime read is more than `MARGIN_NS` older than the scan's start, so that a later change, stamped at
+    least a timestamp tick later, cannot leave a ctime as it was; `taken_ns`, after the last read, is
+    compared with a run's start (a change made before the snapshot was complete could be in it). The
+    roots' paths are looked up again each time (`os.stat`, as the scan opens them: the caller's own
+    paths) and must still name the directories held."""
+
+    __slots__ = ("dirs", "names", "roots", "taken_ns")
+
+    def __init__(self) -> None:
+        self.roots: list[tuple[str, int, int]] = []  # (path, st_dev, st_ino)
+        self.dirs: list[tuple[int, int, int, int]] = []  # (fd, st_dev, st_ino, st_ctime_ns)
+        self.names: list[tuple[int, str, int, int, int]] = []  # (fd, name, st_dev, st_ino, st_ctime_ns)
+        self.taken_ns = 0
+
+    def unchanged(self) -> bool:
+        """Whether every root, directory and name is as it was."""
+        try:
+            for path, dev, ino in self.roots:
+                st = os.stat(path)
+                if st.st_dev != dev or st.st_ino != ino:
+                    return False
+            for fd, dev, ino, ctime in self.dirs:
+                st = os.fstat(fd)
+                if st.st_ctime_ns != ctime or st.st_ino != ino or st.st_dev != dev:
+                    return False
+            for fd, name, dev, ino, ctime in self.names:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if st.st_ctime_ns != ctime or st.st_ino != ino or st.st_dev != dev:
+                    return False
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        for fd, *_ in self.dirs:
+            os.close(fd)
+        self.dirs.clear()
+        self.names.clear()
+
+
+class _NoSnapshot(Exception):
+    """The tree cannot be snapshotted (too large, too recently changed, out of fds)."""
 
 
 class Scan:
@@ -238,6 +358,7 @@ class Scan:
         max_nodes: int = MAX_NODES,
         listings: Listings | None = None,
         protected: frozenset[str] = frozenset(),
+        key: SnapshotKey | None = None,
     ) -> None:
         self.roots = roots
         #: What the policy binds read-only in the top git dir and its submodules' ("config", "hooks").
@@ -248,13 +369,76 @@ class Scan:
         self.found: list[tuple[str, str]] = []
         self.listings = listings
         self._cache: dict[str, tuple[int, int, int, dict[str, int]]] = {}
+        #: With `key` and `listings` (and none kept for `key` yet): the Snapshot this scan takes, kept in
+        #: `listings` if it finds nothing; None once the tree turns out not to fit one.
+        self.key = key
+        self.snap: Snapshot | None = None
+        self._held: dict[int, int] = {}  # the fds being scanned -> their copies in snap
+        self._old_ns = time.time_ns() - MARGIN_NS  # a snapshot's ctimes must be older
 
     def run(self) -> list[tuple[str, str]]:
         """Scan every root. Never raises: what cannot be scanned is itself reported."""
         if self.listings is None:
             return self._run()
         with self.listings.lock:
-            return self._run()
+            if (
+                self.key is not None
+                and not self.listings.has(self.key)
+                # A tree whose listings alone exceed a snapshot is not tried (that would cost dups).
+                and sum(len(self.listings.root(r)) for r in self.roots) <= SNAPSHOT_DIRS
+            ):
+                self.snap = Snapshot()
+            try:
+                found = self._run()
+            except BaseException:
+                self._abandon()
+                raise
+            if self.snap is not None and self.key is not None and not found:
+                self.snap.taken_ns = time.time_ns()
+                self.listings.keep(self.key, self.snap)
+            else:
+                self._abandon()
+            return found
+
+    def _abandon(self) -> None:
+        if self.snap is not None:
+            self.snap.close()
+            self.snap = None
+
+    def _hold(self, fd: int, st: os.stat_result) -> None:
+        """Keep a copy of the directory `fd` (`st`: its fstat) in the snapshot being taken."""
+        snap = self.snap
+        if snap is None:
+            return
+        if len(snap.dirs) >= SNAPSHOT_DIRS or st.st_ctime_ns >= self._old_ns:
+            self._abandon()
+            return
+        try:
+            copy = os.dup(fd)
+        except OSError:  # EMFILE: no snapshot, the next scan runs in a thread too
+            self._abandon()
+            return
+        snap.dirs.append((copy, st.st_dev, st.st_ino, st.st_ctime_ns))
+        self._held[fd] = copy
+
+    def _hold_name(self, fd: int, name: str) -> None:
+        """Keep the inode and ctime of `name` in the directory `fd` (held) in the snapshot being taken."""
+        snap = self.snap
+        if snap is None:
+            return
+        held = self._held.get(fd)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            st = None
+        if held is None or st is None or st.st_ctime_ns >= self._old_ns:
+            self._abandon()
+            return
+        snap.names.append((held, name, st.st_dev, st.st_ino, st.st_ctime_ns))
+
+    def _closing(self, fd: int) -> None:
+        """`fd`, a directory being scanned, is about to be closed (its copy stays held)."""
+        self._held.pop(fd, None)
 
     def _run(self) -> list[tuple[str, str]]:
         for root in self.roots:
@@ -266,6 +450,9 @@ class Scan:
             self._cache = self.listings.root(root) if self.listings is not None else {}
             try:
                 self._visit(fd, root, "", 0)
+                if self.snap is not None:
+                    st = os.fstat(fd)
+                    self.snap.roots.append((root, st.st_dev, st.st_ino))
             except _Budget:
                 self._cache.clear()
                 self.found.append(
@@ -274,6 +461,7 @@ class Scan:
             except OSError as err:
                 self.found.append((root, f"not fully scanned: {os.strerror(err.errno or 0)}"))
             finally:
+                self._closing(fd)
                 os.close(fd)
         return self.found
 
@@ -281,6 +469,7 @@ class Scan:
         """The entries of the directory `fd` that matter (subdirectories, git's names), from the cache when
         the directory is unchanged since it was listed."""
         st = os.fstat(fd)
+        self._hold(fd, st)
         hit = self._cache.get(rel)
         if hit is not None and hit[:3] == (st.st_dev, st.st_ino, st.st_ctime_ns):
             self.left -= 1 + len(hit[3])
@@ -335,10 +524,12 @@ class Scan:
                     dir_fd=fd,
                 )
             except OSError:
+                self._abandon()  # a directory a snapshot could not watch
                 continue  # gone, replaced by a link, unreadable
             try:
                 self._visit(sub, os.path.join(path, name), f"{rel}/{name}", depth + 1)
             finally:
+                self._closing(sub)
                 os.close(sub)
 
     def _changed(self, fd: int, name: str) -> os.stat_result | None:
@@ -382,6 +573,9 @@ class Scan:
         return born is not None and born < self.since
 
     def _check_gitdir(self, fd: int, path: str, entries: dict[str, int], mounted: bool = False) -> None:
+        for name in ("config", "config.worktree", "commondir", "hooks"):
+            if name in entries:
+                self._hold_name(fd, name)
         for name in ("config", "config.worktree"):
             if mounted and name in self.protected and self._born_before(fd, name):
                 continue  # bound read-only during the run
@@ -419,13 +613,16 @@ class Scan:
             except OSError:
                 return
             try:
+                self._hold(hfd, os.fstat(hfd))
                 hooks_path = os.path.join(path, "hooks")
                 for name in sorted(os.listdir(hfd)):
                     if name.endswith((".sample", QUARANTINE_SUFFIX)):
                         continue
+                    self._hold_name(hfd, name)
                     if self._changed(hfd, name) is not None:
                         self._quarantine(hfd, hooks_path, name, "git hook written during the run")
             finally:
+                self._closing(hfd)
                 os.close(hfd)
 
     @staticmethod
@@ -501,12 +698,30 @@ def wanted(policy: Policy) -> bool:
     return fs.confine and bool(fs.write) and any(p.startswith(".git/") for p in fs.protected)
 
 
-def scan(policy: Policy, started_ns: int, listings: Listings | None = None) -> list[tuple[str, str]]:
-    """Scan `policy`'s writable roots for what changed since `started_ns` (time.time_ns() at the request),
-    with the supervisor's `listings` of earlier scans. Runs in a worker thread. Never raises."""
+SnapshotKey = tuple[tuple[str, ...], frozenset[str]]
+
+
+def writable_roots(policy: Policy) -> tuple[str, ...]:
+    """`policy`'s writable roots as a scan visits them: normalised, sorted, nested ones dropped."""
     roots: list[str] = []
     for root in sorted({os.path.normpath(p) for p in policy.filesystem.write}):
         if not any(root.startswith(r.rstrip("/") + "/") for r in roots):  # nested roots: scanned once
             roots.append(root)
-    leaves = frozenset(p.split("/", 1)[1] for p in policy.filesystem.protected if p.startswith(".git/"))
-    return Scan(roots, started_ns, listings=listings, protected=leaves).run()
+    return tuple(roots)
+
+
+def _protected(policy: Policy) -> frozenset[str]:
+    return frozenset(p.split("/", 1)[1] for p in policy.filesystem.protected if p.startswith(".git/"))
+
+
+def snapshot_key(policy: Policy) -> SnapshotKey:
+    """What a scan's outcome depends on besides the tree: the roots and the protected git files."""
+    return writable_roots(policy), _protected(policy)
+
+
+def scan(policy: Policy, started_ns: int, listings: Listings | None = None) -> list[tuple[str, str]]:
+    """Scan `policy`'s writable roots for what changed since `started_ns` (time.time_ns() at the request),
+    with the supervisor's `listings` of earlier scans (and its snapshots: one is taken of a small tree
+    when none is kept for these roots). Runs in a worker thread. Never raises."""
+    key = snapshot_key(policy)
+    return Scan(list(key[0]), started_ns, listings=listings, protected=key[1], key=key).run()

@@ -317,6 +317,7 @@ class Supervisor:
             if self._forkserver is not None:
                 self._forkserver.close()
                 self._forkserver = None
+            self._listings.close()  # the fds its snapshots hold
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
@@ -815,10 +816,17 @@ class Supervisor:
                 self._enforcer.check_disk_final(child, written, child._exit_signal())
                 if child.violation is not None and child.violation is not before:
                     self._note_violation(child)
-            if pol is not None and child.exec_at is not None and _gitscan.wanted(pol):
+            if (
+                pol is not None
+                and child.exec_at is not None
+                and _gitscan.wanted(pol)
+                and not self._listings.unchanged_since(pol, child.requested_ns)
+            ):
                 # What the command left in git repositories under its writable roots that would make the
                 # host user's git run code is moved aside, and reported (supervisor/_gitscan.py). A bounded,
-                # no-follow walk: off the loop; shielded, so that it completes even on cancellation.
+                # no-follow walk: off the loop; shielded, so that it completes even on cancellation. (Not
+                # when a snapshot of a small tree, checked above on the loop, shows nothing changed: the
+                # worker-thread hop cost more than the scan.)
                 with anyio.CancelScope(shield=True):
                     found = await anyio.to_thread.run_sync(
                         _gitscan.scan, pol, child.requested_ns, self._listings

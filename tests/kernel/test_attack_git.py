@@ -295,3 +295,35 @@ async def test_the_users_own_hook_added_during_a_run_is_left_alone(sup: Supervis
         r = await plant(sup, workspace, "sleep 1.5")
     assert r.quarantined == (), r.quarantined
     assert await anyio.Path(hook).exists()
+
+
+@pytest.mark.parametrize("how", ["config_rewritten_in_place", "hook_rewritten_in_place", "new_repo"])
+async def test_a_plant_after_runs_that_needed_no_scan_is_found(
+    sup: Supervisor, workspace: Path, how: str
+) -> None:
+    """After a scan of a small tree that found nothing, later runs that changed nothing are answered by a
+    snapshot checked on the event loop, without the scan's worker-thread hop (`Listings.unchanged_since`).
+    A run that plants, even in a file rewritten in place (its directory unchanged), is scanned in full."""
+    sub = workspace / "sub"
+    make_repo(sub)
+    hook = sub / ".git" / "hooks" / "post-checkout"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    await anyio.sleep(0.05)  # older than the scan's margin
+    assert (await plant(sup, workspace, "true")).quarantined == ()  # scanned in full, snapshot taken
+    quick = sup._listings.quick
+    assert (await plant(sup, workspace, "true")).quarantined == ()
+    assert sup._listings.quick == quick + 1, "an unchanged tree was scanned in full"
+    if how == "config_rewritten_in_place":
+        script = "printf '[core]\\n\\tpager = touch x\\n' >> sub/.git/config"
+        expected = sub / ".git" / "config"
+    elif how == "hook_rewritten_in_place":
+        script = f"echo '{payload(workspace)}' >> sub/.git/hooks/post-checkout"
+        expected = hook
+    else:
+        script = "git init -q sub/r2 && git -C sub/r2 config core.fsmonitor 'touch x'"
+        expected = sub / "r2" / ".git" / "config"
+    third = await plant(sup, workspace, script)
+    assert str(expected) in [p for p, _ in third.quarantined], third.quarantined
+    assert sup._listings.quick == quick + 1
+    assert not (workspace / "MARKER").exists()
