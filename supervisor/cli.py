@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import importlib.metadata
 import json
 import logging
@@ -446,6 +447,128 @@ class _JsonOut:
             os.close(self._fd)
             os.close(self._dirfd)
             self._fd = self._dirfd = None
+
+
+#: `corral run` options that make no sense for a server (one command, its terminal, its --json file).
+_NOT_MCP = frozenset({"command", "json_file", "use_tty"})
+
+
+@cli.command("mcp", context_settings={"ignore_unknown_options": False})
+@click.option(
+    "--http",
+    "http",
+    metavar="HOST:PORT",
+    help="Serve streamable HTTP on HOST:PORT (path /mcp; port 0: any free port) instead of stdio.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    help="File whose first line is the bearer token HTTP clients must send (or set CORRAL_MCP_TOKEN). "
+    "Required to bind a non-loopback address.",
+)
+@click.option("--no-shell", is_flag=True, default=False, help="Refuse shell strings; argv lists only.")
+@click.option(
+    "--max-background", type=click.IntRange(0, 1024), default=8, show_default=True, help="Per session."
+)
+@click.option("--max-concurrency", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1800.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop a background command nobody has read or written for this long.",
+)
+def mcp(
+    http: str | None,
+    token_file: str | None,
+    no_shell: bool,
+    max_background: int,
+    max_concurrency: int,
+    idle_timeout: float,
+    **opts: Any,
+) -> None:
+    """Serve sandboxed command execution to MCP clients (stdio by default). Takes `corral run`'s policy,
+    limit and metrics options; every command a client runs is confined by them. See docs/mcp.md."""
+    try:
+        from supervisor import mcp_server
+    except ImportError as err:
+        msg = f"corral mcp needs the MCP SDK ({err.name or err}): pip install 'corral[mcp]'"
+        raise _Fail(msg) from err
+    metrics_port, metrics_addr = opts.pop("metrics_port"), opts.pop("metrics_addr")
+    if metrics_addr is not None and metrics_port is None:
+        msg = "--metrics-addr needs --metrics-port"
+        raise click.UsageError(msg)
+    metrics = (metrics_addr or "127.0.0.1", metrics_port) if metrics_port is not None else None
+    cgroups = not opts.pop("no_cgroup")
+    policy = _build_policy(opts.pop("profile"), opts.pop("policy_file"), opts)
+    workdir = policy.workdir or os.getcwd()
+    if not os.path.isdir(workdir):
+        msg = f"--workdir {workdir!r} is not a directory"
+        raise _Fail(msg)
+    address = _host_port(http) if http is not None else None
+    token = _token(token_file)
+    settings = mcp_server.McpSettings(
+        policy=policy,
+        shell=not no_shell,
+        max_background=max_background,
+        max_concurrency=max_concurrency,
+        idle_timeout=idle_timeout,
+        cgroups=cgroups,
+    )
+
+    def ready(where: str) -> None:
+        _say(f"mcp: serving on {where} (workdir {workdir}, profile {policy.profile})")
+
+    try:
+        anyio.run(
+            functools.partial(
+                mcp_server.serve,
+                settings,
+                http=address,
+                token=token,
+                around=lambda sup: _serve_metrics(sup, metrics),
+                ready=ready,
+            )
+        )
+    except ValueError as err:
+        raise _Fail(str(err)) from err
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """--http HOST:PORT ([::1]:PORT for IPv6; PORT alone means 127.0.0.1)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535 or not host:
+        msg = f"--http {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8765"
+        raise click.UsageError(msg)
+    return host, number
+
+
+def _token(token_file: str | None) -> str | None:
+    """The bearer token: --token-file's first line, else $CORRAL_MCP_TOKEN, else None."""
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except OSError as err:
+            msg = f"cannot read --token-file {token_file!r}: {err.strerror}"
+            raise _Fail(msg) from err
+        if not token:
+            msg = f"--token-file {token_file!r} is empty"
+            raise _Fail(msg)
+        return token
+    return os.environ.get("CORRAL_MCP_TOKEN") or None
+
+
+# Every `corral run` option the server can use, parsed and turned into a policy the same way (one list of
+# options: what `run` gains, `mcp` gains).
+mcp.params[:0] = [p for p in run.params if p.name not in _NOT_MCP]
 
 
 @cli.command()

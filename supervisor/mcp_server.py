@@ -1,0 +1,1172 @@
+"""corral as an MCP tool server (`corral mcp`): sandboxed, bounded, reported command execution for any Model
+Context Protocol client, built on the official `mcp` SDK (the optional extra `corral[mcp]`).
+
+This module is a composition of the public APIs of `policies` and `supervisor` with the SDK, like the CLI;
+the engine never imports it, and `corral run` never loads the SDK. `supervisor.cli` parses the options (the
+same as `corral run`'s) and calls `serve`.
+
+Tools: `run_command` (one command to completion, in its own sandbox), `start_command` / `read_output` /
+`send_input` / `stop_command` / `list_commands` (long-running ones: a dev server, a REPL), `describe_sandbox`.
+
+Sessions: each MCP session has its own background commands, which end with it. Over stdio the session is the
+server process (one client launches it; its stdin's EOF ends it). Over streamable HTTP, a client that speaks
+the handshake protocol (2025 revisions) has an `Mcp-Session-Id`: its commands end when it DELETEs the session
+(the SDK's client does on close) or when the server stops. The 2026-07-28 protocol has no sessions: such
+clients share one pool, and each background command is reached only through its handle (128 random bits).
+Wherever it lives, a background command nobody has touched for `idle_timeout` seconds is stopped.
+
+Docs: docs/mcp.md (client configuration, security model, a transcript).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import logging
+import math
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Annotated, Any, cast
+
+import anyio
+from anyio.abc import ByteReceiveStream, TaskGroup
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from policies import CorralError, Policy, profiles
+from supervisor import PIPE, Child, Result, Supervisor
+
+__all__ = [
+    "BackgroundStatus",
+    "CommandResult",
+    "McpSettings",
+    "SandboxDescription",
+    "build_server",
+    "is_loopback",
+    "serve",
+]
+
+logger = logging.getLogger("corral.mcp")
+
+#: The shell a `shell` string runs under, as `/bin/sh -c STRING`.
+SHELL = "/bin/sh"
+#: Bytes of the largest argument set (argv or shell string) a call may pass; larger ones are refused with a
+#: protocol error (INVALID_PARAMS) before anything runs. The kernel's own bound is 2 MiB; a model never needs
+#: this much.
+MAX_COMMAND_BYTES = 128 * 1024
+#: Bytes of stdin a call may pass (run_command's `input`, send_input's `text`).
+MAX_INPUT_BYTES = 1024 * 1024
+#: Seconds read_output may wait for new output.
+MAX_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class McpSettings:
+    """What the server offers. `policy` confines every command (its workdir is the commands' default cwd).
+
+    shell: accept `shell` strings (run as `/bin/sh -c STRING`). Allowed only when the operator did not
+           turn it off AND the policy lets the sandbox run /bin/sh (no `deny` path hides it; an `execute`
+           list, when set, includes it); see `shell_allowed`.
+    capture: bytes of stdout and of stderr a run_command result carries (the rest is counted, flagged
+             `*_truncated`, dropped).
+    max_background: background commands one session may have at once (running or finished but not stopped).
+    buffer: bytes of unread output kept per stream of a background command (older bytes are dropped and
+            counted in `*_dropped`).
+    idle_timeout: seconds after which a background command nobody read, wrote or listed is stopped (None:
+                  never; the session's end still stops it).
+    max_concurrency: sandboxes alive at once across all sessions (further calls wait their turn).
+    cgroups: give each sandbox its own cgroup (Supervisor(cgroups=...)).
+    """
+
+    policy: Policy
+    shell: bool = True
+    capture: int = 64 * 1024
+    max_background: int = 8
+    buffer: int = 1024 * 1024
+    idle_timeout: float | None = 1800.0
+    max_concurrency: int = 32
+    cgroups: bool = True
+
+    def shell_allowed(self) -> tuple[bool, str]:
+        """Whether `shell` strings are accepted, and why (in words for describe_sandbox)."""
+        if not self.shell:
+            return False, "the server was started with --no-shell"
+        fs = self.policy.filesystem
+        if fs.confine:
+            real = os.path.realpath(SHELL)
+            for path in (SHELL, real):
+                for hidden in fs.deny:
+                    if path == hidden or path.startswith(hidden.rstrip("/") + "/"):
+                        return False, f"the policy hides {hidden}, so the sandbox has no {SHELL}"
+            if fs.execute is not None and not any(
+                real == e or real.startswith(e.rstrip("/") + "/") for e in fs.execute
+            ):
+                return False, f"the policy's execute list does not include {real} ({SHELL})"
+        return True, f"shell strings run as {SHELL} -c STRING inside the same sandbox as any command"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Structured results (their JSON schemas are the tools' output schemas)
+
+
+class ViolationInfo(BaseModel):
+    """A limit the command broke."""
+
+    kind: str = Field(description="memory | pids | wall_time | cpu_time | fds | output | disk")
+    limit: float = Field(description="The limit (bytes, seconds or a count).")
+    observed: float = Field(description="What was observed.")
+    killed: bool = Field(description="True: corral (or the kernel's OOM killer) killed the command for it.")
+    message: str = Field(description="The violation in words.")
+
+
+class CommandResult(BaseModel):
+    """How a command ended (run_command, stop_command, and read_output once it has exited)."""
+
+    exit_code: int = Field(description="The command's own status; 128+N when killed by signal N; 137 when "
+                           "killed for a limit violation.")  # fmt: skip
+    signal: int | None = Field(description="The signal that ended it, or null.")
+    violation: ViolationInfo | None = Field(description="The limit it broke, or null.")
+    duration_s: float
+    cpu_s: float
+    peak_memory_bytes: int
+    stdout: str = Field(description="Captured stdout (UTF-8, invalid bytes replaced), bounded.")
+    stderr: str = Field(description="Captured stderr, bounded.")
+    stdout_truncated: bool = Field(description="True when stdout bytes past the bound were dropped.")
+    stderr_truncated: bool = Field(description="True when stderr bytes past the bound were dropped.")
+    denials: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="What the sandbox refused the command (layer, operation, target, ...).",
+    )
+    pid: int = Field(description="Host pid of the command's sandbox (its pid namespace's init).")
+    enforced: list[str] = Field(description="The isolation layers that took effect.")
+
+
+class StartedCommand(BaseModel):
+    """A background command that started."""
+
+    handle: str = Field(description="Pass this to read_output, send_input and stop_command.")
+    pid: int = Field(description="Host pid of the command's sandbox.")
+    command: list[str] = Field(description="The argv that runs.")
+
+
+class BackgroundStatus(BaseModel):
+    """New output of a background command since the last read_output, and whether it still runs."""
+
+    handle: str
+    running: bool
+    stdout: str = Field(description="Output since the last read (UTF-8, invalid bytes replaced).")
+    stderr: str
+    stdout_dropped: int = Field(description="Bytes of stdout lost because nobody read them in time.")
+    stderr_dropped: int
+    more: bool = Field(description="True when more unread output is buffered than this reply carried.")
+    result: CommandResult | None = Field(description="Set once the command has exited.")
+
+
+class InputSent(BaseModel):
+    """What send_input wrote."""
+
+    handle: str
+    bytes_written: int
+    closed: bool = Field(description="True when the command's stdin is now closed (EOF).")
+
+
+class BackgroundEntry(BaseModel):
+    handle: str
+    command: list[str]
+    running: bool
+    pid: int
+    age_s: float
+
+
+class BackgroundList(BaseModel):
+    """This session's background commands."""
+
+    commands: list[BackgroundEntry]
+    limit: int = Field(description="How many this session may have at once.")
+
+
+class SandboxDescription(BaseModel):
+    """What a command run through this server may and may not do."""
+
+    summary: str = Field(description="The same, in words.")
+    profile: str
+    workdir: str = Field(description="The commands' default working directory.")
+    filesystem_confined: bool
+    readable: list[str]
+    writable: list[str]
+    hidden: list[str] = Field(description="Paths the sandbox sees as empty.")
+    read_only_inside_writable: list[str] = Field(description="Relative to each writable root.")
+    network: str = Field(description="none (loopback only) | host")
+    limits: dict[str, str] = Field(description="The resource limits per command, in units people read.")
+    shell_allowed: bool
+    shell: str = Field(description="Why shell strings are or are not accepted.")
+    max_background: int
+    output_capture_bytes: int
+    environment: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Words
+
+
+def _size(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.4g} {unit}"
+    return f"{n:g} bytes"
+
+
+def _value(kind: str, value: float) -> str:
+    if kind in ("memory", "output", "disk", "fsize", "tmp_size"):
+        return _size(value)
+    if kind in ("wall_time", "timeout", "cpu_time"):
+        return f"{value:g} s"
+    return f"{value:g}"
+
+
+def _limits(policy: Policy) -> dict[str, str]:
+    r = policy.resources
+    out: dict[str, str] = {}
+    for name in (
+        "memory",
+        "cpus",
+        "pids",
+        "timeout",
+        "cpu_time",
+        "fds",
+        "output",
+        "fsize",
+        "disk",
+        "tmp_size",
+    ):
+        value = getattr(r, name)
+        if value is not None:
+            out[name] = _value(name, float(value))
+    return out
+
+
+def describe(settings: McpSettings) -> SandboxDescription:
+    """describe_sandbox's answer, from the settings alone (no syscalls)."""
+    p = settings.policy
+    fs = p.filesystem
+    workdir = p.workdir or os.getcwd()
+    shell_ok, shell_why = settings.shell_allowed()
+    limits = _limits(p)
+    if fs.confine:
+        writable = list(fs.write)
+        files = (
+            f"Commands may read {', '.join(fs.read) or 'nothing'} and write only "
+            f"{', '.join(writable) or 'nowhere'} (plus a private /tmp and /dev/shm that vanish after each "
+            "command); a write anywhere else fails with EACCES or EROFS and is reported."
+        )
+        if fs.deny:
+            files += f" Hidden (seen as empty): {', '.join(fs.deny)}."
+        if fs.protected and writable:
+            files += f" Inside writable roots these stay read-only: {', '.join(fs.protected)}."
+    else:
+        writable = ["/"]
+        files = "No filesystem confinement (full-access): commands read and write what this user can."
+    net = (
+        "No network: each command has its own network namespace with only loopback, so local servers and "
+        "tests work and nothing beyond this sandbox is reachable."
+        if p.network.mode == "none"
+        else "The host's network: commands reach whatever this machine reaches."
+    )
+    lim = (
+        "Limits per command: "
+        + ", ".join(f"{k} {v}" for k, v in limits.items())
+        + "; breaking one kills the "
+        "command and the result names the violation."
+        if limits
+        else "No resource limits are set."
+    )
+    shell = f"Shell strings: {'accepted' if shell_ok else 'refused'} ({shell_why}); argv lists always work."
+    env = (
+        "Environment: the server's minus names that look secret (KEY, SECRET, TOKEN, PASSWORD, ...)"
+        if not p.environment.clear
+        else "Environment: empty but for what the policy sets"
+    )
+    summary = " ".join(
+        [
+            f"Every command runs in its own sandbox (profile {p.profile}) with working directory {workdir}.",
+            files,
+            net,
+            lim,
+            shell,
+            f"Up to {settings.max_background} background commands per session; results carry up to "
+            f"{_size(settings.capture)} of stdout and of stderr.",
+            env + ".",
+        ]
+    )
+    return SandboxDescription(
+        summary=summary,
+        profile=p.profile,
+        workdir=workdir,
+        filesystem_confined=fs.confine,
+        readable=list(fs.read) if fs.confine else ["/"],
+        writable=writable,
+        hidden=list(fs.deny) if fs.confine else [],
+        read_only_inside_writable=list(fs.protected) if fs.confine else [],
+        network=p.network.mode,
+        limits=limits,
+        shell_allowed=shell_ok,
+        shell=shell_why,
+        max_background=settings.max_background,
+        output_capture_bytes=settings.capture,
+        environment=env,
+    )
+
+
+def _violation(result: Result) -> ViolationInfo | None:
+    v = result.violation
+    if v is None:
+        return None
+    if result.killed:
+        limit, seen = _value(v.kind, v.limit), _value(v.kind, v.observed)
+        words = f"killed: {v.kind} limit {limit} exceeded (observed {seen})"
+    else:
+        words = f"{v.kind} limit {_value(v.kind, v.limit)} reached: the kernel refused, the command went on"
+    return ViolationInfo(kind=v.kind, limit=v.limit, observed=v.observed, killed=result.killed, message=words)
+
+
+def _denials(result: Result) -> list[dict[str, Any]]:
+    """The Result's denial reports as JSON objects (an empty list on an engine without them)."""
+    out: list[dict[str, Any]] = []
+    for d in getattr(result, "denials", None) or ():
+        as_dict = getattr(d, "to_dict", None)
+        if callable(as_dict):
+            out.append(dict(as_dict()))
+        elif isinstance(d, Mapping):
+            out.append(dict(d))
+        else:
+            out.append({"denial": str(d)})
+    return out
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def _command_result(
+    result: Result, stdout: bytes, stderr: bytes, out_cut: bool, err_cut: bool
+) -> CommandResult:
+    return CommandResult(
+        exit_code=result.exit_code,
+        signal=result.signal,
+        violation=_violation(result),
+        duration_s=round(result.duration_s, 6),
+        cpu_s=round(result.cpu_s, 6),
+        peak_memory_bytes=result.peak_memory_bytes,
+        stdout=_text(stdout),
+        stderr=_text(stderr),
+        stdout_truncated=out_cut,
+        stderr_truncated=err_cut,
+        denials=_denials(result),
+        pid=result.pid,
+        enforced=list(result.enforced),
+    )
+
+
+def _summary(r: CommandResult) -> str:
+    """The short text a model reads first: how it ended, then the output's tail."""
+    if r.violation is not None:
+        head = f"exit {r.exit_code}: {r.violation.message}"
+    elif r.signal is not None:
+        head = f"exit {r.exit_code}: killed by signal {r.signal}"
+    else:
+        head = f"exit {r.exit_code}"
+    head += f" ({r.duration_s:.3g} s)"
+    if r.denials:
+        head += f"; the sandbox refused {len(r.denials)} operation(s), see denials"
+    parts = [head]
+    for name, text, cut in (
+        ("stdout", r.stdout, r.stdout_truncated),
+        ("stderr", r.stderr, r.stderr_truncated),
+    ):
+        if text:
+            tail = text[-2000:]
+            more = " (truncated)" if cut or len(text) > len(tail) else ""
+            parts.append(f"--- {name}{more} ---\n{tail}")
+    return "\n".join(parts)
+
+
+def _tool_result(model: BaseModel, text: str) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=model.model_dump(mode="json")
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Background commands and sessions
+
+
+class _Buffer:
+    """Unread output of one stream, bounded: past `cap` bytes the oldest are dropped and counted."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        over = len(self.data) - self.cap
+        if over > 0:
+            del self.data[:over]
+            self.dropped += over
+
+    def take(self, n: int) -> tuple[bytes, int]:
+        out = bytes(self.data[:n])
+        del self.data[:n]
+        dropped, self.dropped = self.dropped, 0
+        return out, dropped
+
+
+@dataclass(eq=False)
+class _Background:
+    handle: str
+    argv: list[str]
+    child: Child
+    out: _Buffer
+    err: _Buffer
+    touched: float = field(default_factory=time.monotonic)
+    result: Result | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    stdin_closed: bool = False
+    write_lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class _Session:
+    """One MCP session's background commands."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.procs: dict[str, _Background] = {}
+        self.closed = False
+
+    async def aclose(self) -> None:
+        """Kill every background command of the session and wait until each is reaped and its output
+        readers are done. Shielded: it runs to the end under cancellation."""
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            procs = list(self.procs.values())
+            self.procs.clear()
+            for bg in procs:
+                bg.child.kill()
+            for bg in procs:
+                await bg.done.wait()
+
+
+class _Runtime:
+    """The server's state: the supervisor, the task group background commands live in, the sessions."""
+
+    def __init__(self, settings: McpSettings, sup: Supervisor, tg: TaskGroup, single: bool) -> None:
+        self.settings = settings
+        self.sup = sup
+        self.tg = tg
+        self.sessions: dict[str, _Session] = {}
+        #: stdio: the one session is the process's.
+        self.single = _Session("stdio") if single else None
+
+    def session(self, ctx: Context[Any, Any] | None) -> _Session:
+        """The caller's session: stdio's one, else the HTTP `Mcp-Session-Id`'s, else the shared pool of
+        session-less (2026-07-28) clients."""
+        if self.single is not None:
+            return self.single
+        key = ""
+        request = ctx.request_context.request if ctx is not None else None
+        headers = getattr(request, "headers", None)
+        if headers is not None:
+            key = str(headers.get("mcp-session-id") or "")
+        found = self.sessions.get(key)
+        if found is None:
+            found = self.sessions[key] = _Session(key)
+        return found
+
+    async def end_session(self, key: str) -> None:
+        """The HTTP session `key` ended (DELETE): stop its background commands."""
+        session = self.sessions.pop(key, None)
+        if session is not None:
+            await session.aclose()
+
+    async def aclose(self) -> None:
+        """Stop every background command of every session."""
+        sessions = [*self.sessions.values(), *([self.single] if self.single is not None else [])]
+        self.sessions.clear()
+        for s in sessions:
+            await s.aclose()
+
+    async def reap_idle(self) -> None:
+        """Stop background commands nobody touched for idle_timeout seconds (runs until cancelled)."""
+        idle = self.settings.idle_timeout
+        if idle is None:
+            return
+        while True:
+            await anyio.sleep(min(max(idle / 4, 0.05), 30.0))
+            now = time.monotonic()
+            for s in [*self.sessions.values(), *([self.single] if self.single is not None else [])]:
+                for handle, bg in list(s.procs.items()):
+                    if now - bg.touched > idle:
+                        logger.info("stopping idle background command %s", handle)
+                        s.procs.pop(handle, None)
+                        bg.child.kill()
+
+    # --- command building -----------------------------------------------------------------------------
+
+    def argv(self, command: list[str] | None, shell: str | None) -> list[str]:
+        """The argv to run from a call's `command` or `shell`. Raises MCPError (INVALID_PARAMS) for an
+        oversized one, ToolError when neither or both are given or a shell string is not allowed."""
+        if (command is None) == (shell is None):
+            msg = "give exactly one of `command` (an argv list) and `shell` (a string for /bin/sh -c)"
+            raise ToolError(msg)
+        if shell is not None:
+            _bound("shell", len(shell.encode("utf-8", "surrogatepass")), MAX_COMMAND_BYTES)
+            ok, why = self.settings.shell_allowed()
+            if not ok:
+                msg = f"shell strings are not accepted: {why}; pass `command` as an argv list instead"
+                raise ToolError(msg)
+            return [SHELL, "-c", shell]
+        assert command is not None
+        _bound(
+            "command", sum(len(a.encode("utf-8", "surrogatepass")) + 1 for a in command), MAX_COMMAND_BYTES
+        )
+        if not command or not command[0]:
+            msg = "`command` must be a non-empty argv list, its first item the program"
+            raise ToolError(msg)
+        if any("\0" in a for a in command):
+            msg = "`command` arguments cannot contain NUL characters"
+            raise ToolError(msg)
+        return list(command)
+
+    def policy(self, timeout: float | None) -> Policy:
+        """The policy for one call: the server's, with a shorter wall-clock limit when the call asks."""
+        base = self.settings.policy
+        if timeout is None:
+            return base
+        if not math.isfinite(timeout) or timeout <= 0:
+            msg = f"timeout must be a number of seconds > 0, not {timeout!r}"
+            raise ToolError(msg)
+        limit = base.resources.timeout
+        if limit is not None and timeout > limit:
+            msg = f"timeout {timeout:g} s is beyond the policy's {limit:g} s; ask for {limit:g} or less"
+            raise ToolError(msg)
+        return profiles.override(base, timeout=timeout)
+
+
+def _bound(what: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise MCPError(
+            code=INVALID_PARAMS,
+            message=f"`{what}` is {size} bytes, over the {limit}-byte bound of corral's MCP server",
+            data={"argument": what, "bytes": size, "limit": limit},
+        )
+
+
+async def _pump(stream: ByteReceiveStream | None, buf: _Buffer, bg: _Background) -> None:
+    if stream is None:
+        return
+    async with stream:
+        while True:
+            try:
+                chunk = await stream.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            buf.add(chunk)
+            bg.notify()
+
+
+async def _watch(bg: _Background) -> None:
+    """Own one background command until it is reaped: copy its output into the buffers, wait for it, then
+    record its Result. On cancellation (the server stopping) the command is killed and reaped first."""
+    child = bg.child
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_pump, child.stdout, bg.out, bg)
+            tg.start_soon(_pump, child.stderr, bg.err, bg)
+            bg.result = await child.wait()
+            # Every process of the sandbox is gone: the pipes reach EOF now. A stuck reader is not waited for.
+            tg.cancel_scope.deadline = anyio.current_time() + 2
+    finally:
+        with anyio.CancelScope(shield=True):
+            child.kill()
+            with contextlib.suppress(Exception):
+                await child.aclose()
+            if bg.result is None:
+                bg.result = child.result()
+            bg.done.set()
+            bg.notify()
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    while isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+        err = err.exceptions[0]
+    return err
+
+
+@contextlib.contextmanager
+def _corral_errors() -> Any:
+    """corral's errors become tool errors carrying corral's message (the model reads and adapts)."""
+    try:
+        yield
+    except (ToolError, MCPError):
+        raise
+    except BaseException as err:
+        inner = _unwrap(err)
+        if isinstance(inner, CorralError):
+            msg = f"corral: {inner}"
+            raise ToolError(msg) from inner
+        if isinstance(inner, OSError):
+            msg = f"corral: {inner}"
+            raise ToolError(msg) from inner
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The server
+
+
+CommandArg = Annotated[
+    list[str] | None,
+    Field(
+        description='The command as an argv list, e.g. ["pytest", "-q"]. The program is looked up on PATH.'
+    ),
+]
+ShellArg = Annotated[
+    str | None,
+    Field(description="Instead of `command`: a shell string run as /bin/sh -c STRING (when describe_sandbox "
+          "says shell strings are accepted)."),
+]  # fmt: skip
+CwdArg = Annotated[
+    str | None,
+    Field(description="Working directory, relative to the sandbox's workdir (default: the workdir)."),
+]
+
+
+def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> MCPServer[Any]:
+    """The MCPServer with corral's tools. `runtime_ref` returns the running server's state (set by
+    `serve`; a call before raises ToolError)."""
+    shell_ok, _ = settings.shell_allowed()
+    description = describe(settings)
+    server: MCPServer[Any] = MCPServer(
+        "corral",
+        title="corral sandbox",
+        instructions=(
+            "Run shell commands confined to a sandbox: " + description.summary + " Use describe_sandbox for "
+            "details; run_command for commands that finish; start_command/read_output/stop_command for "
+            "servers and REPLs."
+        ),
+        version=_version(),
+        log_level="WARNING",
+    )
+    shell_note = (
+        " Or pass `shell`, a string run as /bin/sh -c."
+        if shell_ok
+        else " Shell strings are not accepted by this server: always pass an argv list."
+    )
+
+    async def run_command(
+        ctx: Context[Any, Any],
+        command: CommandArg = None,
+        shell: ShellArg = None,
+        timeout: Annotated[  # noqa: ASYNC109  (the tool's argument: the policy enforces it)
+            float | None,
+            Field(description="Wall-clock seconds (at most the policy's timeout, if it has one)."),
+        ] = None,
+        cwd: CwdArg = None,
+        input: Annotated[
+            str | None, Field(description="Text fed to the command's stdin, then closed.")
+        ] = None,
+    ) -> Annotated[CallToolResult, CommandResult]:
+        rt = runtime_ref()
+        argv = rt.argv(command, shell)
+        data = None
+        if input is not None:
+            data = input.encode("utf-8", "surrogatepass")
+            _bound("input", len(data), MAX_INPUT_BYTES)
+        policy = rt.policy(timeout)
+        with _corral_errors():
+            result = await rt.sup.run(argv, policy=policy, input=data, cwd=cwd, name="mcp")
+        model = _command_result(
+            result, result.stdout, result.stderr, result.stdout_truncated, result.stderr_truncated
+        )
+        return _tool_result(model, _summary(model))
+
+    async def start_command(
+        ctx: Context[Any, Any],
+        command: CommandArg = None,
+        shell: ShellArg = None,
+        cwd: CwdArg = None,
+    ) -> Annotated[CallToolResult, StartedCommand]:
+        rt = runtime_ref()
+        argv = rt.argv(command, shell)
+        session = rt.session(ctx)
+        if len(session.procs) >= rt.settings.max_background:
+            msg = (
+                f"this session already has {len(session.procs)} background commands, its limit: "
+                "stop_command one first (list_commands shows them)"
+            )
+            raise ToolError(msg)
+        with _corral_errors():
+            child = await rt.sup.start(
+                argv, policy=rt.settings.policy, stdin=PIPE, stdout=PIPE, stderr=PIPE, cwd=cwd, name="mcp"
+            )
+        handle = "cmd-" + secrets.token_hex(16)
+        bg = _Background(handle, argv, child, _Buffer(rt.settings.buffer), _Buffer(rt.settings.buffer))
+        if session.closed:  # the session ended while the sandbox was being built
+            child.kill()
+            await child.aclose()
+            msg = "the session ended"
+            raise ToolError(msg)
+        session.procs[handle] = bg
+        rt.tg.start_soon(_watch, bg)
+        model = StartedCommand(handle=handle, pid=child.pid, command=argv)
+        return _tool_result(model, f"started {handle} (sandbox pid {child.pid}): {' '.join(argv)[:200]}")
+
+    def find(rt: _Runtime, ctx: Context[Any, Any], handle: str) -> tuple[_Session, _Background]:
+        session = rt.session(ctx)
+        bg = session.procs.get(handle)
+        if bg is None:
+            msg = f"no background command {handle!r} in this session (stopped, expired, or never started)"
+            raise ToolError(msg)
+        bg.touched = time.monotonic()
+        return session, bg
+
+    async def read_output(
+        ctx: Context[Any, Any],
+        handle: Annotated[str, Field(description="From start_command.")],
+        wait: Annotated[
+            float, Field(ge=0, le=MAX_WAIT_S, description="Seconds to wait for new output or the exit.")
+        ] = 0.0,
+        max_bytes: Annotated[
+            int, Field(ge=1, le=1024 * 1024, description="Bytes per stream at most.")
+        ] = 65536,
+    ) -> Annotated[CallToolResult, BackgroundStatus]:
+        rt = runtime_ref()
+        _, bg = find(rt, ctx, handle)
+        if wait > 0 and not bg.out.data and not bg.err.data and not bg.done.is_set():
+            changed = bg.changed
+            with anyio.move_on_after(wait):
+                await changed.wait()
+                # The first bytes seldom come alone (a line, then the next): a moment for the rest of them.
+                await anyio.sleep(0.05)
+        if bg.result is not None and not bg.done.is_set():
+            with anyio.move_on_after(2):
+                await bg.done.wait()
+        out, out_dropped = bg.out.take(max_bytes)
+        err, err_dropped = bg.err.take(max_bytes)
+        final = None
+        if bg.done.is_set() and bg.result is not None:
+            final = _command_result(bg.result, b"", b"", False, False)
+        model = BackgroundStatus(
+            handle=handle,
+            running=final is None,
+            stdout=_text(out),
+            stderr=_text(err),
+            stdout_dropped=out_dropped,
+            stderr_dropped=err_dropped,
+            more=bool(bg.out.data or bg.err.data),
+            result=final,
+        )
+        state = "running" if final is None else f"exited: {_summary(final).splitlines()[0]}"
+        text = f"{handle} {state}"
+        for name, chunk in (("stdout", model.stdout), ("stderr", model.stderr)):
+            if chunk:
+                text += f"\n--- {name} ---\n{chunk[-4000:]}"
+        return _tool_result(model, text)
+
+    async def send_input(
+        ctx: Context[Any, Any],
+        handle: Annotated[str, Field(description="From start_command.")],
+        text: Annotated[
+            str, Field(description="Written to the command's stdin as UTF-8 (add \\n for a line).")
+        ] = "",
+        close: Annotated[bool, Field(description="Close stdin afterwards (EOF).")] = False,
+    ) -> Annotated[CallToolResult, InputSent]:
+        rt = runtime_ref()
+        _, bg = find(rt, ctx, handle)
+        data = text.encode("utf-8", "surrogatepass")
+        _bound("text", len(data), MAX_INPUT_BYTES)
+        stdin = bg.child.stdin
+        if bg.stdin_closed or stdin is None:
+            msg = f"{handle}'s stdin is closed"
+            raise ToolError(msg)
+        async with bg.write_lock:
+            try:
+                if data:
+                    with anyio.fail_after(10):
+                        await stdin.send(data)
+                if close:
+                    bg.stdin_closed = True
+                    await stdin.aclose()
+            except TimeoutError as err:
+                msg = f"{handle} did not read its stdin for 10 s (the pipe is full)"
+                raise ToolError(msg) from err
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as err:
+                bg.stdin_closed = True
+                msg = f"{handle}'s stdin is closed (the command exited or closed it)"
+                raise ToolError(msg) from err
+        model = InputSent(handle=handle, bytes_written=len(data), closed=bg.stdin_closed)
+        return _tool_result(
+            model, f"wrote {len(data)} bytes to {handle}" + (" and closed stdin" if close else "")
+        )
+
+    async def stop_command(
+        ctx: Context[Any, Any],
+        handle: Annotated[str, Field(description="From start_command.")],
+        grace: Annotated[float, Field(ge=0, le=60, description="Seconds between SIGTERM and SIGKILL.")] = 5.0,
+    ) -> Annotated[CallToolResult, CommandResult]:
+        rt = runtime_ref()
+        session, bg = find(rt, ctx, handle)
+        session.procs.pop(handle, None)
+        with anyio.CancelScope(shield=True):
+            if not bg.done.is_set():
+                with contextlib.suppress(Exception):
+                    await bg.child.terminate(grace)
+            await bg.done.wait()
+        assert bg.result is not None
+        cap = rt.settings.capture
+        out, _ = bg.out.take(cap)
+        err, _ = bg.err.take(cap)
+        model = _command_result(bg.result, out, err, bool(bg.out.data), bool(bg.err.data))
+        return _tool_result(model, f"stopped {handle}: " + _summary(model))
+
+    async def list_commands(ctx: Context[Any, Any]) -> Annotated[CallToolResult, BackgroundList]:
+        rt = runtime_ref()
+        session = rt.session(ctx)
+        now = time.monotonic()
+        entries = []
+        for bg in session.procs.values():
+            bg.touched = now
+            entries.append(
+                BackgroundEntry(
+                    handle=bg.handle,
+                    command=bg.argv,
+                    running=not bg.done.is_set(),
+                    pid=bg.child.pid,
+                    age_s=round(now - bg.child.started, 3),
+                )
+            )
+        model = BackgroundList(commands=entries, limit=rt.settings.max_background)
+        lines = [
+            f"{e.handle} {'running' if e.running else 'exited'}: {' '.join(e.command)[:120]}" for e in entries
+        ]
+        return _tool_result(model, "\n".join(lines) or "no background commands")
+
+    async def describe_sandbox() -> Annotated[CallToolResult, SandboxDescription]:
+        return _tool_result(description, description.summary)
+
+    readonly = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    acting = ToolAnnotations(
+        read_only_hint=False, destructive_hint=True, open_world_hint=settings.policy.network.mode != "none"
+    )
+    server.add_tool(
+        run_command,
+        title="Run a command in a sandbox",
+        description="Run one command to completion in its own sandbox and return its exit code, output "
+        "(bounded), duration and any limit it broke." + shell_note,
+        annotations=acting,
+    )
+    server.add_tool(
+        start_command,
+        title="Start a background command",
+        description="Start a long-running command (a dev server, a REPL, a watcher) in its own sandbox and "
+        f"return a handle; at most {settings.max_background} per session." + shell_note,
+        annotations=acting,
+    )
+    server.add_tool(
+        read_output,
+        title="Read a background command's output",
+        description="The output a background command wrote since the last read, waiting up to `wait` seconds "
+        "for some; says whether it still runs and, once it exited, how.",
+        annotations=readonly,
+    )
+    server.add_tool(
+        send_input,
+        title="Write to a background command's stdin",
+        description="Write text to a background command's stdin (include \\n to end a line); `close` sends "
+        "EOF.",
+        annotations=acting,
+    )
+    server.add_tool(
+        stop_command,
+        title="Stop a background command",
+        description="SIGTERM a background command, SIGKILL after `grace` seconds; returns how it ended and "
+        "its unread output.",
+        annotations=acting,
+    )
+    server.add_tool(
+        list_commands,
+        title="List background commands",
+        description="This session's background commands and their handles.",
+        annotations=readonly,
+    )
+    server.add_tool(
+        describe_sandbox,
+        title="Describe the sandbox",
+        description="What commands run here may do: readable and writable paths, network, resource limits, "
+        "whether shell strings are accepted.",
+        annotations=readonly,
+    )
+    return server
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("corral")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Transports
+
+
+class _BoundedLines:
+    """stdin as the SDK's stdio transport reads it (an async iterator of lines), but a line longer than
+    `limit` bytes is skipped (read to its end and discarded) and replaced by an empty line, which the SDK
+    answers with a JSON-RPC parse error: an oversized message costs at most `limit` bytes of memory."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._stream = stream
+        self._limit = limit
+
+    def __aiter__(self) -> _BoundedLines:
+        return self
+
+    def _read(self) -> str | None:
+        line = self._stream.readline(self._limit + 1)
+        if not line:
+            return None
+        if len(line) > self._limit and not line.endswith(b"\n"):
+            skipped = len(line)
+            while True:
+                more = self._stream.readline(1 << 20)
+                skipped += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            logger.warning("skipped a %d-byte message: over the %d-byte bound", skipped, self._limit)
+            return "\n"
+        return line.decode("utf-8", errors="replace")
+
+    async def __anext__(self) -> str:
+        line = await anyio.to_thread.run_sync(self._read, abandon_on_cancel=True)
+        if line is None:
+            raise StopAsyncIteration
+        return line
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or `localhost`."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _HttpGate:
+    """ASGI wrapper of the SDK's app: the bearer token check (when one is set; constant-time compare) and the
+    end of HTTP sessions (a successful DELETE with an Mcp-Session-Id stops that session's commands)."""
+
+    def __init__(self, app: Any, token: str | None, runtime_ref: Callable[[], _Runtime]) -> None:
+        self._app = app
+        self._token = None if token is None else ("Bearer " + token).encode()
+        self._runtime = runtime_ref
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        if self._token is not None and not hmac.compare_digest(
+            headers.get(b"authorization", b""), self._token
+        ):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"text/plain"),
+                        (b"www-authenticate", b'Bearer realm="corral"'),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"corral: a bearer token is required\n"})
+            return
+        session = headers.get(b"mcp-session-id")
+        if scope.get("method") != "DELETE" or session is None:
+            await self._app(scope, receive, send)
+            return
+        status = 0
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message.get("type") == "http.response.start":
+                status = int(message.get("status", 0))
+            await send(message)
+
+        await self._app(scope, receive, sending)
+        if 200 <= status < 300:
+            await self._runtime().end_session(session.decode("latin-1"))
+
+
+async def serve(
+    settings: McpSettings,
+    *,
+    http: tuple[str, int] | None = None,
+    token: str | None = None,
+    around: Callable[[Supervisor], contextlib.AbstractAsyncContextManager[object]] | None = None,
+    ready: Callable[[str], None] | None = None,
+    max_message: int = 4 * 1024 * 1024,
+) -> None:
+    """Serve corral's tools over stdio (the default) or streamable HTTP on `http` = (host, port) until the
+    client leaves (stdio: EOF on stdin), or SIGINT/SIGTERM/SIGHUP. Every background command is stopped and
+    every sandbox reaped before it returns.
+
+    token: the bearer token HTTP clients must send (required unless `host` is a loopback address).
+    around: entered with the running Supervisor for the server's life (the CLI attaches --metrics-port here).
+    ready: called with "stdio" or the HTTP URL once the server accepts clients.
+    max_message: bytes of the largest JSON-RPC message accepted (stdio: longer lines are skipped with a parse
+                 error; HTTP: a larger body is answered 413).
+
+    Raises ValueError for a non-loopback `host` without a token, OSError when the address cannot be bound;
+    on cancellation, stops like at a signal.
+    """
+    if http is not None and token is None and not is_loopback(http[0]):
+        msg = (
+            f"--http {http[0]}: a non-loopback address needs a bearer token (--token-file or "
+            "CORRAL_MCP_TOKEN)"
+        )
+        raise ValueError(msg)
+    runtime: _Runtime | None = None
+
+    def ref() -> _Runtime:
+        if runtime is None:
+            msg = "the server is not running"
+            raise ToolError(msg)
+        return runtime
+
+    server = build_server(ref, settings)
+    sock = _listen(http) if http is not None else None
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async with (
+                Supervisor(max_concurrency=settings.max_concurrency, capture_limit=settings.capture,
+                           cgroups=settings.cgroups) as sup,
+                around(sup) if around is not None else contextlib.nullcontext(),
+                anyio.create_task_group() as tg,
+            ):  # fmt: skip
+                runtime = _Runtime(settings, sup, tg, single=http is None)
+                stop = anyio.Event()
+
+                async def on_signal() -> None:
+                    async for _ in signals:
+                        stop.set()
+                        return
+
+                tg.start_soon(on_signal)
+                tg.start_soon(runtime.reap_idle)
+                try:
+                    if sock is None:
+                        await _serve_stdio(server, stop, max_message, ready)
+                    else:
+                        assert http is not None
+                        await _serve_http(server, sock, http[0], token, ref, stop, max_message, ready)
+                finally:
+                    await runtime.aclose()
+                    tg.cancel_scope.cancel()
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+async def _serve_stdio(
+    server: MCPServer[Any], stop: anyio.Event, max_message: int, ready: Callable[[str], None] | None
+) -> None:
+    lines = _BoundedLines(sys.stdin.buffer, max_message)
+    async with anyio.create_task_group() as tg:
+
+        async def stopper() -> None:
+            await stop.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(stopper)
+        async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
+            if ready is not None:
+                ready("stdio")
+            lowlevel = server._lowlevel_server  # the SDK's stdio loop, fed bounded lines
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+        tg.cancel_scope.cancel()
+
+
+def _listen(http: tuple[str, int]) -> socket.socket:
+    host, port = http
+    host = host.strip("[]")
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+        sock.set_inheritable(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _serve_http(
+    server: MCPServer[Any],
+    sock: socket.socket,
+    host: str,
+    token: str | None,
+    ref: Callable[[], _Runtime],
+    stop: anyio.Event,
+    max_message: int,
+    ready: Callable[[str], None] | None,
+) -> None:
+    import uvicorn
+
+    app = server.streamable_http_app(host=host.strip("[]"), max_request_body_size=max_message)
+    gate = _HttpGate(app, token, ref)
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:  # corral's serve() handles the signals
+            yield
+
+    config = uvicorn.Config(gate, log_level="warning", lifespan="on", access_log=False)
+    uv = _Server(config)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    async with anyio.create_task_group() as tg:
+
+        async def stopper() -> None:
+            await stop.wait()
+            uv.should_exit = True
+
+        tg.start_soon(stopper)
+        if ready is not None:
+            ready(f"http://{shown}:{bound_port}/mcp")
+        await uv.serve(sockets=[sock])
+        tg.cancel_scope.cancel()
