@@ -37,12 +37,23 @@ from typing import IO, Annotated, Any, cast
 
 import anyio
 from anyio.abc import ByteReceiveStream, TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.shared.message import SessionMessage
+from mcp_types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    CallToolResult,
+    ErrorData,
+    JSONRPCError,
+    TextContent,
+    ToolAnnotations,
+)
+from pydantic import BaseModel, Field, ValidationError
 
 from policies import CorralError, Policy, profiles
 from supervisor import PIPE, Child, Result, Supervisor
@@ -265,10 +276,14 @@ def describe(settings: McpSettings) -> SandboxDescription:
     limits = _limits(p)
     if fs.confine:
         writable = list(fs.write)
+        where = (
+            f"only {', '.join(writable)} (plus a private /tmp and /dev/shm that vanish after each command)"
+            if writable
+            else "nowhere but a private /tmp and /dev/shm that vanish after each command"
+        )
         files = (
-            f"Commands may read {', '.join(fs.read) or 'nothing'} and write only "
-            f"{', '.join(writable) or 'nowhere'} (plus a private /tmp and /dev/shm that vanish after each "
-            "command); a write anywhere else fails with EACCES or EROFS and is reported."
+            f"Commands may read {', '.join(fs.read) or 'nothing'} and write {where}; a write anywhere else "
+            "fails with EACCES or EROFS and is reported."
         )
         if fs.deny:
             files += f" Hidden (seen as empty): {', '.join(fs.deny)}."
@@ -941,28 +956,31 @@ def _version() -> str:
 
 class _BoundedLines:
     """stdin as the SDK's stdio transport reads it (an async iterator of lines), but a line longer than
-    `limit` bytes is skipped (read to its end and discarded) and replaced by an empty line, which the SDK
-    answers with a JSON-RPC parse error: an oversized message costs at most `limit` bytes of memory."""
+    `limit` bytes is skipped (read to its end and discarded) and replaced by an empty line, which fails to
+    parse: an oversized message costs at most `limit` bytes of memory, and `_relay` answers it with a
+    JSON-RPC parse error naming the bound (`oversized` counts the ones not answered yet)."""
 
     def __init__(self, stream: IO[bytes], limit: int) -> None:
         self._stream = stream
-        self._limit = limit
+        self.limit = limit
+        self.oversized = 0
 
     def __aiter__(self) -> _BoundedLines:
         return self
 
     def _read(self) -> str | None:
-        line = self._stream.readline(self._limit + 1)
+        line = self._stream.readline(self.limit + 1)
         if not line:
             return None
-        if len(line) > self._limit and not line.endswith(b"\n"):
+        if len(line) > self.limit and not line.endswith(b"\n"):
             skipped = len(line)
             while True:
                 more = self._stream.readline(1 << 20)
                 skipped += len(more)
                 if not more or more.endswith(b"\n"):
                     break
-            logger.warning("skipped a %d-byte message: over the %d-byte bound", skipped, self._limit)
+            logger.warning("skipped a %d-byte message: over the %d-byte bound", skipped, self.limit)
+            self.oversized += 1
             return "\n"
         return line.decode("utf-8", errors="replace")
 
@@ -1111,11 +1129,42 @@ async def _serve_stdio(
 
         tg.start_soon(stopper)
         async with stdio_server(stdin=cast(Any, lines)) as (read_stream, write_stream):
+            inbox, relayed = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+            tg.start_soon(_relay, read_stream, inbox, write_stream, lines)
             if ready is not None:
                 ready("stdio")
             lowlevel = server._lowlevel_server  # the SDK's stdio loop, fed bounded lines
-            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+            await lowlevel.run(relayed, write_stream, lowlevel.create_initialization_options())
         tg.cancel_scope.cancel()
+
+
+async def _relay(
+    source: Any,
+    inbox: MemoryObjectSendStream[SessionMessage | Exception],
+    out: Any,
+    lines: _BoundedLines,
+) -> None:
+    """Pass the client's messages on to the SDK's loop, answering each line that is no JSON-RPC message with
+    the error JSON-RPC 2.0 prescribes (id null: -32700 for text that is not JSON or over the size bound,
+    -32600 for JSON that is no valid message); the SDK's stdio loop would drop such a line unanswered."""
+    async with inbox:
+        async for item in source:
+            if not isinstance(item, Exception):
+                await inbox.send(item)
+                continue
+            if lines.oversized:
+                lines.oversized -= 1
+                error = ErrorData(
+                    code=PARSE_ERROR, message=f"message over the {lines.limit}-byte bound: skipped"
+                )
+            elif isinstance(item, ValidationError) and any(
+                e["type"] == "json_invalid" for e in item.errors()
+            ):
+                error = ErrorData(code=PARSE_ERROR, message="Parse error: not JSON")
+            else:
+                error = ErrorData(code=INVALID_REQUEST, message="Invalid Request: not a JSON-RPC 2.0 message")
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await out.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=None, error=error)))
 
 
 def _listen(http: tuple[str, int]) -> socket.socket:

@@ -1,0 +1,586 @@
+"""`corral mcp` end to end, with the MCP SDK's own client over stdio and streamable HTTP: real server
+processes, real sandboxes on this kernel, effects checked from outside (the host's files, /proc, the cgroup
+tree). Every server is started here and ended by its pid; HTTP servers listen on loopback only."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+from jsonschema import Draft202012Validator
+from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).absolute().parents[2]
+SCRATCH = Path("/var/tmp/corral-tests")
+PY = "/usr/bin/python3"  # by absolute path: no pyenv shim start-up cost
+SERVER = [sys.executable, "-m", "supervisor.cli", "mcp"]
+FETCH = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8765/').read().decode())"
+UPPER = "import sys\nfor line in sys.stdin: print(line.upper(), end='')"
+TOOLS = {
+    "run_command",
+    "start_command",
+    "read_output",
+    "send_input",
+    "stop_command",
+    "list_commands",
+    "describe_sandbox",
+}
+
+
+@pytest.fixture
+def ws() -> Iterator[Path]:
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    d = SCRATCH / f"mcp-{uuid.uuid4().hex[:10]}"
+    (d / "work").mkdir(parents=True)
+    (d / "outside").mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _server_pids_before() -> set[int]:
+    return {p.pid for p in psutil.Process().children()}
+
+
+def _new_server(before: set[int]) -> psutil.Process:
+    """The `corral mcp` process the SDK's stdio client started (a child of this test process)."""
+    for _ in range(200):
+        for p in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if p.pid not in before and "mcp" in p.cmdline() and "supervisor.cli" in p.cmdline():
+                    return p
+        time.sleep(0.05)
+    raise AssertionError("no corral mcp process")
+
+
+@contextlib.asynccontextmanager
+async def stdio(ws: Path, *extra: str) -> AsyncIterator[tuple[Client, psutil.Process]]:
+    before = _server_pids_before()
+    params = StdioServerParameters(
+        command=SERVER[0],
+        args=[*SERVER[1:], "--workdir", str(ws / "work"), *extra],
+        env=dict(os.environ),
+        cwd=str(ROOT),
+    )
+    async with Client(params, read_timeout_seconds=120) as client:
+        yield client, _new_server(before)
+
+
+@contextlib.contextmanager
+def http_server(
+    ws: Path, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, psutil.Process]]:
+    """A `corral mcp --http 127.0.0.1:0` process, its URL read from its ready line; ended by its pid."""
+    proc = subprocess.Popen(
+        [*SERVER, "--http", "127.0.0.1:0", "--workdir", str(ws / "work"), *extra],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        found = re.search(r"serving on (http://\S+)", line)
+        assert found, line
+        yield found.group(1), psutil.Process(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        assert code == 0, proc.stderr.read() if proc.stderr else code
+
+
+@contextlib.asynccontextmanager
+async def connect(transport: str, ws: Path, *extra: str) -> AsyncIterator[tuple[Client, psutil.Process]]:
+    if transport == "stdio":
+        async with stdio(ws, *extra) as pair:
+            yield pair
+        return
+    with http_server(ws, *extra) as (url, proc):
+        async with Client(url, read_timeout_seconds=120) as client:
+            yield client, proc
+
+
+def sc(result: CallToolResult) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+def text(result: CallToolResult) -> str:
+    return "".join(getattr(c, "text", "") for c in result.content)
+
+
+def leaf(pid: int) -> Path | None:
+    """The cgroup directory holding `pid` (cgroup v1's memory hierarchy, else v2's), None when gone."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    by = {line.split(":", 2)[1]: line.split(":", 2)[2] for line in lines}
+    if by.get("memory"):
+        return Path("/sys/fs/cgroup/memory" + by["memory"])
+    return Path("/sys/fs/cgroup" + by.get("", "/"))
+
+
+def inits(server: psutil.Process) -> dict[int, Path | None]:
+    """The server's sandboxes now: {host pid of each corral-init: its cgroup directory}."""
+    out: dict[int, Path | None] = {}
+    with contextlib.suppress(psutil.Error):
+        for p in server.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if p.name() == "corral-init":
+                    out[p.pid] = leaf(p.pid)
+    return out
+
+
+TRANSPORTS = pytest.mark.parametrize("transport", ["stdio", "http"])
+
+
+@TRANSPORTS
+async def test_tools_are_listed_with_valid_schemas(ws: Path, transport: str) -> None:
+    async with connect(transport, ws) as (client, _):
+        listed = (await client.list_tools()).tools
+        assert {t.name for t in listed} == TOOLS
+        for tool in listed:
+            assert tool.description
+            assert tool.input_schema["type"] == "object"
+            Draft202012Validator.check_schema(tool.input_schema)
+            assert tool.output_schema is not None, tool.name
+            Draft202012Validator.check_schema(tool.output_schema)
+        run = next(t for t in listed if t.name == "run_command")
+        assert {"command", "shell", "timeout", "cwd", "input"} <= set(run.input_schema["properties"])
+        # Every structured result validates against its tool's output schema.
+        described = sc(await client.call_tool("describe_sandbox", {}))
+        Draft202012Validator(next(t for t in listed if t.name == "describe_sandbox").output_schema).validate(
+            described
+        )
+        assert described["workdir"] == str(ws / "work")
+        assert described["network"] == "none"
+        assert described["shell_allowed"] is True
+        assert str(ws / "work") in described["writable"]
+
+
+@TRANSPORTS
+async def test_a_passing_and_a_failing_command(ws: Path, transport: str) -> None:
+    async with connect(transport, ws) as (client, _):
+        ok = await client.call_tool("run_command", {"command": ["/bin/echo", "hello"]})
+        assert sc(ok)["exit_code"] == 0
+        assert sc(ok)["stdout"] == "hello\n"
+        assert sc(ok)["violation"] is None
+        assert text(ok).startswith("exit 0")
+        assert "hello" in text(ok)
+        bad = await client.call_tool("run_command", {"shell": "echo oops >&2; exit 3", "input": "x"})
+        r = sc(bad)
+        assert (r["exit_code"], r["stderr"], r["signal"]) == (3, "oops\n", None)
+        assert text(bad).startswith("exit 3")
+        assert "oops" in text(bad)
+        # corral's own failure is a tool error carrying its message; the server goes on.
+        missing = await client.call_tool("run_command", {"command": ["no-such-program-here"]})
+        assert missing.is_error
+        assert "no-such-program-here" in text(missing)
+        assert sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))["exit_code"] == 0
+
+
+@TRANSPORTS
+async def test_memory_violation_and_timeout_are_structured_results(ws: Path, transport: str) -> None:
+    async with connect(transport, ws, "--memory", "64M", "--timeout", "30") as (client, _):
+        hog = "b = []\nwhile True:\n    b.append(bytearray(1 << 20))\n"
+        mem = sc(await client.call_tool("run_command", {"command": [PY, "-c", hog]}))
+        assert mem["exit_code"] == 137
+        assert mem["violation"]["kind"] == "memory"
+        assert mem["violation"]["killed"] is True
+        assert mem["violation"]["limit"] == 64 << 20
+        slow = await client.call_tool("run_command", {"command": ["/bin/sleep", "20"], "timeout": 0.5})
+        t = sc(slow)
+        assert t["exit_code"] == 137
+        assert t["violation"]["kind"] == "wall_time"
+        assert t["duration_s"] < 10
+        assert "wall_time" in text(slow)
+        # A timeout beyond the policy's is refused, not silently lowered.
+        beyond = await client.call_tool("run_command", {"command": ["/bin/true"], "timeout": 60})
+        assert beyond.is_error
+        assert "30 s" in text(beyond)
+
+
+@TRANSPORTS
+async def test_a_write_outside_the_workdir_is_refused_and_reported(ws: Path, transport: str) -> None:
+    target = ws / "outside" / "planted"
+    async with connect(transport, ws) as (client, _):
+        res = await client.call_tool(
+            "run_command", {"shell": f"echo x > {target}; echo inside > here.txt; echo done"}
+        )
+        r = sc(res)
+        assert not target.exists()  # checked from outside
+        assert (ws / "work" / "here.txt").read_text() == "inside\n"  # the workdir is writable
+        assert str(target) in r["stderr"]
+        assert re.search(r"Read-only|Permission denied", r["stderr"])
+        assert str(target) in text(res)
+        if r["denials"]:  # the denial reports, where the engine has them
+            assert any(str(target) in json.dumps(d) for d in r["denials"])
+
+
+async def test_twenty_concurrent_calls_in_one_session_each_in_its_own_sandbox(ws: Path) -> None:
+    async with stdio(ws) as (client, server):
+        seen: dict[int, Path | None] = {}
+        results: list[dict[str, Any]] = []
+        done = anyio.Event()
+
+        async def watch() -> None:
+            while not done.is_set():
+                for pid, where in (await anyio.to_thread.run_sync(inits, server)).items():
+                    if where is not None:
+                        seen[pid] = where
+                await anyio.sleep(0.05)
+
+        async def call(i: int) -> None:
+            r = await client.call_tool("run_command", {"shell": f"sleep 3; echo {i}"})
+            results.append(sc(r))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            async with anyio.create_task_group() as calls:
+                for i in range(20):
+                    calls.start_soon(call, i)
+            done.set()
+        assert sorted(int(r["stdout"]) for r in results) == list(range(20))
+        pids = {r["pid"] for r in results}
+        assert len(pids) == 20
+        if not all("cgroup" in r["enforced"] for r in results):
+            pytest.skip(f"corral reports no cgroup here: {results[0]['enforced']}")
+        assert pids <= set(seen), "a sandbox init was never seen under the server"
+        leaves = {seen[p] for p in pids}
+        assert len(leaves) == 20
+        assert leaf(server.pid) not in leaves
+        await anyio.sleep(1)
+        assert not any(p is not None and p.exists() for p in leaves)  # removed after each run
+
+
+async def test_a_background_dev_server_is_started_read_and_stopped(ws: Path) -> None:
+    (ws / "work" / "index.html").write_text("corral dev page\n")
+    script = (
+        f"{PY} -u -m http.server 8765 --bind 127.0.0.1 & "
+        "sleep 1; "
+        f"{PY} -c \"{FETCH}\"; "
+        "wait"
+    )  # fmt: skip
+    async with stdio(ws) as (client, server):
+        started = sc(await client.call_tool("start_command", {"shell": script}))
+        handle, pid = started["handle"], started["pid"]
+        assert psutil.pid_exists(pid)
+        assert pid in inits(server)
+        got = ""
+        for _ in range(40):
+            st = sc(await client.call_tool("read_output", {"handle": handle, "wait": 2}))
+            got += st["stdout"] + st["stderr"]
+            if "corral dev page" in got and "GET / " in got:
+                break
+        assert "corral dev page" in got
+        assert "GET / " in got
+        assert st["running"] is True
+        assert st["result"] is None
+        listed = sc(await client.call_tool("list_commands", {}))["commands"]
+        assert [c["handle"] for c in listed] == [handle]
+        stopped = sc(await client.call_tool("stop_command", {"handle": handle, "grace": 2}))
+        assert stopped["signal"] in (signal.SIGTERM, signal.SIGKILL)
+        assert not psutil.pid_exists(pid) or pid not in inits(server)
+        again = await client.call_tool("read_output", {"handle": handle})
+        assert again.is_error
+        assert handle in text(again)
+        # A REPL: input goes in, output comes back, EOF ends it.
+        repl = sc(
+            await client.call_tool(
+                "start_command", {"command": [PY, "-u", "-c", UPPER]}
+            )
+        )  # fmt: skip
+        sent = sc(
+            await client.call_tool("send_input", {"handle": repl["handle"], "text": "abc\n", "close": True})
+        )
+        assert sent == {"handle": repl["handle"], "bytes_written": 4, "closed": True}
+        out = ""
+        for _ in range(20):
+            st = sc(await client.call_tool("read_output", {"handle": repl["handle"], "wait": 2}))
+            out += st["stdout"]
+            if st["result"] is not None:
+                break
+        assert out == "ABC\n"
+        assert st["result"]["exit_code"] == 0
+        assert st["running"] is False
+
+
+async def test_background_commands_are_bounded_per_session(ws: Path) -> None:
+    async with stdio(ws, "--max-background", "2") as (client, _):
+        for _ in range(2):
+            sc(await client.call_tool("start_command", {"command": ["/bin/sleep", "60"]}))
+        third = await client.call_tool("start_command", {"command": ["/bin/sleep", "60"]})
+        assert third.is_error
+        assert "limit" in text(third)
+
+
+def _fds(proc: psutil.Process) -> int:
+    return len(os.listdir(f"/proc/{proc.pid}/fd"))
+
+
+async def test_stdio_client_disconnect_leaves_no_process_or_cgroup(ws: Path) -> None:
+    sandboxes: dict[int, Path | None] = {}
+    with anyio.move_on_after(60):
+        async with stdio(ws) as (client, server):
+            sc(await client.call_tool("start_command", {"command": ["/bin/sleep", "300"]}))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "run_command", {"command": ["/bin/sleep", "300"]})
+                for _ in range(200):
+                    sandboxes = {p: c for p, c in inits(server).items() if c is not None}
+                    if len(sandboxes) >= 2:
+                        break
+                    await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()  # the client goes away mid-call
+    assert len(sandboxes) >= 2
+    with contextlib.suppress(psutil.NoSuchProcess):  # the SDK's client may have reaped it already
+        server.wait(30)
+    assert not server.is_running()
+    for pid, where in sandboxes.items():
+        assert not psutil.pid_exists(pid)
+        assert where is not None
+        assert not where.exists()
+
+
+async def test_http_session_end_leaves_no_process_cgroup_or_fd(ws: Path) -> None:
+    async def session(url: str) -> tuple[int, Path | None]:
+        async with Client(url, mode="legacy") as client:
+            started = sc(await client.call_tool("start_command", {"command": ["/bin/sleep", "300"]}))
+            sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))
+            where = leaf(started["pid"])
+            assert where is not None
+            assert where.exists()
+            return int(started["pid"]), where
+
+    async def settled(server: psutil.Process, at_most: int | None) -> int:
+        """The server's fd count once it stops changing (pre-forked sandboxes are rebuilt meanwhile)."""
+        last = -1
+        for _ in range(100):
+            now = _fds(server)
+            if now == last and (at_most is None or now <= at_most):
+                return now
+            last = now
+            await anyio.sleep(0.2)
+        return last
+
+    with http_server(ws) as (url, server):
+        # Sessions like the measured one first: the server's own lasting fds (its pre-forked sandboxes, ...).
+        for _ in range(2):
+            await session(url)
+        baseline = await settled(server, None)
+        pid, where = await session(url)
+        # Closing the client DELETEs its session: its commands are stopped.
+        for _ in range(100):
+            if not psutil.pid_exists(pid) and not where.exists():
+                break
+            await anyio.sleep(0.1)
+        assert not psutil.pid_exists(pid)
+        assert not where.exists()
+        assert await settled(server, baseline) <= baseline
+        # The server goes on serving.
+        async with Client(url) as client:
+            assert (
+                sc(await client.call_tool("run_command", {"command": ["/bin/echo", "on"]}))["stdout"]
+                == "on\n"
+            )
+
+
+async def test_sessionless_http_commands_expire_when_idle(ws: Path) -> None:
+    with http_server(ws, "--idle-timeout", "1") as (url, server):
+        async with Client(url) as client:  # the 2026-07-28 protocol: no session, a handle
+            started = sc(await client.call_tool("start_command", {"command": ["/bin/sleep", "300"]}))
+            await anyio.sleep(4)
+            gone = await client.call_tool("read_output", {"handle": started["handle"]})
+            assert gone.is_error
+            assert "expired" in text(gone)
+            assert started["pid"] not in inits(server)
+
+
+@TRANSPORTS
+async def test_oversized_arguments_are_protocol_errors_and_the_server_goes_on(
+    ws: Path, transport: str
+) -> None:
+    async with connect(transport, ws) as (client, _):
+        for args in (
+            {"command": ["/bin/echo", "x" * (200 * 1024)]},
+            {"shell": "echo " + "y" * (200 * 1024)},
+            {"command": ["/bin/cat"], "input": "z" * (2 << 20)},
+        ):
+            with pytest.raises(MCPError) as err:
+                await client.call_tool("run_command", args)
+            assert err.value.error.code == INVALID_PARAMS
+            assert "bound" in err.value.error.message
+        assert sc(await client.call_tool("run_command", {"command": ["/bin/echo", "ok"]}))["stdout"] == "ok\n"
+
+
+def _rpc(proc: subprocess.Popen[bytes], line: bytes) -> dict[str, Any]:
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+    return dict(json.loads(proc.stdout.readline()))
+
+
+def test_malformed_stdio_messages_get_protocol_errors_and_the_server_goes_on(ws: Path) -> None:
+    # Raw bytes on the wire: what no SDK client would send.
+    proc = subprocess.Popen(
+        [*SERVER, "--workdir", str(ws / "work")], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        }
+        assert "result" in _rpc(proc, json.dumps(init).encode())
+        assert proc.stdin is not None
+        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        assert _rpc(proc, b"{this is not json")["error"]["code"] == -32700
+        assert _rpc(proc, b"\xff\xfe\x00garbage")["error"]["code"] in (-32700, -32600)
+        big = b'{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"pad":"' + b"p" * (5 << 20) + b'"}}'
+        assert _rpc(proc, big)["error"]["code"] == -32700  # over the 4 MiB message bound: skipped unread
+        wrong = {
+            "jsonrpc": "2.0",
+            "id": 8,
+            "method": "tools/call",
+            "params": {"name": "run_command", "arguments": 5},
+        }
+        assert _rpc(proc, json.dumps(wrong).encode())["error"]["code"] == INVALID_PARAMS
+        unknown = {"jsonrpc": "2.0", "id": 9, "method": "no/such/method"}
+        assert _rpc(proc, json.dumps(unknown).encode())["error"]["code"] == -32601
+        call = {
+            "jsonrpc": "2.0",
+            "id": 10,
+            "method": "tools/call",
+            "params": {"name": "run_command", "arguments": {"command": ["/bin/echo", "alive"]}},
+        }
+        reply = _rpc(proc, json.dumps(call).encode())
+        assert reply["id"] == 10
+        assert reply["result"]["structuredContent"]["stdout"] == "alive\n"
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        assert proc.wait(30) == 0
+
+
+def test_malformed_and_oversized_http_requests_are_refused_and_the_server_goes_on(ws: Path) -> None:
+    with http_server(ws) as (url, _):
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        req = urllib.request.Request(url, data=b"{not json", headers=headers, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 400
+        assert json.loads(err.value.read())["error"]["code"] == -32700
+        # A body over the 4 MiB bound is refused from its Content-Length, before a byte of it is read.
+        parsed = urllib.parse.urlsplit(url)
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as conn:
+            conn.sendall(
+                f"POST {parsed.path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: application/json\r\n"
+                f"Accept: application/json, text/event-stream\r\nContent-Length: {5 << 20}\r\n\r\n".encode()
+            )
+            assert conn.recv(100).split(b"\r\n")[0].split()[1] == b"413"
+
+        async def still() -> str:
+            async with Client(url) as client:
+                return str(
+                    sc(await client.call_tool("run_command", {"command": ["/bin/echo", "up"]}))["stdout"]
+                )
+
+        assert anyio.run(still) == "up\n"
+
+
+def test_http_bearer_token(ws: Path) -> None:
+    token_file = ws / "token"
+    token_file.write_text("s3cret-for-this-test\n")
+    with http_server(ws, "--token-file", str(token_file)) as (url, _):
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        for auth in (None, "Bearer wrong", "Basic czNjcmV0"):
+            req = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+            if auth:
+                req.add_header("Authorization", auth)
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            assert err.value.code == 401
+
+        async def with_token() -> int:
+            import httpx2
+
+            http = httpx2.AsyncClient(headers={"Authorization": "Bearer s3cret-for-this-test"})
+            from mcp.client.streamable_http import streamable_http_client
+
+            async with http, Client(streamable_http_client(url, http_client=http)) as client:
+                return int(sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))["exit_code"])
+
+        assert anyio.run(with_token) == 0
+
+
+def test_a_non_loopback_bind_without_a_token_is_refused(ws: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CORRAL_MCP_TOKEN"}
+    p = subprocess.run(
+        [*SERVER, "--http", "0.0.0.0:0", "--workdir", str(ws / "work")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert p.returncode == 125
+    assert "bearer token" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+async def test_shell_strings_refused_when_turned_off(ws: Path) -> None:
+    async with stdio(ws, "--no-shell") as (client, _):
+        refused = await client.call_tool("run_command", {"shell": "echo hi"})
+        assert refused.is_error
+        assert "--no-shell" in text(refused)
+        assert "argv" in text(refused)
+        assert sc(await client.call_tool("describe_sandbox", {}))["shell_allowed"] is False
+        assert sc(await client.call_tool("run_command", {"command": ["/bin/echo", "hi"]}))["stdout"] == "hi\n"
+
+
+async def test_metrics_port_serves_the_supervisors_metrics(ws: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with stdio(ws, "--metrics-port", str(port)) as (client, _):
+        sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))
+        page = await anyio.to_thread.run_sync(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        )
+        assert re.search(r"^corral_\w+", page, re.M)
