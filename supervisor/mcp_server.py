@@ -218,7 +218,7 @@ class SandboxDescription(BaseModel):
     writable: list[str]
     hidden: list[str] = Field(description="Paths the sandbox sees as empty.")
     read_only_inside_writable: list[str] = Field(description="Relative to each writable root.")
-    network: str = Field(description="none (loopback only) | host")
+    network: str = Field(description="none (loopback only) | host | proxy (allowed domains only)")
     limits: dict[str, str] = Field(description="The resource limits per command, in units people read.")
     shell_allowed: bool
     shell: str = Field(description="Why shell strings are or are not accepted.")
@@ -292,12 +292,22 @@ def describe(settings: McpSettings) -> SandboxDescription:
     else:
         writable = ["/"]
         files = "No filesystem confinement (full-access): commands read and write what this user can."
-    net = (
-        "No network: each command has its own network namespace with only loopback, so local servers and "
-        "tests work and nothing beyond this sandbox is reachable."
-        if p.network.mode == "none"
-        else "The host's network: commands reach whatever this machine reaches."
-    )
+    net_mode = p.network.mode
+    if net_mode == "none":
+        net = (
+            "No network: each command has its own network namespace with only loopback, so local servers and "
+            "tests work and nothing beyond this sandbox is reachable."
+        )
+    elif net_mode == "host":
+        net = "The host's network: commands reach whatever this machine reaches."
+    else:  # proxy
+        allowed = ", ".join(getattr(p.network, "allow", ())) or "nothing"
+        denied = ", ".join(getattr(p.network, "deny", ()))
+        net = (
+            f"Network through corral's proxy only (HTTP and HTTPS via the proxy variables set in the "
+            f"environment): reachable {allowed}" + (f"; refused {denied}" if denied else "") + "; anything "
+            "else is refused."
+        )
     lim = (
         "Limits per command: "
         + ", ".join(f"{k} {v}" for k, v in limits.items())

@@ -102,3 +102,9 @@ def test_only_corral_mcp_loads_the_sdk() -> None:
     code = "import sys, supervisor, supervisor.cli, policies, exporters; print('mcp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_describe_names_the_proxys_allowed_domains() -> None:
+    d = describe(settings(network_allow=["pypi-mirror.invalid", "*.docs.invalid"]))
+    assert d.network == "proxy"
+    assert "reachable pypi-mirror.invalid, *.docs.invalid" in d.summary
