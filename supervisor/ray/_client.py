@@ -116,9 +116,12 @@ class _Node:
         return (self.inflight + others) / max(1, self.info.max_concurrency)
 
     def memory_free(self) -> int:
-        """Memory the node can still give limits to: what it reported available, less the limits of what
-        this client sent it since."""
-        base = self.snapshot.memory_available if self.snapshot is not None else self.info.memory_total
+        """Memory the node can still give limits to: what it reported available, or its total less the
+        memory limits of the children alive there if that is less (their limits are what they may still
+        take), less the limits of what this client sent it since."""
+        base = self.info.memory_total
+        if self.snapshot is not None:
+            base = min(self.snapshot.memory_available, base - self.snapshot.memory_committed)
         return base - max(0, self.inflight_memory - self.memory_at_snapshot)
 
     def note(self, load: NodeLoad) -> None:

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
+from ray.cluster_utils import Cluster
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'corral[ray]')")
-from ray.cluster_utils import Cluster  # noqa: E402
-
-from supervisor.ray import RaySupervisor  # noqa: E402
+from supervisor.ray import RaySupervisor
 
 #: Session workdirs of the tests' node actors: outside /tmp, as the kernel tests' workspaces.
 WORKSPACES = "/var/tmp/corral-ray-tests"
