@@ -55,7 +55,7 @@ import textwrap
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -72,6 +72,7 @@ from policies import Policy, PolicyError, profiles
 from supervisor import (
     CommandNotExecutableError,
     CommandNotFoundError,
+    Denial,
     SandboxSetupError,
     Supervisor,
 )
@@ -138,7 +139,9 @@ def tool_policy(workdir: str | os.PathLike[str], **limits: Any) -> Policy:
 
 
 #: Messages (strerror text, as shells, coreutils and Python print them) that mean an isolation layer
-#: refused the operation: (text, errno name, layer, what it means for the model).
+#: refused the operation: (text, errno name, layer, what it means for the model). Only a fallback: what
+#: corral reports itself (Result.denials, docs/denials.md) comes first; the layers it cannot report yet
+#: (Result.denials_unobservable: Landlock, the mount view, the network) are still guessed from the text.
 DENIALS: tuple[tuple[str, str, str, str], ...] = (
     ("Read-only file system", "EROFS", "mount namespace",
      "outside the writable roots the filesystem is mounted read-only (Landlock would refuse next)"),
@@ -157,11 +160,27 @@ DENIALS: tuple[tuple[str, str, str, str], ...] = (
 
 def blocked_by(stderr: str) -> dict[str, str] | None:
     """Which isolation layer most likely refused a failed command, judged from its error output: a hint
-    for the model (so it stops retrying what cannot work), not a verdict. None when nothing matches."""
+    for the model (so it stops retrying what cannot work), not a verdict. None when nothing matches. Used
+    only when corral reported no denial (`reported_block`)."""
     for text, errno_name, layer, meaning in DENIALS:
         if text in stderr:
-            return {"errno": errno_name, "layer": layer, "meaning": meaning}
+            return {"errno": errno_name, "layer": layer, "meaning": meaning, "source": "guess"}
     return None
+
+
+def reported_block(denials: Sequence[Denial]) -> dict[str, str] | None:
+    """What blocked the command, from corral's own reports (the first denial): the layer, what was tried on
+    what, and the hint (which policy key would allow it, or that nothing will). None without reports."""
+    if not denials:
+        return None
+    d = denials[0]
+    return {
+        "layer": d.layer,
+        "operation": d.operation,
+        "target": d.target,
+        "meaning": d.hint,
+        "source": "report",
+    }
 
 
 def _clip(data: bytes, limit: int = MODEL_OUTPUT_CHARS) -> tuple[str, bool]:
@@ -184,13 +203,16 @@ async def serve_run_command(
     """Serve one `run_command` tool call (`args` as the model sent them, see RUN_COMMAND_TOOL) under
     `policy` (default: `tool_policy` on the current directory) and return what the model should see:
 
-    outcome:     "ok" (exit 0), "error" (another exit code), "blocked" (failed, and the error output names a
-                 denial: see `blocked_by`), "violation" (a limit was broken: `violation` says which; the
-                 command was killed, except for pids, where the kernel refused forks and it lived on),
+    outcome:     "ok" (exit 0), "error" (another exit code), "blocked" (failed, and corral reported a
+                 denial, or the error output names one: see `blocked_by`), "violation" (a limit was
+                 broken: `violation` says which; the command was killed, except for pids, where the
+                 kernel refused forks and it lived on),
                  "not_found", "not_executable", "invalid" (bad arguments) or "sandbox_error" (the sandbox
                  could not be set up on this host, so the command did not run: corral fails closed);
     exit_code, signal, stdout, stderr (each at most MODEL_OUTPUT_CHARS), output_truncated,
-    violation {kind, limit, observed}, blocked_by {errno, layer, meaning},
+    violation {kind, limit, observed}, blocked_by (from corral's reports: {layer, operation, target,
+    meaning, source: "report"}; else guessed from the error text: {errno, layer, meaning, source:
+    "guess"}), denials (every report: [{layer, operation, target, count, hint}]),
     duration_s, cpu_s, peak_memory_bytes.
 
     `name` labels the call in events and metrics: keep it low-cardinality (the tool's name). Never raises
@@ -240,7 +262,7 @@ async def serve_run_command(
     elif result.exit_code == 0:
         outcome = "ok"
     else:
-        block = blocked_by(stderr + stdout[-500:])
+        block = reported_block(result.denials) or blocked_by(stderr + stdout[-500:])
         outcome = "blocked" if block else "error"
     return {
         "outcome": outcome,
@@ -252,6 +274,7 @@ async def serve_run_command(
         "violation": result.violation.to_dict() if result.violation else None,
         "limit_hits": dict(result.limit_hits),
         "blocked_by": block,
+        "denials": [d.to_dict() for d in result.denials],
         "duration_s": round(result.duration_s, 3),
         "cpu_s": round(result.cpu_s, 3),
         "peak_memory_bytes": result.peak_memory_bytes,
@@ -649,7 +672,10 @@ def judge(result: dict[str, Any], expect: Expect) -> tuple[str, str, str | None]
         reason = _violation_text(v, result)
     elif label == "blocked" and result.get("blocked_by"):
         b = result["blocked_by"]
-        reason = f"{b['errno']} -> {b['layer']}"
+        if b.get("source") == "report":  # what corral reported: layer and target
+            reason = f"{b['layer']}: {b['target']}"
+        else:
+            reason = f"{b['errno']} -> {b['layer']} (guessed)"
     elif label in ("invalid", "sandbox_error", "not_found", "not_executable"):
         reason = str(result.get("error", ""))[:60]
     if expect.contained_by is not None and label == "ok":

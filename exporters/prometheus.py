@@ -113,6 +113,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "Limit violations by kind: memory, pids, wall_time, cpu_time, fds, output, disk.",
     ),
     MetricSpec(
+        "corral_denials_total",
+        "counter",
+        ("layer", "operation"),
+        "Refused actions by the layer that refused them (seccomp, landlock, mounts, network, proxy, cgroup, "
+        "rlimit) and the operation (syscall, write, read, execute, connect, bind, fork, ...); repeats count.",
+    ),
+    MetricSpec(
         "corral_tool_spawns_total",
         "counter",
         ("profile", "name"),
@@ -202,6 +209,10 @@ METRICS: tuple[MetricSpec, ...] = (
 
 #: Child states of corral_children.
 STATES: tuple[str, ...] = ("starting", "running", "exiting")
+#: The (layer, operation) pairs of corral_denials_total always exported (0 until something is refused):
+#: those this version reports (docs/denials.md); others appear once counted.
+DENIAL_PAIRS: tuple[tuple[str, str], ...] = (("seccomp", "syscall"), ("cgroup", "fork"), ("rlimit", "write"))
+
 #: Exit outcomes, as Supervisor.totals counts them ("exited:<outcome>").
 OUTCOMES: tuple[str, ...] = ("ok", "error", "signal", "violation")
 #: Violation kinds (supervisor.Violation.kind), exported at 0 before the first one.
@@ -485,6 +496,12 @@ class SupervisorCollector(Collector):
         seen_kinds = {k.removeprefix("violation:") for k in totals if k.startswith("violation:")}
         for kind in sorted(set(VIOLATION_KINDS) | seen_kinds):
             c.add_metric([kind], totals.get(f"violation:{kind}", 0))
+        out.append(c)
+
+        c = _counter("corral_denials_total")
+        pairs = {tuple(k.split(":", 2)[1:]) for k in totals if k.startswith("denied:")}
+        for layer, operation in sorted(pairs | set(DENIAL_PAIRS)):
+            c.add_metric([layer, operation], totals.get(f"denied:{layer}:{operation}", 0))
         out.append(c)
 
         for name, counts in zip(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         SupervisorRunningError,
     )
     from supervisor._supervisor import DEVNULL, PIPE, Event, Supervisor
-    from supervisor._types import ChildStats, Result, Rule, Violation, rss_above
+    from supervisor._types import ChildStats, Denial, Result, Rule, Violation, rss_above
     from supervisor.sandbox.probe import Feature, KernelCaps
 
 #: Where each public name lives.
@@ -34,6 +34,7 @@ _HOME = {
     "PolicyError": "policies",
     "Child": "supervisor._child",
     "Result": "supervisor._types",
+    "Denial": "supervisor._types",
     "Violation": "supervisor._types",
     "CommandFailedError": "supervisor._errors",
     "CommandNotExecutableError": "supervisor._errors",
@@ -79,6 +80,7 @@ __all__ = [
     "CommandNotExecutableError",
     "CommandNotFoundError",
     "CorralError",
+    "Denial",
     "Event",
     "Feature",
     "KernelCaps",

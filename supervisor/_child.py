@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-from supervisor._types import ChildStats, Result, Rule, Violation
+from supervisor._denials import DenialLog, limit_denials, seccomp_denial
+from supervisor._types import ChildStats, Denial, Result, Rule, Violation
 from supervisor.forkserver import protocol
 from supervisor.forkserver.client import StatusReader
 
@@ -97,6 +98,13 @@ class Child:
         #: task runs in (cancelled when the child is done).
         self.proxy: ChildProxy | None = None
         self._proxy_scope: anyio.CancelScope | None = None
+        #: What the sandbox was refused (bounded), the layers whose refusals cannot be seen, the syscall
+        #: names of its seccomp filter by number (None: its refusals are not reported), and who is told of
+        #: each new denial as it comes (the supervisor's `denied` event).
+        self.denials = DenialLog()
+        self.unobservable: tuple[tuple[str, str], ...] = ()
+        self.syscall_names: dict[int, str] | None = None
+        self.on_denial: Callable[[Denial], None] | None = None
         self._pidfd: int | None = pidfd
         self._status = status
         self._exit: _Exit | None = None
@@ -213,6 +221,9 @@ class Child:
             quarantined=self.quarantined,
             refused_abi=self._refused_abi(sig),
             network=self.proxy.stats.to_dict() if self.proxy is not None else None,
+            denials=tuple(self.denials.items),
+            denials_dropped=self.denials.dropped,
+            denials_unobservable=self.unobservable,
             **extra,  # type: ignore[arg-type]
         )
 
@@ -258,6 +269,9 @@ class Child:
             if rec is None:
                 break
             kind, payload = rec
+            if kind == protocol.DENIED:
+                self._denied(payload)
+                continue
             if not self._started.is_set():
                 self._first = rec
                 if kind == protocol.EXEC:
@@ -270,6 +284,12 @@ class Child:
                 ex.status = None if record is None else record["status"]
                 if record is None:
                     continue
+                if self.syscall_names is not None:
+                    if "dcounts" in record:
+                        self.denials.seccomp_counts(record["dcounts"], record.get("ddropped", 0))
+                    else:  # the kernel refused the init a listener: the errno filter alone enforced
+                        why = "the kernel refused the sandbox init a seccomp listener (EBUSY: an outer one?)"
+                        self.unobservable = (("seccomp", why), *self.unobservable)
                 ex.cpu_s, ex.maxrss = record["cpu"], record["maxrss"]
                 if "ended" in record:
                     ex.cmd_ended = record["ended"] / 1e9
@@ -281,6 +301,21 @@ class Child:
                     return
         await self._collect(ex)
         self._started.set()
+
+    def _denied(self, payload: dict[str, object]) -> None:
+        """A D record: a distinct seccomp refusal, recorded and told (only where reports were asked for:
+        a record from a sandbox whose filter does not notify is not the init's)."""
+        if self.syscall_names is None:
+            return
+        denial = seccomp_denial(payload, self.syscall_names, self.policy)
+        if self.denials.add_seccomp(denial) and denial is not None and self.on_denial is not None:
+            self.on_denial(denial)
+
+    def add_limit_denials(self) -> list[Denial]:
+        """The limits' refusals the supervisor saw itself (pids.max, SIGXFSZ), added once the exit is known;
+        returns the new ones."""
+        found = limit_denials(self.policy, self.limit_hits, self._exit_signal())
+        return [d for d in found if self.denials.add(d)]
 
     async def _collect(self, ex: _Exit | None = None) -> None:
         """Reap the init (at once when it is gone, else once its pidfd says so); with `ex`, its wait status

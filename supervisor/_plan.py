@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from policies import Policy, check_writable_roots
+from supervisor import _denials
 from supervisor.forkserver.protocol import CompiledPayload
 from supervisor.sandbox import capabilities, landlock, mounts, namespaces, rlimits, seccomp
 from supervisor.sandbox.probe import KernelCaps
@@ -45,6 +46,8 @@ class CompiledPolicy:
     payload: CompiledPayload
     enforced: tuple[str, ...]
     missing: tuple[tuple[str, str], ...]
+    #: Layers in force whose refusals cannot be reported, with why (Result.denials_unobservable).
+    unobservable: tuple[tuple[str, str], ...] = ()
 
 
 class SharedParts:
@@ -192,4 +195,6 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
             policy.profile,
             "; ".join(f"{layer} ({why})" for layer, why in missing),
         )
-    return CompiledPolicy(next(_ids), payload, tuple(enforced), tuple(missing))
+    notify = isinstance(sc, dict) and "notify" in sc
+    hidden = _denials.unobservable(policy, tuple(enforced), notify, caps.seccomp_notify.reason)
+    return CompiledPolicy(next(_ids), payload, tuple(enforced), tuple(missing), hidden)

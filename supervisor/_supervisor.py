@@ -46,7 +46,7 @@ from supervisor._monitor import (
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._proxy import ChildProxy, ProxyConfig, host_addresses, receive_listener
 from supervisor._streams import FdReceiveStream, FdSendStream
-from supervisor._types import ChildStats, Result, Rule, Violation
+from supervisor._types import ChildStats, Denial, Result, Rule, Violation
 from supervisor.forkserver.client import ForkServer, StatusReader
 from supervisor.forkserver.prefork import Prefork
 from supervisor.forkserver.protocol import Reply, SpawnRequest
@@ -110,13 +110,15 @@ class _EnvCache:
 @dataclass(frozen=True, slots=True)
 class Event:
     """A lifecycle event: `started` (the command is running), `violation` (a limit was broken; the child
-    is being killed unless the kernel held it), `exited` (reaped; `result` is set)."""
+    is being killed unless the kernel held it), `denied` (a layer refused something new: `denial` is set,
+    with count 1; the Result has the folded counts), `exited` (reaped; `result` is set)."""
 
-    kind: Literal["started", "violation", "exited"]
+    kind: Literal["started", "violation", "denied", "exited"]
     child: Child
     at: float
     result: Result | None = None
     violation: Violation | None = None
+    denial: Denial | None = None
 
 
 class Supervisor:
@@ -641,6 +643,11 @@ class Supervisor:
         )
         child.leaf = leaf
         child.policy = policy
+        child.unobservable = compiled.unobservable
+        sc = compiled.payload["seccomp"]
+        if sc is not None and isinstance(sc.get("names"), dict):
+            child.syscall_names = sc["names"]  # type: ignore[assignment]
+            child.on_denial = partial(self._note_denial, child)
         child.requested_at = t0
         child.requested_ns = t0_ns
         child.rules = tuple(rules)
@@ -842,6 +849,12 @@ class Supervisor:
             slot.release(self._limiter)
             child._fold(stats)
             if child.exec_at is not None:  # it ran: a failed start never counted as started
+                for denial in child.add_limit_denials():
+                    self._note_denial(child, denial)
+                for denial in child.denials.items:  # the repeats, folded by the init, counted now
+                    self.totals[f"denied:{denial.layer}:{denial.operation}"] += denial.count - 1
+                if child.denials.dropped:
+                    self.totals["denied:seccomp:syscall"] += child.denials.dropped
                 result = child.result()
                 self.totals["exited"] += 1
                 self.totals[f"exited:{result.outcome}"] += 1
@@ -871,6 +884,11 @@ class Supervisor:
                     while True:
                         batch.append(trash.receive_nowait())
                 await anyio.to_thread.run_sync(_remove_leaves, batch)
+
+    def _note_denial(self, child: Child, denial: Denial) -> None:
+        """A new distinct denial: counted once now (its repeats at the exit) and told to subscribers."""
+        self.totals[f"denied:{denial.layer}:{denial.operation}"] += 1
+        self._emit(Event("denied", child, time.monotonic(), denial=denial))
 
     def _note_violation(self, child: Child) -> None:
         v = child.violation

@@ -26,6 +26,42 @@ class Violation:
 
 
 @dataclass(frozen=True, slots=True)
+class Denial:
+    """One kind of refused action, with how often it was refused (docs/denials.md).
+
+    layer:     which wall refused it: seccomp, landlock, mounts, network, proxy, cgroup, rlimit
+               (supervisor._denials.LAYERS).
+    operation: what was tried: syscall, write, read, execute, connect, bind, fork, ... (OPERATIONS).
+    target:    the path, address, limit or syscall with its decisive argument (``unshare(CLONE_NEWUSER)``).
+    pid:       the process refused first, as the sandbox numbers it (None when not known).
+    count:     how many times it was refused (repeats fold into one record).
+    hint:      one line a model can act on: which policy key or flag would allow it, or that none will.
+    """
+
+    layer: str
+    operation: str
+    target: str
+    pid: int | None = None
+    count: int = 1
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        """The `corral run --json` form (DESIGN.md): layer, operation, target, count, hint."""
+        return {
+            "layer": self.layer,
+            "operation": self.operation,
+            "target": printable(self.target),
+            "count": self.count,
+            "hint": self.hint,
+        }
+
+    def line(self) -> str:
+        """The CLI's stderr line, without its `corral: ` prefix."""
+        times = f", {self.count} times" if self.count > 1 else ""
+        return f"denied {self.operation} {self.target} ({self.layer}: {self.hint}{times})"
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """How a child ended.
 
@@ -48,6 +84,10 @@ class Result:
                x32" when it is a 64-bit one (a descendant, or `int $0x80` in 64-bit code); else None.
     network:   under network mode "proxy", the proxy's counters for this child: bytes_up (sent by the
                sandbox), bytes_down, allowed and denied connections, peak_connections; else None.
+    denials:   what a layer refused (Denial: layer, operation, target, pid, count, hint), the first
+               MAX_DENIALS (64) distinct ones in order; denials_dropped: refused calls past them.
+    denials_unobservable: (layer, reason) pairs of layers in force whose refusals cannot be reported here
+               (docs/denials.md): an empty `denials` says nothing about those.
     """
 
     exit_code: int
@@ -68,6 +108,9 @@ class Result:
     quarantined: tuple[tuple[str, str], ...] = ()
     refused_abi: str | None = None
     network: dict[str, int] | None = None
+    denials: tuple[Denial, ...] = ()
+    denials_dropped: int = 0
+    denials_unobservable: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -98,6 +141,9 @@ class Result:
             "refused_abi": self.refused_abi,
             "quarantined": [{"path": printable(p), "reason": printable(r)} for p, r in self.quarantined],
             "network": self.network,
+            "denials": [d.to_dict() for d in self.denials],
+            "denials_dropped": self.denials_dropped,
+            "denials_unobservable": [{"layer": a, "reason": b} for a, b in self.denials_unobservable],
         }
 
 

@@ -295,6 +295,10 @@ def _finish(result: Result, out: _JsonOut | None) -> int:
         click.echo(f"corral: killed: {v.kind} limit {limit} exceeded (observed {observed})", err=True)
     elif v is not None:  # held by the kernel, survived (pids.max refused forks)
         click.echo(f"corral: {v.kind} limit {_human(v.kind, v.limit)} reached: the kernel refused", err=True)
+    for denial in result.denials:  # one line per distinct denial, repeats folded
+        _say(denial.line())
+    if result.denials_dropped:
+        _say(f"denied {result.denials_dropped} more calls (past the first {len(result.denials)} distinct)")
     if result.refused_abi is not None:
         click.echo(
             f"corral: killed by SIGSYS: the seccomp filter kills every {result.refused_abi} syscall "

@@ -34,6 +34,8 @@ The order, per Supervisor:
                   R `ReadyRecord`     pre-forked: confined, waiting for its command on the ctl socket
                   X `ExecRecord`      the command is running
                   S `ExitRecord`      the command's wait status and usage; then the init exits
+                  D `DenialRecord`    a distinct refusal of the seccomp filter, once each (between X and
+                                      S; only with a notifying filter: docs/denials.md)
 
 Why TypedDicts over marshal, and not dataclasses or fixed binary records: the compiled policy is nested
 builtins of every mechanism module's own making (Landlock rule lists, seccomp BPF bytes, mount plans), which
@@ -221,7 +223,8 @@ FAILED = b"E"
 READY = b"R"
 EXEC = b"X"
 EXIT = b"S"
-KINDS = (FAILED, READY, EXEC, EXIT)
+DENIED = b"D"
+KINDS = (FAILED, READY, EXEC, EXIT, DENIED)
 
 
 class ReadyRecord(TypedDict):
@@ -248,9 +251,25 @@ class ExitRecord(TypedDict):
     alone: bool
     ended: NotRequired[int]
     elf: NotRequired[str]
+    #: With a notifying seccomp filter: the calls refused per D record, in the order sent, and the refused
+    #: calls past the init's bound (64 distinct). Absent: the kernel refused the init a listener.
+    dcounts: NotRequired[list[int]]
+    ddropped: NotRequired[int]
 
 
-StatusPayload = FailureRecord | ReadyRecord | ExecRecord | ExitRecord
+class DenialRecord(TypedDict):
+    """D: the seccomp filter notified the init of a refused call of a kind not seen before in this sandbox
+    (its number and decisive arguments, `seccomp.DECISIVE`), which the init answered with `errno`. `args`
+    are the six raw arguments (signed 64-bit as marshal carries them), `pid` the caller in the sandbox."""
+
+    nr: int
+    arch: int
+    args: list[int]
+    pid: int
+    errno: int
+
+
+StatusPayload = FailureRecord | ReadyRecord | ExecRecord | ExitRecord | DenialRecord
 Record = tuple[bytes, dict[str, object]]
 
 
@@ -296,4 +315,18 @@ def exit_record(payload: dict[str, object]) -> ExitRecord | None:
         record["ended"] = ended
     if isinstance(elf, str):
         record["elf"] = elf
+    dcounts, ddropped = payload.get("dcounts"), payload.get("ddropped")
+    if isinstance(dcounts, list) and all(isinstance(c, int) for c in dcounts) and isinstance(ddropped, int):
+        record["dcounts"] = dcounts
+        record["ddropped"] = ddropped
     return record
+
+
+def denial_record(payload: dict[str, object]) -> DenialRecord | None:
+    """A D record's payload, checked: None when a field is missing or of the wrong type."""
+    nr, arch, args, pid, err = (payload.get(k) for k in ("nr", "arch", "args", "pid", "errno"))
+    if not (isinstance(nr, int) and isinstance(arch, int) and isinstance(pid, int) and isinstance(err, int)):
+        return None
+    if not isinstance(args, list) or len(args) != 6 or not all(isinstance(a, int) for a in args):
+        return None
+    return {"nr": nr, "arch": arch, "args": args, "pid": pid, "errno": err}

@@ -257,6 +257,7 @@ class NodeSupervisor:
             at=ev.at,
             result=ev.result,
             violation=ev.violation,
+            denial=ev.denial,
         )
         self._events.append((self._event_seq, remote))
         assert self._new_event is not None

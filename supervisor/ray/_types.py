@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from policies import CorralError
-from supervisor import Result, Violation
+from supervisor import Denial, Result, Violation
 
 
 class NodeLostError(CorralError):
@@ -100,10 +100,10 @@ class NodeLoad:
 @dataclass(frozen=True, slots=True)
 class RemoteEvent:
     """A lifecycle event of a child on a node (the remote form of supervisor.Event: the Child handle itself
-    stays on the node). `kind` is "started", "violation" or "exited"; `result` is set on "exited",
-    `violation` on "violation"."""
+    stays on the node). `kind` is "started", "violation", "denied" or "exited"; `result` is set on
+    "exited", `violation` on "violation", `denial` on "denied"."""
 
-    kind: Literal["started", "violation", "exited"]
+    kind: Literal["started", "violation", "denied", "exited"]
     node_id: str
     pid: int
     name: str | None
@@ -111,6 +111,7 @@ class RemoteEvent:
     at: float
     result: Result | None = None
     violation: Violation | None = None
+    denial: Denial | None = None
 
 
 @dataclass(frozen=True, slots=True)

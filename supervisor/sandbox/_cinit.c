@@ -42,7 +42,11 @@
  *   R {}                                      pre-forked: confined, waiting for the command on ctl_fd
  *   X {pid}                                   the command is running (pid in the sandbox's namespace)
  *   S {status, cpu, maxrss, alone}            the command's wait status and usage; alone: the init killed
- *                                             and reaped every other process of the sandbox first
+ *                                             and reaped every other process of the sandbox first; with a
+ *                                             notifying seccomp filter also dcounts (the calls refused per
+ *                                             D record, in order) and ddropped (refused calls past them)
+ *   D {nr, arch, args, pid, errno}            the first refusal of a distinct syscall (its fold key): the
+ *                                             seccomp filter notified the init, which answered errno
  */
 #define _GNU_SOURCE
 #ifndef CORRAL_INIT_MAIN
@@ -66,6 +70,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -152,7 +157,9 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
                           a3 bit 0: copy what is mounted below (binds), bit 1: attributes on all of it */ \
     X(UNLINK, 30)      /* s0: remove a file (the /run sources of binds made from it) */                    \
     X(PROXY_LISTEN, 31) /* a0 port, a1 backlog: listen on 127.0.0.1:a0 in our network namespace and send  \
-                           the socket (SCM_RIGHTS) on the plan header's proxy_fd, to the supervisor */
+                           the socket (SCM_RIGHTS) on the plan header's proxy_fd, to the supervisor */    \
+    X(SECCOMP_NOTIFY, 32) /* s0 BPF whose denials notify, a0 its size; s1 the same filter with errnos, a1   \
+                             its size; s2 the fold keys, a2 their size: see load_seccomp_notify */
 
 #define X_ENUM(name, num) OP_##name = num,
 enum { OPS(X_ENUM) };
@@ -526,6 +533,78 @@ static int load_seccomp(const char *bpf, int64_t size) {
     return syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &prog) == 0 ? 0 : errno;
 }
 
+/* Denial reports for the seccomp filter (docs/denials.md). The filter answers every refused call with
+ * SECCOMP_RET_USER_NOTIF instead of an errno; the init holds the listener, answers each call with the errno
+ * the same filter compiled with errnos gives (evaluated here, so the caller sees what it would without
+ * reports), then folds it into a bounded table and reports each distinct one once. Fail closed: with the
+ * listener gone (the init killed), the kernel answers every notifying call with ENOSYS, never runs it. */
+struct sock_fprog_ {
+    unsigned short len;
+    const void *filter;
+};
+struct seccomp_data_ {
+    int32_t nr;
+    uint32_t arch;
+    uint64_t ip;
+    uint64_t args[6];
+};
+struct seccomp_notif_ {
+    uint64_t id;
+    uint32_t pid, flags;
+    struct seccomp_data_ data;
+};
+struct seccomp_notif_resp_ {
+    uint64_t id;
+    int64_t val;
+    int32_t error;
+    uint32_t flags;
+};
+#define SECCOMP_FILTER_FLAG_NEW_LISTENER_ (1UL << 3)
+#define SECCOMP_IOCTL_NOTIF_RECV_ _IOWR('!', 0, struct seccomp_notif_)
+#define SECCOMP_IOCTL_NOTIF_SEND_ _IOWR('!', 1, struct seccomp_notif_resp_)
+
+/* A fold key: a call's key is its number and, for each entry naming that number, args[arg] & mask. */
+struct fold_key {
+    int32_t nr, arg;
+    uint64_t mask;
+};
+#ifdef CORRAL_INIT_MAIN
+static int notify_fd = -1;
+static const unsigned char *errno_bpf;
+static size_t errno_bpf_len;
+static const struct fold_key *fold_keys;
+static size_t n_fold_keys;
+#endif
+
+static int load_seccomp_notify(const char *bpf, int64_t size, const char *ebpf, int64_t esize, const char *keys,
+                               int64_t ksize) {
+    if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1 && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+        snprintf(op_detail, sizeof op_detail, "prctl(PR_SET_NO_NEW_PRIVS)");
+        return errno;
+    }
+    if (esize <= 0 || esize % 8 || ksize < 0 || ksize % (int64_t)sizeof(struct fold_key)) return EINVAL;
+    struct sock_fprog_ prog = {(unsigned short)(size / 8), bpf};
+    long fd = syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, SECCOMP_FILTER_FLAG_NEW_LISTENER_, &prog);
+    if (fd < 0) {
+        snprintf(op_detail, sizeof op_detail, "seccomp(SECCOMP_SET_MODE_FILTER, NEW_LISTENER)");
+        return errno;
+    }
+#ifdef CORRAL_INIT_MAIN
+    notify_fd = (int)fd;
+    errno_bpf = (const unsigned char *)ebpf;
+    errno_bpf_len = (size_t)esize;
+    fold_keys = (const struct fold_key *)keys;
+    n_fold_keys = (size_t)ksize / sizeof(struct fold_key);
+#else
+    /* In-process (apply): nobody would answer; closed, every notifying call gets ENOSYS at once. */
+    close((int)fd);
+    (void)ebpf;
+    (void)keys;
+    (void)sizeof(struct seccomp_notif_resp_);
+#endif
+    return 0;
+}
+
 /* The id maps of the user namespace we were launched into: the caller's uid and gid mapped to themselves.
  * A process may write its own maps when each is one line mapping its own id (the gid map after denying
  * setgroups); the launcher kept our capabilities across the exec as ambient ones, since with no map yet
@@ -564,6 +643,10 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_LL_CREATE:
     case OP_SECCOMP:
         if (!bin(g, o->s[0], o->a[0])) return EINVAL;
+        break;
+    case OP_SECCOMP_NOTIFY:
+        if (!bin(g, o->s[0], o->a[0]) || !bin(g, o->s[1], o->a[1]) || (o->a[2] && !bin(g, o->s[2], o->a[2])))
+            return EINVAL;
         break;
     case OP_WRITE:
     case OP_SYMLINK:
@@ -672,6 +755,9 @@ static int run_op(const struct seg *g, const struct op *o) {
     }
     case OP_SECCOMP:
         return load_seccomp(s0, o->a[0]);
+    case OP_SECCOMP_NOTIFY:
+        return load_seccomp_notify(s0, o->a[0], bin(g, o->s[1], o->a[1]), o->a[1],
+                                   o->a[2] ? bin(g, o->s[2], o->a[2]) : NULL, o->a[2]);
     case OP_IDMAP:
         return id_map((unsigned)o->a[0], (unsigned)o->a[1]);
     default:
@@ -875,6 +961,209 @@ static void send_op_failure(int fd, const struct seg *g, long index, int err) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* Seccomp denial reports (see load_seccomp_notify). */
+
+/* The classic-BPF program `errno_bpf` run on `d` (what the kernel runs; seccomp's subset: loads from the
+ * seccomp_data, the scratch memory, ALU, jumps, returns): the errno its SECCOMP_RET_ERRNO verdict carries.
+ * Anything else (a malformed program, another verdict) gives EPERM: a notified call is refused whatever. */
+static int bpf_errno(const struct seccomp_data_ *d) {
+    const unsigned char *data = (const unsigned char *)d;
+    uint32_t a = 0, x = 0, mem[16] = {0};
+    size_t n = errno_bpf_len / 8, pc = 0, steps = 0;
+    while (pc < n && ++steps < 100000) {
+        struct {
+            uint16_t code;
+            uint8_t jt, jf;
+            uint32_t k;
+        } in;
+        memcpy(&in, errno_bpf + pc * 8, 8);
+        pc++;
+        uint32_t src = (in.code & 0x08) ? x : in.k;
+        switch (in.code & 0x07) {
+        case 0x00: /* ld */
+            if (in.code == 0x20) {
+                if (in.k % 4 || in.k + 4 > sizeof *d) return EPERM;
+                memcpy(&a, data + in.k, 4);
+            } else if (in.code == 0x00) {
+                a = in.k;
+            } else if (in.code == 0x60 && in.k < 16) {
+                a = mem[in.k];
+            } else {
+                return EPERM;
+            }
+            break;
+        case 0x01: /* ldx */
+            if (in.code == 0x01) x = in.k;
+            else if (in.code == 0x61 && in.k < 16) x = mem[in.k];
+            else return EPERM;
+            break;
+        case 0x02:
+            if (in.k >= 16) return EPERM;
+            mem[in.k] = a;
+            break;
+        case 0x03:
+            if (in.k >= 16) return EPERM;
+            mem[in.k] = x;
+            break;
+        case 0x04: /* alu */
+            switch (in.code & 0xf0) {
+            case 0x00: a += src; break;
+            case 0x10: a -= src; break;
+            case 0x20: a *= src; break;
+            case 0x30: a = src ? a / src : 0; break;
+            case 0x40: a |= src; break;
+            case 0x50: a &= src; break;
+            case 0x60: a = src < 32 ? a << src : 0; break;
+            case 0x70: a = src < 32 ? a >> src : 0; break;
+            case 0x80: a = -a; break;
+            case 0x90: a = src ? a % src : 0; break;
+            case 0xa0: a ^= src; break;
+            default: return EPERM;
+            }
+            break;
+        case 0x05: /* jumps */
+            if (in.code == 0x05) {
+                pc += in.k;
+                break;
+            }
+            {
+                int cond;
+                switch (in.code & 0xf0) {
+                case 0x10: cond = a == src; break;
+                case 0x20: cond = a > src; break;
+                case 0x30: cond = a >= src; break;
+                case 0x40: cond = (a & src) != 0; break;
+                default: return EPERM;
+                }
+                pc += cond ? in.jt : in.jf;
+            }
+            break;
+        case 0x06: { /* ret */
+            uint32_t v = in.code == 0x16 ? a : in.k;
+            if ((v & 0xffff0000u) == 0x00050000u && (v & 0xffff)) return (int)(v & 0xffff);
+            return EPERM;
+        }
+        case 0x07: /* misc: tax, txa */
+            if (in.code == 0x07) x = a;
+            else if (in.code == 0x87) a = x;
+            else return EPERM;
+            break;
+        }
+    }
+    return EPERM;
+}
+
+/* Distinct refusals, in the order first seen: bounded, whatever the sandbox does. */
+#define MAX_FOLDS 64
+static struct {
+    int32_t nr;
+    uint64_t v[2];
+    int64_t count;
+} folds[MAX_FOLDS];
+static int n_folds;
+static int64_t folds_dropped;
+
+static void fold_denial(int status_w, const struct seccomp_notif_ *n, int err) {
+    uint64_t v[2] = {0, 0};
+    int nv = 0;
+    for (size_t i = 0; i < n_fold_keys && nv < 2; i++) {
+        struct fold_key k;
+        memcpy(&k, (const char *)fold_keys + i * sizeof k, sizeof k);
+        if (k.nr == n->data.nr && k.arg >= 0 && k.arg < 6) v[nv++] = n->data.args[k.arg] & k.mask;
+    }
+    for (int i = 0; i < n_folds; i++) {
+        if (folds[i].nr == n->data.nr && folds[i].v[0] == v[0] && folds[i].v[1] == v[1]) {
+            folds[i].count++;
+            return;
+        }
+    }
+    if (n_folds == MAX_FOLDS) {
+        folds_dropped++;
+        return;
+    }
+    folds[n_folds].nr = n->data.nr;
+    folds[n_folds].v[0] = v[0];
+    folds[n_folds].v[1] = v[1];
+    folds[n_folds].count = 1;
+    n_folds++;
+    struct rec r;
+    begin(&r, 'D');
+    put_key(&r, "nr");
+    put_int(&r, n->data.nr);
+    put_key(&r, "arch");
+    put_int(&r, n->data.arch);
+    put_key(&r, "args");
+    put(&r, "[", 1);
+    put_u32(&r, 6);
+    for (int i = 0; i < 6; i++) put_int(&r, (int64_t)n->data.args[i]);
+    put_key(&r, "pid");
+    put_int(&r, n->pid);
+    put_key(&r, "errno");
+    put_int(&r, err);
+    send_rec(status_w, &r);
+}
+
+/* One notification: answer it first (the caller waits), then fold it. */
+static void on_notify(int status_w) {
+    struct seccomp_notif_ n;
+    memset(&n, 0, sizeof n);
+    if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_RECV_, &n) != 0) {
+        /* ENOENT: the caller died meanwhile; EINTR: a forwarded signal. Nothing else is expected; a listener
+         * that fails otherwise is closed (the calls then fail with ENOSYS: still refused). */
+        if (errno != ENOENT && errno != EINTR) {
+            close(notify_fd);
+            notify_fd = -1;
+        }
+        return;
+    }
+    int err = bpf_errno(&n.data);
+    struct seccomp_notif_resp_ resp = {n.id, 0, -err, 0};
+    ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp); /* ENOENT: the caller died since */
+    fold_denial(status_w, &n, err);
+}
+
+static void put_folds(struct rec *r) {
+    if (notify_fd < 0 && n_folds == 0) return;
+    put_key(r, "dcounts");
+    put(r, "[", 1);
+    put_u32(r, (uint32_t)n_folds);
+    for (int i = 0; i < n_folds; i++) put_int(r, folds[i].count);
+    put_key(r, "ddropped");
+    put_int(r, folds_dropped);
+}
+
+/* Wait for `pid` (reaping orphans on the way) while answering the seccomp filter's notifications; returns
+ * like wait4(pid) would. SIGCHLD is blocked (the caller blocked it before the spawn) and read from a
+ * signalfd, so that one poll waits for both. */
+static pid_t wait_serving(pid_t pid, int *status, struct rusage *ru, int status_w, int sfd) {
+    for (;;) {
+        int st = 0;
+        struct rusage r;
+        pid_t got = wait4(-1, &st, notify_fd >= 0 ? WNOHANG : 0, &r);
+        if (got == pid) {
+            *status = st;
+            *ru = r;
+            return got;
+        }
+        if (got > 0) continue;
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return got;
+        struct pollfd p[2] = {{notify_fd, POLLIN, 0}, {sfd, POLLIN, 0}};
+        if (poll(p, sfd >= 0 ? 2 : 1, -1) < 0) continue; /* EINTR: a forwarded signal */
+        if (p[0].revents & POLLIN) on_notify(status_w);
+        else if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            close(notify_fd);
+            notify_fd = -1;
+        }
+        if (sfd >= 0 && (p[1].revents & POLLIN)) {
+            char buf[128 * 8];
+            ssize_t ignored = read(sfd, buf, sizeof buf);
+            (void)ignored;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* The init: pid 1 of the sandbox. */
 
 static volatile pid_t target_pid;
@@ -1064,6 +1353,16 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
                      "cwd= must name a directory the sandbox can see (relative to its workdir)");
         _exit(125);
     }
+    /* With a notifying seccomp filter, SIGCHLD is read from a signalfd so that one poll waits for the
+     * command's exit and the filter's notifications (the command starts with no signal blocked). */
+    int sfd = -1;
+    if (notify_fd >= 0) {
+        sigset_t chld;
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        sigprocmask(SIG_BLOCK, &chld, NULL);
+        sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    }
     pid_t pid;
     int err = spawn_command(c, &fa, &at, &pid);
     if (err) {
@@ -1083,10 +1382,14 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
     int status = 0;
     struct rusage ru;
     memset(&ru, 0, sizeof ru);
-    for (;;) { /* reap orphans reparented to us until the command itself is reaped */
-        pid_t got = wait4(-1, &status, 0, &ru);
-        if (got == pid) break;
-        if (got < 0 && errno == ECHILD) _exit(0);
+    if (notify_fd >= 0 && sfd >= 0) {
+        if (wait_serving(pid, &status, &ru, status_w, sfd) != pid) _exit(0);
+    } else {
+        for (;;) { /* reap orphans reparented to us until the command itself is reaped */
+            pid_t got = wait4(-1, &status, 0, &ru);
+            if (got == pid) break;
+            if (got < 0 && errno == ECHILD) _exit(0);
+        }
     }
     /* When the command ended, on the supervisor's clock (CLOCK_MONOTONIC: the init is in the host's time
      * namespace): the supervisor judges the wall-clock limit by it even if it reads this record late. */
@@ -1116,6 +1419,7 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
     put(&r, alone ? "T" : "F", 1);
     put_key(&r, "ended");
     put_int(&r, (int64_t)ended.tv_sec * 1000000000 + ended.tv_nsec);
+    put_folds(&r);
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) {
         put_key(&r, "elf");
         put_str(&r, elf_abi(spawned_path));

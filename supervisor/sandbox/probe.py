@@ -52,6 +52,8 @@ class KernelCaps:
     landlock_abi: int = 0
     landlock: Feature = Feature(False, _errno.ENOSYS)
     seccomp: Feature = Feature(False, _errno.ENOSYS)
+    #: SECCOMP_RET_USER_NOTIF: refused syscalls reported by the sandbox init (docs/denials.md).
+    seccomp_notify: Feature = Feature(False, _errno.ENOSYS)
     namespaces: dict[str, Feature] = field(default_factory=dict)
     ia32: Feature = Feature(False, _errno.ENOSYS)
     x32: Feature = Feature(False, _errno.ENOSYS)
@@ -69,6 +71,7 @@ class KernelCaps:
             "landlock_abi": self.landlock_abi,
             "landlock": f(self.landlock),
             "seccomp": f(self.seccomp),
+            "seccomp_notify": f(self.seccomp_notify),
             "namespaces": {k: f(v) for k, v in self.namespaces.items()},
             "ia32": f(self.ia32),
             "x32": f(self.x32),
@@ -89,6 +92,7 @@ class KernelCaps:
             landlock_abi=int(d["landlock_abi"]),  # type: ignore[call-overload]
             landlock=f(d["landlock"]),
             seccomp=f(d["seccomp"]),
+            seccomp_notify=f(d.get("seccomp_notify", (False, _errno.ENOSYS, "not probed"))),
             namespaces={str(k): f(v) for k, v in ns.items()},
             ia32=f(d["ia32"]),
             x32=f(d["x32"]),
@@ -106,15 +110,18 @@ def probe_landlock() -> tuple[int, Feature]:
     return abi, Feature(True)
 
 
-def probe_seccomp() -> Feature:
-    """seccomp(SECCOMP_GET_ACTION_AVAIL, 0, &SECCOMP_RET_ERRNO): filter mode and errno action supported."""
+def probe_seccomp(action_value: int = 0x00050000) -> Feature:
+    """seccomp(SECCOMP_GET_ACTION_AVAIL, 0, &action): filter mode and that action supported (by default
+    SECCOMP_RET_ERRNO; 0x7fc00000 is SECCOMP_RET_USER_NOTIF, Linux 5.0)."""
     import ctypes
 
-    action = ctypes.c_uint32(0x00050000)  # SECCOMP_RET_ERRNO
+    action = ctypes.c_uint32(action_value)
     try:
         _sys.syscall("seccomp", 2, 0, ctypes.byref(action))
     except OSError as err:
-        return Feature(False, err.errno or _errno.ENOSYS, "seccomp(SECCOMP_GET_ACTION_AVAIL)")
+        return Feature(
+            False, err.errno or _errno.ENOSYS, f"seccomp(SECCOMP_GET_ACTION_AVAIL, {action_value:#x})"
+        )
     return Feature(True)
 
 
@@ -188,6 +195,7 @@ def probe_in_fork_server() -> dict[str, object]:
         landlock_abi=abi,
         landlock=ll,
         seccomp=probe_seccomp(),
+        seccomp_notify=probe_seccomp(0x7FC00000),
         namespaces=probe_namespaces(),
         ia32=_probe_ia32(),
         x32=x32,

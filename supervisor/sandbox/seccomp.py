@@ -210,6 +210,94 @@ _ALLOW = 0x7FFF0000
 _KILL_PROCESS = 0x80000000
 _RET_ERRNO = 0x00050000
 
+_NOTIFY = 0x7FC00000  # SECCOMP_RET_USER_NOTIF
+
+#: The errnos whose refusals are reported (docs/denials.md): the notifying filter answers them with
+#: SECCOMP_RET_USER_NOTIF and the sandbox init replies with the errno. ENOSYS (clone3, openat2) and
+#: EOPNOTSUPP (fallocate under a disk budget) are not refusals but fallbacks libc takes on every call.
+REPORTED_ERRNOS = (_errno.EPERM, _errno.EAFNOSUPPORT, _errno.EPROTONOSUPPORT)
+
+#: What the sandbox init (and the vfork child of its posix_spawn, which runs while the init waits)
+#: calls after installing the filter. A notified call made by the init would wait for the init itself:
+#: an unconditional rule for one of these names (a policy's `syscalls.deny`) is never notified, only
+#: answered with its errno; the built-in argument rules never match the init's own calls.
+INIT_CALLS = frozenset(
+    [
+        "prctl",
+        "close",
+        "close_range",
+        "fcntl",
+        "ioctl",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "sigaltstack",
+        "chdir",
+        "clone",
+        "clone3",
+        "vfork",
+        "fork",
+        "execve",
+        "execveat",
+        "dup",
+        "dup2",
+        "dup3",
+        "pipe",
+        "pipe2",
+        "read",
+        "write",
+        "readv",
+        "writev",
+        "open",
+        "openat",
+        "lseek",
+        "pread64",
+        "fstat",
+        "newfstatat",
+        "statx",
+        "wait4",
+        "waitid",
+        "poll",
+        "ppoll",
+        "signalfd",
+        "signalfd4",
+        "kill",
+        "clock_gettime",
+        "getpid",
+        "gettid",
+        "mmap",
+        "munmap",
+        "mprotect",
+        "brk",
+        "madvise",
+        "mremap",
+        "recvmsg",
+        "recvfrom",
+        "exit",
+        "exit_group",
+        "set_tid_address",
+        "sched_yield",
+        "getrusage",
+        "futex",
+    ]
+)
+
+#: The argument(s) that tell one refusal of a syscall from another (fold keys, see `fold_keys`): the
+#: sandbox init folds repeats of (syscall, these arguments masked) into one report with a count.
+DECISIVE: dict[str, tuple[tuple[int, int], ...]] = {
+    "clone": ((0, sum(CLONE_NAMESPACE_FLAGS.values())),),
+    "unshare": ((0, 0xFFFFFFFF),),
+    "setns": ((1, 0xFFFFFFFF),),
+    "ioctl": ((1, 0xFFFFFFFF),),
+    "personality": ((0, 0xFFFFFFFF),),
+    "socket": ((0, 0xFFFFFFFF), (2, 0xFFFFFFFF)),
+    "socketpair": ((0, 0xFFFFFFFF),),
+    **{
+        name: ((mode, 0o6000),) if flags is None else ((flags, sum(CREATE_FLAGS.values())), (mode, 0o6000))
+        for name, (mode, flags) in SETID_MODE_ARG.items()
+    },
+}
+
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 # A foreign ABI the kernel may run on each native arch: i386 on x86_64, arm on aarch64.
 _FOREIGN_ARCH = {"x86_64": 0x40000003, "aarch64": 0x40000028}
@@ -359,8 +447,16 @@ def _rule_set(policy: Policy, tracing: bool = True) -> dict[str, list[_Rule]]:
     return rules
 
 
-def _compile(policy: Policy, tracing: bool = True) -> tuple[object, dict[str, tuple[int, list[_Rule]]]]:
-    """A pyseccomp SyscallFilter for `policy`, and the rules it holds: name -> (nr, rules).
+def notified(name: str, err: int, cmps: tuple[_Cmp, ...]) -> bool:
+    """Whether the notifying filter reports this rule's refusals (REPORTED_ERRNOS, INIT_CALLS)."""
+    return err in REPORTED_ERRNOS and (bool(cmps) or name not in INIT_CALLS)
+
+
+def _compile(
+    policy: Policy, tracing: bool = True, notify: bool = False
+) -> tuple[object, dict[str, tuple[int, list[_Rule]]]]:
+    """A pyseccomp SyscallFilter for `policy`, and the rules it holds: name -> (nr, rules). With
+    `notify`, the rules `notified` names answer SECCOMP_RET_USER_NOTIF instead of their errno.
 
     Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp is
     missing, and OSError when libseccomp rejects a rule.
@@ -381,8 +477,9 @@ def _compile(policy: Policy, tracing: bool = True) -> tuple[object, dict[str, tu
             continue  # a built-in name not on this architecture (user names were checked above)
         for err, cmps in name_rules:
             args = [pyseccomp.Arg(a, op, x, y) for a, op, x, y in cmps]
+            action = _NOTIFY if notify and notified(name, err, cmps) else _RET_ERRNO | err
             try:
-                flt.add_rule(_RET_ERRNO | err, nr, *args)
+                flt.add_rule(action, nr, *args)
             except OSError as exc:
                 exc.filename = name
                 raise
@@ -508,8 +605,9 @@ def _alu(op: int, a: int, src: int) -> int:
     raise ValueError(msg)
 
 
-def _self_check(bpf: bytes, compiled: dict[str, tuple[int, list[_Rule]]]) -> str | None:
-    """Run the compiled filter on a few inputs; None if it behaves, else what is wrong."""
+def _self_check(bpf: bytes, compiled: dict[str, tuple[int, list[_Rule]]], notify: bool = False) -> str | None:
+    """Run the compiled filter on a few inputs; None if it behaves, else what is wrong. With `notify`,
+    the notifying filter: its reported rules must answer SECCOMP_RET_USER_NOTIF."""
     machine = _sys._MACHINE
     if machine not in _AUDIT_ARCH:
         return None  # no expectations recorded for this arch; libseccomp's own tests stand
@@ -529,7 +627,8 @@ def _self_check(bpf: bytes, compiled: dict[str, tuple[int, list[_Rule]]]) -> str
             args = [0] * 6
             for arg, op, a, b in cmps:
                 args[arg] = {_EQ: a, _GT: a + 1, _MASKED_EQ: b, _NE: a + 1}.get(op, a)
-            if run_bpf(bpf, nr, args=tuple(args)) != _RET_ERRNO | err:
+            want = _NOTIFY if notify and notified(name, err, cmps) else _RET_ERRNO | err
+            if run_bpf(bpf, nr, args=tuple(args)) != want:
                 return f"{name}{tuple(args) if cmps else ''} is not denied"
         if name in ("socket", "socketpair") and all(cmps for _, cmps in rules):
             for family in (1, 2, 10):  # unix, inet, inet6: never refused by the family rules
@@ -595,6 +694,20 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
             problem = _self_check(bpf, compiled)
         except ValueError as err:
             problem = str(err)
+    prepared: dict[str, object] = {"bpf": bpf, "denied": sorted(compiled)}
+    if not problem and caps.seccomp_notify.available:
+        # The same filter with the refusals to report answering SECCOMP_RET_USER_NOTIF: the sandbox
+        # init holds its listener and reports them (docs/denials.md). `bpf` stays its errno twin: the
+        # init evaluates it to answer each notified call with the errno it would have had.
+        try:
+            nflt, _ = _compile(policy, tracing=caps.namespace("pid").available, notify=True)
+            notify_bpf = _export(nflt, "export_bpf")
+            problem = _self_check(notify_bpf, compiled, notify=True)
+        except (OSError, ValueError) as err:
+            problem = f"the notifying filter: {err}"
+        prepared["notify"] = notify_bpf
+        prepared["keys"] = fold_keys(compiled)
+        prepared["names"] = {nr: name for name, (nr, _) in compiled.items()}
     if problem:
         raise SandboxSetupError(
             _LAYER,
@@ -602,7 +715,17 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
             _errno.EINVAL,
             hint=f"{problem}; upgrade libseccomp (2.5 or newer is tested)",
         )
-    return {"bpf": bpf, "denied": sorted(compiled)}
+    return prepared
+
+
+def fold_keys(compiled: dict[str, tuple[int, list[_Rule]]]) -> bytes:
+    """The fold keys for the sandbox init (DECISIVE): packed (nr, argument index, mask) entries of the
+    syscalls with a rule, at most two per syscall."""
+    out = bytearray()
+    for name, (nr, _) in sorted(compiled.items()):
+        for arg, mask in DECISIVE.get(name, ())[:2]:
+            out += struct.pack("=iiQ", nr, arg, mask)
+    return bytes(out)
 
 
 def _unavailable_hint(err: int) -> str:
@@ -631,16 +754,35 @@ def emit(prepared: dict[str, object], plan: Plan) -> None:
         )
     hints: dict[int | str, str] = {e: _apply_hint(e) for e in _APPLY_ERRNOS}
     hints["*"] = _apply_hint(0)
+    notify, keys = prepared.get("notify"), prepared.get("keys")
+    skip = -1
+    if isinstance(notify, bytes) and isinstance(keys, bytes) and notify and len(notify) % 8 == 0:
+        # The notifying filter with its listener; if the kernel refuses a listener (EBUSY: an outer
+        # sandbox holds one), the errno filter alone: enforcement without reports, which the S record
+        # then shows (no dcounts) and the Result lists under denials_unobservable.
+        first = plan.add(
+            _cinit.OP_SECCOMP_NOTIFY,
+            _LAYER,
+            "seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER)",
+            a=(len(notify), len(bpf), len(keys)),
+            s=(notify, bpf, keys),
+            hint=hints,
+        )
+        skip = plan.jump()
+        plan.land(first)
     plan.add(
         _cinit.OP_SECCOMP, _LAYER, "seccomp(SECCOMP_SET_MODE_FILTER)", a=(len(bpf),), s=(bpf,), hint=hints
     )
+    if skip >= 0:
+        plan.land(skip)
 
 
 def apply(prepared: dict[str, object]) -> None:
-    """Install the prepared filter on the calling process now (what `emit` plans for a sandbox). Raises
-    SetupFailure (layer ``seccomp``) naming the failing call and errno."""
+    """Install the prepared filter on the calling process now (what `emit` plans for a sandbox): the
+    errno filter, without reports (nobody here would answer them). Raises SetupFailure (layer
+    ``seccomp``) naming the failing call and errno."""
     plan = Plan()
-    emit(prepared, plan)
+    emit({k: v for k, v in prepared.items() if k != "notify"}, plan)
     plan.run()
 
 

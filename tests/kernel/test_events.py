@@ -119,8 +119,12 @@ async def test_kernel_limit_violations_are_events(workspace: Path) -> None:
     assert v is not None
     assert (v.kind, v.limit) == ("memory", 64 * MiB)
     assert per[oom.pid][-1].result.limit_hits["memory_oom"] >= 1  # type: ignore[union-attr]
-    # pids.max held the storm without killing it: reported once, and the child exits on its own.
-    assert [e.kind for e in per[pids.pid]] == ["started", "violation", "exited"]
+    # pids.max held the storm without killing it: reported once, and the child exits on its own. The
+    # refused forks are a denial too (docs/denials.md), told before the exit.
+    assert [e.kind for e in per[pids.pid]] == ["started", "violation", "denied", "exited"]
+    d = per[pids.pid][2].denial
+    assert d is not None
+    assert (d.layer, d.operation, d.target) == ("cgroup", "fork", "pids.max=10")
     v = per[pids.pid][1].violation
     assert v is not None
     assert (v.kind, v.limit) == ("pids", 10)

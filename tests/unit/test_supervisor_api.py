@@ -21,6 +21,7 @@ def test_all_is_pinned() -> None:
         "CommandNotExecutableError",
         "CommandNotFoundError",
         "CorralError",
+        "Denial",
         "Event",
         "Feature",
         "KernelCaps",

@@ -1,0 +1,116 @@
+"""The cost of denial reports under a flood (a benchmark, not a test).
+
+    .venv/bin/python benchmarks/denials.py [--calls 100000] [--json out.json]
+
+Runs, in one sandbox each, a small C loop of N syscalls and measures in the same run:
+- `denied`: N refused `unshare(CLONE_NEWUSER)` (seccomp; each one notified to the sandbox init, answered,
+  folded into one report); the Result must hold exactly one denial with count N;
+- `allowed`: N `getppid()` (nothing refused, nothing reported): the baseline;
+and for each, the command's wall time (from the init's records), the supervisor process's CPU (its own
+rusage: the event loop and its worker threads; the fork server and the sandbox are other processes) as a
+share of one core over the command's run, and the supervisor's RSS growth. The issue's bounds: the
+supervisor's CPU under ~5% of a core while the denied loop runs, its memory bounded (the same as for
+one denial). The command's own slowdown (denied / allowed per call) is reported, not bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policies import profiles
+from supervisor import Supervisor
+
+LOOP_C = r"""
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[2]);
+    int deny = argv[1][0] == 'd';
+    for (long i = 0; i < n; i++) {
+        if (deny) syscall(SYS_unshare, CLONE_NEWUSER);
+        else syscall(SYS_getppid);
+    }
+    return 0;
+}
+"""
+
+
+def build(where: Path) -> Path:
+    src, exe = where / "loop.c", where / "loop"
+    src.write_text(LOOP_C)
+    subprocess.run(["cc", "-O2", "-static", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+async def measure(sup: Supervisor, exe: Path, mode: str, calls: int, workdir: Path) -> dict[str, float]:
+    policy = profiles.workspace_write(workdir)
+    me = psutil.Process()
+    rss0 = me.memory_info().rss
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    result = await sup.run([str(exe), mode, str(calls)], policy=policy)
+    wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    rss1 = me.memory_info().rss
+    assert result.exit_code == 0, result
+    if mode == "denied":
+        assert [(d.target, d.count) for d in result.denials] == [("unshare(CLONE_NEWUSER)", calls)], result
+    else:
+        assert result.denials == ()
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {
+        "wall_s": round(wall, 4),
+        "per_call_us": round(wall / calls * 1e6, 3),
+        "supervisor_cpu_s": round(cpu, 4),
+        "supervisor_cpu_share": round(cpu / wall, 4),
+        "supervisor_rss_growth_kib": round((rss1 - rss0) / 1024, 1),
+    }
+
+
+async def main(calls: int, out: str | None) -> None:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        where = Path(d)
+        exe = build(where)
+        async with Supervisor(prefork=0) as sup:
+            if not sup.caps.seccomp_notify.available:
+                print(f"seccomp user notification: {sup.caps.seccomp_notify.reason}")
+                return
+            await measure(sup, exe, "denied", 100, where)  # warm-up: compile, first spawn
+            await measure(sup, exe, "allowed", 100, where)
+            allowed = await measure(sup, exe, "allowed", calls, where)
+            denied = await measure(sup, exe, "denied", calls, where)
+    figures = {
+        "calls": calls,
+        "cpus": os.cpu_count(),
+        "load_1min": os.getloadavg()[0],
+        "allowed": allowed,
+        "denied": denied,
+        "command_slowdown_per_call": round(denied["per_call_us"] / max(allowed["per_call_us"], 1e-9), 1),
+    }
+    print(json.dumps(figures, indent=2))
+    if out:
+        await anyio.Path(out).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=100_000)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    anyio.run(main, args.calls, args.json)

@@ -1,0 +1,203 @@
+"""Denial reports: what a sandbox tried and a layer refused, named for the caller, the agent and the operator.
+
+The sandbox init reports each distinct refusal of the seccomp filter once (a D status record: the syscall
+number, its six arguments, the caller's pid in the sandbox, the errno it was answered with) and the
+calls refused per record when the command ends (the S record's `dcounts`, `ddropped`). This module turns
+those into `Denial` records (layer, operation, target, pid, count, hint), keeps them bounded per child
+(`DenialLog`), and adds the refusals the supervisor sees itself (forks refused at pids.max, a write past
+RLIMIT_FSIZE). docs/denials.md says which layer is reported how, and what is not.
+
+Nothing here trusts the sandbox: a record's values are checked for type and range and formatted from
+corral's own tables; an unknown syscall number or argument is shown as a number. The layer and operation
+labels come from fixed sets (`LAYERS`, `OPERATIONS`), so the metric built on them is bounded.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from supervisor._types import Denial
+from supervisor.forkserver import protocol
+from supervisor.sandbox import seccomp
+
+if TYPE_CHECKING:
+    from policies import Policy
+
+#: The layers a denial can name. Open: the network proxy (issue 17) adds "proxy".
+LAYERS = ("seccomp", "landlock", "mounts", "network", "proxy", "cgroup", "rlimit")
+#: The operations a denial can name (the metric's second label).
+OPERATIONS = ("syscall", "read", "write", "execute", "connect", "bind", "send", "fork", "open")
+
+#: Distinct denials a Result keeps (the sandbox init folds into at most as many); past them, refused
+#: calls are counted in `Result.denials_dropped`.
+MAX_DENIALS = 64
+
+
+class DenialLog:
+    """A child's denials: the first MAX_DENIALS distinct ones in order, counts folded, and how many refused
+    calls did not fit (`dropped`). Bounded whatever the sandbox does."""
+
+    def __init__(self) -> None:
+        self.items: list[Denial] = []
+        self.dropped = 0
+        #: The seccomp records as the init numbered them (its D records, in order): their indices in
+        #: `items`, or -1 for one that did not fit.
+        self._seccomp: list[int] = []
+
+    def add(self, denial: Denial) -> bool:
+        """Record a new distinct denial; False (and counted as dropped) when the log is full."""
+        if len(self.items) >= MAX_DENIALS:
+            self.dropped += denial.count
+            return False
+        self.items.append(denial)
+        return True
+
+    def add_seccomp(self, denial: Denial | None) -> bool:
+        """A D record from the init (None: it did not parse): kept in the init's order, for `counts`."""
+        if len(self._seccomp) >= MAX_DENIALS:  # the init sends at most its own bound: more is not its
+            return False
+        if denial is None or not self.add(denial):
+            self._seccomp.append(-1)
+            return False
+        self._seccomp.append(len(self.items) - 1)
+        return True
+
+    def seccomp_counts(self, counts: object, dropped: object) -> None:
+        """Fold the S record's per-record counts and dropped count in (ignored unless well-formed)."""
+        if isinstance(counts, list | tuple):
+            for index, count in zip(self._seccomp, counts, strict=False):
+                if isinstance(count, int) and count > 0:
+                    if index < 0:
+                        self.dropped += count
+                    else:
+                        d = self.items[index]
+                        self.items[index] = Denial(d.layer, d.operation, d.target, d.pid, count, d.hint)
+        if isinstance(dropped, int) and dropped > 0:
+            self.dropped += dropped
+
+
+def _flag_names(value: int, table: Mapping[str, int]) -> str:
+    names = [name for name, bit in table.items() if value & bit == bit]
+    return "|".join(names) if names else f"{value:#x}"
+
+
+def _by_value(table: Mapping[str, int], value: int, prefix: str) -> str:
+    for name, v in table.items():
+        if v == value:
+            return prefix + name.upper()
+    return str(value)
+
+
+def _target(name: str, args: tuple[int, ...]) -> str:
+    """The refused call with its decisive argument, from corral's own tables."""
+    from policies._model import NETLINK_PROTOCOLS, SOCKET_FAMILIES
+
+    if name == "clone":
+        ns = {k: v for k, v in seccomp.CLONE_NAMESPACE_FLAGS.items() if k != "CLONE_NEWTIME"}
+        return f"clone({_flag_names(args[0] & sum(ns.values()), ns)})"
+    if name in ("unshare", "setns"):
+        value = args[0 if name == "unshare" else 1] & 0xFFFFFFFF
+        return f"{name}({_flag_names(value, seccomp.CLONE_NAMESPACE_FLAGS)})" if value else f"{name}(0)"
+    if name == "ioctl":
+        cmd = args[1] & 0xFFFFFFFF
+        names = [k for k, v in seccomp.DENIED_IOCTLS.items() if v == cmd]
+        return f"ioctl({names[0] if names else hex(cmd)})"
+    if name == "personality":
+        return f"personality({args[0] & 0xFFFFFFFF:#x})"
+    if name in ("socket", "socketpair"):
+        family = args[0] & 0xFFFFFFFF
+        shown = _by_value(SOCKET_FAMILIES, family, "AF_")
+        if name == "socket" and family == SOCKET_FAMILIES["netlink"]:
+            shown += ", " + _by_value(NETLINK_PROTOCOLS, args[2] & 0xFFFFFFFF, "NETLINK_")
+        return f"{name}({shown})"
+    if name in seccomp.SETID_MODE_ARG:
+        mode_arg, flags_arg = seccomp.SETID_MODE_ARG[name]
+        mode = args[mode_arg] & 0o7777
+        if flags_arg is not None:
+            made = _flag_names(args[flags_arg] & sum(seccomp.CREATE_FLAGS.values()), seccomp.CREATE_FLAGS)
+            return f"{name}({made}, mode={mode:#o})"
+        return f"{name}(mode={mode:#o})"
+    return name
+
+
+def _seccomp_hint(name: str, args: tuple[int, ...], policy: Policy | None) -> str:
+    lift = f'syscalls.allow = ["{name}"] in a --policy file lifts it'
+    if policy is not None and name in policy.syscalls.deny:
+        return "denied by this policy (syscalls.deny)"
+    if name in seccomp.SETID_MODE_ARG and args[seccomp.SETID_MODE_ARG[name][0]] & 0o6000:
+        return "no file a sandbox makes may be set-user-ID or set-group-ID; nothing allows it"
+    if name in ("socket", "socketpair"):
+        if name == "socket" and args[0] & 0xFFFFFFFF == 16:
+            return "netlink protocol not allowed; network.netlink in a --policy file adds it"
+        return "address family not allowed; network.families in a --policy file adds it"
+    if name in seccomp.INOTIFY:
+        return "file watches are off (filesystem.watch = false)"
+    reason = seccomp.DEFAULT_DENY.get(name) or seccomp.TRACING.get(name)
+    if reason is None and name in seccomp.CONDITIONAL:
+        reason = {
+            "clone": "new namespaces would widen the sandbox",
+            "ioctl": "a terminal control that reaches outside the sandbox",
+            "personality": "an execution domain or flag outside the harmless ones",
+        }.get(name, "refused for these arguments")
+    if name in seccomp.TRACING:
+        return f"{reason}: allowed only where the sandbox has its own pid namespace"
+    return f"{reason}; {lift}" if reason else "refused by the seccomp filter"
+
+
+def seccomp_denial(
+    payload: dict[str, object], names: Mapping[int, str], policy: Policy | None
+) -> Denial | None:
+    """The Denial of one D record from the sandbox init, or None when it does not parse
+    (`protocol.denial_record`). `names` maps this filter's syscall numbers to names (the compiled
+    policy's)."""
+    record = protocol.denial_record(payload)
+    if record is None:
+        return None
+    nr, pid = record["nr"], record["pid"]
+    args = tuple(a & (2**64 - 1) for a in record["args"])
+    name = names.get(nr)
+    if name is None:
+        return Denial("seccomp", "syscall", f"syscall {nr}", None, 1, "refused by the seccomp filter")
+    shown = pid if 0 < pid < 2**22 else None
+    return Denial("seccomp", "syscall", _target(name, args), shown, 1, _seccomp_hint(name, args, policy))
+
+
+def limit_denials(policy: Policy | None, limit_hits: Mapping[str, int], signal: int | None) -> list[Denial]:
+    """The refusals the supervisor sees without the sandbox's help: forks refused at the cgroup's pids.max
+    (its pids.events count) and a write past RLIMIT_FSIZE (the command killed by SIGXFSZ)."""
+    out: list[Denial] = []
+    res = policy.resources if policy is not None else None
+    pids = limit_hits.get("pids", 0)
+    if pids > 0:
+        limit = f"pids.max={res.pids}" if res is not None and res.pids is not None else "pids.max"
+        out.append(
+            Denial("cgroup", "fork", limit, None, pids, "the process limit; raise --pids to allow more")
+        )
+    if signal == _signal.SIGXFSZ:
+        limit = f"RLIMIT_FSIZE={res.fsize}" if res is not None and res.fsize is not None else "RLIMIT_FSIZE"
+        out.append(Denial("rlimit", "write", limit, None, 1, "a file past the size limit; raise --fsize"))
+    return out
+
+
+def unobservable(
+    policy: Policy, enforced: tuple[str, ...], notify: bool, notify_reason: str
+) -> tuple[tuple[str, str], ...]:
+    """The layers in force for `policy` whose refusals this version cannot report, each with why (the
+    Result's `denials_unobservable`; docs/denials.md)."""
+    out: list[tuple[str, str]] = []
+    if "seccomp" in enforced and not notify:
+        out.append(("seccomp", f"no seccomp user notification: {notify_reason}"))
+    if policy.filesystem.confine:
+        if any(e.startswith("landlock") for e in enforced):
+            out.append(
+                ("landlock", "not reported yet (Landlock audit records need the audit netlink socket)")
+            )
+        if "readonly_root" in enforced:
+            out.append(("mounts", "EROFS and hidden paths come from the mount view, which reports nothing"))
+    if policy.network.mode in ("none", "proxy"):
+        out.append(("network", "ENETUNREACH comes from the empty routing table, which reports nothing"))
+    if policy.resources.fds is not None:
+        out.append(("rlimit", "EMFILE at RLIMIT_NOFILE is answered by the kernel without a trace"))
+    return tuple(out)
