@@ -4,8 +4,9 @@
         ...
 
 The collector reads the supervisor's public state when scraped (`children`, each child's `last_stats`,
-`totals`, `caps`, `cgroups`); nothing updates gauges in the background. Only what the supervisor does not
-keep is kept here, fed by its lifecycle events (`Supervisor.subscribe`): per-profile started/exited counts
+`totals`, `caps`, `cgroups`, the network proxy's live `proxy.totals`); nothing updates gauges in the
+background. Only what the supervisor does not keep is kept here, fed by its lifecycle events
+(`Supervisor.subscribe`): per-profile started/exited counts
 and the spawn-latency and duration histograms. `METRICS` lists every metric with its type, labels and
 meaning; docs/metrics.md is generated from it (and a test keeps the two equal).
 
@@ -143,6 +144,26 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         ("profile", "name"),
         "CPU seconds (user+system, whole trees) of the children reaped, by name.",
+    ),
+    MetricSpec(
+        "corral_proxy_bytes_total",
+        "counter",
+        ("direction",),
+        'Bytes corral\'s network proxy relayed for sandboxes under network mode "proxy": up (sent by the '
+        "sandboxes), down (sent to them).",
+    ),
+    MetricSpec(
+        "corral_proxy_connections_total",
+        "counter",
+        ("decision",),
+        "Connections the proxy relayed (allowed) and refused (denied: by policy, a timeout, the bound).",
+    ),
+    MetricSpec(
+        "corral_proxy_domain_connections_total",
+        "counter",
+        ("domain", "decision"),
+        "Proxy requests by domain, only for the names the operator listed in Supervisor.proxy."
+        'count_domains (at most 64; every other name counted as "other"); no series without that list.',
     ),
     MetricSpec(
         "corral_spawn_latency_seconds",
@@ -519,6 +540,8 @@ class SupervisorCollector(Collector):
                 c.add_metric(list(labels), n)
             out.append(c)
 
+        out += self._proxy()
+
         for name, snaps, bounds in (
             ("corral_spawn_latency_seconds", latency, st.spawn_buckets),
             ("corral_child_duration_seconds", duration, st.duration_buckets),
@@ -536,6 +559,27 @@ class SupervisorCollector(Collector):
         out.append(g)
 
         out += self._isolation()
+        return out
+
+    def _proxy(self) -> list[Metric]:
+        """The network proxy's counters, summed over every sandbox (Supervisor.proxy.totals: live)."""
+        config = self.sup.proxy
+        totals = config.totals
+        c = _counter("corral_proxy_bytes_total")
+        c.add_metric(["up"], totals.bytes_up)
+        c.add_metric(["down"], totals.bytes_down)
+        out: list[Metric] = [c]
+        c = _counter("corral_proxy_connections_total")
+        c.add_metric(["allowed"], totals.allowed)
+        c.add_metric(["denied"], totals.denied)
+        out.append(c)
+        c = _counter("corral_proxy_domain_connections_total")
+        counts = dict(config.by_domain)  # copied in one C call, as sup.totals
+        if config.count_domains:
+            for domain in (*config.count_domains, "other"):
+                for decision in ("allowed", "denied"):
+                    c.add_metric([domain, decision], counts.get((domain, decision), 0))
+        out.append(c)
         return out
 
     def _children(self, children: frozenset[Child], known: set[str]) -> GaugeMetricFamily:

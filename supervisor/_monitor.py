@@ -100,6 +100,10 @@ def _scm_fds(fdinfo: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
+#: ChildStats' net_* fields of a child without the network proxy.
+_NO_NET: tuple[None, None, None, None] = (None, None, None, None)
+
+
 def sample(child: Child, with_fds: bool, now: float | None = None) -> ChildStats:
     """Sample one child (blocking; called in a worker thread). The cgroup is read once; psutil walks the tree
     only when an fd count is due for a child with an fd limit, or no cgroup measures its memory."""
@@ -134,7 +138,8 @@ def sample(child: Child, with_fds: bool, now: float | None = None) -> ChildStats
                 cpu = cpu_sum
             if pids is None:
                 pids = len(procs)
-    return ChildStats(mem, peak, cpu, pids, fds, oom, hits, now)
+    net = _NO_NET if child.proxy is None else child.proxy.net()
+    return ChildStats(mem, peak, cpu, pids, fds, oom, hits, now, *net)
 
 
 #: Seconds between two samples of a child's disk budget and tmpfs use (Supervisor._watch_disk).
@@ -238,7 +243,9 @@ def sample_all(children: Sequence[Child], with_fds: bool) -> list[ChildStats]:
         if leaf is not None and leaf.paths and not (with_fds and _counts_fds(c)):
             m, peak, cpu, pids, oom, hits = leaf.stats()
             if m is not None:
-                append(new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now)))
+                px = c.proxy
+                net = _NO_NET if px is None else px.net()
+                append(new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now, *net)))
                 continue
         append(sample(c, with_fds, now))
     return out

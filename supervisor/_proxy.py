@@ -37,7 +37,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
@@ -53,6 +53,8 @@ log = logging.getLogger("corral")
 MAX_HEAD = 64 * 1024
 #: Distinct denial records kept per child (further refusals count in the totals only).
 MAX_DENIALS = 64
+#: Most names an operator may have counted per domain (ProxyConfig.count_domains).
+MAX_COUNTED_DOMAINS = 64
 _CHUNK = 256 * 1024
 
 #: Resolves (name, port) to the addresses to try, in order. Raises OSError when the name does not resolve.
@@ -221,6 +223,29 @@ class ProxyConfig:
     total_timeout: float = 3600.0
     connect_timeout: float = 10.0
     max_connections: int = 256
+    #: The operator's opt-in for a per-domain count (the exporter's corral_proxy_domain_connections_total):
+    #: requests for these names (or below them) are counted under the name, every other one as "other".
+    #: Bounded (MAX_COUNTED_DOMAINS), so the metric's labels are.
+    count_domains: tuple[str, ...] = ()
+    #: Every child's counters summed, live (the exporter's counters: monotonic, whatever children come and
+    #: go), and the per-domain counts: (domain or "other", "allowed" | "denied") -> connections.
+    totals: ProxyStats = field(default_factory=lambda: ProxyStats())
+    by_domain: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check and normalise `count_domains` (give it here: it is read as given afterwards). Raises
+        ValueError past MAX_COUNTED_DOMAINS names or for one that is no host name."""
+        if len(self.count_domains) > MAX_COUNTED_DOMAINS:
+            msg = f"count_domains: at most {MAX_COUNTED_DOMAINS} names"
+            raise ValueError(msg)
+        names = []
+        for domain in self.count_domains:
+            name = normalise_host(domain) if isinstance(domain, str) else None
+            if not isinstance(name, str):
+                msg = f"count_domains: {domain!r} is not a host name"
+                raise ValueError(msg)
+            names.append(name)
+        self.count_domains = tuple(dict.fromkeys(names))
 
 
 class _Refused(Exception):
@@ -271,6 +296,11 @@ class ChildProxy:
         self.stats = ProxyStats()
         self._denials: dict[tuple[str, str, str], int] = {}
         self.active = 0
+
+    def net(self) -> tuple[int, int, int, int]:
+        """ChildStats' net_* fields: bytes up and down, connections allowed and denied."""
+        st = self.stats
+        return st.bytes_up, st.bytes_down, st.allowed, st.denied
 
     @property
     def denials(self) -> tuple[ProxyDenial, ...]:
@@ -331,23 +361,28 @@ class ChildProxy:
             self._deny("read", "-", f"no complete request head within {secs:g} s")
             await _answer(client, _response(408, f"corral proxy: no complete request within {secs:g} s"))
             return
+        request: _Request | None = None
         try:
             request = _parse(head)
             upstream = await self._open(request)
         except _Refused as refused:
+            if request is not None:
+                self._count_domain(request.host, "denied")
             await self._refuse(client, refused)
             return
         self.stats.allowed += 1
+        self.config.totals.allowed += 1
+        self._count_domain(request.host, "allowed")
         async with upstream:
             if request.method == "CONNECT":
                 await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
                 await upstream.send(request.head)
-                self.stats.bytes_up += len(request.head)
+                self._up(len(request.head))
             early = bytes(buffered.buffer)
             if early:
                 await upstream.send(early)
-                self.stats.bytes_up += len(early)
+                self._up(len(early))
             await self._relay(client, upstream, tunnel=request.method == "CONNECT")
 
     async def _open(self, request: _Request) -> anyio.abc.SocketStream:
@@ -408,6 +443,22 @@ class ChildProxy:
                 last = err
         raise _Refused(502, f"cannot connect to {target} ({last})", op, target)
 
+    def _count_domain(self, host: str, decision: str) -> None:
+        """Count a decision under the operator's counted domain that covers `host`, else "other"."""
+        domains = self.config.count_domains
+        if not domains:
+            return
+        name = normalise_host(host)
+        label = "other"
+        if isinstance(name, str):
+            for domain in domains:
+                if name == domain or name.endswith("." + domain):
+                    label = domain
+                    break
+        key = (label, decision)
+        counts = self.config.by_domain
+        counts[key] = counts.get(key, 0) + 1
+
     def _listing(self) -> str:
         if not self.allow:
             return " (network.allow is empty: nothing is reachable)"
@@ -419,8 +470,13 @@ class ChildProxy:
         self._deny(refused.operation or "request", refused.target or "-", refused.reason)
         await _answer(client, _response(refused.status, f"corral proxy: refused: {refused.reason}"))
 
+    def _up(self, n: int) -> None:
+        self.stats.bytes_up += n
+        self.config.totals.bytes_up += n
+
     def _deny(self, operation: str, target: str, hint: str) -> None:
         self.stats.denied += 1
+        self.config.totals.denied += 1
         key = (operation[:16], target[:300], hint[:500])
         if key in self._denials or len(self._denials) < MAX_DENIALS:
             self._denials[key] = self._denials.get(key, 0) + 1
@@ -433,7 +489,7 @@ class ChildProxy:
         or has lasted `total_timeout`."""
         cfg = self.config
         end = anyio.current_time() + cfg.total_timeout
-        stats = self.stats
+        stats, totals = self.stats, cfg.totals
         with anyio.CancelScope(deadline=min(end, anyio.current_time() + cfg.idle_timeout)) as scope:
 
             async def copy(src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, up: bool) -> None:
@@ -443,8 +499,10 @@ class ChildProxy:
                         await dst.send(chunk)
                         if up:
                             stats.bytes_up += len(chunk)
+                            totals.bytes_up += len(chunk)
                         else:
                             stats.bytes_down += len(chunk)
+                            totals.bytes_down += len(chunk)
                         scope.deadline = min(end, anyio.current_time() + cfg.idle_timeout)
                 except anyio.EndOfStream:
                     if not tunnel and not up:

@@ -844,6 +844,7 @@ class Supervisor:
         finally:
             if child._proxy_scope is not None:
                 child._proxy_scope.cancel()  # its connections end with it
+
             self._children.discard(child)
             self._enforcer.forget(child, len(child.rules))
             slot.release(self._limiter)

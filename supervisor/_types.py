@@ -160,6 +160,8 @@ class ChildStats(NamedTuple):
     pids: tasks in the tree; open_fds: fds held across the tree, open or parked in flight in the receive
     queues of its unix sockets (`held_fds`; sampled only when needed).
     oom_kills: processes the kernel's OOM killer ended; pids_limit_hits: forks refused at pids.max.
+    net_bytes_up, net_bytes_down, net_allowed, net_denied: under network mode "proxy", the bytes the proxy
+    relayed from and to the sandbox so far and the connections it allowed and refused; None otherwise.
     """
 
     memory_bytes: int | None
@@ -170,6 +172,10 @@ class ChildStats(NamedTuple):
     oom_kills: int
     pids_limit_hits: int
     at: float
+    net_bytes_up: int | None = None
+    net_bytes_down: int | None = None
+    net_allowed: int | None = None
+    net_denied: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import pytest
 
 from policies import profiles
 from supervisor import Result, Supervisor
-from supervisor._proxy import ProxyDenial, static_resolver
+from supervisor._proxy import ProxyConfig, ProxyDenial, static_resolver
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -110,6 +110,8 @@ async def test_curl_and_urllib_allowed_and_refused(workspace: Path, preforked: b
         )
         got = await sup.run([PY, "-c", code, f"http://allowed.test:{srv.port}/via-urllib"], policy=policy)
         assert got.stdout == b"hello from the host\n", got.stderr
+        assert got.network is not None
+        got_down = got.network["bytes_down"]
         got = await sup.run([PY, "-c", code, f"http://other.test:{srv.port}/via-urllib"], policy=policy)
         assert got.stdout.startswith(b"403 corral proxy: refused: no rule of network.allow covers other.test")
         # HTTPS goes through CONNECT: curl's tunnel to a listed name is opened (the test server speaks no
@@ -125,8 +127,37 @@ async def test_curl_and_urllib_allowed_and_refused(workspace: Path, preforked: b
         assert b"403" in closed.stderr
         assert closed.network is not None
         assert closed.network["denied"] == 1
+        # the supervisor-wide live totals the exporter reads (no domain label), and ChildStats' net_* fields
+        assert (sup.proxy.totals.allowed, sup.proxy.totals.denied) == (3, 3)
+        assert sup.proxy.totals.bytes_down >= ok.network["bytes_down"] + got_down
     assert srv.paths == [b"/via-curl", b"/via-urllib", b""] or srv.paths[:2] == [b"/via-curl", b"/via-urllib"]
     assert srv.accepted == 3  # two GETs and the tunnel: none of the refused requests reached it
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+async def test_live_child_stats_and_domain_counts(workspace: Path) -> None:
+    """While the command runs, ChildStats carries its proxy counters; the operator's per-domain counts
+    name only the listed domain."""
+    async with http_server() as srv, Supervisor(monitor_interval=0.05) as sup:
+        sup.proxy = ProxyConfig(resolver=static_resolver(NAMES), count_domains=("allowed.test",))
+        script = (
+            f"{CURL} -s -o /dev/null http://allowed.test:{srv.port}/; "
+            f"{CURL} -s -o /dev/null http://other.test:{srv.port}/; exec sleep 30"
+        )
+        child = await sup.start(["/bin/sh", "-c", script], policy=_policy(workspace, srv.port))
+        async with child:
+            for _ in range(400):  # the sampler's full rounds (every 4 x 0.05 s) fill last_stats
+                if child.last_stats is not None and child.last_stats.net_denied:
+                    break
+                await anyio.sleep(0.05)
+            st = child.last_stats
+            assert st is not None
+            assert (st.net_allowed, st.net_denied) == (1, 1)
+            assert st.net_bytes_down is not None
+            assert st.net_bytes_down > 0
+            child.kill()
+            await child.wait()
+        assert sup.proxy.by_domain == {("allowed.test", "allowed"): 1, ("other", "denied"): 1}
 
 
 ATTACKS = r"""

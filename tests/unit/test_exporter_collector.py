@@ -17,6 +17,7 @@ from exporters import METRICS, SupervisorCollector, attach_metrics
 from exporters.prometheus import OUTCOMES, STATES, UNKNOWN_PROFILE, VIOLATION_KINDS, outcome
 from policies import profiles
 from supervisor import Result, Violation
+from supervisor._proxy import ProxyConfig
 from tests.unit.test_exporter_fakes import (
     FakeCgroups,
     FakeChild,
@@ -300,6 +301,7 @@ async def test_isolation_layers_from_the_kernel_probe_and_cgroups() -> None:
 
 async def test_exported_families_and_labels_are_exactly_those_of_METRICS() -> None:
     sup = FakeSupervisor(cgroups=FakeCgroups())
+    sup.proxy = ProxyConfig(count_domains=("example.org",))  # the opt-in per-domain series
     reg = CollectorRegistry()
     async with attach_metrics(sup, registry=reg):  # type: ignore[arg-type]
         # Something in every metric.
@@ -436,3 +438,31 @@ def test_max_names_is_validated() -> None:
     for bad in (-1, 1.5, True, "3"):
         with pytest.raises(ValueError, match="max_names"):
             SupervisorCollector(FakeSupervisor(), max_names=bad)  # type: ignore[arg-type]
+
+
+async def test_proxy_counters_and_the_opt_in_domain_label() -> None:
+    """The proxy's live totals as counters; the domain label only for the operator's names, the rest
+    "other", and no domain series at all without that list."""
+    sup = FakeSupervisor()
+    reg = CollectorRegistry()
+    async with attach_metrics(sup, registry=reg):  # type: ignore[arg-type]
+        assert not [s for s in samples(reg) if s.name == "corral_proxy_domain_connections_total"]
+        sup.proxy.totals.bytes_up, sup.proxy.totals.bytes_down = 10, 2000
+        sup.proxy.totals.allowed, sup.proxy.totals.denied = 3, 4
+        assert value(reg, "corral_proxy_bytes_total", direction="up") == 10
+        assert value(reg, "corral_proxy_bytes_total", direction="down") == 2000
+        assert value(reg, "corral_proxy_connections_total", decision="allowed") == 3
+        assert value(reg, "corral_proxy_connections_total", decision="denied") == 4
+        sup.proxy = ProxyConfig(count_domains=("Example.ORG", "b.test"))
+        sup.proxy.by_domain[("example.org", "allowed")] = 5
+        sup.proxy.by_domain[("other", "denied")] = 7
+        domains = {(s.labels["domain"], s.labels["decision"]): s.value for s in samples(reg)
+                   if s.name == "corral_proxy_domain_connections_total"}  # fmt: skip
+        assert domains == {
+            ("example.org", "allowed"): 5, ("example.org", "denied"): 0, ("b.test", "allowed"): 0,
+            ("b.test", "denied"): 0, ("other", "allowed"): 0, ("other", "denied"): 7,
+        }  # fmt: skip
+    with pytest.raises(ValueError, match="at most 64"):
+        ProxyConfig(count_domains=tuple(f"d{i}.test" for i in range(65)))
+    with pytest.raises(ValueError, match="not a host name"):
+        ProxyConfig(count_domains=("https://example.org",))

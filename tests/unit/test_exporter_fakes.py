@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.samples import Sample
 
 from supervisor import Child, Feature, KernelCaps, Result, Supervisor, SupervisorClosedError, Violation
+from supervisor._proxy import ProxyConfig
 from supervisor._types import ChildStats
 
 CAPS = KernelCaps(
@@ -64,7 +65,7 @@ class FakeCgroups:
 
 
 class FakeSupervisor:
-    """The public state exporters read: children, totals, caps, cgroups, max_concurrency, subscribe().
+    """The public state exporters read: children, totals, caps, cgroups, max_concurrency, proxy, subscribe().
 
     `start`/`exit` mimic the supervisor's bookkeeping: totals updated and the event emitted in one step.
     """
@@ -72,6 +73,7 @@ class FakeSupervisor:
     def __init__(self, *, caps: KernelCaps | None = CAPS, cgroups: FakeCgroups | None = None) -> None:
         self.max_concurrency = 64
         self.totals: Counter[str] = Counter()
+        self.proxy = ProxyConfig()
         self._children: set[FakeChild] = set()
         self._caps = caps
         self.cgroups = cgroups
