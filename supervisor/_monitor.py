@@ -307,7 +307,8 @@ def sample_due(children: Sequence[Child]) -> list[tuple[Child, ChildStats]]:
         if leaf is not None and leaf.paths:
             m, peak, cpu, pids, oom, hits = leaf.stats()
             if m is not None:
-                out.append((c, new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now))))
+                net = _NO_NET if c.proxy is None else c.proxy.net()
+                out.append((c, new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now, *net))))
                 continue
         out.append((c, sample(c, False, now)))
     return out
