@@ -218,6 +218,8 @@ class RaySupervisor:
         self._changed = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._sessions: set[Session] = set()
+        #: The last node supervisor that failed to start, for the error when none could.
+        self._start_error = ""
 
     def __reduce__(self) -> tuple[Callable[..., RaySupervisor], tuple[Any, ...]]:
         return _rebuild, (self._settings,)
@@ -233,7 +235,10 @@ class RaySupervisor:
             )
         await self._refresh()
         if not self._nodes:
-            raise PlacementError("no live Ray node matches `nodes`", self._settings["nodes"])
+            why = "no live Ray node matches `nodes`"
+            if self._start_error:
+                why = f"no node's corral supervisor could start ({self._start_error})"
+            raise PlacementError(why, self._settings["nodes"])
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -328,7 +333,12 @@ class RaySupervisor:
                 log.warning("corral actor on node %s could not start: %s", nid[:12], err)
                 continue
             except ray.exceptions.RayTaskError as err:
+                # Its Supervisor could not start (no fork server, a bad option): the actor is useless, and
+                # removed so that the next refresh tries afresh rather than finding it by name again.
                 log.warning("corral supervisor on node %s failed to start: %s", nid[:12], err)
+                self._start_error = f"node {nid[:12]}: {err.cause!r}"
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(ray.kill, actor)
                 continue
             self._nodes[nid] = _Node(info, actor)
         self._wake()
@@ -586,19 +596,33 @@ class RaySupervisor:
         pid, name, profile, at, result, violation): ``async with sup.subscribe() as events: async for ev in
         events``. Each node is long-polled (events come in batches, within a second); a subscriber
         `max_buffer` events behind loses the newest, as with Supervisor.subscribe. A node lost ends its
-        part of the stream."""
+        part of the stream; a node that joins later (or a replacement actor) is followed from its first
+        event on, once the client has seen it (within refresh_interval)."""
         send, receive = anyio.create_memory_object_stream[RemoteEvent](max_buffer)
+        followed: set[_Node] = set()
         async with anyio.create_task_group() as tg:
             for node in [n for n in self._nodes.values() if n.alive]:
-                cursor, _evs, _dropped = await self._call(
-                    node, "events", node.actor.events.remote(1 << 62, 0.0)
-                )
-                tg.start_soon(self._follow, node, cursor, send)
+                with contextlib.suppress(NodeLostError):
+                    cursor, _evs, _dropped = await self._call(
+                        node, "events", node.actor.events.remote(1 << 62, 0.0)
+                    )
+                    followed.add(node)
+                    tg.start_soon(self._follow, node, cursor, send)
+            tg.start_soon(self._follow_joining, followed, send, tg)
             try:
                 yield receive
             finally:
                 tg.cancel_scope.cancel()
                 send.close()
+
+    async def _follow_joining(
+        self, followed: set[_Node], send: MemoryObjectSendStream[RemoteEvent], tg: anyio.abc.TaskGroup
+    ) -> None:
+        while True:
+            await self._changed.wait()
+            for node in [n for n in self._nodes.values() if n.alive and n not in followed]:
+                followed.add(node)
+                tg.start_soon(self._follow, node, 0, send)
 
     async def _follow(self, node: _Node, cursor: int, send: MemoryObjectSendStream[RemoteEvent]) -> None:
         with contextlib.suppress(NodeLostError, anyio.BrokenResourceError, anyio.ClosedResourceError):

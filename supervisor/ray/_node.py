@@ -80,6 +80,8 @@ class _Started:
     err: bytearray
     drained: anyio.Event
     truncated: list[bool]
+    #: The task draining its output (kept: the loop holds only a weak reference to a task).
+    task: asyncio.Task[None] | None = None
 
 
 class NodeSupervisor:
@@ -362,7 +364,7 @@ class NodeSupervisor:
         handle = secrets.token_hex(8)
         entry = _Started(child, bytearray(), bytearray(), anyio.Event(), [False, False])
         self._started[handle] = entry
-        asyncio.get_running_loop().create_task(self._drain_started(entry, sup.capture_limit))
+        entry.task = asyncio.get_running_loop().create_task(self._drain_started(entry, sup.capture_limit))
         return handle, child.pid
 
     async def _drain_started(self, entry: _Started, limit: int) -> None:

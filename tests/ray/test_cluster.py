@@ -433,16 +433,36 @@ async def test_node_lost_mid_call(ray_cluster: RayCluster) -> None:
                 await sup.run(["true"], where=C)  # no live node may take it: an error, not a wait
 
             cluster.remove_node(victim, allow_graceful=False)
-            victim = cluster.add_node(
-                num_cpus=0, resources={"corral_c": 1}, object_store_memory=80 * 1024 * 1024
-            )
-            node_c = await _wait_for(lambda: _has_node(sup, "corral_c"), what="a replacement actor")
-            assert node_c != child.node_id
-            r = await sup.run(["pwd"], where=C)
-            assert node_of(r.stdout.decode().strip()) == node_c
+            async with sup.subscribe() as events:
+                victim = cluster.add_node(
+                    num_cpus=0, resources={"corral_c": 1}, object_store_memory=80 * 1024 * 1024
+                )
+                node_c = await _wait_for(lambda: _has_node(sup, "corral_c"), what="a replacement actor")
+                assert node_c != child.node_id
+                r = await sup.run(["pwd"], name="returned", where=C)
+                assert node_of(r.stdout.decode().strip()) == node_c
+                # The subscription follows the node that joined after it began.
+                with anyio.fail_after(20):
+                    async for ev in events:
+                        if ev.name == "returned" and ev.kind == "exited":
+                            assert ev.node_id == node_c
+                            break
     finally:
         cluster.remove_node(victim, allow_graceful=False)
 
 
 async def _has_node(sup: RaySupervisor, resource: str) -> str | None:
     return next((n.node_id for n in sup.nodes() if resource in n.resources), None)
+
+
+async def test_a_node_supervisor_that_cannot_start(ray_cluster: RayCluster) -> None:
+    """A node supervisor failing to start (here a bad option) leaves no actor behind and says why."""
+    namespace = fresh_namespace()
+    with pytest.raises(PlacementError, match="could start") as info:
+        async with RaySupervisor(
+            namespace=namespace, workspace_root=WORKSPACES, supervisor_options={"monitor_interval": -1}
+        ):
+            pass
+    assert "monitor_interval" in str(info.value)
+    names = await anyio.to_thread.run_sync(lambda: ray.util.list_named_actors(all_namespaces=True))
+    assert not [a for a in names if a["namespace"] == namespace]
