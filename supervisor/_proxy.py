@@ -33,15 +33,17 @@ of the child is closed.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from policies import NetworkPolicy
 from policies._network import Address, NetRule, canonical_address, match_target, normalise_host, parse_rule
@@ -55,7 +57,10 @@ MAX_HEAD = 64 * 1024
 MAX_DENIALS = 64
 #: Most names an operator may have counted per domain (ProxyConfig.count_domains).
 MAX_COUNTED_DOMAINS = 64
-_CHUNK = 256 * 1024
+#: Bytes moved per splice: the relay's pipes are grown to this (the default pipe-max-size allows it).
+_CHUNK = 1 << 20
+_F_SETPIPE_SZ = 1031
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 #: Resolves (name, port) to the addresses to try, in order. Raises OSError when the name does not resolve.
 Resolver = Callable[[str, int], Awaitable[list[Address]]]
@@ -311,56 +316,65 @@ class ChildProxy:
     async def serve(self, listener: socket.socket) -> None:
         """Accept connections on `listener` (a listening TCP socket, which this takes over and closes) and
         serve each in a task of its own, until cancelled; then every connection is closed."""
-        sock_listener = await anyio.abc.SocketListener.from_socket(listener)
-        async with sock_listener, anyio.create_task_group() as tg:
-            while True:
-                try:
-                    stream = await sock_listener.accept()
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return
-                except OSError as err:  # EMFILE: say so and let the kernel's backlog hold them a while
-                    log.warning("corral proxy: accept failed: %s", err)
-                    await anyio.sleep(0.1)
-                    continue
-                if self.active >= self.config.max_connections:
-                    tg.start_soon(self._over_limit, stream)
-                    continue
-                self.active += 1
-                self.stats.peak_connections = max(self.stats.peak_connections, self.active)
-                tg.start_soon(self._connection, stream)
+        listener.setblocking(False)
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    try:
+                        conn, _addr = listener.accept()
+                    except BlockingIOError:
+                        await anyio.wait_readable(listener)
+                        continue
+                    except (ConnectionAbortedError, InterruptedError):
+                        continue
+                    except OSError as err:  # EMFILE: say so and let the kernel's backlog hold them a while
+                        log.warning("corral proxy: accept failed: %s", err)
+                        await anyio.sleep(0.1)
+                        continue
+                    conn.setblocking(False)
+                    if self.active >= self.config.max_connections:
+                        tg.start_soon(self._over_limit, conn)
+                        continue
+                    self.active += 1
+                    self.stats.peak_connections = max(self.stats.peak_connections, self.active)
+                    tg.start_soon(self._connection, conn)
+        finally:
+            listener.close()
 
-    async def _over_limit(self, stream: anyio.abc.SocketStream) -> None:
+    async def _over_limit(self, conn: socket.socket) -> None:
         limit = self.config.max_connections
         self._deny("accept", "-", f"at most {limit} proxy connections at once per sandbox")
-        async with stream:
-            await _answer(
-                stream, _response(503, f"corral proxy: refused: at most {limit} connections at once")
-            )
+        with conn:
+            await _answer(conn, _response(503, f"corral proxy: refused: at most {limit} connections at once"))
 
-    async def _connection(self, client: anyio.abc.SocketStream) -> None:
+    async def _connection(self, client: socket.socket) -> None:
         try:
-            async with client:
+            with client:
                 await self._handle(client)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+        except OSError:
             pass
         finally:
             self.active -= 1
 
-    async def _handle(self, client: anyio.abc.SocketStream) -> None:
-        buffered = BufferedByteReceiveStream(client)
+    async def _handle(self, client: socket.socket) -> None:
+        head = b""
         with anyio.move_on_after(self.config.head_timeout) as waited:
-            try:
-                head = await buffered.receive_until(b"\r\n\r\n", MAX_HEAD)
-            except anyio.DelimiterNotFound:
-                await self._refuse(client, _Refused(400, f"request head over {MAX_HEAD} bytes", "read"))
-                return
-            except anyio.IncompleteRead:
-                return
+            while True:
+                chunk = await _recv(client, MAX_HEAD)
+                if not chunk:
+                    return
+                head += chunk
+                if b"\r\n\r\n" in head:
+                    break
+                if len(head) >= MAX_HEAD:
+                    await self._refuse(client, _Refused(400, f"request head over {MAX_HEAD} bytes", "read"))
+                    return
         if waited.cancelled_caught:
             secs = self.config.head_timeout
             self._deny("read", "-", f"no complete request head within {secs:g} s")
             await _answer(client, _response(408, f"corral proxy: no complete request within {secs:g} s"))
             return
+        head, _, early = head.partition(b"\r\n\r\n")
         request: _Request | None = None
         try:
             request = _parse(head)
@@ -373,19 +387,18 @@ class ChildProxy:
         self.stats.allowed += 1
         self.config.totals.allowed += 1
         self._count_domain(request.host, "allowed")
-        async with upstream:
+        with upstream:
             if request.method == "CONNECT":
-                await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await _sendall(client, b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
-                await upstream.send(request.head)
+                await _sendall(upstream, request.head)
                 self._up(len(request.head))
-            early = bytes(buffered.buffer)
             if early:
-                await upstream.send(early)
+                await _sendall(upstream, early)
                 self._up(len(early))
             await self._relay(client, upstream, tunnel=request.method == "CONNECT")
 
-    async def _open(self, request: _Request) -> anyio.abc.SocketStream:
+    async def _open(self, request: _Request) -> socket.socket:
         """The decision, the resolution and the connection. Raises _Refused."""
         op, target = request.method, request.target
         host = normalise_host(request.host)
@@ -438,7 +451,7 @@ class ChildProxy:
         for address in addresses:
             try:
                 with anyio.fail_after(self.config.connect_timeout):
-                    return await anyio.connect_tcp(str(address), request.port)
+                    return await _connect(address, request.port)
             except (OSError, TimeoutError) as err:
                 last = err
         raise _Refused(502, f"cannot connect to {target} ({last})", op, target)
@@ -466,7 +479,7 @@ class ChildProxy:
         more = f", and {len(self.allow) - 20} more" if len(self.allow) > 20 else ""
         return f" (network.allow: {shown}{more})"
 
-    async def _refuse(self, client: anyio.abc.SocketStream, refused: _Refused) -> None:
+    async def _refuse(self, client: socket.socket, refused: _Refused) -> None:
         self._deny(refused.operation or "request", refused.target or "-", refused.reason)
         await _answer(client, _response(refused.status, f"corral proxy: refused: {refused.reason}"))
 
@@ -481,51 +494,115 @@ class ChildProxy:
         if key in self._denials or len(self._denials) < MAX_DENIALS:
             self._denials[key] = self._denials.get(key, 0) + 1
 
-    async def _relay(
-        self, client: anyio.abc.SocketStream, upstream: anyio.abc.SocketStream, tunnel: bool
-    ) -> None:
+    async def _relay(self, client: socket.socket, upstream: socket.socket, tunnel: bool) -> None:
         """Copy both ways until both sides are done (a tunnel's sides may close one after the other; a
         forwarded request is over when the server's response ends), the connection is idle `idle_timeout`
-        or has lasted `total_timeout`."""
+        or has lasted `total_timeout`. The bytes go from socket to socket through a pipe in the kernel
+        (splice(2)): never through this process's memory."""
         cfg = self.config
         end = anyio.current_time() + cfg.total_timeout
         stats, totals = self.stats, cfg.totals
         with anyio.CancelScope(deadline=min(end, anyio.current_time() + cfg.idle_timeout)) as scope:
 
-            async def copy(src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, up: bool) -> None:
+            async def copy(src: socket.socket, dst: socket.socket, up: bool) -> None:
+                r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
                 try:
+                    with contextlib.suppress(OSError):
+                        fcntl.fcntl(w, _F_SETPIPE_SZ, _CHUNK)
                     while True:
-                        chunk = await src.receive(_CHUNK)
-                        await dst.send(chunk)
+                        n = await _splice_in(src, w)
+                        if n == 0:
+                            break
+                        await _splice_out(r, dst, n)
                         if up:
-                            stats.bytes_up += len(chunk)
-                            totals.bytes_up += len(chunk)
+                            stats.bytes_up += n
+                            totals.bytes_up += n
                         else:
-                            stats.bytes_down += len(chunk)
-                            totals.bytes_down += len(chunk)
+                            stats.bytes_down += n
+                            totals.bytes_down += n
                         scope.deadline = min(end, anyio.current_time() + cfg.idle_timeout)
-                except anyio.EndOfStream:
-                    if not tunnel and not up:
-                        scope.cancel()  # the response is complete ("Connection: close")
-                        return
-                    with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        await dst.send_eof()
-                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                except OSError:
                     scope.cancel()  # one side is gone: so is the connection
+                    return
+                finally:
+                    os.close(r)
+                    os.close(w)
+                if not tunnel and not up:
+                    scope.cancel()  # the response is complete ("Connection: close")
+                    return
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(copy, client, upstream, True)
                 tg.start_soon(copy, upstream, client, False)
 
 
-async def _answer(stream: anyio.abc.SocketStream, response: bytes) -> None:
+async def _recv(sock: socket.socket, n: int) -> bytes:
+    """Up to `n` bytes from the non-blocking `sock` (b"" at EOF), waiting for them. Raises OSError."""
+    while True:
+        try:
+            return sock.recv(n)
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_readable(sock)
+
+
+async def _sendall(sock: socket.socket, data: bytes) -> None:
+    """All of `data` to the non-blocking `sock`, waiting for room. Raises OSError."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_writable(sock)
+
+
+async def _connect(address: Address, port: int) -> socket.socket:
+    """A non-blocking TCP connection to `address`:`port`. Raises OSError; on cancellation the socket is
+    closed."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex((str(address), port))
+        if err == errno.EINPROGRESS:
+            await anyio.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _splice_in(src: socket.socket, pipe_w: int) -> int:
+    """Move what `src` has (up to _CHUNK bytes) into the empty pipe; 0 at EOF. Raises OSError."""
+    while True:
+        try:
+            return os.splice(src.fileno(), pipe_w, _CHUNK, flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_readable(src)
+
+
+async def _splice_out(pipe_r: int, dst: socket.socket, n: int) -> None:
+    """Move the pipe's `n` bytes to `dst`. Raises OSError (EPIPE: the peer is gone)."""
+    while n:
+        try:
+            n -= os.splice(pipe_r, dst.fileno(), n, flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_writable(dst)
+
+
+async def _answer(sock: socket.socket, response: bytes) -> None:
     """Send a refusal and close gently: our side's EOF, then what the client still sends is read and
     dropped (for at most a second). Closing with unread bytes would reset the connection, and a reset
     discards the answer before the client reads it (a slow-loris client, a TLS hello sent early)."""
-    with anyio.move_on_after(1), contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.EndOfStream):
-        await stream.send(response)
-        await stream.send_eof()
-        while await stream.receive():
+    with anyio.move_on_after(1), contextlib.suppress(OSError):
+        await _sendall(sock, response)
+        sock.shutdown(socket.SHUT_WR)
+        while await _recv(sock, 65536):
             pass
 
 
