@@ -84,7 +84,8 @@ CLIENT = textwrap.dedent(
         t = time.perf_counter()
         s = socket.create_connection((host, port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(("GET %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % (target, target.split("/")[2] if "//" in target else host)).encode())
+        name = target.split("/")[2] if "//" in target else host
+        s.sendall(("GET %s HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n" % (target, name)).encode())
         while s.recv(65536):
             pass
         s.close()
@@ -164,7 +165,7 @@ async def _spawn(sup: Supervisor, n: int, workdir: str) -> dict[str, float]:
         "proxy": profiles.workspace_write(workdir, network_allow=["example.org"]),
     }
     times: dict[str, list[float]] = {k: [] for k in policies}
-    for name, policy in policies.items():  # warm-up: compile, and the pre-forked pools fill
+    for policy in policies.values():  # warm-up: compile, and the pre-forked pools fill
         for _ in range(10):
             await sup.run(["/bin/true"], policy=policy)
     for _ in range(n):  # interleaved, so that load changes hit both alike
