@@ -771,6 +771,8 @@ class Progress:
     async def follow(self, events: MemoryObjectReceiveStream[Any]) -> None:
         """Consume the supervisor's lifecycle events until the stream closes."""
         async for ev in events:
+            if ev.child is None:  # a command rules' decision (only with rules): no child yet
+                continue
             name = ev.child.name or "?"
             if ev.kind == "started":
                 self.running[id(ev.child)] = name

@@ -121,6 +121,13 @@ METRICS: tuple[MetricSpec, ...] = (
         "rlimit) and the operation (syscall, write, read, execute, connect, bind, fork, ...); repeats count.",
     ),
     MetricSpec(
+        "corral_command_decisions_total",
+        "counter",
+        ("decision",),
+        "Commands decided by command rules before they start (docs/rules.md): allow, prompt (put to the "
+        "approver, or refused without one), forbidden.",
+    ),
+    MetricSpec(
         "corral_tool_spawns_total",
         "counter",
         ("profile", "name"),
@@ -314,7 +321,7 @@ class _Event(Protocol):
     @property
     def kind(self) -> str: ...
     @property
-    def child(self) -> Child: ...
+    def child(self) -> Child | None: ...
     @property
     def result(self) -> Result | None: ...
 
@@ -466,6 +473,8 @@ class SupervisorCollector(Collector):
                     break
             with self._state.lock:
                 for ev in batch:
+                    if ev.child is None:  # a command rules' decision: counted from totals at scrape time
+                        continue
                     if ev.kind == "started":
                         self._on_started(ev.child)
                     elif ev.kind == "exited" and ev.result is not None:
@@ -523,6 +532,11 @@ class SupervisorCollector(Collector):
         pairs = {tuple(k.split(":", 2)[1:]) for k in totals if k.startswith("denied:")}
         for layer, operation in sorted(pairs | set(DENIAL_PAIRS)):
             c.add_metric([layer, operation], totals.get(f"denied:{layer}:{operation}", 0))
+        out.append(c)
+
+        c = _counter("corral_command_decisions_total")
+        for decision in ("allow", "prompt", "forbidden"):
+            c.add_metric([decision], totals.get(f"decision:{decision}", 0))
         out.append(c)
 
         for name, counts in zip(

@@ -6,6 +6,7 @@ every constructor validates, raising `PolicyError` with the dotted key path of t
 """
 
 from policies import profiles
+from policies._commands import CommandDecision, CommandRule, CommandRules
 from policies._errors import CorralError, PolicyError
 from policies._load import load_policy, policy_from_dict
 from policies._model import (
@@ -17,10 +18,15 @@ from policies._model import (
     SyscallPolicy,
 )
 from policies._roots import check_writable_roots
+from policies._rules_load import load_rules, rules_from_dict, rules_from_starlark
+from policies._shell import RulesUnavailableError
 from policies._validate import parse_duration, parse_size
 from policies.env import filter_environment, is_secret_name, is_secret_value
 
 __all__ = [
+    "CommandDecision",
+    "CommandRule",
+    "CommandRules",
     "CorralError",
     "EnvPolicy",
     "FilesystemPolicy",
@@ -28,14 +34,18 @@ __all__ = [
     "Policy",
     "PolicyError",
     "ResourcePolicy",
+    "RulesUnavailableError",
     "SyscallPolicy",
     "check_writable_roots",
     "filter_environment",
     "is_secret_name",
     "is_secret_value",
     "load_policy",
+    "load_rules",
     "parse_duration",
     "parse_size",
     "policy_from_dict",
     "profiles",
+    "rules_from_dict",
+    "rules_from_starlark",
 ]

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         SupervisorClosedError,
         SupervisorRunningError,
     )
+    from supervisor._rules import Approver, CommandForbiddenError
     from supervisor._supervisor import DEVNULL, PIPE, Event, Supervisor
     from supervisor._types import ChildStats, Denial, Result, Rule, Violation, rss_above
     from supervisor.sandbox.probe import Feature, KernelCaps
@@ -43,6 +44,8 @@ _HOME = {
     "SpawnError": "supervisor._errors",
     "SupervisorClosedError": "supervisor._errors",
     "SupervisorRunningError": "supervisor._errors",
+    "Approver": "supervisor._rules",
+    "CommandForbiddenError": "supervisor._rules",
     "ChildStats": "supervisor._types",
     "Rule": "supervisor._types",
     "rss_above": "supervisor._types",
@@ -74,9 +77,11 @@ if not TYPE_CHECKING:  # for mypy the imports above say what each name is
 __all__ = [
     "DEVNULL",
     "PIPE",
+    "Approver",
     "Child",
     "ChildStats",
     "CommandFailedError",
+    "CommandForbiddenError",
     "CommandNotExecutableError",
     "CommandNotFoundError",
     "CorralError",

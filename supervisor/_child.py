@@ -21,6 +21,7 @@ from supervisor.forkserver.client import StatusReader
 
 if TYPE_CHECKING:
     from policies import Policy
+    from policies._commands import CommandDecision
     from supervisor._proxy import ChildProxy
     from supervisor.sandbox.cgroups import CgroupStats, Leaf
 
@@ -84,6 +85,8 @@ class Child:
         self.leaf: Leaf | None = None
         self.policy: Policy | None = None
         self.rules: tuple[Rule, ...] = ()
+        #: What the command rules decided for this command (None when no rules were in use).
+        self.decision: CommandDecision | None = None
         self.output_bytes = 0
         #: Seconds from the start() call to the command running (exporters histogram it).
         self.spawn_latency_s: float | None = None
@@ -224,6 +227,7 @@ class Child:
             denials=tuple(self.denials.items),
             denials_dropped=self.denials.dropped,
             denials_unobservable=self.unobservable,
+            decision=self.decision,
             **extra,  # type: ignore[arg-type]
         )
 

@@ -24,7 +24,8 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from policies import EnvPolicy, Policy, PolicyError, filter_environment, profiles
-from supervisor import _gitscan
+from policies._commands import CommandDecision, CommandRules
+from supervisor import _gitscan, _rules
 from supervisor._child import Child
 from supervisor._errors import (
     CommandFailedError,
@@ -45,6 +46,7 @@ from supervisor._monitor import (
 )
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._proxy import ChildProxy, ProxyConfig, host_addresses, receive_listener
+from supervisor._rules import Approver, CommandForbiddenError
 from supervisor._streams import FdReceiveStream, FdSendStream
 from supervisor._types import ChildStats, Denial, Result, Rule, Violation
 from supervisor.forkserver.client import ForkServer, StatusReader
@@ -111,14 +113,18 @@ class _EnvCache:
 class Event:
     """A lifecycle event: `started` (the command is running), `violation` (a limit was broken; the child
     is being killed unless the kernel held it), `denied` (a layer refused something new: `denial` is set,
-    with count 1; the Result has the folded counts), `exited` (reaped; `result` is set)."""
+    with count 1; the Result has the folded counts), `exited` (reaped; `result` is set), and, only when
+    command rules are in use, `decision` (the rules decided a command before it started: `decision` is set,
+    `child` is None; `approved` is True or False when a `prompt` decision was put to the approver)."""
 
-    kind: Literal["started", "violation", "denied", "exited"]
-    child: Child
+    kind: Literal["started", "violation", "denied", "exited", "decision"]
+    child: Child | None
     at: float
     result: Result | None = None
     violation: Violation | None = None
     denial: Denial | None = None
+    decision: CommandDecision | None = None
+    approved: bool | None = None
 
 
 class Supervisor:
@@ -137,6 +143,10 @@ class Supervisor:
     prefork: sandboxes kept built and confined ahead of time for each (policy, workdir) that has run more
              than once, so that its next command starts in ~1 ms of hand-over (docs/architecture.md,
              "Pre-forked sandboxes"); 0 builds none (each child's sandbox is then built at its request).
+    rules:   command rules (policies.CommandRules, `load_rules`) every command is decided by before it
+             starts (docs/rules.md); a call's own `rules=` apply as well, the stricter decision winning.
+    approver: an async callable given the CommandDecision of a `prompt` command, returning True to run it;
+             without one, a `prompt` command is refused like a forbidden one.
     """
 
     def __init__(
@@ -148,8 +158,14 @@ class Supervisor:
         cgroup_delegate: str | None = None,
         monitor_interval: float = 0.25,
         prefork: int = 2,
+        rules: CommandRules | None = None,
+        approver: Approver | None = None,
     ) -> None:
         _check_int("max_concurrency", max_concurrency, 1)
+        if rules is not None and not isinstance(rules, CommandRules):
+            raise TypeError(f"rules must be CommandRules (policies.load_rules) or None, not {rules!r}")
+        self.rules = rules
+        self.approver = approver
         _check_int("capture_limit", capture_limit, 0)
         _check_int("prefork", prefork, 0)
         if (
@@ -390,6 +406,32 @@ class Supervisor:
             send.close()
             receive.close()
 
+    async def _decide(
+        self,
+        cmd: Sequence[str | bytes | os.PathLike[str]],
+        call_rules: CommandRules | None,
+        approver: Approver | None,
+    ) -> CommandDecision | None:
+        """The command rules' decision for `cmd` (None without rules): counted, emitted as a `decision`
+        event, put to the approver when it is `prompt`. Raises CommandForbiddenError when the command may
+        not run; the approver's errors and cancellation propagate (nothing was started)."""
+        sets = [r for r in (self.rules, call_rules) if r is not None]
+        decision = await _rules.evaluate(cmd, sets)
+        if decision is None:
+            return None
+        self.totals[f"decision:{decision.decision}"] += 1
+        refusal: str | None = None
+        approved: bool | None = None
+        if decision.decision == "prompt":
+            refusal = await _rules.approve(decision, approver if approver is not None else self.approver)
+            approved = refusal is None
+        self._emit(Event("decision", None, time.monotonic(), decision=decision, approved=approved))
+        if decision.decision == "forbidden":
+            raise CommandForbiddenError(decision)
+        if refusal is not None:
+            raise CommandForbiddenError(decision, refusal)
+        return decision
+
     def _emit(self, event: Event) -> None:
         for send in self._subscribers:
             with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -405,10 +447,11 @@ class Supervisor:
         stderr: StdioArg = PIPE,
         name: str | None = None,
         pass_fds: Sequence[int] = (),
-        rules: Sequence[Rule] = (),
+        rules: Sequence[Rule] | CommandRules = (),
         env: Mapping[str, str] | None = None,
         controlling_tty: bool = False,
         cwd: str | os.PathLike[str] | None = None,
+        approver: Approver | None = None,
     ) -> Child:
         """Start `cmd` (a sequence of arguments, never a string) confined by `policy`: a Policy, a built-in
         profile's name ("read-only", "workspace-write", "full-access": that profile on the current
@@ -417,8 +460,11 @@ class Supervisor:
         stdin/stdout/stderr: PIPE (a stream on the Child), DEVNULL, None (inherit the supervisor's), or an
         open file/fd. `pass_fds` are passed on as fds 3, 4, ... `name` labels the child in events and
         metrics (keep it low-cardinality: a tool name). `rules` are extra kill rules checked at every
-        sample. `env` is merged over the caller's environment before the policy's filter applies (so a
-        secret-looking name given here is still dropped unless the policy passes or sets it). `cwd` is
+        sample, or command rules (CommandRules) deciding this command with the supervisor's own: `forbidden`
+        raises CommandForbiddenError, `prompt` awaits `approver` (or the supervisor's), and an allowed
+        command runs under its rule's profile or policy, if it names one (docs/rules.md). `env` is merged
+        over the caller's environment before the policy's filter applies (so a secret-looking name
+        given here is still dropped unless the policy passes or sets it). `cwd` is
         where the command starts, in the sandbox's view (relative: to the policy's workdir, the default);
         it is no part of the policy, so it takes the same pre-forked sandboxes.
         `controlling_tty`: `stdin` is a terminal the caller made for this command (a pty's slave, as
@@ -432,12 +478,18 @@ class Supervisor:
         Raises TypeError for a string command, an unknown policy type or a bad `env`; PolicyError when
         the policy's workdir does not exist (checked at its first use); SandboxSetupError when a layer
         cannot be applied (the command did not run); CommandNotFoundError (127) or
-        CommandNotExecutableError (126). On cancellation while starting, the child is killed and reaped.
+        CommandNotExecutableError (126); CommandForbiddenError (nothing started) when the command rules
+        refuse it. On cancellation while starting (or while the approver is asked), the child, if any, is
+        killed and reaped.
         """
         if self._tg is None or self._forkserver is None:
             raise SupervisorClosedError("the supervisor is not running")
         _check_command(cmd)
         policy = _resolve_policy(policy)
+        kill_rules, call_rules = _split_rules(rules)
+        decision = await self._decide(cmd, call_rules, approver)
+        if decision is not None:
+            policy = decision.policy_for(policy)
         environment = None if env is None else _merged_env(policy, env)
         where = _check_cwd(cwd)
         compiled = self._compiled.get(policy)
@@ -465,10 +517,11 @@ class Supervisor:
                 name,
                 pass_fds,
                 slot,
-                rules,
+                kill_rules,
                 environment,
                 controlling_tty,
                 where=where,
+                decision=decision,
             )
         except OSError as err:  # never a raw OSError out of start(): EMFILE and its kind are corral's
             slot.release(self._limiter)
@@ -539,6 +592,7 @@ class Supervisor:
         environment: EncodedEnv | None = None,
         controlling_tty: bool = False,
         where: bytes | None = None,
+        decision: CommandDecision | None = None,
     ) -> Child:
         assert self._forkserver is not None
         assert self._tg is not None
@@ -651,6 +705,7 @@ class Supervisor:
         child.requested_at = t0
         child.requested_ns = t0_ns
         child.rules = tuple(rules)
+        child.decision = decision
         child._then = partial(self._prefork.refill, policy, compiled, cwd)
         self._children.add(child)
         if proxied:
@@ -933,10 +988,11 @@ class Supervisor:
         stdout: StdioArg = PIPE,
         stderr: StdioArg = PIPE,
         name: str | None = None,
-        rules: Sequence[Rule] = (),
+        rules: Sequence[Rule] | CommandRules = (),
         env: Mapping[str, str] | None = None,
         check: bool = False,
         cwd: str | os.PathLike[str] | None = None,
+        approver: Approver | None = None,
     ) -> Result:
         """Run `cmd` to completion and return its Result, with stdout/stderr captured: at most the policy's
         output limit in total (exceeding it kills the child: an `output` violation), else `capture_limit`
@@ -966,8 +1022,10 @@ class Supervisor:
             rules=rules,
             env=env,
             cwd=cwd,
+            approver=approver,
         )
-        out_limit = policy.resources.output
+        # A command rule may have chosen another policy for it: its output limit is the one that holds.
+        out_limit = (child.policy or policy).resources.output
         keep = min(out_limit, self.capture_limit) if out_limit is not None else self.capture_limit
         captured: dict[str, tuple[bytes, bool]] = {}
         try:
@@ -1027,6 +1085,15 @@ def _check_cwd(cwd: object) -> bytes | None:
     if not raw or b"\0" in raw:
         raise ValueError(f"cwd must be a non-empty path without NUL bytes, not {cwd!r}")
     return raw
+
+
+def _split_rules(rules: object) -> tuple[Sequence[Rule], CommandRules | None]:
+    """`rules=` of start/run: kill rules (a sequence of Rule) or command rules (CommandRules)."""
+    if isinstance(rules, CommandRules):
+        return (), rules
+    if isinstance(rules, Sequence) and not isinstance(rules, str | bytes):
+        return rules, None
+    raise TypeError(f"rules must be a sequence of Rule or CommandRules, not {type(rules).__name__}")
 
 
 def _resolve_policy(policy: object) -> Policy:

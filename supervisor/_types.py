@@ -6,9 +6,12 @@ engine may import it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from policies._errors import printable
+
+if TYPE_CHECKING:
+    from policies._commands import CommandDecision
 
 ViolationKind = Literal["memory", "pids", "wall_time", "cpu_time", "fds", "output", "disk"]
 
@@ -88,6 +91,8 @@ class Result:
                MAX_DENIALS (64) distinct ones in order; denials_dropped: refused calls past them.
     denials_unobservable: (layer, reason) pairs of layers in force whose refusals cannot be reported here
                (docs/denials.md): an empty `denials` says nothing about those.
+    decision:  what the command rules decided (policies.CommandDecision: decision, rule, reason), or None
+               when no rules were in use (docs/rules.md).
     """
 
     exit_code: int
@@ -111,6 +116,7 @@ class Result:
     denials: tuple[Denial, ...] = ()
     denials_dropped: int = 0
     denials_unobservable: tuple[tuple[str, str], ...] = ()
+    decision: CommandDecision | None = None
 
     @property
     def ok(self) -> bool:
@@ -144,6 +150,8 @@ class Result:
             "denials": [d.to_dict() for d in self.denials],
             "denials_dropped": self.denials_dropped,
             "denials_unobservable": [{"layer": a, "reason": b} for a, b in self.denials_unobservable],
+            # What the command rules decided (--rules), null without rules.
+            "decision": self.decision.to_dict() if self.decision is not None else None,
         }
 
 

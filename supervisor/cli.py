@@ -25,14 +25,18 @@ import anyio
 import click
 from anyio.abc import ByteReceiveStream
 
-from policies import CorralError, Policy, load_policy, profiles
+from policies import CommandRules, CorralError, Policy, load_policy, load_rules, profiles
 from supervisor._child import Child
 from supervisor._errors import SpawnError, printable
+from supervisor._rules import CommandForbiddenError
 from supervisor._supervisor import PIPE, Supervisor
 from supervisor._terminal import PtyRelay, TerminalGuard
 from supervisor._types import Result
 
 EXIT_CORRAL = 125
+
+#: `corral check`'s exit status per decision (README, "corral check"); 125 when the rules cannot be read.
+CHECK_EXIT = {"allow": 0, "prompt": 1, "forbidden": 2}
 
 _FORWARD = (
     signal.SIGINT,
@@ -134,9 +138,17 @@ def cli(ctx: click.Context) -> None:
     help="Serve Prometheus metrics on PORT while the command runs.",
 )
 @click.option("--metrics-addr", metavar="ADDR", help="Bind address for --metrics-port (default 127.0.0.1).")
+@click.option(
+    "--rules",
+    "rules_files",
+    multiple=True,
+    metavar="FILE",
+    help="Command rules (TOML, or Codex .rules): a forbidden command exits 126 (repeatable).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     command: tuple[str, ...],
+    rules_files: tuple[str, ...],
     policy_file: str | None,
     profile: str | None,
     json_file: str | None,
@@ -152,6 +164,7 @@ def run(
         raise click.UsageError(msg)
     metrics = (metrics_addr or "127.0.0.1", metrics_port) if metrics_port is not None else None
     policy = _build_policy(profile, policy_file, opts)
+    rules = _load_rules(rules_files, policy.workdir)
     # Opened now, before the command can plant anything at that path (a symlink to a host file that root
     # would then overwrite); written through this fd afterwards.
     out = _JsonOut.open(json_file) if json_file is not None else None
@@ -159,7 +172,7 @@ def run(
         # The caller's terminal is put back as it was however the run ends (the command shares it, or --tty
         # puts it in raw mode).
         with TerminalGuard():
-            code = anyio.run(_run, list(command), policy, out, metrics, not no_cgroup, use_tty)
+            code = anyio.run(_run, list(command), policy, out, metrics, not no_cgroup, use_tty, rules)
     finally:
         if out is not None:
             out.close()
@@ -176,6 +189,14 @@ def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, 
         base = load_policy(policy_file, workdir=workdir, base=profile)
         return profiles.override(base, **given)
     return profiles.get(profile or "workspace-write", workdir, **given)
+
+
+def _load_rules(files: Sequence[str], workdir: str | None) -> CommandRules | None:
+    """The command rules of every --rules file, as one set; None without any."""
+    if not files:
+        return None
+    sets = [load_rules(f, workdir=workdir) for f in files]
+    return sets[0] if len(sets) == 1 else CommandRules.merge(*sets)
 
 
 def _serve_metrics(
@@ -199,19 +220,22 @@ async def _run(
     metrics: tuple[str, int] | None = None,
     cgroups: bool = True,
     use_tty: bool = False,
+    rules: CommandRules | None = None,
 ) -> int:
     # With an output limit corral must see the bytes, so stdout/stderr go through pipes it copies to its
     # own; otherwise the command writes straight to corral's stdout/stderr (a terminal stays a terminal).
     # With --tty, a pty of corral's is all three, and corral relays (and counts) what goes through it.
-    counted = policy.resources.output is not None
+    # A command rule may run the command under another policy: its output limit is the one counted.
+    effective = rules.evaluate(command).policy_for(policy) if rules is not None else policy
+    counted = effective.resources.output is not None
     pipe = PIPE if counted else None
     if use_tty:
-        return await _run_on_pty(command, policy, out, metrics, cgroups)
+        return await _run_on_pty(command, policy, out, metrics, cgroups, rules)
     # The signal receiver is installed before the command starts, so no forwarded signal can kill corral
     # itself in between; signals that arrive before the command runs are delivered once it does.
     with anyio.open_signal_receiver(*_FORWARD) as signals:
         async with (
-            Supervisor(max_concurrency=1, prefork=0, cgroups=cgroups) as sup,
+            Supervisor(max_concurrency=1, prefork=0, cgroups=cgroups, rules=rules) as sup,
             _serve_metrics(sup, metrics),
         ):
             child = await sup.start(command, policy=policy, stdin=None, stdout=pipe, stderr=pipe)
@@ -223,7 +247,7 @@ async def _run(
 
                 tg.start_soon(forward)
                 if counted:
-                    limit = policy.resources.output
+                    limit = effective.resources.output
                     assert limit is not None
                     async with anyio.create_task_group() as copiers:
                         copiers.start_soon(_copy, child, child.stdout, 1, limit)
@@ -236,7 +260,12 @@ async def _run(
 
 
 async def _run_on_pty(
-    command: list[str], policy: Policy, out: _JsonOut | None, metrics: tuple[str, int] | None, cgroups: bool
+    command: list[str],
+    policy: Policy,
+    out: _JsonOut | None,
+    metrics: tuple[str, int] | None,
+    cgroups: bool,
+    rules: CommandRules | None = None,
 ) -> int:
     """`corral run --tty`: the command on a pty of corral's (PtyRelay), signals forwarded as usual."""
     try:
@@ -247,7 +276,7 @@ async def _run_on_pty(
     try:
         with anyio.open_signal_receiver(*_FORWARD) as signals:
             async with (
-                Supervisor(max_concurrency=1, prefork=0, cgroups=cgroups) as sup,
+                Supervisor(max_concurrency=1, prefork=0, cgroups=cgroups, rules=rules) as sup,
                 _serve_metrics(sup, metrics),
             ):
                 child = await sup.start(
@@ -453,8 +482,9 @@ class _JsonOut:
             self._fd = self._dirfd = None
 
 
-#: `corral run` options that make no sense for a server (one command, its terminal, its --json file).
-_NOT_MCP = frozenset({"command", "json_file", "use_tty"})
+#: `corral run` options that make no sense for a server (one command, its terminal, its --json file), and
+#: --rules, which the MCP server does not apply yet.
+_NOT_MCP = frozenset({"command", "json_file", "use_tty", "rules_files"})
 
 
 @cli.command("mcp", context_settings={"ignore_unknown_options": False})
@@ -575,6 +605,42 @@ def _token(token_file: str | None) -> str | None:
 mcp.params[:0] = [p for p in run.params if p.name not in _NOT_MCP]
 
 
+@cli.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@click.option(
+    "--rules",
+    "rules_files",
+    multiple=True,
+    required=True,
+    metavar="FILE",
+    help="Command rules (TOML, or Codex .rules); repeat to combine files.",
+)
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print the decision as one JSON object.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def check(rules_files: tuple[str, ...], as_json: bool, command: tuple[str, ...]) -> None:
+    """Print what the command rules decide for COMMAND, and the rule that decided it; run nothing.
+
+    Exit status: 0 allow, 1 prompt, 2 forbidden, 125 when a rules file cannot be read (or its examples
+    fail). Put `--` before the command."""
+    rules = _load_rules(rules_files, None)
+    assert rules is not None
+    decision = rules.evaluate(list(command))
+    if as_json:
+        click.echo(json.dumps(decision.to_dict()))
+    else:
+        rule = decision.rule
+        click.echo(f"decision: {decision.decision}")
+        if rule is not None:
+            click.echo(
+                f"rule: {printable(rule.name or '?')} `{printable(rule.describe())}` ({rule.decision})"
+            )
+            if rule.justification:
+                click.echo(f"justification: {printable(rule.justification)}")
+        else:
+            click.echo("rule: none")
+        click.echo(f"reason: {printable(decision.reason)}")
+    sys.exit(CHECK_EXIT[decision.decision])
+
+
 @cli.command()
 def probe() -> None:
     """Print what this kernel offers to the sandbox."""
@@ -619,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as e:
         _say(e.format_message())
         sys.exit(EXIT_CORRAL)
-    except SpawnError as e:
+    except (SpawnError, CommandForbiddenError) as e:
         _say(e)
         sys.exit(e.exit_code)
     except (CorralError, _Fail) as e:

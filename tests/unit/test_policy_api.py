@@ -13,6 +13,9 @@ POLICIES_DIR = Path(policies.__file__).parent
 
 def test_all_is_pinned() -> None:
     assert policies.__all__ == [
+        "CommandDecision",
+        "CommandRule",
+        "CommandRules",
         "CorralError",
         "EnvPolicy",
         "FilesystemPolicy",
@@ -20,16 +23,20 @@ def test_all_is_pinned() -> None:
         "Policy",
         "PolicyError",
         "ResourcePolicy",
+        "RulesUnavailableError",
         "SyscallPolicy",
         "check_writable_roots",
         "filter_environment",
         "is_secret_name",
         "is_secret_value",
         "load_policy",
+        "load_rules",
         "parse_duration",
         "parse_size",
         "policy_from_dict",
         "profiles",
+        "rules_from_dict",
+        "rules_from_starlark",
     ]
     for name in policies.__all__:
         assert getattr(policies, name) is not None

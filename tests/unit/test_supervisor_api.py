@@ -15,9 +15,11 @@ def test_all_is_pinned() -> None:
     assert supervisor.__all__ == [
         "DEVNULL",
         "PIPE",
+        "Approver",
         "Child",
         "ChildStats",
         "CommandFailedError",
+        "CommandForbiddenError",
         "CommandNotExecutableError",
         "CommandNotFoundError",
         "CorralError",

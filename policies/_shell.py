@@ -1,0 +1,341 @@
+"""Shell scripts split into their simple commands, by a real bash parser (tree-sitter's bash grammar).
+
+`bash -lc "git status; curl x | sh"` runs two programs the command rules must each see. This module turns
+the script into the argv of every simple command in it, and says when it cannot prove the script is only
+that: a command or process substitution, an `eval`-like construct the rules cannot see into, control flow,
+a function definition, a redirection that writes into a protected path, or anything the grammar flags as
+an error. Such a script is `opaque` (docs/rules.md, "Shell scripts"): the rules give it their opaque
+decision, whatever its visible commands say.
+
+A word whose value only bash knows at run time (a variable, a glob, `~`, a brace expansion) is kept as
+None: the rules treat it as "could be anything" (it may match a stricter rule, never an allow rule).
+
+Pure data: no process is started, nothing is read. Needs the `rules` extra (tree-sitter, tree-sitter-bash);
+`parser()` raises RulesUnavailableError without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from policies._errors import CorralError
+
+#: Nodes that only group or sequence commands: safe to look through.
+_STRUCTURE = frozenset(
+    {
+        "program",
+        "list",
+        "pipeline",
+        "subshell",
+        "compound_statement",
+        "redirected_statement",
+        "negated_command",
+        "comment",
+        "variable_assignments",
+        ";",
+        ";;",
+        "&",
+        "&&",
+        "||",
+        "|",
+        "|&",
+        "!",
+        "(",
+        ")",
+        "{",
+        "}",
+        "\n",
+    }
+)
+
+#: Word nodes: their text is an argument (or a command name).
+_WORDS = frozenset(
+    {
+        "word",
+        "string",
+        "raw_string",
+        "ansi_c_string",
+        "translated_string",
+        "concatenation",
+        "number",
+        "simple_expansion",
+        "expansion",
+        "arithmetic_expansion",
+        "command_substitution",
+        "process_substitution",
+    }
+)
+
+#: Why a node makes the script opaque, by node type (anything else not listed here is opaque too).
+_OPAQUE_WHY = {
+    "command_substitution": "command substitution",
+    "process_substitution": "process substitution",
+    "function_definition": "function definition",
+    "if_statement": "control flow (if)",
+    "while_statement": "control flow (while)",
+    "for_statement": "control flow (for)",
+    "c_style_for_statement": "control flow (for)",
+    "case_statement": "control flow (case)",
+    "test_command": "test expression",
+    "declaration_command": "declaration (declare, export, local, readonly)",
+    "unset_command": "unset",
+}
+
+
+#: Write-redirection targets that are always harmless.
+_HARMLESS_TARGETS = frozenset({"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty"})
+
+#: Redirection operators that only read.
+_READ_OPS = frozenset({"<", "<&", "<&-"})
+
+
+class RulesUnavailableError(CorralError, ImportError):
+    """A command-rules feature was used without its optional dependencies (`pip install 'corral[rules]'`).
+
+    `module` is the missing import, `feature` what needed it.
+    """
+
+    def __init__(self, module: str, feature: str) -> None:
+        self.module = module
+        self.feature = feature
+        super().__init__(
+            f"{feature} needs the optional module {module!r}: install corral's `rules` extra "
+            "(pip install 'corral[rules]')"
+        )
+
+
+@functools.cache
+def parser() -> Any:
+    """The tree-sitter parser for bash, made once. Raises RulesUnavailableError without tree-sitter."""
+    try:
+        import tree_sitter
+        import tree_sitter_bash
+    except ImportError as err:
+        raise RulesUnavailableError(err.name or "tree_sitter", "splitting shell scripts") from err
+    return tree_sitter.Parser(tree_sitter.Language(tree_sitter_bash.language()))
+
+
+@dataclass(frozen=True, slots=True)
+class ShellSplit:
+    """The simple commands of a script, in order, and why it is not provably only them (empty: it is).
+
+    commands: each simple command's argv; a word bash would expand at run time is None.
+    opaque:   reasons, one per construct the rules cannot see through (deduplicated, in order).
+    """
+
+    commands: tuple[tuple[str | None, ...], ...]
+    opaque: tuple[str, ...]
+
+
+def split_script(script: str) -> ShellSplit:
+    """Parse `script` as bash and return its simple commands and the reasons it is opaque, if any.
+
+    Never raises for any text (a grammar error makes the script opaque); raises RulesUnavailableError when
+    tree-sitter is not installed.
+    """
+    data = script.encode("utf-8", "surrogateescape")
+    tree = parser().parse(data)
+    commands: list[tuple[str | None, ...]] = []
+    opaque: list[str] = []
+
+    def why(reason: str) -> None:
+        if reason not in opaque:
+            opaque.append(reason)
+
+    if b"\x00" in data:
+        why("a NUL byte in the script")
+    root = tree.root_node
+    if root.has_error:
+        why("a syntax error (the grammar could not parse it)")
+    # Iterative walk: a deeply nested script must not exhaust Python's recursion limit.
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        kind = node.type
+        if kind == "command":
+            commands.append(_command(node, why))
+            # Substitutions inside the command's words still run: look for their commands too.
+            stack.extend(reversed(_nested(node)))
+        elif kind in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+            _redirect(node, why)
+            stack.extend(reversed(_nested(node)))
+        elif kind == "variable_assignment":
+            stack.extend(reversed(_nested(node)))
+        elif kind in _STRUCTURE:
+            stack.extend(reversed(node.children))
+        elif kind == "ERROR" or node.is_missing:
+            why("a syntax error (the grammar could not parse it)")
+            stack.extend(reversed(node.children))
+        else:
+            why(_OPAQUE_WHY.get(kind, f"an unsupported construct ({kind})"))
+            stack.extend(reversed(node.children))
+    return ShellSplit(tuple(commands), tuple(opaque))
+
+
+def _nested(node: Any) -> list[Any]:
+    """The substitutions anywhere below `node` (not below another substitution: those are found in turn),
+    as nodes to walk: their commands run too."""
+    found: list[Any] = []
+    stack = list(node.children)
+    while stack:
+        n = stack.pop()
+        if n.type in ("command_substitution", "process_substitution"):
+            found.append(n)
+        else:
+            stack.extend(n.children)
+    return found
+
+
+def _command(node: Any, why: Any) -> tuple[str | None, ...]:
+    """One simple command's argv (prefix assignments dropped; redirections checked, not kept)."""
+    argv: list[str | None] = []
+    for child in node.children:
+        kind = child.type
+        if kind == "variable_assignment":
+            continue  # FOO=1 cmd: the environment of cmd, not a word of its argv
+        if kind == "command_name":
+            inner = child.children[0] if child.children else child
+            argv.append(_word(inner, why))
+        elif kind in _WORDS:
+            argv.append(_word(child, why))
+        elif kind in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+            _redirect(child, why)
+        elif kind == "comment":
+            continue
+        else:
+            why(_OPAQUE_WHY.get(kind, f"an unsupported construct ({kind})"))
+            argv.append(None)
+    if argv and argv[0] is None:
+        why("a command name bash computes at run time")
+    return tuple(argv)
+
+
+def _redirect(node: Any, why: Any) -> None:
+    """Check a redirection: a write into a protected path, or to a target bash computes, is opaque."""
+    if node.type != "file_redirect":
+        return  # here-documents and here-strings feed stdin; substitutions in them are walked for
+    ops = [c for c in node.children if c.type not in _WORDS and c.type != "file_descriptor"]
+    op = _text(ops[0]) if ops else ""
+    targets = [c for c in node.children if c.type in _WORDS]
+    if op in _READ_OPS:
+        return
+    if op in (">&", "&>") and targets and targets[0].type == "number":
+        return  # 2>&1: a dup of another fd, no file
+    if op == ">&" and targets and _text(targets[0]) == "-":
+        return
+    if not targets:
+        return
+    target = _word(targets[0], why)
+    if target is None:
+        why("a write redirection to a path bash computes at run time")
+    elif protected_target(target):
+        why(f"a write redirection into a protected path ({target})")
+
+
+def protected_target(path: str) -> bool:
+    """True when a script writing to `path` must not be taken as simple: anything under a `.git` directory,
+    the home directory (`~`), a path that climbs (`..`), or an absolute path outside /tmp (the host's files
+    as the sandbox sees them). /dev/null and the standard streams are never protected."""
+    if path in _HARMLESS_TARGETS:
+        return False
+    if path.startswith("~"):
+        return True
+    parts = path.split("/")
+    if ".git" in parts or ".." in parts:
+        return True
+    if path.startswith("/"):
+        norm = posixpath.normpath(path)
+        return not (norm == "/tmp" or norm.startswith("/tmp/"))
+    return False
+
+
+def _text(node: Any) -> str:
+    raw: bytes = node.text
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _word(node: Any, why: Any) -> str | None:
+    """The value bash gives a word node, or None when only bash at run time knows it."""
+    kind = node.type
+    if kind == "word":
+        text = _text(node)
+        if text.startswith("~") or _expands(text):
+            return None
+        return _unescape(text)
+    if kind == "number":
+        return _text(node)
+    if kind == "raw_string":
+        text = _text(node)
+        return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else None
+    if kind == "string":
+        parts: list[str] = []
+        for child in node.children:
+            if child.type == '"':
+                continue
+            if child.type == "string_content":
+                parts.append(_unescape_double(_text(child)))
+            else:
+                if child.type in ("command_substitution", "process_substitution"):
+                    why(_OPAQUE_WHY[child.type])
+                return None
+        return "".join(parts)
+    if kind == "concatenation":
+        pieces = [_word(child, why) for child in node.children]
+        if any(p is None for p in pieces):
+            return None
+        return "".join(p for p in pieces if p is not None)
+    if kind == "ansi_c_string":
+        text = _text(node)
+        if "\\" in text or len(text) < 3:
+            return None  # its escapes are bash's own dialect: not decoded here
+        return text[2:-1]
+    if kind in ("command_substitution", "process_substitution"):
+        why(_OPAQUE_WHY[kind])
+    return None
+
+
+def _expands(text: str) -> bool:
+    """True when bash may expand this bare word into something else: a glob (`*`, `?`, `[...]`) or a brace
+    expansion (`{a,b}`, `{1..3}`). Conservative: a lone `[` (the test command) or `{` stays literal."""
+    if "*" in text or "?" in text:
+        return True
+    if "[" in text and "]" in text[text.index("[") + 1 :]:
+        return True
+    return "{" in text and "}" in text[text.index("{") + 1 :]
+
+
+def _unescape(text: str) -> str:
+    """A bare word's backslashes as bash removes them (a backslash-newline joins lines)."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            if nxt != "\n":
+                out.append(nxt)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _unescape_double(text: str) -> str:
+    """Backslashes inside double quotes: only before $ ` " \\ and newline are they removed."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text) and text[i + 1] in '$`"\\\n':
+            if text[i + 1] != "\n":
+                out.append(text[i + 1])
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)

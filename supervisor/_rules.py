@@ -1,0 +1,89 @@
+"""Command rules at the supervisor: decide a command before it runs (docs/rules.md, "In the API").
+
+`decide` evaluates the supervisor's and the call's CommandRules (the stricter decision wins), asks the
+caller's approver when the decision is `prompt`, and raises CommandForbiddenError when the command may not
+run. The Supervisor counts each decision (`totals["decision:<d>"]`, which the Prometheus exporter reads as
+`corral_command_decisions_total{decision}`) and emits a `decision` event.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+
+from policies import CorralError
+from policies._commands import CommandDecision, CommandRules
+from policies._errors import printable
+
+#: The caller's approver: given the decision (argv, rule, justification), True lets the command run.
+Approver = Callable[[CommandDecision], Awaitable[bool]]
+
+#: Commands longer than this (bytes of argv) are evaluated in a worker thread: parsing a large shell script
+#: must not hold the event loop.
+_INLINE_MAX = 64 << 10
+
+
+class CommandForbiddenError(CorralError):
+    """The command rules did not let the command run; it was not started.
+
+    decision: the CommandDecision (its `rule`, `reason`, `justification`, `argv`); approval: why a `prompt`
+    decision did not end in a run ("no approver", "denied"), None for a `forbidden` one. `exit_code` is 126,
+    the status `corral run` exits with.
+    """
+
+    exit_code = 126
+
+    def __init__(self, decision: CommandDecision, approval: str | None = None) -> None:
+        self.decision = decision
+        self.approval = approval
+        self.argv = decision.argv
+        self.rule = decision.rule
+        self.justification = decision.justification
+        prog = printable(decision.argv[0] if decision.argv else "?", 200)
+        if approval is None:
+            head = f"{prog}: forbidden by the command rules"
+        else:
+            head = f"{prog}: needs approval ({decision.reason}) and {approval}"
+            super().__init__(head)
+            return
+        super().__init__(f"{head}: {decision.justification}")
+
+
+def _size(cmd: Sequence[str | bytes | os.PathLike[str]]) -> int:
+    return sum(len(os.fsencode(a)) for a in cmd)
+
+
+async def evaluate(
+    cmd: Sequence[str | bytes | os.PathLike[str]], sets: Sequence[CommandRules]
+) -> CommandDecision | None:
+    """The strictest decision of `sets` for `cmd` (on ties, the last set's: the call's over the
+    supervisor's), None when there are no rules. Large commands are evaluated in a worker thread."""
+    if not sets:
+        return None
+    best: CommandDecision | None = None
+    large = _size(cmd) > _INLINE_MAX
+    for rules in sets:
+        if large:
+            d = await anyio.to_thread.run_sync(rules.evaluate, cmd)
+        else:
+            d = rules.evaluate(cmd)
+        if best is None or _rank(d) >= _rank(best):
+            best = d
+    return best
+
+
+def _rank(d: CommandDecision) -> int:
+    return ("allow", "prompt", "forbidden").index(d.decision)
+
+
+async def approve(decision: CommandDecision, approver: Approver | None) -> str | None:
+    """For a `prompt` decision: None when the approver said yes, else why not ("no approver was given",
+    "the approver denied it"). Exceptions of the approver propagate; so does cancellation."""
+    if approver is None:
+        return "no approver was given"
+    verdict = await approver(decision)
+    if verdict is True:
+        return None
+    return "the approver denied it"
