@@ -49,6 +49,14 @@ MAX_DEPTH = 8
 
 Token = str | None
 
+#: Programs that run code their argv does not show: a command running one is opaque.
+_OPAQUE_PROGRAMS = {
+    "eval": "eval (runs its words as a script)",
+    "source": "source (runs a script file)",
+    ".": ". (runs a script file)",
+    "xargs": "xargs (builds commands from its input)",
+}
+
 
 def stricter(a: str, b: str) -> str:
     """The stricter of two decisions (forbidden > prompt > allow)."""
@@ -652,6 +660,18 @@ def _unwrap(argv: tuple[Token, ...]) -> tuple[tuple[Token, ...] | None, bool]:
     return None, False
 
 
+def _expand_script(script: str, ex: _Expanded, depth: int) -> None:
+    """Add the simple commands of a shell script to `ex` (and why it is opaque, if it is)."""
+    from policies._shell import split_script
+
+    split = split_script(script)
+    for reason in split.opaque:
+        ex.why(reason)
+    for command in split.commands:
+        if command:
+            _expand(command, ex, depth + 1)
+
+
 def _expand(argv: tuple[Token, ...], ex: _Expanded, depth: int) -> None:
     """Add `argv`'s simple commands to `ex`, looking through shells and wrappers."""
     if depth > MAX_DEPTH:
@@ -666,22 +686,22 @@ def _expand(argv: tuple[Token, ...], ex: _Expanded, depth: int) -> None:
     if name in SHELLS:
         script, is_c = _shell_script(argv)
         if script is not None:
-            from policies._shell import split_script
-
             ex.outer.append(argv)  # a rule written for `bash -lc` itself still applies
-            split = split_script(script)
-            for reason in split.opaque:
-                ex.why(reason)
-            if not split.commands and not split.opaque:
-                return  # an empty script runs nothing
-            for command in split.commands:
-                if command:
-                    _expand(command, ex, depth + 1)
+            _expand_script(script, ex, depth)
             return
         if is_c:
             ex.why(f"{name}: options that may run a script corral cannot read")
             ex.commands.append(argv)
             return
+    if name in _OPAQUE_PROGRAMS:
+        # They run code the argv does not show: eval's words as a script (split too: its commands are
+        # checked), a script file, commands built from input.
+        ex.why(_OPAQUE_PROGRAMS[name])
+        ex.commands.append(argv)
+        words = argv[1:]
+        if name == "eval" and words and all(w is not None for w in words):
+            _expand_script(" ".join(w for w in words if w is not None), ex, depth)
+        return
     inner, wraps = _unwrap(argv)
     if inner is not None:
         ex.outer.append(argv)

@@ -249,7 +249,7 @@ class _Builder:
         self.network.append({"host": host, "protocol": protocol, "decision": decision})
 
 
-_LOCATION = re.compile(r"--> ([^\n]*?:\d+:\d+)")
+_LOCATION = re.compile(r"--> [^\n]*?:(\d+):(\d+)")
 
 
 def rules_from_starlark(
@@ -287,7 +287,8 @@ def rules_from_starlark(
         reason = first.removeprefix("error:").strip() or "the Starlark interpreter refused the file"
         if time.monotonic() > deadline:
             reason = f"evaluating the file took longer than {STARLARK_DEADLINE_S:g} s"
-        raise PolicyError(where.group(1) if where else "", reason, source=source) from None
+        path = f"line {where.group(1)}, column {where.group(2)}" if where else ""
+        raise PolicyError(path, reason, source=source) from None
     if builder.network:
         log.warning(
             "%s: %d network_rule(s) read but not applied: network access is the policy's (--network)",

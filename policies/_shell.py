@@ -85,6 +85,34 @@ _OPAQUE_WHY = {
 }
 
 
+#: bash's reserved words: as a bare command name, bash reads them as syntax (or refuses the script).
+_RESERVED = frozenset(
+    [
+        "!",
+        "[[",
+        "]]",
+        "{",
+        "}",
+        "case",
+        "coproc",
+        "do",
+        "done",
+        "elif",
+        "else",
+        "esac",
+        "fi",
+        "for",
+        "function",
+        "if",
+        "in",
+        "select",
+        "then",
+        "time",
+        "until",
+        "while",
+    ]
+)
+
 #: Write-redirection targets that are always harmless.
 _HARMLESS_TARGETS = frozenset({"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty"})
 
@@ -150,6 +178,8 @@ def split_script(script: str) -> ShellSplit:
     root = tree.root_node
     if root.has_error:
         why("a syntax error (the grammar could not parse it)")
+    if not _covered(root, data):
+        why("text the grammar skipped (an escape bash reads otherwise)")
     # Iterative walk: a deeply nested script must not exhaust Python's recursion limit.
     stack = [root]
     while stack:
@@ -165,14 +195,36 @@ def split_script(script: str) -> ShellSplit:
         elif kind == "variable_assignment":
             stack.extend(reversed(_nested(node)))
         elif kind in _STRUCTURE:
-            stack.extend(reversed(node.children))
+            stack.extend(reversed(node.named_children))
         elif kind == "ERROR" or node.is_missing:
             why("a syntax error (the grammar could not parse it)")
-            stack.extend(reversed(node.children))
+            stack.extend(reversed(node.named_children))
         else:
+            # Keywords and punctuation are unnamed nodes: only the named ones can hold commands.
             why(_OPAQUE_WHY.get(kind, f"an unsupported construct ({kind})"))
-            stack.extend(reversed(node.children))
+            stack.extend(reversed(node.named_children))
     return ShellSplit(tuple(commands), tuple(opaque))
+
+
+def _covered(root: Any, data: bytes) -> bool:
+    """True when every byte of the script the grammar did not put in a node is one it may skip: blanks,
+    newlines and line continuations. The grammar skips some escapes (a leading `\\ `, an escaped tab) that
+    bash keeps as part of a word: then its words cannot be trusted."""
+    pos = 0
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.child_count == 0:
+            if node.start_byte > pos and not _skippable(data[pos : node.start_byte]):
+                return False
+            pos = max(pos, node.end_byte)
+        else:
+            stack.extend(reversed(node.children))
+    return pos >= len(data) or _skippable(data[pos:])
+
+
+def _skippable(gap: bytes) -> bool:
+    return not gap.replace(b"\\\n", b"").strip(b" \t\r\n")
 
 
 def _nested(node: Any) -> list[Any]:
@@ -192,8 +244,14 @@ def _nested(node: Any) -> list[Any]:
 def _command(node: Any, why: Any) -> tuple[str | None, ...]:
     """One simple command's argv (prefix assignments dropped; redirections checked, not kept)."""
     argv: list[str | None] = []
+    end = -1
     for child in node.children:
         kind = child.type
+        if child.start_byte == end and kind in _WORDS:
+            # Two word nodes with nothing between them: bash makes one word of them (`a}\~`), the grammar
+            # two. Not vouched for.
+            why("a word the grammar and bash may read differently")
+        end = child.end_byte
         if kind == "variable_assignment":
             continue  # FOO=1 cmd: the environment of cmd, not a word of its argv
         if kind == "command_name":
@@ -210,6 +268,8 @@ def _command(node: Any, why: Any) -> tuple[str | None, ...]:
             argv.append(None)
     if argv and argv[0] is None:
         why("a command name bash computes at run time")
+    elif argv and argv[0] in _RESERVED and node.child_count and node.children[0].type == "command_name":
+        why(f"a reserved word as a command name ({argv[0]})")
     return tuple(argv)
 
 
@@ -262,6 +322,9 @@ def _word(node: Any, why: Any) -> str | None:
     kind = node.type
     if kind == "word":
         text = _text(node)
+        if not _plain(text):
+            why("a word the grammar and bash may read differently")
+            return None
         if text.startswith("~") or _expands(text):
             return None
         return _unescape(text)
@@ -271,18 +334,22 @@ def _word(node: Any, why: Any) -> str | None:
         text = _text(node)
         return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else None
     if kind == "string":
-        parts: list[str] = []
         for child in node.children:
-            if child.type == '"':
-                continue
-            if child.type == "string_content":
-                parts.append(_unescape_double(_text(child)))
-            else:
+            if child.type not in ('"', "string_content"):
                 if child.type in ("command_substitution", "process_substitution"):
                     why(_OPAQUE_WHY[child.type])
                 return None
-        return "".join(parts)
+        text = _text(node)
+        if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+            return None
+        # From the text itself: the grammar leaves blanks inside quotes out of its content nodes.
+        return _unescape_double(text[1:-1])
     if kind == "concatenation":
+        # A glob or brace expansion may span the pieces (`={,}`, `"a"*`): look at the unquoted text, each
+        # quoted piece standing as one plain character.
+        shape = "".join(_text(c) if c.type == "word" else "x" for c in node.children)
+        if shape.startswith("~") or _expands(shape):
+            return None
         pieces = [_word(child, why) for child in node.children]
         if any(p is None for p in pieces):
             return None
@@ -295,6 +362,24 @@ def _word(node: Any, why: Any) -> str | None:
     if kind in ("command_substitution", "process_substitution"):
         why(_OPAQUE_WHY[kind])
     return None
+
+
+#: Characters bash never leaves unescaped inside one bare word.
+_METACHARACTERS = frozenset(" \t\n;&|<>()'\"`$")
+
+
+def _plain(text: str) -> bool:
+    """True when a bare word's text has no unescaped shell metacharacter: where the grammar made one word of
+    what bash would split or quote (`} {`), the word cannot be vouched for."""
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch in _METACHARACTERS:
+            return False
+    return not escaped
 
 
 def _expands(text: str) -> bool:
