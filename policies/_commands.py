@@ -248,9 +248,27 @@ class CommandDecision:
     commands: tuple[tuple[Token, ...], ...]
     unmatched: tuple[tuple[Token, ...], ...]
     opaque: tuple[str, ...]
-    reason: str
     profile: str | None = None
     policy: Policy | None = None
+    #: What `reason` is made from, when it is read: (the deciding match, the default, the opaque decision).
+    _why: tuple[RuleMatch | None, str, str] = (None, "prompt", "prompt")
+
+    @property
+    def reason(self) -> str:
+        """One line saying why, for messages and logs."""
+        rule_match, default, opaque = self._why
+        if rule_match is not None and rule_match.rule.decision == self.decision:
+            r = rule_match.rule
+            name = f"{r.name} " if r.name else ""
+            text = f"rule {name}`{r.describe()}` ({r.decision}) matches `{_show(rule_match.command)}`"
+            return text + (f": {r.justification}" if r.justification else "")
+        if self.opaque and self.decision == opaque:
+            return (
+                f"not provably simple ({'; '.join(self.opaque)}): the decision for opaque commands ({opaque})"
+            )
+        if self.unmatched:
+            return f"no rule matches `{_show(self.unmatched[0])}`: the default ({default})"
+        return f"the default ({self.decision})"
 
     @property
     def justification(self) -> str:
@@ -416,7 +434,7 @@ class CommandRules:
             if possible:
                 found.append(RuleMatch(r, key, certain))
         if "/" in program:
-            base = posixpath.basename(program)
+            base = program.rpartition("/")[2]
             listed = self.host_executables.get(base)
             trusted = listed is None or program in listed
             for r in self._by_program.get(base, ()):
@@ -430,7 +448,11 @@ class CommandRules:
     def evaluate(self, argv: Sequence[str | bytes | os.PathLike[str]]) -> CommandDecision:
         """Decide `argv` (docs/rules.md, "How a command is decided"). Never raises for any argv; raises
         RulesUnavailableError when a shell script must be split and tree-sitter is not installed."""
-        words = tuple(os.fsdecode(a) for a in argv)
+        words: tuple[str, ...] = (
+            tuple(argv)  # type: ignore[arg-type]  # every item is a str: checked just here
+            if all(type(a) is str for a in argv)
+            else tuple(os.fsdecode(a) for a in argv)
+        )
         ex = _Expanded()
         if not words:
             ex.why("an empty command")
@@ -442,39 +464,23 @@ class CommandRules:
         deciding: list[RuleMatch] = []  # per simple command, its most specific strictest certain match
         choices: set[tuple[str | None, Policy | None]] = set()
 
-        def consider(found: list[RuleMatch]) -> tuple[str, RuleMatch | None]:
-            """The strictest decision among `found` (uncertain allows do not count) and its best match."""
-            best: RuleMatch | None = None
-            for m in found:
-                if not m.certain and m.rule.decision == "allow":
-                    continue
-                if (
-                    best is None
-                    or _RANK[m.rule.decision] > _RANK[best.rule.decision]
-                    or (
-                        m.rule.decision == best.rule.decision and len(m.rule.pattern) > len(best.rule.pattern)
-                    )
-                ):
-                    best = m
-            return (best.rule.decision if best is not None else ""), best
-
         for command in ex.outer:
             found = self._matches(command)
             matches.extend(found)
-            d, best = consider(found)
+            best = _best(found)
             if best is not None:
-                decision = stricter(decision, d)
+                decision = stricter(decision, best.rule.decision)
                 deciding.append(best)
         for command in ex.commands:
             found = self._matches(command)
             matches.extend(found)
-            d, best = consider(found)
+            best = _best(found)
             if best is None:
                 unmatched.append(command)
                 decision = stricter(decision, self.default)
                 choices.add((None, None))
                 continue
-            decision = stricter(decision, d)
+            decision = stricter(decision, best.rule.decision)
             deciding.append(best)
             choices.add((best.rule.profile, best.rule.policy))
         if not ex.commands:  # `bash -c ''`, an empty argv: nothing a rule could vouch for
@@ -488,7 +494,6 @@ class CommandRules:
         top = [m for m in deciding if m.rule.decision == decision]
         rule_match = max(top, key=lambda m: len(m.rule.pattern)) if top else None
         rule = rule_match.rule if rule_match is not None else None
-        reason = self._reason(decision, rule_match, unmatched, ex.opaque)
         profile, policy = (
             next(iter(choices)) if len(choices) == 1 and decision != "forbidden" else (None, None)
         )
@@ -500,28 +505,26 @@ class CommandRules:
             commands=tuple(ex.commands),
             unmatched=tuple(unmatched),
             opaque=tuple(ex.opaque),
-            reason=reason,
+            _why=(rule_match, self.default, self.opaque),
             profile=profile,
             policy=policy,
         )
 
-    def _reason(
-        self,
-        decision: str,
-        rule_match: RuleMatch | None,
-        unmatched: list[tuple[Token, ...]],
-        opaque: list[str],
-    ) -> str:
-        if rule_match is not None and rule_match.rule.decision == decision:
-            r = rule_match.rule
-            name = f"{r.name} " if r.name else ""
-            text = f"rule {name}`{r.describe()}` ({r.decision}) matches `{_show(rule_match.command)}`"
-            return text + (f": {r.justification}" if r.justification else "")
-        if opaque and decision == self.opaque:
-            return f"not provably simple ({'; '.join(opaque)}): the decision for opaque commands ({decision})"
-        if unmatched:
-            return f"no rule matches `{_show(unmatched[0])}`: the default ({self.default})"
-        return f"the default ({decision})"
+
+def _best(found: list[RuleMatch]) -> RuleMatch | None:
+    """The strictest, then most specific, of `found` (an uncertain match of an allow rule does not count)."""
+    best: RuleMatch | None = None
+    for m in found:
+        rule = m.rule
+        if not m.certain and rule.decision == "allow":
+            continue
+        if best is None:
+            best = m
+            continue
+        mine, theirs = _RANK[rule.decision], _RANK[best.rule.decision]
+        if mine > theirs or (mine == theirs and len(rule.pattern) > len(best.rule.pattern)):
+            best = m
+    return best
 
 
 def _host_paths(name: object, paths: object) -> tuple[str, ...]:
@@ -582,7 +585,7 @@ def _unwrap(argv: tuple[Token, ...]) -> tuple[tuple[Token, ...] | None, bool]:
     """For a wrapper that runs another command: (the inner argv, True); (None, True) when the wrapper's
     options cannot be read (opaque); (None, False) when `argv` is not a wrapper (or wraps nothing)."""
     program = argv[0]
-    name = posixpath.basename(program) if program is not None else None
+    name = program.rpartition("/")[2] if program is not None else None
     rest = list(argv[1:])
     if name == "env":
         while rest:
@@ -682,7 +685,7 @@ def _expand(argv: tuple[Token, ...], ex: _Expanded, depth: int) -> None:
         ex.why("a command name bash computes at run time")
         ex.commands.append(argv)
         return
-    name = posixpath.basename(program)
+    name = program.rpartition("/")[2]
     if name in SHELLS:
         script, is_c = _shell_script(argv)
         if script is not None:

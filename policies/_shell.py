@@ -17,7 +17,6 @@ Pure data: no process is started, nothing is read. Needs the `rules` extra (tree
 from __future__ import annotations
 
 import functools
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +114,11 @@ _RESERVED = frozenset(
 
 #: Write-redirection targets that are always harmless.
 _HARMLESS_TARGETS = frozenset({"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty"})
+
+#: Top-level directories a script writing into is never simple: the system's, and the kernel's views.
+_SYSTEM_DIRS = frozenset(
+    ["etc", "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "boot", "root", "proc", "sys", "dev"]
+)
 
 #: Redirection operators that only read.
 _READ_OPS = frozenset({"<", "<&", "<&-"})
@@ -296,20 +300,18 @@ def _redirect(node: Any, why: Any) -> None:
 
 
 def protected_target(path: str) -> bool:
-    """True when a script writing to `path` must not be taken as simple: anything under a `.git` directory,
-    the home directory (`~`), a path that climbs (`..`), or an absolute path outside /tmp (the host's files
-    as the sandbox sees them). /dev/null and the standard streams are never protected."""
+    """True when a script writing to `path` must not be taken as simple: a hidden file or directory on the
+    way (`.git/hooks`, `.ssh`, `.bashrc`, `.config`: where code that runs later lives), a path that climbs
+    (`..`), the home directory (`~`), or a system directory (/etc, /usr, /boot, /proc, ...). /dev/null and
+    the standard streams are never protected; the sandbox's own confinement still applies to every write."""
     if path in _HARMLESS_TARGETS:
         return False
     if path.startswith("~"):
         return True
-    parts = path.split("/")
-    if ".git" in parts or ".." in parts:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if any(p == ".." or p.startswith(".") for p in parts):
         return True
-    if path.startswith("/"):
-        norm = posixpath.normpath(path)
-        return not (norm == "/tmp" or norm.startswith("/tmp/"))
-    return False
+    return path.startswith("/") and bool(parts) and parts[0] in _SYSTEM_DIRS
 
 
 def _text(node: Any) -> str:
