@@ -17,6 +17,7 @@ Pure data: no process is started, nothing is read. Needs the `rules` extra (tree
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,6 @@ _STRUCTURE = frozenset(
         "comment",
         "variable_assignments",
         ";",
-        ";;",
         "&",
         "&&",
         "||",
@@ -49,6 +49,9 @@ _STRUCTURE = frozenset(
         "\n",
     }
 )
+
+#: Tokens that continue a command list: never at the start of a line.
+_OPERATORS = frozenset({";", "&", "&&", "||", "|", "|&"})
 
 #: Word nodes: their text is an argument (or a command name).
 _WORDS = frozenset(
@@ -111,6 +114,9 @@ _RESERVED = frozenset(
         "while",
     ]
 )
+
+#: A shell variable name.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: Write-redirection targets that are always harmless.
 _HARMLESS_TARGETS = frozenset({"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty"})
@@ -197,8 +203,23 @@ def split_script(script: str) -> ShellSplit:
             _redirect(node, why)
             stack.extend(reversed(_nested(node)))
         elif kind == "variable_assignment":
+            _assignment(node, why)
             stack.extend(reversed(_nested(node)))
         elif kind in _STRUCTURE:
+            if kind in ("compound_statement", "subshell") and not any(
+                c.type != "comment" for c in node.named_children
+            ):
+                why("an empty group (bash refuses it)")
+            for i, child in enumerate(node.children):
+                if not child.is_named and child.type not in _STRUCTURE:
+                    why(f"an unsupported construct ({child.type})")
+                elif (
+                    child.type in ("!", "{")
+                    and i + 1 < node.child_count
+                    and node.children[i + 1].start_byte == child.end_byte
+                ):
+                    # `!x`, `{}`, `{ls;}`: words to bash (these keywords need a blank after them).
+                    why("a word the grammar and bash may read differently")
             stack.extend(reversed(node.named_children))
         elif kind == "ERROR" or node.is_missing:
             why("a syntax error (the grammar could not parse it)")
@@ -219,16 +240,31 @@ def _covered(root: Any, data: bytes) -> bool:
     while stack:
         node = stack.pop()
         if node.child_count == 0:
-            if node.start_byte > pos and not _skippable(data[pos : node.start_byte]):
+            gap = data[pos : node.start_byte]
+            if pos and node.start_byte > pos and not _skippable(gap):
                 return False
+            if not pos and gap and not _skippable(gap, leading=True):
+                return False
+            if node.type in _OPERATORS and b"\n" in gap.replace(b"\\\n", b""):
+                return False  # a newline ends the command: bash refuses an operator at a line's start
             pos = max(pos, node.end_byte)
         else:
             stack.extend(reversed(node.children))
-    return pos >= len(data) or _skippable(data[pos:])
+    return pos >= len(data) or _skippable(data[pos:], leading=True)
 
 
-def _skippable(gap: bytes) -> bool:
-    return not gap.replace(b"\\\n", b"").strip(b" \t\r\n")
+def _skippable(gap: bytes, leading: bool = False) -> bool:
+    """A gap between two tokens is blanks and newlines, with line continuations (`\\` newline) only right
+    after a blank (`cmd \\` newline `--flag`): bash removes a continuation and joins what is around it
+    (`a\\` newline `b` is `ab`), which the grammar takes for a blank."""
+    if gap.replace(b"\\\n", b"").strip(b" \t\r\n"):
+        return False
+    at = gap.find(b"\\\n")
+    while at != -1:
+        if at == 0 or gap[at - 1 : at] not in (b" ", b"\t"):
+            return False
+        at = gap.find(b"\\\n", at + 2)
+    return leading or gap == b"" or bool(gap.strip(b"\\"))
 
 
 def _nested(node: Any) -> list[Any]:
@@ -257,6 +293,7 @@ def _command(node: Any, why: Any) -> tuple[str | None, ...]:
             why("a word the grammar and bash may read differently")
         end = child.end_byte
         if kind == "variable_assignment":
+            _assignment(child, why)
             continue  # FOO=1 cmd: the environment of cmd, not a word of its argv
         if kind == "command_name":
             inner = child.children[0] if child.children else child
@@ -275,6 +312,16 @@ def _command(node: Any, why: Any) -> tuple[str | None, ...]:
     elif argv and argv[0] in _RESERVED and node.child_count and node.children[0].type == "command_name":
         why(f"a reserved word as a command name ({argv[0]})")
     return tuple(argv)
+
+
+def _assignment(node: Any, why: Any) -> None:
+    """An assignment bash would not take as one (`1=x`: a name cannot start with a digit, so bash runs a
+    command of that name) is a place where the grammar and bash disagree."""
+    name = node.children[0] if node.children else None
+    if name is not None and name.type == "subscript":
+        return  # a[0]=x: an array element
+    if name is None or name.type != "variable_name" or not _IDENTIFIER.fullmatch(_text(name)):
+        why("a word the grammar and bash may read differently")
 
 
 def _redirect(node: Any, why: Any) -> None:
