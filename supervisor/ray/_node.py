@@ -249,6 +249,8 @@ class NodeSupervisor:
 
     def _record(self, ev: Event) -> None:
         child = ev.child
+        if child is None or ev.kind == "decision":
+            return  # a command rules' decision: no child on this node to name (docs/rules.md)
         self._event_seq += 1
         remote = RemoteEvent(
             kind=ev.kind,
