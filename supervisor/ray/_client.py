@@ -158,7 +158,7 @@ class RaySupervisor:
              `where=` overrides it.
     metrics_port: each node's supervisor serves the Prometheus exporter on this port (0: any free port;
              None: no exporter). metrics_addr: the address it binds (default: the node's Ray address).
-    workspace_root: where each node keeps its session workdirs (one directory per node id under it).
+    workspace_root: where each node keeps its session workdirs (<node id>/<namespace>/ under it).
     detached: the node actors outlive this client (named `corral-<node id>` in `namespace`, shared by
              every client of the namespace; the first client's settings make them). False ties them to
              the driver that created them. `shutdown()` stops them either way.
@@ -346,6 +346,7 @@ class RaySupervisor:
     def _actor_for(self, node_id: str) -> Any:
         s = self._settings
         config = {
+            "namespace": s["namespace"],
             "max_concurrency": s["max_concurrency"],
             "metrics_port": s["metrics_port"],
             "metrics_addr": s["metrics_addr"],

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -105,7 +106,11 @@ class NodeSupervisor:
         self._event_seq = 0
         self._new_event: asyncio.Event | None = None
         self.node_id = ray.get_runtime_context().get_node_id()
-        self._root = os.path.join(str(config.get("workspace_root", "/var/tmp/corral-ray")), self.node_id)
+        #: <workspace_root>/<node id>/<namespace>: the actors of two namespaces on one node (two groups of
+        #: clients) each own their own directory, and a node's whole directory goes when Ray reports it dead.
+        self._base = str(config.get("workspace_root", "/var/tmp/corral-ray"))
+        namespace = re.sub(r"[^A-Za-z0-9_.-]", "_", str(config.get("namespace", "")))
+        self._root = os.path.join(self._base, self.node_id, namespace.strip(".") or "_")
 
     # -- life ------------------------------------------------------------------------------------------
 
@@ -181,18 +186,23 @@ class NodeSupervisor:
         self._stop.set()
 
     def _prepare_root(self) -> None:
-        """Make the node's workspace root and remove what a previous actor on this node left there, and the
-        roots of nodes Ray reports dead that shared this machine's filesystem (a node that came back has a
-        new id: its old sessions are lost)."""
-        base = os.path.dirname(self._root)
-        os.makedirs(base, mode=0o755, exist_ok=True)
+        """Make this actor's workspace root and remove what a previous actor of its namespace on this node
+        left there, and the directories of nodes Ray reports dead that shared this machine's filesystem (a
+        node that came back has a new id: its old sessions are lost)."""
+        os.makedirs(self._base, mode=0o755, exist_ok=True)
+        node_dir = os.path.dirname(self._root)
         _files.remove_tree(self._root)
-        os.mkdir(self._root, 0o755)
+        # Traversable (a sandbox reaches its workdir through them), not listable: one session's owner cannot
+        # find the others' workdirs by listing the node's directories.
+        for path in (node_dir, self._root):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o711)
+            os.chmod(path, 0o711)  # whatever the umask
         os.mkdir(os.path.join(self._root, "scratch"), 0o755)
         dead = {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
-        for name in os.listdir(base):
+        for name in os.listdir(self._base):
             if name in dead:
-                _files.remove_tree(os.path.join(base, name))
+                _files.remove_tree(os.path.join(self._base, name))
 
     def _describe(self, sup: Supervisor, port: int | None, addr: str | None) -> NodeInfo:
         me: dict[str, Any] = next((n for n in ray.nodes() if n["NodeID"] == self.node_id), {})

@@ -68,7 +68,9 @@ def ray_cluster() -> Iterator[RayCluster]:
             "object_store_memory": 80 * 1024 * 1024,
         },
     )
-    second = cluster.add_node(num_cpus=1, resources={"corral_b": 1}, object_store_memory=80 * 1024 * 1024)
+    second = cluster.add_node(
+        num_cpus=1, resources={"corral_b": 1}, labels={"pool": "b"}, object_store_memory=80 * 1024 * 1024
+    )
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
     handle = RayCluster(cluster, cluster.head_node, second)
     try:

@@ -128,6 +128,8 @@ async def test_placement_by_resource_and_profile(ray_cluster: RayCluster) -> Non
         assert {node_of(r.stdout.decode().strip()) for r in ro} == {b}
         pinned = [await sup.run(["pwd"], where=A) for _ in range(4)]
         assert {node_of(r.stdout.decode().strip()) for r in pinned} == {a}
+        labelled = [await sup.run(["pwd"], where=NodeSelector(labels={"pool": "b"})) for _ in range(4)]
+        assert {node_of(r.stdout.decode().strip()) for r in labelled} == {b}
         with pytest.raises(PlacementError) as info:
             await sup.run(["true"], where=NodeSelector(resources={"no_such_resource": 1}))
         assert info.value.nodes == 2
@@ -187,6 +189,35 @@ async def test_session_pinned_to_its_node(client: RaySupervisor) -> None:
         assert _exists(ws.workdir)  # the nodes share this machine: the workdir is visible here
         workdir = ws.workdir
     assert not _exists(workdir)
+
+
+async def test_session_from_a_ray_object_or_a_local_directory(
+    client: RaySupervisor, shared_dir: Path
+) -> None:
+    ref = await anyio.to_thread.run_sync(ray.put, _tarball({"from/object.txt": b"in the object store\n"}))
+    async with client.session(ref, where=A) as ws:
+        assert node_of(ws.workdir) == _node_with(client, "corral_a")
+        assert await ws.read_file("from/object.txt") == b"in the object store\n"
+    (shared_dir / "sub").mkdir()
+    (shared_dir / "sub" / "local.txt").write_text("tarred by the client\n")
+    async with client.session(shared_dir, where=B) as ws:
+        r = await ws.run(["cat", "sub/local.txt"])
+        assert r.stdout == b"tarred by the client\n"
+        assert ws.workdir != str(shared_dir)
+    async with client.session(None) as ws:
+        r = await ws.run(["ls", "-A"])
+        assert (r.exit_code, r.stdout) == (0, b"")
+
+
+async def test_namespaces_keep_their_own_workspaces(client: RaySupervisor) -> None:
+    """Another namespace's actors starting on the same nodes leave this namespace's sessions alone."""
+    async with client.session(_tarball({"keep.txt": b"mine\n"}), where=A) as ws:
+        async with RaySupervisor(namespace=fresh_namespace(), workspace_root=WORKSPACES) as other:
+            async with other.session(where=A) as theirs:
+                assert os.path.dirname(theirs.workdir) != os.path.dirname(ws.workdir)
+            await other.shutdown()
+        assert await ws.read_file("keep.txt") == b"mine\n"
+        assert (await ws.run(["cat", "keep.txt"])).stdout == b"mine\n"
 
 
 async def test_session_fetch_never_follows_sandbox_symlinks(client: RaySupervisor) -> None:
