@@ -5,10 +5,12 @@ command."""
 
 from __future__ import annotations
 
+import atexit
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -17,6 +19,10 @@ from hypothesis import strategies as st
 from policies._shell import protected_target, split_script
 
 BASH = shutil.which("bash")
+
+#: Where bash runs: an empty directory of its own, outside the checkout.
+SCRATCH = tempfile.mkdtemp(prefix="corral-shell-split-")
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 #: A word shlex leaves unquoted that bash reads as an assignment when it comes first (`A=1 cmd`).
 ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
@@ -40,6 +46,7 @@ def bash_commands(script: str) -> list[list[str]]:
         [BASH, "--norc", "--noprofile", "-c", handler + script],
         capture_output=True,
         timeout=10,
+        cwd=SCRATCH,  # never the checkout: a generated script must not leave files where `git add` sees them
         env={"PATH": "/nonexistent", "LC_ALL": "C.UTF-8"},
         check=False,
     )
@@ -133,7 +140,7 @@ def test_substitutions_are_never_vouched_for(script: str) -> None:
     if "$(" in script and not split.opaque:
         # Quoted or escaped: then bash does not substitute either (checked against bash when it parses).
         if BASH is not None:
-            r = subprocess.run([BASH, "-n", "-c", script], capture_output=True, timeout=10)
+            r = subprocess.run([BASH, "-n", "-c", script], capture_output=True, timeout=10, cwd=SCRATCH)
             assert r.returncode == 0, script
         assert all(
             "$(" not in " ".join(w or "" for w in c) or "'" in script or "\\" in script
