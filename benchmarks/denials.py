@@ -11,6 +11,8 @@ rusage: the event loop and its worker threads; the fork server and the sandbox a
 share of one core over the command's run, and the supervisor's RSS growth. The issue's bounds: the
 supervisor's CPU under ~5% of a core while the denied loop runs, its memory bounded (the same as for
 one denial). The command's own slowdown (denied / allowed per call) is reported, not bounded.
+Then N/10 UDP connects to 127.0.0.1 (allowed, not reported): under network none each is watched (a round
+trip through the init), under network host none is: the cost of the network layer's reports.
 """
 
 from __future__ import annotations
@@ -35,15 +37,21 @@ from supervisor import Supervisor
 
 LOOP_C = r"""
 #define _GNU_SOURCE
+#include <netinet/in.h>
 #include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 int main(int argc, char **argv) {
     long n = atol(argv[2]);
-    int deny = argv[1][0] == 'd';
+    int deny = argv[1][0] == 'd', conn = argv[1][0] == 'c';
+    struct sockaddr_in lo = {AF_INET, htons(1), {htonl(0x7f000001)}, {0}};
+    int s = conn ? socket(AF_INET, SOCK_DGRAM, 0) : -1;
     for (long i = 0; i < n; i++) {
         if (deny) syscall(SYS_unshare, CLONE_NEWUSER);
+        else if (conn) connect(s, (struct sockaddr *)&lo, sizeof lo); /* UDP: no handshake, no port */
         else syscall(SYS_getppid);
     }
     return 0;
@@ -58,8 +66,10 @@ def build(where: Path) -> Path:
     return exe
 
 
-async def measure(sup: Supervisor, exe: Path, mode: str, calls: int, workdir: Path) -> dict[str, float]:
-    policy = profiles.workspace_write(workdir)
+async def measure(
+    sup: Supervisor, exe: Path, mode: str, calls: int, workdir: Path, network: str = "none"
+) -> dict[str, float]:
+    policy = profiles.workspace_write(workdir, network=network)  # type: ignore[arg-type]
     me = psutil.Process()
     rss0 = me.memory_info().rss
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -95,6 +105,9 @@ async def main(calls: int, out: str | None) -> None:
             await measure(sup, exe, "allowed", 100, where)
             allowed = await measure(sup, exe, "allowed", calls, where)
             denied = await measure(sup, exe, "denied", calls, where)
+            n = calls // 10
+            watched = await measure(sup, exe, "connect", n, where)  # network none: every connect watched
+            unwatched = await measure(sup, exe, "connect", n, where, network="host")
     figures = {
         "calls": calls,
         "cpus": os.cpu_count(),
@@ -102,6 +115,8 @@ async def main(calls: int, out: str | None) -> None:
         "allowed": allowed,
         "denied": denied,
         "command_slowdown_per_call": round(denied["per_call_us"] / max(allowed["per_call_us"], 1e-9), 1),
+        "loopback_connect_watched": watched,
+        "loopback_connect_unwatched_host_network": unwatched,
     }
     print(json.dumps(figures, indent=2))
     if out:

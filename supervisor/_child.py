@@ -311,7 +311,11 @@ class Child:
         a record from a sandbox whose filter does not notify is not the init's)."""
         if self.syscall_names is None:
             return
-        denial = seccomp_denial(payload, self.syscall_names, self.policy)
+        try:
+            denial = seccomp_denial(payload, self.syscall_names, self.policy)
+        except Exception:  # a report must never stop the watcher: the child's exit still has to be read
+            log.exception("denial report from a sandbox init not understood; ignored")
+            denial = None
         if self.denials.add_seccomp(denial) and denial is not None and self.on_denial is not None:
             self.on_denial(denial)
 

@@ -156,12 +156,21 @@ def seccomp_denial(
     if record is None:
         return None
     nr, pid = record["nr"], record["pid"]
+    shown = pid if 0 < pid < 2**22 else None
+    if "addr" in record:  # a watched connect/sendto off loopback: the network namespace refuses it
+        operation = "connect" if names.get(nr) == "connect" else "send"
+        return Denial("network", operation, record["addr"], shown, 1, _network_hint(policy))
     args = tuple(a & (2**64 - 1) for a in record["args"])
     name = names.get(nr)
     if name is None:
         return Denial("seccomp", "syscall", f"syscall {nr}", None, 1, "refused by the seccomp filter")
-    shown = pid if 0 < pid < 2**22 else None
     return Denial("seccomp", "syscall", _target(name, args), shown, 1, _seccomp_hint(name, args, policy))
+
+
+def _network_hint(policy: Policy | None) -> str:
+    if policy is not None and policy.network.mode == "proxy":
+        return "off loopback only through the proxy (HTTP(S)_PROXY); --allow-domain NAME admits a host"
+    return "network none: the sandbox's own loopback only; --network proxy with --allow-domain, or host"
 
 
 def limit_denials(policy: Policy | None, limit_hits: Mapping[str, int], signal: int | None) -> list[Denial]:
@@ -182,7 +191,7 @@ def limit_denials(policy: Policy | None, limit_hits: Mapping[str, int], signal: 
 
 
 def unobservable(
-    policy: Policy, enforced: tuple[str, ...], notify: bool, notify_reason: str
+    policy: Policy, enforced: tuple[str, ...], notify: bool, notify_reason: str, watch_net: bool = False
 ) -> tuple[tuple[str, str], ...]:
     """The layers in force for `policy` whose refusals this version cannot report, each with why (the
     Result's `denials_unobservable`; docs/denials.md)."""
@@ -196,7 +205,7 @@ def unobservable(
             )
         if "readonly_root" in enforced:
             out.append(("mounts", "EROFS and hidden paths come from the mount view, which reports nothing"))
-    if policy.network.mode in ("none", "proxy"):
+    if policy.network.mode in ("none", "proxy") and not watch_net:
         out.append(("network", "ENETUNREACH comes from the empty routing table, which reports nothing"))
     if policy.resources.fds is not None:
         out.append(("rlimit", "EMFILE at RLIMIT_NOFILE is answered by the kernel without a trace"))

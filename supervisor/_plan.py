@@ -196,5 +196,6 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
             "; ".join(f"{layer} ({why})" for layer, why in missing),
         )
     notify = isinstance(sc, dict) and "notify" in sc
-    hidden = _denials.unobservable(policy, tuple(enforced), notify, caps.seccomp_notify.reason)
+    watch_net = isinstance(sc, dict) and sc.get("watch_net") is True
+    hidden = _denials.unobservable(policy, tuple(enforced), notify, caps.seccomp_notify.reason, watch_net)
     return CompiledPolicy(next(_ids), payload, tuple(enforced), tuple(missing), hidden)

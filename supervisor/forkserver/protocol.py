@@ -267,6 +267,9 @@ class DenialRecord(TypedDict):
     args: list[int]
     pid: int
     errno: int
+    #: A watched connect/sendto off loopback (layer "network"): its destination, "a.b.c.d:port" or
+    #: "[v6]:port", as read from the caller's memory; errno is then what the kernel answers (ENETUNREACH).
+    addr: NotRequired[str]
 
 
 StatusPayload = FailureRecord | ReadyRecord | ExecRecord | ExitRecord | DenialRecord
@@ -329,4 +332,8 @@ def denial_record(payload: dict[str, object]) -> DenialRecord | None:
         return None
     if not isinstance(args, list) or len(args) != 6 or not all(isinstance(a, int) for a in args):
         return None
-    return {"nr": nr, "arch": arch, "args": args, "pid": pid, "errno": err}
+    record: DenialRecord = {"nr": nr, "arch": arch, "args": args, "pid": pid, "errno": err}
+    addr = payload.get("addr")
+    if isinstance(addr, str):
+        record["addr"] = addr[:100]
+    return record

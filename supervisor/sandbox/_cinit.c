@@ -71,6 +71,8 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/uio.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -562,6 +564,8 @@ struct seccomp_notif_resp_ {
 #define SECCOMP_FILTER_FLAG_NEW_LISTENER_ (1UL << 3)
 #define SECCOMP_IOCTL_NOTIF_RECV_ _IOWR('!', 0, struct seccomp_notif_)
 #define SECCOMP_IOCTL_NOTIF_SEND_ _IOWR('!', 1, struct seccomp_notif_resp_)
+#define SECCOMP_IOCTL_NOTIF_ID_VALID_ _IOW('!', 2, uint64_t)
+#define SECCOMP_USER_NOTIF_FLAG_CONTINUE_ 1u
 
 /* A fold key: a call's key is its number and, for each entry naming that number, args[arg] & mask. */
 struct fold_key {
@@ -964,8 +968,9 @@ static void send_op_failure(int fd, const struct seg *g, long index, int err) {
 /* Seccomp denial reports (see load_seccomp_notify). */
 
 /* The classic-BPF program `errno_bpf` run on `d` (what the kernel runs; seccomp's subset: loads from the
- * seccomp_data, the scratch memory, ALU, jumps, returns): the errno its SECCOMP_RET_ERRNO verdict carries.
- * Anything else (a malformed program, another verdict) gives EPERM: a notified call is refused whatever. */
+ * seccomp_data, the scratch memory, ALU, jumps, returns): the errno its SECCOMP_RET_ERRNO verdict carries,
+ * or 0 for SECCOMP_RET_ALLOW (a call the notifying filter only watches: connect/sendto under a private
+ * network). Anything else (a malformed program, another verdict) gives EPERM. */
 static int bpf_errno(const struct seccomp_data_ *d) {
     const unsigned char *data = (const unsigned char *)d;
     uint32_t a = 0, x = 0, mem[16] = {0};
@@ -1041,6 +1046,7 @@ static int bpf_errno(const struct seccomp_data_ *d) {
         case 0x06: { /* ret */
             uint32_t v = in.code == 0x16 ? a : in.k;
             if ((v & 0xffff0000u) == 0x00050000u && (v & 0xffff)) return (int)(v & 0xffff);
+            if (v == 0x7fff0000u) return 0;
             return EPERM;
         }
         case 0x07: /* misc: tax, txa */
@@ -1063,9 +1069,14 @@ static struct {
 static int n_folds;
 static int64_t folds_dropped;
 
-static void fold_denial(int status_w, const struct seccomp_notif_ *n, int err) {
+static void fold_denial(int status_w, const struct seccomp_notif_ *n, int err, const uint64_t *key,
+                        const char *addr) {
     uint64_t v[2] = {0, 0};
-    int nv = 0;
+    int nv = key ? 2 : 0;
+    if (key) {
+        v[0] = key[0];
+        v[1] = key[1];
+    }
     for (size_t i = 0; i < n_fold_keys && nv < 2; i++) {
         struct fold_key k;
         memcpy(&k, (const char *)fold_keys + i * sizeof k, sizeof k);
@@ -1100,7 +1111,64 @@ static void fold_denial(int status_w, const struct seccomp_notif_ *n, int err) {
     put_int(&r, n->pid);
     put_key(&r, "errno");
     put_int(&r, err);
+    if (addr) {
+        put_key(&r, "addr");
+        put_str(&r, addr);
+    }
     send_rec(status_w, &r);
+}
+
+/* A watched connect/sendto (the errno filter allows it; the sandbox's network namespace has only
+ * loopback): the destination, read from the caller's memory (for the report only: the kernel decides),
+ * when it is an inet or inet6 address off loopback, which the kernel will refuse (ENETUNREACH: no route).
+ * Returns 1 with the fold key and the address as text, else 0. The read races the caller (a thread may
+ * change the address after it), so a sandbox can make a report name an address it did not finally use;
+ * it could equally have tried that address. */
+static int off_loopback(const struct seccomp_notif_ *n, uint64_t key[2], char *text, size_t size) {
+    uint64_t ptr, len;
+    if (n->data.nr == SYS_connect) {
+        ptr = n->data.args[1];
+        len = n->data.args[2];
+    } else {
+        ptr = n->data.args[4];
+        len = n->data.args[5];
+    }
+    unsigned char sa[28];
+    memset(sa, 0, sizeof sa);
+    if (!ptr || len < 8) return 0;
+    struct iovec local = {sa, len < sizeof sa ? (size_t)len : sizeof sa}, remote = {(void *)(uintptr_t)ptr, local.iov_len};
+    if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)local.iov_len) return 0;
+    uint64_t id = n->id;
+    if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID_, &id) != 0) return 0; /* the pid was another's */
+    uint16_t family;
+    memcpy(&family, sa, 2);
+    unsigned port = (unsigned)sa[2] << 8 | sa[3];
+    char ip[64];
+    if (family == AF_INET) {
+        if (sa[4] == 127 || (sa[4] | sa[5] | sa[6] | sa[7]) == 0) return 0; /* loopback, INADDR_ANY */
+        inet_ntop(AF_INET, sa + 4, ip, sizeof ip);
+        snprintf(text, size, "%s:%u", ip, port);
+        uint32_t a;
+        memcpy(&a, sa + 4, 4);
+        key[0] = (uint64_t)AF_INET << 48 | (uint64_t)port << 32 | a;
+        key[1] = 0;
+        return 1;
+    }
+    if (family == AF_INET6 && len >= 24) {
+        static const unsigned char zero[16], one[16] = {[15] = 1}, mapped[12] = {[10] = 0xff, [11] = 0xff};
+        const unsigned char *a6 = sa + 8;
+        if (!memcmp(a6, zero, 16) || !memcmp(a6, one, 16)) return 0;
+        if (!memcmp(a6, mapped, 12) && (a6[12] == 127 || (a6[12] | a6[13] | a6[14] | a6[15]) == 0)) return 0;
+        inet_ntop(AF_INET6, a6, ip, sizeof ip);
+        snprintf(text, size, "[%s]:%u", ip, port);
+        uint64_t hi, lo;
+        memcpy(&hi, a6, 8);
+        memcpy(&lo, a6 + 8, 8);
+        key[0] = (uint64_t)AF_INET6 << 48 | (uint64_t)port << 32 | (uint32_t)(hi ^ (hi >> 32) ^ lo);
+        key[1] = lo ^ (hi << 1) ^ 1;
+        return 1;
+    }
+    return 0;
 }
 
 /* One notification: answer it first (the caller waits), then fold it. */
@@ -1117,9 +1185,20 @@ static void on_notify(int status_w) {
         return;
     }
     int err = bpf_errno(&n.data);
+    if (err == 0) {
+        /* Watched, not refused by the filter: look, then let the kernel run it (and refuse it: no route).
+         * CONTINUE is what the errno filter would have done: the decision stays the kernel's. */
+        uint64_t key[2];
+        char addr[96];
+        int off = off_loopback(&n, key, addr, sizeof addr);
+        struct seccomp_notif_resp_ resp = {n.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE_};
+        ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp);
+        if (off) fold_denial(status_w, &n, ENETUNREACH, key, addr);
+        return;
+    }
     struct seccomp_notif_resp_ resp = {n.id, 0, -err, 0};
     ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp); /* ENOENT: the caller died since */
-    fold_denial(status_w, &n, err);
+    fold_denial(status_w, &n, err, NULL, NULL);
 }
 
 static void put_folds(struct rec *r) {

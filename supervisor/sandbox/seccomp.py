@@ -279,8 +279,16 @@ INIT_CALLS = frozenset(
         "sched_yield",
         "getrusage",
         "futex",
+        "process_vm_readv",
     ]
 )
+
+#: Under these network modes the sandbox has its own network namespace with loopback only: the notifying
+#: filter also watches NETWORK_WATCH, so that a connect or sendto off loopback is reported (layer
+#: "network"). Every connect, and every sendto with a destination, then pays a round trip through the
+#: init; a sendto on a connected socket (no destination) does not.
+WATCHED_NETWORK_MODES = ("none", "proxy")
+NETWORK_WATCH: dict[str, tuple[_Cmp, ...]] = {"connect": (), "sendto": ((4, _NE, 0, 0),)}
 
 #: The argument(s) that tell one refusal of a syscall from another (fold keys, see `fold_keys`): the
 #: sandbox init folds repeats of (syscall, these arguments masked) into one report with a count.
@@ -453,10 +461,11 @@ def notified(name: str, err: int, cmps: tuple[_Cmp, ...]) -> bool:
 
 
 def _compile(
-    policy: Policy, tracing: bool = True, notify: bool = False
+    policy: Policy, tracing: bool = True, notify: bool = False, private_net: bool = False
 ) -> tuple[object, dict[str, tuple[int, list[_Rule]]]]:
     """A pyseccomp SyscallFilter for `policy`, and the rules it holds: name -> (nr, rules). With
-    `notify`, the rules `notified` names answer SECCOMP_RET_USER_NOTIF instead of their errno.
+    `notify`, the rules `notified` names answer SECCOMP_RET_USER_NOTIF instead of their errno, and with
+    `private_net` (the sandbox has its own network namespace) NETWORK_WATCH is watched too.
 
     Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp is
     missing, and OSError when libseccomp rejects a rule.
@@ -484,6 +493,13 @@ def _compile(
                 exc.filename = name
                 raise
         compiled[name] = (nr, name_rules)
+    if notify and private_net and policy.network.mode in WATCHED_NETWORK_MODES:
+        # Watched, not refused: the init reads the destination, reports one off loopback (which the
+        # private network namespace refuses: no route) and lets the kernel run the call.
+        for name, cmps in NETWORK_WATCH.items():
+            nr = _resolve(name)
+            if nr >= 0 and name not in rules:
+                flt.add_rule(_NOTIFY, nr, *[pyseccomp.Arg(a, op, x, y) for a, op, x, y in cmps])
     return flt, compiled
 
 
@@ -700,7 +716,8 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
         # init holds its listener and reports them (docs/denials.md). `bpf` stays its errno twin: the
         # init evaluates it to answer each notified call with the errno it would have had.
         try:
-            nflt, _ = _compile(policy, tracing=caps.namespace("pid").available, notify=True)
+            private_net = caps.namespace("net").available
+            nflt, _ = _compile(policy, caps.namespace("pid").available, notify=True, private_net=private_net)
             notify_bpf = _export(nflt, "export_bpf")
             problem = _self_check(notify_bpf, compiled, notify=True)
         except (OSError, ValueError) as err:
@@ -708,6 +725,11 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
         prepared["notify"] = notify_bpf
         prepared["keys"] = fold_keys(compiled)
         prepared["names"] = {nr: name for name, (nr, _) in compiled.items()}
+        prepared["watch_net"] = private_net and policy.network.mode in WATCHED_NETWORK_MODES
+        if prepared["watch_net"]:
+            names = prepared["names"]
+            assert isinstance(names, dict)
+            names.update({_resolve(name): name for name in NETWORK_WATCH if name not in compiled})
     if problem:
         raise SandboxSetupError(
             _LAYER,

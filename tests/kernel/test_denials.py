@@ -210,7 +210,7 @@ async def test_nothing_refused_nothing_reported(sup: Supervisor, workspace: Path
     assert result.denials_dropped == 0
     layers = {layer for layer, _ in result.denials_unobservable}
     assert "seccomp" not in layers  # seccomp is observed here; the layers not yet reported say so
-    assert {"landlock", "mounts", "network"} <= layers
+    assert {"landlock", "mounts"} <= layers
 
 
 async def test_a_pids_max_refusal_is_a_cgroup_denial(sup: Supervisor, workspace: Path) -> None:
@@ -289,3 +289,69 @@ def test_no_listener_still_refuses() -> None:
     assert control.stdout.split() == ["new"], control.stdout  # the control: unfiltered, the call succeeds
     out = subprocess.run([sys.executable, "-c", code, "filtered"], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["refused", str(errno.ENOSYS), "same"], out.stdout + out.stderr
+
+
+#: Connections off loopback (TEST-NET and documentation addresses: the sandbox's namespace has no route to
+#: them, nothing leaves the machine) and on loopback (not refused, so not reported), each printing the
+#: errno the kernel answered.
+NET_PROBE = textwrap.dedent(
+    """
+    import socket
+    def tried(label, family, kind, how):
+        s = socket.socket(family, kind)
+        try:
+            how(s)
+            print(label, 0)
+        except OSError as e:
+            print(label, e.errno)
+        finally:
+            s.close()
+    tried("v4", socket.AF_INET, socket.SOCK_STREAM, lambda s: s.connect(("192.0.2.1", 80)))
+    tried("v4", socket.AF_INET, socket.SOCK_STREAM, lambda s: s.connect(("192.0.2.1", 80)))
+    tried("udp", socket.AF_INET, socket.SOCK_DGRAM, lambda s: s.sendto(b"x", ("198.51.100.7", 53)))
+    tried("v6", socket.AF_INET6, socket.SOCK_STREAM, lambda s: s.connect(("2001:db8::1", 443)))
+    tried("lo", socket.AF_INET, socket.SOCK_STREAM, lambda s: s.connect(("127.0.0.1", 9)))
+    tried("any", socket.AF_INET, socket.SOCK_STREAM, lambda s: s.connect(("0.0.0.0", 9)))
+    tried("lo6", socket.AF_INET6, socket.SOCK_STREAM, lambda s: s.connect(("::1", 9)))
+    tried("lou", socket.AF_INET, socket.SOCK_DGRAM, lambda s: s.sendto(b"x", ("127.0.0.1", 9)))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["none", "proxy"])
+async def test_connect_and_sendto_off_loopback_are_network_denials(
+    sup: Supervisor, workspace: Path, mode: str
+) -> None:
+    caps_notify(sup)
+    if not sup.caps.namespace("net").available:
+        pytest.skip(f"no network namespace: {sup.caps.namespace('net').reason}")
+    policy = profiles.workspace_write(workspace, network=mode)  # type: ignore[arg-type]
+    reg = CollectorRegistry()
+    events: list[Event] = []
+    async with attach_metrics(sup, registry=reg):
+        with sup.subscribe() as stream:
+            result = await sup.run([PY, "-I", "-S", "-c", NET_PROBE], policy=policy)
+            while True:
+                try:
+                    ev = stream.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+                if ev.kind == "denied":
+                    events.append(ev)
+        metric = Metric.read(reg)
+    assert result.exit_code == 0, result.stderr.decode()
+    seen = dict(line.split() for line in result.stdout.decode().splitlines())
+    # Refused by the namespace (no route), with the errno the kernel gives without reports:
+    assert seen["v4"] == seen["udp"] == seen["v6"] == str(errno.ENETUNREACH)
+    assert seen["lo"] == seen["any"] == seen["lo6"] == str(errno.ECONNREFUSED)  # loopback works
+    assert seen["lou"] == "0"
+    assert one_match(result, events, metric, ("network", "connect", "192.0.2.1:80")).count == 2
+    one_match(result, events, metric, ("network", "send", "198.51.100.7:53"))
+    one_match(result, events, metric, ("network", "connect", "[2001:db8::1]:443"))
+    # Loopback is never reported: exactly the three refused destinations.
+    assert sorted(d.target for d in result.denials) == [
+        "192.0.2.1:80",
+        "198.51.100.7:53",
+        "[2001:db8::1]:443",
+    ]
+    assert "network" not in {layer for layer, _ in result.denials_unobservable}
