@@ -441,14 +441,19 @@ class NodeSupervisor:
         """Make a session: a fresh workdir on this node, unpacked from the tar `source` (None: empty).
         Returns (session id, workdir) or a Failure. The session is closed (its calls cancelled, its
         workdir removed) by session_close, or when `lease` seconds pass without a renewal."""
-        self._running()
         sid = secrets.token_hex(8)
         workdir = os.path.join(self._root, f"s-{sid}")
         try:
+            self._running()
             await anyio.to_thread.run_sync(_make_workdir, workdir, source)
         except Exception as err:
             await anyio.to_thread.run_sync(_files.remove_tree, workdir)
             return _failure(err)
+        except BaseException:
+            # Cancelled (ray.cancel) while the worker thread made it: no session will own the workdir, and
+            # no sandbox has used it yet, so it is removed here and now, before the cancellation goes on.
+            _files.remove_tree(workdir)
+            raise
         self._sessions[sid] = _Session(sid, workdir, policy, dict(options), lease, time.monotonic())
         return sid, workdir
 
