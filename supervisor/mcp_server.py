@@ -31,7 +31,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
 
@@ -141,6 +141,21 @@ class ViolationInfo(BaseModel):
     message: str = Field(description="The violation in words.")
 
 
+class DenialInfo(BaseModel):
+    """One kind of refused action (docs/denials.md)."""
+
+    layer: str = Field(description="seccomp | landlock | mounts | network | proxy | cgroup | rlimit")
+    operation: str = Field(description="What was tried: syscall, write, connect, fork, ...")
+    target: str = Field(description="The path, address, limit or syscall refused.")
+    count: int = Field(description="How many times.")
+    hint: str = Field(description="Which policy key or flag would allow it, or that none will.")
+
+
+class UnobservableLayer(BaseModel):
+    layer: str
+    reason: str
+
+
 class CommandResult(BaseModel):
     """How a command ended (run_command, stop_command, and read_output once it has exited)."""
 
@@ -155,9 +170,16 @@ class CommandResult(BaseModel):
     stderr: str = Field(description="Captured stderr, bounded.")
     stdout_truncated: bool = Field(description="True when stdout bytes past the bound were dropped.")
     stderr_truncated: bool = Field(description="True when stderr bytes past the bound were dropped.")
-    denials: list[dict[str, Any]] = Field(
+    denials: list[DenialInfo] = Field(
         default_factory=list,
-        description="What the sandbox refused the command (layer, operation, target, ...).",
+        description="What the sandbox refused the command, one record per distinct refusal.",
+    )
+    denials_dropped: int = Field(0, description="Refused calls past the distinct ones listed.")
+    denials_unobservable: list[UnobservableLayer] = Field(
+        default_factory=list,
+        description="Layers in force whose refusals cannot be reported (an empty `denials` says nothing of "
+        "them): a write outside the writable roots fails with EROFS or EACCES, seen only on the command's "
+        "stderr.",
     )
     pid: int = Field(description="Host pid of the command's sandbox (its pid namespace's init).")
     enforced: list[str] = Field(description="The isolation layers that took effect.")
@@ -365,18 +387,8 @@ def _violation(result: Result) -> ViolationInfo | None:
     return ViolationInfo(kind=v.kind, limit=v.limit, observed=v.observed, killed=result.killed, message=words)
 
 
-def _denials(result: Result) -> list[dict[str, Any]]:
-    """The Result's denial reports as JSON objects (an empty list on an engine without them)."""
-    out: list[dict[str, Any]] = []
-    for d in getattr(result, "denials", None) or ():
-        as_dict = getattr(d, "to_dict", None)
-        if callable(as_dict):
-            out.append(dict(as_dict()))
-        elif isinstance(d, Mapping):
-            out.append(dict(d))
-        else:
-            out.append({"denial": str(d)})
-    return out
+def _denials(result: Result) -> list[DenialInfo]:
+    return [DenialInfo.model_validate(d.to_dict()) for d in result.denials]
 
 
 def _text(data: bytes) -> str:
@@ -398,6 +410,8 @@ def _command_result(
         stdout_truncated=out_cut,
         stderr_truncated=err_cut,
         denials=_denials(result),
+        denials_dropped=result.denials_dropped,
+        denials_unobservable=[UnobservableLayer(layer=a, reason=b) for a, b in result.denials_unobservable],
         pid=result.pid,
         enforced=list(result.enforced),
     )
@@ -412,9 +426,14 @@ def _summary(r: CommandResult) -> str:
     else:
         head = f"exit {r.exit_code}"
     head += f" ({r.duration_s:.3g} s)"
-    if r.denials:
-        head += f"; the sandbox refused {len(r.denials)} operation(s), see denials"
     parts = [head]
+    for d in r.denials[:5]:
+        times = f", {d.count} times" if d.count > 1 else ""
+        parts.append(f"denied {d.operation} {d.target} ({d.layer}: {d.hint}{times})")
+    if len(r.denials) > 5 or r.denials_dropped:
+        parts.append(
+            f"(more denials in the structured result: {len(r.denials)} kinds, {r.denials_dropped} more)"
+        )
     for name, text, cut in (
         ("stdout", r.stdout, r.stdout_truncated),
         ("stderr", r.stderr, r.stderr_truncated),
