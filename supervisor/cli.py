@@ -482,9 +482,8 @@ class _JsonOut:
             self._fd = self._dirfd = None
 
 
-#: `corral run` options that make no sense for a server (one command, its terminal, its --json file), and
-#: --rules, which the MCP server does not apply yet.
-_NOT_MCP = frozenset({"command", "json_file", "use_tty", "rules_files"})
+#: `corral run` options that make no sense for a server (one command, its terminal, its --json file).
+_NOT_MCP = frozenset({"command", "json_file", "use_tty"})
 
 
 @cli.command("mcp", context_settings={"ignore_unknown_options": False})
@@ -535,7 +534,9 @@ def mcp(
         raise click.UsageError(msg)
     metrics = (metrics_addr or "127.0.0.1", metrics_port) if metrics_port is not None else None
     cgroups = not opts.pop("no_cgroup")
+    rules_files = opts.pop("rules_files")
     policy = _build_policy(opts.pop("profile"), opts.pop("policy_file"), opts)
+    rules = _load_rules(rules_files, policy.workdir)
     workdir = policy.workdir or os.getcwd()
     if not os.path.isdir(workdir):
         msg = f"--workdir {workdir!r} is not a directory"
@@ -549,6 +550,7 @@ def mcp(
         max_concurrency=max_concurrency,
         idle_timeout=idle_timeout,
         cgroups=cgroups,
+        rules=rules,
     )
 
     def ready(where: str) -> None:

@@ -55,7 +55,7 @@ from mcp_types import (
 )
 from pydantic import BaseModel, Field, ValidationError
 
-from policies import CorralError, Policy, profiles
+from policies import CommandRules, CorralError, Policy, profiles
 from supervisor import PIPE, Child, Result, Supervisor
 
 __all__ = [
@@ -98,6 +98,10 @@ class McpSettings:
                   never; the session's end still stops it).
     max_concurrency: sandboxes alive at once across all sessions (further calls wait their turn).
     cgroups: give each sandbox its own cgroup (Supervisor(cgroups=...)).
+    rules: command rules (`--rules`, docs/rules.md) deciding every command before it starts, shell strings
+           split into their simple commands: a forbidden one (or a `prompt` one: the server has no person to
+           ask) is a tool error carrying the rule's justification; an allowed one runs under its rule's
+           profile or policy when the rule names one.
     """
 
     policy: Policy
@@ -108,6 +112,7 @@ class McpSettings:
     idle_timeout: float | None = 1800.0
     max_concurrency: int = 32
     cgroups: bool = True
+    rules: CommandRules | None = None
 
     def shell_allowed(self) -> tuple[bool, str]:
         """Whether `shell` strings are accepted, and why (in words for describe_sandbox)."""
@@ -244,6 +249,7 @@ class SandboxDescription(BaseModel):
     limits: dict[str, str] = Field(description="The resource limits per command, in units people read.")
     shell_allowed: bool
     shell: str = Field(description="Why shell strings are or are not accepted.")
+    command_rules: bool = Field(description="Command rules decide each command before it starts.")
     max_background: int
     output_capture_bytes: int
     environment: str
@@ -339,6 +345,12 @@ def describe(settings: McpSettings) -> SandboxDescription:
         else "No resource limits are set."
     )
     shell = f"Shell strings: {'accepted' if shell_ok else 'refused'} ({shell_why}); argv lists always work."
+    if settings.rules is not None:
+        shell += (
+            " Command rules are in force: each command (each simple command of a shell string) is decided "
+            "before it starts; a forbidden one is refused with the rule's justification, which says what to "
+            "use instead."
+        )
     env = (
         "Environment: the server's minus names that look secret (KEY, SECRET, TOKEN, PASSWORD, ...)"
         if not p.environment.clear
@@ -369,6 +381,7 @@ def describe(settings: McpSettings) -> SandboxDescription:
         limits=limits,
         shell_allowed=shell_ok,
         shell=shell_why,
+        command_rules=settings.rules is not None,
         max_background=settings.max_background,
         output_capture_bytes=settings.capture,
         environment=env,
@@ -1179,7 +1192,7 @@ async def serve(
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with (
                 Supervisor(max_concurrency=settings.max_concurrency, capture_limit=settings.capture,
-                           cgroups=settings.cgroups) as sup,
+                           cgroups=settings.cgroups, rules=settings.rules) as sup,
                 around(sup) if around is not None else contextlib.nullcontext(),
                 anyio.create_task_group() as tg,
             ):  # fmt: skip

@@ -605,3 +605,34 @@ async def test_metrics_port_serves_the_supervisors_metrics(ws: Path) -> None:
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
         )
         assert re.search(r"^corral_\w+", page, re.M)
+
+
+RULES = """
+default = "allow"
+opaque = "forbidden"
+
+[[rule]]
+name = "no-rm-rf"
+pattern = ["rm", ["-rf", "-fr"]]
+decision = "forbidden"
+justification = "Recursive deletion is not allowed here; delete files one by one with rm FILE."
+match = ["rm -rf build"]
+"""
+
+
+async def test_command_rules_refuse_a_forbidden_command_in_argv_and_in_a_shell_string(ws: Path) -> None:
+    rules = ws / "rules.toml"
+    rules.write_text(RULES)
+    keep = ws / "work" / "keep"
+    keep.mkdir()
+    async with stdio(ws, "--rules", str(rules)) as (client, _):
+        assert sc(await client.call_tool("describe_sandbox", {}))["command_rules"] is True
+        for args in ({"command": ["rm", "-rf", "keep"]}, {"shell": "echo start; rm -rf keep"}):
+            refused = await client.call_tool("run_command", args)
+            assert refused.is_error, args
+            assert "delete files one by one" in text(refused)
+            assert keep.is_dir()  # nothing ran: checked from outside
+            started = await client.call_tool("start_command", args)
+            assert started.is_error
+            assert "delete files one by one" in text(started)
+        assert sc(await client.call_tool("run_command", {"shell": "echo allowed"}))["stdout"] == "allowed\n"

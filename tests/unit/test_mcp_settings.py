@@ -94,7 +94,7 @@ def test_http_option_parsing() -> None:
 def test_mcp_takes_every_run_option_but_the_one_command_ones() -> None:
     run = {p.name for p in cli.run.params}
     mcp = {p.name for p in cli.mcp.params}
-    assert run - mcp == {"command", "json_file", "use_tty", "rules_files"}
+    assert run - mcp == {"command", "json_file", "use_tty"}
     assert {"http", "token_file", "no_shell", "max_background", "idle_timeout"} <= mcp - run
 
 
