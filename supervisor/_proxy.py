@@ -23,8 +23,9 @@ connection (`ChildProxy.serve`):
    answered 503).
 
 Every refusal is answered with an HTTP 403 (or 400/502/503) whose body names the rule, counted, and
-recorded as a `ProxyDenial` with a count, bounded per child. Counters (bytes up and down, connections
-allowed and refused) are per child (`ProxyStats`).
+recorded as a `Denial` (layer "proxy", operation "connect", target "host:port", the reason as its hint)
+with a count, bounded per child, and told to the supervisor as it happens (`on_denial`). Counters (bytes up
+and down, connections allowed and refused) are per child (`ProxyStats`).
 
 Runs on both anyio backends. On cancellation (the child's exit, the supervisor's close) every connection
 of the child is closed.
@@ -47,6 +48,7 @@ import anyio.abc
 
 from policies import NetworkPolicy
 from policies._network import Address, NetRule, canonical_address, match_target, normalise_host, parse_rule
+from supervisor._types import Denial
 from supervisor.forkserver.protocol import PROXY_LISTENER
 
 log = logging.getLogger("corral")
@@ -194,28 +196,6 @@ class ProxyStats:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ProxyDenial:
-    """A refusal by the proxy (layer "proxy"): `operation` ("CONNECT", "GET", ..., or "accept" for the
-    connection bound), `target` ("host:port" as the sandbox asked), `hint` (the rule that decided and
-    what would change it), and how many times it happened (`count`)."""
-
-    operation: str
-    target: str
-    hint: str
-    count: int = 1
-    layer: str = "proxy"
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "layer": self.layer,
-            "operation": self.operation,
-            "target": self.target,
-            "count": self.count,
-            "hint": self.hint,
-        }
-
-
 @dataclass(slots=True)
 class ProxyConfig:
     """What every child's proxy shares: the resolver (tests give `static_resolver`), the host's own
@@ -299,7 +279,9 @@ class ChildProxy:
         self.deny: tuple[NetRule, ...] = tuple(parse_rule(r, "network.deny") for r in network.deny)
         self._allowed_addresses = frozenset(r.address for r in self.allow if r.address is not None)
         self.stats = ProxyStats()
-        self._denials: dict[tuple[str, str, str], int] = {}
+        self._denials: dict[tuple[str, str], int] = {}
+        #: Told of each new distinct refusal as it happens (the supervisor's `denied` event).
+        self.on_denial: Callable[[Denial], None] | None = None
         self.active = 0
 
     def net(self) -> tuple[int, int, int, int]:
@@ -308,10 +290,10 @@ class ChildProxy:
         return st.bytes_up, st.bytes_down, st.allowed, st.denied
 
     @property
-    def denials(self) -> tuple[ProxyDenial, ...]:
+    def denials(self) -> tuple[Denial, ...]:
         """The refusals so far, one record per (operation, target, hint) with its count (at most
         MAX_DENIALS records; `stats.denied` counts them all)."""
-        return tuple(ProxyDenial(op, target, hint, n) for (op, target, hint), n in self._denials.items())
+        return tuple(_denial(target, hint, n) for (target, hint), n in self._denials.items())
 
     async def serve(self, listener: socket.socket) -> None:
         """Accept connections on `listener` (a listening TCP socket, which this takes over and closes) and
@@ -490,9 +472,14 @@ class ChildProxy:
     def _deny(self, operation: str, target: str, hint: str) -> None:
         self.stats.denied += 1
         self.config.totals.denied += 1
-        key = (operation[:16], target[:300], hint[:500])
-        if key in self._denials or len(self._denials) < MAX_DENIALS:
-            self._denials[key] = self._denials.get(key, 0) + 1
+        key = (target[:300], f"{operation} refused: {hint}"[:600])
+        seen = self._denials.get(key)
+        if seen is not None:
+            self._denials[key] = seen + 1
+        elif len(self._denials) < MAX_DENIALS:
+            self._denials[key] = 1
+            if self.on_denial is not None:
+                self.on_denial(_denial(*key, 1))
 
     async def _relay(self, client: socket.socket, upstream: socket.socket, tunnel: bool) -> None:
         """Copy both ways until both sides are done (a tunnel's sides may close one after the other; a
@@ -604,6 +591,11 @@ async def _answer(sock: socket.socket, response: bytes) -> None:
         sock.shutdown(socket.SHUT_WR)
         while await _recv(sock, 65536):
             pass
+
+
+def _denial(target: str, hint: str, count: int) -> Denial:
+    """A proxy refusal as the supervisor reports denials: layer "proxy", operation "connect"."""
+    return Denial("proxy", "connect", target, None, count, hint)
 
 
 def _response(status: int, body: str) -> bytes:

@@ -710,6 +710,7 @@ class Supervisor:
         self._children.add(child)
         if proxied:
             child.proxy = ChildProxy(policy.network, self.proxy)
+            child.proxy.on_denial = partial(self._note_denial, child)
             self._tg.start_soon(self._serve_proxy, child, listener, proxy_sock)
         self._tg.start_soon(self._watch, child, slot)
         r = policy.resources
@@ -907,6 +908,9 @@ class Supervisor:
             if child.exec_at is not None:  # it ran: a failed start never counted as started
                 for denial in child.add_limit_denials():
                     self._note_denial(child, denial)
+                if child.proxy is not None:  # told as they came (on_denial); their repeats counted below
+                    for denial in child.proxy.denials:
+                        child.denials.add(denial)
                 for denial in child.denials.items:  # the repeats, folded by the init, counted now
                     self.totals[f"denied:{denial.layer}:{denial.operation}"] += denial.count - 1
                 if child.denials.dropped:

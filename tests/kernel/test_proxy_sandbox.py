@@ -24,7 +24,8 @@ import pytest
 
 from policies import profiles
 from supervisor import Result, Supervisor
-from supervisor._proxy import ProxyConfig, ProxyDenial, static_resolver
+from supervisor._proxy import ProxyConfig, static_resolver
+from supervisor._types import Denial
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,6 +102,12 @@ async def test_curl_and_urllib_allowed_and_refused(workspace: Path, preforked: b
         assert b"no rule of network.allow covers other.test:" in refused.stdout
         assert refused.network is not None
         assert (refused.network["allowed"], refused.network["denied"]) == (0, 1)
+        # the refusal is a denial record of layer "proxy" in the Result (and --json), told as it happened
+        (denial,) = [d for d in refused.denials if d.layer == "proxy"]
+        assert (denial.operation, denial.target, denial.count) == ("connect", f"other.test:{srv.port}", 1)
+        assert "no rule of network.allow covers" in denial.hint
+        assert denial.to_dict() in refused.to_json()["denials"]  # type: ignore[operator]
+        assert sup.totals["denied:proxy:connect"] >= 1
         code = (
             "import sys, urllib.request, urllib.error\n"
             "try:\n"
@@ -331,9 +338,7 @@ def _index_url() -> str:
     return str(PyPI.simple_url)
 
 
-async def _run_with_proxy(
-    sup: Supervisor, cmd: list[str], policy: object
-) -> tuple[Result, list[ProxyDenial]]:
+async def _run_with_proxy(sup: Supervisor, cmd: list[str], policy: object) -> tuple[Result, list[Denial]]:
     """Run `cmd`; its Result and what its proxy refused."""
     child = await sup.start(cmd, policy=policy)  # type: ignore[arg-type]
     async with child:

@@ -204,7 +204,8 @@ async def test_unlisted_name_refused_naming_the_list() -> None:
     )
     assert b"no rule of network.allow covers other.test:" in data
     assert b"allowed.test:" in data  # the body lists what is allowed
-    assert child.denials[0].operation == "CONNECT"
+    assert child.denials[0].operation == "connect"
+    assert child.denials[0].hint.startswith("CONNECT refused: no rule of network.allow covers other.test:")
     assert child.denials[0].target.startswith("other.test:")
 
 
