@@ -396,6 +396,7 @@ async def test_thousand_concurrent_connections_from_one_child_are_bounded() -> N
                 (f"allowed.test:{srv.port}", "127.0.0.1"),
                 names={"allowed.test": ["127.0.0.1"]},
                 max_connections=limit,
+                head_timeout=120,
             ) as (child, port),
         ):
             streams: list[anyio.abc.SocketStream] = []
