@@ -221,6 +221,9 @@ class Listings:
         self._roots: dict[str, dict[str, tuple[int, int, int, dict[str, int]]]] = {}
         self.lock = threading.Lock()
         self._snapshots: dict[SnapshotKey, Snapshot] = {}
+        #: id(policy) -> (the policy, its snapshot key): computing a key (and even hashing a Policy) costs
+        #: more than checking a snapshot. Bounded; the policy is kept so that its id stays its own.
+        self._keys: dict[int, tuple[Policy, SnapshotKey]] = {}
         #: Scans answered by a snapshot, without a worker thread (tests and benchmarks read it).
         self.quick = 0
 
@@ -260,7 +263,14 @@ class Listings:
         enough for the event loop, unlike a worker-thread hop. False, never an error, when that cannot be
         told (no snapshot, too recent, a scan running now, something changed: the caller scans in full; a
         snapshot found changed is dropped, and the full scan takes a new one)."""
-        roots = snapshot_key(policy)
+        known = self._keys.get(id(policy))
+        if known is not None and known[0] is policy:
+            roots = known[1]
+        else:
+            roots = snapshot_key(policy)
+            if len(self._keys) >= 256:
+                self._keys.pop(next(iter(self._keys)))
+            self._keys[id(policy)] = (policy, roots)
         if not self.lock.acquire(blocking=False):
             return False
         try:
