@@ -54,6 +54,7 @@ from supervisor.forkserver.prefork import Prefork
 from supervisor.forkserver.protocol import Reply, SpawnRequest
 from supervisor.sandbox._ops import INLINE_COMMAND_MAX, EncodedEnv, encode_command, encode_env
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
+from supervisor.sandbox.cgroups._notify import OomEvents
 from supervisor.sandbox.probe import KernelCaps
 
 log = logging.getLogger("corral")
@@ -192,6 +193,8 @@ class Supervisor:
         self._prefork: Prefork | None = None
         #: Directory listings of the post-run git scans (supervisor/_gitscan.py), kept between runs.
         self._listings = _gitscan.Listings()
+        #: The children's OOM notifiers, polled by the sampler (cgroups/_notify.py); made by __aenter__.
+        self._oom: OomEvents | None = None
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
         self._compiled: OrderedDict[Policy, CompiledPolicy] = OrderedDict()  # LRU, MAX_COMPILED
@@ -276,9 +279,13 @@ class Supervisor:
                     # Said when it matters, once: when a policy asks for a limit only a cgroup holds
                     # (_leaf_for). A run that asks for none needs no word about it.
                     log.debug("cgroups unavailable: %s", mgr.reason)
+            self._oom = OomEvents()
             tg = anyio.create_task_group()
             await tg.__aenter__()
         except BaseException:
+            if self._oom is not None:
+                self._oom.close()
+                self._oom = None
             fs.close()
             self._forkserver = None
             os.close(self._devnull)
@@ -336,6 +343,9 @@ class Supervisor:
                 self._forkserver.close()
                 self._forkserver = None
             self._listings.close()  # the fds its snapshots hold
+            if self._oom is not None:
+                self._oom.close()
+                self._oom = None
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
@@ -903,6 +913,8 @@ class Supervisor:
 
             self._children.discard(child)
             self._enforcer.forget(child, len(child.rules))
+            if self._oom is not None:
+                self._oom.discard(child)  # before its leaf, which owns the notifier, is removed
             slot.release(self._limiter)
             child._fold(stats)
             if child.exec_at is not None:  # it ran: a failed start never counted as started
@@ -972,7 +984,7 @@ class Supervisor:
                 samples = await anyio.to_thread.run_sync(sample_all, children, True)
                 due: Iterable[tuple[Child, ChildStats]] = zip(children, samples, strict=True)
             else:  # only what the children's limits need live
-                due = await anyio.to_thread.run_sync(sample_due, children)
+                due = await anyio.to_thread.run_sync(sample_due, children, self._oom)
             for child, s in due:
                 if s.open_fds is None and child.last_stats is not None:
                     # fds are counted one round in four: carry the last count between counts.
