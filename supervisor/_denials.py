@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from supervisor._types import Denial
 from supervisor.forkserver import protocol
 from supervisor.sandbox import seccomp
+from supervisor.sandbox.probe import Feature
 
 if TYPE_CHECKING:
     from policies import Policy
@@ -191,7 +192,12 @@ def limit_denials(policy: Policy | None, limit_hits: Mapping[str, int], signal: 
 
 
 def unobservable(
-    policy: Policy, enforced: tuple[str, ...], notify: bool, notify_reason: str, watch_net: bool = False
+    policy: Policy,
+    enforced: tuple[str, ...],
+    notify: bool,
+    notify_reason: str,
+    watch_net: bool = False,
+    audit_state: Feature | None = None,
 ) -> tuple[tuple[str, str], ...]:
     """The layers in force for `policy` whose refusals this version cannot report, each with why (the
     Result's `denials_unobservable`; docs/denials.md)."""
@@ -200,9 +206,13 @@ def unobservable(
         out.append(("seccomp", f"no seccomp user notification: {notify_reason}"))
     if policy.filesystem.confine:
         if any(e.startswith("landlock") for e in enforced):
-            out.append(
-                ("landlock", "not reported yet (Landlock audit records need the audit netlink socket)")
+            audit = (
+                "enabled"
+                if audit_state is not None and audit_state.available
+                else (audit_state.detail or audit_state.reason if audit_state is not None else "not probed")
             )
+            why = f"not reported yet: Landlock logs through the audit subsystem ({audit}), not read by corral"
+            out.append(("landlock", why))
         if "readonly_root" in enforced:
             out.append(("mounts", "EROFS and hidden paths come from the mount view, which reports nothing"))
     if policy.network.mode in ("none", "proxy") and not watch_net:

@@ -197,5 +197,7 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
         )
     notify = isinstance(sc, dict) and "notify" in sc
     watch_net = isinstance(sc, dict) and sc.get("watch_net") is True
-    hidden = _denials.unobservable(policy, tuple(enforced), notify, caps.seccomp_notify.reason, watch_net)
+    hidden = _denials.unobservable(
+        policy, tuple(enforced), notify, caps.seccomp_notify.reason, watch_net, caps.audit
+    )
     return CompiledPolicy(next(_ids), payload, tuple(enforced), tuple(missing), hidden)

@@ -652,6 +652,8 @@ def probe() -> None:
             caps = sup.caps
             click.echo(f"landlock: {caps.landlock.reason} (ABI {caps.landlock_abi})")
             click.echo(f"seccomp: {caps.seccomp.reason}")
+            click.echo(f"seccomp user notification (denial reports): {caps.seccomp_notify.reason}")
+            click.echo(f"audit: {caps.audit.detail or caps.audit.reason}")
             for name, feat in caps.namespaces.items():
                 click.echo(f"{name} namespace: {feat.reason}")
             click.echo(f"ia32 ABI: {caps.ia32.reason}")

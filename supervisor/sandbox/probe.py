@@ -54,6 +54,8 @@ class KernelCaps:
     seccomp: Feature = Feature(False, _errno.ENOSYS)
     #: SECCOMP_RET_USER_NOTIF: refused syscalls reported by the sandbox init (docs/denials.md).
     seccomp_notify: Feature = Feature(False, _errno.ENOSYS)
+    #: The audit subsystem, enabled (Landlock's denial records need it: docs/denials.md).
+    audit: Feature = Feature(False, _errno.ENOSYS)
     namespaces: dict[str, Feature] = field(default_factory=dict)
     ia32: Feature = Feature(False, _errno.ENOSYS)
     x32: Feature = Feature(False, _errno.ENOSYS)
@@ -72,6 +74,7 @@ class KernelCaps:
             "landlock": f(self.landlock),
             "seccomp": f(self.seccomp),
             "seccomp_notify": f(self.seccomp_notify),
+            "audit": f(self.audit),
             "namespaces": {k: f(v) for k, v in self.namespaces.items()},
             "ia32": f(self.ia32),
             "x32": f(self.x32),
@@ -93,6 +96,7 @@ class KernelCaps:
             landlock=f(d["landlock"]),
             seccomp=f(d["seccomp"]),
             seccomp_notify=f(d.get("seccomp_notify", (False, _errno.ENOSYS, "not probed"))),
+            audit=f(d.get("audit", (False, _errno.ENOSYS, "not probed"))),
             namespaces={str(k): f(v) for k, v in ns.items()},
             ia32=f(d["ia32"]),
             x32=f(d["x32"]),
@@ -187,6 +191,32 @@ def _probe_ia32() -> Feature:
     return Feature(True)
 
 
+def probe_audit() -> Feature:
+    """Whether the audit subsystem is enabled: AUDIT_GET on a NETLINK_AUDIT socket (CAP_AUDIT_CONTROL; an
+    ordinary user gets EPERM). Available when `enabled` is set; else ENODATA with the detail."""
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9) as s:  # NETLINK_AUDIT
+            s.settimeout(1.0)
+            s.bind((0, 0))
+            s.send(struct.pack("=IHHII", 16, 1000, 1, 1, 0))  # AUDIT_GET, NLM_F_REQUEST
+            data = s.recv(8192)
+    except OSError as err:
+        return Feature(False, err.errno or _errno.EPROTONOSUPPORT, "NETLINK_AUDIT AUDIT_GET")
+    if len(data) < 16 + 8:
+        return Feature(False, _errno.EINVAL, "AUDIT_GET: short reply")
+    kind = struct.unpack_from("=H", data, 4)[0]
+    if kind == 2:  # NLMSG_ERROR
+        code = -struct.unpack_from("=i", data, 16)[0]
+        return Feature(False, code or _errno.EINVAL, "AUDIT_GET")
+    enabled = struct.unpack_from("=I", data, 20)[0]
+    if not enabled:
+        return Feature(False, _errno.ENODATA, "audit is disabled on this host (AUDIT_GET: enabled=0)")
+    return Feature(True)
+
+
 def probe_in_fork_server() -> dict[str, object]:
     """Run every probe. Must run in a single-threaded process (it forks)."""
     abi, ll = probe_landlock()
@@ -196,6 +226,7 @@ def probe_in_fork_server() -> dict[str, object]:
         landlock=ll,
         seccomp=probe_seccomp(),
         seccomp_notify=probe_seccomp(0x7FC00000),
+        audit=probe_audit(),
         namespaces=probe_namespaces(),
         ia32=_probe_ia32(),
         x32=x32,

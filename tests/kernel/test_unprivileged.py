@@ -175,6 +175,8 @@ def summary(r):
     return {
         "exit_code": r.exit_code, "signal": r.signal, "stdout": r.stdout.decode(),
         "stderr": r.stderr.decode(), "enforced": list(r.enforced), "missing": [list(m) for m in r.missing],
+        "denials": [d.to_dict() for d in r.denials],
+        "unobservable": [list(u) for u in r.denials_unobservable],
     }
 
 
@@ -482,6 +484,22 @@ def test_seccomp_active(unpriv: Env) -> None:
     cmd = unpriv["unshare_cmd"]
     assert cmd["exit_code"] != 0, cmd
     assert "Operation not permitted" in cmd["stderr"], cmd
+
+
+def test_denials_reported_to_an_unprivileged_caller(unpriv: Env) -> None:
+    """docs/denials.md: seccomp's refusals reach an ordinary user too (user notification needs no
+    privilege); the layers that cannot be seen are listed, never silently empty."""
+    cmd = unpriv["unshare_cmd"]
+    caps = unpriv["caps"]
+    notify = caps.get("seccomp_notify", [False, 0, ""])
+    unobservable = {layer: why for layer, why in cmd["unobservable"]}
+    if not notify[0]:
+        assert "seccomp" in unobservable, cmd
+        return
+    assert [(d["layer"], d["operation"], d["target"], d["count"]) for d in cmd["denials"]] == [
+        ("seccomp", "syscall", "unshare(CLONE_NEWUSER)", 1)
+    ], cmd
+    assert {"landlock", "mounts"} <= set(unobservable), cmd
 
 
 def test_no_privileges_inside(unpriv: Env) -> None:
