@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 ATTACKS := tests/kernel/test_attack_filesystem.py tests/kernel/test_attack_leaks.py \
            tests/kernel/test_attack_network.py tests/kernel/test_attack_processes.py \
            tests/kernel/test_attack_syscalls.py tests/kernel/test_workloads.py \
-           tests/kernel/test_attack_paths.py tests/kernel/test_attack_hidden.py
+           tests/kernel/test_attack_paths.py tests/kernel/test_attack_hidden.py \
+           tests/kernel/test_identity.py
 
 .PHONY: demo test lint bench clean wheel
 

@@ -86,7 +86,7 @@ def _confinement(
     )
     cgroup_view = mounts.cgroup_view(procs, bool(pol["cgroupns"])) if pol["mounts"] is not None else ()
     view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view, console)
-    return [head, placement, view, cache.lockdown(policy_id, pol)]
+    return [head, placement, view, cache.lockdown(policy_id, pol, supervisor_pidfd)]
 
 
 def _head(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
@@ -94,9 +94,12 @@ def _head(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
     plan = _ops.Plan()
     # 1. Die with the supervisor. PDEATHSIG is set first so that no later step can outlive it; the init
     #    then polls the supervisor's pidfd, which closes the race where it died between launch and prctl.
-    plan.add(_cinit.OP_PDEATHSIG, "pdeathsig", "prctl(PR_SET_PDEATHSIG)", a=(supervisor_pidfd,))
+    #    A root caller's sandbox keeps the pidfd open for step 12b, whose change of ids clears PDEATHSIG.
+    owner = int(bool(pol["ns"].get("owner")))
+    plan.add(_cinit.OP_PDEATHSIG, "pdeathsig", "prctl(PR_SET_PDEATHSIG)", a=(supervisor_pidfd, owner))
     # 2. The id maps: the caller's uid and gid mapped to themselves; every later step that creates a file
-    #    (a mount point, a device node) needs its owner mapped.
+    #    (a mount point, a device node) needs its owner mapped. (A root caller's are written by the fork
+    #    server before the init reads its plan's end: namespaces.owner_maps.)
     namespaces.emit_id_maps(pol["ns"], plan)
     # 3. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
     #    (With `corral run --tty` the init, this session's leader, makes the pty corral made for the command
@@ -155,22 +158,28 @@ def _view(
     return plan
 
 
-def _lockdown(pol: CompiledPayload) -> _ops.Plan:
+def _lockdown(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
     """Steps 9-13: what depends on the policy alone. Then the init starts the command (_cinit.c,
     run_command): not dumpable, signals forwarded, stdio in place, every other fd closed, signals default;
     it reports X, reaps, and reports S."""
     plan = _ops.Plan()
     # 9. rlimits only lower limits, which needs no capability, but do it while the process is still ours.
     rlimits.emit(pol["rlimits"], plan)
-    # 10. Capabilities (bounding, ambient, effective, permitted, inheritable; securebits): everything above
-    #     needed them; nothing below does.
-    capabilities.emit(pol["caps"], plan)
+    # 10. Capabilities: the securebits locked (NOROOT, NO_SETUID_FIXUP, NO_CAP_AMBIENT_RAISE) and the
+    #     bounding set emptied first; everything above needed the capabilities.
+    capabilities.emit_bounding(pol["caps"], plan)
     # 11. no_new_privs: required by Landlock and by unprivileged seccomp; no exec can regain privilege.
     capabilities.emit_no_new_privs(plan)
-    # 12. Landlock after the mounts it describes and after no_new_privs.
+    # 12. Landlock after the mounts it describes and after no_new_privs. Its rules open their paths as the
+    #     setup's ids (root's, for a root caller: a root-only directory on the way is no obstacle).
     if pol["landlock"] is not None:
         landlock.emit(pol["landlock"], plan)
-    # 13. seccomp last: its filter denies syscalls the steps above use (mount, unshare, ...).
+    # 12b. A root caller's sandbox becomes its workdir's owner (namespaces.owner_maps), which needs
+    #     CAP_SETUID/CAP_SETGID; NO_SETUID_FIXUP keeps the rest until the drop right after: the ambient,
+    #     effective, permitted and inheritable sets emptied. Nothing below needs a capability.
+    namespaces.emit_become_owner(pol["ns"], plan, supervisor_pidfd)
+    capabilities.emit_drop(plan)
+    # 13. seccomp last: its filter denies syscalls the steps before use (mount, unshare, ...).
     if pol["seccomp"] is not None:
         seccomp.emit(pol["seccomp"], plan)
     return plan
@@ -200,10 +209,10 @@ class _Cache:
             seg = self._head[policy_id] = _head(pol, supervisor_pidfd).segment()
         return seg
 
-    def lockdown(self, policy_id: int, pol: CompiledPayload) -> _ops.Segment:
+    def lockdown(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
         seg = self._lockdown.get(policy_id)
         if seg is None:
-            seg = self._lockdown[policy_id] = _lockdown(pol).segment()
+            seg = self._lockdown[policy_id] = _lockdown(pol, supervisor_pidfd).segment()
         return seg
 
     def forget(self, policy_id: int) -> None:
@@ -319,7 +328,9 @@ class Server:
             if net is not None:
                 self.netpool.unused(key, net)
             return {"error": failure.to_dict()}, []
-        plan_r = plan_w = status_w = -1
+        plan_r = plan_w = status_w = pid = -1
+        exec_errno = 0
+        maps: tuple[bytes, bytes] | None = None
         try:
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
         except OSError as err:
@@ -342,9 +353,13 @@ class Server:
                 proxy_fd=proxy_fd,
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
-            os.close(plan_w)
-            plan_w = -1
-            extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1, proxy_fd) if fd >= 0)
+            # A root caller's sandbox: its id maps are written here once it runs, and it must not read
+            # its plan's end before (the write end stays open until then: namespaces.owner_maps).
+            maps = namespaces.owner_maps(cwd) if pol["ns"].get("owner") else None
+            if maps is None:
+                os.close(plan_w)
+                plan_w = -1
+            extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1) if fd >= 0)
             keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *extra)
             flags = namespaces.clone_flags(pol["ns"])
             netfd = net[0] if net is not None else -1
@@ -363,9 +378,43 @@ class Server:
                 ).to_dict()
             }, []
         finally:
-            for fd in (plan_r, plan_w, status_w):
+            for fd in (plan_r, status_w):
                 if fd >= 0:
                     os.close(fd)
+            if plan_w >= 0 and (pid < 0 or exec_errno):
+                os.close(plan_w)
+                plan_w = -1
+        if plan_w >= 0 and maps is not None:
+            # Before the plan's end: the init is blocked reading it. A map that cannot be written stops
+            # the sandbox (it would run as root instead: no silent downgrade).
+            try:
+                namespaces.write_owner_maps(pid, maps)
+            except OSError as err:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                os.close(plan_w)
+                unmapped = _sys.SetupFailure(
+                    "namespaces",
+                    f"write /proc/{pid}/uid_map",
+                    err.errno or 0,
+                    hint="a root caller's sandbox runs as its workdir's owner, whose ids this process maps "
+                    "(it needs CAP_SETUID and CAP_SETGID); run corral with them, or as the workdir's owner",
+                )
+                return self._started(pid, status_r, net, key, unmapped)
+            os.close(plan_w)
+        return self._started(pid, status_r, net, key, None, exec_errno)
+
+    def _started(
+        self,
+        pid: int,
+        status_r: int,
+        net: tuple[int, int] | None,
+        key: tuple[int, str],
+        failure: _sys.SetupFailure | None,
+        exec_errno: int = 0,
+    ) -> tuple[dict[str, object], list[int]]:
+        """The reply for the init `pid` just launched: [pidfd, status_r], with an error when it failed to
+        exec (it exited at once) or `failure` (it was killed); the supervisor reaps it."""
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as err:  # EMFILE: the init runs, and is the supervisor's to kill and reap by pid
@@ -378,8 +427,10 @@ class Server:
             return {"pid": pid, "error": lost.to_dict()}, []
         if net is not None:
             self.netpool.lend(key, net, pidfd)
-        reply: Reply = {"pid": pid}
-        if exec_errno:
+        reply: CompiledPayload = {"pid": pid}
+        if failure is not None:
+            reply["error"] = failure.to_dict()
+        elif exec_errno:
             hint = "corral's C parts are not built: reinstall corral (pip install -e .)"
             unexecuted = _sys.SetupFailure(
                 "fork server", "execve(corral-init)", exec_errno, _INIT.decode(), hint

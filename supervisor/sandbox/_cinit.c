@@ -56,6 +56,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -126,7 +127,8 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
 /* Opcodes; the module exports each as OP_<NAME> and _ops.py uses those, never its own numbers. */
 #define OPS(X)                                                                                              \
     X(WRITE, 1)        /* s0 path, s1 data: open, write, close (cgroup placement) */                        \
-    X(PDEATHSIG, 2)    /* a0 supervisor pidfd: PDEATHSIG=SIGKILL; exit if it already died; close it */     \
+    X(PDEATHSIG, 2)    /* a0 supervisor pidfd: PDEATHSIG=SIGKILL; exit if it already died; close it unless \
+                          a1 (SETID needs it again) */                                                      \
     X(SETSID, 3)                                                                                            \
     X(UNSHARE, 4)      /* a0 flags */                                                                       \
     X(SETHOSTNAME, 5)  /* s0 */                                                                             \
@@ -161,7 +163,9 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(PROXY_LISTEN, 31) /* a0 port, a1 backlog: listen on 127.0.0.1:a0 in our network namespace and send  \
                            the socket (SCM_RIGHTS) on the plan header's proxy_fd, to the supervisor */    \
     X(SECCOMP_NOTIFY, 32) /* s0 BPF whose denials notify, a0 its size; s1 the same filter with errnos, a1   \
-                             its size; s2 the fold keys, a2 their size: see load_seccomp_notify */
+                             its size; s2 the fold keys, a2 their size: see load_seccomp_notify */ \
+    X(SETID, 33)       /* a0 supervisor pidfd: become the non-root ids of our id maps, if any; PDEATHSIG \
+                          again (a change of ids clears it); close the pidfd */
 
 #define X_ENUM(name, num) OP_##name = num,
 enum { OPS(X_ENUM) };
@@ -624,6 +628,46 @@ static int id_map(unsigned uid, unsigned gid) {
     return 0;
 }
 
+/* The id other than 0 that /proc/self/<which> maps (to itself), or -1 when 0 is the only one. */
+static long mapped_other(const char *which) {
+    char path[32], buf[256];
+    snprintf(path, sizeof path, "/proc/self/%s", which);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -2;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n < 0) return -2;
+    buf[n] = '\0';
+    for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        unsigned long inside = strtoul(line, NULL, 10);
+        if (inside != 0) return (long)inside;
+    }
+    return -1;
+}
+
+/* A root caller's sandbox in a workdir owned by another account runs as that account (namespaces.py,
+ * "owner"): the fork server mapped 0 (for the setup's own files) and the owner's uid and gid, each to
+ * itself. Become them: supplementary groups first (the caller's, root's, must not follow), then the gid,
+ * then the uid. The capabilities survive (SECBIT_NO_SETUID_FIXUP, locked by BOUNDING before) until
+ * CAPSET_ZERO. A change of ids clears PDEATHSIG: set it again, and check the supervisor did not die in
+ * between (its pidfd, kept open by PDEATHSIG for this). */
+static int become_owner(int supervisor_pidfd) {
+    long uid = mapped_other("uid_map"), gid = mapped_other("gid_map");
+    int err = 0;
+    if (uid == -2 || gid == -2) return detail("read /proc/self/uid_map", errno ? errno : EIO);
+    if (uid >= 0) {
+        gid_t g = gid >= 0 ? (gid_t)gid : 65534;
+        if (setgroups(1, &g) != 0) return detail("setgroups", errno);
+        if (setresgid(g, g, g) != 0) return detail("setresgid", errno);
+        if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0) return detail("setresuid", errno);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) err = detail("prctl(PR_SET_PDEATHSIG)", errno);
+    }
+    struct pollfd pfd = {supervisor_pidfd, POLLIN, 0};
+    if (!err && poll(&pfd, 1, 0) > 0) _exit(125);
+    close(supervisor_pidfd);
+    return err;
+}
+
 /* Run one op; returns 0 or an errno. */
 static int run_op(const struct seg *g, const struct op *o) {
     const char *s0 = str(g, o->s[0]), *s1 = str(g, o->s[1]), *s2 = str(g, o->s[2]), *s3 = str(g, o->s[3]);
@@ -643,6 +687,7 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_LL_NET:
     case OP_LL_RESTRICT:
     case OP_IDMAP:
+    case OP_SETID:
         break;
     case OP_LL_CREATE:
     case OP_SECCOMP:
@@ -668,7 +713,7 @@ static int run_op(const struct seg *g, const struct op *o) {
         /* The supervisor may have died between clone and prctl: its pidfd is then readable. */
         struct pollfd pfd = {(int)o->a[0], POLLIN, 0};
         if (poll(&pfd, 1, 0) > 0) _exit(125);
-        close((int)o->a[0]);
+        if (!o->a[1]) close((int)o->a[0]);
         return 0;
     }
     case OP_SETSID:
@@ -764,6 +809,8 @@ static int run_op(const struct seg *g, const struct op *o) {
                                    o->a[2] ? bin(g, o->s[2], o->a[2]) : NULL, o->a[2]);
     case OP_IDMAP:
         return id_map((unsigned)o->a[0], (unsigned)o->a[1]);
+    case OP_SETID:
+        return become_owner((int)o->a[0]);
     default:
         return EINVAL;
     }

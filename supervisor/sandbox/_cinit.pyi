@@ -41,6 +41,7 @@ OP_MOUNT_AT: int
 OP_UNLINK: int
 OP_PROXY_LISTEN: int
 OP_SECCOMP_NOTIFY: int
+OP_SETID: int
 
 def start(
     flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, slot: mmap.mmap = ..., /

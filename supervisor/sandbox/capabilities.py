@@ -31,17 +31,23 @@ def prepare() -> dict[str, object]:
     return {"last_cap": last}
 
 
-def emit(prepared: dict[str, object], plan: Plan) -> None:
-    """After the mounts and network setup (which need CAP_SYS_ADMIN/CAP_NET_ADMIN in the new namespaces)
-    and before Landlock and seccomp: lock the securebits and empty the bounding set (skipped when the
-    process has no CAP_SETPCAP at all: an ordinary user without a user namespace has nothing to drop), then
-    clear the ambient set and capset to zero."""
+def emit_bounding(prepared: dict[str, object], plan: Plan) -> None:
+    """After the mounts and network setup (which need CAP_SYS_ADMIN/CAP_NET_ADMIN in the new namespaces):
+    lock the securebits and empty the bounding set (skipped when the process has no CAP_SETPCAP at all: an
+    ordinary user without a user namespace has nothing to drop). The capabilities held stay until
+    emit_drop; NO_SETUID_FIXUP keeps them across a change of ids (a root caller's sandbox becoming its
+    workdir's owner) in between."""
     plan.add(
         _cinit.OP_BOUNDING,
         "capabilities",
         "prctl(PR_CAPBSET_DROP/PR_SET_SECUREBITS)",
         a=(int(prepared["last_cap"]), _SECUREBITS),  # type: ignore[call-overload]
     )
+
+
+def emit_drop(plan: Plan) -> None:
+    """Clear the ambient set and capset to zero (before seccomp): from here on the process holds no
+    capability."""
     plan.add(
         _cinit.OP_PRCTL,
         "capabilities",

@@ -10,9 +10,10 @@ outlives the sandbox.
 from __future__ import annotations
 
 import errno
+import os
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox import _cinit
+from supervisor.sandbox import _cinit, _hostfs
 from supervisor.sandbox.probe import NAMESPACE_FLAGS
 
 if TYPE_CHECKING:
@@ -89,9 +90,13 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
             caps.namespace("net").errno or errno.EPERM,
             hint='network mode "proxy" needs a network namespace of the sandbox\'s own; use "none" or "host"',
         )
+    user_ns = bool(flags & NAMESPACE_FLAGS["user"])
     return {
         "flags": flags,
-        "user": bool(flags & NAMESPACE_FLAGS["user"]),
+        "user": user_ns,
+        # A root caller's sandbox runs as the owner of its workdir (see owner_maps); the fork server writes
+        # its id maps, which only a process privileged over the parent namespace may.
+        "owner": user_ns and caps.uid == 0,
         "uid": caps.uid,
         "gid": caps.gid,
         "net": bool(flags & NAMESPACE_FLAGS["net"]),
@@ -112,8 +117,9 @@ def clone_flags(prepared: dict[str, object]) -> int:
 def emit_id_maps(prepared: dict[str, object], plan: Plan) -> None:
     """The init's own id maps, in the user namespace it was launched into: the caller's uid and gid mapped
     to themselves (identity maps keep file ownership meaningful for the workdir; the sandbox has no
-    capability over anything outside its namespaces). setgroups is denied first, as it must be."""
-    if prepared["user"]:
+    capability over anything outside its namespaces). setgroups is denied first, as it must be. For a root
+    caller ("owner") the fork server writes them instead (owner_maps, write_owner_maps)."""
+    if prepared["user"] and not prepared.get("owner"):
         uid, gid = int(prepared["uid"]), int(prepared["gid"])  # type: ignore[call-overload]
         plan.add(_cinit.OP_IDMAP, "namespaces", "write the id maps", a=(uid, gid), hint=_HINTS["user"])
 
@@ -158,4 +164,73 @@ def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> N
             f"listen on 127.0.0.1:{port} for corral's proxy",
             a=(port, 4096),
             hint="the port is taken in the sandbox's network namespace, or the supervisor's socket is gone",
+        )
+
+
+#: The id a root caller's sandbox runs as when its workdir's group is root's (any gid but 0 would do; this
+#: is `nogroup`'s on Debian, and the kernel's overflow gid).
+OWNER_FALLBACK_GID = 65534
+
+
+def owner_maps(workdir: str) -> tuple[bytes, bytes]:
+    """The uid_map and gid_map of a root caller's sandbox whose workdir is `workdir` (issue 11, item 2;
+    docs/security.md, "Identity").
+
+    0 is always mapped to itself: the init sets the sandbox up as root (the files its setup makes on the
+    sandbox's own tmpfs need a mapped owner) and holds no capability over anything outside its namespaces.
+    When the workdir belongs to another account (a developer's checkout, an unpacked sdist), that account's
+    uid and gid are mapped to themselves too, and the init becomes them before it drops its capabilities
+    (_cinit.c, OP_SETID): the command runs as the workdir's owner, writes what the owner could, and the files
+    it makes belong to the owner. The owner is looked up without following any symlink (as the init opens
+    the workdir): a workdir that is, or passes through, a link gives root's maps, and the init then refuses
+    the link anyway. A group of 0 is replaced by OWNER_FALLBACK_GID: the sandbox never holds host gid 0
+    as an account other than root. Never raises."""
+    root = (b"0 0 1\n", b"0 0 1\n")
+    try:
+        top = _hostfs.open_root("/")
+    except OSError:
+        return root
+    try:
+        fd = _hostfs.open_beneath(top, workdir.lstrip("/") or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return root
+    finally:
+        os.close(top)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid == 0:
+        return root
+    gid = st.st_gid or OWNER_FALLBACK_GID
+    return (f"0 0 1\n{st.st_uid} {st.st_uid} 1\n".encode(), f"0 0 1\n{gid} {gid} 1\n".encode())
+
+
+def write_owner_maps(pid: int, maps: tuple[bytes, bytes]) -> None:
+    """Write `maps` (owner_maps) as the id maps of the init `pid`, which waits for its plan meanwhile.
+    setgroups stays allowed when another account is mapped (the init then sheds the caller's supplementary
+    groups with setgroups before it becomes the owner) and is denied otherwise, as for any other caller.
+    Raises OSError (EPERM: root without CAP_SETUID/CAP_SETGID, as in some containers)."""
+    uid_map, gid_map = maps
+    files = [("uid_map", uid_map), ("gid_map", gid_map)]
+    if uid_map.count(b"\n") == 1:
+        files.insert(1, ("setgroups", b"deny"))
+    for name, data in files:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+
+def emit_become_owner(prepared: dict[str, object], plan: Plan, supervisor_pidfd: int) -> None:
+    """For a root caller: become the workdir's owner if the fork server mapped one (owner_maps), and arm
+    PDEATHSIG again. Needs CAP_SETUID/CAP_SETGID, so before the capability drop."""
+    if prepared.get("owner"):
+        plan.add(
+            _cinit.OP_SETID,
+            "namespaces",
+            "become the workdir's owner",
+            a=(supervisor_pidfd,),
+            hint="the workdir's owner could not be taken on (its uid and gid must be mapped)",
         )

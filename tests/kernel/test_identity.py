@@ -1,18 +1,23 @@
 """The sandbox's identity on the host (issue 11, item 2b): what its uid can and cannot do.
 
-A root caller's sandbox maps uid and gid 0 to host 0 and holds no capability (docs/security.md, "Identity").
-What works: ICMP echo sockets (`ping` without CAP_NET_RAW) in the sandbox's own network namespace, the
-`ping` binary itself although it carries file capabilities (the tree is mounted nosuid: they are ignored,
-not refused), and `prctl(PR_SET_KEEPCAPS)` at a program's start-up. What does not (pinned by strict xfails,
-so that a fix shows up): files in the workdir owned by another account are seen as 65534 and not writable,
-`chown` gives EINVAL, `tar x` as root exits 2.
+docs/security.md, "Identity". A root caller's sandbox runs as the owner of its workdir: root in a root-owned
+workdir, the owning account (its uid and gid, no supplementary group, no capability) in another account's
+(a developer's checkout, an unpacked sdist). What works: writing that account's files, `tar x`, `cp -a`,
+`chown` to its own ids, ICMP echo sockets (`ping` without CAP_NET_RAW) in the sandbox's own network
+namespace, the `ping` binary itself although it carries file capabilities (the tree is mounted nosuid: they
+are ignored, not refused), and `prctl(PR_SET_KEEPCAPS)` at a program's start-up. The attacks on that
+mapping (set-id files, chown to host root or to a third account, reading root's files, steering the
+identity of a later sandbox) are checked from outside. What does not work (a strict xfail): in a ROOT-owned
+workdir, `tar x` as root restoring other accounts' ownership.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import uuid
@@ -21,8 +26,10 @@ from pathlib import Path
 import pytest
 
 from policies import profiles
-from supervisor import Supervisor
+from supervisor import SandboxSetupError, Supervisor
 from tests.kernel.conftest import SCRATCH
+from tests.kernel.test_attack_setid import ATTACKS, Probe, parse, setid_files
+from tests.kernel.test_attack_setid import probe as setid_probe  # noqa: F401  (a fixture)
 from tests.kernel.unprivileged_harness import AS_ROOT, Unavailable, harness, run_as_user
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
@@ -133,9 +140,15 @@ def test_icmp_echo_socket_works_unprivileged() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Known gaps of a root caller's one-uid mapping (docs/security.md, "Identity"): strict xfails.
+# A root caller's sandbox in another account's workdir runs as that account.
 
 OTHER = 1000
+THIRD = 1001
+
+
+def _as_root() -> None:
+    if not AS_ROOT:
+        pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
 
 
 def _foreign_tree(workspace: Path) -> None:
@@ -146,31 +159,212 @@ def _foreign_tree(workspace: Path) -> None:
         os.chown(p, OTHER, OTHER)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: a root caller's sandbox maps only uid 0; files of another account appear as 65534 and are "
-    "not writable (EACCES), though the caller could write them",
-)
+def _owners(root: Path) -> set[tuple[int, int]]:
+    """(uid, gid) of everything under `root`, itself included, seen from the host (no link followed)."""
+    found = {(os.lstat(root).st_uid, os.lstat(root).st_gid)}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(dirpath, name))
+            found.add((st.st_uid, st.st_gid))
+    return found
+
+
+async def _sh(sup: Supervisor, workspace: Path, script: str) -> tuple[int | None, str, str]:
+    r = await sup.run(["/bin/sh", "-c", script], policy=profiles.workspace_write(workspace, timeout=30))
+    return r.exit_code, r.stdout.decode(), r.stderr.decode()
+
+
 async def test_root_caller_writes_files_of_another_owner(sup: Supervisor, workspace: Path) -> None:
-    if not AS_ROOT:
-        pytest.skip("the one-uid mapping of a root caller")
+    _as_root()
     _foreign_tree(workspace)
-    r = await sup.run(
-        ["/bin/sh", "-c", "stat -c %u src/mod.py; echo y = 2 >> src/mod.py"],
-        policy=profiles.workspace_write(workspace, timeout=20),
+    code, out, err = await _sh(
+        sup, workspace, "stat -c %u src/mod.py; echo y = 2 >> src/mod.py; touch new; mkdir d"
     )
-    assert r.exit_code == 0, (r.stdout, r.stderr)
+    assert code == 0, (out, err)
+    assert out.split() == [str(OTHER)]  # seen as its owner, not 65534
     assert (workspace / "src" / "mod.py").read_text() == "x = 1\ny = 2\n"
+    # What it made belongs to the workdir's owner, not to host root.
+    assert _owners(workspace) == {(OTHER, OTHER)}
+
+
+async def test_root_caller_runs_as_the_owner_and_nothing_more(sup: Supervisor, workspace: Path) -> None:
+    _as_root()
+    _foreign_tree(workspace)
+    script = (
+        "import os, json; st = dict(l.split(':', 1) for l in open('/proc/self/status') if ':' in l);"
+        "out = {'ids': [os.getuid(), os.geteuid(), os.getgid(), os.getegid()], 'groups': os.getgroups(),"
+        " 'caps': [st[k].strip() for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb')]}\n"
+        "for name, call in (('setuid', lambda: os.setuid(0)), ('setgid', lambda: os.setgid(0)),"
+        " ('setgroups', lambda: os.setgroups([0]))):\n"
+        "    try: call(); out[name] = 0\n"
+        "    except OSError as e: out[name] = e.errno\n"
+        "print(json.dumps(out))"
+    )
+    r = await sup.run([*PY, script], policy=profiles.workspace_write(workspace, timeout=20))
+    assert r.exit_code == 0, r.stderr
+    got = _json(r.stdout)
+    assert got["ids"] == [OTHER] * 4
+    assert got["groups"] == [OTHER]  # root's supplementary groups did not follow
+    assert got["caps"] == ["0000000000000000"] * 5
+    assert (got["setuid"], got["setgid"], got["setgroups"]) == (1, 1, 1)  # EPERM
+
+
+async def test_root_caller_tar_x_of_an_sdist(sup: Supervisor, workspace: Path) -> None:
+    # An sdist unpacked in a developer's checkout: as its owner (not root), tar does not restore owners.
+    _as_root()
+    src = workspace / "pkg-1.0"
+    src.mkdir()
+    (src / "setup.py").write_text("pass\n")
+    with tarfile.open(workspace / "pkg.tar", "w") as tar:
+
+        def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.uid = info.gid = THIRD
+            info.uname = info.gname = "corral-dev"  # no such account: tar uses the number
+            return info
+
+        tar.add(src, arcname="pkg-1.0", filter=owned)
+    shutil.rmtree(src)
+    os.chown(workspace, OTHER, OTHER)
+    code, out, err = await _sh(
+        sup, workspace, "mkdir out && tar -C out -xf pkg.tar && cat out/pkg-1.0/setup.py"
+    )
+    assert code == 0, err
+    assert out == "pass\n"
+    assert _owners(workspace / "out") == {(OTHER, OTHER)}
+
+
+async def test_root_caller_cp_a_and_chown_to_its_own_ids(sup: Supervisor, workspace: Path) -> None:
+    _as_root()
+    _foreign_tree(workspace)
+    os.chmod(workspace / "src" / "mod.py", 0o640)
+    code, out, err = await _sh(
+        sup,
+        workspace,
+        f"cp -a src copy && chown {OTHER}:{OTHER} copy/mod.py && chown :{OTHER} src && echo ok",
+    )
+    assert code == 0, err
+    assert out == "ok\n"
+    st = os.lstat(workspace / "copy" / "mod.py")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (OTHER, OTHER, 0o640)
+
+
+async def test_attack_chown_to_host_root_or_a_third_account(sup: Supervisor, workspace: Path) -> None:
+    # Files it could leave for others: none may belong to host root or to an account other than the owner.
+    _as_root()
+    _foreign_tree(workspace)
+    script = (
+        f"touch f; chown 0 f; echo root=$?; chown :0 f; echo rootgrp=$?; chown {THIRD} f; echo third=$?;"
+        " python3 -I -S -c 'import os; os.chown(\"f\", 0, 0)'; echo py=$?;"
+        f" mkdir sub; chown {THIRD} sub; echo sub=$?"
+    )
+    code, out, _err = await _sh(sup, workspace, script)
+    assert code == 0
+    for refused in ("root=1", "rootgrp=1", "third=1", "py=1", "sub=1"):
+        assert refused in out, out
+    assert _owners(workspace) == {(OTHER, OTHER)}
+
+
+async def test_attack_setid_files_as_the_owner(
+    sup: Supervisor,
+    workspace: Path,
+    setid_probe: Probe,  # noqa: F811  (the fixture imported above)
+) -> None:
+    # Every set-id route of test_attack_setid.py, as the workdir's owner (set-id to the owner on the host).
+    _as_root()
+    _foreign_tree(workspace)
+    os.chmod(setid_probe.path.parent, 0o755)
+    r = await sup.run(
+        [str(setid_probe.path), *ATTACKS], policy=profiles.workspace_write(workspace, timeout=30)
+    )
+    assert (r.exit_code, r.signal) == (0, None), r.stderr
+    got = parse(r.stdout)
+    wrong = {c: got.get(c) for c, want in ATTACKS.items() if got.get(c) != (-1, want)}
+    assert not wrong, f"cases that did not fail as expected: {wrong}"
+    assert setid_files(workspace) == []
+
+
+async def test_attack_read_roots_files(sup: Supervisor, workspace: Path) -> None:
+    # The owner's sandbox has the owner's rights on the host, not root's: a root-only file outside its roots
+    # is unreadable (the control: a root-owned workdir's sandbox is root and reads it).
+    _as_root()
+    secret = SCRATCH / f"identity-secret-{uuid.uuid4().hex[:8]}"
+    secret.write_text("root only\n")
+    os.chmod(secret, 0o600)
+    try:
+        code, out, err = await _sh(sup, workspace, f"cat {secret}")
+        assert (code, out) == (0, "root only\n"), err
+        _foreign_tree(workspace)
+        code, out, err = await _sh(sup, workspace, f"cat {secret}; echo rc=$?")
+        assert out == "rc=1\n", (out, err)
+        assert "Permission denied" in err
+    finally:
+        secret.unlink()
+
+
+async def test_attack_a_root_owned_file_in_the_owners_workdir(sup: Supervisor, workspace: Path) -> None:
+    # A file root left in the checkout is root's: the owner's sandbox cannot write it (the owner could not
+    # either) and its owner stays root; as the directory's owner it may rename or delete it, as on the host.
+    _as_root()
+    _foreign_tree(workspace)
+    (workspace / "root.txt").write_text("root's\n")
+    code, out, _err = await _sh(
+        sup, workspace, "echo x >> root.txt; echo write=$?; chmod 666 root.txt; echo chmod=$?"
+    )
+    assert code == 0
+    assert "write=0" not in out, out
+    assert "chmod=1" in out, out
+    st = os.lstat(workspace / "root.txt")
+    assert (st.st_uid, stat.S_IMODE(st.st_mode), (workspace / "root.txt").read_text()) == (
+        0,
+        0o644,
+        "root's\n",
+    )
+
+
+async def test_attack_steer_the_identity_of_a_later_sandbox(sup: Supervisor, workspace: Path) -> None:
+    # The identity follows the workdir's owner, so a sandbox must not be able to give a directory that a
+    # later policy uses as its workdir to another account: a root-owned workdir's sandbox (root, no
+    # CAP_CHOWN) cannot, and one that replaces it with a symlink to another account's directory gets the
+    # next sandbox refused, not run as that account.
+    _as_root()
+    other = SCRATCH / f"identity-other-{uuid.uuid4().hex[:8]}"
+    other.mkdir(mode=0o755)
+    os.chown(other, THIRD, THIRD)
+    try:
+        _code, out, _err = await _sh(sup, workspace, f"mkdir sub; chown {THIRD} sub; echo chown=$?")
+        assert "chown=1" in out, out
+        assert os.lstat(workspace / "sub").st_uid == 0
+        later = profiles.workspace_write(workspace / "sub", timeout=20)
+        r = await sup.run(["/usr/bin/id", "-u"], policy=later)
+        assert (r.exit_code, r.stdout) == (0, b"0\n"), r.stderr
+        _code, out, _err = await _sh(sup, workspace, f"rmdir sub && ln -s {other} sub && echo swapped")
+        assert out == "swapped\n"
+        with pytest.raises(SandboxSetupError) as info:
+            await sup.run(["/usr/bin/id", "-u"], policy=later)
+        assert info.value.errno == errno.ELOOP
+        assert _owners(other) == {(THIRD, THIRD)}
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+async def test_a_workdir_whose_group_is_roots(sup: Supervisor, workspace: Path) -> None:
+    # The sandbox never holds host gid 0 as another account: a group of 0 becomes 65534.
+    _as_root()
+    os.chown(workspace, OTHER, 0)
+    code, out, err = await _sh(sup, workspace, "id -u; id -g; id -G; touch f")
+    assert code == 0, err
+    assert out.split() == [str(OTHER), "65534", "65534"]
+    assert _owners(workspace) == {(OTHER, 0), (OTHER, 65534)}
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="GAP: as root inside, tar restores the archive's owners; uid 1000 is not mapped, chown answers "
-    "EINVAL and tar exits 2 ('Cannot change ownership')",
+    reason="GAP: in a ROOT-owned workdir the sandbox is root without CAP_CHOWN (a capability that would let "
+    "it give directories to other accounts, and so choose the identity of later sandboxes): tar x as root "
+    "restoring another account's ownership exits 2 ('Cannot change ownership'); tar --no-same-owner works",
 )
-async def test_root_caller_tar_x_of_an_sdist(sup: Supervisor, workspace: Path) -> None:
-    if not AS_ROOT:
-        pytest.skip("the one-uid mapping of a root caller")
+async def test_root_owned_workdir_tar_x_restoring_owners(sup: Supervisor, workspace: Path) -> None:
+    _as_root()
     src = workspace / "pkg-1.0"
     src.mkdir()
     (src / "setup.py").write_text("pass\n")
@@ -183,15 +377,12 @@ async def test_root_caller_tar_x_of_an_sdist(sup: Supervisor, workspace: Path) -
 
         tar.add(src, arcname="pkg-1.0", filter=owned)
     shutil.rmtree(src)
-    r = await sup.run(
-        ["/bin/sh", "-c", "mkdir out && tar -C out -xf pkg.tar"],
-        policy=profiles.workspace_write(workspace, timeout=20),
-    )
-    assert r.exit_code == 0, r.stderr
+    code, _out, err = await _sh(sup, workspace, "mkdir out && tar -C out -xf pkg.tar")
+    assert code == 0, err
 
 
 def test_control_the_host_root_can() -> None:
-    # The xfails above are about the mapping, not about root: on the host, root chowns to 1000 freely.
+    # The xfail above is about the sandbox, not about root: on the host, root chowns to 1000 freely.
     SCRATCH.mkdir(mode=0o755, exist_ok=True)
     p = SCRATCH / f"identity-{uuid.uuid4().hex[:8]}"
     p.write_text("")
