@@ -35,6 +35,7 @@ class _Exit:
     ended: float = 0.0
     cmd_ended: float | None = None  # when the command ended, by the init's report (time.monotonic's clock)
     elf: str | None = None  # the command file's ABI, reported by the init when SIGSYS killed the command
+    protected: tuple[str, ...] = ()  # protected configs the command tried to replace (the init's watch)
 
 
 log = logging.getLogger("corral")
@@ -228,6 +229,7 @@ class Child:
             denials_dropped=self.denials.dropped,
             denials_unobservable=self.unobservable,
             decision=self.decision,
+            protected_writes=self._exit.protected,
             **extra,  # type: ignore[arg-type]
         )
 
@@ -299,6 +301,8 @@ class Child:
                     ex.cmd_ended = record["ended"] / 1e9
                 if "elf" in record:
                     ex.elf = record["elf"]
+                if "protected" in record:
+                    ex.protected = tuple(record["protected"])
                 if record["alone"]:
                     ex.ended = time.monotonic()
                     self._exit = ex

@@ -907,6 +907,13 @@ class Supervisor:
                 child.quarantined = tuple(found)
                 for path, reason in found:
                     log.warning("git: %s: %s", path, reason)
+            for path in child._exit.protected if child._exit is not None else ():
+                log.warning(
+                    "git: %s: read-only in the sandbox (corral protects it): the command's change to it "
+                    "(git config, remote add, branch -u, submodule add) did not take effect; make it outside "
+                    "corral",
+                    path,
+                )
         finally:
             if child._proxy_scope is not None:
                 child._proxy_scope.cancel()  # its connections end with it

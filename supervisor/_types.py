@@ -82,6 +82,10 @@ class Result:
                git run code (hooks, config settings that run programs, a commondir pointing elsewhere).
     killed:    True when the violation is what ended the command (corral, or the kernel's OOM killer, killed
                it for the limit); False when a violation is only reported (pids.max held it).
+    protected_writes: the read-only protected git configs (a repository's `.git/config`) the command tried
+               to replace: `git config`, `git remote add`, `git branch -u` and `git submodule add` inside
+               fail on them (git's message says "Device or resource busy"; `git branch -u` even claims
+               success). Make such changes outside the sandbox (docs/security.md, "git: the post-run scan").
     refused_abi: when the command was killed by SIGSYS under the seccomp filter, which kills every syscall
                of a foreign ABI: "i386" or "x32" when the command's own file is such a binary, "i386 or
                x32" when it is a 64-bit one (a descendant, or `int $0x80` in 64-bit code); else None.
@@ -117,6 +121,7 @@ class Result:
     denials_dropped: int = 0
     denials_unobservable: tuple[tuple[str, str], ...] = ()
     decision: CommandDecision | None = None
+    protected_writes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -146,6 +151,7 @@ class Result:
             "limit_hits": {**dict.fromkeys(LIMIT_HIT_KEYS, 0), **self.limit_hits},
             "refused_abi": self.refused_abi,
             "quarantined": [{"path": printable(p), "reason": printable(r)} for p, r in self.quarantined],
+            "protected_writes": [printable(p) for p in self.protected_writes],
             "network": self.network,
             "denials": [d.to_dict() for d in self.denials],
             "denials_dropped": self.denials_dropped,

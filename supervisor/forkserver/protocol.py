@@ -243,6 +243,7 @@ class ExitRecord(TypedDict):
     alone: every other process of the sandbox is gone (the init killed and reaped them), so the result is
     final before the init exits. ended: when the command ended (CLOCK_MONOTONIC, ns), by which its
     wall-clock limit is judged. elf: the command file's ABI, when SIGSYS killed it under the seccomp filter.
+    protected: the protected configs the command tried to replace (OP_WATCH), when any.
     """
 
     status: int
@@ -255,6 +256,7 @@ class ExitRecord(TypedDict):
     #: calls past the init's bound (64 distinct). Absent: the kernel refused the init a listener.
     dcounts: NotRequired[list[int]]
     ddropped: NotRequired[int]
+    protected: NotRequired[list[str]]
 
 
 class DenialRecord(TypedDict):
@@ -322,6 +324,9 @@ def exit_record(payload: dict[str, object]) -> ExitRecord | None:
     if isinstance(dcounts, list) and all(isinstance(c, int) for c in dcounts) and isinstance(ddropped, int):
         record["dcounts"] = dcounts
         record["ddropped"] = ddropped
+    protected = payload.get("protected")
+    if isinstance(protected, list):
+        record["protected"] = [p for p in protected[:8] if isinstance(p, str)]
     return record
 
 

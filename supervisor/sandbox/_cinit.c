@@ -67,6 +67,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -165,7 +166,9 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(SECCOMP_NOTIFY, 32) /* s0 BPF whose denials notify, a0 its size; s1 the same filter with errnos, a1   \
                              its size; s2 the fold keys, a2 their size: see load_seccomp_notify */ \
     X(SETID, 33)       /* a0 supervisor pidfd: become the non-root ids of our id maps, if any; PDEATHSIG \
-                          again (a change of ids clears it); close the pidfd */
+                          again (a change of ids clears it); close the pidfd */ \
+    X(WATCH, 34)       /* s0 a protected file (a read-only bind): note the command's attempts to replace \
+                          it (its "<name>.lock" created beside it, as git does), for the S record */
 
 #define X_ENUM(name, num) OP_##name = num,
 enum { OPS(X_ENUM) };
@@ -216,6 +219,35 @@ struct plan {
  * syscalls failed, with which argument). */
 static char op_detail[160];
 static int ll_ruleset = -1;
+
+/* OP_WATCH: protected files (a repository's .git/config, bound read-only) whose replacement the command
+ * attempted. git writes a config by creating "config.lock" beside it and renaming it over the file, which
+ * the read-only bind refuses (EBUSY, git's puzzling "Device or resource busy"; `git branch -u` even reports
+ * success): the init watches each such directory for the lock's creation and names the file in its S
+ * record, so that corral can say what was refused and why. */
+#define MAX_WATCHES 8 /* 8 paths of at most 512 bytes: the S record (8 KiB) holds them */
+static int watch_fd = -1, n_watches;
+static struct {
+    int wd, hits;
+    char path[512];
+} watches[MAX_WATCHES];
+
+static int watch_protected(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path || strlen(path) >= sizeof watches[0].path - 6) return EINVAL;
+    if (n_watches >= MAX_WATCHES) return 0; /* a report, not a layer: the rest go unwatched */
+    if (watch_fd < 0 && (watch_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) < 0) return errno;
+    char dir[512];
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    int wd = inotify_add_watch(watch_fd, dir, IN_CREATE | IN_ONLYDIR | IN_DONT_FOLLOW);
+    if (wd < 0) return errno;
+    watches[n_watches].wd = wd;
+    watches[n_watches].hits = 0;
+    snprintf(watches[n_watches].path, sizeof watches[0].path, "%s", path);
+    n_watches++;
+    return 0;
+}
+
 #define SLOTS 16
 #define SLOT_NET_SYSFS SLOTS /* one more slot, filled from the plan header, not by OPEN_PATH */
 #define SLOT_PROXY (SLOTS + 1) /* and another: the plan header's proxy_fd */
@@ -811,6 +843,8 @@ static int run_op(const struct seg *g, const struct op *o) {
         return id_map((unsigned)o->a[0], (unsigned)o->a[1]);
     case OP_SETID:
         return become_owner((int)o->a[0]);
+    case OP_WATCH:
+        return watch_protected(s0);
     default:
         return EINVAL;
     }
@@ -853,6 +887,25 @@ static long run_segment(const struct seg *g, int *err) {
 }
 
 #ifdef CORRAL_INIT_MAIN /* the executable: records, the init, main(); the extension has start and apply */
+
+/* Read the watch events queued so far; count = 0: only discard them (what happened before the command). */
+static void watch_drain(int count) {
+    if (watch_fd < 0) return;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    ssize_t n;
+    while ((n = read(watch_fd, buf, sizeof buf)) > 0) {
+        for (char *p = buf; count && p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            p += sizeof *ev + ev->len;
+            for (int i = 0; ev->len && i < n_watches; i++) {
+                const char *name = strrchr(watches[i].path, '/') + 1;
+                size_t len = strlen(name);
+                if (ev->wd == watches[i].wd && !strncmp(ev->name, name, len) && !strcmp(ev->name + len, ".lock"))
+                    watches[i].hits++;
+            }
+        }
+    }
+}
 /* ---------------------------------------------------------------------------------------------------- */
 /* Status records, marshal-encoded (the subset marshal.loads reads: dict, str, int, float, bool, None). */
 
@@ -1488,7 +1541,8 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
         sigaddset(&chld, SIGCHLD);
         sigprocmask(SIG_BLOCK, &chld, NULL);
         sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-    }
+    } \
+
     pid_t pid;
     int err = spawn_command(c, &fa, &at, &pid);
     if (err) {
@@ -1549,6 +1603,16 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) {
         put_key(&r, "elf");
         put_str(&r, elf_abi(spawned_path));
+    }
+    watch_drain(1);
+    int refused = 0;
+    for (int i = 0; i < n_watches; i++) refused += watches[i].hits > 0;
+    if (refused) { /* a marshal list of the protected files the command tried to replace */
+        put_key(&r, "protected");
+        put(&r, "[", 1);
+        put_u32(&r, (uint32_t)refused);
+        for (int i = 0; i < n_watches; i++)
+            if (watches[i].hits) put_str(&r, watches[i].path);
     }
     send_rec(status_w, &r);
     _exit(0);

@@ -42,6 +42,7 @@ OP_UNLINK: int
 OP_PROXY_LISTEN: int
 OP_SECCOMP_NOTIFY: int
 OP_SETID: int
+OP_WATCH: int
 
 def start(
     flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, slot: mmap.mmap = ..., /

@@ -437,8 +437,19 @@ def _protect(plan: Plan, root: str, protected: list[str]) -> None:
                 _bind(plan, top, readonly=False)
                 tops.add(top)
             _bind(plan, path, readonly=True)
+            if stat.S_ISREG(st.st_mode) and os.path.basename(rel) == "config":
+                _watch_config(plan, path)
     finally:
         os.close(rootfd)
+
+
+def _watch_config(plan: Plan, path: str) -> None:
+    """Have the init note the command's attempts to replace the read-only git config `path` (git's
+    `config.lock` created beside it), so that the Result can name what was refused (`Result.protected`):
+    `git config`, `git remote add`, `git branch -u` and `git submodule add` inside fail on it with git's own
+    EBUSY message, or report success without effect. A report, not a layer: a failure is skipped."""
+    i = plan.add(_cinit.OP_WATCH, "mounts", "inotify_add_watch(protected config)", s=(path,), path=path)
+    plan.land(i)
 
 
 def _open_root(root: str) -> int | None:

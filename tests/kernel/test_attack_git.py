@@ -327,3 +327,39 @@ async def test_a_plant_after_runs_that_needed_no_scan_is_found(
     assert str(expected) in [p for p, _ in third.quarantined], third.quarantined
     assert sup._listings.quick == quick + 1
     assert not (workspace / "MARKER").exists()
+
+
+async def test_git_config_changes_fail_loudly(
+    sup: Supervisor, workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The top repository's .git/config is a read-only bind: `git config`, `git remote add`, `git branch -u`
+    and `git submodule add` inside cannot change it. git's own messages say "Device or resource busy", and
+    `git branch -u` even reports success: the Result (and --json, and a warning line) name the file and why,
+    and the file is unchanged, seen from outside."""
+    make_repo(workspace)
+    host_git(workspace, "branch", "-q", "side")
+    config = (workspace / ".git" / "config").read_bytes()
+    r = await sup.run(
+        [
+            SH,
+            "-c",
+            "git config user.name someone; echo config=$?; git remote add origin /x; echo remote=$?; "
+            "git branch -u side 2>/dev/null; echo branch=$?",
+        ],
+        policy=policy(workspace),
+    )
+    out = r.stdout.decode()
+    assert "config=0" not in out, out
+    assert "remote=0" not in out, out
+    assert "Device or resource busy" in r.stderr.decode()
+    assert r.protected_writes == (str(workspace / ".git" / "config"),)
+    assert r.to_json()["protected_writes"] == [str(workspace / ".git" / "config")]
+    assert "read-only in the sandbox (corral protects it)" in caplog.text
+    assert (workspace / ".git" / "config").read_bytes() == config
+    assert host_git(workspace, "config", "--get-regexp", "^(branch|remote)[.]").stdout == ""
+    # Only the command's own attempts count: a run that leaves the config alone reports nothing.
+    r = await plant(
+        sup, workspace, "echo b > b && git add b && git commit -q -m two && git config --get core.bare"
+    )
+    assert r.exit_code == 0, r.stderr
+    assert r.protected_writes == ()
