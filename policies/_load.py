@@ -7,6 +7,7 @@ sees it, so an error names what the user wrote; the model's own validation then 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -90,8 +91,7 @@ def load_policy(
     if not isinstance(source, str):
         raise PolicyError(_WHOLE, "expected the policy file's path as a string", path)
     try:
-        with open(source, "rb") as fp:
-            raw = fp.read()
+        raw = _read_policy_file(source)
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise PolicyError(_WHOLE, f"cannot read policy file {source!r}: {reason}", source=source) from err
@@ -106,6 +106,37 @@ def load_policy(
         raise PolicyError(_WHOLE, f"invalid TOML: {err}", source=source) from err
     absolute = source if os.path.isabs(source) else os.path.join(v.cwd(), source)
     return _from_dict(data, source, workdir, base, os.path.dirname(absolute))
+
+
+#: The largest policy file read (a policy is a few KiB).
+MAX_POLICY_FILE = 1 << 20
+
+
+def _read_policy_file(source: str) -> bytes:
+    """The bytes of the policy file `source`: opened non-blocking, a regular file only, at most
+    MAX_POLICY_FILE bytes. A policy file kept in a project directory that sandboxes write may have been
+    replaced by a FIFO (which would block the CLI for ever before any timeout applies), a device or a huge
+    file. Raises OSError, or ValueError naming what the path is instead."""
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device)"
+            )
+            msg = f"it is {kind}"
+            raise ValueError(msg)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > MAX_POLICY_FILE:
+                msg = f"it is larger than {MAX_POLICY_FILE // (1 << 20)} MiB"
+                raise ValueError(msg)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def policy_from_dict(

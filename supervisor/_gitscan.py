@@ -32,6 +32,7 @@ granularity before the run's start is not "during" it (the start is taken a 10 m
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -460,6 +461,7 @@ class Scan:
             self._cache = self.listings.root(root) if self.listings is not None else {}
             try:
                 self._visit(fd, root, "", 0)
+                self._check_global(fd, root)
                 if self.snap is not None:
                     st = os.fstat(fd)
                     self.snap.roots.append((root, st.st_dev, st.st_ino))
@@ -541,6 +543,39 @@ class Scan:
             finally:
                 self._closing(sub)
                 os.close(sub)
+
+    def _check_global(self, fd: int, root: str) -> None:
+        """A writable root that is (or holds, at its top) a home directory: `.gitconfig` and
+        `.config/git/config` there are the host user's global git configuration, which their git reads in
+        EVERY repository. Written during the run with a setting that runs programs: quarantined, like a
+        repository's config."""
+        if self._changed(fd, ".gitconfig") is not None:
+            reason = self._config_problem(fd, os.path.join(root, ".gitconfig"), ".gitconfig")
+            if reason:
+                self._quarantine(fd, root, ".gitconfig", reason.replace("git config", "global git config"))
+        with contextlib.suppress(OSError):
+            os.stat(".gitconfig", dir_fd=fd, follow_symlinks=False)
+            self._hold_name(fd, ".gitconfig")  # a rewrite in place sets only its own ctime
+        sub = -1
+        try:
+            sub = os.open(".config", _DIR_FLAGS, dir_fd=fd)
+            git = os.open("git", _DIR_FLAGS, dir_fd=sub)
+        except OSError:
+            return  # none, a link (never followed), unreadable
+        finally:
+            if sub >= 0:
+                os.close(sub)
+        try:
+            path = os.path.join(root, ".config", "git")
+            with contextlib.suppress(OSError):
+                os.stat("config", dir_fd=git, follow_symlinks=False)
+                self._abandon()  # not held by name: the quick check could not see it rewritten in place
+            if self._changed(git, "config") is not None:
+                reason = self._config_problem(git, os.path.join(path, "config"), "config")
+                if reason:
+                    self._quarantine(git, path, "config", reason.replace("git config", "global git config"))
+        finally:
+            os.close(git)
 
     def _changed(self, fd: int, name: str) -> os.stat_result | None:
         try:
@@ -651,6 +686,9 @@ class Scan:
         return "git config written during the run sets what can run programs: " + ", ".join(
             sorted(set(bad))[:8]
         )
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class _Budget(Exception):

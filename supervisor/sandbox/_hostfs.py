@@ -19,6 +19,7 @@ never bricks the workdir without saying why.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -265,6 +266,13 @@ def mkdir_beneath(rootfd: int, rel: str, path: str, mode: int = 0o755) -> bool:
         raise
     try:
         os.mkdir(name, mode, dir_fd=fd)  # mkdirat: never follows a symlink at `name` (EEXIST)
+        # Made by root for another account's repository (.git/hooks in a developer's checkout): it belongs
+        # to the owner of its parent, as if git had made it, not to root (which would leave the user a
+        # hooks directory they cannot write). No link is followed (a link swapped in meanwhile: lchown).
+        owner = os.fstat(fd)
+        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+            with contextlib.suppress(OSError):
+                os.chown(name, owner.st_uid, owner.st_gid, dir_fd=fd, follow_symlinks=False)
     except FileExistsError:
         return False
     finally:

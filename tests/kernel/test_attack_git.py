@@ -363,3 +363,47 @@ async def test_git_config_changes_fail_loudly(
     )
     assert r.exit_code == 0, r.stderr
     assert r.protected_writes == ()
+
+
+def home_git(home: Path, repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git as the host user whose home directory is `home` runs it: it reads `home`/.gitconfig and
+    `home`/.config/git/config (payloads only touch MARKER)."""
+    env = {k: v for k, v in ENV.items() if k not in ("GIT_CONFIG_GLOBAL", "HOME")}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    return subprocess.run(
+        [GIT, "-C", str(repo), *args], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+async def test_global_git_config_in_a_home_root(sup: Supervisor, workspace: Path) -> None:
+    """A writable root that is a home directory: the sandbox writes the user's GLOBAL git configuration
+    (~/.gitconfig, ~/.config/git/config), which their git reads in every repository. Both are quarantined
+    and reported; the host user's git status afterwards runs nothing."""
+    make_repo(workspace / "proj")
+    r = await plant(
+        sup,
+        workspace,
+        f"printf '[core]\\n\\tfsmonitor = {payload(workspace)}\\n' > .gitconfig && mkdir -p .config/git && "
+        f"printf '[core]\\n\\tpager = {payload(workspace)}; cat\\n' > .config/git/config && "
+        f"printf '[alias]\\n\\tst = !{payload(workspace)}\\n' >> .config/git/config",
+    )
+    assert sorted(p.removeprefix(f"{workspace}/") for p, _ in r.quarantined) == [
+        ".config/git/config",
+        ".gitconfig",
+    ], r.quarantined
+    assert all("global git config" in why for _, why in r.quarantined)
+    assert home_git(workspace, workspace / "proj", "status").returncode == 0
+    assert home_git(workspace, workspace / "proj", "log", "-1").returncode == 0
+    assert not (workspace / "MARKER").exists(), "a global git config planted in the sandbox ran"
+    assert (workspace / ".gitconfig.corral-quarantined").exists()
+
+
+async def test_global_git_config_harmless_or_a_fifo(sup: Supervisor, workspace: Path) -> None:
+    """A global config with only settings that run nothing stays; a FIFO planted at ~/.gitconfig (which would
+    hold the user's every git command) is moved aside."""
+    r = await plant(sup, workspace, "git config --file .gitconfig user.name someone")
+    assert r.quarantined == ()
+    assert "someone" in (workspace / ".gitconfig").read_text()
+    r = await plant(sup, workspace, "rm .gitconfig && mkfifo .gitconfig")
+    assert [p.removeprefix(f"{workspace}/") for p, _ in r.quarantined] == [".gitconfig"], r.quarantined
+    assert not (workspace / ".gitconfig").exists()
