@@ -412,7 +412,7 @@ class Server:
         key: tuple[int, str],
         failure: _sys.SetupFailure | None,
         exec_errno: int = 0,
-    ) -> tuple[dict[str, object], list[int]]:
+    ) -> tuple[Reply, list[int]]:
         """The reply for the init `pid` just launched: [pidfd, status_r], with an error when it failed to
         exec (it exited at once) or `failure` (it was killed); the supervisor reaps it."""
         try:
@@ -427,7 +427,7 @@ class Server:
             return {"pid": pid, "error": lost.to_dict()}, []
         if net is not None:
             self.netpool.lend(key, net, pidfd)
-        reply: CompiledPayload = {"pid": pid}
+        reply: Reply = {"pid": pid}
         if failure is not None:
             reply["error"] = failure.to_dict()
         elif exec_errno:
