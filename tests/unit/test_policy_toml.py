@@ -283,7 +283,7 @@ def test_os_errors_become_policy_errors(tmp_path: Path, monkeypatch: pytest.Monk
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(_load, "open", refuse, raising=False)
+    monkeypatch.setattr(_load, "_read_policy_file", refuse)
     with pytest.raises(PolicyError) as info:
         load_policy(tmp_path / "p.toml")
     assert info.value.path == ""
