@@ -359,7 +359,7 @@ class Server:
             if maps is None:
                 os.close(plan_w)
                 plan_w = -1
-            extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1) if fd >= 0)
+            extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1, proxy_fd) if fd >= 0)
             keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *extra)
             flags = namespaces.clone_flags(pol["ns"])
             netfd = net[0] if net is not None else -1
