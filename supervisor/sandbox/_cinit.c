@@ -1543,8 +1543,8 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
         sigaddset(&chld, SIGCHLD);
         sigprocmask(SIG_BLOCK, &chld, NULL);
         sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-    } \
-
+    }
+    watch_drain(0); /* what happened before the command (a pre-forked sandbox's wait) is not its doing */
     pid_t pid;
     int err = spawn_command(c, &fa, &at, &pid);
     if (err) {
