@@ -164,6 +164,43 @@ print(json.dumps({
 """
 
 
+PROXY_PROBE = r"""
+import json, socket, sys
+port = int(sys.argv[1])
+def ask(target):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(("CONNECT %s HTTP/1.1\r\n\r\n" % target).encode())
+    data = s.recv(200)
+    s.close()
+    return data.split(b"\r\n")[0].decode()
+print(json.dumps({"allowed": ask("allowed.test:%d" % port), "other": ask("other.test:%d" % port)}))
+"""
+
+
+async def proxy_run(sup, report):
+    # Network mode "proxy" with the init's own network namespace (no pool without root): the listener
+    # the init makes there reaches this (unprivileged) supervisor, which connects to its own loopback server.
+    import threading
+    from supervisor._proxy import static_resolver
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    hits = []
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            hits.append(1)
+            c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    sup.proxy.resolver = static_resolver({"allowed.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    pol = profiles.workspace_write(CFG["workspace"], network_allow=["allowed.test:%d" % port, "127.0.0.1"])
+    r = await sup.run([*PY, PROXY_PROBE, str(port)], policy=pol)
+    report["proxy"] = dict(probe_json(r), network=r.network, hits=len(hits))
+    srv.close()
+
+
 def probe_json(r):
     lines = r.stdout.decode().strip().splitlines()
     if r.exit_code == 0 and lines:
@@ -221,6 +258,7 @@ async def main():
         r = await sup.run(["/bin/sh", "-c", "id -u; echo hi > full-access.txt"],
                           policy=profiles.full_access(CFG["workspace"]))
         report["full_access"] = summary(r)
+        await proxy_run(sup, report)
         # A resource limit needs a cgroup, which an ordinary user without a delegated subtree lacks:
         # refused (fail closed), or run with the limit really enforced.
         for key, be in (("memory_limit", False), ("memory_limit_best_effort", True)):
@@ -555,3 +593,13 @@ def test_resource_limit_without_cgroup_fails_closed(unpriv: Env) -> None:
     assert lax["exit_code"] == 0, lax
     if "cgroup_memory" not in lax["enforced"]:
         assert any(layer.startswith("cgroup") for layer, _ in lax["missing"]), lax
+
+
+def test_proxy_mode_unprivileged(unpriv: Env) -> None:
+    """Network mode "proxy" for an ordinary user: the init makes the listener in its own network
+    namespace (no pooled one), the supervisor serves it; the list decides, checked at the server."""
+    p = unpriv["proxy"]
+    assert p["allowed"].startswith("HTTP/1.1 200"), p
+    assert p["other"].startswith("HTTP/1.1 403"), p
+    assert p["hits"] == 1
+    assert p["network"] == {"bytes_up": 0, "bytes_down": 0, "allowed": 1, "denied": 1, "peak_connections": 1}
