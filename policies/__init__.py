@@ -19,11 +19,13 @@ from policies._model import (
 )
 from policies._roots import check_writable_roots
 from policies._rules_load import load_rules, rules_from_dict, rules_from_starlark
+from policies._seccomp import ArgCondition, SeccompProfile, SeccompRule, load_seccomp_profile
 from policies._shell import RulesUnavailableError
 from policies._validate import parse_duration, parse_size
 from policies.env import filter_environment, is_secret_name, is_secret_value
 
 __all__ = [
+    "ArgCondition",
     "CommandDecision",
     "CommandRule",
     "CommandRules",
@@ -35,6 +37,8 @@ __all__ = [
     "PolicyError",
     "ResourcePolicy",
     "RulesUnavailableError",
+    "SeccompProfile",
+    "SeccompRule",
     "SyscallPolicy",
     "check_writable_roots",
     "filter_environment",
@@ -42,6 +46,7 @@ __all__ = [
     "is_secret_value",
     "load_policy",
     "load_rules",
+    "load_seccomp_profile",
     "parse_duration",
     "parse_size",
     "policy_from_dict",

@@ -24,6 +24,7 @@ from policies._model import (
     Policy,
 )
 from policies._network import check_rules
+from policies._seccomp import load_seccomp_profile
 
 _TOP_KEYS = (
     "profile",
@@ -49,7 +50,7 @@ _FILESYSTEM_KEYS = (
 )
 _NETWORK_KEYS = ("mode", "families", "netlink", "allow", "deny")
 _WHOLE = ""  # the error path of problems with the file or document as a whole
-_SYSCALL_KEYS = ("enabled", "deny", "allow")
+_SYSCALL_KEYS = ("enabled", "deny", "allow", "profile")
 _ENVIRONMENT_KEYS = ("clear", "set", "passthrough", "secret_markers")
 
 
@@ -227,7 +228,7 @@ def _build(data: object, workdir: object, base: object, relative_to: str | None)
     if "network" in top:
         changes["network"] = _network(top["network"], start.network)
     if "syscalls" in top:
-        changes["syscalls"] = replace(start.syscalls, **_syscalls(top["syscalls"]))
+        changes["syscalls"] = replace(start.syscalls, **_syscalls(top["syscalls"], relative_to))
     if "resources" in top:
         changes["resources"] = replace(start.resources, **_resources(top["resources"]))
     if "environment" in top:
@@ -293,9 +294,22 @@ def _network(value: object, start: NetworkPolicy) -> NetworkPolicy:
     )
 
 
-def _syscalls(value: object) -> dict[str, Any]:
+def _syscalls(value: object, relative_to: str | None = None) -> dict[str, Any]:
     table = _table(value, "syscalls", _SYSCALL_KEYS)
     out: dict[str, Any] = {}
+    if "profile" in table:
+        # An OCI/Docker seccomp profile (JSON), relative to the policy file (docs/seccomp.md, "Profiles").
+        file = table["profile"]
+        if not isinstance(file, str) or not file:
+            where = "syscalls.profile"
+            raise PolicyError(where, "expected the path of a seccomp profile (JSON)", file)
+        if not os.path.isabs(file) and relative_to is not None:
+            file = os.path.join(relative_to, file)
+        try:
+            out["profile"] = load_seccomp_profile(file)
+        except PolicyError as err:
+            where = f"syscalls.profile.{err.path}" if err.path else "syscalls.profile"
+            raise PolicyError(where, err.reason) from None
     if "enabled" in table:
         out["enabled"] = v.check_bool(table["enabled"], "syscalls.enabled")
     for key in ("deny", "allow"):

@@ -16,6 +16,7 @@ from typing import Literal, get_args
 from policies import _network
 from policies import _validate as v
 from policies._errors import PolicyError
+from policies._seccomp import SeccompProfile
 
 NetworkMode = Literal["none", "host", "proxy"]
 NETWORK_MODES: tuple[str, ...] = get_args(NetworkMode)
@@ -166,11 +167,14 @@ class SyscallPolicy:
     deny:  extra syscall names answered with EPERM.
     allow: names removed from the built-in deny list (an explicit, visible weakening).
     enabled: False disables the seccomp layer entirely.
+    profile: a SeccompProfile (an OCI/Docker JSON profile, `load_seccomp_profile`) whose filter is stacked on
+           the built-in one: the stricter verdict of the two holds (docs/seccomp.md, "Profiles").
     """
 
     enabled: bool = True
     deny: tuple[str, ...] = ()
     allow: tuple[str, ...] = ()
+    profile: SeccompProfile | None = None
 
     def __post_init__(self) -> None:
         """Validate the names; raise PolicyError naming ``syscalls.<field>[i]`` on a bad one, or
@@ -179,6 +183,9 @@ class SyscallPolicy:
         _set(self, "enabled", v.check_bool(self.enabled, "syscalls.enabled"))
         _set(self, "deny", v.check_syscalls(self.deny, "syscalls.deny"))
         _set(self, "allow", v.check_syscalls(self.allow, "syscalls.allow"))
+        if self.profile is not None and not isinstance(self.profile, SeccompProfile):
+            where = "syscalls.profile"
+            raise PolicyError(where, "expected a SeccompProfile (load_seccomp_profile)", self.profile)
         for i, name in enumerate(self.allow):
             if name in self.deny:
                 where = f"syscalls.allow[{i}]"

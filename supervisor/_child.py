@@ -238,7 +238,14 @@ class Child:
         if sig != _signal.SIGSYS or "seccomp" not in self.enforced or self._exit is None:
             return None
         elf = self._exit.elf
-        return elf if elf in ("i386", "x32") else "i386 or x32"
+        if elf in ("i386", "x32"):
+            return elf
+        profile = self.policy.syscalls.profile if self.policy is not None else None
+        if profile is not None and (
+            profile.default == "kill_process" or any(r.action == "kill_process" for r in profile.rules)
+        ):
+            return None  # a 64-bit program under a profile that kills: most likely that profile's verdict
+        return "i386 or x32"
 
     def _exit_signal(self) -> int | None:
         """The signal that ended the command itself (its wait status from the init), or None."""

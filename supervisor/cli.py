@@ -9,6 +9,7 @@ option, bad policy, setup failure: one line on stderr); 126 command not executab
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import importlib.metadata
@@ -26,6 +27,7 @@ import click
 from anyio.abc import ByteReceiveStream
 
 from policies import CommandRules, CorralError, Policy, load_policy, load_rules, profiles
+from policies._seccomp import load_seccomp_profile
 from supervisor._child import Child
 from supervisor._errors import SpawnError, printable
 from supervisor._rules import CommandForbiddenError
@@ -139,6 +141,12 @@ def cli(ctx: click.Context) -> None:
 )
 @click.option("--metrics-addr", metavar="ADDR", help="Bind address for --metrics-port (default 127.0.0.1).")
 @click.option(
+    "--seccomp-profile",
+    "seccomp_profile",
+    metavar="FILE",
+    help="A seccomp profile in the OCI/Docker JSON format, stacked on the built-in filter.",
+)
+@click.option(
     "--rules",
     "rules_files",
     multiple=True,
@@ -181,14 +189,21 @@ def run(
 
 def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, Any]) -> Policy:
     workdir = opts.pop("workdir")
+    seccomp_file = opts.pop("seccomp_profile", None)
     given: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()}
     given = {k: v for k, v in given.items() if v not in (None, [])}
     if policy_file is not None:
         # --profile supplies the defaults for what the file does not say; the file's own `profile` key,
         # when present, is more specific and wins.
         base = load_policy(policy_file, workdir=workdir, base=profile)
-        return profiles.override(base, **given)
-    return profiles.get(profile or "workspace-write", workdir, **given)
+        policy = profiles.override(base, **given)
+    else:
+        policy = profiles.get(profile or "workspace-write", workdir, **given)
+    if seccomp_file is not None:
+        # An OCI/Docker JSON profile, stacked on the built-in filter (docs/seccomp.md, "Profiles").
+        syscalls = dataclasses.replace(policy.syscalls, profile=load_seccomp_profile(seccomp_file))
+        policy = dataclasses.replace(policy, syscalls=syscalls)
+    return policy
 
 
 def _load_rules(files: Sequence[str], workdir: str | None) -> CommandRules | None:
@@ -328,6 +343,8 @@ def _finish(result: Result, out: _JsonOut | None) -> int:
         _say(denial.line())
     if result.denials_dropped:
         _say(f"denied {result.denials_dropped} more calls (past the first {len(result.denials)} distinct)")
+    if result.signal == signal.SIGSYS and result.refused_abi is None and "seccomp" in result.enforced:
+        click.echo("corral: killed by SIGSYS: a syscall the seccomp profile kills", err=True)
     if result.refused_abi is not None:
         click.echo(
             f"corral: killed by SIGSYS: the seccomp filter kills every {result.refused_abi} syscall "

@@ -41,6 +41,7 @@ _LAYER = "seccomp"
 
 if TYPE_CHECKING:
     from policies import Policy
+    from policies._seccomp import SeccompProfile
     from supervisor.sandbox.probe import KernelCaps
 
 #: Denied outright with EPERM, each with the reason (docs/seccomp.md says the same).
@@ -730,6 +731,25 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
             names = prepared["names"]
             assert isinstance(names, dict)
             names.update({_resolve(name): name for name in NETWORK_WATCH if name not in compiled})
+    profile = policy.syscalls.profile
+    if profile is not None and not problem:
+        try:
+            profile_bpf, skipped = compile_profile(profile)
+        except OSError as err:
+            raise SandboxSetupError(
+                _LAYER, "libseccomp seccomp_export_bpf (the profile's filter)", err.errno or 0
+            ) from err
+        if len(profile_bpf) // 8 > _BPF_MAXINSNS:
+            problem = f"the profile's filter has {len(profile_bpf) // 8} instructions (the kernel takes 4096)"
+        elif run_bpf(profile_bpf, _resolve("execve")) != _ALLOW:
+            problem = "the profile's filter refuses execve"
+        elif (
+            run_bpf(profile_bpf, _resolve("getpid"), arch=_FOREIGN_ARCH.get(_sys._MACHINE, 0))
+            != _KILL_PROCESS
+        ):
+            problem = "the profile's filter lets a foreign ABI through"
+        prepared["profile"] = profile_bpf
+        prepared["profile_skipped"] = skipped
     if problem:
         raise SandboxSetupError(
             _LAYER,
@@ -738,6 +758,78 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
             hint=f"{problem}; upgrade libseccomp (2.5 or newer is tested)",
         )
     return prepared
+
+
+_LOG = 0x7FFC0000  # SECCOMP_RET_LOG
+
+#: libseccomp's comparison operators by the profile model's spelling (policies/_seccomp.py).
+_PROFILE_OPS = {"!=": 1, "<": 2, "<=": 3, "==": 4, ">=": 5, ">": 6, "masked_eq": 7}
+
+#: What a profile can never refuse, because the sandbox init (or the command's libc on its way out) calls
+#: them after the profile's filter is in place: INIT_CALLS, plus exit and the signal return. The built-in
+#: filter still rules on them.
+PROFILE_ALWAYS_ALLOWED = INIT_CALLS | {"exit", "exit_group", "rt_sigreturn", "restart_syscall"}
+
+
+def _profile_action(action: str) -> int:
+    if action == "allow":
+        return _ALLOW
+    if action == "log":
+        return _LOG
+    if action == "kill_process":
+        return _KILL_PROCESS
+    return _RET_ERRNO | int(action.removeprefix("errno:"))
+
+
+def compile_profile(profile: SeccompProfile) -> tuple[bytes, list[str]]:
+    """The BPF of a seccomp profile's own filter (policies.SeccompProfile: a default action and rules), which
+    the sandbox init stacks on the built-in one, and the names it skipped: unknown to this libseccomp or not
+    on this architecture (as Docker does: its profile lists names of every arch and kernel). Foreign ABIs are
+    killed here too. PROFILE_ALWAYS_ALLOWED names are allowed whatever the profile says (the init needs them).
+
+    Raises PolicyError naming ``syscalls.profile.rules[i]`` when libseccomp refuses a rule (two rules with
+    the same arguments and different actions, for one), ImportError/RuntimeError without libseccomp.
+    """
+    import pyseccomp
+
+    from policies import PolicyError
+
+    default = _profile_action(profile.default)
+    flt = pyseccomp.SyscallFilter(default)
+    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, _KILL_PROCESS)
+    with contextlib.suppress(OSError):
+        flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    skipped: list[str] = []
+    if default != _ALLOW:
+        for name in sorted(PROFILE_ALWAYS_ALLOWED):
+            nr = _resolve(name)
+            if nr >= 0:
+                flt.add_rule(_ALLOW, nr)
+    for i, rule in enumerate(profile.rules):
+        action = _profile_action(rule.action)
+        args = [
+            pyseccomp.Arg(c.index, _PROFILE_OPS[c.op], c.mask, c.value)
+            if c.op == "masked_eq"
+            else pyseccomp.Arg(c.index, _PROFILE_OPS[c.op], c.value, 0)
+            for c in rule.args
+        ]
+        for name in rule.names:
+            if name in PROFILE_ALWAYS_ALLOWED:
+                continue
+            nr = _resolve(name)
+            if nr < 0:
+                if name not in skipped:
+                    skipped.append(name)
+                continue
+            if action == default and not args:
+                continue  # libseccomp refuses a rule that repeats the default
+            try:
+                flt.add_rule(action, nr, *args)
+            except OSError as err:
+                where = f"syscalls.profile.rules[{i}]"
+                why = f"libseccomp refused the rule for {name}: {os.strerror(err.errno or 0)}"
+                raise PolicyError(where, why + " (another rule names it with other conditions?)") from err
+    return _export(flt, "export_bpf"), skipped
 
 
 def fold_keys(compiled: dict[str, tuple[int, list[_Rule]]]) -> bytes:
@@ -797,6 +889,18 @@ def emit(prepared: dict[str, object], plan: Plan) -> None:
     )
     if skip >= 0:
         plan.land(skip)
+    profile = prepared.get("profile")
+    if isinstance(profile, bytes) and profile:
+        # The policy's profile, stacked last: the kernel takes the stricter verdict of the two filters for
+        # every call (and, between two errnos, this one's).
+        plan.add(
+            _cinit.OP_SECCOMP,
+            _LAYER,
+            "seccomp(SECCOMP_SET_MODE_FILTER) (the seccomp profile)",
+            a=(len(profile),),
+            s=(profile,),
+            hint=hints,
+        )
 
 
 def apply(prepared: dict[str, object]) -> None:

@@ -13,6 +13,7 @@ POLICIES_DIR = Path(policies.__file__).parent
 
 def test_all_is_pinned() -> None:
     assert policies.__all__ == [
+        "ArgCondition",
         "CommandDecision",
         "CommandRule",
         "CommandRules",
@@ -24,6 +25,8 @@ def test_all_is_pinned() -> None:
         "PolicyError",
         "ResourcePolicy",
         "RulesUnavailableError",
+        "SeccompProfile",
+        "SeccompRule",
         "SyscallPolicy",
         "check_writable_roots",
         "filter_environment",
@@ -31,6 +34,7 @@ def test_all_is_pinned() -> None:
         "is_secret_value",
         "load_policy",
         "load_rules",
+        "load_seccomp_profile",
         "parse_duration",
         "parse_size",
         "policy_from_dict",
