@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import subprocess
 import sys
 import textwrap
@@ -355,3 +356,42 @@ async def test_connect_and_sendto_off_loopback_are_network_denials(
         "[2001:db8::1]:443",
     ]
     assert "network" not in {layer for layer, _ in result.denials_unobservable}
+
+
+OUTER_LISTENER = textwrap.dedent(
+    """
+    import json, sys
+    import pyseccomp as sc
+    # An outer filter with a listener of its own (as an outer sandbox that uses user notification would
+    # install), on a call nothing here makes: the kernel then refuses the sandbox init a second listener.
+    f = sc.SyscallFilter(sc.ALLOW)
+    f.add_rule(sc.NOTIFY, "acct")
+    f.load()
+    import anyio
+    from policies import profiles
+    from supervisor import Supervisor
+    async def main():
+        async with Supervisor(prefork=0) as sup:
+            policy = profiles.workspace_write(sys.argv[1])
+            r = await sup.run(["/usr/bin/unshare", "-U", "/bin/true"], policy=policy)
+            print(json.dumps({"exit": r.exit_code, "stderr": r.stderr.decode(), "denials": len(r.denials),
+                              "unobservable": dict(r.denials_unobservable), "enforced": list(r.enforced)}))
+    anyio.run(main)
+    """
+)
+
+
+def test_a_refused_listener_keeps_the_filter_and_says_so(workspace: Path) -> None:
+    """Reporting broken at the source (the kernel refuses the init a listener: EBUSY under an outer one):
+    the errno filter is installed instead, the refusal still holds, and the Result says seccomp's refusals
+    could not be seen (never an empty list that looks like "nothing refused")."""
+    out = subprocess.run(
+        [sys.executable, "-c", OUTER_LISTENER, str(workspace)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "seccomp" in rep["enforced"]
+    assert rep["exit"] != 0  # still refused: unshare(CLONE_NEWUSER) fails
+    assert "Operation not permitted" in rep["stderr"], rep
+    assert rep["denials"] == 0
+    assert "listener" in rep["unobservable"]["seccomp"], rep
