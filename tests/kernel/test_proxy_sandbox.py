@@ -142,6 +142,24 @@ async def test_curl_and_urllib_allowed_and_refused(workspace: Path, preforked: b
 
 
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")
+async def test_socks5_from_a_sandbox(workspace: Path) -> None:
+    """curl speaking SOCKS5 (socks5h: the proxy resolves) to the same port: the list decides."""
+    async with http_server() as srv, Supervisor() as sup:
+        sup.proxy.resolver = static_resolver(NAMES)
+        policy = _policy(workspace, srv.port)
+        socks = [CURL, "-sS", "--max-time", "20", "-x", "socks5h://127.0.0.1:3128"]
+        ok = await sup.run([*socks, f"http://allowed.test:{srv.port}/via-socks"], policy=policy)
+        assert (ok.exit_code, ok.stdout) == (0, b"hello from the host\n"), ok.stderr
+        refused = await sup.run([*socks, f"http://other.test:{srv.port}/via-socks"], policy=policy)
+        assert refused.exit_code != 0
+        assert b"SOCKS5" in refused.stderr  # curl: "Can't complete SOCKS5 connection to other.test. (2)"
+        (denial,) = [d for d in refused.denials if d.layer == "proxy"]
+        assert denial.target == f"other.test:{srv.port}"
+        assert denial.hint.startswith("SOCKS5 CONNECT refused: no rule of network.allow covers other.test")
+    assert srv.paths == [b"/via-socks"]
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
 async def test_live_child_stats_and_domain_counts(workspace: Path) -> None:
     """While the command runs, ChildStats carries its proxy counters; the operator's per-domain counts
     name only the listed domain."""

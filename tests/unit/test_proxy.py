@@ -471,3 +471,56 @@ def test_special_classifies() -> None:
         "240.0.0.1",
     ):
         assert special(ipaddress.ip_address(a)) is not None, a
+
+
+async def _socks(port: int, request: bytes, then: bytes = b"") -> bytes:
+    """A SOCKS5 exchange with the proxy on `port`: greeting, `request`; the replies (and `then` echoed)."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(b"\x05\x01\x00")
+        data = b""
+        with anyio.fail_after(20):
+            while len(data) < 2:
+                data += await stream.receive()
+            await stream.send(request)
+            while len(data) < 12:
+                try:
+                    data += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    break
+            if then and data[3:4] == b"\x00":
+                await stream.send(then)
+                while not data.endswith(then):
+                    data += await stream.receive()
+    return data
+
+
+def _socks_domain(name: str, port: int) -> bytes:
+    return b"\x05\x01\x00\x03" + bytes([len(name)]) + name.encode() + port.to_bytes(2, "big")
+
+
+async def test_socks5_connect_decided_like_connect() -> None:
+    """SOCKS5 (for tools that speak only that): allowed names tunnel, unlisted names, IP literals under a
+    names-only list and BIND are refused, each a denial naming the rule."""
+    names = {"allowed.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}
+    async with (
+        echo_server() as srv,
+        proxy((f"allowed.test:{srv.port}", "127.0.0.1"), names=names) as (child, port),
+    ):
+        ok = await _socks(port, _socks_domain("allowed.test", srv.port), then=b"through socks")
+        assert ok[:2] == b"\x05\x00"
+        assert ok[2:4] == b"\x05\x00"
+        assert ok.endswith(b"through socks")
+        refused = await _socks(port, _socks_domain("other.test", srv.port))
+        assert refused[2:4] == b"\x05\x02"  # not allowed by ruleset
+        literal = b"\x05\x01\x00\x01" + bytes([127, 0, 0, 1]) + srv.port.to_bytes(2, "big")
+        assert (await _socks(port, literal))[2:4] == b"\x05\x02"
+        bind = b"\x05\x02\x00\x03" + bytes([12]) + b"allowed.test" + srv.port.to_bytes(2, "big")
+        assert (await _socks(port, bind))[2:4] == b"\x05\x07"
+    assert srv.accepted == 1
+    assert (child.stats.allowed, child.stats.denied) == (1, 3)
+    hints = sorted(d.hint for d in child.denials)
+    assert any(
+        h.startswith("SOCKS5 CONNECT refused: no rule of network.allow covers other.test:") for h in hints
+    )
+    assert any("127.0.0.1:" in d.target for d in child.denials)
+    assert any("only SOCKS5 CONNECT" in h for h in hints)
