@@ -28,6 +28,9 @@ pytestmark = pytest.mark.kernel
 PY = os.path.realpath(sys.executable)
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWLIST = ROOT / "examples" / "seccomp" / "allowlist.json"
+#: Docker's own default profile, as tools/docker-seccomp-profile.sh puts it (.ci/run runs it).
+DOCKER_DEFAULT = Path("/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json")
+HAVE_DOCKER_DEFAULT = DOCKER_DEFAULT.is_file()
 
 
 def nr(name: str) -> int:
@@ -300,3 +303,26 @@ def test_cli_seccomp_profile(workspace: Path) -> None:
     p = subprocess.run([*run, "/bin/true"], capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 125
     assert "syscalls[0].action" in p.stderr
+
+
+async def test_dockers_own_default_profile_gives_a_working_sandbox(workspace: Path) -> None:
+    if not HAVE_DOCKER_DEFAULT:
+        pytest.fail(f"{DOCKER_DEFAULT} is missing: run tools/docker-seccomp-profile.sh (as .ci/run does)")
+    profile = load_seccomp_profile(DOCKER_DEFAULT)
+    assert profile.default == f"errno:{errno.EPERM}"  # Docker's allowlist: the rest answers EPERM
+    _, skipped = seccomp.compile_profile(profile)
+    assert "mmap2" in skipped  # i386-only names are skipped, as Docker does on x86_64
+    (workspace / "t.c").write_text("int main(void) { return 0; }\n")
+    policy = with_profile(workspace, profile)
+    async with Supervisor() as sup:
+        py = await sup.run(["/usr/bin/python3", "-c", "print(1)"], policy=policy)  # type: ignore[arg-type]
+        assert (py.exit_code, py.stdout) == (0, b"1\n"), py.stderr
+        await anyio.run_process(["git", "init", "-q", str(workspace)])
+        git = await sup.run(["git", "status", "--short"], policy=policy)  # type: ignore[arg-type]
+        assert git.exit_code == 0, git.stderr
+        gcc = await sup.run(["gcc", "-o", "t", "t.c"], policy=policy)  # type: ignore[arg-type]
+        assert gcc.exit_code == 0, gcc.stderr
+        # What Docker's profile grants only with CAP_SYS_ADMIN (its includes.caps entries) is refused here.
+        got = await sup.run([PY, "-c", PROBE, f"{nr('sethostname')},0,0"], policy=policy)  # type: ignore[arg-type]
+        assert got.stdout.split() == [b"-1", str(errno.EPERM).encode()]
+    assert (workspace / "t").exists()
