@@ -204,6 +204,10 @@ def unobservable(
     out: list[tuple[str, str]] = []
     if "seccomp" in enforced and not notify:
         out.append(("seccomp", f"no seccomp user notification: {notify_reason}"))
+    elif "seccomp" in enforced and policy.syscalls.profile is not None:
+        # The profile's filter is stacked on corral's and answers with its own errno, which wins over a
+        # notification: its refusals are enforced but not seen.
+        out.append(("seccomp", "the refusals of syscalls.profile (--seccomp-profile) are not reported"))
     if policy.filesystem.confine:
         if any(e.startswith("landlock") for e in enforced):
             audit = (

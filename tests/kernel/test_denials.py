@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,11 @@ from policies import Policy, SyscallPolicy, profiles
 from supervisor import Denial, Event, Result, Supervisor
 from supervisor._denials import MAX_DENIALS
 
-pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.anyio,
+    pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe's syscall numbers are x86_64's"),
+]
 
 PY = "/usr/bin/python3"
 
@@ -43,7 +48,7 @@ PROBE = textwrap.dedent(
     import ctypes, os, sys
     libc = ctypes.CDLL(None, use_errno=True)
     NR = {"unshare": 272, "ioctl": 16, "socket": 41, "chmod": 90, "mount": 165, "bpf": 321,
-          "personality": 135, "keyctl": 250, "openat": 257, "clone": 56, "setns": 308}
+          "personality": 135, "keyctl": 250, "openat": 257, "clone": 56, "setns": 308, "getpriority": 140}
     for spec in sys.argv[1:]:
         times = 1
         if "*" in spec:
@@ -395,3 +400,21 @@ def test_a_refused_listener_keeps_the_filter_and_says_so(workspace: Path) -> Non
     assert "Operation not permitted" in rep["stderr"], rep
     assert rep["denials"] == 0
     assert "listener" in rep["unobservable"]["seccomp"], rep
+
+
+async def test_a_seccomp_profile_refusal_is_enforced_and_said_unobservable(
+    sup: Supervisor, workspace: Path
+) -> None:
+    """A --seccomp-profile's own filter answers before any notification (errno beats user notification):
+    its refusal holds, is not reported, and the Result says so; corral's own rules are still reported."""
+    from policies._seccomp import SeccompProfile, SeccompRule
+
+    profile = SeccompProfile(rules=(SeccompRule(("getpriority",), "errno:13"),))
+    base = profiles.workspace_write(workspace)
+    policy = dataclasses.replace(base, syscalls=dataclasses.replace(base.syscalls, profile=profile))
+    result, events, reg, seen = await provoke(sup, policy, ["getpriority:0,0", "unshare:0x10000000"])
+    assert seen["getpriority"] == (-1, errno.EACCES)  # the profile's refusal holds
+    assert seen["unshare"] == (-1, errno.EPERM)
+    one_match(result, events, reg, ("seccomp", "syscall", "unshare(CLONE_NEWUSER)"))
+    assert [d.target for d in result.denials] == ["unshare(CLONE_NEWUSER)"]
+    assert "syscalls.profile" in dict(result.denials_unobservable)["seccomp"]
