@@ -21,6 +21,7 @@ Docs: docs/mcp.md (client configuration, security model, a transcript).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hmac
 import ipaddress
@@ -31,7 +32,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
 
@@ -510,17 +511,46 @@ class _Background:
 
 
 class _Session:
-    """One MCP session's background commands."""
+    """One MCP session's background commands, and its calls in flight."""
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.procs: dict[str, _Background] = {}
+        self.calls: set[anyio.CancelScope] = set()
         self.closed = False
 
+    @contextlib.contextmanager
+    def call(self) -> Iterator[anyio.CancelScope]:
+        """A scope for one call of this session, cancelled when the session ends (the SDK leaves a call of
+        a deleted HTTP session running). Raises ToolError when the session has ended."""
+        if self.closed:
+            msg = "this session has ended"
+            raise ToolError(msg)
+        scope = anyio.CancelScope()
+        self.calls.add(scope)
+        exchange = _EXCHANGE.get()
+        if exchange is not None:  # the POST it came in: a client that leaves mid-call takes the call along
+            exchange.scopes.add(scope)
+            if exchange.abandoned:
+                scope.cancel()
+        try:
+            with scope:
+                yield scope
+        finally:
+            self.calls.discard(scope)
+            if exchange is not None:
+                exchange.scopes.discard(scope)
+        if scope.cancelled_caught:
+            msg = "the client left or the session ended while the command ran: it was killed"
+            raise ToolError(msg)
+
     async def aclose(self) -> None:
-        """Kill every background command of the session and wait until each is reaped and its output
-        readers are done. Shielded: it runs to the end under cancellation."""
+        """Cancel the session's calls in flight (their sandboxes are killed and reaped) and kill every
+        background command of the session, waiting until each is reaped and its output readers are done.
+        Shielded: it runs to the end under cancellation."""
         self.closed = True
+        for scope in list(self.calls):
+            scope.cancel()
         with anyio.CancelScope(shield=True):
             procs = list(self.procs.values())
             self.procs.clear()
@@ -757,7 +787,7 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
             data = input.encode("utf-8", "surrogatepass")
             _bound("input", len(data), MAX_INPUT_BYTES)
         policy = rt.policy(timeout)
-        with _corral_errors():
+        with rt.session(ctx).call(), _corral_errors():
             result = await rt.sup.run(argv, policy=policy, input=data, cwd=cwd, name="mcp")
         model = _command_result(
             result, result.stdout, result.stderr, result.stdout_truncated, result.stderr_truncated
@@ -779,7 +809,7 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
                 "stop_command one first (list_commands shows them)"
             )
             raise ToolError(msg)
-        with _corral_errors():
+        with session.call(), _corral_errors():
             child = await rt.sup.start(
                 argv, policy=rt.settings.policy, stdin=PIPE, stdout=PIPE, stderr=PIPE, cwd=cwd, name="mcp"
             )
@@ -1134,6 +1164,9 @@ class _HttpGate:
             await send({"type": "http.response.body", "body": b"corral: a bearer token is required\n"})
             return
         session = headers.get(b"mcp-session-id")
+        if scope.get("method") == "POST":
+            await self._exchange(scope, receive, send)
+            return
         if scope.get("method") != "DELETE" or session is None:
             await self._app(scope, receive, send)
             return
@@ -1148,6 +1181,50 @@ class _HttpGate:
         await self._app(scope, receive, sending)
         if 200 <= status < 300:
             await self._runtime().end_session(session.decode("latin-1"))
+
+    async def _exchange(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """One POST: its calls (which the SDK runs in the context this sets, even in a session's own task)
+        are cancelled when the client drops the connection before the response is complete."""
+        exchange = _HttpExchange()
+        token = _EXCHANGE.set(exchange)
+
+        async def receiving() -> Any:
+            message = await receive()
+            if message.get("type") == "http.disconnect" and not exchange.complete:
+                exchange.abandon()
+            return message
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.body" and not message.get("more_body", False):
+                exchange.complete = True
+            await send(message)
+
+        try:
+            await self._app(scope, receiving, sending)
+        finally:
+            _EXCHANGE.reset(token)
+            if not exchange.complete:
+                exchange.abandon()
+
+
+class _HttpExchange:
+    """The calls of one HTTP POST, cancelled together when its client leaves before the response ends."""
+
+    def __init__(self) -> None:
+        self.scopes: set[anyio.CancelScope] = set()
+        self.complete = False
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        for scope in self.scopes:
+            scope.cancel()
+
+
+#: The HTTP POST a call came in (None over stdio).
+_EXCHANGE: contextvars.ContextVar[_HttpExchange | None] = contextvars.ContextVar(
+    "corral_mcp_post", default=None
+)
 
 
 async def serve(

@@ -636,3 +636,38 @@ async def test_command_rules_refuse_a_forbidden_command_in_argv_and_in_a_shell_s
             assert started.is_error
             assert "delete files one by one" in text(started)
         assert sc(await client.call_tool("run_command", {"shell": "echo allowed"}))["stdout"] == "allowed\n"
+
+
+def _running(server: psutil.Process, program: str) -> set[int]:
+    """The server's sandboxes whose command is `program` now."""
+    found = set()
+    for pid in inits(server):
+        with contextlib.suppress(psutil.Error):
+            if any(c.name() == program for c in psutil.Process(pid).children(recursive=True)):
+                found.add(pid)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_an_http_client_leaving_mid_call_takes_the_call_along(ws: Path, mode: str) -> None:
+    with http_server(ws) as (url, server):
+        with anyio.move_on_after(60) as scope:
+            async with Client(url, mode=mode) as client, anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "run_command", {"command": ["/bin/sleep", "300"]})
+                for _ in range(300):
+                    sandboxes = await anyio.to_thread.run_sync(_running, server, "sleep")
+                    if sandboxes:
+                        break
+                    await anyio.sleep(0.1)
+                assert sandboxes
+                scope.cancel()  # the client goes away without a word, its call in flight
+        for _ in range(100):
+            if not (sandboxes & await anyio.to_thread.run_sync(_running, server, "sleep")):
+                break
+            await anyio.sleep(0.1)
+        assert not any(psutil.pid_exists(p) for p in sandboxes)
+        async with Client(url) as client:  # and the server goes on
+            assert (
+                sc(await client.call_tool("run_command", {"command": ["/bin/echo", "on"]}))["stdout"]
+                == "on\n"
+            )
