@@ -179,6 +179,42 @@ class SeccompProfile:
             checked.append(r.check(f"syscalls.profile.rules[{i}]"))
         object.__setattr__(self, "rules", tuple(checked))
 
+    def to_oci(self) -> dict[str, object]:
+        """This profile in the OCI/Docker JSON format (`seccomp_profile_from_oci` reads it back)."""
+        return to_oci(self)
+
+
+def _oci_action_of(action: str) -> dict[str, object]:
+    if action.startswith("errno:"):
+        return {"action": "SCMP_ACT_ERRNO", "errnoRet": int(action.removeprefix("errno:"))}
+    return {"action": {"allow": "SCMP_ACT_ALLOW", "log": "SCMP_ACT_LOG"}.get(action, "SCMP_ACT_KILL_PROCESS")}
+
+
+_OCI_OPS = {v: k for k, v in OPS.items() if k.startswith("SCMP_CMP_")}
+
+
+def to_oci(profile: SeccompProfile) -> dict[str, object]:
+    """`profile` in the OCI/Docker JSON format (`seccomp_profile_from_oci` reads it back to an equal
+    profile)."""
+    default = _oci_action_of(profile.default)
+    out: dict[str, object] = {"defaultAction": default["action"]}
+    if "errnoRet" in default:
+        out["defaultErrnoRet"] = default["errnoRet"]
+    out["architectures"] = [NATIVE_ARCHES.get(_machine(), ("SCMP_ARCH_NATIVE",))[0]]
+    entries = []
+    for rule in profile.rules:
+        entry: dict[str, object] = {"names": list(rule.names), **_oci_action_of(rule.action)}
+        if rule.args:
+            entry["args"] = [
+                {"index": c.index, "value": c.mask, "valueTwo": c.value, "op": _OCI_OPS[c.op]}
+                if c.op == "masked_eq"
+                else {"index": c.index, "value": c.value, "valueTwo": 0, "op": _OCI_OPS[c.op]}
+                for c in rule.args
+            ]
+        entries.append(entry)
+    out["syscalls"] = entries
+    return out
+
 
 def _machine() -> str:
     return platform.machine()

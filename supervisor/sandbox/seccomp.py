@@ -781,7 +781,9 @@ def _profile_action(action: str) -> int:
     return _RET_ERRNO | int(action.removeprefix("errno:"))
 
 
-def compile_profile(profile: SeccompProfile) -> tuple[bytes, list[str]]:
+def compile_profile(
+    profile: SeccompProfile, always_allowed: frozenset[str] = PROFILE_ALWAYS_ALLOWED
+) -> tuple[bytes, list[str]]:
     """The BPF of a seccomp profile's own filter (policies.SeccompProfile: a default action and rules), which
     the sandbox init stacks on the built-in one, and the names it skipped: unknown to this libseccomp or not
     on this architecture (as Docker does: its profile lists names of every arch and kernel). Foreign ABIs are
@@ -801,7 +803,7 @@ def compile_profile(profile: SeccompProfile) -> tuple[bytes, list[str]]:
         flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
     skipped: list[str] = []
     if default != _ALLOW:
-        for name in sorted(PROFILE_ALWAYS_ALLOWED):
+        for name in sorted(always_allowed):
             nr = _resolve(name)
             if nr >= 0:
                 flt.add_rule(_ALLOW, nr)
@@ -814,7 +816,7 @@ def compile_profile(profile: SeccompProfile) -> tuple[bytes, list[str]]:
             for c in rule.args
         ]
         for name in rule.names:
-            if name in PROFILE_ALWAYS_ALLOWED:
+            if name in always_allowed:
                 continue
             nr = _resolve(name)
             if nr < 0:
@@ -830,6 +832,31 @@ def compile_profile(profile: SeccompProfile) -> tuple[bytes, list[str]]:
                 why = f"libseccomp refused the rule for {name}: {os.strerror(err.errno or 0)}"
                 raise PolicyError(where, why + " (another rule names it with other conditions?)") from err
     return _export(flt, "export_bpf"), skipped
+
+
+#: The model's spelling of libseccomp's operators.
+_OP_NAMES = {v: k for k, v in _PROFILE_OPS.items()}
+
+
+def builtin_profile(policy: Policy, tracing: bool = True) -> SeccompProfile:
+    """corral's built-in filter for `policy`, written in the terms of a seccomp profile: default allow and one
+    rule per built-in rule (its errno, its argument conditions). `SeccompProfile.to_oci()` turns it into
+    the OCI/Docker JSON format, a starting point for a profile of one's own. It describes the filter; the
+    filter itself is compiled from the same rule set (`_rule_set`), and the tests check that the two give the
+    same verdicts. Raises like `_rule_set`."""
+    from policies._seccomp import ArgCondition, SeccompProfile, SeccompRule
+
+    rules = []
+    for name, name_rules in _rule_set(policy, tracing).items():
+        for err, cmps in name_rules:
+            args = tuple(
+                ArgCondition(arg, "masked_eq", b, a)
+                if op == _MASKED_EQ
+                else ArgCondition(arg, _OP_NAMES[op], a)
+                for arg, op, a, b in cmps
+            )
+            rules.append(SeccompRule((name,), f"errno:{err}", args))
+    return SeccompProfile("allow", tuple(rules), source="corral's built-in filter")
 
 
 def fold_keys(compiled: dict[str, tuple[int, list[_Rule]]]) -> bytes:
