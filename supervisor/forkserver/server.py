@@ -64,6 +64,7 @@ def _confinement(
     cache: _Cache,
     pooled_net: bool = False,
     console: str | None = None,
+    fork_maps: bool = False,
 ) -> list[_ops.Segment]:
     """Every containment step of a sandbox, in the order the init applies them: steps 1-3 in `_head`, 4
     here, 5-8 in `_view`, 9-13 in `_lockdown`. Returns the plan's segments. Raises SetupFailure for what is
@@ -76,7 +77,7 @@ def _confinement(
     """
     # 0. (At launch: the init is born in its user and pid namespaces, pid 1 of the new one, and a child of
     #    the supervisor; with `pooled_net`, in a network namespace lent by netpool.NetPool.)
-    head = cache.head(policy_id, pol, supervisor_pidfd)
+    head = cache.head(policy_id, pol, supervisor_pidfd, fork_maps)
     # 4. Into the cgroup leaf, so that everything the sandbox does is charged and limited there; the
     #    command inherits it. Writing 0 moves the writer: on v1 into `tasks` (Leaf.placement_files: no
     #    global lock, no RCU grace period to wait out); done here, a slow move delays only this sandbox.
@@ -89,8 +90,9 @@ def _confinement(
     return [head, placement, view, cache.lockdown(policy_id, pol, supervisor_pidfd)]
 
 
-def _head(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
-    """Steps 1-3: what comes before anything else."""
+def _head(pol: CompiledPayload, supervisor_pidfd: int, fork_maps: bool = False) -> _ops.Plan:
+    """Steps 1-3: what comes before anything else. `fork_maps`: this process writes the id maps (a root
+    caller's sandbox in another account's workdir: namespaces.owner_maps), the init does not."""
     plan = _ops.Plan()
     # 1. Die with the supervisor. PDEATHSIG is set first so that no later step can outlive it; the init
     #    then polls the supervisor's pidfd, which closes the race where it died between launch and prctl.
@@ -100,7 +102,8 @@ def _head(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
     # 2. The id maps: the caller's uid and gid mapped to themselves; every later step that creates a file
     #    (a mount point, a device node) needs its owner mapped. (A root caller's are written by the fork
     #    server before the init reads its plan's end: namespaces.owner_maps.)
-    namespaces.emit_id_maps(pol["ns"], plan)
+    if not fork_maps:
+        namespaces.emit_id_maps(pol["ns"], plan)
     # 3. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
     #    (With `corral run --tty` the init, this session's leader, makes the pty corral made for the command
     #    its controlling terminal when it starts the command: _cinit.c, PLAN_CTTY. Never the caller's
@@ -196,17 +199,19 @@ class _Cache:
     """
 
     def __init__(self) -> None:
-        self._head: dict[int, _ops.Segment] = {}
+        self._head: dict[tuple[int, bool], _ops.Segment] = {}
         self._lockdown: dict[int, _ops.Segment] = {}
         self._views: dict[
             tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
             tuple[tuple[object, ...], _ops.Segment],
         ] = {}
 
-    def head(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
-        seg = self._head.get(policy_id)
+    def head(
+        self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int, fork_maps: bool = False
+    ) -> _ops.Segment:
+        seg = self._head.get((policy_id, fork_maps))
         if seg is None:
-            seg = self._head[policy_id] = _head(pol, supervisor_pidfd).segment()
+            seg = self._head[policy_id, fork_maps] = _head(pol, supervisor_pidfd, fork_maps).segment()
         return seg
 
     def lockdown(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
@@ -217,7 +222,8 @@ class _Cache:
 
     def forget(self, policy_id: int) -> None:
         """Drop every segment of this policy."""
-        self._head.pop(policy_id, None)
+        self._head.pop((policy_id, False), None)
+        self._head.pop((policy_id, True), None)
         self._lockdown.pop(policy_id, None)
         for key in [k for k in self._views if k[0] == policy_id]:
             del self._views[key]
@@ -313,6 +319,12 @@ class Server:
         cwd = str(req["cwd"])
         key = (policy_id, cwd)
         net = self.netpool.take(key) if pol["ns"]["net"] else None
+        # A root caller's sandbox in another account's workdir: its two-line id maps are written here
+        # once it runs, and it must not read its plan's end before (the write end stays open until then).
+        # In a root-owned workdir the init maps 0 itself, as any caller's does (no cost here).
+        maps = namespaces.owner_maps(cwd) if pol["ns"].get("owner") else None
+        if maps == namespaces.ROOT_MAPS:
+            maps = None
         try:
             segments = _confinement(
                 policy_id,
@@ -323,6 +335,7 @@ class Server:
                 self.cache,
                 pooled_net=net is not None,
                 console=mounts.console_path(stdio[0]) if ctty and stdio else None,
+                fork_maps=maps is not None,
             )
         except _sys.SetupFailure as failure:
             if net is not None:
@@ -330,7 +343,6 @@ class Server:
             return {"error": failure.to_dict()}, []
         plan_r = plan_w = status_w = pid = -1
         exec_errno = 0
-        maps: tuple[bytes, bytes] | None = None
         try:
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
         except OSError as err:
@@ -353,9 +365,6 @@ class Server:
                 proxy_fd=proxy_fd,
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
-            # A root caller's sandbox: its id maps are written here once it runs, and it must not read
-            # its plan's end before (the write end stays open until then: namespaces.owner_maps).
-            maps = namespaces.owner_maps(cwd) if pol["ns"].get("owner") else None
             if maps is None:
                 os.close(plan_w)
                 plan_w = -1

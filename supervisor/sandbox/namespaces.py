@@ -118,8 +118,9 @@ def emit_id_maps(prepared: dict[str, object], plan: Plan) -> None:
     """The init's own id maps, in the user namespace it was launched into: the caller's uid and gid mapped
     to themselves (identity maps keep file ownership meaningful for the workdir; the sandbox has no
     capability over anything outside its namespaces). setgroups is denied first, as it must be. For a root
-    caller ("owner") the fork server writes them instead (owner_maps, write_owner_maps)."""
-    if prepared["user"] and not prepared.get("owner"):
+    caller's sandbox in another account's workdir the fork server writes them instead (owner_maps,
+    write_owner_maps), and this is not emitted."""
+    if prepared["user"]:
         uid, gid = int(prepared["uid"]), int(prepared["gid"])  # type: ignore[call-overload]
         plan.add(_cinit.OP_IDMAP, "namespaces", "write the id maps", a=(uid, gid), hint=_HINTS["user"])
 
@@ -172,6 +173,10 @@ def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> N
 OWNER_FALLBACK_GID = 65534
 
 
+#: owner_maps for a root-owned workdir: the init writes these itself (OP_IDMAP), as any caller's init does.
+ROOT_MAPS = (b"0 0 1\n", b"0 0 1\n")
+
+
 def owner_maps(workdir: str) -> tuple[bytes, bytes]:
     """The uid_map and gid_map of a root caller's sandbox whose workdir is `workdir` (issue 11, item 2;
     docs/security.md, "Identity").
@@ -185,7 +190,7 @@ def owner_maps(workdir: str) -> tuple[bytes, bytes]:
     the workdir): a workdir that is, or passes through, a link gives root's maps, and the init then refuses
     the link anyway. A group of 0 is replaced by OWNER_FALLBACK_GID: the sandbox never holds host gid 0
     as an account other than root. Never raises."""
-    root = (b"0 0 1\n", b"0 0 1\n")
+    root = ROOT_MAPS
     try:
         top = _hostfs.open_root("/")
     except OSError:
