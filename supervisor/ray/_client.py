@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import tarfile
 import time
 from collections import Counter
@@ -75,7 +76,22 @@ async def _resolve(ref: Any) -> Any:
     the wait ends (the task on the node goes on: see _RayCall.__call__)."""
     fut: Future[Any] = ref.future()
     if _on_asyncio():
-        return await asyncio.wrap_future(fut)
+        # Not asyncio.wrap_future: cancelling the wait would cancel Ray's future, which Ray may hand out
+        # again for the same ref (a later wait for it would then end at once, cancelled).
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def release() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        def wake_asyncio(_f: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(release)
+
+        fut.add_done_callback(wake_asyncio)
+        await waiter
+        return fut.result()
     import trio  # the other anyio backend
 
     token = trio.lowlevel.current_trio_token()
@@ -340,6 +356,11 @@ class RaySupervisor:
                 with contextlib.suppress(Exception):
                     await anyio.to_thread.run_sync(ray.kill, actor)
                 continue
+            except ray.exceptions.RayError as err:
+                # Not placeable there (ActorUnschedulableError: the node left between the listing and the
+                # actor's creation): the next refresh sees the node gone, or tries again.
+                log.warning("corral actor on node %s could not be placed: %s", nid[:12], err)
+                continue
             self._nodes[nid] = _Node(info, actor)
         self._wake()
 
@@ -381,12 +402,15 @@ class RaySupervisor:
 
     # -- calls ---------------------------------------------------------------------------------------------
 
-    async def _call(self, node: _Node, operation: str, ref: Any, *, confirm_cancel: bool = True) -> Any:
+    async def _call(
+        self, node: _Node, operation: str, ref: Any, *, confirm_cancel: bool = True, settle: str | None = None
+    ) -> Any:
         """Await a call on `node`. A Failure coming back is raised as the node raised it; Ray's report of a
         dead actor or node marks the node lost and raises NodeLostError. On cancellation the call is
         cancelled on the node (ray.cancel: the node's supervisor kills and reaps the child), and, with
         `confirm_cancel`, the node's answer is awaited (shielded, at most cancel_grace seconds) before the
-        cancellation goes on."""
+        cancellation goes on: for a call with a `settle` id, the node's word that the call's task has ended
+        (its child killed and reaped), since Ray may report the ref cancelled before the task has unwound."""
         try:
             value = await _resolve(ref)
         except anyio.get_cancelled_exc_class():
@@ -396,7 +420,10 @@ class RaySupervisor:
                 if confirm_cancel:
                     with anyio.move_on_after(float(self._settings["cancel_grace"])):
                         with contextlib.suppress(Exception):
-                            await _resolve(ref)
+                            if settle is not None:
+                                await _resolve(node.actor.settled.remote(settle))
+                            else:
+                                await _resolve(ref)
             raise
         except _LOST as err:
             self._lost(node, f"{type(err).__name__} during {operation}")
@@ -496,7 +523,9 @@ class RaySupervisor:
         kwargs: dict[str, Any],
         check: bool,
     ) -> Result:
-        reply, load = await self._call(node, "run", node.actor.run.remote(list(cmd), policy, session, kwargs))
+        call = secrets.token_hex(8)
+        ref = node.actor.run.remote(list(cmd), policy, session, kwargs, call)
+        reply, load = await self._call(node, "run", ref, settle=call)
         node.note(load)
         if isinstance(reply, Failure):
             raise self._raise(node, reply)
@@ -828,10 +857,10 @@ class Session:
             raise SessionLostError(node.id, self.id, operation, self.lost_reason)
         return node
 
-    async def _call(self, operation: str, ref: Any) -> Any:
+    async def _call(self, operation: str, ref: Any, settle: str | None = None) -> Any:
         node = self._check(operation)
         try:
-            value = await self._client._call(node, operation, ref)
+            value = await self._client._call(node, operation, ref, settle=settle)
         except NodeLostError as err:
             self._mark_lost(err.detail)
             raise SessionLostError(node.id, self.id, operation, err.detail) from err
@@ -860,10 +889,11 @@ class Session:
         node = self._check("run")
         node.inflight += 1
         try:
+            call = secrets.token_hex(8)
             ref = node.actor.run.remote(
-                list(cmd), policy, self.id, _run_kwargs(input, stdin, stdout, stderr, name, env, cwd)
+                list(cmd), policy, self.id, _run_kwargs(input, stdin, stdout, stderr, name, env, cwd), call
             )
-            reply, load = await self._call("run", ref)
+            reply, load = await self._call("run", ref, settle=call)
         finally:
             self._client._release(node, 0)
         node.note(load)

@@ -22,13 +22,15 @@ import pickle
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import anyio
 import psutil
 import ray
+from anyio.abc import TaskGroup
 
 from exporters import serve_metrics
 from policies import CorralError, Policy, profiles
@@ -37,6 +39,8 @@ from supervisor.ray import _files
 from supervisor.ray._types import Failure, NodeInfo, NodeLoad, NodeLostError, RemoteChildInfo, RemoteEvent
 
 log = logging.getLogger("corral.ray")
+
+T = TypeVar("T")
 
 #: Events kept on the node for subscribers polling from afar; older ones are dropped (and counted).
 EVENT_RING = 10_000
@@ -100,6 +104,9 @@ class NodeSupervisor:
         #: Why the node's supervisor is closing, once it is: calls cut off by it end in NodeLostError.
         self._closing: str | None = None
         self._calls = 0
+        self._calls_tg: TaskGroup | None = None
+        #: The calls running, by the client's call id: set when each has ended (`settled`).
+        self._running_calls: dict[str, asyncio.Event] = {}
         self._sessions: dict[str, _Session] = {}
         self._started: dict[str, _Started] = {}
         self._events: collections.deque[tuple[int, RemoteEvent]] = collections.deque(maxlen=EVENT_RING)
@@ -149,16 +156,26 @@ class NodeSupervisor:
                     self._info = self._describe(
                         sup, server.port if server else None, addr if server else None
                     )
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._forward_events, sup)
-                        tg.start_soon(self._expire_sessions)
-                        tg.start_soon(self._watch_raylet)
-                        self._ready.set()
-                        await self._stop.wait()
-                        tg.cancel_scope.cancel()
-                    for session in list(self._sessions.values()):
-                        for scope in session.scopes:
-                            scope.cancel()
+                    async with anyio.create_task_group() as calls:
+                        self._calls_tg = calls
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(self._forward_events, sup)
+                            tg.start_soon(self._expire_sessions)
+                            tg.start_soon(self._watch_raylet)
+                            self._ready.set()
+                            await self._stop.wait()
+                            tg.cancel_scope.cancel()
+                        self._sup = None  # no call starts a child any more
+                        for session in list(self._sessions.values()):
+                            for scope in session.scopes:
+                                scope.cancel()
+                        # The calls still on end when their children do: kill them (again, for a call that
+                        # was starting one meanwhile) until none is left.
+                        while self._calls:
+                            for child in sup.children:
+                                child.kill()
+                            await anyio.sleep(0.05)
+                    self._calls_tg = None
         except BaseException as err:  # reported to open(); the actor is useless now
             self._failed = err
             log.exception("corral node supervisor failed")
@@ -329,11 +346,67 @@ class NodeSupervisor:
         return s
 
     async def run(
-        self, cmd: Sequence[str], policy: Policy | str | None, session: str | None, kwargs: Mapping[str, Any]
+        self,
+        cmd: Sequence[str],
+        policy: Policy | str | None,
+        session: str | None,
+        kwargs: Mapping[str, Any],
+        call: str = "",
     ) -> tuple[Result | Failure, NodeLoad]:
         """Supervisor.run on this node; `session` (an id) runs it in that session's workdir. Returns the
-        Result, or the exception as a Failure, with the node's load after the call."""
+        Result, or the exception as a Failure, with the node's load after the call. `call` names the call
+        for `settled`."""
         self._calls += 1
+        ended = self._running_calls[call] = asyncio.Event()
+        try:
+            return await self._shielded(partial(self._run, cmd, policy, session, kwargs))
+        finally:
+            self._calls -= 1
+            ended.set()
+            self._running_calls.pop(call, None)
+
+    async def _shielded(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` in a task of the node's own task group, under a cancel scope of its own, and wait for
+        it. Ray cancels an async actor's call with asyncio's Task.cancel, and repeats the request while the
+        call runs: delivered straight into Supervisor.run, a repeat could break into its shielded kill-and-
+        reap. Here every such request only cancels the work's scope (anyio's cancellation, which the
+        supervisor's shields hold), the call waits until the work has ended (its child killed and reaped),
+        and then ends cancelled."""
+        tg = self._calls_tg
+        if tg is None:
+            raise SupervisorClosedError("the node's supervisor is not running")
+        scope = anyio.CancelScope()
+        done = asyncio.Event()
+        box: list[Any] = []
+
+        async def task() -> None:
+            with scope:
+                try:
+                    box.append((True, await work()))
+                except BaseException as err:
+                    box.append((False, err))
+            done.set()
+
+        tg.start_soon(task)
+        cancelled = False
+        while not done.is_set():
+            try:
+                await done.wait()
+            except asyncio.CancelledError:
+                cancelled = True
+                scope.cancel()
+        if cancelled:
+            raise asyncio.CancelledError
+        if not box:  # the work was cancelled by its own scope before it began
+            raise asyncio.CancelledError
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return cast(T, value)
+
+    async def _run(
+        self, cmd: Sequence[str], policy: Policy | str | None, session: str | None, kwargs: Mapping[str, Any]
+    ) -> tuple[Result | Failure, NodeLoad]:
         try:
             sup = self._running()
             resolved = self._policy(policy, session)
@@ -356,8 +429,14 @@ class NodeSupervisor:
             return _failure(LookupError(f"no session {err.args[0]} on node {self.node_id}")), self.load()
         except Exception as err:
             return _failure(err), self.load()
-        finally:
-            self._calls -= 1
+
+    async def settled(self, call: str) -> bool:
+        """Wait until the call named `call` has ended (after a cancellation: its child killed and reaped).
+        True at once for a call that ended already or never started."""
+        ended = self._running_calls.get(call)
+        if ended is not None:
+            await ended.wait()
+        return True
 
     async def start(
         self, cmd: Sequence[str], policy: Policy | str | None, session: str | None, kwargs: Mapping[str, Any]

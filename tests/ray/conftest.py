@@ -23,8 +23,9 @@ from ray.cluster_utils import Cluster
 
 from supervisor.ray import RaySupervisor
 
-#: Session workdirs of the tests' node actors: outside /tmp, as the kernel tests' workspaces.
-WORKSPACES = "/var/tmp/corral-ray-tests"
+#: Session workdirs of the tests' node actors: outside /tmp, as the kernel tests' workspaces; one directory
+#: per run (another run of these tests on the machine has its own, and removes only its own).
+WORKSPACES = f"/var/tmp/corral-ray-tests/{uuid.uuid4().hex[:12]}"
 
 FAST_HEALTH = {
     "health_check_period_ms": 500,

@@ -80,12 +80,25 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def _alive(pid: int) -> bool:
+def _started_at(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), None when there is no such process: with the
+    pid, what tells the process apart from a later one given the same pid (pid_max is 32768 here, and
+    the machine's other work goes through pids fast)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return not f.read().rsplit(") ", 1)[1].startswith("Z")
-    except FileNotFoundError:
+            return int(f.read().rsplit(") ", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _alive(pid: int, started: int | None = None) -> bool:
+    """Whether `pid` is a live process (not a zombie), and, given `started`, still the same one."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
 
 
 @pytest.fixture
@@ -331,9 +344,11 @@ async def test_driver_cancellation_kills_the_remote_child(client: RaySupervisor)
         async def cancel_when_running() -> None:
             found = await _wait_for(lambda: _children_named(client, "cancel-me"), "the child on its node")
             info.extend(found)
+            started.extend(_started_at(c.pid) for c in found)
             scope.cancel()
 
         info: list = []  # type: ignore[type-arg]
+        started: list[int | None] = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_when_running)
             await client.run(["sleep", "300"], name="cancel-me", where=B)
@@ -341,7 +356,8 @@ async def test_driver_cancellation_kills_the_remote_child(client: RaySupervisor)
     (child,) = info
     assert child.node_id == _node_with(client, "corral_b")
     # When the cancelled call returned, the node had killed and reaped the sandbox: no process.
-    assert not _alive(child.pid)
+    assert started[0] is not None
+    assert not _alive(child.pid, started[0])
     assert not await _children_named(client, "cancel-me")
     # Its cgroup leaf goes in the node's next removal batch.
     await _until(lambda: not any(_exists(p) for p in child.cgroup_paths), "the cgroup leaf's removal")
@@ -495,5 +511,10 @@ async def test_a_node_supervisor_that_cannot_start(ray_cluster: RayCluster) -> N
         ):
             pass
     assert "monitor_interval" in str(info.value)
-    names = await anyio.to_thread.run_sync(lambda: ray.util.list_named_actors(all_namespaces=True))
-    assert not [a for a in names if a["namespace"] == namespace]
+
+    async def none_left() -> bool:
+        names = await anyio.to_thread.run_sync(lambda: ray.util.list_named_actors(all_namespaces=True))
+        return not [a for a in names if a["namespace"] == namespace]
+
+    # ray.kill is asynchronous: the GCS releases the name once it has the actor dead.
+    await _wait_for(none_left, "the failed actors to be gone", seconds=20)
