@@ -176,21 +176,8 @@ def _from_dict(
         raise
 
 
-def _table(value: object, path: str, keys: tuple[str, ...]) -> Mapping[str, object]:
-    """`value` as a mapping with only `keys`.
-
-    Raises PolicyError naming the unknown key and listing `keys`, or naming `path` if `value` is not
-    a mapping.
-    """
-    if not isinstance(value, Mapping):
-        raise PolicyError(path, f"expected a table with keys: {', '.join(keys)}", value)
-    for key in value:
-        if not isinstance(key, str):
-            raise PolicyError(path, f"keys must be strings; valid keys: {', '.join(keys)}", key)
-        if key not in keys:
-            where = f"{path}.{key}" if path else key
-            raise PolicyError(where, f"unknown key; valid keys: {', '.join(keys)}", key)
-    return value
+#: `value` as a table with only the given keys (policies._validate.check_table).
+_table = v.check_table
 
 
 def _build(data: object, workdir: object, base: object, relative_to: str | None) -> Policy:

@@ -22,6 +22,7 @@ from policies._errors import PolicyError
 from policies._load import load_policy, policy_from_dict
 from policies._model import Policy
 from policies._shell import RulesUnavailableError
+from policies._validate import check_table
 
 log = logging.getLogger("corral.rules")
 
@@ -114,11 +115,7 @@ def _from_dict(data: object, source: str | None, relative_to: str | None, workdi
     rules = []
     for i, raw in enumerate(raw_rules):
         where = f"rule[{i}]"
-        if not isinstance(raw, Mapping):
-            raise PolicyError(where, "expected a table", raw)
-        bad = sorted(set(raw) - set(_RULE_KEYS))
-        if bad:
-            raise PolicyError(f"{where}.{bad[0]}", f"unknown key; expected one of {', '.join(_RULE_KEYS)}")
+        raw = check_table(raw, where, _RULE_KEYS)
         name = raw.get("name", where)
         if not isinstance(name, str) or not name:
             raise PolicyError(f"{where}.name", "expected a non-empty string", name)

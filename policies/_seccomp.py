@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from policies._errors import PolicyError
+from policies._validate import check_table
 
 #: Comparison operators, by their corral spelling and the OCI one.
 OPS: dict[str, str] = {
@@ -300,11 +301,7 @@ def seccomp_profile_from_oci(data: object, source: str = "") -> SeccompProfile:
     rules: list[SeccompRule] = []
     for i, entry in enumerate(entries):
         path = f"syscalls[{i}]"
-        if not isinstance(entry, Mapping):
-            raise PolicyError(path, "expected an object", entry)
-        bad = sorted(set(entry) - set(_OCI_RULE_KEYS))
-        if bad:
-            raise PolicyError(f"{path}.{bad[0]}", f"unknown key; expected one of {', '.join(_OCI_RULE_KEYS)}")
+        entry = check_table(entry, path, _OCI_RULE_KEYS)
         names = entry.get("names") or ([entry["name"]] if isinstance(entry.get("name"), str) else None)
         if not _applies(entry, path):
             continue
@@ -315,13 +312,7 @@ def seccomp_profile_from_oci(data: object, source: str = "") -> SeccompProfile:
         args = []
         for j, a in enumerate(raw_args):
             apath = f"{path}.args[{j}]"
-            if not isinstance(a, Mapping):
-                raise PolicyError(apath, "expected an object {index, value, valueTwo, op}", a)
-            bad = sorted(set(a) - set(_OCI_ARG_KEYS))
-            if bad:
-                raise PolicyError(
-                    f"{apath}.{bad[0]}", f"unknown key; expected one of {', '.join(_OCI_ARG_KEYS)}"
-                )
+            a = check_table(a, apath, _OCI_ARG_KEYS)
             op = OPS.get(a.get("op")) if isinstance(a.get("op"), str) else None  # type: ignore[arg-type]
             if op is None or not str(a.get("op")).startswith("SCMP_CMP_"):
                 raise PolicyError(

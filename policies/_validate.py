@@ -15,6 +15,7 @@ import re
 import stat
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
+from typing import Any
 
 from policies._errors import PolicyError
 
@@ -533,3 +534,20 @@ def check_user_paths(value: object, path: str, relative_to: str, *, parent: bool
     return dedupe(
         check_user_path(item, f"{path}[{i}]", relative_to, parent=parent) for i, item in enumerate(items)
     )
+
+
+def check_table(value: object, path: str, keys: tuple[str, ...]) -> Mapping[str, Any]:
+    """`value` as a mapping with only `keys`.
+
+    Raises PolicyError naming the unknown key and listing `keys`, or naming `path` if `value` is not
+    a mapping.
+    """
+    if not isinstance(value, Mapping):
+        raise PolicyError(path, f"expected a table with keys: {', '.join(keys)}", value)
+    for key in value:
+        if not isinstance(key, str):
+            raise PolicyError(path, f"keys must be strings; valid keys: {', '.join(keys)}", key)
+        if key not in keys:
+            where = f"{path}.{key}" if path else key
+            raise PolicyError(where, f"unknown key; valid keys: {', '.join(keys)}", key)
+    return value
