@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import fcntl
 import hmac
 import ipaddress
@@ -276,23 +277,13 @@ def _value(kind: str, value: float) -> str:
 
 
 def _limits(policy: Policy) -> dict[str, str]:
+    """Every resource limit the policy sets (all of ResourcePolicy's fields: a new one shows up here too)."""
     r = policy.resources
     out: dict[str, str] = {}
-    for name in (
-        "memory",
-        "cpus",
-        "pids",
-        "timeout",
-        "cpu_time",
-        "fds",
-        "output",
-        "fsize",
-        "disk",
-        "tmp_size",
-    ):
-        value = getattr(r, name)
+    for f in dataclasses.fields(r):
+        value = getattr(r, f.name)
         if value is not None:
-            out[name] = _value(name, float(value))
+            out[f.name] = _value(f.name, float(value))
     return out
 
 

@@ -671,3 +671,29 @@ async def test_an_http_client_leaving_mid_call_takes_the_call_along(ws: Path, mo
                 sc(await client.call_tool("run_command", {"command": ["/bin/echo", "on"]}))["stdout"]
                 == "on\n"
             )
+
+
+async def test_http_sessions_have_their_own_background_commands(ws: Path) -> None:
+    with http_server(ws) as (url, server):
+        async with Client(url, mode="legacy") as a:
+            async with Client(url, mode="legacy") as b:
+                ha = sc(await a.call_tool("start_command", {"command": ["/bin/sleep", "300"]}))
+                hb = sc(await b.call_tool("start_command", {"command": ["/bin/sleep", "301"]}))
+                assert [c["handle"] for c in sc(await a.call_tool("list_commands", {}))["commands"]] == [
+                    ha["handle"]
+                ]
+                assert [c["handle"] for c in sc(await b.call_tool("list_commands", {}))["commands"]] == [
+                    hb["handle"]
+                ]
+                # One session cannot reach another's command, even by its handle.
+                other = await a.call_tool("read_output", {"handle": hb["handle"]})
+                assert other.is_error
+                assert sc(await b.call_tool("read_output", {"handle": hb["handle"]}))["running"] is True
+            # b's session ended: its command is gone, a's runs on.
+            for _ in range(100):
+                if not psutil.pid_exists(hb["pid"]):
+                    break
+                await anyio.sleep(0.1)
+            assert not psutil.pid_exists(hb["pid"])
+            assert ha["pid"] in inits(server)
+            assert sc(await a.call_tool("read_output", {"handle": ha["handle"]}))["running"] is True
