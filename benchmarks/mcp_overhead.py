@@ -114,6 +114,8 @@ async def main(n: int, rounds: int, out: str | None) -> None:
         "describe_sandbox_median_ms": round(statistics.median(floor) * 1e3, 3),
         "cpu_direct_ms_per_call": round(cpu["direct"] / calls * 1e3, 3),
         "cpu_mcp_client_plus_server_ms_per_call": round((cpu["client"] + cpu["server"]) / calls * 1e3, 3),
+        "cpu_mcp_client_ms_per_call": round(cpu["client"] / calls * 1e3, 3),
+        "cpu_mcp_server_ms_per_call": round(cpu["server"] / calls * 1e3, 3),
         "cpu_overhead_ms_per_call": round(cpu_overhead * 1e3, 3),
         "ratio": round(m_med / d_med, 3),
         "loadavg_1m": load[0],
@@ -134,7 +136,9 @@ async def main(n: int, rounds: int, out: str | None) -> None:
     )
     print(
         f"CPU per call: direct {report['cpu_direct_ms_per_call']:.3f} ms, MCP client+server "
-        f"{report['cpu_mcp_client_plus_server_ms_per_call']:.3f} ms: overhead "
+        f"{report['cpu_mcp_client_plus_server_ms_per_call']:.3f} ms (client "
+        f"{report['cpu_mcp_client_ms_per_call']:.3f}, server {report['cpu_mcp_server_ms_per_call']:.3f}): "
+        "overhead "
         f"{report['cpu_overhead_ms_per_call']:.3f} ms; load average {load[0]:.2f} on {os.cpu_count()} CPUs"
     )
     if out:
