@@ -41,6 +41,7 @@ import ipaddress
 import logging
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ MAX_COUNTED_DOMAINS = 64
 #: Bytes moved per splice: the relay's pipes are grown to this (the default pipe-max-size allows it).
 _CHUNK = 1 << 20
 _F_SETPIPE_SZ = 1031
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 #: The first byte of a SOCKS5 greeting (an HTTP request starts with a letter).
 _SOCKS_VERSION = 5
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -210,7 +212,7 @@ class ProxyConfig:
     idle_timeout: float = 300.0
     total_timeout: float = 3600.0
     connect_timeout: float = 10.0
-    max_connections: int = 256
+    max_connections: int = 128
     #: The operator's opt-in for a per-domain count (the exporter's corral_proxy_domain_connections_total):
     #: requests for these names (or below them) are counted under the name, every other one as "other".
     #: Bounded (MAX_COUNTED_DOMAINS), so the metric's labels are.
@@ -286,6 +288,7 @@ class ChildProxy:
         #: Told of each new distinct refusal as it happens (the supervisor's `denied` event).
         self.on_denial: Callable[[Denial], None] | None = None
         self.active = 0
+        self._answering = 0  # connections past the bound being answered 503 (bounded as well)
 
     def net(self) -> tuple[int, int, int, int]:
         """ChildStats' net_* fields: bytes up and down, connections allowed and denied."""
@@ -318,6 +321,14 @@ class ChildProxy:
                         continue
                     conn.setblocking(False)
                     if self.active >= self.config.max_connections:
+                        if self._answering >= self.config.max_connections:
+                            # A flood: reset at once, so that it cannot hold the supervisor's fds either.
+                            self._deny("accept", "-", f"at most {self.config.max_connections} proxy "
+                                       "connections at once per sandbox")  # fmt: skip
+                            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                            conn.close()
+                            continue
+                        self._answering += 1
                         tg.start_soon(self._over_limit, conn)
                         continue
                     self.active += 1
@@ -329,8 +340,13 @@ class ChildProxy:
     async def _over_limit(self, conn: socket.socket) -> None:
         limit = self.config.max_connections
         self._deny("accept", "-", f"at most {limit} proxy connections at once per sandbox")
-        with conn:
-            await _answer(conn, _response(503, f"corral proxy: refused: at most {limit} connections at once"))
+        try:
+            with conn:
+                await _answer(
+                    conn, _response(503, f"corral proxy: refused: at most {limit} connections at once")
+                )
+        finally:
+            self._answering -= 1
 
     async def _connection(self, client: socket.socket) -> None:
         try:

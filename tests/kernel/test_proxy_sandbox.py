@@ -260,12 +260,22 @@ async def test_refusal_classes_from_inside(workspace: Path) -> None:
 
 async def test_thousand_connections_from_one_sandbox_are_bounded(workspace: Path) -> None:
     code = r"""
-import resource, socket
+import json, resource, socket
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
-socks = [socket.create_connection(("127.0.0.1", 3128), timeout=30) for _ in range(1000)]
-answers = [s.recv(200) for s in socks[60:]]
-print(sum(a.startswith(b"HTTP/1.1 503") for a in answers))
+def connect():
+    try:
+        return socket.create_connection(("127.0.0.1", 3128), timeout=30)
+    except ConnectionResetError:  # reset before the connect returned
+        return None
+socks = [connect() for _ in range(1000)]
+def first(s):
+    try:
+        return s.recv(200)[:12].decode() if s is not None else "reset"
+    except ConnectionResetError:
+        return "reset"
+answers = [first(s) for s in socks[60:]]
+print(json.dumps([answers.count("HTTP/1.1 503"), answers.count("reset")]))
 """
     async with http_server() as srv, Supervisor() as sup:
         sup.proxy.resolver = static_resolver(NAMES)
@@ -273,7 +283,9 @@ print(sum(a.startswith(b"HTTP/1.1 503") for a in answers))
         sup.proxy.head_timeout = 60
         r = await sup.run([PY, "-c", code], policy=_policy(workspace, srv.port))
     assert r.exit_code == 0, r.stderr
-    assert int(r.stdout) == 940  # every connection past the bound is answered 503 at once
+    answered, reset = json.loads(r.stdout)
+    assert answered >= 1  # past the bound: a 503 at once, or past as many pending answers a reset
+    assert answered + reset == 940
     assert r.network is not None
     assert r.network["peak_connections"] == 50
     assert r.network["denied"] == 950

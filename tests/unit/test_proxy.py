@@ -401,30 +401,39 @@ async def test_thousand_concurrent_connections_from_one_child_are_bounded() -> N
         ):
             streams: list[anyio.abc.SocketStream] = []
             try:
-                for _ in range(1000):
-                    streams.append(await anyio.connect_tcp("127.0.0.1", port))
                 answers: list[bytes] = []
+                for _ in range(1000):
+                    try:
+                        streams.append(await anyio.connect_tcp("127.0.0.1", port))
+                    except OSError:  # reset so early that the connect itself saw it (trio)
+                        answers.append(b"reset")
 
                 async def first_bytes(stream: anyio.abc.SocketStream) -> None:
-                    with anyio.move_on_after(5), contextlib_suppress():
-                        answers.append(await stream.receive())
+                    with anyio.move_on_after(5):
+                        try:
+                            answers.append(await stream.receive())
+                        except (anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+                            answers.append(b"reset")  # past the answering bound too: reset at once
 
                 async with anyio.create_task_group() as tg:
                     for s in streams:
                         tg.start_soon(first_bytes, s)
                 assert child.stats.peak_connections == limit
                 assert child.active == limit  # the first 50 are still waiting for their heads
-                assert len([a for a in answers if a.startswith(b"HTTP/1.1 503")]) == 1000 - limit
+                refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+                assert len(refused) >= limit  # answered while no more than `limit` answers were pending
+                assert len(refused) + answers.count(b"reset") == 1000 - limit
                 assert child.stats.denied == 1000 - limit
                 (denial,) = child.denials
                 assert denial.count == 1000 - limit
-                assert f"at most {limit}".encode() in answers[0]
+                assert f"at most {limit}".encode() in refused[0]
             finally:
                 for s in streams:
                     # Reset, not closed: 1,000 connections left in TIME-WAIT would crowd the host's socket
                     # table (/proc/net/tcp), which other tests read.
                     raw = s.extra(anyio.abc.SocketAttribute.raw_socket)
-                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    with contextlib_suppress():  # one the proxy reset is closed already
+                        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     await s.aclose()
             # the slots come back: a new connection is served
             status, _ = await ask(port, connect(f"allowed.test:{srv.port}"), then=b"x")
