@@ -90,17 +90,14 @@ async def sup() -> AsyncIterator[Supervisor]:
         yield s
 
 
-async def provoke(
-    sup: Supervisor, policy: Policy, args: list[str]
-) -> tuple[Result, list[Event], Metric, dict[str, tuple[int, int]]]:
-    """Run the probe with `args` in a sandbox; the Result, the denied events of its child, the metrics
-    registry after it, and what the probe saw: name -> (return value, errno)."""
-    caps_notify(sup)
+async def observe(sup: Supervisor, cmd: list[str], policy: Policy) -> tuple[Result, list[Event], Metric]:
+    """Run `cmd` in a sandbox: its Result, the denied events of the run, and corral_denials_total after it
+    (read while the exporter was attached)."""
     reg = CollectorRegistry()
     events: list[Event] = []
     async with attach_metrics(sup, registry=reg):
         with sup.subscribe() as stream:
-            result = await sup.run([PY, "-I", "-S", "-c", PROBE, *args], policy=policy)
+            result = await sup.run(cmd, policy=policy)
             while True:
                 try:
                     ev = stream.receive_nowait()
@@ -109,6 +106,16 @@ async def provoke(
                 if ev.kind == "denied":
                     events.append(ev)
         metric = Metric.read(reg)
+    return result, events, metric
+
+
+async def provoke(
+    sup: Supervisor, policy: Policy, args: list[str]
+) -> tuple[Result, list[Event], Metric, dict[str, tuple[int, int]]]:
+    """Run the probe with `args` in a sandbox; the Result, the denied events of its child, the metrics
+    registry after it, and what the probe saw: name -> (return value, errno)."""
+    caps_notify(sup)
+    result, events, metric = await observe(sup, [PY, "-I", "-S", "-c", PROBE, *args], policy)
     assert result.exit_code == 0, result.stderr.decode(errors="replace")
     seen = {}
     for line in result.stdout.decode().splitlines():
@@ -221,20 +228,8 @@ async def test_nothing_refused_nothing_reported(sup: Supervisor, workspace: Path
 
 async def test_a_pids_max_refusal_is_a_cgroup_denial(sup: Supervisor, workspace: Path) -> None:
     policy = profiles.workspace_write(workspace, pids=8)
-    reg = CollectorRegistry()
-    async with attach_metrics(sup, registry=reg):
-        with sup.subscribe() as stream:
-            cmd = "for i in $(seq 30); do sleep 1 & done 2>/dev/null; kill $(jobs -p) 2>/dev/null; true"
-            result = await sup.run(["/bin/sh", "-c", cmd], policy=policy)
-            events = []
-            while True:
-                try:
-                    ev = stream.receive_nowait()
-                except anyio.WouldBlock:
-                    break
-                if ev.kind == "denied":
-                    events.append(ev)
-        metric = Metric.read(reg)
+    cmd = "for i in $(seq 30); do sleep 1 & done 2>/dev/null; kill $(jobs -p) 2>/dev/null; true"
+    result, events, metric = await observe(sup, ["/bin/sh", "-c", cmd], policy)
     if "cgroup" not in result.enforced:
         pytest.skip(f"no cgroup for this child: {sup.cgroup_status}")
     d = one_match(result, events, metric, ("cgroup", "fork", "pids.max=8"))
@@ -243,19 +238,9 @@ async def test_a_pids_max_refusal_is_a_cgroup_denial(sup: Supervisor, workspace:
 
 async def test_sigxfsz_is_an_rlimit_denial(sup: Supervisor, workspace: Path) -> None:
     policy = profiles.workspace_write(workspace, fsize="64K")
-    reg = CollectorRegistry()
-    events: list[Event] = []
-    async with attach_metrics(sup, registry=reg):
-        with sup.subscribe() as stream:
-            result = await sup.run(["/bin/dd", "if=/dev/zero", "of=big", "bs=1k", "count=128"], policy=policy)
-            while True:
-                try:
-                    ev = stream.receive_nowait()
-                except anyio.WouldBlock:
-                    break
-                if ev.kind == "denied":
-                    events.append(ev)
-        metric = Metric.read(reg)
+    result, events, metric = await observe(
+        sup, ["/bin/dd", "if=/dev/zero", "of=big", "bs=1k", "count=128"], policy
+    )
     assert result.signal == 25  # SIGXFSZ
     assert (workspace / "big").stat().st_size == 64 * 1024  # checked from outside: held at the limit
     one_match(result, events, metric, ("rlimit", "write", "RLIMIT_FSIZE=65536"))
@@ -332,19 +317,7 @@ async def test_connect_and_sendto_off_loopback_are_network_denials(
     if not sup.caps.namespace("net").available:
         pytest.skip(f"no network namespace: {sup.caps.namespace('net').reason}")
     policy = profiles.workspace_write(workspace, network=mode)  # type: ignore[arg-type]
-    reg = CollectorRegistry()
-    events: list[Event] = []
-    async with attach_metrics(sup, registry=reg):
-        with sup.subscribe() as stream:
-            result = await sup.run([PY, "-I", "-S", "-c", NET_PROBE], policy=policy)
-            while True:
-                try:
-                    ev = stream.receive_nowait()
-                except anyio.WouldBlock:
-                    break
-                if ev.kind == "denied":
-                    events.append(ev)
-        metric = Metric.read(reg)
+    result, events, metric = await observe(sup, [PY, "-I", "-S", "-c", NET_PROBE], policy)
     assert result.exit_code == 0, result.stderr.decode()
     seen = dict(line.split() for line in result.stdout.decode().splitlines())
     # Refused by the namespace (no route), with the errno the kernel gives without reports:
