@@ -92,8 +92,9 @@ def harness(scratch: Path) -> tuple[str, str | None]:
                 shutil.copytree(ROOT / name, pkgs / name, ignore=shutil.ignore_patterns("__pycache__"))
         for d, _dirs, files in os.walk(pkgs):
             os.chmod(d, 0o755)
-            for f in files:
-                os.chmod(os.path.join(d, f), 0o644)
+            for f in files:  # executables (the sandbox init, corral-init) stay executable
+                path = os.path.join(d, f)
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o111 else 0o644)
     r = run_as_user(probe, str(pkgs), scratch)
     got = _imported_file(r)
     if got is not None and got.startswith(str(pkgs.resolve()) + "/"):
