@@ -8,7 +8,8 @@ each has its own cgroup, then measures, in the same run:
   children (six pread(2)s per leaf on fds kept open), timed over several rounds, divided by N; and
   `Leaf.stats()` alone. Target (issue 3): <= 10 us per child per sample;
 - what the sampler does per child per round on average: one full round in `FULL_EVERY`, and between them
-  `sample_due` (here one pread of the OOM counter per child: the memory limits are the kernel's);
+  `sample_due` (here one pread of the OOM counter per child, the memory limits being the kernel's, or none
+  where cgroup v1 OOM notifiers serve);
 - psutil oneshot per process for comparison (memory_info, cpu_times, num_fds, num_threads in one oneshot),
   over every process of every child (the sandbox init and the sleep), divided by the process count
   (measured here while planning: ~106 us);
@@ -107,11 +108,12 @@ async def main(n: int, rounds: int, interval: float) -> dict[str, object]:
 
             # What the sampler does on average per round: one full round (sample_all) in FULL_EVERY, the
             # rounds between only what the children's limits need (sample_due: here, memory limits the
-            # kernel enforces, so one pread of the OOM counter per child).
+            # kernel enforces, so one pread of the OOM counter per child, or, where an OOM notifier is
+            # registered (cgroup v1), one epoll_wait for all of them).
             def cycle() -> None:
                 sample_all(children, False)
                 for _ in range(FULL_EVERY - 1):
-                    sample_due(children)
+                    sample_due(children, sup._oom)
 
             cycle()
             per_cycle = [t / FULL_EVERY for t in _time_rounds(rounds, cycle)]
