@@ -75,12 +75,14 @@ def _new_server(before: set[int]) -> psutil.Process:
 
 
 @contextlib.asynccontextmanager
-async def stdio(ws: Path, *extra: str) -> AsyncIterator[tuple[Client, psutil.Process]]:
+async def stdio(
+    ws: Path, *extra: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Client, psutil.Process]]:
     before = _server_pids_before()
     params = StdioServerParameters(
         command=SERVER[0],
         args=[*SERVER[1:], "--workdir", str(ws / "work"), *extra],
-        env=dict(os.environ),
+        env={**os.environ, **(env or {})},
         cwd=str(ROOT),
     )
     async with Client(params, read_timeout_seconds=120) as client:
@@ -697,3 +699,14 @@ async def test_http_sessions_have_their_own_background_commands(ws: Path) -> Non
             assert not psutil.pid_exists(hb["pid"])
             assert ha["pid"] in inits(server)
             assert sc(await a.call_tool("read_output", {"handle": ha["handle"]}))["running"] is True
+
+
+async def test_the_servers_secrets_never_reach_a_command(ws: Path) -> None:
+    secret = {"CORRAL_MCP_TOKEN": "t0ken-" + uuid.uuid4().hex, "SOME_API_KEY": "k3y-" + uuid.uuid4().hex}
+    async with stdio(ws, env=secret) as (client, server):
+        assert server.environ()["CORRAL_MCP_TOKEN"] == secret["CORRAL_MCP_TOKEN"]  # the server has them
+        seen = sc(await client.call_tool("run_command", {"command": ["/usr/bin/env"]}))["stdout"]
+        assert "PATH=" in seen
+        for name, value in secret.items():
+            assert name not in seen
+            assert value not in seen
