@@ -2022,7 +2022,7 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ii)", pid, l.err);
 }
 
-/* identities(paths) -> bytes: for each path (str or bytes), lstat's (st_dev, st_ino, st_mode), or its errno.
+/* identities(paths) -> bytes: for each path (str or bytes), lstat's (st_dev, st_ino, st_mode, st_uid/st_gid), or its errno.
  * What mounts.fingerprint compares, done here because a fingerprint lstats ~30 paths several times per
  * spawn. */
 static PyObject *py_identities(PyObject *self, PyObject *args) {
@@ -2030,7 +2030,7 @@ static PyObject *py_identities(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &paths)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(paths);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 24);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 32);
     if (!out) return NULL;
     char *buf = PyBytes_AS_STRING(out);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -2043,7 +2043,7 @@ static PyObject *py_identities(PyObject *self, PyObject *args) {
             }
             item = encoded;
         }
-        uint64_t rec[3] = {0, 0, 0};
+        uint64_t rec[4] = {0, 0, 0, 0};
         struct stat st;
         int err = lstat(PyBytes_AS_STRING(item), &st) == 0 ? 0 : errno;
         Py_XDECREF(encoded);
@@ -2051,10 +2051,13 @@ static PyObject *py_identities(PyObject *self, PyObject *args) {
             rec[0] = (uint64_t)st.st_dev;
             rec[1] = (uint64_t)st.st_ino;
             rec[2] = (uint64_t)st.st_mode;
+            /* The owner too: a root caller's sandbox runs as its workdir's owner (namespaces.owner_maps),
+             * so a workdir given to another account must not be served by a sandbox built before. */
+            rec[3] = (uint64_t)st.st_uid << 32 | (uint64_t)st.st_gid;
         } else {
             rec[2] = (uint64_t)1 << 40 | (uint64_t)err; /* no mode has bit 40 */
         }
-        memcpy(buf + i * 24, rec, 24);
+        memcpy(buf + i * 32, rec, 32);
     }
     return out;
 }
@@ -2094,8 +2097,8 @@ static PyMethodDef methods[] = {
     {"netns_unused", py_netns_unused, METH_VARARGS,
      "netns_unused(netns_fd) -> bool: as new: no socket, TIME-WAIT, flow label, packet or counter in it."},
     {"identities", py_identities, METH_VARARGS,
-     "identities(paths: list[str | bytes]) -> bytes: lstat's dev, ino and mode (or errno) of each, 24 bytes "
-     "each."},
+     "identities(paths: list[str | bytes]) -> bytes: lstat's dev, ino, mode (or errno) and uid/gid of each, "
+     "32 bytes each."},
     {NULL, NULL, 0, NULL},
 };
 

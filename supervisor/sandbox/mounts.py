@@ -171,9 +171,9 @@ def _under_hidden(path: str) -> bool:
 
 def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[object, ...]:
     """Everything the view built by `emit_base` + `emit_paths` depends on, as seen from the host now: the
-    identity (device, inode, type, from lstat) or the lstat errno of the workdir, the host paths the base
-    view tests, every writable and readable root, every protected path and its top directory under each
-    writable root (after git expansion: core.hooksPath, submodule git dirs), and every denied path. A
+    identity (device, inode, type and owner, from lstat) or the lstat errno of the workdir, the host paths
+    the base view tests, every writable and readable root, every protected path and its top directory under
+    each writable root (after git expansion: core.hooksPath, submodule git dirs), and every denied path. A
     sandbox built ahead of its request serves it only while the fingerprint taken around its build still
     holds at the request (see supervisor/forkserver/prefork.py, and the fork server's view cache in
     forkserver/server.py); any difference (a `git init`, a new credential file, a replaced root) sends the

@@ -23,6 +23,7 @@ import tarfile
 import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 
 from policies import profiles
@@ -471,3 +472,19 @@ async def test_attack_mmap_store_into_a_setid_file_left_in_the_workdir(
     sup: Supervisor, workspace: Path
 ) -> None:
     assert await _rewrite_setid(sup, workspace, "root", ("m",)) == {}
+
+
+async def test_a_workdir_given_to_another_account_is_not_served_by_an_older_sandbox(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # Sandboxes confined ahead of time for this workdir were built for its owner then (root): once the
+    # host gives the workdir to another account, the next command runs as that account, not in one of them.
+    _as_root()
+    pol = profiles.workspace_write(workspace, timeout=20)
+    for _ in range(3):  # from the second exit on, the next sandbox is built ahead
+        r = await sup.run(["/usr/bin/id", "-u"], policy=pol)
+        assert r.stdout == b"0\n", r.stderr
+    await anyio.sleep(0.3)  # the build finishes
+    os.chown(workspace, OTHER, OTHER)
+    r = await sup.run(["/usr/bin/id", "-u"], policy=pol)
+    assert (r.exit_code, r.stdout) == (0, f"{OTHER}\n".encode()), r.stderr
