@@ -71,3 +71,37 @@ async def test_memory_against_the_policies_limits() -> None:
     with anyio.move_on_after(0.3) as waited:
         await sup._place(policy, None, 4 * GIB)
     assert waited.cancelled_caught
+
+
+def test_public_api_is_pinned() -> None:
+    import supervisor.ray as cluster
+
+    assert cluster.__all__ == [
+        "NodeInfo",
+        "NodeLoad",
+        "NodeLostError",
+        "NodeSelector",
+        "PlacementError",
+        "RaySupervisor",
+        "RemoteChild",
+        "RemoteChildInfo",
+        "RemoteError",
+        "RemoteEvent",
+        "Session",
+        "SessionLostError",
+        "WorkspaceError",
+    ]
+    for name in cluster.__all__:
+        assert getattr(cluster, name).__module__.startswith("supervisor.ray."), name
+    from policies import CorralError
+
+    for error in (
+        cluster.NodeLostError,
+        cluster.SessionLostError,
+        cluster.PlacementError,
+        cluster.WorkspaceError,
+    ):
+        assert issubclass(error, CorralError)
+    lost = cluster.SessionLostError("n" * 56, "s1", "run", "raylet died\x1b[2J")
+    assert (lost.node_id, lost.session_id, lost.detail) == ("n" * 56, "s1", "raylet died\x1b[2J")
+    assert "\x1b" not in str(lost)  # printable: a detail may carry what a node sent
