@@ -63,6 +63,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,6 +199,19 @@ struct op {
     uint32_t layer, operation, path, hint; /* string offsets; path may be NO_STR */
     int32_t ok_errno[2];                   /* errnos that count as success (0: none) */
 };
+
+/* The fields of the three plan records, in declaration order: exported with their offsets and sizes as
+ * LAYOUT, which supervisor/sandbox/_ops.py compares at import with its own description of the plan (field
+ * by field, so that a reordered or retyped field is caught, not only a changed size). Keep in step with the
+ * structs above: a field missing here changes no offset but is caught by the record's size. */
+#define OP_FIELDS(F, r) \
+    F(r, code) F(r, on_fail) F(r, a) F(r, s) F(r, layer) F(r, operation) F(r, path) F(r, hint) F(r, ok_errno)
+#define HEADER_FIELDS(F, r)                                                                                 \
+    F(r, magic) F(r, mode) F(r, n_segs) F(r, segs_off) F(r, cmd_off) F(r, cmd_len) F(r, stdio_off)          \
+    F(r, keep_off) F(r, cmd_fd) F(r, status_w) F(r, ctl_fd) F(r, n_stdio) F(r, n_keep) F(r, net_sysfs_fd)  \
+    F(r, flags) F(r, proxy_fd)
+#define SEGMENT_FIELDS(F, r) F(r, ops_off) F(r, n_ops) F(r, strtab_off) F(r, strtab_len)
+#define RECORDS(X) X(op, OP_FIELDS) X(plan_header, HEADER_FIELDS) X(segment, SEGMENT_FIELDS)
 
 #define MAX_SEGS 16
 
@@ -2102,6 +2116,34 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static int put_int(PyObject *dict, const char *key, Py_ssize_t value) {
+    PyObject *v = PyLong_FromSsize_t(value);
+    if (!v) return -1;
+    int rc = PyDict_SetItemString(dict, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* {record: {field: offset, ..., "sizeof": size}} for the records of RECORDS. */
+static PyObject *layout(void) {
+    PyObject *out = PyDict_New();
+    PyObject *f = NULL;
+    if (!out) return NULL;
+#define X_OFFSET(rec, name)                                                                                 \
+    if (put_int(f, #name, offsetof(struct rec, name)) < 0) goto fail;
+#define X_RECORD(rec, FIELDS)                                                                               \
+    if (!(f = PyDict_New())) goto fail;                                                                     \
+    FIELDS(X_OFFSET, rec)                                                                                   \
+    if (put_int(f, "sizeof", sizeof(struct rec)) < 0 || PyDict_SetItemString(out, #rec, f) < 0) goto fail; \
+    Py_CLEAR(f);
+    RECORDS(X_RECORD)
+    return out;
+fail:
+    Py_XDECREF(f);
+    Py_DECREF(out);
+    return NULL;
+}
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cinit", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cinit(void) {
@@ -2111,9 +2153,11 @@ PyMODINIT_FUNC PyInit__cinit(void) {
     if (PyModule_AddIntConstant(m, "OP_" #name, num) < 0) goto fail;
     OPS(X_EXPORT)
     if (PyModule_AddIntConstant(m, "MAGIC", PLAN_MAGIC) < 0) goto fail;
-    if (PyModule_AddIntConstant(m, "OP_SIZE", sizeof(struct op)) < 0) goto fail;
-    if (PyModule_AddIntConstant(m, "HEADER_SIZE", sizeof(struct plan_header)) < 0) goto fail;
-    if (PyModule_AddIntConstant(m, "SEGMENT_SIZE", sizeof(struct segment)) < 0) goto fail;
+    PyObject *records = layout();
+    if (!records || PyModule_AddObject(m, "LAYOUT", records) < 0) {
+        Py_XDECREF(records);
+        goto fail;
+    }
     if (PyModule_AddIntConstant(m, "MAX_SEGMENTS", MAX_SEGS) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "SLOTS", SLOTS) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "SLOT_NET_SYSFS", SLOT_NET_SYSFS) < 0) goto fail;

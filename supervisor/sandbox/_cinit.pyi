@@ -3,9 +3,7 @@
 import mmap
 
 MAGIC: int
-OP_SIZE: int
-HEADER_SIZE: int
-SEGMENT_SIZE: int
+LAYOUT: dict[str, dict[str, int]]
 MAX_SEGMENTS: int
 SLOTS: int
 SLOT_NET_SYSFS: int

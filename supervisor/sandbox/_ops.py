@@ -16,11 +16,40 @@ from dataclasses import dataclass
 
 from supervisor.sandbox import _cinit, _sys
 
-_OP = struct.Struct("=Ii4q4I4I2i")
-_HEADER = struct.Struct("=8I4iIiIi")
-_SEGMENT = struct.Struct("=4I")
+#: The plan's binary records, field by field, as _cinit.c declares them (struct op, plan_header, segment;
+#: native byte order, no padding: `=`). The struct formats are made from this table, and at import every
+#: field's offset and each record's size are compared with the C compiler's (_cinit.LAYOUT).
+_RECORDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "op": (
+        ("code", "I"), ("on_fail", "i"), ("a", "4q"), ("s", "4I"), ("layer", "I"), ("operation", "I"),
+        ("path", "I"), ("hint", "I"), ("ok_errno", "2i"),
+    ),
+    "plan_header": (
+        ("magic", "I"), ("mode", "I"), ("n_segs", "I"), ("segs_off", "I"), ("cmd_off", "I"), ("cmd_len", "I"),
+        ("stdio_off", "I"), ("keep_off", "I"), ("cmd_fd", "i"), ("status_w", "i"), ("ctl_fd", "i"),
+        ("n_stdio", "i"), ("n_keep", "I"), ("net_sysfs_fd", "i"), ("flags", "I"), ("proxy_fd", "i"),
+    ),
+    "segment": (("ops_off", "I"), ("n_ops", "I"), ("strtab_off", "I"), ("strtab_len", "I")),
+}  # fmt: skip
+
+
+def layout(records: Mapping[str, Sequence[tuple[str, str]]] = _RECORDS) -> dict[str, dict[str, int]]:
+    """{record: {field: offset, ..., "sizeof": size}} of `records`, in the form of _cinit.LAYOUT."""
+    out = {}
+    for record, fields in records.items():
+        offsets, at = {}, 0
+        for name, fmt in fields:
+            offsets[name] = at
+            at += struct.calcsize("=" + fmt)
+        out[record] = {**offsets, "sizeof": at}
+    return out
+
+
+_OP, _HEADER, _SEGMENT = (
+    struct.Struct("=" + "".join(fmt for _name, fmt in _RECORDS[r])) for r in ("op", "plan_header", "segment")
+)
 _NO_STR = 0xFFFFFFFF
-if (_OP.size, _HEADER.size, _SEGMENT.size) != (_cinit.OP_SIZE, _cinit.HEADER_SIZE, _cinit.SEGMENT_SIZE):
+if getattr(_cinit, "LAYOUT", None) != layout():
     _stale = "corral's C extension does not match this source (a stale build): run pip install -e . again"
     raise ImportError(_stale)
 
@@ -182,7 +211,7 @@ def blob(
         raise ValueError("too many plan segments")
     table = bytearray()
     body = bytearray()
-    base = _HEADER.size + _cinit.SEGMENT_SIZE * len(segments)
+    base = _HEADER.size + _SEGMENT.size * len(segments)
     for seg in segments:
         ops_off = base + len(body)
         body += seg.packed
