@@ -25,7 +25,8 @@ if TYPE_CHECKING:
         SupervisorRunningError,
     )
     from supervisor._rules import Approver, CommandForbiddenError
-    from supervisor._supervisor import DEVNULL, PIPE, Event, Supervisor
+    from supervisor._spawnfds import DEVNULL, PIPE
+    from supervisor._supervisor import Event, Supervisor
     from supervisor._types import ChildStats, Denial, Result, Rule, Violation, rss_above
     from supervisor.sandbox.probe import Feature, KernelCaps
 
@@ -49,8 +50,8 @@ _HOME = {
     "ChildStats": "supervisor._types",
     "Rule": "supervisor._types",
     "rss_above": "supervisor._types",
-    "DEVNULL": "supervisor._supervisor",
-    "PIPE": "supervisor._supervisor",
+    "DEVNULL": "supervisor._spawnfds",
+    "PIPE": "supervisor._spawnfds",
     "Event": "supervisor._supervisor",
     "Supervisor": "supervisor._supervisor",
     "Feature": "supervisor.sandbox.probe",

@@ -15,7 +15,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from supervisor._denials import DenialLog, limit_denials, seccomp_denial
-from supervisor._types import ChildStats, Denial, Result, Rule, Violation
+from supervisor._types import NOTHING, ChildStats, Denial, Result, Rule, Verdict, Violation
 from supervisor.forkserver import protocol
 from supervisor.forkserver.client import StatusReader
 
@@ -39,6 +39,21 @@ class _Exit:
 
 
 log = logging.getLogger("corral")
+
+#: The engine's seam into a Child: the names, private to the API, through which the Supervisor drives a
+#: child's lifecycle (its watcher task reads the status records and reaps: `_reap`, `_collect`; `_started`
+#: and `_first` tell `start` whether the command runs; `_finish` folds the final sample, `_fold`, judges
+#: the exit, `_exit`, `_exit_signal`, `_pidfd`, wakes the waiters, `_done`, and calls `_then`; `_forget`
+#: and `_close_streams` end the supervisor's hold on the streams) and through which the sampler keeps its
+#: per-child state (`_watch`, `_events_seen`: supervisor/_monitor.py). No other module uses them, and no
+#: module uses another's private names except through a seam listed like this one
+#: (tests/unit/test_seams.py).
+SEAM = frozenset(
+    {
+        "_reap", "_collect", "_started", "_first", "_fold", "_exit", "_exit_signal", "_pidfd", "_done",
+        "_then", "_forget", "_close_streams", "_watch", "_events_seen",
+    }
+)  # fmt: skip
 
 
 class Child:
@@ -165,6 +180,19 @@ class Child:
             self.violation = violation
             self.killed = True
             self.kill()
+
+    def apply(self, verdict: Verdict) -> None:
+        """Carry out the Enforcer's verdict (see Verdict for the order)."""
+        if verdict is NOTHING:
+            return
+        self.limit_hits.update(verdict.limit_hits)
+        if verdict.report is not None and self.violation is None:
+            self.violation = verdict.report
+        if verdict.kill is not None:
+            self.kill_for(verdict.kill)
+        if verdict.ended is not None:
+            self.violation = verdict.ended
+            self.killed = True
 
     async def aclose(self) -> None:
         """Close the streams the caller has not closed, then wait for the child to exit, as anyio's

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING
 import psutil
 
 from policies import CorralError
-from supervisor._types import ChildStats, Rule, Violation
+from supervisor._types import NOTHING, ChildStats, Rule, Verdict, Violation
 
 if TYPE_CHECKING:
+    from policies import ResourcePolicy
     from supervisor._child import Child
+    from supervisor.sandbox.cgroups import Leaf
     from supervisor.sandbox.cgroups._notify import OomEvents
 
 
@@ -147,7 +149,7 @@ def sample(child: Child, with_fds: bool, now: float | None = None) -> ChildStats
 DISK_INTERVAL = 0.02
 
 
-def _disk_sample(child: Child) -> tuple[int | None, int | None]:
+def disk_sample(child: Child) -> tuple[int | None, int | None]:
     """(disk_written, tmp_used) of `child`, each only when its policy sets the limit (blocking)."""
     pol = child.policy
     if pol is None:
@@ -160,7 +162,7 @@ def _disk_sample(child: Child) -> tuple[int | None, int | None]:
     return disk, tmp
 
 
-def _io_written(pid: int, proc_root: str = "/proc") -> int | None:
+def io_written(pid: int, proc_root: str = "/proc") -> int | None:
     """write_bytes - cancelled_write_bytes of /proc/<pid>/io: what the process (and every child it reaped)
     dirtied in page caches of filesystems that write back to storage (not tmpfs), less what was truncated or
     deleted before it reached the disk. None when the process is gone."""
@@ -194,7 +196,7 @@ def disk_written(child: Child) -> int | None:
         pass
     total: int | None = None
     for pid in pids:
-        n = _io_written(pid)
+        n = io_written(pid)
         if n is not None:
             total = (total or 0) + n
     return total
@@ -355,56 +357,67 @@ def _counts_fds(child: Child) -> bool:
 
 
 class Enforcer:
-    """Turns samples into verdicts. Holds the consecutive-sample counters of user rules."""
+    """Turns samples into verdicts (`Verdict`), which the supervisor applies (`Child.apply`): it reads a
+    child's policy, leaf and state, and changes none of them. Holds the consecutive-sample counters of user
+    rules."""
 
     def __init__(self) -> None:
         self._streaks: dict[tuple[int, int], int] = {}
 
-    def check(self, child: Child, s: ChildStats, rules: Sequence[Rule]) -> None:
-        """Kill `child` (Child.kill_for) on the first limit it breaks; record limits the kernel held."""
-        child.last_stats = s
+    def check(self, child: Child, s: ChildStats, rules: Sequence[Rule]) -> Verdict:
+        """The first limit `child` breaks in sample `s` (kill), and the limits the kernel held."""
         pol = child.policy
         if pol is None or not child.running:
-            return
+            return NOTHING
         r = pol.resources
         leaf = child.leaf
         kernel_mem = leaf is not None and leaf.enforced.get("memory") is True
         kernel_pids = leaf is not None and leaf.enforced.get("pids") is True
+        hits: dict[str, int] = {}
+        report = None
         if s.pids_limit_hits:
-            child.limit_hits["pids"] = s.pids_limit_hits
+            hits["pids"] = s.pids_limit_hits
             if child.violation is None and r.pids is not None:
                 # The kernel refused forks; the child lives on. Reported, not killed.
-                child.violation = Violation("pids", r.pids, s.pids if s.pids is not None else r.pids)
+                report = Violation("pids", r.pids, s.pids if s.pids is not None else r.pids)
+        kill = self._kill(child, s, rules, r, leaf, kernel_mem, kernel_pids, hits)
+        return Verdict(hits, report, kill) if hits or report or kill else NOTHING
+
+    def _kill(
+        self,
+        child: Child,
+        s: ChildStats,
+        rules: Sequence[Rule],
+        r: ResourcePolicy,
+        leaf: Leaf | None,
+        kernel_mem: bool,
+        kernel_pids: bool,
+        hits: dict[str, int],
+    ) -> Violation | None:
+        """The violation to kill `child` for, in the order the limits are judged; adds to `hits`."""
         if s.oom_kills:
-            child.limit_hits["memory_oom"] = s.oom_kills
+            hits["memory_oom"] = s.oom_kills
             if r.memory is not None:
-                observed = s.memory_peak_bytes or s.memory_bytes or r.memory
-                child.kill_for(Violation("memory", r.memory, observed))
-                return
+                return Violation("memory", r.memory, s.memory_peak_bytes or s.memory_bytes or r.memory)
         if leaf is not None and leaf.socket_limit_hit is not None and r.memory is not None:
             # cgroup v1: socket buffers reached the memory limit (their own counter there; v2 counts them
             # with the rest and OOM-kills). The kernel refused buffers past it; the memory limit is broken
             # all the same, as it would be on v2.
-            child.limit_hits["memory_socket"] = 1
-            child.kill_for(Violation("memory", r.memory, s.memory_peak_bytes or leaf.socket_limit_hit))
-            return
+            hits["memory_socket"] = 1
+            return Violation("memory", r.memory, s.memory_peak_bytes or leaf.socket_limit_hit)
         if r.cpu_time is not None and s.cpu_seconds is not None and s.cpu_seconds > r.cpu_time:
-            child.kill_for(Violation("cpu_time", r.cpu_time, round(s.cpu_seconds, 3)))
-            return
+            return Violation("cpu_time", r.cpu_time, round(s.cpu_seconds, 3))
         if r.fds is not None and s.open_fds is not None and s.open_fds > r.fds:
-            child.kill_for(Violation("fds", r.fds, s.open_fds))
-            return
+            return Violation("fds", r.fds, s.open_fds)
         if (
             r.memory is not None
             and not kernel_mem
             and s.memory_bytes is not None
             and s.memory_bytes > r.memory
         ):
-            child.kill_for(Violation("memory", r.memory, s.memory_bytes))
-            return
+            return Violation("memory", r.memory, s.memory_bytes)
         if r.pids is not None and not kernel_pids and s.pids is not None and s.pids > r.pids:
-            child.kill_for(Violation("pids", r.pids, s.pids))
-            return
+            return Violation("pids", r.pids, s.pids)
         for i, rule in enumerate(rules):
             value = getattr(s, rule.metric, None)
             key = (id(child), i)
@@ -412,70 +425,69 @@ class Enforcer:
                 n = self._streaks.get(key, 0) + 1
                 self._streaks[key] = n
                 if n >= rule.samples:
-                    child.kill_for(Violation(rule.kind, rule.threshold, value))
-                    return
+                    return Violation(rule.kind, rule.threshold, value)
             else:
                 self._streaks.pop(key, None)
+        return None
 
-    def check_final(self, child: Child, s: ChildStats) -> None:
+    def check_final(self, child: Child, s: ChildStats) -> Verdict:
         """After reaping: the counts the sampler may have missed. A kernel OOM kill under the policy's memory
         limit is the memory violation that ended the child (the kernel, not corral, killed it: the status
         is SIGKILL either way); forks refused at pids.max are reported."""
-        child.last_stats = s
         pol = child.policy
         if pol is None:
-            return
+            return NOTHING
         r = pol.resources
+        hits: dict[str, int] = {}
+        report = ended = None
         if s.pids_limit_hits:
-            child.limit_hits["pids"] = s.pids_limit_hits
+            hits["pids"] = s.pids_limit_hits
             if child.violation is None and r.pids is not None:
-                child.violation = Violation("pids", r.pids, r.pids)
+                report = Violation("pids", r.pids, r.pids)
         if s.oom_kills:
-            child.limit_hits["memory_oom"] = s.oom_kills
+            hits["memory_oom"] = s.oom_kills
             if r.memory is not None and not child.killed:
-                child.violation = Violation("memory", r.memory, s.memory_peak_bytes or r.memory)
-                child.killed = True
+                ended = Violation("memory", r.memory, s.memory_peak_bytes or r.memory)
         leaf = child.leaf
         if leaf is not None and leaf.socket_limit_hit is not None and r.memory is not None:
             # Socket buffers reached the v1 limit after the last sample; the command exited on its own
             # (reported, as pids.max hits are: the exit status stays its own).
-            child.limit_hits["memory_socket"] = 1
-            if child.violation is None:
-                child.violation = Violation("memory", r.memory, s.memory_peak_bytes or leaf.socket_limit_hit)
+            hits["memory_socket"] = 1
+            if report is None and child.violation is None:
+                report = Violation("memory", r.memory, s.memory_peak_bytes or leaf.socket_limit_hit)
+        return Verdict(hits, report, None, ended)
 
-    def check_disk(self, child: Child, written: int | None, tmp: int | None) -> None:
-        """Kill `child` for a `disk` violation when what it wrote into its writable roots (`written`,
+    def check_disk(self, child: Child, written: int | None, tmp: int | None) -> Verdict:
+        """A `disk` violation to kill `child` for when what it wrote into its writable roots (`written`,
         disk_written) reached its budget (RLIMIT_FSIZE = the budget refuses a single file past it, so reaching
         it is how a writer that ignores SIGXFSZ shows), or it filled its private /tmp or /dev/shm (`tmp`,
         tmp_used)."""
         pol = child.policy
         if pol is None or not child.running:
-            return
+            return NOTHING
         r = pol.resources
         if r.disk is not None and written is not None and written >= r.disk:
-            child.kill_for(Violation("disk", r.disk, written))
-        elif r.tmp_size is not None and tmp is not None and tmp_full(tmp, r.tmp_size):
-            child.limit_hits["disk_tmpfs"] = 1
-            child.kill_for(Violation("disk", r.tmp_size, tmp))
+            return Verdict(kill=Violation("disk", r.disk, written))
+        if r.tmp_size is not None and tmp is not None and tmp_full(tmp, r.tmp_size):
+            return Verdict({"disk_tmpfs": 1}, kill=Violation("disk", r.tmp_size, tmp))
+        return NOTHING
 
-    def check_disk_final(self, child: Child, written: int | None, signal: int | None) -> None:
+    def check_disk_final(self, child: Child, written: int | None, signal: int | None) -> Verdict:
         """After the exit: the disk budget against the final count (`written`: disk_written of the init,
         which by then holds every process), and a command killed by SIGXFSZ (a file past RLIMIT_FSIZE: the
         kernel killed it for the fsize/disk limit)."""
         pol = child.policy
         if pol is None:
-            return
+            return NOTHING
         r = pol.resources
         cap = min((x for x in (r.fsize, r.disk) if x is not None), default=None)
         if signal == _SIGXFSZ and cap is not None and not child.killed:
-            child.violation = Violation("disk", cap, cap)
-            child.killed = True
-            return
+            return Verdict(ended=Violation("disk", cap, cap))
         if r.disk is not None and written is not None and written >= r.disk and child.violation is None:
             # Reached the budget after the last sample and exited (a writer that ignores SIGXFSZ gets EFBIG
             # at it and usually gives up): the budget is broken all the same, as if killed at it.
-            child.violation = Violation("disk", r.disk, written)
-            child.killed = True
+            return Verdict(ended=Violation("disk", r.disk, written))
+        return NOTHING
 
     def forget(self, child: Child, nrules: int) -> None:
         for i in range(nrules):

@@ -10,14 +10,13 @@ import math
 import os
 import resource
 import socket
-import subprocess
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import IO, Literal
+from typing import Literal
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, TaskGroup
@@ -39,29 +38,27 @@ from supervisor._monitor import (
     DISK_INTERVAL,
     FULL_EVERY,
     Enforcer,
-    _disk_sample,
-    _io_written,
+    disk_sample,
+    io_written,
     sample_all,
     sample_due,
 )
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._proxy import ChildProxy, ProxyConfig, host_addresses, receive_listener
 from supervisor._rules import Approver, CommandForbiddenError
-from supervisor._streams import FdReceiveStream, FdSendStream
+from supervisor._spawnfds import DEVNULL, PIPE, SpawnFds, StdioArg
 from supervisor._types import ChildStats, Denial, Result, Rule, Violation
+from supervisor.forkserver import protocol
 from supervisor.forkserver.client import ForkServer, StatusReader
 from supervisor.forkserver.prefork import Prefork
-from supervisor.forkserver.protocol import Reply, SpawnRequest
-from supervisor.sandbox._ops import INLINE_COMMAND_MAX, EncodedEnv, encode_command, encode_env
+from supervisor.forkserver.protocol import FailureRecord, SpawnRequest
+from supervisor.sandbox._ops import EncodedEnv, encode_command, encode_env
 from supervisor.sandbox.cgroups import CgroupManager, Leaf
 from supervisor.sandbox.cgroups._notify import OomEvents
 from supervisor.sandbox.probe import KernelCaps
 
 log = logging.getLogger("corral")
 
-PIPE = subprocess.PIPE
-DEVNULL = subprocess.DEVNULL
-StdioArg = int | IO[bytes] | None
 
 #: Bytes of each output stream kept by `run` when the policy sets no output limit.
 DEFAULT_CAPTURE = 1 << 20
@@ -70,6 +67,24 @@ DEFAULT_CAPTURE = 1 << 20
 #: each costs ~12 kB here and ~20 kB there, and every new workdir is a new policy). A policy evicted and
 #: used again is compiled again (~0.1 ms: its seccomp filter is shared, see SharedParts).
 MAX_COMPILED = 256
+
+
+@dataclass(slots=True)
+class _Sandbox:
+    """A started sandbox, by either path: its init (pid, pidfd, status pipe), its cgroup leaf with the
+    cgroup layers enforced and missing, and the fork server's error when it could not finish the setup
+    (the init then exits; its watcher reaps it)."""
+
+    pid: int
+    pidfd: int
+    status: StatusReader
+    leaf: Leaf | None
+    cg_enforced: list[str]
+    cg_missing: list[tuple[str, str]]
+    error: FailureRecord | None = None
+    #: Network mode "proxy", a pre-forked sandbox: the proxy's listening socket it made (else the init of
+    #: a sandbox built now sends it on SpawnFds' proxy channel).
+    listener: socket.socket | None = None
 
 
 class _Slot:
@@ -604,8 +619,10 @@ class Supervisor:
         where: bytes | None = None,
         decision: CommandDecision | None = None,
     ) -> Child:
-        assert self._forkserver is not None
-        assert self._tg is not None
+        """Start the sandbox (a pre-forked one for this policy and workdir, else one the fork server builds
+        now), make its Child, and wait until the command runs. Raises as `start` says; on any failure or
+        cancellation every fd made for the child is closed, its cgroup leaf removed, and a sandbox that
+        was started is killed and reaped (by its watcher)."""
         assert self._prefork is not None
         t0 = time.monotonic()
         t0_ns = time.time_ns()  # the clock of file ctimes, for the post-run git scan
@@ -615,95 +632,40 @@ class Supervisor:
         command = encode_command([os.fsencode(a) for a in cmd], environment, where)
         request: SpawnRequest = {"cwd": cwd, "policy_id": compiled.policy_id}
         proxied = policy.network.mode == "proxy"
-        proxy_sock: socket.socket | None = None  # the spawn path's: where the proxy's listener comes
-        listener: socket.socket | None = None  # a pre-forked sandbox's: the listener itself
-        ours: list[int] = []  # child-side fds we opened, closed once sent
-        mine: list[int | None] = [None, None, None]  # our ends of pipes
-        fds: list[int] = []
-        leaf: Leaf | None = None
-        try:
-            try:
-                for i, arg in enumerate((stdin, stdout, stderr)):
-                    fds.append(_child_fd(i, arg, ours, mine, self._devnull))
-                fds.extend(pass_fds)
-                if len(command) > INLINE_COMMAND_MAX:  # too large for one socket message: a memfd, last
-                    request["cmd_fd"] = True
-                    fds.append(_memfd(command, ours))
-                else:
-                    request["cmd"] = command
-            except OSError as err:  # EMFILE, ENFILE: out of fds
-                raise _fd_error(err) from err
+        with SpawnFds(self._devnull) as io:
+            io.add_stdio(stdin, stdout, stderr, list(pass_fds))
+            io.add_command(request, command)
             # A sandbox confined ahead of time for this policy and workdir takes just the command; else
             # the fork server builds one now (always for a controlling terminal, which is set up from the
             # plan's header).
-            if controlling_tty:
-                request["ctty"] = True
             if proxied:
                 await self._refresh_own_addresses()
-            stub = None if controlling_tty else await self._prefork.take(policy, compiled, cwd)
-            if stub is not None and not stub.hand_over(request, fds):
-                self._prefork.discard(stub)
-                stub = None
-            if stub is not None:
-                leaf, cg_enforced, cg_missing = stub.leaf, stub.cg_enforced, stub.cg_missing
-                reply: Reply = {"pid": stub.pid}
-                pidfd: int | None = stub.pidfd
-                status: StatusReader | None = stub.status
-                listener, stub.listener = stub.listener, None
+            if controlling_tty:
+                request["ctty"] = True
+                sandbox = None
             else:
-                leaf, cg_enforced, cg_missing = self._leaf_for(policy, f"c{next(self._ids)}")
-                request["cgroup_procs"] = leaf.placement_files if leaf is not None else []
-                if proxied:
-                    # The init sends the proxy's listening socket (made in the sandbox's network namespace)
-                    # on this socket pair; it goes before a command memfd, which must stay the last fd.
-                    proxy_sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                    ours.append(theirs.detach())
-                    at = len(fds) - 1 if "cmd_fd" in request else len(fds)
-                    fds.insert(at, ours[-1])
-                    request["proxy_fd"] = at
-                reply, pidfd, status_fd = await self._forkserver.spawn(
-                    request, compiled.policy_id, compiled.payload, fds
-                )
-                status = StatusReader(status_fd) if status_fd is not None else None
-        except BaseException:
-            for fd in mine:
-                if fd is not None:
-                    os.close(fd)
-            for sock in (proxy_sock, listener):
-                if sock is not None:
-                    sock.close()
-            if leaf is not None:
-                self._discard_leaf(leaf)
-            raise
-        finally:
-            for fd in ours:
-                os.close(fd)
-        if pidfd is None or status is None:
-            for sock in (proxy_sock, listener):
-                if sock is not None:
-                    sock.close()
-            for fd in mine:
-                if fd is not None:
-                    os.close(fd)
-            if leaf is not None:
-                self._discard_leaf(leaf)
-            raise _setup_error(reply.get("error"), cmd, policy)
-        if cg_missing and policy.best_effort and leaf is not None:  # once per missing set, not per child
-            said = tuple(k for k, _ in cg_missing)
+                sandbox = await self._from_prefork(policy, compiled, cwd, request, io.fds)
+            if sandbox is None:
+                sandbox = await self._from_fork_server(cmd, policy, compiled, request, io, proxied)
+            child_stdin, child_stdout, child_stderr = io.streams()
+            proxy_sock = io.take_proxy_channel()
+        leaf = sandbox.leaf
+        if sandbox.cg_missing and policy.best_effort and leaf is not None:  # once per missing set
+            said = tuple(k for k, _ in sandbox.cg_missing)
             if said not in self._said_missing:
                 self._said_missing.add(said)
-                log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in cg_missing))
+                log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in sandbox.cg_missing))
         child = Child(
-            reply["pid"],
-            pidfd,
-            status,
+            sandbox.pid,
+            sandbox.pidfd,
+            sandbox.status,
             name=name,
             profile=policy.profile,
-            enforced=compiled.enforced + tuple(cg_enforced),
-            missing=compiled.missing + tuple(cg_missing),
-            stdin=FdSendStream(mine[0]) if mine[0] is not None else None,
-            stdout=FdReceiveStream(mine[1]) if mine[1] is not None else None,
-            stderr=FdReceiveStream(mine[2]) if mine[2] is not None else None,
+            enforced=compiled.enforced + tuple(sandbox.cg_enforced),
+            missing=compiled.missing + tuple(sandbox.cg_missing),
+            stdin=child_stdin,
+            stdout=child_stdout,
+            stderr=child_stderr,
         )
         child.leaf = leaf
         child.policy = policy
@@ -718,18 +680,19 @@ class Supervisor:
         child.decision = decision
         child._then = partial(self._prefork.refill, policy, compiled, cwd)
         self._children.add(child)
+        assert self._tg is not None
         if proxied:
             child.proxy = ChildProxy(policy.network, self.proxy)
             child.proxy.on_denial = partial(self._note_denial, child)
-            self._tg.start_soon(self._serve_proxy, child, listener, proxy_sock)
+            self._tg.start_soon(self._serve_proxy, child, sandbox.listener, proxy_sock)
         self._tg.start_soon(self._watch, child, slot)
         r = policy.resources
         if r.disk is not None or r.tmp_size is not None:
             self._tg.start_soon(self._watch_disk, child)
         try:
-            if "error" in reply:  # the fork server could not finish setting it up and killed it
+            if sandbox.error is not None:  # the fork server could not finish setting it up and killed it
                 await child.wait()
-                raise _setup_error(reply["error"], cmd, policy)
+                raise _setup_error(sandbox.error, cmd, policy)
             # The watcher's first record says whether the command is running (X) or why not (E).
             try:
                 await child._started.wait()
@@ -737,7 +700,7 @@ class Supervisor:
                 child.kill()  # the watcher reaps it
                 raise
             first = child._first
-            if first is None or first[0] != b"X":
+            if first is None or first[0] != protocol.EXEC:
                 await child.wait()
                 if child.killed and child.violation is not None and child.violation.kind == "wall_time":
                     return child  # its timeout ran out during setup: a wall_time violation like any other
@@ -746,6 +709,53 @@ class Supervisor:
             child._close_streams()  # the caller never gets the Child: its pipe ends are ours to close
             raise
         return child
+
+    async def _from_prefork(
+        self, policy: Policy, compiled: CompiledPolicy, cwd: str, request: SpawnRequest, fds: list[int]
+    ) -> _Sandbox | None:
+        """The pre-forked path: a sandbox confined ahead of time for this policy and workdir, handed the
+        command and `fds`; None when none is ready (or the one taken was gone: discarded)."""
+        assert self._prefork is not None
+        stub = await self._prefork.take(policy, compiled, cwd)
+        if stub is None:
+            return None
+        if not stub.hand_over(request, fds):
+            self._prefork.discard(stub)
+            return None
+        sandbox = _Sandbox(stub.pid, stub.pidfd, stub.status, stub.leaf, stub.cg_enforced, stub.cg_missing)
+        sandbox.listener, stub.listener = stub.listener, None
+        return sandbox
+
+    async def _from_fork_server(
+        self,
+        cmd: Sequence[str | bytes | os.PathLike[str]],
+        policy: Policy,
+        compiled: CompiledPolicy,
+        request: SpawnRequest,
+        io: SpawnFds,
+        proxied: bool,
+    ) -> _Sandbox:
+        """The fork-server path: a cgroup leaf made now, and a sandbox the fork server builds in it (with
+        `proxied`, its init sends the proxy's listening socket on a channel `io` makes and owns). Raises
+        the typed setup error when no sandbox was started; removes the leaf on any failure."""
+        assert self._forkserver is not None
+        leaf, cg_enforced, cg_missing = self._leaf_for(policy, f"c{next(self._ids)}")
+        try:
+            request["cgroup_procs"] = leaf.placement_files if leaf is not None else []
+            if proxied:
+                io.add_proxy_channel(request)
+            reply, pidfd, status_fd = await self._forkserver.spawn(
+                request, compiled.policy_id, compiled.payload, io.fds
+            )
+            if pidfd is None or status_fd is None:
+                raise _setup_error(reply.get("error"), cmd, policy)
+        except BaseException:
+            if leaf is not None:
+                self._discard_leaf(leaf)
+            raise
+        sandbox = _Sandbox(reply["pid"], pidfd, StatusReader(status_fd), leaf, cg_enforced, cg_missing)
+        sandbox.error = reply.get("error")
+        return sandbox
 
     async def _refresh_own_addresses(self) -> None:
         """The host's own addresses for the proxy, looked up again at most once a minute, off the loop."""
@@ -842,9 +852,9 @@ class Supervisor:
             await anyio.sleep(DISK_INTERVAL)
             if not child.running or child.exec_at is None:
                 continue
-            s = await anyio.to_thread.run_sync(_disk_sample, child)
+            s = await anyio.to_thread.run_sync(disk_sample, child)
             if child.running and child.violation is None:
-                self._enforcer.check_disk(child, *s)
+                child.apply(self._enforcer.check_disk(child, *s))
                 if child.violation is not None:
                     self._note_violation(child)
                     return
@@ -875,7 +885,8 @@ class Supervisor:
                 )  # fmt: skip
                 was_running_violation = child.violation
                 # A kernel OOM kill ends the child before the sampler sees it: the final sample decides.
-                self._enforcer.check_final(child, final)
+                child.last_stats = final
+                child.apply(self._enforcer.check_final(child, final))
                 if child.violation is not None and child.violation is not was_running_violation:
                     self._note_violation(child)
             pol = child.policy
@@ -885,8 +896,8 @@ class Supervisor:
                 # wait status.
                 before = child.violation
                 unreaped = child._pidfd is not None
-                written = _io_written(child.pid) if pol.resources.disk is not None and unreaped else None
-                self._enforcer.check_disk_final(child, written, child._exit_signal())
+                written = io_written(child.pid) if pol.resources.disk is not None and unreaped else None
+                child.apply(self._enforcer.check_disk_final(child, written, child._exit_signal()))
                 if child.violation is not None and child.violation is not before:
                     self._note_violation(child)
             if (
@@ -997,7 +1008,8 @@ class Supervisor:
                     # fds are counted one round in four: carry the last count between counts.
                     s = s._replace(open_fds=child.last_stats.open_fds)
                 before = child.violation
-                self._enforcer.check(child, s, child.rules)
+                child.last_stats = s
+                child.apply(self._enforcer.check(child, s, child.rules))
                 if child.violation is not None and child.violation is not before:
                     self._note_violation(child)
 
@@ -1207,16 +1219,6 @@ async def _feed(stream: ByteSendStream, data: bytes) -> None:
         await stream.aclose()
 
 
-def _memfd(data: bytes, ours: list[int]) -> int:
-    """A memfd holding `data` (added to `ours`, closed once sent)."""
-    fd = os.memfd_create("corral-command", os.MFD_CLOEXEC)
-    ours.append(fd)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    return fd
-
-
 #: How long the leaf remover lets removals pile up before one worker-thread hop.
 _TRASH_DELAY = 0.02
 
@@ -1229,35 +1231,6 @@ def _remove_leaves(leaves: list[Leaf]) -> None:
             leaf.remove_reaped()
         except Exception as err:
             log.warning("could not remove cgroup leaf %s: %s", leaf.paths, err)
-
-
-def _child_fd(index: int, arg: StdioArg, ours: list[int], mine: list[int | None], devnull: int) -> int:
-    """The fd to hand the child for stdio slot `index`: a new pipe, the supervisor's /dev/null, or the
-    caller's."""
-    if arg is None:
-        return index
-    if arg == PIPE:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        child_end, our_end = (r, w) if index == 0 else (w, r)
-        ours.append(child_end)
-        mine[index] = our_end
-        return child_end
-    if arg == DEVNULL:
-        return devnull
-    if isinstance(arg, int):
-        return arg
-    return arg.fileno()
-
-
-def _fd_error(err: OSError) -> SandboxSetupError:
-    """An fd the supervisor could not make for a child (EMFILE, ENFILE), as the typed error."""
-    return SandboxSetupError(
-        "supervisor",
-        "make the child's stdio (pipe2, memfd_create)",
-        err.errno or 0,
-        hint="the supervisor is out of file descriptors: raise RLIMIT_NOFILE (ulimit -n; corral lifts the "
-        "soft limit to the hard one at start) or lower max_concurrency",
-    )
 
 
 def _setup_error(

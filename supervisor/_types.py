@@ -206,3 +206,25 @@ class Rule:
 def rss_above(limit_bytes: int, samples: int = 3) -> Rule:
     """The classic: memory above `limit_bytes` for `samples` consecutive samples."""
     return Rule("memory_bytes", limit_bytes, samples, "memory")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the Enforcer concluded from a sample; `Child.apply` carries it out, in this order:
+
+    limit_hits: counts of limits the kernel held (merged into the child's).
+    report:     a violation to report without killing (the kernel held pids.max, or v1 socket buffers, and
+                the command lives on), unless one is reported already.
+    kill:       kill the child for this violation now (the first violation that kills wins).
+    ended:      the violation that ended a child already gone (the kernel's OOM kill, SIGXFSZ, a disk
+                budget reached after the last sample): reported as its killer.
+    """
+
+    limit_hits: dict[str, int] = field(default_factory=dict)
+    report: Violation | None = None
+    kill: Violation | None = None
+    ended: Violation | None = None
+
+
+#: The verdict that changes nothing.
+NOTHING = Verdict()

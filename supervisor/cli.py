@@ -31,7 +31,8 @@ from policies._seccomp import load_seccomp_profile
 from supervisor._child import Child
 from supervisor._errors import SpawnError, printable
 from supervisor._rules import CommandForbiddenError
-from supervisor._supervisor import PIPE, Supervisor
+from supervisor._spawnfds import PIPE
+from supervisor._supervisor import Supervisor
 from supervisor._terminal import PtyRelay, TerminalGuard
 from supervisor._types import Result
 
