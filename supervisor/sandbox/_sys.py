@@ -18,38 +18,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
-_MACHINE = platform.machine()
+MACHINE = platform.machine()
 
-# Syscall numbers differ per architecture; the ones corral issues itself. x86_64 and aarch64 (generic table).
+# Syscall numbers differ per architecture; the ones corral issues itself through `syscall` (the probe) or
+# names in a filter self-check (seccomp). x86_64 and aarch64 (generic table).
 _NR: dict[str, dict[str, int]] = {
-    "x86_64": {
-        "clone": 56,
-        "pidfd_open": 434,
-        "pidfd_send_signal": 424,
-        "close_range": 436,
-        "mount_setattr": 442,
-        "landlock_create_ruleset": 444,
-        "landlock_add_rule": 445,
-        "landlock_restrict_self": 446,
-        "seccomp": 317,
-        "capset": 126,
-        "capget": 125,
-        "getpid": 39,
-    },
-    "aarch64": {
-        "clone": 220,
-        "pidfd_open": 434,
-        "pidfd_send_signal": 424,
-        "close_range": 436,
-        "mount_setattr": 442,
-        "landlock_create_ruleset": 444,
-        "landlock_add_rule": 445,
-        "landlock_restrict_self": 446,
-        "seccomp": 277,
-        "capset": 91,
-        "capget": 90,
-        "getpid": 172,
-    },
+    "x86_64": {"landlock_create_ruleset": 444, "seccomp": 317, "capget": 125, "getpid": 39},
+    "aarch64": {"landlock_create_ruleset": 444, "seccomp": 277, "capget": 90, "getpid": 172},
 }
 
 
@@ -85,9 +60,9 @@ class SetupFailure(Exception):
 def nr(name: str) -> int:
     """The syscall number of `name` on this machine. Raises OSError(ENOSYS) on an unknown architecture."""
     try:
-        return _NR[_MACHINE][name]
+        return _NR[MACHINE][name]
     except KeyError:
-        raise OSError(38, f"corral does not know syscall {name} on {_MACHINE}") from None
+        raise OSError(38, f"corral does not know syscall {name} on {MACHINE}") from None
 
 
 def syscall(name: str, *args: object) -> int:
@@ -96,6 +71,16 @@ def syscall(name: str, *args: object) -> int:
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{name}: {os.strerror(err)}")
+    return ret
+
+
+def raw_syscall(number: int) -> int:
+    """syscall(`number`) without arguments, for a number no name stands for (an x32 call: the number with
+    the x32 bit set). Raises OSError with the errno."""
+    ret: int = _syscall(ctypes.c_long(number))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syscall {number:#x}: {os.strerror(err)}")
     return ret
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from supervisor.sandbox import _sys
 
@@ -129,20 +131,14 @@ def probe_seccomp(action_value: int = 0x00050000) -> Feature:
     return Feature(True)
 
 
-def _in_child(fn_code: int, flags: int = 0) -> Feature:
-    """Fork; the child tries one thing and exits with 0 or the errno. Fork-server only (single-threaded)."""
+def _in_child(attempt: Callable[[], object]) -> Feature:
+    """Fork; the child makes one `attempt` and exits with 0, or with the errno of the OSError it raised.
+    Fork-server only (single-threaded)."""
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            if fn_code == 0:
-                _sys.libc_call("unshare", flags)
-            elif fn_code == 2:
-                # x32 getpid: syscall number with the x32 bit set; ENOSYS when the ABI is compiled out.
-                import ctypes
-
-                ret = _sys._syscall(ctypes.c_long(0x40000000 | 39))
-                code = ctypes.get_errno() if ret < 0 else 0
+            attempt()
         except OSError as err:
             code = err.errno or 255
         os._exit(code)
@@ -159,20 +155,20 @@ def probe_namespaces() -> dict[str, Feature]:
     """Try unshare() of each namespace in a forked child; user first, then the rest inside a new user ns
     when not privileged (the way the sandbox itself creates them)."""
     result: dict[str, Feature] = {}
-    user = _in_child(0, NAMESPACE_FLAGS["user"])
+    user = _in_child(partial(_sys.libc_call, "unshare", NAMESPACE_FLAGS["user"]))
     result["user"] = user
     base = NAMESPACE_FLAGS["user"] if (user.available and os.geteuid() != 0) else 0
     for name, flag in NAMESPACE_FLAGS.items():
         if name != "user":
-            result[name] = _in_child(0, base | flag)
+            result[name] = _in_child(partial(_sys.libc_call, "unshare", base | flag))
     return result
 
 
 def _probe_ia32() -> Feature:
     # There is no syscall that asks "is ia32 emulation on" without running 32-bit code, which Python cannot;
     # the switches are CONFIG_IA32_EMULATION and the ia32_emulation= boot flag, so read both where exposed.
-    if _sys._MACHINE != "x86_64":
-        return Feature(False, _errno.ENOSYS, f"not x86_64 ({_sys._MACHINE})")
+    if _sys.MACHINE != "x86_64":
+        return Feature(False, _errno.ENOSYS, f"not x86_64 ({_sys.MACHINE})")
     try:
         with open("/proc/cmdline") as f:
             cmdline = f.read()
@@ -220,7 +216,9 @@ def probe_audit() -> Feature:
 def probe_in_fork_server() -> dict[str, object]:
     """Run every probe. Must run in a single-threaded process (it forks)."""
     abi, ll = probe_landlock()
-    x32 = _in_child(2) if _sys._MACHINE == "x86_64" else Feature(False, _errno.ENOSYS, "not x86_64")
+    # x32 getpid: the syscall number with the x32 bit set; ENOSYS when the ABI is compiled out.
+    x32_getpid = partial(_sys.raw_syscall, 0x40000000 | 39)
+    x32 = _in_child(x32_getpid) if _sys.MACHINE == "x86_64" else Feature(False, _errno.ENOSYS, "not x86_64")
     return KernelCaps(
         landlock_abi=abi,
         landlock=ll,

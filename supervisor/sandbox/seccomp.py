@@ -403,7 +403,7 @@ def _resolve(name: str) -> int:
     import pyseccomp
 
     nr = int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name))
-    if nr == -1 and _sys._MACHINE in _UNIFIED_ARCHES:
+    if nr == -1 and _sys.MACHINE in _UNIFIED_ARCHES:
         nr = _UNIFIED_NR.get(name, -1)
     return nr
 
@@ -429,9 +429,7 @@ def _rule_set(policy: Policy, tracing: bool = True) -> dict[str, list[_Rule]]:
             nr = _resolve(name)
             if nr < 0 and not (field == "allow" and name in rules):
                 why = (
-                    "is not a syscall libseccomp knows"
-                    if nr == -1
-                    else f"is not a syscall on {_sys._MACHINE}"
+                    "is not a syscall libseccomp knows" if nr == -1 else f"is not a syscall on {_sys.MACHINE}"
                 )
                 where = f"syscalls.{field}[{i}]"
                 raise PolicyError(where, why, name)
@@ -529,7 +527,7 @@ def run_bpf(prog: bytes, nr: int, arch: int | None = None, args: tuple[int, ...]
     on an instruction seccomp would not accept or a program that runs off its end.
     """
     if arch is None:
-        arch = _AUDIT_ARCH[_sys._MACHINE]
+        arch = _AUDIT_ARCH[_sys.MACHINE]
     full = (tuple(args) + (0,) * 6)[:6]
     data = struct.pack("=iIQ6Q", nr, arch, 0, *(a & (2**64 - 1) for a in full))
     insns: list[tuple[int, int, int, int]] = [
@@ -625,7 +623,7 @@ def _alu(op: int, a: int, src: int) -> int:
 def _self_check(bpf: bytes, compiled: dict[str, tuple[int, list[_Rule]]], notify: bool = False) -> str | None:
     """Run the compiled filter on a few inputs; None if it behaves, else what is wrong. With `notify`,
     the notifying filter: its reported rules must answer SECCOMP_RET_USER_NOTIF."""
-    machine = _sys._MACHINE
+    machine = _sys.MACHINE
     if machine not in _AUDIT_ARCH:
         return None  # no expectations recorded for this arch; libseccomp's own tests stand
     # A syscall without rules (the policy may deny any one name): the default must allow it.
