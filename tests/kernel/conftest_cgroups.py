@@ -289,16 +289,16 @@ def check_failed_limit_rolls_back(mgr: CgroupManager, monkeypatch: pytest.Monkey
     import errno
 
     from supervisor._errors import SandboxSetupError
-    from supervisor.sandbox.cgroups import _manager
+    from supervisor.sandbox.cgroups import _fs
 
-    real = _manager._write
+    real = _fs.write
 
     def refuse_pids(path: str, data: str) -> None:
         if path.endswith("pids.max"):
             raise OSError(errno.EINVAL, "Invalid argument")
         real(path, data)
 
-    monkeypatch.setattr(_manager, "_write", refuse_pids)
+    monkeypatch.setattr(_fs, "write", refuse_pids)
     with pytest.raises(SandboxSetupError) as info:
         mgr.create_leaf("bad", ResourcePolicy(memory=64 * MiB, pids=5))
     err = info.value

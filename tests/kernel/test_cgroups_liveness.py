@@ -27,7 +27,7 @@ import pytest
 
 from supervisor import Supervisor
 from supervisor.sandbox.cgroups import CgroupManager, discover
-from supervisor.sandbox.cgroups._manager import _proc_stat
+from supervisor.sandbox.cgroups._fs import proc_stat
 from tests.kernel import conftest_cgroups as cg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ async def test_a_live_supervisor_in_its_own_namespace_keeps_its_sandboxes(
         if variant in ("pid", "time"):
             # What the old check saw: the pid and start time in the name name no such process on the host.
             pid, start = (int(x) for x in name.split("-")[1:3])
-            assert _proc_stat("/proc", pid) is None or _proc_stat("/proc", pid)[1] != start  # type: ignore[index]
+            assert proc_stat("/proc", pid) is None or proc_stat("/proc", pid)[1] != start  # type: ignore[index]
         with anyio.fail_after(60):
             removed = await _supervisor_b_starts()
         assert name not in removed
@@ -184,7 +184,7 @@ def test_a_name_whose_pid_is_alive_does_not_keep_an_unlocked_cgroup() -> None:
     made: list[str] = []
     try:
         holder.open(cg.PREFIX)  # a live one: holds its lock
-        st = _proc_stat("/proc", sleeper.pid)
+        st = proc_stat("/proc", sleeper.pid)
         assert st is not None
         stale = f"{cg.PREFIX}-{sleeper.pid}-{st[1]}-l0badc0de"
         for h in layout.hierarchies():

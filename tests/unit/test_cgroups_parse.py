@@ -23,7 +23,8 @@ from supervisor.sandbox.cgroups import (
     parse_proc_cgroup,
     parse_stats,
 )
-from supervisor.sandbox.cgroups._manager import _field, _setup_error, owner_alive, stale_name_re
+from supervisor.sandbox.cgroups._fs import owner_alive, setup_error, stale_name_re
+from supervisor.sandbox.cgroups._stats import field_value
 
 # This very host: v1 controllers each in their own hierarchy, memory in a non-root cgroup, an empty
 # cgroup2 at /sys/fs/cgroup/unified.
@@ -265,9 +266,9 @@ def test_parse_stats_v1_and_missing_files() -> None:
 
 def test_field_matches_whole_keys_at_line_start() -> None:
     data = b"oom_group_kill 9\nxoom_kill 8\noom_kill 1\n"
-    assert _field(data, b"oom_kill ") == 1
-    assert _field(b"max.imposed 3\nmax 2", b"max ") == 2
-    assert _field(b"nothing 1\n", b"max ") is None
+    assert field_value(data, b"oom_kill ") == 1
+    assert field_value(b"max.imposed 3\nmax 2", b"max ") == 2
+    assert field_value(b"nothing 1\n", b"max ") is None
 
 
 def test_stale_names() -> None:
@@ -307,17 +308,17 @@ def test_owner_alive_uses_start_time(tmp_path: Path) -> None:
 
 
 def test_errors_are_translated_with_hints() -> None:
-    err = _setup_error(OSError(errno.EBUSY, "busy"), "write cgroup.subtree_control", "/x")
+    err = setup_error(OSError(errno.EBUSY, "busy"), "write cgroup.subtree_control", "/x")
     assert isinstance(err, SandboxSetupError)
     assert err.layer == "cgroups"
     assert err.errno == errno.EBUSY
     assert err.path == "/x"
     assert "no-internal-processes" in err.hint
     assert "EBUSY" in str(err)
-    err = _setup_error(OSError(errno.EACCES, "denied"), "mkdir corral-1", "/y")
+    err = setup_error(OSError(errno.EACCES, "denied"), "mkdir corral-1", "/y")
     assert "Delegate=yes" in err.hint
     assert "chown" in err.hint
-    err = _setup_error(OSError(errno.EROFS, "ro"), "mkdir corral-1", "/y")
+    err = setup_error(OSError(errno.EROFS, "ro"), "mkdir corral-1", "/y")
     assert "read-only" in err.hint
 
 

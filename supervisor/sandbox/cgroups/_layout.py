@@ -221,12 +221,40 @@ def discover(proc_root: str = "/proc", cgroup_root: str = HOST_CGROUP_ROOT) -> C
     """
     mounts = parse_mountinfo(_read(os.path.join(proc_root, "self", "mountinfo")))
     v1_paths, v2_path = parse_proc_cgroup(_read(os.path.join(proc_root, "self", "cgroup")))
-
     controllers: dict[str, Hierarchy] = {}
     missing: dict[str, str] = {}
+    v1_hiers, v1_bound = _v1_hierarchies(mounts, v1_paths, cgroup_root, controllers, missing)
+    unified: Hierarchy | None = None
+    if v2_path is not None:
+        unified = _unified(mounts, v2_path, cgroup_root, v1_bound, missing)
+    for c in CONTROLLERS:
+        if c in controllers or c in v1_bound:
+            continue
+        if unified is None:
+            missing.setdefault(c, "neither a cgroup v1 hierarchy nor cgroup2 provides it")
+        elif c in V2_CORE or c in unified.controllers:
+            controllers[c] = unified
+            missing.pop(c, None)
+        else:
+            missing[c] = (
+                f"cgroup2 controller {c} is not available in {unified.path} (not in its "
+                "cgroup.controllers: the parent cgroup does not enable it in its "
+                "cgroup.subtree_control)"
+            )
+    return CgroupLayout(controllers, missing, unified, tuple(v1_hiers))
+
+
+def _v1_hierarchies(
+    mounts: list[MountEntry],
+    v1_paths: dict[frozenset[str], str],
+    cgroup_root: str,
+    controllers: dict[str, Hierarchy],
+    missing: dict[str, str],
+) -> tuple[list[Hierarchy], set[str]]:
+    """The v1 hierarchies serving corral's controllers (each put in `controllers`, or in `missing` with
+    why when its hierarchy is not visible), and every controller bound to a v1 hierarchy."""
     v1_hiers: list[Hierarchy] = []
     v1_bound: set[str] = set()
-
     for ctrl_set, path in v1_paths.items():
         wanted = ctrl_set & set(CONTROLLERS)
         if not wanted:
@@ -248,40 +276,29 @@ def discover(proc_root: str = "/proc", cgroup_root: str = HOST_CGROUP_ROOT) -> C
         v1_hiers.append(h)
         for c in wanted:
             controllers[c] = h
+    return v1_hiers, v1_bound
 
-    unified: Hierarchy | None = None
-    if v2_path is not None:
-        cands = [m for m in mounts if m.fstype == "cgroup2"]
-        m = _pick(cands, v2_path, cgroup_root)
-        if m is not None:
-            probe = Hierarchy(2, _rebase(m.mount_point, cgroup_root), m.root, v2_path, frozenset())
-            try:
-                avail = frozenset(_read(os.path.join(probe.path, "cgroup.controllers")).split())
-            except OSError:
-                avail = frozenset()
-            unified = Hierarchy(2, probe.mount_point, probe.mount_root, v2_path, avail)
-        else:
-            why2 = (
-                "no cgroup2 filesystem is mounted"
-                if not cands
-                else f"own cgroup2 path {v2_path} is not visible under the cgroup2 mount"
-            )
-            for c in CONTROLLERS:
-                if c not in v1_bound and c not in missing:
-                    missing[c] = why2
 
-    for c in CONTROLLERS:
-        if c in controllers or c in v1_bound:
-            continue
-        if unified is None:
-            missing.setdefault(c, "neither a cgroup v1 hierarchy nor cgroup2 provides it")
-        elif c in V2_CORE or c in unified.controllers:
-            controllers[c] = unified
-            missing.pop(c, None)
-        else:
-            missing[c] = (
-                f"cgroup2 controller {c} is not available in {unified.path} (not in its "
-                "cgroup.controllers: the parent cgroup does not enable it in its "
-                "cgroup.subtree_control)"
-            )
-    return CgroupLayout(controllers, missing, unified, tuple(v1_hiers))
+def _unified(
+    mounts: list[MountEntry], v2_path: str, cgroup_root: str, v1_bound: set[str], missing: dict[str, str]
+) -> Hierarchy | None:
+    """The cgroup2 hierarchy holding this process, with the controllers its cgroup.controllers lists; None
+    (and why, in `missing`, for every controller no v1 hierarchy serves) when it is not visible."""
+    cands = [m for m in mounts if m.fstype == "cgroup2"]
+    m = _pick(cands, v2_path, cgroup_root)
+    if m is None:
+        why2 = (
+            "no cgroup2 filesystem is mounted"
+            if not cands
+            else f"own cgroup2 path {v2_path} is not visible under the cgroup2 mount"
+        )
+        for c in CONTROLLERS:
+            if c not in v1_bound and c not in missing:
+                missing[c] = why2
+        return None
+    probe = Hierarchy(2, _rebase(m.mount_point, cgroup_root), m.root, v2_path, frozenset())
+    try:
+        avail = frozenset(_read(os.path.join(probe.path, "cgroup.controllers")).split())
+    except OSError:
+        avail = frozenset()
+    return Hierarchy(2, probe.mount_point, probe.mount_root, v2_path, avail)
