@@ -126,10 +126,6 @@ class Prefork:
         self._building: dict[Key, int] = {}
         self._exits: OrderedDict[Key, int] = OrderedDict()  # exits per key, the most recent 64 keys
         self._closed = False
-        #: Test hook (tests/kernel/conftest.py, CORRAL_TEST_PREFORKED=1): every request that could use a
-        #: pre-forked sandbox gets one, built for it if none is ready, so that the attack suites run
-        #: against sandboxes confined ahead of their command too.
-        self.always = False
 
     async def take(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
         """A confined sandbox for this policy and workdir whose view still matches the tree, or None (then
@@ -138,11 +134,13 @@ class Prefork:
         if key is None:
             return None
         stub = self._pop_ready(key)
-        if stub is None and self.always:
-            with contextlib.suppress(Exception):  # as in _build: the request's own spawn reports errors
-                stub = await self._new_stub(policy, compiled, cwd)
         if stub is None:
             return None
+        return await self.fresh(stub, compiled, cwd)
+
+    async def fresh(self, stub: Stub, compiled: CompiledPolicy, cwd: str) -> Stub | None:
+        """`stub` if the paths its view depends on are as they were when it was built; else None (it is
+        discarded). Taken off the pool already: discarded, not leaked, on cancellation too."""
         try:
             fresh = await _fingerprint(_mounts(compiled), cwd) == stub.fingerprint
         except BaseException:  # off the list now: never leave it unreaped
@@ -201,7 +199,7 @@ class Prefork:
         """Build one sandbox for `key` and keep it ready."""
         stub: Stub | None = None
         try:
-            stub = await self._new_stub(policy, compiled, cwd)
+            stub = await self.build(policy, compiled, cwd)
         except Exception as err:  # a build is an optimisation: it must never fail the supervisor
             log.debug("pre-forked sandbox not built: %r", err)
         finally:
@@ -214,7 +212,10 @@ class Prefork:
                 else:
                     self._ready[key].append(stub)
 
-    async def _new_stub(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
+    async def build(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
+        """A sandbox confined for this policy, workdir and a new cgroup leaf, not kept in the pool; None
+        when the fork server started none, or the one started is unusable (discarded). Raises
+        SandboxSetupError (no cgroup for a policy that needs one, the fork server gone)."""
         prepared = _mounts(compiled)
         # Errors (no cgroup for a policy that needs one, the fork server gone) are the request's own spawn's
         # to report; _build only logs them. The leaf's mkdirs run here, on the loop, as a request's do: a

@@ -22,6 +22,7 @@ import pytest
 from anyio.abc import ByteReceiveStream
 
 from supervisor import Supervisor
+from tests.kernel.preforked import always_preforked
 
 SCRATCH = Path("/var/tmp/corral-tests")
 
@@ -31,8 +32,7 @@ async def sup() -> AsyncIterator[Supervisor]:
     async with Supervisor(max_concurrency=16) as s:
         if os.environ.get("CORRAL_TEST_PREFORKED") == "1":
             # Every command in a sandbox confined ahead of it (see Makefile: the attack suites run twice).
-            assert s._prefork is not None
-            s._prefork.always = True
+            always_preforked(s)
         yield s
 
 

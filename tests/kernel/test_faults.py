@@ -19,6 +19,7 @@ import pytest
 
 from policies import profiles
 from supervisor import Supervisor
+from tests.kernel.preforked import always_preforked
 
 pytestmark = pytest.mark.kernel
 
@@ -393,8 +394,7 @@ async def test_a_pre_forked_sandbox_never_runs_a_command_whose_fds_were_dropped(
     extra = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(20)]
     try:
         async with Supervisor() as sup:
-            assert sup._prefork is not None
-            sup._prefork.always = True  # every request served by a sandbox built ahead of it
+            always_preforked(sup)  # every request served by a sandbox built ahead of it
             with pytest.raises(SandboxSetupError) as err:
                 await sup.start(["/bin/sh", "-c", "echo ran > marker"], policy=pol, pass_fds=extra)
         assert "recvmsg" in str(err.value)

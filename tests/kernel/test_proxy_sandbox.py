@@ -24,6 +24,7 @@ from policies import profiles
 from supervisor import Result, Supervisor
 from supervisor._proxy import ProxyConfig, static_resolver
 from supervisor._types import Denial
+from tests.kernel.preforked import always_preforked
 from tests.unit.test_proxy import Server
 from tests.unit.test_proxy import http_server as unit_http_server
 
@@ -61,8 +62,8 @@ def _policy(workspace: Path, port: int, *extra: str) -> object:
 @pytest.mark.parametrize("preforked", [False, True])
 async def test_curl_and_urllib_allowed_and_refused(workspace: Path, preforked: bool) -> None:
     async with http_server() as srv, Supervisor() as sup:
-        assert sup._prefork is not None
-        sup._prefork.always = preforked  # the proxy's listener comes with a sandbox built ahead too
+        if preforked:
+            always_preforked(sup)  # the proxy's listener comes with a sandbox built ahead too
         sup.proxy.resolver = static_resolver(NAMES)
         policy = _policy(workspace, srv.port)
         ok = await sup.run(
