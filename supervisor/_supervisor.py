@@ -794,9 +794,9 @@ class Supervisor:
                 self._trash.send_nowait(leaf)
                 return
         if self._tg is not None:
-            self._tg.start_soon(partial(anyio.to_thread.run_sync, _remove_leaves, [leaf]))
+            self._tg.start_soon(partial(anyio.to_thread.run_sync, _remove_leaf_batch, [leaf]))
             return
-        _remove_leaves([leaf])  # the supervisor is closing: CgroupManager.close removes what remains
+        _remove_leaf_batch([leaf])  # the supervisor is closing: CgroupManager.close removes what remains
 
     async def _watch(self, child: Child, slot: _Slot) -> None:
         """Reap `child`, enforcing its wall-clock timeout. On cancellation (the supervisor is closing),
@@ -973,7 +973,7 @@ class Supervisor:
                 with contextlib.suppress(anyio.WouldBlock):
                     while True:
                         batch.append(trash.receive_nowait())
-                await anyio.to_thread.run_sync(_remove_leaves, batch)
+                await anyio.to_thread.run_sync(_remove_leaf_batch, batch)
 
     def _note_denial(self, child: Child, denial: Denial) -> None:
         """A new distinct denial: counted once now (its repeats at the exit) and told to subscribers."""
@@ -1223,7 +1223,7 @@ async def _feed(stream: ByteSendStream, data: bytes) -> None:
 _TRASH_DELAY = 0.02
 
 
-def _remove_leaves(leaves: list[Leaf]) -> None:
+def _remove_leaf_batch(leaves: list[Leaf]) -> None:
     """Remove each leaf (blocking; in a worker thread). Failures are logged, not raised: the children are
     reaped, and CgroupManager.close or the next start removes what is left."""
     for leaf in leaves:

@@ -137,7 +137,7 @@ class Result:
         return "ok" if self.exit_code == 0 else "error"
 
     def to_json(self) -> dict[str, object]:
-        """The `corral run --json` record (the CLI contract in DESIGN.md, plus `missing`)."""
+        """The `corral run --json` record (the CLI contract in README.md, "The CLI", plus `missing`)."""
         return {
             "exit_code": self.exit_code,
             "signal": self.signal,
