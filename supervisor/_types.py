@@ -49,7 +49,7 @@ class Denial:
     hint: str = ""
 
     def to_dict(self) -> dict[str, object]:
-        """The `corral run --json` form (DESIGN.md): layer, operation, target, count, hint."""
+        """The `corral run --json` form (README.md, "The CLI"): layer, operation, target, count, hint."""
         return {
             "layer": self.layer,
             "operation": self.operation,
