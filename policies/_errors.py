@@ -83,6 +83,11 @@ class CorralError(Exception):
         return printable(super().__str__())
 
 
+#: A loader that re-raises a PolicyError under a longer path (policies/_rules_load.py) keeps whether the
+#: error carried a value through PolicyError._has_value.
+SEAM = frozenset({"_has_value"})
+
+
 class PolicyError(CorralError, ValueError):
     """A policy value is invalid.
 
