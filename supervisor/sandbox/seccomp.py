@@ -742,8 +742,7 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
         elif run_bpf(profile_bpf, _resolve("execve")) != _ALLOW:
             problem = "the profile's filter refuses execve"
         elif (
-            run_bpf(profile_bpf, _resolve("getpid"), arch=_FOREIGN_ARCH.get(_sys.MACHINE, 0))
-            != _KILL_PROCESS
+            run_bpf(profile_bpf, _resolve("getpid"), arch=_FOREIGN_ARCH.get(_sys.MACHINE, 0)) != _KILL_PROCESS
         ):
             problem = "the profile's filter lets a foreign ABI through"
         prepared["profile"] = profile_bpf
