@@ -256,7 +256,8 @@ def _cli(ws: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[s
 
 
 def test_cli_fsize_and_disk(workspace: Path) -> None:
-    """--fsize and --disk: exit 137, `disk` in --json with the limit, one line on stderr."""
+    """--fsize and --disk: exit 137, `disk` in --json with the limit; on stderr the kill line and the denial
+    report of the refused write (RLIMIT_FSIZE), nothing else."""
     need_budget(workspace)
     p, rec = _cli(workspace, "--fsize", "1M", "--", "/bin/sh", "-c", "exec head -c 67108864 /dev/zero > big")
     assert p.returncode == 137, p.stderr
@@ -264,8 +265,9 @@ def test_cli_fsize_and_disk(workspace: Path) -> None:
     assert rec["violation"]["limit"] == MiB  # type: ignore[index]
     assert (workspace / "big").stat().st_size == MiB
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
+    assert len(lines) == 2, p.stderr
     assert "disk" in lines[0]
+    assert lines[1].startswith("corral: denied write RLIMIT_FSIZE=1048576 (rlimit:"), p.stderr
 
     script = "i=0; while [ $i -lt 400 ]; do head -c 1048576 /dev/zero > g$i; i=$((i+1)); done; sleep 5"
     p, rec = _cli(workspace, "--disk", "16M", "--", "/bin/sh", "-c", script)
