@@ -649,31 +649,7 @@ class Supervisor:
                 sandbox = await self._from_fork_server(cmd, policy, compiled, request, io, proxied)
             child_stdin, child_stdout, child_stderr = io.streams()
             proxy_sock = io.take_proxy_channel()
-        leaf = sandbox.leaf
-        if sandbox.cg_missing and policy.best_effort and leaf is not None:  # once per missing set
-            said = tuple(k for k, _ in sandbox.cg_missing)
-            if said not in self._said_missing:
-                self._said_missing.add(said)
-                log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in sandbox.cg_missing))
-        child = Child(
-            sandbox.pid,
-            sandbox.pidfd,
-            sandbox.status,
-            name=name,
-            profile=policy.profile,
-            enforced=compiled.enforced + tuple(sandbox.cg_enforced),
-            missing=compiled.missing + tuple(sandbox.cg_missing),
-            stdin=child_stdin,
-            stdout=child_stdout,
-            stderr=child_stderr,
-        )
-        child.leaf = leaf
-        child.policy = policy
-        child.unobservable = compiled.unobservable
-        sc = compiled.payload["seccomp"]
-        if sc is not None and isinstance(sc.get("names"), dict):
-            child.syscall_names = sc["names"]  # type: ignore[assignment]
-            child.on_denial = partial(self._note_denial, child)
+        child = self._make_child(sandbox, policy, compiled, name, (child_stdin, child_stdout, child_stderr))
         child.requested_at = t0
         child.requested_ns = t0_ns
         child.rules = tuple(rules)
@@ -689,6 +665,50 @@ class Supervisor:
         r = policy.resources
         if r.disk is not None or r.tmp_size is not None:
             self._tg.start_soon(self._watch_disk, child)
+        return await self._until_running(child, sandbox, cmd, policy)
+
+    def _make_child(
+        self,
+        sandbox: _Sandbox,
+        policy: Policy,
+        compiled: CompiledPolicy,
+        name: str | None,
+        streams: tuple[ByteSendStream | None, ByteReceiveStream | None, ByteReceiveStream | None],
+    ) -> Child:
+        """The Child of a started sandbox, with the layers in force (a best_effort policy's missing cgroup
+        layers said once per missing set)."""
+        leaf = sandbox.leaf
+        if sandbox.cg_missing and policy.best_effort and leaf is not None:  # once per missing set
+            said = tuple(k for k, _ in sandbox.cg_missing)
+            if said not in self._said_missing:
+                self._said_missing.add(said)
+                log.warning("best_effort: %s", "; ".join(f"{k} ({why})" for k, why in sandbox.cg_missing))
+        child = Child(
+            sandbox.pid,
+            sandbox.pidfd,
+            sandbox.status,
+            name=name,
+            profile=policy.profile,
+            enforced=compiled.enforced + tuple(sandbox.cg_enforced),
+            missing=compiled.missing + tuple(sandbox.cg_missing),
+            stdin=streams[0],
+            stdout=streams[1],
+            stderr=streams[2],
+        )
+        child.leaf = leaf
+        child.policy = policy
+        child.unobservable = compiled.unobservable
+        sc = compiled.payload["seccomp"]
+        if sc is not None and isinstance(sc.get("names"), dict):
+            child.syscall_names = sc["names"]  # type: ignore[assignment]
+            child.on_denial = partial(self._note_denial, child)
+        return child
+
+    async def _until_running(
+        self, child: Child, sandbox: _Sandbox, cmd: Sequence[str | bytes | os.PathLike[str]], policy: Policy
+    ) -> Child:
+        """Wait for the watcher's first record: the command runs (X), or why not (E: the typed error).
+        On failure or cancellation the child is killed (its watcher reaps it) and its streams closed."""
         try:
             if sandbox.error is not None:  # the fork server could not finish setting it up and killed it
                 await child.wait()
