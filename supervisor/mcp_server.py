@@ -55,6 +55,7 @@ from mcp_types import (
     TextContent,
     ToolAnnotations,
 )
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field, ValidationError
 
 from policies import CommandRules, CorralError, Policy, profiles
@@ -568,9 +569,11 @@ class _Runtime:
         if self.single is not None:
             return self.single
         key = ""
-        request = ctx.request_context.request if ctx is not None else None
-        headers = getattr(request, "headers", None)
-        if headers is not None:
+        rc = ctx.request_context if ctx is not None else None
+        headers = getattr(rc.request, "headers", None) if rc is not None else None
+        # Only the handshake era has sessions, whose ids the SDK checks (unknown: 404; another credential's:
+        # refused). A 2026-07-28 request's Mcp-Session-Id header is checked by nobody: it names no session.
+        if headers is not None and rc is not None and rc.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             key = str(headers.get("mcp-session-id") or "")
         found = self.sessions.get(key)
         if found is None:
@@ -604,6 +607,11 @@ class _Runtime:
                         logger.info("stopping idle background command %s", handle)
                         s.procs.pop(handle, None)
                         bg.child.kill()
+            # A session with nothing left holds no state worth keeping (the SDK may have expired it without
+            # a DELETE): forgotten, it is made again on its next call.
+            for key, s in list(self.sessions.items()):
+                if key and not s.procs and not s.calls:
+                    del self.sessions[key]
 
     # --- command building -----------------------------------------------------------------------------
 

@@ -710,3 +710,18 @@ async def test_the_servers_secrets_never_reach_a_command(ws: Path) -> None:
         for name, value in secret.items():
             assert name not in seen
             assert value not in seen
+
+
+async def test_a_sessionless_request_cannot_name_a_session_by_header(ws: Path) -> None:
+    # The 2026-07-28 protocol has no sessions, so nobody checks an Mcp-Session-Id header on its requests:
+    # corral does not take one as a session (or as a new entry in its table) either.
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    with http_server(ws) as (url, _):
+        forged = httpx2.AsyncClient(headers={"Mcp-Session-Id": uuid.uuid4().hex})
+        async with forged, Client(streamable_http_client(url, http_client=forged)) as a, Client(url) as b:
+            started = sc(await a.call_tool("start_command", {"command": ["/bin/sleep", "300"]}))
+            listed = sc(await b.call_tool("list_commands", {}))["commands"]
+            assert [c["handle"] for c in listed] == [started["handle"]]
+            sc(await b.call_tool("stop_command", {"handle": started["handle"], "grace": 0}))
