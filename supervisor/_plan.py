@@ -138,8 +138,8 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
     for warning in check_writable_roots(policy):
         log.warning("%s", warning)
     ns = namespaces.prepare(policy, caps)
-    missing: list[tuple[str, str]] = [(str(a), str(b)) for a, b in ns["missing"]]  # type: ignore[attr-defined]
-    enforced: list[str] = list(ns["enforced"])  # type: ignore[call-overload]
+    missing: list[tuple[str, str]] = [(str(a), str(b)) for a, b in ns["missing"]]
+    enforced: list[str] = list(ns["enforced"])
     mnt = mounts.prepare(policy, ns)
     if mnt is not None:
         enforced += mnt["enforced"]  # type: ignore[arg-type]

@@ -54,8 +54,12 @@ import marshal
 import struct
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
+from supervisor.sandbox._sys import FailureRecord as FailureRecord  # re-exported: part of the protocol
+
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
+
+    from supervisor.sandbox import namespaces
 
 # ----------------------------------------------------------------------------------------------------------
 # Transport.
@@ -111,7 +115,7 @@ def decode_reply(message: bytes) -> Reply:
 class CompiledPayload(TypedDict):
     """Each mechanism module's `prepare` output, which its `emit` reads in the fork server."""
 
-    ns: dict[str, object]  # namespaces.prepare
+    ns: namespaces.Prepared
     cgroupns: bool  # a cgroup namespace (step 7)
     mounts: dict[str, object] | None  # mounts.prepare; None: no mount namespace
     landlock: dict[str, object] | None  # landlock.prepare; None: no Landlock
@@ -169,17 +173,6 @@ def is_prefork(request: Request) -> TypeIs[PreforkRequest]:
 
 # ----------------------------------------------------------------------------------------------------------
 # Replies (fork server -> supervisor), one per request, in order.
-
-
-class FailureRecord(TypedDict):
-    """A setup step that failed: supervisor.sandbox._sys.SetupFailure's fields, which SandboxSetupError
-    carries to the caller. Also the payload of the status record E."""
-
-    layer: str
-    operation: str
-    errno: int
-    path: str | None
-    hint: str
 
 
 class Reply(TypedDict, total=False):

@@ -9,10 +9,7 @@ import os
 import platform
 import select
 import socket
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from supervisor.forkserver.protocol import FailureRecord
+from typing import TypedDict
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -26,6 +23,17 @@ _NR: dict[str, dict[str, int]] = {
     "x86_64": {"landlock_create_ruleset": 444, "seccomp": 317, "capget": 125, "getpid": 39},
     "aarch64": {"landlock_create_ruleset": 444, "seccomp": 277, "capget": 90, "getpid": 172},
 }
+
+
+class FailureRecord(TypedDict):
+    """A SetupFailure's fields, as they cross the process boundary (supervisor/forkserver/protocol.py: a
+    reply's error, the status record E), and as SandboxSetupError carries them to the caller."""
+
+    layer: str
+    operation: str
+    errno: int
+    path: str | None
+    hint: str
 
 
 class SetupFailure(Exception):

@@ -38,6 +38,7 @@ from supervisor.sandbox import _cinit, _hostfs, _sys
 
 if TYPE_CHECKING:
     from policies import Policy
+    from supervisor.sandbox import namespaces
     from supervisor.sandbox._ops import Plan
 
 MS_RDONLY = 0x1
@@ -66,13 +67,13 @@ _DEV_LINKS = (
 _PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
 
-def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
+def prepare(policy: Policy, ns: namespaces.Prepared) -> dict[str, object] | None:
     """Plan the mount operations. Returns None when there is no mount namespace (the caller records the
     missing layer). Paths are normalised here, with the symlinks resolved that no sandbox could have planted
     (policies._validate.resolve_trusted); existence is checked when a sandbox's view is planned
     (`emit_base`, `emit_paths`), because the tree can change between spawns (a `git init` creates
     .git/hooks)."""
-    if not ns["flags"] or not (int(ns["flags"]) & 0x00020000):  # type: ignore[call-overload]
+    if not ns["flags"] or not (ns["flags"] & 0x00020000):
         return None
     from policies._validate import resolve_trusted
 
@@ -82,7 +83,7 @@ def prepare(policy: Policy, ns: dict[str, object]) -> dict[str, object] | None:
         "private_tmp": fs.private_tmp or fs.confine,
         # Each of the private /tmp and /dev/shm (resources.tmp_size; the kernel's default is half of RAM).
         "tmp_size": str(policy.resources.tmp_size) if policy.resources.tmp_size is not None else "50%",
-        "proc": bool(int(ns["flags"]) & 0x20000000),  # type: ignore[call-overload]
+        "proc": bool(ns["flags"] & 0x20000000),
         "private_net": bool(ns["net"]),
         # Symlinks no sandbox could have made are resolved now, once; the init follows none (_bind).
         "write": [resolve_trusted(p) for p in fs.write] if fs.confine else [],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from supervisor.sandbox import _cinit, _hostfs
 from supervisor.sandbox.probe import NAMESPACE_FLAGS
@@ -42,7 +42,23 @@ def wanted(policy: Policy) -> list[str]:
     return names
 
 
-def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
+class Prepared(TypedDict):
+    """What `prepare` decides (builtins only: it crosses to the fork server with marshal)."""
+
+    flags: int
+    user: bool
+    owner: bool
+    uid: int
+    gid: int
+    net: bool
+    uts: bool
+    hostname: str
+    proxy: int
+    enforced: list[str]
+    missing: list[list[str]]
+
+
+def prepare(policy: Policy, caps: KernelCaps) -> Prepared:
     """Decide the clone flags and id maps. Raises SandboxSetupError when a wanted namespace is unavailable
     and the policy is not best_effort; with best_effort the missing ones are listed in "missing"."""
     from policies._network import PROXY_PORT
@@ -108,30 +124,30 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object]:
     }
 
 
-def clone_flags(prepared: dict[str, object]) -> int:
+def clone_flags(prepared: Prepared) -> int:
     """The namespaces the init is launched into: user and pid (the init is pid 1 of the new one)."""
-    flags: int = prepared["flags"]  # type: ignore[assignment]
+    flags = prepared["flags"]
     return flags & (NAMESPACE_FLAGS["user"] | NAMESPACE_FLAGS["pid"])
 
 
-def emit_id_maps(prepared: dict[str, object], plan: Plan) -> None:
+def emit_id_maps(prepared: Prepared, plan: Plan) -> None:
     """The init's own id maps, in the user namespace it was launched into: the caller's uid and gid mapped
     to themselves (identity maps keep file ownership meaningful for the workdir; the sandbox has no
     capability over anything outside its namespaces). setgroups is denied first, as it must be. For a root
     caller's sandbox in another account's workdir the fork server writes them instead (owner_maps,
     write_owner_maps), and this is not emitted."""
     if prepared["user"]:
-        uid, gid = int(prepared["uid"]), int(prepared["gid"])  # type: ignore[call-overload]
+        uid, gid = prepared["uid"], prepared["gid"]
         plan.add(_cinit.OP_IDMAP, "namespaces", "write the id maps", a=(uid, gid), hint=_HINTS["user"])
 
 
-def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> None:
+def emit(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
     """The mount, network, ipc and uts namespaces (owned by the new user namespace), the hostname in the new
     UTS namespace, and loopback up in the new network namespace (so servers and tests inside work; nothing
     outside is reachable). The cgroup namespace comes later, once the sandbox is in its leaf (see
     forkserver/server.py). `pooled_net`: the init was launched into a network namespace of the fork
     server's pool, private to it and with loopback up already (forkserver/netpool.py), so it makes none."""
-    flags = int(prepared["flags"])  # type: ignore[call-overload]
+    flags = prepared["flags"]
     rest = flags & ~NAMESPACE_FLAGS["user"] & ~NAMESPACE_FLAGS["pid"] & ~NAMESPACE_FLAGS["cgroup"]
     if pooled_net:
         rest &= ~NAMESPACE_FLAGS["net"]
@@ -146,7 +162,7 @@ def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> N
         # ("1 0"). The gids are read in our user namespace, where only the caller's gid is mapped. A
         # convenience, not a layer: a failure (read-only /proc/sys in a container, no such sysctl) is
         # skipped (the op's on-failure exit lands on the next op).
-        gid = int(prepared["gid"])  # type: ignore[call-overload]
+        gid = prepared["gid"]
         i = plan.add(
             _cinit.OP_WRITE,
             "namespaces",
@@ -154,7 +170,7 @@ def emit(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> N
             s=("/proc/sys/net/ipv4/ping_group_range", f"{gid} {gid}"),
         )
         plan.land(i)
-    port = int(prepared.get("proxy", 0))  # type: ignore[call-overload]
+    port = prepared.get("proxy", 0)
     if port:
         # corral's proxy (network mode "proxy"): a listening socket on the new namespace's 127.0.0.1:3128,
         # sent to the supervisor, which serves it from the host side (supervisor/_proxy.py). Nothing of
@@ -228,7 +244,7 @@ def write_owner_maps(pid: int, maps: tuple[bytes, bytes]) -> None:
             os.close(fd)
 
 
-def emit_become_owner(prepared: dict[str, object], plan: Plan, supervisor_pidfd: int) -> None:
+def emit_become_owner(prepared: Prepared, plan: Plan, supervisor_pidfd: int) -> None:
     """For a root caller: become the workdir's owner if the fork server mapped one (owner_maps), and arm
     PDEATHSIG again. Needs CAP_SETUID/CAP_SETGID, so before the capability drop."""
     if prepared.get("owner"):
