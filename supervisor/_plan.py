@@ -142,15 +142,15 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
     enforced: list[str] = list(ns["enforced"])
     mnt = mounts.prepare(policy, ns)
     if mnt is not None:
-        enforced += mnt["enforced"]  # type: ignore[arg-type]
+        enforced += mnt["enforced"]
     elif policy.filesystem.confine:
         # Only reachable with best_effort: namespaces.prepare raised otherwise.
         missing.append(("mounts", "no mount namespace: no read-only root, protected paths or private /tmp"))
     private_dev = mnt is not None and bool(mnt["confine"])
     ll = landlock.prepare(policy, caps, private_network=bool(ns["net"]), private_dev=private_dev)
     if ll is not None:
-        enforced += ll["enforced"]  # type: ignore[arg-type]
-        missing += [(str(a), str(b)) for a, b in ll["missing"]]  # type: ignore[attr-defined]
+        enforced += ll["enforced"]
+        missing += [(str(a), str(b)) for a, b in ll["missing"]]
     else:
         if policy.filesystem.confine:
             missing.append(("landlock", caps.landlock.reason))

@@ -285,12 +285,12 @@ class Prefork:
         self._ready.clear()
 
 
-def _mounts(compiled: CompiledPolicy) -> dict[str, object] | None:
+def _mounts(compiled: CompiledPolicy) -> mounts.Prepared | None:
     """The compiled policy's mount plan (None: no mount namespace)."""
     return compiled.payload["mounts"]
 
 
-async def _fingerprint(prepared: dict[str, object] | None, cwd: str) -> tuple[object, ...]:
+async def _fingerprint(prepared: mounts.Prepared | None, cwd: str) -> tuple[object, ...]:
     """mounts.fingerprint in a worker thread: it looks into writable roots (lstat, .git/config, the
     .git/modules walk), where a sandbox may have planted something slow to look at; the event loop, which
     enforces every other child's limits, must never wait on that. (Bounded and non-blocking as it is, a

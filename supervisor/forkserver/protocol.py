@@ -59,7 +59,7 @@ from supervisor.sandbox._sys import FailureRecord as FailureRecord  # re-exporte
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-    from supervisor.sandbox import namespaces
+    from supervisor.sandbox import landlock, mounts, namespaces
 
 # ----------------------------------------------------------------------------------------------------------
 # Transport.
@@ -117,8 +117,8 @@ class CompiledPayload(TypedDict):
 
     ns: namespaces.Prepared
     cgroupns: bool  # a cgroup namespace (step 7)
-    mounts: dict[str, object] | None  # mounts.prepare; None: no mount namespace
-    landlock: dict[str, object] | None  # landlock.prepare; None: no Landlock
+    mounts: mounts.Prepared | None  # None: no mount namespace
+    landlock: landlock.Prepared | None  # None: no Landlock
     seccomp: dict[str, object] | None  # seccomp.prepare; None: no filter
     rlimits: list[tuple[int, int, int]]  # rlimits.prepare
     caps: dict[str, object]  # capabilities.prepare

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from supervisor.sandbox import _cinit
 from supervisor.sandbox._ops import Plan
@@ -167,9 +167,22 @@ def _add(rules: dict[str, int], path: str, access: int) -> None:
     rules[path] = rules.get(path, 0) | access
 
 
+class Prepared(TypedDict):
+    """What `prepare` decides (builtins only: it crosses to the fork server with marshal)."""
+
+    abi: int
+    handled_fs: int
+    handled_net: int
+    scoped: int
+    rules: list[tuple[str, int]]
+    net_rules: list[tuple[int, int]]
+    enforced: list[str]
+    missing: list[list[str]]
+
+
 def prepare(
     policy: Policy, caps: KernelCaps, *, private_network: bool, private_dev: bool = False
-) -> dict[str, object] | None:
+) -> Prepared | None:
     """Compile the policy's Landlock ruleset for this kernel. Runs in the parent, once per policy.
 
     Returns None when nothing needs Landlock (no filesystem confinement and no TCP guard), or when
@@ -312,7 +325,7 @@ def _attr_size(abi: int) -> int:
     return 8
 
 
-def emit(prepared: dict[str, object], plan: Plan) -> None:
+def emit(prepared: Prepared, plan: Plan) -> None:
     """Create the ruleset, add the rules, restrict the sandbox init (and so the command it starts).
 
     The init runs these after the mounts and after no_new_privs, before seccomp. A rule path that does not
@@ -320,12 +333,12 @@ def emit(prepared: dict[str, object], plan: Plan) -> None:
     hold are dropped per rule (the init fstats the O_PATH fd). Every failure names the Landlock syscall
     and errno; the init closes what it opened either way.
     """
-    abi = int(prepared["abi"])  # type: ignore[call-overload]
-    handled_fs = int(prepared["handled_fs"])  # type: ignore[call-overload]
-    handled_net = int(prepared["handled_net"])  # type: ignore[call-overload]
-    scoped = int(prepared["scoped"])  # type: ignore[call-overload]
-    rules: list[tuple[str, int]] = prepared["rules"]  # type: ignore[assignment]
-    net_rules: list[tuple[int, int]] = prepared["net_rules"]  # type: ignore[assignment]
+    abi = int(prepared["abi"])
+    handled_fs = int(prepared["handled_fs"])
+    handled_net = int(prepared["handled_net"])
+    scoped = int(prepared["scoped"])
+    rules: list[tuple[str, int]] = prepared["rules"]
+    net_rules: list[tuple[int, int]] = prepared["net_rules"]
 
     attr = struct.pack("=QQQ", handled_fs, handled_net, scoped)[: _attr_size(abi)]
     missing = "Landlock is disabled or missing on this kernel"
@@ -375,7 +388,7 @@ def emit(prepared: dict[str, object], plan: Plan) -> None:
     )
 
 
-def apply(prepared: dict[str, object]) -> None:
+def apply(prepared: Prepared) -> None:
     """Confine the calling process now with the prepared rules (what `emit` plans for a sandbox). Raises
     SetupFailure (layer "landlock") naming the failing syscall and errno; no fd is leaked either way."""
     plan = Plan()

@@ -32,7 +32,7 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from supervisor.sandbox import _cinit, _hostfs, _sys
 
@@ -67,7 +67,22 @@ _DEV_LINKS = (
 _PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
 
-def prepare(policy: Policy, ns: namespaces.Prepared) -> dict[str, object] | None:
+class Prepared(TypedDict):
+    """What `prepare` decides (builtins only: it crosses to the fork server with marshal)."""
+
+    confine: bool
+    private_tmp: bool
+    tmp_size: str
+    proc: bool
+    private_net: bool
+    write: list[str]
+    read: list[str]
+    deny: list[str]
+    protected: list[str]
+    enforced: list[str]
+
+
+def prepare(policy: Policy, ns: namespaces.Prepared) -> Prepared | None:
     """Plan the mount operations. Returns None when there is no mount namespace (the caller records the
     missing layer). Paths are normalised here, with the symlinks resolved that no sandbox could have planted
     (policies._validate.resolve_trusted); existence is checked when a sandbox's view is planned
@@ -170,7 +185,7 @@ def _under_hidden(path: str) -> bool:
     return any(path == h or path.startswith(h + "/") for h in _HIDDEN)
 
 
-def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[object, ...]:
+def fingerprint(prepared: Prepared | None, workdir: str) -> tuple[object, ...]:
     """Everything the view built by `emit_base` + `emit_paths` depends on, as seen from the host now: the
     identity (device, inode, type and owner, from lstat) or the lstat errno of the workdir, the host paths
     the base view tests, every writable and readable root, every protected path and its top directory under
@@ -184,13 +199,13 @@ def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[objec
     if prepared is not None:
         if prepared["confine"]:
             paths += _BASE_PATHS
-        write: list[str] = prepared["write"]  # type: ignore[assignment]
+        write: list[str] = prepared["write"]
         paths += write
-        paths += prepared["read"]  # type: ignore[arg-type]
+        paths += prepared["read"]
         if prepared["confine"]:
             for root in write:
                 try:
-                    expanded = _git_paths(root, prepared["protected"])  # type: ignore[arg-type]
+                    expanded = _git_paths(root, prepared["protected"])
                 except (OSError, _sys.SetupFailure) as err:
                     # Unreadable or refused .git/config or modules: a distinct state of its own (the
                     # build on the spot reports it).
@@ -198,7 +213,7 @@ def fingerprint(prepared: dict[str, object] | None, workdir: str) -> tuple[objec
                     continue
                 for rel in expanded:
                     paths += (os.path.join(root, rel), os.path.join(root, rel.split("/", 1)[0]))
-            paths += prepared["deny"]  # type: ignore[arg-type]
+            paths += prepared["deny"]
     # Which paths were looked at (git expansion can change the list) and what each was.
     return tuple(paths), _cinit.identities(paths), tuple(notes)
 
@@ -218,14 +233,14 @@ def _git_paths(root: str, protected: list[str]) -> list[str]:
 _BASE_PATHS = ("/var/run", "/sys/class/net", "/dev/shm", *(f"/proc/{name}" for name in _PROC_READONLY))
 
 
-def keep_visible(prepared: dict[str, object], workdir: str) -> list[tuple[str, bool, bool]]:
+def keep_visible(prepared: Prepared, workdir: str) -> list[tuple[str, bool, bool]]:
     """The writable roots, readable roots and workdir that lie under a path the base view replaces (/tmp,
     /run, /dev) and exist now: (path, writable, is a directory). `emit_keep` opens them in the sandbox's
     new mount namespace before the base view hides them, and `emit_paths` binds them back on top. Raises
     SetupFailure when one cannot be looked up."""
     keep: list[tuple[str, bool, bool]] = []
-    write: list[str] = prepared["write"]  # type: ignore[assignment]
-    read: list[str] = prepared["read"]  # type: ignore[assignment]
+    write: list[str] = prepared["write"]
+    read: list[str] = prepared["read"]
     for path, writable in [*((p, True) for p in write), *((p, False) for p in read), (workdir, False)]:
         if _under_hidden(path) and not any(k[0] == path for k in keep):
             try:
@@ -269,7 +284,7 @@ def emit_keep(keep: list[tuple[str, bool, bool]], plan: Plan) -> None:
         )
 
 
-def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False) -> None:
+def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
     """Phase 1 (in pid 1 of the new pid namespace, inside the new mount and user namespaces, with full
     capabilities there): the part of the view that does not depend on the state of the policy's paths:
     private propagation, the read-only host tree, tmpfs over /run, a minimal /dev, private /tmp and
@@ -311,7 +326,7 @@ def emit_base(prepared: dict[str, object], plan: Plan, pooled_net: bool = False)
 
 
 def emit_paths(
-    prepared: dict[str, object],
+    prepared: Prepared,
     workdir: str,
     keep: list[tuple[str, bool, bool]],
     plan: Plan,
@@ -327,7 +342,7 @@ def emit_paths(
     SetupFailure (a protected path that is a symlink, a .git/hooks that cannot be created); a failure in
     the init names the mount and the path."""
     confine = bool(prepared["confine"])
-    write: list[str] = prepared["write"]  # type: ignore[assignment]
+    write: list[str] = prepared["write"]
     denied = _deny_targets(prepared) if confine else []
     if confine:
         for root in write:
@@ -335,12 +350,12 @@ def emit_paths(
             if not _under_hidden(root) and os.path.lexists(root):
                 _bind(plan, root, readonly=False)
                 _pin_ancestors(plan, root, denied)
-                _protect(plan, root, prepared["protected"])  # type: ignore[arg-type]
+                _protect(plan, root, prepared["protected"])
     for slot, (path, writable, is_dir) in enumerate(keep):
         _rebind(plan, path, slot, is_dir, writable and confine)
         if writable and confine:
             _pin_ancestors(plan, path, denied)
-            _protect(plan, path, prepared["protected"])  # type: ignore[arg-type]
+            _protect(plan, path, prepared["protected"])
     if confine:
         # A denied path under /tmp, /run or /dev exists in the sandbox only inside what `keep` bound back.
         kept = [k[0] for k in keep]
@@ -637,7 +652,7 @@ def _net_class(plan: Plan, pooled_net: bool) -> None:
     plan.land(done)
 
 
-def _deny_targets(prepared: dict[str, object]) -> list[str]:
+def _deny_targets(prepared: Prepared) -> list[str]:
     """The denied paths as the objects they name now: each resolved through every symlink (realpath).
 
     Hiding is by object, not by name: a denied name that a sandbox (of a policy without this deny) made a
@@ -647,8 +662,8 @@ def _deny_targets(prepared: dict[str, object]) -> list[str]:
     all: `_pin_ancestors`.) Raises SetupFailure when a denied name is a link to a directory the sandbox
     needs (`_vital`), which is refused rather than hidden."""
     out: list[str] = []
-    roots: list[str] = prepared["write"]  # type: ignore[assignment]
-    for path in prepared["deny"]:  # type: ignore[attr-defined]
+    roots: list[str] = prepared["write"]
+    for path in prepared["deny"]:
         real = os.path.realpath(path)
         if real != path and _vital(real, roots):
             # A link at a denied name (one that did not exist: any sandbox that can write there may make
@@ -824,7 +839,7 @@ def cgroup_view(placement_files: Sequence[str], own_namespace: bool) -> tuple[Cg
     return view
 
 
-def emit_cgroup_view(prepared: dict[str, object], view: tuple[CgroupViewEntry, ...], plan: Plan) -> None:
+def emit_cgroup_view(prepared: Prepared, view: tuple[CgroupViewEntry, ...], plan: Plan) -> None:
     """Step 8 (from emit_paths), in the cgroup namespace entered in step 7: /sys/fs/cgroup becomes the
     sandbox's own view (`view`, from `cgroup_view`), over anything bound under it before. A small tmpfs
     goes over /sys/fs/cgroup; on v2 (cgroup2 mounted on /sys/fs/cgroup itself) cgroup2 is mounted afresh
