@@ -59,7 +59,7 @@ from supervisor.sandbox._sys import FailureRecord as FailureRecord  # re-exporte
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-    from supervisor.sandbox import landlock, mounts, namespaces
+    from supervisor.sandbox import capabilities, landlock, mounts, namespaces
 
 # ----------------------------------------------------------------------------------------------------------
 # Transport.
@@ -121,7 +121,7 @@ class CompiledPayload(TypedDict):
     landlock: landlock.Prepared | None  # None: no Landlock
     seccomp: dict[str, object] | None  # seccomp.prepare; None: no filter
     rlimits: list[tuple[int, int, int]]  # rlimits.prepare
-    caps: dict[str, object]  # capabilities.prepare
+    caps: capabilities.Prepared
 
 
 # ----------------------------------------------------------------------------------------------------------

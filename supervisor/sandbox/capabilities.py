@@ -4,7 +4,7 @@ no_new_privs so that no setuid/file-capability binary can either."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from supervisor.sandbox import _cinit, _sys
 
@@ -21,7 +21,13 @@ if TYPE_CHECKING:
 _SECUREBITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x40 | 0x80
 
 
-def prepare() -> dict[str, object]:
+class Prepared(TypedDict):
+    """What `prepare` read (builtins only: it crosses to the fork server with marshal)."""
+
+    last_cap: int
+
+
+def prepare() -> Prepared:
     """Read the highest capability number once in the parent."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
@@ -31,7 +37,7 @@ def prepare() -> dict[str, object]:
     return {"last_cap": last}
 
 
-def emit_bounding(prepared: dict[str, object], plan: Plan) -> None:
+def emit_bounding(prepared: Prepared, plan: Plan) -> None:
     """After the mounts and network setup (which need CAP_SYS_ADMIN/CAP_NET_ADMIN in the new namespaces):
     lock the securebits and empty the bounding set (skipped when the process has no CAP_SETPCAP at all: an
     ordinary user without a user namespace has nothing to drop). The capabilities held stay until
@@ -41,7 +47,7 @@ def emit_bounding(prepared: dict[str, object], plan: Plan) -> None:
         _cinit.OP_BOUNDING,
         "capabilities",
         "prctl(PR_CAPBSET_DROP/PR_SET_SECUREBITS)",
-        a=(int(prepared["last_cap"]), _SECUREBITS),  # type: ignore[call-overload]
+        a=(prepared["last_cap"], _SECUREBITS),
     )
 
 

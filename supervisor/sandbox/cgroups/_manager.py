@@ -373,7 +373,8 @@ class CgroupManager:
         for name, places in sorted(stale.items()):
             locks: list[int] = []
             try:
-                if rx.fullmatch(name)["lock"] is not None:  # type: ignore[index]
+                named = rx.fullmatch(name)  # it matched when listed
+                if named is not None and named["lock"] is not None:
                     for _h, d in places:
                         try:
                             fd = _fs.try_lock(d)
