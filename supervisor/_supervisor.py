@@ -53,7 +53,7 @@ from supervisor.forkserver.client import ForkServer, StatusReader
 from supervisor.forkserver.prefork import Prefork
 from supervisor.forkserver.protocol import FailureRecord, SpawnRequest
 from supervisor.sandbox._ops import EncodedEnv, encode_command, encode_env
-from supervisor.sandbox.cgroups import CgroupManager, Leaf
+from supervisor.sandbox.cgroups import CgroupManager, CgroupStats, Leaf
 from supervisor.sandbox.cgroups._notify import OomEvents
 from supervisor.sandbox.probe import KernelCaps
 
@@ -899,52 +899,9 @@ class Supervisor:
         try:
             if leaf is not None:
                 stats = leaf.stats()
-                final = ChildStats(
-                    stats.memory_bytes, stats.memory_peak_bytes, stats.cpu_seconds, stats.pids, None,
-                    stats.oom_kills or 0, stats.pids_max_events or 0, time.monotonic(),
-                )  # fmt: skip
-                was_running_violation = child.violation
-                # A kernel OOM kill ends the child before the sampler sees it: the final sample decides.
-                child.last_stats = final
-                child.apply(self._enforcer.check_final(child, final))
-                if child.violation is not None and child.violation is not was_running_violation:
-                    self._note_violation(child)
-            pol = child.policy
-            if pol is not None and (pol.resources.disk is not None or pol.resources.fsize is not None):
-                # Only with a disk/fsize limit: one /proc read (the init holds every process's write counts by
-                # now; while its pidfd is open it is not reaped, so its pid is not reused) and the command's
-                # wait status.
-                before = child.violation
-                unreaped = child._pidfd is not None
-                written = io_written(child.pid) if pol.resources.disk is not None and unreaped else None
-                child.apply(self._enforcer.check_disk_final(child, written, child._exit_signal()))
-                if child.violation is not None and child.violation is not before:
-                    self._note_violation(child)
-            if (
-                pol is not None
-                and child.exec_at is not None
-                and _gitscan.wanted(pol)
-                and not self._listings.unchanged_since(pol, child.requested_ns)
-            ):
-                # What the command left in git repositories under its writable roots that would make the
-                # host user's git run code is moved aside, and reported (supervisor/_gitscan.py). A bounded,
-                # no-follow walk: off the loop; shielded, so that it completes even on cancellation. (Not
-                # when a snapshot of a small tree, checked above on the loop, shows nothing changed: the
-                # worker-thread hop cost more than the scan.)
-                with anyio.CancelScope(shield=True):
-                    found = await anyio.to_thread.run_sync(
-                        _gitscan.scan, pol, child.requested_ns, self._listings
-                    )
-                child.quarantined = tuple(found)
-                for path, reason in found:
-                    log.warning("git: %s: %s", path, reason)
-            for path in child._exit.protected if child._exit is not None else ():
-                log.warning(
-                    "git: %s: read-only in the sandbox (corral protects it): the command's change to it "
-                    "(git config, remote add, branch -u, submodule add) did not take effect; make it outside "
-                    "corral",
-                    path,
-                )
+                self._judge_final(child, stats)
+            self._judge_disk_final(child)
+            await self._after_run_git(child)
         finally:
             if child._proxy_scope is not None:
                 child._proxy_scope.cancel()  # its connections end with it
@@ -956,21 +913,7 @@ class Supervisor:
             slot.release(self._limiter)
             child._fold(stats)
             if child.exec_at is not None:  # it ran: a failed start never counted as started
-                for denial in child.add_limit_denials():
-                    self._note_denial(child, denial)
-                if child.proxy is not None:  # told as they came (on_denial); their repeats counted below
-                    for denial in child.proxy.denials:
-                        child.denials.add(denial)
-                for denial in child.denials.items:  # the repeats, folded by the init, counted now
-                    self.totals[f"denied:{denial.layer}:{denial.operation}"] += denial.count - 1
-                if child.denials.dropped:
-                    self.totals["denied:seccomp:syscall"] += child.denials.dropped
-                result = child.result()
-                self.totals["exited"] += 1
-                self.totals[f"exited:{result.outcome}"] += 1
-                self._emit(
-                    Event("exited", child, time.monotonic(), result=result, violation=result.violation)
-                )
+                self._count_exit(child)
             child._done.set()
             if all(getattr(st, "_fd", None) is None for st in (child.stdin, child.stdout, child.stderr)):
                 self._handles.discard(child)  # nothing left to close at exit: do not keep the Child
@@ -980,6 +923,78 @@ class Supervisor:
                     self._trash.send_nowait(leaf)
             if child._then is not None and self._tg is not None:
                 child._then()  # e.g. build the next sandbox for its policy, now that the CPU is free
+
+    def _judge_final(self, child: Child, stats: CgroupStats) -> None:
+        """The verdict on the final cgroup sample: a kernel OOM kill ends the child before the sampler sees
+        it, and forks refused at pids.max are reported."""
+        final = ChildStats(
+            stats.memory_bytes, stats.memory_peak_bytes, stats.cpu_seconds, stats.pids, None,
+            stats.oom_kills or 0, stats.pids_max_events or 0, time.monotonic(),
+        )  # fmt: skip
+        was_running_violation = child.violation
+        # A kernel OOM kill ends the child before the sampler sees it: the final sample decides.
+        child.last_stats = final
+        child.apply(self._enforcer.check_final(child, final))
+        if child.violation is not None and child.violation is not was_running_violation:
+            self._note_violation(child)
+
+    def _judge_disk_final(self, child: Child) -> None:
+        """The disk budget against the final count, and SIGXFSZ (only with a disk or fsize limit)."""
+        pol = child.policy
+        if pol is not None and (pol.resources.disk is not None or pol.resources.fsize is not None):
+            # Only with a disk/fsize limit: one /proc read (the init holds every process's write counts by
+            # now; while its pidfd is open it is not reaped, so its pid is not reused) and the command's
+            # wait status.
+            before = child.violation
+            unreaped = child._pidfd is not None
+            written = io_written(child.pid) if pol.resources.disk is not None and unreaped else None
+            child.apply(self._enforcer.check_disk_final(child, written, child._exit_signal()))
+            if child.violation is not None and child.violation is not before:
+                self._note_violation(child)
+
+    async def _after_run_git(self, child: Child) -> None:
+        """The post-run git scan (quarantined files), and the protected configs the command tried to
+        change, each said once. Shielded: completes even on cancellation."""
+        pol = child.policy
+        if (
+            pol is not None
+            and child.exec_at is not None
+            and _gitscan.wanted(pol)
+            and not self._listings.unchanged_since(pol, child.requested_ns)
+        ):
+            # What the command left in git repositories under its writable roots that would make the
+            # host user's git run code is moved aside, and reported (supervisor/_gitscan.py). A bounded,
+            # no-follow walk: off the loop; shielded, so that it completes even on cancellation. (Not
+            # when a snapshot of a small tree, checked above on the loop, shows nothing changed: the
+            # worker-thread hop cost more than the scan.)
+            with anyio.CancelScope(shield=True):
+                found = await anyio.to_thread.run_sync(_gitscan.scan, pol, child.requested_ns, self._listings)
+            child.quarantined = tuple(found)
+            for path, reason in found:
+                log.warning("git: %s: %s", path, reason)
+        for path in child._exit.protected if child._exit is not None else ():
+            log.warning(
+                "git: %s: read-only in the sandbox (corral protects it): the command's change to it "
+                "(git config, remote add, branch -u, submodule add) did not take effect; make it outside "
+                "corral",
+                path,
+            )
+
+    def _count_exit(self, child: Child) -> None:
+        """The exit of a child that ran: its denials noted and counted, the totals, the exited event."""
+        for denial in child.add_limit_denials():
+            self._note_denial(child, denial)
+        if child.proxy is not None:  # told as they came (on_denial); their repeats counted below
+            for denial in child.proxy.denials:
+                child.denials.add(denial)
+        for denial in child.denials.items:  # the repeats, folded by the init, counted now
+            self.totals[f"denied:{denial.layer}:{denial.operation}"] += denial.count - 1
+        if child.denials.dropped:
+            self.totals["denied:seccomp:syscall"] += child.denials.dropped
+        result = child.result()
+        self.totals["exited"] += 1
+        self.totals[f"exited:{result.outcome}"] += 1
+        self._emit(Event("exited", child, time.monotonic(), result=result, violation=result.violation))
 
     async def _remove_leaves(self, trash: MemoryObjectReceiveStream[Leaf]) -> None:
         """Remove the leaves of reaped children, as many per worker-thread hop as have piled up within
