@@ -3,6 +3,7 @@ record framing every sandbox init's reports go through."""
 
 from __future__ import annotations
 
+import ast
 import marshal
 import subprocess
 import sys
@@ -15,9 +16,23 @@ from supervisor.forkserver import protocol
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_as_fork_server(code: str) -> str:
+    """The output of `code` run as the fork server's interpreter runs (`python -I -S`, the tree's root
+    first on sys.path: protocol.BOOT's prelude)."""
+    prelude = protocol.BOOT.split("from supervisor.forkserver.server import main")[0]
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", prelude + code, str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return out.stdout
+
+
 def test_the_fork_server_loads_only_the_stdlib_the_sandbox_modules_and_its_own() -> None:
     # What BOOT loads, short of serving: the same interpreter flags as client.ForkServer uses.
-    code = protocol.BOOT.split("from supervisor.forkserver.server import main")[0] + (
+    stdout = run_as_fork_server(
         "import supervisor.forkserver.server\n"
         "tops = ('supervisor', 'policies', 'exporters')\n"
         "ours = sorted(m for m in sys.modules if m.split('.')[0] in tops)\n"
@@ -25,15 +40,8 @@ def test_the_fork_server_loads_only_the_stdlib_the_sandbox_modules_and_its_own()
         "print(sorted(m for m in ('anyio', 'psutil', 'sniffio', 'pyseccomp', 'typing_extensions') "
         "if m in sys.modules))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, str(ROOT)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    ours_line, third_party = out.stdout.strip().splitlines()
-    ours = eval(ours_line)  # a printed list of module names
+    ours_line, third_party = stdout.strip().splitlines()
+    ours = ast.literal_eval(ours_line)  # a printed list of module names
     allowed = ("supervisor.sandbox", "supervisor.forkserver.protocol", "supervisor.forkserver.netpool")
     outside = [
         m

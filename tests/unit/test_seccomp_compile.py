@@ -12,7 +12,6 @@ import marshal
 import pathlib
 import platform
 import re
-import subprocess
 import sys
 
 import pytest
@@ -21,6 +20,7 @@ from policies import FilesystemPolicy, NetworkPolicy, Policy, PolicyError, Sysca
 from supervisor._errors import SandboxSetupError
 from supervisor.sandbox import _sys, seccomp
 from supervisor.sandbox.probe import Feature, KernelCaps
+from tests.unit.test_forkserver_protocol import run_as_fork_server
 
 pyseccomp = pytest.importorskip("pyseccomp")
 
@@ -131,20 +131,11 @@ def test_disabled_policy_compiles_nothing() -> None:
 def test_module_imports_only_stdlib_at_module_level() -> None:
     # The fork server runs `python -I -S` (no site-packages, so no pyseccomp) with the tree's root first on
     # sys.path (supervisor/forkserver/protocol.py, BOOT).
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); "
-        "import supervisor.sandbox.seccomp; "
-        "bad = [m for m in ('pyseccomp', 'policies', 'supervisor._errors') if m in sys.modules]; "
-        "print(bad)"
+    out = run_as_fork_server(
+        "import supervisor.sandbox.seccomp\n"
+        "print([m for m in ('pyseccomp', 'policies', 'supervisor._errors') if m in sys.modules])\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, str(ROOT)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert out.stdout.strip() == "[]"
+    assert out.strip() == "[]"
 
 
 # --- unavailable seccomp / libseccomp ------------------------------------------------------------
