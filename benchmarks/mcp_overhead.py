@@ -14,6 +14,11 @@ dispatch and validation on both sides, the result's pydantic model and text summ
 median of the paired differences, the per-round range, and the CPU time per call of each side (the MCP
 side's is the client's plus the server process's): CPU time moves less with the machine's load than wall
 time does. Target (issue 19): <= 1 ms median.
+
+`--client raw` drives the same server with a minimal client instead of the SDK's: one JSON-RPC line out, one
+line back, no validation (benchmark-side code only; the server is the SDK's as always). The SDK's client
+spends about 2 ms of CPU per call on this machine, four times the server's own cost, and an agent's client is
+not this one: the raw client shows what the server and the stdio hops add.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
 from mcp import Client, StdioServerParameters
+from mcp.types import LATEST_PROTOCOL_VERSION
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,6 +47,66 @@ ROOT = Path(__file__).resolve().parents[1]
 TRUE = "/bin/true"
 
 
+class _Raw:
+    """A minimal MCP client over the server's stdio: JSON-RPC lines, no validation (see the module doc)."""
+
+    def __init__(self, params: StdioServerParameters) -> None:
+        self._params = params
+        self._id = 0
+        self._buf = b""
+
+    async def __aenter__(self) -> _Raw:
+        p = self._params
+        self._proc = await anyio.open_process([p.command, *p.args], env=p.env, cwd=p.cwd, stderr=None)
+        await self._request(
+            "initialize",
+            {
+                "protocolVersion": LATEST_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "bench-raw", "version": "0"},
+            },
+        )
+        await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._proc.stdin is not None
+        await self._proc.stdin.aclose()
+        with anyio.move_on_after(10):
+            await self._proc.wait()
+        if self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
+
+    async def _send(self, msg: dict[str, object]) -> None:
+        assert self._proc.stdin is not None
+        await self._proc.stdin.send(json.dumps(msg).encode() + b"\n")
+
+    async def _request(self, method: str, params: dict[str, object]) -> dict[str, object]:
+        self._id += 1
+        await self._send({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params})
+        assert self._proc.stdout is not None
+        while True:
+            while b"\n" not in self._buf:
+                self._buf += await self._proc.stdout.receive()
+            line, self._buf = self._buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if msg.get("id") == self._id:
+                if "error" in msg:
+                    raise RuntimeError(msg["error"])
+                return msg["result"]  # type: ignore[no-any-return]
+
+    async def call_tool(self, name: str, arguments: dict[str, object]) -> _RawResult:
+        r = await self._request("tools/call", {"name": name, "arguments": arguments})
+        return _RawResult(bool(r.get("isError")), r.get("structuredContent"))  # type: ignore[arg-type]
+
+
+class _RawResult:
+    def __init__(self, is_error: bool, structured: dict[str, object] | None) -> None:
+        self.is_error = is_error
+        self.structured_content = structured
+
+
 def _server(before: set[int]) -> psutil.Process:
     for p in psutil.Process().children():
         if p.pid not in before:
@@ -47,7 +114,7 @@ def _server(before: set[int]) -> psutil.Process:
     raise RuntimeError("no corral mcp process")
 
 
-async def main(n: int, rounds: int, out: str | None) -> None:
+async def main(n: int, rounds: int, out: str | None, raw: bool = False) -> None:
     per_round = max(1, n // rounds)
     with tempfile.TemporaryDirectory(prefix="corral-mcp-bench-", dir="/var/tmp") as work:
         policy = profiles.get("workspace-write", work)
@@ -62,7 +129,8 @@ async def main(n: int, rounds: int, out: str | None) -> None:
         floor: list[float] = []
         cpu = {"direct": 0.0, "client": 0.0, "server": 0.0}
         before = {p.pid for p in psutil.Process().children()}
-        async with Supervisor() as sup, Client(params) as client:
+        client_cm: Any = _Raw(params) if raw else Client(params)
+        async with Supervisor() as sup, client_cm as client:
             server = _server(before)
             for _ in range(10):  # warm-up: compile, pre-fork, the SDK's first-call paths
                 await sup.run([TRUE], policy=policy)
@@ -104,6 +172,7 @@ async def main(n: int, rounds: int, out: str | None) -> None:
     cpu_overhead = (cpu["client"] + cpu["server"] - cpu["direct"]) / calls
     load = os.getloadavg()
     report = {
+        "client": "raw" if raw else "sdk",
         "calls_each": calls,
         "rounds": rounds,
         "direct_median_ms": round(d_med * 1e3, 3),
@@ -122,6 +191,7 @@ async def main(n: int, rounds: int, out: str | None) -> None:
         "cpus": os.cpu_count(),
         "target_ms": 1.0,
     }
+    print(f"client: {report['client']}")
     print(f"direct Supervisor.run   median {report['direct_median_ms']:.3f} ms  ({calls} calls)")
     print(f"run_command, MCP stdio  median {report['mcp_stdio_median_ms']:.3f} ms  ({calls} calls)")
     print(
@@ -150,5 +220,8 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=200, help="calls on each side in total")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", dest="out", help="write the figures here")
+    ap.add_argument(
+        "--client", choices=("sdk", "raw"), default="sdk", help="the MCP SDK's client, or a minimal one"
+    )
     args = ap.parse_args()
-    anyio.run(main, args.n, args.rounds, args.out)
+    anyio.run(main, args.n, args.rounds, args.out, args.client == "raw")
