@@ -575,10 +575,12 @@ class ChildProxy:
                 try:
                     with contextlib.suppress(OSError):
                         fcntl.fcntl(w, _F_SETPIPE_SZ, _CHUNK)
-                    while True:
+                    eof = False
+                    while not eof:
                         n = await _splice_in(src, w)
                         if n == 0:
                             break
+                        n, eof = _splice_more(src, w, n)
                         await _splice_out(r, dst, n)
                         if up:
                             stats.bytes_up += n
@@ -673,6 +675,21 @@ async def _splice_in(src: socket.socket, pipe_w: int) -> int:
             return os.splice(src.fileno(), pipe_w, _CHUNK, flags=_SPLICE_FLAGS)
         except (BlockingIOError, InterruptedError):
             await anyio.wait_readable(src)
+
+
+def _splice_more(src: socket.socket, pipe_w: int, n: int) -> tuple[int, bool]:
+    """After a splice that moved `n` bytes, what else `src` already has, up to a full pipe, without waiting:
+    one trip through the event loop per pipeful instead of one per socket read (a bulk download ran at a
+    third of the direct speed with one). Returns the pipe's bytes and whether `src` reached its end."""
+    while n < _CHUNK:
+        try:
+            m = os.splice(src.fileno(), pipe_w, _CHUNK - n, flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return n, False
+        if m == 0:
+            return n, True
+        n += m
+    return n, False
 
 
 async def _splice_out(pipe_r: int, dst: socket.socket, n: int) -> None:
