@@ -131,6 +131,32 @@ def _disk_budget_unmeasurable(policy: Policy) -> str:
     return ""
 
 
+def _seccomp_missing_reason(caps: KernelCaps) -> str:
+    """Why an enabled syscall filter is missing under best_effort: no seccomp, or no filter compiler."""
+    return (
+        caps.seccomp.reason
+        if not caps.seccomp.available
+        else "the kernel has seccomp but the filter compiler (pyseccomp/libseccomp2) could not be loaded"
+    )
+
+
+def _disk_budget(policy: Policy, enforced: list[str], missing: list[tuple[str, str]]) -> None:
+    """Record the disk budget of `policy` (which has one) in `enforced`, or why it cannot be measured in
+    `missing` under best_effort. Raises SandboxSetupError (layer "disk") when it cannot be measured
+    otherwise."""
+    why = _disk_budget_unmeasurable(policy)
+    if not why:
+        enforced.append("disk_budget")
+    else:
+        if not policy.best_effort:
+            from supervisor._errors import SandboxSetupError
+
+            layer = "disk"
+            hint = f"{why}; use fsize (RLIMIT_FSIZE) and tmp_size instead, or set best_effort"
+            raise SandboxSetupError(layer, "measure the disk budget", _errno.EOPNOTSUPP, hint=hint)
+        missing.append(("disk_budget", why))
+
+
 def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None = None) -> CompiledPolicy:
     """Run every mechanism's prepare step (the path-independent ones from `shared` when given). Raises
     SandboxSetupError (fail closed) or PolicyError (also for a system directory as a writable root without
@@ -161,24 +187,9 @@ def compile_policy(policy: Policy, caps: KernelCaps, shared: SharedParts | None 
     if sc is not None:
         enforced.append("seccomp")
     elif policy.syscalls.enabled:
-        why = (
-            caps.seccomp.reason
-            if not caps.seccomp.available
-            else "the kernel has seccomp but the filter compiler (pyseccomp/libseccomp2) could not be loaded"
-        )
-        missing.append(("seccomp", why))
+        missing.append(("seccomp", _seccomp_missing_reason(caps)))
     if policy.resources.disk is not None:
-        why = _disk_budget_unmeasurable(policy)
-        if not why:
-            enforced.append("disk_budget")
-        else:
-            if not policy.best_effort:
-                from supervisor._errors import SandboxSetupError
-
-                layer = "disk"
-                hint = f"{why}; use fsize (RLIMIT_FSIZE) and tmp_size instead, or set best_effort"
-                raise SandboxSetupError(layer, "measure the disk budget", _errno.EOPNOTSUPP, hint=hint)
-            missing.append(("disk_budget", why))
+        _disk_budget(policy, enforced, missing)
     enforced += ALWAYS
     payload: CompiledPayload = {
         "ns": ns,

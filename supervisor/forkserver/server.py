@@ -314,10 +314,8 @@ class Server:
         """Plan the sandbox and launch its init with the plan; returns the reply and its fds [pidfd,
         status_r]. The reply carries an error and no fds when nothing was started; an error and the fds
         when the init could not be executed (it exited at once; the supervisor reaps it)."""
-        procs = req.get("cgroup_procs", [])
-        policy_id = req["policy_id"]
         cwd = str(req["cwd"])
-        key = (policy_id, cwd)
+        key = (req["policy_id"], cwd)
         net = self.netpool.take(key) if pol["ns"]["net"] else None
         # A root caller's sandbox in another account's workdir: its two-line id maps are written here
         # once it runs, and it must not read its plan's end before (the write end stays open until then).
@@ -326,29 +324,89 @@ class Server:
         if maps == namespaces.ROOT_MAPS:
             maps = None
         try:
-            segments = _confinement(
-                policy_id,
-                pol,
-                cwd,
-                procs,
-                self.supervisor_pidfd,
-                self.cache,
-                pooled_net=net is not None,
-                console=mounts.console_path(stdio[0]) if ctty and stdio else None,
-                fork_maps=maps is not None,
-            )
+            segments = self._segments(pol, req, cwd, stdio, pooled_net=net is not None, ctty=ctty, maps=maps)
         except _sys.SetupFailure as failure:
             if net is not None:
                 self.netpool.unused(key, net)
             return {"error": failure.to_dict()}, []
-        plan_r = plan_w = status_w = pid = -1
-        exec_errno = 0
         try:
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
         except OSError as err:
             if net is not None:
                 self.netpool.unused(key, net)
             return {"error": _sys.SetupFailure("fork server", "pipe2", err.errno or 0).to_dict()}, []
+        try:
+            pid, exec_errno, plan_w = self._launch(
+                pol,
+                segments,
+                mode,
+                stdio,
+                status_w,
+                net,
+                maps is None,
+                ctl_fd,
+                command,
+                command_fd,
+                ctty,
+                proxy_fd,
+            )
+        except OSError as err:
+            os.close(status_r)
+            if net is not None:
+                self.netpool.unused(key, net)
+            launch = _sys.SetupFailure("fork server", "launch corral-init", err.errno or 0, _INIT.decode())
+            return {"error": launch.to_dict()}, []
+        if plan_w >= 0 and maps is not None:
+            return self._map_owner(pid, maps, plan_w, status_r, net, key)
+        return self._started(pid, status_r, net, key, None, exec_errno)
+
+    def _segments(
+        self,
+        pol: CompiledPayload,
+        req: Request,
+        cwd: str,
+        stdio: list[int],
+        *,
+        pooled_net: bool,
+        ctty: bool,
+        maps: tuple[bytes, bytes] | None,
+    ) -> list[_ops.Segment]:
+        """The plan's segments for this request (`_confinement`); raises _sys.SetupFailure as it does."""
+        return _confinement(
+            req["policy_id"],
+            pol,
+            cwd,
+            req.get("cgroup_procs", []),
+            self.supervisor_pidfd,
+            self.cache,
+            pooled_net=pooled_net,
+            console=mounts.console_path(stdio[0]) if ctty and stdio else None,
+            fork_maps=maps is not None,
+        )
+
+    def _launch(
+        self,
+        pol: CompiledPayload,
+        segments: list[_ops.Segment],
+        mode: int,
+        stdio: list[int],
+        status_w: int,
+        net: tuple[int, int] | None,
+        close_plan: bool,
+        ctl_fd: int,
+        command: bytes,
+        command_fd: int,
+        ctty: bool,
+        proxy_fd: int,
+    ) -> tuple[int, int, int]:
+        """Write the plan to a pipe and launch the init reading it; returns (pid, exec errno, plan write end).
+
+        The plan's write end is closed here (-1) when `close_plan`, or when the init was not started or
+        failed to exec; otherwise the caller writes the owner maps and closes it. Closes `status_w`
+        always. Raises OSError when the pipe, the write or the launch fails.
+        """
+        plan_r = plan_w = pid = -1
+        exec_errno = 0
         try:
             plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
             blob = _ops.blob(
@@ -365,7 +423,7 @@ class Server:
                 proxy_fd=proxy_fd,
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
-            if maps is None:
+            if close_plan:
                 os.close(plan_w)
                 plan_w = -1
             extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1, proxy_fd) if fd >= 0)
@@ -377,15 +435,6 @@ class Server:
                 pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, netfd, self.slot)
             else:
                 pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, netfd)
-        except OSError as err:
-            os.close(status_r)
-            if net is not None:
-                self.netpool.unused(key, net)
-            return {
-                "error": _sys.SetupFailure(
-                    "fork server", "launch corral-init", err.errno or 0, _INIT.decode()
-                ).to_dict()
-            }, []
         finally:
             for fd in (plan_r, status_w):
                 if fd >= 0:
@@ -393,25 +442,37 @@ class Server:
             if plan_w >= 0 and (pid < 0 or exec_errno):
                 os.close(plan_w)
                 plan_w = -1
-        if plan_w >= 0 and maps is not None:
-            # Before the plan's end: the init is blocked reading it. A map that cannot be written stops
-            # the sandbox (it would run as root instead: no silent downgrade).
-            try:
-                namespaces.write_owner_maps(pid, maps)
-            except OSError as err:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                os.close(plan_w)
-                unmapped = _sys.SetupFailure(
-                    "namespaces",
-                    f"write /proc/{pid}/uid_map",
-                    err.errno or 0,
-                    hint="a root caller's sandbox runs as its workdir's owner, whose ids this process maps "
-                    "(it needs CAP_SETUID and CAP_SETGID); run corral with them, or as the workdir's owner",
-                )
-                return self._started(pid, status_r, net, key, unmapped)
+        return pid, exec_errno, plan_w
+
+    def _map_owner(
+        self,
+        pid: int,
+        maps: tuple[bytes, bytes],
+        plan_w: int,
+        status_r: int,
+        net: tuple[int, int] | None,
+        key: tuple[int, str],
+    ) -> tuple[Reply, list[int]]:
+        """Write the init `pid`'s owner id maps, then close the plan's write end `plan_w`; returns the
+        reply as `_started`. A map that cannot be written kills the init (the reply carries the error)."""
+        # Before the plan's end: the init is blocked reading it. A map that cannot be written stops
+        # the sandbox (it would run as root instead: no silent downgrade).
+        try:
+            namespaces.write_owner_maps(pid, maps)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
             os.close(plan_w)
-        return self._started(pid, status_r, net, key, None, exec_errno)
+            unmapped = _sys.SetupFailure(
+                "namespaces",
+                f"write /proc/{pid}/uid_map",
+                err.errno or 0,
+                hint="a root caller's sandbox runs as its workdir's owner, whose ids this process maps "
+                "(it needs CAP_SETUID and CAP_SETGID); run corral with them, or as the workdir's owner",
+            )
+            return self._started(pid, status_r, net, key, unmapped)
+        os.close(plan_w)
+        return self._started(pid, status_r, net, key, None)
 
     def _started(
         self,

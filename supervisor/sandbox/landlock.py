@@ -203,71 +203,115 @@ def prepare(
     `policy.best_effort`, which records them in "missing" instead. Rule paths are not checked here:
     a path missing at spawn time is skipped by `apply`. Pure computation: nothing to cancel.
     """
-    from supervisor._errors import SandboxSetupError
-
     fs = policy.filesystem
     confine = fs.confine
     net_guard = not private_network and policy.network.mode != "host"
     if not confine and not net_guard:
         return None
 
-    abi = caps.landlock_abi
-    if abi < 1:
-        if policy.best_effort:
-            return None
-        raise SandboxSetupError(
-            _LAYER,
-            "landlock_create_ruleset",
-            caps.landlock.errno,
-            hint=(
-                f"Landlock is {caps.landlock.reason}: it needs Linux >= 5.13 built with "
-                "CONFIG_SECURITY_LANDLOCK=y and 'landlock' in the lsm= boot parameter "
-                "(check /sys/kernel/security/lsm), or set best_effort"
-            ),
-        )
+    abi = _usable_abi(policy, caps)
+    if abi is None:
+        return None
     used_abi = min(abi, KNOWN_ABI)
 
     enforced: list[str] = []
-    missing: list[list[str]] = []
     unmet: list[tuple[str, int]] = []  # (feature, ABI it needs)
 
     handled_fs = 0
     rules: dict[str, int] = {}
     if confine:
         handled_fs = fs_access_for_abi(used_abi)
-        enforced.append("landlock_fs")
-        if used_abi >= 2:  # ABI 1 refuses every cross-directory link and rename instead
-            enforced.append("landlock_refer")
-        if used_abi >= NEED_TRUNCATE:
-            enforced.append("landlock_truncate")
-        else:
-            unmet.append(("landlock_truncate", NEED_TRUNCATE))
-        if used_abi >= 5:
-            enforced.append("landlock_ioctl_dev")
+        rules = _fs_rules(policy, used_abi, private_dev=private_dev, enforced=enforced, unmet=unmet)
 
-        from policies._validate import resolve_trusted
+    handled_net, scoped = _guards(used_abi, net_guard=net_guard, enforced=enforced, unmet=unmet)
+    return {
+        "abi": used_abi,
+        "handled_fs": handled_fs,
+        "handled_net": handled_net,
+        "scoped": scoped,
+        "rules": sorted((p, a & handled_fs) for p, a in rules.items() if a & handled_fs),
+        "net_rules": [],
+        "enforced": enforced,
+        "missing": _missing_or_raise(policy, abi, unmet) if unmet else [],
+    }
 
-        restrict_exec = fs.execute is not None
-        read_access = ACCESS_READ | (0 if restrict_exec else ACCESS_FS_EXECUTE)
-        # As mounts.prepare: the symlinks no sandbox could have planted resolved once, now; the init opens
-        # each rule's path following none.
-        for path in fs.read:
-            _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, read_access)
-        for path in fs.write:
-            _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, read_access | ACCESS_WRITE)
-        for path in ALWAYS_WRITE:
-            _add(rules, path, read_access | ACCESS_WRITE)
-        for path, access in ALWAYS_RULES:
-            _add(rules, path, access)
-        if private_dev:
-            # /dev/ptmx is a symlink to pts/ptmx there, and the init opens rule paths following no link:
-            # the rule on /dev/pts covers both.
-            _add(rules, "/dev/pts", ACCESS_DEV_RW)
-        if fs.execute is not None:
-            enforced.append("landlock_execute")
-            for path in fs.execute:
-                _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, ACCESS_FS_EXECUTE)
 
+def _usable_abi(policy: Policy, caps: KernelCaps) -> int | None:
+    """The kernel's Landlock ABI for `prepare`; None when Landlock is unavailable under best_effort.
+
+    Raises SandboxSetupError (layer "landlock") when Landlock is unavailable otherwise.
+    """
+    from supervisor._errors import SandboxSetupError
+
+    abi = caps.landlock_abi
+    if abi >= 1:
+        return abi
+    if policy.best_effort:
+        return None
+    raise SandboxSetupError(
+        _LAYER,
+        "landlock_create_ruleset",
+        caps.landlock.errno,
+        hint=(
+            f"Landlock is {caps.landlock.reason}: it needs Linux >= 5.13 built with "
+            "CONFIG_SECURITY_LANDLOCK=y and 'landlock' in the lsm= boot parameter "
+            "(check /sys/kernel/security/lsm), or set best_effort"
+        ),
+    )
+
+
+def _fs_rules(
+    policy: Policy, used_abi: int, *, private_dev: bool, enforced: list[str], unmet: list[tuple[str, int]]
+) -> dict[str, int]:
+    """The filesystem rules of a confining policy for `prepare`: {path: access} before ABI masking.
+
+    Appends the filesystem layers it enforces to `enforced` and the ones this ABI lacks to `unmet`
+    (feature, ABI it needs). Absolute policy paths are resolved through the trusted symlinks only.
+    """
+    from policies._validate import resolve_trusted
+
+    fs = policy.filesystem
+    enforced.append("landlock_fs")
+    if used_abi >= 2:  # ABI 1 refuses every cross-directory link and rename instead
+        enforced.append("landlock_refer")
+    if used_abi >= NEED_TRUNCATE:
+        enforced.append("landlock_truncate")
+    else:
+        unmet.append(("landlock_truncate", NEED_TRUNCATE))
+    if used_abi >= 5:
+        enforced.append("landlock_ioctl_dev")
+
+    rules: dict[str, int] = {}
+    restrict_exec = fs.execute is not None
+    read_access = ACCESS_READ | (0 if restrict_exec else ACCESS_FS_EXECUTE)
+    # As mounts.prepare: the symlinks no sandbox could have planted resolved once, now; the init opens
+    # each rule's path following none.
+    for path in fs.read:
+        _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, read_access)
+    for path in fs.write:
+        _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, read_access | ACCESS_WRITE)
+    for path in ALWAYS_WRITE:
+        _add(rules, path, read_access | ACCESS_WRITE)
+    for path, access in ALWAYS_RULES:
+        _add(rules, path, access)
+    if private_dev:
+        # /dev/ptmx is a symlink to pts/ptmx there, and the init opens rule paths following no link:
+        # the rule on /dev/pts covers both.
+        _add(rules, "/dev/pts", ACCESS_DEV_RW)
+    if fs.execute is not None:
+        enforced.append("landlock_execute")
+        for path in fs.execute:
+            _add(rules, resolve_trusted(path) if os.path.isabs(path) else path, ACCESS_FS_EXECUTE)
+    return rules
+
+
+def _guards(
+    used_abi: int, *, net_guard: bool, enforced: list[str], unmet: list[tuple[str, int]]
+) -> tuple[int, int]:
+    """The TCP guard's handled network rights (when `net_guard`) and the IPC scopes for `prepare`.
+
+    Appends what it enforces to `enforced` and what this ABI lacks to `unmet` (feature, ABI it needs).
+    """
     handled_net = 0
     if net_guard:
         if used_abi >= NEED_NET:
@@ -284,33 +328,29 @@ def prepare(
         enforced += ["landlock_scope_abstract_unix", "landlock_scope_signal"]
     else:
         unmet.append(("landlock_scope", NEED_SCOPE))
+    return handled_net, scoped
 
-    if unmet:
-        if not policy.best_effort:
-            need = max(n for _, n in unmet)
-            what = ", ".join(f"{name} ({_needs(n)})" for name, n in unmet)
-            raise SandboxSetupError(
-                _LAYER,
-                f"landlock_create_ruleset(abi={abi})",
-                0,
-                hint=(
-                    f"this kernel has Landlock ABI {abi}; the policy needs ABI {need} "
-                    f"(Linux {ABI_KERNEL[need]}) for: {what}. Upgrade the kernel or set best_effort"
-                ),
-            )
-        for name, n in unmet:
-            missing.append([name, f"{_needs(n)}; this kernel has ABI {abi}"])
 
-    return {
-        "abi": used_abi,
-        "handled_fs": handled_fs,
-        "handled_net": handled_net,
-        "scoped": scoped,
-        "rules": sorted((p, a & handled_fs) for p, a in rules.items() if a & handled_fs),
-        "net_rules": [],
-        "enforced": enforced,
-        "missing": missing,
-    }
+def _missing_or_raise(policy: Policy, abi: int, unmet: list[tuple[str, int]]) -> list[list[str]]:
+    """The "missing" entries [[name, reason]] for the features this ABI lacks, under best_effort.
+
+    Raises SandboxSetupError (layer "landlock") naming the ABI and kernel they need otherwise.
+    """
+    from supervisor._errors import SandboxSetupError
+
+    if not policy.best_effort:
+        need = max(n for _, n in unmet)
+        what = ", ".join(f"{name} ({_needs(n)})" for name, n in unmet)
+        raise SandboxSetupError(
+            _LAYER,
+            f"landlock_create_ruleset(abi={abi})",
+            0,
+            hint=(
+                f"this kernel has Landlock ABI {abi}; the policy needs ABI {need} "
+                f"(Linux {ABI_KERNEL[need]}) for: {what}. Upgrade the kernel or set best_effort"
+            ),
+        )
+    return [[name, f"{_needs(n)}; this kernel has ABI {abi}"] for name, n in unmet]
 
 
 # --- the sandbox init's side -----------------------------------------------------------------------

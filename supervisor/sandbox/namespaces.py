@@ -18,6 +18,7 @@ from supervisor.sandbox.probe import NAMESPACE_FLAGS
 
 if TYPE_CHECKING:
     from policies import Policy
+    from supervisor._errors import SandboxSetupError
     from supervisor.sandbox._ops import Plan
     from supervisor.sandbox.probe import KernelCaps
 
@@ -78,23 +79,7 @@ def prepare(policy: Policy, caps: KernelCaps) -> Prepared:
             continue
         reason = feat.reason if not feat.available else "needs a user namespace, which is unavailable"
         if not policy.best_effort:
-            hint = _HINTS.get(name, f"{name} namespace {reason}; set best_effort to run without it")
-            if unprivileged and user.available and feat.errno == errno.EPERM:
-                # A user namespace that can be made but grants nothing inside is what Ubuntu 24.04's
-                # AppArmor restriction looks like.
-                hint = (
-                    f"{name} namespace {reason} inside a new user namespace: AppArmor's "
-                    "kernel.apparmor_restrict_unprivileged_userns (Ubuntu 24.04) denies capabilities there; "
-                    "allow it with an AppArmor profile for this interpreter (which creates the namespace) "
-                    "and for supervisor/sandbox/corral-init (which runs in it), set the sysctl to 0, or set "
-                    "best_effort"
-                )
-            raise SandboxSetupError(
-                "namespaces",
-                f"clone(CLONE_NEW{name.upper() if name != 'mount' else 'NS'})",
-                feat.errno or user.errno,
-                hint=hint,
-            )
+            raise _unavailable(name, reason, caps)
         missing.append([f"{name}_ns", reason])
     proxy = policy.network.mode == "proxy"
     if proxy and not flags & NAMESPACE_FLAGS["net"]:
@@ -122,6 +107,31 @@ def prepare(policy: Policy, caps: KernelCaps) -> Prepared:
         "enforced": enforced,
         "missing": missing,
     }
+
+
+def _unavailable(name: str, reason: str, caps: KernelCaps) -> SandboxSetupError:
+    """The SandboxSetupError `prepare` raises when the wanted namespace `name` is unavailable (`reason`)."""
+    from supervisor._errors import SandboxSetupError
+
+    user = caps.namespace("user")
+    feat = caps.namespace(name)
+    hint = _HINTS.get(name, f"{name} namespace {reason}; set best_effort to run without it")
+    if caps.uid != 0 and user.available and feat.errno == errno.EPERM:
+        # A user namespace that can be made but grants nothing inside is what Ubuntu 24.04's
+        # AppArmor restriction looks like.
+        hint = (
+            f"{name} namespace {reason} inside a new user namespace: AppArmor's "
+            "kernel.apparmor_restrict_unprivileged_userns (Ubuntu 24.04) denies capabilities there; "
+            "allow it with an AppArmor profile for this interpreter (which creates the namespace) "
+            "and for supervisor/sandbox/corral-init (which runs in it), set the sysctl to 0, or set "
+            "best_effort"
+        )
+    return SandboxSetupError(
+        "namespaces",
+        f"clone(CLONE_NEW{name.upper() if name != 'mount' else 'NS'})",
+        feat.errno or user.errno,
+        hint=hint,
+    )
 
 
 def clone_flags(prepared: Prepared) -> int:

@@ -526,10 +526,7 @@ def run_bpf(prog: bytes, nr: int, arch: int | None = None, args: tuple[int, ...]
     `prepare` to check the compiled filter before trusting it, and by the tests. Raises ValueError
     on an instruction seccomp would not accept or a program that runs off its end.
     """
-    if arch is None:
-        arch = _AUDIT_ARCH[_sys.MACHINE]
-    full = (tuple(args) + (0,) * 6)[:6]
-    data = struct.pack("=iIQ6Q", nr, arch, 0, *(a & (2**64 - 1) for a in full))
+    data = _seccomp_data(nr, _AUDIT_ARCH[_sys.MACHINE] if arch is None else arch, args)
     insns: list[tuple[int, int, int, int]] = [
         struct.unpack_from("=HBBI", prog, off) for off in range(0, len(prog), 8)
     ]
@@ -568,20 +565,7 @@ def run_bpf(prog: bytes, nr: int, arch: int | None = None, args: tuple[int, ...]
         elif code == 0x05:  # ja
             pc += k
         elif cls == 0x05:  # conditional jumps
-            src = x if code & 0x08 else k
-            op = code & 0xF0
-            if op == 0x10:
-                cond = a == src
-            elif op == 0x20:
-                cond = a > src
-            elif op == 0x30:
-                cond = a >= src
-            elif op == 0x40:
-                cond = bool(a & src)
-            else:
-                msg = f"seccomp BPF: bad jump {code:#x}"
-                raise ValueError(msg)
-            pc += jt if cond else jf
+            pc += jt if _jump(code, a, x if code & 0x08 else k) else jf
         elif code == 0x06:  # ret #k
             return k
         elif code == 0x16:  # ret a
@@ -590,6 +574,27 @@ def run_bpf(prog: bytes, nr: int, arch: int | None = None, args: tuple[int, ...]
             msg = f"seccomp BPF: unsupported instruction {code:#x}"
             raise ValueError(msg)
     msg = "seccomp BPF: program ends without a return"
+    raise ValueError(msg)
+
+
+def _seccomp_data(nr: int, arch: int, args: tuple[int, ...]) -> bytes:
+    """The struct seccomp_data `run_bpf` evaluates: `args` padded or cut to six, each as 64 bits."""
+    full = (tuple(args) + (0,) * 6)[:6]
+    return struct.pack("=iIQ6Q", nr, arch, 0, *(a & (2**64 - 1) for a in full))
+
+
+def _jump(code: int, a: int, src: int) -> bool:
+    """Whether the conditional jump `code` is taken (A against `src`). Raises ValueError on an unknown one."""
+    op = code & 0xF0
+    if op == 0x10:
+        return a == src
+    if op == 0x20:
+        return a > src
+    if op == 0x30:
+        return a >= src
+    if op == 0x40:
+        return bool(a & src)
+    msg = f"seccomp BPF: bad jump {code:#x}"
     raise ValueError(msg)
 
 
@@ -666,41 +671,9 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
     the self-check; PolicyError for a name in ``syscalls.deny``/``syscalls.allow`` that is not a
     syscall on this architecture, or for denying execve.
     """
-    from supervisor._errors import SandboxSetupError
-
-    if not policy.syscalls.enabled:
+    if not policy.syscalls.enabled or not _seccomp_usable(policy, caps):
         return None
-    if not caps.seccomp.available:
-        if policy.best_effort:
-            return None
-        raise SandboxSetupError(
-            _LAYER,
-            "seccomp(SECCOMP_GET_ACTION_AVAIL)",
-            caps.seccomp.errno,
-            hint=_unavailable_hint(caps.seccomp.errno),
-        )
-    try:
-        import pyseccomp  # noqa: F401 - fails here, clearly, when libseccomp is missing
-    except (ImportError, RuntimeError, OSError) as err:
-        if policy.best_effort:
-            return None
-        raise SandboxSetupError(
-            _LAYER,
-            "import pyseccomp (libseccomp)",
-            hint="install libseccomp2 and the pyseccomp package, set best_effort = true to run "
-            f"without the syscall filter, or syscalls.enabled = false ({err})",
-        ) from err
-    try:
-        # Tracing stays inside the sandbox only where its pid namespace holds nothing else (TRACING).
-        flt, compiled = _compile(policy, tracing=caps.namespace("pid").available)
-        bpf = _export(flt, "export_bpf")
-    except OSError as err:
-        raise SandboxSetupError(
-            _LAYER,
-            f"libseccomp seccomp_rule_add({err.filename or '?'})/seccomp_export_bpf",
-            err.errno or 0,
-            hint="libseccomp rejected the filter; this is a corral bug, please report it",
-        ) from err
+    bpf, compiled = _compile_filter(policy, caps)
     problem = None
     if not bpf or len(bpf) % 8 or len(bpf) // 8 > _BPF_MAXINSNS:
         problem = f"libseccomp produced {len(bpf)} bytes of BPF"
@@ -711,43 +684,13 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
             problem = str(err)
     prepared: dict[str, object] = {"bpf": bpf, "denied": sorted(compiled)}
     if not problem and caps.seccomp_notify.available:
-        # The same filter with the refusals to report answering SECCOMP_RET_USER_NOTIF: the sandbox
-        # init holds its listener and reports them (docs/denials.md). `bpf` stays its errno twin: the
-        # init evaluates it to answer each notified call with the errno it would have had.
-        try:
-            private_net = caps.namespace("net").available
-            nflt, _ = _compile(policy, caps.namespace("pid").available, notify=True, private_net=private_net)
-            notify_bpf = _export(nflt, "export_bpf")
-            problem = _self_check(notify_bpf, compiled, notify=True)
-        except (OSError, ValueError) as err:
-            problem = f"the notifying filter: {err}"
-        prepared["notify"] = notify_bpf
-        prepared["keys"] = fold_keys(compiled)
-        prepared["names"] = {nr: name for name, (nr, _) in compiled.items()}
-        prepared["watch_net"] = private_net and policy.network.mode in WATCHED_NETWORK_MODES
-        if prepared["watch_net"]:
-            names = prepared["names"]
-            assert isinstance(names, dict)
-            names.update({_resolve(name): name for name in NETWORK_WATCH if name not in compiled})
+        problem = _add_notify(policy, caps, compiled, prepared)
     profile = policy.syscalls.profile
     if profile is not None and not problem:
-        try:
-            profile_bpf, skipped = compile_profile(profile)
-        except OSError as err:
-            raise SandboxSetupError(
-                _LAYER, "libseccomp seccomp_export_bpf (the profile's filter)", err.errno or 0
-            ) from err
-        if len(profile_bpf) // 8 > _BPF_MAXINSNS:
-            problem = f"the profile's filter has {len(profile_bpf) // 8} instructions (the kernel takes 4096)"
-        elif run_bpf(profile_bpf, _resolve("execve")) != _ALLOW:
-            problem = "the profile's filter refuses execve"
-        elif (
-            run_bpf(profile_bpf, _resolve("getpid"), arch=_FOREIGN_ARCH.get(_sys.MACHINE, 0)) != _KILL_PROCESS
-        ):
-            problem = "the profile's filter lets a foreign ABI through"
-        prepared["profile"] = profile_bpf
-        prepared["profile_skipped"] = skipped
+        problem = _add_profile(profile, prepared)
     if problem:
+        from supervisor._errors import SandboxSetupError
+
         raise SandboxSetupError(
             _LAYER,
             "filter self-check",
@@ -755,6 +698,114 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
             hint=f"{problem}; upgrade libseccomp (2.5 or newer is tested)",
         )
     return prepared
+
+
+def _seccomp_usable(policy: Policy, caps: KernelCaps) -> bool:
+    """Whether the kernel has seccomp and libseccomp imports; False when not and the policy is best_effort.
+
+    Raises SandboxSetupError (layer ``seccomp``) when either is missing and the policy is not best_effort.
+    """
+    from supervisor._errors import SandboxSetupError
+
+    if not caps.seccomp.available:
+        if policy.best_effort:
+            return False
+        raise SandboxSetupError(
+            _LAYER,
+            "seccomp(SECCOMP_GET_ACTION_AVAIL)",
+            caps.seccomp.errno,
+            hint=_unavailable_hint(caps.seccomp.errno),
+        )
+    try:
+        import pyseccomp  # noqa: F401 - fails here, clearly, when libseccomp is missing
+    except (ImportError, RuntimeError, OSError) as err:
+        if policy.best_effort:
+            return False
+        raise SandboxSetupError(
+            _LAYER,
+            "import pyseccomp (libseccomp)",
+            hint="install libseccomp2 and the pyseccomp package, set best_effort = true to run "
+            f"without the syscall filter, or syscalls.enabled = false ({err})",
+        ) from err
+    return True
+
+
+def _compile_filter(policy: Policy, caps: KernelCaps) -> tuple[bytes, dict[str, tuple[int, list[_Rule]]]]:
+    """The built-in filter's BPF and its compiled rules {name: (nr, rules)}, not yet self-checked.
+
+    Raises SandboxSetupError (layer ``seccomp``) when libseccomp rejects the filter; PolicyError as
+    `_compile` does.
+    """
+    from supervisor._errors import SandboxSetupError
+
+    try:
+        # Tracing stays inside the sandbox only where its pid namespace holds nothing else (TRACING).
+        flt, compiled = _compile(policy, tracing=caps.namespace("pid").available)
+        return _export(flt, "export_bpf"), compiled
+    except OSError as err:
+        raise SandboxSetupError(
+            _LAYER,
+            f"libseccomp seccomp_rule_add({err.filename or '?'})/seccomp_export_bpf",
+            err.errno or 0,
+            hint="libseccomp rejected the filter; this is a corral bug, please report it",
+        ) from err
+
+
+def _add_notify(
+    policy: Policy,
+    caps: KernelCaps,
+    compiled: dict[str, tuple[int, list[_Rule]]],
+    prepared: dict[str, object],
+) -> str | None:
+    """Add the notifying filter and what the init needs to report denials to `prepared`.
+
+    Returns what is wrong with the notifying filter, or None when it passes the self-check.
+    """
+    # The same filter with the refusals to report answering SECCOMP_RET_USER_NOTIF: the sandbox
+    # init holds its listener and reports them (docs/denials.md). `bpf` stays its errno twin: the
+    # init evaluates it to answer each notified call with the errno it would have had.
+    try:
+        private_net = caps.namespace("net").available
+        nflt, _ = _compile(policy, caps.namespace("pid").available, notify=True, private_net=private_net)
+        notify_bpf = _export(nflt, "export_bpf")
+        problem = _self_check(notify_bpf, compiled, notify=True)
+    except (OSError, ValueError) as err:
+        problem = f"the notifying filter: {err}"
+    prepared["notify"] = notify_bpf
+    prepared["keys"] = fold_keys(compiled)
+    prepared["names"] = {nr: name for name, (nr, _) in compiled.items()}
+    prepared["watch_net"] = private_net and policy.network.mode in WATCHED_NETWORK_MODES
+    if prepared["watch_net"]:
+        names = prepared["names"]
+        assert isinstance(names, dict)
+        names.update({_resolve(name): name for name in NETWORK_WATCH if name not in compiled})
+    return problem
+
+
+def _add_profile(profile: SeccompProfile, prepared: dict[str, object]) -> str | None:
+    """Add the policy's profile filter to `prepared` ("profile", "profile_skipped").
+
+    Returns what is wrong with it (too long, refuses execve, lets a foreign ABI through), or None.
+    Raises SandboxSetupError (layer ``seccomp``) when libseccomp fails to export it.
+    """
+    from supervisor._errors import SandboxSetupError
+
+    try:
+        profile_bpf, skipped = compile_profile(profile)
+    except OSError as err:
+        raise SandboxSetupError(
+            _LAYER, "libseccomp seccomp_export_bpf (the profile's filter)", err.errno or 0
+        ) from err
+    problem = None
+    if len(profile_bpf) // 8 > _BPF_MAXINSNS:
+        problem = f"the profile's filter has {len(profile_bpf) // 8} instructions (the kernel takes 4096)"
+    elif run_bpf(profile_bpf, _resolve("execve")) != _ALLOW:
+        problem = "the profile's filter refuses execve"
+    elif run_bpf(profile_bpf, _resolve("getpid"), arch=_FOREIGN_ARCH.get(_sys.MACHINE, 0)) != _KILL_PROCESS:
+        problem = "the profile's filter lets a foreign ABI through"
+    prepared["profile"] = profile_bpf
+    prepared["profile_skipped"] = skipped
+    return problem
 
 
 _LOG = 0x7FFC0000  # SECCOMP_RET_LOG
