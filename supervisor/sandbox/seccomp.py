@@ -770,7 +770,7 @@ def _add_notify(
         notify_bpf = _export(nflt, "export_bpf")
         problem = _self_check(notify_bpf, compiled, notify=True)
     except (OSError, ValueError) as err:
-        problem = f"the notifying filter: {err}"
+        return f"the notifying filter: {err}"  # the caller refuses the policy: nothing more to add
     prepared["notify"] = notify_bpf
     prepared["keys"] = fold_keys(compiled)
     prepared["names"] = {nr: name for name, (nr, _) in compiled.items()}

@@ -153,6 +153,22 @@ def test_unavailable_kernel_fails_closed() -> None:
     assert "ENOSYS" in str(err)
 
 
+def test_a_notifying_filter_that_fails_to_compile_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libseccomp failing on the notifying twin of the filter refuses the policy with the seccomp layer's
+    SandboxSetupError naming that filter (it once fell through to an UnboundLocalError)."""
+    caps = KernelCaps(seccomp=Feature(True), seccomp_notify=Feature(True), namespaces={"pid": Feature(True)})
+    real = seccomp._compile
+
+    def failing(*args: object, notify: bool = False, **kw: object) -> object:
+        if notify:
+            raise OSError(errno.EINVAL, "seccomp_export_bpf")
+        return real(*args, notify=notify, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seccomp, "_compile", failing)
+    with pytest.raises(SandboxSetupError, match="the notifying filter"):
+        seccomp.prepare(Policy(), caps)
+
+
 def test_blocked_seccomp_hint_names_the_outer_sandbox() -> None:
     caps = KernelCaps(seccomp=Feature(False, errno.EPERM))
     with pytest.raises(SandboxSetupError, match="outer sandbox") as info:
