@@ -87,23 +87,14 @@ class Child:
         self.stdout = stdout
         self.stderr = stderr
         self.started = time.monotonic()
-        #: The violation to report: set when corral killed the child for a limit (then `killed` is True and
-        #: the exit status is 137) or when the kernel held a limit the child survived (pids.max).
-        self.violation: Violation | None = None
-        self.killed = False
-        self.limit_hits: dict[str, int] = {}
         #: The latest monitoring sample (None before the first one).
         self.last_stats: ChildStats | None = None
-        #: The sampler's: what it watches between full rounds (_monitor.watch; None: not decided yet) and
-        #: the event counters' contents it saw last.
-        self._watch: int | None = None
-        self._events_seen: bytes | None = None
+        self._init_findings()
         self.leaf: Leaf | None = None
         self.policy: Policy | None = None
         self.rules: tuple[Rule, ...] = ()
         #: What the command rules decided for this command (None when no rules were in use).
         self.decision: CommandDecision | None = None
-        self.output_bytes = 0
         #: Seconds from the start() call to the command running (exporters histogram it).
         self.spawn_latency_s: float | None = None
         #: When the command was reported running (monotonic), None before; when start() was called.
@@ -117,13 +108,6 @@ class Child:
         #: task runs in (cancelled when the child is done).
         self.proxy: ChildProxy | None = None
         self._proxy_scope: anyio.CancelScope | None = None
-        #: What the sandbox was refused (bounded), the layers whose refusals cannot be seen, the syscall
-        #: names of its seccomp filter by number (None: its refusals are not reported), and who is told of
-        #: each new denial as it comes (the supervisor's `denied` event).
-        self.denials = DenialLog()
-        self.unobservable: tuple[tuple[str, str], ...] = ()
-        self.syscall_names: dict[int, str] | None = None
-        self.on_denial: Callable[[Denial], None] | None = None
         self._pidfd: int | None = pidfd
         self._status = status
         self._exit: _Exit | None = None
@@ -134,6 +118,27 @@ class Child:
         self._then: Callable[[], None] | None = None
         #: Called with this child once its streams are closed (the supervisor stops tracking them).
         self._forget: Callable[[Child], None] | None = None
+
+    def _init_findings(self) -> None:
+        """What monitoring finds about the child (besides its latest sample) and what its sandbox is refused,
+        all empty at first."""
+        #: The violation to report: set when corral killed the child for a limit (then `killed` is True and
+        #: the exit status is 137) or when the kernel held a limit the child survived (pids.max).
+        self.violation: Violation | None = None
+        self.killed = False
+        self.limit_hits: dict[str, int] = {}
+        #: The sampler's: what it watches between full rounds (_monitor.watch; None: not decided yet) and
+        #: the event counters' contents it saw last.
+        self._watch: int | None = None
+        self._events_seen: bytes | None = None
+        self.output_bytes = 0
+        #: What the sandbox was refused (bounded), the layers whose refusals cannot be seen, the syscall
+        #: names of its seccomp filter by number (None: its refusals are not reported), and who is told of
+        #: each new denial as it comes (the supervisor's `denied` event).
+        self.denials = DenialLog()
+        self.unobservable: tuple[tuple[str, str], ...] = ()
+        self.syscall_names: dict[int, str] | None = None
+        self.on_denial: Callable[[Denial], None] | None = None
 
     @property
     def running(self) -> bool:

@@ -731,27 +731,8 @@ def _parse(head: bytes) -> _Request:
     """The request line and headers of `head` (without its final CRLFCRLF). Raises _Refused (400 for what
     is no proxy request, 403 for a Host header that names another host)."""
     lines = head.split(b"\r\n")
-    try:
-        method_b, target_b, version = lines[0].split(b" ")
-    except ValueError:
-        raise _Refused(400, "expected 'METHOD TARGET HTTP/1.x'", "read") from None
-    if not version.startswith(b"HTTP/1.") or not method_b.isalpha() or not method_b.isupper():
-        raise _Refused(400, "expected 'METHOD TARGET HTTP/1.x'", "read")
-    try:
-        method, target = method_b.decode("ascii"), target_b.decode("ascii")
-    except UnicodeDecodeError:
-        raise _Refused(400, "the request line is not ASCII", "read") from None
-    headers: list[tuple[bytes, bytes]] = []
-    hosts: list[str] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b" " in name:
-            raise _Refused(400, "malformed header line", method)
-        key = name.lower()
-        value = value.strip()
-        if key == b"host":
-            hosts.append(value.decode("latin-1"))
-        headers.append((name, value))
+    method, target, version = _request_line(lines[0])
+    headers, hosts = _headers(lines[1:], method)
     if len(hosts) > 1:
         raise _Refused(403, "more than one Host header", method)
     if method == "CONNECT":
@@ -781,6 +762,54 @@ def _parse(head: bytes) -> _Request:
         )
     if path.startswith("#"):
         path = "/"
+    return _Request(
+        method, host, port, shown, _forwarded_head(method, path, version, headers, hosts, authority)
+    )
+
+
+def _request_line(line: bytes) -> tuple[str, str, bytes]:
+    """(method, target, version) of the request line `line`. Raises _Refused(400) for one that is not
+    'METHOD TARGET HTTP/1.x' in ASCII."""
+    try:
+        method_b, target_b, version = line.split(b" ")
+    except ValueError:
+        raise _Refused(400, "expected 'METHOD TARGET HTTP/1.x'", "read") from None
+    if not version.startswith(b"HTTP/1.") or not method_b.isalpha() or not method_b.isupper():
+        raise _Refused(400, "expected 'METHOD TARGET HTTP/1.x'", "read")
+    try:
+        return method_b.decode("ascii"), target_b.decode("ascii"), version
+    except UnicodeDecodeError:
+        raise _Refused(400, "the request line is not ASCII", "read") from None
+
+
+def _headers(lines: list[bytes], method: str) -> tuple[list[tuple[bytes, bytes]], list[str]]:
+    """The (name, value) header pairs of `lines`, values stripped, and the values of their Host headers.
+    Raises _Refused(400) for a malformed header line."""
+    headers: list[tuple[bytes, bytes]] = []
+    hosts: list[str] = []
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b" " in name:
+            raise _Refused(400, "malformed header line", method)
+        key = name.lower()
+        value = value.strip()
+        if key == b"host":
+            hosts.append(value.decode("latin-1"))
+        headers.append((name, value))
+    return headers, hosts
+
+
+def _forwarded_head(
+    method: str,
+    path: str,
+    version: bytes,
+    headers: list[tuple[bytes, bytes]],
+    hosts: list[str],
+    authority: str,
+) -> bytes:
+    """The head sent upstream for a plain-HTTP request: origin-form request line, a Host header when the
+    request had none, its headers but the hop-by-hop ones and those its Connection headers name, and
+    `Connection: close`; ends with CRLFCRLF."""
     out = [f"{method} {path if path.startswith('/') else '/' + path} ".encode() + version]
     connection_tokens = {
         t.strip().lower()
@@ -796,7 +825,7 @@ def _parse(head: bytes) -> _Request:
             continue
         out.append(name + b": " + value)
     out.append(b"Connection: close")
-    return _Request(method, host, port, shown, b"\r\n".join(out) + b"\r\n\r\n")
+    return b"\r\n".join(out) + b"\r\n\r\n"
 
 
 def _authority(text: str, default_port: int | None, method: str) -> tuple[str, int]:

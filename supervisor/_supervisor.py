@@ -177,24 +177,11 @@ class Supervisor:
         rules: CommandRules | None = None,
         approver: Approver | None = None,
     ) -> None:
-        _check_int("max_concurrency", max_concurrency, 1)
-        if rules is not None and not isinstance(rules, CommandRules):
-            raise TypeError(f"rules must be CommandRules (policies.load_rules) or None, not {rules!r}")
+        _check_options(
+            max_concurrency, capture_limit, cgroups, cgroup_delegate, monitor_interval, prefork, rules
+        )
         self.rules = rules
         self.approver = approver
-        _check_int("capture_limit", capture_limit, 0)
-        _check_int("prefork", prefork, 0)
-        if (
-            isinstance(monitor_interval, bool)
-            or not isinstance(monitor_interval, int | float)
-            or not math.isfinite(monitor_interval)
-            or monitor_interval <= 0
-        ):
-            raise ValueError(f"monitor_interval must be a number of seconds > 0, not {monitor_interval!r}")
-        if not isinstance(cgroups, bool):
-            raise TypeError(f"cgroups must be True or False, not {cgroups!r}")
-        if cgroup_delegate is not None and not isinstance(cgroup_delegate, str | os.PathLike):
-            raise TypeError(f"cgroup_delegate must be a path or None, not {cgroup_delegate!r}")
         self.max_concurrency = max_concurrency
         self.capture_limit = capture_limit
         self.monitor_interval = monitor_interval
@@ -511,23 +498,35 @@ class Supervisor:
             raise SupervisorClosedError("the supervisor is not running")
         _check_command(cmd)
         policy = _resolve_policy(policy)
-        kill_rules, call_rules = _split_rules(rules)
+        kills, call_rules = _split_rules(rules)  # kill rules, command rules
         decision = await self._decide(cmd, call_rules, approver)
         if decision is not None:
             policy = decision.policy_for(policy)
+        return await self._start_decided(
+            cmd, policy, decision, stdin, stdout, stderr, name, pass_fds, kills, env, cwd, controlling_tty
+        )
+
+    async def _start_decided(
+        self,
+        cmd: Sequence[str | bytes | os.PathLike[str]],
+        policy: Policy,
+        decision: CommandDecision | None,
+        stdin: StdioArg,
+        stdout: StdioArg,
+        stderr: StdioArg,
+        name: str | None,
+        pass_fds: Sequence[int],
+        kill_rules: Sequence[Rule],
+        env: Mapping[str, str] | None,
+        cwd: str | os.PathLike[str] | None,
+        controlling_tty: bool,
+    ) -> Child:
+        """`start` once the command rules decided `policy`: check `env` and `cwd`, compile the policy, take
+        a concurrency slot for the child and spawn it. Raises and cancels as `start` says; the slot is
+        released on any failure."""
         environment = None if env is None else _merged_env(policy, env)
         where = _check_cwd(cwd)
-        compiled = self._compiled.get(policy)
-        if compiled is None:
-            try:
-                compiled = await self._compiled_for(policy)
-            except OSError as err:  # EMFILE while compiling: corral's failure, typed
-                raise SandboxSetupError(
-                    "supervisor", "compile the policy", err.errno or 0, hint=f"{err}"
-                ) from err
-        else:
-            with contextlib.suppress(KeyError):  # evicted by a compile in a worker thread meanwhile
-                self._compiled.move_to_end(policy)
+        compiled = await self._compiled_at_start(policy)
         # The slot belongs to the child, not to this task: the watcher task releases it after reaping.
         slot = _Slot()
         await self._limiter.acquire_on_behalf_of(slot)
@@ -560,6 +559,22 @@ class Supervisor:
             self._handles.add(child)
             child._forget = self._handles.discard
         return child
+
+    async def _compiled_at_start(self, policy: Policy) -> CompiledPolicy:
+        """The compiled form of `policy`: the cached one (marked recently used), else compiled now.
+        Raises what `_compiled_for` raises, and SandboxSetupError for an OSError (EMFILE) while compiling."""
+        compiled = self._compiled.get(policy)
+        if compiled is None:
+            try:
+                compiled = await self._compiled_for(policy)
+            except OSError as err:  # EMFILE while compiling: corral's failure, typed
+                raise SandboxSetupError(
+                    "supervisor", "compile the policy", err.errno or 0, hint=f"{err}"
+                ) from err
+        else:
+            with contextlib.suppress(KeyError):  # evicted by a compile in a worker thread meanwhile
+                self._compiled.move_to_end(policy)
+        return compiled
 
     def _leaf_for(
         self, policy: Policy, child_id: str
@@ -656,8 +671,17 @@ class Supervisor:
         child.decision = decision
         child._then = partial(self._prefork.refill, policy, compiled, cwd)
         self._children.add(child)
+        self._start_watchers(child, sandbox, policy, slot, proxy_sock)
+        return await self._until_running(child, sandbox, cmd, policy)
+
+    def _start_watchers(
+        self, child: Child, sandbox: _Sandbox, policy: Policy, slot: _Slot, proxy_sock: socket.socket | None
+    ) -> None:
+        """Start the child's tasks in the supervisor's task group: its network proxy (network mode "proxy",
+        on `proxy_sock`, our end of its channel), its watcher (which reaps it and releases `slot`) and, when
+        the policy limits disk or /tmp, its disk watcher."""
         assert self._tg is not None
-        if proxied:
+        if policy.network.mode == "proxy":
             child.proxy = ChildProxy(policy.network, self.proxy)
             child.proxy.on_denial = partial(self._note_denial, child)
             self._tg.start_soon(self._serve_proxy, child, sandbox.listener, proxy_sock)
@@ -665,7 +689,6 @@ class Supervisor:
         r = policy.resources
         if r.disk is not None or r.tmp_size is not None:
             self._tg.start_soon(self._watch_disk, child)
-        return await self._until_running(child, sandbox, cmd, policy)
 
     def _make_child(
         self,
@@ -1097,31 +1120,70 @@ class Supervisor:
         # A command rule may have chosen another policy for it: its output limit is the one that holds.
         out_limit = (child.policy or policy).resources.output
         keep = min(out_limit, self.capture_limit) if out_limit is not None else self.capture_limit
-        captured: dict[str, tuple[bytes, bool]] = {}
-        try:
-            async with anyio.create_task_group() as tg:
-                if child.stdout is not None:
-                    tg.start_soon(_drain, child, child.stdout, keep, out_limit, captured, "stdout")
-                if child.stderr is not None:
-                    tg.start_soon(_drain, child, child.stderr, keep, out_limit, captured, "stderr")
-                if input is not None and child.stdin is not None:
-                    tg.start_soon(_feed, child.stdin, input)
-                await child.wait()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                child.kill()
-                await child.wait()
-            raise
-        finally:
-            # Its streams are drained and closed: the supervisor need not keep the Child to close them at
-            # exit (kept, every run's Child stayed in _handles for the supervisor's life).
-            child._close_streams()
+        captured = await _capture(child, input, keep, out_limit)
         out, out_t = captured.get("stdout", (b"", False))
         err, err_t = captured.get("stderr", (b"", False))
         result = child.result(stdout=out, stderr=err, stdout_truncated=out_t, stderr_truncated=err_t)
         if check and result.exit_code != 0:
             raise CommandFailedError([os.fsdecode(a) for a in cmd], result)
         return result
+
+
+async def _capture(
+    child: Child, input: bytes | None, keep: int, out_limit: int | None
+) -> dict[str, tuple[bytes, bool]]:
+    """Feed `input` to the child's stdin, drain its stdout/stderr (`keep` bytes of each kept, `out_limit`
+    enforced) and wait for its exit: the captured streams by name, with whether each was truncated. Its
+    streams are closed afterwards. On any failure or cancellation the child is killed and reaped before
+    it propagates."""
+    captured: dict[str, tuple[bytes, bool]] = {}
+    try:
+        async with anyio.create_task_group() as tg:
+            if child.stdout is not None:
+                tg.start_soon(_drain, child, child.stdout, keep, out_limit, captured, "stdout")
+            if child.stderr is not None:
+                tg.start_soon(_drain, child, child.stderr, keep, out_limit, captured, "stderr")
+            if input is not None and child.stdin is not None:
+                tg.start_soon(_feed, child.stdin, input)
+            await child.wait()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            child.kill()
+            await child.wait()
+        raise
+    finally:
+        # Its streams are drained and closed: the supervisor need not keep the Child to close them at
+        # exit (kept, every run's Child stayed in _handles for the supervisor's life).
+        child._close_streams()
+    return captured
+
+
+def _check_options(
+    max_concurrency: int,
+    capture_limit: int,
+    cgroups: bool,
+    cgroup_delegate: str | None,
+    monitor_interval: float,
+    prefork: int,
+    rules: CommandRules | None,
+) -> None:
+    """Check Supervisor's arguments: TypeError for one of the wrong type, ValueError for one out of range."""
+    _check_int("max_concurrency", max_concurrency, 1)
+    if rules is not None and not isinstance(rules, CommandRules):
+        raise TypeError(f"rules must be CommandRules (policies.load_rules) or None, not {rules!r}")
+    _check_int("capture_limit", capture_limit, 0)
+    _check_int("prefork", prefork, 0)
+    if (
+        isinstance(monitor_interval, bool)
+        or not isinstance(monitor_interval, int | float)
+        or not math.isfinite(monitor_interval)
+        or monitor_interval <= 0
+    ):
+        raise ValueError(f"monitor_interval must be a number of seconds > 0, not {monitor_interval!r}")
+    if not isinstance(cgroups, bool):
+        raise TypeError(f"cgroups must be True or False, not {cgroups!r}")
+    if cgroup_delegate is not None and not isinstance(cgroup_delegate, str | os.PathLike):
+        raise TypeError(f"cgroup_delegate must be a path or None, not {cgroup_delegate!r}")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

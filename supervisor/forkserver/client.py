@@ -380,23 +380,8 @@ class ForkServer:
                         async with self._send_lock:
                             await self._send_when_writable(sock, request, policy_id, compiled, anc)
                 except OSError as err:  # EPIPE, ECONNRESET: the server is gone
-                    if err.errno == errno.EMSGSIZE:
-                        raise SandboxSetupError(
-                            "fork server",
-                            "sendmsg",
-                            err.errno,
-                            hint=f"the request ({self._last_len} bytes: the command, its environment and "
-                            "the policy) is more than the fork server's socket takes in one message; pass "
-                            "large data through a file or stdin",
-                        ) from err
-                    if sock is self._sock:
-                        self._on_reply(sock)  # reads what it answered, then its EOF: replaced
-                        self._lost("the fork server died")
-                    if attempt == 0:
-                        continue  # not delivered: the next server takes it
-                    raise SandboxSetupError(
-                        "fork server", "sendmsg", err.errno or 0, hint="the fork server died"
-                    ) from err
+                    self._undelivered(err, sock, attempt)
+                    continue  # not delivered: the next server takes it
                 # No await between the send and this: the futures are in the order of the requests.
                 if not self._replies:
                     self._progress_at = time.monotonic()
@@ -415,6 +400,27 @@ class ForkServer:
                 )
             return protocol.decode_reply(msg), received_fds(ancdata), bool(flags & socket.MSG_CTRUNC)
         raise SandboxSetupError("fork server", "sendmsg", errno.EPIPE, hint="the fork server died")
+
+    def _undelivered(self, err: OSError, sock: socket.socket, attempt: int) -> None:
+        """A request could not be sent on `sock` (`err`): raise SandboxSetupError when it is too large for
+        one message (EMSGSIZE) or was already the second attempt; else note the server's death (when
+        `sock` is still the current server's) and return, for the next server to take the request."""
+        if err.errno == errno.EMSGSIZE:
+            raise SandboxSetupError(
+                "fork server",
+                "sendmsg",
+                err.errno,
+                hint=f"the request ({self._last_len} bytes: the command, its environment and "
+                "the policy) is more than the fork server's socket takes in one message; pass "
+                "large data through a file or stdin",
+            ) from err
+        if sock is self._sock:
+            self._on_reply(sock)  # reads what it answered, then its EOF: replaced
+            self._lost("the fork server died")
+        if attempt != 0:
+            raise SandboxSetupError(
+                "fork server", "sendmsg", err.errno or 0, hint="the fork server died"
+            ) from err
 
     async def _send_when_writable(
         self,
