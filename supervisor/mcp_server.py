@@ -33,7 +33,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
 
@@ -295,48 +295,7 @@ def describe(settings: McpSettings) -> SandboxDescription:
     workdir = p.workdir or os.getcwd()
     shell_ok, shell_why = settings.shell_allowed()
     limits = _limits(p)
-    if fs.confine:
-        writable = list(fs.write)
-        where = (
-            f"only {', '.join(writable)} (plus a private /tmp and /dev/shm that vanish after each command)"
-            if writable
-            else "nowhere but a private /tmp and /dev/shm that vanish after each command"
-        )
-        files = (
-            f"Commands may read {', '.join(fs.read) or 'nothing'} and write {where}; a write anywhere else "
-            "fails with EACCES or EROFS and is reported."
-        )
-        if fs.deny:
-            files += f" Hidden (seen as empty): {', '.join(fs.deny)}."
-        if fs.protected and writable:
-            files += f" Inside writable roots these stay read-only: {', '.join(fs.protected)}."
-    else:
-        writable = ["/"]
-        files = "No filesystem confinement (full-access): commands read and write what this user can."
-    net_mode = p.network.mode
-    if net_mode == "none":
-        net = (
-            "No network: each command has its own network namespace with only loopback, so local servers and "
-            "tests work and nothing beyond this sandbox is reachable."
-        )
-    elif net_mode == "host":
-        net = "The host's network: commands reach whatever this machine reaches."
-    else:  # proxy
-        allowed = ", ".join(getattr(p.network, "allow", ())) or "nothing"
-        denied = ", ".join(getattr(p.network, "deny", ()))
-        net = (
-            f"Network through corral's proxy only (HTTP and HTTPS via the proxy variables set in the "
-            f"environment): reachable {allowed}" + (f"; refused {denied}" if denied else "") + "; anything "
-            "else is refused."
-        )
-    lim = (
-        "Limits per command: "
-        + ", ".join(f"{k} {v}" for k, v in limits.items())
-        + "; breaking one kills the "
-        "command and the result names the violation."
-        if limits
-        else "No resource limits are set."
-    )
+    writable, files = _files_text(p)
     shell = f"Shell strings: {'accepted' if shell_ok else 'refused'} ({shell_why}); argv lists always work."
     if settings.rules is not None:
         shell += (
@@ -353,8 +312,8 @@ def describe(settings: McpSettings) -> SandboxDescription:
         [
             f"Every command runs in its own sandbox (profile {p.profile}) with working directory {workdir}.",
             files,
-            net,
-            lim,
+            _network_text(p),
+            _limits_text(limits),
             shell,
             f"Up to {settings.max_background} background commands per session; results carry up to "
             f"{_size(settings.capture)} of stdout and of stderr.",
@@ -378,6 +337,60 @@ def describe(settings: McpSettings) -> SandboxDescription:
         max_background=settings.max_background,
         output_capture_bytes=settings.capture,
         environment=env,
+    )
+
+
+def _files_text(p: Policy) -> tuple[list[str], str]:
+    """The writable roots of `p` (["/"] without confinement) and the summary's sentences on files."""
+    fs = p.filesystem
+    if not fs.confine:
+        return ["/"], "No filesystem confinement (full-access): commands read and write what this user can."
+    writable = list(fs.write)
+    where = (
+        f"only {', '.join(writable)} (plus a private /tmp and /dev/shm that vanish after each command)"
+        if writable
+        else "nowhere but a private /tmp and /dev/shm that vanish after each command"
+    )
+    files = (
+        f"Commands may read {', '.join(fs.read) or 'nothing'} and write {where}; a write anywhere else "
+        "fails with EACCES or EROFS and is reported."
+    )
+    if fs.deny:
+        files += f" Hidden (seen as empty): {', '.join(fs.deny)}."
+    if fs.protected and writable:
+        files += f" Inside writable roots these stay read-only: {', '.join(fs.protected)}."
+    return writable, files
+
+
+def _network_text(p: Policy) -> str:
+    """The summary's sentence on the network commands reach under `p`."""
+    net_mode = p.network.mode
+    if net_mode == "none":
+        return (
+            "No network: each command has its own network namespace with only loopback, so local servers and "
+            "tests work and nothing beyond this sandbox is reachable."
+        )
+    if net_mode == "host":
+        return "The host's network: commands reach whatever this machine reaches."
+    # proxy
+    allowed = ", ".join(getattr(p.network, "allow", ())) or "nothing"
+    denied = ", ".join(getattr(p.network, "deny", ()))
+    return (
+        f"Network through corral's proxy only (HTTP and HTTPS via the proxy variables set in the "
+        f"environment): reachable {allowed}" + (f"; refused {denied}" if denied else "") + "; anything "
+        "else is refused."
+    )
+
+
+def _limits_text(limits: dict[str, str]) -> str:
+    """The summary's sentence on the resource limits (`_limits`)."""
+    return (
+        "Limits per command: "
+        + ", ".join(f"{k} {v}" for k, v in limits.items())
+        + "; breaking one kills the "
+        "command and the result names the violation."
+        if limits
+        else "No resource limits are set."
     )
 
 
@@ -744,10 +757,13 @@ CwdArg = Annotated[
 ]
 
 
+#: A tool: an async function whose signature MCPServer.add_tool turns into its input schema.
+_Tool = Callable[..., Awaitable[CallToolResult]]
+
+
 def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> MCPServer[Any]:
     """The MCPServer with corral's tools. `runtime_ref` returns the running server's state (set by
     `serve`; a call before raises ToolError)."""
-    shell_ok, _ = settings.shell_allowed()
     description = describe(settings)
     server: MCPServer[Any] = MCPServer(
         "corral",
@@ -760,11 +776,96 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
         version=_version(),
         log_level="WARNING",
     )
+    readonly = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    acting = ToolAnnotations(
+        read_only_hint=False, destructive_hint=True, open_world_hint=settings.policy.network.mode != "none"
+    )
+    _add_command_tools(server, runtime_ref, settings, readonly, acting)
+    _add_background_tools(server, runtime_ref, description, readonly, acting)
+    return server
+
+
+def _add_command_tools(
+    server: MCPServer[Any],
+    runtime_ref: Callable[[], _Runtime],
+    settings: McpSettings,
+    readonly: ToolAnnotations,
+    acting: ToolAnnotations,
+) -> None:
+    """Add run_command, start_command and read_output to `server` (in this order: the order of the list)."""
+    shell_ok, _ = settings.shell_allowed()
     shell_note = (
         " Or pass `shell`, a string run as /bin/sh -c."
         if shell_ok
         else " Shell strings are not accepted by this server: always pass an argv list."
     )
+    server.add_tool(
+        _run_command_tool(runtime_ref),
+        title="Run a command in a sandbox",
+        description="Run one command to completion in its own sandbox and return its exit code, output "
+        "(bounded), duration and any limit it broke." + shell_note,
+        annotations=acting,
+    )
+    server.add_tool(
+        _start_command_tool(runtime_ref),
+        title="Start a background command",
+        description="Start a long-running command (a dev server, a REPL, a watcher) in its own sandbox and "
+        f"return a handle; at most {settings.max_background} per session." + shell_note,
+        annotations=acting,
+    )
+    server.add_tool(
+        _read_output_tool(runtime_ref),
+        title="Read a background command's output",
+        description="The output a background command wrote since the last read, waiting up to `wait` seconds "
+        "for some; says whether it still runs and, once it exited, how.",
+        annotations=readonly,
+    )
+
+
+def _add_background_tools(
+    server: MCPServer[Any],
+    runtime_ref: Callable[[], _Runtime],
+    description: SandboxDescription,
+    readonly: ToolAnnotations,
+    acting: ToolAnnotations,
+) -> None:
+    """Add send_input, stop_command, list_commands and describe_sandbox to `server` (after
+    `_add_command_tools`'s, in this order)."""
+
+    async def describe_sandbox() -> Annotated[CallToolResult, SandboxDescription]:
+        return _tool_result(description, description.summary)
+
+    server.add_tool(
+        _send_input_tool(runtime_ref),
+        title="Write to a background command's stdin",
+        description="Write text to a background command's stdin (include \\n to end a line); `close` sends "
+        "EOF.",
+        annotations=acting,
+    )
+    server.add_tool(
+        _stop_command_tool(runtime_ref),
+        title="Stop a background command",
+        description="SIGTERM a background command, SIGKILL after `grace` seconds; returns how it ended and "
+        "its unread output.",
+        annotations=acting,
+    )
+    server.add_tool(
+        _list_commands_tool(runtime_ref),
+        title="List background commands",
+        description="This session's background commands and their handles.",
+        annotations=readonly,
+    )
+    server.add_tool(
+        describe_sandbox,
+        title="Describe the sandbox",
+        description="What commands run here may do: readable and writable paths, network, resource limits, "
+        "whether shell strings are accepted.",
+        annotations=readonly,
+    )
+
+
+def _run_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
+    """The run_command tool: one command run to completion in its own sandbox."""
 
     async def run_command(
         ctx: Context[Any, Any],
@@ -792,6 +893,12 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
             result, result.stdout, result.stderr, result.stdout_truncated, result.stderr_truncated
         )
         return _tool_result(model, _summary(model))
+
+    return run_command
+
+
+def _start_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
+    """The start_command tool: a background command started in its own sandbox, its handle returned."""
 
     async def start_command(
         ctx: Context[Any, Any],
@@ -824,14 +931,23 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
         model = StartedCommand(handle=handle, pid=child.pid, command=argv)
         return _tool_result(model, f"started {handle} (sandbox pid {child.pid}): {' '.join(argv)[:200]}")
 
-    def find(rt: _Runtime, ctx: Context[Any, Any], handle: str) -> tuple[_Session, _Background]:
-        session = rt.session(ctx)
-        bg = session.procs.get(handle)
-        if bg is None:
-            msg = f"no background command {handle!r} in this session (stopped, expired, or never started)"
-            raise ToolError(msg)
-        bg.touched = time.monotonic()
-        return session, bg
+    return start_command
+
+
+def _find(rt: _Runtime, ctx: Context[Any, Any], handle: str) -> tuple[_Session, _Background]:
+    """The session of `ctx` and its background command `handle`, marked as just used. Raises ToolError
+    when the session has no such command."""
+    session = rt.session(ctx)
+    bg = session.procs.get(handle)
+    if bg is None:
+        msg = f"no background command {handle!r} in this session (stopped, expired, or never started)"
+        raise ToolError(msg)
+    bg.touched = time.monotonic()
+    return session, bg
+
+
+def _read_output_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
+    """The read_output tool: a background command's new output, and how it ended once it did."""
 
     async def read_output(
         ctx: Context[Any, Any],
@@ -844,7 +960,7 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
         ] = 65536,
     ) -> Annotated[CallToolResult, BackgroundStatus]:
         rt = runtime_ref()
-        _, bg = find(rt, ctx, handle)
+        _, bg = _find(rt, ctx, handle)
         if wait > 0 and not bg.out.data and not bg.err.data and not bg.done.is_set():
             changed = bg.changed
             with anyio.move_on_after(wait):
@@ -876,6 +992,12 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
                 text += f"\n--- {name} ---\n{chunk[-4000:]}"
         return _tool_result(model, text)
 
+    return read_output
+
+
+def _send_input_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
+    """The send_input tool: text written to a background command's stdin."""
+
     async def send_input(
         ctx: Context[Any, Any],
         handle: Annotated[str, Field(description="From start_command.")],
@@ -885,7 +1007,7 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
         close: Annotated[bool, Field(description="Close stdin afterwards (EOF).")] = False,
     ) -> Annotated[CallToolResult, InputSent]:
         rt = runtime_ref()
-        _, bg = find(rt, ctx, handle)
+        _, bg = _find(rt, ctx, handle)
         data = text.encode("utf-8", "surrogatepass")
         _bound("text", len(data), MAX_INPUT_BYTES)
         stdin = bg.child.stdin
@@ -912,13 +1034,19 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
             model, f"wrote {len(data)} bytes to {handle}" + (" and closed stdin" if close else "")
         )
 
+    return send_input
+
+
+def _stop_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
+    """The stop_command tool: a background command terminated, how it ended and its unread output."""
+
     async def stop_command(
         ctx: Context[Any, Any],
         handle: Annotated[str, Field(description="From start_command.")],
         grace: Annotated[float, Field(ge=0, le=60, description="Seconds between SIGTERM and SIGKILL.")] = 5.0,
     ) -> Annotated[CallToolResult, CommandResult]:
         rt = runtime_ref()
-        session, bg = find(rt, ctx, handle)
+        session, bg = _find(rt, ctx, handle)
         session.procs.pop(handle, None)
         with anyio.CancelScope(shield=True):
             if not bg.done.is_set():
@@ -931,6 +1059,12 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
         err, _ = bg.err.take(cap)
         model = _command_result(bg.result, out, err, bool(bg.out.data), bool(bg.err.data))
         return _tool_result(model, f"stopped {handle}: " + _summary(model))
+
+    return stop_command
+
+
+def _list_commands_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
+    """The list_commands tool: the session's background commands."""
 
     async def list_commands(ctx: Context[Any, Any]) -> Annotated[CallToolResult, BackgroundList]:
         rt = runtime_ref()
@@ -954,62 +1088,7 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
         ]
         return _tool_result(model, "\n".join(lines) or "no background commands")
 
-    async def describe_sandbox() -> Annotated[CallToolResult, SandboxDescription]:
-        return _tool_result(description, description.summary)
-
-    readonly = ToolAnnotations(read_only_hint=True, open_world_hint=False)
-    acting = ToolAnnotations(
-        read_only_hint=False, destructive_hint=True, open_world_hint=settings.policy.network.mode != "none"
-    )
-    server.add_tool(
-        run_command,
-        title="Run a command in a sandbox",
-        description="Run one command to completion in its own sandbox and return its exit code, output "
-        "(bounded), duration and any limit it broke." + shell_note,
-        annotations=acting,
-    )
-    server.add_tool(
-        start_command,
-        title="Start a background command",
-        description="Start a long-running command (a dev server, a REPL, a watcher) in its own sandbox and "
-        f"return a handle; at most {settings.max_background} per session." + shell_note,
-        annotations=acting,
-    )
-    server.add_tool(
-        read_output,
-        title="Read a background command's output",
-        description="The output a background command wrote since the last read, waiting up to `wait` seconds "
-        "for some; says whether it still runs and, once it exited, how.",
-        annotations=readonly,
-    )
-    server.add_tool(
-        send_input,
-        title="Write to a background command's stdin",
-        description="Write text to a background command's stdin (include \\n to end a line); `close` sends "
-        "EOF.",
-        annotations=acting,
-    )
-    server.add_tool(
-        stop_command,
-        title="Stop a background command",
-        description="SIGTERM a background command, SIGKILL after `grace` seconds; returns how it ended and "
-        "its unread output.",
-        annotations=acting,
-    )
-    server.add_tool(
-        list_commands,
-        title="List background commands",
-        description="This session's background commands and their handles.",
-        annotations=readonly,
-    )
-    server.add_tool(
-        describe_sandbox,
-        title="Describe the sandbox",
-        description="What commands run here may do: readable and writable paths, network, resource limits, "
-        "whether shell strings are accepted.",
-        annotations=readonly,
-    )
-    return server
+    return list_commands
 
 
 def _version() -> str:
@@ -1248,12 +1327,7 @@ async def serve(
     Raises ValueError for a non-loopback `host` without a token, OSError when the address cannot be bound;
     on cancellation, stops like at a signal.
     """
-    if http is not None and token is None and not is_loopback(http[0]):
-        msg = (
-            f"--http {http[0]}: a non-loopback address needs a bearer token (--token-file or "
-            "CORRAL_MCP_TOKEN)"
-        )
-        raise ValueError(msg)
+    _check_token(http, token)
     runtime: _Runtime | None = None
 
     def ref() -> _Runtime:
@@ -1274,13 +1348,7 @@ async def serve(
             ):  # fmt: skip
                 runtime = _Runtime(settings, sup, tg, single=http is None)
                 stop = anyio.Event()
-
-                async def on_signal() -> None:
-                    async for _ in signals:
-                        stop.set()
-                        return
-
-                tg.start_soon(on_signal)
+                tg.start_soon(_stop_at_signal, signals, stop)
                 tg.start_soon(runtime.reap_idle)
                 try:
                     if sock is None:
@@ -1294,6 +1362,23 @@ async def serve(
     finally:
         if sock is not None:
             sock.close()
+
+
+def _check_token(http: tuple[str, int] | None, token: str | None) -> None:
+    """Raise ValueError when `http` is a non-loopback address and no bearer token is given."""
+    if http is not None and token is None and not is_loopback(http[0]):
+        msg = (
+            f"--http {http[0]}: a non-loopback address needs a bearer token (--token-file or "
+            "CORRAL_MCP_TOKEN)"
+        )
+        raise ValueError(msg)
+
+
+async def _stop_at_signal(signals: AsyncIterator[int], stop: anyio.Event) -> None:
+    """Set `stop` at the first signal that `signals` receives."""
+    async for _ in signals:
+        stop.set()
+        return
 
 
 async def _serve_stdio(
