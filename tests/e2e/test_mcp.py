@@ -663,8 +663,10 @@ async def test_an_http_client_leaving_mid_call_takes_the_call_along(ws: Path, mo
                     await anyio.sleep(0.1)
                 assert sandboxes
                 scope.cancel()  # the client goes away without a word, its call in flight
+        # The sandbox killed AND reaped: wait for its init to be gone, not only its command (the init
+        # outlives the command by the teardown's few milliseconds, as a zombie until the server reaps it).
         for _ in range(100):
-            if not (sandboxes & await anyio.to_thread.run_sync(_running, server, "sleep")):
+            if not any(psutil.pid_exists(p) for p in sandboxes):
                 break
             await anyio.sleep(0.1)
         assert not any(psutil.pid_exists(p) for p in sandboxes)
