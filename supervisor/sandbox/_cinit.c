@@ -1234,28 +1234,28 @@ static void fold_denial(int status_w, const struct seccomp_notif_ *n, int err, c
     send_rec(status_w, &r);
 }
 
-/* A watched connect/sendto (the errno filter allows it; the sandbox's network namespace has only
- * loopback): the destination, read from the caller's memory (for the report only: the kernel decides),
- * when it is an inet or inet6 address off loopback, which the kernel will refuse (ENETUNREACH: no route).
- * Returns 1 with the fold key and the address as text, else 0. The read races the caller (a thread may
- * change the address after it), so a sandbox can make a report name an address it did not finally use;
- * it could equally have tried that address. */
-static int off_loopback(const struct seccomp_notif_ *n, uint64_t key[2], char *text, size_t size) {
-    uint64_t ptr, len;
-    if (n->data.nr == SYS_connect) {
-        ptr = n->data.args[1];
-        len = n->data.args[2];
-    } else {
-        ptr = n->data.args[4];
-        len = n->data.args[5];
-    }
+/* A watched connect/sendto/sendmsg/sendmmsg (the errno filter allows it; the sandbox's network namespace
+ * has only loopback): the destination, read from the caller's memory (for the report only: the kernel
+ * decides), when it is an inet or inet6 address off loopback, which the kernel will refuse (ENETUNREACH: no
+ * route). The read races the caller (a thread may change the address after it), so a sandbox can make a
+ * report name an address it did not finally use; it could equally have tried that address. */
+#define MAX_DESTS 4 /* sendmmsg: the destinations of its first 4 messages are looked at */
+struct dest {
+    uint64_t key[2];
+    char text[96];
+};
+
+static int peek(pid_t pid, void *buf, size_t len, uint64_t ptr) {
+    struct iovec local = {buf, len}, remote = {(void *)(uintptr_t)ptr, len};
+    return process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
+}
+
+/* The sockaddr at `ptr` (`len` bytes) in `pid`: 1 with its fold key and text when off loopback, else 0. */
+static int off_loopback(pid_t pid, uint64_t ptr, uint64_t len, struct dest *d) {
     unsigned char sa[28];
     memset(sa, 0, sizeof sa);
     if (!ptr || len < 8) return 0;
-    struct iovec local = {sa, len < sizeof sa ? (size_t)len : sizeof sa}, remote = {(void *)(uintptr_t)ptr, local.iov_len};
-    if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)local.iov_len) return 0;
-    uint64_t id = n->id;
-    if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID_, &id) != 0) return 0; /* the pid was another's */
+    if (peek(pid, sa, len < sizeof sa ? (size_t)len : sizeof sa, ptr) != 0) return 0;
     uint16_t family;
     memcpy(&family, sa, 2);
     unsigned port = (unsigned)sa[2] << 8 | sa[3];
@@ -1263,11 +1263,11 @@ static int off_loopback(const struct seccomp_notif_ *n, uint64_t key[2], char *t
     if (family == AF_INET) {
         if (sa[4] == 127 || (sa[4] | sa[5] | sa[6] | sa[7]) == 0) return 0; /* loopback, INADDR_ANY */
         inet_ntop(AF_INET, sa + 4, ip, sizeof ip);
-        snprintf(text, size, "%s:%u", ip, port);
+        snprintf(d->text, sizeof d->text, "%s:%u", ip, port);
         uint32_t a;
         memcpy(&a, sa + 4, 4);
-        key[0] = (uint64_t)AF_INET << 48 | (uint64_t)port << 32 | a;
-        key[1] = 0;
+        d->key[0] = (uint64_t)AF_INET << 48 | (uint64_t)port << 32 | a;
+        d->key[1] = 0;
         return 1;
     }
     if (family == AF_INET6 && len >= 24) {
@@ -1276,15 +1276,50 @@ static int off_loopback(const struct seccomp_notif_ *n, uint64_t key[2], char *t
         if (!memcmp(a6, zero, 16) || !memcmp(a6, one, 16)) return 0;
         if (!memcmp(a6, mapped, 12) && (a6[12] == 127 || (a6[12] | a6[13] | a6[14] | a6[15]) == 0)) return 0;
         inet_ntop(AF_INET6, a6, ip, sizeof ip);
-        snprintf(text, size, "[%s]:%u", ip, port);
+        snprintf(d->text, sizeof d->text, "[%s]:%u", ip, port);
         uint64_t hi, lo;
         memcpy(&hi, a6, 8);
         memcpy(&lo, a6 + 8, 8);
-        key[0] = (uint64_t)AF_INET6 << 48 | (uint64_t)port << 32 | (uint32_t)(hi ^ (hi >> 32) ^ lo);
-        key[1] = lo ^ (hi << 1) ^ 1;
+        d->key[0] = (uint64_t)AF_INET6 << 48 | (uint64_t)port << 32 | (uint32_t)(hi ^ (hi >> 32) ^ lo);
+        d->key[1] = lo ^ (hi << 1) ^ 1;
         return 1;
     }
     return 0;
+}
+
+/* The off-loopback destinations of a watched call (at most MAX_DESTS, distinct): connect and sendto name
+ * theirs in registers, sendmsg in its msghdr (msg_name, msg_namelen), sendmmsg in each of its first
+ * MAX_DESTS mmsghdrs. Returns how many were found; 0 when the notification is no longer live (the pid
+ * may have been another's by the time of the read). */
+static int destinations(const struct seccomp_notif_ *n, struct dest *out) {
+    pid_t pid = (pid_t)n->pid;
+    int found = 0;
+    if (n->data.nr == SYS_connect) {
+        found = off_loopback(pid, n->data.args[1], n->data.args[2], &out[0]);
+    } else if (n->data.nr == SYS_sendto) {
+        found = off_loopback(pid, n->data.args[4], n->data.args[5], &out[0]);
+    } else if (n->data.nr == SYS_sendmsg || n->data.nr == SYS_sendmmsg) {
+        struct mmsghdr m[MAX_DESTS];
+        size_t count = 1, size = sizeof(struct msghdr);
+        if (n->data.nr == SYS_sendmmsg) {
+            count = n->data.args[2] < MAX_DESTS ? (size_t)n->data.args[2] : MAX_DESTS;
+            size = count * sizeof m[0];
+        }
+        memset(m, 0, sizeof m);
+        if (count == 0 || peek(pid, m, size, n->data.args[1]) != 0) return 0;
+        for (size_t i = 0; i < count; i++) {
+            struct msghdr *h = n->data.nr == SYS_sendmsg ? (struct msghdr *)m : &m[i].msg_hdr;
+            struct dest d;
+            if (!off_loopback(pid, (uint64_t)(uintptr_t)h->msg_name, h->msg_namelen, &d)) continue;
+            int seen = 0;
+            for (int j = 0; j < found; j++)
+                seen |= out[j].key[0] == d.key[0] && out[j].key[1] == d.key[1];
+            if (!seen) out[found++] = d;
+        }
+    }
+    uint64_t id = n->id;
+    if (found && ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID_, &id) != 0) return 0;
+    return found;
 }
 
 /* One notification: answer it first (the caller waits), then fold it. */
@@ -1304,12 +1339,11 @@ static void on_notify(int status_w) {
     if (err == 0) {
         /* Watched, not refused by the filter: look, then let the kernel run it (and refuse it: no route).
          * CONTINUE is what the errno filter would have done: the decision stays the kernel's. */
-        uint64_t key[2];
-        char addr[96];
-        int off = off_loopback(&n, key, addr, sizeof addr);
+        struct dest dests[MAX_DESTS];
+        int off = destinations(&n, dests);
         struct seccomp_notif_resp_ resp = {n.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE_};
         ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp);
-        if (off) fold_denial(status_w, &n, ENETUNREACH, key, addr);
+        for (int i = 0; i < off; i++) fold_denial(status_w, &n, ENETUNREACH, dests[i].key, dests[i].text);
         return;
     }
     struct seccomp_notif_resp_ resp = {n.id, 0, -err, 0};

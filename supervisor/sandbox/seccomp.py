@@ -285,11 +285,17 @@ INIT_CALLS = frozenset(
 )
 
 #: Under these network modes the sandbox has its own network namespace with loopback only: the notifying
-#: filter also watches NETWORK_WATCH, so that a connect or sendto off loopback is reported (layer
-#: "network"). Every connect, and every sendto with a destination, then pays a round trip through the
+#: filter also watches NETWORK_WATCH, so that a connect, sendto, sendmsg or sendmmsg off loopback is
+#: reported (layer "network"). Every connect, every sendto with a destination, and every sendmsg and
+#: sendmmsg (whose destination is in memory, out of the filter's reach) then pays a round trip through the
 #: init; a sendto on a connected socket (no destination) does not.
 WATCHED_NETWORK_MODES = ("none", "proxy")
-NETWORK_WATCH: dict[str, tuple[_Cmp, ...]] = {"connect": (), "sendto": ((4, _NE, 0, 0),)}
+NETWORK_WATCH: dict[str, tuple[_Cmp, ...]] = {
+    "connect": (),
+    "sendto": ((4, _NE, 0, 0),),
+    "sendmsg": (),
+    "sendmmsg": (),
+}
 
 #: The argument(s) that tell one refusal of a syscall from another (fold keys, see `fold_keys`): the
 #: sandbox init folds repeats of (syscall, these arguments masked) into one report with a count.

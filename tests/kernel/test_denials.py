@@ -305,6 +305,23 @@ NET_PROBE = textwrap.dedent(
     tried("any", socket.AF_INET, socket.SOCK_STREAM, lambda s: s.connect(("0.0.0.0", 9)))
     tried("lo6", socket.AF_INET6, socket.SOCK_STREAM, lambda s: s.connect(("::1", 9)))
     tried("lou", socket.AF_INET, socket.SOCK_DGRAM, lambda s: s.sendto(b"x", ("127.0.0.1", 9)))
+    tried("msg", socket.AF_INET, socket.SOCK_DGRAM, lambda s: s.sendmsg([b"x"], [], 0, ("203.0.113.9", 123)))
+    tried("msglo", socket.AF_INET, socket.SOCK_DGRAM, lambda s: s.sendmsg([b"x"], [], 0, ("127.0.0.1", 9)))
+    def mmsg(s):
+        # sendmmsg has no Python binding: two messages through libc, one to an off-loopback address.
+        import ctypes, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        names = [struct.pack("!HH4s8x", 0, 9, socket.inet_aton(a)) for a in ("127.0.0.1", "203.0.113.10")]
+        names = [socket.AF_INET.to_bytes(2, "little") + n[2:] for n in names]
+        bufs = [ctypes.create_string_buffer(n) for n in names]
+        data = ctypes.create_string_buffer(b"x")
+        iov = struct.pack("PQ", ctypes.addressof(data), 1)
+        iovb = ctypes.create_string_buffer(iov)
+        hdrs = b"".join(struct.pack("PI4xPQPQi4xI4x", ctypes.addressof(b), 16, ctypes.addressof(iovb), 1,
+                                    0, 0, 0, 0) for b in bufs)
+        vec = ctypes.create_string_buffer(hdrs)
+        print("mmsgsent", libc.syscall(307, s.fileno(), vec, 2, 0))  # 1: the second was refused
+    tried("mmsg", socket.AF_INET, socket.SOCK_DGRAM, mmsg)
     """
 )
 
@@ -323,14 +340,20 @@ async def test_connect_and_sendto_off_loopback_are_network_denials(
     # Refused by the namespace (no route), with the errno the kernel gives without reports:
     assert seen["v4"] == seen["udp"] == seen["v6"] == str(errno.ENETUNREACH)
     assert seen["lo"] == seen["any"] == seen["lo6"] == str(errno.ECONNREFUSED)  # loopback works
-    assert seen["lou"] == "0"
+    assert seen["lou"] == seen["msglo"] == "0"
+    assert seen["msg"] == str(errno.ENETUNREACH)
+    assert seen["mmsgsent"] == "1"
     assert one_match(result, events, metric, ("network", "connect", "192.0.2.1:80")).count == 2
     one_match(result, events, metric, ("network", "send", "198.51.100.7:53"))
     one_match(result, events, metric, ("network", "connect", "[2001:db8::1]:443"))
-    # Loopback is never reported: exactly the three refused destinations.
+    one_match(result, events, metric, ("network", "send", "203.0.113.9:123"))  # sendmsg's msghdr
+    one_match(result, events, metric, ("network", "send", "203.0.113.10:9"))  # sendmmsg's second message
+    # Loopback is never reported: exactly the refused destinations.
     assert sorted(d.target for d in result.denials) == [
         "192.0.2.1:80",
         "198.51.100.7:53",
+        "203.0.113.10:9",
+        "203.0.113.9:123",
         "[2001:db8::1]:443",
     ]
     assert "network" not in {layer for layer, _ in result.denials_unobservable}
