@@ -7,7 +7,7 @@ A rule is one string, in one of these forms (docs/network.md, "Rules"):
     example.org:8443       that name, on port 8443 only (likewise *.example.org:8443)
     10.1.2.3, 10.1.2.3:80  that address (ports 80 and 443, or the one given); as an allow rule it also
     fd00::1, [fd00::1]:80  lets a listed name that resolves to it connect there although it is private
-                           (loopback, private, link-local, multicast and the host's own addresses are
+                           (the ranges of REFUSED_RANGES and the host's own addresses and networks are
                            refused otherwise)
 
 Names are checked and stored as IDNA A-labels in lower case without a trailing dot ("Bücher.example." ->
@@ -184,6 +184,86 @@ def canonical_address(address: Address) -> Address:
         if packed[:12] == bytes(12) and int(address) > 1:
             return ipaddress.IPv4Address(packed[12:])
     return address
+
+
+#: What the proxy refuses to connect to unless an address rule of `network.allow` names the address
+#: (docs/network.md, "Which addresses a name may lead to"): every range that reaches the host itself or a
+#: network inside, and the ranges no ordinary server lives in. First match wins; IPv4-mapped and
+#: IPv4-compatible IPv6 addresses are their IPv4 address by then (`canonical_address`). Not refused: every
+#: other IPv4 address, IPv6 global unicast (2000::/3) outside the ranges below, and the documentation
+#: ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32, 3fff::/20): no network is ever
+#: assigned those by standard (RFC 5737, RFC 3849, RFC 9637), so they name neither the host nor a network
+#: inside unless an operator made them one (then say so: `ProxyConfig.internal_networks`, or a
+#: `network.deny` address rule).
+_PRIVATE = "a private address (RFC 1918)"
+REFUSED_RANGES: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), why)
+    for net, why in (
+        ("0.0.0.0/8", "the unspecified address or 'this network' (0.0.0.0/8: it means this host)"),
+        ("10.0.0.0/8", _PRIVATE),
+        (
+            "100.64.0.0/10",
+            "a shared address (carrier-grade NAT, 100.64.0.0/10, RFC 6598: a provider's inside)",
+        ),
+        ("127.0.0.0/8", "a loopback address"),
+        ("169.254.0.0/16", "a link-local address (169.254.0.0/16 holds cloud metadata services)"),
+        ("172.16.0.0/12", _PRIVATE),
+        (
+            "192.0.0.0/24",
+            "an IETF protocol assignment (192.0.0.0/24: tunnel ends inside a network, RFC 6890)",
+        ),
+        ("192.168.0.0/16", _PRIVATE),
+        (
+            "198.18.0.0/15",
+            "a benchmarking address (198.18.0.0/15, RFC 2544: lab networks, local DNS stand-ins)",
+        ),
+        ("224.0.0.0/4", "a multicast address"),
+        ("255.255.255.255/32", "the broadcast address"),
+        ("240.0.0.0/4", "a reserved address (240.0.0.0/4)"),
+        ("::/128", "the unspecified address (it means this host)"),
+        ("::1/128", "a loopback address"),
+        ("64:ff9b:1::/48", "a local-use NAT64 address (64:ff9b:1::/48, RFC 8215: a network's inside)"),
+        ("100::/64", "a discard-only address (100::/64)"),
+        ("2001::/23", "an IETF protocol assignment (2001::/23: Teredo, benchmarking, ORCHID; RFC 6890)"),
+        ("fc00::/7", "a unique local address (fc00::/7, RFC 4193: a private network)"),
+        ("fe80::/10", "a link-local address (fe80::/10)"),
+        ("fec0::/10", "a site-local address (fec0::/10, RFC 3879: a private network)"),
+        ("ff00::/8", "a multicast address"),
+    )
+)
+#: IPv6 prefixes that carry an IPv4 address in their low 32 bits (NAT64, RFC 6052) or in bits 16-47
+#: (6to4, RFC 3056): decided as that IPv4 address, since that is where a translator or relay sends them.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_6TO4 = ipaddress.ip_network("2002::/16")
+_GLOBAL_V6 = ipaddress.ip_network("2000::/3")
+
+
+def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a NAT64 (64:ff9b::/96) or 6to4 (2002::/16) IPv6 address carries, else None."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64:
+            return ipaddress.IPv4Address(address.packed[12:])
+        if address in _6TO4:
+            return ipaddress.IPv4Address(address.packed[2:6])
+    return None
+
+
+def refused_range(address: Address) -> str | None:
+    """Why `address` is refused as a destination by default (REFUSED_RANGES; an IPv6 address outside
+    global unicast 2000::/3 and NAT64; the IPv4 address a NAT64 or 6to4 one carries), or None when it is
+    reachable. `address` is canonical (`canonical_address`): an IPv4-mapped one is decided as IPv4.
+    Never raises."""
+    address = canonical_address(address)
+    for network, why in REFUSED_RANGES:
+        if address.version == network.version and address in network:
+            return why
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        inner_why = refused_range(inner)
+        return None if inner_why is None else f"an IPv6 address carrying {inner}, {inner_why}"
+    if isinstance(address, ipaddress.IPv6Address) and address not in _GLOBAL_V6:
+        return "not a global unicast IPv6 address (outside 2000::/3)"
+    return None
 
 
 def match_target(

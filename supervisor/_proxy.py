@@ -13,11 +13,12 @@ connection (`ChildProxy.serve`):
 3. The host is normalised (every IP-literal form to its address: decimal, octal, hex, shorthand, IPv4
    in IPv6; names to IDNA A-labels) and checked against the child's `network.deny` (first) and
    `network.allow` (policies._network.match_target).
-4. The proxy resolves the name itself. Addresses that are not global unicast (loopback, private, shared,
-   link-local with the 169.254.169.254 metadata service, multicast, unspecified, reserved) or that are
-   the host's own are skipped unless an address rule of `network.allow` names them; if none is left the
-   request is refused. So a listed name that resolves into the host or its network (DNS rebinding) gets
-   nowhere. The connection goes to the checked address, never again to the name.
+4. The proxy resolves the name itself. Addresses in a refused range (policies._network.REFUSED_RANGES:
+   loopback, private, shared, link-local with the 169.254.169.254 metadata service, multicast, unspecified,
+   broadcast, reserved, ...), the host's own and those on the host's networks (`ProxyConfig.inside`) are
+   skipped unless an address rule of `network.allow` names them; if none is left the request is refused.
+   So a listed name that resolves into the host or its network (DNS rebinding) gets nowhere.
+   The connection goes to the checked address, never again to the name.
    The same port speaks SOCKS5 (`_socks`: no authentication, CONNECT only), decided in the same way.
 5. Bytes are relayed both ways until either side closes, the connection has been idle `idle_timeout`
    seconds, or it has lasted `total_timeout`; at most `max_connections` at once per child (more are
@@ -49,7 +50,15 @@ import anyio
 import anyio.abc
 
 from policies import NetworkPolicy
-from policies._network import Address, NetRule, canonical_address, match_target, normalise_host, parse_rule
+from policies._network import (
+    Address,
+    NetRule,
+    canonical_address,
+    match_target,
+    normalise_host,
+    parse_rule,
+    refused_range,
+)
 from supervisor._types import Denial
 from supervisor.forkserver.protocol import PROXY_LISTENER
 
@@ -148,36 +157,45 @@ def array_fds(data: bytes) -> list[int]:
     return list(fds)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 def host_addresses() -> frozenset[Address]:
     """The addresses of this host's interfaces (psutil), which a sandbox must not reach through the proxy
     unless its policy names them. Blocking (a few syscalls): call it off the event loop."""
+    return host_interfaces()[0]
+
+
+def host_interfaces() -> tuple[frozenset[Address], tuple[Network, ...]]:
+    """The addresses of this host's interfaces and the networks they are on (address and netmask: the
+    host's own segments, e.g. 192.0.2.0/24 for 192.0.2.2/24), all of which a sandbox must not reach
+    through the proxy unless its policy names the address (psutil). A network of prefix length 0 is left
+    out (it would be every address). Blocking (a few syscalls): call it off the event loop."""
     import psutil
 
-    out: set[Address] = set()
+    addresses: set[Address] = set()
+    networks: dict[Network, None] = {}
     for addrs in psutil.net_if_addrs().values():
         for a in addrs:
-            if a.family in (socket.AF_INET, socket.AF_INET6):
+            if a.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            text = a.address.split("%", 1)[0]
+            with contextlib.suppress(ValueError):
+                addresses.add(canonical_address(ipaddress.ip_address(text)))
+            if a.netmask:
                 with contextlib.suppress(ValueError):
-                    out.add(canonical_address(ipaddress.ip_address(a.address.split("%", 1)[0])))
-    return frozenset(out)
+                    mask = int(ipaddress.ip_address(a.netmask.split("/", 1)[0]))
+                    network = ipaddress.ip_network(f"{text}/{mask.bit_count()}", strict=False)
+                    if network.prefixlen:
+                        networks[network] = None
+    return frozenset(addresses), tuple(networks)
 
 
 def special(address: Address) -> str | None:
-    """Why `address` is no destination for the proxy without an explicit address rule, or None when it is
-    a global unicast address."""
-    for attr, what in (
-        ("is_loopback", "a loopback address"),
-        ("is_link_local", "a link-local address (169.254.0.0/16 holds cloud metadata services)"),
-        ("is_multicast", "a multicast address"),
-        ("is_unspecified", "the unspecified address (it means this host)"),
-        ("is_private", "a private address"),
-        ("is_reserved", "a reserved address"),
-    ):
-        if getattr(address, attr):
-            return what
-    if not address.is_global:
-        return "not a global address"
-    return None
+    """Why `address` is no destination for the proxy without an explicit address rule (loopback, private,
+    shared, link-local, multicast, unspecified, broadcast, reserved, ...: policies._network.REFUSED_RANGES),
+    or None when it may be one. The host's own addresses and networks are `ProxyConfig.inside`'s."""
+    return refused_range(address)
 
 
 @dataclass(slots=True)
@@ -207,7 +225,14 @@ class ProxyConfig:
     addresses, and the limits."""
 
     resolver: Resolver = system_resolver
+    #: The host's own interface addresses and the networks they are on (the supervisor looks them up again
+    #: at most once a minute): refused unless a policy names the address.
     own_addresses: frozenset[Address] = frozenset()
+    own_networks: tuple[Network, ...] = ()
+    #: Further networks the operator calls internal, refused like private ones unless a policy names the
+    #: address: e.g. a documentation range (192.0.2.0/24, ...) in use as an inside network. Strings are
+    #: read as networks when the config is made (ValueError for one that is not).
+    internal_networks: tuple[Network, ...] = ()
     head_timeout: float = 10.0
     idle_timeout: float = 300.0
     total_timeout: float = 3600.0
@@ -236,6 +261,23 @@ class ProxyConfig:
                 raise ValueError(msg)
             names.append(name)
         self.count_domains = tuple(dict.fromkeys(names))
+        self.internal_networks = tuple(
+            ipaddress.ip_network(n, strict=False) if isinstance(n, str) else n for n in self.internal_networks
+        )
+
+    def inside(self, address: Address) -> str | None:
+        """Why `address` is the host's or an inside network's (an interface's address, on an interface's
+        network, or in `internal_networks`), or None."""
+        if address in self.own_addresses:
+            return "an address of the supervisor's host"
+        for kind, networks in (
+            ("a network of the supervisor's host", self.own_networks),
+            ("a network the operator calls internal", self.internal_networks),
+        ):
+            for network in networks:
+                if address.version == network.version and address in network:
+                    return f"on {kind} ({network})"
+        return None
 
 
 class _Refused(Exception):
@@ -481,24 +523,7 @@ class ChildProxy:
                 raise _Refused(502, f"{host} does not resolve ({err})", op, target) from None
         else:
             found = [host]
-        addresses: list[Address] = []
-        refused: list[str] = []
-        for address in found:
-            address = canonical_address(address)
-            denied, deny_rule = match_target((), self.deny, address, request.port)
-            if deny_rule is not None and not denied:
-                refused.append(f"{address} (network.deny[{self.deny.index(deny_rule)}])")
-                continue
-            if address in self._allowed_addresses:
-                addresses.append(address)
-                continue
-            why: str | None = special(address)
-            if why is None and address in self.config.own_addresses:
-                why = "an address of the supervisor's host"
-            if why is not None:
-                refused.append(f"{address}, {why}")
-                continue
-            addresses.append(address)
+        addresses, refused = self.destinations(found, request.port)
         if not addresses:
             named = refused[0].split(",", 1)[0].split(" ", 1)[0] if refused else "?"
             raise _Refused(
@@ -516,6 +541,28 @@ class ChildProxy:
             except (OSError, TimeoutError) as err:
                 last = err
         raise _Refused(502, f"cannot connect to {target} ({last})", op, target)
+
+    def destinations(self, found: Iterable[Address], port: int) -> tuple[list[Address], list[str]]:
+        """Of the addresses a name resolved to (`found`, in order), those a connection on `port` may go
+        to, and for each other one "address, why": a `network.deny` address rule; else allowed when an
+        address rule of `network.allow` names it; else refused when it is in a refused range (`special`)
+        or the host's or an inside network's (`ProxyConfig.inside`). No I/O."""
+        addresses: list[Address] = []
+        refused: list[str] = []
+        for address in map(canonical_address, found):
+            denied, deny_rule = match_target((), self.deny, address, port)
+            if deny_rule is not None and not denied:
+                refused.append(f"{address} (network.deny[{self.deny.index(deny_rule)}])")
+                continue
+            if address in self._allowed_addresses:
+                addresses.append(address)
+                continue
+            why = special(address) or self.config.inside(address)
+            if why is not None:
+                refused.append(f"{address}, {why}")
+                continue
+            addresses.append(address)
+        return addresses, refused
 
     def _count_domain(self, host: str, decision: str) -> None:
         """Count a decision under the operator's counted domain that covers `host`, else "other"."""

@@ -44,7 +44,7 @@ from supervisor._monitor import (
     sample_due,
 )
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
-from supervisor._proxy import ChildProxy, ProxyConfig, host_addresses, receive_listener
+from supervisor._proxy import ChildProxy, ProxyConfig, host_interfaces, receive_listener
 from supervisor._rules import Approver, CommandForbiddenError
 from supervisor._spawnfds import DEVNULL, PIPE, SpawnFds, StdioArg
 from supervisor._types import ChildStats, Denial, Result, Rule, Violation
@@ -805,7 +805,8 @@ class Supervisor:
         now = time.monotonic()
         if now - self._own_addresses_at > 60:
             self._own_addresses_at = now
-            self.proxy.own_addresses = await anyio.to_thread.run_sync(host_addresses)
+            own = await anyio.to_thread.run_sync(host_interfaces)
+            self.proxy.own_addresses, self.proxy.own_networks = own
 
     async def _serve_proxy(
         self, child: Child, listener: socket.socket | None, proxy_sock: socket.socket | None

@@ -18,7 +18,8 @@ import anyio.abc
 import pytest
 
 from policies import NetworkPolicy
-from supervisor._proxy import ChildProxy, ProxyConfig, special, static_resolver
+from policies._network import canonical_address, normalise_host
+from supervisor._proxy import ChildProxy, ProxyConfig, host_interfaces, special, static_resolver
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -222,7 +223,11 @@ async def test_unlisted_name_refused_naming_the_list() -> None:
         ("fe80::1", b"link-local"),
         ("0.0.0.0", b"unspecified"),
         ("224.0.0.1", b"multicast"),
-        ("100.64.0.1", b"global"),
+        ("100.64.0.1", b"shared"),
+        ("fd00::1", b"unique local"),
+        ("64:ff9b::a01:203", b"carrying 10.1.2.3"),
+        ("2002:7f00:1::1", b"carrying 127.0.0.1"),
+        ("255.255.255.255", b"broadcast"),
     ],
 )
 async def test_listed_name_resolving_to_a_special_address_refused(address: str, why: bytes) -> None:
@@ -466,20 +471,140 @@ async def test_two_children_with_different_lists_never_mix() -> None:
     assert srv.accepted == 40
 
 
-def test_special_classifies() -> None:
-    assert special(ipaddress.ip_address("93.184.215.14")) is None
-    assert special(ipaddress.ip_address("2606:4700::1")) is None
-    for a in (
-        "127.0.0.1",
-        "10.0.0.1",
-        "172.16.0.1",
-        "169.254.169.254",
-        "fd00::1",
-        "ff02::1",
-        "100.64.0.1",
-        "240.0.0.1",
-    ):
-        assert special(ipaddress.ip_address(a)) is not None, a
+#: Every class the proxy refuses by default, with an address of it (and, for IPv4, its IPv4-mapped
+#: IPv6 form is refused the same way): docs/network.md, "Which addresses a name may lead to".
+REFUSED = {
+    "0.0.0.0": "unspecified",
+    "0.1.2.3": "this network",
+    "10.0.0.1": "private",
+    "10.255.255.255": "private",
+    "100.64.0.1": "shared",
+    "100.127.255.254": "shared",
+    "127.0.0.1": "loopback",
+    "127.255.255.254": "loopback",
+    "169.254.169.254": "link-local",
+    "172.16.0.1": "private",
+    "172.31.255.255": "private",
+    "192.0.0.8": "IETF protocol assignment",
+    "192.168.1.1": "private",
+    "198.18.0.1": "benchmarking",
+    "198.19.255.255": "benchmarking",
+    "224.0.0.1": "multicast",
+    "239.255.255.250": "multicast",
+    "240.0.0.1": "reserved",
+    "255.255.255.255": "broadcast",
+    "::": "unspecified",
+    "::1": "loopback",
+    "::ffff:0:7f00:1": "outside 2000::/3",  # IPv4-translated (SIIT) 127.0.0.1
+    "64:ff9b:1::a": "local-use NAT64",
+    "64:ff9b::7f00:1": "carrying 127.0.0.1",  # NAT64 of loopback
+    "64:ff9b::a9fe:a9fe": "carrying 169.254.169.254",
+    "2002:a00:1::": "carrying 10.0.0.1",  # 6to4 of a private address
+    "100::1": "discard-only",
+    "2001::1": "IETF protocol assignment",  # Teredo
+    "2001:2::1": "IETF protocol assignment",  # benchmarking
+    "fc00::1": "unique local",
+    "fd12:3456::1": "unique local",
+    "fe80::1": "link-local",
+    "fec0::1": "site-local",
+    "ff02::1": "multicast",
+    "ff05::2": "multicast",
+    "4000::1": "outside 2000::/3",
+    "e000::1": "outside 2000::/3",
+}
+#: Reachable by default: global unicast, and the documentation ranges, which no network is assigned by
+#: standard (RFC 5737, RFC 3849, RFC 9637).
+REACHABLE = (
+    "1.1.1.1",
+    "93.184.215.14",
+    "100.63.255.255",  # just below the shared range
+    "100.128.0.0",  # just above it
+    "172.15.255.255",
+    "172.32.0.0",
+    "192.0.2.80",
+    "198.51.100.7",
+    "203.0.113.80",
+    "198.17.255.255",
+    "198.20.0.0",
+    "223.255.255.255",
+    "2606:4700::1",
+    "2001:db8::1",
+    "3fff::1",
+    "64:ff9b::5db8:d70e",  # NAT64 of 93.184.215.14
+    "2002:5db8:d70e::1",  # 6to4 of it
+)
+
+
+@pytest.mark.parametrize(("text", "why"), sorted(REFUSED.items()))
+def test_refused_classes(text: str, why: str) -> None:
+    address = ipaddress.ip_address(text)
+    reason = special(address)
+    assert reason is not None, text
+    assert why in reason, (text, reason)
+    if address.version == 4:  # every IPv6 encoding of it too
+        for form in (f"::ffff:{text}", f"::{text}"):
+            if text in ("0.0.0.0", "0.0.0.1") and form.startswith("::0"):
+                continue
+            assert special(canonical_address(ipaddress.ip_address(form))) is not None, form
+
+
+@pytest.mark.parametrize("text", REACHABLE)
+def test_reachable_classes(text: str) -> None:
+    assert special(ipaddress.ip_address(text)) is None, text
+
+
+def test_every_encoding_of_loopback_is_refused() -> None:
+    """Each way a client may write 127.0.0.1 normalises to it, and it is refused."""
+    for text in ("127.0.0.1", "127.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001",
+                 "[::ffff:127.0.0.1]", "::ffff:7f00:1", "[::127.0.0.1]", "127.000.000.001"):  # fmt: skip
+        address = normalise_host(text)
+        assert address == ipaddress.IPv4Address("127.0.0.1"), text
+        assert isinstance(address, ipaddress.IPv4Address)
+        assert "loopback" in (special(address) or ""), text
+
+
+def test_host_interfaces_and_inside() -> None:
+    """The host's own addresses and their networks (read from this machine: every interface), and the
+    operator's internal networks, are refused; an address off them is not."""
+    own, networks = host_interfaces()
+    assert ipaddress.IPv4Address("127.0.0.1") in own
+    config = ProxyConfig(own_addresses=own, own_networks=networks, internal_networks=("203.0.113.0/24",))
+    for address in own:
+        assert config.inside(address) is not None, address
+    for network in networks:
+        neighbours = [network.network_address + i for i in range(1, min(network.num_addresses, 5))]
+        for neighbour in (n for n in neighbours if n not in own):
+            assert f"a network of the supervisor's host ({network})" in (config.inside(neighbour) or "")
+    assert "operator calls internal (203.0.113.0/24)" in (
+        config.inside(ipaddress.IPv4Address("203.0.113.9")) or ""
+    )
+    outside = next(ipaddress.IPv4Address(a) for a in ("198.51.100.7", "93.184.215.14")
+                   if not any(ipaddress.IPv4Address(a) in n for n in networks))  # fmt: skip
+    assert config.inside(outside) is None
+    with pytest.raises(ValueError, match="does not appear to be"):
+        ProxyConfig(internal_networks=("not a network",))  # type: ignore[arg-type]
+
+
+def test_operator_internal_network_and_address_rule_override() -> None:
+    """A documentation-range address is a destination by default, refused once the operator calls its
+    network internal, a destination again for a policy that names the address; a `network.deny` address
+    rule refuses it whatever the allow list. (The decision only: nothing is connected to.)"""
+    doc = ipaddress.IPv4Address("198.51.100.7")
+    internal = ProxyConfig(internal_networks=("198.51.100.0/24",))  # type: ignore[arg-type]
+
+    def decide(config: ProxyConfig, allow: tuple[str, ...], deny: tuple[str, ...] = ()) -> tuple[object, ...]:
+        child = ChildProxy(NetworkPolicy(mode="proxy", allow=("doc.test", *allow), deny=deny), config)
+        addresses, refused = child.destinations([doc, ipaddress.IPv4Address("10.0.0.1")], 443)
+        return tuple(addresses), tuple(refused)
+
+    assert decide(ProxyConfig(), ()) == ((doc,), ("10.0.0.1, a private address (RFC 1918)",))
+    assert decide(internal, ())[0] == ()
+    assert "operator calls internal (198.51.100.0/24)" in decide(internal, ())[1][0]
+    assert decide(internal, ("198.51.100.7",))[0] == (doc,)
+    assert decide(ProxyConfig(), ("198.51.100.7",), deny=("198.51.100.7",)) == (
+        (),
+        ("198.51.100.7 (network.deny[0])", "10.0.0.1, a private address (RFC 1918)"),
+    )
 
 
 async def _socks(port: int, request: bytes, then: bytes = b"") -> bytes:
