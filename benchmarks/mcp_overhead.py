@@ -48,7 +48,9 @@ TRUE = "/bin/true"
 
 
 class _Raw:
-    """A minimal MCP client over the server's stdio: JSON-RPC lines, no validation (see the module doc)."""
+    """A minimal MCP client over the server's stdio: JSON-RPC lines on two pipes it reads and writes itself
+    (non-blocking, on the event loop, as a client in a compiled language would), no validation (see the
+    module doc)."""
 
     def __init__(self, params: StdioServerParameters) -> None:
         self._params = params
@@ -57,7 +59,17 @@ class _Raw:
 
     async def __aenter__(self) -> _Raw:
         p = self._params
-        self._proc = await anyio.open_process([p.command, *p.args], env=p.env, cwd=p.cwd, stderr=None)
+        to_r, self._to = os.pipe()
+        self._from, from_w = os.pipe()
+        try:
+            self._proc = await anyio.open_process(
+                [p.command, *p.args], env=p.env, cwd=p.cwd, stdin=to_r, stdout=from_w, stderr=None
+            )
+        finally:
+            os.close(to_r)
+            os.close(from_w)
+        os.set_blocking(self._to, False)
+        os.set_blocking(self._from, False)
         await self._request(
             "initialize",
             {
@@ -70,27 +82,40 @@ class _Raw:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._proc.stdin is not None
-        await self._proc.stdin.aclose()
+        os.close(self._to)  # EOF: the server ends
         with anyio.move_on_after(10):
             await self._proc.wait()
         if self._proc.returncode is None:
             self._proc.kill()
             await self._proc.wait()
+        os.close(self._from)
 
     async def _send(self, msg: dict[str, object]) -> None:
-        assert self._proc.stdin is not None
-        await self._proc.stdin.send(json.dumps(msg).encode() + b"\n")
+        view = memoryview(json.dumps(msg).encode() + b"\n")
+        while view:
+            try:
+                view = view[os.write(self._to, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self._to)
+
+    async def _line(self) -> bytes:
+        while b"\n" not in self._buf:
+            try:
+                data = os.read(self._from, 1 << 16)
+            except BlockingIOError:
+                await anyio.wait_readable(self._from)
+                continue
+            if not data:
+                raise EOFError("the server closed its stdout")
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
 
     async def _request(self, method: str, params: dict[str, object]) -> dict[str, object]:
         self._id += 1
         await self._send({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params})
-        assert self._proc.stdout is not None
         while True:
-            while b"\n" not in self._buf:
-                self._buf += await self._proc.stdout.receive()
-            line, self._buf = self._buf.split(b"\n", 1)
-            msg = json.loads(line)
+            msg = json.loads(await self._line())
             if msg.get("id") == self._id:
                 if "error" in msg:
                     raise RuntimeError(msg["error"])

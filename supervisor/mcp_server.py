@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import fcntl
 import hmac
 import ipaddress
 import logging
@@ -35,31 +34,25 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import anyio
 from anyio.abc import ByteReceiveStream, TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
 from mcp_types import (
     INVALID_PARAMS,
-    INVALID_REQUEST,
-    PARSE_ERROR,
     CallToolResult,
-    ErrorData,
-    JSONRPCError,
     TextContent,
     ToolAnnotations,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from policies import CommandRules, CorralError, Policy, profiles
 from supervisor import PIPE, Child, Result, Supervisor
+from supervisor._mcp_stdio import WireIn, WireOut, stdio_fds
 
 __all__ = [
     "BackgroundStatus",
@@ -1104,104 +1097,6 @@ def _version() -> str:
 # Transports
 
 
-class _StdinLines:
-    """stdin as the SDK's stdio transport reads it (an async iterator of lines), read from the fd on the event
-    loop (non-blocking, `anyio.wait_readable`: no worker-thread hop per message, as the SDK's own file wrapper
-    makes). A line longer than `limit` bytes is dropped as it arrives and replaced by an empty line, which
-    fails to parse: an oversized message costs at most `limit` bytes of memory, and `_relay` answers it with a
-    JSON-RPC parse error naming the bound (`oversized` counts the ones not answered yet)."""
-
-    def __init__(self, fd: int, limit: int) -> None:
-        self._fd = fd
-        self.limit = limit
-        self.oversized = 0
-        self._buf = bytearray()
-        self._skipping = 0  # bytes of the oversized line being dropped, 0 when none is
-        self._eof = False
-
-    def __aiter__(self) -> _StdinLines:
-        return self
-
-    def _line(self) -> str | None:
-        """The next complete line from the buffer (an oversized one as "\n"), or None."""
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if self._skipping or len(self._buf) > self.limit:
-                    self._skipping += len(self._buf)
-                    self._buf.clear()
-                return None
-            line = bytes(self._buf[: nl + 1])
-            del self._buf[: nl + 1]
-            if self._skipping or len(line) > self.limit + 1:
-                skipped, self._skipping = self._skipping + len(line), 0
-                logger.warning("skipped a %d-byte message: over the %d-byte bound", skipped, self.limit)
-                self.oversized += 1
-                return "\n"
-            return line.decode("utf-8", errors="replace")
-
-    async def __anext__(self) -> str:
-        while True:
-            line = self._line()
-            if line is not None:
-                return line
-            if self._eof:
-                if self._buf and not self._skipping:
-                    rest = bytes(self._buf)
-                    self._buf.clear()
-                    return rest.decode("utf-8", errors="replace")
-                raise StopAsyncIteration
-            await anyio.wait_readable(self._fd)
-            try:
-                data = os.read(self._fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            except OSError as err:  # EIO from a terminal that went away: the client is gone
-                logger.info("stdin: %s", err)
-                data = b""
-            if not data:
-                self._eof = True
-            self._buf += data
-
-
-class _StdoutWriter:
-    """stdout as the SDK's stdio transport writes it (`write` then `flush` per message), written to the fd on
-    the event loop (non-blocking, `anyio.wait_writable`), so a reply costs no worker-thread hops."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    async def write(self, text: str) -> None:
-        view = memoryview(text.encode("utf-8"))
-        while view:
-            try:
-                view = view[os.write(self._fd, view) :]
-            except BlockingIOError:
-                await anyio.wait_writable(self._fd)
-
-    async def flush(self) -> None:
-        """Nothing is buffered."""
-
-
-@contextlib.contextmanager
-def _stdio_fds() -> Any:
-    """The wire's fds for the server's life: stdin (fd 0) and a private duplicate of fd 1, both non-blocking;
-    meanwhile fd 1 points at stderr, so nothing printed by mistake reaches the wire. Restored on exit (the
-    blocking modes too: a terminal's are shared with the shell)."""
-    wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
-    os.dup2(2, 1)
-    was_blocking = os.get_blocking(0)
-    try:
-        os.set_blocking(0, False)
-        os.set_blocking(wire_out, False)
-        yield 0, wire_out
-    finally:
-        with contextlib.suppress(OSError):
-            os.set_blocking(0, was_blocking)
-        os.dup2(wire_out, 1)
-        os.close(wire_out)
-
-
 def is_loopback(host: str) -> bool:
     """True for a loopback address or `localhost`."""
     if host == "localhost":
@@ -1384,6 +1279,7 @@ async def _stop_at_signal(signals: AsyncIterator[int], stop: anyio.Event) -> Non
 async def _serve_stdio(
     server: MCPServer[Any], stop: anyio.Event, max_message: int, ready: Callable[[str], None] | None
 ) -> None:
+    """Serve the SDK's connection loop over stdin and stdout (`_mcp_stdio`) until EOF on stdin or `stop`."""
     async with anyio.create_task_group() as tg:
 
         async def stopper() -> None:
@@ -1391,48 +1287,15 @@ async def _serve_stdio(
             tg.cancel_scope.cancel()
 
         tg.start_soon(stopper)
-        with _stdio_fds() as (wire_in, wire_out):
-            lines = _StdinLines(wire_in, max_message)
-            async with stdio_server(stdin=cast(Any, lines), stdout=cast(Any, _StdoutWriter(wire_out))) as (
-                read_stream,
-                write_stream,
-            ):
-                inbox, relayed = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-                tg.start_soon(_relay, read_stream, inbox, write_stream, lines)
-                if ready is not None:
-                    ready("stdio")
-                lowlevel = server._lowlevel_server  # the SDK's stdio loop, fed bounded lines
-                await lowlevel.run(relayed, write_stream, lowlevel.create_initialization_options())
+        with stdio_fds() as (wire_in, wire_out):
+            out = WireOut(wire_out)
+            if ready is not None:
+                ready("stdio")
+            lowlevel = server._lowlevel_server  # the SDK's connection loop, fed by corral's stdio streams
+            await lowlevel.run(
+                WireIn(wire_in, max_message, out), out, lowlevel.create_initialization_options()
+            )
         tg.cancel_scope.cancel()
-
-
-async def _relay(
-    source: Any,
-    inbox: MemoryObjectSendStream[SessionMessage | Exception],
-    out: Any,
-    lines: _StdinLines,
-) -> None:
-    """Pass the client's messages on to the SDK's loop, answering each line that is no JSON-RPC message with
-    the error JSON-RPC 2.0 prescribes (id null: -32700 for text that is not JSON or over the size bound,
-    -32600 for JSON that is no valid message); the SDK's stdio loop would drop such a line unanswered."""
-    async with inbox:
-        async for item in source:
-            if not isinstance(item, Exception):
-                await inbox.send(item)
-                continue
-            if lines.oversized:
-                lines.oversized -= 1
-                error = ErrorData(
-                    code=PARSE_ERROR, message=f"message over the {lines.limit}-byte bound: skipped"
-                )
-            elif isinstance(item, ValidationError) and any(
-                e["type"] == "json_invalid" for e in item.errors()
-            ):
-                error = ErrorData(code=PARSE_ERROR, message="Parse error: not JSON")
-            else:
-                error = ErrorData(code=INVALID_REQUEST, message="Invalid Request: not a JSON-RPC 2.0 message")
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await out.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=None, error=error)))
 
 
 def _listen(http: tuple[str, int]) -> socket.socket:

@@ -1,0 +1,228 @@
+"""The stdio transport of `corral mcp`: the two streams the MCP SDK's `Server.run(read_stream,
+write_stream, ...)` serves a connection over, made of stdin and stdout, read and written on the event loop.
+
+The SDK's own `stdio_server` wraps stdin and stdout with `anyio.wrap_file`, so every line read and every
+message written is a hop to a worker thread and back, and each message then crosses a memory stream and a
+relay task on its way in and out. Here the SDK's dispatcher pulls each message straight from the pipe (a
+non-blocking read when `anyio.wait_readable` says there is data) and each reply is written by the task that
+sends it (a non-blocking write, waiting with `anyio.wait_writable` only when the pipe is full). The
+messages, their parsing and their validation are the SDK's: a line is parsed with the SDK's
+`jsonrpc_message_adapter` exactly as its stdio transport parses it, and a message is serialized as it
+serializes it. Two things differ, both required by JSON-RPC 2.0 and the server's bounds: a line longer
+than the bound is dropped as it arrives (it costs at most the bound in memory), and a line that is no
+JSON-RPC message is answered with the error JSON-RPC prescribes (id null: -32700 for text that is not JSON
+or is over the bound, -32600 for JSON that is no valid message) where the SDK's loop drops it unanswered.
+
+Works on asyncio and trio (anyio's fd waits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from types import TracebackType
+
+import anyio
+from mcp.shared.message import SessionMessage
+from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError, jsonrpc_message_adapter
+from pydantic import ValidationError
+
+logger = logging.getLogger("corral.mcp")
+
+#: Seconds a message whose first bytes are on the wire may take to be written whole, cancellation or not (a
+#: message cut in the middle would garble the stream); past it the client is taken to be stuck and the
+#: stream is broken.
+WRITE_GRACE_S = 10.0
+
+
+class WireOut:
+    """The write stream (the SDK's `WriteStream[SessionMessage]`): each message serialized as the SDK's stdio
+    transport serializes it (`model_dump_json(by_alias=True, exclude_unset=True)` and a newline) and written
+    to `fd` (non-blocking) by the sending task, one message at a time.
+
+    `send` raises anyio.ClosedResourceError after `aclose`, anyio.BrokenResourceError once the client closed
+    its end (EPIPE) or a message could not be finished within WRITE_GRACE_S. On cancellation before any
+    byte of the message is written, nothing is; after, the rest is written first (shielded, within the grace).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._closed = False
+        self._broken = False
+
+    async def send(self, item: SessionMessage, /) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        data = (item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode("utf-8")
+        async with self._lock:
+            if self._broken:
+                raise anyio.BrokenResourceError
+            await self._write(memoryview(data))
+
+    async def _write(self, view: memoryview) -> None:
+        total = len(view)
+        deadline: float | None = None
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as err:  # EPIPE: the client closed its end
+                self._broken = True
+                raise anyio.BrokenResourceError from err
+            if len(view) == total:  # nothing of this message is out yet: it may be given up
+                await anyio.wait_writable(self._fd)
+                continue
+            if deadline is None:
+                deadline = anyio.current_time() + WRITE_GRACE_S
+            with anyio.CancelScope(shield=True, deadline=deadline):
+                await anyio.wait_writable(self._fd)
+            if anyio.current_time() >= deadline:
+                self._broken = True
+                logger.warning(
+                    "stdout: the client read nothing for %g s in the middle of a message", WRITE_GRACE_S
+                )
+                raise anyio.BrokenResourceError
+
+    async def aclose(self) -> None:
+        """Refuse further messages (the fd stays open: `stdio_fds` owns it)."""
+        self._closed = True
+
+    async def __aenter__(self) -> WireOut:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class WireIn:
+    """The read stream (the SDK's `ReadStream[SessionMessage | Exception]`): the client's messages, one per
+    line of `fd` (non-blocking), each parsed as the SDK's stdio transport parses it. A line of more than
+    `limit` bytes is dropped as it arrives; it and any line that is no JSON-RPC message are answered on `out`
+    (see the module doc) and skipped, so only messages come out.
+
+    `receive` raises anyio.EndOfStream at the end of stdin (EIO from a terminal that went away counts as the
+    end) and anyio.ClosedResourceError after `aclose`. On cancellation, unread bytes stay buffered for the
+    next `receive`.
+    """
+
+    def __init__(self, fd: int, limit: int, out: WireOut) -> None:
+        self._fd = fd
+        self.limit = limit
+        self._out = out
+        self._buf = bytearray()
+        self._skipping = 0  # bytes of the oversized line being dropped, 0 when none is
+        self._eof = False
+        self._closed = False
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            line = await self._next_line()
+            if line is None:
+                await self._answer(PARSE_ERROR, f"message over the {self.limit}-byte bound: skipped")
+                continue
+            try:
+                message = jsonrpc_message_adapter.validate_json(line, by_name=False)
+            except ValidationError as err:
+                if any(e["type"] == "json_invalid" for e in err.errors()):
+                    await self._answer(PARSE_ERROR, "Parse error: not JSON")
+                else:
+                    await self._answer(INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
+                continue
+            return SessionMessage(message)
+
+    async def _answer(self, code: int, message: str) -> None:
+        error = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message))
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self._out.send(SessionMessage(error))
+
+    def _line(self) -> str | bool | None:
+        """The next complete line in the buffer (decoded as the SDK decodes stdin: UTF-8, bad bytes
+        replaced), None for an oversized one, False when no line is complete yet."""
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if self._skipping or len(self._buf) > self.limit:
+                    self._skipping += len(self._buf)
+                    self._buf.clear()
+                return False
+            line = bytes(self._buf[: nl + 1])
+            del self._buf[: nl + 1]
+            if self._skipping or len(line) > self.limit + 1:
+                skipped, self._skipping = self._skipping + len(line), 0
+                logger.warning("skipped a %d-byte message: over the %d-byte bound", skipped, self.limit)
+                return None
+            return line.decode("utf-8", errors="replace")
+
+    async def _next_line(self) -> str | None:
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            line = self._line()
+            if line is not False:
+                assert not isinstance(line, bool)
+                return line
+            if self._eof:
+                if self._buf and not self._skipping:  # a last message without its newline
+                    rest = bytes(self._buf)
+                    self._buf.clear()
+                    return rest.decode("utf-8", errors="replace")
+                raise anyio.EndOfStream
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                await anyio.wait_readable(self._fd)
+                continue
+            except OSError as err:  # EIO from a terminal that went away: the client is gone
+                logger.info("stdin: %s", err)
+                data = b""
+            if not data:
+                self._eof = True
+            self._buf += data
+
+    def __aiter__(self) -> WireIn:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Stop reading (the fd stays open: `stdio_fds` owns it)."""
+        self._closed = True
+
+    async def __aenter__(self) -> WireIn:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+@contextlib.contextmanager
+def stdio_fds() -> Iterator[tuple[int, int]]:
+    """The wire's fds for the server's life: stdin (fd 0) and a private duplicate of fd 1, both non-blocking;
+    meanwhile fd 1 points at stderr, so nothing printed by mistake reaches the wire. Restored on exit (the
+    blocking modes too: a terminal's are shared with the shell)."""
+    wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.dup2(2, 1)
+    was_blocking = os.get_blocking(0)
+    try:
+        os.set_blocking(0, False)
+        os.set_blocking(wire_out, False)
+        yield 0, wire_out
+    finally:
+        with contextlib.suppress(OSError):
+            os.set_blocking(0, was_blocking)
+        os.dup2(wire_out, 1)
+        os.close(wire_out)
