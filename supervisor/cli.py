@@ -530,6 +530,14 @@ _NOT_MCP = frozenset({"command", "json_file", "use_tty"})
     metavar="SECONDS",
     help="Stop a background command nobody has read or written for this long.",
 )
+@click.option(
+    "--approval-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the client's user has to approve a command the --rules mark `prompt`.",
+)
 def mcp(
     http: str | None,
     token_file: str | None,
@@ -537,6 +545,7 @@ def mcp(
     max_background: int,
     max_concurrency: int,
     idle_timeout: float,
+    approval_timeout: float,
     **opts: Any,
 ) -> None:
     """Serve sandboxed command execution to MCP clients (stdio by default). Takes `corral run`'s policy,
@@ -569,6 +578,7 @@ def mcp(
         idle_timeout=idle_timeout,
         cgroups=cgroups,
         rules=rules,
+        approval_timeout=approval_timeout,
     )
 
     def ready(where: str) -> None:

@@ -51,7 +51,8 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
 
 from policies import CommandRules, CorralError, Policy, profiles
-from supervisor import PIPE, Child, Result, Supervisor
+from supervisor import PIPE, Child, CommandForbiddenError, Result, Supervisor
+from supervisor import _mcp_approval as approvals
 from supervisor._mcp_stdio import WireIn, WireOut, stdio_fds
 
 __all__ = [
@@ -95,9 +96,12 @@ class McpSettings:
     max_concurrency: sandboxes alive at once across all sessions (further calls wait their turn).
     cgroups: give each sandbox its own cgroup (Supervisor(cgroups=...)).
     rules: command rules (`--rules`, docs/rules.md) deciding every command before it starts, shell strings
-           split into their simple commands: a forbidden one (or a `prompt` one: the server has no person to
-           ask) is a tool error carrying the rule's justification; an allowed one runs under its rule's
-           profile or policy when the rule names one.
+           split into their simple commands: a forbidden one is a tool error carrying the rule's
+           justification; a `prompt` one is put to the client's user by elicitation when the client declared
+           that capability, and refused like a forbidden one otherwise (`_mcp_approval`); an allowed (or
+           approved) one runs under its rule's profile or policy when the rule names one.
+    approval_timeout: seconds the user has to answer a `prompt` question on a handshake-era connection (no
+                      answer refuses the command).
     """
 
     policy: Policy
@@ -109,6 +113,7 @@ class McpSettings:
     max_concurrency: int = 32
     cgroups: bool = True
     rules: CommandRules | None = None
+    approval_timeout: float = 300.0
 
     def shell_allowed(self) -> tuple[bool, str]:
         """Whether `shell` strings are accepted, and why (in words for describe_sandbox)."""
@@ -246,6 +251,10 @@ class SandboxDescription(BaseModel):
     shell_allowed: bool
     shell: str = Field(description="Why shell strings are or are not accepted.")
     command_rules: bool = Field(description="Command rules decide each command before it starts.")
+    prompt_approval: str = Field(
+        description="What becomes of a command the rules mark `prompt` (it needs a person's approval): put "
+        "to this client's user, or refused."
+    )
     max_background: int
     output_capture_bytes: int
     environment: str
@@ -327,6 +336,9 @@ def describe(settings: McpSettings) -> SandboxDescription:
         shell_allowed=shell_ok,
         shell=shell_why,
         command_rules=settings.rules is not None,
+        prompt_approval="no command rules are in force: no command needs approval"
+        if settings.rules is None
+        else "",
         max_background=settings.max_background,
         output_capture_bytes=settings.capture,
         environment=env,
@@ -712,14 +724,17 @@ def _unwrap(err: BaseException) -> BaseException:
 
 
 @contextlib.contextmanager
-def _corral_errors() -> Any:
-    """corral's errors become tool errors carrying corral's message (the model reads and adapts)."""
+def _corral_errors(approval: approvals.Approval | None = None) -> Any:
+    """corral's errors become tool errors carrying corral's message (the model reads and adapts); a command
+    the rules refused says why (for a `prompt` one: why it was not approved, from `approval`)."""
     try:
         yield
     except (ToolError, MCPError):
         raise
     except BaseException as err:
         inner = _unwrap(err)
+        if isinstance(inner, CommandForbiddenError) and approval is not None:
+            raise approvals.refusal(inner, approval) from inner
         if isinstance(inner, CorralError):
             msg = f"corral: {inner}"
             raise ToolError(msg) from inner
@@ -793,14 +808,14 @@ def _add_command_tools(
         else " Shell strings are not accepted by this server: always pass an argv list."
     )
     server.add_tool(
-        _run_command_tool(runtime_ref),
+        _run_command_tool(runtime_ref, settings),
         title="Run a command in a sandbox",
         description="Run one command to completion in its own sandbox and return its exit code, output "
         "(bounded), duration and any limit it broke." + shell_note,
         annotations=acting,
     )
     server.add_tool(
-        _start_command_tool(runtime_ref),
+        _start_command_tool(runtime_ref, settings),
         title="Start a background command",
         description="Start a long-running command (a dev server, a REPL, a watcher) in its own sandbox and "
         f"return a handle; at most {settings.max_background} per session." + shell_note,
@@ -825,8 +840,20 @@ def _add_background_tools(
     """Add send_input, stop_command, list_commands and describe_sandbox to `server` (after
     `_add_command_tools`'s, in this order)."""
 
-    async def describe_sandbox() -> Annotated[CallToolResult, SandboxDescription]:
-        return _tool_result(description, description.summary)
+    async def describe_sandbox(ctx: Context[Any, Any]) -> Annotated[CallToolResult, SandboxDescription]:
+        if not description.command_rules:
+            return _tool_result(description, description.summary)
+        ok, why = approvals.can_ask(ctx)
+        words = (
+            f"A command the rules mark `prompt` is put to this client's user first ({why}): it runs only if "
+            "they accept."
+            if ok
+            else f"A command the rules mark `prompt` is refused: {why}."
+        )
+        model = description.model_copy(
+            update={"prompt_approval": words, "summary": f"{description.summary} {words}"}
+        )
+        return _tool_result(model, model.summary)
 
     server.add_tool(
         _send_input_tool(runtime_ref),
@@ -857,7 +884,20 @@ def _add_background_tools(
     )
 
 
-def _run_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
+def _approval_param(tool: _Tool, runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> _Tool:
+    """`tool` with its `approval` parameter typed for the SDK's resolver (`_mcp_approval`), which fills it
+    before the body runs. (Set here, not in the signature: the resolver is this server's, and the module's
+    annotations are strings the SDK evaluates in the module's globals.)"""
+
+    def argv_of(command: list[str] | None, shell: str | None) -> list[str]:
+        return runtime_ref().argv(command, shell)
+
+    resolver = approvals.resolver(settings.rules, argv_of, settings.approval_timeout)
+    tool.__annotations__["approval"] = approvals.annotation(resolver)
+    return tool
+
+
+def _run_command_tool(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> _Tool:
     """The run_command tool: one command run to completion in its own sandbox."""
 
     async def run_command(
@@ -872,6 +912,7 @@ def _run_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
         input: Annotated[
             str | None, Field(description="Text fed to the command's stdin, then closed.")
         ] = None,
+        approval: Any = None,
     ) -> Annotated[CallToolResult, CommandResult]:
         rt = runtime_ref()
         argv = rt.argv(command, shell)
@@ -880,17 +921,20 @@ def _run_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
             data = input.encode("utf-8", "surrogatepass")
             _bound("input", len(data), MAX_INPUT_BYTES)
         policy = rt.policy(timeout)
-        with rt.session(ctx).call(), _corral_errors():
-            result = await rt.sup.run(argv, policy=policy, input=data, cwd=cwd, name="mcp")
+        answer = approvals.from_outcome(approval)
+        with rt.session(ctx).call(), _corral_errors(answer):
+            result = await rt.sup.run(
+                argv, policy=policy, input=data, cwd=cwd, name="mcp", approver=answer.approver
+            )
         model = _command_result(
             result, result.stdout, result.stderr, result.stdout_truncated, result.stderr_truncated
         )
         return _tool_result(model, _summary(model))
 
-    return run_command
+    return _approval_param(run_command, runtime_ref, settings)
 
 
-def _start_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
+def _start_command_tool(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> _Tool:
     """The start_command tool: a background command started in its own sandbox, its handle returned."""
 
     async def start_command(
@@ -898,6 +942,7 @@ def _start_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
         command: CommandArg = None,
         shell: ShellArg = None,
         cwd: CwdArg = None,
+        approval: Any = None,
     ) -> Annotated[CallToolResult, StartedCommand]:
         rt = runtime_ref()
         argv = rt.argv(command, shell)
@@ -908,9 +953,17 @@ def _start_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
                 "stop_command one first (list_commands shows them)"
             )
             raise ToolError(msg)
-        with session.call(), _corral_errors():
+        answer = approvals.from_outcome(approval)
+        with session.call(), _corral_errors(answer):
             child = await rt.sup.start(
-                argv, policy=rt.settings.policy, stdin=PIPE, stdout=PIPE, stderr=PIPE, cwd=cwd, name="mcp"
+                argv,
+                policy=rt.settings.policy,
+                stdin=PIPE,
+                stdout=PIPE,
+                stderr=PIPE,
+                cwd=cwd,
+                name="mcp",
+                approver=answer.approver,
             )
         handle = "cmd-" + secrets.token_hex(16)
         bg = _Background(handle, argv, child, _Buffer(rt.settings.buffer), _Buffer(rt.settings.buffer))
@@ -924,7 +977,7 @@ def _start_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
         model = StartedCommand(handle=handle, pid=child.pid, command=argv)
         return _tool_result(model, f"started {handle} (sandbox pid {child.pid}): {' '.join(argv)[:200]}")
 
-    return start_command
+    return _approval_param(start_command, runtime_ref, settings)
 
 
 def _find(rt: _Runtime, ctx: Context[Any, Any], handle: str) -> tuple[_Session, _Background]:

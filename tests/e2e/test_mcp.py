@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult
+from mcp_types import INVALID_PARAMS, CallToolResult, ElicitRequestParams, ElicitResult
 
 pytestmark = pytest.mark.kernel
 
@@ -76,7 +76,7 @@ def _new_server(before: set[int]) -> psutil.Process:
 
 @contextlib.asynccontextmanager
 async def stdio(
-    ws: Path, *extra: str, env: dict[str, str] | None = None
+    ws: Path, *extra: str, env: dict[str, str] | None = None, **client: Any
 ) -> AsyncIterator[tuple[Client, psutil.Process]]:
     before = _server_pids_before()
     params = StdioServerParameters(
@@ -85,8 +85,8 @@ async def stdio(
         env={**os.environ, **(env or {})},
         cwd=str(ROOT),
     )
-    async with Client(params, read_timeout_seconds=120) as client:
-        yield client, _new_server(before)
+    async with Client(params, read_timeout_seconds=120, **client) as session:
+        yield session, _new_server(before)
 
 
 @contextlib.contextmanager
@@ -182,6 +182,9 @@ async def test_tools_are_listed_with_valid_schemas(ws: Path, transport: str) -> 
             Draft202012Validator.check_schema(tool.output_schema)
         run = next(t for t in listed if t.name == "run_command")
         assert {"command", "shell", "timeout", "cwd", "input"} <= set(run.input_schema["properties"])
+        # The approval of a `prompt` command is the SDK's to fill (by elicitation), never an argument.
+        for tool in listed:
+            assert "approval" not in tool.input_schema["properties"], tool.name
         # Every structured result validates against its tool's output schema.
         described = sc(await client.call_tool("describe_sandbox", {}))
         Draft202012Validator(next(t for t in listed if t.name == "describe_sandbox").output_schema).validate(
@@ -727,3 +730,124 @@ async def test_a_sessionless_request_cannot_name_a_session_by_header(ws: Path) -
             listed = sc(await b.call_tool("list_commands", {}))["commands"]
             assert [c["handle"] for c in listed] == [started["handle"]]
             sc(await b.call_tool("stop_command", {"handle": started["handle"], "grace": 0}))
+
+
+PROMPT_RULES = """
+default = "allow"
+opaque = "forbidden"
+
+[[rule]]
+name = "ask-before-touch"
+pattern = ["touch"]
+decision = "prompt"
+justification = "Creating files here needs a person's yes."
+"""
+
+
+def _answering(
+    action: str, asked: list[str], delay: float = 0.0
+) -> Callable[[Any, ElicitRequestParams], Awaitable[ElicitResult]]:
+    """An elicitation callback (the client's user) that records each question and answers `action`."""
+
+    async def answer(context: Any, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params.message)
+        await anyio.sleep(delay)
+        return ElicitResult(action=action, content={} if action == "accept" else None)  # type: ignore[arg-type]
+
+    return answer
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])  # 2026-07-28 (input_required rounds) and handshake era
+async def test_a_prompt_command_is_put_to_the_user_and_runs_only_on_accept(ws: Path, mode: str) -> None:
+    rules = ws / "rules.toml"
+    rules.write_text(PROMPT_RULES)
+    work = ws / "work"
+    asked: list[str] = []
+    async with stdio(
+        ws, "--rules", str(rules), mode=mode, elicitation_callback=_answering("accept", asked)
+    ) as (client, _):
+        described = sc(await client.call_tool("describe_sandbox", {}))
+        assert "put to this client's user" in described["prompt_approval"]
+        assert described["prompt_approval"] in described["summary"]
+        assert sc(await client.call_tool("run_command", {"command": ["touch", "approved"]}))["exit_code"] == 0
+        assert (work / "approved").is_file()  # it ran: checked from outside
+        assert len(asked) == 1
+        assert "touch approved" in asked[0]
+        assert "Creating files here needs a person's yes." in asked[0]
+        started = sc(await client.call_tool("start_command", {"shell": "touch background; sleep 300"}))
+        assert len(asked) == 2
+        assert "touch background; sleep 300" in asked[1]
+        sc(await client.call_tool("stop_command", {"handle": started["handle"], "grace": 0}))
+        assert (work / "background").is_file()
+        # An allowed command asks nobody.
+        assert sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))["exit_code"] == 0
+        assert len(asked) == 2
+    declined: list[str] = []
+    async with stdio(
+        ws, "--rules", str(rules), mode=mode, elicitation_callback=_answering("decline", declined)
+    ) as (client, _):
+        for args in ({"command": ["touch", "declined"]}, {"shell": "echo hi && touch declined"}):
+            refused = await client.call_tool("run_command", args)
+            assert refused.is_error, args
+            assert "the user declined it" in text(refused)
+            assert "Creating files here needs a person's yes." in text(refused)
+            refused = await client.call_tool("start_command", args)
+            assert refused.is_error
+            assert "the user declined it" in text(refused)
+        assert len(declined) == 4
+        assert not (work / "declined").exists()
+    cancelled: list[str] = []
+    async with stdio(
+        ws, "--rules", str(rules), mode=mode, elicitation_callback=_answering("cancel", cancelled)
+    ) as (client, _):
+        refused = await client.call_tool("run_command", {"command": ["touch", "cancelled"]})
+        assert refused.is_error
+        assert "cancelled" in text(refused)
+        assert not (work / "cancelled").exists()
+
+
+async def test_an_unanswered_prompt_is_refused_after_the_approval_timeout(ws: Path) -> None:
+    rules = ws / "rules.toml"
+    rules.write_text(PROMPT_RULES)
+    asked: list[str] = []
+    async with stdio(
+        ws,
+        "--rules",
+        str(rules),
+        "--approval-timeout",
+        "1",
+        mode="legacy",  # the handshake era: the server waits for the answer mid-call
+        elicitation_callback=_answering("accept", asked, delay=30),
+    ) as (client, _):
+        t0 = time.monotonic()
+        refused = await client.call_tool("run_command", {"command": ["touch", "late"]})
+        assert refused.is_error
+        assert "no answer within 1 s" in text(refused)
+        assert time.monotonic() - t0 < 25
+        assert asked
+        assert not (ws / "work" / "late").exists()
+        # The server goes on serving.
+        assert sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))["exit_code"] == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_prompt_command_is_refused_when_the_client_cannot_ask_its_user(ws: Path, mode: str) -> None:
+    rules = ws / "rules.toml"
+    rules.write_text(PROMPT_RULES)
+    async with stdio(ws, "--rules", str(rules), mode=mode) as (client, _):  # no elicitation callback
+        described = sc(await client.call_tool("describe_sandbox", {}))
+        assert described["prompt_approval"].startswith("A command the rules mark `prompt` is refused")
+        assert "did not declare the elicitation capability" in described["prompt_approval"]
+        # Nor can the model approve it by passing the answer as an argument.
+        for args in (
+            {"command": ["touch", "unasked"]},
+            {"command": ["touch", "unasked"], "approval": {"action": "accept", "data": {}}},
+        ):
+            refused = await client.call_tool("run_command", args)
+            assert refused.is_error
+            assert "did not declare the elicitation capability" in text(refused)
+            assert "Creating files here needs a person's yes." in text(refused)
+        refused = await client.call_tool("start_command", {"command": ["touch", "unasked"]})
+        assert refused.is_error
+        assert not (ws / "work" / "unasked").exists()
+        assert sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))["exit_code"] == 0

@@ -95,7 +95,14 @@ def test_mcp_takes_every_run_option_but_the_one_command_ones() -> None:
     run = {p.name for p in cli.run.params}
     mcp = {p.name for p in cli.mcp.params}
     assert run - mcp == {"command", "json_file", "use_tty"}
-    assert {"http", "token_file", "no_shell", "max_background", "idle_timeout"} <= mcp - run
+    assert {
+        "http",
+        "token_file",
+        "no_shell",
+        "max_background",
+        "idle_timeout",
+        "approval_timeout",
+    } <= mcp - run
 
 
 def test_only_corral_mcp_loads_the_sdk() -> None:
