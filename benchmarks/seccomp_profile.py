@@ -6,8 +6,8 @@ issue 18: target <= 1.1x).
 Runs `/bin/true` `--n` times under each policy, in alternating turns of 20 through one Supervisor with
 pre-forking off (every sandbox built at its request, its filters installed on the spot), and prints the
 median latency of `Supervisor.run` for each and their ratio. The profile's filter is compiled once per
-policy, as the built-in one, so what it adds per spawn is its installation and the stacked evaluation of
-every syscall the command makes.
+policy, with the built-in rules into one filter, so what it adds per spawn is the larger program's
+installation and evaluation of every syscall the command makes.
 """
 
 from __future__ import annotations

@@ -167,8 +167,8 @@ class SyscallPolicy:
     deny:  extra syscall names answered with EPERM.
     allow: names removed from the built-in deny list (an explicit, visible weakening).
     enabled: False disables the seccomp layer entirely.
-    profile: a SeccompProfile (an OCI/Docker JSON profile, `load_seccomp_profile`) whose filter is stacked on
-           the built-in one: the stricter verdict of the two holds (docs/seccomp.md, "Profiles").
+    profile: a SeccompProfile (an OCI/Docker JSON profile, `load_seccomp_profile`) compiled into one filter
+           with the built-in rules: the stricter verdict of the two holds (docs/seccomp.md, "Profiles").
     """
 
     enabled: bool = True

@@ -2,13 +2,13 @@
 that Docker and Podman use (docs/seccomp.md, "Profiles"). Pure data: no syscalls; the filter is compiled by
 supervisor/sandbox/seccomp.py.
 
-A profile adds to corral's built-in filter, never replaces it: the two filters are stacked, and the kernel
-takes the stricter verdict of the two for every call. So a profile can turn corral's allow-by-default into
-an allowlist, inject errnos, kill, or log; it cannot let through what the built-in filter refuses (namespace
-flags, set-id modes, TIOCSTI, io_uring, foreign ABIs, ...).
+A profile adds to corral's built-in rules, never replaces them: the two are compiled into one filter that
+gives the stricter verdict of the two for every call (as two stacked filters would). So a profile can turn
+corral's allow-by-default into an allowlist, inject errnos, kill, or log; it cannot let through what the
+built-in rules refuse (namespace flags, set-id modes, TIOCSTI, io_uring, foreign ABIs, ...).
 
 Actions: ``allow``, ``errno:<NAME or number>`` (``errno`` alone is EPERM), ``kill_process``, ``log`` (allowed
-and logged by the kernel's audit), ``trace`` (read as ``log``: nothing traces a sandbox). Argument
+and reported in the denial reports), ``trace`` (read as ``log``: nothing traces a sandbox). Argument
 conditions: ``index`` 0-5, ``op`` one of ``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=``, ``masked_eq``,
 ``value`` (and ``mask`` for masked_eq: ``(arg & mask) == value``); several conditions in one rule are ANDed,
 several rules for one name ORed.

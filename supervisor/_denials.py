@@ -152,7 +152,8 @@ def seccomp_denial(
 ) -> Denial | None:
     """The Denial of one D record from the sandbox init, or None when it does not parse
     (`protocol.denial_record`). `names` maps this filter's syscall numbers to names (the compiled
-    policy's)."""
+    policy's; others are looked up in libseccomp's table). A refusal the policy's seccomp profile made
+    (its errno rules, its default, its kill_process, its log) names the profile's rule in the hint."""
     record = protocol.denial_record(payload)
     if record is None:
         return None
@@ -162,10 +163,42 @@ def seccomp_denial(
         operation = "connect" if names.get(nr) == "connect" else "send"
         return Denial("network", operation, record["addr"], shown, 1, _network_hint(policy))
     args = tuple(a & (2**64 - 1) for a in record["args"])
-    name = names.get(nr)
+    name = names.get(nr) or (seccomp.syscall_name(nr) if 0 <= nr < 4096 else None)
     if name is None:
         return Denial("seccomp", "syscall", f"syscall {nr}", None, 1, "refused by the seccomp filter")
-    return Denial("seccomp", "syscall", _target(name, args), shown, 1, _seccomp_hint(name, args, policy))
+    act = record.get("act", 0)
+    hint = _profile_hint(name, args, policy, act) if policy is not None else None
+    if name in seccomp.DECISIVE or policy is None:
+        target = _target(name, args)
+    else:
+        target = _profile_target(name, args, policy)
+    return Denial("seccomp", "syscall", target, shown, 1, hint or _seccomp_hint(name, args, policy))
+
+
+def _profile_target(name: str, args: tuple[int, ...], policy: Policy) -> str:
+    """`name(aN=value, ...)` with the arguments the policy's profile compares for it, else `name`."""
+    shown = seccomp.profile_args(policy, name)
+    return f"{name}({', '.join(f'a{i}={args[i]:#x}' for i in shown)})" if shown else name
+
+
+def _profile_hint(name: str, args: tuple[int, ...], policy: Policy, act: int) -> str | None:
+    """The hint of a verdict the policy's seccomp profile gave (None: the built-in rules decided)."""
+    profile = policy.syscalls.profile
+    if profile is None:
+        return None
+    try:
+        rule = seccomp.decide(policy, name, args)
+    except (ImportError, RuntimeError, OSError, ValueError):  # a hint only: the generic one will do
+        return None
+    if rule.origin != "profile":
+        return None
+    where = f"syscalls.profile.rules[{rule.index}]" if rule.index >= 0 else f"the default ({profile.default})"
+    of = f" of {profile.source}" if profile.source else ""
+    if act == seccomp.KILLED or rule.action == seccomp.KILLED:
+        return f"the seccomp profile kills the process for it ({where}{of}); its process was killed"
+    if act == seccomp.LOGGED or rule.action == seccomp.LOGGED:
+        return f"allowed and logged by the seccomp profile ({where}{of}); the call ran"
+    return f"refused by the seccomp profile ({where}{of}); only a profile that allows it lifts it"
 
 
 def _network_hint(policy: Policy | None) -> str:
@@ -204,10 +237,6 @@ def unobservable(
     out: list[tuple[str, str]] = []
     if "seccomp" in enforced and not notify:
         out.append(("seccomp", f"no seccomp user notification: {notify_reason}"))
-    elif "seccomp" in enforced and policy.syscalls.profile is not None:
-        # The profile's filter is stacked on corral's and answers with its own errno, which wins over a
-        # notification: its refusals are enforced but not seen.
-        out.append(("seccomp", "the refusals of syscalls.profile (--seccomp-profile) are not reported"))
     if policy.filesystem.confine:
         if any(e.startswith("landlock") for e in enforced):
             audit = (

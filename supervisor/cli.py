@@ -145,7 +145,7 @@ def cli(ctx: click.Context) -> None:
     "--seccomp-profile",
     "seccomp_profile",
     metavar="FILE",
-    help="A seccomp profile in the OCI/Docker JSON format, stacked on the built-in filter.",
+    help="A seccomp profile in the OCI/Docker JSON format, added to the built-in filter.",
 )
 @click.option(
     "--rules",
@@ -201,7 +201,7 @@ def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, 
     else:
         policy = profiles.get(profile or "workspace-write", workdir, **given)
     if seccomp_file is not None:
-        # An OCI/Docker JSON profile, stacked on the built-in filter (docs/seccomp.md, "Profiles").
+        # An OCI/Docker JSON profile, added to the built-in filter (docs/seccomp.md, "Profiles").
         syscalls = dataclasses.replace(policy.syscalls, profile=load_seccomp_profile(seccomp_file))
         policy = dataclasses.replace(policy, syscalls=syscalls)
     return policy

@@ -265,6 +265,9 @@ class DenialRecord(TypedDict):
     #: A watched connect/sendto off loopback (layer "network"): its destination, "a.b.c.d:port" or
     #: "[v6]:port", as read from the caller's memory; errno is then what the kernel answers (ENETUNREACH).
     addr: NotRequired[str]
+    #: The verdict when it is not an errno (then 0): SECCOMP_RET_LOG (a profile's log or trace: the call
+    #: ran) or SECCOMP_RET_KILL_PROCESS (a profile's kill_process: the init killed the caller's process).
+    act: NotRequired[int]
 
 
 StatusPayload = FailureRecord | ReadyRecord | ExecRecord | ExitRecord | DenialRecord
@@ -334,4 +337,7 @@ def denial_record(payload: dict[str, object]) -> DenialRecord | None:
     addr = payload.get("addr")
     if isinstance(addr, str):
         record["addr"] = addr[:100]
+    act = payload.get("act")
+    if isinstance(act, int):
+        record["act"] = act
     return record

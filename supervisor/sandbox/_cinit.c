@@ -45,8 +45,10 @@
  *                                             and reaped every other process of the sandbox first; with a
  *                                             notifying seccomp filter also dcounts (the calls refused per
  *                                             D record, in order) and ddropped (refused calls past them)
- *   D {nr, arch, args, pid, errno}            the first refusal of a distinct syscall (its fold key): the
- *                                             seccomp filter notified the init, which answered errno
+ *   D {nr, arch, args, pid, errno[, act]}     the first refusal of a distinct syscall (its fold key): the
+ *                                             seccomp filter notified the init, which answered errno; act:
+ *                                             the verdict when not an errno (a profile's log: the call ran;
+ *                                             its kill_process: the init killed the caller's process)
  */
 #define _GNU_SOURCE
 #ifndef CORRAL_INIT_MAIN
@@ -585,10 +587,11 @@ static int load_seccomp(const char *bpf, int64_t size) {
     return syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &prog) == 0 ? 0 : errno;
 }
 
-/* Denial reports for the seccomp filter (docs/denials.md). The filter answers every refused call with
- * SECCOMP_RET_USER_NOTIF instead of an errno; the init holds the listener, answers each call with the errno
- * the same filter compiled with errnos gives (evaluated here, so the caller sees what it would without
- * reports), then folds it into a bounded table and reports each distinct one once. Fail closed: with the
+/* Denial reports for the seccomp filter (docs/denials.md). The filter (built-in rules and the policy's
+ * profile, one program) answers every reported verdict with SECCOMP_RET_USER_NOTIF; the init holds the
+ * listener, runs the decision program (the same rules with the real actions) on the notified call, acts on
+ * its verdict (answers the errno, lets a logged call run, kills for kill_process), then folds it into a
+ * bounded table and reports each distinct one once. Fail closed: with the
  * listener gone (the init killed), the kernel answers every notifying call with ENOSYS, never runs it. */
 struct sock_fprog_ {
     unsigned short len;
@@ -1083,11 +1086,12 @@ static void send_op_failure(int fd, const struct seg *g, long index, int err) {
 /* ---------------------------------------------------------------------------------------------------- */
 /* Seccomp denial reports (see load_seccomp_notify). */
 
-/* The classic-BPF program `errno_bpf` run on `d` (what the kernel runs; seccomp's subset: loads from the
- * seccomp_data, the scratch memory, ALU, jumps, returns): the errno its SECCOMP_RET_ERRNO verdict carries,
- * or 0 for SECCOMP_RET_ALLOW (a call the notifying filter only watches: connect/sendto under a private
- * network). Anything else (a malformed program, another verdict) gives EPERM. */
-static int bpf_errno(const struct seccomp_data_ *d) {
+/* The classic-BPF program `errno_bpf` (the decision program: the same rules as the installed filter, with the
+ * real actions) run on `d` (what the kernel runs; seccomp's subset: loads from the seccomp_data, the scratch
+ * memory, ALU, jumps, returns): its SECCOMP_RET_* verdict. SECCOMP_RET_ALLOW for a call the installed filter
+ * only watches (connect/sendto under a private network). Anything malformed gives ERRNO(EPERM). */
+#define VERDICT_EPERM (0x00050000u | EPERM)
+static uint32_t bpf_verdict(const struct seccomp_data_ *d) {
     const unsigned char *data = (const unsigned char *)d;
     uint32_t a = 0, x = 0, mem[16] = {0};
     size_t n = errno_bpf_len / 8, pc = 0, steps = 0;
@@ -1103,27 +1107,27 @@ static int bpf_errno(const struct seccomp_data_ *d) {
         switch (in.code & 0x07) {
         case 0x00: /* ld */
             if (in.code == 0x20) {
-                if (in.k % 4 || in.k + 4 > sizeof *d) return EPERM;
+                if (in.k % 4 || in.k + 4 > sizeof *d) return VERDICT_EPERM;
                 memcpy(&a, data + in.k, 4);
             } else if (in.code == 0x00) {
                 a = in.k;
             } else if (in.code == 0x60 && in.k < 16) {
                 a = mem[in.k];
             } else {
-                return EPERM;
+                return VERDICT_EPERM;
             }
             break;
         case 0x01: /* ldx */
             if (in.code == 0x01) x = in.k;
             else if (in.code == 0x61 && in.k < 16) x = mem[in.k];
-            else return EPERM;
+            else return VERDICT_EPERM;
             break;
         case 0x02:
-            if (in.k >= 16) return EPERM;
+            if (in.k >= 16) return VERDICT_EPERM;
             mem[in.k] = a;
             break;
         case 0x03:
-            if (in.k >= 16) return EPERM;
+            if (in.k >= 16) return VERDICT_EPERM;
             mem[in.k] = x;
             break;
         case 0x04: /* alu */
@@ -1139,7 +1143,7 @@ static int bpf_errno(const struct seccomp_data_ *d) {
             case 0x80: a = -a; break;
             case 0x90: a = src ? a % src : 0; break;
             case 0xa0: a ^= src; break;
-            default: return EPERM;
+            default: return VERDICT_EPERM;
             }
             break;
         case 0x05: /* jumps */
@@ -1154,25 +1158,22 @@ static int bpf_errno(const struct seccomp_data_ *d) {
                 case 0x20: cond = a > src; break;
                 case 0x30: cond = a >= src; break;
                 case 0x40: cond = (a & src) != 0; break;
-                default: return EPERM;
+                default: return VERDICT_EPERM;
                 }
                 pc += cond ? in.jt : in.jf;
             }
             break;
         case 0x06: { /* ret */
-            uint32_t v = in.code == 0x16 ? a : in.k;
-            if ((v & 0xffff0000u) == 0x00050000u && (v & 0xffff)) return (int)(v & 0xffff);
-            if (v == 0x7fff0000u) return 0;
-            return EPERM;
+            return in.code == 0x16 ? a : in.k;
         }
         case 0x07: /* misc: tax, txa */
             if (in.code == 0x07) x = a;
             else if (in.code == 0x87) a = x;
-            else return EPERM;
+            else return VERDICT_EPERM;
             break;
         }
     }
-    return EPERM;
+    return VERDICT_EPERM;
 }
 
 /* Distinct refusals, in the order first seen: bounded, whatever the sandbox does. */
@@ -1185,7 +1186,7 @@ static struct {
 static int n_folds;
 static int64_t folds_dropped;
 
-static void fold_denial(int status_w, const struct seccomp_notif_ *n, int err, const uint64_t *key,
+static void fold_denial(int status_w, const struct seccomp_notif_ *n, int err, uint32_t act, const uint64_t *key,
                         const char *addr) {
     uint64_t v[2] = {0, 0};
     int nv = key ? 2 : 0;
@@ -1227,6 +1228,10 @@ static void fold_denial(int status_w, const struct seccomp_notif_ *n, int err, c
     put_int(&r, n->pid);
     put_key(&r, "errno");
     put_int(&r, err);
+    if (act) { /* a verdict other than an errno: SECCOMP_RET_LOG (the call ran) or _KILL_PROCESS */
+        put_key(&r, "act");
+        put_int(&r, (int64_t)act);
+    }
     if (addr) {
         put_key(&r, "addr");
         put_str(&r, addr);
@@ -1335,20 +1340,40 @@ static void on_notify(int status_w) {
         }
         return;
     }
-    int err = bpf_errno(&n.data);
-    if (err == 0) {
+    uint32_t verdict = bpf_verdict(&n.data);
+    if (verdict == 0x7fff0000u) {
         /* Watched, not refused by the filter: look, then let the kernel run it (and refuse it: no route).
-         * CONTINUE is what the errno filter would have done: the decision stays the kernel's. */
+         * CONTINUE is what the decision program says: the decision stays the kernel's. */
         struct dest dests[MAX_DESTS];
         int off = destinations(&n, dests);
         struct seccomp_notif_resp_ resp = {n.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE_};
         ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp);
-        for (int i = 0; i < off; i++) fold_denial(status_w, &n, ENETUNREACH, dests[i].key, dests[i].text);
+        for (int i = 0; i < off; i++) fold_denial(status_w, &n, ENETUNREACH, 0, dests[i].key, dests[i].text);
         return;
     }
-    struct seccomp_notif_resp_ resp = {n.id, 0, -err, 0};
-    ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp); /* ENOENT: the caller died since */
-    fold_denial(status_w, &n, err, NULL, NULL);
+    if (verdict == 0x7ffc0000u) { /* a profile's log (or trace): the call runs, and is reported */
+        struct seccomp_notif_resp_ resp = {n.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE_};
+        ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp);
+        fold_denial(status_w, &n, 0, verdict, NULL, NULL);
+        return;
+    }
+    if (verdict != 0x80000000u) { /* an errno (anything unexpected: EPERM, refused all the same) */
+        int err = (verdict & 0xffff0000u) == 0x00050000u && (verdict & 0xffff) ? (int)(verdict & 0xffff) : EPERM;
+        struct seccomp_notif_resp_ resp = {n.id, 0, -err, 0};
+        ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp); /* ENOENT: the caller died since */
+        fold_denial(status_w, &n, err, 0, NULL, NULL);
+        return;
+    }
+    /* A profile's kill_process. Recorded first,
+     * then the caller's whole thread group is killed while its call is still pending (it never runs):
+     * kill(2) on any thread's id signals its thread group, and SIGKILL ends all of it. The id is checked
+     * live first (the caller waits in the call, so its id cannot be reused meanwhile). The answer after
+     * the kill refuses the call should the signal have failed. */
+    fold_denial(status_w, &n, 0, 0x80000000u, NULL, NULL);
+    uint64_t id = n.id;
+    if (n.pid > 1 && ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID_, &id) == 0) kill((pid_t)n.pid, SIGKILL);
+    struct seccomp_notif_resp_ resp = {n.id, 0, -EPERM, 0};
+    ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp);
 }
 
 static void put_folds(struct rec *r) {

@@ -20,28 +20,32 @@ Every other ABI is killed (KILL_PROCESS): on x86_64 the i386 ABI (``int $0x80``,
 binaries) and x32 syscall numbers (bit 0x40000000), which would otherwise reach the kernel
 through a syscall table the rules do not describe.
 
-`prepare` (parent) compiles with libseccomp through pyseccomp, imported lazily: this module is
-also imported by the fork server, which runs ``python -I -S`` without site-packages, so it imports
-only the standard library at module level. `apply` (child) hands the ready BPF bytes to
-seccomp(2). See docs/seccomp.md.
+The built-in rules are a seccomp profile (`builtin_profile`, the model user profiles use), and `prepare`
+(parent) compiles them together with the policy's own profile into ONE program with one compiler
+(supervisor/sandbox/_seccomp_bpf.py), twice: the decision program (the real actions) and the installed one
+(reported verdicts answer SECCOMP_RET_USER_NOTIF to the sandbox init, which runs the decision program on
+the notified call). libseccomp (through pyseccomp, imported lazily) is the syscall table: names to
+numbers. This module is also imported by the fork server, which runs ``python -I -S`` without
+site-packages, so it imports only the standard library at module level. `apply` (child) hands the ready
+BPF bytes to seccomp(2). See docs/seccomp.md.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno as _errno
-import os
+import functools
 import struct
 from typing import TYPE_CHECKING
 
 from supervisor.sandbox import _cinit, _sys
+from supervisor.sandbox import _seccomp_bpf as _bpf
 from supervisor.sandbox._ops import Plan
 
 _LAYER = "seccomp"
 
 if TYPE_CHECKING:
     from policies import Policy
-    from policies._seccomp import SeccompProfile
+    from policies._seccomp import SeccompProfile, SeccompRule
     from supervisor.sandbox.probe import KernelCaps
 
 #: Denied outright with EPERM, each with the reason (docs/seccomp.md says the same).
@@ -212,6 +216,9 @@ _KILL_PROCESS = 0x80000000
 _RET_ERRNO = 0x00050000
 
 _NOTIFY = 0x7FC00000  # SECCOMP_RET_USER_NOTIF
+#: The verdicts a report can carry besides an errno (a D record's `act`): a profile's kill_process, its log.
+KILLED = 0x80000000
+LOGGED = 0x7FFC0000
 
 #: The errnos whose refusals are reported (docs/denials.md): the notifying filter answers them with
 #: SECCOMP_RET_USER_NOTIF and the sandbox init replies with the errno. ENOSYS (clone3, openat2) and
@@ -461,68 +468,155 @@ def _rule_set(policy: Policy, tracing: bool = True) -> dict[str, list[_Rule]]:
 
 
 def notified(name: str, err: int, cmps: tuple[_Cmp, ...]) -> bool:
-    """Whether the notifying filter reports this rule's refusals (REPORTED_ERRNOS, INIT_CALLS)."""
+    """Whether a built-in rule's refusals are reported (REPORTED_ERRNOS; not an unconditional rule on one of
+    INIT_CALLS, which would notify the init about its own call)."""
     return err in REPORTED_ERRNOS and (bool(cmps) or name not in INIT_CALLS)
+
+
+#: ENOSYS on these is a fallback libc takes (clone3 -> clone, openat2 -> openat), not a refusal worth a
+#: report, whoever answers it: the built-in rules or a profile (Docker's answers ENOSYS to clone3).
+FALLBACKS = frozenset(["clone3", "openat2"])
+
+
+def _profile_reported(name: str, action: str) -> bool:
+    """Whether a profile's verdict on `name` is reported: every one but allow, and ENOSYS on FALLBACKS."""
+    return action != "allow" and not (action == f"errno:{_errno.ENOSYS}" and name in FALLBACKS)
+
+
+def _action_value(action: str) -> int:
+    """The SECCOMP_RET_* value of a model action (allow, log, kill_process, errno:N)."""
+    if action == "allow":
+        return _bpf.ALLOW
+    if action == "log":
+        return _bpf.LOG
+    if action == "kill_process":
+        return _bpf.KILL_PROCESS
+    return _bpf.ERRNO | int(action.removeprefix("errno:"))
+
+
+def _cmps_of(rule: SeccompRule) -> tuple[_Cmp, ...]:
+    out: list[_Cmp] = []
+    for c in rule.args:
+        masked = c.op == "masked_eq"
+        out.append((c.index, _PROFILE_OPS[c.op], c.mask if masked else c.value, c.value if masked else 0))
+    return tuple(out)
+
+
+def _side_rules(
+    profile: SeccompProfile, origin: str, always_allowed: frozenset[str] = frozenset()
+) -> tuple[dict[int, list[_bpf.Rule]], dict[int, str], list[str]]:
+    """A profile's rules per syscall number, in the compiler's terms; the names by number; the names
+    skipped (unknown to libseccomp or not syscalls on this architecture; Docker's profile lists every
+    arch's). `origin` "builtin" reports by `notified`, "profile" by `_profile_reported`."""
+    out: dict[int, list[_bpf.Rule]] = {}
+    names: dict[int, str] = {}
+    skipped: list[str] = []
+    for i, rule in enumerate(profile.rules):
+        cmps = _cmps_of(rule)
+        action = _action_value(rule.action)
+        for name in rule.names:
+            if name in always_allowed:
+                continue
+            nr = _resolve(name)
+            if nr < 0:
+                if name not in skipped:
+                    skipped.append(name)
+                continue
+            if origin == "builtin":
+                report = action & 0xFFFF0000 == _bpf.ERRNO and notified(name, action & 0xFFFF, cmps)
+            else:
+                report = _profile_reported(name, rule.action)
+            out.setdefault(nr, []).append(_bpf.Rule(action, cmps, report, origin, i))
+            names[nr] = name
+    return out, names, skipped
+
+
+class _Compiled:
+    """One policy's filter, compiled: the spec (rules per number), names by number, the built-in names,
+    the profile's skipped names."""
+
+    def __init__(self, spec: _bpf.Spec, names: dict[int, str], builtin: list[str], skipped: list[str]):
+        self.spec, self.names, self.builtin, self.skipped = spec, names, builtin, skipped
 
 
 def _compile(
     policy: Policy, tracing: bool = True, notify: bool = False, private_net: bool = False
-) -> tuple[object, dict[str, tuple[int, list[_Rule]]]]:
-    """A pyseccomp SyscallFilter for `policy`, and the rules it holds: name -> (nr, rules). With
-    `notify`, the rules `notified` names answer SECCOMP_RET_USER_NOTIF instead of their errno, and with
-    `private_net` (the sandbox has its own network namespace) NETWORK_WATCH is watched too.
+) -> _Compiled:
+    """The built-in rules (`builtin_profile`) and the policy's profile, in the compiler's terms. With
+    `notify` and `private_net` (the sandbox has its own network namespace) NETWORK_WATCH is watched too.
 
-    Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp is
-    missing, and OSError when libseccomp rejects a rule.
+    Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp (the
+    syscall table) is missing.
     """
-    import pyseccomp
-
-    rules = _rule_set(policy, tracing)
-    flt = pyseccomp.SyscallFilter(_ALLOW)
-    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, _KILL_PROCESS)
-    # Binary tree: hot syscalls with argument rules (ioctl, clone) need not walk the whole list.
-    # Syscalls without rules cost nothing either way: the kernel caches constant ALLOW results.
-    with contextlib.suppress(OSError):  # libseccomp < 2.5: linear order, same verdicts
-        flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
-    compiled: dict[str, tuple[int, list[_Rule]]] = {}
-    for name, name_rules in rules.items():
-        nr = _resolve(name)
-        if nr < 0:
-            continue  # a built-in name not on this architecture (user names were checked above)
-        for err, cmps in name_rules:
-            args = [pyseccomp.Arg(a, op, x, y) for a, op, x, y in cmps]
-            action = _NOTIFY if notify and notified(name, err, cmps) else _RET_ERRNO | err
-            try:
-                flt.add_rule(action, nr, *args)
-            except OSError as exc:
-                exc.filename = name
-                raise
-        compiled[name] = (nr, name_rules)
+    builtin, names, _ = _side_rules(builtin_profile(policy, tracing), "builtin")
+    builtin_names = sorted(set(names.values()))
     if notify and private_net and policy.network.mode in WATCHED_NETWORK_MODES:
         # Watched, not refused: the init reads the destination, reports one off loopback (which the
         # private network namespace refuses: no route) and lets the kernel run the call.
         for name, cmps in NETWORK_WATCH.items():
             nr = _resolve(name)
-            if nr >= 0 and name not in rules:
-                flt.add_rule(_NOTIFY, nr, *[pyseccomp.Arg(a, op, x, y) for a, op, x, y in cmps])
-    return flt, compiled
+            if nr >= 0 and nr not in builtin:
+                builtin[nr] = [_bpf.Rule(_bpf.ALLOW, cmps, True, "builtin")]
+                names[nr] = name
+    profile = policy.syscalls.profile
+    default = _bpf.ALLOW_RULE
+    rules: dict[int, list[_bpf.Rule]] = {}
+    skipped: list[str] = []
+    exempt: frozenset[int] = frozenset()
+    if profile is not None:
+        rules, pnames, skipped = _side_rules(profile, "profile", PROFILE_ALWAYS_ALLOWED)
+        names.update(pnames)
+        default = _bpf.Rule(_action_value(profile.default), (), profile.default != "allow", "profile")
+        for name in FALLBACKS:
+            nr = _resolve(name)
+            if nr >= 0 and nr not in rules and not _profile_reported(name, profile.default):
+                rules[nr] = [_bpf.Rule(default.action, (), False, "profile")]
+                names[nr] = name
+        exempt = frozenset(n for n in map(_resolve, PROFILE_ALWAYS_ALLOWED) if n >= 0)
+    machine = _sys.MACHINE
+    spec = _bpf.Spec(builtin, rules, default, _AUDIT_ARCH.get(machine, 0), machine == "x86_64", exempt)
+    return _Compiled(spec, names, builtin_names, skipped)
 
 
-def _export(flt: object, method: str) -> bytes:
-    fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
-    with open(fd, "w+b") as f:
-        getattr(flt, method)(f)
-        f.seek(0)
-        return f.read()
+_OP_TEXT = {_NE: "!=", 2: "<", 3: "<=", _EQ: "==", 5: ">=", _GT: ">"}
+
+
+def _action_text(rule: _bpf.Rule) -> str:
+    a = rule.action
+    named = {_bpf.ALLOW: "ALLOW", _bpf.LOG: "LOG", _bpf.KILL_PROCESS: "KILL_PROCESS"}
+    text = named.get(a, f"ERRNO({a & 0xFFFF})")
+    if rule.report:
+        text += " [reported]" if a != _bpf.ALLOW else " [watched]"
+    if rule.origin == "profile":
+        text += " (profile default)" if rule.index < 0 else f" (profile rule {rule.index})"
+    return text
 
 
 def explain(policy: Policy, tracing: bool = True) -> str:
-    """libseccomp's pseudo-code (PFC) of the filter `policy` compiles to, for humans and tests.
+    """The filter `policy` compiles to, as text for humans and tests: the arch and x32 actions, the default,
+    then each syscall with a rule (its number) and its rules, the stricter first, in the compiler's order.
 
     Raises PolicyError for unknown names, ImportError/RuntimeError without pyseccomp/libseccomp.
     """
-    flt, _ = _compile(policy, tracing)
-    return _export(flt, "export_pfc").decode()
+    c = _compile(policy, tracing)
+    spec = c.spec
+    lines = [
+        f"# filter for arch {_sys.MACHINE} ({spec.audit_arch})",
+        "# invalid architecture action\n  action KILL_PROCESS;",
+    ]
+    if spec.x32_guard:
+        lines.append("# x32 syscall numbers (nr >= 0x40000000, but -1)\n  action KILL_PROCESS;")
+    lines.append(f"# default action\n  action {_action_text(spec.default)};")
+    for nr in sorted(set(spec.builtin) | set(spec.profile)):
+        lines.append(f'# filter for syscall "{c.names.get(nr, nr)}" ({nr})')
+        for r in _bpf.order([*spec.profile.get(nr, []), *spec.builtin.get(nr, [])]):
+            conds = " && ".join(
+                f"($a{a} & {x:#x}) == {y:#x}" if op == _MASKED_EQ else f"$a{a} {_OP_TEXT[op]} {x:#x}"
+                for a, op, x, y in r.cmps
+            )
+            act = f"action {_action_text(r)};"
+            lines.append(f"  if ({conds}) {act}" if conds else f"  {act}")
+    return "\n".join(lines) + "\n"
 
 
 def run_bpf(prog: bytes, nr: int, arch: int | None = None, args: tuple[int, ...] = ()) -> int:
@@ -533,9 +627,7 @@ def run_bpf(prog: bytes, nr: int, arch: int | None = None, args: tuple[int, ...]
     on an instruction seccomp would not accept or a program that runs off its end.
     """
     data = _seccomp_data(nr, _AUDIT_ARCH[_sys.MACHINE] if arch is None else arch, args)
-    insns: list[tuple[int, int, int, int]] = [
-        struct.unpack_from("=HBBI", prog, off) for off in range(0, len(prog), 8)
-    ]
+    insns = _decode(prog)
     a = x = 0
     mem = [0] * 16
     pc = 0
@@ -581,6 +673,11 @@ def run_bpf(prog: bytes, nr: int, arch: int | None = None, args: tuple[int, ...]
             raise ValueError(msg)
     msg = "seccomp BPF: program ends without a return"
     raise ValueError(msg)
+
+
+@functools.lru_cache(maxsize=8)
+def _decode(prog: bytes) -> list[tuple[int, int, int, int]]:
+    return list(struct.iter_unpack("=HBBI", prog[: len(prog) // 8 * 8]))
 
 
 def _seccomp_data(nr: int, arch: int, args: tuple[int, ...]) -> bytes:
@@ -631,69 +728,71 @@ def _alu(op: int, a: int, src: int) -> int:
     raise ValueError(msg)
 
 
-def _self_check(bpf: bytes, compiled: dict[str, tuple[int, list[_Rule]]], notify: bool = False) -> str | None:
-    """Run the compiled filter on a few inputs; None if it behaves, else what is wrong. With `notify`,
-    the notifying filter: its reported rules must answer SECCOMP_RET_USER_NOTIF."""
+def _self_check(c: _Compiled, decision: bytes, installed: bytes | None) -> str | None:
+    """Run the compiled programs on a few inputs; None if they behave, else what is wrong. Checks that hold
+    whatever the rules: a foreign ABI and x32 numbers are killed, execve is allowed, every built-in rule's
+    witness is refused. Then both programs against the compiler's reference semantics (its `verdict`) on
+    every rule's witness: the decision program gives the deciding rule's action, the installed one the
+    same or, for a reported rule, SECCOMP_RET_USER_NOTIF."""
     machine = _sys.MACHINE
     if machine not in _AUDIT_ARCH:
-        return None  # no expectations recorded for this arch; libseccomp's own tests stand
-    # A syscall without rules (the policy may deny any one name): the default must allow it.
-    free = next((n for n in ("getpid", "capget") if n not in compiled), "")
-    if free and run_bpf(bpf, _sys.nr(free)) != _ALLOW:
-        return f"{free} is not allowed"
-    if run_bpf(bpf, _sys.nr(free or "getpid"), arch=_FOREIGN_ARCH[machine]) != _KILL_PROCESS:
-        return "a foreign-ABI syscall is not killed"
-    if machine == "x86_64":
-        for nr in (_X32_SYSCALL_BIT | 39, _X32_SYSCALL_BIT | 521):  # x32 getpid, x32 ptrace
-            if run_bpf(bpf, nr) != _KILL_PROCESS:
-                return f"x32 syscall {nr:#x} is not killed"
-    for name, (nr, rules) in compiled.items():
-        for err, cmps in rules:
-            # A call that meets the rule's comparisons (each on its own argument) must be refused.
-            args = [0] * 6
-            for arg, op, a, b in cmps:
-                args[arg] = {_EQ: a, _GT: a + 1, _MASKED_EQ: b, _NE: a + 1}.get(op, a)
-            want = _NOTIFY if notify and notified(name, err, cmps) else _RET_ERRNO | err
-            if run_bpf(bpf, nr, args=tuple(args)) != want:
-                return f"{name}{tuple(args) if cmps else ''} is not denied"
-        if name in ("socket", "socketpair") and all(cmps for _, cmps in rules):
-            for family in (1, 2, 10):  # unix, inet, inet6: never refused by the family rules
-                if run_bpf(bpf, nr, args=(family, 1, 0)) != _ALLOW:
-                    return f"{name}({family}) is not allowed"
+        return None  # no expectations recorded for this arch
+    spec = c.spec
+    progs = [(decision, False)] + ([(installed, True)] if installed is not None else [])
+    for prog, notify in progs:
+        if run_bpf(prog, _sys.nr("getpid"), arch=_FOREIGN_ARCH[machine]) != _KILL_PROCESS:
+            return "a foreign-ABI syscall is not killed"
+        if machine == "x86_64":
+            for nr in (_X32_SYSCALL_BIT | 39, _X32_SYSCALL_BIT | 521):  # x32 getpid, x32 ptrace
+                if run_bpf(prog, nr) != _KILL_PROCESS:
+                    return f"x32 syscall {nr:#x} is not killed"
+        if run_bpf(prog, _resolve("execve")) not in (_ALLOW, _bpf.LOG, _NOTIFY):
+            return "execve is refused"
+        for nr, rules in [*spec.builtin.items(), *spec.profile.items()]:
+            for rule in rules:
+                args = _bpf.witnesses(rule)[0]
+                want = _bpf.verdict(spec, nr, args)
+                value = _NOTIFY if notify and want.report else want.action
+                if run_bpf(prog, nr, args=args) != value:
+                    return f"{c.names.get(nr, nr)}{args if rule.cmps else ''} is not decided as its rules say"
+                if rule.origin == "builtin" and rule.action != _ALLOW and want.action == _ALLOW:
+                    return f"{c.names.get(nr, nr)}{args if rule.cmps else ''} is not denied"
     return None
 
 
 def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
-    """Compile the policy's seccomp filter in the parent (once per policy; the caller caches).
+    """Compile the policy's seccomp filter in the parent (once per policy; the caller caches): the built-in
+    rules and the policy's profile (`syscalls.profile`) in ONE program, by one compiler (`_seccomp_bpf`).
 
     Returns None when `policy.syscalls.enabled` is False, or when seccomp is unavailable (the
     kernel lacks it, or libseccomp/pyseccomp is missing) and `policy.best_effort` is set: the
-    caller records the layer as missing. Otherwise ``{"bpf": bytes, "denied": [names]}``: `bpf`
-    is the ``struct sock_filter`` array for `apply`, `denied` the syscall names with a rule on
-    this architecture (outright or for some arguments), sorted.
+    caller records the layer as missing. Otherwise ``{"bpf": bytes, "denied": [names], ...}``: `bpf`
+    is the decision program (the real actions; what is installed when there are no reports), "notify"
+    the program the init installs with a listener (reported verdicts answer USER_NOTIF), "keys" the
+    fold keys, "names" the syscall names by number, "watch_net", "profile_skipped".
 
-    Raises SandboxSetupError (layer ``seccomp``) when seccomp or libseccomp is unavailable and the
-    policy is not best_effort, or when libseccomp fails or produces a filter that does not pass
-    the self-check; PolicyError for a name in ``syscalls.deny``/``syscalls.allow`` that is not a
-    syscall on this architecture, or for denying execve.
+    Raises SandboxSetupError (layer ``seccomp``) when seccomp is unavailable and the policy is
+    not best_effort, or when the filter does not fit the kernel's limit or does not pass the
+    self-check; PolicyError for a name in ``syscalls.deny``/``syscalls.allow`` that is not a
+    syscall on this architecture, for denying execve, or for a profile that refuses execve.
     """
     if not policy.syscalls.enabled or not _seccomp_usable(policy, caps):
         return None
-    bpf, compiled = _compile_filter(policy, caps)
+    notify = caps.seccomp_notify.available
+    private_net = caps.namespace("net").available
+    # Tracing stays inside the sandbox only where its pid namespace holds nothing else (TRACING).
+    c = _compile(policy, caps.namespace("pid").available, notify=notify, private_net=private_net)
     problem = None
-    if not bpf or len(bpf) % 8 or len(bpf) // 8 > _BPF_MAXINSNS:
-        problem = f"libseccomp produced {len(bpf)} bytes of BPF"
-    else:
-        try:
-            problem = _self_check(bpf, compiled)
-        except ValueError as err:
-            problem = str(err)
-    prepared: dict[str, object] = {"bpf": bpf, "denied": sorted(compiled)}
-    if not problem and caps.seccomp_notify.available:
-        problem = _add_notify(policy, caps, compiled, prepared)
-    profile = policy.syscalls.profile
-    if profile is not None and not problem:
-        problem = _add_profile(profile, prepared)
+    try:
+        decision = _bpf.assemble(c.spec, notify=False)
+        installed = _bpf.assemble(c.spec, notify=True) if notify else None
+        problem = _self_check(c, decision, installed)
+    except ValueError as err:
+        problem, decision, installed = str(err), b"", None
+    if problem == "execve is refused" and policy.syscalls.profile is not None:
+        from policies import PolicyError
+
+        raise PolicyError("syscalls.profile", "the profile refuses execve: the command could never start")
     if problem:
         from supervisor._errors import SandboxSetupError
 
@@ -701,8 +800,16 @@ def prepare(policy: Policy, caps: KernelCaps) -> dict[str, object] | None:
             _LAYER,
             "filter self-check",
             _errno.EINVAL,
-            hint=f"{problem}; upgrade libseccomp (2.5 or newer is tested)",
+            hint=f"{problem}; a corral bug (or a profile too large for one filter), please report it",
         )
+    prepared: dict[str, object] = {"bpf": decision, "denied": c.builtin}
+    if policy.syscalls.profile is not None:
+        prepared["profile_skipped"] = c.skipped
+    if installed is not None:
+        prepared["notify"] = installed
+        prepared["keys"] = fold_keys(c)
+        prepared["names"] = dict(c.names)
+        prepared["watch_net"] = private_net and policy.network.mode in WATCHED_NETWORK_MODES
     return prepared
 
 
@@ -736,156 +843,32 @@ def _seccomp_usable(policy: Policy, caps: KernelCaps) -> bool:
     return True
 
 
-def _compile_filter(policy: Policy, caps: KernelCaps) -> tuple[bytes, dict[str, tuple[int, list[_Rule]]]]:
-    """The built-in filter's BPF and its compiled rules {name: (nr, rules)}, not yet self-checked.
-
-    Raises SandboxSetupError (layer ``seccomp``) when libseccomp rejects the filter; PolicyError as
-    `_compile` does.
-    """
-    from supervisor._errors import SandboxSetupError
-
-    try:
-        # Tracing stays inside the sandbox only where its pid namespace holds nothing else (TRACING).
-        flt, compiled = _compile(policy, tracing=caps.namespace("pid").available)
-        return _export(flt, "export_bpf"), compiled
-    except OSError as err:
-        raise SandboxSetupError(
-            _LAYER,
-            f"libseccomp seccomp_rule_add({err.filename or '?'})/seccomp_export_bpf",
-            err.errno or 0,
-            hint="libseccomp rejected the filter; this is a corral bug, please report it",
-        ) from err
-
-
-def _add_notify(
-    policy: Policy,
-    caps: KernelCaps,
-    compiled: dict[str, tuple[int, list[_Rule]]],
-    prepared: dict[str, object],
-) -> str | None:
-    """Add the notifying filter and what the init needs to report denials to `prepared`.
-
-    Returns what is wrong with the notifying filter, or None when it passes the self-check.
-    """
-    # The same filter with the refusals to report answering SECCOMP_RET_USER_NOTIF: the sandbox
-    # init holds its listener and reports them (docs/denials.md). `bpf` stays its errno twin: the
-    # init evaluates it to answer each notified call with the errno it would have had.
-    try:
-        private_net = caps.namespace("net").available
-        nflt, _ = _compile(policy, caps.namespace("pid").available, notify=True, private_net=private_net)
-        notify_bpf = _export(nflt, "export_bpf")
-        problem = _self_check(notify_bpf, compiled, notify=True)
-    except (OSError, ValueError) as err:
-        return f"the notifying filter: {err}"  # the caller refuses the policy: nothing more to add
-    prepared["notify"] = notify_bpf
-    prepared["keys"] = fold_keys(compiled)
-    prepared["names"] = {nr: name for name, (nr, _) in compiled.items()}
-    prepared["watch_net"] = private_net and policy.network.mode in WATCHED_NETWORK_MODES
-    if prepared["watch_net"]:
-        names = prepared["names"]
-        assert isinstance(names, dict)
-        names.update({_resolve(name): name for name in NETWORK_WATCH if name not in compiled})
-    return problem
-
-
-def _add_profile(profile: SeccompProfile, prepared: dict[str, object]) -> str | None:
-    """Add the policy's profile filter to `prepared` ("profile", "profile_skipped").
-
-    Returns what is wrong with it (too long, refuses execve, lets a foreign ABI through), or None.
-    Raises SandboxSetupError (layer ``seccomp``) when libseccomp fails to export it.
-    """
-    from supervisor._errors import SandboxSetupError
-
-    try:
-        profile_bpf, skipped = compile_profile(profile)
-    except OSError as err:
-        raise SandboxSetupError(
-            _LAYER, "libseccomp seccomp_export_bpf (the profile's filter)", err.errno or 0
-        ) from err
-    problem = None
-    if len(profile_bpf) // 8 > _BPF_MAXINSNS:
-        problem = f"the profile's filter has {len(profile_bpf) // 8} instructions (the kernel takes 4096)"
-    elif run_bpf(profile_bpf, _resolve("execve")) != _ALLOW:
-        problem = "the profile's filter refuses execve"
-    elif run_bpf(profile_bpf, _resolve("getpid"), arch=_FOREIGN_ARCH.get(_sys.MACHINE, 0)) != _KILL_PROCESS:
-        problem = "the profile's filter lets a foreign ABI through"
-    prepared["profile"] = profile_bpf
-    prepared["profile_skipped"] = skipped
-    return problem
-
-
-_LOG = 0x7FFC0000  # SECCOMP_RET_LOG
-
 #: libseccomp's comparison operators by the profile model's spelling (policies/_seccomp.py).
 _PROFILE_OPS = {"!=": 1, "<": 2, "<=": 3, "==": 4, ">=": 5, ">": 6, "masked_eq": 7}
 
 #: What a profile can never refuse, because the sandbox init (or the command's libc on its way out) calls
-#: them after the profile's filter is in place: INIT_CALLS, plus exit and the signal return. The built-in
-#: filter still rules on them.
+#: them after the filter is in place: INIT_CALLS, plus exit and the signal return. The built-in rules still
+#: rule on them.
 PROFILE_ALWAYS_ALLOWED = INIT_CALLS | {"exit", "exit_group", "rt_sigreturn", "restart_syscall"}
-
-
-def _profile_action(action: str) -> int:
-    if action == "allow":
-        return _ALLOW
-    if action == "log":
-        return _LOG
-    if action == "kill_process":
-        return _KILL_PROCESS
-    return _RET_ERRNO | int(action.removeprefix("errno:"))
 
 
 def compile_profile(
     profile: SeccompProfile, always_allowed: frozenset[str] = PROFILE_ALWAYS_ALLOWED
 ) -> tuple[bytes, list[str]]:
-    """The BPF of a seccomp profile's own filter (policies.SeccompProfile: a default action and rules), which
-    the sandbox init stacks on the built-in one, and the names it skipped: unknown to this libseccomp or not
-    on this architecture (as Docker does: its profile lists names of every arch and kernel). Foreign ABIs are
-    killed here too. PROFILE_ALWAYS_ALLOWED names are allowed whatever the profile says (the init needs them).
+    """The decision program of `profile` alone (no built-in rules), by the one compiler, and the names it
+    skipped: unknown to this libseccomp or not on this architecture (as Docker does: its profile lists names
+    of every arch and kernel). Foreign ABIs are killed. `always_allowed` names are allowed whatever the
+    profile says. For tests and for reading a profile's verdicts with `run_bpf`; a sandbox's filter is
+    compiled by `prepare`.
 
-    Raises PolicyError naming ``syscalls.profile.rules[i]`` when libseccomp refuses a rule (two rules with
-    the same arguments and different actions, for one), ImportError/RuntimeError without libseccomp.
+    Raises ValueError when it does not fit 4096 instructions, ImportError/RuntimeError without libseccomp.
     """
-    import pyseccomp
-
-    from policies import PolicyError
-
-    default = _profile_action(profile.default)
-    flt = pyseccomp.SyscallFilter(default)
-    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, _KILL_PROCESS)
-    with contextlib.suppress(OSError):
-        flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
-    skipped: list[str] = []
-    if default != _ALLOW:
-        for name in sorted(always_allowed):
-            nr = _resolve(name)
-            if nr >= 0:
-                flt.add_rule(_ALLOW, nr)
-    for i, rule in enumerate(profile.rules):
-        action = _profile_action(rule.action)
-        args = [
-            pyseccomp.Arg(c.index, _PROFILE_OPS[c.op], c.mask, c.value)
-            if c.op == "masked_eq"
-            else pyseccomp.Arg(c.index, _PROFILE_OPS[c.op], c.value, 0)
-            for c in rule.args
-        ]
-        for name in rule.names:
-            if name in always_allowed:
-                continue
-            nr = _resolve(name)
-            if nr < 0:
-                if name not in skipped:
-                    skipped.append(name)
-                continue
-            if action == default and not args:
-                continue  # libseccomp refuses a rule that repeats the default
-            try:
-                flt.add_rule(action, nr, *args)
-            except OSError as err:
-                where = f"syscalls.profile.rules[{i}]"
-                why = f"libseccomp refused the rule for {name}: {os.strerror(err.errno or 0)}"
-                raise PolicyError(where, why + " (another rule names it with other conditions?)") from err
-    return _export(flt, "export_bpf"), skipped
+    rules, _, skipped = _side_rules(profile, "profile", always_allowed)
+    default = _bpf.Rule(_action_value(profile.default), (), False, "profile")
+    exempt = frozenset(n for n in map(_resolve, always_allowed) if n >= 0)
+    machine = _sys.MACHINE
+    spec = _bpf.Spec({}, rules, default, _AUDIT_ARCH.get(machine, 0), machine == "x86_64", exempt)
+    return _bpf.assemble(spec, notify=False), skipped
 
 
 #: The model's spelling of libseccomp's operators.
@@ -893,11 +876,10 @@ _OP_NAMES = {v: k for k, v in _PROFILE_OPS.items()}
 
 
 def builtin_profile(policy: Policy, tracing: bool = True) -> SeccompProfile:
-    """corral's built-in filter for `policy`, written in the terms of a seccomp profile: default allow and one
-    rule per built-in rule (its errno, its argument conditions). `SeccompProfile.to_oci()` turns it into
-    the OCI/Docker JSON format, a starting point for a profile of one's own. It describes the filter; the
-    filter itself is compiled from the same rule set (`_rule_set`), and the tests check that the two give the
-    same verdicts. Raises like `_rule_set`."""
+    """corral's built-in rules for `policy` as a seccomp profile (policies.SeccompProfile, the model user
+    profiles use): default allow and one rule per built-in rule (its errno, its argument conditions). This
+    is what the compiler compiles (together with the policy's own profile); `.to_oci()` turns it into the
+    OCI/Docker JSON format, a starting point for a profile of one's own. Raises like `_rule_set`."""
     from policies._seccomp import ArgCondition, SeccompProfile, SeccompRule
 
     rules = []
@@ -913,14 +895,32 @@ def builtin_profile(policy: Policy, tracing: bool = True) -> SeccompProfile:
     return SeccompProfile("allow", tuple(rules), source="corral's built-in filter")
 
 
-def fold_keys(compiled: dict[str, tuple[int, list[_Rule]]]) -> bytes:
-    """The fold keys for the sandbox init (DECISIVE): packed (nr, argument index, mask) entries of the
-    syscalls with a rule, at most two per syscall."""
+def fold_keys(c: _Compiled) -> bytes:
+    """The fold keys for the sandbox init: packed (nr, argument index, mask) entries, at most two per
+    syscall: DECISIVE for the built-in names, else the arguments a profile's rules compare (all 64 bits;
+    a masked_eq rule's mask)."""
     out = bytearray()
-    for name, (nr, _) in sorted(compiled.items()):
-        for arg, mask in DECISIVE.get(name, ())[:2]:
+    for nr in sorted(c.names):
+        name = c.names[nr]
+        keys = list(DECISIVE.get(name, ()))
+        if not keys:
+            seen: dict[int, int] = {}
+            for r in c.spec.profile.get(nr, []):
+                for arg, op, a, _b in r.cmps:
+                    seen[arg] = seen.get(arg, 0) | (a if op == _MASKED_EQ else 2**64 - 1)
+            keys = sorted(seen.items())
+        for arg, mask in keys[:2]:
             out += struct.pack("=iiQ", nr, arg, mask)
     return bytes(out)
+
+
+def profile_args(policy: Policy, name: str) -> tuple[int, ...]:
+    """The argument indices the policy's profile compares for `name` (a report shows them), at most two."""
+    profile = policy.syscalls.profile
+    if profile is None or name in DECISIVE:
+        return ()
+    seen = sorted({c.index for r in profile.rules if name in r.names for c in r.args})
+    return tuple(seen[:2])
 
 
 def _unavailable_hint(err: int) -> str:
@@ -970,18 +970,6 @@ def emit(prepared: dict[str, object], plan: Plan) -> None:
     )
     if skip >= 0:
         plan.land(skip)
-    profile = prepared.get("profile")
-    if isinstance(profile, bytes) and profile:
-        # The policy's profile, stacked last: the kernel takes the stricter verdict of the two filters for
-        # every call (and, between two errnos, this one's).
-        plan.add(
-            _cinit.OP_SECCOMP,
-            _LAYER,
-            "seccomp(SECCOMP_SET_MODE_FILTER) (the seccomp profile)",
-            a=(len(profile),),
-            s=(profile,),
-            hint=hints,
-        )
 
 
 def apply(prepared: dict[str, object]) -> None:
@@ -1006,3 +994,48 @@ def _apply_hint(err: int) -> str:
     if err in (_errno.ENOSYS, _errno.EOPNOTSUPP):
         return "the kernel lacks seccomp filters (CONFIG_SECCOMP_FILTER); set best_effort"
     return "see seccomp(2)"
+
+
+def syscall_name(nr: int) -> str | None:
+    """The name of native syscall `nr` (libseccomp's table), or None when unknown or without libseccomp."""
+    try:
+        import pyseccomp
+
+        name = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr)
+    except (ImportError, RuntimeError, OSError, ValueError):
+        return _UNIFIED_NAMES.get(nr) if _sys.MACHINE in _UNIFIED_ARCHES else None
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+_UNIFIED_NAMES = {nr: name for name, nr in _UNIFIED_NR.items()}
+
+
+def _model_side(
+    profile: SeccompProfile, name: str, args: tuple[int, ...], origin: str, default: _bpf.Rule
+) -> _bpf.Rule:
+    rules = [
+        _bpf.Rule(_action_value(r.action), _cmps_of(r), False, origin, i)
+        for i, r in enumerate(profile.rules)
+        if name in r.names
+    ]
+    return _bpf.side(rules, default, args)
+
+
+@functools.lru_cache(maxsize=32)
+def _builtin_for(policy: Policy) -> SeccompProfile:
+    return builtin_profile(policy)
+
+
+def decide(policy: Policy, name: str, args: tuple[int, ...]) -> _bpf.Rule:
+    """Which rule decides a call of `name` with `args` under `policy` (the compiler's semantics, on the
+    model: the stricter of the built-in rules' and the profile's verdicts, the profile's on a tie): its
+    action, origin ("builtin" or "profile") and index in that profile's rules (-1: the default). For the
+    hint of a report. Raises like `builtin_profile`."""
+    args = tuple(a & (2**64 - 1) for a in args) + (0,) * (6 - len(args))
+    b = _model_side(_builtin_for(policy), name, args, "builtin", _bpf.ALLOW_RULE)
+    profile = policy.syscalls.profile
+    if profile is None or name in PROFILE_ALWAYS_ALLOWED:
+        return b
+    default = _bpf.Rule(_action_value(profile.default), (), False, "profile")
+    p = _model_side(profile, name, args, "profile", default)
+    return b if _bpf.precedence(b) > _bpf.precedence(p) else p

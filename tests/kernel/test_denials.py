@@ -398,11 +398,10 @@ def test_a_refused_listener_keeps_the_filter_and_says_so(workspace: Path) -> Non
     assert "listener" in rep["unobservable"]["seccomp"], rep
 
 
-async def test_a_seccomp_profile_refusal_is_enforced_and_said_unobservable(
-    sup: Supervisor, workspace: Path
-) -> None:
-    """A --seccomp-profile's own filter answers before any notification (errno beats user notification):
-    its refusal holds, is not reported, and the Result says so; corral's own rules are still reported."""
+async def test_a_seccomp_profile_refusal_is_enforced_and_reported(sup: Supervisor, workspace: Path) -> None:
+    """A --seccomp-profile is compiled into the same filter as corral's rules (one listener): its refusal
+    holds and is reported, naming the profile's rule, next to corral's own (tests/kernel/
+    test_denials_profile.py covers every action and operator)."""
     from policies._seccomp import SeccompProfile, SeccompRule
 
     profile = SeccompProfile(rules=(SeccompRule(("getpriority",), "errno:13"),))
@@ -412,5 +411,7 @@ async def test_a_seccomp_profile_refusal_is_enforced_and_said_unobservable(
     assert seen["getpriority"] == (-1, errno.EACCES)  # the profile's refusal holds
     assert seen["unshare"] == (-1, errno.EPERM)
     one_match(result, events, reg, ("seccomp", "syscall", "unshare(CLONE_NEWUSER)"))
-    assert [d.target for d in result.denials] == ["unshare(CLONE_NEWUSER)"]
-    assert "syscalls.profile" in dict(result.denials_unobservable)["seccomp"]
+    d = one_match(result, events, reg, ("seccomp", "syscall", "getpriority"))
+    assert "syscalls.profile.rules[0]" in d.hint
+    assert [d.target for d in result.denials] == ["getpriority", "unshare(CLONE_NEWUSER)"]
+    assert "seccomp" not in dict(result.denials_unobservable)

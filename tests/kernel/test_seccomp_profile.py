@@ -98,9 +98,13 @@ async def test_kill_process_kills_the_whole_process(workspace: Path) -> None:
     async with Supervisor() as sup:
         result = await sup.run([PY, "-c", code], policy=with_profile(workspace, profile))  # type: ignore[arg-type]
     assert result.stdout == b"before\n"
-    assert result.signal == signal.SIGSYS
-    assert result.exit_code == 128 + signal.SIGSYS
+    # Reported: the sandbox init answers the notification by killing the thread group (SIGKILL; the
+    # kernel's own kill, without reports, is SIGSYS: test_denials_profile.py covers both).
+    assert result.signal == signal.SIGKILL
+    assert result.exit_code == 128 + signal.SIGKILL
     assert result.refused_abi is None  # a 64-bit program under a killing profile: not a foreign ABI
+    assert [(d.layer, d.target) for d in result.denials] == [("seccomp", "getppid")]
+    assert "kills the process" in result.denials[0].hint
 
 
 async def test_log_and_trace_allow_the_call(workspace: Path) -> None:
@@ -127,7 +131,7 @@ async def test_allowlist_default_errno_with_allow_rules(workspace: Path) -> None
         f"{nr('sysfs')},3",  # in no allowlist, allowed by the built-in filter
     )
     assert got[0][0] >= 0
-    assert got[1] == (-1, errno.ENOSYS)  # both refuse: the profile's filter, stacked last, gives the errno
+    assert got[1] == (-1, errno.ENOSYS)  # both refuse: on a tie the profile's errno (as if stacked last)
     assert got[2] == (-1, errno.EACCES)
     assert got[3] == (-1, errno.ENOSYS)
     assert result.exit_code == 0  # type: ignore[attr-defined]
@@ -178,7 +182,7 @@ async def test_the_allowlist_example_runs_python_git_and_gcc(workspace: Path) ->
         assert gcc.exit_code == 0, gcc.stderr
         assert (workspace / "t").exists()
         # Outside the allowlist: ENOSYS (acct is refused by the built-in filter too, with EPERM; the
-        # profile's filter, stacked last, gives the errno).
+        # profile's errno wins a tie, as if stacked last).
         got = await sup.run([PY, "-c", PROBE, f"{nr('acct')},0"], policy=policy)
         assert got.stdout.split() == [b"-1", str(errno.ENOSYS).encode()]
 

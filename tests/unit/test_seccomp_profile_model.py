@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -193,37 +192,11 @@ def test_toml_syscalls_profile_is_relative_to_the_policy_file(tmp_path: Path) ->
     ],
     ids=["default", "network-and-watch", "deny-allow"],
 )
-def test_the_builtin_filter_written_as_a_profile_gives_the_same_verdicts(policy: Policy) -> None:
-    """seccomp.builtin_profile describes the built-in filter in the profile's terms: compiled as a profile
-    (with nothing forced open), it answers every rule's own inputs, and random arguments, as the built-in
-    filter does. Its OCI JSON reads back to the same profile."""
+def test_the_builtin_rules_as_a_profile_round_trip_through_oci(policy: Policy) -> None:
+    """seccomp.builtin_profile is the built-in rule set in the profile's terms (what the compiler compiles;
+    tests/unit/test_seccomp_bpf.py checks its verdicts against libseccomp). Its OCI JSON reads back to the
+    same profile."""
     profile = seccomp.builtin_profile(policy)
     assert profile.default == "allow"
-    builtin, compiled = seccomp._compile(policy)
-    want_bpf = seccomp._export(builtin, "export_bpf")
-    got_bpf, skipped = seccomp.compile_profile(profile, always_allowed=frozenset())
-    assert not set(skipped) & set(compiled)
-    rng = random.Random(18)
-    values = [0, 1, 2, 3, 0x80, 0x5412, 0o4000, 0o2000, 0o100, 0x20000, 0x10000000, 2**32 + 1, 2**64 - 1]
-    checked = 0
-    for name, (nr, rules) in compiled.items():
-        inputs = []
-        for _, cmps in rules:
-            args = [0] * 6
-            for arg, op, a, b in cmps:
-                args[arg] = {
-                    seccomp._EQ: a,
-                    seccomp._GT: a + 1,
-                    seccomp._MASKED_EQ: b,
-                    seccomp._NE: a + 1,
-                }.get(op, a)
-            inputs.append(tuple(args))
-        inputs += [tuple(rng.choice(values) for _ in range(6)) for _ in range(20)]
-        for args in inputs:
-            assert seccomp.run_bpf(got_bpf, nr, args=args) == seccomp.run_bpf(want_bpf, nr, args=args), (
-                name,
-                args,
-            )
-            checked += 1
-    assert checked > 500
+    assert {n for r in profile.rules for n in r.names} >= {"unshare", "clone", "socket", "ioctl"}
     assert seccomp_profile_from_oci(to_oci(profile)) == profile
