@@ -16,6 +16,7 @@ import anyio
 from policies import CorralError
 from policies._commands import CommandDecision, CommandRules
 from policies._errors import printable
+from supervisor._types import Rule
 
 #: The caller's approver: given the decision (argv, rule, justification), True lets the command run.
 Approver = Callable[[CommandDecision], Awaitable[bool]]
@@ -87,3 +88,40 @@ async def approve(decision: CommandDecision, approver: Approver | None) -> str |
     if verdict is True:
         return None
     return "the approver denied it"
+
+
+async def decide(
+    cmd: Sequence[str | bytes | os.PathLike[str]],
+    sets: Sequence[CommandRules],
+    approver: Approver | None,
+    record: Callable[[CommandDecision, bool | None], None],
+) -> CommandDecision | None:
+    """The rules' decision for `cmd` (None without rules), put to `approver` when it is `prompt`, then given
+    to `record` (the decision, and True/False for a prompt put to the approver, else None) before anything
+    is raised. Raises CommandForbiddenError when the command may not run; the approver's errors and
+    cancellation propagate (record is not called then). Used by Supervisor and by cluster mode's client."""
+    decision = await evaluate(cmd, sets)
+    if decision is None:
+        return None
+    refusal: str | None = None
+    approved: bool | None = None
+    if decision.decision == "prompt":
+        refusal = await approve(decision, approver)
+        approved = refusal is None
+    record(decision, approved)
+    if decision.decision == "forbidden":
+        raise CommandForbiddenError(decision)
+    if refusal is not None:
+        raise CommandForbiddenError(decision, refusal)
+    return decision
+
+
+def split_rules(rules: object) -> tuple[Sequence[Rule], CommandRules | None]:
+    """`rules=` of start/run: kill rules (a sequence of Rule) or command rules (CommandRules). Raises
+    TypeError for anything else."""
+    if isinstance(rules, CommandRules):
+        return (), rules
+    if isinstance(rules, Sequence) and not isinstance(rules, str | bytes):
+        return rules, None
+    msg = f"rules must be a sequence of Rule or CommandRules, not {type(rules).__name__}"
+    raise TypeError(msg)

@@ -45,7 +45,7 @@ from supervisor._monitor import (
 )
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._proxy import ChildProxy, ProxyConfig, host_interfaces, receive_listener
-from supervisor._rules import Approver, CommandForbiddenError
+from supervisor._rules import Approver
 from supervisor._spawnfds import DEVNULL, PIPE, SpawnFds, StdioArg
 from supervisor._types import ChildStats, Denial, Result, Rule, Violation
 from supervisor.forkserver import protocol
@@ -428,21 +428,12 @@ class Supervisor:
         event, put to the approver when it is `prompt`. Raises CommandForbiddenError when the command may
         not run; the approver's errors and cancellation propagate (nothing was started)."""
         sets = [r for r in (self.rules, call_rules) if r is not None]
-        decision = await _rules.evaluate(cmd, sets)
-        if decision is None:
-            return None
-        self.totals[f"decision:{decision.decision}"] += 1
-        refusal: str | None = None
-        approved: bool | None = None
-        if decision.decision == "prompt":
-            refusal = await _rules.approve(decision, approver if approver is not None else self.approver)
-            approved = refusal is None
-        self._emit(Event("decision", None, time.monotonic(), decision=decision, approved=approved))
-        if decision.decision == "forbidden":
-            raise CommandForbiddenError(decision)
-        if refusal is not None:
-            raise CommandForbiddenError(decision, refusal)
-        return decision
+
+        def record(decision: CommandDecision, approved: bool | None) -> None:
+            self.totals[f"decision:{decision.decision}"] += 1
+            self._emit(Event("decision", None, time.monotonic(), decision=decision, approved=approved))
+
+        return await _rules.decide(cmd, sets, approver if approver is not None else self.approver, record)
 
     def _emit(self, event: Event) -> None:
         for send in self._subscribers:
@@ -498,7 +489,7 @@ class Supervisor:
             raise SupervisorClosedError("the supervisor is not running")
         _check_command(cmd)
         policy = _resolve_policy(policy)
-        kills, call_rules = _split_rules(rules)  # kill rules, command rules
+        kills, call_rules = _rules.split_rules(rules)  # kill rules, command rules
         decision = await self._decide(cmd, call_rules, approver)
         if decision is not None:
             policy = decision.policy_for(policy)
@@ -1218,15 +1209,6 @@ def _check_cwd(cwd: object) -> bytes | None:
     if not raw or b"\0" in raw:
         raise ValueError(f"cwd must be a non-empty path without NUL bytes, not {cwd!r}")
     return raw
-
-
-def _split_rules(rules: object) -> tuple[Sequence[Rule], CommandRules | None]:
-    """`rules=` of start/run: kill rules (a sequence of Rule) or command rules (CommandRules)."""
-    if isinstance(rules, CommandRules):
-        return (), rules
-    if isinstance(rules, Sequence) and not isinstance(rules, str | bytes):
-        return rules, None
-    raise TypeError(f"rules must be a sequence of Rule or CommandRules, not {type(rules).__name__}")
 
 
 def _resolve_policy(policy: object) -> Policy:

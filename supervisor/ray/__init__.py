@@ -12,7 +12,7 @@ Supervisor's calls that dispatches each call to the least-loaded node allowed to
 Needs Ray (`pip install 'corral[ray]'`); the rest of corral never imports this package.
 """
 
-from supervisor.ray._client import RaySupervisor, RemoteChild, Session
+from supervisor.ray._client import RaySupervisor, RemoteChild, RemoteInput, RemoteOutput, Session
 from supervisor.ray._files import WorkspaceError
 from supervisor.ray._node import RemoteError
 from supervisor.ray._types import (
@@ -37,6 +37,8 @@ __all__ = [
     "RemoteChildInfo",
     "RemoteError",
     "RemoteEvent",
+    "RemoteInput",
+    "RemoteOutput",
     "Session",
     "SessionLostError",
     "WorkspaceError",

@@ -30,8 +30,18 @@ import ray.exceptions
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from policies import Policy
-from supervisor import DEVNULL, PIPE, ChildStats, CommandFailedError, Result, SupervisorClosedError
+from policies import CommandDecision, CommandRules, Policy
+from supervisor import (
+    DEVNULL,
+    PIPE,
+    ChildStats,
+    CommandFailedError,
+    Result,
+    Rule,
+    SupervisorClosedError,
+    _rules,
+)
+from supervisor._rules import Approver
 from supervisor.ray import _files
 from supervisor.ray._node import NodeSupervisor, SessionPolicy
 from supervisor.ray._types import (
@@ -186,6 +196,11 @@ class RaySupervisor:
     cancel_grace: on cancellation, how long to wait for the node to confirm the child was killed and
              reaped before the cancellation goes on regardless.
     supervisor_options: keyword arguments for each node's Supervisor (capture_limit, prefork, cgroups...).
+    rules:   command rules (policies.CommandRules) every command of this client is decided by before it is
+             sent to a node, as Supervisor(rules=) does (docs/rules.md); a session's and a call's own
+             `rules=` apply as well, the strictest decision winning. Decided here, on the driver: `forbidden`
+             raises CommandForbiddenError and `prompt` awaits `approver` (an async callable given the
+             CommandDecision, True to run) before any node is asked; nothing is sent for a refused command.
 
     Leaving the block closes this client's sessions; the node actors stay (see `detached`). The client is
     picklable: pass it to a Ray task and enter it there (it finds the same actors by name).
@@ -207,7 +222,11 @@ class RaySupervisor:
         refresh_interval: float = 2.0,
         cancel_grace: float = 30.0,
         supervisor_options: Mapping[str, Any] | None = None,
+        rules: CommandRules | None = None,
+        approver: Approver | None = None,
     ) -> None:
+        if rules is not None and not isinstance(rules, CommandRules):
+            raise TypeError(f"rules must be CommandRules (policies.load_rules) or None, not {rules!r}")
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise ValueError(f"max_concurrency must be an int >= 1, not {max_concurrency!r}")
         if not os.path.isabs(workspace_root):
@@ -229,7 +248,15 @@ class RaySupervisor:
             "refresh_interval": refresh_interval,
             "cancel_grace": cancel_grace,
             "supervisor_options": dict(supervisor_options or {}),
+            "rules": rules,
+            "approver": approver,
         }
+        self.rules = rules
+        self.approver = approver
+        #: The command rules' decisions made by this client (`totals()` adds them: the driver decides).
+        self._decisions: Counter[str] = Counter()
+        #: This client's open subscriptions: decision events are made here, not on a node.
+        self._subscribers: list[MemoryObjectSendStream[RemoteEvent]] = []
         self._nodes: dict[str, _Node] = {}
         self._changed = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -439,6 +466,53 @@ class RaySupervisor:
             self._lost(node, err.detail)
         return err
 
+    async def _decide(
+        self,
+        cmd: Sequence[str],
+        call_rules: CommandRules | None,
+        approver: Approver | None,
+        session_rules: CommandRules | None = None,
+        name: str | None = None,
+        profile: str | None = None,
+    ) -> CommandDecision | None:
+        """The command rules' decision for `cmd` (None without rules): this client's, the session's and the
+        call's rules, the strictest winning; counted in `totals()` and sent to this client's subscribers as
+        a `decision` RemoteEvent (node_id ""); a `prompt` is put to `approver` (else this client's). Raises
+        CommandForbiddenError when the command may not run (nothing was sent to a node); the approver's
+        errors and cancellation propagate."""
+        sets = [r for r in (self.rules, session_rules, call_rules) if r is not None]
+        if not sets:
+            return None
+
+        def record(decision: CommandDecision, approved: bool | None) -> None:
+            self._decisions[f"decision:{decision.decision}"] += 1
+            ev = RemoteEvent(
+                "decision", "", 0, name, profile or "", time.monotonic(), decision=decision, approved=approved
+            )
+            for send in self._subscribers:
+                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                    send.send_nowait(ev)
+
+        return await _rules.decide(cmd, sets, approver if approver is not None else self.approver, record)
+
+    async def _decide_and_place(
+        self,
+        cmd: Sequence[str],
+        policy: Policy | str | None,
+        where: NodeSelector | None,
+        rules: Sequence[Rule] | CommandRules,
+        approver: Approver | None,
+        name: str | None,
+    ) -> tuple[Sequence[Rule], CommandDecision | None, _Node, int]:
+        """A call's command rules decided (`_decide`), then its node (`_place`, by the policy the rules
+        chose): (the kill rules for the node, the decision, the node, the memory placed there, to release)."""
+        self._running()
+        kills, call_rules = _rules.split_rules(rules)
+        decision = await self._decide(cmd, call_rules, approver, None, name, _profile_of(policy))
+        placed = _decided(policy, decision)
+        memory = _memory_of(placed)
+        return kills, decision, await self._place(placed, where, memory), memory
+
     async def _place(self, policy: object, where: NodeSelector | None, memory: int) -> _Node:
         """The least-loaded live node allowed to run `policy` (by `where`, else the placement for its
         profile) with room for it: fewer of this client's calls in flight than its cap, and at least
@@ -492,24 +566,37 @@ class RaySupervisor:
         check: bool = False,
         cwd: str | None = None,
         where: NodeSelector | None = None,
+        rules: Sequence[Rule] | CommandRules = (),
+        approver: Approver | None = None,
     ) -> Result:
         """Supervisor.run on the least-loaded node allowed to run `policy` (see the class doc), returning
         the node supervisor's Result as it is. A profile name (or None) is that profile on the node's
         scratch directory; a Policy is used as given (its paths are the node's). stdin/stdout/stderr take
         PIPE/DEVNULL (or bytes for stdin): there is no fd to pass across machines. `where` restricts the
-        nodes for this call.
+        nodes for this call. `rules`: command rules (CommandRules) deciding this command with this client's
+        own (on the driver, before any node is asked; `approver` for a `prompt` instead of the client's),
+        or kill rules (a sequence of Rule, checked by the node's supervisor at every sample), as
+        Supervisor.run takes them. An allowed command runs under its rule's profile (on the policy's
+        workdir, with its limits) or policy, if the rule names one; `Result.decision` is the decision.
 
-        Raises what Supervisor.run raises (carried back from the node, same classes and fields);
-        NodeLostError when the node or its actor is lost during the call (the command is not retried: it
-        may have had side effects); PlacementError when no node may run it. On cancellation, the call is
+        Raises what Supervisor.run raises (carried back from the node, same classes and fields;
+        CommandForbiddenError, with nothing sent, when the command rules refuse it); NodeLostError when the
+        node or its actor is lost during the call (the command is not retried: it may have had side
+        effects); PlacementError when no node may run it. On cancellation, the call is
         cancelled on the node, whose supervisor kills and reaps the child (awaited up to cancel_grace).
         """
-        self._running()
-        memory = _memory_of(policy)
-        node = await self._place(policy, where, memory)
+        kills, decision, node, memory = await self._decide_and_place(
+            cmd, policy, where, rules, approver, name
+        )
         try:
             return await self._run_on(
-                node, cmd, policy, None, _run_kwargs(input, stdin, stdout, stderr, name, env, cwd), check
+                node,
+                cmd,
+                policy,
+                None,
+                _run_kwargs(input, stdin, stdout, stderr, name, env, cwd, kills),
+                check,
+                decision,
             )
         finally:
             self._release(node, memory)
@@ -522,9 +609,10 @@ class RaySupervisor:
         session: str | None,
         kwargs: dict[str, Any],
         check: bool,
+        decision: CommandDecision | None,
     ) -> Result:
         call = secrets.token_hex(8)
-        ref = node.actor.run.remote(list(cmd), policy, session, kwargs, call)
+        ref = node.actor.run.remote(list(cmd), policy, session, kwargs, call, decision)
         reply, load = await self._call(node, "run", ref, settle=call)
         node.note(load)
         if isinstance(reply, Failure):
@@ -539,31 +627,66 @@ class RaySupervisor:
         cmd: Sequence[str],
         *,
         policy: Policy | str | None = None,
+        stdin: int = DEVNULL,
+        stdout: int = PIPE,
+        stderr: int = PIPE,
         name: str | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         where: NodeSelector | None = None,
+        rules: Sequence[Rule] | CommandRules = (),
+        approver: Approver | None = None,
     ) -> RemoteChild:
-        """Start `cmd` on the least-loaded allowed node and return a RemoteChild: its node, pid, `wait()`
-        (the Result, with the output the node captured, bounded by capture_limit), `kill()` and `stats()`.
-        The honourable part of Supervisor.start across machines: no stdin, and output comes with the
-        Result rather than as live streams (a stream per child across the network is what `run` avoids).
-        Raises like `run`. The child counts against the node's cap until it is waited for."""
-        self._running()
-        memory = _memory_of(policy)
-        node = await self._place(policy, where, memory)
+        """Start `cmd` on the least-loaded allowed node and return a RemoteChild, as Supervisor.start does:
+        its node, pid, `stdin` (PIPE: a byte stream whose writes go to the child's stdin on the node),
+        `stdout`/`stderr` (PIPE: byte streams of the child's output as it comes, read from the node; DEVNULL:
+        None), `wait()` (the Result, without the output: it is in the streams), `kill()`, `stats()`,
+        `aclose()`. Read the PIPE streams (or pass DEVNULL): a node keeps at most STREAM_WINDOW bytes of
+        each unread stream, then the child blocks on its pipe, as a local child whose pipe is not read.
+        `rules`/`approver` as `run`. Raises like `run`. The child counts against this client's cap on its
+        node until it is waited for (or closed). On cancellation while starting, a child the node started
+        meanwhile is killed."""
+        kills, decision, node, memory = await self._decide_and_place(
+            cmd, policy, where, rules, approver, name
+        )
         try:
-            reply = await self._call(
-                node, "start", node.actor.start.remote(list(cmd), policy, None, _start_kwargs(name, env, cwd))
+            return await self._start_on(
+                node,
+                cmd,
+                policy,
+                None,
+                _start_kwargs(stdin, stdout, stderr, name, env, cwd, kills),
+                decision,
+                lambda: self._release(node, memory),
             )
         except BaseException:
             self._release(node, memory)
             raise
-        if isinstance(reply, Failure):
-            self._release(node, memory)
-            raise reply.rebuild()
+
+    async def _start_on(
+        self,
+        node: _Node,
+        cmd: Sequence[str],
+        policy: object,
+        session: str | None,
+        kwargs: dict[str, Any],
+        decision: CommandDecision | None,
+        done: Callable[[], None],
+    ) -> RemoteChild:
+        ref = node.actor.start.remote(list(cmd), policy, session, kwargs, decision)
+        try:
+            reply = await self._call(node, "start", ref, confirm_cancel=False)
+        except anyio.get_cancelled_exc_class():
+            # ray.cancel came too late if the node started the child: kill it and forget it there.
+            grace = float(self._settings["cancel_grace"])
+            with anyio.CancelScope(shield=True), anyio.move_on_after(grace), contextlib.suppress(Exception):
+                late = await _resolve(ref)
+                if isinstance(late, tuple):
+                    await _resolve(node.actor.kill.remote(late[0]))
+                    await _resolve(node.actor.release.remote(late[0]))
+            raise
         handle, pid = reply
-        return RemoteChild(self, node, handle, pid, name, lambda: self._release(node, memory))
+        return RemoteChild(self, node, handle, pid, kwargs.get("name"), done, kwargs)
 
     def session(
         self,
@@ -571,6 +694,7 @@ class RaySupervisor:
         *,
         policy: SessionPolicy = "workspace-write",
         where: NodeSelector | None = None,
+        rules: CommandRules | None = None,
         **options: Any,
     ) -> Session:
         """A workspace pinned to one node: ``async with sup.session(tarball) as s: await s.run([...])``.
@@ -581,8 +705,9 @@ class RaySupervisor:
                 `options`, the profile options such as memory="512M"), or a function workdir -> Policy
                 (run on the node). Calls may pass their own.
         where:  the nodes the session may be placed on (least loaded first).
+        rules:  command rules every call of the session is decided by (with the client's and the call's).
         """
-        return Session(self, source, policy, where, options)
+        return Session(self, source, policy, where, options, rules)
 
     # -- observing -----------------------------------------------------------------------------------------
 
@@ -600,15 +725,18 @@ class RaySupervisor:
         return out
 
     async def totals(self, per_node: bool = False) -> Counter[str] | dict[str, Counter[str]]:
-        """Supervisor.totals summed over the live nodes (started, exited by outcome, violations by kind), or
-        per node id with `per_node`. Lost nodes' counts are gone with them."""
+        """Supervisor.totals summed over the live nodes (started, exited by outcome, violations by kind), with
+        this client's command-rule decisions ("decision:allow|prompt|forbidden": made here, on the driver),
+        or per node id with `per_node` (the nodes' counts only). Lost nodes' counts are gone with them."""
         per: dict[str, Counter[str]] = {}
         for node in [n for n in self._nodes.values() if n.alive]:
             with contextlib.suppress(NodeLostError):
                 per[node.id] = Counter(await self._call(node, "totals", node.actor.totals.remote()))
         if per_node:
             return per
-        return sum(per.values(), Counter())
+        total: Counter[str] = sum(per.values(), Counter())
+        total.update(self._decisions)
+        return total
 
     async def children(self) -> list[RemoteChildInfo]:
         """The children alive on every live node: node, host pid, name, profile, cgroup directories."""
@@ -623,7 +751,8 @@ class RaySupervisor:
         self, max_buffer: int = 1000
     ) -> AsyncIterator[MemoryObjectReceiveStream[RemoteEvent]]:
         """Lifecycle events of every live node's children from now on, as RemoteEvents (kind, node_id,
-        pid, name, profile, at, result, violation): ``async with sup.subscribe() as events: async for ev in
+        pid, name, profile, at, result, violation), and the `decision` events of this client's command rules
+        (node_id "", pid 0; `decision`, `approved`): ``async with sup.subscribe() as events: async for ev in
         events``. Each node is long-polled (events come in batches, within a second); a subscriber
         `max_buffer` events behind loses the newest, as with Supervisor.subscribe. A node lost ends its
         part of the stream; a node that joins later (or a replacement actor) is followed from its first
@@ -639,9 +768,12 @@ class RaySupervisor:
                     followed.add(node)
                     tg.start_soon(self._follow, node, cursor, send)
             tg.start_soon(self._follow_joining, followed, send, tg)
+            self._subscribers.append(send)
             try:
                 yield receive
             finally:
+                with contextlib.suppress(ValueError):
+                    self._subscribers.remove(send)
                 tg.cancel_scope.cancel()
                 send.close()
 
@@ -709,6 +841,7 @@ def _run_kwargs(
     name: str | None,
     env: Mapping[str, str] | None,
     cwd: str | None,
+    kills: Sequence[Rule] = (),
 ) -> dict[str, Any]:
     for label, value in (("stdout", stdout), ("stderr", stderr)):
         if value not in (PIPE, DEVNULL):
@@ -724,18 +857,119 @@ def _run_kwargs(
         kw["input"] = bytes(input)
     if env is not None:
         kw["env"] = dict(env)
+    if kills:
+        kw["rules"] = list(kills)
     return kw
 
 
-def _start_kwargs(name: str | None, env: Mapping[str, str] | None, cwd: str | None) -> dict[str, Any]:
-    kw: dict[str, Any] = {"name": name, "cwd": cwd}
+def _decided(policy: Policy | str | None, decision: CommandDecision | None) -> Policy | str | None:
+    """What placement sees of a call's policy once the rules decided it: the deciding rule's policy or
+    profile, if it names one (the node applies `decision.policy_for` to the policy it resolves)."""
+    if decision is None:
+        return policy
+    if decision.policy is not None:
+        return decision.policy
+    if decision.profile is not None and not isinstance(policy, Policy):
+        return decision.profile
+    return policy
+
+
+def _start_kwargs(
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    name: str | None,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    kills: Sequence[Rule] = (),
+) -> dict[str, Any]:
+    for label, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+        if value not in (PIPE, DEVNULL):
+            raise TypeError(
+                f"{label} must be PIPE or DEVNULL on a cluster (no fd crosses machines), not {value!r}"
+            )
+    kw: dict[str, Any] = {"stdin": stdin, "stdout": stdout, "stderr": stderr, "name": name, "cwd": cwd}
     if env is not None:
         kw["env"] = dict(env)
+    if kills:
+        kw["rules"] = list(kills)
     return kw
+
+
+class RemoteOutput(anyio.abc.ByteReceiveStream):
+    """A started child's stdout or stderr, read from its node as it comes (RemoteChild.stdout/.stderr):
+    `receive()` returns the next bytes once there are some, and raises anyio.EndOfStream at the end;
+    ``async for chunk in child.stdout`` reads to the end. Each receive is one call to the node (at most
+    `max_bytes`). `aclose()` stops reading: the node drops what the child writes there from then on."""
+
+    def __init__(self, child: RemoteChild, which: str) -> None:
+        self._child = child
+        self._which = which
+        self._eof = False
+        self._closed = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """The next bytes (at most `max_bytes`). Raises anyio.EndOfStream at the end of the stream,
+        anyio.ClosedResourceError once closed, NodeLostError when the node is lost. On cancellation
+        nothing is consumed."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._eof:
+            raise anyio.EndOfStream
+        c = self._child
+        data: bytes = await c._client._call(
+            c._node,
+            f"read {self._which}",
+            c._node.actor.read.remote(c._handle, self._which, max(1, int(max_bytes))),
+            confirm_cancel=False,
+        )
+        if not data:
+            self._eof = True
+            raise anyio.EndOfStream
+        return data
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        c = self._child
+        if not self._eof and c._node.alive:
+            with anyio.CancelScope(shield=True), contextlib.suppress(NodeLostError):
+                await c._client._call(
+                    c._node, "close", c._node.actor.close_output.remote(c._handle, self._which)
+                )
+
+
+class RemoteInput(anyio.abc.ByteSendStream):
+    """A started child's stdin (RemoteChild.stdin): each `send` is written to the child's stdin on its node
+    (returning once the pipe took it); `aclose()` closes it (the child reads end of file)."""
+
+    def __init__(self, child: RemoteChild) -> None:
+        self._child = child
+        self._closed = False
+
+    async def send(self, item: bytes) -> None:
+        """Write `item` to the child's stdin. Raises anyio.BrokenResourceError when the child closed it
+        or exited, anyio.ClosedResourceError after aclose(), NodeLostError when the node is lost."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        c = self._child
+        await c._client._call(c._node, "write", c._node.actor.write.remote(c._handle, bytes(item)))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        c = self._child
+        if c._node.alive:
+            with anyio.CancelScope(shield=True), contextlib.suppress(NodeLostError):
+                await c._client._call(c._node, "close stdin", c._node.actor.close_stdin.remote(c._handle))
 
 
 class RemoteChild:
-    """A child started on a node by RaySupervisor.start (or Session.start)."""
+    """A child started on a node by RaySupervisor.start (or Session.start): `node_id`, `pid`, `name`, and
+    `stdin`/`stdout`/`stderr` (RemoteInput/RemoteOutput for PIPE, None for DEVNULL). Use as
+    ``async with child:`` (or call `aclose()`) to release its streams on the node."""
 
     def __init__(
         self,
@@ -745,6 +979,7 @@ class RemoteChild:
         pid: int,
         name: str | None,
         done: Callable[[], None],
+        kwargs: Mapping[str, Any],
     ) -> None:
         self._client = client
         self._node = node
@@ -754,10 +989,19 @@ class RemoteChild:
         self.node_id = node.id
         self._done: Callable[[], None] | None = done
         self._result: Result | None = None
+        self.stdin = RemoteInput(self) if kwargs.get("stdin") == PIPE else None
+        self.stdout = RemoteOutput(self, "stdout") if kwargs.get("stdout") == PIPE else None
+        self.stderr = RemoteOutput(self, "stderr") if kwargs.get("stderr") == PIPE else None
+
+    def _finished(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
 
     async def wait(self) -> Result:
-        """The child's Result once it has exited (output captured on the node). Raises NodeLostError when
-        the node is lost first. On cancellation the child is killed and reaped on the node."""
+        """The child's Result once it has exited (without its output: that is in the streams, as with
+        Supervisor.start). Raises NodeLostError when the node is lost first. On cancellation the child is
+        killed and reaped on the node."""
         if self._result is not None:
             return self._result
         try:
@@ -765,9 +1009,7 @@ class RemoteChild:
                 self._node, "wait", self._node.actor.wait.remote(self._handle)
             )
         finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done()
+            self._finished()
         self._result = reply
         return reply
 
@@ -782,6 +1024,21 @@ class RemoteChild:
         )
         return stats
 
+    async def aclose(self) -> None:
+        """Release the child on its node: its pipes are closed there (a child still writing gets EPIPE,
+        one reading stdin end of file) and its handle is forgotten; it no longer counts against this
+        client's cap. A child still running is not killed (kill() does that), as with Child.aclose."""
+        self._finished()
+        if self._node.alive:
+            with anyio.CancelScope(shield=True), contextlib.suppress(NodeLostError):
+                await self._client._call(self._node, "release", self._node.actor.release.remote(self._handle))
+
+    async def __aenter__(self) -> RemoteChild:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
 
 class Session:
     """A workspace on one node (RaySupervisor.session). Every call runs there, in its workdir."""
@@ -793,7 +1050,11 @@ class Session:
         policy: SessionPolicy,
         where: NodeSelector | None,
         options: Mapping[str, Any],
+        rules: CommandRules | None = None,
     ) -> None:
+        if rules is not None and not isinstance(rules, CommandRules):
+            raise TypeError(f"rules must be CommandRules (policies.load_rules) or None, not {rules!r}")
+        self._rules = rules
         self._client = client
         self._source = source
         self._policy = policy
@@ -857,6 +1118,22 @@ class Session:
             raise SessionLostError(node.id, self.id, operation, self.lost_reason)
         return node
 
+    async def _decide(
+        self,
+        operation: str,
+        cmd: Sequence[str],
+        policy: SessionPolicy | Policy | None,
+        rules: Sequence[Rule] | CommandRules,
+        approver: Approver | None,
+        name: str | None,
+    ) -> tuple[Sequence[Rule], CommandDecision | None]:
+        """The call's kill rules, and its command rules' decision with the session's and the client's."""
+        self._check(operation)
+        kills, call_rules = _rules.split_rules(rules)
+        chosen = policy if policy is not None else self._policy
+        profile = chosen if isinstance(chosen, str) else None
+        return kills, await self._client._decide(cmd, call_rules, approver, self._rules, name, profile)
+
     async def _call(self, operation: str, ref: Any, settle: str | None = None) -> Any:
         node = self._check(operation)
         try:
@@ -882,16 +1159,25 @@ class Session:
         env: Mapping[str, str] | None = None,
         check: bool = False,
         cwd: str | None = None,
+        rules: Sequence[Rule] | CommandRules = (),
+        approver: Approver | None = None,
     ) -> Result:
         """RaySupervisor.run on the session's node, in its workdir (the session's policy unless `policy`
         is given: a profile name or a function of the workdir, made on the node; a Policy as given).
+        `rules`/`approver` as RaySupervisor.run; the session's own rules are decided with them.
         Raises SessionLostError once the node is lost; else as RaySupervisor.run."""
+        kills, decision = await self._decide("run", cmd, policy, rules, approver, name)
         node = self._check("run")
         node.inflight += 1
         try:
             call = secrets.token_hex(8)
             ref = node.actor.run.remote(
-                list(cmd), policy, self.id, _run_kwargs(input, stdin, stdout, stderr, name, env, cwd), call
+                list(cmd),
+                policy,
+                self.id,
+                _run_kwargs(input, stdin, stdout, stderr, name, env, cwd, kills),
+                call,
+                decision,
             )
             reply, load = await self._call("run", ref, settle=call)
         finally:
@@ -910,6 +1196,47 @@ class Session:
             raise CommandFailedError([str(a) for a in cmd], reply)
         assert isinstance(reply, Result)
         return reply
+
+    async def start(
+        self,
+        cmd: Sequence[str],
+        *,
+        policy: SessionPolicy | Policy | None = None,
+        stdin: int = DEVNULL,
+        stdout: int = PIPE,
+        stderr: int = PIPE,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        rules: Sequence[Rule] | CommandRules = (),
+        approver: Approver | None = None,
+    ) -> RemoteChild:
+        """RaySupervisor.start on the session's node, in its workdir (its policy as in `run`). Raises
+        SessionLostError once the node is lost; else as RaySupervisor.start."""
+        kills, decision = await self._decide("start", cmd, policy, rules, approver, name)
+        node = self._check("start")
+        node.inflight += 1
+        try:
+            return await self._client._start_on(
+                node,
+                cmd,
+                policy,
+                self.id,
+                _start_kwargs(stdin, stdout, stderr, name, env, cwd, kills),
+                decision,
+                lambda: self._client._release(node, 0),
+            )
+        except NodeLostError as err:
+            self._client._release(node, 0)
+            self._mark_lost(err.detail)
+            raise SessionLostError(node.id, self.id, "start", err.detail) from err
+        except LookupError as err:
+            self._client._release(node, 0)
+            self._mark_lost(str(err))
+            raise SessionLostError(node.id, self.id, "start", str(err)) from err
+        except BaseException:
+            self._client._release(node, 0)
+            raise
 
     async def read_file(self, path: str, limit: int = _files.DEFAULT_FETCH_LIMIT) -> bytes:
         """The regular file `path` (relative to the workdir) from the node. Never follows a symlink the

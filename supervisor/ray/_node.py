@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -33,8 +34,8 @@ import ray
 from anyio.abc import TaskGroup
 
 from exporters import serve_metrics
-from policies import CorralError, Policy, profiles
-from supervisor import PIPE, Child, ChildStats, Event, Result, Supervisor, SupervisorClosedError
+from policies import CommandDecision, CorralError, Policy, profiles
+from supervisor import Child, ChildStats, Event, Result, Supervisor, SupervisorClosedError
 from supervisor.ray import _files
 from supervisor.ray._types import Failure, NodeInfo, NodeLoad, NodeLostError, RemoteChildInfo, RemoteEvent
 
@@ -78,13 +79,43 @@ class _Session:
     scopes: set[anyio.CancelScope] = field(default_factory=set)
 
 
+#: Bytes of one output stream of a started child kept on the node for its reader: past this, the node stops
+#: reading the child's pipe until the client has read (the child blocks on a full pipe, as with a local
+#: Supervisor.start whose stream is not read).
+STREAM_WINDOW = 256 << 10
+
+#: A started child that has exited and whose handle nobody has touched for this long is forgotten (its owner
+#: is gone, or never read its output to the end).
+STARTED_IDLE = 300.0
+
+
+@dataclass
+class _Output:
+    """One output stream of a started child, buffered on the node for the client's reads."""
+
+    buf: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+    #: The reader has closed it: what comes is drained and dropped (the child never blocks on it).
+    closed: bool = False
+    readable: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def close(self) -> None:
+        self.closed = True
+        self.buf.clear()
+        self.room.set()
+
+
 @dataclass
 class _Started:
+    handle: str
     child: Child
-    out: bytearray
-    err: bytearray
-    drained: anyio.Event
-    truncated: list[bool]
+    outputs: dict[str, _Output]
+    #: The client released it (RemoteChild.aclose): forgotten once it has finished.
+    released: bool = False
+    #: Set once its output streams have ended and the child has been reaped.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    touched: float = field(default_factory=time.monotonic)
     #: The task draining its output (kept: the loop holds only a weak reference to a task).
     task: asyncio.Task[None] | None = None
 
@@ -352,14 +383,16 @@ class NodeSupervisor:
         session: str | None,
         kwargs: Mapping[str, Any],
         call: str = "",
+        decision: CommandDecision | None = None,
     ) -> tuple[Result | Failure, NodeLoad]:
         """Supervisor.run on this node; `session` (an id) runs it in that session's workdir. Returns the
         Result, or the exception as a Failure, with the node's load after the call. `call` names the call
-        for `settled`."""
+        for `settled`. `decision` is what the client's command rules decided (on the driver): the command
+        runs under `decision.policy_for` the policy, and the Result carries the decision."""
         self._calls += 1
         ended = self._running_calls[call] = asyncio.Event()
         try:
-            return await self._shielded(partial(self._run, cmd, policy, session, kwargs))
+            return await self._shielded(partial(self._run, cmd, policy, session, kwargs, decision))
         finally:
             self._calls -= 1
             ended.set()
@@ -405,11 +438,18 @@ class NodeSupervisor:
         return cast(T, value)
 
     async def _run(
-        self, cmd: Sequence[str], policy: Policy | str | None, session: str | None, kwargs: Mapping[str, Any]
+        self,
+        cmd: Sequence[str],
+        policy: Policy | str | None,
+        session: str | None,
+        kwargs: Mapping[str, Any],
+        decision: CommandDecision | None,
     ) -> tuple[Result | Failure, NodeLoad]:
         try:
             sup = self._running()
             resolved = self._policy(policy, session)
+            if decision is not None:
+                resolved = decision.policy_for(resolved)
             if session is not None:
                 s = self._session(session)
                 with anyio.CancelScope() as inner:
@@ -424,6 +464,8 @@ class NodeSupervisor:
             else:
                 result = await sup.run(cmd, policy=resolved, **kwargs)
             self._check_fenced("run")
+            if decision is not None:
+                result = dataclasses.replace(result, decision=decision)
             return result, self.load()
         except KeyError as err:
             return _failure(LookupError(f"no session {err.args[0]} on node {self.node_id}")), self.load()
@@ -439,67 +481,160 @@ class NodeSupervisor:
         return True
 
     async def start(
-        self, cmd: Sequence[str], policy: Policy | str | None, session: str | None, kwargs: Mapping[str, Any]
+        self,
+        cmd: Sequence[str],
+        policy: Policy | str | None,
+        session: str | None,
+        kwargs: Mapping[str, Any],
+        decision: CommandDecision | None = None,
     ) -> tuple[str, int] | Failure:
-        """Supervisor.start with stdout/stderr captured on the node (bounded by the supervisor's
-        capture_limit) for `wait`. Returns (handle, pid) or a Failure."""
+        """Supervisor.start on this node (`kwargs` carry stdin/stdout/stderr as PIPE or DEVNULL). A PIPE
+        output is read into a buffer of at most STREAM_WINDOW bytes, which the client empties with `read`;
+        a PIPE stdin takes the client's `write`s. Returns (handle, pid) or a Failure. `decision` as in
+        `run`."""
         try:
             sup = self._running()
-            child = await sup.start(
-                cmd, policy=self._policy(policy, session), stdout=PIPE, stderr=PIPE, **kwargs
-            )
+            resolved = self._policy(policy, session)
+            if decision is not None:
+                resolved = decision.policy_for(resolved)
+            child = await sup.start(cmd, policy=resolved, **kwargs)
         except KeyError as err:
             return _failure(LookupError(f"no session {err.args[0]} on node {self.node_id}"))
         except Exception as err:
             return _failure(err)
+        if decision is not None:
+            child.decision = decision  # its Result carries it, as a local Supervisor's does
         handle = secrets.token_hex(8)
-        entry = _Started(child, bytearray(), bytearray(), anyio.Event(), [False, False])
+        outputs = {
+            which: _Output()
+            for which, stream in (("stdout", child.stdout), ("stderr", child.stderr))
+            if stream is not None
+        }
+        entry = _Started(handle, child, outputs)
         self._started[handle] = entry
-        entry.task = asyncio.get_running_loop().create_task(self._drain_started(entry, sup.capture_limit))
+        entry.task = asyncio.get_running_loop().create_task(self._drain_started(entry))
         return handle, child.pid
 
-    async def _drain_started(self, entry: _Started, limit: int) -> None:
-        async def drain(stream: Any, buf: bytearray, index: int) -> None:
-            if stream is None:
-                return
-            with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                async for chunk in stream:
-                    room = limit - len(buf)
-                    if room > 0:
-                        buf += chunk[:room]
-                    if len(chunk) > room:
-                        entry.truncated[index] = True
+    async def _drain_started(self, entry: _Started) -> None:
+        async def drain(stream: Any, out: _Output) -> None:
+            try:
+                with contextlib.suppress(
+                    anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError
+                ):
+                    async for chunk in stream:
+                        if out.closed:
+                            continue
+                        out.buf += chunk
+                        out.readable.set()
+                        while len(out.buf) >= STREAM_WINDOW and not out.closed:
+                            out.room.clear()
+                            await out.room.wait()
+            finally:
+                out.eof = True
+                out.readable.set()
 
+        child = entry.child
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(drain, entry.child.stdout, entry.out, 0)
-                tg.start_soon(drain, entry.child.stderr, entry.err, 1)
-            await entry.child.wait()
+                for which, out in entry.outputs.items():
+                    tg.start_soon(drain, getattr(child, which), out)
+            await child.wait()
         finally:
-            await entry.child.aclose()
-            entry.drained.set()
+            await child.aclose()
+            entry.finished.set()
+            if entry.released:
+                self._started.pop(entry.handle, None)
 
-    async def wait(self, handle: str) -> Result | Failure:
-        """The Result of a started child (waits for its exit); the handle is forgotten then."""
+    def _entry(self, handle: str) -> _Started:
         entry = self._started.get(handle)
         if entry is None:
-            return _failure(LookupError(f"no started child {handle} on node {self.node_id}"))
+            raise LookupError(f"no started child {handle} on node {self.node_id}")
+        entry.touched = time.monotonic()
+        return entry
+
+    async def read(self, handle: str, which: str, max_bytes: int) -> bytes | Failure:
+        """Up to `max_bytes` of the child's `which` output ("stdout" or "stderr") once there are some;
+        b"" once the stream has ended and all of it was read. On cancellation nothing is consumed."""
         try:
-            await entry.drained.wait()
+            out = self._entry(handle).outputs[which]
+        except (LookupError, KeyError) as err:
+            return _failure(LookupError(f"no {which} stream of {handle} on node {self.node_id}: {err}"))
+        while not out.buf and not out.eof:
+            out.readable.clear()
+            await out.readable.wait()
+        data = bytes(out.buf[:max_bytes])
+        del out.buf[:max_bytes]
+        out.room.set()
+        return data
+
+    def close_output(self, handle: str, which: str) -> bool:
+        """The client closed its `which` stream: what the child writes there from now on is dropped."""
+        entry = self._started.get(handle)
+        out = entry.outputs.get(which) if entry is not None else None
+        if out is None:
+            return False
+        out.close()
+        return True
+
+    async def write(self, handle: str, data: bytes) -> bool | Failure:
+        """Write `data` to the child's stdin (waits while its pipe is full). A Failure of
+        anyio.BrokenResourceError when the child has closed its end (or exited), ClosedResourceError
+        after `close_stdin`."""
+        try:
+            stdin = self._entry(handle).child.stdin
+            if stdin is None:
+                raise anyio.ClosedResourceError
+            await stdin.send(data)
+        except Exception as err:
+            return _failure(err)
+        return True
+
+    async def close_stdin(self, handle: str) -> bool:
+        """Close the child's stdin (it reads end of file)."""
+        entry = self._started.get(handle)
+        if entry is None or entry.child.stdin is None:
+            return False
+        await entry.child.stdin.aclose()
+        return True
+
+    async def wait(self, handle: str) -> Result | Failure:
+        """The Result of a started child once it has exited (its output is in the streams, not in the
+        Result, as with Supervisor.start). A cancelled wait kills the child."""
+        try:
+            entry = self._entry(handle)
+        except LookupError as err:
+            return _failure(err)
+        try:
+            result = await entry.child.wait()
         except BaseException:
             entry.child.kill()  # the caller's cancellation of wait() kills the child, as Supervisor.run does
             raise
-        self._started.pop(handle, None)
         if self._closing is not None:
             return _failure(
                 NodeLostError(self.node_id, "wait", f"the node's supervisor closed: {self._closing}")
             )
-        return entry.child.result(
-            stdout=bytes(entry.out),
-            stderr=bytes(entry.err),
-            stdout_truncated=entry.truncated[0],
-            stderr_truncated=entry.truncated[1],
-        )
+        return result
+
+    async def release(self, handle: str) -> bool:
+        """Release a started child: its pipes are closed (a child still writing gets EPIPE; one reading
+        stdin, end of file) and, once it has finished, its handle is forgotten."""
+        entry = self._started.get(handle)
+        if entry is None:
+            return False
+        entry.released = True
+        if entry.finished.is_set():
+            del self._started[handle]
+        for out in entry.outputs.values():
+            out.close()
+        if entry.child.stdin is not None:
+            await entry.child.stdin.aclose()
+        return True
+
+    def _forget_idle(self) -> None:
+        now = time.monotonic()
+        for handle, entry in list(self._started.items()):
+            if entry.finished.is_set() and now - entry.touched > STARTED_IDLE:
+                del self._started[handle]
 
     def kill(self, handle: str) -> bool:
         entry = self._started.get(handle)
@@ -561,6 +696,7 @@ class NodeSupervisor:
     async def _expire_sessions(self) -> None:
         while True:
             await anyio.sleep(0.5)
+            self._forget_idle()
             now = time.monotonic()
             for s in list(self._sessions.values()):
                 if now - s.renewed > s.lease:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from policies import CorralError
+from policies import CommandDecision, CorralError
 from supervisor import Denial, Result, Violation
 
 
@@ -101,9 +101,11 @@ class NodeLoad:
 class RemoteEvent:
     """A lifecycle event of a child on a node (the remote form of supervisor.Event: the Child handle itself
     stays on the node). `kind` is "started", "violation", "denied" or "exited"; `result` is set on
-    "exited", `violation` on "violation", `denial` on "denied"."""
+    "exited", `violation` on "violation", `denial` on "denied". A "decision" event is the client's own
+    (its command rules decided a command on the driver, before any node: node_id "", pid 0), with
+    `decision` set and `approved` True/False when a `prompt` was put to the approver."""
 
-    kind: Literal["started", "violation", "denied", "exited"]
+    kind: Literal["started", "violation", "denied", "exited", "decision"]
     node_id: str
     pid: int
     name: str | None
@@ -112,6 +114,8 @@ class RemoteEvent:
     result: Result | None = None
     violation: Violation | None = None
     denial: Denial | None = None
+    decision: CommandDecision | None = None
+    approved: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

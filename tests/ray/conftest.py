@@ -128,3 +128,12 @@ def fresh_namespace() -> str:
 
 
 SCRATCH = Path("/var/tmp/corral-tests")
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A workdir that exists for both nodes (they share this machine's filesystem)."""
+    d = Path("/var/tmp/corral-tests") / f"ray-{uuid.uuid4().hex[:10]}"
+    d.mkdir(parents=True, mode=0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

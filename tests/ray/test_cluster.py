@@ -11,20 +11,18 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import tarfile
 import urllib.request
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
 from policies import profiles
-from supervisor import Result, Supervisor
+from supervisor import DEVNULL, PIPE, Result, Supervisor
 from supervisor.ray import (
     NodeLostError,
     NodeSelector,
@@ -99,15 +97,6 @@ def _alive(pid: int, started: int | None = None) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return fields[0] != "Z" and (started is None or int(fields[19]) == started)
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A workdir that exists for both nodes (they share this machine's filesystem)."""
-    d = Path("/var/tmp/corral-tests") / f"ray-{uuid.uuid4().hex[:10]}"
-    d.mkdir(parents=True, mode=0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 async def test_calls_spread_over_both_nodes(client: RaySupervisor) -> None:
@@ -370,14 +359,75 @@ async def _children_named(client: RaySupervisor, name: str) -> list:  # type: ig
 async def test_start_wait_kill(client: RaySupervisor) -> None:
     child = await client.start(["sh", "-c", "echo started; echo e >&2"], where=A)
     assert child.node_id == _node_with(client, "corral_a")
-    result = await child.wait()
-    assert (result.exit_code, result.stdout, result.stderr) == (0, b"started\n", b"e\n")
-    long = await client.start(["sleep", "300"])
+    assert child.stdin is None
+    assert child.stdout is not None
+    assert child.stderr is not None
+    async with child:
+        out = b"".join([chunk async for chunk in child.stdout])
+        err = b"".join([chunk async for chunk in child.stderr])
+        result = await child.wait()
+    assert (result.exit_code, out, err) == (0, b"started\n", b"e\n")
+    assert (result.stdout, result.stderr) == (b"", b"")  # as Supervisor.start: the output is in the streams
+    long = await client.start(["sleep", "300"], stdout=DEVNULL, stderr=DEVNULL)
+    assert long.stdout is None
     assert _alive(long.pid)
     await long.kill()
     killed = await long.wait()
     assert killed.signal == signal.SIGKILL
     assert not _alive(long.pid)
+
+
+async def test_start_streams_output_live_and_forwards_stdin(client: RaySupervisor) -> None:
+    """A started child's output reaches the driver while it runs, and the driver's writes reach its stdin:
+    a line-by-line echo through `sh` (read, then echo back) answers each line before the next is sent."""
+    script = 'echo ready; while read -r line; do echo "got $line"; done; echo bye >&2'
+    child = await client.start(["sh", "-c", script], stdin=PIPE, where=B)
+    assert child.stdin is not None
+    assert child.stdout is not None
+    assert child.stderr is not None
+    async with child:
+        with anyio.fail_after(60):
+            assert await child.stdout.receive() == b"ready\n"
+            for word in ("one", "two"):
+                await child.stdin.send(f"{word}\n".encode())
+                assert await child.stdout.receive() == f"got {word}\n".encode()
+            assert _alive(child.pid)  # the answers came while it ran, not with its Result
+            await child.stdin.aclose()  # end of file: the loop ends
+            assert b"".join([c async for c in child.stderr]) == b"bye\n"
+            with pytest.raises(anyio.EndOfStream):
+                await child.stdout.receive()
+            result = await child.wait()
+    assert result.exit_code == 0
+    with pytest.raises(anyio.ClosedResourceError):
+        await child.stdin.send(b"late\n")
+
+
+async def test_start_output_beyond_the_window_is_not_lost(client: RaySupervisor) -> None:
+    """More output than the node keeps for an unread stream: the child waits for the reader (backpressure),
+    and every byte arrives, in order."""
+    size = 3 * 256 * 1024 + 12345
+    child = await client.start(["head", "-c", str(size), "/dev/zero"], stderr=DEVNULL)
+    assert child.stdout is not None
+    async with child:
+        await anyio.sleep(1)  # the node's window fills; the child blocks on its pipe
+        assert _alive(child.pid)
+        got = 0
+        with anyio.fail_after(60):
+            async for chunk in child.stdout:
+                assert chunk.count(0) == len(chunk)
+                got += len(chunk)
+            assert (await child.wait()).exit_code == 0
+    assert got == size
+
+
+async def test_session_start_runs_in_the_workdir(client: RaySupervisor) -> None:
+    async with client.session(_tarball({"data.txt": b"in the workdir\n"})) as ws:
+        child = await ws.start(["cat", "data.txt"])
+        assert child.node_id == ws.node_id
+        assert child.stdout is not None
+        async with child:
+            assert b"".join([c async for c in child.stdout]) == b"in the workdir\n"
+            assert (await child.wait()).exit_code == 0
 
 
 async def test_events_and_totals(client: RaySupervisor) -> None:

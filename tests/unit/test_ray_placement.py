@@ -87,6 +87,8 @@ def test_public_api_is_pinned() -> None:
         "RemoteChildInfo",
         "RemoteError",
         "RemoteEvent",
+        "RemoteInput",
+        "RemoteOutput",
         "Session",
         "SessionLostError",
         "WorkspaceError",
