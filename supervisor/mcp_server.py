@@ -58,6 +58,7 @@ from supervisor._mcp_stdio import WireIn, WireOut, stdio_fds
 __all__ = [
     "BackgroundStatus",
     "CommandResult",
+    "HttpNeedsAsyncioError",
     "McpSettings",
     "SandboxDescription",
     "build_server",
@@ -1272,10 +1273,15 @@ async def serve(
     max_message: bytes of the largest JSON-RPC message accepted (stdio: longer lines are skipped with a parse
                  error; HTTP: a larger body is answered 413).
 
-    Raises ValueError for a non-loopback `host` without a token, OSError when the address cannot be bound;
-    on cancellation, stops like at a signal.
+    Runs on asyncio and on trio, but for HTTP, which needs asyncio (uvicorn, an asyncio server; docs/mcp.md).
+
+    Raises ValueError for a non-loopback `host` without a token, HttpNeedsAsyncioError for HTTP on another
+    event loop than asyncio, OSError when the address cannot be bound; on cancellation, stops like at a
+    signal.
     """
     _check_token(http, token)
+    if http is not None and (backend := _backend()) != "asyncio":
+        raise HttpNeedsAsyncioError(backend)
     runtime: _Runtime | None = None
 
     def ref() -> _Runtime:
@@ -1310,6 +1316,24 @@ async def serve(
     finally:
         if sock is not None:
             sock.close()
+
+
+class HttpNeedsAsyncioError(CorralError, RuntimeError):
+    """serve() was asked for streamable HTTP on an event loop other than asyncio (`backend`, e.g. "trio"):
+    the HTTP server (uvicorn) is built on asyncio's own protocols and loop. stdio runs on either."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        super().__init__(f"corral mcp's HTTP transport runs on asyncio only (uvicorn), not on {backend}")
+
+
+def _backend() -> str:
+    """The running event loop's library ("asyncio", "trio")."""
+    try:
+        import sniffio
+    except ImportError:  # trio depends on sniffio: without it, this is asyncio
+        return "asyncio"
+    return sniffio.current_async_library()
 
 
 def _check_token(http: tuple[str, int] | None, token: str | None) -> None:

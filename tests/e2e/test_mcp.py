@@ -851,3 +851,38 @@ async def test_a_prompt_command_is_refused_when_the_client_cannot_ask_its_user(w
         assert refused.is_error
         assert not (ws / "work" / "unasked").exists()
         assert sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))["exit_code"] == 0
+
+
+TRIO_SERVER = """
+import sys, anyio
+from policies import load_rules, profiles
+from supervisor import mcp_server
+workdir, rules = sys.argv[1], sys.argv[2]
+settings = mcp_server.McpSettings(policy=profiles.get("workspace-write", workdir), rules=load_rules(rules))
+anyio.run(mcp_server.serve, settings, backend="trio")
+"""
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_the_stdio_server_runs_on_trio(ws: Path, mode: str) -> None:
+    rules = ws / "rules.toml"
+    rules.write_text(PROMPT_RULES)
+    before = _server_pids_before()
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-c", TRIO_SERVER, str(ws / "work"), str(rules)],
+        env=dict(os.environ),
+        cwd=str(ROOT),
+    )
+    asked: list[str] = []
+    callback = _answering("accept", asked)
+    async with Client(params, read_timeout_seconds=120, mode=mode, elicitation_callback=callback) as client:
+        server = next(p for p in psutil.Process().children() if p.pid not in before)
+        assert "trio" in " ".join(server.cmdline())
+        ran = sc(await client.call_tool("run_command", {"command": ["/bin/echo", "on trio"]}))
+        assert ran["stdout"] == "on trio\n"
+        assert ran["pid"] != server.pid
+        assert sc(await client.call_tool("run_command", {"command": ["touch", "asked"]}))["exit_code"] == 0
+        assert len(asked) == 1
+        assert (ws / "work" / "asked").is_file()
+    assert not psutil.pid_exists(ran["pid"])

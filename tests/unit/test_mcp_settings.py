@@ -4,16 +4,18 @@ SDK. No sandboxes here (tests/e2e/test_mcp.py runs the server)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 
+import anyio
 import click
 import pytest
 
 from policies import profiles
 from supervisor import cli
-from supervisor.mcp_server import McpSettings, _Buffer, describe, is_loopback
+from supervisor.mcp_server import HttpNeedsAsyncioError, McpSettings, _Buffer, describe, is_loopback, serve
 
 
 def settings(profile: str = "workspace-write", **opts: object) -> McpSettings:
@@ -115,3 +117,10 @@ def test_describe_names_the_proxys_allowed_domains() -> None:
     d = describe(settings(network_allow=["pypi-mirror.invalid", "*.docs.invalid"]))
     assert d.network == "proxy"
     assert "reachable pypi-mirror.invalid, *.docs.invalid" in d.summary
+
+
+def test_http_on_trio_is_refused_with_the_reason_before_anything_starts() -> None:
+    with pytest.raises(HttpNeedsAsyncioError) as caught:
+        anyio.run(functools.partial(serve, settings(), http=("127.0.0.1", 0)), backend="trio")
+    assert caught.value.backend == "trio"
+    assert "asyncio only (uvicorn)" in str(caught.value)
