@@ -287,9 +287,10 @@ def _command(node: Any, why: Any) -> tuple[str | None, ...]:
     end = -1
     for child in node.children:
         kind = child.type
-        if child.start_byte == end and kind in _WORDS:
-            # Two word nodes with nothing between them: bash makes one word of them (`a}\~`), the grammar
-            # two. Not vouched for.
+        if child.start_byte == end and kind in (*_WORDS, "command_name", "variable_assignment"):
+            # Two word nodes with nothing between them: bash makes one word of them (`a}\~`; `a={\0`, an
+            # assignment to bash, an assignment and a command `\0` to the grammar), the grammar two. Not
+            # vouched for.
             why("a word the grammar and bash may read differently")
         end = child.end_byte
         if kind == "variable_assignment":

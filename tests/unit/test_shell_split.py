@@ -111,6 +111,7 @@ def test_every_command_it_vouches_for_is_the_command_bash_runs(script: str) -> N
         "= ;;",  # `;;` outside case: bash refuses the script
         "} {",
         "a}\\~",
+        "a={\\0",  # one assignment word to bash; an assignment `a={` and a command `\\0` to the grammar
         "\\ x",  # the grammar skips the escaped blank that bash keeps
         "={,}",
         "{}",  # a command named `{}` to bash; an empty group to the grammar
