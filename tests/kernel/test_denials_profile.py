@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -239,3 +240,49 @@ def test_the_profile_fails_closed_without_a_listener() -> None:
     for action in ("errno:EACCES", "kill_process"):
         out = subprocess.run([sys.executable, "-c", code, action], capture_output=True, text=True, check=True)
         assert out.stdout.split() == ["-1", str(errno.ENOSYS), "same"], (action, out.stdout + out.stderr)
+
+
+#: Under an outer filter holding a listener of its own, the kernel refuses the sandbox init a second one
+#: (EBUSY): the decision program is installed alone. The probe tries getsid (the profile's errno rule), then
+#: getppid (its kill_process rule).
+OUTER_LISTENER = textwrap.dedent(
+    """
+    import dataclasses, json, sys
+    import pyseccomp as sc
+    f = sc.SyscallFilter(sc.ALLOW)
+    f.add_rule(sc.NOTIFY, "acct")
+    f.load()
+    import anyio
+    from policies import profiles
+    from policies._seccomp import SeccompProfile, SeccompRule
+    from supervisor import Supervisor
+    async def main():
+        profile = SeccompProfile(
+            "allow", (SeccompRule(("getsid",), "errno:EACCES"), SeccompRule(("getppid",), "kill_process"))
+        )
+        base = profiles.workspace_write(sys.argv[1])
+        policy = dataclasses.replace(base, syscalls=dataclasses.replace(base.syscalls, profile=profile))
+        code = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+        code += "print(libc.syscall(124, 0), ctypes.get_errno(), flush=True); os.getppid(); print('after')"
+        async with Supervisor(prefork=0) as sup:
+            r = await sup.run(["/usr/bin/python3", "-c", code], policy=policy)
+            print(json.dumps({"stdout": r.stdout.decode(), "signal": r.signal, "denials": len(r.denials),
+                              "unobservable": dict(r.denials_unobservable)}))
+    anyio.run(main)
+    """
+)
+
+
+def test_without_a_listener_the_kernel_enforces_the_profile(workspace: Path) -> None:
+    """Reports refused at the source (EBUSY: an outer listener): the profile's errno rule still answers
+    EACCES and its kill_process is the kernel's own kill (SIGSYS); nothing is reported, and the Result says
+    seccomp's refusals could not be seen."""
+    out = subprocess.run(
+        [sys.executable, "-c", OUTER_LISTENER, str(workspace)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout.strip().splitlines()[-1])
+    assert rep["stdout"].split() == ["-1", str(errno.EACCES)], rep
+    assert rep["signal"] == signal.SIGSYS, rep
+    assert rep["denials"] == 0
+    assert "listener" in rep["unobservable"]["seccomp"], rep

@@ -294,12 +294,29 @@ def test_cli_seccomp_profile(workspace: Path) -> None:
         str(workspace),
         "--",
     ]
+    out = workspace / "out.json"
     p = subprocess.run(
-        [*run, "/bin/mkdir", str(workspace / "d")], capture_output=True, text=True, timeout=60, check=False
+        [*run[:-1], "--json", str(out), "--", "/bin/mkdir", str(workspace / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert p.returncode == 1
     assert "Permission denied" in p.stderr
     assert not (workspace / "d").exists()
+    # The profile's refusal is reported: on stderr and in --json, naming the profile's rule and file.
+    assert (
+        "corral: denied syscall mkdir (seccomp: refused by the seccomp profile "
+        f"(syscalls.profile.rules[0] of {f})" in p.stderr
+    )
+    [denial] = json.loads(out.read_text())["denials"]
+    assert (denial["layer"], denial["operation"], denial["target"], denial["count"]) == (
+        "seccomp",
+        "syscall",
+        "mkdir",
+        1,
+    )
     (workspace / "bad.json").write_text(
         '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["x"], "action": "SCMP_ACT_NOPE"}]}'
     )
@@ -329,4 +346,9 @@ async def test_dockers_own_default_profile_gives_a_working_sandbox(workspace: Pa
         # What Docker's profile grants only with CAP_SYS_ADMIN (its includes.caps entries) is refused here.
         got = await sup.run([PY, "-c", PROBE, f"{nr('sethostname')},0,0"], policy=policy)  # type: ignore[arg-type]
         assert got.stdout.split() == [b"-1", str(errno.EPERM).encode()]
+    # One filter, one listener: the profile's refusal is reported as its default's, and the ordinary runs
+    # (python, git, gcc) report nothing (clone3's ENOSYS, Docker's on purpose, is a fallback).
+    if sup.caps.seccomp_notify.available:
+        assert [(d.target, "the default (errno:1)" in d.hint) for d in got.denials] == [("sethostname", True)]
+        assert py.denials == git.denials == gcc.denials == ()
     assert (workspace / "t").exists()
