@@ -3,7 +3,8 @@ not a test). Three figures:
 
 1. bulk: curl downloading a 200 MB body from a loopback HTTP server (a separate process), inside a sandbox
    under network mode "proxy" (through the proxy, which runs in this supervisor's event loop) and inside a
-   sandbox with the host's network (direct). Throughput ratio proxy/direct; target >= 0.5.
+   sandbox with the host's network (direct). Throughput ratio proxy/direct (best of --rounds, alternated);
+   target >= 0.5. With it, the CPU each download took in the server, the sandbox and this supervisor.
 2. setup: the latency one small plain-HTTP request (a new connection each time) gains through the proxy:
    a client process makes N sequential requests directly and N through a ChildProxy this process serves on
    a loopback listener; the median difference; target <= 1 ms.
@@ -11,7 +12,7 @@ not a test). Three figures:
    sandboxes on for both, as by default); median ratio; target <= 1.2.
 
     .venv/bin/python benchmarks/proxy.py [--size-mb 200] [--requests 300] [--spawns 100] [--backend trio]
-                                         [--json out.json]
+                                         [--rounds 3] [--json out.json]
 
 The test server is reached through a name the benchmark's static resolver maps to 127.0.0.1 (the policy
 names that address), as in the tests. Nothing leaves the machine.
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import socket
 import statistics
@@ -102,7 +105,9 @@ def _start_server(size: int) -> tuple[subprocess.Popen[str], int]:
     return proc, int(proc.stdout.readline())
 
 
-async def _bulk(sup: Supervisor, port: int, size_mb: int, workdir: str) -> dict[str, float]:
+async def _bulk(
+    sup: Supervisor, server_pid: int, port: int, size_mb: int, workdir: str, rounds: int
+) -> dict[str, float]:
     url = f"http://bench.test:{port}/big"
     proxied = profiles.workspace_write(workdir, network_allow=[f"bench.test:{port}", "127.0.0.1"])
     direct = profiles.workspace_write(workdir, network="host")
@@ -118,11 +123,21 @@ async def _bulk(sup: Supervisor, port: int, size_mb: int, workdir: str) -> dict[
         url,
     ]
     times: dict[str, list[float]] = {"direct": [], "proxy": []}
-    for _ in range(3):  # alternated, best of three each: the machine is shared
+    cpu: dict[str, list[tuple[float, float, float]]] = {"direct": [], "proxy": []}
+    for _ in range(rounds):  # alternated, best of `rounds` each: the machine is shared
         for name, policy in (("direct", direct), ("proxy", proxied)):
+            server_cpu, own_cpu = _cpu_s(server_pid), resource.getrusage(resource.RUSAGE_SELF)
             t = time.perf_counter()
             r = await sup.run(cmd, policy=policy, stdout=DEVNULL)
             elapsed = time.perf_counter() - t
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            cpu[name].append(
+                (
+                    _cpu_s(server_pid) - server_cpu,
+                    r.cpu_s,
+                    own.ru_utime + own.ru_stime - own_cpu.ru_utime - own_cpu.ru_stime,
+                )
+            )
             if r.exit_code != 0:
                 raise SystemExit(f"{name} download failed: {r.stderr.decode()}")
             if name == "proxy":
@@ -131,11 +146,21 @@ async def _bulk(sup: Supervisor, port: int, size_mb: int, workdir: str) -> dict[
             times[name].append(elapsed)
     best = {k: min(v) for k, v in times.items()}
     mb = size_mb * 1.048576
-    return {
+    out = {
         "direct_MBps": round(mb / best["direct"], 1),
         "proxy_MBps": round(mb / best["proxy"], 1),
         "ratio": round(best["direct"] / best["proxy"], 3),
     }
+    for name, samples in cpu.items():  # medians, ms per download: where the CPU goes
+        for i, who in enumerate(("server", "sandbox", "supervisor")):
+            out[f"{name}_cpu_ms_{who}"] = round(statistics.median(s[i] for s in samples) * 1000, 1)
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of process `pid` so far (/proc/PID/stat, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _client(args: list[str]) -> list[float]:
@@ -184,7 +209,7 @@ async def main(opts: argparse.Namespace) -> dict[str, dict[str, float]]:
         with tempfile.TemporaryDirectory(dir="/var/tmp") as workdir:
             async with Supervisor() as sup:
                 sup.proxy.resolver = static_resolver({"bench.test": ["127.0.0.1"]})
-                results = {"bulk": await _bulk(sup, port, opts.size_mb, workdir)}
+                results = {"bulk": await _bulk(sup, server.pid, port, opts.size_mb, workdir, opts.rounds)}
                 results["setup"] = await _setup(port, opts.requests)
                 results["spawn"] = await _spawn(sup, opts.spawns, workdir)
     finally:
@@ -196,6 +221,7 @@ async def main(opts: argparse.Namespace) -> dict[str, dict[str, float]]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="bulk downloads each way, alternated (best of)")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--spawns", type=int, default=100)
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
@@ -205,6 +231,10 @@ if __name__ == "__main__":
     b, s, p = results["bulk"], results["setup"], results["spawn"]
     print(f"bulk {opts.size_mb} MB: direct {b['direct_MBps']} MB/s, proxy {b['proxy_MBps']} MB/s, "
           f"ratio {b['ratio']} (target >= 0.5)")  # fmt: skip
+    for name in ("direct", "proxy"):
+        server, sandbox, own = (b[f"{name}_cpu_ms_{who}"] for who in ("server", "sandbox", "supervisor"))
+        print(f"  CPU per {name} download (median): server {server} ms, sandbox (curl) {sandbox} ms, "
+              f"supervisor {own} ms")  # fmt: skip
     print(f"setup per request (median): direct {s['direct_ms']} ms, proxy {s['proxy_ms']} ms, "
           f"added {s['added_ms']} ms (target <= 1)")  # fmt: skip
     print(f"spawn /bin/true (median): none {p['none_ms']} ms, proxy {p['proxy_ms']} ms, ratio {p['ratio']} "

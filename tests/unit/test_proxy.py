@@ -658,3 +658,87 @@ async def test_socks5_connect_decided_like_connect() -> None:
     )
     assert any("127.0.0.1:" in d.target for d in child.denials)
     assert any("only SOCKS5 CONNECT" in h for h in hints)
+
+
+async def _pumped(
+    cfg: ProxyConfig, payload: bytes, cancel_after: float | None = None
+) -> tuple[bytes, list[int], list[int]]:
+    """`_pump` from one socket pair to another, `payload` fed in and read out at the far end by tasks of
+    their own (an endless feed when `cancel_after` is given: the pump is cancelled then). Returns what came
+    out, the chunk sizes and `cfg.relay_memory_used` after each chunk."""
+    from supervisor._proxy import _pump, _recv, _sendall
+
+    feed_w, src = socket.socketpair()
+    dst, out_r = socket.socketpair()
+    for s in (feed_w, src, dst, out_r):
+        s.setblocking(False)
+    chunks: list[int] = []
+    used: list[int] = []
+    received = bytearray()
+
+    def moved(n: int) -> None:
+        chunks.append(n)
+        used.append(cfg.relay_memory_used)
+
+    async def feed() -> None:
+        if cancel_after is None:
+            await _sendall(feed_w, payload)
+            feed_w.shutdown(socket.SHUT_WR)
+        else:
+            while True:
+                await _sendall(feed_w, payload)
+
+    async def drain() -> None:
+        while data := await _recv(out_r, 1 << 20):
+            received.extend(data)
+
+    with feed_w, src, dst, out_r:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed)
+            tg.start_soon(drain)
+            with anyio.move_on_after(cancel_after if cancel_after is not None else 60) as scope:
+                await _pump(src, dst, moved, cfg)
+            assert scope.cancelled_caught == (cancel_after is not None)
+            dst.shutdown(socket.SHUT_WR)
+            if cancel_after is not None:
+                tg.cancel_scope.cancel()
+    return bytes(received), chunks, used
+
+
+async def test_relay_moves_a_bulk_stream_intact_in_grown_chunks_and_gives_the_memory_back() -> None:
+    import os
+
+    from supervisor._proxy import _CHUNK, _FIRST_CHUNK
+
+    payload = os.urandom(8 << 20)
+    cfg = ProxyConfig(relay_memory=_CHUNK)
+    received, chunks, used = await _pumped(cfg, payload)
+    assert received == payload
+    assert sum(chunks) == len(payload)
+    assert max(chunks) <= _CHUNK
+    assert max(used) > 0  # it grew past the first chunk ...
+    assert max(used) <= cfg.relay_memory  # ... within the budget
+    assert max(chunks) > _FIRST_CHUNK
+    assert cfg.relay_memory_used == 0  # and gave it back
+
+
+async def test_relay_stays_at_its_first_chunk_when_the_relay_memory_is_spent() -> None:
+    import os
+
+    from supervisor._proxy import _FIRST_CHUNK
+
+    payload = os.urandom(2 << 20)
+    cfg = ProxyConfig(relay_memory=0)
+    received, chunks, used = await _pumped(cfg, payload)
+    assert received == payload
+    assert max(chunks) <= _FIRST_CHUNK
+    assert set(used) == {0}
+
+
+async def test_relay_of_an_endless_stream_is_cancellable_and_gives_the_memory_back() -> None:
+    cfg = ProxyConfig()
+    received, chunks, used = await _pumped(cfg, b"x" * (1 << 20), cancel_after=0.5)  # returns: cancelled
+    assert len(chunks) > 2  # it was moving when cancelled
+    assert received
+    assert max(used) > 0
+    assert cfg.relay_memory_used == 0
