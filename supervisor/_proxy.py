@@ -532,13 +532,16 @@ class ChildProxy:
             found = [host]
         addresses, refused = self.destinations(found, request.port)
         if not addresses:
-            named = refused[0].split(",", 1)[0].split(" ", 1)[0] if refused else "?"
+            # the first address a network.deny rule did not refuse: naming it in network.allow would help
+            named = next((r.split(",", 1)[0] for r in refused if "(network.deny[" not in r), None)
+            advice = (
+                f"refused unless network.allow names the address (add {named!r} to it to let this name "
+                "connect there)"
+                if named is not None
+                else "refused by network.deny"
+            )
             raise _Refused(
-                403,
-                f"{request.host} resolves to {'; '.join(refused) or 'nothing'}: refused unless network.allow "
-                f"names the address (add {named!r} to it to let this name connect there)",
-                op,
-                target,
+                403, f"{request.host} resolves to {'; '.join(refused) or 'nothing'}: {advice}", op, target
             )
         last: BaseException | None = None
         for address in addresses:

@@ -585,6 +585,21 @@ def test_host_interfaces_and_inside() -> None:
         ProxyConfig(internal_networks=("not a network",))  # type: ignore[arg-type]
 
 
+async def test_refusal_by_an_address_deny_rule_says_so_and_names_no_address_to_add() -> None:
+    """A listed name whose every address a network.deny address rule refuses: the 403 names the deny rule
+    and does not advise adding the address to network.allow (that would not help); with another address
+    left over that is only private, it advises that one."""
+    names = {"allowed.test": ["10.1.2.3"], "two.test": ["10.1.2.3", "10.9.9.9"]}
+    async with proxy(("allowed.test", "two.test"), ("10.1.2.3",), names=names) as (_child, port):
+        status, data = await ask(port, connect("allowed.test:443"))
+        assert status == 403
+        assert b"10.1.2.3 (network.deny[0]): refused by network.deny" in data
+        assert b"add " not in data
+        status, data = await ask(port, connect("two.test:443"))
+        assert status == 403
+        assert b"add '10.9.9.9' to it" in data
+
+
 def test_operator_internal_network_and_address_rule_override() -> None:
     """A documentation-range address is a destination by default, refused once the operator calls its
     network internal, a destination again for a policy that names the address; a `network.deny` address
