@@ -302,3 +302,54 @@ def test_a_program_past_4096_instructions_is_refused() -> None:
     spec = bpf.Spec(rules, {}, bpf.ALLOW_RULE, ARCH, True)
     with pytest.raises(ValueError, match="instructions"):
         bpf.assemble(spec, notify=False)
+
+
+def _touches_arguments(prog: bytes, nr: int) -> bool:
+    """Whether evaluating `prog` for syscall `nr` (native arch) loads anything but the number and the arch,
+    following both ways of every conditional jump that tests an argument (what the kernel's emulation for
+    its constant-ALLOW cache does: a program that does not is cached, and the call never runs the filter)."""
+    insns = seccomp._decode(prog)
+    seen: set[int] = set()
+    todo = [(0, None)]
+    data = {0: nr, 4: ARCH}
+    while todo:
+        pc, a = todo.pop()
+        while pc < len(insns) and (pc, a) not in seen:
+            seen.add((pc, a))  # type: ignore[arg-type]
+            code, jt, jf, k = insns[pc]
+            pc += 1
+            if code == 0x20:
+                if k not in data:
+                    return True
+                a = data[k]
+            elif code == 0x06:
+                break
+            elif code == 0x05:
+                pc += k
+            elif code & 0x07 == 0x05:
+                assert a is not None
+                taken = {0x15: a == k, 0x25: a > k, 0x35: a >= k, 0x45: bool(a & k)}[code]
+                pc += jt if taken else jf
+            else:
+                return True
+    return False
+
+
+def test_calls_without_argument_rules_never_load_arguments() -> None:
+    """The number alone decides every syscall without an argument rule (the dispatch compares only the
+    number): the kernel's constant-action cache covers them, so an allowed call costs nothing. Under the
+    default policy and the allowlist example, for every syscall number."""
+    allowlist = load_seccomp_profile(os.path.join(ROOT, "examples", "seccomp", "allowlist.json"))
+    for policy in (Policy(), dataclasses.replace(Policy(), syscalls=SyscallPolicy(profile=allowlist))):
+        c = seccomp._compile(policy, notify=True, private_net=True)
+        with_args = {
+            nr
+            for side in (c.spec.builtin, c.spec.profile)
+            for nr, rs in side.items()
+            if any(r.cmps for r in rs)
+        }
+        assert with_args  # ioctl, clone, socket, open, ...
+        for notify in (False, True):
+            prog = bpf.assemble(c.spec, notify)
+            for nr in range(460):
+                assert _touches_arguments(prog, nr) == (nr in with_args), nr
