@@ -1,5 +1,6 @@
 """Builds corral's C parts from supervisor/sandbox/_cinit.c (everything else is in pyproject.toml):
 - the extension supervisor.sandbox._cinit (`start` launches a sandbox init; `apply` runs a plan in-process);
+- the extension supervisor.sandbox._csample (`read_leaf`: a cgroup leaf's usage files in one call);
 - the executable supervisor/sandbox/corral-init, the sandbox init itself, linked statically so that each
   sandbox starts it without the dynamic loader's work, and against musl when musl-gcc is installed
   (Debian's musl-tools): a static glibc start-up probes the CPU with cpuid, a VM exit each on a virtual
@@ -17,6 +18,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE = "supervisor/sandbox/_cinit.c"
+#: The cgroup sampler's reader (cgroups/_stats.py): one call per leaf instead of six os.pread.
+SAMPLER = "supervisor/sandbox/_csample.c"
 FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11"]
 
 
@@ -38,6 +41,9 @@ class BuildWithInit(build_ext):
 
 
 setup(
-    ext_modules=[Extension("supervisor.sandbox._cinit", [SOURCE], extra_compile_args=FLAGS)],
+    ext_modules=[
+        Extension("supervisor.sandbox._cinit", [SOURCE], extra_compile_args=FLAGS),
+        Extension("supervisor.sandbox._csample", [SAMPLER], extra_compile_args=FLAGS),
+    ],
     cmdclass={"build_ext": BuildWithInit},
 )

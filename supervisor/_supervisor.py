@@ -54,7 +54,7 @@ from supervisor.forkserver.prefork import Prefork
 from supervisor.forkserver.protocol import FailureRecord, SpawnRequest
 from supervisor.sandbox._ops import EncodedEnv, encode_command, encode_env
 from supervisor.sandbox.cgroups import CgroupManager, CgroupStats, Leaf
-from supervisor.sandbox.cgroups._notify import OomEvents
+from supervisor.sandbox.cgroups._notify import Notifiers
 from supervisor.sandbox.probe import KernelCaps
 
 log = logging.getLogger("corral")
@@ -196,7 +196,7 @@ class Supervisor:
         #: Directory listings of the post-run git scans (supervisor/_gitscan.py), kept between runs.
         self._listings = _gitscan.Listings()
         #: The children's OOM notifiers, polled by the sampler (cgroups/_notify.py); made by __aenter__.
-        self._oom: OomEvents | None = None
+        self._oom: Notifiers[Child] | None = None
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
         self._compiled: OrderedDict[Policy, CompiledPolicy] = OrderedDict()  # LRU, MAX_COMPILED
@@ -281,7 +281,7 @@ class Supervisor:
                     # Said when it matters, once: when a policy asks for a limit only a cgroup holds
                     # (_leaf_for). A run that asks for none needs no word about it.
                     log.debug("cgroups unavailable: %s", mgr.reason)
-            self._oom = OomEvents()
+            self._oom = Notifiers()
             tg = anyio.create_task_group()
             await tg.__aenter__()
         except BaseException:
@@ -1049,7 +1049,7 @@ class Supervisor:
                 continue
             rounds += 1
             if rounds % FULL_EVERY == 1:  # every child, every value (fd counts included)
-                samples = await anyio.to_thread.run_sync(sample_all, children, True)
+                samples = await anyio.to_thread.run_sync(sample_all, children, True, self._oom)
                 due: Iterable[tuple[Child, ChildStats]] = zip(children, samples, strict=True)
             else:  # only what the children's limits need live
                 due = await anyio.to_thread.run_sync(sample_due, children, self._oom)

@@ -148,10 +148,10 @@ async def test_between_full_rounds_the_sampler_reads_only_what_limits_need(
     calls = 0
     real_stats = Leaf.stats
 
-    def counting_stats(self: Leaf) -> object:
+    def counting_stats(self: Leaf, notified: bool = False) -> object:
         nonlocal calls
         calls += 1
-        return real_stats(self)
+        return real_stats(self, notified)
 
     n, interval = 10, 0.05
     pol = profiles.workspace_write(workspace, memory="64M")

@@ -8,7 +8,8 @@ I/O on cgroup v2, v1 and hybrid hosts (see docs/cgroups.md).
   _leaf.py     one child's leaf: its limits, its kill and removal (Leaf)
   _stats.py    reading a leaf's usage (LeafSampler, which Leaf is) and the parsers of the files' formats
   _fs.py       the cgroupfs I/O they share: OSError -> SandboxSetupError in one place, locks, subtree kill
-  _notify.py   OOM events by kernel notification (v1 eventfds, one epoll for all leaves)
+  _notify.py   event counters by kernel notification (kernfs EPOLLPRI, v1 OOM eventfds; one epoll for
+               all leaves)
 
 Parent-side only and synchronous. The sandbox init places itself, writing 0 into each of
 `Leaf.placement_files` before any other step, so the command never runs an instruction outside its

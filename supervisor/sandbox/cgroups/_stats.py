@@ -1,6 +1,9 @@
-"""Reading a leaf's usage: six interface files sampled by pread(2) on fds kept open for the leaf's life, and
-the parsers of their formats (unit-tested on bytes). `LeafSampler.stats` and `events` cost a few pread(2)s
-on fds already open: cheap enough for the event loop, though the sampler batches them in a worker thread.
+"""Reading a leaf's usage: six interface files on fds kept open for the leaf's life, read by one call into
+a C reader (`_csample.read_leaf`: the preads with the GIL released once, the formats parsed in C), and the
+parsers of their formats (unit-tested on bytes), used when a file is missing or its format unexpected.
+`LeafSampler.stats` and `events` cost a few pread(2)s on fds already open: cheap enough for the event loop,
+though the sampler batches them in a worker thread. With kernel notifiers armed (`arm`), the event counters
+are not read at all until they move (cgroups/_notify.py).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import select
 import threading
 from typing import NamedTuple
 
-from supervisor.sandbox.cgroups._notify import open_v1_notifier
+from supervisor.sandbox import _csample
+from supervisor.sandbox.cgroups._notify import OOM, PIDS, Notifiers, Owner, open_v1_notifier
 
 
 class CgroupStats(NamedTuple):
@@ -84,6 +88,19 @@ def parse_stats(
 
 
 _tuple_new = tuple.__new__
+_read_leaf = _csample.read_leaf
+
+#: LeafSampler._quiet bits: that event counter is not read by the periodic sampler (`stats(notified=True)`,
+#: `events`): the value read last still holds, because a kernel notifier registered before that read has not
+#: fired since (`arm`), or because no limit or rule of the child needs it live (the final sample reads it).
+QUIET_OOM = 1
+QUIET_PIDS = 2
+
+#: What `arm` is told about the child: its memory limit is the kernel's (the v1 OOM eventfd then covers what
+#: the limit needs), it has a pids limit, and EXACT: something (user rules) needs every counter live.
+NEEDS_MEMORY = 1
+NEEDS_PIDS = 2
+NEEDS_EXACT = 4
 
 
 def pread_or_none(fd: int) -> bytes | None:
@@ -108,7 +125,14 @@ class LeafSampler:
         # reached (see Leaf.apply_limits). -1 / None: not sampled.
         self._tcp_fd = -1
         self._tcp_hit_at: int | None = None
-        self._oom_efd = -1  # v1: the eventfd of oom_notifier
+        self._oom_efd = -1  # v1: the eventfd of the OOM notifier (arm)
+        self._quiet = 0  # QUIET_* bits
+        self._armed = False
+        self._seen_oom: int | None = None  # the counters' values at their last read while quiet
+        self._seen_pids: int | None = None
+        _none = (-1, -1, -1, -1, -1, -1, -1)
+        self._all: tuple[int, int, int, int, int, int, int] = _none  # see _reader_fds
+        self._due: tuple[int, int, int, int, int, int, int] = _none
         #: v1: the socket-buffer high-water mark once it reached the memory limit (the kernel refused
         #: socket memory past it), else None. Set by stats().
         self.socket_limit_hit: int | None = None
@@ -149,52 +173,57 @@ class LeafSampler:
         rather than at the first sample, which for a short command is the final one on its result's
         path (six opens: ~100 us there)."""
         with self._lock:
-            if self._fds is None and not self._removed:
-                self._fds = self._open_fds()
-                self._fast = min(self._fds) >= 0
+            self._fds_locked()
 
-    def stats(self) -> CgroupStats:
-        """Sample the leaf: six pread(2)s on fds opened with the leaf (or at the first call) and kept until
-        remove().
+    def _fds_locked(self) -> tuple[int, int, int, int, int, int] | None:
+        """The sampling fds, opened now if they are not yet; None once removed. With the lock held."""
+        fds = self._fds
+        if fds is None and not self._removed:
+            fds = self._fds = self._open_fds()
+            self._fast = min(fds) >= 0
+            self._reader_fds()
+        return fds
+
+    def _reader_fds(self) -> None:
+        """The fds `_read_leaf` takes: every file (`_all`, the final sample), and every file but the quiet
+        counters (`_due`, the periodic sampler). Again whenever `_quiet` changes. With the lock held."""
+        f = self._fds
+        if f is None:
+            return
+        q, tcp = self._quiet, self._tcp_fd
+        self._all = (*f, tcp)
+        oom, pids_events = -1 if q & QUIET_OOM else f[2], -1 if q & QUIET_PIDS else f[5]
+        self._due = (f[0], f[1], oom, f[3], f[4], pids_events, tcp)
+
+    def stats(self, notified: bool = False) -> CgroupStats:
+        """Sample the leaf: one call reading the fds opened with the leaf (or at the first call) and kept
+        until remove(). With `notified` (the periodic sampler), an event counter whose kernel notifier has
+        not fired since its last read (`arm`) is not read: its value then still holds. Without it (the final
+        sample) every file is read: a notification comes through a work queue, some milliseconds late.
         Never raises for a missing file (the field is None). Thread-safe against remove()."""
         with self._lock:
-            fds = self._fds
+            fds = self._fds_locked()
             if fds is None:
-                if self._removed:
-                    return NO_STATS
-                fds = self._fds = self._open_fds()
-                self._fast = min(fds) >= 0
+                return NO_STATS
             if self._fast:
-                # The common case, inlined: this runs for every child at every sample.
-                pread = os.pread
+                quiet = self._quiet if notified else 0
                 try:
-                    ev = pread(fds[2], 256, 0)
-                    i = ev.index(b"oom_kill ") + 9
-                    cpu = pread(fds[3], 64, 0)
-                    pe = pread(fds[5], 64, 0)
-                    if self._cpu_version == 2:
-                        cpu_s = int(cpu[11 : cpu.index(b"\n")]) / 1e6
-                    else:
-                        cpu_s = int(cpu) / 1e9
-                    peak = int(pread(fds[1], 32, 0))
-                    if self._tcp_fd >= 0:
-                        peak += self._socket_peak()
-                    # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
-                    return _tuple_new(
-                        CgroupStats,
-                        (
-                            int(pread(fds[0], 32, 0)),
-                            peak,
-                            cpu_s,
-                            int(pread(fds[4], 32, 0)),
-                            int(ev[i : ev.index(b"\n", i)]),
-                            int(pe[4 : pe.index(b"\n")]) if pe.startswith(b"max ") else None,
-                        ),
+                    m, peak, oom, cpu, pids, pe, tcp = _read_leaf(
+                        self._due if notified else self._all, self._cpu_version == 2
                     )
                 except (OSError, ValueError):
                     # An older kernel's format (no oom_kill line before 4.13...) or a vanished file:
                     # take the careful path from now on.
                     self._fast = False
+                else:
+                    if quiet & QUIET_OOM:
+                        oom = self._seen_oom
+                    if quiet & QUIET_PIDS:
+                        pe = self._seen_pids
+                    if tcp is not None and peak is not None:
+                        peak += self._note_socket(tcp)
+                    # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
+                    return _tuple_new(CgroupStats, (m, peak, cpu, pids, oom, pe))
             out = parse_stats(
                 self._cpu_version,
                 pread_or_none(fds[0]),
@@ -213,54 +242,88 @@ class LeafSampler:
         """v1: the socket buffers' high-water mark (their own counter, not in memory.max_usage_in_bytes, so
         the peak reported is the sum of the two: an upper bound of the combined high-water mark). Records
         `socket_limit_hit` once it reached the limit. Raises OSError/ValueError."""
-        t = int(os.pread(self._tcp_fd, 32, 0))
+        return self._note_socket(int(os.pread(self._tcp_fd, 32, 0)))
+
+    def _note_socket(self, t: int) -> int:
         if self._tcp_hit_at is not None and t >= self._tcp_hit_at and self.socket_limit_hit is None:
             self.socket_limit_hit = t
         return t
 
     def events(self, memory: bool, pids: bool) -> bytes | None:
         """The raw contents of the leaf's event counters: the OOM kills' file (v2 memory.events, v1
-        memory.oom_control) when `memory`, pids.events when `pids`; one pread(2) each, on the sampling fds.
+        memory.oom_control) when `memory`, pids.events when `pids`; one pread(2) each, on the sampling fds,
+        except for a counter whose notifier (`arm`) has not fired since its last read ("=" stands for it).
         What a sampler compares between rounds to know whether a full sample is due. None once removed.
         Never raises. Thread-safe against remove()."""
         with self._lock:
-            fds = self._fds
+            fds = self._fds_locked()
             if fds is None:
-                if self._removed:
-                    return None
-                fds = self._fds = self._open_fds()
-                self._fast = min(fds) >= 0
+                return None
             out = b""
             if memory:
-                out = pread_or_none(fds[2]) or b"-"
+                out = b"=" if self._quiet & QUIET_OOM else pread_or_none(fds[2]) or b"-"
             if pids:
-                out += b"|" + (pread_or_none(fds[5]) or b"-")
+                out += b"|" + (b"=" if self._quiet & QUIET_PIDS else pread_or_none(fds[5]) or b"-")
             return out
 
-    def oom_notifier(self) -> tuple[int, int]:
-        """(fd, epoll events) that turn ready on an OOM in the leaf (cgroups/_notify.py): on v1 an eventfd
-        registered for memory.oom_control. The leaf owns the fd and closes it at remove(). (-1, 0) when
-        there is none (v2, no memory controller, removed, refused). Never raises. Thread-safe against
-        remove()."""
+    def arm(self, notifiers: Notifiers[Owner], owner: Owner, needs: int) -> None:
+        """Decide, once per leaf, how the periodic sampler learns its event counters (`needs`: NEEDS_* bits
+        of the child), and read each counter that becomes quiet (QUIET_*; the value then holds until it is
+        read again):
+        - cgroup v2: memory.events and pids.events are registered in `notifiers` as `owner`'s by EPOLLPRI on
+          the sampling fds: every change of either moves it (cgroups/_notify.py). Quiet until it fires.
+        - v1 memory.oom_control, memory limit the kernel's: the OOM eventfd (one more open and write), which
+          every OOM at the limit signals; quiet until it fires. A kill by the machine-wide OOM killer moves
+          the counter unsignalled: the final sample reads it.
+        - v1, no such limit (and no NEEDS_EXACT): no limit needs the counter live (an ancestor's limit or
+          the machine-wide OOM killer are what could move it): quiet for good; the final sample reads it.
+          Likewise pids.events without a pids limit (v1 sends no notification for it).
+        - otherwise the counter is read at every sample, as without `arm`.
+        The leaf owns the fds and closes them at remove(); the caller discards the owner from `notifiers`
+        before. Never raises. Thread-safe against remove()."""
         with self._lock:
-            if self._removed or "memory" not in self._dirs:
-                return -1, 0
-            fds = self._fds
-            if fds is None:
-                fds = self._fds = self._open_fds()
-                self._fast = min(fds) >= 0
-            if fds[2] < 0:
-                return -1, 0
-            if self.versions.get("memory") != 1:
-                # v2: memory.events should poll POLLPRI when it changes (kernfs_notify), but a notifier on
-                # it did not fire in the v2 test VM: not used until a test shows it does.
-                return -1, 0
-            if self._oom_efd < 0:
-                try:
-                    self._oom_efd = open_v1_notifier(self._dirs["memory"], fds[2])
-                except OSError:
-                    return -1, 0
-            return self._oom_efd, select.EPOLLIN
+            fds = self._fds_locked()
+            if fds is None or self._armed or not self._fast:
+                return
+            self._armed = True
+            exact = bool(needs & NEEDS_EXACT)
+            if self.versions.get("pids") == 2:
+                quiet_pids = notifiers.add(owner, fds[5], select.EPOLLPRI, PIDS)
+            else:
+                quiet_pids = not exact and not needs & NEEDS_PIDS
+            if self.versions.get("memory") == 2:
+                quiet_oom = notifiers.add(owner, fds[2], select.EPOLLPRI, OOM)
+            elif needs & NEEDS_MEMORY and not exact:
+                quiet_oom = self._v1_oom_notifier(notifiers, owner, fds[2])
+            else:
+                quiet_oom = not exact and not needs & NEEDS_MEMORY
+            with contextlib.suppress(OSError, ValueError):
+                if quiet_pids:
+                    self._seen_pids = field_value(os.pread(fds[5], 64, 0), b"max ")
+                    if self._seen_pids is not None:
+                        self._quiet |= QUIET_PIDS
+                if quiet_oom:
+                    self._seen_oom = field_value(os.pread(fds[2], 256, 0), b"oom_kill ")
+                    if self._seen_oom is not None:
+                        self._quiet |= QUIET_OOM
+            self._reader_fds()
+
+    def _v1_oom_notifier(self, notifiers: Notifiers[Owner], owner: Owner, oom_control_fd: int) -> bool:
+        if self._oom_efd < 0:
+            try:
+                self._oom_efd = open_v1_notifier(self._dirs["memory"], oom_control_fd)
+            except OSError:
+                return False
+        return notifiers.add(owner, self._oom_efd, select.EPOLLIN, OOM)
+
+    def unquiet(self, kinds: set[str]) -> None:
+        """The notifiers of `kinds` fired (and are dropped): read those counters every time from now on."""
+        with self._lock:
+            if OOM in kinds:
+                self._quiet &= ~QUIET_OOM
+            if PIDS in kinds:
+                self._quiet &= ~QUIET_PIDS
+            self._reader_fds()
 
     def close_fds(self) -> None:
         """Close the sampling fds; `stats` then reports nothing (NO_STATS). Idempotent."""
