@@ -102,8 +102,8 @@ async def main(n: int, rounds: int, interval: float) -> dict[str, object]:
             await anyio.sleep(max(1.0, 4 * interval))  # a few sampler rounds: every leaf's fds are open
             rss1 = _rss()
 
-            # The cgroup part: exactly what the sampler does per round (with_fds=False: no fds limit set), with
-            # the supervisor's notifiers (armed at each child's first sample, during the sleep above).
+            # The cgroup part: exactly what the sampler does per round (with_fds=False: no fds limit set),
+            # with the supervisor's notifiers (armed at each child's first sample, during the sleep above).
             sample_all(children, False, sup._oom)
             per_round = _time_rounds(rounds, lambda: sample_all(children, False, sup._oom))
             leaves = [c.leaf for c in children]
