@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import ray
@@ -43,6 +43,7 @@ from supervisor import (
 )
 from supervisor._rules import Approver
 from supervisor.ray import _files
+from supervisor.ray._channel import Channel, ChannelClosedError
 from supervisor.ray._node import NodeSupervisor, SessionPolicy
 from supervisor.ray._types import (
     Failure,
@@ -129,6 +130,10 @@ class _Node:
     mine_at_snapshot: int = 0
     memory_at_snapshot: int = 0
     sessions: set[Session] = field(default_factory=set)
+    #: The direct channel for `run` (connected on first use), and whether it proved unreachable.
+    channel: Channel | None = None
+    channel_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    no_channel: bool = False
 
     @property
     def id(self) -> str:
@@ -196,6 +201,10 @@ class RaySupervisor:
     cancel_grace: on cancellation, how long to wait for the node to confirm the child was killed and
              reaped before the cancellation goes on regardless.
     supervisor_options: keyword arguments for each node's Supervisor (capture_limit, prefork, cgroups...).
+    direct_calls: send `run` calls over each node's direct channel (one TCP connection per node, see
+             supervisor/ray/_channel.py: two wake-ups a call instead of a Ray actor task's six threads),
+             falling back to Ray's actor calls for a node whose channel cannot be reached; False: Ray's
+             actor calls only. Everything else always goes through Ray.
     rules:   command rules (policies.CommandRules) every command of this client is decided by before it is
              sent to a node, as Supervisor(rules=) does (docs/rules.md); a session's and a call's own
              `rules=` apply as well, the strictest decision winning. Decided here, on the driver: `forbidden`
@@ -224,6 +233,7 @@ class RaySupervisor:
         supervisor_options: Mapping[str, Any] | None = None,
         rules: CommandRules | None = None,
         approver: Approver | None = None,
+        direct_calls: bool = True,
     ) -> None:
         if rules is not None and not isinstance(rules, CommandRules):
             raise TypeError(f"rules must be CommandRules (policies.load_rules) or None, not {rules!r}")
@@ -250,6 +260,7 @@ class RaySupervisor:
             "supervisor_options": dict(supervisor_options or {}),
             "rules": rules,
             "approver": approver,
+            "direct_calls": direct_calls,
         }
         self.rules = rules
         self.approver = approver
@@ -421,6 +432,8 @@ class RaySupervisor:
         node.alive = False
         for s in list(node.sessions):
             s._mark_lost(why)
+        if node.channel is not None:
+            node.channel.fail(why)
         self._wake()
 
     def _wake(self) -> None:
@@ -611,9 +624,7 @@ class RaySupervisor:
         check: bool,
         decision: CommandDecision | None,
     ) -> Result:
-        call = secrets.token_hex(8)
-        ref = node.actor.run.remote(list(cmd), policy, session, kwargs, call, decision)
-        reply, load = await self._call(node, "run", ref, settle=call)
+        reply, load = await self._dispatch(node, cmd, policy, session, kwargs, decision)
         node.note(load)
         if isinstance(reply, Failure):
             raise self._raise(node, reply)
@@ -621,6 +632,77 @@ class RaySupervisor:
             raise CommandFailedError([str(a) for a in cmd], reply)
         assert isinstance(reply, Result)
         return reply
+
+    async def _dispatch(
+        self,
+        node: _Node,
+        cmd: Sequence[str],
+        policy: object,
+        session: str | None,
+        kwargs: dict[str, Any],
+        decision: CommandDecision | None,
+    ) -> tuple[Result | Failure, NodeLoad]:
+        """One `run` on `node`: over its direct channel (_channel.py) when it has one, else as a Ray actor
+        task. Returns the node's (Result or Failure, NodeLoad). Raises NodeLostError when the node or its
+        actor is lost (or the channel breaks: the node cancels the calls it carried). On cancellation the
+        node kills and reaps the child; that is awaited up to cancel_grace."""
+        channel = await self._channel(node)
+        if channel is None:
+            call = secrets.token_hex(8)
+            ref = node.actor.run.remote(list(cmd), policy, session, kwargs, call, decision)
+            value: tuple[Result | Failure, NodeLoad] = await self._call(node, "run", ref, settle=call)
+            return value
+        try:
+            reply = await channel.call(
+                (list(cmd), policy, session, kwargs, decision), float(self._settings["cancel_grace"])
+            )
+        except ChannelClosedError as err:
+            raise await self._channel_broke(node, str(err)) from err
+        if reply is None:  # cancelled on the node, not by this client: its connection was closing
+            raise NodeLostError(node.id, "run", "the call was cancelled on the node")
+        return cast(tuple[Result | Failure, NodeLoad], reply)
+
+    async def _channel(self, node: _Node) -> Channel | None:
+        """The node's channel, connected on first use (None: this client uses Ray's actor calls for it,
+        because `direct_calls` is off, the node offers none, or it could not be reached)."""
+        ch = node.channel
+        if ch is not None and ch.closed is None:
+            return ch
+        if not self._settings["direct_calls"] or node.info.channel is None or node.no_channel:
+            return None
+        async with node.channel_lock:
+            if node.channel is not None and node.channel.closed is None:
+                return node.channel
+            address, port, token = node.info.channel
+            try:
+                with anyio.fail_after(10):
+                    ch = await Channel.connect(address, port, token)
+            except (OSError, TimeoutError) as err:
+                log.warning(
+                    "corral: node %s's channel at %s:%d unreachable (%s): using Ray's actor calls",
+                    node.id[:12],
+                    address,
+                    port,
+                    err,
+                )
+                node.no_channel = True
+                return None
+            node.channel = ch
+            assert self._tg is not None
+            self._tg.start_soon(ch.read_replies, lambda _c: None)
+            return ch
+
+    async def _channel_broke(self, node: _Node, reason: str) -> NodeLostError:
+        """The error for a call whose channel ended under it. The node cancelled the call when the
+        connection closed (its child killed), or the node is gone: Ray is asked which (its answer marks the
+        node lost when the actor is dead). Either way the command is not retried."""
+        if node.alive:
+            with contextlib.suppress(NodeLostError):
+                await self._call(node, "run", node.actor.load.remote())
+        if not node.alive:
+            return NodeLostError(node.id, "run", f"the node was lost ({reason})")
+        why = f"the connection to the node's supervisor broke ({reason}); the call was cancelled there"
+        return NodeLostError(node.id, "run", why)
 
     async def start(
         self,
@@ -1170,28 +1252,23 @@ class Session:
         node = self._check("run")
         node.inflight += 1
         try:
-            call = secrets.token_hex(8)
-            ref = node.actor.run.remote(
-                list(cmd),
-                policy,
-                self.id,
-                _run_kwargs(input, stdin, stdout, stderr, name, env, cwd, kills),
-                call,
-                decision,
-            )
-            reply, load = await self._call("run", ref, settle=call)
+            kwargs = _run_kwargs(input, stdin, stdout, stderr, name, env, cwd, kills)
+            reply, load = await self._client._dispatch(node, cmd, policy, self.id, kwargs, decision)
+        except NodeLostError as err:
+            self._mark_lost(err.detail)
+            raise SessionLostError(node.id, self.id, "run", err.detail) from err
         finally:
             self._client._release(node, 0)
         node.note(load)
         if isinstance(reply, Failure):
-            err = self._client._raise(node, reply)
-            if isinstance(err, NodeLostError):
-                self._mark_lost(err.detail)
-                raise SessionLostError(node.id, self.id, "run", err.detail) from err
-            if isinstance(err, LookupError):
-                self._mark_lost(str(err))
-                raise SessionLostError(node.id, self.id, "run", str(err)) from err
-            raise err
+            failed = self._client._raise(node, reply)
+            if isinstance(failed, NodeLostError):
+                self._mark_lost(failed.detail)
+                raise SessionLostError(node.id, self.id, "run", failed.detail) from failed
+            if isinstance(failed, LookupError):
+                self._mark_lost(str(failed))
+                raise SessionLostError(node.id, self.id, "run", str(failed)) from failed
+            raise failed
         if check and reply.exit_code != 0:
             raise CommandFailedError([str(a) for a in cmd], reply)
         assert isinstance(reply, Result)

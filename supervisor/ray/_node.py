@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hmac
 import logging
 import os
 import pickle
@@ -31,12 +32,14 @@ from typing import Any, TypeVar, cast
 import anyio
 import psutil
 import ray
-from anyio.abc import TaskGroup
+from anyio.abc import SocketAttribute, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from exporters import serve_metrics
 from policies import CommandDecision, CorralError, Policy, profiles
 from supervisor import Child, ChildStats, Event, Result, Supervisor, SupervisorClosedError
 from supervisor.ray import _files
+from supervisor.ray._channel import CANCEL, RUN, TOKEN_BYTES, encode, receive
 from supervisor.ray._types import Failure, NodeInfo, NodeLoad, NodeLostError, RemoteChildInfo, RemoteEvent
 
 log = logging.getLogger("corral.ray")
@@ -45,6 +48,10 @@ T = TypeVar("T")
 
 #: Events kept on the node for subscribers polling from afar; older ones are dropped (and counted).
 EVENT_RING = 10_000
+
+#: How old the memory figure of a load report may be (seconds): reading it parses /proc/meminfo, and every
+#: reply carries a load report.
+MEMORY_FRESH = 0.05
 
 #: A session's policy: a built-in profile name, or a function of the session's workdir (pickled by Ray).
 SessionPolicy = str | Callable[[str], Policy]
@@ -143,6 +150,9 @@ class NodeSupervisor:
         self._events: collections.deque[tuple[int, RemoteEvent]] = collections.deque(maxlen=EVENT_RING)
         self._event_seq = 0
         self._new_event: asyncio.Event | None = None
+        self._token = b""
+        self._memory_available = 0
+        self._memory_at = 0.0
         self.node_id = ray.get_runtime_context().get_node_id()
         #: <workspace_root>/<node id>/<namespace>: the actors of two namespaces on one node (two groups of
         #: clients) each own their own directory, and a node's whole directory goes when Ray reports it dead.
@@ -184,9 +194,17 @@ class NodeSupervisor:
                             serve_metrics(sup, port=int(port), addr=addr)
                         )
                     self._sup = sup
+                    # The direct channel for `run` (_channel.py), on the node's Ray address.
+                    node_addr = ray.util.get_node_ip_address()
+                    listener = await anyio.create_tcp_listener(local_host=node_addr, local_port=0)
+                    stack.push_async_callback(listener.aclose)
+                    self._token = secrets.token_bytes(TOKEN_BYTES)
+                    channel = (node_addr, listener.extra(SocketAttribute.local_port), self._token)
                     self._info = self._describe(
-                        sup, server.port if server else None, addr if server else None
+                        sup, server.port if server else None, addr if server else None, channel
                     )
+                    conns = await stack.enter_async_context(anyio.create_task_group())
+                    conns.start_soon(listener.serve, self._serve_channel, conns)
                     async with anyio.create_task_group() as calls:
                         self._calls_tg = calls
                         async with anyio.create_task_group() as tg:
@@ -207,6 +225,7 @@ class NodeSupervisor:
                                 child.kill()
                             await anyio.sleep(0.05)
                     self._calls_tg = None
+                    conns.cancel_scope.cancel()  # every call has ended and answered: the channels close
         except BaseException as err:  # reported to open(); the actor is useless now
             self._failed = err
             log.exception("corral node supervisor failed")
@@ -252,7 +271,9 @@ class NodeSupervisor:
             if name in dead:
                 _files.remove_tree(os.path.join(self._base, name))
 
-    def _describe(self, sup: Supervisor, port: int | None, addr: str | None) -> NodeInfo:
+    def _describe(
+        self, sup: Supervisor, port: int | None, addr: str | None, channel: tuple[str, int, bytes]
+    ) -> NodeInfo:
         me: dict[str, Any] = next((n for n in ray.nodes() if n["NodeID"] == self.node_id), {})
         return NodeInfo(
             node_id=self.node_id,
@@ -265,6 +286,7 @@ class NodeSupervisor:
             metrics_port=port,
             metrics_addr=addr,
             cgroup_status=sup.cgroup_status,
+            channel=channel,
         )
 
     async def close(self) -> None:
@@ -292,12 +314,16 @@ class NodeSupervisor:
         sup = self._sup
         children = sup.children if sup is not None else frozenset()
         committed = sum((c.policy.resources.memory or 0) for c in children if c.policy is not None)
+        now = time.time()
+        if now - self._memory_at > MEMORY_FRESH:  # /proc/meminfo parsed at most every MEMORY_FRESH s
+            self._memory_available = psutil.virtual_memory().available
+            self._memory_at = now
         return NodeLoad(
             running=len(children),
             calls=self._calls,
-            memory_available=psutil.virtual_memory().available,
+            memory_available=self._memory_available,
             memory_committed=committed,
-            at=time.time(),
+            at=now,
         )
 
     async def _forward_events(self, sup: Supervisor) -> None:
@@ -471,6 +497,69 @@ class NodeSupervisor:
             return _failure(LookupError(f"no session {err.args[0]} on node {self.node_id}")), self.load()
         except Exception as err:
             return _failure(err), self.load()
+
+    async def _serve_channel(self, stream: anyio.abc.SocketStream) -> None:
+        """One client's direct channel (_channel.py): authenticate it by the secret, then run each RUN frame
+        as a call of its own (as `run` does) and answer it; a CANCEL cancels that call (its child is killed
+        and reaped before the answer). When the connection ends, the calls it carried are cancelled."""
+        reader = BufferedByteReceiveStream(stream)
+        scopes: dict[int, anyio.CancelScope] = {}
+        send_lock = anyio.Lock()
+        try:
+            with anyio.fail_after(10):
+                token = await reader.receive_exactly(TOKEN_BYTES)
+        except (TimeoutError, anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+            await anyio.aclose_forcefully(stream)
+            return
+        if not hmac.compare_digest(token, self._token):
+            log.warning("corral: a connection to the channel without the secret was closed")
+            await anyio.aclose_forcefully(stream)
+            return
+
+        async def one(
+            cid: int,
+            cmd: Sequence[str],
+            policy: Policy | str | None,
+            session: str | None,
+            kwargs: Mapping[str, Any],
+            decision: CommandDecision | None,
+        ) -> None:
+            value: tuple[Result | Failure, NodeLoad] | None = None
+            self._calls += 1
+            try:
+                with anyio.CancelScope() as scope:
+                    scopes[cid] = scope
+                    value = await self._run(cmd, policy, session, kwargs, decision)
+            finally:
+                self._calls -= 1
+                scopes.pop(cid, None)
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                frame = encode((cid, value))
+                async with send_lock:
+                    await stream.send(frame)
+
+        async with anyio.create_task_group() as tg:
+            try:
+                while True:
+                    message = await receive(reader)
+                    if message[0] == RUN:
+                        tg.start_soon(one, *message[1:])
+                    elif message[0] == CANCEL and message[1] in scopes:
+                        scopes[message[1]].cancel()
+            except (
+                anyio.EndOfStream,
+                anyio.IncompleteRead,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                OSError,
+            ):
+                pass  # the client is gone
+            except Exception:  # a frame that does not decode: the connection is dropped
+                log.exception("corral: a bad frame on a channel; closing it")
+            finally:
+                for scope in scopes.values():
+                    scope.cancel()  # nobody is waiting for these calls any more: their children go
+        await anyio.aclose_forcefully(stream)
 
     async def settled(self, call: str) -> bool:
         """Wait until the call named `call` has ended (after a cancellation: its child killed and reaped).

@@ -79,6 +79,8 @@ class NodeInfo:
     metrics_port: int | None = None
     metrics_addr: str | None = None
     cgroup_status: str = ""
+    #: The direct channel for `run` (supervisor/ray/_channel.py): address, port and its secret.
+    channel: tuple[str, int, bytes] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

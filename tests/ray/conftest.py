@@ -123,6 +123,21 @@ async def client(ray_cluster: RayCluster) -> AsyncIterator[RaySupervisor]:
         yield sup
 
 
+@pytest.fixture(params=[True, False], ids=["direct", "ray-calls"])
+async def either_client(
+    ray_cluster: RayCluster, request: pytest.FixtureRequest
+) -> AsyncIterator[RaySupervisor]:
+    """The client with `run` over the direct channel, and with Ray's actor calls only."""
+    async with RaySupervisor(
+        namespace="corral-tests",
+        max_concurrency=16,
+        workspace_root=WORKSPACES,
+        refresh_interval=0.5,
+        direct_calls=request.param,
+    ) as sup:
+        yield sup
+
+
 def fresh_namespace() -> str:
     return f"corral-tests-{uuid.uuid4().hex[:8]}"
 

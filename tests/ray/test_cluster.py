@@ -327,7 +327,8 @@ async def test_results_identical_to_a_local_supervisor(client: RaySupervisor, sh
             assert outcomes[0] == outcomes[1], cmd
 
 
-async def test_driver_cancellation_kills_the_remote_child(client: RaySupervisor) -> None:
+async def test_driver_cancellation_kills_the_remote_child(either_client: RaySupervisor) -> None:
+    client = either_client
     with anyio.CancelScope() as scope:
 
         async def cancel_when_running() -> None:

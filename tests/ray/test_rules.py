@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from policies import CommandDecision, profiles, rules_from_dict
-from supervisor import CommandForbiddenError, rss_above
+from supervisor import CommandForbiddenError, Rule
 from supervisor.ray import NodeSelector, RaySupervisor, RemoteEvent, WorkspaceError
 from tests.ray.conftest import WORKSPACES, RayCluster, fresh_namespace
 
@@ -121,8 +121,12 @@ async def test_a_rules_profile_is_the_sandbox_on_the_node(client: RaySupervisor)
 
 
 async def test_kill_rules_are_carried_to_the_node(client: RaySupervisor) -> None:
+    """A kill rule (plain data) reaches the node's supervisor, which samples the child and kills it: a rule on
+    the task count, with no pids limit in the policy, reported as the rule's own kind."""
+    script = "for i in 1 2 3 4 5 6 7 8; do /bin/sleep 30 & done; wait"
+    rule = Rule("pids", 5, samples=2, kind="pids")
     where = NodeSelector(resources={"corral_b": 1})
-    result = await client.run(["sleep", "30"], rules=[rss_above(1, samples=1)], where=where)
-    assert result.violation is not None
-    assert result.violation.kind == "memory"
-    assert result.duration_s < 30
+    result = await client.run(["/bin/sh", "-c", script], rules=[rule], where=where)
+    assert result.violation is not None, result
+    assert (result.violation.kind, result.violation.limit) == ("pids", 5)
+    assert result.exit_code == 137
