@@ -113,6 +113,8 @@ def _target(name: str, args: tuple[int, ...]) -> str:
         if name == "socket" and family == SOCKET_FAMILIES["netlink"]:
             shown += ", " + _by_value(NETLINK_PROTOCOLS, args[2] & 0xFFFFFFFF, "NETLINK_")
         return f"{name}({shown})"
+    if name == "mmap":  # the only mmap the init refuses (seccomp.SHARED_MAP_WATCH)
+        return "mmap(MAP_SHARED, a set-id file open for writing)"
     if name in seccomp.SETID_MODE_ARG:
         mode_arg, flags_arg = seccomp.SETID_MODE_ARG[name]
         mode = args[mode_arg] & 0o7777
@@ -129,6 +131,11 @@ def _seccomp_hint(name: str, args: tuple[int, ...], policy: Policy | None) -> st
         return "denied by this policy (syscalls.deny)"
     if name in seccomp.SETID_MODE_ARG and args[seccomp.SETID_MODE_ARG[name][0]] & 0o6000:
         return "no file a sandbox makes may be set-user-ID or set-group-ID; nothing allows it"
+    if name == "mmap":
+        return (
+            "a set-id file cannot be mapped shared and writable: stores through the mapping would keep its "
+            "set-id bits; map it MAP_PRIVATE or read-only, or remove the bits on the host; nothing allows it"
+        )
     if name in ("socket", "socketpair"):
         if name == "socket" and args[0] & 0xFFFFFFFF == 16:
             return "netlink protocol not allowed; network.netlink in a --policy file adds it"

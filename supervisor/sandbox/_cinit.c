@@ -1327,6 +1327,50 @@ static int destinations(const struct seccomp_notif_ *n, struct dest *out) {
     return found;
 }
 
+/* Whether a notified call is a shared mapping of a file: mmap with MAP_SHARED or MAP_SHARED_VALIDATE, not
+ * MAP_ANONYMOUS (seccomp.py, SHARED_MAP_WATCH). */
+static int shared_file_map(const struct seccomp_data_ *d) {
+    uint64_t f = d->args[3] & 0x23;
+    return d->nr == SYS_mmap && (f == 0x01 || f == 0x03);
+}
+
+/* For a shared mapping of a file (shared_file_map): EPERM when the fd is a set-id regular file (S_ISUID, or
+ * S_ISGID with S_IXGRP: what the kernel's write path clears) open for writing, else 0 (the call runs). Stores
+ * through a shared writable mapping do not clear set-id bits (page_mkwrite updates only the times), so a
+ * set-id file the host left in a writable root could be rewritten keeping them; write(2) and truncate clear
+ * them. A read-only fd cannot give a writable shared mapping, now or by mprotect (no VM_MAYWRITE). The fd is
+ * looked up in the caller's own table through /proc (the check reads, never opens, the file), so it is exact
+ * when no other task shares that table: a thread of the caller could point the fd number at another file
+ * between this check and the kernel's own lookup (docs/security.md, "Known gaps"). A set-id file whose
+ * access mode cannot be read, or an fd table that cannot be, is refused (fail closed). */
+static int shared_map_refused(const struct seccomp_notif_ *n) {
+    int fd = (int)n->data.args[4];
+    if (fd < 0) return 0; /* the kernel answers EBADF */
+    char path[64];
+    struct stat st;
+    snprintf(path, sizeof path, "/proc/%u/fd/%d", n->pid, fd);
+    if (stat(path, &st) != 0) {
+        int err = errno;
+        snprintf(path, sizeof path, "/proc/%u/fd", n->pid);
+        /* No such fd (the kernel answers EBADF) when the table itself is readable; anything else: refused. */
+        return err == ENOENT && stat(path, &st) == 0 ? 0 : EPERM;
+    }
+    int setid = (st.st_mode & S_ISUID) || (st.st_mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
+    if (!S_ISREG(st.st_mode) || !setid) return 0;
+    /* A set-id file: refused unless its fd is open read-only (flags, in octal, in fdinfo). */
+    snprintf(path, sizeof path, "/proc/%u/fdinfo/%d", n->pid, fd);
+    char buf[512];
+    int info = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t got = info < 0 ? -1 : read(info, buf, sizeof buf - 1);
+    if (info >= 0) close(info);
+    if (got <= 0) return EPERM;
+    buf[got] = '\0';
+    const char *flags = strstr(buf, "flags:");
+    if (!flags) return EPERM;
+    unsigned long mode = strtoul(flags + 6, NULL, 8);
+    return (mode & O_ACCMODE) == O_RDONLY ? 0 : EPERM;
+}
+
 /* One notification: answer it first (the caller waits), then fold it. */
 static void on_notify(int status_w) {
     struct seccomp_notif_ n;
@@ -1341,6 +1385,19 @@ static void on_notify(int status_w) {
         return;
     }
     uint32_t verdict = bpf_verdict(&n.data);
+    if ((verdict == 0x7fff0000u || verdict == 0x7ffc0000u) && shared_file_map(&n.data)) {
+        /* A watched shared mapping the rules let run (allow, or a profile's log): the init decides by the
+         * file; whatever it lets run goes on below. */
+        int refused = shared_map_refused(&n);
+        uint64_t id = n.id;
+        if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID_, &id) != 0) return; /* the caller is gone */
+        if (refused) {
+            struct seccomp_notif_resp_ resp = {n.id, 0, -refused, 0};
+            ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND_, &resp);
+            fold_denial(status_w, &n, refused, 0, NULL, NULL);
+            return;
+        }
+    }
     if (verdict == 0x7fff0000u) {
         /* Watched, not refused by the filter: look, then let the kernel run it (and refuse it: no route).
          * CONTINUE is what the decision program says: the decision stays the kernel's. */

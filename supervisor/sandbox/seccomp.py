@@ -331,6 +331,20 @@ _BPF_MAXINSNS = 4096
 _Cmp = tuple[int, int, int, int]
 _Rule = tuple[int, tuple[_Cmp, ...]]
 
+#: The notifying filter also watches every shared mapping of a file (mmap with MAP_SHARED or
+#: MAP_SHARED_VALIDATE, without MAP_ANONYMOUS: flags & 0x23 is 0x01 or 0x03, one rule each): the init
+#: refuses it (EPERM, reported) when the fd is a set-id regular file open for writing, and lets the kernel
+#: run every other. Stores through a shared writable mapping do not clear set-id bits as write(2) and
+#: truncate do, so a set-id file the HOST left in a writable root would otherwise keep them with the
+#: sandbox's contents (docs/security.md, "Set-id bits"). Only shared file mappings pay a round trip through
+#: the init (SQLite's -shm file, POSIX shared memory, glibc's gconv cache): private mappings, which is how
+#: programs and libraries are loaded, do not. A watched allow outranks a profile's allow (`_bpf.precedence`);
+#: under a profile's log the init checks the file too.
+SHARED_MAP_WATCH: tuple[tuple[_Cmp, ...], ...] = (
+    ((3, _MASKED_EQ, 0x23, 0x01),),
+    ((3, _MASKED_EQ, 0x23, 0x03),),
+)
+
 
 def _builtin_rules() -> dict[str, list[_Rule]]:
     rules: dict[str, list[_Rule]] = {name: [(_errno.EPERM, ())] for name in DEFAULT_DENY}
@@ -543,7 +557,8 @@ def _compile(
     policy: Policy, tracing: bool = True, notify: bool = False, private_net: bool = False
 ) -> _Compiled:
     """The built-in rules (`builtin_profile`) and the policy's profile, in the compiler's terms. With
-    `notify` and `private_net` (the sandbox has its own network namespace) NETWORK_WATCH is watched too.
+    `notify`, SHARED_MAP_WATCH is watched, and with `private_net` too (the sandbox has its own network
+    namespace) NETWORK_WATCH.
 
     Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp (the
     syscall table) is missing.
@@ -558,6 +573,11 @@ def _compile(
             if nr >= 0 and nr not in builtin:
                 builtin[nr] = [_bpf.Rule(_bpf.ALLOW, cmps, True, "builtin")]
                 names[nr] = name
+    mmap = _resolve("mmap")
+    if notify and mmap >= 0 and mmap not in builtin:  # (a policy's deny of mmap is a rule already)
+        # Watched, not refused: the init looks at the mapped file (SHARED_MAP_WATCH).
+        builtin[mmap] = [_bpf.Rule(_bpf.ALLOW, cmps, True, "builtin") for cmps in SHARED_MAP_WATCH]
+        names[mmap] = "mmap"
     profile = policy.syscalls.profile
     default = _bpf.ALLOW_RULE
     rules: dict[int, list[_bpf.Rule]] = {}
