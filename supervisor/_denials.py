@@ -174,12 +174,28 @@ def seccomp_denial(
     if name is None:
         return Denial("seccomp", "syscall", f"syscall {nr}", None, 1, "refused by the seccomp filter")
     act = record.get("act", 0)
+    if _shared_map_refusal(name, args, policy):
+        return Denial("seccomp", "syscall", _target(name, args), shown, 1, _seccomp_hint(name, args, policy))
     hint = _profile_hint(name, args, policy, act) if policy is not None else None
     if name in seccomp.DECISIVE or policy is None:
         target = _target(name, args)
     else:
         target = _profile_target(name, args, policy)
     return Denial("seccomp", "syscall", target, shown, 1, hint or _seccomp_hint(name, args, policy))
+
+
+def _shared_map_refusal(name: str, args: tuple[int, ...], policy: Policy | None) -> bool:
+    """Whether a refused mmap is the init's refusal of a shared mapping of a set-id file
+    (seccomp.SHARED_MAP_WATCH), not a profile's rule on mmap."""
+    if name != "mmap" or args[3] & 0x23 not in (0x01, 0x03):
+        return False
+    if policy is None or policy.syscalls.profile is None:
+        return True
+    try:
+        rule = seccomp.decide(policy, name, args)
+    except (ImportError, RuntimeError, OSError, ValueError):
+        return True
+    return rule.action != seccomp.KILLED and rule.action & 0xFFFF0000 != 0x00050000  # not the profile's errno
 
 
 def _profile_target(name: str, args: tuple[int, ...], policy: Policy) -> str:

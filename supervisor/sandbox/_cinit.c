@@ -1343,17 +1343,23 @@ static int shared_file_map(const struct seccomp_data_ *d) {
  * when no other task shares that table: a thread of the caller could point the fd number at another file
  * between this check and the kernel's own lookup (docs/security.md, "Known gaps"). A set-id file whose
  * access mode cannot be read, or an fd table that cannot be, is refused (fail closed). */
+/* stat(2) by newfstatat, which the filter never refuses or notifies for the init (INIT_CALLS): musl's
+ * stat() and fstatat() use SYS_stat, which a profile may rule on. */
+static int stat_init(const char *path, struct stat *st) {
+    return syscall(SYS_newfstatat, AT_FDCWD, path, st, 0) == 0 ? 0 : -1;
+}
+
 static int shared_map_refused(const struct seccomp_notif_ *n) {
     int fd = (int)n->data.args[4];
     if (fd < 0) return 0; /* the kernel answers EBADF */
     char path[64];
     struct stat st;
     snprintf(path, sizeof path, "/proc/%u/fd/%d", n->pid, fd);
-    if (stat(path, &st) != 0) {
+    if (stat_init(path, &st) != 0) {
         int err = errno;
         snprintf(path, sizeof path, "/proc/%u/fd", n->pid);
         /* No such fd (the kernel answers EBADF) when the table itself is readable; anything else: refused. */
-        return err == ENOENT && stat(path, &st) == 0 ? 0 : EPERM;
+        return err == ENOENT && stat_init(path, &st) == 0 ? 0 : EPERM;
     }
     int setid = (st.st_mode & S_ISUID) || (st.st_mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
     if (!S_ISREG(st.st_mode) || !setid) return 0;

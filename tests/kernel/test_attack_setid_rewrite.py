@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import Policy, SyscallPolicy, profiles
+from policies import Policy, SeccompProfile, SeccompRule, SyscallPolicy, load_seccomp_profile, profiles
 from supervisor import Supervisor
 from tests.kernel.conftest import SCRATCH
 
@@ -369,6 +369,31 @@ async def test_setgid_without_group_exec_is_not_refused(
     _plant(workspace, ("mmap_shared",), mode=0o2644)
     r = await sup.run([str(probe.path), "mmap_shared"], policy=_policy(workspace))
     assert _results(r.stdout)["mmap_shared"] == (0, 0), r.stderr
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        SeccompProfile("allow", (SeccompRule(("mmap",), "allow"),)),
+        SeccompProfile("log", ()),
+        load_seccomp_profile(Path(__file__).resolve().parents[2] / "examples" / "seccomp" / "allowlist.json"),
+    ],
+    ids=["allows-mmap", "logs-everything", "allowlist"],
+)
+async def test_a_seccomp_profile_does_not_lift_the_refusal(
+    sup: Supervisor, workspace: Path, probe: Probe, profile: SeccompProfile
+) -> None:
+    # The profile is compiled into the same filter: its allow (or log) of mmap does not drop the watch.
+    _plant(workspace, ("mmap_shared", "ok_shared_readonly"))
+    pol = _policy(workspace)
+    pol = dataclasses.replace(pol, syscalls=dataclasses.replace(pol.syscalls, profile=profile))
+    r = await sup.run([str(probe.path), "mmap_shared", "ok_shared_readonly"], policy=pol)
+    got = _results(r.stdout)
+    assert got == {"mmap_shared": (-1, 1), "ok_shared_readonly": (0, 0)}, (got, r.stderr)
+    assert _survivors(workspace, ("mmap_shared",)) == {}
+    refusals = [d for d in r.denials if d.target.startswith("mmap(MAP_SHARED, a set-id")]
+    assert len(refusals) == 1, r.denials
+    assert "set-id" in refusals[0].hint
 
 
 @pytest.mark.xfail(
