@@ -338,8 +338,8 @@ _Rule = tuple[int, tuple[_Cmp, ...]]
 #: truncate do, so a set-id file the HOST left in a writable root would otherwise keep them with the
 #: sandbox's contents (docs/security.md, "Set-id bits"). Only shared file mappings pay a round trip through
 #: the init (SQLite's -shm file, POSIX shared memory, glibc's gconv cache): private mappings, which is how
-#: programs and libraries are loaded, do not. A watched allow outranks a profile's allow (`_bpf.precedence`);
-#: under a profile's log the init checks the file too.
+#: programs and libraries are loaded, do not. A watched allow outranks a profile's allow
+#: (`_seccomp_bpf.precedence`); under a profile's log the init checks the file too.
 SHARED_MAP_WATCH: tuple[tuple[_Cmp, ...], ...] = (
     ((3, _MASKED_EQ, 0x23, 0x01),),
     ((3, _MASKED_EQ, 0x23, 0x03),),
