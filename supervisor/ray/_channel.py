@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import pickle
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -90,9 +89,9 @@ class Channel:
             raise
         return cls(stream)
 
-    async def read_replies(self, on_close: Callable[[Channel], None]) -> None:
+    async def read_replies(self) -> None:
         """Hand each reply to its waiter until the connection ends; then every waiter is woken with the
-        channel closed (`closed` says why) and `on_close` is called."""
+        channel closed (`closed` says why)."""
         reason = "the node closed the connection"
         try:
             while True:
@@ -112,7 +111,6 @@ class Channel:
             reason = f"the connection failed: {err!r}"
         finally:
             self.fail(reason)
-            on_close(self)
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(self._stream)
 
@@ -142,7 +140,8 @@ class Channel:
         box: list[Any] = []
         self._waiting[cid] = (event, box)
         try:
-            await self._send((RUN, cid, *request))
+            with anyio.CancelScope(shield=True):  # never half a frame on the connection
+                await self._send((RUN, cid, *request))
             await event.wait()
         except anyio.get_cancelled_exc_class():
             shield = anyio.CancelScope(shield=True)

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import secrets
 import tarfile
 import time
@@ -72,6 +73,9 @@ _LOST = (
 )
 
 _ACTOR = ray.remote(NodeSupervisor)
+
+#: How many Policy objects' pickles a client keeps for the channel (the node keeps as many unpickled).
+POLICY_BLOBS = 256
 
 
 def _on_asyncio() -> bool:
@@ -266,6 +270,8 @@ class RaySupervisor:
         self.approver = approver
         #: The command rules' decisions made by this client (`totals()` adds them: the driver decides).
         self._decisions: Counter[str] = Counter()
+        #: Policies' pickles for the channel, by the id of the Policy (kept alive here): `_wire_policy`.
+        self._blobs: dict[int, tuple[Policy, bytes]] = {}
         #: This client's open subscriptions: decision events are made here, not on a node.
         self._subscribers: list[MemoryObjectSendStream[RemoteEvent]] = []
         self._nodes: dict[str, _Node] = {}
@@ -654,13 +660,30 @@ class RaySupervisor:
             return value
         try:
             reply = await channel.call(
-                (list(cmd), policy, session, kwargs, decision), float(self._settings["cancel_grace"])
+                (list(cmd), self._wire_policy(policy), session, kwargs, decision),
+                float(self._settings["cancel_grace"]),
             )
         except ChannelClosedError as err:
             raise await self._channel_broke(node, str(err)) from err
         if reply is None:  # cancelled on the node, not by this client: its connection was closing
             raise NodeLostError(node.id, "run", "the call was cancelled on the node")
         return cast(tuple[Result | Failure, NodeLoad], reply)
+
+    def _wire_policy(self, policy: object) -> object:
+        """A Policy as the channel carries it: its pickle, made once per Policy object this client is given
+        (a Policy's nested slotted dataclasses pickle slowly) and kept for the last POLICY_BLOBS of them; the
+        node keeps the Policy it unpickled for each pickle, so a policy used call after call is one object
+        there too. Anything else as it is."""
+        if not isinstance(policy, Policy):
+            return policy
+        hit = self._blobs.get(id(policy))
+        if hit is not None and hit[0] is policy:
+            return hit[1]
+        blob = pickle.dumps(policy, protocol=5)
+        if len(self._blobs) >= POLICY_BLOBS:
+            del self._blobs[next(iter(self._blobs))]
+        self._blobs[id(policy)] = (policy, blob)
+        return blob
 
     async def _channel(self, node: _Node) -> Channel | None:
         """The node's channel, connected on first use (None: this client uses Ray's actor calls for it,
@@ -689,7 +712,7 @@ class RaySupervisor:
                 return None
             node.channel = ch
             assert self._tg is not None
-            self._tg.start_soon(ch.read_replies, lambda _c: None)
+            self._tg.start_soon(ch.read_replies)
             return ch
 
     async def _channel_broke(self, node: _Node, reason: str) -> NodeLostError:

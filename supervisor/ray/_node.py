@@ -49,6 +49,9 @@ T = TypeVar("T")
 #: Events kept on the node for subscribers polling from afar; older ones are dropped (and counted).
 EVENT_RING = 10_000
 
+#: How many pickled policies from the channel the node keeps unpickled (`_unpickled_policy`).
+POLICY_BLOBS = 256
+
 #: How old the memory figure of a load report may be (seconds): reading it parses /proc/meminfo, and every
 #: reply carries a load report.
 MEMORY_FRESH = 0.05
@@ -151,6 +154,7 @@ class NodeSupervisor:
         self._event_seq = 0
         self._new_event: asyncio.Event | None = None
         self._token = b""
+        self._policies: dict[bytes, Policy] = {}
         self._memory_available = 0
         self._memory_at = 0.0
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -466,13 +470,15 @@ class NodeSupervisor:
     async def _run(
         self,
         cmd: Sequence[str],
-        policy: Policy | str | None,
+        policy: Policy | str | bytes | None,
         session: str | None,
         kwargs: Mapping[str, Any],
         decision: CommandDecision | None,
     ) -> tuple[Result | Failure, NodeLoad]:
         try:
             sup = self._running()
+            if isinstance(policy, bytes):  # over the channel: a pickled Policy
+                policy = self._unpickled_policy(policy)
             resolved = self._policy(policy, session)
             if decision is not None:
                 resolved = decision.policy_for(resolved)
@@ -560,6 +566,20 @@ class NodeSupervisor:
                 for scope in scopes.values():
                     scope.cancel()  # nobody is waiting for these calls any more: their children go
         await anyio.aclose_forcefully(stream)
+
+    def _unpickled_policy(self, blob: bytes) -> Policy:
+        """The Policy a client sent pickled over the channel (RaySupervisor._wire_policy), unpickled once per
+        pickle and kept for the last POLICY_BLOBS (one object call after call: the supervisor's compiled
+        policies are found by it at once). Raises TypeError when the pickle is not of a Policy."""
+        policy = self._policies.get(blob)
+        if policy is None:
+            loaded = pickle.loads(blob)
+            if not isinstance(loaded, Policy):
+                raise TypeError(f"a channel's policy must be a Policy, not {type(loaded).__name__}")
+            if len(self._policies) >= POLICY_BLOBS:
+                del self._policies[next(iter(self._policies))]
+            policy = self._policies[blob] = loaded
+        return policy
 
     async def settled(self, call: str) -> bool:
         """Wait until the call named `call` has ended (after a cancellation: its child killed and reaped).

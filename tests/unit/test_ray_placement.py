@@ -107,3 +107,25 @@ def test_public_api_is_pinned() -> None:
     lost = cluster.SessionLostError("n" * 56, "s1", "run", "raylet died\x1b[2J")
     assert (lost.node_id, lost.session_id, lost.detail) == ("n" * 56, "s1", "raylet died\x1b[2J")
     assert "\x1b" not in str(lost)  # printable: a detail may carry what a node sent
+
+
+def test_a_policy_is_pickled_once_per_object_for_the_channel() -> None:
+    """The channel carries a Policy as its pickle, made once per Policy object and kept for a bounded number
+    of them; names and None go as they are."""
+    import pickle
+
+    from supervisor.ray._client import POLICY_BLOBS
+
+    sup = RaySupervisor()
+    policy = profiles.workspace_write("/var/tmp")
+    blob = sup._wire_policy(policy)
+    assert isinstance(blob, bytes)
+    assert sup._wire_policy(policy) is blob
+    assert pickle.loads(blob) == policy
+    equal = profiles.workspace_write("/var/tmp")
+    assert sup._wire_policy(equal) is not blob  # another object: its own pickle (the same bytes)
+    assert sup._wire_policy("read-only") == "read-only"
+    assert sup._wire_policy(None) is None
+    for i in range(POLICY_BLOBS + 10):
+        sup._wire_policy(profiles.workspace_write(f"/var/tmp/{i}"))
+    assert len(sup._blobs) == POLICY_BLOBS
