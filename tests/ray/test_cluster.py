@@ -345,9 +345,11 @@ async def test_driver_cancellation_kills_the_remote_child(either_client: RaySupe
     assert scope.cancelled_caught
     (child,) = info
     assert child.node_id == _node_with(client, "corral_b")
-    # When the cancelled call returned, the node had killed and reaped the sandbox: no process.
+    # When the cancelled call returned, the node had killed the sandbox and its init had vouched that the
+    # command and all it left were reaped; the init itself may still be exiting for a moment (Child.wait's
+    # "final"), and its supervisor reaps it right after: no process.
     assert started[0] is not None
-    assert not _alive(child.pid, started[0])
+    await _until(lambda: not _alive(child.pid, started[0]), "the sandbox's init reaped", 10)
     assert not await _children_named(client, "cancel-me")
     # Its cgroup leaf goes in the node's next removal batch.
     await _until(lambda: not any(_exists(p) for p in child.cgroup_paths), "the cgroup leaf's removal")
