@@ -209,6 +209,11 @@ class RaySupervisor:
              supervisor/ray/_channel.py: two wake-ups a call instead of a Ray actor task's six threads),
              falling back to Ray's actor calls for a node whose channel cannot be reached; False: Ray's
              actor calls only. Everything else always goes through Ray.
+    niceness: the niceness each node actor (its supervisor, fork server and sandboxes) runs at; None: the
+             raylet's. Ray starts its workers at nice 15 (to keep its own processes responsive), which made
+             every sandbox of a busy node wait behind the rest of the machine. Needs CAP_SYS_NICE (root has
+             it) to lower; without, the actor says so in its log and stays at Ray's. Like every actor
+             setting, the first client of a namespace decides it.
     rules:   command rules (policies.CommandRules) every command of this client is decided by before it is
              sent to a node, as Supervisor(rules=) does (docs/rules.md); a session's and a call's own
              `rules=` apply as well, the strictest decision winning. Decided here, on the driver: `forbidden`
@@ -238,6 +243,7 @@ class RaySupervisor:
         rules: CommandRules | None = None,
         approver: Approver | None = None,
         direct_calls: bool = True,
+        niceness: int | None = None,
     ) -> None:
         if rules is not None and not isinstance(rules, CommandRules):
             raise TypeError(f"rules must be CommandRules (policies.load_rules) or None, not {rules!r}")
@@ -265,6 +271,7 @@ class RaySupervisor:
             "rules": rules,
             "approver": approver,
             "direct_calls": direct_calls,
+            "niceness": niceness,
         }
         self.rules = rules
         self.approver = approver
@@ -417,6 +424,7 @@ class RaySupervisor:
             "metrics_addr": s["metrics_addr"],
             "workspace_root": s["workspace_root"],
             "supervisor_options": s["supervisor_options"],
+            "niceness": s["niceness"],
         }
         options: dict[str, Any] = {
             "name": f"corral-{node_id}",

@@ -185,6 +185,7 @@ class NodeSupervisor:
         assert self._stop is not None
         cfg = self._config
         try:
+            _renice(cfg.get("niceness"))  # before any thread or process of the supervisor is made
             await anyio.to_thread.run_sync(self._prepare_root)
             async with Supervisor(
                 max_concurrency=int(cfg.get("max_concurrency", 64)), **dict(cfg.get("supervisor_options", {}))
@@ -827,6 +828,20 @@ class NodeSupervisor:
             return _failure(LookupError(f"no session {sid} on node {self.node_id}"))
         except Exception as err:
             return _failure(err)
+
+
+def _renice(niceness: int | None) -> None:
+    """Run this worker process (every thread of it, and so the fork server and sandboxes made from them) at
+    `niceness`, or at the raylet's (its parent's) for None. Ray starts its worker processes at nice 15, to
+    keep its own processes responsive; the node's supervisor and its sandboxes are the node's work, and at
+    nice 15 every sandbox spawn and every reply waited behind the rest of the machine. Lowering the niceness
+    needs CAP_SYS_NICE (or RLIMIT_NICE): without it, a warning, and the worker's niceness stays."""
+    want = niceness if niceness is not None else os.getpriority(os.PRIO_PROCESS, os.getppid())
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            os.setpriority(os.PRIO_PROCESS, int(tid), want)  # Linux: a thread's niceness is its own
+    except (PermissionError, ProcessLookupError) as err:
+        log.warning("corral: the node supervisor stays at niceness %d (not %d): %s", os.nice(0), want, err)
 
 
 def _make_workdir(workdir: str, source: bytes | None) -> None:

@@ -574,3 +574,28 @@ async def test_a_node_supervisor_that_cannot_start(ray_cluster: RayCluster) -> N
 
     # ray.kill is asynchronous: the GCS releases the name once it has the actor dead.
     await _wait_for(none_left, "the failed actors to be gone", seconds=20)
+
+
+def _stat(pid: int, tid: int | None = None) -> list[str]:
+    """The fields of /proc/PID/stat (of one thread, given `tid`) after the command name."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
+        return f.read().rsplit(") ", 1)[1].split()
+
+
+def _nice(pid: int, tid: int | None = None) -> int:
+    return int(_stat(pid, tid)[16])
+
+
+async def test_node_supervisor_runs_at_the_raylets_niceness(client: RaySupervisor) -> None:
+    """Ray starts its workers at nice 15; the node actor (every thread), its fork server and its sandboxes run
+    at the raylet's niceness instead: checked on the node's processes in /proc."""
+    for info in client.nodes():
+        want = _nice(int(_stat(info.actor_pid)[1]))  # its parent's: the raylet's
+        threads = os.listdir(f"/proc/{info.actor_pid}/task")
+        assert {_nice(info.actor_pid, int(t)) for t in threads} == {want}
+    child = await client.start(["sleep", "30"], stdout=DEVNULL, stderr=DEVNULL, where=B)
+    async with child:
+        assert _nice(child.pid) == want
+        await child.kill()
+        await child.wait()
