@@ -20,7 +20,8 @@ TRIO_TESTS := tests/unit tests/kernel/test_api_usability.py tests/kernel/test_sp
 .PHONY: demo test lint bench clean wheel
 
 # The C parts (the sandbox init and its extension, supervisor/sandbox/_cinit.c) are built by pip install.
-$(STAMP): pyproject.toml setup.py supervisor/sandbox/_cinit.c supervisor/sandbox/_csample.c
+$(STAMP): pyproject.toml setup.py supervisor/sandbox/_cinit.c supervisor/sandbox/_csample.c \
+		supervisor/observer/denials.bpf.c supervisor/observer/loader.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,dev]'

@@ -38,6 +38,50 @@ class BuildWithInit(build_ext):
         )
         subprocess.run([cc, *FLAGS, "-static", "-DCORRAL_INIT_MAIN", "-o", target, SOURCE], check=True)
         os.chmod(target, 0o755)
+        # The loader links libbpf (glibc's): the system compiler, never musl-gcc.
+        sys_cc = os.environ.get("CC") or (sysconfig.get_config_var("CC") or "cc").split()[0]
+        build_observer(
+            os.path.join(os.path.dirname(os.path.dirname(ext_path)), "observer"), self.build_temp, sys_cc
+        )
+
+
+def build_observer(out: str, tmp: str, cc: str) -> None:
+    """The BPF observer's object and loader into `out`, when the tools are here; else says why."""
+    clang = shutil.which("clang")
+    bpftool = shutil.which("bpftool") or next(
+        (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if os.access(p, os.X_OK)), None
+    )
+    missing = [
+        what
+        for what, ok in (
+            ("x86_64", os.uname().machine == "x86_64"),
+            ("clang", clang),
+            ("bpftool", bpftool),
+            ("libbpf-dev", os.path.exists("/usr/include/bpf/libbpf.h")),
+            ("kernel BTF", os.path.exists("/sys/kernel/btf/vmlinux")),
+        )
+        if not ok
+    ]
+    obj, loader = os.path.join(out, "denials.bpf.o"), os.path.join(out, "corral-observer")
+    if missing:
+        print(f"corral: the BPF denial observer is not built (missing: {', '.join(missing)})")
+        return
+    assert clang is not None
+    assert bpftool is not None
+    os.makedirs(tmp, exist_ok=True)
+    header = os.path.join(tmp, "vmlinux.h")
+    try:
+        with open(header, "wb") as f:
+            cmd = [bpftool, "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"]
+            subprocess.run(cmd, stdout=f, check=True)
+        bpf = [clang, "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I", tmp]
+        subprocess.run([*bpf, "-c", os.path.join(out, "denials.bpf.c"), "-o", obj], check=True)
+        subprocess.run([cc, *FLAGS, "-o", loader, os.path.join(out, "loader.c"), "-lbpf"], check=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        for path in (obj, loader):
+            if os.path.exists(path):
+                os.unlink(path)
+        print(f"corral: the BPF denial observer is not built: {err}")
 
 
 setup(

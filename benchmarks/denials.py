@@ -16,6 +16,13 @@ trip through the init), under network host none is: the cost of the network laye
 With --spawns K: K sandboxed /bin/true one after another with reports (the notifying filter, the listener,
 the init's poll loop) and K without (the same supervisor told its kernel has no user notification),
 alternating in rounds of 20: nothing is denied, so the ratio should be 1 within noise.
+When the syscall-exit observer runs (root, BTF, built: docs/denials.md), also:
+- `erofs`: N refused mkdir("/etc/corral-bench") (the read-only view's EROFS, folded in the kernel into one
+  report with count N): the supervisor's CPU share and RSS growth, the command's per-call time;
+- `host_getppid`: N getppid() by a process outside any sandbox with the observer attached and without (its
+  program runs at every syscall exit on the host): the per-call ratio;
+- with --observer K: K sandboxed /bin/true with a supervisor that runs the observer and K with one that
+  does not (each started per round of 20), alternating: the spawn ratio.
 """
 
 from __future__ import annotations
@@ -49,11 +56,12 @@ LOOP_C = r"""
 #include <unistd.h>
 int main(int argc, char **argv) {
     long n = atol(argv[2]);
-    int deny = argv[1][0] == 'd', conn = argv[1][0] == 'c';
+    int deny = argv[1][0] == 'd', conn = argv[1][0] == 'c', erofs = argv[1][0] == 'e';
     struct sockaddr_in lo = {AF_INET, htons(1), {htonl(0x7f000001)}, {0}};
     int s = conn ? socket(AF_INET, SOCK_DGRAM, 0) : -1;
     for (long i = 0; i < n; i++) {
         if (deny) syscall(SYS_unshare, CLONE_NEWUSER);
+        else if (erofs) syscall(SYS_mkdir, "/etc/corral-bench", 0755);
         else if (conn) connect(s, (struct sockaddr *)&lo, sizeof lo); /* UDP: no handshake, no port */
         else syscall(SYS_getppid);
     }
@@ -84,6 +92,8 @@ async def measure(
     assert result.exit_code == 0, result
     if mode == "denied":
         assert [(d.target, d.count) for d in result.denials] == [("unshare(CLONE_NEWUSER)", calls)], result
+    elif mode == "erofs":
+        assert [(d.target, d.count) for d in result.denials] == [("/etc/corral-bench", calls)], result
     else:
         assert result.denials == ()
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -133,7 +143,61 @@ async def spawns(sup: Supervisor, workdir: Path, k: int) -> dict[str, float]:
     }
 
 
-async def main(calls: int, out: str | None, k: int = 0) -> None:
+def host_loop(exe: Path, calls: int) -> float:
+    """Per-call microseconds of `calls` getppid() by a process outside any sandbox (the best of 3)."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([str(exe), "allowed", str(calls)], check=True)
+        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
+async def observer_figures(exe: Path, where: Path, calls: int, k: int) -> dict[str, object]:
+    """The observer's costs (see the module's docstring); {} when it cannot run here."""
+    import statistics
+
+    from supervisor import _observing
+
+    out: dict[str, object] = {}
+    async with Supervisor(prefork=0) as sup:
+        if sup._observing.observer is None:
+            return {"observer": sup._observing.reason}
+        await measure(sup, exe, "erofs", 100, where)
+        out["erofs"] = await measure(sup, exe, "erofs", calls, where)
+        on = host_loop(exe, calls * 10)
+    _observing.ENABLED = False
+    try:
+        off = host_loop(exe, calls * 10)
+        out["host_getppid_us"] = {
+            "observer": round(on, 4),
+            "none": round(off, 4),
+            "ratio": round(on / off, 3),
+        }
+        if k:
+            times: dict[bool, list[float]] = {True: [], False: []}
+            policy = profiles.workspace_write(where, timeout=60)
+            for _ in range(max(1, k // 20)):
+                for enabled in (True, False):
+                    _observing.ENABLED = enabled
+                    async with Supervisor(prefork=0) as sup:
+                        await sup.run(["/bin/true"], policy=policy)  # warm: compile, first spawn
+                        for _ in range(20):
+                            t0 = time.perf_counter()
+                            await sup.run(["/bin/true"], policy=policy)
+                            times[enabled].append((time.perf_counter() - t0) * 1e3)
+            med = {e: statistics.median(v) for e, v in times.items()}
+            out["spawn_ms"] = {
+                "observer": round(med[True], 3),
+                "none": round(med[False], 3),
+                "ratio": round(med[True] / med[False], 3),
+            }
+    finally:
+        _observing.ENABLED = True
+    return out
+
+
+async def main(calls: int, out: str | None, k: int = 0, ko: int = 0) -> None:
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
         where = Path(d)
         exe = build(where)
@@ -152,6 +216,7 @@ async def main(calls: int, out: str | None, k: int = 0) -> None:
         if k:
             async with Supervisor(prefork=0) as sup2:
                 spawn = await spawns(sup2, where, k)
+        observed = await observer_figures(exe, where, calls, ko)
     figures = {
         "calls": calls,
         "cpus": os.cpu_count(),
@@ -162,6 +227,7 @@ async def main(calls: int, out: str | None, k: int = 0) -> None:
         "loopback_connect_watched": watched,
         "loopback_connect_unwatched_host_network": unwatched,
         "spawn_nothing_denied": spawn,
+        "observer": observed,
     }
     print(json.dumps(figures, indent=2))
     if out:
@@ -173,5 +239,6 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--json")
     parser.add_argument("--spawns", type=int, default=0)
+    parser.add_argument("--observer", type=int, default=0)
     args = parser.parse_args()
-    anyio.run(main, args.calls, args.json, args.spawns)
+    anyio.run(main, args.calls, args.json, args.spawns, args.observer)

@@ -18,6 +18,7 @@ import signal as _signal
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from supervisor._observer import Observed
 from supervisor._types import Denial
 from supervisor.forkserver import protocol
 from supervisor.sandbox import seccomp
@@ -43,6 +44,8 @@ class DenialLog:
     def __init__(self) -> None:
         self.items: list[Denial] = []
         self.dropped = 0
+        #: Of `dropped`, the refusals the syscall-exit observer counted past its bound (layer unknown).
+        self.dropped_observed = 0
         #: The seccomp records as the init numbered them (its D records, in order): their indices in
         #: `items`, or -1 for one that did not fit.
         self._seccomp: list[int] = []
@@ -276,3 +279,87 @@ def unobservable(
     if policy.resources.fds is not None:
         out.append(("rlimit", "EMFILE at RLIMIT_NOFILE is answered by the kernel without a trace"))
     return tuple(out)
+
+
+#: x86_64 syscall numbers of the calls the observer reports (denials.bpf.c's path_args), by name.
+_OBSERVED_CALLS = {
+    2: "open", 85: "creat", 83: "mkdir", 84: "rmdir", 87: "unlink", 133: "mknod", 76: "truncate",
+    90: "chmod", 92: "chown", 94: "lchown", 188: "setxattr", 189: "lsetxattr", 197: "removexattr",
+    198: "lremovexattr", 59: "execve", 257: "openat", 437: "openat2", 258: "mkdirat", 263: "unlinkat",
+    259: "mknodat", 268: "fchmodat", 452: "fchmodat2", 260: "fchownat", 280: "utimensat",
+    322: "execveat", 82: "rename", 86: "link", 264: "renameat", 316: "renameat2", 265: "linkat",
+    88: "symlink", 266: "symlinkat", 49: "bind", 42: "connect",
+}  # fmt: skip
+_EROFS, _EMFILE = 30, 24
+
+
+def _under(path: str, roots: tuple[str, ...] | list[str]) -> str | None:
+    for root in roots:
+        r = root.rstrip("/") or "/"
+        if path == r or path.startswith(r.rstrip("/") + "/"):
+            return root
+    return None
+
+
+def _protected(path: str, policy: Policy | None) -> str | None:
+    """The protected name (filesystem.protected, e.g. .git/hooks) `path` is in, if any."""
+    names = policy.filesystem.protected if policy is not None else ()
+    parts = path.split("/")
+    for name in names:
+        want = name.strip("/").split("/")
+        for i in range(len(parts) - len(want) + 1):
+            if parts[i : i + len(want)] == want:
+                return name
+    return None
+
+
+def _mounts_hint(path: str, policy: Policy | None) -> str:
+    name = _protected(path, policy)
+    if name is not None:
+        return f"a protected path ({name}, filesystem.protected): read-only inside the writable roots"
+    if policy is not None and _under(path, policy.filesystem.deny):
+        return "a denied path (filesystem.deny / --deny): hidden, read-only"
+    if not path.startswith("/"):
+        return "outside the writable roots (read-only mount view); --allow-write DIR allows a directory"
+    parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+    return f"outside the writable roots (read-only mount view); --allow-write {parent} to allow"
+
+
+def _landlock_operation(name: str, flags: int) -> str:
+    if name in ("execve", "execveat"):
+        return "execute"
+    if name in ("bind", "connect"):
+        return name
+    if name in ("open", "openat", "openat2") and flags & 0o3 == 0 and not flags & 0o1000:  # O_RDONLY, no
+        return "read"  # O_TRUNC (O_CREAT on a missing file is refused as a write: MAKE_REG)
+    return "write"
+
+
+def observed_denial(ev: Observed, policy: Policy | None) -> Denial | None:
+    """The Denial of one refusal the syscall-exit observer saw (supervisor/_observer.py), or None when it
+    is not one corral names (a number outside its table)."""
+    pid = ev.pid if 0 < ev.pid < 2**22 else None
+    if ev.err == _EMFILE:
+        fds = policy.resources.fds if policy is not None else None
+        limit = f"RLIMIT_NOFILE={fds}" if fds is not None else "RLIMIT_NOFILE"
+        hint = "the open-files limit; raise --max-fds to allow more"
+        return Denial("rlimit", "open", limit, pid, ev.count, hint)
+    name = _OBSERVED_CALLS.get(ev.nr)
+    if name is None:
+        return None
+    target = f"{ev.path} -> {ev.path2}" if ev.path2 and name not in ("symlink", "symlinkat") else ev.path
+    if ev.err == _EROFS:
+        return Denial("mounts", "write", target, pid, ev.count, _mounts_hint(ev.path, policy))
+    if not ev.landlock:
+        return None
+    operation = _landlock_operation(name, ev.flags)
+    if operation in ("bind", "connect"):
+        hint = "Landlock's TCP guard: no port is granted"
+        return Denial("landlock", operation, f"port {ev.port}", pid, ev.count, hint)
+    if operation == "execute":
+        hint = "outside the execute paths (filesystem.execute): add the directory to allow"
+    elif operation == "read":
+        hint = "outside the readable roots (filesystem.read, --allow-read PATH)"
+    else:
+        hint = "outside the writable roots (Landlock: filesystem.write, --allow-write PATH)"
+    return Denial("landlock", operation, target, pid, ev.count, hint)

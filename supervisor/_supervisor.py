@@ -43,6 +43,7 @@ from supervisor._monitor import (
     sample_all,
     sample_due,
 )
+from supervisor._observing import Observing
 from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._proxy import ChildProxy, ProxyConfig, host_interfaces, receive_listener
 from supervisor._rules import Approver
@@ -197,6 +198,8 @@ class Supervisor:
         self._listings = _gitscan.Listings()
         #: The children's OOM notifiers, polled by the sampler (cgroups/_notify.py); made by __aenter__.
         self._oom: Notifiers[Child] | None = None
+        #: The syscall-exit observer (mount view, Landlock, RLIMIT_NOFILE refusals), or why none.
+        self._observing = Observing()
         self._tg: TaskGroup | None = None
         self._caps: KernelCaps | None = None
         self._compiled: OrderedDict[Policy, CompiledPolicy] = OrderedDict()  # LRU, MAX_COMPILED
@@ -294,6 +297,7 @@ class Supervisor:
             self._devnull = -1
             raise
         self._tg = tg
+        await self._observing.start(tg, fs.server_pid)
         fs.start_soon = tg.start_soon  # reaps a dead fork server and the init it left unanswered
         tg.start_soon(fs.watchdog)
         self._prefork = Prefork(
@@ -348,6 +352,7 @@ class Supervisor:
             if self._oom is not None:
                 self._oom.close()
                 self._oom = None
+            self._observing.close()
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
@@ -716,6 +721,8 @@ class Supervisor:
         if sc is not None and isinstance(sc.get("names"), dict):
             child.syscall_names = sc["names"]  # type: ignore[assignment]
             child.on_denial = partial(self._note_denial, child)
+        fs_pid = self._forkserver.server_pid if self._forkserver is not None else None
+        self._observing.attach(child, sandbox.pid, partial(self._note_denial, child), fs_pid)
         return child
 
     async def _until_running(
@@ -916,6 +923,7 @@ class Supervisor:
                 stats = leaf.stats()
                 self._judge_final(child, stats)
             self._judge_disk_final(child)
+            await self._observing.settle(child)
             await self._after_run_git(child)
         finally:
             if child._proxy_scope is not None:
@@ -1004,8 +1012,8 @@ class Supervisor:
                 child.denials.add(denial)
         for denial in child.denials.items:  # the repeats, folded by the init, counted now
             self.totals[f"denied:{denial.layer}:{denial.operation}"] += denial.count - 1
-        if child.denials.dropped:
-            self.totals["denied:seccomp:syscall"] += child.denials.dropped
+        if child.denials.dropped > child.denials.dropped_observed:  # the observer's have no known layer
+            self.totals["denied:seccomp:syscall"] += child.denials.dropped - child.denials.dropped_observed
         result = child.result()
         self.totals["exited"] += 1
         self.totals[f"exited:{result.outcome}"] += 1

@@ -296,6 +296,11 @@ class ForkServer:
                 os.close(slot_fd)
         return proc, parent, slot
 
+    @property
+    def server_pid(self) -> int | None:
+        """The fork server's pid (None before it started or after it ended)."""
+        return self._proc.pid if self._proc is not None else None
+
     def _running(self, proc: subprocess.Popen[bytes], sock: socket.socket, slot: mmap.mmap) -> None:
         sock.setblocking(False)
         self._proc, self._sock, self._slot = proc, sock, slot

@@ -222,8 +222,13 @@ async def test_nothing_refused_nothing_reported(sup: Supervisor, workspace: Path
     assert events == []
     assert result.denials_dropped == 0
     layers = {layer for layer, _ in result.denials_unobservable}
-    assert "seccomp" not in layers  # seccomp is observed here; the layers not yet reported say so
-    assert {"landlock", "mounts"} <= layers
+    assert "seccomp" not in layers  # seccomp is observed here
+    # Landlock and the mount view are watched by the syscall-exit observer (root, BTF, built: see
+    # test_denials_observed.py); without it they say so.
+    if sup._observing.observer is None:
+        assert {"landlock", "mounts"} <= layers
+    else:
+        assert not {"landlock", "mounts"} & layers
 
 
 async def test_a_pids_max_refusal_is_a_cgroup_denial(sup: Supervisor, workspace: Path) -> None:

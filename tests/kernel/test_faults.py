@@ -183,6 +183,7 @@ async def main():
         await anyio.sleep(1.0)
         known = {s.pid for stubs in sup._prefork._ready.values() for s in stubs}
         known.add(sup._forkserver._proc.pid)
+        known.add(sup._observing.pid)  # the denial observer's loader (None without one)
         out["unknown"] = [c for c in children() if c[0] not in known]
     out["children"] = children()
     print(json.dumps(out))
@@ -237,6 +238,8 @@ def unknown_children(sup: Supervisor) -> list[tuple[int, str, str]]:
     fs = sup._forkserver
     if fs is not None and fs._proc is not None:
         known.add(fs._proc.pid)
+    if sup._observing.pid is not None:
+        known.add(sup._observing.pid)  # the denial observer's loader
     return [c for c in children_of(os.getpid()) if c[0] not in known]
 
 

@@ -1,0 +1,242 @@
+"""The syscall-exit observer's denial reports (docs/denials.md: mounts, landlock, rlimit), each provoked
+from inside a real sandbox on this kernel.
+
+Each probe tries a refused action and prints the errno the kernel answered (the refusal holds; where it
+matters the effect is checked from outside), and exactly one matching report (layer, operation, target)
+must reach `Result.denials`, the `denied` event, the JSON and `corral_denials_total`
+(test_denials.one_match). Failures that are no layer's (a file's own mode, a missing file) are not
+reported. A supervisor without the observer (not root, no BTF, not built) lists the layers as
+unobservable with the reason: test_denials_observed's last tests, tests/kernel/test_unprivileged.py and
+the ../shared/v2vm run (docs/denials.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import shutil
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from policies import Policy, profiles
+from supervisor import Result, Supervisor, _observing
+from tests.kernel.test_denials import PY, Metric, observe, one_match
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.anyio,
+    pytest.mark.skipif(os.uname().machine != "x86_64", reason="the observer knows x86_64's syscalls only"),
+]
+
+#: Each argument "label:python-expression" is evaluated in the sandbox; prints "label errno" (0: it
+#: worked). Runs under python -I -S.
+PROBE = textwrap.dedent(
+    """
+    import os, socket, sys
+    for spec in sys.argv[1:]:
+        label, _, expr = spec.partition(":")
+        try:
+            eval(expr)
+            print(label, 0, flush=True)
+        except OSError as e:
+            print(label, e.errno, flush=True)
+    """
+)
+
+
+@pytest.fixture
+async def sup() -> AsyncIterator[Supervisor]:
+    async with Supervisor(max_concurrency=4, prefork=0) as s:
+        if s._observing.observer is None:
+            pytest.skip(f"no denial observer: {s._observing.reason}")
+        yield s
+
+
+async def probe(sup: Supervisor, policy: Policy, *specs: str) -> tuple[Result, list, Metric, dict[str, int]]:  # type: ignore[type-arg]
+    result, events, metric = await observe(sup, [PY, "-I", "-S", "-c", PROBE, *specs], policy)
+    assert result.exit_code == 0, result.stderr.decode(errors="replace")
+    seen = {}
+    for line in result.stdout.decode().splitlines():
+        label, err = line.split()
+        seen[label] = int(err)
+    return result, events, metric, seen
+
+
+def restricted(workspace: Path, **fs: object) -> Policy:
+    base = profiles.workspace_write(workspace)
+    return dataclasses.replace(base, filesystem=dataclasses.replace(base.filesystem, **fs))
+
+
+async def test_writes_outside_the_writable_roots_are_mount_denials(sup: Supervisor, workspace: Path) -> None:
+    """Write, create, delete and rename outside the writable roots: the read-only view answers EROFS,
+    each reported once as `mounts`/`write` with the path, and none happened (checked from outside)."""
+    result, events, metric, seen = await probe(
+        sup,
+        profiles.workspace_write(workspace),
+        "write:open('/etc/hostname', 'a')",
+        "create:os.mkdir('/usr/corral-observed')",
+        "delete:os.unlink('/etc/hostname')",
+        "rename:os.rename('/etc/hostname', '/etc/hostname2')",
+        "inside:open('" + str(workspace / "ok") + "', 'w')",
+        "missing:open('/nonexistent/x')",
+    )
+    assert seen["write"] == seen["create"] == seen["delete"] == seen["rename"] == errno.EROFS
+    assert seen["inside"] == 0
+    assert seen["missing"] == errno.ENOENT  # no layer's: not reported
+    # Checked from outside: nothing changed.
+    assert [os.access(p, os.F_OK) for p in ("/etc/hostname", "/usr/corral-observed", "/etc/hostname2")] == [
+        True,
+        False,
+        False,
+    ]
+    # open and unlink of the same path: one report (the same layer, operation and target), counted twice
+    assert one_match(result, events, metric, ("mounts", "write", "/etc/hostname")).count == 2
+    one_match(result, events, metric, ("mounts", "write", "/usr/corral-observed"))
+    rename = one_match(result, events, metric, ("mounts", "write", "/etc/hostname -> /etc/hostname2"))
+    assert "--allow-write /etc" in rename.hint
+    assert {d.layer for d in result.denials} == {"mounts"}
+    assert "mounts" not in dict(result.denials_unobservable)
+
+
+async def test_a_protected_path_is_reported_as_such(sup: Supervisor, workspace: Path) -> None:
+    """A hook written into the repository's .git/hooks (kept read-only inside the writable root)."""
+    (workspace / ".git" / "hooks").mkdir(parents=True)
+    hook = workspace / ".git" / "hooks" / "pre-commit"
+    result, events, metric, seen = await probe(
+        sup, profiles.workspace_write(workspace), f"hook:open('{hook}', 'w')"
+    )
+    assert seen["hook"] == errno.EROFS
+    assert not hook.exists()
+    d = one_match(result, events, metric, ("mounts", "write", str(hook)))
+    assert ".git/hooks" in d.hint, d
+
+
+async def test_repeats_fold_and_distinct_ones_are_bounded(sup: Supervisor, workspace: Path) -> None:
+    """10,000 refusals of one path are one report with its count; 200 distinct paths are the kernel's
+    64 at most, the rest counted as dropped, never sent."""
+    code = textwrap.dedent(
+        """
+        import os
+        for _ in range(10000):
+            try: os.mkdir('/etc/corral-same')
+            except OSError: pass
+        for i in range(200):
+            try: os.mkdir('/etc/corral-%d' % i)
+            except OSError: pass
+        """
+    )
+    result, events, metric = await observe(
+        sup, [PY, "-I", "-S", "-c", code], profiles.workspace_write(workspace)
+    )
+    assert result.exit_code == 0, result.stderr
+    same = one_match(result, events, metric, ("mounts", "write", "/etc/corral-same"))
+    assert same.count == 10000
+    observed = [d for d in result.denials if d.layer == "mounts"]
+    assert len(observed) == _observing._observer.MAX_DISTINCT
+    assert result.denials_dropped == 200 - (len(observed) - 1)
+    assert len(events) == len(observed)
+
+
+async def test_landlock_read_and_execute_refusals(sup: Supervisor, workspace: Path) -> None:
+    """Outside the readable roots and the execute paths, Landlock answers EACCES: reported as `landlock`
+    with the operation; a file's own mode (EACCES with no Landlock denial) is not reported."""
+    shutil.copy("/bin/true", workspace / "mytrue")
+    locked = workspace / "locked"
+    locked.write_text("x")
+    locked.chmod(0)
+    policy = restricted(
+        workspace,
+        read=("/usr", "/lib", "/lib64", "/bin", str(workspace)),
+        execute=("/usr", "/bin", "/lib", "/lib64"),
+    )
+    result, events, metric, seen = await probe(
+        sup,
+        policy,
+        "read:open('/etc/hostname')",
+        "exec:os.posix_spawn('" + str(workspace / "mytrue") + "', ['x'], {})",
+        f"mode:open('{locked}')",
+    )
+    assert seen["read"] == seen["exec"] == seen["mode"] == errno.EACCES
+    one_match(result, events, metric, ("landlock", "read", "/etc/hostname"))
+    one_match(result, events, metric, ("landlock", "execute", str(workspace / "mytrue")))
+    assert not [d for d in result.denials if d.target == str(locked)], result.denials
+
+
+async def test_a_landlock_tcp_bind_refusal_names_the_port(sup: Supervisor, workspace: Path) -> None:
+    """corral's TCP guard is in force only without a network namespace (not as root); the same kernel
+    path is provoked here by the command's own Landlock layer handling BIND_TCP with no port allowed."""
+    code = textwrap.dedent(
+        """
+        import ctypes, socket, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = struct.pack("=QQ", 0, 1)  # handled_access_fs 0, handled_access_net BIND_TCP
+        fd = libc.syscall(444, attr, len(attr), 0)
+        assert fd >= 0, ctypes.get_errno()
+        assert libc.syscall(446, fd, 0) == 0, ctypes.get_errno()
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", 4567))
+            print("bind 0")
+        except OSError as e:
+            print("bind", e.errno)
+        """
+    )
+    result, events, metric = await observe(
+        sup, [PY, "-I", "-S", "-c", code], profiles.workspace_write(workspace)
+    )
+    assert result.exit_code == 0, result.stderr.decode()
+    assert result.stdout.split() == [b"bind", str(errno.EACCES).encode()]
+    one_match(result, events, metric, ("landlock", "bind", "port 4567"))
+
+
+async def test_emfile_at_the_fd_limit_is_an_rlimit_denial(sup: Supervisor, workspace: Path) -> None:
+    base = profiles.workspace_write(workspace)
+    policy = dataclasses.replace(base, resources=dataclasses.replace(base.resources, fds=32))
+    code = textwrap.dedent(
+        """
+        import os
+        fds = []
+        try:
+            while True:
+                fds.append(os.open('/dev/null', 0))
+        except OSError as e:
+            print(e.errno, len(fds))
+        """
+    )
+    result, events, metric = await observe(sup, [PY, "-I", "-S", "-c", code], policy)
+    assert result.exit_code == 0, result.stderr.decode()
+    err, _opened = result.stdout.split()
+    assert int(err) == errno.EMFILE
+    one_match(result, events, metric, ("rlimit", "open", "RLIMIT_NOFILE=32"))
+    assert "rlimit" not in dict(result.denials_unobservable)
+
+
+async def test_a_path_cannot_forge_a_line(sup: Supervisor, workspace: Path) -> None:
+    result, events, metric, seen = await probe(
+        sup, profiles.workspace_write(workspace), "nl:os.mkdir('/etc/a\\ncorral: denied nothing')"
+    )
+    assert seen["nl"] == errno.EROFS
+    one_match(result, events, metric, ("mounts", "write", "/etc/a\\x0acorral: denied nothing"))
+
+
+async def test_without_the_observer_the_layers_are_said_unobservable(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Observer off (as for a non-root caller or a kernel without BTF): refusals hold, nothing is
+    reported, and the Result says which layers could not be seen and why."""
+    monkeypatch.setattr(_observing, "ENABLED", False)
+    base = profiles.workspace_write(workspace)
+    policy = dataclasses.replace(base, resources=dataclasses.replace(base.resources, fds=64))
+    async with Supervisor(prefork=0) as sup:
+        result, _events, _metric = await observe(
+            sup, [PY, "-I", "-S", "-c", PROBE, "w:os.mkdir('/etc/x')"], policy
+        )
+    assert result.stdout.split() == [b"w", str(errno.EROFS).encode()]
+    assert not [d for d in result.denials if d.layer == "mounts"]
+    unobservable = dict(result.denials_unobservable)
+    for layer in ("mounts", "landlock", "rlimit"):
+        assert "turned off" in unobservable[layer], unobservable
