@@ -152,6 +152,8 @@ class Observer:
         self._watches: dict[int, Watch] = {}
         #: Programs the loader left out (their kernel function is missing), for the docs' honesty.
         self.note = note
+        #: The kernel's Landlock keeps a denial count (Linux 6.15): its refusals can be told apart.
+        self.landlock_counted = False
 
     @classmethod
     async def start(cls) -> Observer:
@@ -188,7 +190,8 @@ class Observer:
             if msg[:1] != b"R" or len(fds) != 3:
                 why = msg[1:].decode(errors="replace") if msg[:1] == b"F" else "the loader ended"
                 raise OSError(_errno.EPERM, f"the BPF observer did not start: {why}")
-            note = msg[5:].decode(errors="replace")
+            (flags,) = struct.unpack_from("=I", msg, 5)
+            note = msg[9:].decode(errors="replace")
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -196,7 +199,9 @@ class Observer:
             proc.kill()
             proc.wait()
             raise
-        return cls(proc, ours, list(fds), note)
+        obs = cls(proc, ours, list(fds), note)
+        obs.landlock_counted = bool(flags & 1)
+        return obs
 
     @property
     def pid(self) -> int:

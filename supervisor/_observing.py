@@ -76,8 +76,12 @@ class Observing:
         indices: list[int] = []
         self._watches[id(child)] = (watch, indices)
         keep: tuple[str, ...] = ()
-        if _observer.ll_offset() < 0:
-            why = "Landlock is not the first LSM with a cred blob (lsm=): its EACCES is not told apart"
+        if not obs.landlock_counted or _observer.ll_offset() < 0:
+            why = (
+                "this kernel's Landlock keeps no denial count (before Linux 6.15): its EACCES is not told apart"
+                if not obs.landlock_counted
+                else "Landlock is not the first LSM with a cred blob (lsm=): its EACCES is not told apart"
+            )
             child.unobservable = _said(child.unobservable, why, only=("landlock",))
             keep = ("landlock",)
         child.unobservable = tuple(u for u in child.unobservable if u[0] not in _LAYERS or u[0] in keep)

@@ -4,7 +4,8 @@
  * SOCK_SEQPACKET socket to it). LANDLOCK_OFFSET: where Landlock's part of a cred's security blob is
  * (0 when it is the first LSM with a cred blob, the kernel's default), or -1: do not tell Landlock's
  * EACCES from a file mode's (Landlock's refusals are then not reported). Protocol on FD, one message each:
- *   -> "R" + the attached program count (u32) + the names of programs not attached (text), with the fds
+ *   -> "R" + the attached program count (u32) + flags (u32: 1, Landlock keeps a denial count) + the names
+ *      of programs not attached (text), with the fds
  *      of the maps spawners, sandboxes and folds (SCM_RIGHTS): ready. The supervisor registers its fork
  *      server's tgid in spawners itself, and reads and deletes sandboxes and folds entries.
  *   -> "F" + why: failed (then exits 1).
@@ -83,6 +84,17 @@ int main(int argc, char **argv) {
             snprintf(missing + used, sizeof missing - used, "%s%s", used ? " " : "", target);
         }
     }
+    /* Landlock's denial count (struct landlock_hierarchy.num_denials, Linux 6.15): without it Landlock's
+     * EACCES cannot be told from a file mode's, and the supervisor says so. */
+    unsigned flags = 0;
+    int id = btf__find_by_name_kind(vmlinux, "landlock_hierarchy", BTF_KIND_STRUCT);
+    if (id > 0) {
+        const struct btf_type *t = btf__type_by_id(vmlinux, id);
+        const struct btf_member *m = btf_members(t);
+        for (int i = 0; i < btf_vlen(t); i++, m++)
+            if (strcmp(btf__name_by_offset(vmlinux, m->name_off), "num_denials") == 0) flags |= 1;
+    }
+    if (!(flags & 1)) ll_offset = -1;
     btf__free(vmlinux);
     if (bpf_object__load(obj) != 0) fail("load: %s", strerror(errno));
     unsigned attached = 0;
@@ -104,13 +116,14 @@ int main(int argc, char **argv) {
     int fds[3] = {bpf_object__find_map_fd_by_name(obj, "spawners"),
                   bpf_object__find_map_fd_by_name(obj, "sandboxes"),
                   bpf_object__find_map_fd_by_name(obj, "folds")};
-    char ready[1 + 4 + sizeof missing];
+    char ready[1 + 4 + 4 + sizeof missing];
     ready[0] = 'R';
     memcpy(ready + 1, &attached, 4);
-    memcpy(ready + 5, missing, strlen(missing));
+    memcpy(ready + 5, &flags, 4);
+    memcpy(ready + 9, missing, strlen(missing));
     char control[CMSG_SPACE(sizeof fds)];
     memset(control, 0, sizeof control);
-    struct iovec iov = {ready, 5 + strlen(missing)};
+    struct iovec iov = {ready, 9 + strlen(missing)};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
                          .msg_controllen = sizeof control};
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
