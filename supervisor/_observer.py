@@ -154,6 +154,10 @@ class Observer:
         self.note = note
         #: The kernel's Landlock keeps a denial count (Linux 6.15): its refusals can be told apart.
         self.landlock_counted = False
+        #: Landlock is the first LSM with a cred blob (ll_offset): where the loader reads its domain.
+        self.landlock_placed = False
+        #: False once the loader is gone (its programs detached).
+        self.alive = True
 
     @classmethod
     async def start(cls) -> Observer:
@@ -166,8 +170,9 @@ class Observer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             # On the loop's thread on purpose (PDEATHSIG, above): a fork and exec, ~1 ms, once.
+            offset = ll_offset()
             proc = subprocess.Popen(  # noqa: ASYNC220
-                [str(LOADER), str(OBJECT), str(ll_offset()), str(theirs.fileno())],
+                [str(LOADER), str(OBJECT), str(offset), str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -201,6 +206,7 @@ class Observer:
             raise
         obs = cls(proc, ours, list(fds), note)
         obs.landlock_counted = bool(flags & 1)
+        obs.landlock_placed = offset >= 0
         return obs
 
     @property
@@ -230,21 +236,27 @@ class Observer:
         return watch
 
     async def run(self) -> None:
-        """Read the loader's events until it ends, each to its sandbox's Watch (one task). On
-        cancellation, it stops reading."""
-        while True:
-            await anyio.wait_readable(self._sock)
+        """Read the loader's events until it ends, each to its sandbox's Watch (one task); then `alive`
+        is False (its programs are detached: nothing more will be seen). On cancellation, it stops
+        reading."""
+        try:
             while True:
-                try:
-                    msg = self._sock.recv(2048)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    return
-                if not msg:
-                    return
-                if msg[:1] == b"E" and len(msg) == 1 + EVENT.size:
-                    self._deliver(msg[1:])
+                await anyio.wait_readable(self._sock)
+                while True:
+                    try:
+                        msg = self._sock.recv(2048)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        return
+                    if not msg:
+                        return
+                    if msg[:1] == b"E" and len(msg) == 1 + EVENT.size:
+                        self._deliver(msg[1:])
+        finally:
+            self.alive = False
+            for watch in self._watches.values():
+                watch.arrived.set()  # a settle waiting for events that will not come
 
     def _deliver(self, raw: bytes) -> None:
         h, ns, pid, nr, err, landlock, port, flags, _pad, path, path2 = EVENT.unpack(raw)
@@ -273,7 +285,7 @@ class Observer:
         raw = self._bpf.lookup(self._sandboxes_fd, key, SANDBOX.size)
         emitted, dropped = (SANDBOX.unpack(raw)[:2]) if raw is not None else (0, 0)
         with anyio.move_on_after(SETTLE_TIMEOUT):
-            while len(watch.events) < min(emitted, MAX_DISTINCT):
+            while len(watch.events) < min(emitted, MAX_DISTINCT) and self.alive:
                 await watch.arrived.wait()
         out: list[Observed] = []
         for h, ev in watch.events:

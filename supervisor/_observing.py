@@ -38,6 +38,8 @@ class Observing:
         self.observer: Observer | None = None
         self.reason = "not started"
         self._watches: dict[int, tuple[Watch, list[int]]] = {}  # id(child) -> its watch, denial indices
+        #: Why Landlock's EACCES cannot be told from a file mode's here ("": it can).
+        self._landlock_why = ""
 
     async def start(self, tg: TaskGroup, spawner: int | None) -> None:
         """Start the observer for the fork server `spawner` (~0.2 s), or note why not.
@@ -56,6 +58,10 @@ class Observing:
             return
         assert spawner is not None
         obs.spawner(spawner)
+        if not obs.landlock_counted:
+            self._landlock_why = "this kernel's Landlock keeps no denial count (Linux < 6.15)"
+        elif not obs.landlock_placed:
+            self._landlock_why = "Landlock is not the first LSM with a cred blob (lsm=)"
         self.observer = obs
         tg.start_soon(obs.run)
 
@@ -66,6 +72,11 @@ class Observing:
         told through `note` (the `denied` event). Updates the child's `unobservable` either way.
         `spawner`: the fork server now (a restarted one is registered for the sandboxes it makes next)."""
         obs = self.observer
+        if obs is not None and not obs.alive:
+            self.reason = "the observer's loader ended (its programs are detached)"
+            log.warning("denial observer: %s", self.reason)
+            obs.close()
+            self.observer = obs = None
         if obs is not None and spawner is not None:
             obs.spawner(spawner)
         watch = obs.watch(init_pid) if obs is not None else None
@@ -76,13 +87,8 @@ class Observing:
         indices: list[int] = []
         self._watches[id(child)] = (watch, indices)
         keep: tuple[str, ...] = ()
-        if not obs.landlock_counted or _observer.ll_offset() < 0:
-            why = (
-                "this kernel's Landlock keeps no denial count (before Linux 6.15): its EACCES is not told apart"
-                if not obs.landlock_counted
-                else "Landlock is not the first LSM with a cred blob (lsm=): its EACCES is not told apart"
-            )
-            child.unobservable = _said(child.unobservable, why, only=("landlock",))
+        if self._landlock_why:
+            child.unobservable = _said(child.unobservable, self._landlock_why, only=("landlock",))
             keep = ("landlock",)
         child.unobservable = tuple(u for u in child.unobservable if u[0] not in _LAYERS or u[0] in keep)
 

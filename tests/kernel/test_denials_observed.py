@@ -20,6 +20,7 @@ import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from policies import Policy, profiles
@@ -240,3 +241,22 @@ async def test_without_the_observer_the_layers_are_said_unobservable(
     unobservable = dict(result.denials_unobservable)
     for layer in ("mounts", "landlock", "rlimit"):
         assert "turned off" in unobservable[layer], unobservable
+
+
+async def test_a_dead_loader_is_said_never_pretended(sup: Supervisor, workspace: Path) -> None:
+    """The loader killed (its programs detached by the kernel): the refusal still holds (the observer only
+    looks), and the next Result lists the layers as unobservable instead of an empty list."""
+    pid = sup._observing.pid
+    assert pid is not None
+    os.kill(pid, 9)
+    obs = sup._observing.observer
+    assert obs is not None
+    with anyio.fail_after(10):
+        while obs.alive:  # noqa: ASYNC110 (the reader task sets it; no event to wait on)
+            await anyio.sleep(0.01)
+    result, _events, _metric, seen = await probe(
+        sup, profiles.workspace_write(workspace), "w:os.mkdir('/etc/x')"
+    )
+    assert seen["w"] == errno.EROFS
+    assert not [d for d in result.denials if d.layer == "mounts"]
+    assert "loader ended" in dict(result.denials_unobservable)["mounts"], result.denials_unobservable
