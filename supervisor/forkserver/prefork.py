@@ -10,6 +10,8 @@ The filesystem view depends on what existed when it was built (a .git/hooks to p
 hide, the inode a writable root had). So the paths it depends on are fingerprinted (`mounts.fingerprint`)
 before the build starts and again when the R record arrives: a sandbox whose two fingerprints differ is
 discarded, and one is handed a request only while the fingerprint taken at the request still equals them.
+The first is taken in a worker thread with a Recheck (forkserver/_recheck.py) that the loop evaluates at the R
+record and at the request, with no worker-thread hop, while nothing it recorded changed.
 Otherwise the request takes a sandbox built on the spot, which sees the tree as it is then. (A change made and
 undone while a view is being built, by a concurrent child in the same workspace, is not seen by either path:
 mount-based protection can only protect what exists when it is built.)
@@ -35,7 +37,8 @@ from policies import Policy
 from supervisor._errors import SandboxSetupError
 from supervisor._plan import CompiledPolicy
 from supervisor._proxy import take_listener
-from supervisor.forkserver import protocol
+from supervisor.forkserver import _recheck, protocol
+from supervisor.forkserver._recheck import Recheck
 from supervisor.forkserver.client import ForkServer, StatusReader
 from supervisor.forkserver.protocol import READY, SpawnRequest
 from supervisor.sandbox import mounts
@@ -60,6 +63,7 @@ class Stub:
         "listener",
         "pid",
         "pidfd",
+        "recheck",
         "status",
     )
 
@@ -81,6 +85,8 @@ class Stub:
         self.cg_enforced = cg_enforced
         self.cg_missing = cg_missing
         self.fingerprint: tuple[object, ...] = ()
+        #: The fingerprint's inputs, re-checkable on the event loop (forkserver/_recheck.py), or None.
+        self.recheck: Recheck | None = None
         #: Network mode "proxy": the proxy's listening socket, sent by the init on `ctl` before its R.
         self.listener: socket.socket | None = None
 
@@ -140,12 +146,20 @@ class Prefork:
 
     async def fresh(self, stub: Stub, compiled: CompiledPolicy, cwd: str) -> Stub | None:
         """`stub` if the paths its view depends on are as they were when it was built; else None (it is
-        discarded). Taken off the pool already: discarded, not leaked, on cancellation too."""
+        discarded). Taken off the pool already: discarded, not leaked, on cancellation too. Told on the loop
+        when the stub's Recheck holds (no worker-thread hop), else by the fingerprint in a worker thread."""
+        recheck, stub.recheck = stub.recheck, None
         try:
-            fresh = await _fingerprint(_mounts(compiled), cwd) == stub.fingerprint
+            if recheck is not None and recheck.unchanged():
+                fresh = True
+            else:
+                fresh = await _fingerprint(_mounts(compiled), cwd) == stub.fingerprint
         except BaseException:  # off the list now: never leave it unreaped
             self.discard(stub)
             raise
+        finally:
+            if recheck is not None:
+                recheck.close()
         if not fresh:
             self.discard(stub)
             return None
@@ -222,7 +236,7 @@ class Prefork:
         # worker-thread hop for them cost the loop more (waking the worker: ~0.09 ms under load) than the
         # mkdirs themselves save it, and more CPU in all.
         leaf, cg_enforced, cg_missing = self._make_leaf(policy)
-        before = await _fingerprint(prepared, cwd)
+        before, recheck = await _take(prepared, cwd)
         try:
             reply, fds = await self._fs.prefork(
                 cwd, leaf.placement_files if leaf is not None else [], compiled.policy_id, compiled.payload
@@ -230,10 +244,14 @@ class Prefork:
         except BaseException:
             if leaf is not None:
                 self._tg.start_soon(_remove_leaf_later, leaf)
+            if recheck is not None:
+                recheck.close()
             raise
         if fds is None:
             if leaf is not None:
                 self._tg.start_soon(_remove_leaf_later, leaf)
+            if recheck is not None:
+                recheck.close()
             return None
         pidfd, status_fd, ctl_fd = fds
         stub = Stub(
@@ -245,11 +263,12 @@ class Prefork:
             cg_enforced,
             cg_missing,
         )
+        stub.recheck = recheck
         try:
             if "error" in reply:
                 raise _Unusable
             rec = await stub.status.next()
-            if rec is None or rec[0] != READY or await _fingerprint(prepared, cwd) != before:
+            if rec is None or rec[0] != READY or not await self._still(stub, prepared, cwd, before):
                 raise _Unusable
             if compiled.payload["ns"]["proxy"]:
                 try:
@@ -266,8 +285,24 @@ class Prefork:
         stub.fingerprint = before
         return stub
 
+    @staticmethod
+    async def _still(
+        stub: Stub, prepared: mounts.Prepared | None, cwd: str, before: tuple[object, ...]
+    ) -> bool:
+        """Whether the fingerprint is still `before` now that the sandbox is built: on the loop when its
+        Recheck holds; else in a worker thread (and the Recheck, which no longer holds, is dropped)."""
+        if stub.recheck is not None:
+            if stub.recheck.unchanged():
+                return True
+            stub.recheck.close()
+            stub.recheck = None
+        return await _fingerprint(prepared, cwd) == before
+
     def discard(self, stub: Stub) -> None:
         """Kill an unused sandbox; a task reaps it and removes its leaf."""
+        if stub.recheck is not None:
+            stub.recheck.close()
+            stub.recheck = None
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(stub.pidfd, signal.SIGKILL)
         stub.ctl.close()
@@ -288,6 +323,13 @@ class Prefork:
 def _mounts(compiled: CompiledPolicy) -> mounts.Prepared | None:
     """The compiled policy's mount plan (None: no mount namespace)."""
     return compiled.payload["mounts"]
+
+
+async def _take(prepared: mounts.Prepared | None, cwd: str) -> tuple[tuple[object, ...], Recheck | None]:
+    """_recheck.take (the fingerprint and its Recheck, which holds fds) in a worker thread, for the same
+    reasons as `_fingerprint`. Cancellation waits for the thread (bounded work), so that the Recheck is
+    returned and its owner closes it, never abandoned with its fds open."""
+    return await anyio.to_thread.run_sync(_recheck.take, prepared, cwd)
 
 
 async def _fingerprint(prepared: mounts.Prepared | None, cwd: str) -> tuple[object, ...]:

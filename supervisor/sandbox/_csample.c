@@ -1,17 +1,23 @@
-/* supervisor.sandbox._csample: a cgroup leaf's usage files read in one call (cgroups/_stats.py).
+/* supervisor.sandbox._csample: the supervisor's hot-path reads in one call each.
  *
- * The sampler reads every running child's cgroup each full round: on a 2-vCPU VM the Python half of six
- * os.pread calls per child (six calls, six bytes objects, their parsing) cost as much as the six syscalls.
- * read_leaf() takes the leaf's open fds, preads them with the GIL released once, parses the kernel's formats
- * in C and returns the values. Nothing here opens a path: the fds were opened by the leaf (cgroupfs files
- * corral created, never sandbox-writable).
+ * read_leaf: a cgroup leaf's usage files (cgroups/_stats.py). The sampler reads every running child's cgroup
+ * each full round: on a 2-vCPU VM the Python half of six os.pread calls per child (six calls, six bytes
+ * objects, their parsing) cost as much as the six syscalls. It takes the leaf's open fds, preads them with the
+ * GIL released once, parses the kernel's formats in C and returns the values. Nothing here opens a path: the
+ * fds were opened by the leaf (cgroupfs files corral created, never sandbox-writable).
+ *
+ * stat_at: the identities a pre-forked sandbox's Recheck compares (forkserver/_recheck.py), on the event
+ * loop: each a single-name, no-follow fstatat relative to a held directory fd (or an lstat of a host path).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The slots of read_leaf's fds and of its result, in cgroups/_stats.py's order. */
@@ -110,6 +116,63 @@ static PyObject *read_leaf(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* 40 bytes per entry: st_dev, st_ino, st_mode, st_uid << 32 | st_gid, st_ctime in ns (0 for AT_FDCWD
+ * entries: a host path's identity, as mounts.fingerprint takes it, has no ctime); on failure mode is
+ * 1 << 40 | errno and the rest 0. */
+static PyObject *stat_at(PyObject *self, PyObject *args) {
+    PyObject *fds, *names;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &fds, &PyList_Type, &names)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(fds);
+    if (PyList_GET_SIZE(names) != n) {
+        PyErr_SetString(PyExc_ValueError, "stat_at() takes two lists of the same length");
+        return NULL;
+    }
+    int *dirfds = PyMem_Malloc(sizeof(int) * (size_t)(n ? n : 1));
+    const char **paths = PyMem_Malloc(sizeof(char *) * (size_t)(n ? n : 1));
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 40);
+    if (!dirfds || !paths || !out) {
+        PyMem_Free(dirfds);
+        PyMem_Free(paths);
+        Py_XDECREF(out);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *fd = PyList_GET_ITEM(fds, i), *name = PyList_GET_ITEM(names, i);
+        if (!PyLong_Check(fd) || !PyBytes_Check(name)) {
+            PyMem_Free(dirfds);
+            PyMem_Free(paths);
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_TypeError, "stat_at() takes a list of fds and a list of bytes names");
+            return NULL;
+        }
+        dirfds[i] = (int)PyLong_AsLong(fd);
+        paths[i] = PyBytes_AS_STRING(name);
+    }
+    char *buf = PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t rec[5] = {0, 0, 0, 0, 0};
+        struct stat st;
+        int host = dirfds[i] == AT_FDCWD;
+        int flags = AT_SYMLINK_NOFOLLOW | (host ? 0 : AT_NO_AUTOMOUNT);
+        if (fstatat(dirfds[i], paths[i], &st, flags) == 0) {
+            rec[0] = (uint64_t)st.st_dev;
+            rec[1] = (uint64_t)st.st_ino;
+            rec[2] = (uint64_t)st.st_mode;
+            rec[3] = (uint64_t)st.st_uid << 32 | (uint64_t)st.st_gid;
+            if (!host) rec[4] = (uint64_t)st.st_ctim.tv_sec * 1000000000u + (uint64_t)st.st_ctim.tv_nsec;
+        } else {
+            rec[2] = (uint64_t)1 << 40 | (uint64_t)errno;
+        }
+        memcpy(buf + i * 40, rec, 40);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(dirfds);
+    PyMem_Free(paths);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"read_leaf", read_leaf, METH_VARARGS,
      "read_leaf(fds, cpu_v2, /) -> tuple\n\n"
@@ -117,6 +180,11 @@ static PyMethodDef methods[] = {
      "peak; -1: not read) with the GIL released once, and parse them: the integers, the oom_kill and max\n"
      "counters, the CPU in seconds (v2 cpu.stat usage_usec when cpu_v2, else v1 cpuacct.usage in ns). None\n"
      "where the fd is -1. Raises OSError for a failed read, ValueError for a format it does not know."},
+    {"stat_at", stat_at, METH_VARARGS,
+     "stat_at(dirfds, names, /) -> bytes\n\n"
+     "fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT) for each pair (an lstat for AT_FDCWD and an\n"
+     "absolute name); 40 bytes each: dev, ino, mode, uid << 32 | gid, ctime in ns (0 for AT_FDCWD); on failure\n"
+     "mode 1 << 40 | errno and the rest 0. The GIL is released once. Never follows a symlink."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,6 @@
-"""Type stub of supervisor/sandbox/_csample.c (the cgroup sampler's reader)."""
+"""Type stub of supervisor/sandbox/_csample.c (the cgroup sampler's reader, the prefork Recheck's stats)."""
 
 def read_leaf(
     fds: tuple[int, int, int, int, int, int, int], cpu_v2: bool, /
 ) -> tuple[int | None, int | None, int | None, float | None, int | None, int | None, int | None]: ...
+def stat_at(dirfds: list[int], names: list[bytes], /) -> bytes: ...

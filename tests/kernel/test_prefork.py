@@ -220,3 +220,33 @@ async def test_a_workdir_under_tmp_is_served_ahead_and_stays_visible(sup: Superv
         assert (tmp_path / "new.txt").read_text() == "new\n"
     finally:
         (Path("/tmp") / f"host-{os.getpid()}.txt").unlink()
+
+
+async def test_a_ready_sandbox_is_taken_without_a_fingerprint_in_a_worker_thread(
+    sup: Supervisor, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While nothing its view depends on changed, a ready sandbox is handed over after a Recheck on the loop
+    (forkserver/_recheck.py): no fingerprint in a worker thread at the request (white-box: the pool's stubs
+    and its thread-side fingerprint are inspected)."""
+    from supervisor.forkserver import prefork
+
+    pol = profiles.workspace_write(workspace)
+    await anyio.sleep(0.05)  # the workspace's ctimes older than the Recheck's margin
+    await twice(sup, pol)
+    stubs = await ready_pids(sup, sup._prefork.per_key if sup._prefork else 1)
+    assert sup._prefork is not None
+    ready = [stub for stubs_ in sup._prefork._ready.values() for stub in stubs_]
+    assert all(stub.recheck is not None for stub in ready), "a ready sandbox without a Recheck"
+    threaded = 0
+    real = prefork._fingerprint
+
+    async def counting(prepared: object, cwd: str) -> tuple[object, ...]:
+        nonlocal threaded
+        threaded += 1
+        return await real(prepared, cwd)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prefork, "_fingerprint", counting)
+    r = await sup.run(["/bin/sh", "-c", "echo hi > f"], policy=pol)
+    assert r.exit_code == 0, r
+    assert r.pid in stubs
+    assert threaded == 0, "the request's fingerprint went to a worker thread"

@@ -91,3 +91,23 @@ def test_a_failed_read_raises_oserror(tmp_path: Path, opened: list[int]) -> None
     opened.append(fds[4])
     with pytest.raises(IsADirectoryError):
         read_leaf(tuple(fds), False)
+
+
+def test_stat_at_does_not_follow_and_encodes_failures(tmp_path: Path) -> None:
+    from supervisor.sandbox._csample import stat_at
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        out = stat_at([fd, fd, fd, -100], [b"d", b"link", b"missing", os.fsencode(tmp_path / "d")])
+    finally:
+        os.close(fd)
+    words = [int.from_bytes(out[k * 8 : k * 8 + 8], "little") for k in range(len(out) // 8)]
+    rec = [words[i * 5 : i * 5 + 5] for i in range(4)]
+    d, link = os.lstat(tmp_path / "d"), os.lstat(tmp_path / "link")
+    assert rec[0] == [d.st_dev, d.st_ino, d.st_mode, d.st_uid << 32 | d.st_gid, d.st_ctime_ns]
+    assert rec[1][1:3] == [link.st_ino, link.st_mode]  # the symlink itself, not its target
+    assert rec[2] == [0, 0, 1 << 40 | 2, 0, 0]  # ENOENT
+    assert rec[3][:4] == rec[0][:4]
+    assert rec[3][4] == 0  # an absolute host path (AT_FDCWD): no ctime

@@ -1,0 +1,263 @@
+"""A pre-forked sandbox's fingerprint re-checked on the event loop, with no worker-thread hop
+(forkserver/prefork.py).
+
+`mounts.fingerprint` must run in a worker thread: it reads files a sandbox can write (.git/config, the
+.git/modules walk) and resolves multi-component paths through directories a sandbox can write (a deny path
+`ws/secrets/key`, the protected `ws/.git/hooks`), where a planted symlink could lead the lookup to anything,
+an automount point included. A pool took it three times per pre-forked sandbox (before the build, at its R
+record, at the request), each a hop that cost the loop about as much CPU as the fingerprint itself.
+
+`take` records, in the worker thread and right after the fingerprint it returns, what that fingerprint
+depends on, in a form the loop can check again without any of that:
+- a path outside every writable root (its directories are the host's, not the sandbox's): its lstat
+  identity, as the fingerprint has it (lstat on the loop: no sandbox can plant anything on its way);
+- a path at or under a writable root: the root's O_PATH fd (held), then each component by a single-name,
+  no-follow fstatat relative to the held fd of its parent directory (O_PATH, held), recording device, inode,
+  type, owner and ctime. No lookup ever follows a symlink or resolves more than one name, so nothing a
+  sandbox plants can make it block; a held fd keeps its inode, so an equal inode number is the same file;
+- for each writable root with a repository: the ctime of .git, .git/config and every directory of the
+  .git/modules walk (what the git expansion read: a change of the config rewrites it or replaces it, a change
+  of the walk adds, removes or renames an entry; each sets a ctime, and a sandbox cannot set a ctime).
+It gives up (None: the thread path, as before) when anything would make the check unsound: a component that
+is a symlink or not a directory on the way (the fingerprint's lstat would follow it elsewhere), a policy that
+does not confine the filesystem (every path may be the sandbox's), a ctime from MARGIN_NS before the
+fingerprint began or later (a change during the fingerprint, or in the same timestamp tick as a later one,
+could leave it as recorded), or more than MAX_FDS directories to hold.
+
+`Recheck.unchanged()` (on the loop): every recorded stat is as it was. Then the fingerprint is still what
+`mounts.fingerprint` would return: any change since it began moved a ctime, an inode or an identity recorded
+here. Thread-safe for reading; `close` once.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from supervisor.sandbox import mounts
+from supervisor.sandbox._csample import stat_at
+
+#: A ctime this recent when the record is taken is not trusted: the kernel stamps ctimes from a coarse clock
+#: (one tick: 1-10 ms), so a change in the same tick could leave it unchanged. Twice the git scan's margin.
+MARGIN_NS = 20_000_000
+#: Directories held open per record (and .git/modules directories looked at): beyond, no record.
+MAX_FDS = 32
+MAX_MODULE_DIRS = 64
+
+_OPEN_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+#: Linux's AT_FDCWD: a check of an absolute host path (an lstat, no ctime).
+AT_FDCWD = -100
+_ERR = 1 << 40
+
+
+def _stat1(dirfd: int, name: str) -> bytes:
+    """One identity as `stat_at` gives it (40 bytes: dev, ino, mode, owner, ctime; mode 1 << 40 | errno on
+    failure)."""
+    return stat_at([dirfd], [os.fsencode(name)])
+
+
+def _mode(ident: bytes) -> int:
+    """The file type and mode of an identity; 0 for a failed stat."""
+    mode = int.from_bytes(ident[16:24], "little")
+    return 0 if mode & _ERR else mode
+
+
+def _ctime(ident: bytes) -> int:
+    return int.from_bytes(ident[32:40], "little")
+
+
+class _GiveUp(Exception):
+    pass
+
+
+class Recheck:
+    """What a fingerprint depended on, re-checkable on the event loop (see the module's docstring)."""
+
+    def __init__(self, old_ns: int) -> None:
+        self.fds: list[int] = []
+        self._dirs: dict[str, int] = {}  # path -> index in fds
+        #: (dirfd, name, identity): a no-follow fstatat of one name; AT_FDCWD: an lstat of an absolute path
+        self.checks: list[tuple[int, str, bytes]] = []
+        self._old_ns = old_ns  # a ctime from then on is refused
+        self._dirfds: list[int] = []  # the checks, as stat_at takes them (`seal`)
+        self._names: list[bytes] = []
+        self._expected = b""
+
+    def seal(self) -> None:
+        """The checks recorded, in the form `unchanged` passes to one C call."""
+        self._dirfds = [d for d, _n, _i in self.checks]
+        self._names = [os.fsencode(n) for _d, n, _i in self.checks]
+        self._expected = b"".join(i for _d, _n, i in self.checks)
+
+    def unchanged(self) -> bool:
+        """Whether every recorded stat is as it was: one call into C (`_csample.stat_at`) for all of them,
+        each a single-name no-follow fstatat on a held fd or an lstat of a host path. Never raises."""
+        return bool(self._dirfds) and stat_at(self._dirfds, self._names) == self._expected
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+        self.checks.clear()
+        self._dirfds, self._names, self._expected = [], [], b""
+
+    # -- recording (in a worker thread) --------------------------------------------------------------------
+
+    def _hold(self, path: str, dirfd: int, name: str) -> int:
+        """The held O_PATH fd of the directory `path` (= `name` in `dirfd`, or an absolute path when dirfd is
+        -1), opened without following a symlink in its last component."""
+        held = self._dirs.get(path)
+        if held is not None:
+            return self.fds[held]
+        if len(self.fds) >= MAX_FDS:
+            raise _GiveUp
+        try:
+            fd = os.open(name, _OPEN_DIR, dir_fd=dirfd) if dirfd >= 0 else os.open(path, _OPEN_DIR)
+        except OSError as err:
+            raise _GiveUp from err
+        self._dirs[path] = len(self.fds)
+        self.fds.append(fd)
+        return fd
+
+    def _record(self, dirfd: int, name: str) -> bytes:
+        ident = _stat1(dirfd, name)
+        if _ctime(ident) >= self._old_ns:
+            raise _GiveUp  # changed within the margin: a later change could keep this ctime
+        self.checks.append((dirfd, name, ident))
+        return ident
+
+    def _host(self, path: str) -> None:
+        """Record the lstat identity of `path`, outside every writable root."""
+        self.checks.append((AT_FDCWD, path, _stat1(AT_FDCWD, path)))
+
+    def _under(self, root: str, path: str) -> None:
+        """Record `path` (at or under the writable root `root`) component by component."""
+        fd = self._hold(root, -1, root)
+        rel = os.path.relpath(path, root)
+        if rel == ".":
+            return
+        parts = rel.split("/")
+        walked = root
+        for i, name in enumerate(parts):
+            mode = _mode(self._record(fd, name))
+            if i == len(parts) - 1 or not mode:
+                return  # the last component, or a missing one (its parent's ctime covers its creation)
+            if stat.S_ISLNK(mode):
+                raise _GiveUp  # a symlink on the way: the fingerprint's lstat follows it elsewhere
+            if not stat.S_ISDIR(mode):
+                return  # a file on the way: ENOTDIR below it for as long as it is recorded as it is
+            walked = f"{walked}/{name}"
+            fd = self._hold(walked, fd, name)
+
+    def _git(self, root: str, base: str) -> None:
+        """Record what the git expansion of `root` read (mounts._expand_git): .git, .git/config, and the
+        directories of its .git/modules walk (a git dir's own entries, where HEAD is, and the modules inside
+        it), each directory listed through held fds, never by path. `base`: the outermost writable root
+        that holds `root` (the walk to it starts there)."""
+        git = f"{root}/.git"
+        self._under(base, git)
+        if self._kind(git) != stat.S_IFDIR:
+            return  # no repository, or a gitdir pointer: nothing read (a change moves the root's ctime)
+        self._under(base, f"{git}/config")
+        self._under(base, f"{git}/modules")
+        todo = [f"{git}/modules"]
+        while todo:
+            d = todo.pop()
+            if self._kind(d) != stat.S_IFDIR:
+                continue
+            parent, name = d.rsplit("/", 1)
+            fd = self._hold(d, self.fds[self._dirs[parent]], name)
+            for entry, is_dir in self._list(fd):
+                if not is_dir:
+                    continue
+                sub = f"{d}/{entry}"
+                self._record(fd, entry)
+                sub_fd = self._hold(sub, fd, entry)
+                head = self._record(sub_fd, "HEAD")  # a git dir: its modules are walked, else its entries
+                is_git_dir = stat.S_ISREG(_mode(head))
+                if len(self._dirs) > MAX_MODULE_DIRS:
+                    raise _GiveUp
+                if is_git_dir:
+                    self._record(sub_fd, "modules")
+                    todo.append(f"{sub}/modules")
+                else:
+                    todo.append(sub)
+
+    def _kind(self, path: str) -> int:
+        """The file type recorded for `path` (at or under a root), 0 when missing or not recorded."""
+        parent, name = path.rsplit("/", 1)
+        held = self._dirs.get(parent)
+        if held is None:
+            return 0
+        fd = self.fds[held]
+        for dirfd, n, ident in self.checks:
+            if dirfd == fd and n == name:
+                return stat.S_IFMT(_mode(ident))
+        return 0
+
+    @staticmethod
+    def _list(dirfd: int) -> list[tuple[str, bool]]:
+        """The entries of the held directory `dirfd` (name, is a directory: not following symlinks). A read
+        of a directory a sandbox can write: in the worker thread only."""
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+        try:
+            with os.scandir(fd) as it:
+                out = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        finally:
+            os.close(fd)
+        if len(out) > MAX_MODULE_DIRS:
+            raise _GiveUp
+        return out
+
+
+def take(prepared: mounts.Prepared | None, workdir: str) -> tuple[tuple[object, ...], Recheck | None]:
+    """`mounts.fingerprint(prepared, workdir)`, and a Recheck of it (None when one cannot be sound, see the
+    module's docstring). The record follows the fingerprint, and refuses every ctime from a margin before
+    the fingerprint began: a change after that moved a ctime it would see (under a writable root; outside,
+    the host's own paths, it records what the fingerprint's lstat saw, which a sandbox cannot change).
+    Blocking: call it in a worker thread. Never raises."""
+    started = time.time_ns()
+    fingerprint = mounts.fingerprint(prepared, workdir)
+    if prepared is None or not prepared["confine"]:
+        return fingerprint, None
+    recheck = Recheck(started - MARGIN_NS)
+    try:
+        _record_all(recheck, prepared, fingerprint)
+    except (_GiveUp, OSError, ValueError):
+        recheck.close()
+        return fingerprint, None
+    return fingerprint, recheck
+
+
+def _record_all(recheck: Recheck, prepared: mounts.Prepared, fingerprint: tuple[object, ...]) -> None:
+    """Record every path the fingerprint looked at (its first element), and each writable root's git
+    expansion inputs. Raises _GiveUp, OSError."""
+    roots = sorted({os.path.normpath(r) for r in prepared["write"]}, key=len)  # outermost first
+    for root in roots:
+        if os.path.islink(root) or not os.path.isabs(root):
+            raise _GiveUp  # the held fd would follow it: a replaced target would go unseen
+    # A root inside another is the outer one's: the sandbox can write its entry.
+    outer = [r for i, r in enumerate(roots) if not any(_within(r, o) for o in roots[:i])]
+    for root in outer:
+        # The path still names the held directory: the same inode (a held fd keeps its number from reuse).
+        recheck._host(root)
+        recheck._hold(root, -1, root)
+    paths = fingerprint[0]
+    assert isinstance(paths, tuple)
+    for path in paths:
+        p = os.path.normpath(str(path))
+        under = next((r for r in outer if _within(p, r)), None)
+        if under is None:
+            recheck._host(p)
+        else:
+            recheck._under(under, p)
+    for root in roots:
+        recheck._git(root, next(o for o in outer if _within(root, o)))
+    recheck.seal()
+
+
+def _within(path: str, root: str) -> bool:
+    """Whether `path` is `root` or lies under it (both normalised)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")

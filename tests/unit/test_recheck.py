@@ -1,0 +1,150 @@
+"""The pre-forked sandbox's fingerprint re-checked on the loop (supervisor/forkserver/_recheck.py), on real
+directories in tmp_path (the host's filesystem; no sandbox): every change that changes `mounts.fingerprint`
+is seen by `Recheck.unchanged()`, a change elsewhere in the tree is not, and it gives up (None: the worker
+thread's fingerprint, as before) where a check would not be sound."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.forkserver import _recheck
+from supervisor.forkserver._recheck import MARGIN_NS, Recheck
+from supervisor.sandbox import mounts
+
+
+def _prepared(ws: Path) -> mounts.Prepared:
+    return {
+        "confine": True,
+        "private_tmp": True,
+        "tmp_size": "50%",
+        "proc": True,
+        "private_net": True,
+        "write": [str(ws)],
+        "read": ["/usr"],
+        "deny": [str(ws / "secrets" / "key")],
+        "protected": [".git/hooks", ".git/config", ".gitmodules"],
+        "enforced": [],
+    }
+
+
+def _settle() -> None:
+    """Wait out the record's ctime margin (a ctime younger than it makes `take` give up)."""
+    time.sleep(2 * MARGIN_NS / 1e9)
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    d = tmp_path / "ws"
+    (d / "src").mkdir(parents=True)
+    (d / "src" / "main.c").write_text("int main;\n")
+    (d / "secrets").mkdir()
+    return d
+
+
+@pytest.fixture
+def taken() -> Iterator[list[Recheck]]:
+    out: list[Recheck] = []
+    yield out
+    for r in out:
+        r.close()
+
+
+def _take(ws: Path, taken: list[Recheck]) -> tuple[tuple[object, ...], Recheck]:
+    _settle()
+    fp, recheck = _recheck.take(_prepared(ws), str(ws))
+    assert recheck is not None, "no Recheck for a settled tree"
+    taken.append(recheck)
+    assert recheck.unchanged()
+    return fp, recheck
+
+
+def _git_init(ws: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+
+
+def _replace_workdir(ws: Path) -> None:
+    for p in sorted(ws.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    ws.rmdir()
+    ws.mkdir()
+
+
+def _append_config(ws: Path) -> None:
+    with (ws / ".git" / "config").open("a") as f:
+        f.write('[core]\n\thooksPath = "hooks2"\n')
+
+
+def _add_submodule_gitdir(ws: Path) -> None:
+    sub = ws / ".git" / "modules" / "lib"
+    sub.mkdir(parents=True)
+    (sub / "HEAD").write_text("ref: refs/heads/main\n")
+
+
+CHANGES: dict[str, tuple[bool, Callable[[Path], None]]] = {
+    # name: (a git repository first, the change)
+    "git init": (False, _git_init),
+    "workdir replaced": (False, _replace_workdir),
+    "deny path created": (False, lambda ws: (ws / "secrets" / "key").write_text("k")),
+    "protected file created": (False, lambda ws: (ws / ".gitmodules").write_text("")),
+    "hooks replaced by a symlink": (True, lambda ws: (os.rename(ws / ".git" / "hooks", ws / "h"),
+                                                      os.symlink("/tmp", ws / ".git" / "hooks"))),
+    ".git/config rewritten in place": (True, _append_config),
+    "a submodule git dir added": (True, _add_submodule_gitdir),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_a_change_the_fingerprint_sees_is_seen(ws: Path, taken: list[Recheck], name: str) -> None:
+    repo, change = CHANGES[name]
+    if repo:
+        _git_init(ws)
+    fp, recheck = _take(ws, taken)
+    change(ws)
+    assert not recheck.unchanged(), name
+    # And the fingerprint did change (the Recheck is not merely always false): except where only a
+    # ctime moved, as with the config, whose new hooksPath the fingerprint lists only when it exists.
+    if name != ".git/config rewritten in place":
+        assert mounts.fingerprint(_prepared(ws), str(ws)) != fp, name
+
+
+def test_a_change_nowhere_the_fingerprint_looks_is_not(ws: Path, taken: list[Recheck]) -> None:
+    _git_init(ws)
+    fp, recheck = _take(ws, taken)
+    (ws / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+    (ws / "src" / "new.c").write_text("")
+    (ws / ".git" / "objects" / "ab").mkdir()
+    assert recheck.unchanged()
+    assert mounts.fingerprint(_prepared(ws), str(ws)) == fp
+
+
+def test_it_gives_up_where_a_check_would_not_be_sound(ws: Path, tmp_path: Path) -> None:
+    # A symlink on the way to a path the fingerprint looks at: its lstat follows it elsewhere.
+    (tmp_path / "elsewhere").mkdir()
+    os.rmdir(ws / "secrets")
+    os.symlink(tmp_path / "elsewhere", ws / "secrets")
+    _settle()
+    assert _recheck.take(_prepared(ws), str(ws))[1] is None
+    # A ctime within the margin: a later change in the same tick could leave it as recorded.
+    os.unlink(ws / "secrets")
+    (ws / "secrets").mkdir()
+    assert _recheck.take(_prepared(ws), str(ws))[1] is None
+    # A policy that does not confine the filesystem: every path may be the sandbox's.
+    _settle()
+    assert _recheck.take({**_prepared(ws), "confine": False}, str(ws))[1] is None
+    assert _recheck.take(None, str(ws))[1] is None
+
+
+def test_held_fds_are_closed(ws: Path) -> None:
+    _settle()
+    before = len(os.listdir("/proc/self/fd"))
+    _fp, recheck = _recheck.take(_prepared(ws), str(ws))
+    assert recheck is not None
+    assert recheck.fds
+    recheck.close()
+    assert len(os.listdir("/proc/self/fd")) == before
