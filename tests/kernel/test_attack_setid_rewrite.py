@@ -35,6 +35,7 @@ import pytest
 from policies import Policy, SeccompProfile, SeccompRule, SyscallPolicy, load_seccomp_profile, profiles
 from supervisor import Supervisor
 from tests.kernel.conftest import SCRATCH
+from tests.kernel.unprivileged_harness import EXPECTED_UID, Unavailable, harness, run_as_user
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -437,3 +438,56 @@ async def test_sqlite_wal_works_inside(sup: Supervisor, workspace: Path) -> None
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout) == {"mode": "wal", "rows": 600}
     assert not [d for d in r.denials if d.target.startswith("mmap")]
+
+
+UNPRIV_SCRIPT = r"""
+import json, sys
+import anyio
+from policies import profiles
+from supervisor import Supervisor
+probe, ws, cases = sys.argv[1], sys.argv[2], sys.argv[3:]
+async def main():
+    async with Supervisor(max_concurrency=2) as sup:
+        r = await sup.run([probe, *cases], policy=profiles.workspace_write(ws, timeout=30))
+        print(json.dumps({"exit": r.exit_code, "stdout": r.stdout.decode(), "stderr": r.stderr.decode()}))
+anyio.run(main)
+"""
+
+
+def test_unprivileged_caller(probe: Probe) -> None:
+    # The caller's own set-uid file (set-uid to the caller: run by another host user, the sandbox's code
+    # would run as the caller, outside the sandbox): the same refusal for an ordinary caller's sandbox.
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    scratch = SCRATCH / f"rewrite-unpriv-{uuid.uuid4().hex[:10]}"
+    scratch.mkdir(mode=0o755)
+    try:
+        try:
+            python, pythonpath = harness(scratch)
+        except Unavailable as why:
+            pytest.skip(str(why))
+        ws = scratch / "ws"
+        ws.mkdir()
+        cases = ("mmap_shared", "mmap_shared_then_mprotect", "write", "ok_shared_readonly")
+        _plant(ws, cases)
+        for p in (ws, *(ws / c for c in cases)):
+            os.chown(p, EXPECTED_UID, EXPECTED_UID)
+        os.chmod(ws, 0o755)
+        for c in cases:
+            os.chmod(ws / c, 0o6755)  # chown cleared the bits
+        script = scratch / "run.py"
+        script.write_text(UNPRIV_SCRIPT)
+        os.chmod(script, 0o644)
+        os.chmod(probe.path.parent, 0o755)
+        r = run_as_user(
+            [python, str(script), str(probe.path), str(ws), *cases], pythonpath, scratch, timeout=90
+        )
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout.strip().splitlines()[-1])
+        assert report["exit"] == 0, report
+        got = _results(report["stdout"].encode())
+        assert got["mmap_shared"] == got["mmap_shared_then_mprotect"] == (-1, 1), got
+        assert got["ok_shared_readonly"] == (0, 0), got
+        assert _survivors(ws, cases) == {}
+        assert os.lstat(ws / "write").st_mode & 0o6000 == 0  # the control: write cleared them
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

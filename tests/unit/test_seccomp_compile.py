@@ -17,7 +17,15 @@ import sys
 
 import pytest
 
-from policies import FilesystemPolicy, NetworkPolicy, Policy, PolicyError, SyscallPolicy
+from policies import (
+    FilesystemPolicy,
+    NetworkPolicy,
+    Policy,
+    PolicyError,
+    SeccompProfile,
+    SeccompRule,
+    SyscallPolicy,
+)
 from supervisor._errors import SandboxSetupError
 from supervisor.sandbox import _sys, seccomp
 from supervisor.sandbox.probe import Feature, KernelCaps
@@ -588,3 +596,36 @@ def test_deny_still_refuses_every_mode() -> None:
     prepared = compiled(Policy(syscalls=SyscallPolicy(deny=("chmod",))))
     assert verdict(prepared, "chmod", 0, 0o644) == EPERM
     assert verdict(prepared, "chmod", 0, 0o4755) == EPERM
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [None, SeccompProfile("allow", (SeccompRule(("mmap",), "allow"),))],
+    ids=["built-in", "a profile allowing mmap"],
+)
+def test_shared_file_mappings_are_watched_and_only_they(profile: SeccompProfile | None) -> None:
+    """The installed program notifies the init of mmap with MAP_SHARED or MAP_SHARED_VALIDATE of a file
+    (SHARED_MAP_WATCH), junk flags around them included; never of a private or anonymous mapping. The
+    decision program (what runs without a listener) allows them all."""
+    caps = KernelCaps(seccomp=Feature(True), seccomp_notify=Feature(True), namespaces={"pid": Feature(True)})
+    prepared = seccomp.prepare(Policy(syscalls=SyscallPolicy(profile=profile)), caps)
+    assert prepared is not None
+    installed, decision = prepared["notify"], prepared["bpf"]
+    assert isinstance(installed, bytes)
+    assert isinstance(decision, bytes)
+    notify = 0x7FC00000
+    shared, validate, private, anon, fixed = 0x01, 0x03, 0x02, 0x20, 0x10
+    for flags, want in [
+        (shared, notify),
+        (validate, notify),
+        (shared | fixed | 0x100000, notify),  # MAP_FIXED, MAP_NORESERVE-like bits do not hide it
+        (validate | 0x80000000_00000000, notify),  # junk in the upper half either
+        (private, ALLOW),
+        (private | fixed, ALLOW),
+        (shared | anon, ALLOW),
+        (validate | anon, ALLOW),
+    ]:
+        args = (0, 4096, 3, flags, 5, 0)
+        assert seccomp.run_bpf(installed, nr("mmap"), args=args) == want, hex(flags)
+        assert seccomp.run_bpf(decision, nr("mmap"), args=args) == ALLOW, hex(flags)
+    assert prepared["names"][nr("mmap")] == "mmap"  # type: ignore[index]
