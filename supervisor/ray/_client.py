@@ -1138,9 +1138,10 @@ class RemoteChild:
         return stats
 
     async def aclose(self) -> None:
-        """Release the child on its node: its pipes are closed there (a child still writing gets EPIPE,
-        one reading stdin end of file) and its handle is forgotten; it no longer counts against this
-        client's cap. A child still running is not killed (kill() does that), as with Child.aclose."""
+        """Release the child on its node: its stdin is closed there (a child reading it gets end of file),
+        what it still writes is drained and dropped (it never blocks on an unread stream), and its handle
+        is forgotten once it has exited; it no longer counts against this client's cap. A child still
+        running is not killed (kill() does that), as with Child.aclose. Shielded from cancellation."""
         self._finished()
         if self._node.alive:
             with anyio.CancelScope(shield=True), contextlib.suppress(NodeLostError):

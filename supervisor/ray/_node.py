@@ -726,8 +726,8 @@ class NodeSupervisor:
         return result
 
     async def release(self, handle: str) -> bool:
-        """Release a started child: its pipes are closed (a child still writing gets EPIPE; one reading
-        stdin, end of file) and, once it has finished, its handle is forgotten."""
+        """Release a started child: its stdin is closed (a child reading it gets end of file), what it
+        still writes is drained and dropped, and, once it has finished, its handle is forgotten."""
         entry = self._started.get(handle)
         if entry is None:
             return False

@@ -7,6 +7,8 @@ What a node did is checked from outside on this host (the marker file a command 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import socket
 from pathlib import Path
 
 import anyio
@@ -123,4 +125,22 @@ async def test_direct_calls_off_goes_through_ray(ray_cluster: RayCluster) -> Non
                 tg.start_soon(one)
         assert [r.exit_code for r in results] == [0] * 6
         assert all(n.channel is None for n in sup._nodes.values())
+        await sup.shutdown()
+
+
+async def test_an_unreachable_channel_falls_back_to_ray_calls(ray_cluster: RayCluster) -> None:
+    """A node whose channel the client cannot reach (a firewall between driver and nodes) is still used,
+    through Ray's actor calls."""
+    async with RaySupervisor(namespace=fresh_namespace(), workspace_root=WORKSPACES) as sup:
+        with socket.socket() as probe:  # a port nothing listens on: connecting is refused
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        for node in sup._nodes.values():
+            assert node.info.channel is not None
+            node.info = dataclasses.replace(node.info, channel=("127.0.0.1", closed, node.info.channel[2]))
+        result = await sup.run(["sh", "-c", "echo via ray"], where=B)
+        assert (result.exit_code, result.stdout) == (0, b"via ray\n")
+        node = sup._nodes[next(n.node_id for n in sup.nodes() if "corral_b" in n.resources)]
+        assert node.no_channel
+        assert node.channel is None
         await sup.shutdown()
