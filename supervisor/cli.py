@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import gc
 import importlib.metadata
 import json
 import logging
@@ -584,6 +585,9 @@ def mcp(
     def ready(where: str) -> None:
         _say(f"mcp: serving on {where} (workdir {workdir}, profile {policy.profile})")
 
+    # The SDK and pydantic leave ~90,000 long-lived objects; frozen, the collector stops walking them (a
+    # full collection of them took ~0.1 s under load, every ~1,000 calls). This process is the server's.
+    gc.freeze()
     try:
         anyio.run(
             functools.partial(

@@ -783,8 +783,12 @@ async def test_a_prompt_command_is_put_to_the_user_and_runs_only_on_accept(ws: P
         started = sc(await client.call_tool("start_command", {"shell": "touch background; sleep 300"}))
         assert len(asked) == 2
         assert "touch background; sleep 300" in asked[1]
-        sc(await client.call_tool("stop_command", {"handle": started["handle"], "grace": 0}))
+        for _ in range(300):  # it runs: its file shows up, seen from outside
+            if (work / "background").is_file():
+                break
+            await anyio.sleep(0.1)
         assert (work / "background").is_file()
+        sc(await client.call_tool("stop_command", {"handle": started["handle"], "grace": 0}))
         # An allowed command asks nobody.
         assert sc(await client.call_tool("run_command", {"command": ["/bin/true"]}))["exit_code"] == 0
         assert len(asked) == 2
