@@ -11,11 +11,12 @@ ATTACKS := tests/kernel/test_attack_filesystem.py tests/kernel/test_attack_leaks
            tests/kernel/test_identity.py tests/kernel/test_attack_setid_rewrite.py
 # The API and engine suites that run a second time on trio (anyio's other backend): the Supervisor API, the
 # spawn path, faults (fork-server deaths, fd exhaustion), pre-forked sandboxes, events, limits and OOM
-# notification, scale, chaos, the git scan, the exporter, and every unit test that is async.
+# notification, scale, chaos, the git scan, the exporter, the cluster client on a real two-node Ray cluster (about
+# a minute), and every unit test that is async.
 TRIO_TESTS := tests/unit tests/kernel/test_api_usability.py tests/kernel/test_spawn.py \
            tests/kernel/test_faults.py tests/kernel/test_prefork.py tests/kernel/test_events.py \
            tests/kernel/test_limits.py tests/kernel/test_oom_events.py tests/kernel/test_scale.py \
-           tests/kernel/test_chaos.py tests/kernel/test_attack_git.py tests/e2e/test_prometheus.py
+           tests/kernel/test_chaos.py tests/kernel/test_attack_git.py tests/e2e/test_prometheus.py tests/ray
 
 .PHONY: demo test lint bench clean wheel
 
