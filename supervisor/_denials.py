@@ -289,8 +289,10 @@ _OBSERVED_CALLS = {
     259: "mknodat", 268: "fchmodat", 452: "fchmodat2", 260: "fchownat", 280: "utimensat",
     322: "execveat", 82: "rename", 86: "link", 264: "renameat", 316: "renameat2", 265: "linkat",
     88: "symlink", 266: "symlinkat", 49: "bind", 42: "connect",
+    4: "stat", 6: "lstat", 21: "access", 89: "readlink", 80: "chdir", 191: "getxattr", 192: "lgetxattr",
+    262: "newfstatat", 332: "statx", 269: "faccessat", 439: "faccessat2", 267: "readlinkat",
 }  # fmt: skip
-_EROFS, _EMFILE = 30, 24
+_EROFS, _EMFILE, _ENOENT, _EACCES = 30, 24, 2, 13
 
 
 def _under(path: str, roots: tuple[str, ...] | list[str]) -> str | None:
@@ -348,6 +350,10 @@ def observed_denial(ev: Observed, policy: Policy | None) -> Denial | None:
     if name is None:
         return None
     target = f"{ev.path} -> {ev.path2}" if ev.path2 and name not in ("symlink", "symlinkat") else ev.path
+    if ev.err == _ENOENT or (ev.err == _EACCES and not ev.landlock):  # below a denied directory: the
+        # observer sends no other ENOENT, nor an EACCES Landlock did not count
+        hint = "a denied path (filesystem.deny / --deny): hidden from the sandbox; nothing shows it"
+        return Denial("mounts", "read", ev.path, pid, ev.count, hint)
     if ev.err == _EROFS:
         return Denial("mounts", "write", target, pid, ev.count, _mounts_hint(ev.path, policy))
     if not ev.landlock:

@@ -40,6 +40,8 @@ LOADER = _HERE / "corral-observer"
 
 #: The kernel program's bound on distinct events per sandbox (MAX_DISTINCT in denials.bpf.c).
 MAX_DISTINCT = 64
+#: Denied directories watched for ENOENT per sandbox, and their length bound (struct denied).
+MAX_DENIED, DENIED_LEN = 4, 128
 
 #: struct event: hash, ns, pid, nr, err, landlock, port, flags, pad, path[256], path2[256].
 EVENT = struct.Struct("=QIiiiIIII256s256s")
@@ -146,7 +148,7 @@ class Observer:
 
     def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, fds: list[int], note: str) -> None:
         self._proc, self._sock = proc, sock
-        self._spawners_fd, self._sandboxes_fd, self._folds_fd = fds
+        self._spawners_fd, self._sandboxes_fd, self._folds_fd, self._denieds_fd = fds
         self._bpf = _Bpf()
         self._spawners: set[int] = set()
         self._watches: dict[int, Watch] = {}
@@ -188,11 +190,11 @@ class Observer:
                 while True:
                     await anyio.wait_readable(ours)
                     try:
-                        msg, fds, _flags, _addr = socket.recv_fds(ours, 2048, 3)
+                        msg, fds, _flags, _addr = socket.recv_fds(ours, 2048, 4)
                         break
                     except BlockingIOError:
                         continue
-            if msg[:1] != b"R" or len(fds) != 3:
+            if msg[:1] != b"R" or len(fds) != 4:
                 why = msg[1:].decode(errors="replace") if msg[:1] == b"F" else "the loader ended"
                 raise OSError(_errno.EPERM, f"the BPF observer did not start: {why}")
             (flags,) = struct.unpack_from("=I", msg, 5)
@@ -234,6 +236,16 @@ class Observer:
         if watch is None:
             watch = self._watches[ns] = Watch(ns)
         return watch
+
+    def hide(self, watch: Watch, denied: list[str]) -> None:
+        """Report ENOENT below these directories of the sandbox (its filesystem.deny): at most MAX_DENIED
+        absolute paths shorter than DENIED_LEN bytes, the rest left out (not reported)."""
+        paths = [os.fsencode(p.rstrip("/")) for p in denied if p.startswith("/") and p.rstrip("/")]
+        paths = [p for p in paths if len(p) < DENIED_LEN][:MAX_DENIED]
+        if paths:
+            value = struct.pack("=II", len(paths), 0) + b"".join(p.ljust(DENIED_LEN, b"\0") for p in paths)
+            value = value.ljust(8 + MAX_DENIED * DENIED_LEN, b"\0")
+            self._bpf.update(self._denieds_fd, struct.pack("=I", watch.ns), value)
 
     async def run(self) -> None:
         """Read the loader's events until it ends, each to its sandbox's Watch (one task); then `alive`
@@ -296,6 +308,7 @@ class Observer:
             out.append(dataclasses.replace(ev, count=max(n, 1)))
         lost = max(emitted - len(watch.events), 0)
         self._bpf.delete(self._sandboxes_fd, key)
+        self._bpf.delete(self._denieds_fd, key)
         self._watches.pop(watch.ns, None)
         return out, dropped + lost
 
@@ -309,7 +322,7 @@ class Observer:
     def close(self) -> None:
         """Stop the loader (the kernel then detaches its programs and frees the maps)."""
         self._sock.close()
-        for fd in (self._spawners_fd, self._sandboxes_fd, self._folds_fd):
+        for fd in (self._spawners_fd, self._sandboxes_fd, self._folds_fd, self._denieds_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._proc.kill()

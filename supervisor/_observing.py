@@ -84,8 +84,11 @@ class Observing:
             why = self.reason if obs is None else "the sandbox has no pid namespace of its own to scope it"
             child.unobservable = _said(child.unobservable, why)
             return
+        assert obs is not None
         indices: list[int] = []
         self._watches[id(child)] = (watch, indices)
+        if child.policy is not None and child.policy.filesystem.confine and child.policy.filesystem.deny:
+            obs.hide(watch, list(child.policy.filesystem.deny))
         keep: tuple[str, ...] = ()
         if self._landlock_why:
             child.unobservable = _said(child.unobservable, self._landlock_why, only=("landlock",))

@@ -5,7 +5,9 @@
  * - a path syscall answered EROFS: the read-only mount view refused a write, create, delete or rename;
  * - a path syscall (or bind/connect) answered EACCES/EXDEV while Landlock's denial count for the caller's
  *   domain went up: Landlock refused it (the count moves in landlock_log_denial, audit on or off);
- * - any syscall answered EMFILE: a file descriptor refused at RLIMIT_NOFILE.
+ * - any syscall answered EMFILE: a file descriptor refused at RLIMIT_NOFILE;
+ * - a path syscall (stat and access too) answered ENOENT or EACCES (not Landlock's) below one of the
+ *   sandbox's denied directories (filesystem.deny, hidden under an empty tmpfs): the path was hidden.
  * One program on raw_syscalls:sys_exit (a BTF tracepoint: this kernel refuses fentry/fexit/LSM programs
  * with EPERM, and a tracepoint needs no trampoline), plus sched_process_fork/exit to keep the scope.
  *
@@ -28,6 +30,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define EPERM 1
 #define EACCES 13
 #define EXDEV 18
+#define ENOENT 2
 #define EMFILE 24
 #define EROFS 30
 #define MAX_DISTINCT 64
@@ -208,6 +211,50 @@ static __always_inline int path_args(long nr, int *a, int *b) {
     case 49: case 42:
         *a = 0; /* bind connect: the port, from the sockaddr */
         return 1;
+    case 4: case 6: case 21: case 89: case 80: case 191: case 192:
+        *a = 1; /* stat lstat access readlink chdir getxattr lgetxattr: looked at for ENOENT only */
+        return 2;
+    case 262: case 332: case 269: case 439: case 267:
+        *a = 2; /* newfstatat statx faccessat faccessat2 readlinkat */
+        return 2;
+    }
+    return 0;
+}
+
+/* The denied directories of a sandbox (filesystem.deny: hidden under an empty tmpfs), set by the
+ * supervisor when it makes the sandbox's Child: a path below one of them that is not found (ENOENT) was
+ * hidden. At most MAX_DENIED, each shorter than DENIED_LEN, without a trailing slash. */
+#define MAX_DENIED 4
+#define DENIED_LEN 128
+struct denied {
+    __u32 n;
+    __u32 pad;
+    char p[MAX_DENIED][DENIED_LEN];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 8192);
+    __type(key, __u32);
+    __type(value, struct denied);
+} denieds SEC(".maps");
+
+/* Whether `path` is one of the denied directories or below one. */
+static __always_inline int under_denied(const struct denied *d, const char *path) {
+    for (int i = 0; i < MAX_DENIED; i++) {
+        if (i >= d->n) break;
+        int j = 0, ok = 1;
+        for (; j < DENIED_LEN - 1; j++) {
+            char c = d->p[i][j];
+            if (!c) break;
+            if (path[j] != c) {
+                ok = 0;
+                break;
+            }
+        }
+        if (!ok || j == 0) continue;
+        char next = path[j & (PATH_MAX_ - 1)];
+        if (next == 0 || next == '/') return 1;
     }
     return 0;
 }
@@ -226,27 +273,38 @@ static __always_inline __u64 arg(struct pt_regs *regs, int n) {
  * compares). A sandbox's failure is folded, and sent the first time. */
 SEC("tp_btf/sys_exit")
 int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret) {
-    if (ret != -EROFS && ret != -EACCES && ret != -EXDEV && ret != -EMFILE) return 0;
+    if (ret != -EROFS && ret != -EACCES && ret != -EXDEV && ret != -EMFILE && ret != -ENOENT) return 0;
     __s32 err = (__s32)-ret;
     long nr = BPF_CORE_READ(regs, orig_ax);
     int a = 0, b = 0;
-    if (err != EMFILE && !path_args(nr, &a, &b)) return 0;
+    int kind = err == EMFILE ? 1 : path_args(nr, &a, &b);
+    if (!kind || (kind == 2 && err != ENOENT && err != EACCES)) return 0; /* a query (stat, access) */
     __u32 ns;
     __s32 pid;
     struct sandbox *s = current_sandbox(&ns, &pid);
     if (!s || pid == 1) return 0; /* not a sandbox's, or its init's own setup */
     int landlock = 0;
-    if (err == EACCES || err == EXDEV) {
+    if (kind == 1 && (err == EACCES || err == EXDEV)) {
         /* Landlock's, if its domain counted a denial since the sandbox's last look: else the file's mode
-         * (or another LSM), which is no sandbox layer's. */
+         * (or another LSM), which is no sandbox layer's unless the path is hidden (below). */
         __u32 zero = 0;
         struct settings *cfg = bpf_map_lookup_elem(&settings, &zero);
-        if (!cfg || !cfg->ll_enabled) return 0;
-        __u64 seen = landlock_denials(bpf_get_current_task_btf(), cfg->ll_offset);
-        __u64 last = __sync_fetch_and_add(&s->ll_seen, 0);
-        if (seen <= last) return 0;
-        __sync_lock_test_and_set(&s->ll_seen, seen);
-        landlock = 1;
+        if (cfg && cfg->ll_enabled) {
+            __u64 seen = landlock_denials(bpf_get_current_task_btf(), cfg->ll_offset);
+            __u64 last = __sync_fetch_and_add(&s->ll_seen, 0);
+            if (seen > last) {
+                __sync_lock_test_and_set(&s->ll_seen, seen);
+                landlock = 1;
+            }
+        }
+        if (!landlock && err == EXDEV) return 0;
+    }
+    /* Not found, or not searchable (a hidden directory is an empty mode-0 tmpfs): reported only below one
+     * of the sandbox's denied directories; elsewhere it is every program's daily bread. */
+    struct denied *hidden = NULL;
+    if (!landlock && (err == ENOENT || err == EACCES)) {
+        hidden = bpf_map_lookup_elem(&denieds, &ns);
+        if (!hidden || !a) return 0;
     }
     __u32 zero = 0;
     struct event *e = bpf_map_lookup_elem(&scratch, &zero);
@@ -271,6 +329,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret) {
     } else {
         if (a) bpf_probe_read_user_str(e->path, sizeof e->path, (void *)arg(regs, a));
         if (b) bpf_probe_read_user_str(e->path2, sizeof e->path2, (void *)arg(regs, b));
+        if (hidden && !under_denied(hidden, e->path)) return 0;
     }
     __u64 h = 14695981039346656037ULL ^ ((__u64)(__u32)e->nr << 32 | (__u32)err);
     h = (h ^ ((__u64)landlock << 40 | e->port)) * 1099511628211ULL;

@@ -260,3 +260,52 @@ async def test_a_dead_loader_is_said_never_pretended(sup: Supervisor, workspace:
     assert seen["w"] == errno.EROFS
     assert not [d for d in result.denials if d.layer == "mounts"]
     assert "loader ended" in dict(result.denials_unobservable)["mounts"], result.denials_unobservable
+
+
+async def test_a_path_below_a_denied_directory_is_reported_hidden(sup: Supervisor, workspace: Path) -> None:
+    """filesystem.deny hides a directory under an empty tmpfs no one may search: its files cannot be
+    reached (EACCES, no Landlock denial), reported as `mounts`/`read` with the path; a missing file
+    elsewhere is nobody's refusal and not reported."""
+    secret = workspace / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("s3cret")
+    policy = restricted(workspace, deny=(str(secret),))
+    result, events, metric, seen = await probe(
+        sup,
+        policy,
+        f"open:open('{secret}/key').read()",
+        f"stat:os.stat('{secret}/other')",
+        "elsewhere:os.stat('/nonexistent-corral')",
+        f"list:os.listdir('{secret}')",
+    )
+    # The hidden directory is an empty tmpfs no one may search (EACCES); elsewhere: not found.
+    assert seen["open"] == seen["stat"] == seen["list"] == errno.EACCES, seen
+    assert seen["elsewhere"] == errno.ENOENT
+    d = one_match(result, events, metric, ("mounts", "read", f"{secret}/key"))
+    assert "filesystem.deny" in d.hint
+    one_match(result, events, metric, ("mounts", "read", f"{secret}/other"))
+    one_match(result, events, metric, ("mounts", "read", str(secret)))  # the listing
+    assert not [d for d in result.denials if "nonexistent" in d.target], result.denials
+
+
+async def test_the_layers_are_reported_or_said_unobservable_with_the_reason(workspace: Path) -> None:
+    """On any kernel and for any caller: either the observer runs and the mount view's refusal is
+    reported, or the Result names the layers it cannot see with the observer's reason (no BTF in the
+    ../shared/v2vm guest, not root for uid 65534: tests/kernel/test_unprivileged.py)."""
+    async with Supervisor(prefork=0) as sup:
+        result, events, metric = await observe(
+            sup,
+            [PY, "-I", "-S", "-c", PROBE, "w:os.mkdir('/etc/corral-x')"],
+            profiles.workspace_write(workspace),
+        )
+        reason = sup._observing.reason
+        running = sup._observing.observer is not None
+    assert result.stdout.split() == [b"w", str(errno.EROFS).encode()]  # refused either way
+    unobservable = dict(result.denials_unobservable)
+    if running:
+        one_match(result, events, metric, ("mounts", "write", "/etc/corral-x"))
+        assert "mounts" not in unobservable
+    else:
+        assert not [d for d in result.denials if d.layer == "mounts"]
+        assert unobservable["mounts"] == f"not reported: {reason}", unobservable
+        assert unobservable["landlock"] == f"not reported: {reason}", unobservable
