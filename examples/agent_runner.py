@@ -140,8 +140,9 @@ def tool_policy(workdir: str | os.PathLike[str], **limits: Any) -> Policy:
 
 #: Messages (strerror text, as shells, coreutils and Python print them) that mean an isolation layer
 #: refused the operation: (text, errno name, layer, what it means for the model). Only a fallback: what
-#: corral reports itself (Result.denials, docs/denials.md) comes first; the layers it cannot report yet
-#: (Result.denials_unobservable: Landlock, the mount view, the network) are still guessed from the text.
+#: corral reports itself (Result.denials, docs/denials.md) comes first; the layers it cannot report in this
+#: run (Result.denials_unobservable: Landlock and the mount view under a non-root supervisor or without
+#: the BPF observer) are still guessed from the text.
 DENIALS: tuple[tuple[str, str, str, str], ...] = (
     ("Read-only file system", "EROFS", "mount namespace",
      "outside the writable roots the filesystem is mounted read-only (Landlock would refuse next)"),
