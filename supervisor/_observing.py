@@ -65,6 +65,11 @@ class Observing:
         self.observer = obs
         tg.start_soon(obs.run)
 
+    def spawner(self, pid: int) -> None:
+        """A fork server started again (`pid`): watch the sandboxes it makes (before it makes any)."""
+        if self.observer is not None and self.observer.alive:
+            self.observer.spawner(pid)
+
     def attach(
         self, child: Child, init_pid: int, note: Callable[[Denial], None], spawner: int | None
     ) -> None:

@@ -298,6 +298,7 @@ class Supervisor:
             raise
         self._tg = tg
         await self._observing.start(tg, fs.server_pid)
+        fs.on_restart = self._observing.spawner  # a replaced fork server's sandboxes are watched too
         fs.start_soon = tg.start_soon  # reaps a dead fork server and the init it left unanswered
         tg.start_soon(fs.watchdog)
         self._prefork = Prefork(

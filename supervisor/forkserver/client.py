@@ -130,6 +130,9 @@ class ForkServer:
         #: The policy ids the caller still uses (Supervisor._compiled); None: all. A request for another id
         #: carries its policy marked "once": the fork server drops it again after that request.
         self.live: set[int] | None = None
+        #: Called with a new server's pid whenever one starts again (the denial observer registers it
+        #: before the server makes any sandbox: supervisor/_observing.py).
+        self.on_restart: Callable[[int], None] | None = None
         self._last_len = 0  # the size of the last message made, for EMSGSIZE's message
         self._answered = 0  # replies read from the current process
         self._progress_at = 0.0  # when the current process last answered (or was given work while idle)
@@ -311,6 +314,8 @@ class ForkServer:
         # Read all the time, not only while replies are awaited: the socket is readable only with a reply
         # or at EOF, so an idle server's death is noticed at once (and its orphan reaped).
         self._watch(sock)
+        if self.on_restart is not None:
+            self.on_restart(proc.pid)
 
     async def _ensure_running(self) -> None:
         """Start a server again if the last one died, after the back-off; raises SandboxSetupError past

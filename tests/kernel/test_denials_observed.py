@@ -24,7 +24,7 @@ import anyio
 import pytest
 
 from policies import Policy, profiles
-from supervisor import Result, Supervisor, _observing
+from supervisor import Result, SandboxSetupError, Supervisor, _observing
 from tests.kernel.test_denials import PY, Metric, observe, one_match
 
 pytestmark = [
@@ -309,3 +309,24 @@ async def test_the_layers_are_reported_or_said_unobservable_with_the_reason(work
         assert not [d for d in result.denials if d.layer == "mounts"]
         assert unobservable["mounts"] == f"not reported: {reason}", unobservable
         assert unobservable["landlock"] == f"not reported: {reason}", unobservable
+
+
+async def test_a_replaced_fork_server_s_sandboxes_are_watched(sup: Supervisor, workspace: Path) -> None:
+    """The fork server killed and replaced: the new one is registered before it makes a sandbox, so the
+    next command's refusal is reported like any other."""
+    fs = sup._forkserver
+    assert fs is not None
+    old = fs.server_pid
+    assert old is not None
+    os.kill(old, 9)
+    policy = profiles.workspace_write(workspace)
+    with anyio.fail_after(60):
+        while True:
+            try:
+                result, events, metric, seen = await probe(sup, policy, "w:os.mkdir('/etc/corral-y')")
+                break
+            except SandboxSetupError:  # a request the dead server took fails; the next one runs
+                await anyio.sleep(0.1)
+    assert fs.server_pid not in (None, old)
+    assert seen["w"] == errno.EROFS
+    one_match(result, events, metric, ("mounts", "write", "/etc/corral-y"))
