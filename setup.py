@@ -69,14 +69,16 @@ def build_observer(out: str, tmp: str, cc: str) -> None:
     assert clang is not None
     assert bpftool is not None
     os.makedirs(tmp, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     header = os.path.join(tmp, "vmlinux.h")
     try:
         with open(header, "wb") as f:
             cmd = [bpftool, "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"]
             subprocess.run(cmd, stdout=f, check=True)
         bpf = [clang, "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I", tmp]
-        subprocess.run([*bpf, "-c", os.path.join(out, "denials.bpf.c"), "-o", obj], check=True)
-        subprocess.run([cc, *FLAGS, "-o", loader, os.path.join(out, "loader.c"), "-lbpf"], check=True)
+        # The sources from the source tree (a wheel's build directory holds only what is built).
+        subprocess.run([*bpf, "-c", "supervisor/observer/denials.bpf.c", "-o", obj], check=True)
+        subprocess.run([cc, *FLAGS, "-o", loader, "supervisor/observer/loader.c", "-lbpf"], check=True)
     except (OSError, subprocess.CalledProcessError) as err:
         for path in (obj, loader):
             if os.path.exists(path):

@@ -6,13 +6,16 @@
 tests/e2e/test_wheel.py runs it before installing the result on a machine view with no compiler. Steps:
 
 1. copy the source tree to a temporary directory, leaving out the editable install's in-place build
-   products (`_cinit*.so`, `corral-init`), `build/`, `.venv/`, `dist/` and caches, so the wheel holds only
-   what setup.py compiles now, and two builds never share a `build/` directory;
+   products (`_cinit*.so`, `corral-init`, the denial observer's `corral-observer` and `denials.bpf.o`),
+   `build/`, `.venv/`, `dist/` and caches, so the wheel holds only what setup.py compiles now, and two
+   builds never share a `build/` directory;
 2. `PYTHON -m pip wheel --no-deps` there (PYTHON decides the wheel's cpXY tag; setup.py compiles the
-   `_cinit` extension and links `supervisor/sandbox/corral-init` statically, with musl-gcc when present);
+   `_cinit` extension and links `supervisor/sandbox/corral-init` statically, with musl-gcc when present,
+   and, where clang, bpftool and libbpf-dev are, the denial observer in `supervisor/observer/`);
 3. `auditwheel repair` (`--plat auto`: the most compatible manylinux policy the extension's glibc symbol
-   versions allow; nothing is grafted, the extension links only libc, and the static corral-init has no
-   dynamic section for auditwheel to rewrite) into DIR (default `dist/`).
+   versions allow; the extension links only libc, and the static corral-init has no dynamic section for
+   auditwheel to rewrite; the observer's loader links libbpf, which auditwheel grafts into `corral.libs/`
+   with its libelf) into DIR (default `dist/`).
 
 The last line printed is the repaired wheel's path and its platform tag, tab-separated; exit status 1 with
 pip's or auditwheel's output when a step fails.
@@ -43,6 +46,8 @@ IGNORE = shutil.ignore_patterns(
     ".hypothesis",
     "*.so",
     "corral-init",
+    "corral-observer",
+    "denials.bpf.o",
     "out",
 )
 
