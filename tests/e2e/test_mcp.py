@@ -896,3 +896,22 @@ async def test_the_stdio_server_runs_on_trio(ws: Path, mode: str) -> None:
         assert len(asked) == 1
         assert (ws / "work" / "asked").is_file()
     assert not psutil.pid_exists(ran["pid"])
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_prompt_command_is_put_to_the_user_over_http(ws: Path, mode: str) -> None:
+    rules = ws / "rules.toml"
+    rules.write_text(PROMPT_RULES)
+    asked: list[str] = []
+    with http_server(ws, "--rules", str(rules)) as (url, _):
+        async with Client(url, mode=mode, elicitation_callback=_answering("accept", asked)) as client:
+            ran = sc(await client.call_tool("run_command", {"command": ["touch", "via-http"]}))
+            assert ran["exit_code"] == 0
+            assert len(asked) == 1
+            assert "touch via-http" in asked[0]
+        assert (ws / "work" / "via-http").is_file()
+        async with Client(url, mode=mode) as client:  # no elicitation callback: nobody to ask
+            refused = await client.call_tool("run_command", {"command": ["touch", "unasked"]})
+            assert refused.is_error
+            assert "did not declare the elicitation capability" in text(refused)
+        assert not (ws / "work" / "unasked").exists()
