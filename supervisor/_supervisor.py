@@ -933,6 +933,8 @@ class Supervisor:
             self._children.discard(child)
             self._enforcer.forget(child, len(child.rules))
             if self._oom is not None:
+                if leaf is not None:
+                    leaf.disarm()  # a sampler round still running registers nothing after the discard
                 self._oom.discard(child)  # before its leaf, which owns the notifier, is removed
             slot.release(self._limiter)
             child._fold(stats)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import select
+from pathlib import Path
 
 from supervisor.sandbox.cgroups._notify import OOM, PIDS, Notifiers
+from supervisor.sandbox.cgroups._stats import LeafSampler
 
 
 def test_a_fired_notifier_names_its_owner_once() -> None:
@@ -60,3 +62,35 @@ def test_an_owner_has_one_notifier_per_kind_and_each_fires_alone() -> None:
         ev.close()
         for fd in (oom, pids, other):
             os.close(fd)
+
+
+def test_a_disarmed_leaf_registers_nothing(tmp_path: Path) -> None:
+    """The supervisor disarms a finished child's leaf before discarding its notifiers, so that a sampler
+    round still running cannot register one after the discard (it would keep the Child for ever). FAKE
+    cgroup files in tmp_path; Notifiers replaced by a recorder."""
+    for name, data in {
+        "memory.current": "1\n", "memory.peak": "2\n", "memory.events": "oom_kill 0\n",
+        "cpu.stat": "usage_usec 3\n", "pids.current": "1\n", "pids.events": "max 0\n",
+    }.items():  # fmt: skip
+        (tmp_path / name).write_text(data)
+    dirs = {c: str(tmp_path) for c in ("memory", "cpuacct", "pids")}
+    versions = dict.fromkeys(dirs, 2)
+    added: list[tuple[str, str]] = []
+
+    class Recorder(Notifiers[str]):
+        def add(self, owner: str, fd: int, events: int, kind: str = OOM) -> bool:
+            added.append((owner, kind))
+            return True
+
+    notifiers = Recorder()
+    try:
+        armed, disarmed = LeafSampler(dirs, versions), LeafSampler(dirs, versions)
+        disarmed.disarm()
+        disarmed.arm(notifiers, "gone", 0)
+        armed.arm(notifiers, "live", 0)
+        assert sorted(added) == [("live", OOM), ("live", PIDS)]
+        assert armed.stats(notified=True) == disarmed.stats() == (1, 2, 3e-6, 1, 0, 0)
+    finally:
+        notifiers.close()
+        armed.close_fds()
+        disarmed.close_fds()

@@ -308,6 +308,13 @@ class LeafSampler:
                         self._quiet |= QUIET_OOM
             self._reader_fds()
 
+    def disarm(self) -> None:
+        """No notifier is registered by `arm` from now on. The supervisor calls it when the child is done,
+        before it discards the child's notifiers: an `arm` racing with the end (the sampler's round began
+        before it) then registers nothing that would outlive the discard. Thread-safe."""
+        with self._lock:
+            self._armed = True
+
     def _v1_oom_notifier(self, notifiers: Notifiers[Owner], owner: Owner, oom_control_fd: int) -> bool:
         if self._oom_efd < 0:
             try:
