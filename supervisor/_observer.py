@@ -143,6 +143,56 @@ class Watch:
     arrived: anyio.Event = field(default_factory=anyio.Event)
 
 
+class Launch:
+    """A loader started by `Observer.launch` that has not said yet whether it runs: `ready` waits for it,
+    `abort` ends it (for a supervisor that failed to start)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, offset: int) -> None:
+        self._proc, self._sock, self._offset = proc, sock, offset
+        self._done = False
+
+    async def ready(self) -> Observer:
+        """Wait for the loader's maps (at most 30 s). Raises OSError (the loader's reason as its strerror)
+        when it cannot run here, TimeoutError when it does not answer; the loader is then ended. On
+        cancellation the loader is killed."""
+        if self._done:
+            raise OSError(_errno.EPERM, "the BPF observer's loader was already used")
+        self._done = True
+        ours, proc = self._sock, self._proc
+        fds: list[int] = []
+        try:
+            with anyio.fail_after(30):
+                while True:
+                    await anyio.wait_readable(ours)
+                    try:
+                        msg, fds, _flags, _addr = socket.recv_fds(ours, 2048, 4)
+                        break
+                    except BlockingIOError:
+                        continue
+            if msg[:1] != b"R" or len(fds) != 4:
+                why = msg[1:].decode(errors="replace") if msg[:1] == b"F" else "the loader ended"
+                raise OSError(_errno.EPERM, f"the BPF observer did not start: {why}")
+            (flags,) = struct.unpack_from("=I", msg, 5)
+            note = msg[9:].decode(errors="replace")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            self.abort()
+            raise
+        obs = Observer(proc, ours, list(fds), note)
+        obs.landlock_counted = bool(flags & 1)
+        obs.landlock_placed = self._offset >= 0
+        return obs
+
+    def abort(self) -> None:
+        """End the loader (killed and reaped: it has loaded nothing it keeps) and close our end."""
+        self._done = True
+        self._sock.close()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+
 class Observer:
     """The loader process of one supervisor, its event reader and the sandboxes it watches."""
 
@@ -163,17 +213,24 @@ class Observer:
 
     @classmethod
     async def start(cls) -> Observer:
-        """Start the loader and wait for its maps (~0.2 s, not blocking the loop).
+        """Start the loader and wait for its maps (~0.2 s, not blocking the loop): `launch`, then `ready`.
 
-        Call it from the event loop's thread: the loader's PDEATHSIG is tied to the thread that started
-        it (a worker thread's exit would kill it, and detach its programs). Raises OSError (with the
-        loader's reason as its strerror) when it cannot run here. On cancellation the loader is killed.
+        Call it from the event loop's thread (see `launch`). Raises OSError (with the loader's reason as
+        its strerror) when it cannot run here. On cancellation the loader is killed.
         """
+        return await cls.launch().ready()
+
+    @classmethod
+    def launch(cls) -> Launch:
+        """Start the loader process (a fork and exec, ~1 ms) without waiting for it: its ~0.2 s of loading
+        and verifying then overlaps whatever the caller does next (the supervisor starts its fork server
+        and opens its cgroups meanwhile). Call it from the event loop's thread: the loader's PDEATHSIG is
+        tied to the thread that started it (a worker thread's exit would kill it, and detach its
+        programs). Raises OSError when the loader cannot be started."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            # On the loop's thread on purpose (PDEATHSIG, above): a fork and exec, ~1 ms, once.
             offset = ll_offset()
-            proc = subprocess.Popen(  # noqa: ASYNC220
+            proc = subprocess.Popen(
                 [str(LOADER), str(OBJECT), str(offset), str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -181,35 +238,13 @@ class Observer:
                 close_fds=True,
                 pass_fds=(theirs.fileno(),),
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         ours.setblocking(False)
-        fds: list[int] = []
-        try:
-            with anyio.fail_after(30):
-                while True:
-                    await anyio.wait_readable(ours)
-                    try:
-                        msg, fds, _flags, _addr = socket.recv_fds(ours, 2048, 4)
-                        break
-                    except BlockingIOError:
-                        continue
-            if msg[:1] != b"R" or len(fds) != 4:
-                why = msg[1:].decode(errors="replace") if msg[:1] == b"F" else "the loader ended"
-                raise OSError(_errno.EPERM, f"the BPF observer did not start: {why}")
-            (flags,) = struct.unpack_from("=I", msg, 5)
-            note = msg[9:].decode(errors="replace")
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            ours.close()
-            proc.kill()
-            proc.wait()
-            raise
-        obs = cls(proc, ours, list(fds), note)
-        obs.landlock_counted = bool(flags & 1)
-        obs.landlock_placed = offset >= 0
-        return obs
+        return Launch(proc, ours, offset)
 
     @property
     def pid(self) -> int:

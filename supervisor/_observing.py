@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from supervisor import _observer
 from supervisor._denials import observed_denial
-from supervisor._observer import Observed, Observer, Watch
+from supervisor._observer import Launch, Observed, Observer, Watch
 from supervisor._types import Denial
 
 if TYPE_CHECKING:
@@ -40,23 +40,48 @@ class Observing:
         self._watches: dict[int, tuple[Watch, list[int]]] = {}  # id(child) -> its watch, denial indices
         #: Why Landlock's EACCES cannot be told from a file mode's here ("": it can).
         self._landlock_why = ""
+        #: The loader `launch` started, until `start` waits for it.
+        self._launch: Launch | None = None
 
-    async def start(self, tg: TaskGroup, spawner: int | None) -> None:
-        """Start the observer for the fork server `spawner` (~0.2 s), or note why not.
-        Never raises for a missing mechanism: everything else works without it."""
-        why = _observer.unavailable() if ENABLED else "turned off (supervisor._observing.ENABLED)"
-        if why is None and spawner is None:
-            why = "no fork server"
+    def launch(self, enabled: bool = True) -> None:
+        """Start the observer's loader now, from the event loop's thread, so that its ~0.2 s of loading
+        overlaps the rest of the supervisor's start; `start` waits for it. `enabled` False
+        (Supervisor(observe_denials=False)) starts nothing. Never raises for a missing mechanism."""
+        if not enabled:
+            why: str | None = "turned off (Supervisor(observe_denials=False))"
+        else:
+            why = _observer.unavailable() if ENABLED else "turned off (supervisor._observing.ENABLED)"
         if why is not None:
             self.reason = why
             return
         try:
-            obs = await Observer.start()
+            self._launch = Observer.launch()
+        except OSError as err:
+            self.reason = f"the loader could not be started: {err.strerror or err}"
+
+    def abort(self) -> None:
+        """End a launched loader that `start` will not wait for (the supervisor failed to start)."""
+        if self._launch is not None:
+            self._launch.abort()
+            self._launch = None
+
+    async def start(self, tg: TaskGroup, spawner: int | None) -> None:
+        """Wait for the loader `launch` started and watch the fork server `spawner`'s sandboxes, or note
+        why not. Never raises for a missing mechanism: everything else works without it. On
+        cancellation the loader is killed."""
+        launch, self._launch = self._launch, None
+        if launch is None:
+            return
+        if spawner is None:
+            launch.abort()
+            self.reason = "no fork server"
+            return
+        try:
+            obs = await launch.ready()
         except (OSError, TimeoutError) as err:
             self.reason = (err.strerror if isinstance(err, OSError) else None) or "the loader did not answer"
             log.info("denials of the mount view, Landlock and RLIMIT_NOFILE not reported: %s", self.reason)
             return
-        assert spawner is not None
         obs.spawner(spawner)
         if not obs.landlock_counted:
             self._landlock_why = "this kernel's Landlock keeps no denial count (Linux < 6.15)"
@@ -147,7 +172,8 @@ class Observing:
         return self.observer.pid if self.observer is not None else None
 
     def close(self) -> None:
-        """Stop the observer (its programs are detached by the kernel)."""
+        """Stop the observer (its programs are detached by the kernel), or a loader never waited for."""
+        self.abort()
         if self.observer is not None:
             self.observer.close()
             self.observer = None

@@ -164,6 +164,10 @@ class Supervisor:
              starts (docs/rules.md); a call's own `rules=` apply as well, the stricter decision winning.
     approver: an async callable given the CommandDecision of a `prompt` command, returning True to run it;
              without one, a `prompt` command is refused like a forbidden one.
+    observe_denials: run the denial observer (a root supervisor only: one BPF program on the kernel's
+             syscall-exit tracepoint reporting the mount view's, Landlock's and RLIMIT_NOFILE's refusals;
+             docs/denials.md). It costs every syscall on the host ~0.1 us while the supervisor runs;
+             False starts none, and those layers are then listed in `Result.denials_unobservable`.
     """
 
     def __init__(
@@ -177,12 +181,16 @@ class Supervisor:
         prefork: int = 2,
         rules: CommandRules | None = None,
         approver: Approver | None = None,
+        observe_denials: bool = True,
     ) -> None:
         _check_options(
             max_concurrency, capture_limit, cgroups, cgroup_delegate, monitor_interval, prefork, rules
         )
+        if not isinstance(observe_denials, bool):
+            raise TypeError(f"observe_denials must be True or False, not {observe_denials!r}")
         self.rules = rules
         self.approver = approver
+        self.observe_denials = observe_denials
         self.max_concurrency = max_concurrency
         self.capture_limit = capture_limit
         self.monitor_interval = monitor_interval
@@ -265,9 +273,16 @@ class Supervisor:
             raise SupervisorRunningError(
                 "this Supervisor is already running: enter it once (`async with sup:`), or make another"
             )
+        # The denial observer's loader first (from this thread too: its PDEATHSIG), so that its loading
+        # overlaps the fork server's start and the cgroups' opening; waited for below.
+        self._observing.launch(self.observe_denials)
         fs = ForkServer()
         # Started from this (the event loop's) thread: the children's PDEATHSIG is tied to it.
-        fs.start()
+        try:
+            fs.start()
+        except BaseException:
+            self._observing.abort()
+            raise
         fs.live = self._live_ids  # policies evicted from _compiled are sent once, not kept there
         _raise_nofile()  # after the fork server started: children keep the caller's usual limit
         self._forkserver = fs
@@ -295,6 +310,7 @@ class Supervisor:
             self._forkserver = None
             os.close(self._devnull)
             self._devnull = -1
+            self._observing.abort()
             raise
         self._tg = tg
         await self._observing.start(tg, fs.server_pid)

@@ -224,15 +224,14 @@ async def test_a_path_cannot_forge_a_line(sup: Supervisor, workspace: Path) -> N
     one_match(result, events, metric, ("mounts", "write", "/etc/a\\x0acorral: denied nothing"))
 
 
-async def test_without_the_observer_the_layers_are_said_unobservable(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Observer off (as for a non-root caller or a kernel without BTF): refusals hold, nothing is
-    reported, and the Result says which layers could not be seen and why."""
-    monkeypatch.setattr(_observing, "ENABLED", False)
+async def test_without_the_observer_the_layers_are_said_unobservable(workspace: Path) -> None:
+    """Observer off by the caller (Supervisor(observe_denials=False), as an operator who does not want
+    the host-wide tracepoint chooses): refusals hold, nothing is reported, no loader runs, and the Result
+    says which layers could not be seen and why."""
     base = profiles.workspace_write(workspace)
     policy = dataclasses.replace(base, resources=dataclasses.replace(base.resources, fds=64))
-    async with Supervisor(prefork=0) as sup:
+    async with Supervisor(prefork=0, observe_denials=False) as sup:
+        assert sup._observing.observer is None
         result, _events, _metric = await observe(
             sup, [PY, "-I", "-S", "-c", PROBE, "w:os.mkdir('/etc/x')"], policy
         )
@@ -240,7 +239,12 @@ async def test_without_the_observer_the_layers_are_said_unobservable(
     assert not [d for d in result.denials if d.layer == "mounts"]
     unobservable = dict(result.denials_unobservable)
     for layer in ("mounts", "landlock", "rlimit"):
-        assert "turned off" in unobservable[layer], unobservable
+        assert "observe_denials=False" in unobservable[layer], unobservable
+
+
+def test_observe_denials_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="observe_denials"):
+        Supervisor(observe_denials=1)  # type: ignore[arg-type]
 
 
 async def test_a_dead_loader_is_said_never_pretended(sup: Supervisor, workspace: Path) -> None:
