@@ -202,11 +202,12 @@ class LeafSampler:
         sample) every file is read: a notification comes through a work queue, some milliseconds late.
         Never raises for a missing file (the field is None). Thread-safe against remove()."""
         with self._lock:
-            fds = self._fds_locked()
-            if fds is None:
-                return NO_STATS
+            fds = self._fds
+            if fds is None:  # not opened yet (or removed)
+                fds = self._fds_locked()
+                if fds is None:
+                    return NO_STATS
             if self._fast:
-                quiet = self._quiet if notified else 0
                 try:
                     m, peak, oom, cpu, pids, pe, tcp = _read_leaf(
                         self._due if notified else self._all, self._cpu_version == 2
@@ -216,12 +217,17 @@ class LeafSampler:
                     # take the careful path from now on.
                     self._fast = False
                 else:
-                    if quiet & QUIET_OOM:
-                        oom = self._seen_oom
-                    if quiet & QUIET_PIDS:
-                        pe = self._seen_pids
+                    quiet = self._quiet if notified else 0
+                    if quiet:
+                        if quiet & QUIET_OOM:
+                            oom = self._seen_oom
+                        if quiet & QUIET_PIDS:
+                            pe = self._seen_pids
                     if tcp is not None and peak is not None:
-                        peak += self._note_socket(tcp)
+                        peak += tcp
+                        hit_at = self._tcp_hit_at
+                        if hit_at is not None and tcp >= hit_at and self.socket_limit_hit is None:
+                            self.socket_limit_hit = tcp
                     # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
                     return _tuple_new(CgroupStats, (m, peak, cpu, pids, oom, pe))
             out = parse_stats(
