@@ -104,9 +104,17 @@ def http_server(
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
-        found = re.search(r"serving on (http://\S+)", line)
-        assert found, line
+        # Warnings may come first (a supervisor that another test SIGKILLed leaves cgroups this server's
+        # start removes, and says so): the ready line is the first that names the URL.
+        seen: list[str] = []
+        found = None
+        while found is None and len(seen) < 50:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            found = re.search(r"serving on (http://\S+)", line)
+        assert found, "".join(seen)
         yield found.group(1), psutil.Process(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
