@@ -42,6 +42,20 @@ LOADER = _HERE / "corral-observer"
 MAX_DISTINCT = 64
 #: Denied directories watched for ENOENT per sandbox, and their length bound (struct denied).
 MAX_DENIED, DENIED_LEN = 4, 128
+#: Denied paths watched by hash per sandbox (struct denied_file; the kernel reads at most 255 bytes of a
+#: path).
+MAX_DENIED_FILES, DENIED_FILE_LEN = 256, 255
+_DENIED_FILE = struct.Struct("=IIQ")
+_FNV_OFFSET, _FNV_PRIME = 14695981039346656037, 1099511628211
+
+
+def path_hash(path: bytes) -> int:
+    """FNV-1a (64 bits) of `path`, as the kernel program hashes the path a sandbox opened (fnv)."""
+    h = _FNV_OFFSET
+    for c in path:
+        h = ((h ^ c) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
+
 
 #: struct event: hash, ns, pid, nr, err, landlock, port, flags, pad, path[256], path2[256].
 EVENT = struct.Struct("=QIiiiIIII256s256s")
@@ -141,6 +155,7 @@ class Watch:
     events: list[tuple[int, Observed]] = field(default_factory=list)
     on_event: object = None  # Callable[[Observed], None] | None
     arrived: anyio.Event = field(default_factory=anyio.Event)
+    files: list[bytes] = field(default_factory=list)  # its denied_files keys, freed by settle
 
 
 class Launch:
@@ -165,11 +180,11 @@ class Launch:
                 while True:
                     await anyio.wait_readable(ours)
                     try:
-                        msg, fds, _flags, _addr = socket.recv_fds(ours, 2048, 4)
+                        msg, fds, _flags, _addr = socket.recv_fds(ours, 2048, 5)
                         break
                     except BlockingIOError:
                         continue
-            if msg[:1] != b"R" or len(fds) != 4:
+            if msg[:1] != b"R" or len(fds) != 5:
                 why = msg[1:].decode(errors="replace") if msg[:1] == b"F" else "the loader ended"
                 raise OSError(_errno.EPERM, f"the BPF observer did not start: {why}")
             (flags,) = struct.unpack_from("=I", msg, 5)
@@ -198,7 +213,7 @@ class Observer:
 
     def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, fds: list[int], note: str) -> None:
         self._proc, self._sock = proc, sock
-        self._spawners_fd, self._sandboxes_fd, self._folds_fd, self._denieds_fd = fds
+        self._spawners_fd, self._sandboxes_fd, self._folds_fd, self._denieds_fd, self._files_fd = fds
         self._bpf = _Bpf()
         self._spawners: set[int] = set()
         self._watches: dict[int, Watch] = {}
@@ -273,12 +288,23 @@ class Observer:
         return watch
 
     def hide(self, watch: Watch, denied: list[str]) -> None:
-        """Report ENOENT below these directories of the sandbox (its filesystem.deny): at most MAX_DENIED
-        absolute paths shorter than DENIED_LEN bytes, the rest left out (not reported)."""
+        """Report ENOENT and EACCES (not Landlock's) at or below these paths of the sandbox (its
+        filesystem.deny: directories under an empty tmpfs, files under the null device on a nodev mount).
+        The first MAX_DENIED absolute paths shorter than DENIED_LEN bytes are compared in the kernel
+        byte by byte (`denieds`, which is also the sandbox's "has denied paths" flag); every one, up to
+        MAX_DENIED_FILES shorter than DENIED_FILE_LEN bytes, by the hash of its exact spelling
+        (`denied_files`: one lookup per component of the failing path)."""
         paths = [os.fsencode(p.rstrip("/")) for p in denied if p.startswith("/") and p.rstrip("/")]
-        paths = [p for p in paths if len(p) < DENIED_LEN][:MAX_DENIED]
-        if paths:
-            value = struct.pack("=II", len(paths), 0) + b"".join(p.ljust(DENIED_LEN, b"\0") for p in paths)
+        for p in dict.fromkeys(paths):
+            if len(watch.files) >= MAX_DENIED_FILES:
+                break
+            if len(p) < DENIED_FILE_LEN:
+                key = _DENIED_FILE.pack(watch.ns, 0, path_hash(p))
+                if self._bpf.update(self._files_fd, key, b"\x01") == 0:
+                    watch.files.append(key)
+        dirs = [p for p in paths if len(p) < DENIED_LEN][:MAX_DENIED]
+        if dirs or watch.files:
+            value = struct.pack("=II", len(dirs), 0) + b"".join(p.ljust(DENIED_LEN, b"\0") for p in dirs)
             value = value.ljust(8 + MAX_DENIED * DENIED_LEN, b"\0")
             self._bpf.update(self._denieds_fd, struct.pack("=I", watch.ns), value)
 
@@ -344,6 +370,9 @@ class Observer:
         lost = max(emitted - len(watch.events), 0)
         self._bpf.delete(self._sandboxes_fd, key)
         self._bpf.delete(self._denieds_fd, key)
+        for file_key in watch.files:
+            self._bpf.delete(self._files_fd, file_key)
+        watch.files.clear()
         self._watches.pop(watch.ns, None)
         return out, dropped + lost
 
@@ -357,7 +386,7 @@ class Observer:
     def close(self) -> None:
         """Stop the loader (the kernel then detaches its programs and frees the maps)."""
         self._sock.close()
-        for fd in (self._spawners_fd, self._sandboxes_fd, self._folds_fd, self._denieds_fd):
+        for fd in (self._spawners_fd, self._sandboxes_fd, self._folds_fd, self._denieds_fd, self._files_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._proc.kill()

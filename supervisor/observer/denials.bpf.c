@@ -6,8 +6,9 @@
  * - a path syscall (or bind/connect) answered EACCES/EXDEV while Landlock's denial count for the caller's
  *   domain went up: Landlock refused it (the count moves in landlock_log_denial, audit on or off);
  * - any syscall answered EMFILE: a file descriptor refused at RLIMIT_NOFILE;
- * - a path syscall (stat and access too) answered ENOENT or EACCES (not Landlock's) below one of the
- *   sandbox's denied directories (filesystem.deny, hidden under an empty tmpfs): the path was hidden.
+ * - a path syscall (stat and access too) answered ENOENT or EACCES (not Landlock's) at or below one of
+ *   the sandbox's denied paths (filesystem.deny: a directory hidden under an empty tmpfs, a file under
+ *   the null device on a nodev mount): the path was hidden.
  * One program on raw_syscalls:sys_exit (a BTF tracepoint: this kernel refuses fentry/fexit/LSM programs
  * with EPERM, and a tracepoint needs no trampoline), plus sched_process_fork/exit to keep the scope.
  *
@@ -259,6 +260,40 @@ static __always_inline int under_denied(const struct denied *d, const char *path
     return 0;
 }
 
+/* Every denied path of a sandbox (filesystem.deny: a directory hidden under an empty tmpfs, a file under
+ * the null device on a nodev mount, which no open may open: EACCES), by the FNV-1a hash of its exact
+ * spelling, set by the supervisor with the denied directories: the whole list (the default profiles hide
+ * some 24 credential paths), where `denieds` holds only the first MAX_DENIED directories. */
+struct denied_file {
+    __u32 ns;
+    __u32 pad;
+    __u64 hash;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct denied_file);
+    __type(value, __u8);
+} denied_files SEC(".maps");
+
+/* Whether `path` or one of its ancestors (as spelled: each prefix that ends before a '/') is one of the
+ * sandbox's denied paths: one hash lookup per component. */
+static __always_inline int denied_prefix(__u32 ns, const char *path) {
+    struct denied_file k = {.ns = ns};
+    __u64 h = 14695981039346656037ULL;
+    for (int i = 0; i < PATH_MAX_; i++) {
+        char c = path[i];
+        if ((c == '/' || c == 0) && i > 0) {
+            k.hash = h;
+            if (bpf_map_lookup_elem(&denied_files, &k)) return 1;
+        }
+        if (!c) break;
+        h = (h ^ (unsigned char)c) * 1099511628211ULL;
+    }
+    return 0;
+}
+
 static __always_inline __u64 arg(struct pt_regs *regs, int n) {
     switch (n) {
     case 1: return BPF_CORE_READ(regs, di);
@@ -329,7 +364,7 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret) {
     } else {
         if (a) bpf_probe_read_user_str(e->path, sizeof e->path, (void *)arg(regs, a));
         if (b) bpf_probe_read_user_str(e->path2, sizeof e->path2, (void *)arg(regs, b));
-        if (hidden && !under_denied(hidden, e->path)) return 0;
+        if (hidden && !under_denied(hidden, e->path) && !denied_prefix(ns, e->path)) return 0;
     }
     __u64 h = 14695981039346656037ULL ^ ((__u64)(__u32)e->nr << 32 | (__u32)err);
     h = (h ^ ((__u64)landlock << 40 | e->port)) * 1099511628211ULL;

@@ -6,8 +6,9 @@
  * EACCES from a file mode's (Landlock's refusals are then not reported). Protocol on FD, one message each:
  *   -> "R" + the attached program count (u32) + flags (u32: 1, Landlock keeps a denial count) + the names
  *      of programs not attached (text), with the fds
- *      of the maps spawners, sandboxes, folds and denieds (SCM_RIGHTS): ready. The supervisor registers
- *      its fork server's tgid in spawners and each sandbox's denied directories in denieds itself, and
+ *      of the maps spawners, sandboxes, folds, denieds and denied_files (SCM_RIGHTS): ready. The
+ *      supervisor registers its fork server's tgid in spawners and each sandbox's denied directories in
+ *      denieds and denied paths' hashes in denied_files itself, and
  *      reads and deletes sandboxes and folds entries.
  *   -> "F" + why: failed (then exits 1).
  *   -> "E" + struct event: one refusal, the first time it was seen in its sandbox.
@@ -114,10 +115,11 @@ int main(int argc, char **argv) {
     struct ring_buffer *rb =
         ring_buffer__new(bpf_object__find_map_fd_by_name(obj, "events"), on_event, NULL, NULL);
     if (!rb) fail("ring buffer: %s", strerror(errno));
-    int fds[4] = {bpf_object__find_map_fd_by_name(obj, "spawners"),
+    int fds[5] = {bpf_object__find_map_fd_by_name(obj, "spawners"),
                   bpf_object__find_map_fd_by_name(obj, "sandboxes"),
                   bpf_object__find_map_fd_by_name(obj, "folds"),
-                  bpf_object__find_map_fd_by_name(obj, "denieds")};
+                  bpf_object__find_map_fd_by_name(obj, "denieds"),
+                  bpf_object__find_map_fd_by_name(obj, "denied_files")};
     char ready[1 + 4 + 4 + sizeof missing];
     ready[0] = 'R';
     memcpy(ready + 1, &attached, 4);

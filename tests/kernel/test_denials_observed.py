@@ -24,7 +24,7 @@ import anyio
 import pytest
 
 from policies import Policy, profiles
-from supervisor import Result, SandboxSetupError, Supervisor, _observing
+from supervisor import Result, SandboxSetupError, Supervisor, _observer, _observing
 from tests.kernel.test_denials import PY, Metric, observe, one_match
 
 pytestmark = [
@@ -334,3 +334,44 @@ async def test_a_replaced_fork_server_s_sandboxes_are_watched(sup: Supervisor, w
     assert fs.server_pid not in (None, old)
     assert seen["w"] == errno.EROFS
     one_match(result, events, metric, ("mounts", "write", "/etc/corral-y"))
+
+
+async def test_reading_a_denied_file_is_reported(sup: Supervisor, workspace: Path) -> None:
+    """filesystem.deny hides a file under the null device on a nodev mount: `cat` of it is refused
+    (EACCES) and shows nothing of the secret, reported once as `mounts`/`read` with the path, though it
+    comes after the default profile's two dozen credential paths. The same for a file below a denied
+    directory listed after them. Opening /dev/null itself and an ordinary file reports nothing."""
+    secret = workspace / "secret.txt"
+    secret.write_text("s3cret")
+    hidden = workspace / "hidden"
+    hidden.mkdir()
+    (hidden / "key").write_text("k3y")
+    (workspace / "plain.txt").write_text("plain")
+    base = profiles.workspace_write(workspace)
+    assert len(base.filesystem.deny) > _observer.MAX_DENIED  # past the byte-compared ones: by hash
+    policy = restricted(workspace, deny=(*base.filesystem.deny, str(secret), str(hidden)))
+    script = f"cat {secret}; cat {secret}; cat /dev/null; cat {workspace}/plain.txt; cat {hidden}/key; true"
+    result, events, metric = await observe(sup, ["sh", "-c", script], policy)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == b"plain"  # nothing of the secrets; the ordinary file as it is
+    assert f"{secret}: Permission denied".encode() in result.stderr
+    d = one_match(result, events, metric, ("mounts", "read", str(secret)))
+    assert d.count == 2
+    assert "filesystem.deny" in d.hint
+    assert "--deny" in d.hint
+    one_match(result, events, metric, ("mounts", "read", f"{hidden}/key"))
+    # /dev/null and the ordinary file: no report at all
+    assert [(d.layer, d.target) for d in result.denials] == [
+        ("mounts", str(secret)),
+        ("mounts", f"{hidden}/key"),
+    ], result.denials
+    # Checked from outside: the files are untouched.
+    assert secret.read_text() == "s3cret"
+
+
+def test_the_denied_path_hash_is_the_kernel_s() -> None:
+    """FNV-1a 64 of the path (the kernel program's `denied_prefix` computes the same): the published
+    test vectors."""
+    assert _observer.path_hash(b"") == 0xCBF29CE484222325
+    assert _observer.path_hash(b"a") == 0xAF63DC4C8601EC8C
+    assert _observer.path_hash(b"foobar") == 0x85944171F73967E8
