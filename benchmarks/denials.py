@@ -21,6 +21,8 @@ When the syscall-exit observer runs (root, BTF, built: docs/denials.md), also:
   report with count N): the supervisor's CPU share and RSS growth, the command's per-call time;
 - `host_getppid`: N getppid() by a process outside any sandbox with the observer attached and without (its
   program runs at every syscall exit on the host): the per-call ratio;
+- `opens`: N opens of an ordinary file, of a missing one and of a denied one (reported) in a sandbox of
+  the default profile, with the observer and without (the `opens` function);
 - with --observer K: K sandboxed /bin/true with a supervisor that runs the observer and K with one that
   does not (each started per round of 20), alternating: the spawn ratio.
 """
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -54,15 +57,20 @@ LOOP_C = r"""
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <fcntl.h>
 int main(int argc, char **argv) {
     long n = atol(argv[2]);
     int deny = argv[1][0] == 'd', conn = argv[1][0] == 'c', erofs = argv[1][0] == 'e';
+    int opens = argv[1][0] == 'o' || argv[1][0] == 'm' || argv[1][0] == 'h'; /* open, missing, hidden */
     struct sockaddr_in lo = {AF_INET, htons(1), {htonl(0x7f000001)}, {0}};
     int s = conn ? socket(AF_INET, SOCK_DGRAM, 0) : -1;
     for (long i = 0; i < n; i++) {
         if (deny) syscall(SYS_unshare, CLONE_NEWUSER);
         else if (erofs) syscall(SYS_mkdir, "/etc/corral-bench", 0755);
-        else if (conn) connect(s, (struct sockaddr *)&lo, sizeof lo); /* UDP: no handshake, no port */
+        else if (opens) {
+            int fd = open(argv[3], O_RDONLY);
+            if (fd >= 0) close(fd);
+        } else if (conn) connect(s, (struct sockaddr *)&lo, sizeof lo); /* UDP: no handshake, no port */
         else syscall(SYS_getppid);
     }
     return 0;
@@ -78,14 +86,17 @@ def build(where: Path) -> Path:
 
 
 async def measure(
-    sup: Supervisor, exe: Path, mode: str, calls: int, workdir: Path, network: str = "none"
+    sup: Supervisor, exe: Path, mode: str, calls: int, workdir: Path, network: str = "none", path: str = ""
 ) -> dict[str, float]:
     policy = profiles.workspace_write(workdir, network=network)  # type: ignore[arg-type]
+    if mode == "hidden":
+        fs = policy.filesystem
+        policy = replace(policy, filesystem=replace(fs, deny=(*fs.deny, path)))
     me = psutil.Process()
     rss0 = me.memory_info().rss
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
-    result = await sup.run([str(exe), mode, str(calls)], policy=policy)
+    result = await sup.run([str(exe), mode, str(calls), path], policy=policy)
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     rss1 = me.memory_info().rss
@@ -94,6 +105,8 @@ async def measure(
         assert [(d.target, d.count) for d in result.denials] == [("unshare(CLONE_NEWUSER)", calls)], result
     elif mode == "erofs":
         assert [(d.target, d.count) for d in result.denials] == [("/etc/corral-bench", calls)], result
+    elif mode == "hidden" and sup._observing.observer is not None:
+        assert [(d.target, d.count) for d in result.denials] == [(path, calls)], result
     else:
         assert result.denials == ()
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -143,6 +156,39 @@ async def spawns(sup: Supervisor, workdir: Path, k: int) -> dict[str, float]:
     }
 
 
+async def opens(exe: Path, where: Path, calls: int) -> dict[str, object]:
+    """Per-call microseconds of N opens (and closes) in a sandbox of the default profile (its two dozen
+    credential paths denied), with the observer and without (observe_denials=False), alternating 3
+    rounds, the best of each: `open` an ordinary file (the call works: the program returns at its
+    first compare), `missing` a file that does not exist (ENOENT: each prefix of the path is looked up
+    in the denied paths' hash map), `hidden` a denied file (EACCES: reported, folded into one report
+    with count N)."""
+    plain = where / "plain.txt"
+    plain.write_text("plain")
+    paths = {
+        "open": str(plain),
+        "missing": str(where / "missing" / "file.txt"),
+        "hidden": str(where / "denied.txt"),
+    }
+    (where / "denied.txt").write_text("secret")
+    best: dict[tuple[str, bool], float] = {}
+    for _ in range(3):
+        for observe in (True, False):
+            async with Supervisor(prefork=0, observe_denials=observe) as sup:
+                for mode, path in paths.items():
+                    m = await measure(sup, exe, mode, calls, where, path=path)
+                    key = (mode, observe)
+                    best[key] = min(best.get(key, float("inf")), m["per_call_us"])
+    return {
+        mode: {
+            "observer_us": best[(mode, True)],
+            "none_us": best[(mode, False)],
+            "ratio": round(best[(mode, True)] / best[(mode, False)], 3),
+        }
+        for mode in paths
+    }
+
+
 def host_loop(exe: Path, calls: int) -> float:
     """Per-call microseconds of `calls` getppid() by a process outside any sandbox (the best of 3)."""
     best = float("inf")
@@ -166,6 +212,7 @@ async def observer_figures(exe: Path, where: Path, calls: int, k: int) -> dict[s
         await measure(sup, exe, "erofs", 100, where)
         out["erofs"] = await measure(sup, exe, "erofs", calls, where)
         on = host_loop(exe, calls * 10)
+    out["opens"] = await opens(exe, where, calls)
     _observing.ENABLED = False
     try:
         off = host_loop(exe, calls * 10)

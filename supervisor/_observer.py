@@ -42,9 +42,9 @@ LOADER = _HERE / "corral-observer"
 MAX_DISTINCT = 64
 #: Denied directories watched for ENOENT per sandbox, and their length bound (struct denied).
 MAX_DENIED, DENIED_LEN = 4, 128
-#: Denied paths watched by hash per sandbox (struct denied_file; the kernel reads at most 255 bytes of a
-#: path).
-MAX_DENIED_FILES, DENIED_FILE_LEN = 256, 255
+#: Denied paths matched by hash (struct denied_file, in sets: one per distinct deny list, filled once;
+#: the kernel reads at most 255 bytes of a path). MAX_SETS * MAX_DENIED_FILES is the map's size.
+MAX_DENIED_FILES, DENIED_FILE_LEN, MAX_SETS = 256, 255, 64
 _DENIED_FILE = struct.Struct("=IIQ")
 _FNV_OFFSET, _FNV_PRIME = 14695981039346656037, 1099511628211
 
@@ -155,7 +155,6 @@ class Watch:
     events: list[tuple[int, Observed]] = field(default_factory=list)
     on_event: object = None  # Callable[[Observed], None] | None
     arrived: anyio.Event = field(default_factory=anyio.Event)
-    files: list[bytes] = field(default_factory=list)  # its denied_files keys, freed by settle
 
 
 class Launch:
@@ -217,6 +216,8 @@ class Observer:
         self._bpf = _Bpf()
         self._spawners: set[int] = set()
         self._watches: dict[int, Watch] = {}
+        #: Deny lists already in denied_files, by their set number (never freed while the loader lives).
+        self._sets: dict[tuple[bytes, ...], int] = {}
         #: Programs the loader left out (their kernel function is missing), for the docs' honesty.
         self.note = note
         #: The kernel's Landlock keeps a denial count (Linux 6.15): its refusals can be told apart.
@@ -289,22 +290,21 @@ class Observer:
 
     def hide(self, watch: Watch, denied: list[str]) -> None:
         """Report ENOENT and EACCES (not Landlock's) at or below these paths of the sandbox (its
-        filesystem.deny: directories under an empty tmpfs, files under the null device on a nodev mount).
-        The first MAX_DENIED absolute paths shorter than DENIED_LEN bytes are compared in the kernel
-        byte by byte (`denieds`, which is also the sandbox's "has denied paths" flag); every one, up to
-        MAX_DENIED_FILES shorter than DENIED_FILE_LEN bytes, by the hash of its exact spelling
-        (`denied_files`: one lookup per component of the failing path)."""
+        filesystem.deny: directories under an empty tmpfs, files under the null device on a nodev mount):
+        one map update. The first MAX_DENIED absolute paths shorter than DENIED_LEN bytes are compared in
+        the kernel byte by byte (`denieds`); every one, up to MAX_DENIED_FILES shorter than
+        DENIED_FILE_LEN bytes, by the hash of its exact spelling, in a set of `denied_files` made the
+        first time this list is seen (at most MAX_SETS lists; later ones get only the first MAX_DENIED)."""
         paths = [os.fsencode(p.rstrip("/")) for p in denied if p.startswith("/") and p.rstrip("/")]
-        for p in dict.fromkeys(paths):
-            if len(watch.files) >= MAX_DENIED_FILES:
-                break
-            if len(p) < DENIED_FILE_LEN:
-                key = _DENIED_FILE.pack(watch.ns, 0, path_hash(p))
-                if self._bpf.update(self._files_fd, key, b"\x01") == 0:
-                    watch.files.append(key)
         dirs = [p for p in paths if len(p) < DENIED_LEN][:MAX_DENIED]
-        if dirs or watch.files:
-            value = struct.pack("=II", len(dirs), 0) + b"".join(p.ljust(DENIED_LEN, b"\0") for p in dirs)
+        hashed = tuple(dict.fromkeys(p for p in paths if len(p) < DENIED_FILE_LEN))[:MAX_DENIED_FILES]
+        set_id = self._sets.get(hashed, 0)
+        if hashed and not set_id and len(self._sets) < MAX_SETS:
+            set_id = self._sets[hashed] = len(self._sets) + 1
+            for p in hashed:
+                self._bpf.update(self._files_fd, _DENIED_FILE.pack(set_id, 0, path_hash(p)), b"\x01")
+        if dirs or set_id:
+            value = struct.pack("=II", len(dirs), set_id) + b"".join(p.ljust(DENIED_LEN, b"\0") for p in dirs)
             value = value.ljust(8 + MAX_DENIED * DENIED_LEN, b"\0")
             self._bpf.update(self._denieds_fd, struct.pack("=I", watch.ns), value)
 
@@ -370,9 +370,6 @@ class Observer:
         lost = max(emitted - len(watch.events), 0)
         self._bpf.delete(self._sandboxes_fd, key)
         self._bpf.delete(self._denieds_fd, key)
-        for file_key in watch.files:
-            self._bpf.delete(self._files_fd, file_key)
-        watch.files.clear()
         self._watches.pop(watch.ns, None)
         return out, dropped + lost
 

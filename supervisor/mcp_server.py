@@ -245,7 +245,7 @@ class SandboxDescription(BaseModel):
     filesystem_confined: bool
     readable: list[str]
     writable: list[str]
-    hidden: list[str] = Field(description="Paths the sandbox sees as empty.")
+    hidden: list[str] = Field(description="Paths the sandbox cannot read (reported as denied reads).")
     read_only_inside_writable: list[str] = Field(description="Relative to each writable root.")
     network: str = Field(description="none (loopback only) | host | proxy (allowed domains only)")
     limits: dict[str, str] = Field(description="The resource limits per command, in units people read.")
@@ -362,7 +362,7 @@ def _files_text(p: Policy) -> tuple[list[str], str]:
         "fails with EACCES or EROFS and is reported."
     )
     if fs.deny:
-        files += f" Hidden (seen as empty): {', '.join(fs.deny)}."
+        files += f" Hidden (reading them fails and is reported): {', '.join(fs.deny)}."
     if fs.protected and writable:
         files += f" Inside writable roots these stay read-only: {', '.join(fs.protected)}."
     return writable, files

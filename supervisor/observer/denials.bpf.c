@@ -229,7 +229,7 @@ static __always_inline int path_args(long nr, int *a, int *b) {
 #define DENIED_LEN 128
 struct denied {
     __u32 n;
-    __u32 pad;
+    __u32 set; /* its denied paths' set in denied_files (0: none) */
     char p[MAX_DENIED][DENIED_LEN];
 };
 
@@ -260,27 +260,28 @@ static __always_inline int under_denied(const struct denied *d, const char *path
     return 0;
 }
 
-/* Every denied path of a sandbox (filesystem.deny: a directory hidden under an empty tmpfs, a file under
- * the null device on a nodev mount, which no open may open: EACCES), by the FNV-1a hash of its exact
- * spelling, set by the supervisor with the denied directories: the whole list (the default profiles hide
- * some 24 credential paths), where `denieds` holds only the first MAX_DENIED directories. */
+/* Every denied path of a set (a policy's filesystem.deny: a directory hidden under an empty tmpfs, a
+ * file under the null device on a nodev mount, which no open may open: EACCES), by the FNV-1a hash of
+ * its exact spelling: the whole list (the default profiles hide some 24 credential paths), where
+ * `denieds` holds only the first MAX_DENIED. The supervisor fills a set once per distinct list and names
+ * it in each sandbox's `denieds` entry (nothing more per sandbox). A plain hash map: nothing evicted. */
 struct denied_file {
-    __u32 ns;
+    __u32 set;
     __u32 pad;
     __u64 hash;
 };
 
 struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 65536);
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
     __type(key, struct denied_file);
     __type(value, __u8);
 } denied_files SEC(".maps");
 
 /* Whether `path` or one of its ancestors (as spelled: each prefix that ends before a '/') is one of the
  * sandbox's denied paths: one hash lookup per component. */
-static __always_inline int denied_prefix(__u32 ns, const char *path) {
-    struct denied_file k = {.ns = ns};
+static __always_inline int denied_prefix(__u32 set, const char *path) {
+    struct denied_file k = {.set = set};
     __u64 h = 14695981039346656037ULL;
     for (int i = 0; i < PATH_MAX_; i++) {
         char c = path[i];
@@ -364,7 +365,8 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret) {
     } else {
         if (a) bpf_probe_read_user_str(e->path, sizeof e->path, (void *)arg(regs, a));
         if (b) bpf_probe_read_user_str(e->path2, sizeof e->path2, (void *)arg(regs, b));
-        if (hidden && !under_denied(hidden, e->path) && !denied_prefix(ns, e->path)) return 0;
+        if (hidden && !under_denied(hidden, e->path) && !(hidden->set && denied_prefix(hidden->set, e->path)))
+            return 0;
     }
     __u64 h = 14695981039346656037ULL ^ ((__u64)(__u32)e->nr << 32 | (__u32)err);
     h = (h ^ ((__u64)landlock << 40 | e->port)) * 1099511628211ULL;

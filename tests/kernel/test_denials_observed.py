@@ -367,6 +367,11 @@ async def test_reading_a_denied_file_is_reported(sup: Supervisor, workspace: Pat
     ], result.denials
     # Checked from outside: the files are untouched.
     assert secret.read_text() == "s3cret"
+    # The next sandbox of the same deny list (its set of hashes, filled once) is reported the same.
+    result, events, metric = await observe(sup, ["cat", str(secret)], policy)
+    assert result.exit_code == 1
+    assert result.stdout == b""
+    assert one_match(result, events, metric, ("mounts", "read", str(secret))).count == 1
 
 
 def test_the_denied_path_hash_is_the_kernel_s() -> None:
