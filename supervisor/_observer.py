@@ -43,7 +43,8 @@ MAX_DISTINCT = 64
 #: Denied directories watched for ENOENT per sandbox, and their length bound (struct denied).
 MAX_DENIED, DENIED_LEN = 4, 128
 #: Denied paths matched by hash (struct denied_file, in sets: one per distinct deny list, filled once;
-#: the kernel reads at most 255 bytes of a path). MAX_SETS * MAX_DENIED_FILES is the map's size.
+#: the kernel reads at most 255 bytes of a path). A set holds the paths and their ancestors;
+#: MAX_SETS * MAX_DENIED_FILES * 2 (a list of 256 deep paths may not all fit) is the map's size.
 MAX_DENIED_FILES, DENIED_FILE_LEN, MAX_SETS = 256, 255, 64
 _DENIED_FILE = struct.Struct("=IIQ")
 _FNV_OFFSET, _FNV_PRIME = 14695981039346656037, 1099511628211
@@ -301,8 +302,13 @@ class Observer:
         set_id = self._sets.get(hashed, 0)
         if hashed and not set_id and len(self._sets) < MAX_SETS:
             set_id = self._sets[hashed] = len(self._sets) + 1
-            for p in hashed:
-                self._bpf.update(self._files_fd, _DENIED_FILE.pack(set_id, 0, path_hash(p)), b"\x01")
+            # The denied paths (1), and their ancestors (2: the kernel's walk of a path goes on past them)
+            entries = dict.fromkeys(
+                b"/".join(p.split(b"/")[:i]) for p in hashed for i in range(2, p.count(b"/") + 1)
+            )
+            entries = {q: 2 for q in entries if q not in hashed} | dict.fromkeys(hashed, 1)
+            for q, v in entries.items():
+                self._bpf.update(self._files_fd, _DENIED_FILE.pack(set_id, 0, path_hash(q)), bytes((v,)))
         if dirs or set_id:
             value = struct.pack("=II", len(dirs), set_id) + b"".join(p.ljust(DENIED_LEN, b"\0") for p in dirs)
             value = value.ljust(8 + MAX_DENIED * DENIED_LEN, b"\0")

@@ -273,13 +273,16 @@ struct denied_file {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
+    __uint(max_entries, 32768);
+    __uint(map_flags, BPF_F_NO_PREALLOC); /* memory for what the sets hold, not for the bound */
     __type(key, struct denied_file);
     __type(value, __u8);
 } denied_files SEC(".maps");
 
 /* Whether `path` or one of its ancestors (as spelled: each prefix that ends before a '/') is one of the
- * sandbox's denied paths: one hash lookup per component. */
+ * set's denied paths (value 1). The set also holds their ancestors (value 2), so the walk stops at the
+ * first prefix that leads to no denied path: one hash lookup for most paths (/usr/...), one per
+ * component at most. */
 static __always_inline int denied_prefix(__u32 set, const char *path) {
     struct denied_file k = {.set = set};
     __u64 h = 14695981039346656037ULL;
@@ -287,7 +290,9 @@ static __always_inline int denied_prefix(__u32 set, const char *path) {
         char c = path[i];
         if ((c == '/' || c == 0) && i > 0) {
             k.hash = h;
-            if (bpf_map_lookup_elem(&denied_files, &k)) return 1;
+            __u8 *v = bpf_map_lookup_elem(&denied_files, &k);
+            if (!v) return 0;
+            if (*v == 1) return 1;
         }
         if (!c) break;
         h = (h ^ (unsigned char)c) * 1099511628211ULL;
