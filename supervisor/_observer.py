@@ -303,10 +303,9 @@ class Observer:
         if hashed and not set_id and len(self._sets) < MAX_SETS:
             set_id = self._sets[hashed] = len(self._sets) + 1
             # The denied paths (1), and their ancestors (2: the kernel's walk of a path goes on past them)
-            entries = dict.fromkeys(
-                b"/".join(p.split(b"/")[:i]) for p in hashed for i in range(2, p.count(b"/") + 1)
-            )
-            entries = {q: 2 for q in entries if q not in hashed} | dict.fromkeys(hashed, 1)
+            ancestors = (b"/".join(p.split(b"/")[:i]) for p in hashed for i in range(2, p.count(b"/") + 1))
+            entries: dict[bytes, int] = {q: 2 for q in ancestors if q not in hashed}
+            entries.update((p, 1) for p in hashed)
             for q, v in entries.items():
                 self._bpf.update(self._files_fd, _DENIED_FILE.pack(set_id, 0, path_hash(q)), bytes((v,)))
         if dirs or set_id:
