@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import shutil
+import subprocess
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -380,3 +383,33 @@ def test_the_denied_path_hash_is_the_kernel_s() -> None:
     assert _observer.path_hash(b"") == 0xCBF29CE484222325
     assert _observer.path_hash(b"a") == 0xAF63DC4C8601EC8C
     assert _observer.path_hash(b"foobar") == 0x85944171F73967E8
+
+
+def test_the_cli_reports_a_denied_file_read(workspace: Path) -> None:
+    """`corral run --deny FILE --json - -- cat FILE`: cat is refused and prints nothing of the file; the
+    JSON holds exactly one `mounts`/`read` denial of it and stderr its one line."""
+    secret = workspace / "secret.txt"
+    secret.write_text("s3cret")
+    cmd = [sys.executable, "-m", "supervisor.cli", "run", "--workdir", str(workspace), "--deny", str(secret)]
+    p = subprocess.run(
+        [*cmd, "--json", "-", "--", "cat", str(secret)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    out = json.loads(p.stdout)
+    if any(layer == "mounts" for layer, _why in out["denials_unobservable"]):
+        pytest.skip(f"no denial observer: {out['denials_unobservable']}")
+    assert p.returncode == 1, p.stderr
+    assert "s3cret" not in p.stdout
+    assert f"cat: {secret}: Permission denied" in p.stderr
+    rows = [
+        d
+        for d in out["denials"]
+        if (d["layer"], d["operation"], d["target"]) == ("mounts", "read", str(secret))
+    ]
+    assert len(rows) == 1, out["denials"]
+    assert rows[0]["count"] == 1
+    assert "--deny" in rows[0]["hint"]
+    assert p.stderr.count(f"corral: denied read {secret} (mounts:") == 1, p.stderr
