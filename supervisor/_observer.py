@@ -155,7 +155,9 @@ class Watch:
     ns: int
     events: list[tuple[int, Observed]] = field(default_factory=list)
     on_event: object = None  # Callable[[Observed], None] | None
-    arrived: anyio.Event = field(default_factory=anyio.Event)
+    #: Set at the next delivery; made only by a settle that waits (an Event per watch, with its waiters'
+    #: deque, was ~1 KiB of the supervisor's memory for each child alive).
+    arrived: anyio.Event | None = None
 
 
 class Launch:
@@ -334,7 +336,8 @@ class Observer:
         finally:
             self.alive = False
             for watch in self._watches.values():
-                watch.arrived.set()  # a settle waiting for events that will not come
+                if watch.arrived is not None:
+                    watch.arrived.set()  # a settle waiting for events that will not come
 
     def _deliver(self, raw: bytes) -> None:
         h, ns, pid, nr, err, landlock, port, flags, _pad, path, path2 = EVENT.unpack(raw)
@@ -349,8 +352,9 @@ class Observer:
             return
         ev = Observed(pid, nr, err, bool(landlock), port & 0xFFFF, flags, _text(path), _text(path2))
         watch.events.append((h, ev))
-        watch.arrived.set()
-        watch.arrived = anyio.Event()
+        arrived, watch.arrived = watch.arrived, None
+        if arrived is not None:
+            arrived.set()
         if callable(watch.on_event):
             watch.on_event(ev)
 
@@ -364,6 +368,8 @@ class Observer:
         emitted, dropped = (SANDBOX.unpack(raw)[:2]) if raw is not None else (0, 0)
         with anyio.move_on_after(SETTLE_TIMEOUT):
             while len(watch.events) < min(emitted, MAX_DISTINCT) and self.alive:
+                if watch.arrived is None:
+                    watch.arrived = anyio.Event()
                 await watch.arrived.wait()
         out: list[Observed] = []
         for h, ev in watch.events:
