@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 import shutil
 import stat
@@ -33,7 +32,7 @@ import pytest
 from policies import Policy, SyscallPolicy, profiles
 from supervisor import Supervisor
 from tests.kernel.conftest import SCRATCH
-from tests.kernel.unprivileged_harness import AS_ROOT, Unavailable, harness, run_as_user
+from tests.kernel.unprivileged_harness import AS_ROOT, Unavailable, harness, run_probe_as_user
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -335,20 +334,6 @@ async def test_setgid_directory_made_by_the_host(sup: Supervisor, workspace: Pat
     assert setid_files(workspace) == ["shared 0o42775"]  # the host's own, untouched
 
 
-UNPRIV_SCRIPT = r"""
-import json, sys
-import anyio
-from policies import profiles
-from supervisor import Supervisor
-probe, ws, cases = sys.argv[1], sys.argv[2], sys.argv[3:]
-async def main():
-    async with Supervisor(max_concurrency=2) as sup:
-        r = await sup.run([probe, *cases], policy=profiles.workspace_write(ws, timeout=30))
-        print(json.dumps({"exit": r.exit_code, "stdout": r.stdout.decode(), "stderr": r.stderr.decode()}))
-anyio.run(main)
-"""
-
-
 def test_unprivileged_caller(probe: Probe) -> None:
     SCRATCH.mkdir(mode=0o755, exist_ok=True)
     scratch = SCRATCH / f"setid-unpriv-{uuid.uuid4().hex[:10]}"
@@ -361,15 +346,7 @@ def test_unprivileged_caller(probe: Probe) -> None:
         ws = scratch / "ws"
         ws.mkdir()
         os.chmod(ws, 0o777)
-        script = scratch / "run.py"
-        script.write_text(UNPRIV_SCRIPT)
-        os.chmod(script, 0o644)
-        os.chmod(probe.path.parent, 0o755)
-        r = run_as_user(
-            [python, str(script), str(probe.path), str(ws), *ATTACKS], pythonpath, scratch, timeout=90
-        )
-        assert r.returncode == 0, r.stderr
-        report = json.loads(r.stdout.strip().splitlines()[-1])
+        report = run_probe_as_user(python, pythonpath, scratch, probe.path, ws, list(ATTACKS))
         assert report["exit"] == 0, report
         got = parse(report["stdout"].encode())
         wrong = {c: got.get(c) for c, want in ATTACKS.items() if got.get(c) != (-1, want)}

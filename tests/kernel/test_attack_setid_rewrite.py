@@ -35,7 +35,7 @@ import pytest
 from policies import Policy, SeccompProfile, SeccompRule, SyscallPolicy, load_seccomp_profile, profiles
 from supervisor import Supervisor
 from tests.kernel.conftest import SCRATCH
-from tests.kernel.unprivileged_harness import EXPECTED_UID, Unavailable, harness, run_as_user
+from tests.kernel.unprivileged_harness import EXPECTED_UID, Unavailable, harness, run_probe_as_user
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -440,20 +440,6 @@ async def test_sqlite_wal_works_inside(sup: Supervisor, workspace: Path) -> None
     assert not [d for d in r.denials if d.target.startswith("mmap")]
 
 
-UNPRIV_SCRIPT = r"""
-import json, sys
-import anyio
-from policies import profiles
-from supervisor import Supervisor
-probe, ws, cases = sys.argv[1], sys.argv[2], sys.argv[3:]
-async def main():
-    async with Supervisor(max_concurrency=2) as sup:
-        r = await sup.run([probe, *cases], policy=profiles.workspace_write(ws, timeout=30))
-        print(json.dumps({"exit": r.exit_code, "stdout": r.stdout.decode(), "stderr": r.stderr.decode()}))
-anyio.run(main)
-"""
-
-
 def test_unprivileged_caller(probe: Probe) -> None:
     # The caller's own set-uid file (set-uid to the caller: run by another host user, the sandbox's code
     # would run as the caller, outside the sandbox): the same refusal for an ordinary caller's sandbox.
@@ -474,15 +460,7 @@ def test_unprivileged_caller(probe: Probe) -> None:
         os.chmod(ws, 0o755)
         for c in cases:
             os.chmod(ws / c, 0o6755)  # chown cleared the bits
-        script = scratch / "run.py"
-        script.write_text(UNPRIV_SCRIPT)
-        os.chmod(script, 0o644)
-        os.chmod(probe.path.parent, 0o755)
-        r = run_as_user(
-            [python, str(script), str(probe.path), str(ws), *cases], pythonpath, scratch, timeout=90
-        )
-        assert r.returncode == 0, r.stderr
-        report = json.loads(r.stdout.strip().splitlines()[-1])
+        report = run_probe_as_user(python, pythonpath, scratch, probe.path, ws, list(cases))
         assert report["exit"] == 0, report
         got = _results(report["stdout"].encode())
         assert got["mmap_shared"] == got["mmap_shared_then_mprotect"] == (-1, 1), got

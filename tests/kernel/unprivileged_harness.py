@@ -16,6 +16,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import supervisor
 
@@ -105,3 +106,34 @@ def harness(scratch: Path) -> tuple[str, str | None]:
     if bad:
         raise Unavailable(f"uid {EXPECTED_UID} cannot use this venv: {bad} is not readable/traversable by it")
     raise Unavailable(f"uid {EXPECTED_UID} cannot import corral even from a copy: {r.stderr.strip()[-500:]}")
+
+
+#: A supervisor run by the ordinary caller: `probe` with `cases` as its arguments, in a workspace-write
+#: sandbox of `ws`; prints the Result's exit code and output as one JSON line.
+PROBE_SCRIPT = r"""
+import json, sys
+import anyio
+from policies import profiles
+from supervisor import Supervisor
+probe, ws, cases = sys.argv[1], sys.argv[2], sys.argv[3:]
+async def main():
+    async with Supervisor(max_concurrency=2) as sup:
+        r = await sup.run([probe, *cases], policy=profiles.workspace_write(ws, timeout=30))
+        print(json.dumps({"exit": r.exit_code, "stdout": r.stdout.decode(), "stderr": r.stderr.decode()}))
+anyio.run(main)
+"""
+
+
+def run_probe_as_user(
+    python: str, pythonpath: str | None, scratch: Path, probe: Path, ws: Path, cases: list[str]
+) -> dict[str, Any]:
+    """Run `probe` (a world-reachable executable) with `cases` in a sandbox made by a supervisor that the
+    ordinary user runs (PROBE_SCRIPT, written into `scratch`); its report: exit, stdout, stderr."""
+    script = scratch / "run.py"
+    script.write_text(PROBE_SCRIPT)
+    os.chmod(script, 0o644)
+    os.chmod(probe.parent, 0o755)
+    r = run_as_user([python, str(script), str(probe), str(ws), *cases], pythonpath, scratch, timeout=90)
+    assert r.returncode == 0, r.stderr
+    report: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return report
