@@ -27,6 +27,7 @@ import platform
 import socket
 import struct
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,6 +222,8 @@ class Observer:
         self._watches: dict[int, Watch] = {}
         #: Deny lists already in denied_files, by their set number (never freed while the loader lives).
         self._sets: dict[tuple[bytes, ...], int] = {}
+        #: The `denieds` value per deny list as a policy spells it (hide's per-spawn work: one lookup).
+        self._hide_values: dict[tuple[str, ...], bytes] = {}
         #: Programs the loader left out (their kernel function is missing), for the docs' honesty.
         self.note = note
         #: The kernel's Landlock keeps a denial count (Linux 6.15): its refusals can be told apart.
@@ -291,13 +294,25 @@ class Observer:
             watch = self._watches[ns] = Watch(ns)
         return watch
 
-    def hide(self, watch: Watch, denied: list[str]) -> None:
+    def hide(self, watch: Watch, denied: Sequence[str]) -> None:
         """Report ENOENT and EACCES (not Landlock's) at or below these paths of the sandbox (its
         filesystem.deny: directories under an empty tmpfs, files under the null device on a nodev mount):
-        one map update. The first MAX_DENIED absolute paths shorter than DENIED_LEN bytes are compared in
-        the kernel byte by byte (`denieds`); every one, up to MAX_DENIED_FILES shorter than
-        DENIED_FILE_LEN bytes, by the hash of its exact spelling, in a set of `denied_files` made the
-        first time this list is seen (at most MAX_SETS lists; later ones get only the first MAX_DENIED)."""
+        one map update, its value made once per deny list (`_denied_value`)."""
+        key = tuple(denied)
+        value = self._hide_values.get(key)
+        if value is None:
+            if len(self._hide_values) >= 4 * MAX_SETS:  # bounded: a caller generating policies
+                self._hide_values.clear()
+            value = self._hide_values[key] = self._denied_value(key)
+        if value:
+            self._bpf.update(self._denieds_fd, struct.pack("=I", watch.ns), value)
+
+    def _denied_value(self, denied: tuple[str, ...]) -> bytes:
+        """The `denieds` map value of a deny list (b"" when nothing of it can be watched). The first
+        MAX_DENIED absolute paths shorter than DENIED_LEN bytes are compared in the kernel byte by byte;
+        every one, up to MAX_DENIED_FILES shorter than DENIED_FILE_LEN bytes, by the hash of its exact
+        spelling, in a set of `denied_files` made the first time this list is seen (at most MAX_SETS
+        lists; later ones get only the first MAX_DENIED)."""
         paths = [os.fsencode(p.rstrip("/")) for p in denied if p.startswith("/") and p.rstrip("/")]
         dirs = [p for p in paths if len(p) < DENIED_LEN][:MAX_DENIED]
         hashed = tuple(dict.fromkeys(p for p in paths if len(p) < DENIED_FILE_LEN))[:MAX_DENIED_FILES]
@@ -310,10 +325,10 @@ class Observer:
             entries.update((p, 1) for p in hashed)
             for q, v in entries.items():
                 self._bpf.update(self._files_fd, _DENIED_FILE.pack(set_id, 0, path_hash(q)), bytes((v,)))
-        if dirs or set_id:
-            value = struct.pack("=II", len(dirs), set_id) + b"".join(p.ljust(DENIED_LEN, b"\0") for p in dirs)
-            value = value.ljust(8 + MAX_DENIED * DENIED_LEN, b"\0")
-            self._bpf.update(self._denieds_fd, struct.pack("=I", watch.ns), value)
+        if not (dirs or set_id):
+            return b""
+        value = struct.pack("=II", len(dirs), set_id) + b"".join(p.ljust(DENIED_LEN, b"\0") for p in dirs)
+        return value.ljust(8 + MAX_DENIED * DENIED_LEN, b"\0")
 
     async def run(self) -> None:
         """Read the loader's events until it ends, each to its sandbox's Watch (one task); then `alive`

@@ -118,7 +118,7 @@ class Observing:
         indices: list[int] = []
         self._watches[id(child)] = (watch, indices)
         if child.policy is not None and child.policy.filesystem.confine and child.policy.filesystem.deny:
-            obs.hide(watch, list(child.policy.filesystem.deny))
+            obs.hide(watch, child.policy.filesystem.deny)
         keep: tuple[str, ...] = ()
         if self._landlock_why:
             child.unobservable = _said(child.unobservable, self._landlock_why, only=("landlock",))
