@@ -1,9 +1,11 @@
 """Monitoring and enforcement: one sampler for all children.
 
 Every `interval` seconds the sampler looks at the running children, all reads together in one worker thread,
-off the event loop. Every FULL_EVERY-th round it samples each child fully: its cgroup (six pread(2)s on fds
-kept open) and, where a limit or rule needs it or no cgroup serves the child, per-process detail through
-psutil (open fds, RSS, CPU). The rounds between read only what each child's limits need live (`watch`): every
+off the event loop. Every FULL_EVERY-th round it samples each child fully: its cgroup (pread(2)s on fds kept
+open: every usage file for a child whose limits or rules need live values, else its memory usage and one
+more usage file in turn, the others carried: `LeafSampler.stats(turn=True)`) and, where a limit or rule
+needs it or no cgroup serves the child, per-process detail through psutil (open fds, RSS, CPU). The rounds
+between read only what each child's limits need live (`watch`): every
 value for a cpu_time limit, a limit no cgroup enforces, or user rules; for limits the kernel enforces, only
 its event counters (OOM kills, forks refused at pids.max), and a full sample of that child when they moved;
 nothing for a child without limits. The verdicts are then applied on
@@ -239,22 +241,29 @@ def sample_all(
 ) -> list[ChildStats]:
     """Sample every child in one go (one worker-thread hop per round, not one per child), with one
     timestamp for the round. With `notifiers`, each leaf's kernel notifiers are armed at its first sample
-    and an event counter whose notifier has not fired is not read (`LeafSampler.arm`): four reads per child
-    instead of six on cgroup v2, five on v1. The common case (a cgroup measures everything, no fd count due)
-    is inlined: this loop runs for every child at every full round."""
+    and an event counter whose notifier has not fired is not read (`LeafSampler.arm`). A child whose limits
+    need no live value but its event counters (`watch` not WATCH_ALL) reads its memory usage and one more of
+    its usage files in turn (`LeafSampler.stats(turn=True)`: two reads per child and round where every file
+    was five on v1; each of the peak, the CPU, pids.current and v1's socket-buffer peak is then read one
+    full round in three or four, the others carried, and all of them at the child's first sample, when an
+    event counter moves, and at its exit); the others read every file. The common case (a cgroup measures
+    everything, no fd count due) is inlined: this loop runs for every child at every full round."""
     now = time.monotonic()
     out: list[ChildStats] = []
     append = out.append
     new = tuple.__new__  # a NamedTuple's own __new__ is one more Python call per child
+    notified = notifiers is not None
     if notifiers is not None:
         _unquiet(notifiers)
     for c in children:
         leaf = c.leaf
         if leaf is not None and leaf.paths and not (with_fds and _counts_fds(c)):
-            if notifiers is not None and c._watch is None:
-                c._watch = watch(c)
-                _arm(c, leaf, notifiers)
-            m, peak, cpu, pids, oom, hits = leaf.stats(notifiers is not None)
+            w = c._watch
+            if w is None:
+                w = c._watch = watch(c)
+                if notifiers is not None:
+                    _arm(c, leaf, notifiers)
+            m, peak, cpu, pids, oom, hits = leaf.stats(notified, w != WATCH_ALL)
             if m is not None:
                 px = c.proxy
                 net = _NO_NET if px is None else px.net()
@@ -283,9 +292,11 @@ def _arm(c: Child, leaf: Leaf, notifiers: Notifiers[Child]) -> None:
     leaf.arm(notifiers, c, needs)
 
 
-#: Every FULL_EVERY-th round samples every child fully (every cgroup file; fd counts where an fd limit is
-#: set): that is what `Child.last_stats`, and so the exporters' gauges, show (every second at the default
-#: monitor_interval of 0.25 s). The rounds between look only at what the children's limits need live.
+#: Every FULL_EVERY-th round samples every child fully (its cgroup's files, or its memory usage and one more
+#: file in turn where no limit needs them live; fd counts where an fd limit is set): that is what
+#: `Child.last_stats`, and so the exporters' gauges, show (every second at the default monitor_interval of
+#: 0.25 s; the files in turn each every three or four seconds). The rounds between look only at what the
+#: children's limits need live.
 FULL_EVERY = 4
 
 #: What a child needs between full rounds (`watch`): every value, as in a full round (a cpu_time limit,

@@ -176,6 +176,14 @@ class ChildStats(NamedTuple):
     oom_kills: processes the kernel's OOM killer ended; pids_limit_hits: forks refused at pids.max.
     net_bytes_up, net_bytes_down, net_allowed, net_denied: under network mode "proxy", the bytes the proxy
     relayed from and to the sandbox so far and the connections it allowed and refused; None otherwise.
+    at: when the sample was taken (time.monotonic()).
+
+    How fresh (docs/architecture.md, "The sampler"): in `Child.last_stats` of a child whose limits need no
+    live value (limits the kernel enforces, or none), memory_bytes and the event counts are read at `at`;
+    memory_peak_bytes, cpu_seconds and pids are each read every third or fourth full round (3-4 s at the
+    default monitor_interval) and carried in between, the peak then raised to every usage read since (a
+    lower bound of the kernel's peak, never above it). A Result's peak memory and CPU time are read at the
+    exit, exact.
     """
 
     memory_bytes: int | None

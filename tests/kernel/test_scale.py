@@ -140,18 +140,20 @@ async def test_between_full_rounds_the_sampler_reads_only_what_limits_need(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Idle children whose limits the kernel enforces (a memory limit) get a full sample one round in
-    FULL_EVERY; between, one pread of their OOM counter (before: six preads and an enforcer call per child
-    per round, 9.7% of a core with 1,000 children)."""
+    FULL_EVERY, each reading its files in turn (`stats(turn=True)`: the usage and one more file); between,
+    one pread of their OOM counter (before: six preads and an enforcer call per child per round, 9.7% of a
+    core with 1,000 children)."""
     from supervisor._monitor import FULL_EVERY
     from supervisor.sandbox.cgroups import Leaf
 
-    calls = 0
+    calls = turned = 0
     real_stats = Leaf.stats
 
-    def counting_stats(self: Leaf, notified: bool = False) -> object:
-        nonlocal calls
+    def counting_stats(self: Leaf, notified: bool = False, turn: bool = False) -> object:
+        nonlocal calls, turned
         calls += 1
-        return real_stats(self, notified)
+        turned += turn
+        return real_stats(self, notified, turn)
 
     n, interval = 10, 0.05
     pol = profiles.workspace_write(workspace, memory="64M")
@@ -169,6 +171,7 @@ async def test_between_full_rounds_the_sampler_reads_only_what_limits_need(
             k.kill()
     # Full rounds only (and the rounds are slower than `interval` on a busy machine: fewer still).
     assert calls <= n * (rounds // FULL_EVERY + 2), f"{calls} full samples of {n} children in {rounds} rounds"
+    assert turned == calls > 0, f"{turned} of {calls} full samples in turn"
 
 
 async def test_an_oom_kill_between_full_rounds_is_acted_on_at_once(

@@ -3,12 +3,16 @@ a C reader (`_csample.read_leaf`: the preads with the GIL released once, the for
 parsers of their formats (unit-tested on bytes), used when a file is missing or its format unexpected.
 `LeafSampler.stats` and `events` cost a few pread(2)s on fds already open: cheap enough for the event loop,
 though the sampler batches them in a worker thread. With kernel notifiers armed (`arm`), the event counters
-are not read at all until they move (cgroups/_notify.py).
+are not read at all until they move (cgroups/_notify.py). In the sampler's full rounds a child whose limits
+need no live value but its event counters reads its memory usage and ONE of its other usage files in turn
+(`stats(turn=True)`: the peak, the CPU, pids.current, v1's socket-buffer peak), carrying the others' last
+values: each file costs 2.5-3 us per leaf with the kernel's data cold, which the file count multiplies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import select
 import threading
@@ -96,6 +100,13 @@ _read_leaf = _csample.read_leaf
 QUIET_OOM = 1
 QUIET_PIDS = 2
 
+#: The slots of `_read_leaf`'s fds and result (supervisor/sandbox/_csample.c), and those of them that a
+#: turn (`stats(turn=True)`) reads one at a time: the peak, the CPU, pids.current and v1's socket-buffer peak.
+S_MEM, S_PEAK, S_EVENTS, S_CPU, S_PIDS, S_PIDS_EVENTS, S_TCP = range(7)
+TURN_SLOTS = (S_CPU, S_PEAK, S_PIDS, S_TCP)
+
+_stagger = itertools.count()  # where each new leaf starts its turns, so that a round reads a mix of files
+
 #: What `arm` is told about the child: its memory limit is the kernel's (the v1 OOM eventfd then covers what
 #: the limit needs), it has a pids limit, and EXACT: something (user rules) needs every counter live.
 NEEDS_MEMORY = 1
@@ -133,6 +144,18 @@ class LeafSampler:
         _none = (-1, -1, -1, -1, -1, -1, -1)
         self._all: tuple[int, int, int, int, int, int, int] = _none  # see _reader_fds
         self._due: tuple[int, int, int, int, int, int, int] = _none
+        self._turns: list[tuple[int, int, int, int, int, int, int]] = []
+        self._turn = next(_stagger)  # the next of `_turns` (modulo their number)
+        # What a turn carries from earlier reads (`stats`): valid once every file was read (`_carry`), for
+        # the values of the files it did not read: the peak (a lower bound: the kernel's peak at its last
+        # read, raised by every usage read since), the CPU, pids.current, the v1 socket-buffer peak; and
+        # the event counters as last returned, which a turn compares to see whether they moved.
+        self._carry = False
+        self._c_peak: int | None = None
+        self._c_cpu: float | None = None
+        self._c_pids: int | None = None
+        self._c_tcp: int | None = None
+        self._c_events: tuple[int | None, int | None] = (None, None)
         #: v1: the socket-buffer high-water mark once it reached the memory limit (the kernel refused
         #: socket memory past it), else None. Set by stats().
         self.socket_limit_hit: int | None = None
@@ -185,21 +208,40 @@ class LeafSampler:
         return fds
 
     def _reader_fds(self) -> None:
-        """The fds `_read_leaf` takes: every file (`_all`, the final sample), and every file but the quiet
-        counters (`_due`, the periodic sampler). Again whenever `_quiet` changes. With the lock held."""
+        """The fds `_read_leaf` takes: every file (`_all`, the final sample), every file but the quiet
+        counters (`_due`, the periodic sampler), and the turns (`_turns`, its full rounds for a child whose
+        limits need no live value but the counters): each the memory usage, the counters not quiet, and one
+        of the files of TURN_SLOTS the leaf has. Again whenever `_quiet` or the fds change. With the lock
+        held."""
         f = self._fds
         if f is None:
             return
         q, tcp = self._quiet, self._tcp_fd
         self._all = (*f, tcp)
         oom, pids_events = -1 if q & QUIET_OOM else f[2], -1 if q & QUIET_PIDS else f[5]
-        self._due = (f[0], f[1], oom, f[3], f[4], pids_events, tcp)
+        self._due = due = (f[0], f[1], oom, f[3], f[4], pids_events, tcp)
+        self._turns = [
+            (f[0], due[1] if s == S_PEAK else -1, oom, due[3] if s == S_CPU else -1,
+             due[4] if s == S_PIDS else -1, pids_events, due[6] if s == S_TCP else -1)
+            for s in TURN_SLOTS
+            if due[s] >= 0
+        ]  # fmt: skip
 
-    def stats(self, notified: bool = False) -> CgroupStats:
+    def stats(self, notified: bool = False, turn: bool = False) -> CgroupStats:
         """Sample the leaf: one call reading the fds opened with the leaf (or at the first call) and kept
         until remove(). With `notified` (the periodic sampler), an event counter whose kernel notifier has
         not fired since its last read (`arm`) is not read: its value then still holds. Without it (the final
         sample) every file is read: a notification comes through a work queue, some milliseconds late.
+
+        `turn` (implies `notified`; the sampler's full rounds, for a child whose limits need no live value
+        but its event counters): read the memory usage, the counters not quiet, and the next file in turn
+        of the peak, the CPU, pids.current and v1's socket-buffer peak (`_turns`); carry the others' values
+        from their last read. The peak is then the kernel's at its last read raised to every usage read
+        since: never above the kernel's peak, and below it only when the usage passed it between two reads
+        (the usage is not sampled continuously, so a lower usage now proves nothing about the peak). Every
+        file is read instead at the leaf's first sample and whenever an event counter moved (an OOM kill,
+        forks refused at pids.max: the enforcer reports the peak or the task count with them).
+
         Never raises for a missing file (the field is None). Thread-safe against remove()."""
         with self._lock:
             fds = self._fds
@@ -208,26 +250,54 @@ class LeafSampler:
                 if fds is None:
                     return NO_STATS
             if self._fast:
-                try:
-                    m, peak, oom, cpu, pids, pe, tcp = _read_leaf(
-                        self._due if notified else self._all, self._cpu_version == 2
-                    )
-                except (OSError, ValueError):
-                    # An older kernel's format (no oom_kill line before 4.13...) or a vanished file:
-                    # take the careful path from now on.
-                    self._fast = False
+                turns = self._turns if turn and self._carry else None
+                if turns:
+                    i = self._turn % len(turns)
+                    self._turn = i + 1
+                    read = turns[i]
                 else:
-                    quiet = self._quiet if notified else 0
+                    read = self._due if notified or turn else self._all
+                try:
+                    m, peak, oom, cpu, pids, pe, tcp = _read_leaf(read, self._cpu_version == 2)
+                    quiet = self._quiet if notified or turn else 0
                     if quiet:
                         if quiet & QUIET_OOM:
                             oom = self._seen_oom
                         if quiet & QUIET_PIDS:
                             pe = self._seen_pids
+                    if turns and (oom, pe) != self._c_events:
+                        # A counter moved: this sample goes to the enforcer with it; every file, fresh.
+                        m, peak, _, cpu, pids, _, tcp = _read_leaf(self._due, self._cpu_version == 2)
+                        turns = None
+                except (OSError, ValueError):
+                    # An older kernel's format (no oom_kill line before 4.13...) or a vanished file:
+                    # take the careful path from now on.
+                    self._fast = False
+                else:
+                    self._c_events = (oom, pe)
+                    if turns:
+                        if peak is not None:
+                            self._c_peak = peak
+                        elif m is not None and self._c_peak is not None:
+                            peak = self._c_peak = max(self._c_peak, m)
+                        if cpu is None:
+                            cpu = self._c_cpu
+                        else:
+                            self._c_cpu = cpu
+                        if pids is None:
+                            pids = self._c_pids
+                        else:
+                            self._c_pids = pids
+                        if tcp is None:
+                            tcp = self._c_tcp
+                        else:
+                            self._c_tcp = self._note_socket(tcp)
+                    else:  # every file read: the carry starts again from here
+                        self._carry = True
+                        self._c_peak, self._c_cpu, self._c_pids = peak, cpu, pids
+                        self._c_tcp = tcp if tcp is None else self._note_socket(tcp)
                     if tcp is not None and peak is not None:
                         peak += tcp
-                        hit_at = self._tcp_hit_at
-                        if hit_at is not None and tcp >= hit_at and self.socket_limit_hit is None:
-                            self.socket_limit_hit = tcp
                     # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
                     return _tuple_new(CgroupStats, (m, peak, cpu, pids, oom, pe))
             out = parse_stats(
