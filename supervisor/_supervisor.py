@@ -1331,11 +1331,12 @@ _TRASH_DELAY = 0.02
 
 
 def _remove_leaf_batch(leaves: list[Leaf]) -> None:
-    """Remove each leaf (blocking; in a worker thread). Failures are logged, not raised: the children are
-    reaped, and CgroupManager.close or the next start removes what is left."""
+    """Give back each leaf, which its manager keeps for the next child or removes (`Leaf.release`; blocking,
+    in a worker thread). Failures are logged, not raised: the children are reaped, and CgroupManager.close or
+    the next start removes what is left."""
     for leaf in leaves:
         try:
-            leaf.remove_reaped()
+            leaf.release()
         except Exception as err:
             log.warning("could not remove cgroup leaf %s: %s", leaf.paths, err)
 

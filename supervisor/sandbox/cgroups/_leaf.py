@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from supervisor.sandbox.cgroups import _fs
@@ -29,6 +30,21 @@ class LeafOwner(Protocol):
     interface_files: dict[tuple[str, str], bool]
 
     def forget(self, leaf: Leaf) -> None: ...
+
+    def recycle(self, leaf: Leaf) -> bool: ...
+
+
+@dataclass(slots=True)
+class Written:
+    """The limits written in a leaf's files now (None: the kernel's default, no limit), so that a leaf
+    reused for another child (cgroups/_pool.py) is written only what differs. A new leaf has none."""
+
+    memory: int | None = None  # v1 memory.limit_in_bytes (and memsw), v2 memory.max
+    tcp: int | None = None  # v1 memory.kmem.tcp.limit_in_bytes
+    oom_control: bool = False  # v1 memory.oom_control 0 written
+    period: bool = False  # v1 cpu.cfs_period_us written
+    quota: int | None = None  # v1 cpu.cfs_quota_us, v2 cpu.max
+    pids: int | None = None  # pids.max
 
 
 class Leaf(LeafSampler):
@@ -67,6 +83,10 @@ class Leaf(LeafSampler):
         ]
         self.enforced: dict[str, bool] = {}
         self.reasons: dict[str, str] = {}
+        self.written = Written()
+        #: Set when the leaf's directories were given to another Leaf object for the next child (`hand_over`):
+        #: this one then reads, kills and removes nothing.
+        self._handed_over = False
 
     def __repr__(self) -> str:
         return f"Leaf({self.name!r}, paths={self.paths!r}, enforced={self.enforced!r})"
@@ -90,8 +110,10 @@ class Leaf(LeafSampler):
     # Limits (written by CgroupManager.create_leaf, before anything is placed in the leaf).
 
     def apply_limits(self, r: ResourcePolicy) -> None:
-        """Write the limits `r` sets; record in `enforced`/`reasons` which took effect. Raises
-        SandboxSetupError when one cannot be written."""
+        """Write the limits `r` sets (and, in a reused leaf, lift those it no longer sets), writing only the
+        files whose value differs from what the leaf holds (`written`); record in `enforced`/`reasons` which
+        took effect. Raises SandboxSetupError when one cannot be written."""
+        w = self.written
         if r.memory is not None:
             if "memory" not in self._dirs:
                 self._missing("memory", "memory")
@@ -100,26 +122,45 @@ class Leaf(LeafSampler):
                 self._memory_v2(r.memory)
             else:
                 self._memory_v1(r.memory)
+        elif "memory" in self._dirs and (w.memory is not None or w.tcp is not None):
+            self._unlimit_memory()
         if r.cpus is not None:
             if "cpu" not in self._dirs:
                 self._missing("cpus", "cpu")
             else:
-                quota = max(MIN_CPU_QUOTA_US, round(r.cpus * CPU_PERIOD_US))
-                if self.versions["cpu"] == 2:
-                    self._put("cpu", "cpu.max", f"{quota} {CPU_PERIOD_US}")
-                else:
-                    self._put("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
-                    self._put("cpu", "cpu.cfs_quota_us", str(quota))
+                self._quota(max(MIN_CPU_QUOTA_US, round(r.cpus * CPU_PERIOD_US)))
                 self.enforced["cpus"] = True
+        elif "cpu" in self._dirs and w.quota is not None:
+            self._quota(None)
         if r.pids is not None:
             if "pids" not in self._dirs:
                 self._missing("pids", "pids")
             else:
-                self._put("pids", "pids.max", str(r.pids))
+                if w.pids != r.pids:
+                    self._put("pids", "pids.max", str(r.pids))
+                    w.pids = r.pids
                 self.enforced["pids"] = True
+        elif "pids" in self._dirs and w.pids is not None:
+            self._put("pids", "pids.max", "max")
+            w.pids = None
+
+    def _quota(self, quota: int | None) -> None:
+        """Write the cpu quota (None: none) unless the leaf holds it already."""
+        w = self.written
+        if w.quota == quota:
+            return
+        if self.versions["cpu"] == 2:
+            self._put("cpu", "cpu.max", f"{quota if quota is not None else 'max'} {CPU_PERIOD_US}")
+        else:
+            if not w.period:
+                self._put("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                w.period = True
+            self._put("cpu", "cpu.cfs_quota_us", str(quota if quota is not None else -1))
+        w.quota = quota
 
     def _memory_v2(self, memory: int) -> None:
         self._put("memory", "memory.max", str(memory))
+        self.written.memory = memory
         self.enforced["memory"] = True
         if self._has("memory", "memory.swap.max"):
             self._put("memory", "memory.swap.max", "0")
@@ -138,12 +179,20 @@ class Leaf(LeafSampler):
         self.enforced["socket_memory"] = True
 
     def _memory_v1(self, memory: int) -> None:
-        self._put("memory", "memory.limit_in_bytes", str(memory))
+        w = self.written
+        memsw = self._has("memory", "memory.memsw.limit_in_bytes")
+        if w.memory != memory:
+            # memsw is memory+swap; equal to the memory limit means no swap. The kernel requires memsw >=
+            # limit at every step: lowering writes limit_in_bytes first, raising (a reused leaf) memsw first.
+            lower = w.memory is None or memory < w.memory
+            if memsw and not lower:
+                self._put("memory", "memory.memsw.limit_in_bytes", str(memory))
+            self._put("memory", "memory.limit_in_bytes", str(memory))
+            if memsw and lower:
+                self._put("memory", "memory.memsw.limit_in_bytes", str(memory))
+            w.memory = memory
         self.enforced["memory"] = True
-        if self._has("memory", "memory.memsw.limit_in_bytes"):
-            # memsw is memory+swap; equal to the memory limit means no swap. Written after
-            # limit_in_bytes because the kernel requires memsw >= limit at every step.
-            self._put("memory", "memory.memsw.limit_in_bytes", str(memory))
+        if memsw:
             self.enforced["swap"] = True
         else:
             self.enforced["swap"] = False
@@ -152,7 +201,9 @@ class Leaf(LeafSampler):
             )
         # Keep the OOM killer on: with it disabled the group would hang at the limit instead
         # of dying.
-        self._put("memory", "memory.oom_control", "0")
+        if not w.oom_control:
+            self._put("memory", "memory.oom_control", "0")
+            w.oom_control = True
         # v1 charges socket buffers (TCP, UDP, every protocol with socket memory accounting;
         # the file's name is historical) to a counter of their own, and only once its limit is
         # set: without it, a command queued 1 GiB in never-read loopback connections under a
@@ -160,7 +211,9 @@ class Leaf(LeafSampler):
         # the sampler reports reaching it as a memory violation (see stats()). Written before
         # any socket exists: sockets made earlier are never charged.
         if self._has("memory", "memory.kmem.tcp.limit_in_bytes"):
-            self._put("memory", "memory.kmem.tcp.limit_in_bytes", str(memory))
+            if w.tcp != memory:
+                self._put("memory", "memory.kmem.tcp.limit_in_bytes", str(memory))
+                w.tcp = memory
             self.enforced["socket_memory"] = True
             self._tcp_hit_at = max(0, memory - SOCKET_SLACK)
         else:
@@ -169,6 +222,21 @@ class Leaf(LeafSampler):
                 "memory.kmem.tcp.limit_in_bytes is missing: socket buffers are not charged to "
                 "the cgroup on this cgroup v1 kernel"
             )
+
+    def _unlimit_memory(self) -> None:
+        """A reused leaf's memory limits lifted (the policy sets none): memsw first, as for a raise."""
+        w = self.written
+        if self.versions["memory"] == 2:
+            self._put("memory", "memory.max", "max")
+        else:
+            if w.memory is not None:
+                if self._has("memory", "memory.memsw.limit_in_bytes"):
+                    self._put("memory", "memory.memsw.limit_in_bytes", "-1")
+                self._put("memory", "memory.limit_in_bytes", "-1")
+            if w.tcp is not None:
+                self._put("memory", "memory.kmem.tcp.limit_in_bytes", "-1")
+                w.tcp = None
+        w.memory = None
 
     def _missing(self, key: str, controller: str) -> None:
         self.enforced[key] = False
@@ -212,6 +280,8 @@ class Leaf(LeafSampler):
         """The processes now in the leaf (union over its hierarchies), sorted. Raises
         SandboxSetupError."""
         out: set[int] = set()
+        if self._handed_over:
+            return []
         for d in self.paths:
             try:
                 out.update(_fs.read_pids(d))
@@ -227,6 +297,8 @@ class Leaf(LeafSampler):
         empty and returns whether it did (0: do not wait). Raises SandboxSetupError on an unexpected
         cgroupfs error.
         """
+        if self._handed_over:  # the directories hold the next child now
+            return True
         try:
             return _fs.kill_places(self._places, timeout)
         except OSError as err:
@@ -237,6 +309,8 @@ class Leaf(LeafSampler):
         `timeout` seconds while killed tasks exit. Call after kill() and after reaping the child.
         Idempotent. Raises SandboxSetupError (EBUSY: processes remain)."""
         self.close_fds()
+        if self._handed_over:
+            return
         deadline = time.monotonic() + timeout
         for d in self.paths:
             try:
@@ -257,3 +331,59 @@ class Leaf(LeafSampler):
             return
         self.kill(timeout=1.0)
         self.remove()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Reuse (cgroups/_pool.py).
+
+    def release(self) -> bool:
+        """The child is reaped: give the leaf back to its manager, which keeps it for the next child when it
+        is provably empty and its event counters are clean (CgroupManager.recycle), else removes it (as
+        remove_reaped). Blocking: a worker thread's job. Returns whether it was kept. Raises
+        SandboxSetupError from the removal."""
+        return self._manager.recycle(self)
+
+    def hand_over(self) -> Leaf:
+        """A new Leaf object for the same directories, taking this one's sampling fds, OOM eventfd and
+        `written`: the next child's. This object then reports nothing (NO_STATS), lists no pids, and its
+        kill() and remove() leave the directories alone, so the finished child that holds it cannot reach
+        the next one. Thread-safe against the sampler."""
+        new = Leaf(self._manager, self.name, self._places, self._dirs, self.versions)
+        new.written = self.written
+        with self._lock:
+            self._handed_over = True
+            self._removed = True
+            new._fds, self._fds = self._fds, None
+            new._tcp_fd, self._tcp_fd = self._tcp_fd, -1
+            new._oom_efd, self._oom_efd = self._oom_efd, -1
+        if new._fds is not None:
+            new._fast = min(new._fds) >= 0
+        return new
+
+    @property
+    def handed_over(self) -> bool:
+        """Whether the directories went to another Leaf object (`hand_over`)."""
+        return self._handed_over
+
+    def drain_oom_notifier(self) -> None:
+        """Zero the v1 OOM eventfd's count (a kept leaf's notifier, registered again for the next child)."""
+        with self._lock:
+            if self._oom_efd >= 0:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._oom_efd, 8)
+
+    def reuse_for(self, r: ResourcePolicy) -> None:
+        """Make this pooled leaf the next child's: write the limits of `r` that differ from what it holds,
+        and keep the socket-buffer counter's fd open exactly when a v1 memory limit needs it. On the event
+        loop (writes to corral's own cgroup files only). Raises SandboxSetupError."""
+        self.apply_limits(r)
+        with self._lock:
+            if self._fds is None:
+                return
+            if self._tcp_hit_at is not None and self._tcp_fd < 0:
+                with contextlib.suppress(OSError):
+                    tcp = f"{self._dirs['memory']}/memory.kmem.tcp.max_usage_in_bytes"
+                    self._tcp_fd = os.open(tcp, os.O_RDONLY | os.O_CLOEXEC)
+            elif self._tcp_hit_at is None and self._tcp_fd >= 0:
+                os.close(self._tcp_fd)
+                self._tcp_fd = -1
+            self._reader_fds()

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox.cgroups import _fs
+from supervisor.sandbox.cgroups import _fs, _pool
 from supervisor.sandbox.cgroups._layout import (
     CONTROLLERS,
     V2_DOMAIN_CONTROLLERS,
@@ -91,8 +91,11 @@ class CgroupManager:
         *,
         proc_root: str = "/proc",
         cgroup_root: str = "/sys/fs/cgroup",
+        pool: int = _pool.POOL_SIZE,
     ) -> None:
         self._layout = layout
+        #: Leaves kept for reuse (`recycle`; cgroups/_pool.py); `pool` = 0 keeps none.
+        self.pool = _pool.LeafPool(pool)
         self._proc_root = proc_root
         self._cgroup_root = cgroup_root
         self._trees: list[_Tree] = []
@@ -416,6 +419,11 @@ class CgroupManager:
         pids.max. The leaf's `enforced`/`reasons` say which took effect; with cgroups unavailable it
         has no paths and every requested limit is reported missing (see Leaf.require).
 
+        A leaf kept by `recycle` that spans the same hierarchies is taken instead when there is one (its
+        directories keep the name of the child they were made for): only the limits that differ from what
+        it holds are written, so the same policy's next child costs no cgroupfs call here at all
+        (cgroups/_pool.py). When that write fails, the kept leaf is removed and a new one made.
+
         Raises ValueError for a bad or duplicate child_id, SandboxSetupError when a directory or
         limit cannot be written (the partly made leaf is removed first), RuntimeError when not
         opened.
@@ -437,10 +445,20 @@ class CgroupManager:
             needed.add("cpu")
         if freezer:
             needed.add("freezer")
+        trees = [t for t in self._trees if not (t.hierarchy.version == 1 and not t.serves & needed)]
+        kept = self.pool.take(tuple(t.parent for t in trees))
+        if kept is not None:
+            try:
+                kept.reuse_for(resources)
+                kept.prime()
+            except Exception as err:  # e.g. EBUSY lowering the limit under what is charged: a new leaf
+                log.info("cgroups: kept leaf %s not reusable (%s): making a new one", kept.paths, err)
+                with contextlib.suppress(Exception):
+                    kept.remove(timeout=0.0)
+            else:
+                return kept
         try:
-            for t in self._trees:
-                if t.hierarchy.version == 1 and not t.serves & needed:
-                    continue
+            for t in trees:
                 d = f"{t.parent}/{child_id}"
                 try:
                     os.mkdir(d, 0o755)
@@ -472,6 +490,32 @@ class CgroupManager:
             if self._leaves.get(leaf.name) is leaf:
                 del self._leaves[leaf.name]
 
+    def recycle(self, leaf: Leaf) -> bool:
+        """The leaf of a reaped child: kept for the next child when the pool has room and the leaf is
+        provably empty with clean event counters (cgroups/_pool.py), its usage counters then reset and its
+        directories handed to a new Leaf object (the finished child's keeps nothing of them); else removed,
+        as Leaf.remove_reaped. Returns whether it was kept. Blocking (a worker thread's job). Raises
+        SandboxSetupError from the removal."""
+        if self.pool.has_room() and not self._closed and not leaf.handed_over:
+            try:
+                why = _pool.recyclable(leaf)
+                if why is None:
+                    _pool.reset(leaf, self.interface_files)
+            except OSError as err:
+                why = str(err)
+            if why is None:
+                fresh = leaf.hand_over()
+                with self._lock:
+                    if self._leaves.get(leaf.name) is leaf:
+                        self._leaves[leaf.name] = fresh
+                if self.pool.put(fresh):
+                    return True
+                leaf = fresh
+            else:
+                log.debug("cgroups: leaf %s not kept: %s", leaf.paths, why)
+        leaf.remove_reaped()
+        return False
+
     def close(self, timeout: float = 2.0) -> None:
         """Kill and remove every remaining leaf, then remove the parent cgroups. Idempotent. A v2
         supervisor that moved itself stays in its `.self` leaf (the next start removes it once this
@@ -479,6 +523,7 @@ class CgroupManager:
         if self._closed:
             return
         self._closed = True
+        self.pool.close()
         first: Exception | None = None
         for leaf in self.leaves():
             try:

@@ -1,0 +1,168 @@
+"""Reused leaves: a leaf whose child is reaped is kept, when it is provably empty, and given to the next child
+instead of an rmdir now and a mkdir then (docs/cgroups.md, "Reused leaves").
+
+On a v1 hybrid host each leaf is a directory in three to five hierarchies; making and removing them was
+about 9% of all CPU in a throughput run (cgroup_mkdir, then the kernel's deferred css_killed_work_fn and
+css_free_rwork_fn with mem_cgroup_css_free, cgroup_rmdir, css_release), plus the supervisor's opens of the
+leaf's sampling files and its OOM eventfd. A reused leaf costs the writes of the limits that differ (none
+for the same policy) on the event loop, and the checks and resets below in the leaf remover's worker thread.
+
+A leaf is kept (`recyclable`, then `reset`) only when:
+- no task is in it in any of its hierarchies (cgroup.procs empty in each), none is still exiting
+  (pids.current 0: the pids controller uncharges a task at its release, after it was reaped) and it has no
+  child cgroup (st_nlink 2). No task can enter an empty leaf but by a write to its cgroup.procs or tasks,
+  which only corral (and the host's root) can make: nothing inside a sandbox can (its cgroup view is
+  read-only). A leaf with a straggler of a killed child is removed as before (killed, then rmdir).
+- what its child left charged to it is small (LEFTOVER_MAX: the kernel's per-CPU charge batches, not page
+  cache), so that the next child's usage, peak and limit never carry the page cache another child left.
+- the counters that cannot be reset read 0: memory.oom_control oom_kill and pids.events max. A leaf whose
+  child met an OOM kill or a refused fork is removed, so that no child is ever told of another's (the
+  baseline of every kept leaf is 0; such leaves are rare, and their removal costs what it did before).
+- it is cgroup v1. On cgroup v2, leaves are not reused: memory.peak can be reset only on kernels >= 6.12 and
+  only for the fd that writes it, cpu.stat's usage cannot be reset at all, and the v2 notifiers
+  (EPOLLPRI on memory.events, pids.events) would need baselines; a v2 leaf is removed as before.
+
+Then reset, for the next child's figures to be its own: memory.max_usage_in_bytes and memory.failcnt (and
+the memsw and kmem.tcp ones where they exist), and cpuacct.usage, each written 0; the v1 OOM eventfd drained.
+What cannot be reset and stays readable from inside (memory.stat's cumulative event counters, cpuacct.stat,
+cpu.stat's throttling counts) is in docs/security.md, "Reused cgroup leaves".
+Blocking cgroupfs I/O: the leaf remover's worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING
+
+from supervisor.sandbox.cgroups import _fs
+from supervisor.sandbox.cgroups._stats import field_value
+
+if TYPE_CHECKING:
+    from supervisor.sandbox.cgroups._leaf import Leaf
+
+#: Leaves kept per supervisor at most (beyond it, leaves are removed as before). A kept leaf costs the kernel
+#: its memory cgroup (a few KiB) and the supervisor its six or seven fds.
+POOL_SIZE = 64
+
+#: A leaf is kept only while what its last child left charged to it (memory.usage_in_bytes once empty) is at
+#: most this: the kernel's per-CPU charge batches (64 pages precharged per CPU: ~200-400 KiB after a
+#: `/bin/true`) and a few kernel objects, within what a new leaf's own first charges are (a new leaf's
+#: `/bin/true` peaks at 512 KiB, a reused one's at 350-600 KiB here). A child that left page cache (files it
+#: wrote or first read) leaves more: its leaf is removed, not reused, so that the next child's usage, peak and
+#: limit never carry it. (memory.force_empty would reclaim it, but cost ~2.3 ms of CPU and 2-20 ms of sleeps
+#: per call here: more than the mkdir and rmdir it would save.)
+LEFTOVER_MAX = 512 << 10
+
+#: Files written 0 when a leaf is kept (those the kernel lacks are skipped).
+RESETS: tuple[tuple[str, str], ...] = (
+    ("memory", "memory.max_usage_in_bytes"),
+    ("memory", "memory.failcnt"),
+    ("memory", "memory.memsw.max_usage_in_bytes"),
+    ("memory", "memory.memsw.failcnt"),
+    ("memory", "memory.kmem.tcp.max_usage_in_bytes"),
+    ("memory", "memory.kmem.tcp.failcnt"),
+    ("cpuacct", "cpuacct.usage"),
+)
+
+
+def recyclable(leaf: Leaf) -> str | None:
+    """Why `leaf` may not be kept for another child, or None when it may (see the module's doc): empty in
+    every hierarchy, nothing exiting, no child cgroup, no OOM kill or refused fork counted, cgroup v1. Raises
+    OSError."""
+    if any(v != 1 for v in leaf.versions.values()) or not leaf.paths:
+        return "not cgroup v1"
+    for d in leaf.paths:
+        if os.stat(d, follow_symlinks=False).st_nlink != 2:
+            return f"{d} has a child cgroup"
+        if _fs.read_pids(d):
+            return f"processes remain in {d}"
+    pids_dir = leaf.dir("pids")
+    if pids_dir is not None:
+        if _fs.read(f"{pids_dir}/pids.current").strip() != "0":
+            return "a task is still exiting (pids.current)"
+        if field_value(_fs.read(f"{pids_dir}/pids.events").encode(), b"max ") != 0:
+            return "forks were refused at pids.max"
+    mem_dir = leaf.dir("memory")
+    if mem_dir is not None:
+        if field_value(_fs.read(f"{mem_dir}/memory.oom_control").encode(), b"oom_kill ") != 0:
+            return "an OOM kill was counted"
+        left = int(_fs.read(f"{mem_dir}/memory.usage_in_bytes"))
+        if left > LEFTOVER_MAX:
+            return f"{left} bytes are still charged to it (page cache?)"
+    return None
+
+
+def reset(leaf: Leaf, has: dict[tuple[str, str], bool]) -> None:
+    """Write 0 to each of RESETS the leaf has (`has`: the manager's cache of which interface files exist) and
+    drain its v1 OOM eventfd. Raises OSError."""
+    for controller, file in RESETS:
+        d = leaf.dir(controller)
+        if d is None:
+            continue
+        key = (controller, file)
+        if key not in has:
+            has[key] = os.path.exists(f"{d}/{file}")
+        if has[key]:
+            _fs.write(f"{d}/{file}", "0")
+    leaf.drain_oom_notifier()
+
+
+class LeafPool:
+    """The kept leaves of one CgroupManager, by the hierarchies they span (a leaf without the cpu or freezer
+    hierarchy fits only a child that needs neither). Thread-safe: `put` runs in the leaf remover's worker
+    thread, `take` on the event loop, `close` at the manager's close."""
+
+    def __init__(self, size: int = POOL_SIZE) -> None:
+        self.size = size
+        self._free: dict[tuple[str, ...], list[Leaf]] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        #: Leaves kept, and leaves given to a child from the pool, so far (tests and benchmarks read them).
+        self.kept = 0
+        self.reused = 0
+
+    @staticmethod
+    def key_of(leaf: Leaf) -> tuple[str, ...]:
+        return tuple(os.path.dirname(d) for d in leaf.paths)
+
+    def has_room(self) -> bool:
+        with self._lock:
+            return not self._closed and self._count < self.size
+
+    def put(self, leaf: Leaf) -> bool:
+        """Keep `leaf`; False when the pool is full or closed (the caller removes it)."""
+        with self._lock:
+            if self._closed or self._count >= self.size:
+                return False
+            self._free.setdefault(self.key_of(leaf), []).append(leaf)
+            self._count += 1
+            self.kept += 1
+            return True
+
+    def take(self, key: tuple[str, ...]) -> Leaf | None:
+        """A kept leaf spanning exactly the parents `key`, or None."""
+        with self._lock:
+            free = self._free.get(key)
+            if not free:
+                return None
+            self._count -= 1
+            self.reused += 1
+            return free.pop()
+
+    def held(self) -> list[tuple[str, ...]]:
+        """The directories of each kept leaf (tests and benchmarks)."""
+        with self._lock:
+            return [tuple(leaf.paths) for free in self._free.values() for leaf in free]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._count
+
+    def close(self) -> None:
+        """Keep nothing from now on (the manager removes the kept leaves with every other)."""
+        with self._lock:
+            self._closed = True
+            self._free.clear()
+            self._count = 0
