@@ -168,6 +168,10 @@ class Supervisor:
              syscall-exit tracepoint reporting the mount view's, Landlock's and RLIMIT_NOFILE's refusals;
              docs/denials.md). It costs every syscall on the host ~0.1 us while the supervisor runs;
              False starts none, and those layers are then listed in `Result.denials_unobservable`.
+    reuse_cgroups: keep a reaped child's cgroup leaf, when it is provably empty and clean, for the next child
+             (cgroup v1; docs/cgroups.md, "Reused leaves"), instead of an rmdir and a mkdir per child. A later
+             child can read earlier ones' cumulative memory.stat and cpuacct.stat counters in it
+             (docs/security.md, "Reused cgroup leaves"); False makes a new leaf for every child.
     """
 
     def __init__(
@@ -182,12 +186,16 @@ class Supervisor:
         rules: CommandRules | None = None,
         approver: Approver | None = None,
         observe_denials: bool = True,
+        reuse_cgroups: bool = True,
     ) -> None:
         _check_options(
             max_concurrency, capture_limit, cgroups, cgroup_delegate, monitor_interval, prefork, rules
         )
         if not isinstance(observe_denials, bool):
             raise TypeError(f"observe_denials must be True or False, not {observe_denials!r}")
+        if not isinstance(reuse_cgroups, bool):
+            raise TypeError(f"reuse_cgroups must be True or False, not {reuse_cgroups!r}")
+        self._reuse_cgroups = reuse_cgroups
         self.rules = rules
         self.approver = approver
         self.observe_denials = observe_denials
@@ -291,7 +299,7 @@ class Supervisor:
         self._caps = KernelCaps.from_dict(fs.caps_dict)
         try:
             if self._use_cgroups:
-                mgr = CgroupManager()
+                mgr = CgroupManager() if self._reuse_cgroups else CgroupManager(pool=0)
                 # Also removes the cgroups of a supervisor that died (SIGKILL) before cleaning up.
                 await anyio.to_thread.run_sync(partial(mgr.open, "corral", delegate=self._cgroup_delegate))
                 self._cgroups = mgr

@@ -91,16 +91,20 @@ async def rsup() -> AsyncIterator[Supervisor]:
         yield s
 
 
-async def _kept(sup: Supervisor, n: int = 1, paths: tuple[str, ...] | None = None) -> None:
+async def _kept(
+    sup: Supervisor, n: int = 1, paths: tuple[str, ...] | None = None, wait: float = 10.0, must: bool = True
+) -> bool:
     """Wait until the supervisor's leaf remover has kept `n` leaves, or the leaf of `paths` (it runs ~20 ms
-    after a child ends)."""
+    after a child ends). Raises AssertionError after `wait` seconds if `must`, else returns False."""
     mgr = sup.cgroups
     assert mgr is not None
-    for _ in range(1000):
+    for _ in range(int(wait * 100)):
         if (paths in mgr.pool.held()) if paths is not None else len(mgr.pool) >= n:
-            return
+            return True
         await anyio.sleep(0.01)
-    raise AssertionError(f"kept after 10 s: {mgr.pool.held()}, not {paths or n}")
+    if must:
+        raise AssertionError(f"kept after {wait} s: {mgr.pool.held()}, not {paths or n}")
+    return False
 
 
 async def _run_then_keep(sup: Supervisor, pol: object, argv: list[str]) -> tuple[str, ...]:
@@ -224,13 +228,19 @@ async def test_no_child_is_told_the_previous_tenants_figures(rsup: Supervisor, w
     and CPU. A leaf that counted an OOM kill or a refused fork is not reused: the next child of the same
     policy gets another leaf, and no OOM or pids.max hit of its own."""
     pol = profiles.workspace_write(workspace, memory=256 * MiB, timeout=60)
-    heavy = await rsup.start([PY, "-I", "-S", "-c", HEAVY, "0.5", "64"], policy=pol)
-    first = _paths(heavy)
-    r = await heavy.wait()
-    assert r.exit_code == 0, r
-    assert r.peak_memory_bytes >= 64 * MiB
-    assert r.cpu_s >= 0.5
-    await _kept(rsup, paths=first)
+    for _attempt in range(3):
+        heavy = await rsup.start([PY, "-I", "-S", "-c", HEAVY, "0.5", "64"], policy=pol)
+        first = _paths(heavy)
+        r = await heavy.wait()
+        assert r.exit_code == 0, r
+        assert r.peak_memory_bytes >= 64 * MiB
+        assert r.cpu_s >= 0.5
+        # On a loaded host the exited child's last pages may still be charged when the remover looks (freed
+        # through per-CPU batches and RCU): the leaf is then removed, rightly; try again.
+        if await _kept(rsup, paths=first, wait=2.0, must=False):
+            break
+    else:
+        raise AssertionError("the heavy child's leaf was never kept")
     light = await rsup.start(["true"], policy=pol)
     assert _paths(light) == first
     r = await light.wait()
@@ -296,6 +306,19 @@ async def test_kept_leaves_are_removed_when_the_supervisor_exits(workspace: Path
         assert parents
     left = [p for p in parents if await anyio.Path(p).exists()]
     assert left == []
+
+
+async def test_reuse_can_be_turned_off(workspace: Path) -> None:
+    async with Supervisor(max_concurrency=2, prefork=0, reuse_cgroups=False) as sup:
+        pol = profiles.workspace_write(workspace, memory=64 * MiB)
+        first = await sup.start(["true"], policy=pol)
+        await first.wait()
+        await anyio.sleep(0.2)  # the remover's turn
+        second = await sup.start(["true"], policy=pol)
+        await second.wait()
+        assert _paths(second) != _paths(first)
+        assert sup.cgroups is not None
+        assert sup.cgroups.pool.kept == 0
 
 
 # -- the manager's own checks ---------------------------------------------------------------------------

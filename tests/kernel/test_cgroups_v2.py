@@ -187,3 +187,21 @@ def test_ordinary_user_without_delegation_is_told_how(mgr: CgroupManager) -> Non
         assert "Delegate=yes" in hints, out
     finally:
         os.rmdir(box)
+
+
+def test_a_v2_leaf_is_removed_not_kept_for_reuse(mgr: CgroupManager) -> None:
+    """Leaves are reused on cgroup v1 only (docs/cgroups.md, "Reused leaves"): memory.peak and cpu.stat's
+    usage cannot be reset here. A reaped child's v2 leaf is removed, and the next leaf is a new directory."""
+    leaf = mgr.create_leaf("once", ResourcePolicy(memory=64 * cg.MiB))
+    proc = cg.gated(["/bin/sh", "-c", "read x"])
+    try:
+        cg.place_and_release(leaf, proc)
+        proc.wait(timeout=10)
+        assert not leaf.release()
+        assert not os.path.exists(leaf.paths[0])
+        assert len(mgr.pool) == 0
+        nxt = mgr.create_leaf("next", ResourcePolicy(memory=64 * cg.MiB))
+        assert nxt.paths != leaf.paths
+        nxt.remove()
+    finally:
+        cg.stop(proc)
