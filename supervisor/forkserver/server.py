@@ -64,7 +64,6 @@ def _confinement(
     cache: _Cache,
     pooled_net: bool = False,
     console: str | None = None,
-    fork_maps: bool = False,
 ) -> list[_ops.Segment]:
     """Every containment step of a sandbox, in the order the init applies them: steps 1-3 in `_head`, 4
     here, 5-8 in `_view`, 9-13 in `_lockdown`. Returns the plan's segments. Raises SetupFailure for what is
@@ -76,8 +75,13 @@ def _confinement(
     spot). Every part but step 4 is cached (_Cache).
     """
     # 0. (At launch: the init is born in its user and pid namespaces, pid 1 of the new one, and a child of
-    #    the supervisor; with `pooled_net`, in a network namespace lent by netpool.NetPool.)
-    head = cache.head(policy_id, pol, supervisor_pidfd, fork_maps)
+    #    the supervisor; with `pooled_net`, in a network namespace lent by netpool.NetPool. The id maps: the
+    #    caller's uid and gid mapped to themselves, written by the launched child itself before its exec
+    #    (_cinit.start, premap): every later step that creates a file (a mount point, a device node) needs
+    #    its owner mapped, and mapped to root the exec keeps the capabilities without 41 ambient raises. A
+    #    root caller's sandbox in another account's workdir gets the fork server's two-line maps instead
+    #    (namespaces.owner_maps), written before the init reads its plan's end; the plan is the same.)
+    head = cache.head(policy_id, pol, supervisor_pidfd)
     # 4. Into the cgroup leaf, so that everything the sandbox does is charged and limited there; the
     #    command inherits it. Writing 0 moves the writer: on v1 into `tasks` (Leaf.placement_files: no
     #    global lock, no RCU grace period to wait out); done here, a slow move delays only this sandbox.
@@ -90,20 +94,14 @@ def _confinement(
     return [head, placement, view, cache.lockdown(policy_id, pol, supervisor_pidfd)]
 
 
-def _head(pol: CompiledPayload, supervisor_pidfd: int, fork_maps: bool = False) -> _ops.Plan:
-    """Steps 1-3: what comes before anything else. `fork_maps`: this process writes the id maps (a root
-    caller's sandbox in another account's workdir: namespaces.owner_maps), the init does not."""
+def _head(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
+    """Steps 1-3: what comes before anything else (the id maps, step 2, are written at the launch)."""
     plan = _ops.Plan()
     # 1. Die with the supervisor. PDEATHSIG is set first so that no later step can outlive it; the init
     #    then polls the supervisor's pidfd, which closes the race where it died between launch and prctl.
     #    A root caller's sandbox keeps the pidfd open for step 12b, whose change of ids clears PDEATHSIG.
     owner = int(bool(pol["ns"].get("owner")))
     plan.add(_cinit.OP_PDEATHSIG, "pdeathsig", "prctl(PR_SET_PDEATHSIG)", a=(supervisor_pidfd, owner))
-    # 2. The id maps: the caller's uid and gid mapped to themselves; every later step that creates a file
-    #    (a mount point, a device node) needs its owner mapped. (A root caller's are written by the fork
-    #    server before the init reads its plan's end: namespaces.owner_maps.)
-    if not fork_maps:
-        namespaces.emit_id_maps(pol["ns"], plan)
     # 3. New session: no controlling terminal, so TIOCSTI cannot push keystrokes into the caller's shell.
     #    (With `corral run --tty` the init, this session's leader, makes the pty corral made for the command
     #    its controlling terminal when it starts the command: _cinit.c, PLAN_CTTY. Never the caller's
@@ -199,19 +197,17 @@ class _Cache:
     """
 
     def __init__(self) -> None:
-        self._head: dict[tuple[int, bool], _ops.Segment] = {}
+        self._head: dict[int, _ops.Segment] = {}
         self._lockdown: dict[int, _ops.Segment] = {}
         self._views: dict[
             tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
             tuple[tuple[object, ...], _ops.Segment],
         ] = {}
 
-    def head(
-        self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int, fork_maps: bool = False
-    ) -> _ops.Segment:
-        seg = self._head.get((policy_id, fork_maps))
+    def head(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
+        seg = self._head.get(policy_id)
         if seg is None:
-            seg = self._head[policy_id, fork_maps] = _head(pol, supervisor_pidfd, fork_maps).segment()
+            seg = self._head[policy_id] = _head(pol, supervisor_pidfd).segment()
         return seg
 
     def lockdown(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
@@ -222,8 +218,7 @@ class _Cache:
 
     def forget(self, policy_id: int) -> None:
         """Drop every segment of this policy."""
-        self._head.pop((policy_id, False), None)
-        self._head.pop((policy_id, True), None)
+        self._head.pop(policy_id, None)
         self._lockdown.pop(policy_id, None)
         for key in [k for k in self._views if k[0] == policy_id]:
             del self._views[key]
@@ -319,12 +314,12 @@ class Server:
         net = self.netpool.take(key) if pol["ns"]["net"] else None
         # A root caller's sandbox in another account's workdir: its two-line id maps are written here
         # once it runs, and it must not read its plan's end before (the write end stays open until then).
-        # In a root-owned workdir the init maps 0 itself, as any caller's does (no cost here).
+        # In a root-owned workdir the launched child maps 0 itself, as any caller's does (no cost here).
         maps = namespaces.owner_maps(cwd) if pol["ns"].get("owner") else None
         if maps == namespaces.ROOT_MAPS:
             maps = None
         try:
-            segments = self._segments(pol, req, cwd, stdio, pooled_net=net is not None, ctty=ctty, maps=maps)
+            segments = self._segments(pol, req, cwd, stdio, pooled_net=net is not None, ctty=ctty)
         except _sys.SetupFailure as failure:
             if net is not None:
                 self.netpool.unused(key, net)
@@ -336,7 +331,7 @@ class Server:
                 self.netpool.unused(key, net)
             return {"error": _sys.SetupFailure("fork server", "pipe2", err.errno or 0).to_dict()}, []
         try:
-            pid, exec_errno, plan_w = self._launch(
+            pid, exec_errno, unmapped, plan_w = self._launch(
                 pol,
                 segments,
                 mode,
@@ -358,7 +353,7 @@ class Server:
             return {"error": launch.to_dict()}, []
         if plan_w >= 0 and maps is not None:
             return self._map_owner(pid, maps, plan_w, status_r, net, key)
-        return self._started(pid, status_r, net, key, None, exec_errno)
+        return self._started(pid, status_r, net, key, unmapped, exec_errno)
 
     def _segments(
         self,
@@ -369,7 +364,6 @@ class Server:
         *,
         pooled_net: bool,
         ctty: bool,
-        maps: tuple[bytes, bytes] | None,
     ) -> list[_ops.Segment]:
         """The plan's segments for this request (`_confinement`); raises _sys.SetupFailure as it does."""
         return _confinement(
@@ -381,7 +375,6 @@ class Server:
             self.cache,
             pooled_net=pooled_net,
             console=mounts.console_path(stdio[0]) if ctty and stdio else None,
-            fork_maps=maps is not None,
         )
 
     def _launch(
@@ -398,15 +391,20 @@ class Server:
         command_fd: int,
         ctty: bool,
         proxy_fd: int,
-    ) -> tuple[int, int, int]:
-        """Write the plan to a pipe and launch the init reading it; returns (pid, exec errno, plan write end).
+    ) -> tuple[int, int, _sys.SetupFailure | None, int]:
+        """Write the plan to a pipe and launch the init reading it; returns (pid, exec errno, the id maps'
+        failure, plan write end).
 
-        The plan's write end is closed here (-1) when `close_plan`, or when the init was not started or
-        failed to exec; otherwise the caller writes the owner maps and closes it. Closes `status_w`
+        `close_plan`: the launched child writes its own id maps (the caller's uid and gid to themselves;
+        namespaces.launch_maps) before its exec, and the plan's write end is closed here (-1); otherwise
+        the caller writes the owner maps and closes it. It is closed here too when the init was not
+        started, could not map its ids (the child has then exited) or failed to exec. Closes `status_w`
         always. Raises OSError when the pipe, the write or the launch fails.
         """
         plan_r = plan_w = pid = -1
         exec_errno = 0
+        unmapped = None
+        premap = namespaces.launch_maps(pol["ns"]) if close_plan else None
         try:
             plan_r, plan_w = os.pipe2(os.O_CLOEXEC)
             blob = _ops.blob(
@@ -421,6 +419,7 @@ class Server:
                 net_sysfs_fd=net[1] if net is not None else -1,
                 ctty=ctty,
                 proxy_fd=proxy_fd,
+                own_maps=premap is not None,
             )
             _write_all(plan_w, blob)  # whole, before the init runs: it reads to EOF
             if close_plan:
@@ -432,17 +431,22 @@ class Server:
             netfd = net[0] if net is not None else -1
             if self.slot is not None:
                 protocol.SLOT.pack_into(self.slot, 0, 0, self.requests)
-                pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, netfd, self.slot)
+                pid, exec_errno, failed = _cinit.start(
+                    flags, _INIT, plan_r, keep, netfd, self.slot, premap=premap
+                )
             else:
-                pid, exec_errno = _cinit.start(flags, _INIT, plan_r, keep, netfd)
+                pid, exec_errno, failed = _cinit.start(flags, _INIT, plan_r, keep, netfd, premap=premap)
+            if failed is not None:
+                unmapped = namespaces.map_failure(failed, exec_errno)
+                exec_errno = 0
         finally:
             for fd in (plan_r, status_w):
                 if fd >= 0:
                     os.close(fd)
-            if plan_w >= 0 and (pid < 0 or exec_errno):
+            if plan_w >= 0 and (pid < 0 or exec_errno or unmapped is not None):
                 os.close(plan_w)
                 plan_w = -1
-        return pid, exec_errno, plan_w
+        return pid, exec_errno, unmapped, plan_w
 
     def _map_owner(
         self,

@@ -26,10 +26,12 @@
  *
  * Built twice (setup.py): with CORRAL_INIT_MAIN, the executable `corral-init PLAN_FD`; without, the Python
  * extension supervisor.sandbox._cinit:
- *   start(flags, path, plan_fd, keep, netns=-1) -> (pid, errno)
+ *   start(flags, path, plan_fd, keep, netns=-1, slot=..., *, premap=None) -> (pid, errno, failed)
  *       launch the executable at `path` into the namespaces in `flags` (and into the network namespace
  *       `netns`, a pooled one, when given), with the fds in `keep` left open (every other fd is closed at
- *       exec); errno is that of a failed exec (the child has then exited).
+ *       exec), every ignored signal back at its default, and with premap=(uid, gid) the new user namespace's
+ *       id maps written first; errno is that of a failed exec, or of the maps when `failed` names the map
+ *       file (the child has then exited).
  *   netns_new() -> (netns_fd, sysfs_fd), netns_unused(netns_fd) -> bool
  *       the fork server's pool of network namespaces (see "Pooled network namespaces" below).
  *   apply(plan) -> None | (index, errno, operation)
@@ -159,7 +161,7 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(SECCOMP, 25)     /* s0 BPF (sock_filter array), a0 its size; sets no_new_privs first if unset */      \
     X(JUMP, 26)        /* a0 op index */                                                                    \
     X(OPEN_PATH, 27)   /* s0 path, a0 slot: open(O_PATH), kept in the slot for MOUNT and CLOSE */          \
-    X(IDMAP, 28)       /* a0 uid, a1 gid: map them to themselves in our (new) user namespace */            \
+    /* 28: IDMAP, retired: the launcher writes the init's own id maps before the exec (py_start, premap) */ \
     X(MOUNT_AT, 29)    /* s0 target, opened without following any symlink; a0 what: 0 a bind of the target \
                           itself, 1 a bind of s1, 2 a tmpfs with options s1; a1 attr_set, a2 attr_clr,      \
                           a3 bit 0: copy what is mounted below (binds), bit 1: attributes on all of it */ \
@@ -181,13 +183,17 @@ struct plan_header {
     int32_t cmd_fd, status_w, ctl_fd, n_stdio; /* cmd_fd >= 0: the command is in that fd, not inline */
     uint32_t n_keep;
     int32_t net_sysfs_fd; /* >= 0: a detached sysfs mount of a pooled network namespace (slot NET_SYSFS) */
-    uint32_t flags;       /* PLAN_CTTY */
+    uint32_t flags;       /* PLAN_CTTY, PLAN_OWN_MAPS */
     int32_t proxy_fd;     /* >= 0: where PROXY_LISTEN sends the proxy's listening socket (slot PROXY) */
 };
 
 /* The command's stdin (a terminal: corral run --tty's pty) becomes the controlling terminal of the
  * sandbox's session, which the init leads (step 3, setsid). */
 #define PLAN_CTTY 1u
+/* The id maps are the ones the launcher wrote (premap: the caller's own ids only), not the fork server's
+ * owner maps: OP_SETID has no other account to become, and need not read them. */
+#define PLAN_OWN_MAPS 2u
+static int own_maps;
 
 struct segment {
     uint32_t ops_off, n_ops, strtab_off, strtab_len;
@@ -554,6 +560,13 @@ static int ll_path(const char *path, uint64_t access, uint64_t file_rights) {
         if (errno == ENOENT || errno == ENOTDIR) return 0; /* nothing there to grant access to */
         return errno;
     }
+    /* Rights only a directory can hold are refused (EINVAL) on anything else: only then is the type looked
+     * up, and the rule added again with the rights a non-directory can hold. */
+    struct ll_path_attr rule = {access, fd};
+    if (access && syscall(SYS_landlock_add_rule, ll_ruleset, LANDLOCK_RULE_PATH_BENEATH, &rule, 0) == 0) {
+        close(fd);
+        return 0;
+    }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int err = errno;
@@ -561,10 +574,10 @@ static int ll_path(const char *path, uint64_t access, uint64_t file_rights) {
         snprintf(op_detail, sizeof op_detail, "fstat(O_PATH fd)");
         return err;
     }
-    if (!S_ISDIR(st.st_mode)) access &= file_rights; /* rights only a directory can hold are refused */
+    if (!S_ISDIR(st.st_mode)) access &= file_rights;
     int err = 0;
     if (access) {
-        struct ll_path_attr rule = {access, fd};
+        rule.allowed_access = access;
         if (syscall(SYS_landlock_add_rule, ll_ruleset, LANDLOCK_RULE_PATH_BENEATH, &rule, 0) != 0) {
             err = errno;
             snprintf(op_detail, sizeof op_detail, "landlock_add_rule(PATH_BENEATH, %#llx)",
@@ -662,10 +675,12 @@ static int load_seccomp_notify(const char *bpf, int64_t size, const char *ebpf, 
     return 0;
 }
 
-/* The id maps of the user namespace we were launched into: the caller's uid and gid mapped to themselves.
- * A process may write its own maps when each is one line mapping its own id (the gid map after denying
- * setgroups); the launcher kept our capabilities across the exec as ambient ones, since with no map yet
- * the exec would have dropped them. */
+#ifndef CORRAL_INIT_MAIN
+/* The id maps of the user namespace the init is launched into: the caller's uid and gid mapped to
+ * themselves. A process may write its own maps when each is one line mapping its own id (the gid map after
+ * denying setgroups). Written by the launched child itself, before its exec (launch_child): mapped to
+ * root there, the exec keeps every capability in the namespace, so no ambient capability is needed to carry
+ * them across it (41 prctl calls per sandbox); the init then runs no map op of its own. */
 static int id_map(unsigned uid, unsigned gid) {
     char map[64];
     int err = write_file("/proc/self/setgroups", "deny");
@@ -676,6 +691,7 @@ static int id_map(unsigned uid, unsigned gid) {
     if ((err = write_file("/proc/self/gid_map", map))) return detail("write /proc/self/gid_map", err);
     return 0;
 }
+#endif
 
 /* The id other than 0 that /proc/self/<which> maps (to itself), or -1 when 0 is the only one. */
 static long mapped_other(const char *which) {
@@ -701,7 +717,7 @@ static long mapped_other(const char *which) {
  * CAPSET_ZERO. A change of ids clears PDEATHSIG: set it again, and check the supervisor did not die in
  * between (its pidfd, kept open by PDEATHSIG for this). */
 static int become_owner(int supervisor_pidfd) {
-    long uid = mapped_other("uid_map"), gid = mapped_other("gid_map");
+    long uid = own_maps ? -1 : mapped_other("uid_map"), gid = own_maps ? -1 : mapped_other("gid_map");
     int err = 0;
     if (uid == -2 || gid == -2) return detail("read /proc/self/uid_map", errno ? errno : EIO);
     if (uid >= 0) {
@@ -735,7 +751,6 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_CAPSET_ZERO:
     case OP_LL_NET:
     case OP_LL_RESTRICT:
-    case OP_IDMAP:
     case OP_SETID:
         break;
     case OP_LL_CREATE:
@@ -856,8 +871,6 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_SECCOMP_NOTIFY:
         return load_seccomp_notify(s0, o->a[0], bin(g, o->s[1], o->a[1]), o->a[1],
                                    o->a[2] ? bin(g, o->s[2], o->a[2]) : NULL, o->a[2]);
-    case OP_IDMAP:
-        return id_map((unsigned)o->a[0], (unsigned)o->a[1]);
     case OP_SETID:
         return become_owner((int)o->a[0]);
     case OP_WATCH:
@@ -1651,16 +1664,17 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
         }
         posix_spawn_file_actions_adddup2(&fa, high[i], i);
     }
-    /* All signals default and unblocked: the fork server ignores some, and ignored dispositions survive
-     * exec. */
+    /* All signals default and unblocked. The launcher set every signal the fork server ignores back to
+     * its default before this executable started (ignored dispositions survive an exec), so the only ones
+     * not at their default here are the handlers of forward_signals: those are reset (one sigaction each,
+     * not one for each of the 64 signals). */
     posix_spawnattr_t at;
     posix_spawnattr_init(&at);
-    sigset_t all, none;
-    sigfillset(&all);
-    sigdelset(&all, SIGKILL);
-    sigdelset(&all, SIGSTOP);
+    sigset_t handled, none;
+    sigemptyset(&handled);
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaddset(&handled, forwarded[i]);
     sigemptyset(&none);
-    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setsigdefault(&at, &handled);
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
     /* The init is confined already: the cwd resolves in the sandbox's own view (relative: to the workdir),
@@ -1718,8 +1732,16 @@ static void run_command(struct command *c, const int *stdio, int n_stdio, int st
      * can then return the result without waiting for this process to exit and its namespaces to go. */
     int alone = getpid() == 1;
     if (alone) {
-        kill(-1, SIGKILL);
-        while (wait4(-1, NULL, 0, NULL) > 0 || errno == EINTR) {
+        /* Every process of the namespace descends from this one, and an orphan is reparented to it (or to a
+         * subreaper, itself a descendant): no child left means nothing left, and nothing to kill (kill(-1)
+         * walks every process of the host). A child left, running or not, and everything is killed. */
+        pid_t left;
+        while ((left = wait4(-1, NULL, WNOHANG, NULL)) > 0 || (left < 0 && errno == EINTR)) {
+        }
+        if (left == 0) {
+            kill(-1, SIGKILL);
+            while (wait4(-1, NULL, 0, NULL) > 0 || errno == EINTR) {
+            }
         }
     }
     /* The command's own usage (with its reaped descendants), not the init's. */
@@ -1838,6 +1860,7 @@ static void init_main(const char *buf, size_t len) {
     if (h->net_sysfs_fd >= 0) keep[n++] = slots[SLOT_NET_SYSFS] = h->net_sysfs_fd;
     if (h->proxy_fd >= 0) keep[n++] = slots[SLOT_PROXY] = h->proxy_fd;
     close_all_but(keep, n);
+    own_maps = (h->flags & PLAN_OWN_MAPS) != 0;
     for (uint32_t i = 0; i < h->n_segs; i++) {
         int err = 0;
         long failed = run_segment(&p.segs[i], &err);
@@ -1899,7 +1922,11 @@ struct launch {
     int keep[3 * MAX_FDS + 4];
     int n_keep;
     int ambient;
+    int premap; /* write our own id maps (uid, gid mapped to themselves) before the exec */
+    unsigned uid, gid;
+    sigset_t reset; /* signals ignored here, set back to their default before the exec */
     volatile int err;
+    volatile int mapping; /* err is the id maps' (op_detail says which file), not the exec's */
 };
 
 /* Make every permitted capability inheritable and ambient, so that it survives the exec (in a new user
@@ -2084,7 +2111,18 @@ static char launch_stack[64 * 1024] __attribute__((aligned(16)));
  * (CLONE_VFORK), as posix_spawn's does: every fd close-on-exec but the ones the init needs, then exec. */
 static int launch_child(void *arg) {
     struct launch *l = arg;
+    if (l->premap && (l->err = id_map(l->uid, l->gid))) {
+        l->mapping = 1;
+        _exit(127);
+    }
     if (l->ambient && (l->err = keep_caps_across_exec())) _exit(127);
+    /* Ignored dispositions survive the exec: every signal reaches the init, and so the command, at its
+     * default (the init's posix_spawn then resets only the handlers it installed itself). */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sigismember(&l->reset, sig) == 1) sigaction(sig, &dfl, NULL);
     syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
     for (int i = 0; i < l->n_keep; i++) fcntl(l->keep[i], F_SETFD, 0);
     char *envp[] = {NULL};
@@ -2093,16 +2131,39 @@ static int launch_child(void *arg) {
     _exit(127);
 }
 
-static PyObject *py_start(PyObject *self, PyObject *args) {
+/* The signals this process ignores (Python ignores SIGPIPE and SIGXFSZ; a caller's `nohup` SIGHUP), looked
+ * up once: the fork server sets no disposition after its start. */
+static sigset_t ignored_signals(void) {
+    static sigset_t ignored;
+    static int known;
+    if (!known) {
+        sigemptyset(&ignored);
+        for (int sig = 1; sig < NSIG; sig++) {
+            struct sigaction sa;
+            if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN) sigaddset(&ignored, sig);
+        }
+        known = 1;
+    }
+    return ignored;
+}
+
+static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"flags", "path", "plan_fd", "keep", "netns", "slot", "premap", NULL};
     const char *path;
     int plan_fd;
     unsigned long flags;
-    PyObject *keep;
+    PyObject *keep, *premap = Py_None;
     (void)self;
     int netns = -1;
     Py_buffer slot = {0};
-    if (!PyArg_ParseTuple(args, "kyiO!|iw*", &flags, &path, &plan_fd, &PyTuple_Type, &keep, &netns, &slot))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "kyiO!|iw*$O", kwlist, &flags, &path, &plan_fd, &PyTuple_Type,
+                                     &keep, &netns, &slot, &premap))
         return NULL;
+    unsigned premap_uid = 0, premap_gid = 0;
+    if (premap != Py_None && !PyArg_ParseTuple(premap, "II", &premap_uid, &premap_gid)) {
+        if (slot.buf) PyBuffer_Release(&slot);
+        return NULL;
+    }
     /* The slot: memory shared with the supervisor, where the kernel stores the init's pid (CLONE_PARENT_SETTID)
      * before the init runs, so that an init whose fork server dies before replying is still known. */
     pid_t *settid = slot.buf && slot.len >= (Py_ssize_t)sizeof(pid_t) ? (pid_t *)slot.buf : NULL;
@@ -2114,8 +2175,16 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
     l.argv[1] = fdbuf;
     l.argv[2] = NULL;
     l.err = 0;
+    l.mapping = 0;
     l.n_keep = 0;
-    l.ambient = (flags & CLONE_NEWUSER) != 0;
+    /* Mapped to root by the launcher (premap), the exec keeps the capabilities; otherwise (another uid, or
+     * maps the fork server writes after the launch) they must be carried across it as ambient ones. */
+    l.premap = premap != Py_None && (flags & CLONE_NEWUSER) != 0;
+    l.uid = premap_uid;
+    l.gid = premap_gid;
+    l.ambient = (flags & CLONE_NEWUSER) != 0 && !(l.premap && premap_uid == 0);
+    l.reset = ignored_signals();
+    op_detail[0] = '\0';
     Py_ssize_t n = PyTuple_GET_SIZE(keep);
     if (n > (Py_ssize_t)(sizeof l.keep / sizeof l.keep[0])) {
         if (slot.buf) PyBuffer_Release(&slot);
@@ -2155,7 +2224,8 @@ static PyObject *py_start(PyObject *self, PyObject *args) {
         errno = clone_errno;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    return Py_BuildValue("(ii)", pid, l.err);
+    if (l.mapping) return Py_BuildValue("(iis)", pid, l.err, op_detail);
+    return Py_BuildValue("(iiO)", pid, l.err, Py_None);
 }
 
 /* identities(paths) -> bytes: for each path (str or bytes), lstat's (st_dev, st_ino, st_mode, st_uid/st_gid), or its errno.
@@ -2222,10 +2292,11 @@ static PyObject *py_apply(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"start", py_start, METH_VARARGS,
-     "start(flags, path, plan_fd, keep_fds, netns_fd=-1) -> (pid, errno): launch the init (the supervisor's "
-     "child) in new namespaces, and in the network namespace netns_fd if given; errno is that of a failed "
-     "exec (the child has then exited)."},
+    {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
+     "start(flags, path, plan_fd, keep_fds, netns_fd=-1, slot=..., *, premap=None) -> (pid, errno, failed): "
+     "launch the init (the supervisor's child) in new namespaces, and in the network namespace netns_fd if "
+     "given; with premap=(uid, gid), the child first maps them to themselves in its new user namespace. errno "
+     "is that of a failed exec, or of the id maps when `failed` names the file (the child has then exited)."},
     {"apply", py_apply, METH_VARARGS, "apply(plan) -> None | (index, errno, operation): run the ops here."},
     {"netns_new", py_netns_new, METH_NOARGS,
      "netns_new() -> (netns_fd, sysfs_fd): a new network namespace with lo up, and a detached read-only sysfs "

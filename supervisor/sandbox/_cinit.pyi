@@ -34,7 +34,6 @@ OP_LL_RESTRICT: int
 OP_SECCOMP: int
 OP_JUMP: int
 OP_OPEN_PATH: int
-OP_IDMAP: int
 OP_MOUNT_AT: int
 OP_UNLINK: int
 OP_PROXY_LISTEN: int
@@ -43,8 +42,16 @@ OP_SETID: int
 OP_WATCH: int
 
 def start(
-    flags: int, path: bytes, plan_fd: int, keep: tuple[int, ...], netns: int = -1, slot: mmap.mmap = ..., /
-) -> tuple[int, int]: ...
+    flags: int,
+    path: bytes,
+    plan_fd: int,
+    keep: tuple[int, ...],
+    netns: int = -1,
+    slot: mmap.mmap = ...,
+    /,
+    *,
+    premap: tuple[int, int] | None = None,
+) -> tuple[int, int, str | None]: ...
 def apply(plan: bytes, /) -> tuple[int, int, str | None] | None: ...
 def identities(paths: list[str] | list[bytes], /) -> bytes: ...
 def netns_new() -> tuple[int, int]: ...

@@ -55,6 +55,7 @@ if getattr(_cinit, "LAYOUT", None) != layout():
 
 MODE_APPLY, MODE_SPAWN, MODE_STUB = 0, 1, 2
 PLAN_CTTY = 1  # header flag: the init makes the command's stdin its session's controlling terminal
+PLAN_OWN_MAPS = 2  # header flag: the launched child wrote the id maps (the caller's ids only: no owner)
 
 #: A hint: plain text, or by errno ("*" for any other errno).
 Hint = str | Mapping[int | str, str]
@@ -199,14 +200,16 @@ def blob(
     net_sysfs_fd: int = -1,
     ctty: bool = False,
     proxy_fd: int = -1,
+    own_maps: bool = False,
 ) -> bytes:
     """The binary plan (layout: _cinit.c): the segments' ops run in order. `stdio`: the fds that become
     the command's 0, 1, 2, 3...; `keep`: further fds the init must not close (the supervisor's pidfd);
     `command_fd`: a file holding the command (a large one), instead of `command`; `net_sysfs_fd`: the
     sysfs mount of a pooled network namespace (the init's slot SLOT_NET_SYSFS); `ctty`: the command's stdin
     (a pty) becomes the sandbox session's controlling terminal (the init's TIOCSCTTY); `proxy_fd`: the socket
-    OP_PROXY_LISTEN sends the proxy's listening socket on (network mode "proxy"). Raises ValueError past
-    _cinit.MAX_SEGMENTS segments."""
+    OP_PROXY_LISTEN sends the proxy's listening socket on (network mode "proxy"); `own_maps`: the
+    launched child wrote the id maps (namespaces.launch_maps), so OP_SETID has no owner to become. Raises
+    ValueError past _cinit.MAX_SEGMENTS segments."""
     if len(segments) > _cinit.MAX_SEGMENTS:
         raise ValueError("too many plan segments")
     table = bytearray()
@@ -222,7 +225,8 @@ def blob(
     cmd_off = keep_off + 4 * len(keep)
     header = _HEADER.pack(
         _cinit.MAGIC, mode, len(segments), _HEADER.size, cmd_off, len(command), stdio_off, keep_off,
-        command_fd, status_w, ctl_fd, len(stdio), len(keep), net_sysfs_fd, PLAN_CTTY if ctty else 0, proxy_fd,
+        command_fd, status_w, ctl_fd, len(stdio), len(keep), net_sysfs_fd,
+        (PLAN_CTTY if ctty else 0) | (PLAN_OWN_MAPS if own_maps else 0), proxy_fd,
     )  # fmt: skip
     fds = struct.pack(f"={len(stdio)}i{len(keep)}i", *stdio, *keep)
     return b"".join((header, table, body, fds, command))

@@ -1,10 +1,10 @@
 """Linux namespaces: user (with uid/gid maps), pid, net (loopback only), mount, ipc, uts, cgroup.
 
-The sandbox init (supervisor/sandbox/_cinit.c) is launched into new user and pid namespaces and writes its
-own id maps first thing (one line mapping its own uid, and one its own gid, is what any process may write
-into its new namespace); it unshares the others itself, in the order forkserver/server.py gives. It is pid
-1 of its pid namespace: when it exits, the kernel kills everything left in the namespace, so no daemon
-outlives the sandbox.
+The sandbox init (supervisor/sandbox/_cinit.c) is launched into new user and pid namespaces, and the
+launched child writes its own id maps before its exec (one line mapping its own uid, and one its own gid,
+is what any process may write into its new namespace); the init unshares the others itself, in the order
+forkserver/server.py gives. It is pid 1 of its pid namespace: when it exits, the kernel kills everything
+left in the namespace, so no daemon outlives the sandbox.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, TypedDict
 
-from supervisor.sandbox import _cinit, _hostfs
+from supervisor.sandbox import _cinit, _hostfs, _sys
 from supervisor.sandbox.probe import NAMESPACE_FLAGS
 
 if TYPE_CHECKING:
@@ -140,15 +140,22 @@ def clone_flags(prepared: Prepared) -> int:
     return flags & (NAMESPACE_FLAGS["user"] | NAMESPACE_FLAGS["pid"])
 
 
-def emit_id_maps(prepared: Prepared, plan: Plan) -> None:
-    """The init's own id maps, in the user namespace it was launched into: the caller's uid and gid mapped
+def launch_maps(prepared: Prepared) -> tuple[int, int] | None:
+    """The init's own id maps, in the user namespace it is launched into: the caller's uid and gid mapped
     to themselves (identity maps keep file ownership meaningful for the workdir; the sandbox has no
-    capability over anything outside its namespaces). setgroups is denied first, as it must be. For a root
-    caller's sandbox in another account's workdir the fork server writes them instead (owner_maps,
-    write_owner_maps), and this is not emitted."""
-    if prepared["user"]:
-        uid, gid = prepared["uid"], prepared["gid"]
-        plan.add(_cinit.OP_IDMAP, "namespaces", "write the id maps", a=(uid, gid), hint=_HINTS["user"])
+    capability over anything outside its namespaces), as (uid, gid) for `_cinit.start(premap=...)`: the
+    launched child writes them (setgroups denied first, as it must be) before its exec, so that mapped to
+    root it keeps its capabilities across the exec. None without a user namespace. For a root caller's
+    sandbox in another account's workdir the fork server writes them instead (owner_maps,
+    write_owner_maps)."""
+    if not prepared["user"]:
+        return None
+    return prepared["uid"], prepared["gid"]
+
+
+def map_failure(operation: str, err: int) -> _sys.SetupFailure:
+    """The failure of the id maps the launched child could not write (`operation`: which file)."""
+    return _sys.SetupFailure("namespaces", operation, err, hint=_HINTS["user"])
 
 
 def emit(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
@@ -199,7 +206,8 @@ def emit(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
 OWNER_FALLBACK_GID = 65534
 
 
-#: owner_maps for a root-owned workdir: the init writes these itself (OP_IDMAP), as any caller's init does.
+#: owner_maps for a root-owned workdir: the launched child writes these itself (launch_maps), as any
+#: caller's does.
 ROOT_MAPS = (b"0 0 1\n", b"0 0 1\n")
 
 

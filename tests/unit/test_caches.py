@@ -88,12 +88,12 @@ def test_the_fork_server_drops_everything_of_a_forgotten_policy() -> None:
         server._policy({"policy_id": 5, "policy": {"ns": {}}})
         server._policy({"policy_id": 6, "policy": {"ns": {}}})
         for pid in (5, 6):
-            server.cache._head[pid, False] = server.cache._head[pid, True] = b"h"  # type: ignore[assignment]
+            server.cache._head[pid] = b"h"  # type: ignore[assignment]
             server.cache._lockdown[pid] = b"l"  # type: ignore[assignment]
             server.cache._views[(pid, "/w", False)] = ((), b"v")  # type: ignore[assignment]
         server.forget(5)
         assert list(server.policies) == [6]
-        assert list(server.cache._head) == [(6, False), (6, True)]
+        assert list(server.cache._head) == [6]
         assert list(server.cache._lockdown) == [6]
         assert list(server.cache._views) == [(6, "/w", False)]
     finally:
