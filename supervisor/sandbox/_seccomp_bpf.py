@@ -16,6 +16,10 @@ to learn the action to take. Both are written by the same code from the same rul
 returned values, so they agree by construction; `verdict` is the reference semantics the self-check and
 the tests compare both programs with.
 
+The kernel converts and JIT-compiles the program at every sandbox's seccomp(2), at a cost that grows with
+its length, so it is written short without changing a decision: same-outcome rules on one argument are
+tested as groups (`_group`), and the number search runs over ranges of numbers with one verdict.
+
 Only the standard library: imported by the fork server too (``python -I -S``).
 """
 
@@ -212,8 +216,28 @@ def _ret(rule: Rule, notify: bool) -> int:
 
 def _rules_then(asm: _Asm, rules: list[Rule], then: Mapping[int, str] | None, notify: bool) -> bool:
     """For each rule in order: if it matches, return its verdict (or jump to `then[id]`). Returns True when
-    an unconditional rule ended the list (what follows is unreachable)."""
-    for r in rules:
+    an unconditional rule ended the list (what follows is unreachable).
+
+    Consecutive rules with the same outcome (the same verdict, or the same `then` label) that each compare
+    one argument, the same one, by == or masked == on its low word alone, are tested as one group
+    (`_group`): the first match wins, and among rules of the same outcome which one matches changes nothing.
+    """
+    i = 0
+    while i < len(rules):
+        r = rules[i]
+        target = _target(r, then, notify)
+        j = i
+        while (
+            j < len(rules)
+            and j - i < _GROUP_MAX
+            and _groupable(rules[j], r.cmps[0][0] if r.cmps else -1)
+            and _target(rules[j], then, notify) == target
+        ):
+            j += 1
+        if j - i >= 2:
+            _group(asm, [c for g in rules[i:j] for c in g.cmps], target, then is not None)
+            i = j
+            continue
         fail = asm.label("f")
         for c in r.cmps:
             _cond(asm, c, fail)
@@ -224,7 +248,75 @@ def _rules_then(asm: _Asm, rules: list[Rule], then: Mapping[int, str] | None, no
         asm.at(fail)
         if not r.cmps:
             return True
+        i += 1
     return False
+
+
+#: At most this many rules per group: every jump of a group to its outcome stays within the 255
+#: instructions a conditional jump reaches (a rule costs at most 4 instructions there).
+_GROUP_MAX = 48
+_JSET = 0x45
+
+
+def _target(rule: Rule, then: Mapping[int, str] | None, notify: bool) -> int | str:
+    return _ret(rule, notify) if then is None else then[id(rule)]
+
+
+def _groupable(rule: Rule, arg: int) -> bool:
+    """Whether `rule` can join a group testing argument `arg`: one comparison, on `arg`, by == (any value)
+    or by masked == on the low word only (mask and datum both below 2**32)."""
+    if len(rule.cmps) != 1:
+        return False
+    a, op, m, b = rule.cmps[0]
+    return a == arg and (op == EQ or (op == MASKED_EQ and m >> 32 == 0 and b >> 32 == 0 and m != 0))
+
+
+def _group(asm: _Asm, cmps: list[Cmp], target: int | str, jump: bool) -> None:
+    """Code that goes to `target` (a verdict to return, or with `jump` a label to jump to) when any of
+    `cmps` holds (all on one argument, each == or low-word masked ==: `_groupable`), and falls through
+    when none does. Single-bit masks whose datum is the bit are one JSET on their union; other masked ==
+    share one AND per mask; == shares one load and test of the high word per high word."""
+    arg = cmps[0][0]
+    lo_off = 16 + 8 * arg
+    hi_off = lo_off + 4
+    hit = asm.label("hit")
+    bits = 0
+    masks: dict[int, list[int]] = {}
+    highs: dict[int, list[int]] = {}
+    for _arg, op, m, b in cmps:
+        if op == MASKED_EQ and m == b and m & (m - 1) == 0:
+            bits |= m  # v & bit == bit: the bit is set
+        elif op == MASKED_EQ:
+            masks.setdefault(m, []).append(b)
+        else:
+            highs.setdefault(m >> 32 & _M32, []).append(m & _M32)
+    if bits:
+        asm.put(_LD_ABS, lo_off)
+        asm.put(_JSET, bits, hit, 0)
+    for m, data in masks.items():
+        asm.put(_LD_ABS, lo_off)
+        if m != _M32:
+            asm.put(_AND_K, m)
+        for b in dict.fromkeys(data):
+            asm.put(_JEQ, b, hit, 0)
+    for h, lows in highs.items():
+        skip = asm.label("s")
+        asm.put(_LD_ABS, hi_off)
+        asm.put(_JEQ, h, 0, skip)
+        asm.put(_LD_ABS, lo_off)
+        for low in dict.fromkeys(lows):
+            asm.put(_JEQ, low, hit, 0)
+        asm.at(skip)
+    done = asm.label("d")
+    asm.put(_JA, done)
+    asm.at(hit)
+    if jump:
+        assert isinstance(target, str)
+        asm.put(_JA, target)
+    else:
+        assert isinstance(target, int)
+        asm.put(_RET, target)
+    asm.at(done)
 
 
 def _block(asm: _Asm, spec: Spec, nr: int, notify: bool) -> None:
@@ -284,27 +376,57 @@ def assemble(spec: Spec, notify: bool) -> bytes:
     inline = {nr: _single_ret(spec, nr, notify) for nr in nrs}
     nrs = [nr for nr in nrs if inline[nr] != dflt]  # the same as the default: no entry needed
     blocks: dict[int, str] = {nr: asm.label("b") for nr in nrs if inline[nr] is None}
+    # The dispatch on the number: a binary search over runs of consecutive numbers with the same inline
+    # verdict (one number each where its code is a block of its own), anything else the default.
+    runs: list[tuple[int, int, int | None]] = []
+    for nr in nrs:
+        k = inline[nr]
+        if runs and k is not None and runs[-1][1] == nr - 1 and runs[-1][2] == k:
+            runs[-1] = (runs[-1][0], nr, k)
+        else:
+            runs.append((nr, nr, k))
+
+    def leaf_size(lo: int, hi: int) -> int:
+        return sum(2 if first == last else 3 for first, last, _k in runs[lo:hi]) + 1
+
+    sizes: dict[tuple[int, int], int] = {}
+
+    def size(lo: int, hi: int) -> int:
+        if (lo, hi) not in sizes:
+            if hi - lo <= 4:
+                sizes[lo, hi] = leaf_size(lo, hi)
+            else:
+                mid = (lo + hi) // 2
+                left = size(lo, mid)
+                sizes[lo, hi] = (1 if left <= 255 else 2) + left + size(mid, hi)
+        return sizes[lo, hi]
 
     def tree(lo: int, hi: int) -> None:
         if hi - lo <= 4:
-            for nr in nrs[lo:hi]:
-                asm.put(_JEQ, nr, 0, 1)
-                k = inline[nr]
+            for first, last, k in runs[lo:hi]:
+                if first == last:
+                    asm.put(_JEQ, first, 0, 1)
+                else:
+                    asm.put(_JGE, first, 0, 2)
+                    asm.put(_JGT, last, 1, 0)
                 if k is None:
-                    asm.put(_JA, blocks[nr])
+                    asm.put(_JA, blocks[first])
                 else:
                     asm.put(_RET, k)
             asm.put(_RET, dflt)
             return
         mid = (lo + hi) // 2
         right = asm.label("r")
-        asm.put(_JGE, nrs[mid], 0, 1)
-        asm.put(_JA, right)
+        if size(lo, mid) <= 255:  # the right half is within a conditional jump's reach
+            asm.put(_JGE, runs[mid][0], right, 0)
+        else:
+            asm.put(_JGE, runs[mid][0], 0, 1)
+            asm.put(_JA, right)
         tree(lo, mid)
         asm.at(right)
         tree(mid, hi)
 
-    tree(0, len(nrs))
+    tree(0, len(runs))
     for nr, label in blocks.items():
         asm.at(label)
         _block(asm, spec, nr, notify)

@@ -353,3 +353,70 @@ def test_calls_without_argument_rules_never_load_arguments() -> None:
             prog = bpf.assemble(c.spec, notify)
             for nr in range(460):
                 assert _touches_arguments(prog, nr) == (nr in with_args), nr
+
+
+def _group_heavy_spec(rng: random.Random) -> bpf.Spec:
+    """Long runs of one-comparison rules on one argument, by == (high words too) and masked == (single
+    bits, shared masks, duplicates), with the same or alternating verdicts: what `_rules_then` tests as
+    groups; and runs of consecutive numbers with one verdict, what the dispatch tests as ranges."""
+    values = (0, 1, 2, 0x10, 0x80, 0xFFFFFFFF, 2**32, 2**32 + 0x10, 2**63, 2**64 - 1)
+    bits = (0x1, 0x80, 0x4000, 0x80000000)
+    masks = (0x81, 0xFF, 0xFFFFFFFF, 0x180)
+
+    def rule(action: int, arg: int, index: int) -> bpf.Rule:
+        kind = rng.choice(("eq", "bit", "mask"))
+        if kind == "eq":
+            cmp: bpf.Cmp = (arg, bpf.EQ, rng.choice(values), 0)
+        elif kind == "bit":
+            bit = rng.choice(bits)
+            cmp = (arg, bpf.MASKED_EQ, bit, bit)
+        else:
+            mask = rng.choice(masks)
+            cmp = (arg, bpf.MASKED_EQ, mask, rng.choice((0, 1, 0x80, 0x100, mask)) & mask)
+        return bpf.Rule(action, (cmp,), action != bpf.ALLOW, "builtin", index)
+
+    builtin: dict[int, list[bpf.Rule]] = {}
+    for nr in rng.sample(range(300), 12):
+        arg = rng.randrange(6)
+        actions = rng.choice(((bpf.ERRNO | 1,), (bpf.ERRNO | 1, bpf.ERRNO | 13), (bpf.KILL_PROCESS, bpf.LOG)))
+        builtin[nr] = [rule(actions[(i // 3) % len(actions)], arg, i) for i in range(rng.choice((2, 7, 60)))]
+    start = rng.randrange(300, 400)
+    for nr in range(start, start + rng.choice((2, 5, 9))):  # a run of one verdict, then a lone number
+        builtin[nr] = [bpf.Rule(bpf.ERRNO | 1, (), True)]
+    builtin[start + 12] = [bpf.Rule(bpf.ERRNO | 1, (), True)]
+    return bpf.Spec(builtin, {}, bpf.ALLOW_RULE, ARCH, _sys.MACHINE == "x86_64")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_grouped_rules_and_number_ranges_decide_as_the_reference_semantics(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    spec = _group_heavy_spec(rng)
+    programs = [(bpf.assemble(spec, notify=False), False), (bpf.assemble(spec, notify=True), True)]
+    checked = 0
+    for nr in range(0, 420):
+        rules = spec.builtin.get(nr, [])
+        pool = [w for r in rules for w in bpf.witnesses(r)] + [tuple(rng.choice(BOUNDARY) for _ in range(6))]
+        for args in pool:
+            want = bpf.verdict(spec, nr, args)
+            for prog, notify in programs:
+                got = seccomp.run_bpf(prog, nr, args=args)
+                assert got == (bpf.NOTIFY if notify and want.report else want.action), (nr, args, notify)
+                checked += 1
+    assert checked > 1000
+
+
+def test_the_default_filter_stays_small() -> None:
+    """The kernel checks, converts and JIT-compiles the filter at every sandbox's seccomp(2), at a cost that
+    grows with its length: same-verdict rules on one argument are tested as groups and runs of numbers as
+    ranges, which took the default installed filter from 790 instructions to under 500 (and the allowlist
+    example's from 1424 to under 600) without changing a decision (the tests above)."""
+    allowlist = load_seccomp_profile(os.path.join(ROOT, "examples", "seccomp", "allowlist.json"))
+    for policy, bound in (
+        (Policy(), 500),
+        (dataclasses.replace(Policy(), syscalls=SyscallPolicy(profile=allowlist)), 600),
+    ):
+        prepared = seccomp.prepare(policy, CAPS)
+        assert prepared is not None
+        for prog in (prepared["bpf"], prepared["notify"]):
+            assert isinstance(prog, bytes)
+            assert 100 < len(prog) // 8 < bound, len(prog) // 8
