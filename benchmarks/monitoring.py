@@ -62,14 +62,21 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def _time_rounds(rounds: int, fn: object, before: object = None) -> list[float]:
+def _time_rounds(
+    rounds: int, fn: object, before: object = None, cpu: list[float] | None = None
+) -> list[float]:
+    """Each round's wall time; with `cpu`, its CPU time (this thread's) appended there too: what the rounds
+    cost without the time other processes of a loaded machine took the CPU."""
     out = []
     for _ in range(rounds):
         if before is not None:
             before()  # type: ignore[operator]
+        c = time.thread_time()
         t = time.perf_counter()
         fn()  # type: ignore[operator]
         out.append(time.perf_counter() - t)
+        if cpu is not None:
+            cpu.append(time.thread_time() - c)
     return out
 
 
@@ -130,13 +137,15 @@ async def main(n: int, rounds: int, interval: float, idle: float) -> dict[str, o
             await anyio.sleep(max(1.0, 4 * interval))  # a few sampler rounds: every leaf's fds are open
             rss1 = _rss()
 
-            # The cgroup part: exactly what the sampler does per round (with_fds=False: no fds limit set),
-            # with the supervisor's notifiers (armed at each child's first sample, during the sleep above).
+            # The cgroup part: exactly what the sampler does per full round, with the supervisor's notifiers
+            # (armed at each child's first sample, during the sleep above).
             # Cold first: each round after the caches were evicted (the figure of record), then warm.
             evict = Evictor()
-            sample_all(children, False, sup._oom)
-            cold_round = _time_rounds(rounds, lambda: sample_all(children, False, sup._oom), evict)
-            per_round = _time_rounds(rounds, lambda: sample_all(children, False, sup._oom))
+            # with_fds=True, as the supervisor calls it (no child here has an fd limit: none is counted).
+            sample_all(children, True, sup._oom)
+            cold_cpu: list[float] = []
+            cold_round = _time_rounds(rounds, lambda: sample_all(children, True, sup._oom), evict, cold_cpu)
+            per_round = _time_rounds(rounds, lambda: sample_all(children, True, sup._oom))
             leaves = [c.leaf for c in children]
             stats_round = _time_rounds(rounds, lambda: [leaf.stats() for leaf in leaves])  # type: ignore[union-attr]
 
@@ -145,7 +154,7 @@ async def main(n: int, rounds: int, interval: float, idle: float) -> dict[str, o
             # kernel enforces, so one pread of the OOM counter per child, or, where an OOM notifier is
             # registered (cgroup v1), one epoll_wait for all of them).
             def cycle() -> None:
-                sample_all(children, False, sup._oom)
+                sample_all(children, True, sup._oom)
                 for _ in range(FULL_EVERY - 1):
                     sample_due(children, sup._oom)
 
@@ -196,6 +205,7 @@ async def main(n: int, rounds: int, interval: float, idle: float) -> dict[str, o
         "monitor_interval_s": interval,
         "start_all_s": round(start_s, 2),
         "cgroup_sample_all_us_per_child": us(cold_round, n),
+        "cgroup_sample_all_cpu_us_per_child": us(cold_cpu, n),
         "cgroup_sample_all_warm_us_per_child": us(per_round, n),
         "cgroup_sample_all_own_rounds_us_per_child": us(own, n) if own else None,
         "own_rounds": len(own),
@@ -222,6 +232,7 @@ async def main(n: int, rounds: int, interval: float, idle: float) -> dict[str, o
     )
     line("cgroup sample (sample_all) per child per sample:", cg, "  (target <= 10 us)")
     line(f"  cold: caches evicted before each of {rounds} rounds", cg)
+    line("    the same rounds' CPU time (the sampling thread's)", us(cold_cpu, n))
     line("  warm: the rounds back to back", us(per_round, n))
     if own:
         line(f"  the supervisor's own {len(own)} full rounds (idle)", us(own, n))

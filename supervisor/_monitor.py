@@ -256,19 +256,29 @@ def sample_all(
     if notifiers is not None:
         _unquiet(notifiers)
     for c in children:
-        leaf = c.leaf
-        if leaf is not None and leaf.paths and not (with_fds and _counts_fds(c)):
-            w = c._watch
-            if w is None:
-                w = c._watch = watch(c)
-                if notifiers is not None:
-                    _arm(c, leaf, notifiers)
-            m, peak, cpu, pids, oom, hits = leaf.stats(notified, w != WATCH_ALL)
-            if m is not None:
-                px = c.proxy
-                net = _NO_NET if px is None else px.net()
-                append(new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now, *net)))
-                continue
+        w = c._watch
+        if w is None:
+            w = c._watch = watch(c)
+            leaf = c.leaf
+            if notifiers is not None and leaf is not None and leaf.paths:
+                _arm(c, leaf, notifiers)
+        if w != WATCH_ALL:  # a cgroup measures everything (watch): the common case, kept short
+            if not (with_fds and w & WATCH_FDS):
+                m, peak, cpu, pids, oom, hits = c.leaf.stats(notified, True)  # type: ignore[union-attr]
+                if m is not None:
+                    px = c.proxy
+                    net = _NO_NET if px is None else px.net()
+                    append(new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now, *net)))
+                    continue
+        else:
+            leaf = c.leaf
+            if leaf is not None and leaf.paths and not (with_fds and _counts_fds(c)):
+                m, peak, cpu, pids, oom, hits = leaf.stats(notified)
+                if m is not None:
+                    px = c.proxy
+                    net = _NO_NET if px is None else px.net()
+                    append(new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now, *net)))
+                    continue
         append(sample(c, with_fds, now))
     return out
 
@@ -306,11 +316,18 @@ FULL_EVERY = 4
 WATCH_ALL = -1
 WATCH_OOM = 1
 WATCH_PIDS_MAX = 2
+#: Not a reason to sample between full rounds: the child's fds are counted in full rounds (an fd limit), so
+#: its full sample goes through `sample` (psutil), not the cgroup's turns.
+WATCH_FDS = 4
+
+
+_BETWEEN = WATCH_OOM | WATCH_PIDS_MAX  # what sample_due looks at (WATCH_ALL has every bit)
 
 
 def watch(child: Child) -> int:
     """What `child` needs sampled between full rounds: WATCH_ALL, or a mask of WATCH_OOM and
-    WATCH_PIDS_MAX (0: nothing)."""
+    WATCH_PIDS_MAX (0: nothing), with WATCH_FDS for an fd limit. Anything but WATCH_ALL means a cgroup
+    leaf measures the child's usage (its full rounds read in turn: `sample_all`)."""
     pol, leaf = child.policy, child.leaf
     if pol is None or leaf is None or not leaf.paths or child.rules:
         return WATCH_ALL
@@ -321,7 +338,11 @@ def watch(child: Child) -> int:
         return WATCH_ALL
     if r.pids is not None and leaf.enforced.get("pids") is not True:
         return WATCH_ALL
-    return (WATCH_OOM if r.memory is not None else 0) | (WATCH_PIDS_MAX if r.pids is not None else 0)
+    return (
+        (WATCH_OOM if r.memory is not None else 0)
+        | (WATCH_PIDS_MAX if r.pids is not None else 0)
+        | (WATCH_FDS if r.fds is not None else 0)
+    )
 
 
 def sample_due(
@@ -348,7 +369,7 @@ def sample_due(
             w = c._watch = watch(c)
             if notifiers is not None and leaf is not None and leaf.paths:
                 _arm(c, leaf, notifiers)
-        if not w:
+        if not w & _BETWEEN:
             continue
         if w != WATCH_ALL:
             assert leaf is not None

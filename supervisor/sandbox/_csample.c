@@ -6,11 +6,15 @@
  * GIL released once, parses the kernel's formats in C and returns the values. Nothing here opens a path: the
  * fds were opened by the leaf (cgroupfs files corral created, never sandbox-writable).
  *
+ * Reader: the same reads with the leaf's sampling state kept in C (the periodic sampler's turns and what they
+ * carry), so that the Python around each leaf's read is one method call.
+ *
  * stat_at: the identities a pre-forked sandbox's Recheck compares (forkserver/_recheck.py), on the event
  * loop: each a single-name, no-follow fstatat relative to a held directory fd (or an lstat of a host path).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -51,15 +55,9 @@ static int64_t keyed(const char *buf, size_t len, const char *key) {
     return -1;
 }
 
-static PyObject *read_leaf(PyObject *self, PyObject *args) {
-    int fds[N_SLOTS];
-    int cpu_v2;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "(iiiiiii)p", &fds[0], &fds[1], &fds[2], &fds[3], &fds[4], &fds[5], &fds[6],
-                          &cpu_v2))
-        return NULL;
-    char bufs[N_SLOTS][BUF];
-    ssize_t lens[N_SLOTS];
+/* pread each fd >= 0 of `fds` into its buffer, with the GIL released once; lens[i] = -1 where fds[i] < 0.
+ * Returns 0, or errno (OSError set) for a failed read. */
+static int pread_all(const int *fds, char bufs[N_SLOTS][BUF], ssize_t *lens) {
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     for (int i = 0; i < N_SLOTS; i++) {
@@ -74,9 +72,15 @@ static PyObject *read_leaf(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     if (err) {
         errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        PyErr_SetFromErrno(PyExc_OSError);
     }
-    int64_t v[N_SLOTS];
+    return err;
+}
+
+/* Parse what pread_all read: v[i] the value (the oom_kill and max counters, the CPU in the file's own unit:
+ * us for v2 cpu.stat, ns for v1 cpuacct.usage), -1 where nothing was read. Returns -1 (ValueError set) for
+ * a format it does not know. */
+static int parse_all(char bufs[N_SLOTS][BUF], const ssize_t *lens, int cpu_v2, int64_t *v) {
     for (int i = 0; i < N_SLOTS; i++) {
         v[i] = -1;
         if (lens[i] < 0) continue;
@@ -92,21 +96,37 @@ static PyObject *read_leaf(PyObject *self, PyObject *args) {
             v[i] = number(b, b + n);
         if (v[i] < 0) {
             PyErr_Format(PyExc_ValueError, "unexpected cgroup file format (slot %d)", i);
-            return NULL;
+            return -1;
         }
     }
+    return 0;
+}
+
+static PyObject *int_or_none(int64_t v) {
+    if (v < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(v);
+}
+
+static PyObject *cpu_or_none(int64_t v, int cpu_v2) {
+    if (v < 0) Py_RETURN_NONE;
+    return PyFloat_FromDouble(cpu_v2 ? (double)v / 1e6 : (double)v / 1e9);
+}
+
+static PyObject *read_leaf(PyObject *self, PyObject *args) {
+    int fds[N_SLOTS];
+    int cpu_v2;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "(iiiiiii)p", &fds[0], &fds[1], &fds[2], &fds[3], &fds[4], &fds[5], &fds[6],
+                          &cpu_v2))
+        return NULL;
+    char bufs[N_SLOTS][BUF];
+    ssize_t lens[N_SLOTS];
+    int64_t v[N_SLOTS];
+    if (pread_all(fds, bufs, lens) || parse_all(bufs, lens, cpu_v2, v) < 0) return NULL;
     PyObject *out = PyTuple_New(N_SLOTS);
     if (!out) return NULL;
     for (int i = 0; i < N_SLOTS; i++) {
-        PyObject *item;
-        if (v[i] < 0) {
-            item = Py_None;
-            Py_INCREF(item);
-        } else if (i == S_CPU) {
-            item = PyFloat_FromDouble(cpu_v2 ? (double)v[i] / 1e6 : (double)v[i] / 1e9);
-        } else {
-            item = PyLong_FromLongLong(v[i]);
-        }
+        PyObject *item = i == S_CPU ? cpu_or_none(v[i], cpu_v2) : int_or_none(v[i]);
         if (!item) {
             Py_DECREF(out);
             return NULL;
@@ -115,6 +135,220 @@ static PyObject *read_leaf(PyObject *self, PyObject *args) {
     }
     return out;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * Reader: a leaf's sampling state in C (cgroups/_stats.py, LeafSampler: the same rules, documented there).
+ * `configure` gives it the fds (every file; the periodic sampler's, quiet counters -1), which counters are
+ * quiet with their held values, and the v1 socket-buffer level that counts as the limit reached; it keeps
+ * its carried values across configure calls. `read(mode)` reads and returns the leaf's CgroupStats: mode 0
+ * every file (the final sample), 1 the periodic sampler's files (quiet counters' held values), 2 a turn:
+ * the usage, the counters not quiet and the next file in turn of the CPU, the peak, pids.current and the
+ * socket-buffer peak, the others carried (every file at the first read, and again when a counter moved).
+ * Not thread-safe: its LeafSampler calls it with its lock held (the fds stay open meanwhile). */
+
+enum { QUIET_OOM = 1, QUIET_PIDS = 2 };
+static const int turn_slots[] = {S_CPU, S_PEAK, S_PIDS, S_TCP};
+#define N_TURN_SLOTS 4
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *stats_type; /* CgroupStats: a tuple subclass of 6 */
+    int cpu_v2;
+    int all[N_SLOTS], due[N_SLOTS];
+    int turns[N_TURN_SLOTS][N_SLOTS];
+    int nturns;
+    unsigned turn;
+    int quiet;
+    int64_t seen_oom, seen_pids; /* the quiet counters' held values, -1: none */
+    int64_t tcp_hit_at;          /* -1: not watched */
+    int64_t socket_hit;          /* -1: not reached */
+    int carry;                   /* every file was read once: the c_* hold */
+    int64_t c_peak, c_cpu, c_pids, c_tcp, c_oom, c_pe;
+} Reader;
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
+    PyObject *type;
+    int cpu_v2;
+    unsigned int turn = 0;
+    static char *kwlist[] = {"stats_type", "cpu_v2", "turn", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!p|I", kwlist, &PyType_Type, &type, &cpu_v2, &turn))
+        return -1;
+    if (!PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Reader() takes a tuple subclass");
+        return -1;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(self->stats_type, (PyTypeObject *)type);
+    self->cpu_v2 = cpu_v2;
+    self->turn = turn;
+    for (int i = 0; i < N_SLOTS; i++) self->all[i] = self->due[i] = -1;
+    self->nturns = 0;
+    self->quiet = 0;
+    self->seen_oom = self->seen_pids = self->tcp_hit_at = self->socket_hit = -1;
+    self->carry = 0;
+    self->c_peak = self->c_cpu = self->c_pids = self->c_tcp = self->c_oom = self->c_pe = -1;
+    return 0;
+}
+
+static void Reader_dealloc(Reader *self) {
+    Py_XDECREF(self->stats_type);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int64_t opt_int64(PyObject *o, int *bad) {
+    if (o == Py_None) return -1;
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) *bad = 1;
+    return v < 0 ? -1 : (int64_t)v;
+}
+
+static PyObject *Reader_configure(Reader *self, PyObject *args) {
+    int a[N_SLOTS], d[N_SLOTS], quiet;
+    PyObject *seen_oom, *seen_pids, *hit_at;
+    if (!PyArg_ParseTuple(args, "(iiiiiii)(iiiiiii)iOOO", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &d[0],
+                          &d[1], &d[2], &d[3], &d[4], &d[5], &d[6], &quiet, &seen_oom, &seen_pids, &hit_at))
+        return NULL;
+    int bad = 0;
+    int64_t so = opt_int64(seen_oom, &bad), sp = opt_int64(seen_pids, &bad), ha = opt_int64(hit_at, &bad);
+    if (bad) return NULL;
+    memcpy(self->all, a, sizeof a);
+    memcpy(self->due, d, sizeof d);
+    self->quiet = quiet;
+    self->seen_oom = so;
+    self->seen_pids = sp;
+    self->tcp_hit_at = ha;
+    self->nturns = 0;
+    for (int k = 0; k < N_TURN_SLOTS; k++) {
+        int slot = turn_slots[k];
+        if (d[slot] < 0) continue;
+        int *t = self->turns[self->nturns++];
+        for (int i = 0; i < N_SLOTS; i++) t[i] = -1;
+        t[S_MEM] = d[S_MEM];
+        t[S_EVENTS] = d[S_EVENTS];
+        t[S_PIDS_EVENTS] = d[S_PIDS_EVENTS];
+        t[slot] = d[slot];
+    }
+    Py_RETURN_NONE;
+}
+
+static int64_t note_socket(Reader *self, int64_t tcp) {
+    if (self->tcp_hit_at >= 0 && tcp >= self->tcp_hit_at && self->socket_hit < 0) self->socket_hit = tcp;
+    return tcp;
+}
+
+static PyObject *Reader_read(Reader *self, PyObject *arg) {
+    long mode = PyLong_AsLong(arg);
+    if (mode == -1 && PyErr_Occurred()) return NULL;
+    if (!self->stats_type) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader not initialised");
+        return NULL;
+    }
+    int turn = mode == 2 && self->carry && self->nturns > 0;
+    const int *fds = self->all;
+    if (turn) {
+        unsigned i = self->turn % (unsigned)self->nturns;
+        self->turn = i + 1;
+        fds = self->turns[i];
+    } else if (mode >= 1) {
+        fds = self->due;
+    }
+    char bufs[N_SLOTS][BUF];
+    ssize_t lens[N_SLOTS];
+    int64_t v[N_SLOTS];
+    if (pread_all(fds, bufs, lens) || parse_all(bufs, lens, self->cpu_v2, v) < 0) return NULL;
+    int quiet = mode >= 1 ? self->quiet : 0;
+    int64_t oom = quiet & QUIET_OOM ? self->seen_oom : v[S_EVENTS];
+    int64_t pe = quiet & QUIET_PIDS ? self->seen_pids : v[S_PIDS_EVENTS];
+    if (turn && (oom != self->c_oom || pe != self->c_pe)) {
+        /* A counter moved: this sample goes to the enforcer with it; every file, fresh. */
+        if (pread_all(self->due, bufs, lens) || parse_all(bufs, lens, self->cpu_v2, v) < 0) return NULL;
+        turn = 0;
+    }
+    self->c_oom = oom;
+    self->c_pe = pe;
+    int64_t m = v[S_MEM], peak = v[S_PEAK], cpu = v[S_CPU], pids = v[S_PIDS], tcp = v[S_TCP];
+    if (turn) {
+        if (peak >= 0)
+            self->c_peak = peak;
+        else if (m >= 0 && self->c_peak >= 0)
+            peak = self->c_peak = m > self->c_peak ? m : self->c_peak;
+        if (cpu >= 0)
+            self->c_cpu = cpu;
+        else
+            cpu = self->c_cpu;
+        if (pids >= 0)
+            self->c_pids = pids;
+        else
+            pids = self->c_pids;
+        if (tcp >= 0)
+            self->c_tcp = note_socket(self, tcp);
+        else
+            tcp = self->c_tcp;
+    } else { /* every file read: the carry starts again from here */
+        self->carry = 1;
+        self->c_peak = peak;
+        self->c_cpu = cpu;
+        self->c_pids = pids;
+        self->c_tcp = tcp >= 0 ? note_socket(self, tcp) : -1;
+    }
+    if (tcp >= 0 && peak >= 0) peak += tcp;
+    PyObject *items[6] = {int_or_none(m), int_or_none(peak), cpu_or_none(cpu, self->cpu_v2),
+                          int_or_none(pids), int_or_none(oom), int_or_none(pe)};
+    PyObject *out = NULL;
+    for (int i = 0; i < 6; i++)
+        if (!items[i]) goto done;
+    out = self->stats_type->tp_alloc(self->stats_type, 6);
+    if (!out) goto done;
+    for (int i = 0; i < 6; i++) {
+        PyTuple_SET_ITEM(out, i, items[i]);
+        items[i] = NULL;
+    }
+done:
+    for (int i = 0; i < 6; i++) Py_XDECREF(items[i]);
+    return out;
+}
+
+static PyObject *Reader_socket_limit_hit(Reader *self, void *closure) {
+    (void)closure;
+    return int_or_none(self->socket_hit);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"configure", (PyCFunction)Reader_configure, METH_VARARGS,
+     "configure(all, due, quiet, seen_oom, seen_pids, tcp_hit_at, /) -> None\n\n"
+     "The fds to read (7 each: every file; the periodic sampler's, quiet counters -1), the QUIET_* bits with\n"
+     "the quiet counters' held values, the v1 socket-buffer level that counts as the limit reached (None:\n"
+     "not watched). The turns are made from `due`; carried values are kept."},
+    {"read", (PyCFunction)Reader_read, METH_O,
+     "read(mode, /) -> CgroupStats\n\n"
+     "Read and parse the leaf's files (0: every file; 1: the periodic sampler's; 2: a turn), carrying what a\n"
+     "turn did not read. Raises OSError for a failed read, ValueError for a format it does not know."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Reader_getset[] = {
+    {"socket_limit_hit", (getter)Reader_socket_limit_hit, NULL,
+     "The v1 socket-buffer peak once it reached the level configured, else None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Reader_members[] = {
+    {"turn", T_UINT, offsetof(Reader, turn), 0, "The next turn (modulo the number of turns)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "supervisor.sandbox._csample.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Reader(stats_type, cpu_v2): a cgroup leaf's sampling state (LeafSampler's fast path).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_methods = Reader_methods,
+    .tp_getset = Reader_getset,
+    .tp_members = Reader_members,
+};
 
 /* 40 bytes per entry: st_dev, st_ino, st_mode, st_uid << 32 | st_gid, st_ctime in ns (0 for AT_FDCWD
  * entries: a host path's identity, as mounts.fingerprint takes it, has no ctime); on failure mode is
@@ -190,4 +424,15 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_csample", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__csample(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__csample(void) {
+    if (PyType_Ready(&ReaderType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&ReaderType);
+    if (PyModule_AddObject(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        Py_DECREF(&ReaderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -91,7 +91,7 @@ def test_the_first_turn_reads_every_file_then_one_file_in_turn(tree: Tree) -> No
 
 def test_a_carried_peak_is_raised_by_the_usage_and_never_passes_the_kernels(tree: Tree) -> None:
     tree.leaf.stats(turn=True)
-    tree.leaf._turn = 0  # the turns from the first: the CPU, then the peak, pids.current, the socket counter
+    tree.leaf._reader.turn = 0  # from the first turn: the CPU, then the peak, pids.current, the socket peak
     bound, kernel = 5000, 5000
     for k, (usage, kernel) in enumerate([(5010, 9001), (5020, 9002), (5030, 9003), (12, 9004)]):
         tree.put("memory.usage_in_bytes", f"{usage}\n")
@@ -194,5 +194,35 @@ def test_sample_all_turns_only_children_whose_limits_need_no_live_value(
         (s,) = sample_all([child], False)
         fresh = (s.cpu_seconds == 3.0) + (s.pids == 3) + (s.memory_peak_bytes == 6000)
         assert fresh == (1 if turns else 3), s
+    finally:
+        leaf.close_fds()
+
+
+def test_a_format_the_reader_does_not_know_takes_the_careful_path(tree: Tree) -> None:
+    """An older kernel's memory.oom_control (no oom_kill line before 4.13): the C reader refuses it, and the
+    leaf reads every file with the Python parsers from then on, the counter None."""
+    tree.leaf.stats(turn=True)
+    tree.put("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n")
+    tree.bump(1)
+    assert tree.leaf.stats(turn=True) == (1001, 2005001, 3.0, 3, None, 0)
+    tree.bump(2)
+    assert tree.leaf.stats(turn=True) == (1002, 3005002, 4.0, 4, None, 0)  # every file: no turns
+
+
+def test_an_fd_limit_is_counted_in_full_rounds_not_between(tmp_path: Path) -> None:
+    """WATCH_FDS: the child's full rounds go through psutil's fd count (`sample`), and it is not a reason
+    to sample between full rounds (`sample_due` leaves a child with only an fd limit alone)."""
+    from supervisor._monitor import WATCH_FDS, sample_due, watch
+
+    for name, data in V1.items():
+        (tmp_path / name).write_text(data)
+    leaf = FakeLeaf(tmp_path)
+    child = _child(leaf, max_fds=64)
+    try:
+        assert watch(child) == WATCH_FDS
+        child._watch = WATCH_FDS
+        assert sample_due([child]) == []
+        (s,) = sample_all([child], False)  # without fd counts: the cgroup in turn
+        assert s.memory_bytes == 1000, s
     finally:
         leaf.close_fds()

@@ -91,19 +91,13 @@ def parse_stats(
     )
 
 
-_tuple_new = tuple.__new__
-_read_leaf = _csample.read_leaf
+_Reader = _csample.Reader
 
 #: LeafSampler._quiet bits: that event counter is not read by the periodic sampler (`stats(notified=True)`,
 #: `events`): the value read last still holds, because a kernel notifier registered before that read has not
 #: fired since (`arm`), or because no limit or rule of the child needs it live (the final sample reads it).
 QUIET_OOM = 1
 QUIET_PIDS = 2
-
-#: The slots of `_read_leaf`'s fds and result (supervisor/sandbox/_csample.c), and those of them that a
-#: turn (`stats(turn=True)`) reads one at a time: the peak, the CPU, pids.current and v1's socket-buffer peak.
-S_MEM, S_PEAK, S_EVENTS, S_CPU, S_PIDS, S_PIDS_EVENTS, S_TCP = range(7)
-TURN_SLOTS = (S_CPU, S_PEAK, S_PIDS, S_TCP)
 
 _stagger = itertools.count()  # where each new leaf starts its turns, so that a round reads a mix of files
 
@@ -128,6 +122,13 @@ class LeafSampler:
     v1 socket-buffer counter. Thread-safe: the sampler reads in a worker thread while the leaf may be
     removed on another."""
 
+    # Slots: the sampler reads several of these per leaf and round, for every leaf; in a __dict__ they are
+    # spread over its hash table's cache lines, which a full round finds cold.
+    __slots__ = (
+        "__dict__", "_armed", "_cpu_version", "_dirs", "_fast", "_fds", "_lock", "_oom_efd", "_quiet",
+        "_reader", "_removed", "_seen_oom", "_seen_pids", "_socket_hit", "_tcp_fd", "_tcp_hit_at", "versions",
+    )  # fmt: skip
+
     def __init__(self, dirs: dict[str, str], versions: dict[str, int]) -> None:
         self._dirs = dirs
         self._fds: tuple[int, int, int, int, int, int] | None = None
@@ -141,28 +142,20 @@ class LeafSampler:
         self._armed = False
         self._seen_oom: int | None = None  # the counters' values at their last read while quiet
         self._seen_pids: int | None = None
-        _none = (-1, -1, -1, -1, -1, -1, -1)
-        self._all: tuple[int, int, int, int, int, int, int] = _none  # see _reader_fds
-        self._due: tuple[int, int, int, int, int, int, int] = _none
-        self._turns: list[tuple[int, int, int, int, int, int, int]] = []
-        self._turn = next(_stagger)  # the next of `_turns` (modulo their number)
-        # What a turn carries from earlier reads (`stats`): valid once every file was read (`_carry`), for
-        # the values of the files it did not read: the peak (a lower bound: the kernel's peak at its last
-        # read, raised by every usage read since), the CPU, pids.current, the v1 socket-buffer peak; and
-        # the event counters as last returned, which a turn compares to see whether they moved.
-        self._carry = False
-        self._c_peak: int | None = None
-        self._c_cpu: float | None = None
-        self._c_pids: int | None = None
-        self._c_tcp: int | None = None
-        self._c_events: tuple[int | None, int | None] = (None, None)
-        #: v1: the socket-buffer high-water mark once it reached the memory limit (the kernel refused
-        #: socket memory past it), else None. Set by stats().
-        self.socket_limit_hit: int | None = None
+        self._socket_hit: int | None = None  # socket_limit_hit, as the careful path saw it
         self.versions = versions
         self._cpu_version = versions.get("cpuacct", 0)
+        # The fast path's reads, its turns and what they carry (_csample.c, Reader: the rules are `stats`'s).
+        self._reader = _Reader(CgroupStats, self._cpu_version == 2, next(_stagger) % 12)
         self._lock = threading.Lock()
         self._removed = False
+
+    @property
+    def socket_limit_hit(self) -> int | None:
+        """v1: the socket-buffer high-water mark once it reached the memory limit (the kernel refused socket
+        memory past it), else None. Noticed by `stats` when it reads the socket-buffer counter."""
+        hit = self._socket_hit
+        return hit if hit is not None else self._reader.socket_limit_hit
 
     def _open_fds(self) -> tuple[int, int, int, int, int, int]:
         def o(controller: str, file: str) -> int:
@@ -208,24 +201,17 @@ class LeafSampler:
         return fds
 
     def _reader_fds(self) -> None:
-        """The fds `_read_leaf` takes: every file (`_all`, the final sample), every file but the quiet
-        counters (`_due`, the periodic sampler), and the turns (`_turns`, its full rounds for a child whose
-        limits need no live value but the counters): each the memory usage, the counters not quiet, and one
-        of the files of TURN_SLOTS the leaf has. Again whenever `_quiet` or the fds change. With the lock
-        held."""
+        """Tell the reader its fds: every file (the final sample), every file but the quiet counters (the
+        periodic sampler; its turns are made from these), the quiet counters' held values and the v1
+        socket-buffer level that counts as the limit reached. Again whenever `_quiet` or the fds change.
+        With the lock held."""
         f = self._fds
         if f is None:
             return
         q, tcp = self._quiet, self._tcp_fd
-        self._all = (*f, tcp)
         oom, pids_events = -1 if q & QUIET_OOM else f[2], -1 if q & QUIET_PIDS else f[5]
-        self._due = due = (f[0], f[1], oom, f[3], f[4], pids_events, tcp)
-        self._turns = [
-            (f[0], due[1] if s == S_PEAK else -1, oom, due[3] if s == S_CPU else -1,
-             due[4] if s == S_PIDS else -1, pids_events, due[6] if s == S_TCP else -1)
-            for s in TURN_SLOTS
-            if due[s] >= 0
-        ]  # fmt: skip
+        due = (f[0], f[1], oom, f[3], f[4], pids_events, tcp)
+        self._reader.configure((*f, tcp), due, q, self._seen_oom, self._seen_pids, self._tcp_hit_at)
 
     def stats(self, notified: bool = False, turn: bool = False) -> CgroupStats:
         """Sample the leaf: one call reading the fds opened with the leaf (or at the first call) and kept
@@ -235,12 +221,14 @@ class LeafSampler:
 
         `turn` (implies `notified`; the sampler's full rounds, for a child whose limits need no live value
         but its event counters): read the memory usage, the counters not quiet, and the next file in turn
-        of the peak, the CPU, pids.current and v1's socket-buffer peak (`_turns`); carry the others' values
+        of the CPU, the peak, pids.current and v1's socket-buffer peak; carry the others' values
         from their last read. The peak is then the kernel's at its last read raised to every usage read
         since: never above the kernel's peak, and below it only when the usage passed it between two reads
         (the usage is not sampled continuously, so a lower usage now proves nothing about the peak). Every
         file is read instead at the leaf's first sample and whenever an event counter moved (an OOM kill,
-        forks refused at pids.max: the enforcer reports the peak or the task count with them).
+        forks refused at pids.max: the enforcer reports the peak or the task count with them). The reads, the
+        turns and the carried values are the C reader's (`_csample.Reader`): the Python around a leaf's
+        read is this call, which a full round makes for every leaf.
 
         Never raises for a missing file (the field is None). Thread-safe against remove()."""
         with self._lock:
@@ -250,56 +238,13 @@ class LeafSampler:
                 if fds is None:
                     return NO_STATS
             if self._fast:
-                turns = self._turns if turn and self._carry else None
-                if turns:
-                    i = self._turn % len(turns)
-                    self._turn = i + 1
-                    read = turns[i]
-                else:
-                    read = self._due if notified or turn else self._all
                 try:
-                    m, peak, oom, cpu, pids, pe, tcp = _read_leaf(read, self._cpu_version == 2)
-                    quiet = self._quiet if notified or turn else 0
-                    if quiet:
-                        if quiet & QUIET_OOM:
-                            oom = self._seen_oom
-                        if quiet & QUIET_PIDS:
-                            pe = self._seen_pids
-                    if turns and (oom, pe) != self._c_events:
-                        # A counter moved: this sample goes to the enforcer with it; every file, fresh.
-                        m, peak, _, cpu, pids, _, tcp = _read_leaf(self._due, self._cpu_version == 2)
-                        turns = None
+                    out: CgroupStats = self._reader.read(2 if turn else 1 if notified else 0)
+                    return out
                 except (OSError, ValueError):
                     # An older kernel's format (no oom_kill line before 4.13...) or a vanished file:
                     # take the careful path from now on.
                     self._fast = False
-                else:
-                    self._c_events = (oom, pe)
-                    if turns:
-                        if peak is not None:
-                            self._c_peak = peak
-                        elif m is not None and self._c_peak is not None:
-                            peak = self._c_peak = max(self._c_peak, m)
-                        if cpu is None:
-                            cpu = self._c_cpu
-                        else:
-                            self._c_cpu = cpu
-                        if pids is None:
-                            pids = self._c_pids
-                        else:
-                            self._c_pids = pids
-                        if tcp is None:
-                            tcp = self._c_tcp
-                        else:
-                            self._c_tcp = self._note_socket(tcp)
-                    else:  # every file read: the carry starts again from here
-                        self._carry = True
-                        self._c_peak, self._c_cpu, self._c_pids = peak, cpu, pids
-                        self._c_tcp = tcp if tcp is None else self._note_socket(tcp)
-                    if tcp is not None and peak is not None:
-                        peak += tcp
-                    # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call.
-                    return _tuple_new(CgroupStats, (m, peak, cpu, pids, oom, pe))
             out = parse_stats(
                 self._cpu_version,
                 pread_or_none(fds[0]),
@@ -322,7 +267,7 @@ class LeafSampler:
 
     def _note_socket(self, t: int) -> int:
         if self._tcp_hit_at is not None and t >= self._tcp_hit_at and self.socket_limit_hit is None:
-            self.socket_limit_hit = t
+            self._socket_hit = t
         return t
 
     def events(self, memory: bool, pids: bool) -> bytes | None:
