@@ -18,16 +18,30 @@ Works on asyncio and trio (anyio's fd waits).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
+from typing import Any
 
 import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.runner import serve_loop
+from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError, jsonrpc_message_adapter
+from mcp_types import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    PROTOCOL_VERSION_META_KEY,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCRequest,
+    jsonrpc_message_adapter,
+)
 from pydantic import ValidationError
 
 logger = logging.getLogger("corral.mcp")
@@ -36,6 +50,9 @@ logger = logging.getLogger("corral.mcp")
 #: message cut in the middle would garble the stream); past it the client is taken to be stuck and the
 #: stream is broken.
 WRITE_GRACE_S = 10.0
+#: Messages kept from before the client's first request (`WireIn.opening`), as many as the SDK's connection
+#: loop keeps (a bare `notifications/initialized` is the one that matters).
+OPENING_LEAD = 8
 
 
 class WireOut:
@@ -121,8 +138,31 @@ class WireIn:
         self._skipping = 0  # bytes of the oversized line being dropped, 0 when none is
         self._eof = False
         self._closed = False
+        self._lead: collections.deque[SessionMessage] = collections.deque()
+
+    async def opening(self) -> JSONRPCRequest | None:
+        """The client's first request (None when stdin ends before one), read ahead without consuming it:
+        `receive` returns it again, after the messages that came before it (at most OPENING_LEAD of them
+        are kept, as the SDK's connection loop keeps them; later ones are dropped)."""
+        while True:
+            try:
+                item = await self._message()
+            except anyio.EndOfStream:
+                return None
+            if isinstance(item.message, JSONRPCRequest):
+                self._lead.append(item)
+                return item.message
+            if len(self._lead) < OPENING_LEAD:
+                self._lead.append(item)
+            else:
+                logger.debug("dropped a message received before the first request")
 
     async def receive(self) -> SessionMessage | Exception:
+        if self._lead:
+            return self._lead.popleft()
+        return await self._message()
+
+    async def _message(self) -> SessionMessage:
         while True:
             line = await self._next_line()
             if line is None:
@@ -207,6 +247,55 @@ class WireIn:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+async def serve_connection(server: Server[Any], wire: WireIn, out: WireOut) -> None:
+    """Serve one client over `wire` and `out` with the SDK's connection loop, until the client leaves.
+
+    The SDK's `Server.run` decides the connection's protocol era from the client's first request and then
+    passes every message through a memory stream and a relay task, so that it can replay that request. Here
+    `wire` reads the first request ahead itself (`WireIn.opening`, replaying it from its own buffer): a
+    handshake-era connection (the first request is `initialize`, or carries no 2026-07-28 envelope) is
+    served by the SDK's handshake loop (`serve_loop`, the driver `Server.run` extends) straight from
+    `wire`, with the one refusal `Server.run` adds (`_refuse_envelopes`); any other is served by
+    `Server.run` itself. `out` is closed at the end either way. On cancellation, the loop's calls are
+    cancelled and the cancellation propagates."""
+    opening = await wire.opening()
+    if opening is not None and (opening.method == "initialize" or not _enveloped(opening.params)):
+        server.middleware.insert(0, _refuse_envelopes)
+        try:
+            async with server.lifespan(server) as state:
+                await serve_loop(
+                    server,
+                    wire,
+                    out,
+                    lifespan_state=state,
+                    init_options=server.create_initialization_options(),
+                )
+        finally:
+            server.middleware.remove(_refuse_envelopes)
+            await out.aclose()
+    else:
+        await server.run(wire, out, server.create_initialization_options())
+
+
+def _enveloped(params: Mapping[str, Any] | None) -> bool:
+    """Whether a request carries the 2026-07-28 per-request envelope (its `_meta` names a protocol
+    version), as the SDK's connection loop tells the eras apart."""
+    meta = params.get("_meta") if params else None
+    return isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta
+
+
+async def _refuse_envelopes(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """On a handshake-era connection, refuse a request that carries the 2026-07-28 envelope (as the SDK's
+    `Server.run` refuses it there: INVALID_REQUEST)."""
+    if ctx.request_id is not None and ctx.method != "initialize" and _enveloped(ctx.params):
+        raise MCPError(
+            code=INVALID_REQUEST,
+            message="this connection serves the handshake protocol era; "
+            "requests carrying the 2026-07-28 envelope are not accepted on it",
+        )
+    return await call_next(ctx)
 
 
 @contextlib.contextmanager

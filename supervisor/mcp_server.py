@@ -40,6 +40,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, TaskGroup
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
@@ -53,7 +54,8 @@ from pydantic import BaseModel, Field
 from policies import CommandRules, CorralError, Policy, profiles
 from supervisor import PIPE, Child, CommandForbiddenError, Result, Supervisor
 from supervisor import _mcp_approval as approvals
-from supervisor._mcp_stdio import WireIn, WireOut, stdio_fds
+from supervisor._mcp_calls import DirectCalls, drop_idle_tracing
+from supervisor._mcp_stdio import WireIn, WireOut, serve_connection, stdio_fds
 
 __all__ = [
     "BackgroundStatus",
@@ -772,8 +774,17 @@ _Tool = Callable[..., Awaitable[CallToolResult]]
 
 def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> MCPServer[Any]:
     """The MCPServer with corral's tools. `runtime_ref` returns the running server's state (set by
-    `serve`; a call before raises ToolError)."""
+    `serve`; a call before raises ToolError). Its `tools/call` handler is `_mcp_calls.DirectCalls`, and the
+    SDK's OpenTelemetry middleware is left out unless a tracer provider is installed
+    (`_mcp_calls.drop_idle_tracing`)."""
     description = describe(settings)
+    readonly = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    acting = ToolAnnotations(
+        read_only_hint=False, destructive_hint=True, open_world_hint=settings.policy.network.mode != "none"
+    )
+    tools: list[Tool] = []
+    _add_command_tools(tools, runtime_ref, settings, readonly, acting)
+    _add_background_tools(tools, runtime_ref, description, readonly, acting)
     server: MCPServer[Any] = MCPServer(
         "corral",
         title="corral sandbox",
@@ -784,45 +795,45 @@ def build_server(runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> 
         ),
         version=_version(),
         log_level="WARNING",
+        tools=tools,
     )
-    readonly = ToolAnnotations(read_only_hint=True, open_world_hint=False)
-    acting = ToolAnnotations(
-        read_only_hint=False, destructive_hint=True, open_world_hint=settings.policy.network.mode != "none"
-    )
-    _add_command_tools(server, runtime_ref, settings, readonly, acting)
-    _add_background_tools(server, runtime_ref, description, readonly, acting)
+    DirectCalls(server, tools, resolvers=settings.rules is not None).install()
+    drop_idle_tracing(server)
     return server
 
 
 def _add_command_tools(
-    server: MCPServer[Any],
+    tools: list[Tool],
     runtime_ref: Callable[[], _Runtime],
     settings: McpSettings,
     readonly: ToolAnnotations,
     acting: ToolAnnotations,
 ) -> None:
-    """Add run_command, start_command and read_output to `server` (in this order: the order of the list)."""
+    """Add run_command, start_command and read_output to `tools` (in this order: the order of the list)."""
     shell_ok, _ = settings.shell_allowed()
     shell_note = (
         " Or pass `shell`, a string run as /bin/sh -c."
         if shell_ok
         else " Shell strings are not accepted by this server: always pass an argv list."
     )
-    server.add_tool(
+    _add(
+        tools,
         _run_command_tool(runtime_ref, settings),
         title="Run a command in a sandbox",
         description="Run one command to completion in its own sandbox and return its exit code, output "
         "(bounded), duration and any limit it broke." + shell_note,
         annotations=acting,
     )
-    server.add_tool(
+    _add(
+        tools,
         _start_command_tool(runtime_ref, settings),
         title="Start a background command",
         description="Start a long-running command (a dev server, a REPL, a watcher) in its own sandbox and "
         f"return a handle; at most {settings.max_background} per session." + shell_note,
         annotations=acting,
     )
-    server.add_tool(
+    _add(
+        tools,
         _read_output_tool(runtime_ref),
         title="Read a background command's output",
         description="The output a background command wrote since the last read, waiting up to `wait` seconds "
@@ -832,13 +843,13 @@ def _add_command_tools(
 
 
 def _add_background_tools(
-    server: MCPServer[Any],
+    tools: list[Tool],
     runtime_ref: Callable[[], _Runtime],
     description: SandboxDescription,
     readonly: ToolAnnotations,
     acting: ToolAnnotations,
 ) -> None:
-    """Add send_input, stop_command, list_commands and describe_sandbox to `server` (after
+    """Add send_input, stop_command, list_commands and describe_sandbox to `tools` (after
     `_add_command_tools`'s, in this order)."""
 
     async def describe_sandbox(ctx: Context[Any, Any]) -> Annotated[CallToolResult, SandboxDescription]:
@@ -856,33 +867,42 @@ def _add_background_tools(
         )
         return _tool_result(model, model.summary)
 
-    server.add_tool(
+    _add(
+        tools,
         _send_input_tool(runtime_ref),
         title="Write to a background command's stdin",
         description="Write text to a background command's stdin (include \\n to end a line); `close` sends "
         "EOF.",
         annotations=acting,
     )
-    server.add_tool(
+    _add(
+        tools,
         _stop_command_tool(runtime_ref),
         title="Stop a background command",
         description="SIGTERM a background command, SIGKILL after `grace` seconds; returns how it ended and "
         "its unread output.",
         annotations=acting,
     )
-    server.add_tool(
+    _add(
+        tools,
         _list_commands_tool(runtime_ref),
         title="List background commands",
         description="This session's background commands and their handles.",
         annotations=readonly,
     )
-    server.add_tool(
+    _add(
+        tools,
         describe_sandbox,
         title="Describe the sandbox",
         description="What commands run here may do: readable and writable paths, network, resource limits, "
         "whether shell strings are accepted.",
         annotations=readonly,
     )
+
+
+def _add(tools: list[Tool], fn: _Tool, *, title: str, description: str, annotations: ToolAnnotations) -> None:
+    """Append the SDK's Tool for `fn` (input and output schemas from its signature) to `tools`."""
+    tools.append(Tool.from_function(fn, title=title, description=description, annotations=annotations))
 
 
 def _approval_param(tool: _Tool, runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> _Tool:
@@ -1368,10 +1388,8 @@ async def _serve_stdio(
             out = WireOut(wire_out)
             if ready is not None:
                 ready("stdio")
-            lowlevel = server._lowlevel_server  # the SDK's connection loop, fed by corral's stdio streams
-            await lowlevel.run(
-                WireIn(wire_in, max_message, out), out, lowlevel.create_initialization_options()
-            )
+            # The SDK's connection loop, fed by corral's stdio streams.
+            await serve_connection(server._lowlevel_server, WireIn(wire_in, max_message, out), out)
         tg.cancel_scope.cancel()
 
 

@@ -28,7 +28,14 @@ import pytest
 from jsonschema import Draft202012Validator
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, ElicitRequestParams, ElicitResult
+from mcp_types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    PROTOCOL_VERSION_META_KEY,
+    CallToolResult,
+    ElicitRequestParams,
+    ElicitResult,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -522,6 +529,12 @@ def test_malformed_stdio_messages_get_protocol_errors_and_the_server_goes_on(ws:
         assert _rpc(proc, json.dumps(wrong).encode())["error"]["code"] == INVALID_PARAMS
         unknown = {"jsonrpc": "2.0", "id": 9, "method": "no/such/method"}
         assert _rpc(proc, json.dumps(unknown).encode())["error"]["code"] == -32601
+        # A 2026-07-28 request on this handshake-era connection is refused, as the SDK's own loop refuses it.
+        modern = {"_meta": {PROTOCOL_VERSION_META_KEY: "2026-07-28"}}
+        enveloped = {"jsonrpc": "2.0", "id": 11, "method": "tools/list", "params": modern}
+        refused = _rpc(proc, json.dumps(enveloped).encode())["error"]
+        assert refused["code"] == INVALID_REQUEST
+        assert "serves the handshake protocol era" in refused["message"]
         call = {
             "jsonrpc": "2.0",
             "id": 10,
