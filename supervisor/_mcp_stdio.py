@@ -13,6 +13,9 @@ than the bound is dropped as it arrives (it costs at most the bound in memory), 
 JSON-RPC message is answered with the error JSON-RPC prescribes (id null: -32700 for text that is not JSON
 or is over the bound, -32600 for JSON that is no valid message) where the SDK's loop drops it unanswered.
 
+`serve_connection` runs the SDK's connection loop over the two streams, choosing the protocol era from the
+client's first request without the relay task `Server.run` puts in front of the loop (see its doc).
+
 Works on asyncio and trio (anyio's fd waits).
 """
 
