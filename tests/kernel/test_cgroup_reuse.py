@@ -133,6 +133,20 @@ async def _wait(child: Child) -> tuple[Result, bytes]:
     return r, out
 
 
+async def _released(child: Child) -> bool:
+    """Wait until the leaf remover has dealt with the child's leaf; returns whether it was kept (else it is
+    gone)."""
+    leaf = child.leaf
+    assert leaf is not None
+    for _ in range(500):
+        if leaf.handed_over:
+            return True
+        if not any([await anyio.Path(p).exists() for p in leaf.paths]):
+            return False
+        await anyio.sleep(0.01)
+    raise AssertionError(f"{leaf.paths} neither kept nor removed after 5 s")
+
+
 def _paths(child: Child) -> tuple[str, ...]:
     assert child.leaf is not None
     return tuple(child.leaf.paths)
@@ -252,6 +266,7 @@ async def test_no_child_is_told_the_previous_tenants_figures(rsup: Supervisor, w
     oom_paths = _paths(oom)
     r = await oom.wait()
     assert r.limit_hits.get("memory_oom", 0) >= 1, r
+    assert not await _released(oom)  # removed, not kept
     after = await rsup.start(["true"], policy=tight)
     assert _paths(after) != oom_paths
     r = await after.wait()
@@ -263,7 +278,7 @@ async def test_no_child_is_told_the_previous_tenants_figures(rsup: Supervisor, w
     storm_paths = _paths(storm)
     r, _ = await _wait(storm)
     assert r.limit_hits.get("pids", 0) >= 1, r.limit_hits
-    await anyio.sleep(0.2)  # the remover's turn: it must remove that leaf, not keep it
+    assert not await _released(storm)  # removed, not kept
     after = await rsup.start(["true"], policy=few)
     assert _paths(after) != storm_paths
     r = await after.wait()
