@@ -246,6 +246,11 @@ class Leaf(LeafSampler):
     def _put(self, controller: str, file: str, value: str) -> None:
         _fs.write_or_raise(f"{self._dirs[controller]}/{file}", value)
 
+    def has(self, controller: str, file: str) -> bool:
+        """Whether the leaf's hierarchy serving `controller` has the interface file `file` (cached per
+        manager: it is the kernel's configuration). False without that controller."""
+        return controller in self._dirs and self._has(controller, file)
+
     def _has(self, controller: str, file: str) -> bool:
         # Which interface files a hierarchy has is the kernel's configuration: look once per manager.
         known = self._manager.interface_files

@@ -498,7 +498,7 @@ class CgroupManager:
         SandboxSetupError from the removal."""
         if self.pool.has_room() and not self._closed and not leaf.handed_over:
             try:
-                why = _pool.recyclable(leaf)
+                why = _pool.recyclable(leaf, leaf.has("memory", "memory.kmem.usage_in_bytes"))
                 if why is None:
                     _pool.reset(leaf, self.interface_files)
             except OSError as err:

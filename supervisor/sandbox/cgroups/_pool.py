@@ -8,13 +8,15 @@ leaf's sampling files and its OOM eventfd. A reused leaf costs the writes of the
 for the same policy) on the event loop, and the checks and resets below in the leaf remover's worker thread.
 
 A leaf is kept (`recyclable`, then `reset`) only when:
-- no task is in it in any of its hierarchies (cgroup.procs empty in each), none is still exiting
-  (pids.current 0: the pids controller uncharges a task at its release, after it was reaped) and it has no
-  child cgroup (st_nlink 2). No task can enter an empty leaf but by a write to its cgroup.procs or tasks,
-  which only corral (and the host's root) can make: nothing inside a sandbox can (its cgroup view is
-  read-only). A leaf with a straggler of a killed child is removed as before (killed, then rmdir).
-- what its child left charged to it is small (LEFTOVER_MAX: the kernel's per-CPU charge batches, not page
-  cache), so that the next child's usage, peak and limit never carry the page cache another child left.
+- no task is in it in any of its hierarchies and none is still exiting: pids.current reads 0 (the pids
+  controller uncharges a task at its release, after it was reaped; every task of a sandbox is in the leaf
+  in all its hierarchies at once, so the one count covers them all), or without the pids controller
+  cgroup.procs is empty in each hierarchy. No task can enter an empty leaf but by a write to its
+  cgroup.procs or tasks, which only corral (and the host's root) can make: nothing inside a sandbox can (its
+  cgroup view is read-only, so it cannot make a child cgroup either). A leaf with a straggler of a killed
+  child is removed as before (killed, then rmdir).
+- what its child left charged to it is small (LEFTOVER_PAGES of page cache and shmem, LEFTOVER_KMEM of
+  kernel objects), so that the next child's usage, peak and limit never carry what another child left.
 - the counters that cannot be reset read 0: memory.oom_control oom_kill and pids.events max. A leaf whose
   child met an OOM kill or a refused fork is removed, so that no child is ever told of another's (the
   baseline of every kept leaf is 0; such leaves are rare, and their removal costs what it did before).
@@ -45,14 +47,16 @@ if TYPE_CHECKING:
 #: its memory cgroup (a few KiB) and the supervisor its six or seven fds.
 POOL_SIZE = 64
 
-#: A leaf is kept only while what its last child left charged to it (memory.usage_in_bytes once empty) is at
-#: most this: the kernel's per-CPU charge batches (64 pages precharged per CPU: ~200-400 KiB after a
-#: `/bin/true`) and a few kernel objects, within what a new leaf's own first charges are (a new leaf's
-#: `/bin/true` peaks at 512 KiB, a reused one's at 350-600 KiB here). A child that left page cache (files it
-#: wrote or first read) leaves more: its leaf is removed, not reused, so that the next child's usage, peak and
-#: limit never carry it. (memory.force_empty would reclaim it, but cost ~2.3 ms of CPU and 2-20 ms of sleeps
-#: per call here: more than the mkdir and rmdir it would save.)
-LEFTOVER_MAX = 512 << 10
+#: A leaf is kept only while the pages its last child left charged to it (memory.stat `cache` + `rss` once
+#: it is empty: page cache of files it wrote or first read, shmem) are at most this, and the kernel objects
+#: (memory.kmem.usage_in_bytes: dentries, inodes, slab) at most LEFTOVER_KMEM; else it is removed, so that the
+#: next child's usage, peak and limit never carry what another left. (memory.usage_in_bytes is not the test:
+#: it also holds the per-CPU charge batches, up to 64 pages per CPU precharged, which the next child's own
+#: charges then consume.) A `/bin/true` leaves no page and 4-16 KiB of kernel objects. memory.force_empty
+#: would reclaim the rest, but costs ~2.3 ms of CPU and 2-20 ms of sleeps per call here, more than the mkdir
+#: and rmdir it would save.
+LEFTOVER_PAGES = 128 << 10
+LEFTOVER_KMEM = 512 << 10
 
 #: Files written 0 when a leaf is kept (those the kernel lacks are skipped).
 RESETS: tuple[tuple[str, str], ...] = (
@@ -66,30 +70,50 @@ RESETS: tuple[tuple[str, str], ...] = (
 )
 
 
-def recyclable(leaf: Leaf) -> str | None:
-    """Why `leaf` may not be kept for another child, or None when it may (see the module's doc): empty in
-    every hierarchy, nothing exiting, no child cgroup, no OOM kill or refused fork counted, cgroup v1. Raises
+def _read(path: str) -> bytes:
+    """A cgroup file's content, by three syscalls (open(2)'s text mode costs twice as much here). Raises
     OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def recyclable(leaf: Leaf, has_kmem: bool = True) -> str | None:
+    """Why `leaf` may not be kept for another child, or None when it may (see the module's doc): empty in
+    every hierarchy, nothing exiting, no child cgroup, no OOM kill or refused fork counted, little left
+    charged (`has_kmem`: whether the kernel has memory.kmem.usage_in_bytes), cgroup v1. Raises OSError."""
     if any(v != 1 for v in leaf.versions.values()) or not leaf.paths:
         return "not cgroup v1"
-    for d in leaf.paths:
-        if os.stat(d, follow_symlinks=False).st_nlink != 2:
-            return f"{d} has a child cgroup"
-        if _fs.read_pids(d):
-            return f"processes remain in {d}"
     pids_dir = leaf.dir("pids")
-    if pids_dir is not None:
-        if _fs.read(f"{pids_dir}/pids.current").strip() != "0":
-            return "a task is still exiting (pids.current)"
-        if field_value(_fs.read(f"{pids_dir}/pids.events").encode(), b"max ") != 0:
+    if pids_dir is None:
+        for d in leaf.paths:
+            if _fs.read_pids(d):
+                return f"processes remain in {d}"
+    else:
+        # Every task of the sandbox is in the leaf in all its hierarchies at once (the init placed itself in
+        # each before anything else ran; its descendants inherit them; nothing inside can move a task), so
+        # the pids controller's count covers them all, and it also counts a task that exited but is not
+        # reaped yet, which cgroup.procs no longer lists. (A v1 cgroup.procs read builds a pid list: ~60 us
+        # per hierarchy here, against ~20 us for pids.current.)
+        if _read(f"{pids_dir}/pids.current").strip() != b"0":
+            return "tasks remain in it, or are still exiting (pids.current)"
+        if field_value(_read(f"{pids_dir}/pids.events"), b"max ") != 0:
             return "forks were refused at pids.max"
     mem_dir = leaf.dir("memory")
     if mem_dir is not None:
-        if field_value(_fs.read(f"{mem_dir}/memory.oom_control").encode(), b"oom_kill ") != 0:
+        if field_value(_read(f"{mem_dir}/memory.oom_control"), b"oom_kill ") != 0:
             return "an OOM kill was counted"
-        left = int(_fs.read(f"{mem_dir}/memory.usage_in_bytes"))
-        if left > LEFTOVER_MAX:
-            return f"{left} bytes are still charged to it (page cache?)"
+        # What is charged bounds both kinds of leftover: when it is small, neither needs a closer look.
+        if int(_read(f"{mem_dir}/memory.usage_in_bytes")) > LEFTOVER_PAGES:
+            stat = _read(f"{mem_dir}/memory.stat")
+            pages = (field_value(stat, b"cache ") or 0) + (field_value(stat, b"rss ") or 0)
+            if pages > LEFTOVER_PAGES:
+                return f"{pages} bytes of pages (page cache, shmem) are still charged to it"
+            kmem = int(_read(f"{mem_dir}/memory.kmem.usage_in_bytes")) if has_kmem else 0
+            if kmem > LEFTOVER_KMEM:
+                return f"{kmem} bytes of kernel objects are still charged to it"
     return None
 
 
