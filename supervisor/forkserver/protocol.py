@@ -96,7 +96,7 @@ def encode(message: Request | Reply | ProbeReport) -> bytes:
     return marshal.dumps(cast("dict[str, Any]", message))
 
 
-def decode_request(message: bytes) -> Request:
+def decode_request(message: bytes | memoryview) -> Request:
     """A request the fork server received (from the supervisor, which it trusts: its own parent)."""
     request: Request = marshal.loads(message)
     return request

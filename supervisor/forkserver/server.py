@@ -86,12 +86,28 @@ def _confinement(
     #    command inherits it. Writing 0 moves the writer: on v1 into `tasks` (Leaf.placement_files: no
     #    global lock, no RCU grace period to wait out); done here, a slow move delays only this sandbox.
     #    (The one part that differs for every sandbox: packed directly, not through a Plan.)
-    placement = _ops.write_segment(
-        "cgroups", [(path, "0", f"write {os.path.basename(path)}") for path in procs]
-    )
+    placement = _placement(procs)
     cgroup_view = mounts.cgroup_view(procs, bool(pol["cgroupns"])) if pol["mounts"] is not None else ()
     view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view, console)
     return [head, placement, view, cache.lockdown(policy_id, pol, supervisor_pidfd)]
+
+
+#: Placement segments by leaf (their files): a leaf the supervisor reuses is placed by the same segment.
+_placements: dict[tuple[str, ...], _ops.Segment] = {}
+
+
+def _placement(procs: list[str]) -> _ops.Segment:
+    """Step 4's segment: write 0 into each of the leaf's placement files. Made once per leaf while at most
+    256 are remembered (cleared when full)."""
+    key = tuple(procs)
+    seg = _placements.get(key)
+    if seg is None:
+        if len(_placements) >= 256:
+            _placements.clear()
+        seg = _placements[key] = _ops.write_segment(
+            "cgroups", [(path, "0", f"write {os.path.basename(path)}") for path in procs]
+        )
+    return seg
 
 
 def _head(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
@@ -250,16 +266,25 @@ class _Cache:
 # The server loop.
 
 
+#: The one receive buffer of the request loop: recvmsg(MAX_REQUEST) allocated (and the allocator mapped,
+#: shrank and unmapped) 1 MiB for every request of a few hundred bytes. An anonymous mapping: only the
+#: pages the largest request wrote are ever resident.
+_REQUEST_BUFFER = memoryview(mmap.mmap(-1, protocol.MAX_REQUEST))
+
+
 def _recv(sock: socket.socket) -> tuple[Request | None, list[int], bool]:
     """One request, the fds sent with it, and whether the kernel dropped some of them (MSG_CTRUNC: no fd
     was free here); (None, [], False) at EOF."""
-    msg, ancdata, flags, _addr = sock.recvmsg(protocol.MAX_REQUEST, socket.CMSG_SPACE(protocol.MAX_FDS * 4))
+    size, ancdata, flags, _addr = sock.recvmsg_into(
+        [_REQUEST_BUFFER], socket.CMSG_SPACE(protocol.MAX_FDS * 4)
+    )
     fds = _sys.received_fds(ancdata)
-    if not msg:
+    if not size:
         for fd in fds:
             os.close(fd)
         return None, [], False
-    return protocol.decode_request(msg), fds, bool(flags & socket.MSG_CTRUNC)
+    # (marshal copies what it decodes: nothing of the request refers to the buffer after this.)
+    return protocol.decode_request(_REQUEST_BUFFER[:size]), fds, bool(flags & socket.MSG_CTRUNC)
 
 
 def _send(sock: socket.socket, reply: Reply, fds: list[int]) -> None:
