@@ -132,7 +132,7 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
 
 /* Opcodes; the module exports each as OP_<NAME> and _ops.py uses those, never its own numbers. */
 #define OPS(X)                                                                                              \
-    X(WRITE, 1)        /* s0 path, s1 data: open, write, close (cgroup placement) */                        \
+    X(WRITE, 1)        /* s0 path, s1 data: open (a0 > 0: created, mode a0), write, close */                \
     X(PDEATHSIG, 2)    /* a0 supervisor pidfd: PDEATHSIG=SIGKILL; exit if it already died; close it unless \
                           a1 (SETID needs it again) */                                                      \
     X(SETSID, 3)                                                                                            \
@@ -160,7 +160,7 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(LL_RESTRICT, 24) /* restrict self, close the ruleset */                                               \
     X(SECCOMP, 25)     /* s0 BPF (sock_filter array), a0 its size; sets no_new_privs first if unset */      \
     X(JUMP, 26)        /* a0 op index */                                                                    \
-    X(OPEN_PATH, 27)   /* s0 path, a0 slot: open(O_PATH), kept in the slot for MOUNT and CLOSE */          \
+    X(OPEN_PATH, 27)   /* s0 path, a0 slot (or SLOT_HOSTDEV): open(O_PATH), kept for MOUNT and CLOSE */    \
     /* 28: IDMAP, retired: the launcher writes the init's own id maps before the exec (py_start, premap) */ \
     X(MOUNT_AT, 29)    /* s0 target, opened without following any symlink; a0 what: 0 a bind of the target \
                           itself, 1 a bind of s1, 2 a tmpfs with options s1; a1 attr_set, a2 attr_clr,      \
@@ -273,7 +273,13 @@ static int watch_protected(const char *path) {
 #define SLOTS 16
 #define SLOT_NET_SYSFS SLOTS /* one more slot, filled from the plan header, not by OPEN_PATH */
 #define SLOT_PROXY (SLOTS + 1) /* and another: the plan header's proxy_fd */
-static int slots[SLOTS + 2] = {[SLOT_PROXY] = -1};
+#define SLOT_HOSTDEV (SLOTS + 2) /* the host's /dev, opened by OPEN_PATH for the device nodes' binds */
+static int slots[SLOTS + 3] = {[SLOT_PROXY] = -1, [SLOT_HOSTDEV] = -1};
+
+/* The fd in the slot named by an op's a1 (a slot number + 1: MOUNT's source, CLOSE's fd); -1 for none. */
+static int slot_arg(int64_t a1) {
+    return (a1 > 0 && a1 <= SLOTS + 1) || a1 == SLOT_HOSTDEV + 1 ? slots[a1 - 1] : -1;
+}
 
 static const char *str(const struct seg *g, uint32_t off) {
     return off == NO_STR || off >= g->strtab_len ? NULL : g->strtab + off;
@@ -321,14 +327,16 @@ static int open_cloexec(const char *path, int flags, mode_t mode) {
     return (int)syscall(SYS_openat, AT_FDCWD, path, flags | O_CLOEXEC, mode);
 }
 
-static int write_file(const char *path, const char *data) {
-    int fd = open_cloexec(path, O_WRONLY, 0);
+static int write_new_file(const char *path, const char *data, mode_t create) {
+    int fd = open_cloexec(path, O_WRONLY | (create ? O_CREAT : 0), create);
     if (fd < 0) return errno;
     ssize_t n = write(fd, data, strlen(data));
     int err = n < 0 ? errno : 0;
     close(fd);
     return err;
 }
+
+static inline int write_file(const char *path, const char *data) { return write_new_file(path, data, 0); }
 
 static int mkdir_parents(const char *path) {
     char buf[4096];
@@ -771,7 +779,7 @@ static int run_op(const struct seg *g, const struct op *o) {
 #define OK(expr) ((expr) == 0 ? 0 : errno)
     switch (o->code) {
     case OP_WRITE:
-        return write_file(s0, s1);
+        return write_new_file(s0, s1, (mode_t)o->a[0]);
     case OP_PDEATHSIG: {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) return errno;
         /* The supervisor may have died between clone and prctl: its pidfd is then readable. */
@@ -792,8 +800,9 @@ static int run_op(const struct seg *g, const struct op *o) {
         return proxy_listen((int)o->a[0], (int)o->a[1]);
     case OP_MOUNT: {
         char src[4096];
-        if (o->a[1] > 0 && o->a[1] <= SLOTS + 1) {
-            int fd = slots[o->a[1] - 1];
+        if (o->a[1] > 0) {
+            int fd = slot_arg(o->a[1]);
+            if (fd < 0) return EBADF;
             if (s0)
                 snprintf(src, sizeof src, "/proc/self/fd/%d/%s", fd, s0);
             else
@@ -832,9 +841,9 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_ENSURE:
         return ensure(s0, (int)o->a[0]);
     case OP_CLOSE:
-        return OK(close(o->a[1] > 0 && o->a[1] <= SLOTS + 1 ? slots[o->a[1] - 1] : (int)o->a[0]));
+        return OK(close(o->a[1] > 0 ? slot_arg(o->a[1]) : (int)o->a[0]));
     case OP_OPEN_PATH: {
-        if (o->a[0] < 0 || o->a[0] >= SLOTS) return EINVAL;
+        if ((o->a[0] < 0 || o->a[0] >= SLOTS) && o->a[0] != SLOT_HOSTDEV) return EINVAL;
         int fd = open_nofollow(s0);
         if (fd < 0) return errno;
         slots[o->a[0]] = fd;
@@ -2354,6 +2363,7 @@ PyMODINIT_FUNC PyInit__cinit(void) {
     if (PyModule_AddIntConstant(m, "MAX_SEGMENTS", MAX_SEGS) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "SLOTS", SLOTS) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "SLOT_NET_SYSFS", SLOT_NET_SYSFS) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "SLOT_HOSTDEV", SLOT_HOSTDEV) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

@@ -7,6 +7,7 @@ LAYOUT: dict[str, dict[str, int]]
 MAX_SEGMENTS: int
 SLOTS: int
 SLOT_NET_SYSFS: int
+SLOT_HOSTDEV: int
 OP_WRITE: int
 OP_PDEATHSIG: int
 OP_SETSID: int

@@ -576,34 +576,40 @@ def _etc_files(plan: Plan) -> None:
 
 
 def _etc_file(plan: Plan, target: str, source: str, content: str) -> None:
-    _op(plan, _cinit.OP_CREAT, "creat(/run file)", source, a=(0o644,))
-    plan.add(_cinit.OP_WRITE, "mounts", "write(/run file)", s=(source, content), path=source)
+    plan.add(
+        _cinit.OP_WRITE, "mounts", "creat + write(/run file)", a=(0o644,), s=(source, content), path=source
+    )
     _mount(plan, source, target, None, MS_BIND)
     _mount(plan, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     _op(plan, _cinit.OP_UNLINK, "unlink(/run file)", source)  # the bind keeps the file; /run shows nothing
 
 
 def _dev(plan: Plan, shm_size: str = "50%") -> None:
-    """A fresh /dev with only harmless nodes and a private /dev/shm of `shm_size` (tmpfs size=). Runs after
-    _hide_sockets: the host /dev is parked on the private /run while the node binds are made, then
-    detached."""
-    helper = "/run/.corral-hostdev"
-    _op(plan, _cinit.OP_MKDIR, "mkdir(host /dev helper)", helper, a=(0o700,))
-    _mount(plan, "/dev", helper, None, MS_BIND | MS_REC)
+    """A fresh /dev with only harmless nodes and a private /dev/shm of `shm_size` (tmpfs size=). The host's
+    /dev is opened (O_PATH, the init's slot SLOT_HOSTDEV) before the tmpfs covers it, and each node is bound
+    from that fd (/proc/self/fd/N/name). (It used to be bound, with its submounts, on a helper directory in
+    the private /run, then detached: two more mounts of /dev's tree per sandbox, made and torn down.)"""
+    slot = _cinit.SLOT_HOSTDEV
+    _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH, the host's /dev)", "/dev", a=(slot,))
     _mount(plan, "tmpfs", "/dev", "tmpfs", MS_NOSUID, "mode=0755,size=64k")
     for name in _DEV_NODES:
         path = f"/dev/{name}"
         _op(plan, _cinit.OP_CREAT, "creat(device mount point)", path, a=(0o666,))
-        _mount(plan, f"{helper}/{name}", path, None, MS_BIND)
+        plan.add(
+            _cinit.OP_MOUNT,
+            "mounts",
+            f"mount(bind, the host's /dev/{name})",
+            a=(MS_BIND, slot + 1),
+            s=(name, path),
+            path=path,
+        )
+    plan.add(_cinit.OP_CLOSE, "mounts", "close(the host's /dev)", a=(0, slot + 1), path="/dev")
     for name, target in _DEV_LINKS:
         _op(plan, _cinit.OP_SYMLINK, "symlink", f"/dev/{name}", s=(target, f"/dev/{name}"))
     for d in ("pts", "shm"):
         _op(plan, _cinit.OP_MKDIR, "mkdir", f"/dev/{d}", a=(0o755,))
     _mount(plan, "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
     _tmpfs(plan, "/dev/shm", "1777", size=shm_size)
-    # Drop the helper view of the host /dev again.
-    _op(plan, _cinit.OP_UMOUNT, "umount2(host /dev helper)", helper, a=(_MNT_DETACH,))
-    _op(plan, _cinit.OP_RMDIR, "rmdir(host /dev helper)", helper)
 
 
 def _net_class(plan: Plan, pooled_net: bool) -> None:
