@@ -170,16 +170,18 @@ async def main(n: int, rounds: int, interval: float, idle: float) -> dict[str, o
             # The supervisor's CPU while idle, sampler included; and its own full rounds, timed in its
             # worker thread by a wrapper around the sample_all it calls.
             own: list[float] = []
+            own_cpu: list[float] = []
             real = sample_all
 
             def timed(
                 children: Sequence[Child], with_fds: bool, notifiers: Notifiers[Child] | None = None
             ) -> list[ChildStats]:
-                t = time.perf_counter()
+                c, t = time.thread_time(), time.perf_counter()
                 try:
                     return real(children, with_fds, notifiers)
                 finally:
                     own.append(time.perf_counter() - t)
+                    own_cpu.append(time.thread_time() - c)
 
             _supervisor_module.sample_all = timed  # type: ignore[attr-defined]
             cpu0, w0 = sum(me.cpu_times()[:2]), time.perf_counter()
@@ -208,6 +210,7 @@ async def main(n: int, rounds: int, interval: float, idle: float) -> dict[str, o
         "cgroup_sample_all_cpu_us_per_child": us(cold_cpu, n),
         "cgroup_sample_all_warm_us_per_child": us(per_round, n),
         "cgroup_sample_all_own_rounds_us_per_child": us(own, n) if own else None,
+        "cgroup_sample_all_own_rounds_cpu_us_per_child": us(own_cpu, n) if own else None,
         "own_rounds": len(own),
         "cgroup_sampler_us_per_child_per_round": us(per_cycle, n),
         "cgroup_leaf_stats_us_per_child": us(stats_round, n),
@@ -236,6 +239,7 @@ async def main(n: int, rounds: int, interval: float, idle: float) -> dict[str, o
     line("  warm: the rounds back to back", us(per_round, n))
     if own:
         line(f"  the supervisor's own {len(own)} full rounds (idle)", us(own, n))
+        line("    their CPU time (the worker thread's)", us(own_cpu, n))
     line(f"sampler, average per child per round (1 full in {FULL_EVERY}):", us(per_cycle, n))
     line("Leaf.stats() alone per child (every file):", us(stats_round, n))
     line("psutil oneshot per process:", ps)

@@ -55,21 +55,29 @@ static int64_t keyed(const char *buf, size_t len, const char *key) {
     return -1;
 }
 
-/* pread each fd >= 0 of `fds` into its buffer, with the GIL released once; lens[i] = -1 where fds[i] < 0.
- * Returns 0, or errno (OSError set) for a failed read. */
-static int pread_all(const int *fds, char bufs[N_SLOTS][BUF], ssize_t *lens) {
-    int err = 0;
-    Py_BEGIN_ALLOW_THREADS
+/* pread each fd >= 0 of `fds` into its buffer; lens[i] = -1 where fds[i] < 0. Returns 0, or errno. */
+static int pread_fds(const int *fds, char bufs[N_SLOTS][BUF], ssize_t *lens) {
     for (int i = 0; i < N_SLOTS; i++) {
         lens[i] = -1;
         if (fds[i] < 0) continue;
         lens[i] = pread(fds[i], bufs[i], BUF - 1, 0);
-        if (lens[i] < 0) {
-            err = errno;
-            break;
-        }
+        if (lens[i] < 0) return errno;
     }
-    Py_END_ALLOW_THREADS
+    return 0;
+}
+
+/* pread_fds with the GIL released (`release`) or held: a Reader's turn reads two small files, ~1-3 us each,
+ * never blocking; handing the GIL over and back for that cost more than the reads when another thread (the
+ * event loop) wanted it, and a full round makes one call per leaf. Returns 0, or errno (OSError set). */
+static int pread_all(const int *fds, char bufs[N_SLOTS][BUF], ssize_t *lens, int release) {
+    int err;
+    if (release) {
+        Py_BEGIN_ALLOW_THREADS
+        err = pread_fds(fds, bufs, lens);
+        Py_END_ALLOW_THREADS
+    } else {
+        err = pread_fds(fds, bufs, lens);
+    }
     if (err) {
         errno = err;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -122,7 +130,7 @@ static PyObject *read_leaf(PyObject *self, PyObject *args) {
     char bufs[N_SLOTS][BUF];
     ssize_t lens[N_SLOTS];
     int64_t v[N_SLOTS];
-    if (pread_all(fds, bufs, lens) || parse_all(bufs, lens, cpu_v2, v) < 0) return NULL;
+    if (pread_all(fds, bufs, lens, 1) || parse_all(bufs, lens, cpu_v2, v) < 0) return NULL;
     PyObject *out = PyTuple_New(N_SLOTS);
     if (!out) return NULL;
     for (int i = 0; i < N_SLOTS; i++) {
@@ -144,7 +152,8 @@ static PyObject *read_leaf(PyObject *self, PyObject *args) {
  * every file (the final sample), 1 the periodic sampler's files (quiet counters' held values), 2 a turn:
  * the usage, the counters not quiet and the next file in turn of the CPU, the peak, pids.current and the
  * socket-buffer peak, the others carried (every file at the first read, and again when a counter moved).
- * Not thread-safe: its LeafSampler calls it with its lock held (the fds stay open meanwhile). */
+ * Not thread-safe: its LeafSampler calls it with its lock held (the fds stay open meanwhile). The periodic
+ * sampler's reads (modes 1 and 2) keep the GIL: see pread_all. */
 
 enum { QUIET_OOM = 1, QUIET_PIDS = 2 };
 static const int turn_slots[] = {S_CPU, S_PEAK, S_PIDS, S_TCP};
@@ -255,13 +264,13 @@ static PyObject *Reader_read(Reader *self, PyObject *arg) {
     char bufs[N_SLOTS][BUF];
     ssize_t lens[N_SLOTS];
     int64_t v[N_SLOTS];
-    if (pread_all(fds, bufs, lens) || parse_all(bufs, lens, self->cpu_v2, v) < 0) return NULL;
+    if (pread_all(fds, bufs, lens, mode == 0) || parse_all(bufs, lens, self->cpu_v2, v) < 0) return NULL;
     int quiet = mode >= 1 ? self->quiet : 0;
     int64_t oom = quiet & QUIET_OOM ? self->seen_oom : v[S_EVENTS];
     int64_t pe = quiet & QUIET_PIDS ? self->seen_pids : v[S_PIDS_EVENTS];
     if (turn && (oom != self->c_oom || pe != self->c_pe)) {
         /* A counter moved: this sample goes to the enforcer with it; every file, fresh. */
-        if (pread_all(self->due, bufs, lens) || parse_all(bufs, lens, self->cpu_v2, v) < 0) return NULL;
+        if (pread_all(self->due, bufs, lens, 0) || parse_all(bufs, lens, self->cpu_v2, v) < 0) return NULL;
         turn = 0;
     }
     self->c_oom = oom;
