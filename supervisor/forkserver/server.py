@@ -150,9 +150,9 @@ def _view(
         mounts.emit_console(console, console_slot, plan)
     else:
         console_slot = -1
-    # 6. The path-independent part of the filesystem view (read-only host tree, tmpfs over /run,
-    #    minimal /dev, private /tmp, fresh /proc): needs CAP_SYS_ADMIN and must precede Landlock, which
-    #    forbids mounting and whose rules must see the new tmpfs inodes.
+    # 6. The path-independent part of the filesystem view (read-only host tree, an empty /run, minimal
+    #    /dev, private /tmp, fresh /proc): needs CAP_SYS_ADMIN and must precede Landlock, which forbids
+    #    mounting and whose rules must see the new tmpfs inodes.
     if mnt is not None:
         mounts.emit_base(mnt, plan, pooled_net)
     # 7. The cgroup namespace now that step 4 moved us into our leaf cgroup: the namespace root is the
@@ -167,7 +167,7 @@ def _view(
     #    new cgroup namespace roots them at the leaf: so after the unshare, and before step 10 drops the
     #    CAP_SYS_ADMIN a mount needs; after the path-dependent mounts, so that no writable root under
     #    /sys/fs/cgroup (a policy's allow_write on the cgroup tree) shows through it. (Without a cgroup
-    #    namespace, an empty read-only tmpfs.) Its chdir comes last, into the finished view.
+    #    namespace, an empty read-only directory.) Its chdir comes last, into the finished view.
     if mnt is not None:
         mounts.emit_paths(mnt, cwd, keep, plan, cgroup_view, console_slot)
     else:

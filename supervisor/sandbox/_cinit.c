@@ -142,7 +142,7 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(MOUNT, 7)        /* s0 source (or a1 > 0: the fd in slot a1-1, then s0 a path under it), s1 target, \
                           s2 fstype, s3 data, a0 flags */                                                   \
     X(SETATTR, 8)      /* s0 path, a0 attr_set, a1 attr_clr, a2 AT_RECURSIVE or 0: mount_setattr */        \
-    X(MKDIR, 9)        /* s0, a0 mode */                                                                    \
+    X(MKDIR, 9)        /* s0, a0 mode; a1: then chmod to exactly a0 (the umask does not apply) */          \
     X(CREAT, 10)       /* s0, a0 mode: create an empty file */                                              \
     X(SYMLINK, 11)     /* s0 target, s1 link path */                                                        \
     X(UMOUNT, 12)      /* s0, a0 flags */                                                                   \
@@ -163,7 +163,8 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(OPEN_PATH, 27)   /* s0 path, a0 slot (or SLOT_HOSTDEV): open(O_PATH), kept for MOUNT and CLOSE */    \
     /* 28: IDMAP, retired: the launcher writes the init's own id maps before the exec (py_start, premap) */ \
     X(MOUNT_AT, 29)    /* s0 target, opened without following any symlink; a0 what: 0 a bind of the target \
-                          itself, 1 a bind of s1, 2 a tmpfs with options s1; a1 attr_set, a2 attr_clr,      \
+                          itself, 1 a bind of s1, 2 a tmpfs with options s1, 3 a bind of s1 below the       \
+                          scaffold (slot SLOT_SCAFFOLD); a1 attr_set, a2 attr_clr,                          \
                           a3 bit 0: copy what is mounted below (binds), bit 1: attributes on all of it */ \
     X(UNLINK, 30)      /* s0: remove a file (the /run sources of binds made from it) */                    \
     X(PROXY_LISTEN, 31) /* a0 port, a1 backlog: listen on 127.0.0.1:a0 in our network namespace and send  \
@@ -274,11 +275,12 @@ static int watch_protected(const char *path) {
 #define SLOT_NET_SYSFS SLOTS /* one more slot, filled from the plan header, not by OPEN_PATH */
 #define SLOT_PROXY (SLOTS + 1) /* and another: the plan header's proxy_fd */
 #define SLOT_HOSTDEV (SLOTS + 2) /* the host's /dev, opened by OPEN_PATH for the device nodes' binds */
-static int slots[SLOTS + 3] = {[SLOT_PROXY] = -1, [SLOT_HOSTDEV] = -1};
+#define SLOT_SCAFFOLD (SLOTS + 3) /* the view's scaffold tmpfs (mounts._scaffold), opened by OPEN_PATH */
+static int slots[SLOTS + 4] = {[SLOT_PROXY] = -1, [SLOT_HOSTDEV] = -1, [SLOT_SCAFFOLD] = -1};
 
 /* The fd in the slot named by an op's a1 (a slot number + 1: MOUNT's source, CLOSE's fd); -1 for none. */
 static int slot_arg(int64_t a1) {
-    return (a1 > 0 && a1 <= SLOTS + 1) || a1 == SLOT_HOSTDEV + 1 ? slots[a1 - 1] : -1;
+    return (a1 > 0 && a1 <= SLOTS + 1) || a1 == SLOT_HOSTDEV + 1 || a1 == SLOT_SCAFFOLD + 1 ? slots[a1 - 1] : -1;
 }
 
 static const char *str(const struct seg *g, uint32_t off) {
@@ -493,8 +495,15 @@ static int mount_at(const char *target, int what, const char *arg, uint64_t set,
         tree = new_tmpfs(arg, set);
         if (tree < 0) err = errno;
     } else {
-        tree = what == 1 ? (int)syscall(SYS_open_tree, AT_FDCWD, arg, CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | rec)
-                         : (int)syscall(SYS_open_tree, fd, "", AT_EMPTY_PATH | CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | rec);
+        /* what 3: a bind of s1 below the scaffold (slot SLOT_SCAFFOLD), as a path relative to its fd */
+        int from = what == 3 ? slots[SLOT_SCAFFOLD] : AT_FDCWD;
+        if (what == 3 && from < 0) {
+            close(fd);
+            return EBADF;
+        }
+        tree = what == 1 || what == 3
+                   ? (int)syscall(SYS_open_tree, from, arg, CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | rec)
+                   : (int)syscall(SYS_open_tree, fd, "", AT_EMPTY_PATH | CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | rec);
         if (tree < 0) {
             err = detail("open_tree(OPEN_TREE_CLONE)", errno);
         } else if (set || clr) {
@@ -814,7 +823,8 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_SETATTR:
         return set_mount_attr(s0, (uint64_t)o->a[0], (uint64_t)o->a[1], (unsigned)o->a[2]);
     case OP_MKDIR:
-        return OK(mkdir(s0, (mode_t)o->a[0]));
+        if (mkdir(s0, (mode_t)o->a[0]) != 0) return errno;
+        return o->a[1] ? OK(chmod(s0, (mode_t)o->a[0])) : 0;
     case OP_CREAT: {
         int fd = open_cloexec(s0, O_CREAT | O_WRONLY, (mode_t)o->a[0]);
         if (fd < 0) return errno;
@@ -843,7 +853,7 @@ static int run_op(const struct seg *g, const struct op *o) {
     case OP_CLOSE:
         return OK(close(o->a[1] > 0 ? slot_arg(o->a[1]) : (int)o->a[0]));
     case OP_OPEN_PATH: {
-        if ((o->a[0] < 0 || o->a[0] >= SLOTS) && o->a[0] != SLOT_HOSTDEV) return EINVAL;
+        if ((o->a[0] < 0 || o->a[0] >= SLOTS) && o->a[0] != SLOT_HOSTDEV && o->a[0] != SLOT_SCAFFOLD) return EINVAL;
         int fd = open_nofollow(s0);
         if (fd < 0) return errno;
         slots[o->a[0]] = fd;
@@ -2364,6 +2374,7 @@ PyMODINIT_FUNC PyInit__cinit(void) {
     if (PyModule_AddIntConstant(m, "SLOTS", SLOTS) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "SLOT_NET_SYSFS", SLOT_NET_SYSFS) < 0) goto fail;
     if (PyModule_AddIntConstant(m, "SLOT_HOSTDEV", SLOT_HOSTDEV) < 0) goto fail;
+    if (PyModule_AddIntConstant(m, "SLOT_SCAFFOLD", SLOT_SCAFFOLD) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

@@ -5,19 +5,20 @@
 - protected paths inside writable roots (.git/hooks, .git/config) are bind-mounted read-only over themselves:
   Landlock can only grant, never subtract, so a read-only mount is what keeps them read-only. A mount point
   cannot be renamed or unlinked (EBUSY), and .git itself is made a mount point so it cannot be swapped out;
-- private tmpfs on /tmp and /dev/shm, a tmpfs over /run (and a real /var/run) so no host unix socket (the
+- private tmpfs on /tmp and /dev/shm, an empty /run (and a real /var/run) so no host unix socket (the
   docker.sock class) is reachable by path;
 - a minimal /dev (null, zero, full, random, urandom, tty, a private devpts, /dev/fd links);
 - a fresh /proc for the new pid namespace, with /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus
   read-only (as bubblewrap does);
-- denied paths hidden under an empty read-only tmpfs (directories) or /dev/null (files), as the objects their
-  names lead to now; each directory between a writable root and a denied path is made a mount point, so that
-  no sandbox can rename the hidden object out from under its cover for the next one (`_pin_ancestors`);
+- denied paths hidden under an empty read-only mode-0 directory (directories) or /dev/null (files), as the
+  objects their names lead to now; each directory between a writable root and a denied path is made a mount
+  point, so that no sandbox can rename the hidden object out from under its cover for the next one
+  (`_pin_ancestors`);
 - every path of the policy (roots, the workdir, denied and protected paths) is opened by the init without
   following any symlink, and its mount made from that fd (OP_MOUNT_AT): a link a sandbox planted for the next
   one (`build -> /etc`) is refused, never followed.
-- /sys/fs/cgroup replaced by the sandbox's own cgroup view (`emit_cgroup_view`): a read-only tmpfs holding,
-  per hierarchy the sandbox's leaf is in, that hierarchy mounted afresh inside the sandbox's cgroup
+- /sys/fs/cgroup replaced by the sandbox's own cgroup view (`emit_cgroup_view`): a read-only directory
+  holding, per hierarchy the sandbox's leaf is in, that hierarchy mounted afresh inside the sandbox's cgroup
   namespace, whose root is the leaf (read-only too); nothing of the host's tree or of other sandboxes.
 
 Unlike the other mechanism modules, `apply` comes in two phases, `apply_base` (what does not depend on the
@@ -65,6 +66,7 @@ _DEV_LINKS = (
     ("ptmx", "pts/ptmx"),
 )
 _PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
+_PROC_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 
 class Prepared(TypedDict):
@@ -132,7 +134,7 @@ def _setattr(plan: Plan, path: str, set_: int, clr: int, recursive: bool) -> Non
 
 
 #: What OP_MOUNT_AT mounts on its checked target: a bind of the target itself, of a source, or a tmpfs.
-_AT_SELF, _AT_SOURCE, _AT_TMPFS = 0, 1, 2
+_AT_SELF, _AT_SOURCE, _AT_TMPFS, _AT_SCAFFOLD = 0, 1, 2, 3
 _AT_SUBMOUNTS, _AT_ATTRS_ALL = 1, 2  # copy what is mounted below; change the attributes of all of it
 _RO_ATTRS = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 
@@ -287,7 +289,7 @@ def emit_keep(keep: list[tuple[str, bool, bool]], plan: Plan) -> None:
 def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
     """Phase 1 (in pid 1 of the new pid namespace, inside the new mount and user namespaces, with full
     capabilities there): the part of the view that does not depend on the state of the policy's paths:
-    private propagation, the read-only host tree, tmpfs over /run, a minimal /dev, private /tmp and
+    private propagation, the read-only host tree, an empty /run, a minimal /dev, private /tmp and
     /dev/shm, a fresh /proc, and the denied paths that exist now (outside /tmp, /run and /dev, which the
     base view replaces). What exists is looked up here, in the fork server, whose view of the host is the
     one the sandbox starts from. `pooled_net`: the network namespace is one of the fork server's pool
@@ -302,6 +304,7 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
         # binary with effective file capabilities (ping: cap_net_raw=ep) was then refused (EPERM) under a
         # root caller, whose sandbox maps host uid 0; now it runs, unprivileged, as under bubblewrap.
         _setattr(plan, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
+        _scaffold(plan)
         _hide_sockets(plan)
         _etc_files(plan)
         _dev(plan, str(prepared.get("tmp_size", "50%")))
@@ -309,15 +312,18 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
             _net_class(plan, pooled_net)
     if prepared["private_tmp"]:
         size = str(prepared.get("tmp_size", "50%"))
-        _tmpfs(plan, "/tmp", "1777", size=size)
+        _tmpfs(plan, "/tmp", "1777", size=size)  # (under `confine`: over the scaffold's root)
         if not confine and os.path.isdir("/dev/shm"):
             _tmpfs(plan, "/dev/shm", "1777", size=size)
     if prepared["proc"]:
-        _mount(plan, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _mount(plan, "proc", "/proc", "proc", _PROC_FLAGS)
         for name in _PROC_READONLY:
             path = f"/proc/{name}"
             if os.path.exists(path):
-                _bind(plan, path, readonly=True)
+                # By path (two syscalls, not _bind's six): the new proc's own entries, which nothing in
+                # the sandbox can have replaced by a link, and with no mount below them.
+                _mount(plan, path, path, None, MS_BIND)
+                _mount(plan, None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _PROC_FLAGS)
     if confine:
         # Before the writable roots are bound: their recursive binds carry these mounts along.
         for path in _deny_targets(prepared):
@@ -363,6 +369,8 @@ def emit_paths(
             if _under_hidden(path) and any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
                 _deny(plan, path)
     emit_cgroup_view(prepared, cgroup_view, plan)
+    if confine:
+        plan.add(_cinit.OP_CLOSE, "mounts", "close(the scaffold)", a=(0, _SCAFFOLD + 1), path="/tmp")
     if console_slot >= 0:
         # The pty comes from the host's devpts, which the sandbox's private /dev does not show: bound at
         # /dev/console, ttyname(3) finds it there (same device and inode), so `tty` names it.
@@ -546,11 +554,53 @@ def _expand_git(root: str, protected: list[str], rootfd: int) -> list[str]:
     return out
 
 
+#: The init's slot holding the scaffold (`_scaffold`), and its directories: what is bound from each.
+_SCAFFOLD = _cinit.SLOT_SCAFFOLD
+_SCAFFOLD_DIRS = (("run", 0o755), ("var-run", 0o755), ("dev", 0o755), ("cgroup", 0o755), ("empty", 0))
+
+
+def _scaffold(plan: Plan) -> None:
+    """One tmpfs for the parts of the view that hold nothing the sandbox may write (under Landlock) and that
+    were each a tmpfs of their own: /run, a real /var/run, /dev (its node mount points and links),
+    /sys/fs/cgroup (its hierarchies' mount points) and the empty directory every denied directory is
+    hidden under. Each is a directory of this one tmpfs, bound at its place (`_from_scaffold`; a denied
+    directory: OP_MOUNT_AT from the scaffold), with that place's mount flags; a bind's root is its
+    directory, so no one of them leads to another (a link or rename between them is EXDEV: two mounts).
+
+    Why: a tmpfs is a superblock of its own, made at the mount and torn down at the sandbox's exit (with
+    an RCU-deferred free); five or more per sandbox were among the biggest costs of a spawn. The scaffold's
+    root is mounted on /tmp, opened into the init's slot SLOT_SCAFFOLD, and covered by the private /tmp
+    right after; the slot is closed when the view is done (emit_paths). Sizes: one `size=50%` for all of
+    them, what /run alone had (/dev had 64k, /sys/fs/cgroup 16k); none is writable under Landlock."""
+    _mount(plan, "tmpfs", "/tmp", "tmpfs", MS_NOSUID, "mode=0755,size=50%")
+    for name, mode in _SCAFFOLD_DIRS:
+        path = f"/tmp/{name}"
+        # Exactly `mode` (the setup's umask is the caller's): each is the root of what it is bound at.
+        _op(plan, _cinit.OP_MKDIR, "mkdir(scaffold directory)", path, a=(mode, 1))
+    _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH, the scaffold)", "/tmp", a=(_SCAFFOLD,))
+
+
+def _from_scaffold(plan: Plan, name: str, target: str, flags: int) -> None:
+    """Bind the scaffold's directory `name` at `target` with the mount flags `flags` (MS_NOSUID and the
+    like: those a tmpfs of its own had there)."""
+    plan.add(
+        _cinit.OP_MOUNT,
+        "mounts",
+        f"mount(bind, the scaffold's {name})",
+        a=(MS_BIND, _SCAFFOLD + 1),
+        s=(name, target),
+        path=target,
+    )
+    if flags != MS_NOSUID:  # (what the scaffold's mount, and so the bind, has already)
+        _mount(plan, None, target, None, MS_BIND | MS_REMOUNT | flags)
+
+
 def _hide_sockets(plan: Plan) -> None:
-    """tmpfs over /run and host /tmp so no host unix socket is reachable by path."""
-    _tmpfs(plan, "/run", "0755")
+    """An empty /run (and a real /var/run) so no host unix socket is reachable by path (the host's /tmp is
+    replaced too, by the private /tmp)."""
+    _from_scaffold(plan, "run", "/run", MS_NOSUID | MS_NODEV)
     if os.path.isdir("/var/run") and not os.path.islink("/var/run"):
-        _tmpfs(plan, "/var/run", "0755")
+        _from_scaffold(plan, "var-run", "/var/run", MS_NOSUID | MS_NODEV)
 
 
 def _etc_files(plan: Plan) -> None:
@@ -591,7 +641,7 @@ def _dev(plan: Plan, shm_size: str = "50%") -> None:
     the private /run, then detached: two more mounts of /dev's tree per sandbox, made and torn down.)"""
     slot = _cinit.SLOT_HOSTDEV
     _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH, the host's /dev)", "/dev", a=(slot,))
-    _mount(plan, "tmpfs", "/dev", "tmpfs", MS_NOSUID, "mode=0755,size=64k")
+    _from_scaffold(plan, "dev", "/dev", MS_NOSUID)
     for name in _DEV_NODES:
         path = f"/dev/{name}"
         _op(plan, _cinit.OP_CREAT, "creat(device mount point)", path, a=(0o666,))
@@ -663,7 +713,7 @@ def _deny_targets(prepared: Prepared) -> list[str]:
 
     Hiding is by object, not by name: a denied name that a sandbox (of a policy without this deny) made a
     symlink to where it moved the secret hides the secret where it is now. Following a link here grants
-    nothing: what is mounted over the target is an empty read-only tmpfs or /dev/null, in the sandbox's
+    nothing: what is mounted over the target is an empty read-only directory or /dev/null, in the sandbox's
     own mount namespace. (Within a policy that denies a path the sandbox cannot move it or its ancestors at
     all: `_pin_ancestors`.) Raises SetupFailure when a denied name is a link to a directory the sandbox
     needs (`_vital`), which is refused rather than hidden."""
@@ -749,9 +799,9 @@ def _deny(plan: Plan, path: str) -> None:
         raise _sys.SetupFailure("mounts", "lstat(deny path)", err.errno or 0, path) from err
     if stat.S_ISDIR(st.st_mode):
         what, operation, arg = (
-            _AT_TMPFS,
-            "hide with an empty read-only tmpfs (fsmount + move_mount)",
-            "mode=0000",
+            _AT_SCAFFOLD,
+            "hide with the scaffold's empty mode-0 directory, read-only (open_tree + move_mount)",
+            "empty",
         )
     else:
         what, operation, arg = _AT_SOURCE, "hide with /dev/null (open_tree + move_mount)", "/dev/null"
@@ -847,10 +897,11 @@ def cgroup_view(placement_files: Sequence[str], own_namespace: bool) -> tuple[Cg
 
 def emit_cgroup_view(prepared: Prepared, view: tuple[CgroupViewEntry, ...], plan: Plan) -> None:
     """Step 8 (from emit_paths), in the cgroup namespace entered in step 7: /sys/fs/cgroup becomes the
-    sandbox's own view (`view`, from `cgroup_view`), over anything bound under it before. A small tmpfs
-    goes over /sys/fs/cgroup; on v2 (cgroup2 mounted on /sys/fs/cgroup itself) cgroup2 is mounted afresh
-    on top of it (not directly over the host's mount: the kernel refuses a superblock mounted over its
-    own root, EBUSY), otherwise each of the leaf's hierarchies afresh on a directory of the host's name.
+    sandbox's own view (`view`, from `cgroup_view`), over anything bound under it before. The scaffold's
+    cgroup directory (`_scaffold`) goes over /sys/fs/cgroup; on v2 (cgroup2 mounted on /sys/fs/cgroup
+    itself) cgroup2 is mounted afresh on top of it (not directly over the host's mount: the kernel refuses
+    a superblock mounted over its own root, EBUSY), otherwise each of the leaf's hierarchies afresh on a
+    directory of the host's name.
     Mounted inside the sandbox's cgroup namespace, a hierarchy's root is the namespace's root: the
     sandbox's leaf. Everything is read-only (the leaf's files belong to the supervisor's uid, which the
     sandbox shares: a writable view would let it raise its own limits). A hierarchy that cannot be
@@ -859,7 +910,7 @@ def emit_cgroup_view(prepared: Prepared, view: tuple[CgroupViewEntry, ...], plan
     if not prepared["confine"] or not os.path.isdir(CGROUP_ROOT):
         return
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    _mount(plan, "tmpfs", CGROUP_ROOT, "tmpfs", flags, "mode=0755,size=16k")
+    _from_scaffold(plan, "cgroup", CGROUP_ROOT, flags)
     unified = [e for e in view if e[0] == "mount" and e[1] == CGROUP_ROOT]
     for kind, path, fstype, data in unified or view:
         if kind == "link":
