@@ -28,6 +28,7 @@ from supervisor import DEVNULL, Child, Result, Supervisor
 from supervisor.sandbox.cgroups import CgroupManager, discover
 from supervisor.sandbox.cgroups._pool import LEFTOVER_KMEM, LEFTOVER_PAGES
 from tests.kernel import conftest_cgroups as cg
+from tests.kernel.test_limits import BOMB, STORM
 
 _LAYOUT = discover()
 _V1 = [c for c in ("memory", "cpu", "cpuacct", "pids") if _LAYOUT.version(c) == 1]
@@ -50,31 +51,6 @@ MiB = 1 << 20
 CARRIED_MAX = LEFTOVER_PAGES + LEFTOVER_KMEM + (os.cpu_count() or 1) * 64 * 4096
 #: v1's "no limit" as memory.limit_in_bytes reads it (PAGE_COUNTER_MAX pages).
 UNLIMITED = 1 << 62
-
-# Touches argv[1] MiB in 16 MiB chunks (every page written), then says so.
-BOMB = """
-import sys
-chunks = [b"x" * (16 << 20) for i in range(int(sys.argv[1]) // 16)]
-print("survived", flush=True)
-"""
-
-# Tries argv[1] forks (each child sleeps 1 s); prints how many succeeded, waits for them.
-STORM = """
-import os, sys, time
-n = 0
-for i in range(int(sys.argv[1])):
-    try:
-        pid = os.fork()
-    except OSError:
-        continue
-    if pid == 0:
-        time.sleep(1)
-        os._exit(0)
-    n += 1
-print(n, flush=True)
-for i in range(n):
-    os.wait()
-"""
 
 # Burns argv[1] seconds of CPU holding argv[2] MiB.
 HEAVY = """
@@ -228,14 +204,16 @@ async def test_the_kernel_enforces_a_lowered_then_lifted_limit_in_a_reused_leaf(
 
     first = await _run_then_keep(rsup, profiles.workspace_write(workspace, pids=50), ["true"])
     ten = profiles.workspace_write(workspace, pids=10)
-    few = await rsup.start([PY, "-I", "-S", "-c", STORM, "30"], policy=ten)
+    few = await rsup.start([PY, "-I", "-S", "-c", STORM, "30", "1"], policy=ten)
     assert _paths(few) == first
     r, out = await _wait(few)
     assert int(out) == 10 - 2, out  # the sandbox init and the storm itself are two of the ten
     assert r.limit_hits.get("pids", 0) >= 1, r.limit_hits
 
     held_10 = await _run_then_keep(rsup, profiles.workspace_write(workspace, pids=10), ["true"])
-    many = await rsup.start([PY, "-I", "-S", "-c", STORM, "30"], policy=profiles.workspace_write(workspace))
+    many = await rsup.start(
+        [PY, "-I", "-S", "-c", STORM, "30", "1"], policy=profiles.workspace_write(workspace)
+    )
     assert _paths(many) == held_10
     r, out = await _wait(many)
     assert int(out) == 30, (r, out)
@@ -278,7 +256,7 @@ async def test_no_child_is_told_the_previous_tenants_figures(rsup: Supervisor, w
     assert "memory_oom" not in r.limit_hits, r.limit_hits
 
     few = profiles.workspace_write(workspace, pids=10)
-    storm = await rsup.start([PY, "-I", "-S", "-c", STORM, "30"], policy=few)
+    storm = await rsup.start([PY, "-I", "-S", "-c", STORM, "30", "1"], policy=few)
     storm_paths = _paths(storm)
     r, _ = await _wait(storm)
     assert r.limit_hits.get("pids", 0) >= 1, r.limit_hits
