@@ -1,5 +1,5 @@
 """Reading a leaf's usage: six interface files on fds kept open for the leaf's life, read by one call into
-a C reader (`_csample.read_leaf`: the preads with the GIL released once, the formats parsed in C), and the
+a C reader (`_csample.Reader`: the preads, the formats parsed in C, the turns and what they carry), and the
 parsers of their formats (unit-tested on bytes), used when a file is missing or its format unexpected.
 `LeafSampler.stats` and `events` cost a few pread(2)s on fds already open: cheap enough for the event loop,
 though the sampler batches them in a worker thread. With kernel notifiers armed (`arm`), the event counters
