@@ -94,8 +94,9 @@ class CgroupManager:
         pool: int = _pool.POOL_SIZE,
     ) -> None:
         self._layout = layout
-        #: Leaves kept for reuse (`recycle`; cgroups/_pool.py); `pool` = 0 keeps none.
-        self.pool = _pool.LeafPool(pool)
+        #: Leaves kept for reuse (`recycle`; cgroups/_pool.py): at most `pool`, and one per 32 fds of the soft
+        #: RLIMIT_NOFILE now; 0 keeps none.
+        self.pool = _pool.LeafPool(_pool.size_for(pool))
         self._proc_root = proc_root
         self._cgroup_root = cgroup_root
         self._trees: list[_Tree] = []

@@ -34,6 +34,7 @@ Blocking cgroupfs I/O: the leaf remover's worker thread.
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from typing import TYPE_CHECKING
 
@@ -44,8 +45,20 @@ if TYPE_CHECKING:
     from supervisor.sandbox.cgroups._leaf import Leaf
 
 #: Leaves kept per supervisor at most (beyond it, leaves are removed as before). A kept leaf costs the kernel
-#: its memory cgroup (a few KiB) and the supervisor its six or seven fds.
+#: its memory cgroup (a few KiB) and the supervisor its six or seven fds: so also at most one leaf per
+#: FDS_PER_KEPT of the soft RLIMIT_NOFILE (`size_for`), which keeps a supervisor under `prlimit --nofile=256`
+#: to 8 kept leaves (56 fds) and leaves the rest to its children.
 POOL_SIZE = 64
+FDS_PER_KEPT = 32
+
+
+def size_for(wanted: int) -> int:
+    """`wanted`, bounded by this process's soft RLIMIT_NOFILE (one kept leaf per FDS_PER_KEPT fds)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(0, min(wanted, soft // FDS_PER_KEPT))
+
 
 #: A leaf is kept only while the pages its last child left charged to it (memory.stat `cache` + `rss` once
 #: it is empty: page cache of files it wrote or first read, shmem) are at most this, and the kernel objects
