@@ -573,11 +573,33 @@ def _scaffold(plan: Plan) -> None:
     right after; the slot is closed when the view is done (emit_paths). Sizes: one `size=50%` for all of
     them, what /run alone had (/dev had 64k, /sys/fs/cgroup 16k); none is writable under Landlock."""
     _mount(plan, "tmpfs", "/tmp", "tmpfs", MS_NOSUID, "mode=0755,size=50%")
+    # Each directory is the root of what it is bound at: exactly its mode, whatever the umask the init has
+    # (this process's, the supervisor's): a chmod after the mkdir where the umask would take bits away.
+    umask = _umask()
     for name, mode in _SCAFFOLD_DIRS:
         path = f"/tmp/{name}"
-        # Exactly `mode` (the setup's umask is the caller's): each is the root of what it is bound at.
-        _op(plan, _cinit.OP_MKDIR, "mkdir(scaffold directory)", path, a=(mode, 1))
+        _op(plan, _cinit.OP_MKDIR, "mkdir(scaffold directory)", path, a=(mode, int(bool(mode & umask))))
     _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH, the scaffold)", "/tmp", a=(_SCAFFOLD,))
+
+
+_umask_now: list[int] = []
+
+
+def _umask() -> int:
+    """This process's umask, read once from /proc/self/status without changing it (os.umask would, for a
+    moment, in every thread); 0o777 when it cannot be read (every scaffold directory is then chmodded)."""
+    if not _umask_now:
+        umask = 0o777
+        try:
+            with open("/proc/self/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Umask:"):
+                        umask = int(line.split()[1], 8)
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        _umask_now.append(umask)
+    return _umask_now[0]
 
 
 def _from_scaffold(plan: Plan, name: str, target: str, flags: int) -> None:
