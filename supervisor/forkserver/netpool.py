@@ -37,18 +37,22 @@ class NetPool:
 
     def __init__(self) -> None:
         self.enabled = True
-        self._idle: dict[tuple[int, str], list[tuple[int, int]]] = {}
-        self._lent: dict[tuple[int, str], list[tuple[int, int, int]]] = {}  # (netns, sysfs, init's pidfd)
+        # An entry: (netns, sysfs, sockstat, ip6_flowlabel, dev): the namespace, its sysfs mount and the
+        # /proc/net files `_cinit.netns_unused` reads (flowlabel -1 without IPv6); lent with the borrower's
+        # pidfd after them.
+        self._idle: dict[tuple[int, str], list[tuple[int, ...]]] = {}
+        self._lent: dict[tuple[int, str], list[tuple[int, ...]]] = {}
         self._n_idle = 0
         self._n_lent = 0
-        # Each lent namespace holds three of this process's fds: stay well inside its fd limit (the soft
+        # Each lent namespace holds six of this process's fds: stay well inside its fd limit (the soft
         # one, which sandboxes inherit and so is not raised here); past it, sandboxes make their own.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._max_lent = max(0, (min(soft, 1 << 16) - 256) // 3 - self.MAX_IDLE)
+        self._max_lent = max(0, (min(soft, 1 << 16) - 256) // 6 - self.MAX_IDLE)
         self._sweep_at = 4 * self.MAX_IDLE
 
-    def take(self, key: tuple[int, str]) -> tuple[int, int] | None:
-        """A namespace for a sandbox of `key`: (netns fd, sysfs mount fd), or None (make its own)."""
+    def take(self, key: tuple[int, str]) -> tuple[int, ...] | None:
+        """A namespace for a sandbox of `key`: (netns fd, sysfs mount fd, its three state files' fds), or
+        None (make its own)."""
         if not self.enabled:
             return None
         if self._n_lent >= self._max_lent:
@@ -65,7 +69,7 @@ class NetPool:
             if not idle:
                 del self._idle[key]  # no empty list left behind per key: keys come and go
             try:
-                if _cinit.netns_unused(entry[0]):
+                if _cinit.netns_unused(entry[2], entry[3], entry[4]):
                     return entry
             except OSError:
                 pass
@@ -77,7 +81,7 @@ class NetPool:
                 self.enabled = False  # not root, or no new mount API: sandboxes make their own
             return None
 
-    def lend(self, key: tuple[int, str], entry: tuple[int, int], pidfd: int) -> None:
+    def lend(self, key: tuple[int, str], entry: tuple[int, ...], pidfd: int) -> None:
         """`entry` is in use by the sandbox whose init `pidfd` refers to."""
         try:
             pidfd = os.dup(pidfd)
@@ -91,7 +95,7 @@ class NetPool:
                 self._reclaim(other)
             self._sweep_at = max(4 * self.MAX_IDLE, 2 * self._n_lent)
 
-    def unused(self, key: tuple[int, str], entry: tuple[int, int]) -> None:
+    def unused(self, key: tuple[int, str], entry: tuple[int, ...]) -> None:
         """`entry` was taken but no sandbox entered it."""
         self._keep(key, entry)
 
@@ -102,24 +106,25 @@ class NetPool:
             return
         poller = select.poll()
         for entry in lent:
-            poller.register(entry[2], select.POLLIN)
+            poller.register(entry[-1], select.POLLIN)
         done = {fd for fd, _ev in poller.poll(0)}
         if not done:
             return
         still = []
-        for netns, sysfs, pidfd in lent:
+        for entry in lent:
+            pidfd = entry[-1]
             if pidfd in done:
                 os.close(pidfd)
                 self._n_lent -= 1
-                self._keep(key, (netns, sysfs))
+                self._keep(key, entry[:-1])
             else:
-                still.append((netns, sysfs, pidfd))
+                still.append(entry)
         if still:
             self._lent[key] = still
         else:
             del self._lent[key]
 
-    def _keep(self, key: tuple[int, str], entry: tuple[int, int]) -> None:
+    def _keep(self, key: tuple[int, str], entry: tuple[int, ...]) -> None:
         """Keep `entry` idle for `key`; when MAX_IDLE are idle, the least recently kept key's oldest
         goes (keys come and go: a workdir used once must not hold a namespace the next ones could use)."""
         if self._n_idle >= self.MAX_IDLE:
@@ -143,5 +148,7 @@ class NetPool:
 
 
 def close_all(*fds: int) -> None:
+    """Close each fd of a pool entry (-1: a state file this kernel lacks)."""
     for fd in fds:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)

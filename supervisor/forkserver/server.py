@@ -409,7 +409,7 @@ class Server:
         mode: int,
         stdio: list[int],
         status_w: int,
-        net: tuple[int, int] | None,
+        net: tuple[int, ...] | None,
         close_plan: bool,
         ctl_fd: int,
         command: bytes,
@@ -479,7 +479,7 @@ class Server:
         maps: tuple[bytes, bytes],
         plan_w: int,
         status_r: int,
-        net: tuple[int, int] | None,
+        net: tuple[int, ...] | None,
         key: tuple[int, str],
     ) -> tuple[Reply, list[int]]:
         """Write the init `pid`'s owner id maps, then close the plan's write end `plan_w`; returns the
@@ -507,7 +507,7 @@ class Server:
         self,
         pid: int,
         status_r: int,
-        net: tuple[int, int] | None,
+        net: tuple[int, ...] | None,
         key: tuple[int, str],
         failure: _sys.SetupFailure | None,
         exec_errno: int = 0,

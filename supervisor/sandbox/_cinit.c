@@ -1991,6 +1991,9 @@ static void back_home(void) {
 #define CORRAL_FSMOUNT_CLOEXEC 0x1
 #define CORRAL_MOUNT_ATTRS 0xf /* MOUNT_ATTR_RDONLY | NOSUID | NODEV | NOEXEC */
 
+/* The /proc/net files netns_unused reads (see there), in its order. */
+static const char *const net_state_files[3] = {"sockstat", "ip6_flowlabel", "dev"};
+
 static PyObject *py_netns_new(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -2007,14 +2010,25 @@ static PyObject *py_netns_new(PyObject *self, PyObject *unused) {
     if (!err && syscall(SYS_fsconfig, fs, CORRAL_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) err = errno;
     if (!err && (mnt = (int)syscall(SYS_fsmount, fs, CORRAL_FSMOUNT_CLOEXEC, CORRAL_MOUNT_ATTRS)) < 0) err = errno;
     if (fs >= 0) close(fs);
+    /* The files netns_unused reads, opened here, inside: a /proc/net file shows the namespace it was opened
+     * in, whoever reads it later (its seq_file holds that namespace), so each check is three preads, not
+     * two setns and three opens. ip6_flowlabel is missing without IPv6 (-1). */
+    int state[3] = {-1, -1, -1};
+    for (int i = 0; i < 3 && !err; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/thread-self/net/%s", net_state_files[i]);
+        if ((state[i] = open(path, O_RDONLY | O_CLOEXEC)) < 0 && !(i == 1 && errno == ENOENT)) err = errno;
+    }
     back_home();
     if (err) {
         if (ns >= 0) close(ns);
         if (mnt >= 0) close(mnt);
+        for (int i = 0; i < 3; i++)
+            if (state[i] >= 0) close(state[i]);
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    return Py_BuildValue("(ii)", ns, mnt);
+    return Py_BuildValue("(iiiii)", ns, mnt, state[0], state[1], state[2]);
 }
 
 /* Whether a lent namespace is back to what a new one is, in everything a process without capabilities over
@@ -2029,30 +2043,21 @@ static PyObject *py_netns_new(PyObject *self, PyObject *unused) {
  *                  the counters of /proc/net/snmp, snmp6 and netstat) can be there either.
  * What is left: the few counters a send that found no route bumps without a packet (Ip/Ip6 OutNoRoutes), not
  * read here (snmp and snmp6 would cost the fork server 50 us more per sandbox). The fork server reads each file
- * once, in one setns round trip. */
+ * once, by pread on the fds netns_new opened inside the namespace (no setns). */
 static char state_buf[16384];
 
-static int read_net(const char *name, size_t *len) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/thread-self/net/%s", name);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno == ENOENT ? -2 : -1;
+/* The whole content of a /proc/net file opened by netns_new (`fd`, -1: missing), read from its start: 0,
+ * 1 when larger than any pristine one, -2 when missing, -1 on error (errno). */
+static int read_state(int fd, size_t *len) {
+    if (fd < 0) return -2;
     size_t n = 0;
     for (;;) {
-        ssize_t got = read(fd, state_buf + n, sizeof state_buf - 1 - n);
+        ssize_t got = pread(fd, state_buf + n, sizeof state_buf - 1 - n, (off_t)n);
         if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) {
-            int err = got < 0 ? errno : 0;
-            close(fd);
-            if (got < 0) {
-                errno = err;
-                return -1;
-            }
-            break;
-        }
+        if (got < 0) return -1;
+        if (got == 0) break;
         n += (size_t)got;
         if (n == sizeof state_buf - 1) { /* larger than any pristine file: not empty */
-            close(fd);
             state_buf[n] = '\0';
             *len = n;
             return 1;
@@ -2090,33 +2095,31 @@ static int all_zero(const char *buf, size_t len, int first) {
 }
 
 static PyObject *py_netns_unused(PyObject *self, PyObject *args) {
-    int ns;
+    int sockstat, flowlabel, dev;
     (void)self;
-    if (!PyArg_ParseTuple(args, "i", &ns)) return NULL;
-    if (host_net() < 0 || setns(ns, CLONE_NEWNET) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (!PyArg_ParseTuple(args, "iii", &sockstat, &flowlabel, &dev)) return NULL;
     size_t n = 0;
     int r, err = 0, clean = 0;
     /* sockstat first: right after a borrower exits its sockets may still wait for RCU. */
-    if ((r = read_net("sockstat", &n)) < 0) {
+    if ((r = read_state(sockstat, &n)) < 0) {
         err = r == -2 ? ENOENT : errno;
         goto out;
     }
     const char *used = strstr(state_buf, "sockets: used "), *tw = strstr(state_buf, " tw ");
     if (r || !used || !tw || atol(used + 14) != 0 || atol(tw + 4) != 0) goto out;
-    if ((r = read_net("ip6_flowlabel", &n)) == -1) goto fail;
+    if ((r = read_state(flowlabel, &n)) == -1) goto fail;
     if (r == 1) goto out;
     if (r == 0) { /* the header line only */
         const char *nl = memchr(state_buf, '\n', n);
         if (nl && (size_t)(nl + 1 - state_buf) < n) goto out;
     }
-    if ((r = read_net("dev", &n)) == -1) goto fail;
+    if ((r = read_state(dev, &n)) == -1) goto fail;
     if (r == 1 || (r == 0 && !all_zero(state_buf, n, 2))) goto out;
     clean = 1;
     goto out;
 fail:
     err = errno;
 out:
-    back_home();
     if (err) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -2318,10 +2321,12 @@ static PyMethodDef methods[] = {
      "is that of a failed exec, or of the id maps when `failed` names the file (the child has then exited)."},
     {"apply", py_apply, METH_VARARGS, "apply(plan) -> None | (index, errno, operation): run the ops here."},
     {"netns_new", py_netns_new, METH_NOARGS,
-     "netns_new() -> (netns_fd, sysfs_fd): a new network namespace with lo up, and a detached read-only sysfs "
-     "mount of it; the caller stays in its own."},
+     "netns_new() -> (netns_fd, sysfs_fd, sockstat_fd, flowlabel_fd, dev_fd): a new network namespace with lo "
+     "up, a detached read-only sysfs mount of it, and its /proc/net files netns_unused reads (flowlabel_fd -1 "
+     "without IPv6); the caller stays in its own."},
     {"netns_unused", py_netns_unused, METH_VARARGS,
-     "netns_unused(netns_fd) -> bool: as new: no socket, TIME-WAIT, flow label, packet or counter in it."},
+     "netns_unused(sockstat_fd, flowlabel_fd, dev_fd) -> bool: as new: no socket, TIME-WAIT, flow label, "
+     "packet or counter in it."},
     {"identities", py_identities, METH_VARARGS,
      "identities(paths: list[str | bytes]) -> bytes: lstat's dev, ino, mode (or errno) and uid/gid of each, "
      "32 bytes each."},
