@@ -602,17 +602,22 @@ def _umask() -> int:
     return _umask_now[0]
 
 
-def _from_scaffold(plan: Plan, name: str, target: str, flags: int) -> None:
-    """Bind the scaffold's directory `name` at `target` with the mount flags `flags` (MS_NOSUID and the
-    like: those a tmpfs of its own had there)."""
+def _bind_from_slot(plan: Plan, slot: int, name: str, target: str, what: str) -> None:
+    """Bind `name`, below the fd in the init's `slot`, at `target` (mount(2) from /proc/self/fd/N/name)."""
     plan.add(
         _cinit.OP_MOUNT,
         "mounts",
-        f"mount(bind, the scaffold's {name})",
-        a=(MS_BIND, _SCAFFOLD + 1),
+        f"mount(bind, {what})",
+        a=(MS_BIND, slot + 1),
         s=(name, target),
         path=target,
     )
+
+
+def _from_scaffold(plan: Plan, name: str, target: str, flags: int) -> None:
+    """Bind the scaffold's directory `name` at `target` with the mount flags `flags` (MS_NOSUID and the
+    like: those a tmpfs of its own had there)."""
+    _bind_from_slot(plan, _SCAFFOLD, name, target, f"the scaffold's {name}")
     if flags != MS_NOSUID:  # (what the scaffold's mount, and so the bind, has already)
         _mount(plan, None, target, None, MS_BIND | MS_REMOUNT | flags)
 
@@ -667,14 +672,7 @@ def _dev(plan: Plan, shm_size: str = "50%") -> None:
     for name in _DEV_NODES:
         path = f"/dev/{name}"
         _op(plan, _cinit.OP_CREAT, "creat(device mount point)", path, a=(0o666,))
-        plan.add(
-            _cinit.OP_MOUNT,
-            "mounts",
-            f"mount(bind, the host's /dev/{name})",
-            a=(MS_BIND, slot + 1),
-            s=(name, path),
-            path=path,
-        )
+        _bind_from_slot(plan, slot, name, path, f"the host's /dev/{name}")
     plan.add(_cinit.OP_CLOSE, "mounts", "close(the host's /dev)", a=(0, slot + 1), path="/dev")
     for name, target in _DEV_LINKS:
         _op(plan, _cinit.OP_SYMLINK, "symlink", f"/dev/{name}", s=(target, f"/dev/{name}"))
