@@ -10,6 +10,7 @@ are removed at the manager's close and by the next start's stale sweep after a S
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -303,6 +304,42 @@ async def test_kept_leaves_are_removed_when_the_supervisor_exits(workspace: Path
         assert parents
     left = [p for p in parents if await anyio.Path(p).exists()]
     assert left == []
+
+
+def _fds_under(dirs: tuple[str, ...]) -> list[str]:
+    """This process's open fds whose target is a file in one of `dirs`."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(tuple(d + "/" for d in dirs)):
+                found.append(target)
+    return found
+
+
+async def test_a_kept_leaf_holds_no_fd(workspace: Path) -> None:
+    # The supervisor's fd count must not grow with the pool: a kept leaf's sampling files and OOM eventfd are
+    # closed, and its next child's Leaf opens them again.
+    async with Supervisor(max_concurrency=8, prefork=0) as sup:
+        pol = profiles.workspace_write(workspace, memory=64 * MiB, pids=64)
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(partial(sup.run, ["true"], policy=pol))
+        await _kept(sup, 3)
+        mgr = sup.cgroups
+        assert mgr is not None
+        kept = [d for paths in mgr.pool.held() for d in paths]
+        assert kept
+        assert _fds_under(tuple(kept)) == []
+        # ... and its next child reads its figures from them as from a new leaf's.
+        child = await sup.start(SLEEP, policy=pol, stdout=DEVNULL, stderr=DEVNULL)
+        try:
+            assert set(_paths(child)) <= set(kept)
+            assert _fds_under(_paths(child))  # opened for the new tenant
+        finally:
+            child.kill()
+            r = await child.wait()
+        assert r.peak_memory_bytes > 0
 
 
 async def test_reuse_can_be_turned_off(workspace: Path) -> None:

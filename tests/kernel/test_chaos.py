@@ -285,28 +285,19 @@ async def test_chaos_leaves_no_open_fds(workspace: Path) -> None:
     assert after == before, (before, after, kinds)
 
 
-def kept_leaf_fds(sup: Supervisor) -> int:
-    """The fds held by the cgroup leaves the supervisor keeps for reuse (each its sampling files: bounded by
-    the pool's size; docs/cgroups.md, "Reused leaves")."""
-    if sup.cgroups is None:
-        return 0
-    dirs = tuple(d + "/" for paths in sup.cgroups.pool.held() for d in paths)
-    return sum(1 for target in fd_kinds().elements() if dirs and target.startswith(dirs))
-
-
 async def test_failed_starts_do_not_leak_fds(workspace: Path) -> None:
     pol = profiles.workspace_write(workspace)
     async with Supervisor() as sup:
         for _ in range(2):  # from the second exit on, the policy keeps pre-forked sandboxes (and their fds)
             await sup.run(["/bin/true"], policy=pol)
-        before = await settled_fds() - kept_leaf_fds(sup)
+        before = await settled_fds()
         for _ in range(10):
             with pytest.raises(CommandNotFoundError):
                 await sup.run(["corral-no-such-command"], policy=pol)
         for _ in range(10):
             with pytest.raises(CommandNotExecutableError):
                 await sup.run(["/etc/hostname"], policy=pol)
-        assert await settled_fds() - kept_leaf_fds(sup) == before, fd_kinds()
+        assert await settled_fds() == before, fd_kinds()
 
 
 async def test_two_supervisors_in_one_process(workspace: Path) -> None:

@@ -348,10 +348,11 @@ class Leaf(LeafSampler):
         return self._manager.recycle(self)
 
     def hand_over(self) -> Leaf:
-        """A new Leaf object for the same directories, taking this one's sampling fds, OOM eventfd and
-        `written`: the next child's. This object then reports nothing (NO_STATS), lists no pids, and its
-        kill() and remove() leave the directories alone, so the finished child that holds it cannot reach
-        the next one. Thread-safe against the sampler."""
+        """A new Leaf object for the same directories, taking this one's `written` (the limits the
+        directories hold) and its sampling fds if any were left open (`recycle` closes them first): the next
+        child's. This object then reports nothing (NO_STATS), lists no pids, and its kill() and remove()
+        leave the directories alone, so the finished child that holds it cannot reach the next one.
+        Thread-safe against the sampler."""
         new = Leaf(self._manager, self.name, self._places, self._dirs, self.versions)
         new.written = self.written
         with self._lock:
@@ -369,26 +370,9 @@ class Leaf(LeafSampler):
         """Whether the directories went to another Leaf object (`hand_over`)."""
         return self._handed_over
 
-    def drain_oom_notifier(self) -> None:
-        """Zero the v1 OOM eventfd's count (a kept leaf's notifier, registered again for the next child)."""
-        with self._lock:
-            if self._oom_efd >= 0:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._oom_efd, 8)
-
     def reuse_for(self, r: ResourcePolicy) -> None:
-        """Make this pooled leaf the next child's: write the limits of `r` that differ from what it holds,
-        and keep the socket-buffer counter's fd open exactly when a v1 memory limit needs it. On the event
-        loop (writes to corral's own cgroup files only). Raises SandboxSetupError."""
+        """Make this pooled leaf the next child's: write the limits of `r` that differ from what it holds. (A
+        kept leaf holds no fd: `prime` opens its sampling files, the socket-buffer counter's with them when a
+        v1 memory limit needs it.) On the event loop (writes to corral's own cgroup files only). Raises
+        SandboxSetupError."""
         self.apply_limits(r)
-        with self._lock:
-            if self._fds is None:
-                return
-            if self._tcp_hit_at is not None and self._tcp_fd < 0:
-                with contextlib.suppress(OSError):
-                    tcp = f"{self._dirs['memory']}/memory.kmem.tcp.max_usage_in_bytes"
-                    self._tcp_fd = os.open(tcp, os.O_RDONLY | os.O_CLOEXEC)
-            elif self._tcp_hit_at is None and self._tcp_fd >= 0:
-                os.close(self._tcp_fd)
-                self._tcp_fd = -1
-            self._reader_fds()

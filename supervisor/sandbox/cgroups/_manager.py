@@ -505,6 +505,11 @@ class CgroupManager:
             except OSError as err:
                 why = str(err)
             if why is None:
+                # A kept leaf holds no fd: the next child's Leaf opens its sampling files (and arms its OOM
+                # eventfd) at its first sample, as a new leaf's does, so the supervisor's fd count does not
+                # grow with the pool (6-7 fds per kept leaf, 64 leaves) and the pool takes no fd from the
+                # children under a low RLIMIT_NOFILE.
+                leaf.close_fds()
                 fresh = leaf.hand_over()
                 with self._lock:
                     if self._leaves.get(leaf.name) is leaf:
