@@ -2,8 +2,8 @@
 
 Every `interval` seconds the sampler looks at the running children, all reads together in one worker thread,
 off the event loop. Every FULL_EVERY-th round it samples each child fully: its cgroup (pread(2)s on fds kept
-open: every usage file for a child whose limits or rules need live values, else its memory usage and one
-more usage file in turn, the others carried: `LeafSampler.stats(turn=True)`) and, where a limit or rule
+open: every usage file for a child whose limits or rules need live values, else one usage file in turn,
+the others carried: `LeafSampler.stats(turn=True)`) and, where a limit or rule
 needs it or no cgroup serves the child, per-process detail through psutil (open fds, RSS, CPU). The rounds
 between read only what each child's limits need live (`watch`): every
 value for a cpu_time limit, a limit no cgroup enforces, or user rules; for limits the kernel enforces, only
@@ -242,10 +242,10 @@ def sample_all(
     """Sample every child in one go (one worker-thread hop per round, not one per child), with one
     timestamp for the round. With `notifiers`, each leaf's kernel notifiers are armed at its first sample
     and an event counter whose notifier has not fired is not read (`LeafSampler.arm`). A child whose limits
-    need no live value but its event counters (`watch` not WATCH_ALL) reads its memory usage and one more of
-    its usage files in turn (`LeafSampler.stats(turn=True)`: two reads per child and round where every file
-    was five on v1; each of the peak, the CPU, pids.current and v1's socket-buffer peak is then read one
-    full round in three or four, the others carried, and all of them at the child's first sample, when an
+    need no live value but its event counters (`watch` not WATCH_ALL) reads one of its usage files in turn
+    (`LeafSampler.stats(turn=True)`: one read per child and round where every file was five on v1; each of
+    the usage, the peak, the CPU, pids.current and v1's socket-buffer peak is then read one full round in
+    four or five, the others carried, and all of them at the child's first sample, when an
     event counter moves, and at its exit); the others read every file. The common case (a cgroup measures
     everything, no fd count due) is inlined: this loop runs for every child at every full round."""
     now = time.monotonic()
@@ -302,10 +302,10 @@ def _arm(c: Child, leaf: Leaf, notifiers: Notifiers[Child]) -> None:
     leaf.arm(notifiers, c, needs)
 
 
-#: Every FULL_EVERY-th round samples every child fully (its cgroup's files, or its memory usage and one more
-#: file in turn where no limit needs them live; fd counts where an fd limit is set): that is what
-#: `Child.last_stats`, and so the exporters' gauges, show (every second at the default monitor_interval of
-#: 0.25 s; the files in turn each every three or four seconds). The rounds between look only at what the
+#: Every FULL_EVERY-th round samples every child fully (its cgroup's files, or one of them in turn where no
+#: limit needs them live; fd counts where an fd limit is set): that is what `Child.last_stats`, and so the
+#: exporters' gauges, show (every second at the default monitor_interval of 0.25 s; the files in turn each
+#: every four or five seconds). The rounds between look only at what the
 #: children's limits need live.
 FULL_EVERY = 4
 

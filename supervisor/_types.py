@@ -179,11 +179,11 @@ class ChildStats(NamedTuple):
     at: when the sample was taken (time.monotonic()).
 
     How fresh (docs/architecture.md, "The sampler"): in `Child.last_stats` of a child whose limits need no
-    live value (limits the kernel enforces, or none), memory_bytes and the event counts are read at `at`;
-    memory_peak_bytes, cpu_seconds and pids are each read every third or fourth full round (3-4 s at the
-    default monitor_interval) and carried in between, the peak then raised to every usage read since (a
-    lower bound of the kernel's peak, never above it). A Result's peak memory and CPU time are read at the
-    exit, exact.
+    live value (limits the kernel enforces, or none), the event counts are read at `at`; memory_bytes,
+    memory_peak_bytes, cpu_seconds and pids are each read every fourth or fifth full round (4-5 s at the
+    default monitor_interval) and carried in between, the peak then raised to the usage at each of its
+    reads since (a lower bound of the kernel's peak, never above it). A Result's peak memory and CPU time
+    are read at the exit, exact.
     """
 
     memory_bytes: int | None

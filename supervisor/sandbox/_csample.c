@@ -66,7 +66,7 @@ static int pread_fds(const int *fds, char bufs[N_SLOTS][BUF], ssize_t *lens) {
     return 0;
 }
 
-/* pread_fds with the GIL released (`release`) or held: a Reader's turn reads two small files, ~1-3 us each,
+/* pread_fds with the GIL released (`release`) or held: a Reader's turn reads one small file, ~1-4 us,
  * never blocking; handing the GIL over and back for that cost more than the reads when another thread (the
  * event loop) wanted it, and a full round makes one call per leaf. Returns 0, or errno (OSError set). */
 static int pread_all(const int *fds, char bufs[N_SLOTS][BUF], ssize_t *lens, int release) {
@@ -150,14 +150,15 @@ static PyObject *read_leaf(PyObject *self, PyObject *args) {
  * quiet with their held values, and the v1 socket-buffer level that counts as the limit reached; it keeps
  * its carried values across configure calls. `read(mode)` reads and returns the leaf's CgroupStats: mode 0
  * every file (the final sample), 1 the periodic sampler's files (quiet counters' held values), 2 a turn:
- * the usage, the counters not quiet and the next file in turn of the CPU, the peak, pids.current and the
+ * the counters not quiet and the next file in turn of the usage, the CPU, the peak, pids.current and the
  * socket-buffer peak, the others carried (every file at the first read, and again when a counter moved).
+ * A carried peak is raised to the usage at the usage's turn: a lower bound of the kernel's, never above it.
  * Not thread-safe: its LeafSampler calls it with its lock held (the fds stay open meanwhile). The periodic
  * sampler's reads (modes 1 and 2) keep the GIL: see pread_all. */
 
 enum { QUIET_OOM = 1, QUIET_PIDS = 2 };
-static const int turn_slots[] = {S_CPU, S_PEAK, S_PIDS, S_TCP};
-#define N_TURN_SLOTS 4
+static const int turn_slots[] = {S_MEM, S_CPU, S_PEAK, S_PIDS, S_TCP};
+#define N_TURN_SLOTS 5
 
 typedef struct {
     PyObject_HEAD
@@ -172,7 +173,7 @@ typedef struct {
     int64_t tcp_hit_at;          /* -1: not watched */
     int64_t socket_hit;          /* -1: not reached */
     int carry;                   /* every file was read once: the c_* hold */
-    int64_t c_peak, c_cpu, c_pids, c_tcp, c_oom, c_pe;
+    int64_t c_mem, c_peak, c_cpu, c_pids, c_tcp, c_oom, c_pe;
 } Reader;
 
 static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
@@ -232,7 +233,6 @@ static PyObject *Reader_configure(Reader *self, PyObject *args) {
         if (d[slot] < 0) continue;
         int *t = self->turns[self->nturns++];
         for (int i = 0; i < N_SLOTS; i++) t[i] = -1;
-        t[S_MEM] = d[S_MEM];
         t[S_EVENTS] = d[S_EVENTS];
         t[S_PIDS_EVENTS] = d[S_PIDS_EVENTS];
         t[slot] = d[slot];
@@ -277,6 +277,10 @@ static PyObject *Reader_read(Reader *self, PyObject *arg) {
     self->c_pe = pe;
     int64_t m = v[S_MEM], peak = v[S_PEAK], cpu = v[S_CPU], pids = v[S_PIDS], tcp = v[S_TCP];
     if (turn) {
+        if (m >= 0)
+            self->c_mem = m;
+        else
+            m = self->c_mem;
         if (peak >= 0)
             self->c_peak = peak;
         else if (m >= 0 && self->c_peak >= 0)
@@ -295,6 +299,7 @@ static PyObject *Reader_read(Reader *self, PyObject *arg) {
             tcp = self->c_tcp;
     } else { /* every file read: the carry starts again from here */
         self->carry = 1;
+        self->c_mem = m;
         self->c_peak = peak;
         self->c_cpu = cpu;
         self->c_pids = pids;

@@ -1,5 +1,5 @@
 """The sampler's turns on the real kernel (supervisor/sandbox/cgroups/_stats.py, `stats(turn=True)`): in full
-rounds a child under kernel-enforced limits reads its memory usage and one more usage file in turn, carrying
+rounds a child under kernel-enforced limits reads one of its usage files in turn, carrying
 the others. What a child's Result reports (its peak memory and CPU time) is read from every file at its exit,
 exact whatever the turns skipped; the live gauges (`Child.last_stats`) catch up within one turn of every file,
 and the carried peak is never above the kernel's. Checked from outside: the kernel's own peak file of the
@@ -51,7 +51,7 @@ def _kernel_peak(memory_dir: str) -> int:
 
 
 async def test_gauges_catch_up_within_a_turn_and_never_pass_the_kernels_peak(workspace: Path) -> None:
-    interval = 0.05  # a full round every 0.2 s: a turn of four files in 0.8 s
+    interval = 0.05  # a full round every 0.2 s: a turn of five files in 1 s
     async with Supervisor(monitor_interval=interval) as sup:
         policy = profiles.workspace_write(workspace, memory=256 * MiB, timeout=30)
         child = await sup.start([PYTHON, "-I", "-S", "-c", SCRIPT, "3"], policy=policy, stdout=PIPE)

@@ -140,7 +140,7 @@ async def test_between_full_rounds_the_sampler_reads_only_what_limits_need(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Idle children whose limits the kernel enforces (a memory limit) get a full sample one round in
-    FULL_EVERY, each reading its files in turn (`stats(turn=True)`: the usage and one more file); between,
+    FULL_EVERY, each reading its files in turn (`stats(turn=True)`: one file per full round); between,
     one pread of their OOM counter (before: six preads and an enforcer call per child per round, 9.7% of a
     core with 1,000 children)."""
     from supervisor._monitor import FULL_EVERY

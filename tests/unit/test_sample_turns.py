@@ -63,6 +63,8 @@ def _fresh(s: Any, k: int) -> set[str]:
     """Which of the turn files' values in sample `s` are those of version k (the peak reported is the memory
     peak, 5000 + its version, plus the socket-buffer peak, 1000000 * (1 + its version))."""
     out = set()
+    if s.memory_bytes == 1000 + k:
+        out.add("usage")
     if s.cpu_seconds == 2.0 + k:
         out.add("cpu")
     if s.pids == 2 + k:
@@ -81,29 +83,33 @@ def test_the_first_turn_reads_every_file_then_one_file_in_turn(tree: Tree) -> No
     for k in range(1, 9):
         tree.bump(k)
         s = tree.leaf.stats(turn=True)
-        assert s.memory_bytes == 1000 + k, s  # the usage at every turn
         seen.append(_fresh(s, k))
-    # One of the four turn files per sample, each once in four samples, in a fixed order.
+    # One of the five turn files per sample, each once in five samples, in a fixed order.
     assert all(len(x) == 1 for x in seen), seen
-    assert {f for x in seen[:4] for f in x} == {"cpu", "peak", "pids", "tcp"}, seen
-    assert seen[4:] == seen[:4], seen
+    assert {f for x in seen[:5] for f in x} == {"usage", "cpu", "peak", "pids", "tcp"}, seen
+    assert seen[5:] == seen[:3], seen
 
 
 def test_a_carried_peak_is_raised_by_the_usage_and_never_passes_the_kernels(tree: Tree) -> None:
     tree.leaf.stats(turn=True)
-    tree.leaf._reader.turn = 0  # from the first turn: the CPU, then the peak, pids.current, the socket peak
+    tree.leaf._reader.turn = 0  # from the first turn: the usage, the CPU, the peak, pids, the socket peak
     bound, kernel = 5000, 5000
-    for k, (usage, kernel) in enumerate([(5010, 9001), (5020, 9002), (5030, 9003), (12, 9004)]):
+    steps = [(5010, 9001), (5020, 9002), (5030, 9003), (12, 9004), (40, 9005), (9100, 9100), (9200, 9300)]
+    for k, (usage, kernel) in enumerate(steps):
         tree.put("memory.usage_in_bytes", f"{usage}\n")
         tree.put("memory.max_usage_in_bytes", f"{kernel}\n")
         s = tree.leaf.stats(turn=True)
         assert s.memory_peak_bytes is not None
         peak = s.memory_peak_bytes - 1000000  # less the socket-buffer peak (unchanged)
-        # Carried: the peak last read raised to the usage read now; at its turn (the second), the kernel's.
-        bound = kernel if k == 1 else max(bound, usage)
+        # Carried: the peak last read, raised to the usage at the usage's turns (the 1st and 6th); at its own
+        # turns (the 3rd), the kernel's.
+        if k == 2:
+            bound = kernel
+        elif k % 5 == 0:
+            bound = max(bound, usage)
         assert peak == bound, (k, s)
         assert peak <= kernel, (k, s)
-    assert bound == 9002  # a lower usage later did not lower it
+    assert bound == 9100  # a lower usage (the 4th and 5th samples) did not lower it
 
 
 def test_a_moved_event_counter_reads_every_file(tree: Tree) -> None:
@@ -180,7 +186,7 @@ def test_sample_all_turns_only_children_whose_limits_need_no_live_value(
     tmp_path: Path, limits: dict[str, Any], turns: bool
 ) -> None:
     """A cpu_time limit (the supervisor enforces it from samples) reads every file at every full round; a
-    child whose limits the kernel enforces, or without limits, one file in turn besides the usage."""
+    child whose limits the kernel enforces, or without limits, one file in turn."""
     for name, data in V1.items():
         (tmp_path / name).write_text(data)
     leaf = FakeLeaf(tmp_path)
@@ -188,12 +194,14 @@ def test_sample_all_turns_only_children_whose_limits_need_no_live_value(
     try:
         sample_all([child], False)
         assert (child._watch != WATCH_ALL) is turns
+        (tmp_path / "memory.usage_in_bytes").write_text("1001\n")
         (tmp_path / "cpuacct.usage").write_text("3000000000\n")
         (tmp_path / "pids.current").write_text("3\n")
         (tmp_path / "memory.max_usage_in_bytes").write_text("6000\n")
         (s,) = sample_all([child], False)
-        fresh = (s.cpu_seconds == 3.0) + (s.pids == 3) + (s.memory_peak_bytes == 6000)
-        assert fresh == (1 if turns else 3), s
+        fresh = (s.memory_bytes == 1001) + (s.cpu_seconds == 3.0) + (s.pids == 3)
+        fresh += s.memory_peak_bytes == 6000
+        assert fresh == (1 if turns else 4), s
     finally:
         leaf.close_fds()
 

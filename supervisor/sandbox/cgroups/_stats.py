@@ -4,8 +4,8 @@ parsers of their formats (unit-tested on bytes), used when a file is missing or 
 `LeafSampler.stats` and `events` cost a few pread(2)s on fds already open: cheap enough for the event loop,
 though the sampler batches them in a worker thread. With kernel notifiers armed (`arm`), the event counters
 are not read at all until they move (cgroups/_notify.py). In the sampler's full rounds a child whose limits
-need no live value but its event counters reads its memory usage and ONE of its other usage files in turn
-(`stats(turn=True)`: the peak, the CPU, pids.current, v1's socket-buffer peak), carrying the others' last
+need no live value but its event counters reads ONE of its usage files in turn (`stats(turn=True)`: the
+usage, the CPU, the peak, pids.current, v1's socket-buffer peak), carrying the others' last
 values: each file costs 2.5-3 us per leaf with the kernel's data cold, which the file count multiplies.
 """
 
@@ -220,9 +220,9 @@ class LeafSampler:
         sample) every file is read: a notification comes through a work queue, some milliseconds late.
 
         `turn` (implies `notified`; the sampler's full rounds, for a child whose limits need no live value
-        but its event counters): read the memory usage, the counters not quiet, and the next file in turn
-        of the CPU, the peak, pids.current and v1's socket-buffer peak; carry the others' values
-        from their last read. The peak is then the kernel's at its last read raised to every usage read
+        but its event counters): read the counters not quiet and the next file in turn of the memory usage,
+        the CPU, the peak, pids.current and v1's socket-buffer peak; carry the others' values from their
+        last read. The peak is then the kernel's at its last read raised to the usage at every usage turn
         since: never above the kernel's peak, and below it only when the usage passed it between two reads
         (the usage is not sampled continuously, so a lower usage now proves nothing about the peak). Every
         file is read instead at the leaf's first sample and whenever an event counter moved (an OOM kill,
