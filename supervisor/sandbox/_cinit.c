@@ -1943,7 +1943,7 @@ struct launch {
     int ambient;
     int premap; /* write our own id maps (uid, gid mapped to themselves) before the exec */
     unsigned uid, gid;
-    sigset_t reset; /* signals ignored here, set back to their default before the exec */
+    uint64_t reset; /* signals ignored here (bit sig - 1), set back to their default before the exec */
     volatile int err;
     volatile int mapping; /* err is the id maps' (op_detail says which file), not the exec's */
 };
@@ -2127,6 +2127,20 @@ out:
     return PyBool_FromLong(clean);
 }
 
+/* The kernel's struct sigaction (x86-64, arm64: handler, flags, restorer, a 64-bit mask) and the
+ * rt_sigaction(2) syscall on it: glibc's wrapper refuses signals 32 and 33. */
+#define K_NSIG 64
+struct k_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
+static int raw_sigaction(int sig, const struct k_sigaction *act, struct k_sigaction *old) {
+    return (int)syscall(SYS_rt_sigaction, sig, act, old, sizeof(uint64_t));
+}
+
 static char launch_stack[64 * 1024] __attribute__((aligned(16)));
 
 /* The launched child, sharing the fork server's memory (CLONE_VM) while the fork server waits
@@ -2140,11 +2154,10 @@ static int launch_child(void *arg) {
     if (l->ambient && (l->err = keep_caps_across_exec())) _exit(127);
     /* Ignored dispositions survive the exec: every signal reaches the init, and so the command, at its
      * default (the init's posix_spawn then resets only the handlers it installed itself). */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sigismember(&l->reset, sig) == 1) sigaction(sig, &dfl, NULL);
+    struct k_sigaction dfl = {0};
+    dfl.handler = SIG_DFL;
+    for (int sig = 1; sig <= K_NSIG; sig++)
+        if (l->reset & (1ULL << (sig - 1))) raw_sigaction(sig, &dfl, NULL);
     syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
     for (int i = 0; i < l->n_keep; i++) fcntl(l->keep[i], F_SETFD, 0);
     char *envp[] = {NULL};
@@ -2153,16 +2166,17 @@ static int launch_child(void *arg) {
     _exit(127);
 }
 
-/* The signals this process ignores (Python ignores SIGPIPE and SIGXFSZ; a caller's `nohup` SIGHUP), looked
- * up once: the fork server sets no disposition after its start. */
-static sigset_t ignored_signals(void) {
-    static sigset_t ignored;
+/* The signals this process ignores (Python ignores SIGPIPE and SIGXFSZ; a caller's `nohup` SIGHUP; any
+ * real-time signal a parent left ignored), looked up once: the fork server sets no disposition after its
+ * start. By the raw syscall, as a bit mask: glibc's sigaction and sigaddset refuse its internal signals 32
+ * and 33 (EINVAL), which an ignoring parent passes on through the exec like any other. */
+static uint64_t ignored_signals(void) {
+    static uint64_t ignored;
     static int known;
     if (!known) {
-        sigemptyset(&ignored);
-        for (int sig = 1; sig < NSIG; sig++) {
-            struct sigaction sa;
-            if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN) sigaddset(&ignored, sig);
+        for (int sig = 1; sig <= K_NSIG; sig++) {
+            struct k_sigaction old;
+            if (raw_sigaction(sig, NULL, &old) == 0 && old.handler == SIG_IGN) ignored |= 1ULL << (sig - 1);
         }
         known = 1;
     }
