@@ -262,23 +262,20 @@ def sample_all(
             leaf = c.leaf
             if notifiers is not None and leaf is not None and leaf.paths:
                 _arm(c, leaf, notifiers)
+        s = None
         if w != WATCH_ALL:  # a cgroup measures everything (watch): the common case, kept short
             if not (with_fds and w & WATCH_FDS):
-                m, peak, cpu, pids, oom, hits = c.leaf.stats(notified, True)  # type: ignore[union-attr]
-                if m is not None:
-                    px = c.proxy
-                    net = _NO_NET if px is None else px.net()
-                    append(new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now, *net)))
-                    continue
+                s = c.leaf.stats(notified, True)  # type: ignore[union-attr]
         else:
             leaf = c.leaf
             if leaf is not None and leaf.paths and not (with_fds and _counts_fds(c)):
-                m, peak, cpu, pids, oom, hits = leaf.stats(notified)
-                if m is not None:
-                    px = c.proxy
-                    net = _NO_NET if px is None else px.net()
-                    append(new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now, *net)))
-                    continue
+                s = leaf.stats(notified)
+        if s is not None and s[0] is not None:
+            m, peak, cpu, pids, oom, hits = s
+            px = c.proxy
+            net = _NO_NET if px is None else px.net()
+            append(new(ChildStats, (m, peak, cpu, pids, None, oom or 0, hits or 0, now, *net)))
+            continue
         append(sample(c, with_fds, now))
     return out
 

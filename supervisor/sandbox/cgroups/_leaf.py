@@ -348,31 +348,19 @@ class Leaf(LeafSampler):
         return self._manager.recycle(self)
 
     def hand_over(self) -> Leaf:
-        """A new Leaf object for the same directories, taking this one's `written` (the limits the
-        directories hold) and its sampling fds if any were left open (`recycle` closes them first): the next
-        child's. This object then reports nothing (NO_STATS), lists no pids, and its kill() and remove()
-        leave the directories alone, so the finished child that holds it cannot reach the next one.
-        Thread-safe against the sampler."""
+        """A new Leaf object for the same directories, taking this one's `written` (the limits the directories
+        hold) and no fd (this one's sampling fds and OOM eventfd are closed: a kept leaf holds none, and the
+        next child's opens them at its first sample, as a new leaf's does): the next child's. This object then
+        reports nothing (NO_STATS), lists no pids, and its kill() and remove() leave the directories alone,
+        so the finished child that holds it cannot reach the next one. Thread-safe against the sampler."""
+        self.close_fds()
         new = Leaf(self._manager, self.name, self._places, self._dirs, self.versions)
         new.written = self.written
         with self._lock:
             self._handed_over = True
-            self._removed = True
-            new._fds, self._fds = self._fds, None
-            new._tcp_fd, self._tcp_fd = self._tcp_fd, -1
-            new._oom_efd, self._oom_efd = self._oom_efd, -1
-        if new._fds is not None:
-            new._fast = min(new._fds) >= 0
         return new
 
     @property
     def handed_over(self) -> bool:
         """Whether the directories went to another Leaf object (`hand_over`)."""
         return self._handed_over
-
-    def reuse_for(self, r: ResourcePolicy) -> None:
-        """Make this pooled leaf the next child's: write the limits of `r` that differ from what it holds. (A
-        kept leaf holds no fd: `prime` opens its sampling files, the socket-buffer counter's with them when a
-        v1 memory limit needs it.) On the event loop (writes to corral's own cgroup files only). Raises
-        SandboxSetupError."""
-        self.apply_limits(r)

@@ -450,7 +450,7 @@ class CgroupManager:
         kept = self.pool.take(tuple(t.parent for t in trees))
         if kept is not None:
             try:
-                kept.reuse_for(resources)
+                kept.apply_limits(resources)  # only what differs from what it holds (`written`)
                 kept.prime()
             except Exception as err:  # e.g. EBUSY lowering the limit under what is charged: a new leaf
                 log.info("cgroups: kept leaf %s not reusable (%s): making a new one", kept.paths, err)
@@ -505,11 +505,8 @@ class CgroupManager:
             except OSError as err:
                 why = str(err)
             if why is None:
-                # A kept leaf holds no fd: the next child's Leaf opens its sampling files (and arms its OOM
-                # eventfd) at its first sample, as a new leaf's does, so the supervisor's fd count does not
-                # grow with the pool (6-7 fds per kept leaf, 64 leaves) and the pool takes no fd from the
-                # children under a low RLIMIT_NOFILE.
-                leaf.close_fds()
+                # A kept leaf holds no fd (hand_over closes them), so the supervisor's fd count does not grow
+                # with the pool and the pool takes no fd from the children under a low RLIMIT_NOFILE.
                 fresh = leaf.hand_over()
                 with self._lock:
                     if self._leaves.get(leaf.name) is leaf:
