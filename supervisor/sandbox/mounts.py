@@ -30,6 +30,7 @@ is what the supervisor checks at the request to know that the paths they looked 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from collections.abc import Sequence
@@ -582,24 +583,18 @@ def _scaffold(plan: Plan) -> None:
     _op(plan, _cinit.OP_OPEN_PATH, "open(O_PATH, the scaffold)", "/tmp", a=(_SCAFFOLD,))
 
 
-_umask_now: list[int] = []
-
-
+@functools.cache
 def _umask() -> int:
     """This process's umask, read once from /proc/self/status without changing it (os.umask would, for a
     moment, in every thread); 0o777 when it cannot be read (every scaffold directory is then chmodded)."""
-    if not _umask_now:
-        umask = 0o777
-        try:
-            with open("/proc/self/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Umask:"):
-                        umask = int(line.split()[1], 8)
-                        break
-        except (OSError, ValueError, IndexError):
-            pass
-        _umask_now.append(umask)
-    return _umask_now[0]
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
 
 
 def _bind_from_slot(plan: Plan, slot: int, name: str, target: str, what: str) -> None:
