@@ -20,6 +20,7 @@ import os
 import signal
 import stat
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +28,10 @@ import anyio
 import click
 from anyio.abc import ByteReceiveStream
 
-from policies import CommandRules, CorralError, Policy, load_policy, load_rules, profiles
+from policies import CommandRules, CorralError, Policy, PolicyError, load_policy, load_rules, profiles
 from policies._seccomp import load_seccomp_profile
 from supervisor._child import Child
-from supervisor._errors import SpawnError, printable
+from supervisor._errors import SandboxSetupError, SpawnError, printable
 from supervisor._rules import CommandForbiddenError
 from supervisor._spawnfds import PIPE
 from supervisor._supervisor import Supervisor
@@ -173,16 +174,24 @@ def run(
         msg = "--metrics-addr needs --metrics-port"
         raise click.UsageError(msg)
     metrics = (metrics_addr or "127.0.0.1", metrics_port) if metrics_port is not None else None
-    policy = _build_policy(profile, policy_file, opts)
-    rules = _load_rules(rules_files, policy.workdir)
-    # Opened now, before the command can plant anything at that path (a symlink to a host file that root
-    # would then overwrite); written through this fd afterwards.
+    # Opened first, before the command can plant anything at that path (a symlink to a host file that root
+    # would then overwrite), and before the policy is read: once the file is accepted, every way this run
+    # ends with an exit status corral chose (a bad policy: 125, a command not found: 127, forbidden by the
+    # rules: 126) is recorded in it too, its `error` saying why (README, "The CLI").
     out = _JsonOut.open(json_file) if json_file is not None else None
+    started = time.monotonic()
     try:
-        # The caller's terminal is put back as it was however the run ends (the command shares it, or --tty
-        # puts it in raw mode).
-        with TerminalGuard():
-            code = anyio.run(_run, list(command), policy, out, metrics, not no_cgroup, use_tty, rules)
+        try:
+            policy = _build_policy(profile, policy_file, opts)
+            rules = _load_rules(rules_files, policy.workdir)
+            # The caller's terminal is put back as it was however the run ends (the command shares it, or
+            # --tty puts it in raw mode).
+            with TerminalGuard():
+                code = anyio.run(_run, list(command), policy, out, metrics, not no_cgroup, use_tty, rules)
+        except (CorralError, _Fail, OSError) as err:
+            if out is not None and not out.written:
+                out.write_failure(err, time.monotonic() - started)
+            raise
     finally:
         if out is not None:
             out.close()
@@ -356,6 +365,39 @@ def _finish(result: Result, out: _JsonOut | None) -> int:
     return result.exit_code
 
 
+def exit_status(error: BaseException) -> int:
+    """The exit status a failure ends `corral run` with: 126 or 127 for a command that could not be started
+    or that the rules forbid (the error's `exit_code`), else 125 (corral itself failed)."""
+    if isinstance(error, (SpawnError, CommandForbiddenError)):
+        return error.exit_code
+    return EXIT_CORRAL
+
+
+#: The structured fields each error class carries into the --json record's `error` (its own attribute names).
+_ERROR_FIELDS: tuple[tuple[type[BaseException], tuple[str, ...]], ...] = (
+    (SandboxSetupError, ("layer", "operation", "path", "errno", "hint")),
+    (SpawnError, ("argv0", "errno")),
+    (PolicyError, ("path", "reason", "source")),
+    (CommandForbiddenError, ("justification", "approval")),
+    (OSError, ("errno", "filename")),
+)
+
+
+def failure_json(error: BaseException) -> dict[str, object]:
+    """The --json record's `error`: the error's class name (`type`), its one-line message as printed on
+    stderr (`message`) and its structured fields (strings made printable: a path a sandbox chose)."""
+    out: dict[str, object] = {"type": type(error).__name__, "message": printable(error)}
+    for cls, names in _ERROR_FIELDS:
+        if isinstance(error, cls):
+            for name in names:
+                value = getattr(error, name, None)
+                if isinstance(value, bytes | os.PathLike):
+                    value = os.fsdecode(value)
+                out[name] = printable(value) if isinstance(value, str) else value
+            break
+    return out
+
+
 def _human(kind: str, value: float) -> str:
     """A limit or observation in the unit people read: sizes in KiB/MiB/GiB, times in seconds."""
     if kind in ("memory", "output", "disk"):
@@ -397,8 +439,9 @@ class _JsonOut:
     as root: whatever it leaves at the path after the run (a symlink to /etc/passwd, a FIFO) must not be
     what corral writes through. So the file is opened once, up front, without following a symlink
     (O_NOFOLLOW), and must be a regular file with no other hard link; the result is written through that
-    fd at the end (truncated first). A file corral created that was never written (the command did not
-    start) is removed again, by the fd of its directory and only while the name is still that file.
+    fd at the end (truncated first). A file corral created that was never written (corral was interrupted
+    before any record: every ordinary failure writes one) is removed again, by the fd of its directory and
+    only while the name is still that file.
     """
 
     def __init__(self, path: str, fd: int | None, dirfd: int | None = None, created: bool = False) -> None:
@@ -468,9 +511,16 @@ class _JsonOut:
             msg = f"--json file {path!r} has {st.st_nlink} hard links; corral writes only a file of its own"
             raise _Fail(msg)
 
-    def write(self, result: Result) -> None:
-        """Write the result (truncating what the file held). Raises _Fail."""
-        data = (json.dumps(result.to_json(), indent=2) + "\n").encode()
+    @property
+    def written(self) -> bool:
+        """Whether a record was written."""
+        return self._written
+
+    def write(self, result: Result, error: Exception | None = None) -> None:
+        """Write the result's record, its `error` null or what `error` says (`failure_json`), truncating
+        what the file held. Raises _Fail."""
+        record = {**result.to_json(), "error": failure_json(error) if error is not None else None}
+        data = (json.dumps(record, indent=2) + "\n").encode()
         try:
             if self._fd is None:
                 sys.stdout.flush()
@@ -483,6 +533,14 @@ class _JsonOut:
             msg = f"cannot write --json file {self.path}: {err.strerror}"
             raise _Fail(msg) from err
         self._written = True
+
+    def write_failure(self, error: Exception, duration_s: float) -> None:
+        """The record of a run that ended in `error` before the command ran (or could be waited for): the
+        exit status corral exits with (`exit_status`), every field of an ordinary record (nothing
+        enforced, nothing measured) and `error`. Raises _Fail."""
+        decision = error.decision if isinstance(error, CommandForbiddenError) else None
+        result = Result(exit_status(error), None, None, duration_s, 0.0, 0, decision=decision)
+        self.write(result, error)
 
     def close(self) -> None:
         """Close the file; remove it when corral created it and wrote nothing (the command never ran)."""
@@ -721,15 +779,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as e:
         _say(e.format_message())
         sys.exit(EXIT_CORRAL)
-    except (SpawnError, CommandForbiddenError) as e:
+    except (CorralError, _Fail, OSError) as e:
         _say(e)
-        sys.exit(e.exit_code)
-    except (CorralError, _Fail) as e:
-        _say(e)
-        sys.exit(EXIT_CORRAL)
-    except OSError as e:
-        _say(e)
-        sys.exit(EXIT_CORRAL)
+        sys.exit(exit_status(e))
     sys.exit(0)
 
 

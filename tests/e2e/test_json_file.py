@@ -115,10 +115,11 @@ def test_existing_regular_file_is_replaced(ws: Path) -> None:
     assert json.loads(out.read_text())["exit_code"] == 3
 
 
-def test_created_file_is_removed_when_the_command_never_ran(ws: Path) -> None:
+def test_a_command_that_never_ran_is_recorded(ws: Path) -> None:
     p = corral("run", "--json", "out.json", "--", "corral-no-such-binary", cwd=ws)
     assert p.returncode == 127
-    assert not (ws / "out.json").exists()
+    rec = json.loads((ws / "out.json").read_text())
+    assert (rec["exit_code"], rec["error"]["type"]) == (127, "CommandNotFoundError")
 
 
 def test_json_dash_writes_to_stdout(ws: Path) -> None:
