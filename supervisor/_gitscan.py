@@ -36,14 +36,13 @@ import contextlib
 import ctypes
 import errno
 import os
-import re
 import resource
 import stat
 import threading
 import time
 from typing import TYPE_CHECKING
 
-from supervisor.sandbox import _hostfs
+from supervisor.sandbox import _gitconfig, _hostfs
 
 if TYPE_CHECKING:
     from policies import Policy
@@ -155,47 +154,26 @@ _SAFE: dict[str, frozenset[str]] = {
 }
 #: Sections whose every key is harmless (advice.*, color.*).
 _ALL_KEYS_SAFE = frozenset({"advice", "color"})
-_SECTION = re.compile(r'^\[\s*([A-Za-z0-9.-]+)(?:\s+"(?:[^"\\\n]|\\.)*")?\s*\]\s*(.*)$')
-_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*(?:=|$|[;#])")
 
 
-def unsafe_keys(text: str) -> list[str]:
-    """The `section.key` names in git config `text` that are not on the allow-list (include and includeIf
-    are never on it); a line that is not plain `key = value` (continuations, odd syntax) counts as
-    "unparsed" so that nothing git understands differently gets through."""
+def unsafe_keys(data: bytes | str) -> list[str]:
+    """The `section.key` names in git config `data` that are not on the allow-list (include and includeIf
+    are never on it), read as git reads them (_gitconfig: comments, quotes, continuations, `\\r`); a file
+    git would refuse counts as "unparsed" so that nothing git understands differently gets through."""
+    raw = data.encode("utf-8", errors="surrogateescape") if isinstance(data, str) else data
+    try:
+        entries = _gitconfig.parse(raw)
+    except _gitconfig.ConfigSyntaxError as err:
+        return [f"unparsed: {err}"]
     bad: list[str] = []
-    section = ""
-    continued = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if continued:
-            continued = line.endswith("\\")
-            continue
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            m = _SECTION.match(line)
-            if m is None:
-                bad.append(f"unparsed: {line[:60]}")
-                section = ""
-                continue
-            section = m.group(1).lower()
-            rest = m.group(2).strip()
-            if not rest or rest[0] in "#;":
-                continue
-            line = rest  # `[core] bare = true` on one line
-        m = _KEY.match(line)
-        if m is None:
-            bad.append(f"unparsed: {line[:60]}")
-            continue
-        continued = line.endswith("\\")
-        key = m.group(1).lower()
+    for name, _value in entries:
+        section, _, key = name.rpartition(".")
         top = section.split(".", 1)[0]
         if top in _ALL_KEYS_SAFE:
             continue
         allowed = _SAFE.get(top)
         if allowed is None or key not in allowed:  # submodule.*.update ("!command") among them
-            bad.append(f"{section}.{key}")
+            bad.append(f"{section}.{key}" if section else key)
     return bad
 
 
@@ -680,7 +658,7 @@ class Scan:
             return f"git config written during the run is unreadable ({os.strerror(err.errno or 0)})"
         if data is None:
             return ""
-        bad = unsafe_keys(data.decode(errors="replace"))
+        bad = unsafe_keys(data)
         if not bad:
             return ""
         return "git config written during the run sets what can run programs: " + ", ".join(

@@ -36,7 +36,7 @@ import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypedDict
 
-from supervisor.sandbox import _cinit, _hostfs, _sys
+from supervisor.sandbox import _cinit, _gitconfig, _hostfs, _sys
 
 if TYPE_CHECKING:
     from policies import Policy
@@ -495,16 +495,17 @@ def _configured_hooks_path(root: str, rootfd: int) -> str | None:
     data = _hostfs.read_file(rootfd, ".git/config", os.path.join(root, ".git", "config"))
     if data is None:
         return None
-    section = ""
-    for raw in data.decode(errors="replace").splitlines():
-        line = raw.strip()
-        if line.startswith("["):
-            section = line.strip("[]").strip().lower()
-        elif section == "core" and "=" in line and line.split("=", 1)[0].strip().lower() == "hookspath":
-            value = line.split("=", 1)[1].strip().strip('"')
-            target = os.path.normpath(os.path.join(root, os.path.expanduser(value)))
-            if target.startswith(root.rstrip("/") + "/"):
-                return os.path.relpath(target, root)
+    try:
+        entries = _gitconfig.parse(data)  # as git reads it: comments, quotes, escapes, continuations
+    except _gitconfig.ConfigSyntaxError:
+        return None  # git refuses the file, and runs no hook from it
+    values = [v for k, v in entries if k == "core.hookspath" and v is not None]
+    if not values:
+        return None
+    value = values[-1].decode("utf-8", errors="surrogateescape")  # the last one wins, as in git
+    target = os.path.normpath(os.path.join(root, os.path.expanduser(value)))
+    if target.startswith(root.rstrip("/") + "/"):
+        return os.path.relpath(target, root)
     return None
 
 
