@@ -173,7 +173,7 @@ def unsafe_keys(data: bytes | str) -> list[str]:
             continue
         allowed = _SAFE.get(top)
         if allowed is None or key not in allowed:  # submodule.*.update ("!command") among them
-            bad.append(f"{section}.{key}" if section else key)
+            bad.append(f"{top}.{key}" if section else key)
     return bad
 
 
