@@ -1,5 +1,5 @@
-"""git's own config file syntax, read the way git reads it (config.c, git_parse_source), for the host side's
-decisions about configs a sandbox may have written.
+"""git's own config file syntax, read the way git reads it (git_parse_source in git's config parser), for
+the host side's decisions about configs a sandbox may have written.
 
 A config is judged by the settings git will see in it, so the reader must not differ from git's on any
 input: a line-based reader that took `; comment \\` for a continuation, or split lines at `\\r`, `\\x1c` or
