@@ -307,7 +307,7 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
         _setattr(plan, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
         _scaffold(plan)
         _hide_sockets(plan)
-        _etc_files(plan)
+        _etc_files(plan, frozenset(_deny_targets(prepared)))
         _dev(plan, str(prepared.get("tmp_size", "50%")))
         if prepared["private_net"] and os.path.isdir("/sys/class/net"):
             _net_class(plan, pooled_net)
@@ -626,15 +626,19 @@ def _hide_sockets(plan: Plan) -> None:
         _from_scaffold(plan, "var-run", "/var/run", MS_NOSUID | MS_NODEV)
 
 
-def _etc_files(plan: Plan) -> None:
+def _etc_files(plan: Plan, denied: frozenset[str] = frozenset()) -> None:
     """The sandbox's own /etc/hosts and /etc/hostname, bound read-only over the host's: its hostname (its
     own UTS namespace's) resolves (Python's socket.getfqdn, Java's InetAddress.getLocalHost, `hostname -f`),
     and the host's name is not shown in /etc/hostname. The files are written into the private /run (after
     _hide_sockets), from the host's /etc/hosts (read here, in the fork server: a host file no sandbox can
-    write) plus the sandbox's name on loopback."""
+    write) plus the sandbox's name on loopback.
+
+    A file among `denied` (the deny targets) is left to `_deny`: it is hidden, not replaced. (Replaced, it
+    could not be hidden: the bind's file is unlinked from /run, and move_mount onto an unlinked mount root
+    fails with ENOENT, so `--deny /etc/hosts` made every run a setup failure.)"""
     from supervisor.sandbox.namespaces import HOSTNAME
 
-    if os.path.isfile("/etc/hosts"):
+    if os.path.isfile("/etc/hosts") and "/etc/hosts" not in denied:
         try:
             with open("/etc/hosts", "rb") as f:
                 host = f.read(1 << 16).decode(errors="replace")
@@ -644,7 +648,7 @@ def _etc_files(plan: Plan) -> None:
             host += "\n"
         hosts = f"{host}127.0.0.1\t{HOSTNAME}\n::1\t{HOSTNAME}\n"
         _etc_file(plan, "/etc/hosts", "/run/.corral-hosts", hosts)
-    if os.path.isfile("/etc/hostname"):
+    if os.path.isfile("/etc/hostname") and "/etc/hostname" not in denied:
         _etc_file(plan, "/etc/hostname", "/run/.corral-hostname", f"{HOSTNAME}\n")
 
 

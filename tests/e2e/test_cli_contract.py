@@ -165,3 +165,12 @@ def test_a_setup_failure_is_recorded_with_125_and_its_layer(ws: Path) -> None:
     assert (error["layer"], error["errno"], error["path"]) == ("mounts", errno.ELOOP, str(ws / "libs"))
     assert error["operation"]
     assert error["hint"]
+
+
+@pytest.mark.parametrize("path", ["/etc/hosts", "/etc/hostname"])
+def test_deny_hides_the_files_the_sandbox_replaces(ws: Path, path: str) -> None:
+    # The sandbox gets its own /etc/hosts and /etc/hostname; denying one was a setup failure (125).
+    p = corral("run", "--deny", path, "--", "/bin/cat", path, cwd=ws)
+    assert p.returncode == 1, p.stderr
+    assert p.stdout == ""
+    assert f"denied read {path}" in p.stderr
