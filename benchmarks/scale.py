@@ -15,7 +15,8 @@
    of this supervisor, and mounts added to this process's mount namespace (each should be 0).
 
 The soft RLIMIT_NOFILE is raised to the hard one (the Supervisor does it too, at start): the supervisor
-holds about eight fds per child (pidfd, status pipe, the cgroup files it samples).
+holds eight fds per memory-limited child (pidfd, status pipe, the cgroup files it samples: docs/cgroups.md,
+"Fds per child"); ten until session 9, when 2,000 children reached the host's hard limit of 20,000.
 """
 
 from __future__ import annotations

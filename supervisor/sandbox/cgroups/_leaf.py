@@ -114,6 +114,8 @@ class Leaf(LeafSampler):
         files whose value differs from what the leaf holds (`written`); record in `enforced`/`reasons` which
         took effect. Raises SandboxSetupError when one cannot be written."""
         w = self.written
+        # Before the fds are opened (prime): no pids limit, no fd for v1 pids.events (LeafSampler).
+        self._pids_by_path = r.pids is None and self.versions.get("pids") == 1
         if r.memory is not None:
             if "memory" not in self._dirs:
                 self._missing("memory", "memory")
@@ -349,13 +351,15 @@ class Leaf(LeafSampler):
 
     def hand_over(self) -> Leaf:
         """A new Leaf object for the same directories, taking this one's `written` (the limits the directories
-        hold) and no fd (this one's sampling fds and OOM eventfd are closed: a kept leaf holds none, and the
-        next child's opens them at its first sample, as a new leaf's does): the next child's. This object then
+        hold) and the registration of the directories with the shared v1 OOM eventfd, and no fd (this one's
+        sampling fds are closed: a kept leaf holds none, and the next child's opens them, as a new leaf's
+        does): the next child's. This object then
         reports nothing (NO_STATS), lists no pids, and its kill() and remove() leave the directories alone,
         so the finished child that holds it cannot reach the next one. Thread-safe against the sampler."""
         self.close_fds()
         new = Leaf(self._manager, self.name, self._places, self._dirs, self.versions)
         new.written = self.written
+        new._oom_token = self._oom_token
         with self._lock:
             self._handed_over = True
         return new

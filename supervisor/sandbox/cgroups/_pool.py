@@ -4,9 +4,10 @@ instead of an rmdir now and a mkdir then (docs/cgroups.md, "Reused leaves").
 On a v1 hybrid host each leaf is a directory in three to five hierarchies; making and removing them was
 about 9% of all CPU in a throughput run (cgroup_mkdir, then the kernel's deferred css_killed_work_fn and
 css_free_rwork_fn with mem_cgroup_css_free, cgroup_rmdir, css_release), plus the supervisor's opens of the
-leaf's sampling files and its OOM eventfd. A reused leaf costs the writes of the limits that differ (none
-for the same policy) on the event loop, the checks and resets below in the leaf remover's worker thread,
-and the opens of its sampling files at its next child's first sample (a kept leaf holds no fd).
+leaf's sampling files and its OOM eventfd (one per leaf then). A reused leaf costs the writes of the limits
+that differ (none for the same policy) on the event loop, the checks and resets below in the leaf remover's
+worker thread, and the opens of its sampling files at its next child's first sample (a kept leaf holds no
+fd).
 
 A leaf is kept (`recyclable`, then `reset`) only when:
 - no task is in it in any of its hierarchies and none is still exiting: pids.current reads 0 (the pids
@@ -26,8 +27,9 @@ A leaf is kept (`recyclable`, then `reset`) only when:
   (EPOLLPRI on memory.events, pids.events) would need baselines; a v2 leaf is removed as before.
 
 Then reset, for the next child's figures to be its own: memory.max_usage_in_bytes and memory.failcnt (and
-the memsw and kmem.tcp ones where they exist), and cpuacct.usage, each written 0; its sampling fds and v1
-OOM eventfd closed (a kept leaf holds no fd).
+the memsw and kmem.tcp ones where they exist), and cpuacct.usage, each written 0; its sampling fds closed (a
+kept leaf holds no fd; its registration with the supervisor's shared v1 OOM eventfd stays, for the next
+child).
 What cannot be reset and stays readable from inside (memory.stat's cumulative event counters, cpuacct.stat,
 cpu.stat's throttling counts) is in docs/security.md, "Reused cgroup leaves".
 Blocking cgroupfs I/O: the leaf remover's worker thread.
@@ -47,9 +49,9 @@ if TYPE_CHECKING:
     from supervisor.sandbox.cgroups._leaf import Leaf
 
 #: Leaves kept per supervisor at most (beyond it, leaves are removed as before). A kept leaf costs the kernel
-#: its memory cgroup (a few KiB) and the supervisor no fd (its sampling fds and OOM eventfd are closed when
+#: its memory cgroup (a few KiB) and the supervisor no fd (its sampling fds are closed when
 #: it is kept, and opened again at the next child's first sample); still at most one leaf per FDS_PER_KEPT
-#: of the soft RLIMIT_NOFILE (`size_for`), since a reused leaf's child opens six or seven, as a new one's:
+#: of the soft RLIMIT_NOFILE (`size_for`), since a reused leaf's child opens five to seven, as a new one's:
 #: a supervisor under `prlimit --nofile=256` keeps at most 8.
 POOL_SIZE = 64
 FDS_PER_KEPT = 32

@@ -1,4 +1,6 @@
-"""Reading a leaf's usage: six interface files on fds kept open for the leaf's life, read by one call into
+"""Reading a leaf's usage: six interface files on fds kept open for the leaf's life (five on v1 without a
+pids limit, where pids.events is read by path at the full samples alone; docs/cgroups.md, "Fds per child"),
+read by one call into
 a C reader (`_csample.Reader`: the preads, the formats parsed in C, the turns and what they carry), and the
 parsers of their formats (unit-tested on bytes), used when a file is missing or its format unexpected.
 `LeafSampler.stats` and `events` cost a few pread(2)s on fds already open: cheap enough for the event loop,
@@ -19,7 +21,7 @@ import threading
 from typing import NamedTuple
 
 from supervisor.sandbox import _csample
-from supervisor.sandbox.cgroups._notify import OOM, PIDS, Notifiers, Owner, open_v1_notifier
+from supervisor.sandbox.cgroups._notify import OOM, PIDS, Notifiers, Owner
 
 
 class CgroupStats(NamedTuple):
@@ -93,6 +95,9 @@ def parse_stats(
 
 _Reader = _csample.Reader
 
+#: A leaf's sampling fds: the memory usage, peak and OOM counter, the CPU, pids.current, pids.events.
+_Fds = tuple[int, int, int, int, int, int]
+
 #: LeafSampler._quiet bits: that event counter is not read by the periodic sampler (`stats(notified=True)`,
 #: `events`): the value read last still holds, because a kernel notifier registered before that read has not
 #: fired since (`arm`), or because no limit or rule of the child needs it live (the final sample reads it).
@@ -125,8 +130,9 @@ class LeafSampler:
     # Slots: the sampler reads several of these per leaf and round, for every leaf; in a __dict__ they are
     # spread over its hash table's cache lines, which a full round finds cold.
     __slots__ = (
-        "__dict__", "_armed", "_cpu_version", "_dirs", "_fast", "_fds", "_lock", "_oom_efd", "_quiet",
-        "_reader", "_removed", "_seen_oom", "_seen_pids", "_socket_hit", "_tcp_fd", "_tcp_hit_at", "versions",
+        "__dict__", "_armed", "_cpu_version", "_dirs", "_fast", "_fds", "_lock", "_oom_token",
+        "_pids_by_path", "_quiet", "_reader", "_removed", "_seen_oom", "_seen_pids", "_socket_hit", "_tcp_fd",
+        "_tcp_hit_at", "versions",
     )  # fmt: skip
 
     def __init__(self, dirs: dict[str, str], versions: dict[str, int]) -> None:
@@ -137,7 +143,13 @@ class LeafSampler:
         # reached (see Leaf.apply_limits). -1 / None: not sampled.
         self._tcp_fd = -1
         self._tcp_hit_at: int | None = None
-        self._oom_efd = -1  # v1: the eventfd of the OOM notifier (arm)
+        # v1: the Notifiers (its token) whose shared OOM eventfd is registered on this leaf's directory (arm);
+        # 0: none. It outlives the child: a reused leaf's is handed over (Leaf.hand_over).
+        self._oom_token = 0
+        # v1 pids.events of a leaf without a pids limit: no fd held (one fewer per live child), its count held
+        # quiet from the leaf's creation and read by path at every full sample (`stats()`, the final one).
+        # Set by Leaf.apply_limits, before the fds are opened.
+        self._pids_by_path = False
         self._quiet = 0  # QUIET_* bits
         self._armed = False
         self._seen_oom: int | None = None  # the counters' values at their last read while quiet
@@ -182,7 +194,8 @@ class LeafSampler:
         cpu = o("cpuacct", "cpu.stat" if self._cpu_version == 2 else "cpuacct.usage")
         if self._tcp_hit_at is not None and self._tcp_fd < 0:
             self._tcp_fd = o("memory", "memory.kmem.tcp.max_usage_in_bytes")
-        return (*mem, cpu, o("pids", "pids.current"), o("pids", "pids.events"))
+        pids_events = -1 if self._pids_by_path else o("pids", "pids.events")
+        return (*mem, cpu, o("pids", "pids.current"), pids_events)
 
     def prime(self) -> None:
         """Open the sampling fds now, with the leaf (often in a worker thread, for a sandbox built ahead),
@@ -196,7 +209,12 @@ class LeafSampler:
         fds = self._fds
         if fds is None and not self._removed:
             fds = self._fds = self._open_fds()
-            self._fast = min(fds) >= 0
+            self._fast = min(fds[:5]) >= 0 and (fds[5] >= 0 or self._pids_by_path)
+            if self._pids_by_path and self._fast:
+                # A new leaf's count is 0, and a kept leaf is kept only with 0 (cgroups/_pool.py): held
+                # quiet, as `arm` would hold it (no limit of the child needs it live).
+                self._quiet |= QUIET_PIDS
+                self._seen_pids = 0
             self._reader_fds()
         return fds
 
@@ -230,6 +248,10 @@ class LeafSampler:
         turns and the carried values are the C reader's (`_csample.Reader`): the Python around a leaf's
         read is this call, which a full round makes for every leaf.
 
+        v1 pids.events of a leaf without a pids limit has no fd (`_pids_by_path`): a sample reading every file
+        (neither `notified` nor `turn`: the final one, and full samples of a child with an fd limit) opens
+        and reads it by path, in the leaf's own directory (corral's: nothing in a sandbox can write there).
+
         Never raises for a missing file (the field is None). Thread-safe against remove()."""
         with self._lock:
             fds = self._fds
@@ -237,14 +259,18 @@ class LeafSampler:
                 fds = self._fds_locked()
                 if fds is None:
                     return NO_STATS
+            every = not (turn or notified)
             if self._fast:
                 try:
                     out: CgroupStats = self._reader.read(2 if turn else 1 if notified else 0)
-                    return out
                 except (OSError, ValueError):
                     # An older kernel's format (no oom_kill line before 4.13...) or a vanished file:
                     # take the careful path from now on.
                     self._fast = False
+                else:
+                    if every and self._pids_by_path:
+                        out = out._replace(pids_max_events=self._pids_events_by_path())
+                    return out
             out = parse_stats(
                 self._cpu_version,
                 pread_or_none(fds[0]),
@@ -257,7 +283,27 @@ class LeafSampler:
             if self._tcp_fd >= 0 and out.memory_peak_bytes is not None:
                 with contextlib.suppress(OSError, ValueError):
                     out = out._replace(memory_peak_bytes=out.memory_peak_bytes + self._socket_peak())
+            if self._pids_by_path:
+                seen = self._seen_pids if self._quiet & QUIET_PIDS and not every else None
+                out = out._replace(pids_max_events=seen if seen is not None else self._pids_events_by_path())
             return out
+
+    def _pids_events_by_path(self) -> int | None:
+        """v1 pids.events' count, opened by path (`_pids_by_path`: no fd is held for it). None when it
+        cannot be read."""
+        d = self._dirs.get("pids")
+        if d is None:
+            return None
+        try:
+            fd = os.open(f"{d}/pids.events", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            return field_value(os.pread(fd, 64, 0), b"max ")
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
 
     def _socket_peak(self) -> int:
         """v1: the socket buffers' high-water mark (their own counter, not in memory.max_usage_in_bytes, so
@@ -293,12 +339,15 @@ class LeafSampler:
         read again):
         - cgroup v2: memory.events and pids.events are registered in `notifiers` as `owner`'s by EPOLLPRI on
           the sampling fds: every change of either moves it (cgroups/_notify.py). Quiet until it fires.
-        - v1 memory.oom_control, memory limit the kernel's: the OOM eventfd (one more open and write), which
-          every OOM at the limit signals; quiet until it fires. A kill by the machine-wide OOM killer moves
-          the counter unsignalled: the final sample reads it.
+        - v1 memory.oom_control, memory limit the kernel's: `notifiers`' one OOM eventfd for all leaves,
+          registered on the leaf's directory once (an open and a write; not again for a reused leaf's next
+          child), which every OOM at the limit signals; quiet until it is signalled and this counter moved
+          (`oom_moved`), and only when it reads 0 here. A kill by the machine-wide OOM killer moves the
+          counter unsignalled: the final sample reads it.
         - v1, no such limit (and no NEEDS_EXACT): no limit needs the counter live (an ancestor's limit or
           the machine-wide OOM killer are what could move it): quiet for good; the final sample reads it.
-          Likewise pids.events without a pids limit (v1 sends no notification for it).
+          Likewise pids.events without a pids limit (v1 sends no notification for it): quiet from the
+          leaf's creation, with no fd (`_pids_by_path`), opened here only if NEEDS_EXACT.
         - otherwise the counter is read at every sample, as without `arm`.
         The leaf owns the fds and closes them at remove(); the caller discards the owner from `notifiers`
         before. Never raises. Thread-safe against remove()."""
@@ -312,20 +361,27 @@ class LeafSampler:
                 quiet_pids = notifiers.add(owner, fds[5], select.EPOLLPRI, PIDS)
             else:
                 quiet_pids = not exact and not needs & NEEDS_PIDS
+                if not quiet_pids and self._pids_by_path:
+                    fds = self._pids_events_fd(fds)
+            shared_v1 = False
             if self.versions.get("memory") == 2:
                 quiet_oom = notifiers.add(owner, fds[2], select.EPOLLPRI, OOM)
             elif needs & NEEDS_MEMORY and not exact:
-                quiet_oom = self._v1_oom_notifier(notifiers, owner, fds[2])
+                quiet_oom = shared_v1 = self._v1_oom_notifier(notifiers, owner, fds[2])
             else:
                 quiet_oom = not exact and not needs & NEEDS_MEMORY
             with contextlib.suppress(OSError, ValueError):
-                if quiet_pids:
+                if quiet_pids and not self._pids_by_path:  # by path: held quiet since the fds were opened
                     self._seen_pids = field_value(os.pread(fds[5], 64, 0), b"max ")
                     if self._seen_pids is not None:
                         self._quiet |= QUIET_PIDS
                 if quiet_oom:
                     self._seen_oom = field_value(os.pread(fds[2], 256, 0), b"oom_kill ")
-                    if self._seen_oom is not None:
+                    # v1's shared eventfd says only that some leaf's counter may have moved: `oom_moved`
+                    # compares with this value, so a kill between the registration and this read would pass
+                    # unseen. A leaf starts at 0 (a kept one is kept only at 0): at any other value the
+                    # counter is read every round instead.
+                    if self._seen_oom is not None and not (shared_v1 and self._seen_oom != 0):
                         self._quiet |= QUIET_OOM
             self._reader_fds()
 
@@ -336,13 +392,41 @@ class LeafSampler:
         with self._lock:
             self._armed = True
 
+    def _pids_events_fd(self, fds: _Fds) -> _Fds:
+        """Open pids.events after all (a leaf held it by path, and something needs it live): the new fds, the
+        count no longer held quiet. With the lock held."""
+        d = self._dirs["pids"]
+        try:
+            fd = os.open(f"{d}/pids.events", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            fd = -1
+        fds = self._fds = (*fds[:5], fd)
+        self._pids_by_path = False
+        self._fast = self._fast and fd >= 0
+        self._quiet &= ~QUIET_PIDS
+        self._seen_pids = None
+        self._reader_fds()
+        return fds
+
     def _v1_oom_notifier(self, notifiers: Notifiers[Owner], owner: Owner, oom_control_fd: int) -> bool:
-        if self._oom_efd < 0:
-            try:
-                self._oom_efd = open_v1_notifier(self._dirs["memory"], oom_control_fd)
-            except OSError:
+        registered = self._oom_token == notifiers.token
+        if not notifiers.add_v1_oom(owner, self._dirs["memory"], oom_control_fd, registered, self.oom_moved):
+            return False
+        self._oom_token = notifiers.token
+        return True
+
+    def oom_moved(self) -> bool:
+        """v1, the shared OOM eventfd signalled: whether this leaf's OOM counter moved since it went quiet
+        (one pread; True when it cannot be read, so that it is read every round from then on). False when it
+        is not quiet (it is read every round already) or once the fds are closed. Thread-safe."""
+        with self._lock:
+            fds = self._fds
+            if fds is None or not self._quiet & QUIET_OOM:
                 return False
-        return notifiers.add(owner, self._oom_efd, select.EPOLLIN, OOM)
+            try:
+                return field_value(os.pread(fds[2], 256, 0), b"oom_kill ") != self._seen_oom
+            except (OSError, ValueError):
+                return True
 
     def unquiet(self, kinds: set[str]) -> None:
         """The notifiers of `kinds` fired (and are dropped): read those counters every time from now on."""
@@ -364,7 +448,4 @@ class LeafSampler:
             if self._tcp_fd >= 0:
                 os.close(self._tcp_fd)
                 self._tcp_fd = -1
-            if self._oom_efd >= 0:
-                os.close(self._oom_efd)
-                self._oom_efd = -1
             self._removed = True
