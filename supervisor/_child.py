@@ -118,6 +118,8 @@ class Child:
         self._then: Callable[[], None] | None = None
         #: Called with this child once its streams are closed (the supervisor stops tracking them).
         self._forget: Callable[[Child], None] | None = None
+        #: How `stats()` samples this child (the supervisor's sampler, `_monitor.sample`), blocking.
+        self._sample: Callable[[Child, bool], ChildStats] | None = None
 
     def _init_findings(self) -> None:
         """What monitoring finds about the child (besides its latest sample) and what its sandbox is refused,
@@ -144,6 +146,16 @@ class Child:
     def running(self) -> bool:
         """True until the child's exit is final (see `wait`)."""
         return self._exit is None
+
+    async def stats(self) -> ChildStats | None:
+        """The usage of the child's whole tree now (ChildStats: memory, peak, CPU, pids, open fds when the
+        policy limits them), sampled in a worker thread (cgroup files, else psutil); once the child has
+        exited, its last periodic sample (`last_stats`; None if it never had one). Never raises for a
+        vanished process or file (the field is None). On cancellation the worker's read completes and its
+        sample is dropped."""
+        if not self.running or self._sample is None:
+            return self.last_stats
+        return await anyio.to_thread.run_sync(self._sample, self, True)
 
     @property
     def returncode(self) -> int | None:

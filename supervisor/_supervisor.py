@@ -40,6 +40,7 @@ from supervisor._monitor import (
     Enforcer,
     disk_sample,
     io_written,
+    sample,
     sample_all,
     sample_due,
 )
@@ -579,6 +580,7 @@ class Supervisor:
         if child.stdin is not None or child.stdout is not None or child.stderr is not None:
             self._handles.add(child)
             child._forget = self._handles.discard
+        child._sample = sample
         return child
 
     async def _compiled_at_start(self, policy: Policy) -> CompiledPolicy:
