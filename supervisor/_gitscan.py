@@ -9,9 +9,10 @@ config, all are files a sandbox may write, and git reads them: `core.fsmonitor` 
 `core.pager`, `core.editor`, `core.sshCommand`, diff/merge/filter drivers, `include.path`, hooks.
 
 What is looked at (supervisor/sandbox/_hostfs rules: no symlink followed below the root, O_NONBLOCK,
-regular files only, bounded reads, a bounded walk): every directory under each writable root, for git dirs
-(a directory with HEAD and objects/ + refs/, or HEAD + commondir: `.git`, bare repositories, .git/modules/*,
-.git/worktrees/*). In each git dir, what changed during the run (ctime at or after the run's start: a
+regular files only, bounded reads, a bounded walk): every directory under each writable root, at any depth
+and inside git dirs too, for git dirs (a directory with HEAD and objects/ + refs/, or HEAD + commondir:
+`.git`, bare repositories, .git/modules/*, .git/worktrees/*, and one hidden in another's objects/ that a
+`.git` file names). In each git dir, what changed during the run (ctime at or after the run's start: a
 sandbox can set mtime, never ctime):
 - `config`, `config.worktree`: kept when every key is in a small allow-list of settings that run nothing
   (core.repositoryformatversion, remote.*.url, branch.*.merge, user.name, ...); otherwise (or when not a
@@ -363,6 +364,8 @@ class Scan:
         self.key = key
         self.snap: Snapshot | None = None
         self._held: dict[int, int] = {}  # the fds being scanned -> their copies in snap
+        #: Directories below MAX_DEPTH levels still to scan: (rel, path, in the mounts' walk).
+        self._deep: list[tuple[str, str, bool]] = []
         self._old_ns = time.time_ns() - MARGIN_NS  # a snapshot's ctimes must be older
 
     def run(self) -> list[tuple[str, str]]:
@@ -439,11 +442,13 @@ class Scan:
             self._cache = self.listings.root(root) if self.listings is not None else {}
             try:
                 self._visit(fd, root, "", 0)
+                self._visit_deep(fd)
                 self._check_global(fd, root)
                 if self.snap is not None:
                     st = os.fstat(fd)
                     self.snap.roots.append((root, st.st_dev, st.st_ino))
             except _Budget:
+                self._deep.clear()
                 self._cache.clear()
                 self.found.append(
                     (root, f"not fully scanned: over {self.max_nodes} entries; review git repositories")
@@ -451,6 +456,7 @@ class Scan:
             except OSError as err:
                 self.found.append((root, f"not fully scanned: {os.strerror(err.errno or 0)}"))
             finally:
+                self._deep.clear()
                 self._closing(fd)
                 os.close(fd)
         return self.found
@@ -487,40 +493,92 @@ class Scan:
             self._cache.pop(rel, None)
         return entries
 
-    def _visit(self, fd: int, path: str, rel: str, depth: int) -> None:
+    def _visit(self, fd: int, path: str, rel: str, depth: int, walk: bool = False) -> None:
+        """Check the directory `fd` (at `path`, `rel` below its root) and, recursively, every directory
+        below it, git dirs' own subdirectories included: a git dir hidden in another's `objects/` or `refs/`
+        is as usable (through a `.git` file naming it) as one anywhere else. `walk`: the mounts' walk of
+        `.git/modules` looks into this directory (see _bound). Past MAX_DEPTH levels the directories below
+        are queued for _visit_deep, so that the fds held stay bounded and nothing is skipped."""
+        for name, sub_walk in self._check_dir(fd, path, rel, walk):
+            if depth >= MAX_DEPTH:
+                self._abandon()  # a snapshot holds the fds of the levels it watches: not of these
+                self._deep.append((f"{rel}/{name}", os.path.join(path, name), sub_walk))
+                continue
+            try:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                self._abandon()  # a directory a snapshot could not watch
+                self._unopened(os.path.join(path, name), err)
+                continue
+            try:
+                self._visit(sub, os.path.join(path, name), f"{rel}/{name}", depth + 1, sub_walk)
+            finally:
+                self._closing(sub)
+                os.close(sub)
+
+    def _visit_deep(self, rootfd: int) -> None:
+        """The directories queued below MAX_DEPTH levels, one at a time: each opened from the root's fd by
+        its relative path (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: no link followed, never out of
+        the root), so no chain of fds is held. A path too long to open is reported (git, which opens paths
+        too, cannot use what lies there either); the node budget bounds the whole."""
+        while self._deep:
+            rel, path, walk = self._deep.pop()
+            try:
+                fd = _hostfs.open_beneath(rootfd, rel.lstrip("/"), _DIR_FLAGS)
+            except OSError as err:
+                self._unopened(path, err)
+                continue
+            try:
+                for name, sub_walk in self._check_dir(fd, path, rel, walk):
+                    self._deep.append((f"{rel}/{name}", os.path.join(path, name), sub_walk))
+            finally:
+                os.close(fd)
+
+    def _unopened(self, path: str, err: OSError) -> None:
+        """A subdirectory listed but not opened: gone or replaced by a link since (a link is not followed;
+        what it leads to in a root is scanned there), or not opened for want of resources (EMFILE: reported,
+        its subtree was not scanned)."""
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+            return
+        self.found.append(
+            (path, f"not fully scanned: {os.strerror(err.errno or 0)}; review git repositories")
+        )
+
+    def _check_dir(self, fd: int, path: str, rel: str, walk: bool) -> list[tuple[str, bool]]:
+        """Check the directory `fd` if it is a git dir; return its subdirectories, each with whether the
+        mounts' walk of `.git/modules` looks into it."""
         entries = self._list(fd, rel)
         # git's own test (is_git_directory), which follows symlinks for objects/ and refs/.
         is_gitdir = "HEAD" in entries and (
             "commondir" in entries or ("objects" in entries and "refs" in entries)
         )
+        bound = self._bound(fd, rel, walk)
         if is_gitdir:
-            # The top repository's and its submodules' git dirs: what existed there at the start was
-            # bound read-only for the run (mounts._protect), so a change to it came from the host (a hook
-            # the user installed meanwhile), not the sandbox. (A config git rewrote on the host is a new
-            # file, born during the run: that cannot be told from the sandbox's; docs/security.md.)
-            mounted = rel == "/.git" or rel.startswith("/.git/modules/")
-            self._check_gitdir(fd, path, entries, mounted)
-        if depth >= MAX_DEPTH:
-            return
+            self._check_gitdir(fd, path, entries, bound)
+        subdirs = []
         for name, mode in entries.items():
-            if mode != stat.S_IFDIR:
-                continue
-            if is_gitdir and name not in ("modules", "worktrees"):
-                continue  # objects/, refs/, logs/...: nothing git runs lives there
-            try:
-                sub = os.open(
-                    name,
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                    dir_fd=fd,
-                )
-            except OSError:
-                self._abandon()  # a directory a snapshot could not watch
-                continue  # gone, replaced by a link, unreadable
-            try:
-                self._visit(sub, os.path.join(path, name), f"{rel}/{name}", depth + 1)
-            finally:
-                self._closing(sub)
-                os.close(sub)
+            if mode == stat.S_IFDIR:
+                # The mounts' walk: below .git/modules every directory is looked into until a git dir,
+                # and in a git dir it bound only its modules/.
+                subdirs.append((name, (bound and name == "modules") or (walk and not bound)))
+        return subdirs
+
+    @staticmethod
+    def _bound(fd: int, rel: str, walk: bool) -> bool:
+        """Whether the mounts bound this directory's protected git files read-only for the run
+        (mounts._protect, _expand_git): the top `.git`, and each directory its walk of `.git/modules`
+        takes for a submodule's git dir (HEAD a regular file). The scan trusts a protected file born before
+        the run only there: anywhere else (a git dir in another's objects/, a HEAD that is a symlink,
+        which the walk does not take for a git dir) the sandbox could have rewritten it in place."""
+        if rel == "/.git":
+            return True
+        if not walk:
+            return False
+        try:
+            head = os.stat("HEAD", dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(head.st_mode)
 
     def _check_global(self, fd: int, root: str) -> None:
         """A writable root that is (or holds, at its top) a home directory: `.gitconfig` and
@@ -596,6 +654,8 @@ class Scan:
         return born is not None and born < self.since
 
     def _check_gitdir(self, fd: int, path: str, entries: dict[str, int], mounted: bool = False) -> None:
+        """Quarantine what in the git dir `fd` changed during the run and could run code. `mounted`: the
+        mounts bound its protected files read-only (_bound), so one born before the run is the user's."""
         for name in ("config", "config.worktree", "commondir", "hooks"):
             if name in entries:
                 self._hold_name(fd, name)

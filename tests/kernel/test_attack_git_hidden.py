@@ -1,0 +1,102 @@
+"""git dirs where the post-run scan did not look (issue 11, item 3).
+
+git reaches a git dir through a `.git` FILE (`gitdir: <path>`) wherever that path leads, so a sandbox can
+hide a repository's git dir in a place the scan skipped and point a checkout at it: inside another git dir's
+`objects/`, `refs/` or `logs/` (the scan descended into a git dir only through `modules/` and
+`worktrees/`), or more than 64 directories deep (the scan stopped there without a word). And the scan
+trusted every config born before the run under `.git/modules/` as bound read-only by the mounts, while the
+mounts bind only the git dirs their walk takes for submodules' (HEAD a regular file, and not inside
+another's objects/): one planted harmless in a first run and rewritten in place in a second went unseen.
+
+Each attack plants from inside a real sandbox a checkout `sub` registered as a gitlink in the top
+repository's (writable) index, whose git dir sets `core.fsmonitor`; then the HOST runs `git status` at the
+top as a user would (it recurses into `sub`), and the test checks from outside that the payload did not run
+and that the config was reported moved aside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supervisor import SandboxSetupError, Supervisor
+from tests.kernel.test_attack_git import host_git, make_repo, payload, plant
+
+pytestmark = pytest.mark.kernel
+
+SETUP = (
+    "git init -q --separate-git-dir={gitdir} sub && git -C sub commit -q --allow-empty -m x && git add sub"
+)
+FSMONITOR = "git -C sub config core.fsmonitor '{payload}; echo'"
+
+
+def assert_held(workspace: Path, config: Path, quarantined: tuple[tuple[str, str], ...]) -> None:
+    assert str(config) in [p for p, _ in quarantined], quarantined
+    assert not config.exists()
+    host_git(workspace, "status")
+    host_git(workspace / "sub", "status")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+@pytest.mark.parametrize(
+    "gitdir",
+    [
+        ".git/objects/ev",
+        ".git/refs/ev",
+        ".git/logs/ev",
+        "nested/.git/objects/ab/ev",  # a repository the sandbox made, then hid another's git dir in
+        "/".join(["d"] * 70) + "/ev",  # deeper than the scan's recursion
+    ],
+)
+async def test_a_git_dir_hidden_where_the_scan_did_not_look(
+    sup: Supervisor, workspace: Path, gitdir: str
+) -> None:
+    make_repo(workspace)
+    prep = "git init -q nested && mkdir -p nested/.git/objects/ab && " if gitdir.startswith("nested") else ""
+    if gitdir.startswith("d/"):
+        prep = f"mkdir -p {gitdir.rsplit('/', 1)[0]} && "
+    r = await plant(
+        sup,
+        workspace,
+        prep + SETUP.format(gitdir=gitdir) + " && " + FSMONITOR.format(payload=payload(workspace)),
+    )
+    assert_held(workspace, workspace / gitdir / "config", r.quarantined)
+
+
+async def test_a_config_born_before_the_run_outside_the_mounts_is_checked(
+    sup: Supervisor, workspace: Path
+) -> None:
+    """Run 1 plants a git dir inside a submodule's git dir `m` (the mounts bind only m's own files) with a
+    harmless config (nothing to quarantine); run 2 rewrites that config in place (same inode, born
+    before run 2) with core.fsmonitor."""
+    make_repo(workspace)
+    gitdir = ".git/modules/m/objects/ev"
+    r1 = await plant(sup, workspace, "git init -q --bare .git/modules/m && " + SETUP.format(gitdir=gitdir))
+    assert r1.quarantined == ()
+    assert host_git(workspace / "sub", "status").returncode == 0  # git takes it for a repository
+    config = workspace / gitdir / "config"
+    ino = config.stat().st_ino
+    r2 = await plant(
+        sup,
+        workspace,
+        f"printf '[core]\\n\\tfsmonitor = \"{payload(workspace)}; echo\"\\n' >> {gitdir}/config",
+    )
+    assert_held(workspace, config, r2.quarantined)
+    assert (workspace / gitdir / "config.corral-quarantined").stat().st_ino == ino  # the same file, moved
+
+
+async def test_a_submodule_git_dir_whose_head_is_a_symlink_is_refused(
+    sup: Supervisor, workspace: Path
+) -> None:
+    """The same plant with a git dir under .git/modules whose HEAD is a symlink (git accepts one into
+    refs/): the mounts' walk would not take it for a git dir to bind, so the next run is refused, naming
+    the link to remove, rather than run with its config writable."""
+    make_repo(workspace)
+    gitdir = ".git/modules/h"
+    first = "mkdir .git/modules && " + SETUP.format(gitdir=gitdir)
+    first += f" && ln -s refs/heads/master {gitdir}/HEAD.new && mv {gitdir}/HEAD.new {gitdir}/HEAD"
+    assert (await plant(sup, workspace, first)).quarantined == ()
+    with pytest.raises(SandboxSetupError) as err:
+        await plant(sup, workspace, "true")
+    assert err.value.path == str(workspace / gitdir / "HEAD")
