@@ -29,9 +29,21 @@ _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+@")
 
 
+#: The CLI contract's four markers: a name CONTAINING one of them is secret (SSHKEY, SECRETKEY, PRIVATEKEY,
+#: TOKENVALUE), as the CLI contract says, not only a word equal to one; except inside `_BENIGN_WORDS`.
+_CONTAINED_MARKERS = frozenset({"key", "secret", "token", "password"})
+
+#: Words that contain one of `_CONTAINED_MARKERS` and are known to name no secret (the variables people
+#: meet: KEYBOARD_LAYOUT, TOKENIZERS_PARALLELISM of Hugging Face's tokenizers, pytest's MONKEYPATCH).
+_BENIGN_WORDS = frozenset({"keyboard", "keyboards", "tokenizer", "tokenizers", "monkey", "monkeypatch"})
+
+
 def _word_is_secret(word: str, marker: str) -> bool:
-    # A whole word or its plural (KEY, KEYS); a long marker also ends a word (PGPASSWORD, CLIENTSECRET),
-    # but a short one does not (MONKEY is not a KEY, TOKENIZERS is not a TOKEN).
+    # KEY, SECRET, TOKEN and PASSWORD anywhere in a word but a known benign one (the CLI contract: "names
+    # containing"); any other marker as a whole word or its plural (PAT, PATS: not PATH), and a long one
+    # also at a word's end (PGPASSPHRASE, CLIENTCREDENTIAL).
+    if marker in _CONTAINED_MARKERS:
+        return marker in word and word not in _BENIGN_WORDS
     return word in (marker, marker + "s") or (len(marker) >= 5 and word.endswith(marker))
 
 
@@ -40,10 +52,12 @@ def is_secret_name(name: str, markers: Iterable[str] = DEFAULT_SECRET_MARKERS) -
     credential variable (`KNOWN_SECRET_NAMES`).
 
     Words are split at `_` and other punctuation and at camelCase humps: ``GITHUB_TOKEN``,
-    ``MyApiKey``, ``NPM_CONFIG__AUTH``, ``MYSQL_PWD`` and ``CI_JOB_JWT`` are secret; ``KEYBOARD_LAYOUT``,
-    ``TOKENIZERS_PARALLELISM``, ``MONKEYPATCH``, ``PATH`` and the shell's ``PWD``/``OLDPWD`` are not. A
-    marker of five letters or more also matches the end of a word (``PGPASSWORD``). Raises nothing;
-    empty markers are ignored.
+    ``MyApiKey``, ``NPM_CONFIG__AUTH``, ``MYSQL_PWD`` and ``CI_JOB_JWT`` are secret; ``PATH`` and the
+    shell's ``PWD``/``OLDPWD`` are not. The markers KEY, SECRET, TOKEN and PASSWORD match anywhere in a
+    word (``SSHKEY``, ``SECRETKEY``: the CLI contract's "names containing"), except in a few known benign
+    words (``KEYBOARD_LAYOUT``, ``TOKENIZERS_PARALLELISM``, ``MONKEYPATCH`` pass); any other marker matches a
+    whole word or its plural, and one of five letters or more also the end of a word (``PGPASSPHRASE``).
+    Raises nothing; empty markers are ignored.
     """
     if name in _NEVER_SECRET:
         return False

@@ -170,3 +170,21 @@ def test_filter_invariants(caller: dict[str, str], passthrough: list[str], clear
             assert not clear
             assert not is_secret_name(name)
             assert not is_secret_value(value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["SSHKEY", "PRIVATEKEY", "SECRETKEY", "MYKEY", "SECRETSAUCE", "TOKENVALUE", "PASSWORDHASH", "sshKey2"],
+)
+def test_design_markers_anywhere_in_a_word_are_secret(name: str) -> None:
+    # DESIGN.md: "minus names containing KEY, SECRET, TOKEN or PASSWORD (case-insensitive)".
+    assert is_secret_name(name)
+    assert name not in filter_environment(Policy(), {name: "x", "KEEP": "1"})
+
+
+BENIGN = ["KEYBOARD_LAYOUT", "TOKENIZERS_PARALLELISM", "MONKEYPATCH", "PATH", "GH_PATCH"]
+
+
+@pytest.mark.parametrize("name", BENIGN)
+def test_known_benign_words_still_pass(name: str) -> None:
+    assert not is_secret_name(name)
