@@ -7,7 +7,6 @@ sees it, so an error names what the user wrote; the model's own validation then 
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -16,6 +15,7 @@ from typing import Any
 from policies import _validate as v
 from policies import profiles
 from policies._errors import PolicyError
+from policies._files import read_bounded
 from policies._model import (
     NETLINK_PROTOCOLS,
     NETWORK_MODES,
@@ -114,30 +114,9 @@ MAX_POLICY_FILE = 1 << 20
 
 
 def _read_policy_file(source: str) -> bytes:
-    """The bytes of the policy file `source`: opened non-blocking, a regular file only, at most
-    MAX_POLICY_FILE bytes. A policy file kept in a project directory that sandboxes write may have been
-    replaced by a FIFO (which would block the CLI for ever before any timeout applies), a device or a huge
-    file. Raises OSError, or ValueError naming what the path is instead."""
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = (
-                "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device)"
-            )
-            msg = f"it is {kind}"
-            raise ValueError(msg)
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, 65536):
-            size += len(chunk)
-            if size > MAX_POLICY_FILE:
-                msg = f"it is larger than {MAX_POLICY_FILE // (1 << 20)} MiB"
-                raise ValueError(msg)
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    """The bytes of the policy file `source` (_files.read_bounded: non-blocking, a regular file only, at
+    most MAX_POLICY_FILE bytes). Raises OSError, or ValueError naming what the path is instead."""
+    return read_bounded(source, MAX_POLICY_FILE)
 
 
 def policy_from_dict(

@@ -19,6 +19,7 @@ from typing import Any
 
 from policies._commands import DECISIONS, CommandRule, CommandRules, Decision
 from policies._errors import PolicyError
+from policies._files import read_bounded
 from policies._load import load_policy, policy_from_dict
 from policies._model import Policy
 from policies._shell import RulesUnavailableError
@@ -41,12 +42,11 @@ MAX_FILE = 4 << 20
 
 def _read(path: str) -> str:
     try:
-        with open(path, "rb") as fp:
-            raw = fp.read(MAX_FILE + 1)
+        raw = read_bounded(path, MAX_FILE)  # non-blocking, a regular file only: it may lie in a workdir
     except OSError as err:
         raise PolicyError("", f"cannot read rules file {path!r}: {err.strerror}", source=path) from err
-    if len(raw) > MAX_FILE:
-        raise PolicyError("", f"the rules file is larger than {MAX_FILE} bytes", source=path)
+    except ValueError as err:
+        raise PolicyError("", f"cannot read rules file {path!r}: {err}", source=path) from err
     try:
         return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:

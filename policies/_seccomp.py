@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from policies._errors import PolicyError
+from policies._files import read_bounded
 from policies._validate import check_table
 
 #: Comparison operators, by their corral spelling and the OCI one.
@@ -334,18 +335,24 @@ def seccomp_profile_from_oci(data: object, source: str = "") -> SeccompProfile:
         raise PolicyError(err.path.removeprefix("syscalls.profile."), err.reason) from None
 
 
+#: The largest seccomp profile read (Docker's default profile is about 20 KiB).
+MAX_PROFILE_FILE = 8 << 20
+
+
 def load_seccomp_profile(path: str | os.PathLike[str]) -> SeccompProfile:
     """Read an OCI/Docker seccomp profile (JSON) from `path`. Raises PolicyError with the file as its
     source: unreadable, not JSON, or a bad entry (its index and field)."""
     source = os.fspath(path)
     try:
-        with open(source, "rb") as f:
-            raw = f.read(8 << 20)
-        data = json.loads(raw)
+        raw = read_bounded(source, MAX_PROFILE_FILE)  # non-blocking, a regular file only: see _files
     except OSError as err:
         raise PolicyError(
             "", f"cannot read seccomp profile {source!r}: {err.strerror}", source=str(source)
         ) from err
+    except ValueError as err:
+        raise PolicyError("", f"cannot read seccomp profile {source!r}: {err}", source=str(source)) from err
+    try:
+        data = json.loads(raw)
     except ValueError as err:
         raise PolicyError("", f"invalid JSON: {err}", source=str(source)) from err
     try:

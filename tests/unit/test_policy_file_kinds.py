@@ -1,6 +1,7 @@
-"""The policy file is read non-blocking, regular files only, bounded (issue 11, items 4 and 6): a policy kept
-in a project directory that sandboxes write may have been replaced by a FIFO (which would hold the CLI before
-any timeout applies), a device, a directory or a huge file. Each is a PolicyError naming the file."""
+"""The policy file, a rules file and a seccomp profile are read non-blocking, regular files only, bounded
+(issue 11, items 4 and 6): such a file kept in a project directory that sandboxes write may have been
+replaced by a FIFO (which would hold the CLI before any timeout applies), a device, a directory or a huge
+file. Each is a PolicyError naming the file."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import PolicyError, load_policy
+from policies import PolicyError, load_policy, load_rules, load_seccomp_profile
 from policies._load import MAX_POLICY_FILE
 
 
@@ -40,3 +41,33 @@ def test_a_huge_file_is_refused(tmp_path: Path) -> None:
         fp.truncate(MAX_POLICY_FILE + 1)  # sparse: costs no disk
     with pytest.raises(PolicyError, match="larger than 1 MiB"):
         load_policy(f, workdir=str(tmp_path))
+
+
+# --- the rules file and the seccomp profile: the same kinds of plant ------------------------------------
+
+
+@pytest.mark.parametrize("which", ["rules file", "seccomp profile"])
+def test_rules_and_seccomp_profile_refuse_a_fifo_device_directory_or_huge_file(
+    tmp_path: Path, which: str
+) -> None:
+    def load(path: Path) -> object:
+        if which == "rules file":
+            return load_rules(path, workdir=str(tmp_path))
+        return load_seccomp_profile(path)
+
+    fifo = tmp_path / "planted"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge"
+    with open(huge, "wb") as fp:
+        fp.truncate(9 << 20)  # sparse: over both limits, costs no disk
+    tty = tmp_path / "tty"
+    tty.symlink_to("/dev/zero")  # a link to a device (a terminal would wait for input the same way)
+    for path, needle in [
+        (fifo, "not a regular file"),
+        (tty, "not a regular file"),
+        (tmp_path, "a directory"),
+        (huge, "larger than"),
+    ]:
+        with pytest.raises(PolicyError, match=needle) as info:
+            load(path)
+        assert info.value.source == str(path)

@@ -1,0 +1,61 @@
+"""Files the CLI reads that a sandbox could have replaced (issue 11, item 6): `--rules FILE` and
+`--seccomp-profile FILE` kept in the project directory, as the policy file often is.
+
+A first run (a real sandbox, workspace-write on the workdir) replaces each with a FIFO. Before they were
+read like the policy file (non-blocking, a regular file only, bounded: policies/_files.py), the next
+`corral run --timeout 2` waited in open(2) for a writer, for ever, before any timeout applied. Checked from
+outside: the CLI ends within the test's bound with exit status 125 naming the file.
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+CORRAL = [sys.executable, "-m", "supervisor.cli"]
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "content"),
+    [
+        ("--rules", "rules.toml", 'default = "allow"\n'),
+        ("--seccomp-profile", "seccomp.json", '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}'),
+    ],
+)
+def test_a_fifo_planted_at_a_file_the_cli_reads(
+    workspace: Path, option: str, name: str, content: str
+) -> None:
+    (workspace / name).write_text(content)
+    plant = subprocess.run(
+        [*CORRAL, "run", "--timeout", "20", "--", "/bin/sh", "-c", f"rm {name} && mkfifo {name}"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert plant.returncode == 0, plant.stderr
+    assert stat.S_ISFIFO((workspace / name).lstat().st_mode)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [*CORRAL, "run", option, name, "--timeout", "2", "--", "/bin/true"],
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"corral run {option} on a planted FIFO did not end in 20 s (--timeout 2)")
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 125, proc.stderr
+    assert name in proc.stderr
+    assert "not a regular file" in proc.stderr
