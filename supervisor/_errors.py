@@ -36,16 +36,25 @@ class SandboxSetupError(CorralError):
     layer: the mechanism (namespaces, mounts, landlock, seccomp, capabilities, rlimits, cgroups, ...);
     operation: the syscall or step; path: the file involved, if any; errno: the error number (0 if none);
     hint: what to do about it (for example set best_effort, or enable a sysctl).
+
+    The third and fourth positional arguments may come in either order, errno then path or (as the design
+    notes write the fields: `SandboxSetupError(layer, operation, path, errno)`) path then errno: a path is
+    a string, an errno an int. Raises TypeError for any other types there.
     """
 
     def __init__(
         self,
         layer: str,
         operation: str,
-        errno: int = 0,
-        path: str | None = None,
+        errno: int | str = 0,
+        path: str | int | None = None,
         hint: str = "",
     ) -> None:
+        if isinstance(errno, str) and (path is None or isinstance(path, int)):
+            errno, path = path or 0, errno  # (layer, operation, path[, errno])
+        if not isinstance(errno, int) or not (path is None or isinstance(path, str)):
+            msg = f"SandboxSetupError: errno must be an int and path a str (got {errno!r}, {path!r})"
+            raise TypeError(msg)
         self.layer = layer
         self.operation = operation
         self.errno = errno

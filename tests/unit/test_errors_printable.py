@@ -101,3 +101,18 @@ def test_cli_log_lines_are_escaped() -> None:
     rec = logging.LogRecord("corral", logging.WARNING, __file__, 1, "leaf %s gone", ("\x1b]0;x\x07\n",), None)
     line = fmt.format(rec)
     assert clean(line), repr(line)
+
+
+def test_setup_error_takes_path_and_errno_in_designs_order_too() -> None:
+    # DESIGN.md names the fields `SandboxSetupError(layer, operation, path, errno)`; corral's own calls pass
+    # errno before path. Both positional orders give the same error.
+    ours = SandboxSetupError("landlock", "landlock_add_rule", errno.EACCES, "/srv/x")
+    design = SandboxSetupError("landlock", "landlock_add_rule", "/srv/x", errno.EACCES)
+    path_only = SandboxSetupError("mounts", "open", "/srv/x")
+    for err in (ours, design):
+        assert (err.layer, err.operation) == ("landlock", "landlock_add_rule")
+        assert (err.path, err.errno) == ("/srv/x", errno.EACCES)
+        assert str(err) == "landlock: landlock_add_rule failed: EACCES (Permission denied) on /srv/x"
+    assert (path_only.path, path_only.errno) == ("/srv/x", 0)
+    with pytest.raises(TypeError, match="errno must be an int"):
+        SandboxSetupError("mounts", "open", "/a", "/b")
