@@ -8,7 +8,9 @@ but risky (the caller's home directory: shell start-up files, ssh and git config
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 
 from policies._errors import PolicyError
 from policies._model import Policy
@@ -77,7 +79,8 @@ def system_root(path: str) -> str | None:
 def check_writable_roots(policy: Policy) -> list[str]:
     """Refuse a confined policy whose writable roots include a system directory (see SYSTEM_TREES and
     SYSTEM_DIRS) unless ``filesystem.allow_system_write`` is set; return warnings (the caller's home
-    directory as a writable root) for the caller to log.
+    directory, or a directory holding it, as a writable root; the home as $HOME and as the password
+    database name it) for the caller to log.
 
     Raises PolicyError naming ``workdir`` when the offending root is the workdir, else
     ``filesystem.write[i]``. An unconfined policy (full-access) is not checked: it writes everything by
@@ -87,17 +90,41 @@ def check_writable_roots(policy: Policy) -> list[str]:
     if not fs.confine:
         return []
     warnings: list[str] = []
-    home = os.path.expanduser("~")
+    homes = _home_directories()
     for i, root in enumerate(fs.write):
         where = "workdir" if root == policy.workdir else f"filesystem.write[{i}]"
         system = system_root(root)
         if system is not None and not fs.allow_system_write:
             what = "is a system directory" if system == root else f"lies in the system directory {system}"
             raise PolicyError(where, f"{root} {what}; {_HINT}", root)
-        if os.path.isabs(home) and home != "/" and root == os.path.normpath(home):
+        for home in homes if system is None else ():  # a system root was allowed by name: no more words
+            if root == home:
+                what = f"is your home directory {root}"
+            elif home.startswith(root.rstrip("/") + "/"):
+                what = f"{root} holds your home directory {home}"
+            else:
+                continue
             warnings.append(
-                f"{where} is your home directory {root}: the sandbox can change your shell start-up files "
+                f"{where} {what}: the sandbox can change your shell start-up files "
                 "and your ssh, git and editor configuration (credential stores stay hidden); prefer a "
                 "project directory"
             )
+            break
     return warnings
+
+
+def _home_directories() -> list[str]:
+    """The caller's home directory as $HOME names it and as the password database does for the effective
+    uid (they differ under `sudo -E`, or with HOME set for a tool: root's /root is still root's), each
+    also as its real path; "/" and relative values are left out."""
+    found: list[str] = []
+    candidates = [os.path.expanduser("~")]
+    with contextlib.suppress(KeyError, OSError):
+        candidates.append(pwd.getpwuid(os.geteuid()).pw_dir)
+    for home in candidates:
+        if not os.path.isabs(home):
+            continue
+        for form in (os.path.normpath(home), os.path.realpath(home)):
+            if form != "/" and form not in found:
+                found.append(form)
+    return found

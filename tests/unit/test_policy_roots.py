@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,31 @@ def test_hide_credentials_must_be_a_bool() -> None:
     with pytest.raises(PolicyError) as err:
         policy_from_dict({"filesystem": {"hide_credentials": "no"}}, workdir="/srv/repo")
     assert err.value.path == "filesystem.hide_credentials"
+
+
+def test_a_root_holding_the_home_directory_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--workdir /data/users` with HOME=/data/users/me: the home's start-up files are as writable as if the
+    # home itself were the workdir.
+    home = tmp_path / "users" / "me"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    warnings = check_writable_roots(profiles.workspace_write(tmp_path / "users"))
+    assert len(warnings) == 1
+    assert f"holds your home directory {home}" in warnings[0]
+    assert check_writable_roots(profiles.workspace_write(home / "project")) == []
+
+
+def test_the_home_of_the_password_database_is_a_warning_whatever_home_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `sudo -E corral run --workdir /root` keeps the user's HOME: /root is still root's own home.
+
+    real = pwd.getpwuid(os.geteuid()).pw_dir
+    if real in ("", "/") or system_root(real) is not None:
+        pytest.skip(f"the password database's home {real!r} is a system directory here")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    warnings = check_writable_roots(profiles.workspace_write(real))
+    assert len(warnings) == 1
+    assert f"is your home directory {real}" in warnings[0]
