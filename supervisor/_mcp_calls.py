@@ -88,9 +88,7 @@ class DirectCalls:
             logger.exception("Tool %r raised an unexpected exception", params.name)
             return _error(f"Error executing tool {params.name}")
         if tool.context_kwarg is not None:
-            kwargs[tool.context_kwarg] = Context(
-                request_context=ctx, mcp_server=self._server, input_params=params
-            )
+            kwargs[tool.context_kwarg] = _LazyContext(ctx, self._server, params)
         for name in tool.resolved_params:  # only the approval, and only while no rules are in force
             kwargs[name] = _NOT_ASKED
         try:
@@ -103,7 +101,58 @@ class DirectCalls:
         except Exception:
             logger.exception("Tool %r raised an unexpected exception", params.name)
             return _error(f"Error executing tool {params.name}")
+        return _wire(result)
+
+
+#: The wire form's fields a CallToolResult carries whatever it holds (today `resultType`), as the SDK dumps
+#: them: taken from the SDK's own dump of an empty result, so a field the SDK adds comes along.
+_WIRE_BASE: dict[str, Any] = {
+    k: v
+    for k, v in CallToolResult(content=[]).model_dump(by_alias=True, mode="json", exclude_none=True).items()
+    if k not in ("content", "structuredContent", "isError")
+}
+
+
+def _wire(result: CallToolResult) -> HandlerResult:
+    """`result` as the SDK would dump it for the wire (`model_dump(by_alias=True, mode="json",
+    exclude_none=True)`), built directly when it holds only plain text content and JSON-ready structured
+    content (corral's tools build exactly that: ~25 us of CPU less per call); else `result` itself, for
+    the SDK to dump. The SDK validates either against the protocol version's schema before sending."""
+    texts = [c for c in result.content if type(c) is TextContent and c.annotations is None and c.meta is None]
+    if result.meta is not None or len(texts) != len(result.content):
         return result
+    wire: dict[str, Any] = {
+        **_WIRE_BASE,
+        "content": [{"type": "text", "text": c.text} for c in texts],
+        "isError": result.is_error,
+    }
+    if result.structured_content is not None:
+        wire["structuredContent"] = result.structured_content
+    return wire
+
+
+class _LazyContext:
+    """The SDK's `Context` for a direct call, made only when a tool reads more of it than the request's
+    `request_context` (over stdio, run_command reads nothing else; building a `Context`, a pydantic model,
+    was ~30 us of CPU per call). Every other attribute is read from the `Context` built on first use."""
+
+    __slots__ = ("_params", "_real", "_server", "request_context")
+
+    def __init__(
+        self, ctx: ServerRequestContext[Any], server: MCPServer[Any], params: CallToolRequestParams
+    ) -> None:
+        self.request_context = ctx
+        self._server = server
+        self._params = params
+        self._real: Context[Any, Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        real = self._real
+        if real is None:
+            real = self._real = Context(
+                request_context=self.request_context, mcp_server=self._server, input_params=self._params
+            )
+        return getattr(real, name)
 
 
 def _error(text: str) -> CallToolResult:

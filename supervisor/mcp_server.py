@@ -32,7 +32,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -402,7 +402,8 @@ def _limits_text(limits: dict[str, str]) -> str:
     )
 
 
-def _violation(result: Result) -> ViolationInfo | None:
+def _violation(result: Result) -> dict[str, Any] | None:
+    """`ViolationInfo`'s JSON form for `result`'s violation, or None."""
     v = result.violation
     if v is None:
         return None
@@ -411,60 +412,67 @@ def _violation(result: Result) -> ViolationInfo | None:
         words = f"killed: {v.kind} limit {limit} exceeded (observed {seen})"
     else:
         words = f"{v.kind} limit {_value(v.kind, v.limit)} reached: the kernel refused, the command went on"
-    return ViolationInfo(kind=v.kind, limit=v.limit, observed=v.observed, killed=result.killed, message=words)
-
-
-def _denials(result: Result) -> list[DenialInfo]:
-    return [DenialInfo.model_validate(d.to_dict()) for d in result.denials]
+    return {
+        "kind": v.kind,
+        "limit": float(v.limit),
+        "observed": float(v.observed),
+        "killed": result.killed,
+        "message": words,
+    }
 
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _command_result(
+def _command_data(
     result: Result, stdout: bytes, stderr: bytes, out_cut: bool, err_cut: bool
-) -> CommandResult:
-    return CommandResult(
-        exit_code=result.exit_code,
-        signal=result.signal,
-        violation=_violation(result),
-        duration_s=round(result.duration_s, 6),
-        cpu_s=round(result.cpu_s, 6),
-        peak_memory_bytes=result.peak_memory_bytes,
-        stdout=_text(stdout),
-        stderr=_text(stderr),
-        stdout_truncated=out_cut,
-        stderr_truncated=err_cut,
-        denials=_denials(result),
-        denials_dropped=result.denials_dropped,
-        denials_unobservable=[UnobservableLayer(layer=a, reason=b) for a, b in result.denials_unobservable],
-        pid=result.pid,
-        enforced=list(result.enforced),
-    )
+) -> dict[str, Any]:
+    """`CommandResult`'s JSON form (what `model_dump(mode="json")` of the model gives, key for key), built
+    without the model: this is run_command's structured content on every call, and the SDK validates the
+    whole result against the protocol's schema on its way out anyway (tests/unit/test_mcp_results.py keeps
+    it equal to the model's dump)."""
+    return {
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "violation": _violation(result),
+        "duration_s": round(float(result.duration_s), 6),
+        "cpu_s": round(float(result.cpu_s), 6),
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "stdout": _text(stdout),
+        "stderr": _text(stderr),
+        "stdout_truncated": out_cut,
+        "stderr_truncated": err_cut,
+        "denials": [d.to_dict() for d in result.denials],
+        "denials_dropped": result.denials_dropped,
+        "denials_unobservable": [{"layer": a, "reason": b} for a, b in result.denials_unobservable],
+        "pid": result.pid,
+        "enforced": list(result.enforced),
+    }
 
 
-def _summary(r: CommandResult) -> str:
-    """The short text a model reads first: how it ended, then the output's tail."""
-    if r.violation is not None:
-        head = f"exit {r.exit_code}: {r.violation.message}"
-    elif r.signal is not None:
-        head = f"exit {r.exit_code}: killed by signal {r.signal}"
+def _summary(r: Mapping[str, Any]) -> str:
+    """The short text a model reads first, from `CommandResult`'s JSON form: how it ended, then the
+    output's tail."""
+    violation = r["violation"]
+    if violation is not None:
+        head = f"exit {r['exit_code']}: {violation['message']}"
+    elif r["signal"] is not None:
+        head = f"exit {r['exit_code']}: killed by signal {r['signal']}"
     else:
-        head = f"exit {r.exit_code}"
-    head += f" ({r.duration_s:.3g} s)"
+        head = f"exit {r['exit_code']}"
+    head += f" ({r['duration_s']:.3g} s)"
     parts = [head]
-    for d in r.denials[:5]:
-        times = f", {d.count} times" if d.count > 1 else ""
-        parts.append(f"denied {d.operation} {d.target} ({d.layer}: {d.hint}{times})")
-    if len(r.denials) > 5 or r.denials_dropped:
+    denials = r["denials"]
+    for d in denials[:5]:
+        times = f", {d['count']} times" if d["count"] > 1 else ""
+        parts.append(f"denied {d['operation']} {d['target']} ({d['layer']}: {d['hint']}{times})")
+    if len(denials) > 5 or r["denials_dropped"]:
         parts.append(
-            f"(more denials in the structured result: {len(r.denials)} kinds, {r.denials_dropped} more)"
+            f"(more denials in the structured result: {len(denials)} kinds, {r['denials_dropped']} more)"
         )
-    for name, text, cut in (
-        ("stdout", r.stdout, r.stdout_truncated),
-        ("stderr", r.stderr, r.stderr_truncated),
-    ):
+    for name in ("stdout", "stderr"):
+        text, cut = r[name], r[f"{name}_truncated"]
         if text:
             tail = text[-2000:]
             more = " (truncated)" if cut or len(text) > len(tail) else ""
@@ -472,10 +480,12 @@ def _summary(r: CommandResult) -> str:
     return "\n".join(parts)
 
 
-def _tool_result(model: BaseModel, text: str) -> CallToolResult:
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)], structured_content=model.model_dump(mode="json")
-    )
+def _tool_result(model: BaseModel | dict[str, Any], text: str) -> CallToolResult:
+    """A tool's result: `text` for the model to read, and `model` (or its JSON form, as `_command_data`
+    builds it) as the structured content. (Validated construction: pydantic's `model_construct`, in Python,
+    costs more than its validation, in Rust.)"""
+    data = model if isinstance(model, dict) else model.model_dump(mode="json")
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -947,10 +957,10 @@ def _run_command_tool(runtime_ref: Callable[[], _Runtime], settings: McpSettings
             result = await rt.sup.run(
                 argv, policy=policy, input=data, cwd=cwd, name="mcp", approver=answer.approver
             )
-        model = _command_result(
+        structured = _command_data(
             result, result.stdout, result.stderr, result.stdout_truncated, result.stderr_truncated
         )
-        return _tool_result(model, _summary(model))
+        return _tool_result(structured, _summary(structured))
 
     return _approval_param(run_command, runtime_ref, settings)
 
@@ -1039,9 +1049,10 @@ def _read_output_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
                 await bg.done.wait()
         out, out_dropped = bg.out.take(max_bytes)
         err, err_dropped = bg.err.take(max_bytes)
-        final = None
+        final = final_data = None
         if bg.done.is_set() and bg.result is not None:
-            final = _command_result(bg.result, b"", b"", False, False)
+            final_data = _command_data(bg.result, b"", b"", False, False)
+            final = CommandResult.model_validate(final_data)
         model = BackgroundStatus(
             handle=handle,
             running=final is None,
@@ -1052,7 +1063,7 @@ def _read_output_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
             more=bool(bg.out.data or bg.err.data),
             result=final,
         )
-        state = "running" if final is None else f"exited: {_summary(final).splitlines()[0]}"
+        state = "running" if final_data is None else f"exited: {_summary(final_data).splitlines()[0]}"
         text = f"{handle} {state}"
         for name, chunk in (("stdout", model.stdout), ("stderr", model.stderr)):
             if chunk:
@@ -1124,8 +1135,8 @@ def _stop_command_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
         cap = rt.settings.capture
         out, _ = bg.out.take(cap)
         err, _ = bg.err.take(cap)
-        model = _command_result(bg.result, out, err, bool(bg.out.data), bool(bg.err.data))
-        return _tool_result(model, f"stopped {handle}: " + _summary(model))
+        data = _command_data(bg.result, out, err, bool(bg.out.data), bool(bg.err.data))
+        return _tool_result(data, f"stopped {handle}: " + _summary(data))
 
     return stop_command
 
