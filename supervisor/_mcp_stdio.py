@@ -4,7 +4,7 @@ write_stream, ...)` serves a connection over, made of stdin and stdout, read and
 The SDK's own `stdio_server` wraps stdin and stdout with `anyio.wrap_file`, so every line read and every
 message written is a hop to a worker thread and back, and each message then crosses a memory stream and a
 relay task on its way in and out. Here the SDK's dispatcher pulls each message straight from the pipe (a
-non-blocking read when the fd is readable; see `_ReadWait`) and each reply is written by the task that
+non-blocking read when the fd is readable; see `_Reader`) and each reply is written by the task that
 sends it (a non-blocking write, waiting with `anyio.wait_writable` only when the pipe is full). The
 messages, their parsing and their validation are the SDK's: a line is parsed with the SDK's
 `jsonrpc_message_adapter` exactly as its stdio transport parses it, and a message is serialized as it
@@ -17,7 +17,7 @@ or is over the bound, -32600 for JSON that is no valid message) where the SDK's 
 client's first request without the relay task `Server.run` puts in front of the loop (see its doc).
 
 Works on asyncio and trio (anyio's fd waits; on asyncio stdin stays registered with the loop between
-messages, see `_ReadWait`).
+messages, see `_Reader`).
 """
 
 from __future__ import annotations
@@ -124,41 +124,72 @@ class WireOut:
         await self.aclose()
 
 
-class _ReadWait:
-    """Waits until `fd` is readable. On asyncio the fd stays registered with the loop from one wait to the
-    next while a wait is pending when data comes (anyio's `wait_readable` registers it and removes it again
-    on every wait: two epoll_ctl calls and an event object per message, ~20 us of CPU); readiness that finds
-    nobody waiting unregisters it (a level-triggered fd would otherwise wake the loop over and over). On trio
-    it is `anyio.wait_readable`. Cancellation leaves nothing pending."""
+class _Reader:
+    """Reads `fd` (non-blocking) as data comes. On asyncio the fd stays registered with the loop from one
+    read to the next while a read is pending when data comes, and the loop's readiness callback does the
+    read itself: anyio's `wait_readable` registers the fd and removes it again on every wait (two epoll_ctl
+    calls, an event object and the selector's KeyErrors per message), and a readiness the loop had already
+    queued before the task read the data would wake the next wait for nothing (a task step, a read and its
+    EAGAIN). A readiness that finds no read pending unregisters the fd (level-triggered, it would otherwise
+    wake the loop over and over), so unread input stays in the pipe. On trio: `anyio.wait_readable`.
+    Cancellation loses nothing: bytes read for a cancelled read are returned by the next one."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._asyncio = True  # until the first wait says otherwise
+        self._waiter: asyncio.Future[bytes] | None = None
         self._registered = False
+        self._pending: bytes | None = None
 
-    async def wait(self) -> None:
-        if self._loop is None:
+    async def read(self) -> bytes:
+        """The next bytes of `fd` (at most 64 KiB; b"" at its end). Raises OSError (EIO from a terminal
+        that went away, ...)."""
+        if self._pending is not None:
+            data, self._pending = self._pending, None
+            return data
+        while True:
             try:
-                self._loop = asyncio.get_running_loop()
-            except RuntimeError:  # not on asyncio (trio)
+                return os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                pass
+            if self._loop is None and self._asyncio:
+                try:
+                    self._loop = asyncio.get_running_loop()
+                except RuntimeError:  # not on asyncio (trio)
+                    self._asyncio = False
+            if self._loop is None:
                 await anyio.wait_readable(self._fd)
-                return
-        waiter = self._waiter = self._loop.create_future()
-        if not self._registered:
-            self._loop.add_reader(self._fd, self._ready)
-            self._registered = True
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+                continue
+            waiter: asyncio.Future[bytes] = self._loop.create_future()
+            self._waiter = waiter
+            if not self._registered:
+                self._loop.add_reader(self._fd, self._ready)
+                self._registered = True
+            try:
+                return await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._pending = waiter.result()  # read for this call, which was cancelled: kept
+                raise
+            finally:
+                self._waiter = None
 
     def _ready(self) -> None:
         waiter = self._waiter
         if waiter is None:
             self.close()
-        elif not waiter.done():
-            waiter.set_result(None)
+            return
+        if waiter.done():
+            return
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:  # a readiness queued before the last read took the data
+            return
+        except OSError as err:
+            waiter.set_exception(err)
+            return
+        waiter.set_result(data)
 
     def close(self) -> None:
         """Unregister the fd (it stays open)."""
@@ -187,7 +218,7 @@ class WireIn:
         self._eof = False
         self._closed = False
         self._lead: collections.deque[SessionMessage] = collections.deque()
-        self._readable = _ReadWait(fd)
+        self._reader = _Reader(fd)
 
     async def opening(self) -> JSONRPCRequest | None:
         """The client's first request (None when stdin ends before one), read ahead without consuming it:
@@ -265,10 +296,7 @@ class WireIn:
                     return rest.decode("utf-8", errors="replace")
                 raise anyio.EndOfStream
             try:
-                data = os.read(self._fd, 1 << 16)
-            except BlockingIOError:
-                await self._readable.wait()
-                continue
+                data = await self._reader.read()
             except OSError as err:  # EIO from a terminal that went away: the client is gone
                 logger.info("stdin: %s", err)
                 data = b""
@@ -288,7 +316,7 @@ class WireIn:
     async def aclose(self) -> None:
         """Stop reading (the fd stays open: `stdio_fds` owns it)."""
         self._closed = True
-        self._readable.close()
+        self._reader.close()
 
     async def __aenter__(self) -> WireIn:
         return self
