@@ -461,17 +461,41 @@ class _JsonOut:
         if name in ("", ".", ".."):
             msg = f"--json {path!r} names a directory, not a file"
             raise _Fail(msg)
-        try:
-            dirfd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as err:
-            msg = f"cannot open --json file's directory {parent!r}: {err.strerror}"
-            raise _Fail(msg) from err
+        dirfd = cls._open_dir(parent)
         try:
             fd, created = cls._open_file(dirfd, path, name)
         except BaseException:
             os.close(dirfd)
             raise
         return cls(path, fd, dirfd, created)
+
+    @staticmethod
+    def _open_dir(parent: str) -> int:
+        """An O_PATH fd of the --json file's directory, reached without following a symlink a sandbox could
+        have planted: an earlier run that may write the workdir can make `reports` a link to `/etc/cron.d`,
+        and `--json reports/r.json` would then have corral (root) create a file there. The symlinks
+        resolved are those no sandbox could have made (policies._validate.resolve_trusted, as for the
+        workdir); any other on the way is refused (_Fail, exit 125), as `--workdir` through one is."""
+        from policies._validate import resolve_trusted
+        from supervisor.sandbox import _hostfs
+
+        where = resolve_trusted(os.path.abspath(parent or "."))
+        try:
+            root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                if where == "/":
+                    return os.dup(root)
+                return _hostfs.open_beneath(root, where.lstrip("/"), os.O_PATH | os.O_DIRECTORY)
+            finally:
+                os.close(root)
+        except OSError as err:
+            why = (
+                "it passes through a symlink that a sandbox could have planted (give its real path)"
+                if err.errno == errno.ELOOP
+                else err.strerror
+            )
+            msg = f"cannot open --json file's directory {parent or '.'!r}: {why}"
+            raise _Fail(msg) from err
 
     @staticmethod
     def _open_file(dirfd: int, path: str, name: str) -> tuple[int, bool]:

@@ -59,3 +59,43 @@ def test_a_fifo_planted_at_a_file_the_cli_reads(
     assert proc.returncode == 125, proc.stderr
     assert name in proc.stderr
     assert "not a regular file" in proc.stderr
+
+
+def test_a_json_directory_planted_as_a_symlink(workspace: Path, outside: Path) -> None:
+    """`--json reports/r.json`, where an earlier run made `reports` a symlink to a host directory (standing
+    in for /etc/cron.d): corral (root) created its record there. Now it refuses (125) before running, and
+    nothing appears in the link's target; a real directory still works, given relatively or absolutely."""
+    plant = subprocess.run(
+        [*CORRAL, "run", "--timeout", "20", "--", "/bin/ln", "-s", str(outside), "reports"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert plant.returncode == 0, plant.stderr
+    before = sorted(p.name for p in outside.iterdir())
+    for target in ("reports/r.json", str(workspace / "reports" / "r.json")):
+        proc = subprocess.run(
+            [*CORRAL, "run", "--json", target, "--timeout", "20", "--", "/bin/true"],
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 125, proc.stderr
+        assert "symlink" in proc.stderr
+    assert sorted(p.name for p in outside.iterdir()) == before
+    (workspace / "real").mkdir()
+    for target in ("real/r.json", str(workspace / "real" / "r2.json")):
+        proc = subprocess.run(
+            [*CORRAL, "run", "--json", target, "--timeout", "20", "--", "/bin/true"],
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (workspace / "real").iterdir()) == ["r.json", "r2.json"]
