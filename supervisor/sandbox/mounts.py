@@ -104,8 +104,10 @@ def prepare(policy: Policy, ns: namespaces.Prepared) -> Prepared | None:
         "proc": bool(ns["flags"] & 0x20000000),
         "private_net": bool(ns["net"]),
         # Symlinks no sandbox could have made are resolved now, once; the init follows none (_bind).
-        "write": [resolve_trusted(p) for p in fs.write] if fs.confine else [],
-        "read": [resolve_trusted(p) for p in fs.read if p != "/"] if fs.confine else [],
+        # Without confinement these only keep roots under the private /tmp visible (keep_visible), as the
+        # host has them: the workdir and each --allow-write there stay writable in full-access.
+        "write": [resolve_trusted(p) for p in fs.write],
+        "read": [resolve_trusted(p) for p in fs.read if p != "/"],
         "deny": [os.path.normpath(p) for p in fs.deny] if fs.confine else [],
         "protected": list(fs.protected) if fs.confine else [],
         # mount_ns itself is namespaces' to report.
@@ -359,7 +361,8 @@ def emit_paths(
                 _pin_ancestors(plan, root, denied)
                 _protect(plan, root, prepared["protected"])
     for slot, (path, writable, is_dir) in enumerate(keep):
-        _rebind(plan, path, slot, is_dir, writable and confine)
+        # Unconfined (full-access): as writable as on the host, the workdir too.
+        _rebind(plan, path, slot, is_dir, writable if confine else None)
         if writable and confine:
             _pin_ancestors(plan, path, denied)
             _protect(plan, path, prepared["protected"])
@@ -388,9 +391,10 @@ def emit_paths(
     plan.add(_cinit.OP_CHDIR, "mounts", "chdir(workdir)", s=(workdir,), path=workdir, hint=_LINK_HINT)
 
 
-def _rebind(plan: Plan, path: str, slot: int, is_dir: bool, writable: bool) -> None:
+def _rebind(plan: Plan, path: str, slot: int, is_dir: bool, writable: bool | None) -> None:
     """Bind the host object opened into `slot` (emit_keep) back at `path` on top of the sandbox's
-    replacement mount (made first, with its parents, when the replacement lacks it)."""
+    replacement mount (made first, with its parents, when the replacement lacks it): writable, read-only
+    (with everything beneath), or with None as the host has it."""
     _op(plan, _cinit.OP_ENSURE, "mkdir(mount point)", path, a=(int(is_dir),))
     plan.add(
         _cinit.OP_MOUNT,
@@ -403,7 +407,7 @@ def _rebind(plan: Plan, path: str, slot: int, is_dir: bool, writable: bool) -> N
     plan.add(_cinit.OP_CLOSE, "mounts", "close(O_PATH fd)", a=(0, slot + 1), path=path)
     if writable:
         _setattr(plan, path, 0, MOUNT_ATTR_RDONLY, recursive=False)
-    else:
+    elif writable is not None:
         _setattr(plan, path, MOUNT_ATTR_RDONLY, 0, recursive=True)
 
 

@@ -9,6 +9,7 @@ import errno
 import json
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,25 @@ def test_deny_hides_the_files_the_sandbox_replaces(ws: Path, path: str) -> None:
     assert p.returncode == 1, p.stderr
     assert p.stdout == ""
     assert f"denied read {path}" in p.stderr
+
+
+def test_full_access_writes_its_workdir_and_allow_write_under_tmp() -> None:
+    # full-access: "no filesystem confinement". Its private /tmp kept a workdir under /tmp visible but
+    # read-only (EROFS), and an --allow-write directory there was not visible at all.
+    with tempfile.TemporaryDirectory(prefix="corral-fa-") as work, tempfile.TemporaryDirectory() as other:
+        script = f"echo w > made && echo o > {other}/made"
+        p = corral(
+            "run",
+            "--profile",
+            "full-access",
+            "--allow-write",
+            other,
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            cwd=Path(work),
+        )
+        assert p.returncode == 0, p.stderr
+        assert (Path(work) / "made").read_text() == "w\n"
+        assert (Path(other) / "made").read_text() == "o\n"
