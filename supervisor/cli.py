@@ -412,7 +412,10 @@ def _human(kind: str, value: float) -> str:
 
 async def _copy(child: Child, stream: ByteReceiveStream | None, fd: int, limit: int) -> None:
     """Copy the child's output to our fd `fd`, counting stdout and stderr together against `limit`: the
-    bytes up to the limit are written, then the child is killed for an output violation."""
+    bytes up to the limit are written, then the child is killed for an output violation. When our fd is a
+    pipe nobody reads any more (`corral run --max-output 1M -- yes | head -1`), or cannot be written at all,
+    copying stops and the child's pipe is closed: its next write gets SIGPIPE, as it would writing to our
+    fd itself (exit 141)."""
     if stream is None:
         return
     async with stream:
@@ -423,7 +426,10 @@ async def _copy(child: Child, stream: ByteReceiveStream | None, fd: int, limit: 
                 return
             room = child.count_output(len(data), limit)
             if room > 0:
-                await anyio.to_thread.run_sync(_write_all, fd, data[:room])
+                try:
+                    await anyio.to_thread.run_sync(_write_all, fd, data[:room])
+                except OSError:  # EPIPE; or EBADF, EIO: a closed fd, a hung-up terminal
+                    return
 
 
 def _write_all(fd: int, data: bytes) -> None:

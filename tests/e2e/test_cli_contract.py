@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -196,3 +197,21 @@ def test_full_access_writes_its_workdir_and_allow_write_under_tmp() -> None:
         assert p.returncode == 0, p.stderr
         assert (Path(work) / "made").read_text() == "w\n"
         assert (Path(other) / "made").read_text() == "o\n"
+
+
+@pytest.mark.parametrize("counted", [[], ["--max-output", "1M"]])
+def test_a_reader_that_goes_away_is_sigpipe_141(ws: Path, counted: list[str]) -> None:
+    # `corral run [--max-output 1M] -- yes | head -1`: as without corral, the command dies of SIGPIPE. With
+    # --max-output corral copies the output itself; its write failed with EPIPE and ended in a traceback.
+    with subprocess.Popen(
+        [*CORRAL, "run", *counted, "--", "/usr/bin/yes"],
+        cwd=ws,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.read(2) == b"y\n"
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+        assert b"Traceback" not in proc.stderr.read()
