@@ -37,6 +37,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import pwd
 import resource
 import stat
 import threading
@@ -366,6 +367,11 @@ class Scan:
         self._held: dict[int, int] = {}  # the fds being scanned -> their copies in snap
         #: Directories below MAX_DEPTH levels still to scan: (rel, path, in the mounts' walk).
         self._deep: list[tuple[str, str, bool]] = []
+        #: The root being scanned and its fd (include targets are looked up beneath it).
+        self._root = ""
+        self._rootfd = -1
+        #: Included files already checked in this scan (real paths).
+        self._included: set[str] = set()
         self._old_ns = time.time_ns() - MARGIN_NS  # a snapshot's ctimes must be older
 
     def run(self) -> list[tuple[str, str]]:
@@ -439,6 +445,7 @@ class Scan:
             except OSError:
                 continue  # a missing root: nothing to scan
             self.left = self.max_nodes
+            self._root, self._rootfd = root, fd
             self._cache = self.listings.root(root) if self.listings is not None else {}
             try:
                 self._visit(fd, root, "", 0)
@@ -589,6 +596,7 @@ class Scan:
             reason = self._config_problem(fd, os.path.join(root, ".gitconfig"), ".gitconfig")
             if reason:
                 self._quarantine(fd, root, ".gitconfig", reason.replace("git config", "global git config"))
+        self._check_includes(fd, root, ".gitconfig", 0)
         with contextlib.suppress(OSError):
             os.stat(".gitconfig", dir_fd=fd, follow_symlinks=False)
             self._hold_name(fd, ".gitconfig")  # a rewrite in place sets only its own ctime
@@ -612,6 +620,76 @@ class Scan:
                     self._quarantine(git, path, "config", reason.replace("git config", "global git config"))
         finally:
             os.close(git)
+
+    def _check_includes(self, fd: int, path: str, name: str, depth: int) -> None:
+        """The files the config `name` (in directory `fd`, at `path`) includes (`include.path`,
+        `includeIf.*.path`, whatever their condition), when they lie in the root being scanned: git reads
+        them as part of that config, so one written during the run with a setting that runs programs is
+        quarantined like a config, however old the including config is (the user's own `.git/config`
+        with `include.path = ../.gitconfig`, a shared file in the worktree, is the usual case). Includes
+        of includes are followed, as git does, to its depth of 10. A target reached only through a
+        symlink is reported, not followed. A scan that met an include into the root takes no snapshot:
+        the quick check does not watch the included files."""
+        if depth >= 10:
+            return
+        try:
+            data = _hostfs.read_file(fd, name, os.path.join(path, name))
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (OSError, _hostfs.Unsafe):
+            return  # gone (quarantined), or judged as a config already
+        if data is None:
+            return
+        try:
+            entries = _gitconfig.parse(data)
+        except _gitconfig.ConfigSyntaxError:
+            return  # git refuses the file and reads none of its includes
+        for key, value in entries:
+            if value is None or not key.endswith(".path"):
+                continue
+            if not (key.startswith("include.") or key.startswith("includeif.")):
+                continue
+            text = value.decode("utf-8", errors="surrogateescape")
+            if text.startswith("~/") or text == "~":
+                try:
+                    home = pwd.getpwuid(st.st_uid).pw_dir  # the config's owner is who runs git on it
+                except KeyError:
+                    continue
+                text = os.path.join(home, text[2:])
+            target = os.path.normpath(os.path.join(path, text))
+            top = self._root.rstrip("/") + "/"
+            if not target.startswith(top) or target in self._included:
+                continue
+            self._included.add(target)
+            self._abandon()
+            rel = target[len(top) :]
+            parent, _, leaf = rel.rpartition("/")
+            try:
+                # Not O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a final link too, with ELOOP (not ENOTDIR).
+                flags = os.O_PATH | os.O_DIRECTORY
+                dfd = _hostfs.open_beneath(self._rootfd, parent, flags) if parent else os.dup(self._rootfd)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    self.found.append(
+                        (
+                            target,
+                            f"git config {os.path.join(path, name)} includes this path through a symlink "
+                            "a sandbox could have planted (not followed): review it",
+                        )
+                    )
+                continue
+            try:
+                dpath = os.path.dirname(target)
+                if self._changed(dfd, leaf) is not None:
+                    reason = self._config_problem(dfd, target, leaf)
+                    if reason:
+                        reason = reason.replace(
+                            "git config", f"git config included by {os.path.join(path, name)}", 1
+                        )
+                        self._quarantine(dfd, dpath, leaf, reason)
+                        continue
+                self._check_includes(dfd, dpath, leaf, depth + 1)
+            finally:
+                os.close(dfd)
 
     def _changed(self, fd: int, name: str) -> os.stat_result | None:
         try:
@@ -666,6 +744,9 @@ class Scan:
                 reason = self._config_problem(fd, os.path.join(path, name), name)
                 if reason:
                     self._quarantine(fd, path, name, reason)
+        for name in ("config", "config.worktree"):
+            if name in entries:
+                self._check_includes(fd, path, name, 0)
         if "commondir" in entries and self._changed(fd, "commondir") is not None:
             try:
                 data = _hostfs.read_file(fd, "commondir", os.path.join(path, "commondir"), 4096)

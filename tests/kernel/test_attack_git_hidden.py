@@ -100,3 +100,41 @@ async def test_a_submodule_git_dir_whose_head_is_a_symlink_is_refused(
     with pytest.raises(SandboxSetupError) as err:
         await plant(sup, workspace, "true")
     assert err.value.path == str(workspace / gitdir / "HEAD")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "written"),
+    [
+        ("include.path", "../tools/git.cfg", "tools/git.cfg"),  # a shared config kept in the worktree
+        ("includeIf.onbranch:master.path", "../tools/git.cfg", "tools/git.cfg"),
+        ("include.path", "../tools/chain.cfg", "tools/git.cfg"),  # chain.cfg includes git.cfg in turn
+    ],
+)
+async def test_a_file_the_users_config_includes(
+    sup: Supervisor, workspace: Path, key: str, value: str, written: str
+) -> None:
+    """The user's own .git/config (bound read-only, born before the run) includes a file in the worktree,
+    which the sandbox may write: git reads it as part of the config."""
+    make_repo(workspace)
+    (workspace / "tools").mkdir()
+    (workspace / "tools" / "git.cfg").write_text("[user]\n\tname = Team\n")
+    (workspace / "tools" / "chain.cfg").write_text("[include]\n\tpath = git.cfg\n")
+    assert host_git(workspace, "config", key, value).returncode == 0
+    r = await plant(
+        sup, workspace, f"printf '[core]\\n\\tfsmonitor = \"{payload(workspace)}; echo\"\\n' >> {written}"
+    )
+    assert [p for p, _ in r.quarantined] == [str(workspace / written)], r.quarantined
+    assert "included by" in r.quarantined[0][1]
+    host_git(workspace, "status")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+async def test_an_included_file_reached_through_a_planted_symlink_is_reported(
+    sup: Supervisor, workspace: Path
+) -> None:
+    make_repo(workspace)
+    (workspace / "tools").mkdir()
+    (workspace / "tools" / "git.cfg").write_text("[user]\n\tname = Team\n")
+    assert host_git(workspace, "config", "include.path", "../tools/git.cfg").returncode == 0
+    r = await plant(sup, workspace, "mkdir real && mv tools/git.cfg real/ && rmdir tools && ln -s real tools")
+    assert str(workspace / "tools" / "git.cfg") in [p for p, _ in r.quarantined], r.quarantined
