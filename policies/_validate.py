@@ -482,13 +482,14 @@ def resolve_workdir(value: object, path: str = "workdir", relative_to: str | Non
     """Return the working directory `value` as an absolute path, with the symlinks resolved that no
     sandbox could have planted (`resolve_trusted`; the current directory is always its real path).
 
-    None means the current directory. A relative path is resolved against `relative_to`, else the
-    current directory. Raises PolicyError naming `path` for values that are not paths (see
-    `check_path`).
+    None means the current directory. ``~`` and ``~/...`` are the caller's home (as in the other paths of a
+    policy file: a policy file's ``workdir = "~"`` was a directory named ``~`` beside the file). A relative
+    path is resolved against `relative_to`, else the current directory. Raises PolicyError naming `path`
+    for values that are not paths (see `check_path`), ``~user`` and a leading ``$`` (`_expand_home`).
     """
     if value is None:
         return cwd()
-    text = _path_text(value, path)
+    text = _expand_home(_path_text(value, path), path, value)
     if not os.path.isabs(text):
         text = os.path.join(relative_to if relative_to is not None else cwd(), text)
     try:
@@ -512,20 +513,27 @@ def check_user_path(value: object, path: str, relative_to: str, *, parent: bool 
     relative path starting with ``..`` (outside the workdir: write it absolute), besides what
     `check_path` refuses.
     """
-    text = _path_text(value, path)
+    text = _expand_home(_path_text(value, path), path, value)
+    if not parent and not text.startswith("/") and os.path.normpath(text).split("/")[0] == "..":
+        reason = "a relative path may not climb out of the workdir ('..'); write it absolute"
+        raise PolicyError(path, reason, value)
+    return check_path(text, path, relative_to)
+
+
+def _expand_home(text: str, path: str, value: object) -> str:
+    """`text` with a leading ``~`` or ``~/`` made the caller's home directory. Raises PolicyError naming
+    `path` for ``~user/...`` (another user's home: write it out) and a leading ``$`` (environment variables
+    are not expanded: ``$HOME/x`` would silently be a directory named ``$HOME`` beneath the workdir)."""
     if text == "~" or text.startswith("~/"):
         home = os.path.expanduser("~")
         if not os.path.isabs(home) or home == "/":
             raise PolicyError(path, "'~' has no home directory to expand to here; write the path out", value)
-        text = home + text[1:]
-    elif text.startswith("~"):
+        return home + text[1:]
+    if text.startswith("~"):
         raise PolicyError(path, "only '~' and '~/...' (your home) are expanded; write other homes out", value)
-    elif text.startswith("$"):
+    if text.startswith("$"):
         raise PolicyError(path, "environment variables are not expanded in paths; write the path out", value)
-    elif not parent and not text.startswith("/") and os.path.normpath(text).split("/")[0] == "..":
-        reason = "a relative path may not climb out of the workdir ('..'); write it absolute"
-        raise PolicyError(path, reason, value)
-    return check_path(text, path, relative_to)
+    return text
 
 
 def check_user_paths(value: object, path: str, relative_to: str, *, parent: bool = True) -> tuple[str, ...]:

@@ -204,3 +204,21 @@ def test_the_home_of_the_password_database_is_a_warning_whatever_home_says(
     warnings = check_writable_roots(profiles.workspace_write(real))
     assert len(warnings) == 1
     assert f"is your home directory {real}" in warnings[0]
+
+
+def test_a_files_workdir_reads_tilde_as_the_other_paths_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `workdir = "~"` in a policy file was the directory named `~` beside it (a sandbox can make one), and
+    # `workdir = "$HOME"` one named `$HOME`: now the home, and a refusal.
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "proj" / "~").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    policy = policy_from_dict({"workdir": "~"}, source=str(tmp_path / "proj" / "p.toml"))
+    assert policy.workdir == str(home)
+    assert profiles.workspace_write("~").workdir == str(home)
+    for entry, needle in [("$HOME", "not expanded"), ("~root", "only '~'")]:
+        with pytest.raises(PolicyError, match=needle) as err:
+            policy_from_dict({"workdir": entry}, source=str(tmp_path / "proj" / "p.toml"))
+        assert err.value.path == "workdir"
