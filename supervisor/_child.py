@@ -261,7 +261,7 @@ class Child:
             violation=self.violation,
             duration_s=self._exit.ended - self.requested_at,  # from the request, as the timeout
             cpu_s=self._exit.cpu_s,
-            peak_memory_bytes=self._exit.maxrss,
+            peak_memory_bytes=self._peak_memory(),
             enforced=self.enforced,
             missing=self.missing,
             pid=self.pid,
@@ -277,6 +277,20 @@ class Child:
             protected_writes=self._exit.protected,
             **extra,  # type: ignore[arg-type]
         )
+
+    def _peak_memory(self) -> int:
+        """Result.peak_memory_bytes: the exit record's (the cgroup's peak; without one, rusage's) raised to
+        what sampling saw. Without a cgroup a tree killed whole (a memory limit enforced by sampling) leaves
+        only the init's own rusage, far below the usage that got it killed: the peak is never below the
+        violation's observed memory, nor below a sample."""
+        assert self._exit is not None
+        peak = self._exit.maxrss
+        stats = self.last_stats
+        if stats is not None:
+            peak = max(peak, stats.memory_peak_bytes or 0, stats.memory_bytes or 0)
+        if self.violation is not None and self.violation.kind == "memory":
+            peak = max(peak, int(self.violation.observed))
+        return peak
 
     def _refused_abi(self, sig: int | None) -> str | None:
         """Result.refused_abi: a SIGSYS death under the seccomp filter, which kills foreign-ABI syscalls."""

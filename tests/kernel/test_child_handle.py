@@ -36,3 +36,16 @@ async def test_stats_is_the_trees_usage_now(sup: Supervisor, workspace: Path) ->
     result = await child.wait()
     assert result.signal == 9
     assert await child.stats() is child.last_stats  # exited: the last sample, not a read of a gone tree
+
+
+async def test_peak_memory_is_never_below_the_memory_that_got_it_killed(workspace: Path) -> None:
+    # Without a cgroup the limit is enforced by sampling and the whole tree is killed: only the init's own
+    # rusage was left, so peak_memory_bytes said a few MB for a command killed at the limit.
+    hog = "import time; x = bytearray(160 << 20); time.sleep(60)"
+    policy = profiles.workspace_write(str(workspace), memory="64M", best_effort=True, timeout=60)
+    async with Supervisor(cgroups=False, prefork=0) as sup:
+        result = await sup.run(["/usr/bin/python3", "-c", hog], policy=policy)
+    assert result.violation is not None
+    assert result.violation.kind == "memory"
+    assert result.exit_code == 137
+    assert result.peak_memory_bytes >= result.violation.observed > 64 << 20
