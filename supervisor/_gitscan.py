@@ -691,6 +691,68 @@ class Scan:
             finally:
                 os.close(dfd)
 
+    def _check_hooks_path(self, fd: int, path: str, name: str, mounted: bool) -> None:
+        """The hooks directory the config `name` of the git dir at `path` names (`core.hooksPath`, the
+        last one), when it lies in the root being scanned: git runs hooks from there instead of
+        `hooks/`, so every entry written during the run (but `*.sample`) is quarantined as a hook would
+        be. A configured directory that was missing when the run started was not bound read-only by the
+        mounts, and the sandbox could fill it (`core.hooksPath = .githooks` before the directory exists);
+        one that existed in the top repository's worktree was bound, and is trusted like `.git/hooks`.
+        Relative paths are taken from the worktree (the directory holding `.git`), else the git dir."""
+        try:
+            data = _hostfs.read_file(fd, name, os.path.join(path, name))
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (OSError, _hostfs.Unsafe):
+            return
+        if data is None:
+            return
+        try:
+            values = [v for k, v in _gitconfig.parse(data) if k == "core.hookspath" and v is not None]
+        except _gitconfig.ConfigSyntaxError:
+            return
+        if not values:
+            return
+        text = values[-1].decode("utf-8", errors="surrogateescape")
+        if text.startswith("~/") or text == "~":
+            try:
+                text = os.path.join(pwd.getpwuid(st.st_uid).pw_dir, text[2:])
+            except KeyError:
+                return
+        base = os.path.dirname(path) if os.path.basename(path) == ".git" else path
+        target = os.path.normpath(os.path.join(base, text))
+        top = self._root.rstrip("/") + "/"
+        if not target.startswith(top):
+            return
+        self._abandon()  # the quick check does not watch the configured hooks directory
+        try:
+            hfd = _hostfs.open_beneath(self._rootfd, target[len(top) :], os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                self.found.append(
+                    (
+                        target,
+                        f"core.hooksPath of {os.path.join(path, name)} leads through a symlink a sandbox "
+                        "could have planted (not followed): review it",
+                    )
+                )
+            return
+        try:
+            top_repo = mounted and path == os.path.join(self._root, ".git")  # the mounts protect only its
+            if top_repo and self._born_dir_before(hfd):
+                return  # the top repository's configured hooks, bound read-only during the run
+            for entry in sorted(os.listdir(hfd)):
+                if entry.endswith((".sample", QUARANTINE_SUFFIX)):
+                    continue
+                if self._changed(hfd, entry) is not None:
+                    self._quarantine(hfd, target, entry, "git hook (core.hooksPath) written during the run")
+        finally:
+            os.close(hfd)
+
+    def _born_dir_before(self, dirfd: int) -> bool:
+        """Whether the directory `dirfd` existed before the run (statx birth time of "." in it)."""
+        born = _birth_ns(dirfd, ".")
+        return born is not None and born < self.since
+
     def _changed(self, fd: int, name: str) -> os.stat_result | None:
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -747,6 +809,7 @@ class Scan:
         for name in ("config", "config.worktree"):
             if name in entries:
                 self._check_includes(fd, path, name, 0)
+                self._check_hooks_path(fd, path, name, mounted)
         if "commondir" in entries and self._changed(fd, "commondir") is not None:
             try:
                 data = _hostfs.read_file(fd, "commondir", os.path.join(path, "commondir"), 4096)

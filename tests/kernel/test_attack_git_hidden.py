@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import SandboxSetupError, Supervisor
-from tests.kernel.test_attack_git import host_git, make_repo, payload, plant
+from tests.kernel.test_attack_git import SH, host_git, make_repo, payload, plant, policy
 
 pytestmark = pytest.mark.kernel
 
@@ -138,3 +138,30 @@ async def test_an_included_file_reached_through_a_planted_symlink_is_reported(
     assert host_git(workspace, "config", "include.path", "../tools/git.cfg").returncode == 0
     r = await plant(sup, workspace, "mkdir real && mv tools/git.cfg real/ && rmdir tools && ln -s real tools")
     assert str(workspace / "tools" / "git.cfg") in [p for p, _ in r.quarantined], r.quarantined
+
+
+@pytest.mark.parametrize("where", [".githooks", "tools/hooks"])
+async def test_a_configured_hooks_path_missing_when_the_run_starts(
+    sup: Supervisor, workspace: Path, where: str
+) -> None:
+    """The user's .git/config names core.hooksPath (husky-style) before the directory exists: the mounts
+    had nothing to bind, the sandbox makes it and puts a pre-commit hook there; the user's next commit ran
+    it. The hooks written there are quarantined now; an existing configured directory stays protected
+    (bound read-only) and its user-made hooks untouched."""
+    make_repo(workspace)
+    assert host_git(workspace, "config", "core.hooksPath", where).returncode == 0
+    hook = f"{where}/pre-commit"
+    r = await plant(
+        sup,
+        workspace,
+        f"mkdir -p {where} && printf '#!/bin/sh\\n{payload(workspace)}\\n' > {hook} && chmod +x {hook}",
+    )
+    assert [p for p, _ in r.quarantined] == [str(workspace / hook)], r.quarantined
+    assert host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user").returncode == 0
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+    # The directory exists now: later runs cannot write it, and the user's own hook there is kept.
+    (workspace / where / "post-commit").write_text("#!/bin/sh\ntrue\n")
+    r = await sup.run([SH, "-c", f"echo x > {where}/pre-push"], policy=policy(workspace))
+    assert r.exit_code != 0
+    assert r.quarantined == ()
+    assert (workspace / where / "post-commit").exists()
