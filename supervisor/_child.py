@@ -260,7 +260,7 @@ class Child:
             signal=sig,
             violation=self.violation,
             duration_s=self._exit.ended - self.requested_at,  # from the request, as the timeout
-            cpu_s=self._exit.cpu_s,
+            cpu_s=self._cpu_seconds(),
             peak_memory_bytes=self._peak_memory(),
             enforced=self.enforced,
             missing=self.missing,
@@ -291,6 +291,19 @@ class Child:
         if self.violation is not None and self.violation.kind == "memory":
             peak = max(peak, int(self.violation.observed))
         return peak
+
+    def _cpu_seconds(self) -> float:
+        """Result.cpu_s: the exit record's (the cgroup's; without one, rusage's) raised, as `_peak_memory`,
+        to the last sample and a cpu_time violation's observed time (without a cgroup a tree killed whole
+        leaves only the init's own rusage)."""
+        assert self._exit is not None
+        cpu = self._exit.cpu_s
+        stats = self.last_stats
+        if stats is not None and stats.cpu_seconds is not None:
+            cpu = max(cpu, stats.cpu_seconds)
+        if self.violation is not None and self.violation.kind == "cpu_time":
+            cpu = max(cpu, float(self.violation.observed))
+        return cpu
 
     def _refused_abi(self, sig: int | None) -> str | None:
         """Result.refused_abi: a SIGSYS death under the seccomp filter, which kills foreign-ABI syscalls."""

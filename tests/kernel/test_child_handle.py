@@ -49,3 +49,12 @@ async def test_peak_memory_is_never_below_the_memory_that_got_it_killed(workspac
     assert result.violation.kind == "memory"
     assert result.exit_code == 137
     assert result.peak_memory_bytes >= result.violation.observed > 64 << 20
+
+
+async def test_cpu_s_is_never_below_the_cpu_time_that_got_it_killed(workspace: Path) -> None:
+    policy = profiles.workspace_write(str(workspace), cpu_time=1, best_effort=True, timeout=60)
+    async with Supervisor(cgroups=False, prefork=0) as sup:
+        result = await sup.run(["/bin/sh", "-c", "while :; do :; done"], policy=policy)
+    assert result.violation is not None
+    assert result.violation.kind == "cpu_time"
+    assert result.cpu_s >= result.violation.observed >= 1
