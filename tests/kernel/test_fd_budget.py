@@ -22,8 +22,9 @@ import supervisor._supervisor
 from policies import profiles
 from supervisor import DEVNULL, Child, Supervisor
 from supervisor.sandbox.cgroups import discover
-from supervisor.sandbox.cgroups._notify import OOM, Notifiers
+from supervisor.sandbox.cgroups._notify import OOM
 from supervisor.sandbox.cgroups._stats import QUIET_OOM
+from tests.kernel.test_oom_events import STORM, _record_fired
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cgroup_v2]
 
@@ -103,26 +104,11 @@ async def test_the_supervisor_holds_at_most_eight_fds_per_live_child(workspace: 
                 await c.wait()
 
 
-#: Sleeps past several sampler rounds, then forks more sleepers than the pids.max the test writes allows (a
-#: refused fork is BlockingIOError, and it goes on), then sleeps on.
-STORM = (
-    "import os, time\n"
-    "time.sleep(0.8)\n"
-    "for _ in range(8):\n"
-    "    try:\n"
-    "        if os.fork() == 0:\n"
-    "            time.sleep(30)\n"
-    "            os._exit(0)\n"
-    "    except BlockingIOError:\n"
-    "        pass\n"
-    "time.sleep(60)\n"
-)
-
-
 async def test_pids_events_without_a_pids_limit_is_read_by_path_at_full_samples(workspace: Path) -> None:
     """v1, no pids limit: no fd on the leaf's pids.events, its count held between full samples and read
     (by path) at a full sample such as the final one: forks refused at a pids.max that the test writes on
-    corral's leaf from outside (the policy sets none) show there."""
+    corral's leaf from outside (the policy sets none) show there (STORM forks a dozen sleepers after
+    1.2 s)."""
     _need("pids")
     if discover().version("pids") != 1:
         pytest.skip("cgroup v2 pids.events is held open for its EPOLLPRI notifier whatever the limits")
@@ -166,15 +152,7 @@ async def test_the_shared_oom_eventfd_ends_only_the_child_whose_counter_moved(
         pytest.skip("cgroup v2's OOM notifier is each leaf's memory.events fd (EPOLLPRI), not an eventfd")
     # Only the first round is a full one: the OOM kill can be seen only through the notifier.
     monkeypatch.setattr(supervisor._supervisor, "FULL_EVERY", 10_000)
-    fired: list[object] = []
-    real = Notifiers.fired
-
-    def recording(self: Notifiers[object]) -> dict[object, set[str]]:
-        out = real(self)
-        fired.extend(owner for owner, kinds in out.items() if OOM in kinds)
-        return out
-
-    monkeypatch.setattr(Notifiers, "fired", recording)
+    fired = _record_fired(monkeypatch, OOM)
     policy = profiles.workspace_write(workspace, memory=64 * MiB, timeout=50)
     async with Supervisor(prefork=0, monitor_interval=0.1) as sup:
         calm = [await sup.start(["/bin/sleep", "60"], policy=policy) for _ in range(3)]
