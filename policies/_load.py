@@ -42,6 +42,7 @@ _FILESYSTEM_KEYS = (
     "deny",
     "hide_credentials",
     "protected",
+    "protect_git",
     "execute",
     "private_tmp",
     "watch",
@@ -221,8 +222,17 @@ def _filesystem(value: object, start: Policy, wd: str) -> dict[str, Any]:
         deny = v.dedupe((*deny, *v.check_user_paths(table["deny"], "filesystem.deny", wd, parent=False)))
     if deny != start.filesystem.deny:
         out["deny"] = deny
+    # `protected` adds to the base too: `protected = [".env"]` must not silently drop the git protection
+    # (the read-only .git/hooks and .git/config, and with them the post-run git scan). Dropping it is its
+    # own, named choice: protect_git = false.
+    protected = start.filesystem.protected
+    if not v.check_bool(table.get("protect_git", True), "filesystem.protect_git"):
+        protected = tuple(p for p in protected if not (p == ".git" or p.startswith(".git/")))
     if "protected" in table:
-        out["protected"] = v.check_protected_list(table["protected"], "filesystem.protected")
+        added = v.check_protected_list(table["protected"], "filesystem.protected")
+        protected = v.dedupe((*protected, *added))
+    if protected != start.filesystem.protected:
+        out["protected"] = protected
     for key in ("private_tmp", "confine", "allow_system_write", "watch"):
         if key in table:
             out[key] = v.check_bool(table[key], f"filesystem.{key}")

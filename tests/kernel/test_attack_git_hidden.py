@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from policies import policy_from_dict
 from supervisor import SandboxSetupError, Supervisor
 from tests.kernel.test_attack_git import SH, host_git, make_repo, payload, plant, policy
 
@@ -165,3 +166,31 @@ async def test_a_configured_hooks_path_missing_when_the_run_starts(
     assert r.exit_code != 0
     assert r.quarantined == ()
     assert (workspace / where / "post-commit").exists()
+
+
+async def test_a_policy_file_protecting_another_path_keeps_the_git_protection(
+    sup: Supervisor, workspace: Path
+) -> None:
+    """`protected = [".env"]` in a policy file replaced the profile's list: .git/hooks became writable and
+    the post-run scan (which runs only for policies protecting .git) was off, so a planted pre-commit hook
+    ran at the user's next commit. The file's list now adds to the profile's."""
+    make_repo(workspace)
+    (workspace / ".env").write_text("A=1\n")
+    pol = policy_from_dict(
+        {"profile": "workspace-write", "filesystem": {"protected": [".env"]}, "resources": {"timeout": 30}},
+        workdir=str(workspace),
+    )
+    hook = workspace / ".git" / "hooks" / "pre-commit"
+    r = await sup.run(
+        [
+            SH,
+            "-c",
+            f"printf '#!/bin/sh\\n{payload(workspace)}\\n' > {hook}; chmod +x {hook}; echo B=2 > .env",
+        ],
+        policy=pol,
+    )
+    assert r.exit_code != 0
+    assert not hook.exists()
+    assert (workspace / ".env").read_text() == "A=1\n"
+    assert host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user").returncode == 0
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"

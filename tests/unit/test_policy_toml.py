@@ -160,17 +160,31 @@ def test_empty_file_is_the_model_default(tmp_path: Path) -> None:
     assert policy.profile == "custom"
 
 
-def test_write_adds_to_the_profile_and_other_lists_replace(tmp_path: Path) -> None:
+def test_write_and_protected_add_to_the_profile_and_other_lists_replace(tmp_path: Path) -> None:
     policy = policy_from_dict(
         {
             "profile": "workspace-write",
-            "filesystem": {"write": ["/a"], "read": ["/usr"], "protected": []},
+            "filesystem": {"write": ["/a"], "read": ["/usr"], "protected": [".env"]},
         },
         workdir="/srv/repo",
     )
     assert policy.filesystem.write == ("/srv/repo", "/a")
     assert policy.filesystem.read == ("/usr",)
-    assert policy.filesystem.protected == ()
+    # Protecting .env must not silently drop the git protection (and with it the post-run git scan).
+    assert policy.filesystem.protected == (".git/hooks", ".git/config", ".env")
+
+
+def test_dropping_the_git_protection_is_named() -> None:
+    def protected(fs: dict[str, object]) -> tuple[str, ...]:
+        table = {"profile": "workspace-write", "filesystem": fs}
+        return policy_from_dict(table, workdir="/srv/repo").filesystem.protected
+
+    assert protected({"protected": []}) == (".git/hooks", ".git/config")
+    assert protected({"protect_git": False}) == ()
+    assert protected({"protect_git": False, "protected": [".env"]}) == (".env",)
+    with pytest.raises(PolicyError) as err:
+        protected({"protect_git": "no"})
+    assert err.value.path == "filesystem.protect_git"
 
 
 def test_base_is_used_when_the_file_names_no_profile() -> None:
