@@ -188,9 +188,9 @@ def run(
             # --tty puts it in raw mode).
             with TerminalGuard():
                 code = anyio.run(_run, list(command), policy, out, metrics, not no_cgroup, use_tty, rules)
-        except (CorralError, _Fail, OSError) as err:
+        except Exception as err:  # (every failure: main() maps each to its exit status)
             if out is not None and not out.written:
-                out.write_failure(err, time.monotonic() - started)
+                out.write_failure(_leaf(err), time.monotonic() - started)
             raise
     finally:
         if out is not None:
@@ -809,10 +809,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as e:
         _say(e.format_message())
         sys.exit(EXIT_CORRAL)
-    except (CorralError, _Fail, OSError) as e:
-        _say(e)
-        sys.exit(exit_status(e))
+    except Exception as e:
+        err = _leaf(e)
+        if isinstance(err, CorralError | _Fail | OSError):
+            _say(err)
+        else:
+            # corral's own bug: still 125 and one line (a traceback with CORRAL_DEBUG=1), never Python's 1,
+            # which a script would take for the command's own status.
+            if os.environ.get("CORRAL_DEBUG"):
+                import traceback
+
+                traceback.print_exception(e)
+            _say(f"internal error: {type(err).__name__}: {err} (CORRAL_DEBUG=1 shows the traceback)")
+        sys.exit(exit_status(err))
     sys.exit(0)
+
+
+def _leaf(error: Exception) -> Exception:
+    """The one error inside task groups' exception groups (anyio wraps what a task raised); the group
+    itself when it holds several."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 if __name__ == "__main__":
