@@ -630,61 +630,30 @@ class Scan:
         of includes are followed, as git does, to its depth of 10. A target reached only through a
         symlink is reported, not followed. A scan that met an include into the root takes no snapshot:
         the quick check does not watch the included files."""
-        if depth >= 10:
+        read = self._config_entries(fd, path, name) if depth < 10 else None
+        if read is None:
             return
-        try:
-            data = _hostfs.read_file(fd, name, os.path.join(path, name))
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except (OSError, _hostfs.Unsafe):
-            return  # gone (quarantined), or judged as a config already
-        if data is None:
-            return
-        try:
-            entries = _gitconfig.parse(data)
-        except _gitconfig.ConfigSyntaxError:
-            return  # git refuses the file and reads none of its includes
+        entries, owner = read
+        config = os.path.join(path, name)
         for key, value in entries:
             if value is None or not key.endswith(".path"):
                 continue
             if not (key.startswith("include.") or key.startswith("includeif.")):
                 continue
-            text = value.decode("utf-8", errors="surrogateescape")
-            if text.startswith("~/") or text == "~":
-                try:
-                    home = pwd.getpwuid(st.st_uid).pw_dir  # the config's owner is who runs git on it
-                except KeyError:
-                    continue
-                text = os.path.join(home, text[2:])
-            target = os.path.normpath(os.path.join(path, text))
-            top = self._root.rstrip("/") + "/"
-            if not target.startswith(top) or target in self._included:
+            target = self._in_root(path, value, owner)
+            if target is None or target in self._included:
                 continue
             self._included.add(target)
-            self._abandon()
-            rel = target[len(top) :]
-            parent, _, leaf = rel.rpartition("/")
-            try:
-                # Not O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a final link too, with ELOOP (not ENOTDIR).
-                flags = os.O_PATH | os.O_DIRECTORY
-                dfd = _hostfs.open_beneath(self._rootfd, parent, flags) if parent else os.dup(self._rootfd)
-            except OSError as err:
-                if err.errno == errno.ELOOP:
-                    self.found.append(
-                        (
-                            target,
-                            f"git config {os.path.join(path, name)} includes this path through a symlink "
-                            "a sandbox could have planted (not followed): review it",
-                        )
-                    )
+            dpath, leaf = os.path.split(target)
+            # O_PATH, not O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a final link too, with ELOOP (not ENOTDIR).
+            dfd = self._open_in_root(dpath, os.O_PATH, target, f"git config {config} includes it")
+            if dfd is None:
                 continue
             try:
-                dpath = os.path.dirname(target)
                 if self._changed(dfd, leaf) is not None:
                     reason = self._config_problem(dfd, target, leaf)
                     if reason:
-                        reason = reason.replace(
-                            "git config", f"git config included by {os.path.join(path, name)}", 1
-                        )
+                        reason = reason.replace("git config", f"git config included by {config}", 1)
                         self._quarantine(dfd, dpath, leaf, reason)
                         continue
                 self._check_includes(dfd, dpath, leaf, depth + 1)
@@ -699,42 +668,18 @@ class Scan:
         mounts, and the sandbox could fill it (`core.hooksPath = .githooks` before the directory exists);
         one that existed in the top repository's worktree was bound, and is trusted like `.git/hooks`.
         Relative paths are taken from the worktree (the directory holding `.git`), else the git dir."""
-        try:
-            data = _hostfs.read_file(fd, name, os.path.join(path, name))
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except (OSError, _hostfs.Unsafe):
+        read = self._config_entries(fd, path, name)
+        if read is None:
             return
-        if data is None:
-            return
-        try:
-            values = [v for k, v in _gitconfig.parse(data) if k == "core.hookspath" and v is not None]
-        except _gitconfig.ConfigSyntaxError:
-            return
-        if not values:
-            return
-        text = values[-1].decode("utf-8", errors="surrogateescape")
-        if text.startswith("~/") or text == "~":
-            try:
-                text = os.path.join(pwd.getpwuid(st.st_uid).pw_dir, text[2:])
-            except KeyError:
-                return
+        entries, owner = read
+        values = [v for k, v in entries if k == "core.hookspath" and v is not None]
         base = os.path.dirname(path) if os.path.basename(path) == ".git" else path
-        target = os.path.normpath(os.path.join(base, text))
-        top = self._root.rstrip("/") + "/"
-        if not target.startswith(top):
+        target = self._in_root(base, values[-1], owner) if values else None
+        if target is None:
             return
-        self._abandon()  # the quick check does not watch the configured hooks directory
-        try:
-            hfd = _hostfs.open_beneath(self._rootfd, target[len(top) :], os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                self.found.append(
-                    (
-                        target,
-                        f"core.hooksPath of {os.path.join(path, name)} leads through a symlink a sandbox "
-                        "could have planted (not followed): review it",
-                    )
-                )
+        what = f"core.hooksPath of {os.path.join(path, name)} names it"
+        hfd = self._open_in_root(target, os.O_RDONLY, target, what)
+        if hfd is None:
             return
         try:
             top_repo = mounted and path == os.path.join(self._root, ".git")  # the mounts protect only its
@@ -747,6 +692,57 @@ class Scan:
                     self._quarantine(hfd, target, entry, "git hook (core.hooksPath) written during the run")
         finally:
             os.close(hfd)
+
+    @staticmethod
+    def _config_entries(fd: int, path: str, name: str) -> tuple[list[tuple[str, bytes | None]], int] | None:
+        """The settings in the config `name` (in directory `fd`, at `path`) as git reads them, and the
+        file's owner; None when it cannot be read safely (gone, a FIFO, a link...) or git would refuse it."""
+        try:
+            data = _hostfs.read_file(fd, name, os.path.join(path, name))
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (OSError, _hostfs.Unsafe):
+            return None
+        if data is None:
+            return None
+        try:
+            return _gitconfig.parse(data), st.st_uid
+        except _gitconfig.ConfigSyntaxError:
+            return None
+
+    def _in_root(self, base: str, value: bytes, owner: int) -> str | None:
+        """The path a config setting `value` names (relative to `base`; `~/` the home of the config's
+        `owner`, who is the one running git on it), when it lies in the root being scanned, else None.
+        Meeting one makes this scan take no snapshot: the quick check does not watch such paths."""
+        text = value.decode("utf-8", errors="surrogateescape")
+        if text.startswith("~/") or text == "~":
+            try:
+                text = os.path.join(pwd.getpwuid(owner).pw_dir, text[2:])
+            except KeyError:
+                return None
+        target = os.path.normpath(os.path.join(base, text))
+        if not target.startswith(self._root.rstrip("/") + "/"):
+            return None
+        self._abandon()
+        return target
+
+    def _open_in_root(self, target: str, flags: int, named: str, what: str) -> int | None:
+        """The directory `target` (in the root being scanned) opened beneath the root's fd with no symlink
+        followed; None when it cannot be, and `named` reported when a symlink is in the way (`what` says
+        who names it)."""
+        try:
+            rel = target[len(self._root.rstrip("/")) + 1 :]
+            if not rel:
+                return os.dup(self._rootfd)
+            return _hostfs.open_beneath(self._rootfd, rel, flags | os.O_DIRECTORY)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                self.found.append(
+                    (
+                        named,
+                        f"{what} through a symlink a sandbox could have planted (not followed); review it",
+                    )
+                )
+            return None
 
     def _born_dir_before(self, dirfd: int) -> bool:
         """Whether the directory `dirfd` existed before the run (statx birth time of "." in it)."""

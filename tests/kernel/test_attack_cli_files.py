@@ -22,6 +22,13 @@ pytestmark = pytest.mark.kernel
 CORRAL = [sys.executable, "-m", "supervisor.cli"]
 
 
+def corral(workspace: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`corral ARGS...` in `workspace`, bounded by `timeout` (raises subprocess.TimeoutExpired)."""
+    return subprocess.run(
+        [*CORRAL, *args], cwd=workspace, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 @pytest.mark.parametrize(
     ("option", "name", "content"),
     [
@@ -33,26 +40,12 @@ def test_a_fifo_planted_at_a_file_the_cli_reads(
     workspace: Path, option: str, name: str, content: str
 ) -> None:
     (workspace / name).write_text(content)
-    plant = subprocess.run(
-        [*CORRAL, "run", "--timeout", "20", "--", "/bin/sh", "-c", f"rm {name} && mkfifo {name}"],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    plant = corral(workspace, "run", "--timeout", "20", "--", "/bin/sh", "-c", f"rm {name} && mkfifo {name}")
     assert plant.returncode == 0, plant.stderr
     assert stat.S_ISFIFO((workspace / name).lstat().st_mode)
     started = time.monotonic()
     try:
-        proc = subprocess.run(
-            [*CORRAL, "run", option, name, "--timeout", "2", "--", "/bin/true"],
-            cwd=workspace,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
+        proc = corral(workspace, "run", option, name, "--timeout", "2", "--", "/bin/true", timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail(f"corral run {option} on a planted FIFO did not end in 20 s (--timeout 2)")
     assert time.monotonic() - started < 15
@@ -65,37 +58,16 @@ def test_a_json_directory_planted_as_a_symlink(workspace: Path, outside: Path) -
     """`--json reports/r.json`, where an earlier run made `reports` a symlink to a host directory (standing
     in for /etc/cron.d): corral (root) created its record there. Now it refuses (125) before running, and
     nothing appears in the link's target; a real directory still works, given relatively or absolutely."""
-    plant = subprocess.run(
-        [*CORRAL, "run", "--timeout", "20", "--", "/bin/ln", "-s", str(outside), "reports"],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    plant = corral(workspace, "run", "--timeout", "20", "--", "/bin/ln", "-s", str(outside), "reports")
     assert plant.returncode == 0, plant.stderr
     before = sorted(p.name for p in outside.iterdir())
     for target in ("reports/r.json", str(workspace / "reports" / "r.json")):
-        proc = subprocess.run(
-            [*CORRAL, "run", "--json", target, "--timeout", "20", "--", "/bin/true"],
-            cwd=workspace,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = corral(workspace, "run", "--json", target, "--timeout", "20", "--", "/bin/true")
         assert proc.returncode == 125, proc.stderr
         assert "symlink" in proc.stderr
     assert sorted(p.name for p in outside.iterdir()) == before
     (workspace / "real").mkdir()
     for target in ("real/r.json", str(workspace / "real" / "r2.json")):
-        proc = subprocess.run(
-            [*CORRAL, "run", "--json", target, "--timeout", "20", "--", "/bin/true"],
-            cwd=workspace,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = corral(workspace, "run", "--json", target, "--timeout", "20", "--", "/bin/true")
         assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (workspace / "real").iterdir()) == ["r.json", "r2.json"]
