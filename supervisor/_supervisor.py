@@ -1378,11 +1378,17 @@ def _setup_error(
     )
 
 
+#: execve's ENOENT for a path names the file OR what it needs to start: bash says "required file not found".
+_INTERPRETER_HINT = "if the file exists, the interpreter of its #! line (or its ELF loader) was not found"
+
+
 def _not_found_hint(argv0: str, policy: Policy | None) -> str:
     """Why a command the caller can see may be missing inside: the sandbox's /tmp and /dev/shm are private
-    (a venv or a tool under the host's /tmp is not there) unless the policy makes them visible."""
+    (a venv or a tool under the host's /tmp is not there) unless the policy makes them visible; and, for a
+    path, that execve's ENOENT may be about its #! interpreter or ELF loader (said without looking: the
+    path may lie in a root the sandbox writes, which the event loop does not touch)."""
     if not argv0.startswith(("/tmp/", "/dev/shm/")) or policy is None or not policy.filesystem.confine:
-        return ""
+        return _INTERPRETER_HINT if "/" in argv0 else ""
     top = "/" + argv0.split("/")[1]
     return (
         f"{top} is private inside the sandbox (the host's {top} is not there); make the directory holding "

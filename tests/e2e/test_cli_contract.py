@@ -215,3 +215,15 @@ def test_a_reader_that_goes_away_is_sigpipe_141(ws: Path, counted: list[str]) ->
         proc.stdout.close()
         assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
         assert b"Traceback" not in proc.stderr.read()
+
+
+def test_a_missing_interpreter_is_127_and_says_so(ws: Path) -> None:
+    # execve's ENOENT for a file that exists: its #! interpreter is missing (as bash: 127). The message named
+    # only the file, which is there.
+    script = ws / "tool"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    p = corral("run", "--", "./tool", cwd=ws)
+    assert p.returncode == 127
+    assert "#! line" in p.stderr
+    assert p.stderr.count("\n") == 1
