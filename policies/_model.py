@@ -49,7 +49,8 @@ DEFAULT_NETLINK: tuple[str, ...] = ("route", "sock_diag")
 DEFAULT_PROTECTED: tuple[str, ...] = (".git/hooks", ".git/config")
 
 #: Environment variable names with one of these as a word (case-insensitive; words split at `_`, other
-#: punctuation and camelCase humps; see policies.env.is_secret_name) are dropped unless passed explicitly.
+#: punctuation and camelCase humps; KEY, SECRET, TOKEN and PASSWORD anywhere in a word; see
+#: policies.env.is_secret_name) are dropped unless passed explicitly.
 DEFAULT_SECRET_MARKERS: tuple[str, ...] = (
     "KEY",
     "SECRET",
