@@ -527,9 +527,15 @@ class Scan:
         """The directories queued below MAX_DEPTH levels, one at a time: each opened from the root's fd by
         its relative path (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: no link followed, never out of
         the root), so no chain of fds is held. A path too long to open is reported (git, which opens paths
-        too, cannot use what lies there either); the node budget bounds the whole."""
+        too, cannot use what lies there either); the node budget bounds the whole, each open charged a node
+        per component it resolves."""
         while self._deep:
             rel, path, walk = self._deep.pop()
+            # Each open resolves the whole path again: charged to the node budget per component, so a
+            # wide tree far down costs the scan no more than the budget (and is reported past it).
+            self.left -= rel.count("/")
+            if self.left < 0:
+                raise _Budget
             try:
                 fd = _hostfs.open_beneath(rootfd, rel.lstrip("/"), _DIR_FLAGS)
             except OSError as err:
