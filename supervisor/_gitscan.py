@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 #: Entries one scan looks at, per root (a 100,000-file tree is ~102,000; ~0.3 s here).
 MAX_NODES = 500_000
 MAX_DEPTH = 64
+#: Bytes of git configs one scan parses at most (about 2.5 s of CPU); a config written during the run past
+#: it is quarantined unchecked, other configs past it are reported.
+PARSE_BUDGET = 4 << 20
 QUARANTINE_SUFFIX = ".corral-quarantined"
 #: The start of the run as compared with ctimes: a margin for the kernel's coarse timestamps.
 MARGIN_NS = 10_000_000
@@ -372,6 +375,8 @@ class Scan:
         self._rootfd = -1
         #: Included files already checked in this scan (real paths).
         self._included: set[str] = set()
+        #: Bytes of git config parsed by this scan (_parse_budget).
+        self._parsed = 0
         self._old_ns = time.time_ns() - MARGIN_NS  # a snapshot's ctimes must be older
 
     def run(self) -> list[tuple[str, str]]:
@@ -636,7 +641,7 @@ class Scan:
         of includes are followed, as git does, to its depth of 10. A target reached only through a
         symlink is reported, not followed. A scan that met an include into the root takes no snapshot:
         the quick check does not watch the included files."""
-        read = self._config_entries(fd, path, name) if depth < 10 else None
+        read = self._config_entries(fd, path, name, b"include") if depth < 10 else None
         if read is None:
             return
         entries, owner = read
@@ -674,7 +679,7 @@ class Scan:
         mounts, and the sandbox could fill it (`core.hooksPath = .githooks` before the directory exists);
         one that existed in the top repository's worktree was bound, and is trusted like `.git/hooks`.
         Relative paths are taken from the worktree (the directory holding `.git`), else the git dir."""
-        read = self._config_entries(fd, path, name)
+        read = self._config_entries(fd, path, name, b"hookspath")
         if read is None:
             return
         entries, owner = read
@@ -699,21 +704,37 @@ class Scan:
         finally:
             os.close(hfd)
 
-    @staticmethod
-    def _config_entries(fd: int, path: str, name: str) -> tuple[list[tuple[str, bytes | None]], int] | None:
+    def _config_entries(
+        self, fd: int, path: str, name: str, needle: bytes
+    ) -> tuple[list[tuple[str, bytes | None]], int] | None:
         """The settings in the config `name` (in directory `fd`, at `path`) as git reads them, and the
-        file's owner; None when it cannot be read safely (gone, a FIFO, a link...) or git would refuse it."""
+        file's owner, when its text holds `needle` (lower case: a section or key name, which git writes
+        in one piece, so a config without it sets nothing by that name and is not parsed); None when it
+        cannot be read safely (gone, a FIFO, a link...), git would refuse it, or the scan's parse budget is
+        spent (reported)."""
         try:
             data = _hostfs.read_file(fd, name, os.path.join(path, name))
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except (OSError, _hostfs.Unsafe):
             return None
-        if data is None:
+        if data is None or needle not in data.lower():
+            return None
+        if not self._parse_budget(data):
+            self.found.append(
+                (os.path.join(path, name), f"not fully scanned: over {PARSE_BUDGET >> 20} MiB of git configs")
+            )
             return None
         try:
             return _gitconfig.parse(data), st.st_uid
         except _gitconfig.ConfigSyntaxError:
             return None
+
+    def _parse_budget(self, data: bytes) -> bool:
+        """Charge parsing `data` to this scan's budget (PARSE_BUDGET bytes); False when it is spent. git's
+        syntax is parsed in Python at about 0.6 s per MiB, so a sandbox that writes many large configs
+        must not hold the scan (and the GIL the event loop shares) for minutes."""
+        self._parsed += len(data)
+        return self._parsed <= PARSE_BUDGET
 
     def _in_root(self, base: str, value: bytes, owner: int) -> str | None:
         """The path a config setting `value` names (relative to `base`; `~/` the home of the config's
@@ -854,8 +875,7 @@ class Scan:
                 self._closing(hfd)
                 os.close(hfd)
 
-    @staticmethod
-    def _config_problem(fd: int, path: str, name: str) -> str:
+    def _config_problem(self, fd: int, path: str, name: str) -> str:
         try:
             data = _hostfs.read_file(fd, name, path)
         except _hostfs.Unsafe as err:
@@ -864,6 +884,8 @@ class Scan:
             return f"git config written during the run is unreadable ({os.strerror(err.errno or 0)})"
         if data is None:
             return ""
+        if not self._parse_budget(data):
+            return f"git config written during the run not checked (over the scan's {PARSE_BUDGET >> 20} MiB)"
         bad = unsafe_keys(data)
         if not bad:
             return ""
