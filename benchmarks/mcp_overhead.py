@@ -3,10 +3,15 @@
 test).
 
     .venv/bin/python benchmarks/mcp_overhead.py [--client sdk|raw] [--n 200] [--rounds 5] [--pace 0]
-                                                 [--json out.json]
+                                                 [--direct process|here] [--json out.json]
 
-The direct side is a Supervisor in this process; the MCP side is a `corral mcp` server process (its own
-Supervisor, the same defaults: pre-forked sandboxes) driven by a client over stdio. Both run `/bin/true`
+The direct side is a Supervisor in a worker process of its own, which times each `Supervisor.run` itself
+(`--direct here`: in this process, as before session 9); the MCP side is a `corral mcp` server process (its
+own Supervisor, the same defaults: pre-forked sandboxes) driven by a client in this process over stdio. (In
+this process, the direct Supervisor's work after each run, the next pre-forked sandbox built on its event
+loop, ran while the MCP call that followed waited for its reply on that same loop: the direct side's work
+was charged to the MCP side. In a worker it runs beside the MCP call, as the MCP server's own after-work
+runs beside the next direct call.) Both run `/bin/true`
 under the workspace-write profile on a scratch workdir, and take turns call by call (direct, then MCP, then
 a `describe_sandbox`: the protocol's round trip alone), so that a burst of load hits both sides alike; each
 side warms up first (policy compiled, pre-forked sandboxes built). Prints the median wall time of each, the
@@ -16,8 +21,9 @@ the per-round range. `--pace SECONDS` pauses after each call (0, the default: ba
 calls are seconds apart, and a pause lets each call start on a machine that is otherwise idle, caches cold).
 
 Then the CPU per call, which moves less with the machine's load than wall time: blocks of direct calls and
-blocks of MCP calls, in turn, each counting the CPU every process of the run spends (this process, the MCP
-server, both fork servers; /proc/PID/task/*/schedstat, to the nanosecond) from the block's first call until
+blocks of MCP calls, in turn, each counting the CPU every process of the run spends (this process, the
+direct worker, the MCP server, both fork servers; /proc/PID/task/*/schedstat, to the nanosecond; a direct
+block is one command to the worker, so no pipe hop per call is counted) from the block's first call until
 0.5 s after its last, so each side's background work (the next pre-forked sandbox) is counted with it, less
 what the processes spend idle in as long. The sandboxes' own CPU (init and /bin/true, the same on both
 sides) is not counted.
@@ -34,6 +40,7 @@ Target (issue 19): <= 1 ms median overhead, judged with the raw client (docs/mcp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -41,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +151,92 @@ class _RawResult:
         self.structured_content = structured
 
 
+class _Direct:
+    """The direct side in a worker process of its own (`--direct process`): a Supervisor driven over two
+    pipes, one line per command; the worker times each `Supervisor.run` itself, so the command's pipe hop is
+    outside the figure. Kept out of this process so that its background work after a run (the next
+    pre-forked sandbox) does not run on the event loop this process's MCP client reads its replies on."""
+
+    def __init__(self, work: str) -> None:
+        self._work = work
+        self._raw = _Raw(StdioServerParameters(command=sys.executable, args=[]))
+
+    async def __aenter__(self) -> _Direct:
+        raw = self._raw
+        to_r, raw._to = os.pipe()
+        raw._from, from_w = os.pipe()
+        try:
+            raw._proc = await anyio.open_process(
+                [sys.executable, __file__, "--worker", self._work], stdin=to_r, stdout=from_w, stderr=None
+            )
+        finally:
+            os.close(to_r)
+            os.close(from_w)
+        os.set_blocking(raw._to, False)
+        os.set_blocking(raw._from, False)
+        self.pid = raw._proc.pid
+        await raw._line()  # ready
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._raw.__aexit__(*exc)
+
+    async def _command(self, line: str) -> bytes:
+        view = memoryview(line.encode() + b"\n")
+        while view:
+            try:
+                view = view[os.write(self._raw._to, view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self._raw._to)
+        return await self._raw._line()
+
+    async def run(self) -> float:
+        """One timed `Supervisor.run` of /bin/true: its wall seconds, as the worker measured them."""
+        return float(await self._command("run"))
+
+    async def block(self, n: int, pace: float) -> None:
+        """`n` runs in the worker, `pace` seconds apart, untimed (for the CPU blocks)."""
+        await self._command(f"block {n} {pace}")
+
+
+async def _worker(work: str) -> None:
+    """The direct side's worker process (see `_Direct`): `run` answers the wall seconds of one
+    `Supervisor.run`; `block N PACE` runs N and answers `done`; EOF ends it."""
+    policy = profiles.get("workspace-write", work)
+    os.set_blocking(0, False)
+    buf = b""
+
+    async def line() -> bytes | None:
+        nonlocal buf
+        while b"\n" not in buf:
+            try:
+                data = os.read(0, 4096)
+            except BlockingIOError:
+                await anyio.wait_readable(0)
+                continue
+            if not data:
+                return None
+            buf += data
+        out, buf = buf.split(b"\n", 1)
+        return out
+
+    async with Supervisor() as sup:
+        print("ready", flush=True)
+        while (cmd := await line()) is not None:
+            if cmd == b"run":
+                t0 = time.perf_counter()
+                res = await sup.run([TRUE], policy=policy)
+                took = time.perf_counter() - t0
+                assert res.exit_code == 0
+                print(repr(took), flush=True)
+            else:
+                _, count, pace = cmd.split()
+                for _ in range(int(count)):
+                    await sup.run([TRUE], policy=policy)
+                    await anyio.sleep(float(pace))
+                print("done", flush=True)
+
+
 def _cpu_s(pid: int) -> float:
     """CPU seconds process `pid` has run, all its threads, to the nanosecond (/proc/PID/task/*/schedstat;
     psutil's clock-tick figures miss most calls this short)."""
@@ -168,7 +262,7 @@ def _spent(before: dict[int, float]) -> dict[int, float]:
 
 
 async def _cpu_block(
-    call: Callable[[], Awaitable[None]], n: int, pace: float
+    call: Callable[[], Awaitable[object]], n: int, pace: float
 ) -> tuple[float, dict[int, float]]:
     """CPU seconds `n` calls of `call` cost every process of this run, their background work included: the
     tree's CPU from before the first call until 0.5 s after the last (the next pre-forked sandboxes are
@@ -196,7 +290,9 @@ def _server(before: set[int]) -> psutil.Process:
     raise RuntimeError("no corral mcp process")
 
 
-async def main(n: int, rounds: int, out: str | None, raw: bool = False, pace: float = 0.0) -> None:
+async def main(
+    n: int, rounds: int, out: str | None, raw: bool = False, pace: float = 0.0, direct_in: str = "process"
+) -> None:
     per_round = max(1, n // rounds)
     with tempfile.TemporaryDirectory(prefix="corral-mcp-bench-", dir="/var/tmp") as work:
         policy = profiles.get("workspace-write", work)
@@ -212,10 +308,24 @@ async def main(n: int, rounds: int, out: str | None, raw: bool = False, pace: fl
         cpu = {"direct": 0.0, "mcp": 0.0, "client": 0.0, "server": 0.0}
         before = {p.pid for p in psutil.Process().children()}
         client_cm: Any = _Raw(params) if raw else Client(params)
-        async with Supervisor() as sup, client_cm as client:
+        async with contextlib.AsyncExitStack() as stack:
+            if direct_in == "process":
+                worker = await stack.enter_async_context(_Direct(work))
+                run_timed = worker.run
+            else:
+                sup = await stack.enter_async_context(Supervisor())
+
+                async def run_timed() -> float:
+                    t0 = time.perf_counter()
+                    res = await sup.run([TRUE], policy=policy)
+                    took = time.perf_counter() - t0
+                    assert res.exit_code == 0
+                    return took
+
+            client = await stack.enter_async_context(client_cm)
             server = _server(before)
             for _ in range(10):  # warm-up: compile, pre-fork, the SDK's first-call paths
-                await sup.run([TRUE], policy=policy)
+                await run_timed()
                 r = await client.call_tool("run_command", {"command": [TRUE]})
                 assert not r.is_error
                 assert r.structured_content
@@ -226,10 +336,7 @@ async def main(n: int, rounds: int, out: str | None, raw: bool = False, pace: fl
                 m: list[float] = []
                 # Turn by turn, call by call: a burst of load hits both sides alike.
                 for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    res = await sup.run([TRUE], policy=policy)
-                    d.append(time.perf_counter() - t0)
-                    assert res.exit_code == 0
+                    d.append(await run_timed())
                     await anyio.sleep(pace)
                     t0 = time.perf_counter()
                     r = await client.call_tool("run_command", {"command": [TRUE]})
@@ -244,15 +351,15 @@ async def main(n: int, rounds: int, out: str | None, raw: bool = False, pace: fl
                 direct.append(d)
                 via_mcp.append(m)
 
-            async def run_direct() -> None:
-                await sup.run([TRUE], policy=policy)
-
             async def run_mcp() -> None:
                 await client.call_tool("run_command", {"command": [TRUE]})
 
             blocks = min(per_round, 100)
             for _ in range(2):  # alternating blocks, so a drift of the machine's load hits both
-                cpu["direct"] += (await _cpu_block(run_direct, blocks, pace))[0]
+                if direct_in == "process":  # the whole block on one command: no pipe hop per call
+                    cpu["direct"] += (await _cpu_block(partial(worker.block, blocks, pace), 1, 0.0))[0]
+                else:
+                    cpu["direct"] += (await _cpu_block(run_timed, blocks, pace))[0]
                 total, by_pid = await _cpu_block(run_mcp, blocks, pace)
                 cpu["mcp"] += total
                 cpu["server"] += by_pid.get(server.pid, 0.0)
@@ -269,6 +376,7 @@ async def main(n: int, rounds: int, out: str | None, raw: bool = False, pace: fl
     load = os.getloadavg()
     report = {
         "client": "raw" if raw else "sdk",
+        "direct_in": direct_in,
         "pace_s": pace,
         "calls_each": calls,
         "rounds": rounds,
@@ -289,7 +397,8 @@ async def main(n: int, rounds: int, out: str | None, raw: bool = False, pace: fl
         "cpus": os.cpu_count(),
         "target_ms": 1.0,
     }
-    print(f"client: {report['client']}, pause between calls {pace * 1e3:g} ms")
+    where = "a worker process" if direct_in == "process" else "this process"
+    print(f"client: {report['client']}, direct side in {where}, pause between calls {pace * 1e3:g} ms")
     print(f"direct Supervisor.run   median {report['direct_median_ms']:.3f} ms  ({calls} calls)")
     print(f"run_command, MCP stdio  median {report['mcp_stdio_median_ms']:.3f} ms  ({calls} calls)")
     print(
@@ -328,5 +437,16 @@ if __name__ == "__main__":
         metavar="SECONDS",
         help="pause after each call (0: back to back); an agent's calls are seconds apart",
     )
+    ap.add_argument(
+        "--direct",
+        choices=("process", "here"),
+        default="process",
+        help="run the direct side's Supervisor in a worker process (the default) or in this process, beside "
+        "the MCP client",
+    )
+    ap.add_argument("--worker", metavar="WORKDIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    anyio.run(main, args.n, args.rounds, args.out, args.client == "raw", args.pace)
+    if args.worker:
+        anyio.run(_worker, args.worker)
+    else:
+        anyio.run(main, args.n, args.rounds, args.out, args.client == "raw", args.pace, args.direct)
