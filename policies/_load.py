@@ -17,6 +17,7 @@ from policies import profiles
 from policies._errors import PolicyError
 from policies._files import read_bounded
 from policies._model import (
+    DEFAULT_SECRET_MARKERS,
     NETLINK_PROTOCOLS,
     NETWORK_MODES,
     SOCKET_FAMILIES,
@@ -52,7 +53,7 @@ _FILESYSTEM_KEYS = (
 _NETWORK_KEYS = ("mode", "families", "netlink", "allow", "deny")
 _WHOLE = ""  # the error path of problems with the file or document as a whole
 _SYSCALL_KEYS = ("enabled", "deny", "allow", "profile")
-_ENVIRONMENT_KEYS = ("clear", "set", "passthrough", "secret_markers")
+_ENVIRONMENT_KEYS = ("clear", "set", "passthrough", "secret_markers", "default_secret_markers")
 
 
 _RESOURCE_CHECKS: dict[str, Callable[[object, str], object]] = {
@@ -199,7 +200,7 @@ def _build(data: object, workdir: object, base: object, relative_to: str | None)
     if "resources" in top:
         changes["resources"] = replace(start.resources, **_resources(top["resources"]))
     if "environment" in top:
-        changes["environment"] = replace(start.environment, **_environment(top["environment"]))
+        changes["environment"] = replace(start.environment, **_environment(top["environment"], start))
     return replace(start, **changes)
 
 
@@ -302,7 +303,7 @@ def _resources(value: object) -> dict[str, Any]:
     return out
 
 
-def _environment(value: object) -> dict[str, Any]:
+def _environment(value: object, start: Policy) -> dict[str, Any]:
     table = _table(value, "environment", _ENVIRONMENT_KEYS)
     out: dict[str, Any] = {}
     if "clear" in table:
@@ -319,6 +320,15 @@ def _environment(value: object) -> dict[str, Any]:
         out["set"] = tuple(pairs)
     if "passthrough" in table:
         out["passthrough"] = v.check_env_names(table["passthrough"], "environment.passthrough")
+    # `secret_markers` adds to the base's: `secret_markers = ["MYCORP"]` must not silently let DB_PASSWORD
+    # through. Dropping the default markers is its own, named choice: default_secret_markers = false.
+    markers = start.environment.secret_markers
+    keep = v.check_bool(table.get("default_secret_markers", True), "environment.default_secret_markers")
+    if not keep:
+        markers = tuple(m for m in markers if m not in DEFAULT_SECRET_MARKERS)
     if "secret_markers" in table:
-        out["secret_markers"] = v.check_markers(table["secret_markers"], "environment.secret_markers")
+        added = v.check_markers(table["secret_markers"], "environment.secret_markers")
+        markers = v.dedupe((*markers, *added))
+    if markers != start.environment.secret_markers:
+        out["secret_markers"] = markers
     return out

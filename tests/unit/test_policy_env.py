@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies import EnvPolicy, Policy, filter_environment, is_secret_name, is_secret_value, profiles
+from policies import (
+    EnvPolicy,
+    Policy,
+    PolicyError,
+    filter_environment,
+    is_secret_name,
+    is_secret_value,
+    policy_from_dict,
+    profiles,
+)
 
 CALLER = {
     "PATH": "/usr/bin:/bin",
@@ -72,6 +81,31 @@ def test_custom_markers_replace_the_defaults() -> None:
     env = filter_environment(_env(secret_markers=("path",)), CALLER)
     assert "PATH" not in env
     assert env["GITHUB_TOKEN"] == "ghp_x"
+
+
+def _from_file(environment: dict[str, object]) -> dict[str, str]:
+    policy = policy_from_dict({"profile": "workspace-write", "environment": environment}, workdir="/srv/repo")
+    return filter_environment(policy, {**CALLER, "MYCORP_ID": "x"})
+
+
+def test_a_policy_files_markers_add_to_the_defaults() -> None:
+    # One marker of the user's own must not let DB_PASSWORD through (as one `deny` entry must not un-hide
+    # ~/.ssh): a file's `secret_markers` adds to the base's.
+    env = _from_file({"secret_markers": ["MYCORP"]})
+    assert "MYCORP_ID" not in env
+    assert "DB_Password" not in env
+    assert "OPENAI_API_KEY" not in env
+    assert env["PATH"] == "/usr/bin:/bin"
+
+
+def test_dropping_the_default_markers_is_named() -> None:
+    env = _from_file({"default_secret_markers": False, "secret_markers": ["MYCORP"]})
+    assert "MYCORP_ID" not in env
+    assert env["DB_Password"] == "p"
+    assert env["OPENAI_API_KEY"] == "k"
+    with pytest.raises(PolicyError) as err:
+        _from_file({"default_secret_markers": "no"})
+    assert err.value.path == "environment.default_secret_markers"
 
 
 def test_through_the_profile_options() -> None:

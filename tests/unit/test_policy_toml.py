@@ -69,6 +69,7 @@ tmp_size = "256M"
 clear = false
 set = { LANG = "C.UTF-8" }
 passthrough = ["GITHUB_TOKEN"]
+default_secret_markers = false
 secret_markers = ["KEY", "SECRET", "TOKEN", "PASSWORD"]
 """
 
@@ -471,6 +472,7 @@ KEYS = [
     "set",
     "passthrough",
     "secret_markers",
+    "default_secret_markers",
 ]
 INTERESTING = [
     "",
@@ -570,6 +572,7 @@ WELL_SHAPED = st.fixed_dictionaries(
             set=st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
             passthrough=_NAMES,
             secret_markers=_NAMES,
+            default_secret_markers=st.booleans(),
         ),
     },
 )
@@ -642,6 +645,7 @@ VALID: dict[str, Any] = {
         "clear": False,
         "set": {"LANG": "C.UTF-8"},
         "passthrough": ["GITHUB_TOKEN"],
+        "default_secret_markers": False,
         "secret_markers": ["KEY", "SECRET", "TOKEN", "PASSWORD"],
     },
 }
