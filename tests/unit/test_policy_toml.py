@@ -26,6 +26,7 @@ from policies import (
     policy_from_dict,
     profiles,
 )
+from policies._model import DEFAULT_SECRET_MARKERS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
 
@@ -69,8 +70,7 @@ tmp_size = "256M"
 clear = false
 set = { LANG = "C.UTF-8" }
 passthrough = ["GITHUB_TOKEN"]
-default_secret_markers = false
-secret_markers = ["KEY", "SECRET", "TOKEN", "PASSWORD"]
+secret_markers = ["MYCORP"]       # adds to the default markers (default_secret_markers = false drops them)
 """
 
 FULL_POLICY = Policy(
@@ -100,7 +100,7 @@ FULL_POLICY = Policy(
     environment=EnvPolicy(
         set=(("LANG", "C.UTF-8"),),
         passthrough=("GITHUB_TOKEN",),
-        secret_markers=("KEY", "SECRET", "TOKEN", "PASSWORD"),
+        secret_markers=(*DEFAULT_SECRET_MARKERS, "MYCORP"),
     ),
 )
 
@@ -645,8 +645,8 @@ VALID: dict[str, Any] = {
         "clear": False,
         "set": {"LANG": "C.UTF-8"},
         "passthrough": ["GITHUB_TOKEN"],
-        "default_secret_markers": False,
-        "secret_markers": ["KEY", "SECRET", "TOKEN", "PASSWORD"],
+        "default_secret_markers": True,
+        "secret_markers": ["MYCORP"],
     },
 }
 
