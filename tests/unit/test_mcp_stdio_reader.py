@@ -1,7 +1,7 @@
 """The MCP stdio transport's reader (`supervisor._mcp_stdio._Reader`) on real pipes: it returns what is
 written in order and the end of the pipe as b""; on asyncio a readiness the loop queued before the data was
 taken wakes nobody, a readiness with no read pending unregisters the fd (input stays in the pipe), and a read
-cancelled after its bytes were taken hands them to the next read. Runs on asyncio and trio
+cancelled after its bytes were taken hands them to the next read. The first test runs on asyncio and trio
 (CORRAL_TEST_BACKENDS); the loop-callback cases are asyncio's own."""
 
 from __future__ import annotations
@@ -54,13 +54,12 @@ async def _read_pending(reader: _Reader) -> None:
         await anyio.lowlevel.checkpoint()
 
 
-@pytest.fixture
-def asyncio_only(anyio_backend: str) -> None:
-    if anyio_backend != "asyncio":
-        pytest.skip("the loop's readiness callback is asyncio's (trio waits with anyio.wait_readable)")
+#: The loop's readiness callback is asyncio's (on trio the reader waits with anyio.wait_readable, as the first
+#: test runs it): these run on asyncio whatever CORRAL_TEST_BACKENDS says.
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 
-@pytest.mark.usefixtures("asyncio_only")
+@asyncio_only
 async def test_a_stale_readiness_wakes_nobody(pipe: tuple[int, int]) -> None:
     r, w = pipe
     reader = _Reader(r)
@@ -77,7 +76,7 @@ async def test_a_stale_readiness_wakes_nobody(pipe: tuple[int, int]) -> None:
     reader.close()
 
 
-@pytest.mark.usefixtures("asyncio_only")
+@asyncio_only
 async def test_a_readiness_with_no_read_pending_unregisters_the_fd(pipe: tuple[int, int]) -> None:
     r, w = pipe
     reader = _Reader(r)
@@ -95,7 +94,7 @@ async def test_a_readiness_with_no_read_pending_unregisters_the_fd(pipe: tuple[i
         assert await reader.read() == b"second"  # left in the pipe, read now
 
 
-@pytest.mark.usefixtures("asyncio_only")
+@asyncio_only
 async def test_bytes_taken_for_a_read_are_never_lost_to_cancellation(pipe: tuple[int, int]) -> None:
     r, w = pipe
     reader = _Reader(r)
