@@ -516,6 +516,8 @@ class Scan:
                 self._abandon()  # a snapshot holds the fds of the levels it watches: not of these
                 self._deep.append((f"{rel}/{name}", os.path.join(path, name), sub_walk))
                 continue
+            if self._quiet_leaf(fd, name, f"{rel}/{name}"):
+                continue
             try:
                 sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as err:
@@ -527,6 +529,30 @@ class Scan:
             finally:
                 self._closing(sub)
                 os.close(sub)
+
+    def _quiet_leaf(self, fd: int, name: str, rel: str) -> bool:
+        """Whether the subdirectory `name` of `fd` can be passed over unopened: its cached listing holds
+        nothing that matters (no subdirectory, none of git's names: a loose-object directory such as
+        `.git/objects/ab`), and an fstatat of it (no link followed) finds the same inode with the same
+        ctime, so its entries are still those (a new, removed or renamed entry would have moved its ctime;
+        a sandbox cannot set one). One syscall instead of an open, an fstat and a close: a repository's 256
+        object directories cost a scan ~1 ms otherwise, every run. Charged to the node budget as a listing
+        from the cache is. Not while a snapshot is being taken (it holds an fd of every directory)."""
+        if self.snap is not None:
+            return False
+        hit = self._cache.get(rel)
+        if hit is None or hit[3]:
+            return False
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False  # gone or unreadable: the open reports it as before
+        if (st.st_dev, st.st_ino, st.st_ctime_ns) != hit[:3] or not stat.S_ISDIR(st.st_mode):
+            return False
+        self.left -= 1
+        if self.left < 0:
+            raise _Budget
+        return True
 
     def _visit_deep(self, rootfd: int) -> None:
         """The directories queued below MAX_DEPTH levels, one at a time: each opened from the root's fd by

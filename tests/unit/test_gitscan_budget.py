@@ -44,3 +44,51 @@ def test_a_config_without_include_or_hooks_path_is_not_parsed_for_them(tmp_path:
     scan = _gitscan.Scan([str(tmp_path)], time.time_ns() + 10**10)
     assert scan.run() == []
     assert scan._parsed == 0
+
+
+def _repo_with_object_dirs(root: Path, n: int) -> Path:
+    git = root / "repo" / ".git"
+    make_gitdir(git, b"[core]\n\trepositoryformatversion = 0\n")
+    for i in range(n):
+        d = git / "objects" / f"{i:02x}"
+        d.mkdir()
+        (d / ("0" * 38)).write_bytes(b"x")
+    return git
+
+
+def test_unchanged_leaf_directories_are_passed_over_unopened(tmp_path: Path) -> None:
+    # A repository's object directories (no subdirectory, none of git's names) are looked at with one
+    # fstatat once a listing of them is cached, not opened: the scan of a repository with history costs
+    # ~1 ms less per run.
+    _repo_with_object_dirs(tmp_path, 40)
+    listings = _gitscan.Listings()
+    time.sleep(_gitscan.MARGIN_NS / 1e9 * 3)  # ctimes older than the margin: the listings are kept
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: str, flags: int, *args: object, **kw: object) -> int:
+        opened.append(str(path))
+        return real_open(path, flags, *args, **kw)  # type: ignore[arg-type]
+
+    assert _gitscan.Scan([str(tmp_path)], time.time_ns(), listings=listings).run() == []
+    os.open = counting_open  # type: ignore[assignment]
+    try:
+        assert _gitscan.Scan([str(tmp_path)], time.time_ns(), listings=listings).run() == []
+    finally:
+        os.open = real_open
+    assert not any(len(p) == 2 and int(p, 16) < 40 for p in opened), opened  # no object directory opened
+    assert "objects" in opened
+
+
+def test_a_git_dir_planted_in_a_passed_over_leaf_is_still_found(tmp_path: Path) -> None:
+    # Creating anything in a leaf directory moves its ctime: the next scan opens and lists it again.
+    git = _repo_with_object_dirs(tmp_path, 4)
+    listings = _gitscan.Listings()
+    time.sleep(_gitscan.MARGIN_NS / 1e9 * 3)
+    assert _gitscan.Scan([str(tmp_path)], time.time_ns(), listings=listings).run() == []
+    started = time.time_ns()
+    evil = git / "objects" / "02" / "evil"
+    make_gitdir(evil, b"[core]\n\tfsmonitor = touch /tmp/pwned\n")
+    found = _gitscan.Scan([str(tmp_path)], started, listings=listings).run()
+    assert [(p, "core.fsmonitor" in why) for p, why in found] == [(str(evil / "config"), True)]
+    assert (evil / ("config" + _gitscan.QUARANTINE_SUFFIX)).exists()
