@@ -323,6 +323,12 @@ def _assignment(node: Any, why: Any) -> None:
         return  # a[0]=x: an array element
     if name is None or name.type != "variable_name" or not _IDENTIFIER.fullmatch(_text(name)):
         why("a word the grammar and bash may read differently")
+        return
+    # The operator right after the name: `a#\n=x` is an assignment with a comment inside to the grammar,
+    # but to bash the command `a#`, then the command `=x`.
+    op = node.children[1] if len(node.children) > 1 else None
+    if op is None or op.type not in ("=", "+=") or op.start_byte != name.end_byte:
+        why("a word the grammar and bash may read differently")
 
 
 def _redirect(node: Any, why: Any) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from policies._shell import protected_target, split_script
@@ -88,6 +88,7 @@ def test_command_lists_split_in_order(commands: list[list[str]], seps: list[str]
 @pytest.mark.skipif(BASH is None, reason="bash is not installed")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet="ab '\"\\$*?{},;~-=x\t!()#0\n", min_size=1, max_size=16))
+@example("a#\n=")  # the grammar: an assignment with a comment in it; bash: the commands `a#` and `=`
 def test_every_command_it_vouches_for_is_the_command_bash_runs(script: str) -> None:
     """Random shell text (quotes, escapes, globs, braces, $, ~, !, subshells, comments, lists): whenever
     the splitter vouches for a script (not opaque, every word known), bash runs exactly those commands with
@@ -147,6 +148,13 @@ def test_substitutions_are_never_vouched_for(script: str) -> None:
             "$(" not in " ".join(w or "" for w in c) or "'" in script or "\\" in script
             for c in split.commands
         )
+
+
+@pytest.mark.parametrize("script", ["a#\n=", "curl#\n=x", "a#\n=b c"])
+def test_a_comment_between_a_name_and_its_equals_sign_is_not_an_assignment(script: str) -> None:
+    # The grammar reads `a#<newline>=x` as the assignment a=x with a comment inside; bash runs the command
+    # `a#`, then the command `=x`. Vouched for, the rules would see no command where bash runs two.
+    assert split_script(script).opaque
 
 
 def test_deep_nesting_does_not_exhaust_the_stack() -> None:
