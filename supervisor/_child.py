@@ -280,30 +280,27 @@ class Child:
 
     def _peak_memory(self) -> int:
         """Result.peak_memory_bytes: the exit record's (the cgroup's peak; without one, rusage's) raised to
-        what sampling saw. Without a cgroup a tree killed whole (a memory limit enforced by sampling) leaves
-        only the init's own rusage, far below the usage that got it killed: the peak is never below the
-        violation's observed memory, nor below a sample."""
+        what sampling saw (`_at_least`)."""
         assert self._exit is not None
-        peak = self._exit.maxrss
         stats = self.last_stats
-        if stats is not None:
-            peak = max(peak, stats.memory_peak_bytes or 0, stats.memory_bytes or 0)
-        if self.violation is not None and self.violation.kind == "memory":
-            peak = max(peak, int(self.violation.observed))
-        return peak
+        seen = (stats.memory_peak_bytes, stats.memory_bytes) if stats is not None else ()
+        return int(self._at_least(self._exit.maxrss, seen, "memory"))
 
     def _cpu_seconds(self) -> float:
-        """Result.cpu_s: the exit record's (the cgroup's; without one, rusage's) raised, as `_peak_memory`,
-        to the last sample and a cpu_time violation's observed time (without a cgroup a tree killed whole
-        leaves only the init's own rusage)."""
+        """Result.cpu_s: the exit record's (the cgroup's; without one, rusage's) raised to what sampling saw
+        (`_at_least`)."""
         assert self._exit is not None
-        cpu = self._exit.cpu_s
         stats = self.last_stats
-        if stats is not None and stats.cpu_seconds is not None:
-            cpu = max(cpu, stats.cpu_seconds)
-        if self.violation is not None and self.violation.kind == "cpu_time":
-            cpu = max(cpu, float(self.violation.observed))
-        return cpu
+        return self._at_least(self._exit.cpu_s, (stats.cpu_seconds,) if stats is not None else (), "cpu_time")
+
+    def _at_least(self, exact: float, sampled: tuple[float | None, ...], kind: str) -> float:
+        """`exact` (the exit record's figure) raised to the values sampling saw and to the observed value of
+        a `kind` violation. Without a cgroup a tree killed whole (a limit enforced by sampling) leaves only
+        the init's own rusage, far below what got it killed: never report less than was seen."""
+        value = max((exact, *(v for v in sampled if v is not None)))
+        if self.violation is not None and self.violation.kind == kind:
+            value = max(value, self.violation.observed)
+        return value
 
     def _refused_abi(self, sig: int | None) -> str | None:
         """Result.refused_abi: a SIGSYS death under the seccomp filter, which kills foreign-ABI syscalls."""
