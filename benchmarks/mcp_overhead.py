@@ -78,17 +78,7 @@ class _Raw:
 
     async def __aenter__(self) -> _Raw:
         p = self._params
-        to_r, self._to = os.pipe()
-        self._from, from_w = os.pipe()
-        try:
-            self._proc = await anyio.open_process(
-                [p.command, *p.args], env=p.env, cwd=p.cwd, stdin=to_r, stdout=from_w, stderr=None
-            )
-        finally:
-            os.close(to_r)
-            os.close(from_w)
-        os.set_blocking(self._to, False)
-        os.set_blocking(self._from, False)
+        await self._start([p.command, *p.args], p.env, p.cwd)
         await self._request(
             "initialize",
             {
@@ -109,8 +99,25 @@ class _Raw:
             await self._proc.wait()
         os.close(self._from)
 
+    async def _start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Any = None) -> None:
+        """Start `argv` with its stdin and stdout on two pipes of this object's (non-blocking here)."""
+        to_r, self._to = os.pipe()
+        self._from, from_w = os.pipe()
+        try:
+            self._proc = await anyio.open_process(
+                argv, env=env, cwd=cwd, stdin=to_r, stdout=from_w, stderr=None
+            )
+        finally:
+            os.close(to_r)
+            os.close(from_w)
+        os.set_blocking(self._to, False)
+        os.set_blocking(self._from, False)
+
     async def _send(self, msg: dict[str, object]) -> None:
-        view = memoryview(json.dumps(msg).encode() + b"\n")
+        await self._write_line(json.dumps(msg).encode())
+
+    async def _write_line(self, line: bytes) -> None:
+        view = memoryview(line + b"\n")
         while view:
             try:
                 view = view[os.write(self._to, view) :]
@@ -163,17 +170,7 @@ class _Direct:
 
     async def __aenter__(self) -> _Direct:
         raw = self._raw
-        to_r, raw._to = os.pipe()
-        raw._from, from_w = os.pipe()
-        try:
-            raw._proc = await anyio.open_process(
-                [sys.executable, __file__, "--worker", self._work], stdin=to_r, stdout=from_w, stderr=None
-            )
-        finally:
-            os.close(to_r)
-            os.close(from_w)
-        os.set_blocking(raw._to, False)
-        os.set_blocking(raw._from, False)
+        await raw._start([sys.executable, __file__, "--worker", self._work])
         self.pid = raw._proc.pid
         await raw._line()  # ready
         return self
@@ -182,12 +179,7 @@ class _Direct:
         await self._raw.__aexit__(*exc)
 
     async def _command(self, line: str) -> bytes:
-        view = memoryview(line.encode() + b"\n")
-        while view:
-            try:
-                view = view[os.write(self._raw._to, view) :]
-            except BlockingIOError:
-                await anyio.wait_writable(self._raw._to)
+        await self._raw._write_line(line.encode())
         return await self._raw._line()
 
     async def run(self) -> float:
