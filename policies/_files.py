@@ -3,22 +3,70 @@ in a directory that sandboxes write.
 
 Such a file may have been replaced since it was written: by a FIFO, which would hold the CLI for ever before
 any `--timeout` applies (open(2) of a FIFO waits for a writer), by a symlink to a terminal or a device, by a
-directory, or by a huge file. `read_bounded` opens non-blocking, accepts only a regular file, and reads at
-most `limit` bytes (tests/unit/test_policy_file_kinds.py). Its CONTENT is another matter: keep such files
-outside the writable roots (docs/security.md).
+directory, or by a huge file. `read_bounded` follows no symlink a sandbox could have planted (a link in
+the file's place, or in a directory on its path, is refused with the link named: a later run would
+otherwise read the file of the sandbox's choosing, or one the sandbox may not read, whose parse errors
+name its keys), opens non-blocking, accepts only a regular file, and reads at most `limit` bytes
+(tests/unit/test_policy_file_kinds.py, tests/kernel/test_attack_cli_files.py). Its CONTENT is another
+matter: keep such files outside the writable roots (docs/security.md).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 
+def _open_unplanted(source: str) -> int:
+    """An O_RDONLY | O_NONBLOCK fd of the file `source`, reached the way a workdir is: the symlinks no
+    sandbox could have planted (in a directory only root may write; for a root caller, a system directory)
+    are resolved (policies._validate.resolve_trusted), and every other component, the last one included, is
+    opened O_NOFOLLOW from its parent's fd. A previous sandbox that may write the directory holding the file
+    (the workdir, the usual place for a policy file) can replace it with a link to a file of its choosing,
+    or to one it may not read, whose parse errors would then name its keys. Raises OSError, or ValueError
+    naming the link and the fix."""
+    from policies._validate import resolve_trusted  # _validate imports the loaders that import this
+
+    where = resolve_trusted(os.path.abspath(source))
+    parts = [p for p in where.split("/") if p]
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY if last else os.O_PATH | os.O_DIRECTORY
+                nxt = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as err:
+                if err.errno != errno.ELOOP:
+                    raise
+                link = "/" + "/".join(parts[: i + 1])
+                what = "it is" if last else "it passes through"
+                msg = (
+                    f"{what} a symlink ({link}), which a sandbox that may write its directory could have "
+                    "planted; corral does not follow it: give the file's real path, or replace the link "
+                    "with the file"
+                )
+                raise ValueError(msg) from err
+            os.close(fd)
+            fd = nxt
+        if not parts:
+            msg = "it is a directory"
+            raise ValueError(msg)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_bounded(source: str, limit: int) -> bytes:
-    """The bytes of the file `source`: opened O_NONBLOCK, a regular file only, at most `limit` bytes.
-    Raises OSError, or ValueError saying what the path is instead ("it is not a regular file (a FIFO,
-    socket or device)", "it is a directory", "it is larger than N MiB")."""
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    """The bytes of the file `source`: reached without following a symlink a sandbox could have planted
+    (`_open_unplanted`), opened O_NONBLOCK, a regular file only, at most `limit` bytes. Raises OSError, or
+    ValueError saying what the path is instead ("it is not a regular file (a FIFO, socket or device)", "it
+    is a directory", "it is larger than N MiB", "it is or passes through a symlink ...")."""
+    fd = _open_unplanted(source)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -71,3 +71,48 @@ def test_a_json_directory_planted_as_a_symlink(workspace: Path, outside: Path) -
         proc = corral(workspace, "run", "--json", target, "--timeout", "20", "--", "/bin/true")
         assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (workspace / "real").iterdir()) == ["r.json", "r2.json"]
+
+
+# What the first run plants in each file's place: a link to a host file the sandbox may not choose to show
+# (here a TOML/JSON file whose key names a secret); the next run must not read it, and must say which link.
+SECRET = "stolen_api_token_4711"
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "name", "target_text"),
+    [
+        ("run", "--policy", "corral.toml", f'{SECRET} = "x"\n'),
+        ("run", "--rules", "rules.toml", f'{SECRET} = "x"\n'),
+        ("run", "--seccomp-profile", "seccomp.json", f'{{"defaultAction": "{SECRET}", "syscalls": []}}'),
+        ("mcp", "--policy", "corral.toml", f'{SECRET} = "x"\n'),
+        ("mcp", "--rules", "rules.toml", f'{SECRET} = "x"\n'),
+        ("mcp", "--seccomp-profile", "seccomp.json", f'{{"defaultAction": "{SECRET}", "syscalls": []}}'),
+    ],
+)
+@pytest.mark.parametrize("how", ["file", "directory"])
+def test_a_symlink_planted_at_a_file_the_cli_reads(
+    workspace: Path, outside: Path, command: str, option: str, name: str, target_text: str, how: str
+) -> None:
+    """A first run replaces the file (or the directory `conf/` holding it) in the workdir with a symlink to
+    a host file outside the sandbox's roots. corral used to read the link's target: its parse error named
+    the target's keys (a secret's name here), or a valid target became the next run's policy. Now the CLI
+    exits 125 before running anything, names the link and says to give the real path."""
+    (outside / name).write_text(target_text)
+    if how == "file":
+        plant = f"ln -s {outside / name} {name}"
+        arg = name
+    else:
+        plant = f"ln -s {outside} conf"
+        arg = f"conf/{name}"
+    r = corral(workspace, "run", "--timeout", "20", "--", "/bin/sh", "-c", plant)
+    assert r.returncode == 0, r.stderr
+    args = [command, option, arg] + (["--timeout", "5", "--", "/bin/true"] if command == "run" else [])
+    try:
+        proc = corral(workspace, *args, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"corral {command} {option} through a planted link started serving or hung")
+    assert proc.returncode == 125, proc.stderr
+    assert "symlink" in proc.stderr
+    assert "real path" in proc.stderr
+    assert str(workspace / arg.split("/")[0]) in proc.stderr  # the link named
+    assert SECRET not in proc.stderr  # the target was not read

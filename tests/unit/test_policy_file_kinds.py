@@ -64,10 +64,59 @@ def test_rules_and_seccomp_profile_refuse_a_fifo_device_directory_or_huge_file(
     tty.symlink_to("/dev/zero")  # a link to a device (a terminal would wait for input the same way)
     for path, needle in [
         (fifo, "not a regular file"),
-        (tty, "not a regular file"),
+        (tty, "is a symlink"),  # not followed (tests below)
         (tmp_path, "a directory"),
         (huge, "larger than"),
     ]:
         with pytest.raises(PolicyError, match=needle) as info:
             load(path)
         assert info.value.source == str(path)
+
+
+# --- a symlink a sandbox could have planted: never followed (issue 11, item 4) ---------------------------
+
+
+@pytest.mark.parametrize("which", ["policy file", "rules file", "seccomp profile"])
+@pytest.mark.parametrize("where", ["the file", "a directory on its path"])
+def test_a_symlink_in_a_writable_directory_is_refused_not_followed(
+    tmp_path: Path, which: str, where: str
+) -> None:
+    """A link in the file's place, or a directory on its path that is a link (tmp_path: not a directory
+    only root may write), is refused with the link named; its target, which holds a valid file of each
+    kind, is not read."""
+    target = tmp_path / "target"
+    target.mkdir()
+    content = {
+        "policy file": 'profile = "read-only"\n',
+        "rules file": 'default = "allow"\n',
+        "seccomp profile": '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}',
+    }[which]
+    (target / "f").write_text(content)
+    if where == "the file":
+        (tmp_path / "f").symlink_to(target / "f")
+        path, link = tmp_path / "f", tmp_path / "f"
+    else:
+        (tmp_path / "d").symlink_to(target)
+        path, link = tmp_path / "d" / "f", tmp_path / "d"
+
+    def load(p: Path) -> object:
+        if which == "policy file":
+            return load_policy(p, workdir=str(tmp_path))
+        if which == "rules file":
+            return load_rules(p, workdir=str(tmp_path))
+        return load_seccomp_profile(p)
+
+    with pytest.raises(PolicyError, match="symlink") as info:
+        load(path)
+    assert str(link) in info.value.reason
+    assert "real path" in info.value.reason
+    assert load(target / "f") is not None  # the same file by its real path loads
+
+
+def test_a_relative_path_and_a_path_with_dotdot_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "p.toml").write_text('profile = "read-only"\n')
+    monkeypatch.chdir(tmp_path / "sub")
+    assert load_policy("../p.toml", workdir=str(tmp_path)).profile == "read-only"
+    monkeypatch.chdir(tmp_path)
+    assert load_policy("p.toml", workdir=str(tmp_path)).profile == "read-only"
