@@ -741,21 +741,31 @@ def _deny_targets(prepared: Prepared) -> list[str]:
     own mount namespace. (Within a policy that denies a path the sandbox cannot move it or its ancestors at
     all: `_pin_ancestors`.) Raises SetupFailure when a denied name is a link to a directory the sandbox
     needs (`_vital`), which is refused rather than hidden."""
+    from policies._roots import system_root
+    from policies._validate import resolve_trusted
+
     out: list[str] = []
     roots: list[str] = prepared["write"]
-    for path in prepared["deny"]:
+    denied: list[str] = prepared["deny"]
+    for path in denied:
         real = os.path.realpath(path)
-        if real != path and _vital(real, roots):
+        if real != path and (
+            _vital(real, roots)
+            or (real not in denied and system_root(real) is not None and resolve_trusted(path) != real)
+        ):
             # A link at a denied name (one that did not exist: any sandbox that can write there may make
-            # it) leading to a directory the sandbox needs: hiding it would break every later sandbox in
-            # ways that do not say why (no /usr: every exec fails). Refuse, naming the link.
+            # it) leading to a directory the sandbox needs, or into the host's system tree (`~/.netrc ->
+            # /usr/lib/x86_64-linux-gnu/libc.so.6`): hiding it would break every later sandbox in ways
+            # that do not say why (no /usr, no libc: every exec fails). Refuse, naming the link. Links no
+            # sandbox could have planted (resolve_trusted: `/lib -> usr/lib`) are followed as before, and
+            # a target the policy also denies by its own name is hidden as asked.
             raise _sys.SetupFailure(
                 "mounts",
                 "resolve denied path",
                 errno.ELOOP,
                 path,
                 f"this denied path is a symlink to {real}, which corral will not hide (a sandbox needs it); "
-                "if a sandbox made the link, remove it",
+                "if a sandbox made the link, remove it (to hide that target, deny it by its own name)",
             )
         if real not in out:
             out.append(real)

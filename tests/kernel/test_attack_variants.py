@@ -1,0 +1,80 @@
+"""More variants of issue 11's host-side classes, each from inside a real sandbox, the effect checked from
+outside (session 10, helper `hunt11`).
+
+Class 5/7: a link planted at an absent denied name (`~/.netrc`, with the home directory as the workdir and
+the default profile's credential hiding) leading into the host's system tree. The fork server hides a
+denied name as the object it leads to, so `~/.netrc -> /usr/lib/x86_64-linux-gnu/libc.so.6` made every
+later sandbox of that workdir hide libc (exit 127, "cannot open shared object file", no word of the link):
+the workdir was bricked by a name the message never gave. Now refused, naming the link to remove.
+
+Every run is bounded by its policy's timeout; nothing here reaches past loopback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from policies import Policy, profiles
+from supervisor import SandboxSetupError, Supervisor
+
+pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
+
+SH = "/bin/sh"
+
+
+def _libc() -> str:
+    """The real path of the C library every dynamic program of this host loads."""
+    for cand in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6"):
+        if os.path.exists(cand):
+            return os.path.realpath(cand)
+    pytest.skip("no libc.so.6 at a known path")
+
+
+async def run(sup: Supervisor, pol: Policy, script: str) -> tuple[int, bytes]:
+    r = await sup.run([SH, "-c", script], policy=pol)
+    return r.exit_code, r.stdout + r.stderr
+
+
+# --- class 5/7: a link at a denied name leading into the system tree
+
+
+@pytest.mark.parametrize("target", ["libc", "libdir", "/etc/passwd", "/usr/bin/env", "/opt"])
+async def test_a_denied_name_linked_into_the_system_tree_is_refused_by_name(
+    sup: Supervisor, workspace: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    monkeypatch.setenv("HOME", str(workspace))
+    if target == "libc":
+        target = _libc()
+    elif target == "libdir":
+        target = os.path.dirname(_libc())
+    pol = profiles.workspace_write(workspace, timeout=20)
+    link = workspace / ".netrc"
+    assert str(link) in pol.filesystem.deny
+    code, out = await run(sup, pol, f"ln -s {target} .netrc")
+    assert code == 0, out
+    with pytest.raises(SandboxSetupError) as info:
+        await run(sup, pol, "touch ran")
+    assert not (workspace / "ran").exists()
+    assert info.value.path == str(link)
+    assert "remove it" in str(info.value)
+    link.unlink()
+    code, out = await run(sup, pol, "echo runs again")  # the fix the message names works
+    assert (code, out) == (0, b"runs again\n")
+
+
+async def test_a_denied_name_linked_to_another_denied_path_is_hidden(
+    sup: Supervisor, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The target is denied by its own name too: hiding it through the link costs the sandbox nothing the
+    # policy did not already take, so the run goes on and the target stays hidden.
+    monkeypatch.setenv("HOME", str(workspace))
+    pol = profiles.workspace_write(workspace, deny=["/etc/passwd"], timeout=20)
+    code, out = await run(sup, pol, "ln -s /etc/passwd .netrc")
+    assert code == 0, out
+    code, out = await run(sup, pol, "cat .netrc /etc/passwd; echo done")
+    assert code == 0
+    assert b"done\n" in out
+    assert b"root:" not in out
