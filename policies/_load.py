@@ -179,7 +179,11 @@ def _build(data: object, workdir: object, base: object, relative_to: str | None)
     if "profile" in top:
         start = profiles.get(profiles._check_profile_name(top["profile"]), wd)
     elif base is None:
-        start = Policy(workdir=wd)
+        # The model's defaults, plus the credential hiding every built-in profile that reads the host has:
+        # a file that names no profile (`[filesystem] write = [...]`, even an empty file) must not make
+        # ~/.ssh readable without saying so. Dropping it is its own, named choice: hide_credentials = false.
+        blank = Policy(workdir=wd)
+        start = replace(blank, filesystem=replace(blank.filesystem, deny=profiles.credential_paths()))
     elif isinstance(base, str):
         start = profiles.get(profiles._check_profile_name(base, "base"), wd)
     elif isinstance(base, Policy):

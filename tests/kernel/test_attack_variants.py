@@ -13,6 +13,8 @@ Every run is bounded by its policy's timeout; nothing here reaches past loopback
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,60 @@ async def test_a_denied_name_linked_to_another_denied_path_is_hidden(
     assert code == 0
     assert b"done\n" in out
     assert b"root:" not in out
+
+
+# --- class 8: a policy file without `profile` dropped the credential hiding without saying so
+
+CORRAL = [sys.executable, "-m", "supervisor.cli"]
+
+
+def corral(cwd: Path, *args: str, home: Path) -> subprocess.CompletedProcess[bytes]:
+    """`corral ARGS...` in `cwd` with HOME=`home`, bounded (raises subprocess.TimeoutExpired)."""
+    env = {**os.environ, "HOME": str(home)}
+    return subprocess.run([*CORRAL, *args], cwd=cwd, capture_output=True, timeout=60, env=env, check=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",  # an empty file is a valid policy: the model's defaults
+        '[filesystem]\nwrite = ["out"]\n',  # "to write only some directories, leave out profile"
+        '[filesystem]\ndeny = ["secrets"]\n',
+        '[resources]\ntimeout = "20s"\n',
+    ],
+)
+def test_a_policy_file_without_a_profile_still_hides_the_credential_stores(
+    workspace: Path, text: str
+) -> None:
+    home = workspace / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("TOPSECRET-ssh\n")
+    (home / ".config" / "gcloud").mkdir(parents=True)
+    (home / ".config" / "gcloud" / "credentials.db").write_text("TOPSECRET-gcloud\n")
+    (workspace / "out").mkdir()
+    (workspace / "pol.toml").write_text(text)
+    p = corral(
+        workspace,
+        "run",
+        "--policy",
+        "pol.toml",
+        "--",
+        SH,
+        "-c",
+        'cat "$HOME/.ssh/id_ed25519" "$HOME/.config/gcloud/credentials.db"; echo done',
+        home=home,
+    )
+    assert b"done" in p.stdout, p.stderr
+    assert b"TOPSECRET" not in p.stdout + p.stderr
+
+
+def test_a_policy_file_drops_the_credential_hiding_only_by_name(workspace: Path) -> None:
+    # The control: the named choice still works, so the test above can fail.
+    home = workspace / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("TOPSECRET-ssh\n")
+    (workspace / "pol.toml").write_text("[filesystem]\nhide_credentials = false\n")
+    p = corral(
+        workspace, "run", "--policy", "pol.toml", "--", "/bin/cat", str(home / ".ssh/id_ed25519"), home=home
+    )
+    assert (p.returncode, p.stdout) == (0, b"TOPSECRET-ssh\n"), p.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import tempfile
@@ -156,9 +157,16 @@ def test_file_equals_the_same_profile_built_in_python(tmp_path: Path) -> None:
 
 
 def test_empty_file_is_the_model_default(tmp_path: Path) -> None:
+    # The model's defaults, with the credential stores hidden as the built-in profiles hide them (a file
+    # naming no profile must not make ~/.ssh readable without saying so).
     policy = load_policy(_write(tmp_path, ""), workdir="/srv/repo")
-    assert policy == Policy(workdir="/srv/repo")
+    blank = Policy(workdir="/srv/repo")
+    assert policy == dataclasses.replace(
+        blank, filesystem=dataclasses.replace(blank.filesystem, deny=profiles.credential_paths())
+    )
     assert policy.profile == "custom"
+    dropped = load_policy(_write(tmp_path, "[filesystem]\nhide_credentials = false\n"), workdir="/srv/repo")
+    assert dropped == blank
 
 
 def test_write_and_protected_add_to_the_profile_and_other_lists_replace(tmp_path: Path) -> None:
