@@ -18,6 +18,9 @@ sandbox can set mtime, never ctime):
   (core.repositoryformatversion, remote.*.url, branch.*.merge, user.name, ...); otherwise (or when not a
   regular file, or over 1 MiB) renamed to `<name>.corral-quarantined` (git works without a config);
 - `commondir`: kept when it is git's own `../..` of a linked worktree, else quarantined;
+- what points git at another directory: `core.worktree` (kept only as git's submodule machinery writes
+  it: its own checkout, in the root, whose `.git` points back), a `.git` file or symlink in any directory
+  and a linked worktree's `gitdir` naming a place outside the roots or through a symlink: quarantined;
 - `hooks` (a symlink) or any entry of `hooks/` but the `*.sample` templates: renamed to
   `<name>.corral-quarantined` (git runs a hook only under its exact name).
 Each quarantined path is reported (`Result.quarantined`, `--json`'s `quarantined`, a warning line from the
@@ -83,7 +86,6 @@ _SAFE: dict[str, frozenset[str]] = {
             "untrackedcache",
             "splitindex",
             "abbrev",
-            "worktree",
             "commentchar",
             "whitespace",
             "longpaths",
@@ -184,7 +186,9 @@ def unsafe_keys(data: bytes | str) -> list[str]:
 
 #: What a directory's cached listing keeps besides its subdirectories: what tells a git dir, and what in
 #: one is checked.
-_GIT_NAMES = frozenset({"HEAD", "objects", "refs", "commondir", "config", "config.worktree", "hooks"})
+_GIT_NAMES = frozenset(
+    {"HEAD", "objects", "refs", "commondir", "config", "config.worktree", "hooks", ".git", "gitdir"}
+)
 #: Directories one Listings keeps per root (beyond them, directories are listed every time).
 MAX_CACHED = 200_000
 
@@ -599,6 +603,8 @@ class Scan:
         bound = self._bound(fd, rel, walk)
         if is_gitdir:
             self._check_gitdir(fd, path, entries, bound)
+        if entries.get(".git") in (stat.S_IFREG, stat.S_IFLNK):
+            self._check_pointer(fd, path, ".git", path)
         subdirs = []
         for name, mode in entries.items():
             if mode == stat.S_IFDIR:
@@ -852,13 +858,15 @@ class Scan:
             if mounted and name in self.protected and self._born_before(fd, name):
                 continue  # bound read-only during the run
             if name in entries and self._changed(fd, name) is not None:
-                reason = self._config_problem(fd, os.path.join(path, name), name)
+                reason = self._config_problem(fd, os.path.join(path, name), name, gitdir=path)
                 if reason:
                     self._quarantine(fd, path, name, reason)
         for name in ("config", "config.worktree"):
             if name in entries:
                 self._check_includes(fd, path, name, 0)
                 self._check_hooks_path(fd, path, name, mounted)
+        if "gitdir" in entries and "commondir" in entries and entries["gitdir"] == stat.S_IFREG:
+            self._check_pointer(fd, path, "gitdir", path)
         if "commondir" in entries and self._changed(fd, "commondir") is not None:
             try:
                 data = _hostfs.read_file(fd, "commondir", os.path.join(path, "commondir"), 4096)
@@ -901,7 +909,11 @@ class Scan:
                 self._closing(hfd)
                 os.close(hfd)
 
-    def _config_problem(self, fd: int, path: str, name: str) -> str:
+    def _config_problem(self, fd: int, path: str, name: str, gitdir: str | None = None) -> str:
+        """Why the config `name` (in directory `fd`, at `path`) written during the run must be moved aside,
+        or "" when it sets only what runs nothing. `gitdir`: the git dir whose own config it is, where a
+        `core.worktree` naming that git dir's own submodule checkout is kept (`_worktree_problem`); anywhere
+        else (an included file, a global config) `core.worktree` is moved aside."""
         try:
             data = _hostfs.read_file(fd, name, path)
         except _hostfs.Unsafe as err:
@@ -913,14 +925,173 @@ class Scan:
         if not self._parse_budget(data):
             return f"git config written during the run not checked (over the scan's {PARSE_BUDGET >> 20} MiB)"
         bad = unsafe_keys(data)
+        if bad and bad == ["core.worktree"] * len(bad) and gitdir is not None:
+            values = [v for k, v in _gitconfig.parse(data) if k == "core.worktree"]
+            why = self._worktree_problem(gitdir, values[-1])
+            if not why:
+                return ""
+            return f"git config written during the run sets core.worktree {why}"
         if not bad:
             return ""
         return "git config written during the run sets what can run programs: " + ", ".join(
             sorted(set(bad))[:8]
         )
 
+    def _worktree_problem(self, gitdir: str, value: bytes | None) -> str:
+        """Why `core.worktree = value` in the git dir at `gitdir` would point the user's git at a directory
+        it must not work in, or "" when it names that git dir's own submodule checkout, as `git submodule
+        add`/`update`/`absorbgitdirs` write it (`../../../sub` in `.git/modules/sub`): a directory in the
+        root being scanned, reached with no symlink, in no git dir, whose `.git` file points back at this
+        git dir. Anything else is a redirect: the user's next `git checkout`/`reset`/`stash` in that
+        repository writes files where the setting says, as the host user (outside the roots, or into
+        another repository's git dir such as its hooks/)."""
+        if value is None:
+            return "with no value"
+        resolved = self._resolve_text(os.path.join(gitdir, value.decode("utf-8", errors="surrogateescape")))
+        if resolved is None:
+            return "to a directory through a symlink (not followed)"
+        target = resolved
+        root = self._root.rstrip("/")
+        if target != root and not target.startswith(root + "/"):
+            return "to a directory outside the writable root (git would check files out there)"
+        rel = target[len(root) + 1 :]
+        if ".git" in rel.split("/"):
+            return "to a directory inside a git dir (git would check files out there)"
+        try:
+            tfd = os.dup(self._rootfd) if not rel else _hostfs.open_beneath(self._rootfd, rel, _DIR_FLAGS)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.EXDEV):
+                return "to a directory through a symlink (not followed)"
+            return f"to a directory that cannot be opened ({os.strerror(err.errno or 0)})"
+        try:
+            if self._inside_gitdir(rel):
+                return "to a directory inside a git dir (git would check files out there)"
+            try:
+                data = _hostfs.read_file(tfd, ".git", os.path.join(target, ".git"), 4096)
+            except (OSError, _hostfs.Unsafe):
+                data = None
+            pointer = _gitfile_target(target, data)
+            if pointer is None or self._resolve_text(pointer) != os.path.normpath(gitdir):
+                return "to a directory whose .git does not point back at this git dir (not its checkout)"
+            return ""
+        finally:
+            os.close(tfd)
+
+    def _resolve_text(self, path: str) -> str | None:
+        """`path` with its `.` and `..` taken component by component as the kernel takes them, or None when
+        a component below a writable root is a symlink (never followed: a sandbox may have planted it, and
+        `a/../x` through a link `a` leads where the link does). lstat only, no link followed; a component
+        that does not exist ends the checks (nothing below it exists either)."""
+        cur = "/"
+        checking = True
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            cur = os.path.dirname(cur) if part == ".." else os.path.join(cur, part)
+            if not checking or part == "..":
+                continue
+            if not any(cur.startswith(r.rstrip("/") + "/") for r in self.roots):
+                continue  # the host's own directories on the way to a root
+            try:
+                st = os.lstat(cur)  # every component before it was checked: no link on the way
+            except OSError:
+                checking = False
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                return None
+        return cur
+
+    def _inside_gitdir(self, rel: str) -> bool:
+        """Whether the directory `rel` (below the root being scanned) or one of its parents is a git dir
+        (git's own test: HEAD, and objects + refs or commondir), looked up with no symlink followed."""
+        parts = rel.split("/") if rel else []
+        for i in range(len(parts) + 1):
+            sub = "/".join(parts[:i])
+            try:
+                names = {
+                    n
+                    for n in ("HEAD", "objects", "refs", "commondir")
+                    if _hostfs.lstat_beneath(self._rootfd, f"{sub}/{n}" if sub else n) is not None
+                }
+            except (OSError, _hostfs.Unsafe):
+                return True  # cannot tell: treated as one
+            if "HEAD" in names and ("commondir" in names or {"objects", "refs"} <= names):
+                return True
+        return False
+
+    def _check_pointer(self, fd: int, path: str, name: str, base: str) -> None:
+        """A `.git` file (`gitdir: <dir>`, a checkout's pointer to its git dir) or a linked worktree's
+        `gitdir` (the path of its checkout's `.git` file), `name` in directory `fd` at `path`, written
+        during the run: quarantined when it names a place outside every writable root, or reached through
+        a symlink, relative paths taken from `base`. The user's git follows it and works there as the host
+        user: a `.git` file in a checkout registered in the top repository's index made the user's plain
+        `git status` refresh (write) another repository's index outside the roots, and its
+        `git submodule update` move that repository's HEAD; `git worktree repair` writes the `.git` file a
+        `gitdir` names. A pointer into a writable root is harmless: that git dir is scanned."""
+        self._hold_name(fd, name)
+        if self._changed(fd, name) is None:
+            return
+        where = os.path.join(path, name)
+        if name == ".git" and (st := self._changed(fd, name)) is not None and stat.S_ISLNK(st.st_mode):
+            # git follows a `.git` symlink to the git dir it names; read the link, never follow it.
+            try:
+                link = os.readlink(name, dir_fd=fd)
+            except OSError:
+                return
+            reason = self._outside_roots(os.path.join(base, link))
+            if reason:
+                self._quarantine(fd, path, name, f".git symlink made during the run points git {reason}")
+            return
+        try:
+            data = _hostfs.read_file(fd, name, where, 4096)
+        except (OSError, _hostfs.Unsafe):
+            return  # a FIFO or huge file: git cannot use it as a pointer either
+        if data is None:
+            return
+        if name == ".git":
+            target = _gitfile_target(base, data)
+            if target is None:
+                return  # not a gitfile: git refuses it
+        else:
+            line = data.rstrip(_GIT_SPACE).split(b"\0", 1)[0]  # the whole file, trimmed at the end
+            if not line:
+                return
+            target = os.path.join(base, line.decode("utf-8", errors="surrogateescape"))
+        reason = self._outside_roots(target)
+        if reason:
+            self._quarantine(fd, path, name, f"{name} written during the run points git {reason}")
+
+    def _outside_roots(self, path: str) -> str:
+        """Why the path `path` (absolute, as git will resolve it: `..` after a symlink goes up from the
+        link's target) is a place a pointer must not name ("" when it is fine): reached through a symlink
+        below a writable root, or outside every writable root of the scan."""
+        target = self._resolve_text(path)
+        if target is None:
+            return "through a symlink (not followed)"
+        for root in self.roots:
+            r = root.rstrip("/")
+            if target == r or target.startswith(r + "/"):
+                return ""  # in a root (scanned there), or missing there (git fails, naming nothing outside)
+        return "outside the writable roots (the user's git would work on another repository there)"
+
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+#: git's isspace (sane_ctype): not \v or \f.
+_GIT_SPACE = b" \t\n\r"
+
+
+def _gitfile_target(base: str, data: bytes | None) -> str | None:
+    """The git dir a `.git` file's `data` names (`gitdir: <path>`, relative to `base`, the directory
+    holding it), normalised as text; None when it is no gitfile git would read."""
+    if data is None or not data.rstrip(_GIT_SPACE).startswith(b"gitdir: "):
+        return None
+    # git trims the end, keeps inner newlines, and reads a C string (up to a NUL)
+    value = data.rstrip(_GIT_SPACE)[len(b"gitdir: ") :].split(b"\0", 1)[0]
+    if not value:
+        return None
+    return os.path.join(base, value.decode("utf-8", errors="surrogateescape"))
 
 
 class _Budget(Exception):
