@@ -49,6 +49,11 @@ SYSTEM_DIRS: tuple[str, ...] = (
     "/run",
     "/mnt",
     "/media",
+    # Every user's and service's temporary files (systemd's private /tmp of each service is a root-owned
+    # directory there): as a root caller's writable root, root-owned entries of other programs are the
+    # sandbox's own to replace. A directory of one's own below them is an ordinary workdir.
+    "/tmp",
+    "/var/tmp",
 )
 
 _HINT = (
@@ -94,6 +99,14 @@ def check_writable_roots(policy: Policy) -> list[str]:
     for i, root in enumerate(fs.write):
         where = "workdir" if root == policy.workdir else f"filesystem.write[{i}]"
         system = system_root(root)
+        if system == "/tmp" and root in ("/tmp", os.path.realpath("/tmp")):
+            # Whatever the option says: the sandbox's /tmp is its own tmpfs, so this root would be an
+            # empty directory the command's writes vanish from, not the host's /tmp.
+            msg = (
+                f"{root} is the shared temporary directory, which a confined sandbox sees as its own "
+                "private, empty /tmp (not the host's); use a directory of your own below it"
+            )
+            raise PolicyError(where, msg, root)
         if system is not None and not fs.allow_system_write:
             what = "is a system directory" if system == root else f"lies in the system directory {system}"
             raise PolicyError(where, f"{root} {what}; {_HINT}", root)

@@ -13,8 +13,10 @@ Every run is bounded by its policy's timeout; nothing here reaches past loopback
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,44 @@ def test_a_policy_file_drops_the_credential_hiding_only_by_name(workspace: Path)
         workspace, "run", "--policy", "pol.toml", "--", "/bin/cat", str(home / ".ssh/id_ed25519"), home=home
     )
     assert (p.returncode, p.stdout) == (0, b"TOPSECRET-ssh\n"), p.stderr
+
+
+# --- class 8: the shared temporary directories as a writable root
+
+
+@pytest.mark.parametrize("args", [["--workdir", "/var/tmp"], ["--allow-write", "/var/tmp/"]])
+def test_the_shared_var_tmp_is_not_a_writable_root_by_default(workspace: Path, args: list[str]) -> None:
+    # /var/tmp holds every user's and service's temporary files (systemd's private /var/tmp of a service is
+    # a root-owned 0700 directory there). A root caller's sandbox runs as their owner, root, and entered
+    # such a directory and wrote in it. Refused like the system directories, naming the option.
+    private = Path("/var/tmp") / f"corral-test-private-{uuid.uuid4().hex[:10]}"
+    private.mkdir(mode=0o700)
+    try:
+        script = f'echo PLANTED > {private}/planted; echo ran > "{workspace}/ran"'
+        p = corral(
+            workspace, "run", *args, "--allow-write", str(workspace), "--", SH, "-c", script, home=workspace
+        )
+        assert p.returncode == 125, p.stderr
+        assert b"--allow-system-write" in p.stderr
+        assert not (private / "planted").exists()
+        assert not (workspace / "ran").exists()
+        # A directory of one's own below it is an ordinary workdir.
+        own = private / "proj"
+        own.mkdir()
+        p = corral(own, "run", "--", SH, "-c", "echo ok > out", home=workspace)
+        assert p.returncode == 0, p.stderr
+        assert (own / "out").read_text() == "ok\n"
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+@pytest.mark.parametrize("args", [["--workdir", "/tmp"], ["--workdir", "/tmp/."], ["--allow-write", "/tmp"]])
+def test_the_shared_tmp_as_a_writable_root_is_refused_not_silently_private(
+    workspace: Path, args: list[str]
+) -> None:
+    # The sandbox's /tmp is its own tmpfs: `--workdir /tmp` ran the command in an empty private directory,
+    # its writes lost, none of the caller's files there in sight, and said nothing. Refused, saying why.
+    p = corral(workspace, "run", *args, "--", SH, "-c", f'echo ran > "{workspace}/ran"', home=workspace)
+    assert p.returncode == 125, p.stderr
+    assert b"private" in p.stderr
+    assert not (workspace / "ran").exists()
