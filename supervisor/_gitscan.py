@@ -47,6 +47,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from supervisor import _leafwatch
 from supervisor.sandbox import _gitconfig, _hostfs
 
 if TYPE_CHECKING:
@@ -214,6 +215,8 @@ class Listings:
         self._keys: dict[int, tuple[Policy, SnapshotKey]] = {}
         #: Scans answered by a snapshot, without a worker thread (tests and benchmarks read it).
         self.quick = 0
+        #: The inotify watches on the snapshots' leaf directories (supervisor/_leafwatch.py).
+        self.watcher = _leafwatch.Watcher()
 
     def root(self, root: str) -> dict[str, tuple[int, int, int, dict[str, int]]]:
         cache = self._roots.get(root)
@@ -231,8 +234,25 @@ class Listings:
             old.close()
         self._snapshots[roots] = snapshot
         budget = snapshot_fds()
+        budget -= self.watcher.fd >= 0  # the inotify instance's fd
         while sum(len(s.dirs) for s in self._snapshots.values()) > budget:
             self._snapshots.pop(next(iter(self._snapshots))).close()
+
+    def room(self, roots: SnapshotKey, leaves: int) -> None:
+        """Drop the least recently kept snapshots (not that of `roots`) until `leaves` more watches fit
+        the watch budget (under `lock`)."""
+        while self.watcher.count() + leaves > self.watcher.budget:
+            old = next((k for k in self._snapshots if k != roots), None)
+            if old is None:
+                return
+            self.drop(old)
+
+    def sweep(self) -> None:
+        """Sort the queued inotify events out to their snapshots, and drop every snapshot found changed
+        (under `lock`, in a worker thread: closing fds and removing watches is no work for the loop)."""
+        self.watcher.drain()
+        for roots in [k for k, s in self._snapshots.items() if s.dirty]:
+            self.drop(roots)
 
     def drop(self, roots: SnapshotKey) -> None:
         """Forget the snapshot of `roots` (under `lock`)."""
@@ -241,7 +261,9 @@ class Listings:
             old.close()
 
     def has(self, roots: SnapshotKey) -> bool:
-        return roots in self._snapshots
+        """Whether a snapshot of `roots` is kept and not known to be changed."""
+        snapshot = self._snapshots.get(roots)
+        return snapshot is not None and not snapshot.dirty
 
     def unchanged_since(self, policy: Policy, started_ns: int) -> bool:
         """Whether the scan of `policy`'s writable roots for a run that started at `started_ns` is known to
@@ -249,8 +271,9 @@ class Listings:
         scan that found nothing, and nothing in it changed since (`Snapshot.unchanged`). A few fstat calls
         on fds held open and fstatat calls (no symlink followed) by name in them: cheap and non-blocking
         enough for the event loop, unlike a worker-thread hop. False, never an error, when that cannot be
-        told (no snapshot, too recent, a scan running now, something changed: the caller scans in full; a
-        snapshot found changed is dropped, and the full scan takes a new one)."""
+        told (no snapshot, too recent, a scan running now, something changed, an inotify event queued for
+        any snapshot's leaves: the caller scans in full; a snapshot found changed is marked so, and the
+        full scan, in its worker thread, drops it and takes a new one)."""
         known = self._keys.get(id(policy))
         if known is not None and known[0] is policy:
             roots = known[1]
@@ -263,10 +286,12 @@ class Listings:
             return False
         try:
             snapshot = self._snapshots.get(roots)
-            if snapshot is None or snapshot.taken_ns >= started_ns:
+            if snapshot is None or snapshot.dirty or snapshot.taken_ns >= started_ns:
                 return False
+            if snapshot.leaves and self.watcher.pending():
+                return False  # which snapshot it concerns is sorted out off the loop (sweep)
             if not snapshot.unchanged():
-                self.drop(roots)
+                snapshot.dirty = True
                 return False
             self.quick += 1
             return True
@@ -279,12 +304,17 @@ class Listings:
             for snapshot in self._snapshots.values():
                 snapshot.close()
             self._snapshots.clear()
+            self.watcher.close()
 
 
-#: Directories one Snapshot holds open at most: it is for small trees (a scratch workdir, a small
-#: repository), where the fstat calls cost the loop far less than the worker-thread hop of a scan (~0.1-0.2
-#: ms); a larger tree is scanned in a worker thread after every run.
+#: Directories one Snapshot holds open at most (leaf directories are watched, not held: LEAF_WATCHES): the
+#: fstat calls of the quick check cost the loop ~1.5 us each here, so a tree with more directories that
+#: hold something that matters is scanned in a worker thread after every run (a hop of ~0.1-0.2 ms).
 SNAPSHOT_DIRS = 64
+#: Leaf directories one Snapshot watches at most (inotify, _leafwatch: the quick check's cost does not
+#: grow with them; they count against the user's inotify watches, of which all snapshots together use at
+#: most 1/16, 4,096 at most).
+LEAF_WATCHES = 2048
 
 
 def snapshot_fds() -> int:
@@ -295,27 +325,36 @@ def snapshot_fds() -> int:
 
 class Snapshot:
     """What a scan that found nothing saw, to tell later that nothing a scan looks at has changed since:
-    an fd of every directory it listed (each root's, every directory below it, the git dirs and their
-    hooks/) with its inode and ctime, and the inode and ctime of each git file it checks by name
-    (config, config.worktree, commondir, a hooks that is no directory, every entry of hooks/ that git
-    could run). A change anywhere a scan looks sets a ctime there: a new, removed or renamed entry its
-    directory's, a file rewritten in place its own (a sandbox cannot set a ctime). Taken only when every
-    ctime read is more than `MARGIN_NS` older than the scan's start, so that a later change, stamped at
-    least a timestamp tick later, cannot leave a ctime as it was; `taken_ns`, after the last read, is
-    compared with a run's start (a change made before the snapshot was complete could be in it). The
-    roots' paths are looked up again each time (`os.stat`, as the scan opens them: the caller's own
-    paths) and must still name the directories held."""
+    an fd of every directory it listed that holds something it looks at (each root's, every directory with
+    a subdirectory or one of git's names, the git dirs and their hooks/) with its inode and ctime; an
+    inotify watch on every other directory it listed (a leaf: no subdirectory, none of git's names, such
+    as a loose-object directory `.git/objects/ab`: supervisor/_leafwatch.py); and the inode and ctime of
+    each git file it checks by name (config, config.worktree, commondir, a hooks that is no directory,
+    every entry of hooks/ that git could run). A change anywhere a scan looks sets a ctime there: a new,
+    removed or renamed entry its directory's, a file rewritten in place its own (a sandbox cannot set a
+    ctime); in a leaf, it also queues an inotify event. Taken only when every ctime read is more than
+    `MARGIN_NS` older than the scan's start, so that a later change, stamped at least a timestamp tick
+    later, cannot leave a ctime as it was (a leaf's is read again after its watch is added, so that a
+    change between its listing and its watch is not missed); `taken_ns`, after the last read, is compared
+    with a run's start (a change made before the snapshot was complete could be in it). The roots' paths
+    are looked up again each time (`os.stat`, as the scan opens them: the caller's own paths) and must
+    still name the directories held. `dirty`: found changed (by the quick check, or an inotify event
+    sorted to it), to be dropped by the next scan."""
 
-    __slots__ = ("dirs", "names", "roots", "taken_ns")
+    __slots__ = ("dirs", "dirty", "leaves", "names", "roots", "taken_ns", "watcher")
 
-    def __init__(self) -> None:
+    def __init__(self, watcher: _leafwatch.Watcher | None = None) -> None:
         self.roots: list[tuple[str, int, int]] = []  # (path, st_dev, st_ino)
         self.dirs: list[tuple[int, int, int, int]] = []  # (fd, st_dev, st_ino, st_ctime_ns)
         self.names: list[tuple[int, str, int, int, int]] = []  # (fd, name, st_dev, st_ino, st_ctime_ns)
+        self.leaves: list[int] = []  # inotify watch descriptors in `watcher`
+        self.watcher = watcher
+        self.dirty = False
         self.taken_ns = 0
 
     def unchanged(self) -> bool:
-        """Whether every root, directory and name is as it was."""
+        """Whether every root, directory and name is as it was (the leaves' events are the caller's:
+        Listings.unchanged_since)."""
         try:
             for path, dev, ino in self.roots:
                 st = os.stat(path)
@@ -338,6 +377,8 @@ class Snapshot:
             os.close(fd)
         self.dirs.clear()
         self.names.clear()
+        if self.watcher is not None:
+            self.watcher.release(self, self.leaves)
 
 
 class _NoSnapshot(Exception):
@@ -388,13 +429,14 @@ class Scan:
         if self.listings is None:
             return self._run()
         with self.listings.lock:
-            if (
-                self.key is not None
-                and not self.listings.has(self.key)
+            self.listings.sweep()  # snapshots found changed since: dropped (a new one is taken below)
+            leaves = None
+            if self.key is not None and not self.listings.has(self.key):
                 # A tree whose listings alone exceed a snapshot is not tried (that would cost dups).
-                and sum(len(self.listings.root(r)) for r in self.roots) <= SNAPSHOT_DIRS
-            ):
-                self.snap = Snapshot()
+                leaves = _fits([self.listings.root(r) for r in self.roots])
+            if self.key is not None and leaves is not None:
+                self.listings.room(self.key, leaves)
+                self.snap = Snapshot(self.listings.watcher)
             try:
                 found = self._run()
             except BaseException:
@@ -405,6 +447,7 @@ class Scan:
                 self.listings.keep(self.key, self.snap)
             else:
                 self._abandon()
+            self.listings.sweep()  # the watches just removed queue events: read them now, off the loop
             return found
 
     def _abandon(self) -> None:
@@ -412,10 +455,13 @@ class Scan:
             self.snap.close()
             self.snap = None
 
-    def _hold(self, fd: int, st: os.stat_result) -> None:
-        """Keep a copy of the directory `fd` (`st`: its fstat) in the snapshot being taken."""
+    def _hold(self, fd: int, st: os.stat_result, leaf: bool = False) -> None:
+        """Keep a copy of the directory `fd` (`st`: its fstat before it was listed) in the snapshot being
+        taken; a `leaf` (its listing holds nothing that matters) is watched instead, when it can be."""
         snap = self.snap
         if snap is None:
+            return
+        if leaf and self._watch(fd, None, (st.st_dev, st.st_ino, st.st_ctime_ns)):
             return
         if len(snap.dirs) >= SNAPSHOT_DIRS or st.st_ctime_ns >= self._old_ns:
             self._abandon()
@@ -427,6 +473,42 @@ class Scan:
             return
         snap.dirs.append((copy, st.st_dev, st.st_ino, st.st_ctime_ns))
         self._held[fd] = copy
+
+    def _watch(self, fd: int, name: str | None, was: _Seen) -> bool:
+        """Watch a leaf directory (inotify) in the snapshot being taken: the directory `fd` (`name` None)
+        or its entry `name` (the final component not followed: a symlink is no directory), whose listing
+        was taken with `was` (dev, ino, ctime), older than the margin. A new watch's inode and ctime are
+        read again once it is in place (fstat, or fstatat with no link followed) and must be `was`: then
+        no change between the listing and the watch went unseen. False when it cannot be watched (the
+        caller holds it instead); the snapshot is abandoned when it changed."""
+        snap = self.snap
+        if snap is None or self.listings is None or len(snap.leaves) >= LEAF_WATCHES:
+            return False
+        if was[2] >= self._old_ns:
+            return False
+        watcher = self.listings.watcher
+        # An inode a watch was on before this scan began (its events until then sorted out by the sweep):
+        # whatever changed it since is queued for its owners, this snapshot among them from now on.
+        wd = watcher.adopt(snap, was[0], was[1])
+        if wd is not None:
+            snap.leaves.append(wd)
+            return True
+        if name is None:
+            wd = watcher.watch(snap, f"/proc/self/fd/{fd}".encode(), True)  # our fd: the exact inode
+        else:
+            wd = watcher.watch(snap, f"/proc/self/fd/{fd}/".encode() + os.fsencode(name), False)
+        if wd is None:
+            return False
+        snap.leaves.append(wd)
+        try:
+            st = os.fstat(fd) if name is None else os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino, st.st_ctime_ns) != was or not stat.S_ISDIR(st.st_mode):
+            self._abandon()
+        else:
+            watcher.known(wd, st.st_dev, st.st_ino)
+        return True
 
     def _hold_name(self, fd: int, name: str) -> None:
         """Keep the inode and ctime of `name` in the directory `fd` (held) in the snapshot being taken."""
@@ -481,12 +563,12 @@ class Scan:
         """The entries of the directory `fd` that matter (subdirectories, git's names), from the cache when
         the directory is unchanged since it was listed."""
         st = os.fstat(fd)
-        self._hold(fd, st)
         hit = self._cache.get(rel)
         if hit is not None and hit[:3] == (st.st_dev, st.st_ino, st.st_ctime_ns):
             self.left -= 1 + len(hit[3])
             if self.left < 0:
                 raise _Budget
+            self._hold(fd, st, leaf=bool(rel) and not hit[3])
             return hit[3]
         listed_at = time.time_ns()
         entries: dict[str, int] = {}
@@ -507,6 +589,7 @@ class Scan:
             self._cache[rel] = (st.st_dev, st.st_ino, st.st_ctime_ns, entries)
         else:
             self._cache.pop(rel, None)
+        self._hold(fd, st, leaf=bool(rel) and not entries)  # a root is held: its path is looked up again
         return entries
 
     def _visit(self, fd: int, path: str, rel: str, depth: int, walk: bool = False) -> None:
@@ -541,9 +624,9 @@ class Scan:
         ctime, so its entries are still those (a new, removed or renamed entry would have moved its ctime;
         a sandbox cannot set one). One syscall instead of an open, an fstat and a close: a repository's 256
         object directories cost a scan ~1 ms otherwise, every run. Charged to the node budget as a listing
-        from the cache is. Not while a snapshot is being taken (it holds an fd of every directory)."""
-        if self.snap is not None:
-            return False
+        from the cache is. While a snapshot is being taken, the leaf is watched by name from `fd` (the
+        final component not followed: a symlink is no directory) and its fstatat, taken after the watch,
+        must match the cache: a leaf that cannot be watched is opened and held instead."""
         hit = self._cache.get(rel)
         if hit is None or hit[3]:
             return False
@@ -553,6 +636,8 @@ class Scan:
             return False  # gone or unreadable: the open reports it as before
         if (st.st_dev, st.st_ino, st.st_ctime_ns) != hit[:3] or not stat.S_ISDIR(st.st_mode):
             return False
+        if self.snap is not None and (not self._watch(fd, name, hit[:3]) or self.snap is None):
+            return False  # not watched (open and hold it), or changed (abandoned: list it again)
         self.left -= 1
         if self.left < 0:
             raise _Budget
@@ -1094,6 +1179,25 @@ def _gitfile_target(base: str, data: bytes | None) -> str | None:
     return os.path.join(base, value.decode("utf-8", errors="surrogateescape"))
 
 
+def _fits(caches: list[dict[str, tuple[int, int, int, dict[str, int]]]]) -> int | None:
+    """The number of leaves, when the cached listings of a scan's roots fit a snapshot: at most
+    SNAPSHOT_DIRS directories that hold something that matters (the root's included) and LEAF_WATCHES
+    leaves; else None. Stops counting at the first bound passed (a large tree is told in a few dozen
+    steps)."""
+    held = leaves = 0
+    for cache in caches:
+        for rel, (_dev, _ino, _ctime, entries) in cache.items():
+            if entries or not rel:
+                held += 1
+                if held > SNAPSHOT_DIRS:
+                    return None
+            else:
+                leaves += 1
+                if leaves > LEAF_WATCHES:
+                    return None
+    return leaves
+
+
 class _Budget(Exception):
     pass
 
@@ -1150,6 +1254,7 @@ def wanted(policy: Policy) -> bool:
 
 
 SnapshotKey = tuple[tuple[str, ...], frozenset[str]]
+_Seen = tuple[int, int, int]  # st_dev, st_ino, st_ctime_ns
 
 
 def writable_roots(policy: Policy) -> tuple[str, ...]:

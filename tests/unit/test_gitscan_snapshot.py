@@ -100,11 +100,15 @@ CHANGES: dict[str, Callable[[Path], None]] = {
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_every_change_where_a_scan_looks_is_seen(tree: Path, listings: Listings, change: str) -> None:
     policy = _snapshotted(tree, listings)
+    key = _gitscan.snapshot_key(policy)
+    old = listings._snapshots[key]
     started = time.time_ns()
     CHANGES[change](tree)
     assert not listings.unchanged_since(policy, started)
-    assert not listings.has(_gitscan.snapshot_key(policy))  # dropped: the full scan takes a new one
+    assert not listings.unchanged_since(policy, started)  # and not forgotten until a scan ran
     assert listings.quick == 0
+    scan(policy, started, listings)  # the full scan that follows drops it (and takes a new one)
+    assert listings._snapshots.get(key) is not old
 
 
 def test_a_change_the_full_scan_reports_is_reported(tree: Path, listings: Listings) -> None:
@@ -142,8 +146,8 @@ def test_a_recently_changed_tree_is_not_snapshotted(tree: Path, listings: Listin
 
 
 def test_a_large_tree_is_not_snapshotted(tmp_path: Path, listings: Listings) -> None:
-    for i in range(_gitscan.SNAPSHOT_DIRS + 1):
-        (tmp_path / "ws" / f"d{i}").mkdir(parents=True)
+    for i in range(_gitscan.SNAPSHOT_DIRS):  # with the root, one directory too many to hold
+        (tmp_path / "ws" / f"d{i}" / "leaf").mkdir(parents=True)
     policy = profiles.workspace_write(tmp_path / "ws")
     _aged()
     assert scan(policy, time.time_ns(), listings) == []
@@ -157,7 +161,7 @@ def test_snapshots_hold_a_bounded_number_of_fds(tmp_path: Path, listings: Listin
     policies = []
     for k in range(budget // per + 3):
         for i in range(per - 1):
-            (tmp_path / f"ws{k}" / f"d{i}").mkdir(parents=True)
+            (tmp_path / f"ws{k}" / f"d{i}" / "leaf").mkdir(parents=True)  # d{i} is held, leaf watched
         policies.append(profiles.workspace_write(tmp_path / f"ws{k}"))
     _aged()
     before = len(os.listdir("/proc/self/fd"))
@@ -169,3 +173,196 @@ def test_snapshots_hold_a_bounded_number_of_fds(tmp_path: Path, listings: Listin
     assert not listings.has(_gitscan.snapshot_key(policies[0]))  # the oldest went first
     listings.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# Leaf directories (no subdirectory, none of git's names) are watched with inotify (supervisor/_leafwatch.py),
+# not held: a repository with history (hundreds of loose-object directories) fits a snapshot.
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Path:
+    """A repository whose git dir holds 200 loose-object directories (as two commits of a few hundred
+    files leave it), and a worktree of 20 leaf directories."""
+    ws = tmp_path / "hist"
+    git = ws / ".git"
+    for d in ("refs/heads", "refs/tags", "hooks", "info", "objects/info", "objects/pack"):
+        (git / d).mkdir(parents=True)
+    for i in range(200):
+        (git / "objects" / f"{i:02x}").mkdir()
+        (git / "objects" / f"{i:02x}" / ("0" * 38)).write_text("")
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "config").write_text("[core]\n\trepositoryformatversion = 0\n")
+    for i in range(20):
+        (ws / "src" / f"m{i}").mkdir(parents=True)
+        (ws / "src" / f"m{i}" / "x.py").write_text("")
+    return ws
+
+
+def test_a_repository_with_history_fits_a_snapshot_holding_few_fds(history: Path, listings: Listings) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    policy = _snapshotted(history, listings)
+    snap = listings._snapshots[_gitscan.snapshot_key(policy)]
+    assert len(snap.leaves) >= 220  # the object directories, the worktree's, hooks/, info/...
+    assert len(snap.dirs) < _gitscan.SNAPSHOT_DIRS
+    assert len(os.listdir("/proc/self/fd")) - before == len(snap.dirs) + 1  # + the inotify instance
+    assert listings.unchanged_since(policy, time.time_ns())
+
+
+def _object_dir(ws: Path) -> Path:
+    return ws / ".git" / "objects" / "7f"
+
+
+def _git_dir_in_leaf(ws: Path) -> None:
+    ev = _object_dir(ws) / "ev"
+    for d in ("objects", "refs"):
+        (ev / d).mkdir(parents=True)
+    (ev / "HEAD").write_text("ref: refs/heads/main\n")
+    (ev / "config").write_text("[core]\n\tfsmonitor = touch x\n")
+
+
+def _leaf_made_a_git_dir(ws: Path) -> None:
+    leaf = ws / "src" / "m3"
+    (leaf / "HEAD").write_text("ref: refs/heads/main\n")
+    (leaf / "commondir").write_text("../..\n")
+    (leaf / "config").write_text("[core]\n\tfsmonitor = touch x\n")
+
+
+def _leaf_for_link(ws: Path) -> None:
+    os.rename(_object_dir(ws), ws / "src" / "m0" / "moved")
+    os.symlink("../../src/m0/moved", _object_dir(ws))
+
+
+def _leaves_exchanged(ws: Path) -> None:
+    os.rename(_object_dir(ws), ws / "tmp")
+    os.rename(ws / "src" / "m5", _object_dir(ws))
+    os.rename(ws / "tmp", ws / "src" / "m5")
+
+
+LEAF_CHANGES: dict[str, Callable[[Path], None]] = {
+    "git_dir_in_a_leaf": _git_dir_in_leaf,
+    "leaf_made_a_git_dir_by_its_files": _leaf_made_a_git_dir,
+    "file_in_a_leaf": lambda ws: (_object_dir(ws) / "HEAD").write_text(""),
+    "file_removed_from_a_leaf": lambda ws: (ws / "src" / "m9" / "x.py").unlink(),
+    "file_renamed_out_of_a_leaf": lambda ws: os.rename(ws / "src" / "m9" / "x.py", ws / "x.py"),
+    "symlink_in_a_leaf": lambda ws: os.symlink("/etc", _object_dir(ws) / "refs"),
+    "fifo_in_a_leaf": lambda ws: os.mkfifo(_object_dir(ws) / "config"),
+    "leaf_chmod": lambda ws: _object_dir(ws).chmod(0o700),
+    "leaf_renamed": lambda ws: os.rename(_object_dir(ws), _object_dir(ws).with_name("zz")),
+    "leaf_replaced_by_a_symlink": _leaf_for_link,
+    "leaves_exchanged": _leaves_exchanged,
+    "leaf_removed": lambda ws: [p.unlink() for p in _object_dir(ws).iterdir()] and _object_dir(ws).rmdir(),
+}
+
+
+@pytest.mark.parametrize("change", list(LEAF_CHANGES))
+def test_every_change_of_a_watched_leaf_is_seen(history: Path, listings: Listings, change: str) -> None:
+    policy = _snapshotted(history, listings)
+    key = _gitscan.snapshot_key(policy)
+    old = listings._snapshots[key]
+    started = time.time_ns()
+    LEAF_CHANGES[change](history)
+    assert not listings.unchanged_since(policy, started)
+    scan(policy, started, listings)
+    assert listings._snapshots.get(key) is not old  # dropped by the scan's sweep
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        ("git_dir_in_a_leaf", ".git/objects/7f/ev/config"),
+        ("leaf_made_a_git_dir_by_its_files", "src/m3/config"),
+    ],
+)
+def test_a_git_dir_planted_in_a_leaf_is_quarantined(
+    history: Path, listings: Listings, change: str, found: str
+) -> None:
+    """End to end: the quick check fails, and the full scan that follows (the snapshot's leaf skipped
+    by no shortcut: it moved) finds the planted config."""
+    policy = _snapshotted(history, listings)
+    started = time.time_ns()
+    LEAF_CHANGES[change](history)
+    assert not listings.unchanged_since(policy, started)
+    assert str(history / found) in [p for p, _ in scan(policy, started, listings)]
+
+
+def test_events_of_one_tree_do_not_cost_another_its_snapshot(
+    history: Path, tree: Path, listings: Listings
+) -> None:
+    """An event is sorted to its snapshot in the worker thread: another tree's quick check fails while it
+    is queued (the loop cannot tell whose it is), then passes again once a scan sorted it out."""
+    hist = _snapshotted(history, listings)
+    other = _snapshotted(tree, listings)
+    (_object_dir(history) / "HEAD").write_text("")
+    assert not listings.unchanged_since(other, time.time_ns())
+    assert scan(other, time.time_ns(), listings) == []
+    assert listings.unchanged_since(other, time.time_ns())
+    assert not listings.unchanged_since(hist, time.time_ns())
+    assert not listings.has(_gitscan.snapshot_key(hist))
+
+
+def test_a_leaf_changed_between_its_listing_and_its_watch_is_not_trusted(
+    history: Path, listings: Listings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the re-read after each new watch closes: a file created in a leaf after the scan listed it
+    and before its watch was in place queues no event, so the snapshot must not be taken."""
+    from supervisor import _leafwatch
+
+    real = _leafwatch.Watcher.watch
+    target = history / "src" / "m7"
+
+    def racing(self: _leafwatch.Watcher, owner: _leafwatch.Owner, path: bytes, follow: bool) -> int | None:
+        if os.stat(path).st_ino == target.stat().st_ino and not (target / "HEAD").exists():
+            (target / "HEAD").write_text("")
+        return real(self, owner, path, follow)
+
+    monkeypatch.setattr(_leafwatch.Watcher, "watch", racing)
+    policy = profiles.workspace_write(history)
+    _aged()
+    assert scan(policy, time.time_ns(), listings) == []
+    assert (target / "HEAD").exists()
+    assert not listings.has(_gitscan.snapshot_key(policy))
+
+
+def test_watches_are_adopted_not_added_again(history: Path, listings: Listings) -> None:
+    """A tree that changes at every run takes a new snapshot each time: its unchanged leaves keep their
+    watch (the same descriptor), and the watches do not pile up."""
+    policy = _snapshotted(history, listings)
+    key = _gitscan.snapshot_key(policy)
+    first = set(listings._snapshots[key].leaves)
+    count = listings.watcher.count()
+    for i in range(3):
+        (history / f"new{i}").write_text("")  # the root changed: the next scan takes a new snapshot
+        _aged()
+        started = time.time_ns()
+        assert not listings.unchanged_since(policy, started)
+        assert scan(policy, started, listings) == []
+    assert set(listings._snapshots[key].leaves) == first
+    assert listings.watcher.count() == count
+
+
+def test_without_watches_leaves_are_held(tree: Path, listings: Listings) -> None:
+    """No inotify watch to be had (the user's watches spent, no inotify): a small tree's leaves are held
+    as before, and the snapshot still works."""
+    listings.watcher.budget = 0
+    policy = _snapshotted(tree, listings)
+    snap = listings._snapshots[_gitscan.snapshot_key(policy)]
+    assert snap.leaves == []
+    assert len(snap.dirs) >= 8
+    assert listings.unchanged_since(policy, time.time_ns())
+    (tree / "src" / "a" / "new.c").write_text("")
+    assert not listings.unchanged_since(policy, time.time_ns())
+
+
+def test_a_tree_with_too_many_leaves_is_not_snapshotted(
+    tmp_path: Path, listings: Listings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past LEAF_WATCHES, leaves are held; past SNAPSHOT_DIRS held directories too, no snapshot."""
+    monkeypatch.setattr(_gitscan, "LEAF_WATCHES", 20)
+    for i in range(20 + _gitscan.SNAPSHOT_DIRS):
+        (tmp_path / "ws" / f"d{i}").mkdir(parents=True)
+    policy = profiles.workspace_write(tmp_path / "ws")
+    _aged()
+    assert scan(policy, time.time_ns(), listings) == []
+    _aged()
+    assert scan(policy, time.time_ns(), listings) == []
+    assert not listings.has(_gitscan.snapshot_key(policy))
