@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -180,3 +181,38 @@ def test_the_shared_tmp_as_a_writable_root_is_refused_not_silently_private(
     assert p.returncode == 125, p.stderr
     assert b"private" in p.stderr
     assert not (workspace / "ran").exists()
+
+
+# --- class 4: files the caller hands the command as its stdio
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP: a file the caller gives the command as stdin/stdout/stderr (a redirection, stdin=fd) is "
+    "an open file of the host's mount, not of the sandbox's view: its owner (the sandbox's uid) can fchmod, "
+    "futimens and fsetxattr it through the fd (or /proc/self/fd/N) wherever it lies; seccomp cannot tell a "
+    "dup of it from any fd, and Landlock has no right for metadata (docs/security.md, Known gaps)",
+)
+async def test_a_stdio_file_outside_the_roots_keeps_its_mode(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    secret = outside / "secret.pem"
+    secret.write_text("TOPSECRET\n")
+    os.chmod(secret, 0o600)
+    before = os.stat(secret)
+    fd = os.open(secret, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        script = "import os; os.fchmod(0, 0o644); os.utime(0, (0, 0)); print(os.read(0, 100))"
+        r = await sup.run(
+            ["/usr/bin/python3", "-I", "-S", "-c", script],
+            policy=profiles.workspace_write(workspace),
+            stdin=fd,
+        )
+    finally:
+        os.close(fd)
+    assert b"TOPSECRET" in r.stdout  # reading it is what the caller asked for
+    after = os.stat(secret)
+    assert stat.S_IMODE(after.st_mode) == 0o600, oct(
+        after.st_mode
+    )  # the secret did not become world-readable
+    assert after.st_mtime_ns == before.st_mtime_ns
