@@ -210,11 +210,41 @@ def _build_policy(profile: str | None, policy_file: str | None, opts: dict[str, 
         policy = profiles.override(base, **given)
     else:
         policy = profiles.get(profile or "workspace-write", workdir, **given)
+    _refuse_ambiguous_paths(given, policy.workdir)
     if seccomp_file is not None:
         # An OCI/Docker JSON profile, added to the built-in filter (docs/seccomp.md, "Profiles").
         syscalls = dataclasses.replace(policy.syscalls, profile=load_seccomp_profile(seccomp_file))
         policy = dataclasses.replace(policy, syscalls=syscalls)
     return policy
+
+
+#: The path options whose relative values a policy resolves against the workdir.
+_PATH_OPTIONS = ("allow_write", "allow_read", "deny")
+
+
+def _refuse_ambiguous_paths(given: dict[str, Any], workdir: str | None) -> None:
+    """Raise PolicyError for a relative --allow-write/--allow-read/--deny when the workdir is not the current
+    directory. The policy resolves it against the workdir, the shell's habit against the current
+    directory: `cd ~/proj && corral run --workdir build --deny .env` hid build/.env and left ~/proj/.env,
+    the one meant, readable. When both are the same directory (the default workdir) there is no doubt."""
+    if workdir is None:
+        return
+    try:
+        here = os.path.realpath(os.getcwd())
+    except OSError:  # the current directory was removed: nothing relative can mean it
+        return
+    if os.path.realpath(workdir) == here:
+        return
+    for key in _PATH_OPTIONS:
+        for value in given.get(key, ()):
+            text = os.fspath(value)
+            if not os.path.isabs(text) and not text.startswith("~"):
+                flag = "--" + key.replace("_", "-")
+                msg = (
+                    f"{text!r} is relative, and the workdir ({workdir}) is not the current directory "
+                    f"({here}): give it as an absolute path (or ~/...)"
+                )
+                raise PolicyError(flag, msg, text)
 
 
 def _load_rules(files: Sequence[str], workdir: str | None) -> CommandRules | None:

@@ -183,6 +183,55 @@ def test_the_shared_tmp_as_a_writable_root_is_refused_not_silently_private(
     assert not (workspace / "ran").exists()
 
 
+# --- class 8: a relative --deny/--allow-write when --workdir is not the current directory
+
+
+def test_a_relative_cli_path_with_another_workdir_is_refused(workspace: Path) -> None:
+    # `cd proj && corral run --workdir build --deny .env`: the policy resolved `.env` against the workdir
+    # (build/.env, absent) and proj/.env, the file meant, stayed readable. Refused now, naming both.
+    (workspace / "build").mkdir()
+    (workspace / ".env").write_text("TOPSECRET-env\n")
+    p = corral(
+        workspace, "run", "--workdir", "build", "--deny", ".env", "--", "/bin/cat", "../.env", home=workspace
+    )
+    assert p.returncode == 125, p.stdout
+    assert b"TOPSECRET" not in p.stdout
+    assert b"--deny" in p.stderr
+    assert b"absolute" in p.stderr
+    # Unambiguous forms still work: an absolute path, and a relative one when the workdir is the cwd.
+    p = corral(
+        workspace,
+        "run",
+        "--workdir",
+        "build",
+        "--deny",
+        str(workspace / ".env"),
+        "--",
+        "/bin/cat",
+        "../.env",
+        home=workspace,
+    )
+    assert p.returncode == 1
+    assert b"TOPSECRET" not in p.stdout
+    p = corral(workspace, "run", "--deny", ".env", "--", "/bin/cat", ".env", home=workspace)
+    assert p.returncode == 1
+    assert b"TOPSECRET" not in p.stdout
+    p = corral(
+        workspace,
+        "run",
+        "--workdir",
+        ".",
+        "--allow-write",
+        "build",
+        "--",
+        SH,
+        "-c",
+        "echo x > build/f",
+        home=workspace,
+    )
+    assert p.returncode == 0, p.stderr
+
+
 # --- class 4: files the caller hands the command as its stdio
 
 
