@@ -23,6 +23,9 @@ sandbox can set mtime, never ctime):
   and a linked worktree's `gitdir` naming a place outside the roots or through a symlink: quarantined;
 - `hooks` (a symlink) or any entry of `hooks/` but the `*.sample` templates: renamed to
   `<name>.corral-quarantined` (git runs a hook only under its exact name).
+Also the host users' own global and system git configuration (supervisor/_gitglobal.py): a file it includes
+or a `core.hooksPath` directory it names under a root is checked as above (and warned about once: the scan
+acts only after the run, while the user's git may read it during the run).
 Each quarantined path is reported (`Result.quarantined`, `--json`'s `quarantined`, a warning line from the
 CLI). Nothing that existed unchanged before the run is touched: the user's own hooks and settings stay.
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import pwd
 import resource
@@ -47,11 +51,13 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from supervisor import _leafwatch
+from supervisor import _gitglobal, _leafwatch
 from supervisor.sandbox import _gitconfig, _hostfs
 
 if TYPE_CHECKING:
     from policies import Policy
+
+log = logging.getLogger("corral")
 
 #: Entries one scan looks at, per root (a 100,000-file tree is ~102,000; ~0.3 s here).
 MAX_NODES = 500_000
@@ -217,6 +223,9 @@ class Listings:
         self.quick = 0
         #: The inotify watches on the snapshots' leaf directories (supervisor/_leafwatch.py).
         self.watcher = _leafwatch.Watcher()
+        #: Per snapshot: the host users' global git config files its scan read, and what they were
+        #: (_gitglobal.identity); the quick check stats them again, since the scan read them.
+        self.globals: dict[SnapshotKey, tuple[list[str], list[bool], _gitglobal.Identity]] = {}
 
     def root(self, root: str) -> dict[str, tuple[int, int, int, dict[str, int]]]:
         cache = self._roots.get(root)
@@ -290,6 +299,9 @@ class Listings:
                 return False
             if snapshot.leaves and self.watcher.pending():
                 return False  # which snapshot it concerns is sorted out off the loop (sweep)
+            watched = self.globals.get(roots)
+            if watched is None or _gitglobal.identity(watched[0], watched[1]) != watched[2]:
+                return False  # the users' global git config changed: read again, by a full scan
             if not snapshot.unchanged():
                 snapshot.dirty = True
                 return False
@@ -422,6 +434,13 @@ class Scan:
         self._included: set[str] = set()
         #: Bytes of git config parsed by this scan (_parse_budget).
         self._parsed = 0
+        #: The host users' global and system git configuration (supervisor/_gitglobal.py), read once per
+        #: scan in `_run`: what it includes or names as hooks under a root is checked like a repository's.
+        self.globals: _gitglobal.Refs | None = None
+        #: When it was read, and what tells that it has not changed since (`Listings` keeps it with a
+        #: snapshot: the quick check compares it); None when it changed while being read.
+        self.globals_identity: _gitglobal.Identity | None = None
+        self._global_hooks_rel: list[tuple[str, str]] = []
         self._old_ns = time.time_ns() - MARGIN_NS  # a snapshot's ctimes must be older
 
     def run(self) -> list[tuple[str, str]]:
@@ -442,9 +461,15 @@ class Scan:
             except BaseException:
                 self._abandon()
                 raise
-            if self.snap is not None and self.key is not None and not found:
+            ident, refs = self.globals_identity, self.globals
+            if self.snap is not None and self.key is not None and not found and ident is not None and refs:
                 self.snap.taken_ns = time.time_ns()
                 self.listings.keep(self.key, self.snap)
+                kept = self.listings.globals
+                kept.pop(self.key, None)
+                if len(kept) >= 256:  # bounded: entries of snapshots since dropped go first
+                    kept.pop(next(iter(kept)))
+                kept[self.key] = (refs.watched, refs.inside, ident)
             else:
                 self._abandon()
             self.listings.sweep()  # the watches just removed queue events: read them now, off the loop
@@ -529,7 +554,71 @@ class Scan:
         """`fd`, a directory being scanned, is about to be closed (its copy stays held)."""
         self._held.pop(fd, None)
 
+    def _read_globals(self) -> None:
+        """Read the host users' global git configuration (`_gitglobal.references`) and what tells later
+        that it has not changed: taken after the read, and only trusted when every file's ctime is older
+        than the read's start (a change during the read could otherwise be missed)."""
+        started = time.time_ns() - MARGIN_NS
+        refs = self.globals = _gitglobal.references(self.roots)
+        self._global_hooks_rel = [(rel, via) for _abs, rel, via in refs.hooks if rel is not None]
+        ident = _gitglobal.identity(refs.watched, refs.inside)
+        fresh = any(isinstance(i, tuple) and i[2] >= started for i in ident)
+        self.globals_identity = None if fresh else ident
+
+    def _warn_global(self, target: str, via: str, what: str) -> None:
+        """Say once per process that the users' global git config `via` names `target` in a writable
+        root: the scan moves aside what a run wrote there, but only after the run; while it runs, the
+        user's own git (an editor polling `git status`) reads what the sandbox wrote."""
+        if (target, via) in _warned or len(_warned) >= 1024:
+            return
+        _warned.add((target, via))
+        log.warning(
+            "git: %s: %s in a writable root, which the global git config %s names: a sandbox can write it "
+            "while it runs, and your git reads it then (corral moves it aside only after the run); keep "
+            "it outside the writable roots",
+            target,
+            what,
+            via,
+        )
+
+    def _check_global_refs(self, root: str) -> None:
+        """What the host users' global git configuration names under the root being scanned: an included
+        file written during the run with a setting that runs programs is quarantined (and its own includes
+        followed), a `core.hooksPath` directory's entries written during the run are quarantined. Either
+        makes this scan take no snapshot (`_in_root`)."""
+        refs = self.globals
+        if refs is None:
+            return
+        for target, via in refs.includes:
+            target_in = self._in_root("/", os.fsencode(target), os.geteuid())
+            if target_in is None or target_in in self._included:
+                continue
+            self._included.add(target_in)
+            self._warn_global(target_in, via, "an included git config")
+            dpath, leaf = os.path.split(target_in)
+            config = f"the global git config {via}"
+            dfd = self._open_in_root(dpath, os.O_PATH, target_in, f"{config} includes it")
+            if dfd is None:
+                continue
+            try:
+                if self._changed(dfd, leaf) is not None:
+                    reason = self._config_problem(dfd, target_in, leaf)
+                    if reason:
+                        reason = reason.replace("git config", f"git config included by {config}", 1)
+                        self._quarantine(dfd, dpath, leaf, reason)
+                        continue
+                self._check_includes(dfd, dpath, leaf, 1)
+            finally:
+                os.close(dfd)
+        for absolute, _rel, via in refs.hooks:
+            if absolute is None:
+                continue
+            target_in = self._in_root("/", os.fsencode(absolute), os.geteuid())
+            if target_in is not None:
+                self._check_hooks_dir(target_in, f"core.hooksPath of the global git config {via}", via=via)
+
     def _run(self) -> list[tuple[str, str]]:
+        self._read_globals()
         for root in self.roots:
             try:
                 fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -542,6 +631,7 @@ class Scan:
                 self._visit(fd, root, "", 0)
                 self._visit_deep(fd)
                 self._check_global(fd, root)
+                self._check_global_refs(root)
                 if self.snap is not None:
                     st = os.fstat(fd)
                     self.snap.roots.append((root, st.st_dev, st.st_ino))
@@ -797,27 +887,42 @@ class Scan:
         one that existed in the top repository's worktree was bound, and is trusted like `.git/hooks`.
         Relative paths are taken from the worktree (the directory holding `.git`), else the git dir."""
         read = self._config_entries(fd, path, name, b"hookspath")
-        if read is None:
-            return
-        entries, owner = read
+        entries, owner = read if read is not None else ([], os.geteuid())
         values = [v for k, v in entries if k == "core.hookspath" and v is not None]
         base = os.path.dirname(path) if os.path.basename(path) == ".git" else path
-        target = self._in_root(base, values[-1], owner) if values else None
+        if not values:
+            if name == "config":  # the users' global `core.hooksPath = .githooks`: from each worktree
+                for rel, via in self._global_hooks_rel:
+                    target = self._in_root(base, os.fsencode(rel), owner)
+                    if target is not None:
+                        self._check_hooks_dir(
+                            target, f"core.hooksPath of the global git config {via}", via=via
+                        )
+            return
+        target = self._in_root(base, values[-1], owner)
         if target is None:
             return
-        what = f"core.hooksPath of {os.path.join(path, name)} names it"
+        top_repo = mounted and path == os.path.join(self._root, ".git")  # the mounts protect only its
+        self._check_hooks_dir(target, f"core.hooksPath of {os.path.join(path, name)} names it", top_repo)
+
+    def _check_hooks_dir(self, target: str, what: str, bound: bool = False, via: str = "") -> None:
+        """Quarantine every entry (but `*.sample`) written during the run in the hooks directory `target`
+        (in the root being scanned; `what` names who configures it). `bound`: the mounts bound it
+        read-only for the run when it existed before (the top repository's own), so it is then trusted.
+        `via`: the users' global git config that names it (warned about once, `_warn_global`)."""
         hfd = self._open_in_root(target, os.O_RDONLY, target, what)
         if hfd is None:
             return
+        if via:
+            self._warn_global(target, via, "a git hooks directory")
         try:
-            top_repo = mounted and path == os.path.join(self._root, ".git")  # the mounts protect only its
-            if top_repo and self._born_dir_before(hfd):
+            if bound and self._born_dir_before(hfd):
                 return  # the top repository's configured hooks, bound read-only during the run
             for entry in sorted(os.listdir(hfd)):
                 if entry.endswith((".sample", QUARANTINE_SUFFIX)):
                     continue
                 if self._changed(hfd, entry) is not None:
-                    self._quarantine(hfd, target, entry, "git hook (core.hooksPath) written during the run")
+                    self._quarantine(hfd, target, entry, f"git hook ({what}) written during the run")
         finally:
             os.close(hfd)
 
@@ -1159,6 +1264,9 @@ class Scan:
                 return ""  # in a root (scanned there), or missing there (git fails, naming nothing outside)
         return "outside the writable roots (the user's git would work on another repository there)"
 
+
+#: (target, global config) pairs already warned about in this process (_warn_global).
+_warned: set[tuple[str, str]] = set()
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 

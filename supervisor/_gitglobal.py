@@ -1,0 +1,252 @@
+"""The host user's own git configuration (global and system), read for the post-run git scan
+(supervisor/_gitscan.py): what in it names a file or directory under a writable root.
+
+git reads, in every repository, the system config (`$GIT_CONFIG_SYSTEM`, else /etc/gitconfig, unless
+`$GIT_CONFIG_NOSYSTEM`) and the user's global config (`$GIT_CONFIG_GLOBAL`, else `$XDG_CONFIG_HOME/git/config`
+or `~/.config/git/config`, and `~/.gitconfig`), with the files they include (`include.path`,
+`includeIf.<cond>.path`). When one of those names a file under a writable root (`includeIf "gitdir:~/work/"`
+with `path = ~/work/.gitconfig-work`), or `core.hooksPath` names a directory there, a sandbox writes what the
+user's next git command reads as config (running `core.fsmonitor`, `core.pager`...) or runs as hooks.
+
+Whose configuration counts: the caller's, as its environment says (`HOME`, `XDG_CONFIG_HOME`,
+`GIT_CONFIG_GLOBAL`, `GIT_CONFIG_SYSTEM`, `GIT_CONFIG_NOSYSTEM`): the user who runs corral runs git there
+later; and the default locations in the home directory (from the password database) of the effective user
+and of the owner of each writable root: under a root caller (`sudo corral run` in a developer's checkout) the
+sandbox runs as the workdir's owner, and that account is the one whose git works on the tree afterwards,
+while `sudo` may have left HOME at /root or at the developer's home.
+
+How it is read (this runs in the scan's worker thread, never on the event loop): component by component
+from "/", each opened O_PATH | O_NOFOLLOW from its parent's fd; a symlink is followed only when the directory
+holding it is outside every writable root (the user's own dotfiles link, `~/.gitconfig ->
+dotfiles/gitconfig`, which no sandbox could have made); one below a writable root is not followed, and that
+file is not read (the scan looks at the files at a root's top itself). Then O_NONBLOCK, a regular file only,
+at most 1 MiB, at most 32 files (includes of includes to git's depth of 10).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from supervisor.sandbox import _gitconfig
+
+MAX_FILE = 1 << 20
+MAX_FILES = 32
+MAX_DEPTH = 10
+_MAX_LINKS = 40
+
+
+@dataclass
+class Refs:
+    """What the user's global and system git configuration names.
+
+    `includes`: (absolute path of an included file, the config that includes it); `hooks`: (the
+    `core.hooksPath` value made absolute when it is absolute or `~/`, else None, the raw relative value
+    when relative (git takes it from each repository's worktree), the config that sets it); `watched`:
+    the paths whose change means this must be read again (every config file looked for, found or not);
+    `inside`: which of `watched` lie under a writable root (looked at without following a link)."""
+
+    includes: list[tuple[str, str]] = field(default_factory=list)
+    hooks: list[tuple[str | None, str | None, str]] = field(default_factory=list)
+    watched: list[str] = field(default_factory=list)
+    inside: list[bool] = field(default_factory=list)
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def config_files(roots: Sequence[str], env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """The (path, home) of every global or system git config file the host users who may run git on
+    `roots` read (module docstring), `home` being what `~` means in it; missing ones included."""
+    env = os.environ if env is None else env
+    out: list[tuple[str, str]] = []
+    home = env.get("HOME") or ""
+
+    def add(path: str, h: str) -> None:
+        if path and os.path.isabs(path) and (path, h) not in out:
+            out.append((os.path.normpath(path), h))
+
+    if not _truthy(env.get("GIT_CONFIG_NOSYSTEM")):
+        add(env.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig", home)
+    if "GIT_CONFIG_GLOBAL" in env:
+        add(env["GIT_CONFIG_GLOBAL"], home)
+    else:
+        xdg = env.get("XDG_CONFIG_HOME") or (os.path.join(home, ".config") if home else "")
+        if xdg:
+            add(os.path.join(xdg, "git", "config"), home)
+        if home:
+            add(os.path.join(home, ".gitconfig"), home)
+    uids = {os.geteuid()}
+    for root in roots:
+        try:
+            uids.add(os.stat(root).st_uid)
+        except OSError:
+            continue
+    for uid in sorted(uids):
+        try:
+            h = pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            continue
+        if h and h != home:
+            add(os.path.join(h, ".config", "git", "config"), h)
+            add(os.path.join(h, ".gitconfig"), h)
+    return out
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == r.rstrip("/") or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def read(path: str, roots: Sequence[str]) -> bytes | None:
+    """The bytes of the config file `path`, or None when it is missing, not a regular file, larger than
+    MAX_FILE, or reached only through a symlink in a directory under one of `roots` (never followed: a
+    sandbox may have planted it). Links elsewhere (the user's own) are followed, 40 at most."""
+    parts = [p for p in path.split("/") if p]
+    done = "/"
+    links = 0
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                nxt = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd, done = nxt, os.path.dirname(done)
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _MAX_LINKS or _under(done, roots):
+                    return None  # below a writable root: a sandbox may have made it
+                try:
+                    target = os.readlink(name, dir_fd=fd)
+                except OSError:
+                    return None
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd, done = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), "/"
+                parts = [p for p in target.split("/") if p] + parts
+                continue
+            if parts:
+                try:
+                    nxt = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    return None
+                os.close(fd)
+                fd, done = nxt, os.path.join(done, name)
+                continue
+            return _read_leaf(fd, name)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_leaf(dirfd: int, name: str) -> bytes | None:
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dirfd
+        )
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EACCES, errno.ENOTDIR):
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE:
+            return None
+        data = os.read(fd, MAX_FILE + 1)
+        return data if len(data) <= MAX_FILE else None
+    finally:
+        os.close(fd)
+
+
+def _expand(value: bytes, base: str, home: str) -> str | None:
+    """A path setting as git expands it: `~/` the home, relative ones from `base` (None: `~user` forms
+    and empty values, which are not followed here)."""
+    text = value.decode("utf-8", errors="surrogateescape")
+    if not text:
+        return None
+    if text == "~" or text.startswith("~/"):
+        if not home:
+            return None
+        text = os.path.join(home, text[2:])
+    elif text.startswith("~"):
+        try:
+            user, _, rest = text[1:].partition("/")
+            text = os.path.join(pwd.getpwnam(user).pw_dir, rest)
+        except KeyError:
+            return None
+    return os.path.normpath(os.path.join(base, text))
+
+
+def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Refs:
+    """What the global and system git configuration of the users who may run git on `roots` names
+    (`Refs`), read as the module docstring says. Never raises for the filesystem's sake: what cannot be
+    read is skipped (git could not read it either, or it lies behind a link corral does not follow)."""
+    refs = Refs()
+    queue = [(path, home, 0) for path, home in config_files(roots, env)]
+    seen: set[str] = set()
+    while queue and len(seen) < MAX_FILES:
+        path, home, depth = queue.pop(0)
+        if path in seen:
+            continue
+        seen.add(path)
+        refs.watched.append(path)
+        refs.inside.append(_under(path, roots))
+        try:
+            data = read(path, roots)
+        except OSError:
+            data = None
+        if data is None:
+            continue
+        try:
+            entries = _gitconfig.parse(data)
+        except _gitconfig.ConfigSyntaxError:
+            continue  # git refuses the file (and every command with it)
+        base = os.path.dirname(path)
+        for key, value in entries:
+            if value is None:
+                continue
+            if key.endswith(".path") and (key.startswith("include.") or key.startswith("includeif.")):
+                target = _expand(value, base, home)
+                if target is None:
+                    continue
+                refs.includes.append((target, path))
+                if depth + 1 < MAX_DEPTH:
+                    queue.append((target, home, depth + 1))
+            elif key == "core.hookspath":
+                text = value.decode("utf-8", errors="surrogateescape")
+                if text.startswith("/") or text.startswith("~"):
+                    refs.hooks.append((_expand(value, "/", home), None, path))
+                elif text:
+                    refs.hooks.append((None, text, path))
+    return refs
+
+
+Identity = tuple[tuple[int, int, int, int] | int, ...]
+
+
+def identity(paths: Sequence[str], inside: Sequence[bool]) -> Identity:
+    """What tells that none of `paths` changed since: (device, inode, ctime, size) of each, or its errno.
+    A path under a writable root is looked at with lstat (a link there is not followed), others with stat
+    (the user's own links, whose targets an edit changes). stat and lstat only: nothing is opened, so a FIFO
+    or a device planted there cannot block the caller (the event loop's quick check uses this)."""
+    out: list[tuple[int, int, int, int] | int] = []
+    for path, under in zip(paths, inside, strict=True):
+        try:
+            st = os.lstat(path) if under else os.stat(path)
+        except OSError as err:
+            out.append(err.errno or 0)
+            continue
+        out.append((st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size))
+    return tuple(out)

@@ -1,0 +1,94 @@
+"""supervisor/_gitglobal.py: which global git configs are read, and how (real files in tmp_path; the
+attacks from inside a sandbox are in tests/kernel/test_attack_git_global.py)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+from supervisor import _gitglobal
+
+
+def test_which_files_git_reads() -> None:
+    env = {"HOME": "/h", "XDG_CONFIG_HOME": "/x"}
+    files = [p for p, _h in _gitglobal.config_files([], env)]
+    assert files[:3] == ["/etc/gitconfig", "/x/git/config", "/h/.gitconfig"]
+    env = {"HOME": "/h", "GIT_CONFIG_GLOBAL": "/g", "GIT_CONFIG_SYSTEM": "/s"}
+    assert [p for p, _h in _gitglobal.config_files([], env)][:2] == ["/s", "/g"]  # GLOBAL replaces both
+    env = {"HOME": "/h", "GIT_CONFIG_NOSYSTEM": "true"}
+    files = [p for p, _h in _gitglobal.config_files([], env)]
+    assert "/etc/gitconfig" not in files
+    assert files[:2] == ["/h/.config/git/config", "/h/.gitconfig"]
+
+
+def test_the_owner_of_a_root_counts(tmp_path: Path) -> None:
+    """A root owned by another account (under a root caller the sandbox runs as it, and that account
+    runs git there later): its home's default configs are read too."""
+    owner = pwd.getpwnam("daemon")
+    root = tmp_path / "checkout"
+    root.mkdir()
+    os.chown(root, owner.pw_uid, owner.pw_gid)
+    files = _gitglobal.config_files([str(root)], {"HOME": "/h"})
+    assert (os.path.join(owner.pw_dir, ".gitconfig"), owner.pw_dir) in files
+
+
+def test_read_follows_the_users_links_but_not_one_below_a_root(tmp_path: Path) -> None:
+    (tmp_path / "dotfiles").mkdir()
+    (tmp_path / "dotfiles" / "gitconfig").write_bytes(b"[user]\n\tname = me\n")
+    (tmp_path / "link").symlink_to("dotfiles/gitconfig")
+    assert _gitglobal.read(str(tmp_path / "link"), []) == b"[user]\n\tname = me\n"
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "inc").symlink_to(tmp_path / "dotfiles" / "gitconfig")
+    (root / "d").symlink_to(tmp_path / "dotfiles")
+    assert _gitglobal.read(str(root / "inc"), [str(root)]) is None  # a sandbox may have planted it
+    assert _gitglobal.read(str(root / "d" / "gitconfig"), [str(root)]) is None
+    assert _gitglobal.read(str(root / "inc"), []) is not None  # not below a root: the user's own link
+
+
+def test_read_refuses_fifos_and_huge_files(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    assert _gitglobal.read(str(tmp_path / "fifo"), []) is None  # not opened for reading: no block
+    with open(tmp_path / "huge", "wb") as f:
+        f.truncate(_gitglobal.MAX_FILE + 1)
+    assert _gitglobal.read(str(tmp_path / "huge"), []) is None
+    assert _gitglobal.read(str(tmp_path / "missing"), []) is None
+
+
+def test_references(tmp_path: Path) -> None:
+    g = tmp_path / "g"
+    g.write_text(
+        '[include]\n\tpath = more\n[includeIf "gitdir:~/w/"]\n\tpath = ~/w/team.inc\n'
+        "[core]\n\thooksPath = .githooks\n"
+    )
+    (tmp_path / "more").write_text("[core]\n\thooksPath = ~/hooks\n[include]\n\tpath = /abs/x\n")
+    refs = _gitglobal.references([], {"GIT_CONFIG_GLOBAL": str(g), "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/h"})
+    assert (str(tmp_path / "more"), str(g)) in refs.includes
+    assert ("/h/w/team.inc", str(g)) in refs.includes
+    assert ("/abs/x", str(tmp_path / "more")) in refs.includes
+    assert (None, ".githooks", str(g)) in refs.hooks
+    assert ("/h/hooks", None, str(tmp_path / "more")) in refs.hooks
+    assert str(tmp_path / "more") in refs.watched
+    assert "/abs/x" in refs.watched  # missing: created later, it is noticed
+
+
+def test_an_include_loop_ends(tmp_path: Path) -> None:
+    g = tmp_path / "g"
+    g.write_text("[include]\n\tpath = g\n")
+    refs = _gitglobal.references([], {"GIT_CONFIG_GLOBAL": str(g), "GIT_CONFIG_NOSYSTEM": "1"})
+    assert refs.watched.count(str(g)) == 1
+
+
+def test_identity_sees_a_rewrite_in_place_and_a_new_file(tmp_path: Path) -> None:
+    f = tmp_path / "c"
+    f.write_text("a")
+    paths, inside = [str(f), str(tmp_path / "new")], [False, True]
+    before = _gitglobal.identity(paths, inside)
+    assert before == _gitglobal.identity(paths, inside)
+    with open(f, "a") as fp:
+        fp.write("b")
+    after = _gitglobal.identity(paths, inside)
+    assert after != before
+    (tmp_path / "new").write_text("")
+    assert _gitglobal.identity(paths, inside) != after
