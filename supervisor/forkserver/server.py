@@ -135,6 +135,8 @@ def _view(
 ) -> _ops.Plan:
     """Steps 5-8: the other namespaces and the filesystem view. Raises SetupFailure."""
     plan = _ops.Plan()
+    # A root caller's sandbox runs as the workdir's owner: their credential stores are hidden too.
+    pol = {**pol, "mounts": mounts.with_owner_secrets(pol["mounts"], cwd)}
     # 5. The mount, network, ipc and uts namespaces (owned by the new user namespace), the hostname and
     #    loopback: need CAP_SYS_ADMIN/CAP_NET_ADMIN there, so before the drop. (A pooled network namespace
     #    is there already, with loopback up.)

@@ -32,9 +32,10 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import pwd
 import stat
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from supervisor.sandbox import _cinit, _gitconfig, _hostfs, _sys
 
@@ -83,6 +84,9 @@ class Prepared(TypedDict):
     deny: list[str]
     protected: list[str]
     enforced: list[str]
+    # A root caller's policy that hides the credential stores: hide those of the workdir's owner too
+    # (`owner_secrets`), whom the sandbox runs as.
+    owner_secrets: NotRequired[bool]
 
 
 def prepare(policy: Policy, ns: namespaces.Prepared) -> Prepared | None:
@@ -93,6 +97,7 @@ def prepare(policy: Policy, ns: namespaces.Prepared) -> Prepared | None:
     .git/hooks)."""
     if not ns["flags"] or not (ns["flags"] & 0x00020000):
         return None
+    from policies import profiles
     from policies._validate import resolve_trusted
 
     fs = policy.filesystem
@@ -110,6 +115,11 @@ def prepare(policy: Policy, ns: namespaces.Prepared) -> Prepared | None:
         "read": [resolve_trusted(p) for p in fs.read if p != "/"],
         "deny": [os.path.normpath(p) for p in fs.deny] if fs.confine else [],
         "protected": list(fs.protected) if fs.confine else [],
+        # A root caller's sandbox runs as its workdir's owner (namespaces.owner_maps), who can read the
+        # credential stores of their own home: a policy that hides root's and $HOME's hides theirs too.
+        "owner_secrets": bool(
+            fs.confine and os.geteuid() == 0 and set(profiles.credential_paths("/root")) <= set(fs.deny)
+        ),
         # mount_ns itself is namespaces' to report.
         "enforced": ["readonly_root", "private_tmp", "hidden_run", "minimal_dev"] if fs.confine else [],
     }
@@ -219,8 +229,52 @@ def fingerprint(prepared: Prepared | None, workdir: str) -> tuple[object, ...]:
                 for rel in expanded:
                     paths += (os.path.join(root, rel), os.path.join(root, rel.split("/", 1)[0]))
             paths += prepared["deny"]
+            paths += owner_secrets(prepared, workdir)
     # Which paths were looked at (git expansion can change the list) and what each was.
     return tuple(paths), _cinit.identities(paths), tuple(notes)
+
+
+def owner_secrets(prepared: Prepared, workdir: str) -> list[str]:
+    """The credential stores (`profiles.credential_paths`) in the home directory of `workdir`'s owner, when
+    `prepared` asks for them (a root caller's policy hiding the credential stores) and the owner is not
+    root: the account the sandbox will run as (namespaces.owner_maps), whose own `~/.ssh`, `~/.netrc` and
+    cloud credentials it could otherwise read, since the caller's $HOME under sudo is /root. Looked up
+    with lstat (the init refuses a workdir through a symlink anyway) and the password database. Never
+    raises."""
+    if not prepared.get("owner_secrets"):
+        return []
+    try:
+        st = os.lstat(workdir)
+    except OSError:
+        return []
+    if st.st_uid == 0 or not stat.S_ISDIR(st.st_mode):
+        return []
+    return list(_home_secrets(st.st_uid))
+
+
+@functools.lru_cache(maxsize=64)
+def _home_secrets(uid: int) -> tuple[str, ...]:
+    """credential_paths of `uid`'s home directory from the password database (cached: one lookup per
+    account in the fork server's life); none for an account without one."""
+    from policies import profiles
+
+    try:
+        home = os.path.normpath(pwd.getpwuid(uid).pw_dir)
+    except (KeyError, OSError, ValueError):
+        return ()
+    if not os.path.isabs(home) or home == "/":
+        return ()
+    return tuple(p for p in profiles.credential_paths(home) if p.startswith(home + "/"))
+
+
+def with_owner_secrets(prepared: Prepared | None, workdir: str) -> Prepared | None:
+    """`prepared` with `owner_secrets(prepared, workdir)` added to its denied paths (itself when none)."""
+    if prepared is None:
+        return None
+    extra = [p for p in owner_secrets(prepared, workdir) if p not in prepared["deny"]]
+    if not extra:
+        return prepared
+    return {**prepared, "deny": [*prepared["deny"], *extra]}
 
 
 def _git_paths(root: str, protected: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ Every run is bounded by its policy's timeout; nothing here reaches past loopback
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -83,6 +84,50 @@ async def test_a_denied_name_linked_to_another_denied_path_is_hidden(
     assert code == 0
     assert b"done\n" in out
     assert b"root:" not in out
+
+
+# --- class 2/5: a root caller's sandbox runs as the workdir's owner, who can read their own credentials
+
+
+def _an_account_with_a_home() -> tuple[int, int, Path]:
+    """(uid, gid, home) of an ordinary account of the password database whose home is a real directory."""
+    for entry in pwd.getpwall():
+        home = Path(entry.pw_dir)
+        if 1000 <= entry.pw_uid < 65534 and home.is_absolute() and home != Path("/") and home.is_dir():
+            return entry.pw_uid, entry.pw_gid, home
+    pytest.skip("no ordinary account with a home directory in the password database to run as")
+
+
+@pytest.mark.parametrize("hide", [True, False])
+async def test_a_root_callers_sandbox_cannot_read_the_workdir_owners_credentials(
+    sup: Supervisor, workspace: Path, hide: bool
+) -> None:
+    # `sudo corral run` in alice's checkout: HOME is /root, so the default hiding covered /root and the
+    # system's secrets; the sandbox runs as alice (to write her files as she would) and read her ~/.netrc.
+    if os.geteuid() != 0:
+        pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
+    uid, gid, home = _an_account_with_a_home()
+    names = [
+        n for n in (".netrc", ".pgpass", ".git-credentials", ".pypirc", ".npmrc") if not (home / n).exists()
+    ]
+    if not names:
+        pytest.skip(f"every credential file the test could plant already exists in {home}")
+    cred = home / names[0]
+    os.chown(workspace, uid, gid)
+    try:
+        cred.write_text("TOPSECRET-owner\n")
+        os.chown(cred, uid, gid)
+        os.chmod(cred, 0o600)
+        pol = profiles.workspace_write(workspace, timeout=20, hide_credentials=hide)
+        r = await sup.run(["/bin/sh", "-c", f"id -u; cat {cred}; echo done"], policy=pol)
+        assert r.stdout.startswith(f"{uid}\n".encode()), (r.stdout, r.stderr)  # it does run as the owner
+        assert b"done" in r.stdout
+        if hide:
+            assert b"TOPSECRET" not in r.stdout
+        else:  # the control: the file is readable to its owner when nothing hides it
+            assert b"TOPSECRET-owner" in r.stdout
+    finally:
+        cred.unlink(missing_ok=True)
 
 
 # --- class 8: a policy file without `profile` dropped the credential hiding without saying so
