@@ -21,6 +21,8 @@ sandbox can set mtime, never ctime):
 - what points git at another directory: `core.worktree` (kept only as git's submodule machinery writes
   it: its own checkout, in the root, whose `.git` points back), a `.git` file or symlink in any directory
   and a linked worktree's `gitdir` naming a place outside the roots or through a symlink: quarantined;
+- `rebase-merge/`: moved aside when its todo, written during the run, has `exec` lines (or its strategy is
+  not git's own): the user's `git rebase --continue` runs them;
 - `hooks` (a symlink) or any entry of `hooks/` but the `*.sample` templates: renamed to
   `<name>.corral-quarantined` (git runs a hook only under its exact name).
 Also the host users' own global and system git configuration (supervisor/_gitglobal.py): a file it includes
@@ -1055,6 +1057,8 @@ class Scan:
             if name in entries:
                 self._check_includes(fd, path, name, 0)
                 self._check_hooks_path(fd, path, name, mounted)
+        if entries.get("rebase-merge") == stat.S_IFDIR:
+            self._check_rebase(fd, path)
         if "gitdir" in entries and "commondir" in entries and entries["gitdir"] == stat.S_IFREG:
             self._check_pointer(fd, path, "gitdir", path)
         if "commondir" in entries and self._changed(fd, "commondir") is not None:
@@ -1209,6 +1213,47 @@ class Scan:
                 return True
         return False
 
+    def _check_rebase(self, fd: int, path: str) -> None:
+        """An interactive rebase in progress in the git dir `fd` (at `path`): its todo list
+        (`rebase-merge/git-rebase-todo`) or merge strategy written during the run. The user's
+        `git rebase --continue` runs every `exec`/`x` line of the todo as a shell command, and the strategy
+        names a program (`git-merge-<name>`). A todo with such a line, a strategy other than git's own, or
+        either unreadable, moves the whole `rebase-merge` aside (git then sees no rebase in progress; the
+        user reviews it). A tree with a rebase in progress gets no snapshot (the todo is rewritten in
+        place, which the quick check would not see)."""
+        self._abandon()
+        try:
+            rfd = os.open("rebase-merge", _DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            return
+        reason = ""
+        try:
+            if self._changed(rfd, "git-rebase-todo") is not None:
+                try:
+                    todo = _hostfs.read_file(
+                        rfd, "git-rebase-todo", os.path.join(path, "rebase-merge"), 4 << 20
+                    )
+                except (OSError, _hostfs.Unsafe):
+                    todo = b"exec"
+                for line in (todo or b"").splitlines():
+                    word = line.strip().split(None, 1)[0].lower() if line.strip() else b""
+                    if word in (b"exec", b"x"):
+                        reason = (
+                            "a rebase todo written during the run has exec lines (run by rebase --continue)"
+                        )
+                        break
+            if not reason and self._changed(rfd, "strategy") is not None:
+                try:
+                    strategy = _hostfs.read_file(rfd, "strategy", os.path.join(path, "rebase-merge"), 4096)
+                except (OSError, _hostfs.Unsafe):
+                    strategy = b"?"
+                if (strategy or b"").strip() not in _MERGE_STRATEGIES:
+                    reason = "a rebase merge strategy written during the run names a program"
+        finally:
+            os.close(rfd)
+        if reason:
+            self._quarantine(fd, path, "rebase-merge", reason)
+
     def _check_pointer(self, fd: int, path: str, name: str, base: str) -> None:
         """A `.git` file (`gitdir: <dir>`, a checkout's pointer to its git dir) or a linked worktree's
         `gitdir` (the path of its checkout's `.git` file), `name` in directory `fd` at `path`, written
@@ -1270,6 +1315,9 @@ _warned: set[tuple[str, str]] = set()
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
+
+#: git's own merge strategies (a rebase's `strategy` file may name only these).
+_MERGE_STRATEGIES = frozenset({b"ort", b"recursive", b"resolve", b"octopus", b"ours", b"subtree"})
 
 #: git's isspace (sane_ctype): not \v or \f.
 _GIT_SPACE = b" \t\n\r"

@@ -165,3 +165,28 @@ async def test_gitmodules_update_command_is_refused_by_git(sup: Supervisor, work
     )
     host_git(workspace, "-c", "protocol.file.allow=always", "submodule", "update", "--init")
     assert not (workspace / "MARKER").exists(), "a .gitmodules update command ran in the user's git"
+
+
+@pytest.mark.parametrize("exec_line", [True, False])
+async def test_a_rebase_left_in_progress(sup: Supervisor, workspace: Path, exec_line: bool) -> None:
+    """The sandbox starts an interactive rebase in the top repository, stops it (`break`) and adds an
+    `exec` line to its todo list: the user's `git rebase --continue` (which `git status` suggests) ran it
+    as a shell command. Moved aside (`rebase-merge`); a stopped rebase without one is left for the user
+    to continue."""
+    make_repo(workspace)
+    host_git(workspace, "commit", "-q", "--allow-empty", "-m", "second")
+    script = "GIT_SEQUENCE_EDITOR=\"sed -i '1i break'\" git rebase -q -i HEAD~1"
+    if exec_line:
+        script += f" ; sed -i '1i exec {payload(workspace)}' .git/rebase-merge/git-rebase-todo"
+    r = await plant(sup, workspace, script + " ; test -d .git/rebase-merge")
+    rebase = workspace / ".git" / "rebase-merge"
+    if exec_line:
+        assert str(rebase) in [p for p, _ in r.quarantined], r.quarantined
+        assert not rebase.exists()
+    else:
+        assert r.quarantined == (), r.quarantined
+        assert rebase.is_dir()
+    done = host_git(workspace, "rebase", "--continue")
+    assert not (workspace / "MARKER").exists(), "the user's rebase --continue ran a command the sandbox wrote"
+    if not exec_line:
+        assert done.returncode == 0, done.stderr
