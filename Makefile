@@ -17,7 +17,8 @@ ATTACKS := tests/kernel/test_attack_filesystem.py tests/kernel/test_attack_leaks
 TRIO_TESTS := tests/unit tests/kernel/test_api_usability.py tests/kernel/test_spawn.py \
            tests/kernel/test_faults.py tests/kernel/test_prefork.py tests/kernel/test_events.py \
            tests/kernel/test_limits.py tests/kernel/test_oom_events.py tests/kernel/test_scale.py \
-           tests/kernel/test_chaos.py tests/kernel/test_attack_git.py tests/e2e/test_prometheus.py tests/ray
+           tests/kernel/test_chaos.py tests/kernel/test_attack_git.py tests/kernel/test_attack_git_leaves.py \
+           tests/e2e/test_prometheus.py tests/ray
 
 .PHONY: demo test lint bench clean wheel
 

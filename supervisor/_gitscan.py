@@ -386,13 +386,15 @@ class Snapshot:
             return False
         return True
 
-    def close(self) -> None:
+    def close(self, spare: bool = True) -> None:
+        """Close its fds and give its watches back (kept as spares for the next snapshot, unless not
+        `spare`)."""
         for fd, *_ in self.dirs:
             os.close(fd)
         self.dirs.clear()
         self.names.clear()
         if self.watcher is not None:
-            self.watcher.release(self, self.leaves)
+            self.watcher.release(self, self.leaves, spare)
 
 
 class _NoSnapshot(Exception):
@@ -479,7 +481,7 @@ class Scan:
 
     def _abandon(self) -> None:
         if self.snap is not None:
-            self.snap.close()
+            self.snap.close(spare=False)  # a tree that did not fit: its watches are not kept for adoption
             self.snap = None
 
     def _hold(self, fd: int, st: os.stat_result, leaf: bool = False) -> None:

@@ -136,9 +136,9 @@ class Watcher:
         self._owners[wd].append(owner)
         return wd
 
-    def release(self, owner: Owner, wds: list[int]) -> None:
+    def release(self, owner: Owner, wds: list[int], spare: bool = True) -> None:
         """`owner` no longer needs `wds`: a descriptor no other owner holds becomes a spare (or is removed,
-        when its inode was never told)."""
+        when its inode was never told, or not `spare`)."""
         for wd in wds:
             owners = self._owners.get(wd)
             if owners is None:
@@ -146,7 +146,7 @@ class Watcher:
             with contextlib.suppress(ValueError):
                 owners.remove(owner)  # by identity: an Owner does not define ==
             if not owners:
-                if wd in self._inode:
+                if spare and wd in self._inode:
                     self._spares[wd] = None
                 else:
                     self._remove(wd)
@@ -177,7 +177,8 @@ class Watcher:
 
     def drain(self) -> None:
         """Read every queued event and mark the owners of its watch changed; an overflow (or anything that
-        cannot be read) marks every owner changed."""
+        cannot be read) marks every owner changed. Reads until the queue is empty, so that the events of
+        watches removed meanwhile (IN_IGNORED) are read too, not left for the loop's `pending`."""
         if self.fd < 0:
             return
         while True:
@@ -201,6 +202,8 @@ class Watcher:
                     owner.dirty = True
                 if mask & IN_IGNORED:  # the kernel dropped the watch (its inode gone): not adoptable
                     self._forget(wd)
+                elif wd in self._spares:  # a spare whose leaf changed (listed again when next scanned):
+                    self._remove(wd)  # removed, so that a busy tree no longer used keeps no queue filling
 
     def _all_dirty(self) -> None:
         for owners in self._owners.values():

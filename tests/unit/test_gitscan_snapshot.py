@@ -366,3 +366,35 @@ def test_a_tree_with_too_many_leaves_is_not_snapshotted(
     _aged()
     assert scan(policy, time.time_ns(), listings) == []
     assert not listings.has(_gitscan.snapshot_key(policy))
+
+
+def test_a_dropped_snapshots_changed_leaves_stop_being_watched(
+    history: Path, tree: Path, listings: Listings
+) -> None:
+    """The watches of a snapshot dropped are kept for the next one to adopt, but one whose leaf changes
+    is removed: a tree no longer used that keeps changing does not keep the queue filling (which would
+    fail every other tree's quick check)."""
+    hist = _snapshotted(history, listings)
+    other = _snapshotted(tree, listings)
+    listings.drop(_gitscan.snapshot_key(hist))
+    count = listings.watcher.count()
+    assert listings.unchanged_since(other, time.time_ns())
+    (_object_dir(history) / "HEAD").write_text("")
+    assert not listings.unchanged_since(other, time.time_ns())  # an event queued: the loop can't tell whose
+    assert scan(other, time.time_ns(), listings) == []
+    assert listings.watcher.count() == count - 1
+    (_object_dir(history) / "HEAD").unlink()
+    assert listings.unchanged_since(other, time.time_ns())
+
+
+def test_a_tree_that_does_not_fit_keeps_no_watches(tmp_path: Path, listings: Listings) -> None:
+    """The first scan of a tree tries a snapshot until it finds the tree too large: the watches it added
+    on the way are removed, not kept as spares (which would watch a large tree for nothing)."""
+    for i in range(_gitscan.SNAPSHOT_DIRS):
+        for j in range(3):
+            (tmp_path / "ws" / f"d{i}" / f"leaf{j}").mkdir(parents=True)
+    policy = profiles.workspace_write(tmp_path / "ws")
+    _aged()
+    assert scan(policy, time.time_ns(), listings) == []
+    assert not listings.has(_gitscan.snapshot_key(policy))
+    assert listings.watcher.count() == 0
