@@ -16,7 +16,9 @@ fstat-ing each by name on the event loop (1.5-2 us per call on the shared machin
 than the worker-thread hop the snapshot exists to save). The event loop asks only whether any event is
 queued (`pending`: one FIONREAD ioctl). Which snapshots an event concerns is sorted out in the worker
 thread (`drain`), never on the loop, and an event, whatever it is (an overflow, a watch the kernel removed),
-only ever marks snapshots changed: a wrong guess costs a full scan, never a missed change.
+only ever marks snapshots changed: a wrong guess costs a full scan, never a missed change. The one event
+passed over is a file's own attribute change in a leaf (IN_ATTRIB with the file's name: chmod, touch),
+which changes no name or type there.
 
 Thread-safety: every method but `pending` runs under the owning Listings' lock; `pending` only reads the
 queue's length.
@@ -44,6 +46,7 @@ IN_MOVE_SELF = 0x800
 IN_ONLYDIR = 0x01000000
 IN_DONT_FOLLOW = 0x02000000
 IN_IGNORED = 0x8000
+IN_ISDIR = 0x40000000
 #: Every change of a leaf's entries or of the leaf itself (IN_MODIFY, a file's data written, is not one).
 LEAF_EVENTS = IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then len bytes of name)
@@ -198,6 +201,8 @@ class Watcher:
                 if wd < 0:  # IN_Q_OVERFLOW: events were lost
                     self._all_dirty()
                     continue
+                if mask & ~IN_ISDIR == IN_ATTRIB and length:
+                    continue  # a file's in the leaf (chmod, touch): names and types are as they were
                 for owner in self._owners.get(wd, ()):
                     owner.dirty = True
                 if mask & IN_IGNORED:  # the kernel dropped the watch (its inode gone): not adoptable

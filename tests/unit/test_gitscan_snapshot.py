@@ -398,3 +398,19 @@ def test_a_tree_that_does_not_fit_keeps_no_watches(tmp_path: Path, listings: Lis
     assert scan(policy, time.time_ns(), listings) == []
     assert not listings.has(_gitscan.snapshot_key(policy))
     assert listings.watcher.count() == 0
+
+
+def test_a_files_attributes_in_a_leaf_do_not_cost_the_snapshot(history: Path, listings: Listings) -> None:
+    """inotify reports a file's chmod or touch in a watched leaf (IN_ATTRIB with the file's name): the loop
+    cannot tell, so that run is scanned, but the scan's sweep keeps the snapshot (names and types in the
+    leaf are as they were). The leaf's own chmod drops it (test_every_change_of_a_watched_leaf_is_seen)."""
+    policy = _snapshotted(history, listings)
+    key = _gitscan.snapshot_key(policy)
+    old = listings._snapshots[key]
+    (history / "src" / "m2" / "x.py").chmod(0o600)
+    os.utime(history / "src" / "m2" / "x.py")
+    started = time.time_ns()
+    assert not listings.unchanged_since(policy, started)
+    assert scan(policy, started, listings) == []
+    assert listings._snapshots[key] is old
+    assert listings.unchanged_since(policy, time.time_ns())
