@@ -10,7 +10,9 @@ left in the namespace, so no daemon outlives the sandbox.
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import pwd
 from typing import TYPE_CHECKING, TypedDict
 
 from supervisor.sandbox import _cinit, _hostfs, _sys
@@ -241,8 +243,39 @@ def owner_maps(workdir: str) -> tuple[bytes, bytes]:
         os.close(fd)
     if st.st_uid == 0:
         return root
-    gid = st.st_gid or OWNER_FALLBACK_GID
+    gid = owner_gid(st.st_uid, st.st_gid)
     return (f"0 0 1\n{st.st_uid} {st.st_uid} 1\n".encode(), f"0 0 1\n{gid} {gid} 1\n".encode())
+
+
+def owner_gid(uid: int, gid: int) -> int:
+    """The gid a root caller's sandbox gets in a workdir owned by `uid` with group `gid`: OWNER_FALLBACK_GID
+    for 0; else `gid` when the owner is a member of it (their primary group, or a supplementary one in the
+    group database), else the owner's primary group (OWNER_FALLBACK_GID if that is 0). An account the
+    password database does not know (an unpacked archive's ids) keeps the directory's group: there is no
+    membership to check.
+
+    Why: the directory's group is not the owner's to choose. A host-made set-gid directory passes its
+    group (`adm`, say) to every directory made inside it, by the owner's sandbox too, so a sandbox could
+    make itself the workdir of a later sandbox that ran as the owner WITH that group, which the owner
+    never had (tests/kernel/test_attack_variants.py). Never raises."""
+    if gid == 0:
+        return OWNER_FALLBACK_GID
+    groups = _groups(uid)
+    if groups is not None and gid not in groups:
+        gid = groups[0]
+    return gid or OWNER_FALLBACK_GID
+
+
+@functools.lru_cache(maxsize=64)
+def _groups(uid: int) -> tuple[int, ...] | None:
+    """`uid`'s primary group, then its other groups (password and group databases; cached for the fork
+    server's life), or None for an account the password database does not know."""
+    try:
+        entry = pwd.getpwuid(uid)
+        others = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except (KeyError, OSError, ValueError):
+        return None
+    return (entry.pw_gid, *(g for g in others if g != entry.pw_gid))
 
 
 def write_owner_maps(pid: int, maps: tuple[bytes, bytes]) -> None:

@@ -12,6 +12,7 @@ Every run is bounded by its policy's timeout; nothing here reaches past loopback
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -128,6 +129,38 @@ async def test_a_root_callers_sandbox_cannot_read_the_workdir_owners_credentials
             assert b"TOPSECRET-owner" in r.stdout
     finally:
         cred.unlink(missing_ok=True)
+
+
+async def test_a_set_gid_directory_does_not_give_a_later_sandbox_a_group_its_owner_lacks(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # A root caller's sandbox runs as the workdir's owner, with the workdir's group. In the owner's checkout
+    # a host-made set-gid directory of a group the owner is not in (`adm`) passes that group to whatever is
+    # made inside it, by the owner's sandbox too: `mkdir shared/evil` made the workdir of a later sandbox
+    # that ran as the owner WITH group adm (/var/log's readers), which the owner never had.
+    if os.geteuid() != 0:
+        pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
+    uid, gid, _home = _an_account_with_a_home()
+    name = pwd.getpwuid(uid).pw_name
+    member = set(os.getgrouplist(name, gid))
+    foreign = next((g.gr_gid for g in grp.getgrall() if g.gr_gid not in member and g.gr_gid != 0), None)
+    assert foreign is not None, "the group database has a group the account is not in"
+    shared = workspace / "shared"
+    shared.mkdir()
+    os.chown(workspace, uid, gid)
+    os.chown(shared, uid, foreign)
+    os.chmod(shared, 0o2775)
+    r = await sup.run(
+        ["/bin/sh", "-c", "mkdir shared/evil"], policy=profiles.workspace_write(workspace, timeout=20)
+    )
+    assert r.exit_code == 0, r.stderr
+    assert os.stat(shared / "evil").st_gid == foreign  # the kernel's doing: inherited from the set-gid parent
+    for wd in (shared / "evil", shared):
+        r = await sup.run(["/bin/sh", "-c", "id -u; id -G"], policy=profiles.workspace_write(wd, timeout=20))
+        assert r.exit_code == 0, r.stderr
+        got_uid, groups = r.stdout.decode().split("\n", 1)
+        assert int(got_uid) == uid
+        assert str(foreign) not in groups.split(), (wd, groups)
 
 
 # --- class 8: a policy file without `profile` dropped the credential hiding without saying so
