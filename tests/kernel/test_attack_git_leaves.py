@@ -21,6 +21,7 @@ import pytest
 
 from supervisor import Supervisor
 from tests.kernel.test_attack_git import host_git, payload, plant
+from tests.kernel.test_attack_git_hidden import assert_held
 
 pytestmark = pytest.mark.kernel
 
@@ -69,14 +70,6 @@ async def _quick_checked(sup: Supervisor, workspace: Path, prep: str) -> None:
     quick = sup._listings.quick
     assert (await plant(sup, workspace, "true")).quarantined == ()
     assert sup._listings.quick == quick + 1, "a repository with history did not fit a snapshot"
-
-
-def assert_held(workspace: Path, config: Path, quarantined: tuple[tuple[str, str], ...]) -> None:
-    assert str(config) in [p for p, _ in quarantined], quarantined
-    assert not config.exists()
-    host_git(workspace, "status")
-    host_git(workspace / "sub", "status")
-    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
 
 
 @pytest.mark.parametrize("leaf", ["object_dir", "source_dir"])

@@ -97,18 +97,24 @@ CHANGES: dict[str, Callable[[Path], None]] = {
 }
 
 
-@pytest.mark.parametrize("change", list(CHANGES))
-def test_every_change_where_a_scan_looks_is_seen(tree: Path, listings: Listings, change: str) -> None:
-    policy = _snapshotted(tree, listings)
+def _assert_seen(ws: Path, listings: Listings, change: Callable[[Path], None]) -> None:
+    """`change` made after a snapshot of `ws` fails the quick check until a full scan ran, and that scan
+    drops the snapshot (and takes a new one when the tree fits)."""
+    policy = _snapshotted(ws, listings)
     key = _gitscan.snapshot_key(policy)
     old = listings._snapshots[key]
     started = time.time_ns()
-    CHANGES[change](tree)
+    change(ws)
     assert not listings.unchanged_since(policy, started)
     assert not listings.unchanged_since(policy, started)  # and not forgotten until a scan ran
     assert listings.quick == 0
-    scan(policy, started, listings)  # the full scan that follows drops it (and takes a new one)
+    scan(policy, started, listings)
     assert listings._snapshots.get(key) is not old
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_every_change_where_a_scan_looks_is_seen(tree: Path, listings: Listings, change: str) -> None:
+    _assert_seen(tree, listings, CHANGES[change])
 
 
 def test_a_change_the_full_scan_reports_is_reported(tree: Path, listings: Listings) -> None:
@@ -256,14 +262,7 @@ LEAF_CHANGES: dict[str, Callable[[Path], None]] = {
 
 @pytest.mark.parametrize("change", list(LEAF_CHANGES))
 def test_every_change_of_a_watched_leaf_is_seen(history: Path, listings: Listings, change: str) -> None:
-    policy = _snapshotted(history, listings)
-    key = _gitscan.snapshot_key(policy)
-    old = listings._snapshots[key]
-    started = time.time_ns()
-    LEAF_CHANGES[change](history)
-    assert not listings.unchanged_since(policy, started)
-    scan(policy, started, listings)
-    assert listings._snapshots.get(key) is not old  # dropped by the scan's sweep
+    _assert_seen(history, listings, LEAF_CHANGES[change])
 
 
 @pytest.mark.parametrize(
