@@ -19,9 +19,11 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 
 from policies import Policy, profiles
@@ -343,3 +345,56 @@ async def test_a_stdio_file_outside_the_roots_keeps_its_mode(
         after.st_mode
     )  # the secret did not become world-readable
     assert after.st_mtime_ns == before.st_mtime_ns
+
+
+# --- class 6: what a sandbox plants at a denied name must not stop another tenant's timeout
+
+#: Plants at ~/.netrc (absent, denied by the default profile) with the home directory as the workdir:
+#: the fork server looks each up (lstat, realpath, resolve_trusted) when it builds the next view.
+DENIED_NAME_PLANTS = {
+    "fifo": "mkfifo .netrc",
+    "socket": "python3 -I -S -c 'import socket; socket.socket(socket.AF_UNIX).bind(\".netrc\")'",
+    "symlink_loop": "ln -s .pgpass .netrc && ln -s .netrc .pgpass",
+    "chain_of_40": "i=0; while [ $i -lt 40 ]; do ln -s l$((i+1)) l$i; i=$((i+1)); done; ln -s l0 .netrc",
+    "link_to_a_fifo": "mkfifo f && ln -s f .netrc",
+    "link_to_proc_fd": "ln -s /proc/self/fd/0 .netrc",
+    "deep_dir_link": "mkdir -p d/" + "/".join(["a"] * 60) + " && ln -s d .aws",
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", sorted(DENIED_NAME_PLANTS))
+async def test_plants_at_a_denied_name_do_not_stop_another_tenants_timeout(
+    sup: Supervisor, workspace: Path, outside: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.setenv("HOME", str(workspace))
+    attacker = profiles.workspace_write(workspace, timeout=20)
+    for _ in range(2):  # from then on the supervisor pre-forks sandboxes for the attacker's key
+        r = await sup.run(["/bin/true"], policy=attacker)
+        assert r.exit_code == 0
+    victim = await sup.start(["/bin/sleep", "30"], policy=profiles.workspace_write(outside, timeout=3))
+    started = time.monotonic()
+    outcomes: list[str] = []
+
+    async def attack() -> None:
+        r = await sup.run([SH, "-c", DENIED_NAME_PLANTS[kind]], policy=attacker)
+        assert r.exit_code == 0, r.stderr
+        for _ in range(4):
+            try:
+                r = await sup.run(["/bin/true"], policy=attacker)
+                outcomes.append(f"exit {r.exit_code}")
+            except SandboxSetupError as err:
+                outcomes.append(str(err))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(attack)
+        result = await victim.wait()
+        ended = time.monotonic()
+    assert result.violation is not None
+    assert result.violation.kind == "wall_time"
+    assert 2.8 < ended - started < 3.5, f"the tenant's 3 s timeout fired after {ended - started:.2f} s"
+    assert len(outcomes) == 4, outcomes
+    for outcome in outcomes:  # each later run either ran or was refused naming the planted name
+        assert (
+            outcome == "exit 0" or str(workspace / ".netrc") in outcome or str(workspace / ".aws") in outcome
+        )
