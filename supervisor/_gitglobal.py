@@ -29,10 +29,12 @@ import errno
 import os
 import pwd
 import stat
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from supervisor.sandbox import _gitconfig
+from supervisor.sandbox._csample import stat_at
 
 MAX_FILE = 1 << 20
 MAX_FILES = 32
@@ -47,13 +49,12 @@ class Refs:
     `includes`: (absolute path of an included file, the config that includes it); `hooks`: (the
     `core.hooksPath` value made absolute when it is absolute or `~/`, else None, the raw relative value
     when relative (git takes it from each repository's worktree), the config that sets it); `watched`:
-    the paths whose change means this must be read again (every config file looked for, found or not);
-    `inside`: which of `watched` lie under a writable root (looked at without following a link)."""
+    the paths whose change means this must be read again (every config file looked for, found or not,
+    and the real path of each one read through the user's links, whose edits the link does not show)."""
 
     includes: list[tuple[str, str]] = field(default_factory=list)
     hooks: list[tuple[str | None, str | None, str]] = field(default_factory=list)
     watched: list[str] = field(default_factory=list)
-    inside: list[bool] = field(default_factory=list)
 
 
 def _truthy(value: str | None) -> bool:
@@ -102,10 +103,11 @@ def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == r.rstrip("/") or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def read(path: str, roots: Sequence[str]) -> bytes | None:
+def read(path: str, roots: Sequence[str], real: list[str] | None = None) -> bytes | None:
     """The bytes of the config file `path`, or None when it is missing, not a regular file, larger than
     MAX_FILE, or reached only through a symlink in a directory under one of `roots` (never followed: a
-    sandbox may have planted it). Links elsewhere (the user's own) are followed, 40 at most."""
+    sandbox may have planted it). Links elsewhere (the user's own) are followed, 40 at most. `real`, when
+    given, gets the path the file was found at (links resolved) when it differs from `path`."""
     parts = [p for p in path.split("/") if p]
     done = "/"
     links = 0
@@ -145,6 +147,8 @@ def read(path: str, roots: Sequence[str]) -> bytes | None:
                 os.close(fd)
                 fd, done = nxt, os.path.join(done, name)
                 continue
+            if real is not None and os.path.join(done, name) != path:
+                real.append(os.path.join(done, name))
             return _read_leaf(fd, name)
         return None
     finally:
@@ -202,9 +206,8 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
             continue
         seen.add(path)
         refs.watched.append(path)
-        refs.inside.append(_under(path, roots))
         try:
-            data = read(path, roots)
+            data = read(path, roots, refs.watched)
         except OSError:
             data = None
         if data is None:
@@ -233,20 +236,22 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
     return refs
 
 
-Identity = tuple[tuple[int, int, int, int] | int, ...]
+_ROOT_FD = -1
+_CTIME = struct.Struct("=5Q")
 
 
-def identity(paths: Sequence[str], inside: Sequence[bool]) -> Identity:
-    """What tells that none of `paths` changed since: (device, inode, ctime, size) of each, or its errno.
-    A path under a writable root is looked at with lstat (a link there is not followed), others with stat
-    (the user's own links, whose targets an edit changes). stat and lstat only: nothing is opened, so a FIFO
-    or a device planted there cannot block the caller (the event loop's quick check uses this)."""
-    out: list[tuple[int, int, int, int] | int] = []
-    for path, under in zip(paths, inside, strict=True):
-        try:
-            st = os.lstat(path) if under else os.stat(path)
-        except OSError as err:
-            out.append(err.errno or 0)
-            continue
-        out.append((st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size))
-    return tuple(out)
+def identity(paths: Sequence[str]) -> bytes:
+    """What tells that none of `paths` changed since: device, inode, mode, owner and ctime of each, or its
+    errno (`_csample.stat_at`: one C call, an fstatat with AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT each from
+    an fd of `/` kept open; no link in the last component followed, nothing opened, so a FIFO or a device
+    planted there cannot block the caller: the event loop's quick check uses this). An edit of a file the
+    user reaches through a link shows in its real path, which `references` also watches."""
+    global _ROOT_FD
+    if _ROOT_FD < 0:
+        _ROOT_FD = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return stat_at([_ROOT_FD] * len(paths), [os.fsencode(p.lstrip("/") or ".") for p in paths])
+
+
+def newest_ctime(ident: bytes) -> int:
+    """The latest ctime (ns) in an `identity`."""
+    return max((_CTIME.unpack_from(ident, i)[4] for i in range(0, len(ident), 40)), default=0)

@@ -227,7 +227,10 @@ class Listings:
         self.watcher = _leafwatch.Watcher()
         #: Per snapshot: the host users' global git config files its scan read, and what they were
         #: (_gitglobal.identity); the quick check stats them again, since the scan read them.
-        self.globals: dict[SnapshotKey, tuple[list[str], list[bool], _gitglobal.Identity]] = {}
+        self.globals: dict[SnapshotKey, tuple[list[str], bytes]] = {}
+        #: (roots, the environment variables that choose the files) -> what a scan read of the users'
+        #: global git config, and its identity (Scan._read_globals reuses it while that holds).
+        self.global_refs: dict[tuple[object, ...], tuple[_gitglobal.Refs, bytes]] = {}
 
     def root(self, root: str) -> dict[str, tuple[int, int, int, dict[str, int]]]:
         cache = self._roots.get(root)
@@ -302,7 +305,7 @@ class Listings:
             if snapshot.leaves and self.watcher.pending():
                 return False  # which snapshot it concerns is sorted out off the loop (sweep)
             watched = self.globals.get(roots)
-            if watched is None or _gitglobal.identity(watched[0], watched[1]) != watched[2]:
+            if watched is None or _gitglobal.identity(watched[0]) != watched[1]:
                 return False  # the users' global git config changed: read again, by a full scan
             if not snapshot.unchanged():
                 snapshot.dirty = True
@@ -443,7 +446,7 @@ class Scan:
         self.globals: _gitglobal.Refs | None = None
         #: When it was read, and what tells that it has not changed since (`Listings` keeps it with a
         #: snapshot: the quick check compares it); None when it changed while being read.
-        self.globals_identity: _gitglobal.Identity | None = None
+        self.globals_identity: bytes | None = None
         self._global_hooks_rel: list[tuple[str, str]] = []
         self._old_ns = time.time_ns() - MARGIN_NS  # a snapshot's ctimes must be older
 
@@ -473,7 +476,7 @@ class Scan:
                 kept.pop(self.key, None)
                 if len(kept) >= 256:  # bounded: entries of snapshots since dropped go first
                     kept.pop(next(iter(kept)))
-                kept[self.key] = (refs.watched, refs.inside, ident)
+                kept[self.key] = (refs.watched, ident)
             else:
                 self._abandon()
             self.listings.sweep()  # the watches just removed queue events: read them now, off the loop
@@ -560,14 +563,29 @@ class Scan:
 
     def _read_globals(self) -> None:
         """Read the host users' global git configuration (`_gitglobal.references`) and what tells later
-        that it has not changed: taken after the read, and only trusted when every file's ctime is older
-        than the read's start (a change during the read could otherwise be missed)."""
-        started = time.time_ns() - MARGIN_NS
-        refs = self.globals = _gitglobal.references(self.roots)
+        that it has not changed (`_gitglobal.identity`): taken after the read, and trusted only when every
+        file's ctime is older than the read's start (a change during the read could otherwise be missed).
+        With `listings`, what an earlier scan of these roots read is reused while its identity holds (and
+        the environment that chose the files is the same): one C call instead of reading the files."""
+        key = (tuple(self.roots), *(os.environ.get(v) for v in _GLOBAL_ENV))
+        cache = self.listings.global_refs if self.listings is not None else None
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None and _gitglobal.identity(hit[0].watched) == hit[1]:
+            refs, ident = hit
+        else:
+            started = time.time_ns() - MARGIN_NS
+            refs = _gitglobal.references(self.roots)
+            ident = _gitglobal.identity(refs.watched)
+            if cache is not None:
+                cache.pop(key, None)
+                if _gitglobal.newest_ctime(ident) < started:
+                    if len(cache) >= 64:
+                        cache.pop(next(iter(cache)))
+                    cache[key] = (refs, ident)
+            if _gitglobal.newest_ctime(ident) >= started:
+                ident = None
+        self.globals, self.globals_identity = refs, ident
         self._global_hooks_rel = [(rel, via) for _abs, rel, via in refs.hooks if rel is not None]
-        ident = _gitglobal.identity(refs.watched, refs.inside)
-        fresh = any(isinstance(i, tuple) and i[2] >= started for i in ident)
-        self.globals_identity = None if fresh else ident
 
     def _warn_global(self, target: str, via: str, what: str) -> None:
         """Say once per process that the users' global git config `via` names `target` in a writable
@@ -1317,6 +1335,9 @@ _warned: set[tuple[str, str]] = set()
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
+
+#: The environment variables that choose which global git config files are read (_gitglobal).
+_GLOBAL_ENV = ("HOME", "XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM")
 
 #: git's own merge strategies (a rebase's `strategy` file may name only these).
 _MERGE_STRATEGIES = frozenset({b"ort", b"recursive", b"resolve", b"octopus", b"ours", b"subtree"})

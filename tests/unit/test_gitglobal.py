@@ -80,15 +80,26 @@ def test_an_include_loop_ends(tmp_path: Path) -> None:
     assert refs.watched.count(str(g)) == 1
 
 
-def test_identity_sees_a_rewrite_in_place_and_a_new_file(tmp_path: Path) -> None:
+def test_identity_sees_a_rewrite_in_place_a_new_file_and_an_edit_through_a_link(tmp_path: Path) -> None:
     f = tmp_path / "c"
     f.write_text("a")
-    paths, inside = [str(f), str(tmp_path / "new")], [False, True]
-    before = _gitglobal.identity(paths, inside)
-    assert before == _gitglobal.identity(paths, inside)
+    paths = [str(f), str(tmp_path / "new")]
+    before = _gitglobal.identity(paths)
+    assert before == _gitglobal.identity(paths)
     with open(f, "a") as fp:
         fp.write("b")
-    after = _gitglobal.identity(paths, inside)
+    after = _gitglobal.identity(paths)
     assert after != before
     (tmp_path / "new").write_text("")
-    assert _gitglobal.identity(paths, inside) != after
+    assert _gitglobal.identity(paths) != after
+    # A global config read through the user's dotfiles link: its real path is watched too.
+    (tmp_path / "real").write_text("[user]\n\tname = me\n")
+    (tmp_path / "link").symlink_to("real")
+    refs = _gitglobal.references(
+        [], {"GIT_CONFIG_GLOBAL": str(tmp_path / "link"), "GIT_CONFIG_NOSYSTEM": "1"}
+    )
+    assert str(tmp_path / "real") in refs.watched
+    ident = _gitglobal.identity(refs.watched)
+    with open(tmp_path / "real", "a") as fp:
+        fp.write("[include]\n\tpath = x\n")
+    assert _gitglobal.identity(refs.watched) != ident
