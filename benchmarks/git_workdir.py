@@ -14,8 +14,10 @@ the workspace-write profile in three scratch workdirs made here, alternating, `-
 - `packed`: a worktree of 3,000 files in 220 directories, as a git repository with 300 commits, packed
   (`git gc`), as a clone of a real project looks.
 
-and prints each median and the ratio `history/plain` and `packed/plain` of the same round (the figure to
-compare between trees: load moves both sides). `--tree DIR` imports corral from another checkout (its own
+and prints each median, the supervisor process's CPU time per run (`*_cpu`: every thread of it, the
+after-run scan or quick check among them; less moved by other processes' load than wall-clock time), and
+the ratios `history/plain` and `packed/plain` of the same round, of both (the figures to compare between
+trees: load moves both sides). `--tree DIR` imports corral from another checkout (its own
 venv's python, to compare a base commit in the same sitting, alternating); `--keep DIR` makes the
 workdirs in DIR and keeps them (the next run reuses them). The workdirs' git runs with the host's own
 configuration ignored.
@@ -119,17 +121,20 @@ def make_trees(base: Path) -> dict[str, Path]:
     return trees
 
 
-async def _median_ms(sup: Any, policy: Any, runs: int) -> float:
+async def _median_ms(sup: Any, policy: Any, runs: int) -> tuple[float, float]:
+    """The median wall-clock time of a run and the supervisor process's CPU time per run (all its threads:
+    the after-run scan or quick check among them; the fork server's and the sandbox's are not in it), ms."""
     for _ in range(20):
         await sup.run(["/bin/true"], policy=policy)
     ts = []
+    cpu = time.process_time()
     for _ in range(runs):
         t = time.perf_counter()
         r = await sup.run(["/bin/true"], policy=policy)
         ts.append(time.perf_counter() - t)
         if r.exit_code != 0 or r.quarantined:
             raise SystemExit(f"unexpected result: {r}")
-    return statistics.median(ts) * 1e3
+    return statistics.median(ts) * 1e3, (time.process_time() - cpu) / runs * 1e3
 
 
 async def main(trees: dict[str, Path], rounds: int, runs: int) -> list[dict[str, float]]:
@@ -142,10 +147,12 @@ async def main(trees: dict[str, Path], rounds: int, runs: int) -> list[dict[str,
         row: dict[str, float] = {}
         async with Supervisor() as sup:  # one per round: each tree's first scan is its own
             for name, policy in policies.items():
-                row[name] = await _median_ms(sup, policy, runs)
+                row[name], row[f"{name}_cpu"] = await _median_ms(sup, policy, runs)
             quick = getattr(getattr(sup, "_listings", None), "quick", -1)
         row["history/plain"] = row["history"] / row["plain"]
         row["packed/plain"] = row["packed"] / row["plain"]
+        row["history_cpu/plain_cpu"] = row["history_cpu"] / row["plain_cpu"]
+        row["packed_cpu/plain_cpu"] = row["packed_cpu"] / row["plain_cpu"]
         row["quick_checks"] = quick
         print(
             "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
@@ -171,9 +178,7 @@ if __name__ == "__main__":
     finally:
         if a.keep is None:
             shutil.rmtree(base, ignore_errors=True)
-    print(
-        f"{a.tree}: history/plain median {statistics.median(r['history/plain'] for r in out):.3f}, "
-        f"packed/plain median {statistics.median(r['packed/plain'] for r in out):.3f}"
-    )
+    med = {k: statistics.median(r[k] for r in out) for k in out[0] if "/" in k}
+    print(f"{a.tree}: medians " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
