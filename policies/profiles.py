@@ -295,6 +295,17 @@ _SYSTEM_SECRETS: tuple[str, ...] = (
     "/etc/ssh/ssh_host_ecdsa_key",
     "/etc/ssh/ssh_host_ed25519_key",
     "/etc/ssh/ssh_host_dsa_key",
+    # Old password hashes (pam_pwhistory), Debian's daily copies of the shadow files, the host's Kerberos
+    # key, saved Wi-Fi and VPN passwords, TLS keys of certbot and RHEL, a Kubernetes node's cluster keys:
+    # root-only files that a root caller's sandbox, running as root in a root-owned workdir, can read.
+    "/etc/security/opasswd",
+    "/var/backups/shadow.bak",
+    "/var/backups/gshadow.bak",
+    "/etc/krb5.keytab",
+    "/etc/NetworkManager/system-connections",
+    "/etc/letsencrypt/archive",
+    "/etc/pki/tls/private",
+    "/etc/kubernetes/pki",
 )
 
 #: Per-user credential stores and agent sockets, relative to a home directory.
@@ -312,6 +323,17 @@ _HOME_SECRETS: tuple[str, ...] = (
     ".git-credentials",
     ".pypirc",
     ".npmrc",
+    # More registries', databases' and tools' stored tokens and passwords.
+    ".cargo/credentials.toml",
+    ".gem/credentials",
+    ".vault-token",
+    ".my.cnf",
+    ".s3cfg",
+    ".config/hub",
+    ".config/rclone",
+    ".terraform.d/credentials.tfrc.json",
+    ".local/share/keyrings",
+    ".password-store",
 )
 
 

@@ -33,6 +33,9 @@ pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
 SH = "/bin/sh"
 
+#: Every regular file reachable below the cwd, printed (no link followed).
+DUMP = "find . -type f -exec cat {} + 2>/dev/null; true"
+
 
 def _libc() -> str:
     """The real path of the C library every dynamic program of this host loads."""
@@ -398,3 +401,65 @@ async def test_plants_at_a_denied_name_do_not_stop_another_tenants_timeout(
         assert (
             outcome == "exit 0" or str(workspace / ".netrc") in outcome or str(workspace / ".aws") in outcome
         )
+
+
+# --- class 5: credential stores the default hiding did not know
+
+
+#: Home-relative stores added this session (each made in a stand-in home, then read from inside).
+MORE_HOME_STORES = (
+    ".cargo/credentials.toml",
+    ".gem/credentials",
+    ".vault-token",
+    ".my.cnf",
+    ".s3cfg",
+    ".config/hub",
+    ".config/rclone/rclone.conf",
+    ".terraform.d/credentials.tfrc.json",
+    ".local/share/keyrings/login.keyring",
+    ".password-store/bank.gpg",
+)
+
+
+async def test_more_credential_stores_are_hidden_with_home_as_workdir(
+    sup: Supervisor, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(workspace))
+    for i, rel in enumerate(MORE_HOME_STORES):
+        (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / rel).write_text(f"TOPSECRET-{i}\n")
+    (workspace / "visible.txt").write_text("control-visible\n")
+    r = await sup.run([SH, "-c", DUMP], policy=profiles.workspace_write(workspace, timeout=20))
+    assert r.exit_code == 0, r.stderr
+    assert b"control-visible" in r.stdout  # the dump does read the workdir
+    assert b"TOPSECRET" not in r.stdout + r.stderr, r.stdout
+
+
+#: Root-only system files added this session (those this host has are read from inside).
+MORE_SYSTEM_SECRETS = (
+    "/etc/security/opasswd",
+    "/var/backups/shadow.bak",
+    "/var/backups/gshadow.bak",
+    "/etc/krb5.keytab",
+)
+
+
+def _present(paths: tuple[str, ...]) -> list[str]:
+    return [p for p in paths if os.path.isfile(p)]
+
+
+async def test_root_only_system_secrets_are_hidden_from_a_root_owned_workdirs_sandbox(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # In a root-owned workdir a root caller's sandbox is host uid 0 without capabilities: root's own 0600
+    # files are its own. Those that exist on this host must be hidden by the default profiles.
+    if os.geteuid() != 0:
+        pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
+    present = _present(MORE_SYSTEM_SECRETS)
+    assert present, f"this host has none of {MORE_SYSTEM_SECRETS}"
+    r = await sup.run(
+        ["/bin/sh", "-c", 'for f in "$@"; do cat "$f" && echo "READ $f"; done; echo done', "sh", *present],
+        policy=profiles.workspace_write(workspace, timeout=20),
+    )
+    assert b"done" in r.stdout
+    assert b"READ" not in r.stdout, r.stdout
