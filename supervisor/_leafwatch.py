@@ -34,6 +34,7 @@ import fcntl
 import os
 import struct
 import termios
+import time
 from typing import Protocol
 
 IN_ATTRIB = 0x4
@@ -92,6 +93,7 @@ class Watcher:
         self._spares: dict[int, None] = {}  # wds no owner holds, oldest first
         self.budget = watch_budget()
         self._broken = False
+        self._retry_ns = 0  # no instance to be had (EMFILE): not asked again before then
 
     def count(self) -> int:
         """Watches held now, spares included."""
@@ -107,9 +109,12 @@ class Watcher:
             if _init1 is None:
                 self._broken = True
                 return None
+            if time.monotonic_ns() < self._retry_ns:
+                return None
             fd = _init1(os.O_NONBLOCK | os.O_CLOEXEC)
             if fd < 0:  # EMFILE (the user's 128 instances, or this process's fds), ENOSYS: no watches
                 self._broken = ctypes.get_errno() != errno.EMFILE
+                self._retry_ns = time.monotonic_ns() + 1_000_000_000  # not once per leaf
                 return None
             self.fd = fd
         while len(self._owners) >= self.budget and self._spares:

@@ -413,3 +413,28 @@ def test_a_files_attributes_in_a_leaf_do_not_cost_the_snapshot(history: Path, li
     assert scan(policy, started, listings) == []
     assert listings._snapshots[key] is old
     assert listings.unchanged_since(policy, time.time_ns())
+
+
+def test_no_inotify_instance_to_be_had(
+    tree: Path, listings: Listings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify_init1 failing with EMFILE (the user's 128 instances in use, or this process's fds): leaves
+    are held as before, and the instance is not asked for again for every leaf."""
+    import ctypes
+    import errno
+
+    from supervisor import _leafwatch
+
+    calls: list[int] = []
+
+    def emfile(flags: int) -> int:
+        calls.append(flags)
+        ctypes.set_errno(errno.EMFILE)
+        return -1
+
+    monkeypatch.setattr(_leafwatch, "_init1", emfile)
+    policy = _snapshotted(tree, listings)
+    snap = listings._snapshots[_gitscan.snapshot_key(policy)]
+    assert snap.leaves == []
+    assert len(calls) == 1
+    assert listings.unchanged_since(policy, time.time_ns())
