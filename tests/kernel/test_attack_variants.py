@@ -13,6 +13,7 @@ Every run is bounded by its policy's timeout; nothing here reaches past loopback
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -28,6 +29,8 @@ import pytest
 
 from policies import Policy, profiles
 from supervisor import SandboxSetupError, Supervisor
+from tests.kernel.conftest import SCRATCH
+from tests.kernel.unprivileged_harness import EXPECTED_UID, Unavailable, harness, run_as_user
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -463,3 +466,66 @@ async def test_root_only_system_secrets_are_hidden_from_a_root_owned_workdirs_sa
     )
     assert b"done" in r.stdout
     assert b"READ" not in r.stdout, r.stdout
+
+
+# --- the same attacks by an ordinary (non-root) caller
+
+UNPRIV_SCRIPT = r"""
+import json, os, sys
+ws = sys.argv[1]
+os.environ["HOME"] = ws  # the home directory as the workdir: the default profile hides its stores
+import anyio
+from policies import load_policy, profiles
+from supervisor import SandboxSetupError, Supervisor
+async def main():
+    out = {}
+    async with Supervisor(max_concurrency=2) as sup:
+        pol = profiles.workspace_write(ws, timeout=30)
+        r = await sup.run(["/bin/sh", "-c", "ln -s " + sys.argv[2] + " .netrc"], policy=pol)
+        out["plant"] = r.exit_code
+        try:
+            r = await sup.run(["/bin/sh", "-c", "echo ran"], policy=pol)
+            out["next"] = [r.exit_code, r.stdout.decode(), r.stderr.decode()]
+        except SandboxSetupError as err:
+            out["next"] = ["refused", err.path, str(err)]
+        os.unlink(os.path.join(ws, ".netrc"))
+        with open(os.path.join(ws, "pol.toml"), "w") as f:
+            f.write('[filesystem]\nwrite = ["out"]\n')
+        pol = load_policy(os.path.join(ws, "pol.toml"), workdir=ws)
+        r = await sup.run(["/bin/sh", "-c", "cat .ssh/id_ed25519; echo done"], policy=pol)
+        out["cat"] = [r.exit_code, r.stdout.decode()]
+    print(json.dumps(out))
+anyio.run(main)
+"""
+
+
+def test_unprivileged_caller_denied_name_link_and_profileless_file() -> None:
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    scratch = SCRATCH / f"variants-unpriv-{uuid.uuid4().hex[:10]}"
+    scratch.mkdir(mode=0o755)
+    try:
+        try:
+            python, pythonpath = harness(scratch)
+        except Unavailable as why:
+            pytest.skip(str(why))
+        ws = scratch / "ws"
+        (ws / ".ssh").mkdir(parents=True)
+        (ws / "out").mkdir()
+        (ws / ".ssh" / "id_ed25519").write_text("TOPSECRET-ssh\n")
+        for d, _dirs, files in os.walk(ws):
+            os.chown(d, EXPECTED_UID, EXPECTED_UID)
+            for f in files:
+                os.chown(os.path.join(d, f), EXPECTED_UID, EXPECTED_UID)
+        script = scratch / "run.py"
+        script.write_text(UNPRIV_SCRIPT)
+        os.chmod(script, 0o644)
+        r = run_as_user([python, str(script), str(ws), _libc()], pythonpath, scratch, timeout=90)
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout.strip().splitlines()[-1])
+        assert report["plant"] == 0, report
+        assert report["next"][:2] == ["refused", str(ws / ".netrc")], report
+        assert report["cat"][0] == 0, report
+        assert "done" in report["cat"][1]
+        assert "TOPSECRET" not in report["cat"][1], report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
