@@ -110,6 +110,7 @@ def check_writable_roots(policy: Policy) -> list[str]:
         if system is not None and not fs.allow_system_write:
             what = "is a system directory" if system == root else f"lies in the system directory {system}"
             raise PolicyError(where, f"{root} {what}; {_HINT}", root)
+        warned = False
         for home in homes if system is None else ():  # a system root was allowed by name: no more words
             if root == home:
                 what = f"is your home directory {root}"
@@ -122,8 +123,40 @@ def check_writable_roots(policy: Policy) -> list[str]:
                 "and your ssh, git and editor configuration (credential stores stay hidden); prefer a "
                 "project directory"
             )
+            warned = True
             break
+        if system is None and not warned and os.geteuid() == 0:
+            # A root caller's sandbox runs as the workdir's owner: in another account's home it can change
+            # that account's shell start-up files, which run at their next login.
+            for home, name in _login_homes():
+                if root == home or home.startswith(root.rstrip("/") + "/"):
+                    what = "is" if root == home else "holds"
+                    warnings.append(
+                        f"{where} {root} {what} the home directory of {name} ({home}): the sandbox can "
+                        f"change {name}'s shell start-up files and ssh, git and editor configuration, "
+                        "which run at their next login (credential stores stay hidden); prefer a project "
+                        "directory"
+                    )
+                    break
     return warnings
+
+
+def _login_homes() -> list[tuple[str, str]]:
+    """(home, name) of each account of the password database that can log in (its shell is not nologin or
+    false) and has a home other than "/"."""
+    found: list[tuple[str, str]] = []
+    try:
+        entries = pwd.getpwall()
+    except OSError:
+        return found
+    for e in entries:
+        shell = os.path.basename(e.pw_shell or "")
+        if shell in ("nologin", "false", "sync", "") or not os.path.isabs(e.pw_dir):
+            continue
+        home = os.path.normpath(e.pw_dir)
+        if home != "/":
+            found.append((home, e.pw_name))
+    return found
 
 
 def _home_directories() -> list[str]:

@@ -171,6 +171,29 @@ async def test_a_set_gid_directory_does_not_give_a_later_sandbox_a_group_its_own
         assert str(foreign) not in groups.split(), (wd, groups)
 
 
+def test_a_root_caller_is_warned_for_another_accounts_home_as_workdir(workspace: Path) -> None:
+    # `sudo corral run --workdir /home/alice`: the sandbox runs as alice and may rewrite her ~/.bashrc,
+    # which runs at her next login; only the CALLER's home (root's /root under sudo) was warned about.
+    if os.geteuid() != 0:
+        pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
+    logins = [
+        e
+        for e in pwd.getpwall()
+        if 1000 <= e.pw_uid < 65534
+        and Path(e.pw_dir).is_dir()
+        and not e.pw_shell.endswith(("nologin", "false"))
+    ]
+    if not logins:
+        pytest.skip("no ordinary account that can log in, with a home directory, in the password database")
+    home, name = Path(logins[0].pw_dir), logins[0].pw_name
+    p = corral(workspace, "run", "--workdir", str(home), "--", "/bin/true", home=Path("/root"))
+    assert p.returncode == 0, p.stderr
+    assert f"the home directory of {name}".encode() in p.stderr, p.stderr
+    p = corral(workspace, "run", "--", "/bin/true", home=Path("/root"))  # the control: a project directory
+    assert p.returncode == 0
+    assert b"home directory" not in p.stderr, p.stderr
+
+
 # --- class 8: a policy file without `profile` dropped the credential hiding without saying so
 
 CORRAL = [sys.executable, "-m", "supervisor.cli"]
