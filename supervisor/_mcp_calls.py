@@ -10,7 +10,9 @@ on the SDK's low-level `Server` (its public `add_request_handler`, the hook the 
 that, for a tool without a resolver in force, does the same steps minus the resolver and the second check:
 
 - the arguments are validated by the SDK's own `FuncMetadata.validate_arguments` of the tool (the same
-  argument model, JSON-string pre-parsing and errors as the SDK's path);
+  argument model, JSON-string pre-parsing and errors as the SDK's path), except that values that already
+  have their field's plain JSON type (a string, a list of strings, a float, null) are taken as they are,
+  after the SDK's pre-parsing, which is what that validation returns for them;
 - the body gets the SDK's `Context` for the request and the approval "not asked";
 - failures end as the SDK ends them: an `MCPError` is a protocol error; a `ToolError` or invalid arguments
   are an `is_error` result reading `Error executing tool NAME: MESSAGE`; anything else is logged with its
@@ -18,24 +20,32 @@ that, for a tool without a resolver in force, does the same steps minus the reso
 - the structured content is returned as the body built it: a dump of the tool's output model, so valid by
   construction (tests/e2e/test_mcp.py validates every result against the published output schema).
 
-Everything else is the SDK's: the JSON-RPC dispatch, the request context and middleware, the `tools/call`
-params model, the result's wire validation and serialization. A call that has resolvers in force (a
-command tool under `--rules`), an unknown tool, and anything `DirectCalls` does not know go to the handler
-the SDK registered, unchanged.
+On a handshake-era connection (every stdio client today), a plain call (`name` and `arguments`, nothing
+else in the params) is run by `DirectCalls.short_path`, the innermost middleware, which also leaves out the
+SDK's steps around the handler that cannot change such a call's answer: the params' validation against
+the version's request schema, the handler lookup, the params model, and the result's validation and
+re-dump by the version's result schema (it builds that dump itself; tests/unit/test_mcp_short_path.py and
+test_mcp_calls.py check it against the SDK's own steps). Everything else is the SDK's: the JSON-RPC
+dispatch, the request context, the other middleware, the initialization gate's state, the response
+envelope and its serialization. A call that has resolvers in force (a command tool under `--rules`), an
+unknown tool, a call with `_meta` or other params, a 2026-07-28 connection, and anything `DirectCalls` does
+not know go the SDK's way, to the handler it registered when not corral's.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
-from mcp.server.context import HandlerResult, ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import HandlerEntry
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolRequestParams, CallToolResult, TextContent
+from mcp_types.methods import serialize_server_result
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from supervisor import _mcp_approval as approvals
@@ -56,17 +66,21 @@ class DirectCalls:
     def __init__(self, server: MCPServer[Any], tools: list[Tool], *, resolvers: bool) -> None:
         self._server = server
         self._direct = {t.name: t for t in tools if not (resolvers and t.resolved_params)}
+        self._fields = {name: _plain_fields(t) for name, t in self._direct.items()}
+        self._versions = _handshake_versions()
         self._sdk: HandlerEntry[Any] | None = None
 
     def install(self) -> None:
         """Register the handler on the server's low-level `Server`, in place of (and delegating to) the one
-        the SDK registered. Raises RuntimeError when the SDK registered none."""
+        the SDK registered, and the short path (`short_path`) as the innermost middleware. Raises
+        RuntimeError when the SDK registered no handler."""
         low = self._server._lowlevel_server
         self._sdk = low.get_request_handler("tools/call")
         if self._sdk is None:
             msg = "the MCP SDK registered no tools/call handler"
             raise RuntimeError(msg)
         low.add_request_handler("tools/call", CallToolRequestParams, self.call)
+        low.middleware.append(self.short_path)
 
     async def call(self, ctx: ServerRequestContext[Any], params: CallToolRequestParams) -> HandlerResult:
         """Run one `tools/call`. Raises MCPError for a protocol error (the dispatcher answers it); every other
@@ -76,32 +90,122 @@ class DirectCalls:
         if tool is None:
             assert self._sdk is not None
             return await self._sdk.handler(ctx, params)
+        return _wire(await self._run(tool, ctx, params.name, params.arguments or {}, params))
+
+    async def short_path(self, ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
+        """The innermost middleware: a `tools/call` of a direct tool on an initialized handshake-era
+        connection whose params are just `name` and `arguments` (an object) is run here, and its result
+        handed back in the wire form the SDK's own steps after the middleware would give it; any other
+        message goes on (`call_next`) unchanged.
+
+        What it leaves out are the SDK's checks and shaping of what cannot differ for such a call: the
+        params' validation against the protocol version's `CallToolRequest` (a string `name`, an object
+        `arguments`: nothing else to check), the handler lookup and the initialization gate (asked here:
+        `session.client_params` is what `initialize` recorded), the params model, and the result's
+        validation and re-dump by the version's schema (`_handshake_wire` builds that dump; each version
+        is served here only if the SDK's own `serialize_server_result` gives the same, key for key and in
+        order, for sample results at start-up: `_handshake_versions`; tests/unit/test_mcp_short_path.py
+        compares the two on many results). Raises what `call` raises."""
+        params = ctx.params
+        if ctx.method != "tools/call" or ctx.protocol_version not in self._versions or params is None:
+            return await call_next(ctx)
+        name = params.get("name")
+        arguments = params.get("arguments", _EMPTY)
+        tool = self._direct.get(name) if type(name) is str else None
+        if (
+            tool is None
+            or type(name) is not str
+            or type(arguments) is not dict
+            or len(params) != 1 + ("arguments" in params)
+            or ctx.session.client_params is None
+            or "tools/call" in self._server._lowlevel_server.cache_hints
+        ):
+            return await call_next(ctx)
+        return _handshake_wire(await self._run(tool, ctx, name, arguments, None), ctx.protocol_version)
+
+    async def _run(
+        self,
+        tool: Tool,
+        ctx: ServerRequestContext[Any],
+        name: str,
+        arguments: dict[str, Any],
+        params: CallToolRequestParams | None,
+    ) -> CallToolResult:
+        """The tool's body for `arguments`, its failures as the SDK's path ends them (the module doc)."""
         try:
-            kwargs = tool.fn_metadata.validate_arguments(params.arguments or {})
+            kwargs = self._arguments(tool, name, arguments)
         except ValidationError as err:
             fields = sorted({".".join(str(part) for part in e["loc"]) for e in err.errors()})
-            logger.info("Tool %r rejected arguments: %r", params.name, fields)
-            return _error(f"Error executing tool {params.name}: {err}")
+            logger.info("Tool %r rejected arguments: %r", name, fields)
+            return _error(f"Error executing tool {name}: {err}")
         except MCPError:
             raise
         except Exception:  # a validator that crashed
-            logger.exception("Tool %r raised an unexpected exception", params.name)
-            return _error(f"Error executing tool {params.name}")
+            logger.exception("Tool %r raised an unexpected exception", name)
+            return _error(f"Error executing tool {name}")
         if tool.context_kwarg is not None:
             kwargs[tool.context_kwarg] = _LazyContext(ctx, self._server, params)
-        for name in tool.resolved_params:  # only the approval, and only while no rules are in force
-            kwargs[name] = _NOT_ASKED
+        for resolved in tool.resolved_params:  # only the approval, and only while no rules are in force
+            kwargs[resolved] = _NOT_ASKED
         try:
             result: CallToolResult = await tool.fn(**kwargs)  # corral's tools return CallToolResult
         except MCPError:
             raise
         except (ToolError, ResourceError) as err:
-            logger.info("Tool %r failed: %r", params.name, str(err))
-            return _error(f"Error executing tool {params.name}: {err}")
+            logger.info("Tool %r failed: %r", name, str(err))
+            return _error(f"Error executing tool {name}: {err}")
         except Exception:
-            logger.exception("Tool %r raised an unexpected exception", params.name)
-            return _error(f"Error executing tool {params.name}")
-        return _wire(result)
+            logger.exception("Tool %r raised an unexpected exception", name)
+            return _error(f"Error executing tool {name}")
+        return result
+
+    def _arguments(self, tool: Tool, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The tool's keyword arguments from the call's `arguments`, as the SDK's
+        `FuncMetadata.validate_arguments` gives them: its own JSON-string pre-parsing, then, when every
+        value already has its field's exact type (a string, a list of strings, a float, or null where the
+        field allows it, the forms a JSON client sends), the values as they are with the defaults of the
+        fields not given, which is what the argument model's validation and one-level dump return for
+        them; anything else goes through that validation. Raises what it raises."""
+        meta = tool.fn_metadata
+        fields = self._fields[name]
+        if fields is None:
+            return meta.validate_arguments(arguments)
+        # The pre-parsing looks only at strings: without one it gives `arguments` back as they are.
+        data = (
+            meta.pre_parse_json(arguments) if any(type(v) is str for v in arguments.values()) else arguments
+        )
+        kwargs: dict[str, Any] = {}
+        for field, kind in fields.items():
+            value: Any = data.get(field)
+            if value is not None and type(value) is not kind:
+                return meta.validate_arguments(arguments)
+            if kind is list and value is not None:
+                items = cast("list[Any]", value)
+                if any(type(item) is not str for item in items):
+                    return meta.validate_arguments(arguments)
+                value = list(items)
+            kwargs[field] = value
+        return kwargs
+
+
+#: A call's `arguments` when the client sent none (the SDK validates absent arguments as none given).
+_EMPTY: dict[str, Any] = {}
+
+#: The annotations `DirectCalls._arguments` takes as they come: the type a JSON value of the field has.
+_PLAIN: dict[Any, type] = {str | None: str, list[str] | None: list, float | None: float}
+
+
+def _plain_fields(tool: Tool) -> dict[str, type] | None:
+    """`tool`'s argument fields, each with the type its JSON value has, when each is one of the optional
+    plain kinds of `_PLAIN`, with no constraint or alias and the default None; else None (the tool's
+    arguments are always validated by its argument model)."""
+    fields: dict[str, type] = {}
+    for field, info in tool.fn_metadata.arg_model.model_fields.items():
+        kind = _PLAIN.get(info.annotation)
+        if kind is None or info.metadata or info.alias or info.default is not None:
+            return None
+        fields[field] = kind
+    return fields
 
 
 #: The wire form's fields a CallToolResult carries whatever it holds (today `resultType`), as the SDK dumps
@@ -131,15 +235,63 @@ def _wire(result: CallToolResult) -> HandlerResult:
     return wire
 
 
+def _handshake_wire(result: CallToolResult, version: str) -> dict[str, Any]:
+    """`result` as the SDK's steps after the middleware give it on a handshake-era connection: the wire
+    dump, validated and re-dumped by the version's `CallToolResult` (`serialize_server_result`), which
+    orders the keys and drops `resultType`. Built directly for plain text content and JSON-ready structured
+    content (`_wire`'s case); anything else is handed to `serialize_server_result` itself."""
+    texts = [c for c in result.content if type(c) is TextContent and c.annotations is None and c.meta is None]
+    if result.meta is not None or len(texts) != len(result.content):
+        wire = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return serialize_server_result("tools/call", version, wire)
+    out: dict[str, Any] = {
+        "content": [{"text": c.text, "type": "text"} for c in texts],
+        "isError": result.is_error,
+    }
+    if result.structured_content is not None:
+        out["structuredContent"] = result.structured_content
+    return out
+
+
+#: Results `_handshake_versions` checks `_handshake_wire` against the SDK with.
+_SAMPLES = (
+    CallToolResult(content=[TextContent(type="text", text="exit 0")], structured_content={"a": [1, None]}),
+    CallToolResult(content=[TextContent(type="text", text="no")], is_error=True),
+    CallToolResult(content=[], structured_content={}),
+)
+
+
+def _handshake_versions() -> frozenset[str]:
+    """The handshake-era protocol versions for which the SDK's `serialize_server_result` of `_wire`'s dump
+    is what `_handshake_wire` builds, key for key and in order, for each of `_SAMPLES` (so an SDK that
+    shapes a version's results otherwise keeps its own path for that version)."""
+    import json
+
+    ok = set()
+    for version in HANDSHAKE_PROTOCOL_VERSIONS:
+        try:
+            same = all(
+                json.dumps(serialize_server_result("tools/call", version, dict(_wire(r))))  # type: ignore[arg-type]
+                == json.dumps(_handshake_wire(r, version))
+                for r in _SAMPLES
+            )
+        except Exception:  # a version the SDK cannot shape this way: its own path
+            same = False
+        if same:
+            ok.add(version)
+    return frozenset(ok)
+
+
 class _LazyContext:
     """The SDK's `Context` for a direct call, made only when a tool reads more of it than the request's
     `request_context` (over stdio, run_command reads nothing else; building a `Context`, a pydantic model,
-    was ~30 us of CPU per call). Every other attribute is read from the `Context` built on first use."""
+    was ~30 us of CPU per call). Every other attribute is read from the `Context` built on first use (with
+    the call's params model, validated then from the request when the short path did not make one)."""
 
     __slots__ = ("_params", "_real", "_server", "request_context")
 
     def __init__(
-        self, ctx: ServerRequestContext[Any], server: MCPServer[Any], params: CallToolRequestParams
+        self, ctx: ServerRequestContext[Any], server: MCPServer[Any], params: CallToolRequestParams | None
     ) -> None:
         self.request_context = ctx
         self._server = server
@@ -149,8 +301,11 @@ class _LazyContext:
     def __getattr__(self, name: str) -> Any:
         real = self._real
         if real is None:
+            params = self._params
+            if params is None:
+                params = CallToolRequestParams.model_validate(self.request_context.params, by_name=False)
             real = self._real = Context(
-                request_context=self.request_context, mcp_server=self._server, input_params=self._params
+                request_context=self.request_context, mcp_server=self._server, input_params=params
             )
         return getattr(real, name)
 

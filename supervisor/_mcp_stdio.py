@@ -80,23 +80,42 @@ class WireOut:
         if self._closed:
             raise anyio.ClosedResourceError
         data = (item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode("utf-8")
+        view = memoryview(data)
+        if not self._lock.locked():
+            # No message is half out: write this one now, as far as the pipe takes it (a whole reply, as
+            # a rule), and take the lock only for a rest that has to wait (no await since the check: the
+            # lock is still free then).
+            if self._broken:
+                raise anyio.BrokenResourceError
+            rest = self._write_now(view)
+            if rest:
+                async with self._lock:
+                    await self._write(view[-rest:], len(data))
+            return
         async with self._lock:
             if self._broken:
                 raise anyio.BrokenResourceError
-            await self._write(memoryview(data))
+            await self._write(view, len(data))
 
-    async def _write(self, view: memoryview) -> None:
-        total = len(view)
-        deadline: float | None = None
+    def _write_now(self, view: memoryview) -> int:
+        """Write `view` until the pipe is full; the bytes left. Raises anyio.BrokenResourceError on EPIPE."""
         while view:
             try:
                 view = view[os.write(self._fd, view) :]
-                continue
             except BlockingIOError:
-                pass
+                break
             except OSError as err:  # EPIPE: the client closed its end
                 self._broken = True
                 raise anyio.BrokenResourceError from err
+        return len(view)
+
+    async def _write(self, view: memoryview, total: int) -> None:
+        """Write `view`, the rest of a `total`-byte message (see the class doc for cancellation)."""
+        deadline: float | None = None
+        while view:
+            view = view[len(view) - self._write_now(view) :]
+            if not view:
+                return
             if len(view) == total:  # nothing of this message is out yet: it may be given up
                 await anyio.wait_writable(self._fd)
                 continue

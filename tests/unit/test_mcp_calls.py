@@ -32,7 +32,8 @@ def _server(**opts: Any) -> MCPServer[Any]:
 
 
 def _sdk_path(server: MCPServer[Any]) -> None:
-    """Put the handler the SDK registered back in place of DirectCalls."""
+    """Put the handler the SDK registered back in place of DirectCalls, and take DirectCalls' short path
+    out of the middleware."""
     low = server._lowlevel_server
     entry = low.get_request_handler("tools/call")
     assert entry is not None
@@ -40,6 +41,7 @@ def _sdk_path(server: MCPServer[Any]) -> None:
     assert isinstance(direct, _mcp_calls.DirectCalls)
     assert direct._sdk is not None
     low.add_request_handler("tools/call", CallToolRequestParams, direct._sdk.handler)
+    low.middleware.remove(direct.short_path)
 
 
 CALLS: list[tuple[str, dict[str, Any]]] = [
@@ -53,6 +55,13 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
     ("read_output", {"handle": "cmd-x", "wait": 99}),  # over the field's bound
     ("read_output", {}),  # a required argument missing
     ("stop_command", {"handle": "cmd-x"}),
+    ("run_command", {"command": ["/bin/true", 1]}),  # an item of the wrong type
+    ("run_command", {"command": ["/bin/true"], "timeout": 5}),  # an int for a float
+    ("run_command", {"command": ["/bin/true"], "timeout": True}),
+    ("run_command", {"shell": "null"}),  # pre-parsed to null: neither given
+    ("run_command", {"command": ["/bin/true"], "cwd": "[1]"}),  # pre-parsed to a list: invalid
+    ("run_command", {"command": ["/bin/true"], "cwd": "5", "input": "\u00e9\u2028x"}),  # kept as strings
+    ("run_command", {"command": ["/bin/true"], "unknown": [1]}),  # ignored, as the model ignores it
     ("describe_sandbox", {}),  # a whole result, no runtime needed
     ("describe_sandbox", {"extra": 1}),
     ("no_such_tool", {}),  # not corral's: the SDK's handler answers
@@ -73,11 +82,22 @@ async def _answers(server: MCPServer[Any], mode: str) -> list[object]:
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])  # the 2026-07-28 protocol and the handshake era
-def test_direct_calls_answer_as_the_sdks_handler(mode: str) -> None:
+def test_direct_calls_answer_as_the_sdks_handler(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     direct, sdk = _server(), _server()
     _sdk_path(sdk)
+    short = 0
+    real = _mcp_calls._handshake_wire
+
+    def counted(*args: Any) -> Any:
+        nonlocal short
+        short += 1
+        return real(*args)
+
+    monkeypatch.setattr(_mcp_calls, "_handshake_wire", counted)
     got = anyio.run(_answers, direct, mode)
+    assert short == (len(CALLS) - 1 if mode == "legacy" else 0)  # all but the unknown tool on the short path
     want = anyio.run(_answers, sdk, mode)
+    assert short == (len(CALLS) - 1 if mode == "legacy" else 0)
     assert got == want
     texts = [str(a) for a in got]
     assert any("the server is not running" in t for t in texts)
