@@ -21,7 +21,7 @@ that, for a tool without a resolver in force, does the same steps minus the reso
   construction (tests/e2e/test_mcp.py validates every result against the published output schema).
 
 On a handshake-era connection (every stdio client today), a plain call (`name` and `arguments`, nothing
-else in the params) is run by `DirectCalls.short_path`, the innermost middleware, which also leaves out the
+else in the params) is run by `DirectCalls.short_path`, a middleware, which also leaves out the
 SDK's steps around the handler that cannot change such a call's answer: the params' validation against
 the version's request schema, the handler lookup, the params model, and the result's validation and
 re-dump by the version's result schema (it builds that dump itself; tests/unit/test_mcp_short_path.py and
@@ -72,7 +72,7 @@ class DirectCalls:
 
     def install(self) -> None:
         """Register the handler on the server's low-level `Server`, in place of (and delegating to) the one
-        the SDK registered, and the short path (`short_path`) as the innermost middleware. Raises
+        the SDK registered, and the short path (`short_path`) as a middleware. Raises
         RuntimeError when the SDK registered no handler."""
         low = self._server._lowlevel_server
         self._sdk = low.get_request_handler("tools/call")
@@ -80,7 +80,13 @@ class DirectCalls:
             msg = "the MCP SDK registered no tools/call handler"
             raise RuntimeError(msg)
         low.add_request_handler("tools/call", CallToolRequestParams, self.call)
-        low.middleware.append(self.short_path)
+        # Outermost but for tracing (so that a span still covers the calls it takes): the other middleware
+        # the SDK installs acts on nothing such a call carries (`RequestStateBoundary`: `requestState`).
+        from mcp.server._otel import OpenTelemetryMiddleware
+
+        chain = low.middleware
+        tracing = [i for i, m in enumerate(chain) if isinstance(m, OpenTelemetryMiddleware)]
+        chain.insert(tracing[-1] + 1 if tracing else 0, self.short_path)
 
     async def call(self, ctx: ServerRequestContext[Any], params: CallToolRequestParams) -> HandlerResult:
         """Run one `tools/call`. Raises MCPError for a protocol error (the dispatcher answers it); every other
@@ -93,12 +99,13 @@ class DirectCalls:
         return _wire(await self._run(tool, ctx, params.name, params.arguments or {}, params))
 
     async def short_path(self, ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
-        """The innermost middleware: a `tools/call` of a direct tool on an initialized handshake-era
-        connection whose params are just `name` and `arguments` (an object) is run here, and its result
-        handed back in the wire form the SDK's own steps after the middleware would give it; any other
-        message goes on (`call_next`) unchanged.
+        """A middleware (the outermost but tracing's): a `tools/call` of a direct tool on an initialized
+        handshake-era connection whose params are just `name` and `arguments` (an object) is run here, and
+        its result handed back in the wire form the SDK's own steps after the middleware would give it; any
+        other message goes on (`call_next`) unchanged.
 
-        What it leaves out are the SDK's checks and shaping of what cannot differ for such a call: the
+        What it leaves out are the SDK's checks and shaping of what cannot differ for such a call (and the
+        middleware inside it, which act on what such a call does not carry: `requestState`, `_meta`): the
         params' validation against the protocol version's `CallToolRequest` (a string `name`, an object
         `arguments`: nothing else to check), the handler lookup and the initialization gate (asked here:
         `session.client_params` is what `initialize` recorded), the params model, and the result's

@@ -150,7 +150,8 @@ class _Reader:
     calls, an event object and the selector's KeyErrors per message), and a readiness the loop had already
     queued before the task read the data would wake the next wait for nothing (a task step, a read and its
     EAGAIN). A readiness that finds no read pending unregisters the fd (level-triggered, it would otherwise
-    wake the loop over and over), so unread input stays in the pipe. On trio: `anyio.wait_readable`.
+    wake the loop over and over), so unread input stays in the pipe; a read while the fd is registered
+    waits for the readiness rather than trying the fd first. On trio: `anyio.wait_readable`.
     Cancellation loses nothing: bytes read for a cancelled read are returned by the next one."""
 
     def __init__(self, fd: int) -> None:
@@ -168,10 +169,13 @@ class _Reader:
             data, self._pending = self._pending, None
             return data
         while True:
-            try:
-                return os.read(self._fd, 1 << 16)
-            except BlockingIOError:
-                pass
+            # While the fd is registered, data already there makes the loop call `_ready` at its next turn
+            # (level-triggered): no read is tried first (its EAGAIN, an exception, is the usual answer).
+            if not self._registered:
+                try:
+                    return os.read(self._fd, 1 << 16)
+                except BlockingIOError:
+                    pass
             if self._loop is None and self._asyncio:
                 try:
                     self._loop = asyncio.get_running_loop()

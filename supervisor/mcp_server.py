@@ -536,19 +536,25 @@ class _Background:
 class _Session:
     """One MCP session's background commands, and its calls in flight."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, *, scoped: bool = True) -> None:
         self.key = key
         self.procs: dict[str, _Background] = {}
         self.calls: set[anyio.CancelScope] = set()
         self.closed = False
+        self.scoped = scoped
 
     @contextlib.contextmanager
-    def call(self) -> Iterator[anyio.CancelScope]:
+    def call(self) -> Iterator[None]:
         """A scope for one call of this session, cancelled when the session ends (the SDK leaves a call of
-        a deleted HTTP session running). Raises ToolError when the session has ended."""
+        a deleted HTTP session running); none for an unscoped session (stdio's: the SDK's dispatcher
+        cancels the connection's calls itself when it ends, before the session does). Raises ToolError
+        when the session has ended."""
         if self.closed:
             msg = "this session has ended"
             raise ToolError(msg)
+        if not self.scoped:
+            yield
+            return
         scope = anyio.CancelScope()
         self.calls.add(scope)
         exchange = _EXCHANGE.get()
@@ -558,7 +564,7 @@ class _Session:
                 scope.cancel()
         try:
             with scope:
-                yield scope
+                yield
         finally:
             self.calls.discard(scope)
             if exchange is not None:
@@ -592,7 +598,7 @@ class _Runtime:
         self.tg = tg
         self.sessions: dict[str, _Session] = {}
         #: stdio: the one session is the process's.
-        self.single = _Session("stdio") if single else None
+        self.single = _Session("stdio", scoped=False) if single else None
 
     def session(self, ctx: Context[Any, Any] | None) -> _Session:
         """The caller's session: stdio's one, else the HTTP `Mcp-Session-Id`'s, else the shared pool of
