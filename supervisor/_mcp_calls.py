@@ -35,7 +35,7 @@ not know go the SDK's way, to the handler it registered when not corral's.
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import HandlerEntry
@@ -50,7 +50,7 @@ from pydantic import ValidationError
 
 from supervisor import _mcp_approval as approvals
 
-__all__ = ["DirectCalls", "drop_idle_tracing"]
+__all__ = ["DirectCalls", "Plain", "as_model", "drop_idle_tracing"]
 
 logger = logging.getLogger("corral.mcp")
 
@@ -66,6 +66,8 @@ class DirectCalls:
     def __init__(self, server: MCPServer[Any], tools: list[Tool], *, resolvers: bool) -> None:
         self._server = server
         self._direct = {t.name: t for t in tools if not (resolvers and t.resolved_params)}
+        #: Each direct tool's body: the function `mcp_server` wrapped for the SDK, which may give a `Plain`.
+        self._bodies = {name: getattr(t.fn, "__wrapped__", t.fn) for name, t in self._direct.items()}
         self._fields = {name: _plain_fields(t) for name, t in self._direct.items()}
         self._versions = _handshake_versions()
         self._sdk: HandlerEntry[Any] | None = None
@@ -137,7 +139,7 @@ class DirectCalls:
         name: str,
         arguments: dict[str, Any],
         params: CallToolRequestParams | None,
-    ) -> CallToolResult:
+    ) -> CallToolResult | Plain:
         """The tool's body for `arguments`, its failures as the SDK's path ends them (the module doc)."""
         try:
             kwargs = self._arguments(tool, name, arguments)
@@ -155,7 +157,7 @@ class DirectCalls:
         for resolved in tool.resolved_params:  # only the approval, and only while no rules are in force
             kwargs[resolved] = _NOT_ASKED
         try:
-            result: CallToolResult = await tool.fn(**kwargs)  # corral's tools return CallToolResult
+            result: CallToolResult | Plain = await self._bodies[name](**kwargs)
         except MCPError:
             raise
         except (ToolError, ResourceError) as err:
@@ -195,6 +197,24 @@ class DirectCalls:
         return kwargs
 
 
+class Plain(NamedTuple):
+    """A result as corral's tool bodies make it: `text` for the model to read and `data`, the structured
+    content in its JSON form. `DirectCalls` puts it on the wire as it is; the SDK's own path gets the
+    `CallToolResult` (`as_model`) from the wrapper `mcp_server` registers each body under."""
+
+    text: str
+    data: dict[str, Any]
+
+
+def as_model(result: CallToolResult | Plain) -> CallToolResult:
+    """`result` as the SDK's `CallToolResult` (validated construction)."""
+    if type(result) is Plain:
+        text = TextContent(type="text", text=result.text)
+        return CallToolResult(content=[text], structured_content=result.data)
+    assert isinstance(result, CallToolResult)
+    return result
+
+
 #: A call's `arguments` when the client sent none (the SDK validates absent arguments as none given).
 _EMPTY: dict[str, Any] = {}
 
@@ -224,11 +244,20 @@ _WIRE_BASE: dict[str, Any] = {
 }
 
 
-def _wire(result: CallToolResult) -> HandlerResult:
+def _wire(result: CallToolResult | Plain) -> HandlerResult:
     """`result` as the SDK would dump it for the wire (`model_dump(by_alias=True, mode="json",
     exclude_none=True)`), built directly when it holds only plain text content and JSON-ready structured
     content (corral's tools build exactly that: ~25 us of CPU less per call); else `result` itself, for
     the SDK to dump. The SDK validates either against the protocol version's schema before sending."""
+    if type(result) is Plain:
+        text, data = result
+        return {
+            **_WIRE_BASE,
+            "content": [{"type": "text", "text": text}],
+            "isError": False,
+            "structuredContent": data,
+        }
+    assert isinstance(result, CallToolResult)
     texts = [c for c in result.content if type(c) is TextContent and c.annotations is None and c.meta is None]
     if result.meta is not None or len(texts) != len(result.content):
         return result
@@ -242,11 +271,15 @@ def _wire(result: CallToolResult) -> HandlerResult:
     return wire
 
 
-def _handshake_wire(result: CallToolResult, version: str) -> dict[str, Any]:
+def _handshake_wire(result: CallToolResult | Plain, version: str) -> dict[str, Any]:
     """`result` as the SDK's steps after the middleware give it on a handshake-era connection: the wire
     dump, validated and re-dumped by the version's `CallToolResult` (`serialize_server_result`), which
     orders the keys and drops `resultType`. Built directly for plain text content and JSON-ready structured
     content (`_wire`'s case); anything else is handed to `serialize_server_result` itself."""
+    if type(result) is Plain:
+        text, data = result
+        return {"content": [{"text": text, "type": "text"}], "isError": False, "structuredContent": data}
+    assert isinstance(result, CallToolResult)
     texts = [c for c in result.content if type(c) is TextContent and c.annotations is None and c.meta is None]
     if result.meta is not None or len(texts) != len(result.content):
         wire = result.model_dump(by_alias=True, mode="json", exclude_none=True)

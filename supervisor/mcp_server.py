@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import hmac
 import ipaddress
 import logging
@@ -34,7 +35,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 from anyio.abc import ByteReceiveStream, TaskGroup
@@ -45,7 +46,6 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
     CallToolResult,
-    TextContent,
     ToolAnnotations,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -54,7 +54,7 @@ from pydantic import BaseModel, Field
 from policies import CommandRules, CorralError, Policy, profiles
 from supervisor import PIPE, Child, CommandForbiddenError, Result, Supervisor
 from supervisor import _mcp_approval as approvals
-from supervisor._mcp_calls import DirectCalls, drop_idle_tracing
+from supervisor._mcp_calls import DirectCalls, Plain, as_model, drop_idle_tracing
 from supervisor._mcp_stdio import WireIn, WireOut, serve_connection, stdio_fds
 
 __all__ = [
@@ -482,10 +482,12 @@ def _summary(r: Mapping[str, Any]) -> str:
 
 def _tool_result(model: BaseModel | dict[str, Any], text: str) -> CallToolResult:
     """A tool's result: `text` for the model to read, and `model` (or its JSON form, as `_command_data`
-    builds it) as the structured content. (Validated construction: pydantic's `model_construct`, in Python,
-    costs more than its validation, in Rust.)"""
+    builds it) as the structured content, as a `_mcp_calls.Plain`: `DirectCalls` writes it out as it is,
+    and the wrapper `_add` registers each tool under makes it the `CallToolResult` the bodies are annotated
+    with (their annotation is what the SDK derives the output schema from) for the SDK's own path; typed
+    as that for the bodies."""
     data = model if isinstance(model, dict) else model.model_dump(mode="json")
-    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+    return cast("CallToolResult", Plain(text, data))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -917,8 +919,17 @@ def _add_background_tools(
 
 
 def _add(tools: list[Tool], fn: _Tool, *, title: str, description: str, annotations: ToolAnnotations) -> None:
-    """Append the SDK's Tool for `fn` (input and output schemas from its signature) to `tools`."""
-    tools.append(Tool.from_function(fn, title=title, description=description, annotations=annotations))
+    """Append the SDK's Tool for `fn` (input and output schemas from its signature) to `tools`. The SDK
+    calls a wrapper that gives it `fn`'s result as a `CallToolResult` (`_tool_result`); `DirectCalls`
+    calls `fn` itself (`__wrapped__`)."""
+
+    @functools.wraps(fn)
+    async def for_the_sdk(*args: Any, **kwargs: Any) -> CallToolResult:
+        return as_model(await fn(*args, **kwargs))
+
+    tools.append(
+        Tool.from_function(for_the_sdk, title=title, description=description, annotations=annotations)
+    )
 
 
 def _approval_param(tool: _Tool, runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> _Tool:

@@ -77,7 +77,9 @@ def _sdk_dump(result: CallToolResult) -> dict[str, Any]:
 def test_the_wire_form_is_the_sdks_dump() -> None:
     r = RESULTS["killed"]
     data = _command_data(r, r.stdout, r.stderr, True, False)
-    ours = _tool_result(data, _summary(data))
+    plain = _tool_result(data, _summary(data))  # what the bodies give: a Plain
+    ours = _mcp_calls.as_model(plain)  # what the SDK's own path gets from them
+    assert _text(_mcp_calls._wire(plain)) == _text(_sdk_dump(ours))
     assert _text(_mcp_calls._wire(ours)) == _text(_sdk_dump(ours))
     error = _mcp_calls._error("Error executing tool run_command: no")
     assert _text(_mcp_calls._wire(error)) == _text(_sdk_dump(error))
@@ -106,6 +108,7 @@ async def _describe(rules: Path | None, sdk: bool) -> dict[str, Any]:
         direct = entry.handler.__self__  # type: ignore[attr-defined]
         assert direct._sdk is not None
         low.add_request_handler("tools/call", direct._sdk.params_type, direct._sdk.handler)
+        low.middleware.remove(direct.short_path)
     async with Client(server) as client:
         result = await client.call_tool("describe_sandbox", {})
     return result.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -153,3 +153,18 @@ def test_anything_else_goes_on_to_the_sdk(params: dict[str, Any]) -> None:
 
     anyio.run(DIRECT.short_path, Ctx(), call_next)
     assert len(passed) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(), data=st.dictionaries(st.text(), json_values, max_size=5))
+def test_a_plain_result_is_the_result_model_the_sdk_gets(text: str, data: dict[str, Any]) -> None:
+    # What the tool bodies give (`Plain`) is put on the wire as the `CallToolResult` the SDK's own path
+    # gets from them (`as_model`) would be.
+    plain = _mcp_calls.Plain(text, data)
+    model = _mcp_calls.as_model(plain)
+    dumped = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert json.loads(_line(dict(_mcp_calls._wire(plain)))) == json.loads(_line(dumped))  # type: ignore[arg-type]
+    for version in HANDSHAKE_PROTOCOL_VERSIONS:
+        want = serialize_server_result("tools/call", version, dict(dumped))
+        assert _line(_mcp_calls._handshake_wire(plain, version)) == _line(want)
+        assert _line(_mcp_calls._handshake_wire(model, version)) == _line(want)
