@@ -211,8 +211,9 @@ class Listings:
     the same timestamp tick would leave the ctime as it was) and is taken again next time. Thread-safe (one
     lock: scans of one supervisor run one at a time).
 
-    It also keeps, per set of roots, the `Snapshot` of the last scan that found nothing in a small tree,
-    which `unchanged_since` checks on the event loop (no worker-thread hop) after later runs."""
+    It also keeps, per set of roots, the `Snapshot` of the last scan that found nothing in a tree that fits
+    one (taken from the roots' second scan on), which `unchanged_since` checks on the event loop (no
+    worker-thread hop) after later runs."""
 
     def __init__(self) -> None:
         self._roots: dict[str, dict[str, tuple[int, int, int, dict[str, int]]]] = {}
@@ -221,6 +222,8 @@ class Listings:
         #: id(policy) -> (the policy, its snapshot key): computing a key (and even hashing a Policy) costs
         #: more than checking a snapshot. Bounded; the policy is kept so that its id stays its own.
         self._keys: dict[int, tuple[Policy, SnapshotKey]] = {}
+        #: The sets of roots scanned so far (bounded): a snapshot is taken from a key's second scan on.
+        self._scanned: dict[SnapshotKey, None] = {}
         #: Scans answered by a snapshot, without a worker thread (tests and benchmarks read it).
         self.quick = 0
         #: The inotify watches on the snapshots' leaf directories (supervisor/_leafwatch.py).
@@ -273,6 +276,16 @@ class Listings:
         old = self._snapshots.pop(roots, None)
         if old is not None:
             old.close()
+
+    def scanned_before(self, roots: SnapshotKey) -> bool:
+        """Whether `roots` were scanned before (the last 256 sets of roots scanned are remembered); notes
+        that they are now (under `lock`)."""
+        if roots in self._scanned:
+            return True
+        if len(self._scanned) >= 256:
+            self._scanned.pop(next(iter(self._scanned)))
+        self._scanned[roots] = None
+        return False
 
     def has(self, roots: SnapshotKey) -> bool:
         """Whether a snapshot of `roots` is kept and not known to be changed."""
@@ -457,7 +470,13 @@ class Scan:
         with self.listings.lock:
             self.listings.sweep()  # snapshots found changed since: dropped (a new one is taken below)
             leaves = None
-            if self.key is not None and not self.listings.has(self.key):
+            if (
+                self.key is not None
+                and not self.listings.has(self.key)
+                # Not on a key's first scan: the CLI (one run per supervisor) and one-off policies would pay
+                # the fds and watches of a snapshot never used (~6 ms on a two-commit repository).
+                and self.listings.scanned_before(self.key)
+            ):
                 # A tree whose listings alone exceed a snapshot is not tried (that would cost dups).
                 leaves = _fits([self.listings.root(r) for r in self.roots])
             if self.key is not None and leaves is not None:

@@ -310,6 +310,7 @@ async def test_a_plant_after_runs_that_needed_no_scan_is_found(
     hook.write_text("#!/bin/sh\nexit 0\n")
     hook.chmod(0o755)
     await anyio.sleep(0.05)  # older than the scan's margin
+    assert (await plant(sup, workspace, "true")).quarantined == ()  # a key's first scan: no snapshot
     assert (await plant(sup, workspace, "true")).quarantined == ()  # scanned in full, snapshot taken
     quick = sup._listings.quick
     assert (await plant(sup, workspace, "true")).quarantined == ()

@@ -46,12 +46,29 @@ def listings() -> Iterator[Listings]:
     lst.close()
 
 
+def _first(policy: Policy, listings: Listings) -> None:
+    """A key's first scan: it takes no snapshot (one-off policies and the CLI's one run would not use it)."""
+    assert scan(policy, time.time_ns(), listings) == []
+    assert not listings.has(_gitscan.snapshot_key(policy))
+
+
 def _snapshotted(ws: Path, listings: Listings) -> Policy:
     policy = profiles.workspace_write(ws)
     _aged()
+    _first(policy, listings)
     assert scan(policy, time.time_ns(), listings) == []
     assert listings.has(_gitscan.snapshot_key(policy))
     return policy
+
+
+def test_a_keys_first_scan_takes_no_snapshot(tree: Path, listings: Listings) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    policy = profiles.workspace_write(tree)
+    _aged()
+    _first(policy, listings)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert listings.watcher.count() == 0
+    assert not listings.unchanged_since(policy, time.time_ns())
 
 
 def test_an_unchanged_tree_needs_no_scan(tree: Path, listings: Listings) -> None:
@@ -132,6 +149,7 @@ def test_a_run_started_before_the_snapshot_was_complete_is_scanned(tree: Path, l
     was taken gets the full scan."""
     policy = profiles.workspace_write(tree)
     _aged()
+    _first(policy, listings)
     started = time.time_ns()
     assert scan(policy, started, listings) == []
     assert not listings.unchanged_since(policy, started)
@@ -142,6 +160,7 @@ def test_a_recently_changed_tree_is_not_snapshotted(tree: Path, listings: Listin
     """A ctime within the margin of the scan: a change in the same timestamp tick could leave it as it is."""
     policy = profiles.workspace_write(tree)
     _aged()
+    _first(policy, listings)
     started = time.time_ns()
     (tree / "src" / "a" / "fresh.c").write_text("")
     assert scan(policy, started, listings) == []
@@ -156,6 +175,7 @@ def test_a_large_tree_is_not_snapshotted(tmp_path: Path, listings: Listings) -> 
         (tmp_path / "ws" / f"d{i}" / "leaf").mkdir(parents=True)
     policy = profiles.workspace_write(tmp_path / "ws")
     _aged()
+    _first(policy, listings)
     assert scan(policy, time.time_ns(), listings) == []
     assert not listings.has(_gitscan.snapshot_key(policy))
     assert not listings.unchanged_since(policy, time.time_ns())
@@ -172,6 +192,7 @@ def test_snapshots_hold_a_bounded_number_of_fds(tmp_path: Path, listings: Listin
     _aged()
     before = len(os.listdir("/proc/self/fd"))
     for policy in policies:
+        _first(policy, listings)
         assert scan(policy, time.time_ns(), listings) == []
     held = len(os.listdir("/proc/self/fd")) - before
     assert 0 < held <= budget
@@ -314,9 +335,10 @@ def test_a_leaf_changed_between_its_listing_and_its_watch_is_not_trusted(
             (target / "HEAD").write_text("")
         return real(self, owner, path, follow)
 
-    monkeypatch.setattr(_leafwatch.Watcher, "watch", racing)
     policy = profiles.workspace_write(history)
     _aged()
+    _first(policy, listings)
+    monkeypatch.setattr(_leafwatch.Watcher, "watch", racing)
     assert scan(policy, time.time_ns(), listings) == []
     assert (target / "HEAD").exists()
     assert not listings.has(_gitscan.snapshot_key(policy))
@@ -387,15 +409,21 @@ def test_a_dropped_snapshots_changed_leaves_stop_being_watched(
 
 
 def test_a_tree_that_does_not_fit_keeps_no_watches(tmp_path: Path, listings: Listings) -> None:
-    """The first scan of a tree tries a snapshot until it finds the tree too large: the watches it added
-    on the way are removed, not kept as spares (which would watch a large tree for nothing)."""
+    """A tree that grew past a snapshot since its last scan is tried (its cached listings still fit) until
+    it is found too large: the watches added on the way are removed, not kept as spares (which would watch
+    a large tree for nothing)."""
+    ws = tmp_path / "ws"
+    (ws / "first" / "leaf").mkdir(parents=True)
+    policy = profiles.workspace_write(ws)
+    _aged()
+    _first(policy, listings)
     for i in range(_gitscan.SNAPSHOT_DIRS):
         for j in range(3):
-            (tmp_path / "ws" / f"d{i}" / f"leaf{j}").mkdir(parents=True)
-    policy = profiles.workspace_write(tmp_path / "ws")
+            (ws / f"d{i}" / f"leaf{j}").mkdir(parents=True)
     _aged()
     assert scan(policy, time.time_ns(), listings) == []
     assert not listings.has(_gitscan.snapshot_key(policy))
+    assert listings.watcher.fd >= 0  # it was tried
     assert listings.watcher.count() == 0
 
 
