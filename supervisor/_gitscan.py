@@ -1096,6 +1096,8 @@ class Scan:
             if name in entries:
                 self._check_includes(fd, path, name, 0)
                 self._check_hooks_path(fd, path, name, mounted)
+        if "config" not in entries and self._global_hooks_rel:
+            self._check_hooks_path(fd, path, "config", mounted)  # git works without one: the global's apply
         if entries.get("rebase-merge") == stat.S_IFDIR:
             self._check_rebase(fd, path)
         if "gitdir" in entries and "commondir" in entries and entries["gitdir"] == stat.S_IFREG:

@@ -167,3 +167,23 @@ async def test_a_link_planted_on_the_way_to_a_global_include(
         r.quarantined
     )
     assert list((outside / "d").iterdir()) == []
+
+
+async def test_a_relative_global_hooks_path_in_a_repository_without_config(
+    sup: Supervisor, workspace: Path, global_config: tuple[Path, dict[str, str]]
+) -> None:
+    """A repository the sandbox makes and then removes the config of (git works without one): the users'
+    global relative `core.hooksPath` still applies to it."""
+    path, env = global_config
+    path.write_text("[core]\n\thooksPath = .githooks\n")
+    hook = f"printf '#!/bin/sh\\n{payload(workspace)}\\n' > sub/.githooks/pre-commit"
+    r = await plant(
+        sup,
+        workspace,
+        "git init -q sub && rm sub/.git/config && mkdir sub/.githooks && "
+        + hook
+        + " && chmod +x sub/.githooks/pre-commit",
+    )
+    assert str(workspace / "sub" / ".githooks" / "pre-commit") in [p for p, _ in r.quarantined], r.quarantined
+    user_git(workspace / "sub", env, "commit", "-q", "--allow-empty", "-m", "the user's commit")
+    assert not (workspace / "MARKER").exists(), "a hook the sandbox wrote ran in the user's commit"
