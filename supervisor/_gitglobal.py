@@ -46,15 +46,19 @@ _MAX_LINKS = 40
 class Refs:
     """What the user's global and system git configuration names.
 
-    `includes`: (absolute path of an included file, the config that includes it); `hooks`: (the
+    `includes`: (absolute path of an included file, the config that includes it, what `~` means there);
+    `hooks`: (the
     `core.hooksPath` value made absolute when it is absolute or `~/`, else None, the raw relative value
     when relative (git takes it from each repository's worktree), the config that sets it); `watched`:
-    the paths whose change means this must be read again (every config file looked for, found or not,
-    and the real path of each one read through the user's links, whose edits the link does not show)."""
+    the paths whose change means this must be read again (every config file looked for outside the
+    writable roots, found or not, and the real path of each one read through the user's links, whose edits
+    the link does not show); `in_roots`: the global config files looked for under a writable root (not
+    read here: the scan reads them beneath the root's fd), each with what `~` means in it."""
 
-    includes: list[tuple[str, str]] = field(default_factory=list)
+    includes: list[tuple[str, str, str]] = field(default_factory=list)
     hooks: list[tuple[str | None, str | None, str]] = field(default_factory=list)
     watched: list[str] = field(default_factory=list)
+    in_roots: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _truthy(value: str | None) -> bool:
@@ -205,6 +209,11 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
         if path in seen:
             continue
         seen.add(path)
+        if _under(path, roots):
+            # A global config, or a file one includes, that a sandbox may write: the scan reads it itself
+            # beneath the root's fd (checked like an included file, with its own includes), each time.
+            refs.in_roots.append((path, home))
+            continue
         refs.watched.append(path)
         try:
             data = read(path, roots, refs.watched)
@@ -224,7 +233,7 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
                 target = _expand(value, base, home)
                 if target is None:
                     continue
-                refs.includes.append((target, path))
+                refs.includes.append((target, path, home))
                 if depth + 1 < MAX_DEPTH:
                     queue.append((target, home, depth + 1))
             elif key == "core.hookspath":

@@ -630,25 +630,28 @@ class Scan:
         refs = self.globals
         if refs is None:
             return
-        for target, via in refs.includes:
+        files = [*((path, via, h) for path, via, h in refs.includes), *((p, "", h) for p, h in refs.in_roots)]
+        for target, via, home in files:
             target_in = self._in_root("/", os.fsencode(target), os.geteuid())
             if target_in is None or target_in in self._included:
                 continue
             self._included.add(target_in)
-            self._warn_global(target_in, via, "an included git config")
+            if via:
+                self._warn_global(target_in, via, "an included git config")
             dpath, leaf = os.path.split(target_in)
             config = f"the global git config {via}"
-            dfd = self._open_in_root(dpath, os.O_PATH, target_in, f"{config} includes it")
+            what = f"{config} includes it" if via else "a global git config location"
+            dfd = self._open_in_root(dpath, os.O_PATH, target_in, what)
             if dfd is None:
                 continue
             try:
                 if self._changed(dfd, leaf) is not None:
                     reason = self._config_problem(dfd, target_in, leaf)
                     if reason:
-                        reason = reason.replace("git config", f"git config included by {config}", 1)
-                        self._quarantine(dfd, dpath, leaf, reason)
+                        by = f"git config included by {config}" if via else "global git config"
+                        self._quarantine(dfd, dpath, leaf, reason.replace("git config", by, 1))
                         continue
-                self._check_includes(dfd, dpath, leaf, 1)
+                self._check_includes(dfd, dpath, leaf, 1, home)
             finally:
                 os.close(dfd)
         for absolute, _rel, via in refs.hooks:
@@ -880,7 +883,7 @@ class Scan:
         finally:
             os.close(git)
 
-    def _check_includes(self, fd: int, path: str, name: str, depth: int) -> None:
+    def _check_includes(self, fd: int, path: str, name: str, depth: int, home: str | None = None) -> None:
         """The files the config `name` (in directory `fd`, at `path`) includes (`include.path`,
         `includeIf.*.path`, whatever their condition), when they lie in the root being scanned: git reads
         them as part of that config, so one written during the run with a setting that runs programs is
@@ -899,7 +902,7 @@ class Scan:
                 continue
             if not (key.startswith("include.") or key.startswith("includeif.")):
                 continue
-            target = self._in_root(path, value, owner)
+            target = self._in_root(path, value, owner, home)
             if target is None or target in self._included:
                 continue
             self._included.add(target)
@@ -915,7 +918,7 @@ class Scan:
                         reason = reason.replace("git config", f"git config included by {config}", 1)
                         self._quarantine(dfd, dpath, leaf, reason)
                         continue
-                self._check_includes(dfd, dpath, leaf, depth + 1)
+                self._check_includes(dfd, dpath, leaf, depth + 1, home)
             finally:
                 os.close(dfd)
 
@@ -999,14 +1002,15 @@ class Scan:
         self._parsed += len(data)
         return self._parsed <= PARSE_BUDGET
 
-    def _in_root(self, base: str, value: bytes, owner: int) -> str | None:
+    def _in_root(self, base: str, value: bytes, owner: int, home: str | None = None) -> str | None:
         """The path a config setting `value` names (relative to `base`; `~/` the home of the config's
-        `owner`, who is the one running git on it), when it lies in the root being scanned, else None.
-        Meeting one makes this scan take no snapshot: the quick check does not watch such paths."""
+        `owner`, who is the one running git on it, or `home` when given: a global config's), when it lies
+        in the root being scanned, else None. Meeting one makes this scan take no snapshot: the quick
+        check does not watch such paths."""
         text = value.decode("utf-8", errors="surrogateescape")
         if text.startswith("~/") or text == "~":
             try:
-                text = os.path.join(pwd.getpwuid(owner).pw_dir, text[2:])
+                text = os.path.join(home or pwd.getpwuid(owner).pw_dir, text[2:])
             except KeyError:
                 return None
         target = os.path.normpath(os.path.join(base, text))

@@ -187,3 +187,25 @@ async def test_a_relative_global_hooks_path_in_a_repository_without_config(
     assert str(workspace / "sub" / ".githooks" / "pre-commit") in [p for p, _ in r.quarantined], r.quarantined
     user_git(workspace / "sub", env, "commit", "-q", "--allow-empty", "-m", "the user's commit")
     assert not (workspace / "MARKER").exists(), "a hook the sandbox wrote ran in the user's commit"
+
+
+async def test_a_global_config_inside_the_writable_root(
+    sup: Supervisor, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's home lies inside the writable root (`--allow-write /home` style): their `~/.gitconfig`
+    there, unchanged, includes `~/w.inc`, which the sandbox writes. The scan reads that global config
+    itself, beneath the root's fd, and checks what it includes."""
+    home = workspace / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[include]\n\tpath = ~/w.inc\n")
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    env = {k: v for k, v in ENV.items() if k != "GIT_CONFIG_GLOBAL"}
+    env["HOME"] = str(home)
+    make_repo(workspace / "repo")
+    r = await plant(sup, workspace, f"{fsmonitor(workspace)} > home/w.inc")
+    assert str(home / "w.inc") in [p for p, _ in r.quarantined], r.quarantined
+    user_git(workspace / "repo", env, "status")
+    assert not (workspace / "MARKER").exists(), "the user's git ran code the sandbox wrote"

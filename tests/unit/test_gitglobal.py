@@ -64,9 +64,9 @@ def test_references(tmp_path: Path) -> None:
     )
     (tmp_path / "more").write_text("[core]\n\thooksPath = ~/hooks\n[include]\n\tpath = /abs/x\n")
     refs = _gitglobal.references([], {"GIT_CONFIG_GLOBAL": str(g), "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/h"})
-    assert (str(tmp_path / "more"), str(g)) in refs.includes
-    assert ("/h/w/team.inc", str(g)) in refs.includes
-    assert ("/abs/x", str(tmp_path / "more")) in refs.includes
+    assert (str(tmp_path / "more"), str(g), "/h") in refs.includes
+    assert ("/h/w/team.inc", str(g), "/h") in refs.includes
+    assert ("/abs/x", str(tmp_path / "more"), "/h") in refs.includes
     assert (None, ".githooks", str(g)) in refs.hooks
     assert ("/h/hooks", None, str(tmp_path / "more")) in refs.hooks
     assert str(tmp_path / "more") in refs.watched
@@ -103,3 +103,13 @@ def test_identity_sees_a_rewrite_in_place_a_new_file_and_an_edit_through_a_link(
     with open(tmp_path / "real", "a") as fp:
         fp.write("[include]\n\tpath = x\n")
     assert _gitglobal.identity(refs.watched) != ident
+
+
+def test_a_global_config_under_a_writable_root_is_left_to_the_scan(tmp_path: Path) -> None:
+    """The home as a writable root: ~/.gitconfig is not read here (a sandbox may write it; the scan reads
+    it beneath the root's fd), nor watched by the identity the event loop's quick check takes."""
+    (tmp_path / ".gitconfig").write_text("[include]\n\tpath = ~/x.inc\n")
+    refs = _gitglobal.references([str(tmp_path)], {"HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"})
+    assert (str(tmp_path / ".gitconfig"), str(tmp_path)) in refs.in_roots
+    assert str(tmp_path / ".gitconfig") not in refs.watched
+    assert refs.includes == []
