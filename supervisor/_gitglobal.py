@@ -53,12 +53,15 @@ class Refs:
     the paths whose change means this must be read again (every config file looked for outside the
     writable roots, found or not, and the real path of each one read through the user's links, whose edits
     the link does not show); `in_roots`: the global config files looked for under a writable root (not
-    read here: the scan reads them beneath the root's fd), each with what `~` means in it."""
+    read here: the scan reads them beneath the root's fd), each with what `~` means in it; `programs`:
+    (absolute path, key, the config that sets it) of each program a setting runs that is named by an
+    absolute or `~/` path (`core.fsmonitor = ~/bin/watch`, `alias.x = !/opt/x`, a credential helper)."""
 
     includes: list[tuple[str, str, str]] = field(default_factory=list)
     hooks: list[tuple[str | None, str | None, str]] = field(default_factory=list)
     watched: list[str] = field(default_factory=list)
     in_roots: list[tuple[str, str]] = field(default_factory=list)
+    programs: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _truthy(value: str | None) -> bool:
@@ -197,6 +200,62 @@ def _expand(value: bytes, base: str, home: str) -> str | None:
     return os.path.normpath(os.path.join(base, text))
 
 
+#: Settings whose value is a command git runs: exact names, and (section, last key) of subsectioned ones.
+_PROGRAM_KEYS = frozenset(
+    {
+        "core.fsmonitor",
+        "core.pager",
+        "core.editor",
+        "core.sshcommand",
+        "core.askpass",
+        "core.gitproxy",
+        "credential.helper",
+        "gpg.program",
+        "sequence.editor",
+        "diff.external",
+        "uploadpack.packobjectshook",
+        "interactive.difffilter",
+    }
+)
+_PROGRAM_SUBKEYS = frozenset(
+    {
+        ("credential", "helper"),
+        ("gpg", "program"),
+        ("diff", "command"),
+        ("diff", "textconv"),
+        ("filter", "clean"),
+        ("filter", "smudge"),
+        ("filter", "process"),
+        ("merge", "driver"),
+        ("mergetool", "cmd"),
+        ("mergetool", "path"),
+        ("difftool", "cmd"),
+        ("difftool", "path"),
+    }
+)
+
+
+def _runs_program(key: str, value: bytes) -> bool:
+    """Whether the setting `key` (as _gitconfig names it) runs its value as a command."""
+    section, _, last = key.partition(".")
+    if key in _PROGRAM_KEYS or section == "pager":
+        return True
+    if section == "alias":
+        return value.lstrip().startswith(b"!")
+    return "." in last and (section, last.rpartition(".")[2]) in _PROGRAM_SUBKEYS
+
+
+def _program_path(value: bytes, home: str) -> str | None:
+    """The program a command value names, when it names one by an absolute or `~/` path: its first word
+    (after an alias's `!`), else None (a name looked up in PATH, or `git credential-<name>`)."""
+    text = value.decode("utf-8", errors="surrogateescape").lstrip().removeprefix("!").lstrip()
+    word = text.split(None, 1)[0] if text.split() else ""
+    word = word.strip("'\"")
+    if not (word.startswith("/") or word.startswith("~/")):
+        return None
+    return _expand(word.encode("utf-8", errors="surrogateescape"), "/", home)
+
+
 def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Refs:
     """What the global and system git configuration of the users who may run git on `roots` names
     (`Refs`), read as the module docstring says. Never raises for the filesystem's sake: what cannot be
@@ -236,7 +295,11 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
                 refs.includes.append((target, path, home))
                 if depth + 1 < MAX_DEPTH:
                     queue.append((target, home, depth + 1))
-            elif key == "core.hookspath":
+            elif _runs_program(key, value):
+                program = _program_path(value, home)
+                if program is not None:
+                    refs.programs.append((program, key, path))
+            if key == "core.hookspath":
                 text = value.decode("utf-8", errors="surrogateescape")
                 if text.startswith("/") or text.startswith("~"):
                     refs.hooks.append((_expand(value, "/", home), None, path))

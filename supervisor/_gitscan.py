@@ -654,6 +654,21 @@ class Scan:
                 self._check_includes(dfd, dpath, leaf, 1, home)
             finally:
                 os.close(dfd)
+        for program, key, via in refs.programs:
+            target_in = self._in_root("/", os.fsencode(program), os.geteuid())
+            if target_in is None:
+                continue
+            self._warn_global(target_in, via, f"a program git runs ({key})")
+            dpath, leaf = os.path.split(target_in)
+            dfd = self._open_in_root(dpath, os.O_PATH, target_in, f"{key} of the global git config {via}")
+            if dfd is None:
+                continue
+            try:
+                if self._changed(dfd, leaf) is not None:
+                    reason = f"a program the global git config {via} runs ({key}), written during the run"
+                    self._quarantine(dfd, dpath, leaf, reason)
+            finally:
+                os.close(dfd)
         for absolute, _rel, via in refs.hooks:
             if absolute is None:
                 continue

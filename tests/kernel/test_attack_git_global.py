@@ -209,3 +209,34 @@ async def test_a_global_config_inside_the_writable_root(
     assert str(home / "w.inc") in [p for p, _ in r.quarantined], r.quarantined
     user_git(workspace / "repo", env, "status")
     assert not (workspace / "MARKER").exists(), "the user's git ran code the sandbox wrote"
+
+
+@pytest.mark.parametrize(
+    ("setting", "user_runs"),
+    [
+        ("core.fsmonitor = {prog}", ("status",)),
+        ("alias.t = !{prog}", ("t",)),
+        ("core.editor = {prog}", ("commit", "-q", "--amend")),
+    ],
+)
+async def test_a_program_the_global_config_runs_from_the_workdir(
+    sup: Supervisor,
+    workspace: Path,
+    global_config: tuple[Path, dict[str, str]],
+    setting: str,
+    user_runs: tuple[str, ...],
+) -> None:
+    """The user's global config runs a program kept in the workdir (a team's fsmonitor hook, an alias, an
+    editor script); the sandbox rewrites it in place. Moved aside after the run."""
+    path, env = global_config
+    make_repo(workspace)
+    prog = workspace / "tools" / "prog"
+    prog.parent.mkdir()
+    prog.write_text("#!/bin/sh\ncat\n")
+    prog.chmod(0o755)
+    section, _, rest = setting.format(prog=prog).partition(".")
+    path.write_text(f"[{section}]\n\t{rest}\n")
+    r = await plant(sup, workspace, f"printf '#!/bin/sh\\n{payload(workspace)}\\ncat\\n' > tools/prog")
+    assert str(prog) in [p for p, _ in r.quarantined], r.quarantined
+    user_git(workspace, env, *user_runs)
+    assert not (workspace / "MARKER").exists(), "the user's git ran a program the sandbox rewrote"

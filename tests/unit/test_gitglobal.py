@@ -113,3 +113,20 @@ def test_a_global_config_under_a_writable_root_is_left_to_the_scan(tmp_path: Pat
     assert (str(tmp_path / ".gitconfig"), str(tmp_path)) in refs.in_roots
     assert str(tmp_path / ".gitconfig") not in refs.watched
     assert refs.includes == []
+
+
+def test_programs_named_by_path(tmp_path: Path) -> None:
+    g = tmp_path / "g"
+    g.write_text(
+        "[core]\n\tfsmonitor = ~/bin/watch --flag\n\tpager = less -R\n"
+        '[alias]\n\tt = "!/opt/t x"\n\tst = status\n'
+        '[credential "https://h"]\n\thelper = /usr/local/bin/h\n[credential]\n\thelper = store\n'
+        '[diff "x"]\n\ttextconv = \'/w/conv\'\n[filter "f"]\n\tprocess = git-lfs filter-process\n'
+    )
+    refs = _gitglobal.references([], {"GIT_CONFIG_GLOBAL": str(g), "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/h"})
+    assert sorted(p for p, _k, _v in refs.programs) == [
+        "/h/bin/watch",
+        "/opt/t",
+        "/usr/local/bin/h",
+        "/w/conv",
+    ]
