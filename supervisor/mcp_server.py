@@ -870,9 +870,11 @@ def _add_background_tools(
     """Add send_input, stop_command, list_commands and describe_sandbox to `tools` (after
     `_add_command_tools`'s, in this order)."""
 
+    fixed = _tool_result(description, description.summary)  # the same on every call without rules
+
     async def describe_sandbox(ctx: Context[Any, Any]) -> Annotated[CallToolResult, SandboxDescription]:
         if not description.command_rules:
-            return _tool_result(description, description.summary)
+            return fixed
         ok, why = approvals.can_ask(ctx)
         words = (
             f"A command the rules mark `prompt` is put to this client's user first ({why}): it runs only if "
