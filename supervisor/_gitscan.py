@@ -635,25 +635,12 @@ class Scan:
             target_in = self._in_root("/", os.fsencode(target), os.geteuid())
             if target_in is None or target_in in self._included:
                 continue
-            self._included.add(target_in)
             if via:
                 self._warn_global(target_in, via, "an included git config")
-            dpath, leaf = os.path.split(target_in)
             config = f"the global git config {via}"
             what = f"{config} includes it" if via else "a global git config location"
-            dfd = self._open_in_root(dpath, os.O_PATH, target_in, what)
-            if dfd is None:
-                continue
-            try:
-                if self._changed(dfd, leaf) is not None:
-                    reason = self._config_problem(dfd, target_in, leaf)
-                    if reason:
-                        by = f"git config included by {config}" if via else "global git config"
-                        self._quarantine(dfd, dpath, leaf, reason.replace("git config", by, 1))
-                        continue
-                self._check_includes(dfd, dpath, leaf, 1, home)
-            finally:
-                os.close(dfd)
+            by = f"git config included by {config}" if via else "global git config"
+            self._check_included(target_in, what, by, 0, home)
         for program, key, via in refs.programs:
             target_in = self._in_root("/", os.fsencode(program), os.geteuid())
             if target_in is None:
@@ -920,22 +907,29 @@ class Scan:
             target = self._in_root(path, value, owner, home)
             if target is None or target in self._included:
                 continue
-            self._included.add(target)
-            dpath, leaf = os.path.split(target)
-            # O_PATH, not O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a final link too, with ELOOP (not ENOTDIR).
-            dfd = self._open_in_root(dpath, os.O_PATH, target, f"git config {config} includes it")
-            if dfd is None:
-                continue
-            try:
-                if self._changed(dfd, leaf) is not None:
-                    reason = self._config_problem(dfd, target, leaf)
-                    if reason:
-                        reason = reason.replace("git config", f"git config included by {config}", 1)
-                        self._quarantine(dfd, dpath, leaf, reason)
-                        continue
-                self._check_includes(dfd, dpath, leaf, depth + 1, home)
-            finally:
-                os.close(dfd)
+            what = f"git config {config} includes it"
+            self._check_included(target, what, f"git config included by {config}", depth, home)
+
+    def _check_included(self, target: str, what: str, by: str, depth: int, home: str | None) -> None:
+        """The git config file `target` (in the root being scanned; `what` says who names it), included
+        at `depth`: written during the run with a setting that runs programs, it is quarantined (the reason
+        calls it a `by`); otherwise its own includes are followed. A link on its way is reported, not
+        followed."""
+        self._included.add(target)
+        dpath, leaf = os.path.split(target)
+        # O_PATH, not O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a final link too, with ELOOP (not ENOTDIR).
+        dfd = self._open_in_root(dpath, os.O_PATH, target, what)
+        if dfd is None:
+            return
+        try:
+            if self._changed(dfd, leaf) is not None:
+                reason = self._config_problem(dfd, target, leaf)
+                if reason:
+                    self._quarantine(dfd, dpath, leaf, reason.replace("git config", by, 1))
+                    return
+            self._check_includes(dfd, dpath, leaf, depth + 1, home)
+        finally:
+            os.close(dfd)
 
     def _check_hooks_path(self, fd: int, path: str, name: str, mounted: bool) -> None:
         """The hooks directory the config `name` of the git dir at `path` names (`core.hooksPath`, the
