@@ -4,9 +4,11 @@
 git reads, in every repository, the system config (`$GIT_CONFIG_SYSTEM`, else /etc/gitconfig, unless
 `$GIT_CONFIG_NOSYSTEM`) and the user's global config (`$GIT_CONFIG_GLOBAL`, else `$XDG_CONFIG_HOME/git/config`
 or `~/.config/git/config`, and `~/.gitconfig`), with the files they include (`include.path`,
-`includeIf.<cond>.path`). When one of those names a file under a writable root (`includeIf "gitdir:~/work/"`
-with `path = ~/work/.gitconfig-work`), or `core.hooksPath` names a directory there, a sandbox writes what the
-user's next git command reads as config (running `core.fsmonitor`, `core.pager`...) or runs as hooks.
+`includeIf.<cond>.path`), and git's command-line settings from the environment (`GIT_CONFIG_COUNT`,
+`GIT_CONFIG_KEY_<n>`, `GIT_CONFIG_VALUE_<n>`). When one of those names a file under a writable root
+(`includeIf "gitdir:~/work/"` with `path = ~/work/.gitconfig-work`), `core.hooksPath` names a directory
+there, or a setting runs a program kept there, a sandbox writes what the user's next git command reads as
+config (running `core.fsmonitor`, `core.pager`...), runs as hooks or runs as that program.
 
 Whose configuration counts: the caller's, as its environment says (`HOME`, `XDG_CONFIG_HOME`,
 `GIT_CONFIG_GLOBAL`, `GIT_CONFIG_SYSTEM`, `GIT_CONFIG_NOSYSTEM`): the user who runs corral runs git there
@@ -261,7 +263,11 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
     (`Refs`), read as the module docstring says. Never raises for the filesystem's sake: what cannot be
     read is skipped (git could not read it either, or it lies behind a link corral does not follow)."""
     refs = Refs()
+    env = os.environ if env is None else env
     queue = [(path, home, 0) for path, home in config_files(roots, env)]
+    home = env.get("HOME", "")
+    via = "$GIT_CONFIG_KEY_<n> (the environment)"
+    queue += [(target, home, 1) for target in _note(refs, _env_entries(env), via, None, home)]
     seen: set[str] = set()
     while queue and len(seen) < MAX_FILES:
         path, home, depth = queue.pop(0)
@@ -284,28 +290,55 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
             entries = _gitconfig.parse(data)
         except _gitconfig.ConfigSyntaxError:
             continue  # git refuses the file (and every command with it)
-        base = os.path.dirname(path)
-        for key, value in entries:
-            if value is None:
-                continue
-            if key.endswith(".path") and (key.startswith("include.") or key.startswith("includeif.")):
-                target = _expand(value, base, home)
-                if target is None:
-                    continue
-                refs.includes.append((target, path, home))
-                if depth + 1 < MAX_DEPTH:
-                    queue.append((target, home, depth + 1))
-            elif _runs_program(key, value):
-                program = _program_path(value, home)
-                if program is not None:
-                    refs.programs.append((program, key, path))
-            if key == "core.hookspath":
-                text = value.decode("utf-8", errors="surrogateescape")
-                if text.startswith("/") or text.startswith("~"):
-                    refs.hooks.append((_expand(value, "/", home), None, path))
-                elif text:
-                    refs.hooks.append((None, text, path))
+        for target in _note(refs, entries, path, os.path.dirname(path), home):
+            if depth + 1 < MAX_DEPTH:
+                queue.append((target, home, depth + 1))
     return refs
+
+
+def _note(
+    refs: Refs, entries: list[tuple[str, bytes | None]], via: str, base: str | None, home: str
+) -> list[str]:
+    """Add to `refs` what the settings `entries` of the config `via` name (relative paths from `base`;
+    None: none allowed, as for git's command-line settings), and return the files they include."""
+    included: list[str] = []
+    for key, value in entries:
+        if value is None:
+            continue
+        text = value.decode("utf-8", errors="surrogateescape")
+        relative = not (text.startswith("/") or text.startswith("~"))
+        if key.endswith(".path") and (key.startswith("include.") or key.startswith("includeif.")):
+            target = None if relative and base is None else _expand(value, base or "/", home)
+            if target is not None:
+                refs.includes.append((target, via, home))
+                included.append(target)
+        elif _runs_program(key, value):
+            program = _program_path(value, home)
+            if program is not None:
+                refs.programs.append((program, key, via))
+        if key == "core.hookspath" and text:
+            if not relative:
+                refs.hooks.append((_expand(value, "/", home), None, via))
+            else:
+                refs.hooks.append((None, text, via))
+    return included
+
+
+def _env_entries(env: Mapping[str, str]) -> list[tuple[str, bytes | None]]:
+    """git's command-line settings from the environment (`GIT_CONFIG_COUNT`, `GIT_CONFIG_KEY_<n>`,
+    `GIT_CONFIG_VALUE_<n>`), named as _gitconfig names them (section and key in lower case)."""
+    try:
+        count = min(int(env.get("GIT_CONFIG_COUNT", "0")), 256)
+    except ValueError:
+        return []
+    out: list[tuple[str, bytes | None]] = []
+    for i in range(max(count, 0)):
+        key = env.get(f"GIT_CONFIG_KEY_{i}", "")
+        section, _, rest = key.partition(".")
+        middle, _, last = rest.rpartition(".")
+        name = ".".join(p for p in (section.lower(), middle, last.lower()) if p)
+        out.append((name, os.fsencode(env.get(f"GIT_CONFIG_VALUE_{i}", ""))))
+    return out
 
 
 _ROOT_FD = -1

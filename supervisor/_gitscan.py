@@ -586,7 +586,8 @@ class Scan:
         file's ctime is older than the read's start (a change during the read could otherwise be missed).
         With `listings`, what an earlier scan of these roots read is reused while its identity holds (and
         the environment that chose the files is the same): one C call instead of reading the files."""
-        key = (tuple(self.roots), *(os.environ.get(v) for v in _GLOBAL_ENV))
+        git_env = sorted((k, v) for k, v in os.environ.items() if k.startswith("GIT_CONFIG"))
+        key = (tuple(self.roots), *(os.environ.get(v) for v in _GLOBAL_ENV), *git_env)
         cache = self.listings.global_refs if self.listings is not None else None
         hit = cache.get(key) if cache is not None else None
         if hit is not None and _gitglobal.identity(hit[0].watched) == hit[1]:
@@ -1371,7 +1372,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O
 
 
 #: The environment variables that choose which global git config files are read (_gitglobal).
-_GLOBAL_ENV = ("HOME", "XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG_NOSYSTEM")
+_GLOBAL_ENV = ("HOME", "XDG_CONFIG_HOME")  # and every GIT_CONFIG* (_read_globals)
 
 #: git's own merge strategies (a rebase's `strategy` file may name only these).
 _MERGE_STRATEGIES = frozenset({b"ort", b"recursive", b"resolve", b"octopus", b"ours", b"subtree"})

@@ -240,3 +240,23 @@ async def test_a_program_the_global_config_runs_from_the_workdir(
     assert str(prog) in [p for p, _ in r.quarantined], r.quarantined
     user_git(workspace, env, *user_runs)
     assert not (workspace / "MARKER").exists(), "the user's git ran a program the sandbox rewrote"
+
+
+async def test_an_include_set_in_the_environment(
+    sup: Supervisor,
+    workspace: Path,
+    global_config: tuple[Path, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """git's command-line settings in the user's environment (`GIT_CONFIG_COUNT`, `GIT_CONFIG_KEY_0 =
+    include.path`) name a file in the workdir."""
+    _path, env = global_config
+    settings = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "include.path"}
+    settings["GIT_CONFIG_VALUE_0"] = str(workspace / "env.inc")
+    for k, v in settings.items():
+        monkeypatch.setenv(k, v)
+    make_repo(workspace)
+    r = await plant(sup, workspace, f"{fsmonitor(workspace)} > env.inc")
+    assert str(workspace / "env.inc") in [p for p, _ in r.quarantined], r.quarantined
+    user_git(workspace, {**env, **settings}, "status")
+    assert not (workspace / "MARKER").exists(), "the user's git ran code the sandbox wrote"

@@ -130,3 +130,24 @@ def test_programs_named_by_path(tmp_path: Path) -> None:
         "/usr/local/bin/h",
         "/w/conv",
     ]
+
+
+def test_settings_from_the_environment(tmp_path: Path) -> None:
+    """git's command-line settings in the environment (GIT_CONFIG_COUNT/KEY/VALUE): an absolute include
+    and hooksPath count; a relative include does not (git refuses it from the command line)."""
+    env = {
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "HOME": "/h",
+        "GIT_CONFIG_COUNT": "3",
+        "GIT_CONFIG_KEY_0": "include.path",
+        "GIT_CONFIG_VALUE_0": "/w/a.inc",
+        "GIT_CONFIG_KEY_1": "Include.Path",
+        "GIT_CONFIG_VALUE_1": "rel.inc",
+        "GIT_CONFIG_KEY_2": "core.hooksPath",
+        "GIT_CONFIG_VALUE_2": "~/hooks",
+    }
+    refs = _gitglobal.references([], env)
+    assert [t for t, _v, _h in refs.includes] == ["/w/a.inc"]
+    assert [a for a, _r, _v in refs.hooks] == ["/h/hooks"]
+    assert "/w/a.inc" in refs.watched
