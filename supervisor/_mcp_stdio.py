@@ -29,7 +29,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -90,13 +90,25 @@ class WireOut:
     `send` raises anyio.ClosedResourceError after `aclose`, anyio.BrokenResourceError once the client closed
     its end (EPIPE) or a message could not be finished within WRITE_GRACE_S. On cancellation before any
     byte of the message is written, nothing is; after, the rest is written first (shielded, within the grace).
+
+    A broken stream stays broken (a message cut in the middle leaves the client a torn line: nothing sent
+    after it could be read), and `on_broken` is called once when it breaks, so that the server ends the
+    session rather than go on running calls whose results can no longer reach anyone.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_broken: Callable[[], object] | None = None) -> None:
         self._fd = fd
         self._lock = anyio.Lock(fast_acquire=True)
         self._closed = False
         self._broken = False
+        self._on_broken = on_broken
+
+    def _break(self) -> None:
+        """Mark the stream broken, and say so once (`on_broken`)."""
+        if not self._broken:
+            self._broken = True
+            if self._on_broken is not None:
+                self._on_broken()
 
     async def send(self, item: SessionMessage, /) -> None:
         if self._closed:
@@ -127,7 +139,7 @@ class WireOut:
             except BlockingIOError:
                 break
             except OSError as err:  # EPIPE: the client closed its end
-                self._broken = True
+                self._break()
                 raise anyio.BrokenResourceError from err
         return len(view)
 
@@ -146,10 +158,10 @@ class WireOut:
             with anyio.CancelScope(shield=True, deadline=deadline):
                 await anyio.wait_writable(self._fd)
             if anyio.current_time() >= deadline:
-                self._broken = True
                 logger.warning(
                     "stdout: the client read nothing for %g s in the middle of a message", WRITE_GRACE_S
                 )
+                self._break()
                 raise anyio.BrokenResourceError
 
     async def aclose(self) -> None:

@@ -1406,7 +1406,8 @@ async def _stop_at_signal(signals: AsyncIterator[int], stop: anyio.Event) -> Non
 async def _serve_stdio(
     server: MCPServer[Any], stop: anyio.Event, max_message: int, ready: Callable[[str], None] | None
 ) -> None:
-    """Serve the SDK's connection loop over stdin and stdout (`_mcp_stdio`) until EOF on stdin or `stop`."""
+    """Serve the SDK's connection loop over stdin and stdout (`_mcp_stdio`) until EOF on stdin, `stop`, or
+    stdout breaking (the client closed it, or stopped reading in the middle of a message: `WireOut`)."""
     async with anyio.create_task_group() as tg:
 
         async def stopper() -> None:
@@ -1414,8 +1415,12 @@ async def _serve_stdio(
             tg.cancel_scope.cancel()
 
         tg.start_soon(stopper)
+        def broken() -> None:
+            logger.warning("stdout: the client can no longer read the replies; ending the session")
+            tg.cancel_scope.cancel()
+
         with stdio_fds() as (wire_in, wire_out):
-            out = WireOut(wire_out)
+            out = WireOut(wire_out, on_broken=broken)
             if ready is not None:
                 ready("stdio")
             # The SDK's connection loop, fed by corral's stdio streams.

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -947,3 +948,96 @@ async def test_a_prompt_command_is_put_to_the_user_over_http(ws: Path, mode: str
             assert refused.is_error
             assert "did not declare the elicitation capability" in text(refused)
         assert not (ws / "work" / "unasked").exists()
+
+
+class _RawStdio:
+    """A `corral mcp` process on pipes, spoken to line by line (what no SDK client sends or does: lines in
+    pieces, pipelined, a stdout left unread or closed), every read bounded in time."""
+
+    def __init__(self, ws: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [*SERVER, "--workdir", str(ws / "work"), *extra],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.server = psutil.Process(self.proc.pid)
+        self._buf = b""
+        init = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        }
+        self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init})
+        assert "result" in self.recv()
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.write(json.dumps(message).encode() + b"\n")
+
+    def call(self, rid: int | str, arguments: dict[str, Any], tool: str = "run_command") -> None:
+        params = {"name": tool, "arguments": arguments}
+        self.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})
+
+    def recv(self, timeout: float = 60) -> dict[str, Any]:
+        """The next message; raises TimeoutError when none comes within `timeout` s."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
+            assert chunk, "the server closed stdout"
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return dict(json.loads(line))
+
+    def end(self) -> int:
+        """Close stdin and wait for the server (killed, and the test failed, past 60 s)."""
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+def _wait_sandboxes(server: psutil.Process, n: int) -> dict[int, Path | None]:
+    for _ in range(400):
+        found = {p: c for p, c in inits(server).items() if _occupied(c)}
+        if len(found) >= n:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} sandboxes running")
+
+
+def test_a_client_that_closes_stdout_ends_the_session(ws: Path) -> None:
+    # The client stops taking replies (it closed its end of the server's stdout) but leaves stdin open: no
+    # reply can reach it any more, so the server ends the session (as at EOF on stdin) rather than go on
+    # running calls, and leaves no sandbox behind.
+    raw = _RawStdio(ws)
+    try:
+        raw.call(1, {"command": ["/bin/sleep", "300"]}, tool="start_command")
+        assert raw.recv()["result"]["structuredContent"]["pid"] > 0
+        raw.call(2, {"command": ["/bin/sleep", "300"]})
+        sandboxes = _wait_sandboxes(raw.server, 2)
+        assert raw.proc.stdout is not None
+        raw.proc.stdout.close()
+        raw.call(3, {"command": ["/bin/true"]})  # its reply meets the closed pipe
+        assert raw.proc.wait(30) == 0
+        for pid, where in sandboxes.items():
+            assert not psutil.pid_exists(pid)
+            assert where is not None
+            assert not where.exists()
+    finally:
+        raw.end()

@@ -128,3 +128,30 @@ async def test_cancelled_half_way_a_message_is_finished_first(pipe: tuple[int, i
     await out.send(_message("after", 10))
     os.set_blocking(r, False)
     assert _tags(os.read(r, 1 << 16)) == ["after"]
+
+
+async def test_a_reader_stuck_mid_message_breaks_the_stream_once(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the grace the stream is broken for good (the client holds a torn line) and the server is told
+    # once, so that it ends the session instead of running calls whose replies cannot be read.
+    monkeypatch.setattr("supervisor._mcp_stdio.WRITE_GRACE_S", 0.2)
+    _, w = pipe
+    told: list[bool] = []
+    out = WireOut(w, on_broken=lambda: told.append(True))
+    with pytest.raises(anyio.BrokenResourceError):
+        await out.send(_message("big", 20_000))  # half out, then nobody reads
+    with pytest.raises(anyio.BrokenResourceError):
+        await out.send(_message("after", 10))
+    assert told == [True]
+
+
+async def test_a_closed_reader_is_told_once(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    os.close(r)
+    told: list[bool] = []
+    out = WireOut(w, on_broken=lambda: told.append(True))
+    for _ in range(2):
+        with pytest.raises(anyio.BrokenResourceError):
+            await out.send(_message("lost", 10))
+    assert told == [True]
