@@ -1415,6 +1415,7 @@ async def _serve_stdio(
             tg.cancel_scope.cancel()
 
         tg.start_soon(stopper)
+
         def broken() -> None:
             logger.warning("stdout: the client can no longer read the replies; ending the session")
             tg.cancel_scope.cancel()
