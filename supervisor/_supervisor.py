@@ -26,6 +26,7 @@ from policies import EnvPolicy, Policy, PolicyError, filter_environment, profile
 from policies._commands import CommandDecision, CommandRules
 from supervisor import _gitscan, _rules
 from supervisor._child import Child
+from supervisor._devnull import open_devnull
 from supervisor._errors import (
     CommandFailedError,
     CommandNotExecutableError,
@@ -296,7 +297,9 @@ class Supervisor:
         _raise_nofile()  # after the fork server started: children keep the caller's usual limit
         self._forkserver = fs
         #: One /dev/null for every DEVNULL stdio (the init gets it by SCM_RIGHTS, as any other fd).
-        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        # For a root caller through a read-only copy of its mount: a sandbox that is host uid 0 could
+        # otherwise chmod the host's /dev/null through it (_devnull).
+        self._devnull = open_devnull(os.O_RDWR)
         self._caps = KernelCaps.from_dict(fs.caps_dict)
         try:
             if self._use_cgroups:

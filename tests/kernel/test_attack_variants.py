@@ -12,6 +12,7 @@ Every run is bounded by its policy's timeout; nothing here reaches past loopback
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
@@ -28,7 +29,7 @@ import anyio
 import pytest
 
 from policies import Policy, profiles
-from supervisor import SandboxSetupError, Supervisor
+from supervisor import DEVNULL, PIPE, SandboxSetupError, Supervisor
 from tests.kernel.conftest import SCRATCH
 from tests.kernel.unprivileged_harness import EXPECTED_UID, Unavailable, harness, run_as_user
 
@@ -342,6 +343,114 @@ def test_a_relative_cli_path_with_another_workdir_is_refused(workspace: Path) ->
 
 
 # --- class 4: files the caller hands the command as its stdio
+
+
+def test_the_cli_puts_back_the_mode_and_attributes_of_its_stdio_files(workspace: Path, outside: Path) -> None:
+    # `corral run -- cmd < secret.pem >> log.txt`: the command fchmods both (it owns them) and tags the
+    # secret with a user attribute; once corral exits, both are as the caller left them.
+    secret = outside / "secret.pem"
+    secret.write_text("TOPSECRET\n")
+    os.chmod(secret, 0o600)
+    log = outside / "log.txt"
+    log.write_text("")
+    os.chmod(log, 0o640)
+    script = (
+        "import os; os.fchmod(0, 0o644); os.fchmod(1, 0o666); os.setxattr(0, 'user.planted', b'1');"
+        " print(oct(os.fstat(0).st_mode & 0o777), os.read(0, 100))"
+    )
+    with secret.open("rb") as stdin, log.open("ab") as stdout:
+        p = subprocess.run(
+            [*CORRAL, "run", "--", "/usr/bin/python3", "-I", "-S", "-c", script],
+            cwd=workspace,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            env={**os.environ, "HOME": str(workspace)},
+            check=False,
+        )
+    assert p.returncode == 0, p.stderr
+    assert "0o644" in log.read_text()  # it did change the mode while it ran
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o640
+    assert os.listxattr(secret) == []
+
+
+def test_the_cli_never_puts_a_set_id_bit_back_on_a_stdio_file(workspace: Path, outside: Path) -> None:
+    # A set-id file given as stdout loses its bits when the command writes to it (the kernel's doing):
+    # putting the saved mode back would make the command's content set-id.
+    target = outside / "tool"
+    target.write_text("#!/bin/sh\n")
+    os.chmod(target, 0o4755)
+    with target.open("ab") as stdout:
+        p = subprocess.run(
+            [*CORRAL, "run", "--", SH, "-c", "echo 'echo planted'"],
+            cwd=workspace,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            env={**os.environ, "HOME": str(workspace)},
+            check=False,
+        )
+    assert p.returncode == 0, p.stderr
+    assert target.read_text().endswith("echo planted\n")
+    assert not os.stat(target).st_mode & (stat.S_ISUID | stat.S_ISGID), oct(os.stat(target).st_mode)
+
+
+#: The command's attempt on /dev/null as its stdio: a chmod to the mode it already has (so that the test
+#: cannot break the host's /dev/null even where the fix is missing), which still moves its ctime.
+CHMOD_DEVNULL = (
+    "import os, sys\n"
+    "for fd in (0, 1, 2):\n"
+    "    try:\n"
+    "        os.fchmod(fd, os.fstat(fd).st_mode & 0o7777); print(fd, 'chmod', 0, file=sys.stderr)\n"
+    "    except OSError as e:\n"
+    "        print(fd, 'chmod', e.errno, file=sys.stderr)\n"
+)
+
+
+async def test_a_root_callers_sandbox_cannot_chmod_the_hosts_dev_null(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # DEVNULL stdio is the supervisor's open /dev/null, of the host's writable devtmpfs: a sandbox that is
+    # host uid 0 (root caller, root-owned workdir) owns it and could fchmod(0, 0), taking /dev/null away
+    # from every non-root program of the host.
+    if os.geteuid() != 0:
+        pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
+    before = os.stat("/dev/null")
+    r = await sup.run(
+        ["/usr/bin/python3", "-I", "-S", "-c", CHMOD_DEVNULL + "print('ran')"],
+        policy=profiles.workspace_write(workspace, timeout=20),
+        stdin=DEVNULL,
+        stdout=DEVNULL,
+        stderr=PIPE,
+    )
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.decode().split("\n")[:2] == [f"{fd} chmod {errno.EROFS}" for fd in (0, 1)], r.stderr
+    after = os.stat("/dev/null")
+    assert after.st_ctime_ns == before.st_ctime_ns
+    assert after.st_mode == before.st_mode
+
+
+def test_the_cli_given_dev_null_as_stdio_does_not_let_the_command_chmod_it(workspace: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
+    before = os.stat("/dev/null")
+    with open(os.devnull, "r+b") as null:
+        p = subprocess.run(
+            [*CORRAL, "run", "--", "/usr/bin/python3", "-I", "-S", "-c", CHMOD_DEVNULL],
+            cwd=workspace,
+            stdin=null,
+            stdout=null,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            env={**os.environ, "HOME": str(workspace)},
+            check=False,
+        )
+    assert p.returncode == 0, p.stderr
+    said = [line for line in p.stderr.decode().splitlines() if " chmod " in line]
+    assert said[:2] == [f"{fd} chmod {errno.EROFS}" for fd in (0, 1)], p.stderr
+    assert os.stat("/dev/null").st_ctime_ns == before.st_ctime_ns
 
 
 @pytest.mark.xfail(

@@ -1,0 +1,128 @@
+"""A /dev/null the sandbox cannot chmod.
+
+Every DEVNULL stdio of a sandbox is the supervisor's one open /dev/null, and `corral run < /dev/null` (cron,
+CI) hands the command the caller's own. An open file keeps the mount it was opened on: the host's devtmpfs,
+writable. A root caller's sandbox in a root-owned workdir is host uid 0, the owner of /dev/null, so
+`fchmod(0, 0)` through that fd (no capability needed: an owner may chmod) took /dev/null away from every
+non-root program of the host until someone noticed (tests/kernel/test_attack_variants.py). The sandbox's own
+/dev/null, a bind on its read-only view, refuses chmod (EROFS); its inherited fds did not.
+
+So a root supervisor opens /dev/null through a detached, read-only copy of its mount (`open_tree` with
+OPEN_TREE_CLONE, `mount_setattr` MOUNT_ATTR_RDONLY, then an open of that copy): reads and writes of the device
+work as ever (a read-only mount does not stop I/O to a device node), while chmod, chown, utimes and xattr
+changes through the fd get EROFS. An ordinary caller's sandbox does not own /dev/null (EPERM already), and
+cannot make such a copy (CAP_SYS_ADMIN), so it gets a plain open.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import stat
+
+# The generic syscall numbers (the same on x86_64 and aarch64).
+_SYS_OPEN_TREE = 428
+_SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_AT_EMPTY_PATH = 0x1000
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_MOUNT_ATTR_NOEXEC = 0x8
+
+#: (major, minor) of /dev/null.
+NULL_RDEV = os.makedev(1, 3)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def open_devnull(flags: int = os.O_RDWR) -> int:
+    """An fd of /dev/null (`flags` plus O_CLOEXEC). For root, opened through a detached read-only copy of
+    its mount, so that whoever holds the fd can read and write it but not change its mode, owner, times or
+    attributes (EROFS); where that cannot be made (no CAP_SYS_ADMIN, a kernel before 5.12), a plain open.
+    Raises OSError when /dev/null itself cannot be opened."""
+    if os.geteuid() == 0:
+        fd = _open_read_only_copy(flags)
+        if fd is not None:
+            return fd
+    return os.open(os.devnull, flags | os.O_CLOEXEC)
+
+
+def is_devnull(fd: int) -> bool:
+    """Whether `fd` is open on the /dev/null character device (any path, any mount)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_RDEV
+
+
+def _open_read_only_copy(flags: int) -> int | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+    libc.syscall.restype = ctypes.c_long
+    tree = libc.syscall(
+        ctypes.c_long(_SYS_OPEN_TREE),
+        ctypes.c_int(-100),  # AT_FDCWD
+        ctypes.c_char_p(os.devnull.encode()),
+        ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
+    )
+    if tree < 0:
+        return None
+    try:
+        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NOEXEC, 0, 0, 0)
+        done = libc.syscall(
+            ctypes.c_long(_SYS_MOUNT_SETATTR),
+            ctypes.c_int(tree),
+            ctypes.c_char_p(b""),
+            ctypes.c_uint(_AT_EMPTY_PATH),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+        if done < 0:
+            return None
+        # Reopened through the O_PATH fd of the copy: the new file keeps the copy's (read-only) mount,
+        # and keeps it alive after the tree fd is closed.
+        try:
+            fd = os.open(f"/proc/self/fd/{tree}", flags | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if not is_devnull(fd):
+            os.close(fd)
+            return None
+        return fd
+    finally:
+        os.close(tree)
+
+
+def protect_stdio(fds: tuple[int, ...] = (0, 1, 2)) -> None:
+    """For a root caller: each of `fds` open on /dev/null (`corral run < /dev/null`, as cron and CI start
+    programs) is replaced by an equivalent /dev/null the command cannot chmod (`open_devnull`, same access
+    mode). Never raises: an fd that cannot be replaced stays as it was."""
+    if os.geteuid() != 0:
+        return
+    for fd in fds:
+        if not is_devnull(fd):
+            continue
+        try:
+            access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            new = open_devnull(access)
+        except OSError:
+            continue
+        try:
+            os.dup2(new, fd, inheritable=True)
+        except OSError:
+            pass
+        finally:
+            os.close(new)
