@@ -11,8 +11,8 @@ parses it, with its `jsonrpc_message_adapter` (a request alone is validated as a
 message is serialized as it serializes it. Two things differ, both required by JSON-RPC 2.0 and the
 server's bounds: a line longer than the bound is dropped as it arrives (it costs at most the bound in
 memory), and a line that is no JSON-RPC message is answered with the error JSON-RPC prescribes (id null:
--32700 for text that is not JSON or is over the bound, -32600 for JSON that is no valid message) where the
-SDK's loop drops it unanswered.
+-32700 for text that is not JSON or is over the bound, -32600 for JSON that is no valid message; the
+request's own id when the line still names one, `_request_id`) where the SDK's loop drops it unanswered.
 
 `serve_connection` runs the SDK's connection loop over the two streams, choosing the protocol era from the
 client's first request without the relay task `Server.run` puts in front of the loop (see its doc).
@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -80,6 +81,23 @@ def parse(line: str) -> JSONRPCMessage:
 
 
 _request_validator = JSONRPCRequest.__pydantic_validator__
+
+
+def _request_id(line: str) -> int | str | None:
+    """The id of the request `line` spells, when it is a JSON object (as Python's own parser reads it) with
+    a `method` and an id JSON-RPC allows (a string or an integer) and no `result` or `error`; else None.
+    A line refused by the SDK's parser is answered under that id, so that the client's call ends rather
+    than wait forever for an answer that came with id null."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or "method" not in obj or "result" in obj or "error" in obj:
+        return None
+    rid = obj.get("id")
+    if type(rid) is int or (type(rid) is str and rid.isprintable()):
+        return rid  # type: ignore[no-any-return]
+    return None
 
 
 class WireOut:
@@ -308,15 +326,18 @@ class WireIn:
             try:
                 message = parse(line)
             except ValidationError as err:
+                rid = _request_id(line)
                 if any(e["type"] == "json_invalid" for e in err.errors()):
-                    await self._answer(PARSE_ERROR, "Parse error: not JSON")
+                    # JSON the SDK's parser refuses but Python's reads (a lone surrogate escape, which
+                    # RFC 8259 leaves to the parser) still names its request: answered under its id.
+                    await self._answer(PARSE_ERROR, "Parse error: not JSON the server can read", rid)
                 else:
-                    await self._answer(INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
+                    await self._answer(INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message", rid)
                 continue
             return SessionMessage(message)
 
-    async def _answer(self, code: int, message: str) -> None:
-        error = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=message))
+    async def _answer(self, code: int, message: str, rid: int | str | None = None) -> None:
+        error = JSONRPCError(jsonrpc="2.0", id=rid, error=ErrorData(code=code, message=message))
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await self._out.send(SessionMessage(error))
 

@@ -1041,3 +1041,56 @@ def test_a_client_that_closes_stdout_ends_the_session(ws: Path) -> None:
             assert not where.exists()
     finally:
         raw.end()
+
+
+def test_a_request_the_parser_refuses_is_answered_under_its_id(ws: Path) -> None:
+    # A lone surrogate escape is JSON by RFC 8259's grammar (a JavaScript client's JSON.stringify writes one
+    # for a lone surrogate) but the SDK's parser refuses it: the call must still end, with an error under
+    # its own id, not wait forever for an answer sent with id null. Likewise a JSON-RPC request that is
+    # invalid but names its id.
+    raw = _RawStdio(ws)
+    try:
+        raw.write(
+            b'{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"run_command",'
+            b'"arguments":{"command":["/bin/echo","\\ud800"]}}}\n'
+        )
+        reply = raw.recv(30)
+        assert reply["id"] == 6
+        assert reply["error"]["code"] == -32700
+        raw.send({"jsonrpc": "2.0", "id": "seven", "method": 7})
+        reply = raw.recv(30)
+        assert (reply["id"], reply["error"]["code"]) == ("seven", INVALID_REQUEST)
+        raw.write(b"{not json\n")
+        assert raw.recv(30)["id"] is None
+        raw.call(8, {"command": ["/bin/echo", "\U0001f600 \u00e9"]})
+        assert raw.recv()["result"]["structuredContent"]["stdout"] == "\U0001f600 \u00e9\n"
+    finally:
+        assert raw.end() == 0
+
+
+def test_pipelined_split_and_crlf_requests_are_each_answered_once(ws: Path) -> None:
+    raw = _RawStdio(ws)
+    try:
+        calls = [
+            {
+                "jsonrpc": "2.0",
+                "id": 100 + i,
+                "method": "tools/call",
+                "params": {"name": "run_command", "arguments": {"command": ["/bin/echo", str(i)]}},
+            }
+            for i in range(24)
+        ]
+        raw.write(b"".join(json.dumps(c).encode() + b"\r\n" for c in calls))  # one write, CRLF endings
+        line = json.dumps({**calls[0], "id": "split"}).encode() + b"\n"
+        for i in range(0, len(line), 9):  # one request in pieces
+            raw.write(line[i : i + 9])
+        replies = [raw.recv() for _ in range(25)]
+        by_id = {r["id"]: r for r in replies}
+        assert len(by_id) == 25
+        for i in range(24):
+            assert by_id[100 + i]["result"]["structuredContent"]["stdout"] == f"{i}\n"
+        assert by_id["split"]["result"]["structuredContent"]["stdout"] == "0\n"
+        with pytest.raises(TimeoutError):  # and nothing more
+            raw.recv(0.5)
+    finally:
+        assert raw.end() == 0
