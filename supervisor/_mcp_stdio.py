@@ -96,7 +96,7 @@ def _request_id(line: str) -> int | str | None:
         return None
     rid = obj.get("id")
     if type(rid) is int or (type(rid) is str and rid.isprintable()):
-        return rid  # type: ignore[no-any-return]
+        return rid
     return None
 
 
