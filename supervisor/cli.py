@@ -745,11 +745,18 @@ def _host_port(value: str) -> tuple[str, int]:
 def _token(token_file: str | None) -> str | None:
     """The bearer token: --token-file's first line, else $CORRAL_MCP_TOKEN, else None."""
     if token_file is not None:
+        from policies._files import read_bounded
+
         try:
-            with open(token_file, encoding="utf-8") as f:
-                token = f.readline().strip()
+            # As a policy file is read (policies/_files.py): a FIFO planted there held the server's start
+            # for ever, and a symlink a sandbox could have planted is not followed.
+            data = read_bounded(token_file, 1 << 16)
+            token = data.decode("utf-8").split("\n", 1)[0].strip()
         except OSError as err:
             msg = f"cannot read --token-file {token_file!r}: {err.strerror}"
+            raise _Fail(msg) from err
+        except ValueError as err:  # UnicodeDecodeError among them
+            msg = f"cannot read --token-file {token_file!r}: {err}"
             raise _Fail(msg) from err
         if not token:
             msg = f"--token-file {token_file!r} is empty"

@@ -116,3 +116,30 @@ def test_a_symlink_planted_at_a_file_the_cli_reads(
     assert "real path" in proc.stderr
     assert str(workspace / arg.split("/")[0]) in proc.stderr  # the link named
     assert SECRET not in proc.stderr  # the target was not read
+
+
+@pytest.mark.parametrize("plant", ["mkfifo token", "ln -s {outside}/token token"])
+def test_a_token_file_replaced_by_a_fifo_or_a_symlink(workspace: Path, outside: Path, plant: str) -> None:
+    """`corral mcp --token-file token` with the token kept in the workdir: a first run replaces it with a
+    FIFO (the server's start waited in open(2) for ever) or a symlink to a host file whose first line
+    the sandbox knows (the server took it as its bearer token). Now the server exits 125 naming the file,
+    before serving."""
+    (workspace / "token").write_text("s3cret\n")
+    (outside / "token").write_text("known-to-the-sandbox\n")
+    r = corral(
+        workspace,
+        "run",
+        "--timeout",
+        "20",
+        "--",
+        "/bin/sh",
+        "-c",
+        "rm token && " + plant.format(outside=outside),
+    )
+    assert r.returncode == 0, r.stderr
+    try:
+        proc = corral(workspace, "mcp", "--http", "127.0.0.1:0", "--token-file", "token", timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("corral mcp --token-file on a planted file hung or started serving")
+    assert proc.returncode == 125, proc.stderr
+    assert "--token-file" in proc.stderr
