@@ -1325,11 +1325,13 @@ async def serve(
 
     Runs on asyncio and on trio, but for HTTP, which needs asyncio (uvicorn, an asyncio server; docs/mcp.md).
 
-    Raises ValueError for a non-loopback `host` without a token, HttpNeedsAsyncioError for HTTP on another
+    Raises ValueError for a non-loopback `host` without a token or a policy path that is not UTF-8 text
+    (`_check_text`), HttpNeedsAsyncioError for HTTP on another
     event loop than asyncio, OSError when the address cannot be bound; on cancellation, stops like at a
     signal.
     """
     _check_token(http, token)
+    _check_text(settings.policy)
     if http is not None and (backend := _backend()) != "asyncio":
         raise HttpNeedsAsyncioError(backend)
     runtime: _Runtime | None = None
@@ -1394,6 +1396,28 @@ def _check_token(http: tuple[str, int] | None, token: str | None) -> None:
             "CORRAL_MCP_TOKEN)"
         )
         raise ValueError(msg)
+
+
+def _check_text(p: Policy) -> None:
+    """Raise ValueError when a path `p` names (its workdir, default the current directory, and its
+    filesystem lists) is not UTF-8 text: MCP's messages are JSON text, so such a path could be neither
+    described to a client nor named by one (the server answered not even `initialize`, whose instructions
+    name the workdir)."""
+    fs = p.filesystem
+    for path in (
+        p.workdir or os.getcwd(),
+        *fs.read,
+        *fs.write,
+        *fs.deny,
+        *fs.protected,
+        *(fs.execute or ()),
+    ):
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            msg = f"path '{shown}' is not UTF-8 text, which MCP's JSON messages cannot carry"
+            raise ValueError(msg) from None
 
 
 async def _stop_at_signal(signals: AsyncIterator[int], stop: anyio.Event) -> None:

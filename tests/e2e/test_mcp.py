@@ -1094,3 +1094,16 @@ def test_pipelined_split_and_crlf_requests_are_each_answered_once(ws: Path) -> N
             raw.recv(0.5)
     finally:
         assert raw.end() == 0
+
+
+@pytest.mark.parametrize("where", ["--workdir", "--allow-write"])
+def test_a_policy_path_that_is_not_utf8_is_refused_at_start(ws: Path, where: str) -> None:
+    # MCP's messages are JSON text: a server whose workdir is no UTF-8 text could not even answer
+    # `initialize` (its instructions name the workdir), and each call failed. Refused at start instead.
+    odd = os.fsencode(ws) + b"/w\xffd"
+    os.mkdir(odd)
+    args = [*SERVER, "--workdir", os.fsencode(ws / "work"), where, odd]
+    p = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert p.returncode == 125
+    assert b"w\\xffd' is not UTF-8 text" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
