@@ -1107,3 +1107,80 @@ def test_a_policy_path_that_is_not_utf8_is_refused_at_start(ws: Path, where: str
     assert p.returncode == 125
     assert b"w\\xffd' is not UTF-8 text" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_cancelled_call_has_its_sandbox_killed_and_gets_no_reply(ws: Path) -> None:
+    # `notifications/cancelled` for calls in flight: a plain one (the server's short path) and one whose
+    # params carry `_meta` (a progress token: the SDK's own path). Each sandbox is killed and reaped, its
+    # cgroup emptied, no reply comes for either id, and the server goes on.
+    raw = _RawStdio(ws)
+    try:
+        raw.call(1, {"command": ["/bin/sleep", "300"]})
+        params = {"name": "run_command", "arguments": {"command": ["/bin/sleep", "300"]}}
+        raw.send(
+            {
+                "jsonrpc": "2.0",
+                "id": "two",
+                "method": "tools/call",
+                "params": {**params, "_meta": {"progressToken": "p2"}},
+            }
+        )
+        sandboxes = _wait_sandboxes(raw.server, 2)
+        for rid in (1, "two"):
+            raw.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}})
+        deadline = time.monotonic() + 30
+        # Each leaf is emptied (then removed, or kept empty for a later sandbox: docs/cgroups.md).
+        while any(psutil.pid_exists(p) or _occupied(c) for p, c in sandboxes.items()):
+            assert time.monotonic() < deadline, "a cancelled call's sandbox is still there"
+            time.sleep(0.05)
+        raw.call(3, {"command": ["/bin/echo", "on"]})
+        reply = raw.recv()
+        assert reply["id"] == 3  # nothing came for the cancelled ids
+        assert reply["result"]["structuredContent"]["stdout"] == "on\n"
+        with pytest.raises(TimeoutError):
+            raw.recv(0.5)
+    finally:
+        assert raw.end() == 0
+
+
+def test_closing_stdin_mid_call_ends_the_server_and_its_sandboxes(ws: Path) -> None:
+    # EOF on stdin while a call and a background command run: the server stops both, reaps the sandboxes,
+    # removes their cgroups and exits 0 by itself (no signal).
+    raw = _RawStdio(ws)
+    raw.call(1, {"command": ["/bin/sleep", "300"]}, tool="start_command")
+    assert raw.recv()["result"]["structuredContent"]["pid"] > 0
+    raw.call(2, {"command": ["/bin/sleep", "300"]})
+    sandboxes = _wait_sandboxes(raw.server, 2)
+    assert raw.proc.stdin is not None
+    raw.proc.stdin.close()
+    assert raw.end() == 0
+    for pid, where in sandboxes.items():
+        assert not psutil.pid_exists(pid)
+        assert where is not None
+        assert not where.exists()
+
+
+def test_a_client_that_reads_late_gets_every_reply_whole_and_blocks_no_other_work(ws: Path) -> None:
+    # The client sends calls whose replies (each over 64 KiB) fill the pipe and reads nothing for a while:
+    # other calls still run meanwhile (their effects show), and when it reads, every reply comes whole.
+    raw = _RawStdio(ws)
+    try:
+        big = {"command": ["/bin/sh", "-c", "head -c 70000 /dev/zero | tr '\\0' '\"'"]}
+        for i in range(6):
+            raw.call(i, big)
+        raw.call("touch", {"command": ["/bin/sh", "-c", "sleep 0.5; echo > marker"]})
+        marker = ws / "work" / "marker"
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "a call could not run while stdout was full"
+            time.sleep(0.05)
+        time.sleep(1)
+        replies = {r["id"]: r for r in (raw.recv() for _ in range(7))}
+        assert set(replies) == {0, 1, 2, 3, 4, 5, "touch"}
+        for i in range(6):
+            got = replies[i]["result"]["structuredContent"]
+            assert got["stdout"] == '"' * (64 << 10)
+            assert got["stdout_truncated"] is True
+        assert raw.server.is_running()
+    finally:
+        assert raw.end() == 0
