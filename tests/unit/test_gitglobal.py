@@ -25,10 +25,13 @@ def test_which_files_git_reads() -> None:
 def test_the_owner_of_a_root_counts(tmp_path: Path) -> None:
     """A root owned by another account (under a root caller the sandbox runs as it, and that account
     runs git there later): its home's default configs are read too."""
-    owner = pwd.getpwnam("daemon")
-    root = tmp_path / "checkout"
-    root.mkdir()
-    os.chown(root, owner.pw_uid, owner.pw_gid)
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("daemon")
+        root = tmp_path / "checkout"
+        root.mkdir()
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    else:  # an ordinary caller: a root-owned tree stands for the other account's
+        owner, root = pwd.getpwuid(0), Path("/usr")
     files = _gitglobal.config_files([str(root)], {"HOME": "/h"})
     assert (os.path.join(owner.pw_dir, ".gitconfig"), owner.pw_dir) in files
 
