@@ -308,11 +308,7 @@ def describe(settings: McpSettings) -> SandboxDescription:
             "before it starts; a forbidden one is refused with the rule's justification, which says what to "
             "use instead."
         )
-    env = (
-        "Environment: the server's minus names that look secret (KEY, SECRET, TOKEN, PASSWORD, ...)"
-        if not p.environment.clear
-        else "Environment: empty but for what the policy sets"
-    )
+    env = _env_text(p)
     summary = " ".join(
         [
             f"Every command runs in its own sandbox (profile {p.profile}) with working directory {workdir}.",
@@ -333,7 +329,7 @@ def describe(settings: McpSettings) -> SandboxDescription:
         readable=list(fs.read) if fs.confine else ["/"],
         writable=writable,
         hidden=list(fs.deny) if fs.confine else [],
-        read_only_inside_writable=list(fs.protected) if fs.confine else [],
+        read_only_inside_writable=list(fs.protected) if fs.confine and writable else [],
         network=p.network.mode,
         limits=limits,
         shell_allowed=shell_ok,
@@ -346,6 +342,22 @@ def describe(settings: McpSettings) -> SandboxDescription:
         output_capture_bytes=settings.capture,
         environment=env,
     )
+
+
+def _env_text(p: Policy) -> str:
+    """The sentence on the environment commands get under `p`: the server's minus secret-looking names (but
+    the policy's `passthrough`), or nothing (`clear`), plus the names the policy sets."""
+    e = p.environment
+    if e.clear:
+        text = "Environment: empty but for what the policy sets"
+    else:
+        markers = ", ".join(e.secret_markers[:4]) + (", ..." if len(e.secret_markers) > 4 else "")
+        text = f"Environment: the server's minus names that look secret ({markers})"
+        if e.passthrough:
+            text += f", but {', '.join(e.passthrough)} pass as they are"
+    if e.set:
+        text += f"; the policy sets {', '.join(name for name, _ in e.set)}"
+    return text
 
 
 def _files_text(p: Policy) -> tuple[list[str], str]:

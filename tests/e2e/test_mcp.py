@@ -1184,3 +1184,37 @@ def test_a_client_that_reads_late_gets_every_reply_whole_and_blocks_no_other_wor
         assert raw.server.is_running()
     finally:
         assert raw.end() == 0
+
+
+async def test_describe_sandbox_says_what_the_policy_enforces(ws: Path) -> None:
+    # --profile and limits: the words and fields say what the commands then meet.
+    flags = ("--profile", "read-only", "--memory", "256M", "--pids", "50", "--timeout", "20")
+    async with stdio(ws, *flags) as (client, _):
+        d = sc(await client.call_tool("describe_sandbox", {}))
+        assert (d["profile"], d["writable"], d["read_only_inside_writable"]) == ("read-only", [], [])
+        assert d["limits"] == {"memory": "256 MiB", "pids": "50", "timeout": "20 s"}
+        assert "profile read-only" in d["summary"]
+        assert "write nowhere but a private /tmp" in d["summary"]
+        assert "memory 256 MiB, pids 50, timeout 20 s" in d["summary"]
+        wrote = sc(await client.call_tool("run_command", {"command": ["/bin/sh", "-c", "echo x > f"]}))
+        assert wrote["exit_code"] != 0
+        assert "Read-only file system" in wrote["stderr"]
+        assert not (ws / "work" / "f").exists()
+        over = await client.call_tool("run_command", {"command": ["/bin/true"], "timeout": 30})
+        assert over.is_error
+        assert "beyond the policy's 20 s" in text(over)
+    # --policy FILE: its profile, limits and environment.
+    policy = ws / "policy.toml"
+    policy.write_text(
+        'profile = "workspace-write"\n[environment]\nset = { CORRAL_POLICY_VAR = "from-the-file" }\n'
+        '[resources]\nmemory = "1G"\ntimeout = "90s"\n'
+    )
+    async with stdio(ws, "--policy", str(policy)) as (client, _):
+        d = sc(await client.call_tool("describe_sandbox", {}))
+        assert d["profile"] == "workspace-write"
+        assert d["writable"] == [str(ws / "work")]
+        assert d["limits"] == {"memory": "1 GiB", "timeout": "90 s"}
+        assert "the policy sets CORRAL_POLICY_VAR" in d["environment"]
+        assert "the policy sets CORRAL_POLICY_VAR" in d["summary"]
+        env = sc(await client.call_tool("run_command", {"shell": "echo $CORRAL_POLICY_VAR"}))
+        assert env["stdout"] == "from-the-file\n"
