@@ -11,8 +11,9 @@ parses it, with its `jsonrpc_message_adapter` (a request alone is validated as a
 message is serialized as it serializes it. Two things differ, both required by JSON-RPC 2.0 and the
 server's bounds: a line longer than the bound is dropped as it arrives (it costs at most the bound in
 memory), and a line that is no JSON-RPC message is answered with the error JSON-RPC prescribes (id null:
--32700 for text that is not JSON or is over the bound, -32600 for JSON that is no valid message; the
-request's own id when the line still names one, `_request_id`) where the SDK's loop drops it unanswered.
+-32700 for text that is not JSON or is over the bound, -32600 for JSON that is no valid message, or a
+request whose id is no string or integer, which the SDK's parser takes for a notification; the request's
+own id when the line still names one, `_request_id`) where the SDK's loop drops it unanswered.
 
 `serve_connection` runs the SDK's connection loop over the two streams, choosing the protocol era from the
 client's first request without the relay task `Server.run` puts in front of the loop (see its doc).
@@ -47,6 +48,7 @@ from mcp_types import (
     ErrorData,
     JSONRPCError,
     JSONRPCMessage,
+    JSONRPCNotification,
     JSONRPCRequest,
     jsonrpc_message_adapter,
 )
@@ -81,6 +83,15 @@ def parse(line: str) -> JSONRPCMessage:
 
 
 _request_validator = JSONRPCRequest.__pydantic_validator__
+
+
+def _names_an_id(line: str) -> bool:
+    """Whether `line` is a JSON object with an `id` member (of any type)."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and "id" in obj
 
 
 def _request_id(line: str) -> int | str | None:
@@ -333,6 +344,13 @@ class WireIn:
                     await self._answer(PARSE_ERROR, "Parse error: not JSON the server can read", rid)
                 else:
                     await self._answer(INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message", rid)
+                continue
+            if type(message) is JSONRPCNotification and '"id"' in line and _names_an_id(line):
+                # The union reads a request whose id is no string or integer (1.5, true, null, a list) as
+                # a notification, which gets no answer: the client would wait for one forever.
+                await self._answer(
+                    INVALID_REQUEST, "Invalid Request: a request's id must be a string or an integer"
+                )
                 continue
             return SessionMessage(message)
 

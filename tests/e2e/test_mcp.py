@@ -30,6 +30,8 @@ from jsonschema import Draft202012Validator
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
     INVALID_PARAMS,
     INVALID_REQUEST,
     PROTOCOL_VERSION_META_KEY,
@@ -1047,7 +1049,7 @@ def test_a_request_the_parser_refuses_is_answered_under_its_id(ws: Path) -> None
     # A lone surrogate escape is JSON by RFC 8259's grammar (a JavaScript client's JSON.stringify writes one
     # for a lone surrogate) but the SDK's parser refuses it: the call must still end, with an error under
     # its own id, not wait forever for an answer sent with id null. Likewise a JSON-RPC request that is
-    # invalid but names its id.
+    # invalid but names its id, and one whose id is of the wrong type.
     raw = _RawStdio(ws)
     try:
         raw.write(
@@ -1062,6 +1064,14 @@ def test_a_request_the_parser_refuses_is_answered_under_its_id(ws: Path) -> None
         assert (reply["id"], reply["error"]["code"]) == ("seven", INVALID_REQUEST)
         raw.write(b"{not json\n")
         assert raw.recv(30)["id"] is None
+        # An id that is no string or integer: the SDK's parser takes the request for a notification, which
+        # gets no answer; it is refused instead.
+        for rid in (1.5, True, None, [1]):
+            raw.send(
+                {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": "list_commands"}}
+            )
+            reply = raw.recv(30)
+            assert (reply["id"], reply["error"]["code"]) == (None, INVALID_REQUEST)
         raw.call(8, {"command": ["/bin/echo", "\U0001f600 \u00e9"]})
         assert raw.recv()["result"]["structuredContent"]["stdout"] == "\U0001f600 \u00e9\n"
     finally:
@@ -1218,3 +1228,59 @@ async def test_describe_sandbox_says_what_the_policy_enforces(ws: Path) -> None:
         assert "the policy sets CORRAL_POLICY_VAR" in d["summary"]
         env = sc(await client.call_tool("run_command", {"shell": "echo $CORRAL_POLICY_VAR"}))
         assert env["stdout"] == "from-the-file\n"
+
+
+def test_the_2026_protocol_over_raw_stdio(ws: Path) -> None:
+    # No handshake: every request carries the 2026-07-28 envelope in its `_meta`. Concurrent calls, a
+    # cancelled one (its sandbox killed, no reply), a handshake attempt refused, EOF ending a background
+    # command.
+    proc = subprocess.Popen(
+        [*SERVER, "--workdir", str(ws / "work")],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    raw = _RawStdio.__new__(_RawStdio)
+    raw.proc, raw.server, raw._buf = proc, psutil.Process(proc.pid), b""
+    envelope = {
+        PROTOCOL_VERSION_META_KEY: "2026-07-28",
+        CLIENT_CAPABILITIES_META_KEY: {},
+        CLIENT_INFO_META_KEY: {"name": "raw", "version": "0"},
+    }
+
+    def call(rid: int, tool: str, arguments: dict[str, Any]) -> None:
+        params = {"name": tool, "arguments": arguments, "_meta": envelope}
+        raw.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})
+
+    try:
+        for i in range(10):
+            call(i, "run_command", {"command": ["/bin/echo", str(i)]})
+        replies = {r["id"]: r for r in (raw.recv() for _ in range(10))}
+        assert {i: r["result"]["structuredContent"]["stdout"] for i, r in replies.items()} == {
+            i: f"{i}\n" for i in range(10)
+        }
+        call(20, "run_command", {"command": ["/bin/sleep", "300"]})
+        call(21, "start_command", {"command": ["/bin/sleep", "300"]})
+        assert raw.recv()["id"] == 21
+        sandboxes = _wait_sandboxes(raw.server, 2)
+        cancel = {"requestId": 20, "_meta": envelope}
+        raw.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": cancel})
+        init = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        }
+        raw.send({"jsonrpc": "2.0", "id": 22, "method": "initialize", "params": init})
+        reply = raw.recv()
+        assert reply["id"] == 22
+        assert "error" in reply
+        deadline = time.monotonic() + 30
+        while sum(psutil.pid_exists(p) and _occupied(c) for p, c in sandboxes.items()) != 1:
+            assert time.monotonic() < deadline, "the cancelled call's sandbox is still there"
+            time.sleep(0.05)
+    finally:
+        assert raw.end() == 0
+    for pid, where in sandboxes.items():
+        assert not psutil.pid_exists(pid)
+        assert not _occupied(where)
