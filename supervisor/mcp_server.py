@@ -1229,17 +1229,27 @@ class _HttpGate:
 
     def __init__(self, app: Any, token: str | None, runtime_ref: Callable[[], _Runtime]) -> None:
         self._app = app
-        self._token = None if token is None else ("Bearer " + token).encode()
+        self._token = None if token is None else token.encode()
         self._runtime = runtime_ref
 
+    def _authorized(self, header: bytes) -> bool:
+        """Whether an Authorization header value carries the token (the scheme `Bearer`, in any case:
+        RFC 9110 makes auth schemes case-insensitive; the token compared in constant time)."""
+        if self._token is None:
+            return True
+        scheme, _, credentials = header.strip().partition(b" ")
+        return hmac.compare_digest(credentials.strip(), self._token) and scheme.lower() == b"bearer"
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope.get("type") != "http":
+        if scope.get("type") == "lifespan":
             await self._app(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        if self._token is not None and not hmac.compare_digest(
-            headers.get(b"authorization", b""), self._token
-        ):
+        if scope.get("type") != "http":  # no other kind of connection is served (a WebSocket upgrade, ...)
+            if scope.get("type") == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        if not self._authorized(headers.get(b"authorization", b"")):
             await send(
                 {
                     "type": "http.response.start",

@@ -602,6 +602,28 @@ def test_http_bearer_token(ws: Path) -> None:
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(req, timeout=30)
             assert err.value.code == 401
+        # The scheme is case-insensitive (RFC 9110): a client that writes `bearer` gets in.
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        }
+        for auth in ("bearer s3cret-for-this-test", "BEARER s3cret-for-this-test"):
+            req = urllib.request.Request(url, data=json.dumps(init).encode(), headers=headers, method="POST")
+            req.add_header("Authorization", auth)
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert resp.status == 200
+        for auth in ("bearer", "Bearer s3cret-for-this-tes", "Token s3cret-for-this-test"):
+            req = urllib.request.Request(url, data=json.dumps(init).encode(), headers=headers, method="POST")
+            req.add_header("Authorization", auth)
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            assert err.value.code == 401
 
         async def with_token() -> int:
             import httpx2
