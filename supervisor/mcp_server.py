@@ -433,8 +433,27 @@ def _violation(result: Result) -> dict[str, Any] | None:
     }
 
 
-def _text(data: bytes) -> str:
+def _text(data: bytes, cut: bool = False) -> str:
+    """`data` as text (UTF-8, bad bytes replaced). `cut`: `data` was cut at a byte count, so a character
+    the cut split at its end is left out rather than shown as a replacement character."""
+    if cut:
+        data = data[: _whole_chars(data, len(data))]
     return data.decode("utf-8", errors="replace")
+
+
+def _whole_chars(data: bytes | bytearray, n: int) -> int:
+    """The largest k <= `n` (0 < k unless n == 0) at which `data[:k]` ends with no UTF-8 character split
+    in the middle: a multi-byte sequence whose lead byte is among the last three before `n` and whose
+    continuation bytes do not all fit before `n` is left out (a lone lead byte at 0 is kept: always some
+    progress)."""
+    n = min(n, len(data))
+    for i in range(n - 1, max(n - 4, 0) - 1, -1):
+        b = data[i]
+        if b & 0xC0 == 0x80:  # a continuation byte: look further back for its lead
+            continue
+        size = 2 if 0xC0 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF8 else 1
+        return i if i + size > n and i > 0 else n
+    return n
 
 
 def _command_data(
@@ -451,8 +470,8 @@ def _command_data(
         "duration_s": round(float(result.duration_s), 6),
         "cpu_s": round(float(result.cpu_s), 6),
         "peak_memory_bytes": result.peak_memory_bytes,
-        "stdout": _text(stdout),
-        "stderr": _text(stderr),
+        "stdout": _text(stdout, out_cut),
+        "stderr": _text(stderr, err_cut),
         "stdout_truncated": out_cut,
         "stderr_truncated": err_cut,
         "denials": [d.to_dict() for d in result.denials],
@@ -521,9 +540,16 @@ class _Buffer:
             del self.data[:over]
             self.dropped += over
 
-    def take(self, n: int) -> tuple[bytes, int]:
-        out = bytes(self.data[:n])
-        del self.data[:n]
+    def take(self, n: int, final: bool = True) -> tuple[bytes, int]:
+        """At most `n` bytes of the unread output, and the count of bytes dropped since the last take. A
+        UTF-8 character is not split (its bytes stay for the next take, so that no read shows it as
+        replacement characters): one cut at `n`, and, unless `final` (the stream ended), one whose rest
+        has not come yet."""
+        k = min(n, len(self.data))
+        if k < len(self.data) or not final:
+            k = _whole_chars(self.data, k)
+        out = bytes(self.data[:k])
+        del self.data[:k]
         dropped, self.dropped = self.dropped, 0
         return out, dropped
 
@@ -1078,8 +1104,9 @@ def _read_output_tool(runtime_ref: Callable[[], _Runtime]) -> _Tool:
         if bg.result is not None and not bg.done.is_set():
             with anyio.move_on_after(2):
                 await bg.done.wait()
-        out, out_dropped = bg.out.take(max_bytes)
-        err, err_dropped = bg.err.take(max_bytes)
+        ended = bg.done.is_set()  # then the readers have put all the output in the buffers
+        out, out_dropped = bg.out.take(max_bytes, final=ended)
+        err, err_dropped = bg.err.take(max_bytes, final=ended)
         final = final_data = None
         if bg.done.is_set() and bg.result is not None:
             final_data = _command_data(bg.result, b"", b"", False, False)

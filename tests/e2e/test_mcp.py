@@ -1306,3 +1306,28 @@ def test_the_2026_protocol_over_raw_stdio(ws: Path) -> None:
     for pid, where in sandboxes.items():
         assert not psutil.pid_exists(pid)
         assert not _occupied(where)
+
+
+async def test_output_cut_at_a_byte_bound_never_splits_a_character(ws: Path) -> None:
+    # run_command's 64 KiB cut, read_output's max_bytes and the pipe's own chunks fall inside multi-byte
+    # characters: the text must hold whole characters only (no U+FFFD where the output had none), and a
+    # background command's output read piecewise must come back exactly.
+    euros = "\u20ac" * 30000  # 90,000 bytes: the 64 KiB cut falls inside a character
+    async with stdio(ws) as (client, _):
+        write = f"import sys; sys.stdout.write({euros[:1]!r} * 30000); sys.stderr.write('\u00e9' * 40001)"
+        got = sc(await client.call_tool("run_command", {"command": [PY, "-c", write]}))
+        assert got["stdout_truncated"] is True
+        assert got["stdout"] == euros[: len(got["stdout"])]
+        assert len(got["stdout"]) == (64 << 10) // 3
+        assert "\ufffd" not in got["stderr"]
+        poem = "\u00e9t\u00e9 \u2603 \U0001f600 " * 3000
+        script = f"import sys, time; data = {poem!r}.encode()\nfor i in range(0, len(data), 4093):\n"
+        script += "    sys.stdout.buffer.write(data[i:i + 4093]); sys.stdout.flush(); time.sleep(0.002)"
+        handle = sc(await client.call_tool("start_command", {"command": [PY, "-c", script]}))["handle"]
+        text_read = ""
+        for _ in range(2000):
+            st = sc(await client.call_tool("read_output", {"handle": handle, "wait": 1, "max_bytes": 1000}))
+            text_read += st["stdout"]
+            if st["result"] is not None and not st["more"]:
+                break
+        assert text_read == poem

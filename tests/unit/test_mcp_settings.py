@@ -124,3 +124,18 @@ def test_http_on_trio_is_refused_with_the_reason_before_anything_starts() -> Non
         anyio.run(functools.partial(serve, settings(), http=("127.0.0.1", 0)), backend="trio")
     assert caught.value.backend == "trio"
     assert "asyncio only (uvicorn)" in str(caught.value)
+
+
+def test_background_buffer_never_splits_a_character() -> None:
+    buf = _Buffer(100)
+    buf.add("a\u20acb".encode())  # 61 e2 82 ac 62
+    assert buf.take(2) == (b"a", 0)  # the euro sign's lead byte stays
+    assert buf.take(3) == ("\u20ac".encode(), 0)
+    buf.add(b"\xe2\x82")  # its rest has not come yet: held back while the stream goes on
+    assert buf.take(10, final=False) == (b"b", 0)
+    buf.add(b"\xac")
+    assert buf.take(10, final=False) == ("\u20ac".encode(), 0)
+    buf.add(b"\xe2")  # a lone lead byte at the start is taken (always progress), as is one at the end
+    assert buf.take(10, final=False) == (b"\xe2", 0)
+    buf.add(b"z\xf0\x9f")
+    assert buf.take(10) == (b"z\xf0\x9f", 0)
