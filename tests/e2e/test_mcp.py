@@ -5,6 +5,7 @@ tree). Every server is started here and ended by its pid; HTTP servers listen on
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -1331,3 +1332,38 @@ async def test_output_cut_at_a_byte_bound_never_splits_a_character(ws: Path) -> 
             if st["result"] is not None and not st["more"]:
                 break
         assert text_read == poem
+
+
+def test_http_refuses_a_foreign_host_or_origin(ws: Path) -> None:
+    # DNS rebinding: a web page's script that reaches the loopback server under its own name is refused.
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "r", "version": "0"},
+        },
+    }
+    with http_server(ws) as (url, _):
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port
+
+        def post(extra: dict[str, str]) -> int:
+            conn = http.client.HTTPConnection(parsed.hostname or "", port, timeout=30)
+            try:
+                headers = {
+                    "Content-Type": "application/json",
+                    "Accept": "application/json, text/event-stream",
+                }
+                conn.request("POST", parsed.path, body=json.dumps(init), headers={**headers, **extra})
+                resp = conn.getresponse()
+                resp.read()
+                return resp.status
+            finally:
+                conn.close()
+
+        assert post({"Host": f"attacker.invalid:{port}"}) == 421
+        assert post({"Origin": "http://attacker.invalid"}) == 403
+        assert post({"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}) == 200
