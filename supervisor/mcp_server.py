@@ -784,8 +784,8 @@ def _unwrap(err: BaseException) -> BaseException:
 
 @contextlib.contextmanager
 def _corral_errors(approval: approvals.Approval | None = None) -> Any:
-    """corral's errors become tool errors carrying corral's message (the model reads and adapts); a command
-    the rules refused says why (for a `prompt` one: why it was not approved, from `approval`)."""
+    """corral's errors (and the Supervisor's ValueError for a bad argument) become tool errors carrying
+    corral's message (the model reads and adapts); a command the rules refused says why (for a `prompt` one: why it was not approved, from `approval`)."""
     try:
         yield
     except (ToolError, MCPError):
@@ -797,7 +797,9 @@ def _corral_errors(approval: approvals.Approval | None = None) -> Any:
         if isinstance(inner, CorralError):
             msg = f"corral: {inner}"
             raise ToolError(msg) from inner
-        if isinstance(inner, OSError):
+        if isinstance(inner, (OSError, ValueError)):
+            # ValueError: the Supervisor refusing an argument the client gave (a `cwd` that is empty or
+            # holds a NUL, a NUL in a `shell` string), which the model can fix.
             msg = f"corral: {inner}"
             raise ToolError(msg) from inner
         raise

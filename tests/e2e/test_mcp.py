@@ -1367,3 +1367,19 @@ def test_http_refuses_a_foreign_host_or_origin(ws: Path) -> None:
         assert post({"Host": f"attacker.invalid:{port}"}) == 421
         assert post({"Origin": "http://attacker.invalid"}) == 403
         assert post({"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}) == 200
+
+
+async def test_arguments_the_supervisor_refuses_are_tool_errors_with_its_message(ws: Path) -> None:
+    # A NUL in a shell string or a cwd, an empty cwd: the Supervisor refuses them (ValueError); the model
+    # must read why, not a bare "Error executing tool".
+    async with stdio(ws) as (client, _):
+        for tool in ("run_command", "start_command"):
+            for args, words in (
+                ({"shell": "echo a\x00b"}, "null byte"),
+                ({"command": ["/bin/echo"], "cwd": "a\x00b"}, "without NUL"),
+                ({"command": ["/bin/echo"], "cwd": ""}, "non-empty path"),
+            ):
+                refused = await client.call_tool(tool, args)
+                assert refused.is_error
+                assert words in text(refused), text(refused)
+        assert sc(await client.call_tool("run_command", {"command": ["/bin/echo", "ok"]}))["stdout"] == "ok\n"
