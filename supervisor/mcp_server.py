@@ -785,7 +785,8 @@ def _unwrap(err: BaseException) -> BaseException:
 @contextlib.contextmanager
 def _corral_errors(approval: approvals.Approval | None = None) -> Any:
     """corral's errors (and the Supervisor's ValueError for a bad argument) become tool errors carrying
-    corral's message (the model reads and adapts); a command the rules refused says why (for a `prompt` one: why it was not approved, from `approval`)."""
+    corral's message (the model reads and adapts); a command the rules refused says why (for a `prompt`
+    one: why it was not approved, from `approval`)."""
     try:
         yield
     except (ToolError, MCPError):
