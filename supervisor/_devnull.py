@@ -66,17 +66,29 @@ def is_devnull(fd: int) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_RDEV
 
 
-def _open_read_only_copy(flags: int) -> int | None:
+def _open_read_only_copy(flags: int, fd: int | None = None) -> int | None:
+    """/dev/null (or, given `fd`, the character device it is open on) opened with `flags` through a detached
+    read-only copy of its mount; None when that cannot be made or the open does not give the same device."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     except OSError:
         return None
     libc.syscall.restype = ctypes.c_long
+    if fd is None:
+        where, path, how, want = -100, os.devnull.encode(), 0, NULL_RDEV  # AT_FDCWD
+    else:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        if not stat.S_ISCHR(st.st_mode):
+            return None
+        where, path, how, want = fd, b"", _AT_EMPTY_PATH, st.st_rdev
     tree = libc.syscall(
         ctypes.c_long(_SYS_OPEN_TREE),
-        ctypes.c_int(-100),  # AT_FDCWD
-        ctypes.c_char_p(os.devnull.encode()),
-        ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
+        ctypes.c_int(where),
+        ctypes.c_char_p(path),
+        ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | how),
     )
     if tree < 0:
         return None
@@ -93,32 +105,45 @@ def _open_read_only_copy(flags: int) -> int | None:
         if done < 0:
             return None
         # Reopened through the O_PATH fd of the copy: the new file keeps the copy's (read-only) mount,
-        # and keeps it alive after the tree fd is closed.
+        # and keeps it alive after the tree fd is closed. O_NONBLOCK: a terminal's open never waits.
         try:
-            fd = os.open(f"/proc/self/fd/{tree}", flags | os.O_CLOEXEC)
+            new = os.open(f"/proc/self/fd/{tree}", flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError:
             return None
-        if not is_devnull(fd):
-            os.close(fd)
+        try:
+            st = os.fstat(new)
+            if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == want):
+                os.close(new)
+                return None
+            os.set_blocking(new, not flags & os.O_NONBLOCK)
+        except OSError:
+            os.close(new)
             return None
-        return fd
+        return new
     finally:
         os.close(tree)
 
 
 def protect_stdio(fds: tuple[int, ...] = (0, 1, 2)) -> None:
-    """For a root caller: each of `fds` open on /dev/null (`corral run < /dev/null`, as cron and CI start
-    programs) is replaced by an equivalent /dev/null the command cannot chmod (`open_devnull`, same access
-    mode). Never raises: an fd that cannot be replaced stays as it was."""
+    """For a root caller: each of `fds` open on a character device of the host other than a terminal
+    (/dev/null, as cron and CI start programs) is replaced by an equivalent open of the same device that
+    the command cannot chmod (through a detached read-only copy of its mount, same access mode and status
+    flags): a sandbox that is host uid 0 owns it, and could make /dev/null unusable for every non-root
+    program. Never raises: an fd that cannot be replaced stays."""
     if os.geteuid() != 0:
         return
     for fd in fds:
-        if not is_devnull(fd):
-            continue
         try:
-            access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
-            new = open_devnull(access)
+            # A terminal stays the caller's open file: its state is TerminalGuard's to save and put back,
+            # and its mode StdioMetaGuard's (a change lasts the run).
+            if not stat.S_ISCHR(os.fstat(fd).st_mode) or os.isatty(fd):
+                continue
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         except OSError:
+            continue
+        keep = flags & (os.O_ACCMODE | os.O_NONBLOCK | os.O_APPEND)
+        new = _open_read_only_copy(keep, fd)
+        if new is None:
             continue
         try:
             os.dup2(new, fd, inheritable=True)

@@ -16,6 +16,7 @@ import errno
 import grp
 import json
 import os
+import pty
 import pwd
 import shutil
 import stat
@@ -374,6 +375,29 @@ def test_the_cli_puts_back_the_mode_and_attributes_of_its_stdio_files(workspace:
     assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o640
     assert os.listxattr(secret) == []
+
+
+def test_the_cli_puts_back_the_mode_of_its_terminal(workspace: Path) -> None:
+    # The caller's terminal as stdin: the command (its owner, under a root caller root's pty) makes it
+    # writable by every local user; once corral exits, the mode is as it was (a test-owned pty).
+    master, slave = pty.openpty()
+    try:
+        before = stat.S_IMODE(os.fstat(slave).st_mode)
+        p = subprocess.run(
+            [*CORRAL, "run", "--", "/usr/bin/python3", "-I", "-S", "-c", "import os; os.fchmod(0, 0o666)"],
+            cwd=workspace,
+            stdin=slave,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        after = stat.S_IMODE(os.fstat(slave).st_mode)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert p.returncode == 0, p.stderr
+    assert before != 0o666
+    assert after == before, oct(after)
 
 
 def test_the_cli_never_puts_a_set_id_bit_back_on_a_stdio_file(workspace: Path, outside: Path) -> None:
