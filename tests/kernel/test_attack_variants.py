@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import anyio
 import pytest
@@ -346,6 +347,23 @@ def test_a_relative_cli_path_with_another_workdir_is_refused(workspace: Path) ->
 # --- class 4: files the caller hands the command as its stdio
 
 
+def run_with_stdio(
+    cwd: Path, stdin: IO[bytes] | int | None, stdout: IO[bytes] | int, *command: str
+) -> subprocess.CompletedProcess[bytes]:
+    """`corral run -- COMMAND` in `cwd` (HOME there too) with the given stdin and stdout, stderr captured;
+    bounded (raises subprocess.TimeoutExpired)."""
+    return subprocess.run(
+        [*CORRAL, "run", "--", *command],
+        cwd=cwd,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        env={**os.environ, "HOME": str(cwd)},
+        check=False,
+    )
+
+
 def test_the_cli_puts_back_the_mode_and_attributes_of_its_stdio_files(workspace: Path, outside: Path) -> None:
     # `corral run -- cmd < secret.pem >> log.txt`: the command fchmods both (it owns them) and tags the
     # secret with a user attribute; once corral exits, both are as the caller left them.
@@ -360,16 +378,7 @@ def test_the_cli_puts_back_the_mode_and_attributes_of_its_stdio_files(workspace:
         " print(oct(os.fstat(0).st_mode & 0o777), os.read(0, 100))"
     )
     with secret.open("rb") as stdin, log.open("ab") as stdout:
-        p = subprocess.run(
-            [*CORRAL, "run", "--", "/usr/bin/python3", "-I", "-S", "-c", script],
-            cwd=workspace,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            timeout=60,
-            env={**os.environ, "HOME": str(workspace)},
-            check=False,
-        )
+        p = run_with_stdio(workspace, stdin, stdout, "/usr/bin/python3", "-I", "-S", "-c", script)
     assert p.returncode == 0, p.stderr
     assert "0o644" in log.read_text()  # it did change the mode while it ran
     assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
@@ -407,15 +416,7 @@ def test_the_cli_never_puts_a_set_id_bit_back_on_a_stdio_file(workspace: Path, o
     target.write_text("#!/bin/sh\n")
     os.chmod(target, 0o4755)
     with target.open("ab") as stdout:
-        p = subprocess.run(
-            [*CORRAL, "run", "--", SH, "-c", "echo 'echo planted'"],
-            cwd=workspace,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            timeout=60,
-            env={**os.environ, "HOME": str(workspace)},
-            check=False,
-        )
+        p = run_with_stdio(workspace, None, stdout, SH, "-c", "echo 'echo planted'")
     assert p.returncode == 0, p.stderr
     assert target.read_text().endswith("echo planted\n")
     assert not os.stat(target).st_mode & (stat.S_ISUID | stat.S_ISGID), oct(os.stat(target).st_mode)
@@ -461,16 +462,7 @@ def test_the_cli_given_dev_null_as_stdio_does_not_let_the_command_chmod_it(works
         pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
     before = os.stat("/dev/null")
     with open(os.devnull, "r+b") as null:
-        p = subprocess.run(
-            [*CORRAL, "run", "--", "/usr/bin/python3", "-I", "-S", "-c", CHMOD_DEVNULL],
-            cwd=workspace,
-            stdin=null,
-            stdout=null,
-            stderr=subprocess.PIPE,
-            timeout=60,
-            env={**os.environ, "HOME": str(workspace)},
-            check=False,
-        )
+        p = run_with_stdio(workspace, null, null, "/usr/bin/python3", "-I", "-S", "-c", CHMOD_DEVNULL)
     assert p.returncode == 0, p.stderr
     said = [line for line in p.stderr.decode().splitlines() if " chmod " in line]
     assert said[:2] == [f"{fd} chmod {errno.EROFS}" for fd in (0, 1)], p.stderr
