@@ -61,8 +61,16 @@ async def plant(sup: Supervisor, workspace: Path, script: str) -> None:
 async def test_planted_git_symlink_makes_root_create_nothing_outside(
     sup: Supervisor, workspace: Path, outside: Path
 ) -> None:
-    """`.git -> /elsewhere`: preparing the next sandbox used to mkdir /elsewhere/hooks as root."""
-    await plant(sup, workspace, f"ln -s {outside} .git")
+    """`.git -> /elsewhere`: preparing the next sandbox used to mkdir /elsewhere/hooks as root. The planting
+    run's own git scan moves such a link aside now (tests/kernel/test_attack_git_redirect.py); one planted
+    where no scan saw it before the next run is prepared (by a sandbox still running beside; here by the
+    test, after the planting run) is refused, naming it."""
+    r = await sup.run([SH, "-c", f"ln -s {outside} .git"], policy=policy(workspace, timeout=90))
+    assert r.exit_code == 0, r.stderr
+    assert str(workspace / ".git") in [p for p, _ in r.quarantined], r.quarantined
+    assert not (workspace / ".git").is_symlink()
+    assert sorted(os.listdir(outside)) == ["canary.txt"]
+    os.symlink(outside, workspace / ".git")
     with pytest.raises(SandboxSetupError) as info:
         await sup.run(["/bin/true"], policy=policy(workspace))
     assert not (outside / "hooks").exists(), "root created a directory through a planted .git symlink"
