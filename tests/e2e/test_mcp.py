@@ -997,6 +997,9 @@ class _RawStdio:
         self.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init})
         assert "result" in self.recv()
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self.send({"jsonrpc": "2.0", "id": "tools/list", "method": "tools/list"})
+        listed = self.recv()["result"]["tools"]
+        self.schemas = {t["name"]: Draft202012Validator(t["outputSchema"]) for t in listed}
 
     def write(self, data: bytes) -> None:
         assert self.proc.stdin is not None
@@ -1006,7 +1009,12 @@ class _RawStdio:
     def send(self, message: dict[str, Any]) -> None:
         self.write(json.dumps(message).encode() + b"\n")
 
+    #: The output schema of each tool, by name (from tools/list); the tool each call in flight named.
+    schemas: dict[str, Draft202012Validator]
+    _calls: dict[int | str, str]
+
     def call(self, rid: int | str, arguments: dict[str, Any], tool: str = "run_command") -> None:
+        self.__dict__.setdefault("_calls", {})[rid] = tool
         params = {"name": tool, "arguments": arguments}
         self.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})
 
@@ -1022,7 +1030,13 @@ class _RawStdio:
             assert chunk, "the server closed stdout"
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
-        return dict(json.loads(line))
+        message = dict(json.loads(line))
+        # Every structured result must match the tool's published output schema.
+        tool = self.__dict__.get("_calls", {}).pop(message.get("id"), None)
+        result = message.get("result") or {}
+        if tool is not None and "schemas" in self.__dict__ and "structuredContent" in result:
+            self.schemas[tool].validate(result["structuredContent"])
+        return message
 
     def end(self) -> int:
         """Close stdin and wait for the server (killed, and the test failed, past 60 s)."""
