@@ -1397,3 +1397,34 @@ async def test_arguments_the_supervisor_refuses_are_tool_errors_with_its_message
                 assert refused.is_error
                 assert words in text(refused), text(refused)
         assert sc(await client.call_tool("run_command", {"command": ["/bin/echo", "ok"]}))["stdout"] == "ok\n"
+
+
+def test_a_call_before_initialize_is_refused_and_runs_nothing(ws: Path) -> None:
+    proc = subprocess.Popen(
+        [*SERVER, "--workdir", str(ws / "work")],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    raw = _RawStdio.__new__(_RawStdio)
+    raw.proc, raw.server, raw._buf = proc, psutil.Process(proc.pid), b""
+    try:
+        raw.call(1, {"command": ["/bin/touch", "early"]})
+        reply = raw.recv()
+        assert reply["id"] == 1
+        assert "error" in reply
+        assert not (ws / "work" / "early").exists()
+        init = {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        }
+        raw.send({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": init})
+        assert "result" in raw.recv()
+        raw.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        raw.call(3, {"command": ["/bin/touch", "late"]})
+        assert raw.recv()["result"]["structuredContent"]["exit_code"] == 0
+        assert (ws / "work" / "late").exists()
+    finally:
+        assert raw.end() == 0
