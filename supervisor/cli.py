@@ -680,6 +680,10 @@ def mcp(
     except ImportError as err:
         msg = f"corral mcp needs the MCP SDK ({err.name or err}): pip install 'corral[mcp]'"
         raise _Fail(msg) from err
+    for flag, seconds in (("--idle-timeout", idle_timeout), ("--approval-timeout", approval_timeout)):
+        if seconds != seconds:  # NaN passes click's range checks (every comparison with it is false)
+            msg = f"{flag}: nan is not a number of seconds"
+            raise click.UsageError(msg)
     metrics_port, metrics_addr = opts.pop("metrics_port"), opts.pop("metrics_addr")
     if metrics_addr is not None and metrics_port is None:
         msg = "--metrics-addr needs --metrics-port"

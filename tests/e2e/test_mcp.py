@@ -1428,3 +1428,18 @@ def test_a_call_before_initialize_is_refused_and_runs_nothing(ws: Path) -> None:
         assert (ws / "work" / "late").exists()
     finally:
         assert raw.end() == 0
+
+
+@pytest.mark.parametrize("flag", ["--idle-timeout", "--approval-timeout"])
+def test_a_nan_timeout_is_refused_at_start(ws: Path, flag: str) -> None:
+    p = subprocess.run(
+        [*SERVER, "--workdir", str(ws / "work"), flag, "nan"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert p.returncode == 125
+    assert f"{flag}: nan is not a number of seconds" in p.stderr
