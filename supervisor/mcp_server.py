@@ -33,6 +33,7 @@ import secrets
 import signal
 import socket
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
@@ -42,6 +43,7 @@ from anyio.abc import ByteReceiveStream, TaskGroup
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
@@ -50,6 +52,7 @@ from mcp_types import (
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
+from pydantic.fields import FieldInfo
 
 from policies import CommandRules, CorralError, Policy, profiles
 from supervisor import PIPE, Child, CommandForbiddenError, Result, Supervisor
@@ -970,9 +973,39 @@ def _add(tools: list[Tool], fn: _Tool, *, title: str, description: str, annotati
     async def for_the_sdk(*args: Any, **kwargs: Any) -> CallToolResult:
         return as_model(await fn(*args, **kwargs))
 
-    tools.append(
-        Tool.from_function(for_the_sdk, title=title, description=description, annotations=annotations)
+    tool = Tool.from_function(for_the_sdk, title=title, description=description, annotations=annotations)
+    meta = tool.fn_metadata
+    tool.fn_metadata = _TextArguments(
+        arg_model=meta.arg_model,
+        output_schema=meta.output_schema,
+        output_model=meta.output_model,
+        wrap_output=meta.wrap_output,
     )
+    tools.append(tool)
+
+
+class _TextArguments(FuncMetadata):
+    """The SDK's argument handling, but that a string given for an argument that takes a string is never
+    parsed as JSON first. The SDK's `pre_parse_json` parses the string value of any field not annotated
+    exactly `str` (clients that send a list as a JSON string), so `str | None` arguments were changed: a
+    `shell`, `input` or `cwd` of `null` became None, and an `input` holding a JSON array or object (a
+    document fed to `jq` on stdin) was refused as "not a valid string". Other fields (`command`, a list)
+    keep the SDK's pre-parsing."""
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        fields = self.arg_model.model_fields
+        kept = {k: v for k, v in data.items() if type(v) is str and k in fields and _takes_text(fields[k])}
+        if not kept:
+            return super().pre_parse_json(data)
+        parsed = super().pre_parse_json(data)
+        parsed.update(kept)
+        return parsed
+
+
+def _takes_text(info: FieldInfo) -> bool:
+    """Whether the field's annotation admits a plain string (`str`, `str | None`)."""
+    annotation = info.annotation
+    return annotation is str or str in typing.get_args(annotation)
 
 
 def _approval_param(tool: _Tool, runtime_ref: Callable[[], _Runtime], settings: McpSettings) -> _Tool:

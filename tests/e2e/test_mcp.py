@@ -1443,3 +1443,32 @@ def test_a_nan_timeout_is_refused_at_start(ws: Path, flag: str) -> None:
     )
     assert p.returncode == 125
     assert f"{flag}: nan is not a number of seconds" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "rules"), [("legacy", False), ("auto", False), ("legacy", True)]
+)  # the short path, the SDK's path on 2026-07-28, the SDK's path with resolvers in force
+async def test_string_arguments_are_taken_as_given_never_parsed_as_json(
+    ws: Path, mode: str, rules: bool
+) -> None:
+    # A JSON document fed on stdin (to jq, to a test), or the word null, is a string like any other: the
+    # SDK's JSON pre-parsing of arguments turned them into a list, a dict or None.
+    extra = ("--rules", str(ws / "rules.toml")) if rules else ()
+    (ws / "rules.toml").write_text('default = "allow"\n')
+    before = _server_pids_before()
+    params = StdioServerParameters(
+        command=SERVER[0], args=[*SERVER[1:], "--workdir", str(ws / "work"), *extra], cwd=str(ROOT)
+    )
+    async with Client(params, read_timeout_seconds=120, mode=mode) as client:
+        _new_server(before)
+        for document in ('{"a": [1, 2]}', '["x", "y"]', "null", "true", "42"):
+            got = sc(await client.call_tool("run_command", {"command": ["/bin/cat"], "input": document}))
+            assert got["stdout"] == document
+        got = sc(await client.call_tool("run_command", {"shell": "null"}))
+        assert "null: not found" in got["stderr"]
+        (ws / "work" / "null").mkdir()
+        got = sc(await client.call_tool("run_command", {"command": ["/bin/pwd"], "cwd": "null"}))
+        assert got["stdout"] == f"{ws / 'work' / 'null'}\n"
+        # A list still comes through as a JSON string (what some clients send).
+        got = sc(await client.call_tool("run_command", {"command": '["/bin/echo", "listed"]'}))
+        assert got["stdout"] == "listed\n"
