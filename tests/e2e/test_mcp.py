@@ -1065,6 +1065,14 @@ class _RawStdio:
             raise
 
 
+def _alive(proc: psutil.Process) -> bool:
+    """Whether `proc` (the very process: psutil checks its start time) still runs (a zombie does not)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _wait_sandboxes(server: psutil.Process, n: int) -> dict[int, Path | None]:
     for _ in range(400):
         found = {p: c for p, c in inits(server).items() if _occupied(c)}
@@ -1212,9 +1220,14 @@ def test_closing_stdin_mid_call_ends_the_server_and_its_sandboxes(ws: Path) -> N
     assert raw.recv()["result"]["structuredContent"]["pid"] > 0
     raw.call(2, {"command": ["/bin/sleep", "300"]})
     sandboxes = _wait_sandboxes(raw.server, 2)
+    descendants = raw.server.children(recursive=True)  # the sandboxes, the fork server, the observer
     assert raw.proc.stdin is not None
     raw.proc.stdin.close()
     assert raw.end() == 0
+    deadline = time.monotonic() + 10
+    while alive := [d for d in descendants if _alive(d)]:
+        assert time.monotonic() < deadline, alive
+        time.sleep(0.05)
     for pid, where in sandboxes.items():
         assert not psutil.pid_exists(pid)
         assert where is not None
