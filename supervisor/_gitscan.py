@@ -198,6 +198,10 @@ def unsafe_keys(data: bytes | str) -> list[str]:
 _GIT_NAMES = frozenset(
     {"HEAD", "objects", "refs", "commondir", "config", "config.worktree", "hooks", ".git", "gitdir"}
 )
+#: What a listing records for a FIFO, socket or device (the scan never opens one).
+_SPECIAL = stat.S_IFIFO
+#: The files git reads in a worktree's directories (beside a git dir's own).
+_WORKTREE_GIT_FILES = frozenset({".git", ".gitignore", ".gitattributes", ".gitmodules", ".mailmap"})
 #: Directories one Listings keeps per root (beyond them, directories are listed every time).
 MAX_CACHED = 200_000
 
@@ -718,9 +722,11 @@ class Scan:
                     mode = stat.S_IFLNK
                 elif entry.is_dir(follow_symlinks=False):
                     mode = stat.S_IFDIR
-                else:
+                elif entry.is_file(follow_symlinks=False):
                     mode = stat.S_IFREG
-                if mode == stat.S_IFDIR or entry.name in _GIT_NAMES:
+                else:
+                    mode = _SPECIAL  # a FIFO, socket or device: rare, and kept for _check_specials
+                if mode in (stat.S_IFDIR, _SPECIAL) or entry.name in _GIT_NAMES:
                     entries[entry.name] = mode
         if st.st_ctime_ns < listed_at - MARGIN_NS and len(self._cache) < MAX_CACHED:
             self._cache[rel] = (st.st_dev, st.st_ino, st.st_ctime_ns, entries)
@@ -827,6 +833,8 @@ class Scan:
             self._check_gitdir(fd, path, entries, bound)
         if entries.get(".git") in (stat.S_IFREG, stat.S_IFLNK):
             self._check_pointer(fd, path, ".git", path)
+        if _SPECIAL in entries.values():
+            self._check_specials(fd, path, rel, entries, is_gitdir)
         subdirs = []
         for name, mode in entries.items():
             if mode == stat.S_IFDIR:
@@ -834,6 +842,21 @@ class Scan:
                 # and in a git dir it bound only its modules/.
                 subdirs.append((name, (bound and name == "modules") or (walk and not bound)))
         return subdirs
+
+    def _check_specials(self, fd: int, path: str, rel: str, entries: dict[str, int], is_gitdir: bool) -> None:
+        """Quarantine a FIFO, socket or device made during the run where the host user's git opens a file:
+        anywhere in a git dir (HEAD, the index, a ref, an object), or at a name git reads in the worktree
+        (`.git`, `.gitignore`, `.gitattributes`, `.gitmodules`, `.mailmap`). git opens them without
+        O_NONBLOCK and waits: a FIFO at `.git/HEAD` held the user's next `git status` for ever. One made
+        elsewhere (a build's named pipe) is left alone, and so is one born before the run."""
+        in_git = is_gitdir or self._inside_gitdir(rel.lstrip("/"))
+        for name, mode in list(entries.items()):
+            if mode != _SPECIAL or not (in_git or name in _WORKTREE_GIT_FILES):
+                continue
+            if self._changed(fd, name) is not None:
+                self._quarantine(
+                    fd, path, name, "a FIFO, socket or device where git opens a file (git would wait on it)"
+                )
 
     @staticmethod
     def _bound(fd: int, rel: str, walk: bool) -> bool:
