@@ -9,10 +9,11 @@ the approval resolver can only answer "not asked", so that machinery is pure cos
 on the SDK's low-level `Server` (its public `add_request_handler`, the hook the SDK's own extensions use)
 that, for a tool without a resolver in force, does the same steps minus the resolver and the second check:
 
-- the arguments are validated by the SDK's own `FuncMetadata.validate_arguments` of the tool (the same
-  argument model, JSON-string pre-parsing and errors as the SDK's path), except that values that already
-  have their field's plain JSON type (a string, a list of strings, a float, null) are taken as they are,
-  after the SDK's pre-parsing, which is what that validation returns for them;
+- the arguments are validated by the tool's `FuncMetadata.validate_arguments` (the same argument model,
+  JSON-string pre-parsing and errors as the SDK's path; corral's tools keep string arguments as given:
+  `mcp_server._TextArguments`), except that values that already have their field's plain JSON type (a
+  string, a list of strings, a float, null) are taken as they are, after that pre-parsing, which is what
+  the validation returns for them;
 - the body gets the SDK's `Context` for the request and the approval "not asked";
 - failures end as the SDK ends them: an `MCPError` is a protocol error; a `ToolError` or invalid arguments
   are an `is_error` result reading `Error executing tool NAME: MESSAGE`; anything else is logged with its
@@ -170,7 +171,7 @@ class DirectCalls:
 
     def _arguments(self, tool: Tool, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The tool's keyword arguments from the call's `arguments`, as the SDK's
-        `FuncMetadata.validate_arguments` gives them: its own JSON-string pre-parsing, then, when every
+        `FuncMetadata.validate_arguments` gives them: the tool's JSON-string pre-parsing, then, when every
         value already has its field's exact type (a string, a list of strings, a float, or null where the
         field allows it, the forms a JSON client sends), the values as they are with the defaults of the
         fields not given, which is what the argument model's validation and one-level dump return for
