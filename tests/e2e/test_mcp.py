@@ -993,7 +993,8 @@ class _RawStdio:
     """A `corral mcp` process on pipes, spoken to line by line (what no SDK client sends or does: lines in
     pieces, pipelined, a stdout left unread or closed), every read bounded in time."""
 
-    def __init__(self, ws: Path, *extra: str) -> None:
+    def __init__(self, ws: Path, *extra: str, handshake: bool = True) -> None:
+        """Start the server; `handshake`: initialize it and list its tools (else nothing is sent)."""
         self.proc = subprocess.Popen(
             [*SERVER, "--workdir", str(ws / "work"), *extra],
             cwd=ROOT,
@@ -1003,6 +1004,8 @@ class _RawStdio:
         )
         self.server = psutil.Process(self.proc.pid)
         self._buf = b""
+        if not handshake:
+            return
         init = {
             "protocolVersion": "2025-06-18",
             "capabilities": {},
@@ -1298,15 +1301,7 @@ def test_the_2026_protocol_over_raw_stdio(ws: Path) -> None:
     # No handshake: every request carries the 2026-07-28 envelope in its `_meta`. Concurrent calls, a
     # cancelled one (its sandbox killed, no reply), a handshake attempt refused, EOF ending a background
     # command.
-    proc = subprocess.Popen(
-        [*SERVER, "--workdir", str(ws / "work")],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    raw = _RawStdio.__new__(_RawStdio)
-    raw.proc, raw.server, raw._buf = proc, psutil.Process(proc.pid), b""
+    raw = _RawStdio(ws, handshake=False)
     envelope = {
         PROTOCOL_VERSION_META_KEY: "2026-07-28",
         CLIENT_CAPABILITIES_META_KEY: {},
@@ -1427,15 +1422,7 @@ async def test_arguments_the_supervisor_refuses_are_tool_errors_with_its_message
 
 
 def test_a_call_before_initialize_is_refused_and_runs_nothing(ws: Path) -> None:
-    proc = subprocess.Popen(
-        [*SERVER, "--workdir", str(ws / "work")],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    raw = _RawStdio.__new__(_RawStdio)
-    raw.proc, raw.server, raw._buf = proc, psutil.Process(proc.pid), b""
+    raw = _RawStdio(ws, handshake=False)
     try:
         raw.call(1, {"command": ["/bin/touch", "early"]})
         reply = raw.recv()
