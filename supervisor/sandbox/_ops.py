@@ -10,6 +10,7 @@ process instead, for the mechanism modules' own `apply` functions and their test
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ class Plan:
         def ref(value: str | bytes | None) -> int:
             if value is None:
                 return _NO_STR
-            data = value.encode() if isinstance(value, str) else value
+            data = os.fsencode(value) if isinstance(value, str) else value
             off = offsets.get(data)
             if off is None:
                 off = offsets[data] = len(strtab)
@@ -171,7 +172,7 @@ def write_segment(layer: str, writes: Sequence[tuple[str, str, str]]) -> Segment
 
     def put(text: str) -> int:
         off = len(strtab)
-        strtab.extend(text.encode() + b"\0")
+        strtab.extend(os.fsencode(text) + b"\0")
         return off
 
     layer_off = put(layer)
