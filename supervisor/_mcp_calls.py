@@ -102,10 +102,10 @@ class DirectCalls:
         return _wire(await self._run(tool, ctx, params.name, params.arguments or {}, params))
 
     async def short_path(self, ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
-        """A middleware (the outermost but tracing's): a `tools/call` of a direct tool on an initialized
-        handshake-era connection whose params are just `name` and `arguments` (an object) is run here, and
-        its result handed back in the wire form the SDK's own steps after the middleware would give it; any
-        other message goes on (`call_next`) unchanged.
+        """A middleware (ahead of the SDK's others, behind its tracing): a `tools/call` of a direct tool on
+        an initialized handshake-era connection whose params are just `name` and `arguments` (an object) is
+        run here, and its result handed back in the wire form the SDK's own steps after the middleware
+        would give it; any other message goes on (`call_next`) unchanged.
 
         What it leaves out are the SDK's checks and shaping of what cannot differ for such a call (and the
         middleware inside it, which act on what such a call does not carry: `requestState`, `_meta`): the
