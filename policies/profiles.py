@@ -341,8 +341,10 @@ def credential_paths(home: str | None = None) -> tuple[str, ...]:
     """The paths the read-only and workspace-write profiles hide by default: system password hashes, sudo
     rules and host keys, and the usual credential stores and agent sockets (ssh, gpg, cloud CLIs, docker,
     package registries) in root's home and in `home` (default: the caller's). They read the rest of the
-    filesystem, so these are the secrets an agent's command must not see; paths that do not exist cost
-    nothing. A policy file's `filesystem.deny` adds to them; ``filesystem.hide_credentials = false`` (the
+    filesystem, so these are the secrets an agent's command must not see. A path that does not exist makes
+    no mount, but each is still looked at for every pre-forked sandbox (its fingerprint and the recheck
+    when it is taken: a stat each, ~2 us), so the list's length is part of the spawn path's cost. A policy
+    file's `filesystem.deny` adds to them; ``filesystem.hide_credentials = false`` (the
     `hide_credentials=False` option) drops them."""
     homes = ["/root", os.path.expanduser("~") if home is None else home]
     paths = list(_SYSTEM_SECRETS)
