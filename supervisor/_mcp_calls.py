@@ -35,6 +35,7 @@ not know go the SDK's way, to the handler it registered when not corral's.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, NamedTuple, cast
 
@@ -121,11 +122,11 @@ class DirectCalls:
             return await call_next(ctx)
         name = params.get("name")
         arguments = params.get("arguments", _EMPTY)
-        tool = self._direct.get(name) if type(name) is str else None
+        if type(name) is not str or type(arguments) is not dict:
+            return await call_next(ctx)
+        tool = self._direct.get(name)
         if (
             tool is None
-            or type(name) is not str
-            or type(arguments) is not dict
             or len(params) != 1 + ("arguments" in params)
             or ctx.session.client_params is None
             or "tools/call" in self._server._lowlevel_server.cache_hints
@@ -245,30 +246,36 @@ _WIRE_BASE: dict[str, Any] = {
 }
 
 
+def _plain_parts(result: CallToolResult | Plain) -> tuple[list[str], bool, dict[str, Any] | None] | None:
+    """`result`'s texts, error flag and structured content when it holds only plain text content (no
+    annotations, no `_meta`) and JSON-ready structured content, as corral's tools build it; else None."""
+    if type(result) is Plain:
+        return [result.text], False, result.data
+    assert isinstance(result, CallToolResult)
+    texts = [
+        c.text for c in result.content if type(c) is TextContent and c.annotations is None and c.meta is None
+    ]
+    if result.meta is not None or len(texts) != len(result.content):
+        return None
+    return texts, result.is_error, result.structured_content
+
+
 def _wire(result: CallToolResult | Plain) -> HandlerResult:
     """`result` as the SDK would dump it for the wire (`model_dump(by_alias=True, mode="json",
     exclude_none=True)`), built directly when it holds only plain text content and JSON-ready structured
     content (corral's tools build exactly that: ~25 us of CPU less per call); else `result` itself, for
     the SDK to dump. The SDK validates either against the protocol version's schema before sending."""
-    if type(result) is Plain:
-        text, data = result
-        return {
-            **_WIRE_BASE,
-            "content": [{"type": "text", "text": text}],
-            "isError": False,
-            "structuredContent": data,
-        }
-    assert isinstance(result, CallToolResult)
-    texts = [c for c in result.content if type(c) is TextContent and c.annotations is None and c.meta is None]
-    if result.meta is not None or len(texts) != len(result.content):
-        return result
+    parts = _plain_parts(result)
+    if parts is None:
+        return result  # type: ignore[return-value]  # a CallToolResult (a Plain always has parts)
+    texts, is_error, structured = parts
     wire: dict[str, Any] = {
         **_WIRE_BASE,
-        "content": [{"type": "text", "text": c.text} for c in texts],
-        "isError": result.is_error,
+        "content": [{"type": "text", "text": t} for t in texts],
+        "isError": is_error,
     }
-    if result.structured_content is not None:
-        wire["structuredContent"] = result.structured_content
+    if structured is not None:
+        wire["structuredContent"] = structured
     return wire
 
 
@@ -276,21 +283,16 @@ def _handshake_wire(result: CallToolResult | Plain, version: str) -> dict[str, A
     """`result` as the SDK's steps after the middleware give it on a handshake-era connection: the wire
     dump, validated and re-dumped by the version's `CallToolResult` (`serialize_server_result`), which
     orders the keys and drops `resultType`. Built directly for plain text content and JSON-ready structured
-    content (`_wire`'s case); anything else is handed to `serialize_server_result` itself."""
-    if type(result) is Plain:
-        text, data = result
-        return {"content": [{"text": text, "type": "text"}], "isError": False, "structuredContent": data}
-    assert isinstance(result, CallToolResult)
-    texts = [c for c in result.content if type(c) is TextContent and c.annotations is None and c.meta is None]
-    if result.meta is not None or len(texts) != len(result.content):
+    content (`_plain_parts`); anything else is handed to `serialize_server_result` itself."""
+    parts = _plain_parts(result)
+    if parts is None:
+        assert isinstance(result, CallToolResult)
         wire = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return serialize_server_result("tools/call", version, wire)
-    out: dict[str, Any] = {
-        "content": [{"text": c.text, "type": "text"} for c in texts],
-        "isError": result.is_error,
-    }
-    if result.structured_content is not None:
-        out["structuredContent"] = result.structured_content
+    texts, is_error, structured = parts
+    out: dict[str, Any] = {"content": [{"text": t, "type": "text"} for t in texts], "isError": is_error}
+    if structured is not None:
+        out["structuredContent"] = structured
     return out
 
 
@@ -306,8 +308,6 @@ def _handshake_versions() -> frozenset[str]:
     """The handshake-era protocol versions for which the SDK's `serialize_server_result` of `_wire`'s dump
     is what `_handshake_wire` builds, key for key and in order, for each of `_SAMPLES` (so an SDK that
     shapes a version's results otherwise keeps its own path for that version)."""
-    import json
-
     ok = set()
     for version in HANDSHAKE_PROTOCOL_VERSIONS:
         try:

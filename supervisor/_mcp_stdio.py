@@ -85,13 +85,19 @@ def parse(line: str) -> JSONRPCMessage:
 _request_validator = JSONRPCRequest.__pydantic_validator__
 
 
-def _names_an_id(line: str) -> bool:
-    """Whether `line` is a JSON object with an `id` member (of any type)."""
+def _json_object(line: str) -> dict[str, Any] | None:
+    """`line` as Python's own JSON parser reads it, when that is an object; else None."""
     try:
         obj = json.loads(line)
     except ValueError:
-        return False
-    return isinstance(obj, dict) and "id" in obj
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _names_an_id(line: str) -> bool:
+    """Whether `line` is a JSON object with an `id` member (of any type)."""
+    obj = _json_object(line)
+    return obj is not None and "id" in obj
 
 
 def _request_id(line: str) -> int | str | None:
@@ -99,11 +105,8 @@ def _request_id(line: str) -> int | str | None:
     a `method` and an id JSON-RPC allows (a string or an integer) and no `result` or `error`; else None.
     A line refused by the SDK's parser is answered under that id, so that the client's call ends rather
     than wait forever for an answer that came with id null."""
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or "method" not in obj or "result" in obj or "error" in obj:
+    obj = _json_object(line)
+    if obj is None or "method" not in obj or "result" in obj or "error" in obj:
         return None
     rid = obj.get("id")
     if type(rid) is int or (type(rid) is str and rid.isprintable()):
@@ -144,17 +147,14 @@ class WireOut:
             raise anyio.ClosedResourceError
         data = (item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode("utf-8")
         view = memoryview(data)
-        if not self._lock.locked():
+        if not self._lock.locked() and not self._broken:
             # No message is half out: write this one now, as far as the pipe takes it (a whole reply, as
             # a rule), and take the lock only for a rest that has to wait (no await since the check: the
-            # lock is still free then).
-            if self._broken:
-                raise anyio.BrokenResourceError
+            # lock is still free then, and nobody can break the stream before this task takes it).
             rest = self._write_now(view)
-            if rest:
-                async with self._lock:
-                    await self._write(view[-rest:], len(data))
-            return
+            if not rest:
+                return
+            view = view[-rest:]
         async with self._lock:
             if self._broken:
                 raise anyio.BrokenResourceError

@@ -975,12 +975,7 @@ def _add(tools: list[Tool], fn: _Tool, *, title: str, description: str, annotati
 
     tool = Tool.from_function(for_the_sdk, title=title, description=description, annotations=annotations)
     meta = tool.fn_metadata
-    tool.fn_metadata = _TextArguments(
-        arg_model=meta.arg_model,
-        output_schema=meta.output_schema,
-        output_model=meta.output_model,
-        wrap_output=meta.wrap_output,
-    )
+    tool.fn_metadata = _TextArguments(**{name: getattr(meta, name) for name in FuncMetadata.model_fields})
     tools.append(tool)
 
 
@@ -995,11 +990,7 @@ class _TextArguments(FuncMetadata):
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
         fields = self.arg_model.model_fields
         kept = {k: v for k, v in data.items() if type(v) is str and k in fields and _takes_text(fields[k])}
-        if not kept:
-            return super().pre_parse_json(data)
-        parsed = super().pre_parse_json(data)
-        parsed.update(kept)
-        return parsed
+        return {**super().pre_parse_json(data), **kept}
 
 
 def _takes_text(info: FieldInfo) -> bool:
