@@ -61,7 +61,7 @@ from mcp.types import LATEST_PROTOCOL_VERSION
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policies import profiles
+from policies import Policy, profiles
 from supervisor import Supervisor
 from supervisor._mcp_stdio import _Reader
 
@@ -195,21 +195,27 @@ class _Direct:
         await self._command(f"block {n} {pace}")
 
 
+async def _timed_run(sup: Supervisor, policy: Policy) -> float:
+    """The wall seconds of one `sup.run` of /bin/true under `policy` (which must succeed)."""
+    t0 = time.perf_counter()
+    res = await sup.run([TRUE], policy=policy)
+    took = time.perf_counter() - t0
+    assert res.exit_code == 0
+    return took
+
+
 async def _worker(work: str) -> None:
     """The direct side's worker process (see `_Direct`): `run` answers the wall seconds of one
     `Supervisor.run`; `block N PACE` runs N and answers `done`; EOF ends it."""
     policy = profiles.get("workspace-write", work)
     os.set_blocking(0, False)
+    stdin = _Reader(0)
     buf = b""
 
     async def line() -> bytes | None:
         nonlocal buf
         while b"\n" not in buf:
-            try:
-                data = os.read(0, 4096)
-            except BlockingIOError:
-                await anyio.wait_readable(0)
-                continue
+            data = await stdin.read()
             if not data:
                 return None
             buf += data
@@ -220,11 +226,7 @@ async def _worker(work: str) -> None:
         print("ready", flush=True)
         while (cmd := await line()) is not None:
             if cmd == b"run":
-                t0 = time.perf_counter()
-                res = await sup.run([TRUE], policy=policy)
-                took = time.perf_counter() - t0
-                assert res.exit_code == 0
-                print(repr(took), flush=True)
+                print(repr(await _timed_run(sup, policy)), flush=True)
             else:
                 _, count, pace = cmd.split()
                 for _ in range(int(count)):
@@ -310,13 +312,7 @@ async def main(
                 run_timed = worker.run
             else:
                 sup = await stack.enter_async_context(Supervisor())
-
-                async def run_timed() -> float:
-                    t0 = time.perf_counter()
-                    res = await sup.run([TRUE], policy=policy)
-                    took = time.perf_counter() - t0
-                    assert res.exit_code == 0
-                    return took
+                run_timed = partial(_timed_run, sup, policy)
 
             client = await stack.enter_async_context(client_cm)
             server = _server(before)
