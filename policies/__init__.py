@@ -5,7 +5,7 @@
 every constructor validates, raising `PolicyError` with the dotted key path of the bad value.
 """
 
-from policies import profiles
+from policies import _logsafe, profiles
 from policies._commands import CommandDecision, CommandRule, CommandRules
 from policies._errors import CorralError, PolicyError
 from policies._load import load_policy, policy_from_dict
@@ -23,6 +23,8 @@ from policies._seccomp import ArgCondition, SeccompProfile, SeccompRule, load_se
 from policies._shell import RulesUnavailableError
 from policies._validate import parse_duration, parse_size
 from policies.env import filter_environment, is_secret_name, is_secret_value
+
+_logsafe.install()
 
 __all__ = [
     "ArgCondition",
