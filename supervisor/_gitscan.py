@@ -49,6 +49,7 @@ import os
 import pwd
 import resource
 import stat
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -204,6 +205,63 @@ _SPECIAL = stat.S_IFIFO
 _WORKTREE_GIT_FILES = frozenset({".git", ".gitignore", ".gitattributes", ".gitmodules", ".mailmap"})
 #: Directories one Listings keeps per root (beyond them, directories are listed every time).
 MAX_CACHED = 200_000
+#: Bytes of listings one Listings keeps over all its roots (`_listing_size`: the path below the root, the
+#: names, the containers). Paths and names are the sandbox's choice, up to 4,096 and 255 bytes: with a count
+#: bound only, 20,000 directories 12 levels of 250-character names deep made ~75 MB of supervisor memory
+#: that stayed (~900 MB per root at MAX_CACHED). An ordinary directory costs ~400 bytes: ~160,000 fit.
+MAX_CACHE_BYTES = 64 << 20
+
+_Listing = tuple[int, int, int, dict[str, int]]
+
+
+def _listing_size(rel: str, listing: _Listing) -> int:
+    """What one cached listing holds in memory, in bytes (close to it: sys.getsizeof of each part)."""
+    entries = listing[3]
+    size = sys.getsizeof(rel) + sys.getsizeof(listing) + sys.getsizeof(entries) + 3 * 32
+    for name in entries:
+        size += sys.getsizeof(name)
+    return size
+
+
+class _CacheBytes:
+    """The bytes of listings kept over every root of one Listings (`MAX_CACHE_BYTES` at most)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used = 0
+
+
+class RootCache(dict[str, _Listing]):
+    """One root's cached listings, {path below the root: (dev, ino, ctime, entries)}, charged to a budget
+    shared by all the roots (`MAX_CACHE_BYTES`) and bounded in count (`MAX_CACHED`). Written only through
+    `store`, `forget` and `clear` (under the Listings' lock)."""
+
+    def __init__(self, budget: _CacheBytes | None = None) -> None:
+        super().__init__()
+        self.budget = budget if budget is not None else _CacheBytes()
+        self.size = 0
+
+    def store(self, rel: str, listing: _Listing) -> None:
+        """Keep `listing` for `rel` if it fits both bounds; else forget what was kept for `rel`."""
+        self.forget(rel)
+        size = _listing_size(rel, listing)
+        if len(self) < MAX_CACHED and self.budget.used + size <= MAX_CACHE_BYTES:
+            self[rel] = listing
+            self.size += size
+            self.budget.used += size
+
+    def forget(self, rel: str) -> None:
+        old = self.pop(rel, None)
+        if old is not None:
+            size = _listing_size(rel, old)
+            self.size -= size
+            self.budget.used -= size
+
+    def clear(self) -> None:
+        self.budget.used -= self.size
+        self.size = 0
+        super().clear()
 
 
 class Listings:
@@ -220,7 +278,8 @@ class Listings:
     worker-thread hop) after later runs."""
 
     def __init__(self) -> None:
-        self._roots: dict[str, dict[str, tuple[int, int, int, dict[str, int]]]] = {}
+        self._roots: dict[str, RootCache] = {}
+        self._budget = _CacheBytes()
         self.lock = threading.Lock()
         self._snapshots: dict[SnapshotKey, Snapshot] = {}
         #: id(policy) -> (the policy, its snapshot key): computing a key (and even hashing a Policy) costs
@@ -239,12 +298,12 @@ class Listings:
         #: global git config, and its identity (Scan._read_globals reuses it while that holds).
         self.global_refs: dict[tuple[object, ...], tuple[_gitglobal.Refs, bytes]] = {}
 
-    def root(self, root: str) -> dict[str, tuple[int, int, int, dict[str, int]]]:
+    def root(self, root: str) -> RootCache:
         cache = self._roots.get(root)
         if cache is None:
             if len(self._roots) >= 64:  # bounded: the roots of the policies in use
-                self._roots.pop(next(iter(self._roots)))
-            cache = self._roots[root] = {}
+                self._roots.pop(next(iter(self._roots))).clear()
+            cache = self._roots[root] = RootCache(self._budget)
         return cache
 
     def keep(self, roots: SnapshotKey, snapshot: Snapshot) -> None:
@@ -443,7 +502,7 @@ class Scan:
         self.left = max_nodes
         self.found: list[tuple[str, str]] = []
         self.listings = listings
-        self._cache: dict[str, tuple[int, int, int, dict[str, int]]] = {}
+        self._cache = RootCache()
         #: With `key` and `listings` (and none kept for `key` yet): the Snapshot this scan takes, kept in
         #: `listings` if it finds nothing; None once the tree turns out not to fit one.
         self.key = key
@@ -677,7 +736,7 @@ class Scan:
                 continue  # a missing root: nothing to scan
             self.left = self.max_nodes
             self._root, self._rootfd = root, fd
-            self._cache = self.listings.root(root) if self.listings is not None else {}
+            self._cache = self.listings.root(root) if self.listings is not None else RootCache()
             try:
                 self._visit(fd, root, "", 0)
                 self._visit_deep(fd)
@@ -728,10 +787,10 @@ class Scan:
                     mode = _SPECIAL  # a FIFO, socket or device: rare, and kept for _check_specials
                 if mode in (stat.S_IFDIR, _SPECIAL) or entry.name in _GIT_NAMES:
                     entries[entry.name] = mode
-        if st.st_ctime_ns < listed_at - MARGIN_NS and len(self._cache) < MAX_CACHED:
-            self._cache[rel] = (st.st_dev, st.st_ino, st.st_ctime_ns, entries)
+        if st.st_ctime_ns < listed_at - MARGIN_NS:
+            self._cache.store(rel, (st.st_dev, st.st_ino, st.st_ctime_ns, entries))
         else:
-            self._cache.pop(rel, None)
+            self._cache.forget(rel)
         self._hold(fd, st, leaf=bool(rel) and not entries)  # a root is held: its path is looked up again
         return entries
 
@@ -1416,7 +1475,7 @@ def _gitfile_target(base: str, data: bytes | None) -> str | None:
     return os.path.join(base, value.decode("utf-8", errors="surrogateescape"))
 
 
-def _fits(caches: list[dict[str, tuple[int, int, int, dict[str, int]]]]) -> int | None:
+def _fits(caches: list[RootCache]) -> int | None:
     """The number of leaves, when the cached listings of a scan's roots fit a snapshot: at most
     SNAPSHOT_DIRS directories that hold something that matters (the root's included) and LEAF_WATCHES
     leaves; else None. Stops counting at the first bound passed (a large tree is told in a few dozen

@@ -12,12 +12,16 @@ Every run is bounded by its policy's timeout; nothing here reaches past loopback
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 from pathlib import Path
+
+import anyio
 
 import pytest
 
 from policies import profiles
-from supervisor import Supervisor
+from supervisor import Supervisor, _gitscan
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -48,3 +52,49 @@ async def test_log_records_of_sandbox_chosen_names_are_printable(
     assert any("\\x1b]0;PWNED\\x07" in line for line in lines), lines
     for line in caplog.text.splitlines():
         assert not _raw_controls(line), line
+
+
+# --- class 6: what the post-run git scan keeps of a tree the sandbox shaped
+
+
+def _listings_bytes(sup: Supervisor) -> int:
+    """What the supervisor's cached directory listings hold, measured here (keys, names, the tuples and
+    dicts), independently of any accounting of its own."""
+    total = 0
+    for cache in sup._listings._roots.values():
+        for rel, value in cache.items():
+            entries = value[3]
+            total += sys.getsizeof(rel) + sys.getsizeof(value) + sys.getsizeof(entries)
+            total += sum(sys.getsizeof(name) for name in entries)
+    return total
+
+
+async def test_a_tree_of_long_paths_does_not_grow_the_supervisors_memory_without_bound(
+    sup: Supervisor, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan cached every directory's listing keyed by its path below the root, bounded by a count
+    # (200,000 per root, 64 roots) but not by size: 12 levels of 250-character names and 20,000 leaves
+    # made ~80 MB of supervisor memory that stayed, from one run; 200,000 such leaves ~900 MB per root.
+    monkeypatch.setattr(_gitscan, "MAX_CACHE_BYTES", 8 << 20, raising=False)
+    pol = profiles.workspace_write(workspace, timeout=120)
+    plant = (
+        "import os\n"
+        "d = '/'.join(['d' * 250] * 12)\n"
+        "os.makedirs(d)\n"
+        "for i in range(20000):\n"
+        "    os.mkdir(f'{d}/{i:0250d}')\n"
+    )
+    r = await sup.run(["/usr/bin/python3", "-c", plant], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    await anyio.sleep(0.05)  # past the scan's margin for ctimes of the same tick
+    for _ in range(2):
+        r = await sup.run(["/bin/true"], policy=pol)
+        assert r.exit_code == 0, r.stderr
+    assert _listings_bytes(sup) <= 8 << 20
+    # The cache still serves an ordinary tree.
+    shutil.rmtree(workspace / ("d" * 250))
+    (workspace / "src" / "pkg").mkdir(parents=True)
+    await anyio.sleep(0.05)
+    for _ in range(2):
+        r = await sup.run(["/bin/true"], policy=pol)
+    assert any("src/pkg" in rel for cache in sup._listings._roots.values() for rel in cache)
