@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import anyio
-
 import pytest
 
 from policies import profiles
