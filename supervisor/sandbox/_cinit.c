@@ -2264,7 +2264,8 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     return Py_BuildValue("(iiO)", pid, l.err, Py_None);
 }
 
-/* identities(paths) -> bytes: for each path (str or bytes), lstat's (st_dev, st_ino, st_mode, st_uid/st_gid), or its errno.
+/* identities(paths) -> bytes: for each path (str or bytes), lstat's (st_dev, st_ino, st_mode with bit 33 for
+ * a regular file of several links, st_uid/st_gid), or its errno.
  * What mounts.fingerprint compares, done here because a fingerprint lstats ~30 paths several times per
  * spawn. */
 static PyObject *py_identities(PyObject *self, PyObject *args) {
@@ -2292,7 +2293,10 @@ static PyObject *py_identities(PyObject *self, PyObject *args) {
         if (!err) {
             rec[0] = (uint64_t)st.st_dev;
             rec[1] = (uint64_t)st.st_ino;
-            rec[2] = (uint64_t)st.st_mode;
+            /* Bit 33: a regular file with other hard links (mounts._links_outside refuses a denied one, so
+             * a link made since the view was built must change its identity; a directory's count moves
+             * with every subdirectory, so only files carry it). */
+            rec[2] = (uint64_t)st.st_mode | (S_ISREG(st.st_mode) && st.st_nlink > 1 ? (uint64_t)1 << 33 : 0);
             /* The owner too: a root caller's sandbox runs as its workdir's owner (namespaces.owner_maps),
              * so a workdir given to another account must not be served by a sandbox built before. */
             rec[3] = (uint64_t)st.st_uid << 32 | (uint64_t)st.st_gid;

@@ -407,7 +407,8 @@ static PyObject *stat_at(PyObject *self, PyObject *args) {
         if (fstatat(dirfds[i], paths[i], &st, flags) == 0) {
             rec[0] = (uint64_t)st.st_dev;
             rec[1] = (uint64_t)st.st_ino;
-            rec[2] = (uint64_t)st.st_mode;
+            /* Bit 33 as _cinit.identities: a regular file with other hard links. */
+            rec[2] = (uint64_t)st.st_mode | (S_ISREG(st.st_mode) && st.st_nlink > 1 ? (uint64_t)1 << 33 : 0);
             rec[3] = (uint64_t)st.st_uid << 32 | (uint64_t)st.st_gid;
             if (!host) rec[4] = (uint64_t)st.st_ctim.tv_sec * 1000000000u + (uint64_t)st.st_ctim.tv_nsec;
         } else {

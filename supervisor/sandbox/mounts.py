@@ -13,7 +13,8 @@
 - denied paths hidden under an empty read-only mode-0 directory (directories) or /dev/null (files), as the
   objects their names lead to now; each directory between a writable root and a denied path is made a mount
   point, so that no sandbox can rename the hidden object out from under its cover for the next one
-  (`_pin_ancestors`);
+  (`_pin_ancestors`); a denied file with hard links the policy does not all hide is refused
+  (`_links_outside`);
 - every path of the policy (roots, the workdir, denied and protected paths) is opened by the init without
   following any symlink, and its mount made from that fd (OP_MOUNT_AT): a link a sandbox planted for the next
   one (`build -> /etc`) is refused, never followed.
@@ -383,9 +384,10 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
                 _mount(plan, None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _PROC_FLAGS)
     if confine:
         # Before the writable roots are bound: their recursive binds carry these mounts along.
-        for path in _deny_targets(prepared):
+        denied = _deny_targets(prepared)
+        for path in denied:
             if not _under_hidden(path):
-                _deny(plan, path)
+                _deny(plan, path, denied)
 
 
 def emit_paths(
@@ -425,7 +427,7 @@ def emit_paths(
         kept = [k[0] for k in keep]
         for path in denied:
             if _under_hidden(path) and any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
-                _deny(plan, path)
+                _deny(plan, path, denied)
     emit_cgroup_view(prepared, cgroup_view, plan)
     if confine:
         plan.add(_cinit.OP_CLOSE, "mounts", "close(the scaffold)", a=(0, _SCAFFOLD + 1), path="/tmp")
@@ -874,9 +876,10 @@ def _pin_ancestors(plan: Plan, root: str, denied: list[str]) -> None:
                 )
 
 
-def _deny(plan: Plan, path: str) -> None:
+def _deny(plan: Plan, path: str, denied: list[str]) -> None:
     """Hide `path` if it exists (on the host, now), from the init's no-follow fd of it (OP_MOUNT_AT).
-    Raises SetupFailure when it cannot be looked up."""
+    `denied`: every deny target of the view (`_links_outside`). Raises SetupFailure when it cannot be
+    looked up, or when it is a regular file with hard links that `denied` does not all hide."""
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -885,6 +888,8 @@ def _deny(plan: Plan, path: str) -> None:
         return
     except OSError as err:
         raise _sys.SetupFailure("mounts", "lstat(deny path)", err.errno or 0, path) from err
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        _links_outside(path, st, denied)
     if stat.S_ISDIR(st.st_mode):
         what, operation, arg = (
             _AT_SCAFFOLD,
@@ -901,6 +906,32 @@ def _deny(plan: Plan, path: str) -> None:
         s=(path, arg),
         path=path,
         hint=_LINK_HINT,
+    )
+
+
+def _links_outside(path: str, st: os.stat_result, denied: list[str]) -> None:
+    """Refuse a denied regular file (`st`: its lstat) that has more hard links than the denied names
+    leading to it: its content is readable under the other names, which a mount over this name cannot hide
+    and which no lookup finds short of walking every readable root (the whole filesystem). Raises
+    SetupFailure (EMLINK) naming the file, its link count and what to do; never when every link is itself
+    denied by name (the user hid them all)."""
+    found = 0
+    for other in denied:
+        try:
+            o = st if other == path else os.lstat(other)
+        except OSError:
+            continue
+        found += (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino)
+    if found >= st.st_nlink:
+        return
+    raise _sys.SetupFailure(
+        "mounts",
+        "hide denied file",
+        errno.EMLINK,
+        path,
+        f"this denied file has {st.st_nlink} hard links and the policy hides {found} of them: its content "
+        "would be readable under the other names (a mount hides a name, not a file). Deny every other "
+        "name too, or remove the other names (find them: find / -xdev -samefile FILE)",
     )
 
 

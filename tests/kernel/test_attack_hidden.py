@@ -10,6 +10,7 @@ from outside, the secret is still where the user keeps it.
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -161,6 +162,90 @@ async def test_a_link_planted_at_a_denied_name_cannot_hide_what_sandboxes_need(
     assert out == b"runs again\n"
 
 
+def assert_refused_for_links(info: pytest.ExceptionInfo[SandboxSetupError], path: Path, links: int) -> None:
+    assert info.value.path == str(path)
+    assert info.value.errno == errno.EMLINK
+    assert f"has {links} hard links" in str(info.value)
+    assert "-samefile" in str(info.value)  # how to find the other names
+
+
+async def test_a_hard_link_made_outside_reaches_the_denied_file(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    # The host (a backup, `cp -al`, a dotfile manager) gave the denied file a second name that the policy
+    # does not hide: a mount over one name cannot hide the file, so the run is refused, naming it.
+    os.link(workspace / "sub" / ".env", workspace / "other" / "env-link")
+    with pytest.raises(SandboxSetupError) as info:
+        await run(sup, env_policy(workspace), DUMP + "; touch ran")
+    assert_refused_for_links(info, workspace / "sub" / ".env", 2)
+    assert not (workspace / "ran").exists()
+    # Hiding every name is the documented way out: then it runs, and neither name shows the secret.
+    pol = profiles.workspace_write(
+        workspace, deny=[workspace / "sub" / ".env", workspace / "other" / "env-link"], timeout=20
+    )
+    code, out = await run(sup, pol, DUMP)
+    assert code == 0
+    assert b"control-visible" in out
+    assert secret.encode() not in out
+
+
+async def test_a_hard_link_outside_every_writable_root_reaches_the_denied_file(
+    sup: Supervisor, workspace: Path, outside: Path, secret: str
+) -> None:
+    # The other name lies in a directory the sandbox may only read.
+    os.link(workspace / "sub" / ".env", outside / "backup.env")
+    with pytest.raises(SandboxSetupError) as info:
+        await run(sup, env_policy(workspace), f"cat {outside}/backup.env")
+    assert_refused_for_links(info, workspace / "sub" / ".env", 2)
+
+
+async def test_a_hard_link_made_between_runs_refuses_a_view_built_before(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    # A denied file outside the writable roots, hidden once (the view is built, cached and, in the
+    # pre-forked pass, built ahead for the next run); then the host links it elsewhere. The view built
+    # before must not serve the next run: the file's identity now says "several links".
+    marker = f"TOPSECRET-{uuid.uuid4().hex}"
+    (outside / "token").write_text(marker)
+    (workspace / "visible.txt").write_text("control-visible\n")
+    pol = profiles.workspace_write(workspace, deny=[outside / "token"], timeout=20)
+    script = f"cat {outside}/token {outside}/copy 2>&1; true"
+    for _ in range(2):
+        code, out = await run(sup, pol, script)
+        assert code == 0
+        assert marker.encode() not in out
+    os.link(outside / "token", outside / "copy")
+    with pytest.raises(SandboxSetupError) as info:
+        await run(sup, pol, script)
+    assert_refused_for_links(info, outside / "token", 2)
+    (outside / "copy").unlink()  # the fix the message names: the next run hides the file again
+    code, out = await run(sup, pol, script)
+    assert code == 0
+    assert marker.encode() not in out
+
+
+async def test_a_policy_that_does_not_hide_a_file_cannot_link_it_for_another(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    # A sandbox whose policy does not hide sub/.env (and so may read it anyway) links it to a name that a
+    # later policy hiding sub/.env would not hide: that later policy refuses to run instead of showing it.
+    code, out = await run(sup, profiles.workspace_write(workspace, timeout=20), "ln sub/.env other/x")
+    assert code == 0, out
+    with pytest.raises(SandboxSetupError) as info:
+        await run(sup, env_policy(workspace), DUMP)
+    assert_refused_for_links(info, workspace / "sub" / ".env", 2)
+
+
+async def test_a_denied_file_with_one_link_still_runs(sup: Supervisor, workspace: Path, secret: str) -> None:
+    # The control: the same file, one name, hidden as before (the refusal counts links, nothing else).
+    os.link(workspace / "sub" / ".env", workspace / "other" / "env-link")
+    os.unlink(workspace / "other" / "env-link")
+    code, out = await run(sup, env_policy(workspace), DUMP)
+    assert code == 0
+    assert b"control-visible" in out
+    assert secret.encode() not in out
+
+
 # Known gaps (docs/security.md): strict xfails, so a fix shows up as a test to un-mark.
 
 
@@ -179,14 +264,20 @@ async def test_a_policy_that_does_not_hide_a_path_can_move_it_for_another(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="GAP: path-based rules cannot see hard links made outside: a denied file that also has a hard "
-    "link elsewhere in a readable root is readable under that name",
+    reason="GAP: the files inside a denied directory are not counted for hard links (no walk per view "
+    "build): one with another name in a readable root is readable there",
 )
-async def test_a_hard_link_made_outside_reaches_the_denied_file(
+async def test_a_hard_link_to_a_file_inside_a_denied_directory(
     sup: Supervisor, workspace: Path, secret: str
 ) -> None:
-    os.link(workspace / "sub" / ".env", workspace / "other" / "env-link")
-    _code, out = await run(sup, env_policy(workspace), DUMP)
+    (workspace / "keys").mkdir()
+    (workspace / "keys" / "id.pem").write_text(secret)
+    os.link(workspace / "keys" / "id.pem", workspace / "other" / "id-link")
+    pol = profiles.workspace_write(workspace, deny=[workspace / "keys"], timeout=20)
+    try:
+        _code, out = await run(sup, pol, DUMP)
+    except SandboxSetupError:
+        return  # refused, as a denied file with other links is
     assert secret.encode() not in out
 
 
