@@ -65,6 +65,9 @@ log = logging.getLogger("corral")
 #: Entries one scan looks at, per root (a 100,000-file tree is ~102,000; ~0.3 s here).
 MAX_NODES = 500_000
 MAX_DEPTH = 64
+#: Below MAX_DEPTH: an fd kept every this many levels, and at most this many (_visit_deep).
+ANCHOR_EVERY = 32
+MAX_ANCHORS = 128
 #: Bytes of git configs one scan parses at most (about 2.5 s of CPU); a config written during the run past
 #: it is quarantined unchecked, other configs past it are reported.
 PARSE_BUDGET = 4 << 20
@@ -739,7 +742,6 @@ class Scan:
             self._cache = self.listings.root(root) if self.listings is not None else RootCache()
             try:
                 self._visit(fd, root, "", 0)
-                self._visit_deep(fd)
                 self._check_global(fd, root)
                 self._check_global_refs(root)
                 if self.snap is not None:
@@ -799,7 +801,7 @@ class Scan:
         below it, git dirs' own subdirectories included: a git dir hidden in another's `objects/` or `refs/`
         is as usable (through a `.git` file naming it) as one anywhere else. `walk`: the mounts' walk of
         `.git/modules` looks into this directory (see _bound). Past MAX_DEPTH levels the directories below
-        are queued for _visit_deep, so that the fds held stay bounded and nothing is skipped."""
+        are walked by _visit_deep, so that the fds held stay bounded and nothing is skipped."""
         for name, sub_walk in self._check_dir(fd, path, rel, walk):
             if depth >= MAX_DEPTH:
                 self._abandon()  # a snapshot holds the fds of the levels it watches: not of these
@@ -818,6 +820,8 @@ class Scan:
             finally:
                 self._closing(sub)
                 os.close(sub)
+        if self._deep:
+            self._visit_deep(fd, rel)
 
     def _quiet_leaf(self, fd: int, name: str, rel: str) -> bool:
         """Whether the subdirectory `name` of `fd` can be passed over unopened: its cached listing holds
@@ -845,28 +849,45 @@ class Scan:
             raise _Budget
         return True
 
-    def _visit_deep(self, rootfd: int) -> None:
-        """The directories queued below MAX_DEPTH levels, one at a time: each opened from the root's fd by
-        its relative path (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: no link followed, never out of
-        the root), so no chain of fds is held. A path too long to open is reported (git, which opens paths
-        too, cannot use what lies there either); the node budget bounds the whole, each open charged a node
-        per component it resolves."""
-        while self._deep:
-            rel, path, walk = self._deep.pop()
-            # Each open resolves the whole path again: charged to the node budget per component, so a
-            # wide tree far down costs the scan no more than the budget (and is reported past it).
-            self.left -= rel.count("/")
-            if self.left < 0:
-                raise _Budget
-            try:
-                fd = _hostfs.open_beneath(rootfd, rel.lstrip("/"), _DIR_FLAGS)
-            except OSError as err:
-                self._unopened(path, err)
-                continue
-            try:
-                for name, sub_walk in self._check_dir(fd, path, rel, walk):
-                    self._deep.append((f"{rel}/{name}", os.path.join(path, name), sub_walk))
-            finally:
+    def _visit_deep(self, top: int, top_rel: str) -> None:
+        """The directories queued below the directory `top` (at `top_rel`, MAX_DEPTH levels down), depth
+        first, without a chain of fds: each is opened (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS: no
+        link followed, never out of `top`) from the nearest of the anchors kept on the way down, an fd of
+        every ANCHOR_EVERY-th level (at most MAX_ANCHORS), so that an open resolves at most ANCHOR_EVERY
+        components and the walk is linear in the tree's size. (It used to open each from the root by its
+        whole path, charged to the node budget per component: a chain of ~1,000 one-letter directories, not
+        500,000 entries, used the budget up, and a git dir at its bottom went unscanned.) Past the anchors,
+        an open is charged to the budget per component beyond ANCHOR_EVERY. A path too long to open from
+        the farthest anchor is reported (ENAMETOOLONG)."""
+        anchors: list[tuple[str, int]] = [(top_rel, top)]  # deepest last; `top` is the caller's
+        try:
+            while self._deep:
+                rel, path, walk = self._deep.pop()
+                while len(anchors) > 1 and not rel.startswith(anchors[-1][0] + "/"):
+                    os.close(anchors.pop()[1])
+                base_rel, base = anchors[-1]
+                below = rel[len(base_rel) + 1 :]
+                steps = below.count("/") + 1
+                if steps > ANCHOR_EVERY:
+                    self.left -= steps - ANCHOR_EVERY
+                    if self.left < 0:
+                        raise _Budget
+                try:
+                    fd = _hostfs.open_beneath(base, below, _DIR_FLAGS)
+                except OSError as err:
+                    self._unopened(path, err)
+                    continue
+                keep = steps >= ANCHOR_EVERY and len(anchors) <= MAX_ANCHORS
+                try:
+                    for name, sub_walk in self._check_dir(fd, path, rel, walk):
+                        self._deep.append((f"{rel}/{name}", os.path.join(path, name), sub_walk))
+                finally:
+                    if keep:
+                        anchors.append((rel, fd))
+                    else:
+                        os.close(fd)
+        finally:
+            for _rel, fd in anchors[1:]:
                 os.close(fd)
 
     def _unopened(self, path: str, err: OSError) -> None:

@@ -21,6 +21,8 @@ import pytest
 
 from policies import profiles
 from supervisor import Supervisor, _gitscan
+from tests.kernel.test_attack_git import make_repo, payload, plant
+from tests.kernel.test_attack_git_hidden import FSMONITOR, SETUP, assert_held
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -97,3 +99,37 @@ async def test_a_tree_of_long_paths_does_not_grow_the_supervisors_memory_without
     for _ in range(2):
         r = await sup.run(["/bin/true"], policy=pol)
     assert any("src/pkg" in rel for cache in sup._listings._roots.values() for rel in cache)
+
+
+# --- class 3/6: a chain of directories that used up the post-run scan's budget
+
+
+@pytest.mark.parametrize("levels", [1100, 1900])
+async def test_a_deep_chain_does_not_exhaust_the_scan_before_a_hidden_git_dir(
+    sup: Supervisor, workspace: Path, levels: int
+) -> None:
+    # Directories below 64 levels were opened from the root by their whole path, each charged to the
+    # 500,000-entry budget per component: a chain of ~1,000 one-letter directories (~1,000 entries, not
+    # 500,000) used it up, the scan stopped ("not fully scanned"), and a git dir at the chain's bottom, the
+    # checkout `sub` pointed at by its `.git` file and registered as a gitlink, ran the sandbox's
+    # core.fsmonitor in the host user's `git status`.
+    make_repo(workspace)
+    try:
+        await _deep_chain_attack(sup, workspace, levels)
+    finally:  # shutil.rmtree (the fixture's) recurses per level: past Python's recursion limit here
+        await anyio.run_process(["rm", "-rf", "--", str(workspace / "a")], check=False)
+
+
+async def _deep_chain_attack(sup: Supervisor, workspace: Path, levels: int) -> None:
+    chain = "/".join(["a"] * levels)
+    gitdir = f"{chain}/ev"
+    r = await plant(
+        sup,
+        workspace,
+        f"mkdir -p {chain} && "
+        + SETUP.format(gitdir=gitdir)
+        + " && "
+        + FSMONITOR.format(payload=payload(workspace)),
+    )
+    assert not any("not fully scanned" in why for _, why in r.quarantined), r.quarantined
+    assert_held(workspace, workspace / gitdir / "config", r.quarantined)
