@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import fcntl
 import os
 import stat
 
@@ -122,32 +121,3 @@ def _open_read_only_copy(flags: int, fd: int | None = None) -> int | None:
         return new
     finally:
         os.close(tree)
-
-
-def protect_stdio(fds: tuple[int, ...] = (0, 1, 2)) -> None:
-    """For a root caller: each of `fds` open on a character device of the host other than a terminal
-    (/dev/null, as cron and CI start programs) is replaced by an equivalent open of the same device that
-    the command cannot chmod (through a detached read-only copy of its mount, same access mode and status
-    flags): a sandbox that is host uid 0 owns it, and could make /dev/null unusable for every non-root
-    program. Never raises: an fd that cannot be replaced stays."""
-    if os.geteuid() != 0:
-        return
-    for fd in fds:
-        try:
-            # A terminal stays the caller's open file: its state is TerminalGuard's to save and put back,
-            # and its mode StdioMetaGuard's (a change lasts the run).
-            if not stat.S_ISCHR(os.fstat(fd).st_mode) or os.isatty(fd):
-                continue
-            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        except OSError:
-            continue
-        keep = flags & (os.O_ACCMODE | os.O_NONBLOCK | os.O_APPEND)
-        new = _open_read_only_copy(keep, fd)
-        if new is None:
-            continue
-        try:
-            os.dup2(new, fd, inheritable=True)
-        except OSError:
-            pass
-        finally:
-            os.close(new)

@@ -50,6 +50,7 @@ from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._proxy import ChildProxy, ProxyConfig, host_interfaces, receive_listener
 from supervisor._rules import Approver
 from supervisor._spawnfds import DEVNULL, PIPE, SpawnFds, StdioArg
+from supervisor._stdio_files import StdioFiles, StdioShield
 from supervisor._types import ChildStats, Denial, Result, Rule, Violation
 from supervisor.forkserver import protocol
 from supervisor.forkserver.client import ForkServer, StatusReader
@@ -211,6 +212,8 @@ class Supervisor:
         self._forkserver: ForkServer | None = None
         self._trash: MemoryObjectSendStream[Leaf] | None = None
         self._devnull = -1
+        #: The files given as stdio, reopened out of the commands' reach (supervisor/_stdio_files.py).
+        self._shield: StdioShield | None = None
         self._prefork: Prefork | None = None
         #: Directory listings of the post-run git scans (supervisor/_gitscan.py), kept between runs.
         self._listings = _gitscan.Listings()
@@ -300,6 +303,7 @@ class Supervisor:
         # For a root caller through a read-only copy of its mount: a sandbox that is host uid 0 could
         # otherwise chmod the host's /dev/null through it (_devnull).
         self._devnull = open_devnull(os.O_RDWR)
+        self._shield = StdioShield(self._devnull)
         self._caps = KernelCaps.from_dict(fs.caps_dict)
         try:
             if self._use_cgroups:
@@ -382,6 +386,9 @@ class Supervisor:
                 self._oom.close()
                 self._oom = None
             self._observing.close()
+            if self._shield is not None:
+                self._shield.close()
+                self._shield = None
             if self._devnull >= 0:
                 os.close(self._devnull)
                 self._devnull = -1
@@ -673,7 +680,10 @@ class Supervisor:
         command = encode_command([os.fsencode(a) for a in cmd], environment, where)
         request: SpawnRequest = {"cwd": cwd, "policy_id": compiled.policy_id}
         proxied = policy.network.mode == "proxy"
-        with SpawnFds(self._devnull) as io:
+        shield = self._shield
+        if shield is not None and shield.wants_userns(_given_fds(stdin, stdout, stderr)):
+            await anyio.to_thread.run_sync(shield.make_userns)  # once per supervisor: a helper process
+        with SpawnFds(self._devnull, shield) as io:
             io.add_stdio(stdin, stdout, stderr, list(pass_fds))
             io.add_command(request, command)
             # A sandbox confined ahead of time for this policy and workdir takes just the command; else
@@ -690,28 +700,43 @@ class Supervisor:
                 sandbox = await self._from_fork_server(cmd, policy, compiled, request, io, proxied)
             child_stdin, child_stdout, child_stderr = io.streams()
             proxy_sock = io.take_proxy_channel()
-        child = self._make_child(sandbox, policy, compiled, name, (child_stdin, child_stdout, child_stderr))
+            stdio_files = io.take_stdio_files()
+        try:
+            streams = (child_stdin, child_stdout, child_stderr)
+            child = self._make_child(sandbox, policy, compiled, name, streams)
+        except BaseException:
+            if stdio_files is not None:
+                stdio_files.settle()
+            raise
+        if stdio_files is not None and stdio_files.missing:
+            child.missing = (*child.missing, *stdio_files.missing)
         child.requested_at = t0
         child.requested_ns = t0_ns
         child.rules = tuple(rules)
         child.decision = decision
         child._then = partial(self._prefork.refill, policy, compiled, cwd)
         self._children.add(child)
-        self._start_watchers(child, sandbox, policy, slot, proxy_sock)
+        self._start_watchers(child, sandbox, policy, slot, proxy_sock, stdio_files)
         return await self._until_running(child, sandbox, cmd, policy)
 
     def _start_watchers(
-        self, child: Child, sandbox: _Sandbox, policy: Policy, slot: _Slot, proxy_sock: socket.socket | None
+        self,
+        child: Child,
+        sandbox: _Sandbox,
+        policy: Policy,
+        slot: _Slot,
+        proxy_sock: socket.socket | None,
+        stdio_files: StdioFiles | None = None,
     ) -> None:
         """Start the child's tasks in the supervisor's task group: its network proxy (network mode "proxy",
         on `proxy_sock`, our end of its channel), its watcher (which reaps it and releases `slot`) and, when
-        the policy limits disk or /tmp, its disk watcher."""
+        the policy limits disk or /tmp, its disk watcher. `stdio_files` are settled when the child ends."""
         assert self._tg is not None
         if policy.network.mode == "proxy":
             child.proxy = ChildProxy(policy.network, self.proxy)
             child.proxy.on_denial = partial(self._note_denial, child)
             self._tg.start_soon(self._serve_proxy, child, sandbox.listener, proxy_sock)
-        self._tg.start_soon(self._watch, child, slot)
+        self._tg.start_soon(self._watch, child, slot, stdio_files)
         r = policy.resources
         if r.disk is not None or r.tmp_size is not None:
             self._tg.start_soon(self._watch_disk, child)
@@ -870,9 +895,10 @@ class Supervisor:
             return
         _remove_leaf_batch([leaf])  # the supervisor is closing: CgroupManager.close removes what remains
 
-    async def _watch(self, child: Child, slot: _Slot) -> None:
+    async def _watch(self, child: Child, slot: _Slot, stdio_files: StdioFiles | None = None) -> None:
         """Reap `child`, enforcing its wall-clock timeout. On cancellation (the supervisor is closing),
-        kill it first; always reap; then take the final cgroup sample and remove the cgroup."""
+        kill it first; always reap; then take the final cgroup sample and remove the cgroup. The files
+        given as stdio get their offsets and metadata back once it is reaped (`stdio_files`)."""
         timeout = child.policy.resources.timeout if child.policy is not None else None
         try:
             # The wall clock runs from the request for the sandbox, setup included, not from the exec
@@ -896,9 +922,13 @@ class Supervisor:
                 child.kill()
                 if child.running:
                     await child._reap()
+                if stdio_files is not None:
+                    stdio_files.settle()
                 await self._finish(child, slot)
             raise
         with anyio.CancelScope(shield=True):
+            if stdio_files is not None:
+                stdio_files.settle()  # before wait() wakes: the caller finds its files as they were
             await self._finish(child, slot)
 
     def _ended_late(self, child: Child, timeout: float) -> None:
@@ -1352,6 +1382,21 @@ def _remove_leaf_batch(leaves: list[Leaf]) -> None:
             leaf.release()
         except Exception as err:
             log.warning("could not remove cgroup leaf %s: %s", leaf.paths, err)
+
+
+def _given_fds(*args: StdioArg) -> list[int]:
+    """The fds of the stdio arguments that are the caller's (or, None, the supervisor's own 0/1/2)."""
+    out = []
+    for index, arg in enumerate(args):
+        if arg is None:
+            out.append(index)
+        elif isinstance(arg, int):
+            if arg >= 0:
+                out.append(arg)
+        else:
+            with contextlib.suppress(ValueError, OSError):
+                out.append(arg.fileno())
+    return out
 
 
 def _setup_error(

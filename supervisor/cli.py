@@ -31,11 +31,9 @@ from anyio.abc import ByteReceiveStream
 from policies import CommandRules, CorralError, Policy, PolicyError, load_policy, load_rules, profiles
 from policies._seccomp import load_seccomp_profile
 from supervisor._child import Child
-from supervisor._devnull import protect_stdio
 from supervisor._errors import SandboxSetupError, SpawnError, printable
 from supervisor._rules import CommandForbiddenError
 from supervisor._spawnfds import PIPE
-from supervisor._stdio_meta import StdioMetaGuard
 from supervisor._supervisor import Supervisor
 from supervisor._terminal import PtyRelay, TerminalGuard
 from supervisor._types import Result
@@ -181,18 +179,16 @@ def run(
     # ends with an exit status corral chose (a bad policy: 125, a command not found: 127, forbidden by the
     # rules: 126) is recorded in it too, its `error` saying why (README, "The CLI").
     out = _JsonOut.open(json_file) if json_file is not None else None
-    # A /dev/null given as stdio (cron, CI) is swapped for one the command cannot chmod (_devnull).
-    protect_stdio()
     started = time.monotonic()
     try:
         try:
             policy = _build_policy(profile, policy_file, opts)
             rules = _load_rules(rules_files, policy.workdir)
             # The caller's terminal is put back as it was however the run ends (the command shares it, or
-            # --tty puts it in raw mode).
-            # The metadata of the files given as stdio is put back too (_stdio_meta: the command, as their
-            # owner, may chmod them wherever they lie).
-            with TerminalGuard(), StdioMetaGuard():
+            # --tty puts it in raw mode). The files given as stdio (corral's own 0/1/2, the command's too)
+            # are reopened out of the command's reach for metadata, or their mode put back when it ends
+            # (the Supervisor's StdioShield: supervisor/_stdio_files.py).
+            with TerminalGuard():
                 code = anyio.run(_run, list(command), policy, out, metrics, not no_cgroup, use_tty, rules)
         except Exception as err:  # (every failure: main() maps each to its exit status)
             if out is not None and not out.written:

@@ -1,0 +1,480 @@
+"""Files the caller hands a command as its stdio, kept out of the command's reach for metadata.
+
+A shell redirection (`corral run -- cmd < secret.pem > ~/log.txt`) or `stdin=fd` in the API gives the command
+open files of the host's mounts, not of its read-only view, wherever they lie. As their owner (the sandbox's
+uid: the caller, or root in a root-owned workdir) the command could `fchmod` them (a 0600 secret made 0644),
+`fchown`, `futimens` and `fsetxattr` them, through the fd, a dup of it, or /proc/self/fd/N. No sandbox layer
+can refuse that on the fd the caller gave without refusing the reads and writes asked for (seccomp cannot
+tell a dup of fd 0 from any fd; Landlock has no right for metadata).
+
+So the command gets another open file of the same file, through a mount it does not own
+(docs/security.md, "Files given as stdio"). For a root supervisor (it may make mounts):
+  - a regular file opened read-only: reopened through a detached, read-only clone of its mount
+    (`open_tree(OPEN_TREE_CLONE)` of the file itself, `mount_setattr(MOUNT_ATTR_RDONLY)`): reads work,
+    chmod, chown, utimes and xattr changes get EROFS;
+  - a regular file opened for writing: reopened through a detached clone whose ids are mapped away
+    (MOUNT_ATTR_IDMAP with a user namespace mapping host ids 0..2^31-2 onto 2^31..2^32-2, ids no account
+    has): the write access was granted when the file was opened and stays, while through that mount the
+    file belongs to an id the sandbox is not, so chmod, chown and explicit times get EPERM, and xattr
+    changes and `touch` get EACCES (the sandbox's uid and groups are none of those ids: "other" bits);
+  - /dev/null: the supervisor's own, opened through a read-only copy (supervisor/_devnull.py); another
+    character device that is not a terminal: a read-only copy of its mount too (I/O to a device node works
+    through a read-only mount).
+The new open file has the original's access mode and status flags (O_APPEND, O_NONBLOCK, O_DIRECT,
+O_NOATIME, O_SYNC, O_DSYNC) and its offset; when the child ends, the original's offset is set to where the
+command left the new one's, so `{ corral run -- head -n1; cat; } < input` and `{ corral run -- echo a;
+echo b; } > log` behave as with the original file. Two slots of one open file description (`2>&1`) get one
+new open file, so they keep sharing an offset.
+
+What cannot be protected that way is put back instead, when the child ends: the mode (never a set-id bit,
+which a write by the command cleared) and the `user.*` extended attributes, as they were at the spawn. That
+is every file of an ordinary caller (it cannot make an id-mapped mount of a host filesystem), a file of a
+filesystem without id-mapped mounts (overlayfs, NFS, FUSE) opened for writing, a directory (a read-only or
+id-mapped mount would also refuse the files the command creates in it), and a terminal (a second open of
+a terminal changes its sessions' state). Each such file but a terminal is named in the child's `missing`
+(layer `stdio_metadata`); a root supervisor also logs a warning, once per reason.
+
+Pipes and sockets are left alone: they have no metadata anyone else reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import platform
+import stat
+import subprocess
+import sys
+import threading
+
+from supervisor._devnull import NULL_RDEV, _open_read_only_copy
+
+log = logging.getLogger("corral")
+
+#: The layer name of an unprotected stdio file in a child's `missing`.
+LAYER = "stdio_metadata"
+
+# The generic syscall numbers (the same on x86_64 and aarch64).
+_SYS_OPEN_TREE = 428
+_SYS_MOUNT_SETATTR = 442
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
+_KCMP_FILE = 0
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_MOUNT_ATTR_NODEV = 0x4
+_MOUNT_ATTR_IDMAP = 0x100000
+_CLONE_NEWUSER = 0x10000000
+
+#: The id map of the id-mapped clones: host ids 0..2^31-2 seen as 2^31..2^32-2. No account has such an id
+#: (systemd reserves the upper half; nothing may use 2^32-1), so no sandbox is the owner or in the group of a
+#: file through that mount, and root's own CAP_DAC_OVERRIDE still applies to it (the ids are valid).
+ID_SHIFT = 1 << 31
+_ID_MAP = f"0 {ID_SHIFT} {ID_SHIFT - 1}\n".encode()
+
+#: The status flags a new open file keeps from the caller's.
+_KEEP_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME | os.O_SYNC | os.O_DSYNC
+
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+class _Libc:
+    """libc's `syscall`, loaded once (None where it cannot be)."""
+
+    fn: ctypes._NamedFuncPointer | None = None
+    loaded = False
+
+    @classmethod
+    def get(cls) -> ctypes._NamedFuncPointer | None:
+        if not cls.loaded:
+            cls.loaded = True
+            try:
+                fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syscall
+            except (OSError, AttributeError):
+                return None
+            fn.restype = ctypes.c_long
+            cls.fn = fn
+        return cls.fn
+
+
+class StdioShield:
+    """A supervisor's means of protecting the files given as stdio: its /dev/null (`devnull`, already a
+    read-only copy for root: supervisor/_devnull.py) and, made once on first need, the user namespace of
+    the id-mapped clones. `protect` makes one spawn's StdioFiles."""
+
+    def __init__(self, devnull: int) -> None:
+        self.devnull = devnull
+        self.root = os.geteuid() == 0
+        self._userns = -1
+        self._userns_tried = False
+        self._userns_why = ""
+        self._lock = threading.Lock()
+        self._said: set[str] = set()
+
+    def close(self) -> None:
+        """Close the user namespace fd (the clones already made keep their mounts)."""
+        if self._userns >= 0:
+            os.close(self._userns)
+            self._userns = -1
+
+    def wants_userns(self, fds: list[int]) -> bool:
+        """Whether one of `fds` is a regular file opened for writing that a root supervisor will reopen
+        through an id-mapped clone, and the user namespace for it is not made yet (make_userns, blocking:
+        run it in a worker thread). Never raises."""
+        if not self.root or self._userns_tried:
+            return False
+        for fd in fds:
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE:
+                    return True
+            except OSError:
+                continue
+        return False
+
+    def make_userns(self) -> None:
+        """Make the user namespace of the id-mapped clones, once (blocking, ~15 ms: a helper process
+        unshares one and the supervisor writes its id maps; the supervisor itself is multi-threaded and
+        cannot unshare a user namespace). On failure, the reason is kept and files opened for writing get
+        the put-back instead. Never raises."""
+        with self._lock:
+            if self._userns_tried:
+                return
+            try:
+                self._userns = _new_userns()
+            except (OSError, subprocess.SubprocessError, ValueError) as err:
+                self._userns_why = f"no user namespace for id-mapped mounts ({err})"
+            self._userns_tried = True
+
+    def protect(self, slots: list[int]) -> StdioFiles:
+        """The StdioFiles of one spawn whose stdio slots are `slots` (the caller's fds; -1 for a slot
+        corral fills itself: a pipe, its /dev/null). Never raises: a file that cannot be reopened is
+        recorded for the put-back."""
+        files = StdioFiles()
+        for index, fd in enumerate(slots):
+            if fd >= 0:
+                files.fds.append(self._one(files, index, fd))
+            else:
+                files.fds.append(fd)
+        return files
+
+    def _one(self, files: StdioFiles, index: int, fd: int) -> int:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return fd  # the spawn's own send reports a bad fd
+        kind = stat.S_IFMT(st.st_mode)
+        if kind in (stat.S_IFIFO, stat.S_IFSOCK):
+            return fd
+        for same, new in files.reopened:  # one open file description in two slots (2>&1)
+            if _same_file(fd, same):
+                return new
+        if kind == stat.S_IFCHR:
+            return self._char(files, index, fd, st)
+        if kind == stat.S_IFREG and self.root:
+            why = self._reopen(files, fd, st)
+            if why is None:
+                return files.reopened[-1][1]
+        elif kind == stat.S_IFREG:
+            why = "an ordinary caller cannot make id-mapped or detached mounts"
+        else:
+            why = (
+                "a directory stays the caller's open file (a read-only or id-mapped mount would refuse "
+                "what the command creates in it)"
+            )
+        if files.put_back(fd):
+            self._record(files, index, st, why)
+        return fd
+
+    def _char(self, files: StdioFiles, index: int, fd: int, st: os.stat_result) -> int:
+        """A character device: a terminal stays (its mode put back at the end); for root, /dev/null is the
+        supervisor's read-only copy and another device a read-only copy of its own; an ordinary caller's
+        sandbox owns neither /dev/null nor the devices it may open (put back all the same)."""
+        try:
+            tty = os.isatty(fd)
+        except OSError:
+            tty = False
+        if not tty and self.root:
+            if st.st_rdev == NULL_RDEV and self.devnull >= 0:
+                return self.devnull
+            with contextlib.suppress(OSError):
+                new = _open_read_only_copy(fcntl.fcntl(fd, fcntl.F_GETFL) & _KEEP_FLAGS, fd)
+                if new is not None:
+                    files.reopened.append((fd, new))
+                    files.owned.append(new)
+                    return new
+            if files.put_back(fd):
+                self._record(files, index, st, "no read-only copy of its mount could be made")
+            return fd
+        files.put_back(fd)
+        return fd
+
+    def _reopen(self, files: StdioFiles, fd: int, st: os.stat_result) -> str | None:
+        """Reopen regular file `fd` through a clone of its mount: read-only for a file opened read-only,
+        id-mapped for one opened for writing. None when done (the pair appended to files.reopened), else
+        why not."""
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError as err:
+            return f"fcntl: {err.strerror}"
+        if flags & os.O_PATH:
+            return "an O_PATH fd"
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        if writing:
+            if not self._userns_tried:
+                self.make_userns()  # (the spawn path makes it in a worker thread first: wants_userns)
+            if self._userns < 0:
+                return self._userns_why
+            attrs, userns = _MOUNT_ATTR_IDMAP | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, self._userns
+        else:
+            attrs, userns = _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, 0
+        try:
+            new = _clone_open(fd, attrs, userns, flags & _KEEP_FLAGS)
+        except OSError as err:
+            if writing and err.errno == errno.EINVAL and str(err.strerror).startswith("mount_setattr"):
+                return f"its filesystem (magic {_fs_type(fd)}) has no id-mapped mounts"
+            return str(err.strerror)
+        try:
+            got = os.fstat(new)
+            if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+                msg = "the reopened file is another"
+                raise OSError(0, msg)
+            keep = os.dup(fd)  # the caller's open file, for its offset: the number itself may be closed
+        except OSError as err:
+            os.close(new)
+            return str(err.strerror or err)
+        try:
+            pos = os.lseek(fd, 0, os.SEEK_CUR)
+            os.lseek(new, pos, os.SEEK_SET)
+        except OSError:
+            pass  # not seekable: nothing to carry
+        files.reopened.append((fd, new))
+        files.owned.append(new)
+        files.offsets.append((keep, new))
+        return None
+
+    def _record(self, files: StdioFiles, index: int, st: os.stat_result, why: str) -> None:
+        """Name an unprotected slot in the child's `missing`; a root supervisor also warns, once per
+        reason."""
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "a file"
+        files.missing.append(
+            (
+                LAYER,
+                f"fd {index} ({what}, uid {st.st_uid}): {why}; the command may change its mode, times and "
+                "user.* attributes while it runs (the mode and attributes are put back when it ends)",
+            )
+        )
+        if self.root and why not in self._said:
+            self._said.add(why)
+            log.warning(
+                "a %s given as stdio is not protected from the command's metadata changes: %s (its mode "
+                "and user.* attributes are put back when the command ends)",
+                what.split()[-1],
+                why,
+            )
+
+
+class StdioFiles:
+    """One spawn's stdio files: `fds`, what the command gets in each slot; the new open files (`owned`,
+    closed by `settle`); the caller's open files whose offset follows the new ones' (`offsets`: our dup,
+    the new fd); the files whose metadata is put back (`saved`); and the unprotected slots for the child's
+    `missing`."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.reopened: list[tuple[int, int]] = []  # (the caller's fd, the new one)
+        self.owned: list[int] = []
+        self.offsets: list[tuple[int, int]] = []
+        self.saved: list[tuple[int, int, dict[str, bytes]]] = []  # (our dup, mode, user.* attributes)
+        self.missing: list[tuple[str, str]] = []
+
+    def put_back(self, fd: int) -> bool:
+        """Record `fd`'s mode and user.* attributes, to be put back by `settle`: False when that file is
+        recorded already (or cannot be). Never raises."""
+        try:
+            if any(os.path.sameopenfile(fd, dup) for dup, _m, _a in self.saved):
+                return False
+            dup = os.dup(fd)
+        except OSError:
+            return False
+        try:
+            mode = os.fstat(dup).st_mode
+        except OSError:
+            os.close(dup)
+            return False
+        self.saved.append((dup, mode, _user_xattrs(dup)))
+        return True
+
+    def settle(self) -> None:
+        """When the child has ended (or never started): carry each new open file's offset back to the
+        caller's, put back the metadata recorded, and close every fd this object holds. Idempotent;
+        never raises; no path is resolved (fd calls only)."""
+        offsets, self.offsets = self.offsets, []
+        for keep, new in offsets:
+            with contextlib.suppress(OSError):
+                os.lseek(keep, os.lseek(new, 0, os.SEEK_CUR), os.SEEK_SET)
+            os.close(keep)
+        owned, self.owned = self.owned, []
+        for fd in owned:
+            os.close(fd)
+        saved, self.saved = self.saved, []
+        for dup, mode, attrs in saved:
+            try:
+                _restore(dup, mode, attrs)
+            finally:
+                os.close(dup)
+
+
+def _restore(fd: int, mode: int, attrs: dict[str, bytes]) -> None:
+    """Put back `fd`'s mode (never a set-id bit: the kernel cleared it when the command wrote to the file,
+    and putting it back would make the command's content set-id) and its user.* attributes. Never raises."""
+    try:
+        current = stat.S_IMODE(os.fstat(fd).st_mode)
+    except OSError:
+        return
+    want = (stat.S_IMODE(mode) & ~_SETID) | (current & _SETID)
+    if want != current:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, want)
+    now = _user_xattrs(fd)
+    for name in now.keys() - attrs.keys():
+        with contextlib.suppress(OSError):
+            os.removexattr(fd, name)
+    for name, value in attrs.items():
+        if now.get(name) != value:
+            with contextlib.suppress(OSError):
+                os.setxattr(fd, name, value)
+
+
+def _user_xattrs(fd: int) -> dict[str, bytes]:
+    """The `user.*` extended attributes of open file `fd` (empty where the filesystem has none)."""
+    out: dict[str, bytes] = {}
+    try:
+        names = os.listxattr(fd)
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith("user."):
+            with contextlib.suppress(OSError):
+                out[name] = os.getxattr(fd, name)
+    return out
+
+
+def _same_file(a: int, b: int) -> bool:
+    """Whether fds `a` and `b` are one open file description (kcmp; where kcmp is missing, the same file
+    with the same status flags)."""
+    fn = _Libc.get()
+    if fn is not None and _SYS_KCMP is not None:
+        pid = os.getpid()
+        got = int(fn(ctypes.c_long(_SYS_KCMP), pid, pid, _KCMP_FILE, ctypes.c_ulong(a), ctypes.c_ulong(b)))
+        if got >= 0:
+            return got == 0
+    try:
+        return os.path.sameopenfile(a, b) and fcntl.fcntl(a, fcntl.F_GETFL) == fcntl.fcntl(b, fcntl.F_GETFL)
+    except OSError:
+        return False
+
+
+def _clone_open(fd: int, attrs: int, userns: int, flags: int) -> int:
+    """The file `fd` is open on, opened again with `flags` (plus O_CLOEXEC, O_NOCTTY) through a detached
+    clone of its mount given `attrs` (and `userns` for MOUNT_ATTR_IDMAP). Raises OSError (errno 0 with a
+    reason when libc cannot be loaded)."""
+    fn = _Libc.get()
+    if fn is None:
+        raise OSError(0, "libc's syscall() cannot be loaded")
+    tree = fn(
+        ctypes.c_long(_SYS_OPEN_TREE),
+        ctypes.c_int(fd),
+        ctypes.c_char_p(b""),
+        ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH),
+    )
+    if tree < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree: {os.strerror(err)}")
+    try:
+        attr = _MountAttr(attrs, 0, 0, userns if userns >= 0 else 0)
+        done = fn(
+            ctypes.c_long(_SYS_MOUNT_SETATTR),
+            ctypes.c_int(tree),
+            ctypes.c_char_p(b""),
+            ctypes.c_uint(_AT_EMPTY_PATH),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+        if done < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mount_setattr: {os.strerror(err)}")
+        # Opened through the O_PATH fd of the clone: the new file keeps the clone's mount alive after the
+        # tree fd is closed. Never O_CREAT, O_TRUNC or O_EXCL: the caller's open did those already.
+        return os.open(f"/proc/self/fd/{tree}", flags | os.O_CLOEXEC | os.O_NOCTTY)
+    finally:
+        os.close(tree)
+
+
+def _fs_type(fd: int) -> str:
+    """The filesystem type of open file `fd` as a hex magic number (statfs), or "?"."""
+    buf = ctypes.create_string_buffer(128)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        if libc.fstatfs(fd, buf) != 0:
+            return "?"
+    except (OSError, AttributeError):
+        return "?"
+    return hex(int.from_bytes(buf.raw[:8], sys.byteorder))
+
+
+_HELPER = (
+    "import ctypes, os\n"
+    "r = ctypes.CDLL(None, use_errno=True).unshare(0x10000000)\n"
+    "os.write(1, b'1' if r == 0 else b'0')\n"
+    "os.read(0, 1)\n"
+)
+
+
+def _new_userns() -> int:
+    """A user namespace whose id maps are _ID_MAP (both), as an O_RDONLY fd: a helper process unshares it
+    and waits while the supervisor writes the maps and opens it, then exits. Raises OSError,
+    subprocess.SubprocessError, ValueError."""
+    helper = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _HELPER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+    )
+    try:
+        assert helper.stdout is not None
+        if helper.stdout.read(1) != b"1":
+            msg = "the helper could not unshare a user namespace"
+            raise ValueError(msg)
+        for name in ("uid_map", "gid_map"):
+            fd = os.open(f"/proc/{helper.pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, _ID_MAP)
+            finally:
+                os.close(fd)
+        return os.open(f"/proc/{helper.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        if helper.stdin is not None:
+            helper.stdin.close()
+        if helper.stdout is not None:
+            helper.stdout.close()
+        try:
+            helper.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            helper.kill()
+            helper.wait()
