@@ -14,6 +14,7 @@ labels come from fixed sets (`LAYERS`, `OPERATIONS`), so the metric built on the
 
 from __future__ import annotations
 
+import re
 import signal as _signal
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -293,6 +294,8 @@ _OBSERVED_CALLS = {
     262: "newfstatat", 332: "statx", 269: "faccessat", 439: "faccessat2", 267: "readlinkat",
 }  # fmt: skip
 _EROFS, _EMFILE, _ENOENT, _EACCES = 30, 24, 2, 13
+#: An open file's magic link: the path a write to an fd's own metadata is reported under.
+_FD_LINK = re.compile(r"/proc/(?:self|thread-self|[0-9]+)(?:/task/[0-9]+)?/fd/[0-9]+")
 
 
 def _under(path: str, roots: tuple[str, ...] | list[str]) -> str | None:
@@ -321,6 +324,13 @@ def _mounts_hint(path: str, policy: Policy | None) -> str:
         return f"a protected path ({name}, filesystem.protected): read-only inside the writable roots"
     if policy is not None and _under(path, policy.filesystem.deny):
         return "a denied path (filesystem.deny / --deny): hidden, read-only"
+    if not path or _FD_LINK.match(path):
+        # An open file's own metadata (fchmod, futimens, a /proc/self/fd/N link): a file of the read-only
+        # view, or one the caller gave as stdio, reopened through a read-only mount (_stdio_files.py).
+        return (
+            "an open file of a read-only mount (the sandbox's view, or a file given as stdio, whose "
+            "metadata stays the caller's)"
+        )
     if not path.startswith("/"):
         return "outside the writable roots (read-only mount view); --allow-write DIR allows a directory"
     parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
