@@ -335,3 +335,26 @@ def test_an_ordinary_callers_stdio_files_are_put_back_and_named(workspace: Path)
         assert log.read_text() == "written to 1\n"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@ROOT_ONLY
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP: files passed with pass_fds are handed over as they are: their owner (the sandbox) may "
+    "fchmod them (docs/security.md, Known gaps)",
+)
+async def test_a_file_passed_with_pass_fds_keeps_its_mode(
+    sup: Supervisor, workspace: Path, files: Path
+) -> None:
+    secret = files / "secret"
+    fd = os.open(secret, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        r = await sup.run(
+            ["/usr/bin/python3", "-I", "-S", "-c", "import os; os.fchmod(3, 0o644)"],
+            policy=profiles.workspace_write(workspace, timeout=30),
+            pass_fds=[fd],
+        )
+    finally:
+        os.close(fd)
+    assert r.exit_code in (0, 1), r.stderr
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
