@@ -50,7 +50,7 @@ def open_devnull(flags: int = os.O_RDWR) -> int:
     attributes (EROFS); where that cannot be made (no CAP_SYS_ADMIN, a kernel before 5.12), a plain open.
     Raises OSError when /dev/null itself cannot be opened."""
     if os.geteuid() == 0:
-        fd = _open_read_only_copy(flags)
+        fd = open_read_only_copy(flags)
         if fd is not None:
             return fd
     return os.open(os.devnull, flags | os.O_CLOEXEC)
@@ -65,7 +65,7 @@ def is_devnull(fd: int) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_RDEV
 
 
-def _open_read_only_copy(flags: int, fd: int | None = None) -> int | None:
+def open_read_only_copy(flags: int, fd: int | None = None) -> int | None:
     """/dev/null (or, given `fd`, the character device it is open on) opened with `flags` through a detached
     read-only copy of its mount; None when that cannot be made or the open does not give the same device."""
     try:

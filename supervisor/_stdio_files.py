@@ -51,8 +51,10 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
-from supervisor._devnull import NULL_RDEV, _open_read_only_copy
+from supervisor._devnull import NULL_RDEV, open_read_only_copy
 
 log = logging.getLogger("corral")
 
@@ -96,11 +98,11 @@ class _MountAttr(ctypes.Structure):
 class _Libc:
     """libc's `syscall`, loaded once (None where it cannot be)."""
 
-    fn: ctypes._NamedFuncPointer | None = None
+    fn: Callable[..., Any] | None = None
     loaded = False
 
     @classmethod
-    def get(cls) -> ctypes._NamedFuncPointer | None:
+    def get(cls) -> Callable[..., Any] | None:
         if not cls.loaded:
             cls.loaded = True
             try:
@@ -212,7 +214,7 @@ class StdioShield:
             if st.st_rdev == NULL_RDEV and self.devnull >= 0:
                 return self.devnull
             with contextlib.suppress(OSError):
-                new = _open_read_only_copy(fcntl.fcntl(fd, fcntl.F_GETFL) & _KEEP_FLAGS, fd)
+                new = open_read_only_copy(fcntl.fcntl(fd, fcntl.F_GETFL) & _KEEP_FLAGS, fd)
                 if new is not None:
                     files.reopened.append((fd, new))
                     files.owned.append(new)
