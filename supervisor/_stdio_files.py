@@ -134,11 +134,16 @@ class StdioShield:
             os.close(self._userns)
             self._userns = -1
 
+    @property
+    def userns_pending(self) -> bool:
+        """Whether a root supervisor has not tried to make the id-mapped clones' user namespace yet."""
+        return self.root and not self._userns_tried
+
     def wants_userns(self, fds: list[int]) -> bool:
         """Whether one of `fds` is a regular file opened for writing that a root supervisor will reopen
         through an id-mapped clone, and the user namespace for it is not made yet (make_userns, blocking:
         run it in a worker thread). Never raises."""
-        if not self.root or self._userns_tried:
+        if not self.userns_pending:
             return False
         for fd in fds:
             try:

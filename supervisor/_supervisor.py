@@ -681,7 +681,11 @@ class Supervisor:
         request: SpawnRequest = {"cwd": cwd, "policy_id": compiled.policy_id}
         proxied = policy.network.mode == "proxy"
         shield = self._shield
-        if shield is not None and shield.wants_userns(_given_fds(stdin, stdout, stderr)):
+        if (
+            shield is not None
+            and shield.userns_pending
+            and shield.wants_userns(_given_fds(stdin, stdout, stderr))
+        ):
             await anyio.to_thread.run_sync(shield.make_userns)  # once per supervisor: a helper process
         with SpawnFds(self._devnull, shield) as io:
             io.add_stdio(stdin, stdout, stderr, list(pass_fds))
