@@ -9,7 +9,8 @@ ATTACKS := tests/kernel/test_attack_filesystem.py tests/kernel/test_attack_leaks
            tests/kernel/test_attack_syscalls.py tests/kernel/test_workloads.py \
            tests/kernel/test_attack_paths.py tests/kernel/test_attack_hidden.py \
            tests/kernel/test_identity.py tests/kernel/test_attack_setid_rewrite.py \
-           tests/kernel/test_attack_variants.py tests/kernel/test_attack_more.py
+           tests/kernel/test_attack_variants.py tests/kernel/test_attack_more.py \
+           tests/kernel/test_attack_stdio.py
 # The API and engine suites that run a second time on trio (anyio's other backend): the Supervisor API, the
 # spawn path, faults (fork-server deaths, fd exhaustion), pre-forked sandboxes, events, limits and OOM
 # notification, scale, chaos, the git scan, the exporter, the cluster client on a real two-node Ray cluster (about
