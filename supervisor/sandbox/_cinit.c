@@ -2264,32 +2264,48 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     return Py_BuildValue("(iiO)", pid, l.err, Py_None);
 }
 
-/* identities(paths) -> bytes: for each path (str or bytes), lstat's (st_dev, st_ino, st_mode with bit 33 for
- * a regular file of several links, st_uid/st_gid), or its errno.
- * What mounts.fingerprint compares, done here because a fingerprint lstats ~30 paths several times per
- * spawn. */
+/* identities(paths, known=None) -> bytes: for each path (str or bytes), lstat's (st_dev, st_ino, st_mode with
+ * bit 33 for a regular file of several links, st_uid/st_gid), or its errno. What mounts.fingerprint compares,
+ * done here because a fingerprint lstats ~50 paths several times per spawn. `known` (bytes, one per path):
+ * where nonzero, the path is known to be missing (supervisor/sandbox/_absent.py: the directory that would
+ * hold it is as it was when it was found missing), and its record is ENOENT's without an lstat. The GIL is
+ * released around the lstats (the supervisor takes fingerprints in worker threads beside its event loop). */
 static PyObject *py_identities(PyObject *self, PyObject *args) {
-    PyObject *paths;
+    PyObject *paths, *known = Py_None;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &paths)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!|O", &PyList_Type, &paths, &known)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(paths);
+    if (known != Py_None && (!PyBytes_Check(known) || PyBytes_GET_SIZE(known) != n)) {
+        PyErr_SetString(PyExc_TypeError, "identities() takes known as bytes, one per path, or None");
+        return NULL;
+    }
+    const char *skip = known == Py_None ? NULL : PyBytes_AS_STRING(known);
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * 32);
-    if (!out) return NULL;
-    char *buf = PyBytes_AS_STRING(out);
+    PyObject **encoded = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    if (!out || !encoded) {
+        Py_XDECREF(out);
+        PyMem_Free(encoded);
+        return PyErr_NoMemory();
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(paths, i), *encoded = NULL;
-        if (!PyBytes_Check(item)) {
-            if (!PyUnicode_Check(item) || !PyUnicode_FSConverter(item, &encoded)) {
-                Py_DECREF(out);
-                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "identities() takes a list of paths");
-                return NULL;
-            }
-            item = encoded;
+        PyObject *item = PyList_GET_ITEM(paths, i);
+        if (PyBytes_Check(item)) {
+            Py_INCREF(item);
+            encoded[i] = item;
+        } else if (!PyUnicode_Check(item) || !PyUnicode_FSConverter(item, &encoded[i])) {
+            for (Py_ssize_t j = 0; j < i; j++) Py_XDECREF(encoded[j]);
+            PyMem_Free(encoded);
+            Py_DECREF(out);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "identities() takes a list of paths");
+            return NULL;
         }
+    }
+    char *buf = PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t rec[4] = {0, 0, 0, 0};
         struct stat st;
-        int err = lstat(PyBytes_AS_STRING(item), &st) == 0 ? 0 : errno;
-        Py_XDECREF(encoded);
+        int err = skip && skip[i] ? ENOENT : lstat(PyBytes_AS_STRING(encoded[i]), &st) == 0 ? 0 : errno;
         if (!err) {
             rec[0] = (uint64_t)st.st_dev;
             rec[1] = (uint64_t)st.st_ino;
@@ -2305,6 +2321,9 @@ static PyObject *py_identities(PyObject *self, PyObject *args) {
         }
         memcpy(buf + i * 32, rec, 32);
     }
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(encoded[i]);
+    PyMem_Free(encoded);
     return out;
 }
 
@@ -2346,8 +2365,8 @@ static PyMethodDef methods[] = {
      "netns_unused(sockstat_fd, flowlabel_fd, dev_fd) -> bool: as new: no socket, TIME-WAIT, flow label, "
      "packet or counter in it."},
     {"identities", py_identities, METH_VARARGS,
-     "identities(paths: list[str | bytes]) -> bytes: lstat's dev, ino, mode (or errno) and uid/gid of each, "
-     "32 bytes each."},
+     "identities(paths: list[str | bytes], known: bytes | None = None) -> bytes: lstat's dev, ino, mode (or "
+     "errno) and uid/gid of each, 32 bytes each; ENOENT's record, without an lstat, where known[i] is not 0."},
     {NULL, NULL, 0, NULL},
 };
 

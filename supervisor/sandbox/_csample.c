@@ -11,6 +11,8 @@
  *
  * stat_at: the identities a pre-forked sandbox's Recheck compares (forkserver/_recheck.py), on the event
  * loop: each a single-name, no-follow fstatat relative to a held directory fd (or an lstat of a host path).
+ *
+ * fs_type: a file system's type (_absent.py: where a directory's ctime can be trusted).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 /* The slots of read_leaf's fds and of its result, in cgroups/_stats.py's order. */
@@ -422,6 +425,18 @@ static PyObject *stat_at(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* fs_type(fd) -> int: the file system type (statfs's f_type, a magic number) of the file behind `fd` (an
+ * O_PATH fd will do): supervisor/sandbox/_absent.py trusts a directory's ctime only on file systems that keep
+ * it themselves. Raises OSError. */
+static PyObject *fs_type(PyObject *self, PyObject *args) {
+    int fd;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "i", &fd)) return NULL;
+    struct statfs sf;
+    if (fstatfs(fd, &sf) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromUnsignedLongLong((unsigned long long)(unsigned long)sf.f_type);
+}
+
 static PyMethodDef methods[] = {
     {"read_leaf", read_leaf, METH_VARARGS,
      "read_leaf(fds, cpu_v2, /) -> tuple\n\n"
@@ -434,6 +449,8 @@ static PyMethodDef methods[] = {
      "fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT) for each pair (an lstat for AT_FDCWD and an\n"
      "absolute name); 40 bytes each: dev, ino, mode, uid << 32 | gid, ctime in ns (0 for AT_FDCWD); on failure\n"
      "mode 1 << 40 | errno and the rest 0. The GIL is released once. Never follows a symlink."},
+    {"fs_type", fs_type, METH_VARARGS,
+     "fs_type(fd, /) -> int\n\nThe file system's type (fstatfs f_type) of the file behind fd. Raises OSError."},
     {NULL, NULL, 0, NULL},
 };
 

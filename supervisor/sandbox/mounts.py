@@ -38,7 +38,7 @@ import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
-from supervisor.sandbox import _cinit, _gitconfig, _hostfs, _sys
+from supervisor.sandbox import _absent, _cinit, _gitconfig, _hostfs, _sys
 
 if TYPE_CHECKING:
     from policies import Policy
@@ -202,6 +202,13 @@ def _under_hidden(path: str) -> bool:
 
 
 def fingerprint(prepared: Prepared | None, workdir: str) -> tuple[object, ...]:
+    """`fingerprint_groups(prepared, workdir)`'s fingerprint."""
+    return fingerprint_groups(prepared, workdir)[0]
+
+
+def fingerprint_groups(
+    prepared: Prepared | None, workdir: str
+) -> tuple[tuple[object, ...], tuple[_absent.Group, ...]]:
     """Everything the view built by `emit_base` + `emit_paths` depends on, as seen from the host now: the
     identity (device, inode, type and owner, from lstat) or the lstat errno of the workdir, the host paths
     the base view tests, every writable and readable root, every protected path and its top directory under
@@ -209,13 +216,17 @@ def fingerprint(prepared: Prepared | None, workdir: str) -> tuple[object, ...]:
     sandbox built ahead of its request serves it only while the fingerprint taken around its build still
     holds at the request (see supervisor/forkserver/prefork.py, and the fork server's view cache in
     forkserver/server.py); any difference (a `git init`, a new credential file, a replaced root) sends the
-    request down the path that builds its view at request time. Never raises."""
+    request down the path that builds its view at request time. A missing path is not lstat'ed while the
+    nearest directory above it is as it was when it was found missing (supervisor/sandbox/_absent.py): its
+    record is ENOENT's all the same; those directories come second (each checked now, for the Recheck).
+    Never raises."""
     paths = [workdir]
+    write: list[str] = []
     notes: list[str] = []
     if prepared is not None:
         if prepared["confine"]:
             paths += _BASE_PATHS
-        write: list[str] = prepared["write"]
+        write = prepared["write"]
         paths += write
         paths += prepared["read"]
         if prepared["confine"]:
@@ -232,7 +243,8 @@ def fingerprint(prepared: Prepared | None, workdir: str) -> tuple[object, ...]:
             paths += prepared["deny"]
             paths += owner_secrets(prepared, workdir)
     # Which paths were looked at (git expansion can change the list) and what each was.
-    return tuple(paths), _cinit.identities(paths), tuple(notes)
+    idents, groups = _absent.identities(paths, tuple(write))
+    return (tuple(paths), idents, tuple(notes)), groups
 
 
 def owner_secrets(prepared: Prepared, workdir: str) -> list[str]:
