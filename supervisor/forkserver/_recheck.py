@@ -31,16 +31,18 @@ here. Thread-safe for reading; `close` once.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import time
 
-from supervisor.sandbox import mounts
+from supervisor.sandbox import _absent, mounts
 from supervisor.sandbox._csample import stat_at
 
 #: A ctime this recent when the record is taken is not trusted: the kernel stamps ctimes from a coarse clock
-#: (one tick: 1-10 ms), so a change in the same tick could leave it unchanged. Twice the git scan's margin.
-MARGIN_NS = 20_000_000
+#: (one tick: 1-10 ms), so a change in the same tick could leave it unchanged. Twice the git scan's margin;
+#: the same as that of the directories standing for missing paths (sandbox/_absent.py).
+MARGIN_NS = _absent.MARGIN_NS
 #: Directories held open per record (and .git/modules directories looked at): beyond, no record.
 MAX_FDS = 32
 MAX_MODULE_DIRS = 64
@@ -50,6 +52,7 @@ _OPEN_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 #: Linux's AT_FDCWD: a check of an absolute host path (an lstat, no ctime).
 AT_FDCWD = -100
 _ERR = 1 << 40
+_NO_CTIME = bytes(8)
 
 
 def _stat1(dirfd: int, name: str) -> bytes:
@@ -78,30 +81,57 @@ class Recheck:
     def __init__(self, old_ns: int) -> None:
         self.fds: list[int] = []
         self._dirs: dict[str, int] = {}  # path -> index in fds
-        #: (dirfd, name, identity): a no-follow fstatat of one name; AT_FDCWD: an lstat of an absolute path
-        self.checks: list[tuple[int, str, bytes]] = []
+        #: (dirfd, name) -> identity: a no-follow fstatat of one name; AT_FDCWD: an lstat of an absolute path
+        self.checks: dict[tuple[int, str], bytes] = {}
+        #: A directory standing for missing host paths (sandbox/_absent.py), by its name from `/`: its
+        #: identity, and the paths' own lstat records (AT_FDCWD), checked only when the directory changed.
+        self.groups: dict[bytes, tuple[bytes, list[bytes], list[bytes]]] = {}
         self._old_ns = old_ns  # a ctime from then on is refused
-        self._dirfds: list[int] = []  # the checks, as stat_at takes them (`seal`)
+        self._dirfds: list[
+            int
+        ] = []  # the checks then the groups' directories, as stat_at takes them (`seal`)
         self._names: list[bytes] = []
         self._expected = b""
+        self._plain = 0  # bytes of `_expected` that are the checks'
+        #: Per group: (its offset in `_expected`, AT_FDCWDs, its paths, their records).
+        self._fallback: list[tuple[int, list[int], list[bytes], bytes]] = []
 
     def seal(self) -> None:
         """The checks recorded, in the form `unchanged` passes to one C call."""
-        self._dirfds = [d for d, _n, _i in self.checks]
-        self._names = [os.fsencode(n) for _d, n, _i in self.checks]
-        self._expected = b"".join(i for _d, _n, i in self.checks)
+        self._dirfds = [d for d, _n in self.checks]
+        self._names = [os.fsencode(n) for _d, n in self.checks]
+        self._plain = 40 * len(self.checks)
+        self._fallback = []
+        for i, (name, (_ident, paths, records)) in enumerate(self.groups.items()):
+            self._dirfds.append(_absent.root_fd())
+            self._names.append(name)
+            self._fallback.append((self._plain + 40 * i, [AT_FDCWD] * len(paths), paths, b"".join(records)))
+        self._expected = b"".join(self.checks.values()) + b"".join(g[0] for g in self.groups.values())
 
     def unchanged(self) -> bool:
         """Whether every recorded stat is as it was: one call into C (`_csample.stat_at`) for all of them,
-        each a single-name no-follow fstatat on a held fd or an lstat of a host path. Never raises."""
-        return bool(self._dirfds) and stat_at(self._dirfds, self._names) == self._expected
+        each a single-name no-follow fstatat on a held fd, an lstat of a host path, or a stat of a host
+        directory standing for missing paths; where such a directory changed (any entry made, removed or
+        renamed in it), its paths are lstat'ed one by one instead and must still be missing. Never raises."""
+        if not self._dirfds:
+            return False
+        got = stat_at(self._dirfds, self._names)
+        if got == self._expected:
+            return True
+        if got[: self._plain] != self._expected[: self._plain]:
+            return False
+        for at, dirfds, paths, records in self._fallback:
+            if got[at : at + 40] != self._expected[at : at + 40] and stat_at(dirfds, paths) != records:
+                return False
+        return True
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
         self.checks.clear()
-        self._dirfds, self._names, self._expected = [], [], b""
+        self.groups.clear()
+        self._dirfds, self._names, self._expected, self._fallback = [], [], b"", []
 
     # -- recording (in a worker thread) --------------------------------------------------------------------
 
@@ -121,16 +151,33 @@ class Recheck:
         self.fds.append(fd)
         return fd
 
-    def _record(self, dirfd: int, name: str) -> bytes:
+    def _record(self, dirfd: int, name: str, keep: bool = True) -> bytes:
+        """The identity of `name` in the held `dirfd`, recorded unless `keep` is false (a missing name
+        whose directory's own ctime is recorded: that covers its creation)."""
+        known = self.checks.get((dirfd, name))
+        if known is not None:
+            return known
         ident = _stat1(dirfd, name)
         if _ctime(ident) >= self._old_ns:
             raise _GiveUp  # changed within the margin: a later change could keep this ctime
-        self.checks.append((dirfd, name, ident))
+        if keep or _mode(ident):
+            self.checks[(dirfd, name)] = ident
         return ident
 
-    def _host(self, path: str) -> None:
-        """Record the lstat identity of `path`, outside every writable root."""
-        self.checks.append((AT_FDCWD, path, _stat1(AT_FDCWD, path)))
+    def _host(self, path: str, ident: bytes | None = None) -> None:
+        """Record the lstat identity of `path`, outside every writable root: `ident` when given (the
+        fingerprint's own lstat of it, 32 bytes), else an lstat now."""
+        self.checks[(AT_FDCWD, path)] = _stat1(AT_FDCWD, path) if ident is None else ident + _NO_CTIME
+
+    def _group(self, group: _absent.Group, path: bytes, ident: bytes) -> None:
+        """Record the missing host path `path` (its fingerprint record `ident`, 32 bytes) as stood for by
+        `group`'s directory (checked by the fingerprint that gave it: it is as it was when `path` was found
+        missing, long enough ago for its ctime to be trusted)."""
+        entry = self.groups.get(group.name)
+        if entry is None:
+            entry = self.groups[group.name] = (group.ident, [], [])
+        entry[1].append(path)
+        entry[2].append(ident + _NO_CTIME)
 
     def _under(self, root: str, path: str) -> None:
         """Record `path` (at or under the writable root `root`) component by component."""
@@ -141,9 +188,11 @@ class Recheck:
         parts = rel.split("/")
         walked = root
         for i, name in enumerate(parts):
-            mode = _mode(self._record(fd, name))
+            # A missing name below the root: its directory's ctime, recorded, covers its creation. (The
+            # root's own identity is recorded without its ctime, which the sandbox moves all the time.)
+            mode = _mode(self._record(fd, name, keep=i == 0))
             if i == len(parts) - 1 or not mode:
-                return  # the last component, or a missing one (its parent's ctime covers its creation)
+                return  # the last component, or a missing one
             if stat.S_ISLNK(mode):
                 raise _GiveUp  # a symlink on the way: the fingerprint's lstat follows it elsewhere
             if not stat.S_ISDIR(mode):
@@ -191,11 +240,8 @@ class Recheck:
         held = self._dirs.get(parent)
         if held is None:
             return 0
-        fd = self.fds[held]
-        for dirfd, n, ident in self.checks:
-            if dirfd == fd and n == name:
-                return stat.S_IFMT(_mode(ident))
-        return 0
+        ident = self.checks.get((self.fds[held], name))
+        return 0 if ident is None else stat.S_IFMT(_mode(ident))
 
     @staticmethod
     def _list(dirfd: int) -> list[tuple[str, bool]]:
@@ -216,22 +262,27 @@ def take(prepared: mounts.Prepared | None, workdir: str) -> tuple[tuple[object, 
     """`mounts.fingerprint(prepared, workdir)`, and a Recheck of it (None when one cannot be sound, see the
     module's docstring). The record follows the fingerprint, and refuses every ctime from a margin before
     the fingerprint began: a change after that moved a ctime it would see (under a writable root; outside,
-    the host's own paths, it records what the fingerprint's lstat saw, which a sandbox cannot change).
-    Blocking: call it in a worker thread. Never raises."""
+    the host's own paths, it records what the fingerprint's lstat saw, and the directories that stood for
+    its missing paths). Blocking: call it in a worker thread. Never raises."""
     started = time.time_ns()
-    fingerprint = mounts.fingerprint(prepared, workdir)
+    fingerprint, groups = mounts.fingerprint_groups(prepared, workdir)
     if prepared is None or not prepared["confine"]:
         return fingerprint, None
     recheck = Recheck(started - MARGIN_NS)
     try:
-        _record_all(recheck, prepared, fingerprint)
+        _record_all(recheck, prepared, fingerprint, groups)
     except (_GiveUp, OSError, ValueError):
         recheck.close()
         return fingerprint, None
     return fingerprint, recheck
 
 
-def _record_all(recheck: Recheck, prepared: mounts.Prepared, fingerprint: tuple[object, ...]) -> None:
+def _record_all(
+    recheck: Recheck,
+    prepared: mounts.Prepared,
+    fingerprint: tuple[object, ...],
+    groups: tuple[_absent.Group, ...],
+) -> None:
     """Record every path the fingerprint looked at (its first element), and each writable root's git
     expansion inputs. Raises _GiveUp, OSError."""
     roots = sorted({os.path.normpath(r) for r in prepared["write"]}, key=len)  # outermost first
@@ -244,18 +295,44 @@ def _record_all(recheck: Recheck, prepared: mounts.Prepared, fingerprint: tuple[
         # The path still names the held directory: the same inode (a held fd keeps its number from reuse).
         recheck._host(root)
         recheck._hold(root, -1, root)
-    paths = fingerprint[0]
+    paths, idents = fingerprint[0], fingerprint[1]
     assert isinstance(paths, tuple)
-    for path in paths:
-        p = os.path.normpath(str(path))
-        under = next((r for r in outer if _within(p, r)), None)
-        if under is None:
-            recheck._host(p)
+    assert isinstance(idents, bytes)
+    under, host = _layout(paths, tuple(outer))
+    for root, path in under:
+        recheck._under(root, path)
+    stood_for = {i: g for g in groups for i in g.members}
+    for i, path, encoded in host:
+        group = stood_for.get(i)
+        if encoded is None:
+            recheck._host(path)  # not in its normal form: not the path the fingerprint lstat'ed
+        elif group is not None:
+            recheck._group(group, encoded, idents[i * 32 : i * 32 + 32])
         else:
-            recheck._under(under, p)
+            recheck._host(path, idents[i * 32 : i * 32 + 32])
     for root in roots:
         recheck._git(root, next(o for o in outer if _within(root, o)))
     recheck.seal()
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(
+    paths: tuple[object, ...], outer: tuple[str, ...]
+) -> tuple[list[tuple[str, str]], list[tuple[int, str, bytes | None]]]:
+    """Where each of a fingerprint's `paths` lies: (the outer writable root, the path) for those at or
+    under one; (its index, the path, its bytes when it is in normal form, else None) for the others, the
+    host's. Cached: a (policy, workdir) fingerprints the same paths every time."""
+    under: list[tuple[str, str]] = []
+    host: list[tuple[int, str, bytes | None]] = []
+    for i, path in enumerate(paths):
+        p = str(path)
+        norm = os.path.normpath(p)
+        root = next((r for r in outer if _within(norm, r)), None)
+        if root is not None:
+            under.append((root, norm))
+        else:
+            host.append((i, norm, os.fsencode(p) if norm == p else None))
+    return under, host
 
 
 def _within(path: str, root: str) -> bool:

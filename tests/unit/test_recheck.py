@@ -18,7 +18,7 @@ from supervisor.forkserver._recheck import MARGIN_NS, Recheck
 from supervisor.sandbox import mounts
 
 
-def _prepared(ws: Path) -> mounts.Prepared:
+def _prepared(ws: Path, deny: tuple[str, ...] = ()) -> mounts.Prepared:
     return {
         "confine": True,
         "private_tmp": True,
@@ -27,7 +27,7 @@ def _prepared(ws: Path) -> mounts.Prepared:
         "private_net": True,
         "write": [str(ws)],
         "read": ["/usr"],
-        "deny": [str(ws / "secrets" / "key")],
+        "deny": [str(ws / "secrets" / "key"), *deny],
         "protected": [".git/hooks", ".git/config", ".gitmodules"],
         "enforced": [],
     }
@@ -148,3 +148,85 @@ def test_held_fds_are_closed(ws: Path) -> None:
     assert recheck.fds
     recheck.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# --- missing host paths, stood for by their nearest directory (sandbox/_absent.py) -----------------------
+
+HOME_SECRETS = (".ssh", ".netrc", ".config/gh", ".local/share/keyrings")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A home directory outside the writable root, as the default profiles' credential stores are."""
+    h = tmp_path / "home"
+    (h / ".config").mkdir(parents=True)
+    (h / "stash").mkdir()
+    return h
+
+
+def _take_home(ws: Path, home: Path, taken: list[Recheck]) -> tuple[tuple[object, ...], Recheck]:
+    prepared = _prepared(ws, tuple(str(home / n) for n in HOME_SECRETS))
+    _settle()
+    mounts.fingerprint(prepared, str(ws))  # the directories standing for missing paths are learnt
+    fp, recheck = _recheck.take(prepared, str(ws))
+    assert recheck is not None, "no Recheck for a settled tree"
+    taken.append(recheck)
+    # White-box: the home and its .config stand for the missing paths (one stat each, not one per path).
+    assert {os.fsdecode(n) for n in recheck.groups} == {
+        str(home).lstrip("/"),
+        str(home / ".config").lstrip("/"),
+    }
+    assert recheck.unchanged()
+    return fp, recheck
+
+
+def _secret(p: Path) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("s3cr3t\n")
+
+
+HOST_CHANGES: dict[str, Callable[[Path], None]] = {
+    "a credential file created": lambda h: _secret(h / ".netrc"),
+    "a credential directory created": lambda h: (h / ".ssh").mkdir(),
+    "a missing chain created": lambda h: _secret(h / ".local" / "share" / "keyrings"),
+    "created in a nearer directory": lambda h: _secret(h / ".config" / "gh"),
+    "a directory renamed into place": lambda h: os.rename(h / "stash", h / ".ssh"),
+    "a symlink planted": lambda h: os.symlink("/etc/hostname", h / ".netrc"),
+    "the home replaced": lambda h: (os.rename(h, h.with_name("old")), _secret(h / ".netrc")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOST_CHANGES))
+def test_a_missing_host_path_made_is_seen(ws: Path, home: Path, taken: list[Recheck], name: str) -> None:
+    fp, recheck = _take_home(ws, home, taken)
+    HOST_CHANGES[name](home)
+    assert not recheck.unchanged(), name
+    prepared = _prepared(ws, tuple(str(home / n) for n in HOME_SECRETS))
+    assert mounts.fingerprint(prepared, str(ws)) != fp, name
+
+
+def test_another_entry_of_the_standing_directory_is_no_change(
+    ws: Path, home: Path, taken: list[Recheck]
+) -> None:
+    """The home's ctime moves (a file of the user's saved by rename, say): its missing paths are lstat'ed
+    one by one then, and are still missing."""
+    fp, recheck = _take_home(ws, home, taken)
+    (home / ".bash_history").write_text("ls\n")
+    os.rename(home / "stash", home / "stash2")
+    assert recheck.unchanged()
+    prepared = _prepared(ws, tuple(str(home / n) for n in HOME_SECRETS))
+    assert mounts.fingerprint(prepared, str(ws)) == fp
+
+
+def test_a_missing_name_below_a_directory_of_the_root_is_seen(ws: Path, taken: list[Recheck]) -> None:
+    """Under a writable root, a missing name is not checked itself when its directory's ctime is
+    recorded (that covers its creation): made by a sandbox there, it is seen all the same."""
+    prepared = _prepared(ws, (str(ws / "secrets" / "sub" / "key"), str(ws / "secrets" / "tok")))
+    _settle()
+    fp, recheck = _recheck.take(prepared, str(ws))
+    assert recheck is not None
+    taken.append(recheck)
+    assert recheck.unchanged()
+    _secret(ws / "secrets" / "sub" / "key")
+    assert not recheck.unchanged()
+    assert mounts.fingerprint(prepared, str(ws)) != fp
