@@ -342,8 +342,9 @@ def credential_paths(home: str | None = None) -> tuple[str, ...]:
     rules and host keys, and the usual credential stores and agent sockets (ssh, gpg, cloud CLIs, docker,
     package registries) in root's home and in `home` (default: the caller's). They read the rest of the
     filesystem, so these are the secrets an agent's command must not see. A path that does not exist makes
-    no mount, but each is still looked at for every pre-forked sandbox (its fingerprint and the recheck
-    when it is taken: a stat each, ~2 us), so the list's length is part of the spawn path's cost. A policy
+    no mount and, while the nearest directory above it holds its ctime, no lstat of its own either (the
+    pre-forked sandboxes' fingerprint and recheck stat that directory instead: supervisor/sandbox/_absent.py);
+    each one that exists costs a mount and a stat per fingerprint and recheck. A policy
     file's `filesystem.deny` adds to them; ``filesystem.hide_credentials = false`` (the
     `hide_credentials=False` option) drops them."""
     homes = ["/root", os.path.expanduser("~") if home is None else home]
