@@ -35,7 +35,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from supervisor.sandbox import _gitconfig
+from supervisor.sandbox import _absent, _gitconfig
 from supervisor.sandbox._csample import stat_at
 
 MAX_FILE = 1 << 20
@@ -341,7 +341,6 @@ def _env_entries(env: Mapping[str, str]) -> list[tuple[str, bytes | None]]:
     return out
 
 
-_ROOT_FD = -1
 _CTIME = struct.Struct("=5Q")
 
 
@@ -351,10 +350,17 @@ def identity(paths: Sequence[str]) -> bytes:
     an fd of `/` kept open; no link in the last component followed, nothing opened, so a FIFO or a device
     planted there cannot block the caller: the event loop's quick check uses this). An edit of a file the
     user reaches through a link shows in its real path, which `references` also watches."""
-    global _ROOT_FD
-    if _ROOT_FD < 0:
-        _ROOT_FD = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    return stat_at([_ROOT_FD] * len(paths), [os.fsencode(p.lstrip("/") or ".") for p in paths])
+    key = tuple(paths)
+    args = _ARGS.get(key)
+    if args is None:
+        if len(_ARGS) >= 64:  # bounded: one list per set of roots in use
+            _ARGS.clear()
+        args = _ARGS[key] = ([_absent.root_fd()] * len(paths), [_absent.relative(p) for p in paths])
+    return stat_at(*args)
+
+
+#: identity's arguments to stat_at per list of paths (the quick check asks for the same list after each run).
+_ARGS: dict[tuple[str, ...], tuple[list[int], list[bytes]]] = {}
 
 
 def newest_ctime(ident: bytes) -> int:
