@@ -616,17 +616,25 @@ class ForkServer:
         return reply, None, None
 
     async def prefork(
-        self, cwd: str, cgroup_procs: list[str], policy_id: int, compiled: CompiledPayload
+        self,
+        cwd: str,
+        cgroup_procs: list[str],
+        policy_id: int,
+        compiled: CompiledPayload,
+        view: bytes | None = None,
     ) -> tuple[Reply, tuple[int, int, int] | None]:
         """Ask for a sandbox that confines itself for this policy, workdir and cgroup ahead of its command;
         returns (reply, (pidfd, status_fd, ctl_fd)), None when no sandbox was started (or it was killed
-        and reaped). Raises SandboxSetupError when the fork server is gone."""
+        and reaped). `view`: the digest of the fingerprint the caller took before and checks the sandbox
+        against (PreforkRequest). Raises SandboxSetupError when the fork server is gone."""
         request: PreforkRequest = {
             "op": "prefork",
             "cwd": cwd,
             "cgroup_procs": cgroup_procs,
             "policy_id": policy_id,
         }
+        if view is not None:
+            request["view"] = view
         reply, got, truncated = await self._exchange(request, policy_id, compiled, [])
         if await self._received(reply, got, truncated, protocol.PREFORK_REPLY_FDS):
             return reply, (got[0], got[1], got[2])

@@ -236,10 +236,14 @@ class Prefork:
         # worker-thread hop for them cost the loop more (waking the worker: ~0.09 ms under load) than the
         # mkdirs themselves save it, and more CPU in all.
         leaf, cg_enforced, cg_missing = self._make_leaf(policy)
-        before, recheck = await _take(prepared, cwd)
+        before, recheck, view = await _take(prepared, cwd)
         try:
             reply, fds = await self._fs.prefork(
-                cwd, leaf.placement_files if leaf is not None else [], compiled.policy_id, compiled.payload
+                cwd,
+                leaf.placement_files if leaf is not None else [],
+                compiled.policy_id,
+                compiled.payload,
+                view,
             )
         except BaseException:
             if leaf is not None:
@@ -325,11 +329,21 @@ def _mounts(compiled: CompiledPolicy) -> mounts.Prepared | None:
     return compiled.payload["mounts"]
 
 
-async def _take(prepared: mounts.Prepared | None, cwd: str) -> tuple[tuple[object, ...], Recheck | None]:
+async def _take(
+    prepared: mounts.Prepared | None, cwd: str
+) -> tuple[tuple[object, ...], Recheck | None, bytes]:
     """_recheck.take (the fingerprint and its Recheck, which holds fds) in a worker thread, for the same
-    reasons as `_fingerprint`. Cancellation waits for the thread (bounded work), so that the Recheck is
-    returned and its owner closes it, never abandoned with its fds open."""
-    return await anyio.to_thread.run_sync(_recheck.take, prepared, cwd)
+    reasons as `_fingerprint`, and the fingerprint's digest (for the fork server: PreforkRequest's `view`).
+    Cancellation waits for the thread (bounded work), so that the Recheck is returned and its owner closes
+    it, never abandoned with its fds open."""
+    return await anyio.to_thread.run_sync(_take_digest, prepared, cwd)
+
+
+def _take_digest(
+    prepared: mounts.Prepared | None, cwd: str
+) -> tuple[tuple[object, ...], Recheck | None, bytes]:
+    fingerprint, recheck = _recheck.take(prepared, cwd)
+    return fingerprint, recheck, mounts.digest(fingerprint)
 
 
 async def _fingerprint(prepared: mounts.Prepared | None, cwd: str) -> tuple[object, ...]:

@@ -156,11 +156,15 @@ PROXY_LISTENER = b"L"
 
 
 class PreforkRequest(_PolicyFields):
-    """Build a sandbox for this policy, workdir and cgroup that waits for its command (CTL_*). No fds."""
+    """Build a sandbox for this policy, workdir and cgroup that waits for its command (CTL_*). No fds.
+    `view`: the digest (mounts.digest) of the fingerprint the supervisor took just before, which it compares
+    the paths with at the sandbox's R record and at the request: a view the fork server packed for that
+    same fingerprint is reused without a fingerprint of its own."""
 
     op: Literal["prefork"]
     cwd: str
     cgroup_procs: list[str]
+    view: NotRequired[bytes]
 
 
 Request = SpawnRequest | PreforkRequest

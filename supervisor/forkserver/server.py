@@ -64,10 +64,11 @@ def _confinement(
     cache: _Cache,
     pooled_net: bool = False,
     console: str | None = None,
+    checked: bytes | None = None,
 ) -> list[_ops.Segment]:
     """Every containment step of a sandbox, in the order the init applies them: steps 1-3 in `_head`, 4
     here, 5-8 in `_view`, 9-13 in `_lockdown`. Returns the plan's segments. Raises SetupFailure for what is
-    known to fail already (a protected path that is a symlink).
+    known to fail already (a protected path that is a symlink). `checked`: see `_Cache.view`.
 
     Runs in the fork server; the init (supervisor/sandbox/_cinit.c) executes the plan. A pre-forked sandbox
     runs all of it before its command is known (the path-dependent step 8 included; the supervisor checks
@@ -88,7 +89,7 @@ def _confinement(
     #    (The one part that differs for every sandbox: packed directly, not through a Plan.)
     placement = _placement(procs)
     cgroup_view = mounts.cgroup_view(procs, bool(pol["cgroupns"])) if pol["mounts"] is not None else ()
-    view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view, console)
+    view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view, console, checked)
     return [head, placement, view, cache.lockdown(policy_id, pol, supervisor_pidfd)]
 
 
@@ -211,7 +212,10 @@ class _Cache:
     the network namespace is a pooled one, and the state of the paths `mounts.fingerprint` covers (the
     host paths the base view tests, the roots, the protected and denied paths): it is reused only while
     the fingerprint taken now equals the one taken around its build, which must itself have been stable
-    (a build that changed what it looked at, by creating a .git/hooks to protect, is not kept).
+    (a build that changed what it looked at, by creating a .git/hooks to protect, is not kept). For a
+    pre-forked sandbox, "now" is the supervisor's fingerprint taken just before its request (its digest,
+    `checked`): the supervisor uses the sandbox only while the paths still match that fingerprint, at its R
+    record and at the request, so the fork server takes none of its own for a view it has for it.
     """
 
     def __init__(self) -> None:
@@ -219,7 +223,7 @@ class _Cache:
         self._lockdown: dict[int, _ops.Segment] = {}
         self._views: dict[
             tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
-            tuple[tuple[object, ...], _ops.Segment],
+            tuple[bytes, _ops.Segment],  # (mounts.digest of the fingerprint it was packed for, the segment)
         ] = {}
 
     def head(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
@@ -249,15 +253,22 @@ class _Cache:
         pooled_net: bool,
         cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
         console: str | None = None,
+        checked: bytes | None = None,
     ) -> _ops.Segment:
+        """Step 5-8's segment: the cached one while the paths are as when it was packed, else packed now
+        (and kept when they did not change meanwhile). `checked`: the digest of a fingerprint the caller
+        took and compares the paths with again after the build (a pre-forked sandbox's): the cached
+        segment for it is used as it is."""
         mnt = pol["mounts"]
         key = (policy_id, cwd, pooled_net, cgroup_view, console)
-        before = mounts.fingerprint(mnt, cwd)
         hit = self._views.get(key)
+        if checked is not None and hit is not None and hit[0] == checked:
+            return hit[1]
+        before = mounts.digest(mounts.fingerprint(mnt, cwd))
         if hit is not None and hit[0] == before:
             return hit[1]
         seg = _view(pol, cwd, pooled_net, cgroup_view, console).segment()
-        if mounts.fingerprint(mnt, cwd) == before:
+        if mounts.digest(mounts.fingerprint(mnt, cwd)) == before:
             if len(self._views) >= 256:  # bounded: one entry per policy and workdir in use
                 self._views.clear()
             self._views[key] = (before, seg)
@@ -402,6 +413,7 @@ class Server:
             self.cache,
             pooled_net=pooled_net,
             console=mounts.console_path(stdio[0]) if ctty and stdio else None,
+            checked=req.get("view") if protocol.is_prefork(req) else None,
         )
 
     def _launch(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import os
 import pwd
 import stat
@@ -245,6 +246,20 @@ def fingerprint_groups(
     # Which paths were looked at (git expansion can change the list) and what each was.
     idents, groups = _absent.identities(paths, tuple(write))
     return (tuple(paths), idents, tuple(notes)), groups
+
+
+def digest(fingerprint: tuple[object, ...]) -> bytes:
+    """A fingerprint in 16 bytes (BLAKE2b of its paths, identities and notes), the same in every process: a
+    pre-forked sandbox's request carries it to the fork server (PreforkRequest's `view`)."""
+    paths, idents, notes = fingerprint
+    assert isinstance(paths, tuple)
+    assert isinstance(idents, bytes)
+    assert isinstance(notes, tuple)
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\0".join(map(str, paths)).encode("utf-8", "surrogateescape"))
+    h.update(b"\1" + idents + b"\1")
+    h.update("\0".join(map(str, notes)).encode("utf-8", "surrogateescape"))
+    return h.digest()
 
 
 def owner_secrets(prepared: Prepared, workdir: str) -> list[str]:

@@ -13,6 +13,7 @@ ready sandbox with such a Recheck is asserted first, and it must not be the one 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid
@@ -86,13 +87,25 @@ async def _ready_with_groups(sup: Supervisor, pol: Policy, home: Path) -> list[i
 
 async def _hidden(sup: Supervisor, pol: Policy, path: Path, stubs: list[int]) -> None:
     """The secret at `path` is not shown to the next sandbox of `pol` (a refusal to run is fine too), which
-    is not one of the sandboxes built before the change."""
+    is not one of the sandboxes built before the change; nor to the one after, a sandbox built ahead since
+    the change (the fork server had a view packed for the paths as they were: it must not reuse it)."""
     try:
         r = await sup.run(["/bin/cat", str(path)], policy=pol)
     except SandboxSetupError:
         return
     assert SECRET.encode() not in r.stdout, "a secret made since the sandbox was built is readable"
     assert r.pid not in stubs, "a sandbox built before the change served the request"
+    pool = sup._prefork
+    assert pool is not None
+    for _ in range(4):  # until a sandbox built ahead since the change serves one (older ones go first)
+        with anyio.fail_after(10):
+            while not (since := [s.pid for ss in pool._ready.values() for s in ss if s.pid not in stubs]):  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        r = await sup.run(["/bin/cat", str(path)], policy=pol)
+        assert SECRET.encode() not in r.stdout, "a sandbox built since the change shows the secret"
+        if r.pid in since:
+            return
+    raise AssertionError("no sandbox built ahead since the change served a request")
 
 
 @pytest.mark.parametrize("name", sorted(CHANGES))
@@ -102,6 +115,22 @@ async def test_made_by_the_host(workspace: Path, home: Path, name: str) -> None:
     async with Supervisor() as sup:
         stubs = await _ready_with_groups(sup, pol, home)
         await anyio.run_process(["/bin/sh", "-c", change], cwd=home)
+        assert SECRET in (home / secret).read_text()
+        await _hidden(sup, pol, home / secret, stubs)
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+async def test_made_by_the_host_while_a_sandbox_runs(workspace: Path, home: Path, name: str) -> None:
+    """The change is made while a sandbox of the policy runs: at its exit the next sandbox is built ahead
+    with the fork server's view packed before the change still cached (it must not be reused for it)."""
+    change, secret = CHANGES[name]
+    pol = _policy(workspace, home)
+    async with Supervisor() as sup:
+        stubs = await _ready_with_groups(sup, pol, home)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(sup.run, ["/bin/sleep", "0.3"], policy=pol))
+            await anyio.sleep(0.1)
+            await anyio.run_process(["/bin/sh", "-c", change], cwd=home)
         assert SECRET in (home / secret).read_text()
         await _hidden(sup, pol, home / secret, stubs)
 
