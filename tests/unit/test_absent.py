@@ -78,7 +78,7 @@ def _write(p: Path) -> None:
     p.write_text("s3cr3t\n")
 
 
-CHANGES: dict[str, Callable[[Path], None]] = {
+CHANGES: dict[str, Callable[[Path], object]] = {
     "a missing file created": lambda h: _write(h / ".netrc"),
     "a missing directory created": lambda h: (h / ".ssh").mkdir(),
     "a missing chain created": lambda h: _write(h / ".local" / "share" / "keyrings"),
@@ -166,11 +166,23 @@ def test_nothing_stands_for_a_path_where_it_would_not_be_sound(home: Path, tmp_p
         assert groups == ()
 
 
-def test_a_directory_changed_within_the_margin_stands_for_nothing_yet(home: Path) -> None:
+def test_a_directory_changed_within_the_margin_stands_for_nothing_yet(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     paths = _paths(home)
     (home / "fresh").mkdir()  # the home's ctime: now
     os.rmdir(home / "fresh")
+    ctime = os.stat(home).st_ctime_ns
+
+    class _Clock:
+        @staticmethod
+        def time_ns() -> int:  # the look-up happens within the margin of that change, however loaded
+            return ctime + _absent.MARGIN_NS // 2
+
+    monkeypatch.setattr(_absent, "time", _Clock)
     _idents, groups = _absent.identities(paths)
     assert _absent.relative(str(home)) not in {g.name for g in groups}
+    assert _absent._PLANS[tuple(paths)].retry_ns > 0  # learnt again once the margin has passed
+    monkeypatch.undo()
     (home / ".netrc").write_text("s3cr3t\n")  # in the same tick, maybe: must be seen
     assert _absent.identities(paths)[0] == _cinit.identities(paths)
