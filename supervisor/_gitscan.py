@@ -65,6 +65,8 @@ log = logging.getLogger("corral")
 #: Entries one scan looks at, per root (a 100,000-file tree is ~102,000; ~0.3 s here).
 MAX_NODES = 500_000
 MAX_DEPTH = 64
+#: How long a scan waits for another scan of the same supervisor before it scans without the listings.
+LOCK_WAIT = 0.05
 #: Below MAX_DEPTH: an fd kept every this many levels, and at most this many (_visit_deep).
 ANCHOR_EVERY = 32
 MAX_ANCHORS = 128
@@ -533,39 +535,53 @@ class Scan:
         """Scan every root. Never raises: what cannot be scanned is itself reported."""
         if self.listings is None:
             return self._run()
-        with self.listings.lock:
-            self.listings.sweep()  # snapshots found changed since: dropped (a new one is taken below)
-            leaves = None
-            if (
-                self.key is not None
-                and not self.listings.has(self.key)
-                # Not on a key's first scan: the CLI (one run per supervisor) and one-off policies would pay
-                # the fds and watches of a snapshot never used (~6 ms on a two-commit repository).
-                and self.listings.scanned_before(self.key)
-            ):
-                # A tree whose listings alone exceed a snapshot is not tried (that would cost dups).
-                leaves = _fits([self.listings.root(r) for r in self.roots])
-            if self.key is not None and leaves is not None:
-                self.listings.room(self.key, leaves)
-                self.snap = Snapshot(self.listings.watcher)
-            try:
-                found = self._run()
-            except BaseException:
-                self._abandon()
-                raise
-            ident, refs = self.globals_identity, self.globals
-            if self.snap is not None and self.key is not None and not found and ident is not None and refs:
-                self.snap.taken_ns = time.time_ns()
-                self.listings.keep(self.key, self.snap)
-                kept = self.listings.globals
-                kept.pop(self.key, None)
-                if len(kept) >= 256:  # bounded: entries of snapshots since dropped go first
-                    kept.pop(next(iter(kept)))
-                kept[self.key] = (refs.watched, ident)
-            else:
-                self._abandon()
-            self.listings.sweep()  # the watches just removed queue events: read them now, off the loop
-            return found
+        if not self.listings.lock.acquire(timeout=LOCK_WAIT):
+            # Another scan holds the listings, perhaps one a sandbox made slow (a large tree, configs to
+            # parse, run after run): this one does not queue behind it (a tenant's 3 s timeout returned
+            # after 6-10 s). It scans without them: every directory listed, no snapshot, nothing shared.
+            self.listings = None
+            self.key = None
+            return self._run()
+        try:
+            return self._run_with(self.listings)
+        finally:
+            self.listings.lock.release()
+
+    def _run_with(self, listings: Listings) -> list[tuple[str, str]]:
+        """`_run` with the listings (their lock held): a snapshot taken of a small tree, kept if it finds
+        nothing."""
+        listings.sweep()  # snapshots found changed since: dropped (a new one is taken below)
+        leaves = None
+        if (
+            self.key is not None
+            and not listings.has(self.key)
+            # Not on a key's first scan: the CLI (one run per supervisor) and one-off policies would pay
+            # the fds and watches of a snapshot never used (~6 ms on a two-commit repository).
+            and listings.scanned_before(self.key)
+        ):
+            # A tree whose listings alone exceed a snapshot is not tried (that would cost dups).
+            leaves = _fits([listings.root(r) for r in self.roots])
+        if self.key is not None and leaves is not None:
+            listings.room(self.key, leaves)
+            self.snap = Snapshot(listings.watcher)
+        try:
+            found = self._run()
+        except BaseException:
+            self._abandon()
+            raise
+        ident, refs = self.globals_identity, self.globals
+        if self.snap is not None and self.key is not None and not found and ident is not None and refs:
+            self.snap.taken_ns = time.time_ns()
+            listings.keep(self.key, self.snap)
+            kept = listings.globals
+            kept.pop(self.key, None)
+            if len(kept) >= 256:  # bounded: entries of snapshots since dropped go first
+                kept.pop(next(iter(kept)))
+            kept[self.key] = (refs.watched, ident)
+        else:
+            self._abandon()
+        listings.sweep()  # the watches just removed queue events: read them now, off the loop
+        return found
 
     def _abandon(self) -> None:
         if self.snap is not None:
@@ -1176,6 +1192,8 @@ class Scan:
                 err = e.errno or 0
                 if err in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EBUSY):
                     continue
+                if err == errno.ENOENT and target == name + QUARANTINE_SUFFIX:
+                    return  # gone since it was listed (a scan of the same root beside this one moved it)
                 break
             self.found.append((os.path.join(path, name), f"{reason}; moved to {target}"))
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -133,3 +134,47 @@ async def _deep_chain_attack(sup: Supervisor, workspace: Path, levels: int) -> N
     )
     assert not any("not fully scanned" in why for _, why in r.quarantined), r.quarantined
     assert_held(workspace, workspace / gitdir / "config", r.quarantined)
+
+
+# --- class 6: one tenant's slow post-run scans held every other tenant's result
+
+#: Four git dirs whose configs (1 MB each, settings that run nothing: kept, not moved aside) are rewritten
+#: every run, so that every post-run scan parses ~4 MB (~1.5-2.5 s of CPU here).
+SLOW_SCAN = (
+    "for i in 1 2 3 4; do mkdir -p r$i/.git/objects r$i/.git/refs; echo 'ref: refs/heads/m' > r$i/.git/HEAD;"
+    " done; /usr/bin/python3 -c \"open('big.cfg', 'wb').write(b'[user]\\n\\tname = x\\n' * 50000)\" && "
+    "for i in 1 2 3 4; do cp big.cfg r$i/.git/config; done"
+)
+
+
+async def test_another_tenants_slow_scans_do_not_hold_a_timeout(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    # The scans of one supervisor ran one at a time under one lock: a tenant whose every run made its scan
+    # slow (configs to parse, a large tree), run from three tasks, made another tenant's 3 s timeout
+    # return after 6-10 s (its own scan queued behind the attacker's).
+    attacker = profiles.workspace_write(workspace, timeout=60)
+    victim = profiles.workspace_write(outside, timeout=3)
+    r = await sup.run([SH, "-c", SLOW_SCAN], policy=attacker)
+    assert r.exit_code == 0, r.stderr
+    assert r.quarantined == ()
+    done = anyio.Event()
+
+    async def hammer() -> None:
+        while not done.is_set():
+            await sup.run([SH, "-c", SLOW_SCAN], policy=attacker)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(hammer)
+        await anyio.sleep(1)
+        try:
+            for _ in range(3):
+                t = time.monotonic()
+                r = await sup.run(["/bin/sleep", "30"], policy=victim)
+                took = time.monotonic() - t
+                assert r.violation is not None
+                assert r.violation.kind == "wall_time"
+                assert took < 4.5, f"a 3 s timeout returned after {took:.1f} s"
+        finally:
+            done.set()
