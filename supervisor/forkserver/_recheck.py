@@ -95,6 +95,7 @@ class Recheck:
         self._plain = 0  # bytes of `_expected` that are the checks'
         #: Per group: (its offset in `_expected`, AT_FDCWDs, its paths, their records).
         self._fallback: list[tuple[int, list[int], list[bytes], bytes]] = []
+        self._owners = 1  # `share` adds one, `close` takes one: the fds are closed with the last
 
     def seal(self) -> None:
         """The checks recorded, in the form `unchanged` passes to one C call."""
@@ -125,7 +126,17 @@ class Recheck:
                 return False
         return True
 
+    def share(self) -> Recheck:
+        """This Recheck for one more owner (each `close`s it once): a pool builds the next sandbox of a key
+        from the last one's fingerprint while it holds. On the loop, like `close`."""
+        self._owners += 1
+        return self
+
     def close(self) -> None:
+        """Give up this owner's share; the last one closes the held fds."""
+        self._owners -= 1
+        if self._owners > 0:
+            return
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()

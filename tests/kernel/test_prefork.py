@@ -250,3 +250,42 @@ async def test_a_ready_sandbox_is_taken_without_a_fingerprint_in_a_worker_thread
     assert r.exit_code == 0, r
     assert r.pid in stubs
     assert threaded == 0, "the request's fingerprint went to a worker thread"
+
+
+async def test_the_next_build_of_a_key_starts_from_the_last_fingerprint_while_it_holds(
+    sup: Supervisor, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key's builds after the first take no fingerprint in a worker thread while the last one's Recheck
+    holds; a change to what it covers makes the next build take one again (white-box: the pool's
+    thread-side take is counted)."""
+    from supervisor.forkserver import prefork
+
+    secret = workspace / "secret.txt"
+    pol = profiles.workspace_write(workspace, deny=[secret])
+    await anyio.sleep(0.05)  # the workspace's ctimes older than the Recheck's margin
+    await twice(sup, pol)
+    per_key = sup._prefork.per_key if sup._prefork else 1
+    await ready_pids(sup, per_key)
+    taken = 0
+    real = prefork._take
+
+    async def counting(prepared: object, cwd: str) -> object:
+        nonlocal taken
+        taken += 1
+        return await real(prepared, cwd)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prefork, "_take", counting)
+    stubs: list[int] = []
+    for _ in range(4):
+        stubs += await ready_pids(sup, per_key)
+        r = await sup.run(["/bin/true"], policy=pol)
+        assert r.pid in stubs
+    await ready_pids(sup, per_key)
+    assert taken == 0, "a build took its fingerprint in a worker thread although nothing changed"
+    secret.write_text("s3cr3t\n")
+    r = await sup.run(["/bin/cat", str(secret)], policy=pol)
+    assert b"s3cr3t" not in r.stdout
+    await ready_pids(sup, per_key)
+    assert taken >= 1, "a build reused a fingerprint its Recheck no longer vouched for"
+    r = await sup.run(["/bin/cat", str(secret)], policy=pol)
+    assert b"s3cr3t" not in r.stdout
