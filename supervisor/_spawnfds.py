@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import IO
 
 from supervisor._errors import SandboxSetupError
-from supervisor._stdio_files import StdioFiles, StdioShield
+from supervisor._stdio_files import StdioFiles
 from supervisor._streams import FdReceiveStream, FdSendStream
 from supervisor.forkserver.protocol import SpawnRequest
 from supervisor.sandbox._ops import INLINE_COMMAND_MAX
@@ -39,11 +39,10 @@ class SpawnFds:
     Raises SandboxSetupError (the supervisor's EMFILE/ENFILE) from `add_stdio` and `add_command`.
     """
 
-    def __init__(self, devnull: int, shield: StdioShield | None = None) -> None:
+    def __init__(self, devnull: int, stdio_files: StdioFiles | None = None) -> None:
         self.fds: list[int] = []
         self._devnull = devnull
-        self._shield = shield
-        self._stdio_files: StdioFiles | None = None  # ours, until take_stdio_files()
+        self._stdio_files = stdio_files  # ours, until take_stdio_files()
         self._sent: list[int] = []  # ours, closed on leaving the block
         self._kept: list[int | None] = [None, None, None]  # ours, until streams()
         self._proxy: socket.socket | None = None  # ours, until take_proxy_channel()
@@ -70,19 +69,17 @@ class SpawnFds:
 
     def add_stdio(self, stdin: StdioArg, stdout: StdioArg, stderr: StdioArg, pass_fds: list[int]) -> None:
         """The command's fds 0, 1, 2 (a new pipe for PIPE, /dev/null for DEVNULL, the caller's own fd for
-        an fd or a file, the supervisor's own 0/1/2 for None), then `pass_fds` as 3, 4, ... With a
-        shield, each fd of the caller's (or the supervisor's own) is replaced by the one StdioShield gives."""
+        an fd or a file, the supervisor's own 0/1/2 for None), then `pass_fds` as 3, 4, ... Given this
+        spawn's StdioFiles, each slot it reopened gets its new fd."""
         try:
             for index, arg in enumerate((stdin, stdout, stderr)):
                 self.fds.append(self._stdio(index, arg))
         except OSError as err:
             raise _fd_error(err) from err
-        if self._shield is not None:
-            args = (stdin, stdout, stderr)
-            given = [fd if _callers(arg) else -1 for fd, arg in zip(self.fds, args, strict=True)]
-            if any(fd >= 0 for fd in given):
-                self._stdio_files = files = self._shield.protect(given)
-                self.fds[:3] = [new if new >= 0 else fd for new, fd in zip(files.fds, self.fds, strict=True)]
+        if self._stdio_files is not None:  # the files given as stdio, opened again (StdioShield)
+            self.fds[:3] = [
+                new if new >= 0 else fd for new, fd in zip(self._stdio_files.fds, self.fds, strict=True)
+            ]
         self.fds.extend(pass_fds)
 
     def take_stdio_files(self) -> StdioFiles | None:
@@ -148,12 +145,6 @@ class SpawnFds:
             FdReceiveStream(stdout) if stdout is not None else None,
             FdReceiveStream(stderr) if stderr is not None else None,
         )
-
-
-def _callers(arg: StdioArg) -> bool:
-    """Whether a stdio argument is an fd of the caller's (or, None, the supervisor's own): not a pipe or
-    the /dev/null corral makes."""
-    return not isinstance(arg, int) or arg >= 0
 
 
 def _fd_error(err: OSError) -> SandboxSetupError:

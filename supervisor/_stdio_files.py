@@ -47,12 +47,15 @@ import fcntl
 import logging
 import os
 import platform
+import socket
 import stat
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
+
+import anyio
 
 from supervisor._devnull import NULL_RDEV, open_read_only_copy
 
@@ -127,31 +130,59 @@ class StdioShield:
         self._userns_why = ""
         self._lock = threading.Lock()
         self._said: set[str] = set()
+        self._helper: _Helper | None = None  # an ordinary caller's (below)
+        self._helper_failed = False
+        self._helper_why = ""
 
     def close(self) -> None:
-        """Close the user namespace fd (the clones already made keep their mounts)."""
+        """Close the user namespace fd and end the helper (the clones already made keep their mounts)."""
         if self._userns >= 0:
             os.close(self._userns)
             self._userns = -1
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
 
-    @property
-    def userns_pending(self) -> bool:
-        """Whether a root supervisor has not tried to make the id-mapped clones' user namespace yet."""
-        return self.root and not self._userns_tried
-
-    def wants_userns(self, fds: list[int]) -> bool:
-        """Whether one of `fds` is a regular file opened for writing that a root supervisor will reopen
-        through an id-mapped clone, and the user namespace for it is not made yet (make_userns, blocking:
-        run it in a worker thread). Never raises."""
-        if not self.userns_pending:
+    def needs_thread(self, slots: list[int]) -> bool:
+        """Whether `protect(slots)` would block, so runs in a worker thread: a root supervisor's first file
+        opened for writing (the id-mapped clones' user namespace is made then, make_userns), or an ordinary
+        caller's file opened read-only (a round trip to its helper, _Helper). Never raises."""
+        if self.root:
+            if self._userns_tried:
+                return False
+            want_writing = True
+        elif self._helper_failed:
             return False
-        for fd in fds:
+        else:
+            want_writing = False
+        for fd in slots:
+            if fd < 0:
+                continue
             try:
-                if stat.S_ISREG(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE:
-                    return True
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    writing = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+                    if writing == want_writing:
+                        return True
             except OSError:
                 continue
         return False
+
+    async def protect_async(self, slots: list[int]) -> StdioFiles:
+        """`protect(slots)`, in a worker thread when it would block (needs_thread). On cancellation, what
+        was made is settled (after the thread's work ends: it is not interrupted)."""
+        if not self.needs_thread(slots):
+            return self.protect(slots)
+        box: list[StdioFiles] = []
+        try:
+            await anyio.to_thread.run_sync(self._protect_into, slots, box)
+        except BaseException:
+            for files in box:
+                files.settle()
+            raise
+        return box[0]
+
+    def _protect_into(self, slots: list[int], box: list[StdioFiles]) -> None:
+        box.append(self.protect(slots))
 
     def make_userns(self) -> None:
         """Make the user namespace of the id-mapped clones, once (blocking, ~15 ms: a helper process
@@ -166,6 +197,28 @@ class StdioShield:
             except (OSError, subprocess.SubprocessError, ValueError) as err:
                 self._userns_why = f"no user namespace for id-mapped mounts ({err})"
             self._userns_tried = True
+
+    def _helper_reopen(self, fd: int, flags: int) -> int:
+        """An ordinary caller's file `fd` opened again with `flags` through a read-only clone its helper
+        makes (started on first use). Raises OSError (errno 0 with the reason)."""
+        with self._lock:
+            if self._helper is None and not self._helper_failed:
+                try:
+                    self._helper = _Helper()
+                except (OSError, subprocess.SubprocessError, ValueError) as err:
+                    self._helper_failed = True
+                    self._helper_why = f"no mount namespace of its own for read-only clones ({err})"
+            helper = self._helper
+            if helper is None:
+                raise OSError(0, self._helper_why)
+            try:
+                return helper.reopen(fd, flags)
+            except (TimeoutError, ConnectionError, ValueError) as err:
+                self._helper_failed = True
+                self._helper_why = f"its helper stopped answering ({err})"
+                self._helper = None
+                helper.close()
+                raise OSError(0, self._helper_why) from err
 
     def protect(self, slots: list[int]) -> StdioFiles:
         """The StdioFiles of one spawn whose stdio slots are `slots` (the caller's fds; -1 for a slot
@@ -192,12 +245,10 @@ class StdioShield:
                 return new
         if kind == stat.S_IFCHR:
             return self._char(files, index, fd, st)
-        if kind == stat.S_IFREG and self.root:
+        if kind == stat.S_IFREG:
             why = self._reopen(files, fd, st)
             if why is None:
                 return files.reopened[-1][1]
-        elif kind == stat.S_IFREG:
-            why = "an ordinary caller cannot make id-mapped or detached mounts"
         else:
             why = (
                 "a directory stays the caller's open file (a read-only or id-mapped mount would refuse "
@@ -241,6 +292,14 @@ class StdioShield:
         if flags & os.O_PATH:
             return "an O_PATH fd"
         writing = flags & os.O_ACCMODE != os.O_RDONLY
+        if not self.root:
+            if writing:
+                return "an ordinary caller cannot make id-mapped mounts of the host's filesystems"
+            try:
+                new = self._helper_reopen(fd, flags & _KEEP_FLAGS)
+            except OSError as err:
+                return str(err.strerror or err)
+            return self._adopt(files, fd, st, new)
         if writing:
             if not self._userns_tried:
                 self.make_userns()  # (the spawn path makes it in a worker thread first: wants_userns)
@@ -255,6 +314,11 @@ class StdioShield:
             if writing and err.errno == errno.EINVAL and str(err.strerror).startswith("mount_setattr"):
                 return f"its filesystem (magic {_fs_type(fd)}) has no id-mapped mounts"
             return str(err.strerror)
+        return self._adopt(files, fd, st, new)
+
+    def _adopt(self, files: StdioFiles, fd: int, st: os.stat_result, new: int) -> str | None:
+        """Take `new`, the caller's `fd` (whose fstat is `st`) opened again, into `files`, at `fd`'s offset;
+        None when done, else why not (`new` then closed)."""
         try:
             got = os.fstat(new)
             if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
@@ -485,3 +549,131 @@ def _new_userns() -> int:
         except subprocess.TimeoutExpired:
             helper.kill()
             helper.wait()
+
+
+#: The helper of an ordinary caller (_Helper): a process in a user and mount namespace of its own, whose
+#: mounts are copies of the caller's. It may clone those (open_tree) and make the clones read-only, which
+#: the caller cannot do to the host's own mounts; a clone of a mount of another namespace is refused
+#: (EINVAL), so the file is found again by its path in the helper's copy: resolved without following any
+#: link, and checked to be the same file (device, inode) as the fd it was sent.
+_RO_HELPER = r"""
+import ctypes, os, socket, stat, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+class How(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+class Attr(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("set", "clr", "prop", "ns")]
+def call(*args):
+    r = libc.syscall(*args)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+sock = socket.socket(fileno=int(sys.argv[1]))
+uid, gid = os.getuid(), os.getgid()
+try:
+    if libc.unshare(0x10000000 | 0x20000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    for name, data in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(data)
+except OSError as e:
+    sock.send(f"E {e.strerror}".encode())
+    sys.exit(0)
+sock.send(b"R")
+while True:
+    try:
+        msg, fds, _f, _a = socket.recv_fds(sock, 64, 1)
+    except OSError:
+        break
+    if not msg:
+        break
+    opened = []
+    try:
+        if len(fds) != 1:
+            raise OSError(0, "no fd sent")
+        fd = fds[0]
+        opened.append(fd)
+        want = os.fstat(fd)
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        if not where.startswith("/") or where.endswith(" (deleted)"):
+            raise OSError(0, "it has no path (removed, or of another mount namespace)")
+        how = How(os.O_PATH | os.O_CLOEXEC, 0, 0x04 | 0x02)  # RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+        p = call(ctypes.c_long(437), -100, where.encode(), ctypes.byref(how), ctypes.sizeof(how))
+        opened.append(p)
+        got = os.fstat(p)
+        if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino) or not stat.S_ISREG(got.st_mode):
+            raise OSError(0, "its path now names another file")
+        t = call(ctypes.c_long(428), p, b"", ctypes.c_uint(1 | 0x1000 | os.O_CLOEXEC))  # open_tree CLONE
+        opened.append(t)
+        attr = Attr(0x1 | 0x2 | 0x4, 0, 0, 0)  # MOUNT_ATTR_RDONLY | NOSUID | NODEV
+        call(ctypes.c_long(442), t, b"", ctypes.c_uint(0x1000), ctypes.byref(attr), ctypes.sizeof(attr))
+        new = os.open(f"/proc/self/fd/{t}", int(msg) | os.O_CLOEXEC | os.O_NOCTTY)
+        opened.append(new)
+        socket.send_fds(sock, [b"K"], [new])
+    except OSError as e:
+        sock.send(f"E {e.strerror or e}".encode())
+    finally:
+        for x in opened:
+            os.close(x)
+"""
+
+
+class _Helper:
+    """An ordinary caller's helper process (_RO_HELPER), on a SOCK_SEQPACKET socket pair: sent an fd and
+    the status flags, it answers with the same file opened read-only through a read-only clone of its
+    mount. Started by the first read-only file given as stdio (blocking, ~15 ms; a worker thread); ends
+    when the socket closes. Raises OSError, subprocess.SubprocessError, ValueError."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _RO_HELPER, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        ours.settimeout(10)
+        try:
+            hello = ours.recv(256)
+        except BaseException:
+            self.close()
+            raise
+        if hello != b"R":
+            self.close()
+            msg = hello[2:].decode(errors="replace") or "the helper ended"
+            raise ValueError(msg)
+
+    def reopen(self, fd: int, flags: int) -> int:
+        """`fd` opened again with `flags` through a read-only clone. Raises OSError (errno 0 with the
+        helper's reason), TimeoutError, ConnectionError, ValueError (a reply out of protocol)."""
+        socket.send_fds(self.sock, [str(flags).encode()], [fd])
+        msg, fds, _flags, _addr = socket.recv_fds(self.sock, 512, 1)
+        if msg == b"K" and len(fds) == 1:
+            return fds[0]
+        for extra in fds:
+            os.close(extra)
+        if not msg:
+            why = "the helper ended"
+            raise ConnectionError(why)
+        if not msg.startswith(b"E "):
+            raise ValueError(repr(msg[:64]))
+        raise OSError(0, msg[2:].decode(errors="replace"))
+
+    def close(self) -> None:
+        """Close the socket (the helper then exits) and reap it."""
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -680,14 +680,13 @@ class Supervisor:
         command = encode_command([os.fsencode(a) for a in cmd], environment, where)
         request: SpawnRequest = {"cwd": cwd, "policy_id": compiled.policy_id}
         proxied = policy.network.mode == "proxy"
-        shield = self._shield
-        if (
-            shield is not None
-            and shield.userns_pending
-            and shield.wants_userns(_given_fds(stdin, stdout, stderr))
-        ):
-            await anyio.to_thread.run_sync(shield.make_userns)  # once per supervisor: a helper process
-        with SpawnFds(self._devnull, shield) as io:
+        stdio_files = None
+        if self._shield is not None:
+            slots = _slot_fds(stdin, stdout, stderr)
+            if any(fd >= 0 for fd in slots):
+                # The files given as stdio, opened again out of the command's reach (_stdio_files).
+                stdio_files = await self._shield.protect_async(slots)
+        with SpawnFds(self._devnull, stdio_files) as io:
             io.add_stdio(stdin, stdout, stderr, list(pass_fds))
             io.add_command(request, command)
             # A sandbox confined ahead of time for this policy and workdir takes just the command; else
@@ -1388,18 +1387,20 @@ def _remove_leaf_batch(leaves: list[Leaf]) -> None:
             log.warning("could not remove cgroup leaf %s: %s", leaf.paths, err)
 
 
-def _given_fds(*args: StdioArg) -> list[int]:
-    """The fds of the stdio arguments that are the caller's (or, None, the supervisor's own 0/1/2)."""
+def _slot_fds(*args: StdioArg) -> list[int]:
+    """Per stdio slot, the caller's fd (or, for None, the supervisor's own 0/1/2), or -1 for a slot corral
+    fills itself (PIPE, DEVNULL, a file object without an fd)."""
     out = []
     for index, arg in enumerate(args):
         if arg is None:
             out.append(index)
         elif isinstance(arg, int):
-            if arg >= 0:
-                out.append(arg)
+            out.append(arg if arg >= 0 else -1)
         else:
-            with contextlib.suppress(ValueError, OSError):
+            try:
                 out.append(arg.fileno())
+            except (ValueError, OSError):
+                out.append(-1)
     return out
 
 

@@ -287,16 +287,25 @@ async def main():
         fo = os.open(log, os.O_WRONLY | os.O_APPEND)
         r = await sup.run(["/usr/bin/python3", "-I", "-S", "-c", attack, "0", "1"],
                           policy=profiles.workspace_write(ws, timeout=30), stdin=fi, stdout=fo, stderr=PIPE)
+        # A file removed since it was opened has no path the helper can find again: put back and named.
+        gone = os.open(os.path.join(ws, "gone"), os.O_RDWR | os.O_CREAT, 0o600)
+        os.unlink(os.path.join(ws, "gone"))
+        stdin = os.open(f"/proc/self/fd/{gone}", os.O_RDONLY)
+        g = await sup.run(["/usr/bin/python3", "-I", "-S", "-c", "import os; os.fchmod(0, 0o644)"],
+                          policy=profiles.workspace_write(ws, timeout=30), stdin=stdin)
         print(json.dumps({"exit": r.exit_code, "stderr": r.stderr.decode(), "missing": r.missing,
-                          "offset": os.lseek(fi, 0, os.SEEK_CUR)}))
+                          "offset": os.lseek(fi, 0, os.SEEK_CUR), "gone": [g.exit_code, g.missing,
+                          oct(os.fstat(gone).st_mode & 0o777)]}))
 anyio.run(main)
 """
 
 
-def test_an_ordinary_callers_stdio_files_are_put_back_and_named(workspace: Path) -> None:
-    # An ordinary caller cannot make id-mapped or detached mounts: the command, the files' owner, may change
-    # their mode while it runs; the API puts mode and user attributes back when it ends and names each
-    # file in `missing`.
+def test_an_ordinary_callers_stdio_files_are_protected_or_put_back_and_named() -> None:
+    # An ordinary caller cannot make id-mapped mounts of the host's filesystems, nor clone its mounts: its
+    # helper (a user and mount namespace of its own) clones its copy of the file's mount read-only, so a
+    # file opened read-only is protected; one opened for writing is not: the command, its owner, may
+    # change its mode while it runs; the API puts mode and user attributes back when it ends and names it
+    # in `missing`.
     SCRATCH.mkdir(mode=0o755, exist_ok=True)
     scratch = SCRATCH / f"stdio-unpriv-{uuid.uuid4().hex[:10]}"
     scratch.mkdir(mode=0o755)
@@ -325,14 +334,35 @@ def test_an_ordinary_callers_stdio_files_are_put_back_and_named(workspace: Path)
         assert out["exit"] == 0, out
         rep = report(out["stderr"].encode())
         assert rep["read"] == "TOPSECRET\n"
-        assert rep["attempts"]["0"]["fchmod"] == 0, "the owner's chmod goes through while it runs"
+        # stdin, opened read-only: reopened through a read-only clone its helper makes (EROFS everywhere)
+        assert_refused(rep["attempts"], [0])
+        # stdout, opened for writing: no id-mapped mount for an ordinary caller; the owner's chmod goes
+        # through while it runs, is put back at its end, and the file is named in `missing`
+        assert rep["attempts"]["1"]["fchmod"] == 0, rep
         assert out["offset"] == 10
-        named = sorted(why.split(" ")[1] for layer, why in out["missing"] if layer == "stdio_metadata")
-        assert named == ["0", "1"], out["missing"]
+        named = [why for layer, why in out["missing"] if layer == "stdio_metadata"]
+        assert len(named) == 1, out["missing"]
+        assert named[0].startswith("fd 1 "), out["missing"]
         for p in (secret, log):
             mode, _uid, _gid, _mtime, attrs = snapshot(p)
             assert (oct(mode), attrs) == (oct(before[p][0]), before[p][4]), p
         assert log.read_text() == "written to 1\n"
+        code, missing, mode = out["gone"]
+        assert code == 0, out["gone"]  # its chmod went through while it ran...
+        assert mode == "0o600", out["gone"]  # ...and was put back
+        assert [why.split(":")[0] for layer, why in missing if layer == "stdio_metadata"] == [
+            f"fd 0 (a file, uid {EXPECTED_UID})"
+        ], missing
+        assert "no path" in missing[-1][1], missing
+        # `corral run -- cmd < secret` as the ordinary user: refused through every route
+        cli = run_as_user(
+            ["/bin/sh", "-c", '"$0" -m supervisor.cli run --workdir "$1" -- "$2" -I -S -c "$3" 0 < "$4"',
+             python, str(ws), PY, ATTACK, str(secret)],
+            pythonpath, scratch, timeout=90,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        assert_refused(report(cli.stderr.encode())["attempts"], [0])  # type: ignore[arg-type]
+        assert snapshot(secret) == before[secret]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
