@@ -20,6 +20,9 @@ So the command gets another open file of the same file, through a mount it does 
   - /dev/null: the supervisor's own, opened through a read-only copy (supervisor/_devnull.py); another
     character device that is not a terminal: a read-only copy of its mount too (I/O to a device node works
     through a read-only mount).
+An ordinary caller may not clone the host's mounts; its read-only regular files are reopened by a helper
+process (_Helper) through a read-only clone of the helper's own copy of the file's mount, found again by
+path and checked to be the same file. It cannot id-map anything of the host's.
 The new open file has the original's access mode and status flags (O_APPEND, O_NONBLOCK, O_DIRECT,
 O_NOATIME, O_SYNC, O_DSYNC) and its offset; when the child ends, the original's offset is set to where the
 command left the new one's, so `{ corral run -- head -n1; cat; } < input` and `{ corral run -- echo a;
@@ -28,8 +31,8 @@ new open file, so they keep sharing an offset.
 
 What cannot be protected that way is put back instead, when the child ends: the mode (never a set-id bit,
 which a write by the command cleared) and the `user.*` extended attributes, as they were at the spawn. That
-is every file of an ordinary caller (it cannot make an id-mapped mount of a host filesystem), a file of a
-filesystem without id-mapped mounts (overlayfs, NFS, FUSE) opened for writing, a directory (a read-only or
+is an ordinary caller's file opened for writing (or removed since it was opened), a root caller's file
+of a filesystem without id-mapped mounts (overlayfs, NFS, FUSE) opened for writing, a directory (a read-only or
 id-mapped mount would also refuse the files the command creates in it), and a terminal (a second open of
 a terminal changes its sessions' state). Each such file but a terminal is named in the child's `missing`
 (layer `stdio_metadata`); a root supervisor also logs a warning, once per reason.
