@@ -65,7 +65,7 @@ class SpawnFds:
             proxy.close()
         files, self._stdio_files = self._stdio_files, None
         if files is not None:
-            files.settle()
+            files.close()
 
     def add_stdio(self, stdin: StdioArg, stdout: StdioArg, stderr: StdioArg, pass_fds: list[int]) -> None:
         """The command's fds 0, 1, 2 (a new pipe for PIPE, /dev/null for DEVNULL, the caller's own fd for
@@ -84,7 +84,7 @@ class SpawnFds:
 
     def take_stdio_files(self) -> StdioFiles | None:
         """This spawn's StdioFiles (None when no slot was a caller's fd), which the caller owns from now
-        on: `settle()` them when the child has ended."""
+        on: `settle()` them when the child has ended, then close their `take_trees()`."""
         files, self._stdio_files = self._stdio_files, None
         return files
 

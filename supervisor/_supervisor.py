@@ -50,7 +50,7 @@ from supervisor._plan import CompiledPolicy, SharedParts, compile_policy
 from supervisor._proxy import ChildProxy, ProxyConfig, host_interfaces, receive_listener
 from supervisor._rules import Approver
 from supervisor._spawnfds import DEVNULL, PIPE, SpawnFds, StdioArg
-from supervisor._stdio_files import StdioFiles, StdioShield
+from supervisor._stdio_files import StdioFiles, StdioShield, close_fds
 from supervisor._types import ChildStats, Denial, Result, Rule, Violation
 from supervisor.forkserver import protocol
 from supervisor.forkserver.client import ForkServer, StatusReader
@@ -709,7 +709,7 @@ class Supervisor:
             child = self._make_child(sandbox, policy, compiled, name, streams)
         except BaseException:
             if stdio_files is not None:
-                stdio_files.settle()
+                stdio_files.close()
             raise
         if stdio_files is not None and stdio_files.missing:
             child.missing = (*child.missing, *stdio_files.missing)
@@ -928,11 +928,16 @@ class Supervisor:
                 if stdio_files is not None:
                     stdio_files.settle()
                 await self._finish(child, slot)
+                if stdio_files is not None:
+                    await anyio.to_thread.run_sync(close_fds, stdio_files.take_trees())
             raise
         with anyio.CancelScope(shield=True):
             if stdio_files is not None:
                 stdio_files.settle()  # before wait() wakes: the caller finds its files as they were
             await self._finish(child, slot)
+            if stdio_files is not None and stdio_files.trees:
+                # Off the loop: each waits for an RCU grace period (_stdio_files._clone_open).
+                await anyio.to_thread.run_sync(close_fds, stdio_files.take_trees())
 
     def _ended_late(self, child: Child, timeout: float) -> None:
         """A command that ended past its wall-clock limit by the init's own clock, though the watcher saw
