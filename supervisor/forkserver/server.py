@@ -145,7 +145,9 @@ def _view(
     #    Paths under /tmp, /run or /dev that the request needs are opened (O_PATH) in the new mount
     #    namespace (a bind's source must be in it), before step 6 replaces those; step 8 binds them back.
     mnt = pol["mounts"]
-    keep = mounts.keep_visible(mnt, cwd) if mnt is not None else []
+    #    So are the roots below a directory the view shows through an overlay (mounts.overlay_roots).
+    overlays = mounts.overlay_roots(mnt, cwd)
+    keep = mounts.keep_visible(mnt, cwd, overlays) if mnt is not None else []
     mounts.emit_keep(keep, plan)
     #    So is the command's terminal when it is a pty made for it (--tty), to be named /dev/console.
     console_slot = len(keep) if console is not None and mnt is not None and mnt["confine"] else -1
@@ -157,7 +159,7 @@ def _view(
     #    /dev, private /tmp, fresh /proc): needs CAP_SYS_ADMIN and must precede Landlock, which forbids
     #    mounting and whose rules must see the new tmpfs inodes.
     if mnt is not None:
-        mounts.emit_base(mnt, plan, pooled_net)
+        mounts.emit_base(mnt, plan, pooled_net, overlays)
     # 7. The cgroup namespace now that step 4 moved us into our leaf cgroup: the namespace root is the
     #    leaf, and the sandbox sees nothing of the host's hierarchy.
     if pol["cgroupns"]:
@@ -172,7 +174,7 @@ def _view(
     #    /sys/fs/cgroup (a policy's allow_write on the cgroup tree) shows through it. (Without a cgroup
     #    namespace, an empty read-only directory.) Its chdir comes last, into the finished view.
     if mnt is not None:
-        mounts.emit_paths(mnt, cwd, keep, plan, cgroup_view, console_slot)
+        mounts.emit_paths(mnt, cwd, keep, plan, cgroup_view, console_slot, overlays)
     else:
         plan.add(_cinit.OP_CHDIR, "mounts", "chdir(workdir)", s=(cwd,), path=cwd)
     return plan

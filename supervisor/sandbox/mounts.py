@@ -14,7 +14,9 @@
   objects their names lead to now; each directory between a writable root and a denied path is made a mount
   point, so that no sandbox can rename the hidden object out from under its cover for the next one
   (`_pin_ancestors`); a denied file with hard links the policy does not all hide is refused
-  (`_links_outside`);
+  (`_links_outside`); the read-only directory holding a denied file is shown through an overlay of its own
+  (`overlay_roots`), so that the host replacing the file during the run (a rename over it) does not detach
+  the hiding mount;
 - every path of the policy (roots, the workdir, denied and protected paths) is opened by the init without
   following any symlink, and its mount made from that fd (OP_MOUNT_AT): a link a sandbox planted for the next
   one (`build -> /etc`) is refused, never followed.
@@ -35,6 +37,7 @@ import functools
 import hashlib
 import os
 import pwd
+import re
 import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NotRequired, TypedDict
@@ -202,6 +205,95 @@ def _under_hidden(path: str) -> bool:
     return any(path == h or path.startswith(h + "/") for h in _HIDDEN)
 
 
+def _under(path: str, tops: Sequence[str]) -> bool:
+    return any(path == t or path.startswith(t.rstrip("/") + "/") for t in tops)
+
+
+def _replaced(path: str, overlays: Sequence[str]) -> bool:
+    """Whether the base view covers `path` (under /tmp, /run, /dev, or an overlay of `overlay_roots`), so
+    that a root there is bound back from the host's tree (`keep_visible`)."""
+    return _under_hidden(path) or _under(path, overlays)
+
+
+#: Overlay lower directories are a colon-separated list of comma-separated options: no such character.
+_OVERLAY_UNSAFE = frozenset(":,\\\n")
+
+
+def overlay_roots(prepared: Prepared | None, workdir: str) -> list[str]:
+    """The directories that the sandbox's view shows through an overlay of their own (`emit_base`), so that
+    a denied file in them stays hidden when the HOST replaces it during the run.
+
+    Why: a hiding mount sits on a dentry, and the kernel detaches every mount on a dentry that is renamed
+    over or removed, in every mount namespace; an editor, `passwd` or `git credential-store` renaming a
+    new file over a denied one made it readable to every sandbox already running. An overlay (the host
+    directory as its top lower layer over the scaffold's empty directory; read-only, no upper) is a
+    superblock of its own: the sandbox's lookups below it go through the overlay's dentries, which the
+    host's renames in the real directory neither rename nor invalidate (on local filesystems: no
+    d_revalidate), so the hiding mounts made on them hold for the whole run, race-free.
+
+    Chosen: the parent of each denied regular file that exists and that the caller can read (what the host
+    rewrites; an unreadable one, /etc/shadow for an ordinary user, is rewritten unreadable too), keeping
+    only the topmost of nested ones (the hiding mounts deeper down are on overlay dentries too). Left out
+    (hidden by name as before): a parent inside or equal to a writable root (an overlay without an upper
+    layer is read-only), one with a host mount below it (the overlay would not show it: Docker's bind of
+    /etc/hosts), one under /tmp, /run, /dev, /proc or /sys, `/` itself, and a path with a character the
+    overlay options cannot carry; and all of them when the roots and `workdir` below them would not fit
+    the init's slots (`keep_visible`). Never raises (a path it cannot look at is left out)."""
+    if prepared is None or not prepared["confine"]:
+        return []
+    write: list[str] = prepared["write"]
+    found: list[str] = []
+    for target in _deny_targets_quiet(prepared):
+        parent = os.path.dirname(target)
+        if parent in found or parent == "/" or _under_hidden(parent) or _under(parent, ("/proc", "/sys")):
+            continue
+        if _under(parent, write) or _OVERLAY_UNSAFE.intersection(parent):
+            continue
+        try:
+            st = os.lstat(target)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(target, os.R_OK):
+            found.append(parent)
+    if not found:
+        return []
+    tops = [p for p in found if not any(p != q and _under(p, (q,)) for q in found)]
+    points = _host_mount_points()
+    chosen = sorted(p for p in tops if not any(m != p and _under(m, (p,)) for m in points))
+    try:
+        keep_visible(prepared, workdir, chosen)
+    except _sys.SetupFailure:
+        return []
+    return chosen
+
+
+def _deny_targets_quiet(prepared: Prepared) -> list[str]:
+    """`_deny_targets`, or none when it refuses (the build reports that itself)."""
+    try:
+        return _deny_targets(prepared)
+    except _sys.SetupFailure:
+        return []
+
+
+def _host_mount_points() -> list[str]:
+    """The mount points of this process's mount namespace (/proc/self/mountinfo, octal escapes decoded);
+    `/` alone when it cannot be read (every candidate then has a mount below it: no overlay)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ["/"]
+    out: list[str] = []
+    for line in data.splitlines():
+        fields = line.split(b" ", 5)
+        if len(fields) > 4:
+            raw = fields[4]
+            if b"\\" in raw:
+                raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
+            out.append(os.fsdecode(raw))
+    return out
+
+
 def fingerprint(prepared: Prepared | None, workdir: str) -> tuple[object, ...]:
     """`fingerprint_groups(prepared, workdir)`'s fingerprint."""
     return fingerprint_groups(prepared, workdir)[0]
@@ -320,16 +412,18 @@ def _git_paths(root: str, protected: list[str]) -> list[str]:
 _BASE_PATHS = ("/var/run", "/sys/class/net", "/dev/shm", *(f"/proc/{name}" for name in _PROC_READONLY))
 
 
-def keep_visible(prepared: Prepared, workdir: str) -> list[tuple[str, bool, bool]]:
+def keep_visible(
+    prepared: Prepared, workdir: str, overlays: Sequence[str] = ()
+) -> list[tuple[str, bool, bool]]:
     """The writable roots, readable roots and workdir that lie under a path the base view replaces (/tmp,
-    /run, /dev) and exist now: (path, writable, is a directory). `emit_keep` opens them in the sandbox's
-    new mount namespace before the base view hides them, and `emit_paths` binds them back on top. Raises
-    SetupFailure when one cannot be looked up."""
+    /run, /dev, and the `overlays` from `overlay_roots`) and exist now: (path, writable, is a directory).
+    `emit_keep` opens them in the sandbox's new mount namespace before the base view hides them, and
+    `emit_paths` binds them back on top. Raises SetupFailure when one cannot be looked up."""
     keep: list[tuple[str, bool, bool]] = []
     write: list[str] = prepared["write"]
     read: list[str] = prepared["read"]
     for path, writable in [*((p, True) for p in write), *((p, False) for p in read), (workdir, False)]:
-        if _under_hidden(path) and not any(k[0] == path for k in keep):
+        if _replaced(path, overlays) and not any(k[0] == path for k in keep):
             try:
                 st = os.stat(path)
             except (FileNotFoundError, NotADirectoryError):
@@ -371,15 +465,17 @@ def emit_keep(keep: list[tuple[str, bool, bool]], plan: Plan) -> None:
         )
 
 
-def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
+def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False, overlays: Sequence[str] = ()) -> None:
     """Phase 1 (in pid 1 of the new pid namespace, inside the new mount and user namespaces, with full
     capabilities there): the part of the view that does not depend on the state of the policy's paths:
     private propagation, the read-only host tree, an empty /run, a minimal /dev, private /tmp and
     /dev/shm, a fresh /proc, and the denied paths that exist now (outside /tmp, /run and /dev, which the
     base view replaces). What exists is looked up here, in the fork server, whose view of the host is the
     one the sandbox starts from. `pooled_net`: the network namespace is one of the fork server's pool
-    (namespaces.emit), whose sysfs the init binds from the plan's slot. Raises SetupFailure (an unreadable
-    denied path)."""
+    (namespaces.emit), whose sysfs the init binds from the plan's slot. `overlays` (from `overlay_roots`):
+    each shown through an overlay of its own, right after the scaffold, before anything is mounted below
+    it (a root below one is bound back from the host's tree in `emit_paths`). Raises SetupFailure (an
+    unreadable denied path)."""
     confine = bool(prepared["confine"])
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(plan, None, "/", None, MS_REC | MS_PRIVATE)
@@ -390,6 +486,8 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
         # root caller, whose sandbox maps host uid 0; now it runs, unprivileged, as under bubblewrap.
         _setattr(plan, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
         _scaffold(plan)
+        for top in overlays:
+            _overlay(plan, top)
         _hide_sockets(plan)
         _etc_files(plan, frozenset(_deny_targets(prepared)))
         _dev(plan, str(prepared.get("tmp_size", "50%")))
@@ -411,9 +509,11 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False) -> None:
                 _mount(plan, None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _PROC_FLAGS)
     if confine:
         # Before the writable roots are bound: their recursive binds carry these mounts along.
+        # Those inside a root bound back over an overlay are hidden after it (`emit_paths`).
         denied = _deny_targets(prepared)
+        kept = _kept_roots(prepared, overlays)
         for path in denied:
-            if not _under_hidden(path):
+            if not _under_hidden(path) and not _under(path, kept):
                 _deny(plan, path, denied)
 
 
@@ -424,6 +524,7 @@ def emit_paths(
     plan: Plan,
     cgroup_view: tuple[CgroupViewEntry, ...] = (),
     console_slot: int = -1,
+    overlays: Sequence[str] = (),
 ) -> None:
     """Phase 2: the part that depends on what exists now. Writable roots bound writable over the
     read-only tree, protected paths in them bound read-only, `keep` (from keep_visible) bound back over
@@ -439,7 +540,7 @@ def emit_paths(
     if confine:
         for root in write:
             # lexists: a root that became a symlink goes to the init, which refuses it (_bind).
-            if not _under_hidden(root) and os.path.lexists(root):
+            if not _replaced(root, overlays) and os.path.lexists(root):
                 _bind(plan, root, readonly=False)
                 _pin_ancestors(plan, root, denied)
                 _protect(plan, root, prepared["protected"])
@@ -450,10 +551,11 @@ def emit_paths(
             _pin_ancestors(plan, path, denied)
             _protect(plan, path, prepared["protected"])
     if confine:
-        # A denied path under /tmp, /run or /dev exists in the sandbox only inside what `keep` bound back.
+        # A denied path under /tmp, /run or /dev exists in the sandbox only inside what `keep` bound back;
+        # one inside a root bound back over an overlay is hidden there, on the host's tree.
         kept = [k[0] for k in keep]
         for path in denied:
-            if _under_hidden(path) and any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            if _replaced(path, overlays) and _under(path, kept):
                 _deny(plan, path, denied)
     emit_cgroup_view(prepared, cgroup_view, plan)
     if confine:
@@ -901,6 +1003,31 @@ def _pin_ancestors(plan: Plan, root: str, denied: list[str]) -> None:
                     path=ancestor,
                     hint=_LINK_HINT,
                 )
+
+
+def _kept_roots(prepared: Prepared, overlays: Sequence[str]) -> list[str]:
+    """The roots (writable, readable) below an overlay of `overlays`: `keep_visible` binds them back."""
+    if not overlays:
+        return []
+    roots: list[str] = [*prepared["write"], *prepared["read"]]
+    return [r for r in roots if _under(r, overlays)]
+
+
+def _overlay(plan: Plan, top: str) -> None:
+    """Show host directory `top` through an overlay of its own (`overlay_roots`): read-only, nosuid, nodev;
+    the directory as the top lower layer (its entries and attributes), the scaffold's empty directory
+    under it (an overlay without an upper layer needs two). When the kernel refuses it (no overlayfs, or
+    one stacked too deep, as in a sandbox in a sandbox) the view goes on without it: the denied names are
+    then hidden on the host's dentries, as before."""
+    index = _mount(
+        plan,
+        "overlay",
+        top,
+        "overlay",
+        MS_RDONLY | MS_NOSUID | MS_NODEV,
+        f"lowerdir={top}:/tmp/empty",
+    )
+    plan.land(index)
 
 
 def _deny(plan: Plan, path: str, denied: list[str]) -> None:

@@ -284,8 +284,10 @@ async def test_a_hard_link_to_a_file_inside_a_denied_directory(
 @pytest.mark.xfail(
     strict=True,
     reason="GAP: a denied file that the HOST replaces while a sandbox runs (an atomic rename over it, as "
-    "editors, passwd and credential helpers write) is visible to that sandbox: the kernel detaches every "
-    "mount on a dentry that is renamed over or removed, in every mount namespace",
+    "editors, passwd and credential helpers write) is visible to that sandbox when its directory is inside a "
+    "writable root: the kernel detaches every mount on a dentry that is renamed over or removed, in every "
+    "mount namespace, and the overlay that keeps a read-only directory's hiding mounts "
+    "(test_attack_hidden_host.py) has no upper layer to write through",
 )
 async def test_a_denied_file_replaced_on_the_host_during_a_run(
     sup: Supervisor, workspace: Path, secret: str

@@ -1,0 +1,91 @@
+"""Which directories a view shows through an overlay of its own (mounts.overlay_roots), decided on the host
+from real files in a scratch directory (the kernel side, the race against the host's renames, is
+tests/kernel/test_attack_hidden_host.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from supervisor.sandbox import mounts
+
+SCRATCH = Path("/var/tmp/corral-tests")  # not under /tmp: the view replaces /tmp, never overlaid
+
+
+@pytest.fixture
+def d() -> Iterator[Path]:
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    path = SCRATCH / f"ovl-{uuid.uuid4().hex[:10]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def prepared(deny: list[Path], write: Sequence[Path] = ()) -> mounts.Prepared:
+    return {
+        "confine": True,
+        "private_tmp": True,
+        "tmp_size": "50%",
+        "proc": True,
+        "private_net": True,
+        "write": [str(p) for p in write],
+        "read": [],
+        "deny": [str(p) for p in deny],
+        "protected": [],
+        "enforced": [],
+    }
+
+
+def test_the_read_only_directory_of_an_existing_denied_file(d: Path) -> None:
+    (d / "home").mkdir()
+    (d / "home" / ".netrc").write_text("x")
+    (d / "ws").mkdir()
+    pol = prepared([d / "home" / ".netrc", d / "home" / ".absent"], write=[d / "ws"])
+    assert mounts.overlay_roots(pol, str(d / "ws")) == [str(d / "home")]
+
+
+def test_only_the_topmost_of_nested_directories(d: Path) -> None:
+    (d / "home" / ".cargo").mkdir(parents=True)
+    (d / "home" / ".netrc").write_text("x")
+    (d / "home" / ".cargo" / "credentials.toml").write_text("x")
+    pol = prepared([d / "home" / ".cargo" / "credentials.toml", d / "home" / ".netrc"])
+    assert mounts.overlay_roots(pol, str(d)) == [str(d / "home")]
+    # Without the file above, the deeper directory is the one overlaid.
+    os.unlink(d / "home" / ".netrc")
+    assert mounts.overlay_roots(pol, str(d)) == [str(d / "home" / ".cargo")]
+
+
+def test_none_for_a_directory_a_writable_root_holds(d: Path) -> None:
+    # The home directory as the workdir: an overlay has no upper layer, it would make the home read-only.
+    (d / ".netrc").write_text("x")
+    assert mounts.overlay_roots(prepared([d / ".netrc"], write=[d]), str(d)) == []
+    (d / "sub").mkdir()
+    (d / "sub" / ".env").write_text("x")
+    assert mounts.overlay_roots(prepared([d / "sub" / ".env"], write=[d]), str(d)) == []
+
+
+def test_none_for_absent_files_directories_or_names_overlay_options_cannot_carry(d: Path) -> None:
+    (d / "keys").mkdir()
+    assert mounts.overlay_roots(prepared([d / "absent", d / "keys"]), str(d)) == []
+    (d / "a:b").mkdir()
+    (d / "a:b" / "token").write_text("x")
+    assert mounts.overlay_roots(prepared([d / "a:b" / "token"]), str(d)) == []
+
+
+def test_none_without_confinement(d: Path) -> None:
+    (d / "token").write_text("x")
+    pol = prepared([d / "token"])
+    pol["confine"] = False
+    assert mounts.overlay_roots(pol, str(d)) == []
+    assert mounts.overlay_roots(None, str(d)) == []
+
+
+def test_the_host_mount_table_is_read() -> None:
+    points = mounts._host_mount_points()
+    assert "/" in points
+    assert "/proc" in points
