@@ -604,6 +604,14 @@ except OSError as e:
     sock.send(f"E {e.strerror}".encode())
     sys.exit(0)
 sock.send(b"R")
+# The clones' tree fds are closed by a thread of their own: each close waits for an RCU grace period, and
+# the next request must not wait behind it.
+import queue, threading
+doomed = queue.SimpleQueue()
+def closer():
+    while True:
+        os.close(doomed.get())
+threading.Thread(target=closer, daemon=True).start()
 while True:
     try:
         msg, fds, _f, _a = socket.recv_fds(sock, 64, 1)
@@ -628,10 +636,12 @@ while True:
         if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino) or not stat.S_ISREG(got.st_mode):
             raise OSError(0, "its path now names another file")
         t = call(ctypes.c_long(428), p, b"", ctypes.c_uint(1 | 0x1000 | os.O_CLOEXEC))  # open_tree CLONE
-        opened.append(t)
-        attr = Attr(0x1 | 0x2 | 0x4, 0, 0, 0)  # MOUNT_ATTR_RDONLY | NOSUID | NODEV
-        call(ctypes.c_long(442), t, b"", ctypes.c_uint(0x1000), ctypes.byref(attr), ctypes.sizeof(attr))
-        new = os.open(f"/proc/self/fd/{t}", int(msg) | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            attr = Attr(0x1 | 0x2 | 0x4, 0, 0, 0)  # MOUNT_ATTR_RDONLY | NOSUID | NODEV
+            call(ctypes.c_long(442), t, b"", ctypes.c_uint(0x1000), ctypes.byref(attr), ctypes.sizeof(attr))
+            new = os.open(f"/proc/self/fd/{t}", int(msg) | os.O_CLOEXEC | os.O_NOCTTY)
+        finally:
+            doomed.put(t)
         opened.append(new)
         socket.send_fds(sock, [b"K"], [new])
     except OSError as e:
