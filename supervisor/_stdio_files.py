@@ -50,6 +50,7 @@ import fcntl
 import logging
 import os
 import platform
+import queue
 import socket
 import stat
 import subprocess
@@ -136,6 +137,25 @@ class StdioShield:
         self._helper: _Helper | None = None  # an ordinary caller's (below)
         self._helper_failed = False
         self._helper_why = ""
+        self._doomed: queue.SimpleQueue[list[int] | None] | None = None  # discard's closer thread
+
+    def discard(self, trees: list[int]) -> None:
+        """Close the clones' tree fds `trees` in this shield's closer thread (started on first use): each
+        close waits for an RCU grace period, which neither the event loop nor the spawn path should, and a
+        worker thread per child would cost its hop. Never raises."""
+        if not trees:
+            return
+        if self._doomed is None:
+            self._doomed = queue.SimpleQueue()
+            try:
+                threading.Thread(
+                    target=_closer, args=(self._doomed,), name="corral-stdio-closer", daemon=True
+                ).start()
+            except RuntimeError:  # no thread can be started: close them here
+                self._doomed = None
+                close_fds(trees)
+                return
+        self._doomed.put(trees)
 
     def close(self) -> None:
         """Close the user namespace fd and end the helper (the clones already made keep their mounts)."""
@@ -145,6 +165,9 @@ class StdioShield:
         if self._helper is not None:
             self._helper.close()
             self._helper = None
+        if self._doomed is not None:
+            self._doomed.put(None)  # the closer thread ends once it has closed what it was given
+            self._doomed = None
 
     def needs_thread(self, slots: list[int]) -> bool:
         """Whether `protect(slots)` would block, so runs in a worker thread: a root supervisor's first file
@@ -395,7 +418,7 @@ class StdioFiles:
         return True
 
     def take_trees(self) -> list[int]:
-        """The clones' tree fds, which the caller closes from now on (close_fds, in a worker thread)."""
+        """The clones' tree fds, which the caller closes from now on (StdioShield.discard)."""
         trees, self.trees = self.trees, []
         return trees
 
@@ -509,6 +532,12 @@ def _clone_open(fd: int, attrs: int, userns: int, flags: int, trees: list[int]) 
     # Opened through the O_PATH fd of the clone: the new file keeps the clone's mount alive after the tree
     # fd is closed. Never O_CREAT, O_TRUNC or O_EXCL: the caller's open did those already.
     return os.open(f"/proc/self/fd/{tree}", flags | os.O_CLOEXEC | os.O_NOCTTY)
+
+
+def _closer(doomed: queue.SimpleQueue[list[int] | None]) -> None:
+    """StdioShield.discard's thread: close each list of fds it is given, until None."""
+    while (fds := doomed.get()) is not None:
+        close_fds(fds)
 
 
 def close_fds(fds: list[int]) -> None:

@@ -929,15 +929,23 @@ class Supervisor:
                     stdio_files.settle()
                 await self._finish(child, slot)
                 if stdio_files is not None:
-                    await anyio.to_thread.run_sync(close_fds, stdio_files.take_trees())
+                    self._discard_trees(stdio_files)
             raise
         with anyio.CancelScope(shield=True):
             if stdio_files is not None:
                 stdio_files.settle()  # before wait() wakes: the caller finds its files as they were
             await self._finish(child, slot)
-            if stdio_files is not None and stdio_files.trees:
-                # Off the loop: each waits for an RCU grace period (_stdio_files._clone_open).
-                await anyio.to_thread.run_sync(close_fds, stdio_files.take_trees())
+            if stdio_files is not None:
+                self._discard_trees(stdio_files)
+
+    def _discard_trees(self, stdio_files: StdioFiles) -> None:
+        """Close the clones' tree fds of a child's stdio files off the loop (each waits for an RCU grace
+        period: _stdio_files._clone_open), in the shield's closer thread."""
+        trees = stdio_files.take_trees()
+        if self._shield is not None:
+            self._shield.discard(trees)
+        else:  # the supervisor is closing
+            close_fds(trees)
 
     def _ended_late(self, child: Child, timeout: float) -> None:
         """A command that ended past its wall-clock limit by the init's own clock, though the watcher saw
