@@ -79,11 +79,12 @@ _MOUNT_ATTR_RDONLY = 0x1
 _MOUNT_ATTR_NOSUID = 0x2
 _MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
-_CLONE_NEWUSER = 0x10000000
 
-#: The id map of the id-mapped clones: host ids 0..2^31-2 seen as 2^31..2^32-2. No account has such an id
-#: (systemd reserves the upper half; nothing may use 2^32-1), so no sandbox is the owner or in the group of a
-#: file through that mount, and root's own CAP_DAC_OVERRIDE still applies to it (the ids are valid).
+#: The id map of the id-mapped clones: host ids 0..2^31-2 seen as 2^31..2^32-2. Accounts keep to the lower
+#: half (systemd's ranges end below 2^31; 2^32-1 is no id), so the sandbox (root, or a root-owned
+#: workdir's owner) is neither the owner nor in the group of a file through that mount, while root's own
+#: CAP_DAC_OVERRIDE still applies to it (the ids are valid). A workdir owned by an id of the upper half
+#: would be the exception (its owner would own, through the clone, the files of id - 2^31).
 ID_SHIFT = 1 << 31
 _ID_MAP = f"0 {ID_SHIFT} {ID_SHIFT - 1}\n".encode()
 
