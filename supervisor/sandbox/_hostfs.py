@@ -198,6 +198,9 @@ def read_file(rootfd: int, rel: str, path: str, limit: int = MAX_READ) -> bytes 
         os.close(fd)
 
 
+_SUB_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 class Walk:
     """A node budget shared by the listings of one walk (`MAX_NODES` entries, `MAX_DEPTH` levels)."""
 
@@ -211,7 +214,7 @@ class Walk:
         """(name, d_type-derived st_mode file type) of each entry of directory `rel` under `rootfd`, sorted;
         None when it does not exist or is not a directory. Raises Unsafe (a symlink on the way, the walk over
         its node or depth bound)."""
-        if depth > self.max_depth:
+        if depth > self.max_depth:  # before the open (list_fd checks it too)
             raise Unsafe(
                 "walk (bounded)", path, f"deeper than {self.max_depth} levels below {self.top}", errno.ELOOP
             )
@@ -223,29 +226,50 @@ class Walk:
             if err.errno in (errno.ELOOP, errno.EXDEV):
                 raise Unsafe("open(O_NOFOLLOW)", path, "a symlink", err.errno) from err
             raise
-        out: list[tuple[str, int]] = []
         try:
-            with os.scandir(fd) as it:
-                for entry in it:
-                    self.left -= 1
-                    if self.left < 0:
-                        raise Unsafe(
-                            "walk (bounded)",
-                            self.top,
-                            f"more than {self.max_nodes} entries under it (last seen in {path})",
-                            errno.E2BIG,
-                        )
-                    if entry.is_symlink():
-                        mode = stat.S_IFLNK
-                    elif entry.is_dir(follow_symlinks=False):
-                        mode = stat.S_IFDIR
-                    elif entry.is_file(follow_symlinks=False):
-                        mode = stat.S_IFREG
-                    else:
-                        mode = 0
-                    out.append((entry.name, mode))
+            return self.list_fd(fd, path, depth)
         finally:
             os.close(fd)
+
+    def open_sub(self, fd: int, name: str, path: str) -> int | None:
+        """An fd of the subdirectory `name` of the directory `fd` (`path` in messages), opened with
+        O_NOFOLLOW from `fd` (one syscall, no path resolved again from the root); None when it is gone or
+        not a directory. Raises Unsafe when it is a symlink, OSError."""
+        try:
+            return os.open(name, _SUB_FLAGS, dir_fd=fd)
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            if err.errno == errno.ELOOP:
+                raise Unsafe("open(O_NOFOLLOW)", path, "a symlink", err.errno) from err
+            raise
+
+    def list_fd(self, fd: int, path: str, depth: int) -> list[tuple[str, int]]:
+        """`listdir` of the directory open as `fd` (not closed here)."""
+        if depth > self.max_depth:
+            raise Unsafe(
+                "walk (bounded)", path, f"deeper than {self.max_depth} levels below {self.top}", errno.ELOOP
+            )
+        out: list[tuple[str, int]] = []
+        with os.scandir(fd) as it:
+            for entry in it:
+                self.left -= 1
+                if self.left < 0:
+                    raise Unsafe(
+                        "walk (bounded)",
+                        self.top,
+                        f"more than {self.max_nodes} entries under it (last seen in {path})",
+                        errno.E2BIG,
+                    )
+                if entry.is_symlink():
+                    mode = stat.S_IFLNK
+                elif entry.is_dir(follow_symlinks=False):
+                    mode = stat.S_IFDIR
+                elif entry.is_file(follow_symlinks=False):
+                    mode = stat.S_IFREG
+                else:
+                    mode = 0
+                out.append((entry.name, mode))
         out.sort()
         return out
 

@@ -39,6 +39,7 @@ import os
 import pwd
 import re
 import stat
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
@@ -680,10 +681,37 @@ def _configured_hooks_path(root: str, rootfd: int) -> str | None:
     """core.hooksPath from the repository's own .git/config, relative to `root`, when it points inside it
     (husky's .husky): git runs the hooks from there, so it is protected like .git/hooks. The config is read
     bounded, non-blocking and without following symlinks. Raises _hostfs.Unsafe (.git/config is a FIFO, a
-    socket, a device, a symlink, or larger than 1 MiB)."""
+    socket, a device, a symlink, or larger than 1 MiB). What a config gave is kept while its identity
+    (device, inode, size, mtime, ctime) holds: a sandbox could plant a 1 MiB one (~0.4 s to parse, for every
+    spawn in that workdir, in the fork server that serves every tenant one spawn at a time)."""
+    try:
+        st = _hostfs.lstat_beneath(rootfd, ".git/config")
+    except OSError:
+        st = None
+    key = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        key = (root, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key in _hooks_paths:
+            return _hooks_paths[key]
+        if st.st_ctime_ns >= time.time_ns() - _IDENTITY_MARGIN_NS:
+            key = None  # changed within the clock's tick: a rewrite now could keep every field as it is
     data = _hostfs.read_file(rootfd, ".git/config", os.path.join(root, ".git", "config"))
-    if data is None:
-        return None
+    found = None if data is None else _hooks_path_in(root, data)
+    if key is not None:
+        if len(_hooks_paths) >= 256:
+            _hooks_paths.clear()
+        _hooks_paths[key] = found
+    return found
+
+
+#: _configured_hooks_path's results, by the identity of the config they were read from.
+_hooks_paths: dict[tuple[object, ...], str | None] = {}
+#: A file whose ctime is this close to now may still change without moving its ctime (coarse clock ticks).
+_IDENTITY_MARGIN_NS = 10_000_000
+
+
+def _hooks_path_in(root: str, data: bytes) -> str | None:
+    """core.hooksPath in the git config `data`, relative to `root`, when it points inside it."""
     try:
         entries = _gitconfig.parse(data)  # as git reads it: comments, quotes, escapes, continuations
     except _gitconfig.ConfigSyntaxError:
@@ -721,28 +749,63 @@ def _expand_git(root: str, protected: list[str], rootfd: int) -> list[str]:
         out.append(hooks_path)
     leaves = [p.split("/", 1)[1] for p in protected if p.startswith(".git/")]
     walk = _hostfs.Walk(os.path.join(root, ".git", "modules"))
-    stack = [(".git/modules", 0)]
-    while stack:
-        rel, depth = stack.pop()
-        entries = walk.listdir(rootfd, rel, os.path.join(root, rel), depth)
-        for name, mode in entries or ():
-            sub = f"{rel}/{name}"
+    try:
+        top = _hostfs.open_beneath(rootfd, ".git/modules", os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return out
+        if err.errno in (errno.ELOOP, errno.EXDEV):
+            raise _hostfs.Unsafe(
+                "open(O_NOFOLLOW)", os.path.join(root, ".git", "modules"), "a symlink", err.errno
+            ) from err
+        raise
+    try:
+        _walk_modules(walk, top, ".git/modules", os.path.join(root, ".git", "modules"), 0, leaves, out)
+    finally:
+        os.close(top)
+    return out
+
+
+def _walk_modules(
+    walk: _hostfs.Walk, fd: int, rel: str, path: str, depth: int, leaves: list[str], out: list[str]
+) -> None:
+    """`_expand_git`'s walk below the directory `fd` (`rel` under the root, `path` on the host): every
+    directory is looked into until a git dir (HEAD a regular file), whose protected `leaves` are added to
+    `out` and whose `modules/` is walked in turn (submodule names may contain slashes). Each directory is
+    opened O_NOFOLLOW from its parent's fd and listed once, at most _hostfs.MAX_DEPTH levels (a git dir
+    and its modules/ count as one) and MAX_NODES entries in all. (It used to resolve every directory, and
+    every subdirectory's HEAD, again from the root: 9,000 directories planted under .git/modules cost the
+    fork server ~0.4 s per spawn in that workdir, one spawn at a time for every tenant.) Raises
+    _hostfs.Unsafe (a symlink among them: git would follow it to an unprotected git dir; over the bounds)."""
+    entries = walk.list_fd(fd, path, depth)
+    if depth > 0 and ("HEAD", stat.S_IFREG) in entries:  # a git dir
+        out += [f"{rel}/{leaf}" for leaf in leaves]
+        todo = [("modules", depth)] if any(name == "modules" for name, _mode in entries) else []
+    else:
+        todo = []
+        for name, mode in entries:
             if stat.S_ISLNK(mode):
                 raise _hostfs.Unsafe(
                     "walk .git/modules",
-                    os.path.join(root, sub),
+                    os.path.join(path, name),
                     "a symlink among submodule git dirs (git would follow it to an unprotected git dir)",
                     40,
                 )
-            if not stat.S_ISDIR(mode):
-                continue
-            head = _hostfs.lstat_beneath(rootfd, f"{sub}/HEAD")
-            if head is not None and stat.S_ISREG(head.st_mode):  # a git dir
-                out += [f"{sub}/{leaf}" for leaf in leaves]
-                stack.append((f"{sub}/modules", depth + 1))
-            else:
-                stack.append((sub, depth + 1))  # submodule names may contain slashes
-    return out
+            if stat.S_ISDIR(mode):
+                todo.append((name, depth + 1))
+    for name, sub_depth in reversed(todo):  # the order of the stack this walk replaced
+        sub_path = os.path.join(path, name)
+        if sub_depth > walk.max_depth:
+            raise _hostfs.Unsafe(
+                "walk (bounded)", sub_path, f"deeper than {walk.max_depth} levels below {walk.top}", 40
+            )
+        sub = walk.open_sub(fd, name, sub_path)
+        if sub is None:
+            continue
+        try:
+            _walk_modules(walk, sub, f"{rel}/{name}", sub_path, sub_depth, leaves, out)
+        finally:
+            os.close(sub)
 
 
 #: The init's slot holding the scaffold (`_scaffold`), and its directories: what is bound from each.

@@ -178,3 +178,47 @@ async def test_another_tenants_slow_scans_do_not_hold_a_timeout(
                 assert took < 4.5, f"a 3 s timeout returned after {took:.1f} s"
         finally:
             done.set()
+
+
+# --- class 6: what the fork server reads for one tenant's spawn held every other tenant's
+
+#: A git dir at the top of the workdir with a 1 MB config of settings that run nothing, and 9,000 empty
+#: directories under .git/modules (within the walk's bound of 10,000): the fork server read and parsed
+#: the config and walked the directories for every spawn in that workdir (~0.9 s here), one spawn at a
+#: time.
+SLOW_SPAWN = (
+    "mkdir -p .git/objects .git/refs .git/modules && echo 'ref: refs/heads/m' > .git/HEAD && "
+    "/usr/bin/python3 -c \"\nimport os\nopen('.git/config', 'wb').write(b'[user]\\n\\tname = x\\n' * 60000)\n"
+    "for i in range(9000): os.mkdir(f'.git/modules/m{i}')\""
+)
+
+
+async def test_another_tenants_slow_spawns_do_not_hold_a_spawn(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    # Four tasks spawning /bin/true in the attacker's workdir made the victim's /bin/true wait ~4 s for
+    # the fork server, past its 3 s timeout: killed before it ran.
+    attacker = profiles.workspace_write(workspace, timeout=60)
+    victim = profiles.workspace_write(outside, timeout=3)
+    r = await sup.run([SH, "-c", SLOW_SPAWN], policy=attacker)
+    assert r.exit_code == 0, r.stderr
+    assert r.quarantined == ()
+    done = anyio.Event()
+
+    async def hammer() -> None:
+        while not done.is_set():
+            await sup.run(["/bin/true"], policy=attacker)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(hammer)
+        await anyio.sleep(1)
+        try:
+            for _ in range(4):
+                t = time.monotonic()
+                r = await sup.run(["/bin/true"], policy=victim)
+                took = time.monotonic() - t
+                assert r.exit_code == 0, (r.violation, took)
+                assert took < 1.5, f"/bin/true took {took:.1f} s beside the attacker"
+        finally:
+            done.set()
