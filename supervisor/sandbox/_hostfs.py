@@ -238,7 +238,15 @@ class Walk:
         try:
             return os.open(name, _SUB_FLAGS, dir_fd=fd)
         except OSError as err:
-            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            if err.errno == errno.ENOTDIR:  # what O_DIRECTORY | O_NOFOLLOW answers for a symlink too
+                try:
+                    link = stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+                except OSError:
+                    link = False
+                if link:
+                    raise Unsafe("open(O_NOFOLLOW)", path, "a symlink", errno.ELOOP) from err
+                return None
+            if err.errno == errno.ENOENT:
                 return None
             if err.errno == errno.ELOOP:
                 raise Unsafe("open(O_NOFOLLOW)", path, "a symlink", err.errno) from err
