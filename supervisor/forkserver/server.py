@@ -29,8 +29,9 @@ import os
 import signal
 import socket
 import sys
+from collections import OrderedDict
 
-from supervisor.forkserver import protocol
+from supervisor.forkserver import _recheck, protocol
 from supervisor.forkserver.netpool import NetPool, close_all
 from supervisor.forkserver.protocol import CompiledPayload, PreforkRequest, Reply, Request, SpawnRequest
 from supervisor.sandbox import (
@@ -217,7 +218,10 @@ class _Cache:
     (a build that changed what it looked at, by creating a .git/hooks to protect, is not kept). For a
     pre-forked sandbox, "now" is the supervisor's fingerprint taken just before its request (its digest,
     `checked`): the supervisor uses the sandbox only while the paths still match that fingerprint, at its R
-    record and at the request, so the fork server takes none of its own for a view it has for it.
+    record and at the request, so the fork server takes none of its own for a view it has for it. For the
+    other requests, a Recheck of the fingerprint a view was packed for (forkserver/_recheck.py: single-name
+    stats on held fds, about 30 us where the fingerprint takes 45) answers while it holds, for the
+    MAX_RECHECKS most recently used views; the fingerprint otherwise.
     """
 
     def __init__(self) -> None:
@@ -227,6 +231,10 @@ class _Cache:
             tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
             tuple[bytes, _ops.Segment],  # (mounts.digest of the fingerprint it was packed for, the segment)
         ] = {}
+        #: A view's Recheck (None: none could be recorded), by the view's key; bounded (each holds fds).
+        self._rechecks: OrderedDict[
+            tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None], _recheck.Recheck | None
+        ] = OrderedDict()
 
     def head(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
         seg = self._head.get(policy_id)
@@ -246,6 +254,7 @@ class _Cache:
         self._lockdown.pop(policy_id, None)
         for key in [k for k in self._views if k[0] == policy_id]:
             del self._views[key]
+            self._drop_recheck(key)
 
     def view(
         self,
@@ -264,17 +273,63 @@ class _Cache:
         mnt = pol["mounts"]
         key = (policy_id, cwd, pooled_net, cgroup_view, console)
         hit = self._views.get(key)
-        if checked is not None and hit is not None and hit[0] == checked:
-            return hit[1]
-        before = mounts.digest(mounts.fingerprint(mnt, cwd))
+        before: bytes | None = None
+        if hit is not None:
+            if checked is not None and hit[0] == checked:
+                return hit[1]
+            recheck = self._rechecks.get(key)
+            if recheck is not None:
+                if recheck.unchanged():
+                    self._rechecks.move_to_end(key)
+                    return hit[1]
+                self._drop_recheck(key)
+            elif key not in self._rechecks:
+                # No Recheck yet (a new cache entry's was refused, say, for a ctime within its margin):
+                # the fingerprint with one, once.
+                fingerprint, recheck = _recheck.take(mnt, cwd)
+                before = mounts.digest(fingerprint)
+                if before == hit[0]:
+                    self._keep_recheck(key, recheck)
+                    return hit[1]
+                if recheck is not None:
+                    recheck.close()
+        if before is None:
+            before = mounts.digest(mounts.fingerprint(mnt, cwd))
         if hit is not None and hit[0] == before:
             return hit[1]
         seg = _view(pol, cwd, pooled_net, cgroup_view, console).segment()
-        if mounts.digest(mounts.fingerprint(mnt, cwd)) == before:
+        after, recheck = _recheck.take(mnt, cwd)
+        if mounts.digest(after) == before:
             if len(self._views) >= 256:  # bounded: one entry per policy and workdir in use
                 self._views.clear()
+                for old in list(self._rechecks):
+                    self._drop_recheck(old)
             self._views[key] = (before, seg)
+            self._keep_recheck(key, recheck)
+        elif recheck is not None:
+            recheck.close()
         return seg
+
+    def _keep_recheck(
+        self,
+        key: tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
+        recheck: _recheck.Recheck | None,
+    ) -> None:
+        self._drop_recheck(key)
+        self._rechecks[key] = recheck
+        while len(self._rechecks) > MAX_RECHECKS:
+            self._drop_recheck(next(iter(self._rechecks)))
+
+    def _drop_recheck(
+        self, key: tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None]
+    ) -> None:
+        recheck = self._rechecks.pop(key, None)
+        if recheck is not None:
+            recheck.close()
+
+
+#: Views whose Recheck the fork server keeps (each holds up to _recheck.MAX_FDS directory fds).
+MAX_RECHECKS = 16
 
 
 # ----------------------------------------------------------------------------------------------------------
