@@ -348,11 +348,19 @@ def digest(fingerprint: tuple[object, ...]) -> bytes:
     assert isinstance(paths, tuple)
     assert isinstance(idents, bytes)
     assert isinstance(notes, tuple)
-    h = hashlib.blake2b(digest_size=16)
-    h.update("\0".join(map(str, paths)).encode("utf-8", "surrogateescape"))
+    h = _paths_hash(paths).copy()
     h.update(b"\1" + idents + b"\1")
     h.update("\0".join(map(str, notes)).encode("utf-8", "surrogateescape"))
     return h.digest()
+
+
+@functools.lru_cache(maxsize=64)
+def _paths_hash(paths: tuple[object, ...]) -> hashlib.blake2b:
+    """`digest`'s hash of a fingerprint's paths alone (the same list every time for a policy and workdir);
+    copied, never updated."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update("\0".join(map(str, paths)).encode("utf-8", "surrogateescape"))
+    return h
 
 
 def owner_secrets(prepared: Prepared, workdir: str) -> list[str]:
