@@ -63,6 +63,9 @@ from supervisor.sandbox.probe import KernelCaps
 
 log = logging.getLogger("corral")
 
+#: Warning lines one run's git scan logs at most (one per path), then one line for the rest.
+_QUARANTINE_LINES = 20
+
 
 #: Bytes of each output stream kept by `run` when the policy sets no output limit.
 DEFAULT_CAPTURE = 1 << 20
@@ -1071,8 +1074,16 @@ class Supervisor:
             with anyio.CancelScope(shield=True):
                 found = await anyio.to_thread.run_sync(_gitscan.scan, pol, child.requested_ns, self._listings)
             child.quarantined = tuple(found)
-            for path, reason in found:
+            # Bounded: a sandbox chooses how many paths there are (one line each flooded the caller's
+            # stderr, up to ~100,000 lines a run); `quarantined` keeps them all.
+            for path, reason in found[:_QUARANTINE_LINES]:
                 log.warning("git: %s: %s", path, reason)
+            if len(found) > _QUARANTINE_LINES:
+                log.warning(
+                    "git: %d more paths moved aside or reported (the result's `quarantined`, --json's, lists "
+                    "them all)",
+                    len(found) - _QUARANTINE_LINES,
+                )
         for path in child._exit.protected if child._exit is not None else ():
             log.warning(
                 "git: %s: read-only in the sandbox (corral protects it): the command's change to it "

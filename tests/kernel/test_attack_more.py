@@ -223,3 +223,31 @@ async def test_another_tenants_slow_spawns_do_not_hold_a_spawn(
                 assert took < 2.5, f"/bin/true took {took:.1f} s beside the attacker"
         finally:
             done.set()
+
+
+# --- class 7: how many lines one run's git scan may print
+
+
+async def test_many_planted_repositories_do_not_flood_the_callers_log(
+    sup: Supervisor, workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every path moved aside was one warning line: 300 planted git dirs made 300 lines on the caller's
+    # stderr from one run (up to ~100,000 within the scan's node budget, ~20 MB). The structured result
+    # keeps every one; the log says how many more there are.
+    pol = profiles.workspace_write(workspace, timeout=60)
+    plant = (
+        "import os\n"
+        "for i in range(300):\n"
+        "    g = f'r{i}/.git'\n"
+        "    os.makedirs(g + '/objects'); os.makedirs(g + '/refs')\n"
+        "    open(g + '/HEAD', 'w').write('ref: refs/heads/m\\n')\n"
+        "    open(g + '/config', 'w').write('[core]\\n\\tfsmonitor = touch /nonexistent\\n')\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="corral"):
+        r = await sup.run(["/usr/bin/python3", "-c", plant], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert len(r.quarantined) == 300
+    assert not any((workspace / f"r{i}" / ".git" / "config").exists() for i in range(300))
+    lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("git:")]
+    assert len(lines) <= 21, len(lines)
+    assert "280 more" in lines[-1], lines[-1]
