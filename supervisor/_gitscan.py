@@ -29,7 +29,8 @@ Also the host users' own global and system git configuration (supervisor/_gitglo
 or a `core.hooksPath` directory it names under a root is checked as above (and warned about once: the scan
 acts only after the run, while the user's git may read it during the run).
 Each quarantined path is reported (`Result.quarantined`, `--json`'s `quarantined`, a warning line for the
-first 20 of a run and a count of the rest). Nothing that existed unchanged before the run is touched: the user's own hooks and settings stay.
+first 20 of a run and a count of the rest). Nothing that existed unchanged before the run is touched: the
+user's own hooks and settings stay.
 
 Later scans in the same supervisor reuse the directory listings of earlier ones (`Listings`): only
 directories whose ctime moved are listed again.
