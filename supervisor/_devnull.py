@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import stat
 
@@ -27,9 +28,11 @@ _SYS_MOUNT_SETATTR = 442
 _OPEN_TREE_CLONE = 1
 _OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 _AT_EMPTY_PATH = 0x1000
-_MOUNT_ATTR_RDONLY = 0x1
-_MOUNT_ATTR_NOSUID = 0x2
-_MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_IDMAP = 0x100000
 
 #: (major, minor) of /dev/null.
 NULL_RDEV = os.makedev(1, 3)
@@ -65,24 +68,26 @@ def is_devnull(fd: int) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_RDEV
 
 
-def open_read_only_copy(flags: int, fd: int | None = None) -> int | None:
-    """/dev/null (or, given `fd`, the character device it is open on) opened with `flags` through a detached
-    read-only copy of its mount; None when that cannot be made or the open does not give the same device."""
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc, loaded once (find_library runs ldconfig). Raises OSError (errno 0) when it cannot be."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    except OSError:
-        return None
+    except OSError as err:
+        raise OSError(0, f"libc cannot be loaded ({err})") from err
     libc.syscall.restype = ctypes.c_long
-    if fd is None:
-        where, path, how, want = -100, os.devnull.encode(), 0, NULL_RDEV  # AT_FDCWD
-    else:
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            return None
-        if not stat.S_ISCHR(st.st_mode):
-            return None
-        where, path, how, want = fd, b"", _AT_EMPTY_PATH, st.st_rdev
+    return libc
+
+
+def clone_mount(where: int, path: bytes, attrs: int, userns: int = -1, trees: list[int] | None = None) -> int:
+    """The O_PATH fd of a detached clone of the mount of `path` at dir fd `where` (b"": the file `where` is
+    open on itself), given mount attributes `attrs` (and `userns` for MOUNT_ATTR_IDMAP). With `trees`, the
+    clone's fd is appended to it as soon as it exists, even when this then raises, for the caller to close
+    (closing it dissolves the clone's anonymous mount namespace, which waits for an RCU grace period:
+    supervisor/_stdio_files.py closes them off the loop); without, it is closed here on failure. Raises
+    OSError (errno 0 with a reason when libc cannot be loaded)."""
+    libc = _libc()
+    how = _AT_EMPTY_PATH if not path else 0
     tree = libc.syscall(
         ctypes.c_long(_SYS_OPEN_TREE),
         ctypes.c_int(where),
@@ -90,19 +95,45 @@ def open_read_only_copy(flags: int, fd: int | None = None) -> int | None:
         ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | how),
     )
     if tree < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"open_tree: {os.strerror(errno)}")
+    if trees is not None:
+        trees.append(tree)
+    attr = _MountAttr(attrs, 0, 0, userns if userns >= 0 else 0)
+    done = libc.syscall(
+        ctypes.c_long(_SYS_MOUNT_SETATTR),
+        ctypes.c_int(tree),
+        ctypes.c_char_p(b""),
+        ctypes.c_uint(_AT_EMPTY_PATH),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    if done < 0:
+        errno = ctypes.get_errno()
+        if trees is None:
+            os.close(tree)
+        raise OSError(errno, f"mount_setattr: {os.strerror(errno)}")
+    return int(tree)
+
+
+def open_read_only_copy(flags: int, fd: int | None = None) -> int | None:
+    """/dev/null (or, given `fd`, the character device it is open on) opened with `flags` through a detached
+    read-only copy of its mount; None when that cannot be made or the open does not give the same device."""
+    if fd is None:
+        where, path, want = -100, os.devnull.encode(), NULL_RDEV  # AT_FDCWD
+    else:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        if not stat.S_ISCHR(st.st_mode):
+            return None
+        where, path, want = fd, b"", st.st_rdev
+    try:
+        tree = clone_mount(where, path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
+    except OSError:
         return None
     try:
-        attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NOEXEC, 0, 0, 0)
-        done = libc.syscall(
-            ctypes.c_long(_SYS_MOUNT_SETATTR),
-            ctypes.c_int(tree),
-            ctypes.c_char_p(b""),
-            ctypes.c_uint(_AT_EMPTY_PATH),
-            ctypes.byref(attr),
-            ctypes.c_size_t(ctypes.sizeof(attr)),
-        )
-        if done < 0:
-            return None
         # Reopened through the O_PATH fd of the copy: the new file keeps the copy's (read-only) mount,
         # and keeps it alive after the tree fd is closed. O_NONBLOCK: a terminal's open never waits.
         try:

@@ -61,24 +61,23 @@ from typing import Any
 
 import anyio
 
-from supervisor._devnull import NULL_RDEV, open_read_only_copy
+from supervisor._devnull import (
+    MOUNT_ATTR_IDMAP,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+    NULL_RDEV,
+    clone_mount,
+    open_read_only_copy,
+)
 
 log = logging.getLogger("corral")
 
 #: The layer name of an unprotected stdio file in a child's `missing`.
 LAYER = "stdio_metadata"
 
-# The generic syscall numbers (the same on x86_64 and aarch64).
-_SYS_OPEN_TREE = 428
-_SYS_MOUNT_SETATTR = 442
 _SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
 _KCMP_FILE = 0
-_OPEN_TREE_CLONE = 1
-_AT_EMPTY_PATH = 0x1000
-_MOUNT_ATTR_RDONLY = 0x1
-_MOUNT_ATTR_NOSUID = 0x2
-_MOUNT_ATTR_NODEV = 0x4
-_MOUNT_ATTR_IDMAP = 0x100000
 
 #: The id map of the id-mapped clones: host ids 0..2^31-2 seen as 2^31..2^32-2. Accounts keep to the lower
 #: half (systemd's ranges end below 2^31; 2^32-1 is no id), so the sandbox (root, or a root-owned
@@ -94,17 +93,8 @@ _KEEP_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NO
 _SETID = stat.S_ISUID | stat.S_ISGID
 
 
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
-
-
 class _Libc:
-    """libc's `syscall`, loaded once (None where it cannot be)."""
+    """libc's `syscall`, loaded once (None where it cannot be): kcmp's."""
 
     fn: Callable[..., Any] | None = None
     loaded = False
@@ -332,9 +322,9 @@ class StdioShield:
                 self.make_userns()  # (the spawn path makes it in a worker thread first: wants_userns)
             if self._userns < 0:
                 return self._userns_why
-            attrs, userns = _MOUNT_ATTR_IDMAP | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, self._userns
+            attrs, userns = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, self._userns
         else:
-            attrs, userns = _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, 0
+            attrs, userns = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0
         try:
             new = _clone_open(fd, attrs, userns, flags & _KEEP_FLAGS, files.trees)
         except OSError as err:
@@ -503,33 +493,8 @@ def _clone_open(fd: int, attrs: int, userns: int, flags: int, trees: list[int]) 
     clone of its mount given `attrs` (and `userns` for MOUNT_ATTR_IDMAP). The clone's O_PATH fd is appended
     to `trees`, even on failure, for the caller to close: closing it dissolves the clone's anonymous mount
     namespace, which waits for an RCU grace period (0.3-3 ms on a loaded machine, measured), so it is done
-    off the spawn path and off the event loop (take_trees). Raises OSError (errno 0 with a reason when libc
-    cannot be loaded)."""
-    fn = _Libc.get()
-    if fn is None:
-        raise OSError(0, "libc's syscall() cannot be loaded")
-    tree = fn(
-        ctypes.c_long(_SYS_OPEN_TREE),
-        ctypes.c_int(fd),
-        ctypes.c_char_p(b""),
-        ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_EMPTY_PATH),
-    )
-    if tree < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"open_tree: {os.strerror(err)}")
-    trees.append(tree)
-    attr = _MountAttr(attrs, 0, 0, userns if userns >= 0 else 0)
-    done = fn(
-        ctypes.c_long(_SYS_MOUNT_SETATTR),
-        ctypes.c_int(tree),
-        ctypes.c_char_p(b""),
-        ctypes.c_uint(_AT_EMPTY_PATH),
-        ctypes.byref(attr),
-        ctypes.c_size_t(ctypes.sizeof(attr)),
-    )
-    if done < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount_setattr: {os.strerror(err)}")
+    off the spawn path and off the event loop (take_trees, StdioShield.discard). Raises OSError."""
+    tree = clone_mount(fd, b"", attrs, userns, trees)
     # Opened through the O_PATH fd of the clone: the new file keeps the clone's mount alive after the tree
     # fd is closed. Never O_CREAT, O_TRUNC or O_EXCL: the caller's open did those already.
     return os.open(f"/proc/self/fd/{tree}", flags | os.O_CLOEXEC | os.O_NOCTTY)
