@@ -16,7 +16,7 @@
   (`_pin_ancestors`); a denied file with hard links the policy does not all hide is refused
   (`_links_outside`); the read-only directory holding a denied file is shown through an overlay of its own
   (`overlay_roots`), so that the host replacing the file during the run (a rename over it) does not detach
-  the hiding mount;
+  the hiding mount, with a whiteout for each denied name there that is missing (`_whiteouts`);
 - every path of the policy (roots, the workdir, denied and protected paths) is opened by the init without
   following any symlink, and its mount made from that fd (OP_MOUNT_AT): a link a sandbox planted for the next
   one (`build -> /etc`) is refused, never followed.
@@ -496,7 +496,7 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False, overlays
         _setattr(plan, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
         _scaffold(plan)
         for top in overlays:
-            _overlay(plan, top)
+            _overlay(plan, top, _deny_targets(prepared))
         _hide_sockets(plan)
         _etc_files(plan, frozenset(_deny_targets(prepared)))
         _dev(plan, str(prepared.get("tmp_size", "50%")))
@@ -1084,21 +1084,132 @@ def _kept_roots(prepared: Prepared, overlays: Sequence[str]) -> list[str]:
     return [r for r in roots if _under(r, overlays)]
 
 
-def _overlay(plan: Plan, top: str) -> None:
-    """Show host directory `top` through an overlay of its own (`overlay_roots`): read-only, nosuid, nodev;
-    the directory as the top lower layer (its entries and attributes), the scaffold's empty directory
-    under it (an overlay without an upper layer needs two). When the kernel refuses it (no overlayfs, or
-    one stacked too deep, as in a sandbox in a sandbox) the view goes on without it: the denied names are
-    then hidden on the host's dentries, as before."""
+def _overlay(plan: Plan, top: str, denied: list[str]) -> None:
+    """Show host directory `top` through an overlay of its own (`overlay_roots`): read-only, nosuid, nodev.
+    Its layers: a directory of whiteouts for the denied names below `top` that do not exist now
+    (`_whiteouts`), so that the host creating one during the run (a first `git credential-store`, `aws
+    configure`) does not show it either, over `top` itself; or, without absent names (or when that
+    directory cannot be made), `top` over the scaffold's empty directory (an overlay without an upper layer
+    needs two). When the kernel refuses it (no overlayfs, or one stacked too deep, as in a sandbox in a
+    sandbox) the view goes on without it: the denied names are then hidden on the host's dentries, as
+    before."""
+    layer = _whiteouts(top, denied)
     index = _mount(
         plan,
         "overlay",
         top,
         "overlay",
         MS_RDONLY | MS_NOSUID | MS_NODEV,
-        f"lowerdir={top}:/tmp/empty",
+        f"lowerdir={layer}:{top}" if layer else f"lowerdir={top}:/tmp/empty",
     )
     plan.land(index)
+
+
+#: The whiteout layers this process made (`_whiteouts`), by what they stand for; and where it makes them.
+_LAYERS: dict[tuple[object, ...], str] = {}
+_LAYER_HOME: list[str] = []
+_MAX_LAYERS = 256
+
+
+def _whiteouts(top: str, denied: list[str]) -> str | None:
+    """A host directory that, as an overlay layer over `top`, hides every denied path below `top` that is
+    missing now while its parent directory exists (a whiteout: the character device 0:0, which any user
+    may make), with the mode and owner of `top` and of each directory on the way (an overlay shows a
+    directory's attributes from the topmost layer that has it). None when there is no such path, or when a
+    directory's owner cannot be given (an ordinary user's process and a directory of another account).
+
+    Made once per set of names and attributes, each layer as `top` is, in a directory of this process
+    under /dev/shm (mode 0711: traversable, not listable), which every sandbox's view replaces: no sandbox
+    can see or change it. Removed at exit (atexit); at most _MAX_LAYERS (then None). Never raises."""
+    names: list[tuple[str, ...]] = []
+    dirs: dict[tuple[str, ...], tuple[int, int, int]] = {}
+    prefix = top.rstrip("/") + "/"
+    try:
+        st = os.lstat(top)
+    except OSError:
+        return None
+    dirs[()] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    for path in denied:
+        if not path.startswith(prefix):
+            continue
+        parts = tuple(path[len(prefix) :].split("/"))
+        try:
+            os.lstat(path)
+            continue  # exists: hidden by a mount on the overlay's dentry
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue
+        ok = True
+        for i in range(1, len(parts)):
+            key = parts[:i]
+            if key in dirs:
+                continue
+            try:
+                d = os.lstat(prefix + "/".join(key))
+            except OSError:
+                ok = False
+                break
+            if not stat.S_ISDIR(d.st_mode):
+                ok = False
+                break
+            dirs[key] = (stat.S_IMODE(d.st_mode), d.st_uid, d.st_gid)
+        if ok:
+            names.append(parts)
+    if not names:
+        return None
+    used = {k: v for k, v in dirs.items() if any(n[: len(k)] == k and len(n) > len(k) for n in names)}
+    wanted = (top, tuple(sorted(names)), tuple(sorted(used.items())))
+    layer = _LAYERS.get(wanted)
+    if layer is not None and os.path.isdir(layer):
+        return layer
+    if len(_LAYERS) >= _MAX_LAYERS:
+        return None
+    try:
+        layer = _make_layer(names, used)
+    except OSError:
+        return None
+    _LAYERS[wanted] = layer
+    return layer
+
+
+def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[int, int, int]]) -> str:
+    """Make one whiteout layer (see `_whiteouts`) and return its path. Raises OSError."""
+    import tempfile
+
+    if not _LAYER_HOME:
+        import atexit
+        import shutil
+
+        home = tempfile.mkdtemp(prefix="corral-whiteouts-", dir="/dev/shm")
+        # Traversable, not listable: the sandbox's init resolves a layer's path as whoever it runs as.
+        os.chmod(home, 0o711)
+        _LAYER_HOME.append(home)
+        atexit.register(shutil.rmtree, home, True)
+    layer = tempfile.mkdtemp(dir=_LAYER_HOME[0])
+    me = os.geteuid()
+    try:
+        for key in sorted(dirs, key=len):
+            path = os.path.join(layer, *key)
+            if key:
+                os.mkdir(path, 0o700)
+            for n in names:
+                if n[:-1] == key:
+                    os.mknod(os.path.join(path, n[-1]), stat.S_IFCHR | 0o600, 0)
+        for key in sorted(dirs, key=len, reverse=True):
+            mode, uid, gid = dirs[key]
+            path = os.path.join(layer, *key)
+            if (uid, gid) != (me, os.getegid()):
+                if me != 0:
+                    raise PermissionError(errno.EPERM, "another account's directory", path)
+                os.chown(path, uid, gid)
+            os.chmod(path, mode)
+    except OSError:
+        import shutil
+
+        shutil.rmtree(layer, ignore_errors=True)
+        raise
+    return layer
 
 
 def _deny(plan: Plan, path: str, denied: list[str]) -> None:

@@ -198,3 +198,41 @@ async def test_the_default_credential_store_rewritten_by_the_host(
     secret = marker()
     loops, replaced, out = await race(sup, pol, workspace, [store], rename_over(store, secret))
     assert_never_read(loops, replaced, out, secret)
+
+
+async def test_a_denied_file_the_host_creates_during_the_run(
+    sup: Supervisor, workspace: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(outside))
+    (outside / ".netrc").write_text("machine old\n")  # an existing denied file: the home is overlaid
+    (outside / ".config").mkdir()
+    store = outside / ".git-credentials"
+    pol = profiles.workspace_write(workspace, timeout=20)
+    assert str(store) in pol.filesystem.deny
+    assert str(outside / ".config" / "gh") in pol.filesystem.deny
+    secret = marker()
+
+    # A first `git credential-store` (or `aws configure`, `docker login`) on the host while an agent runs:
+    # the name is absent when the sandbox starts, and written before the sandbox first looks it up (a
+    # lookup made earlier would leave a negative entry in the overlay that hides it until the kernel drops
+    # it: nothing to rely on). The overlay's whiteout for the absent name hides it (mounts._whiteouts).
+    wait_for_go = "i=0; while [ ! -e go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done"
+    out: list[bytes] = []
+
+    async def child() -> None:
+        script = f"touch started; {wait_for_go}; cat {store} {outside}/.config/gh/hosts.yml"
+        r = await sup.run(["/bin/sh", "-c", script], policy=pol)
+        out.append(r.stdout + r.stderr)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(child)
+        with anyio.fail_after(15):
+            while not (workspace / "started").exists():  # noqa: ASYNC110 - polling the host side
+                await anyio.sleep(0.05)
+        rename_over(store, secret)(time.monotonic() + 0.05)
+        (outside / ".config" / "gh").mkdir(parents=True)  # deeper: a directory under an existing one
+        (outside / ".config" / "gh" / "hosts.yml").write_text(secret)
+        (workspace / "go").touch()
+    assert b"No such file" in out[0]
+    assert secret.encode() not in out[0]
+    assert store.read_text().startswith(secret)  # checked from outside: the host did write it

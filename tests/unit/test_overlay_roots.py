@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -89,3 +90,27 @@ def test_the_host_mount_table_is_read() -> None:
     points = mounts._host_mount_points()
     assert "/" in points
     assert "/proc" in points
+
+
+def test_a_whiteout_layer_for_the_absent_names(d: Path) -> None:
+    # What the overlay puts over the directory: a whiteout (character device 0:0) per denied name that is
+    # missing while its parent exists, in directories with the host's modes and owners.
+    (d / "home" / ".config").mkdir(parents=True)
+    os.chmod(d / "home", 0o710)
+    os.chmod(d / "home" / ".config", 0o750)
+    (d / "home" / ".netrc").write_text("x")
+    top = str(d / "home")
+    denied = [f"{top}/.netrc", f"{top}/.git-credentials", f"{top}/.config/gh", f"{top}/.aws/credentials"]
+    layer = mounts._whiteouts(top, denied)
+    assert layer is not None
+    base = Path(layer)
+    for rel in (".git-credentials", ".config/gh"):
+        st = os.lstat(base / rel)
+        assert stat.S_ISCHR(st.st_mode)
+        assert st.st_rdev == 0
+    assert not (base / ".netrc").exists()  # it exists on the host: hidden by a mount instead
+    assert not (base / ".aws").exists()  # its parent is missing: no phantom directory
+    assert stat.S_IMODE(os.lstat(base).st_mode) == 0o710
+    assert stat.S_IMODE(os.lstat(base / ".config").st_mode) == 0o750
+    assert mounts._whiteouts(top, denied) == layer  # made once
+    assert mounts._whiteouts(top, [f"{top}/.netrc"]) is None  # nothing absent: no layer
