@@ -1185,7 +1185,13 @@ def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[
         # Traversable, not listable: the sandbox's init resolves a layer's path as whoever it runs as.
         os.chmod(home, 0o711)
         _LAYER_HOME.append(home)
-        atexit.register(shutil.rmtree, home, True)
+        owner = os.getpid()
+
+        def remove() -> None:
+            if os.getpid() == owner:  # not in a child that inherited the handler
+                shutil.rmtree(home, ignore_errors=True)
+
+        atexit.register(remove)
     layer = tempfile.mkdtemp(dir=_LAYER_HOME[0])
     me = os.geteuid()
     try:
