@@ -1120,7 +1120,8 @@ def _whiteouts(top: str, denied: list[str]) -> str | None:
 
     Made once per set of names and attributes, each layer as `top` is, in a directory of this process
     under /dev/shm (mode 0711: traversable, not listable), which every sandbox's view replaces: no sandbox
-    can see or change it. Removed at exit (atexit); at most _MAX_LAYERS (then None). Never raises."""
+    can see or change it. Removed at exit (atexit), or by the next process that makes one when this one
+    was killed (`_sweep_layers`); at most _MAX_LAYERS (then None). Never raises."""
     names: list[tuple[str, ...]] = []
     dirs: dict[tuple[str, ...], tuple[int, int, int]] = {}
     prefix = top.rstrip("/") + "/"
@@ -1173,6 +1174,30 @@ def _whiteouts(top: str, denied: list[str]) -> str | None:
     return layer
 
 
+def _sweep_layers() -> None:
+    """Remove the whiteout directories under /dev/shm of processes of this account that are gone (a fork
+    server killed runs no atexit handler). Never raises."""
+    import shutil
+
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[:2] != ["corral", "whiteouts"] or not parts[2].isdigit():
+            continue
+        path = f"/dev/shm/{name}"
+        try:
+            if os.lstat(path).st_uid != os.geteuid():
+                continue
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[int, int, int]]) -> str:
     """Make one whiteout layer (see `_whiteouts`) and return its path. Raises OSError."""
     import tempfile
@@ -1181,7 +1206,8 @@ def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[
         import atexit
         import shutil
 
-        home = tempfile.mkdtemp(prefix="corral-whiteouts-", dir="/dev/shm")
+        _sweep_layers()
+        home = tempfile.mkdtemp(prefix=f"corral-whiteouts-{os.getpid()}-", dir="/dev/shm")
         # Traversable, not listable: the sandbox's init resolves a layer's path as whoever it runs as.
         os.chmod(home, 0o711)
         _LAYER_HOME.append(home)

@@ -114,3 +114,28 @@ def test_a_whiteout_layer_for_the_absent_names(d: Path) -> None:
     assert stat.S_IMODE(os.lstat(base / ".config").st_mode) == 0o750
     assert mounts._whiteouts(top, denied) == layer  # made once
     assert mounts._whiteouts(top, [f"{top}/.netrc"]) is None  # nothing absent: no layer
+
+
+def test_the_layers_of_a_process_that_is_gone_are_swept() -> None:
+    # A fork server killed (SIGKILL) runs no atexit handler: the next one removes what it left.
+    pid = 1
+    while True:  # a pid that is not in use
+        pid += 1
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        except OSError:
+            continue
+    stale = Path(f"/dev/shm/corral-whiteouts-{pid}-test{uuid.uuid4().hex[:6]}")
+    stale.mkdir()
+    (stale / "x").mkdir()
+    mine = Path(f"/dev/shm/corral-whiteouts-{os.getpid()}-test{uuid.uuid4().hex[:6]}")
+    mine.mkdir()
+    try:
+        mounts._sweep_layers()
+        assert not stale.exists()
+        assert mine.exists()  # a live process's layers stay
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(mine, ignore_errors=True)
