@@ -236,3 +236,35 @@ async def test_a_denied_file_the_host_creates_during_the_run(
     assert b"No such file" in out[0]
     assert secret.encode() not in out[0]
     assert store.read_text().startswith(secret)  # checked from outside: the host did write it
+
+
+async def test_a_workdir_inside_the_overlaid_home_stays_writable_and_protected(
+    sup: Supervisor, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The common case: the project is under the home that the view overlays. The workdir is bound back
+    # from the host's tree over the overlay (writable, its .git protected, its own denied file hidden),
+    # while ~/.netrc, rewritten by the host in a loop, stays hidden.
+    monkeypatch.setenv("HOME", str(outside))
+    netrc = outside / ".netrc"
+    netrc.write_text("machine old\n")
+    proj = outside / "proj"
+    (proj / ".git" / "hooks").mkdir(parents=True)
+    (proj / ".git" / "config").write_text("[core]\n")
+    (proj / ".env").write_text("project secret\n")
+    pol = profiles.workspace_write(proj, deny=[proj / ".env"], timeout=20)
+    assert str(netrc) in pol.filesystem.deny
+    script = "echo written > out.txt; cat .env; touch .git/hooks/x; grep overlay /proc/self/mountinfo"
+    code, out = await run_sh(sup, pol, script)
+    assert code == 0, out
+    assert (proj / "out.txt").read_text() == "written\n"  # checked from outside: the write reached the host
+    assert b"project secret" not in out
+    assert not (proj / ".git" / "hooks" / "x").exists()
+    assert f" {outside} ".encode() in out  # the home is overlaid (mountinfo's mount point field)
+    secret = marker()
+    loops, replaced, raced = await race(sup, pol, proj, [netrc], rename_over(netrc, secret))
+    assert_never_read(loops, replaced, raced, secret)
+
+
+async def run_sh(sup: Supervisor, pol: Policy, script: str) -> tuple[int, bytes]:
+    r = await sup.run(["/bin/sh", "-c", script + "; true"], policy=pol)
+    return r.exit_code, r.stdout + r.stderr
