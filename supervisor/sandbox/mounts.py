@@ -786,8 +786,10 @@ def _walk_modules(
     fork server ~0.4 s per spawn in that workdir, one spawn at a time for every tenant.) Raises
     _hostfs.Unsafe (a symlink among them: git would follow it to an unprotected git dir; over the bounds)."""
     entries = walk.list_fd(fd, path, depth)
-    if depth > 0 and not any(stat.S_ISDIR(mode) or name == "HEAD" for name, mode in entries):
-        _note_empty(fd, path)  # no git dir, nothing below: passed over unopened while it stays so
+    if depth > 0 and not any(
+        stat.S_ISDIR(mode) or stat.S_ISLNK(mode) or name == "HEAD" for name, mode in entries
+    ):
+        _note_empty(fd, path)  # no git dir, no link, nothing below: passed over unopened while it stays so
     if depth > 0 and ("HEAD", stat.S_IFREG) in entries:  # a git dir
         out += [f"{rel}/{leaf}" for leaf in leaves]
         todo = [("modules", depth)] if any(name == "modules" for name, _mode in entries) else []
@@ -820,7 +822,7 @@ def _walk_modules(
             os.close(sub)
 
 
-#: Directories under .git/modules found holding neither a subdirectory nor a HEAD (nor a symlink: refused),
+#: Directories under .git/modules found holding no subdirectory, no HEAD and no symlink (which is refused),
 #: by host path: (device, inode, ctime) then. Adding, removing or renaming an entry moves a directory's ctime
 #: (a sandbox cannot set one), so while it is the same the directory still holds nothing the walk looks at,
 #: and one fstatat from its parent replaces an open, a listing and a close (9,000 planted empty directories:
