@@ -3,18 +3,25 @@
 test).
 
     .venv/bin/python benchmarks/mcp_overhead.py [--client sdk|raw] [--n 200] [--rounds 5] [--pace 0]
-                                                 [--direct process|here] [--json out.json]
+                                                 [--direct process|here] [--order even|session10]
+                                                 [--json out.json]
 
 The direct side is a Supervisor in a worker process of its own, which times each `Supervisor.run` itself
 (`--direct here`: in this process, as before session 9); the MCP side is a `corral mcp` server process (its
 own Supervisor, the same defaults: pre-forked sandboxes) driven by a client in this process over stdio. (In
 this process, the direct Supervisor's work after each run, the next pre-forked sandbox built on its event
 loop, ran while the MCP call that followed waited for its reply on that same loop: the direct side's work
-was charged to the MCP side. In a worker it runs beside the MCP call, as the MCP server's own after-work
-runs beside the next direct call.) Both run `/bin/true`
-under the workspace-write profile on a scratch workdir, and take turns call by call (direct, then MCP, then
-a `describe_sandbox`: the protocol's round trip alone), so that a burst of load hits both sides alike; each
-side warms up first (policy compiled, pre-forked sandboxes built). Prints the median wall time of each, the
+was charged to the MCP side. In a worker it runs beside what follows, on the other CPU, as the MCP
+server's own after-work does; the order below makes that alike for both.) Both run `/bin/true`
+under the workspace-write profile on a scratch workdir, and take turns call by call, so that a burst of load
+hits both sides alike: a direct run, a `describe_sandbox` (the protocol's round trip alone), a `run_command`,
+a `describe_sandbox` again (`--order even`, the default since session 11). Each side's run thus follows the
+other side's run after the same round trip: a run's after-work (the next pre-forked sandbox: the fork
+server's fork and the new sandbox's set-up, ~0.5 ms of CPU on a 2-CPU machine) overlaps what comes next
+alike on both sides. With `--order session10` (direct, `run_command`, `describe_sandbox`, the order of
+sessions 9 and 10) the direct worker's after-work ran beside the `run_command` call that followed at once,
+while the MCP server's ran beside a `describe_sandbox`, and was charged to neither. Each side warms up first
+(policy compiled, pre-forked sandboxes built). Prints the median wall time of each, the
 difference (the MCP overhead: JSON-RPC framing both ways, the SDK's dispatch and validation, the result's
 model and text summary, two pipe hops and two process wake-ups), the median of the paired differences and
 the per-round range. `--pace SECONDS` pauses after each call (0, the default: back to back; an agent's
@@ -289,7 +296,13 @@ def _server(before: set[int]) -> psutil.Process:
 
 
 async def main(
-    n: int, rounds: int, out: str | None, raw: bool = False, pace: float = 0.0, direct_in: str = "process"
+    n: int,
+    rounds: int,
+    out: str | None,
+    raw: bool = False,
+    pace: float = 0.0,
+    direct_in: str = "process",
+    order: str = "even",
 ) -> None:
     per_round = max(1, n // rounds)
     with tempfile.TemporaryDirectory(prefix="corral-mcp-bench-", dir="/var/tmp") as work:
@@ -330,6 +343,11 @@ async def main(
                 for _ in range(per_round):
                     d.append(await run_timed())
                     await anyio.sleep(pace)
+                    if order == "even":  # the protocol's round trip between the two sides' runs too
+                        t0 = time.perf_counter()
+                        await client.call_tool("describe_sandbox", {})
+                        floor.append(time.perf_counter() - t0)
+                        await anyio.sleep(pace)
                     t0 = time.perf_counter()
                     r = await client.call_tool("run_command", {"command": [TRUE]})
                     m.append(time.perf_counter() - t0)
@@ -370,6 +388,7 @@ async def main(
         "client": "raw" if raw else "sdk",
         "direct_in": direct_in,
         "pace_s": pace,
+        "order": order,
         "calls_each": calls,
         "rounds": rounds,
         "direct_median_ms": round(d_med * 1e3, 3),
@@ -390,7 +409,10 @@ async def main(
         "target_ms": 1.0,
     }
     where = "a worker process" if direct_in == "process" else "this process"
-    print(f"client: {report['client']}, direct side in {where}, pause between calls {pace * 1e3:g} ms")
+    print(
+        f"client: {report['client']}, direct side in {where}, pause between calls {pace * 1e3:g} ms, "
+        f"order {order}"
+    )
     print(f"direct Supervisor.run   median {report['direct_median_ms']:.3f} ms  ({calls} calls)")
     print(f"run_command, MCP stdio  median {report['mcp_stdio_median_ms']:.3f} ms  ({calls} calls)")
     print(
@@ -436,9 +458,18 @@ if __name__ == "__main__":
         help="run the direct side's Supervisor in a worker process (the default) or in this process, beside "
         "the MCP client",
     )
+    ap.add_argument(
+        "--order",
+        choices=("even", "session10"),
+        default="even",
+        help="even: direct, describe_sandbox, run_command, describe_sandbox (each side's run follows the "
+        "other's after the same round trip); session10: direct, run_command, describe_sandbox",
+    )
     ap.add_argument("--worker", metavar="WORKDIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         anyio.run(_worker, args.worker)
     else:
-        anyio.run(main, args.n, args.rounds, args.out, args.client == "raw", args.pace, args.direct)
+        anyio.run(
+            main, args.n, args.rounds, args.out, args.client == "raw", args.pace, args.direct, args.order
+        )
