@@ -948,7 +948,7 @@ class Scan:
         elsewhere (a build's named pipe) is left alone, and so is one born before the run."""
         in_git = is_gitdir or self._inside_gitdir(rel.lstrip("/"))
         for name, mode in list(entries.items()):
-            if mode != _SPECIAL or not (in_git or name in _WORKTREE_GIT_FILES):
+            if mode != _SPECIAL or not (in_git or name in _WORKTREE_GIT_FILES) or _moved_aside(name):
                 continue
             if self._changed(fd, name) is not None:
                 self._quarantine(
@@ -1536,6 +1536,16 @@ def _fits(caches: list[RootCache]) -> int | None:
 
 class _Budget(Exception):
     pass
+
+
+def _moved_aside(name: str) -> bool:
+    """Whether `name` is one `_quarantine` gives (`<name>.corral-quarantined`, or `....N`): git never opens
+    it, and the rename moved its ctime, so a run started within MARGIN_NS of it took it for new and moved
+    it again, and again, until the name was too long and the file was removed."""
+    base, dot, last = name.rpartition(".")
+    if dot and last.isdigit() and len(last) == 1:
+        name = base
+    return name.endswith(QUARANTINE_SUFFIX)
 
 
 class _StatxTimestamp(ctypes.Structure):

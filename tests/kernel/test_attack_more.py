@@ -252,3 +252,18 @@ async def test_many_planted_repositories_do_not_flood_the_callers_log(
     lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("git:")]
     assert len(lines) <= 21, len(lines)
     assert "280 more" in lines[-1], lines[-1]
+
+
+async def test_a_fifo_moved_aside_is_not_moved_again_and_again(sup: Supervisor, workspace: Path) -> None:
+    # A FIFO at .git/packed-refs was moved to packed-refs.corral-quarantined, then, by every run that
+    # started within the scan's 10 ms margin of that rename, to ...corral-quarantined.corral-quarantined and
+    # so on: a quarantine reported every run, until the name was too long and the file was removed.
+    pol = profiles.workspace_write(workspace, timeout=20)
+    r = await sup.run([SH, "-c", "git init -q && mkfifo .git/packed-refs"], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert [p for p, _ in r.quarantined] == [str(workspace / ".git" / "packed-refs")]
+    for _ in range(3):
+        r = await sup.run(["/bin/true"], policy=pol)
+        assert r.quarantined == ()
+    names = sorted(p.name for p in (workspace / ".git").iterdir() if "packed-refs" in p.name)
+    assert names == ["packed-refs.corral-quarantined"]
