@@ -1077,12 +1077,20 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def _wait_sandboxes(server: psutil.Process, n: int) -> dict[int, Path | None]:
+    """The sandboxes running a command (their init has a child): not the pre-forked ones still waiting
+    for theirs, which a build finishing late can add at any moment."""
     for _ in range(400):
-        found = {p: c for p, c in inits(server).items() if _occupied(c)}
+        found = {p: c for p, c in inits(server).items() if _occupied(c) and _has_child(p)}
         if len(found) >= n:
             return found
         time.sleep(0.05)
     raise AssertionError(f"fewer than {n} sandboxes running")
+
+
+def _has_child(pid: int) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return bool(psutil.Process(pid).children())
+    return False
 
 
 def test_a_client_that_closes_stdout_ends_the_session(ws: Path) -> None:
