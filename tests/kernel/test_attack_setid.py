@@ -32,7 +32,11 @@ import pytest
 from policies import Policy, SyscallPolicy, profiles
 from supervisor import Supervisor
 from tests.kernel.conftest import SCRATCH
-from tests.kernel.unprivileged_harness import AS_ROOT, Unavailable, harness, run_probe_as_user
+from tests.kernel.unprivileged_harness import (
+    AS_ROOT,
+    ordinary_caller_scratch,
+    run_probe_as_user,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -335,14 +339,7 @@ async def test_setgid_directory_made_by_the_host(sup: Supervisor, workspace: Pat
 
 
 def test_unprivileged_caller(probe: Probe) -> None:
-    SCRATCH.mkdir(mode=0o755, exist_ok=True)
-    scratch = SCRATCH / f"setid-unpriv-{uuid.uuid4().hex[:10]}"
-    scratch.mkdir(mode=0o755)
-    try:
-        try:
-            python, pythonpath = harness(scratch)
-        except Unavailable as why:
-            pytest.skip(str(why))
+    with ordinary_caller_scratch("setid-unpriv") as (scratch, python, pythonpath):
         ws = scratch / "ws"
         ws.mkdir()
         os.chmod(ws, 0o777)
@@ -352,5 +349,3 @@ def test_unprivileged_caller(probe: Probe) -> None:
         wrong = {c: got.get(c) for c, want in ATTACKS.items() if got.get(c) != (-1, want)}
         assert not wrong, f"cases that did not fail as expected: {wrong}"
         assert setid_files(ws) == []
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

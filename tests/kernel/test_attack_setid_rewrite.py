@@ -35,7 +35,11 @@ import pytest
 from policies import Policy, SeccompProfile, SeccompRule, SyscallPolicy, load_seccomp_profile, profiles
 from supervisor import Supervisor
 from tests.kernel.conftest import SCRATCH
-from tests.kernel.unprivileged_harness import EXPECTED_UID, Unavailable, harness, run_probe_as_user
+from tests.kernel.unprivileged_harness import (
+    EXPECTED_UID,
+    ordinary_caller_scratch,
+    run_probe_as_user,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -443,14 +447,7 @@ async def test_sqlite_wal_works_inside(sup: Supervisor, workspace: Path) -> None
 def test_unprivileged_caller(probe: Probe) -> None:
     # The caller's own set-uid file (set-uid to the caller: run by another host user, the sandbox's code
     # would run as the caller, outside the sandbox): the same refusal for an ordinary caller's sandbox.
-    SCRATCH.mkdir(mode=0o755, exist_ok=True)
-    scratch = SCRATCH / f"rewrite-unpriv-{uuid.uuid4().hex[:10]}"
-    scratch.mkdir(mode=0o755)
-    try:
-        try:
-            python, pythonpath = harness(scratch)
-        except Unavailable as why:
-            pytest.skip(str(why))
+    with ordinary_caller_scratch("rewrite-unpriv") as (scratch, python, pythonpath):
         ws = scratch / "ws"
         ws.mkdir()
         cases = ("mmap_shared", "mmap_shared_then_mprotect", "write", "ok_shared_readonly")
@@ -467,5 +464,3 @@ def test_unprivileged_caller(probe: Probe) -> None:
         assert got["ok_shared_readonly"] == (0, 0), got
         assert _survivors(ws, cases) == {}
         assert os.lstat(ws / "write").st_mode & 0o6000 == 0  # the control: write cleared them
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

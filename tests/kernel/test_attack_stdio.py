@@ -29,7 +29,11 @@ import pytest
 from policies import profiles
 from supervisor import PIPE, Supervisor
 from tests.kernel.conftest import SCRATCH
-from tests.kernel.unprivileged_harness import EXPECTED_UID, Unavailable, harness, run_as_user
+from tests.kernel.unprivileged_harness import (
+    EXPECTED_UID,
+    ordinary_caller_scratch,
+    run_as_user,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -306,14 +310,7 @@ def test_an_ordinary_callers_stdio_files_are_protected_or_put_back_and_named() -
     # file opened read-only is protected; one opened for writing is not: the command, its owner, may
     # change its mode while it runs; the API puts mode and user attributes back when it ends and names it
     # in `missing`.
-    SCRATCH.mkdir(mode=0o755, exist_ok=True)
-    scratch = SCRATCH / f"stdio-unpriv-{uuid.uuid4().hex[:10]}"
-    scratch.mkdir(mode=0o755)
-    try:
-        try:
-            python, pythonpath = harness(scratch)
-        except Unavailable as why:
-            pytest.skip(str(why))
+    with ordinary_caller_scratch("stdio-unpriv") as (scratch, python, pythonpath):
         ws = scratch / "ws"
         ws.mkdir()
         secret, log = scratch / "secret", scratch / "log"
@@ -363,8 +360,6 @@ def test_an_ordinary_callers_stdio_files_are_protected_or_put_back_and_named() -
         assert cli.returncode == 0, cli.stderr
         assert_refused(report(cli.stderr.encode())["attempts"], [0])  # type: ignore[arg-type]
         assert snapshot(secret) == before[secret]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @ROOT_ONLY
@@ -448,14 +443,7 @@ anyio.run(main)
     "(its owner) may chmod it while it runs (put back at its end; docs/security.md, Known gaps)",
 )
 def test_an_ordinary_callers_stdout_file_keeps_its_mode_while_the_command_runs() -> None:
-    SCRATCH.mkdir(mode=0o755, exist_ok=True)
-    scratch = SCRATCH / f"stdio-during-{uuid.uuid4().hex[:10]}"
-    scratch.mkdir(mode=0o755)
-    try:
-        try:
-            python, pythonpath = harness(scratch)
-        except Unavailable as why:
-            pytest.skip(str(why))
+    with ordinary_caller_scratch("stdio-during") as (scratch, python, pythonpath):
         ws, log = scratch / "ws", scratch / "log"
         ws.mkdir()
         log.write_text("")
@@ -472,5 +460,3 @@ def test_an_ordinary_callers_stdout_file_keeps_its_mode_while_the_command_runs()
         assert out["exit"] == 0, out
         assert stat.S_IMODE(os.stat(log).st_mode) == 0o600  # put back at its end (this part holds)
         assert out["during"] == "0o600", out  # the secret stayed private while it ran
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

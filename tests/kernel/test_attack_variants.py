@@ -32,8 +32,11 @@ import pytest
 
 from policies import Policy, profiles
 from supervisor import DEVNULL, PIPE, SandboxSetupError, Supervisor
-from tests.kernel.conftest import SCRATCH
-from tests.kernel.unprivileged_harness import EXPECTED_UID, Unavailable, harness, run_as_user
+from tests.kernel.unprivileged_harness import (
+    EXPECTED_UID,
+    ordinary_caller_scratch,
+    run_as_user,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -667,14 +670,7 @@ anyio.run(main)
 
 
 def test_unprivileged_caller_denied_name_link_and_profileless_file() -> None:
-    SCRATCH.mkdir(mode=0o755, exist_ok=True)
-    scratch = SCRATCH / f"variants-unpriv-{uuid.uuid4().hex[:10]}"
-    scratch.mkdir(mode=0o755)
-    try:
-        try:
-            python, pythonpath = harness(scratch)
-        except Unavailable as why:
-            pytest.skip(str(why))
+    with ordinary_caller_scratch("variants-unpriv") as (scratch, python, pythonpath):
         ws = scratch / "ws"
         (ws / ".ssh").mkdir(parents=True)
         (ws / "out").mkdir()
@@ -694,5 +690,3 @@ def test_unprivileged_caller_denied_name_link_and_profileless_file() -> None:
         assert report["cat"][0] == 0, report
         assert "done" in report["cat"][1]
         assert "TOPSECRET" not in report["cat"][1], report
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

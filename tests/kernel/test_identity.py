@@ -31,7 +31,11 @@ from supervisor import SandboxSetupError, Supervisor
 from tests.kernel.conftest import SCRATCH
 from tests.kernel.test_attack_setid import ATTACKS, Probe, parse, setid_files
 from tests.kernel.test_attack_setid import probe as setid_probe  # noqa: F401  (a fixture)
-from tests.kernel.unprivileged_harness import AS_ROOT, Unavailable, harness, run_as_user
+from tests.kernel.unprivileged_harness import (
+    AS_ROOT,
+    ordinary_caller_scratch,
+    run_as_user,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
@@ -117,14 +121,7 @@ anyio.run(main)
 
 def test_icmp_echo_socket_works_unprivileged() -> None:
     # The unprivileged sandbox makes its own network namespace (no pool): the init writes the range then.
-    SCRATCH.mkdir(mode=0o755, exist_ok=True)
-    scratch = SCRATCH / f"identity-unpriv-{uuid.uuid4().hex[:10]}"
-    scratch.mkdir(mode=0o755)
-    try:
-        try:
-            python, pythonpath = harness(scratch)
-        except Unavailable as why:
-            pytest.skip(str(why))
+    with ordinary_caller_scratch("identity-unpriv") as (scratch, python, pythonpath):
         ws = scratch / "ws"
         ws.mkdir()
         os.chmod(ws, 0o777)
@@ -136,8 +133,6 @@ def test_icmp_echo_socket_works_unprivileged() -> None:
         report = json.loads(r.stdout.strip().splitlines()[-1])
         assert report["exit"] == 0, report
         assert _json(report["stdout"].encode()) == {"socket": 0, "reply": True}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -9,14 +9,19 @@ When the tests run as an ordinary user already, commands run as that user (unpri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import supervisor
 
@@ -137,3 +142,23 @@ def run_probe_as_user(
     assert r.returncode == 0, r.stderr
     report: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
     return report
+
+
+@contextlib.contextmanager
+def ordinary_caller_scratch(prefix: str) -> Iterator[tuple[Path, str, str | None]]:
+    """A scratch directory for an ordinary caller's run, `SCRATCH/<prefix>-<random>` (mode 0755, so that the
+    ordinary user reaches it), with the harness's python and PYTHONPATH (`harness`); the test is skipped,
+    with the harness's reason, when the harness is unavailable. Removed afterwards."""
+    from tests.kernel.conftest import SCRATCH
+
+    SCRATCH.mkdir(mode=0o755, exist_ok=True)
+    scratch = SCRATCH / f"{prefix}-{uuid.uuid4().hex[:10]}"
+    scratch.mkdir(mode=0o755)
+    try:
+        try:
+            python, pythonpath = harness(scratch)
+        except Unavailable as why:
+            pytest.skip(str(why))
+        yield scratch, python, pythonpath
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
