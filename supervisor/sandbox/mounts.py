@@ -1142,6 +1142,10 @@ def _overlay(plan: Plan, top: str, denied: list[str]) -> None:
 #: The whiteout layers this process made (`_whiteouts`), by what they stand for; and where it makes them.
 _LAYERS: dict[tuple[object, ...], str] = {}
 _LAYER_HOME: list[str] = []
+#: The fd of `_LAYER_HOME` holding its maker's flock (`_sweep_layers`).
+_LAYER_LOCK: list[int] = []
+#: The prefix of a layer home's name until it is locked (the sweep passes over it).
+_NEW_LAYER_HOME = "corral-whiteouts-new-"
 _MAX_LAYERS = 256
 
 
@@ -1209,8 +1213,12 @@ def _whiteouts(top: str, denied: list[str]) -> str | None:
 
 
 def _sweep_layers() -> None:
-    """Remove the whiteout directories under /dev/shm of processes of this account that are gone (a fork
-    server killed runs no atexit handler). Never raises."""
+    """Remove the whiteout directories under /dev/shm of this account that no live process holds (a fork
+    server killed runs no atexit handler). The maker holds a shared flock on its directory for its life
+    (`_make_layer`), so a directory this can lock exclusively has no live maker: the pid in the name is not
+    asked, since a fork server in a pid namespace of its own names its directory with a pid the host gives
+    to another process. Never raises."""
+    import fcntl
     import shutil
 
     try:
@@ -1223,13 +1231,19 @@ def _sweep_layers() -> None:
             continue
         path = f"/dev/shm/{name}"
         try:
-            if os.lstat(path).st_uid != os.geteuid():
-                continue
-            os.kill(int(parts[2]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its maker is alive
+            continue
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[int, int, int]]) -> str:
@@ -1238,12 +1252,20 @@ def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[
 
     if not _LAYER_HOME:
         import atexit
+        import fcntl
         import shutil
 
         _sweep_layers()
-        home = tempfile.mkdtemp(prefix=f"corral-whiteouts-{os.getpid()}-", dir="/dev/shm")
+        # Made under a name the sweep passes over, locked (a shared flock held for this process's life, on
+        # an fd every sandbox's init closes), then given its name: no sweep can take it in between.
+        made = tempfile.mkdtemp(prefix=_NEW_LAYER_HOME, dir="/dev/shm")
         # Traversable, not listable: the sandbox's init resolves a layer's path as whoever it runs as.
-        os.chmod(home, 0o711)
+        os.chmod(made, 0o711)
+        lock = os.open(made, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        _LAYER_LOCK.append(lock)
+        home = f"/dev/shm/corral-whiteouts-{os.getpid()}-{os.path.basename(made)[len(_NEW_LAYER_HOME) :]}"
+        os.rename(made, home)
         _LAYER_HOME.append(home)
         owner = os.getpid()
 

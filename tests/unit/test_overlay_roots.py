@@ -4,6 +4,7 @@ tests/kernel/test_attack_hidden_host.py)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
@@ -117,25 +118,45 @@ def test_a_whiteout_layer_for_the_absent_names(d: Path) -> None:
 
 
 def test_the_layers_of_a_process_that_is_gone_are_swept() -> None:
-    # A fork server killed (SIGKILL) runs no atexit handler: the next one removes what it left.
-    pid = 1
-    while True:  # a pid that is not in use
-        pid += 1
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        except OSError:
-            continue
-    stale = Path(f"/dev/shm/corral-whiteouts-{pid}-test{uuid.uuid4().hex[:6]}")
+    # A fork server killed (SIGKILL) runs no atexit handler: the next one removes what it left, whatever pid
+    # its name carries (one in a pid namespace of its own names it with a pid the host gives to another
+    # process: pid 1 here); a directory whose maker is alive (it holds a flock on it) stays.
+    tag = uuid.uuid4().hex[:6]
+    stale = Path(f"/dev/shm/corral-whiteouts-1-test{tag}")
     stale.mkdir()
     (stale / "x").mkdir()
-    mine = Path(f"/dev/shm/corral-whiteouts-{os.getpid()}-test{uuid.uuid4().hex[:6]}")
+    mine = Path(f"/dev/shm/corral-whiteouts-{os.getpid()}-test{tag}")
     mine.mkdir()
+    held = os.open(mine, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_SH)
     try:
         mounts._sweep_layers()
         assert not stale.exists()
-        assert mine.exists()  # a live process's layers stay
+        assert mine.exists()  # a live maker's layers stay
+        os.close(held)
+        held = -1
+        mounts._sweep_layers()
+        assert not mine.exists()  # its maker gone (the lock released), they go too
     finally:
+        if held >= 0:
+            os.close(held)
         shutil.rmtree(stale, ignore_errors=True)
         shutil.rmtree(mine, ignore_errors=True)
+
+
+def test_a_layer_home_is_held_by_its_maker() -> None:
+    # The home this process makes its layers in is locked before it gets the name the sweep looks for.
+    top = "/etc"
+    denied = [f"/etc/corral-absent-{uuid.uuid4().hex[:8]}"]
+    layer = mounts._whiteouts(top, denied)
+    assert layer is not None
+    home = Path(layer).parent
+    assert home.name.startswith(f"corral-whiteouts-{os.getpid()}-")
+    mounts._sweep_layers()
+    assert Path(layer).exists()
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
