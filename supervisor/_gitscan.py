@@ -796,14 +796,8 @@ class Scan:
                 self.left -= 1
                 if self.left < 0:
                     raise _Budget
-                if entry.is_symlink():
-                    mode = stat.S_IFLNK
-                elif entry.is_dir(follow_symlinks=False):
-                    mode = stat.S_IFDIR
-                elif entry.is_file(follow_symlinks=False):
-                    mode = stat.S_IFREG
-                else:
-                    mode = _SPECIAL  # a FIFO, socket or device: rare, and kept for _check_specials
+                # A FIFO, socket or device: rare, and kept for _check_specials.
+                mode = _hostfs.entry_type(entry, _SPECIAL)
                 if mode in (stat.S_IFDIR, _SPECIAL) or entry.name in _GIT_NAMES:
                     entries[entry.name] = mode
         if st.st_ctime_ns < listed_at - MARGIN_NS:

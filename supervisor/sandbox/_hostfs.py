@@ -81,6 +81,18 @@ def kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "a special file")
 
 
+def entry_type(entry: os.DirEntry[str], other: int = 0) -> int:
+    """The file type of a directory entry, from its d_type (no stat unless the file system gives none), no
+    link followed: S_IFLNK, S_IFDIR, S_IFREG, or `other` for anything else (a FIFO, socket or device)."""
+    if entry.is_symlink():
+        return stat.S_IFLNK
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    return other
+
+
 def _openat2(dirfd: int, rel: str, flags: int) -> int:
     global _have_openat2
     how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE)
@@ -269,15 +281,7 @@ class Walk:
                         f"more than {self.max_nodes} entries under it (last seen in {path})",
                         errno.E2BIG,
                     )
-                if entry.is_symlink():
-                    mode = stat.S_IFLNK
-                elif entry.is_dir(follow_symlinks=False):
-                    mode = stat.S_IFDIR
-                elif entry.is_file(follow_symlinks=False):
-                    mode = stat.S_IFREG
-                else:
-                    mode = 0
-                out.append((entry.name, mode))
+                out.append((entry.name, entry_type(entry)))
         out.sort()
         return out
 
