@@ -31,8 +31,58 @@ SYSTEM_TREES: tuple[str, ...] = (
     "/dev",
     "/proc",
     "/sys",
+    "/efi",
     "/var/spool",
+    # Runtime state of the system and its services (systemd's runtime units and generators, udev rules,
+    # sudo's timestamps, the shared /run/lock): a root caller's sandbox planting a unit file in
+    # /run/systemd/system had it run as root at the next daemon-reload. /var/run and /var/lock lead here.
+    "/run",
+    # What package managers, the service manager, polkit, sudo and container runtimes keep and act on as
+    # root: dpkg runs /var/lib/dpkg/info/*.postinst, apt installs from /var/cache/apt/archives what the
+    # lists in /var/lib/apt say, polkit grants from /var/lib/polkit-1, docker runs its images' layers.
+    "/var/lib/dpkg",
+    "/var/lib/apt",
+    "/var/lib/rpm",
+    "/var/lib/dnf",
+    "/var/lib/yum",
+    "/var/lib/pacman",
+    "/var/lib/snapd",
+    "/var/lib/flatpak",
+    "/var/lib/systemd",
+    "/var/lib/polkit-1",
+    "/var/lib/sudo",
+    "/var/lib/dbus",
+    "/var/lib/ucf",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/containers",
+    "/var/lib/libvirt",
+    "/var/lib/lxc",
+    "/var/lib/lxd",
+    "/var/lib/machines",
+    "/var/lib/kubelet",
+    "/var/cache/apt",
+    "/var/cache/debconf",
+    "/var/cache/dnf",
+    "/var/cache/yum",
+    "/var/cache/pacman",
+    "/var/cache/ldconfig",
+    # root's backups of the account databases, every user's mailbox, the system's own data of /opt
+    # packages, and the package stores every user runs programs from.
+    "/var/backups",
+    "/var/mail",
+    "/var/local",
+    "/var/opt",
+    "/nix",
+    "/gnu",
+    "/snap",
 )
+
+#: Their subdirectories are services' state: one that root owns (`/var/lib/<service>`, `/var/cache/<tool>`,
+#: `/var/log/<service>`) is the system's, refused like the trees above (a service's state of an account of
+#: its own, /var/lib/jenkins, and anything below it, is an ordinary place for work). The lists above name the
+#: known ones whatever their owner; this catches the rest.
+STATE_DIRS: tuple[str, ...] = ("/var/lib", "/var/cache", "/var/log")
 
 #: Refused as writable roots themselves (their subdirectories are ordinary places for work: a CI home
 #: under /var/lib, a project under /srv or /home/user): the root directory and the directories that
@@ -46,7 +96,6 @@ SYSTEM_DIRS: tuple[str, ...] = (
     "/var/log",
     "/opt",
     "/srv",
-    "/run",
     "/mnt",
     "/media",
     # Every user's and service's temporary files (systemd's private /tmp of each service is a root-owned
@@ -64,7 +113,8 @@ _HINT = (
 
 def system_root(path: str) -> str | None:
     """The system directory `path` (absolute, normalised) is or lies in, else None. Symlinks are
-    resolved too (``/lib`` -> ``/usr/lib``, a link in a home directory to ``/etc``)."""
+    resolved too (``/lib`` -> ``/usr/lib``, a link in a home directory to ``/etc``). A root-owned directory
+    right below one of STATE_DIRS counts as a system directory (one stat of it, following links)."""
     candidates = [path]
     try:
         real = os.path.realpath(path)
@@ -78,6 +128,16 @@ def system_root(path: str) -> str | None:
         for tree in SYSTEM_TREES:
             if p == tree or p.startswith(tree + "/"):
                 return tree
+    for p in candidates:
+        for parent in STATE_DIRS:
+            if p.startswith(parent + "/"):
+                top = parent + "/" + p[len(parent) + 1 :].split("/", 1)[0]
+                try:
+                    owner = os.stat(top).st_uid
+                except (OSError, ValueError):
+                    continue  # missing: no root to refuse (a missing writable root fails on its own)
+                if owner == 0:
+                    return top
     return None
 
 

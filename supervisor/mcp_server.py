@@ -54,7 +54,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
-from policies import CommandRules, CorralError, Policy, profiles
+from policies import CommandRules, CorralError, Policy, check_writable_roots, profiles
 from supervisor import PIPE, Child, CommandForbiddenError, Result, Supervisor
 from supervisor import _mcp_approval as approvals
 from supervisor._mcp_calls import DirectCalls, Plain, as_model, drop_idle_tracing
@@ -1402,12 +1402,18 @@ async def serve(
     Runs on asyncio and on trio, but for HTTP, which needs asyncio (uvicorn, an asyncio server; docs/mcp.md).
 
     Raises ValueError for a non-loopback `host` without a token or a policy path that is not UTF-8 text
-    (`_check_text`), HttpNeedsAsyncioError for HTTP on another
+    (`_check_text`), PolicyError for a system directory as a writable root without
+    ``filesystem.allow_system_write`` (`policies.check_writable_roots`), HttpNeedsAsyncioError for HTTP on another
     event loop than asyncio, OSError when the address cannot be bound; on cancellation, stops like at a
     signal.
     """
     _check_token(http, token)
     _check_text(settings.policy)
+    # A system directory as a writable root is refused before the server takes a client, as `corral run`
+    # refuses it before the command runs: the server used to start, tell its client that commands "may
+    # write only /", and refuse every call. The home directory as one warns here, once, at the start.
+    for warning in check_writable_roots(settings.policy):
+        logger.warning("%s", warning)
     if http is not None and (backend := _backend()) != "asyncio":
         raise HttpNeedsAsyncioError(backend)
     runtime: _Runtime | None = None

@@ -135,3 +135,82 @@ def test_hide_credentials_false_is_the_named_way_to_drop_them(ws: Path) -> None:
     p = corral("run", "--policy", str(pol), "--", "/bin/sh", "-c", "cat ~/.ssh/id_ed25519", cwd=ws, home=home)
     assert p.returncode == 0, p.stderr
     assert "PRIVATE KEY" in p.stdout
+
+
+@pytest.fixture
+def system_state() -> Iterator[tuple[Path, Path]]:
+    """Two scratch directories of a system state tree: one under /run (the system's runtime state, where
+    systemd reads runtime unit files), one root-owned under /var/lib (a service's state), each root's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to make directories in /run and /var/lib, as a root caller would find them)")
+    tag = uuid.uuid4().hex[:10]
+    made = [Path(f"/run/corral-test-{tag}"), Path(f"/var/lib/corral-test-{tag}")]
+    for d in made:
+        d.mkdir(mode=0o755)
+    try:
+        yield made[0], made[1]
+    finally:
+        for d in made:
+            subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def test_system_state_trees_are_refused_and_nothing_is_written(
+    ws: Path, system_state: tuple[Path, Path]
+) -> None:
+    # /run/systemd/system, /var/lib/dpkg/info, /var/lib/polkit-1 were accepted silently as writable roots: a
+    # root caller's sandbox (root) could plant a unit file, a maintainer script or a polkit grant that root
+    # runs later. Each is refused now, and the command never ran (checked from outside: no file).
+    run_dir, state_dir = system_state
+    for target, tree in ((run_dir, "/run"), (state_dir, str(state_dir))):
+        p = corral(
+            "run", "--allow-write", str(target), "--", "/bin/sh", "-c", f"echo x > {target}/planted", cwd=ws
+        )
+        assert p.returncode == 125, p.stderr
+        assert f"lies in the system directory {tree}" in one_line(p) or "is a system directory" in one_line(p)
+        assert not (target / "planted").exists()
+    for path in ("/run/systemd/system", "/var/lib/dpkg/info", "/var/lib/apt/lists", "/var/cache/apt"):
+        p = corral("run", "--allow-write", path, "--", "/bin/true", cwd=ws)
+        assert p.returncode == 125, (path, p.stderr)
+        assert "--allow-system-write" in one_line(p)
+    # The named choice still allows it, and writes.
+    p = corral("run", "--allow-system-write", "--allow-write", str(run_dir), "--", "/bin/sh", "-c",
+               f"echo x > {run_dir}/planted", cwd=ws)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert (run_dir / "planted").read_text() == "x\n"
+
+
+def test_a_services_own_state_directory_is_an_ordinary_workdir(
+    ws: Path, system_state: tuple[Path, Path]
+) -> None:
+    # A CI account's home under /var/lib (owned by that account, not root) stays a place for work.
+    _, state_dir = system_state
+    os.chown(state_dir, 65534, 65534)
+    p = corral("run", "--workdir", str(state_dir), "--", "/bin/sh", "-c", "echo x > made", cwd=ws)
+    assert p.returncode == 0, p.stderr
+    assert (state_dir / "made").read_text() == "x\n"
+
+
+@pytest.mark.parametrize(
+    "args", [["--workdir", "/"], ["--allow-write", "/etc"], ["--allow-write", "/run/lock"]]
+)
+def test_corral_mcp_refuses_a_system_root_before_serving(ws: Path, args: list[str]) -> None:
+    # It used to start, tell its client "commands may write only /" and refuse every call.
+    p = subprocess.run(
+        [*CORRAL, "mcp", *args], cwd=ws, input="", capture_output=True, text=True, timeout=60, check=False
+    )
+    assert p.returncode == 125, p.stderr
+    line = one_line(p)
+    assert "--allow-system-write" in line
+    assert "serving" not in p.stderr
+
+
+def test_corral_mcp_warns_for_the_home_directory_at_its_start(ws: Path) -> None:
+    home = ws / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home))
+    p = subprocess.run(
+        [*CORRAL, "mcp", "--workdir", str(home)], cwd=ws, input="", capture_output=True, text=True,
+        timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "WARNING: workdir is your home directory" in p.stderr.split("serving")[0]
