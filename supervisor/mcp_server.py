@@ -1404,8 +1404,8 @@ async def serve(
     Raises ValueError for a non-loopback `host` without a token or a policy path that is not UTF-8 text
     (`_check_text`), PolicyError for a system directory as a writable root without
     ``filesystem.allow_system_write`` (`policies.check_writable_roots`), HttpNeedsAsyncioError for HTTP on
-    another event loop than asyncio, OSError when the address cannot be bound; on cancellation, stops like at a
-    signal.
+    another event loop than asyncio, OSError when the address cannot be bound; on cancellation, stops like
+    at a signal.
     """
     _check_token(http, token)
     _check_text(settings.policy)
