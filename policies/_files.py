@@ -18,6 +18,38 @@ import os
 import stat
 
 
+def user_file(source: str) -> str:
+    """The file a person named: a leading ``~`` or ``~/`` made the caller's home directory, as in a policy's
+    paths and `--allow-write` (``os.path.expanduser``: ``$HOME``, else the password database). Raises
+    ValueError for ``~user/...`` and a leading ``$``, which are not expanded.
+
+    Why: `--policy=~/ci.toml` (no shell expands a ``~`` after ``=``, nor a quoted one) named ``./~/ci.toml``,
+    a directory called ``~`` in the current directory, which a sandbox that may write the workdir can make:
+    the next run read the sandbox's policy (full-access, say), rules or profile, and `--json=~/r.json` wrote
+    there, while `--workdir=~` and `--allow-write=~/x` meant the home."""
+    if source == "~" or source.startswith("~/"):
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home) or home == "/":
+            msg = "'~' has no home directory to expand to here; write the path out"
+            raise ValueError(msg)
+        return home + source[1:]
+    if source.startswith("~"):
+        msg = "only '~' and '~/...' (your home) are expanded; write other homes out"
+        raise ValueError(msg)
+    if source.startswith("$"):
+        msg = "environment variables are not expanded in paths; write the path out"
+        raise ValueError(msg)
+    return source
+
+
+def named_file(value: str, relative_to: str | None) -> str:
+    """A file named inside another (a policy's ``syscalls.profile``, a rule's ``policy``): ``~`` expanded
+    (`user_file`; it was joined to the naming file's directory as ``<dir>/~/...``), else relative to
+    `relative_to` when given. Raises ValueError as `user_file`."""
+    text = user_file(value)
+    return text if os.path.isabs(text) or relative_to is None else os.path.join(relative_to, text)
+
+
 def _open_unplanted(source: str) -> int:
     """An O_RDONLY | O_NONBLOCK fd of the file `source`, reached the way a workdir is: the symlinks no
     sandbox could have planted (in a directory only root may write; for a root caller, a system directory)
@@ -62,11 +94,11 @@ def _open_unplanted(source: str) -> int:
 
 
 def read_bounded(source: str, limit: int) -> bytes:
-    """The bytes of the file `source`: reached without following a symlink a sandbox could have planted
-    (`_open_unplanted`), opened O_NONBLOCK, a regular file only, at most `limit` bytes. Raises OSError, or
+    """The bytes of the file `source` (``~`` expanded: `user_file`): reached without following a symlink a
+    sandbox could have planted (`_open_unplanted`), opened O_NONBLOCK, a regular file only, at most `limit` bytes. Raises OSError, or
     ValueError saying what the path is instead ("it is not a regular file (a FIFO, socket or device)", "it
     is a directory", "it is larger than N MiB", "it is or passes through a symlink ...")."""
-    fd = _open_unplanted(source)
+    fd = _open_unplanted(user_file(os.fspath(source)))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -15,7 +15,7 @@ from typing import Any
 from policies import _validate as v
 from policies import profiles
 from policies._errors import PolicyError
-from policies._files import read_bounded
+from policies._files import named_file, read_bounded, user_file
 from policies._model import (
     DEFAULT_SECRET_MARKERS,
     NETLINK_PROTOCOLS,
@@ -94,6 +94,7 @@ def load_policy(
     if not isinstance(source, str):
         raise PolicyError(_WHOLE, "expected the policy file's path as a string", path)
     try:
+        source = user_file(source)  # `~/ci.toml` is the home's, as a policy's paths are
         raw = _read_policy_file(source)
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
@@ -284,8 +285,10 @@ def _syscalls(value: object, relative_to: str | None = None) -> dict[str, Any]:
         if not isinstance(file, str) or not file:
             where = "syscalls.profile"
             raise PolicyError(where, "expected the path of a seccomp profile (JSON)", file)
-        if not os.path.isabs(file) and relative_to is not None:
-            file = os.path.join(relative_to, file)
+        try:
+            file = named_file(file, relative_to)
+        except ValueError as err:
+            raise PolicyError("syscalls.profile", str(err), file) from None
         try:
             out["profile"] = load_seccomp_profile(file)
         except PolicyError as err:

@@ -19,7 +19,7 @@ from typing import Any
 
 from policies._commands import DECISIONS, CommandRule, CommandRules, Decision
 from policies._errors import PolicyError
-from policies._files import read_bounded
+from policies._files import named_file, read_bounded, user_file
 from policies._load import load_policy, policy_from_dict
 from policies._model import Policy
 from policies._shell import RulesUnavailableError
@@ -73,6 +73,10 @@ def load_rules(
     source = os.fspath(path)
     if not isinstance(source, str):
         raise PolicyError("", "expected the rules file's path as a string", path)
+    try:
+        source = user_file(source)  # `~/rules.toml` is the home's, as a policy's paths are
+    except ValueError as err:
+        raise PolicyError("", f"cannot read rules file {source!r}: {err}", source=source) from err
     text = _read(source)
     if source.endswith(STARLARK_SUFFIXES):
         return rules_from_starlark(text, source=source, default=default)
@@ -157,11 +161,12 @@ def _rule_policy(value: object, path: str, relative_to: str | None, workdir: obj
         return None
     wd: Any = workdir
     if isinstance(value, str):
-        file = value if os.path.isabs(value) or relative_to is None else os.path.join(relative_to, value)
         try:
-            return load_policy(file, workdir=wd)
+            return load_policy(named_file(value, relative_to), workdir=wd)
         except PolicyError as err:
             raise PolicyError(path, f"the policy file {value!r}: {err}") from None
+        except ValueError as err:  # named_file: `~user/...`, `$X/...`
+            raise PolicyError(path, str(err), value) from None
     if isinstance(value, Mapping):
         try:
             return policy_from_dict(dict(value), workdir=wd)

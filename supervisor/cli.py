@@ -495,6 +495,15 @@ class _JsonOut:
         runs) when it is a symlink, not a regular file, has other hard links, or cannot be opened."""
         if path == "-":
             return cls(path, None)
+        from policies._files import user_file
+
+        try:
+            # `--json=~/r.json` is the home's (no shell expands a `~` after `=`): it created `./~/r.json`,
+            # in a directory called `~` that a sandbox may make in the workdir.
+            path = user_file(path)
+        except ValueError as err:
+            msg = f"--json {path!r}: {err}"
+            raise _Fail(msg) from err
         parent, name = os.path.split(path)
         if name in ("", ".", ".."):
             msg = f"--json {path!r} names a directory, not a file"

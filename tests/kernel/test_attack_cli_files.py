@@ -9,6 +9,7 @@ outside: the CLI ends within the test's bound with exit status 125 naming the fi
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -143,3 +144,62 @@ def test_a_token_file_replaced_by_a_fifo_or_a_symlink(workspace: Path, outside: 
         pytest.fail("corral mcp --token-file on a planted file hung or started serving")
     assert proc.returncode == 125, proc.stderr
     assert "--token-file" in proc.stderr
+
+
+def _corral_home(workspace: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HOME=str(home))
+    return subprocess.run(
+        [*CORRAL, *args], cwd=workspace, capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+
+
+@pytest.mark.parametrize("option", ["--policy", "--rules", "--seccomp-profile", "--json"])
+def test_a_directory_named_tilde_planted_in_the_workdir(workspace: Path, outside: Path, option: str) -> None:
+    """`corral run --policy=~/ci.toml` (no shell expands a `~` after `=`, nor a quoted `'~/ci.toml'`) read
+    `./~/ci.toml`: a directory literally called `~` in the current directory, which a first run that may
+    write the workdir makes, with a full-access policy, rules that allow everything, a profile, or a place
+    for the record, in it. `--workdir=~` and `--allow-write=~/x` meant the home, so did the user. Now `~` is
+    the home for every file option: the home's read-only policy confines the next run (checked from
+    outside: the command could not write the workdir), and the record lands in the home."""
+    home = outside / "home"
+    home.mkdir()
+    (home / "ci.toml").write_text('profile = "read-only"\n')
+    (home / "rules.toml").write_text(
+        'default = "allow"\n[[rule]]\npattern = ["touch"]\ndecision = "forbidden"\n'
+    )
+    (home / "seccomp.json").write_text(
+        '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdirat", "mkdir"], '
+        '"action": "SCMP_ACT_ERRNO"}]}'
+    )
+    plant = (
+        "mkdir '~' && printf 'profile = \"full-access\"\\n' > '~/ci.toml' && "
+        "printf 'default = \"allow\"\\n' > '~/rules.toml' && "
+        'printf \'{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}\' > \'~/seccomp.json\''
+    )
+    r = corral(workspace, "run", "--timeout", "20", "--", "/bin/sh", "-c", plant)
+    assert r.returncode == 0, r.stderr
+    assert (workspace / "~" / "ci.toml").is_file()
+    value = {"--policy": "~/ci.toml", "--rules": "~/rules.toml", "--seccomp-profile": "~/seccomp.json"}
+    value["--json"] = "~/r.json"
+    script = "touch made-by-touch; mkdir made-by-mkdir; true"
+    p = _corral_home(workspace, home, "run", f"{option}={value[option]}", "--timeout", "20", "--", "/bin/sh",
+                     "-c", script)  # fmt: skip
+    assert p.returncode in (0, 126), p.stderr
+    made = {n for n in ("made-by-touch", "made-by-mkdir") if (workspace / n).exists()}
+    if option == "--policy":
+        assert made == set(), p.stderr  # the home's read-only policy, not the planted full-access one
+    elif option == "--rules":
+        assert p.returncode == 126, p.stderr  # the home's rules forbid `touch`... in a shell string
+        assert made == set()
+    elif option == "--seccomp-profile":
+        assert made == {"made-by-touch"}, p.stderr  # the home's profile refuses mkdir
+    else:
+        assert (home / "r.json").is_file()
+        assert not (workspace / "~" / "r.json").exists()
+
+
+@pytest.mark.parametrize("value", ["~root/ci.toml", "$HOME/ci.toml"])
+def test_other_homes_and_variables_in_a_file_option_are_refused(workspace: Path, value: str) -> None:
+    p = corral(workspace, "run", f"--policy={value}", "--", "/bin/true")
+    assert p.returncode == 125, p.stderr
+    assert "expanded" in p.stderr

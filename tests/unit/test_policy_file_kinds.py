@@ -120,3 +120,29 @@ def test_a_relative_path_and_a_path_with_dotdot_load(tmp_path: Path, monkeypatch
     assert load_policy("../p.toml", workdir=str(tmp_path)).profile == "read-only"
     monkeypatch.chdir(tmp_path)
     assert load_policy("p.toml", workdir=str(tmp_path)).profile == "read-only"
+
+
+def test_a_file_named_inside_another_with_tilde_is_the_homes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `syscalls.profile = "~/s.json"` in a policy file, and a rule's `policy = "~/p.toml"`, were joined to
+    # the naming file's directory (`<dir>/~/s.json`): a directory called `~` there, which a sandbox that
+    # may write the project can make, chose the profile or policy.
+    home, project = tmp_path / "home", tmp_path / "project"
+    (project / "~").mkdir(parents=True)
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / "s.json").write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}')
+    (project / "~" / "s.json").write_text("{not json")
+    (home / "p.toml").write_text('profile = "read-only"\n')
+    (project / "~" / "p.toml").write_text('profile = "full-access"\n')
+    pol = project / "corral.toml"
+    pol.write_text('profile = "workspace-write"\n[syscalls]\nprofile = "~/s.json"\n')
+    assert load_policy(pol, workdir=str(project)).syscalls.profile is not None
+    rules = project / "rules.toml"
+    rules.write_text('[[rule]]\npattern = ["x"]\ndecision = "allow"\npolicy = "~/p.toml"\n')
+    loaded = load_rules(rules, workdir=str(project))
+    assert loaded.evaluate(["x"]).policy_for(load_policy(pol, workdir=str(project))).profile == "read-only"
+    pol.write_text('profile = "workspace-write"\n[syscalls]\nprofile = "~root/s.json"\n')
+    with pytest.raises(PolicyError, match="only '~' and '~/...'"):
+        load_policy(pol, workdir=str(project))
