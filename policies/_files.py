@@ -95,9 +95,10 @@ def _open_unplanted(source: str) -> int:
 
 def read_bounded(source: str, limit: int) -> bytes:
     """The bytes of the file `source` (``~`` expanded: `user_file`): reached without following a symlink a
-    sandbox could have planted (`_open_unplanted`), opened O_NONBLOCK, a regular file only, at most `limit` bytes. Raises OSError, or
-    ValueError saying what the path is instead ("it is not a regular file (a FIFO, socket or device)", "it
-    is a directory", "it is larger than N MiB", "it is or passes through a symlink ...")."""
+    sandbox could have planted (`_open_unplanted`), opened O_NONBLOCK, a regular file only, at most `limit`
+    bytes. Raises OSError, or ValueError saying what the path is instead ("it is not a regular file (a FIFO,
+    socket or device)", "it is a directory", "it is larger than N MiB", "it is or passes through a symlink
+    ...")."""
     fd = _open_unplanted(user_file(os.fspath(source)))
     try:
         st = os.fstat(fd)

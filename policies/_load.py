@@ -288,7 +288,8 @@ def _syscalls(value: object, relative_to: str | None = None) -> dict[str, Any]:
         try:
             file = named_file(file, relative_to)
         except ValueError as err:
-            raise PolicyError("syscalls.profile", str(err), file) from None
+            where = "syscalls.profile"
+            raise PolicyError(where, str(err), file) from None
         try:
             out["profile"] = load_seccomp_profile(file)
         except PolicyError as err:

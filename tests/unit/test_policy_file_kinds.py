@@ -144,5 +144,5 @@ def test_a_file_named_inside_another_with_tilde_is_the_homes(
     loaded = load_rules(rules, workdir=str(project))
     assert loaded.evaluate(["x"]).policy_for(load_policy(pol, workdir=str(project))).profile == "read-only"
     pol.write_text('profile = "workspace-write"\n[syscalls]\nprofile = "~root/s.json"\n')
-    with pytest.raises(PolicyError, match="only '~' and '~/...'"):
+    with pytest.raises(PolicyError, match="only '~' and '~/"):
         load_policy(pol, workdir=str(project))
