@@ -821,7 +821,7 @@ class Scan:
             if self._quiet_leaf(fd, name, f"{rel}/{name}"):
                 continue
             try:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                sub = self._open_dir(fd, name, os.path.join(path, name))
             except OSError as err:
                 self._abandon()  # a directory a snapshot could not watch
                 self._unopened(os.path.join(path, name), err)
@@ -901,6 +901,47 @@ class Scan:
             for _rel, fd in anchors[1:]:
                 os.close(fd)
 
+    def _open_dir(self, fd: int, name: str, path: str) -> int:
+        """The subdirectory `name` of `fd` (at `path`) opened with no link followed. One its owner may not
+        read or search, when the scan runs as that owner (an ordinary caller: the sandbox's own uid), is
+        made readable to it first (u+rwx, reported): git reaches what is inside by name through a
+        directory of mode 0100, which the scan could not list, so a hook planted in `.git/hooks` made
+        0100 ran at the user's next commit, reported only as "not fully scanned"."""
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except PermissionError:
+            if not self._let_owner_read(fd, name, path):
+                raise
+        return os.open(name, _DIR_FLAGS, dir_fd=fd)
+
+    def _let_owner_read(self, fd: int, name: str, path: str) -> bool:
+        """Give the owner of the directory `name` in `fd` read, write and search rights on it when the scan
+        runs as that owner (not as root, which needs none), through an O_PATH fd (no link followed)."""
+        euid = os.geteuid()
+        st = self._lstat(fd, name)
+        if euid == 0 or st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != euid:
+            return False
+        if st.st_mode & 0o700 == 0o700:
+            return False
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            now = os.fstat(pfd)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISDIR(now.st_mode):
+                return False
+            os.chmod(f"/proc/self/fd/{pfd}", stat.S_IMODE(now.st_mode) | 0o700)
+        except OSError:
+            return False
+        finally:
+            os.close(pfd)
+        self.found.append(
+            (
+                path,
+                f"a directory its owner could not read (mode {stat.S_IMODE(st.st_mode):o}), through which "
+                "git still reaches what is inside: made readable to its owner (u+rwx) to be scanned",
+            )
+        )
+        return True
+
     def _unopened(self, path: str, err: OSError) -> None:
         """A subdirectory listed but not opened: gone or replaced by a link since (a link is not followed;
         what it leads to in a root is scanned there), or not opened for want of resources (EMFILE: reported,
@@ -920,8 +961,19 @@ class Scan:
             "commondir" in entries or ("objects" in entries and "refs" in entries)
         )
         bound = self._bound(fd, rel, walk)
-        if is_gitdir:
-            self._check_gitdir(fd, path, entries, bound)
+        defining = [n for n in _DEFINING if n in entries]
+        top = rel == "/.git"
+        # A directory on its way to being one (a config or hooks beside any of git's defining entries: a
+        # linked worktree's common dir has objects/ and refs/ but no HEAD; the workdir's own `.git`
+        # whatever it holds) is checked as one: what is written there now is what git reads once the rest
+        # appears. One that became a git dir during the run has what it held from before checked (_fresh),
+        # but for the top `.git`, whose config and hooks the mounts bind read-only for the run: there a
+        # sandbox's checkout, commit and stash would move the user's own hooks aside.
+        if is_gitdir or ((defining or top) and any(n in entries for n in _CHECKED)):
+            fresh = bool(defining) and not top and self._fresh(fd, defining)
+            # In a directory not (yet) a git dir, only what git would run as a hook is one (a source
+            # tree's `hooks/` beside an `objects/` holds code of its own).
+            self._check_gitdir(fd, path, entries, bound, fresh, hook_names=not (is_gitdir or top))
         if entries.get(".git") in (stat.S_IFREG, stat.S_IFLNK):
             self._check_pointer(fd, path, ".git", path)
         if _SPECIAL in entries.values():
@@ -1209,18 +1261,52 @@ class Scan:
         born = _birth_ns(fd, name)
         return born is not None and born < self.since
 
-    def _check_gitdir(self, fd: int, path: str, entries: dict[str, int], mounted: bool = False) -> None:
+    def _fresh(self, fd: int, defining: list[str]) -> bool:
+        """Whether the directory `fd` gained every one of git's defining entries it holds (`defining`:
+        HEAD, objects, refs, commondir) during the run: each was created, renamed or linked there, or
+        rewritten, since the run began (ctime; a sandbox cannot set one). A directory that became a git dir
+        during the run is that: its config and hooks, however old, are then what git newly reads, and are
+        checked as if written now. (A first run left `config` and `hooks/pre-commit` in a directory with
+        none of them, which the scan then did not look at; a second run added HEAD, objects and refs, and
+        the config, older than that run, was trusted: the user's `git status` ran its core.fsmonitor.) A
+        directory that held any of them before the run was checked as one when its config was written."""
+        for name in defining:
+            st = self._lstat(fd, name)
+            if st is not None and st.st_ctime_ns < self.since:
+                return False
+        return True
+
+    def _lstat(self, fd: int, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return None
+
+    def _check_gitdir(
+        self,
+        fd: int,
+        path: str,
+        entries: dict[str, int],
+        mounted: bool = False,
+        fresh: bool = False,
+        hook_names: bool = False,
+    ) -> None:
         """Quarantine what in the git dir `fd` changed during the run and could run code. `mounted`: the
-        mounts bound its protected files read-only (_bound), so one born before the run is the user's."""
+        mounts bound its protected files read-only (_bound), so one born before the run is the user's.
+        `fresh`: it became a git dir during the run (_fresh): nothing in it is trusted for its age.
+        `hook_names`: only entries of `hooks/` named as git's hooks are hooks (a directory not yet a git
+        dir: what else is there is not run by git, and may be a source tree's)."""
         for name in ("config", "config.worktree", "commondir", "hooks"):
             if name in entries:
                 self._hold_name(fd, name)
         for name in ("config", "config.worktree"):
-            if mounted and name in self.protected and self._born_before(fd, name):
+            if mounted and not fresh and name in self.protected and self._born_before(fd, name):
                 continue  # bound read-only during the run
-            if name in entries and self._changed(fd, name) is not None:
+            if name in entries and (fresh or self._changed(fd, name) is not None):
                 reason = self._config_problem(fd, os.path.join(path, name), name, gitdir=path)
                 if reason:
+                    if fresh and self._changed(fd, name) is None:
+                        reason = reason.replace("written during the run", _FRESH, 1)
                     self._quarantine(fd, path, name, reason)
         for name in ("config", "config.worktree"):
             if name in entries:
@@ -1244,22 +1330,22 @@ class Scan:
         if "hooks" in entries:
             if (
                 mounted
+                and not fresh
                 and "hooks" in self.protected
                 and entries["hooks"] == stat.S_IFDIR
                 and self._born_before(fd, "hooks")
             ):
                 return  # bound read-only during the run
             if entries["hooks"] != stat.S_IFDIR:
-                if self._changed(fd, "hooks") is not None:
+                if hook_names:
+                    return  # checked if the directory becomes a git dir (_fresh)
+                if fresh or self._changed(fd, "hooks") is not None:
                     self._quarantine(fd, path, "hooks", "hooks is not a directory (written during the run)")
                 return
             try:
-                hfd = os.open(
-                    "hooks",
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                    dir_fd=fd,
-                )
-            except OSError:
+                hfd = self._open_dir(fd, "hooks", os.path.join(path, "hooks"))
+            except OSError as err:
+                self._unopened(os.path.join(path, "hooks"), err)
                 return
             try:
                 self._hold(hfd, os.fstat(hfd))
@@ -1267,9 +1353,13 @@ class Scan:
                 for name in sorted(os.listdir(hfd)):
                     if name.endswith((".sample", QUARANTINE_SUFFIX)):
                         continue
+                    if hook_names and name not in _HOOK_NAMES:
+                        continue
                     self._hold_name(hfd, name)
                     if self._changed(hfd, name) is not None:
                         self._quarantine(hfd, hooks_path, name, "git hook written during the run")
+                    elif fresh:
+                        self._quarantine(hfd, hooks_path, name, f"git hook {_FRESH}")
             finally:
                 self._closing(hfd)
                 os.close(hfd)
@@ -1394,7 +1484,7 @@ class Scan:
         place, which the quick check would not see)."""
         self._abandon()
         try:
-            rfd = os.open("rebase-merge", _DIR_FLAGS, dir_fd=fd)
+            rfd = self._open_dir(fd, "rebase-merge", os.path.join(path, "rebase-merge"))
         except OSError:
             return
         reason = ""
@@ -1489,6 +1579,46 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O
 
 #: The environment variables that choose which global git config files are read (_gitglobal).
 _GLOBAL_ENV = ("HOME", "XDG_CONFIG_HOME")  # and every GIT_CONFIG* (_read_globals)
+
+#: git's defining entries of a git dir (is_git_directory: HEAD, and objects + refs or commondir).
+_DEFINING = ("HEAD", "objects", "refs", "commondir")
+#: What a git dir holds that runs code (checked in a directory with any of _DEFINING).
+_CHECKED = ("config", "config.worktree", "hooks")
+#: The hooks git runs (githooks(5)), by their exact names.
+_HOOK_NAMES = frozenset(
+    {
+        "applypatch-msg",
+        "pre-applypatch",
+        "post-applypatch",
+        "pre-commit",
+        "pre-merge-commit",
+        "prepare-commit-msg",
+        "commit-msg",
+        "post-commit",
+        "pre-rebase",
+        "post-checkout",
+        "post-merge",
+        "pre-push",
+        "pre-receive",
+        "update",
+        "proc-receive",
+        "post-receive",
+        "post-update",
+        "reference-transaction",
+        "push-to-checkout",
+        "pre-auto-gc",
+        "post-rewrite",
+        "sendemail-validate",
+        "fsmonitor-watchman",
+        "p4-changelist",
+        "p4-prepare-changelist",
+        "p4-post-changelist",
+        "p4-pre-submit",
+        "post-index-change",
+    }
+)
+#: The reason's words for what a directory that became a git dir during the run held from before.
+_FRESH = "in a directory that became a git dir during the run"
 
 #: git's own merge strategies (a rebase's `strategy` file may name only these).
 _MERGE_STRATEGIES = frozenset({b"ort", b"recursive", b"resolve", b"octopus", b"ours", b"subtree"})

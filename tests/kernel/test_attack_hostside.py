@@ -31,7 +31,7 @@ import anyio
 import pytest
 
 from policies import Policy, profiles
-from supervisor import SandboxSetupError, Supervisor
+from supervisor import Result, SandboxSetupError, Supervisor
 
 pytestmark = pytest.mark.kernel
 
@@ -49,10 +49,11 @@ async def git_init(path: Path) -> None:
     await anyio.run_process(["/usr/bin/git", "init", "-q", str(path)], env={"PATH": "/usr/bin:/bin"})
 
 
-async def plant(sup: Supervisor, workspace: Path, script: str) -> None:
+async def plant(sup: Supervisor, workspace: Path, script: str) -> Result:
     """Run `script` in a sandbox of `workspace`: the attacker's move."""
     r = await sup.run([SH, "-c", script], policy=policy(workspace, timeout=90))
     assert r.exit_code == 0, r.stderr.decode(errors="replace")
+    return r
 
 
 # --- root acting on the workdir's contents
@@ -207,10 +208,13 @@ async def test_planted_paths_do_not_stop_another_tenants_timeout(
     victim = await sup.start(["/bin/sleep", "30"], policy=profiles.workspace_write(tenant, timeout=3))
     started = time.monotonic()
     refused: list[str] = []
+    reported: list[str] = []
 
     async def attack() -> None:
         if PLANTS[kind]:
-            await plant(sup, attacker, PLANTS[kind])
+            # The post-run git scan may move the plant aside (a FIFO, socket or huge file at the top
+            # .git/config, which it checks as a git dir whatever it holds): reported, not refused.
+            reported.extend(p for p, _ in (await plant(sup, attacker, PLANTS[kind])).quarantined)
         for _ in range(4):
             try:
                 await sup.run(["/bin/true"], policy=policy(attacker))
@@ -225,7 +229,8 @@ async def test_planted_paths_do_not_stop_another_tenants_timeout(
     assert result.violation is not None
     assert result.violation.kind == "wall_time"
     assert 2.8 < ended - started < 3.5, f"the tenant's 3 s timeout fired after {ended - started:.2f} s"
-    assert refused, "the planted path was neither refused nor reported"
+    assert refused or reported, "the planted path was neither refused nor reported"
+    assert all(p.startswith(str(attacker / ".git")) for p in reported), reported
     for msg in refused:
         assert str(attacker / ".git") in msg, msg
         assert "remove" in msg, msg
