@@ -410,10 +410,10 @@ class Server:
         # A root caller's sandbox in another account's workdir: its two-line id maps are written here
         # once it runs, and it must not read its plan's end before (the write end stays open until then).
         # In a root-owned workdir the launched child maps 0 itself, as any caller's does (no cost here).
-        maps = namespaces.owner_maps(cwd) if pol["ns"].get("owner") else None
-        if maps == namespaces.ROOT_MAPS:
-            maps = None
         try:
+            maps = namespaces.owner_maps(cwd) if pol["ns"].get("owner") else None
+            if maps == namespaces.ROOT_MAPS:
+                maps = None
             segments = self._segments(pol, req, cwd, stdio, pooled_net=net is not None, ctty=ctty)
         except _sys.SetupFailure as failure:
             if net is not None:

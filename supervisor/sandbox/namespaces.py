@@ -225,7 +225,14 @@ def owner_maps(workdir: str) -> tuple[bytes, bytes]:
     it makes belong to the owner. The owner is looked up without following any symlink (as the init opens
     the workdir): a workdir that is, or passes through, a link gives root's maps, and the init then refuses
     the link anyway. A group of 0 is replaced by OWNER_FALLBACK_GID: the sandbox never holds host gid 0
-    as an account other than root. Never raises."""
+    as an account other than root.
+
+    The owner decides the identity only when no third account could have put the directory there: a
+    directory on the way that another account owns, or that every user may write (without the sticky
+    bit), lets that account rename a directory of someone else (root's `build/` left by `sudo make` in a
+    checkout, a colleague's directory) to the workdir's name, and so choose whom the next root caller's
+    sandbox runs as: its code, written by that account, would then run as root or as the colleague.
+    Raises _sys.SetupFailure (EPERM) naming that directory (`check_placement`); otherwise never raises."""
     root = ROOT_MAPS
     try:
         top = _hostfs.open_root("/")
@@ -239,12 +246,69 @@ def owner_maps(workdir: str) -> tuple[bytes, bytes]:
         os.close(top)
     try:
         st = os.fstat(fd)
+        check_placement(fd, st, workdir)
     finally:
         os.close(fd)
     if st.st_uid == 0:
         return root
     gid = owner_gid(st.st_uid, st.st_gid)
     return (f"0 0 1\n{st.st_uid} {st.st_uid} 1\n".encode(), f"0 0 1\n{gid} {gid} 1\n".encode())
+
+
+#: The deepest path `check_placement` walks up (a path of PATH_MAX has at most 2048 components).
+_MAX_DEPTH = 2048
+
+
+def check_placement(fd: int, st: os.stat_result, workdir: str) -> None:
+    """Raise _sys.SetupFailure (EPERM) when an account other than root and the workdir's owner could have
+    moved the workdir into place: a directory above it (`..` from `fd`, the workdir opened without
+    following a link, up to `/`) that such an account owns, or that is writable by every user without the
+    sticky bit. Such an account may rename an entry it does not own in its own directory, and move its own
+    directories, so it could put root's or a third account's directory at the workdir's name and choose the
+    identity of a root caller's sandbox there (see owner_maps). A group-writable directory is not refused
+    (its members are not looked up: docs/security.md, "Identity", Residual). Cost: an openat and an fstat
+    per directory above the workdir."""
+    owner = st.st_uid
+    path = os.path.normpath(workdir)
+    seen = (st.st_dev, st.st_ino)
+    cur = os.dup(fd)
+    try:
+        for _ in range(_MAX_DEPTH):
+            if path == "/":
+                return
+            nxt = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = nxt
+            path = os.path.dirname(path)
+            up = os.fstat(cur)
+            if (up.st_dev, up.st_ino) == seen:
+                return  # `/` (its `..` is itself)
+            seen = (up.st_dev, up.st_ino)
+            other = up.st_uid not in (0, owner)
+            everyone = up.st_mode & 0o002 and not up.st_mode & 0o1000
+            if other or everyone:
+                who = f"{_name(up.st_uid)}, its owner" if other else "every user (mode o+w, no sticky bit)"
+                them = _name(owner)
+                fix = "root" if owner == 0 else f"root or {them}"
+                hint = (
+                    f"the workdir belongs to {them}, but {path} above it may be changed by {who}, who could "
+                    f"have moved a directory of {them} to the workdir's name to make the sandbox run as "
+                    f"{them}; corral does not run there: give {path} to {fix} (and no write access to "
+                    "others), or use another workdir"
+                )
+                raise _sys.SetupFailure("namespaces", "look up the workdir's owner", errno.EPERM, path, hint)
+    except OSError:
+        return  # unreadable above: the owner stays as looked up (the init opens the workdir itself)
+    finally:
+        os.close(cur)
+
+
+def _name(uid: int) -> str:
+    """`name (uid N)` for messages, else ``uid N``."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (KeyError, OSError):
+        return f"uid {uid}"
 
 
 def owner_gid(uid: int, gid: int) -> int:

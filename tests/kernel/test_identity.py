@@ -343,6 +343,67 @@ async def test_attack_steer_the_identity_of_a_later_sandbox(sup: Supervisor, wor
         shutil.rmtree(other, ignore_errors=True)
 
 
+@pytest.mark.parametrize("moved", ["root's", "a third account's"])
+async def test_attack_steer_the_identity_by_renaming_a_directory_into_place(
+    sup: Supervisor, workspace: Path, moved: str
+) -> None:
+    # In the owner's checkout, a directory of another account (root's `build/` left by `sudo make`, a
+    # colleague's) may be renamed by the owner's sandbox: the checkout is the owner's. Renamed to the name a
+    # later root caller's policy uses as its workdir, it chose whom that sandbox ran as (root: a root-only
+    # file outside the roots was readable; the colleague: their files). Now the later run is refused, naming
+    # the directory that let it happen; checked from outside: nothing ran as the other account.
+    _as_root()
+    _foreign_tree(workspace)
+    (workspace / "sub").mkdir()
+    os.chown(workspace / "sub", OTHER, OTHER)
+    (workspace / "theirs").mkdir()
+    if moved != "root's":
+        os.chown(workspace / "theirs", THIRD, THIRD)
+    secret = SCRATCH / f"identity-secret-{uuid.uuid4().hex[:8]}"
+    secret.write_text("root only\n")
+    os.chmod(secret, 0o600)
+    try:
+        later = profiles.workspace_write(workspace / "sub", timeout=20)
+        script = f"id -u; cat {secret}; touch made-by-the-later-run"
+        r = await sup.run(["/bin/sh", "-c", script], policy=later)
+        assert r.stdout.decode().splitlines()[0] == str(OTHER), r.stderr  # the owner, as documented
+        assert b"root only" not in r.stdout
+        code, out, err = await _sh(sup, workspace, "mv sub sub.old && mv theirs sub && echo swapped")
+        assert (code, out) == (0, "swapped\n"), err
+        with pytest.raises(SandboxSetupError) as info:
+            await sup.run(["/bin/sh", "-c", script], policy=later)
+        assert info.value.errno == errno.EPERM
+        assert str(workspace) in str(info.value)  # the directory to fix
+        assert not (workspace / "sub" / "made-by-the-later-run").exists()
+        # The owner's own directory there still runs as the owner.
+        code, out, err = await _sh(sup, workspace, "mv sub theirs && mv sub.old sub && echo back")
+        assert out == "back\n", err
+        r = await sup.run(["/usr/bin/id", "-u"], policy=later)
+        assert r.stdout == f"{OTHER}\n".encode(), r.stderr
+    finally:
+        secret.unlink()
+
+
+async def test_a_workdir_in_a_directory_everyone_may_write_is_refused(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # A mode 0777 directory without the sticky bit lets every local user rename its entries: whoever put
+    # root's or alice's directory there would choose the identity. With the sticky bit (as /tmp and
+    # /var/tmp have) only an entry's owner may: allowed.
+    _as_root()
+    shared = workspace / "shared"
+    (shared / "work").mkdir(parents=True)
+    os.chown(shared / "work", OTHER, OTHER)
+    os.chmod(shared, 0o777)
+    later = profiles.workspace_write(shared / "work", timeout=20)
+    with pytest.raises(SandboxSetupError) as info:
+        await sup.run(["/usr/bin/id", "-u"], policy=later)
+    assert "every user" in str(info.value)
+    os.chmod(shared, 0o1777)
+    r = await sup.run(["/usr/bin/id", "-u"], policy=later)
+    assert r.stdout == f"{OTHER}\n".encode(), r.stderr
+
+
 async def test_a_workdir_whose_group_is_roots(sup: Supervisor, workspace: Path) -> None:
     # The sandbox never holds host gid 0 as another account: a group of 0 becomes 65534.
     _as_root()
