@@ -277,8 +277,9 @@ class ForkServer:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 # Every sandbox init is a copy of this process: it must hold none of the supervisor's
-                # environment (each request carries the child's own, filtered one).
-                env={},
+                # environment (each request carries the child's own, filtered one). One diagnostic only:
+                # CORRAL_SHARED_OVERLAYS=0, which the server takes out of its environment at once.
+                env=_server_env(),
                 start_new_session=True,  # terminal signals (Ctrl-C) go to the supervisor, which cleans up
             )
         except OSError as err:
@@ -760,3 +761,8 @@ class StatusReader:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _server_env() -> dict[str, str]:
+    """The fork server's environment: empty but for CORRAL_SHARED_OVERLAYS=0 (server._shared_enabled)."""
+    return {"CORRAL_SHARED_OVERLAYS": "0"} if os.environ.get("CORRAL_SHARED_OVERLAYS") == "0" else {}

@@ -31,7 +31,7 @@ import socket
 import sys
 from collections import OrderedDict
 
-from supervisor.forkserver import _recheck, protocol
+from supervisor.forkserver import _overlays, _recheck, protocol
 from supervisor.forkserver.netpool import NetPool, close_all
 from supervisor.forkserver.protocol import CompiledPayload, PreforkRequest, Reply, Request, SpawnRequest
 from supervisor.sandbox import (
@@ -134,8 +134,10 @@ def _view(
     pooled_net: bool,
     cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
     console: str | None = None,
+    share: mounts.Share | None = None,
 ) -> _ops.Plan:
-    """Steps 5-8: the other namespaces and the filesystem view. Raises SetupFailure."""
+    """Steps 5-8: the other namespaces and the filesystem view. Raises SetupFailure. `share`: the fork
+    server's shared overlays (mounts.emit_base)."""
     plan = _ops.Plan()
     # A root caller's sandbox runs as the workdir's owner: their credential stores are hidden too.
     pol = {**pol, "mounts": mounts.with_owner_secrets(pol["mounts"], cwd)}
@@ -158,9 +160,10 @@ def _view(
         console_slot = -1
     # 6. The path-independent part of the filesystem view (read-only host tree, an empty /run, minimal
     #    /dev, private /tmp, fresh /proc): needs CAP_SYS_ADMIN and must precede Landlock, which forbids
-    #    mounting and whose rules must see the new tmpfs inodes.
+    #    mounting and whose rules must see the new tmpfs inodes. Each overlay a copy of one this process
+    #    made for the view, where it can (_overlays.py).
     if mnt is not None:
-        mounts.emit_base(mnt, plan, pooled_net, overlays)
+        mounts.emit_base(mnt, plan, pooled_net, overlays, share)
     # 7. The cgroup namespace now that step 4 moved us into our leaf cgroup: the namespace root is the
     #    leaf, and the sandbox sees nothing of the host's hierarchy.
     if pol["cgroupns"]:
@@ -229,8 +232,13 @@ class _Cache:
         self._lockdown: dict[int, _ops.Segment] = {}
         self._views: dict[
             tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
-            tuple[bytes, _ops.Segment],  # (mounts.digest of the fingerprint it was packed for, the segment)
+            # (mounts.digest of the fingerprint it was packed for, the segment, its shared overlays' fds)
+            tuple[bytes, _ops.Segment, tuple[int, ...]],
         ] = {}
+        #: The detached overlays the views' sandboxes copy (_overlays.py); `fds`: those of the segment
+        #: `view` returned last, which the init must inherit.
+        self.shared = _overlays.SharedOverlays() if _shared_enabled() else None
+        self.fds: tuple[int, ...] = ()
         #: A view's Recheck (None: none could be recorded), by the view's key; bounded (each holds fds).
         self._rechecks: OrderedDict[
             tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None], _recheck.Recheck | None
@@ -255,6 +263,22 @@ class _Cache:
         for key in [k for k in self._views if k[0] == policy_id]:
             del self._views[key]
             self._drop_recheck(key)
+        self._release()
+
+    def _hit(self, entry: tuple[bytes, _ops.Segment, tuple[int, ...]]) -> _ops.Segment:
+        """A cached view's segment, its shared overlays made anew where they are stale."""
+        self.fds = entry[2]
+        if self.shared is not None:
+            self.shared.refresh(entry[2])
+        return entry[1]
+
+    def _release(self) -> None:
+        """Close the shared overlays no cached view and not the last segment uses."""
+        if self.shared is not None:
+            used = set(self.fds)
+            for entry in self._views.values():
+                used.update(entry[2])
+            self.shared.release(used)
 
     def view(
         self,
@@ -276,12 +300,12 @@ class _Cache:
         before: bytes | None = None
         if hit is not None:
             if checked is not None and hit[0] == checked:
-                return hit[1]
+                return self._hit(hit)
             recheck = self._rechecks.get(key)
             if recheck is not None:
                 if recheck.unchanged():
                     self._rechecks.move_to_end(key)
-                    return hit[1]
+                    return self._hit(hit)
                 self._drop_recheck(key)
             elif key not in self._rechecks:
                 # No Recheck yet (a new cache entry's was refused, say, for a ctime within its margin):
@@ -290,24 +314,37 @@ class _Cache:
                 before = mounts.digest(fingerprint)
                 if before == hit[0]:
                     self._keep_recheck(key, recheck)
-                    return hit[1]
+                    return self._hit(hit)
                 if recheck is not None:
                     recheck.close()
         if before is None:
             before = mounts.digest(mounts.fingerprint(mnt, cwd))
         if hit is not None and hit[0] == before:
-            return hit[1]
-        seg = _view(pol, cwd, pooled_net, cgroup_view, console).segment()
+            return self._hit(hit)
+        fds: list[int] = []
+        share = None
+        if self.shared is not None:
+            shared = self.shared
+
+            def share(top: str, layers: str) -> int | None:
+                fd = shared.make(top, layers)
+                if fd is not None:
+                    fds.append(fd)
+                return fd
+
+        seg = _view(pol, cwd, pooled_net, cgroup_view, console, share).segment()
+        self.fds = tuple(fds)
         after, recheck = _recheck.take(mnt, cwd)
         if mounts.digest(after) == before:
             if len(self._views) >= 256:  # bounded: one entry per policy and workdir in use
                 self._views.clear()
                 for old in list(self._rechecks):
                     self._drop_recheck(old)
-            self._views[key] = (before, seg)
+            self._views[key] = (before, seg, self.fds)
             self._keep_recheck(key, recheck)
         elif recheck is not None:
             recheck.close()
+        self._release()
         return seg
 
     def _keep_recheck(
@@ -330,6 +367,13 @@ class _Cache:
 
 #: Views whose Recheck the fork server keeps (each holds up to _recheck.MAX_FDS directory fds).
 MAX_RECHECKS = 16
+
+
+def _shared_enabled() -> bool:
+    """Whether the views' sandboxes copy shared overlays (_overlays.py): unless CORRAL_SHARED_OVERLAYS=0
+    in the environment (a diagnostic, and how the tests check the per-sandbox overlay). Where the kernel
+    refuses this process an overlay (an ordinary user's: EPERM), the first attempt says so, once."""
+    return os.environ.pop("CORRAL_SHARED_OVERLAYS", "1") != "0"  # (none of it reaches a sandbox init)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -509,7 +553,7 @@ class Server:
                 status_w=status_w,
                 ctl_fd=ctl_fd,
                 stdio=stdio,
-                keep=[self.supervisor_pidfd],
+                keep=[self.supervisor_pidfd, *self.cache.fds],
                 command=command,
                 command_fd=command_fd,
                 net_sysfs_fd=net[1] if net is not None else -1,
@@ -522,6 +566,7 @@ class Server:
                 os.close(plan_w)
                 plan_w = -1
             extra = tuple(fd for fd in (ctl_fd, command_fd, net[1] if net else -1, proxy_fd) if fd >= 0)
+            extra += self.cache.fds  # the view's shared overlays, which the plan copies and closes
             keep = (plan_r, status_w, self.supervisor_pidfd, *stdio, *extra)
             flags = namespaces.clone_flags(pol["ns"])
             netfd = net[0] if net is not None else -1

@@ -174,7 +174,10 @@ enum mode { MODE_APPLY = 0, MODE_SPAWN = 1, MODE_STUB = 2 };
     X(SETID, 33)       /* a0 supervisor pidfd: become the non-root ids of our id maps, if any; PDEATHSIG \
                           again (a change of ids clears it); close the pidfd */ \
     X(WATCH, 34)       /* s0 a protected file (a read-only bind): note the command's attempts to replace \
-                          it (its "<name>.lock" created beside it, as git does), for the S record */
+                          it (its "<name>.lock" created beside it, as git does), for the S record */ \
+    X(CLONE_AT, 35)    /* s0 target, opened without following any symlink; a0 an fd the init inherited (a  \
+                          plan keep fd): a detached mount (the fork server's shared overlay), cloned with  \
+                          what is mounted on it (open_tree) and moved onto the target */
 
 #define X_ENUM(name, num) OP_##name = num,
 enum { OPS(X_ENUM) };
@@ -519,6 +522,24 @@ static int mount_at(const char *target, int what, const char *arg, uint64_t set,
     return err;
 }
 
+/* OP_CLONE_AT: a copy of the detached mount `from` (inherited from the fork server, which made it once for
+ * every sandbox of a view: mounts._overlay) moved onto `target`, opened without following any symlink. The
+ * copy is this sandbox's own mount (its flags and place), of the one superblock all copies share; that
+ * superblock belongs to the fork server's user namespace, over which this one has no capability. */
+static int clone_at(const char *target, int from) {
+    int fd = open_nofollow(target);
+    if (fd < 0) return errno;
+    int err = 0;
+    int tree = (int)syscall(SYS_open_tree, from, "", AT_EMPTY_PATH | CORRAL_OPEN_TREE_CLONE | O_CLOEXEC | 0x8000u);
+    if (tree < 0)
+        err = detail("open_tree(the shared overlay, OPEN_TREE_CLONE)", errno);
+    else if (syscall(SYS_move_mount, tree, "", fd, "", CORRAL_MOVE_MOUNT_F_EMPTY_PATH | CORRAL_MOVE_MOUNT_T_EMPTY_PATH) != 0)
+        err = detail("move_mount(onto the checked target)", errno);
+    if (tree >= 0) close(tree);
+    close(fd);
+    return err;
+}
+
 static int set_rlimit(int res, int64_t soft, int64_t hard) {
     struct rlimit cur, want;
     if (getrlimit(res, &cur) != 0) return errno;
@@ -848,6 +869,8 @@ static int run_op(const struct seg *g, const struct op *o) {
     }
     case OP_MOUNT_AT:
         return mount_at(s0, (int)o->a[0], s1, (uint64_t)o->a[1], (uint64_t)o->a[2], (unsigned)o->a[3]);
+    case OP_CLONE_AT:
+        return clone_at(s0, (int)o->a[0]);
     case OP_ENSURE:
         return ensure(s0, (int)o->a[0]);
     case OP_CLOSE:
@@ -1994,6 +2017,27 @@ static void back_home(void) {
 /* The /proc/net files netns_unused reads (see there), in its order. */
 static const char *const net_state_files[3] = {"sockstat", "ip6_flowlabel", "dev"};
 
+/* A detached overlay of the layers `lowerdir` (colon-separated, topmost first; no upper layer): read-only,
+ * nosuid, nodev; its fd (close-on-exec). Made in this process's namespaces, so its superblock belongs to
+ * this process's user namespace. */
+static PyObject *py_overlay_new(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *lowerdir;
+    if (!PyArg_ParseTuple(args, "s", &lowerdir)) return NULL;
+    int fs = (int)syscall(SYS_fsopen, "overlay", CORRAL_FSOPEN_CLOEXEC), mnt = -1, err = 0;
+    if (fs < 0) err = errno;
+    if (!err && syscall(SYS_fsconfig, fs, CORRAL_FSCONFIG_SET_STRING, "lowerdir", lowerdir, 0) != 0) err = errno;
+    if (!err && syscall(SYS_fsconfig, fs, CORRAL_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) err = errno;
+    if (!err && (mnt = (int)syscall(SYS_fsmount, fs, CORRAL_FSMOUNT_CLOEXEC, 0x7 /* RDONLY|NOSUID|NODEV */)) < 0)
+        err = errno;
+    if (fs >= 0) close(fs);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(mnt);
+}
+
 static PyObject *py_netns_new(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -2357,6 +2401,9 @@ static PyMethodDef methods[] = {
      "given; with premap=(uid, gid), the child first maps them to themselves in its new user namespace. errno "
      "is that of a failed exec, or of the id maps when `failed` names the file (the child has then exited)."},
     {"apply", py_apply, METH_VARARGS, "apply(plan) -> None | (index, errno, operation): run the ops here."},
+    {"overlay_new", py_overlay_new, METH_VARARGS,
+     "overlay_new(lowerdir) -> fd: a detached read-only, nosuid, nodev overlay of the layers lowerdir (no "
+     "upper), made in this process's namespaces."},
     {"netns_new", py_netns_new, METH_NOARGS,
      "netns_new() -> (netns_fd, sysfs_fd, sockstat_fd, flowlabel_fd, dev_fd): a new network namespace with lo "
      "up, a detached read-only sysfs mount of it, and its /proc/net files netns_unused reads (flowlabel_fd -1 "

@@ -40,7 +40,7 @@ import pwd
 import re
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from supervisor.sandbox import _absent, _cinit, _gitconfig, _hostfs, _sys
@@ -474,7 +474,18 @@ def emit_keep(keep: list[tuple[str, bool, bool]], plan: Plan) -> None:
         )
 
 
-def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False, overlays: Sequence[str] = ()) -> None:
+#: `emit_base`'s `share`: given an overlaid directory and its layers (`overlay_layers`), the fd of a
+#: detached overlay of them that the init inherits (a plan keep fd), or None.
+Share = Callable[[str, str], "int | None"]
+
+
+def emit_base(
+    prepared: Prepared,
+    plan: Plan,
+    pooled_net: bool = False,
+    overlays: Sequence[str] = (),
+    share: Share | None = None,
+) -> None:
     """Phase 1 (in pid 1 of the new pid namespace, inside the new mount and user namespaces, with full
     capabilities there): the part of the view that does not depend on the state of the policy's paths:
     private propagation, the read-only host tree, an empty /run, a minimal /dev, private /tmp and
@@ -483,8 +494,9 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False, overlays
     one the sandbox starts from. `pooled_net`: the network namespace is one of the fork server's pool
     (namespaces.emit), whose sysfs the init binds from the plan's slot. `overlays` (from `overlay_roots`):
     each shown through an overlay of its own, right after the scaffold, before anything is mounted below
-    it (a root below one is bound back from the host's tree in `emit_paths`). Raises SetupFailure (an
-    unreadable denied path)."""
+    it (a root below one is bound back from the host's tree in `emit_paths`); with `share`, a copy of the
+    fork server's detached overlay of the same layers where it has one (`_overlay`). Raises SetupFailure
+    (an unreadable denied path)."""
     confine = bool(prepared["confine"])
     # Nothing we mount may propagate back to the host's mount namespace.
     _mount(plan, None, "/", None, MS_REC | MS_PRIVATE)
@@ -496,7 +508,7 @@ def emit_base(prepared: Prepared, plan: Plan, pooled_net: bool = False, overlays
         _setattr(plan, "/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, recursive=True)
         _scaffold(plan)
         for top in overlays:
-            _overlay(plan, top, _deny_targets(prepared))
+            _overlay(plan, top, _deny_targets(prepared), share)
         _hide_sockets(plan)
         _etc_files(plan, frozenset(_deny_targets(prepared)))
         _dev(plan, str(prepared.get("tmp_size", "50%")))
@@ -1118,16 +1130,39 @@ def _kept_roots(prepared: Prepared, overlays: Sequence[str]) -> list[str]:
     return [r for r in roots if _under(r, overlays)]
 
 
-def _overlay(plan: Plan, top: str, denied: list[str]) -> None:
+def _overlay(plan: Plan, top: str, denied: list[str], share: Share | None = None) -> None:
     """Show host directory `top` through an overlay of its own (`overlay_roots`): read-only, nosuid, nodev.
     Its layers: a directory of whiteouts for the denied names below `top` that do not exist now
     (`_whiteouts`), so that the host creating one during the run (a first `git credential-store`, `aws
     configure`) does not show it either, over `top` itself; or, without absent names (or when that
-    directory cannot be made), `top` over the scaffold's empty directory (an overlay without an upper layer
-    needs two). When the kernel refuses it (no overlayfs, or one stacked too deep, as in a sandbox in a
+    directory cannot be made), `top` over an empty directory (an overlay without an upper layer needs two).
+
+    With `share` (the fork server, where the kernel lets it make one: a root caller's), the overlay is a copy
+    of a detached one the fork server made for every sandbox of the view (OP_CLONE_AT: open_tree of its fd
+    with what is mounted on it, moved onto `top`), not a new superblock per sandbox: a new one cost each
+    sandbox ~0.2-0.4 ms of CPU with its lookups and teardown. Each sandbox's copy is its own mount (the
+    hiding mounts made on it later are its own); the superblock, which every copy shares, belongs to the
+    fork server's user namespace, over which no sandbox has a capability. Its dentries outlive each
+    sandbox, so the fork server makes it anew often enough to show the host's changes
+    (forkserver/_overlays.py). When the copy fails, the sandbox makes its own, as without `share`.
+
+    When the kernel refuses its own overlay (no overlayfs, or one stacked too deep, as in a sandbox in a
     sandbox) the view goes on without it: the denied names are then hidden on the host's dentries, as
     before."""
     layer = _whiteouts(top, denied)
+    fd = None
+    if share is not None:
+        empty = layer or _empty_layer()
+        if empty is not None:
+            fd = share(top, f"{layer}:{top}" if layer else f"{top}:{empty}")
+    done = -1
+    if fd is not None:
+        what = "copy the shared overlay (open_tree + move_mount)"
+        clone = _op(plan, _cinit.OP_CLONE_AT, what, top, a=(fd,))
+        plan.add(_cinit.OP_CLOSE, "mounts", "close(the shared overlay's fd)", a=(fd, 0), path=top)
+        done = plan.jump()
+        plan.land(clone)
+        plan.add(_cinit.OP_CLOSE, "mounts", "close(the shared overlay's fd)", a=(fd, 0), path=top)
     index = _mount(
         plan,
         "overlay",
@@ -1137,6 +1172,23 @@ def _overlay(plan: Plan, top: str, denied: list[str]) -> None:
         f"lowerdir={layer}:{top}" if layer else f"lowerdir={top}:/tmp/empty",
     )
     plan.land(index)
+    if done >= 0:
+        plan.land(done)
+
+
+def _empty_layer() -> str | None:
+    """An empty directory of this process under /dev/shm (`_layer_home`), the lower layer under `top` of a
+    shared overlay without whiteouts (the scaffold's, which a sandbox's own overlay uses, is not the fork
+    server's). None when it cannot be made."""
+    if _EMPTY:
+        return _EMPTY[0]
+    try:
+        path = os.path.join(_layer_home(), "empty")
+        os.mkdir(path, 0o755)
+    except OSError:
+        return None
+    _EMPTY.append(path)
+    return path
 
 
 #: The whiteout layers this process made (`_whiteouts`), by what they stand for; and where it makes them.
@@ -1147,6 +1199,8 @@ _LAYER_LOCK: list[int] = []
 #: The prefix of a layer home's name until it is locked (the sweep passes over it).
 _NEW_LAYER_HOME = "corral-whiteouts-new-"
 _MAX_LAYERS = 256
+#: `_empty_layer`'s directory, once made.
+_EMPTY: list[str] = []
 
 
 def _whiteouts(top: str, denied: list[str]) -> str | None:
@@ -1246,14 +1300,14 @@ def _sweep_layers() -> None:
             os.close(fd)
 
 
-def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[int, int, int]]) -> str:
-    """Make one whiteout layer (see `_whiteouts`) and return its path. Raises OSError."""
-    import tempfile
-
+def _layer_home() -> str:
+    """This process's directory of whiteout layers under /dev/shm (`_whiteouts`), made on first use: mode
+    0711, flocked for this process's life (`_sweep_layers`), removed at exit. Raises OSError."""
     if not _LAYER_HOME:
         import atexit
         import fcntl
         import shutil
+        import tempfile
 
         _sweep_layers()
         # Made under a name the sweep passes over, locked (a shared flock held for this process's life, on
@@ -1274,7 +1328,14 @@ def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[
                 shutil.rmtree(home, ignore_errors=True)
 
         atexit.register(remove)
-    layer = tempfile.mkdtemp(dir=_LAYER_HOME[0])
+    return _LAYER_HOME[0]
+
+
+def _make_layer(names: list[tuple[str, ...]], dirs: dict[tuple[str, ...], tuple[int, int, int]]) -> str:
+    """Make one whiteout layer (see `_whiteouts`) and return its path. Raises OSError."""
+    import tempfile
+
+    layer = tempfile.mkdtemp(dir=_layer_home())
     me = os.geteuid()
     try:
         for key in sorted(dirs, key=len):

@@ -255,6 +255,12 @@ async def main():
         report["env"] = r.stdout.decode()
         r = await sup.run(["/bin/ls", "/proc/self/fd"], policy=ws)
         report["fds"] = sorted(int(x) for x in r.stdout.split())
+        # A denied file the caller can read, in a directory the sandbox may only read: overlaid. This
+        # caller's fork server cannot make an overlay (EPERM): each sandbox makes its own.
+        hidden = profiles.workspace_write(CFG["workspace"], deny=[CFG["home"] + "/token"])
+        look = 'cat "$1/token"; cat "$1/canary.txt"; grep " $1 " /proc/self/mountinfo; true'
+        r = await sup.run(["/bin/sh", "-c", look, "sh", CFG["home"]], policy=hidden)
+        report["overlay"] = summary(r)
         r = await sup.run(["/bin/sh", "-c", "id -u; echo hi > full-access.txt"],
                           policy=profiles.full_access(CFG["workspace"]))
         report["full_access"] = summary(r)
@@ -356,6 +362,13 @@ def unpriv() -> Iterator[Env]:
     os.chmod(scratch, 0o755)
     workspace = scratch / "ws"
     outside = scratch / "outside"
+    home = scratch / "home"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    (home / "token").write_text("the host's token\n")
+    (home / "canary.txt").write_text("host canary\n")
+    for f in ("token", "canary.txt"):
+        os.chmod(home / f, 0o644)
     # World-writable on purpose: file permissions would let nobody write here, only the sandbox stops it.
     for d in (workspace, outside):
         d.mkdir()
@@ -388,6 +401,7 @@ def unpriv() -> Iterator[Env]:
             "unix_path": listener.path,
             "host_pid": os.getpid(),
             "host_tmp_marker": str(marker),
+            "home": str(home),
         }
         r = run_as_user([python, str(script), json.dumps(cfg)], pythonpath, scratch, timeout=90)
         assert r.returncode == 0, f"unprivileged script failed ({r.returncode}):\n{r.stderr}"
@@ -547,6 +561,16 @@ def test_no_privileges_inside(unpriv: Env) -> None:
     assert st["NoNewPrivs"] == "1", st
     for field in ("CapEff", "CapBnd", "CapAmb"):
         assert int(st[field], 16) == 0, st
+
+
+def test_an_ordinary_users_sandbox_makes_its_own_overlay(unpriv: Env) -> None:
+    # The kernel refuses an ordinary user's fork server an overlay of its own (forkserver/_overlays.py): the
+    # directory holding the denied file is overlaid all the same, by the sandbox, and the file hidden.
+    o = unpriv["overlay"]
+    out = str(o["stdout"]) + str(o["stderr"])
+    assert "the host's token" not in out, o
+    assert "host canary" in out, o
+    assert " - overlay overlay " in out, o  # mount(2)'s source: the sandbox's own (the fork server's: none)
 
 
 def test_env_and_fds_filtered(unpriv: Env) -> None:

@@ -90,7 +90,7 @@ def test_the_fork_server_drops_everything_of_a_forgotten_policy() -> None:
         for pid in (5, 6):
             server.cache._head[pid] = b"h"  # type: ignore[assignment]
             server.cache._lockdown[pid] = b"l"  # type: ignore[assignment]
-            server.cache._views[(pid, "/w", False)] = ((), b"v")  # type: ignore[assignment]
+            server.cache._views[(pid, "/w", False)] = ((), b"v", ())  # type: ignore[assignment]
         server.forget(5)
         assert list(server.policies) == [6]
         assert list(server.cache._head) == [6]

@@ -47,6 +47,7 @@ def test_the_fork_server_loads_only_the_stdlib_the_sandbox_modules_and_its_own()
         "supervisor.forkserver.protocol",
         "supervisor.forkserver.netpool",
         "supervisor.forkserver._recheck",  # the cached views' Recheck: stats on held fds, stdlib + sandbox
+        "supervisor.forkserver._overlays",  # the views' shared overlays: stdlib + the C extension
     )
     outside = [
         m
