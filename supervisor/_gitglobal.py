@@ -64,6 +64,12 @@ class Refs:
     watched: list[str] = field(default_factory=list)
     in_roots: list[tuple[str, str]] = field(default_factory=list)
     programs: list[tuple[str, str, str]] = field(default_factory=list)
+    #: The configs of repositories around a writable root (`enclosing`), by path: what to call them.
+    enclosing: dict[str, str] = field(default_factory=dict)
+
+    def label(self, via: str) -> str:
+        """What to call the config `via` in a reason or a warning."""
+        return self.enclosing.get(via) or f"the global git config {via}"
 
 
 def _truthy(value: str | None) -> bool:
@@ -247,15 +253,77 @@ def _runs_program(key: str, value: bytes) -> bool:
     return "." in last and (section, last.rpartition(".")[2]) in _PROGRAM_SUBKEYS
 
 
-def _program_path(value: bytes, home: str) -> str | None:
-    """The program a command value names, when it names one by an absolute or `~/` path: its first word
-    (after an alias's `!`), else None (a name looked up in PATH, or `git credential-<name>`)."""
+def _program_path(value: bytes, home: str, worktree: str | None = None) -> str | None:
+    """The program a command value names, when it names one by an absolute or `~/` path (or, in a
+    repository's config, `worktree` given, a relative path with a slash: git runs it from the worktree's
+    top): its first word (after an alias's `!`), else None (a name looked up in PATH, or
+    `git credential-<name>`)."""
     text = value.decode("utf-8", errors="surrogateescape").lstrip().removeprefix("!").lstrip()
     word = text.split(None, 1)[0] if text.split() else ""
     word = word.strip("'\"")
+    if worktree is not None and "/" in word and not word.startswith(("/", "~")):
+        return os.path.normpath(os.path.join(worktree, word))
     if not (word.startswith("/") or word.startswith("~/")):
         return None
     return _expand(word.encode("utf-8", errors="surrogateescape"), "/", home)
+
+
+def enclosing(roots: Sequence[str], refs: Refs) -> list[tuple[str, str]]:
+    """The config files of the repository around each writable root: the nearest `.git` above the root
+    (a directory, or a `.git` file's `gitdir:`), as git finds it from the root's parent up, when it lies in
+    no writable root (one there is scanned). Its config, its `config.worktree` and its common dir's
+    config (a linked worktree's `commondir`) are read like a global one: what they include, the hooks
+    directory they name (relative to that repository's worktree) and the programs they run, when under a
+    root, are checked by the scan. (The user's `/p/.git/config` with `include.path = ../tools/git.cfg`
+    and `--workdir /p/tools`: the sandbox wrote core.fsmonitor there and the user's `git status` in /p ran
+    it.) Returns (config path, worktree); adds to `refs.watched` each `.git` looked for and not found (so
+    that one made later is seen) and each `.git` file read."""
+    out: list[tuple[str, str]] = []
+    for root in roots:
+        d = os.path.dirname(os.path.normpath(root))
+        while not _under(d, roots):
+            dotgit = os.path.join(d, ".git")
+            gitdir = _gitdir_of(dotgit, d, roots, refs)
+            if gitdir is not None:
+                configs = [os.path.join(gitdir, "config"), os.path.join(gitdir, "config.worktree")]
+                common = read(os.path.join(gitdir, "commondir"), roots)
+                if common is not None and common.strip():
+                    text = common.strip().decode("utf-8", errors="surrogateescape")
+                    configs.append(os.path.normpath(os.path.join(gitdir, text, "config")))
+                for config in configs:
+                    if not _under(config, roots) and (config, d) not in out:
+                        out.append((config, d))
+                        refs.enclosing[config] = f"the git config {config} (of the repository around a root)"
+                break
+            if d == "/":
+                break
+            d = os.path.dirname(d)
+    return out
+
+
+def _gitdir_of(dotgit: str, worktree: str, roots: Sequence[str], refs: Refs) -> str | None:
+    """The git dir `dotgit` (a worktree's `.git`, outside every root) leads to: itself when a directory,
+    the `gitdir:` of a `.git` file; None when there is none (then watched, so that one made later is
+    seen)."""
+    try:
+        st = os.lstat(dotgit)
+    except OSError:
+        refs.watched.append(dotgit)
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return dotgit
+    if stat.S_ISLNK(st.st_mode):
+        real = os.path.realpath(dotgit)  # outside every root: the user's own link
+        return real if os.path.isdir(real) else None
+    refs.watched.append(dotgit)
+    try:
+        data = read(dotgit, roots)
+    except OSError:
+        return None
+    if data is None or not data.startswith(b"gitdir:"):
+        return None
+    target = data[7:].split(b"\0", 1)[0].strip().decode("utf-8", errors="surrogateescape")
+    return os.path.normpath(os.path.join(worktree, target)) if target else None
 
 
 def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Refs:
@@ -264,13 +332,16 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
     read is skipped (git could not read it either, or it lies behind a link corral does not follow)."""
     refs = Refs()
     env = os.environ if env is None else env
-    queue = [(path, home, 0) for path, home in config_files(roots, env)]
+    queue: list[tuple[str, str, int, str | None]] = [
+        (path, home, 0, None) for path, home in config_files(roots, env)
+    ]
     home = env.get("HOME", "")
     via = "$GIT_CONFIG_KEY_<n> (the environment)"
-    queue += [(target, home, 1) for target in _note(refs, _env_entries(env), via, None, home)]
+    queue += [(target, home, 1, None) for target in _note(refs, _env_entries(env), via, None, home)]
+    queue += [(path, home, 0, worktree) for path, worktree in enclosing(roots, refs)]
     seen: set[str] = set()
     while queue and len(seen) < MAX_FILES:
-        path, home, depth = queue.pop(0)
+        path, home, depth, worktree = queue.pop(0)
         if path in seen:
             continue
         seen.add(path)
@@ -290,17 +361,26 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
             entries = _gitconfig.parse(data)
         except _gitconfig.ConfigSyntaxError:
             continue  # git refuses the file (and every command with it)
-        for target in _note(refs, entries, path, os.path.dirname(path), home):
+        if worktree is not None and path not in refs.enclosing:
+            refs.enclosing[path] = f"the git config {path} (included by the repository's around a root)"
+        for target in _note(refs, entries, path, os.path.dirname(path), home, worktree):
             if depth + 1 < MAX_DEPTH:
-                queue.append((target, home, depth + 1))
+                queue.append((target, home, depth + 1, worktree))
     return refs
 
 
 def _note(
-    refs: Refs, entries: list[tuple[str, bytes | None]], via: str, base: str | None, home: str
+    refs: Refs,
+    entries: list[tuple[str, bytes | None]],
+    via: str,
+    base: str | None,
+    home: str,
+    worktree: str | None = None,
 ) -> list[str]:
     """Add to `refs` what the settings `entries` of the config `via` name (relative paths from `base`;
-    None: none allowed, as for git's command-line settings), and return the files they include."""
+    None: none allowed, as for git's command-line settings), and return the files they include.
+    `worktree`: the config is a repository's (`enclosing`), whose relative hooks directory and programs
+    are taken from its worktree, as git takes them."""
     included: list[str] = []
     for key, value in entries:
         if value is None:
@@ -313,12 +393,14 @@ def _note(
                 refs.includes.append((target, via, home))
                 included.append(target)
         elif _runs_program(key, value):
-            program = _program_path(value, home)
+            program = _program_path(value, home, worktree)
             if program is not None:
                 refs.programs.append((program, key, via))
         if key == "core.hookspath" and text:
             if not relative:
                 refs.hooks.append((_expand(value, "/", home), None, via))
+            elif worktree is not None:
+                refs.hooks.append((os.path.normpath(os.path.join(worktree, text)), None, via))
             else:
                 refs.hooks.append((None, text, via))
     return included

@@ -698,12 +698,12 @@ class Scan:
             return
         _warned.add((target, via))
         log.warning(
-            "git: %s: %s in a writable root, which the global git config %s names: a sandbox can write it "
+            "git: %s: %s in a writable root, which %s names: a sandbox can write it "
             "while it runs, and your git reads it then (corral moves it aside only after the run); keep "
             "it outside the writable roots",
             target,
             what,
-            via,
+            self.globals.label(via) if self.globals is not None else f"the global git config {via}",
         )
 
     def _check_global_refs(self, root: str) -> None:
@@ -721,7 +721,7 @@ class Scan:
                 continue
             if via:
                 self._warn_global(target_in, via, "an included git config")
-            config = f"the global git config {via}"
+            config = refs.label(via)
             what = f"{config} includes it" if via else "a global git config location"
             by = f"git config included by {config}" if via else "global git config"
             self._check_included(target_in, what, by, 0, home)
@@ -731,12 +731,12 @@ class Scan:
                 continue
             self._warn_global(target_in, via, f"a program git runs ({key})")
             dpath, leaf = os.path.split(target_in)
-            dfd = self._open_in_root(dpath, os.O_PATH, target_in, f"{key} of the global git config {via}")
+            dfd = self._open_in_root(dpath, os.O_PATH, target_in, f"{key} of {refs.label(via)}")
             if dfd is None:
                 continue
             try:
                 if self._changed(dfd, leaf) is not None:
-                    reason = f"a program the global git config {via} runs ({key}), written during the run"
+                    reason = f"a program {refs.label(via)} runs ({key}), written during the run"
                     self._quarantine(dfd, dpath, leaf, reason)
             finally:
                 os.close(dfd)
@@ -745,7 +745,7 @@ class Scan:
                 continue
             target_in = self._in_root("/", os.fsencode(absolute), os.geteuid())
             if target_in is not None:
-                self._check_hooks_dir(target_in, f"core.hooksPath of the global git config {via}", via=via)
+                self._check_hooks_dir(target_in, f"core.hooksPath of {refs.label(via)}", via=via)
 
     def _run(self) -> list[tuple[str, str]]:
         self._read_globals()

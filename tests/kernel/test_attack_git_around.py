@@ -1,0 +1,67 @@
+"""The repository AROUND a writable root (issue 11, item 3).
+
+A sandbox whose workdir is a subdirectory of the user's repository (`corral run --workdir /p/tools`, a
+package of a monorepo) cannot write `/p/.git`, and the post-run scan looked only at git dirs inside the
+roots and at the users' global configuration. But `/p/.git/config` may name files inside the root: an
+included config (`include.path = ../tools/git.cfg`, a team's shared settings kept in the tree), a hooks
+directory (`core.hooksPath = tools/hooks`), a program run from the worktree (`core.fsmonitor =
+tools/fsmon.sh`). The sandbox wrote them and the user's next `git status` or commit in /p ran its code.
+Each attack plants from inside a real sandbox (after a first harmless run in the same supervisor, so that
+a later run's quick check is exercised too); the HOST user's git runs afterwards, and the test checks from
+outside that the payload did not run and that the plant was reported moved aside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policies import profiles
+from supervisor import Supervisor
+from tests.kernel.test_attack_git import CHILD_ENV, SH, host_git, make_repo, payload
+
+pytestmark = pytest.mark.kernel
+
+
+def fsmonitor(workspace: Path) -> str:
+    return f"printf '[core]\\n\\tfsmonitor = \"{payload(workspace)}; echo\"\\n'"
+
+
+def script(workspace: Path, path: str) -> str:
+    body = f"printf '#!/bin/sh\\n{payload(workspace)}\\n' > {path}"
+    return f"mkdir -p $(dirname {path}) && {body} && chmod +x {path}"
+
+
+CASES = {
+    "include": (("include.path", "../tools/git.cfg"), "git.cfg", None),
+    "includeIf": (("includeIf.onbranch:master.path", "../tools/git.cfg"), "git.cfg", None),
+    "hooksPath": (("core.hooksPath", "tools/hooks"), "hooks/pre-commit", "hook"),
+    "program": (("core.fsmonitor", "tools/fsmon.sh"), "fsmon.sh", "hook"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_what_the_enclosing_repository_names_in_the_root(
+    sup: Supervisor, workspace: Path, case: str
+) -> None:
+    (key, value), planted, kind = CASES[case]
+    make_repo(workspace)
+    tools = workspace / "tools"
+    tools.mkdir()
+    assert host_git(workspace, "config", key, value).returncode == 0
+    if case == "program":
+        (tools / "fsmon.sh").write_text("#!/bin/sh\necho\n")  # the user's own, harmless
+        (tools / "fsmon.sh").chmod(0o755)
+    pol = profiles.workspace_write(tools, timeout=30, env=CHILD_ENV)
+    first = await sup.run(["/bin/true"], policy=pol)
+    assert first.exit_code == 0
+    assert first.quarantined == ()
+    plant = script(workspace, planted) if kind else fsmonitor(workspace) + f" > {planted}"
+    r = await sup.run([SH, "-c", plant], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert [p for p, _ in r.quarantined] == [str(tools / planted)], r.quarantined
+    assert "repository around a root" in r.quarantined[0][1]
+    host_git(workspace, "status")
+    host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
