@@ -67,8 +67,22 @@ def _open_unplanted(source: str) -> int:
         for i, name in enumerate(parts):
             last = i == len(parts) - 1
             try:
-                if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                if stat.S_ISLNK(mode):
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                if last and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                    # Refused before it is opened (opening a device or a FIFO can itself have effects), with
+                    # what it is and what to do: a socket planted there used to say only "No such device
+                    # or address" (ENXIO, from open).
+                    link = "/" + "/".join(parts)
+                    fix = (
+                        "give a regular file"
+                        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)  # no sandbox can make a device node
+                        else "a sandbox that may write its directory could have made it: remove it, or give "
+                        "another file"
+                    )
+                    msg = f"it is {_kind(mode)} ({link}), not a regular file; {fix}"
+                    raise ValueError(msg)
                 flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY if last else os.O_PATH | os.O_DIRECTORY
                 nxt = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             except OSError as err:
@@ -91,6 +105,19 @@ def _open_unplanted(source: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _kind(mode: int) -> str:
+    """What a file of `mode` is, for messages."""
+    for test, what in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return what
+    return "not a file"
 
 
 def read_bounded(source: str, limit: int) -> bytes:

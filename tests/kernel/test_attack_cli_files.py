@@ -203,3 +203,22 @@ def test_other_homes_and_variables_in_a_file_option_are_refused(workspace: Path,
     p = corral(workspace, "run", f"--policy={value}", "--", "/bin/true")
     assert p.returncode == 125, p.stderr
     assert "expanded" in p.stderr
+
+
+@pytest.mark.parametrize("option", ["--policy", "--rules", "--seccomp-profile"])
+def test_a_socket_planted_at_a_file_the_cli_reads_is_named_and_explained(
+    workspace: Path, option: str
+) -> None:
+    """A first run binds a unix socket where the project's policy (rules, profile) file was. The next run
+    exits 125 before running, as for a FIFO, and now says what the path is and what to do about it: it
+    used to say only "No such device or address" (open's ENXIO)."""
+    (workspace / "conf.toml").write_text('profile = "read-only"\n')
+    plant = "import os, socket; os.unlink('conf.toml'); socket.socket(socket.AF_UNIX).bind('conf.toml')"
+    r = corral(workspace, "run", "--timeout", "20", "--", sys.executable, "-c", plant)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISSOCK((workspace / "conf.toml").lstat().st_mode)
+    proc = corral(workspace, "run", option, "conf.toml", "--timeout", "5", "--", "/bin/true", timeout=30)
+    assert proc.returncode == 125, proc.stderr
+    assert f"it is a socket ({workspace / 'conf.toml'})" in proc.stderr
+    assert "remove it" in proc.stderr
+    assert "No such device" not in proc.stderr
