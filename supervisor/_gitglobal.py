@@ -287,9 +287,13 @@ def enclosing(roots: Sequence[str], refs: Refs) -> list[tuple[str, str]]:
             if gitdir is not None:
                 configs = [os.path.join(gitdir, "config"), os.path.join(gitdir, "config.worktree")]
                 common = read(os.path.join(gitdir, "commondir"), roots)
+                commondir = gitdir
                 if common is not None and common.strip():
                     text = common.strip().decode("utf-8", errors="surrogateescape")
-                    configs.append(os.path.normpath(os.path.join(gitdir, text, "config")))
+                    commondir = os.path.normpath(os.path.join(gitdir, text))
+                    configs.append(os.path.join(commondir, "config"))
+                if not _under(commondir, roots):
+                    _hook_links(os.path.join(commondir, "hooks"), configs[0], refs)
                 for config in configs:
                     if not _under(config, roots) and (config, d) not in out:
                         out.append((config, d))
@@ -299,6 +303,30 @@ def enclosing(roots: Sequence[str], refs: Refs) -> list[tuple[str, str]]:
                 break
             d = os.path.dirname(d)
     return out
+
+
+def _hook_links(hooks: str, via: str, refs: Refs) -> None:
+    """Each hook in the directory `hooks` (of a repository around a root: outside every root) that is a
+    symlink: git runs what it leads to, which may be a file in the tree below (`ln -s
+    ../../tools/pre-commit .git/hooks/`); noted among `refs.programs` (the scan moves the target aside
+    when a run wrote it). At most 256 entries; the directory is watched (a link added later is seen)."""
+    refs.watched.append(hooks)
+    try:
+        with os.scandir(hooks) as it:
+            for i, entry in enumerate(it):
+                if i >= 256:
+                    break
+                if entry.name.endswith(".sample") or not entry.is_symlink():
+                    continue
+                try:
+                    link = os.readlink(entry.path)
+                except OSError:
+                    continue
+                refs.programs.append(
+                    (os.path.normpath(os.path.join(hooks, link)), f"hooks/{entry.name}", via)
+                )
+    except OSError:
+        return
 
 
 def _gitdir_of(dotgit: str, worktree: str, roots: Sequence[str], refs: Refs) -> str | None:

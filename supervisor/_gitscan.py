@@ -1137,12 +1137,16 @@ class Scan:
             self._warn_global(target, via, "a git hooks directory")
         try:
             if bound and self._born_dir_before(hfd):
-                return  # the top repository's configured hooks, bound read-only during the run
+                # the top repository's configured hooks, bound read-only during the run: only where a link
+                # among them leads
+                self._check_hook_links(hfd, target, f"git hook ({what})")
+                return
             for entry in sorted(os.listdir(hfd)):
                 if entry.endswith((".sample", QUARANTINE_SUFFIX)):
                     continue
                 if self._changed(hfd, entry) is not None:
                     self._quarantine(hfd, target, entry, f"git hook ({what}) written during the run")
+            self._check_hook_links(hfd, target, f"git hook ({what})")
         finally:
             os.close(hfd)
 
@@ -1328,14 +1332,15 @@ class Scan:
                     fd, path, "commondir", "commondir written during the run points git elsewhere"
                 )
         if "hooks" in entries:
-            if (
+            # Bound read-only during the run: its entries are the user's, but what a link among them
+            # leads to in a writable root is not (_check_hook_links).
+            bound = (
                 mounted
                 and not fresh
                 and "hooks" in self.protected
                 and entries["hooks"] == stat.S_IFDIR
                 and self._born_before(fd, "hooks")
-            ):
-                return  # bound read-only during the run
+            )
             if entries["hooks"] != stat.S_IFDIR:
                 if hook_names:
                     return  # checked if the directory becomes a git dir (_fresh)
@@ -1348,8 +1353,11 @@ class Scan:
                 self._unopened(os.path.join(path, "hooks"), err)
                 return
             try:
-                self._hold(hfd, os.fstat(hfd))
                 hooks_path = os.path.join(path, "hooks")
+                if bound:
+                    self._check_hook_links(hfd, hooks_path, "git hook")
+                    return
+                self._hold(hfd, os.fstat(hfd))
                 for name in sorted(os.listdir(hfd)):
                     if name.endswith((".sample", QUARANTINE_SUFFIX)):
                         continue
@@ -1360,9 +1368,55 @@ class Scan:
                         self._quarantine(hfd, hooks_path, name, "git hook written during the run")
                     elif fresh:
                         self._quarantine(hfd, hooks_path, name, f"git hook {_FRESH}")
+                self._check_hook_links(hfd, hooks_path, "git hook", hook_names)
             finally:
                 self._closing(hfd)
                 os.close(hfd)
+
+    def _check_hook_links(self, hfd: int, hooks_path: str, what: str, hook_names: bool = False) -> None:
+        """The hooks in the directory `hfd` (at `hooks_path`) that are symlinks: git runs what they lead
+        to, and a hook installed as a link into the tree (`ln -s ../../tools/pre-commit .git/hooks/`, a
+        common way to share hooks) leads to a file the sandbox may write, while the link itself, in the
+        bound `.git/hooks`, stays as the user made it: the sandbox rewrote `tools/pre-commit` and the
+        user's next commit ran it. A link whose target, in a writable root, was written during the run
+        (or is reached through a symlink there, which is not followed) is moved aside. A tree with such a
+        link takes no snapshot (the quick check does not watch the targets)."""
+        for name in sorted(os.listdir(hfd)):
+            if name.endswith((".sample", QUARANTINE_SUFFIX)) or (hook_names and name not in _HOOK_NAMES):
+                continue
+            st = self._lstat(hfd, name)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                continue
+            try:
+                link = os.readlink(name, dir_fd=hfd)
+            except OSError:
+                continue
+            why = self._link_target_problem(os.path.join(hooks_path, link))
+            if why:
+                self._quarantine(hfd, hooks_path, name, f"{what} is a symlink {why}")
+
+    def _link_target_problem(self, target: str) -> str:
+        """Why a symlink naming `target` (absolute) leads to what a sandbox wrote ("" when it does not): a
+        file in a writable root written during the run, or a path through a symlink below a root (not
+        followed). Meeting a target in a root makes this scan take no snapshot."""
+        resolved = self._resolve_text(target)
+        if resolved is None:
+            self._abandon()
+            return "into a writable root through another symlink there (not followed)"
+        for root in self.roots:
+            r = root.rstrip("/")
+            if resolved == r or resolved.startswith(r + "/"):
+                self._abandon()
+                try:
+                    st = os.lstat(resolved)  # _resolve_text checked every component: no link on the way
+                except OSError:
+                    return ""  # dangling: git runs nothing
+                if stat.S_ISLNK(st.st_mode):
+                    return "to another symlink in a writable root (not followed)"
+                if st.st_ctime_ns >= self.since:
+                    return f"to {resolved}, written during the run"
+                return ""
+        return ""
 
     def _config_problem(self, fd: int, path: str, name: str, gitdir: str | None = None) -> str:
         """Why the config `name` (in directory `fd`, at `path`) written during the run must be moved aside,

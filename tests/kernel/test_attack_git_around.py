@@ -65,3 +65,38 @@ async def test_what_the_enclosing_repository_names_in_the_root(
     host_git(workspace, "status")
     host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
     assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+@pytest.mark.parametrize(
+    ("hooks", "workdir"),
+    [
+        (".git/hooks", "."),  # the workdir's own repository: .git/hooks bound read-only, its link followed
+        (".git/hooks", "tools"),  # the repository around the workdir
+        (".githooks", "."),  # core.hooksPath, bound read-only as it exists
+    ],
+)
+async def test_a_hook_installed_as_a_link_into_the_tree(
+    sup: Supervisor, workspace: Path, hooks: str, workdir: str
+) -> None:
+    """Hooks shared through the tree and installed as links (`ln -s ../../tools/pre-commit
+    .git/hooks/pre-commit`): the link stays as the user made it (read-only during the run, or outside the
+    root), but what it leads to is a file the sandbox may write, and the user's next commit ran it."""
+    make_repo(workspace)
+    tools = workspace / "tools"
+    tools.mkdir()
+    (tools / "pre-commit").write_text("#!/bin/sh\ntrue\n")
+    (tools / "pre-commit").chmod(0o755)
+    if hooks != ".git/hooks":
+        (workspace / hooks).mkdir()
+        assert host_git(workspace, "config", "core.hooksPath", hooks).returncode == 0
+    link = workspace / hooks / "pre-commit"
+    link.symlink_to(("../../" if hooks == ".git/hooks" else "../") + "tools/pre-commit")
+    assert host_git(workspace, "commit", "-q", "--allow-empty", "-m", "the hook runs").returncode == 0
+    pol = profiles.workspace_write(workspace / workdir, timeout=30, env=CHILD_ENV)
+    first = await sup.run(["/bin/true"], policy=pol)
+    assert first.quarantined == ()  # the user's link, unchanged
+    r = await sup.run([SH, "-c", script(workspace, str(tools / "pre-commit"))], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert len(r.quarantined) == 1, r.quarantined
+    host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
