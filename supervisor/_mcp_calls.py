@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, cast
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -117,27 +118,53 @@ class DirectCalls:
         is served here only if the SDK's own `serialize_server_result` gives the same, key for key and in
         order, for sample results at start-up: `_handshake_versions`; tests/unit/test_mcp_short_path.py
         compares the two on many results). Raises what `call` raises."""
-        params = ctx.params
-        if ctx.method != "tools/call" or ctx.protocol_version not in self._versions or params is None:
+        if ctx.method != "tools/call":
             return await call_next(ctx)
+        plain = self.plain_call(ctx.params, ctx.protocol_version, ctx.session.client_params is not None)
+        if plain is None:
+            return await call_next(ctx)
+        tool, name, arguments = plain
+        return _handshake_wire(await self._run(tool, ctx, name, arguments, None), ctx.protocol_version)
+
+    def plain_call(
+        self, params: Mapping[str, Any] | None, version: str, initialized: bool
+    ) -> tuple[Tool, str, dict[str, Any]] | None:
+        """The tool, its name and the arguments of a `tools/call` with `params`, on a connection of protocol
+        `version` whose `initialize` was recorded or not (`initialized`), when the short path may run it
+        (`short_path`'s doc: a handshake-era version it serves, `name` and `arguments` (an object) alone,
+        a direct tool, no cache hint); else None."""
+        if version not in self._versions or params is None or not initialized:
+            return None
         name = params.get("name")
         arguments = params.get("arguments", _EMPTY)
         if type(name) is not str or type(arguments) is not dict:
-            return await call_next(ctx)
+            return None
         tool = self._direct.get(name)
         if (
             tool is None
             or len(params) != 1 + ("arguments" in params)
-            or ctx.session.client_params is None
             or "tools/call" in self._server._lowlevel_server.cache_hints
         ):
-            return await call_next(ctx)
-        return _handshake_wire(await self._run(tool, ctx, name, arguments, None), ctx.protocol_version)
+            return None
+        return tool, name, arguments
+
+    async def lane_call(
+        self,
+        make_context: Callable[[], ServerRequestContext[Any]],
+        tool: Tool,
+        name: str,
+        arguments: dict[str, Any],
+        version: str,
+    ) -> dict[str, Any]:
+        """Run a call `plain_call` accepted, as `short_path` runs it, for the stdio transport's fast lane
+        (`_mcp_stdio`): the request context is made only if the tool reads it (`make_context`). Returns the
+        result's wire form; raises what `call` raises."""
+        return _handshake_wire(await self._run(tool, make_context, name, arguments, None), version)
 
     async def _run(
         self,
         tool: Tool,
-        ctx: ServerRequestContext[Any],
+        ctx: ServerRequestContext[Any] | Callable[[], ServerRequestContext[Any]],
         name: str,
         arguments: dict[str, Any],
         params: CallToolRequestParams | None,
@@ -327,17 +354,29 @@ class _LazyContext:
     """The SDK's `Context` for a direct call, made only when a tool reads more of it than the request's
     `request_context` (over stdio, run_command reads nothing else; building a `Context`, a pydantic model,
     was ~30 us of CPU per call). Every other attribute is read from the `Context` built on first use (with
-    the call's params model, validated then from the request when the short path did not make one)."""
+    the call's params model, validated then from the request when the short path did not make one). The
+    request context itself may be given as a function that makes it (the stdio fast lane's: stdio's one
+    session needs none of it), called on first use."""
 
-    __slots__ = ("_params", "_real", "_server", "request_context")
+    __slots__ = ("_params", "_real", "_server", "_source")
 
     def __init__(
-        self, ctx: ServerRequestContext[Any], server: MCPServer[Any], params: CallToolRequestParams | None
+        self,
+        source: ServerRequestContext[Any] | Callable[[], ServerRequestContext[Any]],
+        server: MCPServer[Any],
+        params: CallToolRequestParams | None,
     ) -> None:
-        self.request_context = ctx
+        self._source = source
         self._server = server
         self._params = params
         self._real: Context[Any, Any] | None = None
+
+    @property
+    def request_context(self) -> ServerRequestContext[Any]:
+        source = self._source
+        if not isinstance(source, ServerRequestContext):
+            source = self._source = source()
+        return source
 
     def __getattr__(self, name: str) -> Any:
         real = self._real
