@@ -145,7 +145,7 @@ def check_writable_roots(policy: Policy) -> list[str]:
     """Refuse a confined policy whose writable roots include a system directory (see SYSTEM_TREES and
     SYSTEM_DIRS) unless ``filesystem.allow_system_write`` is set; return warnings (the caller's home
     directory, or a directory holding it, as a writable root; the home as $HOME and as the password
-    database name it) for the caller to log.
+    database name it; its start-up files and `.config`/`.local`, STARTUP_ENTRIES) for the caller to log.
 
     Raises PolicyError naming ``workdir`` when the offending root is the workdir, else
     ``filesystem.write[i]``. An unconfined policy (full-access) is not checked: it writes everything by
@@ -185,6 +185,17 @@ def check_writable_roots(policy: Policy) -> list[str]:
             )
             warned = True
             break
+        for home in homes if system is None and not warned else ():
+            start = _startup_entry(root, home)
+            if start is not None:
+                what = "is" if root == start else f"lies in {start},"
+                warnings.append(
+                    f"{where} {root} {what} start-up configuration in your home: the sandbox can "
+                    "change what your login shell, desktop session, `systemd --user`, git or the programs "
+                    "in ~/.local/bin run; prefer a project directory"
+                )
+                warned = True
+                break
         if system is None and not warned and os.geteuid() == 0:
             # A root caller's sandbox runs as the workdir's owner: in another account's home it can change
             # that account's shell start-up files, which run at their next login.
@@ -199,6 +210,37 @@ def check_writable_roots(policy: Policy) -> list[str]:
                     )
                     break
     return warnings
+
+
+#: Entries of a home directory that the account's login shell, desktop session, `systemd --user` and git run
+#: or read for what to run: as a writable root (or one below `.config`/`.local`), warned like the home.
+STARTUP_ENTRIES: tuple[str, ...] = (
+    ".config",
+    ".local",
+    ".profile",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".zshrc",
+    ".zshenv",
+    ".zprofile",
+    ".zlogin",
+    ".gitconfig",
+    ".pam_environment",
+    ".xprofile",
+    ".xsessionrc",
+    ".xinitrc",
+)
+
+
+def _startup_entry(root: str, home: str) -> str | None:
+    """`home/<entry>` when `root` is, or lies in, one of STARTUP_ENTRIES of `home`, else None."""
+    prefix = home.rstrip("/") + "/"
+    if not root.startswith(prefix):
+        return None
+    first = root[len(prefix) :].split("/", 1)[0]
+    return prefix + first if first in STARTUP_ENTRIES else None
 
 
 def _login_homes() -> list[tuple[str, str]]:

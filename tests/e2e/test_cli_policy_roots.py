@@ -214,3 +214,30 @@ def test_corral_mcp_warns_for_the_home_directory_at_its_start(ws: Path) -> None:
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "WARNING: workdir is your home directory" in p.stderr.split("serving")[0]
+
+
+@pytest.mark.parametrize("entry", [".config", ".config/autostart", ".local/bin", ".bashrc", ".gitconfig"])
+def test_the_homes_start_up_files_as_a_writable_root_are_a_warning(ws: Path, entry: str) -> None:
+    # `--allow-write ~/.config` (or ~/.bashrc, ~/.local/bin) was accepted without a word, where the home
+    # itself warns: the sandbox wrote what the login shell, the desktop session or git runs next (checked from
+    # outside: the file it wrote is there).
+    home, work = ws / "home", ws / "work"
+    work.mkdir()
+    target = home / entry
+    is_file = entry in (".bashrc", ".gitconfig")
+    (target.parent if is_file else target).mkdir(parents=True, exist_ok=True)
+    if is_file:
+        target.write_text("# the user's\n")
+    written = target if is_file else target / "planted"
+    p = corral("run", f"--allow-write=~/{entry}", "--", "/bin/sh", "-c", f"echo planted >> {written}", cwd=work,
+               home=home)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    line = one_line(p)
+    assert "WARNING" in line
+    assert "start-up configuration in your home" in line
+    assert "planted" in written.read_text()
+    # A project directory in the home is not one.
+    (home / "proj").mkdir()
+    p = corral("run", "--allow-write=~/proj", "--", "/bin/true", cwd=work, home=home)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip() == "" or "WARNING" not in p.stderr
