@@ -229,8 +229,8 @@ def test_the_homes_start_up_files_as_a_writable_root_are_a_warning(ws: Path, ent
     if is_file:
         target.write_text("# the user's\n")
     written = target if is_file else target / "planted"
-    p = corral("run", f"--allow-write=~/{entry}", "--", "/bin/sh", "-c", f"echo planted >> {written}", cwd=work,
-               home=home)  # fmt: skip
+    script = f"echo planted >> {written}"
+    p = corral("run", f"--allow-write=~/{entry}", "--", "/bin/sh", "-c", script, cwd=work, home=home)
     assert p.returncode == 0, p.stderr
     line = one_line(p)
     assert "WARNING" in line
