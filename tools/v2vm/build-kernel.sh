@@ -1,9 +1,13 @@
 #!/bin/bash
-# Build a User-Mode-Linux kernel for ../shared/v2vm/run-in-v2-vm.sh that boots on hosts whose XSAVE area is
-# larger than UML 6.12 expects (AVX-512 + AMX: the shared kernel panics with "ptrace set fp regs failed,
-# errno = 14"). Same recipe as ../shared/v2vm/build-uml-kernel.sh (Debian's linux-source-6.12 from trixie,
-# fetched with a private apt configuration that leaves the system's sources alone, + ../shared/v2vm/
-# uml-v2vm.config) plus uml-xstate.patch beside this script and the config additions below.
+# Build a User-Mode-Linux kernel for ../shared/v2vm/run-in-v2-vm.sh with two fixes the shared kernel lacks:
+# - uml-xstate.patch: it boots on hosts whose XSAVE area is larger than UML 6.12 expects (AVX-512 + AMX: the
+#   shared kernel panics at boot with "ptrace set fp regs failed, errno = 14");
+# - uml-fork-zero-entry.patch: a fork that fails part-way (a fatal signal while the parent forks, as when a
+#   test kills a fork storm) no longer panics the guest ("Kernel mode fault at addr 0x40e" in flush_tlb_mm:
+#   the UML process aborts, exit 134, and the run reports no status), on any host.
+# Same recipe as ../shared/v2vm/build-uml-kernel.sh (Debian's linux-source-6.12 from trixie, fetched with a
+# private apt configuration that leaves the system's sources alone, + ../shared/v2vm/uml-v2vm.config) plus
+# the uml-*.patch files beside this script (applied in name order) and the config additions below.
 #
 #   tools/v2vm/build-kernel.sh            build into ${XDG_CACHE_HOME:-~/.cache}/corral-v2vm/linux-v2vm
 #   tools/v2vm/build-kernel.sh --stamp    print the hash of the inputs (kernel.sh rebuilds when it changes)
@@ -15,12 +19,12 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SHARED="$(cd "$HERE/../../.." && pwd)/shared/v2vm" # ../shared/v2vm beside the repository
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/corral-v2vm"
 OUT="$CACHE/linux-v2vm"
-PATCH="$HERE/uml-xstate.patch"
-# Config additions: a release name that says which kernel this is (uname -r: 6.12.x-uml-cgv2-xstate).
-EXTRA_CONFIG='CONFIG_LOCALVERSION="-uml-cgv2-xstate"'
+PATCHES=("$HERE"/uml-*.patch)
+# Config additions: a release name that says which kernel this is (uname -r: 6.12.x-uml-cgv2-corral).
+EXTRA_CONFIG='CONFIG_LOCALVERSION="-uml-cgv2-corral"'
 
 # The inputs that make the kernel what it is; kernel.sh rebuilds when they change.
-stamp() { { cat "$PATCH" "$SHARED/uml-v2vm.config"; echo "$EXTRA_CONFIG"; } | sha256sum | cut -c1-16; }
+stamp() { { cat "${PATCHES[@]}" "$SHARED/uml-v2vm.config"; echo "$EXTRA_CONFIG"; } | sha256sum | cut -c1-16; }
 if [ "${1:-}" = --stamp ]; then stamp; exit 0; fi
 exec >&2 # progress only: nothing of this may land on a caller's stdout (kernel.sh prints just a path)
 [ -f "$SHARED/uml-v2vm.config" ] || { echo "build-kernel: $SHARED/uml-v2vm.config is absent" >&2; exit 1; }
@@ -61,14 +65,16 @@ rm -rf linux-source-6.12 usr
 dpkg-deb --fsys-tarfile linux-source-6.12_*_all.deb | tar -x ./usr/src/linux-source-6.12.tar.xz
 tar -xJf usr/src/linux-source-6.12.tar.xz && rm -rf usr
 cd linux-source-6.12
-patch -p1 --forward --no-backup-if-mismatch < "$PATCH" ||
-    { echo "build-kernel: $PATCH does not apply to $(ls "$B"/linux-source-6.12_*_all.deb)" >&2; exit 1; }
+for p in "${PATCHES[@]}"; do
+    patch -p1 --forward --no-backup-if-mismatch < "$p" ||
+        { echo "build-kernel: $p does not apply to $(ls "$B"/linux-source-6.12_*_all.deb)" >&2; exit 1; }
+done
 make ARCH=um x86_64_defconfig >/dev/null
 printf '%s\n' "$EXTRA_CONFIG" > "$B/extra.config"
 ./scripts/kconfig/merge_config.sh -m .config "$SHARED/uml-v2vm.config" "$B/extra.config" >/dev/null
 make ARCH=um olddefconfig >/dev/null
 grep -q '^CONFIG_SECURITY_LANDLOCK=y' .config
-grep -q '^CONFIG_LOCALVERSION="-uml-cgv2-xstate"' .config
+grep -q '^CONFIG_LOCALVERSION="-uml-cgv2-corral"' .config
 echo "build-kernel: building ($(nproc) jobs; log: $B/build.log)"
 if ! nice make ARCH=um -j"$(nproc)" linux >"$B/build.log" 2>&1; then
     tail -30 "$B/build.log" >&2
