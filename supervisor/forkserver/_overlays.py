@@ -71,6 +71,8 @@ class SharedOverlays:
         self.available: bool | None = None
         self._by_layers: dict[str, _Shared] = {}
         self._by_fd: dict[int, _Shared] = {}
+        #: Overlays made so far (each `make` that made one).
+        self.made = 0
 
     def make(self, top: str, layers: str) -> int | None:
         """A new detached overlay of `layers` (lowerdir, topmost first) for a view being built; its fd (the
@@ -88,6 +90,7 @@ class SharedOverlays:
                 self.available = False  # the kernel's answer does not change for this process: asked once
             return held.fd if held is not None else None
         self.available = True
+        self.made += 1
         now = time.monotonic()
         if held is not None:
             os.dup2(fd, held.fd, inheritable=False)
@@ -100,15 +103,26 @@ class SharedOverlays:
 
     def refresh(self, fds: tuple[int, ...]) -> None:
         """Before a sandbox of a cached view is launched: make anew each of its overlays (`fds`) that is older
-        than MAX_AGE or whose directory changed since (an overlay that cannot be made again stays as it
-        was)."""
+        than MAX_AGE or whose directory changed since. One that cannot be made again is replaced by a pipe
+        on its number, which the init cannot copy (OP_CLONE_AT fails): its sandboxes mount their own, fresh,
+        until it can be made again (tried again after MAX_AGE)."""
         if not fds:
             return
         now = time.monotonic()
         for fd in fds:
             shared = self._by_fd.get(fd)
             if shared is not None and (now - shared.made > MAX_AGE or _ident(shared.top) != shared.ident):
+                made = self.made
                 self.make(shared.top, shared.layers)
+                if self.made == made:  # not made anew
+                    self._unusable(shared, now)
+
+    def _unusable(self, shared: _Shared, now: float) -> None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.dup2(r, shared.fd, inheritable=False)
+        os.close(r)
+        os.close(w)
+        shared.made, shared.ident = now, _ident(shared.top)
 
     def release(self, used: set[int]) -> None:
         """Close every overlay whose fd is not in `used` (those of the cached views and of the request being

@@ -300,6 +300,15 @@ def test_the_fork_servers_overlays_by_themselves(tmp_path: Path) -> None:
         time.sleep(_overlays.MAX_AGE + 0.02)
         shared.refresh((fd,))
         assert os.fstat(fd).st_dev != dev  # too old
+        # The directory gone: none can be made; a pipe on the number, which no init can copy (its sandbox
+        # mounts its own: test_the_inits_copy_and_its_fallback), until one can be made again.
+        top.rename(tmp_path / "gone")
+        shared.refresh((fd,))
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+        (tmp_path / "gone").rename(top)
+        time.sleep(_overlays.MAX_AGE + 0.02)
+        shared.refresh((fd,))
+        assert stat.S_ISDIR(os.fstat(fd).st_mode)  # an overlay's root again
         shared.release({fd})
         assert shared.held() == [fd]
     finally:
