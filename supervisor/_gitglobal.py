@@ -243,7 +243,7 @@ _PROGRAM_SUBKEYS = frozenset(
 )
 
 
-def _runs_program(key: str, value: bytes) -> bool:
+def runs_program(key: str, value: bytes) -> bool:
     """Whether the setting `key` (as _gitconfig names it) runs its value as a command."""
     section, _, last = key.partition(".")
     if key in _PROGRAM_KEYS or section == "pager":
@@ -253,19 +253,28 @@ def _runs_program(key: str, value: bytes) -> bool:
     return "." in last and (section, last.rpartition(".")[2]) in _PROGRAM_SUBKEYS
 
 
-def _program_path(value: bytes, home: str, worktree: str | None = None) -> str | None:
-    """The program a command value names, when it names one by an absolute or `~/` path (or, in a
+def program_paths(value: bytes, home: str, worktree: str | None = None) -> list[str]:
+    """The files a command value runs or hands to a program, named by an absolute or `~/` path (or, in a
     repository's config, `worktree` given, a relative path with a slash: git runs it from the worktree's
-    top): its first word (after an alias's `!`), else None (a name looked up in PATH, or
-    `git credential-<name>`)."""
+    top): each word (after an alias's `!`; the program and its arguments, `python3 ~/bin/strip.py`), at
+    most 16, but options and the word after one. A bare name is looked up in PATH (or is
+    `git credential-<name>`): not one."""
     text = value.decode("utf-8", errors="surrogateescape").lstrip().removeprefix("!").lstrip()
-    word = text.split(None, 1)[0] if text.split() else ""
-    word = word.strip("'\"")
-    if worktree is not None and "/" in word and not word.startswith(("/", "~")):
-        return os.path.normpath(os.path.join(worktree, word))
-    if not (word.startswith("/") or word.startswith("~/")):
-        return None
-    return _expand(word.encode("utf-8", errors="surrogateescape"), "/", home)
+    out: list[str] = []
+    after_option = False
+    for raw in text.split()[:16]:
+        word = raw.strip("'\"")
+        if after_option or word.startswith("-"):
+            # an option's value (`store --file ~/.git-credentials`: data, not code), or the option
+            after_option = word.startswith("-") and "=" not in word
+            continue
+        if worktree is not None and "/" in word and not word.startswith(("/", "~", "-")):
+            out.append(os.path.normpath(os.path.join(worktree, word)))
+        elif word.startswith("/") or word.startswith("~/"):
+            path = _expand(word.encode("utf-8", errors="surrogateescape"), "/", home)
+            if path is not None:
+                out.append(path)
+    return out
 
 
 def enclosing(roots: Sequence[str], refs: Refs) -> list[tuple[str, str]]:
@@ -420,9 +429,8 @@ def _note(
             if target is not None:
                 refs.includes.append((target, via, home))
                 included.append(target)
-        elif _runs_program(key, value):
-            program = _program_path(value, home, worktree)
-            if program is not None:
+        elif runs_program(key, value):
+            for program in program_paths(value, home, worktree):
                 refs.programs.append((program, key, via))
         if key == "core.hookspath" and text:
             if not relative:

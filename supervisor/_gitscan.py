@@ -1125,6 +1125,41 @@ class Scan:
         top_repo = mounted and path == os.path.join(self._root, ".git")  # the mounts protect only its
         self._check_hooks_dir(target, f"core.hooksPath of {os.path.join(path, name)} names it", top_repo)
 
+    def _check_programs(self, fd: int, path: str, name: str) -> None:
+        """The programs the config `name` of the git dir at `path` runs (`core.fsmonitor`, `core.editor`,
+        a filter's `clean`, a diff driver's `textconv`, `alias.x = !...`...), when a word of the command
+        names a file in the root being scanned by a path (relative ones from the worktree's top, where git
+        runs them; `~/` the config owner's home): a file there written during the run is moved aside. The
+        user's own `.git/config` (bound read-only, never rewritten) with `core.fsmonitor = tools/fsmon.sh`
+        or `filter.x.clean = python3 tools/strip.py` ran what the sandbox wrote into `tools/` at the user's
+        next `git status` or `git add`. A word without a slash is a program from PATH (not looked at)."""
+        read = self._config_entries(fd, path, name, _PROGRAM_NEEDLES)
+        if read is None:
+            return
+        entries, owner = read
+        base = os.path.dirname(path) if os.path.basename(path) == ".git" else path
+        config = os.path.join(path, name)
+        for key, value in entries:
+            if value is None or not _gitglobal.runs_program(key, value):
+                continue
+            home = None
+            with contextlib.suppress(KeyError):
+                home = pwd.getpwuid(owner).pw_dir
+            for word in _gitglobal.program_paths(value, home or "", base):
+                target = self._in_root("/", os.fsencode(word), owner)
+                if target is None:
+                    continue
+                dpath, leaf = os.path.split(target)
+                dfd = self._open_in_root(dpath, os.O_PATH, target, f"{key} of {config}")
+                if dfd is None:
+                    continue
+                try:
+                    if not _moved_aside(leaf) and self._changed(dfd, leaf) is not None:
+                        reason = f"a program {key} of {config} runs, written during the run"
+                        self._quarantine(dfd, dpath, leaf, reason)
+                finally:
+                    os.close(dfd)
+
     def _check_hooks_dir(self, target: str, what: str, bound: bool = False, via: str = "") -> None:
         """Quarantine every entry (but `*.sample`) written during the run in the hooks directory `target`
         (in the root being scanned; `what` names who configures it). `bound`: the mounts bound it
@@ -1151,7 +1186,7 @@ class Scan:
             os.close(hfd)
 
     def _config_entries(
-        self, fd: int, path: str, name: str, needle: bytes
+        self, fd: int, path: str, name: str, needle: bytes | tuple[bytes, ...]
     ) -> tuple[list[tuple[str, bytes | None]], int] | None:
         """The settings in the config `name` (in directory `fd`, at `path`) as git reads them, and the
         file's owner, when its text holds `needle` (lower case: a section or key name, which git writes
@@ -1163,7 +1198,8 @@ class Scan:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except (OSError, _hostfs.Unsafe):
             return None
-        if data is None or needle not in data.lower():
+        needles = (needle,) if isinstance(needle, bytes) else needle
+        if data is None or not any(n in data.lower() for n in needles):
             return None
         if not self._parse_budget(data):
             self.found.append(
@@ -1316,6 +1352,7 @@ class Scan:
             if name in entries:
                 self._check_includes(fd, path, name, 0)
                 self._check_hooks_path(fd, path, name, mounted)
+                self._check_programs(fd, path, name)
         if "config" not in entries and self._global_hooks_rel:
             self._check_hooks_path(fd, path, "config", mounted)  # git works without one: the global's apply
         if entries.get("rebase-merge") == stat.S_IFDIR:
@@ -1638,6 +1675,30 @@ _GLOBAL_ENV = ("HOME", "XDG_CONFIG_HOME")  # and every GIT_CONFIG* (_read_global
 _DEFINING = ("HEAD", "objects", "refs", "commondir")
 #: What a git dir holds that runs code (checked in a directory with any of _DEFINING).
 _CHECKED = ("config", "config.worktree", "hooks")
+#: What a config that sets a program holds (lower case: a key name git writes in one piece), so that a
+#: config without any is not parsed for _check_programs.
+_PROGRAM_NEEDLES = (
+    b"fsmonitor",
+    b"editor",
+    b"pager",
+    b"sshcommand",
+    b"askpass",
+    b"gitproxy",
+    b"helper",
+    b"program",
+    b"external",
+    b"hook",
+    b"filter",
+    b"command",
+    b"textconv",
+    b"clean",
+    b"smudge",
+    b"process",
+    b"driver",
+    b"cmd",
+    b"path",
+    b"alias",
+)
 #: The hooks git runs (githooks(5)), by their exact names.
 _HOOK_NAMES = frozenset(
     {

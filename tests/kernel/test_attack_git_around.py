@@ -100,3 +100,38 @@ async def test_a_hook_installed_as_a_link_into_the_tree(
     assert len(r.quarantined) == 1, r.quarantined
     host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
     assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("core.fsmonitor", "tools/fsmon.sh"),
+        ("filter.x.clean", "tools/fsmon.sh"),
+        ("diff.x.textconv", "tools/fsmon.sh"),
+        ("filter.x.clean", "/bin/sh tools/fsmon.sh"),  # the script as an argument
+    ],
+)
+async def test_a_program_the_users_own_config_runs_from_the_tree(
+    sup: Supervisor, workspace: Path, key: str, value: str
+) -> None:
+    """The workdir's own `.git/config` (bound read-only for the run, never rewritten) runs a program kept
+    in the worktree (git runs relative commands from the worktree's top): the sandbox rewrote it, and the
+    user's next `git status`, `git diff` or `git add` ran it. Moved aside now, and reported."""
+    make_repo(workspace)
+    tools = workspace / "tools"
+    tools.mkdir()
+    (tools / "fsmon.sh").write_text("#!/bin/sh\ncat\n")
+    (tools / "fsmon.sh").chmod(0o755)
+    assert host_git(workspace, "config", key, value).returncode == 0
+    (workspace / ".gitattributes").write_text("* filter=x diff=x\n")
+    host_git(workspace, "add", ".")
+    assert host_git(workspace, "commit", "-qm", "tools").returncode == 0
+    pol = profiles.workspace_write(workspace, timeout=30, env=CHILD_ENV)
+    plant = f"printf '#!/bin/sh\\n{payload(workspace)}\\ncat\\n' > tools/fsmon.sh; echo change >> README"
+    r = await sup.run([SH, "-c", plant], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert [p for p, _ in r.quarantined] == [str(tools / "fsmon.sh")], r.quarantined
+    host_git(workspace, "status")
+    host_git(workspace, "diff")
+    host_git(workspace, "add", "README")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
