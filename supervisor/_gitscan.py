@@ -1130,9 +1130,10 @@ class Scan:
         a filter's `clean`, a diff driver's `textconv`, `alias.x = !...`...), when a word of the command
         names a file in the root being scanned by a path (relative ones from the worktree's top, where git
         runs them; `~/` the config owner's home): a file there written during the run is moved aside. The
-        user's own `.git/config` (bound read-only, never rewritten) with `core.fsmonitor = tools/fsmon.sh`
-        or `filter.x.clean = python3 tools/strip.py` ran what the sandbox wrote into `tools/` at the user's
-        next `git status` or `git add`. A word without a slash is a program from PATH (not looked at)."""
+        user's own `.git/config` (bound read-only, never rewritten) with `core.fsmonitor = tools/fsmon` (a
+        script kept in the tree), or a filter's `clean = python3 tools/strip` (the same as an argument),
+        ran what the sandbox wrote into `tools/` at the user's next `git status` or `git add`. A word
+        without a slash is a program from PATH (not looked at)."""
         read = self._config_entries(fd, path, name, _PROGRAM_NEEDLES)
         if read is None:
             return
