@@ -8,7 +8,7 @@ ATTACKS := tests/kernel/test_attack_filesystem.py tests/kernel/test_attack_leaks
            tests/kernel/test_attack_network.py tests/kernel/test_attack_processes.py \
            tests/kernel/test_attack_syscalls.py tests/kernel/test_workloads.py \
            tests/kernel/test_attack_paths.py tests/kernel/test_attack_hidden.py \
-           tests/kernel/test_attack_hidden_host.py tests/kernel/test_shared_overlay.py \
+           tests/kernel/test_attack_hidden_host.py \
            tests/kernel/test_identity.py tests/kernel/test_attack_setid_rewrite.py \
            tests/kernel/test_attack_variants.py tests/kernel/test_attack_more.py \
            tests/kernel/test_attack_stdio.py

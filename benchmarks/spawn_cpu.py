@@ -4,9 +4,11 @@
 the supervisor (this process, every thread) and the fork server (its schedstat). CPU, not wall time: the
 machine may be shared.
 
-    .venv/bin/python benchmarks/spawn_cpu.py [--n 300] [--warmup 30] [--workdir DIR] [--json out.json]
+    .venv/bin/python benchmarks/spawn_cpu.py [--n 300] [--warmup 30] [--prefork N] [--workdir DIR]
+                                             [--json out.json]
 
-Sequential runs of the default profile (workspace-write) in one workdir. To compare two trees, run each tree's
+Sequential runs of the default profile (workspace-write) in one workdir; `--prefork 0`: every sandbox built on
+the spot (the default, 2, has most runs served by a pre-forked one). To compare two trees, run each tree's
 copy in turn, alternately, in one sitting (docs/security.md's overlay cost figures were taken so).
 """
 
@@ -43,9 +45,9 @@ def _children_us() -> float:
     return (r.ru_utime + r.ru_stime) * 1e6
 
 
-async def _measure(n: int, warmup: int, workdir: str) -> dict[str, float]:
+async def _measure(n: int, warmup: int, workdir: str, prefork: int) -> dict[str, float]:
     pol = profiles.workspace_write(workdir)
-    async with Supervisor() as sup:  # the defaults: pre-forked sandboxes serve most runs
+    async with Supervisor(prefork=prefork) as sup:
         for _ in range(warmup):
             await sup.run(["/bin/true"], policy=pol, stdout=DEVNULL, stderr=DEVNULL)
         fs = sup._forkserver
@@ -72,11 +74,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--prefork", type=int, default=2, help="Supervisor(prefork=...); 2 is its default")
     ap.add_argument("--workdir", default=None, help="default: a new directory under /var/tmp")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="corral-spawn-cpu-", dir="/var/tmp") as scratch:
-        out = anyio.run(_measure, args.n, args.warmup, args.workdir or scratch)
+        out = anyio.run(_measure, args.n, args.warmup, args.workdir or scratch, args.prefork)
     for key, value in out.items():
         print(f"{key:34} {value:9.1f}")
     if args.json:

@@ -66,7 +66,9 @@ def _ident(top: str) -> tuple[int, ...] | None:
 class SharedOverlays:
     """The detached overlays this fork server holds, by their layers (mounts.overlay_layers' lowerdir)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_age: float = MAX_AGE) -> None:
+        #: Seconds an overlay is used for new sandboxes before it is made anew.
+        self.max_age = max_age
         #: None until the first attempt; False once the kernel refused one (no later attempt).
         self.available: bool | None = None
         self._by_layers: dict[str, _Shared] = {}
@@ -103,15 +105,17 @@ class SharedOverlays:
 
     def refresh(self, fds: tuple[int, ...]) -> None:
         """Before a sandbox of a cached view is launched: make anew each of its overlays (`fds`) that is older
-        than MAX_AGE or whose directory changed since. One that cannot be made again is replaced by a pipe
+        than `max_age` or whose directory changed since. One that cannot be made again is replaced by a pipe
         on its number, which the init cannot copy (OP_CLONE_AT fails): its sandboxes mount their own, fresh,
-        until it can be made again (tried again after MAX_AGE)."""
+        until it can be made again (tried again after `max_age`)."""
         if not fds:
             return
         now = time.monotonic()
         for fd in fds:
             shared = self._by_fd.get(fd)
-            if shared is not None and (now - shared.made > MAX_AGE or _ident(shared.top) != shared.ident):
+            if shared is not None and (
+                now - shared.made > self.max_age or _ident(shared.top) != shared.ident
+            ):
                 made = self.made
                 self.make(shared.top, shared.layers)
                 if self.made == made:  # not made anew

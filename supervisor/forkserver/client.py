@@ -278,7 +278,7 @@ class ForkServer:
                 stdout=subprocess.DEVNULL,
                 # Every sandbox init is a copy of this process: it must hold none of the supervisor's
                 # environment (each request carries the child's own, filtered one). One diagnostic only:
-                # CORRAL_SHARED_OVERLAYS=0, which the server takes out of its environment at once.
+                # CORRAL_SHARED_OVERLAYS, which the server takes out of its environment at once.
                 env=_server_env(),
                 start_new_session=True,  # terminal signals (Ctrl-C) go to the supervisor, which cleans up
             )
@@ -764,5 +764,11 @@ class StatusReader:
 
 
 def _server_env() -> dict[str, str]:
-    """The fork server's environment: empty but for CORRAL_SHARED_OVERLAYS=0 (server._shared_enabled)."""
-    return {"CORRAL_SHARED_OVERLAYS": "0"} if os.environ.get("CORRAL_SHARED_OVERLAYS") == "0" else {}
+    """The fork server's environment: empty but for CORRAL_SHARED_OVERLAYS, when it is a number of seconds
+    (server._shared_overlays)."""
+    value = os.environ.get("CORRAL_SHARED_OVERLAYS", "")
+    try:
+        float(value)
+    except ValueError:
+        return {}
+    return {"CORRAL_SHARED_OVERLAYS": value}

@@ -66,10 +66,11 @@ def _confinement(
     pooled_net: bool = False,
     console: str | None = None,
     checked: bytes | None = None,
+    stub: bool = False,
 ) -> list[_ops.Segment]:
     """Every containment step of a sandbox, in the order the init applies them: steps 1-3 in `_head`, 4
     here, 5-8 in `_view`, 9-13 in `_lockdown`. Returns the plan's segments. Raises SetupFailure for what is
-    known to fail already (a protected path that is a symlink). `checked`: see `_Cache.view`.
+    known to fail already (a protected path that is a symlink). `checked`, `stub`: see `_Cache.view`.
 
     Runs in the fork server; the init (supervisor/sandbox/_cinit.c) executes the plan. A pre-forked sandbox
     runs all of it before its command is known (the path-dependent step 8 included; the supervisor checks
@@ -90,7 +91,7 @@ def _confinement(
     #    (The one part that differs for every sandbox: packed directly, not through a Plan.)
     placement = _placement(procs)
     cgroup_view = mounts.cgroup_view(procs, bool(pol["cgroupns"])) if pol["mounts"] is not None else ()
-    view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view, console, checked)
+    view = cache.view(policy_id, pol, cwd, pooled_net, cgroup_view, console, checked, stub)
     return [head, placement, view, cache.lockdown(policy_id, pol, supervisor_pidfd)]
 
 
@@ -231,17 +232,18 @@ class _Cache:
         self._head: dict[int, _ops.Segment] = {}
         self._lockdown: dict[int, _ops.Segment] = {}
         self._views: dict[
-            tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
+            tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None, bool],
             # (mounts.digest of the fingerprint it was packed for, the segment, its shared overlays' fds)
             tuple[bytes, _ops.Segment, tuple[int, ...]],
         ] = {}
         #: The detached overlays the views' sandboxes copy (_overlays.py); `fds`: those of the segment
         #: `view` returned last, which the init must inherit.
-        self.shared = _overlays.SharedOverlays() if _shared_enabled() else None
+        self.shared = _shared_overlays()
         self.fds: tuple[int, ...] = ()
         #: A view's Recheck (None: none could be recorded), by the view's key; bounded (each holds fds).
         self._rechecks: OrderedDict[
-            tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None], _recheck.Recheck | None
+            tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None, bool],
+            _recheck.Recheck | None,
         ] = OrderedDict()
 
     def head(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
@@ -289,13 +291,16 @@ class _Cache:
         cgroup_view: tuple[mounts.CgroupViewEntry, ...] = (),
         console: str | None = None,
         checked: bytes | None = None,
+        stub: bool = False,
     ) -> _ops.Segment:
         """Step 5-8's segment: the cached one while the paths are as when it was packed, else packed now
         (and kept when they did not change meanwhile). `checked`: the digest of a fingerprint the caller
         took and compares the paths with again after the build (a pre-forked sandbox's): the cached
-        segment for it is used as it is."""
+        segment for it is used as it is. `stub`: for a pre-forked sandbox, whose view has overlays of its own
+        (a view of its own, cached apart): it may wait for its command for minutes, and a copy of the shared
+        overlay would show it what the sandboxes around its build looked up, as it was then."""
         mnt = pol["mounts"]
-        key = (policy_id, cwd, pooled_net, cgroup_view, console)
+        key = (policy_id, cwd, pooled_net, cgroup_view, console, stub)
         hit = self._views.get(key)
         before: bytes | None = None
         if hit is not None:
@@ -323,7 +328,7 @@ class _Cache:
             return self._hit(hit)
         fds: list[int] = []
         share = None
-        if self.shared is not None:
+        if self.shared is not None and not stub:
             shared = self.shared
 
             def share(top: str, layers: str) -> int | None:
@@ -349,7 +354,7 @@ class _Cache:
 
     def _keep_recheck(
         self,
-        key: tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None],
+        key: tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None, bool],
         recheck: _recheck.Recheck | None,
     ) -> None:
         self._drop_recheck(key)
@@ -358,7 +363,7 @@ class _Cache:
             self._drop_recheck(next(iter(self._rechecks)))
 
     def _drop_recheck(
-        self, key: tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None]
+        self, key: tuple[int, str, bool, tuple[mounts.CgroupViewEntry, ...], str | None, bool]
     ) -> None:
         recheck = self._rechecks.pop(key, None)
         if recheck is not None:
@@ -369,11 +374,17 @@ class _Cache:
 MAX_RECHECKS = 16
 
 
-def _shared_enabled() -> bool:
-    """Whether the views' sandboxes copy shared overlays (_overlays.py): unless CORRAL_SHARED_OVERLAYS=0
-    in the environment (a diagnostic, and how the tests check the per-sandbox overlay). Where the kernel
-    refuses this process an overlay (an ordinary user's: EPERM), the first attempt says so, once."""
-    return os.environ.pop("CORRAL_SHARED_OVERLAYS", "1") != "0"  # (none of it reaches a sandbox init)
+def _shared_overlays() -> _overlays.SharedOverlays | None:
+    """The views' shared overlays (_overlays.py), unless CORRAL_SHARED_OVERLAYS=0 in the environment;
+    CORRAL_SHARED_OVERLAYS=N (seconds): made anew after N seconds instead of _overlays.MAX_AGE. Diagnostics,
+    and how the tests check the per-sandbox overlay and sharing without a race against the age. Where the
+    kernel refuses this process an overlay (an ordinary user's: EPERM), the first attempt says so, once."""
+    value = os.environ.pop("CORRAL_SHARED_OVERLAYS", "")  # (none of it reaches a sandbox init)
+    try:
+        age = float(value) if value else _overlays.MAX_AGE
+    except ValueError:
+        age = _overlays.MAX_AGE
+    return _overlays.SharedOverlays(age) if age > 0 else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -515,6 +526,7 @@ class Server:
             pooled_net=pooled_net,
             console=mounts.console_path(stdio[0]) if ctty and stdio else None,
             checked=req.get("view") if protocol.is_prefork(req) else None,
+            stub=protocol.is_prefork(req),
         )
 
     def _launch(

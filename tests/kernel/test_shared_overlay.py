@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -26,6 +27,7 @@ import pytest
 from policies import Policy, profiles
 from supervisor import DEVNULL, Supervisor
 from supervisor.forkserver import _overlays
+from tests.kernel.preforked import always_preforked
 from tests.kernel.test_attack_hidden_host import assert_never_read, marker, race, rename_over
 
 pytestmark = pytest.mark.kernel
@@ -65,6 +67,16 @@ def home(outside: Path) -> Path:
     """A directory the sandbox may only read, holding a denied file (so the view overlays it)."""
     (outside / "token").write_text("the host's token\n")
     return outside
+
+
+@pytest.fixture
+async def held(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Supervisor]:
+    """A Supervisor whose fork server keeps each overlay for 60 s unless its directory changes (not 0.1 s):
+    what sandboxes share, and what the fork server holds, does not depend on how fast this machine is.
+    (Never with CORRAL_TEST_PREFORKED's always pre-forked sandboxes: those have overlays of their own.)"""
+    monkeypatch.setenv("CORRAL_SHARED_OVERLAYS", "60")
+    async with Supervisor(max_concurrency=8) as s:
+        yield s
 
 
 def token_policy(workspace: Path, home: Path, *extra: Path) -> Policy:
@@ -111,8 +123,9 @@ async def wait_for(path: Path) -> None:
 
 @needs_shared
 async def test_a_sandbox_that_changes_its_copy_changes_no_other(
-    sup: Supervisor, workspace: Path, home: Path
+    held: Supervisor, workspace: Path, home: Path
 ) -> None:
+    sup = held
     pol = token_policy(workspace, home)
     script = (
         f'{WAIT}; {{ cat "$2/token"; cat "$2/canary.txt"; grep " $2 " /proc/self/mountinfo; }} >"$1.out" 2>&1'
@@ -175,7 +188,8 @@ async def test_a_sandbox_that_changes_its_copy_changes_no_other(
 
 
 @needs_shared
-async def test_the_overlays_fd_reaches_no_sandbox(sup: Supervisor, workspace: Path, home: Path) -> None:
+async def test_the_overlays_fd_reaches_no_sandbox(held: Supervisor, workspace: Path, home: Path) -> None:
+    sup = held
     pol = token_policy(workspace, home)
     listing = 'ls /proc/self/fd; for f in /proc/self/fd/*; do stat -L -c "%n %d" "$f"; done; true'
     script = f'{WAIT}; {{ {listing}; }} >"$1.out" 2>&1'
@@ -231,8 +245,9 @@ async def test_the_hosts_changes_show_in_the_next_sandboxes(
 
 @needs_shared
 async def test_an_overlay_is_released_when_no_view_uses_it(
-    sup: Supervisor, workspace: Path, home: Path
+    held: Supervisor, workspace: Path, home: Path
 ) -> None:
+    sup = held
     # "later" is missing: the overlay's layers include a whiteout for it. Once the host creates it, the
     # view is rebuilt (its fingerprint changed) with other layers, and the first overlay is closed.
     pol = token_policy(workspace, home, home / "later")
@@ -248,6 +263,35 @@ async def test_an_overlay_is_released_when_no_view_uses_it(
     assert new_dev != dev
     assert fds_on(server_pid(sup), dev) == []
     assert fds_on(server_pid(sup), new_dev)
+
+
+@needs_shared
+async def test_a_pre_forked_sandbox_has_an_overlay_of_its_own(
+    workspace: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pre-forked sandbox may wait minutes for its command: a copy of the shared overlay would show it what
+    # the sandboxes around its build looked up, as it was then (here: the 60 s overlay's cached sub/conf).
+    monkeypatch.setenv("CORRAL_SHARED_OVERLAYS", "60")
+    pol = token_policy(workspace, home)
+    (home / "sub").mkdir()
+    (home / "sub" / "conf").write_text("v1\n")
+    look = [
+        "/bin/sh",
+        "-c",
+        f'cat "{home}/sub/conf"; stat -c %d "{home}"; grep " {home} " /proc/self/mountinfo',
+    ]
+    async with Supervisor(max_concurrency=4, prefork=0) as sup:
+        first = await sup.run(look, policy=pol)  # built on the spot: the shared overlay, sub/conf looked up
+        assert first.stdout.startswith(b"v1\n"), first.stdout
+        assert b" - overlay none " in first.stdout  # (the fork server's: fsmount's source)
+        always_preforked(sup)
+        tmp = home / "sub" / "conf.tmp"
+        tmp.write_text("v2\n")
+        os.rename(tmp, home / "sub" / "conf")  # deeper than the overlaid directory's own entries
+        later = await sup.run(look, policy=pol)  # a pre-forked sandbox
+        assert later.stdout.startswith(b"v2\n"), later.stdout
+        assert b" - overlay overlay " in later.stdout  # its own (mount(2)'s source)
+        assert not fds_on(server_pid(sup), int(later.stdout.split()[1]))
 
 
 async def test_the_per_sandbox_overlay_when_the_fork_server_makes_none(
@@ -281,7 +325,7 @@ def test_the_fork_servers_overlays_by_themselves(tmp_path: Path) -> None:
     top.mkdir()
     empty.mkdir()
     (top / "f").write_text("1")
-    shared = _overlays.SharedOverlays()
+    shared = _overlays.SharedOverlays(max_age=60)
     layers = f"{top}:{empty}"
     fd = shared.make(str(top), layers)
     assert fd is not None
@@ -297,7 +341,8 @@ def test_the_fork_servers_overlays_by_themselves(tmp_path: Path) -> None:
         shared.refresh((fd,))
         assert os.fstat(fd).st_dev != dev  # the directory's entries changed
         dev = os.fstat(fd).st_dev
-        time.sleep(_overlays.MAX_AGE + 0.02)
+        shared.max_age = 0.05
+        time.sleep(0.07)
         shared.refresh((fd,))
         assert os.fstat(fd).st_dev != dev  # too old
         # The directory gone: none can be made; a pipe on the number, which no init can copy (its sandbox
@@ -306,7 +351,7 @@ def test_the_fork_servers_overlays_by_themselves(tmp_path: Path) -> None:
         shared.refresh((fd,))
         assert stat.S_ISFIFO(os.fstat(fd).st_mode)
         (tmp_path / "gone").rename(top)
-        time.sleep(_overlays.MAX_AGE + 0.02)
+        time.sleep(0.07)
         shared.refresh((fd,))
         assert stat.S_ISDIR(os.fstat(fd).st_mode)  # an overlay's root again
         shared.release({fd})
