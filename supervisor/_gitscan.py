@@ -1094,9 +1094,36 @@ class Scan:
                 if reason:
                     self._quarantine(dfd, dpath, leaf, reason.replace("git config", by, 1))
                     return
+            st = self._lstat(dfd, leaf)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                self._check_included_link(dfd, dpath, leaf, what, by, depth, home)
+                return
             self._check_includes(dfd, dpath, leaf, depth + 1, home)
         finally:
             os.close(dfd)
+
+    def _check_included_link(
+        self, dfd: int, dpath: str, leaf: str, what: str, by: str, depth: int, home: str | None
+    ) -> None:
+        """An included config that is a symlink older than the run (the user's: `include.path =
+        ../team.gitconfig`, a link to `tools/gitconfig`): git reads what it leads to, which the sandbox
+        may have rewritten while the link stayed as it was (the user's `git status` ran the core.fsmonitor
+        it appended). Its target in the root being scanned is checked as the included file; one reached
+        through another symlink below a root, or in another root and written during the run, has the link
+        moved aside; one outside the roots is the user's."""
+        try:
+            link = os.readlink(leaf, dir_fd=dfd)
+        except OSError:
+            return
+        resolved = self._resolve_text(os.path.join(dpath, link))
+        root = self._root.rstrip("/")
+        if resolved is not None and resolved.startswith(root + "/") and depth < 10:
+            if resolved not in self._included:
+                self._check_included(resolved, what, by, depth + 1, home)
+            return
+        why = self._link_target_problem(os.path.join(dpath, link))
+        if why:
+            self._quarantine(dfd, dpath, leaf, f"{by} is a symlink {why}")
 
     def _check_hooks_path(self, fd: int, path: str, name: str, mounted: bool) -> None:
         """The hooks directory the config `name` of the git dir at `path` names (`core.hooksPath`, the

@@ -135,3 +135,21 @@ async def test_a_program_the_users_own_config_runs_from_the_tree(
     host_git(workspace, "diff")
     host_git(workspace, "add", "README")
     assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+async def test_an_included_config_the_user_links_into_the_tree(sup: Supervisor, workspace: Path) -> None:
+    """The user's `.git/config` includes `../team.gitconfig`, a link (theirs, older than the run) to
+    `tools/gitconfig`: the link stays as it was, git reads its target, which the sandbox appended
+    core.fsmonitor to, and the user's `git status` ran it. The target is checked as the included file."""
+    make_repo(workspace)
+    tools = workspace / "tools"
+    tools.mkdir()
+    (tools / "gitconfig").write_text("[user]\n\tname = Team\n")
+    (workspace / "team.gitconfig").symlink_to("tools/gitconfig")
+    assert host_git(workspace, "config", "include.path", "../team.gitconfig").returncode == 0
+    pol = profiles.workspace_write(workspace, timeout=30, env=CHILD_ENV)
+    r = await sup.run([SH, "-c", fsmonitor(workspace) + " >> tools/gitconfig"], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert [p for p, _ in r.quarantined] == [str(tools / "gitconfig")], r.quarantined
+    host_git(workspace, "status")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
