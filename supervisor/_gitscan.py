@@ -24,10 +24,17 @@ sandbox can set mtime, never ctime):
 - `rebase-merge/`: moved aside when its todo, written during the run, has `exec` lines (or its strategy is
   not git's own): the user's `git rebase --continue` runs them;
 - `hooks` (a symlink) or any entry of `hooks/` but the `*.sample` templates: renamed to
-  `<name>.corral-quarantined` (git runs a hook only under its exact name).
-Also the host users' own global and system git configuration (supervisor/_gitglobal.py): a file it includes
-or a `core.hooksPath` directory it names under a root is checked as above (and warned about once: the scan
-acts only after the run, while the user's git may read it during the run).
+  `<name>.corral-quarantined` (git runs a hook only under its exact name); a hook that is a symlink into a
+  root whose target was written during the run, too.
+A directory on its way to being a git dir (a config or hooks beside any of HEAD, objects, refs,
+commondir; the top `.git` whatever it holds) is checked as one, and one that became a git dir during the
+run has its older config and hooks checked. Programs a config runs from the tree (`core.fsmonitor =
+tools/fsmon`) written during the run are moved aside, and what an included config or a program that is a
+symlink leads to is checked.
+Also the host users' own global and system git configuration, and the repository around each root
+(supervisor/_gitglobal.py): a file it includes, a `core.hooksPath` directory or a program it names under a
+root is checked as above (and warned about once: the scan acts only after the run, while the user's git may
+read it during the run).
 Each quarantined path is reported (`Result.quarantined`, `--json`'s `quarantined`, a warning line for the
 first 20 of a run and a count of the rest). Nothing that existed unchanged before the run is touched: the
 user's own hooks and settings stay.
@@ -735,8 +742,9 @@ class Scan:
             if dfd is None:
                 continue
             try:
-                if self._changed(dfd, leaf) is not None:
-                    reason = f"a program {refs.label(via)} runs ({key}), written during the run"
+                why = self._written(dfd, dpath, leaf)
+                if why:
+                    reason = f"a program {refs.label(via)} runs ({key}), {why}"
                     self._quarantine(dfd, dpath, leaf, reason)
             finally:
                 os.close(dfd)
@@ -1182,9 +1190,9 @@ class Scan:
                 if dfd is None:
                     continue
                 try:
-                    if not _moved_aside(leaf) and self._changed(dfd, leaf) is not None:
-                        reason = f"a program {key} of {config} runs, written during the run"
-                        self._quarantine(dfd, dpath, leaf, reason)
+                    why = "" if _moved_aside(leaf) else self._written(dfd, dpath, leaf)
+                    if why:
+                        self._quarantine(dfd, dpath, leaf, f"a program {key} of {config} runs, {why}")
                 finally:
                     os.close(dfd)
 
@@ -1459,6 +1467,25 @@ class Scan:
             why = self._link_target_problem(os.path.join(hooks_path, link))
             if why:
                 self._quarantine(hfd, hooks_path, name, f"{what} is a symlink {why}")
+
+    def _written(self, dfd: int, dpath: str, leaf: str) -> str:
+        """Why the file `leaf` in `dfd` (at `dpath`), which git runs, holds what the sandbox wrote ("" when
+        it does not): written during the run, or a symlink (older than the run: the user's `tools/fsmon
+        -> fsmon.real`) to a file in a writable root written during the run, or through another symlink
+        there. git runs what the link leads to."""
+        st = self._lstat(dfd, leaf)
+        if st is None:
+            return ""
+        if st.st_ctime_ns >= self.since:
+            return "written during the run"
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                link = os.readlink(leaf, dir_fd=dfd)
+            except OSError:
+                return ""
+            why = self._link_target_problem(os.path.join(dpath, link))
+            return f"a symlink {why}" if why else ""
+        return ""
 
     def _link_target_problem(self, target: str) -> str:
         """Why a symlink naming `target` (absolute) leads to what a sandbox wrote ("" when it does not): a

@@ -153,3 +153,21 @@ async def test_an_included_config_the_user_links_into_the_tree(sup: Supervisor, 
     assert [p for p, _ in r.quarantined] == [str(tools / "gitconfig")], r.quarantined
     host_git(workspace, "status")
     assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+async def test_a_program_the_users_config_runs_through_their_link(sup: Supervisor, workspace: Path) -> None:
+    """`core.fsmonitor = tools/fsmon`, where `tools/fsmon` is the user's link (older than the run) to
+    `tools/fsmon.real`: the link stays, git runs its target, which the sandbox rewrote."""
+    make_repo(workspace)
+    tools = workspace / "tools"
+    tools.mkdir()
+    (tools / "fsmon.real").write_text("#!/bin/sh\necho\n")
+    (tools / "fsmon.real").chmod(0o755)
+    (tools / "fsmon").symlink_to("fsmon.real")
+    assert host_git(workspace, "config", "core.fsmonitor", "tools/fsmon").returncode == 0
+    pol = profiles.workspace_write(workspace, timeout=30, env=CHILD_ENV)
+    r = await sup.run([SH, "-c", script(workspace, "tools/fsmon.real")], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert [p for p, _ in r.quarantined] == [str(tools / "fsmon")], r.quarantined
+    host_git(workspace, "status")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
