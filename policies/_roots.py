@@ -196,6 +196,13 @@ def check_writable_roots(policy: Policy) -> list[str]:
                 )
                 warned = True
                 break
+        own = _own_installation(root) if system is None else None  # a system root: allowed by name
+        if own is not None:
+            warnings.append(
+                f"{where} {root} holds corral's own installation ({own}): a sandbox can rewrite the code "
+                "that the next corral process (and a module this one loads later) runs with your rights "
+                "outside any sandbox; install corral outside the directories sandboxes write"
+            )
         if system is None and not warned and os.geteuid() == 0:
             # A root caller's sandbox runs as the workdir's owner: in another account's home it can change
             # that account's shell start-up files, which run at their next login.
@@ -241,6 +248,20 @@ def _startup_entry(root: str, home: str) -> str | None:
         return None
     first = root[len(prefix) :].split("/", 1)[0]
     return prefix + first if first in STARTUP_ENTRIES else None
+
+
+def _own_installation(root: str) -> str | None:
+    """The directory of corral's own code (its packages, or the Python environment running it) that lies
+    at or below the writable root `root`, else None."""
+    import sys
+
+    prefix = root.rstrip("/") + "/"
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # what holds `policies`
+    for place in (os.path.join(here, "supervisor"), os.path.join(here, "policies"), sys.prefix):
+        for form in {os.path.normpath(place), os.path.realpath(place)}:
+            if form == root or form.startswith(prefix):
+                return form
+    return None
 
 
 def _login_homes() -> list[tuple[str, str]]:

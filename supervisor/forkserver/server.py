@@ -429,6 +429,10 @@ class Server:
         self.policies: dict[int, CompiledPayload] = {}
         self.cache = _Cache()
         self.netpool = NetPool()
+        #: The init executable, opened once here and executed from this fd (execveat): a sandbox that may
+        #: write where corral is installed (a project's virtualenv in its workdir) replaced `corral-init`
+        #: there, and the next spawn ran the replacement as root, outside any sandbox.
+        self.init_fd = os.open(_INIT, os.O_PATH | os.O_CLOEXEC)
 
     def forget(self, policy_id: object) -> None:
         """The supervisor no longer keeps this policy (its LRU evicted it, or it came "once"): drop it and
@@ -585,10 +589,12 @@ class Server:
             if self.slot is not None:
                 protocol.SLOT.pack_into(self.slot, 0, 0, self.requests)
                 pid, exec_errno, failed = _cinit.start(
-                    flags, _INIT, plan_r, keep, netfd, self.slot, premap=premap
+                    flags, _INIT, plan_r, keep, netfd, self.slot, premap=premap, exec_fd=self.init_fd
                 )
             else:
-                pid, exec_errno, failed = _cinit.start(flags, _INIT, plan_r, keep, netfd, premap=premap)
+                pid, exec_errno, failed = _cinit.start(
+                    flags, _INIT, plan_r, keep, netfd, premap=premap, exec_fd=self.init_fd
+                )
             if failed is not None:
                 unmapped = namespaces.map_failure(failed, exec_errno)
                 exec_errno = 0

@@ -1946,6 +1946,9 @@ int main(int argc, char **argv) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL); /* the launcher blocked every signal around the exec */
     if (argc != 2) return 125;
+    /* Launched from the fork server's fd of this file (execveat, AT_EMPTY_PATH), the kernel names the task
+     * after the fd's number: the name ps, tests and operators know it by. */
+    prctl(PR_SET_NAME, "corral-init", 0, 0, 0);
     int fd = atoi(argv[1]);
     size_t len = 0;
     char *buf = read_all(fd, &len);
@@ -1960,6 +1963,7 @@ int main(int argc, char **argv) {
 
 struct launch {
     const char *path;
+    int exec_fd; /* >= 0: exec this fd of the init (execveat AT_EMPTY_PATH), not `path` (see py_start) */
     char *argv[3];
     int keep[3 * MAX_FDS + 4];
     int n_keep;
@@ -2205,7 +2209,10 @@ static int launch_child(void *arg) {
     syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
     for (int i = 0; i < l->n_keep; i++) fcntl(l->keep[i], F_SETFD, 0);
     char *envp[] = {NULL};
-    execve(l->path, l->argv, envp);
+    if (l->exec_fd >= 0)
+        syscall(SYS_execveat, l->exec_fd, "", l->argv, envp, AT_EMPTY_PATH);
+    else
+        execve(l->path, l->argv, envp);
     l->err = errno;
     _exit(127);
 }
@@ -2228,16 +2235,16 @@ static uint64_t ignored_signals(void) {
 }
 
 static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"flags", "path", "plan_fd", "keep", "netns", "slot", "premap", NULL};
+    static char *kwlist[] = {"flags", "path", "plan_fd", "keep", "netns", "slot", "premap", "exec_fd", NULL};
     const char *path;
     int plan_fd;
     unsigned long flags;
     PyObject *keep, *premap = Py_None;
     (void)self;
-    int netns = -1;
+    int netns = -1, exec_fd = -1;
     Py_buffer slot = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "kyiO!|iw*$O", kwlist, &flags, &path, &plan_fd, &PyTuple_Type,
-                                     &keep, &netns, &slot, &premap))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "kyiO!|iw*$Oi", kwlist, &flags, &path, &plan_fd, &PyTuple_Type,
+                                     &keep, &netns, &slot, &premap, &exec_fd))
         return NULL;
     unsigned premap_uid = 0, premap_gid = 0;
     if (premap != Py_None && !PyArg_ParseTuple(premap, "II", &premap_uid, &premap_gid)) {
@@ -2251,6 +2258,7 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     char fdbuf[16];
     snprintf(fdbuf, sizeof fdbuf, "%d", plan_fd);
     l.path = path;
+    l.exec_fd = exec_fd;
     l.argv[0] = (char *)path;
     l.argv[1] = fdbuf;
     l.argv[2] = NULL;

@@ -294,3 +294,56 @@ async def test_bounds_allow_a_real_repository_with_submodules(sup: Supervisor, w
     assert r.exit_code != 0
     assert (modules / "group3" / "sub13" / "config").read_text() == "[core]\n"
     assert not (modules / "group7" / "sub187" / "hooks" / "x").exists()
+
+
+# --- corral's own executable in a writable root
+
+_OWN_INSTALL = r"""
+import os, sys, anyio
+import supervisor
+from policies import profiles
+from supervisor import Supervisor
+
+workdir, marker, how = sys.argv[1], sys.argv[2], sys.argv[3]
+init = os.path.join(os.path.dirname(supervisor.__file__), "sandbox", "corral-init")
+payload = f"#!/bin/sh\necho ran-as-$(id -u) > {marker}\n"
+plant = {
+    # the usual way to replace a file: write a new one beside it, rename it over
+    "rename": f"printf '{payload}' > {init}.new && chmod 755 {init}.new && mv {init}.new {init}",
+    # in place: refused while any init runs the file (ETXTBSY), and this sandbox's own init runs it
+    "in place": f"printf '{payload}' > {init}; echo rc=$?",
+}[how]
+
+async def main():
+    async with Supervisor(prefork=0) as sup:
+        pol = profiles.workspace_write(workdir, timeout=30)
+        r = await sup.run(["/bin/sh", "-c", plant], policy=pol)
+        print("plant", r.exit_code, r.stdout.decode(), r.stderr.decode(), flush=True)
+        r = await sup.run(["/bin/sh", "-c", "echo next-ran"], policy=pol)
+        print("next", r.exit_code, r.stdout.decode(), flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("how", ["rename", "in place"])
+def test_corral_installed_in_a_writable_root_cannot_be_replaced_for_the_next_spawn(
+    workspace: Path, outside: Path, how: str
+) -> None:
+    """corral installed where a sandbox may write (a project's virtualenv in its workdir, here a copy of the
+    package on PYTHONPATH): a command replaced `corral-init` there, and the fork server executed the
+    replacement for the next spawn, outside any sandbox (as root under a root caller: the marker file
+    appeared outside the sandbox's roots). The fork server now executes the init it opened at its start."""
+    pkg = workspace / "venv" / "site-packages"
+    root = Path(__file__).resolve().parents[2]
+    for name in ("supervisor", "policies", "exporters"):
+        shutil.copytree(root / name, pkg / name, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
+    marker = outside / "ran-outside"
+    env = {**os.environ, "PYTHONPATH": str(pkg)}
+    p = subprocess.run(
+        [sys.executable, "-c", _OWN_INSTALL, str(workspace), str(marker), how],
+        capture_output=True, text=True, timeout=120, check=False, env=env, cwd=str(outside),
+    )  # fmt: skip
+    assert "plant 0" in p.stdout, (p.stdout, p.stderr)
+    assert not marker.exists(), f"the planted init ran outside the sandbox: {marker.read_text()!r}"
+    assert "next 0 next-ran" in p.stdout, (p.stdout, p.stderr)
