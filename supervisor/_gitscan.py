@@ -924,10 +924,16 @@ class Scan:
 
     def _let_owner_read(self, fd: int, name: str, path: str) -> bool:
         """Give the owner of the directory `name` in `fd` read, write and search rights on it when the scan
-        runs as that owner (not as root, which needs none), through an O_PATH fd (no link followed)."""
+        runs as that owner (not as root, which needs none) and it changed during the run, through an
+        O_PATH fd (no link followed)."""
         euid = os.geteuid()
         st = self._lstat(fd, name)
         if euid == 0 or st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != euid:
+            return False
+        if st.st_ctime_ns < self.since:
+            # Not changed during the run: not the sandbox's doing (a chmod moves the ctime), and nothing
+            # can have been added inside it since the scan that last saw it readable (an entry made
+            # there needs write permission on it: a chmod again). Reported, left as it is.
             return False
         if st.st_mode & 0o700 == 0o700:
             return False
