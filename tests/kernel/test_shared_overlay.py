@@ -73,9 +73,9 @@ def home(outside: Path) -> Path:
 async def held(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Supervisor]:
     """A Supervisor whose fork server keeps each overlay for 60 s unless its directory changes (not 0.1 s):
     what sandboxes share, and what the fork server holds, does not depend on how fast this machine is.
-    (Never with CORRAL_TEST_PREFORKED's always pre-forked sandboxes: those have overlays of their own.)"""
+    Every sandbox built on the spot (pre-forked ones have overlays of their own)."""
     monkeypatch.setenv("CORRAL_SHARED_OVERLAYS", "60")
-    async with Supervisor(max_concurrency=8) as s:
+    async with Supervisor(max_concurrency=8, prefork=0) as s:
         yield s
 
 
@@ -214,12 +214,15 @@ async def test_the_overlays_fd_reaches_no_sandbox(held: Supervisor, workspace: P
 
 
 @needs_shared
-async def test_the_hosts_changes_show_in_the_next_sandboxes(
-    sup: Supervisor, workspace: Path, home: Path
-) -> None:
+async def test_the_hosts_changes_show_in_the_next_sandboxes(workspace: Path, home: Path) -> None:
     # An overlay's dentries keep what they first found; the shared one outlives each sandbox, so the fork
     # server makes it anew when the directory's own entries change (at once) and after MAX_AGE (below).
     pol = token_policy(workspace, home)
+    async with Supervisor(max_concurrency=4, prefork=0) as sup:  # each sandbox built on the spot
+        await _changes_show(sup, pol, home)
+
+
+async def _changes_show(sup: Supervisor, pol: Policy, home: Path) -> None:
     (home / "conf").write_text("top v1\n")
     (home / "sub").mkdir()
     (home / "sub" / "conf").write_text("deep v1\n")
