@@ -9,10 +9,12 @@ The client writes one request line and reads the reply with blocking reads (its 
 `--pace SECONDS` pauses between calls (the default, 3 ms, lets each call start cold, as an agent's calls do,
 seconds apart; 0: back to back). The server's CPU is read from /proc/PID/task/*/schedstat (to the
 nanosecond) before and after the N calls (after a warm-up of 50), so the figure moves less with the machine's
-load than wall time does; each round's figure is printed, then the median. For `run_command` (/bin/true)
-the figure includes the server's part of `Supervisor.run` (the same as a direct run's), so compare two
-servers with it, not with a direct run: `--tree PATH` runs the server of another checkout (its
-`supervisor` package, C extensions built) with this interpreter, e.g. a base commit against yours, in turn.
+load than wall time does; each round's figure is printed, then the median, and each round's median round
+trip as the client sees it (wall time: on a busy machine, compare only rounds taken in turn). For
+`run_command` (/bin/true) the figure includes the server's part of `Supervisor.run` (the same as a direct
+run's), so compare two servers with it, not with a direct run: `--tree PATH` runs the server of another
+checkout (its `supervisor` package, C extensions built) with this interpreter, e.g. a base commit against
+yours, in turn.
 
 Used for issue 19's per-call overhead (docs/mcp.md, "Cost per call", session 12).
 """
@@ -76,8 +78,9 @@ class _Client:
         os.write(self._in, json.dumps({"jsonrpc": "2.0", "method": method}).encode() + b"\n")
 
 
-def _round(tree: Path, tool: str, n: int, pace: float) -> float:
-    """The server's CPU microseconds per call over `n` calls of `tool`."""
+def _round(tree: Path, tool: str, n: int, pace: float) -> tuple[float, float]:
+    """The server's CPU microseconds per call over `n` calls of `tool`, and the median round trip (the
+    client's write to the reply read whole, microseconds)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     with tempfile.TemporaryDirectory(prefix="corral-mcp-cpu-", dir="/var/tmp") as work:
         proc = subprocess.Popen(
@@ -93,8 +96,12 @@ def _round(tree: Path, tool: str, n: int, pace: float) -> float:
             client.notify("notifications/initialized")
             arguments = {"command": ["/bin/true"]} if tool == "run_command" else {}
 
+            walls: list[float] = []
+
             def call() -> None:
+                t0 = time.perf_counter()
                 reply = client.request("tools/call", {"name": tool, "arguments": arguments})
+                walls.append(time.perf_counter() - t0)
                 if "result" not in reply or reply["result"].get("isError"):
                     raise RuntimeError(f"the call failed: {reply}")
 
@@ -103,6 +110,7 @@ def _round(tree: Path, tool: str, n: int, pace: float) -> float:
                 time.sleep(pace)
             time.sleep(0.5)  # the last warm-up call's after-work (the next pre-forked sandbox)
             before = _cpu_ns(proc.pid)
+            walls.clear()
             for _ in range(n):
                 call()
                 time.sleep(pace)
@@ -113,7 +121,7 @@ def _round(tree: Path, tool: str, n: int, pace: float) -> float:
             idle0 = _cpu_ns(proc.pid)
             time.sleep(span)
             idle = _cpu_ns(proc.pid) - idle0
-            return (after - before - idle) / n / 1e3
+            return (after - before - idle) / n / 1e3, statistics.median(walls) * 1e6
         finally:
             assert proc.stdin is not None
             proc.stdin.close()
@@ -132,10 +140,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose server runs")
     args = ap.parse_args()
-    figures = [_round(args.tree.resolve(), args.tool, args.n, args.pace) for _ in range(args.rounds)]
+    rounds = [_round(args.tree.resolve(), args.tool, args.n, args.pace) for _ in range(args.rounds)]
+    cpu = [r[0] for r in rounds]
+    wall = [r[1] for r in rounds]
     print(
         f"{args.tool} ({args.tree}, pace {args.pace:g} s): server CPU per call "
-        f"{', '.join(f'{f:.0f}' for f in figures)} us; median {statistics.median(figures):.0f} us"
+        f"{', '.join(f'{f:.0f}' for f in cpu)} us (median {statistics.median(cpu):.0f} us); "
+        f"round trip, median of each round {', '.join(f'{f:.0f}' for f in wall)} us"
     )
 
 

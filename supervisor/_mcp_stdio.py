@@ -670,7 +670,8 @@ IDLE_WORKERS = 32
 class _Workers:
     """Tasks of the task group `tg` that run the jobs given to `submit`, each job in the task that
     takes it, as many at once as are given (a job given while every task is busy gets a new task). A task
-    whose job is done waits for the next (at most IDLE_WORKERS wait; others end), so a call costs a
+    whose job is done waits for the next (at most IDLE_WORKERS wait; others end, as does one whose job set a
+    context variable, so that every job starts with the context a new task would have), so a call costs a
     wake-up of a waiting task instead of a new task. On asyncio a waiting task waits on a future of its own;
     elsewhere (trio) every job gets a new task. A job given to a task cancelled meanwhile (the task group
     is being cancelled) never runs, as a job of a task started in a cancelled group never runs."""
@@ -696,9 +697,12 @@ class _Workers:
 
     async def _work(self, job: Callable[[], Awaitable[object]]) -> None:
         loop = self._loop
+        start = contextvars.copy_context()  # what a new task for the job would have seen
         while True:
             await job()
-            if loop is None or len(self._idle) >= IDLE_WORKERS:
+            if loop is None or len(self._idle) >= IDLE_WORKERS or contextvars.copy_context() != start:
+                # (A job that set a context variable leaves its task: the next job gets a fresh context,
+                # as it would in a new task.)
                 return
             waiter: asyncio.Future[Callable[[], Awaitable[object]]] = loop.create_future()
             self._idle.append(waiter)

@@ -8,6 +8,7 @@ is the protocol path), as in benchmarks/mcp_instructions.py. tests/e2e/test_mcp.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import tempfile
@@ -47,6 +48,9 @@ RESULT = Result(
 )
 
 
+_SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("_SEEN", default="fresh")
+
+
 class _Sup:
     """Stands in for the server's Supervisor: `run` waits for `gate` (when set), counting the runs that
     entered, left, and were cancelled."""
@@ -58,9 +62,12 @@ class _Sup:
         self.all_in = anyio.Event()
         self.was_cancelled = anyio.Event()
         self.expect = 0
+        self.contexts: list[str] = []
 
     async def run(self, argv: list[str], **_: Any) -> Result:
         self.entered += 1
+        self.contexts.append(_SEEN.get())
+        _SEEN.set("set by an earlier call")
         if self.entered == self.expect:
             self.all_in.set()
         try:
@@ -360,3 +367,34 @@ def test_send_result_writes_what_send_writes_for_the_response_model() -> None:
                     anyio.run(both, result, rid)
                 continue
             assert a == b
+
+
+async def test_lane_tasks_are_kept_between_calls_each_call_in_a_fresh_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[int] = []
+    work = _mcp_stdio._Workers._work
+
+    async def counted(self: Any, job: Any) -> None:
+        started.append(1)
+        await work(self, job)
+
+    monkeypatch.setattr(_mcp_stdio._Workers, "_work", counted)
+    sup = _Sup()
+    async with _serving(sup, lane=True, monkeypatch=monkeypatch) as peer:
+        for i in range(10):
+            reply = json.loads(
+                await peer.call(i, "tools/call", {"name": "describe_sandbox", "arguments": {}})
+            )
+            assert "result" in reply
+        # Each of these sets a context variable: none sees the one an earlier call set.
+        for i in range(10, 15):
+            reply = json.loads(
+                await peer.call(i, "tools/call", {"name": "run_command", "arguments": {"command": ["x"]}})
+            )
+            assert "result" in reply
+    assert sup.contexts == ["fresh"] * 5
+    if anyio_backend_name() == "asyncio":
+        assert len(started) <= 6  # one task for the ten describe_sandbox calls, one for each run_command
+    else:
+        assert len(started) == 15  # trio: a task per call
