@@ -51,7 +51,7 @@ from mcp.server.lowlevel.server import Server
 from mcp.server.runner import ServerRunner, aclose_shielded
 from mcp.shared.dispatcher import OnRequest, coerce_request_id
 from mcp.shared.exceptions import MCPError
-from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher, _InFlight, _JSONRPCDispatchContext
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.message import MessageMetadata, SessionMessage
 from mcp.shared.transport_context import TransportContext
 from mcp_types import (
@@ -69,6 +69,11 @@ from mcp_types import (
 from pydantic import ValidationError
 
 from supervisor._mcp_calls import DirectCalls
+
+try:  # the SDK's internals the fast lane uses (`_lane_fits`)
+    from mcp.shared.jsonrpc_dispatcher import _InFlight, _JSONRPCDispatchContext
+except ImportError:  # another mcp 2.x: every request goes the SDK's way
+    _InFlight = _JSONRPCDispatchContext = None  # type: ignore[assignment,misc]
 
 logger = logging.getLogger("corral.mcp")
 
@@ -523,7 +528,9 @@ async def serve_connection(server: Server[Any], wire: WireIn, out: WireOut) -> N
                 runner = ServerRunner(
                     server, connection, state, init_options=server.create_initialization_options()
                 )
-                dispatcher.lane = _Lane.for_server(server, runner, connection)
+                dispatcher.lane = (
+                    _Lane.for_server(server, runner, connection) if _lane_fits(dispatcher) else None
+                )
                 wire.take_request = dispatcher.take_request
                 try:
                     await dispatcher.run(runner.on_request, runner.on_notify)
@@ -534,6 +541,21 @@ async def serve_connection(server: Server[Any], wire: WireIn, out: WireOut) -> N
             await out.aclose()
     else:
         await server.run(wire, out, server.create_initialization_options())
+
+
+def _lane_fits(dispatcher: _Dispatcher) -> bool:
+    """Whether the SDK's dispatcher has the internals the fast lane uses (those of the `mcp` 2.x it is
+    tested with); with another, every request goes the SDK's way."""
+    return (
+        all(
+            hasattr(dispatcher, name)
+            for name in ("_handle_request", "_in_flight", "_running", "_closed", "_tg", "_dispatch_request")
+        )
+        and hasattr(ServerRunner, "_make_context")
+        and {"transport", "_dispatcher", "_request_id", "message_metadata"}
+        <= set(getattr(_JSONRPCDispatchContext, "__dataclass_fields__", ()))
+        and {"scope", "dctx"} <= set(getattr(_InFlight, "__dataclass_fields__", ()))
+    )
 
 
 #: The transport context the SDK's dispatcher gives a message that comes with no metadata (all of stdio's).

@@ -398,3 +398,15 @@ async def test_lane_tasks_are_kept_between_calls_each_call_in_a_fresh_context(
         assert len(started) <= 6  # one task for the ten describe_sandbox calls, one for each run_command
     else:
         assert len(started) == 15  # trio: a task per call
+
+
+async def test_without_the_sdk_internals_it_uses_there_is_no_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_mcp_stdio, "_InFlight", None)
+    async with _serving(_Sup(), lane=True, monkeypatch=monkeypatch) as peer:
+        for i in range(3):
+            reply = json.loads(
+                await peer.call(i, "tools/call", {"name": "run_command", "arguments": {"command": ["x"]}})
+            )
+            assert reply["result"]["structuredContent"]["pid"] == RESULT.pid
+        assert peer.claims == []  # type: ignore[attr-defined]
+        assert peer.takes == []  # type: ignore[attr-defined]
