@@ -87,6 +87,29 @@ _KCMP_FILE = 0
 ID_SHIFT = 1 << 31
 _ID_MAP = f"0 {ID_SHIFT} {ID_SHIFT - 1}\n".encode()
 
+
+def _pin_python() -> int:
+    """An O_PATH fd of this interpreter, opened when corral is imported (before any sandbox runs), or -1.
+
+    The helpers below start later, when the first file given as stdio needs one: run by the path
+    `sys.executable`, a virtualenv's `bin/python` in a directory a sandbox may write (a project's `.venv`
+    in its workdir) would be whatever the sandbox put there, run as the supervisor's user (root's helper
+    for a root caller). Run from this fd instead (`/proc/self/fd/N`, kept open for the exec)."""
+    try:
+        return os.open(sys.executable, os.O_PATH | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return -1
+
+
+_PYTHON_FD = _pin_python()
+
+
+def _python() -> tuple[str, tuple[int, ...]]:
+    """What to exec for `sys.executable` (see _pin_python), and the fd the child must keep for it."""
+    if _PYTHON_FD < 0:
+        return sys.executable, ()
+    return f"/proc/self/fd/{_PYTHON_FD}", (_PYTHON_FD,)
+
 #: The status flags a new open file keeps from the caller's.
 _KEEP_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME | os.O_SYNC | os.O_DSYNC
 
@@ -537,12 +560,15 @@ def _new_userns() -> int:
     """A user namespace whose id maps are _ID_MAP (both), as an O_RDONLY fd: a helper process unshares it
     and waits while the supervisor writes the maps and opens it, then exits. Raises OSError,
     subprocess.SubprocessError, ValueError."""
+    python, keep = _python()
     helper = subprocess.Popen(
         [sys.executable, "-I", "-S", "-c", _HELPER],
+        executable=python,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         close_fds=True,
+        pass_fds=keep,
     )
     try:
         assert helper.stdout is not None
@@ -656,12 +682,14 @@ class _Helper:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
+            python, keep = _python()
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _RO_HELPER, str(theirs.fileno())],
+                executable=python,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), *keep),
             )
         except BaseException:
             ours.close()

@@ -347,3 +347,51 @@ def test_corral_installed_in_a_writable_root_cannot_be_replaced_for_the_next_spa
     assert "plant 0" in p.stdout, (p.stdout, p.stderr)
     assert not marker.exists(), f"the planted init ran outside the sandbox: {marker.read_text()!r}"
     assert "next 0 next-ran" in p.stdout, (p.stdout, p.stderr)
+
+
+_OWN_PYTHON = r"""
+import os, sys, anyio
+from policies import profiles
+from supervisor import PIPE, Supervisor
+
+workdir, marker, out = sys.argv[1], sys.argv[2], sys.argv[3]
+python = sys.executable  # <workdir>/venv/bin/python: a link to the real interpreter, as a virtualenv's is
+payload = f"#!/bin/sh\\necho ran-as-$(id -u) > {marker}\\n"
+plant = f"rm {python} && printf '{payload}' > {python} && chmod 755 {python}"
+
+async def main():
+    async with Supervisor(prefork=0) as sup:
+        pol = profiles.workspace_write(workdir, timeout=30)
+        r = await sup.run(["/bin/sh", "-c", plant], policy=pol, stdout=PIPE)
+        print("plant", r.exit_code, r.stderr.decode(), flush=True)
+        # A file given as stdout: the supervisor starts its stdio helper now, after the plant.
+        with open(out, "w") as f:
+            r = await sup.run(["/bin/sh", "-c", "echo next-ran"], policy=pol, stdout=f.fileno())
+        print("next", r.exit_code, flush=True)
+
+anyio.run(main)
+"""
+
+
+def test_a_virtualenvs_python_replaced_in_a_writable_root_is_not_run_by_a_later_helper(
+    workspace: Path, outside: Path
+) -> None:
+    """The supervisor's stdio helpers start when the first file given as stdio needs one, possibly after
+    sandboxes ran, and ran `sys.executable` by its path: a virtualenv's `bin/python` in the workdir, which
+    a command replaced with its own program; the supervisor ran it (as root under a root caller; the marker
+    appeared outside the sandbox's roots). The interpreter is now pinned by an fd opened at import."""
+    venv_bin = workspace / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(os.path.realpath(sys.executable))
+    root = Path(__file__).resolve().parents[2]
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *site])}
+    marker, out = outside / "ran-outside", outside / "out.txt"
+    p = subprocess.run(
+        [str(venv_bin / "python"), "-c", _OWN_PYTHON, str(workspace), str(marker), str(out)],
+        capture_output=True, text=True, timeout=120, check=False, env=env, cwd=str(outside),
+    )  # fmt: skip
+    assert "plant 0" in p.stdout, (p.stdout, p.stderr)
+    assert not marker.exists(), f"the planted interpreter ran outside the sandbox: {marker.read_text()!r}"
+    assert "next 0" in p.stdout, (p.stdout, p.stderr)
+    assert out.read_text() == "next-ran\n"
