@@ -110,6 +110,7 @@ def _python() -> tuple[str, tuple[int, ...]]:
         return sys.executable, ()
     return f"/proc/self/fd/{_PYTHON_FD}", (_PYTHON_FD,)
 
+
 #: The status flags a new open file keeps from the caller's.
 _KEEP_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_DIRECT | os.O_NOATIME | os.O_SYNC | os.O_DSYNC
 
