@@ -278,40 +278,62 @@ def program_paths(value: bytes, home: str, worktree: str | None = None) -> list[
 
 
 def enclosing(roots: Sequence[str], refs: Refs) -> list[tuple[str, str]]:
-    """The config files of the repository around each writable root: the nearest `.git` above the root
-    (a directory, or a `.git` file's `gitdir:`), as git finds it from the root's parent up, when it lies in
-    no writable root (one there is scanned). Its config, its `config.worktree` and its common dir's
-    config (a linked worktree's `commondir`) are read like a global one: what they include, the hooks
-    directory they name (relative to that repository's worktree) and the programs they run, when under a
-    root, are checked by the scan. (The user's `/p/.git/config` with `include.path = ../tools/git.cfg`
-    and `--workdir /p/tools`: the sandbox wrote core.fsmonitor there and the user's `git status` in /p ran
-    it.) Returns (config path, worktree); adds to `refs.watched` each `.git` looked for and not found (so
-    that one made later is seen) and each `.git` file read."""
+    """The config files of the repository of each writable root whose git dir lies outside every root, and
+    of the repository around it: the root's own `.git` FILE (a linked worktree's or a submodule
+    checkout's `gitdir:`: its git dir and common dir are elsewhere), and the nearest `.git` above the root
+    (a directory, or a `.git` file's `gitdir:`), as git finds it from the root's parent up, when it lies
+    in no writable root (one there is scanned). Their config, `config.worktree` and common dir's config
+    (a linked worktree's `commondir`) are read like a global one: what they include, the hooks directory
+    they name (relative to that repository's worktree) and the programs they run, when under a root, are
+    checked by the scan, and so are the hooks there that are links into a root. (The user's
+    `/p/.git/config` with `include.path = ../tools/git.cfg` and `--workdir /p/tools`: the sandbox wrote
+    core.fsmonitor there and the user's `git status` in /p ran it; a linked worktree as the workdir whose
+    main repository sets `core.hooksPath = .husky`: the sandbox made `.husky/pre-commit` in the worktree.)
+    Returns (config path, worktree); adds to `refs.watched` each `.git` looked for and not found (so that
+    one made later is seen) and each `.git` file read."""
     out: list[tuple[str, str]] = []
     for root in roots:
-        d = os.path.dirname(os.path.normpath(root))
+        top = os.path.normpath(root)
+        own = os.path.join(top, ".git")
+        try:
+            st = os.lstat(own)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            gitdir = _gitdir_of(own, top, roots, refs)
+            if gitdir is not None and not _under(gitdir, roots):
+                _add_repo(gitdir, top, roots, refs, out, "of a root, whose git dir is elsewhere")
+        d = os.path.dirname(top)
         while not _under(d, roots):
             dotgit = os.path.join(d, ".git")
             gitdir = _gitdir_of(dotgit, d, roots, refs)
             if gitdir is not None:
-                configs = [os.path.join(gitdir, "config"), os.path.join(gitdir, "config.worktree")]
-                common = read(os.path.join(gitdir, "commondir"), roots)
-                commondir = gitdir
-                if common is not None and common.strip():
-                    text = common.strip().decode("utf-8", errors="surrogateescape")
-                    commondir = os.path.normpath(os.path.join(gitdir, text))
-                    configs.append(os.path.join(commondir, "config"))
-                if not _under(commondir, roots):
-                    _hook_links(os.path.join(commondir, "hooks"), configs[0], refs)
-                for config in configs:
-                    if not _under(config, roots) and (config, d) not in out:
-                        out.append((config, d))
-                        refs.enclosing[config] = f"the git config {config} (of the repository around a root)"
+                _add_repo(gitdir, d, roots, refs, out, "around a root")
                 break
             if d == "/":
                 break
             d = os.path.dirname(d)
     return out
+
+
+def _add_repo(
+    gitdir: str, worktree: str, roots: Sequence[str], refs: Refs, out: list[tuple[str, str]], where: str
+) -> None:
+    """Note the configs (and hook links) of the git dir `gitdir`, outside the roots, whose worktree is
+    `worktree` (`enclosing`)."""
+    configs = [os.path.join(gitdir, "config"), os.path.join(gitdir, "config.worktree")]
+    common = read(os.path.join(gitdir, "commondir"), roots)
+    commondir = gitdir
+    if common is not None and common.strip():
+        text = common.strip().decode("utf-8", errors="surrogateescape")
+        commondir = os.path.normpath(os.path.join(gitdir, text))
+        configs.append(os.path.join(commondir, "config"))
+    if not _under(commondir, roots):
+        _hook_links(os.path.join(commondir, "hooks"), configs[0], refs)
+    for config in configs:
+        if not _under(config, roots) and (config, worktree) not in out:
+            out.append((config, worktree))
+            refs.enclosing[config] = f"the git config {config} (of the repository {where})"
 
 
 def _hook_links(hooks: str, via: str, refs: Refs) -> None:

@@ -171,3 +171,31 @@ async def test_a_program_the_users_config_runs_through_their_link(sup: Superviso
     assert [p for p, _ in r.quarantined] == [str(tools / "fsmon")], r.quarantined
     host_git(workspace, "status")
     assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+@pytest.mark.parametrize("kind", ["linked worktree", "separate git dir"])
+async def test_the_workdirs_own_repository_whose_git_dir_is_elsewhere(
+    sup: Supervisor, workspace: Path, outside: Path, kind: str
+) -> None:
+    """The workdir is a checkout whose `.git` is a FILE naming a git dir outside the roots (a linked
+    worktree of a repository kept elsewhere, `git init --separate-git-dir`), and that repository's config
+    sets husky's `core.hooksPath = .husky`, relative to the worktree: in the root. The scan looked at no
+    git dir there, and the mounts bind only a configured directory of the root's own `.git/config`: the
+    sandbox made `.husky/pre-commit` and the user's next commit in the worktree ran it."""
+    wt = workspace / "wt"
+    if kind == "linked worktree":
+        make_repo(outside / "main")
+        assert host_git(outside / "main", "config", "core.hooksPath", ".husky").returncode == 0
+        assert host_git(outside / "main", "worktree", "add", "-q", str(wt)).returncode == 0
+    else:
+        wt.mkdir()
+        assert host_git(wt, "init", "-q", f"--separate-git-dir={outside / 'gitdir'}").returncode == 0
+        assert host_git(wt, "commit", "-q", "--allow-empty", "-m", "initial").returncode == 0
+        assert host_git(wt, "config", "core.hooksPath", ".husky").returncode == 0
+    pol = profiles.workspace_write(wt, timeout=30, env=CHILD_ENV)
+    r = await sup.run([SH, "-c", script(workspace, ".husky/pre-commit")], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert [p for p, _ in r.quarantined] == [str(wt / ".husky" / "pre-commit")], r.quarantined
+    assert "whose git dir is elsewhere" in r.quarantined[0][1]
+    host_git(wt, "commit", "-q", "--allow-empty", "-m", "user")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
