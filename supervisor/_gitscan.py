@@ -1425,6 +1425,8 @@ class Scan:
                     return  # checked if the directory becomes a git dir (_fresh)
                 if fresh or self._changed(fd, "hooks") is not None:
                     self._quarantine(fd, path, "hooks", "hooks is not a directory (written during the run)")
+                elif entries["hooks"] == stat.S_IFLNK:
+                    self._check_hooks_link(fd, path)
                 return
             try:
                 hfd = self._open_dir(fd, "hooks", os.path.join(path, "hooks"))
@@ -1451,6 +1453,25 @@ class Scan:
             finally:
                 self._closing(hfd)
                 os.close(hfd)
+
+    def _check_hooks_link(self, fd: int, path: str) -> None:
+        """`hooks` in the git dir `fd` (at `path`) is a symlink older than the run (the user's, in a nested
+        repository the mounts do not bind: `lib/.git/hooks -> ../../tools/hooks`): git runs the hooks in
+        what it leads to, which the sandbox may write. A target in the root being scanned is checked as a
+        configured hooks directory is; one through another symlink below a root is moved aside."""
+        try:
+            link = os.readlink("hooks", dir_fd=fd)
+        except OSError:
+            return
+        target = self._resolve_text(os.path.join(path, link))
+        if target is None:
+            self._quarantine(
+                fd, path, "hooks", "hooks is a symlink through another symlink in a writable root"
+            )
+            return
+        if target.startswith(self._root.rstrip("/") + "/"):
+            self._abandon()
+            self._check_hooks_dir(target, f"{os.path.join(path, 'hooks')}, a symlink, leads to it")
 
     def _check_hook_links(self, hfd: int, hooks_path: str, what: str, hook_names: bool = False) -> None:
         """The hooks in the directory `hfd` (at `hooks_path`) that are symlinks: git runs what they lead

@@ -199,3 +199,23 @@ async def test_the_workdirs_own_repository_whose_git_dir_is_elsewhere(
     assert "whose git dir is elsewhere" in r.quarantined[0][1]
     host_git(wt, "commit", "-q", "--allow-empty", "-m", "user")
     assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+async def test_a_nested_repositorys_hooks_linked_into_the_tree(sup: Supervisor, workspace: Path) -> None:
+    """The user's nested repository (no mount binds it) keeps its hooks as a link into the tree,
+    `lib/.git/hooks -> ../../tools/hooks`, older than the run: the sandbox put `pre-commit` there and
+    the user's next commit in `lib` ran it."""
+    make_repo(workspace)
+    make_repo(workspace / "lib")
+    (workspace / "tools" / "hooks").mkdir(parents=True)
+    hooks = workspace / "lib" / ".git" / "hooks"
+    for h in hooks.iterdir():
+        h.unlink()
+    hooks.rmdir()
+    hooks.symlink_to("../../tools/hooks")
+    pol = profiles.workspace_write(workspace, timeout=30, env=CHILD_ENV)
+    r = await sup.run([SH, "-c", script(workspace, "tools/hooks/pre-commit")], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert [p for p, _ in r.quarantined] == [str(workspace / "tools" / "hooks" / "pre-commit")], r.quarantined
+    host_git(workspace / "lib", "commit", "-q", "--allow-empty", "-m", "user")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
