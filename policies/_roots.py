@@ -196,6 +196,14 @@ def check_writable_roots(policy: Policy) -> list[str]:
                 )
                 warned = True
                 break
+        hidden = next((d for d in fs.deny if root == d or root.startswith(d.rstrip("/") + "/")), None)
+        if hidden is not None:
+            # Hiding wins: the root is there for nothing, and the policy means less than it says.
+            warnings.append(
+                f"{where} {root} is hidden ({hidden} is denied: filesystem.deny, --deny or the credential "
+                "hiding): the sandbox can neither read nor write it; drop the root, or the denial "
+                "(hide_credentials = false for the default stores)"
+            )
         own = _own_installation(root) if system is None else None  # a system root: allowed by name
         if own is not None:
             warnings.append(

@@ -241,3 +241,16 @@ def test_the_homes_start_up_files_as_a_writable_root_are_a_warning(ws: Path, ent
     p = corral("run", "--allow-write=~/proj", "--", "/bin/true", cwd=work, home=home)
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip() == "" or "WARNING" not in p.stderr
+
+
+def test_a_writable_root_that_is_hidden_is_a_warning(ws: Path) -> None:
+    # `--allow-write ~/.ssh` was accepted without a word, and the credential hiding kept the sandbox from
+    # writing there (checked from outside: nothing written): the policy meant less than it said.
+    home, work = ws / "home", ws / "work"
+    (home / ".ssh").mkdir(parents=True)
+    work.mkdir()
+    script = "echo key >> ~/.ssh/authorized_keys"
+    p = corral("run", "--allow-write=~/.ssh", "--", "/bin/sh", "-c", script, cwd=work, home=home)
+    assert "WARNING" in p.stderr
+    assert "is hidden" in p.stderr
+    assert not (home / ".ssh" / "authorized_keys").exists()
