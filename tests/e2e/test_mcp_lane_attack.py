@@ -26,8 +26,9 @@ from typing import Any
 
 import psutil
 import pytest
+from mcp.shared.exceptions import MCPError
 
-from tests.e2e.test_mcp import ROOT, _alive, _has_child, _occupied, _wait_sandboxes, inits, ws
+from tests.e2e.test_mcp import ROOT, _alive, _has_child, _occupied, _wait_sandboxes, connect, inits, ws
 
 pytestmark = pytest.mark.kernel
 
@@ -418,15 +419,15 @@ def test_pipelined_split_and_garbled_lines_are_each_answered_once(ws: Path, serv
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: a line of JSON nested 100,000 deep (under the 4 MiB bound) ends `corral mcp` with "
-    "'internal error: RecursionError' (WireIn._message -> _request_id -> _json_object -> json.loads raises "
-    "RecursionError, which is no ValueError) instead of a parse error and serving on",
+    reason="BUG: a 2.5 KB line of JSON nested 1,200 deep ends `corral mcp` (exit 125, "
+    "'internal error: RecursionError': WireIn._message -> _request_id -> _json_object -> json.loads raises "
+    "RecursionError, which is no ValueError) instead of answering -32700 and serving on",
 )
 def test_a_deeply_nested_line_is_refused_and_the_server_goes_on(ws: Path) -> None:
     # The lane's readiness-callback parse and the receive loop's error path both read the line: JSON nested
     # deeper than a parser's recursion bound is still under the 4 MiB message bound.
     with raw("lane", ws) as r:
-        nest = b"[" * 100_000 + b"]" * 100_000
+        nest = b"[" * 1200 + b"]" * 1200  # a 2.5 KB line; 500 deep is answered with -32700
         r.write(
             b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_commands","x":'
             + nest
@@ -640,3 +641,74 @@ def test_a_line_of_exactly_the_bound_is_read_and_one_byte_more_is_refused(ws: Pa
         over = r.ask(padded(2, bound + 1))
         assert (over["id"], over["error"]["code"]) == (None, -32700)
         assert r.ask(line(run(3, "/bin/echo", "on")))["result"]["structuredContent"]["stdout"] == "on\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The SDK's own client: what a lane call answers over stdio is what the same call answers over HTTP.
+
+BAD_ARGUMENTS: list[dict[str, Any]] = [
+    {"command": "/bin/echo"},
+    {"command": []},
+    {"command": [1, 2]},
+    {"command": [["/bin/echo"]]},
+    {"command": ["/bin/true"], "shell": "true"},
+    {},
+    {"command": ["/bin/true"], "timeout": -1},
+    {"command": ["/bin/true"], "timeout": 1e300},
+    {"command": ["/bin/true"], "timeout": "5"},
+    {"command": ["/bin/true"], "nope": 1},
+    {"command": ["/bin/cat"], "input": {"a": 1}},
+    {"command": ["/bin/echo", "a\u0000b"]},
+    {"command": ["/bin/echo", "x" * (200 * 1024)]},
+]
+
+
+async def _sdk_answers(transport: str, ws: Path) -> list[Any]:
+    out: list[Any] = []
+    async with connect(transport, ws) as (client, _):
+        for args in BAD_ARGUMENTS:
+            try:
+                result = await client.call_tool("run_command", args)
+            except MCPError as err:
+                out.append(("protocol error", err.error.code, err.error.message))
+            else:
+                dumped = _normalized(
+                    {"result": result.model_dump(mode="json", by_alias=True, exclude_none=True)}
+                )
+                out.append(("result", dumped["result"]))
+    return out
+
+
+@pytest.mark.anyio
+async def test_invalid_arguments_over_stdio_are_answered_as_over_http(ws: Path) -> None:
+    http = await _sdk_answers("http", ws)
+    stdio = await _sdk_answers("stdio", ws)
+    diff = [(args, h, s) for args, h, s in zip(BAD_ARGUMENTS, http, stdio, strict=True) if h != s]
+    assert not diff
+    assert http[0][0] == "result"
+    assert http[0][1]["isError"] is True
+    assert http[-1][:2] == ("protocol error", -32602)
+
+
+@LANED
+def test_calls_and_eof_in_one_write_leave_nothing_behind(ws: Path, server: str) -> None:
+    # The last calls come with the end of stdin: some are dispatched, some may be read after the end.
+    r = Raw(server, ws)
+    try:
+        r.write(line(run("first", "/bin/sleep", "300")))
+        _wait_sandboxes(r.server, 1)
+        descendants, parents = r.server.children(recursive=True), _cgroup_parents(r.server.pid)
+        assert r.proc.stdin is not None
+        r.proc.stdin.write(b"".join(line(run(i, "/bin/sh", "-c", "sleep 300")) for i in range(10)))
+        r.proc.stdin.close()
+        assert r.proc.wait(60) == 0
+        got = []
+        with contextlib.suppress(TimeoutError, AssertionError):
+            while True:
+                got.append(r.recv(5))
+        ids = [m["id"] for m in got]
+        assert len(ids) == len(set(ids)), got
+        assert set(ids) <= {"first", *range(10)}, got
+        _assert_nothing_left(r, descendants, parents)
+    finally:
+        r.end()
