@@ -36,6 +36,10 @@ _RULE_KEYS = ("name", "pattern", "decision", "justification", "profile", "policy
 #: Longest a Starlark rules file may evaluate (a `for` over a huge range must not hang the caller).
 STARLARK_DEADLINE_S = 10.0
 
+#: Most memory a Starlark rules file's evaluation may add to the process (resident): a nested
+#: comprehension grew by ~400 MiB a second until the host ran out of memory; evaluation now stops there.
+STARLARK_MEMORY_BYTES = 512 << 20
+
 #: Largest rules file read (a rules file is a person's text, not data).
 MAX_FILE = 4 << 20
 
@@ -251,6 +255,17 @@ class _Builder:
         self.network.append({"host": host, "protocol": protocol, "decision": decision})
 
 
+def _resident() -> int:
+    """This process's resident memory in bytes (/proc/self/statm; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
 _LOCATION = re.compile(r"--> [^\n]*?:(\d+):(\d+)")
 
 
@@ -276,7 +291,18 @@ def rules_from_starlark(
     module.add_callable("host_executable", builder.host_executable)
     module.add_callable("network_rule", builder.network_rule)
     deadline = time.monotonic() + STARLARK_DEADLINE_S
-    options = starlark.EvalOptions(check_cancelled=lambda: time.monotonic() > deadline)
+    ceiling = _resident() + STARLARK_MEMORY_BYTES
+    over: list[str] = []
+
+    def cancelled() -> bool:
+        # Called by the interpreter between steps: its time and the process's resident memory.
+        if time.monotonic() > deadline:
+            over.append(f"evaluating the file took longer than {STARLARK_DEADLINE_S:g} s")
+        elif _resident() > ceiling:
+            over.append(f"evaluating the file used more than {STARLARK_MEMORY_BYTES >> 20} MiB of memory")
+        return bool(over)
+
+    options = starlark.EvalOptions(check_cancelled=cancelled)
     try:
         ast = starlark.parse(source, text, dialect)
         starlark.eval_with(options, module, ast, starlark.Globals.standard())
@@ -287,8 +313,8 @@ def rules_from_starlark(
         where = _LOCATION.search(message)
         first = next((line.strip() for line in message.splitlines() if line.strip().startswith("error:")), "")
         reason = first.removeprefix("error:").strip() or "the Starlark interpreter refused the file"
-        if time.monotonic() > deadline:
-            reason = f"evaluating the file took longer than {STARLARK_DEADLINE_S:g} s"
+        if over:
+            reason = over[0]
         path = f"line {where.group(1)}, column {where.group(2)}" if where else ""
         raise PolicyError(path, reason, source=source) from None
     if builder.network:

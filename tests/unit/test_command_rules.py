@@ -498,6 +498,32 @@ def test_starlark_cannot_reach_the_host() -> None:
             rules_from_starlark(text, source="x.rules")
 
 
+def test_a_starlark_memory_bomb_stops_at_the_memory_bound() -> None:
+    """A rules file whose evaluation grows without end (a nested comprehension: ~400 MiB a second, the host
+    ran out of memory) stops at STARLARK_MEMORY_BYTES with a PolicyError naming the file. In a child
+    interpreter whose address space is capped at 3 GiB, so that a missing bound fails this test (a
+    MemoryError or an abort, not "used more than") instead of exhausting the machine."""
+    code = (
+        "import resource, time\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from policies import PolicyError, rules_from_starlark\n"
+        "t = time.monotonic()\n"
+        "bomb = 'x = [[i for i in range(1000000)] for j in range(100000)]\\n'\n"
+        "try:\n"
+        "    rules_from_starlark(bomb, source='bomb.rules')\n"
+        "except PolicyError as e:\n"
+        "    print(e.source, '|', e.reason, '|', round(time.monotonic() - t, 1))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    source, reason, seconds = (part.strip() for part in r.stdout.split("|"))
+    assert source == "bomb.rules", r.stdout
+    assert reason == "evaluating the file used more than 512 MiB of memory", r.stdout
+    assert float(seconds) < 10, r.stdout  # the memory bound, not the 10 s deadline, stopped it
+
+
 def test_the_core_imports_without_the_rules_extra() -> None:
     """policies and supervisor import without starlark and tree-sitter; using rules then says what to
     install (RulesUnavailableError), in a child interpreter where those modules cannot be imported."""
