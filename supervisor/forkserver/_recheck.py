@@ -256,16 +256,19 @@ class Recheck:
 
     @staticmethod
     def _list(dirfd: int) -> list[tuple[str, bool]]:
-        """The entries of the held directory `dirfd` (name, is a directory: not following symlinks). A read
-        of a directory a sandbox can write: in the worker thread only."""
+        """The entries of the held directory `dirfd` (name, is a directory: not following symlinks), giving
+        up past MAX_MODULE_DIRS of them without reading the rest (a sandbox can fill the directory with
+        millions). A read of a directory a sandbox can write: in the worker thread only."""
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+        out: list[tuple[str, bool]] = []
         try:
             with os.scandir(fd) as it:
-                out = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                for e in it:
+                    if len(out) == MAX_MODULE_DIRS:
+                        raise _GiveUp
+                    out.append((e.name, e.is_dir(follow_symlinks=False)))
         finally:
             os.close(fd)
-        if len(out) > MAX_MODULE_DIRS:
-            raise _GiveUp
         return out
 
 

@@ -230,3 +230,52 @@ def test_a_missing_name_below_a_directory_of_the_root_is_seen(ws: Path, taken: l
     _secret(ws / "secrets" / "sub" / "key")
     assert not recheck.unchanged()
     assert mounts.fingerprint(prepared, str(ws)) != fp
+
+
+def test_listing_a_modules_directory_stops_past_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox can fill `.git/modules` with millions of entries: the fork server's listing gives up after
+    MAX_MODULE_DIRS + 1 of them instead of reading them all (and keeps exactly MAX_MODULE_DIRS)."""
+    pulled = 0
+    real_scandir = os.scandir
+
+    class Counting:
+        def __init__(self, fd: int) -> None:
+            self._it = real_scandir(fd)
+
+        def __enter__(self) -> Counting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._it.close()
+
+        def __iter__(self) -> Counting:
+            return self
+
+        def __next__(self) -> os.DirEntry[str]:
+            nonlocal pulled
+            entry = next(self._it)
+            pulled += 1
+            return entry
+
+    monkeypatch.setattr(_recheck.os, "scandir", Counting)
+    full, exact = tmp_path / "full", tmp_path / "exact"
+    full.mkdir()
+    exact.mkdir()
+    for i in range(2000):
+        (full / f"m{i}").mkdir()
+    for i in range(_recheck.MAX_MODULE_DIRS):
+        (exact / f"m{i}").mkdir()
+    fd = os.open(full, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(_recheck._GiveUp):
+            Recheck._list(fd)
+    finally:
+        os.close(fd)
+    assert pulled == _recheck.MAX_MODULE_DIRS + 1, pulled
+    fd = os.open(exact, os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert len(Recheck._list(fd)) == _recheck.MAX_MODULE_DIRS
+    finally:
+        os.close(fd)
