@@ -72,10 +72,12 @@ def line(message: Any) -> bytes:
 class Raw:
     """A server of `LAUNCH[kind]` on pipes; every read bounded in time."""
 
-    def __init__(self, kind: str, ws: Path, *, handshake: bool = True) -> None:
+    def __init__(
+        self, kind: str, ws: Path, *extra: str, handshake: bool = True, capabilities: Any = None
+    ) -> None:
         self.kind = kind
         self.proc = subprocess.Popen(
-            [*LAUNCH[kind], "--workdir", str(ws / "work")],
+            [*LAUNCH[kind], "--workdir", str(ws / "work"), *extra],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -84,7 +86,8 @@ class Raw:
         self.server = psutil.Process(self.proc.pid)
         self._buf = b""
         if handshake:
-            self.write(line({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT}))
+            init = {**INIT, "capabilities": capabilities or {}}
+            self.write(line({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}))
             assert "result" in self.recv()
             self.write(line({"jsonrpc": "2.0", "method": "notifications/initialized"}))
 
@@ -137,8 +140,8 @@ class Raw:
 
 
 @contextlib.contextmanager
-def raw(kind: str, ws: Path, **kw: Any) -> Iterator[Raw]:
-    r = Raw(kind, ws, **kw)
+def raw(kind: str, ws: Path, *extra: str, **kw: Any) -> Iterator[Raw]:
+    r = Raw(kind, ws, *extra, **kw)
     try:
         yield r
     finally:
@@ -815,3 +818,40 @@ def test_a_tools_call_notification_over_http_runs_nothing(ws: Path) -> None:
         notification = {k: v for k, v in run(0, "/bin/touch", "n").items() if k != "id"}
         assert post(url, notification, session)[0] == 202
         assert not _appears(ws / "work" / "n", 5)
+
+
+def _prompted(kind: str, ws: Path) -> list[Any]:
+    """A lane call that asks the user (a `prompt` rule: the tool reads the request context, which the lane
+    makes only then) cancelled while the question waits, then the question answered late: what comes."""
+    from tests.e2e.test_mcp import PROMPT_RULES
+
+    rules = ws / "rules.toml"
+    rules.write_text(PROMPT_RULES)
+    seen: list[Any] = []
+    with raw(kind, ws, "--rules", str(rules), capabilities={"elicitation": {}}) as r:
+        r.write(line(run(1, "touch", f"asked-{kind}")))
+        ask = r.recv(30)
+        assert ask["method"] == "elicitation/create", ask
+        seen.append(("asked", ask["params"]["message"].replace(kind, "K")))
+        r.write(_cancel(1))
+        with contextlib.suppress(TimeoutError):
+            while True:
+                m = r.recv(1.5)
+                seen.append(
+                    ("then", m.get("method"), m.get("params", {}).get("requestId") == ask["id"], m.get("id"))
+                )
+        r.write(line({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept", "content": {}}}))
+        reply = r.ask(line(run(2, "/bin/echo", "on")))
+        seen.append(("next", reply["id"], reply["result"]["structuredContent"]["stdout"]))
+        r.quiet()
+    seen.append(("ran", (ws / "work" / f"asked-{kind}").exists()))
+    return seen
+
+
+def test_a_call_cancelled_while_it_asks_the_user_acts_as_on_the_sdks_path(ws: Path) -> None:
+    want = _prompted("sdk", ws)
+    assert want[-1] == ("ran", False)
+    assert want[-2] == ("next", 2, "on\n")
+    assert ("then", "notifications/cancelled", True, None) in want  # the question is withdrawn
+    assert _prompted("lane", ws) == want
+    assert _prompted("trio", ws) == want
