@@ -855,3 +855,53 @@ def test_a_call_cancelled_while_it_asks_the_user_acts_as_on_the_sdks_path(ws: Pa
     assert ("then", "notifications/cancelled", True, None) in want  # the question is withdrawn
     assert _prompted("lane", ws) == want
     assert _prompted("trio", ws) == want
+
+
+def _handshake_in_one_write(kind: str, ws: Path) -> list[Any]:
+    """`initialize`, a call, `notifications/initialized`, a call, and a call with the same id as one in flight
+    as a string, all in one write (a client that waits for nothing): the replies, by id."""
+    with raw(kind, ws, handshake=False) as r:
+        r.write(
+            line({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT})
+            + line(run(1, "/bin/echo", "before initialized"))
+            + line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            + line(run(2, "/bin/sh", "-c", "sleep 0.5; echo two"))
+            + line(run("2", "/bin/echo", "string two"))
+        )
+        got = sorted((_normalized(m) for m in r.replies(4)), key=lambda m: json.dumps(m["id"]))
+        r.quiet()
+        for m in got:
+            if m["id"] == 0:
+                m["result"] = "*"
+        return got
+
+
+def test_a_handshake_and_calls_in_one_write_are_answered_as_on_the_sdks_path(ws: Path) -> None:
+    want = _handshake_in_one_write("sdk", ws)
+    outs = {json.dumps(m["id"]): m["result"]["structuredContent"]["stdout"] for m in want if m["id"] != 0}
+    assert outs == {"1": "before initialized\n", "2": "two\n", '"2"': "string two\n"}
+    assert _handshake_in_one_write("lane", ws) == want
+    assert _handshake_in_one_write("trio", ws) == want
+
+
+def _cancel_a_duplicate(kind: str, ws: Path) -> tuple[int, list[Any]]:
+    """Two calls in flight under id 5, then `notifications/cancelled` for 5: the sandboxes still running
+    afterwards, and what came back."""
+    with raw(kind, ws) as r:
+        r.write(line(run(5, "/bin/sleep", "300")) + line(run(5, "/bin/sh", "-c", "sleep 300")))
+        _wait_sandboxes(r.server, 2)
+        r.write(_cancel(5))
+        time.sleep(2)
+        running = sum(1 for p in inits(r.server) if _has_child(p))
+        got: list[Any] = []
+        with contextlib.suppress(TimeoutError):
+            got.append(r.recv(0.5))
+        return running, got
+
+
+def test_cancelling_a_duplicated_id_acts_as_on_the_sdks_path(ws: Path) -> None:
+    want = _cancel_a_duplicate("sdk", ws)
+    assert want[0] in (0, 1), want
+    assert want[1] == [], want
+    assert _cancel_a_duplicate("lane", ws) == want
+    assert _cancel_a_duplicate("trio", ws) == want
