@@ -117,8 +117,10 @@ class DirectCalls:
         validation and re-dump by the version's schema (`_handshake_wire` builds that dump; each version
         is served here only if the SDK's own `serialize_server_result` gives the same, key for key and in
         order, for sample results at start-up: `_handshake_versions`; tests/unit/test_mcp_short_path.py
-        compares the two on many results). Raises what `call` raises."""
-        if ctx.method != "tools/call":
+        compares the two on many results). A `tools/call` sent as a notification (no id: the SDK runs the
+        middleware for notifications too) goes on, to be dropped as the SDK drops it: run here, its command
+        ran with no answer and no id to cancel it by. Raises what `call` raises."""
+        if ctx.method != "tools/call" or ctx.request_id is None:
             return await call_next(ctx)
         plain = self.plain_call(ctx.params, ctx.protocol_version, ctx.session.client_params is not None)
         if plain is None:

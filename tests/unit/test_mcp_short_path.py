@@ -134,6 +134,17 @@ def _line(result: dict[str, Any]) -> str:
     ],
 )
 def test_anything_else_goes_on_to_the_sdk(params: dict[str, Any]) -> None:
+    _goes_on(params, request_id=7)
+
+
+def test_a_plain_call_sent_as_a_notification_goes_on_to_the_sdk() -> None:
+    # The SDK runs the middleware for notifications too (no request id); it drops a tools/call notification,
+    # which the short path used to run (tests/e2e/test_mcp_lane_attack.py checks the effect end to end).
+    _goes_on({"name": "describe_sandbox", "arguments": {}}, request_id=None)
+
+
+def _goes_on(params: dict[str, Any], request_id: int | None) -> None:
+    """The short path hands a tools/call with `params` and `request_id` on to the SDK (call_next)."""
     import anyio
 
     class Session:
@@ -145,6 +156,7 @@ def test_anything_else_goes_on_to_the_sdk(params: dict[str, Any]) -> None:
         session = Session()
 
     Ctx.params = params  # type: ignore[attr-defined]
+    Ctx.request_id = request_id  # type: ignore[attr-defined]
     passed: list[object] = []
 
     async def call_next(ctx: Any) -> dict[str, Any]:
