@@ -82,24 +82,16 @@ class SharedOverlays:
         if self.available is False:
             return None
         held = self._by_layers.get(layers)
-        if held is None and len(self._by_layers) >= MAX_HELD:
+        if held is not None:
+            self._renew(held, _ident(top))
+            return held.fd
+        if len(self._by_layers) >= MAX_HELD:
             return None
         ident = _ident(top)
-        try:
-            fd = _cinit.overlay_new(layers)
-        except OSError as err:
-            if err.errno in _REFUSED:
-                self.available = False  # the kernel's answer does not change for this process: asked once
-            return held.fd if held is not None else None
-        self.available = True
-        self.made += 1
-        now = time.monotonic()
-        if held is not None:
-            os.dup2(fd, held.fd, inheritable=False)
-            os.close(fd)
-            held.made, held.ident = now, ident
-            return held.fd
-        shared = _Shared(fd, top, layers, now, ident)
+        fd = self._new(layers)
+        if fd is None:
+            return None
+        shared = _Shared(fd, top, layers, time.monotonic(), ident)
         self._by_layers[layers] = self._by_fd[fd] = shared
         return fd
 
@@ -113,13 +105,37 @@ class SharedOverlays:
         now = time.monotonic()
         for fd in fds:
             shared = self._by_fd.get(fd)
-            if shared is not None and (
-                now - shared.made > self.max_age or _ident(shared.top) != shared.ident
-            ):
-                made = self.made
-                self.make(shared.top, shared.layers)
-                if self.made == made:  # not made anew
-                    self._unusable(shared, now)
+            if shared is None:
+                continue
+            ident = _ident(shared.top)
+            if (now - shared.made > self.max_age or ident != shared.ident) and not self._renew(shared, ident):
+                self._unusable(shared, now)
+
+    def _new(self, layers: str) -> int | None:
+        """A detached overlay of `layers`, or None: refused (the first refusal that says this process cannot
+        make one at all ends every later attempt)."""
+        if self.available is False:
+            return None
+        try:
+            fd = _cinit.overlay_new(layers)
+        except OSError as err:
+            if err.errno in _REFUSED:
+                self.available = False  # the kernel's answer does not change for this process: asked once
+            return None
+        self.available = True
+        self.made += 1
+        return fd
+
+    def _renew(self, shared: _Shared, ident: tuple[int, ...] | None) -> bool:
+        """Make `shared` anew on its fd number (`ident`: its directory's, taken before); False when it could
+        not be made (it stays as it was)."""
+        fd = self._new(shared.layers)
+        if fd is None:
+            return False
+        os.dup2(fd, shared.fd, inheritable=False)
+        os.close(fd)
+        shared.made, shared.ident = time.monotonic(), ident
+        return True
 
     def _unusable(self, shared: _Shared, now: float) -> None:
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -154,8 +170,3 @@ def probe_error() -> str:
     except OSError as err:
         return f"fsopen/fsconfig/fsmount(overlay): {os.strerror(err.errno or 0)}"
     return ""
-
-
-def probe() -> bool:
-    """Whether this process can make a shared overlay (`probe_error`)."""
-    return not probe_error()
