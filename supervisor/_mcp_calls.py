@@ -126,7 +126,7 @@ class DirectCalls:
         if plain is None:
             return await call_next(ctx)
         tool, name, arguments = plain
-        return _handshake_wire(await self._run(tool, ctx, name, arguments, None), ctx.protocol_version)
+        return await self.lane_call(ctx, tool, name, arguments, ctx.protocol_version)
 
     def plain_call(
         self, params: Mapping[str, Any] | None, version: str, initialized: bool
@@ -152,15 +152,15 @@ class DirectCalls:
 
     async def lane_call(
         self,
-        make_context: Callable[[], ServerRequestContext[Any]],
+        make_context: ServerRequestContext[Any] | Callable[[], ServerRequestContext[Any]],
         tool: Tool,
         name: str,
         arguments: dict[str, Any],
         version: str,
     ) -> dict[str, Any]:
-        """Run a call `plain_call` accepted, as `short_path` runs it, for the stdio transport's fast lane
-        (`_mcp_stdio`): the request context is made only if the tool reads it (`make_context`). Returns the
-        result's wire form; raises what `call` raises."""
+        """Run a call `plain_call` accepted (`short_path`'s, and the stdio transport's fast lane's,
+        `_mcp_stdio`, which gives a function that makes the request context, called only if the tool reads
+        it). Returns the result's wire form for protocol `version`; raises what `call` raises."""
         return _handshake_wire(await self._run(tool, make_context, name, arguments, None), version)
 
     async def _run(

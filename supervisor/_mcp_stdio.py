@@ -170,8 +170,6 @@ class WireOut:
                 self._on_broken()
 
     async def send(self, item: SessionMessage, /) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
         await self._send((item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n").encode())
 
     async def send_result(self, request_id: int | str, result: dict[str, Any]) -> None:
@@ -179,11 +177,11 @@ class WireOut:
         `JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result)`, serialized by the same serializer
         (pydantic-core's, with the model's settings: `_response_json`) without building the model
         (tests/unit/test_mcp_wire_out.py compares the two). Raises as `send`."""
-        if self._closed:
-            raise anyio.ClosedResourceError
         await self._send(_response_json({"jsonrpc": "2.0", "id": request_id, "result": result}) + b"\n")
 
     async def _send(self, data: bytes) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
         view = memoryview(data)
         if not self._lock.locked() and not self._broken:
             # No message is half out: write this one now, as far as the pipe takes it (a whole reply, as
@@ -530,10 +528,9 @@ async def serve_connection(server: Server[Any], wire: WireIn, out: WireOut) -> N
                 runner = ServerRunner(
                     server, connection, state, init_options=server.create_initialization_options()
                 )
-                dispatcher.lane = (
-                    _Lane.for_server(server, runner, connection) if _lane_fits(dispatcher) else None
-                )
-                wire.take_request = dispatcher.take_request
+                dispatcher.lane = _Lane.for_server(runner) if _lane_fits(dispatcher) else None
+                if dispatcher.lane is not None:
+                    wire.take_request = dispatcher.take_request
                 try:
                     await dispatcher.run(runner.on_request, runner.on_notify)
                 finally:
@@ -551,8 +548,9 @@ def _lane_fits(dispatcher: _Dispatcher) -> bool:
     return (
         all(
             hasattr(dispatcher, name)
-            for name in ("_handle_request", "_in_flight", "_running", "_closed", "_tg", "_dispatch_request")
+            for name in ("_handle_request", "_in_flight", "_running", "_closed", "_tg")
         )
+        and hasattr(JSONRPCDispatcher, "_dispatch_request")
         and hasattr(ServerRunner, "_make_context")
         and {"transport", "_dispatcher", "_request_id", "message_metadata"}
         <= set(getattr(_JSONRPCDispatchContext, "__dataclass_fields__", ()))
@@ -573,23 +571,20 @@ class _Lane:
     the chain holds nothing else (no tracing: the SDK's OpenTelemetry middleware keeps every call on its
     way), and the request context is made only when a tool reads it."""
 
-    __slots__ = ("_calls", "_connection", "_runner")
+    __slots__ = ("_calls", "_runner")
 
-    def __init__(self, calls: DirectCalls, runner: ServerRunner[Any], connection: Connection) -> None:
+    def __init__(self, calls: DirectCalls, runner: ServerRunner[Any]) -> None:
         self._calls = calls
         self._runner = runner
-        self._connection = connection
 
     @classmethod
-    def for_server(
-        cls, server: Server[Any], runner: ServerRunner[Any], connection: Connection
-    ) -> _Lane | None:
-        """The lane for `server`'s connection, or None when its middleware chain is not
+    def for_server(cls, runner: ServerRunner[Any]) -> _Lane | None:
+        """The lane for the connection `runner` serves, or None when its server's middleware chain is not
         `_refuse_envelopes`, the short path, and the SDK's `RequestStateBoundary` (which acts on a
         `requestState` such a call does not carry; the short path comes ahead of it) in that order."""
         from mcp.server.request_state import RequestStateBoundary
 
-        chain = server.middleware
+        chain = runner.server.middleware
         if len(chain) < 2 or chain[0] is not _refuse_envelopes:
             return None
         calls = getattr(chain[1], "__self__", None)
@@ -597,20 +592,20 @@ class _Lane:
             return None
         if not all(isinstance(m, RequestStateBoundary) for m in chain[2:]):
             return None
-        return cls(calls, runner, connection)
+        return cls(calls, runner)
 
     def claim(self, req: JSONRPCRequest) -> OnRequest | None:
         """The `on_request` that runs `req` in the lane (the dispatcher's signature), or None when the SDK's
         way must take it."""
         if req.method != "tools/call":
             return None
-        connection = self._connection
+        runner = self._runner
+        connection = runner.connection
         version = connection.protocol_version
         plain = self._calls.plain_call(req.params, version, connection.client_params is not None)
         if plain is None:
             return None
         tool, name, arguments = plain
-        runner = self._runner
         calls = self._calls
 
         async def on_request(dctx: Any, method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -642,12 +637,9 @@ class _Dispatcher(JSONRPCDispatcher[TransportContext]):
         on_request: OnRequest,
         sender_ctx: contextvars.Context | None,
     ) -> None:
-        lane = self.lane
-        call = lane.claim(req) if lane is not None and metadata is None and sender_ctx is None else None
-        if call is None:
-            await super()._dispatch_request(req, metadata, on_request, sender_ctx)
+        if metadata is None and sender_ctx is None and self.take_request(req):
             return
-        self._start(req, call)
+        await super()._dispatch_request(req, metadata, on_request, sender_ctx)
 
     def take_request(self, req: JSONRPCRequest) -> bool:
         """Dispatch `req` now when the lane claims it (a request the transport read while the receive loop
@@ -678,9 +670,7 @@ class _Dispatcher(JSONRPCDispatcher[TransportContext]):
 
     async def _write_result(self, request_id: RequestId, result: dict[str, Any]) -> None:
         out = self._write_stream
-        if not isinstance(out, WireOut):
-            await super()._write_result(request_id, result)
-            return
+        assert isinstance(out, WireOut)  # serve_connection builds it over one
         try:
             await out.send_result(request_id, result)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
