@@ -122,7 +122,8 @@ def read(path: str, roots: Sequence[str], real: list[str] | None = None) -> byte
     """The bytes of the config file `path`, or None when it is missing, not a regular file, larger than
     MAX_FILE, or reached only through a symlink in a directory under one of `roots` (never followed: a
     sandbox may have planted it). Links elsewhere (the user's own) are followed, 40 at most. `real`, when
-    given, gets the path the file was found at (links resolved) when it differs from `path`."""
+    given, gets the path the file was found at (links resolved) when it differs from `path`. Never raises
+    for the filesystem's sake (an error reading it, EIO or EPERM, is None too)."""
     parts = [p for p in path.split("/") if p]
     done = "/"
     links = 0
@@ -165,6 +166,8 @@ def read(path: str, roots: Sequence[str], real: list[str] | None = None) -> byte
             if real is not None and os.path.join(done, name) != path:
                 real.append(os.path.join(done, name))
             return _read_leaf(fd, name)
+        return None
+    except OSError:
         return None
     finally:
         os.close(fd)
@@ -375,10 +378,7 @@ def _gitdir_of(dotgit: str, worktree: str, roots: Sequence[str], refs: Refs) -> 
         real = os.path.realpath(dotgit)  # outside every root: the user's own link
         return real if os.path.isdir(real) else None
     refs.watched.append(dotgit)
-    try:
-        data = read(dotgit, roots)
-    except OSError:
-        return None
+    data = read(dotgit, roots)
     if data is None or not data.startswith(b"gitdir:"):
         return None
     target = data[7:].split(b"\0", 1)[0].strip().decode("utf-8", errors="surrogateescape")
@@ -410,10 +410,7 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
             refs.in_roots.append((path, home))
             continue
         refs.watched.append(path)
-        try:
-            data = read(path, roots, refs.watched)
-        except OSError:
-            data = None
+        data = read(path, roots, refs.watched)
         if data is None:
             continue
         try:
