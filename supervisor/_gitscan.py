@@ -737,17 +737,8 @@ class Scan:
             if target_in is None:
                 continue
             self._warn_global(target_in, via, f"a program git runs ({key})")
-            dpath, leaf = os.path.split(target_in)
-            dfd = self._open_in_root(dpath, os.O_PATH, target_in, f"{key} of {refs.label(via)}")
-            if dfd is None:
-                continue
-            try:
-                why = self._written(dfd, dpath, leaf)
-                if why:
-                    reason = f"a program {refs.label(via)} runs ({key}), {why}"
-                    self._quarantine(dfd, dpath, leaf, reason)
-            finally:
-                os.close(dfd)
+            label = refs.label(via)
+            self._check_program(target_in, f"{key} of {label}", f"a program {label} runs ({key})")
         for absolute, _rel, via in refs.hooks:
             if absolute is None:
                 continue
@@ -1181,26 +1172,32 @@ class Scan:
         entries, owner = read
         base = os.path.dirname(path) if os.path.basename(path) == ".git" else path
         config = os.path.join(path, name)
+        home = None
+        with contextlib.suppress(KeyError):
+            home = pwd.getpwuid(owner).pw_dir  # once per config, not per setting
         for key, value in entries:
             if value is None or not _gitglobal.runs_program(key, value):
                 continue
-            home = None
-            with contextlib.suppress(KeyError):
-                home = pwd.getpwuid(owner).pw_dir
             for word in _gitglobal.program_paths(value, home or "", base):
                 target = self._in_root("/", os.fsencode(word), owner)
-                if target is None:
-                    continue
-                dpath, leaf = os.path.split(target)
-                dfd = self._open_in_root(dpath, os.O_PATH, target, f"{key} of {config}")
-                if dfd is None:
-                    continue
-                try:
-                    why = "" if _moved_aside(leaf) else self._written(dfd, dpath, leaf)
-                    if why:
-                        self._quarantine(dfd, dpath, leaf, f"a program {key} of {config} runs, {why}")
-                finally:
-                    os.close(dfd)
+                if target is not None:
+                    what = f"{key} of {config}"
+                    self._check_program(target, what, f"a program {what} runs", skip_moved_aside=True)
+
+    def _check_program(self, target: str, what: str, reason: str, skip_moved_aside: bool = False) -> None:
+        """Move aside the program file `target` (in the root being scanned; `what` names who runs it) when
+        it holds what the sandbox wrote (`_written`), saying `reason` and why. `skip_moved_aside`: not a file
+        an earlier scan already moved aside."""
+        dpath, leaf = os.path.split(target)
+        dfd = self._open_in_root(dpath, os.O_PATH, target, what)
+        if dfd is None:
+            return
+        try:
+            why = "" if skip_moved_aside and _moved_aside(leaf) else self._written(dfd, dpath, leaf)
+            if why:
+                self._quarantine(dfd, dpath, leaf, f"{reason}, {why}")
+        finally:
+            os.close(dfd)
 
     def _check_hooks_dir(self, target: str, what: str, bound: bool = False, via: str = "") -> None:
         """Quarantine every entry (but `*.sample`) written during the run in the hooks directory `target`
@@ -1488,15 +1485,12 @@ class Scan:
             if name.endswith((".sample", QUARANTINE_SUFFIX)) or (hook_names and name not in _HOOK_NAMES):
                 continue
             st = self._lstat(hfd, name)
-            if st is None or not stat.S_ISLNK(st.st_mode):
-                continue
-            try:
-                link = os.readlink(name, dir_fd=hfd)
-            except OSError:
-                continue
-            why = self._link_target_problem(os.path.join(hooks_path, link))
-            if why:
-                self._quarantine(hfd, hooks_path, name, f"{what} is a symlink {why}")
+            if (
+                st is not None
+                and stat.S_ISLNK(st.st_mode)
+                and (why := self._link_problem(hfd, hooks_path, name))
+            ):
+                self._quarantine(hfd, hooks_path, name, f"{what} is {why}")
 
     def _written(self, dfd: int, dpath: str, leaf: str) -> str:
         """Why the file `leaf` in `dfd` (at `dpath`), which git runs, holds what the sandbox wrote ("" when
@@ -1508,14 +1502,17 @@ class Scan:
             return ""
         if st.st_ctime_ns >= self.since:
             return "written during the run"
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                link = os.readlink(leaf, dir_fd=dfd)
-            except OSError:
-                return ""
-            why = self._link_target_problem(os.path.join(dpath, link))
-            return f"a symlink {why}" if why else ""
-        return ""
+        return self._link_problem(dfd, dpath, leaf) if stat.S_ISLNK(st.st_mode) else ""
+
+    def _link_problem(self, dfd: int, dpath: str, leaf: str) -> str:
+        """Why the symlink `leaf` in `dfd` (at `dpath`) leads to what a sandbox wrote (`_link_target_problem`,
+        as "a symlink <why>"), "" when it does not or cannot be read."""
+        try:
+            link = os.readlink(leaf, dir_fd=dfd)
+        except OSError:
+            return ""
+        why = self._link_target_problem(os.path.join(dpath, link))
+        return f"a symlink {why}" if why else ""
 
     def _link_target_problem(self, target: str) -> str:
         """Why a symlink naming `target` (absolute) leads to what a sandbox wrote ("" when it does not): a
