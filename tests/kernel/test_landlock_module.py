@@ -30,6 +30,7 @@ import pytest
 from policies import FilesystemPolicy, NetworkPolicy, Policy
 from supervisor.sandbox import landlock, probe
 from tests.kernel.conftest import accept_all, canary_process
+from tests.kernel.unprivileged_harness import ordinary_caller_scratch
 
 pytestmark = pytest.mark.kernel
 
@@ -638,7 +639,18 @@ attempt("bind_outside", bind_outside)
 def apply_in_child(prepared: dict[str, object], on_failure: str, *, as_nobody: bool = False) -> list[str]:
     """Run landlock.apply(prepared) in a fresh interpreter (a test process it confined would stay
     confined); on SetupFailure `f`, it prints the expression `on_failure` (`before`: its fds before).
-    Returns what it printed, split."""
+    Returns what it printed, split. `as_nobody`: as uid 65534, with the unprivileged harness's python and
+    package path (skipped, saying why, when that user cannot run this checkout: a clone in a 0700
+    directory)."""
+    if as_nobody:
+        with ordinary_caller_scratch("landlock-nobody") as (scratch, python, pythonpath):
+            return _apply_in_child(prepared, on_failure, python, pythonpath or ROOT, scratch)
+    return _apply_in_child(prepared, on_failure, sys.executable, ROOT, None)
+
+
+def _apply_in_child(
+    prepared: dict[str, object], on_failure: str, python: str, path: str, nobody_in: Path | None
+) -> list[str]:
     code = BOOT + (
         "import marshal, os\n"
         "from supervisor.sandbox import _sys, landlock\n"
@@ -650,12 +662,12 @@ def apply_in_child(prepared: dict[str, object], on_failure: str, *, as_nobody: b
         f"    print({on_failure})\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, ROOT],
+        [python, "-I", "-S", "-c", code, path],
         input=marshal.dumps(prepared),
         capture_output=True,
         timeout=30,
         check=False,
-        **({"user": 65534, "group": 65534, "extra_groups": []} if as_nobody else {}),
+        **({"user": 65534, "group": 65534, "extra_groups": [], "cwd": nobody_in} if nobody_in else {}),
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.decode().split()
