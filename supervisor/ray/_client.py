@@ -1357,7 +1357,7 @@ class Session:
 
     async def archive(self, path: str = ".", limit: int = _files.DEFAULT_FETCH_LIMIT) -> bytes:
         """A tar of the tree at `path` in the workdir (directories, regular files, symlinks as links; never
-        following one), at most `limit` bytes of file data (WorkspaceError beyond)."""
+        following one), at most `limit` bytes of archive, headers included (WorkspaceError beyond)."""
         data: bytes = await self._call(
             "archive", self._check("archive").actor.archive.remote(self.id, path, limit)
         )

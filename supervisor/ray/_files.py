@@ -127,11 +127,12 @@ def archive(root: str, path: str = ".", limit: int = DEFAULT_FETCH_LIMIT) -> byt
     """A tar of the tree at `path` (relative to the workspace `root`; names in it relative to `path`):
     directories, regular files, and symlinks as links (never followed). Other file types (FIFOs,
     sockets, devices a sandbox could make) are left out. Raises WorkspaceError as `read_file` does, and
-    when the files' total size passes `limit`."""
+    when the archive itself (every member's header and padding, not only the files' contents) passes
+    `limit` bytes: a sandbox's million empty files (or links, or directories) weigh half a GiB of
+    headers, which used to be built in memory whatever the limit."""
     parts = split_relative(path)
     top = open_dir(root, parts, path)
     buf = io.BytesIO()
-    total = 0
     try:
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
@@ -145,6 +146,8 @@ def archive(root: str, path: str = ".", limit: int = DEFAULT_FETCH_LIMIT) -> byt
                     info = tarfile.TarInfo(arcname)
                     info.mode = st.st_mode & 0o777
                     info.mtime = int(st.st_mtime)
+                    if buf.tell() > limit:
+                        raise _too_big(path, limit)
                     if stat.S_ISDIR(st.st_mode):
                         info.type = tarfile.DIRTYPE
                         tar.addfile(info)
@@ -158,15 +161,20 @@ def archive(root: str, path: str = ".", limit: int = DEFAULT_FETCH_LIMIT) -> byt
                         except OSError:
                             continue  # replaced by a link or removed meanwhile
                         try:
-                            data = _read_regular(fd, arcname, limit - total)
+                            data = _read_regular(fd, arcname, max(limit - buf.tell(), 0))
                         finally:
                             os.close(fd)
-                        total += len(data)
                         info.size = len(data)
                         tar.addfile(info, io.BytesIO(data))
+        if buf.tell() > limit:  # the last member's header and padding, the end-of-archive blocks
+            raise _too_big(path, limit)
     finally:
         os.close(top)
     return buf.getvalue()
+
+
+def _too_big(path: str, limit: int) -> WorkspaceError:
+    return WorkspaceError(path, f"holds more than {limit} bytes as an archive (raise limit=)")
 
 
 def unpack(root: str, data: bytes) -> int:
