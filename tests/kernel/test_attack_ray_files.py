@@ -11,6 +11,7 @@ No Ray here: the function is the node's, the tree a sandbox's.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,10 @@ async def test_archive_of_a_sandboxs_contentless_tree_is_bounded(
     policy = profiles.workspace_write(workspace, timeout=120)
     r = await sup.run([PY, "-c", PLANTS[kind]], policy=policy)
     assert r.exit_code == 0, r.stderr.decode(errors="replace")
-    assert len(list(workspace.iterdir())) == 12000
-    try:
-        data = archive(str(workspace), ".", limit=LIMIT)
-    except WorkspaceError as err:
-        assert f"more than {LIMIT} bytes" in str(err)
-    else:
-        pytest.fail(f"archive() built {len(data)} bytes of {kind} for a limit of {LIMIT}")
+    assert len(os.listdir(workspace)) == 12000
+    # On main: no error, an archive of ~6 MiB returned for the 1 MiB limit.
+    with pytest.raises(WorkspaceError, match=f"more than {LIMIT} bytes as an archive"):
+        archive(str(workspace), ".", limit=LIMIT)
 
 
 async def test_archive_within_the_limit_still_holds_every_member(sup: Supervisor, workspace: Path) -> None:
