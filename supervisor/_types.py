@@ -39,6 +39,11 @@ class Denial:
     pid:       the process refused first, as the sandbox numbers it (None when not known).
     count:     how many times it was refused (repeats fold into one record).
     hint:      one line a model can act on: which policy key or flag would allow it, or that none will.
+
+    `target` and `hint` are printable, bounded text whoever made the record (`printable`, applied here):
+    both may hold what a sandbox chose (a path, a proxy request's host), and a record reaches callers
+    raw through `Result.denials`, the `denied` event and `line()`. The proxy's records carried a
+    CONNECT target's ESC and BEL bytes into them until session 13.
     """
 
     layer: str
@@ -48,12 +53,16 @@ class Denial:
     count: int = 1
     hint: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", printable(self.target))
+        object.__setattr__(self, "hint", printable(self.hint))
+
     def to_dict(self) -> dict[str, object]:
         """The `corral run --json` form (README.md, "The CLI"): layer, operation, target, count, hint."""
         return {
             "layer": self.layer,
             "operation": self.operation,
-            "target": printable(self.target),
+            "target": self.target,
             "count": self.count,
             "hint": self.hint,
         }
