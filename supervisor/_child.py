@@ -104,6 +104,9 @@ class Child:
         #: moved aside: (path, reason) pairs.
         self.requested_ns = time.time_ns()
         self.quarantined: tuple[tuple[str, str], ...] = ()
+        #: The protected paths missing when its sandbox was cloned, as (root, relative path): checked after
+        #: the run (supervisor/_protectscan.py).
+        self.absent_protected: tuple[tuple[str, str], ...] = ()
         #: Network mode "proxy": the child's proxy (its counters and refusals), and the scope its serving
         #: task runs in (cancelled when the child is done).
         self.proxy: ChildProxy | None = None

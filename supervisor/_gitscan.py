@@ -1298,7 +1298,7 @@ class Scan:
 
     def _born_dir_before(self, dirfd: int) -> bool:
         """Whether the directory `dirfd` existed before the run (statx birth time of "." in it)."""
-        born = _birth_ns(dirfd, ".")
+        born = birth_ns(dirfd, ".")
         return born is not None and born < self.since
 
     def _changed(self, fd: int, name: str) -> os.stat_result | None:
@@ -1309,38 +1309,11 @@ class Scan:
         return st if st.st_ctime_ns >= self.since else None
 
     def _quarantine(self, fd: int, path: str, name: str, reason: str) -> None:
-        """Rename `name` (in directory `fd`) out of git's way: to `<name>.corral-quarantined`, or, when the
-        sandbox put something there that a rename cannot replace (a directory), `....1` up to `....9`; as
-        a last resort a file or link is removed. Reports either way."""
-        err = 0
-        for i in range(10):
-            target = name + QUARANTINE_SUFFIX + (f".{i}" if i else "")
-            try:
-                os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fd)  # renameat: follows no link
-            except OSError as e:
-                err = e.errno or 0
-                if err in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EBUSY):
-                    continue
-                if err == errno.ENOENT and target == name + QUARANTINE_SUFFIX:
-                    return  # gone since it was listed (a scan of the same root beside this one moved it)
-                break
-            self.found.append((os.path.join(path, name), f"{reason}; moved to {target}"))
-            return
-        try:
-            os.unlink(name, dir_fd=fd)
-        except OSError:
-            self.found.append(
-                (
-                    os.path.join(path, name),
-                    f"{reason}; could NOT be moved aside ({os.strerror(err)}): remove it",
-                )
-            )
-            return
-        self.found.append((os.path.join(path, name), f"{reason}; removed (could not be moved aside)"))
+        self.found.extend(move_aside(fd, path, name, reason))
 
     def _born_before(self, fd: int, name: str) -> bool:
         """Whether `name` existed before the run (statx birth time; False when the file system has none)."""
-        born = _birth_ns(fd, name)
+        born = birth_ns(fd, name)
         return born is not None and born < self.since
 
     def _fresh(self, fd: int, defining: list[str]) -> bool:
@@ -1859,6 +1832,33 @@ class _Budget(Exception):
     pass
 
 
+def move_aside(fd: int, path: str, name: str, reason: str) -> list[tuple[str, str]]:
+    """Rename `name` (in directory `fd`, named `path`) out of the way: to `<name>.corral-quarantined`, or,
+    when the sandbox put something there that a rename cannot replace (a directory), `....1` up to `....9`;
+    as a last resort a file or link is removed. Returns the report, a (path, reason) pair (none when `name`
+    is gone since it was listed: a scan of the same root beside this one moved it)."""
+    err = 0
+    for i in range(10):
+        target = name + QUARANTINE_SUFFIX + (f".{i}" if i else "")
+        try:
+            os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fd)  # renameat: follows no link
+        except OSError as e:
+            err = e.errno or 0
+            if err in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EBUSY):
+                continue
+            if err == errno.ENOENT and target == name + QUARANTINE_SUFFIX:
+                return []
+            break
+        return [(os.path.join(path, name), f"{reason}; moved to {target}")]
+    try:
+        os.unlink(name, dir_fd=fd)
+    except OSError:
+        return [
+            (os.path.join(path, name), f"{reason}; could NOT be moved aside ({os.strerror(err)}): remove it")
+        ]
+    return [(os.path.join(path, name), f"{reason}; removed (could not be moved aside)")]
+
+
 def _moved_aside(name: str) -> bool:
     """Whether `name` is one `_quarantine` gives (`<name>.corral-quarantined`, or `....N`): git never opens
     it, and the rename moved its ctime, so a run started within MARGIN_NS of it took it for new and moved
@@ -1901,7 +1901,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _statx = getattr(_libc, "statx", None)
 
 
-def _birth_ns(dirfd: int, name: str) -> int | None:
+def birth_ns(dirfd: int, name: str) -> int | None:
     """The birth time of `name` under `dirfd` (not following a symlink), or None when unknown."""
     if _statx is None:
         return None

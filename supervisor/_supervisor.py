@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from policies import EnvPolicy, Policy, PolicyError, filter_environment, profiles
 from policies._commands import CommandDecision, CommandRules
-from supervisor import _gitscan, _rules
+from supervisor import _gitscan, _protectscan, _rules
 from supervisor._child import Child
 from supervisor._devnull import open_devnull
 from supervisor._errors import (
@@ -55,7 +55,7 @@ from supervisor._types import ChildStats, Denial, Result, Rule, Violation
 from supervisor.forkserver import protocol
 from supervisor.forkserver.client import ForkServer, StatusReader
 from supervisor.forkserver.prefork import Prefork
-from supervisor.forkserver.protocol import FailureRecord, SpawnRequest
+from supervisor.forkserver.protocol import FailureRecord, SpawnRequest, absent_pairs
 from supervisor.sandbox._ops import EncodedEnv, encode_command, encode_env
 from supervisor.sandbox.cgroups import CgroupManager, CgroupStats, Leaf
 from supervisor.sandbox.cgroups._notify import Notifiers
@@ -92,6 +92,8 @@ class _Sandbox:
     #: Network mode "proxy", a pre-forked sandbox: the proxy's listening socket it made (else the init of
     #: a sandbox built now sends it on SpawnFds' proxy channel).
     listener: socket.socket | None = None
+    #: The protected paths missing before it was cloned, as (root, relative path) (Reply's `absent`).
+    absent: tuple[tuple[str, str], ...] = ()
 
 
 class _Slot:
@@ -777,6 +779,7 @@ class Supervisor:
         )
         child.leaf = leaf
         child.policy = policy
+        child.absent_protected = sandbox.absent
         child.unobservable = compiled.unobservable
         sc = compiled.payload["seccomp"]
         if sc is not None and isinstance(sc.get("names"), dict):
@@ -826,6 +829,7 @@ class Supervisor:
             return None
         sandbox = _Sandbox(stub.pid, stub.pidfd, stub.status, stub.leaf, stub.cg_enforced, stub.cg_missing)
         sandbox.listener, stub.listener = stub.listener, None
+        sandbox.absent = stub.absent
         return sandbox
 
     async def _from_fork_server(
@@ -857,6 +861,7 @@ class Supervisor:
             raise
         sandbox = _Sandbox(reply["pid"], pidfd, StatusReader(status_fd), leaf, cg_enforced, cg_missing)
         sandbox.error = reply.get("error")
+        sandbox.absent = absent_pairs(reply)
         return sandbox
 
     async def _refresh_own_addresses(self) -> None:
@@ -1057,8 +1062,9 @@ class Supervisor:
                 self._note_violation(child)
 
     async def _after_run_git(self, child: Child) -> None:
-        """The post-run git scan (quarantined files), and the protected configs the command tried to
-        change, each said once. Shielded: completes even on cancellation."""
+        """The post-run git scan (quarantined files), the protected paths the command created
+        (_protectscan), and the protected configs the command tried to change, each said once. Shielded:
+        completes even on cancellation."""
         pol = child.policy
         if (
             pol is not None
@@ -1084,6 +1090,15 @@ class Supervisor:
                     "them all)",
                     len(found) - _QUARANTINE_LINES,
                 )
+        if child.absent_protected and child.exec_at is not None:
+            # A protected path (outside .git) missing when the sandbox was cloned could not be bound
+            # read-only: what the command created there is moved aside (supervisor/_protectscan.py). Off
+            # the loop, a few lstats per path; shielded like the git scan.
+            with anyio.CancelScope(shield=True):
+                moved = await anyio.to_thread.run_sync(_protectscan.scan, child.absent_protected)
+            child.quarantined += tuple(moved)
+            for path, reason in moved[:_QUARANTINE_LINES]:
+                log.warning("protected: %s: %s", path, reason)
         for path in child._exit.protected if child._exit is not None else ():
             log.warning(
                 "git: %s: read-only in the sandbox (corral protects it): the command's change to it "

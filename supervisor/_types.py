@@ -86,9 +86,10 @@ class Result:
     limit_hits: limits the kernel held without killing the command, with a count: "pids" (forks refused at
                pids.max), "memory_oom" (processes the OOM killer ended), "memory_socket" (cgroup v1: socket
                buffers reached the memory limit).
-    quarantined: what the post-run git scan moved out of git's way, as (path, reason) pairs: files the
-               command wrote in git repositories under its writable roots that would make the host user's
-               git run code (hooks, config settings that run programs, a commondir pointing elsewhere).
+    quarantined: what was moved aside after the run, as (path, reason) pairs: files the command wrote in
+               git repositories under its writable roots that would make the host user's git run code
+               (hooks, config settings that run programs, a commondir pointing elsewhere: the git scan),
+               and what it created at a protected path missing when it started (filesystem.protected).
     killed:    True when the violation is what ended the command (corral, or the kernel's OOM killer, killed
                it for the limit); False when a violation is only reported (pids.max held it).
     protected_writes: the read-only protected git configs (a repository's `.git/config`) the command tried

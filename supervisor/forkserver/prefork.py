@@ -56,6 +56,7 @@ class Stub:
     """A confined sandbox waiting for its command, with the cgroup leaf it already sits in."""
 
     __slots__ = (
+        "absent",
         "cg_enforced",
         "cg_missing",
         "ctl",
@@ -90,6 +91,9 @@ class Stub:
         self.recheck: Recheck | None = None
         #: Network mode "proxy": the proxy's listening socket, sent by the init on `ctl` before its R.
         self.listener: socket.socket | None = None
+        #: The protected paths missing when it was cloned (the reply's `absent`): the supervisor uses it only
+        #: while the paths its fingerprint covers (the protected ones) are as they were then.
+        self.absent: tuple[tuple[str, str], ...] = ()
 
     def hand_over(self, request: SpawnRequest, fds: list[int]) -> bool:
         """Send the command of `request` and its fds to the sandbox (protocol.CTL_*); False when the
@@ -273,6 +277,7 @@ class Prefork:
             cg_missing,
         )
         stub.recheck = recheck
+        stub.absent = protocol.absent_pairs(reply)
         try:
             if "error" in reply:
                 raise _Unusable

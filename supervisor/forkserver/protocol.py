@@ -180,10 +180,25 @@ def is_prefork(request: Request) -> TypeIs[PreforkRequest]:
 
 
 class Reply(TypedDict, total=False):
-    """`pid`: the init's host pid, when one was cloned; `error`: why the sandbox cannot run."""
+    """`pid`: the init's host pid, when one was cloned; `error`: why the sandbox cannot run; `absent`: the
+    protected paths outside `.git` missing before it was cloned, as [root, the first missing component
+    relative to it] (mounts.absent_protected)."""
 
     pid: int
     error: FailureRecord
+    absent: list[list[str]]
+
+
+def absent_pairs(reply: Reply) -> tuple[tuple[str, str], ...]:
+    """The reply's `absent` (protected paths missing before the sandbox was cloned), checked."""
+    absent = reply.get("absent")
+    if not isinstance(absent, list):
+        return ()
+    return tuple(
+        (pair[0], pair[1])
+        for pair in absent
+        if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+    )
 
 
 #: Fds that come with a reply that started a sandbox.

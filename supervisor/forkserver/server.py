@@ -680,13 +680,16 @@ class Server:
         fds = list(fds)
         proxy_fd = fds.pop(where) if isinstance(where, int) else -1
         pol = self._policy(req)
+        absent = mounts.absent_protected(pol["mounts"], str(req["cwd"]))
         if req.get("cmd_fd"):  # a large command comes in a memfd, the last fd
-            return self._start(
+            reply, out = self._start(
                 pol, req, _ops.MODE_SPAWN, fds[:-1], command_fd=fds[-1], ctty=ctty, proxy_fd=proxy_fd
             )
-        return self._start(
-            pol, req, _ops.MODE_SPAWN, fds, command=req.get("cmd", b""), ctty=ctty, proxy_fd=proxy_fd
-        )
+        else:
+            reply, out = self._start(
+                pol, req, _ops.MODE_SPAWN, fds, command=req.get("cmd", b""), ctty=ctty, proxy_fd=proxy_fd
+            )
+        return _with_absent(reply, out, absent)
 
     def prefork(self, req: PreforkRequest) -> tuple[Reply, list[int]]:
         """A sandbox that confines itself fully for the policy, workdir and cgroup of `req` and then waits
@@ -696,6 +699,7 @@ class Server:
             pol = self._policy(req)
             # Network mode "proxy": the proxy's listening socket comes back on the same socket, before R.
             proxy_fd = ctl_child.fileno() if pol["ns"]["proxy"] else -1
+            absent = mounts.absent_protected(pol["mounts"], str(req["cwd"]))
             reply, out = self._start(pol, req, _ops.MODE_STUB, [], ctl_child.fileno(), proxy_fd=proxy_fd)
         finally:
             ctl_child.close()
@@ -703,7 +707,15 @@ class Server:
             out.append(ctl_parent.detach())
         else:
             ctl_parent.close()
-        return reply, out
+        return _with_absent(reply, out, absent)
+
+
+def _with_absent(reply: Reply, out: list[int], absent: list[tuple[str, str]]) -> tuple[Reply, list[int]]:
+    """`reply` naming the protected paths missing before the sandbox was cloned (mounts.absent_protected),
+    when it started one: the supervisor moves aside what the command created there."""
+    if absent and out:
+        reply["absent"] = [list(pair) for pair in absent]
+    return reply, out
 
 
 def _write_all(fd: int, data: bytes) -> None:

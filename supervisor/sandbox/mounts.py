@@ -671,11 +671,63 @@ def _protect(plan: Plan, root: str, protected: list[str]) -> None:
             if "/" in rel and top not in tops and top_st is not None and stat.S_ISDIR(top_st.st_mode):
                 _bind(plan, top, readonly=False)
                 tops.add(top)
+            if not rel.startswith(".git/"):
+                # Every directory between the top and a protected path of the policy's own: a sandbox could
+                # otherwise rename one (`mv tools/bin tools/bin2`: a directory holding a mount point may be
+                # renamed) and make the path anew, unprotected. (Under .git, the git scan checks after the
+                # run what a renamed submodule git dir left.)
+                parts = rel.split("/")[:-1]
+                for i in range(2, len(parts) + 1):
+                    middle = os.path.join(root, *parts[:i])
+                    if middle not in tops:
+                        _bind(plan, middle, readonly=False)
+                        tops.add(middle)
             _bind(plan, path, readonly=True)
             if stat.S_ISREG(st.st_mode) and os.path.basename(rel) == "config":
                 _watch_config(plan, path)
     finally:
         os.close(rootfd)
+
+
+def _own_protected(protected: Sequence[str]) -> list[str]:
+    """The protected paths outside `.git` (the git scan covers those: supervisor/_gitscan.py)."""
+    return [p for p in protected if p != ".git" and not p.startswith(".git/")]
+
+
+def absent_protected(prepared: Prepared | None, cwd: str) -> list[tuple[str, str]]:
+    """For each writable root and protected path outside `.git` that does not exist now: (root, the first
+    missing component of the path, relative to the root). A mount cannot cover a missing name, so the
+    command may create it; the supervisor moves aside, after the run, what it finds there then
+    (supervisor/_protectscan.py). Taken before the sandbox is cloned, so nothing of the command's is in
+    it. Nothing is followed (a symlink on the way refuses the sandbox in `_protect`: the path is left out
+    here). A few lstats per such path and root, none for the default protected paths."""
+    if prepared is None or not prepared["confine"]:
+        return []
+    names = _own_protected(prepared["protected"])
+    if not names:
+        return []
+    absent: list[tuple[str, str]] = []
+    for root in dict.fromkeys(prepared["write"]):
+        try:
+            rootfd = _hostfs.open_root(root)
+        except OSError:
+            continue
+        try:
+            for rel in names:
+                parts = [p for p in rel.split("/") if p not in ("", ".")]
+                for i in range(1, len(parts) + 1):
+                    try:
+                        st = _hostfs.lstat_beneath(rootfd, "/".join(parts[:i]))
+                    except OSError:
+                        break
+                    if st is None:
+                        absent.append((root, "/".join(parts[:i])))
+                        break
+                    if not stat.S_ISDIR(st.st_mode):
+                        break
+        finally:
+            os.close(rootfd)
+    return absent
 
 
 def _watch_config(plan: Plan, path: str) -> None:

