@@ -30,7 +30,10 @@ A directory on its way to being a git dir (a config or hooks beside any of HEAD,
 commondir; the top `.git` whatever it holds) is checked as one, and one that became a git dir during the
 run has its older config and hooks checked. Programs a config runs from the tree (`core.fsmonitor =
 tools/fsmon`) written during the run are moved aside, and what an included config or a program that is a
-symlink leads to is checked.
+symlink leads to is checked. What a directory renamed in during the run holds counts as written during it
+(a `hooks/` or `rebase-merge/` of the run, a directory of the run on the path to a program, an included
+config, a hook link's target or a hooks directory: `_moved_in`), since renaming a directory leaves its
+entries' ctimes as they were.
 Also the host users' own global and system git configuration, and the repository around each root
 (supervisor/_gitglobal.py): a file it includes, a `core.hooksPath` directory or a program it names under a
 root is checked as above (and warned about once: the scan acts only after the run, while the user's git may
@@ -1094,9 +1097,12 @@ class Scan:
         if dfd is None:
             return
         try:
-            if self._changed(dfd, leaf) is not None:
+            moved = self._moved_in(dpath)
+            if self._changed(dfd, leaf) is not None or moved:
                 reason = self._config_problem(dfd, target, leaf)
                 if reason:
+                    if moved and self._changed(dfd, leaf) is None:
+                        reason = reason.replace("written during the run", f"reached through {moved}", 1)
                     self._quarantine(dfd, dpath, leaf, reason.replace("git config", by, 1))
                     return
             st = self._lstat(dfd, leaf)
@@ -1210,7 +1216,10 @@ class Scan:
         if via:
             self._warn_global(target, via, "a git hooks directory")
         try:
-            if bound and self._born_dir_before(hfd):
+            # A directory made or renamed there during the run (or one on its way): what it holds is what
+            # the run put there, however old (a first run fills `stash/`, a second renames it into place).
+            moved = self._moved_in(target)
+            if bound and not moved and self._born_dir_before(hfd):
                 # the top repository's configured hooks, bound read-only during the run: only where a link
                 # among them leads
                 self._check_hook_links(hfd, target, f"git hook ({what})")
@@ -1220,6 +1229,8 @@ class Scan:
                     continue
                 if self._changed(hfd, entry) is not None:
                     self._quarantine(hfd, target, entry, f"git hook ({what}) written during the run")
+                elif moved:
+                    self._quarantine(hfd, target, entry, f"git hook ({what}) reached through {moved}")
             self._check_hook_links(hfd, target, f"git hook ({what})")
         finally:
             os.close(hfd)
@@ -1308,6 +1319,47 @@ class Scan:
             return None
         return st if st.st_ctime_ns >= self.since else None
 
+    def _moved_in(self, dpath: str) -> str:
+        """Which directory on the way from the root being scanned to the directory `dpath` (itself
+        included) was made or renamed where it is during the run ("" when none, or when that cannot be
+        told: outside the root, missing, a symlink on the way, which the callers deal with). A file's
+        ctime moves when it is renamed, but not when a directory above it is: a first run fills `x/`, a
+        second runs `mv tools tools.old && mv x tools`, and `tools/fsmon.sh`, which the user's config
+        runs, kept the first run's ctime. Such a directory has a ctime of the run, and so has the one
+        holding it (its entries changed); both are checked, component by component with no link
+        followed. (A directory that merely gained or lost an entry in the run, inside one that did too,
+        counts as well: the ctimes cannot tell it from a rename, and what it leads to is moved aside.)"""
+        root = self._root.rstrip("/")
+        if not dpath.startswith(root + "/"):
+            return ""
+        cur = os.dup(self._rootfd)
+        try:
+            parent_new = os.fstat(cur).st_ctime_ns >= self.since
+            done = root
+            for part in dpath[len(root) + 1 :].split("/"):
+                if part in ("", "."):
+                    continue
+                try:
+                    st = os.stat(part, dir_fd=cur, follow_symlinks=False)
+                except OSError:
+                    return ""
+                if not stat.S_ISDIR(st.st_mode):
+                    return ""
+                done = os.path.join(done, part)
+                new = st.st_ctime_ns >= self.since
+                if new and parent_new:
+                    self._abandon()
+                    return f"{done}, made or renamed there during the run"
+                try:
+                    nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+                except OSError:
+                    return ""
+                os.close(cur)
+                cur, parent_new = nxt, new
+            return ""
+        finally:
+            os.close(cur)
+
     def _quarantine(self, fd: int, path: str, name: str, reason: str) -> None:
         self.found.extend(move_aside(fd, path, name, reason))
 
@@ -1371,7 +1423,7 @@ class Scan:
         if "config" not in entries and self._global_hooks_rel:
             self._check_hooks_path(fd, path, "config", mounted)  # git works without one: the global's apply
         if entries.get("rebase-merge") == stat.S_IFDIR:
-            self._check_rebase(fd, path)
+            self._check_rebase(fd, path, fresh)
         if "gitdir" in entries and "commondir" in entries and entries["gitdir"] == stat.S_IFREG:
             self._check_pointer(fd, path, "gitdir", path)
         if "commondir" in entries and self._changed(fd, "commondir") is not None:
@@ -1412,6 +1464,10 @@ class Scan:
                     self._check_hook_links(hfd, hooks_path, "git hook")
                     return
                 self._hold(hfd, os.fstat(hfd))
+                # A hooks directory made, renamed in or changed during the run: a hook in it is what the
+                # run put there however old (a first run fills `stash/hooks`, a second renames it to
+                # `sub/.git/hooks`: a directory's rename leaves its entries' ctimes as they were).
+                moved = not fresh and self._changed(fd, "hooks") is not None
                 for name in sorted(os.listdir(hfd)):
                     if name.endswith((".sample", QUARANTINE_SUFFIX)):
                         continue
@@ -1422,6 +1478,8 @@ class Scan:
                         self._quarantine(hfd, hooks_path, name, "git hook written during the run")
                     elif fresh:
                         self._quarantine(hfd, hooks_path, name, f"git hook {_FRESH}")
+                    elif moved:
+                        self._quarantine(hfd, hooks_path, name, f"git hook {_MOVED}")
                 self._check_hook_links(hfd, hooks_path, "git hook", hook_names)
             finally:
                 self._closing(hfd)
@@ -1475,6 +1533,9 @@ class Scan:
             return ""
         if st.st_ctime_ns >= self.since:
             return "written during the run"
+        moved = self._moved_in(dpath)
+        if moved:
+            return f"reached through {moved}"
         return self._link_problem(dfd, dpath, leaf) if stat.S_ISLNK(st.st_mode) else ""
 
     def _link_problem(self, dfd: int, dpath: str, leaf: str) -> str:
@@ -1507,7 +1568,8 @@ class Scan:
                     return "to another symlink in a writable root (not followed)"
                 if st.st_ctime_ns >= self.since:
                     return f"to {resolved}, written during the run"
-                return ""
+                moved = self._moved_in(os.path.dirname(resolved)) if resolved.startswith(self._root) else ""
+                return f"to {resolved}, reached through {moved}" if moved else ""
         return ""
 
     def _config_problem(self, fd: int, path: str, name: str, gitdir: str | None = None) -> str:
@@ -1620,7 +1682,7 @@ class Scan:
                 return True
         return False
 
-    def _check_rebase(self, fd: int, path: str) -> None:
+    def _check_rebase(self, fd: int, path: str, fresh: bool = False) -> None:
         """An interactive rebase in progress in the git dir `fd` (at `path`): its todo list
         (`rebase-merge/git-rebase-todo`) or merge strategy written during the run. The user's
         `git rebase --continue` runs every `exec`/`x` line of the todo as a shell command, and the strategy
@@ -1629,13 +1691,17 @@ class Scan:
         user reviews it). A tree with a rebase in progress gets no snapshot (the todo is rewritten in
         place, which the quick check would not see)."""
         self._abandon()
+        # `rebase-merge` itself made, renamed in or changed during the run (or in a directory that became
+        # a git dir then): its files are what the run put there however old (a first run moved a stopped
+        # rebase's directory aside, a second renamed it back: its todo kept the first run's ctime).
+        whole = fresh or self._changed(fd, "rebase-merge") is not None
         try:
             rfd = self._open_dir(fd, "rebase-merge", os.path.join(path, "rebase-merge"))
         except OSError:
             return
         reason = ""
         try:
-            if self._changed(rfd, "git-rebase-todo") is not None:
+            if whole or self._changed(rfd, "git-rebase-todo") is not None:
                 try:
                     todo = _hostfs.read_file(
                         rfd, "git-rebase-todo", os.path.join(path, "rebase-merge"), 4 << 20
@@ -1646,15 +1712,16 @@ class Scan:
                     word = line.strip().split(None, 1)[0].lower() if line.strip() else b""
                     if word in (b"exec", b"x"):
                         reason = (
-                            "a rebase todo written during the run has exec lines (run by rebase --continue)"
+                            "a rebase todo written (or moved in) during the run has exec lines "
+                            "(run by rebase --continue)"
                         )
                         break
-            if not reason and self._changed(rfd, "strategy") is not None:
+            if not reason and (whole or self._changed(rfd, "strategy") is not None):
                 try:
                     strategy = _hostfs.read_file(rfd, "strategy", os.path.join(path, "rebase-merge"), 4096)
                 except (OSError, _hostfs.Unsafe):
                     strategy = b"?"
-                if (strategy or b"").strip() not in _MERGE_STRATEGIES:
+                if strategy is not None and strategy.strip() not in _MERGE_STRATEGIES:
                     reason = "a rebase merge strategy written during the run names a program"
         finally:
             os.close(rfd)
@@ -1789,6 +1856,9 @@ _HOOK_NAMES = frozenset(
 )
 #: The reason's words for what a directory that became a git dir during the run held from before.
 _FRESH = "in a directory that became a git dir during the run"
+
+#: The reason's words for a hook in a hooks directory made, renamed in or changed during the run.
+_MOVED = "in a hooks directory made, renamed there or changed during the run"
 
 #: git's own merge strategies (a rebase's `strategy` file may name only these).
 _MERGE_STRATEGIES = frozenset({b"ort", b"recursive", b"resolve", b"octopus", b"ours", b"subtree"})
