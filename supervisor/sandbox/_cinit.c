@@ -444,13 +444,17 @@ struct open_how_v0 {
 #define CORRAL_RESOLVE_NO_MAGICLINKS 0x02
 #define CORRAL_RESOLVE_NO_SYMLINKS 0x04
 
-static int open_nofollow(const char *path) {
-    struct open_how_v0 how = {O_PATH | O_CLOEXEC, 0, /* no O_NOFOLLOW: a trailing link is ELOOP too */
+static int open_nofollow_as(const char *path, int link) {
+    /* No O_NOFOLLOW: a trailing link is ELOOP too; with `link` (a link pinned as a mount point of its own:
+     * mounts._pin_ancestors), O_NOFOLLOW, so a trailing link is the object opened, never followed. */
+    struct open_how_v0 how = {O_PATH | O_CLOEXEC | (link ? O_NOFOLLOW : 0), 0,
                               CORRAL_RESOLVE_NO_SYMLINKS | CORRAL_RESOLVE_NO_MAGICLINKS};
     int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
     if (fd < 0) snprintf(op_detail, sizeof op_detail, "openat2(O_PATH, RESOLVE_NO_SYMLINKS)");
     return fd;
 }
+
+static int open_nofollow(const char *path) { return open_nofollow_as(path, 0); }
 
 #define CORRAL_OPEN_TREE_CLONE 1
 #define CORRAL_MOVE_MOUNT_F_EMPTY_PATH 0x04
@@ -491,7 +495,7 @@ static int new_tmpfs(const char *options, uint64_t attrs) {
  * it (or on `source`), the attributes changed on the detached copy, move_mount onto the same fd. */
 static int mount_at(const char *target, int what, const char *arg, uint64_t set, uint64_t clr, unsigned how) {
     unsigned rec = how & 1 ? 0x8000u : 0, attr_rec = how & 2 ? 0x8000u : 0; /* AT_RECURSIVE */
-    int fd = open_nofollow(target);
+    int fd = open_nofollow_as(target, how & 4);
     if (fd < 0) return errno;
     int tree = -1, err = 0;
     if (what == 2) {

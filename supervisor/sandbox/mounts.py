@@ -155,6 +155,7 @@ def _setattr(plan: Plan, path: str, set_: int, clr: int, recursive: bool) -> Non
 #: What OP_MOUNT_AT mounts on its checked target: a bind of the target itself, of a source, or a tmpfs.
 _AT_SELF, _AT_SOURCE, _AT_TMPFS, _AT_SCAFFOLD = 0, 1, 2, 3
 _AT_SUBMOUNTS, _AT_ATTRS_ALL = 1, 2  # copy what is mounted below; change the attributes of all of it
+_AT_LINK = 4  # the target may itself be a symlink: opened O_NOFOLLOW, the link bound over itself (a pin)
 _RO_ATTRS = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 
 #: The init reports ELOOP when a path of the view is, or passes through, a symlink.
@@ -558,18 +559,19 @@ def emit_paths(
     confine = bool(prepared["confine"])
     write: list[str] = prepared["write"]
     denied = _deny_targets(prepared) if confine else []
+    chains = _link_chains(prepared["deny"]) if confine else []
     if confine:
         for root in write:
             # lexists: a root that became a symlink goes to the init, which refuses it (_bind).
             if not _replaced(root, overlays) and os.path.lexists(root):
                 _bind(plan, root, readonly=False)
-                _pin_ancestors(plan, root, denied)
+                _pin_ancestors(plan, root, denied, chains)
                 _protect(plan, root, prepared["protected"])
     for slot, (path, writable, is_dir) in enumerate(keep):
         # Unconfined (full-access): as writable as on the host, the workdir too.
         _rebind(plan, path, slot, is_dir, writable if confine else None)
         if writable and confine:
-            _pin_ancestors(plan, path, denied)
+            _pin_ancestors(plan, path, denied, chains)
             _protect(plan, path, prepared["protected"])
     if confine:
         # A denied path under /tmp, /run or /dev exists in the sandbox only inside what `keep` bound back;
@@ -1139,18 +1141,49 @@ def _vital(real: str, roots: list[str]) -> bool:
     return any(root == real or root.startswith(prefix) for root in roots)
 
 
-def _pin_ancestors(plan: Plan, root: str, denied: list[str]) -> None:
+def _pin_ancestors(
+    plan: Plan, root: str, denied: list[str], chains: Sequence[list[tuple[str, bool]]] = ()
+) -> None:
     """Make every directory between writable `root` and a denied path that exists below it a mount point
-    of its own (bound over itself, as writable as before, carrying the hiding mount below it along).
+    of its own (bound over itself, as writable as before, carrying the hiding mount below it along), and
+    every symlink below `root` that a denied name passes through, with the directories above that link
+    (`chains`: `_link_chains`).
 
     Why: the hiding mounts cover names. A sandbox that may write a parent of a denied path could rename
     the parent (`mv .config .cfg`), and the next sandbox, finding the old name missing, would hide
     nothing and read the secret under the new name. A mount point cannot be renamed, moved or removed
     (EBUSY), so neither can the denied path (itself a mount point) nor any directory above it up to the
-    root (itself a mount point). Cost: one mount per such directory, only where a denied path exists
-    inside a writable root (the home directory as workdir: ~/.config for ~/.config/gcloud)."""
+    root (itself a mount point). The same for a link on the way to a denied path (a dotfile manager's
+    `~/.ssh -> dotfiles/ssh`): the object it leads to is hidden, so a sandbox that retargeted or removed
+    the link (`ln -sfn /nowhere ~/.ssh`) made the next one hide nothing and read `~/dotfiles/ssh` (a link
+    can be a mount point too: bound over itself from its O_NOFOLLOW fd). Cost: one mount per such
+    directory or link, only where a denied path exists inside a writable root (the home directory as
+    workdir: ~/.config for ~/.config/gcloud), and an lstat per component of a denied name below a root."""
     prefix = root.rstrip("/") + "/"
     pinned: set[str] = set()
+
+    def pin(path: str, link: bool) -> None:
+        if path in pinned or path in denied or _under(path, denied):
+            return  # done, or hidden itself: nothing below it is visible to move
+        pinned.add(path)
+        # Attributes as they are: the copy is as writable as the mount it was taken from (a read-only host
+        # mount inside the root stays read-only).
+        plan.add(
+            _cinit.OP_MOUNT_AT,
+            "mounts",
+            f"bind over itself, to pin a {'link' if link else 'directory'} on the way to a denied path "
+            "(open_tree + move_mount)",
+            a=(_AT_SELF, 0, 0, _AT_LINK if link else _AT_SUBMOUNTS),
+            s=(path,),
+            path=path,
+            hint=_LINK_HINT,
+        )
+
+    for chain in chains:
+        if any(link and p.startswith(prefix) for p, link in chain):
+            for p, link in chain:
+                if p.startswith(prefix):
+                    pin(p, link)
     for path in denied:
         if not path.startswith(prefix) or not os.path.lexists(path):
             continue
@@ -1159,19 +1192,58 @@ def _pin_ancestors(plan: Plan, root: str, denied: list[str]) -> None:
             ancestor = prefix + "/".join(parts[:i])
             if ancestor in denied:
                 break  # hidden itself: nothing below it is visible to move
-            if ancestor not in pinned:
-                pinned.add(ancestor)
-                # Attributes as they are: the copy is as writable as the mount it was taken from (a
-                # read-only host mount inside the root stays read-only).
-                plan.add(
-                    _cinit.OP_MOUNT_AT,
-                    "mounts",
-                    "bind over itself, to pin a denied path's directory (open_tree + move_mount)",
-                    a=(_AT_SELF, 0, 0, _AT_SUBMOUNTS),
-                    s=(ancestor,),
-                    path=ancestor,
-                    hint=_LINK_HINT,
-                )
+            pin(ancestor, False)
+
+
+def _link_chains(names: Sequence[str]) -> list[list[tuple[str, bool]]]:
+    """`_lookup_chain` of each denied name of `names` that passes through a symlink (its real path differs
+    from it). Never raises."""
+    out: list[list[tuple[str, bool]]] = []
+    for name in names:
+        try:
+            if os.path.realpath(name) == name:
+                continue
+        except (OSError, ValueError):
+            continue
+        chain = _lookup_chain(name)
+        if any(link for _p, link in chain):
+            out.append(chain)
+    return out
+
+
+def _lookup_chain(name: str) -> list[tuple[str, bool]]:
+    """What the kernel looks at to resolve the absolute path `name`: each directory passed through and each
+    symlink met, as (its path with no symlink in it, whether it is a link), in order; up to the first
+    missing or unreadable component, 40 links at most. The resolved object itself is left out. Never
+    raises."""
+    parts = [p for p in name.split("/") if p and p != "."]
+    done = "/"
+    out: list[tuple[str, bool]] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            done = os.path.dirname(done)
+            continue
+        path = os.path.join(done, part)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode):
+                if parts:
+                    out.append((path, False))
+                done = path
+                continue
+            hops += 1
+            if hops > 40:
+                break
+            target = os.readlink(path)
+        except (OSError, ValueError):
+            break
+        out.append((path, True))
+        if target.startswith("/"):
+            done = "/"
+        parts = [p for p in target.split("/") if p and p != "."] + parts
+    return out
 
 
 def _kept_roots(prepared: Prepared, overlays: Sequence[str]) -> list[str]:

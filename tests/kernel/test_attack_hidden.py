@@ -11,6 +11,7 @@ from outside, the secret is still where the user keeps it.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from policies import Policy, profiles
 from supervisor import SandboxSetupError, Supervisor
+from tests.kernel.unprivileged_harness import EXPECTED_UID, ordinary_caller_scratch, run_as_user
 
 pytestmark = pytest.mark.kernel
 
@@ -139,6 +141,43 @@ async def test_a_denied_path_reached_through_a_symlink_hides_its_target(
         sup, pol, "mv dotfiles/config/gcloud g; mv dotfiles d2; cat config/gcloud/creds", secret
     )
     assert (workspace / "dotfiles" / "config" / "gcloud" / "creds").read_text() == secret
+
+
+async def test_a_link_on_the_way_to_a_denied_path_cannot_be_retargeted(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    # The denied name passes through a link in the writable root (a dotfile manager's ~/.config ->
+    # dotfiles/config): its target is hidden, not the link. A sandbox that retargeted or removed the link
+    # made the next run hide nothing (the name now led elsewhere) and read the target under its real name.
+    # The link is pinned as a mount point of its own, as the directories on the way are.
+    (workspace / "dotfiles" / "config" / "gcloud").mkdir(parents=True)
+    (workspace / "dotfiles" / "config" / "gcloud" / "creds").write_text(secret)
+    (workspace / "config").symlink_to("dotfiles/config")
+    (workspace / "sub" / ".env").write_text("not denied here\n")
+    pol = profiles.workspace_write(workspace, deny=[workspace / "config" / "gcloud"], timeout=20)
+    script = "rm config; ln -sfn other config; mv config c2; mv -T other config"
+    out = await attack_then_dump(sup, pol, script, secret)
+    assert b"busy" in out.lower()
+    assert os.readlink(workspace / "config") == "dotfiles/config"  # the user's link is as it was
+    assert (workspace / "dotfiles" / "config" / "gcloud" / "creds").read_text() == secret
+
+
+async def test_a_denied_name_that_is_a_link_cannot_be_removed_or_moved(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    # ~/.ssh -> ../dotfiles/ssh, one directory down (`home/` stands for the home directory): removing the
+    # link, or moving the directory that holds it, left `dotfiles/ssh` unhidden for the next run.
+    (workspace / "dotfiles" / "ssh").mkdir(parents=True)
+    (workspace / "dotfiles" / "ssh" / "id_ed25519").write_text(secret)
+    (workspace / "home").mkdir()
+    (workspace / "home" / ".ssh").symlink_to("../dotfiles/ssh")
+    (workspace / "sub" / ".env").write_text("not denied here\n")
+    pol = profiles.workspace_write(workspace, deny=[workspace / "home" / ".ssh"], timeout=20)
+    script = "rm home/.ssh; mv home/.ssh home/s; mv home h2; ln -sfn ../other home/.ssh; cat home/.ssh/id*"
+    out = await attack_then_dump(sup, pol, script, secret)
+    assert b"busy" in out.lower()
+    assert os.readlink(workspace / "home" / ".ssh") == "../dotfiles/ssh"
+    assert (workspace / "dotfiles" / "ssh" / "id_ed25519").read_text() == secret
 
 
 async def test_a_link_planted_at_a_denied_name_cannot_hide_what_sandboxes_need(
@@ -309,3 +348,49 @@ async def test_a_denied_file_replaced_on_the_host_during_a_run(
         os.rename(workspace / "sub" / ".env.tmp", workspace / "sub" / ".env")
         (workspace / "go").touch()
     assert secret.encode() not in result[0]
+
+
+UNPRIV_LINK_SCRIPT = r"""
+import json, os, sys
+ws = sys.argv[1]
+import anyio
+from policies import profiles
+from supervisor import Supervisor
+
+async def main():
+    out = {}
+    pol = profiles.workspace_write(ws, deny=[os.path.join(ws, "home", ".ssh")], timeout=20)
+    async with Supervisor() as sup:
+        r = await sup.run(["/bin/sh", "-c", "rm home/.ssh; ln -sfn ../other home/.ssh; true"], policy=pol)
+        out["attack"] = [r.exit_code, (r.stdout + r.stderr).decode()]
+        r = await sup.run(["/bin/sh", "-c", "find . -type f -exec cat {} + 2>/dev/null; true"], policy=pol)
+        out["dump"] = [r.exit_code, r.stdout.decode()]
+    print(json.dumps(out))
+anyio.run(main)
+"""
+
+
+def test_unprivileged_caller_a_link_on_the_way_to_a_denied_path() -> None:
+    # The same pin for an ordinary caller's sandbox, whose init mounts in a user namespace of its own.
+    with ordinary_caller_scratch("hidden-link-unpriv") as (scratch, python, pythonpath):
+        ws = scratch / "ws"
+        (ws / "dotfiles" / "ssh").mkdir(parents=True)
+        (ws / "other").mkdir()
+        (ws / "home").mkdir()
+        (ws / "dotfiles" / "ssh" / "id_ed25519").write_text("TOPSECRET-ssh\n")
+        (ws / "visible.txt").write_text("control-visible\n")
+        (ws / "home" / ".ssh").symlink_to("../dotfiles/ssh")
+        for d, dirs, files in os.walk(ws):
+            os.chown(d, EXPECTED_UID, EXPECTED_UID)
+            for f in files + dirs:
+                os.chown(os.path.join(d, f), EXPECTED_UID, EXPECTED_UID, follow_symlinks=False)
+        script = scratch / "run.py"
+        script.write_text(UNPRIV_LINK_SCRIPT)
+        os.chmod(script, 0o644)
+        r = run_as_user([python, str(script), str(ws)], pythonpath, scratch, timeout=90)
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout.strip().splitlines()[-1])
+        assert "busy" in report["attack"][1].lower(), report
+        assert "control-visible" in report["dump"][1], report
+        assert "TOPSECRET" not in report["dump"][1], report
+        assert os.readlink(ws / "home" / ".ssh") == "../dotfiles/ssh"

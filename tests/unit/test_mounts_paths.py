@@ -42,6 +42,33 @@ def test_directories_between_a_root_and_a_denied_path_are_pinned(tmp_path: Path)
     assert all(op.a == (0, 0, 0, 1) for op in plan.ops)  # attributes kept as they are
 
 
+def test_links_on_the_way_to_a_denied_path_are_pinned(tmp_path: Path) -> None:
+    # home/.ssh -> ../dotfiles/ssh and cfg -> dotfiles: each link below the root, and the directory above
+    # it, is pinned (a link with its own flag: opened O_NOFOLLOW by the init); links outside the root are not.
+    (tmp_path / "dotfiles" / "ssh").mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".ssh").symlink_to("../dotfiles/ssh")
+    (tmp_path / "cfg").symlink_to("dotfiles")
+    root = str(tmp_path)
+    names = [f"{root}/home/.ssh", f"{root}/cfg/ssh/id", f"{root}/plain"]
+    denied = [f"{root}/dotfiles/ssh", f"{root}/dotfiles/ssh/id", f"{root}/plain"]
+    chains = mounts._link_chains(names)
+    assert len(chains) == 2
+    plan = Plan()
+    mounts._pin_ancestors(plan, root, denied, chains)
+    pinned = [(path, a[3]) for code, a, path in ops(plan) if code == _cinit.OP_MOUNT_AT]
+    link, tree = mounts._AT_LINK, mounts._AT_SUBMOUNTS
+    assert pinned == [
+        (f"{root}/home", tree),
+        (f"{root}/home/.ssh", link),
+        (f"{root}/dotfiles", tree),
+        (f"{root}/cfg", link),
+    ]
+    plan = Plan()
+    mounts._pin_ancestors(plan, f"{root}/elsewhere", denied, chains)
+    assert plan.ops == []
+
+
 def test_denied_names_are_followed_to_their_object(tmp_path: Path) -> None:
     (tmp_path / "dotfiles" / "gcloud").mkdir(parents=True)
     (tmp_path / "config").symlink_to("dotfiles")
