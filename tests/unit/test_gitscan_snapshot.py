@@ -18,6 +18,16 @@ from supervisor import _gitscan
 from supervisor._gitscan import Listings, scan
 
 
+class _Clock:
+    """`time` as _gitscan uses it, stopped at `now_ns`."""
+
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def time_ns(self) -> int:
+        return self.now_ns
+
+
 def _aged() -> None:
     """Let every ctime made so far fall behind the scan's margin."""
     time.sleep(_gitscan.MARGIN_NS / 1e9 * 3)
@@ -155,14 +165,22 @@ def test_a_run_started_before_the_snapshot_was_complete_is_scanned(tree: Path, l
     assert listings.has(_gitscan.snapshot_key(policy))
 
 
-def test_a_recently_changed_tree_is_not_snapshotted(tree: Path, listings: Listings) -> None:
+def test_a_recently_changed_tree_is_not_snapshotted(
+    tree: Path, listings: Listings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A ctime within the margin of the scan: a change in the same timestamp tick could leave it as it is."""
     policy = profiles.workspace_write(tree)
     _aged()
     _first(policy, listings)
     started = time.time_ns()
-    (tree / "src" / "a" / "fresh.c").write_text("")
-    assert scan(policy, started, listings) == []
+    fresh = tree / "src" / "a" / "fresh.c"
+    fresh.write_text("")
+    # The scan's clock 1 ms after the change, as on an idle machine (under load, real time could pass the
+    # margin between the write and the scan, and the tree would rightly be old enough to snapshot).
+    now = fresh.stat().st_ctime_ns + 1_000_000
+    with monkeypatch.context() as m:
+        m.setattr(_gitscan, "time", _Clock(now))
+        assert scan(policy, started, listings) == []
     assert not listings.has(_gitscan.snapshot_key(policy))
     _aged()
     assert scan(policy, time.time_ns(), listings) == []
