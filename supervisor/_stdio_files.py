@@ -61,6 +61,7 @@ from typing import Any
 
 import anyio
 
+from supervisor import _interpreter
 from supervisor._devnull import (
     MOUNT_ATTR_IDMAP,
     MOUNT_ATTR_NODEV,
@@ -86,29 +87,6 @@ _KCMP_FILE = 0
 #: would be the exception (its owner would own, through the clone, the files of id - 2^31).
 ID_SHIFT = 1 << 31
 _ID_MAP = f"0 {ID_SHIFT} {ID_SHIFT - 1}\n".encode()
-
-
-def _pin_python() -> int:
-    """An O_PATH fd of this interpreter, opened when corral is imported (before any sandbox runs), or -1.
-
-    The helpers below start later, when the first file given as stdio needs one: run by the path
-    `sys.executable`, a virtualenv's `bin/python` in a directory a sandbox may write (a project's `.venv`
-    in its workdir) would be whatever the sandbox put there, run as the supervisor's user (root's helper
-    for a root caller). Run from this fd instead (`/proc/self/fd/N`, kept open for the exec)."""
-    try:
-        return os.open(sys.executable, os.O_PATH | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return -1
-
-
-_PYTHON_FD = _pin_python()
-
-
-def _python() -> tuple[str, tuple[int, ...]]:
-    """What to exec for `sys.executable` (see _pin_python), and the fd the child must keep for it."""
-    if _PYTHON_FD < 0:
-        return sys.executable, ()
-    return f"/proc/self/fd/{_PYTHON_FD}", (_PYTHON_FD,)
 
 
 #: The status flags a new open file keeps from the caller's.
@@ -561,9 +539,9 @@ def _new_userns() -> int:
     """A user namespace whose id maps are _ID_MAP (both), as an O_RDONLY fd: a helper process unshares it
     and waits while the supervisor writes the maps and opens it, then exits. Raises OSError,
     subprocess.SubprocessError, ValueError."""
-    python, keep = _python()
+    argv0, python, keep = _interpreter.python()
     helper = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _HELPER],
+        [argv0, "-I", "-S", "-c", _HELPER],
         executable=python,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -683,9 +661,9 @@ class _Helper:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            python, keep = _python()
+            argv0, python, keep = _interpreter.python()
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _RO_HELPER, str(theirs.fileno())],
+                [argv0, "-I", "-S", "-c", _RO_HELPER, str(theirs.fileno())],
                 executable=python,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import anyio
 
+from supervisor import _interpreter
 from supervisor._errors import SandboxSetupError
 from supervisor.forkserver import protocol
 from supervisor.forkserver.protocol import (
@@ -271,9 +272,13 @@ class ForkServer:
             slot_fd = os.memfd_create("corral-fork-slot", os.MFD_CLOEXEC)
             os.ftruncate(slot_fd, mmap.PAGESIZE)
             slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
+            # The interpreter pinned at import (supervisor/_interpreter.py), not `sys.executable` by its path:
+            # a virtualenv's, in a directory a sandbox may write, would be what a command put there.
+            argv0, python, keep = _interpreter.python()
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", protocol.BOOT, ROOT, str(child.fileno()), str(slot_fd)],
-                pass_fds=[child.fileno(), slot_fd],
+                [argv0, "-I", "-S", "-c", protocol.BOOT, ROOT, str(child.fileno()), str(slot_fd)],
+                executable=python,
+                pass_fds=[child.fileno(), slot_fd, *keep],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 # Every sandbox init is a copy of this process: it must hold none of the supervisor's

@@ -395,3 +395,85 @@ def test_a_virtualenvs_python_replaced_in_a_writable_root_is_not_run_by_a_later_
     assert not marker.exists(), f"the planted interpreter ran outside the sandbox: {marker.read_text()!r}"
     assert "next 0" in p.stdout, (p.stdout, p.stderr)
     assert out.read_text() == "next-ran\n"
+
+
+_LATER_PYTHON = r"""
+import os, sys, anyio
+from policies import profiles
+from supervisor import PIPE, Supervisor
+
+workdir, marker, out, plant_kind, started = sys.argv[1:6]
+python = sys.executable  # <workdir>/venv/bin/python: a link to the real interpreter, as a virtualenv's is
+venv = os.path.dirname(os.path.dirname(python))
+lib = f"lib/python{sys.version_info.major}.{sys.version_info.minor}"
+if plant_kind == "interpreter":
+    payload = f"#!/bin/sh\\necho ran-as-$(id -u) > {marker}\\n"
+    plant = f"rm {python} && printf '{payload}' > {python} && chmod 755 {python}"
+else:
+    # The virtualenv's pyvenv.cfg, beside its bin/, names the base interpreter's home: Python looks for it
+    # next to the path it was started by (argv[0]), and takes its standard library from there, the
+    # `encodings` package first of all, before any of corral's code runs.
+    code = [
+        "import posix",
+        f"fd = posix.open('{marker}', posix.O_WRONLY | posix.O_CREAT, 0o644)",
+        "posix.write(fd, b'ran-as-%d' % posix.getuid())",
+    ]
+    lines = " ".join(f'"{line}"' for line in code)
+    plant = (
+        f"mkdir -p {venv}/evil/bin {venv}/evil/{lib}/encodings && : > {venv}/evil/{lib}/os.py && "
+        f"printf '%s\\n' {lines} > {venv}/evil/{lib}/encodings/__init__.py && "
+        f"printf 'home = {venv}/evil/bin\\n' > {venv}/pyvenv.cfg"
+    )
+
+async def main():
+    async with Supervisor(prefork=0) as sup:
+        pol = profiles.workspace_write(workdir, timeout=30)
+        r = await sup.run(["/bin/sh", "-c", plant], policy=pol, stdout=PIPE)
+        print("plant", r.exit_code, r.stderr.decode(), flush=True)
+        if started == "stdio helper":
+            # A file given as stdout: the supervisor starts its stdio helper now, after the plant.
+            with open(out, "w") as f:
+                r = await sup.run(["/bin/sh", "-c", "echo next-ran"], policy=pol, stdout=f.fileno())
+            print("next", r.exit_code, flush=True)
+    if started == "fork server":
+        # A later Supervisor of the same process (an agent's next task) starts a fork server of its own.
+        async with Supervisor(prefork=0) as sup:
+            with open(out, "w") as f:
+                r = await sup.run(["/bin/sh", "-c", "echo next-ran"], policy=pol, stdout=f.fileno())
+            print("next", r.exit_code, flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize(
+    ("plant", "started"),
+    [("interpreter", "fork server"), ("pyvenv.cfg", "fork server"), ("pyvenv.cfg", "stdio helper")],
+)
+def test_a_virtualenv_changed_in_a_writable_root_is_not_run_by_a_later_fork_server_or_helper(
+    workspace: Path, outside: Path, plant: str, started: str
+) -> None:
+    """A supervisor whose interpreter is a virtualenv's `bin/python` in the workdir (a project's `.venv`)
+    starts a fork server for each Supervisor, and stdio helpers when a file given as stdio first needs one,
+    possibly after sandboxes ran. The fork server was executed by that path, so a command that replaced it
+    had its program run as the supervisor's user (root here: the marker appeared outside the sandbox's
+    roots); the helpers executed a pinned fd, but with that path as argv[0], from which Python finds
+    `pyvenv.cfg` and takes its standard library from the `home` it names: a command that wrote one made
+    root import its `encodings` package. Both now execute the base interpreter pinned by an fd at import,
+    under its own path (no pyvenv.cfg in the workdir is read)."""
+    venv_bin = workspace / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(os.path.realpath(sys.executable))
+    root = Path(__file__).resolve().parents[2]
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *site])}
+    marker, out = outside / "ran-outside", outside / "out.txt"
+    args = [str(workspace), str(marker), str(out), plant, started]
+    p = subprocess.run(
+        [str(venv_bin / "python"), "-c", _LATER_PYTHON, *args],
+        capture_output=True, text=True, timeout=120, check=False, env=env, cwd=str(outside),
+    )  # fmt: skip
+    assert "plant 0" in p.stdout, (p.stdout, p.stderr)
+    assert not marker.exists(), f"the planted program ran outside the sandbox: {marker.read_text()!r}"
+    assert "next 0" in p.stdout, (p.stdout, p.stderr)
+    assert out.read_text() == "next-ran\n"
