@@ -13,7 +13,9 @@ connection (`ChildProxy.serve`):
 3. The host is normalised (every IP-literal form to its address: decimal, octal, hex, shorthand, IPv4
    in IPv6; names to IDNA A-labels) and checked against the child's `network.deny` (first) and
    `network.allow` (policies._network.match_target).
-4. The proxy resolves the name itself. Addresses in a refused range (policies._network.REFUSED_RANGES:
+4. The proxy resolves the name itself (`system_resolver`: getaddrinfo in a thread pool of its own, at most
+   `max_resolving` lookups at once per child, so that one child's unanswered names cannot hold the threads
+   every other child's lookups need). Addresses in a refused range (policies._network.REFUSED_RANGES:
    loopback, private, shared, link-local with the 169.254.169.254 metadata service, multicast, unspecified,
    broadcast, reserved, ...), the host's own and those on the host's networks (`ProxyConfig.inside`) are
    skipped unless an address rule of `network.allow` names them; if none is left the request is refused.
@@ -48,6 +50,8 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 from policies import NetworkPolicy
 from policies._network import (
@@ -84,13 +88,39 @@ _SOCKS_VERSION = 5
 Resolver = Callable[[str, int], Awaitable[list[Address]]]
 
 
+#: getaddrinfo threads of every sandbox's proxy together: a pool of their own. anyio.getaddrinfo used the
+#: event loop's default executor on asyncio (min(32, CPUs + 4) threads: 6 on 2 cores) and the process-wide
+#: thread limiter on trio (shared with every worker-thread job of the supervisor), so one sandbox's lookups
+#: of names nobody answers (each waits for the resolver's timeout: 5 to 30 s) held them all, and every other
+#: sandbox's lookup queued behind them until its connect timeout refused it.
+MAX_RESOLVER_THREADS = 32
+_RESOLVER_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("corral_proxy_resolver_limiter")
+
+
+def _resolver_limiter() -> anyio.CapacityLimiter:
+    try:
+        return _RESOLVER_LIMITER.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(MAX_RESOLVER_THREADS)
+        _RESOLVER_LIMITER.set(limiter)
+        return limiter
+
+
+def _getaddrinfo(host: str, port: int) -> list[tuple[int, str]]:
+    """(family, address) of each answer of getaddrinfo (blocking: a worker thread's)."""
+    return [(int(i[0]), str(i[4][0])) for i in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
 async def system_resolver(host: str, port: int) -> list[Address]:
-    """The host's resolver (getaddrinfo, off the event loop as anyio does it), in its order."""
-    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """The host's resolver (getaddrinfo in a worker thread of the proxy's own pool, MAX_RESOLVER_THREADS;
+    a lookup given up is left to finish in its thread), in its order."""
+    infos = await anyio.to_thread.run_sync(
+        _getaddrinfo, host, port, abandon_on_cancel=True, limiter=_resolver_limiter()
+    )
     out: list[Address] = []
-    for family, _type, _proto, _name, sockaddr in infos:
+    for family, text in infos:
         if family in (socket.AF_INET, socket.AF_INET6):
-            address = canonical_address(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]))
+            address = canonical_address(ipaddress.ip_address(text.split("%", 1)[0]))
             if address not in out:
                 out.append(address)
     return out
@@ -240,6 +270,9 @@ class ProxyConfig:
     total_timeout: float = 3600.0
     connect_timeout: float = 10.0
     max_connections: int = 128
+    #: Name lookups one sandbox's proxy runs at once (its further requests wait their turn, within
+    #: connect_timeout): what one sandbox may hold of the resolver's threads (MAX_RESOLVER_THREADS).
+    max_resolving: int = 4
     #: Most bytes the relay's grown buffers take at once, over every child: a bulk stream's buffer grows
     #: past _FIRST_CHUNK (up to _CHUNK) only while this allows (`_pump`); `relay_memory_used` is what they
     #: take now.
@@ -338,6 +371,7 @@ class ChildProxy:
         self.on_denial: Callable[[Denial], None] | None = None
         self.active = 0
         self._answering = 0  # connections past the bound being answered 503 (bounded as well)
+        self._resolving = anyio.Semaphore(self.config.max_resolving)
 
     def net(self) -> tuple[int, int, int, int]:
         """ChildStats' net_* fields: bytes up and down, connections allowed and denied."""
@@ -525,7 +559,8 @@ class ChildProxy:
         if isinstance(host, str):
             try:
                 with anyio.fail_after(self.config.connect_timeout):
-                    found = await self.config.resolver(host, request.port)
+                    async with self._resolving:  # one sandbox holds at most max_resolving lookups
+                        found = await self.config.resolver(host, request.port)
             except (OSError, TimeoutError) as err:
                 raise _Refused(502, f"{host} does not resolve ({err})", op, target) from None
         else:
