@@ -1125,6 +1125,89 @@ def _deny_targets(prepared: Prepared) -> list[str]:
             )
         if real not in out:
             out.append(real)
+    for alias in _mount_aliases(out):
+        if alias not in out:
+            out.append(alias)
+    return out
+
+
+def _host_mounts() -> list[tuple[str, str, str]]:
+    """(device "major:minor", root within its filesystem, mount point) of each mount of this process's
+    mount namespace, in /proc/self/mountinfo's order (a later one on the same point covers an earlier one);
+    none when it cannot be read."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+
+    def text(raw: bytes) -> str:
+        if b"\\" in raw:
+            raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
+        return os.fsdecode(raw)
+
+    out: list[tuple[str, str, str]] = []
+    for line in data.splitlines():
+        fields = line.split(b" ", 5)
+        if len(fields) > 4:
+            out.append((os.fsdecode(fields[2]), text(fields[3]), text(fields[4])))
+    return out
+
+
+def _mount_aliases(targets: list[str]) -> list[str]:
+    """The other names the host's mount table gives each of the denied objects `targets` (real paths): where
+    the same filesystem is also mounted (a bind mount of a directory above the object, `mount --bind ~/data
+    /srv/data`, a second mount of the device), the object's path there; where a mount's root lies INSIDE a
+    denied directory (a bind of `~/.ssh/keys` elsewhere), that mount's point. A hiding mount covers one
+    name (one mount's dentry): the object stayed readable under the others. Only names that lead to the same
+    object now (device and inode, lstat) are returned; the host's mount table is read once. Never raises."""
+    mounts = _host_mounts()
+    by_dev: dict[str, int] = {}
+    for dev, _root, _point in mounts:
+        by_dev[dev] = by_dev.get(dev, 0) + 1
+    if not any(n > 1 for n in by_dev.values()):
+        return []
+    out: list[str] = []
+    for target in targets:
+        # The mount the target lies in: the deepest mount point above it, the last of those on that point.
+        best: tuple[str, str, str] | None = None
+        for entry in mounts:
+            point = entry[2]
+            if _under(target, (point,)) and (best is None or len(point) >= len(best[2])):
+                best = entry
+        if best is None or by_dev.get(best[0], 0) < 2:
+            continue
+        dev, root, point = best
+        inside = root.rstrip("/") + target[len(point.rstrip("/")) :] or "/"  # its path in the filesystem
+        try:
+            st = os.lstat(target)
+        except OSError:
+            continue
+        for other_dev, other_root, other_point in mounts:
+            if other_dev != dev or (other_root, other_point) == (root, point):
+                continue
+            if _under(inside, (other_root,)):
+                alias = other_point.rstrip("/") + inside[len(other_root.rstrip("/")) :] or "/"
+            elif _under(other_root, (inside,)) and stat.S_ISDIR(st.st_mode):
+                alias = other_point
+                try:
+                    if os.lstat(alias).st_dev != st.st_dev:
+                        continue
+                except OSError:
+                    continue
+                if alias not in out and alias != target:
+                    out.append(alias)
+                continue
+            else:
+                continue
+            if alias == target or alias in out:
+                continue
+            try:
+                a = os.lstat(alias)
+            except OSError:
+                continue
+            if (a.st_dev, a.st_ino) == (st.st_dev, st.st_ino):
+                out.append(alias)
     return out
 
 

@@ -10,10 +10,13 @@ from outside, the secret is still where the user keeps it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -178,6 +181,62 @@ async def test_a_denied_name_that_is_a_link_cannot_be_removed_or_moved(
     assert b"busy" in out.lower()
     assert os.readlink(workspace / "home" / ".ssh") == "../dotfiles/ssh"
     assert (workspace / "dotfiles" / "ssh" / "id_ed25519").read_text() == secret
+
+
+@contextlib.contextmanager
+def host_bind(source: Path, target: Path) -> Iterator[None]:
+    """`source` bind-mounted at `target` in the host's mount namespace (the test's), for the block."""
+    target.mkdir(exist_ok=True)
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True, timeout=10)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=True, timeout=10)
+
+
+async def test_a_denied_path_reached_through_a_host_bind_mount(
+    sup: Supervisor, workspace: Path, outside: Path, secret: str
+) -> None:
+    # The host gives the denied object other names with bind mounts (a directory above it bound elsewhere,
+    # as `mount --bind ~/data /srv/data`, systemd's BindPaths= or a container's volumes do; a directory
+    # inside a denied one bound elsewhere): a mount over one name hid one name, and the secret was read
+    # under the other.
+    (workspace / "keys").mkdir()
+    (workspace / "keys" / "id.pem").write_text(secret)
+    pol = profiles.workspace_write(
+        workspace, deny=[workspace / "sub" / ".env", workspace / "keys"], timeout=20
+    )
+    script = (
+        f"cat {outside}/above/.env {outside}/inside/id.pem; find {outside} -type f -exec cat {{}} +; true"
+    )
+    with host_bind(workspace / "sub", outside / "above"), host_bind(workspace / "keys", outside / "inside"):
+        for _ in range(2):  # built on the spot, then from the cached view
+            code, out = await run(sup, pol, script)
+            assert code == 0
+            assert b"host canary" in out  # the dump does read there
+            assert secret.encode() not in out
+        # The bind mounts are still there, and the secret under both of their names, seen from outside.
+        assert (outside / "above" / ".env").read_text() == secret
+        assert (outside / "inside" / "id.pem").read_text() == secret
+
+
+async def test_a_bind_mount_the_host_makes_after_a_view_was_built(
+    sup: Supervisor, workspace: Path, outside: Path, secret: str
+) -> None:
+    # The view (and its plan, cached by the fork server, or a sandbox built ahead) was made before the host's
+    # bind mount: the next run must not reuse a plan that hides the object under its old names only.
+    pol = env_policy(workspace)
+    script = f"cat {outside}/above/.env 2>&1; find {outside} -type f -exec cat {{}} +; true"
+    for _ in range(2):
+        code, out = await run(sup, pol, script)
+        assert code == 0
+        assert b"host canary" in out
+    with host_bind(workspace / "sub", outside / "above"):
+        for _ in range(2):
+            code, out = await run(sup, pol, script)
+            assert code == 0
+            assert b"host canary" in out
+            assert secret.encode() not in out
 
 
 async def test_a_link_planted_at_a_denied_name_cannot_hide_what_sandboxes_need(
