@@ -198,6 +198,11 @@ def unsafe_keys(data: bytes | str) -> list[str]:
         entries = _gitconfig.parse(raw)
     except _gitconfig.ConfigSyntaxError as err:
         return [f"unparsed: {err}"]
+    return _unsafe(entries)
+
+
+def _unsafe(entries: list[tuple[str, bytes | None]]) -> list[str]:
+    """The `section.key` names among parsed config `entries` that are not on the allow-list."""
     bad: list[str] = []
     for name, _value in entries:
         section, _, key = name.rpartition(".")
@@ -533,6 +538,10 @@ class Scan:
         self._included: set[str] = set()
         #: Bytes of git config parsed by this scan (_parse_budget).
         self._parsed = 0
+        #: The configs parsed by this scan, by what they were when read (dev, inode, ctime, size): each is
+        #: parsed once (its settings, or the syntax error git would refuse it with), however many checks
+        #: read it (_config_problem, _check_includes, _check_hooks_path, _check_programs).
+        self._configs: dict[tuple[int, int, int, int], list[tuple[str, bytes | None]] | str] = {}
         #: The host users' global and system git configuration (supervisor/_gitglobal.py), read once per
         #: scan in `_run`: what it includes or names as hooks under a root is checked like a repository's.
         self.globals: _gitglobal.Refs | None = None
@@ -1069,7 +1078,7 @@ class Scan:
         of includes are followed, as git does, to its depth of 10. A target reached only through a
         symlink is reported, not followed. A scan that met an include into the root takes no snapshot:
         the quick check does not watch the included files."""
-        read = self._config_entries(fd, path, name, b"include") if depth < 10 else None
+        read = self._config_entries(fd, path, name) if depth < 10 else None
         if read is None:
             return
         entries, owner = read
@@ -1144,7 +1153,7 @@ class Scan:
         mounts, and the sandbox could fill it (`core.hooksPath = .githooks` before the directory exists);
         one that existed in the top repository's worktree was bound, and is trusted like `.git/hooks`.
         Relative paths are taken from the worktree (the directory holding `.git`), else the git dir."""
-        read = self._config_entries(fd, path, name, b"hookspath")
+        read = self._config_entries(fd, path, name)
         entries, owner = read if read is not None else ([], os.geteuid())
         values = [v for k, v in entries if k == "core.hookspath" and v is not None]
         base = os.path.dirname(path) if os.path.basename(path) == ".git" else path
@@ -1172,7 +1181,7 @@ class Scan:
         script kept in the tree), or a filter's `clean = python3 tools/strip` (the same as an argument),
         ran what the sandbox wrote into `tools/` at the user's next `git status` or `git add`. A word
         without a slash is a program from PATH (not looked at)."""
-        read = self._config_entries(fd, path, name, _PROGRAM_NEEDLES)
+        read = self._config_entries(fd, path, name)
         if read is None:
             return
         entries, owner = read
@@ -1236,33 +1245,64 @@ class Scan:
             os.close(hfd)
 
     def _config_entries(
-        self, fd: int, path: str, name: str, needle: bytes | tuple[bytes, ...]
+        self, fd: int, path: str, name: str
     ) -> tuple[list[tuple[str, bytes | None]], int] | None:
         """The settings in the config `name` (in directory `fd`, at `path`) as git reads them, and the
-        file's owner, when its text holds `needle` (lower case: a section or key name, which git writes
-        in one piece, so a config without it sets nothing by that name and is not parsed); None when it
-        cannot be read safely (gone, a FIFO, a link...), git would refuse it, or the scan's parse budget is
-        spent (reported)."""
+        file's owner, when its text holds any of the needles any check looks for (`_NEEDLES`, lower case:
+        a section or key name, which git writes in one piece, so a config without any sets nothing a check
+        looks at and is not parsed; the caller picks its keys). None when it cannot be read safely (gone, a
+        FIFO, a link...) or git would refuse it. Parsed once per scan (`_parsed_config`). Past the scan's
+        parse budget, a config is moved aside unchecked (it may name a program, an included file or a
+        hooks directory the run rewrote: a sandbox that spent the budget on configs of its own had the
+        user's `core.fsmonitor = tools/fsmon.sh` go unchecked), except the top repository's own `.git`
+        configs, the user's, bound read-only during the run, which are parsed whatever the budget (two
+        files of at most 1 MiB each)."""
         try:
             data = _hostfs.read_file(fd, name, os.path.join(path, name))
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except (OSError, _hostfs.Unsafe):
             return None
-        needles = (needle,) if isinstance(needle, bytes) else needle
         if data is None:
             return None
-        low = data.lower()  # once, not once per needle (up to 1 MiB, ~20 needles)
-        if not any(n in low for n in needles):
+        key = (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size)
+        entries = self._configs.get(key)
+        if entries is None:
+            low = data.lower()  # once, not once per needle (up to 1 MiB, ~20 needles)
+            if not any(n in low for n in _NEEDLES):
+                return None
+            top = path == os.path.join(self._root.rstrip("/"), ".git")
+            entries = self._parsed_config(key, data, charge=not top)
+            if entries is None:
+                self._quarantine(
+                    fd,
+                    path,
+                    name,
+                    f"git config not checked (over the scan's {PARSE_BUDGET >> 20} MiB of git configs "
+                    "parsed): it may name a program, an included file or a hooks directory this run "
+                    "rewrote; review it",
+                )
+                return None
+        if isinstance(entries, str):
             return None
-        if not self._parse_budget(data):
-            self.found.append(
-                (os.path.join(path, name), f"not fully scanned: over {PARSE_BUDGET >> 20} MiB of git configs")
-            )
+        return entries, st.st_uid
+
+    def _parsed_config(
+        self, key: tuple[int, int, int, int], data: bytes, charge: bool = True
+    ) -> list[tuple[str, bytes | None]] | str | None:
+        """The config `data` (the file identified by `key`) parsed, once per scan: its settings, or the
+        syntax error's text when git would refuse it; None when the parse budget is spent (not parsed;
+        `charge` False: parsed whatever the budget)."""
+        entries = self._configs.get(key)
+        if entries is not None:
+            return entries
+        if charge and not self._parse_budget(data):
             return None
         try:
-            return _gitconfig.parse(data), st.st_uid
-        except _gitconfig.ConfigSyntaxError:
-            return None
+            entries = _gitconfig.parse(data)
+        except _gitconfig.ConfigSyntaxError as err:
+            entries = f"unparsed: {err}"
+        self._configs[key] = entries
+        return entries
 
     def _parse_budget(self, data: bytes) -> bool:
         """Charge parsing `data` to this scan's budget (PARSE_BUDGET bytes); False when it is spent. git's
@@ -1579,17 +1619,24 @@ class Scan:
         else (an included file, a global config) `core.worktree` is moved aside."""
         try:
             data = _hostfs.read_file(fd, name, path)
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except _hostfs.Unsafe as err:
             return f"git config written during the run is unsafe to read ({err.hint.split(';')[0]})"
         except OSError as err:
             return f"git config written during the run is unreadable ({os.strerror(err.errno or 0)})"
         if data is None:
             return ""
-        if not self._parse_budget(data):
+        entries = self._parsed_config((st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size), data)
+        if entries is None:
             return f"git config written during the run not checked (over the scan's {PARSE_BUDGET >> 20} MiB)"
-        bad = unsafe_keys(data)
-        if bad and bad == ["core.worktree"] * len(bad) and gitdir is not None:
-            values = [v for k, v in _gitconfig.parse(data) if k == "core.worktree"]
+        bad = [entries] if isinstance(entries, str) else _unsafe(entries)
+        if (
+            bad
+            and bad == ["core.worktree"] * len(bad)
+            and gitdir is not None
+            and not isinstance(entries, str)
+        ):
+            values = [v for k, v in entries if k == "core.worktree"]
             why = self._worktree_problem(gitdir, values[-1])
             if not why:
                 return ""
@@ -1821,6 +1868,8 @@ _PROGRAM_NEEDLES = (
     b"path",
     b"alias",
 )
+#: What any check of a config's settings looks for (`_config_entries`: a config without any is not parsed).
+_NEEDLES = (b"include", b"hookspath", *_PROGRAM_NEEDLES)
 #: The hooks git runs (githooks(5)), by their exact names.
 _HOOK_NAMES = frozenset(
     {
