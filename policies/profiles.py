@@ -14,6 +14,7 @@ full-access:      no filesystem confinement, network "host"; resource limits sti
 from __future__ import annotations
 
 import os
+import pwd
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypedDict, Unpack
@@ -346,13 +347,28 @@ def credential_paths(home: str | None = None) -> tuple[str, ...]:
     pre-forked sandboxes' fingerprint and recheck stat that directory instead: supervisor/sandbox/_absent.py);
     each one that exists costs a mount and a stat per fingerprint and recheck. A policy
     file's `filesystem.deny` adds to them; ``filesystem.hide_credentials = false`` (the
-    `hide_credentials=False` option) drops them."""
+    `hide_credentials=False` option) drops them.
+
+    The caller's home is both the one $HOME names and the password database's for the effective uid: a
+    tool or agent runner that sets HOME to a directory of its own (`HOME=$(mktemp -d)`, a CI job's or a
+    harness's workspace) left the account's real `~/.ssh` and cloud credentials unhidden and readable."""
     homes = ["/root", os.path.expanduser("~") if home is None else home]
+    if home is None:
+        homes.append(_account_home())
     paths = list(_SYSTEM_SECRETS)
     for h in dict.fromkeys(homes):
         if h and os.path.isabs(h) and h != "/":
             paths += [os.path.join(h, rel) for rel in _HOME_SECRETS]
     return tuple(paths)
+
+
+def _account_home() -> str:
+    """The effective uid's home directory in the password database, normalised; "" when there is none."""
+    try:
+        home = pwd.getpwuid(os.geteuid()).pw_dir
+    except (KeyError, OSError):
+        return ""
+    return os.path.normpath(home) if home else ""
 
 
 def without_credentials(deny: Iterable[str]) -> tuple[str, ...]:

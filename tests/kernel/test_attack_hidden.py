@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import pwd
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -237,6 +238,32 @@ async def test_a_bind_mount_the_host_makes_after_a_view_was_built(
             assert code == 0
             assert b"host canary" in out
             assert secret.encode() not in out
+
+
+async def test_the_accounts_real_home_is_hidden_when_home_names_another_directory(
+    sup: Supervisor, workspace: Path, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent runner or CI job sets HOME to a directory of its own before calling corral: the default hiding
+    # covered $HOME (and root's), not the account's real home in the password database, whose ~/.ssh and
+    # ~/.aws stayed readable. (The password database is made to name `real` as this account's home.)
+    real = workspace / "real"
+    (real / ".ssh").mkdir(parents=True)
+    (real / ".ssh" / "id_ed25519").write_text(secret)
+    (real / ".aws").mkdir()
+    (real / ".aws" / "credentials").write_text(secret)
+    (real / "notes.txt").write_text("control-visible\n")
+    account = pwd.getpwuid(os.geteuid())
+    fields = list(account)
+    fields[5] = str(real)
+    fake = pwd.struct_passwd(fields)
+    original = pwd.getpwuid
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: fake if uid == os.geteuid() else original(uid))
+    monkeypatch.setenv("HOME", str(workspace / "tool-home"))
+    (workspace / "tool-home").mkdir()
+    pol = profiles.workspace_write(workspace / "tool-home", timeout=20)
+    _code, out = await run(sup, pol, f"cat {real}/.ssh/id_ed25519 {real}/.aws/credentials {real}/notes.txt")
+    assert b"control-visible" in out
+    assert secret.encode() not in out, out
 
 
 async def test_a_link_planted_at_a_denied_name_cannot_hide_what_sandboxes_need(
