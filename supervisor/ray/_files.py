@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import io
+import logging
 import os
 import shutil
 import stat
-import sys
 import tarfile
 
 from policies import CorralError
+from policies._errors import printable
+
+_log = logging.getLogger("corral")
 
 #: The most bytes `read_file` and `archive` return unless told otherwise.
 DEFAULT_FETCH_LIMIT = 64 * 1024 * 1024
@@ -137,6 +140,9 @@ def archive(root: str, path: str = ".", limit: int = DEFAULT_FETCH_LIMIT) -> byt
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for dirpath, dirnames, filenames, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
                 rel = os.path.normpath(dirpath)
+                if dirnames and rel != "." and rel.count("/") + 1 >= MAX_ARCHIVE_DEPTH:
+                    # os.fwalk recurses: a command's tree 3,000 levels deep ended it in RecursionError
+                    raise WorkspaceError(path, f"holds directories more than {MAX_ARCHIVE_DEPTH} levels deep")
                 for name in sorted(dirnames) + sorted(filenames):
                     arcname = name if rel == "." else f"{rel}/{name}"
                     try:
@@ -229,23 +235,137 @@ def unpack(root: str, data: bytes) -> int:
     return made
 
 
-def remove_tree(path: str) -> None:
-    """Remove the workspace `path` and everything in it, never following a link (shutil.rmtree's fd-based
-    walk); directories a sandbox made unwritable or unsearchable are opened up (through an O_NOFOLLOW fd)
-    and retried. Missing is fine; what still cannot be removed is left (the caller logs it)."""
+#: Directory levels `remove_tree` holds open at once; a directory deeper is moved up to the top first.
+_REMOVE_DEPTH = 64
+#: Levels `archive` descends (os.fwalk recurses, a Python frame and an fd per level).
+MAX_ARCHIVE_DEPTH = 256
 
-    def _retry(_func: object, target: str, _exc: object) -> None:
-        with contextlib.suppress(OSError):
-            fd = os.open(target, _DIR_FLAGS)
-            try:
-                os.fchmod(fd, 0o700)
-            finally:
-                os.close(fd)
-            shutil.rmtree(target, ignore_errors=True)
 
-    if not os.path.lexists(path):
+def _open_up(dir_fd: int) -> None:
+    """Make the directory `dir_fd` writable and searchable by its owner (a command may have locked it)."""
+    with contextlib.suppress(OSError):
+        os.fchmod(dir_fd, 0o700)
+
+
+def _open_child(parent: int, name: str) -> int | None:
+    """An O_DIRECTORY fd of `name` in `parent`, never through a link (opened up first when a command made
+    it unreadable); None when it cannot be opened."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except PermissionError:
+        pass
+    except OSError:
+        return None
+    try:
+        handle = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        return None
+    try:
+        os.chmod(f"/proc/self/fd/{handle}", 0o700)  # the inode of our fd, not a name
+        return os.open(".", _DIR_FLAGS, dir_fd=handle)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+
+
+def _clear(top: int) -> None:
+    """Remove everything in the directory `top`: depth-first with an explicit stack (no recursion: a command's
+    tree 3,000 directories deep ended shutil.rmtree in RecursionError), names only through the fd of their
+    directory, never following a link; at most _REMOVE_DEPTH directories open at once (a deeper one is moved
+    up into `top` under a fresh name and removed from there)."""
+    frames: list[tuple[int, list[str], str]] = []  # (fd, names left, its name in the frame below)
+    try:
+        names = os.listdir(top)
+    except OSError:
         return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=_retry)
-    else:
-        shutil.rmtree(path, onerror=_retry)
+    frames.append((top, names, ""))
+    moved = 0
+    while frames:
+        fd, names, _ = frames[-1]
+        if not names:
+            _, _, own = frames.pop()
+            if frames:  # an emptied subdirectory: close it, remove it from its parent
+                os.close(fd)
+                parent = frames[-1][0]
+                try:
+                    os.rmdir(own, dir_fd=parent)
+                except PermissionError:
+                    _open_up(parent)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(own, dir_fd=parent)
+                except OSError:
+                    pass
+            continue
+        name = names.pop()
+        try:
+            os.unlink(name, dir_fd=fd)
+            continue
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            _open_up(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=fd)
+                continue
+        except IsADirectoryError:
+            pass
+        except OSError:
+            continue
+        if len(frames) >= _REMOVE_DEPTH:
+            moved += 1
+            flat = f".corral-remove-{moved}"
+            with contextlib.suppress(OSError):
+                os.rename(name, flat, src_dir_fd=fd, dst_dir_fd=top)
+                frames[0][1].append(flat)
+            continue
+        sub = _open_child(fd, name)
+        if sub is None:
+            continue
+        try:
+            children = os.listdir(sub)
+        except OSError:
+            os.close(sub)
+            continue
+        frames.append((sub, children, name))
+
+
+def remove_tree(path: str) -> bool:
+    """Remove the workspace `path` and everything in it, never following a link (`_clear`: fd-relative,
+    iterative, bounded in open fds whatever the depth); directories a sandbox made unwritable or
+    unsearchable are opened up (through an `O_NOFOLLOW` fd) first. Missing is fine. Never raises: returns
+    False, with a warning logged, when something could not be removed (left in place)."""
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # a link or other file where the workspace was: removed, not followed
+            return True
+        top = -1
+        with contextlib.suppress(OSError):
+            handle = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.chmod(f"/proc/self/fd/{handle}", 0o700)
+                top = os.open(".", _DIR_FLAGS, dir_fd=handle)
+            finally:
+                os.close(handle)
+        if top < 0:
+            _log.warning("corral: cannot remove the workspace %s (left in place)", printable(path))
+            return False
+    try:
+        _open_up(top)
+        _clear(top)
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError as err:
+        _log.warning(
+            "corral: cannot remove the workspace %s (left in place): %s", printable(path), err.strerror
+        )
+        return False
+    return True

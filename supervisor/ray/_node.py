@@ -811,7 +811,10 @@ class NodeSupervisor:
             for s in list(self._sessions.values()):
                 if now - s.renewed > s.lease:
                     log.warning("session %s: lease expired (its owner is gone); closing it", s.id)
-                    await self.session_close(s.id)
+                    try:
+                        await self.session_close(s.id)
+                    except Exception:  # one session's workdir must not end the node's supervisor
+                        log.exception("session %s: closing it failed", s.id)
 
     async def read_file(self, sid: str, path: str, limit: int) -> bytes | Failure:
         try:

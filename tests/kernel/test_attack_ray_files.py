@@ -6,7 +6,13 @@ so a command that made many empty files, links or directories (no content at all
 of 512 bytes of header (and more for a long name) per member in memory, past any limit: 100,000 empty files
 are 50 MiB of archive for a 1 MiB limit, a million half a GiB. The archive itself is bounded now.
 
-No Ray here: the function is the node's, the tree a sandbox's.
+`remove_tree` (a session's close, its lease's expiry, the node's shutdown) and `archive` walked the tree
+recursively: a command's 3,000 nested directories ended both in RecursionError. From the lease expiry
+task, the exception ended the node's supervisor, killing every other session's commands, and the workdir
+stayed. Removal is iterative now, never raises, and holds a bounded number of fds; `archive` refuses a tree
+deeper than MAX_ARCHIVE_DEPTH with a WorkspaceError.
+
+No Ray here: the functions are the node's, the trees a sandbox's.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import pytest
 
 from policies import profiles
 from supervisor import Supervisor
-from supervisor.ray._files import WorkspaceError, archive
+from supervisor.ray._files import WorkspaceError, archive, remove_tree
 
 pytestmark = pytest.mark.kernel
 
@@ -57,3 +63,34 @@ async def test_archive_within_the_limit_still_holds_every_member(sup: Supervisor
     with pytest.raises(WorkspaceError, match="more than"):
         archive(str(workspace), ".", limit=len(data) - 1)
     assert archive(str(workspace), ".", limit=len(data)) == data
+
+
+DEEP = """
+import os
+for i in range(3000):
+    os.mkdir('d')
+    os.chdir('d')
+    if i == 1000:
+        os.mkdir('locked'); open('locked/f', 'w').close(); os.chmod('locked', 0)
+        os.symlink(OUTSIDE, 'out'); os.mkfifo('fifo'); open('file', 'w').write('x')
+    if i == 2000:
+        keep = os.open('.', os.O_RDONLY)
+        open('g', 'w').close()
+os.fchmod(keep, 0o500)  # a directory its owner cannot write, deep down
+"""
+
+
+async def test_a_sandboxs_deep_tree_is_removed_and_refused_by_archive(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    policy = profiles.workspace_write(workspace, timeout=120)
+    r = await sup.run([PY, "-c", f"OUTSIDE = {str(outside)!r}\n{DEEP}"], policy=policy)
+    assert r.exit_code == 0, r.stderr.decode(errors="replace")
+    assert (workspace / "d" / "d").is_dir()
+    with pytest.raises(WorkspaceError, match="levels deep"):  # on main: RecursionError
+        archive(str(workspace), ".", limit=LIMIT)
+    assert remove_tree(str(workspace)) is True  # on main: RecursionError, the tree left
+    with pytest.raises(FileNotFoundError):
+        os.lstat(workspace)
+    assert sorted(os.listdir(outside)) == ["canary.txt"]  # the link was removed, not followed
+    assert (outside / "canary.txt").read_text() == "host canary\n"
