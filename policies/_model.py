@@ -66,6 +66,10 @@ DEFAULT_SECRET_MARKERS: tuple[str, ...] = (
     "KEYRING",
     "APIKEY",
     "DSN",
+    # `DB_PASS`, `SMTP_PASS`, `REDIS_PASS`, `AWS_CREDS`: passwords and credentials under their common short
+    # names passed through (whole words only: `GIT_ASKPASS`, `BYPASS_CACHE` and `COMPASS_HOME` still do).
+    "PASS",
+    "CREDS",
 )
 
 

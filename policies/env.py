@@ -28,6 +28,22 @@ _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # credentials, a git remote with a token.
 _USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]+@")
 
+# A private key (PEM: `-----BEGIN OPENSSH PRIVATE KEY-----`, RSA, EC, ENCRYPTED...), whatever the variable is
+# called: `GH_APP_PEM`, `DEPLOY_SSH` held one and passed.
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+
+# A credential as a `name=value` setting inside a value: a connection string (Azure's `AccountKey=`,
+# `SharedAccessKey=`, ADO.NET's `Password=`/`Pwd=`, libpq's `password=`), a URL's query (`?password=`,
+# `&token=`, `?api_key=`), or an HTTP authorization header given to a tool (`GIT_CONFIG_PARAMETERS` with
+# `http.extraHeader=Authorization: Bearer ...`). `AZURE_STORAGE_CONNECTION_STRING` and a libpq `DB_CONN`
+# passed: no marker word in their names, no userinfo in their values.
+_SETTING = re.compile(
+    r"(?:^|[;&?\s'\"])\s*(?:password|passwd|pwd|pass|accountkey|sharedaccesskey|sharedaccesssignature|secret|"
+    r"client_secret|token|access_token|api_?key|sig)\s*=\s*[^;&\s'\"]"
+    r"|authorization\s*:\s*(?:bearer|basic|token)\s+\S",
+    re.IGNORECASE,
+)
+
 
 #: The CLI contract's four markers: a name CONTAINING one of them is secret (SSHKEY, SECRETKEY, PRIVATEKEY,
 #: TOKENVALUE), as the CLI contract says, not only a word equal to one; except inside `_BENIGN_WORDS`.
@@ -68,10 +84,16 @@ def is_secret_name(name: str, markers: Iterable[str] = DEFAULT_SECRET_MARKERS) -
 
 
 def is_secret_value(value: str) -> bool:
-    """Return True if `value` holds a URL with credentials in it (``postgres://u:pw@db/x``,
-    ``https://TOKEN@host/``), whatever the variable is called. Raises nothing.
+    """Return True if `value` holds a credential, whatever the variable is called: a URL with userinfo
+    (``postgres://u:pw@db/x``, ``https://TOKEN@host/``), a private key (PEM), a ``name=value`` credential
+    setting (``AccountKey=...``, ``Password=...``, ``?token=...``; `_SETTING`) or an HTTP authorization
+    header (``Authorization: Bearer ...``). Raises nothing.
     """
-    return "://" in value and _USERINFO.search(value) is not None
+    if "://" in value and _USERINFO.search(value) is not None:
+        return True
+    if "PRIVATE KEY-----" in value and _PRIVATE_KEY.search(value) is not None:
+        return True
+    return ("=" in value or ":" in value) and _SETTING.search(value) is not None
 
 
 def _valid(name: str, value: str) -> bool:

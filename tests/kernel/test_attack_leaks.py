@@ -104,10 +104,26 @@ SECRET_NAMES = (
     "SENTRY_DSN",
     "DOCKER_AUTH_CONFIG",
     "PGPASSWORD",
+    # Common short names for passwords and credentials (they passed until the PASS and CREDS markers).
+    "DB_PASS",
+    "SMTP_PASS",
+    "AWS_CREDS",
 )
 
 #: Names that merely contain a marker's letters: passed on (whole words are matched).
-HARMLESS_NAMES = ("TOKENIZERS_PARALLELISM", "MONKEYPATCH", "KEYBOARD_LAYOUT")
+HARMLESS_NAMES = ("TOKENIZERS_PARALLELISM", "MONKEYPATCH", "KEYBOARD_LAYOUT", "GIT_ASKPASS", "BYPASS_CACHE")
+
+#: Credentials in values whose names carry no marker word (they passed until is_secret_value looked for
+#: private keys, credential settings and authorization headers): the value's `{}` is the unique part.
+SECRET_VALUES = {
+    "AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={}==;",
+    "SERVICEBUS_CONNECTION": "Endpoint=sb://ns.invalid/;SharedAccessKeyName=Root;SharedAccessKey={}=",
+    "DB_CONN": "host=db.invalid user=app password={} dbname=app",
+    "JDBC_URL": "jdbc:postgresql://db.invalid/app?user=app&password={}",
+    "GH_APP_PEM": "-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----",
+    "GIT_CONFIG_PARAMETERS": "'http.extraHeader=Authorization: Bearer {}'",
+    "BLOB_URL": "https://acct.blob.invalid/c/f?sv=2022&sig={}",
+}
 
 
 @pytest.fixture
@@ -122,6 +138,9 @@ def secrets(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     # A URL with credentials is secret whatever its variable is called.
     values["DATABASE_URL"] = f"postgres://app:leak-{uuid.uuid4().hex}@db.invalid/app"
     monkeypatch.setenv("DATABASE_URL", values["DATABASE_URL"])
+    for name, template in SECRET_VALUES.items():
+        values[name] = template.format(f"leak{uuid.uuid4().hex}")
+        monkeypatch.setenv(name, values[name])
     return values
 
 
