@@ -107,6 +107,9 @@ class Child:
         #: The protected paths missing when its sandbox was cloned, as (root, relative path): checked after
         #: the run (supervisor/_protectscan.py).
         self.absent_protected: tuple[tuple[str, str], ...] = ()
+        #: The writable roots without a `.git` when its view was built: the git scan trusts nothing in a
+        #: top `.git` it finds there (nothing of it was bound read-only for the run).
+        self.nogit: tuple[str, ...] = ()
         #: Network mode "proxy": the child's proxy (its counters and refusals), and the scope its serving
         #: task runs in (cancelled when the child is done).
         self.proxy: ChildProxy | None = None

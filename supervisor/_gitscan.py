@@ -63,6 +63,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from supervisor import _gitglobal, _leafwatch
@@ -514,8 +515,12 @@ class Scan:
         listings: Listings | None = None,
         protected: frozenset[str] = frozenset(),
         key: SnapshotKey | None = None,
+        unbound: Sequence[str] = (),
     ) -> None:
         self.roots = roots
+        #: The roots without a `.git` when the sandbox's view was built: a top `.git` found there after the
+        #: run had nothing bound read-only, whatever its files' birth times (one renamed into place).
+        self.unbound = frozenset(os.path.normpath(r) for r in unbound)
         #: What the policy binds read-only in the top git dir and its submodules' ("config", "hooks").
         self.protected = protected
         self.since = started_ns - MARGIN_NS
@@ -977,9 +982,12 @@ class Scan:
         is_gitdir = "HEAD" in entries and (
             "commondir" in entries or ("objects" in entries and "refs" in entries)
         )
-        bound = self._bound(fd, rel, walk)
-        defining = [n for n in _DEFINING if n in entries]
         top = rel == "/.git"
+        # A top `.git` of a root that had none when the view was built: nothing of it was bound, every file
+        # in it came during the run (made, or renamed into place: a first run's prepared directory).
+        new_top = top and self._root in self.unbound
+        bound = self._bound(fd, rel, walk) and not new_top
+        defining = [n for n in _DEFINING if n in entries]
         # A directory on its way to being one (a config or hooks beside any of git's defining entries: a
         # linked worktree's common dir has objects/ and refs/ but no HEAD; the workdir's own `.git`
         # whatever it holds) is checked as one: what is written there now is what git reads once the rest
@@ -987,7 +995,7 @@ class Scan:
         # but for the top `.git`, whose config and hooks the mounts bind read-only for the run: there a
         # sandbox's checkout, commit and stash would move the user's own hooks aside.
         if is_gitdir or ((defining or top) and any(n in entries for n in _CHECKED)):
-            fresh = bool(defining) and not top and self._fresh(fd, defining)
+            fresh = new_top or (bool(defining) and not top and self._fresh(fd, defining))
             # In a directory not (yet) a git dir, only what git would run as a hook is one (a source
             # tree's `hooks/` beside an `objects/` holds code of its own).
             self._check_gitdir(fd, path, entries, bound, fresh, hook_names=not (is_gitdir or top))
@@ -2061,9 +2069,12 @@ def snapshot_key(policy: Policy) -> SnapshotKey:
     return writable_roots(policy), _protected(policy)
 
 
-def scan(policy: Policy, started_ns: int, listings: Listings | None = None) -> list[tuple[str, str]]:
+def scan(
+    policy: Policy, started_ns: int, listings: Listings | None = None, unbound: Sequence[str] = ()
+) -> list[tuple[str, str]]:
     """Scan `policy`'s writable roots for what changed since `started_ns` (time.time_ns() at the request),
     with the supervisor's `listings` of earlier scans (and its snapshots: one is taken of a small tree
-    when none is kept for these roots). Runs in a worker thread. Never raises."""
+    when none is kept for these roots). `unbound`: the roots that had no `.git` when the sandbox's view was
+    built (the fork server's reply). Runs in a worker thread. Never raises."""
     key = snapshot_key(policy)
-    return Scan(list(key[0]), started_ns, listings=listings, protected=key[1], key=key).run()
+    return Scan(list(key[0]), started_ns, listings=listings, protected=key[1], key=key, unbound=unbound).run()

@@ -55,7 +55,7 @@ from supervisor._types import ChildStats, Denial, Result, Rule, Violation
 from supervisor.forkserver import protocol
 from supervisor.forkserver.client import ForkServer, StatusReader
 from supervisor.forkserver.prefork import Prefork
-from supervisor.forkserver.protocol import FailureRecord, SpawnRequest, absent_pairs
+from supervisor.forkserver.protocol import FailureRecord, SpawnRequest, absent_pairs, nogit_roots
 from supervisor.sandbox._ops import EncodedEnv, encode_command, encode_env
 from supervisor.sandbox.cgroups import CgroupManager, CgroupStats, Leaf
 from supervisor.sandbox.cgroups._notify import Notifiers
@@ -94,6 +94,8 @@ class _Sandbox:
     listener: socket.socket | None = None
     #: The protected paths missing before it was cloned, as (root, relative path) (Reply's `absent`).
     absent: tuple[tuple[str, str], ...] = ()
+    #: The writable roots without a `.git` when its view was built (Reply's `nogit`).
+    nogit: tuple[str, ...] = ()
 
 
 class _Slot:
@@ -780,6 +782,7 @@ class Supervisor:
         child.leaf = leaf
         child.policy = policy
         child.absent_protected = sandbox.absent
+        child.nogit = sandbox.nogit
         child.unobservable = compiled.unobservable
         sc = compiled.payload["seccomp"]
         if sc is not None and isinstance(sc.get("names"), dict):
@@ -830,6 +833,7 @@ class Supervisor:
         sandbox = _Sandbox(stub.pid, stub.pidfd, stub.status, stub.leaf, stub.cg_enforced, stub.cg_missing)
         sandbox.listener, stub.listener = stub.listener, None
         sandbox.absent = stub.absent
+        sandbox.nogit = stub.nogit
         return sandbox
 
     async def _from_fork_server(
@@ -862,6 +866,7 @@ class Supervisor:
         sandbox = _Sandbox(reply["pid"], pidfd, StatusReader(status_fd), leaf, cg_enforced, cg_missing)
         sandbox.error = reply.get("error")
         sandbox.absent = absent_pairs(reply)
+        sandbox.nogit = nogit_roots(reply)
         return sandbox
 
     async def _refresh_own_addresses(self) -> None:
@@ -1078,7 +1083,9 @@ class Supervisor:
             # when a snapshot of a small tree, checked above on the loop, shows nothing changed: the
             # worker-thread hop cost more than the scan.)
             with anyio.CancelScope(shield=True):
-                found = await anyio.to_thread.run_sync(_gitscan.scan, pol, child.requested_ns, self._listings)
+                found = await anyio.to_thread.run_sync(
+                    _gitscan.scan, pol, child.requested_ns, self._listings, child.nogit
+                )
             child.quarantined = tuple(found)
             # Bounded: a sandbox chooses how many paths there are (one line each flooded the caller's
             # stderr, up to ~100,000 lines a run); `quarantined` keeps them all.

@@ -63,6 +63,7 @@ class Stub:
         "fingerprint",
         "leaf",
         "listener",
+        "nogit",
         "pid",
         "pidfd",
         "recheck",
@@ -94,6 +95,8 @@ class Stub:
         #: The protected paths missing when it was cloned (the reply's `absent`): the supervisor uses it only
         #: while the paths its fingerprint covers (the protected ones) are as they were then.
         self.absent: tuple[tuple[str, str], ...] = ()
+        #: The writable roots without a `.git` when its view was built (the reply's `nogit`).
+        self.nogit: tuple[str, ...] = ()
 
     def hand_over(self, request: SpawnRequest, fds: list[int]) -> bool:
         """Send the command of `request` and its fds to the sandbox (protocol.CTL_*); False when the
@@ -278,6 +281,7 @@ class Prefork:
         )
         stub.recheck = recheck
         stub.absent = protocol.absent_pairs(reply)
+        stub.nogit = protocol.nogit_roots(reply)
         try:
             if "error" in reply:
                 raise _Unusable

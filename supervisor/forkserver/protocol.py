@@ -187,6 +187,8 @@ class Reply(TypedDict, total=False):
     pid: int
     error: FailureRecord
     absent: list[list[str]]
+    #: The writable roots without a `.git` when the sandbox's view was built (_ops.Plan.nogit).
+    nogit: list[str]
 
 
 def absent_pairs(reply: Reply) -> tuple[tuple[str, str], ...]:
@@ -199,6 +201,14 @@ def absent_pairs(reply: Reply) -> tuple[tuple[str, str], ...]:
         for pair in absent
         if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
     )
+
+
+def nogit_roots(reply: Reply) -> tuple[str, ...]:
+    """The reply's `nogit`, checked."""
+    nogit = reply.get("nogit")
+    if not isinstance(nogit, list):
+        return ()
+    return tuple(r for r in nogit if isinstance(r, str))
 
 
 #: Fds that come with a reply that started a sandbox.

@@ -451,6 +451,8 @@ class Server:
         self.requests = 0
         self.policies: dict[int, CompiledPayload] = {}
         self.cache = _Cache()
+        #: The last request's roots without a `.git` (_ops.Plan.nogit), for its reply.
+        self.nogit: list[str] = []
         self.netpool = NetPool()
         #: The init executable, opened once here and executed from this fd (execveat): a sandbox that may
         #: write where corral is installed (a project's virtualenv in its workdir) replaced `corral-init`
@@ -488,6 +490,7 @@ class Server:
         when the init could not be executed (it exited at once; the supervisor reaps it)."""
         cwd = str(req["cwd"])
         key = (req["policy_id"], cwd)
+        self.nogit = []
         net = self.netpool.take(key) if pol["ns"]["net"] else None
         # A root caller's sandbox in another account's workdir: its two-line id maps are written here
         # once it runs, and it must not read its plan's end before (the write end stays open until then).
@@ -497,6 +500,7 @@ class Server:
             if maps == namespaces.ROOT_MAPS:
                 maps = None
             segments = self._segments(pol, req, cwd, stdio, pooled_net=net is not None, ctty=ctty)
+            self.nogit = [root for seg in segments for root in seg.nogit]
         except _sys.SetupFailure as failure:
             if net is not None:
                 self.netpool.unused(key, net)
@@ -712,7 +716,7 @@ class Server:
             reply, out = self._start(
                 pol, req, _ops.MODE_SPAWN, fds, command=req.get("cmd", b""), ctty=ctty, proxy_fd=proxy_fd
             )
-        return _with_absent(reply, out, absent)
+        return _with_absent(reply, out, absent, self.nogit)
 
     def prefork(self, req: PreforkRequest) -> tuple[Reply, list[int]]:
         """A sandbox that confines itself fully for the policy, workdir and cgroup of `req` and then waits
@@ -730,14 +734,20 @@ class Server:
             out.append(ctl_parent.detach())
         else:
             ctl_parent.close()
-        return _with_absent(reply, out, absent)
+        return _with_absent(reply, out, absent, self.nogit)
 
 
-def _with_absent(reply: Reply, out: list[int], absent: list[tuple[str, str]]) -> tuple[Reply, list[int]]:
-    """`reply` naming the protected paths missing before the sandbox was cloned (mounts.absent_protected),
-    when it started one: the supervisor moves aside what the command created there."""
-    if absent and out:
-        reply["absent"] = [list(pair) for pair in absent]
+def _with_absent(
+    reply: Reply, out: list[int], absent: list[tuple[str, str]], nogit: list[str]
+) -> tuple[Reply, list[int]]:
+    """`reply` naming, when it started a sandbox, the protected paths missing before it was cloned
+    (mounts.absent_protected: the supervisor moves aside what the command created there) and the writable
+    roots whose `.git` was missing when its view was built (the git scan trusts nothing in one there)."""
+    if out:
+        if absent:
+            reply["absent"] = [list(pair) for pair in absent]
+        if nogit:
+            reply["nogit"] = nogit
     return reply, out
 
 

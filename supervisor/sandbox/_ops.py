@@ -84,6 +84,10 @@ class Plan:
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
+        #: The writable roots of a policy that protects git where no `.git` existed when the view was built
+        #: (mounts._protect): nothing of a top `.git` was bound read-only there, so the post-run git scan
+        #: trusts nothing in one it finds (supervisor/_gitscan.py, `unbound`).
+        self.nogit: list[str] = []
 
     def add(
         self,
@@ -142,7 +146,7 @@ class Plan:
                 ref(op.layer), ref(op.operation), ref(op.path), ref(_encode_hint(op.hint)), *ok,
             )  # fmt: skip
         strtab.extend(b"\0" * (-len(strtab) % 8))  # keeps the next segment's ops 8-byte aligned
-        return Segment(tuple(self.ops), bytes(packed), bytes(strtab))
+        return Segment(tuple(self.ops), bytes(packed), bytes(strtab), tuple(self.nogit))
 
     def run(self) -> None:
         """Run the ops in this process, now. Raises SetupFailure for the first op that fails."""
@@ -157,11 +161,13 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """A packed list of ops (`Plan.segment`): its ops, for reporting, and their binary form."""
+    """A packed list of ops (`Plan.segment`): its ops, for reporting, and their binary form. `nogit`: the
+    writable roots without a `.git` when the view was built (Plan.nogit), cached with it."""
 
     ops: tuple[Op, ...]
     packed: bytes
     strtab: bytes
+    nogit: tuple[str, ...] = ()
 
 
 def write_segment(layer: str, writes: Sequence[tuple[str, str, str]]) -> Segment:

@@ -637,6 +637,8 @@ def _protect(plan: Plan, root: str, protected: list[str]) -> None:
     if rootfd is None:
         return
     try:
+        if any(p.startswith(".git/") for p in protected) and _hostfs.lstat_beneath(rootfd, ".git") is None:
+            plan.nogit.append(root)
         for rel in _expand_git(root, protected, rootfd):
             path = os.path.join(root, rel)
             top_rel = rel.split("/", 1)[0]

@@ -132,14 +132,11 @@ async def test_the_top_git_dir_of_a_workdir_that_was_no_repository(sup: Supervis
     assert_not_run(workspace)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="GAP: docs/security.md Known gaps: git, what the post-run scan cannot see"
-)
 async def test_a_prepared_directory_renamed_to_the_top_git(sup: Supervisor, workspace: Path) -> None:
     """A workdir with no `.git` when the run starts: a first run prepares `stash` with a config and a hook
-    (nothing of git's there, so nothing checked), the second renames it to `.git` and completes it. The
-    scan cannot tell its config from the user's in a top `.git` the mounts bound (both born before the
-    run, both in a directory whose HEAD, objects and refs a run may change)."""
+    (nothing of git's there, so nothing checked), the second renames it to `.git` and completes it. Its
+    config and hook were born before the second run, like the user's in a top `.git` the mounts bind; the
+    fork server says the root had no `.git` when the view was built, so nothing in it is trusted."""
     (workspace / "README").write_text("not a repository yet\n")
     first = (
         "git init -q . && git commit -q --allow-empty -m x && "
@@ -150,7 +147,9 @@ async def test_a_prepared_directory_renamed_to_the_top_git(sup: Supervisor, work
     )
     await plant(sup, workspace, first)
     await anyio.sleep(0.05)
-    await plant(sup, workspace, "mv stash .git && " + BACK.format(d=".git"))
+    r2 = await plant(sup, workspace, "mv stash .git && " + BACK.format(d=".git"))
+    found = sorted(p for p, _ in r2.quarantined)
+    assert found == [str(workspace / ".git" / "config"), str(workspace / ".git" / "hooks" / "pre-commit")]
     host_git(workspace, "status")
     host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
     assert_not_run(workspace)
