@@ -1372,7 +1372,7 @@ class Scan:
         included) was made or renamed where it is during the run ("" when none, or when that cannot be
         told: outside the root, missing, a symlink on the way, which the callers deal with). A file's
         ctime moves when it is renamed, but not when a directory above it is: a first run fills `x/`, a
-        second runs `mv tools tools.old && mv x tools`, and `tools/fsmon.sh`, which the user's config
+        second runs `mv bin bin.old && mv x bin`, and `bin/fsmon.sh`, which the user's config
         runs, kept the first run's ctime. Such a directory has a ctime of the run, and so has the one
         holding it (its entries changed); both are checked, component by component with no link
         followed. (A directory that merely gained or lost an entry in the run, inside one that did too,
