@@ -1262,7 +1262,7 @@ class Scan:
         FIFO, a link...) or git would refuse it. Parsed once per scan (`_parsed_config`). Past the scan's
         parse budget, a config is moved aside unchecked (it may name a program, an included file or a
         hooks directory the run rewrote: a sandbox that spent the budget on configs of its own had the
-        user's `core.fsmonitor = tools/fsmon.sh` go unchecked), except the top repository's own `.git`
+        user's `core.fsmonitor = bin/fsmon.sh` go unchecked), except the top repository's own `.git`
         configs, the user's, bound read-only during the run, which are parsed whatever the budget (two
         files of at most 1 MiB each)."""
         try:
