@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
-from policies import CorralError
+from policies import CorralError, Policy
 from policies._commands import CommandDecision, CommandRules
 from policies._errors import printable
 from supervisor._types import Rule
@@ -36,13 +36,18 @@ class CommandForbiddenError(CorralError):
 
     exit_code = 126
 
-    def __init__(self, decision: CommandDecision, approval: str | None = None) -> None:
+    def __init__(
+        self, decision: CommandDecision, approval: str | None = None, why: str | None = None
+    ) -> None:
         self.decision = decision
         self.approval = approval
         self.argv = decision.argv
         self.rule = decision.rule
         self.justification = decision.justification
         prog = printable(decision.argv[0] if decision.argv else "?", 200)
+        if why is not None:  # allowed by the rules, refused for the file it would run (`planted_program`)
+            super().__init__(f"{prog}: {why}")
+            return
         if approval is None:
             head = f"{prog}: forbidden by the command rules"
         else:
@@ -125,3 +130,67 @@ def split_rules(rules: object) -> tuple[Sequence[Rule], CommandRules | None]:
         return rules, None
     msg = f"rules must be a sequence of Rule or CommandRules, not {type(rules).__name__}"
     raise TypeError(msg)
+
+
+def _inside(path: str, roots: Sequence[str]) -> str | None:
+    for root in roots:
+        r = root.rstrip("/") or "/"
+        if path == r or path.startswith(r.rstrip("/") + "/"):
+            return root
+    return None
+
+
+def planted_program(
+    decision: CommandDecision, caller: Policy, env_path: str | None, cwd: str
+) -> tuple[str, str] | None:
+    """(program, writable root) when a program of `decision` (its argv[0], the first word of each simple
+    command it decided) is looked up where a sandbox of `caller` could have written it, else None: given
+    as a path inside one of `caller`'s writable roots, or a bare name for which a directory of `env_path`
+    (the sandbox's PATH) inside one comes before, or is, the directory holding the program (a name not
+    found is checked against every directory: a sandbox running beside could create it before the exec).
+    Directories and the program found are also taken through their symlinks (os.path.realpath).
+
+    For a command whose deciding rule runs it in a sandbox of its own (a `profile` or `policy`): the rule
+    vouches for a program by its name, and a file a sandbox of the caller's policy wrote under that name
+    (`bin/git` in the workdir, on a PATH that an activated virtualenv put first) would run with the rule's
+    sandbox, `full-access` included. Blocking filesystem work (stat, readlink) on paths a sandbox may
+    have written: run it in a worker thread."""
+    fs = caller.filesystem
+    if not fs.confine:
+        return None  # the caller's sandboxes could write any file already: nothing to gain
+    roots = [*fs.write, *(os.path.realpath(r) for r in fs.write)]
+    programs = [decision.argv[0]] if decision.argv else []
+    programs += [c[0] for c in decision.commands if c and isinstance(c[0], str)]
+    for program in dict.fromkeys(programs):
+        if "/" in program:
+            path = os.path.normpath(os.path.join(cwd, program))
+            for shown in (path, os.path.realpath(path)):
+                root = _inside(shown, roots)
+                if root is not None:
+                    return program, root
+            continue
+        for entry in (env_path if env_path is not None else os.defpath).split(":"):
+            directory = os.path.normpath(os.path.join(cwd, entry or "."))
+            for shown in (directory, os.path.realpath(directory)):
+                root = _inside(shown, roots)
+                if root is not None:
+                    return program, root
+            candidate = os.path.join(directory, program)
+            try:
+                found = os.path.isfile(candidate) and os.access(candidate, os.X_OK)
+            except (OSError, ValueError):
+                found = False
+            if found:
+                root = _inside(os.path.realpath(candidate), roots)
+                if root is not None:
+                    return program, root
+                break
+    return None
+
+
+def sandbox_name(decision: CommandDecision) -> str:
+    """How to name the deciding rule's sandbox in a message: `profile X` or `its policy`."""
+    rule = decision.rule
+    if rule is not None and rule.profile is not None:
+        return f"profile {rule.profile}"
+    return "the rule's policy"
