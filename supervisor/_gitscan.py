@@ -33,7 +33,8 @@ tools/fsmon`) written during the run are moved aside, and what an included confi
 symlink leads to is checked. What a directory renamed in during the run holds counts as written during it
 (a `hooks/` or `rebase-merge/` of the run, a directory of the run on the path to a program, an included
 config, a hook link's target or a hooks directory: `_moved_in`), since renaming a directory leaves its
-entries' ctimes as they were.
+entries' ctimes as they were. A symlink on the way to what a config names is followed by reading it
+(`_through_links`): one made during the run is moved aside, an older one leads to what is checked.
 Also the host users' own global and system git configuration, and the repository around each root
 (supervisor/_gitglobal.py): a file it includes, a `core.hooksPath` directory or a program it names under a
 root is checked as above (and warned about once: the scan acts only after the run, while the user's git may
@@ -1110,9 +1111,12 @@ class Scan:
         self._included.add(target)
         dpath, leaf = os.path.split(target)
         # O_PATH, not O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a final link too, with ELOOP (not ENOTDIR).
-        dfd = self._open_in_root(dpath, os.O_PATH, target, what)
-        if dfd is None:
+        opened = self._open_in_root(dpath, os.O_PATH, target, what)
+        if opened is None:
             return
+        dfd, dpath = opened
+        target = os.path.join(dpath, leaf)  # its real path, when a link was on the way
+        self._included.add(target)
         try:
             moved = self._moved_in(dpath)
             if self._changed(dfd, leaf) is not None or moved:
@@ -1212,9 +1216,10 @@ class Scan:
         it holds what the sandbox wrote (`_written`), saying `reason` and why. `skip_moved_aside`: not a file
         an earlier scan already moved aside."""
         dpath, leaf = os.path.split(target)
-        dfd = self._open_in_root(dpath, os.O_PATH, target, what)
-        if dfd is None:
+        opened = self._open_in_root(dpath, os.O_PATH, target, what)
+        if opened is None:
             return
+        dfd, dpath = opened
         try:
             why = "" if skip_moved_aside and _moved_aside(leaf) else self._written(dfd, dpath, leaf)
             if why:
@@ -1227,9 +1232,12 @@ class Scan:
         (in the root being scanned; `what` names who configures it). `bound`: the mounts bound it
         read-only for the run when it existed before (the top repository's own), so it is then trusted.
         `via`: the users' global git config that names it (warned about once, `_warn_global`)."""
-        hfd = self._open_in_root(target, os.O_RDONLY, target, what)
-        if hfd is None:
+        opened = self._open_in_root(target, os.O_RDONLY, target, what)
+        if opened is None:
             return
+        if opened[1] != target:
+            bound = False  # reached through a link: the mounts bind no such directory (they refuse it)
+        hfd, target = opened
         if via:
             self._warn_global(target, via, "a git hooks directory")
         try:
@@ -1336,24 +1344,89 @@ class Scan:
         self._abandon()
         return target
 
-    def _open_in_root(self, target: str, flags: int, named: str, what: str) -> int | None:
+    def _open_in_root(self, target: str, flags: int, named: str, what: str) -> tuple[int, str] | None:
         """The directory `target` (in the root being scanned) opened beneath the root's fd with no symlink
-        followed; None when it cannot be, and `named` reported when a symlink is in the way (`what` says
-        who names it)."""
+        followed, and its path; None when it cannot be. A symlink in the way is followed as git follows
+        it, by reading it (`_through_links`): the directory it leads to in the root is opened instead
+        (its real path returned), a link made during the run is moved aside, and `named` is reported
+        (`what` says who names it) when the way leads into another writable root."""
+        rel = target[len(self._root.rstrip("/")) + 1 :]
         try:
-            rel = target[len(self._root.rstrip("/")) + 1 :]
             if not rel:
-                return os.dup(self._rootfd)
-            return _hostfs.open_beneath(self._rootfd, rel, flags | os.O_DIRECTORY)
+                return os.dup(self._rootfd), target
+            return _hostfs.open_beneath(self._rootfd, rel, flags | os.O_DIRECTORY), target
         except OSError as err:
-            if err.errno == errno.ELOOP:
-                self.found.append(
-                    (
-                        named,
-                        f"{what} through a symlink a sandbox could have planted (not followed); review it",
-                    )
-                )
+            if err.errno != errno.ELOOP:
+                return None
+        real = self._through_links(target, named, what)
+        if real is None or real == target:
             return None
+        self._abandon()  # the quick check does not watch what a link leads to
+        return self._open_in_root(real, flags, named, what)
+
+    def _through_links(self, target: str, named: str, what: str) -> str | None:
+        """The real path of `target`, which passes through a symlink below a writable root, resolved as
+        the kernel resolves it for git (each link read, never followed by an open; `..` after a link from
+        its target), when it lies in the root being scanned; None when it does not or cannot be told
+        (missing, a loop, outside every root: the user's). A link below a writable root made during the
+        run is moved aside (None): git would follow it to where the sandbox chose (`tools -> x`, with
+        `x/fsmon.sh` its own, where the user's `core.fsmonitor = tools/fsmon.sh`); an older one (the
+        user's `tools -> vendor/tools`) is followed, and what it leads to is checked like any target.
+        (These used to be reported only, "review it", while the user's git ran what they led to.)"""
+        done: list[str] = []
+        todo = [p for p in target.split("/") if p][::-1]
+        hops = 0
+        while todo:
+            part = todo.pop()
+            if part == ".":
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            path = "/" + "/".join([*done, part])
+            try:
+                st = os.lstat(path)  # every component before it is a real directory: no link followed
+            except OSError:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                below = [r for r in self.roots if path.startswith(r.rstrip("/") + "/")]
+                if below and st.st_ctime_ns >= self.since:
+                    parent = "/" + "/".join(done)
+                    try:
+                        pfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    except OSError:
+                        return None
+                    try:
+                        self._quarantine(
+                            pfd, parent, part, f"a symlink made during the run on the way to {named} ({what})"
+                        )
+                    finally:
+                        os.close(pfd)
+                    return None
+                hops += 1
+                try:
+                    link = os.readlink(path)
+                except OSError:
+                    return None
+                if hops > 40 or not link:
+                    return None
+                if link.startswith("/"):
+                    done = []
+                todo.extend(p for p in link.split("/")[::-1] if p)
+                continue
+            if todo and not stat.S_ISDIR(st.st_mode):
+                return None
+            done.append(part)
+        real = "/" + "/".join(done)
+        root = self._root.rstrip("/")
+        if real.startswith(root + "/") or real == root:
+            return real
+        if any(real == r.rstrip("/") or real.startswith(r.rstrip("/") + "/") for r in self.roots):
+            self.found.append(
+                (named, f"{what} through a symlink into another writable root (not followed); review it")
+            )
+        return None
 
     def _born_dir_before(self, dirfd: int) -> bool:
         """Whether the directory `dirfd` existed before the run (statx birth time of "." in it)."""

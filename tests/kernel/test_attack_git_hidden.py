@@ -130,15 +130,18 @@ async def test_a_file_the_users_config_includes(
     assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
 
 
-async def test_an_included_file_reached_through_a_planted_symlink_is_reported(
+async def test_an_included_file_reached_through_a_planted_symlink_is_moved_aside(
     sup: Supervisor, workspace: Path
 ) -> None:
+    """git follows the link; it was only reported ("review it"): the link made during the run is moved
+    aside now (tests/kernel/test_attack_git_moved.py has the payload variants)."""
     make_repo(workspace)
     (workspace / "tools").mkdir()
     (workspace / "tools" / "git.cfg").write_text("[user]\n\tname = Team\n")
     assert host_git(workspace, "config", "include.path", "../tools/git.cfg").returncode == 0
     r = await plant(sup, workspace, "mkdir real && mv tools/git.cfg real/ && rmdir tools && ln -s real tools")
-    assert str(workspace / "tools" / "git.cfg") in [p for p, _ in r.quarantined], r.quarantined
+    assert [p for p, _ in r.quarantined] == [str(workspace / "tools")], r.quarantined
+    assert not (workspace / "tools").is_symlink()
 
 
 @pytest.mark.parametrize("where", [".githooks", "tools/hooks"])

@@ -127,3 +127,57 @@ async def test_a_directory_on_the_path_the_users_config_names_swapped(
     host_git(workspace, "status")
     host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
     assert_not_run(workspace)
+
+
+# The same with a symlink on the way, which git follows: the scan opens what a config names with no link
+# followed, and only REPORTED one it met ("review it"). A link made during the run (`tools -> x`) is moved
+# aside now; an older one (the user's own `tools -> vendor/tools`) is followed as git does, and what it
+# leads to in the root is checked.
+@pytest.mark.parametrize(
+    ("case", "link"),
+    [
+        ("program", "made by the sandbox"),
+        ("program", "the user's"),
+        ("include", "made by the sandbox"),
+        ("include", "the user's"),
+        # (a configured hooks directory through the user's link: the mounts refuse to start the run)
+        ("hooks directory", "made by the sandbox"),
+    ],
+)
+async def test_a_symlink_on_the_path_the_users_config_names(
+    sup: Supervisor, workspace: Path, case: str, link: str
+) -> None:
+    make_repo(workspace)
+    real = workspace / "vendor" / "tools"
+    real.mkdir(parents=True)
+    (real / "fsmon.sh").write_text("#!/bin/sh\necho\n")
+    (real / "fsmon.sh").chmod(0o755)
+    (real / "git.cfg").write_text("[user]\n\tname = Team\n")
+    if case != "hooks directory":
+        (workspace / "tools").symlink_to("vendor/tools")
+    if case == "program":
+        assert host_git(workspace, "config", "core.fsmonitor", "tools/fsmon.sh").returncode == 0
+        planted = "fsmon.sh"
+    elif case == "include":
+        assert host_git(workspace, "config", "include.path", "../tools/git.cfg").returncode == 0
+        planted = "git.cfg"
+    else:  # missing when the run starts, so not bound read-only
+        assert host_git(workspace, "config", "core.hooksPath", "tools/hooks").returncode == 0
+        planted = "hooks/pre-commit"
+    assert (
+        host_git(workspace, "commit", "-q", "--allow-empty", "-m", "the user's setup works").returncode == 0
+    )
+    into = "x" if link == "made by the sandbox" else "vendor/tools"
+    if planted == "git.cfg":
+        write = f"mkdir -p {into} && " + fsmonitor(workspace) + f" > {into}/git.cfg"
+    else:
+        write = script(workspace, f"{into}/{planted}")
+    if into == "x":
+        write += " && rm -f tools && ln -s x tools"
+    r = await plant(sup, workspace, write)
+    found = [p for p, _ in r.quarantined]
+    expected = workspace / "tools" if into == "x" else real / planted
+    assert found == [str(expected)], r.quarantined
+    host_git(workspace, "status")
+    host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
+    assert_not_run(workspace)
