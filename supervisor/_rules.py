@@ -9,11 +9,11 @@ run. The Supervisor counts each decision (`totals["decision:<d>"]`, which the Pr
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 
-from policies import CorralError, Policy
+from policies import CorralError, Policy, filter_environment
 from policies._commands import CommandDecision, CommandRules
 from policies._errors import printable
 from supervisor._types import Rule
@@ -194,3 +194,29 @@ def sandbox_name(decision: CommandDecision) -> str:
     if rule is not None and rule.profile is not None:
         return f"profile {rule.profile}"
     return "the rule's policy"
+
+
+async def check_planted(
+    decision: CommandDecision,
+    caller: Policy,
+    chosen: Policy,
+    env: Mapping[str, str] | None,
+    cwd: str | os.PathLike[str] | None,
+) -> None:
+    """Raise CommandForbiddenError when the command the rules let run in a sandbox of their own (`chosen`)
+    would run a program a sandbox of the `caller`'s policy could have written (`planted_program`;
+    its look-ups in a worker thread). Used by Supervisor.start and by cluster mode's node, which applies
+    a decision the client made."""
+    environ = filter_environment(chosen, {**os.environ, **(env or {})})
+    base = chosen.workdir or caller.workdir or os.getcwd()
+    where = os.path.join(base, os.fspath(cwd)) if cwd is not None else base
+    found = await anyio.to_thread.run_sync(planted_program, decision, caller, environ.get("PATH"), str(where))
+    if found is not None:
+        program, root = found
+        why = (
+            f"the command rules run it in a sandbox of their own ({sandbox_name(decision)}), but "
+            f"{printable(program, 200)} is looked up in {printable(root, 400)}, a writable root of this "
+            "policy, where a sandbox could have put a program of its own under that name; it did not run. "
+            "Give the program's path outside the writable roots, or take that directory off PATH"
+        )
+        raise CommandForbiddenError(decision, why=why)

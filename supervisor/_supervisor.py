@@ -34,7 +34,6 @@ from supervisor._errors import (
     SandboxSetupError,
     SupervisorClosedError,
     SupervisorRunningError,
-    printable,
 )
 from supervisor._monitor import (
     DISK_INTERVAL,
@@ -543,7 +542,7 @@ class Supervisor:
         if decision is not None:
             chosen = decision.policy_for(policy)
             if chosen is not policy:  # the rule's own sandbox: not for a program a sandbox could have written
-                await _check_planted(decision, policy, chosen, env, cwd)
+                await _rules.check_planted(decision, policy, chosen, env, cwd)
             policy = chosen
         return await self._start_decided(
             cmd, policy, decision, stdin, stdout, stderr, name, pass_fds, kills, env, cwd, controlling_tty
@@ -1348,33 +1347,6 @@ def _resolve_policy(policy: object) -> Policy:
         f"policy must be a Policy, a profile name ({', '.join(profiles.NAMES)}) or None, "
         f"not {type(policy).__name__}"
     )
-
-
-async def _check_planted(
-    decision: CommandDecision,
-    caller: Policy,
-    chosen: Policy,
-    env: Mapping[str, str] | None,
-    cwd: str | os.PathLike[str] | None,
-) -> None:
-    """Raise CommandForbiddenError when the command the rules let run in a sandbox of their own (`chosen`)
-    would run a program a sandbox of the `caller`'s policy could have written (`_rules.planted_program`;
-    its look-ups in a worker thread)."""
-    environ = filter_environment(chosen, {**os.environ, **(env or {})})
-    base = chosen.workdir or caller.workdir or os.getcwd()
-    where = os.path.join(base, os.fspath(cwd)) if cwd is not None else base
-    found = await anyio.to_thread.run_sync(
-        _rules.planted_program, decision, caller, environ.get("PATH"), str(where)
-    )
-    if found is not None:
-        program, root = found
-        why = (
-            f"the command rules run it in a sandbox of their own ({_rules.sandbox_name(decision)}), but "
-            f"{printable(program, 200)} is looked up in {printable(root, 400)}, a writable root of this "
-            "policy, where a sandbox could have put a program of its own under that name; it did not run. "
-            "Give the program's path outside the writable roots, or take that directory off PATH"
-        )
-        raise _rules.CommandForbiddenError(decision, why=why)
 
 
 def _merged_env(policy: Policy, env: Mapping[str, str]) -> EncodedEnv:

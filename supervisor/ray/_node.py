@@ -37,7 +37,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from exporters import serve_metrics
 from policies import CommandDecision, CorralError, Policy, profiles
-from supervisor import Child, ChildStats, Event, Result, Supervisor, SupervisorClosedError
+from supervisor import Child, ChildStats, Event, Result, Supervisor, SupervisorClosedError, _rules
 from supervisor.ray import _files
 from supervisor.ray._channel import CANCEL, RUN, TOKEN_BYTES, encode, receive
 from supervisor.ray._types import Failure, NodeInfo, NodeLoad, NodeLostError, RemoteChildInfo, RemoteEvent
@@ -482,7 +482,11 @@ class NodeSupervisor:
                 policy = self._unpickled_policy(policy)
             resolved = self._policy(policy, session)
             if decision is not None:
-                resolved = decision.policy_for(resolved)
+                chosen = decision.policy_for(resolved)
+                if chosen is not resolved:  # as Supervisor.start does for a decision of its own
+                    env, cwd = kwargs.get("env"), kwargs.get("cwd")
+                    await _rules.check_planted(decision, resolved, chosen, env, cwd)
+                resolved = chosen
             if session is not None:
                 s = self._session(session)
                 with anyio.CancelScope() as inner:
@@ -606,7 +610,11 @@ class NodeSupervisor:
             sup = self._running()
             resolved = self._policy(policy, session)
             if decision is not None:
-                resolved = decision.policy_for(resolved)
+                chosen = decision.policy_for(resolved)
+                if chosen is not resolved:
+                    env, cwd = kwargs.get("env"), kwargs.get("cwd")
+                    await _rules.check_planted(decision, resolved, chosen, env, cwd)
+                resolved = chosen
             child = await sup.start(cmd, policy=resolved, **kwargs)
         except KeyError as err:
             return _failure(LookupError(f"no session {err.args[0]} on node {self.node_id}"))

@@ -130,3 +130,26 @@ async def test_kill_rules_are_carried_to_the_node(client: RaySupervisor) -> None
     assert result.violation is not None, result
     assert (result.violation.kind, result.violation.limit) == ("pids", 5)
     assert result.exit_code == 137
+
+
+async def test_a_rules_sandbox_is_not_given_to_a_program_a_session_wrote(
+    client: RaySupervisor, shared_dir: Path
+) -> None:
+    """A rule's `profile` applied on the node (the decision is the driver's): a command of the session's
+    workspace-write policy wrote bin/mytool in the workdir, first on the PATH; the next `mytool`, allowed
+    with full access, ran that file unconfined and wrote outside the session's roots. Refused now, on the
+    node, as a local Supervisor refuses it (tests/kernel/test_attack_rules_planted.py)."""
+    rules = rules_from_dict(
+        {"default": "allow", "rule": [{"pattern": ["mytool"], "decision": "allow", "profile": "full-access"}]}
+    )
+    marker = shared_dir / "marker"
+    plant = f"mkdir -p bin && printf '#!/bin/sh\\necho ran > {marker}\\n' > bin/mytool && chmod +x bin/mytool"
+    async with client.session(policy="workspace-write") as ws:
+        planted = await ws.run(["/bin/sh", "-c", plant])
+        assert planted.exit_code == 0, planted.stderr
+        env = {"PATH": f"{ws.workdir}/bin:/usr/bin:/bin"}
+        with pytest.raises(CommandForbiddenError, match="writable root of this policy"):
+            await ws.run(["mytool"], rules=rules, env=env)
+        with pytest.raises(CommandForbiddenError, match="writable root of this policy"):
+            await ws.start(["mytool"], rules=rules, env=env)
+    assert not marker.exists(), "the planted program ran with the rule's sandbox on the node"
