@@ -1017,12 +1017,15 @@ class Scan:
         anywhere in a git dir (HEAD, the index, a ref, an object), or at a name git reads in the worktree
         (`.git`, `.gitignore`, `.gitattributes`, `.gitmodules`, `.mailmap`). git opens them without
         O_NONBLOCK and waits: a FIFO at `.git/HEAD` held the user's next `git status` for ever. One made
-        elsewhere (a build's named pipe) is left alone, and so is one born before the run."""
+        elsewhere (a build's named pipe) is left alone, and so is one at a worktree name born before the run.
+        In a git dir one is moved aside whatever its age: git makes none there, and a directory renamed
+        into one keeps its entries' ctimes (a first run's `stash/heads/main` FIFO, where nothing of git's
+        looks, renamed to `sub/.git/refs/heads` by a second run, held the user's `git status` for ever)."""
         in_git = is_gitdir or self._inside_gitdir(rel.lstrip("/"))
         for name, mode in list(entries.items()):
             if mode != _SPECIAL or not (in_git or name in _WORKTREE_GIT_FILES) or _moved_aside(name):
                 continue
-            if self._changed(fd, name) is not None:
+            if in_git or self._changed(fd, name) is not None:
                 self._quarantine(
                     fd, path, name, "a FIFO, socket or device where git opens a file (git would wait on it)"
                 )

@@ -11,6 +11,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from supervisor import Supervisor
@@ -71,3 +72,22 @@ async def test_a_fifo_in_a_nested_repository_made_inside(sup: Supervisor, worksp
     head = workspace / "sub" / ".git" / "HEAD"
     assert str(head) in [p for p, _ in r.quarantined], r.quarantined
     git_finishes(workspace / "sub", "status", "--porcelain")
+
+
+async def test_a_fifo_moved_into_a_nested_repository_in_a_directory(sup: Supervisor, workspace: Path) -> None:
+    """A first run leaves a FIFO named `main` where nothing of git's looks (`stash/heads/`); a second
+    renames that directory to a nested repository's `refs/heads`: the FIFO kept the first run's ctime
+    and was taken for the user's. Moved aside now whatever its age (git makes none in a git dir)."""
+    make_repo(workspace)
+    first = (
+        "git init -q -b main sub && git -C sub commit -q --allow-empty -m x && git add sub && "
+        "mkdir -p stash/heads && mkfifo stash/heads/main"
+    )
+    r1 = await plant(sup, workspace, first)
+    assert r1.quarantined == (), r1.quarantined
+    await anyio.sleep(0.05)  # past the scan's 10 ms margin: the FIFO is older than the next run
+    r2 = await plant(sup, workspace, "rm -rf sub/.git/refs/heads && mv stash/heads sub/.git/refs/heads")
+    fifo = workspace / "sub" / ".git" / "refs" / "heads" / "main"
+    assert str(fifo) in [p for p, _ in r2.quarantined], r2.quarantined
+    git_finishes(workspace / "sub", "status", "--porcelain")
+    git_finishes(workspace, "status", "--porcelain")
