@@ -9,8 +9,13 @@ record, at the request), each a hop that cost the loop about as much CPU as the 
 
 `take` records, in the worker thread and right after the fingerprint it returns, what that fingerprint
 depends on, in a form the loop can check again without any of that:
-- a path outside every writable root (its directories are the host's, not the sandbox's): its lstat
-  identity, as the fingerprint has it (lstat on the loop: no sandbox can plant anything on its way);
+- a path outside every writable root of the policy, in a system tree (`/etc`, `/usr`, `/proc`...: no
+  sandbox writes there): its lstat identity, as the fingerprint has it (an lstat on the loop);
+- any other path outside the policy's writable roots (a home's credential names, a readable root): it may
+  lie under ANOTHER policy's writable root, whose sandbox can replace a directory on its way with a symlink
+  into a hung NFS or FUSE mount, where an lstat would wait with the loop; so it is recorded as the paths
+  under a root are, from `/`: each directory on the way by a single-name, no-follow fstatat on the held fd
+  of its parent (its identity without its ctime), the path's identity likewise (`_chain`);
 - a path at or under a writable root: the root's O_PATH fd (held), then each component by a single-name,
   no-follow fstatat relative to the held fd of its parent directory (O_PATH, held), recording device, inode,
   type, owner and ctime. No lookup ever follows a symlink or resolves more than one name, so nothing a
@@ -55,6 +60,30 @@ _ERR = 1 << 40
 _NO_CTIME = bytes(8)
 
 
+#: Host trees no sandbox writes unless a policy names `allow_system_write` (policies._roots): a host path in
+#: one is lstat'ed on the loop as it is. Any other (a home, /srv, /var/tmp...) may lie below ANOTHER policy's
+#: writable root, whose sandbox can replace a directory on its way with a symlink into a hung NFS, autofs or
+#: FUSE mount of the host: an lstat would follow it and wait there, with the event loop. Such a path is
+#: checked as the paths under a writable root are: each component a single-name, no-follow fstatat on the
+#: held fd of its directory, reached from `/` (`_chain`; the directories on the way without their ctimes).
+_SYSTEM_TREES = (
+    *("/etc", "/usr", "/proc", "/sys", "/dev", "/run", "/var/run", "/boot"),
+    *("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"),
+)
+
+
+def _careful(path: str) -> bool:
+    """Whether the host path `path` (absolute, normalised) is checked component by component (`/` has no
+    way)."""
+    return path != "/" and not any(path == t or path.startswith(t + "/") for t in _SYSTEM_TREES)
+
+
+#: `stat_at`'s mask values: the ctime left out (a directory on the way to a host path, or its last
+#: component, whose fingerprint record has none); the path resolved with no symlink followed on the way.
+_NO_CTIME_MASK = 2
+_NO_SYMLINKS_MASK = 1
+
+
 def _stat1(dirfd: int, name: str) -> bytes:
     """One identity as `stat_at` gives it (40 bytes: dev, ino, mode, owner, ctime; mode 1 << 40 | errno on
     failure)."""
@@ -86,6 +115,10 @@ class Recheck:
         #: A directory standing for missing host paths (sandbox/_absent.py), by its name from `/`: its
         #: identity, and the paths' own lstat records (AT_FDCWD), checked only when the directory changed.
         self.groups: dict[bytes, tuple[bytes, list[bytes], list[bytes]]] = {}
+        #: The checks recorded without a ctime (`_chain`), and where a careful group's directory is checked.
+        self._no_ctime: set[tuple[int, str]] = set()
+        self._group_at: dict[bytes, tuple[int, bytes]] = {}
+        self._mask: bytes | None = None  # `stat_at`'s mask of the sealed checks, None for none
         self._old_ns = old_ns  # a ctime from then on is refused
         self._dirfds: list[
             int
@@ -93,8 +126,8 @@ class Recheck:
         self._names: list[bytes] = []
         self._expected = b""
         self._plain = 0  # bytes of `_expected` that are the checks'
-        #: Per group: (its offset in `_expected`, AT_FDCWDs, its paths, their records).
-        self._fallback: list[tuple[int, list[int], list[bytes], bytes]] = []
+        #: Per group: (its offset in `_expected`, AT_FDCWDs, its paths, their records, their careful mask).
+        self._fallback: list[tuple[int, list[int], list[bytes], bytes, bytes]] = []
         self._owners = 1  # `share` adds one, `close` takes one: the fds are closed with the last
 
     def seal(self) -> None:
@@ -103,10 +136,17 @@ class Recheck:
         self._names = [os.fsencode(n) for _d, n in self.checks]
         self._plain = 40 * len(self.checks)
         self._fallback = []
+        mask = bytearray(_NO_CTIME_MASK if key in self._no_ctime else 0 for key in self.checks)
         for i, (name, (_ident, paths, records)) in enumerate(self.groups.items()):
-            self._dirfds.append(_absent.root_fd())
-            self._names.append(name)
-            self._fallback.append((self._plain + 40 * i, [AT_FDCWD] * len(paths), paths, b"".join(records)))
+            dirfd, rel = self._group_at.get(name, (_absent.root_fd(), name))
+            self._dirfds.append(dirfd)
+            self._names.append(rel)
+            mask.append(0)
+            members = bytes(_NO_SYMLINKS_MASK if _careful(os.fsdecode(p)) else 0 for p in paths)
+            self._fallback.append(
+                (self._plain + 40 * i, [AT_FDCWD] * len(paths), paths, b"".join(records), members)
+            )
+        self._mask = bytes(mask) if any(mask) else None
         self._expected = b"".join(self.checks.values()) + b"".join(g[0] for g in self.groups.values())
 
     def unchanged(self) -> bool:
@@ -116,13 +156,13 @@ class Recheck:
         renamed in it), its paths are lstat'ed one by one instead and must still be missing. Never raises."""
         if not self._dirfds:
             return False
-        got = stat_at(self._dirfds, self._names)
+        got = stat_at(self._dirfds, self._names, self._mask)
         if got == self._expected:
             return True
         if got[: self._plain] != self._expected[: self._plain]:
             return False
-        for at, dirfds, paths, records in self._fallback:
-            if got[at : at + 40] != self._expected[at : at + 40] and stat_at(dirfds, paths) != records:
+        for at, dirfds, paths, records, mask in self._fallback:
+            if got[at : at + 40] != self._expected[at : at + 40] and stat_at(dirfds, paths, mask) != records:
                 return False
         return True
 
@@ -142,6 +182,8 @@ class Recheck:
         self.fds.clear()
         self.checks.clear()
         self.groups.clear()
+        self._no_ctime.clear()
+        self._group_at.clear()
         self._dirfds, self._names, self._expected, self._fallback = [], [], b"", []
 
     # -- recording (in a worker thread) --------------------------------------------------------------------
@@ -178,7 +220,48 @@ class Recheck:
     def _host(self, path: str, ident: bytes | None = None) -> None:
         """Record the lstat identity of `path`, outside every writable root: `ident` when given (the
         fingerprint's own lstat of it, 32 bytes), else an lstat now."""
-        self.checks[(AT_FDCWD, path)] = _stat1(AT_FDCWD, path) if ident is None else ident + _NO_CTIME
+        if not _careful(path):
+            self.checks[(AT_FDCWD, path)] = _stat1(AT_FDCWD, path) if ident is None else ident + _NO_CTIME
+            return
+        dirfd, name, whole = self._chain(path)
+        got = self._no_ctime_stat(dirfd, name)
+        if ident is None:
+            return
+        if whole and got != ident + _NO_CTIME:
+            raise _GiveUp  # changed since the fingerprint
+        if not whole and _mode(ident) != 0:
+            raise _GiveUp  # a component on the way missing or a file: the path must have been missing
+
+    def _no_ctime_stat(self, dirfd: int, name: str) -> bytes:
+        """The identity of `name` in the held `dirfd`, without its ctime, recorded."""
+        key = (dirfd, name)
+        known = self.checks.get(key)
+        if known is not None and key in self._no_ctime:
+            return known
+        ident = stat_at([dirfd], [os.fsencode(name)], bytes([_NO_CTIME_MASK]))
+        self.checks[key] = ident
+        self._no_ctime.add(key)
+        return ident
+
+    def _chain(self, path: str) -> tuple[int, str, bool]:
+        """The held fd of the host path `path`'s directory, reached from `/` one name at a time without
+        following a symlink, each directory on the way recorded (without its ctime: the host changes its
+        entries all the time; its identity is what says that a lookup of `path` still goes through it),
+        its last name, and True; or, where a component on the way is missing or a file, the held fd of
+        its directory, its name (recorded: the path stays missing while it stays so), and False. Raises
+        _GiveUp at a symlink on the way (the fingerprint's lstat follows it)."""
+        parts = path.strip("/").split("/")
+        fd = self._hold("/", -1, "/")
+        walked = ""
+        for name in parts[:-1]:
+            mode = _mode(self._no_ctime_stat(fd, name))
+            if stat.S_ISLNK(mode):
+                raise _GiveUp
+            if not stat.S_ISDIR(mode):
+                return fd, name, False
+            walked = f"{walked}/{name}"
+            fd = self._hold(walked, fd, name)
+        return fd, parts[-1], True
 
     def _group(self, group: _absent.Group, path: bytes, ident: bytes) -> None:
         """Record the missing host path `path` (its fingerprint record `ident`, 32 bytes) as stood for by
@@ -186,6 +269,13 @@ class Recheck:
         missing, long enough ago for its ctime to be trusted)."""
         entry = self.groups.get(group.name)
         if entry is None:
+            where = os.path.normpath("/" + os.fsdecode(group.name))
+            if _careful(where):
+                # Its directory checked on the held fd of its parent, reached without following a link.
+                dirfd, name, whole = self._chain(where)
+                if not whole or _stat1(dirfd, name) != group.ident:
+                    raise _GiveUp  # changed since the fingerprint
+                self._group_at[group.name] = (dirfd, os.fsencode(name))
             entry = self.groups[group.name] = (group.ident, [], [])
         entry[1].append(path)
         entry[2].append(ident + _NO_CTIME)

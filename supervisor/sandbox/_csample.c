@@ -10,7 +10,8 @@
  * carry), so that the Python around each leaf's read is one method call.
  *
  * stat_at: the identities a pre-forked sandbox's Recheck compares (forkserver/_recheck.py), on the event
- * loop: each a single-name, no-follow fstatat relative to a held directory fd (or an lstat of a host path).
+ * loop: each a single-name, no-follow fstatat relative to a held directory fd (or an lstat of a host path;
+ * one through directories a sandbox may write resolved with no symlink followed on the way).
  *
  * fs_type: a file system's type (_absent.py: where a directory's ctime can be trusted).
  */
@@ -24,8 +25,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
 
 /* The slots of read_leaf's fds and of its result, in cgroups/_stats.py's order. */
 enum { S_MEM, S_PEAK, S_EVENTS, S_CPU, S_PIDS, S_PIDS_EVENTS, S_TCP, N_SLOTS };
@@ -372,11 +378,14 @@ static PyTypeObject ReaderType = {
  * 1 << 40 | errno and the rest 0. */
 static PyObject *stat_at(PyObject *self, PyObject *args) {
     PyObject *fds, *names;
+    const char *careful = NULL;
+    Py_ssize_t n_careful = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &fds, &PyList_Type, &names)) return NULL;
+    if (!PyArg_ParseTuple(args, "O!O!|z#", &PyList_Type, &fds, &PyList_Type, &names, &careful, &n_careful))
+        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(fds);
-    if (PyList_GET_SIZE(names) != n) {
-        PyErr_SetString(PyExc_ValueError, "stat_at() takes two lists of the same length");
+    if (PyList_GET_SIZE(names) != n || (careful && n_careful != n)) {
+        PyErr_SetString(PyExc_ValueError, "stat_at() takes lists (and a mask) of the same length");
         return NULL;
     }
     int *dirfds = PyMem_Malloc(sizeof(int) * (size_t)(n ? n : 1));
@@ -407,13 +416,31 @@ static PyObject *stat_at(PyObject *self, PyObject *args) {
         struct stat st;
         int host = dirfds[i] == AT_FDCWD;
         int flags = AT_SYMLINK_NOFOLLOW | (host ? 0 : AT_NO_AUTOMOUNT);
-        if (fstatat(dirfds[i], paths[i], &st, flags) == 0) {
+        int got, how_i = careful ? careful[i] : 0;
+        if (how_i == 1) {
+            /* A path through directories a sandbox may write: a symlink on the way is ELOOP, not followed
+             * (into a hung NFS or FUSE mount of the host, where the lookup would wait for ever). The
+             * trailing component is not followed either (O_PATH | O_NOFOLLOW gives the link itself). */
+            struct {
+                uint64_t flags, mode, resolve;
+            } how = {O_PATH | O_NOFOLLOW | O_CLOEXEC, 0, 0x04 | 0x02 /* RESOLVE_NO_SYMLINKS, NO_MAGICLINKS */};
+            int fd = (int)syscall(SYS_openat2, dirfds[i], paths[i], &how, sizeof how);
+            got = fd < 0 ? -1 : fstat(fd, &st);
+            if (fd >= 0) {
+                int saved = errno;
+                close(fd);
+                errno = saved;
+            }
+        } else {
+            got = fstatat(dirfds[i], paths[i], &st, flags);
+        }
+        if (got == 0) {
             rec[0] = (uint64_t)st.st_dev;
             rec[1] = (uint64_t)st.st_ino;
             /* Bit 33 as _cinit.identities: a regular file with other hard links. */
             rec[2] = (uint64_t)st.st_mode | (S_ISREG(st.st_mode) && st.st_nlink > 1 ? (uint64_t)1 << 33 : 0);
             rec[3] = (uint64_t)st.st_uid << 32 | (uint64_t)st.st_gid;
-            if (!host) rec[4] = (uint64_t)st.st_ctim.tv_sec * 1000000000u + (uint64_t)st.st_ctim.tv_nsec;
+            if (!host && how_i != 2) rec[4] = (uint64_t)st.st_ctim.tv_sec * 1000000000u + (uint64_t)st.st_ctim.tv_nsec;
         } else {
             rec[2] = (uint64_t)1 << 40 | (uint64_t)errno;
         }
@@ -445,10 +472,12 @@ static PyMethodDef methods[] = {
      "counters, the CPU in seconds (v2 cpu.stat usage_usec when cpu_v2, else v1 cpuacct.usage in ns). None\n"
      "where the fd is -1. Raises OSError for a failed read, ValueError for a format it does not know."},
     {"stat_at", stat_at, METH_VARARGS,
-     "stat_at(dirfds, names, /) -> bytes\n\n"
+     "stat_at(dirfds, names, careful=None, /) -> bytes\n\n"
      "fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT) for each pair (an lstat for AT_FDCWD and an\n"
      "absolute name); 40 bytes each: dev, ino, mode, uid << 32 | gid, ctime in ns (0 for AT_FDCWD); on failure\n"
-     "mode 1 << 40 | errno and the rest 0. The GIL is released once. Never follows a symlink."},
+     "mode 1 << 40 | errno and the rest 0. The GIL is released once. Never follows the last component.\n"
+     "`careful` (bytes, one per pair): 1, openat2(O_PATH | O_NOFOLLOW, RESOLVE_NO_SYMLINKS) and fstat instead,\n"
+     "so that no symlink on the way is followed either (ELOOP); 2, the ctime left out (0)."},
     {"fs_type", fs_type, METH_VARARGS,
      "fs_type(fd, /) -> int\n\nThe file system's type (fstatfs f_type) of the file behind fd. Raises OSError."},
     {NULL, NULL, 0, NULL},

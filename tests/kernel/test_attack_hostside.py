@@ -477,3 +477,124 @@ def test_a_virtualenv_changed_in_a_writable_root_is_not_run_by_a_later_fork_serv
     assert not marker.exists(), f"the planted program ran outside the sandbox: {marker.read_text()!r}"
     assert "next 0" in p.stdout, (p.stdout, p.stderr)
     assert out.read_text() == "next-ran\n"
+
+
+# --- a symlink into a hung mount, below another policy's writable root
+
+
+@pytest.fixture
+def hung_mount(workspace: Path) -> Iterator[Path]:
+    """A FUSE mount of the host (made here as root, standing for a hung NFS or autofs mount) whose server
+    never answers: any lookup in it waits until the connection is aborted. Aborted after 10 s (its fd
+    closed: the waiting lookups fail with ENOTCONN), unmounted at the end."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    mnt = workspace.parent / f"{workspace.name}-hung"
+    mnt.mkdir()
+    fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    opts = f"fd={fuse},rootmode=40000,user_id=0,group_id=0,allow_other".encode()
+    if libc.mount(b"corral-test-hung", str(mnt).encode(), b"fuse", 0, opts) != 0:
+        os.close(fuse)
+        mnt.rmdir()
+        pytest.fail(f"mount(fuse): {os.strerror(ctypes.get_errno())}")
+    closed = threading.Event()
+
+    def abort() -> None:
+        if not closed.wait(10):
+            os.close(fuse)
+            closed.set()
+
+    thread = threading.Thread(target=abort, daemon=True)
+    thread.start()
+    try:
+        yield mnt
+    finally:
+        if not closed.is_set():
+            closed.set()
+            os.close(fuse)
+        thread.join()
+        libc.umount2(str(mnt).encode(), 2)  # MNT_DETACH
+        mnt.rmdir()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("path", ["a missing denied name", "a readable root"])
+async def test_a_link_into_a_hung_mount_below_another_policys_root_does_not_stop_a_timeout(
+    sup: Supervisor, workspace: Path, outside: Path, hung_mount: Path, path: str
+) -> None:
+    """Policy B (workdir elsewhere) hides a name, or reads a directory, below the attacker's writable root
+    (as every default profile hides `~/.config/gcloud` and the attacker's policy has the home as its
+    workdir). The attacker replaces the directory on its way with a symlink into a hung host mount (an
+    NFS server gone). B's pre-forked sandbox was checked on the event loop by an lstat of the path, which
+    followed the link and waited there: another tenant's 3 s timeout fired after 10 s, when the mount was
+    aborted. Now such a path is checked with no symlink followed on the way; B's own request waits in a
+    worker thread (and the fork server), not on the loop."""
+    attacker = workspace
+    (attacker / "sub" / "data").mkdir(parents=True)
+    victim_dir = outside / "b"
+    victim_dir.mkdir()
+    if path == "a readable root":
+        b = profiles.workspace_write(victim_dir, allow_read=[str(attacker / "sub" / "data")], timeout=20)
+    else:
+        b = profiles.workspace_write(victim_dir, deny=[str(attacker / "sub" / "gcloud")], timeout=20)
+    for _ in range(3):  # pre-forking for B's key, each checked since
+        r = await sup.run(["/bin/true"], policy=b)
+        assert r.exit_code == 0
+    await plant(sup, attacker, f"mv sub sub.real && ln -s {hung_mount}/x sub")
+    tenant = outside / "t"
+    tenant.mkdir()
+    victim = await sup.start(["/bin/sleep", "30"], policy=profiles.workspace_write(tenant, timeout=3))
+    started = time.monotonic()
+
+    async def ask() -> None:
+        with contextlib.suppress(SandboxSetupError):  # refused (the link), once the mount is aborted
+            await sup.run(["/bin/true"], policy=b)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask)
+        result = await victim.wait()
+        ended = time.monotonic()
+    assert result.violation is not None
+    assert result.violation.kind == "wall_time"
+    assert 2.8 < ended - started < 3.5, f"the tenant's 3 s timeout fired after {ended - started:.2f} s"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(
+    strict=True,
+    reason="GAP: the fork server resolves a policy's host paths (denied names, readable roots) following "
+    "the symlinks on their way, one spawn at a time: a link into a hung mount, planted below another "
+    "policy's writable root, holds every tenant's spawn until the mount answers "
+    "(docs/security.md, Known gaps)",
+)
+async def test_a_link_into_a_hung_mount_does_not_hold_another_tenants_spawn(
+    workspace: Path, outside: Path, hung_mount: Path
+) -> None:
+    """As above, with sandboxes built on the spot (prefork=0, as `corral run` does): B's request makes the
+    fork server look its denied path up, through the planted link, and tenant C's spawn waits behind it."""
+    attacker = workspace
+    (attacker / "sub").mkdir()
+    b_dir, c_dir = outside / "b", outside / "c"
+    b_dir.mkdir()
+    c_dir.mkdir()
+    b = profiles.workspace_write(b_dir, deny=[str(attacker / "sub" / "gcloud")], timeout=20)
+    c = profiles.workspace_write(c_dir, timeout=20)
+    async with Supervisor(max_concurrency=16, prefork=0) as sup:
+        for _ in range(2):
+            assert (await sup.run(["/bin/true"], policy=b)).exit_code == 0
+            assert (await sup.run(["/bin/true"], policy=c)).exit_code == 0
+        await plant(sup, attacker, f"mv sub sub.real && ln -s {hung_mount}/x sub")
+
+        async def ask() -> None:
+            with contextlib.suppress(SandboxSetupError):
+                await sup.run(["/bin/true"], policy=b)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await anyio.sleep(0.5)
+            started = time.monotonic()
+            r = await sup.run(["/bin/true"], policy=c)
+            took = time.monotonic() - started
+    assert r.exit_code == 0
+    assert took < 3, f"tenant C's spawn waited {took:.1f} s behind the attacker's plant"
