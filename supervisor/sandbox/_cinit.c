@@ -1436,6 +1436,51 @@ static int shared_map_refused(const struct seccomp_notif_ *n) {
     return (mode & O_ACCMODE) == O_RDONLY ? 0 : EPERM;
 }
 
+/* Whether a notified call sets an extended attribute (seccomp.py, XATTR_WATCH). */
+static int xattr_call(const struct seccomp_data_ *d) {
+    return d->nr == SYS_setxattr || d->nr == SYS_lsetxattr || d->nr == SYS_fsetxattr;
+}
+
+/* For a setxattr (xattr_call): EPERM when the file is a regular file with S_ISUID or S_ISGID, else 0 (the call
+ * runs). Setting system.posix_acl_access rewrites the group permission bits and keeps S_ISGID for a caller in
+ * the file's group, so a set-gid file without group execute that the host left in a writable root (which a
+ * write does not clear) would become a set-gid executable of the sandbox's content; no tool needs to set an
+ * attribute on a set-id file inside a sandbox. The file is looked up as the caller names it, through /proc
+ * (its fd table, or its root or cwd and the path read from its memory): exact when no other task changes
+ * that name or fd between this check and the kernel's own lookup (docs/security.md, "Known gaps"). A name
+ * that cannot be read is refused (fail closed); one the lookup does not find is the kernel's to answer. */
+static int xattr_refused(const struct seccomp_notif_ *n) {
+    char path[4096 + 64];
+    int flags = 0;
+    if (n->data.nr == SYS_fsetxattr) {
+        int fd = (int)n->data.args[0];
+        if (fd < 0) return 0; /* the kernel answers EBADF */
+        snprintf(path, sizeof path, "/proc/%u/fd/%d", n->pid, fd);
+    } else {
+        char name[4096]; /* PATH_MAX */
+        size_t got = 0;
+        uint64_t at = n->data.args[0];
+        /* Read up to the NUL, a page at most at a time: the name may end just before an unmapped page. */
+        while (got < sizeof name) {
+            size_t room = 4096 - (size_t)((at + got) & 4095);
+            if (room > sizeof name - got) room = sizeof name - got;
+            if (peek((pid_t)n->pid, name + got, room, at + got) != 0) return EPERM;
+            void *nul = memchr(name + got, '\0', room);
+            got += room;
+            if (nul) break;
+            if (got == sizeof name) return 0; /* no NUL within PATH_MAX: the kernel answers ENAMETOOLONG */
+        }
+        if (name[0] == '\0') return 0; /* the kernel answers ENOENT */
+        snprintf(path, sizeof path, "/proc/%u/%s%s%s", n->pid, name[0] == '/' ? "root" : "cwd",
+                 name[0] == '/' ? "" : "/", name);
+        if (n->data.nr == SYS_lsetxattr) flags = AT_SYMLINK_NOFOLLOW;
+    }
+    struct stat st;
+    if (syscall(SYS_newfstatat, AT_FDCWD, path, &st, flags) != 0)
+        return errno == ENOENT || errno == ENOTDIR || errno == ENAMETOOLONG ? 0 : EPERM;
+    return S_ISREG(st.st_mode) && (st.st_mode & (S_ISUID | S_ISGID)) ? EPERM : 0;
+}
+
 /* One notification: answer it first (the caller waits), then fold it. */
 static void on_notify(int status_w) {
     struct seccomp_notif_ n;
@@ -1450,10 +1495,10 @@ static void on_notify(int status_w) {
         return;
     }
     uint32_t verdict = bpf_verdict(&n.data);
-    if ((verdict == 0x7fff0000u || verdict == 0x7ffc0000u) && shared_file_map(&n.data)) {
-        /* A watched shared mapping the rules let run (allow, or a profile's log): the init decides by the
-         * file; whatever it lets run goes on below. */
-        int refused = shared_map_refused(&n);
+    if ((verdict == 0x7fff0000u || verdict == 0x7ffc0000u) && (shared_file_map(&n.data) || xattr_call(&n.data))) {
+        /* A watched shared mapping or setxattr the rules let run (allow, or a profile's log): the init decides
+         * by the file; whatever it lets run goes on below. */
+        int refused = xattr_call(&n.data) ? xattr_refused(&n) : shared_map_refused(&n);
         uint64_t id = n.id;
         if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ID_VALID_, &id) != 0) return; /* the caller is gone */
         if (refused) {

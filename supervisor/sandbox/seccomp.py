@@ -155,6 +155,8 @@ CONDITIONAL: dict[str, str] = {
     "mknod": "EPERM when the mode has S_ISUID or S_ISGID (mknod S_IFREG makes regular files)",
     "mknodat": "EPERM when the mode has S_ISUID or S_ISGID",
     "openat2": "ENOSYS: its mode is in memory, out of the filter's sight; callers fall back to openat",
+    "setxattrat": "ENOSYS: its file and attribute are in memory, out of the init's watch of the other "
+    "setxattr calls (a set-id file's ACL); callers fall back to setxattr, lsetxattr or fsetxattr",
 }
 
 #: The set-id bits no sandbox may store on a file (S_ISUID, S_ISGID).
@@ -202,7 +204,7 @@ DENIED_IOCTLS: dict[str, int] = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C, "TIOCSE
 
 # Syscalls newer than the libseccomp we may be given. Since Linux 5.1 new syscalls have the same
 # number on every architecture but alpha, ia64 and mips, so these hold for x86_64 and aarch64.
-_UNIFIED_NR: dict[str, int] = {"fchmodat2": 452, "open_tree_attr": 467}
+_UNIFIED_NR: dict[str, int] = {"fchmodat2": 452, "setxattrat": 463, "open_tree_attr": 467}
 _UNIFIED_ARCHES = ("x86_64", "aarch64")
 
 # libseccomp's comparison operators and actions (pyseccomp's values; kept here so that building
@@ -346,6 +348,15 @@ SHARED_MAP_WATCH: tuple[tuple[_Cmp, ...], ...] = (
 )
 
 
+#: The notifying filter also watches every setxattr of a path or fd: the init refuses it (EPERM, reported)
+#: when the file is a regular file with S_ISUID or S_ISGID, and lets the kernel run every other. Setting
+#: `system.posix_acl_access` rewrites the group permission bits and keeps S_ISGID for a caller in the file's
+#: group: a set-gid file without group execute that the HOST left in a writable root (which writes do not
+#: clear: it grants nothing) became, after the sandbox wrote its own code there, a set-gid executable of the
+#: file's group (root's, under a root caller) for any host user who ran it (docs/security.md, "Set-id bits").
+XATTR_WATCH: tuple[str, ...] = ("setxattr", "lsetxattr", "fsetxattr")
+
+
 def _builtin_rules() -> dict[str, list[_Rule]]:
     rules: dict[str, list[_Rule]] = {name: [(_errno.EPERM, ())] for name in DEFAULT_DENY}
     # One rule per flag, each a masked compare: libseccomp ORs the rules of a syscall.
@@ -378,7 +389,9 @@ def _setid_rules() -> dict[str, list[_Rule]]:
     """EPERM for every call that would store S_ISUID or S_ISGID: one masked compare per bit (and
     per creation flag for the open calls), ORed by libseccomp. A mode is an unsigned int: only its
     low 32 bits are compared, so garbage in the upper half cannot slip a bit past the rule."""
-    rules: dict[str, list[_Rule]] = {"openat2": [(_errno.ENOSYS, ())]}
+    # setxattrat (Linux 6.13) names its file by a directory fd, a path and flags, and its attribute in a
+    # struct: the init watches the other three (XATTR_WATCH); libc's setxattr does not use it.
+    rules: dict[str, list[_Rule]] = {"openat2": [(_errno.ENOSYS, ())], "setxattrat": [(_errno.ENOSYS, ())]}
     for name, (mode_arg, flags_arg) in SETID_MODE_ARG.items():
         out: list[_Rule] = []
         for bit in SETID_BITS.values():
@@ -489,7 +502,7 @@ def notified(name: str, err: int, cmps: tuple[_Cmp, ...]) -> bool:
 
 #: ENOSYS on these is a fallback libc takes (clone3 -> clone, openat2 -> openat), not a refusal worth a
 #: report, whoever answers it: the built-in rules or a profile (Docker's answers ENOSYS to clone3).
-FALLBACKS = frozenset(["clone3", "openat2"])
+FALLBACKS = frozenset(["clone3", "openat2", "setxattrat"])
 
 
 def _profile_reported(name: str, action: str) -> bool:
@@ -557,7 +570,7 @@ def _compile(
     policy: Policy, tracing: bool = True, notify: bool = False, private_net: bool = False
 ) -> _Compiled:
     """The built-in rules (`builtin_profile`) and the policy's profile, in the compiler's terms. With
-    `notify`, SHARED_MAP_WATCH is watched, and with `private_net` too (the sandbox has its own network
+    `notify`, SHARED_MAP_WATCH and XATTR_WATCH are watched, and with `private_net` too (the sandbox has its own network
     namespace) NETWORK_WATCH.
 
     Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp (the
@@ -578,6 +591,12 @@ def _compile(
         # Watched, not refused: the init looks at the mapped file (SHARED_MAP_WATCH).
         builtin[mmap] = [_bpf.Rule(_bpf.ALLOW, cmps, True, "builtin") for cmps in SHARED_MAP_WATCH]
         names[mmap] = "mmap"
+    for name in XATTR_WATCH if notify else ():
+        nr = _resolve(name)
+        if nr >= 0 and nr not in builtin:  # (a policy's deny of it is a rule already)
+            # Watched, not refused: the init looks at the file (XATTR_WATCH).
+            builtin[nr] = [_bpf.Rule(_bpf.ALLOW, (), True, "builtin")]
+            names[nr] = name
     profile = policy.syscalls.profile
     default = _bpf.ALLOW_RULE
     rules: dict[int, list[_bpf.Rule]] = {}

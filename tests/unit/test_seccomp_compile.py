@@ -126,9 +126,11 @@ def test_argument_rule_constants() -> None:
         "ioctl",
         "personality",
         "openat2",
+        "setxattrat",
         "socket",
         "socketpair",
     } | set(seccomp.SETID_MODE_ARG)
+    assert seccomp.XATTR_WATCH == ("setxattr", "lsetxattr", "fsetxattr")
     assert seccomp.SETID_BITS == {"S_ISUID": 0o4000, "S_ISGID": 0o2000}
     assert seccomp.CREATE_FLAGS == {"O_CREAT": 0o100, "__O_TMPFILE": 0o20000000}
 
