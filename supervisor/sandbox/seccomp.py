@@ -570,8 +570,8 @@ def _compile(
     policy: Policy, tracing: bool = True, notify: bool = False, private_net: bool = False
 ) -> _Compiled:
     """The built-in rules (`builtin_profile`) and the policy's profile, in the compiler's terms. With
-    `notify`, SHARED_MAP_WATCH and XATTR_WATCH are watched, and with `private_net` too (the sandbox has its own network
-    namespace) NETWORK_WATCH.
+    `notify`, SHARED_MAP_WATCH and XATTR_WATCH are watched, and with `private_net` too (the sandbox has its
+    own network namespace) NETWORK_WATCH.
 
     Raises PolicyError (see `_rule_set`), ImportError/RuntimeError when pyseccomp or libseccomp (the
     syscall table) is missing.
