@@ -70,17 +70,18 @@ class SpawnFds:
     def add_stdio(self, stdin: StdioArg, stdout: StdioArg, stderr: StdioArg, pass_fds: list[int]) -> None:
         """The command's fds 0, 1, 2 (a new pipe for PIPE, /dev/null for DEVNULL, the caller's own fd for
         an fd or a file, the supervisor's own 0/1/2 for None), then `pass_fds` as 3, 4, ... Given this
-        spawn's StdioFiles, each slot it reopened gets its new fd."""
+        spawn's StdioFiles (made for the three slots and `pass_fds`), each slot it reopened gets its new
+        fd."""
         try:
             for index, arg in enumerate((stdin, stdout, stderr)):
                 self.fds.append(self._stdio(index, arg))
         except OSError as err:
             raise _fd_error(err) from err
-        if self._stdio_files is not None:  # the files given as stdio, opened again (StdioShield)
-            self.fds[:3] = [
+        self.fds.extend(pass_fds)
+        if self._stdio_files is not None:  # the files given as stdio and pass_fds, opened again (StdioShield)
+            self.fds[:] = [
                 new if new >= 0 else fd for new, fd in zip(self._stdio_files.fds, self.fds, strict=True)
             ]
-        self.fds.extend(pass_fds)
 
     def take_stdio_files(self) -> StdioFiles | None:
         """This spawn's StdioFiles (None when no slot was a caller's fd), which the caller owns from now

@@ -1,4 +1,5 @@
-"""Files the caller hands a command as its stdio, kept out of the command's reach for metadata.
+"""Files the caller hands a command as its stdio or in `pass_fds`, kept out of the command's reach for
+metadata.
 
 A shell redirection (`corral run -- cmd < secret.pem > ~/log.txt`) or `stdin=fd` in the API gives the command
 open files of the host's mounts, not of its read-only view, wherever they lie. As their owner (the sandbox's
@@ -38,6 +39,9 @@ second open of a terminal changes its sessions' state). Each such file but a ter
 child's `missing` (layer `stdio_metadata`); a root supervisor also logs a warning, once per reason.
 
 Pipes and sockets are left alone: they have no metadata anyone else reads.
+
+The fds in `pass_fds` (the command's 3, 4, ...) are treated the same way, slot by slot after the three
+stdio ones.
 """
 
 from __future__ import annotations
@@ -371,8 +375,8 @@ class StdioShield:
         if self.root and why not in self._said:
             self._said.add(why)
             log.warning(
-                "a %s given as stdio is not protected from the command's metadata changes: %s (its mode "
-                "and user.* attributes are put back when the command ends)",
+                "a %s given as stdio or in pass_fds is not protected from the command's metadata changes: "
+                "%s (its mode and user.* attributes are put back when the command ends)",
                 what.split()[-1],
                 why,
             )

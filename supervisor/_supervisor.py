@@ -692,9 +692,10 @@ class Supervisor:
         proxied = policy.network.mode == "proxy"
         stdio_files = None
         if self._shield is not None:
-            slots = _slot_fds(stdin, stdout, stderr)
+            slots = _slot_fds(stdin, stdout, stderr) + list(pass_fds)
             if any(fd >= 0 for fd in slots):
-                # The files given as stdio, opened again out of the command's reach (_stdio_files).
+                # The files given as stdio or pass_fds, opened again out of the command's reach
+                # (_stdio_files).
                 stdio_files = await self._shield.protect_async(slots)
         with SpawnFds(self._devnull, stdio_files) as io:
             io.add_stdio(stdin, stdout, stderr, list(pass_fds))

@@ -362,27 +362,60 @@ def test_an_ordinary_callers_stdio_files_are_protected_or_put_back_and_named() -
         assert snapshot(secret) == before[secret]
 
 
+PASS_FDS_ATTACK = """
+import errno, os, sys
+for fd, mode in ((3, 0o644), (4, 0o666)):
+    try:
+        os.fchmod(fd, mode)
+        print(fd, "changed", flush=True)
+    except OSError as e:
+        print(fd, errno.errorcode[e.errno], flush=True)
+os.write(4, b"from the command\\n")
+print("read", os.read(3, 9).decode(), flush=True)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
 @ROOT_ONLY
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: files passed with pass_fds are handed over as they are: their owner (the sandbox) may "
-    "fchmod them (docs/security.md, Known gaps)",
-)
-async def test_a_file_passed_with_pass_fds_keeps_its_mode(
+async def test_files_passed_with_pass_fds_keep_their_mode_while_the_command_runs(
     sup: Supervisor, workspace: Path, files: Path
 ) -> None:
-    secret = files / "secret"
-    fd = os.open(secret, os.O_RDONLY | os.O_CLOEXEC)
+    # A 0600 secret passed read-only (fd 3) and a 0640 log passed for appending (fd 4): the command reads
+    # and writes them, and its fchmod of either is refused (a read-only clone: EROFS; an id-mapped one:
+    # EPERM). Checked from outside while it runs (a put-back at the end would hide a change made meanwhile).
+    secret, log_file = files / "secret", files / "log"
+    fi = os.open(secret, os.O_RDONLY | os.O_CLOEXEC)
+    fo = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     try:
-        r = await sup.run(
-            ["/usr/bin/python3", "-I", "-S", "-c", "import os; os.fchmod(3, 0o644)"],
+        child = await sup.start(
+            ["/usr/bin/python3", "-I", "-S", "-c", PASS_FDS_ATTACK],
             policy=profiles.workspace_write(workspace, timeout=30),
-            pass_fds=[fd],
+            pass_fds=[fi, fo],
+            stdin=PIPE,
+            stdout=PIPE,
         )
+        async with child:
+            assert child.stdout is not None
+            assert child.stdin is not None
+            out = b""
+            with anyio.fail_after(20):
+                while b"ready" not in out:
+                    chunk = await child.stdout.receive()
+                    out += chunk
+            modes = (stat.S_IMODE(os.stat(secret).st_mode), stat.S_IMODE(os.stat(log_file).st_mode))
+            await child.stdin.aclose()
+            r = await child.wait()
+        assert modes == (0o600, 0o640), out
+        assert b"3 EROFS" in out, out
+        assert b"4 EPERM" in out, out
+        assert b"read TOPSECRET" in out, out
+        assert r.exit_code == 0, r
+        assert log_file.read_text() == "before\nfrom the command\n"
+        assert os.lseek(fi, 0, os.SEEK_CUR) == 9  # the command's reads moved the caller's offset too
     finally:
-        os.close(fd)
-    assert r.exit_code in (0, 1), r.stderr
-    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+        os.close(fi)
+        os.close(fo)
 
 
 @ROOT_ONLY
