@@ -1372,9 +1372,9 @@ class Scan:
         the kernel resolves it for git (each link read, never followed by an open; `..` after a link from
         its target), when it lies in the root being scanned; None when it does not or cannot be told
         (missing, a loop, outside every root: the user's). A link below a writable root made during the
-        run is moved aside (None): git would follow it to where the sandbox chose (`tools -> x`, with
+        run is moved aside (None): git would follow it to where the sandbox chose (`bin -> x`, with
         `x/fsmon.sh` its own, where the user's `core.fsmonitor = bin/fsmon.sh`); an older one (the
-        user's `tools -> vendor/tools`) is followed, and what it leads to is checked like any target.
+        user's `bin -> vendor/bin`) is followed, and what it leads to is checked like any target.
         (These used to be reported only, "review it", while the user's git ran what they led to.)"""
         done: list[str] = []
         todo = [p for p in target.split("/") if p][::-1]
