@@ -64,6 +64,10 @@ class Refs:
     watched: list[str] = field(default_factory=list)
     in_roots: list[tuple[str, str]] = field(default_factory=list)
     programs: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (absolute path, the config that sets it, what `~` means there) of each `init.templateDir`: git
+    #: copies its `hooks/` and `config` into every repository `git init` or `git clone` makes (a clone runs
+    #: the post-checkout hook at once).
+    templates: list[tuple[str, str, str]] = field(default_factory=list)
     #: The configs of repositories around a writable root (`enclosing`), by path: what to call them.
     enclosing: dict[str, str] = field(default_factory=dict)
 
@@ -226,6 +230,7 @@ _PROGRAM_KEYS = frozenset(
         "diff.external",
         "uploadpack.packobjectshook",
         "interactive.difffilter",
+        "core.alternaterefscommand",
     }
 )
 _PROGRAM_SUBKEYS = frozenset(
@@ -242,6 +247,21 @@ _PROGRAM_SUBKEYS = frozenset(
         ("mergetool", "path"),
         ("difftool", "cmd"),
         ("difftool", "path"),
+        # the command `git fetch`/`pull`/`push` run for a local or ssh remote (`remote.<name>.uploadpack`)
+        ("remote", "uploadpack"),
+        ("remote", "receivepack"),
+        ("gpg", "defaultkeycommand"),  # gpg.ssh.defaultKeyCommand
+        ("man", "cmd"),
+        ("man", "path"),
+        ("browser", "cmd"),
+        ("browser", "path"),
+        ("sendemail", "tocmd"),
+        ("sendemail", "cccmd"),
+        ("sendemail", "headercmd"),
+        ("sendemail", "smtpserver"),  # a path there is a sendmail-like program
+        ("lfs", "path"),  # lfs.customtransfer.<name>.path
+        ("lfs", "clean"),  # lfs.extension.<name>.clean
+        ("lfs", "smudge"),
     }
 )
 
@@ -251,8 +271,8 @@ def runs_program(key: str, value: bytes) -> bool:
     section, _, last = key.partition(".")
     if key in _PROGRAM_KEYS or section == "pager":
         return True
-    if section == "alias":
-        return value.lstrip().startswith(b"!")
+    if section == "alias" or (section == "submodule" and last.endswith(".update")):
+        return value.lstrip().startswith(b"!")  # `submodule.<name>.update = !command`, from a config
     return "." in last and (section, last.rpartition(".")[2]) in _PROGRAM_SUBKEYS
 
 
@@ -451,6 +471,10 @@ def _note(
         elif runs_program(key, value):
             for program in program_paths(value, home, worktree):
                 refs.programs.append((program, key, via))
+        if key == "init.templatedir" and text and not relative:
+            template = _expand(value, "/", home)
+            if template is not None:
+                refs.templates.append((template, via, home))
         if key == "core.hookspath" and text:
             if not relative:
                 refs.hooks.append((_expand(value, "/", home), None, via))

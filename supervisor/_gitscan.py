@@ -763,6 +763,19 @@ class Scan:
             target_in = self._in_root("/", os.fsencode(absolute), os.geteuid())
             if target_in is not None:
                 self._check_hooks_dir(target_in, f"core.hooksPath of {refs.label(via)}", via=via)
+        for template, via, home in refs.templates:
+            # git copies the template's hooks/ and config into each repository it makes: a hook planted
+            # there ran at the user's next `git clone` (post-checkout), a config's core.fsmonitor later.
+            label = f"init.templateDir of {refs.label(via)}"
+            hooks_in = self._in_root("/", os.fsencode(os.path.join(template, "hooks")), os.geteuid())
+            if hooks_in is not None:
+                self._check_hooks_dir(hooks_in, f"{label}: git copies them into each new repository", via=via)
+            config_in = self._in_root("/", os.fsencode(os.path.join(template, "config")), os.geteuid())
+            if config_in is not None and config_in not in self._included:
+                self._warn_global(config_in, via, "a git template config")
+                self._check_included(
+                    config_in, f"{label} names it", f"template git config of {label}", 0, home
+                )
 
     def _run(self) -> list[tuple[str, str]]:
         self._read_globals()
@@ -1951,6 +1964,10 @@ _PROGRAM_NEEDLES = (
     b"cmd",
     b"path",
     b"alias",
+    b"uploadpack",
+    b"receivepack",
+    b"update",
+    b"smtpserver",
 )
 #: What any check of a config's settings looks for (`_config_entries`: a config without any is not parsed).
 _NEEDLES = (b"include", b"hookspath", *_PROGRAM_NEEDLES)

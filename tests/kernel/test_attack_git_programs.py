@@ -1,0 +1,76 @@
+"""Programs the user's git configuration runs from a writable root that the scan did not know to run code
+(issue 11, item 3).
+
+The scan moves aside a file in a root, written during the run, that a setting of the user's configuration
+runs (`core.fsmonitor`, a filter, an alias...: `_gitglobal.runs_program`). Two settings were missing:
+
+- `remote.<name>.uploadpack` (and `receivepack`): the command `git fetch`/`git pull` runs for a local or
+  ssh remote. The user's `.git/config` ran `tools/upload-pack.sh` (a wrapper kept in the tree) and the
+  sandbox rewrote it: the user's next `git pull` from a local path ran it;
+- `init.templateDir` in the user's global config: git copies the template's `hooks/` (and `config`) into
+  every repository `git init` or `git clone` makes. A template kept in a writable root got a
+  `hooks/post-checkout` from the sandbox, which the user's next `git clone`, anywhere, ran at once.
+
+Each attack plants from inside a real sandbox; the HOST runs git as the user would, and the test checks from
+outside that the payload did not run and that the plant was reported moved aside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supervisor import Supervisor
+from tests.kernel.test_attack_git import host_git, make_repo, payload, plant
+from tests.kernel.test_attack_git_global import global_config, user_git
+
+pytestmark = pytest.mark.kernel
+
+__all__ = ["global_config"]  # the fixture, used by name
+
+
+def assert_not_run(workspace: Path) -> None:
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+@pytest.mark.parametrize("command", ["pull", "fetch"])
+async def test_the_upload_pack_command_the_users_config_runs(
+    sup: Supervisor, workspace: Path, outside: Path, command: str
+) -> None:
+    upstream = outside / "upstream"
+    make_repo(upstream)  # a loopback-only remote: a local path
+    assert host_git(workspace, "clone", "-q", str(upstream), ".").returncode == 0
+    tools = workspace / "tools"
+    tools.mkdir()
+    (tools / "upload-pack.sh").write_text('#!/bin/sh\nexec git-upload-pack "$@"\n')
+    (tools / "upload-pack.sh").chmod(0o755)
+    assert host_git(workspace, "config", "remote.origin.uploadpack", "tools/upload-pack.sh").returncode == 0
+    assert host_git(workspace, command, "-q").returncode == 0  # the user's setup works
+    rewrite = (
+        f"printf '#!/bin/sh\\n{payload(workspace)}\\nexec git-upload-pack \"$@\"\\n' > tools/upload-pack.sh"
+    )
+    r = await plant(sup, workspace, rewrite)
+    assert [p for p, _ in r.quarantined] == [str(tools / "upload-pack.sh")], r.quarantined
+    assert "remote.origin.uploadpack" in r.quarantined[0][1]
+    host_git(workspace, command, "-q")
+    assert_not_run(workspace)
+
+
+async def test_the_template_directory_the_users_global_config_names(
+    sup: Supervisor, workspace: Path, outside: Path, global_config: tuple[Path, dict[str, str]]
+) -> None:
+    path, env = global_config
+    make_repo(workspace)
+    (workspace / "templates" / "hooks").mkdir(parents=True)
+    path.write_text(f"[init]\n\ttemplateDir = {workspace / 'templates'}\n")
+    hook = workspace / "templates" / "hooks" / "post-checkout"
+    plant_hook = f"printf '#!/bin/sh\\n{payload(workspace)}\\n' > {hook} && chmod +x {hook}"
+    plant_config = f"printf '[core]\\n\\tfsmonitor = \"{payload(workspace)}; echo\"\\n' > templates/config"
+    r = await plant(sup, workspace, plant_hook + " && " + plant_config)
+    found = sorted(p for p, _ in r.quarantined)
+    assert found == [str(workspace / "templates" / "config"), str(hook)], r.quarantined
+    clone = outside / "clone"
+    assert user_git(outside, env, "clone", "-q", str(workspace), str(clone)).returncode == 0
+    user_git(clone, env, "status")
+    assert_not_run(workspace)
