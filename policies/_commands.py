@@ -313,6 +313,9 @@ class _Expanded:
     commands: list[tuple[Token, ...]] = field(default_factory=list)
     outer: list[tuple[Token, ...]] = field(default_factory=list)
     opaque: list[str] = field(default_factory=list)
+    #: What the command changes for the programs it runs: the variables it assigns (`PATH=x cmd`, a
+    #: script's `PATH=x;`, `env NAME=VALUE`) and env's own changes (`env -i`, `-u NAME`, `-C DIR`).
+    changes: list[str] = field(default_factory=list)
 
     def why(self, reason: str) -> None:
         if reason not in self.opaque:
@@ -491,6 +494,21 @@ class CommandRules:
         if len(choices) > 1 and decision != "forbidden":
             ex.why("its commands ask for different sandbox policies")
             decision = stricter(decision, self.opaque)
+        # A rule's own sandbox vouches for its program, not for what the command changes around it: PATH
+        # (a program of the same name elsewhere), LD_PRELOAD, BASH_ENV, PYTHONPATH (code a sandbox wrote),
+        # env -C (another directory). Such a command is opaque.
+        if (
+            ex.changes
+            and decision != "forbidden"
+            and len(choices) == 1
+            and next(iter(choices)) != (None, None)
+        ):
+            names = ", ".join(dict.fromkeys(ex.changes))
+            ex.why(
+                f"it changes the environment or directory ({names}) of a command its rule runs in a sandbox "
+                "of its own (PATH, LD_PRELOAD, BASH_ENV or the directory choose what runs there)"
+            )
+            decision = stricter(decision, self.opaque)
         top = [m for m in deciding if m.rule.decision == decision]
         rule_match = max(top, key=lambda m: len(m.rule.pattern)) if top else None
         rule = rule_match.rule if rule_match is not None else None
@@ -663,6 +681,30 @@ def _unwrap(argv: tuple[Token, ...]) -> tuple[tuple[Token, ...] | None, bool]:
     return None, False
 
 
+def _env_changes(argv: tuple[Token, ...]) -> list[str]:
+    """What `env` changes for the command it runs: the names it sets, and its options that change the
+    environment or the directory (`env -i`, `env -u NAME`, `env -C DIR`), as written."""
+    out: list[str] = []
+    rest = list(argv[1:])
+    while rest:
+        a = rest.pop(0)
+        if a is None:
+            break
+        if a == "--":
+            continue
+        if a.startswith("-"):
+            if a in ("-0", "--null"):
+                continue
+            out.append(f"env {a}")
+            if a in ("-u", "--unset", "-C", "--chdir") and rest:
+                rest.pop(0)
+        elif "=" in a and not a.startswith("="):
+            out.append(a.split("=", 1)[0][:64])
+        else:
+            break
+    return out
+
+
 def _expand_script(script: str, ex: _Expanded, depth: int) -> None:
     """Add the simple commands of a shell script to `ex` (and why it is opaque, if it is)."""
     from policies._shell import split_script
@@ -670,6 +712,7 @@ def _expand_script(script: str, ex: _Expanded, depth: int) -> None:
     split = split_script(script)
     for reason in split.opaque:
         ex.why(reason)
+    ex.changes.extend(split.assigned)
     for command in split.commands:
         if command:
             _expand(command, ex, depth + 1)
@@ -708,6 +751,8 @@ def _expand(argv: tuple[Token, ...], ex: _Expanded, depth: int) -> None:
     inner, wraps = _unwrap(argv)
     if inner is not None:
         ex.outer.append(argv)
+        if name == "env":
+            ex.changes.extend(_env_changes(argv))
         _expand(inner, ex, depth + 1)
         return
     if wraps:

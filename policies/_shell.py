@@ -162,10 +162,13 @@ class ShellSplit:
 
     commands: each simple command's argv; a word bash would expand at run time is None.
     opaque:   reasons, one per construct the rules cannot see through (deduplicated, in order).
+    assigned: the variables the script assigns (`PATH=x cmd`, `PATH=x; cmd`: both change what a later
+              command finds and loads), deduplicated, in order.
     """
 
     commands: tuple[tuple[str | None, ...], ...]
     opaque: tuple[str, ...]
+    assigned: tuple[str, ...] = ()
 
 
 def split_script(script: str) -> ShellSplit:
@@ -178,6 +181,7 @@ def split_script(script: str) -> ShellSplit:
     tree = parser().parse(data)
     commands: list[tuple[str | None, ...]] = []
     opaque: list[str] = []
+    assigned: list[str] = []
 
     def why(reason: str) -> None:
         if reason not in opaque:
@@ -196,14 +200,14 @@ def split_script(script: str) -> ShellSplit:
         node = stack.pop()
         kind = node.type
         if kind == "command":
-            commands.append(_command(node, why))
+            commands.append(_command(node, why, assigned))
             # Substitutions inside the command's words still run: look for their commands too.
             stack.extend(reversed(_nested(node)))
         elif kind in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
             _redirect(node, why)
             stack.extend(reversed(_nested(node)))
         elif kind == "variable_assignment":
-            _assignment(node, why)
+            _assignment(node, why, assigned)
             stack.extend(reversed(_nested(node)))
         elif kind in _STRUCTURE:
             if kind in ("compound_statement", "subshell") and not any(
@@ -228,7 +232,7 @@ def split_script(script: str) -> ShellSplit:
             # Keywords and punctuation are unnamed nodes: only the named ones can hold commands.
             why(_OPAQUE_WHY.get(kind, f"an unsupported construct ({kind})"))
             stack.extend(reversed(node.named_children))
-    return ShellSplit(tuple(commands), tuple(opaque))
+    return ShellSplit(tuple(commands), tuple(opaque), tuple(dict.fromkeys(assigned)))
 
 
 def _covered(root: Any, data: bytes) -> bool:
@@ -281,7 +285,7 @@ def _nested(node: Any) -> list[Any]:
     return found
 
 
-def _command(node: Any, why: Any) -> tuple[str | None, ...]:
+def _command(node: Any, why: Any, assigned: list[str]) -> tuple[str | None, ...]:
     """One simple command's argv (prefix assignments dropped; redirections checked, not kept)."""
     argv: list[str | None] = []
     end = -1
@@ -294,7 +298,7 @@ def _command(node: Any, why: Any) -> tuple[str | None, ...]:
             why("a word the grammar and bash may read differently")
         end = child.end_byte
         if kind == "variable_assignment":
-            _assignment(child, why)
+            _assignment(child, why, assigned)
             continue  # FOO=1 cmd: the environment of cmd, not a word of its argv
         if kind == "command_name":
             inner = child.children[0] if child.children else child
@@ -315,10 +319,12 @@ def _command(node: Any, why: Any) -> tuple[str | None, ...]:
     return tuple(argv)
 
 
-def _assignment(node: Any, why: Any) -> None:
+def _assignment(node: Any, why: Any, assigned: list[str]) -> None:
     """An assignment bash would not take as one (`1=x`: a name cannot start with a digit, so bash runs a
-    command of that name) is a place where the grammar and bash disagree."""
+    command of that name) is a place where the grammar and bash disagree. The name assigned is added to
+    `assigned` (as written, for a message)."""
     name = node.children[0] if node.children else None
+    assigned.append(_text(name)[:64] if name is not None else "?")
     if name is not None and name.type == "subscript":
         return  # a[0]=x: an array element
     if name is None or name.type != "variable_name" or not _IDENTIFIER.fullmatch(_text(name)):

@@ -86,3 +86,29 @@ async def test_a_rules_sandbox_still_runs_a_program_outside_the_writable_roots(
     assert r.exit_code != 0  # it ran, confined: it could not write outside
     assert not marker.exists()
     assert os.listdir(outside) == ["canary.txt"]
+
+
+@pytest.mark.parametrize("how", ["env", "prefix", "statement", "chdir"])
+async def test_a_rules_sandbox_is_not_given_to_a_command_that_changes_its_path(
+    sup: Supervisor, workspace: Path, outside: Path, how: str
+) -> None:
+    """The caller's PATH is the system's, and `cat` (allowed with full access) is /usr/bin/cat; the command
+    itself points PATH (or its directory) at the workdir, where an earlier command wrote its own `cat`. An
+    MCP client's model writes both. On main the planted `cat` ran with full access; such a command is
+    opaque now (here: prompt, and no approver), and nothing runs."""
+    policy = profiles.workspace_write(workspace, timeout=30)
+    env = {"PATH": "/usr/bin:/bin"}
+    marker = outside / "marker"
+    r = await sup.run(["/bin/sh", "-c", _plant("cat", marker)], policy=policy, env=env)
+    assert r.exit_code == 0, r.stderr
+    cmd = {
+        "env": ["env", f"PATH={workspace}/bin:/usr/bin", "cat", "/dev/null"],
+        "prefix": ["sh", "-c", f"PATH={workspace}/bin:$PATH cat /dev/null"],
+        "statement": ["sh", "-c", f"PATH={workspace}/bin; cat /dev/null"],
+        "chdir": ["env", "-C", f"{workspace}/bin", "./cat", "/dev/null"],  # from cwd /usr/bin: /usr/bin/cat
+    }[how]
+    cwd = "/usr/bin" if how == "chdir" else None
+    with pytest.raises(CommandForbiddenError) as info:
+        await sup.run(cmd, policy=policy, env=env, rules=RULES, cwd=cwd)
+    assert not marker.exists(), f"the planted program ran with the rule's sandbox: {marker.read_text()!r}"
+    assert "changes the environment or directory" in info.value.decision.reason
