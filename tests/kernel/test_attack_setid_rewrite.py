@@ -570,3 +570,30 @@ async def test_attack_acl_race_on_the_name(sup: Supervisor, workspace: Path) -> 
     for name in ("a", "b"):
         mode = os.lstat(workspace / name).st_mode
         assert not (mode & stat.S_ISGID and mode & stat.S_IXGRP), (name, oct(mode), r.stdout)
+
+
+def test_unprivileged_caller_an_acl_cannot_make_its_setgid_file_executable() -> None:
+    # The caller's own set-gid file, without group execute: made executable with the sandbox's code, any other
+    # host user running it would get the caller's group. The same refusal for an ordinary caller's sandbox.
+    with ordinary_caller_scratch("acl-unpriv") as (scratch, python, pythonpath):
+        ws = scratch / "ws"
+        ws.mkdir()
+        _plant(ws, ACL_CASES)
+        (ws / "ok_plain").write_bytes(CONTENT)
+        bindir = scratch / "bin"
+        bindir.mkdir()
+        script = bindir / "acl"
+        script.write_text("#!/usr/bin/python3\n" + ACL_SCRIPT)
+        for p in (ws, *(ws / c for c in (*ACL_CASES, "ok_plain")), script):
+            os.chown(p, EXPECTED_UID, EXPECTED_UID)
+        os.chmod(ws, 0o755)
+        os.chmod(script, 0o755)
+        for c in ACL_CASES:
+            os.chmod(ws / c, 0o2644)  # chown cleared the bits
+        report = run_probe_as_user(python, pythonpath, scratch, script, ws, [])
+        assert report["exit"] == 0, report
+        got = json.loads(report["stdout"])
+        assert got == {**dict.fromkeys(ACL_CASES[:4], 1), "acl_at": 38, "ok_plain": 0}, got
+        for name in ACL_CASES:
+            mode = os.lstat(ws / name).st_mode
+            assert not (mode & stat.S_ISGID and mode & stat.S_IXGRP), (name, oct(mode))
