@@ -111,3 +111,38 @@ def test_stat_at_does_not_follow_and_encodes_failures(tmp_path: Path) -> None:
     assert rec[2] == [0, 0, 1 << 40 | 2, 0, 0]  # ENOENT
     assert rec[3][:4] == rec[0][:4]
     assert rec[3][4] == 0  # an absolute host path (AT_FDCWD): no ctime
+
+
+def test_stat_at_careful_mask(tmp_path: Path) -> None:
+    """Mask 1: no symlink followed on the way (ELOOP), the last component not followed either; mask 2: the
+    ctime left out; 0 (or no mask): as before, a link on the way followed."""
+    import errno
+
+    from supervisor.sandbox._csample import stat_at
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "via").symlink_to(tmp_path / "real")
+    (tmp_path / "last").symlink_to(tmp_path / "real")
+    through, last = os.fsencode(tmp_path / "via" / "sub"), os.fsencode(tmp_path / "last")
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        out = stat_at(
+            [-100, -100, -100, fd, fd], [through, through, last, b"real", b"real"], b"\x00\x01\x01\x02\x00"
+        )
+    finally:
+        os.close(fd)
+    words = [int.from_bytes(out[k * 8 : k * 8 + 8], "little") for k in range(len(out) // 8)]
+    rec = [words[i * 5 : i * 5 + 5] for i in range(5)]
+    sub, link, real = (
+        os.stat(tmp_path / "real" / "sub"),
+        os.lstat(tmp_path / "last"),
+        os.lstat(tmp_path / "real"),
+    )
+    assert rec[0][1] == sub.st_ino  # followed on the way
+    assert rec[1] == [0, 0, 1 << 40 | errno.ELOOP, 0, 0]
+    assert rec[2][1:3] == [link.st_ino, link.st_mode]  # the link itself
+    assert rec[3][:4] == [real.st_dev, real.st_ino, real.st_mode, real.st_uid << 32 | real.st_gid]
+    assert rec[3][4] == 0
+    assert rec[4][4] == real.st_ctime_ns
+    with pytest.raises(ValueError, match="same length"):
+        stat_at([-100], [b"/"], b"\x00\x00")
