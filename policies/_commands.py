@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from policies import profiles
-from policies._errors import PolicyError
+from policies._errors import PolicyError, printable
 from policies._model import Policy
 
 Decision = Literal["allow", "prompt", "forbidden"]
@@ -695,11 +695,11 @@ def _env_changes(argv: tuple[Token, ...]) -> list[str]:
         if a.startswith("-"):
             if a in ("-0", "--null"):
                 continue
-            out.append(f"env {a}")
+            out.append(f"env {printable(a, 64)}")
             if a in ("-u", "--unset", "-C", "--chdir") and rest:
                 rest.pop(0)
         elif "=" in a and not a.startswith("="):
-            out.append(a.split("=", 1)[0][:64])
+            out.append(printable(a.split("=", 1)[0], 64))
         else:
             break
     return out

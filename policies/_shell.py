@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from policies._errors import CorralError
+from policies._errors import CorralError, printable
 
 #: Nodes that only group or sequence commands: safe to look through.
 _STRUCTURE = frozenset(
@@ -324,7 +324,7 @@ def _assignment(node: Any, why: Any, assigned: list[str]) -> None:
     command of that name) is a place where the grammar and bash disagree. The name assigned is added to
     `assigned` (as written, for a message)."""
     name = node.children[0] if node.children else None
-    assigned.append(_text(name)[:64] if name is not None else "?")
+    assigned.append(printable(_text(name), 64) if name is not None else "?")
     if name is not None and name.type == "subscript":
         return  # a[0]=x: an array element
     if name is None or name.type != "variable_name" or not _IDENTIFIER.fullmatch(_text(name)):
