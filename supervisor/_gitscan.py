@@ -1880,20 +1880,40 @@ class Scan:
         user: a `.git` file in a checkout registered in the top repository's index made the user's plain
         `git status` refresh (write) another repository's index outside the roots, and its
         `git submodule update` move that repository's HEAD; `git worktree repair` writes the `.git` file a
-        `gitdir` names. A pointer into a writable root is harmless: that git dir is scanned."""
+        `gitdir` names. A pointer into a writable root is harmless: that git dir is scanned.
+
+        An older `.git` naming its git dir by a RELATIVE path, in a directory renamed there during the run
+        (`_moved_in`), is checked too: its meaning moved with it. (A first run left `d1/d2/a/.git` with
+        `gitdir: ../../<elsewhere>`, inside the root from there; a second ran `mv d1/d2/a a`, and the
+        user's commit in `a` went into the repository outside the roots that the same text now named.) It
+        is kept when that git dir's `core.worktree` names this checkout, as git's submodules write it (a
+        workdir inside a superproject whose submodules' git dirs lie above it)."""
         self._hold_name(fd, name)
-        if self._changed(fd, name) is None:
+        st = self._lstat(fd, name)
+        if st is None:
             return
+        moved = ""
+        if st.st_ctime_ns < self.since:
+            if name != ".git" or path == self._root.rstrip("/"):
+                return
+            moved = self._moved_in(path)
+            if not moved:
+                return
+        written = f"in {moved}," if moved else "written during the run"
         where = os.path.join(path, name)
-        if name == ".git" and (st := self._changed(fd, name)) is not None and stat.S_ISLNK(st.st_mode):
+        if name == ".git" and stat.S_ISLNK(st.st_mode):
             # git follows a `.git` symlink to the git dir it names; read the link, never follow it.
             try:
                 link = os.readlink(name, dir_fd=fd)
             except OSError:
                 return
-            reason = self._outside_roots(os.path.join(base, link))
-            if reason:
-                self._quarantine(fd, path, name, f".git symlink made during the run points git {reason}")
+            if moved and link.startswith("/"):
+                return  # its meaning did not move
+            target = os.path.join(base, link)
+            reason = self._outside_roots(target)
+            if reason and not (moved and self._points_back(target, path)):
+                made = f"in {moved}," if moved else "made during the run"
+                self._quarantine(fd, path, name, f".git symlink {made} points git {reason}")
             return
         try:
             data = _hostfs.read_file(fd, name, where, 4096)
@@ -1902,17 +1922,41 @@ class Scan:
         if data is None:
             return
         if name == ".git":
-            target = _gitfile_target(base, data)
-            if target is None:
+            pointer = _gitfile_target(base, data)
+            if pointer is None:
                 return  # not a gitfile: git refuses it
-        else:
-            line = data.rstrip(_GIT_SPACE).split(b"\0", 1)[0]  # the whole file, trimmed at the end
-            if not line:
-                return
-            target = os.path.join(base, line.decode("utf-8", errors="surrogateescape"))
+            if moved and _gitfile_target("/", data) == _gitfile_target("/x", data):
+                return  # an absolute path: its meaning did not move
+            reason = self._outside_roots(pointer)
+            if reason and not (moved and self._points_back(pointer, path)):
+                self._quarantine(fd, path, name, f"{name} {written} points git {reason}")
+            return
+        line = data.rstrip(_GIT_SPACE).split(b"\0", 1)[0]  # the whole file, trimmed at the end
+        if not line:
+            return
+        target = os.path.join(base, line.decode("utf-8", errors="surrogateescape"))
         reason = self._outside_roots(target)
         if reason:
             self._quarantine(fd, path, name, f"{name} written during the run points git {reason}")
+
+    def _points_back(self, gitdir: str, checkout: str) -> bool:
+        """Whether the git dir `gitdir` (outside the roots) sets `core.worktree` to `checkout`, as git's
+        submodule machinery writes it: the checkout is that git dir's own, wherever both were moved from.
+        Its config is read safely (`_gitglobal.read`: no link below a root followed, bounded)."""
+        real = self._resolve_text(gitdir)
+        if real is None:
+            return False
+        data = _gitglobal.read(os.path.join(real, "config"), self.roots)
+        if data is None:
+            return False
+        try:
+            values = [v for k, v in _gitconfig.parse(data) if k == "core.worktree"]
+        except _gitconfig.ConfigSyntaxError:
+            return False
+        if not values or values[-1] is None:
+            return False
+        named = os.path.normpath(os.path.join(real, values[-1].decode("utf-8", errors="surrogateescape")))
+        return named == os.path.normpath(checkout)
 
     def _outside_roots(self, path: str) -> str:
         """Why the path `path` (absolute, as git will resolve it: `..` after a symlink goes up from the

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from supervisor import Supervisor
-from tests.kernel.test_attack_git import host_git, make_repo, payload, plant
+from tests.kernel.test_attack_git import host_git, make_repo, payload, plant, policy
 
 pytestmark = pytest.mark.kernel
 
@@ -190,3 +191,50 @@ async def test_a_rebase_left_in_progress(sup: Supervisor, workspace: Path, exec_
     assert not (workspace / "MARKER").exists(), "the user's rebase --continue ran a command the sandbox wrote"
     if not exec_line:
         assert done.returncode == 0, done.stderr
+
+
+async def test_a_relative_gitfile_whose_directory_a_later_run_moved(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    """A first run leaves `d1/d2/a/.git` with `gitdir: ../../<outside>/victim/.git`, which from there
+    names a missing directory inside the root (fine); a second runs `mv d1/d2/a a`: the same text, older
+    than that run, now names the user's repository outside the roots, and the user's commit in `a` went
+    into its history. (The workspace and `outside` are siblings.)"""
+    make_repo(workspace)
+    victim = outside / "victim"
+    make_repo(victim)
+    count = log_count(victim)
+    first = f"mkdir -p d1/d2/a && echo 'gitdir: ../../{outside.name}/victim/.git' > d1/d2/a/.git"
+    r1 = await plant(sup, workspace, first)
+    assert r1.quarantined == (), r1.quarantined
+    await anyio.sleep(0.05)  # past the scan's 10 ms margin: the pointer is older than the next run
+    r2 = await plant(sup, workspace, "mv d1/d2/a a")
+    assert [p for p, _ in r2.quarantined] == [str(workspace / "a" / ".git")], r2.quarantined
+    host_git(workspace / "a", "commit", "-q", "--allow-empty", "-m", "the user's commit in a")
+    assert log_count(victim) == count, "the user's git committed into a repository outside the roots"
+
+
+async def test_a_submodule_checkout_below_the_workdir_keeps_its_relative_gitfile(
+    sup: Supervisor, workspace: Path, outside: Path
+) -> None:
+    """The workdir is `super/libs` of a superproject kept outside it, whose submodule `libs/foo` has
+    `.git` = `gitdir: ../../.git/modules/libs/foo` (outside the root): a run that edits files in `foo`
+    and at the top of the workdir (both directories' ctimes move, as a rename would) leaves it alone,
+    since that git dir's core.worktree names `foo`."""
+    upstream = outside / "upstream"
+    make_repo(upstream)
+    sup_repo = workspace
+    make_repo(sup_repo)
+    (sup_repo / "libs").mkdir()
+    added = host_git(
+        sup_repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(upstream), "libs/foo"
+    )
+    assert added.returncode == 0, added.stderr
+    assert (sup_repo / "libs" / "foo" / ".git").read_text().startswith("gitdir: ../../.git/modules/")
+    r = await sup.run(
+        ["/bin/sh", "-c", "touch new.txt foo/new.txt"],
+        policy=policy(sup_repo / "libs"),
+    )
+    assert r.exit_code == 0, r.stderr
+    assert r.quarantined == (), r.quarantined
+    assert host_git(sup_repo / "libs" / "foo", "status").returncode == 0
