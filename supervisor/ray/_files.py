@@ -16,6 +16,7 @@ import errno as _errno
 import io
 import logging
 import os
+import secrets
 import shutil
 import stat
 import tarfile
@@ -314,7 +315,9 @@ def _clear(top: int) -> None:
             continue
         if len(frames) >= _REMOVE_DEPTH:
             moved += 1
-            flat = f".corral-remove-{moved}"
+            # A fresh name (a sandbox cannot have made it): renaming onto a directory it left there would
+            # fail, and leave this one.
+            flat = f".corral-remove-{secrets.token_hex(8)}-{moved}"
             with contextlib.suppress(OSError):
                 os.rename(name, flat, src_dir_fd=fd, dst_dir_fd=top)
                 frames[0][1].append(flat)
