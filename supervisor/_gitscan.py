@@ -1265,14 +1265,15 @@ class Scan:
                 # among them leads
                 self._check_hook_links(hfd, target, f"git hook ({what})")
                 return
-            for entry in sorted(os.listdir(hfd)):
+            listed = sorted(os.listdir(hfd))
+            for entry in listed:
                 if entry.endswith((".sample", QUARANTINE_SUFFIX)):
                     continue
                 if self._changed(hfd, entry) is not None:
                     self._quarantine(hfd, target, entry, f"git hook ({what}) written during the run")
                 elif moved:
                     self._quarantine(hfd, target, entry, f"git hook ({what}) reached through {moved}")
-            self._check_hook_links(hfd, target, f"git hook ({what})")
+            self._check_hook_links(hfd, target, f"git hook ({what})", names=listed)
         finally:
             os.close(hfd)
 
@@ -1605,7 +1606,8 @@ class Scan:
                 # run put there however old (a first run fills `stash/hooks`, a second renames it to
                 # `sub/.git/hooks`: a directory's rename leaves its entries' ctimes as they were).
                 moved = not fresh and self._changed(fd, "hooks") is not None
-                for name in sorted(os.listdir(hfd)):
+                listed = sorted(os.listdir(hfd))
+                for name in listed:
                     if name.endswith((".sample", QUARANTINE_SUFFIX)):
                         continue
                     if hook_names and name not in _HOOK_NAMES:
@@ -1617,7 +1619,7 @@ class Scan:
                         self._quarantine(hfd, hooks_path, name, f"git hook {_FRESH}")
                     elif moved:
                         self._quarantine(hfd, hooks_path, name, f"git hook {_MOVED}")
-                self._check_hook_links(hfd, hooks_path, "git hook", hook_names)
+                self._check_hook_links(hfd, hooks_path, "git hook", hook_names, listed)
             finally:
                 self._closing(hfd)
                 os.close(hfd)
@@ -1641,7 +1643,9 @@ class Scan:
             self._abandon()
             self._check_hooks_dir(target, f"{os.path.join(path, 'hooks')}, a symlink, leads to it")
 
-    def _check_hook_links(self, hfd: int, hooks_path: str, what: str, hook_names: bool = False) -> None:
+    def _check_hook_links(
+        self, hfd: int, hooks_path: str, what: str, hook_names: bool = False, names: list[str] | None = None
+    ) -> None:
         """The hooks in the directory `hfd` (at `hooks_path`) that are symlinks: git runs what they lead
         to, and a hook installed as a link into the tree (`ln -s ../../tools/pre-commit .git/hooks/`, a
         common way to share hooks) leads to a file the sandbox may write, while the link itself, in the
@@ -1649,7 +1653,7 @@ class Scan:
         user's next commit ran it. A link whose target, in a writable root, was written during the run
         (or is reached through a symlink there, which is not followed) is moved aside. A tree with such a
         link takes no snapshot (the quick check does not watch the targets)."""
-        for name in sorted(os.listdir(hfd)):
+        for name in names if names is not None else sorted(os.listdir(hfd)):  # the caller's listing, if any
             if name.endswith((".sample", QUARANTINE_SUFFIX)) or (hook_names and name not in _HOOK_NAMES):
                 continue
             st = self._lstat(hfd, name)
