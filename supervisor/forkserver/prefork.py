@@ -63,6 +63,7 @@ class Stub:
         "fingerprint",
         "leaf",
         "listener",
+        "mount_generation",
         "nogit",
         "pid",
         "pidfd",
@@ -97,6 +98,8 @@ class Stub:
         self.absent: tuple[tuple[str, str], ...] = ()
         #: The writable roots without a `.git` when its view was built (the reply's `nogit`).
         self.nogit: tuple[str, ...] = ()
+        #: The host's mount table's generation (mounts.MountTable) before its view was planned.
+        self.mount_generation = -1
 
     def hand_over(self, request: SpawnRequest, fds: list[int]) -> bool:
         """Send the command of `request` and its fds to the sandbox (protocol.CTL_*); False when the
@@ -143,6 +146,9 @@ class Prefork:
         #: digest: the next build of the key reuses them while the Recheck holds (`_fingerprint_for`).
         self._taken: OrderedDict[Key, tuple[tuple[object, ...], Recheck, bytes]] = OrderedDict()
         self._closed = False
+        #: A bind mount the host made since a sandbox's view was planned may show a denied object under a
+        #: name that view does not hide (mounts._mount_aliases): such a sandbox is not used.
+        self._mount_table = mounts.MountTable()
 
     async def take(self, policy: Policy, compiled: CompiledPolicy, cwd: str) -> Stub | None:
         """A confined sandbox for this policy and workdir whose view still matches the tree, or None (then
@@ -161,7 +167,9 @@ class Prefork:
         when the stub's Recheck holds (no worker-thread hop), else by the fingerprint in a worker thread."""
         recheck, stub.recheck = stub.recheck, None
         try:
-            if recheck is not None and recheck.unchanged():
+            if stub.mount_generation != self._mount_table.generation():
+                fresh = False
+            elif recheck is not None and recheck.unchanged():
                 fresh = True
             else:
                 fresh = await _fingerprint(_mounts(compiled), cwd) == stub.fingerprint
@@ -248,6 +256,7 @@ class Prefork:
         # worker-thread hop for them cost the loop more (waking the worker: ~0.09 ms under load) than the
         # mkdirs themselves save it, and more CPU in all.
         leaf, cg_enforced, cg_missing = self._make_leaf(policy)
+        generation = self._mount_table.generation()
         before, recheck, view = await self._fingerprint_for((compiled.policy_id, cwd), prepared, cwd)
         try:
             reply, fds = await self._fs.prefork(
@@ -280,6 +289,7 @@ class Prefork:
             cg_missing,
         )
         stub.recheck = recheck
+        stub.mount_generation = generation
         stub.absent = protocol.absent_pairs(reply)
         stub.nogit = protocol.nogit_roots(reply)
         try:

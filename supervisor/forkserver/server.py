@@ -26,7 +26,6 @@ import errno
 import fcntl
 import mmap
 import os
-import select
 import signal
 import socket
 import sys
@@ -213,19 +212,6 @@ def _lockdown(pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Plan:
     return plan
 
 
-def _mount_table_watch() -> select.poll | None:
-    """A poll object that reports POLLPRI (and POLLERR) once for each change of this process's mount table
-    since the last poll (/proc/self/mountinfo, held open for the fork server's life); None when it cannot be
-    opened."""
-    try:
-        fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    watch = select.poll()
-    watch.register(fd, select.POLLPRI)
-    return watch
-
-
 class _Cache:
     """Packed plan segments, so that a request repeats only the lookups its view depends on.
 
@@ -261,7 +247,8 @@ class _Cache:
         ] = OrderedDict()
         #: POLLPRI on /proc/self/mountinfo: the host's mount table changed since it was last polled (a bind
         #: mount gives a denied object another name: mounts._mount_aliases), so no cached view is used.
-        self._mount_table = _mount_table_watch()
+        self._mount_table = mounts.MountTable()
+        self._mount_generation = 0
 
     def head(self, policy_id: int, pol: CompiledPayload, supervisor_pidfd: int) -> _ops.Segment:
         seg = self._head.get(policy_id)
@@ -318,7 +305,9 @@ class _Cache:
         overlay would show it what the sandboxes around its build looked up, as it was then."""
         mnt = pol["mounts"]
         key = (policy_id, cwd, pooled_net, cgroup_view, console, stub)
-        if self._mount_table is not None and self._mount_table.poll(0):
+        generation = self._mount_table.generation()
+        if generation != self._mount_generation:
+            self._mount_generation = generation
             # The views' plans hide each denied object under the names the mount table gave it when they were
             # packed; a bind mount made since gives it one more. (One poll per request: about a microsecond.)
             for old in list(self._views):

@@ -1127,10 +1127,38 @@ def _deny_targets(prepared: Prepared) -> list[str]:
             )
         if real not in out:
             out.append(real)
-    for alias in _mount_aliases(out):
+    for alias in _mount_aliases(out, roots):
         if alias not in out:
             out.append(alias)
     return out
+
+
+class MountTable:
+    """Tells when this process's mount table changed: POLLPRI on a /proc/self/mountinfo fd held for the
+    object's life reports each change once; `generation()` counts them. A view planned at one generation
+    hides each denied object under the names the mount table gave it then (`_mount_aliases`): a bind mount
+    made since gives it another, so a plan (the fork server's cached views) or a sandbox built ahead of its
+    command (which may have copied the new mount table with the old plan) of an older generation is not
+    used. Without /proc, the generation never moves."""
+
+    def __init__(self) -> None:
+        import select
+
+        self._poll: select.poll | None = None
+        self._generation = 0
+        try:
+            fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        self._fd = fd
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLPRI)
+
+    def generation(self) -> int:
+        """The number of changes seen so far (a poll with no wait: about a microsecond)."""
+        if self._poll is not None and self._poll.poll(0):
+            self._generation += 1
+        return self._generation
 
 
 def _host_mounts() -> list[tuple[str, str, str]]:
@@ -1156,59 +1184,70 @@ def _host_mounts() -> list[tuple[str, str, str]]:
     return out
 
 
-def _mount_aliases(targets: list[str]) -> list[str]:
+def _mount_aliases(targets: list[str], roots: Sequence[str] = ()) -> list[str]:
     """The other names the host's mount table gives each of the denied objects `targets` (real paths): where
     the same filesystem is also mounted (a bind mount of a directory above the object, `mount --bind ~/data
     /srv/data`, a second mount of the device), the object's path there; where a mount's root lies INSIDE a
-    denied directory (a bind of `~/.ssh/keys` elsewhere), that mount's point. A hiding mount covers one
-    name (one mount's dentry): the object stayed readable under the others. Only names that lead to the same
-    object now (device and inode, lstat) are returned; the host's mount table is read once. Never raises."""
+    denied directory (a bind of `~/.ssh/keys` elsewhere), that mount's point. The same for each mount below a
+    denied directory (a bind of `/srv/keys` at `~/.ssh/keys`: its source shows what the denied name holds),
+    as a symlink there is followed to its target. A hiding mount covers one name (one mount's dentry): the
+    object stayed readable under the others. Only names that lead to the same object now (device and inode,
+    lstat) are returned, none that `_vital` (a system directory, or one above a writable root of `roots`:
+    hiding it would break the sandbox); the host's mount table is read once. Never raises."""
     mounts = _host_mounts()
-    by_dev: dict[str, int] = {}
-    for dev, _root, _point in mounts:
-        by_dev[dev] = by_dev.get(dev, 0) + 1
-    if not any(n > 1 for n in by_dev.values()):
+    by_dev: dict[str, list[tuple[str, str, str]]] = {}
+    by_point: dict[str, tuple[str, str, str]] = {}
+    for entry in mounts:
+        by_dev.setdefault(entry[0], []).append(entry)
+        by_point[entry[2]] = entry  # the last mount on a point covers the others
+    if not any(len(same) > 1 for same in by_dev.values()):
         return []
-    out: list[str] = []
+    # (the mount it is found in, its path in that mount's filesystem, its name here)
+    objects: list[tuple[tuple[str, str, str], str, str]] = []
+    dirs: set[str] = set()
     for target in targets:
-        # The mount the target lies in: the deepest mount point above it, the last of those on that point.
-        best: tuple[str, str, str] | None = None
-        for entry in mounts:
-            point = entry[2]
-            if _under(target, (point,)) and (best is None or len(point) >= len(best[2])):
-                best = entry
-        if best is None or by_dev.get(best[0], 0) < 2:
+        # The mount the target lies in: the one on the deepest mount point above it.
+        above = target
+        best = by_point.get(above)
+        while best is None and above != "/":
+            above = os.path.dirname(above)
+            best = by_point.get(above)
+        if best is None:
             continue
-        dev, root, point = best
-        inside = root.rstrip("/") + target[len(point.rstrip("/")) :] or "/"  # its path in the filesystem
+        objects.append((best, best[1].rstrip("/") + target[len(best[2].rstrip("/")) :] or "/", target))
+        if os.path.isdir(target) and not os.path.islink(target):
+            dirs.add(target)
+    for entry in by_point.values():  # the mounts below a denied directory
+        point = entry[2]
+        if point not in dirs and any(_under(point, (d,)) for d in dirs):
+            objects.append((entry, entry[1], point))
+    out: list[str] = []
+    for mount, inside, name in objects:
+        dev = mount[0]
+        if len(by_dev[dev]) < 2:
+            continue
         try:
-            st = os.lstat(target)
+            st = os.lstat(name)
         except OSError:
             continue
-        for other_dev, other_root, other_point in mounts:
-            if other_dev != dev or (other_root, other_point) == (root, point):
+        for other in by_dev[dev]:
+            _dev, other_root, other_point = other
+            if other == mount:
                 continue
+            whole = False
             if _under(inside, (other_root,)):
                 alias = other_point.rstrip("/") + inside[len(other_root.rstrip("/")) :] or "/"
             elif _under(other_root, (inside,)) and stat.S_ISDIR(st.st_mode):
-                alias = other_point
-                try:
-                    if os.lstat(alias).st_dev != st.st_dev:
-                        continue
-                except OSError:
-                    continue
-                if alias not in out and alias != target:
-                    out.append(alias)
-                continue
+                alias, whole = other_point, True  # a mount of something inside the object
             else:
                 continue
-            if alias == target or alias in out:
+            if alias in out or alias in targets or _under(alias, targets) or _vital(alias, list(roots)):
                 continue
             try:
                 a = os.lstat(alias)
             except OSError:
                 continue
-            if (a.st_dev, a.st_ino) == (st.st_dev, st.st_ino):
+            if (a.st_dev == st.st_dev) if whole else ((a.st_dev, a.st_ino) == (st.st_dev, st.st_ino)):
                 out.append(alias)
     return out
 

@@ -200,17 +200,22 @@ async def test_a_denied_path_reached_through_a_host_bind_mount(
 ) -> None:
     # The host gives the denied object other names with bind mounts (a directory above it bound elsewhere,
     # as `mount --bind ~/data /srv/data`, systemd's BindPaths= or a container's volumes do; a directory
-    # inside a denied one bound elsewhere): a mount over one name hid one name, and the secret was read
-    # under the other.
+    # inside a denied one bound elsewhere; a directory bound INTO a denied one, whose source shows what the
+    # denied name holds, as a link's target does): a mount over one name hid one name, and the secret was
+    # read under the other.
     (workspace / "keys").mkdir()
     (workspace / "keys" / "id.pem").write_text(secret)
-    pol = profiles.workspace_write(
-        workspace, deny=[workspace / "sub" / ".env", workspace / "keys"], timeout=20
-    )
-    script = (
-        f"cat {outside}/above/.env {outside}/inside/id.pem; find {outside} -type f -exec cat {{}} +; true"
-    )
-    with host_bind(workspace / "sub", outside / "above"), host_bind(workspace / "keys", outside / "inside"):
+    (workspace / "keys" / "vol").mkdir()
+    (outside / "volume").mkdir()
+    (outside / "volume" / "token").write_text(secret)
+    deny = [workspace / "sub" / ".env", workspace / "keys"]
+    pol = profiles.workspace_write(workspace, deny=deny, timeout=20)
+    script = f"cat {outside}/above/.env {outside}/inside/id.pem; find {outside} -type f -exec cat {{}} +; :"
+    with (
+        host_bind(workspace / "sub", outside / "above"),
+        host_bind(workspace / "keys", outside / "inside"),
+        host_bind(outside / "volume", workspace / "keys" / "vol"),
+    ):
         for _ in range(2):  # built on the spot, then from the cached view
             code, out = await run(sup, pol, script)
             assert code == 0
