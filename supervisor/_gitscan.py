@@ -59,7 +59,9 @@ import errno
 import logging
 import os
 import pwd
+import re
 import resource
+import secrets
 import stat
 import sys
 import threading
@@ -2102,16 +2104,30 @@ class _Budget(Exception):
 
 def move_aside(fd: int, path: str, name: str, reason: str) -> list[tuple[str, str]]:
     """Rename `name` (in directory `fd`, named `path`) out of the way: to `<name>.corral-quarantined`, or,
-    when the sandbox put something there that a rename cannot replace (a directory), `....1` up to `....9`;
-    as a last resort a file or link is removed. Returns the report, a (path, reason) pair (none when `name`
-    is gone since it was listed: a scan of the same root beside this one moved it)."""
+    when the sandbox put something there that a rename cannot replace (a directory), `....1` up to `....9`,
+    then `....r<8 random hex digits>` (a sandbox that took all ten names with non-empty directories kept a
+    directory it made at a protected name where it was), or `.corral-quarantined.rHEX` for a name too long
+    to take a suffix; as a last resort a file or link is removed.
+    Returns the report, a (path, reason) pair (none when `name` is gone since it was listed: a scan of the
+    same root beside this one moved it)."""
     err = 0
-    for i in range(10):
-        target = name + QUARANTINE_SUFFIX + (f".{i}" if i else "")
+    short = False  # a name too long for the suffixes: `.corral-quarantined.rHEX` alone
+    for i in range(13):
+        if short:
+            target = f"{QUARANTINE_SUFFIX}.r{secrets.token_hex(4)}"
+        else:
+            target = (
+                name
+                + QUARANTINE_SUFFIX
+                + (f".{i}" if 0 < i < 10 else f".r{secrets.token_hex(4)}" if i else "")
+            )
         try:
             os.rename(name, target, src_dir_fd=fd, dst_dir_fd=fd)  # renameat: follows no link
         except OSError as e:
             err = e.errno or 0
+            if err == errno.ENAMETOOLONG and not short:
+                short = True
+                continue
             if err in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EBUSY):
                 continue
             if err == errno.ENOENT and target == name + QUARANTINE_SUFFIX:
@@ -2128,13 +2144,17 @@ def move_aside(fd: int, path: str, name: str, reason: str) -> list[tuple[str, st
 
 
 def _moved_aside(name: str) -> bool:
-    """Whether `name` is one `_quarantine` gives (`<name>.corral-quarantined`, or `....N`): git never opens
-    it, and the rename moved its ctime, so a run started within MARGIN_NS of it took it for new and moved
-    it again, and again, until the name was too long and the file was removed."""
+    """Whether `name` is one `move_aside` gives (`<name>.corral-quarantined`, `....N`, `....rHEX`): git
+    never opens it, and the rename moved its ctime, so a run started within MARGIN_NS of it took it for new
+    and moved it again, and again, until the name was too long and the file was removed."""
     base, dot, last = name.rpartition(".")
-    if dot and last.isdigit() and len(last) == 1:
+    if dot and ((last.isdigit() and len(last) == 1) or _RANDOM_SUFFIX.fullmatch(last)):
         name = base
     return name.endswith(QUARANTINE_SUFFIX)
+
+
+#: The random last part of a name `move_aside` gives when the ten fixed ones are taken.
+_RANDOM_SUFFIX = re.compile(r"r[0-9a-f]{8}")
 
 
 class _StatxTimestamp(ctypes.Structure):

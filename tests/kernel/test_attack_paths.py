@@ -328,3 +328,19 @@ async def test_a_protected_path_missing_at_the_start_cannot_be_created_during_th
         child.kill()
         await child.wait()
     assert not seen
+
+
+async def test_a_created_protected_directory_is_moved_aside_whatever_names_the_command_took(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # The command makes the missing `scripts/` with its run.sh, and takes every name the move aside tried
+    # (`scripts.corral-quarantined`, `....1` to `....9`) with non-empty directories, which a rename cannot
+    # replace and an unlink cannot remove: the protected path must still not stay where it was.
+    pol = _protecting(workspace, "scripts/run.sh")
+    taken = " ".join(f"scripts.corral-quarantined{'.' + str(i) if i else ''}/x" for i in range(10))
+    script = f"mkdir -p scripts {taken} && echo evil > scripts/run.sh"
+    r = await sup.run(["/bin/sh", "-c", script], policy=pol)
+    assert r.exit_code == 0, r.stderr.decode()
+    assert not (workspace / "scripts").exists(), r.quarantined
+    assert [p for p, _ in r.quarantined] == [str(workspace / "scripts")]
+    assert "moved to scripts.corral-quarantined." in r.quarantined[0][1], r.quarantined
