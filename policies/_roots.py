@@ -224,6 +224,17 @@ def check_writable_roots(policy: Policy) -> list[str]:
                         "directory"
                     )
                     break
+                # Another account's start-up files or ssh directory (`--allow-write /home/alice/.bashrc`,
+                # `.ssh`, `.config`): accepted without a word, where the caller's own are warned about.
+                start = _startup_entry(root, home) or _startup_entry(root, home, (".ssh",))
+                if start is not None:
+                    what = "is" if root == start else f"lies in {start},"
+                    warnings.append(
+                        f"{where} {root} {what} start-up configuration of {name}: the sandbox can change "
+                        f"what {name}'s login shell, desktop session, ssh or git run at their next login; "
+                        "prefer a project directory"
+                    )
+                    break
     return warnings
 
 
@@ -249,13 +260,13 @@ STARTUP_ENTRIES: tuple[str, ...] = (
 )
 
 
-def _startup_entry(root: str, home: str) -> str | None:
-    """`home/<entry>` when `root` is, or lies in, one of STARTUP_ENTRIES of `home`, else None."""
+def _startup_entry(root: str, home: str, entries: tuple[str, ...] = STARTUP_ENTRIES) -> str | None:
+    """`home/<entry>` when `root` is, or lies in, one of `entries` of `home`, else None."""
     prefix = home.rstrip("/") + "/"
     if not root.startswith(prefix):
         return None
     first = root[len(prefix) :].split("/", 1)[0]
-    return prefix + first if first in STARTUP_ENTRIES else None
+    return prefix + first if first in entries else None
 
 
 def _own_installation(root: str) -> str | None:

@@ -200,6 +200,33 @@ def test_a_root_caller_is_warned_for_another_accounts_home_as_workdir(workspace:
     assert b"home directory" not in p.stderr, p.stderr
 
 
+def test_a_root_caller_is_warned_for_another_accounts_start_up_files(workspace: Path) -> None:
+    # `sudo corral run --allow-write /home/alice/.bashrc` in a root-owned project: the sandbox, uid 0, may
+    # rewrite what alice's shell runs at her next login; the caller's own start-up files were warned about,
+    # another account's were accepted without a word. (The file is not written: /bin/true runs.)
+    if os.geteuid() != 0:
+        pytest.skip("the identity of a ROOT caller's sandbox (this run is not root)")
+    logins = [
+        e
+        for e in pwd.getpwall()
+        if 1000 <= e.pw_uid < 65534
+        and not e.pw_shell.endswith(("nologin", "false"))
+        and any((Path(e.pw_dir) / f).is_file() for f in (".bashrc", ".profile"))
+    ]
+    if not logins:
+        pytest.skip("no ordinary login account with a .bashrc or .profile in the password database")
+    home, name = Path(logins[0].pw_dir), logins[0].pw_name
+    start = next(home / f for f in (".bashrc", ".profile") if (home / f).is_file())
+    before = start.read_bytes()
+    p = corral(workspace, "run", "--allow-write", str(start), "--", "/bin/true", home=Path("/root"))
+    assert p.returncode == 0, p.stderr
+    assert f"start-up configuration of {name}".encode() in p.stderr, p.stderr
+    assert start.read_bytes() == before
+    p = corral(workspace, "run", "--", "/bin/true", home=Path("/root"))  # the control: a project directory
+    assert p.returncode == 0
+    assert b"start-up" not in p.stderr, p.stderr
+
+
 # --- class 8: a policy file without `profile` dropped the credential hiding without saying so
 
 CORRAL = [sys.executable, "-m", "supervisor.cli"]
