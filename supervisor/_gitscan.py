@@ -1096,15 +1096,18 @@ class Scan:
         finally:
             os.close(git)
 
-    def _check_includes(self, fd: int, path: str, name: str, depth: int, home: str | None = None) -> None:
+    def _check_includes(
+        self, fd: int, path: str, name: str, depth: int, home: str | None = None, worktree: str | None = None
+    ) -> None:
         """The files the config `name` (in directory `fd`, at `path`) includes (`include.path`,
         `includeIf.*.path`, whatever their condition), when they lie in the root being scanned: git reads
         them as part of that config, so one written during the run with a setting that runs programs is
         quarantined like a config, however old the including config is (the user's own `.git/config`
         with `include.path = ../.gitconfig`, a shared file in the worktree, is the usual case). Includes
         of includes are followed, as git does, to its depth of 10. A target reached only through a
-        symlink is reported, not followed. A scan that met an include into the root takes no snapshot:
-        the quick check does not watch the included files."""
+        symlink is followed by reading it (`_open_in_root`). A scan that met an include into the root takes
+        no snapshot: the quick check does not watch the included files. `worktree`: the including config is
+        a repository's, whose worktree an included file's hooks directory and programs are relative to."""
         read = self._config_entries(fd, path, name) if depth < 10 else None
         if read is None:
             return
@@ -1119,13 +1122,18 @@ class Scan:
             if target is None or target in self._included:
                 continue
             what = f"git config {config} includes it"
-            self._check_included(target, what, f"git config included by {config}", depth, home)
+            self._check_included(target, what, f"git config included by {config}", depth, home, worktree)
 
-    def _check_included(self, target: str, what: str, by: str, depth: int, home: str | None) -> None:
+    def _check_included(
+        self, target: str, what: str, by: str, depth: int, home: str | None, worktree: str | None = None
+    ) -> None:
         """The git config file `target` (in the root being scanned; `what` says who names it), included
         at `depth`: written during the run with a setting that runs programs, it is quarantined (the reason
-        calls it a `by`); otherwise its own includes are followed. A link on its way is reported, not
-        followed."""
+        calls it a `by`); otherwise its own includes are followed, and, included by a repository's config
+        (`worktree` its worktree), the hooks directory it names and the programs it runs are checked as
+        that repository's own: a team config kept in the tree (`include.path = ../.gitconfig`) with
+        `core.hooksPath = .githooks`, which no mount binds (the mounts read `.git/config` alone), had the
+        sandbox's `.githooks/pre-commit` run at the user's next commit."""
         self._included.add(target)
         dpath, leaf = os.path.split(target)
         # O_PATH, not O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a final link too, with ELOOP (not ENOTDIR).
@@ -1146,14 +1154,25 @@ class Scan:
                     return
             st = self._lstat(dfd, leaf)
             if st is not None and stat.S_ISLNK(st.st_mode):
-                self._check_included_link(dfd, dpath, leaf, what, by, depth, home)
+                self._check_included_link(dfd, dpath, leaf, what, by, depth, home, worktree)
                 return
-            self._check_includes(dfd, dpath, leaf, depth + 1, home)
+            if worktree is not None:
+                self._check_hooks_path(dfd, dpath, leaf, False, worktree)
+                self._check_programs(dfd, dpath, leaf, worktree)
+            self._check_includes(dfd, dpath, leaf, depth + 1, home, worktree)
         finally:
             os.close(dfd)
 
     def _check_included_link(
-        self, dfd: int, dpath: str, leaf: str, what: str, by: str, depth: int, home: str | None
+        self,
+        dfd: int,
+        dpath: str,
+        leaf: str,
+        what: str,
+        by: str,
+        depth: int,
+        home: str | None,
+        worktree: str | None = None,
     ) -> None:
         """An included config that is a symlink older than the run (the user's: `include.path =
         ../team.gitconfig`, a link to `tools/gitconfig`): git reads what it leads to, which the sandbox
@@ -1169,24 +1188,34 @@ class Scan:
         root = self._root.rstrip("/")
         if resolved is not None and resolved.startswith(root + "/") and depth < 10:
             if resolved not in self._included:
-                self._check_included(resolved, what, by, depth + 1, home)
+                self._check_included(resolved, what, by, depth + 1, home, worktree)
             return
         why = self._link_target_problem(os.path.join(dpath, link))
         if why:
             self._quarantine(dfd, dpath, leaf, f"{by} is a symlink {why}")
 
-    def _check_hooks_path(self, fd: int, path: str, name: str, mounted: bool) -> None:
+    def _check_hooks_path(
+        self, fd: int, path: str, name: str, mounted: bool, worktree: str | None = None
+    ) -> None:
         """The hooks directory the config `name` of the git dir at `path` names (`core.hooksPath`, the
         last one), when it lies in the root being scanned: git runs hooks from there instead of
         `hooks/`, so every entry written during the run (but `*.sample`) is quarantined as a hook would
         be. A configured directory that was missing when the run started was not bound read-only by the
         mounts, and the sandbox could fill it (`core.hooksPath = .githooks` before the directory exists);
         one that existed in the top repository's worktree was bound, and is trusted like `.git/hooks`.
-        Relative paths are taken from the worktree (the directory holding `.git`), else the git dir."""
+        Relative paths are taken from the worktree (the directory holding `.git`), else the git dir.
+        `worktree`: the config is a file a repository's config includes, and that repository's worktree
+        (every value it sets is checked: which one is the last depends on the including file)."""
         read = self._config_entries(fd, path, name)
         entries, owner = read if read is not None else ([], os.geteuid())
         values = [v for k, v in entries if k == "core.hookspath" and v is not None]
-        base = os.path.dirname(path) if os.path.basename(path) == ".git" else path
+        base = worktree or (os.path.dirname(path) if os.path.basename(path) == ".git" else path)
+        if worktree is not None:
+            for value in values:
+                target = self._in_root(base, value, owner)
+                if target is not None:
+                    self._check_hooks_dir(target, f"core.hooksPath of {os.path.join(path, name)} names it")
+            return
         if not values:
             if name == "config":  # the users' global `core.hooksPath = .githooks`: from each worktree
                 for rel, via in self._global_hooks_rel:
@@ -1202,7 +1231,7 @@ class Scan:
         top_repo = mounted and path == os.path.join(self._root, ".git")  # the mounts protect only its
         self._check_hooks_dir(target, f"core.hooksPath of {os.path.join(path, name)} names it", top_repo)
 
-    def _check_programs(self, fd: int, path: str, name: str) -> None:
+    def _check_programs(self, fd: int, path: str, name: str, worktree: str | None = None) -> None:
         """The programs the config `name` of the git dir at `path` runs (`core.fsmonitor`, `core.editor`,
         a filter's `clean`, a diff driver's `textconv`, `alias.x = !...`...), when a word of the command
         names a file in the root being scanned by a path (relative ones from the worktree's top, where git
@@ -1210,12 +1239,13 @@ class Scan:
         user's own `.git/config` (bound read-only, never rewritten) with `core.fsmonitor = tools/fsmon` (a
         script kept in the tree), or a filter's `clean = python3 tools/strip` (the same as an argument),
         ran what the sandbox wrote into `tools/` at the user's next `git status` or `git add`. A word
-        without a slash is a program from PATH (not looked at)."""
+        without a slash is a program from PATH (not looked at). `worktree`: the config is a file a
+        repository's config includes, and that repository's worktree."""
         read = self._config_entries(fd, path, name)
         if read is None:
             return
         entries, owner = read
-        base = os.path.dirname(path) if os.path.basename(path) == ".git" else path
+        base = worktree or (os.path.dirname(path) if os.path.basename(path) == ".git" else path)
         config = os.path.join(path, name)
         home = None
         with contextlib.suppress(KeyError):
@@ -1557,7 +1587,8 @@ class Scan:
                     self._quarantine(fd, path, name, reason)
         for name in ("config", "config.worktree"):
             if name in entries:
-                self._check_includes(fd, path, name, 0)
+                worktree = os.path.dirname(path) if os.path.basename(path) == ".git" else path
+                self._check_includes(fd, path, name, 0, worktree=worktree)
                 self._check_hooks_path(fd, path, name, mounted)
                 self._check_programs(fd, path, name)
         if "config" not in entries and self._global_hooks_rel:

@@ -74,3 +74,33 @@ async def test_the_template_directory_the_users_global_config_names(
     assert user_git(outside, env, "clone", "-q", str(workspace), str(clone)).returncode == 0
     user_git(clone, env, "status")
     assert_not_run(workspace)
+
+
+# The user's `.git/config` includes a team config kept in the tree (`include.path = ../.gitconfig`, older
+# than the run, harmless), which sets a hooks directory or a program run from the worktree: the mounts
+# bind only a `core.hooksPath` of `.git/config` itself, and the scan looked for hooks directories and
+# programs only in a git dir's own config, so `.githooks/pre-commit` or `tools/fsmon.sh`, written by the
+# sandbox, ran at the user's next commit or `git status`.
+@pytest.mark.parametrize(
+    ("setting", "planted"),
+    [("hooksPath = .githooks", ".githooks/pre-commit"), ("fsmonitor = tools/fsmon.sh", "tools/fsmon.sh")],
+)
+async def test_what_an_included_team_config_names(
+    sup: Supervisor, workspace: Path, setting: str, planted: str
+) -> None:
+    make_repo(workspace)
+    (workspace / ".gitconfig").write_text(f"[core]\n\t{setting}\n")
+    (workspace / ".githooks").mkdir()
+    (workspace / "tools").mkdir()
+    (workspace / "tools" / "fsmon.sh").write_text("#!/bin/sh\necho\n")
+    (workspace / "tools" / "fsmon.sh").chmod(0o755)
+    assert host_git(workspace, "config", "include.path", "../.gitconfig").returncode == 0
+    assert (
+        host_git(workspace, "commit", "-q", "--allow-empty", "-m", "the user's setup works").returncode == 0
+    )
+    write = f"printf '#!/bin/sh\\n{payload(workspace)}\\necho\\n' > {planted} && chmod +x {planted}"
+    r = await plant(sup, workspace, write)
+    assert [p for p, _ in r.quarantined] == [str(workspace / planted)], r.quarantined
+    host_git(workspace, "status")
+    host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
+    assert_not_run(workspace)
