@@ -1294,8 +1294,10 @@ class Scan:
             moved = self._moved_in(target)
             if bound and not moved and self._born_dir_before(hfd):
                 # the top repository's configured hooks, bound read-only during the run: only where a link
-                # among them leads
-                self._check_hook_links(hfd, target, f"git hook ({what})")
+                # among them leads, and what was written through another hard link to one
+                listed = sorted(os.listdir(hfd))
+                self._check_hardlinked_hooks(hfd, target, f"git hook ({what})", listed)
+                self._check_hook_links(hfd, target, f"git hook ({what})", names=listed)
                 return
             listed = sorted(os.listdir(hfd))
             for entry in listed:
@@ -1577,7 +1579,13 @@ class Scan:
             if name in entries:
                 self._hold_name(fd, name)
         for name in ("config", "config.worktree"):
-            if mounted and not fresh and name in self.protected and self._born_before(fd, name):
+            if (
+                mounted
+                and not fresh
+                and name in self.protected
+                and self._born_before(fd, name)
+                and not self._hardlinked_written(fd, name)
+            ):
                 continue  # bound read-only during the run
             if name in entries and (fresh or self._changed(fd, name) is not None):
                 reason = self._config_problem(fd, os.path.join(path, name), name, gitdir=path)
@@ -1632,7 +1640,9 @@ class Scan:
             try:
                 hooks_path = os.path.join(path, "hooks")
                 if bound:
-                    self._check_hook_links(hfd, hooks_path, "git hook")
+                    listed = sorted(os.listdir(hfd))
+                    self._check_hardlinked_hooks(hfd, hooks_path, "git hook", listed)
+                    self._check_hook_links(hfd, hooks_path, "git hook", names=listed)
                     return
                 self._hold(hfd, os.fstat(hfd))
                 # A hooks directory made, renamed in or changed during the run: a hook in it is what the
@@ -1675,6 +1685,26 @@ class Scan:
         if target.startswith(self._root.rstrip("/") + "/"):
             self._abandon()
             self._check_hooks_dir(target, f"{os.path.join(path, 'hooks')}, a symlink, leads to it")
+
+    def _hardlinked_written(self, fd: int, name: str) -> bool:
+        """Whether `name` in `fd`, a file the mounts bound read-only, is a regular file with another hard
+        link that was written during the run: the bind covers this name only, and the same inode is
+        writable under its other name in a root (the user's `ln tools/pre-commit .git/hooks/`)."""
+        st = self._lstat(fd, name)
+        return (
+            st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and st.st_ctime_ns >= self.since
+        )
+
+    def _check_hardlinked_hooks(self, hfd: int, hooks_path: str, what: str, names: list[str]) -> None:
+        """In a hooks directory the mounts bound read-only (`names`: its listing): move aside each hook
+        written during the run through another hard link to it (`_hardlinked_written`)."""
+        for name in names:
+            if name.endswith((".sample", QUARANTINE_SUFFIX)):
+                continue
+            if self._hardlinked_written(hfd, name):
+                self._quarantine(
+                    hfd, hooks_path, name, f"{what} written during the run through another (hard) link to it"
+                )
 
     def _check_hook_links(
         self, hfd: int, hooks_path: str, what: str, hook_names: bool = False, names: list[str] | None = None

@@ -13,6 +13,7 @@ outside that the payload did not run and that the plant was reported moved aside
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -218,4 +219,36 @@ async def test_a_nested_repositorys_hooks_linked_into_the_tree(sup: Supervisor, 
     assert r.exit_code == 0, r.stderr
     assert [p for p, _ in r.quarantined] == [str(workspace / "tools" / "hooks" / "pre-commit")], r.quarantined
     host_git(workspace / "lib", "commit", "-q", "--allow-empty", "-m", "user")
+    assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
+
+
+@pytest.mark.parametrize("what", ["hook", "config"])
+async def test_a_bound_git_file_hardlinked_into_the_tree(sup: Supervisor, workspace: Path, what: str) -> None:
+    """The user installed a hook (or keeps their `.git/config`) as a HARD link to a file in the tree
+    (`ln tools/pre-commit .git/hooks/`): the mounts bind `.git/hooks` and `.git/config` read-only, but the
+    same inode is writable under its other name, and the sandbox's `>>` to it changed what the user's next
+    commit ran. The bound file, written during the run through another link, is checked now."""
+    make_repo(workspace)
+    tools = workspace / "tools"
+    tools.mkdir()
+    if what == "hook":
+        (tools / "pre-commit").write_text("#!/bin/sh\ntrue\n")
+        (tools / "pre-commit").chmod(0o755)
+        os.link(tools / "pre-commit", workspace / ".git" / "hooks" / "pre-commit")
+        bound, other = workspace / ".git" / "hooks" / "pre-commit", "tools/pre-commit"
+        append = f"printf '{payload(workspace)}\\n' >> {other}"
+    else:
+        os.replace(workspace / ".git" / "config", tools / "gitconfig")
+        os.link(tools / "gitconfig", workspace / ".git" / "config")
+        bound, other = workspace / ".git" / "config", "tools/gitconfig"
+        append = fsmonitor(workspace) + f" >> {other}"
+    assert (
+        host_git(workspace, "commit", "-q", "--allow-empty", "-m", "the user's setup works").returncode == 0
+    )
+    pol = profiles.workspace_write(workspace, timeout=30, env=CHILD_ENV)
+    r = await sup.run([SH, "-c", append], policy=pol)
+    assert r.exit_code == 0, r.stderr
+    assert str(bound) in [p for p, _ in r.quarantined], r.quarantined
+    host_git(workspace, "status")
+    host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
     assert not (workspace / "MARKER").exists(), "the host user's git ran code planted by the sandbox"
