@@ -208,7 +208,7 @@ def unsafe_keys(data: bytes | str) -> list[str]:
 def _unsafe(entries: list[tuple[str, bytes | None]]) -> list[str]:
     """The `section.key` names among parsed config `entries` that are not on the allow-list."""
     bad: list[str] = []
-    for name, _value in entries:
+    for name, value in entries:
         section, _, key = name.rpartition(".")
         top = section.split(".", 1)[0]
         if top in _ALL_KEYS_SAFE:
@@ -216,6 +216,10 @@ def _unsafe(entries: list[tuple[str, bytes | None]]) -> list[str]:
         allowed = _SAFE.get(top)
         if allowed is None or key not in allowed:  # submodule.*.update ("!command") among them
             bad.append(f"{top}.{key}" if section else key)
+        elif key in ("url", "pushurl") and value is not None and value.lstrip().lower().startswith(b"ext::"):
+            # git's `ext::<command>` transport runs the command: refused by git's default protocol.allow,
+            # but not where the user's own configuration allows it (`protocol.ext.allow = always`)
+            bad.append(f"{top}.{key} (ext::)")
     return bad
 
 

@@ -104,3 +104,25 @@ async def test_what_an_included_team_config_names(
     host_git(workspace, "status")
     host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
     assert_not_run(workspace)
+
+
+async def test_an_ext_url_where_the_users_config_allows_the_ext_transport(
+    sup: Supervisor, workspace: Path, global_config: tuple[Path, dict[str, str]]
+) -> None:
+    """`remote.*.url` is on the allow-list (a URL runs nothing), but `ext::<command>` runs the command
+    when the user's own configuration allows the ext transport (git's default refuses it): the sandbox's
+    nested repository with such a remote ran it at the user's `git fetch`.
+    Such a config is moved aside now."""
+    path, env = global_config
+    path.write_text('[protocol "ext"]\n\tallow = always\n')
+    make_repo(workspace)
+    command = f"sh -c {payload(workspace).replace(' ', '% ')}"
+    r = await plant(
+        sup,
+        workspace,
+        "git init -q sub && git -C sub commit -q --allow-empty -m x && git add sub && "
+        f"git -C sub config remote.origin.url 'ext::{command}'",
+    )
+    assert str(workspace / "sub" / ".git" / "config") in [p for p, _ in r.quarantined], r.quarantined
+    user_git(workspace / "sub", env, "fetch", "-q", "origin")
+    assert_not_run(workspace)
