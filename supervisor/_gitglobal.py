@@ -445,6 +445,17 @@ def references(roots: Sequence[str], env: Mapping[str, str] | None = None) -> Re
     return refs
 
 
+def of_config(
+    entries: list[tuple[str, bytes | None]], via: str, home: str, worktree: str
+) -> tuple[Refs, list[str]]:
+    """What the settings `entries` of the config file `via` (outside the roots, which a repository's
+    config in a root includes: relative paths from its directory; hooks directory and programs from the
+    repository's `worktree`) name, and the files it includes (`_note`)."""
+    refs = Refs()
+    included = _note(refs, entries, via, os.path.dirname(via), home, worktree)
+    return refs, included
+
+
 def _note(
     refs: Refs,
     entries: list[tuple[str, bytes | None]],

@@ -1123,10 +1123,68 @@ class Scan:
             if not (key.startswith("include.") or key.startswith("includeif.")):
                 continue
             target = self._in_root(path, value, owner, home)
+            if target is None and worktree is not None:
+                self._check_outside_include(path, value, owner, home, worktree, config, depth)
+                continue
             if target is None or target in self._included:
                 continue
             what = f"git config {config} includes it"
             self._check_included(target, what, f"git config included by {config}", depth, home, worktree)
+
+    def _check_outside_include(
+        self, base: str, value: bytes, owner: int, home: str | None, worktree: str, config: str, depth: int
+    ) -> None:
+        """A file outside the root being scanned that the repository config `config` (of the worktree
+        `worktree`) includes (`value`, relative to `base`): git reads it as part of that config, so the
+        hooks directory it sets and the programs it runs, relative to the worktree, and the files it
+        includes in turn, are checked when they lie in the root (a team config kept beside the repository,
+        `include.path = ../../shared/team.gitconfig`, with `core.hooksPath = .githooks`: the mounts bind
+        a hooks directory `.git/config` itself names only). Read safely (`_gitglobal.read`), to git's
+        include depth, each file once per scan."""
+        text = value.decode("utf-8", errors="surrogateescape")
+        if text.startswith("~/") or text == "~":
+            try:
+                text = os.path.join(home or pwd.getpwuid(owner).pw_dir, text[2:])
+            except KeyError:
+                return
+        target = os.path.normpath(os.path.join(base, text))
+        if depth >= 10 or target in self._included or len(self._included) > 4096:
+            return
+        self._included.add(target)
+        if any(target == r.rstrip("/") or target.startswith(r.rstrip("/") + "/") for r in self.roots):
+            return  # another root's: checked there
+        data = _gitglobal.read(target, self.roots)  # the user's (outside every root): not charged
+        if data is None:
+            return
+        try:
+            entries = _gitconfig.parse(data)
+        except _gitconfig.ConfigSyntaxError:
+            return  # git refuses it, and the including config with it
+        try:
+            own_home = home or pwd.getpwuid(owner).pw_dir
+        except KeyError:
+            own_home = ""
+        refs, included = _gitglobal.of_config(entries, target, own_home, worktree)
+        label = f"the git config {target} (included by {config})"
+        for program, key, _via in refs.programs:
+            target_in = self._in_root("/", os.fsencode(program), owner)
+            if target_in is not None:
+                self._check_program(target_in, f"{key} of {label}", f"a program {label} runs ({key})", True)
+        for absolute, _rel, _via in refs.hooks:
+            hooks_in = self._in_root("/", os.fsencode(absolute), owner) if absolute else None
+            if hooks_in is not None:
+                self._check_hooks_dir(hooks_in, f"core.hooksPath of {label}")
+        for nested in included:
+            nested_in = self._in_root("/", os.fsencode(nested), owner)
+            if nested_in is None:
+                self._check_outside_include(
+                    "/", os.fsencode(nested), owner, home, worktree, target, depth + 1
+                )
+            elif nested_in not in self._included:
+                what = f"{label} includes it"
+                self._check_included(
+                    nested_in, what, f"git config included by {label}", depth + 1, home, worktree
+                )
 
     def _check_included(
         self, target: str, what: str, by: str, depth: int, home: str | None, worktree: str | None = None

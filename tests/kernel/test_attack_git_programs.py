@@ -126,3 +126,30 @@ async def test_an_ext_url_where_the_users_config_allows_the_ext_transport(
     assert str(workspace / "sub" / ".git" / "config") in [p for p, _ in r.quarantined], r.quarantined
     user_git(workspace / "sub", env, "fetch", "-q", "origin")
     assert_not_run(workspace)
+
+
+@pytest.mark.parametrize(
+    ("setting", "planted"),
+    [("hooksPath = .githooks", ".githooks/pre-commit"), ("fsmonitor = tools/fsmon.sh", "tools/fsmon.sh")],
+)
+async def test_what_a_team_config_outside_the_workdir_names(
+    sup: Supervisor, workspace: Path, outside: Path, setting: str, planted: str
+) -> None:
+    """The same with the team config kept OUTSIDE the workdir (`include.path = <outside>/team.gitconfig`,
+    which the sandbox cannot write): what it names relative to the worktree is in the root."""
+    make_repo(workspace)
+    (outside / "team.gitconfig").write_text(f"[core]\n\t{setting}\n")
+    (workspace / ".githooks").mkdir()
+    (workspace / "tools").mkdir()
+    (workspace / "tools" / "fsmon.sh").write_text("#!/bin/sh\necho\n")
+    (workspace / "tools" / "fsmon.sh").chmod(0o755)
+    assert host_git(workspace, "config", "include.path", str(outside / "team.gitconfig")).returncode == 0
+    assert (
+        host_git(workspace, "commit", "-q", "--allow-empty", "-m", "the user's setup works").returncode == 0
+    )
+    write = f"printf '#!/bin/sh\\n{payload(workspace)}\\necho\\n' > {planted} && chmod +x {planted}"
+    r = await plant(sup, workspace, write)
+    assert [p for p, _ in r.quarantined] == [str(workspace / planted)], r.quarantined
+    host_git(workspace, "status")
+    host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
+    assert_not_run(workspace)
