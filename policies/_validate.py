@@ -509,15 +509,28 @@ def check_user_path(value: object, path: str, relative_to: str, *, parent: bool 
       files, where the workdir may be far from the file) not starting with ``..``.
 
     Raises PolicyError naming `path` for ``~user/...`` (another user's home: write it out), a leading
-    ``$`` (environment variables are not expanded: ``$HOME/x`` would be ``<workdir>/$HOME/x``), and a
-    relative path starting with ``..`` (outside the workdir: write it absolute), besides what
-    `check_path` refuses.
+    ``$`` (environment variables are not expanded: ``$HOME/x`` would be ``<workdir>/$HOME/x``), a
+    relative path starting with ``..`` (outside the workdir: write it absolute), and a wildcard (``*``,
+    ``?``, ``[``) in a path that does not exist under its literal name (globs are not expanded: the path
+    would name nothing), besides what `check_path` refuses.
     """
     text = _expand_home(_path_text(value, path), path, value)
     if not parent and not text.startswith("/") and os.path.normpath(text).split("/")[0] == "..":
         reason = "a relative path may not climb out of the workdir ('..'); write it absolute"
         raise PolicyError(path, reason, value)
-    return check_path(text, path, relative_to)
+    result = check_path(text, path, relative_to)
+    if _WILDCARD.intersection(text) and not os.path.lexists(result):
+        # `deny = ["~/.aws/*", "keys/*.pem"]` named files called `*` and `*.pem`, which do not exist: the
+        # policy hid nothing, and said nothing.
+        reason = (
+            "wildcards ('*', '?', '[') are not expanded, and no file has this literal name; list the paths "
+            "themselves (or the directory that holds them)"
+        )
+        raise PolicyError(path, reason, value)
+    return result
+
+
+_WILDCARD = frozenset("*?[")
 
 
 def _expand_home(text: str, path: str, value: object) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from policies import Policy, profiles
+from policies import Policy, PolicyError, profiles
 from supervisor import SandboxSetupError, Supervisor
 from tests.kernel.unprivileged_harness import EXPECTED_UID, ordinary_caller_scratch, run_as_user
 
@@ -269,6 +269,38 @@ async def test_the_accounts_real_home_is_hidden_when_home_names_another_director
     _code, out = await run(sup, pol, f"cat {real}/.ssh/id_ed25519 {real}/.aws/credentials {real}/notes.txt")
     assert b"control-visible" in out
     assert secret.encode() not in out, out
+
+
+@pytest.mark.parametrize("pattern", ["keys/*.pem", "keys/*", "keys/id.[p]em", "keys/id.pe?"])
+async def test_a_wildcard_in_a_denied_path_does_not_silently_hide_nothing(
+    sup: Supervisor, workspace: Path, secret: str, pattern: str
+) -> None:
+    # `--deny 'keys/*.pem'` (or a policy file's `deny = ["~/.aws/*"]`) named a file called `*.pem`: nothing
+    # was hidden, nothing was said, and the key was read. Refused now, naming the entry.
+    (workspace / "keys").mkdir()
+    (workspace / "keys" / "id.pem").write_text(secret)
+    refused: PolicyError | None = None
+    try:
+        pol = profiles.workspace_write(workspace, deny=[workspace / pattern], timeout=20)
+    except PolicyError as err:
+        refused = err
+    if refused is None:
+        _code, out = await run(sup, pol, "cat keys/id.pem")
+        assert secret.encode() not in out
+    else:
+        assert refused.path == "deny[0]"
+        assert "not expanded" in str(refused)
+
+
+async def test_a_wildcard_character_in_an_existing_name_is_that_name(
+    sup: Supervisor, workspace: Path, secret: str
+) -> None:
+    # The control: a file whose name holds a wildcard character is denied as named.
+    (workspace / "odd[1]*").write_text(secret)
+    pol = profiles.workspace_write(workspace, deny=[workspace / "odd[1]*"], timeout=20)
+    _code, out = await run(sup, pol, "cat 'odd[1]*'; cat visible.txt")
+    assert b"control-visible" in out
+    assert secret.encode() not in out
 
 
 async def test_a_link_planted_at_a_denied_name_cannot_hide_what_sandboxes_need(
