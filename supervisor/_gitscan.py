@@ -1148,6 +1148,7 @@ class Scan:
             except KeyError:
                 return
         target = os.path.normpath(os.path.join(base, text))
+        self._abandon()  # the quick check does not watch this file: a change to it is seen by a full scan
         if depth >= 10 or target in self._included or len(self._included) > 4096:
             return
         self._included.add(target)
