@@ -262,6 +262,9 @@ _PROGRAM_SUBKEYS = frozenset(
         ("lfs", "path"),  # lfs.customtransfer.<name>.path
         ("lfs", "clean"),  # lfs.extension.<name>.clean
         ("lfs", "smudge"),
+        ("trailer", "cmd"),  # trailer.<token>.cmd: `git commit --trailer`, `git interpret-trailers`
+        ("trailer", "command"),
+        ("hook", "command"),  # config-based hooks of later git versions (hook.<name>.command)
     }
 )
 

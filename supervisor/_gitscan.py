@@ -2142,6 +2142,7 @@ _PROGRAM_NEEDLES = (
     b"receivepack",
     b"update",
     b"smtpserver",
+    b"trailer",
 )
 #: What any check of a config's settings looks for (`_config_entries`: a config without any is not parsed).
 _NEEDLES = (b"include", b"hookspath", *_PROGRAM_NEEDLES)

@@ -154,3 +154,23 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
     assert [t for t, _v, _h in refs.includes] == ["/w/a.inc"]
     assert [a for a, _r, _v in refs.hooks] == ["/h/hooks"]
     assert "/w/a.inc" in refs.watched
+
+
+def test_the_settings_that_run_a_program() -> None:
+    """Each setting whose value git (or git-lfs) runs as a command: a file it names in a writable root,
+    written during a run, is moved aside (tests/kernel/test_attack_git_programs.py for the attacks)."""
+    runs = [
+        ("core.fsmonitor", b"tools/fsmon.sh"),
+        ("remote.origin.uploadpack", b"tools/up.sh"),
+        ("remote.origin.receivepack", b"tools/rp.sh"),
+        ("submodule.lib.update", b"!tools/update.sh"),
+        ("core.alternaterefscommand", b"tools/refs.sh"),
+        ("gpg.ssh.defaultkeycommand", b"tools/key.sh"),
+        ("trailer.sign.cmd", b"tools/sign.sh"),
+        ("lfs.customtransfer.x.path", b"tools/transfer"),
+        ("hook.pre-commit.command", b"tools/lint.sh"),
+    ]
+    for key, value in runs:
+        assert _gitglobal.runs_program(key, value), key
+    assert not _gitglobal.runs_program("submodule.lib.update", b"rebase")
+    assert not _gitglobal.runs_program("remote.origin.url", b"/srv/repo.git")
