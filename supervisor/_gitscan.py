@@ -226,7 +226,18 @@ def _unsafe(entries: list[tuple[str, bytes | None]]) -> list[str]:
 #: What a directory's cached listing keeps besides its subdirectories: what tells a git dir, and what in
 #: one is checked.
 _GIT_NAMES = frozenset(
-    {"HEAD", "objects", "refs", "commondir", "config", "config.worktree", "hooks", ".git", "gitdir"}
+    {
+        "HEAD",
+        "objects",
+        "refs",
+        "commondir",
+        "config",
+        "config.worktree",
+        "hooks",
+        ".git",
+        "gitdir",
+        ".gitmodules",
+    }
 )
 #: What a listing records for a FIFO, socket or device (the scan never opens one).
 _SPECIAL = stat.S_IFIFO
@@ -1021,6 +1032,8 @@ class Scan:
             self._check_gitdir(fd, path, entries, bound, fresh, hook_names=not (is_gitdir or top))
         if entries.get(".git") in (stat.S_IFREG, stat.S_IFLNK):
             self._check_pointer(fd, path, ".git", path)
+        if entries.get(".gitmodules") == stat.S_IFREG:
+            self._check_gitmodules(fd, path)
         if _SPECIAL in entries.values():
             self._check_specials(fd, path, rel, entries, is_gitdir)
         subdirs = []
@@ -1030,6 +1043,39 @@ class Scan:
                 # and in a git dir it bound only its modules/.
                 subdirs.append((name, (bound and name == "modules") or (walk and not bound)))
         return subdirs
+
+    def _check_gitmodules(self, fd: int, path: str) -> None:
+        """A `.gitmodules` written during the run that gives a submodule a URL of git's `ext::<command>`
+        transport: `git submodule update --init` clones it and runs the command where the user's own
+        configuration allows the ext transport (`protocol.ext.allow = always`; git's default refuses it).
+        Moved aside (git then sees no submodules there; the user reviews it)."""
+        self._hold_name(fd, ".gitmodules")  # rewritten in place: its own ctime only
+        if self._changed(fd, ".gitmodules") is None:
+            return
+        try:
+            data = _hostfs.read_file(fd, ".gitmodules", os.path.join(path, ".gitmodules"))
+            st = os.stat(".gitmodules", dir_fd=fd, follow_symlinks=False)
+        except (OSError, _hostfs.Unsafe):
+            return  # a FIFO there: _check_specials
+        if data is None or b"ext::" not in data.lower():
+            return
+        entries = self._parsed_config((st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size), data)
+        if isinstance(entries, str):
+            return  # git refuses it
+        bad = entries is None or any(
+            k.startswith("submodule.")
+            and k.endswith(".url")
+            and v is not None
+            and v.lstrip().lower().startswith(b"ext::")
+            for k, v in entries
+        )
+        if bad:
+            self._quarantine(
+                fd,
+                path,
+                ".gitmodules",
+                ".gitmodules written during the run gives a submodule an ext:: URL (a command)",
+            )
 
     def _check_specials(self, fd: int, path: str, rel: str, entries: dict[str, int], is_gitdir: bool) -> None:
         """Quarantine a FIFO, socket or device made during the run where the host user's git opens a file:

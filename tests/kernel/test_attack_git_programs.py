@@ -153,3 +153,26 @@ async def test_what_a_team_config_outside_the_workdir_names(
     host_git(workspace, "status")
     host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
     assert_not_run(workspace)
+
+
+async def test_an_ext_url_in_gitmodules_where_the_users_config_allows_the_ext_transport(
+    sup: Supervisor, workspace: Path, global_config: tuple[Path, dict[str, str]]
+) -> None:
+    """The same URL given to a submodule in the top repository's `.gitmodules` (a worktree file the
+    sandbox writes) with its gitlink in the index: the user's `git submodule update --init` cloned it,
+    running the command. A `.gitmodules` written during the run with such a URL is moved aside."""
+    path, env = global_config
+    path.write_text('[protocol "ext"]\n\tallow = always\n')
+    make_repo(workspace)
+    head = host_git(workspace, "rev-parse", "HEAD").stdout.strip()
+    command = f"sh -c {payload(workspace).replace(' ', '% ')}"
+    r = await plant(
+        sup,
+        workspace,
+        f"git config -f .gitmodules submodule.lib.path lib && "
+        f"git config -f .gitmodules submodule.lib.url 'ext::{command}' && "
+        f"git update-index --add --cacheinfo 160000,{head},lib",
+    )
+    assert str(workspace / ".gitmodules") in [p for p, _ in r.quarantined], r.quarantined
+    user_git(workspace, env, "submodule", "update", "--init", "-q")
+    assert_not_run(workspace)
