@@ -36,21 +36,35 @@ def git_finishes(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
         pytest.fail(f"the host user's git {' '.join(args)} hung on what the sandbox left")
 
 
-# Each name with the git command that waited for ever through such a link (checked on this machine's git).
+# Each name where a link to a FIFO held this machine's git status (and `outside`: a FIFO the host keeps
+# outside the roots, which the sandbox need not reach to name it in a link).
 @GAP
 @pytest.mark.parametrize(
-    "where",
-    [".git/index", ".git/refs/heads/main", ".git/info/exclude", ".gitmodules"],
+    ("where", "outside"),
+    [
+        (".git/index", False),
+        (".git/refs/heads/main", False),
+        (".git/info/exclude", False),
+        (".gitmodules", False),
+        (".git/packed-refs", False),
+        (".git/objects/info/alternates", True),
+    ],
 )
 async def test_a_symlink_to_a_fifo_where_git_opens_a_file(
-    sup: Supervisor, workspace: Path, where: str
+    sup: Supervisor, workspace: Path, tmp_path: Path, where: str, outside: bool
 ) -> None:
     make_repo(workspace)
     assert host_git(workspace, "branch", "-M", "main").returncode == 0
-    pipe = workspace / "build" / "pipe"
-    script = f"mkdir -p build $(dirname {where}) && mkfifo {pipe} && rm -f {where} && ln -s {pipe} {where}"
+    if outside:
+        pipe = tmp_path / "pipe"
+        os.mkfifo(pipe)
+        script = f"mkdir -p $(dirname {where}) && rm -f {where} && ln -s {pipe} {where}"
+    else:
+        pipe = workspace / "build" / "pipe"
+        script = f"mkdir -p build $(dirname {where}) && mkfifo {pipe} && "
+        script += f"rm -f {where} && ln -s {pipe} {where}"
     if where == ".gitmodules":  # git reads .gitmodules when the index has a gitlink
         script = f"git update-index --add --cacheinfo 160000,$(git rev-parse HEAD),sub && {script}"
     await plant(sup, workspace, script)
-    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)  # the pipe itself is a build's business: it stays
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)  # the pipe itself is a build's (or the host's) business
     git_finishes(workspace, "status", "--porcelain")
