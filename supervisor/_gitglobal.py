@@ -231,6 +231,14 @@ _PROGRAM_KEYS = frozenset(
         "uploadpack.packobjectshook",
         "interactive.difffilter",
         "core.alternaterefscommand",
+        # git send-email's (also per identity, `sendemail.<identity>.tocmd`: _PROGRAM_SUBKEYS)
+        "sendemail.tocmd",
+        "sendemail.cccmd",
+        "sendemail.headercmd",
+        "sendemail.smtpserver",  # a path there is a sendmail-like program
+        "sendemail.sendmailcmd",
+        "imap.tunnel",  # git imap-send runs it (a shell command) instead of connecting
+        "instaweb.httpd",  # git instaweb starts it
     }
 )
 _PROGRAM_SUBKEYS = frozenset(
@@ -259,11 +267,13 @@ _PROGRAM_SUBKEYS = frozenset(
         ("sendemail", "cccmd"),
         ("sendemail", "headercmd"),
         ("sendemail", "smtpserver"),  # a path there is a sendmail-like program
+        ("sendemail", "sendmailcmd"),
         ("lfs", "path"),  # lfs.customtransfer.<name>.path
         ("lfs", "clean"),  # lfs.extension.<name>.clean
         ("lfs", "smudge"),
         ("trailer", "cmd"),  # trailer.<token>.cmd: `git commit --trailer`, `git interpret-trailers`
         ("trailer", "command"),
+        ("guitool", "cmd"),  # git gui's Tools menu
         ("hook", "command"),  # config-based hooks of later git versions (hook.<name>.command)
     }
 )

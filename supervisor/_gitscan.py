@@ -2189,6 +2189,8 @@ _PROGRAM_NEEDLES = (
     b"update",
     b"smtpserver",
     b"trailer",
+    b"tunnel",
+    b"httpd",
 )
 #: What any check of a config's settings looks for (`_config_entries`: a config without any is not parsed).
 _NEEDLES = (b"include", b"hookspath", *_PROGRAM_NEEDLES)

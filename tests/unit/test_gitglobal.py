@@ -7,7 +7,7 @@ import os
 import pwd
 from pathlib import Path
 
-from supervisor import _gitglobal
+from supervisor import _gitglobal, _gitscan
 
 
 def test_which_files_git_reads() -> None:
@@ -169,8 +169,22 @@ def test_the_settings_that_run_a_program() -> None:
         ("trailer.sign.cmd", b"tools/sign.sh"),
         ("lfs.customtransfer.x.path", b"tools/transfer"),
         ("hook.pre-commit.command", b"tools/lint.sh"),
+        # git send-email's, top level and per identity (`sendemail.<identity>.<key>`)
+        ("sendemail.tocmd", b"tools/to.sh"),
+        ("sendemail.cccmd", b"tools/cc.sh"),
+        ("sendemail.headercmd", b"tools/header.sh"),
+        ("sendemail.smtpserver", b"tools/sendmail"),  # a path there is a sendmail-like program
+        ("sendemail.sendmailcmd", b"tools/sendmail"),
+        ("sendemail.work.tocmd", b"tools/to.sh"),
+        ("sendemail.work.sendmailcmd", b"tools/sendmail"),
+        ("sendemail.work.smtpserver", b"tools/sendmail"),
+        ("imap.tunnel", b"tools/imapd ./Maildir"),  # git imap-send
+        ("instaweb.httpd", b"tools/httpd -f"),  # git instaweb
+        ("guitool.lint.cmd", b"tools/lint.sh"),  # git gui's Tools menu
     ]
     for key, value in runs:
         assert _gitglobal.runs_program(key, value), key
+        # and the scan parses a config that sets it (a config without any needle is not parsed)
+        assert any(n.decode() in key for n in _gitscan._NEEDLES), key
     assert not _gitglobal.runs_program("submodule.lib.update", b"rebase")
     assert not _gitglobal.runs_program("remote.origin.url", b"/srv/repo.git")
