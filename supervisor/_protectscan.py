@@ -4,10 +4,12 @@ A protected path is bound read-only over itself in each writable root when the s
 directory between the root and it pinned (a mount point cannot be renamed); a mount can only cover a name
 that exists, so a protected path missing then (`protected = [".envrc"]` in a checkout without one) was
 writable for the run, and a tool on the host (direnv, an editor's task runner, make) would run what the
-command put there. The fork server notes, before it clones the sandbox, the first missing component of each
-such path (`mounts.absent_protected`); after the run, what exists at that name (a file, a directory, a
-symlink), or a symlink the command put on the way to it, is moved out of the way like the git scan's
-quarantine (`<name>.corral-quarantined`) and reported in `Result.quarantined`. A protected path that
+command put there. The fork server notes, before it clones the sandbox, each such path that is missing
+(`mounts.absent_protected`); after the run, what exists at that path (a file, a directory, a symlink), or
+a symlink the command put on the way to it, is moved out of the way like the git scan's quarantine
+(`<name>.corral-quarantined`) and reported in `Result.quarantined`; the directories the command made on
+the way stay (a `.vscode/settings.json` beside a protected `.vscode/tasks.json` is not the protected
+path). A protected path that
 existed at the start was read-only for the whole run, and is not looked at. `.git/...` entries are the git
 scan's (supervisor/_gitscan.py).
 
@@ -25,8 +27,8 @@ from supervisor.sandbox import _hostfs
 
 
 def scan(absent: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-    """Move aside what the run created at `absent`, the (root, relative path) pairs the fork server found
-    missing before the sandbox was cloned; returns (path, reason) pairs. Never raises."""
+    """Move aside what the run created at `absent`, the (root, protected path relative to it) pairs the fork
+    server found missing before the sandbox was cloned; returns (path, reason) pairs. Never raises."""
     found: list[tuple[str, str]] = []
     for root, rel in absent:
         try:

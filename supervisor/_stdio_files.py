@@ -38,7 +38,8 @@ read-only or id-mapped mount would also refuse the files the command creates in 
 second open of a terminal changes its sessions' state). Each such file but a terminal is named in the
 child's `missing` (layer `stdio_metadata`); a root supervisor also logs a warning, once per reason.
 
-Pipes and sockets are left alone: they have no metadata anyone else reads.
+Pipes, sockets and anonymous inodes (an eventfd, a pidfd) are left alone: they have no metadata anyone else
+reads.
 
 The fds in `pass_fds` (the command's 3, 4, ...) are treated the same way, slot by slot after the three
 stdio ones.
@@ -261,8 +262,8 @@ class StdioShield:
         except OSError:
             return fd  # the spawn's own send reports a bad fd
         kind = stat.S_IFMT(st.st_mode)
-        if kind in (stat.S_IFIFO, stat.S_IFSOCK):
-            return fd
+        if kind in (stat.S_IFIFO, stat.S_IFSOCK, 0):
+            return fd  # a pipe, a socket, an anonymous inode (eventfd, pidfd, epoll...): no path reaches it
         for same, new in files.reopened:  # one open file description in two slots (2>&1)
             if _same_file(fd, same):
                 return new

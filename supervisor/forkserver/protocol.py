@@ -181,8 +181,8 @@ def is_prefork(request: Request) -> TypeIs[PreforkRequest]:
 
 class Reply(TypedDict, total=False):
     """`pid`: the init's host pid, when one was cloned; `error`: why the sandbox cannot run; `absent`: the
-    protected paths outside `.git` missing before it was cloned, as [root, the first missing component
-    relative to it] (mounts.absent_protected)."""
+    protected paths outside `.git` missing before it was cloned, as [root, the path relative to it]
+    (mounts.absent_protected)."""
 
     pid: int
     error: FailureRecord

@@ -699,12 +699,14 @@ def _own_protected(protected: Sequence[str]) -> list[str]:
 
 
 def absent_protected(prepared: Prepared | None, cwd: str) -> list[tuple[str, str]]:
-    """For each writable root and protected path outside `.git` that does not exist now: (root, the first
-    missing component of the path, relative to the root). A mount cannot cover a missing name, so the
-    command may create it; the supervisor moves aside, after the run, what it finds there then
-    (supervisor/_protectscan.py). Taken before the sandbox is cloned, so nothing of the command's is in
-    it. Nothing is followed (a symlink on the way refuses the sandbox in `_protect`: the path is left out
-    here). A few lstats per such path and root, none for the default protected paths."""
+    """For each writable root and protected path outside `.git` that does not exist now (it, or a
+    directory on its way, missing or not a directory): (root, the path relative to it). A mount cannot
+    cover a missing name, so the command may create it; the supervisor moves aside, after the run, what it
+    finds at that path then, or a symlink on its way (supervisor/_protectscan.py), and nothing else the
+    command made on the way (a `.vscode/settings.json` beside a protected, missing `.vscode/tasks.json`).
+    Taken before the sandbox is cloned, so nothing of the command's is in it. Nothing is followed (a
+    symlink on the way refuses the sandbox in `_protect`: the path is left out here). An lstat per such
+    path and root, none for the default protected paths."""
     if prepared is None or not prepared["confine"]:
         return []
     names = _own_protected(prepared["protected"])
@@ -718,17 +720,11 @@ def absent_protected(prepared: Prepared | None, cwd: str) -> list[tuple[str, str
             continue
         try:
             for rel in names:
-                parts = [p for p in rel.split("/") if p not in ("", ".")]
-                for i in range(1, len(parts) + 1):
-                    try:
-                        st = _hostfs.lstat_beneath(rootfd, "/".join(parts[:i]))
-                    except OSError:
-                        break
-                    if st is None:
-                        absent.append((root, "/".join(parts[:i])))
-                        break
-                    if not stat.S_ISDIR(st.st_mode):
-                        break
+                try:
+                    if _hostfs.lstat_beneath(rootfd, rel) is None:
+                        absent.append((root, rel))
+                except OSError:
+                    continue  # a symlink on the way (the spawn is refused), or unreadable
         finally:
             os.close(rootfd)
     return absent

@@ -333,10 +333,11 @@ async def test_a_protected_path_missing_at_the_start_cannot_be_created_during_th
 async def test_a_created_protected_directory_is_moved_aside_whatever_names_the_command_took(
     sup: Supervisor, workspace: Path
 ) -> None:
-    # The command makes the missing `scripts/` with its run.sh, and takes every name the move aside tried
-    # (`scripts.corral-quarantined`, `....1` to `....9`) with non-empty directories, which a rename cannot
-    # replace and an unlink cannot remove: the protected path must still not stay where it was.
-    pol = _protecting(workspace, "scripts/run.sh")
+    # `protected = ["scripts"]` without one: the command makes `scripts/` with a run.sh, and takes every
+    # name the move aside tried (`scripts.corral-quarantined`, `....1` to `....9`) with non-empty
+    # directories, which a rename cannot replace and an unlink cannot remove: the protected path must
+    # still not stay where it was.
+    pol = _protecting(workspace, "scripts")
     taken = " ".join(f"scripts.corral-quarantined{'.' + str(i) if i else ''}/x" for i in range(10))
     script = f"mkdir -p scripts {taken} && echo evil > scripts/run.sh"
     r = await sup.run(["/bin/sh", "-c", script], policy=pol)
@@ -344,3 +345,20 @@ async def test_a_created_protected_directory_is_moved_aside_whatever_names_the_c
     assert not (workspace / "scripts").exists(), r.quarantined
     assert [p for p, _ in r.quarantined] == [str(workspace / "scripts")]
     assert "moved to scripts.corral-quarantined." in r.quarantined[0][1], r.quarantined
+
+
+async def test_what_the_command_made_beside_a_missing_protected_path_stays(
+    sup: Supervisor, workspace: Path
+) -> None:
+    # `protected = [".vscode/tasks.json"]` without a `.vscode/`: an editor's `.vscode/settings.json` made by
+    # the command is its own; only the protected path is moved aside, not the directory it made.
+    pol = _protecting(workspace, ".vscode/tasks.json")
+    r = await sup.run(["/bin/sh", "-c", "mkdir .vscode && echo '{}' > .vscode/settings.json"], policy=pol)
+    assert r.exit_code == 0, r.stderr.decode()
+    assert (workspace / ".vscode" / "settings.json").read_text() == "{}\n"
+    assert r.quarantined == ()
+    r = await sup.run(["/bin/sh", "-c", "echo evil > .vscode/tasks.json"], policy=pol)
+    assert r.exit_code == 0, r.stderr.decode()
+    assert not (workspace / ".vscode" / "tasks.json").exists()
+    assert [p for p, _ in r.quarantined] == [str(workspace / ".vscode" / "tasks.json")]
+    assert (workspace / ".vscode" / "settings.json").exists()

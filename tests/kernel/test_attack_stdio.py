@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -416,6 +417,38 @@ async def test_files_passed_with_pass_fds_keep_their_mode_while_the_command_runs
     finally:
         os.close(fi)
         os.close(fo)
+
+
+async def test_pass_fds_of_other_kinds_are_handed_over_quietly(sup: Supervisor, workspace: Path) -> None:
+    # A pipe, a socket and an eventfd (an anonymous inode) have no metadata anyone reads by a path: handed
+    # over as they are, usable, and not named in `missing`.
+    r_end, w_end = os.pipe()
+    a, b = socket.socketpair()
+    ev = os.eventfd(7)
+    try:
+        os.write(w_end, b"pipe")
+        a.send(b"sock")
+        script = "import os; print(os.read(3, 4), os.read(4, 4), os.eventfd_read(5))"
+        child = await sup.start(
+            ["/usr/bin/python3", "-I", "-S", "-c", script],
+            policy=profiles.workspace_write(workspace, timeout=30),
+            pass_fds=[r_end, b.fileno(), ev],
+            stdout=PIPE,
+        )
+        async with child:
+            assert child.stdout is not None
+            out = b""
+            with anyio.fail_after(20):
+                async for chunk in child.stdout:
+                    out += chunk
+            r = await child.wait()
+    finally:
+        for fd in (r_end, w_end, ev):
+            os.close(fd)
+        a.close()
+        b.close()
+    assert out == b"b'pipe' b'sock' 7\n", (out, r)
+    assert not [m for m in r.missing if m[0] == "stdio_metadata"], r.missing
 
 
 @ROOT_ONLY
