@@ -376,6 +376,7 @@ class Prefork:
         self._ready.clear()
         for key in list(self._taken):
             self._forget_taken(key)
+        self._mount_table.close()
 
 
 def _mounts(compiled: CompiledPolicy) -> mounts.Prepared | None:

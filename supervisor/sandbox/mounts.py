@@ -1135,12 +1135,13 @@ class MountTable:
     hides each denied object under the names the mount table gave it then (`_mount_aliases`): a bind mount
     made since gives it another, so a plan (the fork server's cached views) or a sandbox built ahead of its
     command (which may have copied the new mount table with the old plan) of an older generation is not
-    used. Without /proc, the generation never moves."""
+    used. Without /proc, the generation never moves; nor after `close`."""
 
     def __init__(self) -> None:
         import select
 
         self._poll: select.poll | None = None
+        self._fd = -1
         self._generation = 0
         try:
             fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
@@ -1155,6 +1156,12 @@ class MountTable:
         if self._poll is not None and self._poll.poll(0):
             self._generation += 1
         return self._generation
+
+    def close(self) -> None:
+        """Close the held fd (it keeps a reference to the mount namespace). Idempotent."""
+        fd, self._fd, self._poll = self._fd, -1, None
+        if fd >= 0:
+            os.close(fd)
 
 
 def _host_mounts() -> list[tuple[str, str, str]]:

@@ -114,6 +114,31 @@ async def test_discarded_sandboxes_are_reaped(workspace: Path) -> None:
     assert children == []
 
 
+def _mountinfo_fds() -> list[int]:
+    """This process's fds open on its /proc/<pid>/mountinfo."""
+    target = f"/proc/{os.getpid()}/mountinfo"
+    out = []
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{entry}") == target:
+                out.append(int(entry))
+        except OSError:
+            continue
+    return out
+
+
+async def test_a_closed_supervisor_leaves_no_mount_table_fd(workspace: Path) -> None:
+    """The pool's MountTable holds /proc/self/mountinfo open (a reference to the mount namespace): it was
+    never closed, one fd per Supervisor entered and left in the same process."""
+    pol = profiles.workspace_write(workspace, timeout=10)
+    before = _mountinfo_fds()
+    for _ in range(3):
+        async with Supervisor() as sup:
+            await twice(sup, pol)
+            assert len(_mountinfo_fds()) > len(before)  # held while it runs
+    assert _mountinfo_fds() == before
+
+
 def _ppid(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat") as f:
