@@ -82,6 +82,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1441,17 +1442,169 @@ static int xattr_call(const struct seccomp_data_ *d) {
     return d->nr == SYS_setxattr || d->nr == SYS_lsetxattr || d->nr == SYS_fsetxattr;
 }
 
+/* The caller's own view of a name, for xattr_refused: an O_PATH fd of what `name` names for thread `tid`
+ * (from its root, or its cwd when relative), or -errno. The walk is done here one component at a time
+ * (openat O_PATH | O_NOFOLLOW), not by the kernel from /proc/<tid>/root: a lookup by the init resolves
+ * /proc/self and /proc/thread-self (and what leads there: /dev/fd, /dev/stdin, /proc/mounts, any symlink
+ * to them) as the INIT, so "/proc/self/fd/N" would name the init's fd N, not the caller's. Here `self` and
+ * `thread-self` of the sandbox's /proc are the caller's (its tgid, its tid); the other /proc links (the
+ * magic ones: fd/N, cwd, root, exe, map_files) name the same object whoever reads them and are followed by
+ * the kernel; every other symlink is expanded from its text, an absolute one from the caller's root. A
+ * /proc of another pid namespace (whose `self` the init cannot name), or a walk longer than fits, is
+ * refused: -EPERM. `follow` is 0 for lsetxattr (a trailing symlink is the object). */
+#define WALK_MAX 8192
+static int walk_as_caller(pid_t tid, const char *name, int follow) {
+    char path[64], buf[WALK_MAX + 1], link[4097];
+    struct stat st, proc_st;
+    if (stat_init("/proc", &proc_st) != 0) return -EPERM;
+    snprintf(path, sizeof path, "/proc/%d/root", (int)tid);
+    int root = (int)syscall(SYS_openat, AT_FDCWD, path, O_PATH | O_CLOEXEC | O_DIRECTORY, 0);
+    if (root < 0) return -EPERM;
+    snprintf(path, sizeof path, "/proc/%d/cwd", (int)tid);
+    int cur = name[0] == '/' ? dup(root) : (int)syscall(SYS_openat, AT_FDCWD, path, O_PATH | O_CLOEXEC, 0);
+    if (cur < 0) {
+        close(root);
+        return -EPERM;
+    }
+    size_t len = strlen(name);
+    if (len > WALK_MAX) len = WALK_MAX; /* the caller's name is at most PATH_MAX */
+    memcpy(buf, name, len);
+    buf[len] = '\0';
+    char *p = buf;
+    int links = 0, err = 0;
+    for (;;) {
+        if (*p == '/') { /* absolute (the name, or a link's text): from the caller's root */
+            int fd = dup(root);
+            if (fd < 0) {
+                err = -EPERM;
+                break;
+            }
+            close(cur);
+            cur = fd;
+            while (*p == '/') p++;
+        }
+        if (*p == '\0') break;
+        char *end = strchr(p, '/');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        char *rest = p + n;
+        while (*rest == '/') rest++;
+        int last = *rest == '\0' && !end; /* "x/" is not last: the kernel follows it (and wants a directory) */
+        if (n > 255) {
+            err = -ENAMETOOLONG;
+            break;
+        }
+        char comp[256];
+        memcpy(comp, p, n);
+        comp[n] = '\0';
+        p = rest;
+        if (!strcmp(comp, ".")) continue;
+        if (!strcmp(comp, "..")) {
+            struct stat a, b; /* not above the caller's root */
+            if (syscall(SYS_newfstatat, cur, "", &a, AT_EMPTY_PATH) == 0 &&
+                syscall(SYS_newfstatat, root, "", &b, AT_EMPTY_PATH) == 0 && a.st_dev == b.st_dev &&
+                a.st_ino == b.st_ino)
+                continue;
+        }
+        int fd = (int)syscall(SYS_openat, cur, comp, O_PATH | O_NOFOLLOW | O_CLOEXEC, 0);
+        if (fd < 0 || syscall(SYS_newfstatat, fd, "", &st, AT_EMPTY_PATH) != 0) {
+            err = -errno;
+            if (fd >= 0) close(fd);
+            break;
+        }
+        if (!S_ISLNK(st.st_mode) || (last && !follow)) {
+            close(cur);
+            cur = fd;
+            continue;
+        }
+        if (++links > 40) { /* the kernel's limit: it answers ELOOP */
+            close(fd);
+            err = -ELOOP;
+            break;
+        }
+        struct statfs sfs;
+        struct stat dir;
+        if (syscall(SYS_fstatfs, fd, &sfs) != 0 || syscall(SYS_newfstatat, cur, "", &dir, AT_EMPTY_PATH) != 0) {
+            close(fd);
+            err = -EPERM;
+            break;
+        }
+        int at_proc_root = dir.st_ino == 1 && (!strcmp(comp, "self") || !strcmp(comp, "thread-self"));
+        ssize_t got;
+        if (sfs.f_type == 0x9fa0 /* PROC_SUPER_MAGIC */ && at_proc_root) {
+            if (dir.st_dev != proc_st.st_dev) { /* another /proc: its `self` is not ours to name */
+                close(fd);
+                err = -EPERM;
+                break;
+            }
+            int tgid = -1; /* the caller's thread group, from /proc/<tid>/status */
+            char status[1024];
+            snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+            int s = open(path, O_RDONLY | O_CLOEXEC);
+            ssize_t r = s < 0 ? -1 : read(s, status, sizeof status - 1);
+            if (s >= 0) close(s);
+            char *t = r > 0 ? (status[r] = '\0', strstr(status, "\nTgid:")) : NULL;
+            if (t) tgid = (int)strtol(t + 6, NULL, 10);
+            if (tgid <= 0) {
+                close(fd);
+                err = -EPERM;
+                break;
+            }
+            got = comp[0] == 's' ? snprintf(link, sizeof link, "%d", tgid)
+                                 : snprintf(link, sizeof link, "%d/task/%d", tgid, (int)tid);
+        } else if (sfs.f_type == 0x9fa0 && dir.st_ino != 1) {
+            /* A /proc/<pid>/... link (fd/N, cwd, root, exe, map_files, ns): the same object for any
+             * reader; the kernel follows it. */
+            int to = (int)syscall(SYS_openat, cur, comp, O_PATH | O_CLOEXEC, 0);
+            close(fd);
+            if (to < 0) {
+                err = -errno;
+                break;
+            }
+            close(cur);
+            cur = to;
+            continue;
+        } else {
+            got = syscall(SYS_readlinkat, fd, "", link, sizeof link - 1);
+            if (got < 0 || got >= (ssize_t)sizeof link - 1) {
+                close(fd);
+                err = -EPERM;
+                break;
+            }
+            link[got] = '\0';
+        }
+        close(fd);
+        /* The link's text, then what was left of the name. */
+        size_t left = strlen(p);
+        if ((size_t)got + 1 + left > WALK_MAX) {
+            err = -EPERM;
+            break;
+        }
+        memmove(buf + got + 1, p, left + 1);
+        memcpy(buf, link, (size_t)got);
+        buf[got] = left || !last ? '/' : '\0';
+        if (!left && !last) buf[got + 1] = '\0';
+        p = buf;
+    }
+    close(root);
+    if (err) {
+        close(cur);
+        return err;
+    }
+    return cur;
+}
+
 /* For a setxattr (xattr_call): EPERM when the file is a regular file with S_ISUID or S_ISGID, else 0 (the call
  * runs). Setting system.posix_acl_access rewrites the group permission bits and keeps S_ISGID for a caller in
  * the file's group, so a set-gid file without group execute that the host left in a writable root (which a
  * write does not clear) would become a set-gid executable of the sandbox's content; no tool needs to set an
- * attribute on a set-id file inside a sandbox. The file is looked up as the caller names it, through /proc
- * (its fd table, or its root or cwd and the path read from its memory): exact when no other task changes
- * that name or fd between this check and the kernel's own lookup (docs/security.md, "Known gaps"). A name
- * that cannot be read is refused (fail closed); one the lookup does not find is the kernel's to answer. */
+ * attribute on a set-id file inside a sandbox. The file is looked up as the caller names it: its fd in its
+ * table (/proc/<tid>/fd), or the path read from its memory walked from its root or cwd as the caller would
+ * (walk_as_caller: /proc/self/fd/N, /dev/fd/N and /proc/thread-self are the caller's, not the init's):
+ * exact when no other task changes that name or fd between this check and the kernel's own lookup
+ * (docs/security.md, "Known gaps"). A name that cannot be read or walked is refused (fail closed); one the
+ * walk does not find is the kernel's to answer. */
 static int xattr_refused(const struct seccomp_notif_ *n) {
-    char path[4096 + 64];
-    int flags = 0;
+    char path[64];
     if (n->data.nr == SYS_fsetxattr) {
         int fd = (int)n->data.args[0];
         if (fd < 0) return 0; /* the kernel answers EBADF */
@@ -1471,12 +1624,16 @@ static int xattr_refused(const struct seccomp_notif_ *n) {
             if (got == sizeof name) return 0; /* no NUL within PATH_MAX: the kernel answers ENAMETOOLONG */
         }
         if (name[0] == '\0') return 0; /* the kernel answers ENOENT */
-        snprintf(path, sizeof path, "/proc/%u/%s%s%s", n->pid, name[0] == '/' ? "root" : "cwd",
-                 name[0] == '/' ? "" : "/", name);
-        if (n->data.nr == SYS_lsetxattr) flags = AT_SYMLINK_NOFOLLOW;
+        int fd = walk_as_caller((pid_t)n->pid, name, n->data.nr != SYS_lsetxattr);
+        if (fd < 0) return fd == -ENOENT || fd == -ENOTDIR || fd == -ENAMETOOLONG ? 0 : EPERM;
+        struct stat st;
+        int bad = syscall(SYS_newfstatat, fd, "", &st, AT_EMPTY_PATH) != 0;
+        close(fd);
+        if (bad) return EPERM;
+        return S_ISREG(st.st_mode) && (st.st_mode & (S_ISUID | S_ISGID)) ? EPERM : 0;
     }
     struct stat st;
-    if (syscall(SYS_newfstatat, AT_FDCWD, path, &st, flags) != 0)
+    if (syscall(SYS_newfstatat, AT_FDCWD, path, &st, 0) != 0)
         return errno == ENOENT || errno == ENOTDIR || errno == ENAMETOOLONG ? 0 : EPERM;
     return S_ISREG(st.st_mode) && (st.st_mode & (S_ISUID | S_ISGID)) ? EPERM : 0;
 }

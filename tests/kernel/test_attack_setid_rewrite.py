@@ -468,8 +468,11 @@ def test_unprivileged_caller(probe: Probe) -> None:
 
 #: Inside the sandbox: each host-left set-gid file without group execute is rewritten (a write keeps S_ISGID
 #: there: it grants nothing yet), then given group execute by an access ACL, by one route each (setxattr of
-#: a relative and an absolute path, lsetxattr, fsetxattr; setxattrat, Linux 6.13, answers ENOSYS); the
-#: control, an ordinary file, takes the same ACL. Prints {case: errno or 0}.
+#: a relative and an absolute path, lsetxattr, fsetxattr; setxattrat, Linux 6.13, answers ENOSYS; and
+#: setxattr of names that lead through /proc's `self` links, which the init would resolve as ITSELF: its
+#: /proc/self/fd/N, /dev/fd/N, /proc/thread-self/fd/N, and a symlink in the workspace to /proc/self/fd/N).
+#: The controls, ordinary files: one takes the same ACL by its name, one through /proc/self/fd/N, one takes
+#: user.* attributes by a relative, an absolute and a /dev/fd/N name and by its fd. Prints {case: errno or 0}.
 ACL_SCRIPT = r"""
 import ctypes, errno, json, os, struct, sys
 acl = struct.pack("<I", 2) + b"".join(
@@ -481,7 +484,8 @@ def attempt(case, call):
         out[case] = 0
     except OSError as e:
         out[case] = e.errno
-for name in ("acl_path", "acl_abs", "acl_lpath", "acl_fd", "acl_at", "ok_plain"):
+for name in ("acl_path", "acl_abs", "acl_lpath", "acl_fd", "acl_at", "acl_proc_self_fd", "acl_dev_fd",
+             "acl_thread_self_fd", "acl_link_to_proc_self_fd", "ok_plain", "ok_proc_self_fd", "ok_user"):
     with open(name, "r+b") as f:
         f.write(b"#!/bin/sh\necho the sandbox's code\n")
 path = os.path.abspath("acl_abs")
@@ -493,11 +497,51 @@ attempt("acl_fd", lambda: os.setxattr(fd, "system.posix_acl_access", acl))
 libc = ctypes.CDLL(None, use_errno=True)
 r = libc.syscall(463, -100, b"acl_at", 0, b"system.posix_acl_access", None, 0)
 out["acl_at"] = 0 if r == 0 else ctypes.get_errno()
+def by_fd_name(case, number, name):
+    os.dup2(os.open(case, os.O_RDONLY), number)
+    attempt(case, lambda: os.setxattr(name, "system.posix_acl_access", acl))
+by_fd_name("acl_proc_self_fd", 200, "/proc/self/fd/200")
+by_fd_name("acl_dev_fd", 201, "/dev/fd/201")
+by_fd_name("acl_thread_self_fd", 202, "/proc/thread-self/fd/202")
+os.symlink("/proc/self/fd/203", "link203")
+by_fd_name("acl_link_to_proc_self_fd", 203, "link203")
 attempt("ok_plain", lambda: os.setxattr("ok_plain", "system.posix_acl_access", acl))
+by_fd_name("ok_proc_self_fd", 204, "/proc/self/fd/204")
+user = os.open("ok_user", os.O_RDONLY)
+os.dup2(user, 205)
+attempt("ok_user", lambda: (os.setxattr("ok_user", "user.rel", b"1"),
+                            os.setxattr(os.path.abspath("ok_user"), "user.abs", b"2"),
+                            os.setxattr("/dev/fd/205", "user.devfd", b"3"),
+                            os.setxattr(user, "user.fd", b"4")))
 print(json.dumps(out))
 """
 
-ACL_CASES = ("acl_path", "acl_abs", "acl_lpath", "acl_fd", "acl_at")
+ACL_CASES = (
+    "acl_path",
+    "acl_abs",
+    "acl_lpath",
+    "acl_fd",
+    "acl_at",
+    "acl_proc_self_fd",
+    "acl_dev_fd",
+    "acl_thread_self_fd",
+    "acl_link_to_proc_self_fd",
+)
+ACL_OK = ("ok_plain", "ok_proc_self_fd", "ok_user")
+#: What ACL_SCRIPT prints: EPERM for every set-gid file (ENOSYS for setxattrat), 0 for the controls.
+ACL_EXPECTED = {**{c: 1 for c in ACL_CASES}, "acl_at": 38, **dict.fromkeys(ACL_OK, 0)}
+
+
+def _acl_outcome(ws: Path, got: dict[str, int]) -> None:
+    """Decisive, from outside: no set-gid file is group-executable; the controls took their ACL and xattrs."""
+    for name in ACL_CASES:
+        mode = os.lstat(ws / name).st_mode
+        assert not (mode & stat.S_ISGID and mode & stat.S_IXGRP), (name, oct(mode), got)
+    assert got == ACL_EXPECTED, got
+    for name in ("ok_plain", "ok_proc_self_fd"):
+        assert os.lstat(ws / name).st_mode & stat.S_IXGRP, name  # the ACL took on an ordinary file
+    xattrs = {a: os.getxattr(ws / "ok_user", a) for a in ("user.rel", "user.abs", "user.devfd", "user.fd")}
+    assert xattrs == {"user.rel": b"1", "user.abs": b"2", "user.devfd": b"3", "user.fd": b"4"}
 
 
 async def test_an_acl_cannot_make_a_host_setgid_file_executable(sup: Supervisor, workspace: Path) -> None:
@@ -505,18 +549,15 @@ async def test_an_acl_cannot_make_a_host_setgid_file_executable(sup: Supervisor,
     # entry then sets the group execute bit and keeps S_ISGID for a caller in the file's group (no mode is
     # passed: the seccomp rules on chmod never see it). Before: the file became a set-gid ROOT executable of
     # the sandbox's code (`-rw-r-sr--`), and `nobody` running it got egid 0.
+    # Before the init walked names as the caller: /proc/self/fd/N (and /dev/fd/N, /proc/thread-self/fd/N, a
+    # symlink to /proc/self/fd/N) was looked up as the init's own fd N, not found, and the ACL went on.
     _plant(workspace, ACL_CASES, mode=0o2644)
-    (workspace / "ok_plain").write_bytes(CONTENT)
+    for name in ACL_OK:
+        (workspace / name).write_bytes(CONTENT)
     (workspace / "acl.py").write_text(ACL_SCRIPT)
     r = await sup.run(["/usr/bin/python3", "acl.py"], policy=_policy(workspace))
     assert r.exit_code == 0, r.stderr
-    got = json.loads(r.stdout)
-    assert got == {**dict.fromkeys(ACL_CASES[:4], 1), "acl_at": 38, "ok_plain": 0}, got
-    # Decisive, from outside: no set-gid file is group-executable.
-    for name in ACL_CASES:
-        mode = os.lstat(workspace / name).st_mode
-        assert not (mode & stat.S_ISGID and mode & stat.S_IXGRP), (name, oct(mode))
-    assert os.lstat(workspace / "ok_plain").st_mode & stat.S_IXGRP  # the ACL took on an ordinary file
+    _acl_outcome(workspace, json.loads(r.stdout))
     refusals = [d for d in r.denials if "setxattr" in d.operation or "setxattr" in d.target]
     assert refusals, r.denials
 
@@ -579,12 +620,13 @@ def test_unprivileged_caller_an_acl_cannot_make_its_setgid_file_executable() -> 
         ws = scratch / "ws"
         ws.mkdir()
         _plant(ws, ACL_CASES)
-        (ws / "ok_plain").write_bytes(CONTENT)
+        for name in ACL_OK:
+            (ws / name).write_bytes(CONTENT)
         bindir = scratch / "bin"
         bindir.mkdir()
         script = bindir / "acl"
         script.write_text("#!/usr/bin/python3\n" + ACL_SCRIPT)
-        for p in (ws, *(ws / c for c in (*ACL_CASES, "ok_plain")), script):
+        for p in (ws, *(ws / c for c in (*ACL_CASES, *ACL_OK)), script):
             os.chown(p, EXPECTED_UID, EXPECTED_UID)
         os.chmod(ws, 0o755)
         os.chmod(script, 0o755)
@@ -592,8 +634,4 @@ def test_unprivileged_caller_an_acl_cannot_make_its_setgid_file_executable() -> 
             os.chmod(ws / c, 0o2644)  # chown cleared the bits
         report = run_probe_as_user(python, pythonpath, scratch, script, ws, [])
         assert report["exit"] == 0, report
-        got = json.loads(report["stdout"])
-        assert got == {**dict.fromkeys(ACL_CASES[:4], 1), "acl_at": 38, "ok_plain": 0}, got
-        for name in ACL_CASES:
-            mode = os.lstat(ws / name).st_mode
-            assert not (mode & stat.S_ISGID and mode & stat.S_IXGRP), (name, oct(mode))
+        _acl_outcome(ws, json.loads(report["stdout"]))
