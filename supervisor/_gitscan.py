@@ -34,7 +34,8 @@ symlink leads to is checked. What a directory renamed in during the run holds co
 (a `hooks/` or `rebase-merge/` of the run, a directory of the run on the path to a program, an included
 config, a hook link's target or a hooks directory: `_moved_in`), since renaming a directory leaves its
 entries' ctimes as they were. A symlink on the way to what a config names is followed by reading it
-(`_through_links`): one made during the run is moved aside, an older one leads to what is checked.
+(`_through_links`): one made during the run, or in a directory made or renamed there during it, is moved
+aside, another older one leads to what is checked.
 Also the host users' own global and system git configuration, and the repository around each root
 (supervisor/_gitglobal.py): a file it includes, a `core.hooksPath` directory or a program it names under a
 root is checked as above (and warned about once: the scan acts only after the run, while the user's git may
@@ -1530,9 +1531,14 @@ class Scan:
         its target), when it lies in the root being scanned; None when it does not or cannot be told
         (missing, a loop, outside every root: the user's). A link below a writable root made during the
         run is moved aside (None): git would follow it to where the sandbox chose (`bin -> x`, with
-        `x/fsmon.sh` its own, where the user's `core.fsmonitor = bin/fsmon.sh`); an older one (the
-        user's `bin -> vendor/bin`) is followed, and what it leads to is checked like any target.
-        (These used to be reported only, "review it", while the user's git ran what they led to.)"""
+        `x/fsmon.sh` its own, where the user's `core.fsmonitor = bin/fsmon.sh`), and so is an older one
+        in a directory made or renamed where it is during the run (`_moved_in`: a first run left
+        `stash/bin -> ../x`, a second ran `mv tools tools.old && mv stash tools`, where the user's config
+        names `tools/bin/fsmon.sh`); another older one (the user's `bin -> vendor/bin`) is followed, and
+        what it leads to is checked like any target. (These used to be reported only, "review it", while
+        the user's git ran what they led to.) Each component is looked at beneath "/" with no link
+        followed (`lstat_nofollow`), not by path: another sandbox of the root still running may have
+        turned a directory already looked at into a link to a mount that hangs."""
         done: list[str] = []
         todo = [p for p in target.split("/") if p][::-1]
         hops = 0
@@ -1545,22 +1551,24 @@ class Scan:
                     done.pop()
                 continue
             path = "/" + "/".join([*done, part])
-            try:
-                st = os.lstat(path)  # every component before it is a real directory: no link followed
-            except OSError:
+            st = lstat_nofollow(path)
+            if st is None:
                 return None
             if stat.S_ISLNK(st.st_mode):
                 below = [r for r in self.roots if path.startswith(r.rstrip("/") + "/")]
+                parent = "/" + "/".join(done)
+                why = ""
                 if below and st.st_ctime_ns >= self.since:
-                    parent = "/" + "/".join(done)
-                    try:
-                        pfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    except OSError:
+                    why = "made during the run"
+                elif below and (moved := self._moved_in(parent)):
+                    why = f"in {moved}"
+                if why:
+                    pfd = open_dir_nofollow(parent)
+                    if pfd is None:
                         return None
                     try:
-                        self._quarantine(
-                            pfd, parent, part, f"a symlink made during the run on the way to {named} ({what})"
-                        )
+                        reason = f"a symlink {why}, on the way to {named} ({what})"
+                        self._quarantine(pfd, parent, part, reason)
                     finally:
                         os.close(pfd)
                     return None
@@ -1874,8 +1882,10 @@ class Scan:
             if resolved == r or resolved.startswith(r + "/"):
                 self._abandon()
                 try:
-                    st = os.lstat(resolved)  # _resolve_text checked every component: no link on the way
-                except OSError:
+                    st = self._lstat_in_roots(resolved)  # _resolve_text checked every component
+                except _hostfs.Unsafe:
+                    return "into a writable root through another symlink there (not followed)"
+                if st is None:
                     return ""  # dangling: git runs nothing
                 if stat.S_ISLNK(st.st_mode):
                     return "to another symlink in a writable root (not followed)"
@@ -1976,13 +1986,34 @@ class Scan:
             if not any(cur.startswith(r.rstrip("/") + "/") for r in self.roots):
                 continue  # the host's own directories on the way to a root
             try:
-                st = os.lstat(cur)  # every component before it was checked: no link on the way
-            except OSError:
+                st = self._lstat_in_roots(cur)  # no link followed below the root, even one swapped in
+            except _hostfs.Unsafe:
+                return None  # a directory on the way turned into a link since its check
+            if st is None:
                 checking = False
                 continue
             if stat.S_ISLNK(st.st_mode):
                 return None
         return cur
+
+    def _lstat_in_roots(self, path: str) -> os.stat_result | None:
+        """lstat of `path`, below a writable root, beneath that root's fd: no symlink below the root is
+        followed, even one another sandbox of the root still running swapped in for a directory already
+        looked at (it could lead to a mount that hangs this scan's worker). None when missing (or when it
+        cannot be told). Raises _hostfs.Unsafe for a symlink on the way."""
+        root = next((r.rstrip("/") for r in self.roots if path.startswith(r.rstrip("/") + "/")), None)
+        if root is None:
+            return lstat_nofollow(path)
+        try:
+            fd = os.dup(self._rootfd) if root == self._root.rstrip("/") else _hostfs.open_root(root)
+        except OSError:
+            return None
+        try:
+            return _hostfs.lstat_beneath(fd, path[len(root) + 1 :])
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _inside_gitdir(self, rel: str) -> bool:
         """Whether the directory `rel` (below the root being scanned) or one of its parents is a git dir
@@ -2159,6 +2190,36 @@ _GLOBAL_ENV = ("HOME", "XDG_CONFIG_HOME")  # and every GIT_CONFIG* (_read_global
 
 #: git's defining entries of a git dir (is_git_directory: HEAD, and objects + refs or commondir).
 _DEFINING = ("HEAD", "objects", "refs", "commondir")
+
+
+def lstat_nofollow(path: str) -> os.stat_result | None:
+    """lstat of the absolute `path` with no symlink on the way followed, even one swapped in since its
+    components were looked at (another sandbox of the same root still running may turn a directory into a
+    link to a mount that hangs, while this scan holds its worker): None when it or a directory on the way
+    is missing or a symlink."""
+    slash = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _hostfs.lstat_beneath(slash, path.strip("/")) if path.strip("/") else os.fstat(slash)
+    except (OSError, _hostfs.Unsafe):
+        return None
+    finally:
+        os.close(slash)
+
+
+def open_dir_nofollow(path: str) -> int | None:
+    """An O_PATH fd of the directory at the absolute `path`, no symlink on the way followed (None when
+    that cannot be)."""
+    slash = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if not path.strip("/"):
+            return os.dup(slash)
+        return _hostfs.open_beneath(slash, path.strip("/"), os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        return None
+    finally:
+        os.close(slash)
+
+
 #: What a git dir holds that runs code (checked in a directory with any of _DEFINING).
 _CHECKED = ("config", "config.worktree", "hooks")
 #: What a config that sets a program holds (lower case: a key name git writes in one piece), so that a

@@ -181,3 +181,40 @@ async def test_a_symlink_on_the_path_the_users_config_names(
     host_git(workspace, "status")
     host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
     assert_not_run(workspace)
+
+
+# Both at once: the first run leaves a LINK in a directory of its own (`stash/bin -> ../x`, with
+# `x/fsmon.sh` its own), and the second renames that directory onto the path the user's config names
+# (`mv tools tools.old && mv stash tools`, where `core.fsmonitor = tools/bin/fsmon.sh`). The link kept
+# the first run's ctime, so it was followed as the user's own, and what it led to (`x/`, in no directory
+# renamed during the run) was trusted: the user's `git status` ran `x/fsmon.sh`. A link in a directory
+# made or renamed where it is during the run is the run's, whatever its age, and is moved aside.
+@pytest.mark.parametrize("case", ["program", "include", "hooks directory"])
+async def test_an_older_link_in_a_directory_moved_onto_the_path_the_users_config_names(
+    sup: Supervisor, workspace: Path, case: str
+) -> None:
+    make_repo(workspace)
+    bin_ = workspace / "tools" / "bin"
+    bin_.mkdir(parents=True)
+    (bin_ / "fsmon.sh").write_text("#!/bin/sh\necho\n")
+    (bin_ / "fsmon.sh").chmod(0o755)
+    (bin_ / "git.cfg").write_text("[user]\n\tname = Team\n")
+    if case == "program":
+        assert host_git(workspace, "config", "core.fsmonitor", "tools/bin/fsmon.sh").returncode == 0
+        plant_x = script(workspace, "x/fsmon.sh")
+    elif case == "include":
+        assert host_git(workspace, "config", "include.path", "../tools/bin/git.cfg").returncode == 0
+        plant_x = "mkdir -p x && " + fsmonitor(workspace) + " > x/git.cfg"
+    else:  # missing when a run starts, so not bound read-only
+        assert host_git(workspace, "config", "core.hooksPath", "tools/hooks").returncode == 0
+        plant_x = script(workspace, "x/pre-commit")
+    assert (
+        host_git(workspace, "commit", "-q", "--allow-empty", "-m", "the user's setup works").returncode == 0
+    )
+    link = "hooks" if case == "hooks directory" else "bin"
+    first = f"{plant_x} && mkdir stash && ln -s ../x stash/{link}"
+    found = await two_runs(sup, workspace, first, "mv tools tools.old && mv stash tools")
+    assert found == [str(workspace / "tools" / link)], found
+    host_git(workspace, "status")
+    host_git(workspace, "commit", "-q", "--allow-empty", "-m", "user")
+    assert_not_run(workspace)

@@ -4,6 +4,7 @@ of the way: on a real file system (tmp_path), no sandbox needed."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from supervisor import _gitscan
@@ -30,3 +31,23 @@ def test_move_aside_finds_a_name_whatever_the_sandbox_took(tmp_path: Path) -> No
             assert _gitscan._moved_aside(target), target
     finally:
         os.close(fd)
+
+
+def test_the_scans_path_lookups_follow_no_link_on_the_way(tmp_path: Path) -> None:
+    """`lstat_nofollow`/`open_dir_nofollow` (the scan's look at a path it resolved component by component):
+    a directory turned into a link since it was looked at is not followed (it could lead to a mount that
+    hangs), where `os.lstat` of the path followed it."""
+    (tmp_path / "real" / "bin").mkdir(parents=True)
+    (tmp_path / "real" / "bin" / "fsmon.sh").write_text("")
+    (tmp_path / "tools").symlink_to("real")
+    via_link = str(tmp_path / "tools" / "bin" / "fsmon.sh")
+    assert os.path.exists(via_link)
+    assert _gitscan.lstat_nofollow(via_link) is None
+    assert _gitscan.open_dir_nofollow(str(tmp_path / "tools" / "bin")) is None
+    st = _gitscan.lstat_nofollow(str(tmp_path / "tools"))  # the link itself, as lstat
+    assert st is not None
+    assert stat.S_ISLNK(st.st_mode)
+    assert _gitscan.lstat_nofollow(str(tmp_path / "real" / "bin" / "fsmon.sh")) is not None
+    fd = _gitscan.open_dir_nofollow(str(tmp_path / "real" / "bin"))
+    assert fd is not None
+    os.close(fd)
