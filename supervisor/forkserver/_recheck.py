@@ -15,7 +15,9 @@ depends on, in a form the loop can check again without any of that:
   lie under ANOTHER policy's writable root, whose sandbox can replace a directory on its way with a symlink
   into a hung NFS or FUSE mount, where an lstat would wait with the loop; so it is recorded as the paths
   under a root are, from `/`: each directory on the way by a single-name, no-follow fstatat on the held fd
-  of its parent (its identity without its ctime), the path's identity likewise (`_chain`);
+  of its parent (its identity without its ctime), the path's identity likewise (`_chain`); a symlink on
+  the way is resolved there by hand, its own identity recorded with its ctime, never into a filesystem the
+  path's link-free way did not enter;
 - a path at or under a writable root: the root's O_PATH fd (held), then each component by a single-name,
   no-follow fstatat relative to the held fd of its parent directory (O_PATH, held), recording device, inode,
   type, owner and ctime. No lookup ever follows a symlink or resolves more than one name, so nothing a
@@ -23,9 +25,10 @@ depends on, in a form the loop can check again without any of that:
 - for each writable root with a repository: the ctime of .git, .git/config and every directory of the
   .git/modules walk (what the git expansion read: a change of the config rewrites it or replaces it, a change
   of the walk adds, removes or renames an entry; each sets a ctime, and a sandbox cannot set a ctime).
-It gives up (None: the thread path, as before) when anything would make the check unsound: a component that
-is a symlink or not a directory on the way (the fingerprint's lstat would follow it elsewhere), a policy that
-does not confine the filesystem (every path may be the sandbox's), a ctime from MARGIN_NS before the
+It gives up (None: the thread path, as before) when anything would make the check unsound: a component
+under a writable root that is a symlink or not a directory on the way (the fingerprint's lstat would follow
+it elsewhere), a link on the way to a host path into another filesystem, a policy that does not confine
+the filesystem (every path may be the sandbox's), a ctime from MARGIN_NS before the
 fingerprint began or later (a change during the fingerprint, or in the same timestamp tick as a later one,
 could leave it as recorded), or more than MAX_FDS directories to hold.
 
@@ -51,6 +54,8 @@ MARGIN_NS = _absent.MARGIN_NS
 #: Directories held open per record (and .git/modules directories looked at): beyond, no record.
 MAX_FDS = 32
 MAX_MODULE_DIRS = 64
+#: Symlinks resolved on the way to one host path (`_chain`): beyond, no record.
+MAX_LINKS = 8
 
 _OPEN_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -238,6 +243,8 @@ class Recheck:
         known = self.checks.get(key)
         if known is not None and key in self._no_ctime:
             return known
+        if known is not None and stat.S_ISLNK(_mode(known)):
+            return known[:32] + _NO_CTIME  # a link on another path's way, checked with its ctime
         ident = stat_at([dirfd], [os.fsencode(name)], bytes([_NO_CTIME_MASK]))
         self.checks[key] = ident
         self._no_ctime.add(key)
@@ -248,20 +255,68 @@ class Recheck:
         following a symlink, each directory on the way recorded (without its ctime: the host changes its
         entries all the time; its identity is what says that a lookup of `path` still goes through it),
         its last name, and True; or, where a component on the way is missing or a file, the held fd of
-        its directory, its name (recorded: the path stays missing while it stays so), and False. Raises
-        _GiveUp at a symlink on the way (the fingerprint's lstat follows it)."""
+        its directory, its name (recorded: the path stays missing while it stays so), and False.
+
+        A symlink on the way (a dotfiles `~/.config`, a home reached through a link) is resolved here, by
+        hand: its own identity recorded WITH its ctime (a link's target cannot change in place: a retarget
+        is a new link, a new ctime), its text read, and the walk continued from its target, component by
+        component on held fds, as the kernel's lookup would. A link is text a sandbox may have written (it
+        may lie below another policy's writable root): past one, the walk gives up at any directory (or
+        last component) on a filesystem the path's own link-free way did not enter, so that no planted link
+        leads a check on the loop into another mount (a hung NFS or FUSE one). Gives up past MAX_LINKS."""
         parts = path.strip("/").split("/")
-        fd = self._hold("/", -1, "/")
-        walked = ""
-        for name in parts[:-1]:
-            mode = _mode(self._no_ctime_stat(fd, name))
+        top = self._hold("/", -1, "/")
+        stack = [("", top)]  # the directories walked: (path, held fd); ".." goes back one
+        devs = {_stat1(top, ".")[:8]}  # the filesystems entered before the first link
+        links = 0
+        todo = parts[-2::-1]  # the names on the way, the next one last
+        while todo:
+            name = todo.pop()
+            walked, fd = stack[-1]
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            ident = self._no_ctime_stat(fd, name)
+            mode = _mode(ident)
             if stat.S_ISLNK(mode):
-                raise _GiveUp
+                links += 1
+                if links > MAX_LINKS:
+                    raise _GiveUp
+                target = self._link(fd, name)
+                if target.startswith("/"):
+                    del stack[1:]
+                todo.extend(reversed(target.split("/")))
+                continue
             if not stat.S_ISDIR(mode):
                 return fd, name, False
+            if not links:
+                devs.add(ident[:8])
+            elif ident[:8] not in devs:
+                raise _GiveUp  # into another filesystem, by a link
             walked = f"{walked}/{name}"
-            fd = self._hold(walked, fd, name)
+            stack.append((walked, self._hold(walked, fd, name)))
+        fd = stack[-1][1]
+        if links:
+            last = self._no_ctime_stat(fd, parts[-1])
+            if _mode(last) and last[:8] not in devs:
+                raise _GiveUp  # a mount point of another filesystem, by a link
         return fd, parts[-1], True
+
+    def _link(self, dirfd: int, name: str) -> str:
+        """The text of the symlink `name` in the held `dirfd`, its identity recorded with its ctime (a link
+        made within the margin: given up)."""
+        ident = _stat1(dirfd, name)
+        if not stat.S_ISLNK(_mode(ident)) or _ctime(ident) >= self._old_ns:
+            raise _GiveUp
+        target = os.readlink(name, dir_fd=dirfd)
+        if not target or _stat1(dirfd, name) != ident:
+            raise _GiveUp  # replaced while read
+        self.checks[(dirfd, name)] = ident
+        self._no_ctime.discard((dirfd, name))
+        return target
 
     def _group(self, group: _absent.Group, path: bytes, ident: bytes) -> None:
         """Record the missing host path `path` (its fingerprint record `ident`, 32 bytes) as stood for by

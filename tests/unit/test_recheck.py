@@ -140,6 +140,50 @@ def test_it_gives_up_where_a_check_would_not_be_sound(ws: Path, tmp_path: Path) 
     assert _recheck.take(None, str(ws))[1] is None
 
 
+@pytest.mark.parametrize("where", ["a readable root", "the workdir", "a deny path"])
+def test_a_link_on_the_way_to_a_host_path_is_followed_and_its_retarget_seen(
+    tmp_path: Path, taken: list[Recheck], where: str
+) -> None:
+    """A host path outside the system trees reached through a symlink (a dotfiles `~/.config`, a home
+    through a link): the link is resolved by hand, its own identity recorded (a retarget makes a new
+    link), instead of no Recheck at all (each pre-forked take paying the worker-thread fingerprint)."""
+    (tmp_path / "real" / "data").mkdir(parents=True)
+    (tmp_path / "real" / "ws").mkdir()
+    (tmp_path / "real" / "data" / "key").write_text("k")
+    (tmp_path / "other" / "data").mkdir(parents=True)
+    (tmp_path / "other" / "ws").mkdir()
+    os.symlink("real", tmp_path / "lnk")
+    ws, read, deny = tmp_path / "ws0", ["/usr"], []
+    ws.mkdir()
+    if where == "a readable root":
+        read.append(str(tmp_path / "lnk" / "data"))
+    elif where == "the workdir":
+        ws = tmp_path / "lnk" / "ws"
+    else:
+        deny.append(str(tmp_path / "lnk" / "data" / "key"))
+    prepared: mounts.Prepared = {**_prepared(ws), "read": read, "deny": deny}
+    _settle()
+    fp, recheck = _recheck.take(prepared, str(ws))
+    assert recheck is not None, where
+    taken.append(recheck)
+    assert recheck.unchanged()
+    os.unlink(tmp_path / "lnk")
+    os.symlink("other", tmp_path / "lnk")
+    assert not recheck.unchanged(), where
+    assert mounts.fingerprint(prepared, str(ws)) != fp, where  # and the fingerprint did change
+
+
+def test_a_link_into_another_filesystem_is_not_followed(tmp_path: Path) -> None:
+    """Past a link, the walk stays on the filesystems the path's own way entered: a link (which a sandbox
+    may have planted) never leads a check on the loop into another mount (a hung NFS or FUSE one)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    os.symlink("/proc/self", tmp_path / "lnk")
+    prepared: mounts.Prepared = {**_prepared(ws), "read": ["/usr", str(tmp_path / "lnk" / "fd")]}
+    _settle()
+    assert _recheck.take(prepared, str(ws))[1] is None
+
+
 def test_held_fds_are_closed(ws: Path) -> None:
     _settle()
     before = len(os.listdir("/proc/self/fd"))
