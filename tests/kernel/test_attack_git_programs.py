@@ -11,18 +11,24 @@ runs (`core.fsmonitor`, a filter, an alias...: `_gitglobal.runs_program`). Two s
   every repository `git init` or `git clone` makes. A template kept in a writable root got a
   `hooks/post-checkout` from the sandbox, which the user's next `git clone`, anywhere, ran at once.
 
+A setting without a subsection was missing too: `imap.tunnel` (and git send-email's top-level
+`sendemail.toCmd`, `ccCmd`, `headerCmd`, `sendmailCmd`, `smtpServer`; only their per-identity forms were
+known). The user's `imap.tunnel = tools/imap-tunnel.sh`, rewritten by the sandbox, ran at their next
+`git imap-send`.
+
 Each attack plants from inside a real sandbox; the HOST runs git as the user would, and the test checks from
 outside that the payload did not run and that the plant was reported moved aside.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from supervisor import Supervisor
-from tests.kernel.test_attack_git import host_git, make_repo, payload, plant
+from tests.kernel.test_attack_git import ENV, GIT, host_git, make_repo, payload, plant
 from tests.kernel.test_attack_git_global import global_config, user_git
 
 pytestmark = pytest.mark.kernel
@@ -175,4 +181,33 @@ async def test_an_ext_url_in_gitmodules_where_the_users_config_allows_the_ext_tr
     )
     assert str(workspace / ".gitmodules") in [p for p, _ in r.quarantined], r.quarantined
     user_git(workspace, env, "submodule", "update", "--init", "-q")
+    assert_not_run(workspace)
+
+
+def imap_send(repo: Path) -> None:
+    """The host user's `git imap-send` of one message (it starts `imap.tunnel` to reach the server)."""
+    mbox = "From 0 Mon Sep 17 00:00:00 2001\nFrom: u <u@h>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n"
+    subprocess.run(
+        [GIT, "-C", str(repo), "imap-send"],
+        input=mbox + "Subject: x\n\nx\n",
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def test_the_imap_tunnel_the_users_config_runs(sup: Supervisor, workspace: Path) -> None:
+    make_repo(workspace)
+    (workspace / "tools").mkdir()
+    tunnel = workspace / "tools" / "imap-tunnel.sh"
+    tunnel.write_text("#!/bin/sh\nexit 1\n")
+    tunnel.chmod(0o755)
+    assert host_git(workspace, "config", "imap.folder", "Drafts").returncode == 0
+    assert host_git(workspace, "config", "imap.tunnel", "tools/imap-tunnel.sh").returncode == 0
+    write = f"printf '#!/bin/sh\\n{payload(workspace)}\\n' > tools/imap-tunnel.sh"
+    r = await plant(sup, workspace, write)
+    assert [p for p, _ in r.quarantined] == [str(tunnel)], r.quarantined
+    imap_send(workspace)
     assert_not_run(workspace)
