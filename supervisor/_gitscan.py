@@ -835,7 +835,7 @@ class Scan:
             self.left -= 1 + len(hit[3])
             if self.left < 0:
                 raise _Budget
-            self._hold(fd, st, leaf=bool(rel) and not hit[3])
+            self._hold(fd, st, leaf=bool(rel) and _leaf(hit[3]))
             return hit[3]
         listed_at = time.time_ns()
         entries: dict[str, int] = {}
@@ -846,13 +846,14 @@ class Scan:
                     raise _Budget
                 # A FIFO, socket or device: rare, and kept for _check_specials.
                 mode = _hostfs.entry_type(entry, _SPECIAL)
-                if mode in (stat.S_IFDIR, _SPECIAL) or entry.name in _GIT_NAMES:
+                # A symlink: kept for _check_specials (git follows one to a FIFO and waits).
+                if mode in (stat.S_IFDIR, _SPECIAL, stat.S_IFLNK) or entry.name in _GIT_NAMES:
                     entries[entry.name] = mode
         if st.st_ctime_ns < listed_at - MARGIN_NS:
             self._cache.store(rel, (st.st_dev, st.st_ino, st.st_ctime_ns, entries))
         else:
             self._cache.forget(rel)
-        self._hold(fd, st, leaf=bool(rel) and not entries)  # a root is held: its path is looked up again
+        self._hold(fd, st, leaf=bool(rel) and _leaf(entries))  # a root is held: its path is looked up again
         return entries
 
     def _visit(self, fd: int, path: str, rel: str, depth: int, walk: bool = False) -> None:
@@ -1037,6 +1038,8 @@ class Scan:
             self._check_gitmodules(fd, path)
         if _SPECIAL in entries.values():
             self._check_specials(fd, path, rel, entries, is_gitdir)
+        if stat.S_IFLNK in entries.values():
+            self._check_links(fd, path, rel, entries, is_gitdir)
         subdirs = []
         for name, mode in entries.items():
             if mode == stat.S_IFDIR:
@@ -1094,6 +1097,30 @@ class Scan:
             if in_git or self._changed(fd, name) is not None:
                 self._quarantine(
                     fd, path, name, "a FIFO, socket or device where git opens a file (git would wait on it)"
+                )
+
+    def _check_links(self, fd: int, path: str, rel: str, entries: dict[str, int], is_gitdir: bool) -> None:
+        """Quarantine a symlink made during the run (its own ctime, or its directory's: one renamed into
+        place keeps its entries' ctimes) where the host user's git opens a file: in a git dir (the index, a
+        ref, `packed-refs`, `info/exclude`, `objects/info/alternates`...; git makes no symlink there), or
+        at `.gitmodules`, `.gitattributes`, `.gitignore` or `.mailmap` in a worktree. git follows it, to a
+        FIFO (a build's named pipe, or one the host keeps anywhere) where it waits for ever, or to
+        /dev/zero, which it reads until its memory runs out. Only in a directory changed during the run (an
+        fstat; nothing else for the rest); not `hooks` and not in a hooks directory (a user's hooks are
+        often links: _check_hook_links judges them), not `.git` (_check_pointer)."""
+        if os.fstat(fd).st_ctime_ns < self.since:
+            return  # nothing in it was made, removed or renamed during the run
+        in_git: bool | None = None
+        for name, mode in list(entries.items()):
+            if mode != stat.S_IFLNK or name in ("hooks", ".git") or _moved_aside(name):
+                continue
+            if in_git is None:
+                in_git = (is_gitdir or self._inside_gitdir(rel.lstrip("/"))) and not rel.endswith("/hooks")
+            if not (in_git or name in _WORKTREE_GIT_FILES):
+                continue
+            if self._changed(fd, name) is not None or self._moved_in(path):
+                self._quarantine(
+                    fd, path, name, "a symlink where git opens a file, made during the run (git follows it)"
                 )
 
     @staticmethod
@@ -2334,6 +2361,12 @@ def _fits(caches: list[RootCache]) -> int | None:
 
 class _Budget(Exception):
     pass
+
+
+def _leaf(entries: dict[str, int]) -> bool:
+    """Whether a directory with these listed entries is a leaf for a snapshot (watched, not held): nothing
+    but symlinks, which an inotify watch sees change as any entry."""
+    return all(mode == stat.S_IFLNK for mode in entries.values())
 
 
 def move_aside(fd: int, path: str, name: str, reason: str) -> list[tuple[str, str]]:

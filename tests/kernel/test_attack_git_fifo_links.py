@@ -1,10 +1,10 @@
 """A symlink to a FIFO where the host user's git opens a file (issue 11, items 3 and 6), found by the
-acceptance replay of session 13. The post-run scan moves a FIFO, socket or device aside where git opens a
+acceptance replay of session 13. The post-run scan moved a FIFO, socket or device aside where git opens a
 file (test_attack_git_fifo.py), but not a symlink there whose target is one: git follows the link (to a
 named pipe a build may keep in the tree, or one the sandbox made beside it) and waits for ever, so a
-sandbox that left `.git/index -> ../build/pipe` held the user's next plain `git status`. Strict xfails,
-docs/security.md "Known gaps": each attack plants from inside a real sandbox; the host then runs git,
-bounded, and checks that it finishes."""
+sandbox that left `.git/index -> ../build/pipe` held the user's next plain `git status`. A symlink made
+during the run where git opens a file is now moved aside (`_gitscan.Scan._check_links`). Each attack plants
+from inside a real sandbox; the host then runs git, bounded, and checks that it finishes."""
 
 from __future__ import annotations
 
@@ -20,11 +20,6 @@ from tests.kernel.test_attack_git import ENV, GIT, host_git, make_repo, plant
 
 pytestmark = pytest.mark.kernel
 
-GAP = pytest.mark.xfail(
-    strict=True,
-    reason="GAP: a symlink to a FIFO where git opens a file is not moved aside (docs/security.md Known gaps)",
-)
-
 
 def git_finishes(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The host user's git, bounded: a git waiting on a FIFO fails the test, not the suite."""
@@ -38,7 +33,6 @@ def git_finishes(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 # Each name where a link to a FIFO held this machine's git status (and `outside`: a FIFO the host keeps
 # outside the roots, which the sandbox need not reach to name it in a link).
-@GAP
 @pytest.mark.parametrize(
     ("where", "outside"),
     [
