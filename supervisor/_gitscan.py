@@ -1107,12 +1107,14 @@ class Scan:
         FIFO (a build's named pipe, or one the host keeps anywhere) where it waits for ever, or to
         /dev/zero, which it reads until its memory runs out. Only in a directory changed during the run (an
         fstat; nothing else for the rest); not `hooks` and not in a hooks directory (a user's hooks are
-        often links: _check_hook_links judges them), not `.git` (_check_pointer)."""
+        often links: _check_hook_links judges them), not `.git` (_check_pointer), not `HEAD` (git reads a
+        symlinked HEAD's text as a symref, never opens its target; the mounts refuse one under
+        .git/modules)."""
         if os.fstat(fd).st_ctime_ns < self.since:
             return  # nothing in it was made, removed or renamed during the run
         in_git: bool | None = None
         for name, mode in list(entries.items()):
-            if mode != stat.S_IFLNK or name in ("hooks", ".git") or _moved_aside(name):
+            if mode != stat.S_IFLNK or name in ("hooks", ".git", "HEAD") or _moved_aside(name):
                 continue
             if in_git is None:
                 in_git = (is_gitdir or self._inside_gitdir(rel.lstrip("/"))) and not rel.endswith("/hooks")
