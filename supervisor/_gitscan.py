@@ -1562,8 +1562,8 @@ class Scan:
         run is moved aside (None): git would follow it to where the sandbox chose (`bin -> x`, with
         `x/fsmon.sh` its own, where the user's `core.fsmonitor = bin/fsmon.sh`), and so is an older one
         in a directory made or renamed where it is during the run (`_moved_in`: a first run left
-        `stash/bin -> ../x`, a second ran `mv tools tools.old && mv stash tools`, where the user's config
-        names `tools/bin/fsmon.sh`); another older one (the user's `bin -> vendor/bin`) is followed, and
+        `stash/bin -> ../x`, a second ran `mv lib lib.old && mv stash lib`, where the user's config
+        names `lib/bin/fsmon.sh`); another older one (the user's `bin -> vendor/bin`) is followed, and
         what it leads to is checked like any target. (These used to be reported only, "review it", while
         the user's git ran what they led to.) Each component is looked at beneath "/" with no link
         followed (`lstat_nofollow`), not by path: another sandbox of the root still running may have
