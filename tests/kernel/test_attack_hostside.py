@@ -89,7 +89,10 @@ async def test_planted_symlink_under_git_modules_is_refused_by_name(
     sup: Supervisor, workspace: Path, outside: Path, where: str
 ) -> None:
     """A symlink among the submodule git dirs (to a directory that looks like a git dir) used to be followed:
-    root created hooks/ in its target. Refused now, naming the link; removing it unblocks the workdir."""
+    root created hooks/ in its target. The planting run's own git scan moves it aside in a git dir (a
+    symlink made during the run); one directly among the submodule git dirs, or planted where no scan saw
+    it (by a sandbox still running beside; here by the test), is refused, naming the link; removing it
+    unblocks the workdir."""
     (outside / "HEAD").write_text("ref: refs/heads/main\n")
     await git_init(workspace)
     if where == "modules_entry":
@@ -104,7 +107,11 @@ async def test_planted_symlink_under_git_modules_is_refused_by_name(
         # Protected from the start (it exists): plant one level deeper, where the walk looks next.
         link = workspace / ".git" / "modules" / "sub" / "modules"
         script = f"ln -s {outside.parent} .git/modules/sub/modules"
-    await plant(sup, workspace, script)
+    r = await plant(sup, workspace, script)
+    if where == "modules_dir":  # (one among the submodule git dirs the mounts walk is left for the refusal)
+        assert str(link) in [p for p, _ in r.quarantined], r.quarantined
+        assert not link.is_symlink()
+        os.symlink(outside.parent, link)
     with pytest.raises(SandboxSetupError) as info:
         await sup.run(["/bin/true"], policy=policy(workspace))
     assert not (outside / "hooks").exists(), "root created a directory through a planted symlink"
