@@ -4,9 +4,10 @@ A protected path is bound read-only over itself in each writable root when the s
 directory between the root and it pinned (a mount point cannot be renamed); a mount can only cover a name
 that exists, so a protected path missing then (`protected = [".envrc"]` in a checkout without one) was
 writable for the run, and a tool on the host (direnv, an editor's task runner, make) would run what the
-command put there. The fork server notes, before it clones the sandbox, each such path that is missing
-(`mounts.absent_protected`); after the run, what exists at that path (a file, a directory, a symlink), or
-a symlink the command put on the way to it, is moved out of the way like the git scan's quarantine
+command put there. The fork server notes each such path that is missing when it builds the sandbox's
+view (`_ops.Plan.absent`, cached with the view, which is used only while those paths are as they were);
+after the run, what exists at that path (a file, a directory, a symlink), or a symlink the command put on
+the way to it, is moved out of the way like the git scan's quarantine
 (`<name>.corral-quarantined`) and reported in `Result.quarantined`; the directories the command made on
 the way stay (a `.vscode/settings.json` beside a protected `.vscode/tasks.json` is not the protected
 path). A protected path that

@@ -182,7 +182,7 @@ def is_prefork(request: Request) -> TypeIs[PreforkRequest]:
 class Reply(TypedDict, total=False):
     """`pid`: the init's host pid, when one was cloned; `error`: why the sandbox cannot run; `absent`: the
     protected paths outside `.git` missing before it was cloned, as [root, the path relative to it]
-    (mounts.absent_protected)."""
+    (noted when its view was built: _ops.Plan.absent)."""
 
     pid: int
     error: FailureRecord

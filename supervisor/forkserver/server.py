@@ -440,8 +440,9 @@ class Server:
         self.requests = 0
         self.policies: dict[int, CompiledPayload] = {}
         self.cache = _Cache()
-        #: The last request's roots without a `.git` (_ops.Plan.nogit), for its reply.
+        #: What the last request's view build noted (_ops.Plan.nogit, _ops.Plan.absent), for its reply.
         self.nogit: list[str] = []
+        self.absent: list[tuple[str, str]] = []
         self.netpool = NetPool()
         #: The init executable, opened once here and executed from this fd (execveat): a sandbox that may
         #: write where corral is installed (a project's virtualenv in its workdir) replaced `corral-init`
@@ -479,7 +480,7 @@ class Server:
         when the init could not be executed (it exited at once; the supervisor reaps it)."""
         cwd = str(req["cwd"])
         key = (req["policy_id"], cwd)
-        self.nogit = []
+        self.nogit, self.absent = [], []
         net = self.netpool.take(key) if pol["ns"]["net"] else None
         # A root caller's sandbox in another account's workdir: its two-line id maps are written here
         # once it runs, and it must not read its plan's end before (the write end stays open until then).
@@ -490,6 +491,7 @@ class Server:
                 maps = None
             segments = self._segments(pol, req, cwd, stdio, pooled_net=net is not None, ctty=ctty)
             self.nogit = [root for seg in segments for root in seg.nogit]
+            self.absent = [pair for seg in segments for pair in seg.absent]
         except _sys.SetupFailure as failure:
             if net is not None:
                 self.netpool.unused(key, net)
@@ -696,7 +698,6 @@ class Server:
         fds = list(fds)
         proxy_fd = fds.pop(where) if isinstance(where, int) else -1
         pol = self._policy(req)
-        absent = mounts.absent_protected(pol["mounts"], str(req["cwd"]))
         if req.get("cmd_fd"):  # a large command comes in a memfd, the last fd
             reply, out = self._start(
                 pol, req, _ops.MODE_SPAWN, fds[:-1], command_fd=fds[-1], ctty=ctty, proxy_fd=proxy_fd
@@ -705,7 +706,7 @@ class Server:
             reply, out = self._start(
                 pol, req, _ops.MODE_SPAWN, fds, command=req.get("cmd", b""), ctty=ctty, proxy_fd=proxy_fd
             )
-        return _with_absent(reply, out, absent, self.nogit)
+        return _with_notes(reply, out, self.absent, self.nogit)
 
     def prefork(self, req: PreforkRequest) -> tuple[Reply, list[int]]:
         """A sandbox that confines itself fully for the policy, workdir and cgroup of `req` and then waits
@@ -715,7 +716,6 @@ class Server:
             pol = self._policy(req)
             # Network mode "proxy": the proxy's listening socket comes back on the same socket, before R.
             proxy_fd = ctl_child.fileno() if pol["ns"]["proxy"] else -1
-            absent = mounts.absent_protected(pol["mounts"], str(req["cwd"]))
             reply, out = self._start(pol, req, _ops.MODE_STUB, [], ctl_child.fileno(), proxy_fd=proxy_fd)
         finally:
             ctl_child.close()
@@ -723,15 +723,15 @@ class Server:
             out.append(ctl_parent.detach())
         else:
             ctl_parent.close()
-        return _with_absent(reply, out, absent, self.nogit)
+        return _with_notes(reply, out, self.absent, self.nogit)
 
 
-def _with_absent(
+def _with_notes(
     reply: Reply, out: list[int], absent: list[tuple[str, str]], nogit: list[str]
 ) -> tuple[Reply, list[int]]:
-    """`reply` naming, when it started a sandbox, the protected paths missing before it was cloned
-    (mounts.absent_protected: the supervisor moves aside what the command created there) and the writable
-    roots whose `.git` was missing when its view was built (the git scan trusts nothing in one there)."""
+    """`reply` naming, when it started a sandbox, what its view's build noted: the protected paths missing
+    then (the supervisor moves aside what the command made there) and the writable roots without a `.git`
+    (the git scan trusts nothing in one there)."""
     if out:
         if absent:
             reply["absent"] = [list(pair) for pair in absent]

@@ -88,6 +88,10 @@ class Plan:
         #: (mounts._protect): nothing of a top `.git` was bound read-only there, so the post-run git scan
         #: trusts nothing in one it finds (supervisor/_gitscan.py, `unbound`).
         self.nogit: list[str] = []
+        #: The writable roots and the policy's own protected paths (outside `.git`) in them that did not exist
+        #: when the view was built (mounts._protect): a mount cannot cover them, so the supervisor moves aside
+        #: after the run what the command made there (supervisor/_protectscan.py).
+        self.absent: list[tuple[str, str]] = []
 
     def add(
         self,
@@ -146,7 +150,7 @@ class Plan:
                 ref(op.layer), ref(op.operation), ref(op.path), ref(_encode_hint(op.hint)), *ok,
             )  # fmt: skip
         strtab.extend(b"\0" * (-len(strtab) % 8))  # keeps the next segment's ops 8-byte aligned
-        return Segment(tuple(self.ops), bytes(packed), bytes(strtab), tuple(self.nogit))
+        return Segment(tuple(self.ops), bytes(packed), bytes(strtab), tuple(self.nogit), tuple(self.absent))
 
     def run(self) -> None:
         """Run the ops in this process, now. Raises SetupFailure for the first op that fails."""
@@ -161,13 +165,14 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """A packed list of ops (`Plan.segment`): its ops, for reporting, and their binary form. `nogit`: the
-    writable roots without a `.git` when the view was built (Plan.nogit), cached with it."""
+    """A packed list of ops (`Plan.segment`): its ops, for reporting, and their binary form; `nogit` and
+    `absent`: what the view's build noted (Plan.nogit, Plan.absent), cached with it."""
 
     ops: tuple[Op, ...]
     packed: bytes
     strtab: bytes
     nogit: tuple[str, ...] = ()
+    absent: tuple[tuple[str, str], ...] = ()
 
 
 def write_segment(layer: str, writes: Sequence[tuple[str, str, str]]) -> Segment:

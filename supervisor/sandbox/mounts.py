@@ -636,6 +636,7 @@ def _protect(plan: Plan, root: str, protected: list[str]) -> None:
     rootfd = _open_root(root)
     if rootfd is None:
         return
+    own = set(_own_protected(protected))
     try:
         if any(p.startswith(".git/") for p in protected) and _hostfs.lstat_beneath(rootfd, ".git") is None:
             plan.nogit.append(root)
@@ -666,6 +667,8 @@ def _protect(plan: Plan, root: str, protected: list[str]) -> None:
             except OSError as err:
                 raise _sys.SetupFailure("mounts", "lstat(protected path)", err.errno or 0, path) from err
             if st is None:
+                if rel in own:  # cannot be bound: what the command makes there is moved aside after the run
+                    plan.absent.append((root, rel))
                 continue
             if stat.S_ISLNK(st.st_mode):
                 # A bind mount would follow the link and protect its target, not this name: refuse.
@@ -696,38 +699,6 @@ def _protect(plan: Plan, root: str, protected: list[str]) -> None:
 def _own_protected(protected: Sequence[str]) -> list[str]:
     """The protected paths outside `.git` (the git scan covers those: supervisor/_gitscan.py)."""
     return [p for p in protected if p != ".git" and not p.startswith(".git/")]
-
-
-def absent_protected(prepared: Prepared | None, cwd: str) -> list[tuple[str, str]]:
-    """For each writable root and protected path outside `.git` that does not exist now (it, or a
-    directory on its way, missing or not a directory): (root, the path relative to it). A mount cannot
-    cover a missing name, so the command may create it; the supervisor moves aside, after the run, what it
-    finds at that path then, or a symlink on its way (supervisor/_protectscan.py), and nothing else the
-    command made on the way (a `.vscode/settings.json` beside a protected, missing `.vscode/tasks.json`).
-    Taken before the sandbox is cloned, so nothing of the command's is in it. Nothing is followed (a
-    symlink on the way refuses the sandbox in `_protect`: the path is left out here). An lstat per such
-    path and root, none for the default protected paths."""
-    if prepared is None or not prepared["confine"]:
-        return []
-    names = _own_protected(prepared["protected"])
-    if not names:
-        return []
-    absent: list[tuple[str, str]] = []
-    for root in dict.fromkeys(prepared["write"]):
-        try:
-            rootfd = _hostfs.open_root(root)
-        except OSError:
-            continue
-        try:
-            for rel in names:
-                try:
-                    if _hostfs.lstat_beneath(rootfd, rel) is None:
-                        absent.append((root, rel))
-                except OSError:
-                    continue  # a symlink on the way (the spawn is refused), or unreadable
-        finally:
-            os.close(rootfd)
-    return absent
 
 
 def _watch_config(plan: Plan, path: str) -> None:
